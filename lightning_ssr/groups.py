@@ -1,0 +1,202 @@
+"""Prunable channel groups of a model, discovered with torch-pruning's dependency graph.
+
+A :class:`ChannelGroup` is one set of coupled channels: the output channels of one conv or
+linear layer together with every slice that must go when one of them goes (BN after it,
+other convs writing into the same residual stream, concat offsets, a depthwise conv, the
+consumers' input columns including a flatten -> linear expansion). Channel ``c`` of the
+group is the SSR group ``g``.
+
+The *regularized* part of a group (``slices``) is its output side: producer filter rows,
+their biases, and the affine parameters of norm layers on those channels. Zeroing those
+makes the channel's output exactly zero, so the consumers' input columns (``consumers``)
+can then be removed without changing what the network computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .flops import ModelCost
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d,
+         nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.PReLU)
+
+
+class UnsupportedLayerError(ValueError):
+    """Raised for a layer whose channels the engine cannot prune safely."""
+
+
+@dataclass
+class GroupSlice:
+    """Rows ``index[c]`` along ``dim`` of parameter ``param`` belong to channel ``c``."""
+
+    param: str
+    dim: int
+    index: torch.Tensor  # [channels, k] long
+
+
+@dataclass
+class ChannelGroup:
+    name: str  # the root module: its output channels are this group's channels
+    size: int
+    slices: list[GroupSlice]
+    out_modules: list[str]  # conv/linear/norm modules whose output channels these are
+    consumers: list[tuple[str, int]]  # (conv/linear module, input columns per channel)
+    lam: float = 0.0  # regularization strength, filled in by the AULM set-up
+    macs_per_channel: float = 0.0  # MACs removed with one channel (producers + consumers)
+
+    def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
+        total = None
+        for s in self.slices:
+            t = tensors[s.param].movedim(s.dim, 0)
+            rows = t[s.index.reshape(-1).to(t.device)].reshape(self.size, -1)
+            sq = rows.double().pow(2).sum(1)
+            total = sq if total is None else total + sq
+        return total.sqrt()
+
+    def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor) -> None:
+        """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place."""
+        for s in self.slices:
+            t = tensors[s.param].movedim(s.dim, 0)
+            idx = s.index.reshape(-1).to(t.device)
+            factor = scale.to(t.dtype).to(t.device).repeat_interleave(s.index.shape[1])
+            t[idx] = t[idx] * factor.view(-1, *([1] * (t.dim() - 1)))
+
+
+def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
+    """Trace ``model`` on ``example_inputs``; the model's train/eval mode is left unchanged."""
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def _output_params(module: nn.Module) -> list[tuple[str, int]]:
+    """The (parameter, dim) pairs that hold a module's output channels."""
+    out = []
+    if isinstance(module, _CONV):
+        out.append(("weight", 1 if module.transposed else 0))
+    elif isinstance(module, nn.Linear):
+        out.append(("weight", 0))
+    elif isinstance(module, _NORM):
+        if getattr(module, "weight", None) is not None:
+            out.append(("weight", 0))
+    if getattr(module, "bias", None) is not None and not isinstance(module, nn.PReLU):
+        out.append(("bias", 0))
+    return [(n, d) for n, d in out if getattr(module, n) is not None]
+
+
+def _index_matrix(idxs: Sequence[int], root_idxs: Sequence[int], size: int) -> torch.Tensor:
+    rows: list[list[int]] = [[] for _ in range(size)]
+    for i, r in zip(idxs, root_idxs):
+        rows[int(r)].append(int(i))
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        raise UnsupportedLayerError("channels of a coupled group map to slices of unequal width")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _check_supported(module, name: str) -> None:
+    if isinstance(module, _CONV):
+        if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
+            raise UnsupportedLayerError(
+                f"layer '{name}' is a grouped convolution (groups={module.groups}) that is not "
+                "depthwise; pruning its channels is not supported. Pass it in ignored_layers "
+                "(and the layers coupled to it) to leave it untouched.")
+        return
+    if isinstance(module, (nn.Linear,) + _NORM):
+        return
+    if isinstance(module, nn.Parameter):
+        raise UnsupportedLayerError(
+            "a bare nn.Parameter used in forward() is coupled to prunable channels; the engine "
+            "cannot reason about it. Wrap it in a module and list that module in ignored_layers.")
+    if any(True for _ in module.parameters(recurse=False)):
+        raise UnsupportedLayerError(
+            f"layer '{name}' ({type(module).__name__}) has parameters on pruned channels and the "
+            "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
+
+
+def find_channel_groups(
+    model: nn.Module,
+    example_inputs,
+    ignored_layers: Iterable[str] = (),
+    graph: tp.DependencyGraph | None = None,
+) -> list[ChannelGroup]:
+    """Every prunable group of coupled channels in ``model``.
+
+    ``ignored_layers`` are module names whose output channels must not be pruned; groups
+    whose channels are the model's outputs (no conv/linear consumes them: the classifier)
+    are never returned.
+    """
+    modules = dict(model.named_modules())
+    ignored_names = list(ignored_layers)
+    unknown = [n for n in ignored_names if n not in modules]
+    if unknown:
+        raise ValueError(f"ignored_layers: no module named {unknown} in the model; "
+                         f"module names look like {list(modules)[1:6]}")
+    dg = graph if graph is not None else build_dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    groups = []
+    ignored = [modules[n] for n in ignored_names]
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        root = group[0].dep.target.module
+        size = len(group[0].idxs)
+        slices, out_modules, consumers = [], [], []
+        for item in group:
+            module = item.dep.target.module
+            if module not in names and not isinstance(module, nn.Parameter):
+                continue  # an op node (add, cat, flatten): no parameters of its own
+            name = names.get(module, "<parameter>")
+            _check_supported(module, name)
+            if dg.is_out_channel_pruning_fn(item.dep.handler):
+                out_modules.append(name)
+                index = _index_matrix(item.idxs, item.root_idxs, size)
+                for pname, dim in _output_params(module):
+                    slices.append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
+            if dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,)):
+                if not (isinstance(module, _CONV) and module.groups > 1):
+                    consumers.append((name, len(item.idxs) // size))
+        if not consumers:
+            continue  # model outputs (the classifier): never pruned
+        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers))
+    return groups
+
+
+def _layer_fraction(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cost: ModelCost):
+    """(out fraction, in fraction) kept for every counted layer, given per-group keep counts."""
+    out_frac = {n: 1.0 for n in cost.layers}
+    in_kept = {n: float(layer.in_channels) for n, layer in cost.layers.items()}
+    for g in groups:
+        frac = keep[g.name] / g.size
+        for m in g.out_modules:
+            if m in out_frac:
+                out_frac[m] = frac
+        for m, width in g.consumers:
+            in_kept[m] -= (g.size - keep[g.name]) * width
+    in_frac = {n: in_kept[n] / cost.layers[n].in_channels for n in cost.layers}
+    return out_frac, in_frac
+
+
+def estimate_macs(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping[str, int]) -> float:
+    """MACs of the model after keeping ``keep[group.name]`` channels of each group."""
+    out_frac, in_frac = _layer_fraction(groups, keep, cost)
+    return float(sum(layer.macs * out_frac[n] * in_frac[n] for n, layer in cost.layers.items()))
+
+
+def assign_channel_costs(groups: Sequence[ChannelGroup], cost: ModelCost) -> None:
+    """Set ``macs_per_channel``: the MACs that removing one channel of the group saves."""
+    full = {g.name: g.size for g in groups}
+    base = estimate_macs(groups, cost, full)
+    for g in groups:
+        fewer = dict(full)
+        fewer[g.name] = g.size - 1
+        g.macs_per_channel = base - estimate_macs(groups, cost, fewer)
