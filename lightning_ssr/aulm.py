@@ -91,8 +91,16 @@ class AULM:
     def started(self) -> bool:
         return bool(self.V)
 
+    def _check_finite(self) -> None:
+        bad = [n for n, p in self.params.items() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite values in {bad[:3]}: training diverged before the AULM update. Lower the "
+                "learning rate or rho (rho * (W - V + U) is added to the gradients), or clip gradients.")
+
     def start(self) -> None:
         """``U = 0`` and ``V = prox(W)``."""
+        self._check_finite()
         with torch.no_grad():
             self.U = {n: torch.zeros_like(p) for n, p in self.params.items()}
             self.V = {n: p.detach().clone() for n, p in self.params.items()}
@@ -107,6 +115,7 @@ class AULM:
 
     def update(self) -> AULMStats:
         """V-step, U-step, residuals and the rho schedule."""
+        self._check_finite()
         with torch.no_grad():
             previous = self.V
             self.V = {n: p.detach() + self.U[n] for n, p in self.params.items()}

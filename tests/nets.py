@@ -1,0 +1,41 @@
+"""Small networks defined by the tests themselves (not from the package)."""
+
+import torch
+from torch import nn
+
+
+class SmallResidualCNN(nn.Module):
+    """conv-BN stem, a residual block, a depthwise conv, a concat, and a flatten -> linear head."""
+
+    def __init__(self, in_channels=3, num_classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.conv_a = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(12)
+        self.conv_b = nn.Conv2d(12, 8, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.mix = nn.Conv2d(16, 6, 1)
+        self.fc1 = nn.Linear(6 * 4 * 4, 16)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn_a(self.conv_a(x)))
+        x = torch.relu(x + self.bn_b(self.conv_b(y)))
+        x = torch.cat([x, torch.relu(self.dw(x))], dim=1)
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.mix(x)), 4)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Give every BN non-trivial statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
