@@ -9,8 +9,21 @@ from .prox import group_hard_threshold, group_soft_threshold, keep_top_k
 from .schedule import PruningSchedule
 
 __all__ = [
-    "AULM", "AULMStats", "ChannelGroup", "PLAN_CHECKPOINT_KEY", "PlanMismatchError", "PruningPlan",
-    "PruningSchedule", "SSRPruning", "UnsupportedLayerError", "apply_plan", "count_cost",
-    "find_channel_groups", "group_hard_threshold", "group_soft_threshold", "keep_top_k", "prune_channels",
+    "AULM",
+    "PLAN_CHECKPOINT_KEY",
+    "AULMStats",
+    "ChannelGroup",
+    "PlanMismatchError",
+    "PruningPlan",
+    "PruningSchedule",
+    "SSRPruning",
+    "UnsupportedLayerError",
+    "apply_plan",
+    "count_cost",
+    "find_channel_groups",
+    "group_hard_threshold",
+    "group_soft_threshold",
+    "keep_top_k",
+    "prune_channels",
 ]
 __version__ = "0.1.0"

@@ -15,8 +15,8 @@ support of ``V`` (which groups are non-zero) has not changed for ``patience`` up
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 

@@ -158,7 +158,7 @@ class FashionMNIST(_InMemoryImages):
                 f"Fashion-MNIST not found: {missing[0]} is missing. Install it with:\n  "
                 "apt-get install -y dataset-fashion-mnist")
         xs = [_read_idx(root / f) for f in self.FILES]
-        to_img = lambda t: (t.float() / 255.0).unsqueeze(1)  # noqa: E731
+        to_img = lambda t: (t.float() / 255.0).unsqueeze(1)
         return to_img(xs[0]), xs[1].long(), (to_img(xs[2]), xs[3].long())
 
 

@@ -14,8 +14,8 @@ can then be removed without changing what the network computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -85,11 +85,8 @@ def _output_params(module: nn.Module) -> list[tuple[str, int]]:
     out = []
     if isinstance(module, _CONV):
         out.append(("weight", 1 if module.transposed else 0))
-    elif isinstance(module, nn.Linear):
+    elif isinstance(module, nn.Linear) or isinstance(module, _NORM) and getattr(module, "weight", None) is not None:
         out.append(("weight", 0))
-    elif isinstance(module, _NORM):
-        if getattr(module, "weight", None) is not None:
-            out.append(("weight", 0))
     if getattr(module, "bias", None) is not None and not isinstance(module, nn.PReLU):
         out.append(("bias", 0))
     return [(n, d) for n, d in out if getattr(module, n) is not None]
@@ -162,9 +159,9 @@ def find_channel_groups(
                 index = _index_matrix(item.idxs, item.root_idxs, size)
                 for pname, dim in _output_params(module):
                     slices.append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
-            if dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,)):
-                if not (isinstance(module, _CONV) and module.groups > 1):
-                    consumers.append((name, len(item.idxs) // size))
+            is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
+            if is_consumer and not (isinstance(module, _CONV) and module.groups > 1):  # depthwise: an out dep
+                consumers.append((name, len(item.idxs) // size))
         if not consumers:
             continue  # model outputs (the classifier): never pruned
         groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers))

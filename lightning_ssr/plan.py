@@ -12,8 +12,8 @@ which is what carries optimizer state, and any other parameter-shaped state, acr
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "PruningPlan":
+    def from_dict(cls, data: Mapping) -> PruningPlan:
         version = data.get("format_version")
         if version != PLAN_FORMAT_VERSION:
             raise PlanMismatchError(f"pruning plan format_version {version!r} is not supported "
@@ -54,7 +54,7 @@ class PruningPlan:
             plan.sizes[str(entry["root"])] = int(entry["size"])
         return plan
 
-    def then(self, later: "PruningPlan") -> "PruningPlan":
+    def then(self, later: PruningPlan) -> PruningPlan:
         """The plan equal to applying ``self`` and then ``later`` (whose indices count the
         channels ``self`` kept)."""
         out = PruningPlan(list(self.input_shape), dict(self.kept), dict(self.sizes))

