@@ -92,6 +92,23 @@ def _output_params(module: nn.Module) -> list[tuple[str, int]]:
     return [(n, d) for n, d in out if getattr(module, n) is not None]
 
 
+def _out_width(module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return None
+
+
+def declared_ignored_layers(model: nn.Module) -> list[str]:
+    """Layers that modules of ``model`` declare unprunable in a ``pruning_ignored_layers``
+    attribute (names relative to the declaring module), as names relative to ``model``."""
+    found = []
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "pruning_ignored_layers", ()):
+            found.append(f"{prefix}.{name}" if prefix else name)
+    return found
+
+
 def _index_matrix(idxs: Sequence[int], root_idxs: Sequence[int], size: int) -> torch.Tensor:
     rows: list[list[int]] = [[] for _ in range(size)]
     for i, r in zip(idxs, root_idxs):
@@ -130,12 +147,13 @@ def find_channel_groups(
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
 
-    ``ignored_layers`` are module names whose output channels must not be pruned; groups
-    whose channels are the model's outputs (no conv/linear consumes them: the classifier)
+    ``ignored_layers`` are module names whose output channels must not be pruned (added to
+    those that modules declare in ``pruning_ignored_layers``); groups whose channels are the
+    model's outputs (no conv/linear consumes them: the classifier)
     are never returned.
     """
     modules = dict(model.named_modules())
-    ignored_names = list(ignored_layers)
+    ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
     if unknown:
         raise ValueError(f"ignored_layers: no module named {unknown} in the model; "
@@ -155,6 +173,13 @@ def find_channel_groups(
             name = names.get(module, "<parameter>")
             _check_supported(module, name)
             if dg.is_out_channel_pruning_fn(item.dep.handler):
+                width = _out_width(module)
+                if width is not None and width != len(item.idxs):
+                    raise UnsupportedLayerError(
+                        f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
+                        f"that changes the channel count in a way the engine cannot map (for example a "
+                        f"zero-padding shortcut). Pass '{names[root]}' in ignored_layers to leave these "
+                        f"channels unpruned.")
                 out_modules.append(name)
                 index = _index_matrix(item.idxs, item.root_idxs, size)
                 for pname, dim in _output_params(module):

@@ -1,0 +1,62 @@
+"""FLOPs (MACs) and parameters of the zoo models, dense and pruned at the papers' rates,
+against the published figures. Pure structure: no training, no data.
+
+    python benchmarks/structure.py
+
+prints a table and writes benchmarks/results/structure.json: a list of
+{model, rates, flops, params, published_flops, published_params, flops_error, params_error}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lightning_ssr.flops import count_cost
+from lightning_ssr.models import build_model
+from lightning_ssr.rates import prune_by_rates
+
+# (model, input (C, size), rates or None for dense, published MACs, published params)
+CASES = [
+    ("lenet5", (1, 28), None, 2.3e6, 0.43e6),  # SSR paper (Caffe LeNet)
+    ("vgg16_bn", (3, 32), None, 313.7e6, 14.98e6),  # FSM README
+    ("vgg16_bn", (3, 32), "[0.3]*5+[0.35]*3+[0.8]*5", 106.8e6, 2.05e6),
+    ("vgg16_bn", (3, 32), "[0.5]*8+[0.8]*5", 59.7e6, 1.41e6),
+    ("resnet56", (3, 32), None, 125.5e6, 0.85e6),
+    ("resnet56", (3, 32), "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9", 61.7e6, 0.48e6),
+    ("resnet56", (3, 32), "[0.]+[0.7,0.]*27", 40.2e6, 0.27e6),
+]
+
+
+def measure(name: str, channels: int, size: int, rates: str | None) -> tuple[int, int]:
+    model = build_model(name, in_channels=channels, num_classes=10, input_size=size)
+    x = torch.zeros(2, channels, size, size)
+    if rates is not None:
+        prune_by_rates(model, x, rates)
+    cost = count_cost(model, x)
+    return cost.macs, cost.params
+
+
+def main() -> list[dict]:
+    rows = []
+    print(f"{'model':<10} {'rates':<40} {'MACs':>9} {'published':>9} {'err':>6} {'params':>7} {'published':>9} {'err':>6}")
+    for name, (c, s), rates, pub_flops, pub_params in CASES:
+        flops, params = measure(name, c, s, rates)
+        row = {"model": name, "rates": rates or "dense", "flops": flops, "params": params,
+               "published_flops": pub_flops, "published_params": pub_params,
+               "flops_error": flops / pub_flops - 1, "params_error": params / pub_params - 1}
+        rows.append(row)
+        print(f"{name:<10} {row['rates']:<40} {flops / 1e6:>8.2f}M {pub_flops / 1e6:>8.2f}M "
+              f"{100 * row['flops_error']:>+5.1f}% {params / 1e6:>6.3f}M {pub_params / 1e6:>8.3f}M "
+              f"{100 * row['params_error']:>+5.1f}%")
+    out = Path(__file__).parent / "results" / "structure.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Channel importance criteria for rate-based pruning: one score per channel of a group."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup
+
+
+def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
+    """L1 norm of the producer conv/linear filters of each channel (Li et al. 2017)."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    score = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.slices:
+        module = modules[s.param.rsplit(".", 1)[0]] if "." in s.param else model
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not s.param.endswith("weight"):
+            continue
+        rows = params[s.param].detach().movedim(s.dim, 0)[s.index.reshape(-1)].reshape(group.size, -1)
+        score += rows.double().abs().sum(1)
+    return score
+
+
+def l2_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
+    """L2 norm of each channel's whole output-side group (the SSR group norm)."""
+    return group.norms({n: p.detach() for n, p in model.named_parameters()})
+
+
+def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
+    """Sum of |gamma| of the BN layers on each channel (network slimming); L1 norm without BN."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    score = torch.zeros(group.size, dtype=torch.float64)
+    found = False
+    for s in group.slices:
+        module = modules.get(s.param.rsplit(".", 1)[0])
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and s.param.endswith("weight"):
+            score += params[s.param].detach()[s.index.reshape(-1)].reshape(group.size, -1).double().abs().sum(1)
+            found = True
+    return score if found else l1_norm(group, model)
+
+
+def random_scores(group: ChannelGroup, model: nn.Module, seed: int = 0) -> torch.Tensor:
+    """Random importance (a baseline), reproducible by ``seed`` and the group's name."""
+    gen = torch.Generator().manual_seed(seed + sum(map(ord, group.name)))
+    return torch.rand(group.size, generator=gen, dtype=torch.float64)
+
+
+CRITERIA: Mapping[str, Callable[[ChannelGroup, nn.Module], torch.Tensor]] = {
+    "l1": l1_norm,
+    "l2": l2_norm,
+    "bn_scale": bn_scale,
+    "random": random_scores,
+}
+
+
+def get_criterion(name_or_fn) -> Callable[[ChannelGroup, nn.Module], torch.Tensor]:
+    if callable(name_or_fn):
+        return name_or_fn
+    if name_or_fn not in CRITERIA:
+        raise ValueError(f"unknown importance criterion {name_or_fn!r}; available: {sorted(CRITERIA)} "
+                         "or a callable (group, model) -> scores")
+    return CRITERIA[name_or_fn]
