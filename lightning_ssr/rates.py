@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ runs on 28x28 grayscale as well as 32x32 RGB. No torchvision dependency.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
