@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, build_dependency_graph, find_channel_groups
+from .groups import ChannelGroup, UnsupportedLayerError, build_dependency_graph, find_channel_groups
 
 PLAN_FORMAT_VERSION = 1
 PLAN_CHECKPOINT_KEY = "pruning_plan"
@@ -91,50 +91,81 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
     return matched
 
 
+def _output_shapes(model: nn.Module, example_inputs) -> list[tuple[int, ...]]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example_inputs)
+    finally:
+        model.train(was_training)
+    flat = out if isinstance(out, (tuple, list)) else [out]
+    return [tuple(t.shape) for t in flat if torch.is_tensor(t)]
+
+
 def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
                    sizes: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Physically remove every channel not in ``kept[group root]``; other groups stay whole.
 
-    Everything is validated before the model is touched. Returns, for each parameter whose
-    tensor was replaced, the flat indices (into the old tensor) of the elements it kept,
-    shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
+    The plan is validated before the model is touched, and the rebuilt model is checked with
+    a forward pass on ``example_inputs``; if the rebuild fails or changes the output shapes,
+    the model is restored as it was and :class:`UnsupportedLayerError` is raised. Returns, for
+    each parameter whose tensor was replaced, the flat indices (into the old tensor) of the
+    elements it kept, shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
     """
     graph = build_dependency_graph(model, example_inputs)
     groups = find_channel_groups(model, example_inputs, graph=graph)
     matched = _match_groups(groups, kept, sizes)
+    expected_shapes = _output_shapes(model, example_inputs)
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    values = {n: p.data for n, p in params.items()}
-    flags = {n: p.requires_grad for n, p in params.items()}
+    old_params = dict(model.named_parameters())
+    values = {n: p.data for n, p in old_params.items()}
+    flags = {n: p.requires_grad for n, p in old_params.items()}
+    # torch-pruning edits modules in place (new Parameter objects, new attribute values);
+    # a shallow copy of every module's own state is enough to undo it.
+    snapshot = {m: {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(m).items() if k != "_modules"}
+                for m in model.modules()}
     # Replace every parameter's values by its element indices (exact in float64), let
     # torch-pruning cut the tensors, and read off which elements survived.
     with torch.no_grad():
-        for p in params.values():
+        for p in old_params.values():
             p.grad = None
             p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+    remap = {}
     try:
-        for name, ids in kept.items():
-            g = matched[name]
-            removed = sorted(set(range(g.size)) - set(ids))
-            if not removed:
-                continue
-            root = modules[g.name]
-            pruner = graph.get_pruner_of_module(root)
-            graph.get_pruning_group(root, pruner.prune_out_channels, removed).prune(record_history=False)
-    finally:
-        remap = {}
-        for n, p in model.named_parameters():
-            codes = p.data
-            if codes.dtype != torch.float64:  # never touched (should not happen)
-                continue
-            index = codes.long()
-            with torch.no_grad():
-                p.data = values[n].flatten()[index.flatten().to(values[n].device)].view(index.shape)
-            p.requires_grad_(flags.get(n, True))
-            p.grad = None
-            if index.shape != values[n].shape:
+        try:
+            for name, ids in kept.items():
+                g = matched[name]
+                removed = sorted(set(range(g.size)) - set(ids))
+                if not removed:
+                    continue
+                root = modules[g.name]
+                pruner = graph.get_pruner_of_module(root)
+                graph.get_pruning_group(root, pruner.prune_out_channels, removed).prune(record_history=False)
+        finally:
+            for n, p in model.named_parameters():
+                if p is old_params.get(n):
+                    continue
+                index = p.data.long()
+                with torch.no_grad():
+                    p.data = values[n].flatten()[index.flatten().to(values[n].device)].view(index.shape)
+                p.requires_grad_(flags.get(n, True))
+                p.grad = None
                 remap[n] = index
-    return remap
+            with torch.no_grad():
+                for n, p in old_params.items():
+                    p.data = values[n]
+        shapes = _output_shapes(model, example_inputs)
+        if shapes != expected_shapes:
+            raise RuntimeError(f"output shapes changed from {expected_shapes} to {shapes}")
+    except Exception as err:
+        for m, state in snapshot.items():
+            vars(m).update(state)
+        raise UnsupportedLayerError(
+            f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels "
+            f"of {sorted(kept)} pass through a structure the dependency graph maps wrongly (for example a "
+            "concat followed by flatten -> linear); pass the layers involved in ignored_layers.") from err
+    return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, nn.Parameter],

@@ -1,0 +1,139 @@
+"""Property test: random small CNNs built from conv, BN, ReLU, pooling, residual add, concat,
+depthwise conv and linear layers; prune random groups; the rebuilt model must run, have
+consistent shapes, and compute what the masked model computes."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lightning_ssr.groups import find_channel_groups
+from lightning_ssr.plan import prune_channels
+
+BLOCKS = ("conv", "residual", "concat", "depthwise", "pool")
+
+
+class ConvBN(nn.Module):
+    def __init__(self, cin, cout, k=3, groups=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Residual(nn.Module):
+    def __init__(self, c, mid):
+        super().__init__()
+        self.a = ConvBN(c, mid)
+        self.b = nn.Conv2d(mid, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.b(self.a(x))))
+
+
+class Concat(nn.Module):
+    def __init__(self, cin, c1, c2):
+        super().__init__()
+        self.left = ConvBN(cin, c1, 1)
+        self.right = ConvBN(cin, c2, 3)
+
+    def forward(self, x):
+        return torch.cat([self.left(x), self.right(x)], 1)
+
+
+class RandomCNN(nn.Module):
+    def __init__(self, spec, widths, in_channels=3, num_classes=4, size=16):
+        super().__init__()
+        layers, c = [ConvBN(in_channels, widths[0])], widths[0]
+        for i, kind in enumerate(spec):
+            w = widths[(i + 1) % len(widths)]
+            if kind == "conv":
+                layers.append(ConvBN(c, w))
+                c = w
+            elif kind == "residual":
+                layers.append(Residual(c, w))
+            elif kind == "concat":  # a concat feeding a conv (see test_concat_into_flatten_is_refused)
+                layers += [Concat(c, w, widths[i % len(widths)]), ConvBN(w + widths[i % len(widths)], w, 1)]
+                c = w
+            elif kind == "depthwise":
+                layers += [ConvBN(c, c, 3, groups=c), ConvBN(c, w, 1)]
+                c = w
+            elif kind == "pool" and size > 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, widths[-1]), nn.ReLU(),
+                                  nn.Linear(widths[-1], num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5),
+       widths=st.lists(st.integers(2, 8), min_size=2, max_size=4),
+       seed=st.integers(0, 2**16))
+def test_random_cnns_rebuild_exactly(spec, widths, seed):
+    torch.manual_seed(seed)
+    model = RandomCNN(spec, widths)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0, 0.1)
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    gen = torch.Generator().manual_seed(seed)
+    kept = {}
+    masked = copy.deepcopy(model)
+    live = {n: p.data for n, p in masked.named_parameters()}
+    for g in groups:
+        keep = torch.rand(g.size, generator=gen) < 0.5
+        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
+        kept[g.name] = torch.nonzero(keep).flatten().tolist()
+        g.scale_(live, keep.double())
+    rebuilt = copy.deepcopy(masked)
+    prune_channels(rebuilt, x, kept)
+    masked.eval()
+    rebuilt.eval()
+    for name, module in rebuilt.named_modules():  # shapes are consistent with the modules' attributes
+        if isinstance(module, nn.Conv2d):
+            assert module.weight.shape[:2] == (module.out_channels, module.in_channels // module.groups), name
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.weight.shape[0] == module.running_mean.shape[0] == module.num_features, name
+        if isinstance(module, nn.Linear):
+            assert module.weight.shape == (module.out_features, module.in_features), name
+    with torch.no_grad():
+        expected, got = masked(x), rebuilt(x)
+    assert got.shape == expected.shape == (2, 4)
+    assert float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)) <= 1e-5
+
+
+def test_concat_into_flatten_is_refused_and_the_model_is_restored():
+    """torch-pruning couples the two halves of a concat that feeds flatten -> linear (spatial
+    > 1) as if they were one tensor; the rebuild notices and restores the model."""
+    from lightning_ssr.groups import UnsupportedLayerError
+
+    torch.manual_seed(0)
+    model = RandomCNN(["concat"], [2, 2])
+    model.features = model.features[:2]  # drop the 1x1 conv after the concat
+    model.head[1] = nn.Linear(4 * 16 * 16, 2)
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        before_out = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = find_channel_groups(model, x)
+    with pytest.raises(UnsupportedLayerError, match="restored unchanged"):
+        prune_channels(model, x, {g.name: [0] for g in groups})
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(model(x), before_out)
