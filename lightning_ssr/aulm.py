@@ -42,7 +42,8 @@ class AULM:
     ``params`` maps parameter names to the live parameters; ``groups`` come from
     :func:`lightning_ssr.groups.find_channel_groups`, each with its ``lam`` set. With
     ``keep`` (group name -> channel count) the V-step is the budget form of L2,0: keep the
-    ``keep[g]`` channels of largest norm in each group.
+    ``keep[g]`` channels of largest norm in each group. ``min_keep`` (a number, or a count per
+    group) is the number of channels the threshold forms never remove.
     """
 
     def __init__(
@@ -54,7 +55,7 @@ class AULM:
         rho_growth: float = 1.0,
         rho_max: float | None = None,
         keep: Mapping[str, int] | None = None,
-        min_channels: int = 1,
+        min_keep: int | Mapping[str, int] = 1,
         tol: float = 1e-3,
         patience: int = 3,
     ):
@@ -72,7 +73,8 @@ class AULM:
         self.rho_growth = float(rho_growth)
         self.rho_max = float(rho_max) if rho_max is not None else math.inf
         self.keep = dict(keep) if keep is not None else None
-        self.min_channels = int(min_channels)
+        self.min_keep = (dict(min_keep) if isinstance(min_keep, Mapping)
+                         else {g.name: min(int(min_keep), g.size) for g in self.groups})
         self.tol = float(tol)
         self.patience = int(patience)
         names = sorted({s.param for g in self.groups for s in g.slices})
@@ -156,7 +158,7 @@ class AULM:
                 scale = group_soft_threshold(norms, g.lam / self.rho)
             else:
                 scale = group_hard_threshold(norms, g.lam / self.rho)
-            scale = protect_largest(scale, norms, min(self.min_channels, g.size))
+            scale = protect_largest(scale, norms, self.min_keep[g.name])
             g.scale_(tensors, scale)
             support[g.name] = scale > 0
         return support

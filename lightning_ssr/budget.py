@@ -47,25 +47,38 @@ def resolve_lam(groups: Sequence[ChannelGroup], lam, scaling: str = "flops") -> 
     return values
 
 
+def min_keep_counts(groups: Sequence[ChannelGroup], min_channels: int = 1,
+                    max_pruning_ratio: float = 1.0) -> dict[str, int]:
+    """Channels each group keeps at least: ``min_channels``, and no more than
+    ``max_pruning_ratio`` of a layer's channels removed."""
+    if not 0.0 < max_pruning_ratio <= 1.0:
+        raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
+    return {g.name: min(g.size, max(min_channels, math.ceil(round(g.size * (1 - max_pruning_ratio), 6))))
+            for g in groups}
+
+
 def allocate_keep_counts(
     groups: Sequence[ChannelGroup],
     cost: ModelCost,
     flops_budget: float | None = None,
     filter_budget: float | None = None,
-    min_channels: int = 1,
+    min_keep: int | Mapping[str, int] = 1,
 ) -> dict[str, int]:
     """Channels to keep per group so the pruned model fits the budget.
 
     ``flops_budget`` is the fraction of the dense model's MACs to keep, ``filter_budget``
     the fraction of its prunable channels. Every layer keeps the same fraction ``r`` of
-    its channels (at least ``min_channels``), with ``r`` the largest value that fits;
+    its channels (at least ``min_keep``, a number or a count per group, see
+    :func:`min_keep_counts`), with ``r`` the largest value that fits;
     the top-k projection then picks *which* channels survive in each layer.
     """
     if (flops_budget is None) == (filter_budget is None):
         raise ValueError("give exactly one of flops_budget and filter_budget")
 
+    floor = min_keep if isinstance(min_keep, Mapping) else {g.name: min(g.size, min_keep) for g in groups}
+
     def counts(r: float) -> dict[str, int]:
-        return {g.name: min(g.size, max(min_channels, math.floor(r * g.size + 1e-9))) for g in groups}
+        return {g.name: min(g.size, max(floor[g.name], math.floor(r * g.size + 1e-9))) for g in groups}
 
     if flops_budget is not None:
         limit = flops_budget * cost.macs
@@ -80,8 +93,8 @@ def allocate_keep_counts(
 
     if not fits(counts(0.0)):
         kind = "flops_budget" if flops_budget is not None else "filter_budget"
-        raise ValueError(f"{kind} is too small: keeping min_channels={min_channels} per layer "
-                         "already exceeds it; raise the budget or lower min_channels")
+        raise ValueError(f"{kind} is too small: the channels every layer must keep (min_channels, "
+                         "max_pruning_ratio) already exceed it; raise the budget or relax those limits")
     lo, hi = 0.0, 1.0
     if fits(counts(hi)):
         return counts(hi)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from .aulm import AULM, REGULARIZERS
-from .budget import LAM_SCALINGS, allocate_keep_counts, resolve_lam
+from .budget import LAM_SCALINGS, allocate_keep_counts, min_keep_counts, resolve_lam
 from .flops import count_cost
 from .groups import assign_channel_costs, find_channel_groups
 from .plan import PLAN_CHECKPOINT_KEY, PruningPlan, apply_plan, plan_from_support, prune_channels, remap_optimizer
@@ -82,6 +82,7 @@ class SSRPruning(Callback):
         ignored_layers: names of layers whose output channels must not be pruned. The
             classifier's outputs are never pruned.
         min_channels: channels every layer keeps at least.
+        max_pruning_ratio: the largest fraction of any layer's channels that may be removed.
         example_input: an input batch used to trace the model; by default the LightningModule's
             ``example_input_array`` or the first tensor of the first training batch.
         tol, patience: convergence: relative primal residual below ``tol`` with an unchanged
@@ -102,6 +103,7 @@ class SSRPruning(Callback):
         schedule: PruningSchedule | Mapping | None = None,
         ignored_layers: Sequence[str] = (),
         min_channels: int = 1,
+        max_pruning_ratio: float = 1.0,
         example_input: torch.Tensor | None = None,
         tol: float = 1e-3,
         patience: int = 3,
@@ -127,6 +129,8 @@ class SSRPruning(Callback):
             raise ValueError(f"rho_max must be >= rho, got rho_max={rho_max!r}, rho={rho!r}")
         if not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"min_channels must be an int >= 1, got {min_channels!r}")
+        if not (isinstance(max_pruning_ratio, (int, float)) and 0.0 < max_pruning_ratio <= 1.0):
+            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio!r}")
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol!r}")
         if not isinstance(patience, int) or patience < 0:
@@ -143,6 +147,7 @@ class SSRPruning(Callback):
         self.schedule = schedule
         self.ignored_layers = list(ignored_layers)
         self.min_channels = min_channels
+        self.max_pruning_ratio = float(max_pruning_ratio)
         self.tol, self.patience = float(tol), patience
         self.verbose = verbose
         self._example = example_input
@@ -272,11 +277,12 @@ class SSRPruning(Callback):
         lam = pending.get("lam") or resolve_lam(groups, self.lam, self.lam_scaling)
         for g in groups:
             g.lam = float(lam[g.name])
+        min_keep = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio)
         keep = pending.get("keep")
         if keep is None and (self.flops_budget is not None or self.filter_budget is not None):
-            keep = allocate_keep_counts(groups, cost, self.flops_budget, self.filter_budget, self.min_channels)
+            keep = allocate_keep_counts(groups, cost, self.flops_budget, self.filter_budget, min_keep)
         self.aulm = AULM(dict(pl_module.named_parameters()), groups, self.regularizer, self.rho,
-                         self.rho_growth, self.rho_max, keep, self.min_channels, self.tol, self.patience)
+                         self.rho_growth, self.rho_max, keep, min_keep, self.tol, self.patience)
         if pending.get("aulm") is not None:
             self.aulm.load_state_dict(pending["aulm"])
         else:

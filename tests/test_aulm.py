@@ -121,3 +121,10 @@ def test_bad_arguments_are_refused():
         AULM({"x": x}, groups, rho=0.0)
     with pytest.raises(ValueError, match="l20"):
         AULM({"x": x}, groups, regularizer="l21", keep={"x": 1})
+
+
+def test_min_keep_protects_layers_from_being_emptied():
+    x = nn.Parameter(torch.full((6, 2), 0.01))
+    aulm = AULM({"x": x}, _row_groups("x", 6, 10.0), regularizer="l21", rho=1.0, min_keep={"x": 3})
+    aulm.start()  # the threshold (10) is far above every norm, but 3 groups survive
+    assert aulm.surviving() == {"x": 3}

@@ -159,6 +159,8 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
     ({"rho_growth": 0.5}, "rho_growth"),
     ({"rho": 1.0, "rho_max": 0.5}, "rho_max"),
     ({"min_channels": 0}, "min_channels"),
+    ({"max_pruning_ratio": 0.0}, "max_pruning_ratio"),
+    ({"max_pruning_ratio": 1.5}, "max_pruning_ratio"),
     ({"lam_scaling": "params"}, "lam_scaling"),
     ({"schedule": {"admm_epochs": 0}}, "admm_epochs"),
     ({"schedule": {"update_every_n_steps": 0}}, "update_every_n_steps"),
@@ -183,6 +185,19 @@ def test_manual_optimization_is_refused(tmp_path):
 
     with pytest.raises(Exception, match="automatic optimization"):
         _trainer(tmp_path, [SSRPruning()], 1).fit(Manual(), _loader())
+
+
+def test_per_layer_pruning_ratio_is_capped(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = SSRPruning(regularizer="l20", filter_budget=0.1, max_pruning_ratio=0.5,
+                    schedule=PruningSchedule(admm_epochs=1, finetune_epochs=0, update_every_n_steps=2))
+    with pytest.raises(ValueError, match="too small"):  # 10% of the filters cannot fit the 50% cap
+        _trainer(tmp_path, [cb], 1).fit(model, _loader())
+    cb = SSRPruning(regularizer="l21", lam=100.0, max_pruning_ratio=0.5,
+                    schedule=PruningSchedule(admm_epochs=1, finetune_epochs=0, update_every_n_steps=2))
+    _trainer(tmp_path, [cb], 1).fit(TinyClassifier(), _loader())
+    assert all(r["after"] >= r["before"] / 2 for r in cb.summary["layers"])
 
 
 def test_layers_can_be_excluded(tmp_path):

@@ -52,7 +52,7 @@ def test_filter_budget_and_min_channels():
     keep = allocate_keep_counts(groups, cost, filter_budget=0.1)
     assert sum(keep.values()) <= 0.1 * 570
     with pytest.raises(ValueError, match="too small"):
-        allocate_keep_counts(groups, cost, flops_budget=0.001, min_channels=5)
+        allocate_keep_counts(groups, cost, flops_budget=0.001, min_keep=5)
     with pytest.raises(ValueError, match="exactly one"):
         allocate_keep_counts(groups, cost)
 
@@ -69,3 +69,15 @@ def test_lam_scaling():
     assert explicit == {"conv1": 0.4, "conv2": 0.15, "fc1": 0.02}
     with pytest.raises(ValueError, match="missing"):
         resolve_lam(groups, {"conv1": 0.4})
+
+
+def test_max_pruning_ratio_caps_every_layer():
+    from lightning_ssr.budget import min_keep_counts
+
+    _, _, cost, groups = _lenet()
+    floor = min_keep_counts(groups, min_channels=1, max_pruning_ratio=0.75)
+    assert floor == {"conv1": 5, "conv2": 13, "fc1": 125}
+    keep = allocate_keep_counts(groups, cost, flops_budget=0.3, min_keep=floor)
+    assert all(keep[n] >= floor[n] for n in floor)
+    with pytest.raises(ValueError, match="max_pruning_ratio"):
+        min_keep_counts(groups, max_pruning_ratio=0.0)
