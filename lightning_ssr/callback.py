@@ -329,6 +329,33 @@ class SSRPruning(Callback):
                            f"{trainer.current_epoch}\n" + format_layer_table(rows, before, after))
 
 
+class PrunedCheckpointMixin:
+    """Mix into a LightningModule so that ``YourModule.load_from_checkpoint(path)`` rebuilds
+    the pruned shapes from the checkpoint's plan before the weights load::
+
+        class LitNet(PrunedCheckpointMixin, pl.LightningModule): ...
+
+        model = LitNet.load_from_checkpoint("last.ckpt")  # in any process, no callback needed
+
+    Without the mixin, use :func:`lightning_ssr.load_pruned` on a fresh module.
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        _apply_checkpoint_plan(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)
+
+
+def _apply_checkpoint_plan(pl_module, checkpoint: dict) -> None:
+    data = checkpoint.get(PLAN_CHECKPOINT_KEY)
+    current = getattr(pl_module, "_ssr_applied_plan", None)
+    if data is not None and data != current:
+        if current is not None:
+            raise ValueError("the checkpoint's pruning plan differs from the one this model was already "
+                             "rebuilt with; construct a fresh model to load it")
+        apply_plan(pl_module, data)
+        pl_module._ssr_applied_plan = data
+
+
 def install_plan_loader(pl_module: LightningModule) -> None:
     """Make ``pl_module`` rebuild itself from a checkpoint's pruning plan before its weights load.
 
@@ -336,19 +363,12 @@ def install_plan_loader(pl_module: LightningModule) -> None:
     resuming ``fit(ckpt_path=...)``; the wrapper applies the plan there, then calls the
     module's own hook.
     """
-    if getattr(pl_module, "_ssr_plan_loader_installed", False):
+    if getattr(pl_module, "_ssr_plan_loader_installed", False) or isinstance(pl_module, PrunedCheckpointMixin):
         return
     original = pl_module.on_load_checkpoint
 
     def on_load_checkpoint(checkpoint: dict) -> None:
-        data = checkpoint.get(PLAN_CHECKPOINT_KEY)
-        current = getattr(pl_module, "_ssr_applied_plan", None)
-        if data is not None and data != current:
-            if current is not None:
-                raise ValueError("the checkpoint's pruning plan differs from the one this model was already "
-                                 "rebuilt with; construct a fresh model to load it")
-            apply_plan(pl_module, data)
-            pl_module._ssr_applied_plan = data
+        _apply_checkpoint_plan(pl_module, checkpoint)
         original(checkpoint)
 
     pl_module.on_load_checkpoint = on_load_checkpoint

@@ -217,3 +217,42 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
     example = torch.zeros(plan.input_shape, dtype=ref.dtype, device=ref.device)
     prune_channels(model, example, plan.kept, plan.sizes)
     return model
+
+
+def _strip_prefix(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], model: nn.Module):
+    """Find the prefix (e.g. ``"model."``) that maps the plan's layer names onto ``model``."""
+    names = {n for n, _ in model.named_modules()}
+    roots = list(plan.kept)
+    if all(r in names for r in roots):
+        return plan, dict(state_dict)
+    for root in roots:
+        for cut in range(root.count(".") + 1):
+            prefix = ".".join(root.split(".")[: cut + 1]) + "."
+            if all(r.startswith(prefix) and r[len(prefix):] in names for r in roots):
+                stripped = PruningPlan(plan.input_shape, {r[len(prefix):]: k for r, k in plan.kept.items()},
+                                       {r[len(prefix):]: s for r, s in plan.sizes.items()})
+                sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+                return stripped, sd
+    raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
+                            "not have (with or without a common prefix): it was saved from another architecture")
+
+
+def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
+    """Load a pruned checkpoint into a freshly constructed (unpruned) ``model``.
+
+    ``checkpoint`` is a path or an already loaded dict holding ``"state_dict"`` and
+    ``"pruning_plan"`` (a Lightning checkpoint saved with the callback, or the CLI's
+    ``pruned.pt``); it is read with ``torch.load(weights_only=True)``. ``model`` may be the
+    LightningModule or the network inside it: a prefix such as ``"model."`` is stripped.
+    """
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state_dict = checkpoint["state_dict"]
+    data = checkpoint.get(PLAN_CHECKPOINT_KEY)
+    if data is None:
+        model.load_state_dict(state_dict, strict=strict)
+        return model
+    plan, state_dict = _strip_prefix(PruningPlan.from_dict(data), state_dict, model)
+    apply_plan(model, plan)
+    model.load_state_dict(state_dict, strict=strict)
+    return model

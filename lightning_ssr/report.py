@@ -72,11 +72,12 @@ def measure_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 3
 
 
 def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[int],
-                    batch_sizes: Sequence[int] = (1, 256), repeats: int = 30) -> dict:
+                    batch_sizes: Sequence[int] = (1, 256), repeats: int = 30,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Latency of both models at each batch size, measured alternately in one process."""
     out = {"dense": {}, "pruned": {}, "speedup": {}}
     for bs in batch_sizes:
-        x = torch.randn(bs, *input_shape[1:])
+        x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
         # interleave the two models so that machine noise hits both alike
         d, p = [], []
         for _ in range(3):

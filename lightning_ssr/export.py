@@ -1,0 +1,66 @@
+"""Export a (pruned) model for deployment: ONNX, torch.export and TorchScript.
+
+The rebuilt model is an ordinary ``nn.Module`` with smaller layers, so the standard
+exporters apply as they are; these helpers put it in eval mode, check the export against
+PyTorch, and return what they wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EXPORT_FORMATS = ("onnx", "torchscript", "torch_export")
+
+
+def _eval_copy_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    model.eval()
+    return model, example_input.detach()
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
+                dynamic_batch: bool = True) -> Path:
+    """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension."""
+    model, x = _eval_copy_inputs(model, example_input)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"],
+                      opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
+    return path
+
+
+def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+    """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
+    model, x = _eval_copy_inputs(model, example_input)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+    traced.save(str(path))
+    return path
+
+
+def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None):
+    """``torch.export`` the model (in eval mode); saved to ``path`` (``.pt2``) when given."""
+    model, x = _eval_copy_inputs(model, example_input)
+    program = torch.export.export(model, (x,))
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(path))
+    return program
+
+
+def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime on ``path`` and PyTorch."""
+    import onnxruntime as ort  # optional dependency: pip install onnxruntime
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ours,) = session.run(None, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
+    model.eval()
+    with torch.no_grad():
+        reference = model(example_input).cpu()
+    return float((torch.from_numpy(ours) - reference).abs().max())
