@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 from .flops import count_cost
 from .plan import PLAN_CHECKPOINT_KEY
 from .report import compare_latency, format_layer_table, layer_rows
@@ -43,9 +44,25 @@ def _test_accuracy(lm: pl.LightningModule, dm: pl.LightningDataModule) -> float:
     return float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
 
 
+def _export(fmt: str, net: torch.nn.Module, example: torch.Tensor, output_dir: Path) -> dict:
+    if fmt == "onnx":
+        path = export_onnx(net, example, output_dir / "pruned.onnx")
+        check = torch.randn(4, *example.shape[1:])
+        try:
+            return {"format": fmt, "path": str(path), "onnxruntime_max_abs_diff": onnx_max_abs_diff(net, path, check)}
+        except ImportError:
+            return {"format": fmt, "path": str(path), "onnxruntime_max_abs_diff": None}
+    if fmt == "torchscript":
+        return {"format": fmt, "path": str(export_torchscript(net, example, output_dir / "pruned.ts"))}
+    export_program(net, example, output_dir / "pruned.pt2")
+    return {"format": fmt, "path": str(output_dir / "pruned.pt2")}
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     start = time.time()
     # Build everything first, so a bad value fails before any training.
+    if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
+        raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     schedule = instantiate(cfg.schedule)
     callback = instantiate(cfg.pruning, schedule=schedule) if cfg.pruning else None
     dm = instantiate(cfg.data)
@@ -115,6 +132,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "wall_time_s": time.time() - start,
     }
+    if cfg.export is not None:
+        result["export"] = _export(cfg.export, net, torch.randn(input_shape), output_dir)
     (output_dir / "result.json").write_text(json.dumps(result, indent=2))
     lat = " ".join(f"batch {k.split('_')[1]}: {latency['dense'][k]:.3f} -> {latency['pruned'][k]:.3f} ms "
                    f"({latency['speedup'][k]:.2f}x)" for k in latency["speedup"])

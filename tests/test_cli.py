@@ -49,6 +49,14 @@ def test_end_to_end_run_writes_result_json_and_reuses_the_dense_cache(tmp_path):
     assert again["dense"]["accuracy"] == result["dense"]["accuracy"]
 
 
+def test_export_onnx_at_the_end_of_a_run(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
+    cfg = _compose(FAST + ["export=onnx", f"dense.cache_dir={tmp_path / 'cache'}"])
+    result = run(cfg, tmp_path)
+    assert (tmp_path / "pruned.onnx").is_file()
+    assert result["export"]["onnxruntime_max_abs_diff"] <= 1e-4
+
+
 def test_pruning_none_is_the_equal_budget_dense_baseline(tmp_path):
     overrides = [o for o in FAST if not o.startswith("pruning.")]
     cfg = _compose(overrides + ["pruning=none", f"dense.cache_dir={tmp_path}"])
@@ -71,10 +79,11 @@ def test_unknown_model_fails_with_hydras_error():
     (["pruning=ssr_l21", "pruning.lam=-1"], "lam must be a finite number >= 0"),
     (["pruning.flops_budget=1.5"], r"flops_budget .* \(0, 1\]"),
     (["schedule.admm_epochs=0"], "admm_epochs"),
+    (["export=tflite"], "export must be null or one of"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
     cfg = _compose(overrides)
-    with pytest.raises(InstantiationException, match=match):
+    with pytest.raises((InstantiationException, ValueError), match=match):
         run(cfg, tmp_path)
     assert not (tmp_path / "dense").exists()
 

@@ -1,0 +1,39 @@
+"""Pruned models export to ONNX (checked with onnxruntime), torch.export and TorchScript."""
+
+import pytest
+import torch
+
+from lightning_ssr.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from lightning_ssr.models import build_model
+from lightning_ssr.rates import prune_by_rates
+
+CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7])]
+
+
+@pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
+def pruned(request):
+    name, (c, s), rates = request.param
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=c, num_classes=10, input_size=s)
+    x = torch.randn(2, c, s, s)
+    prune_by_rates(model, x, rates)
+    return model.eval(), x
+
+
+def test_onnx_matches_pytorch_with_onnxruntime(pruned, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
+    model, x = pruned
+    path = export_onnx(model, x, tmp_path / "model.onnx")
+    # a different batch size: the batch dimension is dynamic
+    assert onnx_max_abs_diff(model, path, torch.randn(5, *x.shape[1:])) <= 1e-4
+
+
+def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
+    model, x = pruned
+    with torch.no_grad():
+        expected = model(x)
+        scripted = torch.jit.load(str(export_torchscript(model, x, tmp_path / "model.ts")))
+        assert torch.allclose(scripted(x), expected, atol=1e-6)
+        export_program(model, x, tmp_path / "model.pt2")
+        program = torch.export.load(str(tmp_path / "model.pt2"))
+        assert torch.allclose(program.module()(x), expected, atol=1e-6)
