@@ -15,7 +15,7 @@ support of ``V`` (which groups are non-zero) has not changed for ``patience`` up
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ from .groups import ChannelGroup
 from .prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
 
 REGULARIZERS = ("l21", "l20")
+Sync = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -100,13 +101,13 @@ class AULM:
                 f"non-finite values in {bad[:3]}: training diverged before the AULM update. Lower the "
                 "learning rate or rho (rho * (W - V + U) is added to the gradients), or clip gradients.")
 
-    def start(self) -> None:
+    def start(self, sync: Sync | None = None) -> None:
         """``U = 0`` and ``V = prox(W)``."""
         self._check_finite()
         with torch.no_grad():
             self.U = {n: torch.zeros_like(p) for n, p in self.params.items()}
             self.V = {n: p.detach().clone() for n, p in self.params.items()}
-            self._support = self._prox_(self.V)
+            self._support = self._prox_(self.V, sync)
 
     def add_penalty_gradient(self) -> None:
         """W-step: ``W.grad += rho * (W - V + U)`` for every grouped parameter with a gradient."""
@@ -115,13 +116,17 @@ class AULM:
                 if p.grad is not None:
                     p.grad.add_(p.detach() - self.V[n] + self.U[n], alpha=self.rho)
 
-    def update(self) -> AULMStats:
-        """V-step, U-step, residuals and the rho schedule."""
+    def update(self, sync: Sync | None = None) -> AULMStats:
+        """V-step, U-step, residuals and the rho schedule.
+
+        ``sync`` (optional) receives the per-group prox scales and returns the ones to apply;
+        under data parallelism it broadcasts rank 0's, so every rank makes the same decision.
+        """
         self._check_finite()
         with torch.no_grad():
             previous = self.V
             self.V = {n: p.detach() + self.U[n] for n, p in self.params.items()}
-            support = self._prox_(self.V)
+            support = self._prox_(self.V, sync)
             primal_sq = dual_sq = w_sq = 0.0
             for n, p in self.params.items():
                 w = p.detach()
@@ -147,9 +152,9 @@ class AULM:
             support_changed=changed,
         )
 
-    def _prox_(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _prox_(self, tensors: dict[str, torch.Tensor], sync: Sync | None = None) -> dict[str, torch.Tensor]:
         """Apply the group prox to ``tensors`` in place; return each group's support."""
-        support = {}
+        scales = {}
         for g in self.groups:
             norms = g.norms(tensors)
             if self.keep is not None:
@@ -158,10 +163,12 @@ class AULM:
                 scale = group_soft_threshold(norms, g.lam / self.rho)
             else:
                 scale = group_hard_threshold(norms, g.lam / self.rho)
-            scale = protect_largest(scale, norms, self.min_keep[g.name])
-            g.scale_(tensors, scale)
-            support[g.name] = scale > 0
-        return support
+            scales[g.name] = protect_largest(scale, norms, self.min_keep[g.name])
+        if sync is not None:
+            scales = sync(scales)
+        for g in self.groups:
+            g.scale_(tensors, scales[g.name])
+        return {name: scale > 0 for name, scale in scales.items()}
 
     # ---------------------------------------------------------------- queries
     def support(self) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
@@ -177,9 +178,20 @@ class SSRPruning(Callback):
             raise MisconfigurationException(
                 "SSRPruning adds its ADMM term in on_before_optimizer_step and remaps the optimizer at the "
                 "rebuild; it supports automatic optimization only (automatic_optimization=True).")
-        if trainer.world_size > 1:
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") != "popen":
             raise MisconfigurationException(
-                "SSRPruning does not support multi-process training yet; run with devices=1.")
+                f"SSRPruning does not support DDPStrategy(start_method={strategy._start_method!r}): those "
+                "launchers return the trained weights to the main process, whose model still has the full "
+                "size, so loading them fails after the rebuild. Use strategy='ddp' (subprocess launcher).")
+        if trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
+            raise MisconfigurationException(
+                f"SSRPruning supports single-device training and strategy='ddp'; got {type(strategy).__name__}.")
+        if getattr(pl_module, "_compiler_ctx", None) or any(
+                isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in pl_module.modules()):
+            raise MisconfigurationException(
+                "SSRPruning rebuilds the model during fit, which a torch.compile'd module cannot follow; "
+                "train the uncompiled module and compile the pruned one afterwards (torch.compile(model)).")
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self.schedule.prune_epoch:
             rank_zero_warn(
                 f"Trainer(max_epochs={trainer.max_epochs}) ends before the scheduled rebuild at the end of "
@@ -213,18 +225,18 @@ class SSRPruning(Callback):
         step = trainer.global_step
         if self.aulm is None or n is None or step == self._last_update_step or step % n != 0:
             return
-        self._update(pl_module, step)
+        self._update(trainer, pl_module, step)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.aulm is None:
             return
         if self.schedule.update_every_n_steps is None:
-            self._update(pl_module, trainer.global_step)
+            self._update(trainer, pl_module, trainer.global_step)
         aulm = self.aulm
-        pl_module.log("ssr/regularizer", aulm.regularizer_value(), on_epoch=True, on_step=False)
+        self._log(pl_module, "ssr/regularizer", aulm.regularizer_value(), on_epoch=True, on_step=False)
         for name, count in aulm.surviving().items():
-            pl_module.log(f"ssr/filters/{name}", float(count), on_epoch=True, on_step=False)
+            self._log(pl_module, f"ssr/filters/{name}", float(count), on_epoch=True, on_step=False)
         converged = self.schedule.stop_early and aulm.converged()
         if trainer.current_epoch >= self.schedule.prune_epoch or converged:
             if converged and trainer.current_epoch < self.schedule.prune_epoch:
@@ -286,20 +298,32 @@ class SSRPruning(Callback):
         if pending.get("aulm") is not None:
             self.aulm.load_state_dict(pending["aulm"])
         else:
-            self.aulm.start()
+            self.aulm.start(self._sync(trainer))
         self._pending_state = None
         if self.verbose and not pending:
             target = f", keeping {keep}" if keep else ""
             rank_zero_info(f"SSRPruning: {len(groups)} prunable layers, {self.regularizer}{target}; "
                            f"ADMM until the end of epoch {self.schedule.prune_epoch}.")
 
-    def _update(self, pl_module: LightningModule, step: int) -> None:
-        stats = self.aulm.update()
+    @staticmethod
+    def _log(pl_module: LightningModule, name: str, value: float, **kwargs) -> None:
+        # every rank holds the same value; syncing keeps Lightning's epoch-level reduction exact
+        pl_module.log(name, value, sync_dist=pl_module.trainer.world_size > 1, **kwargs)
+
+    @staticmethod
+    def _sync(trainer: Trainer):
+        """Under data parallelism: every rank takes rank 0's decisions."""
+        if trainer.world_size <= 1:
+            return None
+        return lambda obj: trainer.strategy.broadcast(obj, src=0)
+
+    def _update(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+        stats = self.aulm.update(self._sync(trainer))
         self._last_update_step = step
-        pl_module.log("ssr/primal_residual", stats.primal_residual)
-        pl_module.log("ssr/relative_primal_residual", stats.relative_primal_residual)
-        pl_module.log("ssr/dual_residual", stats.dual_residual)
-        pl_module.log("ssr/rho", stats.rho)
+        self._log(pl_module, "ssr/primal_residual", stats.primal_residual)
+        self._log(pl_module, "ssr/relative_primal_residual", stats.relative_primal_residual)
+        self._log(pl_module, "ssr/dual_residual", stats.dual_residual)
+        self._log(pl_module, "ssr/rho", stats.rho)
 
     def prune_and_rebuild(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Project W onto V's support, remove the zeroed filters, remap the optimizer(s)."""
@@ -307,12 +331,18 @@ class SSRPruning(Callback):
         example = self._example.to(pl_module.device)
         aulm.project_()
         step_plan = plan_from_support(example.shape, aulm.support(), aulm.groups)
+        if trainer.world_size > 1:  # every rank prunes exactly what rank 0 decided
+            step_plan = PruningPlan.from_dict(trainer.strategy.broadcast(step_plan.to_dict(), src=0))
         before = count_cost(pl_module, example)
         old_params = dict(pl_module.named_parameters())
         remap = prune_channels(pl_module, example, step_plan.kept, step_plan.sizes)
         new_params = dict(pl_module.named_parameters())
         for optimizer in trainer.optimizers:
             remap_optimizer(optimizer, old_params, new_params, remap)
+        if isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1:
+            # the old DistributedDataParallel wrapper holds the old parameters: wrap again
+            trainer.strategy.model = pl_module
+            trainer.strategy.configure_ddp()
         after = count_cost(pl_module, example)
         self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
         pl_module._ssr_applied_plan = self.plan.to_dict()
@@ -322,8 +352,8 @@ class SSRPruning(Callback):
         self.summary = {"layers": rows, "macs_before": before.macs, "macs_after": after.macs,
                         "params_before": before.params, "params_after": after.params,
                         "epoch": trainer.current_epoch}
-        pl_module.log("ssr/flops", float(after.macs), on_epoch=True, on_step=False)
-        pl_module.log("ssr/params", float(after.params), on_epoch=True, on_step=False)
+        self._log(pl_module, "ssr/flops", float(after.macs), on_epoch=True, on_step=False)
+        self._log(pl_module, "ssr/params", float(after.params), on_epoch=True, on_step=False)
         if self.verbose:
             rank_zero_info("SSRPruning: rebuilt the model at the end of epoch "
                            f"{trainer.current_epoch}\n" + format_layer_table(rows, before, after))

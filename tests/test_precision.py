@@ -10,7 +10,6 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_ssr import PruningSchedule, SSRPruning
 from tests.test_callback import TinyClassifier, _loader, _trainer
 
-
 LR = 0.1
 
 

@@ -1,0 +1,61 @@
+"""A small SSRPruning fit, run as a script so that Lightning's DDP launcher can start it.
+
+    python tests/ddp_job.py OUT_DIR DEVICES {residual,lenet} [--spawn]
+
+Each rank writes OUT_DIR/rank<r>.pt with its final state dict, plan and loss history.
+Used by tests/test_ddp.py; 64 samples, global batch 16 whatever DEVICES is. "residual" has
+BatchNorm, whose batch statistics are per rank (SyncBatchNorm needs GPUs), so only "lenet"
+(no BN) can match a single-process run step for step.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_ssr import PruningSchedule, SSRPruning
+from lightning_ssr.models import build_model
+from tests.test_callback import TinyClassifier
+
+
+class _DataModule(pl.LightningDataModule):
+    def __init__(self, data, batch_size):
+        super().__init__()
+        self.data, self.batch_size = data, batch_size
+
+    def train_dataloader(self):
+        # called once the process group exists: each rank takes every other sample, in order
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = DistributedSampler(self.data, shuffle=False) if distributed else None
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, shuffle=False)
+
+
+def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
+    torch.set_num_threads(1)
+    pl.seed_everything(0)
+    gen = torch.Generator().manual_seed(0)
+    shape = (3, 16, 16) if kind == "residual" else (1, 28, 28)
+    data = TensorDataset(torch.randn(64, *shape, generator=gen), torch.randint(0, 5, (64,), generator=gen))
+    model = TinyClassifier()
+    if kind == "lenet":
+        model.backbone = build_model("lenet5", in_channels=1, num_classes=5, input_size=28)
+    ssr = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5,
+                     schedule=PruningSchedule(warmup_epochs=1, admm_epochs=2, finetune_epochs=2,
+                                              update_every_n_steps=2, stop_early=False))
+    strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
+    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         deterministic=True, use_distributed_sampler=False, callbacks=[ssr])
+    trainer.fit(model, datamodule=_DataModule(data, 16 // devices))
+    torch.save({"state_dict": model.state_dict(), "plan": ssr.plan.to_dict(), "losses": model.losses,
+                "world_size": trainer.world_size},
+               Path(out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], "--spawn" in sys.argv)
