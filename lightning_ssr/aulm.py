@@ -6,7 +6,8 @@ Splits ``min_W L(W) + lam R(W)`` into ``W = V`` with scaled dual ``U`` and penal
    ``(rho/2) ||W - V + U||^2``, i.e. ``rho * (W - V + U)``, is added to ``W.grad``.
 2. V-step: ``V = prox_{(lam/rho) R}(W + U)`` group by group (:mod:`lightning_ssr.prox`).
 3. U-step: ``U = U + W - V``.
-4. ``rho <- min(rho * rho_growth, rho_max)``.
+4. ``rho <- min(rho * rho_growth, rho_max)``, and ``U <- U * rho_old / rho_new`` so that the
+   unscaled dual ``rho * U`` carries over (U is the dual scaled by 1/rho).
 
 Convergence: the relative primal residual ``||W - V|| / ||W||`` is below ``tol`` and the
 support of ``V`` (which groups are non-zero) has not changed for ``patience`` updates.
@@ -142,6 +143,9 @@ class AULM:
             self.num_updates += 1
             rho_used = self.rho
             self.rho = min(self.rho * self.rho_growth, self.rho_max)
+            if self.rho != rho_used:  # U is the dual scaled by 1/rho: keep rho * U unchanged
+                for u in self.U.values():
+                    u.mul_(rho_used / self.rho)
         primal = math.sqrt(primal_sq)
         return AULMStats(
             primal_residual=primal,

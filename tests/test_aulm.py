@@ -128,3 +128,19 @@ def test_min_keep_protects_layers_from_being_emptied():
     aulm = AULM({"x": x}, _row_groups("x", 6, 10.0), regularizer="l21", rho=1.0, min_keep={"x": 3})
     aulm.start()  # the threshold (10) is far above every norm, but 3 groups survive
     assert aulm.surviving() == {"x": 3}
+
+
+def test_growing_rho_rescales_the_scaled_dual():
+    x = nn.Parameter(torch.randn(4, 3))
+    aulm = AULM({"x": x}, _row_groups("x", 4, 0.3), rho=0.5, rho_growth=2.0)
+    aulm.start()
+    with torch.no_grad():
+        x.add_(0.1)  # a W-step, so that W - V != 0
+    V_prev = aulm.V["x"].clone()
+    T_expected = x.detach() + aulm.U["x"]
+    aulm.update()
+    # U after the step is (U + W - V) scaled by rho_old / rho_new, so rho * U carries over
+    unscaled = (T_expected - aulm.V["x"]) * 0.5
+    assert torch.allclose(aulm.rho * aulm.U["x"], unscaled)
+    assert aulm.rho == 1.0
+    assert not torch.equal(aulm.V["x"], V_prev)
