@@ -16,7 +16,8 @@ depend on when AULM happens to converge). Results, plus a conclusion computed fr
 (which interval gives the most FLOPs reduction at an accuracy drop within ``--acc-tol``
 points of the best), go to ``benchmarks/results/update_interval.json``.
 
-Run (about 10 minutes on 2 CPU cores, including training the dense model of seed 1)::
+Run (17 runs of 20-30 s each, about 8 minutes on 2 idle CPU cores including the dense
+model of seed 1; 18 minutes were measured while other jobs shared the cores)::
 
     python benchmarks/update_interval.py
     python benchmarks/update_interval.py --intervals 25 epoch --seeds 0 --lams 0.01
@@ -149,7 +150,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args()
     if not args.verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning_fabric"):
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
     start = time.time()
