@@ -98,7 +98,7 @@ def _weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("stop_after", [2, 4], ids=["mid_admm", "after_rebuild"])
+@pytest.mark.parametrize("stop_after", [1, 2, 4], ids=["warmup", "mid_admm", "after_rebuild"])
 def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, stop_after):
     def run(max_epochs, ckpt_path=None, dirpath=None):
         pl.seed_everything(0)
@@ -115,7 +115,9 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
     path = tmp_path / "ckpts" / f"epoch={stop_after - 1}.ckpt"
     checkpoint = torch.load(path, weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("SSRPruning"))
-    if stop_after <= SCHEDULE.prune_epoch:
+    if stop_after <= SCHEDULE.warmup_epochs:
+        assert state["aulm"] is None and PLAN_CHECKPOINT_KEY not in checkpoint
+    elif stop_after <= SCHEDULE.prune_epoch:
         assert state["aulm"] is not None and PLAN_CHECKPOINT_KEY not in checkpoint
     else:
         assert state["aulm"] is None and checkpoint[PLAN_CHECKPOINT_KEY]["groups"]
@@ -135,7 +137,7 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
     trainer = _trainer(tmp_path, [cb, Probe()], SCHEDULE.total_epochs)
     trainer.fit(model, _loader(), ckpt_path=path)
 
-    if stop_after <= SCHEDULE.prune_epoch:
+    if SCHEDULE.warmup_epochs < stop_after <= SCHEDULE.prune_epoch:
         assert restored["rho"] == pytest.approx(state["aulm"]["rho"])
         for name, v in state["aulm"]["V"].items():
             assert torch.equal(restored["V"][name], v)

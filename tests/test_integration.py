@@ -1,0 +1,96 @@
+"""The callback alongside Lightning's own callbacks and loggers, frozen sub-modules, a network
+under any attribute name, and the refusal of torch.compile'd modules."""
+
+import csv
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_ssr import PLAN_CHECKPOINT_KEY, PruningSchedule, SSRPruning, load_pruned
+from tests.nets import SmallResidualCNN
+from tests.test_callback import _loader
+
+SCHEDULE = PruningSchedule(admm_epochs=2, finetune_epochs=2, update_every_n_steps=2, stop_early=False)
+
+
+class Validated(pl.LightningModule):
+    """The network sits under an unusual attribute name; part of it can be frozen."""
+
+    def __init__(self, freeze_stem=False):
+        super().__init__()
+        self.the_network_itself = SmallResidualCNN()
+        if freeze_stem:
+            for p in self.the_network_itself.conv_a.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.the_network_itself(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-2)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_works_with_lightnings_callbacks_and_loggers(tmp_path):
+    pl.seed_everything(0)
+    model = Validated()
+    ssr = SSRPruning(regularizer="l20", flops_budget=0.5, schedule=SCHEDULE)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_last=True, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, name="logs"), log_every_n_steps=1, enable_model_summary=False,
+        callbacks=[ssr, ckpt, EarlyStopping(monitor="val_loss", patience=10), LearningRateMonitor(),
+                   RichProgressBar()])
+    trainer.fit(model, _loader(), _loader(n=32, seed=1))
+    assert ssr.pruned_at_epoch == SCHEDULE.prune_epoch
+    # the step-interval LR schedule went on through the rebuild: 16 steps of gamma 0.9
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 16)
+    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"ssr/rho", "ssr/primal_residual", "ssr/regularizer", "ssr/flops", "ssr/params",
+            "ssr/filters/the_network_itself.conv_a", "lr-AdamW"} <= logged
+    # the last checkpoint carries the plan and reloads into a fresh module
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last[PLAN_CHECKPOINT_KEY] == ssr.plan.to_dict()
+    fresh = load_pruned(Validated(), last).eval()
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+
+
+def test_frozen_submodules_stay_frozen_and_unchanged(tmp_path):
+    pl.seed_everything(0)
+    model = Validated(freeze_stem=True)
+    frozen_before = model.the_network_itself.conv_a.weight.detach().clone()
+    ssr = SSRPruning(regularizer="l20", filter_budget=0.5, schedule=SCHEDULE)
+    pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[ssr]).fit(model, _loader())
+    conv_a = model.the_network_itself.conv_a
+    assert not conv_a.weight.requires_grad
+    # conv_a lost filters (its own group) and input channels (the stream), but what is left is untouched
+    kept_out = ssr.plan.kept["the_network_itself.conv_a"]
+    stream = next(n for n in ssr.plan.kept if n.endswith(("stem", "conv_b", "dw")))
+    kept_in = ssr.plan.kept[stream]
+    assert torch.equal(conv_a.weight.detach(), frozen_before[kept_out][:, kept_in])
+
+
+def test_compiled_modules_are_refused(tmp_path):
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         callbacks=[SSRPruning(schedule=SCHEDULE)])
+    with pytest.raises(Exception, match="torch.compile"):
+        trainer.fit(torch.compile(Validated()), _loader())
