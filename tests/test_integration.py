@@ -58,7 +58,8 @@ def test_works_with_lightnings_callbacks_and_loggers(tmp_path):
     assert ssr.pruned_at_epoch == SCHEDULE.prune_epoch
     # the step-interval LR schedule went on through the rebuild: 16 steps of gamma 0.9
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 16)
-    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"ssr/rho", "ssr/primal_residual", "ssr/regularizer", "ssr/flops", "ssr/params",
             "ssr/filters/the_network_itself.conv_a", "lr-AdamW"} <= logged
