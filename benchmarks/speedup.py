@@ -1,0 +1,103 @@
+"""CPU latency of dense vs physically pruned models, and the cost of replaying a plan.
+
+    python benchmarks/speedup.py [--repeats 20]
+
+Measures, in one process and alternating dense/pruned so machine noise hits both alike:
+ResNet-56 at the FSM rates and VGG-16-BN at the FSM rates, 32x32 RGB, batch 1 and 64, in
+both memory layouts (contiguous NCHW and channels_last, the same layout for dense and
+pruned), and after optimize_for_cpu_inference (BN folded into the convs, channels_last).
+Reports speedup = dense latency / pruned latency and its ratio to the FLOPs reduction
+(1.0 = the pruned model is as much faster as it is cheaper). oneDNN's CPU convolutions
+handle the odd channel counts of pruned layers (7, 13, 39, ...) much better in
+channels_last; "best" is the mode where the pruned model is fastest. Also times apply_plan (fresh
+ResNet-50 + plan -> pruned shapes) at 224x224. Writes benchmarks/results/speedup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_ssr.export import optimize_for_cpu_inference
+from lightning_ssr.flops import count_cost
+from lightning_ssr.models import build_model
+from lightning_ssr.plan import apply_plan
+from lightning_ssr.rates import prune_by_rates
+from lightning_ssr.report import compare_latency
+
+CASES = [
+    ("resnet56", "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9"),
+    ("vgg16_bn", "[0.3]*5+[0.35]*3+[0.8]*5"),
+    ("vgg16_bn", "[0.5]*8+[0.8]*5"),
+]
+
+
+def latency_case(name: str, rates: str, repeats: int) -> dict:
+    dense = build_model(name, in_channels=3, num_classes=10, input_size=32).eval()
+    pruned = build_model(name, in_channels=3, num_classes=10, input_size=32)
+    pruned.load_state_dict(dense.state_dict())
+    x = torch.zeros(2, 3, 32, 32)
+    prune_by_rates(pruned, x, rates)
+    pruned.eval()
+    flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
+    layouts = {}
+    modes = (("contiguous", lambda m: m, torch.contiguous_format),
+             ("channels_last", lambda m: m.to(memory_format=torch.channels_last), torch.channels_last),
+             ("folded_bn_channels_last", optimize_for_cpu_inference, torch.channels_last))
+    for layout, prepare, fmt in modes:
+        lat = compare_latency(prepare(dense), prepare(pruned), [1, 3, 32, 32], (1, 64), repeats,
+                              memory_format=fmt)
+        layouts[layout] = {
+            "latency_ms": {"dense": lat["dense"], "pruned": lat["pruned"]},
+            "speedup": lat["speedup"],
+            "speedup_over_flops_reduction": {k: v / flops_ratio for k, v in lat["speedup"].items()},
+        }
+    best = min(layouts, key=lambda k: layouts[k]["latency_ms"]["pruned"]["batch_64"])
+    return {"model": name, "rates": rates, "flops_reduction": flops_ratio, "best_layout": best,
+            "layouts": layouts}
+
+
+def rebuild_time(repeats: int = 3) -> dict:
+    model = build_model("resnet50", in_channels=3, num_classes=1000, input_size=224)
+    x = torch.zeros(1, 3, 224, 224)
+    plan = prune_by_rates(model, x, [0.0] + [0.5] * 52, criterion="l1")  # every prunable conv at 50%
+    times = []
+    for _ in range(repeats):
+        fresh = build_model("resnet50", in_channels=3, num_classes=1000, input_size=224)
+        start = time.perf_counter()
+        apply_plan(fresh, plan)
+        times.append(time.perf_counter() - start)
+    return {"model": "resnet50", "input": [1, 3, 224, 224], "groups": len(plan.kept),
+            "apply_plan_s": statistics.median(times), "all_s": times}
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=24)
+    args = parser.parse_args()
+    result = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "platform": platform.platform()},
+              "latency": [latency_case(n, r, args.repeats) for n, r in CASES],
+              "rebuild": rebuild_time()}
+    for row in result["latency"]:
+        for layout, m in row["layouts"].items():
+            print(f"{row['model']:<9} {row['rates']:<40} {layout:<14} FLOPs {row['flops_reduction']:.2f}x  "
+                  + "  ".join(f"{k}: {m['speedup'][k]:.2f}x ({m['speedup_over_flops_reduction'][k]:.2f} of FLOPs)"
+                              for k in m["speedup"]))
+    rb = result["rebuild"]
+    print(f"apply_plan on ResNet-50 at 224x224 ({rb['groups']} groups): {rb['apply_plan_s']:.2f} s")
+    out = Path(__file__).parent / "results" / "speedup.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
