@@ -7,6 +7,7 @@ PyTorch, and return what they wrote.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,8 +30,8 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     try:
         model = fuse(model)
-    except Exception:  # noqa: BLE001 - any tracing failure just means "no folding"
-        pass
+    except Exception as err:  # noqa: BLE001 - any tracing failure just means "no folding"
+        warnings.warn(f"BatchNorm folding skipped: torch.fx could not trace the model ({err})", stacklevel=2)
     return model.to(memory_format=torch.channels_last)
 
 

@@ -37,3 +37,12 @@ def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
         export_program(model, x, tmp_path / "model.pt2")
         program = torch.export.load(str(tmp_path / "model.pt2"))
         assert torch.allclose(program.module()(x), expected, atol=1e-6)
+
+
+def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
+    from lightning_ssr.export import optimize_for_cpu_inference
+
+    model, x = pruned
+    fast = optimize_for_cpu_inference(model)
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
