@@ -72,3 +72,25 @@ def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):
     with pytest.raises(PlanMismatchError, match="another architecture"):
         load_pruned(other, path)
     assert other.conv1.out_channels == 20
+
+
+def test_resuming_fit_from_a_checkpoint_of_another_architecture_is_refused(pruned_checkpoint, tmp_path):
+    path, _, _ = pruned_checkpoint
+
+    class OtherNet(LitNet):
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("lenet5", in_channels=3, num_classes=5, input_size=16)
+
+    cb = SSRPruning(schedule=PruningSchedule(admm_epochs=1, finetune_epochs=1))
+    with pytest.raises(PlanMismatchError, match="another architecture"):
+        _trainer(tmp_path, [cb], 3).fit(OtherNet(), _loader(), ckpt_path=path)
+
+
+def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
+    class TwoOptimizers(LitNet):
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters())]
+
+    with pytest.raises(Exception, match="manual optimization"):
+        _trainer(tmp_path, [SSRPruning()], 1).fit(TwoOptimizers(), _loader())
