@@ -17,15 +17,18 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 
 
 class Basic(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut: a 1x1 projection where the shape changes,
+    unless another ``shortcut`` module is given (the CIFAR ResNets' zero padding)."""
+
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: nn.Module | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _projection(in_planes, planes, stride)
+        self.shortcut = shortcut if shortcut is not None else _projection(in_planes, planes, stride)
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import Basic
+
 
 class ZeroPadShortcut(nn.Module):
     """Type-A shortcut: ``x[:, :, ::2, ::2]`` with ``extra`` zero channels split on both sides."""
@@ -26,18 +28,10 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.before, self.after))
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = ZeroPadShortcut(planes - in_planes) if stride != 1 or in_planes != planes else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+def basic_block(in_planes: int, planes: int, stride: int = 1) -> Basic:
+    """A basic block whose shortcut is the identity or, where the shape changes, type A."""
+    reshape = stride != 1 or in_planes != planes
+    return Basic(in_planes, planes, stride, ZeroPadShortcut(planes - in_planes) if reshape else nn.Identity())
 
 
 class CifarResNet(nn.Module):
@@ -57,7 +51,7 @@ class CifarResNet(nn.Module):
         for stage, width in enumerate((16, 32, 64)):
             layer = []
             for i in range(n):
-                layer.append(BasicBlock(planes, width, 2 if stage > 0 and i == 0 else 1))
+                layer.append(basic_block(planes, width, 2 if stage > 0 and i == 0 else 1))
                 planes = width
             blocks.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3 = blocks
