@@ -250,11 +250,13 @@ class SSRPruning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        aulm_state = self.aulm.state_dict() if self.aulm is not None else self._pending_state
+        if self.aulm is not None:
+            admm = {"aulm": self.aulm.state_dict(), "lam": {g.name: g.lam for g in self.aulm.groups},
+                    "keep": dict(self.aulm.keep) if self.aulm.keep else None}
+        else:  # not started, or restored but not yet rebuilt onto the model
+            admm = self._pending_state or {"aulm": None, "lam": None, "keep": None}
         return {
-            "aulm": aulm_state,
-            "lam": {g.name: g.lam for g in self.aulm.groups} if self.aulm is not None else None,
-            "keep": dict(self.aulm.keep) if self.aulm is not None and self.aulm.keep else None,
+            **admm,
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "pruned_at_epoch": self.pruned_at_epoch,
             "last_update_step": self._last_update_step,

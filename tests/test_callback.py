@@ -212,3 +212,13 @@ def test_layers_can_be_excluded(tmp_path):
     assert model.backbone.fc1.out_features < 16
     with pytest.raises(ValueError, match="no module named"):
         _trainer(tmp_path, [SSRPruning(ignored_layers=["nope"], schedule=SCHEDULE)], 3).fit(TinyClassifier(), _loader())
+
+
+def test_state_restored_but_not_yet_applied_round_trips():
+    cb = SSRPruning(schedule=SCHEDULE)
+    state = {"aulm": {"V": {}, "U": {}, "rho": 0.3, "num_updates": 2, "stable_updates": 0, "support": {}},
+             "lam": {"a": 0.1}, "keep": None, "plan": None, "pruned_at_epoch": None, "last_update_step": 8}
+    cb.load_state_dict(state)
+    again = SSRPruning(schedule=SCHEDULE)
+    again.load_state_dict(cb.state_dict())
+    assert again.state_dict() == state
