@@ -1,12 +1,13 @@
 """Export a (pruned) model for deployment: ONNX, torch.export and TorchScript.
 
 The rebuilt model is an ordinary ``nn.Module`` with smaller layers, so the standard
-exporters apply as they are; these helpers put it in eval mode, check the export against
-PyTorch, and return what they wrote.
+exporters apply as they are; these helpers export it in eval mode (and hand it back in the
+mode it was in), check the ONNX file against PyTorch, and return what they wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -35,38 +36,44 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _eval_copy_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Export in eval mode, then give the model back in the mode it was in."""
+    was_training = model.training
     model.eval()
-    return model, example_input.detach()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
     """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension."""
-    model, x = _eval_copy_inputs(model, example_input)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"],
-                      opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
+    with _eval_mode(model):
+        torch.onnx.export(model, (example_input.detach(),), str(path), input_names=["input"],
+                          output_names=["output"], opset_version=opset, dynamo=True,
+                          dynamic_shapes=dynamic_shapes, verbose=False)
     return path
 
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
     """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
-    model, x = _eval_copy_inputs(model, example_input)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, x)
+    with _eval_mode(model), torch.no_grad():
+        traced = torch.jit.trace(model, example_input.detach())
     traced.save(str(path))
     return path
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None):
     """``torch.export`` the model (in eval mode); saved to ``path`` (``.pt2``) when given."""
-    model, x = _eval_copy_inputs(model, example_input)
-    program = torch.export.export(model, (x,))
+    with _eval_mode(model):
+        program = torch.export.export(model, (example_input.detach(),))
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,6 @@ def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.T
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ours,) = session.run(None, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
-    model.eval()
-    with torch.no_grad():
+    with _eval_mode(model), torch.no_grad():
         reference = model(example_input).cpu()
     return float((torch.from_numpy(ours) - reference).abs().max())

@@ -46,3 +46,11 @@ def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
     fast = optimize_for_cpu_inference(model)
     with torch.no_grad():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+
+
+def test_export_gives_the_model_back_in_its_training_mode(pruned, tmp_path):
+    model, x = pruned
+    model.train()
+    export_torchscript(model, x, tmp_path / "model.ts")
+    export_program(model, x)
+    assert model.training
