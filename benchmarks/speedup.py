@@ -5,7 +5,8 @@
 Measures, in one process and alternating dense/pruned so machine noise hits both alike:
 ResNet-56 at the FSM rates and VGG-16-BN at the FSM rates, 32x32 RGB, batch 1 and 64, in
 both memory layouts (contiguous NCHW and channels_last, the same layout for dense and
-pruned), and after optimize_for_cpu_inference (BN folded into the convs, channels_last).
+pruned), after optimize_for_cpu_inference (BN folded into the convs, channels_last), and
+after compile_for_cpu_inference (torch.compile with inductor freezing, channels_last).
 Reports speedup = dense latency / pruned latency and its ratio to the FLOPs reduction
 (1.0 = the pruned model is as much faster as it is cheaper). oneDNN's CPU convolutions
 handle the odd channel counts of pruned layers (7, 13, 39, ...) much better in
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_ssr.export import optimize_for_cpu_inference
+from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inference
 from lightning_ssr.flops import count_cost
 from lightning_ssr.models import build_model
 from lightning_ssr.plan import apply_plan
@@ -49,7 +50,8 @@ def latency_case(name: str, rates: str, repeats: int) -> dict:
     layouts = {}
     modes = (("contiguous", lambda m: m, torch.contiguous_format),
              ("channels_last", lambda m: m.to(memory_format=torch.channels_last), torch.channels_last),
-             ("folded_bn_channels_last", optimize_for_cpu_inference, torch.channels_last))
+             ("folded_bn_channels_last", optimize_for_cpu_inference, torch.channels_last),
+             ("inductor_frozen", compile_for_cpu_inference, torch.channels_last))
     for layout, prepare, fmt in modes:
         lat = compare_latency(prepare(dense), prepare(pruned), [1, 3, 32, 32], (1, 64), repeats,
                               memory_format=fmt)

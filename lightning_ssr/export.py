@@ -36,6 +36,35 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+class _FrozenCompiled(nn.Module):
+    """Runs a ``torch.compile``'d module with inductor's freezing on (BN folding, prepacked
+    oneDNN weights), without autograd. Compilation happens on the first call of each input
+    shape, inside the freezing context."""
+
+    def __init__(self, compiled: nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True), torch.no_grad():
+            return self.compiled(x.contiguous(memory_format=torch.channels_last))
+
+
+def compile_for_cpu_inference(model: nn.Module) -> nn.Module:
+    """An inference-only copy of ``model``: eval mode, channels_last, ``torch.compile``
+    (inductor) with freezing. This is where a pruned network's FLOPs reduction turns into
+    CPU speed when unprunable parts (residual streams) keep their element-wise passes:
+    ResNet-56 at the FSM rates ran 1.7-1.9x faster than the dense one at batch 64 this way,
+    against 1.2-1.3x in eager mode (``benchmarks/speedup.py``). Needs a C++ compiler; the
+    first call of each input shape compiles (seconds)."""
+    import copy
+
+    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    return _FrozenCompiled(torch.compile(model, dynamic=False))
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     """Export in eval mode, then give the model back in the mode it was in."""

@@ -54,3 +54,16 @@ def test_export_gives_the_model_back_in_its_training_mode(pruned, tmp_path):
     export_torchscript(model, x, tmp_path / "model.ts")
     export_program(model, x)
     assert model.training
+
+
+def test_compiled_inference_copy_keeps_the_outputs():
+    from lightning_ssr.export import compile_for_cpu_inference
+
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    prune_by_rates(model, x, [0.5, 0.5])
+    model.eval()
+    fast = compile_for_cpu_inference(model)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-4)
