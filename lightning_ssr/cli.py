@@ -75,6 +75,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     def make_module(net, **overrides):
         return instantiate(cfg.module, model=net, num_classes=dm.num_classes, **overrides)
 
+    pl.seed_everything(cfg.seed, workers=True)  # the dense model's initialization depends on it
     net = make_net()
     input_shape = [1, dm.in_channels, dm.image_size, dm.image_size]
 
@@ -85,7 +86,6 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         print(f"Reusing the dense model cached at {cache}")
         net.load_state_dict(torch.load(cache, weights_only=True)["state_dict"])
     else:
-        pl.seed_everything(cfg.seed, workers=True)
         dense_lm = make_module(net, lr=cfg.dense.lr)
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
                               default_root_dir=str(output_dir / "dense"))

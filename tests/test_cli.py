@@ -57,6 +57,16 @@ def test_export_onnx_at_the_end_of_a_run(tmp_path):
     assert result["export"]["onnxruntime_max_abs_diff"] <= 1e-4
 
 
+def test_a_fresh_run_is_reproducible(tmp_path):
+    """Same seed, no cache: the dense model (its initialization included) and the result repeat."""
+    first = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'a'}"]), tmp_path / "a")
+    second = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'b'}"]), tmp_path / "b")
+    assert not first["dense_cache"]["reused"] and not second["dense_cache"]["reused"]
+    assert first["dense"]["accuracy"] == second["dense"]["accuracy"]
+    assert first["pruned"]["accuracy"] == second["pruned"]["accuracy"]
+    assert first["plan"] == second["plan"]
+
+
 def test_pruning_none_is_the_equal_budget_dense_baseline(tmp_path):
     overrides = [o for o in FAST if not o.startswith("pruning.")]
     cfg = _compose(overrides + ["pruning=none", f"dense.cache_dir={tmp_path}"])
