@@ -56,8 +56,8 @@ def compile_for_cpu_inference(model: nn.Module) -> nn.Module:
     """An inference-only copy of ``model``: eval mode, channels_last, ``torch.compile``
     (inductor) with freezing. This is where a pruned network's FLOPs reduction turns into
     CPU speed when unprunable parts (residual streams) keep their element-wise passes:
-    ResNet-56 at the FSM rates ran 1.7-1.9x faster than the dense one at batch 64 this way,
-    against 1.2-1.3x in eager mode (``benchmarks/speedup.py``). Needs a C++ compiler; the
+    ResNet-56 at the FSM rates ran 1.78x faster than the dense one at batch 64 this way,
+    against 1.04-1.34x in eager modes (``benchmarks/results/speedup.json``). Needs a C++ compiler; the
     first call of each input shape compiles (seconds)."""
     import copy
 
