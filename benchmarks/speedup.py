@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssr.cost import count_cost
 from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inference
-from lightning_ssr.flops import count_cost
+from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.plan import apply_plan
-from lightning_ssr.rates import prune_by_rates
 from lightning_ssr.report import compare_latency
+from lightning_ssr.structure import apply_plan
 
 CASES = [
     ("resnet56", "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9"),
@@ -44,7 +44,7 @@ def latency_case(name: str, rates: str, repeats: int) -> dict:
     pruned = build_model(name, in_channels=3, num_classes=10, input_size=32)
     pruned.load_state_dict(dense.state_dict())
     x = torch.zeros(2, 3, 32, 32)
-    prune_by_rates(pruned, x, rates)
+    prune_oneshot(pruned, x, rates)
     pruned.eval()
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
     layouts = {}
@@ -68,7 +68,7 @@ def latency_case(name: str, rates: str, repeats: int) -> dict:
 def rebuild_time(repeats: int = 3) -> dict:
     model = build_model("resnet50", in_channels=3, num_classes=1000, input_size=224)
     x = torch.zeros(1, 3, 224, 224)
-    plan = prune_by_rates(model, x, [0.0] + [0.5] * 52, criterion="l1")  # every prunable conv at 50%
+    plan = prune_oneshot(model, x, [0.0] + [0.5] * 52, importance="l1")  # every prunable conv at 50%
     times = []
     for _ in range(repeats):
         fresh = build_model("resnet50", in_channels=3, num_classes=1000, input_size=224)

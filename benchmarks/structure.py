@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from lightning_ssr.flops import count_cost
+from lightning_ssr.cost import count_cost
+from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.rates import prune_by_rates
 
 # (model, input (C, size), rates or None for dense, published MACs, published params)
 CASES = [
@@ -34,7 +34,7 @@ def measure(name: str, channels: int, size: int, rates: str | None) -> tuple[int
     model = build_model(name, in_channels=channels, num_classes=10, input_size=size)
     x = torch.zeros(2, channels, size, size)
     if rates is not None:
-        prune_by_rates(model, x, rates)
+        prune_oneshot(model, x, rates)
     cost = count_cost(model, x)
     return cost.macs, cost.params
 

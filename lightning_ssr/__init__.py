@@ -1,25 +1,38 @@
-"""lightning_ssr: structured-sparsity filter pruning inside PyTorch Lightning."""
+"""lightning_ssr: filter pruning inside PyTorch Lightning; the model shrinks for real."""
 
-from .aulm import AULM, AULMStats
-from .callback import PrunedCheckpointMixin, SSRPruning
-from .flops import count_cost
-from .groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
-from .plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan, apply_plan, load_pruned, prune_channels
-from .prox import group_hard_threshold, group_soft_threshold, keep_top_k
+from .checkpoint import CheckpointReadError, PrunedCheckpointMixin, load_pruned, read_checkpoint, save_pruned
+from .cost import count_cost
+from .methods import (AULM, SSR, AULMStats, OneShot, PruningMethod, available_methods, build_method,
+                      prune_oneshot, register_method)
+from .methods.prox import group_hard_threshold, group_soft_threshold, keep_top_k
+from .pruning import Pruning, SSRPruning
+from .report import PruningResult
 from .schedule import PruningSchedule
+from .structure import (PLAN_CHECKPOINT_KEY, ChannelGroup, PlanMismatchError, PruningPlan, UnsupportedLayerError,
+                        apply_plan, find_channel_groups, prune_channels)
+from .targets import Target
 
 __all__ = [
     "AULM",
     "PLAN_CHECKPOINT_KEY",
+    "SSR",
     "AULMStats",
     "ChannelGroup",
+    "CheckpointReadError",
+    "OneShot",
     "PlanMismatchError",
     "PrunedCheckpointMixin",
+    "Pruning",
+    "PruningMethod",
     "PruningPlan",
+    "PruningResult",
     "PruningSchedule",
     "SSRPruning",
+    "Target",
     "UnsupportedLayerError",
     "apply_plan",
+    "available_methods",
+    "build_method",
     "count_cost",
     "find_channel_groups",
     "group_hard_threshold",
@@ -27,5 +40,9 @@ __all__ = [
     "keep_top_k",
     "load_pruned",
     "prune_channels",
+    "prune_oneshot",
+    "read_checkpoint",
+    "register_method",
+    "save_pruned",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,15 +1,123 @@
-"""Per-layer summaries of a pruning result, and CPU latency measurement."""
+"""The pruning result (one schema, written as ``result.json``), per-layer tables and latency."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .flops import ModelCost
+from .cost import ModelCost
+
+RESULT_SCHEMA_VERSION = 1
+
+
+def machine_info() -> dict:
+    """The machine a figure was measured on: CPU model, cores, threads, torch, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+@dataclass
+class PruningResult:
+    """Everything one pruning run produced, as plain data (``result.json``).
+
+    ``dense`` and ``pruned`` hold ``macs``, ``params`` and, where measured, ``accuracy``
+    (fraction, test split), ``val_accuracy`` and ``latency_ms`` (``{"batch_<n>": ms}``).
+    ``layers`` is the per-layer table (``name``, ``before``/``after`` output channels,
+    ``macs_before``/``macs_after``, ``params_before``/``params_after``); ``plan`` is
+    :meth:`PruningPlan.to_dict`; ``events`` lists each prune event (``epoch``, ``step``,
+    ``macs``, ``params``); ``timings`` holds wall times in seconds; ``machine`` is
+    :func:`machine_info`. ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why).
+    """
+
+    method: str
+    config: dict = field(default_factory=dict)
+    target: dict | None = None
+    dense: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    plan: dict | None = None
+    events: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=machine_info)
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def macs_reduction(self) -> float | None:
+        return _ratio(self.dense.get("macs"), self.pruned.get("macs"))
+
+    @property
+    def params_reduction(self) -> float | None:
+        return _ratio(self.dense.get("params"), self.pruned.get("params"))
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        d, p = self.dense.get("accuracy"), self.pruned.get("accuracy")
+        return None if d is None or p is None else 100.0 * (d - p)
+
+    def to_dict(self) -> dict:
+        out = {"schema_version": RESULT_SCHEMA_VERSION, **asdict(self)}
+        out.update(macs_reduction=self.macs_reduction, params_reduction=self.params_reduction,
+                   accuracy_drop_points=self.accuracy_drop_points)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PruningResult:
+        version = data.get("schema_version")
+        if version != RESULT_SCHEMA_VERSION:
+            raise ValueError(f"result schema_version {version!r} is not supported (this version reads "
+                             f"{RESULT_SCHEMA_VERSION})")
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``result.json`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningResult:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"result file {str(path)!r} is unreadable: {err}") from err
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """The final summary lines: reductions and, where measured, accuracy."""
+        lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer "
+                 "parameters"] if self.macs_reduction else [f"{self.method}: not pruned"]
+        if self.accuracy_drop_points is not None:
+            lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> pruned "
+                         f"{100 * self.pruned['accuracy']:.2f}% ({self.accuracy_drop_points:+.2f} points drop)")
+        return "\n".join(lines)
+
+
+def _ratio(a, b) -> float | None:
+    return None if not a or not b else float(a) / float(b)
 
 
 def layer_rows(before: ModelCost, after: ModelCost) -> list[dict]:

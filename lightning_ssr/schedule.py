@@ -1,52 +1,67 @@
-"""When the callback regularizes, prunes and fine-tunes."""
+"""When the engine sparsifies, prunes and fine-tunes, counted in epochs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+
+from .validation import check_number
 
 
 @dataclass(frozen=True)
 class PruningSchedule:
-    """Dense warm-up -> ADMM -> prune-and-rebuild -> fine-tune, counted in epochs.
+    """``warmup`` -> ``sparsify`` -> ``prune`` (one or more events) -> ``finetune``.
 
-    - ``warmup_epochs``: plain training before the regularizer starts.
-    - ``admm_epochs``: epochs of AULM; the rebuild happens at the end of the last one, or
-      earlier once AULM has converged if ``stop_early``.
-    - ``finetune_epochs``: training of the rebuilt model (the Trainer's ``max_epochs``
-      should be at least :attr:`total_epochs`).
-    - ``update_every_n_steps``: the V/U update interval in optimizer steps; ``None`` means
-      once per epoch, at its end. ``benchmarks/update_interval.py`` compares them on
-      LeNet-5/MNIST (2 seeds, 10 ADMM + 3 fine-tune epochs): with the L2,0 budget (22.6x
-      fewer FLOPs) every 25 steps lost the least accuracy (0.28 points, against 0.48-1.10
-      for every 10 or 100 steps or once per epoch); with L2,1 at lam 0.002 every 25 steps
-      pruned the most (3.3x fewer FLOPs, against 2.4-2.5x) at the same accuracy. Hence the
-      default of 25. Between updates U accumulates W - V, so the interval also changes how
-      hard a given lam prunes: retune lam when you change it.
+    - ``warmup_epochs``: plain training before the method's training-time term starts.
+    - ``sparsify_epochs``: epochs with the method's term (SSR: AULM). The first prune event
+      happens at the start of the epoch after them (before its first step), or earlier once
+      the method is ready, if ``stop_early``. Methods without a term (``oneshot``) use 0.
+    - ``prune_events`` and ``epochs_between_prunes``: iterative pruning. Event ``k`` (0-based)
+      is due ``k * epochs_between_prunes`` epochs after the first; each removes an equal share
+      of the way to the target, and the last one reaches it.
+    - ``finetune_epochs``: training of the pruned model after the last event.
+    - ``update_every_n_steps``: the interval of the method's periodic update in optimizer
+      steps; ``None`` means once per epoch, at its end. ``benchmarks/update_interval.py``
+      compared intervals for SSR on LeNet-5/MNIST: every 25 steps lost the least accuracy with
+      the L2,0 budget and pruned the most with L2,1, hence the default.
+
+    ``admm_epochs`` is accepted as the former name of ``sparsify_epochs``.
     """
 
     warmup_epochs: int = 0
-    admm_epochs: int = 10
+    sparsify_epochs: int = 10
     finetune_epochs: int = 10
     update_every_n_steps: int | None = 25
     stop_early: bool = True
+    prune_events: int = 1
+    epochs_between_prunes: int = 1
+    admm_epochs: InitVar[int | None] = None
 
-    def __post_init__(self):
-        for name in ("warmup_epochs", "finetune_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"PruningSchedule.{name} must be an int >= 0, got {value!r}")
-        if not isinstance(self.admm_epochs, int) or self.admm_epochs < 1:
-            raise ValueError(f"PruningSchedule.admm_epochs must be an int >= 1, got {self.admm_epochs!r}")
-        n = self.update_every_n_steps
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise ValueError(f"PruningSchedule.update_every_n_steps must be a positive int or None "
-                             f"(once per epoch), got {n!r}")
+    def __post_init__(self, admm_epochs):
+        if admm_epochs is not None:
+            object.__setattr__(self, "sparsify_epochs", admm_epochs)
+        owner = "PruningSchedule"
+        for name in ("warmup_epochs", "sparsify_epochs", "finetune_epochs"):
+            check_number(owner, name, getattr(self, name), low=0, integer=True)
+        check_number(owner, "prune_events", self.prune_events, low=1, integer=True)
+        check_number(owner, "epochs_between_prunes", self.epochs_between_prunes, low=1, integer=True)
+        check_number(owner, "update_every_n_steps", self.update_every_n_steps, low=1, integer=True, optional=True)
+        if not isinstance(self.stop_early, bool):
+            raise TypeError(f"{owner}: stop_early must be a bool, got {self.stop_early!r}")
 
-    @property
-    def prune_epoch(self) -> int:
-        """The (0-based) epoch at whose end the rebuild happens at the latest."""
-        return self.warmup_epochs + self.admm_epochs - 1
+    def prune_epoch(self, event: int = 0) -> int:
+        """The (0-based) epoch at whose start prune event ``event`` is due."""
+        return self.warmup_epochs + self.sparsify_epochs + event * self.epochs_between_prunes
 
     @property
     def total_epochs(self) -> int:
-        return self.warmup_epochs + self.admm_epochs + self.finetune_epochs
+        return self.prune_epoch(self.prune_events - 1) + self.finetune_epochs
+
+    def phase(self, epoch: int, events_done: int) -> str:
+        """``"warmup"``, ``"sparsify"``, ``"prune"`` (between iterative events) or ``"finetune"``."""
+        if events_done >= self.prune_events:
+            return "finetune"
+        if events_done > 0:
+            return "prune"
+        if epoch < self.warmup_epochs:
+            return "warmup"
+        return "sparsify"

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.models import build_model
-from tests.test_callback import TinyClassifier
+from tests.lit import TinyClassifier
 
 
 class _DataModule(pl.LightningDataModule):
@@ -45,14 +45,15 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
     if kind == "lenet":
         model.backbone = build_model("lenet5", in_channels=1, num_classes=5, input_size=28)
     ssr = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5,
-                     schedule=PruningSchedule(warmup_epochs=1, admm_epochs=2, finetune_epochs=2,
+                     schedule=PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2,
                                               update_every_n_steps=2, stop_early=False))
     strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
     trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          deterministic=True, use_distributed_sampler=False, callbacks=[ssr])
     trainer.fit(model, datamodule=_DataModule(data, 16 // devices))
-    torch.save({"state_dict": model.state_dict(), "plan": ssr.plan.to_dict(), "losses": model.losses,
+    torch.save({"state_dict": model.state_dict(), "plan": ssr.plan.to_dict(), "events": ssr.events,
+                "losses": model.losses,
                 "world_size": trainer.world_size},
                Path(out_dir) / f"rank{trainer.global_rank}.pt")
 

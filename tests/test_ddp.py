@@ -35,6 +35,7 @@ def test_ranks_end_identical_and_match_a_single_process_run(lenet_runs):
     single = _load(lenet_runs / "d1", 0)
     assert r0["world_size"] == 2
     assert r0["plan"] == r1["plan"] == single["plan"]
+    assert r0["events"] == r1["events"] == single["events"] and len(r0["events"]) == 1
     for key, value in r0["state_dict"].items():
         assert torch.equal(value, r1["state_dict"][key]), key
         # same global batch of 16: gradients averaged over 2 x 8 instead of 16 differ by round-off only

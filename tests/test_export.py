@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_ssr.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.rates import prune_by_rates
 
 CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7])]
 
@@ -16,7 +16,7 @@ def pruned(request):
     torch.manual_seed(0)
     model = build_model(name, in_channels=c, num_classes=10, input_size=s)
     x = torch.randn(2, c, s, s)
-    prune_by_rates(model, x, rates)
+    prune_oneshot(model, x, rates)
     return model.eval(), x
 
 
@@ -62,7 +62,7 @@ def test_compiled_inference_copy_keeps_the_outputs():
     torch.manual_seed(0)
     model = build_model("lenet5")
     x = torch.randn(2, 1, 28, 28)
-    prune_by_rates(model, x, [0.5, 0.5])
+    prune_oneshot(model, x, [0.5, 0.5])
     model.eval()
     fast = compile_for_cpu_inference(model)
     with torch.no_grad():

@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, PruningSchedule, SSRPruning, load_pruned
+from tests.lit import loader
 from tests.nets import SmallResidualCNN
-from tests.test_callback import _loader
 
-SCHEDULE = PruningSchedule(admm_epochs=2, finetune_epochs=2, update_every_n_steps=2, stop_early=False)
+SCHEDULE = PruningSchedule(sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2, stop_early=False)
 
 
 class Validated(pl.LightningModule):
@@ -54,15 +54,20 @@ def test_works_with_lightnings_callbacks_and_loggers(tmp_path):
         logger=CSVLogger(tmp_path, name="logs"), log_every_n_steps=1, enable_model_summary=False,
         callbacks=[ssr, ckpt, EarlyStopping(monitor="val_loss", patience=10), LearningRateMonitor(),
                    RichProgressBar()])
-    trainer.fit(model, _loader(), _loader(n=32, seed=1))
-    assert ssr.pruned_at_epoch == SCHEDULE.prune_epoch
+    trainer.fit(model, loader(), loader(n=32, seed=1))
+    assert [e["epoch"] for e in ssr.events] == [SCHEDULE.prune_epoch()]
     # the step-interval LR schedule went on through the rebuild: 16 steps of gamma 0.9
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 16)
     with open(trainer.logger.log_dir + "/metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"ssr/rho", "ssr/primal_residual", "ssr/regularizer", "ssr/flops", "ssr/params",
-            "ssr/filters/the_network_itself.conv_a", "lr-AdamW"} <= logged
+    assert {"pruning/rho", "pruning/primal_residual", "pruning/relative_primal_residual", "pruning/dual_residual",
+            "pruning/regularizer", "pruning/macs", "pruning/params", "pruning/filters/the_network_itself.conv_a",
+            "lr-AdamW"} <= logged
+    assert not any(k.startswith("ssr/") for k in logged)
+    # the logged size after the rebuild is the pruned model's
+    macs = [float(row["pruning/macs"]) for row in rows if row.get("pruning/macs")]
+    assert macs and macs[-1] == ssr.result.pruned["macs"]
     # the last checkpoint carries the plan and reloads into a fresh module
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert last[PLAN_CHECKPOINT_KEY] == ssr.plan.to_dict()
@@ -80,7 +85,7 @@ def test_frozen_submodules_stay_frozen_and_unchanged(tmp_path):
     ssr = SSRPruning(regularizer="l20", filter_budget=0.5, schedule=SCHEDULE)
     pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[ssr]).fit(model, _loader())
+               callbacks=[ssr]).fit(model, loader())
     conv_a = model.the_network_itself.conv_a
     assert not conv_a.weight.requires_grad
     # conv_a lost filters (its own group) and input channels (the stream), but what is left is untouched
@@ -94,4 +99,4 @@ def test_compiled_modules_are_refused(tmp_path):
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
     with pytest.raises(Exception, match="torch.compile"):
-        trainer.fit(torch.compile(Validated()), _loader())
+        trainer.fit(torch.compile(Validated()), loader())

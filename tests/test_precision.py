@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lightning_ssr import PruningSchedule, SSRPruning
-from tests.test_callback import TinyClassifier, _loader, _trainer
+from tests.lit import TinyClassifier, loader, trainer
 
 LR = 0.1
 
@@ -33,7 +33,7 @@ class StepProbe(Callback):
         self.pending = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        aulm = self.ssr.aulm
+        aulm = self.ssr.method.aulm
         self.pending = {n: (p.detach().clone(), aulm.rho * (p.detach() - aulm.V[n] + aulm.U[n]))
                         for n, p in aulm.params.items()}
 
@@ -41,7 +41,7 @@ class StepProbe(Callback):
         if self.pending is None:
             return
         self.steps += 1
-        for name, p in self.ssr.aulm.params.items():
+        for name, p in self.ssr.method.aulm.params.items():
             before, term = self.pending[name]
             moved = (before - p.detach()) / LR
             self.errors.append(float((moved - term).abs().max() / term.abs().max().clamp_min(1e-12)))
@@ -60,10 +60,10 @@ PRECISIONS = {
 def test_admm_term_is_added_once_to_unscaled_gradients(tmp_path, precision, accumulate):
     pl.seed_everything(0)
     ssr = SSRPruning(regularizer="l21", lam=0.1, rho=0.7,
-                     schedule=PruningSchedule(admm_epochs=1, finetune_epochs=0, update_every_n_steps=1))
+                     schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=1))
     probe = StepProbe(ssr)
-    trainer = _trainer(tmp_path, [ssr, probe], 1, accumulate_grad_batches=accumulate, **PRECISIONS[precision])
-    trainer.fit(ZeroTaskLoss(), _loader(n=64))
+    fit = trainer(tmp_path, [ssr, probe], 1, accumulate_grad_batches=accumulate, **PRECISIONS[precision])
+    fit.fit(ZeroTaskLoss(), loader(n=64))
     assert probe.steps == 64 // 16 // accumulate
     # float32 round-off of (W_before - W_after) / lr is ~1e-4 relative; the term scaled by the
     # GradScaler (1/4096) or added per micro-batch (4x) would be off by O(1)

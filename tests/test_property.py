@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lightning_ssr.groups import find_channel_groups
-from lightning_ssr.plan import prune_channels
+from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups, prune_channels
+from lightning_ssr.structure.surgery import mask_channels
 
 BLOCKS = ("conv", "residual", "concat", "depthwise", "pool")
 
@@ -91,14 +91,14 @@ def test_random_cnns_rebuild_exactly(spec, widths, seed):
     x = torch.randn(2, 3, 16, 16)
     groups = find_channel_groups(model, x)
     gen = torch.Generator().manual_seed(seed)
-    kept = {}
-    masked = copy.deepcopy(model)
-    live = {n: p.data for n, p in masked.named_parameters()}
+    masks = {}
     for g in groups:
         keep = torch.rand(g.size, generator=gen) < 0.5
         keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
-        kept[g.name] = torch.nonzero(keep).flatten().tolist()
-        g.scale_(live, keep.double())
+        masks[g.name] = keep
+    kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
+    masked = copy.deepcopy(model)
+    mask_channels(dict(masked.named_parameters()), groups, masks)
     rebuilt = copy.deepcopy(masked)
     prune_channels(rebuilt, x, kept)
     masked.eval()
@@ -119,8 +119,6 @@ def test_random_cnns_rebuild_exactly(spec, widths, seed):
 def test_concat_into_flatten_is_refused_and_the_model_is_restored():
     """torch-pruning couples the two halves of a concat that feeds flatten -> linear (spatial
     > 1) as if they were one tensor; the rebuild notices and restores the model."""
-    from lightning_ssr.groups import UnsupportedLayerError
-
     torch.manual_seed(0)
     model = RandomCNN(["concat"], [2, 2])
     model.features = model.features[:2]  # drop the 1x1 conv after the concat

@@ -6,9 +6,9 @@ import io
 import pytest
 import torch
 
-from lightning_ssr.groups import find_channel_groups
 from lightning_ssr.models import MODELS, build_model
-from lightning_ssr.plan import apply_plan, plan_from_support, prune_channels
+from lightning_ssr.structure import apply_plan, find_channel_groups, plan_from_support, prune_channels
+from lightning_ssr.structure.surgery import mask_channels
 from tests.nets import randomize_bn
 
 INPUTS = {"gray28": (1, 28), "rgb32": (3, 32)}
@@ -44,9 +44,7 @@ def test_masked_and_rebuilt_models_agree_and_the_plan_replays(name):
     assert groups, name
     support = _random_support(groups, 0)
     masked = copy.deepcopy(model)
-    live = {n: p.data for n, p in masked.named_parameters()}
-    for g in groups:
-        g.scale_(live, support[g.name].double())
+    mask_channels(dict(masked.named_parameters()), groups, support)
     masked.eval()
     rebuilt = copy.deepcopy(masked)
     plan = plan_from_support(x.shape, support, groups)

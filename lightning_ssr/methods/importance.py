@@ -1,4 +1,5 @@
-"""Channel importance criteria for rate-based pruning: one score per channel of a group."""
+"""Channel importance: small functions from a group (and the model holding it) to one score per
+channel; higher means more important. Shared by every method that ranks channels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .groups import ChannelGroup
+from ..structure.groups import ChannelGroup
 
 
 def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
@@ -49,7 +50,7 @@ def random_scores(group: ChannelGroup, model: nn.Module, seed: int = 0) -> torch
     return torch.rand(group.size, generator=gen, dtype=torch.float64)
 
 
-CRITERIA: Mapping[str, Callable[[ChannelGroup, nn.Module], torch.Tensor]] = {
+IMPORTANCES: Mapping[str, Callable[[ChannelGroup, nn.Module], torch.Tensor]] = {
     "l1": l1_norm,
     "l2": l2_norm,
     "bn_scale": bn_scale,
@@ -57,10 +58,10 @@ CRITERIA: Mapping[str, Callable[[ChannelGroup, nn.Module], torch.Tensor]] = {
 }
 
 
-def get_criterion(name_or_fn) -> Callable[[ChannelGroup, nn.Module], torch.Tensor]:
+def get_importance(name_or_fn) -> Callable[[ChannelGroup, nn.Module], torch.Tensor]:
     if callable(name_or_fn):
         return name_or_fn
-    if name_or_fn not in CRITERIA:
-        raise ValueError(f"unknown importance criterion {name_or_fn!r}; available: {sorted(CRITERIA)} "
+    if name_or_fn not in IMPORTANCES:
+        raise ValueError(f"unknown importance {name_or_fn!r}; available: {sorted(IMPORTANCES)} "
                          "or a callable (group, model) -> scores")
-    return CRITERIA[name_or_fn]
+    return IMPORTANCES[name_or_fn]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_ssr.prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
+from lightning_ssr.methods.prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
 
 
 def test_soft_threshold_hand_computed():

@@ -1,20 +1,22 @@
 import copy
 import io
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_ssr.groups import UnsupportedLayerError, find_channel_groups
 from lightning_ssr.models import build_model
-from lightning_ssr.plan import (
+from lightning_ssr.structure import (
     PlanMismatchError,
     PruningPlan,
     apply_plan,
+    find_channel_groups,
     plan_from_support,
     prune_channels,
     remap_optimizer,
 )
+from lightning_ssr.structure.surgery import mask_channels, restore_modules, snapshot_modules
 from tests.nets import SmallResidualCNN, randomize_bn
 
 CASES = [
@@ -35,10 +37,9 @@ def _random_support(groups, seed):
 
 
 def _masked_copy(model, groups, support):
+    """The masked model, masked as the engine masks it before the rebuild."""
     masked = copy.deepcopy(model)
-    live = {n: p.data for n, p in masked.named_parameters()}
-    for g in groups:
-        g.scale_(live, support[g.name].double())
+    mask_channels(dict(masked.named_parameters()), groups, support)
     return masked
 
 
@@ -62,17 +63,6 @@ def test_rebuilt_model_equals_masked_model(name, factory, shape, seed):
     assert sum(p.numel() for p in rebuilt.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert _max_rel_diff(rebuilt(x), masked(x)) <= 1e-5
-
-
-def test_residual_groups_couple_the_whole_stream():
-    model = SmallResidualCNN()
-    groups = {g.name: g for g in find_channel_groups(model, torch.randn(2, 3, 16, 16))}
-    stream = next(g for g in groups.values() if "stem" in g.out_modules)
-    # the residual stream: stem, bn0, conv_b, bn_b and the depthwise conv are pruned together
-    assert {"stem", "bn0", "conv_b", "bn_b", "dw"} <= set(stream.out_modules)
-    assert dict(stream.consumers) == {"conv_a": 1, "mix": 2}  # concat: both halves go to mix
-    # the classifier's outputs are never a prunable group
-    assert all("fc2" not in g.out_modules for g in groups.values())
 
 
 @pytest.mark.parametrize("name,factory,shape", CASES, ids=[c[0] for c in CASES])
@@ -176,25 +166,61 @@ def test_optimizer_state_is_sliced_onto_the_rebuilt_parameters(make_opt):
         assert torch.allclose(p, q, atol=1e-7, rtol=0), n
 
 
-def test_unsupported_layer_gets_a_clear_error_naming_it():
-    class Scaler(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.gain = nn.Parameter(torch.ones(c))
-            self.proj = nn.Linear(c, c)  # gives the module parameters of its own kind
+def test_plan_is_plain_data_and_round_trips():
+    plan = PruningPlan([1, 3, 16, 16], {"stem": [0, 2, 5], "fc1": [1]}, {"stem": 8, "fc1": 16})
+    data = plan.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data == {"format_version": 1, "input_shape": [1, 3, 16, 16],
+                    "groups": [{"root": "stem", "size": 8, "kept": [0, 2, 5]}, {"root": "fc1", "size": 16, "kept": [1]}]}
+    assert PruningPlan.from_dict(data) == plan
 
-        def forward(self, x):
-            return x * self.gain.view(1, -1, 1, 1)
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-            self.scale = Scaler(4)
-            self.fc = nn.Linear(4, 2)
+def test_plan_from_support_keeps_the_true_channels():
+    model = SmallResidualCNN()
+    x = torch.randn(4, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    support = {g.name: torch.arange(g.size) % 3 == 1 for g in groups}
+    plan = plan_from_support(x.shape, support, groups)
+    assert plan.input_shape == [1, 3, 16, 16]  # batch 1
+    assert plan.kept == {g.name: list(range(1, g.size, 3)) for g in groups}
+    assert plan.sizes == {g.name: g.size for g in groups}
 
-        def forward(self, x):
-            return self.fc(self.scale(self.conv(x)).mean((2, 3)))
 
-    with pytest.raises(UnsupportedLayerError, match="ignored_layers"):
-        find_channel_groups(Net(), torch.randn(1, 1, 8, 8))
+def test_remap_gives_the_surviving_elements_of_every_replaced_parameter():
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    kept = {g.name: torch.nonzero(_random_support(groups, 4)[g.name]).flatten().tolist() for g in groups}
+    old = {n: p.detach().clone() for n, p in model.named_parameters()}
+    old_objects = dict(model.named_parameters())
+    remap = prune_channels(model, x, kept)
+    new = dict(model.named_parameters())
+    assert remap and set(remap) <= set(new)
+    for n, p in new.items():
+        if n in remap:
+            assert remap[n].shape == p.shape
+            assert torch.equal(p.detach(), old[n].flatten()[remap[n].flatten()].view(p.shape)), n
+        else:
+            assert torch.equal(p.detach(), old[n]), n
+    assert model.conv_a.weight is not old_objects["conv_a.weight"]
+    # the surviving filters of conv_a are the kept rows, in order, on the kept input channels
+    stream = next(g.name for g in groups if "stem" in g.out_modules)
+    assert torch.equal(model.conv_a.weight.detach(), old["conv_a.weight"][kept["conv_a"]][:, kept[stream]])
+
+
+def test_restore_modules_undoes_every_change():
+    model = SmallResidualCNN()
+    x = torch.randn(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshot = snapshot_modules(model)
+    groups = find_channel_groups(model, x)
+    prune_channels(model, x, {g.name: [0] for g in groups})
+    model.conv_a.marker = "added after the snapshot"
+    with torch.no_grad():
+        model.fc2.weight.add_(1.0)
+    restore_modules(snapshot)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.conv_a.out_channels == 12 and not hasattr(model.conv_a, "marker")
+    assert model(x).shape == (2, 5)

@@ -21,7 +21,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .flops import ModelCost
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
@@ -48,8 +47,6 @@ class ChannelGroup:
     slices: list[GroupSlice]
     out_modules: list[str]  # conv/linear/norm modules whose output channels these are
     consumers: list[tuple[str, int]]  # (conv/linear module, input columns per channel)
-    lam: float = 0.0  # regularization strength, filled in by the AULM set-up
-    macs_per_channel: float = 0.0  # MACs removed with one channel (producers + consumers)
 
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
@@ -119,13 +116,14 @@ def _index_matrix(idxs: Sequence[int], root_idxs: Sequence[int], size: int) -> t
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _check_supported(module, name: str) -> None:
+def _check_supported(module, name: str, root: str) -> None:
     if isinstance(module, _CONV):
         if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
+            layers = sorted({root, name})
             raise UnsupportedLayerError(
-                f"layer '{name}' is a grouped convolution (groups={module.groups}) that is not "
-                "depthwise; pruning its channels is not supported. Pass it in ignored_layers "
-                "(and the layers coupled to it) to leave it untouched.")
+                f"the channels of '{root}' reach '{name}', a grouped convolution (groups={module.groups}) that "
+                f"is not depthwise; pruning them is not supported. Pass {layers} in ignored_layers to leave "
+                "these channels untouched.")
         return
     if isinstance(module, (nn.Linear,) + _NORM):
         return
@@ -171,7 +169,7 @@ def find_channel_groups(
             if module not in names and not isinstance(module, nn.Parameter):
                 continue  # an op node (add, cat, flatten): no parameters of its own
             name = names.get(module, "<parameter>")
-            _check_supported(module, name)
+            _check_supported(module, name, names[root])
             if dg.is_out_channel_pruning_fn(item.dep.handler):
                 width = _out_width(module)
                 if width is not None and width != len(item.idxs):
@@ -191,34 +189,3 @@ def find_channel_groups(
             continue  # model outputs (the classifier): never pruned
         groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers))
     return groups
-
-
-def _layer_fraction(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cost: ModelCost):
-    """(out fraction, in fraction) kept for every counted layer, given per-group keep counts."""
-    out_frac = {n: 1.0 for n in cost.layers}
-    in_kept = {n: float(layer.in_channels) for n, layer in cost.layers.items()}
-    for g in groups:
-        frac = keep[g.name] / g.size
-        for m in g.out_modules:
-            if m in out_frac:
-                out_frac[m] = frac
-        for m, width in g.consumers:
-            in_kept[m] -= (g.size - keep[g.name]) * width
-    in_frac = {n: in_kept[n] / cost.layers[n].in_channels for n in cost.layers}
-    return out_frac, in_frac
-
-
-def estimate_macs(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping[str, int]) -> float:
-    """MACs of the model after keeping ``keep[group.name]`` channels of each group."""
-    out_frac, in_frac = _layer_fraction(groups, keep, cost)
-    return float(sum(layer.macs * out_frac[n] * in_frac[n] for n, layer in cost.layers.items()))
-
-
-def assign_channel_costs(groups: Sequence[ChannelGroup], cost: ModelCost) -> None:
-    """Set ``macs_per_channel``: the MACs that removing one channel of the group saves."""
-    full = {g.name: g.size for g in groups}
-    base = estimate_macs(groups, cost, full)
-    for g in groups:
-        fewer = dict(full)
-        fewer[g.name] = g.size - 1
-        g.macs_per_channel = base - estimate_macs(groups, cost, fewer)

@@ -1,0 +1,160 @@
+"""One checkpoint format and one loader for pruned models.
+
+Every pruned checkpoint is a mapping with ``"state_dict"`` (the weights of the pruned
+module) and ``"pruning_plan"`` (:meth:`PruningPlan.to_dict`: plain data). Lightning
+checkpoints written while the :class:`~lightning_ssr.Pruning` callback runs have this shape,
+and so does the CLI's ``pruned.pt`` (written by :func:`save_pruned`). Both load with
+``torch.load(weights_only=True)`` and through :func:`load_pruned`, or with
+``YourModule.load_from_checkpoint`` when the module mixes in :class:`PrunedCheckpointMixin`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
+from .structure.surgery import apply_plan, restore_modules, snapshot_modules
+
+APPLIED_PLAN_ATTR = "_pruning_applied_plan"
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint, ``pruned.pt`` or plan file that cannot be read."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` with an error that names the file when it is
+    missing, truncated or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointReadError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle errors differ by how the file is damaged
+        raise CheckpointReadError(
+            f"checkpoint file {str(path)!r} is unreadable ({type(err).__name__}: {str(err)[:200]}); it is "
+            "truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it.") from err
+    if not isinstance(data, Mapping):
+        raise CheckpointReadError(f"checkpoint file {str(path)!r} holds a {type(data).__name__}, not a mapping "
+                                  "with 'state_dict'")
+    return data
+
+
+def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None, **extra) -> Path:
+    """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module`` (the module the plan's
+    layer names are relative to), atomically."""
+    path = Path(path)
+    data = plan.to_dict() if isinstance(plan, PruningPlan) else (dict(plan) if plan is not None else None)
+    payload = {"state_dict": module.state_dict(), PLAN_CHECKPOINT_KEY: data, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], model: nn.Module):
+    """Map the plan's layer names and the state-dict keys onto ``model``: strip a common prefix
+    (e.g. ``"model."``) when the checkpoint was saved from the module that holds ``model``."""
+    names = {n for n, _ in model.named_modules()}
+    roots = list(plan.kept)
+    if all(r in names for r in roots):
+        return plan, dict(state_dict)
+    for root in roots:
+        for cut in range(root.count(".") + 1):
+            prefix = ".".join(root.split(".")[: cut + 1]) + "."
+            if all(r.startswith(prefix) and r[len(prefix):] in names for r in roots):
+                stripped = PruningPlan(plan.input_shape, {r[len(prefix):]: k for r, k in plan.kept.items()},
+                                       {r[len(prefix):]: s for r, s in plan.sizes.items()})
+                sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+                return stripped, sd
+    raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
+                            "not have (with or without a common prefix): it was saved from another architecture")
+
+
+def _strip_key_prefix(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
+    """Without a plan: strip the prefix (e.g. ``"model."``) that maps the keys onto ``model``'s."""
+    own = set(model.state_dict())
+    if own <= set(state_dict) or not state_dict:
+        return dict(state_dict)
+    first = next(iter(state_dict))
+    for cut in range(first.count(".")):
+        prefix = ".".join(first.split(".")[: cut + 1]) + "."
+        stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if own <= set(stripped):
+            return stripped
+    return dict(state_dict)
+
+
+def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
+    """Load a pruned checkpoint into a freshly constructed (unpruned) ``model``, in one call.
+
+    ``checkpoint`` is a path or an already loaded mapping in the format above (a Lightning
+    checkpoint or the CLI's ``pruned.pt``). ``model`` may be the LightningModule or the
+    network inside it: a prefix such as ``"model."`` is stripped. If anything fails (another
+    architecture, missing keys, a damaged file), the error says so and ``model`` is left
+    exactly as it was.
+    """
+    source = "the checkpoint"
+    if not isinstance(checkpoint, Mapping):
+        source = repr(str(checkpoint))
+        checkpoint = read_checkpoint(checkpoint)
+    if "state_dict" not in checkpoint:
+        raise CheckpointReadError(f"{source} has no 'state_dict' entry (keys: {sorted(checkpoint)[:6]})")
+    state_dict = checkpoint["state_dict"]
+    data = checkpoint.get(PLAN_CHECKPOINT_KEY)
+    snapshot = snapshot_modules(model)
+    try:
+        if data is not None:
+            plan, state_dict = _relative_to(PruningPlan.from_dict(data), state_dict, model)
+            apply_plan(model, plan)
+            setattr(model, APPLIED_PLAN_ATTR, plan.to_dict())
+        else:
+            state_dict = _strip_key_prefix(state_dict, model)
+        model.load_state_dict(state_dict, strict=strict)
+    except Exception:
+        restore_modules(snapshot)
+        raise
+    return model
+
+
+def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping) -> None:
+    """Rebuild ``module`` into the shapes of the plan stored in ``checkpoint``, if any, before its
+    weights load. A module already rebuilt with the same plan is left alone."""
+    data = checkpoint.get(PLAN_CHECKPOINT_KEY)
+    current = getattr(module, APPLIED_PLAN_ATTR, None)
+    if data is None or data == current:
+        return
+    if current is not None:
+        raise PlanMismatchError("the checkpoint's pruning plan differs from the one this model was already "
+                                "rebuilt with; construct a fresh model to load it")
+    apply_plan(module, data)
+    setattr(module, APPLIED_PLAN_ATTR, data)
+
+
+class PrunedCheckpointMixin:
+    """Mix into a LightningModule so that ``YourModule.load_from_checkpoint(path)`` rebuilds
+    the pruned shapes from the checkpoint's plan before the weights load::
+
+        class LitNet(PrunedCheckpointMixin, pl.LightningModule): ...
+
+        model = LitNet.load_from_checkpoint("last.ckpt")  # in any process, no callback needed
+
+    Without the mixin, use :func:`load_pruned` on a fresh module. Resuming ``fit`` needs
+    neither: the :class:`~lightning_ssr.Pruning` callback rebuilds the model itself.
+    """
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        apply_checkpoint_plan(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)

@@ -1,0 +1,157 @@
+"""Count multiply-accumulates (MACs) and parameters of a model, per layer and in total, and
+estimate them for given per-group keep counts without rebuilding.
+
+Convention (the one the pruning papers use): a convolution costs
+``out_elements * (in_channels / groups) * kh * kw`` MACs per sample and a linear layer
+``in_features * out_features``; biases, normalization, activations and pooling are not
+counted. Parameters are every element of every parameter of the model (BN included),
+counted once even if shared. Figures are per sample (batch size 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .structure.groups import ChannelGroup
+
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    macs: int
+    params: int
+
+
+@dataclass
+class ModelCost:
+    macs: int
+    params: int
+    layers: dict[str, LayerCost] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain data (for checkpoints and results)."""
+        return {"macs": int(self.macs), "params": int(self.params),
+                "layers": [asdict(layer) for layer in self.layers.values()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ModelCost:
+        layers = {d["name"]: LayerCost(**d) for d in data["layers"]}
+        return cls(int(data["macs"]), int(data["params"]), layers)
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Linear):
+        rows = output.numel() // output.shape[-1]
+        return rows * module.in_features * module.out_features
+    kernel = 1
+    for k in module.kernel_size:
+        kernel *= k
+    return output.numel() * (module.in_channels // module.groups) * kernel
+
+
+def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> ModelCost:
+    """Run one forward pass on a single sample of ``example_inputs`` and count MACs/params."""
+    sample = example_inputs[:1]
+    names = {m: n for n, m in model.named_modules()}
+    macs: dict[str, int] = {}
+
+    def hook(module, _inputs, output):
+        name = names[module]
+        macs[name] = macs.get(name, 0) + _layer_macs(module, output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    layers = {}
+    for name, module in model.named_modules():
+        if name not in macs:
+            continue
+        in_ch = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        out_ch = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        layers[name] = LayerCost(
+            name=name,
+            kind=type(module).__name__,
+            in_channels=in_ch,
+            out_channels=out_ch,
+            macs=macs[name],
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+        )
+    total_params = sum(p.numel() for p in model.parameters())
+    return ModelCost(macs=sum(macs.values()), params=total_params, layers=layers)
+
+
+def _kept_fractions(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cost: ModelCost):
+    """(out fraction, in fraction) kept for every counted layer, given per-group keep counts."""
+    out_frac = {n: 1.0 for n in cost.layers}
+    in_kept = {n: float(layer.in_channels) for n, layer in cost.layers.items()}
+    for g in groups:
+        frac = keep[g.name] / g.size
+        for m in g.out_modules:
+            if m in out_frac:
+                out_frac[m] = frac
+        for m, width in g.consumers:
+            in_kept[m] -= (g.size - keep[g.name]) * width
+    in_frac = {n: in_kept[n] / cost.layers[n].in_channels for n in cost.layers}
+    return out_frac, in_frac
+
+
+def estimate_macs(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping[str, int]) -> float:
+    """MACs of the model after keeping ``keep[group.name]`` channels of each group."""
+    out_frac, in_frac = _kept_fractions(groups, keep, cost)
+    return float(sum(layer.macs * out_frac[n] * in_frac[n] for n, layer in cost.layers.items()))
+
+
+def estimate_params(model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> float:
+    """Parameters of ``model`` after keeping ``keep[group.name]`` channels of each group.
+
+    Every parameter keeps the product of the kept fractions of its output side (a group's
+    slices) and of its input side (the weight of a consumer layer).
+    """
+    params = dict(model.named_parameters())
+    frac = {n: 1.0 for n in params}
+    for g in groups:
+        kept = keep[g.name] / g.size
+        for s in g.slices:
+            frac[s.param] *= kept
+    modules = dict(model.named_modules())
+    in_kept: dict[str, float] = {}
+    for g in groups:
+        for m, width in g.consumers:
+            in_kept[m] = in_kept.get(m, 0.0) + (g.size - keep[g.name]) * width
+    for m, removed in in_kept.items():
+        module = modules[m]
+        name = f"{m}.weight" if m else "weight"
+        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        frac[name] *= (width - removed) / width
+    return float(sum(p.numel() * frac[n] for n, p in params.items()))
+
+
+def channel_macs(groups: Sequence[ChannelGroup], cost: ModelCost) -> dict[str, float]:
+    """Per group, the MACs that removing one of its channels saves (producers and consumers)."""
+    full = {g.name: g.size for g in groups}
+    base = estimate_macs(groups, cost, full)
+    out = {}
+    for g in groups:
+        fewer = dict(full)
+        fewer[g.name] = g.size - 1
+        out[g.name] = base - estimate_macs(groups, cost, fewer)
+    return out

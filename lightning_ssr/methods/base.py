@@ -1,0 +1,138 @@
+"""The method protocol and the registry of pruning methods.
+
+A method decides *which* channels go; the engine (:class:`lightning_ssr.Pruning`) owns
+everything else: the schedule, graph discovery, target -> keep counts, the rebuild,
+optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine order:
+
+1. ``setup(context)`` once the groups of the current model are known (again after each
+   prune event when more follow);
+2. ``start()`` when the sparsify phase begins;
+3. ``before_optimizer_step()`` every optimizer step of the sparsify phase: the training-time
+   term, added to the (unscaled, accumulated) gradients;
+4. ``update()`` every ``schedule.update_every_n_steps`` optimizer steps of the sparsify
+   phase (or at epoch end), returning metrics to log;
+5. ``ready()`` -> ``(bool, reason)``: may the engine prune early;
+6. ``select(keep)`` -> per group, a bool mask of the channels to keep; ``keep`` holds the
+   counts the target asks for (``None`` when there is no target and the method decides);
+7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation;
+8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume.
+
+Methods are plain PyTorch (no Lightning imports) and are registered by name with
+:func:`register_method`, so that ``pruning=<name>`` in a config picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cost import ModelCost
+from ..structure.groups import ChannelGroup
+
+Sync = Callable[[Any], Any]
+
+
+@dataclass
+class MethodContext:
+    """What the engine hands a method at set-up."""
+
+    model: nn.Module
+    groups: list[ChannelGroup]
+    cost: ModelCost  # of the model as it is now
+    channel_macs: dict[str, float]  # per group: MACs one channel costs (producers + consumers)
+    keep: dict[str, int] | None  # per group: channels the target keeps (None: no target)
+    min_keep: dict[str, int]  # per group: channels that must stay
+    sync: Sync | None = None  # under DDP: broadcast rank 0's value to every rank
+    params: dict[str, nn.Parameter] = field(init=False)
+
+    def __post_init__(self):
+        self.params = dict(self.model.named_parameters())
+
+
+class PruningMethod:
+    """Base class of pruning methods; every hook but :meth:`select` has a no-op default."""
+
+    name: str = ""
+    #: whether the method trains with a term during a sparsify phase (False: the engine can prune
+    #: at the start of fine-tuning, as one-shot methods do)
+    sparsifies: bool = False
+    #: whether the method can decide the keep counts itself (no target needed)
+    needs_target: bool = True
+
+    def setup(self, context: MethodContext) -> None:
+        self.context = context
+
+    def start(self) -> None:
+        pass
+
+    def before_optimizer_step(self) -> None:
+        pass
+
+    def update(self) -> dict[str, float]:
+        return {}
+
+    def ready(self) -> tuple[bool, str]:
+        return False, "the method has no convergence test"
+
+    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_rebuild(self, model: nn.Module, plan) -> None:
+        pass
+
+    def metrics(self) -> dict[str, float]:
+        """Epoch-level values to log (e.g. the regularizer)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        pass
+
+    def config(self) -> dict:
+        """The method's settings, for the result (plain data)."""
+        return {}
+
+
+_REGISTRY: dict[str, Callable[..., PruningMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., PruningMethod] | None = None):
+    """Register ``factory`` (a class or function returning a :class:`PruningMethod`) as ``name``;
+    usable as a decorator."""
+    def add(f):
+        if name in _REGISTRY and _REGISTRY[name] is not f:
+            raise ValueError(f"a pruning method named {name!r} is already registered")
+        _REGISTRY[name] = f
+        return f
+    return add(factory) if factory is not None else add
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, **kwargs) -> PruningMethod:
+    """The method registered as ``name``, built with ``kwargs`` (validated by the method)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"pruning method {name!r}: {err}") from err
+
+
+def top_k_masks(scores: Mapping[str, torch.Tensor], keep: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """Per group, a bool mask of the ``keep[g]`` channels of highest score (ties: lower index)."""
+    out = {}
+    for name, s in scores.items():
+        order = torch.sort(s, descending=True, stable=True).indices[: keep[name]]
+        mask = torch.zeros(s.numel(), dtype=torch.bool)
+        mask[order.cpu()] = True
+        out[name] = mask
+    return out

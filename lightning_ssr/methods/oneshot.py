@@ -1,0 +1,71 @@
+"""``oneshot``: prune the channels of lowest importance at once, then fine-tune.
+
+No training-time term: the engine prunes at the first prune event (with an empty sparsify
+phase, at the start of fine-tuning) the channels of lowest importance (group L2 norm by
+default; see :mod:`lightning_ssr.methods.importance`). :func:`prune_oneshot` does the same to
+a bare model, without a Trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..cost import count_cost
+from ..structure.groups import find_channel_groups
+from ..structure.plan import PruningPlan, plan_from_support
+from ..structure.surgery import prune_channels
+from ..targets import Target, keep_counts, min_keep_counts
+from ..validation import check_number
+from .base import PruningMethod, register_method, top_k_masks
+from .importance import IMPORTANCES, get_importance
+
+
+@register_method("oneshot")
+class OneShot(PruningMethod):
+    """Magnitude (or any importance) one-shot pruning.
+
+    Args:
+        importance: a name from :data:`lightning_ssr.methods.importance.IMPORTANCES`
+            (``"l2"``, the SSR group norm, by default) or a callable ``(group, model) -> scores``.
+    """
+
+    name = "oneshot"
+
+    def __init__(self, importance="l2"):
+        if isinstance(importance, str) and importance not in IMPORTANCES:
+            raise ValueError(f"oneshot: importance must be one of {sorted(IMPORTANCES)} or a callable, "
+                             f"got {importance!r}")
+        self.importance = importance
+
+    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+        score = get_importance(self.importance)
+        ctx = self.context
+        return top_k_masks({g.name: score(g, ctx.model) for g in ctx.groups}, keep)
+
+    def config(self) -> dict:
+        return {"importance": self.importance if isinstance(self.importance, str) else repr(self.importance)}
+
+
+def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
+                  ignored_layers: Sequence[str] = (), min_channels: int = 1,
+                  max_pruning_ratio: float = 1.0) -> PruningPlan:
+    """Prune a bare ``model`` in place to ``target`` (a :class:`~lightning_ssr.targets.Target`, a
+    mapping such as ``{"rates": "[0.5]*3"}``, or a rate list/expression), keeping the channels
+    ``importance`` scores highest. Returns the plan, which :func:`lightning_ssr.structure.apply_plan`
+    replays on a fresh model."""
+    check_number("prune_oneshot", "min_channels", min_channels, low=1, integer=True)
+    check_number("prune_oneshot", "max_pruning_ratio", max_pruning_ratio, low=0.0, high=1.0, low_open=True)
+    if isinstance(target, (str, list, tuple)):
+        target = Target(rates=target)
+    target = Target.coerce(target)
+    groups = find_channel_groups(model, example_inputs, ignored_layers)
+    cost = count_cost(model, example_inputs)
+    keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio))
+    score = get_importance(importance)
+    masks = top_k_masks({g.name: score(g, model) for g in groups}, keep)
+    plan = plan_from_support(example_inputs.shape, masks, groups)
+    prune_channels(model, example_inputs, plan.kept, plan.sizes)
+    return plan

@@ -1,0 +1,92 @@
+"""Pruning plans: plain data that says which channels of each group survive.
+
+A :class:`PruningPlan` says, for each group of coupled channels, which channels of the
+*unpruned* model survive. It holds only strings, ints and lists, so it can sit in a
+checkpoint that loads with ``torch.load(weights_only=True)``, and a freshly built model
+plus the plan reproduces the pruned shapes (:func:`lightning_ssr.structure.apply_plan`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .groups import ChannelGroup
+
+PLAN_FORMAT_VERSION = 1
+PLAN_CHECKPOINT_KEY = "pruning_plan"
+
+
+class PlanMismatchError(ValueError):
+    """The plan does not fit the model it is applied to."""
+
+
+@dataclass
+class PruningPlan:
+    input_shape: list[int]
+    kept: dict[str, list[int]] = field(default_factory=dict)  # group root -> kept channels
+    sizes: dict[str, int] = field(default_factory=dict)  # group root -> channels before pruning
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "input_shape": [int(s) for s in self.input_shape],
+            "groups": [{"root": name, "size": int(self.sizes[name]), "kept": [int(i) for i in kept]}
+                       for name, kept in self.kept.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PruningPlan:
+        version = data.get("format_version")
+        if version != PLAN_FORMAT_VERSION:
+            raise PlanMismatchError(f"pruning plan format_version {version!r} is not supported "
+                                    f"(this version of lightning_ssr reads {PLAN_FORMAT_VERSION})")
+        plan = cls(input_shape=[int(s) for s in data["input_shape"]])
+        for entry in data["groups"]:
+            plan.kept[str(entry["root"])] = [int(i) for i in entry["kept"]]
+            plan.sizes[str(entry["root"])] = int(entry["size"])
+        return plan
+
+    def save(self, path) -> None:
+        """Write the plan as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path) -> PruningPlan:
+        """Read a plan written by :meth:`save` (or the ``plan`` of a ``result.json``); an error that
+        names the file if it is missing, truncated or not a plan."""
+        try:
+            data = json.loads(Path(path).read_text())
+            if isinstance(data, Mapping) and "plan" in data and "groups" not in data:
+                data = data["plan"]
+            return cls.from_dict(data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise PlanMismatchError(f"pruning plan file {str(path)!r} is unreadable ({type(err).__name__}: {err}); "
+                                    "it is missing, truncated or not a plan written by PruningPlan.save") from err
+
+    def then(self, later: PruningPlan) -> PruningPlan:
+        """The plan equal to applying ``self`` and then ``later`` (whose indices count the
+        channels ``self`` kept)."""
+        out = PruningPlan(list(self.input_shape), dict(self.kept), dict(self.sizes))
+        for name, kept in later.kept.items():
+            if name in self.kept:
+                out.kept[name] = [self.kept[name][i] for i in kept]
+            else:
+                out.kept[name] = list(kept)
+                out.sizes[name] = later.sizes[name]
+        return out
+
+
+
+def plan_from_support(input_shape: Sequence[int], support: Mapping[str, torch.Tensor],
+                      groups: Iterable[ChannelGroup]) -> PruningPlan:
+    """The plan that keeps, in each group, the channels where ``support`` is True."""
+    plan = PruningPlan(input_shape=[1, *[int(s) for s in input_shape[1:]]])
+    for g in groups:
+        plan.kept[g.name] = [int(i) for i in torch.nonzero(support[g.name]).flatten().tolist()]
+        plan.sizes[g.name] = g.size
+    return plan

@@ -1,0 +1,36 @@
+"""Argument checks, in one place: every error names the owner and the argument."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_number(owner: str, name: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False,
+                 optional: bool = False):
+    """Return ``value`` (an int if ``integer``, else a float) after checking its type and range.
+
+    ``low``/``high`` bound it (``low_open``/``high_open``: strictly); ``optional`` lets ``None`` through.
+    """
+    if value is None and optional:
+        return None
+    kind = "an int" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise TypeError(f"{owner}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    if not integer and not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        where = f"in {lo or '(-inf'}, {hi or 'inf)'}"
+        raise ValueError(f"{owner}: {name} must be {where}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_choice(owner: str, name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {tuple(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,66 @@
+"""A LightningModule, data and a Trainer shared by the tests that run ``fit`` (not from the package)."""
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.nets import SmallResidualCNN
+
+
+class TinyClassifier(pl.LightningModule):
+    """A user's own LightningModule: nothing of lightning_ssr is subclassed."""
+
+    def __init__(self, lr=0.05):
+        super().__init__()
+        self.backbone = SmallResidualCNN(in_channels=3, num_classes=5)
+        self.lr = lr
+        self.losses = []
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
+
+
+def loader(n=64, seed=0, shuffle=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=gen)
+    y = torch.randint(0, 5, (n,), generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=shuffle)
+
+
+def trainer(tmp_path, callbacks, max_epochs, **kw):
+    return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                      default_root_dir=tmp_path, callbacks=callbacks, **kw)
+
+
+class Snapshot(Callback):
+    """Records the parameters at the start of every epoch."""
+
+    def __init__(self):
+        self.params = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.params[trainer.current_epoch] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(model, expected_model):
+    final, expected = weights(model), weights(expected_model)
+    assert final.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(final[k], expected[k]), k

@@ -1,0 +1,101 @@
+"""Channel importance on hand-built examples: each score ranks the channels as its definition says."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ssr.methods.importance import IMPORTANCES, bn_scale, get_importance, l1_norm, l2_norm, random_scores
+from lightning_ssr.models import build_model
+from lightning_ssr.structure import find_channel_groups
+from tests.nets import SmallResidualCNN
+
+
+class Hand(nn.Module):
+    """conv (3 filters of 4 weights each, no bias) -> BN -> 1x1 conv -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 2, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.mix = nn.Conv2d(3, 2, 1)
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            # channel 0: [1, 1, 1, 1] (L1 4, L2^2 4); channel 1: [3, 0, 0, 0] (L1 3, L2^2 9);
+            # channel 2: [0.1] * 4 (L1 0.4, L2^2 0.04)
+            self.conv.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0], [0.1] * 4]).view(3, 1, 2, 2))
+            self.bn.weight.copy_(torch.tensor([0.5, -0.1, 2.0]))  # |gamma|: 0.5, 0.1, 2.0
+            self.bn.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.mix(torch.relu(self.bn(self.conv(x)))).mean((2, 3)))
+
+
+def _group(model, x, root):
+    return next(g for g in find_channel_groups(model, x) if g.name == root)
+
+
+@pytest.fixture
+def hand():
+    model = Hand()
+    return model, _group(model, torch.randn(1, 1, 4, 4), "conv")
+
+
+def _ranking(scores):
+    return torch.sort(scores, descending=True, stable=True).indices.tolist()
+
+
+def test_l1_sums_the_producer_filters(hand):
+    model, group = hand
+    scores = l1_norm(group, model)
+    assert torch.allclose(scores, torch.tensor([4.0, 3.0, 0.4], dtype=torch.float64))
+    assert _ranking(scores) == [0, 1, 2]
+
+
+def test_l2_is_the_group_norm_of_the_whole_output_side(hand):
+    model, group = hand
+    scores = l2_norm(group, model)
+    # filter, BN gamma and BN beta (0) of each channel
+    expected = torch.tensor([4.0 + 0.25, 9.0 + 0.01, 0.04 + 4.0], dtype=torch.float64).sqrt()
+    assert torch.allclose(scores, expected)
+    assert _ranking(scores) == [1, 0, 2]
+
+
+def test_bn_scale_ranks_by_gamma_and_falls_back_to_l1_without_bn(hand):
+    model, group = hand
+    scores = bn_scale(group, model)
+    assert torch.allclose(scores, torch.tensor([0.5, 0.1, 2.0], dtype=torch.float64))
+    assert _ranking(scores) == [2, 0, 1]
+    lenet = build_model("lenet5")
+    conv1 = _group(lenet, torch.randn(1, 1, 28, 28), "conv1")
+    assert torch.equal(bn_scale(conv1, lenet), l1_norm(conv1, lenet))
+
+
+def test_l1_of_a_coupled_group_sums_every_producer():
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    group = _group(model, torch.randn(1, 3, 16, 16), "dw")  # the residual stream
+    expected = sum(getattr(model, m).weight.detach().double().abs().sum((1, 2, 3)) for m in ("stem", "conv_b", "dw"))
+    assert torch.allclose(l1_norm(group, model), expected)
+
+
+def test_random_is_reproducible_and_depends_on_the_seed_and_the_group():
+    lenet = build_model("lenet5")
+    groups = {g.name: g for g in find_channel_groups(lenet, torch.randn(1, 1, 28, 28))}
+    a = random_scores(groups["conv2"], lenet)
+    assert torch.equal(a, random_scores(groups["conv2"], build_model("lenet5")))  # weights play no part
+    assert not torch.equal(a, random_scores(groups["conv2"], lenet, seed=1))
+    assert not torch.equal(a[:20], random_scores(groups["conv1"], lenet))
+    assert a.shape == (50,) and bool(((a >= 0) & (a < 1)).all())
+    assert len(set(a.tolist())) == 50
+
+
+def test_get_importance_by_name_or_callable():
+    assert set(IMPORTANCES) == {"l1", "l2", "bn_scale", "random"}
+    assert get_importance("l1") is l1_norm and get_importance("bn_scale") is bn_scale
+
+    def mine(group, model):
+        return torch.zeros(group.size)
+
+    assert get_importance(mine) is mine
+    with pytest.raises(ValueError, match=r"unknown importance 'magic'.*'bn_scale', 'l1', 'l2', 'random'"):
+        get_importance("magic")

@@ -1,0 +1,135 @@
+"""``oneshot``: prune the least important channels at once, on a bare model (``prune_oneshot``)
+or inside ``fit`` through the engine."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, apply_plan, count_cost, prune_oneshot
+from lightning_ssr.methods import OneShot, build_method
+from lightning_ssr.models import build_model
+from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, trainer
+
+# Published FLOPs (MACs) and parameters, FSM README; tolerance 1.5%.
+PUBLISHED = [
+    ("vgg16_bn", None, 313.7e6, 14.98e6),
+    ("vgg16_bn", "[0.3]*5+[0.35]*3+[0.8]*5", 106.8e6, 2.05e6),
+    ("vgg16_bn", "[0.5]*8+[0.8]*5", 59.7e6, 1.41e6),
+    ("resnet56", None, 125.5e6, 0.85e6),
+    ("resnet56", "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9", 61.7e6, 0.48e6),
+]
+
+
+@pytest.mark.parametrize("name,rates,flops,params", PUBLISHED)
+def test_structure_reproduces_published_flops_and_params(name, rates, flops, params):
+    model = build_model(name, in_channels=3, num_classes=10, input_size=32)
+    x = torch.zeros(2, 3, 32, 32)
+    if rates:
+        prune_oneshot(model, x, rates)
+    cost = count_cost(model, x)
+    assert cost.macs == pytest.approx(flops, rel=0.015)
+    assert cost.params == pytest.approx(params, rel=0.015)
+
+
+def test_a_rate_list_a_rate_string_and_a_rates_target_are_the_same_target():
+    x = torch.zeros(2, 1, 28, 28)
+    plans = []
+    for target in ([0.5, 0.3], "[0.5]+[0.3]", {"rates": "[0.5,0.3]"}):
+        torch.manual_seed(0)
+        plans.append(prune_oneshot(build_model("lenet5"), x, target))
+    assert plans[0].to_dict() == plans[1].to_dict() == plans[2].to_dict()
+    assert {n: len(k) for n, k in plans[0].kept.items()} == {"conv1": 10, "conv2": 35, "fc1": 500}
+
+
+def test_rates_on_unprunable_layers_are_refused():
+    model = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
+    x = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="cannot be pruned"):
+        prune_oneshot(model, x, [0.5])  # the stem writes the type-A residual stream
+    with pytest.raises(ValueError, match="rates given"):
+        prune_oneshot(model, x, [0.0] * 30)
+    assert model.conv1.out_channels == 16  # the model was left alone
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "random"])
+def test_importance_chooses_which_channels_survive(importance):
+    model = build_model("vgg16_bn", in_channels=3, num_classes=10, input_size=32)
+    with torch.no_grad():
+        model.features[0].weight[5:].mul_(0.01)  # channels 5.. of the first conv are tiny
+        model.features[1].weight[5:].mul_(0.01)
+    plan = prune_oneshot(model, torch.zeros(2, 3, 32, 32), [0.9], importance=importance)
+    kept = plan.kept["features.0"]
+    assert len(kept) == 7  # ceil(64 * 0.1)
+    assert model.features[0].out_channels == 7
+    if importance != "random":
+        assert set(range(5)) <= set(kept)
+    with pytest.raises(ValueError, match="unknown importance 'magic'"):
+        prune_oneshot(build_model("lenet5"), torch.zeros(1, 1, 28, 28), [0.5], importance="magic")
+
+
+def test_prune_oneshot_meets_a_fraction_target_and_its_plan_replays():
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    dense = count_cost(model, x)
+    plan = prune_oneshot(model, x, {"macs": 0.3}, min_channels=2, max_pruning_ratio=0.9)
+    pruned = count_cost(model, x)
+    assert pruned.macs <= 0.3 * dense.macs
+    assert all(2 <= len(plan.kept[n]) and len(plan.kept[n]) >= 0.1 * plan.sizes[n] for n in plan.kept)
+    fresh = apply_plan(build_model("lenet5"), plan)
+    assert {n: p.shape for n, p in fresh.named_parameters()} == {n: p.shape for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="too small"):
+        prune_oneshot(build_model("lenet5"), x, {"macs": 0.01}, max_pruning_ratio=0.5)
+
+
+def test_oneshot_method_settings():
+    method = build_method("oneshot", importance="bn_scale")
+    assert isinstance(method, OneShot) and method.needs_target and not method.sparsifies
+    assert method.config() == {"importance": "bn_scale"}
+    assert build_method("oneshot").importance == "l2"  # the SSR group norm by default
+    with pytest.raises(ValueError, match="importance must be one of"):
+        OneShot(importance="magic")
+
+
+ONESHOT = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
+
+
+def test_oneshot_through_the_engine_shrinks_the_model_within_one_fit(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ONESHOT)
+    snap = Snapshot()
+    fit = trainer(tmp_path, [cb, snap], ONESHOT.total_epochs)
+    fit.fit(model, loader())
+    assert ONESHOT.total_epochs == 2 and [e["epoch"] for e in cb.events] == [0]
+    assert cb.events[0]["step"] == 0  # before the first optimizer step
+    assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+    assert cb.result.method == "oneshot" and cb.result.target == {"macs": 0.5}
+    assert sum(p.numel() for p in model.parameters()) == cb.result.pruned["params"] < cb.result.dense["params"]
+    assert len(model.losses) == 8  # 2 epochs of 4 steps, all on the small model
+    # the small model trained: its parameters moved over the second epoch
+    assert any(not torch.equal(snap.params[1][n], p.detach()) for n, p in model.named_parameters())
+    opt = fit.optimizers[0]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_oneshot_resume_after_the_prune_matches_an_uninterrupted_run(tmp_path):
+    def run(max_epochs, ckpt_path=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ONESHOT, verbose=False)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
+        return model, cb
+
+    full_model, full_cb = run(ONESHOT.total_epochs)
+    run(1)
+    path = tmp_path / "ckpts" / "epoch=0.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))
+    assert state["method"] == "oneshot" and state["events_done"] == 1 and state["method_state"] is None
+    assert checkpoint[PLAN_CHECKPOINT_KEY] == state["plan"] == full_cb.plan.to_dict()
+    model, cb = run(ONESHOT.total_epochs, ckpt_path=path)
+    assert cb.events == full_cb.events
+    assert_same_weights(model, full_model)

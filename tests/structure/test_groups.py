@@ -1,0 +1,145 @@
+"""Coupled channel groups: residual streams, depthwise convs, the classifier, ignored layers."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ssr.models import build_model
+from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups
+from tests.nets import SmallResidualCNN
+
+STREAM = {"stem", "bn0", "conv_b", "bn_b", "dw"}  # SmallResidualCNN's residual stream (dw is depthwise on it)
+
+
+def _members(groups):
+    """module name -> the groups whose output channels it holds"""
+    out = {}
+    for g in groups:
+        for m in g.out_modules:
+            out.setdefault(m, []).append(g.name)
+    return out
+
+
+def _classifier(model):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def test_residual_groups_couple_the_whole_stream():
+    model = SmallResidualCNN()
+    groups = find_channel_groups(model, torch.randn(2, 3, 16, 16))
+    members = _members(groups)
+    # one group holds the residual stream: stem, bn0, conv_b, bn_b and the depthwise conv go together
+    stream = [g for g in groups if STREAM & set(g.out_modules)]
+    assert len(stream) == 1 and set(stream[0].out_modules) == STREAM
+    assert all(len(members[m]) == 1 for m in STREAM)
+    assert stream[0].size == 8
+    assert dict(stream[0].consumers) == {"conv_a": 1, "mix": 2}  # concat: both halves go to mix
+    # the other groups: one per conv/linear whose outputs feed another layer
+    others = {g.name: set(g.out_modules) for g in groups if g is not stream[0]}
+    assert others == {"conv_a": {"conv_a", "bn_a"}, "mix": {"mix"}, "fc1": {"fc1"}}
+    # the classifier's outputs are never a prunable group
+    assert "fc2" not in members
+
+
+def test_each_stage_of_a_resnet_is_one_group_and_the_classifier_is_never_one():
+    model = build_model("resnet18", in_channels=3, num_classes=10, input_size=32)
+    groups = find_channel_groups(model, torch.randn(2, 3, 32, 32))
+    by_member = _members(groups)
+    assert all(len(v) == 1 for v in by_member.values())  # a layer's channels belong to one group
+    stage1 = {"conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2", "layer1.1.conv2", "layer1.1.bn2"}
+    assert len({by_member[m][0] for m in stage1}) == 1
+    for stage in (2, 3, 4):
+        stream = {f"layer{stage}.0.shortcut.0", f"layer{stage}.0.shortcut.1", f"layer{stage}.0.conv2",
+                  f"layer{stage}.1.conv2", f"layer{stage}.0.bn2", f"layer{stage}.1.bn2"}
+        assert len({by_member[m][0] for m in stream}) == 1, stage
+    # 4 residual streams + the first conv of each of the 8 blocks
+    assert len(groups) == 12
+    assert _classifier(model) == "fc" and "fc" not in by_member
+
+
+def test_a_depthwise_conv_follows_its_producer():
+    model = build_model("mobilenetv2", in_channels=3, num_classes=10, input_size=32)
+    groups = find_channel_groups(model, torch.randn(2, 3, 32, 32))
+    by_member = _members(groups)
+    depthwise = [n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels]
+    assert len(depthwise) == 17
+    for name in depthwise:
+        prefix = name.rsplit(".", 1)[0]  # features.<i>.block
+        producer = f"{prefix}.0"  # the 1x1 expansion conv (or, in the first block, the stem's conv)
+        if name == "features.3.block.0":  # first block: no expansion, the stem produces its input
+            producer = "features.0"
+        assert by_member[name] == by_member[producer], name
+        # the depthwise conv is never the consumer that would shrink its input separately
+        assert all(c != name for g in groups for c, _ in g.consumers)
+    assert _classifier(model) not in by_member
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg16_bn", "resnet20", "googlenet"])
+def test_the_classifier_is_never_a_group(name):
+    model = build_model(name, in_channels=3, num_classes=10, input_size=32)
+    groups = find_channel_groups(model, torch.randn(2, 3, 32, 32))
+    assert groups and _classifier(model) not in _members(groups)
+    assert all(g.consumers for g in groups)  # every group feeds a conv/linear
+
+
+def test_ignored_layers_remove_their_groups():
+    model = SmallResidualCNN()
+    x = torch.randn(2, 3, 16, 16)
+    all_groups = {g.name for g in find_channel_groups(model, x)}
+    assert {g.name for g in find_channel_groups(model, x, ["conv_a"])} == all_groups - {"conv_a"}
+    stream = next(g.name for g in find_channel_groups(model, x) if "stem" in g.out_modules)
+    for member in ("stem", "conv_b", "dw"):  # ignoring any layer of the stream removes the whole stream
+        assert {g.name for g in find_channel_groups(model, x, [member])} == all_groups - {stream}
+    assert {g.name for g in find_channel_groups(model, x, ["fc1", "mix"])} == all_groups - {"fc1", "mix"}
+    with pytest.raises(ValueError, match="no module named"):
+        find_channel_groups(model, x, ["conv_z"])
+
+
+def test_modules_can_declare_their_own_ignored_layers():
+    class Declared(SmallResidualCNN):
+        pruning_ignored_layers = ("conv_a",)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Declared()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    names = {g.name for g in find_channel_groups(Outer(), torch.randn(2, 3, 16, 16))}
+    assert "inner.conv_a" not in names and "inner.fc1" in names
+
+
+def test_a_grouped_convolution_that_is_not_depthwise_is_refused():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1), nn.Flatten(),
+                        nn.LazyLinear(2))
+    x = torch.randn(1, 3, 8, 8)
+    net(x)
+    with pytest.raises(UnsupportedLayerError, match="grouped convolution"):
+        find_channel_groups(net, x)
+
+
+def test_unsupported_layer_gets_a_clear_error_naming_it():
+    class Scaler(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(c))
+            self.proj = nn.Linear(c, c)  # gives the module parameters of its own kind
+
+        def forward(self, x):
+            return x * self.gain.view(1, -1, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.scale = Scaler(4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.scale(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(UnsupportedLayerError, match="ignored_layers"):
+        find_channel_groups(Net(), torch.randn(1, 1, 8, 8))

@@ -1,0 +1,158 @@
+"""One-call loading of pruned checkpoints, with torch.load(weights_only=True)."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_ssr import (
+    CheckpointReadError,
+    PlanMismatchError,
+    PrunedCheckpointMixin,
+    PruningSchedule,
+    SSRPruning,
+    load_pruned,
+    prune_oneshot,
+    read_checkpoint,
+    save_pruned,
+)
+from lightning_ssr.checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
+from lightning_ssr.models import build_model
+from tests.lit import loader, trainer
+from tests.nets import SmallResidualCNN
+
+
+class LitNet(PrunedCheckpointMixin, pl.LightningModule):
+    def __init__(self, width: int = 3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SmallResidualCNN(in_channels=width)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+@pytest.fixture(scope="module")
+def pruned_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    pl.seed_everything(0)
+    model = LitNet()
+    cb = SSRPruning(regularizer="l20", flops_budget=0.4,
+                    schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2))
+    ckpt = ModelCheckpoint(dirpath=tmp, save_last=True)
+    trainer(tmp, [cb, ckpt], 2).fit(model, loader())
+    assert getattr(model, APPLIED_PLAN_ATTR) == cb.plan.to_dict()  # the callback marks the rebuilt module
+    x = torch.randn(3, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    return tmp / "last.ckpt", x, expected
+
+
+def test_checkpoint_loads_with_weights_only(pruned_checkpoint):
+    path, _, _ = pruned_checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["pruning_plan"]["format_version"] == 1
+    assert read_checkpoint(path)["pruning_plan"] == ckpt["pruning_plan"]
+
+
+def test_load_from_checkpoint_rebuilds_the_pruned_shapes(pruned_checkpoint):
+    path, x, expected = pruned_checkpoint
+    model = LitNet.load_from_checkpoint(path, weights_only=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_load_pruned_into_a_fresh_module_or_the_bare_network(pruned_checkpoint):
+    path, x, expected = pruned_checkpoint
+    module = load_pruned(LitNet(), path).eval()
+    net = load_pruned(SmallResidualCNN(), path).eval()  # "net." prefix stripped
+    with torch.no_grad():
+        assert torch.equal(module(x), expected)
+        assert torch.equal(net(x), expected)
+    assert getattr(module, APPLIED_PLAN_ATTR) == torch.load(path, weights_only=True)["pruning_plan"]
+    # loading the same checkpoint's plan again is a no-op; another plan is refused
+    apply_checkpoint_plan(module, torch.load(path, weights_only=True))
+    other = dict(getattr(module, APPLIED_PLAN_ATTR), input_shape=[1, 3, 8, 8])
+    with pytest.raises(PlanMismatchError, match="construct a fresh model"):
+        apply_checkpoint_plan(module, {"pruning_plan": other})
+
+
+def test_save_pruned_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    plan = prune_oneshot(model, x, {"macs": 0.3})
+    path = save_pruned(model, tmp_path / "sub" / "pruned.pt", plan, accuracy=0.5)
+    data = torch.load(path, weights_only=True)
+    assert data["pruning_plan"] == plan.to_dict() and data["accuracy"] == 0.5
+    fresh = load_pruned(build_model("lenet5"), path).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model.eval()(x))
+    assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["pruned.pt"]  # no temporary file left
+
+
+def test_unreadable_checkpoints_name_the_file(tmp_path):
+    with pytest.raises(CheckpointReadError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((tmp_path / "good.pt").read_bytes()[:300])
+    with pytest.raises(CheckpointReadError, match="truncated.pt.*unreadable"):
+        read_checkpoint(truncated)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointReadError, match="not a mapping"):
+        read_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(CheckpointReadError, match="no 'state_dict'"):
+        load_pruned(build_model("lenet5"), {"pruning_plan": None})
+
+
+def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):
+    path, _, _ = pruned_checkpoint
+    other = build_model("lenet5")
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(PlanMismatchError, match="another architecture"):
+        load_pruned(other, path)
+    assert other.conv1.out_channels == 20
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def test_a_failed_load_leaves_the_model_untouched(pruned_checkpoint):
+    path, _, _ = pruned_checkpoint
+    data = torch.load(path, weights_only=True)
+    data["state_dict"] = {k: v for k, v in data["state_dict"].items() if "fc2" not in k}  # missing keys
+    module = LitNet()
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    with pytest.raises(RuntimeError, match="fc2"):
+        load_pruned(module, data)
+    assert {k: v.shape for k, v in module.state_dict().items()} == shapes
+    assert not hasattr(module, APPLIED_PLAN_ATTR)
+
+
+def test_resuming_fit_from_a_checkpoint_of_another_architecture_is_refused(pruned_checkpoint, tmp_path):
+    path, _, _ = pruned_checkpoint
+
+    class OtherNet(LitNet):
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("lenet5", in_channels=3, num_classes=5, input_size=16)
+
+    cb = SSRPruning(schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1))
+    with pytest.raises(PlanMismatchError, match="another architecture"):
+        trainer(tmp_path, [cb], 3).fit(OtherNet(), loader(), ckpt_path=path)
+
+
+def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
+    class TwoOptimizers(LitNet):
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters())]
+
+    with pytest.raises(Exception, match="manual optimization"):
+        trainer(tmp_path, [SSRPruning()], 1).fit(TwoOptimizers(), loader())

@@ -1,0 +1,316 @@
+"""The generic ``Pruning`` engine and its ``SSRPruning`` preset inside ``Trainer.fit``."""
+
+import io
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningResult, PruningSchedule, SSRPruning, apply_plan
+from lightning_ssr.methods import PruningMethod
+from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, trainer
+
+SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
+                           stop_early=False)
+STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "prune_early", "last_update_step", "dense", "rng"}
+
+
+def test_schedule_epochs():
+    # the prune happens at the START of the epoch after warm-up and sparsification
+    assert SCHEDULE.prune_epoch() == 3 and SCHEDULE.total_epochs == 5
+    assert PruningSchedule(admm_epochs=4).sparsify_epochs == 4  # the former name is still accepted
+    iterative = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, prune_events=3, epochs_between_prunes=2,
+                                finetune_epochs=4)
+    assert [iterative.prune_epoch(k) for k in range(3)] == [3, 5, 7]
+    assert iterative.total_epochs == 11
+    assert [iterative.phase(0, 0), iterative.phase(1, 0), iterative.phase(4, 1), iterative.phase(9, 3)] == [
+        "warmup", "sparsify", "prune", "finetune"]
+
+
+def test_callback_shrinks_the_model_within_one_fit_and_keeps_training(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    dense_params = sum(p.numel() for p in model.parameters())
+    cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, schedule=SCHEDULE)
+    snap = Snapshot()
+    fit = trainer(tmp_path, [cb, snap], SCHEDULE.total_epochs)
+    fit.fit(model, loader())
+
+    assert [e["epoch"] for e in cb.events] == [SCHEDULE.prune_epoch()]
+    assert sum(p.numel() for p in model.parameters()) < dense_params
+    assert cb.result.pruned["macs"] <= 0.4 * cb.result.dense["macs"]
+    assert cb.events[0]["macs"] == cb.result.pruned["macs"]
+    assert cb.events[0]["params"] == cb.result.pruned["params"] == sum(p.numel() for p in model.parameters())
+    assert cb.result.plan == cb.plan.to_dict()
+    assert all(math.isfinite(v) for v in model.losses)
+    # the model still had its dense shapes when the prune epoch began (the rebuild is at its
+    # first step), and training continued on the small model: its parameters moved afterwards
+    assert all(p.shape == snap.params[0][n].shape for n, p in snap.params[SCHEDULE.prune_epoch()].items())
+    after_rebuild, final = snap.params[SCHEDULE.prune_epoch() + 1], dict(model.named_parameters())
+    assert all(after_rebuild[n].shape == p.shape for n, p in final.items())
+    assert any(not torch.equal(after_rebuild[n], p.detach()) for n, p in final.items())
+    # the optimizer steps the model's (new) parameters and the LR schedule went on
+    opt = fit.optimizers[0]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** (SCHEDULE.total_epochs // 2))
+    # the result is plain data: it round-trips through result.json
+    assert PruningResult.load(cb.result.save(tmp_path / "result.json")) == cb.result
+    # the callback state is plain data too: it loads with weights_only=True
+    buffer = io.BytesIO()
+    torch.save(cb.state_dict(), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["plan"] == cb.plan.to_dict()
+
+
+def test_l21_regularization_shrinks_group_norms(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = SSRPruning(regularizer="l21", lam=0.5, lam_scaling="none", rho=1.0,
+                    schedule=PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1))
+    trainer(tmp_path, [cb], 4).fit(model, loader())
+    assert len(cb.events) == 1
+    assert any(r["after"] < r["before"] for r in cb.result.layers)
+    assert all(r["macs_after"] <= r["macs_before"] and r["params_after"] <= r["params_before"]
+               for r in cb.result.layers)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 4], ids=["warmup", "mid_sparsify", "after_rebuild"])
+def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, stop_after):
+    def run(max_epochs, ckpt_path=None, dirpath=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, rho_growth=1.2, schedule=SCHEDULE)
+        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
+                               filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb
+
+    full_model, full_cb = run(SCHEDULE.total_epochs)
+    run(stop_after, dirpath=tmp_path / "ckpts")
+    path = tmp_path / "ckpts" / f"epoch={stop_after - 1}.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("SSRPruning"))
+    assert set(state) == STATE_KEYS
+    if stop_after <= SCHEDULE.warmup_epochs:
+        assert state["method_state"] is None and PLAN_CHECKPOINT_KEY not in checkpoint
+    elif stop_after < SCHEDULE.prune_epoch():
+        assert state["method_state"]["aulm"] is not None and PLAN_CHECKPOINT_KEY not in checkpoint
+        assert state["events_done"] == 0 and state["plan"] is None
+    else:
+        assert state["method_state"] is None and checkpoint[PLAN_CHECKPOINT_KEY]["groups"]
+        assert state["events_done"] == 1 and state["plan"] == checkpoint[PLAN_CHECKPOINT_KEY]
+
+    restored = {}
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            aulm = cb.method.aulm
+            if not restored and aulm is not None and aulm.started:
+                restored.update(V={k: v.clone() for k, v in aulm.V.items()},
+                                U={k: v.clone() for k, v in aulm.U.items()}, rho=aulm.rho)
+
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, rho_growth=1.2, schedule=SCHEDULE)
+    trainer(tmp_path, [cb, Probe()], SCHEDULE.total_epochs).fit(model, loader(shuffle=True), ckpt_path=path)
+
+    if SCHEDULE.warmup_epochs < stop_after < SCHEDULE.prune_epoch():
+        aulm_state = state["method_state"]["aulm"]
+        assert restored["rho"] == pytest.approx(aulm_state["rho"])
+        for name, v in aulm_state["V"].items():
+            assert torch.equal(restored["V"][name], v)
+            assert torch.equal(restored["U"][name], aulm_state["U"][name])
+    assert_same_weights(model, full_model)
+    assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
+    # no monkey-patching of the module, and the load_state_dict pre-hook is gone after fit
+    assert "on_load_checkpoint" not in vars(model)
+    assert not model._load_state_dict_pre_hooks
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lam": -0.1}, r"lam must be in \[0.0, inf\)"),
+    ({"lam": float("nan")}, "lam must be finite"),
+    ({"lam": True}, "lam must be a number"),
+    ({"lam": {"conv1": -1.0}}, r"lam\['conv1'\] must be in \[0.0, inf\)"),
+    ({"regularizer": "l20", "flops_budget": 1.5}, r"target macs .* \(0, 1\]"),
+    ({"regularizer": "l20", "filter_budget": 0.0}, r"target filters .* \(0, 1\]"),
+    ({"regularizer": "l20", "flops_budget": 0.5, "filter_budget": 0.5}, "not both"),
+    ({"regularizer": "l21", "flops_budget": 0.5}, "regularizer='l20'"),
+    ({"regularizer": "l1"}, "regularizer must be one of"),
+    ({"rho": 0}, r"rho must be in \(0.0, inf\)"),
+    ({"rho_growth": 0.5}, "rho_growth"),
+    ({"rho": 1.0, "rho_max": 0.5}, "rho_max"),
+    ({"min_channels": 0}, "min_channels"),
+    ({"max_pruning_ratio": 0.0}, "max_pruning_ratio"),
+    ({"max_pruning_ratio": 1.5}, "max_pruning_ratio"),
+    ({"lam_scaling": "params"}, "lam_scaling"),
+    ({"schedule": {"admm_epochs": 0}}, "sparsify_epochs >= 1"),
+    ({"schedule": {"sparsify_epochs": 0}}, "sparsify_epochs >= 1"),
+    ({"schedule": {"update_every_n_steps": 0}}, "update_every_n_steps"),
+    ({"schedule": {"prune_events": 2}}, "needs a target"),
+])
+def test_bad_arguments_fail_with_clear_messages(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SSRPruning(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"method": "nope"}, ValueError, "unknown pruning method 'nope'"),
+    ({"method": 3}, TypeError, "registered method name"),
+    ({"method": "oneshot"}, ValueError, "needs a target"),
+    ({"method": "oneshot", "target": {"flops": 0.5}}, ValueError, "unknown target key"),
+    ({"method": "oneshot", "target": 0.5}, TypeError, "target must be"),
+    ({"method": "oneshot", "target": {"macs": 0.5}, "method_kwargs": {"foo": 1}}, TypeError, "'oneshot'.*foo"),
+    ({"method": PruningMethod(), "target": {"macs": 0.5}, "method_kwargs": {"foo": 1}}, ValueError,
+     "method_kwargs"),
+    ({"method": "oneshot", "target": {"macs": 0.5}, "schedule": 3}, TypeError, "schedule"),
+    ({"method": "oneshot", "target": {"macs": 0.5}, "ignored_layers": [3]}, TypeError, "ignored_layers"),
+    ({"method": "oneshot", "target": {"macs": 0.5}, "example_input": [1.0]}, TypeError, "example_input"),
+])
+def test_bad_engine_arguments_fail_with_clear_messages(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Pruning(**kwargs)
+
+
+def test_manual_optimization_is_refused(tmp_path):
+    class Manual(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            loss = F.cross_entropy(self(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    with pytest.raises(Exception, match="automatic optimization"):
+        trainer(tmp_path, [SSRPruning()], 1).fit(Manual(), loader())
+
+
+def test_per_layer_pruning_ratio_is_capped(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = SSRPruning(regularizer="l20", filter_budget=0.1, max_pruning_ratio=0.5,
+                    schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=2))
+    with pytest.raises(ValueError, match="too small"):  # 10% of the filters cannot fit the 50% cap
+        trainer(tmp_path, [cb], 1).fit(model, loader())
+    cb = SSRPruning(regularizer="l21", lam=100.0, max_pruning_ratio=0.5,
+                    schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=2))
+    trainer(tmp_path, [cb], 1).fit(TinyClassifier(), loader())
+    assert all(r["after"] >= r["before"] / 2 for r in cb.result.layers)
+    assert any(r["after"] < r["before"] for r in cb.result.layers)
+
+
+def test_layers_can_be_excluded_by_name_or_module(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = SSRPruning(regularizer="l20", filter_budget=0.5, ignored_layers=["backbone.conv_a"],
+                    schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=2))
+    trainer(tmp_path, [cb], 1).fit(model, loader())
+    assert model.backbone.conv_a.out_channels == 12
+    assert model.backbone.fc1.out_features < 16
+    assert "backbone.conv_a" not in cb.plan.kept
+
+    model = TinyClassifier()
+    cb = Pruning(method="oneshot", target={"filters": 0.5}, ignored_layers=[model.backbone.fc1],
+                 schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    trainer(tmp_path, [cb], 1).fit(model, loader())
+    assert model.backbone.fc1.out_features == 16
+    assert model.backbone.conv_a.out_channels < 12
+
+    with pytest.raises(ValueError, match="no module named"):
+        trainer(tmp_path, [SSRPruning(ignored_layers=["nope"], schedule=SCHEDULE)], 3).fit(TinyClassifier(), loader())
+    stranger = torch.nn.Conv2d(1, 1, 1)
+    with pytest.raises(ValueError, match="not part of the LightningModule"):
+        trainer(tmp_path, [SSRPruning(ignored_layers=[stranger], schedule=SCHEDULE)], 3).fit(TinyClassifier(),
+                                                                                              loader())
+
+
+def test_state_restored_but_not_yet_applied_round_trips():
+    cb = SSRPruning(schedule=SCHEDULE)
+    aulm = {"V": {}, "U": {}, "rho": 0.3, "num_updates": 2, "stable_updates": 0, "support": {}}
+    state = {"method": "ssr_l21", "method_state": {"aulm": aulm}, "plan": None, "events_done": 0, "events": [],
+             "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
+                                                                    "final_keep": None, "cost": None}}
+    cb.load_state_dict(state)
+    again = SSRPruning(schedule=SCHEDULE)
+    again.load_state_dict(cb.state_dict())
+    assert {k: v for k, v in again.state_dict().items() if k != "rng"} == state
+
+    plan = {"format_version": 1, "input_shape": [1, 3, 16, 16], "groups": [{"root": "a", "size": 4, "kept": [0, 2]}]}
+    pruned = dict(state, method_state=None, plan=plan, events_done=1,
+                  events=[{"epoch": 3, "step": 12, "macs": 10, "params": 5}])
+    cb.load_state_dict(pruned)
+    assert {k: v for k, v in cb.state_dict().items() if k != "rng"} == pruned
+    assert cb.plan.kept == {"a": [0, 2]} and cb.events == pruned["events"]
+
+
+def test_state_of_another_method_is_refused():
+    cb = Pruning(method="oneshot", target={"macs": 0.5})
+    assert cb.state_key.startswith("Pruning") and "oneshot" in cb.state_key
+    assert set(cb.state_dict()) == STATE_KEYS
+    with pytest.raises(ValueError, match="same method"):
+        cb.load_state_dict(dict(SSRPruning().state_dict()))
+
+
+ITERATIVE = PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=1)
+
+
+def test_iterative_pruning_reaches_the_target_at_the_last_event_and_the_plan_replays(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ITERATIVE)
+    trainer(tmp_path, [cb], ITERATIVE.total_epochs).fit(model, loader())
+
+    dense = cb.result.dense["macs"]
+    assert [e["epoch"] for e in cb.events] == [ITERATIVE.prune_epoch(0), ITERATIVE.prune_epoch(1)] == [0, 1]
+    first, second = cb.events
+    assert 0.5 * dense < first["macs"] < dense  # a step on the way
+    assert second["macs"] <= 0.5 * dense < first["macs"]
+    assert second["params"] < first["params"]
+    assert cb.result.pruned["macs"] == second["macs"] and cb.result.events == cb.events
+    # the cumulative plan (indices into the dense model) replays on a fresh model
+    fresh = TinyClassifier()
+    apply_plan(fresh, cb.plan)
+    shapes = {n: p.shape for n, p in model.state_dict().items()}
+    assert {n: p.shape for n, p in fresh.state_dict().items()} == shapes
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+def test_iterative_pruning_resumes_between_events(tmp_path):
+    def run(max_epochs, ckpt_path=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ITERATIVE, verbose=False)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
+        return model, cb
+
+    full_model, full_cb = run(ITERATIVE.total_epochs)
+    run(1)  # stops after the first of two events
+    model, cb = run(ITERATIVE.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt")
+    assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
+    assert_same_weights(model, full_model)
+
+
+def test_iterative_pruning_with_ssr_sparsifies_again_between_events(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    schedule = PruningSchedule(sparsify_epochs=1, prune_events=2, epochs_between_prunes=1, finetune_epochs=1,
+                               update_every_n_steps=2)
+    cb = Pruning(method="ssr_l20", target={"macs": 0.5}, schedule=schedule, method_kwargs={"rho": 0.5})
+    starts = []
+    original = cb.method.start
+    cb.method.start = lambda: (starts.append(cb.events_done), original())[1]
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader())
+    assert len(cb.events) == 2 and cb.events[1]["macs"] <= 0.5 * cb.result.dense["macs"]
+    assert cb.events[0]["macs"] > cb.events[1]["macs"]
+    assert starts == [0, 1]  # AULM restarted on the smaller model for the second event

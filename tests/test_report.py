@@ -1,0 +1,87 @@
+"""The pruning result (result.json) and the per-layer table."""
+
+import json
+
+import pytest
+import torch
+
+from lightning_ssr import PruningResult, count_cost, prune_oneshot
+from lightning_ssr.models import build_model
+from lightning_ssr.report import RESULT_SCHEMA_VERSION, format_layer_table, layer_rows, machine_info
+
+# the keys of result.json: PruningResult's fields, the schema version and the derived figures
+RESULT_KEYS = {"schema_version", "method", "config", "target", "dense", "pruned", "layers", "plan", "events",
+               "timings", "machine", "status", "error", "macs_reduction", "params_reduction",
+               "accuracy_drop_points"}
+
+
+def _result():
+    return PruningResult(
+        method="oneshot", config={"method": {"importance": "l2"}}, target={"macs": 0.25},
+        dense={"macs": 2000, "params": 400, "accuracy": 0.99}, pruned={"macs": 500, "params": 100, "accuracy": 0.98},
+        layers=[{"name": "conv1", "before": 20, "after": 5, "macs_before": 2000, "macs_after": 500,
+                 "params_before": 400, "params_after": 100}],
+        plan={"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [{"root": "conv1", "size": 20,
+                                                                             "kept": [0, 3, 7, 8, 19]}]},
+        events=[{"epoch": 3, "step": 120, "macs": 500, "params": 100}], timings={"fit_s": 1.5})
+
+
+def test_to_dict_has_the_documented_keys_and_derived_figures():
+    data = _result().to_dict()
+    assert set(data) == RESULT_KEYS
+    assert data["schema_version"] == RESULT_SCHEMA_VERSION == 1
+    assert data["macs_reduction"] == 4.0 and data["params_reduction"] == 4.0
+    assert data["accuracy_drop_points"] == pytest.approx(1.0)
+    assert data["status"] == "ok" and data["error"] is None
+    assert set(data["machine"]) >= {"cpu", "cores", "torch_threads", "torch", "python", "gpu"}
+    json.dumps(data)  # plain data
+
+
+def test_save_and_load_round_trip(tmp_path):
+    result = _result()
+    path = result.save(tmp_path / "out" / "result.json")
+    assert path == tmp_path / "out" / "result.json"
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]  # written atomically, no temporary left
+    assert json.loads(path.read_text())["macs_reduction"] == 4.0
+    loaded = PruningResult.load(path)
+    assert loaded == result
+    assert loaded.to_dict() == result.to_dict()
+
+
+def test_unreadable_or_foreign_results_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unreadable"):
+        PruningResult.load(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json.*unreadable"):
+        PruningResult.load(tmp_path / "broken.json")
+    data = _result().to_dict()
+    data["schema_version"] = 2
+    with pytest.raises(ValueError, match="schema_version 2"):
+        PruningResult.from_dict(data)
+
+
+def test_missing_figures_give_none_not_an_error():
+    result = PruningResult(method="ssr_l21")
+    assert result.macs_reduction is None and result.params_reduction is None and result.accuracy_drop_points is None
+    assert result.summary() == "ssr_l21: not pruned"
+    assert "4.0x fewer MACs" in _result().summary() and "+1.00 points drop" in _result().summary()
+
+
+def test_layer_rows_and_table_from_two_costs():
+    model = build_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    before = count_cost(model, x)
+    prune_oneshot(model, x, [0.5, 0.5])
+    after = count_cost(model, x)
+    rows = layer_rows(before, after)
+    assert [r["name"] for r in rows] == ["conv1", "conv2", "fc1", "fc2"]
+    assert rows[0] == {"name": "conv1", "before": 20, "after": 10, "macs_before": 288000, "macs_after": 144000,
+                       "params_before": 520, "params_after": 260}
+    assert rows[3]["before"] == rows[3]["after"] == 10  # the classifier keeps its outputs
+    table = format_layer_table(rows, before, after)
+    assert "conv1" in table and f"{before.macs / after.macs:.1f}x fewer MACs" in table
+
+
+def test_machine_info_describes_this_machine():
+    info = machine_info()
+    assert info["torch"] == torch.__version__ and info["cores"] >= 1

@@ -1,0 +1,230 @@
+"""Targets and the one place keep counts come from: validation, rounding, and targets that are met."""
+
+import pytest
+import torch
+
+from lightning_ssr.cost import count_cost, estimate_macs, estimate_params
+from lightning_ssr.models import build_model
+from lightning_ssr.structure import find_channel_groups, prune_channels
+from lightning_ssr.targets import (
+    Target,
+    intermediate_keep_counts,
+    keep_counts,
+    min_keep_counts,
+    parse_rates,
+    round_keep,
+)
+from tests.nets import SmallResidualCNN
+
+NETS = [("lenet5", lambda: build_model("lenet5"), (2, 1, 28, 28)),
+        ("small_residual", SmallResidualCNN, (2, 3, 16, 16))]
+
+
+def _setup(factory, shape):
+    torch.manual_seed(0)
+    model = factory()
+    x = torch.randn(*shape)
+    return model, x, count_cost(model, x), find_channel_groups(model, x)
+
+
+# ------------------------------------------------------------------ Target
+@pytest.mark.parametrize("kwargs", [{}, {"macs": 0.5, "params": 0.5}, {"rates": [0.5], "filters": 0.5},
+                                    {"macs": None}])
+def test_a_target_is_exactly_one_kind(kwargs):
+    with pytest.raises(ValueError, match="exactly one of"):
+        Target(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["macs", "params", "filters"])
+def test_fraction_targets_are_in_zero_one(kind):
+    for bad in (0.0, -0.1, 1.0001, 20.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            Target(**{kind: bad})
+    for bad in (True, "0.5", [0.5]):
+        with pytest.raises(TypeError, match="must be a number"):
+            Target(**{kind: bad})
+    for good in (1, 1.0, 0.05, 1e-9):
+        target = Target(**{kind: good})
+        assert target.kind == kind and target.value == float(good) and target.to_dict() == {kind: float(good)}
+
+
+def test_targets_coerce_from_mappings():
+    assert Target.coerce(None) is None
+    assert Target.coerce({"macs": None}) is None
+    t = Target(params=0.2)
+    assert Target.coerce(t) is t
+    assert Target.coerce({"macs": 0.25}) == Target(macs=0.25)
+    assert Target.coerce({"rates": [0.5, 0]}) == Target(rates=(0.5, 0.0))
+    assert Target(rates=[0.5, 0]).to_dict() == {"rates": [0.5, 0.0]}
+    assert Target(rates="[0.5]*2").to_dict() == {"rates": "[0.5]*2"}
+    with pytest.raises(ValueError, match=r"unknown target key\(s\) \['flops'\]"):
+        Target.coerce({"flops": 0.5})
+    with pytest.raises(TypeError, match="target must be"):
+        Target.coerce(0.5)
+
+
+# ------------------------------------------------------------------- rates
+def test_parse_rate_expressions():
+    assert parse_rates("[0.]+[0.6,0.]*2") == [0.0, 0.6, 0.0, 0.6, 0.0]
+    assert parse_rates("[0.3]*2+[0.8]") == [0.3, 0.3, 0.8]
+    assert parse_rates("2*[0.1]") == [0.1, 0.1]
+    assert parse_rates(" [0.1, [0.2]*2] ") == [0.1, 0.2, 0.2]
+    assert parse_rates([0.5, 0]) == [0.5, 0.0]
+    assert len(parse_rates("[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9")) == 55
+
+
+@pytest.mark.parametrize("expr", [
+    # names, calls, attributes, comprehensions, lambdas: never evaluated
+    "__import__('os').system('true')", "open('x')", "x", "[0.1]*n", "os.path", "[0.1].__class__",
+    "[0.1 for _ in range(3)]", "(lambda: [0.1])()", "[0.1][0]", "{'a': 0.1}",
+    # malformed or out of range
+    "[0.1]*2.5", "[1.0]", "[-0.1]", "[0.1]+0.2", "[0.1", "", "[0.1]*True", "[0.5]-[0.1]", "[0.1]**2", "'0.1'",
+])
+def test_unsafe_or_invalid_rate_expressions_are_refused(expr):
+    with pytest.raises(ValueError):
+        parse_rates(expr)
+    with pytest.raises(ValueError):  # at construction, not when the prune is due
+        Target(rates=expr)
+
+
+def test_rates_out_of_range_in_a_list_are_refused():
+    for bad in ([1.0], [0.2, -0.5], [float("nan")]):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            Target(rates=bad)
+
+
+def test_rates_keep_ceil_of_the_remaining_fraction():
+    model, _, cost, groups = _setup(*NETS[1][1:])
+    floor = {g.name: 1 for g in groups}
+    # conv order: stem, conv_a, conv_b, dw, mix; stem, conv_b and dw write the residual stream (8 channels)
+    keep = keep_counts(model, groups, cost, Target(rates=[0.3, 0.3, 0.3, 0.3, 0.5]), floor)
+    stream = next(g.name for g in groups if "stem" in g.out_modules)
+    # ceil(8 * 0.7) = 6 (5.6), ceil(12 * 0.7) = 9 (8.4), ceil(6 * 0.5) = 3; fc1 is no convolution: kept
+    assert keep == {stream: 6, "conv_a": 9, "mix": 3, "fc1": 16}
+    # 10 * (1 - 0.3) is 7.000000000000001 in floating point: still 7
+    assert round_keep(10, 1 - 0.3) == 7
+    model, _, cost, groups = _setup(*NETS[0][1:])
+    floor = {g.name: 1 for g in groups}
+    assert keep_counts(model, groups, cost, Target(rates=[0.33, 0.5]), floor) == {"conv1": 14, "conv2": 25, "fc1": 500}
+    assert keep_counts(model, groups, cost, Target(rates=[0.99, 0.99]), floor)["conv1"] == 1  # ceil(0.2)
+    assert keep_counts(model, groups, cost, Target(rates=[0.99, 0.99]), dict(floor, conv1=5))["conv1"] == 5
+
+
+def test_coupled_layers_with_different_rates_are_refused():
+    model, _, cost, groups = _setup(*NETS[1][1:])
+    floor = {g.name: 1 for g in groups}
+    # stem and conv_b write the same residual stream
+    with pytest.raises(ValueError, match="share their output channels"):
+        keep_counts(model, groups, cost, Target(rates=[0.5, 0.0, 0.25]), floor)
+    keep = keep_counts(model, groups, cost, Target(rates=[0.5, 0.5, 0.5, 0.5]), floor)
+    assert keep[next(g.name for g in groups if "stem" in g.out_modules)] == 4
+
+
+# ---------------------------------------------------------------- rounding
+@pytest.mark.parametrize("size,fraction,floor,expected", [
+    (10, 0.25, 1, 3),  # ceil(2.5)
+    (10, 0.3, 1, 3),  # 3.0000000000000004 in floating point is 3
+    (10, 0.31, 1, 4),
+    (64, 0.1, 1, 7),  # ceil(6.4)
+    (10, 1.0, 1, 10),
+    (10, 0.0, 1, 1),  # the floor
+    (10, 0.0, 4, 4),
+    (10, 0.5, 7, 7),
+    (3, 0.5, 5, 3),  # never more than the layer has
+    (1, 0.01, 1, 1),
+])
+def test_round_keep(size, fraction, floor, expected):
+    assert round_keep(size, fraction, floor) == expected
+
+
+def test_min_keep_counts_cap_every_layer():
+    _, _, _, groups = _setup(*NETS[0][1:])
+    assert min_keep_counts(groups) == {"conv1": 1, "conv2": 1, "fc1": 1}
+    assert min_keep_counts(groups, min_channels=1, max_pruning_ratio=0.75) == {"conv1": 5, "conv2": 13, "fc1": 125}
+    assert min_keep_counts(groups, min_channels=30) == {"conv1": 20, "conv2": 30, "fc1": 30}
+
+
+# ------------------------------------------------------- fraction targets
+def _measure(kind, model, groups, cost, keep):
+    if kind == "macs":
+        return estimate_macs(groups, cost, keep), cost.macs
+    if kind == "params":
+        return estimate_params(model, groups, keep), cost.params
+    return sum(keep.values()), sum(g.size for g in groups)
+
+
+@pytest.mark.parametrize("name,factory,shape", NETS, ids=[n[0] for n in NETS])
+@pytest.mark.parametrize("kind", ["macs", "params", "filters"])
+@pytest.mark.parametrize("fraction", [0.05, 0.3, 0.7])
+def test_fraction_targets_fill_the_budget_from_the_largest_uniform_fraction(name, factory, shape, kind, fraction):
+    model, _, cost, groups = _setup(factory, shape)
+    floor = {g.name: 1 for g in groups}
+    limit = fraction * _measure(kind, model, groups, cost, {g.name: g.size for g in groups})[1]
+
+    def counts(f):
+        return {g.name: round_keep(g.size, f, floor[g.name]) for g in groups}
+
+    def fits(keep):
+        return _measure(kind, model, groups, cost, keep)[0] <= limit * (1 + 1e-9)
+
+    if not fits(counts(0.0)):  # the floors alone exceed the target
+        with pytest.raises(ValueError, match="too small"):
+            keep_counts(model, groups, cost, Target(**{kind: fraction}), floor)
+        return
+    keep = keep_counts(model, groups, cost, Target(**{kind: fraction}), floor)
+    assert fits(keep)
+    # every group keeps round_keep(size, f) of one fraction f, the largest whose counts fit. The
+    # counts change only where size * f (rounded to 6 decimals against floating-point noise)
+    # passes an integer k: f = (k + 5e-7) / size. Try f on both sides of every such step.
+    candidates = sorted({(k + e) / g.size for g in groups for k in range(g.size + 1) for e in (0, 4.9e-7, 5.1e-7)})
+    best = max(f for f in candidates if fits(counts(f)))
+    base = counts(best)
+    assert all(keep[n] >= base[n] for n in keep)  # starts from the largest uniform fraction
+    # and fills the rounding gap: no group can take one more channel without missing the target
+    assert not any(keep[g.name] < g.size and fits({**keep, g.name: keep[g.name] + 1}) for g in groups)
+
+
+@pytest.mark.parametrize("name,factory,shape", NETS, ids=[n[0] for n in NETS])
+@pytest.mark.parametrize("target", [{"macs": 0.05}, {"macs": 0.4}, {"params": 0.1}, {"params": 0.5},
+                                    {"filters": 0.3}], ids=str)
+def test_the_measured_cost_after_the_rebuild_equals_the_estimate(name, factory, shape, target):
+    model, x, cost, groups = _setup(factory, shape)
+    target = Target.coerce(target)
+    keep = keep_counts(model, groups, cost, target, {g.name: 1 for g in groups})
+    macs, params = estimate_macs(groups, cost, keep), estimate_params(model, groups, keep)
+    prune_channels(model, x, {g.name: list(range(keep[g.name])) for g in groups})
+    after = count_cost(model, x)
+    assert after.macs == pytest.approx(macs, rel=1e-12) and after.params == pytest.approx(params, rel=1e-12)
+    if target.kind == "macs":
+        assert after.macs <= target.macs * cost.macs
+    if target.kind == "params":
+        assert after.params <= target.params * cost.params
+
+
+def test_a_target_below_the_floor_is_refused():
+    model, _, cost, groups = _setup(*NETS[0][1:])
+    with pytest.raises(ValueError, match="too small"):
+        keep_counts(model, groups, cost, Target(macs=0.001), {g.name: 5 for g in groups})
+    floor = min_keep_counts(groups, max_pruning_ratio=0.75)
+    with pytest.raises(ValueError, match="too small"):
+        keep_counts(model, groups, cost, Target(filters=0.1), floor)
+    keep = keep_counts(model, groups, cost, Target(macs=0.3), floor)
+    assert all(keep[n] >= floor[n] for n in floor)
+    assert estimate_macs(groups, cost, keep) <= 0.3 * cost.macs
+    assert sum(keep_counts(model, groups, cost, Target(filters=0.1), {g.name: 1 for g in groups}).values()) <= 57
+
+
+def test_a_target_of_one_keeps_everything():
+    model, _, cost, groups = _setup(*NETS[1][1:])
+    floor = {g.name: 1 for g in groups}
+    for kind in ("macs", "params", "filters"):
+        assert keep_counts(model, groups, cost, Target(**{kind: 1.0}), floor) == {g.name: g.size for g in groups}
+
+
+def test_intermediate_keep_counts_step_to_the_final_counts():
+    sizes, final, floor = {"a": 10, "b": 50}, {"a": 2, "b": 50}, {"a": 1, "b": 1}
+    assert intermediate_keep_counts(sizes, final, 0, 2, floor) == {"a": 6, "b": 50}  # ceil(10 * 0.6)
+    assert intermediate_keep_counts(sizes, final, 1, 2, floor) == final
+    three = [intermediate_keep_counts(sizes, final, k, 3, floor)["a"] for k in range(3)]
+    assert three == [8, 5, 2]  # ceil(7.33), ceil(4.67), the final count
+    assert intermediate_keep_counts(sizes, final, 0, 1, floor) == final
