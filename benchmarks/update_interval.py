@@ -36,9 +36,7 @@ import time
 import warnings
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from lightning_ssr.cli import CONFIG_DIR, run
+from lightning_ssr.cli import compose_config, run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "update_interval.json"
 
@@ -57,13 +55,13 @@ def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float 
     overrides = [
         f"pruning=ssr_{regularizer}", f"seed={seed}",
         f"schedule.update_every_n_steps={'null' if interval is None else interval}",
-        f"schedule.admm_epochs={args.admm_epochs}", f"schedule.finetune_epochs={args.finetune_epochs}",
+        f"schedule.sparsify_epochs={args.admm_epochs}", f"schedule.finetune_epochs={args.finetune_epochs}",
         "schedule.stop_early=false", "trainer.enable_progress_bar=false",
-        "latency.repeats=3", "latency.batch_sizes=[1]",
+        "latency.repeats=3", "latency.batch_sizes=[1]", f"verbose={str(args.verbose).lower()}",
     ]
-    overrides.append(f"pruning.lam={lam}" if regularizer == "l21" else f"pruning.flops_budget={args.flops_budget}")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    # pruning=ssr_l21 runs without a target (lam decides); ssr_l20 with target=macs, the budget form
+    overrides.append(f"pruning.lam={lam}" if regularizer == "l21" else f"target.macs={args.flops_budget}")
+    cfg = compose_config(overrides)
     quiet = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
     with tempfile.TemporaryDirectory() as out, quiet:
         r = run(cfg, Path(out))
@@ -71,11 +69,11 @@ def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float 
         "regularizer": regularizer, "lam": lam,
         "flops_budget": args.flops_budget if regularizer == "l20" else None,
         "interval": label(interval), "seed": seed,
-        "flops_reduction": r["flops_reduction"],
-        "filters_after": {layer["name"]: layer["after"] for layer in r["layers"]},
-        "dense_accuracy": r["dense"]["accuracy"], "pruned_accuracy": r["pruned"]["accuracy"],
-        "accuracy_drop_points": r["accuracy_drop_points"],
-        "pruned_at_epoch": r["pruned_at_epoch"], "wall_time_s": r["wall_time_s"],
+        "flops_reduction": r.macs_reduction,
+        "filters_after": {layer["name"].removeprefix("model."): layer["after"] for layer in r.layers},
+        "dense_accuracy": r.dense["accuracy"], "pruned_accuracy": r.pruned["accuracy"],
+        "accuracy_drop_points": r.accuracy_drop_points,
+        "pruned_at_epoch": r.events[0]["epoch"] if r.events else None, "wall_time_s": r.timings["total_s"],
     }
     print(f"  {format_row(row)}", flush=True)
     return row

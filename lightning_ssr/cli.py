@@ -1,17 +1,34 @@
-"""The ``lightning-ssr`` command: dense baseline -> SSR compression -> fine-tune -> report.
+"""The ``lightning-ssr`` command: dense baseline -> pruning (any registered method) -> fine-tune -> report.
 
-Hydra picks the model, data, pruning method, schedule and trainer from ``conf/``; see the
-README for the configuration reference. Everything is instantiated (and validated) before
-any training starts. Results go to ``result.json`` in the Hydra run directory.
+Hydra composes the model, data, pruning method, target, schedule and trainer from the
+package's configuration (``conf/`` in the repository, installed as ``lightning_ssr.conf``);
+see the README's configuration reference. The job runs in stages, each a function that a
+notebook can call as well::
+
+    from lightning_ssr.cli import build_data, compose_config, compress, evaluate, train_dense
+
+    cfg = compose_config(["pruning=oneshot", "target.macs=0.25"])
+    dm = build_data(cfg)
+    net, dense_info = train_dense(cfg, dm, out)     # the dense network (cached)
+    lm, callback = compress(cfg, net, dm, out)      # a pruned copy in a LightningModule
+    metrics = evaluate(cfg, dm, net, lm.model)      # accuracy, cost and latency of both
+
+:func:`run` composes the stages, as the command does: everything is built (and validated)
+before any training starts, and the run ends with ``result.json`` (a
+:class:`~lightning_ssr.report.PruningResult`) and ``pruned.pt`` in the output directory.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -20,75 +37,160 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from .checkpoint import save_pruned
+from .cost import ModelCost, count_cost
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
-from .flops import count_cost
-from .plan import PLAN_CHECKPOINT_KEY
-from .report import compare_latency, format_layer_table, layer_rows
+from .pruning import Pruning
+from .report import PruningResult, compare_latency, format_layer_table, layer_rows
+from .schedule import PruningSchedule
+from .structure import find_channel_groups
+from .targets import keep_counts, min_keep_counts
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: The package that holds the configuration (``conf/`` in the repository).
+CONFIG_MODULE = "lightning_ssr.conf"
+#: The ``config_path`` Hydra is given.
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+#: The primary config's name.
+CONFIG_NAME = "config"
+#: Keys of the ``target`` group that are limits, not the target itself.
+TARGET_LIMITS = ("min_channels", "max_pruning_ratio")
 
 
-def _dense_cache_path(cfg: DictConfig) -> Path:
+def _config_dir() -> str:
+    """The configuration directory on disk: the installed ``lightning_ssr.conf`` package, or
+    ``conf/`` next to the package in a source checkout that was not installed."""
+    spec = importlib.util.find_spec(CONFIG_MODULE)
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))).resolve())
+    return str(Path(__file__).resolve().parent.parent / "conf")
+
+
+#: The configuration directory on disk (for ``hydra.initialize_config_dir``).
+CONFIG_DIR = _config_dir()
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
+    """The job's configuration with command-line style ``overrides``, outside of a Hydra app
+    (notebooks, tests): ``compose_config(["pruning=oneshot", "target.macs=0.25"])``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _input_shape(dm: pl.LightningDataModule) -> list[int]:
+    return [1, dm.in_channels, dm.image_size, dm.image_size]
+
+
+# ----------------------------------------------------------------- building
+def build_schedule(cfg: DictConfig) -> PruningSchedule:
+    return PruningSchedule(**_plain(cfg.schedule))
+
+
+def pruning_enabled(cfg: DictConfig) -> bool:
+    """``False`` for ``pruning=none`` (the equal-budget dense baseline)."""
+    return cfg.pruning.get("name", "none") not in (None, "none")
+
+
+def build_pruning(cfg: DictConfig) -> Pruning | None:
+    """The :class:`~lightning_ssr.Pruning` callback of ``cfg.pruning`` (``name`` plus the method's
+    arguments and ``ignored_layers``), ``cfg.target`` and ``cfg.schedule``; ``None`` with
+    ``pruning=none``. Every argument is validated here, before any training."""
+    schedule = build_schedule(cfg)
+    if not pruning_enabled(cfg):
+        return None
+    kwargs = _plain(cfg.pruning)
+    name = kwargs.pop("name")
+    ignored = kwargs.pop("ignored_layers", None) or []
+    target = {k: v for k, v in _plain(cfg.target).items() if k not in TARGET_LIMITS}
+    return Pruning(method=name, method_kwargs=kwargs, target=target, schedule=schedule, ignored_layers=ignored,
+                   min_channels=cfg.target.get("min_channels", 1),
+                   max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0), verbose=bool(cfg.verbose))
+
+
+def build_data(cfg: DictConfig) -> pl.LightningDataModule:
+    """The data module of ``cfg.data``, set up (its splits loaded)."""
+    dm = instantiate(cfg.data)
+    dm.setup()
+    return dm
+
+
+def build_network(cfg: DictConfig, dm: pl.LightningDataModule) -> nn.Module:
+    """A freshly initialized network of ``cfg.model`` for ``dm``'s inputs, seeded with ``cfg.seed``."""
+    pl.seed_everything(cfg.seed, workers=True)  # the dense model's initialization depends on it
+    return instantiate(cfg.model, in_channels=dm.in_channels, num_classes=dm.num_classes, input_size=dm.image_size)
+
+
+def build_module(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, **overrides) -> pl.LightningModule:
+    """The LightningModule of ``cfg.module`` around ``net``."""
+    return instantiate(cfg.module, model=net, num_classes=dm.num_classes, **overrides)
+
+
+def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
+    """Build everything a run needs once, so that a bad value fails before any training.
+    Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+    if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
+        raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path!r} is not a file")
+    callback = build_pruning(cfg)
+    dm = build_data(cfg)
+    net = build_network(cfg, dm)
+    lm = build_module(cfg, net, dm)
+    build_module(cfg, net, dm, lr=cfg.dense.lr)
+    if callback is not None:
+        check_target(cfg, callback, lm, dm)
+    return callback, dm
+
+
+def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm: pl.LightningDataModule) -> None:
+    """Trace the (untrained) module once and turn the target into keep counts, as the callback
+    will at the prune: an unknown ``ignored_layers`` name, rates that do not fit the model or a
+    target below what ``min_channels``/``max_pruning_ratio`` allow fail now."""
+    example = torch.zeros([2, *_input_shape(dm)[1:]])
+    groups = find_channel_groups(lm, example, list(cfg.pruning.get("ignored_layers") or []))
+    if not groups:
+        raise ValueError(f"model {cfg.model.name!r} has no prunable filters (with ignored_layers "
+                         f"{list(cfg.pruning.get('ignored_layers') or [])})")
+    if callback.target is not None:
+        floor = min_keep_counts(groups, callback.min_channels, callback.max_pruning_ratio)
+        keep_counts(lm, groups, count_cost(lm, example), callback.target, floor)
+
+
+# ------------------------------------------------------------------- stages
+def dense_cache_path(cfg: DictConfig) -> Path:
+    """Where the dense model of ``cfg`` is cached: keyed by model, data, module, seed and dense settings."""
     keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "module")}
     keyed["seed"] = cfg.seed
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.dense.cache_dir) / f"{cfg.model.name}-{cfg.data._target_.rsplit('.', 1)[-1]}-seed{cfg.seed}-{digest}.pt"
+    data = cfg.data._target_.rsplit(".", 1)[-1]
+    return Path(cfg.dense.cache_dir) / f"{cfg.model.name}-{data}-seed{cfg.seed}-{digest}.pt"
 
 
-def _test_accuracy(lm: pl.LightningModule, dm: pl.LightningDataModule) -> float:
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    return float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
+def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache.
 
-
-def _export(fmt: str, net: torch.nn.Module, example: torch.Tensor, output_dir: Path) -> dict:
-    if fmt == "onnx":
-        path = export_onnx(net, example, output_dir / "pruned.onnx")
-        check = torch.randn(4, *example.shape[1:])
-        try:
-            return {"format": fmt, "path": str(path), "onnxruntime_max_abs_diff": onnx_max_abs_diff(net, path, check)}
-        except ImportError:
-            return {"format": fmt, "path": str(path), "onnxruntime_max_abs_diff": None}
-    if fmt == "torchscript":
-        return {"format": fmt, "path": str(export_torchscript(net, example, output_dir / "pruned.ts"))}
-    export_program(net, example, output_dir / "pruned.pt2")
-    return {"format": fmt, "path": str(output_dir / "pruned.pt2")}
-
-
-def run(cfg: DictConfig, output_dir: Path) -> dict:
-    start = time.time()
-    # Build everything first, so a bad value fails before any training.
-    if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
-        raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
-    schedule = instantiate(cfg.schedule)
-    callback = instantiate(cfg.pruning, schedule=schedule) if cfg.pruning else None
-    dm = instantiate(cfg.data)
-    dm.setup()
-
-    def make_net():
-        return instantiate(cfg.model, in_channels=dm.in_channels, num_classes=dm.num_classes,
-                           input_size=dm.image_size)
-
-    def make_module(net, **overrides):
-        return instantiate(cfg.module, model=net, num_classes=dm.num_classes, **overrides)
-
-    pl.seed_everything(cfg.seed, workers=True)  # the dense model's initialization depends on it
-    net = make_net()
-    input_shape = [1, dm.in_channels, dm.image_size, dm.image_size]
-
-    # Dense baseline, cached.
-    cache = _dense_cache_path(cfg)
+    Returns the network and ``{"cache": {"path", "reused"}, "seconds"}``.
+    """
+    start = time.perf_counter()
+    net = build_network(cfg, dm)
+    cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file()
     if reused:
         print(f"Reusing the dense model cached at {cache}")
-        net.load_state_dict(torch.load(cache, weights_only=True)["state_dict"])
+        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True)["state_dict"])
     else:
-        dense_lm = make_module(net, lr=cfg.dense.lr)
+        dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr)
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
-                              default_root_dir=str(output_dir / "dense"))
+                              default_root_dir=str(Path(output_dir) / "dense"))
         trainer.fit(dense_lm, dm)
         bad = [n for n, p in net.named_parameters() if not torch.isfinite(p).all()]
         if bad:
@@ -98,53 +200,183 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         tmp = cache.with_suffix(".tmp")
         torch.save({"state_dict": net.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, tmp)
         os.replace(tmp, cache)
-    dense_net = copy.deepcopy(net)
-    dense_acc = _test_accuracy(make_module(dense_net), dm)
-    dense_cost = count_cost(dense_net, torch.zeros(input_shape))
+    return net, {"cache": {"path": str(cache), "reused": reused}, "seconds": time.perf_counter() - start}
 
-    # Compression (or, with pruning=none, the same number of epochs of plain fine-tuning).
+
+def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
+             callback: Pruning | None = None) -> tuple[pl.LightningModule, Pruning | None]:
+    """Prune a copy of ``net`` with ``callback`` (by default :func:`build_pruning`) during
+    ``schedule.total_epochs`` of training (or ``trainer.max_epochs``); ``net`` stays as it is.
+
+    With ``pruning=none`` the copy is fine-tuned for the same epochs without pruning. Returns
+    the LightningModule (its ``.model`` is the pruned network) and the callback.
+    """
+    if callback is None:
+        callback = build_pruning(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    lm = make_module(net)
-    max_epochs = cfg.trainer.max_epochs or schedule.total_epochs
+    lm = build_module(cfg, copy.deepcopy(net), dm)
+    max_epochs = cfg.trainer.max_epochs or build_schedule(cfg).total_epochs
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
                           default_root_dir=str(output_dir))
     trainer.fit(lm, dm, ckpt_path=cfg.ckpt_path)
-    pruned_acc = _test_accuracy(lm, dm)
-    pruned_cost = count_cost(net, torch.zeros(input_shape))
+    return lm, callback
 
-    rows = layer_rows(dense_cost, pruned_cost)
-    print("\n" + format_layer_table(rows, dense_cost, pruned_cost))
-    latency = compare_latency(dense_net, net, input_shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats)
-    plan = callback.plan.to_dict() if callback is not None and callback.plan is not None else None
-    torch.save({"state_dict": net.state_dict(), PLAN_CHECKPOINT_KEY: plan}, output_dir / "pruned.pt")
-    result = {
-        "dense": {"accuracy": dense_acc, "flops": dense_cost.macs, "params": dense_cost.params},
-        "pruned": {"accuracy": pruned_acc, "flops": pruned_cost.macs, "params": pruned_cost.params},
-        "flops_reduction": dense_cost.macs / pruned_cost.macs,
-        "params_reduction": dense_cost.params / pruned_cost.params,
-        "accuracy_drop_points": 100.0 * (dense_acc - pruned_acc),
-        "layers": [{"name": r["name"], "before": r["before"], "after": r["after"]} for r in rows],
-        "latency_ms": {"dense": latency["dense"], "pruned": latency["pruned"]},
-        "speedup": latency["speedup"],
-        "pruned_at_epoch": callback.pruned_at_epoch if callback is not None else None,
-        "dense_cache": {"path": str(cache), "reused": reused},
-        "plan": plan,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "wall_time_s": time.time() - start,
-    }
-    if cfg.export is not None:
-        result["export"] = _export(cfg.export, net, torch.randn(input_shape), output_dir)
-    (output_dir / "result.json").write_text(json.dumps(result, indent=2))
-    lat = " ".join(f"batch {k.split('_')[1]}: {latency['dense'][k]:.3f} -> {latency['pruned'][k]:.3f} ms "
-                   f"({latency['speedup'][k]:.2f}x)" for k in latency["speedup"])
-    print(f"test accuracy: dense {100 * dense_acc:.2f}% -> pruned {100 * pruned_acc:.2f}% "
-          f"({result['accuracy_drop_points']:+.2f} points drop)")
-    print(f"CPU latency: {lat}")
-    print(f"wrote {output_dir / 'result.json'} ({result['wall_time_s']:.0f} s)")
+
+def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:
+    return model if isinstance(model, pl.LightningModule) else build_module(cfg, model, dm)
+
+
+def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> dict:
+    """Test and validation accuracy (fractions) of a network or LightningModule."""
+    lm = _as_module(cfg, model, dm)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
+    val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
+    return {"accuracy": test, "val_accuracy": val}
+
+
+def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, pruned: nn.Module) -> dict:
+    """Accuracy (test and validation), cost (MACs, parameters) and CPU latency of the dense and
+    the pruned network (or their LightningModules); latency is measured alternately in one process.
+
+    Returns ``{"dense": {...}, "pruned": {...}, "speedup": {"batch_<n>": x}}``.
+    """
+    shape = _input_shape(dm)
+    out = {}
+    for key, model in (("dense", dense), ("pruned", pruned)):
+        cost = count_cost(model, torch.zeros(shape))
+        out[key] = {**accuracy(cfg, model, dm), "macs": int(cost.macs), "params": int(cost.params)}
+    latency = compare_latency(dense, pruned, shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats)
+    out["dense"]["latency_ms"] = latency["dense"]
+    out["pruned"]["latency_ms"] = latency["pruned"]
+    out["speedup"] = latency["speedup"]
+    return out
+
+
+def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | None, dm: pl.LightningDataModule,
+                 output_dir: str | os.PathLike) -> dict:
+    """Write ``pruned.pt`` (:func:`~lightning_ssr.checkpoint.save_pruned` of the LightningModule
+    and the callback's plan: ``load_pruned(build_model(...), path)`` loads it) and, with
+    ``export=onnx|torchscript|torch_export``, the exported network.
+
+    Returns ``{"checkpoint": path, "export": {...} or None}``.
+    """
+    output_dir = Path(output_dir)
+    plan = callback.plan if callback is not None else None
+    out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan)), "export": None}
+    if cfg.export is None:
+        return out
+    net, example = lm.model, torch.randn(_input_shape(dm))
+    if cfg.export == "onnx":
+        path = export_onnx(net, example, output_dir / "pruned.onnx")
+        try:
+            diff = onnx_max_abs_diff(net, path, torch.randn(4, *example.shape[1:]))
+        except ImportError:
+            diff = None
+        out["export"] = {"format": "onnx", "path": str(path), "onnxruntime_max_abs_diff": diff}
+    elif cfg.export == "torchscript":
+        out["export"] = {"format": "torchscript", "path": str(export_torchscript(net, example, output_dir / "pruned.ts"))}
+    else:
+        export_program(net, example, output_dir / "pruned.pt2")
+        out["export"] = {"format": "torch_export", "path": str(output_dir / "pruned.pt2")}
+    return out
+
+
+def _base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Pruning | None,
+                 dm: pl.LightningDataModule) -> PruningResult:
+    """The callback's result or, with ``pruning=none`` (or before anything was pruned), one built here."""
+    if callback is not None and callback.result is not None:
+        result = copy.deepcopy(callback.result)
+    else:
+        method = callback.method.name if callback is not None else "none"
+        config = {"method": callback.method.config() if callback is not None else {},
+                  "schedule": asdict(build_schedule(cfg))}
+        target = callback.target.to_dict() if callback is not None and callback.target is not None else None
+        result = PruningResult(method=method, config=config, target=target)
+        if lm is not None:
+            cost = count_cost(lm, torch.zeros(_input_shape(dm)))
+            result.dense = {"macs": int(cost.macs), "params": int(cost.params)}
+            result.pruned = dict(result.dense)
+            result.layers = layer_rows(cost, cost)
+        if callback is not None:
+            result.status = "failed"
+            result.error = ("the model was not pruned: training ended before the prune event at the start of epoch "
+                            f"{callback.schedule.prune_epoch(callback.events_done)}")
+    result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _print_final_table(result: PruningResult, callback: Pruning | None) -> None:
+    """The per-layer table, unless the callback printed it already (one prune event, verbose)."""
+    if callback is not None and callback.verbose and len(callback.events) == 1:
+        return
+    if not result.layers:
+        return
+    before = ModelCost(result.dense["macs"], result.dense["params"], {})
+    after = ModelCost(result.pruned["macs"], result.pruned["params"], {})
+    title = "dense -> pruned, all prune events" if callback is not None and len(callback.events) > 1 else ""
+    print(("\n" + title if title else "") + "\n" + format_layer_table(result.layers, before, after))
+
+
+def latency_line(result: PruningResult) -> str | None:
+    dense, pruned = result.dense.get("latency_ms"), result.pruned.get("latency_ms")
+    if not dense or not pruned:
+        return None
+    parts = [f"batch {k.split('_', 1)[1]}: {dense[k]:.3f} -> {pruned[k]:.3f} ms ({dense[k] / pruned[k]:.2f}x)"
+             for k in dense if k in pruned]
+    return "CPU latency: " + ", ".join(parts)
+
+
+def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
+    """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
+    ``result.json``. A failure after the checks still writes ``result.json`` (``status: failed``)."""
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    callback, dm = check_config(cfg)  # a bad value fails here, before any training
+    timings: dict[str, float] = {}
+    net = lm = None
+    try:
+        net, dense_info = train_dense(cfg, dm, output_dir)
+        timings["dense_s"] = dense_info["seconds"]
+        t = time.perf_counter()
+        lm, callback = compress(cfg, net, dm, output_dir, callback)
+        timings["compress_s"] = time.perf_counter() - t
+        result = _base_result(cfg, lm, callback, dm)
+        _print_final_table(result, callback)
+        t = time.perf_counter()
+        metrics = evaluate(cfg, dm, net, lm.model)
+        timings["evaluate_s"] = time.perf_counter() - t
+        files = export_model(cfg, lm, callback, dm, output_dir)
+        result.dense.update(metrics["dense"], cache=dense_info["cache"])
+        result.pruned.update(metrics["pruned"], **files)
+    except Exception as err:
+        try:
+            result = _base_result(cfg, lm, callback, dm)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            result = PruningResult(method=str(cfg.pruning.get("name", "none")))
+        result.status = "failed"
+        result.error = "".join(traceback.format_exception_only(err)).strip()
+        timings["total_s"] = time.perf_counter() - start
+        result.timings.update(timings)
+        result.save(output_dir / "result.json")
+        raise
+    timings["total_s"] = time.perf_counter() - start
+    result.timings.update(timings)
+    path = result.save(output_dir / "result.json")
+    print("\n" + result.summary())
+    line = latency_line(result)
+    if line:
+        print(line)
+    if result.status != "ok":
+        print(f"warning: {result.error}")
+    print(f"wrote {path} ({timings['total_s']:.0f} s)")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
+            config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -1,52 +1,124 @@
 import json
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 
-from lightning_ssr.cli import CONFIG_DIR, run
+from lightning_ssr.checkpoint import load_pruned
+from lightning_ssr.cli import CONFIG_DIR, build_pruning, compose_config, run
+from lightning_ssr.methods import available_methods
+from lightning_ssr.models import build_model
+from lightning_ssr.report import PruningResult
 
 FAST = [
     "data=uci_digits",
     "dense.epochs=1",
-    "schedule.admm_epochs=1",
+    "schedule.sparsify_epochs=1",
     "schedule.finetune_epochs=1",
     "schedule.update_every_n_steps=5",
-    "pruning.flops_budget=0.2",
+    "trainer.limit_train_batches=8",
+    "target.macs=0.2",
     "latency.repeats=3",
+    "latency.batch_sizes=[1]",
     "trainer.enable_progress_bar=false",
 ]
+ONESHOT_FAST = ["pruning=oneshot"] + [o for o in FAST if not o.startswith("schedule.sparsify")]
+TABLE_HEADER = "layer                          filters"
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def test_default_config_composes_with_every_group():
     cfg = _compose([])
     assert cfg.model.name == "lenet5"
-    assert cfg.pruning.regularizer == "l20"
-    assert set(cfg) >= {"model", "data", "pruning", "schedule", "trainer", "module", "dense", "seed"}
+    assert cfg.data._target_.endswith("MNISTDigits")
+    assert cfg.pruning.name == "ssr_l20" and cfg.pruning.rho == 0.5
+    assert cfg.target.macs == 0.05
+    assert (cfg.schedule.sparsify_epochs, cfg.schedule.finetune_epochs, cfg.schedule.update_every_n_steps) == (10, 10, 25)
+    assert set(cfg) >= {"model", "data", "pruning", "target", "schedule", "trainer", "module", "dense", "seed"}
+    assert (Path(CONFIG_DIR) / "config.yaml").is_file()
 
 
-def test_end_to_end_run_writes_result_json_and_reuses_the_dense_cache(tmp_path):
+def test_every_pruning_file_names_a_registered_method_and_builds():
+    names = sorted(p.stem for p in (Path(CONFIG_DIR) / "pruning").glob("*.yaml"))
+    assert set(names) == set(available_methods()) | {"none"}
+    for name in names:
+        cfg = _compose([f"pruning={name}"])
+        assert cfg.pruning.name == name
+        callback = build_pruning(cfg)
+        assert (callback is None) == (name == "none")
+        if callback is not None:
+            assert callback.method.name == name
+
+
+def test_pruning_files_choose_their_schedule_and_target_and_the_command_line_wins():
+    l21 = _compose(["pruning=ssr_l21"])
+    assert all(l21.target[k] is None for k in ("macs", "params", "filters", "rates"))
+    assert build_pruning(l21).target is None  # lam decides
+    assert _compose(["pruning=ssr_l21", "target=macs"]).target.macs == 0.05
+    oneshot = _compose(["pruning=oneshot"])
+    assert oneshot.schedule.sparsify_epochs == 0 and oneshot.schedule.finetune_epochs == 20
+    assert build_pruning(oneshot).schedule.total_epochs == build_pruning(_compose([])).schedule.total_epochs
+    assert _compose(["pruning=oneshot", "schedule=default"]).schedule.sparsify_epochs == 10
+    assert _compose(["+experiment=fashion_mnist_l21"]).target.macs is None
+
+
+def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(tmp_path, capfd, caplog):
+    caplog.set_level(logging.INFO)  # the callback prints its table through Lightning's rank-zero logger
     cfg = _compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"])
     result = run(cfg, tmp_path)
+    out = capfd.readouterr().out
+    assert (out + caplog.text).count(TABLE_HEADER) == 1  # the callback's table, not a second one
+    assert "ssr_l20:" in out and "CPU latency: batch 1:" in out and "result.json" in out
     on_disk = json.loads((tmp_path / "result.json").read_text())
-    assert on_disk.keys() >= {"dense", "pruned", "layers", "latency_ms", "config", "wall_time_s"}
+    assert on_disk == json.loads(json.dumps(result.to_dict()))
+    assert PruningResult.load(tmp_path / "result.json").method == "ssr_l20"
+    assert on_disk["status"] == "ok" and on_disk["target"] == {"macs": 0.2}
     for key in ("dense", "pruned"):
-        assert on_disk[key].keys() >= {"accuracy", "flops", "params"}
+        assert on_disk[key].keys() >= {"accuracy", "val_accuracy", "macs", "params", "latency_ms"}
         assert 0.0 <= on_disk[key]["accuracy"] <= 1.0
-    assert on_disk["pruned"]["flops"] <= 0.2 * on_disk["dense"]["flops"]
-    assert {layer["name"] for layer in on_disk["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
-    assert set(on_disk["latency_ms"]["dense"]) == {"batch_1", "batch_256"}
-    assert not result["dense_cache"]["reused"]
-    again = run(cfg, tmp_path)
-    assert again["dense_cache"]["reused"]
-    assert again["dense"]["accuracy"] == result["dense"]["accuracy"]
+        assert set(on_disk[key]["latency_ms"]) == {"batch_1"}
+    assert on_disk["pruned"]["macs"] <= 0.2 * on_disk["dense"]["macs"]
+    assert on_disk["macs_reduction"] >= 5.0
+    assert {layer["name"] for layer in on_disk["layers"]} == {"model.conv1", "model.conv2", "model.fc1", "model.fc2"}
+    assert len(on_disk["events"]) == 1 and on_disk["plan"] is not None
+    assert on_disk["timings"].keys() >= {"dense_s", "compress_s", "evaluate_s", "total_s"}
+    assert on_disk["config"]["cli"]["pruning"]["name"] == "ssr_l20"
+    assert not on_disk["dense"]["cache"]["reused"]
+
+    # pruned.pt loads into a freshly built network with the documented one call
+    net = load_pruned(build_model("lenet5"), tmp_path / "pruned.pt")
+    kept = {r["name"].removeprefix("model."): r["after"] for r in on_disk["layers"]}
+    assert net.conv1.out_channels == kept["conv1"] and net.fc1.out_features == kept["fc1"]
+    state = torch.load(tmp_path / "pruned.pt", weights_only=True)["state_dict"]
+    assert torch.equal(net.conv1.weight, state["model.conv1.weight"])
+
+    caplog.clear()
+    again = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "verbose=false"]), tmp_path / "again")
+    out = capfd.readouterr().out
+    assert out.count(TABLE_HEADER) == 1 and TABLE_HEADER not in caplog.text  # the callback was quiet: the CLI prints it
+    assert again.dense["cache"]["reused"]
+    assert again.dense["accuracy"] == result.dense["accuracy"]
+
+
+def test_oneshot_and_ssr_l20_write_results_with_the_same_keys(tmp_path):
+    cache = f"dense.cache_dir={tmp_path / 'cache'}"
+    ssr = run(_compose(FAST + [cache]), tmp_path / "ssr")
+    oneshot = run(_compose(ONESHOT_FAST + [cache]), tmp_path / "oneshot")
+    a = json.loads((tmp_path / "ssr" / "result.json").read_text())
+    b = json.loads((tmp_path / "oneshot" / "result.json").read_text())
+    assert a.keys() == b.keys()
+    assert a["dense"].keys() == b["dense"].keys() and a["pruned"].keys() == b["pruned"].keys()
+    assert (a["method"], b["method"]) == ("ssr_l20", "oneshot")
+    assert b["config"]["schedule"]["sparsify_epochs"] == 0 and b["events"][0]["epoch"] == 0
+    assert oneshot.pruned["macs"] <= 0.2 * oneshot.dense["macs"]
+    assert oneshot.dense["accuracy"] == ssr.dense["accuracy"]  # the same cached dense model
 
 
 def test_export_onnx_at_the_end_of_a_run(tmp_path):
@@ -54,30 +126,38 @@ def test_export_onnx_at_the_end_of_a_run(tmp_path):
     cfg = _compose(FAST + ["export=onnx", f"dense.cache_dir={tmp_path / 'cache'}"])
     result = run(cfg, tmp_path)
     assert (tmp_path / "pruned.onnx").is_file()
-    assert result["export"]["onnxruntime_max_abs_diff"] <= 1e-4
+    assert result.pruned["export"]["onnxruntime_max_abs_diff"] <= 1e-4
 
 
 def test_a_fresh_run_is_reproducible(tmp_path):
     """Same seed, no cache: the dense model (its initialization included) and the result repeat."""
     first = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'a'}"]), tmp_path / "a")
     second = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'b'}"]), tmp_path / "b")
-    assert not first["dense_cache"]["reused"] and not second["dense_cache"]["reused"]
-    assert first["dense"]["accuracy"] == second["dense"]["accuracy"]
-    assert first["pruned"]["accuracy"] == second["pruned"]["accuracy"]
-    assert first["plan"] == second["plan"]
+    assert not first.dense["cache"]["reused"] and not second.dense["cache"]["reused"]
+    assert first.dense["accuracy"] == second.dense["accuracy"]
+    assert first.pruned["accuracy"] == second.pruned["accuracy"]
+    assert first.plan == second.plan
+    assert first.layers == second.layers
 
 
 def test_pruning_none_is_the_equal_budget_dense_baseline(tmp_path):
-    overrides = [o for o in FAST if not o.startswith("pruning.")]
-    cfg = _compose(overrides + ["pruning=none", f"dense.cache_dir={tmp_path}"])
+    cfg = _compose(FAST + ["pruning=none", f"dense.cache_dir={tmp_path}"])
     result = run(cfg, tmp_path)
-    assert result["pruned"]["flops"] == result["dense"]["flops"]
-    assert result["plan"] is None
+    assert result.method == "none" and result.status == "ok" and result.target is None
+    assert result.pruned["macs"] == result.dense["macs"]
+    assert result.plan is None and result.events == []
+    assert result.config["schedule"]["sparsify_epochs"] == 1
+    assert json.loads((tmp_path / "result.json").read_text()).keys() == result.to_dict().keys()
 
 
 def test_unknown_key_fails_with_hydras_error():
     with pytest.raises(ConfigCompositionException, match="Could not override 'pruning.lamda'"):
         _compose(["pruning.lamda=0.1"])
+
+
+def test_an_argument_of_another_method_fails_with_hydras_error():
+    with pytest.raises(ConfigCompositionException, match="Could not override 'pruning.importance'"):
+        _compose(["pruning.importance=l1"])  # oneshot's argument, not SSR's
 
 
 def test_unknown_model_fails_with_hydras_error():
@@ -86,16 +166,25 @@ def test_unknown_model_fails_with_hydras_error():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["pruning=ssr_l21", "pruning.lam=-1"], "lam must be a finite number >= 0"),
-    (["pruning.flops_budget=1.5"], r"flops_budget .* \(0, 1\]"),
-    (["schedule.admm_epochs=0"], "admm_epochs"),
+    (["pruning=ssr_l21", "pruning.lam=-1"], r"lam must be in \[0.0"),
+    (["target.macs=1.5"], r"target macs .* \(0, 1\]"),
+    (["target.params=0.5"], "exactly one of"),
+    (["pruning=oneshot", "target=none"], "needs a target"),
+    (["schedule.sparsify_epochs=0"], "sparsify_epochs >= 1"),
+    (["schedule.update_every_n_steps=0"], "update_every_n_steps"),
+    (["+pruning.lamda=0.1"], "unexpected keyword argument 'lamda'"),
+    (["pruning.ignored_layers=[model.conv9]"], "no module named"),
+    (["target=rates", "target.rates='[0.5]*9'"], "9 rates given for a model with 2 convolutions"),
+    (["target.macs=0.001", "target.min_channels=5"], "too small"),
+    (["module.lr=-1"], "lr must be > 0"),
     (["export=tflite"], "export must be null or one of"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
-    cfg = _compose(overrides)
-    with pytest.raises((InstantiationException, ValueError), match=match):
+    cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}"] + overrides)
+    with pytest.raises((InstantiationException, ValueError, TypeError), match=match):
         run(cfg, tmp_path)
-    assert not (tmp_path / "dense").exists()
+    assert not (tmp_path / "dense").exists() and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "result.json").exists()
 
 
 def test_unknown_model_name_fails_before_training(tmp_path):
