@@ -47,6 +47,29 @@ def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: i
     return [torch.sort(torch.cat(p)).values for p in parts]
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random order of ``range(n)`` that depends only on ``seed`` and the epoch.
+
+    Lightning calls ``set_epoch`` on the sampler at the start of every epoch, so a run resumed
+    from a checkpoint sees the same order in each epoch as an uninterrupted one (a plain
+    ``shuffle=True`` loader draws its order from the global RNG, whose state a checkpoint does
+    not hold).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class _InMemoryImages(pl.LightningDataModule):
     in_channels = 1
     num_classes = 10
@@ -89,8 +112,14 @@ class _InMemoryImages(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return DataLoader(self.splits[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers)
+        data = self.splits[name]
+        if not shuffle:
+            return DataLoader(data, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        # the order's seed is drawn from the global RNG (seeded by the caller), once per loader;
+        # each epoch's order then depends only on it and the epoch, so resuming reproduces it
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), seed),
+                          num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self._loader("train", True)

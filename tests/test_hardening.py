@@ -1,0 +1,277 @@
+"""Fail before training, never corrupt: the dry run, the numerical rebuild check, exact restore,
+and the bad-input table (every refused case raises before the first optimizer step and leaves
+the model's state_dict bitwise unchanged)."""
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ssr import Pruning, PruningSchedule, SSRPruning, UnsupportedLayerError
+from lightning_ssr.structure import find_channel_groups, prune_channels
+from lightning_ssr.structure.surgery import _outputs, mask_channels
+from tests.nets import SmallResidualCNN
+
+
+class ChannelShuffleNet(nn.Module):
+    def __init__(self, groups=3):
+        super().__init__()
+        self.g = groups
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.c2 = nn.Conv2d(12, 12, 3, padding=1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        n, c, h, w = x.shape
+        x = x.view(n, self.g, c // self.g, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+
+class SliceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.c2 = nn.Conv2d(5, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))[:, :5]
+        return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-style grouped convolution (groups=4, not depthwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 1)
+        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.c3 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.g(torch.relu(self.c1(x))))
+        return self.fc(torch.relu(self.c3(x)).mean((2, 3)))
+
+
+class DictInputNet(nn.Module):
+    """forward() takes a dict; the engine traces forward(tensor), which cannot work."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, batch):
+        if not isinstance(batch, dict):
+            raise TypeError("DictInputNet.forward takes a dict")
+        return self.fc(torch.relu(self.c1(batch["image"])).mean((2, 3)))
+
+
+class Lit(pl.LightningModule):
+    def __init__(self, net, dict_input=False):
+        super().__init__()
+        self.net = net
+        self.dict_input = dict_input
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        if self.dict_input:
+            return F.cross_entropy(self({"image": batch["image"]}), batch["label"])
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _data(dict_input=False):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+    if dict_input:
+        return DataLoader([{"image": a, "label": b} for a, b in zip(x, y)], batch_size=8)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _trainer(tmp_path, callbacks, max_epochs=3):
+    return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=callbacks)
+
+
+ONESHOT = {"schedule": PruningSchedule(sparsify_epochs=0, finetune_epochs=2), "verbose": False}
+SSR = {"schedule": PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2),
+       "verbose": False}
+
+# (id, network factory, callback factory, expected error, text the message must contain)
+REFUSED_AT_SETUP = [
+    ("channel_shuffle", ChannelShuffleNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "dry run at set-up"),
+    ("slice", SliceNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "ignored_layers"),
+    ("grouped_conv", GroupedNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "net.g"),
+    ("grouped_conv_ignored", GroupedNet,
+     lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.g"], **ONESHOT),
+     UnsupportedLayerError, "['net.c1', 'net.g']"),
+    ("lam_unknown_layer", SmallResidualCNN,
+     lambda: Pruning("ssr_l21", method_kwargs={"lam": {"net.nope": 0.1}}, **SSR), ValueError, "unknown ['net.nope']"),
+    ("ignored_unknown_layer", SmallResidualCNN,
+     lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.nope"], **ONESHOT),
+     ValueError, "net.nope"),
+    ("target_unreachable", SmallResidualCNN,
+     lambda: Pruning("oneshot", target={"macs": 0.01}, min_channels=4, **ONESHOT), ValueError, "too small"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSED_AT_SETUP, ids=[c[0] for c in REFUSED_AT_SETUP])
+def test_refused_before_the_first_step_with_the_model_unchanged(tmp_path, case):
+    _, net, make_callback, error, text = case
+    torch.manual_seed(0)
+    model = Lit(net())
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [make_callback()])
+    with pytest.raises(error, match=None) as info:
+        trainer.fit(model, _data())
+    assert text in str(info.value)
+    assert trainer.global_step == 0
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
+    model = Lit(DictInputNet(), dict_input=True)
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)])
+    with pytest.raises(Exception, match="forward\\(\\) taking a dict"):
+        trainer.fit(model, _data(dict_input=True))
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+BAD_ARGUMENTS = [
+    (lambda: SSRPruning(regularizer="l20", flops_budget=0.5, rho_growth="x"), TypeError, "rho_growth"),
+    (lambda: SSRPruning(rho=-1.0), ValueError, "rho"),
+    (lambda: SSRPruning(rho=float("nan")), ValueError, "rho"),
+    (lambda: SSRPruning(lam=-0.1), ValueError, "lam"),
+    (lambda: SSRPruning(patience=1.5), TypeError, "patience"),
+    (lambda: Pruning("oneshot", target={"macs": 1.5}), ValueError, "macs"),
+    (lambda: Pruning("oneshot", target={"flops": 0.5}), ValueError, "flops"),
+    (lambda: Pruning("oneshot"), ValueError, "needs a target"),
+    (lambda: Pruning("nope", target={"macs": 0.5}), ValueError, "available"),
+    (lambda: Pruning("ssr_l20", method_kwargs={"rhoo": 1}), TypeError, "rhoo"),
+    (lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=[3]), TypeError, "ignored_layers"),
+    (lambda: Pruning("oneshot", target={"macs": 0.5}, min_channels=0), ValueError, "min_channels"),
+    (lambda: Pruning("oneshot", target={"macs": 0.5}, max_pruning_ratio=0), ValueError, "max_pruning_ratio"),
+    (lambda: Pruning("ssr_l20", target={"macs": 0.5}, schedule={"sparsify_epochs": 0}), ValueError, "sparsify"),
+    (lambda: PruningSchedule(update_every_n_steps=0), ValueError, "update_every_n_steps"),
+    (lambda: PruningSchedule(finetune_epochs="3"), TypeError, "finetune_epochs"),
+    (lambda: Pruning("oneshot", target={"rates": "__import__('os')"}), ValueError, "rate expression"),
+]
+
+
+@pytest.mark.parametrize("make, error, name", BAD_ARGUMENTS, ids=[b[2] for b in BAD_ARGUMENTS])
+def test_bad_arguments_fail_in_init_and_name_the_argument(make, error, name):
+    with pytest.raises(error) as info:
+        make()
+    assert name in str(info.value)
+
+
+def test_ignored_layers_string_is_one_name_and_modules_are_accepted(tmp_path):
+    torch.manual_seed(0)
+    model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
+    by_name = Pruning("oneshot", target={"macs": 0.5}, ignored_layers="net.conv_a", **ONESHOT)
+    _trainer(tmp_path, [by_name]).fit(model, _data())
+    assert model.net.conv_a.out_channels == 12  # ignored: whole
+    model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
+    by_module = Pruning("oneshot", target={"macs": 0.5}, ignored_layers=[model.net.conv_a], **ONESHOT)
+    _trainer(tmp_path, [by_module]).fit(model, _data())
+    assert model.net.conv_a.out_channels == 12
+    assert model.net.stem.out_channels < 8 or model.net.mix.out_channels < 6  # others were pruned
+
+
+def test_numerical_check_catches_a_wrong_rebuild_and_restores_bit_for_bit():
+    torch.manual_seed(0)
+    net = ChannelShuffleNet()
+    example = torch.randn(2, 3, 8, 8)
+    groups = find_channel_groups(net, example)
+    state = copy.deepcopy(net.state_dict())
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}  # 6 of 12: the view still works
+    with pytest.raises(UnsupportedLayerError) as info:
+        prune_channels(net, example, kept, {g.name: g.size for g in groups})
+    assert "restored unchanged" in str(info.value) and "c1" in str(info.value)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert all(p.shape == state[n].shape for n, p in net.named_parameters())
+
+
+def test_rebuilt_model_equals_the_masked_model_numerically():
+    torch.manual_seed(0)
+    net = SmallResidualCNN(in_channels=3, num_classes=5)
+    example = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(net, example)
+    kept = {g.name: list(range(1, g.size, 2)) for g in groups}
+    masked = copy.deepcopy(net)
+    masks = {}
+    for g in groups:
+        m = torch.zeros(g.size, dtype=torch.bool)
+        m[kept[g.name]] = True
+        masks[g.name] = m
+    mask_channels(dict(masked.named_parameters()), groups, masks)
+    prune_channels(net, example, kept)
+    x = torch.randn(4, 3, 16, 16)
+    ref, out = _outputs(masked, x)[0], _outputs(net, x)[0]
+    assert torch.allclose(ref, out, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_rebuild_mid_fit_restores_model_and_optimizer_exactly(tmp_path, monkeypatch):
+    """Force the real rebuild to fail after training (its numerical check reports a mismatch);
+    model, buffers and optimizer state must be exactly as just before the attempt, and the
+    error must say so truthfully."""
+    import lightning_ssr.pruning as pruning_module
+    from lightning_ssr.structure import surgery
+
+    seen = {}
+    real = surgery.prune_channels
+
+    def recording(model, example, kept, sizes=None):
+        seen["model"] = copy.deepcopy(model.state_dict())
+        seen["optimizer"] = copy.deepcopy(trainer.optimizers[0].state_dict())
+        return real(model, example, kept, sizes, _diagnose=False)
+
+    monkeypatch.setattr(pruning_module, "prune_channels", recording)
+    monkeypatch.setattr(surgery, "_mismatch", lambda reference, outputs: "forced mismatch")
+    torch.manual_seed(0)
+    model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
+    callback = Pruning("ssr_l20", target={"macs": 0.5}, method_kwargs={"rho": 0.5}, **SSR)
+    trainer = _trainer(tmp_path, [callback])
+    monkeypatch.setattr(callback, "_dry_run", lambda *args: None)  # the dry run would catch the forced mismatch
+    with pytest.raises(UnsupportedLayerError, match="restored unchanged"):
+        trainer.fit(model, _data())
+    assert trainer.global_step > 0  # it failed at the real prune, after training
+    after = model.state_dict()
+    assert seen["model"].keys() == after.keys() and all(torch.equal(seen["model"][k], after[k]) for k in after)
+    opt, ref = trainer.optimizers[0].state_dict(), seen["optimizer"]
+    assert opt["param_groups"] == ref["param_groups"]
+    for i, s in ref["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, opt["state"][i][k]) if torch.is_tensor(v) else v == opt["state"][i][k]
+
+
+def test_nan_loss_stops_at_that_step(tmp_path):
+    class Exploding(Lit):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.global_step == 3 else loss
+
+    model = Exploding(SmallResidualCNN(in_channels=3, num_classes=5))
+    trainer = _trainer(tmp_path, [Pruning("ssr_l20", target={"macs": 0.5}, **SSR)])
+    with pytest.raises(FloatingPointError, match="optimizer step 4"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 4
