@@ -24,9 +24,12 @@ import copy
 import hashlib
 import importlib.util
 import json
+import logging
 import os
+import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,10 +39,11 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import save_pruned
+from .checkpoint import CheckpointReadError, read_checkpoint, save_pruned
 from .cost import ModelCost, count_cost
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 from .pruning import Pruning
@@ -77,7 +81,24 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name=config_name, overrides=quote_path_overrides(overrides))
+
+
+#: Keys whose values are file paths, which may contain "=" (Lightning names checkpoints
+#: "epoch=3-step=120.ckpt"): their values are quoted for Hydra's override parser.
+PATH_KEYS = ("ckpt_path",)
+
+
+def quote_path_overrides(overrides: Sequence[str]) -> list[str]:
+    """Quote the value of ``ckpt_path=...`` when it holds an ``=`` and is not quoted yet, so that
+    ``ckpt_path=outputs/run/epoch=3-step=120.ckpt`` works as typed."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in "'\"":
+            item = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(item)
+    return out
 
 
 def _plain(node) -> dict:
@@ -137,8 +158,8 @@ def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModul
     Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path!r} is not a file")
+    if cfg.ckpt_path is not None:
+        read_checkpoint(cfg.ckpt_path)  # missing, truncated or not a checkpoint: an error naming the file
     callback = build_pruning(cfg)
     dm = build_data(cfg)
     net = build_network(cfg, dm)
@@ -164,30 +185,51 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
 
 
 # ------------------------------------------------------------------- stages
+#: Trainer keys that change how a run looks, not the model it trains: left out of the cache key.
+_PRESENTATION_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "max_epochs",
+                      "default_root_dir", "logger", "enable_checkpointing", "callbacks")
+
+
 def dense_cache_path(cfg: DictConfig) -> Path:
-    """Where the dense model of ``cfg`` is cached: keyed by model, data, module, seed and dense settings."""
+    """Where the dense model of ``cfg`` is cached: keyed by everything that changes it (model,
+    data, module, seed, dense settings and every trainer setting but presentation ones)."""
     keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "module")}
     keyed["seed"] = cfg.seed
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                        if k not in _PRESENTATION_KEYS}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
     return Path(cfg.dense.cache_dir) / f"{cfg.model.name}-{data}-seed{cfg.seed}-{digest}.pt"
+
+
+def _load_cached(net: nn.Module, cache: Path) -> bool:
+    """Load the cached dense weights into ``net``; ``False`` (with a warning) if the file is damaged."""
+    try:
+        net.load_state_dict(read_checkpoint(cache)["state_dict"])
+        return True
+    except (CheckpointReadError, KeyError, RuntimeError) as err:
+        warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({str(err)[:160]}); training the "
+                      "dense model again and overwriting it", stacklevel=2)
+        return False
 
 
 def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache.
 
+    The cache is written through a unique temporary file and an atomic rename, so parallel runs
+    (a joblib multirun) never see a partial file; a damaged cache file is retrained and replaced.
     Returns the network and ``{"cache": {"path", "reused"}, "seconds"}``.
     """
     start = time.perf_counter()
     net = build_network(cfg, dm)
     cache = dense_cache_path(cfg)
-    reused = bool(cfg.dense.use_cache) and cache.is_file()
+    reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)
     if reused:
         print(f"Reusing the dense model cached at {cache}")
-        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True)["state_dict"])
     else:
+        net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr)
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
                               default_root_dir=str(Path(output_dir) / "dense"))
@@ -196,10 +238,7 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         if bad:
             raise FloatingPointError(f"dense training diverged (non-finite values in {bad[:3]}); lower "
                                      "dense.lr. Nothing was cached.")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"state_dict": net.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, tmp)
-        os.replace(tmp, cache)
+        save_pruned(net, cache, None, config=OmegaConf.to_container(cfg, resolve=True))
     return net, {"cache": {"path": str(cache), "reused": reused}, "seconds": time.perf_counter() - start}
 
 
@@ -216,8 +255,11 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     pl.seed_everything(cfg.seed, workers=True)
     lm = build_module(cfg, copy.deepcopy(net), dm)
     max_epochs = cfg.trainer.max_epochs or build_schedule(cfg).total_epochs
+    # metrics (pruning/*, train_loss, val_acc) go to <output_dir>/logs as CSV, chosen explicitly:
+    # logger=True would look for TensorBoard and print a notice when it is not installed
+    extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
-                          default_root_dir=str(output_dir))
+                          default_root_dir=str(output_dir), **extra)
     trainer.fit(lm, dm, ckpt_path=cfg.ckpt_path)
     return lm, callback
 
@@ -381,7 +423,40 @@ def _hydra_main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+class _QuietLightning(logging.Filter):
+    """What the job shows is a progress bar, one layer table and the summary. This drops
+    Lightning's install suggestions ("Tip: ... try installing litlogger"), the per-seed notice,
+    the "fit stopped: max_epochs reached" line, and repeats of the GPU/TPU availability lines
+    (every Trainer of the job, evaluation ones included, prints them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
+            return False
+        if message.startswith(("GPU available", "TPU available", "HPU available")):
+            if message in self.seen:
+                return False
+            self.seen.add(message)
+        return True
+
+
+def quiet_lightning() -> None:
+    """Quiet the job's output (the command calls this; a notebook may too)."""
+    chatter = _QuietLightning()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).addFilter(chatter)
+    # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
+    # user can change, so this one message is hidden.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main() -> None:
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    quiet_lightning()
     _hydra_main()
 
 

@@ -198,3 +198,85 @@ def test_console_entry_point_reports_bad_keys():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "nonsense_key" in proc.stderr
+
+
+# ------------------------------------------------------------- hardening
+def test_dense_cache_is_keyed_on_trainer_settings_that_change_the_dense_model():
+    from lightning_ssr.cli import dense_cache_path
+
+    base = dense_cache_path(_compose([]))
+    assert dense_cache_path(_compose(["trainer.limit_train_batches=2"])) != base  # a smoke run has its own cache
+    assert dense_cache_path(_compose(["trainer.precision=bf16-mixed"])) != base
+    assert dense_cache_path(_compose(["trainer.enable_progress_bar=false"])) == base  # presentation only
+
+
+def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
+    from lightning_ssr.cli import dense_cache_path
+
+    overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
+    first = run(_compose(overrides), tmp_path / "first")
+    cache = dense_cache_path(_compose(overrides))
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated, as by a crash or a full disk
+    with pytest.warns(UserWarning, match="unreadable.*training the dense model again"):
+        again = run(_compose(overrides), tmp_path / "again")
+    assert not again.dense["cache"]["reused"] and again.dense["accuracy"] == first.dense["accuracy"]
+    assert torch.load(cache, weights_only=True)["state_dict"]  # overwritten with a whole file
+
+
+def test_concurrent_cache_writes_never_leave_a_partial_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lightning_ssr.checkpoint import save_pruned
+
+    net = build_model("lenet5")
+    path = tmp_path / "dense.pt"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: save_pruned(net, path, None), range(16)))
+    assert torch.load(path, weights_only=True)["state_dict"].keys() == net.state_dict().keys()
+    assert [p.name for p in tmp_path.iterdir()] == ["dense.pt"]  # no temporary file left behind
+
+
+def test_resume_from_a_lightning_checkpoint_name_with_equals_signs(tmp_path):
+    from lightning_ssr.cli import quote_path_overrides
+
+    overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
+    run(_compose(overrides), tmp_path / "first")
+    ckpts = sorted((tmp_path / "first").rglob("epoch=*-step=*.ckpt"))
+    assert ckpts, "the run saved no Lightning checkpoint"
+    typed = f"ckpt_path={ckpts[-1]}"  # as a user types it: "=" inside the value, unquoted
+    assert quote_path_overrides([typed]) == [f"ckpt_path='{ckpts[-1]}'"]
+    cfg = compose_config(overrides + [typed])
+    assert cfg.ckpt_path == str(ckpts[-1])
+    resumed = run(cfg, tmp_path / "resumed")
+    assert resumed.status == "ok" and resumed.plan is not None
+
+
+def test_an_unreadable_checkpoint_is_named_before_training(tmp_path):
+    from lightning_ssr.checkpoint import CheckpointReadError
+
+    bad = tmp_path / "epoch=3-step=120.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointReadError, match="epoch=3-step=120.ckpt.*unreadable"):
+        run(compose_config(FAST + [f"ckpt_path={bad}"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists()  # refused in the checks, before any training
+
+
+def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ssr", *FAST, f"dense.cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=600, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-2000:]
+    for noise in ("Tip", "litlogger", "tensorboardX", "LeafSpec", "Seed set to", "`Trainer.fit` stopped"):
+        assert noise not in text, noise
+    assert text.count("GPU available") <= 1
+    assert text.count(TABLE_HEADER) == 1 and "ssr_l20:" in text
+
+
+def test_common_trainer_settings_are_plain_overrides():
+    cfg = _compose(["trainer.precision=16-mixed", "trainer.devices=2", "trainer.strategy=ddp",
+                    "trainer.accelerator=cpu", "trainer.accumulate_grad_batches=4", "trainer.gradient_clip_val=1.0",
+                    "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=1"])
+    assert cfg.trainer.precision == "16-mixed" and cfg.trainer.strategy == "ddp" and cfg.trainer.limit_test_batches == 1
+    assert _compose(["+trainer.fast_dev_run=true"]).trainer.fast_dev_run is True  # any other key: with "+"
