@@ -2,14 +2,31 @@
 
 from .checkpoint import CheckpointReadError, PrunedCheckpointMixin, load_pruned, read_checkpoint, save_pruned
 from .cost import count_cost
-from .methods import (AULM, SSR, AULMStats, OneShot, PruningMethod, available_methods, build_method,
-                      prune_oneshot, register_method)
+from .methods import (
+                      AULM,
+                      SSR,
+                      AULMStats,
+                      OneShot,
+                      PruningMethod,
+                      available_methods,
+                      build_method,
+                      prune_oneshot,
+                      register_method,
+)
 from .methods.prox import group_hard_threshold, group_soft_threshold, keep_top_k
 from .pruning import Pruning, SSRPruning
 from .report import PruningResult
 from .schedule import PruningSchedule
-from .structure import (PLAN_CHECKPOINT_KEY, ChannelGroup, PlanMismatchError, PruningPlan, UnsupportedLayerError,
-                        apply_plan, find_channel_groups, prune_channels)
+from .structure import (
+                      PLAN_CHECKPOINT_KEY,
+                      ChannelGroup,
+                      PlanMismatchError,
+                      PruningPlan,
+                      UnsupportedLayerError,
+                      apply_plan,
+                      find_channel_groups,
+                      prune_channels,
+)
 from .targets import Target
 
 __all__ = [

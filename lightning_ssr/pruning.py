@@ -297,6 +297,13 @@ class Pruning(Callback):
             self._prune(trainer, pl_module)
 
     @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # also after a resume that trained no further (the result is not in the checkpoint)
+        if self.plan is not None and self._dense is not None:
+            example = self._example if self._example is not None else torch.zeros(self.plan.input_shape)
+            self.result = self._build_result(count_cost(pl_module, example.to(pl_module.device)), fit_end=True)
+
+    @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         if self.plan is not None:
             checkpoint[PLAN_CHECKPOINT_KEY] = self.plan.to_dict()
@@ -510,7 +517,7 @@ class Pruning(Callback):
             out[g.name] = m
         return out
 
-    def _build_result(self, after: ModelCost) -> PruningResult:
+    def _build_result(self, after: ModelCost, fit_end: bool = False) -> PruningResult:
         dense = ModelCost.from_dict(self._dense["cost"])
         config = {"method": self.method.config(), "schedule": asdict(self.schedule),
                   "min_channels": self.min_channels, "max_pruning_ratio": self.max_pruning_ratio,
@@ -522,7 +529,17 @@ class Pruning(Callback):
             pruned={"macs": int(after.macs), "params": int(after.params)},
             layers=layer_rows(dense, after), plan=self.plan.to_dict() if self.plan is not None else None,
             events=list(self._events),
-            timings={"fit_to_last_prune_s": time.perf_counter() - self._fit_start} if self._fit_start else {})
+            timings=self._timings(fit_end))
+
+    def _timings(self, fit_end: bool) -> dict:
+        """Seconds since this process's ``fit`` started: to the last prune event, and to the fit's end."""
+        if self._fit_start is None:
+            return {}
+        now = time.perf_counter() - self._fit_start
+        if fit_end:
+            return {**getattr(self, "_prune_timing", {}), "fit_s": now}
+        self._prune_timing = {"last_prune_s": now}
+        return dict(self._prune_timing)
 
 
 class SSRPruning(Pruning):

@@ -108,8 +108,10 @@ class PruningResult:
 
     def summary(self) -> str:
         """The final summary lines: reductions and, where measured, accuracy."""
-        lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer "
-                 "parameters"] if self.macs_reduction else [f"{self.method}: not pruned"]
+        if self.macs_reduction:
+            lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer parameters"]
+        else:
+            lines = [f"{self.method}: not pruned"]
         if self.accuracy_drop_points is not None:
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> pruned "
                          f"{100 * self.pruned['accuracy']:.2f}% ({self.accuracy_drop_points:+.2f} points drop)")

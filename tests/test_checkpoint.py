@@ -156,3 +156,14 @@ def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
 
     with pytest.raises(Exception, match="manual optimization"):
         trainer(tmp_path, [SSRPruning()], 1).fit(TwoOptimizers(), loader())
+
+
+def test_a_truncated_plan_file_names_the_file(tmp_path):
+    from lightning_ssr.structure import PruningPlan
+
+    plan = PruningPlan([1, 1, 28, 28], {"conv1": [0, 2]}, {"conv1": 20})
+    plan.save(tmp_path / "plan.json")
+    assert PruningPlan.load(tmp_path / "plan.json") == plan
+    (tmp_path / "cut.json").write_text((tmp_path / "plan.json").read_text()[:25])
+    with pytest.raises(PlanMismatchError, match="cut.json.*unreadable"):
+        PruningPlan.load(tmp_path / "cut.json")

@@ -264,14 +264,22 @@ def test_a_failing_rebuild_mid_fit_restores_model_and_optimizer_exactly(tmp_path
             assert torch.equal(v, opt["state"][i][k]) if torch.is_tensor(v) else v == opt["state"][i][k]
 
 
-def test_nan_loss_stops_at_that_step(tmp_path):
+def test_nan_loss_stops_at_that_step_and_the_last_checkpoint_stays_intact(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     class Exploding(Lit):
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
-            return loss * float("nan") if self.global_step == 3 else loss
+            return loss * float("nan") if self.global_step == 5 else loss  # in epoch 1 (4 steps per epoch)
 
     model = Exploding(SmallResidualCNN(in_channels=3, num_classes=5))
-    trainer = _trainer(tmp_path, [Pruning("ssr_l20", target={"macs": 0.5}, **SSR)])
-    with pytest.raises(FloatingPointError, match="optimizer step 4"):
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[Pruning("ssr_l20", target={"macs": 0.5}, **SSR), saver])
+    with pytest.raises(FloatingPointError, match="optimizer step 6"):
         trainer.fit(model, _data())
-    assert trainer.global_step == 4
+    assert trainer.global_step == 6
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=0.ckpt"]
+    state = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

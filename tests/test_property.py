@@ -135,3 +135,101 @@ def test_concat_into_flatten_is_refused_and_the_model_is_restored():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     with torch.no_grad():
         assert torch.equal(model(x), before_out)
+
+
+# ------------------------------------------------- ops the graph may mishandle
+class Shuffle(nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class Slice(nn.Module):
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x):
+        return x[:, : self.keep]
+
+
+RISKY = ("conv", "shuffle", "slice", "grouped", "concat", "depthwise", "residual")
+
+
+class RiskyCNN(nn.Module):
+    """Random stacks that include channel shuffles, slices, grouped convs and, optionally, a
+    concat feeding flatten -> linear."""
+
+    def __init__(self, spec, width, concat_head):
+        super().__init__()
+        layers, c = [ConvBN(3, width)], width
+        for kind in spec:
+            if kind == "conv":
+                layers.append(ConvBN(c, width))
+                c = width
+            elif kind == "shuffle":
+                layers += [ConvBN(c, 2 * width), Shuffle(2)]
+                c = 2 * width
+            elif kind == "slice":
+                layers += [ConvBN(c, width + 2), Slice(width)]
+                c = width
+            elif kind == "grouped":
+                layers += [ConvBN(c, 2 * width), ConvBN(2 * width, 2 * width, 3, groups=2)]
+                c = 2 * width
+            elif kind == "concat":
+                layers += [Concat(c, width, width), ConvBN(2 * width, width, 1)]
+                c = width
+            elif kind == "depthwise":
+                layers += [ConvBN(c, c, 3, groups=c), ConvBN(c, width, 1)]
+                c = width
+            elif kind == "residual":
+                layers.append(Residual(c, width))
+        layers.append(nn.MaxPool2d(4))  # 16 -> 4
+        if concat_head:
+            layers.append(Concat(c, width, width))
+            c = 2 * width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.lists(st.sampled_from(RISKY), min_size=1, max_size=4), width=st.integers(2, 6),
+       concat_head=st.booleans(), seed=st.integers(0, 2**16))
+def test_risky_ops_are_rebuilt_exactly_or_refused_at_setup_never_silently_wrong(spec, width, concat_head, seed):
+    from lightning_ssr.structure.surgery import dry_run
+
+    torch.manual_seed(seed)
+    model = RiskyCNN(spec, width, concat_head).eval()
+    x = torch.randn(2, 3, 16, 16)
+    try:
+        groups = find_channel_groups(model, x)
+        dry_run(copy.deepcopy(model), x, groups, {g.name: 1 for g in groups})
+    except UnsupportedLayerError:
+        return  # refused at set-up: fine
+    gen = torch.Generator().manual_seed(seed)
+    masks = {}
+    for g in groups:
+        keep = torch.rand(g.size, generator=gen) < 0.5
+        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
+        masks[g.name] = keep
+    kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
+    masked = copy.deepcopy(model)
+    mask_channels(dict(masked.named_parameters()), groups, masks)
+    rebuilt = copy.deepcopy(masked)
+    try:
+        prune_channels(rebuilt, x, kept)
+    except UnsupportedLayerError as err:  # a refusal must leave the model exactly as it was
+        assert "restored unchanged" in str(err)
+        assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), masked.state_dict().values()))
+        return
+    fresh = torch.randn(3, 3, 16, 16)  # not the input the engine checked with
+    with torch.no_grad():
+        expected, got = masked(fresh), rebuilt(fresh)
+    assert float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12)) <= 1e-5

@@ -127,7 +127,7 @@ def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Seque
         trial = copy.deepcopy(model)
         try:
             prune_channels(trial, example_inputs, {name: kept[name]}, sizes, _diagnose=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of this group alone marks it as involved
             bad.append(name)
     return bad
 
@@ -253,7 +253,7 @@ def spread_indices(size: int, count: int) -> list[int]:
     if count >= size:
         return list(range(size))
     picks = torch.linspace(size - 1, 0, count).round().long().tolist()
-    return sorted(set(int(i) for i in picks))
+    return sorted({int(i) for i in picks})
 
 
 def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> None:
