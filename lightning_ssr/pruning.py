@@ -168,7 +168,11 @@ class Pruning(Callback):
         self._dense: dict | None = None  # dense sizes, final keep counts, dense cost
         self._events: list[dict] = []
         self._hook = None
+        self._trainer: Trainer | None = None
         self._fit_start = None
+        self._prune_timing: dict = {}
+        self._loss_flag = None  # on an accelerator: (pinned flag, event, step) of a loss check in flight
+        self._ignored_resolved = list(self._ignored_names)
 
     # ------------------------------------------------------------ properties
     @property
@@ -183,7 +187,7 @@ class Pruning(Callback):
 
     @property
     def phase(self) -> str:
-        epoch = self._trainer.current_epoch if getattr(self, "_trainer", None) is not None else 0
+        epoch = self._trainer.current_epoch if self._trainer is not None else 0
         return self.schedule.phase(epoch, self.events_done)
 
     # ----------------------------------------------------------------- hooks
@@ -340,7 +344,7 @@ class Pruning(Callback):
         self._pending_method_state = state_dict.get("method_state") or None
         self._context = None
         self._started = False
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._trainer
         if state_dict.get("rng") is not None and (trainer is None or trainer.world_size == 1):
             # Lightning's checkpoints hold no RNG state, so a shuffled DataLoader (or dropout) would
             # draw differently after a resume; restoring the states of the moment of the save makes
@@ -359,13 +363,13 @@ class Pruning(Callback):
             if not bool(torch.isfinite(loss).all()):
                 self._raise_non_finite(trainer, float(loss.detach().float().sum()), trainer.global_step)
             return
-        pending = getattr(self, "_loss_flag", None)
+        pending = self._loss_flag
         if pending is not None and pending[1].query():
             flag, _, step = pending
             self._loss_flag = None
             if not bool(flag):
                 self._raise_non_finite(trainer, float("nan"), step)
-        if getattr(self, "_loss_flag", None) is None and loss.device.type == "cuda":
+        if self._loss_flag is None and loss.device.type == "cuda":
             flag = torch.empty((), dtype=torch.bool, pin_memory=True)
             flag.copy_(torch.isfinite(loss.detach()).all(), non_blocking=True)
             event = torch.cuda.Event()
@@ -521,7 +525,7 @@ class Pruning(Callback):
         dense = ModelCost.from_dict(self._dense["cost"])
         config = {"method": self.method.config(), "schedule": asdict(self.schedule),
                   "min_channels": self.min_channels, "max_pruning_ratio": self.max_pruning_ratio,
-                  "ignored_layers": list(getattr(self, "_ignored_resolved", self._ignored_names))}
+                  "ignored_layers": list(self._ignored_resolved)}
         return PruningResult(
             method=self.method.name, config=config,
             target=self.target.to_dict() if self.target is not None else None,
@@ -537,7 +541,7 @@ class Pruning(Callback):
             return {}
         now = time.perf_counter() - self._fit_start
         if fit_end:
-            return {**getattr(self, "_prune_timing", {}), "fit_s": now}
+            return {**self._prune_timing, "fit_s": now}
         self._prune_timing = {"last_prune_s": now}
         return dict(self._prune_timing)
 
