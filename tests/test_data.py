@@ -82,3 +82,68 @@ def test_real_mnist_digits_load():
     sizes = [len(dm.splits[s]) for s in ("train", "val", "test")]
     assert sum(sizes) == 10_000
     assert all(abs(a - b) <= 10 for a, b in zip(sizes, (7000, 1000, 2000)))
+
+
+# ---------------------------------------------------------------- full MNIST
+def _pickle_of(obj) -> bytes:
+    import pickle
+
+    return pickle.dumps(obj, protocol=4)
+
+
+def test_the_mnist_unpickler_refuses_anything_but_numpy_arrays(tmp_path):
+    import gzip
+    import os
+    import pickle
+
+    from lightning_ssr.data import convert_mnist_pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pkl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(_pickle_of(((Evil(), 1), (2, 3), (4, 5))))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        convert_mnist_pickle(path, tmp_path / "out.npz")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out.npz").exists()
+
+
+def test_a_pickle_that_is_not_mnist_fails_its_checksums(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from lightning_ssr.data import convert_mnist_pickle
+
+    part = (np.zeros((2, 784), np.float32), np.zeros(2, np.int64))
+    path = tmp_path / "fake.pkl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(_pickle_of((part, part, part)))  # numpy arrays only: the unpickler accepts it
+    with pytest.raises(ValueError, match="does not match the published MNIST"):
+        convert_mnist_pickle(path, tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.skipif(not (default_data_root() / "mnist_full" / "mnist.npz").is_file(),
+                    reason="the full MNIST .npz is not under the data root (scripts/setup.sh makes it)")
+def test_the_full_mnist_set_is_the_published_one():
+    import hashlib
+
+    import numpy as np
+
+    from lightning_ssr.data import MNIST, MNIST_SHA256
+
+    with np.load(default_data_root() / "mnist_full" / "mnist.npz") as data:
+        for key, digest in MNIST_SHA256.items():
+            assert hashlib.sha256(np.ascontiguousarray(data[key]).tobytes()).hexdigest() == digest, key
+        y_train, x_train = data["y_train"], data["x_train"].astype(np.float64)
+        assert int(y_train[0]) == 5 and int(data["y_test"][0]) == 7
+        assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+        assert round(float(x_train.mean()), 4) == 33.3184 and round(float(x_train.std()), 4) == 78.5675
+    dm = MNIST()
+    dm.setup()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [54999, 5001, 10000]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (dm.batch_size, 1, 28, 28) and y.dtype == torch.int64
