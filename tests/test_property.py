@@ -75,6 +75,21 @@ class RandomCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def _random_prune_setup(model, groups, seed):
+    """Keep a random half of every group (at least one channel): the kept indices, the masked
+    model, and a copy of it for the rebuild."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = {}
+    for g in groups:
+        keep = torch.rand(g.size, generator=gen) < 0.5
+        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
+        masks[g.name] = keep
+    kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
+    masked = copy.deepcopy(model)
+    mask_channels(dict(masked.named_parameters()), groups, masks)
+    return kept, masked, copy.deepcopy(masked)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5),
        widths=st.lists(st.integers(2, 8), min_size=2, max_size=4),
@@ -90,16 +105,7 @@ def test_random_cnns_rebuild_exactly(spec, widths, seed):
             nn.init.normal_(m.bias, 0, 0.1)
     x = torch.randn(2, 3, 16, 16)
     groups = find_channel_groups(model, x)
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for g in groups:
-        keep = torch.rand(g.size, generator=gen) < 0.5
-        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
-        masks[g.name] = keep
-    kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
-    masked = copy.deepcopy(model)
-    mask_channels(dict(masked.named_parameters()), groups, masks)
-    rebuilt = copy.deepcopy(masked)
+    kept, masked, rebuilt = _random_prune_setup(model, groups, seed)
     prune_channels(rebuilt, x, kept)
     masked.eval()
     rebuilt.eval()
@@ -213,16 +219,7 @@ def test_risky_ops_are_rebuilt_exactly_or_refused_at_setup_never_silently_wrong(
         dry_run(copy.deepcopy(model), x, groups, {g.name: 1 for g in groups})
     except UnsupportedLayerError:
         return  # refused at set-up: fine
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for g in groups:
-        keep = torch.rand(g.size, generator=gen) < 0.5
-        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
-        masks[g.name] = keep
-    kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
-    masked = copy.deepcopy(model)
-    mask_channels(dict(masked.named_parameters()), groups, masks)
-    rebuilt = copy.deepcopy(masked)
+    kept, masked, rebuilt = _random_prune_setup(model, groups, seed)
     try:
         prune_channels(rebuilt, x, kept)
     except UnsupportedLayerError as err:  # a refusal must leave the model exactly as it was
