@@ -32,7 +32,7 @@ from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
 from .structure.surgery import dry_run, prune_channels, remap_optimizer
-from .targets import Target, intermediate_keep_counts, keep_counts, round_keep
+from .targets import Target, intermediate_keep_counts, keep_counts, min_keep_counts
 from .validation import check_number
 
 
@@ -421,14 +421,12 @@ class Pruning(Callback):
         cost = count_cost(pl_module, example)
         if self._dense is None:  # first set-up, on the dense model
             sizes = {g.name: g.size for g in groups}
-            floor = {n: round_keep(s, 1.0 - self.max_pruning_ratio, self.min_channels) for n, s in sizes.items()}
+            floor = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio)
             final = keep_counts(pl_module, groups, cost, self.target, floor) if self.target is not None else None
             self._dry_run(pl_module, example, groups, floor)
             self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict()}
         dense = self._dense
-        known = {g.name for g in groups}
-        min_keep = {n: min(k, next(g.size for g in groups if g.name == n)) for n, k in dense["min_keep"].items()
-                    if n in known}
+        min_keep = {g.name: min(dense["min_keep"][g.name], g.size) for g in groups}
         keep = None
         if dense["final_keep"] is not None:
             keep = intermediate_keep_counts(dense["sizes"], dense["final_keep"], self.events_done,

@@ -39,3 +39,14 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> None:
             with torch.no_grad():
                 m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+
+
+def random_keep_masks(groups, seed: int) -> dict:
+    """Per group, a random bool mask keeping about half the channels (at least one)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = {}
+    for g in groups:
+        keep = torch.rand(g.size, generator=gen) < 0.5
+        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
+        masks[g.name] = keep
+    return masks

@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
+from tests.nets import random_keep_masks
 
 BLOCKS = ("conv", "residual", "concat", "depthwise", "pool")
 
@@ -78,12 +79,7 @@ class RandomCNN(nn.Module):
 def _random_prune_setup(model, groups, seed):
     """Keep a random half of every group (at least one channel): the kept indices, the masked
     model, and a copy of it for the rebuild."""
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for g in groups:
-        keep = torch.rand(g.size, generator=gen) < 0.5
-        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
-        masks[g.name] = keep
+    masks = random_keep_masks(groups, seed)
     kept = {name: torch.nonzero(keep).flatten().tolist() for name, keep in masks.items()}
     masked = copy.deepcopy(model)
     mask_channels(dict(masked.named_parameters()), groups, masks)

@@ -9,7 +9,7 @@ import torch
 from lightning_ssr.models import MODELS, build_model
 from lightning_ssr.structure import apply_plan, find_channel_groups, plan_from_support, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
-from tests.nets import randomize_bn
+from tests.nets import random_keep_masks, randomize_bn
 
 INPUTS = {"gray28": (1, 28), "rgb32": (3, 32)}
 
@@ -23,15 +23,6 @@ def test_forward_shape(name, inp):
         assert model(torch.randn(2, c, s, s)).shape == (2, 7)
 
 
-def _random_support(groups, seed):
-    gen = torch.Generator().manual_seed(seed)
-    support = {}
-    for g in groups:
-        keep = torch.rand(g.size, generator=gen) < 0.5
-        keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
-        support[g.name] = keep
-    return support
-
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_masked_and_rebuilt_models_agree_and_the_plan_replays(name):
@@ -42,7 +33,7 @@ def test_masked_and_rebuilt_models_agree_and_the_plan_replays(name):
     x = torch.randn(2, c, s, s)
     groups = find_channel_groups(model, x)
     assert groups, name
-    support = _random_support(groups, 0)
+    support = random_keep_masks(groups, 0)
     masked = copy.deepcopy(model)
     mask_channels(dict(masked.named_parameters()), groups, support)
     masked.eval()
