@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -89,6 +89,63 @@ def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
     return names, modules
 
 
+def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callable[[nn.Module], float | None]:
+    """``(model) -> top-1 accuracy`` over the fit's validation batches ``(x, y)`` (all ranks
+    together; ``limit_val_batches`` respected), ``None`` when the fit has no validation data.
+    The validation dataloaders are requested on the first call only."""
+
+    def loaders() -> list:
+        if trainer.val_dataloaders is None:
+            hook = pl_module._current_fx_name  # Lightning's loader hooks leave theirs set; logging checks it
+            try:
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            except MisconfigurationException:  # validation_step without validation data
+                return []
+            finally:
+                pl_module._current_fx_name = hook
+        found = trainer.val_dataloaders
+        if found is None:
+            return []
+        return list(found.values()) if isinstance(found, Mapping) else (
+            list(found) if isinstance(found, (list, tuple)) else [found])
+
+    def evaluate(model: nn.Module) -> float | None:
+        sources = loaders()
+        if not sources:
+            return None
+        limit = trainer.limit_val_batches
+        device = pl_module.device
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        total = torch.zeros((), dtype=torch.long, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for loader in sources:
+                    n = limit if isinstance(limit, int) else (
+                        int(limit * len(loader)) if limit < 1.0 and hasattr(loader, "__len__") else None)
+                    for i, batch in enumerate(loader):
+                        if n is not None and i >= n:
+                            break
+                        if not (isinstance(batch, (list, tuple)) and len(batch) >= 2 and torch.is_tensor(batch[0])
+                                and torch.is_tensor(batch[1]) and not batch[1].is_floating_point()):
+                            raise TypeError(
+                                "the default validation score is top-1 accuracy over batches (inputs, integer "
+                                f"labels), but a validation batch is a {type(batch).__name__}; pass "
+                                "Pruning(evaluate=...) a callable (model) -> score on your validation data.")
+                        out = model(batch[0].to(device))
+                        correct += (out.argmax(1) == batch[1].to(device)).sum()
+                        total += batch[1].numel()
+        finally:
+            model.train(was_training)
+        if trainer.world_size > 1:
+            correct = trainer.strategy.reduce(correct, reduce_op="sum")
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+        return float(correct) / max(float(total), 1.0)
+
+    return evaluate
+
+
 class Pruning(Callback):
     r"""Filter pruning inside ``fit`` with any registered method; the model shrinks for real.
 
@@ -107,6 +164,9 @@ class Pruning(Callback):
         example_input: an input batch used to trace the model; by default the LightningModule's
             ``example_input_array`` or the first tensor of the first training batch.
         verbose: print the per-layer table after each rebuild (rank zero only).
+        evaluate: ``(model) -> score`` (higher is better) on validation data, for methods that
+            check a change before keeping it (FSM's BN compensation). By default: top-1
+            accuracy of ``model(x)`` over the fit's validation batches ``(x, y)``; never test data.
 
     After ``fit``: :attr:`result` (:class:`PruningResult`) and :attr:`plan` (the cumulative
     :class:`PruningPlan` of the model being trained).
@@ -123,8 +183,12 @@ class Pruning(Callback):
         max_pruning_ratio: float = 1.0,
         example_input: torch.Tensor | None = None,
         verbose: bool = True,
+        evaluate: Callable[[nn.Module], float] | None = None,
     ):
         super().__init__()
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a callable (model) -> score, got {type(evaluate).__name__}")
+        self._evaluate = evaluate
         if isinstance(method, PruningMethod):
             if method_kwargs:
                 raise ValueError("method_kwargs only apply when method is given by name")
@@ -434,7 +498,9 @@ class Pruning(Callback):
             keep = {g.name: min(keep[g.name], g.size) for g in groups}
         self._context = MethodContext(model=pl_module, groups=groups, cost=cost,
                                       channel_macs=channel_macs(groups, cost), keep=keep, min_keep=min_keep,
-                                      sync=self._sync(trainer))
+                                      sync=self._sync(trainer), example=example, event=self.events_done,
+                                      events=self.schedule.prune_events, final_keep=dense["final_keep"],
+                                      evaluate=self._evaluate or validation_accuracy(trainer, pl_module))
         self.method.setup(self._context)
         if self._pending_method_state is not None:
             self.method.load_state_dict(self._pending_method_state)
@@ -491,10 +557,10 @@ class Pruning(Callback):
         after = count_cost(pl_module, example)
         self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
         setattr(pl_module, APPLIED_PLAN_ATTR, self.plan.to_dict())
-        self.method.after_rebuild(pl_module, step_plan)
+        info = self.method.after_rebuild(pl_module, step_plan) or {}
         self.events_done += 1
         self._events.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                             "macs": int(after.macs), "params": int(after.params)})
+                             "macs": int(after.macs), "params": int(after.params), **info})
         self._context = None
         self._started = False
         self._log(pl_module, "pruning/macs", float(after.macs), on_epoch=True, on_step=False)

@@ -14,7 +14,8 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
 5. ``ready()`` -> ``(bool, reason)``: may the engine prune early;
 6. ``select(keep)`` -> per group, a bool mask of the channels to keep; ``keep`` holds the
    counts the target asks for (``None`` when there is no target and the method decides);
-7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation;
+7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation; may return a dict of plain
+   values, recorded in the prune event;
 8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume.
 
 Methods are plain PyTorch (no Lightning imports) and are registered by name with
@@ -47,6 +48,13 @@ class MethodContext:
     keep: dict[str, int] | None  # per group: channels the target keeps (None: no target)
     min_keep: dict[str, int]  # per group: channels that must stay
     sync: Sync | None = None  # under DDP: broadcast rank 0's value to every rank
+    example: torch.Tensor | None = None  # an input batch (for tracing)
+    event: int = 0  # the prune event this set-up leads to (0-based) ...
+    events: int = 1  # ... of this many
+    final_keep: dict[str, int] | None = None  # per group: channels kept after the last event
+    #: the validation score of a model (higher is better; the engine's default: top-1 accuracy
+    #: on the fit's validation data), ``None`` without validation data. Never test data.
+    evaluate: Callable[[nn.Module], float] | None = None
     params: dict[str, nn.Parameter] = field(init=False)
 
     def __post_init__(self):
@@ -81,8 +89,8 @@ class PruningMethod:
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def after_rebuild(self, model: nn.Module, plan) -> None:
-        pass
+    def after_rebuild(self, model: nn.Module, plan) -> dict | None:
+        return None
 
     def metrics(self) -> dict[str, float]:
         """Epoch-level values to log (e.g. the regularizer)."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..structure.groups import ChannelGroup
+from .fsm import fsm_importance
 
 
 def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
@@ -51,6 +52,7 @@ def random_scores(group: ChannelGroup, model: nn.Module, seed: int = 0) -> torch
 
 
 IMPORTANCES: Mapping[str, Callable[[ChannelGroup, nn.Module], torch.Tensor]] = {
+    "fsm": fsm_importance,
     "l1": l1_norm,
     "l2": l2_norm,
     "bn_scale": bn_scale,

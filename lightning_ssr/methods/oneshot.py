@@ -20,7 +20,7 @@ from ..structure.surgery import prune_channels
 from ..targets import Target, keep_counts, min_keep_counts
 from ..validation import check_number
 from .base import PruningMethod, register_method, top_k_masks
-from .importance import IMPORTANCES, get_importance
+from .importance import IMPORTANCES, get_importance, random_scores
 
 
 @register_method("oneshot")
@@ -69,3 +69,28 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     plan = plan_from_support(example_inputs.shape, masks, groups)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
     return plan
+
+
+@register_method("l1")
+class L1(OneShot):
+    """L1-norm filter pruning (Li et al. 2017): one-shot, the filters of smallest L1 norm go."""
+
+    name = "l1"
+
+    def __init__(self):
+        super().__init__("l1")
+
+
+@register_method("random")
+class RandomPruning(OneShot):
+    """Random filter pruning, the floor every criterion must beat; reproducible by ``seed``."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        check_number("random", "seed", seed, low=0, integer=True)
+        self.seed = int(seed)
+        super().__init__(lambda group, model: random_scores(group, model, self.seed))
+
+    def config(self) -> dict:
+        return {"seed": self.seed}

@@ -15,7 +15,7 @@ can then be removed without changing what the network computes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
@@ -46,6 +46,15 @@ class ChannelGroup:
     slices: list[GroupSlice]
     out_modules: list[str]  # conv/linear/norm modules whose output channels these are
     consumers: list[tuple[str, int]]  # (conv/linear module, input columns per channel)
+    #: the consumers' weight rows on the input side: rows ``index[c]`` along ``dim`` of the
+    #: consumer's weight read channel ``c`` (a concat offset, or a flatten -> linear expansion)
+    inputs: list[GroupSlice] = field(default_factory=list)
+    #: per consumer: the norm layers of this group whose outputs reach it through parameter-free
+    #: ops only (ReLU, add, cat, pooling, flatten); several for a residual stream (summed)
+    feeds: dict[str, list[str]] = field(default_factory=dict)
+    #: per consumer: the norm layer its output reaches first through parameter-free ops (the
+    #: BN after a conv), or ``None``
+    consumer_norm: dict[str, str | None] = field(default_factory=dict)
 
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
@@ -136,6 +145,26 @@ def _check_supported(module, name: str, root: str) -> None:
             "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
 
 
+def _nearest_norms(dg: tp.DependencyGraph, module: nn.Module, forward: bool) -> list[nn.Module]:
+    """The norm layers reached from ``module`` (its outputs if ``forward``, else its inputs) through
+    parameter-free ops only (ReLU, add, cat, pooling, flatten): the walk stops at any layer with
+    parameters."""
+    found, seen = [], set()
+    stack = list(dg.module2node[module].outputs if forward else dg.module2node[module].inputs)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        m = node.module
+        if isinstance(m, _NORM):
+            found.append(m)
+        elif not (isinstance(m, _CONV + (nn.Linear, nn.Parameter)) or (
+                isinstance(m, nn.Module) and any(True for _ in m.parameters(recurse=False)))):
+            stack.extend(node.outputs if forward else node.inputs)
+    return found
+
+
 def find_channel_groups(
     model: nn.Module,
     example_inputs,
@@ -162,7 +191,7 @@ def find_channel_groups(
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
-        slices, out_modules, consumers = [], [], []
+        slices, out_modules, consumers, inputs, consumer_modules = [], [], [], [], []
         for item in group:
             module = item.dep.target.module
             if module not in names and not isinstance(module, nn.Parameter):
@@ -184,7 +213,21 @@ def find_channel_groups(
             is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
             if is_consumer and not (isinstance(module, _CONV) and module.groups > 1):  # depthwise: an out dep
                 consumers.append((name, len(item.idxs) // size))
+                consumer_modules.append(module)
+                dim = 0 if isinstance(module, _CONV) and module.transposed else 1
+                try:
+                    inputs.append(GroupSlice(f"{name}.weight" if name else "weight", dim,
+                                             _index_matrix(item.idxs, item.root_idxs, size)))
+                except UnsupportedLayerError:
+                    pass  # reads only part of the channels (a slice): the rebuild check reports it
         if not consumers:
             continue  # model outputs (the classifier): never pruned
-        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers))
+        norms = {modules[n]: n for n in out_modules if isinstance(modules.get(n), _NORM)}
+        feeds = {names[m]: sorted({norms[n] for n in _nearest_norms(dg, m, forward=False) if n in norms})
+                 for m in consumer_modules}
+        after = {}
+        for m in consumer_modules:  # the one norm after each consumer (None: none, or several)
+            following = {names.get(n) for n in _nearest_norms(dg, m, forward=True)}
+            after[names[m]] = following.pop() if len(following) == 1 else None
+        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after))
     return groups

@@ -90,12 +90,12 @@ def test_random_is_reproducible_and_depends_on_the_seed_and_the_group():
 
 
 def test_get_importance_by_name_or_callable():
-    assert set(IMPORTANCES) == {"l1", "l2", "bn_scale", "random"}
+    assert set(IMPORTANCES) == {"fsm", "l1", "l2", "bn_scale", "random"}
     assert get_importance("l1") is l1_norm and get_importance("bn_scale") is bn_scale
 
     def mine(group, model):
         return torch.zeros(group.size)
 
     assert get_importance(mine) is mine
-    with pytest.raises(ValueError, match=r"unknown importance 'magic'.*'bn_scale', 'l1', 'l2', 'random'"):
+    with pytest.raises(ValueError, match=r"unknown importance 'magic'.*'bn_scale', 'fsm', 'l1', 'l2', 'random'"):
         get_importance("magic")

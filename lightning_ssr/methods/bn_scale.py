@@ -1,0 +1,73 @@
+"""``bn_scale``: network slimming (Liu et al. 2017).
+
+During the sparsify phase an L1 penalty on the BatchNorm scales of every prunable channel
+(``penalty * sign(gamma)`` added to their gradients) drives unneeded channels' gammas
+toward zero; at the prune the channels of smallest ``|gamma|`` go
+(:func:`lightning_ssr.methods.importance.bn_scale`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..validation import check_number
+from .base import MethodContext, PruningMethod, register_method, top_k_masks
+from .importance import bn_scale
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@register_method("bn_scale")
+class BNScale(PruningMethod):
+    """Network slimming.
+
+    Args:
+        penalty: the L1 strength on BN gammas (``s`` in the paper: 1e-4 for VGG, 1e-5 for
+            ResNet on CIFAR).
+    """
+
+    name = "bn_scale"
+    sparsifies = True
+
+    def __init__(self, penalty: float = 1e-4):
+        self.penalty = check_number("bn_scale", "penalty", penalty, low=0.0)
+        self._gammas: list[nn.Parameter] = []
+
+    def setup(self, context: MethodContext) -> None:
+        super().setup(context)
+        modules = dict(context.model.named_modules())
+        names = set()
+        for g in context.groups:
+            found = [s.param for s in g.slices if s.param.endswith(".weight")
+                     and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
+            if not found:
+                raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of '{g.name}' have no "
+                                 f"BatchNorm. Pass '{g.name}' in ignored_layers, or use another method (l1, "
+                                 "oneshot, ssr_l20).")
+            names.update(found)
+        self._gammas = [context.params[n] for n in sorted(names)]
+
+    def before_optimizer_step(self) -> None:
+        pairs = [(p, p.grad) for p in self._gammas if p.grad is not None]
+        if not pairs or self.penalty == 0:
+            return
+        with torch.no_grad():
+            torch._foreach_add_([g for _, g in pairs], torch._foreach_sign([p.detach() for p, _ in pairs]),
+                                alpha=self.penalty)
+
+    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+        ctx = self.context
+        return top_k_masks({g.name: bn_scale(g, ctx.model) for g in ctx.groups}, keep)
+
+    def metrics(self) -> dict[str, float]:
+        if not self._gammas:
+            return {}
+        with torch.no_grad():
+            total = sum(float(p.detach().abs().sum()) for p in self._gammas)
+        return {"regularizer": total}
+
+    def config(self) -> dict:
+        return {"penalty": self.penalty}

@@ -1,0 +1,87 @@
+"""``taylor``: first-order Taylor importance (Molchanov et al. 2017; the group form of 2019).
+
+Removing a channel zeroes its output side (its filter rows, bias and BN affine parameters,
+the group's ``slices``); to first order that changes the loss by ``sum_i g_i w_i`` over
+those parameters, so the channel's importance is ``(sum_i g_i w_i)^2``. The method trains
+normally through the sparsify phase (no term) and, at every optimizer step, records each
+channel's score from the step's gradients; at the prune the scores of the last ``batches``
+steps are summed and the channels of lowest total go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..validation import check_number
+from .base import MethodContext, PruningMethod, register_method, top_k_masks
+
+
+@register_method("taylor")
+class Taylor(PruningMethod):
+    """First-order Taylor importance, accumulated over the last ``batches`` optimizer steps.
+
+    Args:
+        batches: how many of the last optimizer steps (>= 1) the importance sums over.
+    """
+
+    name = "taylor"
+    sparsifies = True  # it needs training steps before the prune, to see gradients
+
+    def __init__(self, batches: int = 64):
+        self.batches = check_number("taylor", "batches", batches, low=1, integer=True)
+        self._window: dict[str, torch.Tensor] = {}
+        self._seen = 0
+
+    def setup(self, context: MethodContext) -> None:
+        super().setup(context)
+        self._window = {g.name: torch.zeros(self.batches, g.size, dtype=torch.float64) for g in context.groups}
+        self._seen = 0
+
+    def scores_now(self) -> dict[str, torch.Tensor]:
+        """Each channel's ``(sum g * w)^2`` from the gradients present now."""
+        params = self.context.params
+        out = {}
+        with torch.no_grad():
+            for g in self.context.groups:
+                total = None
+                for s in g.slices:
+                    p = params[s.param]
+                    if p.grad is None:
+                        continue
+                    prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
+                    per = prod.reshape(g.size, -1).double().sum(1)
+                    total = per if total is None else total + per
+                out[g.name] = torch.zeros(g.size, dtype=torch.float64) if total is None else total.pow(2).cpu()
+        return out
+
+    def before_optimizer_step(self) -> None:
+        row = self._seen % self.batches
+        for name, score in self.scores_now().items():
+            self._window[name][row] = score
+        self._seen += 1
+
+    def importance(self) -> dict[str, torch.Tensor]:
+        return {name: w.sum(0) for name, w in self._window.items()}
+
+    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+        if self._seen == 0:
+            raise RuntimeError("taylor ranks channels by the gradients of the steps before the prune, and none "
+                               "were seen: give it schedule.sparsify_epochs >= 1")
+        return top_k_masks(self.importance(), keep)
+
+    def state_dict(self) -> dict:
+        return {"window": {k: v.clone() for k, v in self._window.items()}, "seen": self._seen}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        window = state.get("window") or {}
+        for name, w in window.items():
+            if name not in self._window or tuple(w.shape) != tuple(self._window[name].shape):
+                raise ValueError(f"taylor: the checkpoint's scores for {name!r} do not match this model's groups; "
+                                 "the checkpoint is from another model or another batches= setting")
+            self._window[name] = w.clone().double()
+        self._seen = int(state.get("seen", 0))
+
+    def config(self) -> dict:
+        return {"batches": self.batches}
