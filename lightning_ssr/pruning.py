@@ -358,9 +358,12 @@ class Pruning(Callback):
                 if ready and trainer.current_epoch + 1 < self.schedule.prune_epoch(0):
                     self._prune_early = True
                     rank_zero_info(f"{type(self).__name__}: {reason}; pruning at the start of the next epoch.")
-        # with no epoch left, a prune due at the start of the next epoch happens now
+        # when the schedule ends with a prune (no fine-tune epoch after it), the prune due at the
+        # start of the next epoch happens now. A fit stopped earlier than the schedule (to be resumed)
+        # leaves it to the resumed fit, which then records it at the scheduled epoch.
         if (self._context is not None and self.events_done < self.schedule.prune_events
                 and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+                and trainer.max_epochs >= self.schedule.total_epochs
                 and trainer.current_epoch + 1 >= self.schedule.prune_epoch(self.events_done)):
             self._prune(trainer, pl_module)
 

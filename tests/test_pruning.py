@@ -286,17 +286,18 @@ def test_iterative_pruning_reaches_the_target_at_the_last_event_and_the_plan_rep
 
 
 def test_iterative_pruning_resumes_between_events(tmp_path):
-    def run(max_epochs, ckpt_path=None):
+    def run(max_epochs, dirpath, ckpt_path=None):
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ITERATIVE, verbose=False)
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        ckpt = ModelCheckpoint(dirpath=dirpath, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
         return model, cb
 
-    full_model, full_cb = run(ITERATIVE.total_epochs)
-    run(1)  # stops after the first of two events
-    model, cb = run(ITERATIVE.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt")
+    full_model, full_cb = run(ITERATIVE.total_epochs, tmp_path / "full")
+    _, stopped = run(1, tmp_path / "stopped")  # stops after the first of two events
+    assert stopped.events_done == 1
+    model, cb = run(ITERATIVE.total_epochs, tmp_path / "resumed", ckpt_path=tmp_path / "stopped" / "epoch=0.ckpt")
     assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
     assert_same_weights(model, full_model)
 

@@ -1,0 +1,122 @@
+"""Every registered method survives a save -> resume in the middle of its pruning phase: the
+resumed fit ends with the events, plan and weights of an uninterrupted one."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule
+from lightning_ssr.methods import available_methods, build_method
+from tests.lit import TinyClassifier, assert_same_weights, loader, trainer
+
+# sparsifying methods: the checkpoint of epoch 0 falls inside the sparsify phase (prune at epoch 2)
+SPARSIFY = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+# one-shot methods: two events (epochs 0 and 2); the checkpoint of epoch 0 falls between them.
+# (With epochs_between_prunes=1 a fit stopped by max_epochs=1 would run the second event at the
+# end of epoch 0 -- "no epoch left" -- and the checkpoint would hold both events; see the last test.)
+ITERATIVE = PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=2, finetune_epochs=1)
+NO_BN = ["backbone.mix", "backbone.fc1"]  # TinyClassifier's layers without BatchNorm
+METHOD_KWARGS = {  # strong enough terms that the sparsify phase changes the weights visibly
+    "bn_scale": {"penalty": 1e-2},
+    "ssl": {"lam": 1e-2},
+    "ssr_l20": {"rho": 0.5, "rho_growth": 1.2},
+    "ssr_l21": {"rho": 0.5, "rho_growth": 1.2},
+    "taylor": {"batches": 6},  # spans the checkpoint: the restored window counts
+    "random": {"seed": 1},
+}
+
+
+def _setup(name):
+    sparsifies = build_method(name).sparsifies
+    schedule = SPARSIFY if sparsifies else ITERATIVE
+    ignored = NO_BN if name in ("bn_scale", "fsm") else []
+    return sparsifies, schedule, ignored
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_resumes_mid_phase_like_an_uninterrupted_run(tmp_path, name):
+    sparsifies, schedule, ignored = _setup(name)
+
+    def run(max_epochs, ckpt_path=None, dirpath=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = Pruning(method=name, method_kwargs=METHOD_KWARGS.get(name), target={"macs": 0.5}, schedule=schedule,
+                     ignored_layers=ignored, verbose=False)
+        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
+                               filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb
+
+    full_model, full_cb = run(schedule.total_epochs)
+    assert len(full_cb.events) == schedule.prune_events
+    assert [e["epoch"] for e in full_cb.events] == [schedule.prune_epoch(k) for k in range(schedule.prune_events)]
+    assert full_cb.result.pruned["macs"] <= 0.5 * full_cb.result.dense["macs"]
+
+    run(1, dirpath=tmp_path / "ckpts")  # stops after epoch 0, in the middle of the phase
+    path = tmp_path / "ckpts" / "epoch=0.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))
+    assert state["method"] == name
+    if sparsifies:  # before the prune: no plan yet
+        assert state["events_done"] == 0 and state["plan"] is None and PLAN_CHECKPOINT_KEY not in checkpoint
+    else:  # between the two events: the first one's plan
+        assert state["events_done"] == 1 and state["events"] == full_cb.events[:1]
+        assert checkpoint[PLAN_CHECKPOINT_KEY] == state["plan"]
+        assert state["plan"] != full_cb.plan.to_dict()
+
+    model, cb = run(schedule.total_epochs, ckpt_path=path)
+    assert cb.events == full_cb.events
+    assert cb.plan.to_dict() == full_cb.plan.to_dict()
+    assert_same_weights(model, full_model)
+    assert cb.result.pruned == full_cb.result.pruned
+    # the resumed fit trained only the epochs after the checkpoint
+    assert len(model.losses) == 4 * (schedule.total_epochs - 1)
+    assert model.losses == full_model.losses[4:]
+
+
+def _stop_and_resume(tmp_path, name, schedule, stop):
+    def run(max_epochs, dirpath, ckpt_path=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = Pruning(method=name, target={"macs": 0.5}, schedule=schedule, verbose=False)
+        ckpt = ModelCheckpoint(dirpath=dirpath, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb
+
+    full = run(schedule.total_epochs, tmp_path / "full")
+    run(stop, tmp_path / "stopped")
+    resumed = run(schedule.total_epochs, tmp_path / "resumed", ckpt_path=tmp_path / "stopped" / f"epoch={stop - 1}.ckpt")
+    return full, resumed
+
+
+BEFORE_AN_EVENT = [
+    ("oneshot", PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=1), 1),
+    ("taylor", PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False), 2),
+]
+
+
+@pytest.mark.parametrize("name,schedule,stop", BEFORE_AN_EVENT, ids=[b[0] for b in BEFORE_AN_EVENT])
+def test_a_fit_stopped_one_epoch_before_an_event_resumes_to_the_same_run(tmp_path, name, schedule, stop):
+    """A fit whose max_epochs ends just before a prune event leaves that event to the resumed fit:
+    events (with their epochs), plan, weights and costs are those of an uninterrupted fit."""
+    (full_model, full_cb), (model, cb) = _stop_and_resume(tmp_path, name, schedule, stop)
+    assert cb.plan.to_dict() == full_cb.plan.to_dict()
+    assert_same_weights(model, full_model)
+    assert cb.events == full_cb.events
+
+
+def test_method_state_in_the_mid_sparsify_checkpoint(tmp_path):
+    """What the checkpoint holds for the stateful methods, after the 4 steps of epoch 0."""
+    pl.seed_everything(0)
+    cb = Pruning(method="taylor", method_kwargs={"batches": 3}, target={"macs": 0.5}, schedule=SPARSIFY,
+                 verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer(tmp_path, [cb, ckpt], 1).fit(TinyClassifier(), loader(shuffle=True))
+    checkpoint = torch.load(tmp_path / "ckpts" / "epoch=0.ckpt", weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))
+    method_state = state["method_state"]
+    assert method_state["seen"] == 4
+    assert all(w.shape[0] == 3 and bool((w >= 0).all()) and bool((w > 0).any())
+               for w in method_state["window"].values())
+    assert state["last_update_step"] == 4
