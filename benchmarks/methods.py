@@ -10,7 +10,9 @@ compresses that same checkpoint through the job's stages (``lightning_ssr.cli.ru
   ``--sparsify`` epochs with it, then ``--finetune`` epochs;
 - one-shot methods (fsm, l1, oneshot, random) prune at the start and fine-tune for
   ``--sparsify + --finetune`` epochs: the same total budget;
-- every method prunes to the same MACs target (``target.macs``; ssr_l21 ranks by V's norms).
+- every method prunes to the same MACs target (``target.macs``; ssr_l21 ranks by V's norms);
+- ``none`` is the dense model fine-tuned for the same total epochs, unpruned: the reference
+  that separates the effect of pruning from that of the extra training.
 
 Writes ``benchmarks/results/methods.json`` (machine, settings, one ``PruningResult`` per run and
 a per-method summary: mean and std over seeds of the accuracy drop, MACs and params
@@ -37,7 +39,7 @@ METHODS = ["ssr_l21", "ssr_l20", "fsm", "l1", "bn_scale", "ssl", "oneshot", "tay
 
 
 def overrides_for(method: str, seed: int, args) -> list[str]:
-    oneshot = not build_method(method).sparsifies
+    oneshot = method == "none" or not build_method(method).sparsifies
     sparsify = 0 if oneshot else args.sparsify
     finetune = args.finetune + (args.sparsify if oneshot else 0)
     out = [f"model={args.model}", f"data={args.data}", f"pruning={method}", "target=macs",
@@ -106,7 +108,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods() + ["none"],
+                        help="registered methods; none: the dense model fine-tuned for the same epochs")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--data", default="fashion_mnist")
@@ -119,6 +122,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of --out for other (method, seed) pairs and add these")
     args = parser.parse_args(argv)
     quiet_lightning()
 
@@ -139,6 +144,9 @@ def main(argv=None) -> dict:
                       + (f"drop {row['accuracy_drop_points']:+.2f} pt at {row['macs_reduction']:.2f}x MACs "
                          f"({time.perf_counter() - t:.0f} s)" if row.get("status") == "ok" else row.get("error", "")),
                       flush=True)
+    if args.append and args.out.is_file():
+        done = {(r["method"], r["seed"]) for r in rows}
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if (r["method"], r["seed"]) not in done] + rows
     summary = summarize(rows)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out = {"benchmark": "methods", "machine": machine_info(), "settings": settings, "summary": summary,

@@ -59,7 +59,7 @@ CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 #: The primary config's name.
 CONFIG_NAME = "config"
 #: Keys of the ``target`` group that are limits, not the target itself.
-TARGET_LIMITS = ("min_channels", "max_pruning_ratio")
+TARGET_LIMITS = ("min_channels", "max_pruning_ratio", "allocation", "round_to")
 
 
 def _config_dir() -> str:
@@ -132,7 +132,9 @@ def build_pruning(cfg: DictConfig) -> Pruning | None:
     target = {k: v for k, v in _plain(cfg.target).items() if k not in TARGET_LIMITS}
     return Pruning(method=name, method_kwargs=kwargs, target=target, schedule=schedule, ignored_layers=ignored,
                    min_channels=cfg.target.get("min_channels", 1),
-                   max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0), verbose=bool(cfg.verbose))
+                   max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0),
+                   allocation=cfg.target.get("allocation", "uniform"), round_to=cfg.target.get("round_to"),
+                   verbose=bool(cfg.verbose))
 
 
 def build_data(cfg: DictConfig) -> pl.LightningDataModule:
@@ -180,8 +182,9 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
         raise ValueError(f"model {cfg.model.name!r} has no prunable filters (with ignored_layers "
                          f"{list(cfg.pruning.get('ignored_layers') or [])})")
     if callback.target is not None:
-        floor = min_keep_counts(groups, callback.min_channels, callback.max_pruning_ratio)
-        keep_counts(lm, groups, count_cost(lm, example), callback.target, floor)
+        round_to = callback.round_to or 1
+        floor = min_keep_counts(groups, callback.min_channels, callback.max_pruning_ratio, round_to)
+        keep_counts(lm, groups, count_cost(lm, example), callback.target, floor, round_to=round_to)
 
 
 # ------------------------------------------------------------------- stages

@@ -32,8 +32,8 @@ from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
 from .structure.surgery import dry_run, prune_channels, remap_optimizer
-from .targets import Target, intermediate_keep_counts, keep_counts, min_keep_counts
-from .validation import check_number
+from .targets import ALLOCATIONS, Target, intermediate_keep_counts, keep_counts, min_keep_counts
+from .validation import check_choice, check_number
 
 
 def _first_tensor(batch) -> torch.Tensor | None:
@@ -164,6 +164,11 @@ class Pruning(Callback):
         example_input: an input batch used to trace the model; by default the LightningModule's
             ``example_input_array`` or the first tensor of the first training batch.
         verbose: print the per-layer table after each rebuild (rank zero only).
+        allocation: how a fraction target is divided among the layers: ``"uniform"`` (every layer
+            keeps the same fraction) or ``"global"`` (channels compete across layers by importance,
+            normalized per layer, over the cost each saves; see :func:`~lightning_ssr.targets.keep_counts`).
+        round_to: kept channel counts are multiples of this (a layer narrower keeps all); ``None``:
+            8 on CUDA (tensor cores) and 1 elsewhere.
         evaluate: ``(model) -> score`` (higher is better) on validation data, for methods that
             check a change before keeping it (FSM's BN compensation). By default: top-1
             accuracy of ``model(x)`` over the fit's validation batches ``(x, y)``; never test data.
@@ -184,8 +189,12 @@ class Pruning(Callback):
         example_input: torch.Tensor | None = None,
         verbose: bool = True,
         evaluate: Callable[[nn.Module], float] | None = None,
+        allocation: str = "uniform",
+        round_to: int | None = None,
     ):
         super().__init__()
+        self.allocation = check_choice("Pruning", "allocation", allocation, ALLOCATIONS)
+        self.round_to = check_number("Pruning", "round_to", round_to, low=1, integer=True, optional=True)
         if evaluate is not None and not callable(evaluate):
             raise TypeError(f"evaluate must be a callable (model) -> score, got {type(evaluate).__name__}")
         self._evaluate = evaluate
@@ -488,16 +497,25 @@ class Pruning(Callback):
         cost = count_cost(pl_module, example)
         if self._dense is None:  # first set-up, on the dense model
             sizes = {g.name: g.size for g in groups}
-            floor = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio)
-            final = keep_counts(pl_module, groups, cost, self.target, floor) if self.target is not None else None
+            round_to = self.round_to or (8 if example.device.type == "cuda" else 1)
+            floor = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio, round_to)
+            final = None
+            if self.target is not None:
+                scores = None
+                if self.allocation == "global" and self.target.kind != "rates":
+                    scores = self.method.importance(pl_module, groups) or {
+                        g.name: g.norms({n: p.detach() for n, p in pl_module.named_parameters()}) for g in groups}
+                final = keep_counts(pl_module, groups, cost, self.target, floor, allocation=self.allocation,
+                                    scores=scores, round_to=round_to)
             self._dry_run(pl_module, example, groups, floor)
-            self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict()}
+            self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict(),
+                           "round_to": round_to}
         dense = self._dense
         min_keep = {g.name: min(dense["min_keep"][g.name], g.size) for g in groups}
         keep = None
         if dense["final_keep"] is not None:
             keep = intermediate_keep_counts(dense["sizes"], dense["final_keep"], self.events_done,
-                                            self.schedule.prune_events, dense["min_keep"])
+                                            self.schedule.prune_events, dense["min_keep"], dense.get("round_to", 1))
             keep = {g.name: min(keep[g.name], g.size) for g in groups}
         self._context = MethodContext(model=pl_module, groups=groups, cost=cost,
                                       channel_macs=channel_macs(groups, cost), keep=keep, min_keep=min_keep,
@@ -592,6 +610,7 @@ class Pruning(Callback):
         dense = ModelCost.from_dict(self._dense["cost"])
         config = {"method": self.method.config(), "schedule": asdict(self.schedule),
                   "min_channels": self.min_channels, "max_pruning_ratio": self.max_pruning_ratio,
+                  "allocation": self.allocation, "round_to": self._dense.get("round_to", 1),
                   "ignored_layers": list(self._ignored_resolved)}
         return PruningResult(
             method=self.method.name, config=config,

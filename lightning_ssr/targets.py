@@ -26,9 +26,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .cost import ModelCost, estimate_macs, estimate_params
+from .cost import ModelCost, channel_macs, estimate_macs, estimate_params
 from .structure.groups import ChannelGroup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -169,31 +170,61 @@ def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> 
 
 
 # --------------------------------------------------------------- counting
-def round_keep(size: int, fraction: float, floor: int = 1) -> int:
-    """The rounding rule: ``ceil(size * fraction)``, at least ``floor``, at most ``size``."""
-    return min(size, max(floor, math.ceil(round(size * fraction, 6))))
+ALLOCATIONS = ("uniform", "global")
+#: the relative gap below a fraction target that the allocation closes by trading channels between layers
+TARGET_TOLERANCE = 0.01
+
+
+def round_keep(size: int, fraction: float, floor: int = 1, round_to: int = 1) -> int:
+    """The rounding rule: ``ceil(size * fraction)``, at least ``floor``, then up to a multiple of
+    ``round_to``; at most ``size`` (a group narrower than ``round_to`` keeps all its channels)."""
+    keep = min(size, max(floor, math.ceil(round(size * fraction, 6))))
+    if round_to > 1 and keep < size:
+        keep = min(size, math.ceil(keep / round_to) * round_to)
+    return keep
+
+
+def _step_up(keep: int, size: int, round_to: int) -> int:
+    """The next allowed count above ``keep`` (one more channel, or the next multiple of ``round_to``)."""
+    return min(size, (keep // round_to + 1) * round_to)
 
 
 def min_keep_counts(groups: Sequence[ChannelGroup], min_channels: int = 1,
-                    max_pruning_ratio: float = 1.0) -> dict[str, int]:
+                    max_pruning_ratio: float = 1.0, round_to: int = 1) -> dict[str, int]:
     """Channels each group keeps at least: ``min_channels``, and no more than
-    ``max_pruning_ratio`` of a group's channels removed."""
-    return {g.name: round_keep(g.size, 1.0 - max_pruning_ratio, min_channels) for g in groups}
+    ``max_pruning_ratio`` of a group's channels removed (rounded up to ``round_to``)."""
+    return {g.name: round_keep(g.size, 1.0 - max_pruning_ratio, min_channels, round_to) for g in groups}
+
+
+def _channel_params(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, float]:
+    """Per group, the parameters that removing one of its channels saves."""
+    full = {g.name: g.size for g in groups}
+    base = estimate_params(model, groups, full)
+    return {g.name: base - estimate_params(model, groups, {**full, g.name: g.size - 1}) for g in groups}
 
 
 def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, target: Target,
-                min_keep: Mapping[str, int]) -> dict[str, int]:
+                min_keep: Mapping[str, int], allocation: str = "uniform",
+                scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1) -> dict[str, int]:
     """Channels to keep in each group so that ``model`` meets ``target``.
 
     ``cost`` is ``count_cost(model, example)`` of the model the counts apply to; ``min_keep``
-    the per-group floor (:func:`min_keep_counts`).
+    the per-group floor (:func:`min_keep_counts`); every count is a multiple of ``round_to``
+    (or the whole group).
+
+    ``allocation="uniform"``: every group keeps the same fraction, the largest that fits.
+    ``allocation="global"``: channels compete across groups. Each channel's value is its
+    importance (``scores[group]``, higher is more important) divided by the largest in its
+    group, over the cost one channel of its group carries (MACs, parameters or 1, as the target
+    counts, relative to the mean); a threshold on that value, found by bisection, sets every
+    group's count. Either way the gap rounding leaves below the target is then filled one step
+    at a time (the group of lowest kept fraction, or of the most valuable next channel).
     """
     if target.kind == "rates":
         rate = _rate_per_group(model, groups, target.rates)
-        return {g.name: round_keep(g.size, 1.0 - rate[g.name], min_keep[g.name]) for g in groups}
-
-    def counts(fraction: float) -> dict[str, int]:
-        return {g.name: round_keep(g.size, fraction, min_keep[g.name]) for g in groups}
+        return {g.name: round_keep(g.size, 1.0 - rate[g.name], min_keep[g.name], round_to) for g in groups}
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
 
     if target.kind == "macs":
         limit, total = target.macs * cost.macs, cost.macs
@@ -212,41 +243,130 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
         def measure(keep):
             return sum(keep.values())
 
-    floor = counts(0.0)
-    if measure(floor) > limit * (1 + 1e-9):
-        raise ValueError(f"target {target.kind}={target.value} is too small: the channels every layer must keep "
-                         f"(min_channels, max_pruning_ratio) already give {measure(floor) / total:.4f} of the "
-                         "dense model; raise the target or relax those limits")
     def fits(keep):
         return measure(keep) <= limit * (1 + 1e-9)
 
-    lo, hi = 0.0, 1.0
-    if fits(counts(hi)):
-        return counts(hi)
-    for _ in range(50):
+    floor = {g.name: round_keep(g.size, 0.0, min_keep[g.name], round_to) for g in groups}
+    if not fits(floor):
+        raise ValueError(f"target {target.kind}={target.value} is too small: the channels every layer must keep "
+                         f"(min_channels, max_pruning_ratio, round_to) already give {measure(floor) / total:.4f} "
+                         "of the dense model; raise the target or relax those limits")
+    full = {g.name: g.size for g in groups}
+    if fits(full):
+        return full
+
+    if allocation == "uniform":
+        def counts(level: float) -> dict[str, int]:
+            return {g.name: round_keep(g.size, level, min_keep[g.name], round_to) for g in groups}
+
+        def next_value(g, keep):  # fill the group of lowest kept fraction first
+            return -keep[g.name] / g.size
+        lo, hi = 0.0, 1.0
+    else:
+        values = _channel_values(model, groups, cost, target.kind, scores)
+
+        def counts(level: float) -> dict[str, int]:
+            # level in [0, 1]: 0 keeps (almost) only the floor, 1 keeps every channel
+            tau = top * (1.0 - level)
+            return {g.name: round_keep(g.size, int((values[g.name] >= tau).sum()) / g.size, min_keep[g.name],
+                                       round_to) for g in groups}
+
+        def next_value(g, keep):  # the mean value of the channels the next step adds
+            return float(values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, round_to)].mean())
+        top = max(float(v.max()) for v in values.values()) * (1 + 1e-9)
+        lo, hi = 0.0, 1.0
+    for _ in range(60):
         mid = (lo + hi) / 2
         if fits(counts(mid)):
             lo = mid
         else:
             hi = mid
-    # Rounding up per group leaves the uniform fraction a step below the target: fill that gap
-    # one channel at a time, always into the group with the lowest kept fraction that still fits.
     keep = counts(lo)
-    while True:
-        for g in sorted(groups, key=lambda g: (keep[g.name] / g.size, g.name)):
-            if keep[g.name] < g.size and fits({**keep, g.name: keep[g.name] + 1}):
-                keep[g.name] += 1
+    for _ in range(sum(g.size for g in groups)):  # each pass adds or trades at least one step
+        candidates = [g for g in groups if keep[g.name] < g.size]
+        for g in sorted(candidates, key=lambda g: (-next_value(g, keep), g.name)):
+            bigger = {**keep, g.name: _step_up(keep[g.name], g.size, round_to)}
+            if fits(bigger):
+                keep = bigger
                 break
         else:
-            return keep
+            # No single step fits. If the gap is still over TARGET_TOLERANCE (a few costly channels left
+            # between the counts and the target), trade: one step up in one group, one down in another,
+            # the pair that lands closest under the target.
+            if measure(keep) >= (1 - TARGET_TOLERANCE) * limit:
+                return keep
+            traded = _best_trade(groups, keep, floor, round_to, measure, limit)
+            if traded is None:
+                return keep
+            keep = traded
+    return keep
+
+
+def _best_trade(groups, keep, floor, round_to, measure, limit):
+    """One step up in a group, and in another the fewest steps down that bring the cost back under
+    ``limit``: the pair whose cost is largest (closest under the limit) and above the current
+    one; ``None`` if no pair improves."""
+    def allowed(h, count):  # a count the rounding allows: a multiple of round_to, or the floor
+        return max(floor[h.name], count // round_to * round_to)
+
+    best, best_cost = None, measure(keep)
+    for g in groups:
+        if keep[g.name] >= g.size:
+            continue
+        up = {**keep, g.name: _step_up(keep[g.name], g.size, round_to)}
+        for h in groups:
+            if h.name == g.name or keep[h.name] <= floor[h.name]:
+                continue
+            lo, hi = floor[h.name], keep[h.name] - 1  # the largest count of h that fits, by bisection
+            if measure({**up, h.name: allowed(h, lo)}) > limit * (1 + 1e-9):
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if measure({**up, h.name: allowed(h, mid)}) <= limit * (1 + 1e-9):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            trial = {**up, h.name: allowed(h, lo)}
+            cost = measure(trial)
+            if cost > best_cost:
+                best, best_cost = trial, cost
+    return best
+
+
+def _channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, kind: str,
+                    scores: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Per group, its channels' values for global allocation, sorted in descending order."""
+    if scores is None:
+        raise ValueError("allocation='global' needs channel importance scores (per group, one per channel)")
+    missing = [g.name for g in groups if g.name not in scores or scores[g.name].numel() != g.size]
+    if missing:
+        raise ValueError(f"allocation='global': no importance scores (or the wrong number) for groups {missing[:5]}")
+    if kind == "macs":
+        unit = channel_macs(groups, cost)
+    elif kind == "params":
+        unit = _channel_params(model, groups)
+    else:
+        unit = {g.name: 1.0 for g in groups}
+    mean_unit = sum(unit[g.name] * g.size for g in groups) / max(sum(g.size for g in groups), 1)
+    values = {}
+    for g in groups:
+        s = scores[g.name].detach().double().cpu().flatten()
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"allocation='global': the importance scores of group {g.name!r} are not finite")
+        s = s.clamp_min(0.0)
+        peak = float(s.max())
+        normalized = s / peak if peak > 0 else torch.ones_like(s)
+        weight = mean_unit / unit[g.name] if unit[g.name] > 0 else float("inf")
+        values[g.name] = torch.sort(normalized * weight, descending=True).values
+    return values
 
 
 def intermediate_keep_counts(sizes: Mapping[str, int], final: Mapping[str, int], step: int, steps: int,
-                             min_keep: Mapping[str, int]) -> dict[str, int]:
+                             min_keep: Mapping[str, int], round_to: int = 1) -> dict[str, int]:
     """Keep counts after prune event ``step`` (0-based) of ``steps`` equal shares on the way from
     ``sizes`` to ``final`` (iterative pruning); the last step reaches ``final`` exactly."""
     if step >= steps - 1:
         return dict(final)
     share = (step + 1) / steps
-    return {n: round_keep(size, 1.0 - (1.0 - final[n] / size) * share, max(final[n], min_keep.get(n, 1)))
+    return {n: round_keep(size, 1.0 - (1.0 - final[n] / size) * share, max(final[n], min_keep.get(n, 1)), round_to)
             for n, size in sizes.items()}

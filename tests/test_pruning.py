@@ -315,3 +315,25 @@ def test_iterative_pruning_with_ssr_sparsifies_again_between_events(tmp_path):
     assert len(cb.events) == 2 and cb.events[1]["macs"] <= 0.5 * cb.result.dense["macs"]
     assert cb.events[0]["macs"] > cb.events[1]["macs"]
     assert starts == [0, 1]  # AULM restarted on the smaller model for the second event
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_allocation_and_round_to_reach_the_rebuilt_model(tmp_path, allocation):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = Pruning(method="oneshot", method_kwargs={"importance": "l1"}, target={"macs": 0.6},
+                 schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1), allocation=allocation, round_to=4,
+                 verbose=False)
+    trainer(tmp_path, [cb], 1).fit(model, loader())
+    sizes = {n: len(k) for n, k in cb.plan.kept.items()}
+    dense = cb.plan.sizes
+    assert all(k % 4 == 0 or k == dense[n] for n, k in sizes.items()) and sizes != dense
+    assert cb.result.pruned["macs"] <= 0.6 * cb.result.dense["macs"]  # (a net this small has coarse steps)
+    assert cb.result.config["allocation"] == allocation and cb.result.config["round_to"] == 4
+
+
+def test_allocation_and_round_to_are_validated_in_init():
+    with pytest.raises(ValueError, match="allocation"):
+        Pruning(method="oneshot", target={"macs": 0.5}, allocation="greedy")
+    with pytest.raises(ValueError, match="round_to"):
+        Pruning(method="oneshot", target={"macs": 0.5}, round_to=0)

@@ -92,6 +92,11 @@ class PruningMethod:
     def after_rebuild(self, model: nn.Module, plan) -> dict | None:
         return None
 
+    def importance(self, model: nn.Module, groups: list[ChannelGroup]) -> dict[str, torch.Tensor] | None:
+        """Channel scores of the dense model for the engine's global allocation (higher: more
+        important); ``None`` lets the engine use the L2 group norm."""
+        return None
+
     def metrics(self) -> dict[str, float]:
         """Epoch-level values to log (e.g. the regularizer)."""
         return {}

@@ -62,6 +62,9 @@ class BNScale(PruningMethod):
         ctx = self.context
         return top_k_masks({g.name: bn_scale(g, ctx.model) for g in ctx.groups}, keep)
 
+    def importance(self, model: nn.Module, groups) -> dict[str, torch.Tensor]:
+        return {g.name: bn_scale(g, model) for g in groups}
+
     def metrics(self) -> dict[str, float]:
         if not self._gammas:
             return {}

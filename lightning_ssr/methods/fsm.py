@@ -147,6 +147,9 @@ class FSM(PruningMethod):
         for group in context.groups:
             check_fsm_group(group, context.model)
 
+    def importance(self, model: nn.Module, groups) -> dict[str, torch.Tensor]:
+        return {g.name: fsm_importance(g, model) for g in groups}
+
     def _units(self) -> list[str]:
         """The groups the current event prunes."""
         ctx = self.context

@@ -38,20 +38,27 @@ class OneShot(PruningMethod):
         if isinstance(importance, str) and importance not in IMPORTANCES:
             raise ValueError(f"oneshot: importance must be one of {sorted(IMPORTANCES)} or a callable, "
                              f"got {importance!r}")
-        self.importance = importance
+        self.importance_fn = importance
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
-        score = get_importance(self.importance)
         ctx = self.context
-        return top_k_masks({g.name: score(g, ctx.model) for g in ctx.groups}, keep)
+        return top_k_masks(self.scores(ctx.model, ctx.groups), keep)
+
+    def scores(self, model: nn.Module, groups) -> dict[str, torch.Tensor]:
+        score = get_importance(self.importance_fn)
+        return {g.name: score(g, model) for g in groups}
+
+    def importance(self, model: nn.Module, groups) -> dict[str, torch.Tensor]:
+        return self.scores(model, groups)
 
     def config(self) -> dict:
-        return {"importance": self.importance if isinstance(self.importance, str) else repr(self.importance)}
+        fn = self.importance_fn
+        return {"importance": fn if isinstance(fn, str) else repr(fn)}
 
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
                   ignored_layers: Sequence[str] = (), min_channels: int = 1,
-                  max_pruning_ratio: float = 1.0) -> PruningPlan:
+                  max_pruning_ratio: float = 1.0, allocation: str = "uniform", round_to: int = 1) -> PruningPlan:
     """Prune a bare ``model`` in place to ``target`` (a :class:`~lightning_ssr.targets.Target`, a
     mapping such as ``{"rates": "[0.5]*3"}``, or a rate list/expression), keeping the channels
     ``importance`` scores highest. Returns the plan, which :func:`lightning_ssr.structure.apply_plan`
@@ -63,9 +70,12 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     target = Target.coerce(target)
     groups = find_channel_groups(model, example_inputs, ignored_layers)
     cost = count_cost(model, example_inputs)
-    keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio))
+    check_number("prune_oneshot", "round_to", round_to, low=1, integer=True)
     score = get_importance(importance)
-    masks = top_k_masks({g.name: score(g, model) for g in groups}, keep)
+    scores = {g.name: score(g, model) for g in groups}
+    keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
+                       allocation=allocation, scores=scores, round_to=round_to)
+    masks = top_k_masks(scores, keep)
     plan = plan_from_support(example_inputs.shape, masks, groups)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
     return plan

@@ -62,14 +62,14 @@ class Taylor(PruningMethod):
             self._window[name][row] = score
         self._seen += 1
 
-    def importance(self) -> dict[str, torch.Tensor]:
+    def accumulated(self) -> dict[str, torch.Tensor]:
         return {name: w.sum(0) for name, w in self._window.items()}
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         if self._seen == 0:
             raise RuntimeError("taylor ranks channels by the gradients of the steps before the prune, and none "
                                "were seen: give it schedule.sparsify_epochs >= 1")
-        return top_k_masks(self.importance(), keep)
+        return top_k_masks(self.accumulated(), keep)
 
     def state_dict(self) -> dict:
         return {"window": {k: v.clone() for k, v in self._window.items()}, "seen": self._seen}

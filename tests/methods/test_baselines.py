@@ -403,7 +403,7 @@ def test_taylor_window_keeps_only_the_last_batches_steps():
         _random_grads(model, seed)
         steps.append({g: _hand_taylor(model, g) for g in SLICES})
         method.before_optimizer_step()
-    importance = method.importance()
+    importance = method.accumulated()
     for group in SLICES:
         expected = steps[1][group] + steps[2][group]  # the first step fell out of the window
         assert torch.allclose(importance[group], expected, rtol=1e-6), group
@@ -433,13 +433,13 @@ def test_taylor_state_round_trips_and_continues_the_window_where_it_was():
     again = Taylor(batches=2)
     again.setup(ctx)
     again.load_state_dict(state)
-    assert all(torch.equal(again.importance()[k], method.importance()[k]) for k in SLICES)
+    assert all(torch.equal(again.accumulated()[k], method.accumulated()[k]) for k in SLICES)
     # the state is a copy: the original going on does not change it
     _random_grads(model, 33)
     method.before_optimizer_step()
     again.before_optimizer_step()
     # both overwrote the same (oldest) row: still identical
-    assert all(torch.equal(again.importance()[k], method.importance()[k]) for k in SLICES)
+    assert all(torch.equal(again.accumulated()[k], method.accumulated()[k]) for k in SLICES)
     assert state["seen"] == 3 and again.state_dict()["seen"] == 4
     assert all(torch.equal(again.select({"conv1": 2, "conv2": 1})[k], method.select({"conv1": 2, "conv2": 1})[k])
                for k in SLICES)

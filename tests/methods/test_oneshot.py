@@ -87,7 +87,7 @@ def test_oneshot_method_settings():
     method = build_method("oneshot", importance="bn_scale")
     assert isinstance(method, OneShot) and method.needs_target and not method.sparsifies
     assert method.config() == {"importance": "bn_scale"}
-    assert build_method("oneshot").importance == "l2"  # the SSR group norm by default
+    assert build_method("oneshot").importance_fn == "l2"  # the SSR group norm by default
     with pytest.raises(ValueError, match="importance must be one of"):
         OneShot(importance="magic")
 

@@ -1,0 +1,101 @@
+"""Ask for a target, get it: requested vs achieved MACs, parameters and filters, measured on
+the rebuilt model, for the zoo and both allocations. Pure structure: no training, no data.
+
+    python benchmarks/targets.py
+    python benchmarks/targets.py --models resnet20 --round-to 8
+
+For each model, target kind (macs, params, filters) and level, the keep counts come from
+:func:`lightning_ssr.targets.keep_counts` (``uniform`` and ``global`` allocation; global uses the
+L2 group norms of the model's initial weights as importance), the model is pruned for real
+(:func:`~lightning_ssr.structure.prune_channels`, with its numerical check) and counted again.
+Writes ``benchmarks/results/targets.json``: rows ``{model, kind, requested, achieved, allocation,
+round_to, error, allocation_s}`` (``error``: achieved / requested - 1) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_ssr.cost import count_cost
+from lightning_ssr.models import build_model
+from lightning_ssr.report import machine_info
+from lightning_ssr.structure import find_channel_groups, prune_channels
+from lightning_ssr.targets import Target, keep_counts, min_keep_counts
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = {  # name: (in_channels, input size)
+    "lenet5": (1, 28), "resnet20": (3, 32), "resnet56": (3, 32), "vgg16_bn": (3, 32),
+    "mobilenetv2": (3, 32), "resnet50": (3, 64),
+}
+LEVELS = {"macs": (0.5, 0.25, 0.1), "params": (0.5, 0.25, 0.1), "filters": (0.7, 0.5, 0.3)}
+
+
+def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> dict:
+    channels, size = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=channels, num_classes=10, input_size=size)
+    model.eval()
+    x = torch.randn(2, channels, size, size)
+    groups = find_channel_groups(model, x)
+    dense = count_cost(model, x)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    scores = {g.name: g.norms(params) for g in groups}
+    row = {"model": name, "kind": kind, "requested": level, "allocation": allocation, "round_to": round_to}
+    start = time.perf_counter()
+    try:
+        keep = keep_counts(model, groups, dense, Target(**{kind: level}), min_keep_counts(groups, 1, 1.0, round_to),
+                           allocation=allocation, scores=scores, round_to=round_to)
+    except ValueError as err:  # e.g. below what the unprunable layers and floors allow
+        return {**row, "achieved": None, "error": None, "allocation_s": time.perf_counter() - start,
+                "note": str(err)}
+    row["allocation_s"] = time.perf_counter() - start
+    order = {g.name: torch.argsort(scores[g.name], descending=True)[: keep[g.name]].sort().values.tolist()
+             for g in groups}
+    prune_channels(model, x, order, {g.name: g.size for g in groups})
+    after = count_cost(model, x)
+    if kind == "macs":
+        achieved = after.macs / dense.macs
+    elif kind == "params":
+        achieved = after.params / dense.params
+    else:
+        achieved = sum(keep.values()) / sum(g.size for g in groups)
+    return {**row, "achieved": achieved, "error": achieved / level - 1}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "global"])
+    parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "targets.json")
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{'model':<12} {'allocation':<8} {'kind':<8} {'requested':>9} {'achieved':>9} {'error':>7} {'alloc s':>8}")
+    for name in args.models:
+        for kind, levels in LEVELS.items():
+            for level in levels:
+                for allocation in args.allocations:
+                    row = one(name, kind, level, allocation, args.round_to)
+                    rows.append(row)
+                    if row["achieved"] is None:
+                        print(f"{name:<12} {allocation:<8} {kind:<8} {level:>9.3f}   refused: {row['note'][:60]}")
+                        continue
+                    print(f"{name:<12} {allocation:<8} {kind:<8} {level:>9.3f} {row['achieved']:>9.4f} "
+                          f"{100 * row['error']:>+6.2f}% {row['allocation_s']:>8.2f}")
+    met = [r for r in rows if r["achieved"] is not None]
+    worst = max(abs(r["error"]) for r in met) if met else None
+    out = {"benchmark": "targets", "machine": machine_info(), "round_to": args.round_to, "rows": rows,
+           "worst_abs_error": worst, "within_2_percent": all(abs(r["error"]) <= 0.02 for r in met)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"worst |error| {100 * worst:.2f}% over {len(met)} rows ({len(rows) - len(met)} refused); wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
