@@ -20,7 +20,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .structure.groups import ChannelGroup
 
-_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_COUNTED = (nn.modules.conv._ConvNd, nn.Linear)  # convolutions (transposed ones too) and linear layers
 
 
 @dataclass
@@ -50,13 +50,15 @@ class ModelCost:
         return cls(int(data["macs"]), int(data["params"]), layers)
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+def _layer_macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         rows = output.numel() // output.shape[-1]
         return rows * module.in_features * module.out_features
     kernel = 1
     for k in module.kernel_size:
         kernel *= k
+    if module.transposed:  # every input element is multiplied into a kernel of each output group
+        return inputs[0].numel() * (module.out_channels // module.groups) * kernel
     return output.numel() * (module.in_channels // module.groups) * kernel
 
 
@@ -66,9 +68,9 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> ModelCost:
     names = {m: n for n, m in model.named_modules()}
     macs: dict[str, int] = {}
 
-    def hook(module, _inputs, output):
+    def hook(module, inputs, output):
         name = names[module]
-        macs[name] = macs.get(name, 0) + _layer_macs(module, output)
+        macs[name] = macs.get(name, 0) + _layer_macs(module, inputs, output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
     was_training = model.training

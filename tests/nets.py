@@ -50,3 +50,40 @@ def random_keep_masks(groups, seed: int) -> dict:
         keep[int(torch.randint(0, g.size, (1,), generator=gen))] = True
         masks[g.name] = keep
     return masks
+
+
+class SmallDenseNet(nn.Module):
+    """DenseNet-style: each layer (BN-ReLU-conv) reads the concat of everything before it; a
+    transition (BN-ReLU-1x1 conv) reads the whole stream."""
+
+    def __init__(self, in_channels=3, num_classes=5, growth=4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.layer1 = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, growth, 3, padding=1, bias=False))
+        self.layer2 = nn.Sequential(nn.BatchNorm2d(8 + growth), nn.ReLU(),
+                                    nn.Conv2d(8 + growth, growth, 3, padding=1, bias=False))
+        self.transition = nn.Sequential(nn.BatchNorm2d(8 + 2 * growth), nn.ReLU(), nn.Conv2d(8 + 2 * growth, 8, 1))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.layer1(x)], 1)
+        x = torch.cat([x, self.layer2(x)], 1)
+        return self.fc(nn.functional.adaptive_avg_pool2d(self.transition(x), 1).flatten(1))
+
+
+class SmallUNet(nn.Module):
+    """Encoder, a transposed-conv decoder and a skip concat; per-pixel outputs."""
+
+    def __init__(self, in_channels=3, num_classes=2):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        skip = self.enc1(x)
+        x = torch.relu(self.up(self.enc2(skip)))
+        return self.head(self.dec(torch.cat([x, skip], 1)))

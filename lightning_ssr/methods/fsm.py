@@ -48,7 +48,7 @@ from .base import MethodContext, PruningMethod, register_method, top_k_masks
 
 PROCEDURES = ("oneshot", "layerwise")
 _BN = nn.modules.batchnorm._BatchNorm
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV = (nn.modules.conv._ConvNd,)
 
 
 def expected_relu(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
     score = torch.zeros(group.size, dtype=torch.float64)
     for s in group.slices:
         module = modules[s.param.rsplit(".", 1)[0]] if "." in s.param else model
-        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not s.param.endswith("weight"):
+        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not s.param.endswith("weight"):
             continue
         rows = params[s.param].detach().movedim(s.dim, 0)[s.index.reshape(-1)].reshape(group.size, -1)
         score += rows.double().abs().sum(1)

@@ -21,7 +21,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV = (nn.modules.conv._ConvNd,)  # convolutions, transposed ones included
+_ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
          nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.PReLU)
 
@@ -145,6 +146,28 @@ def _check_supported(module, name: str, root: str) -> None:
             "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
 
 
+def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
+    """Whether ``module`` reads a concatenation (torch-pruning maps the channels of each part to
+    their offsets) and no padding op on the way (whose channel offsets torch-pruning cannot know):
+    a norm layer over a DenseNet-style concat stream holds only part of a group's width."""
+    seen, found_concat = set(), False
+    stack = list(dg.module2node[module].inputs)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.type == tp.ops.OPTYPE.CONCAT:
+            found_concat = True
+        elif "pad" in type(node.grad_fn).__name__.lower():
+            return False
+        m = node.module
+        if isinstance(m, _CONV + (nn.Linear, nn.Parameter) + _NORM):
+            continue
+        stack.extend(node.inputs)
+    return found_concat
+
+
 def _nearest_norms(dg: tp.DependencyGraph, module: nn.Module, forward: bool) -> list[nn.Module]:
     """The norm layers reached from ``module`` (its outputs if ``forward``, else its inputs) through
     parameter-free ops only (ReLU, add, cat, pooling, flatten): the walk stops at any layer with
@@ -188,7 +211,7 @@ def find_channel_groups(
     names = {m: n for n, m in model.named_modules()}
     groups = []
     ignored = [modules[n] for n in ignored_names]
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_ROOTS):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
         slices, out_modules, consumers, inputs, consumer_modules = [], [], [], [], []
@@ -200,7 +223,7 @@ def find_channel_groups(
             _check_supported(module, name, names[root])
             if dg.is_out_channel_pruning_fn(item.dep.handler):
                 width = _out_width(module)
-                if width is not None and width != len(item.idxs):
+                if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
                     raise UnsupportedLayerError(
                         f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
                         f"that changes the channel count in a way the engine cannot map (for example a "

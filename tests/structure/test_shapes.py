@@ -1,0 +1,111 @@
+"""Shapes beyond plain chains and residual streams: DenseNet concat streams (norms over part of a
+concat), transposed convolutions with U-Net skip concats. Masked == rebuilt, numerically."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ssr import Pruning, PruningSchedule, count_cost, prune_oneshot
+from lightning_ssr.cost import estimate_macs
+from lightning_ssr.structure import find_channel_groups, plan_from_support, prune_channels
+from lightning_ssr.structure.groups import UnsupportedLayerError
+from lightning_ssr.structure.surgery import mask_channels
+from tests.nets import SmallDenseNet, SmallUNet, random_keep_masks, randomize_bn
+
+X = torch.randn(2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("factory", [SmallDenseNet, SmallUNet], ids=["densenet", "unet"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_and_rebuilt_agree(factory, seed):
+    torch.manual_seed(seed)
+    model = factory()
+    randomize_bn(model, seed)
+    groups = find_channel_groups(model, X)
+    support = random_keep_masks(groups, seed)
+    masked = copy.deepcopy(model)
+    mask_channels(dict(masked.named_parameters()), groups, support)
+    rebuilt = copy.deepcopy(masked)
+    plan = plan_from_support(X.shape, support, groups)
+    prune_channels(rebuilt, X, plan.kept, plan.sizes)
+    masked.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        expected, got = masked(X), rebuilt(X)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    # the cost estimate of the kept counts is the rebuilt model's count (transposed conv included)
+    keep = {g.name: int(support[g.name].sum()) for g in groups}
+    assert count_cost(rebuilt, X).macs == pytest.approx(estimate_macs(groups, count_cost(model, X), keep))
+
+
+def test_densenet_groups_include_the_norms_over_the_concat_at_their_offsets():
+    model = SmallDenseNet()
+    groups = {g.name: g for g in find_channel_groups(model, X)}
+    layer1 = groups["layer1.2"]  # channels 8..11 of the stream after the first concat
+    bn_rows = {s.param: s.index.flatten().tolist() for s in layer1.slices if "weight" in s.param}
+    assert bn_rows["layer2.0.weight"] == [8, 9, 10, 11] and bn_rows["transition.0.weight"] == [8, 9, 10, 11]
+
+
+def test_transposed_conv_macs_are_counted():
+    model = SmallUNet()
+    cost = count_cost(model, X)
+    # ConvTranspose2d(16, 8, 2, stride 2) on a 8x8 input: every input element meets 8 * 2 * 2 weights
+    assert cost.layers["up"].macs == 16 * 8 * 8 * 8 * 2 * 2
+
+
+def test_a_unet_prunes_to_a_macs_target_through_the_engine_entry_point():
+    torch.manual_seed(0)
+    model = SmallUNet()
+    dense = count_cost(model, X)
+    prune_oneshot(model, X, {"macs": 0.5})
+    assert count_cost(model, X).macs <= 0.5 * dense.macs
+    assert model(X).shape == (2, 2, 16, 16)
+
+
+def test_a_padding_shortcut_is_still_refused_by_name():
+    class Pad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.b = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.bn(nn.functional.pad(self.a(x), (0, 0, 0, 0, 2, 2))))
+
+    with pytest.raises(UnsupportedLayerError, match="'a'.*ignored_layers"):
+        find_channel_groups(Pad(), X)
+
+
+def test_densenet_trains_through_the_pruning_callback(tmp_path):
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = SmallDenseNet()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    pl.seed_everything(0)
+    data = DataLoader(TensorDataset(torch.randn(32, 3, 16, 16), torch.randint(0, 5, (32,))), batch_size=8)
+    module = Module()
+    cb = Pruning(method="ssr_l20", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1,
+                                                                                  update_every_n_steps=2),
+                 verbose=False)
+    pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[cb]).fit(module, data)
+    assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+    assert module(torch.randn(2, 3, 16, 16)).shape == (2, 5)
