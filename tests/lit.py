@@ -32,6 +32,24 @@ class TinyClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
 
 
+class NetClassifier(pl.LightningModule):
+    """Cross-entropy training of any network ``net`` (SGD, momentum)."""
+
+    def __init__(self, net, lr=0.05):
+        super().__init__()
+        self.net = net
+        self.lr = lr
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
 def loader(n=64, seed=0, shuffle=False):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, 16, 16, generator=gen)

@@ -3,15 +3,18 @@ concat), transposed convolutions with U-Net skip concats. Masked == rebuilt, num
 
 import copy
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningSchedule, count_cost, prune_oneshot
 from lightning_ssr.cost import estimate_macs
 from lightning_ssr.structure import find_channel_groups, plan_from_support, prune_channels
 from lightning_ssr.structure.groups import UnsupportedLayerError
 from lightning_ssr.structure.surgery import mask_channels
+from tests.lit import NetClassifier, trainer
 from tests.nets import SmallDenseNet, SmallUNet, random_keep_masks, randomize_bn
 
 X = torch.randn(2, 3, 16, 16)
@@ -81,31 +84,11 @@ def test_a_padding_shortcut_is_still_refused_by_name():
 
 
 def test_densenet_trains_through_the_pruning_callback(tmp_path):
-    import lightning.pytorch as pl
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = SmallDenseNet()
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            return F.cross_entropy(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
     pl.seed_everything(0)
     data = DataLoader(TensorDataset(torch.randn(32, 3, 16, 16), torch.randint(0, 5, (32,))), batch_size=8)
-    module = Module()
-    cb = Pruning(method="ssr_l20", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1,
-                                                                                  update_every_n_steps=2),
-                 verbose=False)
-    pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-               enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[cb]).fit(module, data)
+    module = NetClassifier(SmallDenseNet())
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2)
+    cb = Pruning(method="ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(module, data)
     assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
     assert module(torch.randn(2, 3, 16, 16)).shape == (2, 5)
