@@ -116,6 +116,13 @@ def _kept_fractions(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cos
     return out_frac, in_frac
 
 
+def kept_widths(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping[str, int]) -> dict[str, tuple]:
+    """Per counted layer, its (input, output) channel counts after keeping ``keep[group.name]``
+    channels of each group."""
+    out_frac, in_frac = _kept_fractions(groups, keep, cost)
+    return {n: (layer.in_channels * in_frac[n], layer.out_channels * out_frac[n]) for n, layer in cost.layers.items()}
+
+
 def estimate_macs(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping[str, int]) -> float:
     """MACs of the model after keeping ``keep[group.name]`` channels of each group."""
     out_frac, in_frac = _kept_fractions(groups, keep, cost)

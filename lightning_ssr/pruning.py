@@ -27,6 +27,7 @@ from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
+from .latency import latency_model, time_ms
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
@@ -246,6 +247,7 @@ class Pruning(Callback):
         self._prune_timing: dict = {}
         self._loss_flag = None  # on an accelerator: (pinned flag, event, step) of a loss check in flight
         self._ignored_resolved = list(self._ignored_names)
+        self._latency: dict | None = None  # latency target: dense and predicted milliseconds
 
     # ------------------------------------------------------------ properties
     @property
@@ -403,6 +405,7 @@ class Pruning(Callback):
             "prune_early": self._prune_early,
             "last_update_step": self._last_update_step,
             "dense": self._dense,
+            "latency": self._latency,
             "rng": _rng_states(),
         }
 
@@ -417,6 +420,7 @@ class Pruning(Callback):
         self._prune_early = bool(state_dict.get("prune_early", False))
         self._last_update_step = int(state_dict.get("last_update_step", -1))
         self._dense = state_dict.get("dense")
+        self._latency = state_dict.get("latency")
         self._pending_method_state = state_dict.get("method_state") or None
         self._context = None
         self._started = False
@@ -505,8 +509,15 @@ class Pruning(Callback):
                 if self.allocation == "global" and self.target.kind != "rates":
                     scores = self.method.importance(pl_module, groups) or {
                         g.name: g.norms({n: p.detach() for n, p in pl_module.named_parameters()}) for g in groups}
+                table = None
+                if self.target.kind == "latency":  # measured on this device, at the target's batch size
+                    batch = example[:1].expand(self.target.batch_size, *example.shape[1:]).clone()
+                    table = latency_model(pl_module, batch, groups, cost)
                 final = keep_counts(pl_module, groups, cost, self.target, floor, allocation=self.allocation,
-                                    scores=scores, round_to=round_to)
+                                    scores=scores, round_to=round_to, latency=table)
+                if table is not None:
+                    self._latency = {"dense_ms": table.dense_ms,
+                                     "predicted_ms": table.predict(groups, cost, final)}
             self._dry_run(pl_module, example, groups, floor)
             self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict(),
                            "round_to": round_to}
@@ -579,6 +590,16 @@ class Pruning(Callback):
         self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
         setattr(pl_module, APPLIED_PLAN_ATTR, self.plan.to_dict())
         info = self.method.after_rebuild(pl_module, step_plan) or {}
+        if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
+            batch = example[:1].expand(self.target.batch_size, *example.shape[1:]).clone()
+            was_training = pl_module.training
+            pl_module.eval()
+            try:
+                measured = time_ms(lambda: pl_module(batch), device=batch.device)
+            finally:
+                pl_module.train(was_training)
+            info.update(latency_dense_ms=self._latency["dense_ms"], latency_predicted_ms=self._latency["predicted_ms"],
+                        latency_measured_ms=measured)
         self.events_done += 1
         self._events.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                              "macs": int(after.macs), "params": int(after.params), **info})

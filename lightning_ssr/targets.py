@@ -7,7 +7,9 @@ A :class:`Target` is exactly one of:
   convolutions appear in ``model.named_modules()`` (FSM/HRank order);
 - ``macs``: the fraction of the dense model's MACs to keep, in (0, 1];
 - ``params``: the fraction of the dense model's parameters to keep, in (0, 1];
-- ``filters``: the fraction of the prunable channels to keep, in (0, 1].
+- ``filters``: the fraction of the prunable channels to keep, in (0, 1];
+- ``latency``: milliseconds per batch of ``batch_size`` on the device the model is on, predicted
+  from measured per-layer timings (:mod:`lightning_ssr.latency`).
 
 :func:`keep_counts` is the only place where keep counts are computed, and
 :func:`round_keep` the only rounding rule: a group of ``C`` channels keeping the fraction
@@ -33,7 +35,7 @@ from .cost import ModelCost, channel_macs, estimate_macs, estimate_params
 from .structure.groups import ChannelGroup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-TARGET_KINDS = ("rates", "macs", "params", "filters")
+TARGET_KINDS = ("rates", "macs", "params", "filters", "latency")
 _MAX_RATES = 10_000  # far more layers than any network has; bounds what an expression can allocate
 
 
@@ -57,6 +59,8 @@ class Target:
     macs: float | None = None
     params: float | None = None
     filters: float | None = None
+    latency: float | None = None  # milliseconds per batch of batch_size
+    batch_size: int = 1  # of the latency target
 
     def __post_init__(self):
         given = [k for k in TARGET_KINDS if getattr(self, k) is not None]
@@ -68,6 +72,14 @@ class Target:
             object.__setattr__(self, "rates", rates)
         for k in ("macs", "params", "filters"):
             object.__setattr__(self, k, _fraction(k, getattr(self, k)))
+        if self.latency is not None:
+            if isinstance(self.latency, bool) or not isinstance(self.latency, (int, float)) or not (
+                    math.isfinite(self.latency) and self.latency > 0):
+                raise ValueError(f"target latency is milliseconds per batch and must be a number > 0, got "
+                                 f"{self.latency!r}")
+            object.__setattr__(self, "latency", float(self.latency))
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"target batch_size must be an integer >= 1, got {self.batch_size!r}")
 
     @property
     def kind(self) -> str:
@@ -83,17 +95,19 @@ class Target:
         if target is None or isinstance(target, Target):
             return target
         if isinstance(target, Mapping):
-            unknown = sorted(set(target) - set(TARGET_KINDS))
+            unknown = sorted(set(target) - set(TARGET_KINDS) - {"batch_size"})
             if unknown:
                 raise ValueError(f"unknown target key(s) {unknown}; a target is one of {TARGET_KINDS}")
             given = {k: v for k, v in target.items() if v is not None}
-            return cls(**given) if given else None
+            if not any(k in TARGET_KINDS for k in given):
+                return None
+            return cls(**given)
         raise TypeError(f"target must be a Target, a mapping like {{'macs': 0.25}} or None, "
                         f"got {type(target).__name__}")
 
     def to_dict(self) -> dict:
         value = self.value if not isinstance(self.value, tuple) else list(self.value)
-        return {self.kind: value}
+        return {self.kind: value, "batch_size": self.batch_size} if self.kind == "latency" else {self.kind: value}
 
 
 # ------------------------------------------------------------------ rates
@@ -205,12 +219,14 @@ def _channel_params(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[st
 
 def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, target: Target,
                 min_keep: Mapping[str, int], allocation: str = "uniform",
-                scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1) -> dict[str, int]:
+                scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1,
+                latency=None) -> dict[str, int]:
     """Channels to keep in each group so that ``model`` meets ``target``.
 
     ``cost`` is ``count_cost(model, example)`` of the model the counts apply to; ``min_keep``
     the per-group floor (:func:`min_keep_counts`); every count is a multiple of ``round_to``
-    (or the whole group).
+    (or the whole group). A latency target needs ``latency``, a
+    :class:`~lightning_ssr.latency.LatencyModel` of the model at the target's batch size.
 
     ``allocation="uniform"``: every group keeps the same fraction, the largest that fits.
     ``allocation="global"``: channels compete across groups. Each channel's value is its
@@ -236,6 +252,13 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
 
         def measure(keep):
             return estimate_params(model, groups, keep)
+    elif target.kind == "latency":
+        if latency is None:
+            raise ValueError("a latency target needs the model's measured latency table (lightning_ssr.latency)")
+        limit, total = target.latency, latency.dense_ms
+
+        def measure(keep):
+            return latency.predict(groups, cost, keep)
     else:
         total = sum(g.size for g in groups)
         limit = target.filters * total
@@ -248,9 +271,10 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
 
     floor = {g.name: round_keep(g.size, 0.0, min_keep[g.name], round_to) for g in groups}
     if not fits(floor):
-        raise ValueError(f"target {target.kind}={target.value} is too small: the channels every layer must keep "
-                         f"(min_channels, max_pruning_ratio, round_to) already give {measure(floor) / total:.4f} "
-                         "of the dense model; raise the target or relax those limits")
+        unit = " ms" if target.kind == "latency" else ""
+        raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
+                         f"keep (min_channels, max_pruning_ratio, round_to) already give "
+                         f"{measure(floor) / total:.4f} of the dense model; raise the target or relax those limits")
     full = {g.name: g.size for g in groups}
     if fits(full):
         return full
@@ -341,7 +365,7 @@ def _channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost: Mode
     missing = [g.name for g in groups if g.name not in scores or scores[g.name].numel() != g.size]
     if missing:
         raise ValueError(f"allocation='global': no importance scores (or the wrong number) for groups {missing[:5]}")
-    if kind == "macs":
+    if kind in ("macs", "latency"):  # latency: MACs stand in for the time one channel costs
         unit = channel_macs(groups, cost)
     elif kind == "params":
         unit = _channel_params(model, groups)

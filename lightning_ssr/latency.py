@@ -1,0 +1,176 @@
+"""Measured latency as a function of the kept channels, for latency targets.
+
+:func:`latency_model` times every conv/linear layer of a model on its own, at the model's batch
+size, device and dtype, for a few widths of its input and output channels (a grid), and times
+the whole dense model once. A :class:`LatencyModel` then predicts the model's latency for any
+per-group keep counts: the dense model's time scaled by the table's time at the kept widths
+(interpolated bilinearly from the grid, plus the rest of the dense time that the layers do not
+account for: norms, activations, pooling) over the table's time at the full widths. Layer timings are cached on disk per (device, dtype, batch, layer shape,
+widths), so a second allocation on the same machine measures nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cost import ModelCost, kept_widths
+
+#: fractions of a layer's width at which it is timed
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("LIGHTNING_SSR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lightning_ssr"))
+    return Path(root) / "latency"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+
+
+def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn()`` in milliseconds (CUDA synchronized)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _grid(width: int, varies: bool) -> list[int]:
+    if not varies or width <= 1:
+        return [width]
+    return sorted({max(1, math.ceil(width * f)) for f in GRID})
+
+
+def _layer_like(module: nn.Module, in_w: int, out_w: int) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return nn.Linear(in_w, out_w, bias=module.bias is not None)
+    groups = module.groups
+    if groups > 1:  # depthwise: in, out and groups move together
+        groups = in_w
+    kwargs = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                  dilation=module.dilation, groups=groups, bias=module.bias is not None)
+    if module.transposed:
+        return type(module)(in_w, out_w, output_padding=module.output_padding, **kwargs)
+    return type(module)(in_w, out_w, **kwargs)
+
+
+@dataclass
+class LatencyModel:
+    """Predicts a model's latency (ms) from per-group keep counts (see the module docstring)."""
+
+    batch_size: int
+    device: str
+    dense_ms: float
+    rest_ms: float  # dense time not in the layer table
+    layers: dict[str, dict] = field(default_factory=dict)  # name -> {"in": [...], "out": [...], "ms": [[...]]}
+
+    def layer_ms(self, name: str, in_w: float, out_w: float) -> float:
+        t = self.layers[name]
+        xs, ys, ms = t["in"], t["out"], t["ms"]
+        i, fi = _bracket(xs, in_w)
+        j, fj = _bracket(ys, out_w)
+        i2, j2 = min(i + 1, len(xs) - 1), min(j + 1, len(ys) - 1)
+        return ((1 - fi) * (1 - fj) * ms[i][j] + fi * (1 - fj) * ms[i2][j] + (1 - fi) * fj * ms[i][j2]
+                + fi * fj * ms[i2][j2])
+
+    def predict(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
+        """The dense model's measured time, scaled by the table's time of the kept widths over its
+        time of the full widths (layers timed alone carry overheads a whole model does not)."""
+        widths = kept_widths(groups, cost, keep)
+        full = self.rest_ms + sum(float(t["ms"][-1][-1]) for t in self.layers.values())
+        kept = self.rest_ms + sum(self.layer_ms(n, *widths[n]) for n in self.layers)
+        return self.dense_ms * kept / full
+
+
+def _bracket(xs: Sequence[int], x: float) -> tuple[int, float]:
+    """Index ``i`` and weight ``f`` such that ``x ~ xs[i] + f * (xs[i+1] - xs[i])``."""
+    if len(xs) == 1 or x <= xs[0]:
+        return 0, 0.0
+    for i in range(len(xs) - 1):
+        if x <= xs[i + 1]:
+            return i, (x - xs[i]) / (xs[i + 1] - xs[i])
+    return len(xs) - 1, 0.0
+
+
+def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCost,
+                  cache_dir: str | os.PathLike | None = None, repeats: int = 20) -> LatencyModel:
+    """Time ``model`` (on ``example``'s batch size, device and dtype) and each of its layers on a
+    width grid; ``cache_dir`` (default ``~/.cache/lightning_ssr/latency``) keeps layer timings."""
+    device, dtype, batch = example.device, example.dtype, example.shape[0]
+    inputs: dict[str, tuple[int, ...]] = {}
+    names = {m: n for n, m in model.named_modules()}
+    def record(module, args, _output):  # returns None: the output is left as it is
+        inputs.setdefault(names[module], tuple(args[0].shape[2:]))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if names.get(m) in cost.layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+        dense_ms = time_ms(lambda: model(example), repeats, device=device)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    varies_out = {m for g in groups for m in g.out_modules}
+    varies_in = {m for g in groups for m, _ in g.consumers}
+    cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache_path / "layers.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    modules = dict(model.named_modules())
+    dev = device_name(device)
+    layers = {}
+    for name, layer in cost.layers.items():
+        module = modules[name]
+        spatial = inputs.get(name, ())
+        depthwise = not isinstance(module, nn.Linear) and module.groups > 1
+        ins = _grid(layer.in_channels, name in varies_in or (depthwise and name in varies_out))
+        outs = _grid(layer.out_channels, name in varies_out and not depthwise)
+        table = []
+        for in_w in ins:
+            row = []
+            for out_w in (outs if not depthwise else [in_w]):
+                key = json.dumps([dev, str(dtype), batch, repr(module), spatial, in_w, out_w])
+                if key not in cache:
+                    probe = _layer_like(module, in_w, out_w).to(device, dtype).eval()
+                    x = torch.randn(batch, in_w, *spatial, device=device, dtype=dtype)
+                    cache[key] = time_ms(lambda: probe(x), repeats, device=device)
+                row.append(cache[key])
+            table.append(row)
+        if depthwise:  # out follows in: a 1-D table over the shared width
+            layers[name] = {"in": ins, "out": [0], "ms": [[r[0]] for r in table], "tied": True}
+        else:
+            layers[name] = {"in": ins, "out": outs, "ms": table}
+    cache_path.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_path, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cache, f)
+    os.replace(tmp, cache_file)
+    full = {n: float(t["ms"][-1][-1]) for n, t in layers.items()}
+    return LatencyModel(batch_size=batch, device=dev, dense_ms=dense_ms,
+                        rest_ms=max(0.0, dense_ms - sum(full.values())), layers=layers)

@@ -1,0 +1,120 @@
+"""Latency targets: the table-based predictor, the allocation against it, and the on-disk cache.
+(Whether predictions match measured latency is a benchmark, not a unit test: timings depend on
+the machine.)"""
+
+import pytest
+import torch
+
+import lightning_ssr.latency as latency_mod
+from lightning_ssr.cost import count_cost
+from lightning_ssr.latency import LatencyModel, latency_model
+from lightning_ssr.models import build_model
+from lightning_ssr.structure import find_channel_groups
+from lightning_ssr.targets import Target, keep_counts, min_keep_counts
+
+X = torch.randn(4, 1, 28, 28)
+
+
+def _lenet():
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    return model, find_channel_groups(model, X), count_cost(model, X)
+
+
+def _linear_table(cost, groups):
+    """A synthetic table: each layer's time proportional to its MACs at the given widths."""
+    varies_out = {m for g in groups for m in g.out_modules}
+    varies_in = {m for g in groups for m, _ in g.consumers}
+    layers = {}
+    for name, layer in cost.layers.items():
+        ins = [1, layer.in_channels] if name in varies_in else [layer.in_channels]
+        outs = [1, layer.out_channels] if name in varies_out else [layer.out_channels]
+        per = layer.macs / (layer.in_channels * layer.out_channels) * 1e-6
+        layers[name] = {"in": ins, "out": outs, "ms": [[per * i * o for o in outs] for i in ins]}
+    full = sum(layer.macs for layer in cost.layers.values()) * 1e-6
+    return LatencyModel(batch_size=4, device="synthetic", dense_ms=full + 1.0, rest_ms=1.0, layers=layers)
+
+
+def test_prediction_interpolates_the_table_and_equals_the_dense_time_at_full_width():
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)
+    full = {g.name: g.size for g in groups}
+    assert table.predict(groups, cost, full) == pytest.approx(table.dense_ms)
+    half = {g.name: g.size // 2 for g in groups}
+    # MACs-proportional layer times: the prediction is rest + the MACs of the half-width model
+    from lightning_ssr.cost import estimate_macs
+
+    assert table.predict(groups, cost, half) == pytest.approx(1.0 + estimate_macs(groups, cost, half) * 1e-6)
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.6, 0.4])
+def test_a_latency_target_is_met_within_two_percent_of_the_prediction(fraction):
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)
+    target = Target(latency=fraction * table.dense_ms, batch_size=4)
+    keep = keep_counts(model, groups, cost, target, min_keep_counts(groups), latency=table)
+    predicted = table.predict(groups, cost, keep)
+    assert 0.98 * target.latency <= predicted <= target.latency * (1 + 1e-9)
+
+
+def test_latency_targets_are_validated():
+    for bad in (0, -1.0, float("nan"), "2ms", True):
+        with pytest.raises(ValueError, match="latency"):
+            Target(latency=bad)
+    with pytest.raises(ValueError, match="batch_size"):
+        Target(latency=2.0, batch_size=0)
+    assert Target.coerce({"latency": 2.0, "batch_size": 8}).to_dict() == {"latency": 2.0, "batch_size": 8}
+    model, groups, cost = _lenet()
+    with pytest.raises(ValueError, match="latency table"):
+        keep_counts(model, groups, cost, Target(latency=1.0), min_keep_counts(groups))
+
+
+def test_layer_timings_are_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
+    model, groups, cost = _lenet()
+    calls = []
+    real = latency_mod.time_ms
+
+    def counting(fn, repeats=20, warmup=3, device=None):
+        calls.append(1)
+        return real(fn, 2, 1, device)
+
+    monkeypatch.setattr(latency_mod, "time_ms", counting)
+    first = latency_model(model, X, groups, cost, cache_dir=tmp_path)
+    n = len(calls)
+    assert (tmp_path / "layers.json").is_file() and n > len(cost.layers)  # a grid per prunable layer
+    second = latency_model(model, X, groups, cost, cache_dir=tmp_path)
+    assert len(calls) == n + 1  # only the whole model is timed again
+    assert first.layers == second.layers
+    assert first.layers["conv1"]["out"] == [3, 5, 10, 15, 20]  # conv1's outputs are prunable: a grid
+    assert first.layers["conv1"]["in"] == [1]  # its input (the image) is not
+    # the model is left as it was (eval mode here), and its outputs unchanged
+    assert not model.training
+
+
+def test_a_latency_target_through_the_callback_records_predicted_and_measured_latency(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+
+    import lightning_ssr.pruning as engine
+    from lightning_ssr import Pruning, PruningSchedule
+    from tests.lit import TinyClassifier, loader, trainer
+
+    tables = []
+
+    def synthetic(model, batch, groups, cost):  # deterministic: no timing in a unit test
+        assert batch.shape[0] == 3  # the target's batch size
+        tables.append(_linear_table(cost, groups))
+        return tables[-1]
+
+    monkeypatch.setattr(engine, "latency_model", synthetic)
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    probe = torch.randn(2, 3, 16, 16)
+    dense_ms = _linear_table(count_cost(model, probe), find_channel_groups(model, probe)).dense_ms
+    cb = Pruning(method="oneshot", target={"latency": 0.7 * dense_ms, "batch_size": 3},
+                 schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1), verbose=False)
+    trainer(tmp_path, [cb], 1).fit(model, loader())
+    event = cb.events[0]
+    assert event["latency_dense_ms"] == pytest.approx(dense_ms)
+    assert 0.98 * 0.7 * dense_ms <= event["latency_predicted_ms"] <= 0.7 * dense_ms * (1 + 1e-9)
+    assert event["latency_measured_ms"] > 0 and cb.result.pruned["macs"] < cb.result.dense["macs"]
+    assert cb.result.target == {"latency": 0.7 * dense_ms, "batch_size": 3}
