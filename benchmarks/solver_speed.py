@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_ssr import Pruning, PruningSchedule
@@ -86,7 +85,7 @@ def run_solver(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
     test = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False)
     acc = float(test.test(lm, dm, verbose=False)[0]["test_acc"])
-    final = {g: int(len(k)) for g, k in cb.plan.kept.items()} if cb.plan is not None else {}
+    final = {g: len(k) for g, k in cb.plan.kept.items()} if cb.plan is not None else {}
     return {"method": name, "kwargs": kwargs, "trajectory": trajectory.points, "final_filters": final,
             "final_total": sum(final.values()), "test_accuracy": acc, "fit_s": fit_s,
             "macs": cb.result.pruned["macs"] if cb.result else None, "steps_per_epoch": steps_per_epoch}
@@ -139,7 +138,7 @@ def main(argv=None) -> dict:
             continue
         level = max(r["final_total"], runs["ssl"]["final_total"])
         a, s = time_to(r, level), time_to(runs["ssl"], level)
-        ratio = lambda x, y: (x / y) if x is not None and y else None  # noqa: E731
+        ratio = lambda x, y: (x / y) if x is not None and y else None
         comparisons[name] = {"level_filters": level, "aulm": a, "ssl": s,
                              "epochs_ratio_ssl_over_aulm": ratio(s["epochs"], a["epochs"]),
                              "seconds_ratio_ssl_over_aulm": ratio(s["seconds"], a["seconds"]),

@@ -71,8 +71,8 @@ def _layer_like(module: nn.Module, in_w: int, out_w: int) -> nn.Module:
     groups = module.groups
     if groups > 1:  # depthwise: in, out and groups move together
         groups = in_w
-    kwargs = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                  dilation=module.dilation, groups=groups, bias=module.bias is not None)
+    kwargs = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
+                  "dilation": module.dilation, "groups": groups, "bias": module.bias is not None}
     if module.transposed:
         return type(module)(in_w, out_w, output_padding=module.output_padding, **kwargs)
     return type(module)(in_w, out_w, **kwargs)
@@ -159,7 +159,7 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
                 if key not in cache:
                     probe = _layer_like(module, in_w, out_w).to(device, dtype).eval()
                     x = torch.randn(batch, in_w, *spatial, device=device, dtype=dtype)
-                    cache[key] = time_ms(lambda: probe(x), repeats, device=device)
+                    cache[key] = time_ms(lambda probe=probe, x=x: probe(x), repeats, device=device)
                 row.append(cache[key])
             table.append(row)
         if depthwise:  # out follows in: a 1-D table over the shared width

@@ -25,12 +25,12 @@ from typing_extensions import override
 
 from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
+from .latency import latency_model, time_ms
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
-from .latency import latency_model, time_ms
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule
-from .structure.groups import ChannelGroup, UnsupportedLayerError, find_channel_groups
+from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
 from .structure.surgery import dry_run, prune_channels, remap_optimizer
 from .targets import ALLOCATIONS, Target, intermediate_keep_counts, keep_counts, min_keep_counts
@@ -621,6 +621,8 @@ class Pruning(Callback):
                 raise RuntimeError(f"pruning method {self.method.name!r} returned no mask (or a mask of the wrong size) "
                                    f"for group {g.name!r}")
             m = m.detach().to("cpu", torch.bool).flatten()
+            if g.blocks > 1:  # grouped convolutions: the same positions in every block
+                m = align_blocks(g, m, g.norms({n: p.detach() for n, p in ctx.params.items()}))
             if int(m.sum()) < ctx.min_keep.get(g.name, 1):
                 raise RuntimeError(f"pruning method {self.method.name!r} keeps {int(m.sum())} channels of {g.name!r}, "
                                    f"fewer than its minimum {ctx.min_keep.get(g.name, 1)}")

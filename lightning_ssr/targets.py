@@ -203,11 +203,18 @@ def _step_up(keep: int, size: int, round_to: int) -> int:
     return min(size, (keep // round_to + 1) * round_to)
 
 
+def group_step(group: ChannelGroup, round_to: int = 1) -> int:
+    """The granularity of a group's keep count: ``round_to``, and a whole number of channels per
+    block where grouped convolutions split the group (``group.blocks``)."""
+    return math.lcm(round_to, getattr(group, "blocks", 1))
+
+
 def min_keep_counts(groups: Sequence[ChannelGroup], min_channels: int = 1,
                     max_pruning_ratio: float = 1.0, round_to: int = 1) -> dict[str, int]:
     """Channels each group keeps at least: ``min_channels``, and no more than
-    ``max_pruning_ratio`` of a group's channels removed (rounded up to ``round_to``)."""
-    return {g.name: round_keep(g.size, 1.0 - max_pruning_ratio, min_channels, round_to) for g in groups}
+    ``max_pruning_ratio`` of a group's channels removed (rounded up to the group's step)."""
+    return {g.name: round_keep(g.size, 1.0 - max_pruning_ratio, min_channels, group_step(g, round_to))
+            for g in groups}
 
 
 def _channel_params(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, float]:
@@ -238,7 +245,8 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     """
     if target.kind == "rates":
         rate = _rate_per_group(model, groups, target.rates)
-        return {g.name: round_keep(g.size, 1.0 - rate[g.name], min_keep[g.name], round_to) for g in groups}
+        return {g.name: round_keep(g.size, 1.0 - rate[g.name], min_keep[g.name], group_step(g, round_to))
+                for g in groups}
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
 
@@ -269,7 +277,8 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     def fits(keep):
         return measure(keep) <= limit * (1 + 1e-9)
 
-    floor = {g.name: round_keep(g.size, 0.0, min_keep[g.name], round_to) for g in groups}
+    step = {g.name: group_step(g, round_to) for g in groups}
+    floor = {g.name: round_keep(g.size, 0.0, min_keep[g.name], step[g.name]) for g in groups}
     if not fits(floor):
         unit = " ms" if target.kind == "latency" else ""
         raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
@@ -281,7 +290,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
 
     if allocation == "uniform":
         def counts(level: float) -> dict[str, int]:
-            return {g.name: round_keep(g.size, level, min_keep[g.name], round_to) for g in groups}
+            return {g.name: round_keep(g.size, level, min_keep[g.name], step[g.name]) for g in groups}
 
         def next_value(g, keep):  # fill the group of lowest kept fraction first
             return -keep[g.name] / g.size
@@ -293,10 +302,10 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
             # level in [0, 1]: 0 keeps (almost) only the floor, 1 keeps every channel
             tau = top * (1.0 - level)
             return {g.name: round_keep(g.size, int((values[g.name] >= tau).sum()) / g.size, min_keep[g.name],
-                                       round_to) for g in groups}
+                                       step[g.name]) for g in groups}
 
         def next_value(g, keep):  # the mean value of the channels the next step adds
-            return float(values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, round_to)].mean())
+            return float(values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, step[g.name])].mean())
         top = max(float(v.max()) for v in values.values()) * (1 + 1e-9)
         lo, hi = 0.0, 1.0
     for _ in range(60):
@@ -309,7 +318,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     for _ in range(sum(g.size for g in groups)):  # each pass adds or trades at least one step
         candidates = [g for g in groups if keep[g.name] < g.size]
         for g in sorted(candidates, key=lambda g: (-next_value(g, keep), g.name)):
-            bigger = {**keep, g.name: _step_up(keep[g.name], g.size, round_to)}
+            bigger = {**keep, g.name: _step_up(keep[g.name], g.size, step[g.name])}
             if fits(bigger):
                 keep = bigger
                 break
@@ -319,25 +328,25 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
             # the pair that lands closest under the target.
             if measure(keep) >= (1 - TARGET_TOLERANCE) * limit:
                 return keep
-            traded = _best_trade(groups, keep, floor, round_to, measure, limit)
+            traded = _best_trade(groups, keep, floor, step, measure, limit)
             if traded is None:
                 return keep
             keep = traded
     return keep
 
 
-def _best_trade(groups, keep, floor, round_to, measure, limit):
+def _best_trade(groups, keep, floor, step, measure, limit):
     """One step up in a group, and in another the fewest steps down that bring the cost back under
     ``limit``: the pair whose cost is largest (closest under the limit) and above the current
     one; ``None`` if no pair improves."""
-    def allowed(h, count):  # a count the rounding allows: a multiple of round_to, or the floor
-        return max(floor[h.name], count // round_to * round_to)
+    def allowed(h, count):  # a count the rounding allows: a multiple of the group's step, or the floor
+        return max(floor[h.name], count // step[h.name] * step[h.name])
 
     best, best_cost = None, measure(keep)
     for g in groups:
         if keep[g.name] >= g.size:
             continue
-        up = {**keep, g.name: _step_up(keep[g.name], g.size, round_to)}
+        up = {**keep, g.name: _step_up(keep[g.name], g.size, step[g.name])}
         for h in groups:
             if h.name == g.name or keep[h.name] <= floor[h.name]:
                 continue

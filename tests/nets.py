@@ -87,3 +87,26 @@ class SmallUNet(nn.Module):
         skip = self.enc1(x)
         x = torch.relu(self.up(self.enc2(skip)))
         return self.head(self.dec(torch.cat([x, skip], 1)))
+
+
+class SmallResNeXt(nn.Module):
+    """A ResNeXt bottleneck: 1x1 conv, a grouped 3x3 conv (groups=4), 1x1 conv, residual add."""
+
+    def __init__(self, in_channels=3, num_classes=5, width=16, groups=4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.reduce = nn.Conv2d(16, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.grouped = nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.expand = nn.Conv2d(width, 16, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.reduce(x)))
+        y = torch.relu(self.bn2(self.grouped(y)))
+        x = torch.relu(x + self.bn3(self.expand(y)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))

@@ -44,21 +44,6 @@ class SliceNet(nn.Module):
         return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
 
 
-class GroupedNet(nn.Module):
-    """A ResNeXt-style grouped convolution (groups=4, not depthwise)."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 1)
-        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
-        self.c3 = nn.Conv2d(16, 8, 1)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.g(torch.relu(self.c1(x))))
-        return self.fc(torch.relu(self.c3(x)).mean((2, 3)))
-
-
 class DictInputNet(nn.Module):
     """forward() takes a dict; the engine traces forward(tensor), which cannot work."""
 
@@ -116,11 +101,6 @@ REFUSED_AT_SETUP = [
      UnsupportedLayerError, "dry run at set-up"),
     ("slice", SliceNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "ignored_layers"),
-    ("grouped_conv", GroupedNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
-     UnsupportedLayerError, "net.g"),
-    ("grouped_conv_ignored", GroupedNet,
-     lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.g"], **ONESHOT),
-     UnsupportedLayerError, "['net.c1', 'net.g']"),
     ("lam_unknown_layer", SmallResidualCNN,
      lambda: Pruning("ssr_l21", method_kwargs={"lam": {"net.nope": 0.1}}, **SSR), ValueError, "unknown ['net.nope']"),
     ("ignored_unknown_layer", SmallResidualCNN,

@@ -36,7 +36,7 @@ def _linear_table(cost, groups):
 
 
 def test_prediction_interpolates_the_table_and_equals_the_dense_time_at_full_width():
-    model, groups, cost = _lenet()
+    _model, groups, cost = _lenet()
     table = _linear_table(cost, groups)
     full = {g.name: g.size for g in groups}
     assert table.predict(groups, cost, full) == pytest.approx(table.dense_ms)

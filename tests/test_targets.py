@@ -278,7 +278,7 @@ def test_fraction_targets_are_met_within_two_percent(allocation, name, round_to,
 
 
 def test_global_allocation_cuts_redundant_layers_harder_than_uniformly_important_ones():
-    model, x, cost, groups = _resnet()
+    model, _x, cost, groups = _resnet()
     floor = min_keep_counts(groups, 1, 1.0)
     names = [g.name for g in groups]
     # same stage, same cost per channel: layer1.0's channels all matter about equally, layer1.1 has a
@@ -295,7 +295,7 @@ def test_global_allocation_cuts_redundant_layers_harder_than_uniformly_important
 
 
 def test_global_allocation_weighs_importance_against_the_cost_a_channel_saves():
-    model, x, cost, groups = _resnet()
+    model, _x, cost, groups = _resnet()
     floor = min_keep_counts(groups, 1, 1.0)
     from lightning_ssr.cost import channel_macs
 
@@ -308,7 +308,7 @@ def test_global_allocation_weighs_importance_against_the_cost_a_channel_saves():
 
 
 def test_global_allocation_refuses_missing_or_non_finite_scores():
-    model, x, cost, groups = _resnet()
+    model, _x, cost, groups = _resnet()
     floor = min_keep_counts(groups, 1, 1.0)
     with pytest.raises(ValueError, match="needs channel importance scores"):
         keep_counts(model, groups, cost, Target(macs=0.5), floor, allocation="global")

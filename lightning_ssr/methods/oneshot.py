@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..cost import count_cost
-from ..structure.groups import find_channel_groups
+from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
 from ..structure.surgery import prune_channels
 from ..targets import Target, keep_counts, min_keep_counts
@@ -75,7 +75,8 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     scores = {g.name: score(g, model) for g in groups}
     keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
                        allocation=allocation, scores=scores, round_to=round_to)
-    masks = top_k_masks(scores, keep)
+    top = top_k_masks(scores, keep)
+    masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
     return plan

@@ -1,6 +1,13 @@
 """Method-free structure: coupled channel groups, pruning plans and the physical rebuild."""
 
-from .groups import ChannelGroup, GroupSlice, UnsupportedLayerError, build_dependency_graph, find_channel_groups
+from .groups import (
+    ChannelGroup,
+    GroupSlice,
+    UnsupportedLayerError,
+    align_blocks,
+    build_dependency_graph,
+    find_channel_groups,
+)
 from .plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan, plan_from_support
 from .surgery import apply_plan, prune_channels, remap_optimizer
 
@@ -11,6 +18,7 @@ __all__ = [
     "PlanMismatchError",
     "PruningPlan",
     "UnsupportedLayerError",
+    "align_blocks",
     "apply_plan",
     "build_dependency_graph",
     "find_channel_groups",

@@ -14,6 +14,7 @@ can then be removed without changing what the network computes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +57,9 @@ class ChannelGroup:
     #: per consumer: the norm layer its output reaches first through parameter-free ops (the
     #: BN after a conv), or ``None``
     consumer_norm: dict[str, str | None] = field(default_factory=dict)
+    #: grouped convolutions (ResNeXt) split these channels into this many equal blocks; a
+    #: prune keeps the same positions in every block (:func:`align_blocks`)
+    blocks: int = 1
 
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
@@ -74,6 +78,25 @@ class ChannelGroup:
             idx = s.index.reshape(-1).to(t.device)
             factor = scale.to(t.dtype).to(t.device).repeat_interleave(s.index.shape[1])
             t[idx] = t[idx] * factor.view(-1, *([1] * (t.dim() - 1)))
+
+
+def align_blocks(group: ChannelGroup, mask: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """``mask`` made valid for a group split into ``group.blocks`` blocks by grouped convolutions:
+    the same positions kept in every block, as many per block as the mask keeps on average
+    (rounded up). Positions are ranked by how many blocks keep them, then by ``scores`` summed
+    over the blocks. Unchanged for ``blocks == 1``."""
+    mask = mask.detach().to("cpu", torch.bool).flatten()
+    if group.blocks <= 1:
+        return mask
+    width = group.size // group.blocks
+    per_block = max(1, math.ceil(int(mask.sum()) / group.blocks))
+    votes = mask.view(group.blocks, width).double().sum(0)
+    if scores is not None:
+        s = scores.detach().double().cpu().flatten().view(group.blocks, width).sum(0)
+        votes = votes + s / (s.abs().max() + 1e-30) * 0.5  # a tie-break below one vote
+    keep = torch.zeros(width, dtype=torch.bool)
+    keep[torch.sort(votes, descending=True, stable=True).indices[:per_block]] = True
+    return keep.repeat(group.blocks)
 
 
 def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
@@ -125,14 +148,12 @@ def _index_matrix(idxs: Sequence[int], root_idxs: Sequence[int], size: int) -> t
     return torch.tensor(rows, dtype=torch.long)
 
 
+def _is_depthwise(module) -> bool:
+    return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
 def _check_supported(module, name: str, root: str) -> None:
     if isinstance(module, _CONV):
-        if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
-            layers = sorted({root, name})
-            raise UnsupportedLayerError(
-                f"the channels of '{root}' reach '{name}', a grouped convolution (groups={module.groups}) that "
-                f"is not depthwise; pruning them is not supported. Pass {layers} in ignored_layers to leave "
-                "these channels untouched.")
         return
     if isinstance(module, (nn.Linear,) + _NORM):
         return
@@ -215,6 +236,7 @@ def find_channel_groups(
         root = group[0].dep.target.module
         size = len(group[0].idxs)
         slices, out_modules, consumers, inputs, consumer_modules = [], [], [], [], []
+        blocks = 1
         for item in group:
             module = item.dep.target.module
             if module not in names and not isinstance(module, nn.Parameter):
@@ -233,8 +255,10 @@ def find_channel_groups(
                 index = _index_matrix(item.idxs, item.root_idxs, size)
                 for pname, dim in _output_params(module):
                     slices.append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
+            if isinstance(module, _CONV) and module.groups > 1 and not _is_depthwise(module):
+                blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
             is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
-            if is_consumer and not (isinstance(module, _CONV) and module.groups > 1):  # depthwise: an out dep
+            if is_consumer and not _is_depthwise(module):  # depthwise: an out dep
                 consumers.append((name, len(item.idxs) // size))
                 consumer_modules.append(module)
                 dim = 0 if isinstance(module, _CONV) and module.transposed else 1
@@ -252,5 +276,8 @@ def find_channel_groups(
         for m in consumer_modules:  # the one norm after each consumer (None: none, or several)
             following = {names.get(n) for n in _nearest_norms(dg, m, forward=True)}
             after[names[m]] = following.pop() if len(following) == 1 else None
-        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after))
+        if size % blocks:
+            raise UnsupportedLayerError(f"the {size} channels of '{names[root]}' do not split into the {blocks} blocks "
+                                        "of the grouped convolutions they reach; pass it in ignored_layers")
+        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks))
     return groups

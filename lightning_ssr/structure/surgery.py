@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, UnsupportedLayerError, build_dependency_graph, find_channel_groups
+from .groups import ChannelGroup, UnsupportedLayerError, align_blocks, build_dependency_graph, find_channel_groups
 from .plan import PlanMismatchError, PruningPlan
 
 
@@ -260,7 +260,11 @@ def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], ke
     """Prune ``model`` (pass a copy: it is rebuilt in place) to ``keep[g]`` channels in every
     group and check the rebuild numerically, so that anything that would fail at the real prune
     fails now. Raises :class:`UnsupportedLayerError` naming the groups involved."""
-    kept = {g.name: spread_indices(g.size, keep[g.name]) for g in groups}
+    kept = {}
+    for g in groups:
+        mask = torch.zeros(g.size, dtype=torch.bool)
+        mask[spread_indices(g.size, keep[g.name])] = True
+        kept[g.name] = torch.nonzero(align_blocks(g, mask)).flatten().tolist()
     try:
         prune_channels(model, example_inputs, kept, {g.name: g.size for g in groups})
     except UnsupportedLayerError as err:

@@ -112,13 +112,13 @@ def test_modules_can_declare_their_own_ignored_layers():
     assert "inner.conv_a" not in names and "inner.fc1" in names
 
 
-def test_a_grouped_convolution_that_is_not_depthwise_is_refused():
+def test_a_grouped_convolution_splits_the_groups_it_touches_into_blocks():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1), nn.Flatten(),
                         nn.LazyLinear(2))
     x = torch.randn(1, 3, 8, 8)
     net(x)
-    with pytest.raises(UnsupportedLayerError, match="grouped convolution"):
-        find_channel_groups(net, x)
+    blocks = {g.name: g.blocks for g in find_channel_groups(net, x)}
+    assert blocks == {"0": 2, "1": 2, "2": 1}  # its input side, its output side, and a plain conv
 
 
 def test_unsupported_layer_gets_a_clear_error_naming_it():
