@@ -15,8 +15,9 @@ compresses that same checkpoint through the job's stages (``lightning_ssr.cli.ru
   that separates the effect of pruning from that of the extra training.
 
 Writes ``benchmarks/results/methods.json`` (machine, settings, one ``PruningResult`` per run and
-a per-method summary: mean and std over seeds of the accuracy drop, MACs and params
-reductions) and ``methods.png`` (test accuracy against MACs, one colour per method).
+a per-method summary: mean and std over seeds of the accuracy drop from the dense checkpoint,
+of the gap to ``none`` (the points a method loses against the unpruned model trained for the
+same epochs: the measure of the pruning itself), MACs and params reductions) and ``methods.png`` (test accuracy against MACs, one colour per method).
 Accuracy is on the test split; nothing is selected on it (FSM's compensation is checked on
 the validation split).
 """
@@ -60,10 +61,15 @@ def summarize(rows: list[dict]) -> dict:
     for row in rows:
         if row.get("status") == "ok":
             by_method.setdefault(row["method"], []).append(row)
+    unpruned = {r["seed"]: r["pruned"]["accuracy"] for r in by_method.get("none", [])}
     out = {}
     for method, runs in by_method.items():
         drops = [r["accuracy_drop_points"] for r in runs]
+        gaps = [100 * (unpruned[r["seed"]] - r["pruned"]["accuracy"]) for r in runs if r["seed"] in unpruned]
         out[method] = {
+            # accuracy points below the unpruned model fine-tuned for the same epochs (same seed)
+            "gap_to_none_mean": statistics.fmean(gaps) if gaps else None,
+            "gap_to_none_std": statistics.stdev(gaps) if len(gaps) > 1 else None,
             "runs": len(runs),
             "drop_mean": statistics.fmean(drops),
             "drop_std": statistics.stdev(drops) if len(drops) > 1 else 0.0,
@@ -154,9 +160,11 @@ def main(argv=None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     png = plot(rows, args.out.with_suffix(".png"), f"{args.model} on {args.data}: every method, same budget")
-    print(f"\n{'method':<10} {'runs':>4} {'drop (pt)':>14} {'MACs red.':>9} {'params red.':>11}")
-    for method, s in sorted(summary.items(), key=lambda kv: kv[1]["drop_mean"]):
-        print(f"{method:<10} {s['runs']:>4} {s['drop_mean']:>+7.2f} ± {s['drop_std']:.2f} "
+    print(f"\n{'method':<10} {'runs':>4} {'drop (pt)':>14} {'gap to none':>14} {'MACs red.':>9} {'params red.':>11}")
+    for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
+        gap = f"{s['gap_to_none_mean']:>+7.2f} ± {s['gap_to_none_std'] or 0:.2f}" if s["gap_to_none_mean"] is not None \
+            else f"{'':>14}"
+        print(f"{method:<10} {s['runs']:>4} {s['drop_mean']:>+7.2f} ± {s['drop_std']:.2f} {gap} "
               f"{s['macs_reduction_mean']:>8.2f}x {s['params_reduction_mean']:>10.2f}x")
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))
     return out

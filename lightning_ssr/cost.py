@@ -72,7 +72,8 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> ModelCost:
         name = names[module]
         macs[name] = macs.get(name, 0) + _layer_macs(module, inputs, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, _COUNTED) and not is_cost_free(m)]
     was_training = model.training
     try:
         model.eval()
@@ -97,8 +98,19 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> ModelCost:
             macs=macs[name],
             params=sum(p.numel() for p in module.parameters(recurse=False)),
         )
-    total_params = sum(p.numel() for p in model.parameters())
+    total_params = sum(p.numel() for n, p in model.named_parameters() if n not in cost_free_parameters(model))
     return ModelCost(macs=sum(macs.values()), params=total_params, layers=layers)
+
+
+def is_cost_free(module: nn.Module) -> bool:
+    """A layer that stands for a parameter-free op and counts nothing (``pruning_cost_free``: the
+    CIFAR ResNets' zero-padding shortcut, written as a fixed placement convolution)."""
+    return bool(getattr(module, "pruning_cost_free", False))
+
+
+def cost_free_parameters(model: nn.Module) -> set[str]:
+    return {f"{n}.{p}" if n else p for n, m in model.named_modules() if is_cost_free(m)
+            for p, _ in m.named_parameters(recurse=False)}
 
 
 def _kept_fractions(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cost: ModelCost):
@@ -111,7 +123,8 @@ def _kept_fractions(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cos
             if m in out_frac:
                 out_frac[m] = frac
         for m, width in g.consumers:
-            in_kept[m] -= (g.size - keep[g.name]) * width
+            if m in in_kept:  # not a cost-free layer
+                in_kept[m] -= (g.size - keep[g.name]) * width
     in_frac = {n: in_kept[n] / cost.layers[n].in_channels for n in cost.layers}
     return out_frac, in_frac
 
@@ -151,7 +164,8 @@ def estimate_params(model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapp
         name = f"{m}.weight" if m else "weight"
         width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
         frac[name] *= (width - removed) / width
-    return float(sum(p.numel() * frac[n] for n, p in params.items()))
+    free = cost_free_parameters(model)
+    return float(sum(p.numel() * frac[n] for n, p in params.items() if n not in free))
 
 
 def channel_macs(groups: Sequence[ChannelGroup], cost: ModelCost) -> dict[str, float]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .cost import ModelCost, channel_macs, estimate_macs, estimate_params
+from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
 from .structure.groups import ChannelGroup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -159,7 +159,8 @@ def _evaluate(node, expr):
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, _CONV)]
+    """The convolutions a rate list addresses, in order (fixed placement ops left out)."""
+    return [n for n, m in model.named_modules() if isinstance(m, _CONV) and not is_cost_free(m)]
 
 
 def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> dict[str, float]:

@@ -58,12 +58,14 @@ class SSL(PruningMethod):
         with torch.no_grad():
             for g in self.context.groups:
                 lam = self._lam[g.name]
-                if lam == 0 or any(params[s.param].grad is None for s in g.slices):
+                if lam == 0 or all(params[s.param].grad is None for s in g.slices):
                     continue
                 norms = g.norms(params)
                 coef = torch.where(norms > 0, lam / norms.clamp_min(1e-30), torch.zeros_like(norms))
                 for s in g.slices:
                     p = params[s.param]
+                    if p.grad is None:  # frozen (a fixed placement) or unused: nothing to move
+                        continue
                     grad, weight = p.grad.movedim(s.dim, 0), p.detach().movedim(s.dim, 0)
                     idx = s.index.reshape(-1).to(p.device)
                     factor = coef.to(p.device, p.dtype).repeat_interleave(s.index.shape[1])

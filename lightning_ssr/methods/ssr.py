@@ -212,9 +212,10 @@ class AULM:
     def converged(self) -> bool:
         if not self.started or self.num_updates == 0:
             return False
+        trained = {n: p for n, p in self.params.items() if p.requires_grad}  # frozen ones cannot follow V
         with torch.no_grad():
-            primal = sum(float((p.detach() - self.V[n]).double().pow(2).sum()) for n, p in self.params.items())
-            norm = sum(float(p.detach().double().pow(2).sum()) for p in self.params.values())
+            primal = sum(float((p.detach() - self.V[n]).double().pow(2).sum()) for n, p in trained.items())
+            norm = sum(float(p.detach().double().pow(2).sum()) for p in trained.values())
         return math.sqrt(primal) <= self.tol * max(math.sqrt(norm), 1e-12) and self.stable_updates >= self.patience
 
     def regularizer_value(self) -> float:

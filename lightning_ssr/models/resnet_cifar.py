@@ -2,9 +2,9 @@
 ``n`` basic blocks each, global average pool, linear.
 
 Shortcut type A, as in the paper and in HRank/FSM: where a block changes resolution and
-width, the shortcut subsamples by 2 and zero-pads the new channels (no parameters). The
-residual streams are therefore not prunable (see ``pruning_ignored_layers``); the inner
-channel of every block is. On
+width, the shortcut subsamples by 2 and zero-pads the new channels (:class:`ZeroPadShortcut`,
+a fixed placement that is free in the cost counts). Both the inner channel of every block and
+the residual streams are prunable; the FSM/HRank rate lists prune only the inner channels. On
 32x32 RGB, ResNet-56 has 125.5M MACs and 0.85M parameters.
 """
 
@@ -17,29 +17,47 @@ from torch import nn
 from .resnet import Basic
 
 
-class ZeroPadShortcut(nn.Module):
-    """Type-A shortcut: ``x[:, :, ::2, ::2]`` with ``extra`` zero channels split on both sides."""
+class ZeroPadShortcut(nn.Conv2d):
+    """Type-A shortcut: ``x[:, :, ::2, ::2]`` with ``planes - in_planes`` zero channels split on
+    both sides, written as a fixed 1x1 stride-2 convolution whose weight places input channel
+    ``i`` at output channel ``(planes - in_planes) // 2 + i``.
 
-    def __init__(self, extra: int):
-        super().__init__()
-        self.before, self.after = extra // 2, extra - extra // 2
+    The same function as padding, but the dependency graph sees which output channel each input
+    channel feeds, so both residual streams it joins can be pruned (a pruned input drops its
+    column, a pruned output its row). The weight is frozen (``requires_grad=False``: training
+    never moves it), and it is free in the cost counts (``pruning_cost_free``), as the paper's
+    parameter-free shortcut is. A checkpoint saved before this form existed has no weight for it;
+    loading one fills in the placement.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.before, self.after))
+    pruning_cost_free = True
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 2):
+        super().__init__(in_planes, planes, 1, stride=stride, bias=False)
+        with torch.no_grad():
+            self.weight.copy_(self.placement(in_planes, planes))
+        self.weight.requires_grad_(False)
+
+    @staticmethod
+    def placement(in_planes: int, planes: int) -> torch.Tensor:
+        weight = torch.zeros(planes, in_planes, 1, 1)
+        before = (planes - in_planes) // 2
+        weight[before + torch.arange(in_planes), torch.arange(in_planes)] = 1.0
+        return weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "weight" not in state_dict:  # an unpruned checkpoint from before this form
+            state_dict[prefix + "weight"] = self.placement(self.in_channels, self.out_channels)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def basic_block(in_planes: int, planes: int, stride: int = 1) -> Basic:
     """A basic block whose shortcut is the identity or, where the shape changes, type A."""
     reshape = stride != 1 or in_planes != planes
-    return Basic(in_planes, planes, stride, ZeroPadShortcut(planes - in_planes) if reshape else nn.Identity())
+    return Basic(in_planes, planes, stride, ZeroPadShortcut(in_planes, planes, stride) if reshape else nn.Identity())
 
 
 class CifarResNet(nn.Module):
-    # The type-A shortcut zero-pads the residual stream to the next stage's width, which fixes
-    # the streams' channels; only the inner channels of each block (conv1 -> conv2) are
-    # prunable, as in HRank and FSM. Ignoring the stem drops the stream groups it roots.
-    pruning_ignored_layers = ("conv1",)
-
     def __init__(self, depth: int = 56, in_channels: int = 3, num_classes: int = 10, input_size: int = 32):
         super().__init__()
         if (depth - 2) % 6:

@@ -267,11 +267,14 @@ def test_ssl_per_layer_lam_and_missing_grads():
     norms = _hand_group_norms(model, "conv2")
     expected = before["bn2.bias"].double() + 2.0 * model.bn2.bias.detach().double() / norms
     assert torch.allclose(model.bn2.bias.grad.double(), expected, rtol=1e-6)
-    # a group with a slice lacking a gradient is skipped whole
+    # a slice lacking a gradient (frozen, e.g. a fixed placement, or unused) is left alone; the
+    # group's other slices still get the subgradient of the whole group's norm
     model.bn2.bias.grad = None
     grads = _grads(model)
     method.before_optimizer_step()
-    assert torch.equal(model.conv2.weight.grad, grads["conv2.weight"])
+    norms = _hand_group_norms(model, "conv2")
+    expected = grads["conv2.weight"].double() + 2.0 * model.conv2.weight.detach().double() / norms.view(-1, 1, 1, 1)
+    assert torch.allclose(model.conv2.weight.grad.double(), expected, rtol=1e-6)
     assert model.bn2.bias.grad is None
 
 

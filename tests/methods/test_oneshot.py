@@ -46,7 +46,9 @@ def test_rates_on_unprunable_layers_are_refused():
     model = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
     x = torch.zeros(2, 3, 32, 32)
     with pytest.raises(ValueError, match="cannot be pruned"):
-        prune_oneshot(model, x, [0.5])  # the stem writes the type-A residual stream
+        prune_oneshot(model, x, [0.5], ignored_layers=["conv1"])  # ignored: the stem's stream stays
+    with pytest.raises(ValueError, match="share their output channels"):
+        prune_oneshot(model, x, [0.5])  # the stem writes the residual stream the blocks' conv2 write too
     with pytest.raises(ValueError, match="rates given"):
         prune_oneshot(model, x, [0.0] * 30)
     assert model.conv1.out_channels == 16  # the model was left alone
