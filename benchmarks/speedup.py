@@ -8,7 +8,10 @@ both memory layouts (contiguous NCHW and channels_last, the same layout for dens
 pruned), after optimize_for_cpu_inference (BN folded into the convs, channels_last), and
 after compile_for_cpu_inference (torch.compile with inductor freezing, channels_last).
 Reports speedup = dense latency / pruned latency and its ratio to the FLOPs reduction
-(1.0 = the pruned model is as much faster as it is cheaper). oneDNN's CPU convolutions
+(1.0 = the pruned model is as much faster as it is cheaper). Besides the papers' rates, each
+model is pruned to a MACs target with kept counts rounded to multiples of 8 and 16
+(``round_to``), and to a latency target (a fraction of the dense model's measured time at batch
+64, through the per-layer latency table), recording the target and the measured time. oneDNN's CPU convolutions
 handle the odd channel counts of pruned layers (7, 13, 39, ...) much better in
 channels_last; "best" is the mode where the pruned model is fastest. Also times apply_plan (fresh
 ResNet-50 + plan -> pruned shapes) at 224x224. Writes benchmarks/results/speedup.json.
@@ -27,26 +30,44 @@ import torch
 
 from lightning_ssr.cost import count_cost
 from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inference
+from lightning_ssr.latency import time_ms
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
 from lightning_ssr.report import compare_latency
 from lightning_ssr.structure import apply_plan
 
+# (model, target: rates, a {kind: value} target, or {"latency_fraction": f} of the dense
+# model's measured time at batch 64, round_to)
 CASES = [
-    ("resnet56", "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9"),
-    ("vgg16_bn", "[0.3]*5+[0.35]*3+[0.8]*5"),
-    ("vgg16_bn", "[0.5]*8+[0.8]*5"),
+    ("resnet56", "[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9", 1),
+    ("resnet56", {"macs": 0.5}, 8),
+    ("resnet56", {"macs": 0.5}, 16),
+    ("resnet56", {"latency_fraction": 0.5}, 1),
+    ("vgg16_bn", "[0.3]*5+[0.35]*3+[0.8]*5", 1),
+    ("vgg16_bn", "[0.5]*8+[0.8]*5", 1),
+    ("vgg16_bn", {"macs": 0.2}, 8),
+    ("vgg16_bn", {"macs": 0.2}, 16),
+    ("vgg16_bn", {"latency_fraction": 0.2}, 1),
 ]
 
 
-def latency_case(name: str, rates: str, repeats: int) -> dict:
+def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
     dense = build_model(name, in_channels=3, num_classes=10, input_size=32).eval()
     pruned = build_model(name, in_channels=3, num_classes=10, input_size=32)
     pruned.load_state_dict(dense.state_dict())
     x = torch.zeros(2, 3, 32, 32)
-    prune_oneshot(pruned, x, rates)
+    extra = {}
+    if isinstance(target, dict) and "latency_fraction" in target:
+        batch = torch.zeros(64, 3, 32, 32)
+        dense_ms = time_ms(lambda: dense(batch), repeats)
+        target = {"latency": target["latency_fraction"] * dense_ms, "batch_size": 64}
+        extra["latency_target_ms"] = target["latency"]
+    prune_oneshot(pruned, x, target, round_to=round_to)
     pruned.eval()
+    if "latency_target_ms" in extra:
+        extra["latency_measured_ms"] = time_ms(lambda: pruned(torch.zeros(64, 3, 32, 32)), repeats)
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
+    rates = target if isinstance(target, str) else json.dumps(target)
     layouts = {}
     modes = (("contiguous", lambda m: m, torch.contiguous_format),
              ("channels_last", lambda m: m.to(memory_format=torch.channels_last), torch.channels_last),
@@ -61,8 +82,9 @@ def latency_case(name: str, rates: str, repeats: int) -> dict:
             "speedup_over_flops_reduction": {k: v / flops_ratio for k, v in lat["speedup"].items()},
         }
     best = min(layouts, key=lambda k: layouts[k]["latency_ms"]["pruned"]["batch_64"])
-    return {"model": name, "rates": rates, "flops_reduction": flops_ratio, "best_layout": best,
-            "layouts": layouts}
+    return {"model": name, "rates": rates, "round_to": round_to, "flops_reduction": flops_ratio, "best_layout": best,
+            "kept": {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)},
+            "layouts": layouts, **extra}
 
 
 def rebuild_time(repeats: int = 3) -> dict:
@@ -85,13 +107,17 @@ def main() -> dict:
     args = parser.parse_args()
     result = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "platform": platform.platform()},
-              "latency": [latency_case(n, r, args.repeats) for n, r in CASES],
+              "latency": [latency_case(n, t, k, args.repeats) for n, t, k in CASES],
               "rebuild": rebuild_time()}
     for row in result["latency"]:
         for layout, m in row["layouts"].items():
-            print(f"{row['model']:<9} {row['rates']:<40} {layout:<14} FLOPs {row['flops_reduction']:.2f}x  "
+            print(f"{row['model']:<9} {row['rates']:<40} r{row['round_to']:<3} {layout:<14} FLOPs "
+                  f"{row['flops_reduction']:.2f}x  "
                   + "  ".join(f"{k}: {m['speedup'][k]:.2f}x ({m['speedup_over_flops_reduction'][k]:.2f} of FLOPs)"
                               for k in m["speedup"]))
+        if "latency_target_ms" in row:
+            print(f"{row['model']:<9} latency target {row['latency_target_ms']:.1f} ms at batch 64: measured "
+                  f"{row['latency_measured_ms']:.1f} ms ({row['latency_measured_ms'] / row['latency_target_ms'] - 1:+.1%})")
     rb = result["rebuild"]
     print(f"apply_plan on ResNet-50 at 224x224 ({rb['groups']} groups): {rb['apply_plan_s']:.2f} s")
     out = Path(__file__).parent / "results" / "speedup.json"

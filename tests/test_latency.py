@@ -118,3 +118,22 @@ def test_a_latency_target_through_the_callback_records_predicted_and_measured_la
     assert 0.98 * 0.7 * dense_ms <= event["latency_predicted_ms"] <= 0.7 * dense_ms * (1 + 1e-9)
     assert event["latency_measured_ms"] > 0 and cb.result.pruned["macs"] < cb.result.dense["macs"]
     assert cb.result.target == {"latency": 0.7 * dense_ms, "batch_size": 3}
+
+
+def test_prune_oneshot_meets_a_latency_target_on_a_bare_model(monkeypatch):
+    import lightning_ssr.methods.oneshot as oneshot
+    from lightning_ssr import prune_oneshot
+
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)
+    seen = []
+
+    def synthetic(m, batch, g, c):
+        seen.append(batch.shape[0])
+        return table
+
+    monkeypatch.setattr(oneshot, "latency_model", synthetic)
+    plan = prune_oneshot(model, X, {"latency": 0.6 * table.dense_ms, "batch_size": 8})
+    assert seen == [8]
+    keep = {name: len(kept) for name, kept in plan.kept.items()}
+    assert 0.98 * 0.6 * table.dense_ms <= table.predict(groups, cost, keep) <= 0.6 * table.dense_ms * (1 + 1e-9)

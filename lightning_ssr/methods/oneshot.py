@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..cost import count_cost
+from ..latency import latency_model
 from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
 from ..structure.surgery import prune_channels
@@ -73,8 +74,12 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     check_number("prune_oneshot", "round_to", round_to, low=1, integer=True)
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}
+    table = None
+    if target.kind == "latency":  # timed here, on the inputs' device, at the target's batch size
+        batch = example_inputs[:1].expand(target.batch_size, *example_inputs.shape[1:]).clone()
+        table = latency_model(model, batch, groups, cost)
     keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
-                       allocation=allocation, scores=scores, round_to=round_to)
+                       allocation=allocation, scores=scores, round_to=round_to, latency=table)
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
