@@ -145,15 +145,20 @@ def estimate_macs(groups: Sequence[ChannelGroup], cost: ModelCost, keep: Mapping
 def estimate_params(model: nn.Module, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> float:
     """Parameters of ``model`` after keeping ``keep[group.name]`` channels of each group.
 
-    Every parameter keeps the product of the kept fractions of its output side (a group's
-    slices) and of its input side (the weight of a consumer layer).
+    Every parameter keeps the product of the kept fractions of its output side (the rows that
+    groups' slices remove, summed over groups: a norm over a concat holds several groups' rows)
+    and of its input side (the weight of a consumer layer).
     """
     params = dict(model.named_parameters())
     frac = {n: 1.0 for n in params}
+    removed_rows: dict[tuple[str, int], int] = {}
     for g in groups:
-        kept = keep[g.name] / g.size
-        for s in g.slices:
-            frac[s.param] *= kept
+        for s in g.slices + g.fixed:
+            key = (s.param, s.dim)
+            removed_rows[key] = removed_rows.get(key, 0) + (g.size - keep[g.name]) * s.index.shape[1]
+    for (name, dim), removed in removed_rows.items():
+        rows = params[name].shape[dim]
+        frac[name] *= (rows - removed) / rows
     modules = dict(model.named_modules())
     in_kept: dict[str, float] = {}
     for g in groups:

@@ -59,18 +59,22 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None 
     return 1000 * statistics.median(times)
 
 
-def _grid(width: int, varies: bool) -> list[int]:
-    if not varies or width <= 1:
+def _grid(width: int, varies: bool, multiple: int = 1) -> list[int]:
+    """Widths to time: fractions of ``width`` (multiples of ``multiple``, for grouped convs)."""
+    if not varies or width <= multiple:
         return [width]
-    return sorted({max(1, math.ceil(width * f)) for f in GRID})
+    return sorted({max(multiple, math.ceil(width * f / multiple) * multiple) for f in GRID})
+
+
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and \
+        module.groups == module.in_channels == module.out_channels
 
 
 def _layer_like(module: nn.Module, in_w: int, out_w: int) -> nn.Module:
     if isinstance(module, nn.Linear):
         return nn.Linear(in_w, out_w, bias=module.bias is not None)
-    groups = module.groups
-    if groups > 1:  # depthwise: in, out and groups move together
-        groups = in_w
+    groups = in_w if _depthwise(module) else module.groups  # depthwise: in, out and groups move together
     kwargs = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
                   "dilation": module.dilation, "groups": groups, "bias": module.bias is not None}
     if module.transposed:
@@ -90,6 +94,8 @@ class LatencyModel:
 
     def layer_ms(self, name: str, in_w: float, out_w: float) -> float:
         t = self.layers[name]
+        if t.get("tied"):  # depthwise: one width, that of its (pruned) outputs
+            in_w = out_w
         xs, ys, ms = t["in"], t["out"], t["ms"]
         i, fi = _bracket(xs, in_w)
         j, fj = _bracket(ys, out_w)
@@ -148,9 +154,10 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
     for name, layer in cost.layers.items():
         module = modules[name]
         spatial = inputs.get(name, ())
-        depthwise = not isinstance(module, nn.Linear) and module.groups > 1
-        ins = _grid(layer.in_channels, name in varies_in or (depthwise and name in varies_out))
-        outs = _grid(layer.out_channels, name in varies_out and not depthwise)
+        depthwise = _depthwise(module)
+        multiple = 1 if isinstance(module, nn.Linear) or depthwise else module.groups
+        ins = _grid(layer.in_channels, name in varies_in or (depthwise and name in varies_out), multiple)
+        outs = _grid(layer.out_channels, name in varies_out and not depthwise, multiple)
         table = []
         for in_w in ins:
             row = []

@@ -33,7 +33,7 @@ from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
 from .structure.surgery import dry_run, prune_channels, remap_optimizer
-from .targets import ALLOCATIONS, Target, intermediate_keep_counts, keep_counts, min_keep_counts
+from .targets import ALLOCATIONS, Target, group_step, intermediate_keep_counts, keep_counts, min_keep_counts
 from .validation import check_choice, check_number
 
 
@@ -135,14 +135,21 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
                                 f"labels), but a validation batch is a {type(batch).__name__}; pass "
                                 "Pruning(evaluate=...) a callable (model) -> score on your validation data.")
                         out = model(batch[0].to(device))
-                        correct += (out.argmax(1) == batch[1].to(device)).sum()
-                        total += batch[1].numel()
+                        labels = batch[1].to(device)
+                        if not torch.is_tensor(out) or out.dim() < 2 or labels.shape != out.shape[:1]:
+                            raise TypeError(
+                                "the default validation score is top-1 accuracy: it needs logits [batch, classes] "
+                                f"and labels [batch], got {type(out).__name__} "
+                                f"{tuple(out.shape) if torch.is_tensor(out) else ''} and labels "
+                                f"{tuple(labels.shape)}; pass Pruning(evaluate=...) a callable (model) -> score.")
+                        correct += (out.argmax(1) == labels).sum()
+                        total += labels.numel()
         finally:
             model.train(was_training)
         if trainer.world_size > 1:
             correct = trainer.strategy.reduce(correct, reduce_op="sum")
             total = trainer.strategy.reduce(total, reduce_op="sum")
-        return float(correct) / max(float(total), 1.0)
+        return float(correct) / float(total) if int(total) > 0 else None
 
     return evaluate
 
@@ -501,7 +508,9 @@ class Pruning(Callback):
         cost = count_cost(pl_module, example)
         if self._dense is None:  # first set-up, on the dense model
             sizes = {g.name: g.size for g in groups}
-            round_to = self.round_to or (8 if example.device.type == "cuda" else 1)
+            # 8 on CUDA by default, but a rate list is a given architecture: it stays as written
+            rates = self.target is not None and self.target.kind == "rates"
+            round_to = self.round_to or (8 if example.device.type == "cuda" and not rates else 1)
             floor = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio, round_to)
             final = None
             if self.target is not None:
@@ -515,18 +524,23 @@ class Pruning(Callback):
                     table = latency_model(pl_module, batch, groups, cost)
                 final = keep_counts(pl_module, groups, cost, self.target, floor, allocation=self.allocation,
                                     scores=scores, round_to=round_to, latency=table)
+                if trainer.world_size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
+                    final = trainer.strategy.broadcast(final, src=0)
                 if table is not None:
                     self._latency = {"dense_ms": table.dense_ms,
                                      "predicted_ms": table.predict(groups, cost, final)}
+                    if trainer.world_size > 1:
+                        self._latency = trainer.strategy.broadcast(self._latency, src=0)
             self._dry_run(pl_module, example, groups, floor)
             self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict(),
-                           "round_to": round_to}
+                           "round_to": round_to, "steps": {g.name: group_step(g, round_to) for g in groups}}
         dense = self._dense
         min_keep = {g.name: min(dense["min_keep"][g.name], g.size) for g in groups}
         keep = None
         if dense["final_keep"] is not None:
             keep = intermediate_keep_counts(dense["sizes"], dense["final_keep"], self.events_done,
-                                            self.schedule.prune_events, dense["min_keep"], dense.get("round_to", 1))
+                                            self.schedule.prune_events, dense["min_keep"],
+                                            dense.get("steps") or dense.get("round_to", 1))
             keep = {g.name: min(keep[g.name], g.size) for g in groups}
         self._context = MethodContext(model=pl_module, groups=groups, cost=cost,
                                       channel_macs=channel_macs(groups, cost), keep=keep, min_keep=min_keep,
@@ -589,7 +603,7 @@ class Pruning(Callback):
         after = count_cost(pl_module, example)
         self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
         setattr(pl_module, APPLIED_PLAN_ATTR, self.plan.to_dict())
-        info = self.method.after_rebuild(pl_module, step_plan) or {}
+        info = dict(self.method.after_rebuild(pl_module, step_plan) or {})
         if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
             batch = example[:1].expand(self.target.batch_size, *example.shape[1:]).clone()
             was_training = pl_module.training

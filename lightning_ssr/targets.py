@@ -396,11 +396,13 @@ def _channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost: Mode
 
 
 def intermediate_keep_counts(sizes: Mapping[str, int], final: Mapping[str, int], step: int, steps: int,
-                             min_keep: Mapping[str, int], round_to: int = 1) -> dict[str, int]:
+                             min_keep: Mapping[str, int], round_to: int | Mapping[str, int] = 1) -> dict[str, int]:
     """Keep counts after prune event ``step`` (0-based) of ``steps`` equal shares on the way from
-    ``sizes`` to ``final`` (iterative pruning); the last step reaches ``final`` exactly."""
+    ``sizes`` to ``final`` (iterative pruning); the last step reaches ``final`` exactly. ``round_to``:
+    the granularity of every group, or per group (:func:`group_step`)."""
     if step >= steps - 1:
         return dict(final)
     share = (step + 1) / steps
-    return {n: round_keep(size, 1.0 - (1.0 - final[n] / size) * share, max(final[n], min_keep.get(n, 1)), round_to)
-            for n, size in sizes.items()}
+    granularity = round_to if isinstance(round_to, Mapping) else {n: round_to for n in sizes}
+    return {n: round_keep(size, 1.0 - (1.0 - final[n] / size) * share, max(final[n], min_keep.get(n, 1)),
+                          granularity.get(n, 1)) for n, size in sizes.items()}

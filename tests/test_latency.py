@@ -121,8 +121,8 @@ def test_a_latency_target_through_the_callback_records_predicted_and_measured_la
 
 
 def test_prune_oneshot_meets_a_latency_target_on_a_bare_model(monkeypatch):
-    import lightning_ssr.methods.oneshot as oneshot
     from lightning_ssr import prune_oneshot
+    from lightning_ssr.methods import oneshot
 
     model, groups, cost = _lenet()
     table = _linear_table(cost, groups)
@@ -137,3 +137,42 @@ def test_prune_oneshot_meets_a_latency_target_on_a_bare_model(monkeypatch):
     assert seen == [8]
     keep = {name: len(kept) for name, kept in plan.kept.items()}
     assert 0.98 * 0.6 * table.dense_ms <= table.predict(groups, cost, keep) <= 0.6 * table.dense_ms * (1 + 1e-9)
+
+
+def test_depthwise_and_grouped_layers_are_timed_at_their_own_structure(tmp_path, monkeypatch):
+    from torch import nn
+
+    from tests.nets import SmallResNeXt
+
+    timed = []
+    real = latency_mod.time_ms
+
+    def counting(fn, repeats=20, warmup=3, device=None):
+        timed.append(1)
+        return real(fn, 1, 0, device)
+
+    monkeypatch.setattr(latency_mod, "time_ms", counting)
+    made = []
+    original = latency_mod._layer_like
+    monkeypatch.setattr(latency_mod, "_layer_like", lambda m, i, o: made.append((i, o, original(m, i, o))) or made[-1][2])
+    model = SmallResNeXt().eval()
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    table = latency_model(model, x, groups, count_cost(model, x), cache_dir=tmp_path)
+    grouped = [layer for i, o, layer in made if isinstance(layer, nn.Conv2d) and layer.groups > 1]
+    assert grouped and all(layer.groups == 4 and layer.in_channels % 4 == 0 and layer.out_channels % 4 == 0
+                           for layer in grouped)
+    assert table.layers["grouped"]["in"] == [4, 8, 12, 16]
+
+    dw = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                       nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 16 * 16, 2)).eval()
+    groups = find_channel_groups(dw, x)
+    cost = count_cost(dw, x)
+    table = latency_model(dw, x, groups, cost, cache_dir=tmp_path)
+    assert table.layers["3"]["tied"]
+    full = {g.name: g.size for g in groups}
+    half = {g.name: g.size // 2 if "0" in g.out_modules else g.size for g in groups}  # the depthwise pair halves
+    assert table.layer_ms("3", *latency_mod.kept_widths(groups, cost, half)["3"]) == pytest.approx(
+        table.layer_ms("3", 4, 4))  # the depthwise layer is looked up at its pruned width
+    assert table.layer_ms("3", *latency_mod.kept_widths(groups, cost, full)["3"]) == pytest.approx(
+        table.layer_ms("3", 8, 8))

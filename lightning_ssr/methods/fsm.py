@@ -97,17 +97,24 @@ def channel_shift(group: ChannelGroup, model: nn.Module) -> tuple[torch.Tensor, 
     expected, shifts = [], {}
     for consumer, norms in group.feeds.items():
         used = [stats[n] for n in norms if n in stats and isinstance(modules.get(n), _BN)]
+        if not used:  # its BNs are frozen (not part of the group's trainable slices)
+            continue
         mean = torch.stack([b for b, _ in used]).sum(0)
         std = torch.stack([g.pow(2) for _, g in used]).sum(0).sqrt()
         e = expected_relu(mean, std)
-        expected.append(e)
         module = modules[consumer]
-        if isinstance(module, _CONV) and consumer in inputs:
+        if getattr(module, "pruning_cost_free", False):
+            continue  # a fixed placement (the CIFAR ResNets' shortcut), not a learned consumer
+        expected.append(e)
+        if isinstance(module, _CONV) and module.groups == 1 and consumer in inputs:
             s = inputs[consumer]
             w = params[s.param].detach().movedim(s.dim, 0)
             rows = w[s.index.reshape(-1).to(w.device)]  # [size * k, N, *kernel]
             kernel_sums = rows.reshape(group.size, s.index.shape[1], rows.shape[1], -1).sum((1, 3))
             shifts[consumer] = kernel_sums.double().cpu() * e[:, None]
+    if not expected:
+        raise ValueError(f"fsm: no consumer of '{group.name}' reads it through a trainable affine BatchNorm; "
+                         f"pass '{group.name}' in ignored_layers or use another method")
     return torch.stack(expected), shifts
 
 
@@ -139,7 +146,7 @@ class FSM(PruningMethod):
         if not isinstance(compensate, bool):
             raise TypeError(f"fsm: compensate must be a bool, got {compensate!r}")
         self.compensate = compensate
-        self._pending: list[dict] = []
+        self._shifts: dict[str, dict[str, torch.Tensor]] = {}
         self.decisions: list[dict] = []
 
     def setup(self, context: MethodContext) -> None:
@@ -171,63 +178,56 @@ class FSM(PruningMethod):
         counts = {g.name: (min(counts[g.name], g.size) if g.name in units else g.size) for g in ctx.groups}
         scores = {g.name: fsm_importance(g, ctx.model) for g in ctx.groups}
         masks = top_k_masks(scores, counts)
-        self._pending = self._compensation(masks) if self.compensate else []
+        # the shifts of the dense-at-this-event model, for the compensation after the rebuild
+        self._shifts = {g.name: channel_shift(g, ctx.model)[1] for g in ctx.groups
+                        if self.compensate and not bool(masks[g.name].all())}
         return masks
 
-    def _compensation(self, masks: Mapping[str, torch.Tensor]) -> list[dict]:
-        """Per conv consumer of a pruned group: the expected input of each of its (kept) outputs
-        with every channel, and with the kept ones only."""
-        ctx = self.context
-        pending = []
-        for g in ctx.groups:
-            mask = masks[g.name]
-            if bool(mask.all()):
-                continue
-            _, shifts = channel_shift(g, ctx.model)
-            rate = 1.0 - float(mask.sum()) / g.size
-            for consumer, shift in shifts.items():
-                bn = g.consumer_norm.get(consumer)
-                if bn is None:
-                    continue
-                full, kept = shift.sum(0), shift[mask].sum(0)
-                outputs = _kept_rows(ctx.groups, masks, consumer)
-                if outputs is not None:  # the consumer's own outputs are pruned at this event too
-                    full, kept = full[outputs], kept[outputs]
-                pending.append({"consumer": consumer, "bn": bn, "full": full, "kept": kept, "rate": rate})
-        return pending
-
     def after_rebuild(self, model: nn.Module, plan) -> dict | None:
-        pending, self._pending = self._pending, []
-        if not self.compensate or not pending:
+        shifts, self._shifts = self._shifts, {}
+        if not self.compensate or not shifts:
+            return None
+        groups = self.context.groups
+        masks = {}  # what the engine pruned (it may align or broadcast the selected masks)
+        for g in groups:
+            mask = torch.zeros(g.size, dtype=torch.bool)
+            mask[plan.kept.get(g.name, list(range(g.size)))] = True
+            masks[g.name] = mask
+        entries = compensation_entries(groups, shifts, masks)
+        if not entries:
             return None
         evaluate = self.context.evaluate
         saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+        def restore():
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(saved[n])
+
         try:
             before = evaluate(model) if evaluate is not None else None
             if before is None:
                 info = {"compensation": "not applied: no validation data to check it on"}
-                self.decisions.append(info)
+                self.decisions.append(dict(info))
                 return info
-            adjusted = compensate_bn(model, pending)
+            adjusted = compensate_bn(model, entries)
             after = evaluate(model)
-        except (TypeError, ValueError, RuntimeError) as err:  # the validation score could not be computed
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    b.copy_(saved[n])
+            if after is None:
+                raise ValueError("the validation score is unavailable after the adjustment")
+        except Exception as err:  # noqa: BLE001 - the score failed: the pruned model stays as rebuilt
+            restore()
             info = {"compensation": f"not applied: the validation score failed ({type(err).__name__}: {err})"}
-            self.decisions.append(info)
+            self.decisions.append(dict(info))
             warnings.warn(f"fsm: {info['compensation']}", stacklevel=2)
             return info
         keep = after >= before
         if self.context.sync is not None:
             keep = bool(self.context.sync(keep))
         if not keep:
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    b.copy_(saved[n])
+            restore()
         info = {"compensation": "kept" if keep else "reverted", "val_before": float(before),
                 "val_after": float(after), "bn_adjusted": adjusted}
-        self.decisions.append(info)
+        self.decisions.append(dict(info))
         return info
 
     def metrics(self) -> dict[str, float]:
@@ -253,24 +253,59 @@ def _kept_rows(groups, masks: Mapping[str, torch.Tensor], conv: str) -> torch.Te
     return None
 
 
-def compensate_bn(model: nn.Module, pending: list[dict]) -> list[str]:
-    """Apply FSM's running-statistics correction for each ``pending`` consumer (see the module
-    docstring) to the BN after it in the rebuilt ``model``; returns the BNs adjusted."""
+def compensation_entries(groups, shifts: Mapping[str, Mapping[str, torch.Tensor]],
+                         masks: Mapping[str, torch.Tensor]) -> list[dict]:
+    """Per (pruned group, conv consumer with a BN after it): the expected input of each of the
+    consumer's kept outputs with every channel of the group (``full``) and with the kept ones
+    (``kept``), and how many of the group's channels went."""
+    entries = []
+    for g in groups:
+        if g.name not in shifts or bool(masks[g.name].all()):
+            continue
+        mask = masks[g.name]
+        for consumer, shift in shifts[g.name].items():
+            bn = g.consumer_norm.get(consumer)
+            if bn is None:
+                continue
+            full, kept = shift.sum(0), shift[mask].sum(0)
+            outputs = _kept_rows(groups, masks, consumer)
+            if outputs is not None:  # the consumer's own outputs are pruned at this event too
+                full, kept = full[outputs], kept[outputs]
+            entries.append({"consumer": consumer, "bn": bn, "full": full, "kept": kept,
+                            "removed": int((~mask).sum()), "size": g.size})
+    return entries
+
+
+def compensate_bn(model: nn.Module, entries: list[dict]) -> list[str]:
+    """Apply FSM's running-statistics correction (see the module docstring) to the BN after each
+    consumer in the rebuilt ``model``. Entries for the same BN (a consumer reading several pruned
+    groups, e.g. through a concat) are combined first: one ratio of the summed expected inputs,
+    and one variance factor ``1 - p`` with ``p`` the fraction of all their channels that went.
+    Returns the BNs adjusted."""
     modules = dict(model.named_modules())
+    combined: dict[str, dict] = {}
+    for e in entries:
+        c = combined.setdefault(e["bn"], {"full": 0.0, "kept": 0.0, "removed": 0, "size": 0})
+        if isinstance(c["full"], torch.Tensor) and c["full"].shape != e["full"].shape:
+            continue
+        c["full"] = c["full"] + e["full"]
+        c["kept"] = c["kept"] + e["kept"]
+        c["removed"] += e["removed"]
+        c["size"] += e["size"]
     adjusted = []
     with torch.no_grad():
-        for item in pending:
-            bn = modules.get(item["bn"])
-            full, kept = item["full"], item["kept"]
+        for name, c in combined.items():
+            bn = modules.get(name)
+            full, kept = c["full"], c["kept"]
             if not isinstance(bn, _BN) or bn.running_mean is None or full.numel() != bn.num_features:
                 continue
-            mean = bn.running_mean.double().cpu()
+            mean, var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
             nonzero = (full != 0) & (mean != 0)
             apply = nonzero & (full / torch.where(nonzero, mean, torch.ones_like(mean)) > 0)
             ratio = kept / torch.where(apply, full, torch.ones_like(full))
+            rate = c["removed"] / c["size"]
             bn.running_mean.copy_(torch.where(apply, mean * ratio, mean).to(bn.running_mean))
-            var = bn.running_var.double().cpu()
-            bn.running_var.copy_(torch.where(apply, var * (1.0 - item["rate"]), var).to(bn.running_var))
+            bn.running_var.copy_(torch.where(apply, var * (1.0 - rate), var).to(bn.running_var))
             if bool(apply.any()):
-                adjusted.append(item["bn"])
-    return sorted(set(adjusted))
+                adjusted.append(name)
+    return sorted(adjusted)

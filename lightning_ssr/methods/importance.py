@@ -3,6 +3,7 @@ channel; higher means more important. Shared by every method that ranks channels
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 
 import torch
@@ -22,7 +23,7 @@ def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
         if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not s.param.endswith("weight"):
             continue
         rows = params[s.param].detach().movedim(s.dim, 0)[s.index.reshape(-1)].reshape(group.size, -1)
-        score += rows.double().abs().sum(1)
+        score += rows.double().abs().sum(1).cpu()
     return score
 
 
@@ -40,14 +41,15 @@ def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
     for s in group.slices:
         module = modules.get(s.param.rsplit(".", 1)[0])
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and s.param.endswith("weight"):
-            score += params[s.param].detach()[s.index.reshape(-1)].reshape(group.size, -1).double().abs().sum(1)
+            t = params[s.param].detach()
+            score += t[s.index.reshape(-1).to(t.device)].reshape(group.size, -1).double().abs().sum(1).cpu()
             found = True
     return score if found else l1_norm(group, model)
 
 
 def random_scores(group: ChannelGroup, model: nn.Module, seed: int = 0) -> torch.Tensor:
     """Random importance (a baseline), reproducible by ``seed`` and the group's name."""
-    gen = torch.Generator().manual_seed(seed + sum(map(ord, group.name)))
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{group.name}".encode()))
     return torch.rand(group.size, generator=gen, dtype=torch.float64)
 
 

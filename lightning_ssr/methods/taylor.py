@@ -36,7 +36,9 @@ class Taylor(PruningMethod):
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        self._window = {g.name: torch.zeros(self.batches, g.size, dtype=torch.float64) for g in context.groups}
+        device = next(iter(context.params.values())).device  # scores stay there: no sync per step
+        self._window = {g.name: torch.zeros(self.batches, g.size, dtype=torch.float64, device=device)
+                        for g in context.groups}
         self._seen = 0
 
     def scores_now(self) -> dict[str, torch.Tensor]:
@@ -53,17 +55,17 @@ class Taylor(PruningMethod):
                     prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
                     per = prod.reshape(g.size, -1).double().sum(1)
                     total = per if total is None else total + per
-                out[g.name] = torch.zeros(g.size, dtype=torch.float64) if total is None else total.pow(2).cpu()
+                out[g.name] = torch.zeros(g.size, dtype=torch.float64) if total is None else total.pow(2)
         return out
 
     def before_optimizer_step(self) -> None:
         row = self._seen % self.batches
         for name, score in self.scores_now().items():
-            self._window[name][row] = score
+            self._window[name][row] = score.to(self._window[name].device)
         self._seen += 1
 
     def accumulated(self) -> dict[str, torch.Tensor]:
-        return {name: w.sum(0) for name, w in self._window.items()}
+        return {name: w.sum(0).cpu() for name, w in self._window.items()}
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         if self._seen == 0:
@@ -72,7 +74,7 @@ class Taylor(PruningMethod):
         return top_k_masks(self.accumulated(), keep)
 
     def state_dict(self) -> dict:
-        return {"window": {k: v.clone() for k, v in self._window.items()}, "seen": self._seen}
+        return {"window": {k: v.cpu().clone() for k, v in self._window.items()}, "seen": self._seen}
 
     def load_state_dict(self, state: Mapping) -> None:
         window = state.get("window") or {}
@@ -80,7 +82,7 @@ class Taylor(PruningMethod):
             if name not in self._window or tuple(w.shape) != tuple(self._window[name].shape):
                 raise ValueError(f"taylor: the checkpoint's scores for {name!r} do not match this model's groups; "
                                  "the checkpoint is from another model or another batches= setting")
-            self._window[name] = w.clone().double()
+            self._window[name] = w.clone().double().to(self._window[name].device)
         self._seen = int(state.get("seen", 0))
 
     def config(self) -> dict:

@@ -60,6 +60,10 @@ class ChannelGroup:
     #: grouped convolutions (ResNeXt) split these channels into this many equal blocks; a
     #: prune keeps the same positions in every block (:func:`align_blocks`)
     blocks: int = 1
+    #: output-side rows of frozen parameters (``requires_grad=False``, or a ``pruning_cost_free``
+    #: layer such as a fixed placement): masked and removed with the channel, but not part of its
+    #: norm, its regularizer or its importance
+    fixed: list[GroupSlice] = field(default_factory=list)
 
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
@@ -71,9 +75,10 @@ class ChannelGroup:
             total = sq if total is None else total + sq
         return total.sqrt()
 
-    def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor) -> None:
-        """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place."""
-        for s in self.slices:
+    def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor, fixed: bool = False) -> None:
+        """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place (with ``fixed``,
+        the frozen slices too)."""
+        for s in self.slices + (self.fixed if fixed else []):
             t = tensors[s.param].movedim(s.dim, 0)
             idx = s.index.reshape(-1).to(t.device)
             factor = scale.to(t.dtype).to(t.device).repeat_interleave(s.index.shape[1])
@@ -235,7 +240,7 @@ def find_channel_groups(
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_ROOTS):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
-        slices, out_modules, consumers, inputs, consumer_modules = [], [], [], [], []
+        slices, out_modules, consumers, inputs, consumer_modules, fixed = [], [], [], [], [], []
         blocks = 1
         for item in group:
             module = item.dep.target.module
@@ -253,8 +258,10 @@ def find_channel_groups(
                         f"channels unpruned.")
                 out_modules.append(name)
                 index = _index_matrix(item.idxs, item.root_idxs, size)
+                frozen_layer = bool(getattr(module, "pruning_cost_free", False))
                 for pname, dim in _output_params(module):
-                    slices.append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
+                    frozen = frozen_layer or not getattr(module, pname).requires_grad
+                    (fixed if frozen else slices).append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
             if isinstance(module, _CONV) and module.groups > 1 and not _is_depthwise(module):
                 blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
             is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
@@ -279,5 +286,6 @@ def find_channel_groups(
         if size % blocks:
             raise UnsupportedLayerError(f"the {size} channels of '{names[root]}' do not split into the {blocks} blocks "
                                         "of the grouped convolutions they reach; pass it in ignored_layers")
-        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks))
+        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks,
+                                   fixed))
     return groups

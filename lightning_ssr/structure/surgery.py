@@ -116,7 +116,7 @@ def mask_channels(params: Mapping[str, torch.Tensor], groups: Sequence[ChannelGr
     with torch.no_grad():
         for g in groups:
             if g.name in masks:
-                g.scale_(live, masks[g.name].to(torch.float64))
+                g.scale_(live, masks[g.name].to(torch.float64), fixed=True)
 
 
 def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],

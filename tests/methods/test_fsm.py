@@ -12,7 +12,7 @@ from torch import nn
 from lightning_ssr import Pruning, PruningSchedule, count_cost, prune_oneshot
 from lightning_ssr.cost import channel_macs
 from lightning_ssr.methods import FSM, MethodContext, build_method, expected_relu, fsm_importance
-from lightning_ssr.methods.fsm import channel_shift, compensate_bn
+from lightning_ssr.methods.fsm import channel_shift, compensate_bn, compensation_entries
 from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.structure.plan import plan_from_support
@@ -217,9 +217,10 @@ def test_compensation_matches_the_formula_on_a_hand_built_chain():
     expected_mean = torch.where(apply, mean * part / full, mean)
     expected_var = torch.where(apply, var * 0.5, var)  # half of conv1's channels go
 
+    entries = compensation_entries(method.context.groups, method._shifts, masks)
     plan = plan_from_support(X.shape, masks, method.context.groups)
     prune_channels(model, X, plan.kept, plan.sizes)
-    assert compensate_bn(model, method._pending) == ["bn2"]
+    assert compensate_bn(model, entries) == ["bn2"]
     assert torch.allclose(model.bn2.running_mean.double(), expected_mean, atol=1e-6)
     assert torch.allclose(model.bn2.running_var.double(), expected_var, atol=1e-6)
     assert not torch.equal(expected_mean, mean)  # the example does exercise the correction
@@ -236,10 +237,11 @@ def test_compensation_follows_the_consumers_own_pruned_outputs():
     _, shifts = channel_shift(method.context.groups[[g.name for g in method.context.groups].index("conv1")], model)
     rows = torch.nonzero(masks["conv2"]).flatten()
     full = shifts["conv2"].sum(0)[rows]
+    entries = compensation_entries(method.context.groups, method._shifts, masks)
     plan = plan_from_support(X.shape, masks, method.context.groups)
     prune_channels(model, X, plan.kept, plan.sizes)
     before = model.bn2.running_mean.double().clone()
-    compensate_bn(model, method._pending)
+    compensate_bn(model, entries)
     ratio = model.bn2.running_mean.double() / before
     part = shifts["conv2"][masks["conv1"]].sum(0)[rows]
     expected = torch.where(full / before > 0, part / full, torch.ones_like(full))
@@ -360,3 +362,27 @@ def test_fsm_refuses_a_model_without_batchnorm_before_the_first_step(tmp_path):
         t.fit(module, loader())
     assert t.global_step == 0
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+
+
+def test_entries_for_one_bn_are_combined_not_compounded():
+    torch.manual_seed(5)
+    model = Concat()
+    _set_bn(model.bn_m, [1.0] * 4, [0.0] * 4, mean=[10.0, 10.0, 10.0, 10.0], var=[1.0] * 4)
+    full_a, kept_a = torch.full((4,), 1.0, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64)
+    full_b, kept_b = torch.full((4,), 9.0, dtype=torch.float64), torch.full((4,), 8.9, dtype=torch.float64)
+    entries = [{"consumer": "mix", "bn": "bn_m", "full": full_a, "kept": kept_a, "removed": 1, "size": 3},
+               {"consumer": "mix", "bn": "bn_m", "full": full_b, "kept": kept_b, "removed": 0, "size": 2}]
+    assert compensate_bn(model, entries) == ["bn_m"]
+    assert torch.allclose(model.bn_m.running_mean.double(), torch.full((4,), 10.0 * 9.4 / 10.0, dtype=torch.float64))
+    assert torch.allclose(model.bn_m.running_var.double(), torch.full((4,), 1.0 - 1 / 5, dtype=torch.float64))
+
+
+def test_fsm_scores_grouped_conv_consumers_by_their_bn_alone():
+    from tests.nets import SmallResNeXt
+
+    model = SmallResNeXt()
+    randomize_bn(model)
+    groups = {g.name: g for g in find_channel_groups(model, torch.randn(2, 3, 16, 16))}
+    scores = fsm_importance(groups["reduce"], model)  # read by the grouped conv: E_k of bn1
+    beta, gamma = model.bn1.bias.detach(), model.bn1.weight.detach()
+    assert torch.allclose(scores, expected_relu(beta, gamma))
