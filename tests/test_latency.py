@@ -69,8 +69,9 @@ def test_latency_targets_are_validated():
         keep_counts(model, groups, cost, Target(latency=1.0), min_keep_counts(groups))
 
 
-def test_layer_timings_are_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
-    model, groups, cost = _lenet()
+@pytest.fixture
+def timings(monkeypatch):
+    """Every timing the latency module takes, counted (and kept short)."""
     calls = []
     real = latency_mod.time_ms
 
@@ -79,6 +80,12 @@ def test_layer_timings_are_measured_once_and_cached_on_disk(tmp_path, monkeypatc
         return real(fn, 2, 1, device)
 
     monkeypatch.setattr(latency_mod, "time_ms", counting)
+    return calls
+
+
+def test_layer_timings_are_measured_once_and_cached_on_disk(tmp_path, timings):
+    model, groups, cost = _lenet()
+    calls = timings
     first = latency_model(model, X, groups, cost, cache_dir=tmp_path)
     n = len(calls)
     assert (tmp_path / "layers.json").is_file() and n > len(cost.layers)  # a grid per prunable layer
@@ -139,19 +146,11 @@ def test_prune_oneshot_meets_a_latency_target_on_a_bare_model(monkeypatch):
     assert 0.98 * 0.6 * table.dense_ms <= table.predict(groups, cost, keep) <= 0.6 * table.dense_ms * (1 + 1e-9)
 
 
-def test_depthwise_and_grouped_layers_are_timed_at_their_own_structure(tmp_path, monkeypatch):
+def test_depthwise_and_grouped_layers_are_timed_at_their_own_structure(tmp_path, monkeypatch, timings):
     from torch import nn
 
     from tests.nets import SmallResNeXt
 
-    timed = []
-    real = latency_mod.time_ms
-
-    def counting(fn, repeats=20, warmup=3, device=None):
-        timed.append(1)
-        return real(fn, 1, 0, device)
-
-    monkeypatch.setattr(latency_mod, "time_ms", counting)
     made = []
     original = latency_mod._layer_like
     monkeypatch.setattr(latency_mod, "_layer_like", lambda m, i, o: made.append((i, o, original(m, i, o))) or made[-1][2])
