@@ -9,8 +9,9 @@ Both solvers start from the same dense checkpoint (the job's dense cache), with 
 the sparsify phase the surviving-filter count (AULM: the support of V; SSL: the groups above its
 relative threshold) is recorded at every update (every ``--interval`` steps), with the optimizer
 step and the wall time. The common level ``K`` is the larger of the final counts (the level
-both reach); each solver's *time to K* is the first update from which its count stays at or
-below ``K``. After the sparsify phase both are pruned and fine-tuned for the same epochs, and
+both reach); each solver's time to ``K`` is measured two ways: the first update from which its
+count stays at or below ``K`` (``stay``), and the first update at which it reaches ``K``
+(``first``; a solver whose support still oscillates reaches a level long before it stays there). After the sparsify phase both are pruned and fine-tuned for the same epochs, and
 test accuracy is measured.
 
 AULM variants (``--variants``): ``base`` (rho fixed at 0.1, the job's ssr_l21 default),
@@ -18,7 +19,8 @@ AULM variants (``--variants``): ``base`` (rho fixed at 0.1, the job's ssr_l21 de
 
 Writes ``benchmarks/results/solver_speed.json``: the machine, the settings, per solver the
 trajectory, time and epochs to ``K``, final structure and accuracy; and the ratios
-``ssl / aulm`` of epochs and of seconds to ``K`` (> 1: AULM is faster).
+``ssl / aulm`` of epochs and of seconds to ``K`` (> 1: AULM is faster), both ways.
+``--recompute`` recomputes the comparisons from the trajectories stored in ``--out``.
 """
 
 from __future__ import annotations
@@ -91,15 +93,40 @@ def run_solver(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
             "macs": cb.result.pruned["macs"] if cb.result else None, "steps_per_epoch": steps_per_epoch}
 
 
-def time_to(run: dict, level: int) -> dict:
-    """The first update from which the total surviving count stays <= ``level``."""
+def time_to(run: dict, level: int, stay: bool = True) -> dict:
+    """The first update at which the total surviving count is <= ``level`` (``stay``: and stays so
+    until the end of the sparsify phase)."""
     points = run["trajectory"]
     totals = [sum(p["filters"].values()) for p in points]
     for i in range(len(points)):
-        if all(t <= level for t in totals[i:]):
+        if totals[i] <= level and (not stay or all(t <= level for t in totals[i:])):
             p = points[i]
             return {"step": p["step"], "epochs": p["step"] / run["steps_per_epoch"], "seconds": p["seconds"]}
     return {"step": None, "epochs": None, "seconds": None}
+
+
+def compare(runs: dict) -> dict:
+    """Per AULM variant against SSL, at the larger of their final counts: epochs and seconds to
+    reach it and stay (``*_stay``) and to reach it first (``*_first``); ratios ssl / aulm."""
+    def ratio(x, y):
+        return x / y if x is not None and y else None
+
+    out = {}
+    for name, r in runs.items():
+        if name == "ssl":
+            continue
+        level = max(r["final_total"], runs["ssl"]["final_total"])
+        row = {"level_filters": level, "accuracy_aulm": r["test_accuracy"], "accuracy_ssl": runs["ssl"]["test_accuracy"]}
+        for stay, tag in ((True, "stay"), (False, "first")):
+            a, s = time_to(r, level, stay), time_to(runs["ssl"], level, stay)
+            row[f"aulm_{tag}"], row[f"ssl_{tag}"] = a, s
+            row[f"epochs_ratio_ssl_over_aulm_{tag}"] = ratio(s["epochs"], a["epochs"])
+            row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"])
+        out[name] = row
+        print(f"{name} vs ssl at <= {level} filters: to stay there {row['epochs_ratio_ssl_over_aulm_stay']}x "
+              f"(epochs), first reached {row['epochs_ratio_ssl_over_aulm_first']}x; seconds "
+              f"{row['seconds_ratio_ssl_over_aulm_stay']}x / {row['seconds_ratio_ssl_over_aulm_first']}x")
+    return out
 
 
 def main(argv=None) -> dict:
@@ -114,7 +141,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "solver_speed.json")
+    parser.add_argument("--recompute", action="store_true",
+                        help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
+    if args.recompute:
+        out = json.loads(args.out.read_text())
+        out["comparisons"] = compare(out["runs"])
+        args.out.write_text(json.dumps(out, indent=2))
+        return out
     quiet_lightning()
 
     # the dense model of the default job on this data (cached): --batches limits the solvers only
@@ -132,20 +166,7 @@ def main(argv=None) -> dict:
         runs[f"aulm_{variant}"] = r
         print(f"aulm_{variant}: {r['final_filters']} acc {r['test_accuracy']:.4f} ({r['fit_s']:.0f} s)", flush=True)
 
-    comparisons = {}
-    for name, r in runs.items():
-        if name == "ssl":
-            continue
-        level = max(r["final_total"], runs["ssl"]["final_total"])
-        a, s = time_to(r, level), time_to(runs["ssl"], level)
-        ratio = lambda x, y: (x / y) if x is not None and y else None
-        comparisons[name] = {"level_filters": level, "aulm": a, "ssl": s,
-                             "epochs_ratio_ssl_over_aulm": ratio(s["epochs"], a["epochs"]),
-                             "seconds_ratio_ssl_over_aulm": ratio(s["seconds"], a["seconds"]),
-                             "accuracy_aulm": r["test_accuracy"], "accuracy_ssl": runs["ssl"]["test_accuracy"]}
-        c = comparisons[name]
-        print(f"{name} vs ssl at <= {level} filters: epochs {a['epochs']} vs {s['epochs']} "
-              f"(ratio {c['epochs_ratio_ssl_over_aulm']}), seconds ratio {c['seconds_ratio_ssl_over_aulm']}")
+    comparisons = compare(runs)
     out = {"benchmark": "solver_speed", "machine": machine_info(), "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "dense": {"cache": dense_info["cache"]}, "runs": runs, "comparisons": comparisons}
