@@ -74,6 +74,7 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
              ("folded_bn_channels_last", optimize_for_cpu_inference, torch.channels_last),
              ("inductor_frozen", compile_for_cpu_inference, torch.channels_last))
     for layout, prepare, fmt in modes:
+        torch._dynamo.reset()  # each case compiles afresh (dynamo's recompile limit would fall back to eager)
         lat = compare_latency(prepare(dense), prepare(pruned), [1, 3, 32, 32], (1, 64), repeats,
                               memory_format=fmt)
         layouts[layout] = {
