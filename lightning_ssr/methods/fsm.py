@@ -122,7 +122,11 @@ def fsm_importance(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
     """FSM importance of each channel of ``group`` (see the module docstring); an importance
     function like those of :mod:`lightning_ssr.methods.importance`."""
     check_fsm_group(group, model)
-    expected, shifts = channel_shift(group, model)
+    return _importance(*channel_shift(group, model))
+
+
+def _importance(expected: torch.Tensor, shifts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The mean over conv consumers of ``(1/N) sum_j |s_jk E_k|``; ``E_k`` where there is none."""
     if not shifts:
         return expected.mean(0)
     return torch.stack([s.abs().mean(1) for s in shifts.values()]).mean(0)
@@ -176,11 +180,11 @@ class FSM(PruningMethod):
         units = set(self._units())
         counts = dict(ctx.final_keep) if self.procedure == "layerwise" and ctx.final_keep else dict(keep)
         counts = {g.name: (min(counts[g.name], g.size) if g.name in units else g.size) for g in ctx.groups}
-        scores = {g.name: fsm_importance(g, ctx.model) for g in ctx.groups}
-        masks = top_k_masks(scores, counts)
-        # the shifts of the dense-at-this-event model, for the compensation after the rebuild
-        self._shifts = {g.name: channel_shift(g, ctx.model)[1] for g in ctx.groups
-                        if self.compensate and not bool(masks[g.name].all())}
+        shifts = {g.name: channel_shift(g, ctx.model) for g in ctx.groups}  # checked at set-up
+        masks = top_k_masks({name: _importance(*es) for name, es in shifts.items()}, counts)
+        # the shifts of the model as it is at this event, for the compensation after the rebuild
+        self._shifts = {name: es[1] for name, es in shifts.items()
+                        if self.compensate and not bool(masks[name].all())}
         return masks
 
     def after_rebuild(self, model: nn.Module, plan) -> dict | None:
@@ -229,9 +233,6 @@ class FSM(PruningMethod):
                 "val_after": float(after), "bn_adjusted": adjusted}
         self.decisions.append(dict(info))
         return info
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
     def state_dict(self) -> dict:
         return {"decisions": list(self.decisions)}
