@@ -636,7 +636,8 @@ class Pruning(Callback):
                                    f"for group {g.name!r}")
             m = m.detach().to("cpu", torch.bool).flatten()
             if g.blocks > 1:  # grouped convolutions: the same positions in every block
-                m = align_blocks(g, m, g.norms({n: p.detach() for n, p in ctx.params.items()}))
+                with torch.no_grad():
+                    m = align_blocks(g, m, g.norms(ctx.params))
             if int(m.sum()) < ctx.min_keep.get(g.name, 1):
                 raise RuntimeError(f"pruning method {self.method.name!r} keeps {int(m.sum())} channels of {g.name!r}, "
                                    f"fewer than its minimum {ctx.min_keep.get(g.name, 1)}")
