@@ -5,19 +5,28 @@ size, device and dtype, for a few widths of its input and output channels (a gri
 the whole dense model once. A :class:`LatencyModel` then predicts the model's latency for any
 per-group keep counts: the dense model's time scaled by the table's time at the kept widths
 (interpolated bilinearly from the grid, plus the rest of the dense time that the layers do not
-account for: norms, activations, pooling) over the table's time at the full widths. Layer timings are cached on disk per (device, dtype, batch, layer shape,
-widths), so a second allocation on the same machine measures nothing.
+account for: norms, activations, pooling) over the table's time at the full widths. Layer
+timings are cached on disk per (device, dtype, batch, layer shape, widths), so a second
+allocation on the same machine measures nothing.
+
+Layers timed alone do not add up to a whole network: a small layer's fixed cost, the norms and
+activations that shrink with the channels, and the library's padding of odd widths all differ.
+:func:`calibrated_keep_counts` therefore checks the allocation against the clock: it times a
+copy of the model pruned to the chosen counts, adds that (table time, measured time) pair to the
+model's calibration points, and allocates again until prediction and measurement agree. Between
+calibration points the prediction interpolates the measured times linearly in the table's time.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +34,7 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, kept_widths
+from .structure.surgery import dry_run, model_copy
 
 #: fractions of a layer's width at which it is timed
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -91,6 +101,8 @@ class LatencyModel:
     dense_ms: float
     rest_ms: float  # dense time not in the layer table
     layers: dict[str, dict] = field(default_factory=dict)  # name -> {"in": [...], "out": [...], "ms": [[...]]}
+    # [table_ms, measured_ms] of pruned copies of the model (calibrated_keep_counts)
+    calibration: list[list[float]] = field(default_factory=list)
 
     def layer_ms(self, name: str, in_w: float, out_w: float) -> float:
         t = self.layers[name]
@@ -103,13 +115,26 @@ class LatencyModel:
         return ((1 - fi) * (1 - fj) * ms[i][j] + fi * (1 - fj) * ms[i2][j] + (1 - fi) * fj * ms[i][j2]
                 + fi * fj * ms[i2][j2])
 
-    def predict(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
-        """The dense model's measured time, scaled by the table's time of the kept widths over its
-        time of the full widths (layers timed alone carry overheads a whole model does not)."""
+    def table_ms(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
+        """The table's time of the kept widths: the sum over layers, plus the rest."""
         widths = kept_widths(groups, cost, keep)
+        return self.rest_ms + sum(self.layer_ms(n, *widths[n]) for n in self.layers)
+
+    def predict(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
+        """The model's time for ``keep``: the table's time, mapped through the measured points (the
+        dense model, and the calibration points): linear between neighbouring points, and
+        proportional to the nearest point beyond them."""
+        table = self.table_ms(groups, cost, keep)
         full = self.rest_ms + sum(float(t["ms"][-1][-1]) for t in self.layers.values())
-        kept = self.rest_ms + sum(self.layer_ms(n, *widths[n]) for n in self.layers)
-        return self.dense_ms * kept / full
+        points = sorted([(full, self.dense_ms), *((float(a), float(b)) for a, b in self.calibration)])
+        if table <= points[0][0]:
+            return table * points[0][1] / points[0][0]
+        if table >= points[-1][0]:
+            return table * points[-1][1] / points[-1][0]
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            if table <= x1:
+                return y0 + (y1 - y0) * (table - x0) / (x1 - x0) if x1 > x0 else y1
+        return table * points[-1][1] / points[-1][0]  # not reached
 
 
 def _bracket(xs: Sequence[int], x: float) -> tuple[int, float]:
@@ -181,3 +206,38 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
     full = {n: float(t["ms"][-1][-1]) for n, t in layers.items()}
     return LatencyModel(batch_size=batch, device=dev, dense_ms=dense_ms,
                         rest_ms=max(0.0, dense_ms - sum(full.values())), layers=layers)
+
+
+def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[str, int],
+                 repeats: int = 20, shared: Sequence[object] = ()) -> float:
+    """Milliseconds of a copy of ``model`` rebuilt to ``keep`` channels per group, on ``example``
+    (the weights do not matter for the time; the rebuild is checked numerically as in a dry run)."""
+    trial = model_copy(model, shared)
+    dry_run(trial, example, groups, keep)
+    trial.eval()
+    return time_ms(lambda: trial(example), repeats, device=example.device)
+
+
+def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], model: nn.Module,
+                           example: torch.Tensor, groups, cost: ModelCost, table: LatencyModel,
+                           rounds: int = 4, tolerance: float = 0.03, repeats: int = 20,
+                           shared: Sequence[object] = ()) -> tuple[dict[str, int], dict]:
+    """Keep counts from ``allocate(table)``, checked against the clock (see the module docstring):
+    each round times the allocation's model, and allocates again with that point added, until the
+    prediction was within ``tolerance`` of the time or ``rounds`` are spent. Returns the counts and
+    ``{"uncalibrated_ms", "predicted_ms", "calibration_ms"}``: the uncalibrated table's prediction, the
+    final prediction, and the measured times of the rounds."""
+    keep = allocate(table)
+    first = table.predict(groups, cost, keep)
+    measured = []
+    for _ in range(rounds):
+        predicted = table.predict(groups, cost, keep)
+        ms = measure_keep(model, example, groups, keep, repeats, shared)
+        measured.append(ms)
+        table.calibration.append([table.table_ms(groups, cost, keep), ms])
+        again = allocate(table)  # the final counts always come from the table as last calibrated
+        done = again == keep or abs(ms / predicted - 1) <= tolerance
+        keep = again
+        if done:
+            break
+    return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep), "calibration_ms": measured}

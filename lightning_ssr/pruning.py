@@ -8,7 +8,6 @@ The method (:mod:`lightning_ssr.methods`) decides which channels go.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,15 +24,15 @@ from typing_extensions import override
 
 from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import latency_model, time_ms
+from .latency import time_ms
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
-from .structure.surgery import dry_run, prune_channels, remap_optimizer
-from .targets import ALLOCATIONS, Target, group_step, intermediate_keep_counts, keep_counts, min_keep_counts
+from .structure.surgery import dry_run, model_copy, prune_channels, remap_optimizer
+from .targets import ALLOCATIONS, Target, group_step, intermediate_keep_counts, min_keep_counts, target_keep_counts
 from .validation import check_choice, check_number
 
 
@@ -518,18 +517,12 @@ class Pruning(Callback):
                 if self.allocation == "global" and self.target.kind != "rates":
                     scores = self.method.importance(pl_module, groups) or {
                         g.name: g.norms({n: p.detach() for n, p in pl_module.named_parameters()}) for g in groups}
-                table = None
-                if self.target.kind == "latency":  # measured on this device, at the target's batch size
-                    batch = example[:1].expand(self.target.batch_size, *example.shape[1:]).clone()
-                    table = latency_model(pl_module, batch, groups, cost)
-                final = keep_counts(pl_module, groups, cost, self.target, floor, allocation=self.allocation,
-                                    scores=scores, round_to=round_to, latency=table)
+                final, self._latency = target_keep_counts(pl_module, example, groups, cost, self.target, floor,
+                                                          allocation=self.allocation, scores=scores,
+                                                          round_to=round_to, shared=[self])
                 if trainer.world_size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
                     final = trainer.strategy.broadcast(final, src=0)
-                if table is not None:
-                    self._latency = {"dense_ms": table.dense_ms,
-                                     "predicted_ms": table.predict(groups, cost, final)}
-                    if trainer.world_size > 1:
+                    if self._latency is not None:
                         self._latency = trainer.strategy.broadcast(self._latency, src=0)
             self._dry_run(pl_module, example, groups, floor)
             self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict(),
@@ -561,10 +554,7 @@ class Pruning(Callback):
                  floor: Mapping[str, int]) -> None:
         """Prune a deep copy of the model to every group's minimum and check the rebuild, before
         the first optimizer step: what would fail at the real prune fails now."""
-        memo = {id(self): self}
-        if getattr(pl_module, "_trainer", None) is not None:
-            memo[id(pl_module._trainer)] = pl_module._trainer
-        trial = copy.deepcopy(pl_module, memo)
+        trial = model_copy(pl_module, shared=[self])
         try:
             dry_run(trial, example, groups, floor)
         finally:
@@ -613,7 +603,8 @@ class Pruning(Callback):
             finally:
                 pl_module.train(was_training)
             info.update(latency_dense_ms=self._latency["dense_ms"], latency_predicted_ms=self._latency["predicted_ms"],
-                        latency_measured_ms=measured)
+                        latency_measured_ms=measured, latency_uncalibrated_ms=self._latency.get("uncalibrated_ms"),
+                        latency_calibration_ms=self._latency.get("calibration_ms"))
         self.events_done += 1
         self._events.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                              "macs": int(after.macs), "params": int(after.params), **info})

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
+from .latency import calibrated_keep_counts, latency_model
 from .structure.groups import ChannelGroup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -334,6 +335,25 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
                 return keep
             keep = traded
     return keep
+
+
+def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup], cost: ModelCost,
+                       target: Target, min_keep: Mapping[str, int], allocation: str = "uniform",
+                       scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1,
+                       shared: Sequence[object] = ()) -> tuple[dict[str, int], dict | None]:
+    """:func:`keep_counts` for any target, the latency kind included: that one is timed on
+    ``example``'s device at the target's batch size (a per-layer table, then whole pruned copies
+    of ``model``: :func:`lightning_ssr.latency.calibrated_keep_counts`). Returns the counts and,
+    for a latency target, ``{"dense_ms", "uncalibrated_ms", "predicted_ms", "calibration_ms"}``."""
+    def allocate(table=None):
+        return keep_counts(model, groups, cost, target, min_keep, allocation=allocation, scores=scores,
+                           round_to=round_to, latency=table)
+    if target.kind != "latency":
+        return allocate(), None
+    batch = example[:1].expand(target.batch_size, *example.shape[1:]).clone()
+    table = latency_model(model, batch, groups, cost)
+    keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared)
+    return keep, {"dense_ms": table.dense_ms, **info}
 
 
 def _best_trade(groups, keep, floor, step, measure, limit):

@@ -14,11 +14,10 @@ import torch
 from torch import nn
 
 from ..cost import count_cost
-from ..latency import latency_model
 from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
 from ..structure.surgery import prune_channels
-from ..targets import Target, keep_counts, min_keep_counts
+from ..targets import Target, min_keep_counts, target_keep_counts
 from ..validation import check_number
 from .base import PruningMethod, register_method, top_k_masks
 from .importance import IMPORTANCES, get_importance, random_scores
@@ -74,12 +73,10 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     check_number("prune_oneshot", "round_to", round_to, low=1, integer=True)
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}
-    table = None
-    if target.kind == "latency":  # timed here, on the inputs' device, at the target's batch size
-        batch = example_inputs[:1].expand(target.batch_size, *example_inputs.shape[1:]).clone()
-        table = latency_model(model, batch, groups, cost)
-    keep = keep_counts(model, groups, cost, target, min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
-                       allocation=allocation, scores=scores, round_to=round_to, latency=table)
+    # a latency target is timed here, on the inputs' device, at the target's batch size
+    keep, _ = target_keep_counts(model, example_inputs, groups, cost, target,
+                                 min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
+                                 allocation=allocation, scores=scores, round_to=round_to)
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)

@@ -256,6 +256,17 @@ def spread_indices(size: int, count: int) -> list[int]:
     return sorted({int(i) for i in picks})
 
 
+def model_copy(model: nn.Module, shared: Sequence[object] = ()) -> nn.Module:
+    """A deep copy of ``model`` to prune on the side. A LightningModule's trainer, and the objects
+    in ``shared``, are referenced, not copied (the trainer holds the data loaders, the loggers and
+    the optimizers of the real model)."""
+    memo = {id(obj): obj for obj in shared}
+    trainer = getattr(model, "_trainer", None)
+    if trainer is not None:
+        memo[id(trainer)] = trainer
+    return copy.deepcopy(model, memo)
+
+
 def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> None:
     """Prune ``model`` (pass a copy: it is rebuilt in place) to ``keep[g]`` channels in every
     group and check the rebuild numerically, so that anything that would fail at the real prune
