@@ -38,6 +38,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
@@ -373,13 +374,38 @@ def latency_line(result: PruningResult) -> str | None:
     return "CPU latency: " + ", ".join(parts)
 
 
+def _failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
+    """The ``result.json`` of a run that failed: what is known of it, ``status: failed`` and the error."""
+    result = None
+    if lm is not None or callback is not None:
+        try:
+            result = _base_result(cfg, lm, callback, dm)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            result = None
+    if result is None:  # failed at the checks: only the configuration is known
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
+            config = OmegaConf.to_container(cfg, resolve=False)
+        result = PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
+    result.status = "failed"
+    result.error = "".join(traceback.format_exception_only(err)).strip()
+    result.timings.update(timings)
+    return result
+
+
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
     ``result.json``. A failure after the checks still writes ``result.json`` (``status: failed``)."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    callback, dm = check_config(cfg)  # a bad value fails here, before any training
+    try:
+        callback, dm = check_config(cfg)  # a bad value fails here, before any training
+    except Exception as err:
+        # a sweep's report lists this run as failed, with the reason
+        _failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        raise
     timings: dict[str, float] = {}
     net = lm = None
     try:
@@ -397,15 +423,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result.dense.update(metrics["dense"], cache=dense_info["cache"])
         result.pruned.update(metrics["pruned"], **files)
     except Exception as err:
-        try:
-            result = _base_result(cfg, lm, callback, dm)
-        except Exception:  # noqa: BLE001 - the original error is the one to report
-            result = PruningResult(method=str(cfg.pruning.get("name", "none")))
-        result.status = "failed"
-        result.error = "".join(traceback.format_exception_only(err)).strip()
         timings["total_s"] = time.perf_counter() - start
-        result.timings.update(timings)
-        result.save(output_dir / "result.json")
+        _failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
         raise
     timings["total_s"] = time.perf_counter() - start
     result.timings.update(timings)
@@ -423,7 +442,15 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
             config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    try:
+        run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except Exception as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # one broken run must not stop the sweep: it is recorded (result.json, status failed)
+        # and the sweep's report lists it with its error
+        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
 
 
 class _QuietLightning(logging.Filter):

@@ -8,6 +8,7 @@ mode it was in), check the ONNX file against PyTorch, and return what they wrote
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -76,13 +77,29 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _quiet_onnx_registry():
+    """The ONNX exporter logs a warning per torchvision operator it cannot register when
+    torchvision is absent (none matters to a model that does not use them), and torch's own
+    pytree code warns about its deprecated ``LeafSpec`` while tracing."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
     """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    with _eval_mode(model):
+    with _eval_mode(model), _quiet_onnx_registry():
         torch.onnx.export(model, (example_input.detach(),), str(path), input_names=["input"],
                           output_names=["output"], opset_version=opset, dynamo=True,
                           dynamic_shapes=dynamic_shapes, verbose=False)

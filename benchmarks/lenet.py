@@ -1,0 +1,249 @@
+"""LeNet-5, the SSR paper's table: SSR-L2,1, SSR-L2,0 and the best baseline on the full MNIST
+(55k/5k/10k) and on Fashion-MNIST, beside the paper's rows.
+
+    python benchmarks/lenet.py                              # both datasets, 5 seeds, 2 runs at a time
+    python benchmarks/lenet.py --datasets mnist --seeds 0 1 --methods ssr_l20
+
+Every method compresses the same dense LeNet-5 of each seed (the job's dense cache) to the same
+MACs target (MNIST: 2.5% of the dense MACs, 40x; Fashion-MNIST: 10%, 10x) with the same epoch
+budget: methods with a training-time term get ``--sparsify`` epochs with it and ``--finetune``
+after the prune; one-shot methods (l1) prune at the start and fine-tune for both. The accuracy
+drop is dense minus pruned top-1 on the 10k test split, in points; nothing is selected on it.
+
+Runs train ``--jobs`` at a time, one thread each (LeNet-5 is too small for two threads to help
+one run). Speed is measured afterwards, alone, in this process: dense vs pruned, alternately,
+at batch 1 and 256 in eager PyTorch, and at batch 1 in ONNX Runtime (each model at its faster
+thread count, 1 or all). Writes ``benchmarks/results/lenet.json``: the machine, the settings, and
+rows ``{dataset, method, filters, macs_reduction, params_reduction, drop_mean, drop_std, n_runs,
+speedup_b1_eager, speedup_b1_runtime, speedup_b256}`` (means over the seeds; ``filters`` is the
+most common structure), the paper's rows (``source: paper``), and every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from lightning_ssr.checkpoint import load_pruned
+from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
+from lightning_ssr.export import export_onnx
+from lightning_ssr.methods import available_methods, build_method
+from lightning_ssr.models import build_model
+from lightning_ssr.report import compare_latency, machine_info
+
+RESULTS = Path(__file__).parent / "results"
+DATASETS = {"mnist": ("mnist", 0.025), "fashion_mnist": ("fashion_mnist", 0.1)}  # name: (data config, MACs kept)
+METHODS = ["ssr_l21", "ssr_l20", "l1"]  # l1: the best baseline of benchmarks/results/methods.json
+# The SSR paper's LeNet-5 rows on MNIST (Lin et al. 2019, Table: filters, FLOPs, params, CPU speed-up,
+# top-1 error increase); dense 2.29M MACs, 431K params.
+PAPER = [
+    {"method": "SSL (Wen 2016)", "filters": "3-15-175", "macs": 162e3, "params": 45e3, "speedup": 3.62, "drop": 0.05},
+    {"method": "SSL (Wen 2016)", "filters": "2-11-134", "macs": 91e3, "params": 26e3, "speedup": 4.40, "drop": 0.20},
+    {"method": "Taylor (Molchanov 2017)", "filters": "2-7-99", "macs": 65e3, "params": 13e3, "speedup": 4.80,
+     "drop": 0.20},
+    {"method": "SSR-L2,1", "filters": "3-11-108", "macs": 118e3, "params": 21e3, "speedup": 4.00, "drop": 0.05},
+    {"method": "SSR-L2,1", "filters": "2-8-77", "macs": 67e3, "params": 11e3, "speedup": 5.50, "drop": 0.18},
+]
+DENSE_MACS, DENSE_PARAMS = 2_293_000, 431_080
+
+
+def overrides(dataset: str, method: str, seed: int, args) -> list[str]:
+    data, macs = DATASETS[dataset]
+    oneshot = not build_method(method).sparsifies
+    sparsify = 0 if oneshot else args.sparsify
+    finetune = args.finetune + (args.sparsify if oneshot else 0)
+    return [f"data={data}", "model=lenet5", f"pruning={method}", "target=macs", f"target.macs={macs}",
+            f"seed={seed}", f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
+            f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "verbose=false",
+            "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *args.override]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    quiet_lightning()
+
+
+def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
+    """Train (or reuse) the dense model of one seed, so that the compression runs share it."""
+    cfg = compose_config(overrides(dataset, args.methods[0], seed, args))  # the method does not change it
+    _, info = train_dense(cfg, build_data(cfg), out_dir)
+    return info["cache"]["path"]
+
+
+def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> dict:
+    start = time.perf_counter()
+    try:
+        row = run(compose_config(overrides(dataset, method, seed, args)), out_dir).to_dict()
+        row["checkpoint"] = str(Path(out_dir) / "pruned.pt")
+    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
+        row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return {**row, "dataset": dataset, "method": method, "seed": seed, "seconds": time.perf_counter() - start}
+
+
+def ort_latency_ms(path: Path, batch: int, repeats: int) -> float:
+    """Median ONNX Runtime latency of the model at ``path``, at its faster thread count (1 or all)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    best = float("inf")
+    x = np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    for threads in sorted({1, os.cpu_count() or 1}):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(20):
+            session.run(None, {name: x})
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            session.run(None, {name: x})
+            times.append(time.perf_counter() - t)
+        best = min(best, 1000 * statistics.median(times))
+    return best
+
+
+def measure_speed(row: dict, repeats: int, tmp: Path) -> dict:
+    """Dense vs pruned latency of one run's model (weights do not matter for the time)."""
+    dense = build_model("lenet5").eval()
+    pruned = load_pruned(build_model("lenet5"), row["checkpoint"]).eval()
+    eager = compare_latency(dense, pruned, [1, 1, 28, 28], (1, 256), repeats)
+    x = torch.randn(1, 1, 28, 28)
+    paths = {k: export_onnx(m, x, tmp / f"{row['dataset']}-{row['method']}-{row['seed']}-{k}.onnx")
+             for k, m in (("dense", dense), ("pruned", pruned))}
+    ort_ms = {k: [] for k in paths}
+    for _ in range(3):  # alternate, so that machine noise hits both alike
+        for k, path in paths.items():
+            ort_ms[k].append(ort_latency_ms(path, 1, 10 * repeats))
+    runtime = {k: statistics.median(v) for k, v in ort_ms.items()}
+    return {"eager_ms": {"dense": eager["dense"], "pruned": eager["pruned"]}, "runtime_ms": runtime,
+            "speedup_b1_eager": eager["speedup"]["batch_1"], "speedup_b256": eager["speedup"]["batch_256"],
+            "speedup_b1_runtime": runtime["dense"] / runtime["pruned"]}
+
+
+def structure(row: dict) -> str:
+    return "-".join(str(layer["after"]) for layer in row["layers"][:-1])  # the classifier's outputs stay
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for (dataset, method), group in _grouped(runs).items():
+        ok = [r for r in group if r.get("status") == "ok"]
+        if not ok:
+            rows.append({"dataset": dataset, "method": method, "n_runs": 0, "failed": len(group),
+                         "errors": [r.get("error") for r in group]})
+            continue
+        drops = [r["accuracy_drop_points"] for r in ok]
+
+        def mean(key, ok=ok):
+            values = [r["speed"][key] for r in ok if "speed" in r]
+            return statistics.fmean(values) if values else None
+        rows.append({
+            "source": "measured", "dataset": dataset, "method": method,
+            "filters": collections.Counter(structure(r) for r in ok).most_common(1)[0][0],
+            "macs_reduction": statistics.fmean(r["macs_reduction"] for r in ok),
+            "params_reduction": statistics.fmean(r["params_reduction"] for r in ok),
+            "drop_mean": statistics.fmean(drops), "drop_std": statistics.stdev(drops) if len(drops) > 1 else 0.0,
+            "dense_accuracy_mean": statistics.fmean(r["dense"]["accuracy"] for r in ok),
+            "pruned_accuracy_mean": statistics.fmean(r["pruned"]["accuracy"] for r in ok),
+            "n_runs": len(ok), "failed": len(group) - len(ok),
+            "speedup_b1_eager": mean("speedup_b1_eager"), "speedup_b1_runtime": mean("speedup_b1_runtime"),
+            "speedup_b256": mean("speedup_b256"),
+        })
+    return rows
+
+
+def _grouped(runs):
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        out.setdefault((r["dataset"], r["method"]), []).append(r)
+    return out
+
+
+def paper_rows() -> list[dict]:
+    return [{"source": "paper", "dataset": "mnist", "method": p["method"], "filters": p["filters"],
+             "macs_reduction": DENSE_MACS / p["macs"], "params_reduction": DENSE_PARAMS / p["params"],
+             "drop_mean": p["drop"], "drop_std": None, "n_runs": None, "speedup_cpu_paper": p["speedup"]}
+            for p in PAPER]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--dense-epochs", type=int, default=10)
+    parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
+    parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
+    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
+    args = parser.parse_args(argv)
+    quiet_lightning()
+    start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp, \
+            ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else
+                                                                                torch.get_num_threads(),)) as pool:
+        tmp = Path(tmp)
+        dense = [pool.submit(dense_job, d, s, args, str(tmp / f"dense-{d}-{s}")) for d in args.datasets
+                 for s in args.seeds]
+        for future in dense:
+            log(f"dense model ready: {Path(future.result()).name}")
+        futures = [pool.submit(compress_job, d, m, s, args, str(tmp / f"{d}-{m}-{s}"))
+                   for d in args.datasets for s in args.seeds for m in args.methods]
+        runs = []
+        for future in futures:
+            r = future.result()
+            runs.append(r)
+            log(f"{r['dataset']:<13} {r['method']:<8} seed {r['seed']}: " + (
+                f"{structure(r)}, {r['macs_reduction']:.1f}x MACs, drop {r['accuracy_drop_points']:+.2f} pt"
+                if r.get("status") == "ok" else f"FAILED {r.get('error')}"))
+        pool.shutdown()
+        log("measuring speed (alone, all threads)")
+        torch.set_num_threads(os.cpu_count() or 1)
+        for r in runs:
+            if r.get("status") == "ok":
+                r["speed"] = measure_speed(r, args.repeats, tmp)
+                r.pop("checkpoint")
+    rows = summarize(runs)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["macs_kept"] = {d: DATASETS[d][1] for d in args.datasets}
+    out = {"benchmark": "lenet", "machine": machine_info(), "settings": settings, "rows": rows + paper_rows(),
+           "runs": runs, "seconds": time.perf_counter() - start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"\n{'dataset':<13} {'method':<32} {'filters':<10} {'MACs':>6} {'params':>6} {'drop (pt)':>13} "
+          f"{'runs':>4} {'b1 eager':>8} {'b1 ORT':>7} {'b256':>6}")
+    for row in rows + paper_rows():
+        if not row.get("n_runs") and row.get("source") != "paper":
+            print(f"{row['dataset']:<13} {row['method']:<32} all {row['failed']} runs failed")
+            continue
+
+        def x(v):
+            return f"{v:.1f}x" if v else "-"
+        drop = f"{row['drop_mean']:+.2f}" + (f" ± {row['drop_std']:.2f}" if row["drop_std"] is not None else "")
+        print(f"{row['dataset']:<13} {row['method'] + (' (paper)' if row['source'] == 'paper' else ''):<32} "
+              f"{row['filters']:<10} {row['macs_reduction']:>5.1f}x {row['params_reduction']:>5.1f}x {drop:>13} "
+              f"{row['n_runs'] or '':>4} {x(row.get('speedup_b1_eager')):>8} {x(row.get('speedup_b1_runtime')):>7} "
+              f"{x(row.get('speedup_b256') or row.get('speedup_cpu_paper')):>6}")
+    print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Sweep reports: every ``result.json`` under a directory, compared.
+
+``lightning-ssr-report <sweep_dir>`` (and the multirun's own callback, :class:`SweepReport`)
+writes, next to the runs:
+
+- ``report.md`` and ``report.csv``: one row per configuration (the settings that differ between
+  runs, seeds pooled), with the mean and standard deviation over seeds of the test accuracy and
+  of the drop from the dense model, the MACs and the reductions, and whether the configuration
+  is on the Pareto front of accuracy against MACs; failed runs are listed with their errors;
+- ``pareto.png``: test accuracy against MACs, one colour per method, every run as a dot, each
+  configuration's mean as a ring, the Pareto front as a line;
+- ``layers.png``: the per-layer surviving filters of one run (``--run``; by default the
+  cheapest configuration on the Pareto front).
+
+A run directory is one with a ``result.json`` or a Hydra ``.hydra`` folder; a Hydra job that
+left no ``result.json`` (killed, or failed before writing it) is reported as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .report import PruningResult
+
+#: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
+POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")
+REPORT_FILES = ("report.md", "report.csv", "pareto.png", "layers.png")
+
+
+def _flatten(config: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return out
+
+
+def find_runs(root: str | Path) -> list[dict]:
+    """Every run under ``root``: ``{"dir", "status", "error", "result"}`` (``result``: the
+    ``result.json`` as a dict, or ``None``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory {str(root)!r} does not exist")
+    dirs = {p.parent for p in root.rglob("result.json")} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    runs = []
+    for d in sorted(dirs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]):
+        path = d / "result.json"
+        if not path.is_file():
+            runs.append({"dir": d, "status": "failed", "result": None,
+                         "error": f"no result.json in {str(d)!r}: the run did not finish (see its cli.log)"})
+            continue
+        try:
+            result = PruningResult.load(path).to_dict()
+        except ValueError as err:
+            runs.append({"dir": d, "status": "failed", "result": None, "error": str(err)})
+            continue
+        runs.append({"dir": d, "status": result.get("status", "ok"), "error": result.get("error"), "result": result})
+    return runs
+
+
+def _settings(run: dict) -> dict:
+    result = run["result"] or {}
+    return _flatten((result.get("config") or {}).get("cli") or {})
+
+
+def varying_keys(runs: Sequence[dict]) -> list[str]:
+    """The config keys whose values differ between runs (seeds and paths excepted)."""
+    settings = [_settings(r) for r in runs if r["result"] is not None]
+    keys = sorted(set().union(*settings)) if settings else []
+    return [k for k in keys if not any(k == p or k.startswith(p + ".") for p in POOLED_KEYS)
+            and len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+
+
+def _label(run: dict, keys: Sequence[str]) -> str:
+    settings = _settings(run)
+    result = run["result"] or {}
+    if not keys:
+        return str(result.get("method") or "run")
+    return " ".join(f"{k}={settings.get(k)}" for k in keys)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: Sequence[dict]) -> list[dict]:
+    """One row per configuration (seeds pooled), in the order the runs were found."""
+    keys = varying_keys(runs)
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["result"] is not None:
+            groups.setdefault(_label(run, keys), []).append(run)
+    rows = []
+    for label, members in groups.items():
+        ok = [m["result"] for m in members if m["status"] == "ok" and m["result"].get("pruned", {}).get("macs")]
+        acc = [100 * r["pruned"]["accuracy"] for r in ok if r["pruned"].get("accuracy") is not None]
+        drop = [r["accuracy_drop_points"] for r in ok if r.get("accuracy_drop_points") is not None]
+        acc_mean, acc_std = _mean_std(acc)
+        drop_mean, drop_std = _mean_std(drop)
+        rows.append({
+            "config": label, "method": (members[0]["result"] or {}).get("method"),
+            "runs": len(ok), "failed": len(members) - len(ok),
+            "accuracy_mean": acc_mean, "accuracy_std": acc_std, "drop_mean": drop_mean, "drop_std": drop_std,
+            "macs_mean": _mean_std([r["pruned"]["macs"] for r in ok])[0],
+            "macs_reduction_mean": _mean_std([r["macs_reduction"] for r in ok if r.get("macs_reduction")])[0],
+            "params_reduction_mean": _mean_std([r["params_reduction"] for r in ok if r.get("params_reduction")])[0],
+            "dirs": [str(m["dir"]) for m in members],
+        })
+    front = pareto_front([(r["macs_mean"], r["accuracy_mean"]) for r in rows])
+    for i, row in enumerate(rows):
+        row["pareto"] = i in front
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> set[int]:
+    """Indices of the points no other point beats: fewer or equal MACs and higher or equal
+    accuracy, one of them strictly. Points with a missing coordinate are never on the front."""
+    valid = [i for i, (m, a) in enumerate(points) if m is not None and a is not None]
+    front = set()
+    for i in valid:
+        mi, ai = points[i]
+        if not any(points[j][0] <= mi and points[j][1] >= ai and (points[j][0] < mi or points[j][1] > ai)
+                   for j in valid if j != i):
+            front.add(i)
+    return front
+
+
+def _fmt(value, digits=2, suffix=""):
+    return "" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _pm(mean, std, digits=2):
+    return "" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
+    lines = [f"# {title}", "", (f"{sum(r['runs'] for r in rows)} runs finished, "
+             f"{sum(1 for r in runs if r['status'] != 'ok')} failed. Mean ± std over seeds; accuracy on the test "
+             "split; * marks the Pareto front of accuracy against MACs."), "",
+             "| configuration | runs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        runs_cell = f"{r['runs']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
+        macs = "" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.3f}M"
+        lines.append(f"| {r['config']} | {runs_cell} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | "
+                     f"{_pm(r['drop_mean'], r['drop_std'])} | {macs} | {_fmt(r['macs_reduction_mean'], 2, 'x')} | "
+                     f"{_fmt(r['params_reduction_mean'], 2, 'x')} | {'*' if r['pareto'] else ''} |")
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        for r in failed:
+            error = (r["error"] or "no error recorded").replace("\n", " ")
+            lines.append(f"- `{r['dir']}`: {error}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> Path:
+    fields = ["config", "method", "runs", "failed", "accuracy_mean", "accuracy_std", "drop_mean", "drop_std",
+              "macs_mean", "macs_reduction_mean", "params_reduction_mean", "pareto"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("the sweep plots need matplotlib: pip install 'lightning_ssr[plots]'") from err
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("tab10")
+    methods = sorted({r["method"] for r in rows if r["method"]})
+    colour = {m: cmap(i % 10) for i, m in enumerate(methods)}
+    by_dir = {str(r["dir"]): r for r in runs}
+    for row in rows:
+        members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
+        members = [m for m in members if m["pruned"].get("accuracy") is not None and m["pruned"].get("macs")]
+        ax.scatter([m["pruned"]["macs"] / 1e6 for m in members], [100 * m["pruned"]["accuracy"] for m in members],
+                   color=colour.get(row["method"]), alpha=0.45, s=18)
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method and r["accuracy_mean"] is not None]
+        ax.scatter([r["macs_mean"] / 1e6 for r in mine], [r["accuracy_mean"] for r in mine], facecolors="none",
+                   edgecolors=[colour[method]], s=70, linewidths=1.5, label=method)
+    dense = [r["result"]["dense"] for r in runs if r["result"] and r["result"].get("dense", {}).get("accuracy")]
+    if dense:
+        ax.scatter([statistics.fmean(d["macs"] for d in dense) / 1e6],
+                   [100 * statistics.fmean(d["accuracy"] for d in dense)], marker="*", s=120, color="black",
+                   label="dense (mean)")
+    front = sorted((r["macs_mean"] / 1e6, r["accuracy_mean"]) for r in rows if r["pareto"])
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, linestyle="--",
+                label="Pareto front")
+    ax.set_xlabel("MACs (millions)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_layers(result: Mapping, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    layers = result.get("layers") or []
+    if not layers:
+        raise ValueError("the run has no per-layer table (it was not pruned)")
+    names = [layer["name"] for layer in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4.2))
+    xs = range(len(names))
+    ax.bar(xs, [layer["before"] for layer in layers], color="lightgray", label="dense")
+    ax.bar(xs, [layer["after"] for layer in layers], color="tab:blue", label="kept")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("filters / neurons")
+    ax.set_yscale("log" if max(layer["before"] for layer in layers) > 20 * min(
+        max(layer["after"], 1) for layer in layers) else "linear")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _default_layers_run(rows: Sequence[dict], runs: Sequence[dict]) -> dict | None:
+    """The first finished run of the cheapest configuration on the Pareto front."""
+    by_dir = {str(r["dir"]): r for r in runs}
+    for row in sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs_mean"]):
+        for d in row["dirs"]:
+            if by_dir[d]["status"] == "ok":
+                return by_dir[d]
+    return None
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: str | Path | None = None,
+                 plots: bool = True) -> dict:
+    """Aggregate every run under ``sweep_dir`` (see the module docstring); returns the rows and the
+    paths written."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no runs under {str(sweep_dir)!r}: no result.json and no Hydra job folder")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(runs)
+    title = f"Sweep {sweep_dir.name}"
+    files = {"markdown": write_markdown(rows, runs, out / "report.md", title), "csv": write_csv(rows, out / "report.csv")}
+    if plots:
+        files["pareto"] = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
+        chosen = None
+        if run is not None:
+            wanted = Path(run) if Path(run).is_absolute() else sweep_dir / run
+            chosen = next((r for r in runs if r["dir"].resolve() == wanted.resolve()), None)
+            if chosen is None or chosen["result"] is None:
+                raise FileNotFoundError(f"--run {str(run)!r}: no finished run there (runs: "
+                                        f"{[str(r['dir'].relative_to(sweep_dir)) for r in runs][:8]})")
+        else:
+            chosen = _default_layers_run(rows, runs)
+        if chosen is not None and chosen["result"].get("layers"):
+            name = chosen["dir"].relative_to(sweep_dir) if chosen["dir"].is_relative_to(sweep_dir) else chosen["dir"]
+            files["layers"] = plot_layers(chosen["result"], out / "layers.png", f"Surviving filters per layer: {chosen['result']['method']}, run {name}")
+    return {"rows": rows, "runs": runs, "files": files}
+
+
+def format_summary(report: Mapping) -> str:
+    rows, runs = report["rows"], report["runs"]
+    failed = sum(1 for r in runs if r["status"] != "ok")
+    best = [r for r in rows if r["pareto"]]
+    lines = [f"{len(runs)} runs, {failed} failed, {len(rows)} configurations; Pareto front: "
+             + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
+                         for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
+    lines += [f"wrote {p}" for p in report["files"].values()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-ssr-report", description="Compare every run of a sweep: a "
+                                     "Markdown table, a CSV, a Pareto plot of accuracy against MACs and a "
+                                     "per-layer filter plot.")
+    parser.add_argument("sweep_dir", help="a multirun directory (or any folder holding result.json files)")
+    parser.add_argument("--out", default=None, help="where to write the report (default: sweep_dir)")
+    parser.add_argument("--run", default=None, help="the run whose per-layer filters to plot (a job folder, "
+                        "relative to sweep_dir; default: the cheapest configuration on the Pareto front)")
+    parser.add_argument("--no-plots", action="store_true", help="only the table and the CSV")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dir, args.out, args.run, plots=not args.no_plots)
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        print(f"lightning-ssr-report: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(report))
+    return 1 if any(r["status"] != "ok" for r in report["runs"]) else 0
+
+
+try:  # the multirun's callback; Hydra is a dependency, but this module also works without it
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra-core is installed with the package
+    _HydraCallback = object
+
+
+class SweepReport(_HydraCallback):
+    """Hydra callback: write the sweep report when a multirun ends (``conf/config.yaml`` registers
+    it under ``hydra.callbacks``). A report failure is printed, never raised: the runs are done."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            print("\n" + format_summary(write_report(sweep_dir)))
+        except Exception as err:  # noqa: BLE001 - the sweep's runs stand; say why there is no report
+            print(f"no sweep report for {str(sweep_dir)!r}: {type(err).__name__}: {err}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Sweep reports (lightning_ssr.sweep) and Hydra multirun: failed runs recorded, the sweep goes on,
+and the report aggregates every result.json."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_ssr.report import PruningResult
+from lightning_ssr.sweep import find_runs, main, pareto_front, summarize, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accuracy: float,
+            status: str = "ok", error: str | None = None) -> Path:
+    dense_macs = 1_000_000
+    cli = {"model": {"name": "lenet5"}, "pruning": {"name": method}, "target": {"macs": macs_kept}, "seed": seed,
+           "dense": {"cache_dir": f"/somewhere/{seed}"}}
+    result = PruningResult(method=method, config={"cli": cli}, target={"macs": macs_kept},
+                           dense={"macs": dense_macs, "params": 1000, "accuracy": 0.99},
+                           pruned={"macs": int(dense_macs * macs_kept), "params": int(1000 * macs_kept),
+                                   "accuracy": accuracy},
+                           layers=[{"name": "conv1", "before": 20, "after": 10, "macs_before": 1, "macs_after": 1,
+                                    "params_before": 1, "params_after": 1}],
+                           status=status, error=error)
+    (tmp / name).mkdir(parents=True)
+    return result.save(tmp / name / "result.json")
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(1.0, 90.0), (2.0, 95.0), (2.0, 93.0), (3.0, 94.0), (None, 99.0), (0.5, None)]
+    assert pareto_front(points) == {0, 1}
+
+
+def test_summary_pools_seeds_per_configuration_and_lists_failures(tmp_path):
+    _result(tmp_path, "0", "ssr_l20", 0.5, 0, 0.98)
+    _result(tmp_path, "1", "ssr_l20", 0.5, 1, 0.96)
+    _result(tmp_path, "2", "l1", 0.5, 0, 0.95)
+    _result(tmp_path, "3", "l1", 0.5, 1, 0.0, status="failed", error="ValueError: lam must be >= 0")
+    (tmp_path / "4" / ".hydra").mkdir(parents=True)  # a Hydra job that never wrote result.json
+    runs = find_runs(tmp_path)
+    assert [r["status"] for r in runs] == ["ok", "ok", "ok", "failed", "failed"]
+    assert "did not finish" in runs[4]["error"]
+    rows = {r["config"]: r for r in summarize(runs)}
+    assert set(rows) == {"pruning.name=ssr_l20", "pruning.name=l1"}  # seed and cache paths are pooled
+    ssr = rows["pruning.name=ssr_l20"]
+    assert ssr["runs"] == 2 and ssr["failed"] == 0
+    assert ssr["accuracy_mean"] == pytest.approx(97.0) and ssr["accuracy_std"] == pytest.approx(1.41421, rel=1e-4)
+    assert ssr["drop_mean"] == pytest.approx(2.0)
+    assert rows["pruning.name=l1"]["runs"] == 1 and rows["pruning.name=l1"]["failed"] == 1
+    assert ssr["pareto"] and not rows["pruning.name=l1"]["pareto"]  # same MACs, lower accuracy
+
+
+def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
+    for i, (method, kept, acc) in enumerate([("ssr_l20", 0.5, 0.98), ("ssr_l20", 0.25, 0.97), ("l1", 0.25, 0.95)]):
+        _result(tmp_path / "sweep", str(i), method, kept, 0, acc)
+    assert main([str(tmp_path / "sweep"), "--run", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs, 0 failed" in out
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| pruning.name=ssr_l20 target.macs=0.25 | 1 | 97.00 ± 0.00 |" in md
+    with open(tmp_path / "sweep" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and {r["pareto"] for r in rows} == {"True", "False"}
+    for name in ("pareto.png", "layers.png"):
+        data = (tmp_path / "sweep" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+
+
+def test_report_command_says_what_is_wrong(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no runs" in capsys.readouterr().err
+    _result(tmp_path / "one", "0", "l1", 0.5, 0, 0.9)
+    assert main([str(tmp_path / "one"), "--run", "7"]) == 2
+    assert "--run '7'" in capsys.readouterr().err
+
+
+def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
+    _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "result.json").write_text('{"method": "l1", "dense": ')  # truncated
+    report = write_report(tmp_path, plots=False)
+    assert [r["status"] for r in report["runs"]] == ["ok", "failed"]
+    assert "unreadable" in report["runs"][1]["error"]
+
+
+TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
+        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+        "latency.batch_sizes=[]", "verbose=false"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launcher):
+    """2x2 sweep; target.macs=0.02 with min_channels=8 cannot be met (the floors alone keep 9.5%
+    of the MACs): that run fails at its checks, the other three finish, and the report lists all."""
+    if launcher == "joblib":
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs hydra-joblib-launcher "
+                            "(pip install 'lightning_ssr[sweeps]')")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "lightning_ssr.cli", "-m", "target.macs=0.5,0.02", "target.min_channels=1,8",
+           f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
+    if launcher == "joblib":
+        cmd += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.glob("*/result.json"))
+    assert len(results) == 4
+    data = {p.parent.name: json.loads(p.read_text()) for p in results}
+    failed = [d for d in data.values() if d["status"] == "failed"]
+    assert len(failed) == 1 and "too small" in failed[0]["error"]
+    assert failed[0]["config"]["cli"]["target"] == {**failed[0]["config"]["cli"]["target"], "macs": 0.02,
+                                                    "min_channels": 8}
+    assert sum(d["status"] == "ok" and d["pruned"]["macs"] < d["dense"]["macs"] for d in data.values()) == 3
+    md = (sweep / "report.md").read_text()
+    assert "3 runs finished, 1 failed" in md and "too small" in md
+    assert (sweep / "report.csv").is_file()
+    for name in ("pareto.png", "layers.png"):
+        assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
