@@ -441,16 +441,20 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
             config_name=CONFIG_NAME)
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
+    Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
     hydra_cfg = HydraConfig.get()
     try:
-        run(cfg, Path(hydra_cfg.runtime.output_dir))
+        result = run(cfg, Path(hydra_cfg.runtime.output_dir))
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         # one broken run must not stop the sweep: it is recorded (result.json, status failed)
         # and the sweep's report lists it with its error
         print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+        return None
+    return result.pruned.get("val_accuracy") if result.status == "ok" else None
 
 
 class _QuietLightning(logging.Filter):

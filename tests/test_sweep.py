@@ -123,3 +123,24 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
     assert (sweep / "report.csv").is_file()
     for name in ("pareto.png", "layers.png"):
         assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_optuna_experiment_searches_and_reports(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
+                        "(pip install 'lightning_ssr[optuna]')")
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "lightning_ssr.cli", "-m", "+experiment=optuna_ssr", "hydra.sweeper.n_trials=2",
+           f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
+    assert len(results) == 2 and all(r["status"] == "ok" and r["method"] == "ssr_l21" for r in results)
+    # every trial met the 4x MACs target; the searched values differ between trials
+    assert all(abs(r["pruned"]["macs"] / r["dense"]["macs"] - 0.25) <= 0.02 * 0.25 for r in results)
+    assert len({r["config"]["cli"]["pruning"]["lam"] for r in results}) == 2
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"pruning.lam", "pruning.rho", "schedule.update_every_n_steps"}
+    assert best["best_value"] == max(r["pruned"]["val_accuracy"] for r in results)
+    assert (sweep / "report.md").is_file()
