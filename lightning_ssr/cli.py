@@ -394,12 +394,35 @@ def _failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, 
     return result
 
 
+def _recipe(cfg: DictConfig):
+    """The job's stages other than the default's, chosen by a top-level section of the config:
+    ``transfer`` (:func:`lightning_ssr.transfer.run_transfer`) or ``adaptation``
+    (:func:`lightning_ssr.adaptation.run_adaptation`); ``None`` for the default job."""
+    if cfg.get("transfer") is not None:
+        from .transfer import run_transfer, transfer_summary
+
+        return run_transfer, transfer_summary
+    if cfg.get("adaptation") is not None:
+        from .adaptation import adaptation_summary, run_adaptation
+
+        return run_adaptation, adaptation_summary
+    return None
+
+
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
-    ``result.json``. A failure after the checks still writes ``result.json`` (``status: failed``)."""
+    ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error)."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    recipe = _recipe(cfg)
+    if recipe is not None:
+        try:
+            result = recipe[0](cfg, output_dir)
+        except Exception as err:
+            _failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+            raise
+        return _finish(result, output_dir, start, recipe[1](result))
     try:
         callback, dm = check_config(cfg)  # a bad value fails here, before any training
     except Exception as err:
@@ -426,16 +449,21 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         timings["total_s"] = time.perf_counter() - start
         _failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
         raise
-    timings["total_s"] = time.perf_counter() - start
     result.timings.update(timings)
+    return _finish(result, output_dir, start)
+
+
+def _finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:
+    """Write ``result.json`` and print the summary."""
+    result.timings["total_s"] = time.perf_counter() - start
     path = result.save(output_dir / "result.json")
     print("\n" + result.summary())
-    line = latency_line(result)
-    if line:
-        print(line)
+    for line in (extra, latency_line(result)):
+        if line:
+            print(line)
     if result.status != "ok":
         print(f"warning: {result.error}")
-    print(f"wrote {path} ({timings['total_s']:.0f} s)")
+    print(f"wrote {path} ({result.timings['total_s']:.0f} s)")
     return result
 
 

@@ -77,10 +77,15 @@ class _InMemoryImages(pl.LightningDataModule):
     num_classes = 10
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
-                 split_seed: int = 0, image_size: int = 28, num_workers: int = 0):
+                 split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
+                                       or train_size < self.num_classes):
+            raise ValueError(f"data.train_size is the number of labeled training images to keep (stratified), an "
+                             f"integer >= {self.num_classes} (one per class), or null for all; got {train_size!r}")
+        self.train_size = train_size
         self.root = Path(root) if root else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -104,7 +109,15 @@ class _InMemoryImages(pl.LightningDataModule):
         if self.splits:
             return
         x, y, official_test = self._load()
-        parts = self._split(x, y, official_test)
+        parts = list(self._split(x, y, official_test))
+        if self.train_size is not None:  # a labeled subset (few-label transfer): stratified, seeded
+            (tx, ty) = parts[0]
+            if self.train_size > len(ty):
+                raise ValueError(f"data.train_size={self.train_size} is more than the {len(ty)} training images of "
+                                 f"{type(self).__name__}")
+            keep = stratified_split(ty, (self.train_size / len(ty), 1 - self.train_size / len(ty)),
+                                    self.split_seed)[0]
+            parts[0] = (tx[keep], ty[keep])
         if x.shape[-1] != self.image_size:
             parts = [(F.interpolate(px, size=(self.image_size, self.image_size), mode="bilinear",
                                     align_corners=False), py) for px, py in parts]

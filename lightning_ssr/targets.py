@@ -284,8 +284,9 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     if not fits(floor):
         unit = " ms" if target.kind == "latency" else ""
         raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
-                         f"keep (min_channels, max_pruning_ratio, round_to) already give "
-                         f"{measure(floor) / total:.4f} of the dense model; raise the target or relax those limits")
+                         f"keep (min_channels, max_pruning_ratio, round_to), with the layers that are not pruned "
+                         f"(ignored or frozen), already give {measure(floor) / total:.4f} of the dense model; raise "
+                         "the target or relax those limits")
     full = {g.name: g.size for g in groups}
     if fits(full):
         return full

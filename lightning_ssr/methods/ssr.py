@@ -84,7 +84,7 @@ class AULM:
                          else {g.name: min(int(min_keep), g.size) for g in self.groups})
         self.tol = float(tol)
         self.patience = int(patience)
-        names = sorted({s.param for g in self.groups for s in g.slices})
+        names = sorted({s.param for g in self.groups for s in g.measured})
         missing = [n for n in names if n not in params]
         if missing:
             raise KeyError(f"grouped parameters {missing} are not among the model's parameters")

@@ -65,10 +65,16 @@ class ChannelGroup:
     #: norm, its regularizer or its importance
     fixed: list[GroupSlice] = field(default_factory=list)
 
+    @property
+    def measured(self) -> list[GroupSlice]:
+        """The slices that measure the channels: the trainable ones or, in a group whose every
+        output row is frozen (a frozen layer pruned on request), the frozen ones."""
+        return self.slices or self.fixed
+
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """L2 norm of each channel's slices in ``tensors`` (parameter name -> tensor)."""
+        """L2 norm of each channel's :attr:`measured` slices in ``tensors`` (parameter name -> tensor)."""
         total = None
-        for s in self.slices:
+        for s in self.measured:
             t = tensors[s.param].movedim(s.dim, 0)
             rows = t[s.index.reshape(-1).to(t.device)].reshape(self.size, -1)
             sq = rows.double().pow(2).sum(1)
@@ -105,12 +111,22 @@ def align_blocks(group: ChannelGroup, mask: torch.Tensor, scores: torch.Tensor |
 
 
 def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    """Trace ``model`` on ``example_inputs``; the model's train/eval mode is left unchanged."""
+    """Trace ``model`` on ``example_inputs``; the model's train/eval mode is left unchanged.
+
+    The graph is read from autograd's record of the forward pass, which skips the operations of
+    frozen parameters (``requires_grad=False``) on inputs that need no gradient: a frozen first
+    layer would be missing. Every parameter is therefore traced as trainable, and its flag given
+    back afterwards."""
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         model.train(was_training)
 
 

@@ -1,0 +1,215 @@
+"""Domain adaptation, compressed: DANN (Ganin et al., JMLR 2016) adapts a network trained on a
+labeled source domain to an unlabeled target domain, and the pruning callback compresses the
+feature extractor during the adaptation.
+
+``lightning-ssr +experiment=da_mnist_to_digits`` runs :func:`run_adaptation`:
+
+1. **source only**: the dense network trained on the labeled source (``data``), cached like every
+   dense model of the job, and tested on the target's test split;
+2. **DANN dense**: from those weights, :class:`DANN` trains on labeled source batches and
+   unlabeled target batches (``adaptation.target``'s training images; their labels are never
+   read) for the schedule's epochs;
+3. **DANN compressed**: the same, with the pruning callback.
+
+Model selection never sees target labels: the validation split is the source's (the pruning
+methods that score on validation batches score there). The target's labels serve only the final
+test. ``result.json``: ``dense`` is DANN dense and ``pruned`` DANN compressed, both on the
+target's test split; ``config["adaptation"]`` records the source-only accuracies.
+
+The domain classifier reads the input of the network's last ``nn.Linear`` (the features), so
+that layer's input width must stay: the experiment's config leaves the layer producing it
+unpruned (``pruning.ignored_layers``), and :class:`DANN` says so if it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import CombinedLoader
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .module import ImageClassifier
+from .validation import check_number
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coeff):
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.coeff * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by ``-coeff`` on the way back."""
+    return _ReverseGradient.apply(x, coeff)
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"DANN needs a network whose last nn.Linear is the classifier; {type(model).__name__} has "
+                         "no nn.Linear")
+    return linears[-1]
+
+
+class DANN(ImageClassifier):
+    """Domain-adversarial training of ``model`` (a classifier whose last ``nn.Linear`` is the head).
+
+    Each training batch is ``{"source": (x, y), "target": (x, _)}`` (:class:`DomainAdaptationData`).
+    The loss is the source cross-entropy plus ``domain_weight`` times the domain classifier's
+    binary cross-entropy on the features of both, seen through a gradient reversal whose
+    coefficient rises from 0 to 1 as ``2 / (1 + exp(-10 p)) - 1`` over training progress ``p``.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int = 10, lr: float = 0.01, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, domain_weight: float = 1.0, domain_hidden: int = 100,
+                 nesterov: bool = False, cosine: bool = True):
+        check_number("DANN", "domain_weight", domain_weight, low=0.0)
+        check_number("DANN", "domain_hidden", domain_hidden, low=1, integer=True)
+        super().__init__(model, num_classes, lr, momentum, weight_decay, nesterov, cosine)
+        self.save_hyperparameters(ignore=["model"])
+        self.head_name, head = _last_linear(model)
+        # trained with the network (configure_optimizers takes every parameter), never deployed
+        self.domain = nn.Sequential(nn.Linear(head.in_features, domain_hidden), nn.ReLU(),
+                                    nn.Linear(domain_hidden, 1))
+
+    def _logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = []
+        head = self.model.get_submodule(self.head_name)
+        handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        features = seen[-1].flatten(1)
+        expected = self.domain[0].in_features
+        if features.shape[1] != expected:
+            raise RuntimeError(
+                f"DANN: the features read by the domain classifier have {features.shape[1]} channels, the classifier "
+                f"expects {expected}; the layer producing {self.head_name!r}'s input was pruned. Leave it unpruned: "
+                f"add it to pruning.ignored_layers")
+        return logits, features
+
+    def reversal_coefficient(self) -> float:
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        p = min(self.global_step / total, 1.0)
+        return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+    def training_step(self, batch, batch_idx):
+        (xs, ys), (xt, _unused_target_labels) = batch["source"], batch["target"]
+        logits, features = self._logits_and_features(torch.cat([xs, xt]))
+        n = xs.shape[0]
+        task = F.cross_entropy(logits[:n], ys)
+        domain_labels = torch.cat([torch.zeros(n, device=xs.device), torch.ones(xt.shape[0], device=xs.device)])
+        domain_logits = self.domain(reverse_gradient(features, self.reversal_coefficient())).squeeze(1)
+        domain = F.binary_cross_entropy_with_logits(domain_logits, domain_labels)
+        loss = task + self.hparams.domain_weight * domain
+        self.log_dict({"train_loss": loss, "source_loss": task, "domain_loss": domain}, prog_bar=False)
+        return loss
+
+
+class DomainAdaptationData(pl.LightningDataModule):
+    """Labeled ``source`` and unlabeled ``target`` training batches, side by side (the shorter
+    loader cycles); validation on the source; test on the target."""
+
+    def __init__(self, source: pl.LightningDataModule, target: pl.LightningDataModule):
+        super().__init__()
+        if source.num_classes != target.num_classes or source.in_channels != target.in_channels:
+            raise ValueError(f"source {type(source).__name__} and target {type(target).__name__} differ in classes "
+                             f"({source.num_classes} vs {target.num_classes}) or channels")
+        self.source, self.target = source, target
+        self.num_classes, self.in_channels = source.num_classes, source.in_channels
+        self.image_size = source.image_size
+
+    def setup(self, stage: str | None = None) -> None:
+        self.source.setup(stage)
+        self.target.setup(stage)
+
+    def train_dataloader(self):
+        return CombinedLoader({"source": self.source.train_dataloader(), "target": self.target.train_dataloader()},
+                              mode="max_size_cycle")
+
+    def val_dataloader(self):
+        return self.source.val_dataloader()
+
+    def test_dataloader(self):
+        return self.target.test_dataloader()
+
+
+def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, root: Path, log: bool):
+    extra = {"logger": CSVLogger(str(root), name="logs")} if log and "logger" not in cfg.trainer else {"logger": False}
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=False,
+                          default_root_dir=str(root), **extra)
+    trainer.fit(lm, dm)
+    return lm
+
+
+def run_adaptation(cfg: DictConfig, output_dir: str | Path):
+    """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
+    from . import cli  # the job's own stages; cli dispatches here
+
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    a = cfg.adaptation
+    if a.target is None or "_target_" not in a.target:
+        raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
+    callback, source_dm = cli.check_config(cfg)
+    target_dm = instantiate(a.target)
+    data = DomainAdaptationData(source_dm, target_dm)
+    module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
+                   "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
+                   "domain_hidden": a.domain_hidden, "nesterov": cfg.module.nesterov, "cosine": cfg.module.cosine}
+    DANN(cli.build_network(cfg, source_dm), **module_args)  # a bad setting fails here, before training
+
+    net, dense_info = cli.train_dense(cfg, source_dm, output_dir)  # source only
+    source_only = cli.accuracy(cfg, net, target_dm)
+    source_test = cli.accuracy(cfg, net, source_dm)["accuracy"]
+    epochs = cfg.trainer.max_epochs or cli.build_schedule(cfg).total_epochs
+
+    t = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    dense = _fit(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, [], output_dir / "dann_dense", False)
+    dense_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    compressed = _fit(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, [callback], output_dir, True)
+    compress_s = time.perf_counter() - t
+
+    result = cli._base_result(cfg, compressed, callback, source_dm)
+    cli._print_final_table(result, callback)
+    metrics = cli.evaluate(cfg, target_dm, dense.model, compressed.model)
+    files = cli.export_model(cfg, compressed, callback, source_dm, output_dir)
+    result.dense.update(metrics["dense"], role="DANN dense, on the target's test split")
+    result.pruned.update(metrics["pruned"], role="DANN compressed, on the target's test split", **files)
+    result.config["adaptation"] = {
+        "source": type(source_dm).__name__, "target": type(target_dm).__name__,
+        "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
+        "target_train_images_unlabeled": len(target_dm.splits["train"]),
+        "domain_weight": a.domain_weight, "dense_cache": dense_info["cache"],
+        "target_labels_used_for": "the final test only",
+        "settings": OmegaConf.to_container(a, resolve=True),
+    }
+    result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s,
+                          total_s=time.perf_counter() - start)
+    return result
+
+
+def adaptation_summary(result) -> str:
+    info = result.config["adaptation"]
+    return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
+            f"{100 * info['source_only_target_accuracy']:.2f}%; DANN dense {100 * result.dense['accuracy']:.2f}% at "
+            f"{result.dense['macs'] / 1e6:.2f}M MACs; DANN compressed {100 * result.pruned['accuracy']:.2f}% at "
+            f"{result.pruned['macs'] / 1e6:.3f}M MACs ({result.macs_reduction:.1f}x fewer)")

@@ -1,0 +1,137 @@
+"""Transfer learning, compressed: a network trained on a source dataset is fine-tuned on a
+target dataset with a new head, and the pruning callback compresses it during that fine-tune.
+
+``lightning-ssr +experiment=transfer_fmnist_to_mnist`` runs :func:`run_transfer`:
+
+1. the dense network on the source data (``transfer.source``), trained once and cached like
+   every dense model of the job;
+2. a new classification head (the network's last ``nn.Linear``, freshly initialized for the
+   target's classes), and the layers named in ``transfer.freeze`` frozen;
+3. the **dense fine-tune**: the network fine-tuned on the target's labeled training images
+   (``data.train_size`` of them) for the schedule's epochs, unpruned: the reference;
+4. the **compressed fine-tune**: the same start and the same epochs, with the pruning callback.
+   Frozen layers are not pruned (their filters are the source's) unless
+   ``transfer.prune_frozen=true``.
+
+``result.json`` is the usual :class:`~lightning_ssr.report.PruningResult`: ``dense`` is the
+dense fine-tune and ``pruned`` the compressed one, on the target's test split;
+``config["transfer"]`` records the source, its test accuracy, the target's labeled images and
+the frozen layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from .validation import check_choice, check_number
+
+
+def new_head(net: nn.Module, num_classes: int) -> str:
+    """Replace the last ``nn.Linear`` of ``net`` by a freshly initialized one with
+    ``num_classes`` outputs; returns its name."""
+    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear to serve as the classification head")
+    name, old = linears[-1]
+    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    setattr(parent, name.rpartition(".")[2], nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return name
+
+
+def freeze(net: nn.Module, names) -> list[str]:
+    """Stop the gradients of the named modules (names as in ``net.named_modules()``)."""
+    modules = dict(net.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"transfer.freeze names {unknown}, which {type(net).__name__} does not have; its layers: "
+                         f"{[n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]}")
+    for n in names:
+        for p in modules[n].parameters():
+            p.requires_grad_(False)
+    return list(names)
+
+
+def _source_config(cfg: DictConfig) -> DictConfig:
+    source = copy.deepcopy(cfg)
+    with open_dict(source):
+        source.data = cfg.transfer.source
+        source.dense.epochs = cfg.transfer.source_epochs
+    return source
+
+
+def check_transfer(cfg: DictConfig) -> None:
+    """The transfer settings, checked before anything trains."""
+    t = cfg.transfer
+    if t.source is None or "_target_" not in t.source:
+        raise ValueError("transfer.source must be a data config (e.g. the contents of conf/data/fashion_mnist.yaml)")
+    check_number("transfer", "source_epochs", t.source_epochs, low=1, integer=True)
+    check_choice("transfer", "prune_frozen", t.prune_frozen, (True, False))
+
+
+def run_transfer(cfg: DictConfig, output_dir: str | Path):
+    """The transfer job (see the module docstring). Returns the :class:`PruningResult`."""
+    from . import cli  # the job's own stages; cli dispatches here
+
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    check_transfer(cfg)
+    frozen = list(cfg.transfer.freeze or [])
+    if frozen and not cfg.transfer.prune_frozen:  # the source's filters stay: their layers are not pruned
+        with open_dict(cfg):
+            cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
+                                                 *(f"model.{n}" for n in frozen)})
+    callback, dm = cli.check_config(cfg)
+    source_cfg = _source_config(cfg)
+    source_dm = cli.build_data(source_cfg)
+    source_net, source_info = cli.train_dense(source_cfg, source_dm, output_dir / "source")
+    source_accuracy = cli.accuracy(source_cfg, source_net, source_dm)["accuracy"]
+
+    pl.seed_everything(cfg.seed, workers=True)
+    net = copy.deepcopy(source_net)
+    head = new_head(net, dm.num_classes)
+    freeze(net, frozen)
+
+    # the dense fine-tune: the same start and epochs, no pruning
+    t = time.perf_counter()
+    epochs = cfg.trainer.max_epochs or cli.build_schedule(cfg).total_epochs
+    reference = cli.build_module(cfg, copy.deepcopy(net), dm)
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                          default_root_dir=str(output_dir / "dense_finetune"))
+    trainer.fit(reference, dm)
+    dense_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lm, callback = cli.compress(cfg, net, dm, output_dir, callback)
+    compress_s = time.perf_counter() - t
+    result = cli._base_result(cfg, lm, callback, dm)
+    cli._print_final_table(result, callback)
+    metrics = cli.evaluate(cfg, dm, reference.model, lm.model)
+    files = cli.export_model(cfg, lm, callback, dm, output_dir)
+    result.dense.update(metrics["dense"], role="dense fine-tune on the target")
+    result.pruned.update(metrics["pruned"], role="compressed fine-tune on the target", **files)
+    result.config["transfer"] = {
+        "source": OmegaConf.to_container(cfg.transfer.source, resolve=True)["_target_"].rsplit(".", 1)[-1],
+        "source_test_accuracy": source_accuracy, "source_cache": source_info["cache"],
+        "target": type(dm).__name__, "target_train_images": len(dm.splits["train"]), "new_head": head, "frozen": frozen,
+        "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
+    }
+    result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s,
+                          total_s=time.perf_counter() - start)
+    return result
+
+
+def transfer_summary(result) -> str:
+    info = result.config["transfer"]
+    return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): source test "
+            f"{100 * info['source_test_accuracy']:.2f}%; dense fine-tune {100 * result.dense['accuracy']:.2f}% at "
+            f"{result.dense['macs'] / 1e6:.2f}M MACs; compressed fine-tune {100 * result.pruned['accuracy']:.2f}% at "
+            f"{result.pruned['macs'] / 1e6:.3f}M MACs ({result.macs_reduction:.1f}x fewer)")
+
