@@ -41,6 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -309,6 +310,8 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     Returns ``{"checkpoint": path, "export": {...} or None}``.
     """
     output_dir = Path(output_dir)
+    if rank_zero_only.rank != 0:  # under DDP every rank holds the same model: rank 0 writes it
+        return {"checkpoint": None, "export": None}
     plan = callback.plan if callback is not None else None
     out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan)), "export": None}
     if cfg.export is None:
@@ -454,8 +457,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
 
 
 def _finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:
-    """Write ``result.json`` and print the summary."""
+    """Write ``result.json`` and print the summary (on the global rank 0 only, under DDP)."""
     result.timings["total_s"] = time.perf_counter() - start
+    if rank_zero_only.rank != 0:
+        return result
     path = result.save(output_dir / "result.json")
     print("\n" + result.summary())
     for line in (extra, latency_line(result)):

@@ -1,6 +1,7 @@
 """strategy="ddp" with 2 CPU processes (gloo): same decisions on every rank, a re-wrapped DDP
 after the mid-fit rebuild, and the same result as one process with the same global batch."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,20 @@ def test_ddp_spawn_is_refused_with_a_reason(tmp_path):
     proc = _run(tmp_path, 2, "lenet", "--spawn")
     assert proc.returncode != 0
     assert "start_method='spawn'" in proc.stderr and "strategy='ddp'" in proc.stderr
+
+
+def test_the_cli_job_runs_under_ddp_and_rank_zero_reports(tmp_path):
+    """lightning-ssr trainer.strategy=ddp trainer.devices=2 on CPU: one result.json, one summary."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ssr.cli", "trainer.strategy=ddp", "trainer.devices=2", "data=uci_digits",
+         "dense.epochs=1", f"dense.cache_dir={tmp_path / 'dense'}", "schedule.sparsify_epochs=1",
+         "schedule.finetune_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
+         "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("fewer MACs, ") >= 1
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "ok" and result["pruned"]["macs"] < result["dense"]["macs"]
+    assert result["config"]["cli"]["trainer"]["strategy"] == "ddp"
+    assert (run_dir / "pruned.pt").is_file()

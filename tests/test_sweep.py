@@ -144,3 +144,18 @@ def test_the_optuna_experiment_searches_and_reports(tmp_path):
     assert set(best["best_params"]) == {"pruning.lam", "pruning.rho", "schedule.update_every_n_steps"}
     assert best["best_value"] == max(r["pruned"]["val_accuracy"] for r in results)
     assert (sweep / "report.md").is_file()
+
+
+def test_the_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher "
+                        "(pip install 'lightning_ssr[slurm]')")
+    from hydra import compose, initialize_config_dir
+
+    from lightning_ssr.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
