@@ -362,7 +362,7 @@ def write_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], choices=["resnet20", "resnet56"])
     p.add_argument("--batch-size", type=int, default=64)
@@ -378,7 +378,7 @@ def main() -> None:
                    help="with --quiet-below: how often a fit disturbed by other processes is run again")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 8, 3 warm-up + 26 steps, 1 round")
     p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.warmup, args.steps, args.rounds = 8, 3, 26, 1
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1 or args.batch_size < 1:

@@ -102,10 +102,10 @@ def rebuild_time(repeats: int = 3) -> dict:
             "apply_plan_s": statistics.median(times), "all_s": times}
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=24)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "platform": platform.platform()},
               "latency": [latency_case(n, t, k, args.repeats) for n, t, k in CASES],

@@ -47,7 +47,7 @@ def measure(name: str, channels: int, size: int, rates: str | None) -> tuple[int
     return cost.macs, cost.params
 
 
-def main() -> list[dict]:
+def main(argv=None) -> list[dict]:
     rows = []
     print(f"{'model':<10} {'rates':<40} {'MACs':>9} {'published':>9} {'err':>6} {'params':>7} {'published':>9} {'err':>6}")
     for name, (c, s), rates, pub_flops, pub_params in CASES:

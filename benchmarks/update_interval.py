@@ -129,7 +129,7 @@ def summarize(rows: list[dict], acc_tol: float) -> tuple[dict, str]:
     return summary, " ".join(sentences)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--intervals", nargs="+", type=interval_arg, default=[10, 25, 100, None],
                    help="V/U update intervals in optimizer steps; 'epoch' = once per epoch")
@@ -146,7 +146,7 @@ def main() -> None:
     p.add_argument("--skip-l20", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show the output of every run")
     p.add_argument("--output", type=Path, default=RESULTS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not args.verbose:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,65 @@
+"""Run every benchmark, then render RESULTS.md.
+
+    python -m benchmarks                       # every part, in the order below
+    python -m benchmarks --only lenet targets  # some parts
+    python -m benchmarks --skip methods        # all but some
+    python -m benchmarks --list                # the parts and their commands
+
+Each part is also a script of its own (``python benchmarks/<part>.py --help``). A part that
+fails is reported and the others still run; the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+
+# (part, arguments): structural and timing parts first, training ones after
+PARTS = [
+    ("structure", []),
+    ("targets", []),
+    ("speedup", []),
+    ("overhead", []),
+    ("solver_speed", []),
+    ("update_interval", []),
+    ("methods", []),
+    ("lenet", []),
+    ("recipes", []),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    names = [p for p, _ in PARTS]
+    parser.add_argument("--only", nargs="+", choices=names, default=None)
+    parser.add_argument("--skip", nargs="+", choices=names, default=[])
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list:
+        for part, extra in PARTS:
+            print(f"{part:<16} python benchmarks/{part}.py {' '.join(extra)}")
+        return 0
+    chosen = [(p, a) for p, a in PARTS if (args.only is None or p in args.only) and p not in args.skip]
+    failed, start = [], time.perf_counter()
+    for part, extra in chosen:
+        t = time.perf_counter()
+        print(f"\n=== {part} (python benchmarks/{part}.py {' '.join(extra)})", flush=True)
+        try:
+            importlib.import_module(f"benchmarks.{part}").main(extra)
+        except Exception:  # noqa: BLE001 - one failed part must not stop the others
+            traceback.print_exc()
+            failed.append(part)
+        print(f"=== {part}: {time.perf_counter() - t:.0f} s", flush=True)
+    from benchmarks.render import main as render
+
+    render([])
+    print(f"\n{len(chosen) - len(failed)} of {len(chosen)} parts ran in {time.perf_counter() - start:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

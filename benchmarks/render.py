@@ -1,0 +1,181 @@
+"""Render ``benchmarks/RESULTS.md`` from the JSON files under ``benchmarks/results/``.
+
+    python benchmarks/render.py
+
+Every figure in RESULTS.md is read from a results file, next to the command that wrote it and
+the machine it ran on (CPU model, cores, torch threads and version, or the GPU). A results file
+with no renderer here is listed with its keys, so nothing is silently left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+COMMANDS = {
+    "lenet": "python benchmarks/lenet.py",
+    "methods": "python benchmarks/methods.py",
+    "targets": "python benchmarks/targets.py",
+    "speedup": "python benchmarks/speedup.py",
+    "recipes": "python benchmarks/recipes.py",
+    "solver_speed": "python benchmarks/solver_speed.py",
+    "overhead": "python benchmarks/overhead.py",
+    "update_interval": "python benchmarks/update_interval.py",
+    "structure": "python benchmarks/structure.py",
+}
+
+
+def machine_line(data) -> str:
+    m = data.get("machine") if isinstance(data, dict) else None
+    if not m:
+        return "machine: not recorded in this file"
+    parts = [m.get("gpu") or m.get("cpu") or m.get("platform", "?")]
+    cores = m.get("cores") or m.get("cpu_count")
+    if cores:
+        parts.append(f"{cores} cores")
+    threads = m.get("torch_threads") or m.get("cpu_threads")
+    if threads:
+        parts.append(f"{threads} torch threads")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    return "machine: " + ", ".join(str(p) for p in parts)
+
+
+def _f(v, digits=2, suffix=""):
+    return "-" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render_lenet(d):
+    rows = []
+    for r in d["rows"]:
+        if r.get("source") == "paper":
+            rows.append([r["dataset"], r["method"] + " (paper)", r["filters"], _f(r["macs_reduction"], 1, "x"),
+                         _f(r["params_reduction"], 1, "x"), f"{r['drop_mean']:+.2f}", "-", "-", "-",
+                         _f(r.get("speedup_cpu_paper"), 1, "x")])
+        elif r.get("n_runs"):
+            rows.append([r["dataset"], r["method"], r["filters"], _f(r["macs_reduction"], 1, "x"),
+                         _f(r["params_reduction"], 1, "x"), f"{r['drop_mean']:+.2f} ± {r['drop_std']:.2f}",
+                         r["n_runs"], _f(r.get("speedup_b1_eager"), 1, "x"), _f(r.get("speedup_b1_runtime"), 1, "x"),
+                         _f(r.get("speedup_b256"), 1, "x")])
+    return table(["dataset", "method", "filters", "MACs", "params", "drop (pt)", "runs", "b1 eager", "b1 ONNX RT",
+                  "b256"], rows) + ["", ("The paper's speed-up column is its CPU figure (batch not stated); ours are "
+                                    "measured dense vs pruned in one process.")]
+
+
+def render_methods(d):
+    rows = [[m, s["runs"], f"{s['drop_mean']:+.2f} ± {s['drop_std']:.2f}",
+             "-" if s.get("gap_to_none_mean") is None else f"{s['gap_to_none_mean']:+.2f} ± {s['gap_to_none_std'] or 0:.2f}",
+             _f(s["macs_reduction_mean"], 2, "x"), _f(s["params_reduction_mean"], 2, "x")]
+            for m, s in sorted(d["summary"].items(), key=lambda kv: -kv[1]["accuracy_mean"])]
+    settings = d.get("settings", {})
+    return [f"{settings.get('model')} on {settings.get('data')}, seeds {settings.get('seeds')}."] + [""] + table(
+        ["method", "runs", "drop (pt)", "gap to none (pt)", "MACs red.", "params red."], rows)
+
+
+def render_targets(d):
+    rows = []
+    by = {}
+    for r in d["rows"]:
+        if r.get("achieved") is not None:
+            by.setdefault((r["kind"], r["allocation"]), []).append(abs(r["error"]))
+    for (kind, allocation), errs in sorted(by.items()):
+        rows.append([kind, allocation, len(errs), f"{100 * max(errs):.2f}%", f"{100 * statistics.fmean(errs):.2f}%"])
+    out = table(["kind", "allocation", "rows", "worst error", "mean error"], rows)
+    lat = [r for r in d["rows"] if r["kind"] == "latency" and r.get("achieved") is not None]
+    if lat:
+        worst = max(abs(r["prediction_error"]) for r in lat)
+        out += ["", (f"Latency rows (batch {d.get('latency_batch')}): predicted vs measured within "
+                    f"{100 * worst:.1f}% (worst of {len(lat)}).")]
+    return out
+
+
+def render_speedup(d):
+    rows = []
+    for r in d.get("latency", []):
+        best = r["layouts"][r["best_layout"]]
+        extra = ""
+        if "latency_target_ms" in r:
+            extra = f"target {r['latency_target_ms']:.1f} ms, measured {r['latency_measured_ms']:.1f} ms"
+        rows.append([r["model"], f"`{r['rates']}`", r.get("round_to", 1), _f(r["flops_reduction"], 2, "x"),
+                     r["best_layout"], _f(best["speedup"]["batch_64"], 2, "x"),
+                     _f(best["speedup_over_flops_reduction"]["batch_64"], 2), extra])
+    return table(["model", "target", "round_to", "MACs red.", "best layout", "speed-up b64", "÷ MACs red.", "latency"],
+                 rows)
+
+
+def render_recipes(d):
+    rows = [[r["experiment"], r["seed"], r.get("source", "-"), r.get("target", "-"),
+             _f(100 * r["source_only_accuracy"], 2, "%") if r.get("source_only_accuracy") is not None else "-",
+             _f(100 * r["dense_accuracy"], 2, "%"), _f(100 * r["pruned_accuracy"], 2, "%"),
+             _f(r["dense_macs"] / 1e6, 3, "M"), _f(r["pruned_macs"] / 1e6, 3, "M"), _f(r["macs_reduction"], 1, "x"),
+             _f(r["seconds"] / 60, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
+    return table(["experiment", "seed", "source", "target", "source only", "dense", "compressed", "MACs dense",
+                  "MACs compressed", "MACs red.", "wall time"], rows) + [
+        "", "Accuracies on the target domain's test split (its labels are used for nothing else)."]
+
+
+def render_solver_speed(d):
+    rows = [[k, c["level_filters"], _f(c["epochs_ratio_ssl_over_aulm_first"], 2, "x"),
+             _f(c["epochs_ratio_ssl_over_aulm_stay"], 2, "x")] for k, c in d["comparisons"].items()]
+    return table(["AULM variant", "filters level", "SSL epochs / AULM (first reach)", "(stay)"], rows)
+
+
+def render_overhead(d):
+    rows = [[r["model"], r["device"], r["batch_size"], _f(r["ratio"], 3)] for r in d["rows"]]
+    return table(["model", "device", "batch", "step time with / without the callback"], rows)
+
+
+def render_update_interval(d):
+    return [d.get("conclusion", "")]
+
+
+def render_structure(d):
+    rows = [[r["model"], f"`{r['rates']}`", _f(r["flops"] / 1e6, 2, "M"), _f(r["params"] / 1e6, 3, "M"),
+             _f(100 * r["flops_error"], 2, "%") if r.get("flops_error") is not None else "-"] for r in d]
+    return table(["model", "rates", "MACs", "params", "vs published MACs"], rows)
+
+
+RENDERERS = {"lenet": render_lenet, "methods": render_methods, "targets": render_targets, "speedup": render_speedup,
+             "recipes": render_recipes, "solver_speed": render_solver_speed, "overhead": render_overhead,
+             "update_interval": render_update_interval, "structure": render_structure}
+
+
+def render(results: Path = RESULTS) -> str:
+    lines = ["# Results", "", ("Generated by `python benchmarks/render.py` from `benchmarks/results/*.json`; do not edit "
+             "by hand. Each section names the command that wrote its file and the machine it ran on."), ""]
+    for path in sorted(results.glob("*.json")):
+        name = path.stem
+        data = json.loads(path.read_text())
+        lines += [f"## {name}", "", f"`{COMMANDS.get(name, '?')}` → `benchmarks/results/{path.name}`; "
+                  + machine_line(data), ""]
+        renderer = RENDERERS.get(name)
+        if renderer is None:
+            keys = list(data) if isinstance(data, dict) else f"a list of {len(data)} rows"
+            lines += [f"(no renderer for this file; its keys: {keys})", ""]
+            continue
+        lines += renderer(data) + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    args.out.write_text(render(args.results))
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
