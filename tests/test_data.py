@@ -147,3 +147,28 @@ def test_the_full_mnist_set_is_the_published_one():
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [54999, 5001, 10000]
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (dm.batch_size, 1, 28, 28) and y.dtype == torch.int64
+
+
+def test_train_size_keeps_a_stratified_labeled_subset():
+    from lightning_ssr.data import UCIDigits
+
+    full = UCIDigits()
+    full.setup()
+    dm = UCIDigits(train_size=200)
+    dm.setup()
+    labels = dm.splits["train"].tensors[1]
+    assert 195 <= len(labels) <= 205 and set(labels.tolist()) == set(range(10))
+    assert min(int((labels == c).sum()) for c in range(10)) >= 15  # every class, in proportion
+    # validation and test are untouched
+    assert torch.equal(dm.splits["test"].tensors[1], full.splits["test"].tensors[1])
+
+
+def test_train_size_out_of_range_says_what_is_allowed():
+    from lightning_ssr.data import UCIDigits
+
+    for bad in (5, 0, 2.5, True):
+        with pytest.raises(ValueError, match="train_size"):
+            UCIDigits(train_size=bad)
+    dm = UCIDigits(train_size=10**6)
+    with pytest.raises(ValueError, match="more than the"):
+        dm.setup()
