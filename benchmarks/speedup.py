@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inf
 from lightning_ssr.latency import time_ms
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.report import compare_latency
+from lightning_ssr.report import compare_latency, machine_info
 from lightning_ssr.structure import apply_plan
 
 # (model, target: rates, a {kind: value} target, or {"latency_fraction": f} of the dense
@@ -62,10 +61,14 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
         dense_ms = time_ms(lambda: dense(batch), repeats)
         target = {"latency": target["latency_fraction"] * dense_ms, "batch_size": 64}
         extra["latency_target_ms"] = target["latency"]
-    prune_oneshot(pruned, x, target, round_to=round_to)
+    timing = {}
+    prune_oneshot(pruned, x, target, round_to=round_to, report=timing)
     pruned.eval()
     if "latency_target_ms" in extra:
         extra["latency_measured_ms"] = time_ms(lambda: pruned(torch.zeros(64, 3, 32, 32)), repeats)
+        extra["latency_predicted_ms"] = timing["predicted_ms"]
+        extra["latency_uncalibrated_ms"] = timing["uncalibrated_ms"]
+        extra["latency_calibration_ms"] = timing["calibration_ms"]
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
     rates = target if isinstance(target, str) else json.dumps(target)
     layouts = {}
@@ -105,11 +108,19 @@ def rebuild_time(repeats: int = 3) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=24)
+    parser.add_argument("--latency-targets-only", action="store_true",
+                        help="run only the latency-target cases and replace those rows of the results file")
     args = parser.parse_args(argv)
-    result = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "platform": platform.platform()},
-              "latency": [latency_case(n, t, k, args.repeats) for n, t, k in CASES],
-              "rebuild": rebuild_time()}
+    out = Path(__file__).parent / "results" / "speedup.json"
+    cases = [c for c in CASES if not args.latency_targets_only or "latency_fraction" in c[1]]
+    result = {"machine": machine_info(), "latency": [latency_case(n, t, k, args.repeats) for n, t, k in cases]}
+    if args.latency_targets_only and out.is_file():
+        previous = json.loads(out.read_text())
+        kept = [r for r in previous["latency"] if "latency_target_ms" not in r]
+        result = {**previous, "latency": kept + result["latency"],
+                  "machine_latency_targets": result["machine"]}
+    else:
+        result["rebuild"] = rebuild_time()
     for row in result["latency"]:
         for layout, m in row["layouts"].items():
             print(f"{row['model']:<9} {row['rates']:<40} r{row['round_to']:<3} {layout:<14} FLOPs "
@@ -117,11 +128,11 @@ def main(argv=None) -> dict:
                   + "  ".join(f"{k}: {m['speedup'][k]:.2f}x ({m['speedup_over_flops_reduction'][k]:.2f} of FLOPs)"
                               for k in m["speedup"]))
         if "latency_target_ms" in row:
-            print(f"{row['model']:<9} latency target {row['latency_target_ms']:.1f} ms at batch 64: measured "
-                  f"{row['latency_measured_ms']:.1f} ms ({row['latency_measured_ms'] / row['latency_target_ms'] - 1:+.1%})")
+            print(f"{row['model']:<9} latency target {row['latency_target_ms']:.1f} ms at batch 64: predicted "
+                  f"{row.get('latency_predicted_ms', float('nan')):.1f} ms, measured {row['latency_measured_ms']:.1f} "
+                  f"ms ({row['latency_measured_ms'] / row['latency_target_ms'] - 1:+.1%} from the target)")
     rb = result["rebuild"]
     print(f"apply_plan on ResNet-50 at 224x224 ({rb['groups']} groups): {rb['apply_plan_s']:.2f} s")
-    out = Path(__file__).parent / "results" / "speedup.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -58,11 +58,13 @@ class OneShot(PruningMethod):
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
                   ignored_layers: Sequence[str] = (), min_channels: int = 1,
-                  max_pruning_ratio: float = 1.0, allocation: str = "uniform", round_to: int = 1) -> PruningPlan:
+                  max_pruning_ratio: float = 1.0, allocation: str = "uniform", round_to: int = 1,
+                  report: dict | None = None) -> PruningPlan:
     """Prune a bare ``model`` in place to ``target`` (a :class:`~lightning_ssr.targets.Target`, a
     mapping such as ``{"rates": "[0.5]*3"}``, or a rate list/expression), keeping the channels
     ``importance`` scores highest. Returns the plan, which :func:`lightning_ssr.structure.apply_plan`
-    replays on a fresh model."""
+    replays on a fresh model. For a latency target, ``report`` (a dict) receives the dense,
+    uncalibrated, predicted and calibration timings in milliseconds."""
     check_number("prune_oneshot", "min_channels", min_channels, low=1, integer=True)
     check_number("prune_oneshot", "max_pruning_ratio", max_pruning_ratio, low=0.0, high=1.0, low_open=True)
     if isinstance(target, (str, list, tuple)):
@@ -74,9 +76,11 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}
     # a latency target is timed here, on the inputs' device, at the target's batch size
-    keep, _ = target_keep_counts(model, example_inputs, groups, cost, target,
-                                 min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
-                                 allocation=allocation, scores=scores, round_to=round_to)
+    keep, timing = target_keep_counts(model, example_inputs, groups, cost, target,
+                                      min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
+                                      allocation=allocation, scores=scores, round_to=round_to)
+    if report is not None and timing is not None:
+        report.update(timing)
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
