@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +185,9 @@ def test_bad_values_fail_before_training(tmp_path, overrides, match):
     with pytest.raises((InstantiationException, ValueError, TypeError), match=match):
         run(cfg, tmp_path)
     assert not (tmp_path / "dense").exists() and not (tmp_path / "cache").exists()
-    assert not (tmp_path / "result.json").exists()
+    # nothing trained, but the run is on record (a sweep's report lists it with the reason)
+    failed = PruningResult.load(tmp_path / "result.json")
+    assert failed.status == "failed" and re.search(match, failed.error) and failed.pruned == {}
 
 
 def test_unknown_model_name_fails_before_training(tmp_path):
