@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lightning_ssr.cost import count_cost
-from lightning_ssr.latency import time_ms
+from lightning_ssr.latency import WHOLE_MODEL_SECONDS, time_ms
 from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info
 from lightning_ssr.structure import find_channel_groups, prune_channels
@@ -52,8 +52,8 @@ def _alternate_ms(a, b, x, rounds: int = 3) -> tuple[float, float]:
     """Median latency of ``a`` and of ``b`` on ``x``, measured alternately (noise hits both alike)."""
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(time_ms(lambda: a(x), 10))
-        tb.append(time_ms(lambda: b(x), 10))
+        ta.append(time_ms(lambda: a(x), 10, min_seconds=WHOLE_MODEL_SECONDS))
+        tb.append(time_ms(lambda: b(x), 10, min_seconds=WHOLE_MODEL_SECONDS))
     return sorted(ta)[len(ta) // 2], sorted(tb)[len(tb) // 2]
 
 
@@ -71,7 +71,8 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
     dense_model, timed = None, torch.randn(LATENCY_BATCH, channels, size, size)
     if kind == "latency":
         dense_model = copy.deepcopy(model)
-        target = Target(latency=level * time_ms(lambda: model(timed), 10), batch_size=LATENCY_BATCH)
+        target = Target(latency=level * time_ms(lambda: model(timed), 10, min_seconds=WHOLE_MODEL_SECONDS),
+                        batch_size=LATENCY_BATCH)
     else:
         target = Target(**{kind: level})
     start = time.perf_counter()

@@ -53,19 +53,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
 
 
-def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None = None) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA synchronized)."""
+#: seconds a whole-model timing runs at least (more repeats for fast models: sub-millisecond
+#: calls on a shared CPU need hundreds of repeats for a stable median)
+WHOLE_MODEL_SECONDS = 0.3
+
+
+def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None = None,
+            min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds (CUDA synchronized), over ``repeats`` calls or
+    as many as fill ``min_seconds``, whichever is more (at most 5,000)."""
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for _ in range(warmup):
             fn()
         sync()
         times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+        start = time.perf_counter()
+        while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 5000):
+            t = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
 
 
@@ -163,7 +171,7 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
     try:
         with torch.no_grad():
             model(example[:1])
-        dense_ms = time_ms(lambda: model(example), repeats, device=device)
+        dense_ms = time_ms(lambda: model(example), repeats, device=device, min_seconds=WHOLE_MODEL_SECONDS)
     finally:
         for h in handles:
             h.remove()
@@ -215,7 +223,7 @@ def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[
     trial = model_copy(model, shared)
     dry_run(trial, example, groups, keep)
     trial.eval()
-    return time_ms(lambda: trial(example), repeats, device=example.device)
+    return time_ms(lambda: trial(example), repeats, device=example.device, min_seconds=WHOLE_MODEL_SECONDS)
 
 
 def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], model: nn.Module,

@@ -24,7 +24,7 @@ from typing_extensions import override
 
 from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import time_ms
+from .latency import WHOLE_MODEL_SECONDS, time_ms
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
 from .report import PruningResult, format_layer_table, layer_rows
@@ -599,7 +599,7 @@ class Pruning(Callback):
             was_training = pl_module.training
             pl_module.eval()
             try:
-                measured = time_ms(lambda: pl_module(batch), device=batch.device)
+                measured = time_ms(lambda: pl_module(batch), device=batch.device, min_seconds=WHOLE_MODEL_SECONDS)
             finally:
                 pl_module.train(was_training)
             info.update(latency_dense_ms=self._latency["dense_ms"], latency_predicted_ms=self._latency["predicted_ms"],

@@ -75,7 +75,7 @@ def timings(monkeypatch):
     calls = []
     real = latency_mod.time_ms
 
-    def counting(fn, repeats=20, warmup=3, device=None):
+    def counting(fn, repeats=20, warmup=3, device=None, min_seconds=0.0):
         calls.append(1)
         return real(fn, 2, 1, device)
 
@@ -212,3 +212,12 @@ def test_depthwise_and_grouped_layers_are_timed_at_their_own_structure(tmp_path,
         table.layer_ms("3", 4, 4))  # the depthwise layer is looked up at its pruned width
     assert table.layer_ms("3", *latency_mod.kept_widths(groups, cost, full)["3"]) == pytest.approx(
         table.layer_ms("3", 8, 8))
+
+
+def test_time_ms_repeats_until_the_minimum_duration():
+    calls = []
+    latency_mod.time_ms(lambda: calls.append(1), repeats=3, warmup=1, min_seconds=0.05)
+    assert len(calls) > 100  # a call of microseconds is repeated until 50 ms have passed
+    calls.clear()
+    latency_mod.time_ms(lambda: calls.append(1), repeats=3, warmup=1)
+    assert len(calls) == 4
