@@ -12,7 +12,8 @@ allocation on the same machine measures nothing.
 Layers timed alone do not add up to a whole network: a small layer's fixed cost, the norms and
 activations that shrink with the channels, and the library's padding of odd widths all differ.
 :func:`calibrated_keep_counts` therefore checks the allocation against the clock: it times a
-copy of the model pruned to the chosen counts, adds that (table time, measured time) pair to the
+copy of the model pruned to the chosen counts (alternately with the dense model, as a ratio to
+it, so that the machine's drifting speed cancels), adds that (table time, measured time) pair to the
 model's calibration points, and allocates again until prediction and measurement agree. Between
 calibration points the prediction interpolates the measured times linearly in the table's time.
 """
@@ -217,13 +218,32 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
 
 
 def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[str, int],
-                 repeats: int = 20, shared: Sequence[object] = ()) -> float:
+                 repeats: int = 20, shared: Sequence[object] = (), dense_ms: float | None = None,
+                 rounds: int = 3) -> float:
     """Milliseconds of a copy of ``model`` rebuilt to ``keep`` channels per group, on ``example``
-    (the weights do not matter for the time; the rebuild is checked numerically as in a dry run)."""
+    (the weights do not matter for the time; the rebuild is checked numerically as in a dry run).
+
+    With ``dense_ms`` (the dense model's time, measured earlier), the copy is timed alternately
+    with ``model`` itself and the result is ``dense_ms`` times their ratio: a shared machine's
+    speed drifts by tens of percent between minutes, and a ratio taken in one stretch does not."""
     trial = model_copy(model, shared)
     dry_run(trial, example, groups, keep)
     trial.eval()
-    return time_ms(lambda: trial(example), repeats, device=example.device, min_seconds=WHOLE_MODEL_SECONDS)
+    device = example.device
+    if dense_ms is None:
+        return time_ms(lambda: trial(example), repeats, device=device, min_seconds=WHOLE_MODEL_SECONDS)
+    was_training = model.training
+    model.eval()
+    pruned_times, dense_times = [], []
+    try:
+        for _ in range(rounds):
+            dense_times.append(time_ms(lambda: model(example), repeats, device=device,
+                                       min_seconds=WHOLE_MODEL_SECONDS / rounds))
+            pruned_times.append(time_ms(lambda: trial(example), repeats, device=device,
+                                        min_seconds=WHOLE_MODEL_SECONDS / rounds))
+    finally:
+        model.train(was_training)
+    return dense_ms * statistics.median(pruned_times) / statistics.median(dense_times)
 
 
 def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], model: nn.Module,
@@ -240,7 +260,7 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
     measured = []
     for _ in range(rounds):
         predicted = table.predict(groups, cost, keep)
-        ms = measure_keep(model, example, groups, keep, repeats, shared)
+        ms = measure_keep(model, example, groups, keep, repeats, shared, dense_ms=table.dense_ms)
         measured.append(ms)
         table.calibration.append([table.table_ms(groups, cost, keep), ms])
         again = allocate(table)  # the final counts always come from the table as last calibrated

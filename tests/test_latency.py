@@ -103,7 +103,7 @@ def _skewed_clock(table, groups, cost, scale=1.3, offset=0.4):
     of the table's time with a slope and offset the dense point does not reveal."""
     dense_table = table.table_ms(groups, cost, {g.name: g.size for g in groups})
 
-    def measure(model, example, gs, keep, repeats=20, shared=()):
+    def measure(model, example, gs, keep, repeats=20, shared=(), dense_ms=None):
         # the dense model keeps its measured time; pruned ones keep a fixed cost the table misses
         t = table.table_ms(groups, cost, keep)
         return table.dense_ms * (offset + (1 - offset) * (t / dense_table) ** scale)
@@ -221,3 +221,17 @@ def test_time_ms_repeats_until_the_minimum_duration():
     calls.clear()
     latency_mod.time_ms(lambda: calls.append(1), repeats=3, warmup=1)
     assert len(calls) == 4
+
+
+def test_measure_keep_times_the_copy_against_the_dense_model():
+    from lightning_ssr.latency import measure_keep
+
+    model, groups, _cost = _lenet()
+    model.train()
+    half = {g.name: g.size // 2 for g in groups}
+    x = torch.randn(8, 1, 28, 28)
+    assert measure_keep(model, x, groups, half) > 0
+    relative = measure_keep(model, x, groups, half, dense_ms=1000.0)
+    assert 0 < relative <= 1500.0  # the dense model's 1000 ms times the measured ratio
+    assert model.training  # its mode is given back
+    assert model.conv1.weight.shape == (20, 1, 5, 5)  # and it is not pruned itself
