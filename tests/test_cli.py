@@ -261,7 +261,10 @@ def test_an_unreadable_checkpoint_is_named_before_training(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointReadError, match="epoch=3-step=120.ckpt.*unreadable"):
         run(compose_config(FAST + [f"ckpt_path={bad}"]), tmp_path / "run")
-    assert not (tmp_path / "run" / "result.json").exists()  # refused in the checks, before any training
+    # refused in the checks, before any training: on record as failed, naming the file
+    assert not (tmp_path / "run" / "dense").exists()
+    failed = PruningResult.load(tmp_path / "run" / "result.json")
+    assert failed.status == "failed" and "epoch=3-step=120.ckpt" in failed.error and failed.pruned == {}
 
 
 def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
