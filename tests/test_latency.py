@@ -235,3 +235,9 @@ def test_measure_keep_times_the_copy_against_the_dense_model():
     assert 0 < relative <= 1500.0  # the dense model's 1000 ms times the measured ratio
     assert model.training  # its mode is given back
     assert model.conv1.weight.shape == (20, 1, 5, 5)  # and it is not pruned itself
+
+
+def test_time_ms_warms_up_for_the_minimum_duration_too():
+    calls = []
+    latency_mod.time_ms(lambda: calls.append(1), repeats=1, warmup=1, min_seconds=0.05)
+    assert len(calls) > 200  # warm-up and measurement each fill 50 ms of microsecond calls
