@@ -161,7 +161,6 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
     from . import cli  # the job's own stages; cli dispatches here
 
-    start = time.perf_counter()
     output_dir = Path(output_dir)
     a = cfg.adaptation
     if a.target is None or "_target_" not in a.target:
@@ -188,12 +187,9 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     compressed = _fit(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, [callback], output_dir, True)
     compress_s = time.perf_counter() - t
 
-    result = cli._base_result(cfg, compressed, callback, source_dm)
-    cli._print_final_table(result, callback)
-    metrics = cli.evaluate(cfg, target_dm, dense.model, compressed.model)
-    files = cli.export_model(cfg, compressed, callback, source_dm, output_dir)
-    result.dense.update(metrics["dense"], role="DANN dense, on the target's test split")
-    result.pruned.update(metrics["pruned"], role="DANN compressed, on the target's test split", **files)
+    result = cli.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
+                                 "DANN dense, on the target's test split",
+                                 "DANN compressed, on the target's test split")
     result.config["adaptation"] = {
         "source": type(source_dm).__name__, "target": type(target_dm).__name__,
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
@@ -202,14 +198,13 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "target_labels_used_for": "the final test only",
         "settings": OmegaConf.to_container(a, resolve=True),
     }
-    result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s,
-                          total_s=time.perf_counter() - start)
+    result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s)
     return result
 
 
 def adaptation_summary(result) -> str:
+    from .cli import pair_line
+
     info = result.config["adaptation"]
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
-            f"{100 * info['source_only_target_accuracy']:.2f}%; DANN dense {100 * result.dense['accuracy']:.2f}% at "
-            f"{result.dense['macs'] / 1e6:.2f}M MACs; DANN compressed {100 * result.pruned['accuracy']:.2f}% at "
-            f"{result.pruned['macs'] / 1e6:.3f}M MACs ({result.macs_reduction:.1f}x fewer)")
+            f"{100 * info['source_only_target_accuracy']:.2f}%; " + pair_line(result, "DANN dense", "DANN compressed"))

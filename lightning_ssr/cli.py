@@ -456,6 +456,28 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     return _finish(result, output_dir, start)
 
 
+def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | None, dm: pl.LightningDataModule,
+                    eval_dm: pl.LightningDataModule, reference: nn.Module, output_dir: str | os.PathLike,
+                    dense_role: str, pruned_role: str) -> PruningResult:
+    """The result of a recipe that trains a reference and a compressed model from the same start:
+    the per-layer table, both evaluated on ``eval_dm``'s splits (``dense`` is the reference),
+    ``pruned.pt`` (and the export) written; ``dm`` gives the input shape."""
+    result = _base_result(cfg, lm, callback, dm)
+    _print_final_table(result, callback)
+    metrics = evaluate(cfg, eval_dm, reference, lm.model)
+    files = export_model(cfg, lm, callback, dm, output_dir)
+    result.dense.update(metrics["dense"], role=dense_role)
+    result.pruned.update(metrics["pruned"], role=pruned_role, **files)
+    return result
+
+
+def pair_line(result: PruningResult, dense_label: str, pruned_label: str) -> str:
+    """``<dense_label> X% at N MACs; <pruned_label> Y% at M MACs (Rx fewer)``."""
+    return (f"{dense_label} {100 * result.dense['accuracy']:.2f}% at {result.dense['macs'] / 1e6:.2f}M MACs; "
+            f"{pruned_label} {100 * result.pruned['accuracy']:.2f}% at {result.pruned['macs'] / 1e6:.3f}M MACs "
+            f"({result.macs_reduction:.1f}x fewer)")
+
+
 def _finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:
     """Write ``result.json`` and print the summary (on the global rank 0 only, under DDP)."""
     result.timings["total_s"] = time.perf_counter() - start

@@ -30,7 +30,6 @@ from .report import PruningResult
 
 #: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
 POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")
-REPORT_FILES = ("report.md", "report.csv", "pareto.png", "layers.png")
 
 
 def _flatten(config: Mapping, prefix: str = "") -> dict:

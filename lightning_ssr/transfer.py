@@ -79,7 +79,6 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     """The transfer job (see the module docstring). Returns the :class:`PruningResult`."""
     from . import cli  # the job's own stages; cli dispatches here
 
-    start = time.perf_counter()
     output_dir = Path(output_dir)
     check_transfer(cfg)
     frozen = list(cfg.transfer.freeze or [])
@@ -111,27 +110,21 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     t = time.perf_counter()
     lm, callback = cli.compress(cfg, net, dm, output_dir, callback)
     compress_s = time.perf_counter() - t
-    result = cli._base_result(cfg, lm, callback, dm)
-    cli._print_final_table(result, callback)
-    metrics = cli.evaluate(cfg, dm, reference.model, lm.model)
-    files = cli.export_model(cfg, lm, callback, dm, output_dir)
-    result.dense.update(metrics["dense"], role="dense fine-tune on the target")
-    result.pruned.update(metrics["pruned"], role="compressed fine-tune on the target", **files)
+    result = cli.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
+                                 "dense fine-tune on the target", "compressed fine-tune on the target")
     result.config["transfer"] = {
         "source": OmegaConf.to_container(cfg.transfer.source, resolve=True)["_target_"].rsplit(".", 1)[-1],
         "source_test_accuracy": source_accuracy, "source_cache": source_info["cache"],
         "target": type(dm).__name__, "target_train_images": len(dm.splits["train"]), "new_head": head, "frozen": frozen,
         "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
     }
-    result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s,
-                          total_s=time.perf_counter() - start)
+    result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s)
     return result
 
 
 def transfer_summary(result) -> str:
+    from .cli import pair_line
+
     info = result.config["transfer"]
     return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): source test "
-            f"{100 * info['source_test_accuracy']:.2f}%; dense fine-tune {100 * result.dense['accuracy']:.2f}% at "
-            f"{result.dense['macs'] / 1e6:.2f}M MACs; compressed fine-tune {100 * result.pruned['accuracy']:.2f}% at "
-            f"{result.pruned['macs'] / 1e6:.3f}M MACs ({result.macs_reduction:.1f}x fewer)")
-
+            f"{100 * info['source_test_accuracy']:.2f}%; " + pair_line(result, "dense fine-tune", "compressed fine-tune"))
