@@ -78,7 +78,8 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
     start = time.perf_counter()
     try:
         keep, timing = target_keep_counts(model, x, groups, dense, target, min_keep_counts(groups, 1, 1.0, round_to),
-                                          allocation=allocation, scores=scores, round_to=round_to)
+                                          allocation=allocation, scores=scores, round_to=round_to,
+                                          timing_input=timed)
     except ValueError as err:  # e.g. below what the unprunable layers and floors allow
         return {**row, "achieved": None, "error": None, "allocation_s": time.perf_counter() - start,
                 "note": str(err)}

@@ -57,6 +57,11 @@ def device_name(device: torch.device) -> str:
 #: seconds a whole-model timing runs at least (more repeats for fast models: sub-millisecond
 #: calls on a shared CPU need hundreds of repeats for a stable median)
 WHOLE_MODEL_SECONDS = 0.3
+#: seconds one layer's timing at one width runs at least
+LAYER_SECONDS = 0.02
+#: a table whose layers at full width take longer than this many times the whole dense model was
+#: timed while the machine was busy (or is stale): its layers are timed again, bypassing the cache
+INCONSISTENT_TABLE = 1.5
 
 
 def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None = None,
@@ -80,6 +85,16 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None 
             sync()
             times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def timing_batch(example: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch of ``batch_size`` rows for timing: ``example``'s rows, repeated in turn if it has
+    fewer. Use real inputs where possible: max pooling and activations run measurably faster (by
+    20% on a CPU) on a batch of one repeated image than on distinct images."""
+    if example.shape[0] >= batch_size:
+        return example[:batch_size].contiguous()
+    reps = math.ceil(batch_size / example.shape[0])
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size].contiguous()
 
 
 def _grid(width: int, varies: bool, multiple: int = 1) -> list[int]:
@@ -114,6 +129,9 @@ class LatencyModel:
     dense_ms: float
     rest_ms: float  # dense time not in the layer table
     layers: dict[str, dict] = field(default_factory=dict)  # name -> {"in": [...], "out": [...], "ms": [[...]]}
+    # name -> elements per output channel (spatial size): the rest (norms, activations, pooling)
+    # runs on the layers' outputs, and shrinks with them; without these it is a constant
+    outputs: dict[str, float] = field(default_factory=dict)
     # [table_ms, measured_ms] of pruned copies of the model (calibrated_keep_counts)
     calibration: list[list[float]] = field(default_factory=list)
 
@@ -129,9 +147,14 @@ class LatencyModel:
                 + fi * fj * ms[i2][j2])
 
     def table_ms(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
-        """The table's time of the kept widths: the sum over layers, plus the rest."""
+        """The table's time of the kept widths: the sum over layers, plus the rest (in proportion to
+        the elements the layers output, when ``outputs`` is known)."""
         widths = kept_widths(groups, cost, keep)
-        return self.rest_ms + sum(self.layer_ms(n, *widths[n]) for n in self.layers)
+        rest = self.rest_ms
+        if self.outputs:
+            full = sum(cost.layers[n].out_channels * e for n, e in self.outputs.items())
+            rest *= sum(widths[n][1] * e for n, e in self.outputs.items()) / full if full else 1.0
+        return rest + sum(self.layer_ms(n, *widths[n]) for n in self.layers)
 
     def predict(self, groups, cost: ModelCost, keep: Mapping[str, int]) -> float:
         """The model's time for ``keep``: the table's time, mapped through the measured points (the
@@ -166,9 +189,11 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
     width grid; ``cache_dir`` (default ``~/.cache/lightning_ssr/latency``) keeps layer timings."""
     device, dtype, batch = example.device, example.dtype, example.shape[0]
     inputs: dict[str, tuple[int, ...]] = {}
+    outputs: dict[str, float] = {}
     names = {m: n for n, m in model.named_modules()}
-    def record(module, args, _output):  # returns None: the output is left as it is
+    def record(module, args, output):  # returns None: the output is left as it is
         inputs.setdefault(names[module], tuple(args[0].shape[2:]))
+        outputs.setdefault(names[module], float(math.prod(output.shape[2:])))
 
     handles = [m.register_forward_hook(record) for m in model.modules() if names.get(m) in cost.layers]
     was_training = model.training
@@ -181,11 +206,28 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
         for h in handles:
             h.remove()
         model.train(was_training)
-    varies_out = {m for g in groups for m in g.out_modules}
-    varies_in = {m for g in groups for m, _ in g.consumers}
     cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache_path / "layers.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=False)
+    if sum(float(t["ms"][-1][-1]) for t in layers.values()) > INCONSISTENT_TABLE * dense_ms:
+        layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=True)
+    cache_path.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_path, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cache, f)
+    os.replace(tmp, cache_file)
+    full = {n: float(t["ms"][-1][-1]) for n, t in layers.items()}
+    return LatencyModel(batch_size=batch, device=device_name(device), dense_ms=dense_ms,
+                        rest_ms=max(0.0, dense_ms - sum(full.values())), layers=layers, outputs=outputs)
+
+
+def _layer_tables(model: nn.Module, cost: ModelCost, inputs: Mapping[str, tuple[int, ...]], groups,
+                  device: torch.device, dtype: torch.dtype, batch: int, repeats: int, cache: dict,
+                  fresh: bool) -> dict[str, dict]:
+    """Each layer's time on its width grid, from ``cache`` (updated in place) unless ``fresh``."""
+    varies_out = {m for g in groups for m in g.out_modules}
+    varies_in = {m for g in groups for m, _ in g.consumers}
     modules = dict(model.named_modules())
     dev = device_name(device)
     layers = {}
@@ -201,24 +243,18 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
             row = []
             for out_w in (outs if not depthwise else [in_w]):
                 key = json.dumps([dev, str(dtype), batch, repr(module), spatial, in_w, out_w])
-                if key not in cache:
+                if fresh or key not in cache:
                     probe = _layer_like(module, in_w, out_w).to(device, dtype).eval()
                     x = torch.randn(batch, in_w, *spatial, device=device, dtype=dtype)
-                    cache[key] = time_ms(lambda probe=probe, x=x: probe(x), repeats, device=device)
+                    cache[key] = time_ms(lambda probe=probe, x=x: probe(x), repeats, device=device,
+                                         min_seconds=LAYER_SECONDS)
                 row.append(cache[key])
             table.append(row)
         if depthwise:  # out follows in: a 1-D table over the shared width
             layers[name] = {"in": ins, "out": [0], "ms": [[r[0]] for r in table], "tied": True}
         else:
             layers[name] = {"in": ins, "out": outs, "ms": table}
-    cache_path.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_path, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(cache, f)
-    os.replace(tmp, cache_file)
-    full = {n: float(t["ms"][-1][-1]) for n, t in layers.items()}
-    return LatencyModel(batch_size=batch, device=dev, dense_ms=dense_ms,
-                        rest_ms=max(0.0, dense_ms - sum(full.values())), layers=layers)
+    return layers
 
 
 def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[str, int],
@@ -253,23 +289,30 @@ def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[
 def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], model: nn.Module,
                            example: torch.Tensor, groups, cost: ModelCost, table: LatencyModel,
                            rounds: int = 4, tolerance: float = 0.03, repeats: int = 20,
-                           shared: Sequence[object] = ()) -> tuple[dict[str, int], dict]:
+                           shared: Sequence[object] = (), target_ms: float | None = None,
+                           ) -> tuple[dict[str, int], dict]:
     """Keep counts from ``allocate(table)``, checked against the clock (see the module docstring):
     each round times the allocation's model, and allocates again with that point added, until the
-    prediction was within ``tolerance`` of the time or ``rounds`` are spent. Returns the counts and
-    ``{"uncalibrated_ms", "predicted_ms", "calibration_ms"}``: the uncalibrated table's prediction, the
-    final prediction, and the measured times of the rounds."""
+    prediction was within ``tolerance`` of the time or ``rounds`` are spent. If they are spent, the
+    counts are those of the timed round nearest ``target_ms`` (when given): a measured model beats
+    an interpolated one. Returns the counts and ``{"uncalibrated_ms", "predicted_ms",
+    "calibration_ms"}``: the uncalibrated table's prediction, the final prediction, and the
+    measured times of the rounds."""
     keep = allocate(table)
     first = table.predict(groups, cost, keep)
-    measured = []
+    measured, timed = [], []
     for _ in range(rounds):
         predicted = table.predict(groups, cost, keep)
         ms = measure_keep(model, example, groups, keep, repeats, shared, dense_ms=table.dense_ms)
         measured.append(ms)
+        timed.append((keep, ms))
         table.calibration.append([table.table_ms(groups, cost, keep), ms])
         again = allocate(table)  # the final counts always come from the table as last calibrated
         done = again == keep or abs(ms / predicted - 1) <= tolerance
         keep = again
         if done:
             break
+    else:
+        if target_ms is not None and all(k != keep for k, _ in timed):
+            keep, _ = min(timed, key=lambda pair: abs(pair[1] / target_ms - 1))
     return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep), "calibration_ms": measured}

@@ -24,7 +24,7 @@ from typing_extensions import override
 
 from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import WHOLE_MODEL_SECONDS, time_ms
+from .latency import WHOLE_MODEL_SECONDS, time_ms, timing_batch
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
 from .report import PruningResult, format_layer_table, layer_rows
@@ -254,6 +254,7 @@ class Pruning(Callback):
         self._loss_flag = None  # on an accelerator: (pinned flag, event, step) of a loss check in flight
         self._ignored_resolved = list(self._ignored_names)
         self._latency: dict | None = None  # latency target: dense and predicted milliseconds
+        self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
 
     # ------------------------------------------------------------ properties
     @property
@@ -337,6 +338,9 @@ class Pruning(Callback):
                     f"{type(self).__name__} could not find an input tensor in the training batch; pass "
                     "example_input= or set example_input_array on your LightningModule.")
             self._example = found[:2].detach().clone()
+        if self._timing_rows is None and self.target is not None and self.target.kind == "latency":
+            found = _first_tensor(batch)
+            self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
         if self.events_done >= self.schedule.prune_events:
             return
         if self._context is None:
@@ -519,7 +523,8 @@ class Pruning(Callback):
                         g.name: g.norms({n: p.detach() for n, p in pl_module.named_parameters()}) for g in groups}
                 final, self._latency = target_keep_counts(pl_module, example, groups, cost, self.target, floor,
                                                           allocation=self.allocation, scores=scores,
-                                                          round_to=round_to, shared=[self])
+                                                          round_to=round_to, shared=[self],
+                                                          timing_input=self._timing_rows)
                 if trainer.world_size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
                     final = trainer.strategy.broadcast(final, src=0)
                     if self._latency is not None:
@@ -595,7 +600,8 @@ class Pruning(Callback):
         setattr(pl_module, APPLIED_PLAN_ATTR, self.plan.to_dict())
         info = dict(self.method.after_rebuild(pl_module, step_plan) or {})
         if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
-            batch = example[:1].expand(self.target.batch_size, *example.shape[1:]).clone()
+            rows = example if self._timing_rows is None else self._timing_rows.to(example.device, example.dtype)
+            batch = timing_batch(rows, self.target.batch_size)
             was_training = pl_module.training
             pl_module.eval()
             try:

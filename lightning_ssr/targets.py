@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
-from .latency import calibrated_keep_counts, latency_model
+from .latency import calibrated_keep_counts, latency_model, measure_keep, timing_batch
 from .structure.groups import ChannelGroup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -219,6 +219,11 @@ def min_keep_counts(groups: Sequence[ChannelGroup], min_channels: int = 1,
             for g in groups}
 
 
+def floor_keep_counts(groups: Sequence[ChannelGroup], min_keep: Mapping[str, int], round_to: int = 1) -> dict[str, int]:
+    """The fewest channels each group may keep: its floor, rounded as every count is."""
+    return {g.name: round_keep(g.size, 0.0, min_keep[g.name], group_step(g, round_to)) for g in groups}
+
+
 def _channel_params(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, float]:
     """Per group, the parameters that removing one of its channels saves."""
     full = {g.name: g.size for g in groups}
@@ -280,7 +285,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
         return measure(keep) <= limit * (1 + 1e-9)
 
     step = {g.name: group_step(g, round_to) for g in groups}
-    floor = {g.name: round_keep(g.size, 0.0, min_keep[g.name], step[g.name]) for g in groups}
+    floor = floor_keep_counts(groups, min_keep, round_to)
     if not fits(floor):
         unit = " ms" if target.kind == "latency" else ""
         raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
@@ -341,19 +346,30 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
 def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup], cost: ModelCost,
                        target: Target, min_keep: Mapping[str, int], allocation: str = "uniform",
                        scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1,
-                       shared: Sequence[object] = ()) -> tuple[dict[str, int], dict | None]:
+                       shared: Sequence[object] = (), timing_input: torch.Tensor | None = None,
+                       ) -> tuple[dict[str, int], dict | None]:
     """:func:`keep_counts` for any target, the latency kind included: that one is timed on
     ``example``'s device at the target's batch size (a per-layer table, then whole pruned copies
-    of ``model``: :func:`lightning_ssr.latency.calibrated_keep_counts`). Returns the counts and,
-    for a latency target, ``{"dense_ms", "uncalibrated_ms", "predicted_ms", "calibration_ms"}``."""
+    of ``model``: :func:`lightning_ssr.latency.calibrated_keep_counts`), on the rows of
+    ``timing_input`` (default ``example``; see :func:`~lightning_ssr.latency.timing_batch`).
+    Returns the counts and, for a latency target, ``{"dense_ms", "uncalibrated_ms",
+    "predicted_ms", "calibration_ms"}``."""
     def allocate(table=None):
         return keep_counts(model, groups, cost, target, min_keep, allocation=allocation, scores=scores,
                            round_to=round_to, latency=table)
     if target.kind != "latency":
         return allocate(), None
-    batch = example[:1].expand(target.batch_size, *example.shape[1:]).clone()
+    rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
+    batch = timing_batch(rows, target.batch_size)
     table = latency_model(model, batch, groups, cost)
-    keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared)
+    try:
+        allocate(table)
+    except ValueError:  # the table may overrate what the floor costs: time the floor before refusing
+        floor = floor_keep_counts(groups, min_keep, round_to)
+        ms = measure_keep(model, batch, groups, floor, shared=shared, dense_ms=table.dense_ms)
+        table.calibration.append([table.table_ms(groups, cost, floor), ms])
+    keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared,
+                                        target_ms=target.latency)
     return keep, {"dense_ms": table.dense_ms, **info}
 
 

@@ -77,7 +77,8 @@ def timings(monkeypatch):
 
     def counting(fn, repeats=20, warmup=3, device=None, min_seconds=0.0):
         calls.append(1)
-        return real(fn, 2, 1, device)
+        real(fn, 1, 1, device)  # runs the call; the time returned is fixed, for determinism
+        return 100.0 if min_seconds == latency_mod.WHOLE_MODEL_SECONDS else 1.0
 
     monkeypatch.setattr(latency_mod, "time_ms", counting)
     return calls
@@ -96,6 +97,80 @@ def test_layer_timings_are_measured_once_and_cached_on_disk(tmp_path, timings):
     assert first.layers["conv1"]["in"] == [1]  # its input (the image) is not
     # the model is left as it was (eval mode here), and its outputs unchanged
     assert not model.training
+
+
+def test_a_cache_timed_on_a_busy_machine_is_timed_again(tmp_path, timings):
+    import json
+
+    model, groups, cost = _lenet()
+    first = latency_model(model, X, groups, cost, cache_dir=tmp_path)
+    cache = tmp_path / "layers.json"
+    # layer timings taken while the machine was busy: together far slower than the whole model
+    cache.write_text(json.dumps({k: 1000 * v for k, v in json.loads(cache.read_text()).items()}))
+    n = len(timings)
+    second = latency_model(model, X, groups, cost, cache_dir=tmp_path)
+    assert len(timings) > n + 1 and second.layers == first.layers
+    assert max(json.loads(cache.read_text()).values()) < 1000  # the cache is repaired
+
+
+def test_timing_batches_are_made_of_the_given_rows():
+    from lightning_ssr.latency import timing_batch
+
+    rows = torch.arange(3.0).view(3, 1)
+    assert timing_batch(rows, 2).flatten().tolist() == [0.0, 1.0]
+    assert timing_batch(rows, 7).flatten().tolist() == [0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0]
+
+
+def test_the_floor_is_timed_before_a_latency_target_is_refused(monkeypatch):
+    import lightning_ssr.targets as targets_mod
+    from lightning_ssr.targets import target_keep_counts
+
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)
+    # a table whose untimed rest (norms, activations) is most of the time: it thinks the
+    # floor costs 90% of the dense model, while the clock says 20%
+    table.rest_ms = 9 * table.dense_ms
+    table.dense_ms *= 10
+    floor = {g.name: 1 for g in groups}
+    assert table.predict(groups, cost, floor) > 0.9 * table.dense_ms
+    dense_table = table.table_ms(groups, cost, {g.name: g.size for g in groups})
+
+    def clock(model, example, gs, keep, repeats=20, shared=(), dense_ms=None):
+        t = table.table_ms(groups, cost, keep)
+        return table.dense_ms * (0.2 + 0.8 * (t - 0.9 * dense_table) / (0.1 * dense_table))
+
+    monkeypatch.setattr(targets_mod, "latency_model", lambda *a, **k: table)
+    monkeypatch.setattr(targets_mod, "measure_keep", clock)
+    monkeypatch.setattr(latency_mod, "measure_keep", clock)
+    keep, _info = target_keep_counts(model, X, groups, cost, Target(latency=0.5 * table.dense_ms, batch_size=4),
+                                    min_keep_counts(groups))
+    assert 0.45 * table.dense_ms <= clock(model, X, groups, keep) <= 0.55 * table.dense_ms
+    with pytest.raises(ValueError, match="too small"):  # below the measured floor: refused
+        target_keep_counts(model, X, groups, cost, Target(latency=0.1 * table.dense_ms, batch_size=4),
+                           min_keep_counts(groups))
+
+
+def test_when_calibration_rounds_run_out_the_timed_counts_nearest_the_target_are_kept(monkeypatch):
+    from lightning_ssr.latency import calibrated_keep_counts
+
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)
+    options = [{g.name: max(1, g.size * k // 8) for g in groups} for k in (7, 3, 5, 6, 2)]
+    times = {0: 0.9, 1: 0.35, 2: 0.62, 3: 0.71, 4: 0.2}
+    calls = iter(range(100))
+    picked = []
+
+    def allocate(t):  # an allocation that never settles
+        picked.append(options[min(next(calls), 4)])
+        return picked[-1]
+
+    def clock(model, example, gs, keep, repeats=20, shared=(), dense_ms=None):
+        return times[options.index(keep)] * table.dense_ms
+
+    monkeypatch.setattr(latency_mod, "measure_keep", clock)
+    keep, info = calibrated_keep_counts(allocate, model, X, groups, cost, table, rounds=4,
+                                        target_ms=0.6 * table.dense_ms)
+    assert keep == options[2] and len(info["calibration_ms"]) == 4  # measured 0.62: the nearest to 0.6
 
 
 def _skewed_clock(table, groups, cost, scale=1.3, offset=0.4):
