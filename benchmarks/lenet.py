@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import statistics
 import tempfile
@@ -38,9 +37,10 @@ from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, 
 from lightning_ssr.export import export_onnx
 from lightning_ssr.methods import available_methods, build_method
 from lightning_ssr.models import build_model
-from lightning_ssr.report import compare_latency, machine_info
+from lightning_ssr.report import compare_latency, machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 DATASETS = {"mnist": ("mnist", 0.025), "fashion_mnist": ("fashion_mnist", 0.1)}  # name: (data config, MACs kept)
 METHODS = ["ssr_l21", "ssr_l20", "l1"]  # l1: the best baseline of benchmarks/results/methods.json
 # The SSR paper's LeNet-5 rows on MNIST (Lin et al. 2019, Table: filters, FLOPs, params, CPU speed-up,
@@ -225,8 +225,7 @@ def main(argv=None) -> dict:
     settings["macs_kept"] = {d: DATASETS[d][1] for d in args.datasets}
     out = {"benchmark": "lenet", "machine": machine_info(), "settings": settings, "rows": rows + paper_rows(),
            "runs": runs, "seconds": time.perf_counter() - start}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, relative_to=REPO, obj=out)
     print(f"\n{'dataset':<13} {'method':<32} {'filters':<10} {'MACs':>6} {'params':>6} {'drop (pt)':>13} "
           f"{'runs':>4} {'b1 eager':>8} {'b1 ORT':>7} {'b256':>6}")
     for row in rows + paper_rows():

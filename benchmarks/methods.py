@@ -33,9 +33,10 @@ from pathlib import Path
 
 from lightning_ssr.cli import compose_config, quiet_lightning, run
 from lightning_ssr.methods import available_methods, build_method
-from lightning_ssr.report import machine_info
+from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 METHODS = ["ssr_l21", "ssr_l20", "fsm", "l1", "bn_scale", "ssl", "oneshot", "taylor", "random"]
 
 
@@ -157,8 +158,7 @@ def main(argv=None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out = {"benchmark": "methods", "machine": machine_info(), "settings": settings, "summary": summary,
            "rows": rows, "seconds": time.perf_counter() - start}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, relative_to=REPO, obj=out)
     png = plot(rows, args.out.with_suffix(".png"), f"{args.model} on {args.data}: every method, same budget")
     print(f"\n{'method':<10} {'runs':>4} {'drop (pt)':>14} {'gap to none':>14} {'MACs red.':>9} {'params red.':>11}")
     for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["accuracy_mean"]):

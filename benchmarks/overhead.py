@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -57,8 +55,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.models import build_model
+from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
+REPO = Path(__file__).resolve().parent.parent
 UPDATE_EVERY = 25
 
 
@@ -324,26 +324,6 @@ def measure(model_name: str, device: str, precision: str, args, meter: CpuMeter)
     }
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "usable_cores": cores,
-        "torch": torch.__version__, "lightning": lightning.__version__,
-        "torch_num_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 HEADER = (f"{'model':<9} {'device':<6} {'precision':<11} {'batch':>5} {'ratio':>6} {'fits':>6} "
           f"{'wstep ms':>9} {'upd ms/step':>11} {'step ms with':>12} {'without':>9} {'others':>6}")
 
@@ -353,13 +333,6 @@ def format_row(r: dict) -> str:
     return (f"{r['model']:<9} {r['device']:<6} {r['precision']:<11} {r['batch_size']:>5} {r['ratio']:>6.3f} "
             f"{r['ratio_between_fits_amortized']:>6.3f} {r['wstep_ms']:>9.3f} {r['update_ms_per_step']:>11.3f} "
             f"{r['step_ms_with']:>12.2f} {r['step_ms_without']:>9.2f} {others:>6}")
-
-
-def write_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> None:
@@ -395,7 +368,8 @@ def main(argv=None) -> None:
     configs = [("cpu", "32-true")]
     if torch.cuda.is_available():
         configs += [("cuda", "32-true"), ("cuda", "bf16-mixed"), ("cuda", "16-mixed")]
-    machine = machine_info()
+    machine = {**machine_info(), "lightning": lightning.__version__,
+               "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
     print(f"{machine['cpu']}, {machine['usable_cores']} cores, torch {machine['torch']} "
           f"({machine['torch_num_threads']} threads){', ' + machine['gpu'] if machine['gpu'] else ''}")
     print(f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps per fit, "
@@ -410,7 +384,7 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     settings.update(update_every_n_steps=UPDATE_EVERY, regularizer="l20", flops_budget=0.5, rho=0.5,
                     total_time_s=round(time.time() - start, 1))
-    write_atomic(args.out, {"machine": machine, "settings": settings, "rows": rows})
+    write_json(args.out, relative_to=REPO, obj={"machine": machine, "settings": settings, "rows": rows})
     print(f"total {time.time() - start:.0f} s; wrote {args.out}")
 
 

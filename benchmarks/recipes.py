@@ -17,16 +17,16 @@ MACs and parameters of both, and the wall time; the full ``result.json`` of each
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from lightning_ssr.cli import compose_config, quiet_lightning, run
-from lightning_ssr.report import machine_info
+from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ["transfer_fmnist_to_mnist", "da_mnist_to_digits"]
 
 
@@ -67,8 +67,7 @@ def main(argv=None) -> dict:
                 results.append(result.to_dict())
     out = {"benchmark": "recipes", "machine": machine_info(), "settings": {"seeds": args.seeds,
            "override": args.override}, "rows": rows, "results": results, "seconds": time.perf_counter() - start}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, relative_to=REPO, obj=out)
     print(f"\n{'experiment':<26} {'runs':>4} {'source only':>11} {'dense':>7} {'compressed':>10} {'MACs red.':>9}")
     for experiment in args.experiments:
         mine = [r for r in rows if r["experiment"] == experiment and r["status"] == "ok"]

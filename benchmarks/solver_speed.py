@@ -37,9 +37,10 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.cli import build_data, build_module, compose_config, quiet_lightning, train_dense
-from lightning_ssr.report import machine_info
+from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "base": {"rho": 0.1},
     "grow": {"rho": 0.1, "rho_growth": 1.1, "rho_max": 2.0},
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
     if args.recompute:
         out = json.loads(args.out.read_text())
         out["comparisons"] = compare(out["runs"])
-        args.out.write_text(json.dumps(out, indent=2))
+        write_json(args.out, relative_to=REPO, obj=out)
         return out
     quiet_lightning()
 
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "dense": {"cache": dense_info["cache"]}, "runs": runs, "comparisons": comparisons}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, relative_to=REPO, obj=out)
     print(f"wrote {args.out}")
     return out
 

@@ -32,7 +32,7 @@ from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inf
 from lightning_ssr.latency import time_ms
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.report import compare_latency, machine_info
+from lightning_ssr.report import compare_latency, machine_info, write_json
 from lightning_ssr.structure import apply_plan
 
 # (model, target: rates, a {kind: value} target, or {"latency_fraction": f} of the dense
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     rb = result["rebuild"]
     print(f"apply_plan on ResNet-50 at 224x224 ({rb['groups']} groups): {rb['apply_plan_s']:.2f} s")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, relative_to=Path(__file__).resolve().parent.parent, obj=result)
     print(f"wrote {out}")
     return result
 

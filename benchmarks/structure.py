@@ -11,7 +11,6 @@ prints a table and writes benchmarks/results/structure.json: a list of
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from lightning_ssr.cost import count_cost
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
+from lightning_ssr.report import write_json
 
 # (model, input (C, size), rates or None for dense, published MACs, published params)
 CASES = [
@@ -62,7 +62,7 @@ def main(argv=None) -> list[dict]:
               f"{100 * row['params_error']:>+5.1f}%")
     out = Path(__file__).parent / "results" / "structure.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    write_json(out, relative_to=Path(__file__).resolve().parent.parent, obj=rows)
     print(f"wrote {out}")
     return rows
 

@@ -33,11 +33,12 @@ import torch
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import WHOLE_MODEL_SECONDS, time_ms
 from lightning_ssr.models import build_model
-from lightning_ssr.report import machine_info
+from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.targets import Target, min_keep_counts, target_keep_counts
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 MODELS = {  # name: (in_channels, input size)
     "lenet5": (1, 28), "resnet20": (3, 32), "resnet56": (3, 32), "vgg16_bn": (3, 32),
     "mobilenetv2": (3, 32), "resnet50": (3, 64),
@@ -139,7 +140,7 @@ def main(argv=None) -> list[dict]:
            "within_tolerance": all(abs(r["error"]) <= TOLERANCE.get(r["kind"], 0.02) for r in met),
            "tolerance": {k: TOLERANCE.get(k, 0.02) for k in LEVELS}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, relative_to=REPO, obj=out)
     print("worst |error|: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in worst.items())
           + f" over {len(met)} rows ({len(rows) - len(met)} refused); wrote {args.out}")
     return rows

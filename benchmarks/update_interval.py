@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import statistics
 import tempfile
@@ -37,8 +36,10 @@ import warnings
 from pathlib import Path
 
 from lightning_ssr.cli import compose_config, run
+from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "update_interval.json"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def interval_arg(text: str) -> int | None:
@@ -180,13 +181,12 @@ def main(argv=None) -> None:
     for r in rows:
         print(format_row(r))
     print(f"\nConclusion: {conclusion}\nTotal time: {time.time() - start:.0f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "verbose")}
     settings["intervals"] = [label(i) for i in args.intervals]
-    args.output.write_text(json.dumps({
-        "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
+    write_json(args.output, relative_to=REPO, obj={
+        "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
         "summary": summary, "conclusion": conclusion, "total_time_s": time.time() - start,
-    }, indent=2))
+    })
     print(f"wrote {args.output}")
 
 

@@ -34,6 +34,37 @@ def machine_info() -> dict:
     return info
 
 
+def portable_paths(obj, root: str | os.PathLike):
+    """``obj`` with this machine's paths made portable: those under ``root`` relative to it, the
+    home directory as ``~`` and the temporary directory as ``<tmp>`` (for files that are shared)."""
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable_paths(v, root) for v in obj]
+    if isinstance(obj, Path):
+        obj = str(obj)
+    if isinstance(obj, str) and obj.startswith(os.sep):
+        for base, name in ((str(Path(root).resolve()), "."), (tempfile.gettempdir(), "<tmp>"),
+                           (os.path.expanduser("~"), "~")):
+            if obj == base or obj.startswith(base + os.sep):
+                return name + obj[len(base):]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj, relative_to: str | os.PathLike | None = None) -> Path:
+    """Write ``obj`` as indented JSON, atomically; with ``relative_to``, its paths made
+    :func:`portable_paths`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if relative_to is not None:
+        obj = portable_paths(obj, relative_to)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 @dataclass
 class PruningResult:
     """Everything one pruning run produced, as plain data (``result.json``).
@@ -90,13 +121,7 @@ class PruningResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``result.json`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningResult:

@@ -85,3 +85,22 @@ def test_layer_rows_and_table_from_two_costs():
 def test_machine_info_describes_this_machine():
     info = machine_info()
     assert info["torch"] == torch.__version__ and info["cores"] >= 1
+
+
+def test_shared_json_files_hold_no_paths_of_this_machine(tmp_path):
+    import json
+    import os
+    import tempfile
+
+    from lightning_ssr.report import write_json
+
+    repo = tmp_path / "repo"
+    home = os.path.expanduser("~")
+    obj = {"out": repo / "benchmarks" / "results" / "x.json", "runs": [{"checkpoint": os.path.join(
+        tempfile.gettempdir(), "run0", "pruned.pt"), "cache": os.path.join(home, ".cache", "d.pt")}],
+        "name": "resnet20", "n": 3}
+    path = write_json(tmp_path / "out.json", obj, relative_to=repo)
+    assert json.loads(path.read_text()) == {
+        "out": "./benchmarks/results/x.json", "runs": [{"checkpoint": "<tmp>/run0/pruned.pt", "cache": "~/.cache/d.pt"}],
+        "name": "resnet20", "n": 3}
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
