@@ -1,4 +1,6 @@
-"""Render ``benchmarks/RESULTS.md`` from the JSON files under ``benchmarks/results/``.
+"""Render ``benchmarks/RESULTS.md`` from the JSON files under ``benchmarks/results/``, and copy
+it into README.md's Results section (between its ``<!-- results:start -->`` and
+``<!-- results:end -->`` lines).
 
     python benchmarks/render.py
 
@@ -12,22 +14,29 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-COMMANDS = {
-    "lenet": "python benchmarks/lenet.py",
-    "methods": "python benchmarks/methods.py",
-    "targets": "python benchmarks/targets.py",
-    "speedup": "python benchmarks/speedup.py",
-    "recipes": "python benchmarks/recipes.py",
-    "solver_speed": "python benchmarks/solver_speed.py",
-    "overhead": "python benchmarks/overhead.py",
-    "update_interval": "python benchmarks/update_interval.py",
-    "structure": "python benchmarks/structure.py",
-}
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(HERE.parent))
+from benchmarks import PARTS
+
+
+def commands() -> dict[str, str]:
+    """Results file stem -> the command that writes it: ``python -m benchmarks``'s, and for a
+    part whose run there writes another file (``--out``), the script's own default run too."""
+    out = {}
+    for part, args in PARTS:
+        command = " ".join([f"python benchmarks/{part}.py", *args]).strip()
+        stem = Path(args[args.index("--out") + 1]).stem if "--out" in args else part
+        out[stem] = command
+        out.setdefault(part, f"python benchmarks/{part}.py")
+    return out
 
 
 def machine_line(data) -> str:
@@ -84,18 +93,33 @@ def render_methods(d):
 
 def render_targets(d):
     rows = []
-    by = {}
+    by, refused = {}, {}
+    tolerance = d.get("tolerance", {})
     for r in d["rows"]:
         if r.get("achieved") is not None:
             by.setdefault((r["kind"], r["allocation"]), []).append(abs(r["error"]))
+        else:
+            refused.setdefault(r["kind"], []).append(r)
     for (kind, allocation), errs in sorted(by.items()):
-        rows.append([kind, allocation, len(errs), f"{100 * max(errs):.2f}%", f"{100 * statistics.fmean(errs):.2f}%"])
-    out = table(["kind", "allocation", "rows", "worst error", "mean error"], rows)
-    lat = [r for r in d["rows"] if r["kind"] == "latency" and r.get("achieved") is not None]
+        limit = tolerance.get(kind)
+        within = "-" if limit is None else f"{sum(e <= limit for e in errs)} of {len(errs)}"
+        rows.append([kind, allocation, len(errs), within, f"{100 * max(errs):.2f}%",
+                     f"{100 * statistics.fmean(errs):.2f}%"])
+    out = table(["kind", "allocation", "rows", "within tolerance", "worst error", "mean error"], rows)
+    if tolerance:
+        out += ["", "Tolerance: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(tolerance.items()))
+                + ". Refused (a target below what the floors allow, with an error that says so): "
+                + (", ".join(f"{len(v)} {k}" for k, v in sorted(refused.items())) or "none") + "."]
+    lat = [r for r in d["rows"] if r["kind"] == "latency"]
     if lat:
-        worst = max(abs(r["prediction_error"]) for r in lat)
-        out += ["", (f"Latency rows (batch {d.get('latency_batch')}): predicted vs measured within "
-                    f"{100 * worst:.1f}% (worst of {len(lat)}).")]
+        out += ["", f"Latency rows (batch {d.get('latency_batch')}, fractions of the dense model's measured time):", ""]
+        out += table(["model", "allocation", "requested", "achieved", "error", "predicted ms", "measured ms",
+                      "MACs kept", "allocation s"],
+                     [[r["model"], r["allocation"], _f(r["requested"], 2),
+                       _f(r.get("achieved"), 3) if r.get("achieved") is not None else "refused",
+                       _f(100 * r["error"], 1, "%") if r.get("error") is not None else "-",
+                       _f(r.get("predicted_ms"), 2), _f(r.get("measured_ms"), 2), _f(r.get("macs"), 3),
+                       _f(r.get("allocation_s"), 1)] for r in lat])
     return out
 
 
@@ -140,12 +164,13 @@ def render_update_interval(d):
 
 
 def render_structure(d):
+    d = d["rows"] if isinstance(d, dict) else d
     rows = [[r["model"], f"`{r['rates']}`", _f(r["flops"] / 1e6, 2, "M"), _f(r["params"] / 1e6, 3, "M"),
              _f(100 * r["flops_error"], 2, "%") if r.get("flops_error") is not None else "-"] for r in d]
     return table(["model", "rates", "MACs", "params", "vs published MACs"], rows)
 
 
-RENDERERS = {"lenet": render_lenet, "methods": render_methods, "targets": render_targets, "speedup": render_speedup,
+RENDERERS = {"lenet": render_lenet, "lenet_quick": render_lenet, "methods": render_methods, "targets": render_targets, "speedup": render_speedup,
              "recipes": render_recipes, "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure}
 
@@ -153,10 +178,11 @@ RENDERERS = {"lenet": render_lenet, "methods": render_methods, "targets": render
 def render(results: Path = RESULTS) -> str:
     lines = ["# Results", "", ("Generated by `python benchmarks/render.py` from `benchmarks/results/*.json`; do not edit "
              "by hand. Each section names the command that wrote its file and the machine it ran on."), ""]
+    known = commands()
     for path in sorted(results.glob("*.json")):
         name = path.stem
         data = json.loads(path.read_text())
-        lines += [f"## {name}", "", f"`{COMMANDS.get(name, '?')}` → `benchmarks/results/{path.name}`; "
+        lines += [f"## {name}", "", f"`{known.get(name, '?')}` → `benchmarks/results/{path.name}`; "
                   + machine_line(data), ""]
         renderer = RENDERERS.get(name)
         if renderer is None:
@@ -167,13 +193,32 @@ def render(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def update_readme(readme: Path, results_md: str) -> None:
+    """Replace README's lines between the results markers with ``results_md`` (its title dropped,
+    its sections one level deeper)."""
+    text = readme.read_text()
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"{readme} needs one {START!r} line followed by one {END!r} line (its Results section)")
+    body = results_md.split("\n")[1:]  # without "# Results"
+    body = ["#" + line if line.startswith("## ") else line for line in body]
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + "\n".join(body).strip("\n") + "\n" + END + tail)
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--readme", type=Path, default=README, help="the README whose Results section is replaced")
+    parser.add_argument("--no-readme", action="store_true", help="write RESULTS.md only")
     args = parser.parse_args(argv)
-    args.out.write_text(render(args.results))
+    text = render(args.results)
+    args.out.write_text(text)
     print(f"wrote {args.out}")
+    if not args.no_readme:
+        update_readme(args.readme, text)
+        print(f"updated the Results section of {args.readme}")
     return args.out
 
 

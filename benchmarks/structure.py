@@ -18,7 +18,7 @@ import torch
 from lightning_ssr.cost import count_cost
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
-from lightning_ssr.report import write_json
+from lightning_ssr.report import machine_info, write_json
 
 # (model, input (C, size), rates or None for dense, published MACs, published params)
 CASES = [
@@ -61,8 +61,8 @@ def main(argv=None) -> list[dict]:
               f"{100 * row['flops_error']:>+5.1f}% {params / 1e6:>6.3f}M {pub_params / 1e6:>8.3f}M "
               f"{100 * row['params_error']:>+5.1f}%")
     out = Path(__file__).parent / "results" / "structure.json"
-    out.parent.mkdir(exist_ok=True)
-    write_json(out, relative_to=Path(__file__).resolve().parent.parent, obj=rows)
+    write_json(out, relative_to=Path(__file__).resolve().parent.parent,
+               obj={"benchmark": "structure", "machine": machine_info(), "rows": rows})
     print(f"wrote {out}")
     return rows
 

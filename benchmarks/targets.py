@@ -13,7 +13,9 @@ Writes ``benchmarks/results/targets.json``: rows ``{model, kind, requested, achi
 round_to, error, allocation_s}`` (``error``: achieved / requested - 1) and the machine.
 
 Latency rows ask for a fraction of the dense model's measured time at batch ``LATENCY_BATCH``
-on this CPU (all threads). The allocation times layers (a cached table) and pruned copies of the
+on this CPU (all threads): the target in ms is that fraction of the dense time the allocation's
+own latency table measured (a separate timing would differ by the machine's drift between the
+two). The allocation times layers (a cached table) and pruned copies of the
 model (:func:`lightning_ssr.latency.calibrated_keep_counts`); ``achieved`` is then the rebuilt
 model's time over the dense model's, measured alternately in this process, and the row also
 records the predicted and measured milliseconds (``prediction_error``: measured / predicted - 1).
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 from lightning_ssr.cost import count_cost
-from lightning_ssr.latency import WHOLE_MODEL_SECONDS, time_ms
+from lightning_ssr.latency import WHOLE_MODEL_SECONDS, latency_model, time_ms
 from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
@@ -69,18 +71,20 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
     params = {n: p.detach() for n, p in model.named_parameters()}
     scores = {g.name: g.norms(params) for g in groups}
     row = {"model": name, "kind": kind, "requested": level, "allocation": allocation, "round_to": round_to}
-    dense_model, timed = None, torch.randn(LATENCY_BATCH, channels, size, size)
+    dense_model, timed, table = None, torch.randn(LATENCY_BATCH, channels, size, size), None
+    start = time.perf_counter()
     if kind == "latency":
+        # the target in ms is the level times the dense time the allocation itself measured: a
+        # separate measurement would differ by the machine's drift between the two
         dense_model = copy.deepcopy(model)
-        target = Target(latency=level * time_ms(lambda: model(timed), 10, min_seconds=WHOLE_MODEL_SECONDS),
-                        batch_size=LATENCY_BATCH)
+        table = latency_model(model, timed, groups, dense)
+        target = Target(latency=level * table.dense_ms, batch_size=LATENCY_BATCH)
     else:
         target = Target(**{kind: level})
-    start = time.perf_counter()
     try:
         keep, timing = target_keep_counts(model, x, groups, dense, target, min_keep_counts(groups, 1, 1.0, round_to),
                                           allocation=allocation, scores=scores, round_to=round_to,
-                                          timing_input=timed)
+                                          timing_input=timed, table=table)
     except ValueError as err:  # e.g. below what the unprunable layers and floors allow
         return {**row, "achieved": None, "error": None, "allocation_s": time.perf_counter() - start,
                 "note": str(err)}

@@ -347,11 +347,12 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
                        target: Target, min_keep: Mapping[str, int], allocation: str = "uniform",
                        scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1,
                        shared: Sequence[object] = (), timing_input: torch.Tensor | None = None,
-                       ) -> tuple[dict[str, int], dict | None]:
+                       table=None) -> tuple[dict[str, int], dict | None]:
     """:func:`keep_counts` for any target, the latency kind included: that one is timed on
     ``example``'s device at the target's batch size (a per-layer table, then whole pruned copies
     of ``model``: :func:`lightning_ssr.latency.calibrated_keep_counts`), on the rows of
-    ``timing_input`` (default ``example``; see :func:`~lightning_ssr.latency.timing_batch`).
+    ``timing_input`` (default ``example``; see :func:`~lightning_ssr.latency.timing_batch`), or
+    with ``table``, a :func:`~lightning_ssr.latency.latency_model` of ``model`` timed already.
     Returns the counts and, for a latency target, ``{"dense_ms", "uncalibrated_ms",
     "predicted_ms", "calibration_ms"}``."""
     def allocate(table=None):
@@ -361,7 +362,11 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
         return allocate(), None
     rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
     batch = timing_batch(rows, target.batch_size)
-    table = latency_model(model, batch, groups, cost)
+    if table is None:
+        table = latency_model(model, batch, groups, cost)
+    elif table.batch_size != target.batch_size:
+        raise ValueError(f"the latency table was timed at batch {table.batch_size}, the target is for batch "
+                         f"{target.batch_size}")
     try:
         allocate(table)
     except ValueError:  # the table may overrate what the floor costs: time the floor before refusing

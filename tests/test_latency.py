@@ -316,3 +316,19 @@ def test_time_ms_warms_up_for_the_minimum_duration_too():
     calls = []
     latency_mod.time_ms(lambda: calls.append(1), repeats=1, warmup=1, min_seconds=0.05)
     assert len(calls) > 200  # warm-up and measurement each fill 50 ms of microsecond calls
+
+
+def test_a_latency_table_timed_already_is_used_as_given(monkeypatch):
+    import lightning_ssr.targets as targets_mod
+    from lightning_ssr.targets import target_keep_counts
+
+    model, groups, cost = _lenet()
+    table = _linear_table(cost, groups)  # timed at batch 4
+    monkeypatch.setattr(targets_mod, "latency_model", lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(latency_mod, "measure_keep", _skewed_clock(table, groups, cost))
+    keep, info = target_keep_counts(model, X, groups, cost, Target(latency=0.7 * table.dense_ms, batch_size=4),
+                                    min_keep_counts(groups), table=table)
+    assert info["dense_ms"] == table.dense_ms and sum(keep.values()) < sum(g.size for g in groups)
+    with pytest.raises(ValueError, match="batch 4"):
+        target_keep_counts(model, X, groups, cost, Target(latency=0.7 * table.dense_ms, batch_size=8),
+                           min_keep_counts(groups), table=table)

@@ -1,0 +1,38 @@
+"""benchmarks/render.py: RESULTS.md from the results files, copied into README's Results section."""
+
+import json
+
+import pytest
+
+from benchmarks import PARTS
+from benchmarks.render import END, START, commands, render, update_readme
+
+
+def test_every_results_file_is_named_with_the_command_that_writes_it():
+    known = commands()
+    assert set(known) >= {part for part, _ in PARTS}
+    assert known["lenet_quick"].startswith("python benchmarks/lenet.py --seeds")  # python -m benchmarks' run
+    assert known["lenet"] == "python benchmarks/lenet.py"  # the script's own budget
+
+
+def test_render_names_command_and_machine_and_lists_files_it_cannot_render(tmp_path):
+    machine = {"cpu": "Some CPU", "cores": 2, "torch_threads": 2, "torch": "2.x"}
+    (tmp_path / "overhead.json").write_text(json.dumps({"machine": machine, "rows": [
+        {"model": "resnet20", "device": "cpu", "batch_size": 64, "ratio": 1.0123}]}))
+    (tmp_path / "mystery.json").write_text(json.dumps({"a": 1}))
+    text = render(tmp_path)
+    assert "`python benchmarks/overhead.py --steps 25 --rounds 4`" in text
+    assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 64 | 1.012 |" in text
+    assert "## mystery" in text and "no renderer" in text
+
+
+def test_readme_results_section_is_replaced_between_its_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n\nintro\n\n{START}\nold figures\n{END}\n\n## Next\nkept\n")
+    update_readme(readme, "# Results\n\nGenerated.\n\n## lenet\n\n| a |\n")
+    text = readme.read_text()
+    assert "old figures" not in text and "### lenet" in text and "Generated." in text
+    assert text.startswith("# x\n\n## Results\n\nintro\n\n") and text.endswith(f"{END}\n\n## Next\nkept\n")
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results:start"):
+        update_readme(readme, "# Results\n")
