@@ -87,6 +87,7 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
             cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
                                                  *(f"model.{n}" for n in frozen)})
     callback, dm = cli.check_config(cfg)
+    freeze(cli.build_network(cfg, dm), frozen)  # on a throwaway network: a bad name fails before any training
     source_cfg = _source_config(cfg)
     source_dm = cli.build_data(source_cfg)
     source_net, source_info = cli.train_dense(source_cfg, source_dm, output_dir / "source")
