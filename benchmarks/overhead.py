@@ -371,7 +371,7 @@ def main(argv=None) -> None:
     machine = {**machine_info(), "lightning": lightning.__version__,
                "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
     print(f"{machine['cpu']}, {machine['usable_cores']} cores, torch {machine['torch']} "
-          f"({machine['torch_num_threads']} threads){', ' + machine['gpu'] if machine['gpu'] else ''}")
+          f"({machine['torch_threads']} threads){', ' + machine['gpu'] if machine['gpu'] else ''}")
     print(f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps per fit, "
           f"{args.rounds} fits with and {args.rounds} without the callback per row\n{HEADER}", flush=True)
     start = time.time()

@@ -113,6 +113,8 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--allocations", nargs="+", default=["uniform", "global"])
+    parser.add_argument("--latency-allocations", nargs="+", default=None,
+                        help="allocations of the (timed, slower) latency rows; default: --allocations")
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--kinds", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--append", action="store_true", help="keep the rows of --out for the kinds not run")
@@ -123,7 +125,8 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         for kind in args.kinds:
             for level in LEVELS[kind]:
-                for allocation in args.allocations:
+                for allocation in (args.latency_allocations or args.allocations) if kind == "latency" \
+                        else args.allocations:
                     row = one(name, kind, level, allocation, args.round_to)
                     rows.append(row)
                     if row["achieved"] is None:

@@ -21,7 +21,7 @@ def test_render_names_command_and_machine_and_lists_files_it_cannot_render(tmp_p
         {"model": "resnet20", "device": "cpu", "batch_size": 64, "ratio": 1.0123}]}))
     (tmp_path / "mystery.json").write_text(json.dumps({"a": 1}))
     text = render(tmp_path)
-    assert "`python benchmarks/overhead.py --steps 25 --rounds 4`" in text
+    assert "`python benchmarks/overhead.py --steps 25 --rounds 3`" in text
     assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 64 | 1.012 |" in text
     assert "## mystery" in text and "no renderer" in text
 
