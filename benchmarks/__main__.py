@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import PARTS
+from lightning_ssr.report import machine_info, write_json
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
         return 0
     os.chdir(Path(__file__).resolve().parent.parent)  # the paths above are the repository's
     chosen = [(p, a) for p, a in PARTS if (args.only is None or p in args.only) and p not in args.skip]
-    failed, start = [], time.perf_counter()
+    failed, seconds, start = [], {}, time.perf_counter()
     for part, extra in chosen:
         t = time.perf_counter()
         print(f"\n=== {part} (python benchmarks/{part}.py {' '.join(extra)})", flush=True)
@@ -44,11 +45,17 @@ def main(argv=None) -> int:
         except Exception:  # noqa: BLE001 - one failed part must not stop the others
             traceback.print_exc()
             failed.append(part)
-        print(f"=== {part}: {time.perf_counter() - t:.0f} s", flush=True)
+        seconds[part] = time.perf_counter() - t
+        print(f"=== {part}: {seconds[part]:.0f} s", flush=True)
+    total = time.perf_counter() - start
+    if args.only is None and not args.skip:  # the record of a whole run
+        write_json("benchmarks/results/run.json", {"benchmark": "run", "machine": machine_info(),
+                                                   "command": "python -m benchmarks", "parts": seconds,
+                                                   "failed": failed, "total_s": total}, relative_to=".")
     from benchmarks.render import main as render
 
     render([])
-    print(f"\n{len(chosen) - len(failed)} of {len(chosen)} parts ran in {time.perf_counter() - start:.0f} s"
+    print(f"\n{len(chosen) - len(failed)} of {len(chosen)} parts ran in {total:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

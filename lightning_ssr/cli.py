@@ -195,10 +195,16 @@ _PRESENTATION_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_
                       "default_root_dir", "logger", "enable_checkpointing", "callbacks")
 
 
+#: module settings of the compression run only: the dense model trains without distillation
+DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature")
+
+
 def dense_cache_path(cfg: DictConfig) -> Path:
     """Where the dense model of ``cfg`` is cached: keyed by everything that changes it (model,
     data, module, seed, dense settings and every trainer setting but presentation ones)."""
     keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "module")}
+    for k in DENSE_UNUSED_MODULE_KEYS:  # the dense model trains without them
+        keyed["module"].pop(k, None)
     keyed["seed"] = cfg.seed
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
@@ -235,7 +241,8 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         print(f"Reusing the dense model cached at {cache}")
     else:
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
-        dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr)
+        dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
+                                **{"distill": 0.0} if "distill" in cfg.module else {})
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
                               default_root_dir=str(Path(output_dir) / "dense"))
         trainer.fit(dense_lm, dm)
@@ -259,6 +266,8 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
         callback = build_pruning(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     lm = build_module(cfg, copy.deepcopy(net), dm)
+    if cfg.module.get("distill"):  # distillation from the dense network (ImageClassifier.set_teacher)
+        lm.set_teacher(copy.deepcopy(net))
     max_epochs = cfg.trainer.max_epochs or build_schedule(cfg).total_epochs
     # metrics (pruning/*, train_loss, val_acc) go to <output_dir>/logs as CSV, chosen explicitly:
     # logger=True would look for TensorBoard and print a notice when it is not installed

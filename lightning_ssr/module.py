@@ -10,25 +10,59 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class ImageClassifier(pl.LightningModule):
-    """Cross-entropy training of ``model`` with SGD (momentum) and an optional cosine LR schedule."""
+    """Cross-entropy training of ``model`` with SGD (momentum) and an optional cosine LR schedule.
+
+    With ``distill > 0`` the loss is ``(1 - distill) * cross-entropy + distill * T^2 *
+    KL(teacher || model)`` on the logits softened by ``temperature`` T (Hinton et al. 2015),
+    against a teacher given with :meth:`set_teacher` (the CLI's: the dense network): a pruned
+    network fine-tuned towards its dense original's outputs.
+    """
 
     def __init__(self, model: nn.Module, num_classes: int = 10, lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, nesterov: bool = False, cosine: bool = True):
+                 weight_decay: float = 5e-4, nesterov: bool = False, cosine: bool = True, distill: float = 0.0,
+                 temperature: float = 4.0):
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if not lr > 0:
+            raise ValueError(f"module.lr must be > 0, got {lr}")
+        if not 0.0 <= distill <= 1.0:
+            raise ValueError(f"module.distill is the weight of the distillation loss, in [0, 1]; got {distill}")
+        if not temperature > 0:
+            raise ValueError(f"module.temperature must be > 0, got {temperature}")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """The network whose outputs ``distill`` pulls towards: frozen, in eval mode, and kept out
+        of this module's parameters and state dict (checkpoints hold the student only)."""
+        teacher = teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no state_dict entry
+
+    def on_fit_start(self) -> None:
+        if self.hparams.distill > 0 and self.__dict__.get("_teacher") is None:
+            raise ValueError(f"module.distill={self.hparams.distill} needs a teacher network: call "
+                             "set_teacher(dense_network) before fit, or set module.distill=0")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
         self.log("train_loss", loss, prog_bar=True)
+        weight, teacher = self.hparams.distill, self.__dict__.get("_teacher")
+        if weight > 0 and teacher is not None:
+            teacher.to(x.device)
+            t = self.hparams.temperature
+            with torch.no_grad():
+                target = F.log_softmax(teacher(x) / t, dim=1)
+            kd = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean", log_target=True) * t * t
+            self.log("train_distill", kd)
+            loss = (1 - weight) * loss + weight * kd
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -36,3 +36,12 @@ def test_readme_results_section_is_replaced_between_its_markers_only(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="results:start"):
         update_readme(readme, "# Results\n")
+
+
+def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):
+    (tmp_path / "overhead.json").write_text(json.dumps({"rows": []}))
+    (tmp_path / "run.json").write_text(json.dumps({"machine": {"cpu": "C"}, "parts": {"targets": 600.0},
+                                                   "failed": [], "total_s": 3000.0}))
+    text = render(tmp_path)
+    assert text.index("## run") < text.index("## overhead")
+    assert "`python -m benchmarks`" in text and "| targets | 10.0 min |" in text and "**50.0 min**" in text

@@ -1,0 +1,61 @@
+"""The CLI's ImageClassifier: distillation from the dense network while compressing."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_ssr.cli import compose_config, dense_cache_path, run
+from lightning_ssr.models import build_model
+from lightning_ssr.module import ImageClassifier
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"distill": 1.5}, "module.distill"), ({"distill": -0.1}, "module.distill"),
+    ({"distill": float("nan")}, "module.distill"), ({"temperature": 0.0}, "module.temperature"),
+    ({"lr": 0.0}, "module.lr"),
+])
+def test_bad_settings_are_refused_naming_the_key(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ImageClassifier(build_model("lenet5"), **kwargs)
+
+
+def test_the_distillation_loss_pulls_towards_the_teacher_and_trains_only_the_student():
+    torch.manual_seed(0)
+    teacher = build_model("lenet5")
+    student = ImageClassifier(copy.deepcopy(teacher), distill=0.7, temperature=3.0)
+    with torch.no_grad():
+        for p in student.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.set_teacher(teacher)
+    assert "_teacher" not in dict(student.named_modules()) and not any(
+        k.startswith("_teacher") for k in student.state_dict())
+    assert len(list(student.parameters())) == len(list(teacher.parameters()))
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    student.log = lambda *a, **k: None
+    loss = student.training_step((x, y), 0)
+    logits = student(x)
+    kd = F.kl_div(F.log_softmax(logits / 3, 1), F.log_softmax(teacher(x) / 3, 1), reduction="batchmean",
+                  log_target=True) * 9
+    assert kd > 0 and loss.item() == pytest.approx((0.3 * F.cross_entropy(logits, y) + 0.7 * kd).item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    assert all(p.grad is not None for p in student.model.parameters())
+
+
+def test_distillation_without_a_teacher_is_refused_at_fit_start():
+    lm = ImageClassifier(build_model("lenet5"), distill=0.5)
+    with pytest.raises(ValueError, match="set_teacher"):
+        lm.on_fit_start()
+
+
+def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(tmp_path):
+    common = ["data=uci_digits", f"dense.cache_dir={tmp_path / 'dense'}", "dense.epochs=1",
+              "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=4",
+              "target.macs=0.3", "latency.batch_sizes=[]", "trainer.enable_progress_bar=false", "verbose=false"]
+    plain, distilled = compose_config(common), compose_config([*common, "module.distill=0.5"])
+    assert dense_cache_path(plain) == dense_cache_path(distilled)  # one dense model for both
+    result = run(distilled, tmp_path / "run")
+    assert result.status == "ok" and result.macs_reduction > 2.5
+    assert result.config["cli"]["module"]["distill"] == 0.5
