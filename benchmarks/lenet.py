@@ -25,6 +25,7 @@ import argparse
 import collections
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -223,7 +224,9 @@ def main(argv=None) -> dict:
     rows = summarize(runs)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["macs_kept"] = {d: DATASETS[d][1] for d in args.datasets}
-    out = {"benchmark": "lenet", "machine": machine_info(), "settings": settings, "rows": rows + paper_rows(),
+    command = " ".join(["python benchmarks/lenet.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"benchmark": "lenet", "command": command, "machine": machine_info(), "settings": settings,
+           "rows": rows + paper_rows(),
            "runs": runs, "seconds": time.perf_counter() - start}
     write_json(args.out, relative_to=REPO, obj=out)
     print(f"\n{'dataset':<13} {'method':<32} {'filters':<10} {'MACs':>6} {'params':>6} {'drop (pt)':>13} "

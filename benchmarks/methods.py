@@ -37,7 +37,7 @@ from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ["ssr_l21", "ssr_l20", "fsm", "l1", "bn_scale", "ssl", "oneshot", "taylor", "random"]
+METHODS = ["ssr_l21", "ssr_l20", "fsm", "l1", "bn_scale", "ssl", "oneshot", "taylor", "random", "none"]
 
 
 def overrides_for(method: str, seed: int, args) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -131,7 +132,8 @@ def render_speedup(d):
         extra = ""
         if "latency_target_ms" in r:
             extra = f"target {r['latency_target_ms']:.1f} ms, measured {r['latency_measured_ms']:.1f} ms"
-        rows.append([r["model"], f"`{r['rates']}`", r.get("round_to", 1), _f(r["flops_reduction"], 2, "x"),
+        target = re.sub(r"\d+\.\d{3,}", lambda m: f"{float(m.group()):.1f}", str(r["rates"]))  # ms, rounded
+        rows.append([r["model"], f"`{target}`", r.get("round_to", 1), _f(r["flops_reduction"], 2, "x"),
                      r["best_layout"], _f(best["speedup"]["batch_64"], 2, "x"),
                      _f(best["speedup_over_flops_reduction"]["batch_64"], 2), extra])
     return table(["model", "target", "round_to", "MACs red.", "best layout", "speed-up b64", "÷ MACs red.", "latency"],
@@ -190,7 +192,8 @@ def render(results: Path = RESULTS) -> str:
     for path in sorted(results.glob("*.json"), key=lambda p: (p.stem != "run", p.stem)):  # the whole run first
         name = path.stem
         data = json.loads(path.read_text())
-        lines += [f"## {name}", "", f"`{known.get(name, '?')}` → `benchmarks/results/{path.name}`; "
+        command = (data.get("command") if isinstance(data, dict) else None) or known.get(name, "?")
+        lines += [f"## {name}", "", f"`{command}` → `benchmarks/results/{path.name}`; "
                   + machine_line(data), ""]
         renderer = RENDERERS.get(name)
         if renderer is None:
