@@ -180,9 +180,10 @@ def render_structure(d):
     return table(["model", "rates", "MACs", "params", "vs published MACs"], rows)
 
 
-RENDERERS = {"lenet": render_lenet, "lenet_quick": render_lenet, "methods": render_methods, "targets": render_targets, "speedup": render_speedup,
-             "recipes": render_recipes, "solver_speed": render_solver_speed, "overhead": render_overhead,
-             "update_interval": render_update_interval, "run": render_run, "structure": render_structure}
+RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "methods": render_methods,
+             "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
+             "solver_speed": render_solver_speed, "overhead": render_overhead,
+             "update_interval": render_update_interval, "structure": render_structure}
 
 
 def render(results: Path = RESULTS) -> str:

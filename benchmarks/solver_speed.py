@@ -171,7 +171,6 @@ def main(argv=None) -> dict:
     out = {"benchmark": "solver_speed", "machine": machine_info(), "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "dense": {"cache": dense_info["cache"]}, "runs": runs, "comparisons": comparisons}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, relative_to=REPO, obj=out)
     print(f"wrote {args.out}")
     return out

@@ -133,7 +133,6 @@ def main(argv=None) -> dict:
                   f"ms ({row['latency_measured_ms'] / row['latency_target_ms'] - 1:+.1%} from the target)")
     rb = result["rebuild"]
     print(f"apply_plan on ResNet-50 at 224x224 ({rb['groups']} groups): {rb['apply_plan_s']:.2f} s")
-    out.parent.mkdir(exist_ok=True)
     write_json(out, relative_to=Path(__file__).resolve().parent.parent, obj=result)
     print(f"wrote {out}")
     return result

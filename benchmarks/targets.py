@@ -146,7 +146,6 @@ def main(argv=None) -> list[dict]:
            "latency_batch": LATENCY_BATCH, "rows": rows, "worst_abs_error": worst,
            "within_tolerance": all(abs(r["error"]) <= TOLERANCE.get(r["kind"], 0.02) for r in met),
            "tolerance": {k: TOLERANCE.get(k, 0.02) for k in LEVELS}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, relative_to=REPO, obj=out)
     print("worst |error|: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in worst.items())
           + f" over {len(met)} rows ({len(rows) - len(met)} refused); wrote {args.out}")

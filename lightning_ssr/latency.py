@@ -300,11 +300,10 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
     measured times of the rounds."""
     keep = allocate(table)
     first = table.predict(groups, cost, keep)
-    measured, timed = [], []
+    timed = []  # (counts, measured ms) of each round
     for _ in range(rounds):
         predicted = table.predict(groups, cost, keep)
         ms = measure_keep(model, example, groups, keep, repeats, shared, dense_ms=table.dense_ms)
-        measured.append(ms)
         timed.append((keep, ms))
         table.calibration.append([table.table_ms(groups, cost, keep), ms])
         again = allocate(table)  # the final counts always come from the table as last calibrated
@@ -315,4 +314,5 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
     else:
         if target_ms is not None and all(k != keep for k, _ in timed):
             keep, _ = min(timed, key=lambda pair: abs(pair[1] / target_ms - 1))
-    return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep), "calibration_ms": measured}
+    return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep),
+                  "calibration_ms": [ms for _, ms in timed]}

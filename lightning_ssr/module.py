@@ -42,9 +42,12 @@ class ImageClassifier(pl.LightningModule):
         self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no state_dict entry
 
     def on_fit_start(self) -> None:
-        if self.hparams.distill > 0 and self.__dict__.get("_teacher") is None:
+        teacher = self.__dict__.get("_teacher")
+        if self.hparams.distill > 0 and teacher is None:
             raise ValueError(f"module.distill={self.hparams.distill} needs a teacher network: call "
                              "set_teacher(dense_network) before fit, or set module.distill=0")
+        if teacher is not None:
+            teacher.to(self.device)  # once: the trainer has placed this module by now
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -56,7 +59,6 @@ class ImageClassifier(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         weight, teacher = self.hparams.distill, self.__dict__.get("_teacher")
         if weight > 0 and teacher is not None:
-            teacher.to(x.device)
             t = self.hparams.temperature
             with torch.no_grad():
                 target = F.log_softmax(teacher(x) / t, dim=1)

@@ -338,12 +338,12 @@ class Pruning(Callback):
                     f"{type(self).__name__} could not find an input tensor in the training batch; pass "
                     "example_input= or set example_input_array on your LightningModule.")
             self._example = found[:2].detach().clone()
-        if self._timing_rows is None and self.target is not None and self.target.kind == "latency":
-            found = _first_tensor(batch)
-            self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
         if self.events_done >= self.schedule.prune_events:
             return
         if self._context is None:
+            if self.target is not None and self.target.kind == "latency":  # real inputs to time on
+                found = _first_tensor(batch)
+                self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
             self._setup_method(trainer, pl_module)
         epoch = trainer.current_epoch
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
