@@ -29,7 +29,7 @@ import torch
 
 from lightning_ssr.cost import count_cost
 from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inference
-from lightning_ssr.latency import time_ms
+from lightning_ssr.latency import steady_allocator, time_ms
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
 from lightning_ssr.report import compare_latency, machine_info, write_json
@@ -113,7 +113,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     out = Path(__file__).parent / "results" / "speedup.json"
     cases = [c for c in CASES if not args.latency_targets_only or "latency_fraction" in c[1]]
-    result = {"machine": machine_info(), "latency": [latency_case(n, t, k, args.repeats) for n, t, k in cases]}
+    allocator = steady_allocator()
+    result = {"machine": machine_info(), "allocator": allocator,
+              "latency": [latency_case(n, t, k, args.repeats) for n, t, k in cases]}
     if args.latency_targets_only and out.is_file():
         previous = json.loads(out.read_text())
         kept = [r for r in previous["latency"] if "latency_target_ms" not in r]

@@ -17,9 +17,13 @@ on this CPU (all threads): the target in ms is that fraction of the dense time t
 own latency table measured (a separate timing would differ by the machine's drift between the
 two). The allocation times layers (a cached table) and pruned copies of the
 model (:func:`lightning_ssr.latency.calibrated_keep_counts`); ``achieved`` is then the rebuilt
-model's time over the dense model's, measured alternately in this process, and the row also
-records the predicted and measured milliseconds (``prediction_error``: measured / predicted - 1).
-Timings vary with the machine's load: the structural rows are exact, the latency ones are not.
+model's time over the dense model's, measured again, call by call in turn, in this process, and
+the row also records the predicted and measured milliseconds (``prediction_error``: measured /
+predicted - 1). Timings vary with the machine's load: the structural rows are exact, the latency
+ones are not. Every timing runs on ``--threads`` CPU threads, 1 by default: on a 2-core virtual
+machine two-thread timings of one pair of models drifted by 15% within a minute, one-thread
+timings by 2-3%, once the allocator's thresholds are fixed
+(:func:`lightning_ssr.latency.steady_allocator`; the JSON records them).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lightning_ssr.cost import count_cost
-from lightning_ssr.latency import WHOLE_MODEL_SECONDS, latency_model, time_ms
+from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocator
 from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
@@ -49,15 +53,6 @@ LEVELS = {"macs": (0.5, 0.25, 0.1), "params": (0.5, 0.25, 0.1), "filters": (0.7,
           "latency": (0.75, 0.5, 0.3)}  # latency: fractions of the dense model's measured time
 LATENCY_BATCH = 16
 TOLERANCE = {"latency": 0.10}  # the others: 2%
-
-
-def _alternate_ms(a, b, x, rounds: int = 3) -> tuple[float, float]:
-    """Median latency of ``a`` and of ``b`` on ``x``, measured alternately (noise hits both alike)."""
-    ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(time_ms(lambda: a(x), 10, min_seconds=WHOLE_MODEL_SECONDS))
-        tb.append(time_ms(lambda: b(x), 10, min_seconds=WHOLE_MODEL_SECONDS))
-    return sorted(ta)[len(ta) // 2], sorted(tb)[len(tb) // 2]
 
 
 def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> dict:
@@ -99,10 +94,12 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
         achieved = after.params / dense.params
     elif kind == "latency":
         with torch.no_grad():
-            dense_ms, pruned_ms = _alternate_ms(dense_model, model, timed)
+            dense_ms, pruned_ms = interleaved_ms([lambda: dense_model(timed), lambda: model(timed)], 20,
+                                                 min_seconds=1.0)
         achieved = pruned_ms / dense_ms
         row.update(dense_ms=dense_ms, measured_ms=pruned_ms, predicted_ms=timing["predicted_ms"],
-                   uncalibrated_ms=timing["uncalibrated_ms"], calibration_rounds=len(timing["calibration_ms"]),
+                   uncalibrated_ms=timing["uncalibrated_ms"],
+                   calibrated_ms=timing["calibrated_ms"], table_dense_ms=timing["dense_ms"], calibration_rounds=len(timing["calibration_ms"]),
                    prediction_error=pruned_ms / timing["predicted_ms"] - 1, macs=after.macs / dense.macs)
     else:
         achieved = sum(keep.values()) / sum(g.size for g in groups)
@@ -117,9 +114,15 @@ def main(argv=None) -> list[dict]:
                         help="allocations of the (timed, slower) latency rows; default: --allocations")
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--kinds", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for every timing (default 1: see the module docstring)")
     parser.add_argument("--append", action="store_true", help="keep the rows of --out for the kinds not run")
     parser.add_argument("--out", type=Path, default=RESULTS / "targets.json")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    allocator = steady_allocator()
     rows = []
     print(f"{'model':<12} {'allocation':<8} {'kind':<8} {'requested':>9} {'achieved':>9} {'error':>7} {'alloc s':>8}")
     for name in args.models:
@@ -142,7 +145,8 @@ def main(argv=None) -> list[dict]:
     worst = {}
     for r in met:
         worst[r["kind"]] = max(worst.get(r["kind"], 0.0), abs(r["error"]))
-    out = {"benchmark": "targets", "machine": machine_info(), "round_to": args.round_to,
+    out = {"benchmark": "targets", "machine": machine_info(), "threads": args.threads, "allocator": allocator,
+           "round_to": args.round_to,
            "latency_batch": LATENCY_BATCH, "rows": rows, "worst_abs_error": worst,
            "within_tolerance": all(abs(r["error"]) <= TOLERANCE.get(r["kind"], 0.02) for r in met),
            "tolerance": {k: TOLERANCE.get(k, 0.02) for k in LEVELS}}

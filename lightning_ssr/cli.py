@@ -48,6 +48,7 @@ from torch import nn
 from .checkpoint import CheckpointReadError, read_checkpoint, save_pruned
 from .cost import ModelCost, count_cost
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from .latency import steady_allocator
 from .pruning import Pruning
 from .report import PruningResult, compare_latency, format_layer_table, layer_rows
 from .schedule import PruningSchedule
@@ -443,6 +444,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         raise
     timings: dict[str, float] = {}
     net = lm = None
+    if cfg.latency.batch_sizes or cfg.target.get("latency") is not None:
+        steady_allocator()  # this job times models: keep the allocator from moving their times
     try:
         net, dense_info = train_dense(cfg, dm, output_dir)
         timings["dense_s"] = dense_info["seconds"]

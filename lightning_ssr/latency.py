@@ -14,8 +14,9 @@ activations that shrink with the channels, and the library's padding of odd widt
 :func:`calibrated_keep_counts` therefore checks the allocation against the clock: it times a
 copy of the model pruned to the chosen counts (alternately with the dense model, as a ratio to
 it, so that the machine's drifting speed cancels), adds that (table time, measured time) pair to the
-model's calibration points, and allocates again until prediction and measurement agree. Between
-calibration points the prediction interpolates the measured times linearly in the table's time.
+model's calibration points, and allocates again until a timed copy runs within 3% of the target.
+Between calibration points the prediction interpolates the measured times linearly in the table's
+time. The counts it returns were always timed.
 """
 
 from __future__ import annotations
@@ -85,6 +86,63 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None 
             sync()
             times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+#: glibc's mallopt parameters, and the values :func:`steady_allocator` fixes them at
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+STEADY_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: every smaller block comes from the heap
+STEADY_TRIM_THRESHOLD = 1024 * 1024 * 1024  # freed heap memory up to 1 GiB stays with the process
+
+
+def steady_allocator() -> dict | None:
+    """Fix the C allocator's thresholds for the rest of the process, so that timings repeat.
+
+    glibc's malloc moves its mmap threshold as blocks come and go: after models of other widths
+    have been built and freed, the same forward pass can switch from reused heap memory to fresh
+    page-faulted mappings. Measured on a 2-core machine, one pruned ResNet-20's time relative to
+    the dense model drifted from 0.25 to 0.37 within a minute; with the thresholds fixed, repeats
+    agreed within 3%. The cost: up to 1 GiB of freed memory is kept by the process instead of
+    going back to the system. Returns the values set, or ``None`` where the C library is not
+    glibc (nothing is changed there)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return None
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)):
+        return None
+    return {"mmap_threshold": STEADY_MMAP_THRESHOLD, "trim_threshold": STEADY_TRIM_THRESHOLD}
+
+
+def interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int = 10, device: torch.device | None = None,
+                   min_seconds: float = WHOLE_MODEL_SECONDS) -> list[float]:
+    """Median wall time in milliseconds of each of ``fns``, called in turn (one call of each per
+    cycle, CUDA synchronized), for ``repeats`` cycles or as many as fill ``min_seconds``, whichever
+    is more (at most 5,000), after a warm-up of the same length.
+
+    Compare models with this rather than with one timing after another: on a shared machine the
+    speed drifts within seconds, and a ratio of blocks timed a second apart (dense, then pruned)
+    varied by 10-15% between repeats of the same pair where interleaved calls varied by 2%."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for timed in (False, True):  # the warm-up, then the same again, timed
+            start, cycles = time.perf_counter(), 0
+            while cycles < repeats or (time.perf_counter() - start < min_seconds and cycles < 5000):
+                for fn, out in zip(fns, times, strict=True):
+                    t = time.perf_counter()
+                    fn()
+                    sync()
+                    if timed:
+                        out.append(time.perf_counter() - t)
+                cycles += 1
+    return [1000 * statistics.median(t) for t in times]
 
 
 def timing_batch(example: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -258,14 +316,14 @@ def _layer_tables(model: nn.Module, cost: ModelCost, inputs: Mapping[str, tuple[
 
 
 def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[str, int],
-                 repeats: int = 20, shared: Sequence[object] = (), dense_ms: float | None = None,
-                 rounds: int = 3) -> float:
+                 repeats: int = 20, shared: Sequence[object] = (), dense_ms: float | None = None) -> float:
     """Milliseconds of a copy of ``model`` rebuilt to ``keep`` channels per group, on ``example``
     (the weights do not matter for the time; the rebuild is checked numerically as in a dry run).
 
-    With ``dense_ms`` (the dense model's time, measured earlier), the copy is timed alternately
-    with ``model`` itself and the result is ``dense_ms`` times their ratio: a shared machine's
-    speed drifts by tens of percent between minutes, and a ratio taken in one stretch does not."""
+    With ``dense_ms`` (the dense model's time, measured earlier), the copy is timed interleaved
+    with ``model`` itself (:func:`interleaved_ms`) and the result is ``dense_ms`` times their
+    ratio: a shared machine's speed drifts by tens of percent between minutes, and a ratio taken
+    call by call does not."""
     trial = model_copy(model, shared)
     dry_run(trial, example, groups, keep)
     trial.eval()
@@ -274,45 +332,45 @@ def measure_keep(model: nn.Module, example: torch.Tensor, groups, keep: Mapping[
         return time_ms(lambda: trial(example), repeats, device=device, min_seconds=WHOLE_MODEL_SECONDS)
     was_training = model.training
     model.eval()
-    pruned_times, dense_times = [], []
     try:
-        for _ in range(rounds):
-            dense_times.append(time_ms(lambda: model(example), repeats, device=device,
-                                       min_seconds=WHOLE_MODEL_SECONDS / rounds))
-            pruned_times.append(time_ms(lambda: trial(example), repeats, device=device,
-                                        min_seconds=WHOLE_MODEL_SECONDS / rounds))
+        dense_now, pruned_now = interleaved_ms([lambda: model(example), lambda: trial(example)], repeats,
+                                               device=device, min_seconds=WHOLE_MODEL_SECONDS)
     finally:
         model.train(was_training)
-    return dense_ms * statistics.median(pruned_times) / statistics.median(dense_times)
+    return dense_ms * pruned_now / dense_now
 
 
 def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], model: nn.Module,
-                           example: torch.Tensor, groups, cost: ModelCost, table: LatencyModel,
-                           rounds: int = 4, tolerance: float = 0.03, repeats: int = 20,
-                           shared: Sequence[object] = (), target_ms: float | None = None,
-                           ) -> tuple[dict[str, int], dict]:
-    """Keep counts from ``allocate(table)``, checked against the clock (see the module docstring):
-    each round times the allocation's model, and allocates again with that point added, until the
-    prediction was within ``tolerance`` of the time or ``rounds`` are spent. If they are spent, the
-    counts are those of the timed round nearest ``target_ms`` (when given): a measured model beats
-    an interpolated one. Returns the counts and ``{"uncalibrated_ms", "predicted_ms",
-    "calibration_ms"}``: the uncalibrated table's prediction, the final prediction, and the
-    measured times of the rounds."""
+                           example: torch.Tensor, groups, cost: ModelCost, table: LatencyModel, *,
+                           target_ms: float, rounds: int = 5, tolerance: float = 0.03, repeats: int = 20,
+                           shared: Sequence[object] = ()) -> tuple[dict[str, int], dict]:
+    """Keep counts from ``allocate(table)``, checked against the clock (see the module docstring).
+    Each round times the allocation's model; if it runs within ``tolerance`` of ``target_ms``, those
+    counts are kept. Otherwise the (table time, measured time) point joins the table's calibration
+    and the table allocates again, for at most ``rounds`` timings, or until it proposes counts timed
+    already. The counts returned are always ones that were timed: those nearest ``target_ms``
+    (an allocation the calibrated table predicts but nobody timed can miss by a third, where
+    the table's time and the clock disagree between calibration points).
+
+    Returns the counts and ``{"uncalibrated_ms", "predicted_ms", "calibrated_ms",
+    "calibration_ms"}``: the uncalibrated table's prediction for the first counts, the calibrated
+    table's prediction and the measured time for the counts returned, and every round's time."""
     keep = allocate(table)
     first = table.predict(groups, cost, keep)
-    timed = []  # (counts, measured ms) of each round
-    for _ in range(rounds):
-        predicted = table.predict(groups, cost, keep)
+    timed: list[tuple[dict[str, int], float]] = []  # (counts, measured ms) of each round
+    for round_ in range(rounds):
         ms = measure_keep(model, example, groups, keep, repeats, shared, dense_ms=table.dense_ms)
         timed.append((keep, ms))
         table.calibration.append([table.table_ms(groups, cost, keep), ms])
-        again = allocate(table)  # the final counts always come from the table as last calibrated
-        done = again == keep or abs(ms / predicted - 1) <= tolerance
-        keep = again
-        if done:
+        if abs(ms / target_ms - 1) <= tolerance or round_ == rounds - 1:
             break
-    else:
-        if target_ms is not None and all(k != keep for k, _ in timed):
-            keep, _ = min(timed, key=lambda pair: abs(pair[1] / target_ms - 1))
-    return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep),
-                  "calibration_ms": [ms for _, ms in timed]}
+        try:
+            again = allocate(table)
+        except ValueError:  # the calibrated table now deems even the floor too slow: keep what was timed
+            break
+        if any(again == k for k, _ in timed):
+            break
+        keep = again
+    keep, ms = min(timed, key=lambda pair: abs(pair[1] / target_ms - 1))
+    return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep), "calibrated_ms": ms,
+                  "calibration_ms": [t for _, t in timed]}

@@ -610,6 +610,7 @@ class Pruning(Callback):
                 pl_module.train(was_training)
             info.update(latency_dense_ms=self._latency["dense_ms"], latency_predicted_ms=self._latency["predicted_ms"],
                         latency_measured_ms=measured, latency_uncalibrated_ms=self._latency.get("uncalibrated_ms"),
+                        latency_calibrated_ms=self._latency.get("calibrated_ms"),
                         latency_calibration_ms=self._latency.get("calibration_ms"))
         self.events_done += 1
         self._events.append({"epoch": trainer.current_epoch, "step": trainer.global_step,

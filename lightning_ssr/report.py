@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,37 +187,26 @@ def format_layer_table(rows: Sequence[dict], before: ModelCost, after: ModelCost
 
 
 @torch.no_grad()
-def measure_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one forward pass of ``example`` in eval mode, in milliseconds."""
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(warmup):
-            model(example)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(example)
-            times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        model.train(was_training)
-    return statistics.median(times)
-
-
 def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[int],
                     batch_sizes: Sequence[int] = (1, 256), repeats: int = 30,
                     memory_format: torch.memory_format = torch.contiguous_format) -> dict:
-    """Latency of both models at each batch size, measured alternately in one process."""
+    """Latency of both models in eval mode at each batch size, measured call by call in turn in
+    one process (:func:`lightning_ssr.latency.interleaved_ms`), for at least ``repeats`` calls each."""
+    from .latency import WHOLE_MODEL_SECONDS, interleaved_ms
+
     out = {"dense": {}, "pruned": {}, "speedup": {}}
-    for bs in batch_sizes:
-        x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
-        # interleave the two models so that machine noise hits both alike
-        d, p = [], []
-        for _ in range(3):
-            d.append(measure_latency_ms(dense, x, repeats=max(repeats // 3, 3)))
-            p.append(measure_latency_ms(pruned, x, repeats=max(repeats // 3, 3)))
-        dm, pm = statistics.median(d), statistics.median(p)
-        out["dense"][f"batch_{bs}"] = dm
-        out["pruned"][f"batch_{bs}"] = pm
-        out["speedup"][f"batch_{bs}"] = dm / pm
+    modes = dense.training, pruned.training
+    dense.eval()
+    pruned.eval()
+    try:
+        for bs in batch_sizes:
+            x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
+            dm, pm = interleaved_ms([lambda x=x: dense(x), lambda x=x: pruned(x)], repeats,
+                                    min_seconds=WHOLE_MODEL_SECONDS)
+            out["dense"][f"batch_{bs}"] = dm
+            out["pruned"][f"batch_{bs}"] = pm
+            out["speedup"][f"batch_{bs}"] = dm / pm
+    finally:
+        dense.train(modes[0])
+        pruned.train(modes[1])
     return out

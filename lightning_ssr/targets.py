@@ -354,7 +354,7 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     ``timing_input`` (default ``example``; see :func:`~lightning_ssr.latency.timing_batch`), or
     with ``table``, a :func:`~lightning_ssr.latency.latency_model` of ``model`` timed already.
     Returns the counts and, for a latency target, ``{"dense_ms", "uncalibrated_ms",
-    "predicted_ms", "calibration_ms"}``."""
+    "predicted_ms", "calibrated_ms", "calibration_ms"}``."""
     def allocate(table=None):
         return keep_counts(model, groups, cost, target, min_keep, allocation=allocation, scores=scores,
                            round_to=round_to, latency=table)
