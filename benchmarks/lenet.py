@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import statistics
 import sys
@@ -33,12 +34,13 @@ from pathlib import Path
 
 import torch
 
-from lightning_ssr.checkpoint import load_pruned
 from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
 from lightning_ssr.export import export_onnx
+from lightning_ssr.latency import steady_allocator
 from lightning_ssr.methods import available_methods, build_method
 from lightning_ssr.models import build_model
 from lightning_ssr.report import compare_latency, machine_info, write_json
+from lightning_ssr.structure.surgery import apply_plan
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -84,14 +86,14 @@ def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> di
     start = time.perf_counter()
     try:
         row = run(compose_config(overrides(dataset, method, seed, args)), out_dir).to_dict()
-        row["checkpoint"] = str(Path(out_dir) / "pruned.pt")
     except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
         row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return {**row, "dataset": dataset, "method": method, "seed": seed, "seconds": time.perf_counter() - start}
 
 
 def ort_latency_ms(path: Path, batch: int, repeats: int) -> float:
-    """Median ONNX Runtime latency of the model at ``path``, at its faster thread count (1 or all)."""
+    """Median ONNX Runtime latency of the model at ``path``, at its faster thread count (1 or all),
+    with the input and output buffers bound once (IO binding), as a deployment calls a model."""
     import numpy as np
     import onnxruntime as ort
 
@@ -103,22 +105,42 @@ def ort_latency_ms(path: Path, batch: int, repeats: int) -> float:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+        name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+        shape = session.run(None, {name: x})[0].shape
+        binding = session.io_binding()
+        binding.bind_cpu_input(name, x)
+        binding.bind_ortvalue_output(output, ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu"))
         for _ in range(20):
-            session.run(None, {name: x})
+            session.run_with_iobinding(binding)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            session.run(None, {name: x})
+            session.run_with_iobinding(binding)
             times.append(time.perf_counter() - t)
         best = min(best, 1000 * statistics.median(times))
     return best
 
 
+class _Holder(torch.nn.Module):
+    """Holds the network as the LightningModule does (``model.*``), the names the plan uses."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def pruned_network(row: dict) -> torch.nn.Module:
+    """A fresh LeNet-5 rebuilt to the run's plan (the time does not depend on the weights)."""
+    return apply_plan(_Holder(build_model("lenet5")), row["plan"]).model.eval()
+
+
 def measure_speed(row: dict, repeats: int, tmp: Path) -> dict:
-    """Dense vs pruned latency of one run's model (weights do not matter for the time)."""
+    """Dense vs pruned latency of one run's structure."""
     dense = build_model("lenet5").eval()
-    pruned = load_pruned(build_model("lenet5"), row["checkpoint"]).eval()
+    pruned = pruned_network(row)
     eager = compare_latency(dense, pruned, [1, 1, 28, 28], (1, 256), repeats)
     x = torch.randn(1, 1, 28, 28)
     paths = {k: export_onnx(m, x, tmp / f"{row['dataset']}-{row['method']}-{row['seed']}-{k}.onnx")
@@ -179,24 +201,8 @@ def paper_rows() -> list[dict]:
             for p in PAPER]
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--dense-epochs", type=int, default=10)
-    parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
-    parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
-    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
-    parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
-    args = parser.parse_args(argv)
-    quiet_lightning()
-    start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+def train_all(args, log) -> list[dict]:
+    """Train every (dataset, seed) dense model and every compression run, then time each run."""
     with tempfile.TemporaryDirectory() as tmp, \
             ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else
                                                                                 torch.get_num_threads(),)) as pool:
@@ -220,14 +226,56 @@ def main(argv=None) -> dict:
         for r in runs:
             if r.get("status") == "ok":
                 r["speed"] = measure_speed(r, args.repeats, tmp)
-                r.pop("checkpoint")
+    return runs
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--dense-epochs", type=int, default=10)
+    parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
+    parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
+    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
+    parser.add_argument("--remeasure", type=Path, default=None, metavar="JSON",
+                        help="train nothing: time the runs of this earlier output again (from their plans) "
+                             "and write them with the new speed figures to --out")
+    args = parser.parse_args(argv)
+    if args.remeasure is not None and not args.remeasure.is_file():
+        parser.error(f"--remeasure: no such file {args.remeasure}")
+    quiet_lightning()
+    start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+    allocator = steady_allocator()  # before any model is built: the timings repeat
+    if args.remeasure is not None:
+        previous = json.loads(args.remeasure.read_text())
+        runs, command = previous["runs"], previous["command"]
+        log(f"measuring speed again for the {len(runs)} runs of {args.remeasure} (their plans, fresh weights)")
+        torch.set_num_threads(os.cpu_count() or 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in runs:
+                if r.get("status") == "ok":
+                    r["speed"] = measure_speed(r, args.repeats, Path(tmp))
+        args.__dict__.update({k: v for k, v in previous["settings"].items() if k not in ("out", "repeats")})
+    else:
+        runs, command = train_all(args, log), " ".join(["python benchmarks/lenet.py",
+                                                         *(sys.argv[1:] if argv is None else argv)])
     rows = summarize(runs)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["macs_kept"] = {d: DATASETS[d][1] for d in args.datasets}
-    command = " ".join(["python benchmarks/lenet.py", *(sys.argv[1:] if argv is None else argv)])
-    out = {"benchmark": "lenet", "command": command, "machine": machine_info(), "settings": settings,
+    out = {"benchmark": "lenet", "command": command, "machine": machine_info(), "allocator": allocator,
+           "settings": settings,
            "rows": rows + paper_rows(),
            "runs": runs, "seconds": time.perf_counter() - start}
+    if args.remeasure is not None:  # the runs' accuracy is the earlier command's; the speed is this one's
+        out["speed_command"] = " ".join(["python benchmarks/lenet.py", *(sys.argv[1:] if argv is None else argv)])
+        out["seconds"] = previous["seconds"]
     write_json(args.out, relative_to=REPO, obj=out)
     print(f"\n{'dataset':<13} {'method':<32} {'filters':<10} {'MACs':>6} {'params':>6} {'drop (pt)':>13} "
           f"{'runs':>4} {'b1 eager':>8} {'b1 ORT':>7} {'b256':>6}")

@@ -196,6 +196,8 @@ def render(results: Path = RESULTS) -> str:
         command = (data.get("command") if isinstance(data, dict) else None) or known.get(name, "?")
         lines += [f"## {name}", "", f"`{command}` → `benchmarks/results/{path.name}`; "
                   + machine_line(data), ""]
+        if isinstance(data, dict) and data.get("speed_command"):
+            lines += [f"Speed figures measured again, on the same structures, by `{data['speed_command']}`.", ""]
         renderer = RENDERERS.get(name)
         if renderer is None:
             keys = list(data) if isinstance(data, dict) else f"a list of {len(data)} rows"

@@ -1,0 +1,53 @@
+"""benchmarks/lenet.py: speed from a run's plan, and timing earlier runs again without training."""
+
+import json
+
+import pytest
+
+from benchmarks import lenet
+
+PLAN = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [
+    {"root": "model.fc1", "size": 500, "kept": list(range(0, 500, 6))[:80]},
+    {"root": "model.conv2", "size": 50, "kept": [0, 17, 22, 35, 41, 47]},
+    {"root": "model.conv1", "size": 20, "kept": [13, 15]}]}
+
+
+def _run(seed, drop):
+    return {"status": "ok", "dataset": "mnist", "method": "ssr_l21", "seed": seed, "plan": PLAN,
+            "layers": [{"after": 2}, {"after": 6}, {"after": 80}, {"after": 10}],
+            "macs_reduction": 40.0, "params_reduction": 44.0, "accuracy_drop_points": drop,
+            "dense": {"accuracy": 0.99}, "pruned": {"accuracy": 0.99 - drop / 100},
+            "speed": {"speedup_b1_eager": 1.0, "speedup_b1_runtime": 1.0, "speedup_b256": 1.0}}
+
+
+def test_the_pruned_network_is_rebuilt_from_the_runs_plan():
+    net = lenet.pruned_network({"plan": PLAN})
+    assert (net.conv1.out_channels, net.conv2.out_channels, net.fc1.out_features) == (2, 6, 80)
+    assert not net.training
+
+
+def test_remeasure_times_the_earlier_runs_again_and_keeps_their_accuracy(tmp_path, monkeypatch):
+    previous = {"command": "python benchmarks/lenet.py --seeds 0 1", "seconds": 123.0, "runs": [_run(0, 0.3), _run(1, 0.5)],
+                "settings": {"datasets": ["mnist"], "methods": ["ssr_l21"], "seeds": [0, 1], "repeats": 60,
+                             "out": "elsewhere.json"}}
+    src, out = tmp_path / "before.json", tmp_path / "after.json"
+    src.write_text(json.dumps(previous))
+    timed = []
+
+    def fake_speed(row, repeats, tmp):
+        timed.append((row["seed"], repeats))
+        return {"speedup_b1_eager": 2.0, "speedup_b1_runtime": 6.5, "speedup_b256": 11.0}
+    monkeypatch.setattr(lenet, "measure_speed", fake_speed)
+    lenet.main(["--remeasure", str(src), "--out", str(out), "--repeats", "7"])
+    data = json.loads(out.read_text())
+    assert timed == [(0, 7), (1, 7)]
+    assert data["command"] == previous["command"] and "--remeasure" in data["speed_command"]
+    assert data["seconds"] == 123.0
+    (row,) = [r for r in data["rows"] if r.get("source") == "measured"]
+    assert row["drop_mean"] == pytest.approx(0.4) and row["speedup_b1_runtime"] == pytest.approx(6.5)
+    assert row["n_runs"] == 2
+
+
+def test_remeasure_of_a_missing_file_is_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        lenet.main(["--remeasure", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.json")])
