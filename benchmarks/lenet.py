@@ -201,6 +201,21 @@ def paper_rows() -> list[dict]:
             for p in PAPER]
 
 
+def _command(parser: argparse.ArgumentParser, settings: dict) -> str:
+    """The command line that gives ``settings`` (an older file's, which did not record its command):
+    the options that differ from their defaults, ``--out`` aside."""
+    words = ["python benchmarks/lenet.py"]
+    for action in parser._actions:
+        if action.dest not in settings or not action.option_strings or action.dest in ("out", "remeasure"):
+            continue
+        value = settings[action.dest]
+        if value == action.default:
+            continue
+        words.append(action.option_strings[0])
+        words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return " ".join(words)
+
+
 def train_all(args, log) -> list[dict]:
     """Train every (dataset, seed) dense model and every compression run, then time each run."""
     with tempfile.TemporaryDirectory() as tmp, \
@@ -255,7 +270,7 @@ def main(argv=None) -> dict:
     allocator = steady_allocator()  # before any model is built: the timings repeat
     if args.remeasure is not None:
         previous = json.loads(args.remeasure.read_text())
-        runs, command = previous["runs"], previous["command"]
+        runs, command = previous["runs"], previous.get("command") or _command(parser, previous["settings"])
         log(f"measuring speed again for the {len(runs)} runs of {args.remeasure} (their plans, fresh weights)")
         torch.set_num_threads(os.cpu_count() or 1)
         with tempfile.TemporaryDirectory() as tmp:

@@ -132,6 +132,9 @@ def render_speedup(d):
         extra = ""
         if "latency_target_ms" in r:
             extra = f"target {r['latency_target_ms']:.1f} ms, measured {r['latency_measured_ms']:.1f} ms"
+            if "latency_achieved_fraction" in r:  # measured in turn with the dense model, after the prune
+                extra += (f"; {r['latency_achieved_fraction']:.3f} of dense, asked {r['latency_fraction']:.3f} "
+                          f"({r['latency_achieved_fraction'] / r['latency_fraction'] - 1:+.1%})")
         target = re.sub(r"\d+\.\d{3,}", lambda m: f"{float(m.group()):.1f}", str(r["rates"]))  # ms, rounded
         rows.append([r["model"], f"`{target}`", r.get("round_to", 1), _f(r["flops_reduction"], 2, "x"),
                      r["best_layout"], _f(best["speedup"]["batch_64"], 2, "x"),

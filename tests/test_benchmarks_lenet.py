@@ -51,3 +51,15 @@ def test_remeasure_times_the_earlier_runs_again_and_keeps_their_accuracy(tmp_pat
 def test_remeasure_of_a_missing_file_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         lenet.main(["--remeasure", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.json")])
+
+
+def test_remeasure_names_the_command_of_an_older_file_from_its_settings(tmp_path, monkeypatch):
+    previous = {"seconds": 1.0, "runs": [_run(0, 0.3)],
+                "settings": {"datasets": ["mnist", "fashion_mnist"], "methods": ["ssr_l21", "ssr_l20", "l1"],
+                             "seeds": [0, 1], "sparsify": 6, "finetune": 30, "repeats": 60, "override": [],
+                             "out": "<tmp>/x.json"}}
+    src, out = tmp_path / "before.json", tmp_path / "after.json"
+    src.write_text(json.dumps(previous))
+    monkeypatch.setattr(lenet, "measure_speed", lambda row, repeats, tmp: dict(row["speed"]))
+    lenet.main(["--remeasure", str(src), "--out", str(out)])
+    assert json.loads(out.read_text())["command"] == "python benchmarks/lenet.py --seeds 0 1 --finetune 30"
