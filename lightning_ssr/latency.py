@@ -12,8 +12,8 @@ allocation on the same machine measures nothing.
 Layers timed alone do not add up to a whole network: a small layer's fixed cost, the norms and
 activations that shrink with the channels, and the library's padding of odd widths all differ.
 :func:`calibrated_keep_counts` therefore checks the allocation against the clock: it times a
-copy of the model pruned to the chosen counts (alternately with the dense model, as a ratio to
-it, so that the machine's drifting speed cancels), adds that (table time, measured time) pair to the
+copy of the model pruned to the chosen counts (call by call in turn with the dense model, as a
+ratio to it, so that the machine's drifting speed cancels), adds that (table time, measured time) pair to the
 model's calibration points, and allocates again until a timed copy runs within 3% of the target.
 Between calibration points the prediction interpolates the measured times linearly in the table's
 time. The counts it returns were always timed.
@@ -126,9 +126,10 @@ def interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int = 10, devic
     cycle, CUDA synchronized), for ``repeats`` cycles or as many as fill ``min_seconds``, whichever
     is more (at most 5,000), after a warm-up of the same length.
 
-    Compare models with this rather than with one timing after another: on a shared machine the
-    speed drifts within seconds, and a ratio of blocks timed a second apart (dense, then pruned)
-    varied by 10-15% between repeats of the same pair where interleaved calls varied by 2%."""
+    For models of milliseconds, compare them with this rather than with one timing after another:
+    on a shared machine the speed drifts within seconds, and calls made in turn see the same
+    drift, where blocks of calls timed a second apart do not. (For models of microseconds, whose
+    calls slow when another model runs between them, time blocks: :func:`report.compare_latency`.)"""
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     times: list[list[float]] = [[] for _ in fns]
     with torch.no_grad():
