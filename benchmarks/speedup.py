@@ -11,7 +11,8 @@ Reports speedup = dense latency / pruned latency and its ratio to the FLOPs redu
 (1.0 = the pruned model is as much faster as it is cheaper). Besides the papers' rates, each
 model is pruned to a MACs target with kept counts rounded to multiples of 8 and 16
 (``round_to``), and to a latency target (a fraction of the dense model's measured time at batch
-64, through the per-layer latency table), recording the target and the measured time. oneDNN's CPU convolutions
+64 on one thread, through the per-layer latency table), recording the target and the time
+measured after the prune, in turn with the dense model, on that thread. oneDNN's CPU convolutions
 handle the odd channel counts of pruned layers (7, 13, 39, ...) much better in
 channels_last; "best" is the mode where the pruned model is fastest. Also times apply_plan (fresh
 ResNet-50 + plan -> pruned shapes) at 224x224. Writes benchmarks/results/speedup.json.
@@ -56,7 +57,12 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
     pruned.load_state_dict(dense.state_dict())
     x = torch.zeros(2, 3, 32, 32)
     extra = {}
+    threads = torch.get_num_threads()
     if isinstance(target, dict) and "latency_fraction" in target:
+        # the target, the allocation and its check on one thread: on a 2-core virtual machine the
+        # same two-thread model's time drifts by 15% within a minute (see targets.py)
+        torch.set_num_threads(1)
+        extra["latency_threads"] = 1
         batch = torch.zeros(64, 3, 32, 32)
         dense_ms = time_ms(lambda: dense(batch), repeats)
         target_fraction = target["latency_fraction"]
@@ -73,6 +79,7 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
         extra["latency_predicted_ms"] = timing["predicted_ms"]
         extra["latency_uncalibrated_ms"] = timing["uncalibrated_ms"]
         extra["latency_calibration_ms"] = timing["calibration_ms"]
+    torch.set_num_threads(threads)  # the layouts below compare at the machine's thread count
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
     rates = target if isinstance(target, str) else json.dumps(target)
     layouts = {}

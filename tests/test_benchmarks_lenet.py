@@ -36,7 +36,8 @@ def test_remeasure_times_the_earlier_runs_again_and_keeps_their_accuracy(tmp_pat
 
     def fake_speed(row, repeats, tmp):
         timed.append((row["seed"], repeats))
-        return {"speedup_b1_eager": 2.0, "speedup_b1_runtime": 6.5, "speedup_b256": 11.0}
+        return {"speedup_b1_eager": 2.0, "speedup_b1_runtime": 6.5, "speedup_b256": 11.0,
+                "runtime_ms": {"dense": 0.065, "pruned": 0.010}}
     monkeypatch.setattr(lenet, "measure_speed", fake_speed)
     lenet.main(["--remeasure", str(src), "--out", str(out), "--repeats", "7"])
     data = json.loads(out.read_text())
@@ -63,3 +64,10 @@ def test_remeasure_names_the_command_of_an_older_file_from_its_settings(tmp_path
     monkeypatch.setattr(lenet, "measure_speed", lambda row, repeats, tmp: dict(row["speed"]))
     lenet.main(["--remeasure", str(src), "--out", str(out)])
     assert json.loads(out.read_text())["command"] == "python benchmarks/lenet.py --seeds 0 1 --finetune 30"
+
+
+def test_the_runtime_speed_up_takes_the_dense_networks_fastest_time_over_the_rows_runs():
+    runs = [{"speed": {"runtime_ms": {"dense": d, "pruned": p}}} for d, p in ((0.066, 0.012), (0.110, 0.013),
+                                                                              (0.070, 0.011))]
+    assert lenet.runtime_speedup(runs) == pytest.approx(0.066 / 0.012)
+    assert lenet.runtime_speedup([{"speed": {}}]) is None
