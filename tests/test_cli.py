@@ -151,6 +151,19 @@ def test_pruning_none_is_the_equal_budget_dense_baseline(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text()).keys() == result.to_dict().keys()
 
 
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_job_that_times_models_steadies_the_allocator_first(tmp_path, monkeypatch, timed):
+    import lightning_ssr.cli as cli_mod
+
+    calls = []
+    monkeypatch.setattr(cli_mod, "steady_allocator", lambda: calls.append(1))
+    batch_sizes = "latency.batch_sizes=[1]" if timed else "latency.batch_sizes=[]"
+    cfg = _compose([o for o in FAST if not o.startswith("latency.batch_sizes")]
+                   + [batch_sizes, "pruning=none", f"dense.cache_dir={tmp_path}"])
+    run(cfg, tmp_path)
+    assert calls == ([1] if timed else [])
+
+
 def test_unknown_key_fails_with_hydras_error():
     with pytest.raises(ConfigCompositionException, match="Could not override 'pruning.lamda'"):
         _compose(["pruning.lamda=0.1"])
