@@ -117,12 +117,16 @@ def render_targets(d):
     if lat:
         out += ["", f"Latency rows (batch {d.get('latency_batch')}, fractions of the dense model's measured time):", ""]
         out += table(["model", "allocation", "requested", "achieved", "error", "predicted ms", "measured ms",
-                      "MACs kept", "allocation s"],
+                      "dense ms then / now", "MACs kept", "allocation s"],
                      [[r["model"], r["allocation"], _f(r["requested"], 2),
                        _f(r.get("achieved"), 3) if r.get("achieved") is not None else "refused",
                        _f(100 * r["error"], 1, "%") if r.get("error") is not None else "-",
-                       _f(r.get("predicted_ms"), 2), _f(r.get("measured_ms"), 2), _f(r.get("macs"), 3),
+                       _f(r.get("predicted_ms"), 2), _f(r.get("measured_ms"), 2),
+                       f"{_f(r.get('table_dense_ms'), 2)} / {_f(r.get('dense_ms'), 2)}", _f(r.get("macs"), 3),
                        _f(r.get("allocation_s"), 1)] for r in lat])
+        out += ["", ("Predicted ms come from the allocation's timings, measured ms from the check after the prune; "
+                     "the dense model's time at each (then / now) shows how far the machine's own speed moved "
+                     "between them. `achieved` divides the measured time by the dense time taken with it.")]
     return out
 
 
