@@ -51,6 +51,33 @@ CASES = [
 ]
 
 
+def _prune(dense, pruned, x, target, round_to: int, repeats: int, extra: dict):
+    """Prune ``pruned`` to ``target``; a latency target (``{"latency_fraction": f}``) is set, met
+    and checked on one thread (on a 2-core virtual machine the same two-thread model's time drifts
+    by 15% within a minute, see targets.py), with its figures added to ``extra``. Returns the
+    target as it was given to the pruner."""
+    latency = isinstance(target, dict) and "latency_fraction" in target
+    if latency:
+        torch.set_num_threads(1)
+        extra["latency_threads"] = 1
+        batch = torch.zeros(64, 3, 32, 32)
+        dense_ms = time_ms(lambda: dense(batch), repeats)
+        fraction = target["latency_fraction"]
+        target = {"latency": fraction * dense_ms, "batch_size": 64}
+        extra["latency_target_ms"] = target["latency"]
+    timing = {}
+    prune_oneshot(pruned, x, target, round_to=round_to, report=timing)
+    pruned.eval()
+    if latency:
+        dense_now, pruned_now = interleaved_ms([lambda: dense(batch), lambda: pruned(batch)], repeats,
+                                               min_seconds=1.0)  # again, in turn: the machine's speed drifts
+        extra.update(latency_measured_ms=pruned_now, latency_dense_now_ms=dense_now, latency_fraction=fraction,
+                     latency_achieved_fraction=pruned_now / dense_now, latency_predicted_ms=timing["predicted_ms"],
+                     latency_uncalibrated_ms=timing["uncalibrated_ms"],
+                     latency_calibration_ms=timing["calibration_ms"])
+    return target
+
+
 def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
     dense = build_model(name, in_channels=3, num_classes=10, input_size=32).eval()
     pruned = build_model(name, in_channels=3, num_classes=10, input_size=32)
@@ -58,28 +85,10 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
     x = torch.zeros(2, 3, 32, 32)
     extra = {}
     threads = torch.get_num_threads()
-    if isinstance(target, dict) and "latency_fraction" in target:
-        # the target, the allocation and its check on one thread: on a 2-core virtual machine the
-        # same two-thread model's time drifts by 15% within a minute (see targets.py)
-        torch.set_num_threads(1)
-        extra["latency_threads"] = 1
-        batch = torch.zeros(64, 3, 32, 32)
-        dense_ms = time_ms(lambda: dense(batch), repeats)
-        target_fraction = target["latency_fraction"]
-        target = {"latency": target_fraction * dense_ms, "batch_size": 64}
-        extra["latency_target_ms"] = target["latency"]
-    timing = {}
-    prune_oneshot(pruned, x, target, round_to=round_to, report=timing)
-    pruned.eval()
-    if "latency_target_ms" in extra:
-        dense_now, pruned_now = interleaved_ms([lambda: dense(batch), lambda: pruned(batch)], repeats,
-                                               min_seconds=1.0)  # again, in turn: the machine's speed drifts
-        extra.update(latency_measured_ms=pruned_now, latency_dense_now_ms=dense_now,
-                     latency_fraction=target_fraction, latency_achieved_fraction=pruned_now / dense_now)
-        extra["latency_predicted_ms"] = timing["predicted_ms"]
-        extra["latency_uncalibrated_ms"] = timing["uncalibrated_ms"]
-        extra["latency_calibration_ms"] = timing["calibration_ms"]
-    torch.set_num_threads(threads)  # the layouts below compare at the machine's thread count
+    try:
+        target = _prune(dense, pruned, x, target, round_to, repeats, extra)
+    finally:
+        torch.set_num_threads(threads)  # the layouts below compare at the machine's thread count
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
     rates = target if isinstance(target, str) else json.dumps(target)
     layouts = {}

@@ -356,6 +356,8 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
     Returns the counts and ``{"uncalibrated_ms", "predicted_ms", "calibrated_ms",
     "calibration_ms"}``: the uncalibrated table's prediction for the first counts, the calibrated
     table's prediction and the measured time for the counts returned, and every round's time."""
+    if rounds < 1:
+        raise ValueError(f"calibrated_keep_counts: rounds must be at least 1, got {rounds}")
     keep = allocate(table)
     first = table.predict(groups, cost, keep)
     timed: list[tuple[dict[str, int], float]] = []  # (counts, measured ms) of each round

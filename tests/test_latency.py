@@ -292,10 +292,15 @@ def test_prune_oneshot_meets_a_latency_target_on_a_bare_model(monkeypatch):
         seen.append(batch.shape[0])
         return table
 
+    steadied = []
     monkeypatch.setattr(targets_mod, "latency_model", synthetic)
+    monkeypatch.setattr(targets_mod, "steady_allocator", lambda: steadied.append(len(seen)) or {"fixed": True})
     monkeypatch.setattr(latency_mod, "measure_keep", clock)
-    plan = prune_oneshot(model, X, {"latency": 0.75 * table.dense_ms, "batch_size": 8})
+    report = {}
+    plan = prune_oneshot(model, X, {"latency": 0.75 * table.dense_ms, "batch_size": 8}, report=report)
     assert seen == [8]
+    assert steadied == [0]  # the allocator is steadied before anything is timed
+    assert report.get("allocator") == {"fixed": True}
     keep = {name: len(kept) for name, kept in plan.kept.items()}
     assert 0.97 * 0.75 * table.dense_ms <= clock(model, X, groups, keep) <= 0.75 * table.dense_ms * 1.03
 
