@@ -5,7 +5,9 @@
 Each rank writes OUT_DIR/rank<r>.pt with its final state dict, plan and loss history.
 Used by tests/test_ddp.py; 64 samples, global batch 16 whatever DEVICES is. "residual" has
 BatchNorm, whose batch statistics are per rank (SyncBatchNorm needs GPUs), so only "lenet"
-(no BN) can match a single-process run step for step.
+(no BN) can match a single-process run step for step. "lenet" trains in float64
+(precision="64-true"): the two runs then differ only by float64 rounding in the order of the
+gradient sums, far below any real difference (see tests/test_ddp.py).
 """
 
 import sys
@@ -49,6 +51,7 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
                                               update_every_n_steps=2, stop_early=False))
     strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
     trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                         precision="64-true" if kind == "lenet" else "32-true",
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          deterministic=True, use_distributed_sampler=False, callbacks=[ssr])
     trainer.fit(model, datamodule=_DataModule(data, 16 // devices))

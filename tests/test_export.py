@@ -6,6 +6,7 @@ import torch
 from lightning_ssr.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.models import build_model
+from tests.numerics import implementations_tolerance, max_relative_diff
 
 CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7])]
 
@@ -25,7 +26,10 @@ def test_onnx_matches_pytorch_with_onnxruntime(pruned, tmp_path):
     model, x = pruned
     path = export_onnx(model, x, tmp_path / "model.onnx")
     # a different batch size: the batch dimension is dynamic
-    assert onnx_max_abs_diff(model, path, torch.randn(5, *x.shape[1:])) <= 1e-4
+    fresh = torch.randn(5, *x.shape[1:])
+    with torch.no_grad():
+        scale = max(1.0, float(model(fresh).abs().max()))
+    assert onnx_max_abs_diff(model, path, fresh) <= implementations_tolerance(model) * scale
 
 
 def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
@@ -33,10 +37,10 @@ def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
     with torch.no_grad():
         expected = model(x)
         scripted = torch.jit.load(str(export_torchscript(model, x, tmp_path / "model.ts")))
-        assert torch.allclose(scripted(x), expected, atol=1e-6)
+        assert max_relative_diff(expected, scripted(x)) <= implementations_tolerance(model)
         export_program(model, x, tmp_path / "model.pt2")
         program = torch.export.load(str(tmp_path / "model.pt2"))
-        assert torch.allclose(program.module()(x), expected, atol=1e-6)
+        assert max_relative_diff(expected, program.module()(x)) <= implementations_tolerance(model)
 
 
 def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
@@ -44,8 +48,9 @@ def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
 
     model, x = pruned
     fast = optimize_for_cpu_inference(model)
-    with torch.no_grad():
-        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+    with torch.no_grad():  # folded BatchNorm: a few round-offs per weight, within the layers' n * u
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+        assert max_relative_diff(model(x), got) <= implementations_tolerance(model)
 
 
 def test_export_gives_the_model_back_in_its_training_mode(pruned, tmp_path):
@@ -66,4 +71,4 @@ def test_compiled_inference_copy_keeps_the_outputs():
     model.eval()
     fast = compile_for_cpu_inference(model)
     with torch.no_grad():
-        assert torch.allclose(fast(x), model(x), atol=1e-4)
+        assert max_relative_diff(model(x), fast(x)) <= implementations_tolerance(model)
