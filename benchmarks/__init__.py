@@ -2,22 +2,65 @@
 JSON file under ``benchmarks/results/``; ``python -m benchmarks`` runs them all and renders
 ``benchmarks/RESULTS.md``."""
 
-# (part, arguments): structural and timing parts first, training ones after. Here every part
-# runs on a smaller budget than its script's default, so that the whole run takes under an hour
-# on 2 CPU cores once the dense models are cached: latency targets with global allocation only,
-# fewer timing repeats, shorter solver trajectories, methods on one seed and 20 batches per
-# epoch, LeNet-5 on 2 seeds and 4+5 epochs (into lenet_quick.json; lenet.json is the script's
-# 5-seed, 6+14-epoch budget, over an hour on its own), the recipes on 2 seeds.
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# (part, arguments): structural and timing parts first, training ones after. Here every training
+# part runs on a smaller budget than its script's default, so that the whole run takes about an
+# hour on 2 CPU cores once the dense models are cached, and writes its own *_quick.json: a quick
+# budget never overwrites the file of a script's full budget (methods.json, lenet.json,
+# solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
 PARTS = [
     ("structure", []),
     ("targets", ["--latency-allocations", "global"]),
     ("speedup", ["--repeats", "12"]),
     ("overhead", ["--steps", "25", "--rounds", "3"]),
-    ("solver_speed", ["--epochs", "6", "--finetune", "1"]),
+    ("solver_speed", ["--epochs", "6", "--finetune", "1", "--seeds", "0",
+                      "--out", "benchmarks/results/solver_speed_quick.json"]),
     ("update_interval", []),
-    ("methods", ["--seeds", "0", "--batches", "20", "--dense-epochs", "5", "--override",
-                 "trainer.limit_val_batches=2"]),
-    ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30",
+    ("methods", ["--seeds", "0", "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
+                 "--macs", "0.5", "--dense-epochs", "8", "--train-size", "2000",
+                 "--out", "benchmarks/results/methods_quick.json"]),
+    ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30", "--datasets", "mnist",
+               "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
                "--out", "benchmarks/results/lenet_quick.json"]),
-    ("recipes", ["--seeds", "0", "1"]),
+    ("recipes", ["--seeds", "0", "--out", "benchmarks/results/recipes_quick.json"]),
 ]
+
+
+def command_line(script: str, argv) -> str:
+    """The command a benchmark ran with: ``python benchmarks/<script>.py`` and its arguments
+    (``argv``; ``None``: this process's own)."""
+    return " ".join([f"python benchmarks/{script}.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def recorded_runs(data) -> int:
+    """How many runs a results file holds (its ``runs``, or the runs its rows summarize)."""
+    if not isinstance(data, dict):
+        return len(data)
+    if isinstance(data.get("n_runs"), int):
+        return data["n_runs"]
+    runs = data.get("runs")
+    if isinstance(runs, (list, dict)):
+        return len(runs)
+    return sum(int(r.get("n_runs") or 0) for r in data.get("rows", []) if isinstance(r, dict))
+
+
+def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
+    """Before any training: stop (saying how to go on) if ``path`` already holds more runs than the
+    ``planned`` ones, i.e. was made with a larger budget. A quick run never replaces stronger
+    evidence; ``python -m benchmarks`` writes its quick budgets to *_quick.json."""
+    path = Path(path)
+    if force or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # an unreadable file holds nothing to keep
+    if recorded_runs(old) > planned:
+        command = old.get("command", "its command is not recorded") if isinstance(old, dict) else "?"
+        raise SystemExit(f"{path} holds {recorded_runs(old)} runs ({command}); this budget plans {planned}. "
+                         "Write elsewhere with --out, or pass --force to replace it.")

@@ -2,13 +2,19 @@
 (55k/5k/10k) and on Fashion-MNIST, beside the paper's rows.
 
     python benchmarks/lenet.py                              # both datasets, 5 seeds, 2 runs at a time
-    python benchmarks/lenet.py --datasets mnist --seeds 0 1 --methods ssr_l20
+    python benchmarks/lenet.py --datasets mnist --seeds 0 1 --methods ssr_l20@method l1@uniform none
 
+A method is named with its allocation, ``<method>@<allocation>`` (``ssr_l21@method``: the
+structure SSR learns; ``ssr_l21@uniform``: every layer the same fraction; a bare name takes the
+method's default), or ``none``: the dense model fine-tuned for the same epochs, unpruned, the
+equal-budget reference that tells the effect of pruning from that of the extra training.
 Every method compresses the same dense LeNet-5 of each seed (the job's dense cache) to the same
 MACs target (MNIST: 2.5% of the dense MACs, 40x; Fashion-MNIST: 10%, 10x) with the same epoch
 budget: methods with a training-time term get ``--sparsify`` epochs with it and ``--finetune``
 after the prune; one-shot methods (l1) prune at the start and fine-tune for both. The accuracy
 drop is dense minus pruned top-1 on the 10k test split, in points; nothing is selected on it.
+Each method is compared with ``--reference`` (``l1@uniform``) seed by seed: the mean difference
+in accuracy with its 95% interval (:mod:`benchmarks.stats`).
 
 Runs train ``--jobs`` at a time, one thread each (LeNet-5 is too small for two threads to help
 one run). Speed is measured afterwards, alone, in this process, on a fresh LeNet-5 rebuilt from
@@ -19,8 +25,9 @@ model at its faster thread count, the dense one's fastest over the row's runs;
 ``--remeasure FILE`` times an earlier file's runs again without training. Writes
 ``benchmarks/results/lenet.json``: the machine, the settings, and rows ``{dataset, method,
 filters, macs_reduction, params_reduction, drop_mean, drop_std, n_runs, speedup_b1_eager,
-speedup_b1_runtime, speedup_b1_runtime_1thread, speedup_b256}`` (means over the seeds;
-``filters`` is the most common structure), the paper's rows (``source: paper``), and every run.
+speedup_b1_runtime, speedup_b1_runtime_1thread, speedup_b256, vs_reference, vs_none}`` (means
+over the seeds; ``filters`` is the most common structure), the paper's rows (``source: paper``),
+and every run.
 """
 
 from __future__ import annotations
@@ -38,10 +45,14 @@ from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line, refuse_smaller
+from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
+from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
 from lightning_ssr.export import export_onnx
 from lightning_ssr.latency import steady_allocator
-from lightning_ssr.methods import available_methods, build_method
 from lightning_ssr.models import build_model
 from lightning_ssr.report import compare_latency, machine_info, write_json
 from lightning_ssr.structure.surgery import apply_plan
@@ -49,7 +60,10 @@ from lightning_ssr.structure.surgery import apply_plan
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {"mnist": ("mnist", 0.025), "fashion_mnist": ("fashion_mnist", 0.1)}  # name: (data config, MACs kept)
-METHODS = ["ssr_l21", "ssr_l20", "l1"]  # l1: the best baseline of benchmarks/results/methods.json
+# each method with the allocations that apply to it, and the equal-budget unpruned reference
+METHODS = ["ssr_l21@method", "ssr_l21@uniform", "ssr_l20@method", "ssr_l20@uniform", "l1@uniform", "l1@global",
+           "none"]
+REFERENCE = "l1@uniform"
 # The SSR paper's LeNet-5 rows on MNIST (Lin et al. 2019, Table: filters, FLOPs, params, CPU speed-up,
 # top-1 error increase); dense 2.29M MACs, 431K params.
 PAPER = [
@@ -65,10 +79,11 @@ DENSE_MACS, DENSE_PARAMS = 2_293_000, 431_080
 
 def overrides(dataset: str, method: str, seed: int, args) -> list[str]:
     data, macs = DATASETS[dataset]
-    oneshot = not build_method(method).sparsifies
+    oneshot = is_oneshot(method)
     sparsify = 0 if oneshot else args.sparsify
     finetune = args.finetune + (args.sparsify if oneshot else 0)
-    return [f"data={data}", "model=lenet5", f"pruning={method}", "target=macs", f"target.macs={macs}",
+    target = [] if parse_spec(method)[0] == "none" else [f"target.macs={macs}"]
+    return [f"data={data}", "model=lenet5", *spec_overrides(method), *target,
             f"seed={seed}", f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
             f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "verbose=false",
             "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *args.override]
@@ -81,7 +96,7 @@ def _init_worker(threads: int) -> None:
 
 def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
     """Train (or reuse) the dense model of one seed, so that the compression runs share it."""
-    cfg = compose_config(overrides(dataset, args.methods[0], seed, args))  # the method does not change it
+    cfg = compose_config(overrides(dataset, "none", seed, args))  # the method does not change it
     _, info = train_dense(cfg, build_data(cfg), out_dir)
     return info["cache"]["path"]
 
@@ -177,6 +192,16 @@ def structure(row: dict) -> str:
     return "-".join(str(layer["after"]) for layer in row["layers"][:-1])  # the classifier's outputs stay
 
 
+def learned_structure(row: dict) -> str | None:
+    """The structure the method's own criterion held at the prune (before the engine met the target)."""
+    events = row.get("events") or []
+    learned = events[0].get("learned") if events else None
+    if not learned:
+        return None
+    names = [layer["name"] for layer in row["layers"][:-1]]
+    return "-".join(str(learned.get(n, "?")) for n in names)
+
+
 def runtime_speedup(runs: list[dict]) -> float | None:
     """The batch-1 ONNX Runtime speed-up of a row, each model at its faster thread count: the dense
     network's fastest time over the row's runs (it is the same network in each, and its two-thread
@@ -187,33 +212,74 @@ def runtime_speedup(runs: list[dict]) -> float | None:
     return min(t["dense"] for t in timed) / statistics.median(t["pruned"] for t in timed)
 
 
-def summarize(runs: list[dict]) -> list[dict]:
+def summarize(runs: list[dict], reference: str = REFERENCE) -> list[dict]:
+    """One row per (dataset, method): means over the seeds, the failed runs listed, and paired
+    comparisons by seed with ``reference`` and with ``none`` (accuracy points, higher: better)."""
+    grouped = _grouped(runs)
+
+    def accuracy_by_seed(dataset, method):
+        return {r["seed"]: 100 * r["pruned"]["accuracy"] for r in grouped.get((dataset, method), [])
+                if r.get("status") == "ok"}
     rows = []
-    for (dataset, method), group in _grouped(runs).items():
+    for (dataset, method), group in grouped.items():
         ok = [r for r in group if r.get("status") == "ok"]
+        failed = [{"seed": r["seed"], "error": r.get("error")} for r in group if r.get("status") != "ok"]
         if not ok:
-            rows.append({"dataset": dataset, "method": method, "n_runs": 0, "failed": len(group),
-                         "errors": [r.get("error") for r in group]})
+            rows.append({"source": "measured", "dataset": dataset, "method": method, "n_runs": 0,
+                         "failed": len(group), "errors": failed})
             continue
-        drops = [r["accuracy_drop_points"] for r in ok]
+        drop_mean, drop_std = mean_std([r["accuracy_drop_points"] for r in ok])
 
         def mean(key, ok=ok):
             values = [r["speed"][key] for r in ok if key in r.get("speed", {})]
             return statistics.fmean(values) if values else None
+        mine = accuracy_by_seed(dataset, method)
+        learned = [s for s in (learned_structure(r) for r in ok) if s]
         rows.append({
             "source": "measured", "dataset": dataset, "method": method,
             "filters": collections.Counter(structure(r) for r in ok).most_common(1)[0][0],
+            "structures": dict(collections.Counter(structure(r) for r in ok)),
+            "learned": collections.Counter(learned).most_common(1)[0][0] if learned else None,
+            "allocation": (ok[0].get("config") or {}).get("allocation"),
             "macs_reduction": statistics.fmean(r["macs_reduction"] for r in ok),
             "params_reduction": statistics.fmean(r["params_reduction"] for r in ok),
-            "drop_mean": statistics.fmean(drops), "drop_std": statistics.stdev(drops) if len(drops) > 1 else 0.0,
+            "drop_mean": drop_mean, "drop_std": drop_std,
             "dense_accuracy_mean": statistics.fmean(r["dense"]["accuracy"] for r in ok),
             "pruned_accuracy_mean": statistics.fmean(r["pruned"]["accuracy"] for r in ok),
-            "n_runs": len(ok), "failed": len(group) - len(ok),
+            "n_runs": len(ok), "failed": len(failed), "errors": failed,
+            "vs_reference": None if method == reference else {
+                "reference": reference, **paired_by_seed(mine, accuracy_by_seed(dataset, reference))},
+            "vs_none": None if method == "none" else paired_by_seed(mine, accuracy_by_seed(dataset, "none")),
             "speedup_b1_eager": mean("speedup_b1_eager"), "speedup_b1_runtime": runtime_speedup(ok),
             "speedup_b1_runtime_1thread": mean("speedup_b1_runtime_1thread"),
             "speedup_b256": mean("speedup_b256"),
         })
     return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The console table: one line per row, failures and paired comparisons included."""
+    header = (f"{'dataset':<13} {'method':<24} {'filters':<10} {'learned':<10} {'MACs':>6} {'drop (pt)':>13} "
+              f"{'runs':>4} {'vs reference (pt)':<44} {'b1 ORT':>7} {'b256':>6}")
+    lines = [header]
+    for row in rows:
+        if not row.get("n_runs") and row.get("source") != "paper":
+            lines.append(f"{row['dataset']:<13} {row['method']:<24} all {row['failed']} runs failed: "
+                         f"{row['errors'][0]['error'] if row.get('errors') else ''}")
+            continue
+
+        def x(v):
+            return f"{v:.1f}x" if v else "-"
+        name = row["method"] + (" (paper)" if row["source"] == "paper" else "")
+        versus = interval(row["vs_reference"]) if row.get("vs_reference") else ""
+        lines.append(f"{row['dataset']:<13} {name:<24} {row['filters']:<10} {row.get('learned') or '':<10} "
+                     f"{row['macs_reduction']:>5.1f}x {pm(row['drop_mean'], row['drop_std'], sign=True):>13} "
+                     f"{row['n_runs'] or '':>4} {versus:<44} {x(row.get('speedup_b1_runtime')):>7} "
+                     f"{x(row.get('speedup_b256') or row.get('speedup_cpu_paper')):>6}")
+        if row.get("failed"):
+            lines.append(f"{'':<13} {'':<24} {row['failed']} failed: " + "; ".join(
+                f"seed {e['seed']}: {e['error']}" for e in row["errors"]))
+    return "\n".join(lines)
 
 
 def _grouped(runs):
@@ -276,21 +342,27 @@ def train_all(args, log) -> list[dict]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--methods", nargs="+", default=METHODS, type=check_spec,
+                        help="<method>@<allocation> (a bare name: the method's default allocation), or none")
+    parser.add_argument("--reference", default=REFERENCE, type=check_spec,
+                        help="the method every other is compared with, seed by seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--dense-epochs", type=int, default=10)
+    parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
     parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
     parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     parser.add_argument("--remeasure", type=Path, default=None, metavar="JSON",
                         help="train nothing: time the runs of this earlier output again (from their plans) "
                              "and write them with the new speed figures to --out")
     args = parser.parse_args(argv)
     if args.remeasure is not None and not args.remeasure.is_file():
         parser.error(f"--remeasure: no such file {args.remeasure}")
+    if args.remeasure is None:
+        refuse_smaller(args.out, len(args.datasets) * len(args.seeds) * len(args.methods), args.force)
     quiet_lightning()
     start = time.perf_counter()
 
@@ -308,9 +380,8 @@ def main(argv=None) -> dict:
                     r["speed"] = measure_speed(r, args.repeats, Path(tmp))
         args.__dict__.update({k: v for k, v in previous["settings"].items() if k not in ("out", "repeats")})
     else:
-        runs, command = train_all(args, log), " ".join(["python benchmarks/lenet.py",
-                                                         *(sys.argv[1:] if argv is None else argv)])
-    rows = summarize(runs)
+        runs, command = train_all(args, log), command_line("lenet", argv)
+    rows = summarize(runs, args.reference)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["macs_kept"] = {d: DATASETS[d][1] for d in args.datasets}
     out = {"benchmark": "lenet", "command": command, "machine": machine_info(), "allocator": allocator,
@@ -318,23 +389,10 @@ def main(argv=None) -> dict:
            "rows": rows + paper_rows(),
            "runs": runs, "seconds": time.perf_counter() - start}
     if args.remeasure is not None:  # the runs' accuracy is the earlier command's; the speed is this one's
-        out["speed_command"] = " ".join(["python benchmarks/lenet.py", *(sys.argv[1:] if argv is None else argv)])
+        out["speed_command"] = command_line("lenet", argv)
         out["seconds"] = previous["seconds"]
     write_json(args.out, relative_to=REPO, obj=out)
-    print(f"\n{'dataset':<13} {'method':<32} {'filters':<10} {'MACs':>6} {'params':>6} {'drop (pt)':>13} "
-          f"{'runs':>4} {'b1 eager':>8} {'b1 ORT':>7} {'1 thr':>6} {'b256':>6}")
-    for row in rows + paper_rows():
-        if not row.get("n_runs") and row.get("source") != "paper":
-            print(f"{row['dataset']:<13} {row['method']:<32} all {row['failed']} runs failed")
-            continue
-
-        def x(v):
-            return f"{v:.1f}x" if v else "-"
-        drop = f"{row['drop_mean']:+.2f}" + (f" ± {row['drop_std']:.2f}" if row["drop_std"] is not None else "")
-        print(f"{row['dataset']:<13} {row['method'] + (' (paper)' if row['source'] == 'paper' else ''):<32} "
-              f"{row['filters']:<10} {row['macs_reduction']:>5.1f}x {row['params_reduction']:>5.1f}x {drop:>13} "
-              f"{row['n_runs'] or '':>4} {x(row.get('speedup_b1_eager')):>8} {x(row.get('speedup_b1_runtime')):>7} "
-              f"{x(row.get('speedup_b1_runtime_1thread')):>6} {x(row.get('speedup_b256') or row.get('speedup_cpu_paper')):>6}")
+    print(format_table(rows + paper_rows()))
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
     return out
 

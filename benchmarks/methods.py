@@ -1,84 +1,133 @@
-"""Every pruning method on one harness: same dense checkpoint, data, target and epoch budget.
+"""Every pruning method, with every allocation that applies to it, on one harness: the same dense
+checkpoint, data, targets and epoch budget, over seeds, with paired comparisons.
 
-    python benchmarks/methods.py                       # Fashion-MNIST, ResNet-20, ~50% fewer MACs, 3 seeds
-    python benchmarks/methods.py --methods l1 fsm --seeds 0
+    python benchmarks/methods.py                       # ResNet-20 on Fashion-MNIST, 2x and 4x fewer MACs, 3 seeds
+    python benchmarks/methods.py --methods ssr_l21@method l1@uniform none --seeds 0 --macs 0.5
 
-For each seed the dense model is trained once (the job's dense cache) and every method
-compresses that same checkpoint through the job's stages (``lightning_ssr.cli.run``):
+A method is named with its allocation (``ssr_l21@method``, ``l1@uniform``; :mod:`benchmarks.specs`).
+For each seed the dense model is trained once to convergence (``--dense-epochs``; the job's dense
+cache) and every method compresses that same checkpoint through the job's stages
+(``lightning_ssr.cli.run``):
 
 - methods with a training-time term (ssr_l21, ssr_l20, bn_scale, ssl, taylor) get
   ``--sparsify`` epochs with it, then ``--finetune`` epochs;
 - one-shot methods (fsm, l1, oneshot, random) prune at the start and fine-tune for
   ``--sparsify + --finetune`` epochs: the same total budget;
-- every method prunes to the same MACs target (``target.macs``; ssr_l21 ranks by V's norms);
-- ``none`` is the dense model fine-tuned for the same total epochs, unpruned: the reference
-  that separates the effect of pruning from that of the extra training.
+- every method prunes to each MACs target (``--macs``);
+- ``none`` is the dense model fine-tuned for the same total epochs, unpruned: the reference that
+  separates the effect of pruning from that of the extra training (one per seed, for all targets).
 
-Writes ``benchmarks/results/methods.json`` (machine, settings, one ``PruningResult`` per run and
-a per-method summary: mean and std over seeds of the accuracy drop from the dense checkpoint,
-of the gap to ``none`` (the points a method loses against the unpruned model trained for the
-same epochs: the measure of the pruning itself), MACs and params reductions) and ``methods.png`` (test accuracy against MACs, one colour per method).
-Accuracy is on the test split; nothing is selected on it (FSM's compensation is checked on
-the validation split).
+Each method is compared with ``--reference`` (``l1@uniform``) at the same target, seed by seed:
+the mean difference of test accuracy with its 95% interval (:mod:`benchmarks.stats`); "not
+distinguishable" where the interval contains 0. Runs train ``--jobs`` at a time, one thread each.
+Writes ``benchmarks/results/methods.json`` (machine, command, settings, one ``PruningResult`` per run
+and one row per (target, method): accuracy mean ± std, drop from the dense checkpoint, gap to
+``none``, the paired comparison, reductions, the structure kept) and ``methods.png``. Accuracy is on
+the test split; nothing is selected on it (FSM's compensation is checked on the validation split).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import collections
 import statistics
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from lightning_ssr.cli import compose_config, quiet_lightning, run
-from lightning_ssr.methods import available_methods, build_method
+import torch
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line, refuse_smaller
+from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
+from benchmarks.stats import interval, mean_std, paired_by_seed, pm
+from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ["ssr_l21", "ssr_l20", "fsm", "l1", "bn_scale", "ssl", "oneshot", "taylor", "random", "none"]
+METHODS = ["ssr_l21@method", "ssr_l21@uniform", "ssr_l20@method", "ssr_l20@uniform", "ssl@method", "bn_scale@method",
+           "fsm@uniform", "l1@uniform", "l1@global", "taylor@uniform", "random@uniform", "none"]
+REFERENCE = "l1@uniform"
 
 
-def overrides_for(method: str, seed: int, args) -> list[str]:
-    oneshot = method == "none" or not build_method(method).sparsifies
+def overrides_for(method: str, seed: int, macs: float | None, args) -> list[str]:
+    oneshot = is_oneshot(method)
     sparsify = 0 if oneshot else args.sparsify
     finetune = args.finetune + (args.sparsify if oneshot else 0)
-    out = [f"model={args.model}", f"data={args.data}", f"pruning={method}", "target=macs",
-           f"target.macs={args.macs}", f"seed={seed}", f"dense.epochs={args.dense_epochs}",
-           f"schedule.sparsify_epochs={sparsify}", f"schedule.finetune_epochs={finetune}",
-           "schedule.warmup_epochs=0", "schedule.prune_events=1", "verbose=false",
-           "trainer.enable_progress_bar=false", f"trainer.accelerator={args.accelerator}",
+    out = [f"model={args.model}", f"data={args.data}", *spec_overrides(method), f"seed={seed}",
+           f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
+           f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "schedule.prune_events=1",
+           "verbose=false", "trainer.enable_progress_bar=false", f"trainer.accelerator={args.accelerator}",
            "latency.batch_sizes=[]"]
+    if macs is not None:
+        out.append(f"target.macs={macs}")
+    if args.train_size:
+        out.append(f"+data.train_size={args.train_size}")
     if args.batches:
         out.append(f"trainer.limit_train_batches={args.batches}")
-    if args.rates:
-        out += ["target=rates", f"target.rates='{args.rates}'"]
     return out + list(args.override)
 
 
-def summarize(rows: list[dict]) -> dict:
-    by_method: dict[str, list[dict]] = {}
-    for row in rows:
-        if row.get("status") == "ok":
-            by_method.setdefault(row["method"], []).append(row)
-    unpruned = {r["seed"]: r["pruned"]["accuracy"] for r in by_method.get("none", [])}
-    out = {}
-    for method, runs in by_method.items():
-        drops = [r["accuracy_drop_points"] for r in runs]
-        gaps = [100 * (unpruned[r["seed"]] - r["pruned"]["accuracy"]) for r in runs if r["seed"] in unpruned]
-        out[method] = {
-            # accuracy points below the unpruned model fine-tuned for the same epochs (same seed)
-            "gap_to_none_mean": statistics.fmean(gaps) if gaps else None,
-            "gap_to_none_std": statistics.stdev(gaps) if len(gaps) > 1 else None,
-            "runs": len(runs),
-            "drop_mean": statistics.fmean(drops),
-            "drop_std": statistics.stdev(drops) if len(drops) > 1 else 0.0,
-            "accuracy_mean": statistics.fmean(r["pruned"]["accuracy"] for r in runs),
-            "macs_reduction_mean": statistics.fmean(r["macs_reduction"] for r in runs),
-            "params_reduction_mean": statistics.fmean(r["params_reduction"] for r in runs),
-            "seconds_mean": statistics.fmean(r["timings"].get("compress_s", 0.0) for r in runs),
-        }
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    quiet_lightning()
+
+
+def dense_job(seed: int, args, out_dir: str) -> dict:
+    """Train (or reuse) the dense model of one seed, so that every compression run shares it."""
+    cfg = compose_config(overrides_for("none", seed, None, args))
+    dm = build_data(cfg)
+    _, info = train_dense(cfg, dm, out_dir)
+    return {"seed": seed, "path": info["cache"]["path"], "reused": info["cache"]["reused"], "seconds": info["seconds"]}
+
+
+def compress_job(method: str, seed: int, macs: float | None, args, out_dir: str) -> dict:
+    start = time.perf_counter()
+    try:
+        row = run(compose_config(overrides_for(method, seed, macs, args)), out_dir).to_dict()
+    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
+        row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return {**row, "method": method, "seed": seed, "macs_target": macs, "seconds": time.perf_counter() - start}
+
+
+def structure(row: dict) -> str:
+    return "-".join(str(layer["after"]) for layer in row["layers"][:-1])
+
+
+def summarize(rows: list[dict], reference: str = REFERENCE) -> list[dict]:
+    """One row per (target, method): means over seeds (no spread for one run), the failures, and
+    paired comparisons by seed with ``reference`` at the same target and with ``none``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r.get("macs_target"), r["method"]), []).append(r)
+
+    def accuracy(target, method):
+        return {r["seed"]: 100 * r["pruned"]["accuracy"] for r in groups.get((target, method), [])
+                if r.get("status") == "ok"}
+    out = []
+    for (target, method), runs in groups.items():
+        ok = [r for r in runs if r.get("status") == "ok"]
+        failed = [{"seed": r["seed"], "error": r.get("error")} for r in runs if r.get("status") != "ok"]
+        row = {"macs_target": target, "method": method, "runs": len(ok), "failed": len(failed), "errors": failed}
+        if ok:
+            acc_mean, acc_std = mean_std([100 * r["pruned"]["accuracy"] for r in ok])
+            drop_mean, drop_std = mean_std([r["accuracy_drop_points"] for r in ok])
+            row.update(
+                accuracy_mean=acc_mean, accuracy_std=acc_std, drop_mean=drop_mean, drop_std=drop_std,
+                dense_accuracy_mean=statistics.fmean(100 * r["dense"]["accuracy"] for r in ok),
+                macs_reduction_mean=statistics.fmean(r["macs_reduction"] for r in ok),
+                params_reduction_mean=statistics.fmean(r["params_reduction"] for r in ok),
+                filters=collections.Counter(structure(r) for r in ok).most_common(1)[0][0],
+                seconds_mean=statistics.fmean(r["timings"].get("compress_s", 0.0) for r in ok),
+                vs_reference=None if method == reference or target is None else {
+                    "reference": reference, **paired_by_seed(accuracy(target, method), accuracy(target, reference))},
+                vs_none=None if method == "none" else paired_by_seed(accuracy(target, method), accuracy(None, "none")),
+            )
+        out.append(row)
     return out
 
 
@@ -91,81 +140,99 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     except ImportError:
         print("matplotlib is not installed (pip install 'lightning_ssr[plots]'): no PNG written")
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     methods = sorted({r["method"] for r in rows if r.get("status") == "ok"})
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     dense = [r["dense"] for r in rows if r.get("status") == "ok" and "accuracy" in r["dense"]]
     if dense:
-        ax.scatter([d["macs"] / 1e6 for d in dense], [100 * d["accuracy"] for d in dense], marker="*", s=80,
-                   color="black", label="dense")
+        ax.scatter([statistics.fmean(d["macs"] for d in dense) / 1e6], [100 * statistics.fmean(
+            d["accuracy"] for d in dense)], marker="*", s=100, color="black", label="dense (mean)")
     for i, method in enumerate(methods):
         runs = [r for r in rows if r["method"] == method and r.get("status") == "ok"]
         ax.scatter([r["pruned"]["macs"] / 1e6 for r in runs], [100 * r["pruned"]["accuracy"] for r in runs],
-                   color=cmap(i % 10), label=method, alpha=0.8)
-    ax.set_xlabel("MACs (millions)")
+                   color=cmap(i % 20), label=method, alpha=0.8, s=18)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs (millions, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def format_table(summary: list[dict]) -> str:
+    header = (f"{'MACs kept':>9} {'method':<18} {'runs':>4} {'accuracy (%)':>15} {'gap to none':>22} "
+              f"{'vs reference (pt)':<46} {'MACs red.':>9} filters")
+    lines = [header]
+    for s in sorted(summary, key=lambda s: (s["macs_target"] or 1.0, -(s.get("accuracy_mean") or 0))):
+        if not s["runs"]:
+            lines.append(f"{s['macs_target'] or '-':>9} {s['method']:<18} all {s['failed']} failed: "
+                         f"{s['errors'][0]['error'] if s['errors'] else ''}")
+            continue
+        none = interval(s["vs_none"]) if s.get("vs_none") else "-"
+        ref = interval(s["vs_reference"]) if s.get("vs_reference") else "-"
+        lines.append(f"{s['macs_target'] or '-':>9} {s['method']:<18} {s['runs']:>4} "
+                     f"{pm(s['accuracy_mean'], s['accuracy_std']):>15} {none:>22} {ref:<46} "
+                     f"{s['macs_reduction_mean']:>8.2f}x {s['filters']}")
+        for e in s["errors"]:
+            lines.append(f"{'':>9} {'':<18} failed, seed {e['seed']}: {e['error']}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods() + ["none"],
-                        help="registered methods; none: the dense model fine-tuned for the same epochs")
+    parser.add_argument("--methods", nargs="+", default=METHODS, type=check_spec,
+                        help="<method>@<allocation> (a bare name: the method's default), or none")
+    parser.add_argument("--reference", default=REFERENCE, type=check_spec)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--data", default="fashion_mnist")
-    parser.add_argument("--macs", type=float, default=0.5, help="MACs fraction kept (every method)")
-    parser.add_argument("--rates", default=None, help="per-layer rates instead of --macs (e.g. the FSM paper's)")
-    parser.add_argument("--dense-epochs", type=int, default=6)
+    parser.add_argument("--train-size", type=int, default=4000, help="labeled training images (0: all)")
+    parser.add_argument("--macs", nargs="+", type=float, default=[0.5, 0.25], help="MACs fractions kept")
+    parser.add_argument("--dense-epochs", type=int, default=30)
     parser.add_argument("--sparsify", type=int, default=3, help="epochs with the method's term")
-    parser.add_argument("--finetune", type=int, default=3, help="epochs after the prune")
-    parser.add_argument("--batches", type=int, default=100, help="training batches per epoch (0: all)")
+    parser.add_argument("--finetune", type=int, default=5, help="epochs after the prune")
+    parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows of --out for other (method, seed) pairs and add these")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
     quiet_lightning()
+    start = time.perf_counter()
 
-    rows, start = [], time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for method in args.methods:
-                cfg = compose_config(overrides_for(method, seed, args))
-                t = time.perf_counter()
-                try:
-                    result = run(cfg, Path(tmp) / f"{method}-{seed}")
-                    row = result.to_dict()
-                except Exception as err:  # noqa: BLE001 - recorded, and the other runs go on
-                    row = {"method": method, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-                row["seed"] = seed
-                rows.append(row)
-                print(f"[{time.perf_counter() - start:6.0f} s] seed {seed} {method:<9} "
-                      + (f"drop {row['accuracy_drop_points']:+.2f} pt at {row['macs_reduction']:.2f}x MACs "
-                         f"({time.perf_counter() - t:.0f} s)" if row.get("status") == "ok" else row.get("error", "")),
-                      flush=True)
-    if args.append and args.out.is_file():
-        done = {(r["method"], r["seed"]) for r in rows}
-        rows = [r for r in json.loads(args.out.read_text())["rows"] if (r["method"], r["seed"]) not in done] + rows
-    summary = summarize(rows)
+    def log(msg):
+        print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
+    jobs = [(m, s, None if parse_spec(m)[0] == "none" else macs) for s in args.seeds for m in args.methods
+            for macs in (args.macs if parse_spec(m)[0] != "none" else [None])]
+    refuse_smaller(args.out, len(jobs), args.force)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, initializer=_init_worker,
+                                                                   initargs=(1 if args.jobs > 1 else 2,)) as pool:
+        dense = [pool.submit(dense_job, s, args, str(Path(tmp) / f"dense-{s}")) for s in args.seeds]
+        dense_models = [f.result() for f in dense]
+        for d in dense_models:
+            log(f"dense model of seed {d['seed']}: {Path(d['path']).name} ({'reused' if d['reused'] else 'trained'})")
+        futures = [pool.submit(compress_job, m, s, macs, args, str(Path(tmp) / f"{m}-{s}-{macs}"))
+                   for m, s, macs in jobs]
+        for future in futures:
+            r = future.result()
+            rows.append(r)
+            log(f"seed {r['seed']} {r['method']:<18} {r['macs_target'] or '-':>5}: " + (
+                f"{100 * r['pruned']['accuracy']:.2f}% at {r['macs_reduction']:.2f}x MACs ({r['seconds']:.0f} s)"
+                if r.get("status") == "ok" else f"FAILED {r.get('error')}"))
+    summary = summarize(rows, args.reference)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out = {"benchmark": "methods", "machine": machine_info(), "settings": settings, "summary": summary,
+    out = {"benchmark": "methods", "command": command_line("methods", argv),
+           "machine": machine_info(), "settings": settings, "dense": dense_models, "summary": summary,
            "rows": rows, "seconds": time.perf_counter() - start}
     write_json(args.out, relative_to=REPO, obj=out)
     png = plot(rows, args.out.with_suffix(".png"), f"{args.model} on {args.data}: every method, same budget")
-    print(f"\n{'method':<10} {'runs':>4} {'drop (pt)':>14} {'gap to none':>14} {'MACs red.':>9} {'params red.':>11}")
-    for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
-        gap = f"{s['gap_to_none_mean']:>+7.2f} ± {s['gap_to_none_std'] or 0:.2f}" if s["gap_to_none_mean"] is not None \
-            else f"{'':>14}"
-        print(f"{method:<10} {s['runs']:>4} {s['drop_mean']:>+7.2f} ± {s['drop_std']:.2f} {gap} "
-              f"{s['macs_reduction_mean']:>8.2f}x {s['params_reduction_mean']:>10.2f}x")
+    print("\n" + format_table(summary))
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))
     return out
 

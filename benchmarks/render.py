@@ -25,20 +25,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(HERE.parent))
-from benchmarks import PARTS
-
-
-def commands() -> dict[str, str]:
-    """Results file stem -> the command that writes it: ``python -m benchmarks``'s, and for a
-    part whose run there writes another file (``--out``), the script's own default run too."""
-    out = {}
-    for part, args in PARTS:
-        command = " ".join([f"python benchmarks/{part}.py", *args]).strip()
-        stem = Path(args[args.index("--out") + 1]).stem if "--out" in args else part
-        out[stem] = command
-        out.setdefault(part, f"python benchmarks/{part}.py")
-    out["run"] = "python -m benchmarks"
-    return out
+from benchmarks.stats import interval, pm
 
 
 def machine_line(data) -> str:
@@ -66,32 +53,64 @@ def table(header, rows) -> list[str]:
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def failures(rows, label) -> list[str]:
+    """The failed runs of a file, listed (never dropped)."""
+    out = []
+    for r in rows:
+        for e in r.get("errors") or []:
+            out.append(f"- {label(r)}, seed {e['seed']}: {e['error']}")
+    return ["", "Failed runs:", ""] + out if out else []
+
+
 def render_lenet(d):
     rows = []
+    measured = [r for r in d["rows"] if r.get("source") != "paper"]
     for r in d["rows"]:
         if r.get("source") == "paper":
-            rows.append([r["dataset"], r["method"] + " (paper)", r["filters"], _f(r["macs_reduction"], 1, "x"),
-                         _f(r["params_reduction"], 1, "x"), f"{r['drop_mean']:+.2f}", "-", "-", "-", "-",
-                         _f(r.get("speedup_cpu_paper"), 1, "x")])
+            rows.append([r["dataset"], r["method"] + " (paper)", r["filters"], "-", _f(r["macs_reduction"], 1, "x"),
+                         f"{r['drop_mean']:+.2f}", "-", "-", "-", _f(r.get("speedup_cpu_paper"), 1, "x")])
         elif r.get("n_runs"):
-            rows.append([r["dataset"], r["method"], r["filters"], _f(r["macs_reduction"], 1, "x"),
-                         _f(r["params_reduction"], 1, "x"), f"{r['drop_mean']:+.2f} ± {r['drop_std']:.2f}",
-                         r["n_runs"], _f(r.get("speedup_b1_eager"), 1, "x"), _f(r.get("speedup_b1_runtime"), 1, "x"),
-                         _f(r.get("speedup_b1_runtime_1thread"), 1, "x"), _f(r.get("speedup_b256"), 1, "x")])
-    return table(["dataset", "method", "filters", "MACs", "params", "drop (pt)", "runs", "b1 eager", "b1 ONNX RT",
-                  "b1 ONNX RT, 1 thread", "b256"], rows) + [
-        "", ("The paper's speed-up column is its CPU figure (batch not stated); ours are measured dense vs pruned "
-             "in one process. b1 ONNX RT: each model at its faster thread count (1 or all); 1 thread: both on one.")]
+            versus = r.get("vs_reference")
+            rows.append([r["dataset"], r["method"], r["filters"], r.get("learned") or "-",
+                         _f(r["macs_reduction"], 1, "x"), pm(r["drop_mean"], r["drop_std"], sign=True), r["n_runs"],
+                         interval(versus) if versus else "(reference)",
+                         _f(r.get("speedup_b1_runtime"), 1, "x"), _f(r.get("speedup_b256"), 1, "x")])
+    dense = sorted({(r["dataset"], round(100 * r["dense_accuracy_mean"], 2)) for r in measured if r.get("n_runs")})
+    return table(["dataset", "method", "filters", "learned", "MACs", "drop (pt)", "runs",
+                  "accuracy vs reference (pt, 95% CI)", "b1 ONNX RT", "b256"], rows) + [
+        "", "Dense accuracy (mean over seeds): " + ", ".join(f"{ds} {acc:.2f}%" for ds, acc in dense) + ".",
+        ("`filters`: the structure most runs kept; `learned`: what the method's own criterion held at the prune "
+         "(before the engine met the target). `drop`: dense minus pruned test accuracy, mean ± std over seeds; "
+         "`none` is the dense model trained for the same extra epochs. The comparison is paired by seed: the mean "
+         "difference of accuracy with its 95% interval. The paper's speed-up column is its CPU figure (batch not "
+         "stated); ours are measured dense vs pruned in one process, b1 ONNX RT with each model at its faster "
+         "thread count.")] + failures(measured, lambda r: f"{r['dataset']} {r['method']}")
 
 
 def render_methods(d):
-    rows = [[m, s["runs"], f"{s['drop_mean']:+.2f} ± {s['drop_std']:.2f}",
-             "-" if s.get("gap_to_none_mean") is None else f"{s['gap_to_none_mean']:+.2f} ± {s['gap_to_none_std'] or 0:.2f}",
-             _f(s["macs_reduction_mean"], 2, "x"), _f(s["params_reduction_mean"], 2, "x")]
-            for m, s in sorted(d["summary"].items(), key=lambda kv: -kv[1]["accuracy_mean"])]
+    summary = d["summary"]
+    if isinstance(summary, dict):  # a file written before the paired comparisons
+        summary = [{"method": m, "macs_target": None, **s} for m, s in summary.items()]
+    rows = []
+    for s in sorted(summary, key=lambda s: (-(s.get("macs_target") or 1.0), -(s.get("accuracy_mean") or 0))):
+        if not s.get("runs"):
+            continue
+        versus, none = s.get("vs_reference"), s.get("vs_none")
+        rows.append([_f(s.get("macs_target"), 2) if s.get("macs_target") else "-", s["method"], s["runs"],
+                     pm(s.get("accuracy_mean"), s.get("accuracy_std")),
+                     interval(none) if none else "-", interval(versus) if versus else "-",
+                     _f(s.get("macs_reduction_mean"), 2, "x"), s.get("filters", "-")])
     settings = d.get("settings", {})
-    return [f"{settings.get('model')} on {settings.get('data')}, seeds {settings.get('seeds')}."] + [""] + table(
-        ["method", "runs", "drop (pt)", "gap to none (pt)", "MACs red.", "params red."], rows)
+    dense = [x for x in (s.get("dense_accuracy_mean") for s in summary) if x is not None]
+    head = [f"{settings.get('model')} on {settings.get('data')} ({settings.get('train_size') or 'all'} training "
+            f"images), seeds {settings.get('seeds')}; dense {settings.get('dense_epochs')} epochs, "
+            f"{statistics.fmean(dense):.2f}% (mean); every method {settings.get('sparsify')} + "
+            f"{settings.get('finetune')} epochs." if dense else "", ""]
+    return head + table(["MACs kept", "method", "runs", "accuracy (%)", "vs none (pt, 95% CI)",
+                         "vs reference (pt, 95% CI)", "MACs red.", "filters"], rows) + [
+        "", ("Comparisons are paired by seed: the mean difference of test accuracy with its 95% interval, at the same "
+        "target; `none` is the dense model trained for the same epochs, unpruned.")] + failures(
+        summary, lambda s: f"{s['method']} at {s.get('macs_target')}")
 
 
 def render_targets(d):
@@ -160,9 +179,18 @@ def render_recipes(d):
 
 
 def render_solver_speed(d):
-    rows = [[k, c["level_filters"], _f(c["epochs_ratio_ssl_over_aulm_first"], 2, "x"),
-             _f(c["epochs_ratio_ssl_over_aulm_stay"], 2, "x")] for k, c in d["comparisons"].items()]
-    return table(["AULM variant", "filters level", "SSL epochs / AULM (first reach)", "(stay)"], rows)
+    if "summary" not in d:  # a file written before the comparisons over seeds
+        return ["(this file predates the comparisons over seeds; run its command again)"]
+    rows = []
+    for variant, ranks in d["summary"].items():
+        for e in ranks:
+            rows.append([variant, e["levels"], pm(e["ratio_first"]["mean"], e["ratio_first"]["std"]),
+                         pm(e["ratio_stay"]["mean"], e["ratio_stay"]["std"]),
+                         interval(e["ssl_minus_aulm_epochs_stay"]), e["censored_stay"]])
+    return table(["AULM variant", "filters level (per seed)", "SSL / AULM epochs (first reach)", "(stay)",
+                  "SSL minus AULM epochs to stay (95% CI)", "censored"], rows) + [
+        "", ("Levels are ones both solvers reach: the larger of their sparsest counts, and 1.25x and 1.5x it. "
+        "`censored`: seeds where a solver stayed only from the last update.")]
 
 
 def render_overhead(d):
@@ -189,6 +217,7 @@ def render_structure(d):
 
 
 RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "methods": render_methods,
+             "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure}
@@ -197,13 +226,12 @@ RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_len
 def render(results: Path = RESULTS) -> str:
     lines = ["# Results", "", ("Generated by `python benchmarks/render.py` from `benchmarks/results/*.json`; do not edit "
              "by hand. Each section names the command that wrote its file and the machine it ran on."), ""]
-    known = commands()
     for path in sorted(results.glob("*.json"), key=lambda p: (p.stem != "run", p.stem)):  # the whole run first
         name = path.stem
         data = json.loads(path.read_text())
-        command = (data.get("command") if isinstance(data, dict) else None) or known.get(name, "?")
-        lines += [f"## {name}", "", f"`{command}` → `benchmarks/results/{path.name}`; "
-                  + machine_line(data), ""]
+        command = data.get("command") if isinstance(data, dict) else None
+        made = f"`{command}`" if command else "the command is not recorded in this file"
+        lines += [f"## {name}", "", f"{made} → `benchmarks/results/{path.name}`; " + machine_line(data), ""]
         if isinstance(data, dict) and data.get("speed_command"):
             lines += [f"Speed figures measured again, on the same structures, by `{data['speed_command']}`.", ""]
         renderer = RENDERERS.get(name)

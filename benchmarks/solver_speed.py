@@ -1,26 +1,30 @@
 """AULM (``ssr_l21``) against direct group lasso by subgradient (``ssl``): how fast each
 solver reaches a sparse structure, LeNet-5 on the full MNIST.
 
-    python benchmarks/solver_speed.py
-    python benchmarks/solver_speed.py --epochs 6 --variants base grow
+    python benchmarks/solver_speed.py                    # 3 seeds
+    python benchmarks/solver_speed.py --epochs 6 --variants base grow --seeds 0
 
 Both solvers start from the same dense checkpoint (the job's dense cache), with the same lam
 (FLOPs-scaled, as the job uses it), optimizer, data order and number of sparsify epochs. During
 the sparsify phase the surviving-filter count (AULM: the support of V; SSL: the groups above its
 relative threshold) is recorded at every update (every ``--interval`` steps), with the optimizer
-step and the wall time. The common level ``K`` is the larger of the final counts (the level
-both reach); each solver's time to ``K`` is measured two ways: the first update from which its
-count stays at or below ``K`` (``stay``), and the first update at which it reaches ``K``
-(``first``; a solver whose support still oscillates reaches a level long before it stays there). After the sparsify phase both are pruned and fine-tuned for the same epochs, and
-test accuracy is measured.
+step and the wall time. The levels compared are ones both solvers reach: ``K`` is the larger of
+the two solvers' sparsest counts over the phase (each gets there at some update), and 1.25 K
+and 1.5 K above it. Each solver's time to a level is measured two ways: the first update from
+which its count stays at or below it until the end of the phase (``stay``; ``censored`` when
+that is only the last update), and the first update at which it reaches it (``first``; a solver
+whose support still oscillates reaches a level long before it stays there). After the sparsify
+phase both are pruned and fine-tuned for the same epochs, and test accuracy is measured. Over
+the seeds (``--seeds``), each ratio is given as mean ± std, and the difference of epochs
+(SSL minus AULM) with its paired 95% interval.
 
 AULM variants (``--variants``): ``base`` (rho fixed at 0.1, the job's ssr_l21 default),
 ``grow`` (rho x1.1 per update, capped at 2.0) and ``rho1`` (rho fixed at 1.0).
 
-Writes ``benchmarks/results/solver_speed.json``: the machine, the settings, per solver the
-trajectory, time and epochs to ``K``, final structure and accuracy; and the ratios
-``ssl / aulm`` of epochs and of seconds to ``K`` (> 1: AULM is faster), both ways.
-``--recompute`` recomputes the comparisons from the trajectories stored in ``--out``.
+Writes ``benchmarks/results/solver_speed.json``: the machine, the command, the settings, per seed
+and solver the trajectory, final structure and accuracy; per seed the times to each level and the
+ratios ``ssl / aulm`` of epochs and seconds (> 1: AULM is faster), both ways; and the summary over
+seeds. ``--recompute`` recomputes the comparisons from the trajectories stored in ``--out``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +40,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line, refuse_smaller
+from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.cli import build_data, build_module, compose_config, quiet_lightning, train_dense
 from lightning_ssr.report import machine_info, write_json
@@ -94,21 +103,31 @@ def run_solver(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
             "macs": cb.result.pruned["macs"] if cb.result else None, "steps_per_epoch": steps_per_epoch}
 
 
+def totals(run: dict) -> list[int]:
+    return [sum(p["filters"].values()) for p in run["trajectory"]]
+
+
 def time_to(run: dict, level: int, stay: bool = True) -> dict:
     """The first update at which the total surviving count is <= ``level`` (``stay``: and stays so
-    until the end of the sparsify phase)."""
-    points = run["trajectory"]
-    totals = [sum(p["filters"].values()) for p in points]
+    until the end of the sparsify phase; ``censored``: that is only the last update)."""
+    points, counts = run["trajectory"], totals(run)
     for i in range(len(points)):
-        if totals[i] <= level and (not stay or all(t <= level for t in totals[i:])):
+        if counts[i] <= level and (not stay or all(t <= level for t in counts[i:])):
             p = points[i]
-            return {"step": p["step"], "epochs": p["step"] / run["steps_per_epoch"], "seconds": p["seconds"]}
-    return {"step": None, "epochs": None, "seconds": None}
+            return {"step": p["step"], "epochs": p["step"] / run["steps_per_epoch"], "seconds": p["seconds"],
+                    "censored": stay and i == len(points) - 1}
+    return {"step": None, "epochs": None, "seconds": None, "censored": True}
+
+
+def common_levels(a: dict, b: dict) -> list[int]:
+    """Levels both solvers reach: the larger of their sparsest counts, and 1.25x and 1.5x that."""
+    level = max(min(totals(a)), min(totals(b)))
+    return sorted({level, round(1.25 * level), round(1.5 * level)})
 
 
 def compare(runs: dict) -> dict:
-    """Per AULM variant against SSL, at the larger of their final counts: epochs and seconds to
-    reach it and stay (``*_stay``) and to reach it first (``*_first``); ratios ssl / aulm."""
+    """Per AULM variant against SSL, at levels both reach: epochs and seconds to reach each and stay
+    (``stay``) and to reach it first (``first``); ratios ssl / aulm (> 1: AULM is faster)."""
     def ratio(x, y):
         return x / y if x is not None and y else None
 
@@ -116,17 +135,43 @@ def compare(runs: dict) -> dict:
     for name, r in runs.items():
         if name == "ssl":
             continue
-        level = max(r["final_total"], runs["ssl"]["final_total"])
-        row = {"level_filters": level, "accuracy_aulm": r["test_accuracy"], "accuracy_ssl": runs["ssl"]["test_accuracy"]}
-        for stay, tag in ((True, "stay"), (False, "first")):
-            a, s = time_to(r, level, stay), time_to(runs["ssl"], level, stay)
-            row[f"aulm_{tag}"], row[f"ssl_{tag}"] = a, s
-            row[f"epochs_ratio_ssl_over_aulm_{tag}"] = ratio(s["epochs"], a["epochs"])
-            row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"])
-        out[name] = row
-        print(f"{name} vs ssl at <= {level} filters: to stay there {row['epochs_ratio_ssl_over_aulm_stay']}x "
-              f"(epochs), first reached {row['epochs_ratio_ssl_over_aulm_first']}x; seconds "
-              f"{row['seconds_ratio_ssl_over_aulm_stay']}x / {row['seconds_ratio_ssl_over_aulm_first']}x")
+        rows = []
+        for level in common_levels(r, runs["ssl"]):
+            row = {"level_filters": level}
+            for stay, tag in ((True, "stay"), (False, "first")):
+                a, s = time_to(r, level, stay), time_to(runs["ssl"], level, stay)
+                row[f"aulm_{tag}"], row[f"ssl_{tag}"] = a, s
+                row[f"epochs_ratio_ssl_over_aulm_{tag}"] = ratio(s["epochs"], a["epochs"])
+                row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"])
+            rows.append(row)
+        out[name] = {"accuracy_aulm": r["test_accuracy"], "accuracy_ssl": runs["ssl"]["test_accuracy"],
+                     "levels": rows}
+    return out
+
+
+def summarize(per_seed: dict) -> dict:
+    """Over seeds, per AULM variant and level rank (0: the sparsest common level): the ratios as
+    mean ± std and the epochs SSL needs more than AULM, with its paired 95% interval."""
+    out: dict[str, list] = {}
+    variants = sorted({v for c in per_seed.values() for v in c})
+    for variant in variants:
+        ranks = []
+        for rank in range(3):
+            found = [c[variant]["levels"][rank] for c in per_seed.values()
+                     if variant in c and len(c[variant]["levels"]) > rank]
+            entry = {"rank": rank, "levels": [f["level_filters"] for f in found]}
+            for tag in ("stay", "first"):
+                ratios = [f[f"epochs_ratio_ssl_over_aulm_{tag}"] for f in found
+                          if f[f"epochs_ratio_ssl_over_aulm_{tag}"] is not None]
+                both = [f for f in found if f[f"ssl_{tag}"]["epochs"] is not None and f[f"aulm_{tag}"]["epochs"]
+                        is not None]
+                entry[f"ratio_{tag}"] = dict(zip(("mean", "std"), mean_std(ratios)), n=len(ratios))
+                entry[f"ssl_minus_aulm_epochs_{tag}"] = paired(
+                    [f[f"ssl_{tag}"]["epochs"] - f[f"aulm_{tag}"]["epochs"] for f in both])
+                entry[f"censored_{tag}"] = sum(f[f"ssl_{tag}"]["censored"] or f[f"aulm_{tag}"]["censored"]
+                                               for f in found)
+            ranks.append(entry)
+        out[variant] = ranks
     return out
 
 
@@ -140,37 +185,50 @@ def main(argv=None) -> dict:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threshold", type=float, default=1e-2, help="ssl: relative norm threshold")
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "solver_speed.json")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
     if args.recompute:
         out = json.loads(args.out.read_text())
-        out["comparisons"] = compare(out["runs"])
+        out["comparisons"] = {seed: compare(runs) for seed, runs in out["runs"].items()}
+        out["summary"] = summarize(out["comparisons"])
         write_json(args.out, relative_to=REPO, obj=out)
         return out
+    refuse_smaller(args.out, len(args.seeds) * (1 + len(args.variants)), args.force)
     quiet_lightning()
-
-    # the dense model of the default job on this data (cached): --batches limits the solvers only
-    cfg = compose_config(["model=lenet5", f"data={args.data}", f"seed={args.seed}", "verbose=false"])
-    dm = build_data(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        net, dense_info = train_dense(cfg, dm, tmp)
-    steps = args.batches or len(dm.train_dataloader())
-
-    runs = {"ssl": run_solver("ssl", {"lam": args.lam, "threshold": args.threshold}, cfg, net, dm, args, steps)}
-    print(f"ssl: {runs['ssl']['final_filters']} acc {runs['ssl']['test_accuracy']:.4f} ({runs['ssl']['fit_s']:.0f} s)",
-          flush=True)
-    for variant in args.variants:
-        r = run_solver("ssr_l21", {"lam": args.lam, **VARIANTS[variant]}, cfg, net, dm, args, steps)
-        runs[f"aulm_{variant}"] = r
-        print(f"aulm_{variant}: {r['final_filters']} acc {r['test_accuracy']:.4f} ({r['fit_s']:.0f} s)", flush=True)
-
-    comparisons = compare(runs)
-    out = {"benchmark": "solver_speed", "machine": machine_info(), "settings": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "dense": {"cache": dense_info["cache"]}, "runs": runs, "comparisons": comparisons}
+    all_runs, comparisons, dense = {}, {}, {}
+    for seed in args.seeds:
+        # the dense model of the default job on this data (cached): --batches limits the solvers only
+        cfg = compose_config(["model=lenet5", f"data={args.data}", f"seed={seed}", "verbose=false"])
+        dm = build_data(cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            net, dense_info = train_dense(cfg, dm, tmp)
+        dense[str(seed)] = {"cache": dense_info["cache"]}
+        steps = args.batches or len(dm.train_dataloader())
+        runs = {"ssl": run_solver("ssl", {"lam": args.lam, "threshold": args.threshold}, cfg, net, dm, args, steps)}
+        print(f"seed {seed} ssl: {runs['ssl']['final_filters']} acc {runs['ssl']['test_accuracy']:.4f} "
+              f"({runs['ssl']['fit_s']:.0f} s)", flush=True)
+        for variant in args.variants:
+            r = run_solver("ssr_l21", {"lam": args.lam, **VARIANTS[variant]}, cfg, net, dm, args, steps)
+            runs[f"aulm_{variant}"] = r
+            print(f"seed {seed} aulm_{variant}: {r['final_filters']} acc {r['test_accuracy']:.4f} ({r['fit_s']:.0f} s)",
+                  flush=True)
+        all_runs[str(seed)] = runs
+        comparisons[str(seed)] = compare(runs)
+    summary = summarize(comparisons)
+    for variant, ranks in summary.items():
+        for entry in ranks:
+            print(f"{variant} vs ssl at <= {entry['levels']} filters: epochs ratio to stay "
+                  f"{pm(entry['ratio_stay']['mean'], entry['ratio_stay']['std'])}x, first reached "
+                  f"{pm(entry['ratio_first']['mean'], entry['ratio_first']['std'])}x")
+    out = {"benchmark": "solver_speed", "command": command_line("solver_speed", argv),
+           "machine": machine_info(), "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                   for k, v in vars(args).items()},
+           "dense": dense, "n_runs": sum(len(r) for r in all_runs.values()), "runs": all_runs,
+           "comparisons": comparisons, "summary": summary}
     write_json(args.out, relative_to=REPO, obj=out)
     print(f"wrote {args.out}")
     return out

@@ -53,7 +53,6 @@ from .pruning import Pruning
 from .report import PruningResult, compare_latency, format_layer_table, layer_rows
 from .schedule import PruningSchedule
 from .structure import find_channel_groups
-from .targets import keep_counts, min_keep_counts
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -136,7 +135,7 @@ def build_pruning(cfg: DictConfig) -> Pruning | None:
     return Pruning(method=name, method_kwargs=kwargs, target=target, schedule=schedule, ignored_layers=ignored,
                    min_channels=cfg.target.get("min_channels", 1),
                    max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0),
-                   allocation=cfg.target.get("allocation", "uniform"), round_to=cfg.target.get("round_to"),
+                   allocation=cfg.target.get("allocation"), round_to=cfg.target.get("round_to"),
                    verbose=bool(cfg.verbose))
 
 
@@ -184,10 +183,8 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     if not groups:
         raise ValueError(f"model {cfg.model.name!r} has no prunable filters (with ignored_layers "
                          f"{list(cfg.pruning.get('ignored_layers') or [])})")
-    if callback.target is not None and callback.target.kind != "latency":  # latency: timed at set-up, on the device
-        round_to = callback.round_to or 1
-        floor = min_keep_counts(groups, callback.min_channels, callback.max_pruning_ratio, round_to)
-        keep_counts(lm, groups, count_cost(lm, example), callback.target, floor, round_to=round_to)
+    budget = callback.budget  # latency: timed at set-up, on the device
+    budget.check(lm, groups, count_cost(lm, example), budget.round_to_on(example.device))
 
 
 # ------------------------------------------------------------------- stages

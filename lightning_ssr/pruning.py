@@ -8,6 +8,7 @@ The method (:mod:`lightning_ssr.methods`) decides which channels go.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing_extensions import override
 
 from .checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import WHOLE_MODEL_SECONDS, time_ms, timing_batch
+from .latency import WHOLE_MODEL_SECONDS, steady_allocator, time_ms, timing_batch
 from .methods.base import MethodContext, PruningMethod, build_method
 from .methods.ssr import SSR
 from .report import PruningResult, format_layer_table, layer_rows
@@ -32,8 +33,7 @@ from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan, plan_from_support
 from .structure.surgery import dry_run, model_copy, prune_channels, remap_optimizer
-from .targets import ALLOCATIONS, Target, group_step, intermediate_keep_counts, min_keep_counts, target_keep_counts
-from .validation import check_choice, check_number
+from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table
 
 
 def _first_tensor(batch) -> torch.Tensor | None:
@@ -171,9 +171,12 @@ class Pruning(Callback):
         example_input: an input batch used to trace the model; by default the LightningModule's
             ``example_input_array`` or the first tensor of the first training batch.
         verbose: print the per-layer table after each rebuild (rank zero only).
-        allocation: how a fraction target is divided among the layers: ``"uniform"`` (every layer
-            keeps the same fraction) or ``"global"`` (channels compete across layers by importance,
-            normalized per layer, over the cost each saves; see :func:`~lightning_ssr.targets.keep_counts`).
+        allocation: how a fraction or latency target is divided among the layers: ``"method"``
+            (the structure the method learns while it trains, moved only as far as the target needs;
+            the default for methods that learn one: SSR, SSL, network slimming), ``"uniform"``
+            (every layer keeps the same fraction; the default for the others) or ``"global"``
+            (channels compete across layers by importance, normalized per layer, over the cost each
+            saves); see :class:`~lightning_ssr.targets.Budget`.
         round_to: kept channel counts are multiples of this (a layer narrower keeps all); ``None``:
             8 on CUDA (tensor cores) and 1 elsewhere.
         evaluate: ``(model) -> score`` (higher is better) on validation data, for methods that
@@ -196,12 +199,10 @@ class Pruning(Callback):
         example_input: torch.Tensor | None = None,
         verbose: bool = True,
         evaluate: Callable[[nn.Module], float] | None = None,
-        allocation: str = "uniform",
+        allocation: str | None = None,
         round_to: int | None = None,
     ):
         super().__init__()
-        self.allocation = check_choice("Pruning", "allocation", allocation, ALLOCATIONS)
-        self.round_to = check_number("Pruning", "round_to", round_to, low=1, integer=True, optional=True)
         if evaluate is not None and not callable(evaluate):
             raise TypeError(f"evaluate must be a callable (model) -> score, got {type(evaluate).__name__}")
         self._evaluate = evaluate
@@ -213,7 +214,12 @@ class Pruning(Callback):
             self.method = build_method(method, **dict(method_kwargs or {}))
         else:
             raise TypeError(f"method must be a registered method name or a PruningMethod, got {type(method).__name__}")
-        self.target = Target.coerce(target)
+        self.budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio,
+                             allocation=allocation, round_to=round_to)
+        self.target = self.budget.target
+        self.allocation = self.budget.allocation_for(self.method)  # refuses "method" for a method that learns none
+        self.round_to, self.min_channels = self.budget.round_to, self.budget.min_channels
+        self.max_pruning_ratio = self.budget.max_pruning_ratio
         if self.target is None and self.method.needs_target:
             raise ValueError(f"pruning method {self.method.name!r} needs a target, e.g. target={{'macs': 0.5}}")
         if schedule is None:
@@ -229,9 +235,6 @@ class Pruning(Callback):
             raise ValueError("iterative pruning (prune_events > 1) needs a target to divide into steps")
         self.schedule = schedule
         self._ignored_names, self._ignored_modules = _layer_names(ignored_layers)
-        self.min_channels = check_number("Pruning", "min_channels", min_channels, low=1, integer=True)
-        self.max_pruning_ratio = check_number("Pruning", "max_pruning_ratio", max_pruning_ratio, low=0.0,
-                                              high=1.0, low_open=True)
         if example_input is not None and not torch.is_tensor(example_input):
             raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
         self.verbose = bool(verbose)
@@ -247,6 +250,7 @@ class Pruning(Callback):
         self._last_update_step = -1
         self._dense: dict | None = None  # dense sizes, final keep counts, dense cost
         self._events: list[dict] = []
+        self._trajectory: list[dict] = []
         self._hook = None
         self._trainer: Trainer | None = None
         self._fit_start = None
@@ -254,6 +258,7 @@ class Pruning(Callback):
         self._loss_flag = None  # on an accelerator: (pinned flag, event, step) of a loss check in flight
         self._ignored_resolved = list(self._ignored_names)
         self._latency: dict | None = None  # latency target: dense and predicted milliseconds
+        self._latency_table = None  # latency target learned by the method: the table timed at set-up
         self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
 
     # ------------------------------------------------------------ properties
@@ -412,6 +417,7 @@ class Pruning(Callback):
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "events_done": self.events_done,
             "events": list(self._events),
+            "trajectory": list(self._trajectory),
             "prune_early": self._prune_early,
             "last_update_step": self._last_update_step,
             "dense": self._dense,
@@ -427,6 +433,7 @@ class Pruning(Callback):
         self.plan = PruningPlan.from_dict(state_dict["plan"]) if state_dict.get("plan") else None
         self.events_done = int(state_dict.get("events_done", 0))
         self._events = list(state_dict.get("events", []))
+        self._trajectory = list(state_dict.get("trajectory", []))
         self._prune_early = bool(state_dict.get("prune_early", False))
         self._last_update_step = int(state_dict.get("last_update_step", -1))
         self._dense = state_dict.get("dense")
@@ -509,29 +516,30 @@ class Pruning(Callback):
         if not groups:
             raise MisconfigurationException(f"{type(self).__name__} found no prunable filters in the model.")
         cost = count_cost(pl_module, example)
+        budget = self.budget
         if self._dense is None:  # first set-up, on the dense model
             sizes = {g.name: g.size for g in groups}
-            # 8 on CUDA by default, but a rate list is a given architecture: it stays as written
-            rates = self.target is not None and self.target.kind == "rates"
-            round_to = self.round_to or (8 if example.device.type == "cuda" and not rates else 1)
-            floor = min_keep_counts(groups, self.min_channels, self.max_pruning_ratio, round_to)
+            round_to = budget.round_to_on(example.device)
+            floor = budget.floors(groups, round_to)
             final = None
-            if self.target is not None:
+            if self.allocation in ("uniform", "global", "rates"):
                 scores = None
-                if self.allocation == "global" and self.target.kind != "rates":
+                if self.allocation == "global":
                     scores = self.method.importance(pl_module, groups) or {
                         g.name: g.norms({n: p.detach() for n, p in pl_module.named_parameters()}) for g in groups}
-                final, self._latency = target_keep_counts(pl_module, example, groups, cost, self.target, floor,
-                                                          allocation=self.allocation, scores=scores,
-                                                          round_to=round_to, shared=[self],
+                final, self._latency = budget.keep_counts(pl_module, example, groups, cost, round_to=round_to,
+                                                          allocation=self.allocation, scores=scores, shared=[self],
                                                           timing_input=self._timing_rows)
                 if trainer.world_size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
                     final = trainer.strategy.broadcast(final, src=0)
                     if self._latency is not None:
                         self._latency = trainer.strategy.broadcast(self._latency, src=0)
+            elif self.allocation == "method" and self.target.kind != "latency":
+                budget.check(pl_module, groups, cost, round_to)  # the floors fit the target
             self._dry_run(pl_module, example, groups, floor)
             self._dense = {"sizes": sizes, "min_keep": floor, "final_keep": final, "cost": cost.to_dict(),
-                           "round_to": round_to, "steps": {g.name: group_step(g, round_to) for g in groups}}
+                           "round_to": round_to, "allocation": self.allocation,
+                           "steps": {g.name: group_step(g, round_to) for g in groups}}
         dense = self._dense
         min_keep = {g.name: min(dense["min_keep"][g.name], g.size) for g in groups}
         keep = None
@@ -540,11 +548,22 @@ class Pruning(Callback):
                                             self.schedule.prune_events, dense["min_keep"],
                                             dense.get("steps") or dense.get("round_to", 1))
             keep = {g.name: min(keep[g.name], g.size) for g in groups}
+        view = None
+        if dense.get("allocation") == "method" and dense["final_keep"] is None:
+            view = budget.view(pl_module, groups, cost, dense["round_to"], self._method_latency_table(pl_module, example,
+                                                                                                        groups, cost))
+            if not view.fits(view.floor):
+                budget.check(pl_module, groups, cost, dense["round_to"])  # says why
+                raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
+                                 f"({view.fraction(view.floor):.4f} of the dense model); raise it or relax "
+                                 "min_channels / max_pruning_ratio / round_to")
         self._context = MethodContext(model=pl_module, groups=groups, cost=cost,
                                       channel_macs=channel_macs(groups, cost), keep=keep, min_keep=min_keep,
                                       sync=self._sync(trainer), example=example, event=self.events_done,
                                       events=self.schedule.prune_events, final_keep=dense["final_keep"],
-                                      evaluate=self._evaluate or validation_accuracy(trainer, pl_module))
+                                      evaluate=self._evaluate or validation_accuracy(trainer, pl_module),
+                                      allocation=dense.get("allocation", "uniform"), budget=view,
+                                      sparsify_updates=self._planned_updates(trainer))
         self.method.setup(self._context)
         if self._pending_method_state is not None:
             self.method.load_state_dict(self._pending_method_state)
@@ -565,6 +584,25 @@ class Pruning(Callback):
         finally:
             del trial
 
+    def _method_latency_table(self, pl_module: LightningModule, example: torch.Tensor, groups, cost):
+        """A latency target learned by the method: the per-layer table it steers by (timed once,
+        on the dense model, with the allocator steadied as for any latency allocation)."""
+        if self.target.kind != "latency":
+            return None
+        if self._latency_table is None:
+            steady_allocator()
+            self._latency_table, _ = latency_table(pl_module, example, groups, cost, self.target, self._timing_rows)
+        return self._latency_table
+
+    def _planned_updates(self, trainer: Trainer) -> int | None:
+        """The method's periodic updates in the sparsify phase (None where the epoch length is unknown)."""
+        batches = trainer.num_training_batches
+        if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+            return None
+        steps = math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)) * self.schedule.sparsify_epochs
+        every = self.schedule.update_every_n_steps
+        return max(1, steps // every) if every else max(1, self.schedule.sparsify_epochs)
+
     def _start_sparsify(self) -> None:
         if self.method.sparsifies:
             self.method.start()
@@ -573,6 +611,9 @@ class Pruning(Callback):
     def _update(self, pl_module: LightningModule, step: int) -> None:
         metrics = self.method.update()
         self._last_update_step = step
+        learned = self.method.learned_counts() if self.events_done == 0 else None
+        if learned:  # the structure the method holds, update by update, until the first prune
+            self._trajectory.append({"step": int(step), "kept": {k: int(v) for k, v in learned.items()}})
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value)
 
@@ -580,7 +621,11 @@ class Pruning(Callback):
         """Select, mask, rebuild, remap the optimizer(s), and record the event."""
         ctx = self._context
         example = self._example.to(pl_module.device)
-        masks = self.method.select(ctx.keep)
+        keep = ctx.keep
+        learned = self.method.learned_counts()
+        if keep is None and self._dense.get("allocation") == "method":
+            keep = self._method_counts(trainer, pl_module, example, ctx)
+        masks = self.method.select(keep)
         masks = self._check_masks(masks, ctx)
         if trainer.world_size > 1:  # every rank prunes exactly what rank 0 decided
             masks = trainer.strategy.broadcast(masks, src=0)
@@ -613,8 +658,11 @@ class Pruning(Callback):
                         latency_calibrated_ms=self._latency.get("calibrated_ms"),
                         latency_calibration_ms=self._latency.get("calibration_ms"))
         self.events_done += 1
+        counts = {g.name: int(masks[g.name].sum()) for g in ctx.groups}
         self._events.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                             "macs": int(after.macs), "params": int(after.params), **info})
+                             "macs": int(after.macs), "params": int(after.params),
+                             "keep": counts, "allocation": self._dense.get("allocation", "uniform"),
+                             **({"learned": {k: int(v) for k, v in learned.items()}} if learned else {}), **info})
         self._context = None
         self._started = False
         self._log(pl_module, "pruning/macs", float(after.macs), on_epoch=True, on_step=False)
@@ -624,6 +672,32 @@ class Pruning(Callback):
             rank_zero_info(f"{type(self).__name__}: pruned at the start of epoch {trainer.current_epoch} "
                            f"(event {self.events_done} of {self.schedule.prune_events})\n"
                            + format_layer_table(layer_rows(before, after), before, after))
+
+    def _method_counts(self, trainer: Trainer, pl_module: LightningModule, example: torch.Tensor,
+                       ctx: MethodContext) -> dict[str, int]:
+        """The counts of this event from the structure the method learned (``allocation="method"``):
+        a threshold on the method's cross-layer channel values that meets the target (within the
+        target's tolerance, from below), then this event's share of the way there."""
+        values = self.method.allocation_scores()
+        if values is None:
+            raise RuntimeError(f"pruning method {self.method.name!r} learns the structure (allocation='method') "
+                               "but gave no channel values at the prune; did its sparsify phase run?")
+        if trainer.world_size > 1:
+            values = trainer.strategy.broadcast(values, src=0)
+        dense = self._dense
+        final, latency = self.budget.keep_counts(pl_module, example, ctx.groups, ctx.cost, round_to=dense["round_to"],
+                                                 allocation="method", scores=values, shared=[self],
+                                                 timing_input=self._timing_rows, table=self._latency_table)
+        if trainer.world_size > 1:
+            final = trainer.strategy.broadcast(final, src=0)
+            latency = trainer.strategy.broadcast(latency, src=0)
+        dense["final_keep"] = final
+        if latency is not None:
+            self._latency = latency
+        keep = intermediate_keep_counts(dense["sizes"], final, self.events_done, self.schedule.prune_events,
+                                        dense["min_keep"], dense.get("steps") or dense.get("round_to", 1))
+        ctx.final_keep = final
+        return {g.name: min(keep[g.name], g.size) for g in ctx.groups}
 
     def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext) -> dict[str, torch.Tensor]:
         out = {}
@@ -654,7 +728,7 @@ class Pruning(Callback):
             dense={"macs": int(dense.macs), "params": int(dense.params)},
             pruned={"macs": int(after.macs), "params": int(after.params)},
             layers=layer_rows(dense, after), plan=self.plan.to_dict() if self.plan is not None else None,
-            events=list(self._events),
+            events=list(self._events), trajectory=list(self._trajectory),
             timings=self._timings(fit_end))
 
     def _timings(self, fit_end: bool) -> dict:

@@ -73,8 +73,12 @@ class PruningResult:
     ``layers`` is the per-layer table (``name``, ``before``/``after`` output channels,
     ``macs_before``/``macs_after``, ``params_before``/``params_after``); ``plan`` is
     :meth:`PruningPlan.to_dict`; ``events`` lists each prune event (``epoch``, ``step``,
-    ``macs``, ``params``); ``timings`` holds wall times in seconds; ``machine`` is
-    :func:`machine_info`. ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why).
+    ``macs``, ``params``, ``keep``: the channels kept per group, ``allocation``: where those
+    counts came from, ``learned``: the counts the method's own criterion held at the prune);
+    ``trajectory`` lists, for each periodic update before the first prune, the channels the
+    method's criterion kept per group (``step``, ``kept``); ``timings`` holds wall times in
+    seconds; ``machine`` is :func:`machine_info`. ``status`` is ``"ok"`` or ``"failed"`` (then
+    ``error`` says why).
     """
 
     method: str
@@ -85,6 +89,7 @@ class PruningResult:
     layers: list = field(default_factory=list)
     plan: dict | None = None
     events: list = field(default_factory=list)
+    trajectory: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     machine: dict = field(default_factory=machine_info)
     status: str = "ok"

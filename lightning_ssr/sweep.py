@@ -10,7 +10,12 @@ writes, next to the runs:
 - ``pareto.png``: test accuracy against MACs, one colour per method, every run as a dot, each
   configuration's mean as a ring, the Pareto front as a line;
 - ``layers.png``: the per-layer surviving filters of one run (``--run``; by default the
-  cheapest configuration on the Pareto front).
+  cheapest configuration on the Pareto front);
+- ``structure.png``: per layer, the fraction of filters each configuration keeps, at the target
+  most configurations share: the structures of the methods (and allocations) side by side.
+
+A configuration is named by what was swept: the command-line choices that differ between the
+runs (``pruning=l1 target.macs=0.1``, from each Hydra job's ``overrides.yaml``).
 
 A run directory is one with a ``result.json`` or a Hydra ``.hydra`` folder; a Hydra job that
 left no ``result.json`` (killed, or failed before writing it) is reported as failed.
@@ -71,20 +76,61 @@ def _settings(run: dict) -> dict:
     return _flatten((result.get("config") or {}).get("cli") or {})
 
 
+def _overrides(run: dict) -> dict | None:
+    """The command-line choices of a Hydra job (``.hydra/overrides.yaml``: ``pruning=l1``,
+    ``target.macs=0.1``, ...) as ``{key: value}``; ``None`` where the run has no such file."""
+    path = Path(run["dir"]) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        items = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # noqa: BLE001 - an unreadable file: fall back to the recorded configuration
+        return None
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _pooled(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in POOLED_KEYS)
+
+
 def varying_keys(runs: Sequence[dict]) -> list[str]:
-    """The config keys whose values differ between runs (seeds and paths excepted)."""
-    settings = [_settings(r) for r in runs if r["result"] is not None]
+    """What tells the runs apart: the command-line choices that differ between them (from each
+    Hydra job's ``overrides.yaml``: ``pruning=l1 target.macs=0.1``), or, for runs without one,
+    the configuration keys whose values differ, a config group's keys folded into its choice
+    (``pruning=l1``, not every key of the ``pruning`` section). Seeds and paths are pooled."""
+    found = [r for r in runs if r["result"] is not None]
+    if _by_overrides(found):
+        overrides = [_overrides(r) for r in found]
+        keys = sorted(set().union(*overrides))
+        return [k for k in keys if not _pooled(k) and len({o.get(k) for o in overrides}) > 1]
+    settings = [_settings(r) for r in found]
     keys = sorted(set().union(*settings)) if settings else []
-    return [k for k in keys if not any(k == p or k.startswith(p + ".") for p in POOLED_KEYS)
-            and len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+    differ = [k for k in keys if not _pooled(k) and len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+    chosen = {k.rsplit(".", 1)[0] for k in differ if k.endswith(".name")}  # a config group's choice changed
+    return [k for k in differ if not any(k.startswith(g + ".") for g in chosen) or k.endswith(".name")]
 
 
-def _label(run: dict, keys: Sequence[str]) -> str:
-    settings = _settings(run)
+def _by_overrides(runs: Sequence[dict]) -> bool:
+    """Whether every run records its command-line choices (then they name the configurations)."""
+    return bool(runs) and all(_overrides(r) is not None for r in runs)
+
+
+def _label(run: dict, keys: Sequence[str], by_overrides: bool) -> str:
     result = run["result"] or {}
     if not keys:
         return str(result.get("method") or "run")
-    return " ".join(f"{k}={settings.get(k)}" for k in keys)
+    if by_overrides:
+        overrides = _overrides(run)
+        return " ".join(f"{k}={overrides.get(k, 'default')}" for k in keys)
+    settings = _settings(run)
+    return " ".join(f"{k[:-5]}={settings.get(k)}" if k.endswith(".name") else f"{k}={settings.get(k)}" for k in keys)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -96,10 +142,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 def summarize(runs: Sequence[dict]) -> list[dict]:
     """One row per configuration (seeds pooled), in the order the runs were found."""
     keys = varying_keys(runs)
+    by_overrides = _by_overrides([r for r in runs if r["result"] is not None])
     groups: dict[str, list[dict]] = {}
     for run in runs:
         if run["result"] is not None:
-            groups.setdefault(_label(run, keys), []).append(run)
+            groups.setdefault(_label(run, keys, by_overrides), []).append(run)
     rows = []
     for label, members in groups.items():
         ok = [m["result"] for m in members if m["status"] == "ok" and m["result"].get("pruned", {}).get("macs")]
@@ -139,8 +186,11 @@ def _fmt(value, digits=2, suffix=""):
     return "" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def _pm(mean, std, digits=2):
-    return "" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean, std, runs: int, digits=2):
+    """``mean ± std`` over seeds; one run has no spread to show."""
+    if mean is None:
+        return ""
+    return f"{mean:.{digits}f}" if runs < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
@@ -152,8 +202,8 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
     for r in rows:
         runs_cell = f"{r['runs']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
         macs = "" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.3f}M"
-        lines.append(f"| {r['config']} | {runs_cell} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | "
-                     f"{_pm(r['drop_mean'], r['drop_std'])} | {macs} | {_fmt(r['macs_reduction_mean'], 2, 'x')} | "
+        lines.append(f"| {r['config']} | {runs_cell} | {_pm(r['accuracy_mean'], r['accuracy_std'], r['runs'])} | "
+                     f"{_pm(r['drop_mean'], r['drop_std'], r['runs'])} | {macs} | {_fmt(r['macs_reduction_mean'], 2, 'x')} | "
                      f"{_fmt(r['params_reduction_mean'], 2, 'x')} | {'*' if r['pareto'] else ''} |")
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
@@ -211,10 +261,11 @@ def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: s
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, linestyle="--",
                 label="Pareto front")
-    ax.set_xlabel("MACs (millions)")
+    ax.set_xscale("log")  # pruned models span orders of magnitude below the dense one
+    ax.set_xlabel("MACs (millions, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -239,6 +290,47 @@ def plot_layers(result: Mapping, path: Path, title: str) -> Path:
         max(layer["after"], 1) for layer in layers) else "linear")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path | None:
+    """Per layer, the fraction of filters each configuration keeps (mean over its seeds), one
+    line per configuration, at the target most configurations share: how the methods (and
+    allocations) spread the same budget over the layers. ``None`` if fewer than two
+    configurations share a target."""
+    by_dir = {str(r["dir"]): r for r in runs}
+    by_target: dict[str, list[tuple[dict, list[dict]]]] = {}
+    for row in rows:
+        members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
+        members = [m for m in members if m.get("layers") and m.get("target")]
+        if members:
+            by_target.setdefault(json.dumps(members[0]["target"], sort_keys=True), []).append((row, members))
+    if not by_target:
+        return None
+    target, chosen = max(by_target.items(), key=lambda kv: len(kv[1]))
+    if len(chosen) < 2:
+        return None
+    plt = _pyplot()
+    names = [layer["name"] for layer in chosen[0][1][0]["layers"]]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.35 * len(names) + 3), 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, (row, members) in enumerate(chosen):
+        fractions = []
+        for name in names:
+            kept = [layer["after"] / layer["before"] for m in members for layer in m["layers"]
+                    if layer["name"] == name and layer["before"]]
+            fractions.append(statistics.fmean(kept) if kept else float("nan"))
+        ax.plot(range(len(names)), fractions, marker="o", color=cmap(i % 10), label=row["config"], alpha=0.85)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("filters kept / dense (log scale)")
+    ax.set_title(f"{title} at target {json.loads(target)}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -270,6 +362,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     files = {"markdown": write_markdown(rows, runs, out / "report.md", title), "csv": write_csv(rows, out / "report.csv")}
     if plots:
         files["pareto"] = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
+        structure = plot_structures(rows, runs, out / "structure.png", f"{title}: filters kept per layer")
+        if structure is not None:
+            files["structure"] = structure
         chosen = None
         if run is not None:
             wanted = Path(run) if Path(run).is_absolute() else sweep_dir / run

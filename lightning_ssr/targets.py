@@ -24,8 +24,9 @@ just under the target.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
 from .latency import calibrated_keep_counts, latency_model, measure_keep, steady_allocator, timing_batch
 from .structure.groups import ChannelGroup
+from .validation import check_choice, check_number
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TARGET_KINDS = ("rates", "macs", "params", "filters", "latency")
@@ -186,7 +188,11 @@ def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> 
 
 
 # --------------------------------------------------------------- counting
-ALLOCATIONS = ("uniform", "global")
+#: how a fraction target is divided among the layers: ``uniform`` (every layer keeps the same
+#: fraction), ``global`` (channels compete across layers by importance normalized per layer, over
+#: the cost each saves), ``method`` (the structure the method learned: channels compete by the
+#: method's own cross-layer values, :meth:`~lightning_ssr.methods.PruningMethod.allocation_scores`)
+ALLOCATIONS = ("uniform", "global", "method")
 #: the relative gap below a fraction target that the allocation closes by trading channels between layers
 TARGET_TOLERANCE = 0.01
 
@@ -231,10 +237,153 @@ def _channel_params(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[st
     return {g.name: base - estimate_params(model, groups, {**full, g.name: g.size - 1}) for g in groups}
 
 
+# ----------------------------------------------------------- the measures
+@dataclass
+class TargetMeasure:
+    """How a fraction or latency target counts per-group keep counts: ``measure(keep)`` in the
+    target's unit (MACs, parameters, channels or milliseconds), the ``limit`` it must not exceed
+    and the dense model's ``total``."""
+
+    kind: str
+    limit: float
+    total: float
+    measure: Callable[[Mapping[str, int]], float]
+    #: ``(keep) -> per group, the cost of one more channel`` in the unit channels compete in
+    #: (MACs stand in for milliseconds: a latency table is a step function of the widths)
+    unit_cost: Callable[[Mapping[str, int]], dict[str, float]]
+
+    def fits(self, keep: Mapping[str, int]) -> bool:
+        return self.measure(keep) <= self.limit * (1 + 1e-9)
+
+    def fraction(self, keep: Mapping[str, int]) -> float:
+        """The measure of ``keep`` as a fraction of the dense model's."""
+        return self.measure(keep) / self.total if self.total else 1.0
+
+
+def _marginal(groups: Sequence[ChannelGroup], measure: Callable[[Mapping[str, int]], float],
+              keep: Mapping[str, int]) -> dict[str, float]:
+    """Per group, what one channel more than ``keep`` costs by ``measure`` (one less where the
+    group is whole), consumers that shrink with it included."""
+    base = measure(keep)
+    out = {}
+    for g in groups:
+        k = keep[g.name]
+        if k < g.size:
+            out[g.name] = measure({**keep, g.name: k + 1}) - base
+        else:
+            out[g.name] = base - measure({**keep, g.name: k - 1})
+    return out
+
+
+def measure_macs(groups: Sequence[ChannelGroup], cost: ModelCost, fraction: float) -> TargetMeasure:
+    def measure(keep):
+        return estimate_macs(groups, cost, keep)
+    return TargetMeasure("macs", fraction * cost.macs, cost.macs, measure,
+                         lambda keep: _marginal(groups, measure, keep))
+
+
+def measure_params(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, fraction: float) -> TargetMeasure:
+    def measure(keep):
+        return estimate_params(model, groups, keep)
+    return TargetMeasure("params", fraction * cost.params, cost.params, measure,
+                         lambda keep: _marginal(groups, measure, keep))
+
+
+def measure_filters(groups: Sequence[ChannelGroup], fraction: float) -> TargetMeasure:
+    total = sum(g.size for g in groups)
+    return TargetMeasure("filters", fraction * total, total, lambda keep: float(sum(keep.values())),
+                         lambda keep: {g.name: 1.0 for g in groups})
+
+
+def measure_latency(groups: Sequence[ChannelGroup], cost: ModelCost, milliseconds: float, latency) -> TargetMeasure:
+    if latency is None:
+        raise ValueError("a latency target needs the model's measured latency table (lightning_ssr.latency)")
+    macs = measure_macs(groups, cost, 1.0)
+    return TargetMeasure("latency", milliseconds, latency.dense_ms, lambda keep: latency.predict(groups, cost, keep),
+                         macs.unit_cost)
+
+
+def target_measure(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, target: Target,
+                   latency=None) -> TargetMeasure:
+    """The :class:`TargetMeasure` of a fraction or latency ``target`` on ``model`` (whose ``cost``
+    is ``count_cost(model, example)``); ``latency``: a
+    :class:`~lightning_ssr.latency.LatencyModel` of ``model``, for a latency target."""
+    if target.kind == "macs":
+        return measure_macs(groups, cost, target.macs)
+    if target.kind == "params":
+        return measure_params(model, groups, cost, target.params)
+    if target.kind == "filters":
+        return measure_filters(groups, target.filters)
+    if target.kind == "latency":
+        return measure_latency(groups, cost, target.latency, latency)
+    raise ValueError(f"a {target.kind} target fixes the counts itself; it has no measure to allocate against")
+
+
+# -------------------------------------------------------- the allocations
+def uniform_counts(groups: Sequence[ChannelGroup], measure: TargetMeasure, min_keep: Mapping[str, int],
+                   step: Mapping[str, int]) -> dict[str, int]:
+    """Every group keeps the same fraction, the largest whose counts fit (by bisection)."""
+    def counts(level: float) -> dict[str, int]:
+        return {g.name: round_keep(g.size, level, min_keep[g.name], step[g.name]) for g in groups}
+    return counts(_bisect(lambda level: measure.fits(counts(level))))
+
+
+def threshold_counts(groups: Sequence[ChannelGroup], measure: TargetMeasure, values: Mapping[str, torch.Tensor],
+                     min_keep: Mapping[str, int], step: Mapping[str, int]) -> dict[str, int]:
+    """Channels compete across groups: every group keeps its channels whose value (``values[g]``,
+    sorted in descending order) reaches one threshold, the lowest whose counts fit (by bisection)."""
+    top = max(float(v.max()) for v in values.values())
+    bottom = min(float(v.min()) for v in values.values())
+    span = max(top - bottom, 1e-300)
+
+    def counts(level: float) -> dict[str, int]:
+        # level in [0, 1]: 0 keeps (almost) only the floor, 1 keeps every channel
+        tau = top + 1e-9 * span - level * (1 + 2e-9) * span
+        return {g.name: round_keep(g.size, int((values[g.name] >= tau).sum()) / g.size, min_keep[g.name],
+                                   step[g.name]) for g in groups}
+    return counts(_bisect(lambda level: measure.fits(counts(level))))
+
+
+def _bisect(fits: Callable[[float], bool]) -> float:
+    """The largest level in [0, 1] (to 2^-60) at which ``fits`` holds, for a monotone ``fits``."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def fill_to_target(groups: Sequence[ChannelGroup], keep: dict[str, int], measure: TargetMeasure,
+                   floor: Mapping[str, int], step: Mapping[str, int],
+                   next_value: Callable[[ChannelGroup, Mapping[str, int]], float], trade: bool = True) -> dict[str, int]:
+    """Close the gap that rounding leaves below the target: add one step at a time to the group
+    whose next step is worth most (``next_value``) while the counts fit; then, if the gap is still
+    over :data:`TARGET_TOLERANCE` (a few costly channels left between the counts and the target) and
+    ``trade``, move a step from one group to another, the pair that lands closest under the target."""
+    for _ in range(sum(g.size for g in groups)):  # each pass adds or trades at least one step
+        candidates = [g for g in groups if keep[g.name] < g.size]
+        for g in sorted(candidates, key=lambda g: (-next_value(g, keep), g.name)):
+            bigger = {**keep, g.name: _step_up(keep[g.name], g.size, step[g.name])}
+            if measure.fits(bigger):
+                keep = bigger
+                break
+        else:
+            if not trade or measure.measure(keep) >= (1 - TARGET_TOLERANCE) * measure.limit:
+                return keep
+            traded = _best_trade(groups, keep, floor, step, measure.measure, measure.limit)
+            if traded is None:
+                return keep
+            keep = traded
+    return keep
+
+
 def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, target: Target,
                 min_keep: Mapping[str, int], allocation: str = "uniform",
                 scores: Mapping[str, torch.Tensor] | None = None, round_to: int = 1,
-                latency=None) -> dict[str, int]:
+                latency=None, trade: bool = True) -> dict[str, int]:
     """Channels to keep in each group so that ``model`` meets ``target``.
 
     ``cost`` is ``count_cost(model, example)`` of the model the counts apply to; ``min_keep``
@@ -242,13 +391,20 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     (or the whole group). A latency target needs ``latency``, a
     :class:`~lightning_ssr.latency.LatencyModel` of the model at the target's batch size.
 
-    ``allocation="uniform"``: every group keeps the same fraction, the largest that fits.
-    ``allocation="global"``: channels compete across groups. Each channel's value is its
-    importance (``scores[group]``, higher is more important) divided by the largest in its
-    group, over the cost one channel of its group carries (MACs, parameters or 1, as the target
-    counts, relative to the mean); a threshold on that value, found by bisection, sets every
-    group's count. Either way the gap rounding leaves below the target is then filled one step
-    at a time (the group of lowest kept fraction, or of the most valuable next channel).
+    - ``allocation="uniform"``: every group keeps the same fraction, the largest that fits.
+    - ``allocation="global"``: channels compete across groups. Each channel's value is its
+      importance (``scores[group]``, higher is more important) divided by the largest in its
+      group, over the cost one channel of its group carries (MACs, parameters or 1, as the target
+      counts, relative to the mean); a threshold on that value, found by bisection, sets every
+      group's count.
+    - ``allocation="method"``: channels compete across groups by ``scores`` as given: values the
+      method made comparable across layers (its own criterion; see
+      :meth:`~lightning_ssr.methods.PruningMethod.allocation_scores`), so that the structure is the
+      one the method learned, moved only as far as the target needs.
+
+    Either way the gap rounding leaves below the target is then filled one step at a time (the
+    group of lowest kept fraction, or of the most valuable next channel) and, with ``trade``,
+    closed to within :data:`TARGET_TOLERANCE` by trading steps between groups.
     """
     if target.kind == "rates":
         rate = _rate_per_group(model, groups, target.rates)
@@ -256,91 +412,58 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
                 for g in groups}
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-
-    if target.kind == "macs":
-        limit, total = target.macs * cost.macs, cost.macs
-
-        def measure(keep):
-            return estimate_macs(groups, cost, keep)
-    elif target.kind == "params":
-        limit, total = target.params * cost.params, cost.params
-
-        def measure(keep):
-            return estimate_params(model, groups, keep)
-    elif target.kind == "latency":
-        if latency is None:
-            raise ValueError("a latency target needs the model's measured latency table (lightning_ssr.latency)")
-        limit, total = target.latency, latency.dense_ms
-
-        def measure(keep):
-            return latency.predict(groups, cost, keep)
-    else:
-        total = sum(g.size for g in groups)
-        limit = target.filters * total
-
-        def measure(keep):
-            return sum(keep.values())
-
-    def fits(keep):
-        return measure(keep) <= limit * (1 + 1e-9)
-
+    measure = target_measure(model, groups, cost, target, latency)
     step = {g.name: group_step(g, round_to) for g in groups}
     floor = floor_keep_counts(groups, min_keep, round_to)
-    if not fits(floor):
+    if not measure.fits(floor):
         unit = " ms" if target.kind == "latency" else ""
         raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
                          f"keep (min_channels, max_pruning_ratio, round_to), with the layers that are not pruned "
-                         f"(ignored or frozen), already give {measure(floor) / total:.4f} of the dense model; raise "
+                         f"(ignored or frozen), already give {measure.fraction(floor):.4f} of the dense model; raise "
                          "the target or relax those limits")
     full = {g.name: g.size for g in groups}
-    if fits(full):
+    if measure.fits(full):
         return full
-
     if allocation == "uniform":
-        def counts(level: float) -> dict[str, int]:
-            return {g.name: round_keep(g.size, level, min_keep[g.name], step[g.name]) for g in groups}
+        keep = uniform_counts(groups, measure, min_keep, step)
 
         def next_value(g, keep):  # fill the group of lowest kept fraction first
             return -keep[g.name] / g.size
-        lo, hi = 0.0, 1.0
     else:
-        values = _channel_values(model, groups, cost, target.kind, scores)
-
-        def counts(level: float) -> dict[str, int]:
-            # level in [0, 1]: 0 keeps (almost) only the floor, 1 keeps every channel
-            tau = top * (1.0 - level)
-            return {g.name: round_keep(g.size, int((values[g.name] >= tau).sum()) / g.size, min_keep[g.name],
-                                       step[g.name]) for g in groups}
+        values = (_channel_values(model, groups, cost, target.kind, scores) if allocation == "global"
+                  else _method_values(groups, scores))
+        keep = threshold_counts(groups, measure, values, min_keep, step)
 
         def next_value(g, keep):  # the mean value of the channels the next step adds
             return float(values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, step[g.name])].mean())
-        top = max(float(v.max()) for v in values.values()) * (1 + 1e-9)
-        lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if fits(counts(mid)):
-            lo = mid
-        else:
-            hi = mid
-    keep = counts(lo)
-    for _ in range(sum(g.size for g in groups)):  # each pass adds or trades at least one step
-        candidates = [g for g in groups if keep[g.name] < g.size]
-        for g in sorted(candidates, key=lambda g: (-next_value(g, keep), g.name)):
-            bigger = {**keep, g.name: _step_up(keep[g.name], g.size, step[g.name])}
-            if fits(bigger):
-                keep = bigger
-                break
-        else:
-            # No single step fits. If the gap is still over TARGET_TOLERANCE (a few costly channels left
-            # between the counts and the target), trade: one step up in one group, one down in another,
-            # the pair that lands closest under the target.
-            if measure(keep) >= (1 - TARGET_TOLERANCE) * limit:
-                return keep
-            traded = _best_trade(groups, keep, floor, step, measure, limit)
-            if traded is None:
-                return keep
-            keep = traded
-    return keep
+    return fill_to_target(groups, keep, measure, floor, step, next_value, trade)
+
+
+def _method_values(groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Per group, the method's channel values sorted in descending order (checked)."""
+    if scores is None:
+        raise ValueError("allocation='method' needs the method's channel values (allocation_scores)")
+    out = {}
+    for g in groups:
+        s = scores.get(g.name)
+        if s is None or s.numel() != g.size:
+            raise ValueError(f"allocation='method': the method gave no values (or the wrong number) for group "
+                             f"{g.name!r}")
+        s = s.detach().double().cpu().flatten()
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"allocation='method': the method's values for group {g.name!r} are not finite")
+        out[g.name] = torch.sort(s, descending=True).values
+    return out
+
+
+def latency_table(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup], cost: ModelCost,
+                  target: Target, timing_input: torch.Tensor | None = None):
+    """The per-layer latency table of ``model`` for a latency ``target``, timed on ``example``'s
+    device at the target's batch size on the rows of ``timing_input`` (default ``example``; see
+    :func:`~lightning_ssr.latency.timing_batch`). Returns the table and the timing batch."""
+    rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
+    batch = timing_batch(rows, target.batch_size)
+    return latency_model(model, batch, groups, cost), batch
 
 
 def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup], cost: ModelCost,
@@ -365,13 +488,14 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     # the clock must repeat itself: with glibc's moving thresholds one pruned ResNet-20 measured 0.66
     # of its dense time for a 0.5 target, with them fixed 0.47-0.48 (lightning_ssr.latency)
     allocator = steady_allocator()
-    rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
-    batch = timing_batch(rows, target.batch_size)
     if table is None:
-        table = latency_model(model, batch, groups, cost)
+        table, batch = latency_table(model, example, groups, cost, target, timing_input)
     elif table.batch_size != target.batch_size:
         raise ValueError(f"the latency table was timed at batch {table.batch_size}, the target is for batch "
                          f"{target.batch_size}")
+    else:
+        rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
+        batch = timing_batch(rows, target.batch_size)
     try:
         allocate(table)
     except ValueError:  # the table may overrate what the floor costs: time the floor before refusing
@@ -453,3 +577,149 @@ def intermediate_keep_counts(sizes: Mapping[str, int], final: Mapping[str, int],
     granularity = round_to if isinstance(round_to, Mapping) else {n: round_to for n in sizes}
     return {n: round_keep(size, 1.0 - (1.0 - final[n] / size) * share, max(final[n], min_keep.get(n, 1)),
                           granularity.get(n, 1)) for n, size in sizes.items()}
+
+
+# ------------------------------------------------------------- the budget
+class BudgetView:
+    """A :class:`Budget` bound to one model's groups and cost: what a method that learns the
+    structure (``allocation="method"``) consults while it trains. ``allocate(values)`` turns the
+    method's cross-layer channel values into counts that meet the target (no trading between
+    groups: it runs every update; the engine closes the last gap at the prune)."""
+
+    def __init__(self, groups: Sequence[ChannelGroup], measure: TargetMeasure, min_keep: Mapping[str, int],
+                 round_to: int):
+        self.groups = list(groups)
+        self.measure = measure
+        self.min_keep = dict(min_keep)
+        self.round_to = round_to
+        self.step = {g.name: group_step(g, round_to) for g in self.groups}
+        self.floor = floor_keep_counts(self.groups, self.min_keep, round_to)
+
+    @property
+    def kind(self) -> str:
+        return self.measure.kind
+
+    def fits(self, keep: Mapping[str, int]) -> bool:
+        return self.measure.fits(keep)
+
+    def fraction(self, keep: Mapping[str, int]) -> float:
+        return self.measure.fraction(keep)
+
+    def unit_cost(self, keep: Mapping[str, int]) -> dict[str, float]:
+        """Per group, what one channel costs at the counts ``keep``, in the unit the target counts
+        (MACs stand in for milliseconds), consumers included."""
+        return self.measure.unit_cost(keep)
+
+    def allocate(self, values: Mapping[str, torch.Tensor], limit: float | None = None) -> dict[str, int]:
+        """Counts that meet the target (or ``limit``, in the target's unit: a budget on the way to
+        it), channels competing across groups by ``values``. Never below the floors."""
+        measure = self.measure
+        if limit is not None:
+            measure = dataclasses.replace(measure, limit=max(limit, measure.limit))
+        full = {g.name: g.size for g in self.groups}
+        if measure.fits(full):
+            return full
+        sorted_values = _method_values(self.groups, values)
+        keep = threshold_counts(self.groups, measure, sorted_values, self.min_keep, self.step)
+
+        def next_value(g, keep):
+            return float(sorted_values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, self.step[g.name])].mean())
+        return fill_to_target(self.groups, keep, measure, self.floor, self.step, next_value, trade=False)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The target and the limits every keep count obeys, and the one place that turns them into
+    per-group keep counts: the callback, the command's pre-flight check,
+    :func:`~lightning_ssr.methods.prune_oneshot` and the benchmarks all ask it.
+
+    Args:
+        target: a :class:`Target`, a mapping such as ``{"macs": 0.25}``, or ``None`` (no target:
+            a method that can, decides alone).
+        min_channels: channels every group keeps at least.
+        max_pruning_ratio: the largest fraction of any group's (dense) channels that may go.
+        allocation: how a fraction or latency target is divided among the layers (see
+            :data:`ALLOCATIONS`); ``None``: ``"method"`` for methods that learn the structure while
+            they train (:attr:`~lightning_ssr.methods.PruningMethod.learns_structure`),
+            ``"uniform"`` for the others. A rates target fixes every layer's count itself.
+        round_to: kept counts are multiples of this (a narrower group keeps all); ``None``: 8 on
+            CUDA (tensor cores), 1 elsewhere, and 1 for a rates target (a given architecture).
+    """
+
+    target: Target | Mapping | None = None
+    min_channels: int = 1
+    max_pruning_ratio: float = 1.0
+    allocation: str | None = None
+    round_to: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "target", Target.coerce(self.target))
+        object.__setattr__(self, "min_channels", check_number("Budget", "min_channels", self.min_channels, low=1,
+                                                              integer=True))
+        object.__setattr__(self, "max_pruning_ratio", check_number("Budget", "max_pruning_ratio",
+                                                                   self.max_pruning_ratio, low=0.0, high=1.0,
+                                                                   low_open=True))
+        if self.allocation is not None:
+            check_choice("Budget", "allocation", self.allocation, ALLOCATIONS)
+        check_number("Budget", "round_to", self.round_to, low=1, integer=True, optional=True)
+
+    def allocation_for(self, method=None) -> str:
+        """The allocation the counts come from: ``"uniform"``, ``"global"`` or ``"method"``, or
+        ``"rates"`` (given per layer) and ``"none"`` (no target). ``method``: the
+        :class:`~lightning_ssr.methods.PruningMethod` that prunes (``None``: one that learns no
+        structure). Refuses ``"method"`` for a method that learns none."""
+        if self.target is None:
+            return "none"
+        if self.target.kind == "rates":
+            return "rates"
+        learns = bool(getattr(method, "learns_structure", False))
+        if self.allocation is None:
+            return "method" if learns else "uniform"
+        if self.allocation == "method" and not learns:
+            name = getattr(method, "name", None) or "this pruning"
+            raise ValueError(f"allocation='method' takes the per-layer counts from the structure the method learns "
+                             f"while it trains; {name!r} learns none (it ranks channels within each layer). Use "
+                             "allocation='uniform' or 'global', or a method that learns it (ssr_l21, ssr_l20, ssl, "
+                             "bn_scale).")
+        return self.allocation
+
+    def round_to_on(self, device: torch.device | str) -> int:
+        """``round_to``, or its default on ``device``."""
+        if self.round_to is not None:
+            return self.round_to
+        rates = self.target is not None and self.target.kind == "rates"
+        return 8 if torch.device(device).type == "cuda" and not rates else 1
+
+    def floors(self, groups: Sequence[ChannelGroup], round_to: int) -> dict[str, int]:
+        """Channels each group keeps at least (:func:`min_keep_counts`)."""
+        return min_keep_counts(groups, self.min_channels, self.max_pruning_ratio, round_to)
+
+    def view(self, model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, round_to: int,
+             latency=None) -> BudgetView:
+        """This budget bound to ``model`` (a fraction or latency target; ``latency``: the model's
+        :class:`~lightning_ssr.latency.LatencyModel` for a latency target)."""
+        return BudgetView(groups, target_measure(model, groups, cost, self.target, latency),
+                          self.floors(groups, round_to), round_to)
+
+    def check(self, model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, round_to: int) -> None:
+        """Before training: the target can be met (rates fit the model; the floors fit a fraction
+        target). A latency target is checked where it is timed, on its device, at set-up."""
+        if self.target is None or self.target.kind == "latency":
+            return
+        keep_counts(model, groups, cost, self.target, self.floors(groups, round_to), round_to=round_to)
+
+    def keep_counts(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
+                    cost: ModelCost, *, round_to: int, allocation: str = "uniform",
+                    scores: Mapping[str, torch.Tensor] | None = None, shared: Sequence[object] = (),
+                    timing_input: torch.Tensor | None = None, table=None) -> tuple[dict[str, int], dict | None]:
+        """Per-group keep counts that meet the target (:func:`target_keep_counts`): ``scores`` are
+        the channels' importance for ``"global"``, the method's values for ``"method"``."""
+        allocation = "uniform" if allocation in ("rates", "none") else allocation
+        return target_keep_counts(model, example, groups, cost, self.target, self.floors(groups, round_to),
+                                  allocation=allocation, scores=scores, round_to=round_to, shared=shared,
+                                  timing_input=timing_input, table=table)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target.to_dict() if self.target is not None else None,
+                "min_channels": self.min_channels, "max_pruning_ratio": self.max_pruning_ratio,
+                "allocation": self.allocation, "round_to": self.round_to}

@@ -63,7 +63,9 @@ def test_remeasure_names_the_command_of_an_older_file_from_its_settings(tmp_path
     src.write_text(json.dumps(previous))
     monkeypatch.setattr(lenet, "measure_speed", lambda row, repeats, tmp: dict(row["speed"]))
     lenet.main(["--remeasure", str(src), "--out", str(out)])
-    assert json.loads(out.read_text())["command"] == "python benchmarks/lenet.py --seeds 0 1 --finetune 30"
+    # the methods of that file are no longer the default list: the command names them
+    assert json.loads(out.read_text())["command"] == ("python benchmarks/lenet.py --methods ssr_l21 ssr_l20 l1 "
+                                                      "--seeds 0 1 --finetune 30")
 
 
 def test_the_runtime_speed_up_takes_the_dense_networks_fastest_time_over_the_rows_runs():

@@ -15,7 +15,8 @@ from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, tra
 
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
-STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "prune_early", "last_update_step", "dense", "latency", "rng"}
+STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early",
+              "last_update_step", "dense", "latency", "rng"}
 
 
 def test_schedule_epochs():
@@ -235,7 +236,7 @@ def test_state_restored_but_not_yet_applied_round_trips():
     cb = SSRPruning(schedule=SCHEDULE)
     aulm = {"V": {}, "U": {}, "rho": 0.3, "num_updates": 2, "stable_updates": 0, "support": {}}
     state = {"method": "ssr_l21", "method_state": {"aulm": aulm}, "plan": None, "events_done": 0, "events": [],
-             "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
+             "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
                                                                     "final_keep": None, "cost": None},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}}
     cb.load_state_dict(state)

@@ -10,7 +10,7 @@ from lightning_ssr.models import build_model
 from lightning_ssr.report import RESULT_SCHEMA_VERSION, format_layer_table, layer_rows, machine_info
 
 # the keys of result.json: PruningResult's fields, the schema version and the derived figures
-RESULT_KEYS = {"schema_version", "method", "config", "target", "dense", "pruned", "layers", "plan", "events",
+RESULT_KEYS = {"schema_version", "method", "config", "target", "dense", "pruned", "layers", "plan", "events", "trajectory",
                "timings", "machine", "status", "error", "macs_reduction", "params_reduction",
                "accuracy_drop_points"}
 

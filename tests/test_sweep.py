@@ -46,13 +46,13 @@ def test_summary_pools_seeds_per_configuration_and_lists_failures(tmp_path):
     assert [r["status"] for r in runs] == ["ok", "ok", "ok", "failed", "failed"]
     assert "did not finish" in runs[4]["error"]
     rows = {r["config"]: r for r in summarize(runs)}
-    assert set(rows) == {"pruning.name=ssr_l20", "pruning.name=l1"}  # seed and cache paths are pooled
-    ssr = rows["pruning.name=ssr_l20"]
+    assert set(rows) == {"pruning=ssr_l20", "pruning=l1"}  # seed and cache paths are pooled
+    ssr = rows["pruning=ssr_l20"]
     assert ssr["runs"] == 2 and ssr["failed"] == 0
     assert ssr["accuracy_mean"] == pytest.approx(97.0) and ssr["accuracy_std"] == pytest.approx(1.41421, rel=1e-4)
     assert ssr["drop_mean"] == pytest.approx(2.0)
-    assert rows["pruning.name=l1"]["runs"] == 1 and rows["pruning.name=l1"]["failed"] == 1
-    assert ssr["pareto"] and not rows["pruning.name=l1"]["pareto"]  # same MACs, lower accuracy
+    assert rows["pruning=l1"]["runs"] == 1 and rows["pruning=l1"]["failed"] == 1
+    assert ssr["pareto"] and not rows["pruning=l1"]["pareto"]  # same MACs, lower accuracy
 
 
 def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
@@ -62,11 +62,11 @@ def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 runs, 0 failed" in out
     md = (tmp_path / "sweep" / "report.md").read_text()
-    assert "| pruning.name=ssr_l20 target.macs=0.25 | 1 | 97.00 ± 0.00 |" in md
+    assert "| pruning=ssr_l20 target.macs=0.25 | 1 | 97.00 |" in md  # one run: no spread to show
     with open(tmp_path / "sweep" / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {r["pareto"] for r in rows} == {"True", "False"}
-    for name in ("pareto.png", "layers.png"):
+    for name in ("pareto.png", "layers.png", "structure.png"):
         data = (tmp_path / "sweep" / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 
@@ -121,7 +121,7 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
     md = (sweep / "report.md").read_text()
     assert "3 runs finished, 1 failed" in md and "too small" in md
     assert (sweep / "report.csv").is_file()
-    for name in ("pareto.png", "layers.png"):
+    for name in ("pareto.png", "layers.png", "structure.png"):
         assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
 
 
@@ -159,3 +159,30 @@ def test_the_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
+
+
+def test_configurations_are_named_by_what_was_swept(tmp_path):
+    """lightning-ssr -m pruning=ssr_l20,l1 target.macs=0.1,0.05 seed=0,1: each configuration is named
+    by its command-line choices, not by every key in which the method sections differ."""
+    i = 0
+    for method in ("ssr_l20", "l1"):
+        for kept in (0.1, 0.05):
+            for seed in (0, 1):
+                path = _result(tmp_path, str(i), method, kept, seed, 0.97)
+                data = json.loads(path.read_text())  # the method sections differ in many keys
+                data["config"]["cli"]["pruning"].update({"lam": 0.001, "rho": 0.5} if method == "ssr_l20" else {})
+                path.write_text(json.dumps(data))
+                (tmp_path / str(i) / ".hydra").mkdir()
+                (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(
+                    f"- pruning={method}\n- target.macs={kept}\n- seed={seed}\n")
+                i += 1
+    rows = {r["config"]: r for r in summarize(find_runs(tmp_path))}
+    assert set(rows) == {f"pruning={m} target.macs={k}" for m in ("ssr_l20", "l1") for k in (0.1, 0.05)}
+    assert all(r["runs"] == 2 for r in rows.values())
+    # without the Hydra files, a config group's keys fold into its choice
+    for d in tmp_path.iterdir():
+        if (d / ".hydra").is_dir():
+            (d / ".hydra" / "overrides.yaml").unlink()
+    rows = {r["config"] for r in summarize(find_runs(tmp_path))}
+    assert rows == {f"pruning=ssr_l20 target.macs={k}" for k in (0.1, 0.05)} | {
+        f"pruning=l1 target.macs={k}" for k in (0.1, 0.05)}

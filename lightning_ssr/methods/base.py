@@ -13,7 +13,12 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
    phase (or at epoch end), returning metrics to log;
 5. ``ready()`` -> ``(bool, reason)``: may the engine prune early;
 6. ``select(keep)`` -> per group, a bool mask of the channels to keep; ``keep`` holds the
-   counts the target asks for (``None`` when there is no target and the method decides);
+   counts the target asks for (``None`` when there is no target and the method decides).
+   With ``allocation="method"`` (the default for methods that :attr:`learns_structure`) the
+   engine first asks :meth:`allocation_scores` for the method's cross-layer channel values and
+   makes the counts from them (the structure the method learned, moved only as far as the
+   target needs); during the sparsify phase such a method steers itself towards the target
+   with ``context.budget`` (a :class:`~lightning_ssr.targets.BudgetView`);
 7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation; may return a dict of plain
    values, recorded in the prune event;
 8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume.
@@ -33,6 +38,7 @@ from torch import nn
 
 from ..cost import ModelCost
 from ..structure.groups import ChannelGroup
+from ..targets import BudgetView
 
 Sync = Callable[[Any], Any]
 
@@ -55,6 +61,12 @@ class MethodContext:
     #: the validation score of a model (higher is better; the engine's default: top-1 accuracy
     #: on the fit's validation data), ``None`` without validation data. Never test data.
     evaluate: Callable[[nn.Module], float] | None = None
+    #: where the counts come from: "uniform", "global", "method", "rates" or "none" (no target)
+    allocation: str = "none"
+    #: with allocation="method": the target bound to this model, which the method steers towards
+    budget: BudgetView | None = None
+    #: the periodic updates planned for the sparsify phase (None: not known, e.g. an iterable dataset)
+    sparsify_updates: int | None = None
     params: dict[str, nn.Parameter] = field(init=False)
 
     def __post_init__(self):
@@ -70,6 +82,10 @@ class PruningMethod:
     sparsifies: bool = False
     #: whether the method can decide the keep counts itself (no target needed)
     needs_target: bool = True
+    #: whether the method learns the per-layer structure while it trains, so that a target's
+    #: counts can come from it (``allocation="method"``, then its default): it implements
+    #: :meth:`allocation_scores` and steers towards ``context.budget`` in its updates
+    learns_structure: bool = False
 
     def setup(self, context: MethodContext) -> None:
         self.context = context
@@ -90,6 +106,17 @@ class PruningMethod:
         raise NotImplementedError
 
     def after_rebuild(self, model: nn.Module, plan) -> dict | None:
+        return None
+
+    def allocation_scores(self) -> dict[str, torch.Tensor] | None:
+        """Per group, one value per channel, comparable across groups (higher: keep): the method's
+        own criterion, so that the channels it would keep are those of highest value. The engine's
+        ``allocation="method"`` sets a threshold on them that meets the target."""
+        return None
+
+    def learned_counts(self) -> dict[str, int] | None:
+        """Per group, the channels the method's own criterion keeps now (recorded at the prune,
+        beside the counts the engine made meet the target)."""
         return None
 
     def importance(self, model: nn.Module, groups: list[ChannelGroup]) -> dict[str, torch.Tensor] | None:

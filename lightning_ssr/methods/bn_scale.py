@@ -4,6 +4,12 @@ During the sparsify phase an L1 penalty on the BatchNorm scales of every prunabl
 (``penalty * sign(gamma)`` added to their gradients) drives unneeded channels' gammas
 toward zero; at the prune the channels of smallest ``|gamma|`` go
 (:func:`lightning_ssr.methods.importance.bn_scale`).
+
+With a target, the structure is the one the penalty learned (``allocation="method"``, the
+default): as in the paper, one threshold on ``|gamma|`` over the whole network decides, set so
+that the pruned model meets the target; and one global multiplier on ``penalty`` grows at each
+update while the channels whose ``|gamma|`` exceeds ``threshold`` times the largest cost more
+than the target allows (:meth:`~lightning_ssr.methods.continuation.Continuation.feedback`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from torch import nn
 
 from ..validation import check_number
 from .base import MethodContext, PruningMethod, register_method, top_k_masks
+from .continuation import Continuation
 from .importance import bn_scale
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -31,10 +38,14 @@ class BNScale(PruningMethod):
 
     name = "bn_scale"
     sparsifies = True
+    learns_structure = True
 
-    def __init__(self, penalty: float = 1e-4):
+    def __init__(self, penalty: float = 1e-4, threshold: float = 1e-2, ramp: float = 0.5):
         self.penalty = check_number("bn_scale", "penalty", penalty, low=0.0)
+        self.threshold = check_number("bn_scale", "threshold", threshold, low=0.0, high=1.0, high_open=True)
+        self.ramp = check_number("bn_scale", "ramp", ramp, low=0.0, high=1.0, low_open=True)
         self._gammas: list[nn.Parameter] = []
+        self._continuation: Continuation | None = None
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
@@ -49,6 +60,11 @@ class BNScale(PruningMethod):
                                  "oneshot, ssr_l20).")
             names.update(found)
         self._gammas = [context.params[n] for n in sorted(names)]
+        self._continuation = Continuation.learning(context, self.ramp, growth_total=1000.0)
+
+    @property
+    def strength(self) -> float:
+        return self._continuation.strength if self._continuation is not None else 1.0
 
     def before_optimizer_step(self) -> None:
         pairs = [(p, p.grad) for p in self._gammas if p.grad is not None]
@@ -56,7 +72,31 @@ class BNScale(PruningMethod):
             return
         with torch.no_grad():
             torch._foreach_add_([g for _, g in pairs], torch._foreach_sign([p.detach() for p, _ in pairs]),
-                                alpha=self.penalty)
+                                alpha=self.penalty * self.strength)
+
+    def allocation_scores(self) -> dict[str, torch.Tensor]:
+        """``|gamma|`` of every channel, as it is: one threshold over the whole network (the paper's rule)."""
+        return {g.name: bn_scale(g, self.context.model) for g in self.context.groups}
+
+    def learned_counts(self) -> dict[str, int]:
+        """Per group, the channels whose ``|gamma|`` exceeds ``threshold`` times the network's largest."""
+        scores = self.allocation_scores()
+        top = max(float(s.max()) for s in scores.values())
+        return {name: max(1, int((s > self.threshold * top).sum())) for name, s in scores.items()}
+
+    def update(self) -> dict[str, float]:
+        if self._continuation is None:
+            return {}
+        budget, counts = self.context.budget, self.learned_counts()
+        strength = self._continuation.feedback(not budget.fits(counts))
+        return {"strength": strength, "target_fraction": budget.fraction(counts)}
+
+    def state_dict(self) -> dict:
+        return {"continuation": self._continuation.state_dict()} if self._continuation is not None else {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("continuation") is not None and self._continuation is not None:
+            self._continuation.load_state_dict(state["continuation"])
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         ctx = self.context
@@ -73,4 +113,4 @@ class BNScale(PruningMethod):
         return {"regularizer": total}
 
     def config(self) -> dict:
-        return {"penalty": self.penalty}
+        return {"penalty": self.penalty, "threshold": self.threshold, "ramp": self.ramp}

@@ -16,7 +16,7 @@ support of ``V`` (which groups are non-zero) has not changed for ``patience`` up
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ import torch
 from ..structure.groups import ChannelGroup
 from ..validation import check_choice, check_number
 from .base import MethodContext, PruningMethod, Sync, register_method, top_k_masks
+from .continuation import Continuation
 from .prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
 
 REGULARIZERS = ("l21", "l20")
@@ -47,8 +48,13 @@ class AULM:
     :func:`lightning_ssr.structure.find_channel_groups`; ``lam`` maps each group's name to its
     regularization strength (:func:`resolve_lam`). With
     ``keep`` (group name -> channel count) the V-step is the budget form of L2,0: keep the
-    ``keep[g]`` channels of largest norm in each group. ``min_keep`` (a number, or a count per
-    group) is the number of channels the threshold forms never remove.
+    ``keep[g]`` channels of largest norm in each group; ``keep`` may also be a function of every
+    group's norms of ``W + U`` returning the counts (a budget over all layers at once). With
+    ``keep`` and L2,1 the V-step is the prox of ``lam * L2,1`` plus the budget: the soft threshold
+    ``lam / rho`` on the ``keep[g]`` channels of largest norm, zero on the others (the soft
+    threshold keeps the order of the norms, so selecting before or after it is the same).
+    ``min_keep`` (a number, or a count per group) is the number of channels the threshold forms
+    never remove.
     """
 
     def __init__(
@@ -60,7 +66,7 @@ class AULM:
         rho: float = 0.1,
         rho_growth: float = 1.0,
         rho_max: float | None = None,
-        keep: Mapping[str, int] | None = None,
+        keep: Mapping[str, int] | Callable[[dict[str, torch.Tensor]], Mapping[str, int]] | None = None,
         min_keep: int | Mapping[str, int] = 1,
         tol: float = 1e-3,
         patience: int = 3,
@@ -71,15 +77,13 @@ class AULM:
             raise ValueError(f"rho must be a positive number, got {rho}")
         if rho_growth < 1.0:
             raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
-        if keep is not None and regularizer != "l20":
-            raise ValueError("a channel budget (keep counts) is the budget form of L2,0: use regularizer='l20'")
         self.groups = list(groups)
         self.lam = {g.name: float((lam or {}).get(g.name, 0.0)) for g in self.groups}
         self.regularizer = regularizer
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)
         self.rho_max = float(rho_max) if rho_max is not None else math.inf
-        self.keep = dict(keep) if keep is not None else None
+        self.keep = keep if keep is None or callable(keep) else dict(keep)
         self.min_keep = (dict(min_keep) if isinstance(min_keep, Mapping)
                          else {g.name: min(int(min_keep), g.size) for g in self.groups})
         self.tol = float(tol)
@@ -185,16 +189,20 @@ class AULM:
 
     def _prox_(self, tensors: dict[str, torch.Tensor], sync: Sync | None = None) -> dict[str, torch.Tensor]:
         """Apply the group prox to ``tensors`` in place; return each group's support."""
+        norms = {g.name: g.norms(tensors) for g in self.groups}
+        keep = self.keep(norms) if callable(self.keep) else self.keep
         scales = {}
         for g in self.groups:
-            norms = g.norms(tensors)
-            if self.keep is not None:
-                scale = keep_top_k(norms, self.keep[g.name])
+            n = norms[g.name]
+            if keep is not None and self.regularizer == "l21":  # the prox of lam * L2,1 + a support budget
+                scale = group_soft_threshold(n, self.lam[g.name] / self.rho) * keep_top_k(n, keep[g.name])
+            elif keep is not None:
+                scale = keep_top_k(n, keep[g.name])
             elif self.regularizer == "l21":
-                scale = group_soft_threshold(norms, self.lam[g.name] / self.rho)
+                scale = group_soft_threshold(n, self.lam[g.name] / self.rho)
             else:
-                scale = group_hard_threshold(norms, self.lam[g.name] / self.rho)
-            scales[g.name] = protect_largest(scale, norms, self.min_keep[g.name])
+                scale = group_hard_threshold(n, self.lam[g.name] / self.rho)
+            scales[g.name] = protect_largest(scale, n, self.min_keep[g.name])
         if sync is not None:
             scales = sync(scales)
         for g in self.groups:
@@ -236,6 +244,7 @@ class AULM:
             "V": {n: t.clone() for n, t in self.V.items()},
             "U": {n: t.clone() for n, t in self.U.items()},
             "rho": self.rho,
+            "lam": dict(self.lam),
             "num_updates": self.num_updates,
             "stable_updates": self.stable_updates,
             "support": {k: v.clone() for k, v in self._support.items()},
@@ -255,6 +264,8 @@ class AULM:
         self.V = {n: t.to(device).clone() for n, t in state["V"].items()}
         self.U = {n: t.to(device).clone() for n, t in state["U"].items()}
         self.rho = float(state["rho"])
+        if "lam" in state:
+            self.lam = {k: float(v) for k, v in state["lam"].items()}
         self.num_updates = int(state["num_updates"])
         self.stable_updates = int(state["stable_updates"])
         self._support = {k: v.clone().to(device) for k, v in state["support"].items()}
@@ -262,12 +273,14 @@ class AULM:
 
 
 def resolve_lam(groups: Sequence[ChannelGroup], lam, scaling: str = "flops",
-                channel_macs: Mapping[str, float] | None = None) -> dict[str, float]:
+                channel_macs: Mapping[str, float] | None = None,
+                counts: Mapping[str, int] | None = None) -> dict[str, float]:
     """Regularization strength per group.
 
     - ``lam`` a number and ``scaling="flops"`` (default): ``lam * channel_macs[g] / mean``,
-      the mean taken over all channels of the model. A filter whose removal saves more
-      compute is pushed harder, so the regularizer spends sparsity where it buys speed.
+      the mean taken over all channels of the model (``counts``: over the channels of that
+      structure, with ``channel_macs`` what one channel costs there). A filter whose removal
+      saves more compute is pushed harder, so the regularizer spends sparsity where it buys speed.
       With a uniform ``lam`` SSR prunes mostly the wide fully connected layer, which saves
       parameters but almost no FLOPs.
     - ``lam`` a number and ``scaling="none"``: the same ``lam`` for every group.
@@ -287,36 +300,76 @@ def resolve_lam(groups: Sequence[ChannelGroup], lam, scaling: str = "flops",
         return {n: float(lam) for n in names}
     if channel_macs is None:
         raise ValueError("resolve_lam: lam_scaling='flops' needs channel_macs (lightning_ssr.cost.channel_macs)")
-    channels = sum(g.size for g in groups)
-    mean = sum(g.size * channel_macs[g.name] for g in groups) / max(channels, 1)
+    counts = counts or {g.name: g.size for g in groups}
+    channels = sum(counts[g.name] for g in groups)
+    mean = sum(counts[g.name] * channel_macs[g.name] for g in groups) / max(channels, 1)
     return {g.name: float(lam) * channel_macs[g.name] / mean if mean > 0 else float(lam) for g in groups}
+
+
+def lam_at(context: MethodContext, lam, scaling: str, counts: Mapping[str, int]) -> dict[str, float]:
+    """Per-group lam at the structure ``counts`` (a method learning a target's structure): with
+    ``scaling="flops"``, proportional to what one channel costs there in the target's unit
+    (``context.budget``); without a budget, at the dense model's MACs (:func:`resolve_lam`)."""
+    if context.budget is None or isinstance(lam, Mapping) or scaling == "none":
+        return resolve_lam(context.groups, lam, scaling, context.channel_macs)
+    return resolve_lam(context.groups, lam, scaling, context.budget.unit_cost(counts), counts)
 
 
 class SSR(PruningMethod):
     r"""Structured-sparsity regularization (L2,1 or L2,0 over filter groups) solved with AULM.
 
     Register names: ``ssr_l21`` (group lasso, soft threshold) and ``ssr_l20`` (hard threshold;
-    with a target, the budget form: V keeps the top-k groups of each layer).
+    with a target, the budget form).
+
+    With a target, SSR learns the per-layer structure itself (``allocation="method"``, the
+    default). At every V-step the channels compete across all layers by one value: the product
+    of the channel's norm in ``W + U`` (its filter, bias and norm affine) and the norm of the
+    consumers' weights that read it, over the cost of one channel of its layer at the structure
+    being learned (in the target's unit; ``lam_scaling="none"``: not divided). The product is what
+    a ReLU network cannot rescale away: shrinking a filter while the next layer grows its input
+    columns leaves the function, and the value, as they were, where the filter's norm alone
+    would fall (on a toy network the filter norm alone pruned the one layer that could lose
+    nothing). The channels of highest value that meet the budget of this update stay, and V
+    keeps, in each layer, that many channels:
+
+    - L2,1: the V-step is the prox of ``lam * L2,1`` plus the budget (the soft threshold on the
+      channels the budget keeps, zero on the others), and the budget falls from the dense
+      model's cost to the target along a geometric path over the first ``ramp`` of the sparsify
+      phase (a continuation). The budget, not ``lam``, decides how much goes: the user gives the
+      target and never tunes ``lam``, which only shrinks the survivors a little. (One global
+      multiplier raised on ``lam`` until the soft threshold alone meets the target lets the
+      filters' own norms decide across layers, which a ReLU network rescales at will: on a toy
+      network that multiplier emptied the one layer that could lose nothing, and raised just
+      enough to meet the target at every update it shrank every surviving channel by as much
+      as the largest one it dropped.)
+    - L2,0: the budget is the target from the first V-step (the budget form, over all layers),
+      so channels move between layers while AULM runs.
+
+    With ``allocation="uniform"`` or ``"global"`` the engine fixes the counts at set-up; L2,0's
+    V-step then keeps the top-k of each layer (the budget form) and L2,1 keeps the top-k of V.
 
     Args:
         regularizer: ``"l21"`` or ``"l20"``.
         lam: a number >= 0, or a mapping ``{layer: number}`` naming every prunable layer (names
-            relative to the LightningModule, e.g. ``"model.conv1"``). Unused by the L2,0 budget form.
-        lam_scaling: with a numeric ``lam``: ``"flops"`` scales it per layer by the MACs one
-            filter of that layer costs, relative to the mean; ``"none"`` uses it as is.
+            relative to the LightningModule, e.g. ``"model.conv1"``). With a target, L2,1's shrinkage of
+            the channels the budget keeps; unused by L2,0's budget form.
+        lam_scaling: with a numeric ``lam``: ``"flops"`` scales it per layer by what one filter
+            of that layer costs, relative to the mean (MACs; with a target learned by the method,
+            the target's own unit at the current structure); ``"none"`` uses it as is.
         rho, rho_growth, rho_max: ADMM penalty, its growth factor per update and its cap.
         tol, patience: convergence (:meth:`ready`): relative primal residual below ``tol`` with an
             unchanged support for ``patience`` updates.
-
-    With a target and ``"l21"``, the channels kept at the prune are the top-k of V's group norms.
+        ramp: the fraction of the sparsify phase's updates over which L2,1's budget falls to the
+            target (``allocation="method"``).
     """
 
     sparsifies = True
     needs_target = False
+    learns_structure = True
 
     def __init__(self, regularizer: str = "l21", lam: float | Mapping[str, float] = 1e-3,
                  lam_scaling: str = "flops", rho: float = 0.1, rho_growth: float = 1.0,
-                 rho_max: float | None = None, tol: float = 1e-3, patience: int = 3):
+                 rho_max: float | None = None, tol: float = 1e-3, patience: int = 3, ramp: float = 0.5):
         owner = f"ssr_{regularizer}" if regularizer in REGULARIZERS else "SSR"
         self.regularizer = check_choice(owner, "regularizer", regularizer, REGULARIZERS)
         self.name = f"ssr_{regularizer}"
@@ -330,15 +383,73 @@ class SSR(PruningMethod):
         self.rho_max = check_number(owner, "rho_max", rho_max, low=self.rho, optional=True)
         self.tol = check_number(owner, "tol", tol, low=0.0, low_open=True)
         self.patience = check_number(owner, "patience", patience, low=0, integer=True)
+        self.ramp = check_number(owner, "ramp", ramp, low=0.0, high=1.0, low_open=True)
         self.aulm: AULM | None = None
+        self._counts: dict[str, int] | None = None  # the structure being learned (allocation="method")
+        self._continuation: Continuation | None = None
+
+    @property
+    def allocating(self) -> bool:
+        """Whether SSR learns the counts towards a target (``allocation="method"``)."""
+        ctx = getattr(self, "context", None)
+        return ctx is not None and ctx.allocation == "method" and ctx.budget is not None
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         lam = resolve_lam(context.groups, self.lam, self.lam_scaling, context.channel_macs)
-        budget = context.keep if self.regularizer == "l20" else None
+        keep = context.keep if self.regularizer == "l20" else None
+        self._counts, self._continuation = None, None
+        if self.allocating:
+            self._counts = {g.name: g.size for g in context.groups}
+            keep = self._project
+            if self.regularizer == "l21":
+                self._continuation = Continuation.learning(context, self.ramp)
         self.aulm = AULM(context.params, context.groups, lam, self.regularizer, self.rho, self.rho_growth,
-                         self.rho_max, budget, context.min_keep, self.tol, self.patience)
+                         self.rho_max, keep, context.min_keep, self.tol, self.patience)
 
+    # ----------------------------------------------- learning the structure
+    def _values(self, norms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per group, each channel's value: its norm in ``W + U`` times the norm of the consumer
+        weights that read it (L2,0: squared), over its layer's lam at the structure being learned."""
+        lam = lam_at(self.context, self.lam, self.lam_scaling, self._counts)
+        unit = max(lam.values(), default=1.0) or 1.0  # a zero lam (lam=0) still ranks by norms
+        weights = {s.param: self.context.params[s.param].detach() for g in self.context.groups for s in g.inputs
+                   if s.param in self.context.params}
+        power = 1 if self.regularizer == "l21" else 2
+        out = {}
+        for g in self.context.groups:
+            inputs = g.input_norms(weights)
+            value = norms[g.name].double() * (inputs.to(norms[g.name].device) if inputs is not None else 1.0)
+            out[g.name] = value.pow(power) / max(lam[g.name] / unit, 1e-12)
+        return out
+
+    def _project(self, norms: dict[str, torch.Tensor]) -> dict[str, int]:
+        """The counts of this V-step: the channels of highest value that meet this update's budget
+        (L2,1: on the continuation's path to the target; L2,0: the target)."""
+        view = self.context.budget
+        limit = None
+        if self._continuation is not None:
+            limit = view.measure.total * self._continuation.budget_fraction(view.measure.limit / view.measure.total)
+        self._counts = view.allocate(self._values(norms), limit=limit)
+        return self._counts
+
+    def _current_norms(self) -> dict[str, torch.Tensor]:
+        """Per group, the channel norms of ``W + U`` now."""
+        with torch.no_grad():
+            t = {n: p.detach() + self.aulm.U[n] for n, p in self.aulm.params.items()}
+            return {g.name: g.norms(t) for g in self.context.groups}
+
+    def allocation_scores(self) -> dict[str, torch.Tensor] | None:
+        if self.aulm is None or not self.aulm.started or self._counts is None:
+            return None
+        return {k: v.cpu() for k, v in self._values(self._current_norms()).items()}
+
+    def learned_counts(self) -> dict[str, int] | None:
+        if self.aulm is None or not self.aulm.started:
+            return None
+        return self.aulm.surviving()
+
+    # ------------------------------------------------------------ protocol
     def start(self) -> None:
         self.aulm.start(self.context.sync)
 
@@ -348,13 +459,18 @@ class SSR(PruningMethod):
 
     def update(self) -> dict[str, float]:
         stats = self.aulm.update(self.context.sync)
-        return {"primal_residual": stats.primal_residual,
-                "relative_primal_residual": stats.relative_primal_residual,
-                "dual_residual": stats.dual_residual, "rho": stats.rho}
+        out = {"primal_residual": stats.primal_residual,
+               "relative_primal_residual": stats.relative_primal_residual,
+               "dual_residual": stats.dual_residual, "rho": stats.rho}
+        if self.allocating:
+            out["kept_fraction"] = self.context.budget.fraction(self.aulm.surviving())
+        return out
 
     def ready(self) -> tuple[bool, str]:
         if self.aulm is None or not self.aulm.started:
             return False, "AULM has not started"
+        if self._continuation is not None and self._continuation.updates < self._continuation.ramp_updates:
+            return False, "the budget is still falling towards the target"
         if self.aulm.converged():
             return True, (f"AULM converged: relative primal residual below {self.tol} with the support "
                           f"unchanged for {self.aulm.stable_updates} updates")
@@ -362,10 +478,14 @@ class SSR(PruningMethod):
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         support = self.aulm.support()
-        if keep is None or self.aulm.keep is not None:
+        if keep is None or (isinstance(self.aulm.keep, Mapping) and dict(keep) == self.aulm.keep):
             return {k: v.cpu() for k, v in support.items()}
-        # L2,1 with a target: the top-k of V's group norms (channels V zeroed rank last)
-        scores = {g.name: g.norms(self.aulm.V).cpu() for g in self.context.groups}
+        # the channels V keeps first, then by their norm in W + U (the order V's prox ranks them in)
+        norms = self._current_norms()
+        scores = {}
+        for name, n in norms.items():
+            n = n.double().cpu()
+            scores[name] = n + support[name].cpu().double() * (float(n.max()) + 1.0)
         return top_k_masks(scores, keep)
 
     def metrics(self) -> dict[str, float]:
@@ -378,15 +498,25 @@ class SSR(PruningMethod):
     def state_dict(self) -> dict:
         if self.aulm is None or not self.aulm.started:
             return {}
-        return {"aulm": self.aulm.state_dict()}
+        state = {"aulm": self.aulm.state_dict()}
+        if self._counts is not None:
+            state["counts"] = dict(self._counts)
+        if self._continuation is not None:
+            state["continuation"] = self._continuation.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         if state.get("aulm") is not None:
             self.aulm.load_state_dict(state["aulm"])
+        if state.get("counts") is not None and self._counts is not None:
+            self._counts = {k: int(v) for k, v in state["counts"].items()}
+        if state.get("continuation") is not None and self._continuation is not None:
+            self._continuation.load_state_dict(state["continuation"])
 
     def config(self) -> dict:
         return {"regularizer": self.regularizer, "lam": self.lam, "lam_scaling": self.lam_scaling, "rho": self.rho,
-                "rho_growth": self.rho_growth, "rho_max": self.rho_max, "tol": self.tol, "patience": self.patience}
+                "rho_growth": self.rho_growth, "rho_max": self.rho_max, "tol": self.tol, "patience": self.patience,
+                "ramp": self.ramp}
 
 
 @register_method("ssr_l21")

@@ -73,13 +73,15 @@ class ChannelGroup:
 
     def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """L2 norm of each channel's :attr:`measured` slices in ``tensors`` (parameter name -> tensor)."""
-        total = None
-        for s in self.measured:
-            t = tensors[s.param].movedim(s.dim, 0)
-            rows = t[s.index.reshape(-1).to(t.device)].reshape(self.size, -1)
-            sq = rows.double().pow(2).sum(1)
-            total = sq if total is None else total + sq
-        return total.sqrt()
+        return _slice_norms(self.measured, self.size, tensors)
+
+    def input_norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """L2 norm of each channel's input-side slices (the consumers' weights that read it) in
+        ``tensors``; ``None`` where no consumer's columns are mapped (:attr:`inputs` is empty). A
+        grouped convolution's weight holds only its block's columns: it is left out."""
+        present = [s for s in self.inputs if s.param in tensors
+                   and int(s.index.max()) < tensors[s.param].shape[s.dim]]
+        return _slice_norms(present, self.size, tensors) if present else None
 
     def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor, fixed: bool = False) -> None:
         """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place (with ``fixed``,
@@ -89,6 +91,16 @@ class ChannelGroup:
             idx = s.index.reshape(-1).to(t.device)
             factor = scale.to(t.dtype).to(t.device).repeat_interleave(s.index.shape[1])
             t[idx] = t[idx] * factor.view(-1, *([1] * (t.dim() - 1)))
+
+
+def _slice_norms(slices: Sequence[GroupSlice], size: int, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    total = None
+    for s in slices:
+        t = tensors[s.param].movedim(s.dim, 0)
+        rows = t[s.index.reshape(-1).to(t.device)].reshape(size, -1)
+        sq = rows.double().pow(2).sum(1)
+        total = sq if total is None else total + sq
+    return total.sqrt()
 
 
 def align_blocks(group: ChannelGroup, mask: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:

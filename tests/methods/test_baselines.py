@@ -491,10 +491,10 @@ def test_bad_arguments_name_the_argument(name, kwargs, error, match):
 
 
 def test_good_arguments_are_kept_and_reported():
-    assert build_method("bn_scale", penalty=1e-5).config() == {"penalty": 1e-5}
+    assert build_method("bn_scale", penalty=1e-5).config() == {"penalty": 1e-5, "threshold": 1e-2, "ramp": 0.5}
     assert build_method("taylor", batches=1).config() == {"batches": 1}
     assert build_method("ssl", lam=0.2, lam_scaling="none", threshold=0.0, patience=0).config() == {
-        "lam": 0.2, "lam_scaling": "none", "threshold": 0.0, "patience": 0}
+        "lam": 0.2, "lam_scaling": "none", "threshold": 0.0, "patience": 0, "ramp": 0.5}
     assert build_method("l1").config() == {"importance": "l1"}
     for name, sparsifies, needs_target in [("l1", False, True), ("random", False, True), ("bn_scale", True, True),
                                            ("ssl", True, False), ("taylor", True, True)]:

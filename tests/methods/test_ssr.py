@@ -128,10 +128,17 @@ def test_bad_arguments_are_refused():
         AULM({"x": x}, groups, lam, regularizer="l1")
     with pytest.raises(ValueError, match="rho"):
         AULM({"x": x}, groups, lam, rho=0.0)
-    with pytest.raises(ValueError, match="l20"):
-        AULM({"x": x}, groups, lam, regularizer="l21", keep={"x": 1})
     with pytest.raises(KeyError, match="not among the model's parameters"):
         AULM({"y": x}, groups, lam)
+
+
+def test_l21_with_a_budget_soft_thresholds_the_kept_groups_and_zeroes_the_others():
+    """The prox of lam * L2,1 plus "at most k groups": the k largest shrunk by lam / rho, the rest 0."""
+    x = nn.Parameter(torch.tensor([[3.0, 4.0], [0.6, 0.8], [1.2, 1.6]]))
+    aulm = AULM({"x": x}, _row_groups("x", 3), {"x": 0.5}, regularizer="l21", rho=1.0, keep={"x": 2})
+    aulm.start()
+    assert torch.allclose(aulm.V["x"], torch.tensor([[2.7, 3.6], [0.0, 0.0], [0.9, 1.2]]))
+    assert aulm.surviving() == {"x": 2}
 
 
 def test_min_keep_protects_layers_from_being_emptied():

@@ -1,0 +1,48 @@
+"""Method specs shared by the comparison benchmarks: ``<method>@<allocation>`` (``ssr_l21@method``,
+``l1@uniform``; a bare name takes the method's default allocation), or ``none``: the dense model
+fine-tuned for the same epochs, unpruned (the equal-budget reference)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lightning_ssr.methods import available_methods, build_method
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"ssr_l21@method"`` -> ``("ssr_l21", "method")``; ``"l1"`` -> ``("l1", None)`` (its default)."""
+    name, _, allocation = spec.partition("@")
+    return name, allocation or None
+
+
+def spec_overrides(spec: str) -> list[str]:
+    """The job's overrides for a method spec: the method, its target section, its allocation."""
+    name, allocation = parse_spec(spec)
+    if name == "none":
+        return ["pruning=none"]
+    out = [f"pruning={name}", "target=macs"]
+    return out + ([f"target.allocation={allocation}"] if allocation else [])
+
+
+def is_oneshot(spec: str) -> bool:
+    """No training-time term (and ``none``): the whole budget is fine-tuning."""
+    name, _ = parse_spec(spec)
+    return name == "none" or not build_method(name).sparsifies
+
+
+def check_spec(spec: str) -> str:
+    """An argparse type: a registered method (or ``none``) with an allocation that applies to it."""
+    from lightning_ssr.targets import ALLOCATIONS, Budget
+
+    name, allocation = parse_spec(spec)
+    if name == "none":
+        return spec
+    if name not in available_methods():
+        raise argparse.ArgumentTypeError(f"unknown method {name!r}; available: {available_methods()} or none")
+    if allocation is not None and allocation not in ALLOCATIONS:
+        raise argparse.ArgumentTypeError(f"{spec}: allocation must be one of {ALLOCATIONS}")
+    try:
+        Budget({"macs": 0.5}, allocation=allocation).allocation_for(build_method(name))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return spec

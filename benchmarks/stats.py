@@ -1,0 +1,72 @@
+"""The arithmetic every benchmark shares: means and spreads over seeds, paired comparisons by seed
+with a 95% interval, and the formatting that shows one run as one number.
+
+A comparison of two methods is made per seed (both compress the same dense model of that seed, so
+the seed's luck cancels) and summarized by the mean difference and its 95% Student-t interval;
+where the interval contains 0 the two are "not distinguishable".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+
+#: two-sided 95% quantiles of Student's t distribution, by degrees of freedom (1-30)
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom (1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError(f"t95: degrees of freedom must be >= 1, got {df}")
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation; ``std`` is ``None`` for fewer than two values."""
+    values = [float(v) for v in values]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def paired(differences: Sequence[float]) -> dict:
+    """The mean of per-seed differences with its 95% interval, and the verdict: ``"higher"``,
+    ``"lower"`` or ``"not distinguishable"`` (the interval contains 0, or a single seed)."""
+    d = [float(v) for v in differences]
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "mean": None, "low": None, "high": None, "verdict": "no common seeds"}
+    mean = statistics.fmean(d)
+    if n < 2:
+        return {"n": 1, "mean": mean, "low": None, "high": None, "verdict": "not distinguishable (one seed)"}
+    half = t95(n - 1) * statistics.stdev(d) / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = "higher" if low > 0 else "lower" if high < 0 else "not distinguishable"
+    return {"n": n, "mean": mean, "low": low, "high": high, "verdict": verdict}
+
+
+def paired_by_seed(values: Mapping[int, float], reference: Mapping[int, float]) -> dict:
+    """:func:`paired` over the seeds both hold: ``values[seed] - reference[seed]``."""
+    seeds = sorted(set(values) & set(reference))
+    return {**paired([values[s] - reference[s] for s in seeds]), "seeds": seeds}
+
+
+def pm(mean: float | None, std: float | None, digits: int = 2, sign: bool = False) -> str:
+    """``mean ± std``, or only the mean where there is no spread (one run)."""
+    if mean is None:
+        return "-"
+    body = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return body if std is None else f"{body} ± {std:.{digits}f}"
+
+
+def interval(p: Mapping, digits: int = 2) -> str:
+    """A paired comparison as ``+0.12 [-0.05, +0.29], not distinguishable``."""
+    if p.get("mean") is None:
+        return p.get("verdict", "-")
+    if p.get("low") is None:
+        return f"{p['mean']:+.{digits}f} ({p['verdict']})"
+    return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['verdict']}"

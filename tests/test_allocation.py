@@ -1,0 +1,223 @@
+"""allocation="method": the per-layer structure comes from what the method learned, and the engine
+only makes it meet the target (the Budget, the continuation, the L2,0 projection over all layers)."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ssr import Pruning, PruningSchedule
+from lightning_ssr.cost import count_cost
+from lightning_ssr.methods import build_method
+from lightning_ssr.methods.continuation import Continuation
+from lightning_ssr.models import build_model
+from lightning_ssr.structure import find_channel_groups
+from lightning_ssr.targets import TARGET_TOLERANCE, Budget, Target
+from tests.lit import NetClassifier, TinyClassifier, assert_same_weights, loader, trainer
+from tests.nets import SmallResidualCNN
+
+# ------------------------------------------------------------------ the budget
+
+
+@pytest.mark.parametrize("method,expected", [("ssr_l21", "method"), ("ssr_l20", "method"), ("ssl", "method"),
+                                             ("bn_scale", "method"), ("l1", "uniform"), ("fsm", "uniform"),
+                                             ("taylor", "uniform"), ("random", "uniform")])
+def test_methods_that_learn_the_structure_allocate_it_by_default(method, expected):
+    assert Budget({"macs": 0.5}).allocation_for(build_method(method)) == expected
+    assert Budget({"rates": [0.5]}).allocation_for(build_method(method)) == "rates"
+    assert Budget(None).allocation_for(build_method(method)) == "none"
+    assert Budget({"macs": 0.5}, allocation="global").allocation_for(build_method(method)) == "global"
+
+
+def test_method_allocation_is_refused_for_a_method_that_learns_no_structure():
+    with pytest.raises(ValueError, match="'l1' learns none.*uniform"):
+        Pruning("l1", target={"macs": 0.5}, allocation="method")
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        Budget({"macs": 0.5}, allocation="greedy")
+
+
+def test_round_to_is_resolved_in_one_place():
+    assert Budget({"macs": 0.5}).round_to_on("cpu") == 1
+    assert Budget({"macs": 0.5}).round_to_on("cuda") == 8
+    assert Budget({"rates": [0.5]}).round_to_on("cuda") == 1  # a given architecture stays as written
+    assert Budget({"macs": 0.5}, round_to=16).round_to_on("cpu") == 16
+    callback = Pruning("l1", target={"macs": 0.5}, round_to=4)
+    assert callback.budget.round_to_on("cpu") == 4
+
+
+@pytest.mark.parametrize("kind,value", [("macs", 0.3), ("params", 0.25), ("filters", 0.4)])
+def test_the_view_allocates_by_the_methods_values_and_meets_the_target_from_below(kind, value):
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    x = torch.randn(2, 1, 28, 28)
+    groups = find_channel_groups(model, x)
+    cost = count_cost(model, x)
+    view = Budget({kind: value}).view(model, groups, cost, round_to=1)
+    values = {g.name: torch.rand(g.size, dtype=torch.float64) for g in groups}
+    keep = view.allocate(values)
+    assert view.fits(keep) and view.fraction(keep) <= value
+    # no single further channel of any group fits: the gap below the target is what one step costs
+    assert all(keep[g.name] == g.size or not view.fits({**keep, g.name: keep[g.name] + 1}) for g in groups)
+    # the engine's final allocation from the same values closes the gap to the tolerance
+    final, _ = Budget({kind: value}).keep_counts(model, x, groups, cost, round_to=1, allocation="method",
+                                                 scores=values)
+    assert (1 - 2 * TARGET_TOLERANCE) * value <= view.fraction(final) <= value
+    # a group whose values are all higher keeps at least as many channels
+    boosted = dict(values, **{groups[0].name: values[groups[0].name] + 10.0})
+    assert view.allocate(boosted)[groups[0].name] >= keep[groups[0].name]
+
+
+def test_the_continuation_lowers_the_budget_geometrically_then_holds_it():
+    c = Continuation(ramp_updates=4)
+    path = [c.budget_fraction(1 / 16) for _ in range(6)]
+    assert path == pytest.approx([1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 16, 1 / 16])
+    state = c.state_dict()
+    d = Continuation(ramp_updates=9)
+    d.load_state_dict(state)
+    assert d.state_dict() == state
+    f = Continuation(ramp_updates=2, growth_total=100.0)
+    assert [f.feedback(True), f.feedback(True), f.feedback(False)] == pytest.approx([10.0, 100.0, 100.0])
+
+
+# ------------------------------------------------------------ in a real fit
+
+
+class Sensitive(nn.Module):
+    """'narrow': a linear map of the 8 inputs to 8 units, all of which the label needs (it depends
+    on 8 independent directions); 'wide': 32 units of which far fewer are needed. Uniform pruning
+    halves both and loses half the input; a learned structure should keep 'narrow' whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow = nn.Linear(8, 8)
+        self.wide = nn.Linear(8, 32)
+        self.out = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.wide(self.narrow(x))))
+
+
+def _sensitive_data(n=512, seed=0):
+    mix = torch.randn(8, 8, generator=torch.Generator().manual_seed(1234))
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(x, (x @ mix.T).argmax(1))
+
+
+def _fit_sensitive(tmp_path, method, allocation, epochs=(12, 10, 2)):
+    pl.seed_everything(0)
+    data = DataLoader(_sensitive_data(), batch_size=64, shuffle=True)
+    model = NetClassifier(Sensitive(), lr=0.05)
+    trainer(tmp_path, [], epochs[0]).fit(model, data)  # the dense model
+    schedule = PruningSchedule(sparsify_epochs=epochs[1], finetune_epochs=epochs[2], update_every_n_steps=4,
+                               stop_early=False)
+    kwargs = {"ssr_l21": {"lam": 1e-3, "rho": 0.5}, "ssr_l20": {"rho": 0.5}}.get(method, {})
+    cb = Pruning(method, target={"filters": 0.5}, allocation=allocation, method_kwargs=kwargs, schedule=schedule,
+                 verbose=False, example_input=torch.randn(2, 8))
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, data)
+    return cb.events[0]["keep"], cb
+
+
+@pytest.mark.parametrize("method", ["ssr_l21", "ssr_l20"])
+def test_the_method_keeps_more_of_the_sensitive_layer_than_uniform(tmp_path, method):
+    uniform, _ = _fit_sensitive(tmp_path / "u", method, "uniform")
+    learned, cb = _fit_sensitive(tmp_path / "m", method, "method")
+    assert uniform == {"net.narrow": 4, "net.wide": 16}
+    assert learned["net.narrow"] >= 7 and learned["net.wide"] <= 13
+    assert sum(learned.values()) <= 20 and sum(learned.values()) >= 20 * (1 - 2 * TARGET_TOLERANCE)
+    event = cb.events[0]
+    assert event["allocation"] == "method" and set(event["learned"]) == {"net.narrow", "net.wide"}
+    assert cb.result.config["allocation"] == "method"
+
+
+METHODS = {"ssr_l21": {"rho": 0.5}, "ssr_l20": {"rho": 0.5}, "ssl": {"lam": 1e-3}, "bn_scale": {"penalty": 1e-3}}
+TARGETS = [{"macs": 0.4}, {"params": 0.5}, {"filters": 0.6}]
+
+
+class BNNet(nn.Module):
+    """A small CNN with BatchNorm on every prunable channel (network slimming needs it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.c2, self.b2 = nn.Conv2d(24, 48, 3, padding=1), nn.BatchNorm2d(48)
+        self.fc = nn.Linear(48, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: next(iter(t)))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_targets_are_met_within_the_tolerance_with_method_allocation(tmp_path, method, target):
+    pl.seed_everything(0)
+    model = NetClassifier(BNNet())
+    schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=1, stop_early=False)
+    cb = Pruning(method, target=target, method_kwargs=METHODS[method], schedule=schedule, verbose=False)
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader())
+    kind, value = next(iter(target.items()))
+    if kind == "filters":
+        achieved = sum(cb.events[0]["keep"].values()) / sum(g["size"] for g in cb.result.plan["groups"])
+    else:
+        achieved = cb.result.pruned[kind] / cb.result.dense[kind]
+    assert (1 - 2 * TARGET_TOLERANCE) * value <= achieved <= value
+    assert cb.events[0]["allocation"] == "method"
+
+
+def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path):
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=2,
+                               stop_early=False)
+
+    def run(max_epochs, ckpt_path=None, dirpath=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,
+                     verbose=False)
+        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
+                               filename="{epoch}")
+        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb
+
+    full_model, full_cb = run(schedule.total_epochs)
+    run(2, dirpath=tmp_path / "ckpts")  # stops in the middle of the ramp (after 1 of 3 sparsify epochs)
+    path = tmp_path / "ckpts" / "epoch=1.ckpt"
+    state = next(v for k, v in torch.load(path, weights_only=True)["callbacks"].items() if k.startswith("Pruning"))
+    continuation = state["method_state"]["continuation"]
+    assert 0 < continuation["updates"] < continuation["ramp_updates"] < 100
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,
+                 verbose=False)
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader(shuffle=True), ckpt_path=path)
+    assert_same_weights(model, full_model)
+    assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
+    assert full_cb.events[0]["allocation"] == "method"
+
+
+def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
+    """The V-step over all layers: a layer whose channels carry the larger values per cost keeps
+    more of them than the same target's uniform share, and the counts meet the target."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    cost = count_cost(model, x)
+    method = build_method("ssr_l20", rho=1.0)
+    from lightning_ssr.cost import channel_macs
+    from lightning_ssr.methods.base import MethodContext
+
+    view = Budget({"macs": 0.4}).view(model, groups, cost, round_to=1)
+    ctx = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost), keep=None,
+                        min_keep={g.name: 1 for g in groups}, allocation="method", budget=view, sparsify_updates=10)
+    with torch.no_grad():  # one layer's channels far larger than all others
+        model.mix.weight.mul_(1e5)
+    method.setup(ctx)
+    method.start()
+    learned = method.learned_counts()
+    assert view.fits(learned)
+    uniform, _ = Budget({"macs": 0.4}).keep_counts(model, x, groups, cost, round_to=1)
+    assert learned["mix"] == 6 > uniform["mix"]
+    assert Target.coerce({"macs": 0.4}).kind == "macs"

@@ -1,0 +1,69 @@
+"""The benchmarks' arithmetic: means and spreads over seeds, paired intervals, the verdicts, and the
+guard that keeps a quick budget from replacing a results file made with a larger one."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import refuse_smaller
+from benchmarks.methods import summarize as summarize_methods
+from benchmarks.stats import interval, mean_std, paired, paired_by_seed, pm, t95
+
+
+def test_one_run_has_no_spread_and_prints_as_one_number():
+    assert mean_std([0.5]) == (0.5, None)
+    assert pm(0.5, None) == "0.50" and pm(0.5, 0.1) == "0.50 ± 0.10" and pm(-0.25, None, sign=True) == "-0.25"
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and std == pytest.approx(1.0)
+    assert mean_std([]) == (None, None)
+
+
+def test_the_paired_interval_is_the_student_t_interval_of_the_differences():
+    d = [0.3, 0.5, 0.1, 0.4, 0.2]  # mean 0.3, sd 0.158
+    p = paired(d)
+    half = 2.776 * math.sqrt(0.025) / math.sqrt(5)
+    assert p["mean"] == pytest.approx(0.3) and p["low"] == pytest.approx(0.3 - half)
+    assert p["high"] == pytest.approx(0.3 + half) and p["verdict"] == "higher"
+    assert paired([-x for x in d])["verdict"] == "lower"
+    assert paired([0.3, -0.2, 0.1])["verdict"] == "not distinguishable"  # the interval holds 0
+    assert paired([0.3])["verdict"].startswith("not distinguishable") and paired([])["n"] == 0
+    assert t95(1) == 12.706 and t95(4) == 2.776 and t95(100) == 1.96
+    assert "[" in interval(p) and "higher" in interval(p)
+
+
+def test_pairs_are_made_on_the_seeds_both_have():
+    p = paired_by_seed({0: 99.0, 1: 98.5, 2: 98.0}, {0: 98.8, 2: 97.9, 3: 90.0})
+    assert p["seeds"] == [0, 2] and p["mean"] == pytest.approx(0.15)
+
+
+def _run(method, seed, acc, target=0.5, status="ok"):
+    if status != "ok":
+        return {"method": method, "seed": seed, "macs_target": target, "status": "failed", "error": "boom"}
+    return {"method": method, "seed": seed, "macs_target": target, "status": "ok", "accuracy_drop_points": 1.0 - acc,
+            "dense": {"accuracy": 0.99}, "pruned": {"accuracy": acc / 100 + 0.98}, "macs_reduction": 2.0,
+            "params_reduction": 2.0, "timings": {}, "layers": [{"after": 4}, {"after": 10}]}
+
+
+def test_the_methods_summary_pairs_each_method_with_the_reference_and_lists_failures():
+    rows = [_run("l1@uniform", s, a) for s, a in enumerate([0.1, 0.2, 0.3])]
+    rows += [_run("ssr_l21@method", s, a) for s, a in enumerate([0.6, 0.7, 0.9])]
+    rows += [_run("none", s, a, target=None) for s, a in enumerate([1.5, 1.65, 1.85])]
+    rows += [_run("fsm@uniform", 0, 0.0, status="failed")]
+    summary = {(s["method"], s["macs_target"]): s for s in summarize_methods(rows)}
+    ssr = summary[("ssr_l21@method", 0.5)]
+    assert ssr["runs"] == 3 and ssr["vs_reference"]["mean"] == pytest.approx(1.6 / 3)
+    assert ssr["vs_reference"]["verdict"] == "higher" and ssr["vs_none"]["verdict"] == "lower"
+    assert summary[("l1@uniform", 0.5)]["vs_reference"] is None
+    fsm = summary[("fsm@uniform", 0.5)]
+    assert fsm["runs"] == 0 and fsm["errors"] == [{"seed": 0, "error": "boom"}]
+
+
+def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
+    path = tmp_path / "lenet.json"
+    path.write_text(json.dumps({"command": "python benchmarks/lenet.py", "runs": [{}] * 70}))
+    with pytest.raises(SystemExit, match="holds 70 runs.*--force"):
+        refuse_smaller(path, planned=4)
+    refuse_smaller(path, planned=70)  # the same budget may replace it
+    refuse_smaller(path, planned=4, force=True)
+    refuse_smaller(tmp_path / "missing.json", planned=1)
