@@ -41,7 +41,7 @@ from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocato
 from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
-from lightning_ssr.targets import Target, min_keep_counts, target_keep_counts
+from lightning_ssr.targets import Budget, Target
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -77,9 +77,9 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
     else:
         target = Target(**{kind: level})
     try:
-        keep, timing = target_keep_counts(model, x, groups, dense, target, min_keep_counts(groups, 1, 1.0, round_to),
-                                          allocation=allocation, scores=scores, round_to=round_to,
-                                          timing_input=timed, table=table)
+        keep, timing = Budget(target, allocation=allocation, round_to=round_to).keep_counts(
+            model, x, groups, dense, round_to=round_to, allocation=allocation, scores=scores, timing_input=timed,
+            table=table)
     except ValueError as err:  # e.g. below what the unprunable layers and floors allow
         return {**row, "achieved": None, "error": None, "allocation_s": time.perf_counter() - start,
                 "note": str(err)}

@@ -17,7 +17,7 @@ from ..cost import count_cost
 from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
 from ..structure.surgery import prune_channels
-from ..targets import Target, min_keep_counts, target_keep_counts
+from ..targets import Budget, Target
 from ..validation import check_number
 from .base import PruningMethod, register_method, top_k_masks
 from .importance import IMPORTANCES, get_importance, random_scores
@@ -58,27 +58,28 @@ class OneShot(PruningMethod):
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
                   ignored_layers: Sequence[str] = (), min_channels: int = 1,
-                  max_pruning_ratio: float = 1.0, allocation: str = "uniform", round_to: int = 1,
+                  max_pruning_ratio: float = 1.0, allocation: str | None = None, round_to: int | None = None,
                   report: dict | None = None) -> PruningPlan:
     """Prune a bare ``model`` in place to ``target`` (a :class:`~lightning_ssr.targets.Target`, a
     mapping such as ``{"rates": "[0.5]*3"}``, or a rate list/expression), keeping the channels
     ``importance`` scores highest. Returns the plan, which :func:`lightning_ssr.structure.apply_plan`
-    replays on a fresh model. For a latency target, ``report`` (a dict) receives the dense,
-    uncalibrated, predicted and calibration timings in milliseconds."""
-    check_number("prune_oneshot", "min_channels", min_channels, low=1, integer=True)
-    check_number("prune_oneshot", "max_pruning_ratio", max_pruning_ratio, low=0.0, high=1.0, low_open=True)
+    replays on a fresh model. ``min_channels``, ``max_pruning_ratio``, ``allocation`` (``"uniform"``
+    by default, or ``"global"``) and ``round_to`` (by default 8 on CUDA, 1 elsewhere) are those of
+    :class:`~lightning_ssr.targets.Budget`. For a latency target, ``report`` (a dict) receives the
+    dense, uncalibrated, predicted and calibration timings in milliseconds."""
     if isinstance(target, (str, list, tuple)):
         target = Target(rates=target)
-    target = Target.coerce(target)
+    budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio, allocation=allocation,
+                    round_to=round_to)
+    allocation = budget.allocation_for(None)  # "method" is refused: nothing learned a structure here
     groups = find_channel_groups(model, example_inputs, ignored_layers)
     cost = count_cost(model, example_inputs)
-    check_number("prune_oneshot", "round_to", round_to, low=1, integer=True)
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}
     # a latency target is timed here, on the inputs' device, at the target's batch size
-    keep, timing = target_keep_counts(model, example_inputs, groups, cost, target,
-                                      min_keep_counts(groups, min_channels, max_pruning_ratio, round_to),
-                                      allocation=allocation, scores=scores, round_to=round_to)
+    keep, timing = budget.keep_counts(model, example_inputs, groups, cost,
+                                      round_to=budget.round_to_on(example_inputs.device), allocation=allocation,
+                                      scores=scores)
     if report is not None and timing is not None:
         report.update(timing)
     top = top_k_masks(scores, keep)
