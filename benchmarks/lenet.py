@@ -50,11 +50,13 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 from benchmarks import command_line, refuse_smaller
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
-from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
-from lightning_ssr.export import export_onnx
-from lightning_ssr.latency import steady_allocator
-from lightning_ssr.models import build_model
-from lightning_ssr.report import compare_latency, machine_info, write_json
+from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.console import quiet_lightning
+from lightning_ssr.app.export import export_onnx
+from lightning_ssr.app.models import build_model
+from lightning_ssr.app.stages import build_data, train_dense
+from lightning_ssr.latency import compare_latency, steady_allocator
+from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure.surgery import apply_plan
 
 RESULTS = Path(__file__).parent / "results"

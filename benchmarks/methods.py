@@ -7,7 +7,7 @@ checkpoint, data, targets and epoch budget, over seeds, with paired comparisons.
 A method is named with its allocation (``ssr_l21@method``, ``l1@uniform``; :mod:`benchmarks.specs`).
 For each seed the dense model is trained once to convergence (``--dense-epochs``; the job's dense
 cache) and every method compresses that same checkpoint through the job's stages
-(``lightning_ssr.cli.run``):
+(``lightning_ssr.app.cli.run``):
 
 - methods with a training-time term (ssr_l21, ssr_l20, bn_scale, ssl, taylor) get
   ``--sparsify`` epochs with it, then ``--finetune`` epochs;
@@ -44,7 +44,9 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 from benchmarks import command_line, refuse_smaller
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
-from lightning_ssr.cli import build_data, compose_config, quiet_lightning, run, train_dense
+from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.console import quiet_lightning
+from lightning_ssr.app.stages import build_data, train_dense
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"

@@ -54,7 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import PruningSchedule, SSRPruning
-from lightning_ssr.models import build_model
+from lightning_ssr.app.models import build_model
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"

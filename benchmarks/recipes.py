@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightning_ssr.cli import compose_config, quiet_lightning, run
+from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.console import quiet_lightning
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"

@@ -45,7 +45,9 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 from benchmarks import command_line, refuse_smaller
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
-from lightning_ssr.cli import build_data, build_module, compose_config, quiet_lightning, train_dense
+from lightning_ssr.app.cli import compose_config
+from lightning_ssr.app.console import quiet_lightning
+from lightning_ssr.app.stages import build_data, build_module, train_dense
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"

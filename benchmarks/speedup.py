@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssr.app.export import compile_for_cpu_inference, optimize_for_cpu_inference
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
-from lightning_ssr.export import compile_for_cpu_inference, optimize_for_cpu_inference
-from lightning_ssr.latency import interleaved_ms, steady_allocator, time_ms
+from lightning_ssr.latency import compare_latency, interleaved_ms, steady_allocator, time_ms
 from lightning_ssr.methods.oneshot import prune_oneshot
-from lightning_ssr.models import build_model
-from lightning_ssr.report import compare_latency, machine_info, write_json
+from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import apply_plan
 
 # (model, target: rates, a {kind: value} target, or {"latency_fraction": f} of the dense

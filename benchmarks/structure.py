@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.methods.oneshot import prune_oneshot
-from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info, write_json
 
 # (model, input (C, size), rates or None for dense, published MACs, published params)

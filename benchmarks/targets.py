@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocator
-from lightning_ssr.models import build_model
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.targets import Budget, Target

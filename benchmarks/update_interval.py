@@ -35,7 +35,7 @@ import time
 import warnings
 from pathlib import Path
 
-from lightning_ssr.cli import compose_config, run
+from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "update_interval.json"

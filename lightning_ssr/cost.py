@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .modes import eval_mode
+
 if TYPE_CHECKING:
     from .structure.groups import ChannelGroup
 
@@ -74,13 +76,10 @@ def count_cost(model: nn.Module, example_inputs: torch.Tensor) -> ModelCost:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, _COUNTED) and not is_cost_free(m)]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(sample)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
 

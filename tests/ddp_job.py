@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_ssr import PruningSchedule, SSRPruning
-from lightning_ssr.models import build_model
+from lightning_ssr.app.models import build_model
 from tests.lit import TinyClassifier
 
 

@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningSchedule
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.methods import build_method
 from lightning_ssr.methods.continuation import Continuation
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.targets import TARGET_TOLERANCE, Budget, Target
 from tests.lit import NetClassifier, TinyClassifier, assert_same_weights, loader, trainer

@@ -17,8 +17,8 @@ from lightning_ssr import (
     read_checkpoint,
     save_pruned,
 )
+from lightning_ssr.app.models import build_model
 from lightning_ssr.checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
-from lightning_ssr.models import build_model
 from tests.lit import loader, trainer
 from tests.nets import SmallResidualCNN
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningSchedule
-from lightning_ssr.models import build_model
+from lightning_ssr.app.models import build_model
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.structure.surgery import _outputs, check_outputs, mask_channels
 from tests.numerics import assert_same_function, unit_roundoff

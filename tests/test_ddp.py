@@ -70,7 +70,7 @@ def test_the_cli_job_runs_under_ddp_and_rank_zero_reports(tmp_path):
     """lightning-ssr trainer.strategy=ddp trainer.devices=2 on CPU: one result.json, one summary."""
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_ssr.cli", "trainer.strategy=ddp", "trainer.devices=2", "data=uci_digits",
+        [sys.executable, "-m", "lightning_ssr.app.cli", "trainer.strategy=ddp", "trainer.devices=2", "data=uci_digits",
          "dense.epochs=1", f"dense.cache_dir={tmp_path / 'dense'}", "schedule.sparsify_epochs=1",
          "schedule.finetune_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
          "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"],

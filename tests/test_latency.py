@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lightning_ssr.latency as latency_mod
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import LatencyModel, latency_model
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.targets import Target, keep_counts, min_keep_counts
 
@@ -357,7 +357,7 @@ def test_interleaved_ms_calls_the_functions_in_turn_and_times_each():
 
 
 def test_compare_latency_gives_back_the_models_modes():
-    from lightning_ssr.report import compare_latency
+    from lightning_ssr.latency import compare_latency
 
     dense, pruned = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
     dense.train()

@@ -77,7 +77,7 @@ def test_the_installed_command_runs_from_any_directory(wheel, tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     # the installed copy (not the checkout) is imported, configuration included
-    code = ("import lightning_ssr, lightning_ssr.conf, lightning_ssr.cli as c; "
+    code = ("import lightning_ssr, lightning_ssr.conf, lightning_ssr.app.cli as c; "
             "print(lightning_ssr.__file__); print(lightning_ssr.conf.__file__); print(c.CONFIG_DIR)")
     where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
                            check=True, timeout=120)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_ssr import PruningResult, count_cost, prune_oneshot
-from lightning_ssr.models import build_model
+from lightning_ssr.app.models import build_model
 from lightning_ssr.report import RESULT_SCHEMA_VERSION, format_layer_table, layer_rows, machine_info
 
 # the keys of result.json: PruningResult's fields, the schema version and the derived figures

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost, estimate_macs, estimate_params
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.targets import (
     TARGET_TOLERANCE,

@@ -22,6 +22,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..modes import eval_mode
+
 _CONV = (nn.modules.conv._ConvNd,)  # convolutions, transposed ones included
 _ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
@@ -129,17 +131,15 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
     frozen parameters (``requires_grad=False``) on inputs that need no gradient: a frozen first
     layer would be missing. Every parameter is therefore traced as trainable, and its flag given
     back afterwards."""
-    was_training = model.training
     frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(model):  # torch-pruning sets eval mode and keeps it
             return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
     finally:
         for p in frozen:
             p.requires_grad_(False)
-        model.train(was_training)
 
 
 def _output_params(module: nn.Module) -> list[tuple[str, int]]:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..modes import eval_mode
 from .groups import ChannelGroup, UnsupportedLayerError, align_blocks, build_dependency_graph, find_channel_groups
 from .plan import PlanMismatchError, PruningPlan
 
@@ -66,13 +67,8 @@ def restore_modules(snapshot: dict) -> None:
 
 def _outputs(model: nn.Module, example_inputs) -> list[torch.Tensor]:
     """The model's output tensors on ``example_inputs`` in eval mode (train mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example_inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model(example_inputs)
     flat, stack = [], [out]
     while stack:
         item = stack.pop(0)

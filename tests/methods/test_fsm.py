@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ssr import Pruning, PruningSchedule, count_cost, prune_oneshot
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import channel_macs
 from lightning_ssr.methods import FSM, MethodContext, build_method, expected_relu, fsm_importance
 from lightning_ssr.methods.fsm import channel_shift, compensate_bn, compensation_entries
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.structure.plan import plan_from_support
 from lightning_ssr.structure.surgery import prune_channels

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.importance import IMPORTANCES, bn_scale, get_importance, l1_norm, l2_norm, random_scores
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import find_channel_groups
 from tests.nets import SmallResidualCNN
 

@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, apply_plan, count_cost, prune_oneshot
+from lightning_ssr.app.models import build_model
 from lightning_ssr.methods import OneShot, build_method
-from lightning_ssr.models import build_model
 from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, trainer
 
 # Published FLOPs (MACs) and parameters, FSM README; tolerance 1.5%.

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import channel_macs, count_cost
 from lightning_ssr.methods import SSR, MethodContext, build_method
 from lightning_ssr.methods.ssr import AULM, resolve_lam
-from lightning_ssr.models import build_model
 from lightning_ssr.structure import ChannelGroup, GroupSlice, find_channel_groups
 from lightning_ssr.structure.surgery import mask_channels
 

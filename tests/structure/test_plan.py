@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ssr.models import build_model
+from lightning_ssr.app.models import build_model
 from lightning_ssr.structure import (
     PlanMismatchError,
     PruningPlan,

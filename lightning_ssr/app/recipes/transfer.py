@@ -30,7 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from .validation import check_choice, check_number
+from ...validation import check_choice, check_number
+from .. import stages
+from . import register_recipe
 
 
 def new_head(net: nn.Module, num_classes: int) -> str:
@@ -77,8 +79,6 @@ def check_transfer(cfg: DictConfig) -> None:
 
 def run_transfer(cfg: DictConfig, output_dir: str | Path):
     """The transfer job (see the module docstring). Returns the :class:`PruningResult`."""
-    from . import cli  # the job's own stages; cli dispatches here
-
     output_dir = Path(output_dir)
     check_transfer(cfg)
     frozen = list(cfg.transfer.freeze or [])
@@ -86,12 +86,12 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         with open_dict(cfg):
             cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
                                                  *(f"model.{n}" for n in frozen)})
-    callback, dm = cli.check_config(cfg)
-    freeze(cli.build_network(cfg, dm), frozen)  # on a throwaway network: a bad name fails before any training
+    callback, dm = stages.check_config(cfg)
+    freeze(stages.build_network(cfg, dm), frozen)  # on a throwaway network: a bad name fails before any training
     source_cfg = _source_config(cfg)
-    source_dm = cli.build_data(source_cfg)
-    source_net, source_info = cli.train_dense(source_cfg, source_dm, output_dir / "source")
-    source_accuracy = cli.accuracy(source_cfg, source_net, source_dm)["accuracy"]
+    source_dm = stages.build_data(source_cfg)
+    source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source")
+    source_accuracy = stages.accuracy(source_cfg, source_net, source_dm)["accuracy"]
 
     pl.seed_everything(cfg.seed, workers=True)
     net = copy.deepcopy(source_net)
@@ -100,8 +100,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
 
     # the dense fine-tune: the same start and epochs, no pruning
     t = time.perf_counter()
-    epochs = cfg.trainer.max_epochs or cli.build_schedule(cfg).total_epochs
-    reference = cli.build_module(cfg, copy.deepcopy(net), dm)
+    epochs = cfg.trainer.max_epochs or stages.build_schedule(cfg).total_epochs
+    reference = stages.build_module(cfg, copy.deepcopy(net), dm)
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
                           default_root_dir=str(output_dir / "dense_finetune"))
@@ -109,9 +109,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     dense_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    lm, callback = cli.compress(cfg, net, dm, output_dir, callback)
+    lm, callback = stages.compress(cfg, net, dm, output_dir, callback)
     compress_s = time.perf_counter() - t
-    result = cli.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
+    result = stages.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
                                  "dense fine-tune on the target", "compressed fine-tune on the target")
     result.config["transfer"] = {
         "source": OmegaConf.to_container(cfg.transfer.source, resolve=True)["_target_"].rsplit(".", 1)[-1],
@@ -124,8 +124,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
 
 
 def transfer_summary(result) -> str:
-    from .cli import pair_line
-
     info = result.config["transfer"]
     return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): source test "
-            f"{100 * info['source_test_accuracy']:.2f}%; " + pair_line(result, "dense fine-tune", "compressed fine-tune"))
+            f"{100 * info['source_test_accuracy']:.2f}%; " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune"))
+
+
+register_recipe("transfer", run_transfer, transfer_summary)

@@ -37,8 +37,10 @@ from lightning.pytorch.utilities import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .module import ImageClassifier
-from .validation import check_number
+from ...validation import check_number
+from .. import stages
+from ..module import ImageClassifier
+from . import register_recipe
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -159,24 +161,22 @@ def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, ro
 
 def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
-    from . import cli  # the job's own stages; cli dispatches here
-
     output_dir = Path(output_dir)
     a = cfg.adaptation
     if a.target is None or "_target_" not in a.target:
         raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
-    callback, source_dm = cli.check_config(cfg)
+    callback, source_dm = stages.check_config(cfg)
     target_dm = instantiate(a.target)
     data = DomainAdaptationData(source_dm, target_dm)
     module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
                    "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
                    "domain_hidden": a.domain_hidden, "nesterov": cfg.module.nesterov, "cosine": cfg.module.cosine}
-    DANN(cli.build_network(cfg, source_dm), **module_args)  # a bad setting fails here, before training
+    DANN(stages.build_network(cfg, source_dm), **module_args)  # a bad setting fails here, before training
 
-    net, dense_info = cli.train_dense(cfg, source_dm, output_dir)  # source only
-    source_only = cli.accuracy(cfg, net, target_dm)
-    source_test = cli.accuracy(cfg, net, source_dm)["accuracy"]
-    epochs = cfg.trainer.max_epochs or cli.build_schedule(cfg).total_epochs
+    net, dense_info = stages.train_dense(cfg, source_dm, output_dir)  # source only
+    source_only = stages.accuracy(cfg, net, target_dm)
+    source_test = stages.accuracy(cfg, net, source_dm)["accuracy"]
+    epochs = cfg.trainer.max_epochs or stages.build_schedule(cfg).total_epochs
 
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
@@ -187,7 +187,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     compressed = _fit(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, [callback], output_dir, True)
     compress_s = time.perf_counter() - t
 
-    result = cli.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
+    result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
                                  "DANN dense, on the target's test split",
                                  "DANN compressed, on the target's test split")
     result.config["adaptation"] = {
@@ -203,8 +203,9 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
 
 
 def adaptation_summary(result) -> str:
-    from .cli import pair_line
-
     info = result.config["adaptation"]
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
-            f"{100 * info['source_only_target_accuracy']:.2f}%; " + pair_line(result, "DANN dense", "DANN compressed"))
+            f"{100 * info['source_only_target_accuracy']:.2f}%; " + stages.pair_line(result, "DANN dense", "DANN compressed"))
+
+
+register_recipe("adaptation", run_adaptation, adaptation_summary)

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .report import PruningResult
+from ..report import PruningResult
 
 #: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
 POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")

@@ -1,11 +1,8 @@
-"""The ``lightning-ssr`` command: dense baseline -> pruning (any registered method) -> fine-tune -> report.
+"""The job's stages, each a plain function that the command, the recipes, the benchmarks and a
+notebook call alike::
 
-Hydra composes the model, data, pruning method, target, schedule and trainer from the
-package's configuration (``conf/`` in the repository, installed as ``lightning_ssr.conf``);
-see the README's configuration reference. The job runs in stages, each a function that a
-notebook can call as well::
-
-    from lightning_ssr.cli import build_data, compose_config, compress, evaluate, train_dense
+    from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.stages import build_data, compress, evaluate, train_dense
 
     cfg = compose_config(["pruning=oneshot", "target.macs=0.25"])
     dm = build_data(cfg)
@@ -13,94 +10,40 @@ notebook can call as well::
     lm, callback = compress(cfg, net, dm, out)      # a pruned copy in a LightningModule
     metrics = evaluate(cfg, dm, net, lm.model)      # accuracy, cost and latency of both
 
-:func:`run` composes the stages, as the command does: everything is built (and validated)
-before any training starts, and the run ends with ``result.json`` (a
-:class:`~lightning_ssr.report.PruningResult`) and ``pruned.pt`` in the output directory.
+:func:`lightning_ssr.app.cli.run` composes them as the command does.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
-import logging
 import os
-import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import CheckpointReadError, read_checkpoint, save_pruned
-from .cost import ModelCost, count_cost
+from ..checkpoint import CheckpointReadError, read_checkpoint, save_pruned
+from ..cost import ModelCost, count_cost
+from ..latency import compare_latency
+from ..pruning import Pruning
+from ..report import PruningResult, format_layer_table, layer_rows
+from ..schedule import PruningSchedule
+from ..structure import find_channel_groups
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
-from .latency import steady_allocator
-from .pruning import Pruning
-from .report import PruningResult, compare_latency, format_layer_table, layer_rows
-from .schedule import PruningSchedule
-from .structure import find_channel_groups
 
-#: The package that holds the configuration (``conf/`` in the repository).
-CONFIG_MODULE = "lightning_ssr.conf"
-#: The ``config_path`` Hydra is given.
-CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
-#: The primary config's name.
-CONFIG_NAME = "config"
 #: Keys of the ``target`` group that are limits, not the target itself.
 TARGET_LIMITS = ("min_channels", "max_pruning_ratio", "allocation", "round_to")
-
-
-def _config_dir() -> str:
-    """The configuration directory on disk: the installed ``lightning_ssr.conf`` package, or
-    ``conf/`` next to the package in a source checkout that was not installed."""
-    spec = importlib.util.find_spec(CONFIG_MODULE)
-    if spec is not None and spec.submodule_search_locations:
-        return str(Path(next(iter(spec.submodule_search_locations))).resolve())
-    return str(Path(__file__).resolve().parent.parent / "conf")
-
-
-#: The configuration directory on disk (for ``hydra.initialize_config_dir``).
-CONFIG_DIR = _config_dir()
-
-
-def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
-    """The job's configuration with command-line style ``overrides``, outside of a Hydra app
-    (notebooks, tests): ``compose_config(["pruning=oneshot", "target.macs=0.25"])``."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=quote_path_overrides(overrides))
-
-
-#: Keys whose values are file paths, which may contain "=" (Lightning names checkpoints
-#: "epoch=3-step=120.ckpt"): their values are quoted for Hydra's override parser.
-PATH_KEYS = ("ckpt_path",)
-
-
-def quote_path_overrides(overrides: Sequence[str]) -> list[str]:
-    """Quote the value of ``ckpt_path=...`` when it holds an ``=`` and is not quoted yet, so that
-    ``ckpt_path=outputs/run/epoch=3-step=120.ckpt`` works as typed."""
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if sep and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in "'\"":
-            item = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        out.append(item)
-    return out
 
 
 def _plain(node) -> dict:
@@ -339,7 +282,7 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     return out
 
 
-def _base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Pruning | None,
+def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Pruning | None,
                  dm: pl.LightningDataModule) -> PruningResult:
     """The callback's result or, with ``pruning=none`` (or before anything was pruned), one built here."""
     if callback is not None and callback.result is not None:
@@ -363,7 +306,7 @@ def _base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Pruni
     return result
 
 
-def _print_final_table(result: PruningResult, callback: Pruning | None) -> None:
+def print_final_table(result: PruningResult, callback: Pruning | None) -> None:
     """The per-layer table, unless the callback printed it already (one prune event, verbose)."""
     if callback is not None and callback.verbose and len(callback.events) == 1:
         return
@@ -384,12 +327,12 @@ def latency_line(result: PruningResult) -> str | None:
     return "CPU latency: " + ", ".join(parts)
 
 
-def _failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
+def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
     """The ``result.json`` of a run that failed: what is known of it, ``status: failed`` and the error."""
     result = None
     if lm is not None or callback is not None:
         try:
-            result = _base_result(cfg, lm, callback, dm)
+            result = base_result(cfg, lm, callback, dm)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             result = None
     if result is None:  # failed at the checks: only the configuration is known
@@ -404,75 +347,14 @@ def _failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, 
     return result
 
 
-def _recipe(cfg: DictConfig):
-    """The job's stages other than the default's, chosen by a top-level section of the config:
-    ``transfer`` (:func:`lightning_ssr.transfer.run_transfer`) or ``adaptation``
-    (:func:`lightning_ssr.adaptation.run_adaptation`); ``None`` for the default job."""
-    if cfg.get("transfer") is not None:
-        from .transfer import run_transfer, transfer_summary
-
-        return run_transfer, transfer_summary
-    if cfg.get("adaptation") is not None:
-        from .adaptation import adaptation_summary, run_adaptation
-
-        return run_adaptation, adaptation_summary
-    return None
-
-
-def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
-    """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
-    ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error)."""
-    start = time.perf_counter()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    recipe = _recipe(cfg)
-    if recipe is not None:
-        try:
-            result = recipe[0](cfg, output_dir)
-        except Exception as err:
-            _failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
-            raise
-        return _finish(result, output_dir, start, recipe[1](result))
-    try:
-        callback, dm = check_config(cfg)  # a bad value fails here, before any training
-    except Exception as err:
-        # a sweep's report lists this run as failed, with the reason
-        _failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
-        raise
-    timings: dict[str, float] = {}
-    net = lm = None
-    if cfg.latency.batch_sizes or cfg.target.get("latency") is not None:
-        steady_allocator()  # this job times models: keep the allocator from moving their times
-    try:
-        net, dense_info = train_dense(cfg, dm, output_dir)
-        timings["dense_s"] = dense_info["seconds"]
-        t = time.perf_counter()
-        lm, callback = compress(cfg, net, dm, output_dir, callback)
-        timings["compress_s"] = time.perf_counter() - t
-        result = _base_result(cfg, lm, callback, dm)
-        _print_final_table(result, callback)
-        t = time.perf_counter()
-        metrics = evaluate(cfg, dm, net, lm.model)
-        timings["evaluate_s"] = time.perf_counter() - t
-        files = export_model(cfg, lm, callback, dm, output_dir)
-        result.dense.update(metrics["dense"], cache=dense_info["cache"])
-        result.pruned.update(metrics["pruned"], **files)
-    except Exception as err:
-        timings["total_s"] = time.perf_counter() - start
-        _failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
-        raise
-    result.timings.update(timings)
-    return _finish(result, output_dir, start)
-
-
 def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | None, dm: pl.LightningDataModule,
                     eval_dm: pl.LightningDataModule, reference: nn.Module, output_dir: str | os.PathLike,
                     dense_role: str, pruned_role: str) -> PruningResult:
     """The result of a recipe that trains a reference and a compressed model from the same start:
     the per-layer table, both evaluated on ``eval_dm``'s splits (``dense`` is the reference),
     ``pruned.pt`` (and the export) written; ``dm`` gives the input shape."""
-    result = _base_result(cfg, lm, callback, dm)
-    _print_final_table(result, callback)
+    result = base_result(cfg, lm, callback, dm)
+    print_final_table(result, callback)
     metrics = evaluate(cfg, eval_dm, reference, lm.model)
     files = export_model(cfg, lm, callback, dm, output_dir)
     result.dense.update(metrics["dense"], role=dense_role)
@@ -487,7 +369,7 @@ def pair_line(result: PruningResult, dense_label: str, pruned_label: str) -> str
             f"({result.macs_reduction:.1f}x fewer)")
 
 
-def _finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:
+def finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:
     """Write ``result.json`` and print the summary (on the global rank 0 only, under DDP)."""
     result.timings["total_s"] = time.perf_counter() - start
     if rank_zero_only.rank != 0:
@@ -501,62 +383,3 @@ def _finish(result: PruningResult, output_dir: Path, start: float, extra: str | 
         print(f"warning: {result.error}")
     print(f"wrote {path} ({result.timings['total_s']:.0f} s)")
     return result
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
-            config_name=CONFIG_NAME)
-def _hydra_main(cfg: DictConfig) -> float | None:
-    """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
-    Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
-    hydra_cfg = HydraConfig.get()
-    try:
-        result = run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except Exception as err:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise
-        # one broken run must not stop the sweep: it is recorded (result.json, status failed)
-        # and the sweep's report lists it with its error
-        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
-        return None
-    return result.pruned.get("val_accuracy") if result.status == "ok" else None
-
-
-class _QuietLightning(logging.Filter):
-    """What the job shows is a progress bar, one layer table and the summary. This drops
-    Lightning's install suggestions ("Tip: ... try installing litlogger"), the per-seed notice,
-    the "fit stopped: max_epochs reached" line, and repeats of the GPU/TPU availability lines
-    (every Trainer of the job, evaluation ones included, prints them)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
-            return False
-        if message.startswith(("GPU available", "TPU available", "HPU available")):
-            if message in self.seen:
-                return False
-            self.seen.add(message)
-        return True
-
-
-def quiet_lightning() -> None:
-    """Quiet the job's output (the command calls this; a notebook may too)."""
-    chatter = _QuietLightning()
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).addFilter(chatter)
-    # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
-    # user can change, so this one message is hidden.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-
-
-def main() -> None:
-    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
-    quiet_lightning()
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

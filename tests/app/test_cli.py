@@ -9,10 +9,11 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 
+from lightning_ssr.app.cli import CONFIG_DIR, compose_config, run
+from lightning_ssr.app.models import build_model
+from lightning_ssr.app.stages import build_pruning
 from lightning_ssr.checkpoint import load_pruned
-from lightning_ssr.cli import CONFIG_DIR, build_pruning, compose_config, run
 from lightning_ssr.methods import available_methods
-from lightning_ssr.models import build_model
 from lightning_ssr.report import PruningResult
 
 FAST = [
@@ -153,7 +154,7 @@ def test_pruning_none_is_the_equal_budget_dense_baseline(tmp_path):
 
 @pytest.mark.parametrize("timed", [True, False])
 def test_a_job_that_times_models_steadies_the_allocator_first(tmp_path, monkeypatch, timed):
-    import lightning_ssr.cli as cli_mod
+    import lightning_ssr.app.cli as cli_mod
 
     calls = []
     monkeypatch.setattr(cli_mod, "steady_allocator", lambda: calls.append(1))
@@ -218,7 +219,7 @@ def test_console_entry_point_reports_bad_keys():
 
 # ------------------------------------------------------------- hardening
 def test_dense_cache_is_keyed_on_trainer_settings_that_change_the_dense_model():
-    from lightning_ssr.cli import dense_cache_path
+    from lightning_ssr.app.stages import dense_cache_path
 
     base = dense_cache_path(_compose([]))
     assert dense_cache_path(_compose(["trainer.limit_train_batches=2"])) != base  # a smoke run has its own cache
@@ -227,7 +228,7 @@ def test_dense_cache_is_keyed_on_trainer_settings_that_change_the_dense_model():
 
 
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
-    from lightning_ssr.cli import dense_cache_path
+    from lightning_ssr.app.stages import dense_cache_path
 
     overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
     first = run(_compose(overrides), tmp_path / "first")
@@ -253,7 +254,7 @@ def test_concurrent_cache_writes_never_leave_a_partial_file(tmp_path):
 
 
 def test_resume_from_a_lightning_checkpoint_name_with_equals_signs(tmp_path):
-    from lightning_ssr.cli import quote_path_overrides
+    from lightning_ssr.app.cli import quote_path_overrides
 
     overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
     run(_compose(overrides), tmp_path / "first")

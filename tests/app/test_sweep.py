@@ -1,4 +1,4 @@
-"""Sweep reports (lightning_ssr.sweep) and Hydra multirun: failed runs recorded, the sweep goes on,
+"""Sweep reports (lightning_ssr.app.sweep) and Hydra multirun: failed runs recorded, the sweep goes on,
 and the report aggregates every result.json."""
 
 import csv
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_ssr.app.sweep import find_runs, main, pareto_front, summarize, write_report
 from lightning_ssr.report import PruningResult
-from lightning_ssr.sweep import find_runs, main, pareto_front, summarize, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +104,7 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
         pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs hydra-joblib-launcher "
                             "(pip install 'lightning_ssr[sweeps]')")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lightning_ssr.cli", "-m", "target.macs=0.5,0.02", "target.min_channels=1,8",
+    cmd = [sys.executable, "-m", "lightning_ssr.app.cli", "-m", "target.macs=0.5,0.02", "target.min_channels=1,8",
            f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
     if launcher == "joblib":
         cmd += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -131,7 +131,7 @@ def test_the_optuna_experiment_searches_and_reports(tmp_path):
     import yaml
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lightning_ssr.cli", "-m", "+experiment=optuna_ssr", "hydra.sweeper.n_trials=2",
+    cmd = [sys.executable, "-m", "lightning_ssr.app.cli", "-m", "+experiment=optuna_ssr", "hydra.sweeper.n_trials=2",
            f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -151,7 +151,7 @@ def test_the_slurm_launcher_config_composes():
                         "(pip install 'lightning_ssr[slurm]')")
     from hydra import compose, initialize_config_dir
 
-    from lightning_ssr.cli import CONFIG_DIR
+    from lightning_ssr.app.cli import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],

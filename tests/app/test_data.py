@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lightning_ssr.data import (
+from lightning_ssr.app.data import (
     DatasetNotFoundError,
     FashionMNIST,
     MNISTDigits,
@@ -96,7 +96,7 @@ def test_the_mnist_unpickler_refuses_anything_but_numpy_arrays(tmp_path):
     import os
     import pickle
 
-    from lightning_ssr.data import convert_mnist_pickle
+    from lightning_ssr.app.data import convert_mnist_pickle
 
     class Evil:
         def __reduce__(self):
@@ -115,7 +115,7 @@ def test_a_pickle_that_is_not_mnist_fails_its_checksums(tmp_path):
 
     import numpy as np
 
-    from lightning_ssr.data import convert_mnist_pickle
+    from lightning_ssr.app.data import convert_mnist_pickle
 
     part = (np.zeros((2, 784), np.float32), np.zeros(2, np.int64))
     path = tmp_path / "fake.pkl.gz"
@@ -133,7 +133,7 @@ def test_the_full_mnist_set_is_the_published_one():
 
     import numpy as np
 
-    from lightning_ssr.data import MNIST, MNIST_SHA256
+    from lightning_ssr.app.data import MNIST, MNIST_SHA256
 
     with np.load(default_data_root() / "mnist_full" / "mnist.npz") as data:
         for key, digest in MNIST_SHA256.items():
@@ -150,7 +150,7 @@ def test_the_full_mnist_set_is_the_published_one():
 
 
 def test_train_size_keeps_a_stratified_labeled_subset():
-    from lightning_ssr.data import UCIDigits
+    from lightning_ssr.app.data import UCIDigits
 
     full = UCIDigits()
     full.setup()
@@ -164,7 +164,7 @@ def test_train_size_keeps_a_stratified_labeled_subset():
 
 
 def test_train_size_out_of_range_says_what_is_allowed():
-    from lightning_ssr.data import UCIDigits
+    from lightning_ssr.app.data import UCIDigits
 
     for bad in (5, 0, 2.5, True):
         with pytest.raises(ValueError, match="train_size"):

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_ssr.cli import compose_config, dense_cache_path, run
-from lightning_ssr.models import build_model
-from lightning_ssr.module import ImageClassifier
+from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.models import build_model
+from lightning_ssr.app.module import ImageClassifier
+from lightning_ssr.app.stages import dense_cache_path
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -1,14 +1,14 @@
-"""Transfer learning and domain adaptation, compressed (lightning_ssr.transfer, lightning_ssr.adaptation):
+"""Transfer learning and domain adaptation, compressed (lightning_ssr.app.recipes.transfer, lightning_ssr.app.recipes.adaptation):
 tiny end-to-end runs on the real datasets, the pieces on bare modules, and the bad inputs."""
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_ssr.adaptation import DANN, DomainAdaptationData, reverse_gradient
-from lightning_ssr.cli import compose_config, run
-from lightning_ssr.models import build_model
-from lightning_ssr.transfer import freeze, new_head
+from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.models import build_model
+from lightning_ssr.app.recipes.adaptation import DANN, DomainAdaptationData, reverse_gradient
+from lightning_ssr.app.recipes.transfer import freeze, new_head
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", "verbose=false"]
@@ -88,7 +88,7 @@ def test_dann_never_reads_target_labels_and_says_when_its_features_were_pruned()
 
 
 def test_domain_data_refuses_mismatched_domains():
-    from lightning_ssr.data import FashionMNIST, UCIDigits
+    from lightning_ssr.app.data import FashionMNIST, UCIDigits
 
     class Color(UCIDigits):
         in_channels = 3

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..modes import eval_mode
+
 EXPORT_FORMATS = ("onnx", "torchscript", "torch_export")
 
 
@@ -67,17 +69,6 @@ def compile_for_cpu_inference(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Export in eval mode, then give the model back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
 def _quiet_onnx_registry():
     """The ONNX exporter logs a warning per torchvision operator it cannot register when
     torchvision is absent (none matters to a model that does not use them), and torch's own
@@ -99,7 +90,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    with _eval_mode(model), _quiet_onnx_registry():
+    with eval_mode(model), _quiet_onnx_registry():
         torch.onnx.export(model, (example_input.detach(),), str(path), input_names=["input"],
                           output_names=["output"], opset_version=opset, dynamo=True,
                           dynamic_shapes=dynamic_shapes, verbose=False)
@@ -110,7 +101,7 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str 
     """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         traced = torch.jit.trace(model, example_input.detach())
     traced.save(str(path))
     return path
@@ -118,7 +109,7 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str 
 
 def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None):
     """``torch.export`` the model (in eval mode); saved to ``path`` (``.pt2``) when given."""
-    with _eval_mode(model):
+    with eval_mode(model):
         program = torch.export.export(model, (example_input.detach(),))
     if path is not None:
         path = Path(path)
@@ -133,6 +124,6 @@ def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.T
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ours,) = session.run(None, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         reference = model(example_input).cpu()
     return float((torch.from_numpy(ours) - reference).abs().max())

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_ssr import count_cost, prune_oneshot
-from lightning_ssr.models import build_model
-from lightning_ssr.models.resnet_cifar import ZeroPadShortcut
+from lightning_ssr.app.models import build_model
+from lightning_ssr.app.models.resnet_cifar import ZeroPadShortcut
 from lightning_ssr.structure import find_channel_groups, plan_from_support, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
 from tests.nets import randomize_bn

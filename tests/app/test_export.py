@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lightning_ssr.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from lightning_ssr.app.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.oneshot import prune_oneshot
-from lightning_ssr.models import build_model
 from tests.numerics import implementations_tolerance, max_relative_diff
 
 CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7])]
@@ -44,7 +44,7 @@ def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
 
 
 def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
-    from lightning_ssr.export import optimize_for_cpu_inference
+    from lightning_ssr.app.export import optimize_for_cpu_inference
 
     model, x = pruned
     fast = optimize_for_cpu_inference(model)
@@ -62,7 +62,7 @@ def test_export_gives_the_model_back_in_its_training_mode(pruned, tmp_path):
 
 
 def test_compiled_inference_copy_keeps_the_outputs():
-    from lightning_ssr.export import compile_for_cpu_inference
+    from lightning_ssr.app.export import compile_for_cpu_inference
 
     torch.manual_seed(0)
     model = build_model("lenet5")

