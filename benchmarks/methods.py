@@ -1,7 +1,8 @@
 """Every pruning method, with every allocation that applies to it, on one harness: the same dense
 checkpoint, data, targets and epoch budget, over seeds, with paired comparisons.
 
-    python benchmarks/methods.py                       # ResNet-20 on Fashion-MNIST, 2x and 4x fewer MACs, 3 seeds
+    python benchmarks/methods.py                       # every registered method and allocation: ResNet-20,
+                                                       # Fashion-MNIST, 2x and 4x fewer MACs, 3 seeds
     python benchmarks/methods.py --methods ssr_l21@method l1@uniform none --seeds 0 --macs 0.5
 
 A method is named with its allocation (``ssr_l21@method``, ``l1@uniform``; :mod:`benchmarks.specs`).
@@ -42,7 +43,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import command_line, refuse_smaller
-from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
+from benchmarks.specs import check_spec, is_oneshot, parse_spec, registry_specs, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -51,8 +52,6 @@ from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ["ssr_l21@method", "ssr_l21@uniform", "ssr_l20@method", "ssr_l20@uniform", "ssl@method", "bn_scale@method",
-           "fsm@uniform", "l1@uniform", "l1@global", "taylor@uniform", "random@uniform", "none"]
 REFERENCE = "l1@uniform"
 
 
@@ -186,8 +185,9 @@ def format_table(summary: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=METHODS, type=check_spec,
-                        help="<method>@<allocation> (a bare name: the method's default), or none")
+    parser.add_argument("--methods", nargs="+", default=None, type=check_spec,
+                        help="<method>@<allocation> (a bare name: the method's default), or none; default: every "
+                             "registered method with each allocation that applies, and none")
     parser.add_argument("--reference", default=REFERENCE, type=check_spec)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default="resnet20")
@@ -204,6 +204,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
+    args.methods = args.methods or registry_specs()
     quiet_lightning()
     start = time.perf_counter()
 
@@ -229,6 +230,9 @@ def main(argv=None) -> dict:
                 if r.get("status") == "ok" else f"FAILED {r.get('error')}"))
     summary = summarize(rows, args.reference)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--methods" not in argv:  # the registry's list changes as methods are added: record the one run
+        argv += ["--methods", *args.methods]
     out = {"benchmark": "methods", "command": command_line("methods", argv),
            "machine": machine_info(), "settings": settings, "dense": dense_models, "summary": summary,
            "rows": rows, "seconds": time.perf_counter() - start}

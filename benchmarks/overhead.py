@@ -175,7 +175,7 @@ class AlternatingSSRPruning(TimedSSRPruning):
     both kinds alike."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx % 2 == 0 or self._context is None:
+        if batch_idx % 2 == 0 or self.engine.needs_setup:
             super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):

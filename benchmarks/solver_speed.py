@@ -73,9 +73,10 @@ class Trajectory(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         cb = self.pruning
-        if cb.events_done or cb._last_update_step == self._last or cb._last_update_step < 0:
+        step = cb.engine.last_update_step
+        if cb.events_done or step == self._last or step < 0:
             return
-        self._last = cb._last_update_step
+        self._last = step
         method = cb.method
         support = method.aulm.support() if hasattr(method, "aulm") else method._support
         self.points.append({"step": trainer.global_step, "seconds": time.perf_counter() - self._start,

@@ -46,3 +46,20 @@ def check_spec(spec: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
     return spec
+
+
+def registry_specs() -> list[str]:
+    """Every registered method with each allocation that applies to it (its own structure where it
+    learns one, uniform, global), and ``none``: what a comparison of every method runs."""
+    from lightning_ssr.targets import ALLOCATIONS, Budget
+
+    specs = []
+    for name in available_methods():
+        method = build_method(name)
+        for allocation in ALLOCATIONS:
+            try:
+                Budget({"macs": 0.5}, allocation=allocation).allocation_for(method)
+            except ValueError:
+                continue
+            specs.append(f"{name}@{allocation}")
+    return specs + ["none"]

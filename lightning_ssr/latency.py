@@ -95,8 +95,22 @@ STEADY_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: every smaller block
 STEADY_TRIM_THRESHOLD = 1024 * 1024 * 1024  # freed heap memory up to 1 GiB stays with the process
 
 
+#: what :func:`steady_allocator` set in this process (``None``: nothing, or not asked)
+_STEADIED: dict | None = None
+
+
+def steadied_allocator() -> dict | None:
+    """The allocator thresholds :func:`steady_allocator` fixed in this process, ``None`` if none
+    (recorded beside latency figures: timings taken without it drift more)."""
+    return _STEADIED
+
+
 def steady_allocator() -> dict | None:
     """Fix the C allocator's thresholds for the rest of the process, so that timings repeat.
+
+    Opt-in, for processes that time models: the command and the benchmarks call it, the library
+    never does on its own (it changes malloc for the whole process). Call it yourself before a
+    latency target if your timings drift.
 
     glibc's malloc moves its mmap threshold as blocks come and go: after models of other widths
     have been built and freed, the same forward pass can switch from reused heap memory to fresh
@@ -118,7 +132,9 @@ def steady_allocator() -> dict | None:
     if not (libc.mallopt(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
             and libc.mallopt(_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)):
         return None
-    return {"mmap_threshold": STEADY_MMAP_THRESHOLD, "trim_threshold": STEADY_TRIM_THRESHOLD}
+    global _STEADIED
+    _STEADIED = {"mmap_threshold": STEADY_MMAP_THRESHOLD, "trim_threshold": STEADY_TRIM_THRESHOLD}
+    return dict(_STEADIED)
 
 
 def interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int = 10, device: torch.device | None = None,
@@ -145,6 +161,14 @@ def interleaved_ms(fns: Sequence[Callable[[], object]], repeats: int = 10, devic
                         out.append(time.perf_counter() - t)
                 cycles += 1
     return [1000 * statistics.median(t) for t in times]
+
+
+def model_ms(model: nn.Module, rows: torch.Tensor, batch_size: int) -> float:
+    """Milliseconds of one call of ``model`` (in eval mode) on a batch of ``batch_size`` of ``rows``
+    (:func:`timing_batch`), on their device, timed for at least :data:`WHOLE_MODEL_SECONDS`."""
+    batch = timing_batch(rows, batch_size)
+    with eval_mode(model):
+        return time_ms(lambda: model(batch), device=batch.device, min_seconds=WHOLE_MODEL_SECONDS)
 
 
 def timing_batch(example: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
-from .latency import calibrated_keep_counts, latency_model, measure_keep, steady_allocator, timing_batch
+from .latency import calibrated_keep_counts, latency_model, measure_keep, steadied_allocator, timing_batch
 from .structure.groups import ChannelGroup
 from .validation import check_choice, check_number
 
@@ -476,10 +476,11 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     of ``model``: :func:`lightning_ssr.latency.calibrated_keep_counts`), on the rows of
     ``timing_input`` (default ``example``; see :func:`~lightning_ssr.latency.timing_batch`), or
     with ``table``, a :func:`~lightning_ssr.latency.latency_model` of ``model`` timed already.
-    A latency target first fixes the C allocator's thresholds for the process
-    (:func:`~lightning_ssr.latency.steady_allocator`): without that, timings on glibc drift by a
-    third within a minute. Returns the counts and, for a latency target, ``{"dense_ms",
-    "uncalibrated_ms", "predicted_ms", "calibrated_ms", "calibration_ms", "allocator"}``."""
+    Timings on glibc drift by up to a third within a minute unless the process fixed the C
+    allocator's thresholds first (:func:`~lightning_ssr.latency.steady_allocator`, opt-in: the
+    command and the benchmarks do). Returns the counts and, for a latency target, ``{"dense_ms",
+    "uncalibrated_ms", "predicted_ms", "calibrated_ms", "calibration_ms", "allocator"}``
+    (``allocator``: the thresholds fixed, ``None`` if the process did not)."""
     def allocate(table=None):
         return keep_counts(model, groups, cost, target, min_keep, allocation=allocation, scores=scores,
                            round_to=round_to, latency=table)
@@ -487,7 +488,7 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
         return allocate(), None
     # the clock must repeat itself: with glibc's moving thresholds one pruned ResNet-20 measured 0.66
     # of its dense time for a 0.5 target, with them fixed 0.47-0.48 (lightning_ssr.latency)
-    allocator = steady_allocator()
+    allocator = steadied_allocator()
     if table is None:
         table, batch = latency_table(model, example, groups, cost, target, timing_input)
     elif table.batch_size != target.batch_size:

@@ -213,7 +213,7 @@ def test_a_failing_rebuild_mid_fit_restores_model_and_optimizer_exactly(tmp_path
     """Force the real rebuild to fail after training (its numerical check reports a mismatch);
     model, buffers and optimizer state must be exactly as just before the attempt, and the
     error must say so truthfully."""
-    import lightning_ssr.pruning as pruning_module
+    import lightning_ssr.engine as engine_module
     from lightning_ssr.structure import surgery
 
     seen = {}
@@ -224,13 +224,13 @@ def test_a_failing_rebuild_mid_fit_restores_model_and_optimizer_exactly(tmp_path
         seen["optimizer"] = copy.deepcopy(trainer.optimizers[0].state_dict())
         return real(model, example, kept, sizes, _diagnose=False)
 
-    monkeypatch.setattr(pruning_module, "prune_channels", recording)
+    monkeypatch.setattr(engine_module, "prune_channels", recording)
     monkeypatch.setattr(surgery, "_mismatch", lambda reference, outputs: "forced mismatch")
     torch.manual_seed(0)
     model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
     callback = Pruning("ssr_l20", target={"macs": 0.5}, method_kwargs={"rho": 0.5}, **SSR)
     trainer = _trainer(tmp_path, [callback])
-    monkeypatch.setattr(callback, "_dry_run", lambda *args: None)  # the dry run would catch the forced mismatch
+    monkeypatch.setattr(callback.engine, "_dry_run", lambda *args: None)  # the dry run would catch the forced mismatch
     with pytest.raises(UnsupportedLayerError, match="restored unchanged"):
         trainer.fit(model, _data())
     assert trainer.global_step > 0  # it failed at the real prune, after training

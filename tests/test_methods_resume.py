@@ -30,7 +30,7 @@ METHOD_KWARGS = {  # strong enough terms that the sparsify phase changes the wei
 def _setup(name):
     sparsifies = build_method(name).sparsifies
     schedule = SPARSIFY if sparsifies else ITERATIVE
-    ignored = NO_BN if name in ("bn_scale", "fsm") else []
+    ignored = NO_BN if build_method(name).requires_batchnorm else []
     return sparsifies, schedule, ignored
 
 

@@ -237,7 +237,8 @@ def test_state_restored_but_not_yet_applied_round_trips():
     aulm = {"V": {}, "U": {}, "rho": 0.3, "num_updates": 2, "stable_updates": 0, "support": {}}
     state = {"method": "ssr_l21", "method_state": {"aulm": aulm}, "plan": None, "events_done": 0, "events": [],
              "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
-                                                                    "final_keep": None, "cost": None},
+                                                                    "final_keep": None, "cost": None, "round_to": 1,
+                                                                    "allocation": "method", "steps": {"a": 1}},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}}
     cb.load_state_dict(state)
     again = SSRPruning(schedule=SCHEDULE)

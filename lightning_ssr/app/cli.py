@@ -87,12 +87,50 @@ def quote_path_overrides(overrides: Sequence[str]) -> list[str]:
     return out
 
 
+def load_plugins(paths: Sequence[str]) -> list[str]:
+    """Import each of ``paths`` (``plugins:`` in the configuration): a module name, or the path of a
+    ``.py`` file. A plugin registers what it adds when it is imported (a pruning method with
+    :func:`lightning_ssr.methods.register_method`, a recipe with
+    :func:`lightning_ssr.app.recipes.register_recipe`). Returns the modules' names."""
+    names = []
+    for item in paths or []:
+        item = str(item)
+        if item.endswith(".py"):
+            path = Path(item).expanduser().resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"plugins: no file {item!r}")
+            name = f"lightning_ssr_plugin_{path.stem}"
+            if name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        else:
+            try:
+                importlib.import_module(item)
+            except ModuleNotFoundError as err:
+                raise ModuleNotFoundError(f"plugins: cannot import {item!r} ({err}); give an importable module "
+                                          "name or the path of a .py file") from err
+            name = item
+        names.append(name)
+    return names
+
+
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
     ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error)."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        load_plugins(cfg.get("plugins") or [])
+    except Exception as err:
+        failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        raise
     recipe = recipe_for(cfg)
     if recipe is not None:
         try:

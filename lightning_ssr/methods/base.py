@@ -86,6 +86,9 @@ class PruningMethod:
     #: counts can come from it (``allocation="method"``, then its default): it implements
     #: :meth:`allocation_scores` and steers towards ``context.budget`` in its updates
     learns_structure: bool = False
+    #: whether every pruned channel must pass through a BatchNorm (the method scores or penalizes
+    #: its scale); layers without one go in ``ignored_layers``
+    requires_batchnorm: bool = False
 
     def setup(self, context: MethodContext) -> None:
         self.context = context
@@ -140,6 +143,26 @@ class PruningMethod:
 
 
 _REGISTRY: dict[str, Callable[..., PruningMethod]] = {}
+#: the entry point group through which installed distributions add methods
+ENTRY_POINT_GROUP = "lightning_ssr.methods"
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    """Import the methods that installed distributions declare (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            try:
+                register_method(entry.name, entry.load())
+            except Exception as err:  # a broken plugin is named, with its entry point
+                raise ImportError(f"the pruning method {entry.name!r} declared by entry point {entry.value!r} "
+                                  f"failed to load: {type(err).__name__}: {err}") from err
 
 
 def register_method(name: str, factory: Callable[..., PruningMethod] | None = None):
@@ -154,17 +177,33 @@ def register_method(name: str, factory: Callable[..., PruningMethod] | None = No
 
 
 def available_methods() -> list[str]:
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
 def build_method(name: str, **kwargs) -> PruningMethod:
     """The method registered as ``name``, built with ``kwargs`` (validated by the method)."""
     if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
         raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}")
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise TypeError(f"pruning method {name!r}: {err}") from err
+
+
+def method_table() -> list[dict]:
+    """One row per registered method: its name, what it is (the first line of its docstring),
+    whether it trains with a sparsity term, learns the per-layer structure, needs a target."""
+    rows = []
+    for name in available_methods():
+        method = build_method(name)
+        factory = _REGISTRY[name]
+        doc = ((type(method).__doc__ if isinstance(factory, type) else factory.__doc__) or "").strip().split("\n")[0]
+        rows.append({"name": name, "summary": doc, "sparsifies": method.sparsifies,
+                     "learns_structure": method.learns_structure, "needs_target": method.needs_target})
+    return rows
 
 
 def top_k_masks(scores: Mapping[str, torch.Tensor], keep: Mapping[str, int]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 @register_method("bn_scale")
 class BNScale(PruningMethod):
-    """Network slimming.
+    """Network slimming (Liu et al. 2017): L1 on the BatchNorm scales, then the smallest ``|gamma|`` go.
 
     Args:
         penalty: the L1 strength on BN gammas (``s`` in the paper: 1e-4 for VGG, 1e-5 for
@@ -39,6 +39,7 @@ class BNScale(PruningMethod):
     name = "bn_scale"
     sparsifies = True
     learns_structure = True
+    requires_batchnorm = True
 
     def __init__(self, penalty: float = 1e-4, threshold: float = 1e-2, ramp: float = 0.5):
         self.penalty = check_number("bn_scale", "penalty", penalty, low=0.0)

@@ -144,6 +144,7 @@ class FSM(PruningMethod):
     """
 
     name = "fsm"
+    requires_batchnorm = True
 
     def __init__(self, procedure: str = "oneshot", compensate: bool = True):
         self.procedure = check_choice("fsm", "procedure", procedure, PROCEDURES)

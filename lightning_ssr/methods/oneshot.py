@@ -25,7 +25,7 @@ from .importance import IMPORTANCES, get_importance, random_scores
 
 @register_method("oneshot")
 class OneShot(PruningMethod):
-    """Magnitude (or any importance) one-shot pruning.
+    """One-shot pruning by the group's L2 norm (or any importance), then fine-tuning.
 
     Args:
         importance: a name from :data:`lightning_ssr.methods.importance.IMPORTANCES`

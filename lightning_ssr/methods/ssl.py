@@ -30,7 +30,7 @@ from .ssr import LAM_SCALINGS, lam_at, resolve_lam
 
 @register_method("ssl")
 class SSL(PruningMethod):
-    """Group lasso by subgradient, then threshold.
+    """SSL (Wen et al. 2016): group lasso by subgradient, then the groups below a threshold go.
 
     Args:
         lam: group-lasso strength (a number, or ``{layer: number}`` naming every prunable layer).

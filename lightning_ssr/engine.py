@@ -1,0 +1,623 @@
+"""The pruning engine: schedule, method calls, the rebuild, optimizer remapping, state and the
+result, in plain PyTorch. The :class:`~lightning_ssr.Pruning` callback drives it from Lightning's
+hooks; a hand-written training loop drives it the same way::
+
+    engine = PruningEngine("ssr_l20", target={"macs": 0.25}, schedule=PruningSchedule(...))
+    step = 0
+    for epoch in range(engine.schedule.total_epochs):
+        for x, y in data:
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer])
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            engine.on_before_optimizer_step()
+            optimizer.step()
+            step += 1
+            engine.on_batch_end(step=step)
+        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
+                            max_epochs=engine.schedule.total_epochs)
+    result = engine.finish(model)
+
+The engine owns everything that is not method-specific: graph discovery, targets -> keep counts
+(:class:`~lightning_ssr.targets.Budget`), the dry run at set-up, masking and the rebuild,
+optimizer remapping, the per-event records and the :class:`~lightning_ssr.report.PruningResult`.
+The method (:mod:`lightning_ssr.methods`) decides which channels go. Data parallelism enters
+through a :class:`World`: rank 0's decisions broadcast to every rank, and a hook to re-wrap the
+model after a rebuild.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import APPLIED_PLAN_ATTR
+from .cost import ModelCost, channel_macs, count_cost
+from .latency import model_ms
+from .methods.base import MethodContext, PruningMethod, build_method
+from .report import PruningResult, format_layer_table, layer_rows
+from .schedule import PruningSchedule
+from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
+from .structure.plan import PruningPlan, plan_from_support
+from .structure.surgery import dry_run, model_copy, prune_channels, remap_optimizer
+from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table
+
+#: how far above a latency target the pruned model may run before the engine warns (the timings of
+#: one machine repeat within a few percent with the allocator steadied, not better)
+LATENCY_MISS = 0.10
+
+
+def _identity(obj):
+    return obj
+
+
+@dataclass
+class World:
+    """The processes training one model: their number, this one's rank, how rank 0's value
+    reaches every rank (``broadcast``), what must happen after a rebuild (``rewrap``: a data
+    parallel wrapper holds the old parameters) and how to tell the user something once (``info``)."""
+
+    size: int = 1
+    rank: int = 0
+    broadcast: Callable[[Any], Any] = _identity
+    rewrap: Callable[[], None] | None = None
+    info: Callable[[str], None] = print
+
+    @property
+    def sync(self) -> Callable[[Any], Any] | None:
+        """The broadcast, under data parallelism; ``None`` in one process."""
+        return self.broadcast if self.size > 1 else None
+
+
+#: one process, talking on stdout
+SINGLE = World()
+
+
+@dataclass
+class DenseState:
+    """What the engine records of the dense model at its first set-up (checkpointed as plain data)."""
+
+    sizes: dict[str, int]  # per group: its channels
+    min_keep: dict[str, int]  # per group: the floor
+    final_keep: dict[str, int] | None  # per group: the counts of the last event (None: not known yet)
+    cost: dict  # ModelCost.to_dict() of the dense model
+    round_to: int
+    allocation: str  # where the counts come from (Budget.allocation_for)
+    steps: dict[str, int] = field(default_factory=dict)  # per group: the granularity of its count
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> DenseState | None:
+        if data is None:
+            return None
+        return cls(sizes=dict(data["sizes"]), min_keep=dict(data["min_keep"]),
+                   final_keep=None if data.get("final_keep") is None else dict(data["final_keep"]),
+                   cost=data["cost"], round_to=int(data.get("round_to", 1)),
+                   allocation=data.get("allocation", "uniform"), steps=dict(data.get("steps") or {}))
+
+    def keep_at(self, event: int, events: int, groups: Sequence[ChannelGroup]) -> dict[str, int] | None:
+        """The counts of prune event ``event`` (0-based) of ``events``, for the model's current groups."""
+        if self.final_keep is None:
+            return None
+        keep = intermediate_keep_counts(self.sizes, self.final_keep, event, events, self.min_keep,
+                                        self.steps or self.round_to)
+        return {g.name: min(keep[g.name], g.size) for g in groups}
+
+
+def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
+    """Split ``ignored_layers`` (names or modules) into names and modules; a type error otherwise."""
+    if isinstance(ignored_layers, (str, nn.Module)):
+        ignored_layers = [ignored_layers]
+    if not isinstance(ignored_layers, Sequence) and not hasattr(ignored_layers, "__iter__"):
+        raise TypeError(f"ignored_layers must be a list of module names or modules, got "
+                        f"{type(ignored_layers).__name__}")
+    names, modules = [], []
+    for item in ignored_layers:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, nn.Module):
+            modules.append(item)
+        else:
+            raise TypeError(f"ignored_layers entries must be module names (str) or nn.Module objects, got "
+                            f"{type(item).__name__} {item!r}")
+    return names, modules
+
+
+def first_tensor(batch) -> torch.Tensor | None:
+    """The first tensor in a batch (a tensor, or nested sequences and mappings of them)."""
+    if torch.is_tensor(batch):
+        return batch
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        for item in batch:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+class PruningEngine:
+    r"""Filter pruning during training with any registered method; the model shrinks for real.
+
+    Args:
+        method: a registered method's name (``"ssr_l20"``, ``"ssr_l21"``, ``"oneshot"``, ...; see
+            :func:`lightning_ssr.methods.available_methods`) or a :class:`PruningMethod` instance.
+        target: what to reach: a :class:`~lightning_ssr.targets.Target` or a mapping such as
+            ``{"macs": 0.05}``, ``{"params": 0.1}``, ``{"filters": 0.3}`` or
+            ``{"rates": "[0.5]*3"}``; ``None`` lets the method decide (SSR with ``lam``).
+        schedule: a :class:`PruningSchedule` (or a mapping of its fields).
+        method_kwargs: arguments of the method when ``method`` is a name.
+        ignored_layers: module names (relative to the model the engine is given) or module objects
+            whose output channels must not be pruned. The classifier's outputs are never pruned.
+        min_channels, max_pruning_ratio, allocation, round_to: the limits every keep count obeys
+            and how a target is divided among the layers (:class:`~lightning_ssr.targets.Budget`).
+        example_input: an input batch used to trace the model; by default the first tensor of the
+            first batch.
+        verbose: print the per-layer table after each rebuild (rank zero only).
+        evaluate: ``(model) -> score`` (higher is better) on validation data, for methods that
+            check a change before keeping it (FSM's BN compensation); never test data.
+    """
+
+    def __init__(
+        self,
+        method: str | PruningMethod = "ssr_l20",
+        target: Target | Mapping | None = None,
+        schedule: PruningSchedule | Mapping | None = None,
+        method_kwargs: Mapping[str, Any] | None = None,
+        ignored_layers: Sequence[str | nn.Module] = (),
+        min_channels: int = 1,
+        max_pruning_ratio: float = 1.0,
+        example_input: torch.Tensor | None = None,
+        verbose: bool = True,
+        evaluate: Callable[[nn.Module], float] | None = None,
+        allocation: str | None = None,
+        round_to: int | None = None,
+    ):
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a callable (model) -> score, got {type(evaluate).__name__}")
+        self.evaluate = evaluate
+        if isinstance(method, PruningMethod):
+            if method_kwargs:
+                raise ValueError("method_kwargs only apply when method is given by name")
+            self.method = method
+        elif isinstance(method, str):
+            self.method = build_method(method, **dict(method_kwargs or {}))
+        else:
+            raise TypeError(f"method must be a registered method name or a PruningMethod, got {type(method).__name__}")
+        self.budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio,
+                             allocation=allocation, round_to=round_to)
+        self.allocation = self.budget.allocation_for(self.method)  # refuses "method" for a method that learns none
+        if self.target is None and self.method.needs_target:
+            raise ValueError(f"pruning method {self.method.name!r} needs a target, e.g. target={{'macs': 0.5}}")
+        if schedule is None:
+            schedule = PruningSchedule()
+        elif isinstance(schedule, Mapping):
+            schedule = PruningSchedule(**schedule)
+        elif not isinstance(schedule, PruningSchedule):
+            raise TypeError(f"schedule must be a PruningSchedule or a mapping, got {type(schedule).__name__}")
+        if self.method.sparsifies and schedule.sparsify_epochs < 1:
+            raise ValueError(f"pruning method {self.method.name!r} trains with a sparsity term: give it "
+                             "schedule.sparsify_epochs >= 1")
+        if schedule.prune_events > 1 and self.target is None:
+            raise ValueError("iterative pruning (prune_events > 1) needs a target to divide into steps")
+        self.schedule = schedule
+        self._ignored_names, self._ignored_modules = _layer_names(ignored_layers)
+        if example_input is not None and not torch.is_tensor(example_input):
+            raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+        self.verbose = bool(verbose)
+        self.example = example_input
+
+        self.plan: PruningPlan | None = None  # cumulative plan of the model being trained
+        self.result: PruningResult | None = None
+        self.events_done = 0
+        self.last_update_step = -1
+        self.dense: DenseState | None = None
+        self._events: list[dict] = []
+        self._trajectory: list[dict] = []
+        self._context: MethodContext | None = None
+        self._started = False  # the method's sparsify phase began (start() or a restored state)
+        self._pending_method_state: dict | None = None
+        self._prune_early = False
+        self._start_time: float | None = None
+        self._prune_timing: dict = {}
+        self._ignored_resolved = list(self._ignored_names)
+        self._latency: dict | None = None  # latency target: dense and predicted milliseconds
+        self._latency_table = None  # latency target learned by the method: the table timed at set-up
+        self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
+
+    # ------------------------------------------------------------ properties
+    @property
+    def target(self) -> Target | None:
+        return self.budget.target
+
+    @property
+    def events(self) -> list[dict]:
+        """One entry per prune event so far: ``epoch`` (at whose start it happened), ``step``,
+        ``macs`` and ``params`` after it, ``keep`` (the channels kept per group), ``allocation``
+        (where those counts came from) and ``learned`` (what the method's own criterion held)."""
+        return list(self._events)
+
+    @property
+    def needs_setup(self) -> bool:
+        """The next batch sets the method up (on the dense model, or after a prune event)."""
+        return self._context is None and not self.done
+
+    @property
+    def done(self) -> bool:
+        """Every scheduled prune event happened."""
+        return self.events_done >= self.schedule.prune_events
+
+    def phase(self, epoch: int) -> str:
+        return self.schedule.phase(epoch, self.events_done)
+
+    # ------------------------------------------------------- the driver's calls
+    def start(self) -> None:
+        """The training starts (timings in the result count from here)."""
+        self._start_time = time.perf_counter()
+
+    def on_batch_start(self, model: nn.Module, batch, *, epoch: int, step: int,
+                       optimizers: Sequence[torch.optim.Optimizer], world: World = SINGLE,
+                       steps_per_epoch: int | None = None, evaluate: Callable[[nn.Module], float] | None = None,
+                       ) -> dict[str, float]:
+        """Before the step of ``batch`` (``epoch``, the global optimizer ``step``): sets the method
+        up, starts its sparsify phase, and prunes when an event is due. Returns metrics of a prune
+        (``macs``, ``params`` after it), else ``{}``."""
+        if self.example is None:
+            found = first_tensor(batch)
+            if found is None:
+                raise ValueError("the pruning engine could not find an input tensor in the training batch; pass "
+                                 "example_input= (or set example_input_array on your LightningModule)")
+            self.example = found[:2].detach().clone()
+        if self.done:
+            return {}
+        if self._start_time is None:
+            self.start()
+        if self._context is None:
+            if self.target is not None and self.target.kind == "latency":  # real inputs to time on
+                found = first_tensor(batch)
+                self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
+            self._setup_method(model, world, steps_per_epoch, evaluate or self.evaluate)
+        due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
+        if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
+            self._start_sparsify()  # before the first event after warm-up; between events at once
+        if due:
+            return self._prune(model, epoch, step, optimizers, world)
+        return {}
+
+    def on_before_optimizer_step(self) -> None:
+        """After the gradients of a step are complete (unscaled, accumulated), before the step."""
+        if self._started:
+            self.method.before_optimizer_step()
+
+    def on_batch_end(self, *, step: int) -> dict[str, float]:
+        """After optimizer step ``step`` (the count of steps taken): the method's periodic update
+        when it is due. Returns its metrics."""
+        n = self.schedule.update_every_n_steps
+        if not self._started or n is None or step == self.last_update_step or step % n:
+            return {}
+        return self._update(step)
+
+    def on_epoch_end(self, model: nn.Module, *, epoch: int, step: int, optimizers: Sequence[torch.optim.Optimizer],
+                     max_epochs: int | None, world: World = SINGLE) -> dict[str, float]:
+        """After epoch ``epoch``: the per-epoch update, the method's metrics, the early-stop check,
+        and the prune due next when the training ends with it. Returns metrics to log per epoch."""
+        out: dict[str, float] = {}
+        if self._started:
+            if self.schedule.update_every_n_steps is None:
+                out.update(self._update(step))
+            out.update(self.method.metrics())
+            if self.schedule.stop_early and not self._prune_early and self.events_done == 0:
+                ready, reason = self.method.ready()
+                if ready and epoch + 1 < self.schedule.prune_epoch(0):
+                    self._prune_early = True
+                    if world.rank == 0:
+                        world.info(f"Pruning: {reason}; pruning at the start of the next epoch.")
+        # when the schedule ends with a prune (no fine-tune epoch after it), the prune due at the
+        # start of the next epoch happens now. A fit stopped earlier than the schedule (to be resumed)
+        # leaves it to the resumed fit, which then records it at the scheduled epoch.
+        if (self._context is not None and not self.done and max_epochs is not None and epoch + 1 >= max_epochs
+                and max_epochs >= self.schedule.total_epochs
+                and epoch + 1 >= self.schedule.prune_epoch(self.events_done)):
+            out.update(self._prune(model, epoch, step, optimizers, world))
+        return out
+
+    def finish(self, model: nn.Module) -> PruningResult | None:
+        """The training ended: the result, with the model as it is now (also after a resume that
+        trained no further: the result is not in a checkpoint)."""
+        if self.plan is not None and self.dense is not None:
+            example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
+            device = next(model.parameters()).device
+            self.result = self._build_result(count_cost(model, example.to(device)), fit_end=True)
+        return self.result
+
+    # ------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed training needs to continue exactly (plain data and tensors)."""
+        if self._context is not None and self._started:
+            method_state = self.method.state_dict()
+        else:
+            method_state = self._pending_method_state
+        return {
+            "method": self.method.name,
+            "method_state": method_state,
+            "plan": self.plan.to_dict() if self.plan is not None else None,
+            "events_done": self.events_done,
+            "events": list(self._events),
+            "trajectory": list(self._trajectory),
+            "prune_early": self._prune_early,
+            "last_update_step": self.last_update_step,
+            "dense": self.dense.to_dict() if self.dense is not None else None,
+            "latency": self._latency,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("method") not in (None, self.method.name):
+            raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
+                             f"runs {self.method.name!r}; resume with the same method")
+        self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
+        self.events_done = int(state.get("events_done", 0))
+        self._events = list(state.get("events", []))
+        self._trajectory = list(state.get("trajectory", []))
+        self._prune_early = bool(state.get("prune_early", False))
+        self.last_update_step = int(state.get("last_update_step", -1))
+        self.dense = DenseState.from_dict(state.get("dense"))
+        self._latency = state.get("latency")
+        self._pending_method_state = state.get("method_state") or None
+        self._context = None
+        self._started = False
+
+    # ------------------------------------------------------------- internals
+    def _find_groups(self, model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
+        names = {m: n for n, m in model.named_modules()}
+        missing = [type(m).__name__ for m in self._ignored_modules if m not in names]
+        if missing:
+            raise ValueError(f"ignored_layers: modules {missing} are not part of the LightningModule (the model being pruned)")
+        ignored = self._ignored_names + [names[m] for m in self._ignored_modules]
+        self._ignored_resolved = ignored
+        try:
+            return find_channel_groups(model, example, ignored)
+        except (UnsupportedLayerError, ValueError):
+            raise
+        except Exception as err:  # whatever forward() raises on a plain tensor
+            raise ValueError(
+                f"the pruning engine traces the model's forward() on one input tensor of shape "
+                f"{tuple(example.shape)} (from example_input=, example_input_array or the first training batch) "
+                f"to find prunable filters, and that failed: {type(err).__name__}: {err}. Define forward(x) to run "
+                "the network on the input tensor (a forward() taking a dict or several inputs is not supported), "
+                "or pass example_input=.") from err
+
+    def _setup_method(self, model: nn.Module, world: World, steps_per_epoch: int | None,
+                      evaluate: Callable[[nn.Module], float] | None) -> None:
+        device = next(model.parameters()).device
+        example = self.example.to(device)
+        groups = self._find_groups(model, example)
+        if not groups:
+            raise ValueError("the pruning engine found no prunable filters in the model")
+        cost = count_cost(model, example)
+        budget = self.budget
+        if self.dense is None:  # first set-up, on the dense model
+            round_to = budget.round_to_on(device)
+            floor = budget.floors(groups, round_to)
+            final = None
+            if self.allocation in ("uniform", "global", "rates"):
+                scores = None
+                if self.allocation == "global":
+                    scores = self.method.importance(model, groups) or {
+                        g.name: g.norms({n: p.detach() for n, p in model.named_parameters()}) for g in groups}
+                final, self._latency = budget.keep_counts(model, example, groups, cost, round_to=round_to,
+                                                          allocation=self.allocation, scores=scores, shared=[self],
+                                                          timing_input=self._timing_rows)
+                if world.size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
+                    final = world.broadcast(final)
+                    if self._latency is not None:
+                        self._latency = world.broadcast(self._latency)
+            elif self.allocation == "method" and self.target.kind != "latency":
+                budget.check(model, groups, cost, round_to)  # the floors fit the target
+            self._dry_run(model, example, groups, floor)
+            self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
+                                    cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
+                                    steps={g.name: group_step(g, round_to) for g in groups})
+        dense = self.dense
+        min_keep = {g.name: min(dense.min_keep[g.name], g.size) for g in groups}
+        view = None
+        if dense.allocation == "method" and dense.final_keep is None:
+            view = budget.view(model, groups, cost, dense.round_to, self._method_latency_table(model, example,
+                                                                                                  groups, cost))
+            if not view.fits(view.floor):
+                raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
+                                 f"({view.fraction(view.floor):.4f} of the dense model); raise it or relax "
+                                 "min_channels / max_pruning_ratio / round_to")
+        self._context = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),
+                                      keep=dense.keep_at(self.events_done, self.schedule.prune_events, groups),
+                                      min_keep=min_keep, sync=world.sync, example=example, event=self.events_done,
+                                      events=self.schedule.prune_events, final_keep=dense.final_keep,
+                                      evaluate=evaluate, allocation=dense.allocation, budget=view,
+                                      sparsify_updates=self._planned_updates(steps_per_epoch))
+        self.method.setup(self._context)
+        if self._pending_method_state is not None:
+            self.method.load_state_dict(self._pending_method_state)
+            self._pending_method_state = None
+            self._started = True
+        if self.verbose and self.events_done == 0 and not self._started and world.rank == 0:
+            goal = f"target {self.target.to_dict()}" if self.target is not None else "no target (the method decides)"
+            world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
+                       f"first prune at the start of epoch {self.schedule.prune_epoch(0)}.")
+
+    def _dry_run(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
+                 floor: Mapping[str, int]) -> None:
+        """Prune a deep copy of the model to every group's minimum and check the rebuild, before
+        the first optimizer step: what would fail at the real prune fails now."""
+        trial = model_copy(model, shared=[self])
+        try:
+            dry_run(trial, example, groups, floor)
+        finally:
+            del trial
+
+    def _method_latency_table(self, model: nn.Module, example: torch.Tensor, groups, cost):
+        """A latency target learned by the method: the per-layer table it steers by (timed once, on
+        the dense model)."""
+        if self.target.kind != "latency":
+            return None
+        if self._latency_table is None:
+            self._latency_table, _ = latency_table(model, example, groups, cost, self.target, self._timing_rows)
+        return self._latency_table
+
+    def _planned_updates(self, steps_per_epoch: int | None) -> int | None:
+        """The method's periodic updates in the sparsify phase (None where the epoch length is unknown)."""
+        if steps_per_epoch is None:
+            return None
+        steps = steps_per_epoch * self.schedule.sparsify_epochs
+        every = self.schedule.update_every_n_steps
+        return max(1, steps // every) if every else max(1, self.schedule.sparsify_epochs)
+
+    def _start_sparsify(self) -> None:
+        if self.method.sparsifies:
+            self.method.start()
+            self._started = True
+
+    def _update(self, step: int) -> dict[str, float]:
+        metrics = self.method.update()
+        self.last_update_step = step
+        learned = self.method.learned_counts() if self.events_done == 0 else None
+        if learned:  # the structure the method holds, update by update, until the first prune
+            self._trajectory.append({"step": int(step), "kept": {k: int(v) for k, v in learned.items()}})
+        return metrics
+
+    def _method_counts(self, model: nn.Module, example: torch.Tensor, ctx: MethodContext, world: World) -> dict:
+        """The counts of this event from the structure the method learned (``allocation="method"``):
+        a threshold on the method's cross-layer channel values that meets the target (within the
+        target's tolerance, from below), then this event's share of the way there."""
+        values = self.method.allocation_scores()
+        if values is None:
+            raise RuntimeError(f"pruning method {self.method.name!r} learns the structure (allocation='method') "
+                               "but gave no channel values at the prune; did its sparsify phase run?")
+        values = world.broadcast(values) if world.size > 1 else values
+        final, latency = self.budget.keep_counts(model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to,
+                                                 allocation="method", scores=values, shared=[self],
+                                                 timing_input=self._timing_rows, table=self._latency_table)
+        if world.size > 1:
+            final, latency = world.broadcast(final), world.broadcast(latency)
+        self.dense.final_keep = final
+        if latency is not None:
+            self._latency = latency
+        ctx.final_keep = final
+        return self.dense.keep_at(self.events_done, self.schedule.prune_events, ctx.groups)
+
+    def _prune(self, model: nn.Module, epoch: int, step: int, optimizers: Sequence[torch.optim.Optimizer],
+               world: World) -> dict[str, float]:
+        """Select, mask, rebuild, remap the optimizer(s), and record the event."""
+        ctx = self._context
+        example = self.example.to(next(model.parameters()).device)
+        keep = ctx.keep
+        learned = self.method.learned_counts()
+        if keep is None and self.dense.allocation == "method":
+            keep = self._method_counts(model, example, ctx, world)
+        masks = self._check_masks(self.method.select(keep), ctx)
+        if world.size > 1:  # every rank prunes exactly what rank 0 decided
+            masks = world.broadcast(masks)
+        step_plan = plan_from_support(example.shape, masks, ctx.groups)
+        before = ctx.cost
+        old_params = dict(model.named_parameters())
+        remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)
+        new_params = dict(model.named_parameters())
+        for optimizer in optimizers:
+            remap_optimizer(optimizer, old_params, new_params, remap)
+        if world.rewrap is not None:
+            world.rewrap()  # a data-parallel wrapper held the old parameters
+        after = count_cost(model, example)
+        self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
+        setattr(model, APPLIED_PLAN_ATTR, self.plan.to_dict())
+        info = dict(self.method.after_rebuild(model, step_plan) or {})
+        if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
+            info.update(self._latency_check(model, example, world))
+        self.events_done += 1
+        self._events.append({"epoch": epoch, "step": step, "macs": int(after.macs), "params": int(after.params),
+                             "keep": {g.name: int(masks[g.name].sum()) for g in ctx.groups},
+                             "allocation": self.dense.allocation,
+                             **({"learned": {k: int(v) for k, v in learned.items()}} if learned else {}), **info})
+        self._context = None
+        self._started = False
+        self.result = self._build_result(after)
+        if self.verbose and world.rank == 0:
+            world.info(f"Pruning: pruned at the start of epoch {epoch} (event {self.events_done} of "
+                       f"{self.schedule.prune_events})\n" + format_layer_table(layer_rows(before, after), before, after))
+        return {"macs": float(after.macs), "params": float(after.params)}
+
+    def _latency_check(self, model: nn.Module, example: torch.Tensor, world: World) -> dict:
+        """A latency target, after the last prune: the pruned model timed, beside what was asked and
+        predicted. A miss by more than :data:`LATENCY_MISS` is warned about, not only recorded."""
+        rows = example if self._timing_rows is None else self._timing_rows.to(example.device, example.dtype)
+        measured = model_ms(model, rows, self.target.batch_size)
+        lat = self._latency
+        met = measured <= self.target.latency * (1 + LATENCY_MISS)
+        if not met and world.rank == 0:
+            warnings.warn(
+                f"latency target missed: the pruned model runs {measured:.3f} ms per batch of {self.target.batch_size}, "
+                f"{measured / self.target.latency - 1:+.0%} over the {self.target.latency:.3f} ms asked (predicted "
+                f"{lat['predicted_ms']:.3f} ms, dense {lat['dense_ms']:.3f} ms). A busy machine times slower than the "
+                "calibration did: time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or "
+                "ask for less.", stacklevel=2)
+        return {"latency_dense_ms": lat["dense_ms"], "latency_predicted_ms": lat["predicted_ms"],
+                "latency_measured_ms": measured, "latency_target_met": met,
+                "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
+                "latency_calibration_ms": lat.get("calibration_ms")}
+
+    def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext) -> dict[str, torch.Tensor]:
+        out = {}
+        for g in ctx.groups:
+            m = masks.get(g.name)
+            if m is None or m.numel() != g.size:
+                raise RuntimeError(f"pruning method {self.method.name!r} returned no mask (or a mask of the wrong size) "
+                                   f"for group {g.name!r}")
+            m = m.detach().to("cpu", torch.bool).flatten()
+            if g.blocks > 1:  # grouped convolutions: the same positions in every block
+                with torch.no_grad():
+                    m = align_blocks(g, m, g.norms(ctx.params))
+            if int(m.sum()) < ctx.min_keep.get(g.name, 1):
+                raise RuntimeError(f"pruning method {self.method.name!r} keeps {int(m.sum())} channels of {g.name!r}, "
+                                   f"fewer than its minimum {ctx.min_keep.get(g.name, 1)}")
+            out[g.name] = m
+        return out
+
+    def _build_result(self, after: ModelCost, fit_end: bool = False) -> PruningResult:
+        dense = ModelCost.from_dict(self.dense.cost)
+        config = {"method": self.method.config(), "schedule": asdict(self.schedule),
+                  "min_channels": self.budget.min_channels, "max_pruning_ratio": self.budget.max_pruning_ratio,
+                  "allocation": self.allocation, "round_to": self.dense.round_to,
+                  "ignored_layers": list(self._ignored_resolved)}
+        return PruningResult(
+            method=self.method.name, config=config,
+            target=self.target.to_dict() if self.target is not None else None,
+            dense={"macs": int(dense.macs), "params": int(dense.params)},
+            pruned={"macs": int(after.macs), "params": int(after.params)},
+            layers=layer_rows(dense, after), plan=self.plan.to_dict() if self.plan is not None else None,
+            events=list(self._events), trajectory=list(self._trajectory),
+            timings=self._timings(fit_end))
+
+    def _timings(self, fit_end: bool) -> dict:
+        """Seconds since this process's training started: to the last prune event, and to the end."""
+        if self._start_time is None:
+            return {}
+        now = time.perf_counter() - self._start_time
+        if fit_end:
+            return {**self._prune_timing, "fit_s": now}
+        self._prune_timing = {"last_prune_s": now}
+        return dict(self._prune_timing)
+
+
+def steps_per_epoch(batches, accumulate: int = 1) -> int | None:
+    """Optimizer steps per epoch from the batches per epoch (``None`` where that is not finite)."""
+    if isinstance(batches, float) and not math.isfinite(batches):
+        return None
+    if batches is None:
+        return None
+    return math.ceil(int(batches) / max(1, accumulate))

@@ -1,0 +1,91 @@
+"""Every use of Lightning's private API, in one place.
+
+The callback relies on a few attributes Lightning does not document. Each is reached only through
+a function here, with the reason no public API serves. :func:`check` looks for all of them when a
+fit starts, so that a Lightning release that moves one fails at once with a message naming the
+attribute and the version, rather than somewhere in the middle of a fit. Tested with the
+Lightning versions in :data:`TESTED` (the suite checks the installed one).
+"""
+
+from __future__ import annotations
+
+import lightning
+import torch
+
+#: the Lightning versions (major.minor) this module has been tested with
+TESTED = ("2.6",)
+
+
+class LightningInternalsError(RuntimeError):
+    """A private Lightning attribute the callback relies on is missing from the installed version."""
+
+
+def _missing(what: str, why: str) -> LightningInternalsError:
+    return LightningInternalsError(
+        f"lightning_ssr relies on Lightning's private {what} ({why}), which Lightning {lightning.__version__} "
+        f"does not have; lightning_ssr is tested with Lightning {', '.join(TESTED)}.x. Install one of those "
+        "(pip install 'lightning==2.6.*') or report this with the versions.")
+
+
+def _trainer_attrs(trainer) -> list[tuple[object, str, str, str]]:
+    return [
+        (trainer, "_checkpoint_connector", "Trainer._checkpoint_connector", _WHY_CHECKPOINT),
+        (getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint",
+         "_CheckpointConnector._loaded_checkpoint", _WHY_CHECKPOINT),
+        (trainer.fit_loop.epoch_loop.val_loop, "setup_data", "fit_loop.epoch_loop.val_loop.setup_data", _WHY_VAL),
+    ]
+
+
+#: a resumed fit(ckpt_path=...) loads the weights before any callback hook sees the checkpoint, so
+#: the model's pruned shapes must be rebuilt from the checkpoint Lightning is loading at that moment
+_WHY_CHECKPOINT = "the checkpoint being restored, read while its weights load, to rebuild the pruned shapes first"
+#: the validation data are only set up by Lightning when validation first runs; a method that checks
+#: a change on validation data before then (FSM's compensation) asks for them early
+_WHY_VAL = "to set the validation data up before Lightning's first validation, for FSM's compensation check"
+#: LightningModule.log checks which hook is running; requesting the loaders sets that name, which
+#: must be put back or the next self.log in training_step is refused
+_WHY_FX = "the name of the running hook, put back after the validation data are set up"
+_WHY_COMPILE = "whether the LightningModule was torch.compile'd, which a mid-fit rebuild cannot follow"
+
+
+def check(trainer, pl_module) -> None:
+    """Every private attribute reached here exists in the installed Lightning; else an error naming it."""
+    for owner, attr, what, why in _trainer_attrs(trainer):
+        if owner is None or not hasattr(owner, attr):
+            raise _missing(what, why)
+    for attr, why in (("_current_fx_name", _WHY_FX), ("_compiler_ctx", _WHY_COMPILE)):
+        if not hasattr(pl_module, attr):
+            raise _missing(f"LightningModule.{attr}", why)
+
+
+def loaded_checkpoint(trainer) -> dict:
+    """The checkpoint ``fit(ckpt_path=...)`` is restoring (empty when none)."""
+    return getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
+
+
+def set_up_validation_data(trainer, pl_module) -> None:
+    """Have Lightning set the fit's validation dataloaders up now (they are otherwise set up at the
+    first validation); the running hook's name is kept, so that logging goes on working."""
+    hook = pl_module._current_fx_name
+    try:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    finally:
+        pl_module._current_fx_name = hook
+
+
+def is_compiled(pl_module) -> bool:
+    """Whether the module (or a submodule) was ``torch.compile``'d."""
+    return bool(getattr(pl_module, "_compiler_ctx", None)) or any(
+        isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in pl_module.modules())
+
+
+def ddp_start_method(strategy) -> str:
+    """How a DDPStrategy starts its processes (``"popen"``: subprocesses running the script)."""
+    return getattr(strategy, "_start_method", "popen")
+
+
+def rewrap_ddp(trainer, pl_module) -> None:
+    """After a rebuild the DistributedDataParallel wrapper holds the old parameters (its reducer
+    fails on the next step): wrap the rebuilt module again."""
+    trainer.strategy.model = pl_module
+    trainer.strategy.configure_ddp()

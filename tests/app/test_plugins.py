@@ -1,0 +1,69 @@
+"""A method added from one file outside the package, with its own config, runs through the
+command: no file of the project is touched."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+METHOD = '''
+"""A pruning method outside lightning_ssr: keep the first channels of every layer."""
+import torch
+
+from lightning_ssr.methods import PruningMethod, register_method
+
+
+@register_method("first_channels")
+class FirstChannels(PruningMethod):
+    """Keep each layer's first channels (a plugin's example)."""
+
+    name = "first_channels"
+
+    def select(self, keep):
+        masks = {}
+        for g in self.context.groups:
+            m = torch.zeros(g.size, dtype=torch.bool)
+            m[: keep[g.name]] = True
+            masks[g.name] = m
+        return masks
+'''
+
+CONFIG = '''
+# the plugin's config, found through hydra.searchpath
+defaults:
+  - override /schedule@_global_.schedule: oneshot
+  - _self_
+
+name: first_channels
+ignored_layers: []
+'''
+
+
+def test_a_method_from_one_file_outside_the_package_runs_through_the_command(tmp_path):
+    plugin = tmp_path / "plugin"
+    (plugin / "conf" / "pruning").mkdir(parents=True)
+    (plugin / "first_channels.py").write_text(textwrap.dedent(METHOD))
+    (plugin / "conf" / "pruning" / "first_channels.yaml").write_text(textwrap.dedent(CONFIG))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lightning_ssr.app.cli", "pruning=first_channels",
+           f"plugins=[{plugin / 'first_channels.py'}]", f"hydra.searchpath=[file://{plugin / 'conf'}]",
+           "data=uci_digits", "dense.epochs=1", f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.5",
+           "schedule.finetune_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
+           "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "ok" and result["method"] == "first_channels"
+    assert result["pruned"]["macs"] <= 0.5 * result["dense"]["macs"]
+    assert all(group["kept"] == list(range(len(group["kept"]))) for group in result["plan"]["groups"])
+
+
+def test_a_plugin_that_cannot_be_loaded_is_named(tmp_path):
+    import pytest
+
+    from lightning_ssr.app.cli import load_plugins
+
+    with pytest.raises(FileNotFoundError, match="plugins: no file"):
+        load_plugins([str(tmp_path / "missing.py")])
+    with pytest.raises(ModuleNotFoundError, match="plugins: cannot import 'no_such_module_xyz'"):
+        load_plugins(["no_such_module_xyz"])

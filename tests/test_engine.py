@@ -1,0 +1,94 @@
+"""The Lightning-free engine: a hand-written training loop on a bare nn.Module, with the same
+plan and the same weights as the Pruning callback inside Trainer.fit on the same data and seed."""
+
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ssr import Pruning, PruningEngine, PruningSchedule
+from tests.lit import NetClassifier, trainer
+from tests.nets import SmallResidualCNN
+
+SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
+                           stop_early=False)
+
+
+def _data():
+    gen = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 5, (64,), generator=gen))
+
+
+def _unprefixed(obj):
+    """``obj`` with the LightningModule's "net." taken off every module name."""
+    if isinstance(obj, dict):
+        return {(k[4:] if isinstance(k, str) and k.startswith("net.") else k): _unprefixed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unprefixed(v) for v in obj]
+    return obj[4:] if isinstance(obj, str) and obj.startswith("net.") else obj
+
+
+@pytest.mark.parametrize("method,kwargs", [("ssr_l20", {"rho": 0.5}), ("ssr_l21", {"rho": 0.5}), ("l1", {})])
+def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, method, kwargs):
+    schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=5)
+    target = {"macs": 0.4}
+
+    # the callback in Trainer.fit
+    pl.seed_everything(0)
+    lit = NetClassifier(SmallResidualCNN(in_channels=3, num_classes=5), lr=0.05)
+    callback = Pruning(method, target=target, method_kwargs=kwargs, schedule=schedule, verbose=False)
+    trainer(tmp_path, [callback], schedule.total_epochs).fit(lit, DataLoader(_data(), batch_size=16))
+
+    # the engine in a loop written by hand, on a bare nn.Module
+    pl.seed_everything(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = PruningEngine(method, target=target, method_kwargs=kwargs, schedule=schedule, verbose=False)
+    step = 0
+    engine.start()
+    for epoch in range(schedule.total_epochs):
+        model.train()
+        for x, y in DataLoader(_data(), batch_size=16):
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            engine.on_before_optimizer_step()
+            optimizer.step()
+            step += 1
+            engine.on_batch_end(step=step)
+        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=schedule.total_epochs)
+    result = engine.finish(model)
+
+    assert "lightning" not in type(model).__module__
+    # the callback's names are relative to the LightningModule, which holds the network as "net"
+    assert engine.plan.to_dict() == _unprefixed(callback.plan.to_dict())
+    assert engine.events == _unprefixed(callback.events) and len(engine.events) == 1
+    expected = lit.net.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    assert result.pruned == callback.result.pruned and result.plan == _unprefixed(callback.result.plan)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_import_lightning_ssr_loads_neither_hydra_nor_the_app():
+    code = ("import sys, lightning_ssr; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('hydra', 'omegaconf') or m.startswith('lightning_ssr.app')); print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_nothing_in_the_library_imports_the_app():
+    from pathlib import Path
+
+    import lightning_ssr
+
+    root = Path(lightning_ssr.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "app" not in p.relative_to(root).parts
+                 and ("from .app" in p.read_text() or "lightning_ssr.app" in p.read_text()
+                      or "import hydra" in p.read_text())]
+    assert offenders == ["__main__.py"]  # python -m lightning_ssr runs the command, on request
