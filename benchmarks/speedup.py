@@ -92,19 +92,25 @@ def latency_case(name: str, target, round_to: int, repeats: int) -> dict:
     flops_ratio = count_cost(dense, x).macs / count_cost(pruned, x).macs
     rates = target if isinstance(target, str) else json.dumps(target)
     layouts = {}
-    modes = (("contiguous", lambda m: m, torch.contiguous_format),
-             ("channels_last", lambda m: m.to(memory_format=torch.channels_last), torch.channels_last),
-             ("folded_bn_channels_last", optimize_for_cpu_inference, torch.channels_last),
-             ("inductor_frozen", compile_for_cpu_inference, torch.channels_last))
-    for layout, prepare, fmt in modes:
+    folding: dict[str, dict] = {"dense": {}, "pruned": {}}  # whether BN folding worked, per model
+
+    def folded(which):
+        return lambda m: optimize_for_cpu_inference(m, report=folding[which])
+    modes = (("contiguous", lambda m: m, lambda m: m, torch.contiguous_format),
+             ("channels_last", lambda m: m.to(memory_format=torch.channels_last),
+              lambda m: m.to(memory_format=torch.channels_last), torch.channels_last),
+             ("folded_bn_channels_last", folded("dense"), folded("pruned"), torch.channels_last),
+             ("inductor_frozen", compile_for_cpu_inference, compile_for_cpu_inference, torch.channels_last))
+    for layout, prepare_dense, prepare_pruned, fmt in modes:
         torch._dynamo.reset()  # each case compiles afresh (dynamo's recompile limit would fall back to eager)
-        lat = compare_latency(prepare(dense), prepare(pruned), [1, 3, 32, 32], (1, 64), repeats,
+        lat = compare_latency(prepare_dense(dense), prepare_pruned(pruned), [1, 3, 32, 32], (1, 64), repeats,
                               memory_format=fmt)
         layouts[layout] = {
             "latency_ms": {"dense": lat["dense"], "pruned": lat["pruned"]},
             "speedup": lat["speedup"],
             "speedup_over_flops_reduction": {k: v / flops_ratio for k, v in lat["speedup"].items()},
         }
+    layouts["folded_bn_channels_last"]["bn_folding"] = folding  # recorded: a failed fold is not hidden
     best = min(layouts, key=lambda k: layouts[k]["latency_ms"]["pruned"]["batch_64"])
     return {"model": name, "rates": rates, "round_to": round_to, "flops_reduction": flops_ratio, "best_layout": best,
             "kept": {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)},

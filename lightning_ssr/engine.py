@@ -27,6 +27,7 @@ model after a rebuild.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -45,7 +46,14 @@ from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
-from .structure.surgery import dry_run, model_copy, prune_channels, remap_optimizer
+from .structure.surgery import (
+    dry_run,
+    model_copy,
+    prune_channels,
+    remap_optimizer,
+    restore_modules,
+    snapshot_modules,
+)
 from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table
 
 #: how far above a latency target the pruned model may run before the engine warns (the timings of
@@ -129,6 +137,19 @@ def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
             raise TypeError(f"ignored_layers entries must be module names (str) or nn.Module objects, got "
                             f"{type(item).__name__} {item!r}")
     return names, modules
+
+
+def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict:
+    """What a rebuild changes in an optimizer: each group's parameter list and the state (copied)."""
+    return {"params": [list(g["params"]) for g in optimizer.param_groups],
+            "state": {p: copy.deepcopy(s) for p, s in optimizer.state.items()}}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping) -> None:
+    for group, params in zip(optimizer.param_groups, saved["params"]):
+        group["params"] = list(params)
+    optimizer.state.clear()
+    optimizer.state.update(saved["state"])
 
 
 def first_tensor(batch) -> torch.Tensor | None:
@@ -527,18 +548,34 @@ class PruningEngine:
         step_plan = plan_from_support(example.shape, masks, ctx.groups)
         before = ctx.cost
         old_params = dict(model.named_parameters())
+        snapshot = snapshot_modules(model)  # prune_channels restores the model itself if it fails;
+        saved = [_optimizer_snapshot(o) for o in optimizers]  # what follows it is undone here
         remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)
-        new_params = dict(model.named_parameters())
-        for optimizer in optimizers:
-            remap_optimizer(optimizer, old_params, new_params, remap)
-        if world.rewrap is not None:
-            world.rewrap()  # a data-parallel wrapper held the old parameters
-        after = count_cost(model, example)
-        self.plan = step_plan if self.plan is None else self.plan.then(step_plan)
+        try:
+            new_params = dict(model.named_parameters())
+            for optimizer in optimizers:
+                remap_optimizer(optimizer, old_params, new_params, remap)
+            if world.rewrap is not None:
+                world.rewrap()  # a data-parallel wrapper held the old parameters
+            after = count_cost(model, example)
+            plan = step_plan if self.plan is None else self.plan.then(step_plan)
+            info = dict(self.method.after_rebuild(model, step_plan) or {})
+            if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
+                info.update(self._latency_check(model, example, world))
+        except BaseException as err:
+            restore_modules(snapshot)
+            for optimizer, state in zip(optimizers, saved):
+                _restore_optimizer(optimizer, state)
+            if world.rewrap is not None:
+                world.rewrap()
+            if not isinstance(err, Exception):
+                raise
+            raise RuntimeError(
+                f"the prune at the start of epoch {epoch} failed after the rebuild ({type(err).__name__}: {err}); the "
+                "model and the optimizer were restored exactly as they were before the prune, and nothing was "
+                f"recorded. The method {self.method.name!r} raised it, or the step after the rebuild did.") from err
+        self.plan = plan
         setattr(model, APPLIED_PLAN_ATTR, self.plan.to_dict())
-        info = dict(self.method.after_rebuild(model, step_plan) or {})
-        if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
-            info.update(self._latency_check(model, example, world))
         self.events_done += 1
         self._events.append({"epoch": epoch, "step": step, "macs": int(after.macs), "params": int(after.params),
                              "keep": {g.name: int(masks[g.name].sum()) for g in ctx.groups},

@@ -28,6 +28,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,22 @@ def _bracket(xs: Sequence[int], x: float) -> tuple[int, float]:
     return len(xs) - 1, 0.0
 
 
+def _read_cache(path: Path) -> dict:
+    """The layer timings cached at ``path``; an unreadable file (truncated by an interrupted run, or
+    not a timing cache) is said and timed anew, then written again whole."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds a {type(data).__name__}, not the mapping of layer timings")
+        return data
+    except (OSError, ValueError, TypeError) as err:
+        warnings.warn(f"the latency cache {str(path)!r} is unreadable ({type(err).__name__}: {err}); its layers are "
+                      "timed again and the file is written anew", stacklevel=3)
+        return {}
+
+
 def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCost,
                   cache_dir: str | os.PathLike | None = None, repeats: int = 20) -> LatencyModel:
     """Time ``model`` (on ``example``'s batch size, device and dtype) and each of its layers on a
@@ -290,7 +307,7 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
             h.remove()
     cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache_path / "layers.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache = _read_cache(cache_file)
     layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=False)
     if sum(float(t["ms"][-1][-1]) for t in layers.values()) > INCONSISTENT_TABLE * dense_ms:
         layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=True)

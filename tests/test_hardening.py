@@ -3,6 +3,7 @@ and the bad-input table (every refused case raises before the first optimizer st
 the model's state_dict bitwise unchanged)."""
 
 import copy
+import json
 
 import lightning.pytorch as pl
 import pytest
@@ -262,3 +263,145 @@ def test_nan_loss_stops_at_that_step_and_the_last_checkpoint_stays_intact(tmp_pa
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=0.ckpt"]
     state = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------ errors that used to hide
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failure_after_the_rebuild_restores_model_and_optimizer_and_says_so(tmp_path):
+    """A method whose after_rebuild raises (FSM's compensation check, say): the prune is undone,
+    model and optimizer exactly as just before it, and the error says so."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_ssr.methods.ssr import SSR
+
+    class Failing(SSR):
+        def after_rebuild(self, model, plan):
+            raise ValueError("the validation data went away")
+
+    seen = {}
+
+    class Record(Callback):  # runs before the pruning callback at the prune's first batch
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == SSR_SCHEDULE.prune_epoch() and "model" not in seen:
+                seen["model"] = _state(pl_module)
+                seen["optimizer"] = copy.deepcopy(trainer.optimizers[0].state_dict())
+
+    torch.manual_seed(0)
+    model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
+    callback = Pruning(Failing("l20", rho=0.5), target={"macs": 0.5}, schedule=SSR_SCHEDULE, verbose=False)
+    trainer = _trainer(tmp_path, [Record(), callback])
+    with pytest.raises(RuntimeError, match="failed after the rebuild .*the validation data went away.*restored exactly"):
+        trainer.fit(model, _data())
+    assert _same(seen["model"], model.state_dict())
+    opt = trainer.optimizers[0]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    restored, before = opt.state_dict(), seen["optimizer"]
+    assert restored["param_groups"] == before["param_groups"]
+    assert all(torch.equal(restored["state"][i][k], before["state"][i][k]) for i in before["state"]
+               for k in before["state"][i])
+    assert callback.events == [] and callback.plan is None
+
+
+SSR_SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2)
+
+
+def test_out_of_memory_during_a_rebuild_is_reported_as_such_not_as_an_unsupported_layer(monkeypatch):
+    from lightning_ssr.structure import surgery
+
+    net = SmallResidualCNN(in_channels=3, num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    before = _state(net)
+    real, calls = surgery.check_outputs, []
+
+    def oom_on_the_check(model, inputs, precision=None):
+        calls.append(1)
+        if len(calls) == 2:  # the rebuilt model's outputs
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, inputs, precision)
+
+    monkeypatch.setattr(surgery, "check_outputs", oom_on_the_check)
+    groups = find_channel_groups(net, x)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory while rebuilding.*restored unchanged"):
+        prune_channels(net, x, {g.name: list(range(0, g.size, 2)) for g in groups})
+    assert _same(before, net.state_dict())
+
+
+def test_a_bug_during_a_rebuild_is_not_blamed_on_the_layers(monkeypatch):
+    """An error that is not the structure's (here, in masking) keeps its own type and message."""
+    from lightning_ssr.structure import surgery
+
+    net = SmallResidualCNN(in_channels=3, num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    before = _state(net)
+    monkeypatch.setattr(surgery, "mask_channels", lambda *a, **k: {}["missing"])
+    groups = find_channel_groups(net, x)
+    with pytest.raises(KeyError, match="missing"):
+        prune_channels(net, x, {g.name: list(range(0, g.size, 2)) for g in groups})
+    assert _same(before, net.state_dict())
+
+
+def test_kept_channels_not_aligned_to_grouped_convolutions_are_refused_naming_the_cause():
+    from lightning_ssr.structure import PlanMismatchError
+    from tests.nets import SmallResNeXt
+
+    net = SmallResNeXt()
+    x = torch.randn(2, 3, 8, 8)
+    groups = {g.name: g for g in find_channel_groups(net, x)}
+    name = next(n for n, g in groups.items() if g.blocks > 1)
+    before = _state(net)
+    kept = {name: [0, 1, 2, 5, 9, 14]}  # blocks of 4: positions differ from block to block
+    with pytest.raises(PlanMismatchError, match=r"grouped convolutions .* same positions.*align_blocks"):
+        prune_channels(net, x, kept)
+    assert _same(before, net.state_dict())
+
+
+def test_fsm_refuses_at_set_up_a_validation_score_that_fails(tmp_path):
+    def broken(model):
+        raise KeyError("labels")
+
+    torch.manual_seed(0)
+    model = Lit(SmallResNeXt_with_bn())
+    before = _state(model)
+    callback = Pruning("fsm", target={"macs": 0.5}, evaluate=broken, **ONESHOT)
+    trainer = _trainer(tmp_path, [callback])
+    with pytest.raises(ValueError, match=r"fsm: compensate=True .* failed on the dense model \(KeyError.*evaluate="):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0 and _same(before, model.state_dict())
+
+
+def SmallResNeXt_with_bn():
+    from tests.nets import SmallResNeXt
+
+    return SmallResNeXt(in_channels=3, num_classes=5)
+
+
+def test_a_truncated_latency_cache_is_said_and_timed_again(tmp_path):
+    from lightning_ssr.cost import count_cost
+    from lightning_ssr.latency import latency_model
+
+    net = SmallResidualCNN(in_channels=3, num_classes=5)
+    x = torch.randn(2, 3, 16, 16)
+    (tmp_path / "layers.json").write_text('{"truncated": [1, 2')
+    with pytest.warns(UserWarning, match="latency cache .*layers.json.* unreadable .*timed again"):
+        table = latency_model(net, x, find_channel_groups(net, x), count_cost(net, x), cache_dir=tmp_path, repeats=2)
+    assert table.layers and json.loads((tmp_path / "layers.json").read_text())  # written anew, whole
+
+
+def test_a_failed_batchnorm_fold_is_recorded_not_only_warned():
+    from lightning_ssr.app.export import optimize_for_cpu_inference
+
+    net = Lit(DictInputNet())  # torch.fx cannot trace a forward that checks its input's type
+    report = {}
+    with pytest.warns(UserWarning, match="BatchNorm folding skipped"):
+        optimize_for_cpu_inference(net, report=report)
+    assert report["bn_folded"] is False and "bn_fold_error" in report
+    report = {}
+    optimize_for_cpu_inference(SmallResidualCNN(in_channels=3, num_classes=5), report=report)
+    assert report == {"bn_folded": True}

@@ -20,13 +20,13 @@ from ..modes import eval_mode
 EXPORT_FORMATS = ("onnx", "torchscript", "torch_export")
 
 
-def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
+def optimize_for_cpu_inference(model: nn.Module, report: dict | None = None) -> nn.Module:
     """A copy of ``model`` for CPU inference: eval mode, BatchNorm folded into the preceding
     convolutions (``torch.fx``), channels_last memory layout. oneDNN's convolutions run the
     odd channel counts of pruned layers far better in channels_last, and folding removes the
     BN passes over activations, which pruning does not shrink where channels are unprunable.
-    Models that ``torch.fx`` cannot trace are returned unfused (still eval + channels_last).
-    """
+    Models that ``torch.fx`` cannot trace are returned unfused (still eval + channels_last),
+    with a warning; ``report`` (a dict) receives ``bn_folded`` (bool) and, if not, why."""
     import copy
 
     from torch.fx.experimental.optimization import fuse
@@ -34,8 +34,12 @@ def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     try:
         model = fuse(model)
-    except Exception as err:  # noqa: BLE001 - any tracing failure just means "no folding"
+        folded = {"bn_folded": True}
+    except Exception as err:  # noqa: BLE001 - torch.fx cannot trace every model: it runs unfused, and says so
+        folded = {"bn_folded": False, "bn_fold_error": f"{type(err).__name__}: {err}"}
         warnings.warn(f"BatchNorm folding skipped: torch.fx could not trace the model ({err})", stacklevel=2)
+    if report is not None:
+        report.update(folded)
     return model.to(memory_format=torch.channels_last)
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -74,17 +74,39 @@ def _norm_stats(group: ChannelGroup, params: Mapping[str, torch.Tensor]) -> dict
     return out
 
 
+def _without_bn(group: ChannelGroup, model: nn.Module) -> str | None:
+    """The first consumer that reads ``group`` without an affine BatchNorm on the way, if any."""
+    modules = dict(model.named_modules())
+    for consumer, norms in group.feeds.items():
+        if not any(isinstance(modules.get(n), _BN) and modules[n].affine for n in norms):
+            return consumer
+    return None
+
+
 def check_fsm_group(group: ChannelGroup, model: nn.Module) -> None:
     """Raise a ValueError naming the group and consumer when FSM cannot score ``group``: every
     consumer must see the group's channels through an affine BatchNorm."""
-    modules = dict(model.named_modules())
-    for consumer, norms in group.feeds.items():
-        bns = [n for n in norms if isinstance(modules.get(n), _BN) and modules[n].affine]
-        if not bns:
-            raise ValueError(
-                f"fsm scores a channel from the BatchNorm that precedes its consumer, but the channels of "
-                f"'{group.name}' reach '{consumer}' without an affine BatchNorm on the way. Pass "
-                f"'{group.name}' in ignored_layers, or use another method (l1, oneshot, ssr_l20).")
+    check_fsm_groups([group], model)
+
+
+def check_fsm_groups(groups: Sequence[ChannelGroup], model: nn.Module) -> None:
+    """FSM can score every group: one error naming all those it cannot (or saying that no group
+    has a BatchNorm, and which methods apply), not one group at a time."""
+    bad = {g.name: c for g in groups if (c := _without_bn(g, model)) is not None}
+    if not bad:
+        return
+    others = "l1, oneshot, ssr_l20, ssr_l21, taylor"
+    if len(bad) == len(groups):
+        raise ValueError(
+            f"fsm scores each channel from the BatchNorm before its consumers (data-free), but no prunable group of "
+            f"this model reaches its consumers through an affine BatchNorm ({len(groups)} groups: "
+            f"{sorted(bad)[:6]}{'...' if len(bad) > 6 else ''}); fsm does not apply to it. Use a method that needs "
+            f"no BatchNorm: {others}.")
+    detail = ", ".join(f"'{g}' (read by '{c}')" for g, c in sorted(bad.items()))
+    raise ValueError(
+        f"fsm scores a channel from the BatchNorm that precedes its consumer, but the channels of {detail} reach "
+        f"them without an affine BatchNorm on the way. Pass {sorted(bad)} in ignored_layers, or use another "
+        f"method ({others}).")
 
 
 def channel_shift(group: ChannelGroup, model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -156,8 +178,16 @@ class FSM(PruningMethod):
 
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        for group in context.groups:
-            check_fsm_group(group, context.model)
+        check_fsm_groups(context.groups, context.model)
+        if self.compensate and context.evaluate is not None and context.event == 0:
+            # the compensation is checked on validation data at each prune: a score that cannot be
+            # taken must fail now, before training, not after a rebuild
+            try:
+                context.evaluate(context.model)
+            except Exception as err:
+                raise ValueError(f"fsm: compensate=True checks each BatchNorm adjustment on validation data, and "
+                                 f"the validation score failed on the dense model ({type(err).__name__}: {err}). "
+                                 "Pass Pruning(evaluate=...) a callable (model) -> score, or compensate=False.") from err
 
     def importance(self, model: nn.Module, groups) -> dict[str, torch.Tensor]:
         return {g.name: fsm_importance(g, model) for g in groups}
@@ -209,22 +239,20 @@ class FSM(PruningMethod):
                 for n, b in model.named_buffers():
                     b.copy_(saved[n])
 
+        before = evaluate(model) if evaluate is not None else None
+        if before is None:  # no validation data (recorded and said): the statistics stay as rebuilt
+            info = {"compensation": "not applied: no validation data to check it on"}
+            self.decisions.append(dict(info))
+            warnings.warn(f"fsm: BatchNorm compensation {info['compensation']}", stacklevel=2)
+            return info
         try:
-            before = evaluate(model) if evaluate is not None else None
-            if before is None:
-                info = {"compensation": "not applied: no validation data to check it on"}
-                self.decisions.append(dict(info))
-                return info
             adjusted = compensate_bn(model, entries)
             after = evaluate(model)
             if after is None:
-                raise ValueError("the validation score is unavailable after the adjustment")
-        except Exception as err:  # noqa: BLE001 - the score failed: the pruned model stays as rebuilt
-            restore()
-            info = {"compensation": f"not applied: the validation score failed ({type(err).__name__}: {err})"}
-            self.decisions.append(dict(info))
-            warnings.warn(f"fsm: {info['compensation']}", stacklevel=2)
-            return info
+                raise ValueError("the validation score was available before the adjustment and not after it")
+        except Exception:
+            restore()  # the statistics as rebuilt; the engine undoes the prune and says what happened
+            raise
         keep = after >= before
         if self.context.sync is not None:
             keep = bool(self.context.sync(keep))

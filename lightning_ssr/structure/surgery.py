@@ -39,6 +39,15 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
         if sorted(set(ids)) != ids or ids[0] < 0 or ids[-1] >= g.size:
             raise PlanMismatchError(f"the pruning plan's kept indices for '{name}' must be sorted, unique and "
                                     f"in [0, {g.size}); got {ids[:8]}{'...' if len(ids) > 8 else ''}")
+        if g.blocks > 1:  # grouped convolutions: every block keeps the same positions
+            mask = torch.zeros(g.size, dtype=torch.bool)
+            mask[ids] = True
+            if not torch.equal(align_blocks(g, mask), mask):
+                raise PlanMismatchError(
+                    f"the channels of '{name}' reach grouped convolutions that split them into {g.blocks} blocks of "
+                    f"{g.size // g.blocks}: every block must keep the same positions, as many in each; got "
+                    f"{ids[:8]}{'...' if len(ids) > 8 else ''}. Make the mask valid with "
+                    "lightning_ssr.structure.align_blocks(group, mask, scores) first (the callback does).")
         matched[name] = g
     return matched
 
@@ -227,6 +236,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         mask[list(ids)] = True
         masks[matched[name].name] = mask
     remap = {}
+    stage = "mask"  # where a failure happened: torch-pruning's cut and the numerical check say "unsupported"
     try:
         mask_channels(old_params, list(matched.values()), masks)
         reference, precision = check_outputs(model, example_inputs)
@@ -238,6 +248,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
             for p in old_params.values():
                 p.grad = None
                 p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+        stage = "cut"
         try:
             for name, ids in kept.items():
                 g = matched[name]
@@ -260,11 +271,17 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
             with torch.no_grad():
                 for n, p in old_params.items():
                     p.data = values[n]
+        stage = "check"
         problem = _mismatch(reference, check_outputs(model, example_inputs, precision)[0])
         if problem is not None:
             raise RuntimeError(problem)
-    except Exception as err:
+    except BaseException as err:
         restore_modules(snapshot)
+        if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+            raise type(err)(f"out of memory while rebuilding the pruned model ({err}); the model was restored "
+                            "unchanged. Free memory (a smaller batch, or the rebuild on the CPU) and try again.") from err
+        if stage not in ("cut", "check") or not isinstance(err, Exception):  # not the structure's fault
+            raise
         involved = _offending_groups(model, example_inputs, kept, sizes) if _diagnose else []
         involved = involved or sorted(kept)
         raise UnsupportedLayerError(

@@ -166,8 +166,20 @@ def test_concat_reads_each_branch_at_its_offset():
 def test_a_group_without_batchnorm_is_refused_naming_it():
     model = build_model("lenet5")
     group = next(g for g in find_channel_groups(model, torch.zeros(2, 1, 28, 28)) if g.name == "conv1")
-    with pytest.raises(ValueError, match=r"'conv1' reach 'conv2' without an affine BatchNorm.*ignored_layers"):
+    with pytest.raises(ValueError, match=r"no prunable group .*\['conv1'\].*fsm does not apply"):
         fsm_importance(group, model)
+
+
+def test_a_network_without_any_batchnorm_is_refused_at_once_with_the_methods_that_apply(tmp_path):
+    """Not one group at a time (following the advice to ignore each led to the next error)."""
+    model = Classifier()
+    model.model = build_model("lenet5", in_channels=3, num_classes=5, input_size=16)
+    cb = Pruning(method="fsm", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0), verbose=False)
+    t = trainer(tmp_path, [cb], 1)
+    with pytest.raises(ValueError, match=r"no prunable group of this model .*3 groups.*l1, oneshot, ssr_l20") as err:
+        t.fit(model, loader())
+    assert all(name in str(err.value) for name in ("model.conv1", "model.conv2", "model.fc1"))
+    assert t.global_step == 0
 
 
 @pytest.mark.parametrize("name,rates,flops,params", [
@@ -275,9 +287,9 @@ IGNORED = ["model.mix", "model.fc1"]  # no BatchNorm after them
 def test_compensation_is_kept_only_if_the_validation_score_does_not_fall(tmp_path, scores, decision):
     calls = []
 
-    def evaluate(model):
+    def evaluate(model):  # the first call is the check at set-up that the score can be taken
         calls.append({n: b.clone() for n, b in model.named_buffers() if "running" in n})
-        return scores[len(calls) - 1]
+        return ([0.0] + scores)[len(calls) - 1]
 
     pl.seed_everything(0)
     module = Classifier()
@@ -291,7 +303,7 @@ def test_compensation_is_kept_only_if_the_validation_score_does_not_fall(tmp_pat
     event = cb.events[0]
     assert event["compensation"] == decision and event["val_before"] == scores[0]
     assert event["bn_adjusted"] == ["model.bn_a", "model.bn_b"]
-    uncompensated, compensated = calls
+    uncompensated, compensated = calls[1:]
     assert any(not torch.equal(compensated[n], uncompensated[n]) for n in compensated)
     final = {n: b for n, b in module.named_buffers() if "running" in n}
     expected = compensated if decision == "kept" else uncompensated
@@ -358,7 +370,8 @@ def test_fsm_refuses_a_model_without_batchnorm_before_the_first_step(tmp_path):
     before = {k: v.clone() for k, v in module.state_dict().items()}
     cb = Pruning(method="fsm", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0), verbose=False)
     t = trainer(tmp_path, [cb], 1)
-    with pytest.raises(ValueError, match=r"'model.(mix|fc1)' reach .*ignored_layers"):
+    with pytest.raises(ValueError, match=r"'model.fc1' \(read by 'model.fc2'\), 'model.mix' \(read by "
+                                         r"'model.fc1'\) reach them .*ignored_layers"):
         t.fit(module, loader())
     assert t.global_step == 0
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
