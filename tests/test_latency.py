@@ -2,6 +2,8 @@
 (Whether predictions match measured latency is a benchmark, not a unit test: timings depend on
 the machine.)"""
 
+import math
+
 import pytest
 import torch
 
@@ -264,6 +266,9 @@ def test_a_latency_target_through_the_callback_records_predicted_and_measured_la
         return tables[-1]
 
     monkeypatch.setattr(targets_mod, "latency_model", synthetic)
+    import lightning_ssr.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "model_ms", lambda m, rows, batch: 1e-6 * count_cost(m, rows[:1]).macs)
     pl.seed_everything(0)
     model = TinyClassifier()
     probe = torch.randn(2, 3, 16, 16)
@@ -275,7 +280,9 @@ def test_a_latency_target_through_the_callback_records_predicted_and_measured_la
     assert event["latency_dense_ms"] == pytest.approx(dense_ms)
     assert 0.97 * 0.85 * dense_ms <= event["latency_predicted_ms"] <= 0.85 * dense_ms * 1.03
     assert event["latency_uncalibrated_ms"] > 0 and len(event["latency_calibration_ms"]) >= 1
-    assert event["latency_measured_ms"] > 0 and cb.result.pruned["macs"] < cb.result.dense["macs"]
+    # the check after the prune times the pruned model (the clock: 1 ms per million MACs)
+    assert event["latency_measured_ms"] == pytest.approx(1e-6 * cb.result.pruned["macs"])
+    assert cb.result.pruned["macs"] < cb.result.dense["macs"]
     assert cb.result.target == {"latency": 0.85 * dense_ms, "batch_size": 3}
 
 
@@ -393,20 +400,36 @@ def test_compare_latency_gives_back_the_models_modes():
     dense.train()
     pruned.eval()
     out = compare_latency(dense, pruned, [1, 4], (1, 2), repeats=3)
-    assert set(out["speedup"]) == {"batch_1", "batch_2"} and out["dense"]["batch_2"] > 0
+    assert set(out["speedup"]) == {"batch_1", "batch_2"}
+    for key, speedup in out["speedup"].items():  # the ratio of the two medians
+        assert speedup == pytest.approx(out["dense"][key] / out["pruned"][key]) and out["pruned"][key] > 0
     assert dense.training and not pruned.training
 
 
-def test_measure_keep_times_the_copy_against_the_dense_model():
+def test_measure_keep_times_the_copy_against_the_dense_model(monkeypatch):
     from lightning_ssr.latency import measure_keep
 
     model, groups, _cost = _lenet()
     model.train()
     half = {g.name: g.size // 2 for g in groups}
     x = torch.randn(8, 1, 28, 28)
-    assert measure_keep(model, x, groups, half) > 0
+    assert math.isfinite(measure_keep(model, x, groups, half))
+    timed = []
+
+    def interleaved(fns, repeats, device=None, min_seconds=0.0):  # a clock that reads what it times
+        outputs = [fn() for fn in fns]
+        timed.append([o.shape for o in outputs])
+        widths = [next(m for m in model_.modules() if isinstance(m, torch.nn.Conv2d)).out_channels
+                  for model_ in (model, seen[-1])]
+        return [float(w) for w in widths]
+
+    seen = []
+    real_copy = latency_mod.model_copy
+    monkeypatch.setattr(latency_mod, "model_copy", lambda m, shared=(): seen.append(real_copy(m, shared)) or seen[-1])
+    monkeypatch.setattr(latency_mod, "interleaved_ms", interleaved)
     relative = measure_keep(model, x, groups, half, dense_ms=1000.0)
-    assert 0 < relative <= 1500.0  # the dense model's 1000 ms times the measured ratio
+    # the dense model's 1000 ms times the ratio measured call by call: the copy has half of conv1's 20 filters
+    assert relative == pytest.approx(1000.0 * 10 / 20) and timed[0] == [torch.Size([8, 10])] * 2
     assert model.training  # its mode is given back
     assert model.conv1.weight.shape == (20, 1, 5, 5)  # and it is not pruned itself
 

@@ -67,15 +67,34 @@ def test_callback_shrinks_the_model_within_one_fit_and_keeps_training(tmp_path):
 
 
 def test_l21_regularization_shrinks_group_norms(tmp_path):
-    pl.seed_everything(0)
-    model = TinyClassifier()
-    cb = SSRPruning(regularizer="l21", lam=0.5, lam_scaling="none", rho=1.0,
-                    schedule=PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1))
-    trainer(tmp_path, [cb], 4).fit(model, loader())
-    assert len(cb.events) == 1
-    assert any(r["after"] < r["before"] for r in cb.result.layers)
+    """Against the same run with lam = 0 (AULM's term then pulls W towards its own prox, which is
+    W + U: no shrinkage), the group norms at the end of the sparsify phase are smaller, and more
+    groups are zero in V."""
+    norms, surviving = {}, {}
+
+    class AtTheEnd(Callback):
+        def __init__(self, lam):
+            self.lam = lam
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            aulm = trainer.callbacks[0].method.aulm
+            if trainer.current_epoch == 2 and aulm is not None and aulm.started:  # the last sparsify epoch
+                norms[self.lam] = float(sum(g.norms(aulm.params).sum() for g in aulm.groups))
+                surviving[self.lam] = (sum(aulm.surviving().values()), sum(g.size for g in aulm.groups))
+
+    results = {}
+    for lam in (0.0, 0.5):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        cb = SSRPruning(regularizer="l21", lam=lam, lam_scaling="none", rho=1.0,
+                        schedule=PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1))
+        trainer(tmp_path, [cb, AtTheEnd(lam)], 4).fit(model, loader())
+        results[lam] = cb.result
+    assert norms[0.5] < 0.7 * norms[0.0]
+    assert surviving[0.5][0] < surviving[0.0][0] == surviving[0.0][1]  # lam = 0 zeroes no group
+    assert len(results[0.5].events) == 1 and any(r["after"] < r["before"] for r in results[0.5].layers)
     assert all(r["macs_after"] <= r["macs_before"] and r["params_after"] <= r["params_before"]
-               for r in cb.result.layers)
+               for r in results[0.5].layers)
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 4], ids=["warmup", "mid_sparsify", "after_rebuild"])

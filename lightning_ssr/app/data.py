@@ -277,6 +277,12 @@ MNIST_M_PHOTOS = {
 }
 #: the seed of MNIST-M's patch choice (which photograph, where in it), the same for every build
 MNIST_M_SEED = 0
+#: sha256 of the images MNIST-M is built into (uint8 [N, 28, 28, 3], from the checked MNIST arrays
+#: and photographs): the construction is deterministic, and tests/app/test_data.py holds it to these
+MNIST_M_SHA256 = {
+    "x_train": "840c2de58350ecd2833b4981b1b916ded5af8bf7a06aa1af8a5b22864759fe06",
+    "x_test": "52a97f53e05b0cd5d61b873786ac47727ae4067713038ab50c8254b683023d3c",
+}
 
 
 def blend_mnist_m(digits, photos, seed: int = MNIST_M_SEED):

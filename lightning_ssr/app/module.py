@@ -77,9 +77,13 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc(self(x), y)
         self.log("test_acc", self.test_acc)
 
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (one: every parameter; a subclass may split them)."""
+        return [{"params": list(self.parameters())}]
+
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum,
+        opt = torch.optim.SGD(self.param_groups(), lr=hp.lr, momentum=hp.momentum,
                               weight_decay=hp.weight_decay, nesterov=hp.nesterov)
         if not hp.cosine or not self.trainer.max_epochs:
             return opt

@@ -172,3 +172,61 @@ def test_train_size_out_of_range_says_what_is_allowed():
     dm = UCIDigits(train_size=10**6)
     with pytest.raises(ValueError, match="more than the"):
         dm.setup()
+
+
+def test_the_mnist_m_blend_is_deterministic_and_is_the_papers_formula():
+    import hashlib
+
+    import numpy as np
+
+    from lightning_ssr.app.data import blend_mnist_m
+
+    rng = np.random.default_rng(123)
+    digits = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    photos = [rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8),
+              rng.integers(0, 256, size=(33, 29, 3), dtype=np.uint8)]
+    out = blend_mnist_m(digits, photos)
+    assert out.shape == (50, 28, 28, 3) and out.dtype == np.uint8
+    # the same inputs and seed give the same images on any machine (a fixed stream of patches)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == "e4e32759fd5bc5fb62e79d873ca065d6f9ea2634c733d14d91a7ad1a5c2efd9e"
+    assert np.array_equal(out, blend_mnist_m(digits, photos)) and not np.array_equal(out, blend_mnist_m(
+        digits, photos, seed=1))
+    # every image is |patch - digit| for a 28x28 patch of one of the photographs
+    for i in range(5):
+        found = False
+        for photo in photos:
+            for y in range(photo.shape[0] - 27):
+                for x in range(photo.shape[1] - 27):
+                    patch = photo[y:y + 28, x:x + 28].astype(np.int16)
+                    if np.array_equal(out[i], np.abs(patch - digits[i].astype(np.int16)[:, :, None])):
+                        found = True
+        assert found, i
+
+
+@pytest.mark.skipif(not (default_data_root() / "mnist_m" / "mnist_m.npz").is_file(),
+                    reason="MNIST-M is not built under the data root (scripts/setup.sh builds it)")
+def test_mnist_m_is_the_one_this_construction_makes():
+    import hashlib
+
+    import numpy as np
+
+    from lightning_ssr.app.data import MNIST_M_SHA256, MNISTM
+
+    with np.load(default_data_root() / "mnist_m" / "mnist_m.npz") as data:
+        for key, digest in MNIST_M_SHA256.items():
+            assert hashlib.sha256(np.ascontiguousarray(data[key]).tobytes()).hexdigest() == digest, key
+    dm = MNISTM()
+    dm.setup()
+    assert dm.in_channels == 3 and dm.splits["train"].tensors[0].shape[1:] == (3, 28, 28)
+    assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [54999, 5001, 10000]  # as MNIST's splits
+
+
+def test_grey_images_can_be_served_in_three_channels_and_a_bad_request_is_refused():
+    from lightning_ssr.app.data import UCIDigits
+
+    dm = UCIDigits(channels=3)
+    dm.setup()
+    x = dm.splits["train"].tensors[0]
+    assert dm.in_channels == 3 and x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])
+    with pytest.raises(ValueError, match="data.channels"):
+        UCIDigits(channels=2)

@@ -10,6 +10,7 @@ from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.models import build_model
 from lightning_ssr.app.module import ImageClassifier
 from lightning_ssr.app.stages import dense_cache_path
+from lightning_ssr.checkpoint import read_checkpoint
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -51,12 +52,25 @@ def test_distillation_without_a_teacher_is_refused_at_fit_start():
         lm.on_fit_start()
 
 
-def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(tmp_path):
+def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(tmp_path, monkeypatch):
     common = ["data=uci_digits", f"dense.cache_dir={tmp_path / 'dense'}", "dense.epochs=1",
               "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=4",
               "target.macs=0.3", "latency.batch_sizes=[]", "trainer.enable_progress_bar=false", "verbose=false"]
     plain, distilled = compose_config(common), compose_config([*common, "module.distill=0.5"])
     assert dense_cache_path(plain) == dense_cache_path(distilled)  # one dense model for both
+    teachers, calls = [], []
+    real = ImageClassifier.set_teacher
+
+    def recording(self, teacher):
+        teachers.append({k: v.clone() for k, v in teacher.state_dict().items()})
+        teacher.register_forward_hook(lambda *args: calls.append(1))  # each use of the teacher
+        real(self, teacher)
+
+    monkeypatch.setattr(ImageClassifier, "set_teacher", recording)
     result = run(distilled, tmp_path / "run")
     assert result.status == "ok" and result.macs_reduction > 2.5
     assert result.config["cli"]["module"]["distill"] == 0.5
+    # the teacher is the cached dense network, and the training asked it for every step's targets
+    dense = read_checkpoint(dense_cache_path(distilled))["state_dict"]
+    assert len(teachers) == 1 and all(torch.equal(teachers[0][k], dense[k]) for k in dense)
+    assert len(calls) == 2 * 4  # 2 epochs of 4 batches
