@@ -273,6 +273,14 @@ def in_fit(base: nn.Module, loader: DataLoader, device: str, precision: str, war
             "off": statistics.median(s for i, s in timed if i % 2 == 1)}
 
 
+def overhead_ratios(on: float, off: float, update_per_step: float, step_with: float, step_without: float) -> dict:
+    """The overhead figures from step times in seconds: ``ratio`` (in one fit, steps with the
+    callback's per-step work over steps without it, the amortized V/U update added),
+    ``ratio_between_fits`` and ``ratio_between_fits_amortized`` (fits with over fits without)."""
+    return {"ratio": (on + update_per_step) / off, "ratio_between_fits": step_with / step_without,
+            "ratio_between_fits_amortized": (step_with + update_per_step) / step_without}
+
+
 def measure(model_name: str, device: str, precision: str, args, meter: CpuMeter) -> dict:
     torch.manual_seed(args.seed)
     base = build_model(model_name, in_channels=3, num_classes=10, input_size=32)
@@ -305,19 +313,16 @@ def measure(model_name: str, device: str, precision: str, args, meter: CpuMeter)
     alternating = in_fit(base, loader, device, precision, args.warmup, args.rounds * args.steps)
     return {
         "model": model_name, "device": device, "precision": precision, "batch_size": args.batch_size,
-        # the headline: in one fit, steps with the callback's per-step work against steps without
-        # it, interleaved one by one, plus the amortized V/U update
-        "ratio": (alternating["on"] + update_per_step) / alternating["off"],
+        # the headline (ratio): in one fit, steps with the callback's per-step work against steps
+        # without it, interleaved one by one, plus the amortized V/U update; between fits: fits with
+        # the callback against fits without it (noisier on a shared machine)
+        **overhead_ratios(alternating["on"], alternating["off"], update_per_step, step_with, step_without),
         "step_ms_on_in_fit": 1e3 * alternating["on"],
         "step_ms_off_in_fit": 1e3 * alternating["off"],
-        # between fits: fits with the callback against fits without it (noisier on a shared machine)
-        "ratio_between_fits": step_with / step_without,
         "wstep_ms": 1e3 * statistics.median(wstep),
         "update_ms_per_step": 1e3 * update_per_step,
         "step_ms_with": 1e3 * step_with,
         "step_ms_without": 1e3 * step_without,
-        # the whole sparsify-phase cost: the median step (W-step included) plus the amortized update
-        "ratio_between_fits_amortized": (step_with + update_per_step) / step_without,
         "fit_mean_step_ms_with": [round(1e3 * statistics.fmean(f["steps_s"]), 2) for f in with_fits],
         "fit_mean_step_ms_without": [round(1e3 * statistics.fmean(f["steps_s"]), 2) for f in without_fits],
         "max_other_cores": round(max(others), 2) if others else None,

@@ -106,6 +106,16 @@ def one(name: str, kind: str, level: float, allocation: str, round_to: int) -> d
     return {**row, "achieved": achieved, "error": achieved / level - 1}
 
 
+def summarize_errors(rows: list[dict]) -> tuple[dict, bool]:
+    """Per kind, the largest |achieved / requested - 1| of the rows that met their target (refused
+    rows have none), and whether every such row is within its kind's tolerance."""
+    met = [r for r in rows if r["achieved"] is not None]
+    worst: dict[str, float] = {}
+    for r in met:
+        worst[r["kind"]] = max(worst.get(r["kind"], 0.0), abs(r["error"]))
+    return worst, all(abs(r["error"]) <= TOLERANCE.get(r["kind"], 0.02) for r in met)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -141,18 +151,16 @@ def main(argv=None) -> list[dict]:
                           f"{100 * row['error']:>+6.2f}% {row['allocation_s']:>8.2f}{extra}", flush=True)
     if args.append and args.out.is_file():
         rows = [r for r in json.loads(args.out.read_text())["rows"] if r["kind"] not in args.kinds] + rows
-    met = [r for r in rows if r["achieved"] is not None]
-    worst = {}
-    for r in met:
-        worst[r["kind"]] = max(worst.get(r["kind"], 0.0), abs(r["error"]))
+    worst, within = summarize_errors(rows)
     out = {"benchmark": "targets", "machine": machine_info(), "threads": args.threads, "allocator": allocator,
            "round_to": args.round_to,
            "latency_batch": LATENCY_BATCH, "rows": rows, "worst_abs_error": worst,
-           "within_tolerance": all(abs(r["error"]) <= TOLERANCE.get(r["kind"], 0.02) for r in met),
+           "within_tolerance": within,
            "tolerance": {k: TOLERANCE.get(k, 0.02) for k in LEVELS}}
     write_json(args.out, relative_to=REPO, obj=out)
     print("worst |error|: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in worst.items())
-          + f" over {len(met)} rows ({len(rows) - len(met)} refused); wrote {args.out}")
+          + f" over {sum(r['achieved'] is not None for r in rows)} rows "
+          f"({sum(r['achieved'] is None for r in rows)} refused); wrote {args.out}")
     return rows
 
 

@@ -67,3 +67,37 @@ def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
     refuse_smaller(path, planned=70)  # the same budget may replace it
     refuse_smaller(path, planned=4, force=True)
     refuse_smaller(tmp_path / "missing.json", planned=1)
+
+
+def test_the_overhead_ratios_are_step_times_over_step_times():
+    from benchmarks.overhead import overhead_ratios
+
+    r = overhead_ratios(on=0.105, off=0.100, update_per_step=0.002, step_with=0.110, step_without=0.100)
+    assert r["ratio"] == pytest.approx(1.07) and r["ratio_between_fits"] == pytest.approx(1.10)
+    assert r["ratio_between_fits_amortized"] == pytest.approx(1.12)
+
+
+def test_the_target_error_is_achieved_over_requested_and_refusals_are_left_out():
+    from benchmarks.targets import TOLERANCE, summarize_errors
+
+    rows = [{"kind": "macs", "achieved": 0.495, "error": 0.495 / 0.5 - 1},
+            {"kind": "macs", "achieved": 0.24, "error": 0.24 / 0.25 - 1},
+            {"kind": "latency", "achieved": None, "error": None}]
+    worst, within = summarize_errors(rows)
+    assert worst == {"macs": pytest.approx(0.04)} and within is (0.04 <= TOLERANCE.get("macs", 0.02))
+
+
+def test_the_solvers_time_to_a_level_both_reach():
+    from benchmarks.solver_speed import common_levels, time_to
+
+    def run(totals):
+        return {"steps_per_epoch": 100, "trajectory": [
+            {"step": 25 * (i + 1), "seconds": float(i + 1), "filters": {"a": t}} for i, t in enumerate(totals)]}
+
+    aulm, ssl = run([60, 40, 30, 30, 30]), run([70, 50, 45, 28, 35])
+    assert common_levels(aulm, ssl) == [30, 38, 45]  # the larger of the sparsest counts (30 and 28), 1.25x, 1.5x
+    assert time_to(aulm, 30) == {"step": 75, "epochs": 0.75, "seconds": 3.0, "censored": False}
+    assert time_to(ssl, 30)["step"] is None  # it reached 28 but did not stay at or below 30
+    assert time_to(ssl, 30, stay=False)["step"] == 100
+    assert time_to(ssl, 45) == {"step": 75, "epochs": 0.75, "seconds": 3.0, "censored": False}
+    assert time_to(run([50, 50, 29]), 30)["censored"] is True  # only the last update: censored
