@@ -43,6 +43,7 @@ import copy
 import logging
 import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +54,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.app.models import build_model
 from lightning_ssr.report import machine_info, write_json
@@ -257,6 +261,41 @@ def one_fit(base: nn.Module, loader: DataLoader, device: str, precision: str, wi
     return out
 
 
+def one_offs(base: nn.Module, loader: DataLoader, device: str, precision: str, latency: bool) -> dict:
+    """The callback's costs that are not per step, in seconds, from a short fit that prunes at the
+    start of its second epoch: the set-up on the first batch (tracing, the target's allocation, the
+    dry run), the dry run alone, the rebuild (the cut, its numerical check, the optimizer remap);
+    and, with ``latency``, the allocation of a latency target of half the dense time (the layer
+    table and the calibration rounds that time pruned copies)."""
+    pruning = SSRPruning(regularizer="l20", flops_budget=0.5, rho=0.5, verbose=False,
+                         schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=UPDATE_EVERY))
+    trainer = Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+                      max_epochs=1, limit_train_batches=3, callbacks=[pruning], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(LitClassifier(copy.deepcopy(base)), train_dataloaders=loader)
+    t = pruning.result.timings
+    out = {"setup_s": t["setup_s"], "dry_run_s": t["dry_run_s"], "allocation_s": t["allocation_s"],
+           "rebuild_s": t["rebuild_s"][0]}
+    if latency:
+        from lightning_ssr import Pruning
+        from lightning_ssr.latency import latency_model, timing_batch
+        from lightning_ssr.structure import find_channel_groups
+
+        model = copy.deepcopy(base).to(device)
+        x = next(iter(loader))[0].to(device)
+        groups = find_channel_groups(model, x[:2])
+        from lightning_ssr.cost import count_cost
+
+        cost = count_cost(model, x[:2])
+        start = time.perf_counter()
+        table = latency_model(model, timing_batch(x, 16), groups, cost)
+        cb = Pruning("oneshot", target={"latency": 0.5 * table.dense_ms, "batch_size": 16}, verbose=False)
+        cb.budget.keep_counts(model, x[:2], groups, cost, round_to=cb.budget.round_to_on(device), table=table,
+                              timing_input=x)
+        out["latency_calibration_s"] = time.perf_counter() - start
+    return out
+
+
 def in_fit(base: nn.Module, loader: DataLoader, device: str, precision: str, warmup: int, steps: int) -> dict:
     """One fit of ``warmup + 2 * steps`` steps with the callback active on even batches only;
     the median step time of each kind (the rare V/U-update steps fall outside the medians)."""
@@ -311,7 +350,8 @@ def measure(model_name: str, device: str, precision: str, args, meter: CpuMeter)
     update_per_step = sum(s for f in with_fits for s in f["update_s"]) / (args.steps * len(with_fits))
     others = [f["other_cores"] for f in with_fits + without_fits if f["other_cores"] is not None]
     alternating = in_fit(base, loader, device, precision, args.warmup, args.rounds * args.steps)
-    return {
+    costs = one_offs(base, loader, device, precision, latency=precision == "32-true" and not args.quick)
+    return {**costs,
         "model": model_name, "device": device, "precision": precision, "batch_size": args.batch_size,
         # the headline (ratio): in one fit, steps with the callback's per-step work against steps
         # without it, interleaved one by one, plus the amortized V/U update; between fits: fits with
@@ -330,14 +370,16 @@ def measure(model_name: str, device: str, precision: str, args, meter: CpuMeter)
 
 
 HEADER = (f"{'model':<9} {'device':<6} {'precision':<11} {'batch':>5} {'ratio':>6} {'fits':>6} "
-          f"{'wstep ms':>9} {'upd ms/step':>11} {'step ms with':>12} {'without':>9} {'others':>6}")
+          f"{'wstep ms':>9} {'upd ms/step':>11} {'step ms with':>12} {'without':>9} {'others':>6} "
+          f"{'setup s':>8} {'dry run s':>9} {'rebuild s':>9} {'latency s':>9}")
 
 
 def format_row(r: dict) -> str:
     others = "-" if r["max_other_cores"] is None else f"{r['max_other_cores']:.2f}"
     return (f"{r['model']:<9} {r['device']:<6} {r['precision']:<11} {r['batch_size']:>5} {r['ratio']:>6.3f} "
             f"{r['ratio_between_fits_amortized']:>6.3f} {r['wstep_ms']:>9.3f} {r['update_ms_per_step']:>11.3f} "
-            f"{r['step_ms_with']:>12.2f} {r['step_ms_without']:>9.2f} {others:>6}")
+            f"{r['step_ms_with']:>12.2f} {r['step_ms_without']:>9.2f} {others:>6} {r['setup_s']:>8.2f} "
+            f"{r['dry_run_s']:>9.2f} {r['rebuild_s']:>9.2f} {r.get('latency_calibration_s') or 0:>9.1f}")
 
 
 def main(argv=None) -> None:
@@ -389,7 +431,8 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     settings.update(update_every_n_steps=UPDATE_EVERY, regularizer="l20", flops_budget=0.5, rho=0.5,
                     total_time_s=round(time.time() - start, 1))
-    write_json(args.out, relative_to=REPO, obj={"machine": machine, "settings": settings, "rows": rows})
+    write_json(args.out, relative_to=REPO, obj={"benchmark": "overhead", "command": command_line("overhead", argv),
+                                                "machine": machine, "settings": settings, "rows": rows})
     print(f"total {time.time() - start:.0f} s; wrote {args.out}")
 
 

@@ -194,8 +194,43 @@ def render_solver_speed(d):
 
 
 def render_overhead(d):
-    rows = [[r["model"], r["device"], r["batch_size"], _f(r["ratio"], 3)] for r in d["rows"]]
-    return table(["model", "device", "batch", "step time with / without the callback"], rows)
+    rows = [[r["model"], r["device"], r.get("precision", "32-true"), r["batch_size"], _f(r["ratio"], 3),
+             _f(r.get("wstep_ms"), 3), _f(r.get("update_ms_per_step"), 3), _f(r.get("setup_s"), 2),
+             _f(r.get("dry_run_s"), 2), _f(r.get("rebuild_s"), 2), _f(r.get("latency_calibration_s"), 1)]
+            for r in d["rows"] if "ratio" in r]
+    return table(["model", "device", "precision", "batch", "step time with / without the callback",
+                  "W-step ms", "V/U ms per step", "set-up s", "dry run s", "rebuild s", "latency calibration s"],
+                 rows) + ["", ("The ratio is measured in one fit, steps with and without the callback's per-step work "
+                               "interleaved one by one, the V/U update amortized over its interval. The one-off "
+                               "costs: the set-up on the first batch (trace, allocation, dry run), the dry run "
+                               "alone, one rebuild (cut, numerical check, optimizer remap), and the allocation of "
+                               "a latency target (layer table and calibration).")]
+
+
+def render_gpu(d):
+    parts = d.get("parts", {})
+    out = [f"Device: {d.get('machine', {}).get('gpu') or d.get('device')} (CUDA {d.get('cuda')})"
+           + (" (smoke run on the CPU)" if d.get("smoke") else "") + "."]
+    for name in ("tests", "job"):
+        p = parts.get(name)
+        if p:
+            out.append(f"- {name}: " + ("; ".join(f"{k} {v}" for k, v in p.items() if k in (
+                "summary", "ok", "macs_reduction", "accuracy_dense", "accuracy_pruned", "skipped", "error"))))
+    over = [r for r in parts.get("overhead", []) if isinstance(r, dict) and "ratio" in r]
+    if over:
+        out += ["", *render_overhead({"rows": over})[:-2]]
+    speed = [r for r in parts.get("speedup", []) if isinstance(r, dict)]
+    if speed:
+        out += ["", *table(["model", "round_to", "batch", "MACs red.", "fp32 speed-up", "÷ MACs red.",
+                            "bf16 speed-up", "÷ MACs red."],
+                           [[r["model"], r["round_to"], r.get("batch", "-"), _f(r.get("macs_reduction"), 2, "x"),
+                             _f((r.get("fp32") or {}).get("speedup"), 2, "x"),
+                             _f((r.get("fp32") or {}).get("speedup_over_macs_reduction"), 2),
+                             _f((r.get("bf16") or {}).get("speedup"), 2, "x"),
+                             _f((r.get("bf16") or {}).get("speedup_over_macs_reduction"), 2)]
+                            if "error" not in r else [r["model"], r["round_to"], "failed", r["error"], "", "", "", ""]
+                            for r in speed])]
+    return out
 
 
 def render_run(d):
@@ -220,7 +255,8 @@ RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_len
              "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
-             "update_interval": render_update_interval, "structure": render_structure}
+             "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
+             "gpu_smoke": render_gpu}
 
 
 def render(results: Path = RESULTS) -> str:

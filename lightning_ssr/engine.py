@@ -250,6 +250,7 @@ class PruningEngine:
         self._prune_early = False
         self._start_time: float | None = None
         self._prune_timing: dict = {}
+        self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self._ignored_resolved = list(self._ignored_names)
         self._latency: dict | None = None  # latency target: dense and predicted milliseconds
         self._latency_table = None  # latency target learned by the method: the table timed at set-up
@@ -418,6 +419,7 @@ class PruningEngine:
 
     def _setup_method(self, model: nn.Module, world: World, steps_per_epoch: int | None,
                       evaluate: Callable[[nn.Module], float] | None) -> None:
+        started = time.perf_counter()
         device = next(model.parameters()).device
         example = self.example.to(device)
         groups = self._find_groups(model, example)
@@ -443,7 +445,9 @@ class PruningEngine:
                         self._latency = world.broadcast(self._latency)
             elif self.allocation == "method" and self.target.kind != "latency":
                 budget.check(model, groups, cost, round_to)  # the floors fit the target
+            allocated = time.perf_counter()
             self._dry_run(model, example, groups, floor)
+            self._costs.update(allocation_s=allocated - started, dry_run_s=time.perf_counter() - allocated)
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
                                     steps={g.name: group_step(g, round_to) for g in groups})
@@ -468,6 +472,8 @@ class PruningEngine:
             self.method.load_state_dict(self._pending_method_state)
             self._pending_method_state = None
             self._started = True
+        if self.events_done == 0 and "setup_s" not in self._costs:  # trace, target, dry run: once, on the dense model
+            self._costs["setup_s"] = time.perf_counter() - started
         if self.verbose and self.events_done == 0 and not self._started and world.rank == 0:
             goal = f"target {self.target.to_dict()}" if self.target is not None else "no target (the method decides)"
             world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
@@ -550,11 +556,13 @@ class PruningEngine:
         old_params = dict(model.named_parameters())
         snapshot = snapshot_modules(model)  # prune_channels restores the model itself if it fails;
         saved = [_optimizer_snapshot(o) for o in optimizers]  # what follows it is undone here
+        rebuild_start = time.perf_counter()
         remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)
         try:
             new_params = dict(model.named_parameters())
             for optimizer in optimizers:
                 remap_optimizer(optimizer, old_params, new_params, remap)
+            rebuild_s = time.perf_counter() - rebuild_start  # the cut, its numerical check, the optimizer
             if world.rewrap is not None:
                 world.rewrap()  # a data-parallel wrapper held the old parameters
             after = count_cost(model, example)
@@ -577,6 +585,7 @@ class PruningEngine:
         self.plan = plan
         setattr(model, APPLIED_PLAN_ATTR, self.plan.to_dict())
         self.events_done += 1
+        self._costs.setdefault("rebuild_s", []).append(rebuild_s)  # wall times go to timings, not to events
         self._events.append({"epoch": epoch, "step": step, "macs": int(after.macs), "params": int(after.params),
                              "keep": {g.name: int(masks[g.name].sum()) for g in ctx.groups},
                              "allocation": self.dense.allocation,
@@ -646,9 +655,9 @@ class PruningEngine:
             return {}
         now = time.perf_counter() - self._start_time
         if fit_end:
-            return {**self._prune_timing, "fit_s": now}
+            return {**self._costs, **self._prune_timing, "fit_s": now}
         self._prune_timing = {"last_prune_s": now}
-        return dict(self._prune_timing)
+        return {**self._costs, **self._prune_timing}
 
 
 def steps_per_epoch(batches, accumulate: int = 1) -> int | None:

@@ -24,7 +24,7 @@ def test_render_names_the_recorded_command_and_machine_and_lists_files_it_cannot
     text = render(tmp_path)
     assert "the command is not recorded in this file → `benchmarks/results/speedup.json`" in text
     assert "`python benchmarks/overhead.py --steps 25 --rounds 3`" in text
-    assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 64 | 1.012 |" in text
+    assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 32-true | 64 | 1.012 |" in text
     assert "## mystery" in text and "no renderer" in text
 
 
@@ -48,3 +48,18 @@ def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):
     text = render(tmp_path)
     assert text.index("## run") < text.index("## overhead")
     assert "`python -m benchmarks`" in text and "| targets | 10.0 min |" in text and "**50.0 min**" in text
+
+
+def test_the_gpu_check_renders_its_parts(tmp_path):
+    data = {"benchmark": "gpu", "command": "python -m benchmarks.gpu", "machine": {"gpu": "Some GPU"}, "cuda": "13.0",
+            "device": "cuda", "parts": {
+                "tests": {"summary": "18 passed in 40.0s", "ok": True},
+                "speedup": [{"model": "resnet56", "round_to": 8, "batch": 1024, "macs_reduction": 2.0,
+                             "fp32": {"speedup": 1.7, "speedup_over_macs_reduction": 0.85},
+                             "bf16": {"speedup": 1.5, "speedup_over_macs_reduction": 0.75}},
+                            {"model": "vgg16_bn", "round_to": 32, "error": "OutOfMemoryError: boom"}]}}
+    (tmp_path / "gpu.json").write_text(json.dumps(data))
+    text = render(tmp_path)
+    assert "`python -m benchmarks.gpu`" in text and "Device: Some GPU (CUDA 13.0)" in text
+    assert "| resnet56 | 8 | 1024 | 2.00x | 1.70x | 0.85 | 1.50x | 0.75 |" in text
+    assert "| vgg16_bn | 32 | failed | OutOfMemoryError: boom |" in text and "18 passed" in text

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..structure.groups import ChannelGroup
+from ..structure.groups import ChannelGroup, FlatChannels
 from ..validation import check_choice, check_number
 from .base import MethodContext, PruningMethod, Sync, register_method, top_k_masks
 from .continuation import Continuation
@@ -94,6 +94,8 @@ class AULM:
             raise KeyError(f"grouped parameters {missing} are not among the model's parameters")
         self.params = {n: params[n] for n in names}
         self._plist = list(self.params.values())
+        device = self._plist[0].device if self._plist else "cpu"
+        self.flat = FlatChannels(self.groups, {n: p.shape for n, p in self.params.items()}, device)
         self._shift: list[torch.Tensor] = []  # rho * (U - V), refreshed whenever V, U or rho change
         self.V: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
@@ -189,7 +191,8 @@ class AULM:
 
     def _prox_(self, tensors: dict[str, torch.Tensor], sync: Sync | None = None) -> dict[str, torch.Tensor]:
         """Apply the group prox to ``tensors`` in place; return each group's support."""
-        norms = {g.name: g.norms(tensors) for g in self.groups}
+        all_norms = self.flat.norms(tensors)
+        norms = self.flat.split(all_norms)
         keep = self.keep(norms) if callable(self.keep) else self.keep
         scales = {}
         for g in self.groups:
@@ -205,8 +208,7 @@ class AULM:
             scales[g.name] = protect_largest(scale, n, self.min_keep[g.name])
         if sync is not None:
             scales = sync(scales)
-        for g in self.groups:
-            g.scale_(tensors, scales[g.name])
+        self.flat.scale_(tensors, self.flat.join(scales, all_norms.device))
         return {name: scale > 0 for name, scale in scales.items()}
 
     # ---------------------------------------------------------------- queries

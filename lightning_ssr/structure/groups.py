@@ -95,6 +95,62 @@ class ChannelGroup:
             t[idx] = t[idx] * factor.view(-1, *([1] * (t.dim() - 1)))
 
 
+class FlatChannels:
+    """Every channel of ``groups`` numbered in one vector, with flat index buffers per parameter:
+    each grouped element's position in its tensor and the channel it belongs to. Norms of every
+    channel and the scaling of every channel then take one gather and one scatter per parameter,
+    whatever the number of groups and slices (the per-group loop cost ~3 ms per V-step on
+    ResNet-56). Built once per set of groups; tensors are looked up by parameter name."""
+
+    def __init__(self, groups: Sequence[ChannelGroup], shapes: Mapping[str, torch.Size],
+                 device: torch.device | str = "cpu"):
+        self.groups = list(groups)
+        self.offsets, total = {}, 0
+        for g in self.groups:
+            self.offsets[g.name] = total
+            total += g.size
+        self.channels = total
+        self.measured = self._index([(g, s) for g in self.groups for s in g.measured], shapes, device)
+        self.scaled = self._index([(g, s) for g in self.groups for s in g.slices], shapes, device)
+
+    def _index(self, pairs, shapes, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        elems: dict[str, list[torch.Tensor]] = {}
+        chans: dict[str, list[torch.Tensor]] = {}
+        for g, s in pairs:
+            shape = shapes[s.param]
+            flat = torch.arange(math.prod(shape)).view(shape).movedim(s.dim, 0)
+            rows = flat[s.index.reshape(-1)].reshape(g.size, -1)  # channel c's elements: rows[c]
+            elems.setdefault(s.param, []).append(rows.reshape(-1))
+            owner = torch.arange(g.size).repeat_interleave(rows.shape[1]) + self.offsets[g.name]
+            chans.setdefault(s.param, []).append(owner)
+        return {p: (torch.cat(elems[p]).to(device), torch.cat(chans[p]).to(device)) for p in elems}
+
+    def split(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per group, its channels' entries of a vector over every channel (views)."""
+        return {g.name: vector[self.offsets[g.name]:self.offsets[g.name] + g.size] for g in self.groups}
+
+    def join(self, per_group: Mapping[str, torch.Tensor], device) -> torch.Tensor:
+        return torch.cat([per_group[g.name].to(device) for g in self.groups])
+
+    def norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The L2 norm of every channel's measured slices (float64, in channel order)."""
+        total = None
+        for name, (elem, chan) in self.measured.items():
+            t = tensors[name]
+            sq = t.detach().reshape(-1)[elem.to(t.device)].double().pow(2)
+            total = torch.zeros(self.channels, dtype=torch.float64, device=t.device) if total is None else total
+            total.index_add_(0, chan.to(t.device), sq)
+        return total.sqrt()
+
+    def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor) -> None:
+        """Multiply every channel's slices in ``tensors`` by ``scale[channel]``, in place."""
+        for name, (elem, chan) in self.scaled.items():
+            t = tensors[name]
+            flat = t.view(-1)
+            idx = elem.to(t.device)
+            flat[idx] = flat[idx] * scale.to(t.device, t.dtype)[chan.to(t.device)]
+
+
 def _slice_norms(slices: Sequence[GroupSlice], size: int, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
     total = None
     for s in slices:

@@ -143,3 +143,29 @@ def test_unsupported_layer_gets_a_clear_error_naming_it():
 
     with pytest.raises(UnsupportedLayerError, match="ignored_layers"):
         find_channel_groups(Net(), torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("factory", ["residual", "resnext", "densenet"])
+def test_flat_channels_give_the_groups_norms_and_scaling_in_one_pass(factory):
+    """The V-step's vectorized path computes what the per-group one does (in float64 the two
+    differ only in the order of the sums of squares, bounded by n * u of the largest norm)."""
+    from lightning_ssr.structure.groups import FlatChannels
+    from tests.nets import SmallDenseNet, SmallResidualCNN, SmallResNeXt
+
+    torch.manual_seed(0)
+    model = {"residual": SmallResidualCNN, "resnext": SmallResNeXt, "densenet": SmallDenseNet}[factory]()
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    params = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    flat = FlatChannels(groups, {n: p.shape for n, p in params.items()})
+    norms = flat.split(flat.norms(params))
+    for g in groups:
+        expected = g.norms(params)
+        assert torch.allclose(norms[g.name], expected, rtol=1e-12, atol=0), g.name
+    scales = {g.name: torch.rand(g.size, dtype=torch.float64) for g in groups}
+    by_group = {n: t.clone() for n, t in params.items()}
+    for g in groups:
+        g.scale_(by_group, scales[g.name])
+    flat.scale_(params, flat.join(scales, "cpu"))
+    for name, value in params.items():  # the same products of the same two numbers: equal bit for bit
+        assert torch.equal(value, by_group[name]), name
