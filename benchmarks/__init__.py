@@ -27,7 +27,8 @@ PARTS = [
     ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30", "--datasets", "mnist",
                "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
                "--out", "benchmarks/results/lenet_quick.json"]),
-    ("recipes", ["--seeds", "0", "--out", "benchmarks/results/recipes_quick.json"]),
+    ("recipes", ["--seeds", "0", "--experiments", "transfer_fmnist_to_mnist", "da_mnist_to_digits",
+                 "--out", "benchmarks/results/recipes_quick.json"]),
 ]
 
 

@@ -168,14 +168,32 @@ def render_speedup(d):
 
 
 def render_recipes(d):
-    rows = [[r["experiment"], r["seed"], r.get("source", "-"), r.get("target", "-"),
-             _f(100 * r["source_only_accuracy"], 2, "%") if r.get("source_only_accuracy") is not None else "-",
-             _f(100 * r["dense_accuracy"], 2, "%"), _f(100 * r["pruned_accuracy"], 2, "%"),
-             _f(r["dense_macs"] / 1e6, 3, "M"), _f(r["pruned_macs"] / 1e6, 3, "M"), _f(r["macs_reduction"], 1, "x"),
-             _f(r["seconds"] / 60, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
-    return table(["experiment", "seed", "source", "target", "source only", "dense", "compressed", "MACs dense",
-                  "MACs compressed", "MACs red.", "wall time"], rows) + [
-        "", "Accuracies on the target domain's test split (its labels are used for nothing else)."]
+    if "summary" not in d:  # a file written before the runs over seeds
+        return ["(this file predates the summaries over seeds; run its command again)"]
+
+    def stat(entry, key, digits=2):
+        s = entry.get(key)
+        return pm(s["mean"], s["std"], digits) if s else "-"
+    rows = []
+    for e in d["summary"]:
+        versus = e.get("dann_minus_source_only")
+        rows.append([e["experiment"], e["n_runs"], stat(e, "source_only_accuracy"), stat(e, "dense_accuracy"),
+                     interval(versus) if versus else "-", stat(e, "gap_closed"), stat(e, "pruned_accuracy"),
+                     interval(e["compressed_minus_dense"]), stat(e, "ceiling_accuracy"), stat(e, "macs_reduction", 1),
+                     ", ".join(f"{a}={b}" for a, b in e["identical_seeds"]) or "none",
+                     len(e["failed"])])
+    lines = table(["experiment", "seeds", "source only %", "dense %", "dense - source only", "gap closed",
+                   "compressed %", "compressed - dense", "ceiling %", "MACs red.", "identical seeds", "failed"], rows)
+    lines += ["", ("Accuracies on the target domain's test split, mean ± std over seeds; its labels are used for "
+              "nothing else (the ceiling trains on them, separately). For adaptation, *dense* is DANN dense and "
+              "*compressed* DANN compressed; for transfer, *dense* is the dense fine-tune with the same epochs as the "
+              "compressed one and *source only* is blank. *gap closed*: (DANN dense - source only) / (ceiling - "
+              "source only). Differences are paired by seed with their 95% interval."), ""]
+    runs = [[r["experiment"], r["seed"], _f(r.get("source_only_accuracy"), 2), _f(r["dense_accuracy"], 2),
+             _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r["macs_reduction"], 2, "x"),
+             _f(r["seconds"] / 60 if r.get("seconds") else None, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
+    return lines + table(["experiment", "seed", "source only %", "dense %", "compressed %", "ceiling %", "MACs red.",
+                          "wall time"], runs)
 
 
 def render_solver_speed(d):
