@@ -1,6 +1,7 @@
-"""Render ``benchmarks/RESULTS.md`` from the JSON files under ``benchmarks/results/``, and copy
-it into README.md's Results section (between its ``<!-- results:start -->`` and
-``<!-- results:end -->`` lines).
+"""Render ``benchmarks/RESULTS.md`` from the JSON files under ``benchmarks/results/``, and write
+README.md's two generated parts: the headline results (between its ``<!-- results:start -->``
+and ``<!-- results:end -->`` lines) and the method table from the registry (between
+``<!-- methods:start -->`` and ``<!-- methods:end -->``).
 
     python benchmarks/render.py
 
@@ -22,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(HERE.parent))
@@ -297,32 +299,157 @@ def render(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results_md: str) -> None:
-    """Replace README's lines between the results markers with ``results_md`` (its title dropped,
-    its sections one level deeper)."""
-    text = readme.read_text()
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"{readme} needs one {START!r} line followed by one {END!r} line (its Results section)")
-    body = results_md.split("\n")[1:]  # without "# Results"
-    body = ["#" + line if line.startswith("## ") else line for line in body]
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + "\n".join(body).strip("\n") + "\n" + END + tail)
+def _load(results: Path, name: str):
+    path = results / f"{name}.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def _section(name: str) -> str:
+    return f"[{name}](benchmarks/RESULTS.md#{name})"
+
+
+def _lenet_headline(d) -> list[list[str]]:
+    rows = []
+    measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
+    for dataset in dict.fromkeys(r["dataset"] for r in measured):
+        mine = [r for r in measured if r["dataset"] == dataset and r["method"] != "none"]
+        if not mine:
+            continue
+        best = min(mine, key=lambda r: r["drop_mean"])
+        versus = best.get("vs_reference")
+        text = (f"{best['method']}: {best['macs_reduction']:.1f}x fewer MACs, drop "
+                f"{pm(best['drop_mean'], best['drop_std'], sign=True)} pt over {best['n_runs']} seeds (dense "
+                f"{100 * best['dense_accuracy_mean']:.2f}%), structure {best['filters']}")
+        if versus:
+            text += f"; vs {versus.get('reference', 'the reference')}: {interval(versus)}"
+        rows.append([f"LeNet-5 on {dataset}, lowest mean drop", text, _section("lenet")])
+    return rows
+
+
+def _methods_headline(d) -> list[list[str]]:
+    summary = d.get("summary")
+    if not isinstance(summary, list):
+        return []
+    rows = []
+    reference = d.get("settings", {}).get("reference", "the reference")
+    for target in sorted({s.get("macs_target") for s in summary if s.get("macs_target")}, reverse=True):
+        here = [s for s in summary if s.get("macs_target") == target and s.get("vs_reference")]
+        above = [s["method"] for s in here if s["vs_reference"].get("verdict") == "higher"]
+        below = [s["method"] for s in here if s["vs_reference"].get("verdict") == "lower"]
+        seeds = max((s.get("runs") or 0 for s in here), default=0)
+        rows.append([f"{d.get('settings', {}).get('model')}, every method at {target:g} of the MACs ({seeds} seeds)",
+                     (f"above {reference} (95% CI excludes 0): {', '.join(above) or 'none'}; below: "
+                     f"{', '.join(below) or 'none'}; the other {len(here) - len(above) - len(below)} not "
+                     "distinguishable"), _section("methods")])
+    return rows
+
+
+def _recipes_headline(d) -> list[list[str]]:
+    rows = []
+    for e in d.get("summary") or []:
+        def stat(key, e=e):
+            s = e.get(key)
+            return pm(s["mean"], s["std"]) if s else "-"
+        red = (e.get("macs_reduction") or {}).get("mean")
+        red = "" if red is None else f" {red:.1f}x"
+        if e.get("source_only_accuracy"):
+            gap = e.get("gap_closed")
+            text = (f"source only {stat('source_only_accuracy')}%; DANN dense {stat('dense_accuracy')}%"
+                    + (f" (closes {100 * gap['mean']:.0f}% of the gap)" if gap else "")
+                    + f"; compressed{red}: {stat('pruned_accuracy')}%"
+                    + (f"; trained on target {stat('ceiling_accuracy')}%" if e.get("ceiling_accuracy") else ""))
+        else:
+            text = (f"dense fine-tune {stat('dense_accuracy')}%; compressed{red}: {stat('pruned_accuracy')}% "
+                    f"(same epochs); compressed - dense {interval(e['compressed_minus_dense'])}")
+        rows.append([f"{e['experiment']} ({e['n_runs']} seeds)", text, _section("recipes")])
+    return rows
+
+
+def _speed_headline(overhead, speedup, gpu) -> list[list[str]]:
+    rows = []
+    if overhead:
+        over = [r for r in overhead.get("rows", []) if "ratio" in r]
+        if over:
+            rows.append(["step time with the callback ÷ without (sparsify phase)",
+                         ", ".join(f"{r['model']} {r['device']} b{r['batch_size']}: {r['ratio']:.3f}" for r in over),
+                         _section("overhead")])
+    if speedup:
+        ratios = [r["layouts"][r["best_layout"]]["speedup_over_flops_reduction"]["batch_64"]
+                  for r in speedup.get("latency", []) if "best_layout" in r]
+        if ratios:
+            rows.append(["CPU speed-up ÷ MACs reduction, batch 64, best layout",
+                         f"{min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} pruned models",
+                         _section("speedup")])
+    if gpu and not gpu.get("smoke"):
+        best = [r.get("fp32", {}).get("speedup_over_macs_reduction") for r in gpu.get("parts", {}).get("speedup", [])
+                if isinstance(r, dict)]
+        best = [b for b in best if b is not None]
+        if best:
+            rows.append(["GPU speed-up ÷ MACs reduction, batch 1024, fp32, best round_to", f"{max(best):.2f}",
+                         _section("gpu")])
+    return rows
+
+
+def headline(results: Path = RESULTS) -> str:
+    """The short table of headline results for README, each row from one results file."""
+    rows = []
+    for name, make in (("lenet", _lenet_headline), ("methods", _methods_headline), ("recipes", _recipes_headline)):
+        data = _load(results, name)
+        if isinstance(data, dict):
+            try:
+                rows += make(data)
+            except (KeyError, TypeError, ValueError) as err:  # an older file: said, not hidden
+                rows.append([name, f"(cannot summarize this file: {type(err).__name__} {err})", _section(name)])
+    rows += _speed_headline(_load(results, "overhead"), _load(results, "speedup"), _load(results, "gpu"))
+    if not rows:
+        return "(no results files yet: run `python -m benchmarks`)"
+    return "\n".join(table(["what", "result", "section"], rows))
+
+
+def method_table_markdown() -> str:
+    """README's method table, from the registry."""
+    from lightning_ssr.methods import method_table
+
+    def mark(flag):
+        return "yes" if flag else ""
+    rows = [[f"`{m['name']}`", m["summary"].replace("``", "`").replace("|", "\\|"), mark(m["sparsifies"]), mark(m["learns_structure"]),
+             mark(m["needs_target"])] for m in method_table()]
+    return "\n".join(table(["name", "what", "uses the sparsify phase", "learns the structure", "needs a target"], rows))
+
+
+def replace_between(text: str, start: str, end: str, body: str, where: str = "README") -> str:
+    """``text`` with the lines between its ``start`` and ``end`` markers replaced by ``body``."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{where} needs one {start!r} line followed by one {end!r} line")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + body.strip("\n") + "\n" + end + tail
+
+
+def update_readme(readme: Path, headline_md: str, methods_md: str | None = None) -> None:
+    """Write README's generated parts: the headline results, and the method table (if given)."""
+    text = replace_between(readme.read_text(), START, END, headline_md, str(readme))
+    if methods_md is not None:
+        text = replace_between(text, METHODS_START, METHODS_END, methods_md, str(readme))
+    readme.write_text(text)
 
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--readme", type=Path, default=README, help="the README whose Results section is replaced")
+    parser.add_argument("--readme", type=Path, default=README, help="the README whose generated parts are replaced")
     parser.add_argument("--no-readme", action="store_true", help="write RESULTS.md only")
     args = parser.parse_args(argv)
     text = render(args.results)
     args.out.write_text(text)
     print(f"wrote {args.out}")
     if not args.no_readme:
-        update_readme(args.readme, text)
-        print(f"updated the Results section of {args.readme}")
+        update_readme(args.readme, headline(args.results), method_table_markdown())
+        print(f"updated the headline results and the method table of {args.readme}")
     return args.out
 
 

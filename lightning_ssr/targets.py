@@ -11,14 +11,18 @@ A :class:`Target` is exactly one of:
 - ``latency``: milliseconds per batch of ``batch_size`` on the device the model is on, predicted
   from measured per-layer timings (:mod:`lightning_ssr.latency`).
 
-:func:`keep_counts` is the only place where keep counts are computed, and
-:func:`round_keep` the only rounding rule: a group of ``C`` channels keeping the fraction
-``f`` keeps ``ceil(C * f)`` channels (so a rate ``r`` keeps ``ceil(C * (1 - r))``, FSM's
-convention), never fewer than its floor (``min_channels``, ``max_pruning_ratio``) and never
-more than ``C``. For the fraction targets every group keeps the same fraction, the largest
-that fits the target; the gap that rounding leaves below the target is then filled one
-channel at a time, always into the group with the lowest kept fraction, so the result lands
-just under the target.
+:class:`Budget` (the target and the limits every count obeys) is what callers ask;
+:func:`keep_counts` is the only place where keep counts are computed, and :func:`round_keep`
+the only rounding rule: a group of ``C`` channels keeping the fraction ``f`` keeps
+``ceil(C * f)`` channels (so a rate ``r`` keeps ``ceil(C * (1 - r))``, FSM's convention), never
+fewer than its floor (``min_channels``, ``max_pruning_ratio``) and never more than ``C``.
+
+Each target kind has its measure (:class:`TargetMeasure`: the cost of a set of counts, and the
+limit), and each allocation one function over it: :func:`uniform_counts` (every group keeps the
+same fraction, the largest that fits), :func:`threshold_counts` (channels compete across groups
+by value: ``"global"`` by importance per cost, ``"method"`` by the values of a method that learns
+the structure), and :func:`fill_to_target`, which trades channels between groups to close the
+gap rounding leaves below the target.
 """
 
 from __future__ import annotations

@@ -1,11 +1,22 @@
-"""benchmarks/render.py: RESULTS.md from the results files, copied into README's Results section."""
+"""benchmarks/render.py: RESULTS.md from the results files, and README's generated parts (headline, method table)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import PARTS
-from benchmarks.render import END, START, render, update_readme
+from benchmarks.render import (
+    END,
+    METHODS_END,
+    METHODS_START,
+    START,
+    headline,
+    method_table_markdown,
+    render,
+    update_readme,
+)
+from lightning_ssr.methods import available_methods
 
 
 def test_python_m_benchmarks_writes_its_quick_budgets_beside_the_full_ones():
@@ -28,16 +39,47 @@ def test_render_names_the_recorded_command_and_machine_and_lists_files_it_cannot
     assert "## mystery" in text and "no renderer" in text
 
 
-def test_readme_results_section_is_replaced_between_its_markers_only(tmp_path):
+def test_readme_generated_parts_are_replaced_between_their_markers_only(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Results\n\nintro\n\n{START}\nold figures\n{END}\n\n## Next\nkept\n")
-    update_readme(readme, "# Results\n\nGenerated.\n\n## lenet\n\n| a |\n")
+    readme.write_text(f"# x\n\n## Results\n\nintro\n\n{START}\nold figures\n{END}\n\n## Methods\n"
+                      f"{METHODS_START}\nold table\n{METHODS_END}\nkept\n")
+    update_readme(readme, "| new headline |", "| new table |")
     text = readme.read_text()
-    assert "old figures" not in text and "### lenet" in text and "Generated." in text
-    assert text.startswith("# x\n\n## Results\n\nintro\n\n") and text.endswith(f"{END}\n\n## Next\nkept\n")
+    assert "old figures" not in text and "old table" not in text
+    assert f"{START}\n| new headline |\n{END}" in text and f"{METHODS_START}\n| new table |\n{METHODS_END}" in text
+    assert text.startswith("# x\n\n## Results\n\nintro\n\n") and text.endswith(f"{METHODS_END}\nkept\n")
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="results:start"):
-        update_readme(readme, "# Results\n")
+        update_readme(readme, "x")
+
+
+def test_readme_method_table_is_the_registry():
+    """README's method table is generated: a method added or changed without running
+    ``python benchmarks/render.py`` fails here."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    body = readme.split(METHODS_START, 1)[1].split(METHODS_END, 1)[0].strip("\n")
+    assert body == method_table_markdown()
+    for name in available_methods():
+        assert f"| `{name}` |" in body
+
+
+def test_headline_reads_each_file_and_says_what_it_cannot_summarize(tmp_path):
+    assert "no results files yet" in headline(tmp_path)
+    (tmp_path / "lenet.json").write_text(json.dumps({"rows": [
+        {"source": "paper", "dataset": "mnist", "method": "ssr_l21", "drop_mean": 0.18},
+        {"dataset": "mnist", "method": "none", "n_runs": 5, "drop_mean": -0.1},
+        {"dataset": "mnist", "method": "a@method", "n_runs": 5, "drop_mean": 0.3, "drop_std": 0.1,
+         "macs_reduction": 40.0, "dense_accuracy_mean": 0.992, "filters": "2-3-100",
+         "vs_reference": {"reference": "l1@uniform", "mean": 0.2, "low": -0.1, "high": 0.5,
+                          "verdict": "not distinguishable"}},
+        {"dataset": "mnist", "method": "l1@uniform", "n_runs": 5, "drop_mean": 0.5, "drop_std": 0.2,
+         "macs_reduction": 40.0, "dense_accuracy_mean": 0.992, "filters": "4-8-50", "vs_reference": None}]}))
+    (tmp_path / "recipes.json").write_text(json.dumps({"summary": [{"experiment": "da", "n_runs": 3}]}))
+    text = headline(tmp_path)
+    # the best mean drop among the compressed rows (none and the paper's rows are not candidates)
+    assert "a@method: 40.0x fewer MACs, drop +0.30 ± 0.10 pt over 5 seeds (dense 99.20%), structure 2-3-100" in text
+    assert "vs l1@uniform: +0.20 [-0.10, +0.50], not distinguishable" in text
+    assert "| recipes | (cannot summarize this file: KeyError 'compressed_minus_dense')" in text
 
 
 def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):

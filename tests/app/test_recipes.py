@@ -77,6 +77,7 @@ def test_reverse_gradient_flips_and_scales_the_gradient():
     assert torch.allclose(x.grad, torch.full_like(x, -0.3))
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step called without a Trainer
 def test_dann_never_reads_target_labels_and_says_when_its_features_were_pruned():
     model = DANN(build_model("lenet5"))
     xs, ys = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
