@@ -253,6 +253,26 @@ def render_gpu(d):
     return out
 
 
+def render_trajectory(d):
+    methods = d.get("methods") or {}
+    if not methods:
+        return ["(no trajectories in this file)"]
+    layers = list(next(iter(methods.values()))["held"])
+    ref = d.get("reference") or {}
+    rows = []
+    for name in layers:
+        row = [name, next(iter(methods.values()))["dense"].get(name, "-")]
+        for c in methods.values():
+            row += [_f(c["held"][name][-1], 1), _f(c["kept"][name], 1)]
+        rows.append(row + [_f((ref.get("kept") or {}).get(name), 1)])
+    head = ["layer", "dense"]
+    for method, c in methods.items():
+        head += [f"{method}: held at the last update ({len(c['seeds'])} seeds)", f"{method}: kept at the prune"]
+    png = f"results/{Path(d.get('source', 'x')).stem}_trajectory_{d.get('dataset')}.png"
+    return table(head + [f"{ref.get('method', 'reference')}: kept"], rows) + [
+        "", f"From the runs of `{d.get('source_command')}`. The curves, update by update: ![trajectory]({png})"]
+
+
 def render_run(d):
     rows = [[part, _f(s / 60, 1, " min")] for part, s in d["parts"].items()]
     rows.append(["**total**", f"**{d['total_s'] / 60:.1f} min**"])
@@ -290,7 +310,7 @@ def render(results: Path = RESULTS) -> str:
         lines += [f"## {name}", "", f"{made} → `benchmarks/results/{path.name}`; " + machine_line(data), ""]
         if isinstance(data, dict) and data.get("speed_command"):
             lines += [f"Speed figures measured again, on the same structures, by `{data['speed_command']}`.", ""]
-        renderer = RENDERERS.get(name)
+        renderer = RENDERERS.get(name) or (render_trajectory if "_trajectory_" in name else None)
         if renderer is None:
             keys = list(data) if isinstance(data, dict) else f"a list of {len(data)} rows"
             lines += [f"(no renderer for this file; its keys: {keys})", ""]

@@ -1,0 +1,55 @@
+"""benchmarks/trajectory.py: the structure over the sparsify phase, read from recorded runs."""
+
+import json
+
+import pytest
+
+from benchmarks import trajectory
+
+
+def _run(method, seed, held, kept, dataset="mnist"):
+    names = list(kept)
+    return {"method": method, "seed": seed, "dataset": dataset, "status": "ok",
+            "layers": [{"name": n, "before": 20, "after": kept[n]} for n in names],
+            "trajectory": [{"step": 25 * (i + 1), "kept": dict(zip(names, h, strict=True))} for i, h in enumerate(held)],
+            "events": [{"allocation": "method"}]}
+
+
+def test_curves_average_the_seeds_update_by_update_in_the_models_layer_order():
+    runs = [_run("ssr", 0, [(10, 20), (4, 18)], {"a": 4, "b": 18}),
+            _run("ssr", 1, [(12, 20), (6, 16), (2, 16)], {"a": 2, "b": 16}),
+            _run("ssr", 2, [(1, 1)], {"a": 1, "b": 1}, dataset="fashion_mnist"),  # another data set: left out
+            {**_run("l1", 0, [], {"a": 5, "b": 5}), "trajectory": []},
+            {**_run("l1", 1, [], {"a": 7, "b": 5}), "trajectory": []}]
+    c = trajectory.curves(runs, "mnist", ["ssr", "absent"], "l1")
+    ssr = c["methods"]["ssr"]
+    assert list(ssr["held"]) == ["a", "b"] and ssr["seeds"] == [0, 1] and ssr["steps"] == [25, 50, 75]
+    assert ssr["held"]["a"] == [11, 5, 2]  # the third update: only seed 1 got there
+    assert ssr["kept"] == {"a": 3, "b": 17} and ssr["allocation"] == "method"
+    assert "absent" not in c["methods"] and c["reference"]["kept"] == {"a": 6, "b": 5}
+
+
+def test_main_writes_curves_and_plot_and_says_when_no_run_recorded_one(tmp_path):
+    results = tmp_path / "lenet.json"
+    results.write_text(json.dumps({"command": "python benchmarks/lenet.py", "runs": [
+        _run("ssr_l21@method", 0, [(10, 20), (4, 18)], {"a": 4, "b": 18}),
+        {**_run("l1@uniform", 0, [], {"a": 5, "b": 5}), "trajectory": []}]}))
+    out = trajectory.main(["--results", str(results)])
+    written = json.loads((tmp_path / "lenet_trajectory_mnist.json").read_text())
+    assert written["methods"]["ssr_l21@method"]["held"]["a"] == [10, 4] == out["methods"]["ssr_l21@method"]["held"]["a"]
+    assert written["source_command"] == "python benchmarks/lenet.py"
+    assert (tmp_path / "lenet_trajectory_mnist.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="recorded a trajectory"):
+        trajectory.main(["--results", str(results), "--dataset", "fashion_mnist"])
+
+
+def test_render_shows_the_last_held_and_kept_counts_and_links_the_plot(tmp_path):
+    from benchmarks.render import render
+
+    results = tmp_path / "lenet.json"
+    results.write_text(json.dumps({"command": "python benchmarks/lenet.py", "runs": [
+        _run("ssr_l21@method", 0, [(10, 20), (4, 18)], {"a": 4, "b": 18})]}))
+    trajectory.main(["--results", str(results), "--methods", "ssr_l21@method"])
+    results.unlink()  # the rendered section comes from the trajectory file alone
+    text = render(tmp_path)
+    assert "| a | 20 | 4.0 | 4.0 | - |" in text and "![trajectory](results/lenet_trajectory_mnist.png)" in text
