@@ -49,3 +49,20 @@ def implementations_tolerance(model: torch.nn.Module, dtype: torch.dtype = torch
         elif isinstance(m, torch.nn.Linear):
             fan_in += m.in_features
     return fan_in * unit_roundoff(dtype)
+
+
+def float_sum_tolerance(n_terms: int, dtype: torch.dtype = torch.float32) -> float:
+    """Relative bound, to the sum of the magnitudes involved, on a value computed in ``dtype``
+    whose longest chain is a sum of ``n_terms`` terms followed by a few elementwise operations
+    (a norm, a division, a multiply-add): (n + 4) * u, whatever order the host sums in."""
+    return (n_terms + 4) * unit_roundoff(dtype)
+
+
+def assert_within_sum_bound(got: torch.Tensor, expected: torch.Tensor, magnitude: torch.Tensor, n_terms: int,
+                            dtype: torch.dtype = torch.float32) -> None:
+    """``|got - expected| <= float_sum_tolerance(n_terms) * magnitude`` elementwise (``expected``
+    exact, e.g. computed in float64 from the same inputs; ``magnitude``: the sum of the absolute
+    values of the terms that made it)."""
+    bound = float_sum_tolerance(n_terms, dtype) * magnitude.double() + torch.finfo(dtype).tiny
+    err = (got.double() - expected.double()).abs()
+    assert bool((err <= bound).all()), f"off by up to {float((err / bound).max()):.3g} times the rounding bound"
