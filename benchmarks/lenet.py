@@ -22,7 +22,9 @@ each run's plan: dense and pruned called in turn, at batch 1 and 256 in eager Py
 batch 1 in ONNX Runtime with bound buffers, on 1 thread and on all (``speedup_b1_runtime``: each
 model at its faster thread count, the dense one's fastest over the row's runs;
 ``speedup_b1_runtime_1thread``: both on one).
-``--remeasure FILE`` times an earlier file's runs again without training. Writes
+``--remeasure FILE`` times an earlier file's runs again without training. Each run's outputs stay
+under ``--work-dir`` (``~/.cache/lightning_ssr/benchmarks/lenet``): after an interruption, the same
+command goes on from the runs that finished there with the same settings. Writes
 ``benchmarks/results/lenet.json``: the machine, the settings, and rows ``{dataset, method,
 filters, macs_reduction, params_reduction, drop_mean, drop_std, n_runs, speedup_b1_eager,
 speedup_b1_runtime, speedup_b1_runtime_1thread, speedup_b256, vs_reference, vs_none}`` (means
@@ -60,6 +62,7 @@ from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure.surgery import apply_plan
 
 RESULTS = Path(__file__).parent / "results"
+WORK_DIR = Path(os.environ.get("LIGHTNING_SSR_CACHE", Path.home() / ".cache" / "lightning_ssr")) / "benchmarks" / "lenet"
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {"mnist": ("mnist", 0.025), "fashion_mnist": ("fashion_mnist", 0.1)}  # name: (data config, MACs kept)
 # each method with the allocations that apply to it, and the equal-budget unpruned reference
@@ -103,13 +106,34 @@ def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
     return info["cache"]["path"]
 
 
+RUN_FILE = "benchmark_run.json"  # a finished run's row, in its directory under --work-dir
+
+
+def finished_run(out_dir: Path, run_overrides: list[str]) -> dict | None:
+    """The row of a run that finished in ``out_dir`` with the same overrides (an interrupted
+    benchmark goes on from there), or ``None``: not run yet, failed, changed or unreadable."""
+    try:
+        row = json.loads((Path(out_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(row, dict) and row.get("status") == "ok" and row.get("overrides") == run_overrides
+    return row if ok else None
+
+
 def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> dict:
+    run_overrides = overrides(dataset, method, seed, args)
+    done = finished_run(Path(out_dir), run_overrides)
+    if done is not None:
+        return {**done, "reused": True}
     start = time.perf_counter()
     try:
-        row = run(compose_config(overrides(dataset, method, seed, args)), out_dir).to_dict()
+        row = run(compose_config(run_overrides), out_dir).to_dict()
     except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
         row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    return {**row, "dataset": dataset, "method": method, "seed": seed, "seconds": time.perf_counter() - start}
+    row = {**row, "dataset": dataset, "method": method, "seed": seed, "overrides": run_overrides,
+           "seconds": time.perf_counter() - start}
+    write_json(Path(out_dir) / RUN_FILE, obj=row)
+    return row
 
 
 def ort_call(path: Path, threads: int, batch: int = 1):
@@ -303,7 +327,8 @@ def _command(parser: argparse.ArgumentParser, settings: dict) -> str:
     the options that differ from their defaults, ``--out`` aside."""
     words = ["python benchmarks/lenet.py"]
     for action in parser._actions:
-        if action.dest not in settings or not action.option_strings or action.dest in ("out", "remeasure"):
+        if action.dest not in settings or not action.option_strings or action.dest in ("out", "remeasure",
+                                                                                       "work_dir"):
             continue
         value = settings[action.dest]
         if value == action.default:
@@ -315,6 +340,9 @@ def _command(parser: argparse.ArgumentParser, settings: dict) -> str:
 
 def train_all(args, log) -> list[dict]:
     """Train every (dataset, seed) dense model and every compression run, then time each run."""
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"runs in {work} (a finished run found there with the same settings is not trained again)")
     with tempfile.TemporaryDirectory() as tmp, \
             ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else
                                                                                 torch.get_num_threads(),)) as pool:
@@ -323,13 +351,14 @@ def train_all(args, log) -> list[dict]:
                  for s in args.seeds]
         for future in dense:
             log(f"dense model ready: {Path(future.result()).name}")
-        futures = [pool.submit(compress_job, d, m, s, args, str(tmp / f"{d}-{m}-{s}"))
+        futures = [pool.submit(compress_job, d, m, s, args, str(work / f"{d}-{m}-{s}"))
                    for d in args.datasets for s in args.seeds for m in args.methods_by_dataset[d]]
         runs = []
         for future in futures:
             r = future.result()
             runs.append(r)
-            log(f"{r['dataset']:<13} {r['method']:<8} seed {r['seed']}: " + (
+            log(f"{r['dataset']:<13} {r['method']:<8} seed {r['seed']}: " + ("(finished earlier) " if r.pop(
+                "reused", False) else "") + (
                 f"{structure(r)}, {r['macs_reduction']:.1f}x MACs, drop {r['accuracy_drop_points']:+.2f} pt"
                 if r.get("status") == "ok" else f"FAILED {r.get('error')}"))
         pool.shutdown()
@@ -357,6 +386,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
+                        help="where each run's outputs stay; an interrupted benchmark run again with the same "
+                             "options goes on from the runs that finished there")
     parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     parser.add_argument("--remeasure", type=Path, default=None, metavar="JSON",

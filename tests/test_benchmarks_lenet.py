@@ -1,5 +1,6 @@
 """benchmarks/lenet.py: speed from a run's plan, and timing earlier runs again without training."""
 
+import argparse
 import json
 
 import pytest
@@ -73,3 +74,46 @@ def test_the_runtime_speed_up_takes_the_dense_networks_fastest_time_over_the_row
                                                                               (0.070, 0.011))]
     assert lenet.runtime_speedup(runs) == pytest.approx(0.066 / 0.012)
     assert lenet.runtime_speedup([{"speed": {}}]) is None
+
+
+def test_an_interrupted_benchmark_goes_on_from_the_runs_that_finished(tmp_path, monkeypatch):
+    args = argparse.Namespace(dense_epochs=1, sparsify=1, finetune=1, override=[])
+    calls = []
+
+    class Result:
+        def to_dict(self):
+            return {"status": "ok", "accuracy_drop_points": 0.3}
+
+    def fake_run(cfg, out_dir):
+        calls.append(out_dir)
+        return Result()
+
+    monkeypatch.setattr(lenet, "run", fake_run)
+    monkeypatch.setattr(lenet, "compose_config", lambda overrides: overrides)
+    out = tmp_path / "mnist-l1@uniform-0"
+    first = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    assert len(calls) == 1 and (out / lenet.RUN_FILE).is_file()
+
+    again = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))  # finished: not trained again
+    assert len(calls) == 1 and again.pop("reused") is True and again == first
+
+    args.finetune = 2  # other settings: the earlier run does not count
+    lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    assert len(calls) == 2
+
+
+def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
+    args = argparse.Namespace(dense_epochs=1, sparsify=1, finetune=1, override=[])
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / lenet.RUN_FILE).write_text('{"status": "ok", "overr')  # cut short by the interruption
+    assert lenet.finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+
+    def failing_run(cfg, out_dir):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(lenet, "run", failing_run)
+    monkeypatch.setattr(lenet, "compose_config", lambda overrides: overrides)
+    row = lenet.compress_job("mnist", "l1", 0, args, str(out))
+    assert row["status"] == "failed" and "out of memory" in row["error"]
+    assert lenet.finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
