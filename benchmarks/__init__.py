@@ -5,6 +5,7 @@ JSON file under ``benchmarks/results/``; ``python -m benchmarks`` runs them all 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,3 +66,29 @@ def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
         command = old.get("command", "its command is not recorded") if isinstance(old, dict) else "?"
         raise SystemExit(f"{path} holds {recorded_runs(old)} runs ({command}); this budget plans {planned}. "
                          "Write elsewhere with --out, or pass --force to replace it.")
+
+
+#: where the training benchmarks keep each run's outputs (``--work-dir``), so that an interrupted
+#: benchmark run again with the same command goes on from the runs that finished
+WORK_ROOT = Path(os.environ.get("LIGHTNING_SSR_CACHE", Path.home() / ".cache" / "lightning_ssr")) / "benchmarks"
+RUN_FILE = "benchmark_run.json"  # a finished run's record, in its own directory under the work dir
+
+
+def finished_run(out_dir: str | os.PathLike, overrides: list[str]) -> dict | None:
+    """The record :func:`keep_run` left in ``out_dir`` for a run that finished with the same
+    ``overrides``, or ``None``: not run yet, failed, run with other settings, or cut short."""
+    try:
+        record = json.loads((Path(out_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("overrides") != overrides:
+        return None
+    return record
+
+
+def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
+    """Write a run's record (with its ``status`` and ``overrides``) into ``out_dir``, atomically."""
+    from lightning_ssr.report import write_json
+
+    write_json(Path(out_dir) / RUN_FILE, obj=record)
+    return record

@@ -49,7 +49,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, finished_run, keep_run, refuse_smaller
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
@@ -62,7 +62,6 @@ from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure.surgery import apply_plan
 
 RESULTS = Path(__file__).parent / "results"
-WORK_DIR = Path(os.environ.get("LIGHTNING_SSR_CACHE", Path.home() / ".cache" / "lightning_ssr")) / "benchmarks" / "lenet"
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {"mnist": ("mnist", 0.025), "fashion_mnist": ("fashion_mnist", 0.1)}  # name: (data config, MACs kept)
 # each method with the allocations that apply to it, and the equal-budget unpruned reference
@@ -106,20 +105,6 @@ def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
     return info["cache"]["path"]
 
 
-RUN_FILE = "benchmark_run.json"  # a finished run's row, in its directory under --work-dir
-
-
-def finished_run(out_dir: Path, run_overrides: list[str]) -> dict | None:
-    """The row of a run that finished in ``out_dir`` with the same overrides (an interrupted
-    benchmark goes on from there), or ``None``: not run yet, failed, changed or unreadable."""
-    try:
-        row = json.loads((Path(out_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(row, dict) and row.get("status") == "ok" and row.get("overrides") == run_overrides
-    return row if ok else None
-
-
 def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> dict:
     run_overrides = overrides(dataset, method, seed, args)
     done = finished_run(Path(out_dir), run_overrides)
@@ -130,10 +115,8 @@ def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> di
         row = run(compose_config(run_overrides), out_dir).to_dict()
     except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
         row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    row = {**row, "dataset": dataset, "method": method, "seed": seed, "overrides": run_overrides,
-           "seconds": time.perf_counter() - start}
-    write_json(Path(out_dir) / RUN_FILE, obj=row)
-    return row
+    return keep_run(out_dir, {**row, "dataset": dataset, "method": method, "seed": seed,
+                              "overrides": run_overrides, "seconds": time.perf_counter() - start})
 
 
 def ort_call(path: Path, threads: int, batch: int = 1):
@@ -386,7 +369,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR,
+    parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "lenet",
                         help="where each run's outputs stay; an interrupted benchmark run again with the same "
                              "options goes on from the runs that finished there")
     parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")

@@ -19,21 +19,22 @@ labels.
 Writes ``benchmarks/results/recipes.json``: the command, the machine, one row per (experiment,
 seed), a summary per experiment (means ± std over seeds and paired intervals by seed: compressed
 minus dense, and for adaptation DANN dense minus source only), and every run's ``result.json``.
-Runs train ``--jobs`` at a time, one thread each.
+Runs train ``--jobs`` at a time, one thread each. Each run's outputs stay under ``--work-dir``
+(``~/.cache/lightning_ssr/benchmarks/recipes``): after an interruption, the same command goes on
+from the runs that finished there with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from benchmarks import command_line, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, finished_run, keep_run, refuse_smaller
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -116,14 +117,21 @@ def _init_worker(threads: int) -> None:
 
 
 def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str) -> dict:
+    """One run of ``experiment`` at ``seed``; one that finished in ``out_dir`` with the same
+    overrides is taken as it is (``"reused": True``)."""
+    run_overrides = [f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false",
+                     "verbose=false", "latency.batch_sizes=[]", *overrides]
+    done = finished_run(out_dir, run_overrides)
+    if done is not None:
+        return {**done, "reused": True}
     start = time.perf_counter()
     try:
-        result = run(compose_config([f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false",
-                                     "verbose=false", "latency.batch_sizes=[]", *overrides]), out_dir).to_dict()
+        result = run(compose_config(run_overrides), out_dir).to_dict()
     except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}",
                   "timings": {"total_s": time.perf_counter() - start}}
-    return {"experiment": experiment, "seed": seed, "result": result}
+    return keep_run(out_dir, {"experiment": experiment, "seed": seed, "status": result.get("status"),
+                              "overrides": run_overrides, "result": result})
 
 
 def format_table(summary: list[dict]) -> str:
@@ -148,6 +156,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "recipes",
+                        help="where each run's outputs stay; an interrupted benchmark run again with the same "
+                             "options goes on from the runs that finished there")
     parser.add_argument("--out", type=Path, default=RESULTS / "recipes.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
@@ -160,16 +171,17 @@ def main(argv=None) -> dict:
     rows, results = [], []
     # the slowest experiment first, so that the others fill the second worker around it
     order = sorted(jobs, key=lambda j: EXPERIMENTS.index(j[0]), reverse=True)
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
-            args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
-        futures = {pool.submit(run_job, e, s, list(args.override), str(Path(tmp) / f"{e}-{s}")): (e, s)
+    print(f"runs in {args.work_dir} (a finished run found there with the same settings is not trained again)")
+    with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
+        futures = {pool.submit(run_job, e, s, list(args.override), str(args.work_dir / f"{e}-{s}")): (e, s)
                    for e, s in order}
         done = {}
         for future in futures:
             job = future.result()
             done[(job["experiment"], job["seed"])] = job
             row = row_of(job["experiment"], job["seed"], job["result"])
-            print(f"[{time.perf_counter() - start:6.0f} s] {row['experiment']} seed {row['seed']}: " + (
+            print(f"[{time.perf_counter() - start:6.0f} s] {row['experiment']} seed {row['seed']}: "
+                  + ("(finished earlier) " if job.get("reused") else "") + (
                 f"dense {row['dense_accuracy']:.2f}%, compressed {row['pruned_accuracy']:.2f}% at "
                 f"{row['macs_reduction']:.1f}x MACs" if row["status"] == "ok" else f"FAILED {row['error']}"),
                 flush=True)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import lenet
+from benchmarks import RUN_FILE, finished_run, lenet
 
 PLAN = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [
     {"root": "model.fc1", "size": 500, "kept": list(range(0, 500, 6))[:80]},
@@ -92,7 +92,7 @@ def test_an_interrupted_benchmark_goes_on_from_the_runs_that_finished(tmp_path, 
     monkeypatch.setattr(lenet, "compose_config", lambda overrides: overrides)
     out = tmp_path / "mnist-l1@uniform-0"
     first = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
-    assert len(calls) == 1 and (out / lenet.RUN_FILE).is_file()
+    assert len(calls) == 1 and (out / RUN_FILE).is_file()
 
     again = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))  # finished: not trained again
     assert len(calls) == 1 and again.pop("reused") is True and again == first
@@ -106,8 +106,8 @@ def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
     args = argparse.Namespace(dense_epochs=1, sparsify=1, finetune=1, override=[])
     out = tmp_path / "run"
     out.mkdir()
-    (out / lenet.RUN_FILE).write_text('{"status": "ok", "overr')  # cut short by the interruption
-    assert lenet.finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+    (out / RUN_FILE).write_text('{"status": "ok", "overr')  # cut short by the interruption
+    assert finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
 
     def failing_run(cfg, out_dir):
         raise RuntimeError("out of memory")
@@ -116,4 +116,4 @@ def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
     monkeypatch.setattr(lenet, "compose_config", lambda overrides: overrides)
     row = lenet.compress_job("mnist", "l1", 0, args, str(out))
     assert row["status"] == "failed" and "out of memory" in row["error"]
-    assert lenet.finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+    assert finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import recipes
+from benchmarks import RUN_FILE, recipes
 from benchmarks.render import render_recipes
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=3",
@@ -47,12 +47,20 @@ def test_refuses_to_overwrite_a_file_with_more_runs_before_training(tmp_path):
         recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(out)])
 
 
-def test_a_tiny_run_writes_rows_summary_and_command(tmp_path):
+def test_a_tiny_run_writes_rows_summary_and_command_and_goes_on_after_an_interruption(tmp_path, capsys):
     out = tmp_path / "recipes.json"
     argv = ["--experiments", "da_mnist_to_digits", "--seeds", "0", "1", "--jobs", "1", "--out", str(out),
-            "--override", f"dense.cache_dir={tmp_path / 'dense'}", *TINY]
+            "--work-dir", str(tmp_path / "work"), "--override", f"dense.cache_dir={tmp_path / 'dense'}", *TINY]
     recipes.main(argv)
     data = json.loads(out.read_text())
+    assert "finished earlier" not in capsys.readouterr().out
+
+    # interrupted after seed 0 (seed 1's record cut short): the same command trains seed 1 only
+    (tmp_path / "work" / "da_mnist_to_digits-1" / RUN_FILE).write_text('{"status": "o')
+    again = recipes.main(argv)
+    printed = capsys.readouterr().out
+    assert "seed 0: (finished earlier)" in printed and "seed 1: (finished earlier)" not in printed
+    assert again["rows"][0] == data["rows"][0]
     assert data["command"] == "python benchmarks/recipes.py " + " ".join(argv) and data["n_runs"] == 2
     assert [(r["seed"], r["status"]) for r in data["rows"]] == [(0, "ok"), (1, "ok")]
     for r in data["rows"]:
