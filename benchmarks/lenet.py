@@ -180,6 +180,12 @@ def pruned_network(row: dict) -> torch.nn.Module:
     return apply_plan(_Holder(build_model("lenet5")), row["plan"]).model.eval()
 
 
+def has_plan(row: dict) -> bool:
+    """Whether a run has a pruned network to time: it finished and pruned (``none`` prunes nothing,
+    its network is the dense one)."""
+    return row.get("status") == "ok" and row.get("plan") is not None
+
+
 def measure_speed(row: dict, repeats: int, tmp: Path) -> dict:
     """Dense vs pruned latency of one run's structure."""
     dense = build_model("lenet5").eval()
@@ -348,7 +354,7 @@ def train_all(args, log) -> list[dict]:
         log("measuring speed (alone, all threads)")
         torch.set_num_threads(os.cpu_count() or 1)
         for r in runs:
-            if r.get("status") == "ok":
+            if has_plan(r):
                 r["speed"] = measure_speed(r, args.repeats, tmp)
     return runs
 
@@ -401,7 +407,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
         with tempfile.TemporaryDirectory() as tmp:
             for r in runs:
-                if r.get("status") == "ok":
+                if has_plan(r):
                     r["speed"] = measure_speed(r, args.repeats, Path(tmp))
         args.__dict__.update({k: v for k, v in previous["settings"].items() if k not in ("out", "repeats")})
     else:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, finished_run, keep_run, refuse_smaller
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run

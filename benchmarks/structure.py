@@ -3,7 +3,7 @@ against the published figures. Pure structure: no training, no data. The rated c
 pruned with FSM's importance (on BatchNorm parameters drawn at random, so that the ranking is
 not all ties): the paper's rates through this engine give the paper's structures.
 
-    python benchmarks/structure.py
+    python benchmarks/structure.py [--out FILE]
 
 prints a table and writes benchmarks/results/structure.json: a list of
 {model, rates, flops, params, published_flops, published_params, flops_error, params_error}.
@@ -11,6 +11,7 @@ prints a table and writes benchmarks/results/structure.json: a list of
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -48,6 +49,9 @@ def measure(name: str, channels: int, size: int, rates: str | None) -> tuple[int
 
 
 def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "structure.json")
+    out = parser.parse_args(argv).out
     rows = []
     print(f"{'model':<10} {'rates':<40} {'MACs':>9} {'published':>9} {'err':>6} {'params':>7} {'published':>9} {'err':>6}")
     for name, (c, s), rates, pub_flops, pub_params in CASES:
@@ -60,7 +64,6 @@ def main(argv=None) -> list[dict]:
         print(f"{name:<10} {row['rates']:<40} {flops / 1e6:>8.2f}M {pub_flops / 1e6:>8.2f}M "
               f"{100 * row['flops_error']:>+5.1f}% {params / 1e6:>6.3f}M {pub_params / 1e6:>8.3f}M "
               f"{100 * row['params_error']:>+5.1f}%")
-    out = Path(__file__).parent / "results" / "structure.json"
     write_json(out, relative_to=Path(__file__).resolve().parent.parent,
                obj={"benchmark": "structure", "machine": machine_info(), "rows": rows})
     print(f"wrote {out}")

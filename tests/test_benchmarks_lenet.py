@@ -117,3 +117,18 @@ def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
     row = lenet.compress_job("mnist", "l1", 0, args, str(out))
     assert row["status"] == "failed" and "out of memory" in row["error"]
     assert finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+
+
+def test_the_unpruned_reference_is_not_timed_and_its_row_stays(tmp_path, monkeypatch):
+    none = {**_run(0, 0.0), "method": "none", "plan": None, "macs_reduction": 1.0, "params_reduction": 1.0,
+            "layers": [{"after": 20}, {"after": 50}, {"after": 500}, {"after": 10}]}
+    previous = {"command": "python benchmarks/lenet.py", "seconds": 1.0, "runs": [_run(0, 0.3), none],
+                "settings": {"datasets": ["mnist"], "seeds": [0], "repeats": 60}}
+    src, out = tmp_path / "before.json", tmp_path / "after.json"
+    src.write_text(json.dumps(previous))
+    timed = []
+    monkeypatch.setattr(lenet, "measure_speed", lambda row, repeats, tmp: timed.append(row["method"]) or {})
+    lenet.main(["--remeasure", str(src), "--out", str(out)])
+    assert timed == ["ssr_l21"]  # nothing pruned: nothing to time
+    methods = {r["method"] for r in json.loads(out.read_text())["rows"] if r.get("source") == "measured"}
+    assert methods == {"ssr_l21", "none"}
