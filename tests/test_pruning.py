@@ -79,7 +79,7 @@ def test_l21_regularization_shrinks_group_norms(tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             aulm = trainer.callbacks[0].method.aulm
             if trainer.current_epoch == 2 and aulm is not None and aulm.started:  # the last sparsify epoch
-                norms[self.lam] = float(sum(g.norms(aulm.params).sum() for g in aulm.groups))
+                norms[self.lam] = float(sum(g.norms(aulm.params).detach().sum() for g in aulm.groups))
                 surviving[self.lam] = (sum(aulm.surviving().values()), sum(g.size for g in aulm.groups))
 
     results = {}
@@ -88,7 +88,7 @@ def test_l21_regularization_shrinks_group_norms(tmp_path):
         model = TinyClassifier()
         cb = SSRPruning(regularizer="l21", lam=lam, lam_scaling="none", rho=1.0,
                         schedule=PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1))
-        trainer(tmp_path, [cb, AtTheEnd(lam)], 4).fit(model, loader())
+        trainer(tmp_path / f"lam{lam}", [cb, AtTheEnd(lam)], 4).fit(model, loader())
         results[lam] = cb.result
     assert norms[0.5] < 0.7 * norms[0.0]
     assert surviving[0.5][0] < surviving[0.0][0] == surviving[0.0][1]  # lam = 0 zeroes no group
