@@ -74,20 +74,34 @@ WORK_ROOT = Path(os.environ.get("LIGHTNING_SSR_CACHE", Path.home() / ".cache" / 
 RUN_FILE = "benchmark_run.json"  # a finished run's record, in its own directory under the work dir
 
 
-def finished_run(out_dir: str | os.PathLike, overrides: list[str]) -> dict | None:
+def config_digest(cfg) -> str:
+    """sha256 of a run's composed config, resolved (a changed config file changes it, not only a
+    changed override)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_run(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> dict | None:
     """The record :func:`keep_run` left in ``out_dir`` for a run that finished with the same
-    ``overrides``, or ``None``: not run yet, failed, run with other settings, or cut short."""
+    ``overrides`` and the same composed config (``digest``: :func:`config_digest`), or ``None``:
+    not run yet, failed, run with other settings or another config, or cut short."""
     try:
         record = json.loads((Path(out_dir) / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("overrides") != overrides:
+    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("overrides") != overrides \
+            or record.get("config_sha256") != digest:
         return None
     return record
 
 
 def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
-    """Write a run's record (with its ``status`` and ``overrides``) into ``out_dir``, atomically."""
+    """Write a run's record (with its ``status``, ``overrides`` and ``config_sha256``) into
+    ``out_dir``, atomically."""
     from lightning_ssr.report import write_json
 
     write_json(Path(out_dir) / RUN_FILE, obj=record)

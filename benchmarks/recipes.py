@@ -36,7 +36,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, finished_run, keep_run, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, keep_run, refuse_smaller
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -120,20 +120,22 @@ def _init_worker(threads: int) -> None:
 
 def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str) -> dict:
     """One run of ``experiment`` at ``seed``; one that finished in ``out_dir`` with the same
-    overrides is taken as it is (``"reused": True``)."""
+    overrides and composed config is taken as it is (``"reused": True``)."""
     run_overrides = [f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false",
                      "verbose=false", "latency.batch_sizes=[]", *overrides]
-    done = finished_run(out_dir, run_overrides)
-    if done is not None:
-        return {**done, "reused": True}
     start = time.perf_counter()
+    record = {"experiment": experiment, "seed": seed, "overrides": run_overrides}
     try:
-        result = run(compose_config(run_overrides), out_dir).to_dict()
+        cfg = compose_config(run_overrides)
+        record["config_sha256"] = config_digest(cfg)
+        done = finished_run(out_dir, run_overrides, record["config_sha256"])
+        if done is not None:
+            return {**done, "reused": True}
+        result = run(cfg, out_dir).to_dict()
     except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
         result = {"status": "failed", "error": f"{type(err).__name__}: {err}",
                   "timings": {"total_s": time.perf_counter() - start}}
-    return keep_run(out_dir, {"experiment": experiment, "seed": seed, "status": result.get("status"),
-                              "overrides": run_overrides, "result": result})
+    return keep_run(out_dir, {**record, "status": result.get("status"), "result": result})
 
 
 def format_table(summary: list[dict]) -> str:

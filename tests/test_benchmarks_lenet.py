@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import RUN_FILE, finished_run, lenet
+from benchmarks import RUN_FILE, config_digest, finished_run, lenet
 
 PLAN = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [
     {"root": "model.fc1", "size": 500, "kept": list(range(0, 500, 6))[:80]},
@@ -101,13 +101,18 @@ def test_an_interrupted_benchmark_goes_on_from_the_runs_that_finished(tmp_path, 
     lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
     assert len(calls) == 2
 
+    # the same overrides over a changed config file: the earlier run does not count either
+    monkeypatch.setattr(lenet, "compose_config", lambda overrides: {"overrides": overrides, "file": "edited"})
+    lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    assert len(calls) == 3
+
 
 def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
     args = argparse.Namespace(dense_epochs=1, sparsify=1, finetune=1, override=[])
     out = tmp_path / "run"
     out.mkdir()
     (out / RUN_FILE).write_text('{"status": "ok", "overr')  # cut short by the interruption
-    assert finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+    assert finished_run(out, lenet.overrides("mnist", "l1", 0, args), "any") is None
 
     def failing_run(cfg, out_dir):
         raise RuntimeError("out of memory")
@@ -116,7 +121,8 @@ def test_a_failed_or_unreadable_run_is_trained_again(tmp_path, monkeypatch):
     monkeypatch.setattr(lenet, "compose_config", lambda overrides: overrides)
     row = lenet.compress_job("mnist", "l1", 0, args, str(out))
     assert row["status"] == "failed" and "out of memory" in row["error"]
-    assert finished_run(out, lenet.overrides("mnist", "l1", 0, args)) is None
+    ovr = lenet.overrides("mnist", "l1", 0, args)
+    assert row["config_sha256"] == config_digest(ovr) and finished_run(out, ovr, config_digest(ovr)) is None
 
 
 def test_the_unpruned_reference_is_not_timed_and_its_row_stays(tmp_path, monkeypatch):
