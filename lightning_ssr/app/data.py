@@ -183,6 +183,14 @@ class MNISTDigits(_InMemoryImages):
 
 
 # --------------------------------------------------------- the full MNIST
+def array_sha256(array) -> str:
+    """sha256 of an array's raw bytes (C order): the checksum of :data:`MNIST_SHA256` and
+    :data:`MNIST_M_SHA256`."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
 #: sha256 of the raw bytes of each array of the full MNIST set (images and labels as uint8)
 MNIST_SHA256 = {
     "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
@@ -225,7 +233,7 @@ def convert_mnist_pickle(source: str | os.PathLike, target: str | os.PathLike) -
               "y_train": np.concatenate([y_tr, y_va]).astype(np.uint8),
               "x_test": to_bytes(x_te), "y_test": np.asarray(y_te).astype(np.uint8)}
     for key, array in arrays.items():
-        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        digest = array_sha256(array)
         if digest != MNIST_SHA256[key]:
             raise ValueError(f"{source}: {key} does not match the published MNIST (sha256 {digest}); the "
                              "file is damaged or not the MNIST pickle")

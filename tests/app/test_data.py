@@ -129,15 +129,13 @@ def test_a_pickle_that_is_not_mnist_fails_its_checksums(tmp_path):
 @pytest.mark.skipif(not (default_data_root() / "mnist_full" / "mnist.npz").is_file(),
                     reason="the full MNIST .npz is not under the data root (scripts/setup.sh makes it)")
 def test_the_full_mnist_set_is_the_published_one():
-    import hashlib
-
     import numpy as np
 
-    from lightning_ssr.app.data import MNIST, MNIST_SHA256
+    from lightning_ssr.app.data import MNIST, MNIST_SHA256, array_sha256
 
     with np.load(default_data_root() / "mnist_full" / "mnist.npz") as data:
         for key, digest in MNIST_SHA256.items():
-            assert hashlib.sha256(np.ascontiguousarray(data[key]).tobytes()).hexdigest() == digest, key
+            assert array_sha256(data[key]) == digest, key
         y_train, x_train = data["y_train"], data["x_train"].astype(np.float64)
         assert int(y_train[0]) == 5 and int(data["y_test"][0]) == 7
         assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -206,15 +204,13 @@ def test_the_mnist_m_blend_is_deterministic_and_is_the_papers_formula():
 @pytest.mark.skipif(not (default_data_root() / "mnist_m" / "mnist_m.npz").is_file(),
                     reason="MNIST-M is not built under the data root (scripts/setup.sh builds it)")
 def test_mnist_m_is_the_one_this_construction_makes():
-    import hashlib
-
     import numpy as np
 
-    from lightning_ssr.app.data import MNIST_M_SHA256, MNISTM
+    from lightning_ssr.app.data import MNIST_M_SHA256, MNISTM, array_sha256
 
     with np.load(default_data_root() / "mnist_m" / "mnist_m.npz") as data:
         for key, digest in MNIST_M_SHA256.items():
-            assert hashlib.sha256(np.ascontiguousarray(data[key]).tobytes()).hexdigest() == digest, key
+            assert array_sha256(data[key]) == digest, key
     dm = MNISTM()
     dm.setup()
     assert dm.in_channels == 3 and dm.splits["train"].tensors[0].shape[1:] == (3, 28, 28)
