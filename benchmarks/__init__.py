@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from lightning_ssr.latency import cache_root
+
 # (part, arguments): structural and timing parts first, training ones after. Here every training
 # part runs on a smaller budget than its script's default, so that the whole run takes about an
 # hour on 2 CPU cores once the dense models are cached, and writes its own *_quick.json: a quick
@@ -70,7 +72,7 @@ def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
 
 #: where the training benchmarks keep each run's outputs (``--work-dir``), so that an interrupted
 #: benchmark run again with the same command goes on from the runs that finished
-WORK_ROOT = Path(os.environ.get("LIGHTNING_SSR_CACHE", Path.home() / ".cache" / "lightning_ssr")) / "benchmarks"
+WORK_ROOT = cache_root() / "benchmarks"
 RUN_FILE = "benchmark_run.json"  # a finished run's record, in its own directory under the work dir
 
 

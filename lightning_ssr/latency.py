@@ -44,9 +44,13 @@ from .structure.surgery import dry_run, model_copy
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 
 
+def cache_root() -> Path:
+    """The project's cache: ``$LIGHTNING_SSR_CACHE``, else ``~/.cache/lightning_ssr``."""
+    return Path(os.environ.get("LIGHTNING_SSR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lightning_ssr")))
+
+
 def default_cache_dir() -> Path:
-    root = os.environ.get("LIGHTNING_SSR_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lightning_ssr"))
-    return Path(root) / "latency"
+    return cache_root() / "latency"
 
 
 def device_name(device: torch.device) -> str:
