@@ -108,3 +108,13 @@ def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
 
     write_json(Path(out_dir) / RUN_FILE, obj=record)
     return record
+
+
+def init_worker(threads: int) -> None:
+    """A benchmark's worker process: ``threads`` torch threads and Lightning's chatter filtered."""
+    import torch
+
+    from lightning_ssr.app.console import quiet_lightning
+
+    torch.set_num_threads(threads)
+    quiet_lightning()

@@ -49,7 +49,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, keep_run, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, init_worker, keep_run, refuse_smaller
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
@@ -91,11 +91,6 @@ def overrides(dataset: str, method: str, seed: int, args) -> list[str]:
             f"seed={seed}", f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
             f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "verbose=false",
             "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *args.override]
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    quiet_lightning()
 
 
 def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
@@ -335,7 +330,7 @@ def train_all(args, log) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     log(f"runs in {work} (a finished run found there with the same settings is not trained again)")
     with tempfile.TemporaryDirectory() as tmp, \
-            ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else
+            ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=(1 if args.jobs > 1 else
                                                                                 torch.get_num_threads(),)) as pool:
         tmp = Path(tmp)
         dense = [pool.submit(dense_job, d, s, args, str(tmp / f"dense-{d}-{s}")) for d in args.datasets

@@ -38,11 +38,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller
+from benchmarks import command_line, init_worker, refuse_smaller
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, registry_specs, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
@@ -71,11 +69,6 @@ def overrides_for(method: str, seed: int, macs: float | None, args) -> list[str]
     if args.batches:
         out.append(f"trainer.limit_train_batches={args.batches}")
     return out + list(args.override)
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    quiet_lightning()
 
 
 def dense_job(seed: int, args, out_dir: str) -> dict:
@@ -214,7 +207,7 @@ def main(argv=None) -> dict:
             for macs in (args.macs if parse_spec(m)[0] != "none" else [None])]
     refuse_smaller(args.out, len(jobs), args.force)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, initializer=_init_worker,
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, initializer=init_worker,
                                                                    initargs=(1 if args.jobs > 1 else 2,)) as pool:
         dense = [pool.submit(dense_job, s, args, str(Path(tmp) / f"dense-{s}")) for s in args.seeds]
         dense_models = [f.result() for f in dense]

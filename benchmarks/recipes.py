@@ -32,11 +32,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, keep_run, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, init_worker, keep_run, refuse_smaller
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -113,11 +111,6 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    quiet_lightning()
-
-
 def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str) -> dict:
     """One run of ``experiment`` at ``seed``; one that finished in ``out_dir`` with the same
     overrides and composed config is taken as it is (``"reused": True``)."""
@@ -176,7 +169,7 @@ def main(argv=None) -> dict:
     # the slowest experiment first, so that the others fill the second worker around it
     order = sorted(jobs, key=lambda j: EXPERIMENTS.index(j[0]), reverse=True)
     print(f"runs in {args.work_dir} (a finished run found there with the same settings is not trained again)")
-    with ProcessPoolExecutor(args.jobs, initializer=_init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
         futures = {pool.submit(run_job, e, s, list(args.override), str(args.work_dir / f"{e}-{s}")): (e, s)
                    for e, s in order}
         done = {}
