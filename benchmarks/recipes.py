@@ -68,7 +68,9 @@ def row_of(experiment: str, seed: int, result: dict) -> dict:
         info = config["adaptation"]
         only, ceiling = _pct(info["source_only_target_accuracy"]), _pct(info.get("target_trained_accuracy"))
         row.update(kind="adaptation", source=info["source"], target=info["target"], source_only_accuracy=only,
-                   ceiling_accuracy=ceiling, gap_closed=gap_closed(only, row["dense_accuracy"], ceiling))
+                   ceiling_accuracy=ceiling, gap_closed=gap_closed(only, row["dense_accuracy"], ceiling),
+                   domain_accuracy=_pct((info.get("domain_accuracy_test") or {}).get("dense")),
+                   pruned_domain_accuracy=_pct((info.get("domain_accuracy_test") or {}).get("compressed")))
     return row
 
 
@@ -81,7 +83,7 @@ def gap_closed(source_only: float | None, adapted: float | None, ceiling: float 
 
 
 FIELDS = ["source_only_accuracy", "dense_accuracy", "pruned_accuracy", "ceiling_accuracy", "gap_closed",
-          "source_test_accuracy", "macs_reduction", "params_reduction"]
+          "domain_accuracy", "pruned_domain_accuracy", "source_test_accuracy", "macs_reduction", "params_reduction"]
 
 
 def summarize(rows: list[dict]) -> list[dict]:

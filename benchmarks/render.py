@@ -181,21 +181,26 @@ def render_recipes(d):
         versus = e.get("dann_minus_source_only")
         rows.append([e["experiment"], e["n_runs"], stat(e, "source_only_accuracy"), stat(e, "dense_accuracy"),
                      interval(versus) if versus else "-", stat(e, "gap_closed"), stat(e, "pruned_accuracy"),
-                     interval(e["compressed_minus_dense"]), stat(e, "ceiling_accuracy"), stat(e, "macs_reduction", 1),
+                     interval(e["compressed_minus_dense"]), stat(e, "ceiling_accuracy"), stat(e, "domain_accuracy", 1),
+                     stat(e, "macs_reduction", 1),
                      ", ".join(f"{a}={b}" for a, b in e["identical_seeds"]) or "none",
                      len(e["failed"])])
     lines = table(["experiment", "seeds", "source only %", "dense %", "dense - source only", "gap closed",
-                   "compressed %", "compressed - dense", "ceiling %", "MACs red.", "identical seeds", "failed"], rows)
+                   "compressed %", "compressed - dense", "ceiling %", "domain acc. %", "MACs red.", "identical seeds",
+                   "failed"], rows)
     lines += ["", ("Accuracies on the target domain's test split, mean ± std over seeds; its labels are used for "
               "nothing else (the ceiling trains on them, separately). For adaptation, *dense* is DANN dense and "
               "*compressed* DANN compressed; for transfer, *dense* is the dense fine-tune with the same epochs as the "
               "compressed one and *source only* is blank. *gap closed*: (DANN dense - source only) / (ceiling - "
-              "source only). Differences are paired by seed with their 95% interval."), ""]
+              "source only). *domain acc.*: after DANN dense, how often its domain classifier tells the source's test "
+              "images from as many of the target's (50%: the features no longer show the domain). Differences are "
+              "paired by seed with their 95% interval."), ""]
     runs = [[r["experiment"], r["seed"], _f(r.get("source_only_accuracy"), 2), _f(r["dense_accuracy"], 2),
-             _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r["macs_reduction"], 2, "x"),
+             _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r.get("domain_accuracy"), 1),
+             _f(r.get("pruned_domain_accuracy"), 1), _f(r["macs_reduction"], 2, "x"),
              _f(r["seconds"] / 60 if r.get("seconds") else None, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
-    return lines + table(["experiment", "seed", "source only %", "dense %", "compressed %", "ceiling %", "MACs red.",
-                          "wall time"], runs)
+    return lines + table(["experiment", "seed", "source only %", "dense %", "compressed %", "ceiling %",
+                          "domain acc. dense %", "domain acc. compressed %", "MACs red.", "wall time"], runs)
 
 
 def render_solver_speed(d):

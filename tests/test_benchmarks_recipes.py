@@ -65,7 +65,7 @@ def test_a_tiny_run_writes_rows_summary_and_command_and_goes_on_after_an_interru
     assert [(r["seed"], r["status"]) for r in data["rows"]] == [(0, "ok"), (1, "ok")]
     for r in data["rows"]:
         assert r["source"] == "MNISTDigits" and r["target"] == "UCIDigits" and r["macs_reduction"] > 4
-        assert 0 <= r["ceiling_accuracy"] <= 100
+        assert 0 <= r["ceiling_accuracy"] <= 100 and 0 <= r["domain_accuracy"] <= 100
         assert r["gap_closed"] == recipes.gap_closed(r["source_only_accuracy"], r["dense_accuracy"],
                                                      r["ceiling_accuracy"])
     (e,) = data["summary"]

@@ -57,15 +57,23 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log("train_loss", loss, prog_bar=True)
-        weight, teacher = self.hparams.distill, self.__dict__.get("_teacher")
-        if weight > 0 and teacher is not None:
-            t = self.hparams.temperature
-            with torch.no_grad():
-                target = F.log_softmax(teacher(x) / t, dim=1)
-            kd = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean", log_target=True) * t * t
-            self.log("train_distill", kd)
-            loss = (1 - weight) * loss + weight * kd
+        kd = self.distillation(x, logits)
+        if kd is not None:
+            loss = (1 - self.hparams.distill) * loss + self.hparams.distill * kd
         return loss
+
+    def distillation(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """``T^2 * KL(teacher || model)`` on ``x``, whose outputs here are ``logits``, both softened
+        by the temperature T; ``None`` without distillation (``distill=0`` or no teacher)."""
+        teacher = self.__dict__.get("_teacher")
+        if self.hparams.distill <= 0 or teacher is None:
+            return None
+        t = self.hparams.temperature
+        with torch.no_grad():
+            target = F.log_softmax(teacher(x) / t, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean", log_target=True) * t * t
+        self.log("train_distill", kd)
+        return kd
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -1,9 +1,12 @@
 """Transfer learning and domain adaptation, compressed (lightning_ssr.app.recipes.transfer, lightning_ssr.app.recipes.adaptation):
 tiny end-to-end runs on the real datasets, the pieces on bare modules, and the bad inputs."""
 
+import copy
+
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -90,6 +93,30 @@ def test_dann_never_reads_target_labels_and_says_when_its_features_were_pruned()
         model.training_step({"source": (xs, ys), "target": (xt,)}, 0)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step called without a Trainer
+def test_dann_distills_from_its_teacher_on_both_domains_images():
+    """With distill=1 the supervised term is the distillation alone: zero against a teacher equal
+    to the student, so the loss is the domain loss; against another teacher it is positive, and
+    the target's images count (a target batch alone moves the distillation term)."""
+    torch.manual_seed(0)
+    model = DANN(build_model("lenet5"), distill=1.0, temperature=2.0)
+    xs, ys, xt = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), torch.randn(3, 1, 28, 28)
+    model.set_teacher(copy.deepcopy(model.model))
+    same = model.training_step({"source": (xs, ys), "target": (xt,)}, 0)
+    _, features = model._logits_and_features(torch.cat([xs, xt]))
+    labels = torch.cat([torch.zeros(4), torch.ones(3)])
+    domain = F.binary_cross_entropy_with_logits(model.domain(features).squeeze(1), labels)
+    torch.testing.assert_close(same, domain)
+    model.set_teacher(build_model("lenet5"))
+    other = model.training_step({"source": (xs, ys), "target": (xt,)}, 0)
+    assert other > same
+    kd_all = model.distillation(torch.cat([xs, xt]), model(torch.cat([xs, xt])))
+    kd_source = model.distillation(xs, model(xs))
+    assert not torch.isclose(kd_all, kd_source)
+    with pytest.raises(ValueError, match="teacher"):  # distill without a teacher is refused at fit start
+        DANN(build_model("lenet5"), distill=0.5).on_fit_start()
+
+
 def test_domain_data_refuses_mismatched_domains():
     from lightning_ssr.app.data import FashionMNIST, UCIDigits
 
@@ -107,6 +134,9 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert 0.0 <= info["source_only_target_accuracy"] <= 1.0 and info["target_train_images_unlabeled"] > 1000
     assert 0.0 <= result.dense["accuracy"] <= 1.0 and 0.0 <= result.pruned["accuracy"] <= 1.0
     assert result.pruned["macs"] < 0.3 * result.dense["macs"]
+    # the domain classifier measured after both fits, on as many target test images as source ones
+    assert set(info["domain_accuracy_test"]) == {"dense", "compressed"}
+    assert all(0.0 <= v <= 1.0 for v in info["domain_accuracy_test"].values())
     fc1 = next(layer for layer in result.layers if layer["name"] == "model.fc1")
     assert fc1["after"] == fc1["before"]  # the features the domain classifier reads keep their width
 
