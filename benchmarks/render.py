@@ -214,7 +214,7 @@ def render_solver_speed(d):
                          interval(e["ssl_minus_aulm_epochs_stay"]), e["censored_stay"]])
     return table(["AULM variant", "filters level (per seed)", "SSL / AULM epochs (first reach)", "(stay)",
                   "SSL minus AULM epochs to stay (95% CI)", "censored"], rows) + [
-        "", ("Levels are ones both solvers reach: the larger of their sparsest counts, and 1.25x and 1.5x it. "
+        "", ("Levels are ones both solvers reach: the larger of their sparsest counts K, and a quarter and a half of the way from K back up to the dense count. "
         "`censored`: seeds where a solver stayed only from the last update.")]
 
 

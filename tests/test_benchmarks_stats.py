@@ -95,9 +95,12 @@ def test_the_solvers_time_to_a_level_both_reach():
             {"step": 25 * (i + 1), "seconds": float(i + 1), "filters": {"a": t}} for i, t in enumerate(totals)]}
 
     aulm, ssl = run([60, 40, 30, 30, 30]), run([70, 50, 45, 28, 35])
-    assert common_levels(aulm, ssl) == [30, 38, 45]  # the larger of the sparsest counts (30 and 28), 1.25x, 1.5x
+    # the larger of the sparsest counts (30 and 28), then 1/4 and 1/2 of the way up to the densest (70)
+    assert common_levels(aulm, ssl) == [30, 40, 50]
+    assert max(common_levels(run([570, 530, 520]), run([570, 518]))) < 570  # never above the dense count
     assert time_to(aulm, 30) == {"step": 75, "epochs": 0.75, "seconds": 3.0, "censored": False}
     assert time_to(ssl, 30)["step"] is None  # it reached 28 but did not stay at or below 30
     assert time_to(ssl, 30, stay=False)["step"] == 100
     assert time_to(ssl, 45) == {"step": 75, "epochs": 0.75, "seconds": 3.0, "censored": False}
+    assert time_to(ssl, 50) == {"step": 50, "epochs": 0.5, "seconds": 2.0, "censored": False}
     assert time_to(run([50, 50, 29]), 30)["censored"] is True  # only the last update: censored
