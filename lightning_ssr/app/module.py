@@ -57,10 +57,13 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log("train_loss", loss, prog_bar=True)
+        return self.with_distillation(loss, x, logits)
+
+    def with_distillation(self, loss: torch.Tensor, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``loss`` blended with the distillation term on ``x`` (whose outputs are ``logits``):
+        ``(1 - distill) * loss + distill * KD``; ``loss`` itself without distillation."""
         kd = self.distillation(x, logits)
-        if kd is not None:
-            loss = (1 - self.hparams.distill) * loss + self.hparams.distill * kd
-        return loss
+        return loss if kd is None else (1 - self.hparams.distill) * loss + self.hparams.distill * kd
 
     def distillation(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """``T^2 * KL(teacher || model)`` on ``x``, whose outputs here are ``logits``, both softened

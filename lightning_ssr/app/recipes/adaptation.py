@@ -145,17 +145,15 @@ class DANN(ImageClassifier):
 
     def training_step(self, batch, batch_idx):
         (xs, ys), (xt,) = batch["source"], batch["target"]  # the target's batches hold no labels
-        logits, features = self._logits_and_features(torch.cat([xs, xt]))
+        x = torch.cat([xs, xt])
+        logits, features = self._logits_and_features(x)
         n = xs.shape[0]
         task = F.cross_entropy(logits[:n], ys)
         domain_labels = torch.cat([torch.zeros(n, device=xs.device), torch.ones(xt.shape[0], device=xs.device)])
         domain_logits = self.domain(reverse_gradient(features, self.reversal_coefficient())).squeeze(1)
         domain = F.binary_cross_entropy_with_logits(domain_logits, domain_labels)
-        supervised = task
-        kd = self.distillation(torch.cat([xs, xt]), logits)  # towards the teacher's outputs on both domains
-        if kd is not None:
-            supervised = (1 - self.hparams.distill) * task + self.hparams.distill * kd
-        loss = supervised + self.hparams.domain_weight * domain
+        # with distillation, also towards the teacher's outputs on both domains' images
+        loss = self.with_distillation(task, x, logits) + self.hparams.domain_weight * domain
         self.log_dict({"train_loss": loss, "source_loss": task, "domain_loss": domain}, prog_bar=False)
         return loss
 
