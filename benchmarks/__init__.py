@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lightning_ssr.latency import cache_root
+from lightning_ssr.report import portable_paths
 
 # (part, arguments): structural and timing parts first, training ones after. Here every training
 # part runs on a smaller budget than its script's default, so that the whole run takes about an
@@ -37,8 +38,10 @@ PARTS = [
 
 def command_line(script: str, argv) -> str:
     """The command a benchmark ran with: ``python benchmarks/<script>.py`` and its arguments
-    (``argv``; ``None``: this process's own)."""
-    return " ".join([f"python benchmarks/{script}.py", *(sys.argv[1:] if argv is None else argv)])
+    (``argv``; ``None``: this process's own), paths in them portable (the home directory as ``~``)."""
+    args = [portable_paths(a, Path(__file__).resolve().parent.parent)
+            for a in (sys.argv[1:] if argv is None else argv)]
+    return " ".join([f"python benchmarks/{script}.py", *args])
 
 
 def recorded_runs(data) -> int:

@@ -167,8 +167,11 @@ def test_targets_are_met_within_the_tolerance_with_method_allocation(tmp_path, m
     assert cb.events[0]["allocation"] == "method"
 
 
-def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path):
-    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=2,
+@pytest.mark.parametrize("every", [2, 3], ids=["checkpoint-at-an-update", "checkpoint-between-updates"])
+def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, every):
+    """4 steps per epoch: with an update every 3 steps the checkpoint falls between two V-steps,
+    with the channel values of the steps since the last one carried in the checkpoint."""
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=every,
                                stop_early=False)
 
     def run(max_epochs, ckpt_path=None, dirpath=None):
@@ -187,6 +190,7 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path):
     state = next(v for k, v in torch.load(path, weights_only=True)["callbacks"].items() if k.startswith("Pruning"))
     continuation = state["method_state"]["continuation"]
     assert 0 < continuation["updates"] < continuation["ramp_updates"] < 100
+    assert ("taylor" in state["method_state"]) == (every == 3)
     pl.seed_everything(0)
     model = TinyClassifier()
     cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,

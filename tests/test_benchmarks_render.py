@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import PARTS
+from benchmarks import PARTS, command_line
 from benchmarks.render import (
     END,
     METHODS_END,
@@ -105,3 +105,9 @@ def test_the_gpu_check_renders_its_parts(tmp_path):
     assert "`python -m benchmarks.gpu`" in text and "Device: Some GPU (CUDA 13.0)" in text
     assert "| resnet56 | 8 | 1024 | 2.00x | 1.70x | 0.85 | 1.50x | 0.75 |" in text
     assert "| vgg16_bn | 32 | failed | OutOfMemoryError: boom |" in text and "18 passed" in text
+
+
+def test_a_recorded_command_names_no_path_of_the_machine_it_ran_on():
+    home = str(Path.home() / "runs" / "lenet")
+    assert command_line("lenet", ["--work-dir", home, "--seeds", "0"]) == \
+        "python benchmarks/lenet.py --work-dir ~/runs/lenet --seeds 0"

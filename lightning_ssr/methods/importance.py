@@ -47,6 +47,26 @@ def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
     return score if found else l1_norm(group, model)
 
 
+def first_order_taylor(group: ChannelGroup, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Each channel's ``(sum_i g_i w_i)^2`` over its output side (the group's ``slices``), from the
+    gradients present now (Molchanov et al. 2019): the squared first-order change of the loss
+    when the channel is removed, in loss units. Float64, on the parameters' device; zero for a
+    channel whose parameters have no gradient."""
+    total = None
+    with torch.no_grad():
+        for s in group.slices:
+            p = params[s.param]
+            if p.grad is None:
+                continue
+            prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
+            per = prod.reshape(group.size, -1).double().sum(1)
+            total = per if total is None else total + per
+    if total is None:
+        device = next(iter(params.values())).device if params else None
+        return torch.zeros(group.size, dtype=torch.float64, device=device)
+    return total.pow(2)
+
+
 def random_scores(group: ChannelGroup, model: nn.Module, seed: int = 0) -> torch.Tensor:
     """Random importance (a baseline), reproducible by ``seed`` and the group's name."""
     gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{group.name}".encode()))

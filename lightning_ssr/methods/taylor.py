@@ -16,6 +16,7 @@ import torch
 
 from ..validation import check_number
 from .base import MethodContext, PruningMethod, register_method, top_k_masks
+from .importance import first_order_taylor
 
 
 @register_method("taylor")
@@ -43,20 +44,7 @@ class Taylor(PruningMethod):
 
     def scores_now(self) -> dict[str, torch.Tensor]:
         """Each channel's ``(sum g * w)^2`` from the gradients present now."""
-        params = self.context.params
-        out = {}
-        with torch.no_grad():
-            for g in self.context.groups:
-                total = None
-                for s in g.slices:
-                    p = params[s.param]
-                    if p.grad is None:
-                        continue
-                    prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
-                    per = prod.reshape(g.size, -1).double().sum(1)
-                    total = per if total is None else total + per
-                out[g.name] = torch.zeros(g.size, dtype=torch.float64) if total is None else total.pow(2)
-        return out
+        return {g.name: first_order_taylor(g, self.context.params) for g in self.context.groups}
 
     def before_optimizer_step(self) -> None:
         row = self._seen % self.batches
