@@ -296,7 +296,8 @@ def render_structure(d):
     return table(["model", "rates", "MACs", "params", "vs published MACs"], rows)
 
 
-RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "methods": render_methods,
+RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "lenet_distill": render_lenet,
+             "methods": render_methods,
              "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
@@ -336,7 +337,10 @@ def _section(name: str) -> str:
     return f"[{name}](benchmarks/RESULTS.md#{name})"
 
 
-def _lenet_headline(d) -> list[list[str]]:
+def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
+    """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file, ``lenet`` or
+    ``lenet_distill``, the same runs with the dense model as a teacher)."""
+    what = "LeNet-5 on {}" + (", distilled from the dense model" if name == "lenet_distill" else "")
     rows = []
     measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
     for dataset in dict.fromkeys(r["dataset"] for r in measured):
@@ -350,7 +354,7 @@ def _lenet_headline(d) -> list[list[str]]:
                 f"{100 * best['dense_accuracy_mean']:.2f}%), structure {best['filters']}")
         if versus:
             text += f"; vs {versus.get('reference', 'the reference')}: {interval(versus)}"
-        rows.append([f"LeNet-5 on {dataset}, lowest mean drop", text, _section("lenet")])
+        rows.append([what.format(dataset) + ", lowest mean drop", text, _section(name)])
     return rows
 
 
@@ -421,7 +425,9 @@ def _speed_headline(overhead, speedup, gpu) -> list[list[str]]:
 def headline(results: Path = RESULTS) -> str:
     """The short table of headline results for README, each row from one results file."""
     rows = []
-    for name, make in (("lenet", _lenet_headline), ("methods", _methods_headline), ("recipes", _recipes_headline)):
+    makers = (("lenet", _lenet_headline), ("lenet_distill", lambda d: _lenet_headline(d, "lenet_distill")),
+              ("methods", _methods_headline), ("recipes", _recipes_headline))
+    for name, make in makers:
         data = _load(results, name)
         if isinstance(data, dict):
             try:

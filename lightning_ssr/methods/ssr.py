@@ -335,9 +335,9 @@ class SSR(PruningMethod):
     The product of a channel's norm in ``W + U`` and its consumers' input norm, the value before
     this one, is rescale-invariant but not comparable across layers: on LeNet-5 at 40x it cut
     conv2 to 3 channels with L2,1 and fc1 to 26 units with L2,0.) Channels the V-step zeroes are
-    pulled to zero by the penalty, so their value falls, unless the loss pulls back. Before any
-    step has been seen (the first V-step), the norm product ranks. The channels of highest value
-    that meet the budget of this update stay, and V keeps, in each layer, that many channels:
+    pulled to zero by the penalty, so their value falls, unless the loss pulls back. The V-step at
+    the start, before any gradient, keeps every channel. The channels of highest value that meet
+    the budget of this update stay, and V keeps, in each layer, that many channels:
 
     - L2,1: the V-step is the prox of ``lam * L2,1`` plus the budget (the soft threshold on the
       channels the budget keeps, zero on the others), and the budget falls from the dense
@@ -395,6 +395,7 @@ class SSR(PruningMethod):
         self._counts: dict[str, int] | None = None  # the structure being learned (allocation="method")
         self._continuation: Continuation | None = None
         self._taylor: dict[str, torch.Tensor] = {}  # the channels' loss-unit values since the last V-step
+        self._scores: dict[str, torch.Tensor] = {}  # the values the last V-step allocated by
 
     @property
     def allocating(self) -> bool:
@@ -406,7 +407,7 @@ class SSR(PruningMethod):
         super().setup(context)
         lam = resolve_lam(context.groups, self.lam, self.lam_scaling, context.channel_macs)
         keep = context.keep if self.regularizer == "l20" else None
-        self._counts, self._continuation, self._taylor = None, None, {}
+        self._counts, self._continuation, self._taylor, self._scores = None, None, {}, {}
         if self.allocating:
             self._counts = {g.name: g.size for g in context.groups}
             keep = self._project
@@ -416,35 +417,25 @@ class SSR(PruningMethod):
                          self.rho_max, keep, context.min_keep, self.tol, self.patience)
 
     # ----------------------------------------------- learning the structure
-    def _values(self, norms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per group, each channel's value over its layer's lam at the structure being learned: the
-        first-order Taylor value (in loss units) summed over the optimizer steps since the last
-        V-step; before any step has been seen, its norm in ``W + U`` times the norm of the consumer
-        weights that read it (L2,0: squared)."""
+    def _values(self) -> dict[str, torch.Tensor]:
+        """Per group, each channel's first-order Taylor value (loss units) summed over the optimizer
+        steps since the last V-step, over its layer's lam at the structure being learned."""
         lam = lam_at(self.context, self.lam, self.lam_scaling, self._counts)
-        unit = max(lam.values(), default=1.0) or 1.0  # a zero lam (lam=0) still ranks by norms
-        out = {}
-        if self._taylor:
-            for g in self.context.groups:
-                out[g.name] = self._taylor[g.name].to(norms[g.name].device) / max(lam[g.name] / unit, 1e-12)
-            return out
-        weights = {s.param: self.context.params[s.param].detach() for g in self.context.groups for s in g.inputs
-                   if s.param in self.context.params}
-        power = 1 if self.regularizer == "l21" else 2
-        for g in self.context.groups:
-            inputs = g.input_norms(weights)
-            value = norms[g.name].double() * (inputs.to(norms[g.name].device) if inputs is not None else 1.0)
-            out[g.name] = value.pow(power) / max(lam[g.name] / unit, 1e-12)
-        return out
+        unit = max(lam.values(), default=1.0) or 1.0  # a zero lam (lam=0) still ranks by the values
+        return {g.name: self._taylor[g.name] / max(lam[g.name] / unit, 1e-12) for g in self.context.groups}
 
     def _project(self, norms: dict[str, torch.Tensor]) -> dict[str, int]:
         """The counts of this V-step: the channels of highest value that meet this update's budget
-        (L2,1: on the continuation's path to the target; L2,0: the target)."""
+        (L2,1: on the continuation's path to the target; L2,0: the target). Before any optimizer
+        step has been seen (the V-step at the start) there are no values yet, and every channel stays."""
+        if not self._taylor:
+            return {g.name: g.size for g in self.context.groups}
         view = self.context.budget
         limit = None
         if self._continuation is not None:
             limit = view.measure.total * self._continuation.budget_fraction(view.measure.limit / view.measure.total)
-        self._counts = view.allocate(self._values(norms), limit=limit)
+        self._scores = self._values()
+        self._counts = view.allocate(self._scores, limit=limit)
         return self._counts
 
     def _current_norms(self) -> dict[str, torch.Tensor]:
@@ -454,9 +445,9 @@ class SSR(PruningMethod):
             return {g.name: g.norms(t) for g in self.context.groups}
 
     def allocation_scores(self) -> dict[str, torch.Tensor] | None:
-        if self.aulm is None or not self.aulm.started or self._counts is None:
+        if self.aulm is None or not self.aulm.started or self._counts is None or not self._scores:
             return None
-        return {k: v.cpu() for k, v in self._values(self._current_norms()).items()}
+        return {k: v.cpu() for k, v in self._scores.items()}
 
     def learned_counts(self) -> dict[str, int] | None:
         if self.aulm is None or not self.aulm.started:
@@ -522,8 +513,9 @@ class SSR(PruningMethod):
             state["counts"] = dict(self._counts)
         if self._continuation is not None:
             state["continuation"] = self._continuation.state_dict()
-        if self._taylor:
-            state["taylor"] = {k: v.detach().cpu().clone() for k, v in self._taylor.items()}
+        for key, values in (("taylor", self._taylor), ("scores", self._scores)):
+            if values:
+                state[key] = {k: v.detach().cpu().clone() for k, v in values.items()}
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -535,13 +527,14 @@ class SSR(PruningMethod):
             self._continuation.load_state_dict(state["continuation"])
         if self._counts is not None:
             device = next(iter(self.context.params.values())).device
-            taylor = state.get("taylor") or {}
             sizes = {g.name: g.size for g in self.context.groups}
-            for name, v in taylor.items():
-                if sizes.get(name) != v.numel():
-                    raise ValueError(f"ssr: the checkpoint's channel values for {name!r} do not match this model's "
-                                     "groups; the checkpoint is from another model")
-            self._taylor = {k: v.double().to(device) for k, v in taylor.items()}
+            for key in ("taylor", "scores"):
+                values = state.get(key) or {}
+                for name, v in values.items():
+                    if sizes.get(name) != v.numel():
+                        raise ValueError(f"ssr: the checkpoint's channel values for {name!r} do not match this "
+                                         "model's groups; the checkpoint is from another model")
+                setattr(self, f"_{key}", {k: v.double().to(device) for k, v in values.items()})
 
     def config(self) -> dict:
         return {"regularizer": self.regularizer, "lam": self.lam, "lam_scaling": self.lam_scaling, "rho": self.rho,
