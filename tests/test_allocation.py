@@ -202,9 +202,9 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, e
 
 
 def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
-    """The V-step over all layers: nothing goes before the first gradient; then a layer whose
-    channels carry the larger loss values per cost keeps more of them than the same target's
-    uniform share, and the counts meet the target."""
+    """The V-step over all layers: at the start (no gradient yet) by the weights, then by the loss
+    values; a layer whose channels carry the larger values per cost keeps more of them than the
+    same target's uniform share, and the counts meet the target."""
     torch.manual_seed(0)
     model = SmallResidualCNN()
     x = torch.randn(2, 3, 16, 16)
@@ -217,19 +217,21 @@ def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
     view = Budget({"macs": 0.4}).view(model, groups, cost, round_to=1)
     ctx = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost), keep=None,
                         min_keep={g.name: 1 for g in groups}, allocation="method", budget=view, sparsify_updates=10)
+    uniform, _ = Budget({"macs": 0.4}).keep_counts(model, x, groups, cost, round_to=1)
+    with torch.no_grad():  # one layer's weights far larger than all others
+        model.mix.weight.mul_(1e5)
     method.setup(ctx)
     method.start()
-    assert method.learned_counts() == {g.name: g.size for g in groups}  # no values yet: every channel stays
-    assert method.allocation_scores() is None
+    assert view.fits(method.learned_counts()) and method.learned_counts()["mix"] == 6 > uniform["mix"]
+    with torch.no_grad():  # that layer's weights as small as the others again: the loss values decide now
+        model.mix.weight.mul_(1e-5)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
-    with torch.no_grad():  # one layer's channels matter far more to the loss than all others
-        model.mix.weight.mul_(1e5)
+    model.mix.weight.grad.fill_(1e5)  # its channels matter far more to the loss than all others
     method.before_optimizer_step()
     method.update()
     learned = method.learned_counts()
     assert view.fits(learned)
-    uniform, _ = Budget({"macs": 0.4}).keep_counts(model, x, groups, cost, round_to=1)
     assert learned["mix"] == 6 > uniform["mix"]
     state = method.state_dict()
     assert set(state["scores"]) == {g.name for g in groups}

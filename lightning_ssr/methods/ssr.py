@@ -331,13 +331,16 @@ class SSR(PruningMethod):
     are added: :func:`~lightning_ssr.methods.importance.first_order_taylor`), over the cost of one
     channel of its layer at the structure being learned (in the target's unit; ``lam_scaling="none"``:
     not divided). Loss units are what a knapsack over all layers needs: the same number means the
-    same damage in any layer, and a ReLU network cannot rescale it away. (Norms cannot do that.
-    The product of a channel's norm in ``W + U`` and its consumers' input norm, the value before
-    this one, is rescale-invariant but not comparable across layers: on LeNet-5 at 40x it cut
-    conv2 to 3 channels with L2,1 and fc1 to 26 units with L2,0.) Channels the V-step zeroes are
-    pulled to zero by the penalty, so their value falls, unless the loss pulls back. The V-step at
-    the start, before any gradient, keeps every channel. The channels of highest value that meet
-    the budget of this update stay, and V keeps, in each layer, that many channels:
+    same damage in any layer, and a ReLU network cannot rescale it away. At the V-step of the start
+    there is no gradient yet; there the value is the product of the channel's norm in ``W + U``
+    and the norm of the consumers' weights that read it (rescale-invariant, but not comparable
+    across layers: used alone it cut LeNet-5's conv2 to 3 channels at 40x with L2,1). L2,0
+    projects onto the target at that first V-step and the loss values move channels between
+    layers from the first update on; waiting for the first gradients instead and projecting
+    from 25 steps' values locked in a structure that lost 2.3 points on one LeNet-5 seed
+    (3-1-358). Channels the V-step zeroes are pulled to zero by the penalty, so their value falls,
+    unless the loss pulls back. The channels of highest value that meet the budget of this update
+    stay, and V keeps, in each layer, that many channels:
 
     - L2,1: the V-step is the prox of ``lam * L2,1`` plus the budget (the soft threshold on the
       channels the budget keeps, zero on the others), and the budget falls from the dense
@@ -417,24 +420,33 @@ class SSR(PruningMethod):
                          self.rho_max, keep, context.min_keep, self.tol, self.patience)
 
     # ----------------------------------------------- learning the structure
-    def _values(self) -> dict[str, torch.Tensor]:
-        """Per group, each channel's first-order Taylor value (loss units) summed over the optimizer
-        steps since the last V-step, over its layer's lam at the structure being learned."""
+    def _values(self, norms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per group, each channel's value over its layer's lam at the structure being learned: its
+        first-order Taylor value (loss units) summed over the optimizer steps since the last V-step;
+        at the V-step of the start, before any gradient, its norm in ``W + U`` (``norms``) times the
+        norm of the consumer weights that read it (L2,0: squared)."""
         lam = lam_at(self.context, self.lam, self.lam_scaling, self._counts)
         unit = max(lam.values(), default=1.0) or 1.0  # a zero lam (lam=0) still ranks by the values
-        return {g.name: self._taylor[g.name] / max(lam[g.name] / unit, 1e-12) for g in self.context.groups}
+        if self._taylor:
+            return {g.name: self._taylor[g.name] / max(lam[g.name] / unit, 1e-12) for g in self.context.groups}
+        weights = {s.param: self.context.params[s.param].detach() for g in self.context.groups for s in g.inputs
+                   if s.param in self.context.params}
+        power = 1 if self.regularizer == "l21" else 2
+        out = {}
+        for g in self.context.groups:
+            inputs = g.input_norms(weights)
+            value = norms[g.name].double() * (inputs.to(norms[g.name].device) if inputs is not None else 1.0)
+            out[g.name] = value.pow(power) / max(lam[g.name] / unit, 1e-12)
+        return out
 
     def _project(self, norms: dict[str, torch.Tensor]) -> dict[str, int]:
         """The counts of this V-step: the channels of highest value that meet this update's budget
-        (L2,1: on the continuation's path to the target; L2,0: the target). Before any optimizer
-        step has been seen (the V-step at the start) there are no values yet, and every channel stays."""
-        if not self._taylor:
-            return {g.name: g.size for g in self.context.groups}
+        (L2,1: on the continuation's path to the target; L2,0: the target)."""
         view = self.context.budget
         limit = None
         if self._continuation is not None:
             limit = view.measure.total * self._continuation.budget_fraction(view.measure.limit / view.measure.total)
-        self._scores = self._values()
+        self._scores = self._values(norms)
         self._counts = view.allocate(self._scores, limit=limit)
         return self._counts
 

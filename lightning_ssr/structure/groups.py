@@ -77,6 +77,14 @@ class ChannelGroup:
         """L2 norm of each channel's :attr:`measured` slices in ``tensors`` (parameter name -> tensor)."""
         return _slice_norms(self.measured, self.size, tensors)
 
+    def input_norms(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """L2 norm of each channel's input-side slices (the consumers' weights that read it) in
+        ``tensors``; ``None`` where no consumer's columns are mapped (:attr:`inputs` is empty). A
+        grouped convolution's weight holds only its block's columns: it is left out."""
+        present = [s for s in self.inputs if s.param in tensors
+                   and int(s.index.max()) < tensors[s.param].shape[s.dim]]
+        return _slice_norms(present, self.size, tensors) if present else None
+
     def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor, fixed: bool = False) -> None:
         """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place (with ``fixed``,
         the frozen slices too)."""
