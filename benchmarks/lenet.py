@@ -3,6 +3,9 @@
 
     python benchmarks/lenet.py                              # both datasets, 5 seeds, 2 runs at a time
     python benchmarks/lenet.py --datasets mnist --seeds 0 1 --methods ssr_l20@method l1@uniform none
+    python benchmarks/lenet.py --datasets mnist --methods ssr_l21@method ssr_l20@method ssr_l20@uniform \
+        l1@uniform none --override module.distill=0.7 --work-dir ~/.cache/lightning_ssr/benchmarks/lenet_distill \
+        --out benchmarks/results/lenet_distill.json    # every run, none too, also learns the dense model's outputs
 
 A method is named with its allocation, ``<method>@<allocation>`` (``ssr_l21@method``: the
 structure SSR learns; ``ssr_l21@uniform``: every layer the same fraction; a bare name takes the

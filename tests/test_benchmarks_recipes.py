@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import RUN_FILE, recipes
 from benchmarks.render import render_recipes
+from lightning_ssr.report import portable_paths
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1"]
@@ -61,7 +62,9 @@ def test_a_tiny_run_writes_rows_summary_and_command_and_goes_on_after_an_interru
     printed = capsys.readouterr().out
     assert "seed 0: (finished earlier)" in printed and "seed 1: (finished earlier)" not in printed
     assert again["rows"][0] == data["rows"][0]
-    assert data["command"] == "python benchmarks/recipes.py " + " ".join(argv) and data["n_runs"] == 2
+    recorded = " ".join(portable_paths(a, ".") for a in argv)  # the temporary directory as <tmp>
+    assert data["command"] == "python benchmarks/recipes.py " + recorded and data["n_runs"] == 2
+    assert str(tmp_path) not in data["command"].split()
     assert [(r["seed"], r["status"]) for r in data["rows"]] == [(0, "ok"), (1, "ok")]
     for r in data["rows"]:
         assert r["source"] == "MNISTDigits" and r["target"] == "UCIDigits" and r["macs_reduction"] > 4
