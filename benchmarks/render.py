@@ -297,6 +297,7 @@ def render_structure(d):
 
 
 RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "lenet_distill": render_lenet,
+             "lenet_distill_fashion_mnist": render_lenet,
              "methods": render_methods,
              "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -340,7 +341,7 @@ def _section(name: str) -> str:
 def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
     """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file, ``lenet`` or
     ``lenet_distill``, the same runs with the dense model as a teacher)."""
-    what = "LeNet-5 on {}" + (", distilled from the dense model" if name == "lenet_distill" else "")
+    what = "LeNet-5 on {}" + (", distilled from the dense model" if name.startswith("lenet_distill") else "")
     rows = []
     measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
     for dataset in dict.fromkeys(r["dataset"] for r in measured):
@@ -426,6 +427,7 @@ def headline(results: Path = RESULTS) -> str:
     """The short table of headline results for README, each row from one results file."""
     rows = []
     makers = (("lenet", _lenet_headline), ("lenet_distill", lambda d: _lenet_headline(d, "lenet_distill")),
+              ("lenet_distill_fashion_mnist", lambda d: _lenet_headline(d, "lenet_distill_fashion_mnist")),
               ("methods", _methods_headline), ("recipes", _recipes_headline))
     for name, make in makers:
         data = _load(results, name)

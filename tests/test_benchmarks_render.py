@@ -111,3 +111,16 @@ def test_a_recorded_command_names_no_path_of_the_machine_it_ran_on():
     home = str(Path.home() / "runs" / "lenet")
     assert command_line("lenet", ["--work-dir", home, "--seeds", "0"]) == \
         "python benchmarks/lenet.py --work-dir ~/runs/lenet --seeds 0"
+
+
+def test_the_distilled_lenet_tables_have_their_own_headline_rows(tmp_path):
+    row = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
+           "drop_mean": 0.24, "drop_std": 0.09, "n_runs": 5, "dense_accuracy_mean": 0.9921,
+           "vs_reference": {"reference": "l1@uniform", "n": 5, "mean": 0.07, "low": -0.1, "high": 0.24,
+                            "verdict": "not distinguishable"}}
+    for name, dataset in (("lenet_distill", "mnist"), ("lenet_distill_fashion_mnist", "fashion_mnist")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": [{**row, "dataset": dataset}]}))
+    text = headline(tmp_path)
+    assert "LeNet-5 on mnist, distilled from the dense model, lowest mean drop" in text
+    assert "LeNet-5 on fashion_mnist, distilled from the dense model" in text
+    assert "(benchmarks/RESULTS.md#lenet_distill_fashion_mnist)" in text and "not distinguishable" in text
