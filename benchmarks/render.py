@@ -13,6 +13,7 @@ with no renderer here is listed with its keys, so nothing is silently left out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -296,10 +297,10 @@ def render_structure(d):
     return table(["model", "rates", "MACs", "params", "vs published MACs"], rows)
 
 
-RENDERERS = {"run": render_run, "lenet": render_lenet, "lenet_quick": render_lenet, "lenet_distill": render_lenet,
-             "lenet_distill_fashion_mnist": render_lenet,
-             "methods": render_methods,
-             "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
+#: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
+LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist")
+RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
+             "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
@@ -426,9 +427,8 @@ def _speed_headline(overhead, speedup, gpu) -> list[list[str]]:
 def headline(results: Path = RESULTS) -> str:
     """The short table of headline results for README, each row from one results file."""
     rows = []
-    makers = (("lenet", _lenet_headline), ("lenet_distill", lambda d: _lenet_headline(d, "lenet_distill")),
-              ("lenet_distill_fashion_mnist", lambda d: _lenet_headline(d, "lenet_distill_fashion_mnist")),
-              ("methods", _methods_headline), ("recipes", _recipes_headline))
+    makers = [(name, functools.partial(_lenet_headline, name=name)) for name in LENET_TABLES]
+    makers += [("methods", _methods_headline), ("recipes", _recipes_headline)]
     for name, make in makers:
         data = _load(results, name)
         if isinstance(data, dict):

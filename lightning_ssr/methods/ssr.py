@@ -25,7 +25,6 @@ from ..structure.groups import ChannelGroup, FlatChannels
 from ..validation import check_choice, check_number
 from .base import MethodContext, PruningMethod, Sync, register_method, top_k_masks
 from .continuation import Continuation
-from .importance import first_order_taylor
 from .prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
 
 REGULARIZERS = ("l21", "l20")
@@ -328,7 +327,7 @@ class SSR(PruningMethod):
     default). At every V-step the channels compete across all layers by one value: what removing
     the channel would cost the loss, to first order (``(sum g * w)^2`` over its output side, the
     loss's gradients summed over the optimizer steps since the last V-step, before the penalty's
-    are added: :func:`~lightning_ssr.methods.importance.first_order_taylor`), over the cost of one
+    are added, as :func:`~lightning_ssr.methods.importance.first_order_taylor`), over the cost of one
     channel of its layer at the structure being learned (in the target's unit; ``lam_scaling="none"``:
     not divided). Loss units are what a knapsack over all layers needs: the same number means the
     same damage in any layer, and a ReLU network cannot rescale it away. At the V-step of the start
@@ -336,9 +335,8 @@ class SSR(PruningMethod):
     and the norm of the consumers' weights that read it (rescale-invariant, but not comparable
     across layers: used alone it cut LeNet-5's conv2 to 3 channels at 40x with L2,1). L2,0
     projects onto the target at that first V-step and the loss values move channels between
-    layers from the first update on; waiting for the first gradients instead and projecting
-    from 25 steps' values locked in a structure that lost 2.3 points on one LeNet-5 seed
-    (3-1-358). Channels the V-step zeroes are pulled to zero by the penalty, so their value falls,
+    layers from the first update on (waiting for the first gradients instead, and projecting
+    from a few steps' values, locked in a degenerate structure on a LeNet-5 seed). Channels the V-step zeroes are pulled to zero by the penalty, so their value falls,
     unless the loss pulls back. The channels of highest value that meet the budget of this update
     stay, and V keeps, in each layer, that many channels:
 
@@ -472,10 +470,11 @@ class SSR(PruningMethod):
 
     def before_optimizer_step(self) -> None:
         if self.aulm is not None and self.aulm.started:
-            if self.allocating:  # the loss's gradients, before the penalty's are added
-                for g in self.context.groups:
-                    score = first_order_taylor(g, self.context.params)
-                    self._taylor[g.name] = score + self._taylor[g.name] if g.name in self._taylor else score
+            if self.allocating:  # the loss's gradients, before the penalty's are added (first_order_taylor,
+                # every channel in one pass: this runs at every optimizer step)
+                products = {n: p.detach() * p.grad for n, p in self.aulm.params.items() if p.grad is not None}
+                step = self.aulm.flat.split(self.aulm.flat.sums(products).pow(2))
+                self._taylor = {k: v + self._taylor[k] for k, v in step.items()} if self._taylor else step
             self.aulm.add_penalty_gradient()
 
     def update(self) -> dict[str, float]:

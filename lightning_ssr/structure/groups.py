@@ -98,7 +98,7 @@ class ChannelGroup:
 class FlatChannels:
     """Every channel of ``groups`` numbered in one vector, with flat index buffers per parameter:
     each grouped element's position in its tensor and the channel it belongs to. Norms of every
-    channel and the scaling of every channel then take one gather and one scatter per parameter,
+    channel, their sums and the scaling of every channel then take one gather and one scatter per parameter,
     whatever the number of groups and slices (the per-group loop cost ~3 ms per V-step on
     ResNet-56). Built once per set of groups; tensors are looked up by parameter name."""
 
@@ -141,6 +141,18 @@ class FlatChannels:
             total = torch.zeros(self.channels, dtype=torch.float64, device=t.device) if total is None else total
             total.index_add_(0, chan.to(t.device), sq)
         return total.sqrt()
+
+    def sums(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of every channel's output-side elements (its ``slices``) in ``tensors``
+        (float64, in channel order); a parameter missing from ``tensors`` adds nothing."""
+        total = None
+        for name, (elem, chan) in self.scaled.items():
+            if name not in tensors:
+                continue
+            t = tensors[name]
+            total = torch.zeros(self.channels, dtype=torch.float64, device=t.device) if total is None else total
+            total.index_add_(0, chan.to(t.device), t.detach().reshape(-1)[elem.to(t.device)].double())
+        return torch.zeros(self.channels, dtype=torch.float64) if total is None else total
 
     def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor) -> None:
         """Multiply every channel's slices in ``tensors`` by ``scale[channel]``, in place."""

@@ -131,5 +131,7 @@ def test_first_order_taylor_is_the_squared_derivative_of_the_loss_along_each_cha
         h = torch.nn.functional.batch_norm(torch.nn.functional.conv2d(x, w), None, None, gamma, beta, training=True)
         loss = probe.fc(probe.mix(torch.relu(h)).mean((2, 3))).square().sum()
         (grad,) = torch.autograd.grad(loss, scale)
-        # float32 gradients along two routes (sums over the 4 images' 16 positions, squared): 1e-5 relative
-        assert scores[c].item() == pytest.approx(grad[c].item() ** 2, rel=1e-5, abs=1e-12)
+        # float32 along two routes whose longest reduction is BatchNorm's over 4 images x 16 positions:
+        # each derivative within about 64 * eps32 (8e-6) relative, their squares within twice that
+        # each, so 4 * 64 * eps32 (3e-5) between them; 1e-4 leaves room for the other short sums
+        assert scores[c].item() == pytest.approx(grad[c].item() ** 2, rel=1e-4, abs=1e-12)

@@ -162,6 +162,14 @@ def test_flat_channels_give_the_groups_norms_and_scaling_in_one_pass(factory):
     for g in groups:
         expected = g.norms(params)
         assert torch.allclose(norms[g.name], expected, rtol=1e-12, atol=0), g.name
+    sums = flat.split(flat.sums(params))
+    for g in groups:  # the same float64 numbers summed in another order: within n * u of the sum of |x|
+        rows = [params[s.param].movedim(s.dim, 0)[s.index.reshape(-1)].reshape(g.size, -1) for s in g.slices]
+        expected = sum(r.sum(1) for r in rows)
+        n = sum(r.shape[1] for r in rows)
+        bound = n * torch.finfo(torch.float64).eps * sum(r.abs().sum(1) for r in rows)
+        assert bool(((sums[g.name] - expected).abs() <= bound).all()), g.name
+    assert torch.equal(flat.sums({}), torch.zeros(flat.channels, dtype=torch.float64))
     scales = {g.name: torch.rand(g.size, dtype=torch.float64) for g in groups}
     by_group = {n: t.clone() for n, t in params.items()}
     for g in groups:
