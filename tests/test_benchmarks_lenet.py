@@ -138,3 +138,9 @@ def test_the_unpruned_reference_is_not_timed_and_its_row_stays(tmp_path, monkeyp
     assert timed == ["ssr_l21"]  # nothing pruned: nothing to time
     methods = {r["method"] for r in json.loads(out.read_text())["rows"] if r.get("source") == "measured"}
     assert methods == {"ssr_l21", "none"}
+
+
+def test_the_papers_rows_join_only_a_table_that_has_their_dataset():
+    assert {r["dataset"] for r in lenet.paper_rows(["mnist", "fashion_mnist"])} == {"mnist"}
+    assert len(lenet.paper_rows(["mnist"])) == len(lenet.PAPER)
+    assert lenet.paper_rows(["fashion_mnist"]) == []

@@ -14,6 +14,7 @@ from benchmarks.render import (
     headline,
     method_table_markdown,
     render,
+    render_lenet,
     update_readme,
 )
 from lightning_ssr.methods import available_methods
@@ -124,3 +125,14 @@ def test_the_distilled_lenet_tables_have_their_own_headline_rows(tmp_path):
     assert "LeNet-5 on mnist, distilled from the dense model, lowest mean drop" in text
     assert "LeNet-5 on fashion_mnist, distilled from the dense model" in text
     assert "(benchmarks/RESULTS.md#lenet_distill_fashion_mnist)" in text and "not distinguishable" in text
+
+
+def test_a_lenet_table_leaves_out_the_papers_rows_of_a_dataset_it_did_not_run():
+    measured = {"dataset": "fashion_mnist", "method": "l1@uniform", "filters": "5-15-149", "macs_reduction": 10.0,
+                "drop_mean": 0.63, "drop_std": 0.09, "n_runs": 5, "dense_accuracy_mean": 0.9152}
+    paper = {"source": "paper", "dataset": "mnist", "method": "SSR-L2,1", "filters": "2-8-77",
+             "macs_reduction": 34.2, "drop_mean": 0.18, "speedup_cpu_paper": 5.5}
+    text = "\n".join(render_lenet({"rows": [measured, paper]}))
+    assert "5-15-149" in text and "(paper)" not in text
+    text = "\n".join(render_lenet({"rows": [measured, {**measured, "dataset": "mnist"}, paper]}))
+    assert "SSR-L2,1 (paper)" in text
