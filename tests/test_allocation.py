@@ -239,3 +239,37 @@ def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
     with pytest.raises(ValueError, match="'mix' do not match this model's groups"):
         method.load_state_dict(state)
     assert Target.coerce({"macs": 0.4}).kind == "macs"
+
+
+def test_ssrs_per_step_channel_values_are_first_order_taylor():
+    """SSR accumulates every channel's value in one pass over the flat channel index at each step;
+    it must be importance.first_order_taylor of the loss's gradients (before the penalty's)."""
+    from lightning_ssr.cost import channel_macs
+    from lightning_ssr.methods.base import MethodContext
+    from lightning_ssr.methods.importance import first_order_taylor
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.randn(4, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    cost = count_cost(model, x)
+    view = Budget({"macs": 0.4}).view(model, groups, cost, round_to=1)
+    method = build_method("ssr_l20", rho=1.0)
+    method.setup(MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),
+                               keep=None, min_keep={g.name: 1 for g in groups}, allocation="method", budget=view,
+                               sparsify_updates=10))
+    method.start()
+    model(x).square().sum().backward()
+    params = dict(model.named_parameters())
+    expected = {g.name: first_order_taylor(g, params) for g in groups}
+    eps, bounds = torch.finfo(torch.float64).eps, {}
+    for g in groups:  # the same float64 products summed in another order: each sum within n * eps * sum|x|
+        rows = [(params[s.param] * params[s.param].grad).detach().movedim(s.dim, 0)[s.index.reshape(-1)]
+                .reshape(g.size, -1).double() for s in g.slices]
+        err = sum(r.shape[1] for r in rows) * eps * sum(r.abs().sum(1) for r in rows)
+        bounds[g.name] = err * (2 * expected[g.name].sqrt() + err)  # |a^2 - b^2| = |a - b| |a + b|
+    method.before_optimizer_step()  # adds the penalty's gradient after taking the values
+    taylor = method.state_dict()["taylor"]
+    for g in groups:
+        assert bool(((taylor[g.name] - expected[g.name]).abs() <= bounds[g.name]).all()), g.name
+        assert bool((expected[g.name] > 0).any()), g.name
