@@ -70,9 +70,9 @@ def render_lenet(d):
     measured = [r for r in d["rows"] if r.get("source") != "paper"]
     datasets = {r["dataset"] for r in measured}
     for r in d["rows"]:
-        if r.get("source") == "paper" and r["dataset"] not in datasets:  # a file written before paper_rows
-            continue  # took the datasets: the paper's MNIST rows do not belong in a Fashion-MNIST table
         if r.get("source") == "paper":
+            if r["dataset"] not in datasets:  # e.g. the paper's MNIST rows in a Fashion-MNIST table (older files)
+                continue
             rows.append([r["dataset"], r["method"] + " (paper)", r["filters"], "-", _f(r["macs_reduction"], 1, "x"),
                          f"{r['drop_mean']:+.2f}", "-", "-", "-", _f(r.get("speedup_cpu_paper"), 1, "x")])
         elif r.get("n_runs"):

@@ -336,8 +336,8 @@ class SSR(PruningMethod):
     across layers: used alone it cut LeNet-5's conv2 to 3 channels at 40x with L2,1). L2,0
     projects onto the target at that first V-step and the loss values move channels between
     layers from the first update on (waiting for the first gradients instead, and projecting
-    from a few steps' values, locked in a degenerate structure on a LeNet-5 seed). Channels the V-step zeroes are pulled to zero by the penalty, so their value falls,
-    unless the loss pulls back. The channels of highest value that meet the budget of this update
+    from a few steps' values, locked in a degenerate structure on a LeNet-5 seed). Channels the
+    V-step zeroes are pulled to zero by the penalty, so their value falls, unless the loss pulls back. The channels of highest value that meet the budget of this update
     stay, and V keeps, in each layer, that many channels:
 
     - L2,1: the V-step is the prox of ``lam * L2,1`` plus the budget (the soft threshold on the
