@@ -104,6 +104,23 @@ def finished_run(out_dir: str | os.PathLike, overrides: list[str], digest: str) 
     return record
 
 
+def run_or_reuse(overrides: list[str], out_dir: str | os.PathLike, record: dict, compose, train) -> tuple[bool, dict]:
+    """One training run of a benchmark, unless it already finished: ``compose(overrides)`` gives
+    the config, whose digest goes into ``record["config_sha256"]``; a run that finished in
+    ``out_dir`` with the same overrides and config is read back (``(True, its record with
+    "reused": True)``), else ``train(cfg, out_dir).to_dict()`` runs (``(False, that dict)``).
+    An exception gives ``(False, {"status": "failed", "error": ...})``: the other runs go on."""
+    try:
+        cfg = compose(overrides)
+        record["config_sha256"] = config_digest(cfg)
+        done = finished_run(out_dir, overrides, record["config_sha256"])
+        if done is not None:
+            return True, {**done, "reused": True}
+        return False, train(cfg, out_dir).to_dict()
+    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
+        return False, {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
 def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
     """Write a run's record (with its ``status``, ``overrides`` and ``config_sha256``) into
     ``out_dir``, atomically."""

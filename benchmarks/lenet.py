@@ -52,7 +52,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, init_worker, keep_run, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
@@ -107,16 +107,8 @@ def compress_job(dataset: str, method: str, seed: int, args, out_dir: str) -> di
     run_overrides = overrides(dataset, method, seed, args)
     start = time.perf_counter()
     record = {"dataset": dataset, "method": method, "seed": seed, "overrides": run_overrides}
-    try:
-        cfg = compose_config(run_overrides)
-        record["config_sha256"] = config_digest(cfg)
-        done = finished_run(Path(out_dir), run_overrides, record["config_sha256"])
-        if done is not None:
-            return {**done, "reused": True}
-        row = run(cfg, out_dir).to_dict()
-    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
-        row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    return keep_run(out_dir, {**row, **record, "seconds": time.perf_counter() - start})
+    reused, row = run_or_reuse(run_overrides, out_dir, record, compose_config, run)
+    return row if reused else keep_run(out_dir, {**row, **record, "seconds": time.perf_counter() - start})
 
 
 def ort_call(path: Path, threads: int, batch: int = 1):

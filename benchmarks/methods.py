@@ -40,7 +40,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, init_worker, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import check_spec, is_oneshot, parse_spec, registry_specs, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
@@ -80,12 +80,13 @@ def dense_job(seed: int, args, out_dir: str) -> dict:
 
 
 def compress_job(method: str, seed: int, macs: float | None, args, out_dir: str) -> dict:
+    """One compression run; a run that finished in ``out_dir`` with the same overrides and
+    composed config is read back instead of trained again."""
+    run_overrides = overrides_for(method, seed, macs, args)
     start = time.perf_counter()
-    try:
-        row = run(compose_config(overrides_for(method, seed, macs, args)), out_dir).to_dict()
-    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
-        row = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    return {**row, "method": method, "seed": seed, "macs_target": macs, "seconds": time.perf_counter() - start}
+    record = {"method": method, "seed": seed, "macs_target": macs, "overrides": run_overrides}
+    reused, row = run_or_reuse(run_overrides, out_dir, record, compose_config, run)
+    return row if reused else keep_run(out_dir, {**row, **record, "seconds": time.perf_counter() - start})
 
 
 def structure(row: dict) -> str:
@@ -194,6 +195,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "methods",
+                        help="each run's outputs; a finished run found there with the same settings is reused")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
@@ -203,23 +206,30 @@ def main(argv=None) -> dict:
 
     def log(msg):
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
-    jobs = [(m, s, None if parse_spec(m)[0] == "none" else macs) for s in args.seeds for m in args.methods
-            for macs in (args.macs if parse_spec(m)[0] != "none" else [None])]
+    # none first, then the largest reduction first, seed by seed: an interrupted run leaves whole
+    # targets to reuse
+    jobs = [(m, s, None) for s in args.seeds for m in args.methods if parse_spec(m)[0] == "none"] + [
+        (m, s, macs) for macs in sorted(args.macs) for s in args.seeds for m in args.methods
+        if parse_spec(m)[0] != "none"]
     refuse_smaller(args.out, len(jobs), args.force)
     rows = []
+    work = Path(args.work_dir).expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"runs in {work} (a finished run found there with the same settings is not trained again)")
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, initializer=init_worker,
                                                                    initargs=(1 if args.jobs > 1 else 2,)) as pool:
         dense = [pool.submit(dense_job, s, args, str(Path(tmp) / f"dense-{s}")) for s in args.seeds]
         dense_models = [f.result() for f in dense]
         for d in dense_models:
             log(f"dense model of seed {d['seed']}: {Path(d['path']).name} ({'reused' if d['reused'] else 'trained'})")
-        futures = [pool.submit(compress_job, m, s, macs, args, str(Path(tmp) / f"{m}-{s}-{macs}"))
+        futures = [pool.submit(compress_job, m, s, macs, args, str(work / f"{m}-{s}-{macs}"))
                    for m, s, macs in jobs]
         for future in futures:
             r = future.result()
             rows.append(r)
             log(f"seed {r['seed']} {r['method']:<18} {r['macs_target'] or '-':>5}: " + (
-                f"{100 * r['pruned']['accuracy']:.2f}% at {r['macs_reduction']:.2f}x MACs ({r['seconds']:.0f} s)"
+                f"{100 * r['pruned']['accuracy']:.2f}% at {r['macs_reduction']:.2f}x MACs "
+                + ("(reused)" if r.get("reused") else f"({r['seconds']:.0f} s)")
                 if r.get("status") == "ok" else f"FAILED {r.get('error')}"))
     summary = summarize(rows, args.reference)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

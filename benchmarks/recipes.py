@@ -34,7 +34,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, config_digest, finished_run, init_worker, keep_run, refuse_smaller
+from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -120,16 +120,11 @@ def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str) -> d
                      "verbose=false", "latency.batch_sizes=[]", *overrides]
     start = time.perf_counter()
     record = {"experiment": experiment, "seed": seed, "overrides": run_overrides}
-    try:
-        cfg = compose_config(run_overrides)
-        record["config_sha256"] = config_digest(cfg)
-        done = finished_run(out_dir, run_overrides, record["config_sha256"])
-        if done is not None:
-            return {**done, "reused": True}
-        result = run(cfg, out_dir).to_dict()
-    except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
-        result = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                  "timings": {"total_s": time.perf_counter() - start}}
+    reused, result = run_or_reuse(run_overrides, out_dir, record, compose_config, run)
+    if reused:
+        return result
+    if result["status"] == "failed":
+        result["timings"] = {"total_s": time.perf_counter() - start}
     return keep_run(out_dir, {**record, "status": result.get("status"), "result": result})
 
 

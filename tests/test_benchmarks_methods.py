@@ -1,0 +1,68 @@
+"""benchmarks/methods.py: an interrupted run goes on from the runs that finished, and the order of
+the runs leaves whole targets behind an interruption."""
+
+import argparse
+
+from benchmarks import RUN_FILE, methods
+
+
+def _args(**kw):
+    base = {"model": "resnet20", "data": "fashion_mnist", "dense_epochs": 1, "sparsify": 1, "finetune": 1,
+            "accelerator": "cpu", "train_size": 0, "batches": 0, "override": []}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_a_finished_run_is_read_back_and_a_changed_setting_trains_again(tmp_path, monkeypatch):
+    """The reuse itself (failed and cut-short records, a changed config file) is tested with
+    lenet.py's, which shares :func:`benchmarks.run_or_reuse`."""
+    trained = []
+    monkeypatch.setattr(methods, "run", lambda cfg, out_dir: trained.append(cfg) or argparse.Namespace(
+        to_dict=lambda: {"status": "ok", "accuracy_drop_points": 0.3}))
+    monkeypatch.setattr(methods, "compose_config", lambda overrides: overrides)
+    out = tmp_path / "l1@uniform-0-0.25"
+    first = methods.compress_job("l1@uniform", 0, 0.25, _args(), str(out))
+    assert len(trained) == 1 and (out / RUN_FILE).is_file() and first["macs_target"] == 0.25
+    assert "target.macs=0.25" in trained[0] and "seed=0" in trained[0]
+
+    again = methods.compress_job("l1@uniform", 0, 0.25, _args(), str(out))
+    assert len(trained) == 1 and again.pop("reused") is True and again == first
+
+    methods.compress_job("l1@uniform", 0, 0.25, _args(finetune=2), str(out))  # another budget
+    assert len(trained) == 2
+
+
+def test_none_then_the_largest_reduction_first(tmp_path, monkeypatch):
+    """The order the runs are submitted in: ``none`` first, then every seed of the smallest MACs
+    fraction, so that an interrupted benchmark leaves whole targets to reuse."""
+    submitted = []
+
+    class Pool:
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *a):
+            class Done:
+                def result(self_inner):
+                    return fn(*a)
+            return Done()
+
+    def fake_compress(method, seed, macs, args, out_dir):
+        submitted.append((method, seed, macs))
+        return {"status": "failed", "error": "not run", "method": method, "seed": seed, "macs_target": macs}
+
+    monkeypatch.setattr(methods, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(methods, "dense_job", lambda s, a, o: {"seed": s, "path": "d.pt", "reused": True,
+                                                                 "seconds": 0.0})
+    monkeypatch.setattr(methods, "compress_job", fake_compress)
+    monkeypatch.setattr(methods, "plot", lambda *a: None)
+    methods.main(["--methods", "l1@uniform", "ssr_l21@method", "none", "--seeds", "0", "1", "--macs", "0.5",
+                  "0.25", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "m.json")])
+    assert submitted[:2] == [("none", 0, None), ("none", 1, None)]
+    assert [macs for _, _, macs in submitted[2:]] == [0.25] * 4 + [0.5] * 4
+    assert (tmp_path / "m.json").is_file()
