@@ -32,6 +32,7 @@ from .stages import (
     base_result,
     check_config,
     compress,
+    dense_accuracy,
     evaluate,
     export_model,
     failed_result,
@@ -158,7 +159,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result = base_result(cfg, lm, callback, dm)
         print_final_table(result, callback)
         t = time.perf_counter()
-        metrics = evaluate(cfg, dm, net, lm.model)
+        metrics = evaluate(cfg, dm, net, lm.model, dense_accuracy(cfg, net, dm, dense_info["cache"]["path"]))
         timings["evaluate_s"] = time.perf_counter() - t
         files = export_model(cfg, lm, callback, dm, output_dir)
         result.dense.update(metrics["dense"], cache=dense_info["cache"])

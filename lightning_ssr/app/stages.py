@@ -38,7 +38,7 @@ from ..cost import ModelCost, count_cost
 from ..latency import compare_latency
 from ..modes import eval_mode
 from ..pruning import Pruning
-from ..report import PruningResult, format_layer_table, layer_rows
+from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
@@ -234,9 +234,32 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
     return {"accuracy": test, "val_accuracy": val}
 
 
-def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, pruned: nn.Module) -> dict:
+def dense_accuracy(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, cache: str | os.PathLike) -> dict:
+    """:func:`accuracy` of the dense network loaded from (or written to) ``cache``
+    (:func:`train_dense`), kept beside it in ``<cache>.accuracy.json``: the runs that share a dense
+    model (a sweep, a benchmark) evaluate it once. The cache's name already holds the data and
+    model settings; the record also holds the sha256 of the weights file, so a file trained again
+    is evaluated again, and an unreadable record is replaced."""
+    cache = Path(cache)
+    record_path = cache.with_name(cache.name + ".accuracy.json")
+    digest = hashlib.sha256(cache.read_bytes()).hexdigest() if cache.is_file() else None
+    try:
+        record = json.loads(record_path.read_text())
+        if digest is not None and record["weights_sha256"] == digest:
+            return {"accuracy": float(record["accuracy"]), "val_accuracy": float(record["val_accuracy"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    metrics = accuracy(cfg, net, dm)
+    if digest is not None and cfg.dense.use_cache:
+        write_json(record_path, {**metrics, "weights_sha256": digest})
+    return metrics
+
+
+def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, pruned: nn.Module,
+             dense_metrics: dict | None = None) -> dict:
     """Accuracy (test and validation), cost (MACs, parameters) and CPU latency of the dense and
     the pruned network (or their LightningModules); latency is measured alternately in one process.
+    ``dense_metrics``: the dense network's accuracy when it is known (:func:`dense_accuracy`).
 
     Returns ``{"dense": {...}, "pruned": {...}, "speedup": {"batch_<n>": x}}``.
     """
@@ -244,7 +267,8 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     out = {}
     for key, model in (("dense", dense), ("pruned", pruned)):
         cost = count_cost(model, torch.zeros(shape))
-        out[key] = {**accuracy(cfg, model, dm), "macs": int(cost.macs), "params": int(cost.params)}
+        known = dense_metrics if key == "dense" and dense_metrics is not None else accuracy(cfg, model, dm)
+        out[key] = {**known, "macs": int(cost.macs), "params": int(cost.params)}
     latency = compare_latency(dense, pruned, shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats)
     out["dense"]["latency_ms"] = latency["dense"]
     out["pruned"]["latency_ms"] = latency["pruned"]

@@ -108,6 +108,7 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     assert out.count(TABLE_HEADER) == 1 and TABLE_HEADER not in caplog.text  # the callback was quiet: the CLI prints it
     assert again.dense["cache"]["reused"]
     assert again.dense["accuracy"] == result.dense["accuracy"]
+    assert Path(again.dense["cache"]["path"] + ".accuracy.json").is_file()  # evaluated once, read back
 
 
 def test_oneshot_and_ssr_l20_write_results_with_the_same_keys(tmp_path):
@@ -235,6 +236,37 @@ def test_console_entry_point_reports_bad_keys():
 
 
 # ------------------------------------------------------------- hardening
+def test_the_dense_accuracy_is_evaluated_once_per_weights_file(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app import stages
+
+    evaluated = []
+
+    def fake_accuracy(cfg, model, dm):
+        evaluated.append(model)
+        return {"accuracy": 0.9 + 0.01 * len(evaluated), "val_accuracy": 0.8}
+
+    monkeypatch.setattr(stages, "accuracy", fake_accuracy)
+    cfg = OmegaConf.create({"dense": {"use_cache": True}})
+    cache = tmp_path / "dense.pt"
+    cache.write_bytes(b"weights")
+    first = stages.dense_accuracy(cfg, "net", None, str(cache))
+    assert evaluated == ["net"] and first == {"accuracy": 0.91, "val_accuracy": 0.8}
+    assert stages.dense_accuracy(cfg, "net", None, cache) == first and len(evaluated) == 1  # read back
+
+    cache.write_bytes(b"weights trained again")  # another file under the same name: evaluated again
+    assert stages.dense_accuracy(cfg, "net", None, cache)["accuracy"] == pytest.approx(0.92)
+    record = tmp_path / "dense.pt.accuracy.json"
+    record.write_text('{"accuracy": 0.9')  # cut short
+    assert stages.dense_accuracy(cfg, "net", None, cache)["accuracy"] == pytest.approx(0.93)
+    assert json.loads(record.read_text())["accuracy"] == pytest.approx(0.93)  # replaced
+
+    record.unlink()
+    stages.dense_accuracy(OmegaConf.create({"dense": {"use_cache": False}}), "net", None, cache)
+    assert not record.exists() and len(evaluated) == 4  # no cache, no record
+
+
 def test_dense_cache_is_keyed_on_trainer_settings_that_change_the_dense_model():
     from lightning_ssr.app.stages import dense_cache_path
 
