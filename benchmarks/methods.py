@@ -20,7 +20,10 @@ cache) and every method compresses that same checkpoint through the job's stages
 
 Each method is compared with ``--reference`` (``l1@uniform``) at the same target, seed by seed:
 the mean difference of test accuracy with its 95% interval (:mod:`benchmarks.stats`); "not
-distinguishable" where the interval contains 0. Runs train ``--jobs`` at a time, one thread each.
+distinguishable" where the interval contains 0. Runs train ``--jobs`` at a time, one thread each,
+``none`` first, then the largest reduction; each finished run is kept under ``--work-dir``
+(``~/.cache/lightning_ssr/benchmarks/methods``), so the same command after an interruption goes
+on from the runs that finished (and ``--macs 0.25`` alone writes that target's table from them).
 Writes ``benchmarks/results/methods.json`` (machine, command, settings, one ``PruningResult`` per run
 and one row per (target, method): accuracy mean ± std, drop from the dense checkpoint, gap to
 ``none``, the paired comparison, reductions, the structure kept) and ``methods.png``. Accuracy is on
