@@ -277,7 +277,7 @@ def render_trajectory(d):
     head = ["layer", "dense"]
     for method, c in methods.items():
         head += [f"{method}: held at the last update ({len(c['seeds'])} seeds)", f"{method}: kept at the prune"]
-    png = f"results/{Path(d.get('source', 'x')).stem}_trajectory_{d.get('dataset')}.png"
+    png = "results/" + (d.get("plot") or f"{Path(d.get('source', 'x')).stem}_trajectory_{d.get('dataset')}.png")
     return table(head + [f"{ref.get('method', 'reference')}: kept"], rows) + [
         "", f"From the runs of `{d.get('source_command')}`. The curves, update by update: ![trajectory]({png})"]
 

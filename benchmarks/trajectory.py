@@ -5,6 +5,7 @@ what the reference kept, from a results file that holds whole runs (``lenet.json
 
     python benchmarks/trajectory.py                                   # lenet.json, MNIST
     python benchmarks/trajectory.py --results benchmarks/results/lenet.json --dataset fashion_mnist
+    python benchmarks/trajectory.py --results benchmarks/results/methods.json --dataset all --macs 0.25
 
 Writes ``<results>_trajectory_<dataset>.png`` beside the results file and
 ``<results>_trajectory_<dataset>.json`` (the curves: per method and layer, the mean over seeds of
@@ -37,13 +38,16 @@ def runs_of(data: dict) -> list[dict]:
     return [r for r in data.get("rows", []) if isinstance(r, dict) and "layers" in r]
 
 
-def curves(runs: list[dict], dataset: str | None, methods: list[str], reference: str) -> dict:
+def curves(runs: list[dict], dataset: str | None, methods: list[str], reference: str,
+           macs: float | None = None) -> dict:
     """Per method: per layer, the mean over seeds of the filters held at each update (updates
     aligned by index; seeds that stopped earlier drop out), the mean count kept at the prune, and
-    the runs' seeds. The reference: its mean kept counts."""
+    the runs' seeds. The reference: its mean kept counts. ``macs``: only the runs at that MACs
+    target (methods.json holds several)."""
     def mine(method):
         return [r for r in runs if r.get("method") == method and r.get("status") == "ok"
-                and (dataset is None or r.get("dataset") == dataset)]
+                and (dataset is None or r.get("dataset") == dataset)
+                and (macs is None or r.get("macs_target") == macs)]
 
     def kept(run):
         return {layer["name"]: layer["after"] for layer in run["layers"]}
@@ -93,9 +97,13 @@ def plot(data: dict, path: Path, title: str) -> Path | None:
     if not methods:
         return None
     layers = list(next(iter(methods.values()))["held"])
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    cols = min(4, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, name in zip(axes[0], layers, strict=True):
+    for ax, name in zip(axes.flat, layers):
         for i, (method, c) in enumerate(methods.items()):
             color = colors[i % len(colors)]
             ax.plot(c["steps"], c["held"][name], color=color, label=f"{method}: held by the method")
@@ -123,28 +131,38 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default="mnist", help="the runs' dataset (lenet.json); 'all': every run")
     parser.add_argument("--methods", nargs="+", default=["ssr_l21@method", "ssr_l20@method"])
     parser.add_argument("--reference", default="l1@uniform")
+    parser.add_argument("--macs", type=float, default=None,
+                        help="the runs at this MACs target (a file with several targets: methods.json)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"--results: no file {args.results}")
     data = json.loads(args.results.read_text())
     dataset = None if args.dataset == "all" else args.dataset
-    found = curves(runs_of(data), dataset, args.methods, args.reference)
+    targets = sorted({r["macs_target"] for r in runs_of(data) if r.get("macs_target") is not None})
+    if args.macs is None and len(targets) > 1:
+        parser.error(f"{args.results} holds runs at several MACs targets {targets}: choose one with --macs")
+    if args.macs is not None and args.macs not in targets:
+        parser.error(f"--macs {args.macs:g}: {args.results} holds runs at {targets or 'no recorded target'}")
+    found = curves(runs_of(data), dataset, args.methods, args.reference, args.macs)
     if not found["methods"]:
         raise SystemExit(f"{args.results}: no run of {args.methods} on {args.dataset} recorded a trajectory (runs "
                          "written before the result held one: run its command again)")
-    stem = args.results.with_name(f"{args.results.stem}_trajectory_{args.dataset}")
+    stem = f"{args.results.stem}_trajectory_{args.dataset}" + (f"_macs{args.macs:g}" if args.macs is not None else "")
+    json_path, png_path = (args.results.with_name(stem + suffix) for suffix in (".json", ".png"))
     out = {"benchmark": "trajectory", "command": command_line("trajectory", argv), "source": str(args.results.name),
-           "source_command": data.get("command"), "machine": data.get("machine"), "dataset": args.dataset, **found}
-    write_json(stem.with_suffix(".json"), relative_to=REPO, obj=out)
-    png = plot(found, stem.with_suffix(".png"), f"{args.results.stem}, {args.dataset}: filters per layer over the "
-               "sparsify phase")
+           "source_command": data.get("command"), "machine": data.get("machine"), "dataset": args.dataset,
+           "macs": args.macs, "plot": png_path.name, **found}
+    write_json(json_path, relative_to=REPO, obj=out)
+    png = plot(found, png_path, f"{args.results.stem}, {args.dataset}"
+               + (f", {args.macs:g} of the MACs" if args.macs is not None else "")
+               + ": filters per layer over the sparsify phase")
     for method, c in found["methods"].items():
         last = {n: round(v[-1], 1) for n, v in c["held"].items()}
         print(f"{method} ({len(c['seeds'])} seeds): held at the last update {last}; kept at the prune "
               f"{ {n: round(v, 1) for n, v in c['kept'].items()} }")
     if found["reference"]:
         print(f"{args.reference}: kept {({n: round(v, 1) for n, v in found['reference']['kept'].items()})}")
-    print(f"wrote {stem.with_suffix('.json')}" + (f" and {png}" if png else ""))
+    print(f"wrote {json_path}" + (f" and {png}" if png else ""))
     return out
 
 

@@ -53,3 +53,23 @@ def test_render_shows_the_last_held_and_kept_counts_and_links_the_plot(tmp_path)
     results.unlink()  # the rendered section comes from the trajectory file alone
     text = render(tmp_path)
     assert "| a | 20 | 4.0 | 4.0 | - |" in text and "![trajectory](results/lenet_trajectory_mnist.png)" in text
+
+
+def test_a_file_with_several_targets_needs_macs_and_each_target_has_its_own_files(tmp_path):
+    results = tmp_path / "methods.json"
+    rows = [{**_run("ssr_l21@method", 0, [(10, 20)], {"a": 10, "b": 20}), "macs_target": 0.5},
+            {**_run("ssr_l21@method", 0, [(2, 8)], {"a": 2, "b": 8}), "macs_target": 0.25},
+            {**_run("l1@uniform", 0, [], {"a": 5, "b": 5}), "trajectory": [], "macs_target": 0.25}]
+    results.write_text(json.dumps({"command": "python benchmarks/methods.py", "rows": rows}))
+    with pytest.raises(SystemExit):  # which target? refused, not averaged across both
+        trajectory.main(["--results", str(results), "--dataset", "all"])
+    with pytest.raises(SystemExit):
+        trajectory.main(["--results", str(results), "--dataset", "all", "--macs", "0.1"])
+    out = trajectory.main(["--results", str(results), "--dataset", "all", "--macs", "0.25"])
+    assert out["methods"]["ssr_l21@method"]["held"]["a"] == [2] and out["reference"]["kept"] == {"a": 5, "b": 5}
+    assert (tmp_path / "methods_trajectory_all_macs0.25.png").is_file()
+
+    from benchmarks.render import render_trajectory
+
+    text = "\n".join(render_trajectory(json.loads((tmp_path / "methods_trajectory_all_macs0.25.json").read_text())))
+    assert "results/methods_trajectory_all_macs0.25.png" in text
