@@ -49,11 +49,13 @@ def curves(runs: list[dict], dataset: str | None, methods: list[str], reference:
                 and (dataset is None or r.get("dataset") == dataset)
                 and (macs is None or r.get("macs_target") == macs)]
 
-    def kept(run):
-        return {layer["name"]: layer["after"] for layer in run["layers"]}
+    def kept(run):  # per layer, and per channel group of the plan (a residual stream has no layer of its own)
+        groups = {g["root"]: len(g["kept"]) for g in (run.get("plan") or {}).get("groups", [])}
+        return {**{layer["name"]: layer["after"] for layer in run["layers"]}, **groups}
 
     def before(run):
-        return {layer["name"]: layer["before"] for layer in run["layers"]}
+        groups = {g["root"]: g["size"] for g in (run.get("plan") or {}).get("groups", [])}
+        return {**{layer["name"]: layer["before"] for layer in run["layers"]}, **groups}
 
     out = {"methods": {}, "reference": None}
     for method in methods:
@@ -62,6 +64,7 @@ def curves(runs: list[dict], dataset: str | None, methods: list[str], reference:
             continue
         tracked = chosen[0]["trajectory"][0]["kept"]
         layers = [layer["name"] for layer in chosen[0]["layers"] if layer["name"] in tracked]  # the model's order
+        layers += [name for name in tracked if name not in layers]  # then the groups with no layer of their own
         length = max(len(r["trajectory"]) for r in chosen)
         held = {}
         for name in layers:

@@ -73,3 +73,15 @@ def test_a_file_with_several_targets_needs_macs_and_each_target_has_its_own_file
 
     text = "\n".join(render_trajectory(json.loads((tmp_path / "methods_trajectory_all_macs0.25.json").read_text())))
     assert "results/methods_trajectory_all_macs0.25.png" in text
+
+
+def test_a_channel_group_without_a_layer_of_its_own_is_plotted_from_the_plan():
+    """A ResNet's residual stream is a group rooted at a parameter-free shortcut: it has no row in
+    the layer table, so its dense size and kept count come from the plan."""
+    run = _run("ssr", 0, [(10,)], {"a": 10})
+    run["trajectory"][0]["kept"] = {"a": 10, "stream": 3}
+    run["plan"] = {"groups": [{"root": "a", "size": 20, "kept": list(range(10))},
+                              {"root": "stream", "size": 32, "kept": [0, 5, 9]}]}
+    c = trajectory.curves([run], None, ["ssr"], "l1")["methods"]["ssr"]
+    assert list(c["held"]) == ["a", "stream"] and c["held"]["stream"] == [3]
+    assert c["kept"]["stream"] == 3 and c["dense"]["stream"] == 32
