@@ -123,7 +123,8 @@ def summarize(rows: list[dict], reference: str = REFERENCE) -> list[dict]:
                 seconds_mean=statistics.fmean(r["timings"].get("compress_s", 0.0) for r in ok),
                 vs_reference=None if method == reference or target is None else {
                     "reference": reference, **paired_by_seed(accuracy(target, method), accuracy(target, reference))},
-                vs_none=None if method == "none" else paired_by_seed(accuracy(target, method), accuracy(None, "none")),
+                vs_none=None if method == "none" or (None, "none") not in groups  # not run: no comparison
+                else paired_by_seed(accuracy(target, method), accuracy(None, "none")),
             )
         out.append(row)
     return out

@@ -57,6 +57,8 @@ def test_the_methods_summary_pairs_each_method_with_the_reference_and_lists_fail
     assert summary[("l1@uniform", 0.5)]["vs_reference"] is None
     fsm = summary[("fsm@uniform", 0.5)]
     assert fsm["runs"] == 0 and fsm["errors"] == [{"seed": 0, "error": "boom"}]
+    without_none = summarize_methods([r for r in rows if r["method"] != "none"])
+    assert all(s.get("vs_none") is None for s in without_none)  # not run: no comparison, not "no common seeds"
 
 
 def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
