@@ -111,7 +111,8 @@ def render_methods(d):
     head = [f"{settings.get('model')} on {settings.get('data')} ({settings.get('train_size') or 'all'} training "
             f"images), seeds {settings.get('seeds')}; dense {settings.get('dense_epochs')} epochs, "
             f"{statistics.fmean(dense):.2f}% (mean); every method {settings.get('sparsify')} + "
-            f"{settings.get('finetune')} epochs." if dense else "", ""]
+            f"{settings.get('finetune')} epochs (with its term, then after the prune; one-shot methods prune at "
+            "the start and fine-tune for both)." if dense else "", ""]
     return head + table(["MACs kept", "method", "runs", "accuracy (%)", "vs none (pt, 95% CI)",
                          "vs reference (pt, 95% CI)", "MACs red.", "filters"], rows) + [
         "", ("Comparisons are paired by seed: the mean difference of test accuracy with its 95% interval, at the same "
@@ -303,7 +304,8 @@ def render_structure(d):
 #: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
-             "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
+             "methods": render_methods, "methods_quick": render_methods,
+             "methods_update5": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
