@@ -305,7 +305,7 @@ def render_structure(d):
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods,
-             "methods_update5": render_methods, "solver_speed_quick": render_solver_speed,
+             "methods_update5": render_methods, "methods_2x": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
