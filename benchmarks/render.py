@@ -304,12 +304,11 @@ def render_structure(d):
 #: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
-             "methods": render_methods, "methods_quick": render_methods,
-             "methods_update5": render_methods, "methods_2x": render_methods, "solver_speed_quick": render_solver_speed,
+             "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
-             "gpu_smoke": render_gpu}
+             "gpu_smoke": render_gpu, "trajectory": render_trajectory}
 
 
 def render(results: Path = RESULTS) -> str:
@@ -323,7 +322,8 @@ def render(results: Path = RESULTS) -> str:
         lines += [f"## {name}", "", f"{made} → `benchmarks/results/{path.name}`; " + machine_line(data), ""]
         if isinstance(data, dict) and data.get("speed_command"):
             lines += [f"Speed figures measured again, on the same structures, by `{data['speed_command']}`.", ""]
-        renderer = RENDERERS.get(name) or (render_trajectory if "_trajectory_" in name else None)
+        # by the file's name, else by the benchmark that wrote it (methods_2x.json: "methods")
+        renderer = RENDERERS.get(name) or (RENDERERS.get(data.get("benchmark")) if isinstance(data, dict) else None)
         if renderer is None:
             keys = list(data) if isinstance(data, dict) else f"a list of {len(data)} rows"
             lines += [f"(no renderer for this file; its keys: {keys})", ""]

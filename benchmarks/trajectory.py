@@ -49,13 +49,16 @@ def curves(runs: list[dict], dataset: str | None, methods: list[str], reference:
                 and (dataset is None or r.get("dataset") == dataset)
                 and (macs is None or r.get("macs_target") == macs)]
 
-    def kept(run):  # per layer, and per channel group of the plan (a residual stream has no layer of its own)
-        groups = {g["root"]: len(g["kept"]) for g in (run.get("plan") or {}).get("groups", [])}
-        return {**{layer["name"]: layer["after"] for layer in run["layers"]}, **groups}
+    def counts(run, when):  # per layer, and per channel group of the plan (a residual stream has no layer of its own)
+        groups = (run.get("plan") or {}).get("groups", [])
+        return {**{layer["name"]: layer[when] for layer in run["layers"]},
+                **{g["root"]: g["size"] if when == "before" else len(g["kept"]) for g in groups}}
+
+    def kept(run):
+        return counts(run, "after")
 
     def before(run):
-        groups = {g["root"]: g["size"] for g in (run.get("plan") or {}).get("groups", [])}
-        return {**{layer["name"]: layer["before"] for layer in run["layers"]}, **groups}
+        return counts(run, "before")
 
     out = {"methods": {}, "reference": None}
     for method in methods:

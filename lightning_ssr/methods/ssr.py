@@ -337,8 +337,9 @@ class SSR(PruningMethod):
     projects onto the target at that first V-step and the loss values move channels between
     layers from the first update on (waiting for the first gradients instead, and projecting
     from a few steps' values, locked in a degenerate structure on a LeNet-5 seed). Channels the
-    V-step zeroes are pulled to zero by the penalty, so their value falls, unless the loss pulls back. The channels of highest value that meet the budget of this update
-    stay, and V keeps, in each layer, that many channels:
+    V-step zeroes are pulled to zero by the penalty, so their value falls, unless the loss pulls
+    back. The channels of highest value that meet the budget of this update stay, and V keeps, in
+    each layer, that many channels:
 
     - L2,1: the V-step is the prox of ``lam * L2,1`` plus the budget (the soft threshold on the
       channels the budget keeps, zero on the others), and the budget falls from the dense
