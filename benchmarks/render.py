@@ -322,7 +322,7 @@ def render(results: Path = RESULTS) -> str:
         lines += [f"## {name}", "", f"{made} → `benchmarks/results/{path.name}`; " + machine_line(data), ""]
         if isinstance(data, dict) and data.get("speed_command"):
             lines += [f"Speed figures measured again, on the same structures, by `{data['speed_command']}`.", ""]
-        # by the file's name, else by the benchmark that wrote it (methods_2x.json: "methods")
+        # by the file's name, else by the benchmark that wrote it (methods_update5.json: "methods")
         renderer = RENDERERS.get(name) or (RENDERERS.get(data.get("benchmark")) if isinstance(data, dict) else None)
         if renderer is None:
             keys = list(data) if isinstance(data, dict) else f"a list of {len(data)} rows"
