@@ -302,7 +302,8 @@ def render_structure(d):
 
 
 #: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
-LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist")
+#: (``lenet_distill_s10``: the same with 10 epochs of the method's term instead of 6)
+LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -346,8 +347,12 @@ def _section(name: str) -> str:
 
 def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
     """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file, ``lenet`` or
-    ``lenet_distill``, the same runs with the dense model as a teacher)."""
+    ``lenet_distill*``, the same runs with the dense model as a teacher), with the epoch budget
+    (the method's term + fine-tuning) recorded in the file."""
     what = "LeNet-5 on {}" + (", distilled from the dense model" if name.startswith("lenet_distill") else "")
+    settings = d.get("settings") or {}
+    if "sparsify" in settings and "finetune" in settings:  # the epoch budget, which tables may differ in
+        what += f", {settings['sparsify']} + {settings['finetune']} epochs"
     rows = []
     measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
     for dataset in dict.fromkeys(r["dataset"] for r in measured):

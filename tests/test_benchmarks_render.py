@@ -127,6 +127,18 @@ def test_the_distilled_lenet_tables_have_their_own_headline_rows(tmp_path):
     assert "(benchmarks/RESULTS.md#lenet_distill_fashion_mnist)" in text and "not distinguishable" in text
 
 
+def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
+    row = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
+           "drop_mean": 0.2, "drop_std": 0.05, "n_runs": 5, "dense_accuracy_mean": 0.9921}
+    for name, sparsify in (("lenet_distill", 6), ("lenet_distill_s10", 10)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"settings": {"sparsify": sparsify, "finetune": 14}, "rows": [row]}))
+    text = headline(tmp_path)
+    assert "LeNet-5 on mnist, distilled from the dense model, 6 + 14 epochs, lowest mean drop" in text
+    assert "LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, lowest mean drop" in text
+    assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
+
+
 def test_a_lenet_table_leaves_out_the_papers_rows_of_a_dataset_it_did_not_run():
     measured = {"dataset": "fashion_mnist", "method": "l1@uniform", "filters": "5-15-149", "macs_reduction": 10.0,
                 "drop_mean": 0.63, "drop_std": 0.09, "n_runs": 5, "dense_accuracy_mean": 0.9152}
