@@ -1,9 +1,11 @@
 """A LightningModule, data and a Trainer shared by the tests that run ``fit`` (not from the package)."""
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.nets import SmallResidualCNN
@@ -58,9 +60,21 @@ def loader(n=64, seed=0, shuffle=False):
 
 
 def trainer(tmp_path, callbacks, max_epochs, **kw):
+    """A quiet CPU Trainer; it writes checkpoints only where the test asks for them (a
+    ModelCheckpoint among ``callbacks``), so fits that share ``tmp_path`` do not warn."""
+    kw.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in callbacks))
     return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                       default_root_dir=tmp_path, callbacks=callbacks, **kw)
+
+
+def epoch_checkpoints(dirpath, resume_from=None) -> ModelCheckpoint:
+    """A checkpoint at the end of every epoch into ``dirpath``, named ``epoch=N.ckpt``; for a fit
+    resumed from ``resume_from``, one that reads its state from that file's folder and writes
+    nothing, so that Lightning neither warns that the folder changed nor that it is not empty."""
+    if resume_from is not None:
+        return ModelCheckpoint(dirpath=Path(resume_from).parent, save_top_k=0, every_n_epochs=1, filename="{epoch}")
+    return ModelCheckpoint(dirpath=dirpath, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
 
 
 class Snapshot(Callback):

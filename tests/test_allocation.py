@@ -4,7 +4,6 @@ only makes it meet the target (the Budget, the continuation, the L2,0 projection
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -15,7 +14,7 @@ from lightning_ssr.methods import build_method
 from lightning_ssr.methods.continuation import Continuation
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.targets import TARGET_TOLERANCE, Budget, Target
-from tests.lit import NetClassifier, TinyClassifier, assert_same_weights, loader, trainer
+from tests.lit import NetClassifier, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
 from tests.nets import SmallResidualCNN
 
 # ------------------------------------------------------------------ the budget
@@ -179,8 +178,7 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, e
         model = TinyClassifier()
         cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,
                      verbose=False)
-        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
-                               filename="{epoch}")
+        ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 
@@ -195,7 +193,8 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, e
     model = TinyClassifier()
     cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,
                  verbose=False)
-    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader(shuffle=True), ckpt_path=path)
+    trainer(tmp_path, [cb, epoch_checkpoints(None, resume_from=path)], schedule.total_epochs).fit(
+        model, loader(shuffle=True), ckpt_path=path)
     assert_same_weights(model, full_model)
     assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
     assert full_cb.events[0]["allocation"] == "method"

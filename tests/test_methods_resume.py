@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule
 from lightning_ssr.methods import available_methods, build_method
-from tests.lit import TinyClassifier, assert_same_weights, loader, trainer
+from tests.lit import TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
 
 # sparsifying methods: the checkpoint of epoch 0 falls inside the sparsify phase (prune at epoch 2)
 SPARSIFY = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
@@ -43,8 +43,7 @@ def test_every_method_resumes_mid_phase_like_an_uninterrupted_run(tmp_path, name
         model = TinyClassifier()
         cb = Pruning(method=name, method_kwargs=METHOD_KWARGS.get(name), target={"macs": 0.5}, schedule=schedule,
                      ignored_layers=ignored, verbose=False)
-        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
-                               filename="{epoch}")
+        ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 
@@ -80,7 +79,7 @@ def _stop_and_resume(tmp_path, name, schedule, stop):
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = Pruning(method=name, target={"macs": 0.5}, schedule=schedule, verbose=False)
-        ckpt = ModelCheckpoint(dirpath=dirpath, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        ckpt = epoch_checkpoints(dirpath, resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 

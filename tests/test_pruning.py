@@ -7,11 +7,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningResult, PruningSchedule, SSRPruning, apply_plan
 from lightning_ssr.methods import PruningMethod
-from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, trainer
+from tests.lit import Snapshot, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
 
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
@@ -103,8 +103,7 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, rho_growth=1.2, schedule=SCHEDULE)
-        ckpt = ModelCheckpoint(dirpath=dirpath or tmp_path / "unused", save_top_k=-1, every_n_epochs=1,
-                               filename="{epoch}")
+        ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 
@@ -135,7 +134,8 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
     pl.seed_everything(0)
     model = TinyClassifier()
     cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, rho_growth=1.2, schedule=SCHEDULE)
-    trainer(tmp_path, [cb, Probe()], SCHEDULE.total_epochs).fit(model, loader(shuffle=True), ckpt_path=path)
+    trainer(tmp_path, [cb, Probe(), epoch_checkpoints(None, resume_from=path)], SCHEDULE.total_epochs).fit(
+        model, loader(shuffle=True), ckpt_path=path)
 
     if SCHEDULE.warmup_epochs < stop_after < SCHEDULE.prune_epoch():
         aulm_state = state["method_state"]["aulm"]
@@ -312,7 +312,7 @@ def test_iterative_pruning_resumes_between_events(tmp_path):
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ITERATIVE, verbose=False)
-        ckpt = ModelCheckpoint(dirpath=dirpath, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        ckpt = epoch_checkpoints(dirpath, resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
         return model, cb
 
