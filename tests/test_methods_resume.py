@@ -4,7 +4,6 @@ resumed fit ends with the events, plan and weights of an uninterrupted one."""
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule
 from lightning_ssr.methods import available_methods, build_method
@@ -110,7 +109,7 @@ def test_method_state_in_the_mid_sparsify_checkpoint(tmp_path):
     pl.seed_everything(0)
     cb = Pruning(method="taylor", method_kwargs={"batches": 3}, target={"macs": 0.5}, schedule=SPARSIFY,
                  verbose=False)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    ckpt = epoch_checkpoints(tmp_path / "ckpts")
     trainer(tmp_path, [cb, ckpt], 1).fit(TinyClassifier(), loader(shuffle=True))
     checkpoint = torch.load(tmp_path / "ckpts" / "epoch=0.ckpt", weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))

@@ -4,12 +4,11 @@ or inside ``fit`` through the engine."""
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, apply_plan, count_cost, prune_oneshot
 from lightning_ssr.app.models import build_model
 from lightning_ssr.methods import OneShot, build_method
-from tests.lit import Snapshot, TinyClassifier, assert_same_weights, loader, trainer
+from tests.lit import Snapshot, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
 
 # Published FLOPs (MACs) and parameters, FSM README; tolerance 1.5%.
 PUBLISHED = [
@@ -121,7 +120,7 @@ def test_oneshot_resume_after_the_prune_matches_an_uninterrupted_run(tmp_path):
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ONESHOT, verbose=False)
-        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        ckpt = epoch_checkpoints(tmp_path / "ckpts", resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
         return model, cb
 
