@@ -4,7 +4,9 @@ A :class:`Target` is exactly one of:
 
 - ``rates``: per-convolution pruning rates, a list or the papers' rate expressions such as
   ``"[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9"`` (parsed without ``eval``), in the order the
-  convolutions appear in ``model.named_modules()`` (FSM/HRank order);
+  convolutions appear in ``model.named_modules()`` (FSM/HRank order), or a mapping
+  ``{layer name: rate}`` that reaches any prunable layer, linear ones too (a structure given by
+  hand, such as a paper's per-layer counts: a layer at rate r keeps ``ceil(C * (1 - r))``);
 - ``macs``: the fraction of the dense model's MACs to keep, in (0, 1];
 - ``params``: the fraction of the dense model's parameters to keep, in (0, 1];
 - ``filters``: the fraction of the prunable channels to keep, in (0, 1];
@@ -62,7 +64,7 @@ def _fraction(name: str, value) -> float | None:
 class Target:
     """What the pruned model must reach: give exactly one of the four fields."""
 
-    rates: str | tuple[float, ...] | None = None
+    rates: str | tuple[float, ...] | Mapping[str, float] | None = None
     macs: float | None = None
     params: float | None = None
     filters: float | None = None
@@ -73,7 +75,14 @@ class Target:
         given = [k for k in TARGET_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"a pruning target needs exactly one of {TARGET_KINDS}; got {given or 'none'}")
-        if self.rates is not None:
+        if isinstance(self.rates, Mapping):  # {layer name: rate}, any prunable layer (linear ones too)
+            rates = {}
+            for name, rate in self.rates.items():
+                if not isinstance(name, str) or not name:
+                    raise TypeError(f"target rates by layer need module names as keys, got {name!r}")
+                rates[name] = parse_rates([rate])[0]
+            object.__setattr__(self, "rates", rates)
+        elif self.rates is not None:
             rates = self.rates if isinstance(self.rates, str) else tuple(float(r) for r in self.rates)
             parse_rates(rates)  # fail now, not when the prune is due
             object.__setattr__(self, "rates", rates)
@@ -113,7 +122,8 @@ class Target:
                         f"got {type(target).__name__}")
 
     def to_dict(self) -> dict:
-        value = self.value if not isinstance(self.value, tuple) else list(self.value)
+        value = list(self.value) if isinstance(self.value, tuple) else (
+            dict(self.value) if isinstance(self.value, Mapping) else self.value)
         return {self.kind: value, "batch_size": self.batch_size} if self.kind == "latency" else {self.kind: value}
 
 
@@ -171,12 +181,19 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 
 
 def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> dict[str, float]:
-    values = parse_rates(rates)
-    convs = conv_layer_names(model)
-    if len(values) > len(convs):
-        raise ValueError(f"{len(values)} rates given for a model with {len(convs)} convolutions")
-    by_layer = dict(zip(convs, values + [0.0] * (len(convs) - len(values))))
     prunable = {m for g in groups for m in g.out_modules}
+    if isinstance(rates, Mapping):  # by layer name: any layer whose output channels can go
+        unknown = sorted(set(rates) - {n for n, _ in model.named_modules()})
+        if unknown:
+            raise ValueError(f"target rates name {unknown[:5]}, which are not modules of the model; the layers "
+                             f"that can be pruned: {sorted(prunable)[:20]}")
+        by_layer = dict(rates)
+    else:
+        values = parse_rates(rates)
+        convs = conv_layer_names(model)
+        if len(values) > len(convs):
+            raise ValueError(f"{len(values)} rates given for a model with {len(convs)} convolutions")
+        by_layer = dict(zip(convs, values + [0.0] * (len(convs) - len(values))))
     orphans = [n for n, r in by_layer.items() if r > 0 and n not in prunable]
     if orphans:
         raise ValueError(f"non-zero rates for layers that cannot be pruned (ignored, or the model's outputs): "

@@ -121,6 +121,27 @@ def test_coupled_layers_with_different_rates_are_refused():
     assert keep[next(g.name for g in groups if "stem" in g.out_modules)] == 4
 
 
+def test_rates_by_layer_name_reach_linear_layers_and_name_what_is_wrong():
+    """``{layer: rate}``: a structure given by hand (a paper's per-layer counts), linear layers too;
+    the layers not named keep all their channels."""
+    model, _, cost, groups = _setup(*NETS[0][1:])
+    floor = {g.name: 1 for g in groups}
+    target = Target.coerce({"rates": {"conv1": 0.95, "conv2": 1 - 16 / 50, "fc1": 0.87}})
+    assert keep_counts(model, groups, cost, target, floor) == {"conv1": 1, "conv2": 16, "fc1": 65}
+    assert target.to_dict() == {"rates": {"conv1": 0.95, "conv2": 1 - 16 / 50, "fc1": 0.87}}
+    assert keep_counts(model, groups, cost, Target(rates={"fc1": 0.5}), floor) == {"conv1": 20, "conv2": 50, "fc1": 250}
+    with pytest.raises(ValueError, match=r"target rates name \['conv9'\], which are not modules.*'fc1'"):
+        keep_counts(model, groups, cost, Target(rates={"conv9": 0.5}), floor)
+    with pytest.raises(ValueError, match="layers that cannot be pruned.*fc2"):  # the model's outputs
+        keep_counts(model, groups, cost, Target(rates={"fc2": 0.5}), floor)
+    with pytest.raises(ValueError, match=r"rates must be in \[0, 1\), got \[1.0\]"):
+        Target(rates={"conv1": 1.0})
+    with pytest.raises(ValueError, match="rates must be in"):
+        Target(rates={"conv1": float("nan")})
+    with pytest.raises(TypeError, match="module names as keys, got 3"):
+        Target(rates={3: 0.5})
+
+
 # ---------------------------------------------------------------- rounding
 @pytest.mark.parametrize("size,fraction,floor,expected", [
     (10, 0.25, 1, 3),  # ceil(2.5)

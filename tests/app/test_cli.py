@@ -125,6 +125,17 @@ def test_oneshot_and_ssr_l20_write_results_with_the_same_keys(tmp_path):
     assert oneshot.dense["accuracy"] == ssr.dense["accuracy"]  # the same cached dense model
 
 
+def test_a_structure_given_by_layer_rates_is_what_the_run_keeps(tmp_path):
+    """target.rates as {layer: rate} from the command line: the per-layer counts of a structure
+    given by hand (fc1 too), as in the LeNet-5 benchmark's l1@1-16-65."""
+    cfg = _compose([o for o in ONESHOT_FAST if not o.startswith("target.")] + [
+        "pruning=l1", "target=rates", "target.rates={model.conv1:0.95,model.conv2:0.68,model.fc1:0.87}",
+        f"dense.cache_dir={tmp_path / 'cache'}"])
+    result = run(cfg, tmp_path)
+    assert result.status == "ok" and result.events[0]["keep"] == {"model.conv1": 1, "model.conv2": 16, "model.fc1": 65}
+    assert result.target == {"rates": {"model.conv1": 0.95, "model.conv2": 0.68, "model.fc1": 0.87}}
+
+
 def test_export_onnx_at_the_end_of_a_run(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
     cfg = _compose(FAST + ["export=onnx", f"dense.cache_dir={tmp_path / 'cache'}"])
@@ -208,6 +219,7 @@ def test_unknown_model_fails_with_hydras_error():
     (["+pruning.lamda=0.1"], "unexpected keyword argument 'lamda'"),
     (["pruning.ignored_layers=[model.conv9]"], "no module named"),
     (["target=rates", "target.rates='[0.5]*9'"], "9 rates given for a model with 2 convolutions"),
+    (["target=rates", "target.rates={model.conv9:0.5}"], r"target rates name \['model.conv9'\], which are not"),
     (["target.macs=0.001", "target.min_channels=5"], "too small"),
     (["module.lr=-1"], "lr must be > 0"),
     (["export=tflite"], "export must be null or one of"),
