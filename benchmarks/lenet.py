@@ -10,7 +10,10 @@
 A method is named with its allocation, ``<method>@<allocation>`` (``ssr_l21@method``: the
 structure SSR learns; ``ssr_l21@uniform``: every layer the same fraction; a bare name takes the
 method's default), or ``none``: the dense model fine-tuned for the same epochs, unpruned, the
-equal-budget reference that tells the effect of pruning from that of the extra training.
+equal-budget reference that tells the effect of pruning from that of the extra training. A
+structure in place of the allocation, ``<method>@<conv1>-<conv2>-<fc1>`` (``l1@1-16-65``), prunes
+to those counts (``target.rates`` by layer): a learned structure handed to another method, which
+tells what the structure is worth from what the method's weights are.
 Every method compresses the same dense LeNet-5 of each seed (the job's dense cache) to the same
 MACs target (MNIST: 2.5% of the dense MACs, 40x; Fashion-MNIST: 10%, 10x) with the same epoch
 budget: methods with a training-time term get ``--sparsify`` epochs with it and ``--finetune``
@@ -84,13 +87,46 @@ PAPER = [
 DENSE_MACS, DENSE_PARAMS = 2_293_000, 431_080
 
 
+LAYERS = {"model.conv1": 20, "model.conv2": 50, "model.fc1": 500}  # the prunable layers and their widths
+
+
+def structure_of(spec: str) -> dict[str, int] | None:
+    """The per-layer counts of a spec ``<method>@<conv1>-<conv2>-<fc1>`` (``l1@1-16-65``: the method
+    prunes to that structure, given by hand), or ``None`` for ``<method>@<allocation>``."""
+    counts = (parse_spec(spec)[1] or "").split("-")
+    if len(counts) != len(LAYERS) or not all(c.isdigit() for c in counts):
+        return None
+    return dict(zip(LAYERS, map(int, counts)))
+
+
+def check_lenet_spec(spec: str) -> str:
+    """An argparse type: a method spec (:func:`benchmarks.specs.check_spec`), or a method with a
+    LeNet-5 structure in place of the allocation (:func:`structure_of`)."""
+    keep = structure_of(spec)
+    if keep is None:
+        return check_spec(spec)
+    check_spec(parse_spec(spec)[0])
+    bad = [f"{name} {k}" for (name, k) in keep.items() if not 1 <= k <= LAYERS[name]]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{spec!r}: a LeNet-5 structure keeps 1 to "
+                                         f"{'-'.join(map(str, LAYERS.values()))} filters; got {', '.join(bad)}")
+    return spec
+
+
 def overrides(dataset: str, method: str, seed: int, args) -> list[str]:
     data, macs = DATASETS[dataset]
     oneshot = is_oneshot(method)
     sparsify = 0 if oneshot else args.sparsify
     finetune = args.finetune + (args.sparsify if oneshot else 0)
-    target = [] if parse_spec(method)[0] == "none" else [f"target.macs={macs}"]
-    return [f"data={data}", "model=lenet5", *spec_overrides(method), *target,
+    keep = structure_of(method)
+    if keep is not None:  # the structure given: each layer's rate keeps exactly its count
+        rates = ",".join(f"{name}:{round(1 - k / LAYERS[name], 12)!r}" for name, k in keep.items())
+        method_part = [f"pruning={parse_spec(method)[0]}", "target=rates", f"target.rates={{{rates}}}"]
+        target = []
+    else:
+        method_part = spec_overrides(method)
+        target = [] if parse_spec(method)[0] == "none" else [f"target.macs={macs}"]
+    return [f"data={data}", "model=lenet5", *method_part, *target,
             f"seed={seed}", f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
             f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "verbose=false",
             "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *args.override]
@@ -355,8 +391,9 @@ def train_all(args, log) -> list[dict]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=METHODS, type=check_spec,
-                        help="<method>@<allocation> (a bare name: the method's default allocation), or none")
+    parser.add_argument("--methods", nargs="+", default=METHODS, type=check_lenet_spec,
+                        help="<method>@<allocation> (a bare name: the method's default allocation), "
+                             "<method>@<conv1>-<conv2>-<fc1> (that structure, e.g. l1@1-16-65), or none")
     parser.add_argument("--methods-for", nargs="+", action="append", default=[], metavar="DATASET SPEC",
                         help="the methods of one dataset instead of --methods: a dataset, then its specs")
     parser.add_argument("--reference", default=REFERENCE, type=check_spec,
@@ -383,7 +420,7 @@ def main(argv=None) -> dict:
         if entry[0] not in args.datasets or len(entry) < 2:
             parser.error(f"--methods-for {' '.join(entry)}: give one of {args.datasets}, then its method specs")
         for spec in entry[1:]:
-            check_spec(spec)
+            check_lenet_spec(spec)
     args.methods_by_dataset = {d: args.methods for d in args.datasets} | {e[0]: e[1:] for e in args.methods_for}
     if args.remeasure is None:
         refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force)

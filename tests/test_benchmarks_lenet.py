@@ -144,3 +144,21 @@ def test_the_papers_rows_join_only_a_table_that_has_their_dataset():
     assert {r["dataset"] for r in lenet.paper_rows(["mnist", "fashion_mnist"])} == {"mnist"}
     assert len(lenet.paper_rows(["mnist"])) == len(lenet.PAPER)
     assert lenet.paper_rows(["fashion_mnist"]) == []
+
+
+def test_a_structure_spec_prunes_to_that_structure_with_the_others_settings():
+    """``l1@1-16-65``: the method prunes to the counts given, through target.rates by layer; the
+    epochs and the other overrides are those of ``l1@uniform``."""
+    args = argparse.Namespace(dense_epochs=20, sparsify=10, finetune=14, override=["module.distill=0.7"])
+    given = lenet.overrides("mnist", "l1@1-16-65", 0, args)
+    assert given[2:5] == ["pruning=l1", "target=rates",
+                          "target.rates={model.conv1:0.95,model.conv2:0.68,model.fc1:0.87}"]
+    uniform = lenet.overrides("mnist", "l1@uniform", 0, args)
+    assert given[5:] == [o for o in uniform[2:] if not o.startswith(("pruning=", "target"))]
+    assert lenet.structure_of("l1@uniform") is None and lenet.structure_of("ssr_l20@2-6-87") == {
+        "model.conv1": 2, "model.conv2": 6, "model.fc1": 87}
+    assert lenet.check_lenet_spec("l1@1-16-65") == "l1@1-16-65"
+    for bad, match in (("l1@0-16-65", "keeps 1 to 20-50-500 filters; got model.conv1 0"),
+                       ("l1@1-16-501", "model.fc1 501"), ("l9@1-16-65", "l9")):
+        with pytest.raises((argparse.ArgumentTypeError, ValueError), match=match):
+            lenet.check_lenet_spec(bad)
