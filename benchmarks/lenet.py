@@ -56,7 +56,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
-from benchmarks.specs import check_spec, is_oneshot, parse_spec, spec_overrides
+from benchmarks.specs import check_spec, given_structure, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -93,10 +93,8 @@ LAYERS = {"model.conv1": 20, "model.conv2": 50, "model.fc1": 500}  # the prunabl
 def structure_of(spec: str) -> dict[str, int] | None:
     """The per-layer counts of a spec ``<method>@<conv1>-<conv2>-<fc1>`` (``l1@1-16-65``: the method
     prunes to that structure, given by hand), or ``None`` for ``<method>@<allocation>``."""
-    counts = (parse_spec(spec)[1] or "").split("-")
-    if len(counts) != len(LAYERS) or not all(c.isdigit() for c in counts):
-        return None
-    return dict(zip(LAYERS, map(int, counts)))
+    counts = given_structure(spec)
+    return dict(zip(LAYERS, counts)) if counts is not None and len(counts) == len(LAYERS) else None
 
 
 def check_lenet_spec(spec: str) -> str:

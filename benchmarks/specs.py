@@ -15,6 +15,13 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, allocation or None
 
 
+def given_structure(spec: str) -> list[int] | None:
+    """The per-layer counts a spec names in place of its allocation (``l1@1-16-65``: a structure
+    given by hand, not one any method chose), or ``None``."""
+    counts = (parse_spec(spec)[1] or "").split("-")
+    return [int(c) for c in counts] if all(c.isdigit() for c in counts) else None
+
+
 def spec_overrides(spec: str) -> list[str]:
     """The job's overrides for a method spec: the method, its target section, its allocation."""
     name, allocation = parse_spec(spec)

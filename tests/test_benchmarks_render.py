@@ -139,6 +139,15 @@ def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
     assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
 
 
+def test_a_lenet_headline_leaves_out_a_structure_given_by_hand(tmp_path):
+    learned = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
+               "drop_mean": 0.22, "drop_std": 0.1, "n_runs": 5, "dense_accuracy_mean": 0.9921}
+    given = {**learned, "method": "ssr_l20@1-16-65", "drop_mean": 0.15}
+    (tmp_path / "lenet_distill_s10.json").write_text(json.dumps({"rows": [given, learned]}))
+    text = headline(tmp_path)
+    assert "ssr_l20@method: 40.0x fewer MACs, drop +0.22" in text and "ssr_l20@1-16-65" not in text
+
+
 def test_a_lenet_table_leaves_out_the_papers_rows_of_a_dataset_it_did_not_run():
     measured = {"dataset": "fashion_mnist", "method": "l1@uniform", "filters": "5-15-149", "macs_reduction": 10.0,
                 "drop_mean": 0.63, "drop_std": 0.09, "n_runs": 5, "dense_accuracy_mean": 0.9152}
