@@ -103,7 +103,8 @@ def check_lenet_spec(spec: str) -> str:
     keep = structure_of(spec)
     if keep is None:
         return check_spec(spec)
-    check_spec(parse_spec(spec)[0])
+    if parse_spec(check_spec(parse_spec(spec)[0]))[0] == "none":
+        raise argparse.ArgumentTypeError(f"{spec!r}: none prunes nothing; give a method with the structure")
     bad = [f"{name} {k}" for (name, k) in keep.items() if not 1 <= k <= LAYERS[name]]
     if bad:
         raise argparse.ArgumentTypeError(f"{spec!r}: a LeNet-5 structure keeps 1 to "

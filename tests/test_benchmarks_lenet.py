@@ -159,6 +159,6 @@ def test_a_structure_spec_prunes_to_that_structure_with_the_others_settings():
         "model.conv1": 2, "model.conv2": 6, "model.fc1": 87}
     assert lenet.check_lenet_spec("l1@1-16-65") == "l1@1-16-65"
     for bad, match in (("l1@0-16-65", "keeps 1 to 20-50-500 filters; got model.conv1 0"),
-                       ("l1@1-16-501", "model.fc1 501"), ("l9@1-16-65", "l9")):
+                       ("l1@1-16-501", "model.fc1 501"), ("l9@1-16-65", "l9"), ("none@1-16-65", "prunes nothing")):
         with pytest.raises((argparse.ArgumentTypeError, ValueError), match=match):
             lenet.check_lenet_spec(bad)

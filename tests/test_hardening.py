@@ -108,6 +108,8 @@ REFUSED_AT_SETUP = [
     ("ignored_unknown_layer", SmallResidualCNN,
      lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.nope"], **ONESHOT),
      ValueError, "net.nope"),
+    ("rates_unknown_layer", SmallResidualCNN,
+     lambda: Pruning("oneshot", target={"rates": {"net.nope": 0.5}}, **ONESHOT), ValueError, "['net.nope']"),
     ("target_unreachable", SmallResidualCNN,
      lambda: Pruning("oneshot", target={"macs": 0.01}, min_channels=4, **ONESHOT), ValueError, "too small"),
 ]
@@ -156,6 +158,7 @@ BAD_ARGUMENTS = [
     (lambda: PruningSchedule(update_every_n_steps=0), ValueError, "update_every_n_steps"),
     (lambda: PruningSchedule(finetune_epochs="3"), TypeError, "finetune_epochs"),
     (lambda: Pruning("oneshot", target={"rates": "__import__('os')"}), ValueError, "rate expression"),
+    (lambda: Pruning("oneshot", target={"rates": {"net.conv_a": 1.0}}), ValueError, "rates must be in [0, 1)"),
 ]
 
 
