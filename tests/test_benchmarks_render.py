@@ -130,12 +130,14 @@ def test_the_distilled_lenet_tables_have_their_own_headline_rows(tmp_path):
 def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
     row = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
            "drop_mean": 0.2, "drop_std": 0.05, "n_runs": 5, "dense_accuracy_mean": 0.9921}
-    for name, sparsify in (("lenet_distill", 6), ("lenet_distill_s10", 10)):
+    for name, sparsify, finetune in (("lenet_distill", 6, 14), ("lenet_distill_s10", 10, 14),
+                                     ("lenet_distill_s16", 16, 8)):
         (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"settings": {"sparsify": sparsify, "finetune": 14}, "rows": [row]}))
+            {"settings": {"sparsify": sparsify, "finetune": finetune}, "rows": [row]}))
     text = headline(tmp_path)
     assert "LeNet-5 on mnist, distilled from the dense model, 6 + 14 epochs, lowest mean drop" in text
     assert "LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, lowest mean drop" in text
+    assert "LeNet-5 on mnist, distilled from the dense model, 16 + 8 epochs, lowest mean drop" in text
     assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
 
 
