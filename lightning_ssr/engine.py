@@ -17,6 +17,9 @@ hooks; a hand-written training loop drives it the same way::
                             max_epochs=engine.schedule.total_epochs)
     result = engine.finish(model)
 
+(with a learning-rate scheduler and ``PruningSchedule(restart_lr=True)``, pass
+``schedulers=[scheduler]`` to ``on_batch_start`` as well).
+
 The engine owns everything that is not method-specific: graph discovery, targets -> keep counts
 (:class:`~lightning_ssr.targets.Budget`), the dry run at set-up, masking and the rebuild,
 optimizer remapping, the per-event records and the :class:`~lightning_ssr.report.PruningResult`.
@@ -43,7 +46,7 @@ from .cost import ModelCost, channel_macs, count_cost
 from .latency import model_ms
 from .methods.base import MethodContext, PruningMethod, build_method
 from .report import PruningResult, format_layer_table, layer_rows
-from .schedule import PruningSchedule
+from .schedule import PruningSchedule, check_restartable, restart_lr_schedules
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
@@ -289,10 +292,11 @@ class PruningEngine:
     def on_batch_start(self, model: nn.Module, batch, *, epoch: int, step: int,
                        optimizers: Sequence[torch.optim.Optimizer], world: World = SINGLE,
                        steps_per_epoch: int | None = None, evaluate: Callable[[nn.Module], float] | None = None,
-                       ) -> dict[str, float]:
+                       schedulers: Sequence[Any] = ()) -> dict[str, float]:
         """Before the step of ``batch`` (``epoch``, the global optimizer ``step``): sets the method
-        up, starts its sparsify phase, and prunes when an event is due. Returns metrics of a prune
-        (``macs``, ``params`` after it), else ``{}``."""
+        up, starts its sparsify phase, and prunes when an event is due. ``schedulers``: the
+        optimizers' learning-rate schedulers, which ``schedule.restart_lr`` starts again after
+        the last event. Returns metrics of a prune (``macs``, ``params`` after it), else ``{}``."""
         if self.example is None:
             found = first_tensor(batch)
             if found is None:
@@ -304,6 +308,8 @@ class PruningEngine:
         if self._start_time is None:
             self.start()
         if self._context is None:
+            if self.schedule.restart_lr:
+                check_restartable(schedulers)
             if self.target is not None and self.target.kind == "latency":  # real inputs to time on
                 found = first_tensor(batch)
                 self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
@@ -312,7 +318,7 @@ class PruningEngine:
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once
         if due:
-            return self._prune(model, epoch, step, optimizers, world)
+            return self._prune(model, epoch, step, optimizers, world, schedulers)
         return {}
 
     def on_before_optimizer_step(self) -> None:
@@ -540,8 +546,9 @@ class PruningEngine:
         return self.dense.keep_at(self.events_done, self.schedule.prune_events, ctx.groups)
 
     def _prune(self, model: nn.Module, epoch: int, step: int, optimizers: Sequence[torch.optim.Optimizer],
-               world: World) -> dict[str, float]:
-        """Select, mask, rebuild, remap the optimizer(s), and record the event."""
+               world: World, schedulers: Sequence[Any] = ()) -> dict[str, float]:
+        """Select, mask, rebuild, remap the optimizer(s), record the event, and after the last
+        event start the learning-rate schedules again if the schedule says so."""
         ctx = self._context
         example = self.example.to(next(model.parameters()).device)
         keep = ctx.keep
@@ -585,6 +592,9 @@ class PruningEngine:
         self.plan = plan
         setattr(model, APPLIED_PLAN_ATTR, self.plan.to_dict())
         self.events_done += 1
+        restarted = restart_lr_schedules(schedulers) if self.schedule.restart_lr and self.done else None
+        if restarted is not None:
+            info["lr_restart"] = restarted  # the scheduler steps the fine-tuning anneals over
         self._costs.setdefault("rebuild_s", []).append(rebuild_s)  # wall times go to timings, not to events
         self._events.append({"epoch": epoch, "step": step, "macs": int(after.macs), "params": int(after.params),
                              "keep": {g.name: int(masks[g.name].sum()) for g in ctx.groups},

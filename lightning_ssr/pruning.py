@@ -242,7 +242,8 @@ class Pruning(Callback):
             world=self._world,
             steps_per_epoch=steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
             if setting_up else None,
-            evaluate=(engine.evaluate or validation_accuracy(trainer, pl_module)) if setting_up else None)
+            evaluate=(engine.evaluate or validation_accuracy(trainer, pl_module)) if setting_up else None,
+            schedulers=[config.scheduler for config in trainer.lr_scheduler_configs])
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
+from typing import Any
+
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .validation import check_number
 
@@ -24,6 +28,13 @@ class PruningSchedule:
       compared intervals for SSR on LeNet-5/MNIST: every 25 steps lost the least accuracy with
       the L2,0 budget and pruned the most with L2,1, hence the default.
 
+    - ``restart_lr``: after the last prune event, the learning-rate schedule starts again from
+      its initial rate and anneals over what it had left, so that the fine-tuning of the pruned
+      model gets a whole schedule (learning-rate rewinding, Renda et al. 2020) rather than the
+      tail that was left when the method pruned late. It needs ``CosineAnnealingLR``
+      schedulers (the run is refused before its first step otherwise); a prune at the first
+      step leaves the schedule as it was.
+
     ``admm_epochs`` is accepted as the former name of ``sparsify_epochs``.
     """
 
@@ -34,6 +45,7 @@ class PruningSchedule:
     stop_early: bool = True
     prune_events: int = 1
     epochs_between_prunes: int = 1
+    restart_lr: bool = False
     admm_epochs: InitVar[int | None] = None
 
     def __post_init__(self, admm_epochs):
@@ -45,8 +57,9 @@ class PruningSchedule:
         check_number(owner, "prune_events", self.prune_events, low=1, integer=True)
         check_number(owner, "epochs_between_prunes", self.epochs_between_prunes, low=1, integer=True)
         check_number(owner, "update_every_n_steps", self.update_every_n_steps, low=1, integer=True, optional=True)
-        if not isinstance(self.stop_early, bool):
-            raise TypeError(f"{owner}: stop_early must be a bool, got {self.stop_early!r}")
+        for name in ("stop_early", "restart_lr"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{owner}: {name} must be a bool, got {getattr(self, name)!r}")
 
     def prune_epoch(self, event: int = 0) -> int:
         """The (0-based) epoch at whose start prune event ``event`` is due."""
@@ -65,3 +78,33 @@ class PruningSchedule:
         if epoch < self.warmup_epochs:
             return "warmup"
         return "sparsify"
+
+
+def check_restartable(schedulers: Sequence[Any]) -> None:
+    """Refuse, before training, learning-rate schedulers that ``restart_lr`` cannot start again:
+    it needs at least one, and each a :class:`torch.optim.lr_scheduler.CosineAnnealingLR`."""
+    if not schedulers:
+        raise ValueError("PruningSchedule(restart_lr=True) starts the learning-rate schedule again after the last "
+                         "prune, but the optimizer has no scheduler: return a CosineAnnealingLR from "
+                         "configure_optimizers, or set restart_lr=False")
+    other = sorted({type(s).__name__ for s in schedulers if not isinstance(s, CosineAnnealingLR)})
+    if other:
+        raise ValueError(f"PruningSchedule(restart_lr=True) can start CosineAnnealingLR schedules again, not "
+                         f"{', '.join(other)}: use CosineAnnealingLR, or set restart_lr=False")
+
+
+def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
+    """Start each cosine schedule again from its initial rates, annealed over the steps it had left
+    (its own unit: epochs or steps). Returns those steps, or ``None`` where nothing changed: none
+    was left, or none had been taken (a schedule restarted at its start is the same schedule)."""
+    left = None
+    for sched in schedulers:
+        steps = sched.T_max - sched.last_epoch
+        if steps < 1 or sched.last_epoch == 0:
+            continue
+        sched.T_max, sched.last_epoch = steps, 0
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base
+        sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+        left = steps if left is None else max(left, steps)
+    return left

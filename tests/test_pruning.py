@@ -1,5 +1,6 @@
 """The generic ``Pruning`` engine and its ``SSRPruning`` preset inside ``Trainer.fit``."""
 
+import dataclasses
 import io
 import math
 
@@ -359,3 +360,71 @@ def test_allocation_and_round_to_are_validated_in_init():
         Pruning(method="oneshot", target={"macs": 0.5}, allocation="greedy")
     with pytest.raises(ValueError, match="round_to"):
         Pruning(method="oneshot", target={"macs": 0.5}, round_to=0)
+
+
+class CosineClassifier(TinyClassifier):
+    """The user's module with a cosine schedule over the whole fit."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return {"optimizer": opt,
+                "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=SCHEDULE.total_epochs)}
+
+
+class EpochRates(Callback):
+    """The learning rate each epoch trains with (read at its first batch, after any prune)."""
+
+    def __init__(self):
+        self.lrs = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.setdefault(trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"])
+
+
+RESTART = dataclasses.replace(SCHEDULE, restart_lr=True)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_restart_lr_gives_the_fine_tuning_a_whole_cosine_schedule(tmp_path, restart):
+    pl.seed_everything(0)
+    rates = EpochRates()
+    cb = Pruning(method="l1", target={"macs": 0.5}, schedule=RESTART if restart else SCHEDULE, verbose=False)
+    trainer(tmp_path, [cb, rates], SCHEDULE.total_epochs).fit(CosineClassifier(), loader())
+    total, prune = SCHEDULE.total_epochs, SCHEDULE.prune_epoch()
+    plain = [0.05 * (1 + math.cos(math.pi * e / total)) / 2 for e in range(total)]
+    left = total - prune  # the fine-tuning: its own cosine from the initial rate
+    restarted = plain[:prune] + [0.05 * (1 + math.cos(math.pi * k / left)) / 2 for k in range(left)]
+    expected = restarted if restart else plain
+    assert [rates.lrs[e] for e in range(total)] == pytest.approx(expected, rel=1e-12)
+    assert cb.events[0].get("lr_restart") == (left if restart else None)
+
+
+def test_restart_lr_without_a_cosine_schedule_is_refused_before_the_first_step(tmp_path):
+    model = TinyClassifier()  # its scheduler is a StepLR
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method="l1", target={"macs": 0.5}, schedule=RESTART, verbose=False)],
+                  SCHEDULE.total_epochs)
+    with pytest.raises(ValueError, match="CosineAnnealingLR schedules again, not StepLR"):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("stop_after", [3, 4], ids=["before_the_prune", "after_the_restart"])
+def test_a_resumed_run_with_restart_lr_matches_an_uninterrupted_one(tmp_path, stop_after):
+    def run(max_epochs, dirpath, ckpt_path=None):
+        pl.seed_everything(0)
+        model, rates = CosineClassifier(), EpochRates()
+        cb = Pruning(method="l1", target={"macs": 0.5}, schedule=RESTART, verbose=False)
+        fit = trainer(tmp_path, [cb, rates, epoch_checkpoints(dirpath, resume_from=ckpt_path)], max_epochs)
+        fit.fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb, rates, fit
+
+    full_model, full_cb, full_rates, full_fit = run(RESTART.total_epochs, tmp_path / "full")
+    run(stop_after, tmp_path / "stopped")
+    model, cb, rates, fit = run(RESTART.total_epochs, tmp_path / "resumed",
+                                ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
+    assert cb.events == full_cb.events and cb.events[0]["lr_restart"] == RESTART.finetune_epochs
+    assert all(rates.lrs[e] == full_rates.lrs[e] for e in rates.lrs)  # the epochs the resumed fit ran
+    assert fit.optimizers[0].param_groups[0]["lr"] == full_fit.optimizers[0].param_groups[0]["lr"]
+    assert_same_weights(model, full_model)

@@ -109,6 +109,9 @@ def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModul
     if cfg.ckpt_path is not None:
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or not a checkpoint: an error naming the file
     callback = build_pruning(cfg)
+    if callback is not None and callback.schedule.restart_lr and not cfg.module.get("cosine", False):
+        raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
+                         "set module.cosine=true, or schedule.restart_lr=false")
     dm = build_data(cfg)
     net = build_network(cfg, dm)
     lm = build_module(cfg, net, dm)

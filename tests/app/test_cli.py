@@ -222,6 +222,8 @@ def test_unknown_model_fails_with_hydras_error():
     (["target=rates", "target.rates={model.conv9:0.5}"], r"target rates name \['model.conv9'\], which are not"),
     (["target.macs=0.001", "target.min_channels=5"], "too small"),
     (["module.lr=-1"], "lr must be > 0"),
+    (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
+    (["schedule.restart_lr=1"], "restart_lr must be a bool"),
     (["export=tflite"], "export must be null or one of"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
