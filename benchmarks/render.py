@@ -304,8 +304,10 @@ def render_structure(d):
 
 #: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
 #: (``lenet_distill_s10``: the same with 10 epochs of the method's term instead of 6;
-#: ``lenet_distill_s16``: 16 of its 24 epochs with the term, the other runs unchanged)
-LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16")
+#: ``lenet_distill_s16``: 16 of its 24 epochs with the term, the other runs unchanged;
+#: ``lenet_distill_restart``: lenet_distill_s10 with the LR schedule restarted after the prune)
+LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
+                "lenet_distill_restart")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -348,14 +350,17 @@ def _section(name: str) -> str:
 
 
 def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
-    """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file, ``lenet`` or
-    ``lenet_distill*``, the same runs with the dense model as a teacher), with the epoch budget
-    (the method's term + fine-tuning) recorded in the file; rows of a structure given by hand
-    (``l1@1-16-65``) are left out."""
-    what = "LeNet-5 on {}" + (", distilled from the dense model" if name.startswith("lenet_distill") else "")
+    """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file), named by what the
+    file recorded it ran with: a teacher (``module.distill``), the epoch budget (the method's
+    term + fine-tuning) and a restarted LR schedule (``schedule.restart_lr``); rows of a
+    structure given by hand (``l1@1-16-65``) are left out."""
     settings = d.get("settings") or {}
+    given = dict(o.split("=", 1) for o in settings.get("override") or [] if "=" in o)  # what the file ran with
+    what = "LeNet-5 on {}" + (", distilled from the dense model" if float(given.get("module.distill", 0)) > 0 else "")
     if "sparsify" in settings and "finetune" in settings:  # the epoch budget, which tables may differ in
         what += f", {settings['sparsify']} + {settings['finetune']} epochs"
+    if given.get("schedule.restart_lr", "").lower() == "true":
+        what += ", the LR schedule restarted after the prune"
     rows = []
     measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
     for dataset in dict.fromkeys(r["dataset"] for r in measured):

@@ -120,24 +120,31 @@ def test_the_distilled_lenet_tables_have_their_own_headline_rows(tmp_path):
            "vs_reference": {"reference": "l1@uniform", "n": 5, "mean": 0.07, "low": -0.1, "high": 0.24,
                             "verdict": "not distinguishable"}}
     for name, dataset in (("lenet_distill", "mnist"), ("lenet_distill_fashion_mnist", "fashion_mnist")):
-        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": [{**row, "dataset": dataset}]}))
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"settings": {"override": ["module.distill=0.7"]}, "rows": [{**row, "dataset": dataset}]}))
+    (tmp_path / "lenet.json").write_text(json.dumps({"settings": {"override": []}, "rows": [row]}))
     text = headline(tmp_path)
     assert "LeNet-5 on mnist, distilled from the dense model, lowest mean drop" in text
     assert "LeNet-5 on fashion_mnist, distilled from the dense model" in text
     assert "(benchmarks/RESULTS.md#lenet_distill_fashion_mnist)" in text and "not distinguishable" in text
+    assert "| LeNet-5 on mnist, lowest mean drop |" in text  # no teacher recorded: none named
 
 
 def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
     row = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
            "drop_mean": 0.2, "drop_std": 0.05, "n_runs": 5, "dense_accuracy_mean": 0.9921}
-    for name, sparsify, finetune in (("lenet_distill", 6, 14), ("lenet_distill_s10", 10, 14),
-                                     ("lenet_distill_s16", 16, 8)):
+    for name, sparsify, finetune, extra in (("lenet_distill", 6, 14, []), ("lenet_distill_s10", 10, 14, []),
+                                            ("lenet_distill_s16", 16, 8, []),
+                                            ("lenet_distill_restart", 10, 14, ["schedule.restart_lr=true"])):
         (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"settings": {"sparsify": sparsify, "finetune": finetune}, "rows": [row]}))
+            {"settings": {"sparsify": sparsify, "finetune": finetune, "override": ["module.distill=0.7", *extra]},
+             "rows": [row]}))
     text = headline(tmp_path)
     assert "LeNet-5 on mnist, distilled from the dense model, 6 + 14 epochs, lowest mean drop" in text
     assert "LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, lowest mean drop" in text
     assert "LeNet-5 on mnist, distilled from the dense model, 16 + 8 epochs, lowest mean drop" in text
+    assert ("LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, the LR schedule restarted after "
+            "the prune, lowest mean drop") in text
     assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
 
 
