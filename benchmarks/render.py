@@ -305,9 +305,12 @@ def render_structure(d):
 #: the LeNet-5 tables with a headline row: without a teacher, and with the dense model as one
 #: (``lenet_distill_s10``: the same with 10 epochs of the method's term instead of 6;
 #: ``lenet_distill_s16``: 16 of its 24 epochs with the term, the other runs unchanged;
-#: ``lenet_distill_restart``: lenet_distill_s10 with the LR schedule restarted after the prune)
+#: ``lenet_distill_restart``: lenet_distill_s10 with the LR schedule restarted after the prune;
+#: ``lenet_distill_restart_seeds5_9``: that again on five seeds it had not run)
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
-                "lenet_distill_restart")
+                "lenet_distill_restart", "lenet_distill_restart_seeds5_9")
+#: the seeds a LeNet-5 table runs unless told otherwise (``benchmarks/lenet.py --seeds``)
+DEFAULT_LENET_SEEDS = [0, 1, 2, 3, 4]
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -352,8 +355,8 @@ def _section(name: str) -> str:
 def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
     """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file), named by what the
     file recorded it ran with: a teacher (``module.distill``), the epoch budget (the method's
-    term + fine-tuning) and a restarted LR schedule (``schedule.restart_lr``); rows of a
-    structure given by hand (``l1@1-16-65``) are left out."""
+    term + fine-tuning), a restarted LR schedule (``schedule.restart_lr``) and seeds other than
+    the default ones; rows of a structure given by hand (``l1@1-16-65``) are left out."""
     settings = d.get("settings") or {}
     given = dict(o.split("=", 1) for o in settings.get("override") or [] if "=" in o)  # what the file ran with
     what = "LeNet-5 on {}" + (", distilled from the dense model" if float(given.get("module.distill", 0)) > 0 else "")
@@ -361,6 +364,11 @@ def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
         what += f", {settings['sparsify']} + {settings['finetune']} epochs"
     if given.get("schedule.restart_lr", "").lower() == "true":
         what += ", the LR schedule restarted after the prune"
+    seeds = settings.get("seeds")
+    if seeds and seeds != DEFAULT_LENET_SEEDS:  # a replication on other seeds reads apart from the first run
+        contiguous = sorted(seeds) == list(range(min(seeds), max(seeds) + 1))
+        what += f", seeds {min(seeds)}-{max(seeds)}" if contiguous and len(seeds) > 1 else \
+            f", seeds {', '.join(map(str, seeds))}"
     rows = []
     measured = [r for r in d.get("rows", []) if r.get("source") != "paper" and r.get("n_runs")]
     for dataset in dict.fromkeys(r["dataset"] for r in measured):

@@ -148,6 +148,20 @@ def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
     assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
 
 
+def test_a_lenet_headline_names_seeds_other_than_the_default(tmp_path):
+    row = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
+           "drop_mean": 0.2, "drop_std": 0.05, "n_runs": 5, "dense_accuracy_mean": 0.9921}
+    settings = {"sparsify": 10, "finetune": 14, "override": ["schedule.restart_lr=true"]}
+    for name, seeds in (("lenet_distill_restart", [0, 1, 2, 3, 4]), ("lenet_distill_restart_seeds5_9", [5, 6, 7, 8, 9]),
+                        ("lenet_distill_s10", [0, 3])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"settings": {**settings, "seeds": seeds}, "rows": [row]}))
+    text = headline(tmp_path)
+    assert "10 + 14 epochs, the LR schedule restarted after the prune, lowest mean drop" in text  # the default seeds
+    assert "the LR schedule restarted after the prune, seeds 5-9, lowest mean drop" in text
+    assert "(benchmarks/RESULTS.md#lenet_distill_restart_seeds5_9)" in text
+    assert "seeds 0, 3, lowest mean drop" in text
+
+
 def test_a_lenet_headline_leaves_out_a_structure_given_by_hand(tmp_path):
     learned = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
                "drop_mean": 0.22, "drop_std": 0.1, "n_runs": 5, "dense_accuracy_mean": 0.9921}
