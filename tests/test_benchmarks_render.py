@@ -162,6 +162,18 @@ def test_a_lenet_headline_names_seeds_other_than_the_default(tmp_path):
     assert "seeds 0, 3, lowest mean drop" in text
 
 
+def test_a_lenet_table_with_a_failed_run_states_one_dense_accuracy_and_the_headline_counts_the_failure(tmp_path):
+    ok = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "2-7-50", "macs_reduction": 40.0,
+          "drop_mean": 0.26, "drop_std": 0.06, "n_runs": 5, "failed": 0, "dense_accuracy_mean": 0.9923}
+    short = {**ok, "method": "l1@uniform", "filters": "2-6-87", "drop_mean": 0.23, "n_runs": 4, "failed": 1,
+             "dense_accuracy_mean": 0.99225, "errors": [{"seed": 6, "error": "FloatingPointError: nan"}]}
+    text = "\n".join(render_lenet({"rows": [ok, short]}))
+    assert "Dense accuracy (mean over seeds): mnist 99.23%." in text  # the five seeds', not also the four's
+    assert "- mnist l1@uniform, seed 6: FloatingPointError: nan" in text
+    (tmp_path / "lenet_distill_restart.json").write_text(json.dumps({"rows": [ok, short]}))
+    assert "drop +0.23 ± 0.06 pt over 4 seeds (1 failed, listed in the table) (dense" in headline(tmp_path)
+
+
 def test_a_lenet_headline_leaves_out_a_structure_given_by_hand(tmp_path):
     learned = {"dataset": "mnist", "method": "ssr_l20@method", "filters": "1-16-65", "macs_reduction": 40.0,
                "drop_mean": 0.22, "drop_std": 0.1, "n_runs": 5, "dense_accuracy_mean": 0.9921}
