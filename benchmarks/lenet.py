@@ -56,7 +56,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
-from benchmarks.specs import check_spec, given_structure, is_oneshot, parse_spec, spec_overrides
+from benchmarks.specs import LENET_SEEDS, check_spec, given_structure, is_oneshot, parse_spec, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -397,7 +397,7 @@ def main(argv=None) -> dict:
                         help="the methods of one dataset instead of --methods: a dataset, then its specs")
     parser.add_argument("--reference", default=REFERENCE, type=check_spec,
                         help="the method every other is compared with, seed by seed")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(LENET_SEEDS))
     parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
     parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")

@@ -28,7 +28,7 @@ METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(HERE.parent))
-from benchmarks.specs import given_structure
+from benchmarks.specs import LENET_SEEDS, given_structure
 from benchmarks.stats import interval, pm
 
 
@@ -83,11 +83,8 @@ def render_lenet(d):
                          interval(versus) if versus else "(reference)",
                          _f(r.get("speedup_b1_runtime"), 1, "x"), _f(r.get("speedup_b256"), 1, "x")])
     # one figure per dataset, over the most seeds: a row with a failed run averages fewer dense models
-    widest = {}
-    for r in measured:
-        if r.get("n_runs") and r["n_runs"] > widest.get(r["dataset"], {}).get("n_runs", 0):
-            widest[r["dataset"]] = r
-    dense = sorted((ds, 100 * r["dense_accuracy_mean"]) for ds, r in widest.items())
+    dense = sorted({r["dataset"]: 100 * r["dense_accuracy_mean"]
+                    for r in sorted((r for r in measured if r.get("n_runs")), key=lambda r: r["n_runs"])}.items())
     return table(["dataset", "method", "filters", "learned", "MACs", "drop (pt)", "runs",
                   "accuracy vs reference (pt, 95% CI)", "b1 ONNX RT", "b256"], rows) + [
         "", "Dense accuracy (mean over seeds): " + ", ".join(f"{ds} {acc:.2f}%" for ds, acc in dense) + ".",
@@ -314,8 +311,6 @@ def render_structure(d):
 #: ``lenet_distill_restart_seeds5_9``: that again on five seeds it had not run)
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
                 "lenet_distill_restart", "lenet_distill_restart_seeds5_9")
-#: the seeds a LeNet-5 table runs unless told otherwise (``benchmarks/lenet.py --seeds``)
-DEFAULT_LENET_SEEDS = [0, 1, 2, 3, 4]
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -370,7 +365,7 @@ def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
     if given.get("schedule.restart_lr", "").lower() == "true":
         what += ", the LR schedule restarted after the prune"
     seeds = settings.get("seeds")
-    if seeds and seeds != DEFAULT_LENET_SEEDS:  # a replication on other seeds reads apart from the first run
+    if seeds and seeds != list(LENET_SEEDS):  # a replication on other seeds reads apart from the first run
         contiguous = sorted(seeds) == list(range(min(seeds), max(seeds) + 1))
         what += f", seeds {min(seeds)}-{max(seeds)}" if contiguous and len(seeds) > 1 else \
             f", seeds {', '.join(map(str, seeds))}"

@@ -8,6 +8,9 @@ import argparse
 
 from lightning_ssr.methods import available_methods, build_method
 
+#: the seeds a LeNet-5 table runs unless told otherwise (``benchmarks/lenet.py --seeds``)
+LENET_SEEDS = (0, 1, 2, 3, 4)
+
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``"ssr_l21@method"`` -> ``("ssr_l21", "method")``; ``"l1"`` -> ``("l1", None)`` (its default)."""
