@@ -46,7 +46,7 @@ from .cost import ModelCost, channel_macs, count_cost
 from .latency import model_ms
 from .methods.base import MethodContext, PruningMethod, build_method
 from .report import PruningResult, format_layer_table, layer_rows
-from .schedule import PruningSchedule, check_restartable, restart_lr_schedules
+from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
@@ -258,6 +258,7 @@ class PruningEngine:
         self._latency: dict | None = None  # latency target: dense and predicted milliseconds
         self._latency_table = None  # latency target learned by the method: the table timed at set-up
         self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
+        self._scaled_steps = ScaledSteps()  # schedule.lr_warmup_steps after a prune
 
     # ------------------------------------------------------------ properties
     @property
@@ -296,7 +297,16 @@ class PruningEngine:
         """Before the step of ``batch`` (``epoch``, the global optimizer ``step``): sets the method
         up, starts its sparsify phase, and prunes when an event is due. ``schedulers``: the
         optimizers' learning-rate schedulers, which ``schedule.restart_lr`` starts again after
-        the last event. Returns metrics of a prune (``macs``, ``params`` after it), else ``{}``."""
+        the last event. Returns metrics of a prune (``macs``, ``params`` after it), else ``{}``.
+        After a prune, the optimizer steps of ``schedule.lr_warmup_steps`` take a scaled rate."""
+        metrics = self._before_batch(model, batch, epoch, step, optimizers, world, steps_per_epoch, evaluate,
+                                     schedulers)
+        last = self._events[-1]["step"] if self._events else None
+        self._scaled_steps.set(optimizers, self.schedule.lr_scale(None if last is None else step - last))
+        return metrics
+
+    def _before_batch(self, model, batch, epoch, step, optimizers, world, steps_per_epoch, evaluate,
+                      schedulers) -> dict[str, float]:
         if self.example is None:
             found = first_tensor(batch)
             if found is None:
@@ -361,6 +371,7 @@ class PruningEngine:
     def finish(self, model: nn.Module) -> PruningResult | None:
         """The training ended: the result, with the model as it is now (also after a resume that
         trained no further: the result is not in a checkpoint)."""
+        self._scaled_steps.remove()
         if self.plan is not None and self.dense is not None:
             example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
             device = next(model.parameters()).device

@@ -234,8 +234,6 @@ class Pruning(Callback):
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         engine = self.engine
-        if engine.done:
-            return
         setting_up = engine.needs_setup  # what only the set-up reads: the epoch's length, validation data
         metrics = engine.on_batch_start(
             pl_module, batch, epoch=trainer.current_epoch, step=trainer.global_step, optimizers=trainer.optimizers,

@@ -34,6 +34,28 @@ class TinyClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
 
 
+class RecordingSGD(torch.optim.SGD):
+    """SGD that records the rate of its first group as its step reads it (after the step pre-hooks).
+    A subclass whose step calls its parent's runs torch's step hooks twice, nested (both classes'
+    steps are wrapped once an SGD was made): the rate must still be scaled once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+class RecordingClassifier(TinyClassifier):
+    """TinyClassifier whose optimizer records the rate each step takes (StepLR as before)."""
+
+    def configure_optimizers(self):
+        opt = RecordingSGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
+
+
 class NetClassifier(pl.LightningModule):
     """Cross-entropy training of any network ``net`` (SGD, momentum)."""
 

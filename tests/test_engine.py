@@ -34,7 +34,7 @@ def _unprefixed(obj):
 
 @pytest.mark.parametrize("method,kwargs", [("ssr_l20", {"rho": 0.5}), ("ssr_l21", {"rho": 0.5}), ("l1", {})])
 def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, method, kwargs):
-    schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=5)
+    schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=5, lr_warmup_steps=3)
     target = {"macs": 0.4}
 
     # the callback in Trainer.fit

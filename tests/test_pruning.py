@@ -12,7 +12,15 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningResult, PruningSchedule, SSRPruning, apply_plan
 from lightning_ssr.methods import PruningMethod
-from tests.lit import Snapshot, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
+from tests.lit import (
+    RecordingClassifier,
+    Snapshot,
+    TinyClassifier,
+    assert_same_weights,
+    epoch_checkpoints,
+    loader,
+    trainer,
+)
 
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
@@ -426,5 +434,46 @@ def test_a_resumed_run_with_restart_lr_matches_an_uninterrupted_one(tmp_path, st
                                 ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
     assert cb.events == full_cb.events and cb.events[0]["lr_restart"] == RESTART.finetune_epochs
     assert all(rates.lrs[e] == full_rates.lrs[e] for e in rates.lrs)  # the epochs the resumed fit ran
+    assert fit.optimizers[0].param_groups[0]["lr"] == full_fit.optimizers[0].param_groups[0]["lr"]
+    assert_same_weights(model, full_model)
+
+
+WARM = dataclasses.replace(SCHEDULE, lr_warmup_steps=6)  # 4 steps an epoch: the warm-up crosses an epoch end
+
+
+def test_lr_warmup_ramps_the_steps_after_the_prune_and_leaves_the_schedule_alone(tmp_path):
+    runs = {}
+    for schedule in (SCHEDULE, WARM):
+        pl.seed_everything(0)
+        model, rates = RecordingClassifier(), EpochRates()
+        cb = Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
+        fit = trainer(tmp_path, [cb, rates], SCHEDULE.total_epochs)
+        fit.fit(model, loader())
+        runs[schedule.lr_warmup_steps] = fit.optimizers[0].seen, rates.lrs
+    (plain, plain_rates), (warm, warm_rates) = runs[0], runs[6]
+    first = 4 * SCHEDULE.prune_epoch()  # the first step of the pruned model
+    assert warm[:first] == plain[:first]
+    assert warm[first:first + 6] == pytest.approx([p * (k + 1) / 7 for k, p in enumerate(plain[first:first + 6])],
+                                                  rel=1e-15)
+    assert warm[first + 6:] == plain[first + 6:] and len(warm) == len(plain)
+    assert warm_rates == plain_rates  # what the scheduler and a rate monitor see: the scheduled rate
+
+
+@pytest.mark.parametrize("stop_after", [3, 4], ids=["before_the_prune", "in_the_warmup"])
+def test_a_resumed_run_with_lr_warmup_matches_an_uninterrupted_one(tmp_path, stop_after):
+    def run(max_epochs, dirpath, ckpt_path=None):
+        pl.seed_everything(0)
+        model = RecordingClassifier()
+        cb = Pruning(method="l1", target={"macs": 0.5}, schedule=WARM, verbose=False)
+        fit = trainer(tmp_path, [cb, epoch_checkpoints(dirpath, resume_from=ckpt_path)], max_epochs)
+        fit.fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, fit
+
+    full_model, full_fit = run(WARM.total_epochs, tmp_path / "full")
+    run(stop_after, tmp_path / "stopped")
+    model, fit = run(WARM.total_epochs, tmp_path / "resumed",
+                     ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
+    resumed = fit.optimizers[0].seen  # the steps after the resume, scaled as in the uninterrupted fit
+    assert resumed == full_fit.optimizers[0].seen[-len(resumed):] and len(resumed) == 4 * (WARM.total_epochs - stop_after)
     assert fit.optimizers[0].param_groups[0]["lr"] == full_fit.optimizers[0].param_groups[0]["lr"]
     assert_same_weights(model, full_model)

@@ -1,4 +1,4 @@
-"""The schedule in plain PyTorch: epochs of each phase, and the learning-rate restart after the prune."""
+"""The schedule in plain PyTorch: epochs of each phase, and the learning-rate restart and warm-up after the prune."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ssr.schedule import PruningSchedule, check_restartable, restart_lr_schedules
+from lightning_ssr.schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
+from tests.lit import RecordingSGD
 
 
 def cosine(lrs=(0.1,), t_max=10):
@@ -56,3 +57,34 @@ def test_restart_lr_must_be_a_bool():
     assert PruningSchedule().restart_lr is False
     with pytest.raises(TypeError, match="restart_lr must be a bool"):
         PruningSchedule(restart_lr="yes")
+
+
+def test_lr_warmup_raises_the_rate_linearly_over_the_steps_after_a_prune():
+    warm = PruningSchedule(lr_warmup_steps=3)
+    # None: no prune yet; a negative count: a step before the last prune
+    assert [warm.lr_scale(k) for k in (None, -1, 0, 1, 2, 3, 50)] == [1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert PruningSchedule().lr_scale(0) == 1.0  # the default steps at the scheduled rate at once
+
+
+@pytest.mark.parametrize("bad,error", [(-1, ValueError), (2.5, TypeError), ("10", TypeError), (True, TypeError)])
+def test_lr_warmup_steps_must_be_a_count(bad, error):
+    with pytest.raises(error, match="lr_warmup_steps"):
+        PruningSchedule(lr_warmup_steps=bad)
+
+
+def test_scaled_steps_scale_the_rate_inside_the_step_only_and_restore_it_exactly():
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # wraps SGD.step with the hooks too
+    params = [nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))]
+    opt = RecordingSGD([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": 0.03}], lr=0.1)
+    scaled = ScaledSteps()
+    scaled.set([opt], 0.25)
+    scaled.set([opt], 0.25)  # set again at the next batch: still one pair of hooks
+    params[0].grad, params[1].grad = torch.ones(2), torch.ones(2)
+    opt.step()
+    assert opt.seen == [0.025]
+    assert torch.equal(params[0].detach(), torch.full((2,), 1 - 0.025))  # the update took the scaled rate
+    assert torch.equal(params[1].detach(), torch.full((2,), 1 - 0.03 * 0.25))
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.03]  # outside the step: the rates as they were
+    scaled.set([opt], 1.0)  # the warm-up is over: the hooks are gone
+    opt.step()
+    assert opt.seen == [0.025, 0.1]

@@ -224,6 +224,7 @@ def test_unknown_model_fails_with_hydras_error():
     (["module.lr=-1"], "lr must be > 0"),
     (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
     (["schedule.restart_lr=1"], "restart_lr must be a bool"),
+    (["schedule.lr_warmup_steps=-5"], r"lr_warmup_steps must be in \[0"),
     (["export=tflite"], "export must be null or one of"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
