@@ -136,7 +136,7 @@ class ScaledSteps:
 
     def __init__(self):
         self.scale = 1.0
-        self._handles: dict[int, tuple[Any, Any]] = {}
+        self._handles: dict[int, tuple[torch.optim.Optimizer, Any, Any]] = {}  # each optimizer held: ids stay unique
         self._saved: dict[int, list[float]] = {}
         self._depth: dict[int, int] = {}
 
@@ -147,11 +147,11 @@ class ScaledSteps:
             return
         for optimizer in optimizers:
             if id(optimizer) not in self._handles:
-                self._handles[id(optimizer)] = (optimizer.register_step_pre_hook(self._before),
+                self._handles[id(optimizer)] = (optimizer, optimizer.register_step_pre_hook(self._before),
                                                 optimizer.register_step_post_hook(self._after))
 
     def remove(self) -> None:
-        for pre, post in self._handles.values():
+        for _, pre, post in self._handles.values():
             pre.remove()
             post.remove()
         self._handles.clear()
