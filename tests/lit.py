@@ -1,8 +1,10 @@
 """A LightningModule, data and a Trainer shared by the tests that run ``fit`` (not from the package)."""
 
+import contextlib
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -88,6 +90,14 @@ def trainer(tmp_path, callbacks, max_epochs, **kw):
     return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                       default_root_dir=tmp_path, callbacks=callbacks, **kw)
+
+
+def stopped_fit(schedule, max_epochs):
+    """Around a fit of ``max_epochs`` that a test stops before the schedule's last prune, to resume
+    it later: the callback's warning that the model would not be fully pruned, expected."""
+    if max_epochs < schedule.prune_epoch(schedule.prune_events - 1):
+        return pytest.warns(UserWarning, match="ends before the last scheduled prune")
+    return contextlib.nullcontext()
 
 
 def epoch_checkpoints(dirpath, resume_from=None) -> ModelCheckpoint:

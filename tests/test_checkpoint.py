@@ -155,7 +155,7 @@ def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
             return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters())]
 
     with pytest.raises(Exception, match="manual optimization"):
-        trainer(tmp_path, [SSRPruning()], 1).fit(TwoOptimizers(), loader())
+        trainer(tmp_path, [SSRPruning()], SSRPruning().schedule.total_epochs).fit(TwoOptimizers(), loader())
 
 
 def test_a_truncated_plan_file_names_the_file(tmp_path):

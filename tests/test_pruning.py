@@ -19,6 +19,7 @@ from tests.lit import (
     assert_same_weights,
     epoch_checkpoints,
     loader,
+    stopped_fit,
     trainer,
 )
 
@@ -113,7 +114,8 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
         model = TinyClassifier()
         cb = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, rho_growth=1.2, schedule=SCHEDULE)
         ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
-        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        with stopped_fit(SCHEDULE, max_epochs):
+            trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 
     full_model, full_cb = run(SCHEDULE.total_epochs)
