@@ -14,7 +14,15 @@ from lightning_ssr.methods import build_method
 from lightning_ssr.methods.continuation import Continuation
 from lightning_ssr.structure import find_channel_groups
 from lightning_ssr.targets import TARGET_TOLERANCE, Budget, Target
-from tests.lit import NetClassifier, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
+from tests.lit import (
+    NetClassifier,
+    TinyClassifier,
+    assert_same_weights,
+    epoch_checkpoints,
+    loader,
+    stopped_fit,
+    trainer,
+)
 from tests.nets import SmallResidualCNN
 
 # ------------------------------------------------------------------ the budget
@@ -179,7 +187,8 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, e
         cb = Pruning("ssr_l21", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "ramp": 1.0}, schedule=schedule,
                      verbose=False)
         ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
-        trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        with stopped_fit(schedule, max_epochs):
+            trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, cb
 
     full_model, full_cb = run(schedule.total_epochs)

@@ -135,7 +135,9 @@ def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
            "drop_mean": 0.2, "drop_std": 0.05, "n_runs": 5, "dense_accuracy_mean": 0.9921}
     for name, sparsify, finetune, extra in (("lenet_distill", 6, 14, []), ("lenet_distill_s10", 10, 14, []),
                                             ("lenet_distill_s16", 16, 8, []),
-                                            ("lenet_distill_restart", 10, 14, ["schedule.restart_lr=true"])):
+                                            ("lenet_distill_restart", 10, 14, ["schedule.restart_lr=true"]),
+                                            ("lenet_distill_warmup_seeds5_9", 10, 14, ["schedule.restart_lr=true",
+                                                                              "schedule.lr_warmup_steps=200"])):
         (tmp_path / f"{name}.json").write_text(json.dumps(
             {"settings": {"sparsify": sparsify, "finetune": finetune, "override": ["module.distill=0.7", *extra]},
              "rows": [row]}))
@@ -145,6 +147,8 @@ def test_a_lenet_headline_names_the_epoch_budget_its_file_ran_with(tmp_path):
     assert "LeNet-5 on mnist, distilled from the dense model, 16 + 8 epochs, lowest mean drop" in text
     assert ("LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, the LR schedule restarted after "
             "the prune, lowest mean drop") in text
+    assert ("LeNet-5 on mnist, distilled from the dense model, 10 + 14 epochs, the LR schedule restarted after "
+            "the prune, 200 LR warm-up steps after it, lowest mean drop") in text
     assert "(benchmarks/RESULTS.md#lenet_distill_s10)" in text
 
 

@@ -85,7 +85,7 @@ def test_frozen_submodules_stay_frozen_and_unchanged(tmp_path):
     ssr = SSRPruning(regularizer="l20", filter_budget=0.5, schedule=SCHEDULE)
     pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[ssr]).fit(model, loader())
+               callbacks=[ssr]).fit(model, loader(), loader(seed=1))
     conv_a = model.the_network_itself.conv_a
     assert not conv_a.weight.requires_grad
     # conv_a lost filters (its own group) and input channels (the stream), but what is left is untouched
@@ -99,4 +99,4 @@ def test_compiled_modules_are_refused(tmp_path):
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
     with pytest.raises(Exception, match="torch.compile"):
-        trainer.fit(torch.compile(Validated()), loader())
+        trainer.fit(torch.compile(Validated()), loader(), loader(seed=1))

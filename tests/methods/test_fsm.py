@@ -20,6 +20,10 @@ from lightning_ssr.structure.surgery import prune_channels
 from tests.lit import TinyClassifier, loader, trainer
 from tests.nets import randomize_bn
 
+# Most fits here run FSM without validation data on purpose (its BatchNorm compensation is then
+# not applied); Lightning says the module's validation_step goes unused in them.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+
 
 def _set_bn(bn: nn.BatchNorm2d, gamma, beta, mean=None, var=None):
     with torch.no_grad():
@@ -324,7 +328,8 @@ def test_default_score_is_validation_accuracy_and_never_runs_without_validation_
     pl.seed_everything(0)
     cb = Pruning(method="fsm", target={"macs": 0.6}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
                  ignored_layers=IGNORED, verbose=False)
-    trainer(tmp_path, [cb], 1).fit(Classifier(), loader())  # no validation data
+    with pytest.warns(UserWarning, match="compensation not applied: no validation data"):
+        trainer(tmp_path, [cb], 1).fit(Classifier(), loader())  # no validation data
     assert cb.events[0]["compensation"].startswith("not applied: no validation data")
 
 

@@ -116,21 +116,21 @@ def test_oneshot_through_the_engine_shrinks_the_model_within_one_fit(tmp_path):
 
 
 def test_oneshot_resume_after_the_prune_matches_an_uninterrupted_run(tmp_path):
-    def run(max_epochs, ckpt_path=None):
+    def run(max_epochs, dirpath, ckpt_path=None):
         pl.seed_everything(0)
         model = TinyClassifier()
         cb = Pruning(method="oneshot", target={"macs": 0.5}, schedule=ONESHOT, verbose=False)
-        ckpt = epoch_checkpoints(tmp_path / "ckpts", resume_from=ckpt_path)
+        ckpt = epoch_checkpoints(dirpath, resume_from=ckpt_path)
         trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(), ckpt_path=ckpt_path)
         return model, cb
 
-    full_model, full_cb = run(ONESHOT.total_epochs)
-    run(1)
+    full_model, full_cb = run(ONESHOT.total_epochs, tmp_path / "full")
+    run(1, tmp_path / "ckpts")
     path = tmp_path / "ckpts" / "epoch=0.ckpt"
     checkpoint = torch.load(path, weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))
     assert state["method"] == "oneshot" and state["events_done"] == 1 and state["method_state"] is None
     assert checkpoint[PLAN_CHECKPOINT_KEY] == state["plan"] == full_cb.plan.to_dict()
-    model, cb = run(ONESHOT.total_epochs, ckpt_path=path)
+    model, cb = run(ONESHOT.total_epochs, None, ckpt_path=path)
     assert cb.events == full_cb.events
     assert_same_weights(model, full_model)
