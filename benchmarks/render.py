@@ -308,9 +308,10 @@ def render_structure(d):
 #: (``lenet_distill_s10``: the same with 10 epochs of the method's term instead of 6;
 #: ``lenet_distill_s16``: 16 of its 24 epochs with the term, the other runs unchanged;
 #: ``lenet_distill_restart``: lenet_distill_s10 with the LR schedule restarted after the prune;
-#: ``lenet_distill_restart_seeds5_9``: that again on five seeds it had not run)
+#: ``lenet_distill_restart_seeds5_9``: that again on five seeds it had not run;
+#: ``lenet_distill_warmup_seeds5_9``: that with an LR warm-up after the prune)
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
-                "lenet_distill_restart", "lenet_distill_restart_seeds5_9")
+                "lenet_distill_restart", "lenet_distill_restart_seeds5_9", "lenet_distill_warmup_seeds5_9")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
@@ -355,7 +356,8 @@ def _section(name: str) -> str:
 def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
     """The lowest mean drop per dataset of a LeNet-5 table (``name``: its file), named by what the
     file recorded it ran with: a teacher (``module.distill``), the epoch budget (the method's
-    term + fine-tuning), a restarted LR schedule (``schedule.restart_lr``) and seeds other than
+    term + fine-tuning), a restarted LR schedule (``schedule.restart_lr``), an LR warm-up after the
+    prune (``schedule.lr_warmup_steps``) and seeds other than
     the default ones; rows of a structure given by hand (``l1@1-16-65``) are left out."""
     settings = d.get("settings") or {}
     given = dict(o.split("=", 1) for o in settings.get("override") or [] if "=" in o)  # what the file ran with
@@ -364,6 +366,8 @@ def _lenet_headline(d, name: str = "lenet") -> list[list[str]]:
         what += f", {settings['sparsify']} + {settings['finetune']} epochs"
     if given.get("schedule.restart_lr", "").lower() == "true":
         what += ", the LR schedule restarted after the prune"
+    if int(given.get("schedule.lr_warmup_steps", 0)) > 0:
+        what += f", {given['schedule.lr_warmup_steps']} LR warm-up steps after it"
     seeds = settings.get("seeds")
     if seeds and seeds != list(LENET_SEEDS):  # a replication on other seeds reads apart from the first run
         contiguous = sorted(seeds) == list(range(min(seeds), max(seeds) + 1))
