@@ -31,8 +31,10 @@ class TinyClassifier(pl.LightningModule):
         self.losses.append(float(loss.detach()))
         return loss
 
+    optimizer_class = torch.optim.SGD
+
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        opt = self.optimizer_class(self.parameters(), lr=self.lr, momentum=0.9)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
 
 
@@ -53,9 +55,7 @@ class RecordingSGD(torch.optim.SGD):
 class RecordingClassifier(TinyClassifier):
     """TinyClassifier whose optimizer records the rate each step takes (StepLR as before)."""
 
-    def configure_optimizers(self):
-        opt = RecordingSGD(self.parameters(), lr=self.lr, momentum=0.9)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
+    optimizer_class = RecordingSGD
 
 
 class NetClassifier(pl.LightningModule):
