@@ -140,8 +140,9 @@ _PRESENTATION_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_
                       "default_root_dir", "logger", "enable_checkpointing", "callbacks")
 
 
-#: module settings of the compression run only: the dense model trains without distillation
-DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature")
+#: module settings the dense model does not train with: it trains without distillation, and at
+#: dense.lr (module.lr is the compression run's rate)
+DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature", "lr")
 
 
 def dense_cache_path(cfg: DictConfig) -> Path:

@@ -282,13 +282,18 @@ def test_the_dense_accuracy_is_evaluated_once_per_weights_file(tmp_path, monkeyp
     assert not record.exists() and len(evaluated) == 4  # no cache, no record
 
 
-def test_dense_cache_is_keyed_on_trainer_settings_that_change_the_dense_model():
+def test_dense_cache_is_keyed_on_the_settings_that_change_the_dense_model():
     from lightning_ssr.app.stages import dense_cache_path
 
     base = dense_cache_path(_compose([]))
     assert dense_cache_path(_compose(["trainer.limit_train_batches=2"])) != base  # a smoke run has its own cache
     assert dense_cache_path(_compose(["trainer.precision=bf16-mixed"])) != base
     assert dense_cache_path(_compose(["trainer.enable_progress_bar=false"])) == base  # presentation only
+    # the dense model trains at dense.lr: module.lr (the compression run's) shares its cache, the
+    # other SGD settings, which it trains with, do not
+    assert dense_cache_path(_compose(["module.lr=0.05"])) == base
+    assert dense_cache_path(_compose(["dense.lr=0.05"])) != base
+    assert dense_cache_path(_compose(["module.weight_decay=1e-4"])) != base
 
 
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
