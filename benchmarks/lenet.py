@@ -56,7 +56,15 @@ import torch
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
-from benchmarks.specs import LENET_SEEDS, check_spec, given_structure, is_oneshot, parse_spec, spec_overrides
+from benchmarks.specs import (
+    LENET_SEEDS,
+    check_spec,
+    extra_overrides,
+    given_structure,
+    is_oneshot,
+    parse_spec,
+    spec_overrides,
+)
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -128,7 +136,7 @@ def overrides(dataset: str, method: str, seed: int, args) -> list[str]:
     return [f"data={data}", "model=lenet5", *method_part, *target,
             f"seed={seed}", f"dense.epochs={args.dense_epochs}", f"schedule.sparsify_epochs={sparsify}",
             f"schedule.finetune_epochs={finetune}", "schedule.warmup_epochs=0", "verbose=false",
-            "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *args.override]
+            "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", *extra_overrides(method, args.override)]
 
 
 def dense_job(dataset: str, seed: int, args, out_dir: str) -> str:
@@ -403,7 +411,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
-    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run (pruning.* ones: for the runs that prune)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "lenet",
                         help="where each run's outputs stay; an interrupted benchmark run again with the same "
                              "options goes on from the runs that finished there")

@@ -44,7 +44,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
-from benchmarks.specs import check_spec, is_oneshot, parse_spec, registry_specs, spec_overrides
+from benchmarks.specs import check_spec, extra_overrides, is_oneshot, parse_spec, registry_specs, spec_overrides
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -71,7 +71,7 @@ def overrides_for(method: str, seed: int, macs: float | None, args) -> list[str]
         out.append(f"+data.train_size={args.train_size}")
     if args.batches:
         out.append(f"trainer.limit_train_batches={args.batches}")
-    return out + list(args.override)
+    return out + extra_overrides(method, args.override)
 
 
 def dense_job(seed: int, args, out_dir: str) -> dict:
@@ -198,7 +198,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
+    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run (pruning.* ones: for the runs that prune)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "methods",
                         help="each run's outputs; a finished run found there with the same settings is reused")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")

@@ -34,6 +34,15 @@ def spec_overrides(spec: str) -> list[str]:
     return out + ([f"target.allocation={allocation}"] if allocation else [])
 
 
+def extra_overrides(spec: str, extra: list[str]) -> list[str]:
+    """The benchmark's ``--override`` entries that apply to a run of ``spec``: all of them, but a
+    run that prunes nothing (``none``, and the dense model's job) takes no ``pruning.*`` key, which
+    its ``pruning=none`` config does not have (``pruning.rho=1.0`` sets the SSR runs' rho)."""
+    if parse_spec(spec)[0] != "none":
+        return list(extra)
+    return [o for o in extra if not o.lstrip("+~").startswith("pruning.")]
+
+
 def is_oneshot(spec: str) -> bool:
     """No training-time term (and ``none``): the whole budget is fine-tuning."""
     name, _ = parse_spec(spec)

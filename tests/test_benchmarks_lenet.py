@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmarks import RUN_FILE, config_digest, finished_run, lenet
+from lightning_ssr.app.cli import compose_config
 
 PLAN = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [
     {"root": "model.fc1", "size": 500, "kept": list(range(0, 500, 6))[:80]},
@@ -162,3 +163,15 @@ def test_a_structure_spec_prunes_to_that_structure_with_the_others_settings():
                        ("l1@1-16-501", "model.fc1 501"), ("l9@1-16-65", "l9"), ("none@1-16-65", "prunes nothing")):
         with pytest.raises((argparse.ArgumentTypeError, ValueError), match=match):
             lenet.check_lenet_spec(bad)
+
+
+def test_a_pruning_override_reaches_the_runs_that_prune_and_spares_the_others():
+    """``--override pruning.rho=1.0``: the SSR runs take it; the dense model's job and ``none``,
+    whose ``pruning=none`` config has no such key, compose without it."""
+    args = argparse.Namespace(dense_epochs=20, sparsify=10, finetune=14,
+                              override=["module.distill=0.7", "pruning.rho=1.0"])
+    ssr = compose_config(lenet.overrides("mnist", "ssr_l20@method", 0, args))
+    none = compose_config(lenet.overrides("mnist", "none", 0, args))
+    assert ssr.pruning.rho == 1.0 and ssr.module.distill == none.module.distill == 0.7
+    assert none.pruning.name == "none" and "rho" not in none.pruning
+    assert "pruning.rho=1.0" not in lenet.overrides("mnist", "none", 0, args)
