@@ -411,7 +411,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
-    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run (pruning.* ones: for the runs that prune)")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="more config overrides for every run (pruning.* ones: for the runs that prune)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "lenet",
                         help="where each run's outputs stay; an interrupted benchmark run again with the same "
                              "options goes on from the runs that finished there")

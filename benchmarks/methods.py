@@ -198,7 +198,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run (pruning.* ones: for the runs that prune)")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="more config overrides for every run (pruning.* ones: for the runs that prune)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "methods",
                         help="each run's outputs; a finished run found there with the same settings is reused")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
