@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -89,6 +90,12 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
         return float(correct) / float(total) if int(total) > 0 else None
 
     return evaluate
+
+
+#: Lightning's callbacks that copy the model at set-up and average the weights into the copy
+#: (EMA, SWA): the copy keeps the dense shapes, so they cannot follow a rebuild in the same fit
+WEIGHT_AVERAGING_CALLBACKS = tuple(c for c in (getattr(lightning_callbacks, "WeightAveraging", None),
+                                               lightning_callbacks.StochasticWeightAveraging) if c is not None)
 
 
 class Pruning(Callback):
@@ -194,6 +201,13 @@ class Pruning(Callback):
             raise MisconfigurationException(
                 f"{name} rebuilds the model during fit, which a torch.compile'd module cannot follow; "
                 "train the uncompiled module and compile the pruned one afterwards (torch.compile(model)).")
+        averaging = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, WEIGHT_AVERAGING_CALLBACKS)]
+        if averaging:
+            raise MisconfigurationException(
+                f"{name} cannot share a fit with {averaging[0]}: Lightning's weight averaging copies the model at "
+                "set-up and averages the training weights into that copy, whose shapes the rebuild changes (the fit "
+                "would fail at the first average after the prune). Prune in this fit, then average in a second fit "
+                f"of the pruned LightningModule: Trainer(callbacks=[{averaging[0]}(...)]).fit(module, ...).")
         schedule = self.schedule
         last = schedule.prune_epoch(schedule.prune_events - 1)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs < last:
