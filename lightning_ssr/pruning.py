@@ -92,10 +92,18 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
     return evaluate
 
 
-#: Lightning's callbacks that copy the model at set-up and average the weights into the copy
-#: (EMA, SWA): the copy keeps the dense shapes, so they cannot follow a rebuild in the same fit
-WEIGHT_AVERAGING_CALLBACKS = tuple(c for c in (getattr(lightning_callbacks, "WeightAveraging", None),
-                                               lightning_callbacks.StochasticWeightAveraging) if c is not None)
+#: Lightning's callbacks that copy the model at set-up, or hold its parameters from then on: the
+#: rebuild changes those shapes, so they cannot share a fit with Pruning (what each does with the
+#: model, what to do instead)
+_AVERAGING = ("averages the training weights into a copy of the model made at set-up",
+              "then average in a second fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...)")
+DENSE_COPY_CALLBACKS = {
+    **{cls: _AVERAGING for cls in (getattr(lightning_callbacks, "WeightAveraging", None),
+                                   lightning_callbacks.StochasticWeightAveraging) if cls is not None},
+    lightning_callbacks.ModelPruning: (
+        "masks the parameters it found at set-up and keeps copies of them",
+        "then mask the pruned LightningModule's weights in a second fit: Trainer(callbacks=[{cls}(...)]).fit(module, ...)"),
+}
 
 
 class Pruning(Callback):
@@ -201,13 +209,13 @@ class Pruning(Callback):
             raise MisconfigurationException(
                 f"{name} rebuilds the model during fit, which a torch.compile'd module cannot follow; "
                 "train the uncompiled module and compile the pruned one afterwards (torch.compile(model)).")
-        averaging = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, WEIGHT_AVERAGING_CALLBACKS)]
-        if averaging:
-            raise MisconfigurationException(
-                f"{name} cannot share a fit with {averaging[0]}: Lightning's weight averaging copies the model at "
-                "set-up and averages the training weights into that copy, whose shapes the rebuild changes (the fit "
-                "would fail at the first average after the prune). Prune in this fit, then average in a second fit "
-                f"of the pruned LightningModule: Trainer(callbacks=[{averaging[0]}(...)]).fit(module, ...).")
+        for cb in trainer.callbacks:
+            known = next((v for k, v in DENSE_COPY_CALLBACKS.items() if isinstance(cb, k)), None)
+            if known is not None:
+                cls = type(cb).__name__
+                raise MisconfigurationException(
+                    f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
+                    f"fit would fail at its first use after the prune). Prune in this fit, {known[1].format(cls=cls)}.")
         schedule = self.schedule
         last = schedule.prune_epoch(schedule.prune_events - 1)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs < last:

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelPruning, StochasticWeightAveraging
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -141,44 +141,48 @@ def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-WEIGHT_AVERAGING = [
+# Lightning's callbacks that hold a copy of the model (or its parameters) from set-up on, which the
+# rebuild leaves at the dense shapes: (id, callback, placed before Pruning in the list)
+DENSE_COPY = [
     ("ema_first", lambda: EMAWeightAveraging(), True),
     ("swa_after", lambda: StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1), False),
+    ("model_pruning", lambda: ModelPruning("l1_unstructured", amount=0.5), False),
 ]
 
 
-@pytest.mark.parametrize("case", WEIGHT_AVERAGING, ids=[c[0] for c in WEIGHT_AVERAGING])
-def test_weight_averaging_in_the_same_fit_is_refused_before_the_first_step(tmp_path, case):
-    """Lightning's EMA/SWA average into a copy made at set-up, which the rebuild leaves at the dense
-    shapes: without the check the fit failed with a shape error at the first average after the prune."""
-    _, make_averaging, first = case
+@pytest.mark.parametrize("case", DENSE_COPY, ids=[c[0] for c in DENSE_COPY])
+def test_callbacks_holding_a_dense_copy_are_refused_before_the_first_step(tmp_path, case):
+    """Without the check each of these fits failed with a shape error right after the prune."""
+    _, make_other, first = case
     torch.manual_seed(0)
     model = Lit(SmallResidualCNN())
     before = copy.deepcopy(model.state_dict())
-    averaging, pruning = make_averaging(), Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)
-    trainer = _trainer(tmp_path, [averaging, pruning] if first else [pruning, averaging])
-    with pytest.raises(Exception, match=f"cannot share a fit with {type(averaging).__name__}") as info:
+    other, pruning = make_other(), Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)
+    trainer = _trainer(tmp_path, [other, pruning] if first else [pruning, other])
+    with pytest.raises(Exception, match=f"cannot share a fit with {type(other).__name__}") as info:
         trainer.fit(model, _data())
     assert "second fit" in str(info.value)
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_weight_averaging_in_a_second_fit_of_the_pruned_module_works(tmp_path):
-    """What the refusal tells the user to do: prune in one fit, average in the next."""
+@pytest.mark.parametrize("make_other", [EMAWeightAveraging, lambda: ModelPruning("l1_unstructured", amount=0.5)],
+                         ids=["ema", "model_pruning"])
+def test_a_second_fit_of_the_pruned_module_takes_those_callbacks(tmp_path, make_other):
+    """What the refusal tells the user to do: prune in one fit, average (or mask) in the next."""
     torch.manual_seed(0)
     model = Lit(SmallResidualCNN())
     pruning = Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)
     _trainer(tmp_path, [pruning], max_epochs=2).fit(model, _data())
     pruned = {k: v.shape for k, v in model.state_dict().items()}
     plain = copy.deepcopy(model)
-    trainer = _trainer(tmp_path, [EMAWeightAveraging()], max_epochs=1)
+    trainer = _trainer(tmp_path, [make_other()], max_epochs=1)
     trainer.fit(model, _data())
     assert trainer.global_step == 4
     _trainer(tmp_path, [], max_epochs=1).fit(plain, _data())
     after, last = model.state_dict(), plain.state_dict()
     assert {k: v.shape for k, v in after.items()} == pruned
-    assert any(not torch.equal(last[k], after[k]) for k in last)  # the average, not the last weights
+    assert any(not torch.equal(last[k], after[k]) for k in last)  # averaged (masked), not the plain weights
 
 
 BAD_ARGUMENTS = [
