@@ -352,7 +352,10 @@ class SSR(PruningMethod):
       enough to meet the target at every update it shrank every surviving channel by as much
       as the largest one it dropped.)
     - L2,0: the budget is the target from the first V-step (the budget form, over all layers),
-      so channels move between layers while AULM runs.
+      so channels can move between layers while AULM runs. In practice the first updates decide:
+      in every LeNet-5 run of the MNIST 40x benchmarks the structure stopped changing within the
+      first 750 optimizer steps (of 5150 to 13750; their ``trajectory``), the channels zeroed
+      early having lost their value by then.
 
     With ``allocation="uniform"`` or ``"global"`` the engine fixes the counts at set-up; L2,0's
     V-step then keeps the top-k of each layer (the budget form) and L2,1 keeps the top-k of V.
