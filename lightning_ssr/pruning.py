@@ -94,15 +94,12 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
 
 #: Lightning's callbacks that copy the model at set-up, or hold its parameters from then on: the
 #: rebuild changes those shapes, so they cannot share a fit with Pruning (what each does with the
-#: model, what to do instead)
-_AVERAGING = ("averages the training weights into a copy of the model made at set-up",
-              "then average in a second fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...)")
+#: model, and what it does instead in a second fit of the pruned module)
+_AVERAGING = ("averages the training weights into a copy of the model made at set-up", "average")
 DENSE_COPY_CALLBACKS = {
     **{cls: _AVERAGING for cls in (getattr(lightning_callbacks, "WeightAveraging", None),
                                    lightning_callbacks.StochasticWeightAveraging) if cls is not None},
-    lightning_callbacks.ModelPruning: (
-        "masks the parameters it found at set-up and keeps copies of them",
-        "then mask the pruned LightningModule's weights in a second fit: Trainer(callbacks=[{cls}(...)]).fit(module, ...)"),
+    lightning_callbacks.ModelPruning: ("masks the parameters it found at set-up and keeps copies of them", "mask"),
 }
 
 
@@ -215,7 +212,8 @@ class Pruning(Callback):
                 cls = type(cb).__name__
                 raise MisconfigurationException(
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
-                    f"fit would fail at its first use after the prune). Prune in this fit, {known[1].format(cls=cls)}.")
+                    f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
+                    f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
         schedule = self.schedule
         last = schedule.prune_epoch(schedule.prune_events - 1)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs < last:
