@@ -58,6 +58,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     LENET_SEEDS,
+    check_pruning_overrides,
     check_spec,
     extra_overrides,
     given_structure,
@@ -412,7 +413,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
     parser.add_argument("--override", nargs="*", default=[],
-                        help="more config overrides for every run (pruning.* ones: for the runs that prune)")
+                        help="more config overrides for every run (pruning.<key>: for the methods whose "
+                             "config has the key)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "lenet",
                         help="where each run's outputs stay; an interrupted benchmark run again with the same "
                              "options goes on from the runs that finished there")
@@ -430,6 +432,10 @@ def main(argv=None) -> dict:
         for spec in entry[1:]:
             check_lenet_spec(spec)
     args.methods_by_dataset = {d: args.methods for d in args.datasets} | {e[0]: e[1:] for e in args.methods_for}
+    try:
+        check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
+    except ValueError as err:
+        parser.error(str(err))
     if args.remeasure is None:
         refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force)
     quiet_lightning()

@@ -44,7 +44,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
-from benchmarks.specs import check_spec, extra_overrides, is_oneshot, parse_spec, registry_specs, spec_overrides
+from benchmarks.specs import (
+    check_pruning_overrides,
+    check_spec,
+    extra_overrides,
+    is_oneshot,
+    parse_spec,
+    registry_specs,
+    spec_overrides,
+)
 from benchmarks.stats import interval, mean_std, paired_by_seed, pm
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -199,13 +207,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--override", nargs="*", default=[],
-                        help="more config overrides for every run (pruning.* ones: for the runs that prune)")
+                        help="more config overrides for every run (pruning.<key>: for the methods whose "
+                             "config has the key)")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "methods",
                         help="each run's outputs; a finished run found there with the same settings is reused")
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
     args.methods = args.methods or registry_specs()
+    try:
+        check_pruning_overrides(args.override, args.methods)
+    except ValueError as err:
+        parser.error(str(err))
     quiet_lightning()
     start = time.perf_counter()
 

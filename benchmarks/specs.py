@@ -34,13 +34,48 @@ def spec_overrides(spec: str) -> list[str]:
     return out + ([f"target.allocation={allocation}"] if allocation else [])
 
 
+def pruning_keys(name: str) -> frozenset[str]:
+    """The keys of method ``name``'s pruning config as the app composes it (``pruning=<name>``)."""
+    if name not in _PRUNING_KEYS:
+        from lightning_ssr.app.cli import compose_config
+
+        _PRUNING_KEYS[name] = frozenset(compose_config([f"pruning={name}"]).pruning)
+    return _PRUNING_KEYS[name]
+
+
+_PRUNING_KEYS: dict[str, frozenset[str]] = {}
+
+
+def _pruning_key(override: str) -> str | None:
+    """``"pruning.rho=1.0"`` -> ``"rho"``: the key of the pruning config an override sets or deletes;
+    ``None`` for another section, and for ``+pruning.<key>=...``, which adds the key to any config."""
+    path = override.split("=", 1)[0]
+    if not path.lstrip("+~").startswith("pruning.") or (path.startswith("+") and not path.startswith("++")):
+        return None
+    return path.lstrip("+~").split(".")[1]
+
+
 def extra_overrides(spec: str, extra: list[str]) -> list[str]:
-    """The benchmark's ``--override`` entries that apply to a run of ``spec``: all of them, but a
-    run that prunes nothing (``none``, and the dense model's job) takes no ``pruning.*`` key, which
-    its ``pruning=none`` config does not have (``pruning.rho=1.0`` sets the SSR runs' rho)."""
-    if parse_spec(spec)[0] != "none":
-        return list(extra)
-    return [o for o in extra if not o.lstrip("+~").startswith("pruning.")]
+    """The benchmark's ``--override`` entries that apply to a run of ``spec``: every entry, but a run
+    that prunes nothing (``none``, and the dense model's job) takes no ``pruning.*`` entry, and a
+    ``pruning.<key>`` entry only reaches the methods whose pruning config has that key
+    (``pruning.rho=1.0`` sets the SSR runs' rho; the ``l1`` runs, whose config has no ``rho``,
+    compose without it). :func:`check_pruning_overrides` refuses a key that no method has."""
+    name = parse_spec(spec)[0]
+    if name == "none":
+        return [o for o in extra if not o.lstrip("+~").startswith("pruning.")]
+    return [o for o in extra if (key := _pruning_key(o)) is None or key in pruning_keys(name)]
+
+
+def check_pruning_overrides(extra: list[str], specs: list[str]) -> None:
+    """Raise ``ValueError`` for a ``pruning.<key>`` override that no method among ``specs`` has (a
+    typo would otherwise reach no run at all)."""
+    names = sorted({parse_spec(s)[0] for s in specs} - {"none"})
+    for o in extra:
+        key = _pruning_key(o)
+        if key is not None and not any(key in pruning_keys(n) for n in names):
+            keys = sorted(set().union(*(pruning_keys(n) for n in names)) - {"name"}) if names else []
+            raise ValueError(f"--override {o}: none of the methods {names} has pruning.{key} (their keys: {keys})")
 
 
 def is_oneshot(spec: str) -> bool:

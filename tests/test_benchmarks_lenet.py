@@ -175,3 +175,15 @@ def test_a_pruning_override_reaches_the_runs_that_prune_and_spares_the_others():
     assert ssr.pruning.rho == 1.0 and ssr.module.distill == none.module.distill == 0.7
     assert none.pruning.name == "none" and "rho" not in none.pruning
     assert "pruning.rho=1.0" not in lenet.overrides("mnist", "none", 0, args)
+    # the l1 reference has no rho either: it runs beside the SSR runs instead of failing
+    l1 = compose_config(lenet.overrides("mnist", "l1@uniform", 0, args))
+    assert l1.pruning.name == "l1" and "rho" not in l1.pruning and l1.module.distill == 0.7
+
+
+def test_a_pruning_override_no_method_has_is_refused_before_any_run(capsys):
+    """A typo (``pruning.rhoo``) would reach no run at all: refused with the keys there are."""
+    with pytest.raises(SystemExit):
+        lenet.main(["--datasets", "mnist", "--methods", "ssr_l20@method", "l1@uniform", "none",
+                    "--override", "pruning.rhoo=1.0", "--out", "unused.json"])
+    err = capsys.readouterr().err
+    assert "pruning.rhoo" in err and "'rho'" in err

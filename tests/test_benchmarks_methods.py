@@ -1,7 +1,9 @@
 """benchmarks/methods.py: an interrupted run goes on from the runs that finished, and the order of
-the runs leaves whole targets behind an interruption."""
+the runs leaves whole targets behind an interruption, and a pruning override no method has is refused."""
 
 import argparse
+
+import pytest
 
 from benchmarks import RUN_FILE, methods
 
@@ -66,3 +68,10 @@ def test_none_then_the_largest_reduction_first(tmp_path, monkeypatch):
     assert submitted[:2] == [("none", 0, None), ("none", 1, None)]
     assert [macs for _, _, macs in submitted[2:]] == [0.25] * 4 + [0.5] * 4
     assert (tmp_path / "m.json").is_file()
+
+
+def test_a_pruning_override_no_method_has_is_refused_before_any_run(capsys):
+    """The same check as lenet.py's: a ``pruning.<key>`` none of the methods has is refused."""
+    with pytest.raises(SystemExit):
+        methods.main(["--methods", "l1@uniform", "none", "--override", "pruning.rho=1.0", "--out", "unused.json"])
+    assert "pruning.rho" in capsys.readouterr().err
