@@ -5,6 +5,7 @@ fine-tuned for the same epochs, unpruned (the equal-budget reference)."""
 from __future__ import annotations
 
 import argparse
+import functools
 
 from lightning_ssr.methods import available_methods, build_method
 
@@ -34,16 +35,12 @@ def spec_overrides(spec: str) -> list[str]:
     return out + ([f"target.allocation={allocation}"] if allocation else [])
 
 
+@functools.cache
 def pruning_keys(name: str) -> frozenset[str]:
     """The keys of method ``name``'s pruning config as the app composes it (``pruning=<name>``)."""
-    if name not in _PRUNING_KEYS:
-        from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.cli import compose_config
 
-        _PRUNING_KEYS[name] = frozenset(compose_config([f"pruning={name}"]).pruning)
-    return _PRUNING_KEYS[name]
-
-
-_PRUNING_KEYS: dict[str, frozenset[str]] = {}
+    return frozenset(compose_config([f"pruning={name}"]).pruning)
 
 
 def _pruning_key(override: str) -> str | None:
