@@ -131,6 +131,7 @@ class Pruning(Callback):
         self._world = World(info=rank_zero_info)
         self._hook = None
         self._loss_guard = LossGuard()
+        self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
 
     # ------------------------------------------------- the engine's, read here
     @property
@@ -214,13 +215,10 @@ class Pruning(Callback):
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
-        schedule = self.schedule
-        last = schedule.prune_epoch(schedule.prune_events - 1)
-        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < last:
-            rank_zero_warn(
-                f"Trainer(max_epochs={trainer.max_epochs}) ends before the last scheduled prune at the start of "
-                f"epoch {last}; the model would not be fully pruned. Use max_epochs={schedule.total_epochs} "
-                "for this schedule.")
+        self._short_fit = False
+        if (not trainer.fast_dev_run and not self.engine.done
+                and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
+            self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
         if self.engine.example is None and getattr(pl_module, "example_input_array", None) is not None:
             self.engine.example = first_tensor(pl_module.example_input_array)
         # Resuming fit(ckpt_path=...) after a rebuild: the model must have the pruned shapes before
@@ -233,6 +231,27 @@ class Pruning(Callback):
             broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
             rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info)
         self.engine.start()
+
+    def _warn_short_fit(self, bound: str, fix: str, at: str = "") -> None:
+        schedule = self.schedule
+        self._short_fit = True
+        rank_zero_warn(
+            f"Trainer({bound}) ends before the last scheduled prune at the start of epoch "
+            f"{schedule.prune_epoch(schedule.prune_events - 1)}{at}; the model would not be fully pruned. Use {fix} "
+            "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.")
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the optimizer steps per epoch are known from here on (Lightning has set up the data)
+        spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
+        schedule = self.schedule
+        if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
+                and not schedule.reaches_last_prune(trainer.max_epochs, trainer.max_steps, spe)):
+            step = schedule.prune_epoch(schedule.prune_events - 1) * spe
+            self._warn_short_fit(
+                f"max_steps={trainer.max_steps}",
+                f"max_steps={schedule.total_epochs * spe} (or max_steps=-1 and max_epochs={schedule.total_epochs})",
+                at=f" (optimizer step {step}, at {spe} steps per epoch)")
 
     def _before_weights_load(self, module, state_dict, prefix, *args) -> None:
         if prefix:
@@ -288,6 +307,22 @@ class Pruning(Callback):
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.engine.finish(pl_module)
+        engine, schedule = self.engine, self.schedule
+        if engine.done or trainer.fast_dev_run:
+            return
+        due = schedule.prune_epoch(engine.events_done)
+        shapes = (f"the shapes of prune event {engine.events_done} of {schedule.prune_events}" if engine.events_done
+                  else "its dense shapes (Pruning.result is None)")
+        message = (f"{type(self).__name__}: the fit ended at optimizer step {trainer.global_step}, before the prune "
+                   f"due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, resume "
+                   f"from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...).fit(module, "
+                   "ckpt_path=...).")
+        if self._short_fit:  # the Trainer's bound was warned of at set-up
+            if self.verbose:
+                rank_zero_info(message)
+        else:
+            rank_zero_warn(message + f" If a callback stopped it (EarlyStopping), give the Trainer "
+                                     f"min_epochs={schedule.total_epochs}: Lightning does not stop before it.")
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:

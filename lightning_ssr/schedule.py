@@ -87,6 +87,23 @@ class PruningSchedule:
             return 1.0
         return (steps_since_prune + 1) / (n + 1)
 
+    def reaches_last_prune(self, max_epochs: int | None = None, max_steps: int | None = None,
+                           steps_per_epoch: int | None = None) -> bool:
+        """Whether a training bounded by ``max_epochs`` and ``max_steps`` (optimizer steps; ``None``
+        or negative: no bound, as in Lightning) gets to the last scheduled prune event. The event
+        happens before the first step of its epoch, so that step must be taken, unless the
+        schedule ends with the prune (no fine-tune epoch) and the training ends with the epoch
+        before it, where the prune happens at the end of the training. ``max_steps`` is only
+        judged with ``steps_per_epoch`` known."""
+        last = self.prune_epoch(self.prune_events - 1)
+        bounded = max_epochs is not None and max_epochs >= 0
+        prunes_at_end = bounded and last == self.total_epochs and max_epochs == last
+        if bounded and max_epochs <= last and not prunes_at_end:
+            return False
+        if max_steps is None or max_steps < 0 or steps_per_epoch is None:
+            return True
+        return max_steps > last * steps_per_epoch or (prunes_at_end and max_steps == last * steps_per_epoch)
+
     def phase(self, epoch: int, events_done: int) -> str:
         """``"warmup"``, ``"sparsify"``, ``"prune"`` (between iterative events) or ``"finetune"``."""
         if events_done >= self.prune_events:

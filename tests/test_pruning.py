@@ -2,7 +2,9 @@
 
 import dataclasses
 import io
+import logging
 import math
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -223,6 +225,78 @@ def test_manual_optimization_is_refused(tmp_path):
         trainer(tmp_path, [SSRPruning()], 1).fit(Manual(), loader())
 
 
+SHORT = PruningSchedule(sparsify_epochs=2, finetune_epochs=1)  # the prune at the start of epoch 2: step 8
+
+
+class StopAfterFirstEpoch(Callback):
+    """Asks the Trainer to stop after epoch 0, as EarlyStopping does when its metric stalls."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+class WarningsAtFirstBatch(Callback):
+    """Records which warnings had been issued when the first batch started."""
+
+    def __init__(self, record):
+        self.record, self.seen = record, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seen is None:
+            self.seen = [str(w.message) for w in self.record]
+
+
+def _fit_with_bounds(tmp_path, extra=(), verbose=False, **bounds):
+    """A short l1 schedule in a fit bounded by ``bounds``; returns the callback, the model's
+    state_dict before the fit and the warnings issued, and those seen by the first batch."""
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=SHORT, verbose=verbose)
+    bounds.setdefault("max_epochs", -1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = WarningsAtFirstBatch(record)
+        trainer(tmp_path, [pruning, first, *extra], **bounds).fit(model, loader())
+    mine = [str(w.message) for w in record if "prune" in str(w.message)]
+    return pruning, model, before, mine, [m for m in first.seen if "prune" in m]
+
+
+@pytest.mark.parametrize("bounds", [{"max_epochs": 2}, {"max_steps": 8}, {"max_epochs": 5, "max_steps": 3}],
+                         ids=["max_epochs_ends_with_the_epoch_before", "max_steps_one_short", "max_steps"])
+def test_a_trainer_bound_that_ends_before_the_prune_is_warned_of_before_the_first_step(tmp_path, caplog, bounds):
+    with caplog.at_level(logging.INFO):
+        pruning, model, before, warned, by_first_batch = _fit_with_bounds(tmp_path, verbose=True, **bounds)
+    bound = next(f"{k}={v}" for k, v in bounds.items() if k == "max_steps" or len(bounds) == 1)
+    assert len(warned) == 1 and f"Trainer({bound}) ends before the last scheduled prune" in warned[0]
+    assert by_first_batch == warned  # issued before step 0
+    if "max_steps" in bounds:
+        assert "(optimizer step 8, at 4 steps per epoch)" in warned[0] and "max_steps=12" in warned[0]
+    # the fit ran as asked, unpruned, and its end says so (as information: the bound was warned of)
+    assert pruning.plan is None and pruning.result is None
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    assert "before the prune due at the start of epoch 2: the model keeps its dense shapes" in caplog.text
+
+
+@pytest.mark.parametrize("bounds", [{"max_epochs": 3}, {"max_steps": 9}, {"max_epochs": 3, "max_steps": 12}])
+def test_trainer_bounds_that_reach_the_prune_warn_of_nothing(tmp_path, bounds):
+    pruning, model, before, warned, _ = _fit_with_bounds(tmp_path, **bounds)
+    assert warned == [] and pruning.plan is not None and pruning.result is not None
+    assert sum(v.numel() for v in model.state_dict().values()) < sum(v.numel() for v in before.values())
+
+
+def test_a_fit_a_callback_stops_before_the_prune_says_so_at_its_end_and_min_epochs_prevents_it(tmp_path):
+    pruning, model, before, warned, by_first_batch = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()],
+                                                                      max_epochs=3)
+    assert by_first_batch == [] and len(warned) == 1  # nothing to foresee; the end tells what happened
+    assert "the fit ended at optimizer step 4, before the prune due at the start of epoch 2" in warned[0]
+    assert "min_epochs=3" in warned[0] and pruning.plan is None
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    # the advice works: Lightning does not stop before min_epochs, and the schedule completes
+    pruning, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()], max_epochs=3, min_epochs=3)
+    assert warned == [] and pruning.result is not None and pruning.events_done == 1
+
+
 def test_per_layer_pruning_ratio_is_capped(tmp_path):
     pl.seed_everything(0)
     model = TinyClassifier()
@@ -255,11 +329,12 @@ def test_layers_can_be_excluded_by_name_or_module(tmp_path):
     assert model.backbone.conv_a.out_channels < 12
 
     with pytest.raises(ValueError, match="no module named"):
-        trainer(tmp_path, [SSRPruning(ignored_layers=["nope"], schedule=SCHEDULE)], 3).fit(TinyClassifier(), loader())
+        trainer(tmp_path, [SSRPruning(ignored_layers=["nope"], schedule=SCHEDULE)],
+                SCHEDULE.total_epochs).fit(TinyClassifier(), loader())
     stranger = torch.nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match="not part of the LightningModule"):
-        trainer(tmp_path, [SSRPruning(ignored_layers=[stranger], schedule=SCHEDULE)], 3).fit(TinyClassifier(),
-                                                                                              loader())
+        trainer(tmp_path, [SSRPruning(ignored_layers=[stranger], schedule=SCHEDULE)],
+                SCHEDULE.total_epochs).fit(TinyClassifier(), loader())
 
 
 def test_state_restored_but_not_yet_applied_round_trips():
@@ -328,7 +403,8 @@ def test_iterative_pruning_resumes_between_events(tmp_path):
         return model, cb
 
     full_model, full_cb = run(ITERATIVE.total_epochs, tmp_path / "full")
-    _, stopped = run(1, tmp_path / "stopped")  # stops after the first of two events
+    with stopped_fit(ITERATIVE, 1):
+        _, stopped = run(1, tmp_path / "stopped")  # stops after the first of two events
     assert stopped.events_done == 1
     model, cb = run(ITERATIVE.total_epochs, tmp_path / "resumed", ckpt_path=tmp_path / "stopped" / "epoch=0.ckpt")
     assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
@@ -431,7 +507,8 @@ def test_a_resumed_run_with_restart_lr_matches_an_uninterrupted_one(tmp_path, st
         return model, cb, rates, fit
 
     full_model, full_cb, full_rates, full_fit = run(RESTART.total_epochs, tmp_path / "full")
-    run(stop_after, tmp_path / "stopped")
+    with stopped_fit(RESTART, stop_after):
+        run(stop_after, tmp_path / "stopped")
     model, cb, rates, fit = run(RESTART.total_epochs, tmp_path / "resumed",
                                 ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
     assert cb.events == full_cb.events and cb.events[0]["lr_restart"] == RESTART.finetune_epochs
@@ -472,7 +549,8 @@ def test_a_resumed_run_with_lr_warmup_matches_an_uninterrupted_one(tmp_path, sto
         return model, fit
 
     full_model, full_fit = run(WARM.total_epochs, tmp_path / "full")
-    run(stop_after, tmp_path / "stopped")
+    with stopped_fit(WARM, stop_after):
+        run(stop_after, tmp_path / "stopped")
     model, fit = run(WARM.total_epochs, tmp_path / "resumed",
                      ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
     resumed = fit.optimizers[0].seen  # the steps after the resume, scaled as in the uninterrupted fit

@@ -88,3 +88,32 @@ def test_scaled_steps_scale_the_rate_inside_the_step_only_and_restore_it_exactly
     scaled.set([opt], 1.0)  # the warm-up is over: the hooks are gone
     opt.step()
     assert opt.seen == [0.025, 0.1]
+
+
+@pytest.mark.parametrize(("schedule", "max_epochs", "max_steps", "reaches"), [
+    # prune at the start of epoch 2 (step 8 at 4 steps per epoch), one fine-tune epoch after it
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), 3, -1, True),
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), 2, -1, False),  # ends with the epoch before the prune
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), 1, -1, False),
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), -1, -1, True),  # no bound
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), None, 9, True),  # the prune's step is taken
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), -1, 8, False),  # stops right before it
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=1), 5, 3, False),
+    # a schedule that ends with the prune: the engine prunes at the end of the fit's last epoch
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=0), 2, -1, True),
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=0), 2, 8, True),
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=0), 2, 7, False),
+    (PruningSchedule(sparsify_epochs=2, finetune_epochs=0), -1, 8, False),  # no epoch end to prune at
+    # iterative: the last of 3 events is at the start of epoch 4
+    (PruningSchedule(sparsify_epochs=2, prune_events=3, finetune_epochs=1), 4, -1, False),
+    (PruningSchedule(sparsify_epochs=2, prune_events=3, finetune_epochs=1), 5, 17, True),
+])
+def test_reaches_last_prune_judges_the_trainers_bounds_against_the_step_of_the_last_event(
+        schedule, max_epochs, max_steps, reaches):
+    assert schedule.reaches_last_prune(max_epochs, max_steps, steps_per_epoch=4) is reaches
+
+
+def test_reaches_last_prune_does_not_judge_max_steps_without_the_epoch_length():
+    schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=1)
+    assert schedule.reaches_last_prune(None, 3, steps_per_epoch=None)
+    assert not schedule.reaches_last_prune(2, 3, steps_per_epoch=None)  # max_epochs alone already falls short
