@@ -103,6 +103,36 @@ DENSE_COPY_CALLBACKS = {
 }
 
 
+def restart_monitors(trainer: Trainer) -> list[str]:
+    """After a prune event, the callbacks that compare a monitored metric with its best so far start
+    over, since the pruned model competes with itself, not with the model before the prune:
+
+    - every ``ModelCheckpoint`` with a ``monitor`` starts its best-k over, among the pruned model's
+      checkpoints. Those saved before hold other shapes, which the pruned module cannot load
+      (``trainer.test(ckpt_path="best")`` would fail on them); they stay on disk, no longer ranked
+      nor deleted (a fit can be resumed from them);
+    - every ``EarlyStopping`` forgets its best score and its patience count, which the dense model
+      set: else the fine-tuning stops ``patience`` epochs after the prune whenever the pruned model
+      does not beat the dense one by then.
+
+    Returns the names of the callbacks that started over."""
+    restarted: list[str] = []
+    for cb in trainer.callbacks:
+        if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None:
+            cb.best_k_models = {}
+            cb.kth_best_model_path = ""
+            cb.best_model_path = ""
+            cb.best_model_score = None
+            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+        elif isinstance(cb, lightning_callbacks.EarlyStopping):
+            cb.wait_count = 0
+            cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
+        else:
+            continue
+        restarted.append(f"{type(cb).__name__}(monitor={cb.monitor!r})")
+    return restarted
+
+
 class Pruning(Callback):
     r"""Filter pruning inside ``fit`` with any registered method; the model shrinks for real.
 
@@ -232,6 +262,12 @@ class Pruning(Callback):
             rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info)
         self.engine.start()
 
+    def _restart_monitors(self, trainer: Trainer) -> None:
+        restarted = restart_monitors(trainer)
+        if restarted and self.verbose:
+            rank_zero_info(f"{type(self).__name__}: {', '.join(restarted)} compare the pruned model with itself "
+                           "from here on.")
+
     def _warn_short_fit(self, bound: str, fix: str, at: str = "") -> None:
         schedule = self.schedule
         self._short_fit = True
@@ -274,6 +310,7 @@ class Pruning(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         engine = self.engine
         setting_up = engine.needs_setup  # what only the set-up reads: the epoch's length, validation data
+        events = engine.events_done
         metrics = engine.on_batch_start(
             pl_module, batch, epoch=trainer.current_epoch, step=trainer.global_step, optimizers=trainer.optimizers,
             world=self._world,
@@ -281,6 +318,8 @@ class Pruning(Callback):
             if setting_up else None,
             evaluate=(engine.evaluate or validation_accuracy(trainer, pl_module)) if setting_up else None,
             schedulers=[config.scheduler for config in trainer.lr_scheduler_configs])
+        if self.engine.events_done > events:
+            self._restart_monitors(trainer)
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 
@@ -298,9 +337,12 @@ class Pruning(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        events = self.engine.events_done
         metrics = self.engine.on_epoch_end(pl_module, epoch=trainer.current_epoch, step=trainer.global_step,
                                            optimizers=trainer.optimizers, max_epochs=trainer.max_epochs,
                                            world=self._world)
+        if self.engine.events_done > events:
+            self._restart_monitors(trainer)
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 

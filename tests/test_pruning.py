@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningResult, PruningSchedule, SSRPruning, apply_plan
 from lightning_ssr.methods import PruningMethod
@@ -295,6 +295,57 @@ def test_a_fit_a_callback_stops_before_the_prune_says_so_at_its_end_and_min_epoc
     # the advice works: Lightning does not stop before min_epochs, and the schedule completes
     pruning, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()], max_epochs=3, min_epochs=3)
     assert warned == [] and pruning.result is not None and pruning.events_done == 1
+
+
+class ScoredClassifier(TinyClassifier):
+    """Validation logs ``scores[epoch]`` as "score" (by default best in epoch 0, before the prune);
+    test logs the loss."""
+
+    def __init__(self, scores=(0.0, -1.0, -2.0, -3.0)):
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch, batch_idx):
+        self.log("score", self.scores[self.current_epoch])
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+
+@pytest.mark.parametrize("save_top_k", [1, 2, -1])
+def test_model_checkpoint_ranks_the_pruned_models_checkpoints_so_that_best_loads(tmp_path, save_top_k):
+    pl.seed_everything(0)
+    model = ScoredClassifier()
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=2),
+                      verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="score", mode="max", save_top_k=save_top_k)
+    fit = trainer(tmp_path, [pruning, ckpt], 3)
+    fit.fit(model, loader(), loader())
+    # the dense checkpoint of epoch 0 scored best, but the pruned module cannot load it: the ranking
+    # restarted at the prune (start of epoch 1), and the dense file stays on disk for a resume
+    assert ckpt.best_model_path.endswith("epoch=1-step=8.ckpt") and float(ckpt.best_model_score) == -1.0
+    pruned_files = {str(tmp_path / "ckpts" / f) for f in ("epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt")}
+    assert set(ckpt.best_k_models) <= pruned_files
+    assert (tmp_path / "ckpts" / "epoch=0-step=4.ckpt").exists()
+    tested = fit.test(model, loader(), ckpt_path="best", verbose=False)
+    assert math.isfinite(tested[0]["test_loss"])
+    best = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_compares_the_pruned_model_with_itself(tmp_path):
+    # the dense model scored 1.0; after the prune (start of epoch 1) the fine-tuning improves, 0.5 -> 0.7, but
+    # stays below it: measured against the dense best, patience=2 would stop the fine-tuning after epoch 2
+    pl.seed_everything(0)
+    model = ScoredClassifier(scores=(1.0, 0.5, 0.6, 0.7))
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=3),
+                      verbose=False)
+    stopping = EarlyStopping(monitor="score", mode="max", patience=2)
+    fit = trainer(tmp_path, [pruning, stopping], 4)
+    fit.fit(model, loader(), loader())
+    assert fit.current_epoch == 4 and stopping.stopped_epoch == 0  # the whole schedule ran
+    assert float(stopping.best_score) == pytest.approx(0.7) and stopping.wait_count == 0
+    assert pruning.result is not None
 
 
 def test_per_layer_pruning_ratio_is_capped(tmp_path):
