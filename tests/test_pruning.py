@@ -4,6 +4,7 @@ import dataclasses
 import io
 import logging
 import math
+import sys
 import warnings
 
 import lightning.pytorch as pl
@@ -608,3 +609,48 @@ def test_a_resumed_run_with_lr_warmup_matches_an_uninterrupted_one(tmp_path, sto
     assert resumed == full_fit.optimizers[0].seen[-len(resumed):] and len(resumed) == 4 * (WARM.total_epochs - stop_after)
     assert fit.optimizers[0].param_groups[0]["lr"] == full_fit.optimizers[0].param_groups[0]["lr"]
     assert_same_weights(model, full_model)
+
+
+class _CLIData(pl.LightningDataModule):
+    def train_dataloader(self):
+        return loader()
+
+
+def _cli(tmp_path, monkeypatch, pruning_args):
+    """LightningCLI run from Python on a config: the command line is left empty (pytest's own)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    config = {"seed_everything": 0, "trainer": {"max_epochs": 3, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                          "enable_progress_bar": False, "enable_model_summary": False,
+                          "default_root_dir": str(tmp_path),
+                          "callbacks": [{"class_path": "lightning_ssr.Pruning", "init_args": pruning_args}]}}
+    return LightningCLI(TinyClassifier, _CLIData, args={"fit": config}, save_config_kwargs={"overwrite": True})
+
+
+def test_lightning_cli_configures_the_callback_from_plain_data(tmp_path, monkeypatch):
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (pip install 'lightning_ssr[cli]')")
+    cli = _cli(tmp_path, monkeypatch, {"method": "l1", "target": {"filters": 0.5}, "allocation": "uniform", "round_to": 2,
+                          "schedule": {"sparsify_epochs": 2, "finetune_epochs": 1}})
+    (pruning,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, Pruning)]
+    assert pruning.schedule == PruningSchedule(sparsify_epochs=2, finetune_epochs=1)
+    assert pruning.allocation == "uniform" and pruning.result is not None
+    # the engine's keyword arguments (allocation, round_to) reach it through Pruning(**engine_args)
+    kept = [layer["after"] for layer in pruning.result.layers if layer["after"] < layer["before"]]
+    assert kept and all(n % 2 == 0 for n in kept)
+    saved = (tmp_path / "config.yaml").read_text()  # LightningCLI's record of the run, replayable
+    assert "lightning_ssr.Pruning" in saved and "round_to: 2" in saved
+
+
+@pytest.mark.parametrize(("pruning_args", "match"), [
+    ({"method": "l1", "target": {"filters": 0.5}, "allocaton": "uniform"}, "Option 'allocaton' is not accepted"),
+    ({"method": "l1", "target": {"filters": 0.5}, "allocation": "unifrom"},
+     "allocation must be one of ('uniform', 'global', 'method'), got 'unifrom'"),  # the callback's own check
+    ({"method": "l1", "target": {"filter": 0.5}}, "unknown target key(s) ['filter']"),
+])
+def test_lightning_cli_refuses_a_bad_callback_config_before_training(tmp_path, monkeypatch, capsys, pruning_args,
+                                                                      match):
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (pip install 'lightning_ssr[cli]')")
+    with pytest.raises((SystemExit, ValueError, TypeError)) as error:
+        _cli(tmp_path, monkeypatch, pruning_args)
+    assert match in str(error.value) + capsys.readouterr().err  # jsonargparse exits with the reasons on stderr
