@@ -24,6 +24,23 @@ from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 APPLIED_PLAN_ATTR = "_pruning_applied_plan"
 
 
+def applied_plan(model: nn.Module) -> PruningPlan | None:
+    """The plan ``model`` was already rebuilt with (by an earlier pruning fit, or loaded with
+    :func:`load_pruned`), with layer names relative to ``model``; ``None`` for a model at its
+    constructed shapes. A plan recorded on a submodule (a pruned network loaded bare, then
+    wrapped in a LightningModule) is named from ``model`` down."""
+    for prefix, module in model.named_modules():
+        data = getattr(module, APPLIED_PLAN_ATTR, None)
+        if data is None:
+            continue
+        plan = PruningPlan.from_dict(data)
+        if prefix:
+            plan.kept = {f"{prefix}.{k}": v for k, v in plan.kept.items()}
+            plan.sizes = {f"{prefix}.{k}": v for k, v in plan.sizes.items()}
+        return plan
+    return None
+
+
 class CheckpointReadError(RuntimeError):
     """A checkpoint, ``pruned.pt`` or plan file that cannot be read."""
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import APPLIED_PLAN_ATTR
+from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .latency import model_ms
 from .methods.base import MethodContext, PruningMethod, build_method
@@ -584,7 +584,10 @@ class PruningEngine:
             if world.rewrap is not None:
                 world.rewrap()  # a data-parallel wrapper held the old parameters
             after = count_cost(model, example)
-            plan = step_plan if self.plan is None else self.plan.then(step_plan)
+            # cumulative from the shapes the model was constructed with, also across fits: a model an
+            # earlier fit pruned (or load_pruned rebuilt) carries that plan, and this one comes after it
+            prior = self.plan if self.plan is not None else applied_plan(model)
+            plan = step_plan if prior is None else prior.then(step_plan)
             info = dict(self.method.after_rebuild(model, step_plan) or {})
             if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
                 info.update(self._latency_check(model, example, world))

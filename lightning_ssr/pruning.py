@@ -24,7 +24,7 @@ from torch import nn
 from typing_extensions import override
 
 from . import lightning_internals as internals
-from .checkpoint import apply_checkpoint_plan
+from .checkpoint import applied_plan, apply_checkpoint_plan
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
 from .methods.base import PruningMethod
@@ -368,8 +368,11 @@ class Pruning(Callback):
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
-        if self.plan is not None:
-            checkpoint[PLAN_CHECKPOINT_KEY] = self.plan.to_dict()
+        # before this fit's first prune, the plan of an earlier pruning fit, if the module carries one:
+        # the checkpoint then still loads into a freshly constructed module
+        plan = self.plan if self.plan is not None else applied_plan(pl_module)
+        if plan is not None:
+            checkpoint[PLAN_CHECKPOINT_KEY] = plan.to_dict()
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_ssr import (
+    PLAN_CHECKPOINT_KEY,
     CheckpointReadError,
     PlanMismatchError,
     PrunedCheckpointMixin,
+    Pruning,
     PruningSchedule,
     SSRPruning,
+    apply_plan,
     load_pruned,
     prune_oneshot,
     read_checkpoint,
@@ -19,7 +22,7 @@ from lightning_ssr import (
 )
 from lightning_ssr.app.models import build_model
 from lightning_ssr.checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
-from tests.lit import loader, trainer
+from tests.lit import TinyClassifier, epoch_checkpoints, loader, trainer
 from tests.nets import SmallResidualCNN
 
 
@@ -167,3 +170,45 @@ def test_a_truncated_plan_file_names_the_file(tmp_path):
     (tmp_path / "cut.json").write_text((tmp_path / "plan.json").read_text()[:25])
     with pytest.raises(PlanMismatchError, match="cut.json.*unreadable"):
         PruningPlan.load(tmp_path / "cut.json")
+
+
+def _second_pruning_fit(tmp_path, model, ckpt_path=None):
+    """A second pruning fit of ``model`` (l1 this time), pruning at the start of its epoch 1, with a
+    checkpoint at the end of every epoch in ``tmp_path / "second"``."""
+    pruning = Pruning("l1", target={"filters": 0.6}, verbose=False,
+                      schedule=PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1))
+    ckpt = epoch_checkpoints(tmp_path / "second", resume_from=ckpt_path)
+    fit = trainer(tmp_path, [pruning, ckpt], 2)
+    fit.fit(model, loader(), ckpt_path=ckpt_path)
+    return pruning, fit
+
+
+def test_the_plans_of_two_pruning_fits_compose_so_that_their_checkpoints_load_into_a_fresh_module(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    first = Pruning("oneshot", target={"filters": 0.5}, verbose=False,
+                    schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    trainer(tmp_path, [first], 1).fit(model, loader())
+    after_first = {k: v.clone() for k, v in model.state_dict().items()}
+    second, fit = _second_pruning_fit(tmp_path, model)
+    assert second.plan.to_dict() != first.plan.to_dict()
+    # a checkpoint of the second fit from before its prune holds the first fit's plan
+    before_prune = read_checkpoint(tmp_path / "second" / "epoch=0.ckpt")
+    assert before_prune[PLAN_CHECKPOINT_KEY] == first.plan.to_dict()
+    assert {k: v.shape for k, v in load_pruned(TinyClassifier(), before_prune).state_dict().items()} == {
+        k: v.shape for k, v in after_first.items()}
+    # the last one holds both plans composed, relative to the constructed shapes
+    fit.save_checkpoint(tmp_path / "final.ckpt")
+    fresh = load_pruned(TinyClassifier(), tmp_path / "final.ckpt")
+    x = next(iter(loader()))[0]
+    model.eval()
+    fresh.eval()
+    assert torch.equal(fresh(x), model(x))
+    rebuilt = TinyClassifier()
+    apply_plan(rebuilt, second.plan)  # the result's plan alone rebuilds the shapes
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    # and the second fit resumed in a fresh module from before its prune ends where the uninterrupted one did
+    pl.seed_everything(0)
+    resumed_model = TinyClassifier()
+    _second_pruning_fit(tmp_path, resumed_model, ckpt_path=tmp_path / "second" / "epoch=0.ckpt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in resumed_model.state_dict().items())
