@@ -238,6 +238,12 @@ class Pruning(Callback):
                 f"{name} rebuilds the model during fit, which a torch.compile'd module cannot follow; "
                 "train the uncompiled module and compile the pruned one afterwards (torch.compile(model)).")
         for cb in trainer.callbacks:
+            if isinstance(cb, Pruning) and cb is not self:
+                raise MisconfigurationException(
+                    f"{name} cannot share a fit with another {type(cb).__name__} (method {cb.method.name!r}): each "
+                    "would rebuild the same model by its own plan, and the second rebuild fails on the shapes the "
+                    "first left. Use one per fit; to prune again with another method, give the pruned "
+                    "LightningModule a second fit with the other callback (the plans compose).")
             known = next((v for k, v in DENSE_COPY_CALLBACKS.items() if isinstance(cb, k)), None)
             if known is not None:
                 cls = type(cb).__name__

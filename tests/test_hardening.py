@@ -172,6 +172,22 @@ def test_callbacks_holding_a_dense_copy_are_refused_before_the_first_step(tmp_pa
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("make_other", [lambda: Pruning("random", target={"macs": 0.5}, **ONESHOT),
+                                        lambda: SSRPruning(regularizer="l20", flops_budget=0.5, **SSR)],
+                         ids=["another_method", "ssr_preset"])
+def test_a_second_pruning_callback_in_the_same_fit_is_refused_before_the_first_step(tmp_path, make_other):
+    """Without the check the fit failed after the first prune: the second rebuild met the shapes the first left."""
+    torch.manual_seed(0)
+    model = Lit(SmallResidualCNN())
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), make_other()])
+    with pytest.raises(Exception, match="cannot share a fit with another") as info:
+        trainer.fit(model, _data())
+    assert "second fit" in str(info.value)
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("make_other", [pytest.param(lambda: EMAWeightAveraging(), marks=needs_ema, id="ema"),
                                         pytest.param(lambda: ModelPruning("l1_unstructured", amount=0.5),
                                                      id="model_pruning")])
