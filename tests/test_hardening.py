@@ -4,6 +4,8 @@ the model's state_dict bitwise unchanged)."""
 
 import copy
 import json
+import re
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -99,6 +101,19 @@ ONESHOT = {"schedule": PruningSchedule(sparsify_epochs=0, finetune_epochs=2), "v
 SSR = {"schedule": PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2),
        "verbose": False}
 
+def with_normed(layer: str, norm: str) -> SmallResidualCNN:
+    """SmallResidualCNN whose ``layer`` computes its weight from other parameters: ``weight_norm`` and
+    ``spectral_norm`` parametrizations, or the older ``torch.nn.utils.weight_norm`` (weight_g, weight_v)."""
+    net = SmallResidualCNN()
+    if norm == "weight_g_v":
+        with warnings.catch_warnings():  # deprecated in favour of the parametrization, still in use
+            warnings.simplefilter("ignore")
+            torch.nn.utils.weight_norm(getattr(net, layer))
+    else:
+        getattr(torch.nn.utils.parametrizations, norm)(getattr(net, layer))
+    return net
+
+
 # (id, network factory, callback factory, expected error, text the message must contain)
 REFUSED_AT_SETUP = [
     ("channel_shuffle", ChannelShuffleNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
@@ -114,6 +129,11 @@ REFUSED_AT_SETUP = [
      lambda: Pruning("oneshot", target={"rates": {"net.nope": 0.5}}, **ONESHOT), ValueError, "['net.nope']"),
     ("target_unreachable", SmallResidualCNN,
      lambda: Pruning("oneshot", target={"macs": 0.01}, min_channels=4, **ONESHOT), ValueError, "too small"),
+    *[(f"{norm}_{layer}", lambda norm=norm, layer=layer: with_normed(layer, norm),
+       lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), UnsupportedLayerError,
+       f"layer 'net.{layer}' ({cls}) has no weight parameter of its own")
+      for norm, layer, cls in [("weight_norm", "conv_a", "ParametrizedConv2d"),
+                               ("spectral_norm", "mix", "ParametrizedConv2d"), ("weight_g_v", "stem", "Conv2d")]],
 ]
 
 
@@ -130,6 +150,22 @@ def test_refused_before_the_first_step_with_the_model_unchanged(tmp_path, case):
     assert trainer.global_step == 0
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "weight_g_v"])
+def test_a_weight_normed_layer_the_message_names_can_be_left_out_and_the_rest_prunes(tmp_path, norm):
+    """What the refusal says to do: pass the group's root in ignored_layers; the parametrized layer's
+    channels stay whole (and its parametrization in place) while the other groups are pruned."""
+    torch.manual_seed(0)
+    model = Lit(with_normed("stem", norm))
+    with pytest.raises(UnsupportedLayerError, match="layer 'net.stem'") as info:
+        _trainer(tmp_path, [Pruning("oneshot", target={"filters": 0.7}, **ONESHOT)]).fit(model, _data())
+    (root,) = re.findall(r"or pass '([^']+)' in ignored_layers", str(info.value))  # the stem's residual group
+    pruning = Pruning("oneshot", target={"filters": 0.7}, ignored_layers=[root], **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())
+    cut = {row["name"] for row in pruning.result.layers if row["after"] < row["before"]}
+    assert cut and "net.stem" not in cut and model.net.stem.weight.shape[0] == 8
+    assert torch.nn.utils.parametrize.is_parametrized(model.net.stem) == (norm == "weight_norm")
 
 
 def test_dict_input_model_is_refused_before_the_first_step(tmp_path):

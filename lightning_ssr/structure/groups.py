@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..modes import eval_mode
 
@@ -254,9 +255,7 @@ def _is_depthwise(module) -> bool:
 
 
 def _check_supported(module, name: str, root: str) -> None:
-    if isinstance(module, _CONV):
-        return
-    if isinstance(module, (nn.Linear,) + _NORM):
+    if isinstance(module, _CONV + (nn.Linear,) + _NORM):
         return
     if isinstance(module, nn.Parameter):
         raise UnsupportedLayerError(
@@ -266,6 +265,35 @@ def _check_supported(module, name: str, root: str) -> None:
         raise UnsupportedLayerError(
             f"layer '{name}' ({type(module).__name__}) has parameters on pruned channels and the "
             "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
+
+
+def check_plain_parameters(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
+    """The rebuild slices the ``weight`` and ``bias`` of every layer a group's channels reach as
+    parameters of their own; a weight that a parametrization or weight norm computes from others
+    (``parametrizations.weight.original*``, ``weight_g``/``weight_v``) is refused, naming the
+    layer and what to do."""
+    modules = dict(model.named_modules())
+    for g in groups:
+        for name in [*g.out_modules, *(c for c, _ in g.consumers)]:
+            if name in modules:
+                _check_plain_parameters(modules[name], name, g.name)
+
+
+def _check_plain_parameters(module: nn.Module, name: str, root: str) -> None:
+    own = dict(module.named_parameters(recurse=False))
+    for attr in ("weight", "bias"):
+        if parametrize.is_parametrized(module, attr):
+            how = "a parametrization computes it (torch.nn.utils.parametrize: weight_norm, spectral_norm, ...)"
+        elif attr not in own and getattr(module, attr, None) is not None:
+            how = f"it is computed from other parameters ({sorted(own)}: torch.nn.utils.weight_norm?)"
+        else:
+            continue
+        raise UnsupportedLayerError(
+            f"layer '{name}' ({type(module).__name__}) has no {attr} parameter of its own: {how}; the rebuild "
+            "slices plain parameters and cannot follow it. Remove it for the pruning "
+            f"(torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}), or "
+            f"torch.nn.utils.remove_weight_norm) and apply it again to the pruned model, or pass '{root}' in "
+            "ignored_layers to leave the channels that reach it unpruned.")
 
 
 def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
@@ -315,14 +343,25 @@ def find_channel_groups(
     example_inputs,
     ignored_layers: Iterable[str] = (),
     graph: tp.DependencyGraph | None = None,
+    check_parameters: bool = True,
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
 
     ``ignored_layers`` are module names whose output channels must not be pruned (added to
     those that modules declare in ``pruning_ignored_layers``); groups whose channels are the
     model's outputs (no conv/linear consumes them: the classifier)
-    are never returned.
+    are never returned. With ``check_parameters``, the layers they reach must hold plain
+    parameters (:func:`check_plain_parameters`).
+
+    The model is read in eval mode (given back after): reading a parametrized weight in training
+    mode runs its parametrization, and spectral_norm's power iteration would update its buffers.
     """
+    with eval_mode(model):
+        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check_parameters)
+
+
+def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
+                         graph: tp.DependencyGraph | None, check_parameters: bool) -> list[ChannelGroup]:
     modules = dict(model.named_modules())
     ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
@@ -384,4 +423,6 @@ def find_channel_groups(
                                         "of the grouped convolutions they reach; pass it in ignored_layers")
         groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks,
                                    fixed))
+    if check_parameters:
+        check_plain_parameters(model, groups)
     return groups

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from ..modes import eval_mode
-from .groups import ChannelGroup, UnsupportedLayerError, align_blocks, build_dependency_graph, find_channel_groups
+from .groups import (
+    ChannelGroup,
+    UnsupportedLayerError,
+    align_blocks,
+    build_dependency_graph,
+    check_plain_parameters,
+    find_channel_groups,
+)
 from .plan import PlanMismatchError, PruningPlan
 
 
@@ -224,8 +231,9 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
     """
     graph = build_dependency_graph(model, example_inputs)
-    groups = find_channel_groups(model, example_inputs, graph=graph)
+    groups = find_channel_groups(model, example_inputs, graph=graph, check_parameters=False)
     matched = _match_groups(groups, kept, sizes)
+    check_plain_parameters(model, matched.values())  # only the groups the plan cuts
     modules = dict(model.named_modules())
     # torch-pruning edits modules in place (new Parameter objects, new attribute values)
     snapshot = snapshot_modules(model)
