@@ -148,16 +148,19 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
 
 def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping) -> None:
     """Rebuild ``module`` into the shapes of the plan stored in ``checkpoint``, if any, before its
-    weights load. A module already rebuilt with the same plan is left alone."""
+    weights load. A module already rebuilt with the same plan is left alone; one rebuilt with an
+    earlier plan that the checkpoint's continues (a later pruning fit of it) takes the rest
+    (:meth:`PruningPlan.after`); any other plan is refused."""
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
-    current = getattr(module, APPLIED_PLAN_ATTR, None)
-    if data is None or data == current:
+    if data is None:
         return
-    if current is not None:
-        raise PlanMismatchError("the checkpoint's pruning plan differs from the one this model was already "
-                                "rebuilt with; construct a fresh model to load it")
-    apply_plan(module, data)
-    setattr(module, APPLIED_PLAN_ATTR, data)
+    target = PruningPlan.from_dict(data)
+    current = applied_plan(module)
+    if current is None:
+        apply_plan(module, target)
+    elif (current.kept, current.sizes) != (target.kept, target.sizes):
+        apply_plan(module, target.after(current))
+    setattr(module, APPLIED_PLAN_ATTR, target.to_dict())
 
 
 class PrunedCheckpointMixin:

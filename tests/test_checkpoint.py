@@ -22,7 +22,7 @@ from lightning_ssr import (
 )
 from lightning_ssr.app.models import build_model
 from lightning_ssr.checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
-from tests.lit import TinyClassifier, epoch_checkpoints, loader, trainer
+from tests.lit import NetClassifier, TinyClassifier, epoch_checkpoints, loader, trainer
 from tests.nets import SmallResidualCNN
 
 
@@ -81,11 +81,14 @@ def test_load_pruned_into_a_fresh_module_or_the_bare_network(pruned_checkpoint):
         assert torch.equal(module(x), expected)
         assert torch.equal(net(x), expected)
     assert getattr(module, APPLIED_PLAN_ATTR) == torch.load(path, weights_only=True)["pruning_plan"]
-    # loading the same checkpoint's plan again is a no-op; another plan is refused
+    # loading the same checkpoint's plan again is a no-op; a plan that keeps channels this one removed is refused
     apply_checkpoint_plan(module, torch.load(path, weights_only=True))
-    other = dict(getattr(module, APPLIED_PLAN_ATTR), input_shape=[1, 3, 8, 8])
-    with pytest.raises(PlanMismatchError, match="construct a fresh model"):
+    applied = getattr(module, APPLIED_PLAN_ATTR)
+    cut = next(g for g in applied["groups"] if len(g["kept"]) < g["size"])
+    other = dict(applied, groups=[dict(g, kept=list(range(g["size"]))) if g is cut else g for g in applied["groups"]])
+    with pytest.raises(PlanMismatchError, match="keeps channels .* that one removed; construct a fresh model"):
         apply_checkpoint_plan(module, {"pruning_plan": other})
+    assert getattr(module, APPLIED_PLAN_ATTR) == applied
 
 
 def test_save_pruned_round_trips(tmp_path):
@@ -212,3 +215,27 @@ def test_the_plans_of_two_pruning_fits_compose_so_that_their_checkpoints_load_in
     resumed_model = TinyClassifier()
     _second_pruning_fit(tmp_path, resumed_model, ckpt_path=tmp_path / "second" / "epoch=0.ckpt")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in resumed_model.state_dict().items())
+
+
+@pytest.mark.parametrize("resume_epoch", [0, 1], ids=["before_its_prune", "after_its_prune"])
+def test_a_second_pruning_fit_of_a_loaded_network_resumes_in_a_module_built_the_same_way(tmp_path, resume_epoch):
+    """The first fit's plan sits on the bare network (load_pruned), wrapped in a new LightningModule
+    for the second fit: resuming that fit in a module built the same way rebuilds only what the
+    checkpoint's plan adds to the network's own."""
+    pl.seed_everything(0)
+    first_module = NetClassifier(SmallResidualCNN())
+    first = Pruning("oneshot", target={"filters": 0.5}, verbose=False,
+                    schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    trainer(tmp_path, [first], 1).fit(first_module, loader())
+    save_pruned(first_module, tmp_path / "pruned.pt", first.plan)
+
+    def loaded():
+        return NetClassifier(load_pruned(SmallResidualCNN(), tmp_path / "pruned.pt"))
+
+    pl.seed_everything(1)
+    model = loaded()
+    _second_pruning_fit(tmp_path, model)
+    pl.seed_everything(1)
+    resumed = loaded()
+    _second_pruning_fit(tmp_path, resumed, ckpt_path=tmp_path / "second" / f"epoch={resume_epoch}.ckpt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in resumed.state_dict().items())

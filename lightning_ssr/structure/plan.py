@@ -80,6 +80,31 @@ class PruningPlan:
                 out.sizes[name] = later.sizes[name]
         return out
 
+    def after(self, earlier: PruningPlan) -> PruningPlan:
+        """The inverse of :meth:`then`: the plan that, applied after ``earlier``, gives this one (per
+        layer, the positions among the channels ``earlier`` kept of those this plan keeps). Raises
+        :class:`PlanMismatchError` when this plan does not continue ``earlier``: it keeps a channel
+        ``earlier`` removed, counts from other widths, or leaves out a layer ``earlier`` cut."""
+        step = PruningPlan(list(self.input_shape))
+        for name in earlier.kept:
+            if name not in self.kept:
+                raise PlanMismatchError(f"the pruning plan does not continue the one this model was rebuilt with: it "
+                                        f"leaves out '{name}', which that plan cut; construct a fresh model to load it")
+        for name, kept in self.kept.items():
+            if name not in earlier.kept:
+                step.kept[name], step.sizes[name] = list(kept), self.sizes[name]
+                continue
+            position = {c: i for i, c in enumerate(earlier.kept[name])}
+            removed = [c for c in kept if c not in position]
+            if earlier.sizes[name] != self.sizes[name] or removed:
+                raise PlanMismatchError(
+                    f"the pruning plan does not continue the one this model was rebuilt with: in '{name}' it "
+                    + (f"keeps channels {removed[:5]} that one removed" if removed else
+                       f"counts {self.sizes[name]} channels where that one counted {earlier.sizes[name]}")
+                    + "; construct a fresh model to load it")
+            step.kept[name], step.sizes[name] = [position[c] for c in kept], len(earlier.kept[name])
+        return step
+
 
 
 def plan_from_support(input_shape: Sequence[int], support: Mapping[str, torch.Tensor],

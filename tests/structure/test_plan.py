@@ -116,6 +116,20 @@ def test_plans_compose():
     both = first.then(second)
     assert both.kept == {"conv1": [1, 5], "fc1": [4]}
     assert both.sizes == {"conv1": 20, "fc1": 500}
+    # after() undoes then(): what the second plan did, counted from the channels the first kept
+    step = both.after(first)
+    assert step.kept == second.kept and step.sizes == second.sizes
+
+
+@pytest.mark.parametrize(("kept", "sizes", "match"), [
+    ({"conv1": [0, 1]}, {"conv1": 20}, r"keeps channels \[0\] that one removed"),
+    ({"conv1": [1]}, {"conv1": 10}, "counts 10 channels where that one counted 20"),
+    ({"fc1": [4]}, {"fc1": 500}, "leaves out 'conv1'"),
+])
+def test_a_plan_that_does_not_continue_another_is_refused(kept, sizes, match):
+    first = PruningPlan([1, 1, 28, 28], {"conv1": [1, 3, 5, 7]}, {"conv1": 20})
+    with pytest.raises(PlanMismatchError, match=match):
+        PruningPlan([1, 1, 28, 28], kept, sizes).after(first)
 
 
 @pytest.mark.parametrize("make_opt", [
