@@ -113,7 +113,8 @@ def restart_monitors(trainer: Trainer) -> list[str]:
       nor deleted (a fit can be resumed from them);
     - every ``EarlyStopping`` forgets its best score and its patience count, which the dense model
       set: else the fine-tuning stops ``patience`` epochs after the prune whenever the pruned model
-      does not beat the dense one by then.
+      does not beat the dense one by then. A stop it asked for before the prune, which
+      ``Trainer(min_epochs=...)`` held off, is withdrawn (``trainer.should_stop``).
 
     Returns the names of the callbacks that started over."""
     restarted: list[str] = []
@@ -127,6 +128,12 @@ def restart_monitors(trainer: Trainer) -> list[str]:
         elif isinstance(cb, lightning_callbacks.EarlyStopping):
             cb.wait_count = 0
             cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
+            if cb.stopped_epoch:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
+                cb.stopped_epoch = 0
+                if hasattr(cb, "stopping_reason"):  # Lightning >= 2.6
+                    cb.stopping_reason = type(cb.stopping_reason)["NOT_STOPPED"]
+                    cb.stopping_reason_message = None
+                trainer.should_stop = False
         else:
             continue
         restarted.append(f"{type(cb).__name__}(monitor={cb.monitor!r})")
@@ -279,7 +286,7 @@ class Pruning(Callback):
         self._short_fit = True
         rank_zero_warn(
             f"Trainer({bound}) ends before the last scheduled prune at the start of epoch "
-            f"{schedule.prune_epoch(schedule.prune_events - 1)}{at}; the model would not be fully pruned. Use {fix} "
+            f"{schedule.last_prune_epoch}{at}; the model would not be fully pruned. Use {fix} "
             "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.")
 
     @override
@@ -289,10 +296,12 @@ class Pruning(Callback):
         schedule = self.schedule
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
                 and not schedule.reaches_last_prune(trainer.max_epochs, trainer.max_steps, spe)):
-            step = schedule.prune_epoch(schedule.prune_events - 1) * spe
+            step = schedule.last_prune_epoch * spe
+            # the prune's step must be taken, which a schedule that ends with the prune needs one more step for
+            enough = schedule.total_epochs * spe if schedule.finetune_epochs else step + 1
             self._warn_short_fit(
                 f"max_steps={trainer.max_steps}",
-                f"max_steps={schedule.total_epochs * spe} (or max_steps=-1 and max_epochs={schedule.total_epochs})",
+                f"max_steps={enough} (or max_steps=-1 and max_epochs={schedule.total_epochs})",
                 at=f" (optimizer step {step}, at {spe} steps per epoch)")
 
     def _before_weights_load(self, module, state_dict, prefix, *args) -> None:
@@ -370,7 +379,8 @@ class Pruning(Callback):
                 rank_zero_info(message)
         else:
             rank_zero_warn(message + f" If a callback stopped it (EarlyStopping), give the Trainer "
-                                     f"min_epochs={schedule.total_epochs}: Lightning does not stop before it.")
+                                     f"min_epochs={schedule.min_epochs}: Lightning does not stop before it, and "
+                                     "EarlyStopping starts over at the prune.")
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:

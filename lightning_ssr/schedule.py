@@ -76,8 +76,20 @@ class PruningSchedule:
         return self.warmup_epochs + self.sparsify_epochs + event * self.epochs_between_prunes
 
     @property
+    def last_prune_epoch(self) -> int:
+        """The (0-based) epoch at whose start the last prune event is due."""
+        return self.prune_epoch(self.prune_events - 1)
+
+    @property
     def total_epochs(self) -> int:
-        return self.prune_epoch(self.prune_events - 1) + self.finetune_epochs
+        return self.last_prune_epoch + self.finetune_epochs
+
+    @property
+    def min_epochs(self) -> int:
+        """The fewest epochs a training takes to complete the last prune (with one epoch of
+        fine-tuning after it, if the schedule has any): the ``Trainer(min_epochs=...)`` that keeps
+        a stop request (``EarlyStopping``) from ending the training before the prune."""
+        return min(self.last_prune_epoch + 1, self.total_epochs)
 
     def lr_scale(self, steps_since_prune: int | None) -> float:
         """The factor of the learning rate at the optimizer step ``steps_since_prune`` steps after
@@ -95,7 +107,7 @@ class PruningSchedule:
         schedule ends with the prune (no fine-tune epoch) and the training ends with the epoch
         before it, where the prune happens at the end of the training. ``max_steps`` is only
         judged with ``steps_per_epoch`` known."""
-        last = self.prune_epoch(self.prune_events - 1)
+        last = self.last_prune_epoch
         bounded = max_epochs is not None and max_epochs >= 0
         prunes_at_end = bounded and last == self.total_epochs and max_epochs == last
         if bounded and max_epochs <= last and not prunes_at_end:

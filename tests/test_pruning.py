@@ -4,6 +4,7 @@ import dataclasses
 import io
 import logging
 import math
+import re
 import sys
 import warnings
 
@@ -247,13 +248,13 @@ class WarningsAtFirstBatch(Callback):
             self.seen = [str(w.message) for w in self.record]
 
 
-def _fit_with_bounds(tmp_path, extra=(), verbose=False, **bounds):
+def _fit_with_bounds(tmp_path, extra=(), verbose=False, schedule=SHORT, **bounds):
     """A short l1 schedule in a fit bounded by ``bounds``; returns the callback, the model's
     state_dict before the fit and the warnings issued, and those seen by the first batch."""
     pl.seed_everything(0)
     model = TinyClassifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruning = Pruning("l1", target={"filters": 0.5}, schedule=SHORT, verbose=verbose)
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=verbose)
     bounds.setdefault("max_epochs", -1)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -277,6 +278,16 @@ def test_a_trainer_bound_that_ends_before_the_prune_is_warned_of_before_the_firs
     assert pruning.plan is None and pruning.result is None
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
     assert "before the prune due at the start of epoch 2: the model keeps its dense shapes" in caplog.text
+
+
+@pytest.mark.parametrize("schedule", [SHORT, PruningSchedule(sparsify_epochs=2, finetune_epochs=0)],
+                         ids=["finetune", "ends_with_the_prune"])
+def test_the_max_steps_the_warning_advises_reaches_the_prune(tmp_path, schedule):
+    _, _, _, warned, _ = _fit_with_bounds(tmp_path, schedule=schedule, max_steps=3)
+    (advised,) = re.findall(r"Use max_steps=(\d+)", warned[0])
+    assert schedule.reaches_last_prune(-1, int(advised), steps_per_epoch=4)
+    pruning, *_ = _fit_with_bounds(tmp_path, schedule=schedule, max_steps=int(advised))
+    assert pruning.events_done == 1
 
 
 @pytest.mark.parametrize("bounds", [{"max_epochs": 3}, {"max_steps": 9}, {"max_epochs": 3, "max_steps": 12}])
@@ -347,6 +358,22 @@ def test_early_stopping_compares_the_pruned_model_with_itself(tmp_path):
     assert fit.current_epoch == 4 and stopping.stopped_epoch == 0  # the whole schedule ran
     assert float(stopping.best_score) == pytest.approx(0.7) and stopping.wait_count == 0
     assert pruning.result is not None
+
+
+def test_a_stop_early_stopping_asked_for_before_the_prune_is_withdrawn_there(tmp_path):
+    # the dense scores fall (1.0, 0.5): EarlyStopping(patience=1) asks to stop after epoch 1, which
+    # min_epochs (the schedule's, 3) holds off; the prune at the start of epoch 2 withdraws the request,
+    # and the fine-tuning, which improves (0.4, 0.45, 0.5), runs its whole schedule
+    schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=3)
+    assert schedule.min_epochs == 3
+    pl.seed_everything(0)
+    model = ScoredClassifier(scores=(1.0, 0.5, 0.4, 0.45, 0.5))
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False)
+    stopping = EarlyStopping(monitor="score", mode="max", patience=1)
+    fit = trainer(tmp_path, [pruning, stopping], schedule.total_epochs, min_epochs=schedule.min_epochs)
+    fit.fit(model, loader(), loader())
+    assert fit.current_epoch == 5 and stopping.stopped_epoch == 0 and pruning.events_done == 1
+    assert float(stopping.best_score) == pytest.approx(0.5)
 
 
 def test_per_layer_pruning_ratio_is_capped(tmp_path):
