@@ -114,6 +114,24 @@ def with_normed(layer: str, norm: str) -> SmallResidualCNN:
     return net
 
 
+class NormNet(nn.Module):
+    """conv -> ``norm`` (over its 16 channels) -> conv -> linear, or with ``norm="layer"`` a linear ->
+    LayerNorm -> linear head."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = nn.GroupNorm(norm, 16) if isinstance(norm, int) else nn.Identity()
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 16)
+        self.ln = nn.LayerNorm(16) if norm == "layer" else nn.Identity()
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.norm(self.c1(x))))).mean((2, 3))
+        return self.fc2(torch.relu(self.ln(self.fc1(x))))
+
+
 # (id, network factory, callback factory, expected error, text the message must contain)
 REFUSED_AT_SETUP = [
     ("channel_shuffle", ChannelShuffleNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
@@ -134,6 +152,10 @@ REFUSED_AT_SETUP = [
        f"layer 'net.{layer}' ({cls}) has no weight parameter of its own")
       for norm, layer, cls in [("weight_norm", "conv_a", "ParametrizedConv2d"),
                                ("spectral_norm", "mix", "ParametrizedConv2d"), ("weight_g_v", "stem", "Conv2d")]],
+    ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
+    ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
 ]
 
 
@@ -166,6 +188,20 @@ def test_a_weight_normed_layer_the_message_names_can_be_left_out_and_the_rest_pr
     cut = {row["name"] for row in pruning.result.layers if row["after"] < row["before"]}
     assert cut and "net.stem" not in cut and model.net.stem.weight.shape[0] == 8
     assert torch.nn.utils.parametrize.is_parametrized(model.net.stem) == (norm == "weight_norm")
+
+
+@pytest.mark.parametrize(("norm", "ignored"), [(16, []), (4, ["net.c1"])], ids=["one_channel_per_group", "ignored"])
+def test_group_norm_of_one_channel_per_group_prunes_and_one_of_wider_groups_can_be_left_whole(tmp_path, norm, ignored):
+    """The rebuild's numerical check passes (else the prune raises): a GroupNorm of one channel per
+    group keeps one per group; a wider one, ignored as its refusal says, stays whole."""
+    torch.manual_seed(0)
+    model = Lit(NormNet(norm))
+    pruning = Pruning("l1", target={"filters": 0.5}, ignored_layers=ignored, **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())
+    gn = model.net.norm
+    assert pruning.result is not None and model.net.c2.out_channels < 8
+    assert (gn.num_groups, gn.num_channels) == ((model.net.c1.out_channels,) * 2 if norm == 16 else (4, 16))
+    assert norm == 4 or model.net.c1.out_channels < 16
 
 
 def test_dict_input_model_is_refused_before_the_first_step(tmp_path):

@@ -267,16 +267,33 @@ def _check_supported(module, name: str, root: str) -> None:
             "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
 
 
-def check_plain_parameters(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
-    """The rebuild slices the ``weight`` and ``bias`` of every layer a group's channels reach as
-    parameters of their own; a weight that a parametrization or weight norm computes from others
-    (``parametrizations.weight.original*``, ``weight_g``/``weight_v``) is refused, naming the
-    layer and what to do."""
+def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
+    """Every layer a group's channels reach can be cut exactly, or an error naming it and what to
+    do: the rebuild slices each layer's ``weight`` and ``bias`` as parameters of their own (a weight
+    a parametrization or weight norm computes from others is refused), and a norm layer that
+    normalizes several channels together (``GroupNorm`` with more than one channel per group,
+    ``LayerNorm`` over the channels) would normalize the channels that stay by other statistics once
+    some of its channels are gone."""
     modules = dict(model.named_modules())
     for g in groups:
         for name in [*g.out_modules, *(c for c, _ in g.consumers)]:
             if name in modules:
                 _check_plain_parameters(modules[name], name, g.name)
+                _check_channels_normalized_apart(modules[name], name, g.name)
+
+
+def _check_channels_normalized_apart(module: nn.Module, name: str, root: str) -> None:
+    if isinstance(module, nn.GroupNorm) and module.num_groups < module.num_channels:
+        what = f"{module.num_groups} groups of {module.num_channels // module.num_groups} channels"
+    elif isinstance(module, nn.LayerNorm):
+        what = f"normalized_shape {tuple(module.normalized_shape)}"
+    else:
+        return
+    raise UnsupportedLayerError(
+        f"layer '{name}' ({type(module).__name__}, {what}) normalizes several channels together: removing some "
+        "changes the statistics of those that stay, so the pruned model would not compute what the masked one "
+        f"does. Pass '{root}' in ignored_layers to leave these channels whole (BatchNorm, InstanceNorm and "
+        "GroupNorm with one channel per group prune exactly).")
 
 
 def _check_plain_parameters(module: nn.Module, name: str, root: str) -> None:
@@ -343,25 +360,25 @@ def find_channel_groups(
     example_inputs,
     ignored_layers: Iterable[str] = (),
     graph: tp.DependencyGraph | None = None,
-    check_parameters: bool = True,
+    check: bool = True,
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
 
     ``ignored_layers`` are module names whose output channels must not be pruned (added to
     those that modules declare in ``pruning_ignored_layers``); groups whose channels are the
     model's outputs (no conv/linear consumes them: the classifier)
-    are never returned. With ``check_parameters``, the layers they reach must hold plain
-    parameters (:func:`check_plain_parameters`).
+    are never returned. With ``check``, the layers they reach must be ones the rebuild cuts
+    exactly (:func:`check_layers`).
 
     The model is read in eval mode (given back after): reading a parametrized weight in training
     mode runs its parametrization, and spectral_norm's power iteration would update its buffers.
     """
     with eval_mode(model):
-        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check_parameters)
+        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check)
 
 
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
-                         graph: tp.DependencyGraph | None, check_parameters: bool) -> list[ChannelGroup]:
+                         graph: tp.DependencyGraph | None, check: bool) -> list[ChannelGroup]:
     modules = dict(model.named_modules())
     ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
@@ -423,6 +440,6 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
                                         "of the grouped convolutions they reach; pass it in ignored_layers")
         groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks,
                                    fixed))
-    if check_parameters:
-        check_plain_parameters(model, groups)
+    if check:
+        check_layers(model, groups)
     return groups

@@ -20,7 +20,7 @@ from .groups import (
     UnsupportedLayerError,
     align_blocks,
     build_dependency_graph,
-    check_plain_parameters,
+    check_layers,
     find_channel_groups,
 )
 from .plan import PlanMismatchError, PruningPlan
@@ -231,9 +231,9 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
     """
     graph = build_dependency_graph(model, example_inputs)
-    groups = find_channel_groups(model, example_inputs, graph=graph, check_parameters=False)
+    groups = find_channel_groups(model, example_inputs, graph=graph, check=False)
     matched = _match_groups(groups, kept, sizes)
-    check_plain_parameters(model, matched.values())  # only the groups the plan cuts
+    check_layers(model, matched.values())  # only the groups the plan cuts
     modules = dict(model.named_modules())
     # torch-pruning edits modules in place (new Parameter objects, new attribute values)
     snapshot = snapshot_modules(model)
@@ -257,6 +257,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                 p.grad = None
                 p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
         stage = "cut"
+        # a GroupNorm of one channel per group stays one (torch-pruning leaves num_groups as it was)
+        per_channel = [m for m in modules.values() if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels]
         try:
             for name, ids in kept.items():
                 g = matched[name]
@@ -266,6 +268,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                 root = modules[g.name]
                 pruner = graph.get_pruner_of_module(root)
                 graph.get_pruning_group(root, pruner.prune_out_channels, removed).prune(record_history=False)
+            for m in per_channel:
+                m.num_groups = m.num_channels
         finally:
             for n, p in model.named_parameters():
                 if p is old_params.get(n):
