@@ -59,6 +59,16 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
     return matched
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` (``channels_last_3d``) for a 4-D (5-D) tensor laid out that way,
+    else ``torch.contiguous_format``: what a rebuilt tensor is laid out as, like the one it replaces
+    (a model moved to channels_last for speed stays so after the prune)."""
+    for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if t.dim() == dim and not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
+            return fmt
+    return torch.contiguous_format
+
+
 def snapshot_modules(model: nn.Module) -> dict:
     """Everything a rebuild changes: each module's own attributes (parameters, buffers, sizes)
     and every parameter's and buffer's values. :func:`restore_modules` puts it all back."""
@@ -276,7 +286,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                     continue
                 index = p.data.long()
                 with torch.no_grad():
-                    p.data = values[n].flatten()[index.flatten().to(values[n].device)].view(index.shape)
+                    p.data = values[n].flatten()[index.flatten().to(values[n].device)].view(index.shape).contiguous(
+                        memory_format=memory_format_of(values[n]))
                 p.requires_grad_(flags.get(n, True))
                 p.grad = None
                 remap[n] = index
@@ -325,7 +336,8 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, n
                 index = remap.get(name)
                 for key, value in state.items():
                     if torch.is_tensor(value) and value.shape == p.shape and index is not None:
-                        state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone()
+                        state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone(
+                            memory_format=memory_format_of(value))
                 optimizer.state[new] = state
             group["params"][i] = new
             swapped += 1

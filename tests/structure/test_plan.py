@@ -235,3 +235,23 @@ def test_restore_modules_undoes_every_change():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert model.conv_a.out_channels == 12 and not hasattr(model.conv_a, "marker")
     assert model(x).shape == (2, 5)
+
+
+def test_a_channels_last_model_and_its_optimizer_state_stay_channels_last():
+    """A model moved to channels_last for speed keeps that layout through the rebuild (whose own
+    check compares it with the masked model), and so do the sliced momentum buffers."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    groups = find_channel_groups(model, x)
+    old = dict(model.named_parameters())
+    remap = prune_channels(model, x, {g.name: list(range(0, g.size, 2)) for g in groups},
+                           {g.name: g.size for g in groups})
+    remap_optimizer(opt, old, dict(model.named_parameters()), remap)
+    spatial = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert spatial and model.conv_a.out_channels == 6  # pruned: the layout survived a real cut
+    assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in spatial)
+    assert all(opt.state[p]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last) for p in spatial)
