@@ -171,9 +171,19 @@ class PrunedCheckpointMixin:
 
         model = LitNet.load_from_checkpoint("last.ckpt")  # in any process, no callback needed
 
+    The module also writes the plan it was rebuilt with into every checkpoint it is saved in,
+    weights-only ones included (``ModelCheckpoint(save_weights_only=True)``), for which Lightning
+    calls no callback's ``on_save_checkpoint``, so that the callback cannot write it there.
+
     Without the mixin, use :func:`load_pruned` on a fresh module. Resuming ``fit`` needs
     neither: the :class:`~lightning_ssr.Pruning` callback rebuilds the model itself.
     """
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        plan = applied_plan(self)
+        if plan is not None:
+            checkpoint[PLAN_CHECKPOINT_KEY] = plan.to_dict()
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         apply_checkpoint_plan(self, checkpoint)

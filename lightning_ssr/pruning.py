@@ -24,7 +24,7 @@ from torch import nn
 from typing_extensions import override
 
 from . import lightning_internals as internals
-from .checkpoint import applied_plan, apply_checkpoint_plan
+from .checkpoint import PrunedCheckpointMixin, applied_plan, apply_checkpoint_plan
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
 from .methods.base import PruningMethod
@@ -258,6 +258,14 @@ class Pruning(Callback):
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
+        if not isinstance(pl_module, PrunedCheckpointMixin) and any(
+                isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.save_weights_only
+                for cb in trainer.checkpoint_callbacks):
+            rank_zero_warn(
+                f"ModelCheckpoint(save_weights_only=True) writes checkpoints without the pruning plan (Lightning "
+                f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
+                f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
+                "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
         self._short_fit = False
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):

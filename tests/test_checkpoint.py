@@ -1,5 +1,7 @@
 """One-call loading of pruned checkpoints, with torch.load(weights_only=True)."""
 
+import warnings
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -239,3 +241,38 @@ def test_a_second_pruning_fit_of_a_loaded_network_resumes_in_a_module_built_the_
     resumed = loaded()
     _second_pruning_fit(tmp_path, resumed, ckpt_path=tmp_path / "second" / f"epoch={resume_epoch}.ckpt")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
+def test_weights_only_checkpoints_of_a_mixin_module_hold_the_plan(tmp_path):
+    """Lightning calls no callback's on_save_checkpoint for weights-only checkpoints: the mixin
+    writes the plan itself, so they load into a fresh module like full ones."""
+    pl.seed_everything(0)
+    model = LitNet()
+    pruning = Pruning("l1", target={"filters": 0.5}, verbose=False,
+                      schedule=PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1))
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}", save_weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no warning: the module writes the plan
+        trainer(tmp_path, [pruning, ckpt], 2).fit(model, loader())
+    before, after = read_checkpoint(tmp_path / "epoch=0.ckpt"), read_checkpoint(tmp_path / "epoch=1.ckpt")
+    assert "optimizer_states" not in after and PLAN_CHECKPOINT_KEY not in before  # dense, weights only
+    assert after[PLAN_CHECKPOINT_KEY] == pruning.plan.to_dict()
+    x = next(iter(loader()))[0]
+    loaded = LitNet.load_from_checkpoint(tmp_path / "epoch=1.ckpt", weights_only=True).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_weights_only_checkpoints_of_a_module_without_the_mixin_are_warned_of_before_training(tmp_path):
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    pruning = Pruning("l1", target={"filters": 0.5}, verbose=False,
+                      schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True)
+    fit = trainer(tmp_path, [pruning, ckpt], 1)
+    with pytest.warns(UserWarning, match=r"save_weights_only=True\) writes checkpoints without the pruning plan.*"
+                                         r"a freshly constructed TinyClassifier cannot load\. Mix "
+                                         r"lightning_ssr\.PrunedCheckpointMixin"):
+        fit.fit(model, loader())
+    (saved,) = tmp_path.glob("*.ckpt")
+    assert PLAN_CHECKPOINT_KEY not in read_checkpoint(saved)  # what the warning is about
