@@ -169,6 +169,7 @@ class Pruning(Callback):
         self._hook = None
         self._loss_guard = LossGuard()
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
+        self._restored = False  # this fit restored the callback's state from a checkpoint
 
     # ------------------------------------------------- the engine's, read here
     @property
@@ -299,9 +300,20 @@ class Pruning(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        schedule = self.schedule
+        if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.events_done == 0:
+            name = type(self).__name__
+            phase = "sparsify phase" if self.method.sparsifies else "first prune"
+            raise MisconfigurationException(
+                f"{name}: this fit resumes at epoch {trainer.current_epoch} from a checkpoint that holds no {name} "
+                f"state (a fit without this callback wrote it), and the schedule's {phase} starts at epoch "
+                f"{schedule.warmup_epochs}: the epochs the checkpoint trained would count as the schedule's, and "
+                f"what it schedules before epoch {trainer.current_epoch} would be skipped. To compress a trained "
+                "model, load its weights into the module (load_state_dict, or YourModule.load_from_checkpoint) and "
+                f"start a new fit with {name}, without ckpt_path.")
+        self._restored = False  # for a next fit of the same callback
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
-        schedule = self.schedule
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
                 and not schedule.reaches_last_prune(trainer.max_epochs, trainer.max_steps, spe)):
             step = schedule.last_prune_epoch * spe
@@ -404,6 +416,7 @@ class Pruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = True
         self.engine.load_state_dict(state_dict)
         trainer = self._trainer
         if state_dict.get("rng") is not None and (trainer is None or trainer.world_size == 1):

@@ -376,6 +376,30 @@ def test_a_stop_early_stopping_asked_for_before_the_prune_is_withdrawn_there(tmp
     assert float(stopping.best_score) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(("warmup", "refused"), [(0, True), (3, False)], ids=["past_the_sparsify_start", "in_warmup"])
+def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the_schedule_is_past(tmp_path, warmup,
+                                                                                                refused):
+    """A dense fit's checkpoint (no Pruning in it) resumed with the callback: its epochs would count as the
+    schedule's and skip what the schedule puts before them, unless they fall in the warm-up."""
+    pl.seed_everything(0)
+    trainer(tmp_path, [epoch_checkpoints(tmp_path / "dense")], 3).fit(TinyClassifier(), loader())
+    dense = tmp_path / "dense" / "epoch=2.ckpt"
+    schedule = PruningSchedule(warmup_epochs=warmup, sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2)
+    model = TinyClassifier()
+    pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    fit = trainer(tmp_path, [pruning, epoch_checkpoints(tmp_path / "dense", resume_from=dense)], 6)
+    if refused:
+        with pytest.raises(Exception, match="resumes at epoch 3 from a checkpoint that holds no Pruning state") as info:
+            fit.fit(model, loader(), ckpt_path=dense)
+        assert "start a new fit with Pruning, without ckpt_path" in str(info.value)
+        assert fit.global_step == 12 and pruning.engine.events_done == 0  # restored, and not one step further
+        saved = torch.load(dense, weights_only=True)["state_dict"]
+        assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    else:
+        fit.fit(model, loader(), ckpt_path=dense)  # the dense epochs are the warm-up
+        assert pruning.events_done == 1 and fit.current_epoch == schedule.total_epochs == 6
+
+
 def test_per_layer_pruning_ratio_is_capped(tmp_path):
     pl.seed_everything(0)
     model = TinyClassifier()
