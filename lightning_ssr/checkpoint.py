@@ -34,10 +34,7 @@ def applied_plan(model: nn.Module) -> PruningPlan | None:
         if data is None:
             continue
         plan = PruningPlan.from_dict(data)
-        if prefix:
-            plan.kept = {f"{prefix}.{k}": v for k, v in plan.kept.items()}
-            plan.sizes = {f"{prefix}.{k}": v for k, v in plan.sizes.items()}
-        return plan
+        return plan.renamed(lambda k, p=prefix: f"{p}.{k}") if prefix else plan
     return None
 
 
@@ -92,10 +89,8 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
         for cut in range(root.count(".") + 1):
             prefix = ".".join(root.split(".")[: cut + 1]) + "."
             if all(r.startswith(prefix) and r[len(prefix):] in names for r in roots):
-                stripped = PruningPlan(plan.input_shape, {r[len(prefix):]: k for r, k in plan.kept.items()},
-                                       {r[len(prefix):]: s for r, s in plan.sizes.items()})
                 sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-                return stripped, sd
+                return plan.renamed(lambda r, p=prefix: r.removeprefix(p)), sd
     raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
                             "not have (with or without a common prefix): it was saved from another architecture")
 

@@ -267,7 +267,7 @@ class Pruning(Callback):
                 f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
                 f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
                 "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
-        self._short_fit = False
+        self._short_fit = self._restored = False  # per fit; Lightning restores the callback's state after set-up
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
@@ -311,7 +311,6 @@ class Pruning(Callback):
                 f"what it schedules before epoch {trainer.current_epoch} would be skipped. To compress a trained "
                 "model, load its weights into the module (load_state_dict, or YourModule.load_from_checkpoint) and "
                 f"start a new fit with {name}, without ckpt_path.")
-        self._restored = False  # for a next fit of the same callback
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done

@@ -9,7 +9,7 @@ plus the plan reproduces the pruned shapes (:func:`lightning_ssr.structure.apply
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,11 @@ class PruningPlan:
                 out.kept[name] = list(kept)
                 out.sizes[name] = later.sizes[name]
         return out
+
+    def renamed(self, rename: Callable[[str], str]) -> PruningPlan:
+        """The same plan with each layer name ``rename(name)`` (a prefix added or stripped)."""
+        return PruningPlan(list(self.input_shape), {rename(k): list(v) for k, v in self.kept.items()},
+                           {rename(k): v for k, v in self.sizes.items()})
 
     def after(self, earlier: PruningPlan) -> PruningPlan:
         """The inverse of :meth:`then`: the plan that, applied after ``earlier``, gives this one (per
