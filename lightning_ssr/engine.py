@@ -396,12 +396,42 @@ class PruningEngine:
             "last_update_step": self.last_update_step,
             "dense": self.dense.to_dict() if self.dense is not None else None,
             "latency": self._latency,
+            "settings": self.settings(),
         }
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the run's structure and schedule (plain data): a resume must not change it.
+
+        ``schedule.finetune_epochs`` is left out: fine-tuning longer (or shorter) on resume is what
+        raising ``Trainer(max_epochs=...)`` asks for, and changes nothing already done."""
+        schedule = {k: v for k, v in asdict(self.schedule).items() if k != "finetune_epochs"}
+        return {"method": self.method.name, "method_config": self.method.config(), **self.budget.to_dict(),
+                "allocation": self.allocation, "schedule": schedule, "ignored_layers": list(self._ignored_names)}
+
+    def _check_settings(self, saved: Mapping[str, Any] | None) -> None:
+        """Refuse a resume whose settings differ from those the checkpoint's run was set up with."""
+        if not saved:
+            return  # a checkpoint of an earlier version: nothing to compare with
+        current, changed = self.settings(), []
+        for key in sorted(set(saved) | set(current)):
+            old, new = saved.get(key), current.get(key)
+            if isinstance(old, Mapping) and isinstance(new, Mapping):
+                changed += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                            if old.get(k) != new.get(k)]
+            elif old != new:
+                changed.append(f"{key}: {old!r} -> {new!r}")
+        if changed:
+            raise ValueError(
+                "the checkpoint's pruning run was set up differently from this one (checkpoint -> now: "
+                + "; ".join(changed) + "). A resume continues the run the checkpoint holds: resume with its "
+                "settings (only schedule.finetune_epochs may change), or, to prune differently, load its weights "
+                "(lightning_ssr.load_pruned) and start a new fit without ckpt_path")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("method") not in (None, self.method.name):
             raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
                              f"runs {self.method.name!r}; resume with the same method")
+        self._check_settings(state.get("settings"))
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
         self.events_done = int(state.get("events_done", 0))
         self._events = list(state.get("events", []))

@@ -410,6 +410,22 @@ class Pruning(Callback):
             checkpoint[PLAN_CHECKPOINT_KEY] = plan.to_dict()
 
     @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning finds a callback's state by its state_key, which names the method: the state of a
+        # pruning callback with another method would be passed over, and the resume taken for a dense one
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        others = [key for key, state in states.items()
+                  if isinstance(state, Mapping) and {"method", "events_done", "dense"} <= set(state)]
+        if others:
+            method = states[others[0]]["method"]
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint's pruning state is from method {method!r} ({others[0]}), this "
+                f"callback runs {self.method.name!r} ({self.state_key}). Resume with the same method, or, to prune "
+                "differently, load its weights (lightning_ssr.load_pruned) and start a new fit without ckpt_path.")
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**self.engine.state_dict(), "rng": rng_states()}
 
