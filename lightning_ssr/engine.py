@@ -259,6 +259,7 @@ class PruningEngine:
         self._latency_table = None  # latency target learned by the method: the table timed at set-up
         self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
         self._scaled_steps = ScaledSteps()  # schedule.lr_warmup_steps after a prune
+        self._setup_evaluate: Callable[[nn.Module], float] | None = None  # what the last set-up was given
 
     # ------------------------------------------------------------ properties
     @property
@@ -323,7 +324,8 @@ class PruningEngine:
             if self.target is not None and self.target.kind == "latency":  # real inputs to time on
                 found = first_tensor(batch)
                 self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
-            self._setup_method(model, world, steps_per_epoch, evaluate or self.evaluate)
+            self._setup_evaluate = evaluate or self.evaluate
+            self._setup_method(model, world, steps_per_epoch, self._setup_evaluate)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once
@@ -362,9 +364,12 @@ class PruningEngine:
         # when the schedule ends with a prune (no fine-tune epoch after it), the prune due at the
         # start of the next epoch happens now. A fit stopped earlier than the schedule (to be resumed)
         # leaves it to the resumed fit, which then records it at the scheduled epoch.
-        if (self._context is not None and not self.done and max_epochs is not None and epoch + 1 >= max_epochs
+        if (self.dense is not None and not self.done and max_epochs is not None and epoch + 1 >= max_epochs
                 and max_epochs >= self.schedule.total_epochs
                 and epoch + 1 >= self.schedule.prune_epoch(self.events_done)):
+            if self._context is None:  # an earlier event at this epoch's last batch: the next batch set up none
+                self._setup_method(model, world, None, self._setup_evaluate)
+                self._start_sparsify()
             out.update(self._prune(model, epoch, step, optimizers, world))
         return out
 

@@ -537,6 +537,24 @@ def test_iterative_pruning_reaches_the_target_at_the_last_event_and_the_plan_rep
         assert torch.equal(fresh.eval()(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("method", ["oneshot", "l1", "ssr_l20"])
+@pytest.mark.parametrize("batches", [1, 2])
+def test_iterative_pruning_without_finetuning_makes_its_last_event_at_one_batch_per_epoch(tmp_path, method, batches):
+    """No fine-tuning: the last event happens at the end of the fit. With one batch per epoch the
+    event before it took that epoch's only batch, and no batch was left to set the method up again."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=1 if method == "ssr_l20" else 0, prune_events=2,
+                               epochs_between_prunes=1, finetune_epochs=0, update_every_n_steps=1)
+    cb = Pruning(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
+    model = TinyClassifier()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*before the prune")  # the fit-end warning of a missed event
+        trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader(n=16 * batches))
+    assert cb.events_done == 2 and [e["epoch"] for e in cb.events] == [schedule.prune_epoch(0)] * 2
+    assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"] < cb.events[0]["macs"]
+    assert cb.result.pruned["params"] == sum(p.numel() for p in model.parameters())
+
+
 def test_iterative_pruning_resumes_between_events(tmp_path):
     def run(max_epochs, dirpath, ckpt_path=None):
         pl.seed_everything(0)
