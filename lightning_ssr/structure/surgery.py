@@ -16,6 +16,7 @@ from torch import nn
 
 from ..modes import eval_mode
 from .groups import (
+    _NORM,
     ChannelGroup,
     UnsupportedLayerError,
     align_blocks,
@@ -213,6 +214,20 @@ def mask_channels(params: Mapping[str, torch.Tensor], groups: Sequence[ChannelGr
                 g.scale_(live, masks[g.name].to(torch.float64), fixed=True)
 
 
+def _buffers_as_wide_as(model: nn.Module, widths: set[int]) -> list[str]:
+    """Buffers outside norm layers with a dimension of one of ``widths`` (the channel counts of the
+    groups a rebuild failed on), named with their shapes: per-channel constants the rebuild cannot
+    slice (it slices parameters, and the running statistics of norm layers)."""
+    found = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, _NORM):
+            continue
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.numel() > 1 and widths.intersection(buffer.shape):
+                found.append(f"'{prefix + '.' if prefix else ''}{name}' {tuple(buffer.shape)}")
+    return found
+
+
 def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
                       sizes: Mapping[str, int] | None, limit: int = 32) -> list[str]:
     """Which groups fail the rebuild on their own (tried one at a time on copies)."""
@@ -307,11 +322,15 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
             raise
         involved = _offending_groups(model, example_inputs, kept, sizes) if _diagnose else []
         involved = involved or sorted(kept)
+        buffers = _buffers_as_wide_as(model, {matched[n].size for n in involved if n in matched})
+        suspects = (f" Buffers as wide as these channels, which the rebuild does not slice: {', '.join(buffers)}; a "
+                    "per-channel constant used in forward() cannot follow the cut, so leave its channels whole."
+                    if buffers else "")
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
             f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "
-            "shuffle, a slice, or a concat followed by flatten -> linear); pass these layers in "
-            "ignored_layers.") from err
+            "shuffle, a slice, or a concat followed by flatten -> linear)." + suspects + " Pass these layers "
+            "in ignored_layers.") from err
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 

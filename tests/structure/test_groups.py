@@ -1,11 +1,13 @@
 """Coupled channel groups: residual streams, depthwise convs, the classifier, ignored layers."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from lightning_ssr.app.models import build_model
-from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups
+from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups, prune_channels
 from tests.nets import SmallResidualCNN
 
 STREAM = {"stem", "bn0", "conv_b", "bn_b", "dw"}  # SmallResidualCNN's residual stream (dw is depthwise on it)
@@ -143,6 +145,26 @@ def test_unsupported_layer_gets_a_clear_error_naming_it():
 
     with pytest.raises(UnsupportedLayerError, match="ignored_layers"):
         find_channel_groups(Net(), torch.randn(1, 1, 8, 8))
+
+
+def test_a_per_channel_buffer_that_fails_the_rebuild_is_named_with_its_shape():
+    """A constant registered as a buffer and applied per channel in forward(): the graph passes
+    through the multiplication, the rebuild cannot slice the buffer, and the error says which."""
+    class Scale(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, c).view(1, c, 1, 1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Scale(8), nn.ReLU(), nn.Conv2d(8, 6, 3))
+    x = torch.randn(2, 3, 10, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(UnsupportedLayerError, match=re.escape("does not slice: '2.scale' (1, 8, 1, 1);")) as info:
+        prune_channels(net, x, {"0": [0, 2, 5]})
+    assert "running_mean" not in str(info.value)  # a norm layer's statistics are sliced: not suspects
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
 @pytest.mark.parametrize("factory", ["residual", "resnext", "densenet"])
