@@ -411,13 +411,19 @@ class Pruning(Callback):
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Lightning finds a callback's state by its state_key, which names the method: the state of a
-        # pruning callback with another method would be passed over, and the resume taken for a dense one
+        # Lightning finds a callback's state by its state_key, which names the class and the method: the
+        # state of a pruning callback of another class or method would be passed over, and the resume
+        # taken for one from a dense checkpoint
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
         others = [key for key, state in states.items()
                   if isinstance(state, Mapping) and {"method", "events_done", "dense"} <= set(state)]
+        if len(others) == 1 and states[others[0]]["method"] == self.method.name:
+            # the same method under another class (SSRPruning -> Pruning): its state is this callback's
+            # to restore, and load_state_dict compares the settings
+            states[self.state_key] = states[others[0]]
+            return
         if others:
             method = states[others[0]]["method"]
             raise ValueError(

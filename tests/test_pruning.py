@@ -417,6 +417,29 @@ def test_resuming_with_other_pruning_settings_is_refused_before_a_step(tmp_path,
     assert all(torch.equal(v, saved["state_dict"][k]) for k, v in model.state_dict().items())
 
 
+def test_a_checkpoint_of_ssrpruning_resumes_with_pruning_and_the_same_settings(tmp_path):
+    """Another class, the same method and settings: the state is found under the other state_key."""
+    def run(cb, max_epochs, ckpt_path=None, dirpath=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        with stopped_fit(SCHEDULE, max_epochs):
+            trainer(tmp_path, [cb, epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)],
+                    max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model
+
+    def old():
+        return SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, schedule=SCHEDULE, verbose=False)
+
+    full = run(old(), SCHEDULE.total_epochs)
+    run(old(), 2, dirpath=tmp_path / "ckpts")
+    new = Pruning("ssr_l20", target={"macs": 0.4}, method_kwargs={"rho": 0.5, "lam_scaling": "flops"},
+                  schedule=SCHEDULE, verbose=False)
+    with pytest.warns(UserWarning, match="callbacks used to create the checkpoint"):  # Lightning's, of the class
+        resumed = run(new, SCHEDULE.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=1.ckpt")
+    assert new.events_done == 1
+    assert_same_weights(full, resumed)
+
+
 @pytest.mark.parametrize(("warmup", "refused"), [(0, True), (3, False)], ids=["past_the_sparsify_start", "in_warmup"])
 def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the_schedule_is_past(tmp_path, warmup,
                                                                                                 refused):
