@@ -238,8 +238,15 @@ class PruningEngine:
         if example_input is not None and not torch.is_tensor(example_input):
             raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
         self.verbose = bool(verbose)
-        self.example = example_input
+        self._example_input = example_input
+        self.reset()
 
+    def reset(self) -> None:
+        """Forget the run: the next training starts over on the model it is given, as a new engine
+        with these settings would (the example input given here stays)."""
+        if getattr(self, "_scaled_steps", None) is not None:
+            self._scaled_steps.remove()
+        self.example = self._example_input
         self.plan: PruningPlan | None = None  # cumulative plan of the model being trained
         self.result: PruningResult | None = None
         self.events_done = 0
@@ -262,6 +269,11 @@ class PruningEngine:
         self._setup_evaluate: Callable[[nn.Module], float] | None = None  # what the last set-up was given
 
     # ------------------------------------------------------------ properties
+    @property
+    def fresh(self) -> bool:
+        """Nothing of a run yet: no set-up, no event, no result."""
+        return self.dense is None and self.events_done == 0 and self.result is None and self._context is None
+
     @property
     def target(self) -> Target | None:
         return self.budget.target

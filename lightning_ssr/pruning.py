@@ -301,6 +301,13 @@ class Pruning(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         schedule = self.schedule
+        if trainer.global_step == 0 and not self._restored and not self.engine.fresh:
+            # the callback of an earlier fit, given to a new training (a loop over seeds or models):
+            # without this it held that fit's finished run and left this model unpruned, without a word
+            self.engine.reset()
+            if self.verbose:
+                rank_zero_info(f"{type(self).__name__}: a new training from step 0; the run of this callback's "
+                               "earlier fit is set aside and pruning starts over.")
         if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.events_done == 0:
             name = type(self).__name__
             phase = "sparsify phase" if self.method.sparsifies else "first prune"

@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningResult, PruningSchedule, SSRPruning, apply_plan
+from lightning_ssr import (
+    PLAN_CHECKPOINT_KEY,
+    Pruning,
+    PruningPlan,
+    PruningResult,
+    PruningSchedule,
+    SSRPruning,
+    apply_plan,
+)
 from lightning_ssr.methods import PruningMethod
 from tests.lit import (
     RecordingClassifier,
@@ -438,6 +446,28 @@ def test_a_checkpoint_of_ssrpruning_resumes_with_pruning_and_the_same_settings(t
         resumed = run(new, SCHEDULE.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=1.ckpt")
     assert new.events_done == 1
     assert_same_weights(full, resumed)
+
+
+@pytest.mark.parametrize("again", ["another_model", "the_pruned_model"])
+def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path, again):
+    """One callback instance for several trainings (a loop over seeds or models): each new training
+    from step 0 starts the run over. It held the finished run before and left the model unpruned."""
+    cb = Pruning("oneshot", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    pl.seed_everything(0)
+    first = TinyClassifier()
+    trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(first, loader())
+    first_result = cb.result
+    second = TinyClassifier() if again == "another_model" else first
+    before = sum(p.numel() for p in second.parameters())
+    trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(second, loader())
+    assert cb.events_done == 1 and cb.result is not first_result
+    assert sum(p.numel() for p in second.parameters()) == cb.result.pruned["params"] < before
+    assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+    if again == "the_pruned_model":  # pruned again from the shapes the first training left: the plans compose
+        assert cb.result.dense == first_result.pruned
+        fresh = TinyClassifier()
+        apply_plan(fresh, PruningPlan.from_dict(cb.result.plan))
+        assert [p.shape for p in fresh.parameters()] == [p.shape for p in second.parameters()]
 
 
 @pytest.mark.parametrize(("warmup", "refused"), [(0, True), (3, False)], ids=["past_the_sparsify_start", "in_warmup"])
