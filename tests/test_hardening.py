@@ -77,10 +77,25 @@ class Lit(pl.LightningModule):
         if self.dict_input:
             return F.cross_entropy(self({"image": batch["image"]}), batch["label"])
         x, y = batch
-        return F.cross_entropy(self(x), y)
+        out = self(x)
+        return F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)  # FeatureNet: (logits, features)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class FeatureNet(nn.Module):
+    """Returns a feature map beside the logits: its width is the interface, set by ``c2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.c2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        features = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(features.mean((2, 3))), features
 
 
 def _data(dict_input=False):
@@ -154,6 +169,8 @@ REFUSED_AT_SETUP = [
                                ("spectral_norm", "mix", "ParametrizedConv2d"), ("weight_g_v", "stem", "Conv2d")]],
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
+    ("returned_features", FeatureNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+     UnsupportedLayerError, "An output of forward() carries the channels of ['net.c2']"),
     ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
 ]
@@ -188,6 +205,15 @@ def test_a_weight_normed_layer_the_message_names_can_be_left_out_and_the_rest_pr
     cut = {row["name"] for row in pruning.result.layers if row["after"] < row["before"]}
     assert cut and "net.stem" not in cut and model.net.stem.weight.shape[0] == 8
     assert torch.nn.utils.parametrize.is_parametrized(model.net.stem) == (norm == "weight_norm")
+
+
+def test_a_returned_feature_map_can_keep_its_width_and_the_rest_prunes(tmp_path):
+    """What the refusal says: the layer that sets the returned width, in ignored_layers."""
+    torch.manual_seed(0)
+    model = Lit(FeatureNet())
+    pruning = Pruning("oneshot", target={"filters": 0.6}, ignored_layers=["net.c2"], **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())
+    assert model.net.c1.out_channels < 12 and model.net(torch.randn(1, 3, 8, 8))[1].shape == (1, 8, 8, 8)
 
 
 @pytest.mark.parametrize(("norm", "ignored"), [(16, []), (4, ["net.c1"])], ids=["one_channel_per_group", "ignored"])

@@ -73,20 +73,30 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
 def snapshot_modules(model: nn.Module) -> dict:
     """Everything a rebuild changes: each module's own attributes (parameters, buffers, sizes)
     and every parameter's and buffer's values. :func:`restore_modules` puts it all back."""
+    own = {m: {k: v for k, v in vars(m).items() if k != "_modules"} for m in model.modules()}
     return {
-        "vars": {m: {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(m).items() if k != "_modules"}
-                 for m in model.modules()},
+        "vars": own,
+        # the contents of each dict attribute (parameters, buffers, hooks), to refill the same dict
+        # object: a hook's RemovableHandle holds a weak reference to the dict it was registered in
+        "dicts": {(m, k): list(v.items()) for m, attrs in own.items() for k, v in attrs.items()
+                  if isinstance(v, dict)},
         "data": {t: t.data.clone() for m in model.modules()
                  for t in [*m._parameters.values(), *m._buffers.values()] if t is not None},
     }
 
 
 def restore_modules(snapshot: dict) -> None:
-    """Undo every change since :func:`snapshot_modules`, bit for bit."""
+    """Undo every change since :func:`snapshot_modules`, bit for bit: the same attribute objects
+    (dicts of their own type and identity, so that hooks registered before still come off) with
+    the contents they had."""
     for m, state in snapshot["vars"].items():
         for key in [k for k in vars(m) if k not in state and k != "_modules"]:
             del vars(m)[key]  # attributes set since the snapshot (e.g. the applied-plan marker)
         vars(m).update(state)
+    for (m, key), items in snapshot["dicts"].items():
+        attribute = vars(m)[key]
+        attribute.clear()
+        attribute.update(items)
     with torch.no_grad():
         for t, data in snapshot["data"].items():
             t.data = data
@@ -310,7 +320,10 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                 for n, p in old_params.items():
                     p.data = values[n]
         stage = "check"
-        problem = _mismatch(reference, check_outputs(model, example_inputs, precision)[0])
+        outputs = check_outputs(model, example_inputs, precision)[0]
+        problem = _mismatch(reference, outputs)
+        if problem is not None and [r.shape for r in reference] != [o.shape for o in outputs]:
+            stage = "outputs"  # what the model returns carries pruned channels
         if problem is not None:
             raise RuntimeError(problem)
     except BaseException as err:
@@ -318,10 +331,16 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
             raise type(err)(f"out of memory while rebuilding the pruned model ({err}); the model was restored "
                             "unchanged. Free memory (a smaller batch, or the rebuild on the CPU) and try again.") from err
-        if stage not in ("cut", "check") or not isinstance(err, Exception):  # not the structure's fault
+        if stage not in ("cut", "check", "outputs") or not isinstance(err, Exception):  # not the structure's fault
             raise
         involved = _offending_groups(model, example_inputs, kept, sizes) if _diagnose else []
         involved = involved or sorted(kept)
+        if stage == "outputs":
+            raise UnsupportedLayerError(
+                f"rebuilding the pruned model changed what it returns ({err}); the model was restored unchanged. "
+                f"An output of forward() carries the channels of {involved} (a feature map returned beside the "
+                "logits): removing them would change the model's interface. Pass these layers in ignored_layers, "
+                "or return from forward() only tensors whose width no prunable layer sets.") from err
         buffers = _buffers_as_wide_as(model, {matched[n].size for n in involved if n in matched})
         suspects = (f" Buffers as wide as these channels, which the rebuild does not slice: {', '.join(buffers)}; a "
                     "per-channel constant used in forward() cannot follow the cut, so leave its channels whole."

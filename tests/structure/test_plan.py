@@ -224,6 +224,9 @@ def test_restore_modules_undoes_every_change():
     model = SmallResidualCNN()
     x = torch.randn(2, 3, 16, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    handle = model.fc2.register_forward_hook(lambda *args: calls.append(1))  # registered before the snapshot
+    containers = {(n, k): v for n, m in model.named_modules() for k, v in vars(m).items() if isinstance(v, dict)}
     snapshot = snapshot_modules(model)
     groups = find_channel_groups(model, x)
     prune_channels(model, x, {g.name: [0] for g in groups})
@@ -234,7 +237,14 @@ def test_restore_modules_undoes_every_change():
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert model.conv_a.out_channels == 12 and not hasattr(model.conv_a, "marker")
-    assert model(x).shape == (2, 5)
+    # the same dicts (OrderedDicts stay OrderedDicts), so the handle still removes its hook, and
+    # hooks can be registered again (a plain dict takes no weak reference: a second prune failed)
+    assert all(vars(dict(model.named_modules())[n])[k] is v for (n, k), v in containers.items())
+    handle.remove()
+    calls.clear()  # the rebuild's own forward passes
+    assert model(x).shape == (2, 5) and not calls
+    prune_channels(model, x, {g.name: [0] for g in groups})
+    assert model.conv_a.out_channels == 1
 
 
 def test_a_channels_last_model_and_its_optimizer_state_stay_channels_last():
