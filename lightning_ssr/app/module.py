@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..validation import check_number
+
 
 class ImageClassifier(pl.LightningModule):
     """Cross-entropy training of ``model`` with SGD (momentum) and an optional cosine LR schedule.
@@ -28,6 +30,13 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"module.distill is the weight of the distillation loss, in [0, 1]; got {distill}")
         if not temperature > 0:
             raise ValueError(f"module.temperature must be > 0, got {temperature}")
+        check_number("module", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        check_number("module", "weight_decay", weight_decay, low=0.0)
+        for name, flag in (("nesterov", nesterov), ("cosine", cosine)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"module: {name} must be true or false, got {flag!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("module: nesterov=true needs momentum > 0 (SGD's Nesterov momentum)")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -41,6 +41,7 @@ from ..pruning import Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
+from ..validation import check_number
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 
 #: Keys of the ``target`` group that are limits, not the target itself.
@@ -101,9 +102,34 @@ def build_module(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, **
     return instantiate(cfg.module, model=net, num_classes=dm.num_classes, **overrides)
 
 
+#: Lightning's (and NumPy's) range of seeds
+MAX_SEED = 2**32 - 1
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The run's own settings (seed, dense stage, latency, flags), before anything is built: a
+    negative ``dense.epochs`` trained forever (Lightning's ``max_epochs=-1``), ``seed=1.5`` seeded
+    with 1, ``latency.batch_sizes=[0]`` timed empty batches, a string flag read as true."""
+    owner = "config"
+    check_number(owner, "seed", cfg.seed, low=0, high=MAX_SEED, integer=True)
+    check_number(owner, "dense.epochs", cfg.dense.epochs, low=0, integer=True)
+    check_number(owner, "dense.lr", cfg.dense.lr, low=0.0, low_open=True)
+    check_number(owner, "latency.repeats", cfg.latency.repeats, low=1, integer=True)
+    sizes = cfg.latency.batch_sizes
+    if not OmegaConf.is_list(sizes) and not isinstance(sizes, (list, tuple)):
+        raise TypeError(f"{owner}: latency.batch_sizes must be a list of batch sizes (e.g. [1, 256], or [] to "
+                        f"time nothing), got {sizes!r}")
+    for size in sizes:
+        check_number(owner, "latency.batch_sizes", size, low=1, integer=True)
+    for name, value in (("verbose", cfg.verbose), ("dense.use_cache", cfg.dense.use_cache)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{owner}: {name} must be true or false, got {value!r}")
+
+
 def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
     """Build everything a run needs once, so that a bad value fails before any training.
     Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+    check_run_settings(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     if cfg.ckpt_path is not None:

@@ -226,6 +226,21 @@ def test_unknown_model_fails_with_hydras_error():
     (["schedule.restart_lr=1"], "restart_lr must be a bool"),
     (["schedule.lr_warmup_steps=-5"], r"lr_warmup_steps must be in \[0"),
     (["export=tflite"], "export must be null or one of"),
+    # the run's own settings: a negative dense.epochs trained forever, seed=1.5 seeded with 1,
+    # batch size 0 was timed, a string flag read as true, dense.lr's error named module.lr
+    (["seed=abc"], "config: seed must be an int, got str 'abc'"),
+    (["seed=1.5"], "config: seed must be an int, got float 1.5"),
+    (["seed=-5"], r"config: seed must be in \[0, 4294967295\]"),
+    (["dense.epochs=-1"], r"config: dense.epochs must be in \[0, inf\)"),
+    (["dense.lr=-0.1"], r"config: dense.lr must be in \(0.0, inf\)"),
+    (["latency.repeats=0"], r"config: latency.repeats must be in \[1"),
+    (["latency.batch_sizes=[1,0]"], r"config: latency.batch_sizes must be in \[1"),
+    (["latency.batch_sizes=4"], "latency.batch_sizes must be a list"),
+    (["dense.use_cache=maybe"], "config: dense.use_cache must be true or false, got 'maybe'"),
+    (["verbose=1"], "config: verbose must be true or false, got 1"),
+    (["module.momentum=2"], r"module: momentum must be in \[0.0, 1.0\)"),
+    (["module.weight_decay=-1"], r"module: weight_decay must be in \[0.0"),
+    (["module.nesterov=true", "module.momentum=0"], "nesterov=true needs momentum > 0"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
     cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}"] + overrides)
