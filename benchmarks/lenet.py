@@ -404,8 +404,8 @@ def main(argv=None) -> dict:
                              "<method>@<conv1>-<conv2>-<fc1> (that structure, e.g. l1@1-16-65), or none")
     parser.add_argument("--methods-for", nargs="+", action="append", default=[], metavar="DATASET SPEC",
                         help="the methods of one dataset instead of --methods: a dataset, then its specs")
-    parser.add_argument("--reference", default=REFERENCE, type=check_spec,
-                        help="the method every other is compared with, seed by seed")
+    parser.add_argument("--reference", default=REFERENCE, type=check_lenet_spec,
+                        help="the method every other is compared with, seed by seed (one of the methods run)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(LENET_SEEDS))
     parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
@@ -432,6 +432,9 @@ def main(argv=None) -> dict:
         for spec in entry[1:]:
             check_lenet_spec(spec)
     args.methods_by_dataset = {d: args.methods for d in args.datasets} | {e[0]: e[1:] for e in args.methods_for}
+    if args.remeasure is None and not any(args.reference in ms for ms in args.methods_by_dataset.values()):
+        parser.error(f"--reference {args.reference}: not among the methods run, so nothing would be compared with "
+                     "it; add it to --methods, or give --reference one of them")
     try:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:

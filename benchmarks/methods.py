@@ -215,6 +215,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
     args.methods = args.methods or registry_specs()
+    if args.reference not in args.methods:
+        parser.error(f"--reference {args.reference}: not among the methods run, so nothing would be compared with "
+                     "it; add it to --methods, or give --reference one of them")
     try:
         check_pruning_overrides(args.override, args.methods)
     except ValueError as err:

@@ -180,6 +180,17 @@ def test_a_pruning_override_reaches_the_runs_that_prune_and_spares_the_others():
     assert l1.pruning.name == "l1" and "rho" not in l1.pruning and l1.module.distill == 0.7
 
 
+def test_the_reference_may_be_a_structure_and_must_be_among_the_methods_run(capsys, monkeypatch):
+    """A reference nothing is run for compared nothing, without a word; a structure was refused."""
+    monkeypatch.setattr(lenet, "train_all", lambda args, log: (_ for _ in ()).throw(RuntimeError("training")))
+    with pytest.raises(SystemExit):
+        lenet.main(["--datasets", "mnist", "--methods", "ssr_l20@method", "--out", "unused.json"])
+    assert "--reference l1@uniform: not among the methods run" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="training"):  # accepted: the run would start
+        lenet.main(["--datasets", "mnist", "--methods", "ssr_l20@method", "l1@2-6-87", "--reference", "l1@2-6-87",
+                    "--out", "unused.json"])
+
+
 def test_a_pruning_override_no_method_has_is_refused_before_any_run(capsys):
     """A typo (``pruning.rhoo``) would reach no run at all: refused with the keys there are."""
     with pytest.raises(SystemExit):

@@ -75,3 +75,13 @@ def test_a_pruning_override_no_method_has_is_refused_before_any_run(capsys):
     with pytest.raises(SystemExit):
         methods.main(["--methods", "l1@uniform", "none", "--override", "pruning.rho=1.0", "--out", "unused.json"])
     assert "pruning.rho" in capsys.readouterr().err
+
+
+def test_a_reference_not_among_the_methods_is_refused_before_any_run(capsys, monkeypatch):
+    """Nothing would be compared with it, without a word."""
+    def started():
+        raise AssertionError("the benchmark started")  # fail fast, not train, if the check is gone
+    monkeypatch.setattr(methods, "quiet_lightning", started)
+    with pytest.raises(SystemExit):
+        methods.main(["--methods", "ssr_l20@method", "none", "--out", "unused.json"])
+    assert "--reference l1@uniform: not among the methods run" in capsys.readouterr().err
