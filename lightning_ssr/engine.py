@@ -123,6 +123,15 @@ class DenseState:
         return {g.name: min(keep[g.name], g.size) for g in groups}
 
 
+def _differs(old: Any, new: Any) -> bool:
+    """Whether two recorded settings differ; a value ``!=`` cannot judge (a tensor in a custom
+    method's config) by its text."""
+    try:
+        return bool(old != new)
+    except (RuntimeError, TypeError, ValueError):
+        return repr(old) != repr(new)
+
+
 def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
     """Split ``ignored_layers`` (names or modules) into names and modules; a type error otherwise."""
     if isinstance(ignored_layers, (str, nn.Module)):
@@ -434,8 +443,8 @@ class PruningEngine:
             old, new = saved.get(key), current.get(key)
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 changed += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                            if old.get(k) != new.get(k)]
-            elif old != new:
+                            if _differs(old.get(k), new.get(k))]
+            elif _differs(old, new):
                 changed.append(f"{key}: {old!r} -> {new!r}")
         if changed:
             raise ValueError(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningEngine, PruningSchedule
+from lightning_ssr.engine import _differs
 from tests.lit import NetClassifier, trainer
 from tests.nets import SmallResidualCNN
 
@@ -92,3 +93,10 @@ def test_nothing_in_the_library_imports_the_app():
                  and ("from .app" in p.read_text() or "lightning_ssr.app" in p.read_text()
                       or "import hydra" in p.read_text())]
     assert offenders == ["__main__.py"]  # python -m lightning_ssr runs the command, on request
+
+
+def test_settings_that_equality_cannot_judge_are_compared_by_their_text():
+    """A custom method's config may hold a tensor: comparing it on resume must not raise."""
+    assert not _differs(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]))
+    assert _differs(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]))
+    assert not _differs({"macs": 0.1}, {"macs": 0.1}) and _differs([8], [1])
