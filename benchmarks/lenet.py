@@ -432,9 +432,10 @@ def main(argv=None) -> dict:
         for spec in entry[1:]:
             check_lenet_spec(spec)
     args.methods_by_dataset = {d: args.methods for d in args.datasets} | {e[0]: e[1:] for e in args.methods_for}
-    if args.remeasure is None and not any(args.reference in ms for ms in args.methods_by_dataset.values()):
-        parser.error(f"--reference {args.reference}: not among the methods run, so nothing would be compared with "
-                     "it; add it to --methods, or give --reference one of them")
+    without = [d for d, ms in args.methods_by_dataset.items() if args.reference not in ms]
+    if args.remeasure is None and without:
+        parser.error(f"--reference {args.reference}: not among the methods run on {', '.join(without)}, so nothing "
+                     "there would be compared with it; add it to those methods, or give --reference one they run")
     try:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -57,7 +58,7 @@ from .structure.surgery import (
     restore_modules,
     snapshot_modules,
 )
-from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table
+from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table, parse_rates
 
 #: how far above a latency target the pruned model may run before the engine warns (the timings of
 #: one machine repeat within a few percent with the allocator steadied, not better)
@@ -121,6 +122,28 @@ class DenseState:
         keep = intermediate_keep_counts(self.sizes, self.final_keep, event, events, self.min_keep,
                                         self.steps or self.round_to)
         return {g.name: min(keep[g.name], g.size) for g in groups}
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` as data a checkpoint holds and ``torch.load(weights_only=True)`` reads back: mappings,
+    lists, numbers, strings, booleans and None. Numbers of NumPy or 0-d tensors become Python
+    numbers, tensors and arrays lists, a function its qualified name, anything else its text
+    (without a memory address, which differs from one process to the next)."""
+    if value is None or type(value) in (bool, int, float, str):  # exactly: NumPy's float64 is a float
+        return value
+    if hasattr(value, "tolist") and callable(value.tolist):  # tensors, NumPy arrays and scalars
+        return plain_data(value.tolist())
+    for kind in (bool, int, float, str):  # other subclasses (an IntEnum, a str enum)
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [plain_data(v) for v in items]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', None) or ''}.{value.__qualname__}".lstrip(".")
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 def _differs(old: Any, new: Any) -> bool:
@@ -222,8 +245,10 @@ class PruningEngine:
             if method_kwargs:
                 raise ValueError("method_kwargs only apply when method is given by name")
             self.method = method
+            self._new_method = None  # a method object given: reset() keeps it (its set-up starts it over)
         elif isinstance(method, str):
             self.method = build_method(method, **dict(method_kwargs or {}))
+            self._new_method = lambda: build_method(method, **dict(method_kwargs or {}))
         else:
             raise TypeError(f"method must be a registered method name or a PruningMethod, got {type(method).__name__}")
         self.budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio,
@@ -253,8 +278,10 @@ class PruningEngine:
     def reset(self) -> None:
         """Forget the run: the next training starts over on the model it is given, as a new engine
         with these settings would (the example input given here stays)."""
-        if getattr(self, "_scaled_steps", None) is not None:
+        if getattr(self, "_scaled_steps", None) is not None:  # not the first call, from __init__
             self._scaled_steps.remove()
+            if self._new_method is not None:
+                self.method = self._new_method()  # nothing of the earlier run's method (FSM's decisions)
         self.example = self._example_input
         self.plan: PruningPlan | None = None  # cumulative plan of the model being trained
         self.result: PruningResult | None = None
@@ -390,7 +417,8 @@ class PruningEngine:
                 and epoch + 1 >= self.schedule.prune_epoch(self.events_done)):
             if self._context is None:  # an earlier event at this epoch's last batch: the next batch set up none
                 self._setup_method(model, world, None, self._setup_evaluate)
-                self._start_sparsify()
+                if not self._started:  # (a restored method state is already started)
+                    self._start_sparsify()
             out.update(self._prune(model, epoch, step, optimizers, world))
         return out
 
@@ -426,24 +454,43 @@ class PruningEngine:
         }
 
     def settings(self) -> dict[str, Any]:
-        """What decides the run's structure and schedule (plain data): a resume must not change it.
+        """What decides the run's structure and schedule, as plain data: a resume must not change it.
 
         ``schedule.finetune_epochs`` is left out: fine-tuning longer (or shorter) on resume is what
-        raising ``Trainer(max_epochs=...)`` asks for, and changes nothing already done."""
+        raising ``Trainer(max_epochs=...)`` asks for, and changes nothing already done. Rates given
+        as an expression are recorded as the rates it gives, ignored layers as a set of names (a
+        module given as an object, by its name once the model is known)."""
         schedule = {k: v for k, v in asdict(self.schedule).items() if k != "finetune_epochs"}
-        return {"method": self.method.name, "method_config": self.method.config(), **self.budget.to_dict(),
-                "allocation": self.allocation, "schedule": schedule, "ignored_layers": list(self._ignored_names)}
+        budget = self.budget.to_dict()
+        target = self.target
+        if target is not None and target.kind == "rates" and not isinstance(target.value, Mapping):
+            budget["target"] = {"rates": parse_rates(target.value)}
+        return plain_data({"method": self.method.name, "method_config": self.method.config(), **budget,
+                           "allocation": self.allocation, "schedule": schedule,
+                           "ignored_layers": sorted(set(self._ignored_resolved))})
 
-    def _check_settings(self, saved: Mapping[str, Any] | None) -> None:
-        """Refuse a resume whose settings differ from those the checkpoint's run was set up with."""
+    def resolve_ignored(self, model: nn.Module) -> list[str]:
+        """The names of the ignored layers in ``model`` (modules given as objects, by their name)."""
+        names = {m: n for n, m in model.named_modules()}
+        missing = [type(m).__name__ for m in self._ignored_modules if m not in names]
+        if missing:
+            raise ValueError(f"ignored_layers: modules {missing} are not part of the LightningModule (the model being pruned)")
+        self._ignored_resolved = self._ignored_names + [names[m] for m in self._ignored_modules]
+        return self._ignored_resolved
+
+    def check_settings(self, saved: Mapping[str, Any] | None) -> None:
+        """Refuse a resume whose settings differ from those the checkpoint's run was set up with
+        (settings only one side records, of another version, are not compared)."""
         if not saved:
             return  # a checkpoint of an earlier version: nothing to compare with
         current, changed = self.settings(), []
-        for key in sorted(set(saved) | set(current)):
-            old, new = saved.get(key), current.get(key)
+        for key in sorted(set(saved) & set(current)):
+            old, new = saved[key], current[key]
             if isinstance(old, Mapping) and isinstance(new, Mapping):
-                changed += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                            if _differs(old.get(k), new.get(k))]
+                changed += [f"{key}.{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+                            if _differs(old[k], new[k])]
+                if key == "target" and set(old) != set(new):
+                    changed.append(f"target: {dict(old)!r} -> {dict(new)!r}")
             elif _differs(old, new):
                 changed.append(f"{key}: {old!r} -> {new!r}")
         if changed:
@@ -457,7 +504,7 @@ class PruningEngine:
         if state.get("method") not in (None, self.method.name):
             raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
                              f"runs {self.method.name!r}; resume with the same method")
-        self._check_settings(state.get("settings"))
+        self.check_settings(state.get("settings"))
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
         self.events_done = int(state.get("events_done", 0))
         self._events = list(state.get("events", []))
@@ -472,12 +519,7 @@ class PruningEngine:
 
     # ------------------------------------------------------------- internals
     def _find_groups(self, model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
-        names = {m: n for n, m in model.named_modules()}
-        missing = [type(m).__name__ for m in self._ignored_modules if m not in names]
-        if missing:
-            raise ValueError(f"ignored_layers: modules {missing} are not part of the LightningModule (the model being pruned)")
-        ignored = self._ignored_names + [names[m] for m in self._ignored_modules]
-        self._ignored_resolved = ignored
+        ignored = self.resolve_ignored(model)
         try:
             return find_channel_groups(model, example, ignored)
         except (UnsupportedLayerError, ValueError):

@@ -268,6 +268,15 @@ class Pruning(Callback):
                 f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
                 "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
         self._short_fit = self._restored = False  # per fit; Lightning restores the callback's state after set-up
+        if trainer.global_step == 0 and not self.engine.fresh:
+            # the callback of an earlier fit, given to a new training (a loop over seeds or models):
+            # without this it held that fit's finished run and left this model unpruned, without a word.
+            # A resumed fit starts here too (its state is restored after set-up).
+            self.engine.reset()
+            self._loss_guard = LossGuard()
+            if self.verbose and trainer.ckpt_path is None:
+                rank_zero_info(f"{name}: a new training from step 0; the run of this callback's earlier fit is set "
+                               "aside and pruning starts over.")
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
@@ -301,14 +310,9 @@ class Pruning(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         schedule = self.schedule
-        if trainer.global_step == 0 and not self._restored and not self.engine.fresh:
-            # the callback of an earlier fit, given to a new training (a loop over seeds or models):
-            # without this it held that fit's finished run and left this model unpruned, without a word
-            self.engine.reset()
-            if self.verbose:
-                rank_zero_info(f"{type(self).__name__}: a new training from step 0; the run of this callback's "
-                               "earlier fit is set aside and pruning starts over.")
-        if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.events_done == 0:
+        # past warm-up with nothing of a run: a checkpoint without this callback's state (a second fit
+        # of the same Trainer goes on with the run it holds)
+        if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.fresh:
             name = type(self).__name__
             phase = "sparsify phase" if self.method.sparsifies else "first prune"
             raise MisconfigurationException(
@@ -339,6 +343,12 @@ class Pruning(Callback):
         # the checkpoint's state dict (OrderedDict(state_dict)), so compare the tensors it holds
         if loaded is not None and len(loaded) == len(state_dict) and all(
                 state_dict.get(k) is v for k, v in loaded.items()):
+            # a resume this callback would refuse is refused before the module takes the checkpoint's
+            # shapes and weights: it stays as it was, for load_pruned or a new fit
+            state = self._state_in(checkpoint)
+            if state is not None:
+                self.engine.resolve_ignored(module)
+                self.engine.check_settings(state.get("settings"))
             apply_checkpoint_plan(module, checkpoint)
 
     @override
@@ -416,27 +426,32 @@ class Pruning(Callback):
         if plan is not None:
             checkpoint[PLAN_CHECKPOINT_KEY] = plan.to_dict()
 
-    @override
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Lightning finds a callback's state by its state_key, which names the class and the method: the
-        # state of a pruning callback of another class or method would be passed over, and the resume
-        # taken for one from a dense checkpoint
+    def _state_in(self, checkpoint: Mapping[str, Any]) -> dict | None:
+        """This callback's state in a Lightning checkpoint (``None`` if it holds no pruning state).
+
+        Lightning finds a callback's state by its state_key, which names the class and the method:
+        the state of a pruning callback of another class or method would be passed over, and the
+        resume taken for one from a dense checkpoint. The same method under another class
+        (SSRPruning -> Pruning) is this callback's to restore; another method is refused."""
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
-            return
+            return states[self.state_key]
         others = [key for key, state in states.items()
                   if isinstance(state, Mapping) and {"method", "events_done", "dense"} <= set(state)]
         if len(others) == 1 and states[others[0]]["method"] == self.method.name:
-            # the same method under another class (SSRPruning -> Pruning): its state is this callback's
-            # to restore, and load_state_dict compares the settings
             states[self.state_key] = states[others[0]]
-            return
+            return states[self.state_key]
         if others:
             method = states[others[0]]["method"]
             raise ValueError(
                 f"{type(self).__name__}: the checkpoint's pruning state is from method {method!r} ({others[0]}), this "
                 f"callback runs {self.method.name!r} ({self.state_key}). Resume with the same method, or, to prune "
                 "differently, load its weights (lightning_ssr.load_pruned) and start a new fit without ckpt_path.")
+        return None
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._state_in(checkpoint)  # another method's state: refused (the weights' pre-hook did, in a fit)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -185,7 +185,11 @@ def test_the_reference_may_be_a_structure_and_must_be_among_the_methods_run(caps
     monkeypatch.setattr(lenet, "train_all", lambda args, log: (_ for _ in ()).throw(RuntimeError("training")))
     with pytest.raises(SystemExit):
         lenet.main(["--datasets", "mnist", "--methods", "ssr_l20@method", "--out", "unused.json"])
-    assert "--reference l1@uniform: not among the methods run" in capsys.readouterr().err
+    assert "--reference l1@uniform: not among the methods run on mnist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one dataset has it, the other not
+        lenet.main(["--datasets", "mnist", "fashion_mnist", "--methods", "ssr_l20@method", "none", "--methods-for",
+                    "fashion_mnist", "l1@uniform", "none", "--out", "unused.json"])
+    assert "not among the methods run on mnist," in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="training"):  # accepted: the run would start
         lenet.main(["--datasets", "mnist", "--methods", "ssr_l20@method", "l1@2-6-87", "--reference", "l1@2-6-87",
                     "--out", "unused.json"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningEngine, PruningSchedule
-from lightning_ssr.engine import _differs
+from lightning_ssr.engine import _differs, plain_data
 from tests.lit import NetClassifier, trainer
 from tests.nets import SmallResidualCNN
 
@@ -100,3 +100,31 @@ def test_settings_that_equality_cannot_judge_are_compared_by_their_text():
     assert not _differs(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]))
     assert _differs(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]))
     assert not _differs({"macs": 0.1}, {"macs": 0.1}) and _differs([8], [1])
+
+
+def test_equivalent_settings_are_the_same_settings_and_plain_data():
+    """Rates as an expression or as the list it gives, ignored layers in another order, a function
+    given as importance (its repr holds an address that differs between processes), NumPy numbers:
+    recorded alike, as data a weights-only load reads back."""
+    import io
+
+    import numpy as np
+
+    def importance(group, model):
+        return group
+
+    def engine(rates, ignored):
+        return PruningEngine("oneshot", target={"rates": rates}, ignored_layers=ignored,
+                             method_kwargs={"importance": importance})
+
+    a, b = engine("[0.5]*2", ["x", "y"]), engine([0.5, 0.5], ["y", "x"])
+    assert a.settings() == b.settings()
+    a.check_settings(b.settings())
+    assert a.settings()["method_config"]["importance"].endswith("importance") and "0x" not in str(a.settings())
+    with pytest.raises(ValueError, match=r"target.rates: \[0.5, 0.25\] -> \[0.5, 0.5\]"):
+        a.check_settings(engine([0.5, 0.25], ["x", "y"]).settings())
+    odd = {"n": np.float64(0.5), "t": torch.tensor([1, 2]), "s": {3}, "f": importance}
+    buffer = io.BytesIO()
+    torch.save(plain_data(odd), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == {"n": 0.5, "t": [1, 2], "s": [3], "f": plain_data(importance)}

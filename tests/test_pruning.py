@@ -22,6 +22,7 @@ from lightning_ssr import (
     PruningSchedule,
     SSRPruning,
     apply_plan,
+    load_pruned,
 )
 from lightning_ssr.methods import PruningMethod
 from tests.lit import (
@@ -384,17 +385,20 @@ def test_a_stop_early_stopping_asked_for_before_the_prune_is_withdrawn_there(tmp
     assert float(stopping.best_score) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"target": {"macs": 0.3}}, "target.macs: 0.4 -> 0.3"),
-    ({"rho": 0.25}, "method_config.rho: 0.5 -> 0.25"),
-    ({"method": "ssr_l21"}, "pruning state is from method 'ssr_l20'"),
-    ({"sparsify_epochs": 3}, "schedule.sparsify_epochs: 2 -> 3"),
-    ({"min_channels": 2}, "min_channels: 1 -> 2"),
-    ({"finetune_epochs": 3}, None),  # fine-tuning longer on resume: allowed
+@pytest.mark.parametrize("change, named, stop", [
+    ({"target": {"macs": 0.3}}, "target.macs: 0.4 -> 0.3", 2),
+    ({"target": {"macs": 0.3}}, "target.macs: 0.4 -> 0.3", 4),  # a checkpoint of the pruned model
+    ({"rho": 0.25}, "method_config.rho: 0.5 -> 0.25", 2),
+    ({"method": "ssr_l21"}, "pruning state is from method 'ssr_l20'", 2),
+    ({"method": "ssr_l21"}, "pruning state is from method 'ssr_l20'", 4),
+    ({"sparsify_epochs": 3}, "schedule.sparsify_epochs: 2 -> 3", 2),
+    ({"min_channels": 2}, "min_channels: 1 -> 2", 2),
+    ({"finetune_epochs": 3}, None, 2),  # fine-tuning longer on resume: allowed
 ])
-def test_resuming_with_other_pruning_settings_is_refused_before_a_step(tmp_path, change, named):
+def test_resuming_with_other_pruning_settings_is_refused_before_a_step(tmp_path, change, named, stop):
     """A resume continues the checkpoint's run; a changed target, method or schedule would mix two runs
-    (the counts fixed at set-up are the checkpoint's, a learned structure would follow the new target)."""
+    (the counts fixed at set-up are the checkpoint's, a learned structure would follow the new target).
+    Refused before the module takes the checkpoint's shapes: it stays as it was, and load_pruned works."""
     def callback(**kw):
         schedule = dataclasses.replace(SCHEDULE, **{k: kw.pop(k) for k in ("sparsify_epochs", "finetune_epochs")
                                                     if k in kw})
@@ -403,26 +407,27 @@ def test_resuming_with_other_pruning_settings_is_refused_before_a_step(tmp_path,
         return Pruning(schedule=schedule, verbose=False, **args)
 
     pl.seed_everything(0)
-    with stopped_fit(SCHEDULE, 2):
-        trainer(tmp_path, [callback(), epoch_checkpoints(tmp_path / "ckpts")], 2).fit(TinyClassifier(), loader())
-    path = tmp_path / "ckpts" / "epoch=1.ckpt"
-    saved = torch.load(path, weights_only=True)
+    with stopped_fit(SCHEDULE, stop):
+        trainer(tmp_path, [callback(), epoch_checkpoints(tmp_path / "ckpts")], stop).fit(TinyClassifier(), loader())
+    path = tmp_path / "ckpts" / f"epoch={stop - 1}.ckpt"
     target = change.pop("target", None)
     cb = callback(**change, **({"target": target} if target else {}))
     model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     fit = trainer(tmp_path, [cb, epoch_checkpoints(None, resume_from=path)], cb.schedule.total_epochs)
     if named is None:
         fit.fit(model, loader(), ckpt_path=path)
-        assert cb.events_done == 1 and fit.current_epoch == cb.schedule.total_epochs == 6
+        assert cb.events_done == 1 and fit.current_epoch == cb.schedule.total_epochs
         return
-    # another method's callback has another state_key: Lightning warns of the callback it misses first
-    missing = pytest.warns(UserWarning, match="callbacks used to create the checkpoint") if "method" in change else (
-        warnings.catch_warnings())
-    with missing, pytest.raises(ValueError, match=re.escape(named)) as info:
+    with pytest.raises(ValueError, match=re.escape(named)) as info:
         fit.fit(model, loader(), ckpt_path=path)
     assert "only schedule.finetune_epochs may change" in str(info.value) or "Resume with the same method" in str(info.value)
     assert fit.global_step == 0 and cb.engine.events_done == 0  # refused while restoring, before the loops
-    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in model.state_dict().items())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    load_pruned(model, path)  # what the message says to do
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 def test_a_checkpoint_of_ssrpruning_resumes_with_pruning_and_the_same_settings(tmp_path):
@@ -448,6 +453,22 @@ def test_a_checkpoint_of_ssrpruning_resumes_with_pruning_and_the_same_settings(t
     assert_same_weights(full, resumed)
 
 
+def test_a_second_fit_of_the_same_trainer_goes_on_with_the_run(tmp_path):
+    """The same Trainer fitted again for more epochs, before the prune: the run goes on (it was
+    taken for a resume of a checkpoint without the callback's state and refused)."""
+    pl.seed_everything(0)
+    cb = Pruning("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    model = TinyClassifier()
+    fit = trainer(tmp_path, [cb], 2)
+    with stopped_fit(SCHEDULE, 2):
+        fit.fit(model, loader())
+    assert cb.engine.dense is not None and cb.events_done == 0
+    fit.fit_loop.max_epochs = SCHEDULE.total_epochs
+    fit.fit(model, loader())
+    assert cb.events_done == 1 and fit.current_epoch == SCHEDULE.total_epochs
+    assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+
+
 @pytest.mark.parametrize("again", ["another_model", "the_pruned_model"])
 def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path, again):
     """One callback instance for several trainings (a loop over seeds or models): each new training
@@ -458,11 +479,13 @@ def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path
     trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(first, loader())
     first_result = cb.result
     second = TinyClassifier() if again == "another_model" else first
+    second.example_input_array = torch.zeros(1, 3, 16, 16)  # the first training traced a batch's two rows
     before = sum(p.numel() for p in second.parameters())
     trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(second, loader())
     assert cb.events_done == 1 and cb.result is not first_result
     assert sum(p.numel() for p in second.parameters()) == cb.result.pruned["params"] < before
     assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+    assert cb.engine.example.shape == (1, 3, 16, 16)  # this training's own, as a new callback takes it
     if again == "the_pruned_model":  # pruned again from the shapes the first training left: the plans compose
         assert cb.result.dense == first_result.pruned
         fresh = TinyClassifier()

@@ -53,7 +53,10 @@ class OneShot(PruningMethod):
 
     def config(self) -> dict:
         fn = self.importance_fn
-        return {"importance": fn if isinstance(fn, str) else repr(fn)}
+        if isinstance(fn, str):
+            return {"importance": fn}
+        # a function by its qualified name: the same in every process, unlike its repr's address
+        return {"importance": f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', type(fn).__name__)}"}
 
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",

@@ -233,7 +233,10 @@ def _buffers_as_wide_as(model: nn.Module, widths: set[int]) -> list[str]:
         if isinstance(module, _NORM):
             continue
         for name, buffer in module.named_buffers(recurse=False):
-            if buffer is not None and buffer.numel() > 1 and widths.intersection(buffer.shape):
+            # the dimension that broadcasts against the channels: -3 of an (N)CHW activation, the
+            # last one of a (N)C feature vector (or of a 1-d buffer a forward() reshapes)
+            channel = buffer.shape[-3] if buffer.dim() >= 3 else (buffer.shape[-1] if buffer.dim() else 0)
+            if buffer.numel() > 1 and channel in widths:
                 found.append(f"'{prefix + '.' if prefix else ''}{name}' {tuple(buffer.shape)}")
     return found
 

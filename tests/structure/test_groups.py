@@ -154,9 +154,10 @@ def test_a_per_channel_buffer_that_fails_the_rebuild_is_named_with_its_shape():
         def __init__(self, c):
             super().__init__()
             self.register_buffer("scale", torch.linspace(0.5, 1.5, c).view(1, c, 1, 1))
+            self.register_buffer("window", torch.ones(1, 1, 8, 8))  # as wide as the channels, but spatial
 
         def forward(self, x):
-            return x * self.scale
+            return x * self.scale * self.window
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), Scale(8), nn.ReLU(), nn.Conv2d(8, 6, 3))
     x = torch.randn(2, 3, 10, 10)
@@ -164,6 +165,7 @@ def test_a_per_channel_buffer_that_fails_the_rebuild_is_named_with_its_shape():
     with pytest.raises(UnsupportedLayerError, match=re.escape("does not slice: '2.scale' (1, 8, 1, 1);")) as info:
         prune_channels(net, x, {"0": [0, 2, 5]})
     assert "running_mean" not in str(info.value)  # a norm layer's statistics are sliced: not suspects
+    assert "window" not in str(info.value)  # its width 8 is the image's, not the channels' dimension
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
