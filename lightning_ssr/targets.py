@@ -113,7 +113,8 @@ class Target:
         if isinstance(target, Mapping):
             unknown = sorted(set(target) - set(TARGET_KINDS) - {"batch_size"})
             if unknown:
-                raise ValueError(f"unknown target key(s) {unknown}; a target is one of {TARGET_KINDS}")
+                hint = " (FLOPs are counted as multiply-accumulates: use 'macs')" if "flops" in unknown else ""
+                raise ValueError(f"unknown target key(s) {unknown}; a target is one of {TARGET_KINDS}{hint}")
             given = {k: v for k, v in target.items() if v is not None}
             if not any(k in TARGET_KINDS for k in given):
                 return None

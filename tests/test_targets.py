@@ -58,8 +58,10 @@ def test_targets_coerce_from_mappings():
     assert Target.coerce({"rates": [0.5, 0]}) == Target(rates=(0.5, 0.0))
     assert Target(rates=[0.5, 0]).to_dict() == {"rates": [0.5, 0.0]}
     assert Target(rates="[0.5]*2").to_dict() == {"rates": "[0.5]*2"}
-    with pytest.raises(ValueError, match=r"unknown target key\(s\) \['flops'\]"):
+    with pytest.raises(ValueError, match=r"unknown target key\(s\) \['flops'\].*use 'macs'"):
         Target.coerce({"flops": 0.5})
+    with pytest.raises(ValueError, match=r"\['filter'\]; a target is one of .*'latency'\)$"):  # no hint
+        Target.coerce({"filter": 0.5})
     with pytest.raises(TypeError, match="target must be"):
         Target.coerce(0.5)
 
