@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +44,7 @@ from torch import nn
 from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .latency import model_ms
-from .methods.base import MethodContext, PruningMethod, build_method
+from .methods.base import MethodContext, PruningMethod, build_method, plain_data
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
 from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
@@ -122,28 +121,6 @@ class DenseState:
         keep = intermediate_keep_counts(self.sizes, self.final_keep, event, events, self.min_keep,
                                         self.steps or self.round_to)
         return {g.name: min(keep[g.name], g.size) for g in groups}
-
-
-def plain_data(value: Any) -> Any:
-    """``value`` as data a checkpoint holds and ``torch.load(weights_only=True)`` reads back: mappings,
-    lists, numbers, strings, booleans and None. Numbers of NumPy or 0-d tensors become Python
-    numbers, tensors and arrays lists, a function its qualified name, anything else its text
-    (without a memory address, which differs from one process to the next)."""
-    if value is None or type(value) in (bool, int, float, str):  # exactly: NumPy's float64 is a float
-        return value
-    if hasattr(value, "tolist") and callable(value.tolist):  # tensors, NumPy arrays and scalars
-        return plain_data(value.tolist())
-    for kind in (bool, int, float, str):  # other subclasses (an IntEnum, a str enum)
-        if isinstance(value, kind):
-            return kind(value)
-    if isinstance(value, Mapping):
-        return {str(k): plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [plain_data(v) for v in items]
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', None) or ''}.{value.__qualname__}".lstrip(".")
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 def _differs(old: Any, new: Any) -> bool:

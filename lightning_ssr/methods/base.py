@@ -29,6 +29,7 @@ Methods are plain PyTorch (no Lightning imports) and are registered by name with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,8 +139,30 @@ class PruningMethod:
         pass
 
     def config(self) -> dict:
-        """The method's settings, for the result (plain data)."""
+        """The method's settings, for the result (plain data: :func:`plain_data`)."""
         return {}
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` as data a checkpoint holds and ``torch.load(weights_only=True)`` reads back: mappings,
+    lists, numbers, strings, booleans and None. Numbers of NumPy or 0-d tensors become Python
+    numbers, tensors and arrays lists, a function its qualified name, anything else its text
+    (without a memory address, which differs from one process to the next)."""
+    if value is None or type(value) in (bool, int, float, str):  # exactly: NumPy's float64 is a float
+        return value
+    if hasattr(value, "tolist") and callable(value.tolist):  # tensors, NumPy arrays and scalars
+        return plain_data(value.tolist())
+    for kind in (bool, int, float, str):  # other subclasses (an IntEnum, a str enum)
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [plain_data(v) for v in items]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', None) or ''}.{value.__qualname__}".lstrip(".")
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 _REGISTRY: dict[str, Callable[..., PruningMethod]] = {}

@@ -19,7 +19,7 @@ from ..structure.plan import PruningPlan, plan_from_support
 from ..structure.surgery import prune_channels
 from ..targets import Budget, Target
 from ..validation import check_number
-from .base import PruningMethod, register_method, top_k_masks
+from .base import PruningMethod, plain_data, register_method, top_k_masks
 from .importance import IMPORTANCES, get_importance, random_scores
 
 
@@ -53,10 +53,7 @@ class OneShot(PruningMethod):
 
     def config(self) -> dict:
         fn = self.importance_fn
-        if isinstance(fn, str):
-            return {"importance": fn}
-        # a function by its qualified name: the same in every process, unlike its repr's address
-        return {"importance": f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', type(fn).__name__)}"}
+        return {"importance": plain_data(fn)}  # a function by its qualified name, the same in every process
 
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
