@@ -12,37 +12,80 @@ import torch
 class LossGuard:
     """Stop at the step whose loss is NaN or infinite. On the CPU the check is immediate; on a GPU
     the flag is copied asynchronously and read once the copy has finished (a step or two later),
-    so that training never waits for the device."""
+    so that training never waits for the device.
+
+    The error says how the loss got there, from the losses it checked (kept as tensors, read only
+    when it raises): whether it grew over many steps (a learning rate too high for the model, often
+    right after a prune) or jumped in one (often a batch with NaN or infinite values)."""
 
     def __init__(self):
-        self._pending = None  # (pinned flag, event, step, epoch) of a check in flight
+        self._pending = None  # (pinned flag, event, step, epoch, loss) of a check in flight
+        self._first = None  # (step, loss) of the first finite loss since the start or the last prune
+        self._last = None  # (step, loss) of the latest finite loss
+        self._prune = None  # (step, lr_warmup_steps) of the last prune
+
+    def mark_prune(self, step: int, lr_warmup_steps: int = 0) -> None:
+        """A prune happened before optimizer step ``step``: the losses are followed from there."""
+        self._prune = (int(step), int(lr_warmup_steps))
+        self._first = self._last = None
 
     def check(self, loss, step: int, epoch: int) -> None:
         if not torch.is_tensor(loss):
             return
+        loss = loss.detach()
         if loss.device.type == "cpu":
             if not bool(torch.isfinite(loss).all()):
-                raise_non_finite(float(loss.detach().float().sum()), step, epoch)
+                self._raise(float(loss.float().sum()), step, epoch)
+            self._remember(step, loss)
             return
         pending = self._pending
         if pending is not None and pending[1].query():
-            flag, _, at_step, at_epoch = pending
+            flag, _, at_step, at_epoch, at_loss = pending
             self._pending = None
             if not bool(flag):
-                raise_non_finite(float("nan"), at_step, at_epoch)
+                self._raise(float("nan"), at_step, at_epoch)
+            self._remember(at_step, at_loss)
         if self._pending is None and loss.device.type == "cuda":
             flag = torch.empty((), dtype=torch.bool, pin_memory=True)
-            flag.copy_(torch.isfinite(loss.detach()).all(), non_blocking=True)
+            flag.copy_(torch.isfinite(loss).all(), non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending = (flag, event, step, epoch)
+            self._pending = (flag, event, step, epoch, loss)
+
+    def _remember(self, step: int, loss: torch.Tensor) -> None:
+        if self._first is None:
+            self._first = (step, loss)
+        self._last = (step, loss)
+
+    def _raise(self, value: float, step: int, epoch: int) -> None:
+        raise_non_finite(value, step, epoch, self._history())
+
+    def _history(self) -> str:
+        """How the loss got to the failing step, and what to change."""
+        if self._last is None:
+            return ""
+        (first_step, first), (last_step, last) = self._first, self._last
+        first, last = float(first.float().sum()), float(last.float().sum())
+        if last_step > first_step and abs(last) > 10 * max(abs(first), 1e-12):
+            pruned = self._prune is not None
+            text = (f" {f'From the prune at step {self._prune[0]} on, the' if pruned else 'The'} loss grew from "
+                    f"{first:.4g} (step {first_step}) to {last:.4g} (step {last_step}): the learning rate is too high "
+                    f"for the {'pruned ' if pruned else ''}model.")
+            if pruned and self._prune[1] == 0:
+                return text + (" Run again with a warm-up after the prune (the schedule's lr_warmup_steps, e.g. "
+                               "200), a lower learning rate, or clipped gradients.")
+            return text + " Lower it (or the method's strength, e.g. rho for SSR), or clip gradients."
+        return (f" The loss was {last:.4g} at step {last_step}: a loss that turns non-finite in one step comes from "
+                "the batch (NaN or infinite inputs or targets), the loss itself, or one step too large. Check the "
+                "data, lower the learning rate (or the method's strength, e.g. rho for SSR), or clip gradients.")
 
 
-def raise_non_finite(value: float, step: int, epoch: int) -> None:
+def raise_non_finite(value: float, step: int, epoch: int, history: str = "") -> None:
+    advice = history or (" Lower the learning rate (or the method's strength, e.g. rho for SSR), or clip "
+                         "gradients.")
     raise FloatingPointError(
-        f"the training loss is {value} at optimizer step {step} (epoch {epoch}); training stopped there. "
-        "Checkpoints saved before this step are intact. Lower the learning rate (or the method's strength, "
-        "e.g. rho for SSR), or clip gradients, and resume from the last checkpoint.")
+        f"the training loss is {value} at optimizer step {step} (epoch {epoch}); training stopped there.{advice} "
+        "Checkpoints saved before this step are intact.")
 
 
 def rng_states() -> dict:

@@ -293,7 +293,10 @@ class Pruning(Callback):
             rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info)
         self.engine.start()
 
-    def _restart_monitors(self, trainer: Trainer) -> None:
+    def _after_prune(self, trainer: Trainer) -> None:
+        """A prune event happened: the loss guard follows the losses from it, and monitors that
+        compare the model with its dense self start again."""
+        self._loss_guard.mark_prune(self.engine.events[-1]["step"], self.engine.schedule.lr_warmup_steps)
         restarted = restart_monitors(trainer)
         if restarted and self.verbose:
             rank_zero_info(f"{type(self).__name__}: {', '.join(restarted)} compare the pruned model with itself "
@@ -370,7 +373,7 @@ class Pruning(Callback):
             evaluate=(engine.evaluate or validation_accuracy(trainer, pl_module)) if setting_up else None,
             schedulers=[config.scheduler for config in trainer.lr_scheduler_configs])
         if self.engine.events_done > events:
-            self._restart_monitors(trainer)
+            self._after_prune(trainer)
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 
@@ -393,7 +396,7 @@ class Pruning(Callback):
                                            optimizers=trainer.optimizers, max_epochs=trainer.max_epochs,
                                            world=self._world)
         if self.engine.events_done > events:
-            self._restart_monitors(trainer)
+            self._after_prune(trainer)
         for key, value in metrics.items():
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 
