@@ -166,6 +166,12 @@ _PRESENTATION_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_
                       "default_root_dir", "logger", "enable_checkpointing", "callbacks")
 
 
+#: Trainer keys that bound the compression run (``max_epochs`` too, which the dense training takes
+#: from ``dense.epochs``): the dense training runs ``dense.epochs`` without them, and they are left
+#: out of its cache key. ``+trainer.max_steps=60`` shortens the run to prune, not the dense model.
+DENSE_UNBOUNDED = {"max_steps": -1, "max_time": None, "min_epochs": None, "min_steps": None}
+
+
 #: module settings the dense model does not train with: it trains without distillation, and at
 #: dense.lr (module.lr is the compression run's rate)
 DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature", "lr")
@@ -181,7 +187,7 @@ def dense_cache_path(cfg: DictConfig) -> Path:
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                        if k not in _PRESENTATION_KEYS}
+                        if k not in _PRESENTATION_KEYS and k not in DENSE_UNBOUNDED}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
     return Path(cfg.dense.cache_dir) / f"{cfg.model.name}-{data}-seed{cfg.seed}-{digest}.pt"
@@ -215,8 +221,9 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
                                 **{"distill": 0.0} if "distill" in cfg.module else {})
+        bounds = {k: v for k, v in DENSE_UNBOUNDED.items() if k in cfg.trainer}
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
-                              default_root_dir=str(Path(output_dir) / "dense"))
+                              default_root_dir=str(Path(output_dir) / "dense"), **bounds)
         trainer.fit(dense_lm, dm)
         bad = [n for n, p in net.named_parameters() if not torch.isfinite(p).all()]
         if bad:

@@ -309,6 +309,27 @@ def test_dense_cache_is_keyed_on_the_settings_that_change_the_dense_model():
     assert dense_cache_path(_compose(["module.lr=0.05"])) == base
     assert dense_cache_path(_compose(["dense.lr=0.05"])) != base
     assert dense_cache_path(_compose(["module.weight_decay=1e-4"])) != base
+    # the bounds of the compression run: the dense model trains dense.epochs whatever they are
+    assert dense_cache_path(_compose(["+trainer.max_steps=60", "+trainer.max_time=00:00:10:00"])) == base
+
+
+def test_trainer_bounds_shorten_the_run_to_prune_not_the_dense_training(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+
+    from lightning_ssr.app.stages import build_data, train_dense
+
+    fits = []
+    fit = pl.Trainer.fit
+
+    def recorded_fit(trainer, *args, **kwargs):
+        fit(trainer, *args, **kwargs)
+        fits.append((trainer.current_epoch, trainer.global_step))
+
+    monkeypatch.setattr(pl.Trainer, "fit", recorded_fit)
+    cfg = _compose(FAST + ["dense.epochs=2", "dense.use_cache=false", "+trainer.max_steps=3",
+                           "+trainer.min_epochs=3", "+trainer.max_time=00:01:00:00"])
+    train_dense(cfg, build_data(cfg), tmp_path)
+    assert fits == [(2, 16)]  # its 2 epochs of 8 batches, not the 3 steps (or 3 epochs) of the run to prune
 
 
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
