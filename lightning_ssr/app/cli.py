@@ -29,6 +29,7 @@ from ..report import PruningResult
 from .console import quiet_lightning
 from .recipes import recipe_for
 from .stages import (
+    RunInterrupted,
     base_result,
     check_config,
     compress,
@@ -136,7 +137,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     if recipe is not None:
         try:
             result = recipe.run(cfg, output_dir)
-        except Exception as err:
+        except (Exception, RunInterrupted) as err:  # an interrupted run is recorded too
             failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
             raise
         return finish(result, output_dir, start, recipe.summary(result))
@@ -164,7 +165,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         files = export_model(cfg, lm, callback, dm, output_dir)
         result.dense.update(metrics["dense"], cache=dense_info["cache"])
         result.pruned.update(metrics["pruned"], **files)
-    except Exception as err:
+    except (Exception, RunInterrupted) as err:
         timings["total_s"] = time.perf_counter() - start
         failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
         raise
@@ -193,7 +194,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     quiet_lightning()
-    _hydra_main()
+    try:
+        _hydra_main()
+    except RunInterrupted as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
+        print(f"lightning-ssr: {err}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,41 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     budget.check(lm, groups, count_cost(lm, example), budget.round_to_on(example.device))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a training stage of a job. Lightning shuts the fit down and exits;
+    this says where it stopped, what was kept and how to go on. A ``KeyboardInterrupt``: what
+    catches ``Exception`` lets it through, as it does Ctrl-C."""
+
+
+def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwargs) -> None:
+    """``trainer.fit(*args, **kwargs)``; an interruption becomes :class:`RunInterrupted`, naming
+    ``stage``, the epoch and step, and with ``resumable`` the last checkpoint to resume from."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1): a SystemExit raised
+        # while the KeyboardInterrupt was handled
+        if isinstance(err, RunInterrupted) or not (isinstance(err, KeyboardInterrupt)
+                                                   or isinstance(err.__context__, KeyboardInterrupt)):
+            raise
+        where = f"interrupted during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
+        if not resumable:
+            raise RunInterrupted(f"{where}; nothing of it was kept: run the job again") from err
+        saved = last_checkpoint(trainer)
+        if saved is None:
+            raise RunInterrupted(f"{where}, before its first checkpoint (one is written at the end of each "
+                                 "epoch): run the job again") from err
+        raise RunInterrupted(f"{where}. The last checkpoint is {saved}: run the same command with "
+                             f"ckpt_path={saved} to go on from it") from err
+
+
+def last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest checkpoint file a ``ModelCheckpoint`` of ``trainer`` wrote, or ``None``."""
+    paths = {Path(p) for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p}
+    found = [p for p in paths if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
 # ------------------------------------------------------------------- stages
 #: Trainer keys that change how a run looks, not the model it trains: left out of the cache key.
 _PRESENTATION_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "max_epochs",
@@ -224,7 +259,7 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         bounds = {k: v for k, v in DENSE_UNBOUNDED.items() if k in cfg.trainer}
         trainer = instantiate(cfg.trainer, max_epochs=cfg.dense.epochs, logger=False, enable_checkpointing=False,
                               default_root_dir=str(Path(output_dir) / "dense"), **bounds)
-        trainer.fit(dense_lm, dm)
+        fit(trainer, "the dense training", dense_lm, dm)  # (the cache is written only after it)
         bad = [n for n, p in net.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise FloatingPointError(f"dense training diverged (non-finite values in {bad[:3]}); lower "
@@ -253,7 +288,10 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
                           default_root_dir=str(output_dir), **extra)
-    trainer.fit(lm, dm, ckpt_path=cfg.ckpt_path)
+    with warnings.catch_warnings():
+        # a resumed run writes its checkpoints in its own output directory, by design
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+        fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
     return lm, callback
 
 

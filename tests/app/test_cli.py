@@ -3,6 +3,7 @@ import logging
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -369,8 +370,12 @@ def test_resume_from_a_lightning_checkpoint_name_with_equals_signs(tmp_path):
     assert quote_path_overrides([typed]) == [f"ckpt_path='{ckpts[-1]}'"]
     cfg = compose_config(overrides + [typed])
     assert cfg.ckpt_path == str(ckpts[-1])
-    with pytest.warns(UserWarning, match="dirpath has changed"):  # Lightning's: the new run writes elsewhere
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         resumed = run(cfg, tmp_path / "resumed")
+    # the resumed run writes its checkpoints in its own output directory: Lightning's notice of
+    # the changed dirpath is not for the user
+    assert not [w for w in seen if "dirpath has changed" in str(w.message)]
     assert resumed.status == "ok" and resumed.plan is not None
 
 
@@ -406,3 +411,59 @@ def test_common_trainer_settings_are_plain_overrides():
                     "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=1"])
     assert cfg.trainer.precision == "16-mixed" and cfg.trainer.strategy == "ddp" and cfg.trainer.limit_test_batches == 1
     assert _compose(["+trainer.fast_dev_run=true"]).trainer.fast_dev_run is True  # any other key: with "+"
+
+
+def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    import signal
+
+    from lightning_ssr.app.module import ImageClassifier
+    from lightning_ssr.app.stages import RunInterrupted, dense_cache_path
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it shut a fit down
+    monkeypatch.setattr(signal, "signal", lambda *args: handler)
+    step = ImageClassifier.training_step
+
+    def interrupted_at(stop):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == stop:
+                raise KeyboardInterrupt
+            return step(self, batch, batch_idx)
+        return training_step
+
+    overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
+    # during the dense training: nothing cached, nothing to resume
+    monkeypatch.setattr(ImageClassifier, "training_step", interrupted_at(3))
+    with pytest.raises(RunInterrupted, match=r"during the dense training at epoch 0 \(optimizer step 3\); nothing"):
+        run(_compose(overrides), tmp_path / "dense")
+    assert not dense_cache_path(_compose(overrides)).exists()
+    assert "RunInterrupted: interrupted" in json.loads((tmp_path / "dense" / "result.json").read_text())["error"]
+    monkeypatch.setattr(ImageClassifier, "training_step", step)
+    train_dense_only = run(_compose(overrides + ["pruning=none", "schedule.finetune_epochs=0"]), tmp_path / "d")
+    assert train_dense_only.status == "ok"  # the dense model is cached now
+    # in epoch 1 of the run that prunes (8 steps an epoch): the checkpoint of epoch 0 is named
+    monkeypatch.setattr(ImageClassifier, "training_step", interrupted_at(12))
+    with pytest.raises(RunInterrupted, match=r"during the run that prunes at epoch 1 \(optimizer step 12\)") as info:
+        run(_compose(overrides), tmp_path / "run")
+    saved = re.search(r"ckpt_path=(\S+) to go on", str(info.value)).group(1)
+    assert Path(saved).name == "epoch=0-step=8.ckpt" and Path(saved).is_file()
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and saved in record["error"]
+    monkeypatch.setattr(ImageClassifier, "training_step", step)
+    resumed = run(_compose(overrides + [f"ckpt_path={saved}"]), tmp_path / "resumed")
+    assert resumed.status == "ok" and resumed.macs_reduction > 1
+
+
+def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypatch, capsys):
+    from lightning_ssr.app import cli
+    from lightning_ssr.app.stages import RunInterrupted
+
+    def interrupted():
+        raise RunInterrupted("interrupted during the run that prunes at epoch 1 (optimizer step 12)")
+
+    monkeypatch.setattr(cli, "_hydra_main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12)"

@@ -200,7 +200,7 @@ def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, ro
     extra = {"logger": CSVLogger(str(root), name="logs")} if log and "logger" not in cfg.trainer else {"logger": False}
     trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=False,
                           default_root_dir=str(root), **extra)
-    trainer.fit(lm, dm)
+    stages.fit(trainer, "a training of the domain-adaptation recipe", lm, dm)
     return lm
 
 
