@@ -118,9 +118,12 @@ SSR = {"schedule": PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_
 
 def with_normed(layer: str, norm: str) -> SmallResidualCNN:
     """SmallResidualCNN whose ``layer`` computes its weight from other parameters: ``weight_norm`` and
-    ``spectral_norm`` parametrizations, or the older ``torch.nn.utils.weight_norm`` (weight_g, weight_v)."""
+    ``spectral_norm`` parametrizations, the older ``torch.nn.utils.weight_norm`` (weight_g, weight_v),
+    or a ``torch.nn.utils.prune`` mask (weight_orig * weight_mask)."""
     net = SmallResidualCNN()
-    if norm == "weight_g_v":
+    if norm == "prune_mask":  # torch.nn.utils.prune, as Lightning's ModelPruning leaves it
+        torch.nn.utils.prune.l1_unstructured(getattr(net, layer), "weight", amount=0.3)
+    elif norm == "weight_g_v":
         with warnings.catch_warnings():  # deprecated in favour of the parametrization, still in use
             warnings.simplefilter("ignore")
             torch.nn.utils.weight_norm(getattr(net, layer))
@@ -166,7 +169,13 @@ REFUSED_AT_SETUP = [
        lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), UnsupportedLayerError,
        f"layer 'net.{layer}' ({cls}) has no weight parameter of its own")
       for norm, layer, cls in [("weight_norm", "conv_a", "ParametrizedConv2d"),
-                               ("spectral_norm", "mix", "ParametrizedConv2d"), ("weight_g_v", "stem", "Conv2d")]],
+                               ("spectral_norm", "mix", "ParametrizedConv2d"), ("weight_g_v", "stem", "Conv2d"),
+                               ("prune_mask", "stem", "Conv2d")]],
+    ("prune_mask_remedy", lambda: with_normed("stem", "prune_mask"),
+     lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), UnsupportedLayerError,
+     ("torch.nn.utils.prune (or Lightning's ModelPruning) masks it: weight = weight_orig * weight_mask, recomputed "
+     "before each forward; the rebuild slices plain parameters and cannot follow it. Remove it for the pruning "
+     "(torch.nn.utils.prune.remove(module, 'weight')")),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
     ("returned_features", FeatureNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),

@@ -301,16 +301,29 @@ def _check_plain_parameters(module: nn.Module, name: str, root: str) -> None:
     for attr in ("weight", "bias"):
         if parametrize.is_parametrized(module, attr):
             how = "a parametrization computes it (torch.nn.utils.parametrize: weight_norm, spectral_norm, ...)"
+            fix = f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r})"
+        elif _masked_by_prune(module, attr):
+            how = (f"torch.nn.utils.prune (or Lightning's ModelPruning) masks it: {attr} = {attr}_orig * "
+                   f"{attr}_mask, recomputed before each forward")
+            fix = f"torch.nn.utils.prune.remove(module, {attr!r}), which keeps the masked values"
         elif attr not in own and getattr(module, attr, None) is not None:
             how = f"it is computed from other parameters ({sorted(own)}: torch.nn.utils.weight_norm?)"
+            fix = "torch.nn.utils.remove_weight_norm(module)"
         else:
             continue
         raise UnsupportedLayerError(
             f"layer '{name}' ({type(module).__name__}) has no {attr} parameter of its own: {how}; the rebuild "
-            "slices plain parameters and cannot follow it. Remove it for the pruning "
-            f"(torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}), or "
-            f"torch.nn.utils.remove_weight_norm) and apply it again to the pruned model, or pass '{root}' in "
-            "ignored_layers to leave the channels that reach it unpruned.")
+            f"slices plain parameters and cannot follow it. Remove it for the pruning ({fix}) and apply it again "
+            f"to the pruned model if you need it, or pass '{root}' in ignored_layers to leave the channels that "
+            "reach it unpruned.")
+
+
+def _masked_by_prune(module: nn.Module, attr: str) -> bool:
+    """Whether ``torch.nn.utils.prune`` reparametrized ``attr`` (``<attr>_orig`` and a mask hook)."""
+    from torch.nn.utils import prune
+
+    return any(isinstance(hook, prune.BasePruningMethod) and getattr(hook, "_tensor_name", None) == attr
+               for hook in module._forward_pre_hooks.values())
 
 
 def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
