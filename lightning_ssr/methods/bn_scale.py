@@ -51,15 +51,18 @@ class BNScale(PruningMethod):
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
         modules = dict(context.model.named_modules())
-        names = set()
+        names, without = set(), []
         for g in context.groups:
             found = [s.param for s in g.slices if s.param.endswith(".weight")
                      and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
             if not found:
-                raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of '{g.name}' have no "
-                                 f"BatchNorm. Pass '{g.name}' in ignored_layers, or use another method (l1, "
-                                 "oneshot, ssr_l20).")
+                without.append(g.name)
             names.update(found)
+        if without:  # all of them at once: the user fixes the list in one go
+            without.sort()
+            raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of {', '.join(map(repr, without))} "
+                             f"have no BatchNorm. Pass {without} in ignored_layers, or use another method (l1, "
+                             "oneshot, ssr_l20).")
         self._gammas = [context.params[n] for n in sorted(names)]
         self._continuation = Continuation.learning(context, self.ramp, growth_total=1000.0)
 

@@ -199,6 +199,13 @@ def test_bn_scale_adds_penalty_times_sign_of_gamma_to_the_bn_weight_grads_only()
                for n, g in grads.items())
 
 
+def test_bn_scale_names_every_group_without_batchnorm_at_once():
+    model = Chain(bn=False)
+    model.bn2 = nn.Identity()
+    with pytest.raises(ValueError, match=r"'conv1', 'conv2' have no BatchNorm\. Pass \['conv1', 'conv2'\] in "):
+        BNScale().setup(_context(model))
+
+
 def test_bn_scale_refuses_a_group_without_batchnorm_naming_it():
     model = Chain(bn=False)
     with pytest.raises(ValueError, match="'conv1'.*no BatchNorm.*ignored_layers"):
