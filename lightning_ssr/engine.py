@@ -123,6 +123,11 @@ class DenseState:
         return {g.name: min(keep[g.name], g.size) for g in groups}
 
 
+def _adds_a_term(method: PruningMethod) -> bool:
+    """Whether ``method`` changes the gradients before each optimizer step (its training-time term)."""
+    return type(method).before_optimizer_step is not PruningMethod.before_optimizer_step
+
+
 def _differs(old: Any, new: Any) -> bool:
     """Whether two recorded settings differ; a value ``!=`` cannot judge (a tensor in a custom
     method's config) by its text."""
@@ -280,6 +285,10 @@ class PruningEngine:
         self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
         self._scaled_steps = ScaledSteps()  # schedule.lr_warmup_steps after a prune
         self._setup_evaluate: Callable[[nn.Module], float] | None = None  # what the last set-up was given
+        # the driver's calls, checked: the step count at the start of the batch begun and not yet
+        # ended, and whether on_before_optimizer_step came in it
+        self._open_step: int | None = None
+        self._term_added = False
 
     # ------------------------------------------------------------ properties
     @property
@@ -325,6 +334,14 @@ class PruningEngine:
         optimizers' learning-rate schedulers, which ``schedule.restart_lr`` starts again after
         the last event. Returns metrics of a prune (``macs``, ``params`` after it), else ``{}``.
         After a prune, the optimizer steps of ``schedule.lr_warmup_steps`` take a scaled rate."""
+        if (self._open_step is not None and step > self._open_step and self._started
+                and self.schedule.update_every_n_steps is not None):
+            raise RuntimeError(
+                f"PruningEngine: the batch begun at optimizer step {self._open_step} ended without "
+                "engine.on_batch_end(step=...): call it after each optimizer.step(), with the count of steps taken. "
+                f"It makes the periodic update of {self.method.name!r} (every {self.schedule.update_every_n_steps} "
+                "steps while it sparsifies), which is otherwise never made.")
+        self._open_step, self._term_added = step, False
         metrics = self._before_batch(model, batch, epoch, step, optimizers, world, steps_per_epoch, evaluate,
                                      schedulers)
         last = self._events[-1]["step"] if self._events else None
@@ -362,10 +379,18 @@ class PruningEngine:
         """After the gradients of a step are complete (unscaled, accumulated), before the step."""
         if self._started:
             self.method.before_optimizer_step()
+        self._term_added = True
 
     def on_batch_end(self, *, step: int) -> dict[str, float]:
         """After optimizer step ``step`` (the count of steps taken): the method's periodic update
         when it is due. Returns its metrics."""
+        stepped = self._open_step is not None and step > self._open_step  # (not a batch that accumulates)
+        if stepped and self._started and not self._term_added and _adds_a_term(self.method):
+            raise RuntimeError(
+                f"PruningEngine: optimizer step {step} was taken without engine.on_before_optimizer_step(), so "
+                f"{self.method.name!r} did not add its training-time term to the gradients. Call it after "
+                "loss.backward() and before optimizer.step(), on every step.")
+        self._open_step = None
         n = self.schedule.update_every_n_steps
         if not self._started or n is None or step == self.last_update_step or step % n:
             return {}
@@ -399,10 +424,18 @@ class PruningEngine:
             out.update(self._prune(model, epoch, step, optimizers, world))
         return out
 
-    def finish(self, model: nn.Module) -> PruningResult | None:
+    def finish(self, model: nn.Module, warn: bool = True) -> PruningResult | None:
         """The training ended: the result, with the model as it is now (also after a resume that
-        trained no further: the result is not in a checkpoint)."""
+        trained no further: the result is not in a checkpoint). With ``warn``, a training that ended
+        before the schedule's last prune is warned of (the callback says it in Lightning's terms)."""
         self._scaled_steps.remove()
+        if warn and not self.done and not self.fresh:
+            due = self.schedule.prune_epoch(self.events_done)
+            shapes = (f"the shapes of prune event {self.events_done} of {self.schedule.prune_events}"
+                      if self.events_done else "its dense shapes (the result is None)")
+            warnings.warn(f"PruningEngine.finish: the training ended before the prune due at the start of epoch "
+                          f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
+                          f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.", stacklevel=2)
         if self.plan is not None and self.dense is not None:
             example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
             device = next(model.parameters()).device

@@ -402,7 +402,7 @@ class Pruning(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.engine.finish(pl_module)
+        self.engine.finish(pl_module, warn=False)  # warned of below, in Lightning's terms
         engine, schedule = self.engine, self.schedule
         if engine.done or trainer.fast_dev_run:
             return

@@ -76,6 +76,56 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
 
 
+def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1):
+    """The README's hand-written loop, leaving out the driver calls named in ``skip``; with
+    ``accumulate`` > 1, one optimizer step every that many batches."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
+    engine = PruningEngine(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
+    step = 0
+    for epoch in range(schedule.total_epochs if epochs is None else epochs):
+        for i, (x, y) in enumerate(DataLoader(_data(), batch_size=16)):
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+            F.cross_entropy(model(x), y).backward()
+            if (i + 1) % accumulate == 0:
+                if "term" not in skip:
+                    engine.on_before_optimizer_step()
+                optimizer.step()
+                optimizer.zero_grad()
+                step += 1
+            if "batch_end" not in skip:
+                engine.on_batch_end(step=step)
+        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=schedule.total_epochs)
+    return engine, engine.finish(model)
+
+
+def test_a_loop_that_leaves_out_a_driver_call_is_told_which_and_where():
+    # SSR's term goes into the gradients in on_before_optimizer_step: without it SSR is not SSR
+    with pytest.raises(RuntimeError, match=r"optimizer step 5 was taken without engine.on_before_optimizer_step\(\)"):
+        _loop(skip=("term",))  # step 5: the first of the sparsify phase, after the warm-up epoch's 4
+    # the periodic update comes from on_batch_end
+    with pytest.raises(RuntimeError, match="the batch begun at optimizer step 4 ended without engine.on_batch_end"):
+        _loop(skip=("batch_end",))
+    # a method without a term, and the warm-up and fine-tuning of any, need neither
+    engine, result = _loop("l1", skip=("term", "batch_end"))
+    assert result is not None and engine.done
+
+
+def test_a_loop_that_accumulates_gradients_calls_the_term_once_per_optimizer_step():
+    engine, result = _loop(accumulate=2)
+    assert result is not None and engine.done and engine.last_update_step > 0
+
+
+def test_finish_warns_of_a_training_that_ended_before_the_prune():
+    with pytest.warns(UserWarning, match=r"finish: the training ended before the prune due at the start of epoch 3: "
+                                         r"the model keeps its dense shapes \(the result is None\)\. Train for "
+                                         r"the schedule's total_epochs \(5\)"):
+        engine, result = _loop(epochs=2)
+    assert result is None and not engine.done
+
+
 def test_import_lightning_ssr_loads_neither_hydra_nor_the_app():
     code = ("import sys, lightning_ssr; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('hydra', 'omegaconf') or m.startswith('lightning_ssr.app')); print(bad); sys.exit(1 if bad else 0)")
