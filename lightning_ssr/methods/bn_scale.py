@@ -58,6 +58,10 @@ class BNScale(PruningMethod):
             if not found:
                 without.append(g.name)
             names.update(found)
+        if without and len(without) == len(context.groups):
+            raise ValueError(f"bn_scale prunes by BatchNorm scales, but no prunable group of this model has a "
+                             f"BatchNorm ({len(without)} groups: {sorted(without)}); bn_scale does not apply to it. "
+                             "Use a method that needs no BatchNorm: l1, oneshot, ssr_l20.")
         if without:  # all of them at once: the user fixes the list in one go
             without.sort()
             raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of {', '.join(map(repr, without))} "

@@ -201,8 +201,14 @@ def test_bn_scale_adds_penalty_times_sign_of_gamma_to_the_bn_weight_grads_only()
 
 def test_bn_scale_names_every_group_without_batchnorm_at_once():
     model = Chain(bn=False)
+    model.fc2 = nn.Linear(2, 2)  # a third group, fc (with no BatchNorm either)
+    model.forward = lambda x: model.fc2(torch.relu(Chain.forward(model, x)))
+    with pytest.raises(ValueError, match=r"'conv1', 'fc' have no BatchNorm\. Pass \['conv1', 'fc'\] in "):
+        BNScale().setup(_context(model))
+    # none with a BatchNorm: the method does not apply, rather than "ignore every layer"
     model.bn2 = nn.Identity()
-    with pytest.raises(ValueError, match=r"'conv1', 'conv2' have no BatchNorm\. Pass \['conv1', 'conv2'\] in "):
+    with pytest.raises(ValueError, match=r"no prunable group of this model has a BatchNorm \(3 groups: \['conv1', "
+                                         r"'conv2', 'fc'\]\); bn_scale does not apply to it"):
         BNScale().setup(_context(model))
 
 
