@@ -322,8 +322,10 @@ class PruningEngine:
 
     # ------------------------------------------------------- the driver's calls
     def start(self) -> None:
-        """The training starts (timings in the result count from here)."""
+        """The training starts (timings in the result count from here; a batch an error cut short
+        in an earlier training is not held against this one)."""
         self._start_time = time.perf_counter()
+        self._open_step = None
 
     def on_batch_start(self, model: nn.Module, batch, *, epoch: int, step: int,
                        optimizers: Sequence[torch.optim.Optimizer], world: World = SINGLE,

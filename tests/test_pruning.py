@@ -469,6 +469,27 @@ def test_a_second_fit_of_the_same_trainer_goes_on_with_the_run(tmp_path):
     assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
 
 
+def test_a_fit_an_error_cut_short_mid_batch_does_not_hold_it_against_the_next(tmp_path):
+    """An error after the optimizer step and before the callback's on_train_batch_end (another
+    callback raised): the engine saw the batch begin and never end. The same Trainer fitted again
+    goes on, without taking it for a loop that left out on_batch_end."""
+
+    class FailOnce(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 7 and not getattr(self, "done", False):  # in the sparsify phase
+                self.done = True
+                raise RuntimeError("a failure of the user's own")
+
+    pl.seed_everything(0)
+    cb = Pruning("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    model = TinyClassifier()
+    fit = trainer(tmp_path, [FailOnce(), cb], SCHEDULE.total_epochs)
+    with pytest.raises(RuntimeError, match="a failure of the user's own"):
+        fit.fit(model, loader())
+    fit.fit(model, loader())
+    assert cb.events_done == 1 and fit.current_epoch == SCHEDULE.total_epochs
+
+
 @pytest.mark.parametrize("again", ["another_model", "the_pruned_model"])
 def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path, again):
     """One callback instance for several trainings (a loop over seeds or models): each new training

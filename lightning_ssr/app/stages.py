@@ -181,6 +181,9 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
         if not resumable:
             raise RunInterrupted(f"{where}; nothing of it was kept: run the job again") from err
         saved = last_checkpoint(trainer)
+        if saved is None and not trainer.checkpoint_callbacks:
+            raise RunInterrupted(f"{where}; checkpointing is off (trainer.enable_checkpointing=false), so nothing "
+                                 "was kept: run the job again") from err
         if saved is None:
             raise RunInterrupted(f"{where}, before its first checkpoint (one is written at the end of each "
                                  "epoch): run the job again") from err

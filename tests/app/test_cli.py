@@ -467,3 +467,32 @@ def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypat
     assert info.value.code == 130
     err = capsys.readouterr().err
     assert err.strip() == "lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12)"
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_an_interrupted_fit_says_what_was_kept(tmp_path, monkeypatch, checkpointing):
+    import signal
+
+    import lightning.pytorch as pl
+
+    from lightning_ssr.app.stages import RunInterrupted, fit
+    from tests.lit import TinyClassifier, loader
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it shut a fit down
+    monkeypatch.setattr(signal, "signal", lambda *args: handler)
+
+    class Interrupted(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 1:  # in the first epoch: no checkpoint yet
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=checkpointing, default_root_dir=tmp_path)
+    kept = "before its first checkpoint" if checkpointing else r"checkpointing is off \(trainer.enable_checkpointing"
+    with pytest.raises(RunInterrupted, match=rf"interrupted during the run at epoch 0 \(optimizer step 1\)[,;] {kept}"):
+        fit(trainer, "the run", Interrupted(), loader(), resumable=True)
+    # an error of another kind passes through as it is
+    with pytest.raises(SystemExit, match="3"):
+        fit(pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False), "the run",
+            type("Exits", (TinyClassifier,), {"training_step": lambda self, b, i: sys.exit(3)})(), loader())
