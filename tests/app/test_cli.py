@@ -496,3 +496,11 @@ def test_an_interrupted_fit_says_what_was_kept(tmp_path, monkeypatch, checkpoint
     with pytest.raises(SystemExit, match="3"):
         fit(pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False), "the run",
             type("Exits", (TinyClassifier,), {"training_step": lambda self, b, i: sys.exit(3)})(), loader())
+
+
+def test_help_names_the_command_and_shows_how_to_use_it():
+    out = subprocess.run([sys.executable, "-m", "lightning_ssr.app.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("lightning-ssr: train the dense model")  # not Hydra's "cli is powered by Hydra."
+    assert "lightning-ssr -m pruning=ssr_l20,l1 target.macs=0.1,0.05" in out and "ckpt_path=<checkpoint>" in out
+    assert "pruning: bn_scale, fsm, l1, none, oneshot, random, ssl, ssr_l20, ssr_l21, taylor" in out
