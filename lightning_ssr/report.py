@@ -114,6 +114,10 @@ class PruningResult:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningResult:
+        if not isinstance(data, Mapping) or "schema_version" not in data:
+            what = "an object without schema_version" if isinstance(data, Mapping) else f"a JSON {type(data).__name__}"
+            raise ValueError(f"not a pruning result: {what} (a result.json holds schema_version "
+                             f"{RESULT_SCHEMA_VERSION}, method, dense, pruned, ...)")
         version = data.get("schema_version")
         if version != RESULT_SCHEMA_VERSION:
             raise ValueError(f"result schema_version {version!r} is not supported (this version reads "
@@ -131,7 +135,10 @@ class PruningResult:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"result file {str(path)!r} is unreadable: {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"result file {str(path)!r}: {err}") from err
 
     def summary(self) -> str:
         """The final summary lines: reductions and, where measured, accuracy."""

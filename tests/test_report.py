@@ -58,6 +58,13 @@ def test_unreadable_or_foreign_results_are_refused(tmp_path):
     data["schema_version"] = 2
     with pytest.raises(ValueError, match="schema_version 2"):
         PruningResult.from_dict(data)
+    # another JSON file (a benchmark's results, a list): named, and said to be no result
+    (tmp_path / "bench.json").write_text('{"rows": [], "runs": []}')
+    with pytest.raises(ValueError, match=r"bench.json': not a pruning result: an object without schema_version"):
+        PruningResult.load(tmp_path / "bench.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list.json': not a pruning result: a JSON list"):
+        PruningResult.load(tmp_path / "list.json")
 
 
 def test_missing_figures_give_none_not_an_error():
