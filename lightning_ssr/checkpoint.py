@@ -46,14 +46,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load(path, weights_only=True)`` with an error that names the file when it is
     missing, truncated or not a checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointReadError(f"checkpoint file {str(path)!r} is a directory: give the checkpoint file in it "
+                                  "(the CLI's pruned.pt, or a Lightning .ckpt)")
     if not path.is_file():
         raise CheckpointReadError(f"checkpoint file {str(path)!r} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/pickle errors differ by how the file is damaged
-        raise CheckpointReadError(
-            f"checkpoint file {str(path)!r} is unreadable ({type(err).__name__}: {str(err)[:200]}); it is "
-            "truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it.") from err
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+        if head[:1] in (b"{", b"["):
+            why = ("it is a JSON file (a result.json?), not a torch checkpoint: the CLI writes the pruned model beside "
+                   "its result.json, as pruned.pt")
+        elif "Weights only load failed" in str(err):
+            why = ("it holds objects other than tensors and plain data (a whole module saved with torch.save(model)?), "
+                   "which torch.load(weights_only=True) does not unpickle: save the module's state_dict, or "
+                   "lightning_ssr.save_pruned(module, path, plan)")
+        else:
+            why = ("it is truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it "
+                   f"({type(err).__name__}: {str(err)[:200]})")
+        raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}") from err
     if not isinstance(data, Mapping):
         raise CheckpointReadError(f"checkpoint file {str(path)!r} holds a {type(data).__name__}, not a mapping "
                                   "with 'state_dict'")

@@ -113,8 +113,18 @@ def test_unreadable_checkpoints_name_the_file(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1000)}}, tmp_path / "good.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((tmp_path / "good.pt").read_bytes()[:300])
-    with pytest.raises(CheckpointReadError, match="truncated.pt.*unreadable"):
+    with pytest.raises(CheckpointReadError, match="truncated.pt' is unreadable: it is truncated, corrupted"):
         read_checkpoint(truncated)
+    # the mistakes a user makes: the run's folder, its result.json, a whole module saved
+    with pytest.raises(CheckpointReadError, match="is a directory: give the checkpoint file in it"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "result.json").write_text('{"schema_version": 1}')
+    with pytest.raises(CheckpointReadError, match="result.json' is unreadable: it is a JSON file"):
+        read_checkpoint(tmp_path / "result.json")
+    torch.save(build_model("lenet5"), tmp_path / "whole.pt")
+    with pytest.raises(CheckpointReadError, match=r"whole.pt' is unreadable: it holds objects other than tensors.*"
+                                                  r"torch.save\(model\)"):
+        read_checkpoint(tmp_path / "whole.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(CheckpointReadError, match="not a mapping"):
         read_checkpoint(tmp_path / "list.pt")
