@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 import time
 import traceback
 import warnings
@@ -188,7 +189,7 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
             raise RunInterrupted(f"{where}, before its first checkpoint (one is written at the end of each "
                                  "epoch): run the job again") from err
         raise RunInterrupted(f"{where}. The last checkpoint is {saved}: run the same command with "
-                             f"ckpt_path={saved} to go on from it") from err
+                             f"ckpt_path={shlex.quote(saved)} to go on from it") from err
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:
