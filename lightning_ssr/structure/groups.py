@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, prune
 
 from ..modes import eval_mode
 
@@ -320,8 +320,6 @@ def _check_plain_parameters(module: nn.Module, name: str, root: str) -> None:
 
 def _masked_by_prune(module: nn.Module, attr: str) -> bool:
     """Whether ``torch.nn.utils.prune`` reparametrized ``attr`` (``<attr>_orig`` and a mask hook)."""
-    from torch.nn.utils import prune
-
     return any(isinstance(hook, prune.BasePruningMethod) and getattr(hook, "_tensor_name", None) == attr
                for hook in module._forward_pre_hooks.values())
 

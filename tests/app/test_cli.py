@@ -413,14 +413,20 @@ def test_common_trainer_settings_are_plain_overrides():
     assert _compose(["+trainer.fast_dev_run=true"]).trainer.fast_dev_run is True  # any other key: with "+"
 
 
-def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_kept(monkeypatch):
+    """Lightning ignores SIGINT for good once it shut an interrupted fit down: not in this process."""
     import signal
 
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(signal, "signal", lambda *args: handler)
+
+
+@pytest.mark.usefixtures("sigint_kept")
+def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
     from lightning_ssr.app.module import ImageClassifier
     from lightning_ssr.app.stages import RunInterrupted, dense_cache_path
 
-    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it shut a fit down
-    monkeypatch.setattr(signal, "signal", lambda *args: handler)
     step = ImageClassifier.training_step
 
     def interrupted_at(stop):
@@ -469,17 +475,14 @@ def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypat
     assert err.strip() == "lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12)"
 
 
+@pytest.mark.usefixtures("sigint_kept")
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_an_interrupted_fit_says_what_was_kept(tmp_path, monkeypatch, checkpointing):
-    import signal
-
+def test_an_interrupted_fit_says_what_was_kept(tmp_path, checkpointing):
     import lightning.pytorch as pl
 
     from lightning_ssr.app.stages import RunInterrupted, fit
     from tests.lit import TinyClassifier, loader
 
-    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT once it shut a fit down
-    monkeypatch.setattr(signal, "signal", lambda *args: handler)
 
     class Interrupted(TinyClassifier):
         def training_step(self, batch, batch_idx):
