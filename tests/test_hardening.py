@@ -176,6 +176,8 @@ REFUSED_AT_SETUP = [
      ("torch.nn.utils.prune (or Lightning's ModelPruning) masks it: weight = weight_orig * weight_mask, recomputed "
      "before each forward; the rebuild slices plain parameters and cannot follow it. Remove it for the pruning "
      "(torch.nn.utils.prune.remove(module, 'weight')")),
+    ("bn_scale_without_batchnorm", SmallResidualCNN, lambda: Pruning("bn_scale", target={"macs": 0.5}, **SSR),
+     ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
     ("returned_features", FeatureNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
