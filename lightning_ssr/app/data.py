@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -143,6 +144,12 @@ class _InMemoryImages(pl.LightningDataModule):
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
         return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), seed),
                           num_workers=self.num_workers)
+
+    def train_batches(self) -> int:
+        """Training batches per epoch (the last one may be partial), counted without drawing from
+        the global RNG as :meth:`train_dataloader` does."""
+        self.setup()
+        return math.ceil(len(self.splits["train"]) / self.batch_size)
 
     def train_dataloader(self):
         return self._loader("train", True)

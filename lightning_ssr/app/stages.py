@@ -216,6 +216,23 @@ DENSE_UNBOUNDED = {"max_steps": -1, "max_time": None, "min_epochs": None, "min_s
 DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature", "lr")
 
 
+def log_interval(cfg: DictConfig, dm: pl.LightningDataModule) -> dict:
+    """``{"log_every_n_steps": n}``: ``trainer.log_every_n_steps`` capped at the training batches
+    of an epoch (after ``limit_train_batches``), so that each epoch logs its training metrics and
+    Lightning has no cause to warn that it would not; ``{}`` when ``dm`` cannot count its batches
+    (it has no ``train_batches()``) or the interval is not set."""
+    every = cfg.trainer.get("log_every_n_steps")
+    count = getattr(dm, "train_batches", None)
+    if not isinstance(every, int) or every < 1 or count is None:
+        return {}
+    batches, limit = count(), cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return {"log_every_n_steps": min(every, batches)} if batches >= 1 else {}
+
+
 def dense_cache_path(cfg: DictConfig) -> Path:
     """Where the dense model of ``cfg`` is cached: keyed by everything that changes it (model,
     data, module, seed, dense settings and every trainer setting but presentation ones)."""
@@ -291,7 +308,7 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     # logger=True would look for TensorBoard and print a notice when it is not installed
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
-                          default_root_dir=str(output_dir), **extra)
+                          default_root_dir=str(output_dir), **extra, **log_interval(cfg, dm))
     with warnings.catch_warnings():
         # a resumed run writes its checkpoints in its own output directory, by design
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")

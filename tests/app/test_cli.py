@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.utils import instantiate
 
 from lightning_ssr.app.cli import CONFIG_DIR, compose_config, run
 from lightning_ssr.app.models import build_model
-from lightning_ssr.app.stages import build_pruning
+from lightning_ssr.app.stages import build_pruning, log_interval
 from lightning_ssr.checkpoint import load_pruned, read_checkpoint
 from lightning_ssr.methods import available_methods
 from lightning_ssr.report import PruningResult
@@ -399,10 +400,25 @@ def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
         capture_output=True, text=True, timeout=600, check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-2000:]
-    for noise in ("Tip", "litlogger", "tensorboardX", "LeafSpec", "Seed set to", "`Trainer.fit` stopped"):
+    for noise in ("Tip", "litlogger", "tensorboardX", "LeafSpec", "Seed set to", "`Trainer.fit` stopped",
+                  "smaller than the logging interval"):
         assert noise not in text, noise
     assert text.count("GPU available") <= 1
     assert text.count(TABLE_HEADER) == 1 and "ssr_l20:" in text
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ([], 20),  # the default 25 is more than the epoch holds
+    (["trainer.limit_train_batches=8"], 8),
+    (["trainer.limit_train_batches=0.5"], 10),
+    (["trainer.log_every_n_steps=5"], 5),
+])
+def test_the_logging_interval_is_capped_at_an_epochs_batches(trainer, expected):
+    cfg = _compose(["data=uci_digits"] + trainer)
+    dm = instantiate(cfg.data)
+    assert dm.train_batches() == 20  # 70% of 1,797 images, in batches of 64
+    assert log_interval(cfg, dm) == {"log_every_n_steps": expected}
+    assert log_interval(cfg, object()) == {}  # a data module that cannot count its batches: Lightning's default
 
 
 def test_common_trainer_settings_are_plain_overrides():

@@ -219,6 +219,18 @@ def test_dann_adapts_on_the_papers_toy_and_its_domain_classifier_falls_towards_c
     assert adapted_task > plain_task + 0.1 and adapted_task > 0.9
 
 
+def test_the_adaptation_data_counts_the_batches_of_its_longer_loader_without_drawing():
+    source, target = _Moons(0, seed=1), _Moons(35, seed=2)
+    target.batch_size = 16  # 1,050 training points each: 33 source batches of 32, 66 target batches of 16
+    data = DomainAdaptationData(source, target)
+    rng = torch.get_rng_state()
+    assert data.train_batches() == 66
+    assert torch.equal(torch.get_rng_state(), rng)  # the loaders' orders are drawn later, by the seeded fit
+    loader = data.train_dataloader()
+    iter(loader)
+    assert len(loader) == 66
+
+
 def test_dann_never_reads_a_target_label_before_the_final_test(tmp_path):
     target = _Moons(35, seed=2, trap_labels=True)
     data = DomainAdaptationData(_Moons(0, seed=1), target)

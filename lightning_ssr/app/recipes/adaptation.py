@@ -175,6 +175,10 @@ class DomainAdaptationData(pl.LightningDataModule):
         self.source.setup(stage)
         self.target.setup(stage)
 
+    def train_batches(self) -> int:
+        """Training batches per epoch: the longer of the two loaders (the shorter one cycles)."""
+        return max(self.source.train_batches(), self.target.train_batches())
+
     def train_dataloader(self):
         return CombinedLoader({"source": self.source.train_dataloader(), "target": self._unlabeled_target()},
                               mode="max_size_cycle")
@@ -199,7 +203,7 @@ class DomainAdaptationData(pl.LightningDataModule):
 def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, root: Path, log: bool):
     extra = {"logger": CSVLogger(str(root), name="logs")} if log and "logger" not in cfg.trainer else {"logger": False}
     trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=False,
-                          default_root_dir=str(root), **extra)
+                          default_root_dir=str(root), **extra, **stages.log_interval(cfg, dm))
     stages.fit(trainer, "a training of the domain-adaptation recipe", lm, dm)
     return lm
 
