@@ -128,6 +128,11 @@ def _adds_a_term(method: PruningMethod) -> bool:
     return type(method).before_optimizer_step is not PruningMethod.before_optimizer_step
 
 
+#: schedule settings that act from a prune event on: a resume from a checkpoint saved before the
+#: first event may change them (:meth:`PruningEngine.check_settings`)
+AFTER_PRUNE_SETTINGS = ("restart_lr", "lr_warmup_steps")
+
+
 def _differs(old: Any, new: Any) -> bool:
     """Whether two recorded settings differ; a value ``!=`` cannot judge (a tensor in a custom
     method's config) by its text."""
@@ -490,17 +495,22 @@ class PruningEngine:
         self._ignored_resolved = self._ignored_names + [names[m] for m in self._ignored_modules]
         return self._ignored_resolved
 
-    def check_settings(self, saved: Mapping[str, Any] | None) -> None:
+    def check_settings(self, saved: Mapping[str, Any] | None, events_done: int | None = None) -> None:
         """Refuse a resume whose settings differ from those the checkpoint's run was set up with
-        (settings only one side records, of another version, are not compared)."""
+        (settings only one side records, of another version, are not compared).
+
+        Before the first prune event (the checkpoint's ``events_done`` is 0), the schedule's
+        :data:`AFTER_PRUNE_SETTINGS` may change too: they act from a prune event on, so a run that
+        diverged right after its prune can resume from a checkpoint saved before it with a warm-up."""
         if not saved:
             return  # a checkpoint of an earlier version: nothing to compare with
         current, changed = self.settings(), []
+        free = {"schedule": AFTER_PRUNE_SETTINGS} if events_done == 0 else {}
         for key in sorted(set(saved) & set(current)):
             old, new = saved[key], current[key]
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 changed += [f"{key}.{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
-                            if _differs(old[k], new[k])]
+                            if k not in free.get(key, ()) and _differs(old[k], new[k])]
                 if key == "target" and set(old) != set(new):
                     changed.append(f"target: {dict(old)!r} -> {dict(new)!r}")
             elif _differs(old, new):
@@ -509,14 +519,15 @@ class PruningEngine:
             raise ValueError(
                 "the checkpoint's pruning run was set up differently from this one (checkpoint -> now: "
                 + "; ".join(changed) + "). A resume continues the run the checkpoint holds: resume with its "
-                "settings (only schedule.finetune_epochs may change), or, to prune differently, load its weights "
+                "settings (only schedule.finetune_epochs may change, and before the first prune event also "
+                f"{' and '.join(AFTER_PRUNE_SETTINGS)}), or, to prune differently, load its weights "
                 "(lightning_ssr.load_pruned) and start a new fit without ckpt_path")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("method") not in (None, self.method.name):
             raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
                              f"runs {self.method.name!r}; resume with the same method")
-        self.check_settings(state.get("settings"))
+        self.check_settings(state.get("settings"), int(state.get("events_done", 0)))
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
         self.events_done = int(state.get("events_done", 0))
         self._events = list(state.get("events", []))

@@ -72,8 +72,9 @@ class LossGuard:
                     f"{first:.4g} (step {first_step}) to {last:.4g} (step {last_step}): the learning rate is too high "
                     f"for the {'pruned ' if pruned else ''}model.")
             if pruned and self._prune[1] == 0:
-                return text + (" Run again with a warm-up after the prune (the schedule's lr_warmup_steps, e.g. "
-                               "200), a lower learning rate, or clipped gradients.")
+                return text + (" Give the schedule a warm-up after the prune (lr_warmup_steps, e.g. 200), and run "
+                               "again or resume from a checkpoint saved before the prune; or lower the learning "
+                               "rate, or clip gradients.")
             return text + " Lower it (or the method's strength, e.g. rho for SSR), or clip gradients."
         return (f" The loss was {last:.4g} at step {last_step}: a loss that turns non-finite in one step comes from "
                 "the batch (NaN or infinite inputs or targets), the loss itself, or one step too large. Check the "

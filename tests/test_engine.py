@@ -152,6 +152,20 @@ def test_settings_that_equality_cannot_judge_are_compared_by_their_text():
     assert not _differs({"macs": 0.1}, {"macs": 0.1}) and _differs([8], [1])
 
 
+def test_settings_that_act_from_the_prune_on_may_change_only_before_it():
+    def engine(**schedule):
+        return PruningEngine("l1", target={"macs": 0.5}, schedule=PruningSchedule(**schedule))
+
+    saved = engine().settings()
+    for change in ({"restart_lr": True}, {"lr_warmup_steps": 200}):
+        engine(**change).check_settings(saved, events_done=0)  # before the first prune: what acts later may change
+        for events_done in (1, None):  # after it, or when the checkpoint does not say
+            with pytest.raises(ValueError, match=f"schedule.{next(iter(change))}"):
+                engine(**change).check_settings(saved, events_done=events_done)
+    with pytest.raises(ValueError, match="schedule.update_every_n_steps: 25 -> 5"):  # acts before it: never
+        engine(update_every_n_steps=5).check_settings(saved, events_done=0)
+
+
 def test_equivalent_settings_are_the_same_settings_and_plain_data():
     """Rates as an expression or as the list it gives, ignored layers in another order, a function
     given as importance (its repr holds an address that differs between processes), NumPy numbers:

@@ -394,14 +394,16 @@ def test_a_stop_early_stopping_asked_for_before_the_prune_is_withdrawn_there(tmp
     ({"sparsify_epochs": 3}, "schedule.sparsify_epochs: 2 -> 3", 2),
     ({"min_channels": 2}, "min_channels: 1 -> 2", 2),
     ({"finetune_epochs": 3}, None, 2),  # fine-tuning longer on resume: allowed
+    ({"lr_warmup_steps": 3}, None, 2),  # a warm-up after a prune still to come: allowed
+    ({"lr_warmup_steps": 3}, "schedule.lr_warmup_steps: 0 -> 3", 4),  # after it: refused
 ])
 def test_resuming_with_other_pruning_settings_is_refused_before_a_step(tmp_path, change, named, stop):
     """A resume continues the checkpoint's run; a changed target, method or schedule would mix two runs
     (the counts fixed at set-up are the checkpoint's, a learned structure would follow the new target).
     Refused before the module takes the checkpoint's shapes: it stays as it was, and load_pruned works."""
     def callback(**kw):
-        schedule = dataclasses.replace(SCHEDULE, **{k: kw.pop(k) for k in ("sparsify_epochs", "finetune_epochs")
-                                                    if k in kw})
+        schedule = dataclasses.replace(SCHEDULE, **{k: kw.pop(k) for k in ("sparsify_epochs", "finetune_epochs",
+                                                                            "lr_warmup_steps") if k in kw})
         args = {"method": "ssr_l20", "target": {"macs": 0.4}, "method_kwargs": {"rho": kw.pop("rho", 0.5)},
                 **kw}
         return Pruning(schedule=schedule, verbose=False, **args)
@@ -797,19 +799,22 @@ def test_lr_warmup_ramps_the_steps_after_the_prune_and_leaves_the_schedule_alone
     assert warm_rates == plain_rates  # what the scheduler and a rate monitor see: the scheduled rate
 
 
-@pytest.mark.parametrize("stop_after", [3, 4], ids=["before_the_prune", "in_the_warmup"])
-def test_a_resumed_run_with_lr_warmup_matches_an_uninterrupted_one(tmp_path, stop_after):
-    def run(max_epochs, dirpath, ckpt_path=None):
+@pytest.mark.parametrize("stop_after, stopped_warmup", [(3, 6), (4, 6), (3, 0)],
+                         ids=["before_the_prune", "in_the_warmup", "added_on_resume_before_the_prune"])
+def test_a_resumed_run_with_lr_warmup_matches_an_uninterrupted_one(tmp_path, stop_after, stopped_warmup):
+    """Also a run stopped before its prune without a warm-up, resumed with one (what the NaN loss
+    error advises): the same as a run with the warm-up from the start."""
+    def run(max_epochs, dirpath, ckpt_path=None, schedule=WARM):
         pl.seed_everything(0)
         model = RecordingClassifier()
-        cb = Pruning(method="l1", target={"macs": 0.5}, schedule=WARM, verbose=False)
+        cb = Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
         fit = trainer(tmp_path, [cb, epoch_checkpoints(dirpath, resume_from=ckpt_path)], max_epochs)
         fit.fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, fit
 
     full_model, full_fit = run(WARM.total_epochs, tmp_path / "full")
     with stopped_fit(WARM, stop_after):
-        run(stop_after, tmp_path / "stopped")
+        run(stop_after, tmp_path / "stopped", schedule=dataclasses.replace(WARM, lr_warmup_steps=stopped_warmup))
     model, fit = run(WARM.total_epochs, tmp_path / "resumed",
                      ckpt_path=tmp_path / "stopped" / f"epoch={stop_after - 1}.ckpt")
     resumed = fit.optimizers[0].seen  # the steps after the resume, scaled as in the uninterrupted fit
