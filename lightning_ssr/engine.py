@@ -133,6 +133,15 @@ def _adds_a_term(method: PruningMethod) -> bool:
 AFTER_PRUNE_SETTINGS = ("restart_lr", "lr_warmup_steps")
 
 
+def _refuse_resume(changed: list[str]) -> None:
+    raise ValueError(
+        "the checkpoint's pruning run was set up differently from this one (checkpoint -> now: "
+        + "; ".join(changed) + "). A resume continues the run the checkpoint holds: resume with its "
+        "settings (only schedule.finetune_epochs may change, and before the first prune event also "
+        f"{' and '.join(AFTER_PRUNE_SETTINGS)}), or, to prune differently, load its weights "
+        "(lightning_ssr.load_pruned) and start a new fit without ckpt_path")
+
+
 def _differs(old: Any, new: Any) -> bool:
     """Whether two recorded settings differ; a value ``!=`` cannot judge (a tensor in a custom
     method's config) by its text."""
@@ -285,6 +294,9 @@ class PruningEngine:
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self._ignored_resolved = list(self._ignored_names)
+        # a state loaded before the model was known, with layers ignored as module objects: the
+        # names its run ignored, compared once the model gives the objects their names
+        self._ignored_saved: list[str] | None = None
         self._latency: dict | None = None  # latency target: dense and predicted milliseconds
         self._latency_table = None  # latency target learned by the method: the table timed at set-up
         self._timing_rows: torch.Tensor | None = None  # latency target: real inputs to time on
@@ -341,6 +353,8 @@ class PruningEngine:
         optimizers' learning-rate schedulers, which ``schedule.restart_lr`` starts again after
         the last event. Returns metrics of a prune (``macs``, ``params`` after it), else ``{}``.
         After a prune, the optimizer steps of ``schedule.lr_warmup_steps`` take a scaled rate."""
+        if self._ignored_saved is not None:  # a loaded state's ignored layers, given as modules: compared now
+            self.resolve_ignored(model)
         if (self._open_step is not None and step > self._open_step and self._started
                 and self.schedule.update_every_n_steps is not None):
             raise RuntimeError(
@@ -491,8 +505,11 @@ class PruningEngine:
         names = {m: n for n, m in model.named_modules()}
         missing = [type(m).__name__ for m in self._ignored_modules if m not in names]
         if missing:
-            raise ValueError(f"ignored_layers: modules {missing} are not part of the LightningModule (the model being pruned)")
+            raise ValueError(f"ignored_layers: modules {missing} are not part of the model being pruned")
         self._ignored_resolved = self._ignored_names + [names[m] for m in self._ignored_modules]
+        saved, self._ignored_saved = self._ignored_saved, None
+        if saved is not None and _differs(saved, sorted(set(self._ignored_resolved))):
+            _refuse_resume([f"ignored_layers: {saved!r} -> {sorted(set(self._ignored_resolved))!r}"])
         return self._ignored_resolved
 
     def check_settings(self, saved: Mapping[str, Any] | None, events_done: int | None = None) -> None:
@@ -506,6 +523,9 @@ class PruningEngine:
             return  # a checkpoint of an earlier version: nothing to compare with
         current, changed = self.settings(), []
         free = {"schedule": AFTER_PRUNE_SETTINGS} if events_done == 0 else {}
+        unnamed = self._ignored_modules and self._ignored_resolved == self._ignored_names
+        if unnamed and "ignored_layers" in saved:  # modules without names until the model is known
+            current["ignored_layers"] = saved["ignored_layers"]  # compared then (resolve_ignored)
         for key in sorted(set(saved) & set(current)):
             old, new = saved[key], current[key]
             if isinstance(old, Mapping) and isinstance(new, Mapping):
@@ -516,18 +536,17 @@ class PruningEngine:
             elif _differs(old, new):
                 changed.append(f"{key}: {old!r} -> {new!r}")
         if changed:
-            raise ValueError(
-                "the checkpoint's pruning run was set up differently from this one (checkpoint -> now: "
-                + "; ".join(changed) + "). A resume continues the run the checkpoint holds: resume with its "
-                "settings (only schedule.finetune_epochs may change, and before the first prune event also "
-                f"{' and '.join(AFTER_PRUNE_SETTINGS)}), or, to prune differently, load its weights "
-                "(lightning_ssr.load_pruned) and start a new fit without ckpt_path")
+            _refuse_resume(changed)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("method") not in (None, self.method.name):
             raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
                              f"runs {self.method.name!r}; resume with the same method")
-        self.check_settings(state.get("settings"), int(state.get("events_done", 0)))
+        saved = state.get("settings") or {}
+        self.check_settings(saved, int(state.get("events_done", 0)))
+        if self._ignored_modules and self._ignored_resolved == self._ignored_names and "ignored_layers" in saved:
+            self._ignored_saved = sorted(saved["ignored_layers"])
+            self._ignored_resolved = list(self._ignored_saved)  # the run's, until the model names the modules
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
         self.events_done = int(state.get("events_done", 0))
         self._events = list(state.get("events", []))

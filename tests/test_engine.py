@@ -1,6 +1,7 @@
 """The Lightning-free engine: a hand-written training loop on a bare nn.Module, with the same
 plan and the same weights as the Pruning callback inside Trainer.fit on the same data and seed."""
 
+import re
 import subprocess
 import sys
 
@@ -164,6 +165,40 @@ def test_settings_that_act_from_the_prune_on_may_change_only_before_it():
                 engine(**change).check_settings(saved, events_done=events_done)
     with pytest.raises(ValueError, match="schedule.update_every_n_steps: 25 -> 5"):  # acts before it: never
         engine(update_every_n_steps=5).check_settings(saved, events_done=0)
+
+
+def test_a_state_loaded_before_the_model_compares_layers_ignored_as_modules_once_it_is_known():
+    """A hand loop's resume: a new engine, the ignored layer given as a module, loads the saved
+    state before it sees the model. The modules have no names yet: the layer is compared at the
+    first batch, not refused for lacking a name, and a different layer is refused there."""
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                   torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 3))
+
+    def engine(ignored):
+        return PruningEngine("l1", target={"macs": 0.5}, ignored_layers=[ignored], verbose=False,
+                             schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+                             example_input=torch.randn(1, 1, 8, 8))
+
+    def first_batch(engine, model, step):
+        engine.on_batch_start(model, torch.randn(4, 1, 8, 8), epoch=0, step=step,
+                              optimizers=[torch.optim.SGD(model.parameters(), lr=0.01)])
+
+    model = net()
+    first = engine(model[2])
+    first_batch(first, model, 0)  # prunes (one-shot, at the first batch), conv 2 kept whole
+    state = first.state_dict()
+    assert state["settings"]["ignored_layers"] == ["2"] and first.events_done == 1
+    fresh = net()
+    same = engine(fresh[2])
+    same.load_state_dict(state)  # was refused: "ignored_layers: ['2'] -> []"
+    assert same.settings() == first.settings()
+    first_batch(same, fresh, 1)
+    other = engine(fresh[0])
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match=re.escape("ignored_layers: ['2'] -> ['0']")):
+        first_batch(other, fresh, 1)
 
 
 def test_equivalent_settings_are_the_same_settings_and_plain_data():

@@ -575,7 +575,7 @@ def test_layers_can_be_excluded_by_name_or_module(tmp_path):
         trainer(tmp_path, [SSRPruning(ignored_layers=["nope"], schedule=SCHEDULE)],
                 SCHEDULE.total_epochs).fit(TinyClassifier(), loader())
     stranger = torch.nn.Conv2d(1, 1, 1)
-    with pytest.raises(ValueError, match="not part of the LightningModule"):
+    with pytest.raises(ValueError, match="not part of the model being pruned"):
         trainer(tmp_path, [SSRPruning(ignored_layers=[stranger], schedule=SCHEDULE)],
                 SCHEDULE.total_epochs).fit(TinyClassifier(), loader())
 
