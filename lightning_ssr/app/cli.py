@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -137,7 +138,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     if recipe is not None:
         try:
             result = recipe.run(cfg, output_dir)
-        except (Exception, RunInterrupted) as err:  # an interrupted run is recorded too
+        except (Exception, KeyboardInterrupt) as err:  # an interrupted run is recorded too
             failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
             raise
         return finish(result, output_dir, start, recipe.summary(result))
@@ -165,7 +166,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         files = export_model(cfg, lm, callback, dm, output_dir)
         result.dense.update(metrics["dense"], cache=dense_info["cache"])
         result.pruned.update(metrics["pruned"], **files)
-    except (Exception, RunInterrupted) as err:
+    except (Exception, KeyboardInterrupt) as err:
         timings["total_s"] = time.perf_counter() - start
         failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
         raise
@@ -181,6 +182,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except KeyboardInterrupt as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise sweep_interrupted(err, hydra_cfg) from err
+        raise
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
@@ -191,13 +196,35 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return result.pruned.get("val_accuracy") if result.status == "ok" else None
 
 
+def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
+    """Ctrl-C in a job of a sweep: which run it was, the command that goes on with it (or runs it
+    again) alone in its folder, where the sweep's report finds it (``ckpt_path`` on the sweep's
+    command line would give every run that checkpoint), and the report of the runs before it.
+    The runs after it never started."""
+    sweep_dir, run_dir = str(hydra_cfg.sweep.dir), str(hydra_cfg.runtime.output_dir)
+    where = f"{getattr(err, 'where', 'interrupted')}, in run {hydra_cfg.job.num} of the sweep in {sweep_dir}"
+    saved = getattr(err, "checkpoint", None)
+    command = " ".join(shlex.quote(a) for a in ["lightning-ssr", *hydra_cfg.overrides.task,
+                                                  *([f"ckpt_path={saved}"] if saved else []),
+                                                  f"hydra.run.dir={run_dir}"])
+    if saved:
+        head = f"{where}; the runs after it did not start. Its last checkpoint is {saved}; to go on with that run"
+    else:
+        head = f"{where}{getattr(err, 'lost', '')}; the runs after it did not start. To run it again"
+    return RunInterrupted(where, saved, message=(
+        f"{head} alone (in its folder, where the report finds it): {command}. "
+        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs before it"))
+
+
 def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     quiet_lightning()
     try:
         _hydra_main()
-    except RunInterrupted as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
-        print(f"lightning-ssr: {err}", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
+        text = str(err) if isinstance(err, RunInterrupted) else ("interrupted outside training (at the set-up, the evaluation or "
+                                                         "the export): run the job again")
+        print(f"lightning-ssr: {text}", file=sys.stderr)
         sys.exit(130)
 
 

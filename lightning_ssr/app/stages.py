@@ -164,7 +164,22 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped a training stage of a job. Lightning shuts the fit down and exits;
     this says where it stopped, what was kept and how to go on. A ``KeyboardInterrupt``: what
-    catches ``Exception`` lets it through, as it does Ctrl-C."""
+    catches ``Exception`` lets it through, as it does Ctrl-C.
+
+    ``where``: the stage, epoch and step; ``checkpoint``: the last checkpoint to resume from, or
+    ``None`` with ``lost`` saying why there is none. The message is for a single run (a sweep's
+    says how to go on with the one run: :func:`lightning_ssr.app.cli.sweep_interrupted`)."""
+
+    def __init__(self, where: str, checkpoint: str | None = None, lost: str = "; nothing of it was kept",
+                 message: str | None = None):
+        self.where, self.checkpoint, self.lost = where, checkpoint, lost
+        if message is not None:
+            super().__init__(message)
+        elif checkpoint is None:
+            super().__init__(f"{where}{lost}: run the job again")
+        else:
+            super().__init__(f"{where}. The last checkpoint is {checkpoint}: run the same command with "
+                             f"ckpt_path={shlex.quote(checkpoint)} to go on from it")
 
 
 def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwargs) -> None:
@@ -180,16 +195,15 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
             raise
         where = f"interrupted during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
         if not resumable:
-            raise RunInterrupted(f"{where}; nothing of it was kept: run the job again") from err
+            raise RunInterrupted(where) from err
         saved = last_checkpoint(trainer)
         if saved is None and not trainer.checkpoint_callbacks:
-            raise RunInterrupted(f"{where}; checkpointing is off (trainer.enable_checkpointing=false), so nothing "
-                                 "was kept: run the job again") from err
+            raise RunInterrupted(where, lost="; checkpointing is off (trainer.enable_checkpointing=false), so "
+                                 "nothing was kept") from err
         if saved is None:
-            raise RunInterrupted(f"{where}, before its first checkpoint (one is written at the end of each "
-                                 "epoch): run the job again") from err
-        raise RunInterrupted(f"{where}. The last checkpoint is {saved}: run the same command with "
-                             f"ckpt_path={shlex.quote(saved)} to go on from it") from err
+            raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
+                                 "epoch)") from err
+        raise RunInterrupted(where, saved) from err
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:

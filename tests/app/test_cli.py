@@ -1,6 +1,7 @@
 import json
 import logging
 import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -480,7 +481,7 @@ def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypat
     from lightning_ssr.app.stages import RunInterrupted
 
     def interrupted():
-        raise RunInterrupted("interrupted during the run that prunes at epoch 1 (optimizer step 12)")
+        raise RunInterrupted("interrupted during the run that prunes at epoch 1 (optimizer step 12)", "e 0.ckpt")
 
     monkeypatch.setattr(cli, "_hydra_main", interrupted)
     monkeypatch.setattr(sys, "argv", ["lightning-ssr"])
@@ -488,7 +489,87 @@ def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypat
         cli.main()
     assert info.value.code == 130
     err = capsys.readouterr().err
-    assert err.strip() == "lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12)"
+    assert err.strip() == ("lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12). The "
+                           "last checkpoint is e 0.ckpt: run the same command with ckpt_path='e 0.ckpt' to go on from it")
+
+
+INTERRUPT_PLUGIN = """
+from pathlib import Path
+
+from lightning_ssr.app.module import ImageClassifier
+
+step = ImageClassifier.training_step
+done = Path(__file__).with_suffix(".done")
+
+
+def training_step(self, batch, batch_idx):  # Ctrl-C once, in epoch 1 of the run that fine-tunes 2 epochs
+    if self.global_step == 12 and self.trainer.max_epochs == 3 and not done.exists():
+        done.touch()
+        raise KeyboardInterrupt
+    return step(self, batch, batch_idx)
+
+
+ImageClassifier.training_step = training_step
+"""
+
+
+def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
+    """The single run's advice, the same command with ckpt_path=, would give every run of the sweep
+    that checkpoint. The message names the run and the command that finishes it in its folder, where
+    the sweep's report then finds it."""
+    (tmp_path / "interrupt.py").write_text(INTERRUPT_PLUGIN)
+    sweep = tmp_path / "sweep"
+    base = [o for o in FAST if not o.startswith("schedule.finetune")] + [
+        f"dense.cache_dir={tmp_path / 'cache'}", f"plugins=[{tmp_path / 'interrupt.py'}]"]
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "-m", *base, "schedule.finetune_epochs=1,2,3",
+                           f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12), "
+                              f"in run 1 of the sweep in {sweep}; the runs after it did not start"), message
+    assert "Traceback" not in proc.stderr and not (sweep / "2").exists()
+    command = re.search(r"to go on with that run alone \(in its folder, where the report finds it\): (.+?)\. "
+                        r"lightning-ssr-report", message).group(1)
+    assert "schedule.finetune_epochs=2" in command and f"hydra.run.dir={sweep / '1'}" in command
+    args = shlex.split(command)
+    assert args[0] == "lightning-ssr"
+    resumed = subprocess.run([sys.executable, "-m", "lightning_ssr", *args[1:]], capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads((sweep / "1" / "result.json").read_text())
+    assert result["status"] == "ok" and result["config"]["cli"]["schedule"]["finetune_epochs"] == 2
+
+
+def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_again():
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app.cli import sweep_interrupted
+    from lightning_ssr.app.stages import RunInterrupted
+
+    hydra_cfg = OmegaConf.create({"sweep": {"dir": "multirun/x"}, "runtime": {"output_dir": "multirun/x/3"},
+                                  "job": {"num": 3}, "overrides": {"task": ["seed=3", "target.macs=0.1"]}})
+    err = sweep_interrupted(RunInterrupted("interrupted during the dense training at epoch 2 (optimizer step 40)"),
+                            hydra_cfg)
+    assert str(err) == ("interrupted during the dense training at epoch 2 (optimizer step 40), in run 3 of the sweep "
+                        "in multirun/x; nothing of it was kept; the runs after it did not start. To run it again alone "
+                        "(in its folder, where the report finds it): lightning-ssr seed=3 target.macs=0.1 "
+                        "hydra.run.dir=multirun/x/3. lightning-ssr-report multirun/x reports the runs before it")
+    assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
+        "interrupted, in run 3 of the sweep in multirun/x; the runs after it did not start. To run it again alone")
+
+
+def test_ctrl_c_outside_training_exits_with_130_and_a_line(monkeypatch, capsys):
+    from lightning_ssr.app import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_hydra_main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err.startswith("lightning-ssr: interrupted outside training")
 
 
 @pytest.mark.usefixtures("sigint_kept")
