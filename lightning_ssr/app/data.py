@@ -100,6 +100,8 @@ class _InMemoryImages(pl.LightningDataModule):
         self.image_size = image_size
         self.num_workers = num_workers
         self.splits: dict[str, TensorDataset] = {}
+        self._order_seed: int | None = None  # the seed of the last training loader's order
+        self._resumed_seed: int | None = None  # a checkpoint's, for the next training loader
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Images [N, C, H, W] in [0, 1], labels [N], and the official test split if any."""
@@ -140,10 +142,24 @@ class _InMemoryImages(pl.LightningDataModule):
         if not shuffle:
             return DataLoader(data, batch_size=self.eval_batch_size, num_workers=self.num_workers)
         # the order's seed is drawn from the global RNG (seeded by the caller), once per loader;
-        # each epoch's order then depends only on it and the epoch, so resuming reproduces it
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        # each epoch's order then depends only on it and the epoch. It is kept in checkpoints
+        # (state_dict): a resumed fit takes it instead of drawing, at a global RNG state restored
+        # to the checkpoint's moment, so it sees the uninterrupted fit's orders and RNG draws
+        if self._resumed_seed is not None:
+            seed, self._resumed_seed = self._resumed_seed, None
+        else:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        self._order_seed = seed
         return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), seed),
                           num_workers=self.num_workers)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the seed of the training loader's order."""
+        return {} if self._order_seed is None else {"train_order_seed": self._order_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        seed = state_dict.get("train_order_seed")
+        self._resumed_seed = None if seed is None else int(seed)
 
     def train_batches(self) -> int:
         """Training batches per epoch (the last one may be partial), counted without drawing from

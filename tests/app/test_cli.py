@@ -474,6 +474,12 @@ def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(
     monkeypatch.setattr(ImageClassifier, "training_step", step)
     resumed = run(_compose(overrides + [f"ckpt_path={saved}"]), tmp_path / "resumed")
     assert resumed.status == "ok" and resumed.macs_reduction > 1
+    # the resumed run is the uninterrupted one, batch order included (the data module keeps its seed)
+    full = run(_compose(overrides), tmp_path / "full")
+    assert full.plan == resumed.plan
+    weights = [read_checkpoint(tmp_path / name / "pruned.pt")["state_dict"] for name in ("full", "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypatch, capsys):

