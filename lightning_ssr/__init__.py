@@ -17,7 +17,7 @@ from .methods import (
 from .methods.prox import group_hard_threshold, group_soft_threshold, keep_top_k
 from .pruning import Pruning, SSRPruning
 from .report import PruningResult
-from .schedule import PruningSchedule
+from .schedule import PruningSchedule, end_cosine_at
 from .structure import (
                       PLAN_CHECKPOINT_KEY,
                       ChannelGroup,
@@ -54,6 +54,7 @@ __all__ = [
                       "available_methods",
                       "build_method",
                       "count_cost",
+                      "end_cosine_at",
                       "find_channel_groups",
                       "group_hard_threshold",
                       "group_soft_threshold",

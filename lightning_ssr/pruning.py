@@ -21,6 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from typing_extensions import override
 
 from . import lightning_internals as internals
@@ -170,6 +171,7 @@ class Pruning(Callback):
         self._loss_guard = LossGuard()
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
         self._restored = False  # this fit restored the callback's state from a checkpoint
+        self._resume_checked = False  # what a restored fit is checked for, at its first epoch
 
     # ------------------------------------------------- the engine's, read here
     @property
@@ -267,7 +269,8 @@ class Pruning(Callback):
                 f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
                 f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
                 "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
-        self._short_fit = self._restored = False  # per fit; Lightning restores the callback's state after set-up
+        # per fit; Lightning restores the callback's state after set-up
+        self._short_fit = self._restored = self._resume_checked = False
         if trainer.global_step == 0 and not self.engine.fresh:
             # the callback of an earlier fit, given to a new training (a loop over seeds or models):
             # without this it held that fit's finished run and left this model unpruned, without a word.
@@ -359,6 +362,28 @@ class Pruning(Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._restored and not self._resume_checked:  # after the module's own on_train_start
+            self._resume_checked = True
+            self._warn_cosine_ending_early(trainer)
+
+    def _warn_cosine_ending_early(self, trainer: Trainer) -> None:
+        """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's max_epochs
+        ends before a longer fine-tuning does, which then trains at about its ``eta_min``."""
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if not (isinstance(sched, CosineAnnealingLR) and config.interval == "epoch" and trainer.max_epochs):
+                continue
+            end = trainer.current_epoch - sched.last_epoch + sched.T_max
+            if end < trainer.max_epochs:
+                rank_zero_warn(
+                    f"{type(self).__name__}: the checkpoint's CosineAnnealingLR ends at epoch {end} (T_max={sched.T_max}), "
+                    f"before max_epochs={trainer.max_epochs}: a resume keeps the checkpoint's schedule, so the epochs "
+                    "after its end train at about eta_min (then torch's cosine rises again). To fine-tune longer along "
+                    "a cosine, end it at max_epochs in the module's on_train_start: lightning_ssr.end_cosine_at("
+                    "scheduler, self.trainer.current_epoch, self.trainer.max_epochs).")
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any
@@ -155,6 +156,24 @@ def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
         sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
         left = steps if left is None else max(left, steps)
     return left
+
+
+def end_cosine_at(sched: CosineAnnealingLR, epoch: int, max_epochs: int) -> bool:
+    """Make the epoch-wise cosine ``sched``, at the start of ``epoch``, end at ``max_epochs``: its
+    length changes by as many epochs as its end moves, and the rates become the new cosine's at its
+    position. ``False`` (nothing changed) where it ends there already, or where the new end is at
+    or before its position. A checkpoint holds the cosine of the run that wrote it: without this,
+    a resume that fine-tunes longer would train its added epochs past the cosine's end, at about
+    ``eta_min`` (0 here), and change nothing."""
+    start = epoch - sched.last_epoch  # the epoch where this cosine began (0, or the restart after a prune)
+    length = max_epochs - start
+    if start + sched.T_max == max_epochs or length <= sched.last_epoch:
+        return False
+    sched.T_max = length
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * sched.last_epoch / length)) / 2
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+    return True
 
 
 class ScaledSteps:

@@ -22,6 +22,7 @@ from lightning_ssr import (
     PruningSchedule,
     SSRPruning,
     apply_plan,
+    end_cosine_at,
     load_pruned,
 )
 from lightning_ssr.methods import PruningMethod
@@ -776,6 +777,35 @@ def test_a_resumed_run_with_restart_lr_matches_an_uninterrupted_one(tmp_path, st
     assert all(rates.lrs[e] == full_rates.lrs[e] for e in rates.lrs)  # the epochs the resumed fit ran
     assert fit.optimizers[0].param_groups[0]["lr"] == full_fit.optimizers[0].param_groups[0]["lr"]
     assert_same_weights(model, full_model)
+
+
+class EndingCosineClassifier(CosineClassifier):
+    """The same, made to end at max_epochs when a resume changes it, as the README says to."""
+
+    def on_train_start(self):
+        end_cosine_at(self.lr_schedulers(), self.trainer.current_epoch, self.trainer.max_epochs)
+
+
+@pytest.mark.parametrize("module", [CosineClassifier, EndingCosineClassifier])
+def test_a_resume_that_fine_tunes_past_the_checkpoints_cosine_is_warned_of(tmp_path, module):
+    total = SCHEDULE.total_epochs
+    pl.seed_everything(0)
+    cb = Pruning(method="l1", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    trainer(tmp_path, [cb, epoch_checkpoints(tmp_path / "ckpts")], total).fit(module(), loader())
+    longer = dataclasses.replace(SCHEDULE, finetune_epochs=SCHEDULE.finetune_epochs + 2)
+    cb, rates = Pruning(method="l1", target={"macs": 0.5}, schedule=longer, verbose=False), EpochRates()
+    path = tmp_path / "ckpts" / f"epoch={total - 1}.ckpt"
+    fit = trainer(tmp_path, [cb, rates, epoch_checkpoints(None, resume_from=path)], longer.total_epochs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit.fit(module(), loader(), ckpt_path=path)
+    said = [str(w.message) for w in caught if "CosineAnnealingLR ends" in str(w.message)]
+    if module is CosineClassifier:
+        assert said == [f"Pruning: the checkpoint's CosineAnnealingLR ends at epoch {total} (T_max={total}), before "
+                        f"max_epochs={total + 2}" + said[0].split(f"max_epochs={total + 2}", 1)[1]]
+        assert rates.lrs[total] == pytest.approx(0.0, abs=1e-12)  # what the warning is about
+    else:
+        assert said == [] and rates.lrs[total] > 0.01 * CosineClassifier().lr  # the added epochs train
 
 
 WARM = dataclasses.replace(SCHEDULE, lr_warmup_steps=6)  # 4 steps an epoch: the warm-up crosses an epoch end

@@ -5,9 +5,12 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..schedule import end_cosine_at
 from ..validation import check_number
 
 
@@ -57,6 +60,16 @@ class ImageClassifier(pl.LightningModule):
                              "set_teacher(dense_network) before fit, or set module.distill=0")
         if teacher is not None:
             teacher.to(self.device)  # once: the trainer has placed this module by now
+
+    def on_train_start(self) -> None:
+        # a resume with another max_epochs (schedule.finetune_epochs): the cosine ends at the new end
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if (isinstance(sched, CosineAnnealingLR) and config.interval == "epoch" and self.trainer.max_epochs
+                    and end_cosine_at(sched, self.trainer.current_epoch, self.trainer.max_epochs)):
+                rank_zero_info(f"{type(self).__name__}: the cosine learning-rate schedule of the checkpoint now ends "
+                               f"at epoch {self.trainer.max_epochs} (max_epochs); the rate is {sched.get_last_lr()[0]:.3g} "
+                               f"at epoch {self.trainer.current_epoch}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
