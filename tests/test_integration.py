@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_ssr import PLAN_CHECKPOINT_KEY, PruningSchedule, SSRPruning, load_pruned
+from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, SSRPruning, load_pruned
 from tests.lit import loader
 from tests.nets import SmallResidualCNN
 
@@ -100,3 +100,22 @@ def test_compiled_modules_are_refused(tmp_path):
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
     with pytest.raises(Exception, match="torch.compile"):
         trainer.fit(torch.compile(Validated()), loader(), loader(seed=1))
+
+
+def test_the_methods_update_metrics_reach_the_logger_at_its_interval(tmp_path):
+    """Updates every 3 steps, the logger every 4 (Lightning writes step metrics every
+    log_every_n_steps): the latest update's values are in each write of the sparsify phase
+    (Lightning keeps a step metric until it is logged again), and in none after the prune."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=3)
+    ssr = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    trainer = pl.Trainer(max_epochs=schedule.total_epochs, accelerator="cpu", devices=1, default_root_dir=tmp_path,
+                         logger=CSVLogger(tmp_path, name="logs"), log_every_n_steps=4, enable_model_summary=False,
+                         enable_progress_bar=False, enable_checkpointing=False, callbacks=[ssr])
+    trainer.fit(Validated(), loader(n=256), loader(n=32, seed=1))
+    with open(trainer.logger.log_dir + "/metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    prune_step = ssr.events[0]["step"]
+    written = sorted({int(r["step"]) for r in rows if r.get("train_loss") and int(r["step"]) < prune_step})
+    with_residual = sorted({int(r["step"]) for r in rows if r.get("pruning/primal_residual")})
+    assert len(written) == 12 and with_residual == written  # and none after the prune, which ends the updates
