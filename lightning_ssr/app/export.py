@@ -77,27 +77,40 @@ def _quiet_onnx_registry():
     """The ONNX exporter logs a warning per torchvision operator it cannot register when
     torchvision is absent (none matters to a model that does not use them), and torch's own
     pytree code warns about its deprecated ``LeafSpec`` while tracing."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # and the graph optimizer's passes log at INFO (a line per pass), which a job's logging shows
+    levels = {"torch.onnx._internal.exporter._registration": logging.ERROR, "onnxscript": logging.WARNING,
+              "onnx_ir": logging.WARNING}
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in before.items():
+            logger.setLevel(level)
+
+
+#: weights up to this size (bytes) are written inside the ONNX file; beyond it, next to it
+#: (protobuf's 2 GiB limit, with room for the graph)
+ONNX_INLINE_LIMIT = 1 << 30
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
-    """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension."""
+    """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension: one
+    self-contained file, its weights inside (a model over ONNX's 2 GB protobuf limit keeps them
+    in ``<path>.data`` beside it, which must travel with it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model), _quiet_onnx_registry():
         torch.onnx.export(model, (example_input.detach(),), str(path), input_names=["input"],
                           output_names=["output"], opset_version=opset, dynamo=True,
-                          dynamic_shapes=dynamic_shapes, verbose=False)
+                          dynamic_shapes=dynamic_shapes, verbose=False, external_data=weights >= ONNX_INLINE_LIMIT)
     return path
 
 
