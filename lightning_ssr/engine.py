@@ -571,8 +571,9 @@ class PruningEngine:
                 f"the pruning engine traces the model's forward() on one input tensor of shape "
                 f"{tuple(example.shape)} (from example_input=, example_input_array or the first training batch) "
                 f"to find prunable filters, and that failed: {type(err).__name__}: {err}. Define forward(x) to run "
-                "the network on the input tensor (a forward() taking a dict or several inputs is not supported), "
-                "or pass example_input=.") from err
+                "the network on one input tensor (a forward() taking a dict or several inputs is not supported: "
+                "unpack the batch in training_step and call forward on the tensor), or, where the tensor taken "
+                "from the batch is not the input, pass the input as example_input= (a tensor).") from err
 
     def _setup_method(self, model: nn.Module, world: World, steps_per_epoch: int | None,
                       evaluate: Callable[[nn.Module], float] | None) -> None:

@@ -11,6 +11,8 @@ through :mod:`lightning_ssr.lightning_internals`.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -164,6 +166,13 @@ class Pruning(Callback):
     def __init__(self, method: str | PruningMethod = "ssr_l20", target: Target | Mapping | None = None,
                  schedule: PruningSchedule | Mapping | None = None, **engine_args: Any):
         super().__init__()
+        unknown = sorted(set(engine_args) - set(inspect.signature(PruningEngine).parameters))
+        if unknown:
+            allowed = [n for n in inspect.signature(PruningEngine).parameters if n != "self"]
+            close = {n: difflib.get_close_matches(n, allowed, n=1) for n in unknown}
+            hints = "".join(f" ({n!r}: did you mean {c[0]!r}?)" for n, c in close.items() if c)
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}{hints}; its arguments "
+                            f"are {', '.join(allowed)}")
         self.engine = PruningEngine(method, target=target, schedule=schedule, **engine_args)
         self._trainer: Trainer | None = None
         self._world = World(info=rank_zero_info)

@@ -245,8 +245,9 @@ def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
     model = Lit(DictInputNet(), dict_input=True)
     before = copy.deepcopy(model.state_dict())
     trainer = _trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)])
-    with pytest.raises(Exception, match="forward\\(\\) taking a dict"):
+    with pytest.raises(Exception, match="forward\\(\\) taking a dict") as info:
         trainer.fit(model, _data(dict_input=True))
+    assert "unpack the batch in training_step" in str(info.value)  # not example_input=, a tensor, which cannot help
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

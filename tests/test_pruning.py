@@ -214,6 +214,9 @@ def test_bad_arguments_fail_with_clear_messages(kwargs, match):
     ({"method": "oneshot", "target": {"macs": 0.5}, "schedule": 3}, TypeError, "schedule"),
     ({"method": "oneshot", "target": {"macs": 0.5}, "ignored_layers": [3]}, TypeError, "ignored_layers"),
     ({"method": "oneshot", "target": {"macs": 0.5}, "example_input": [1.0]}, TypeError, "example_input"),
+    ({"method": "oneshot", "targt": {"macs": 0.5}}, TypeError,
+     (r"^Pruning\(\) got unexpected keyword arguments \['targt'\] \('targt': did you mean 'target'\?\); its "
+      "arguments are method, target, schedule, method_kwargs")),
 ])
 def test_bad_engine_arguments_fail_with_clear_messages(kwargs, error, match):
     with pytest.raises(error, match=match):
