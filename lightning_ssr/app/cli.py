@@ -51,6 +51,10 @@ CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 CONFIG_NAME = "config"
 
 
+#: set (true) on an error a job's checks raised before any training: the command prints it in one line
+REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
+
+
 def _config_dir() -> str:
     """The configuration directory on disk: the installed ``lightning_ssr.conf`` package, or
     ``conf/`` next to the package in a source checkout that was not installed."""
@@ -133,6 +137,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
     recipe = recipe_for(cfg)
     if recipe is not None:
@@ -147,6 +152,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     except Exception as err:
         # a sweep's report lists this run as failed, with the reason
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
     timings: dict[str, float] = {}
     net = lm = None
@@ -188,6 +194,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         raise
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
+            if getattr(err, REFUSED_BEFORE_TRAINING, False) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                # a bad value: what is wrong and where it is recorded, not a traceback through the set-up
+                print(f"lightning-ssr: refused before training: {type(err).__name__}: {err}\n(recorded in "
+                      f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)",
+                      file=sys.stderr)
+                sys.exit(1)
             raise
         # one broken run must not stop the sweep: it is recorded (result.json, status failed)
         # and the sweep's report lists it with its error

@@ -59,7 +59,10 @@ def _input_shape(dm: pl.LightningDataModule) -> list[int]:
 
 # ----------------------------------------------------------------- building
 def build_schedule(cfg: DictConfig) -> PruningSchedule:
-    return PruningSchedule(**_plain(cfg.schedule))
+    try:
+        return PruningSchedule(**_plain(cfg.schedule))
+    except (TypeError, ValueError) as err:  # named as the config group the user gave it in
+        raise type(err)(f"schedule: {str(err).removeprefix('PruningSchedule: ')}") from None
 
 
 def pruning_enabled(cfg: DictConfig) -> bool:

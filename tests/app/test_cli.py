@@ -227,6 +227,7 @@ def test_unknown_model_fails_with_hydras_error():
     (["module.lr=-1"], "lr must be > 0"),
     (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
     (["schedule.restart_lr=1"], "restart_lr must be a bool"),
+    (["schedule.sparsify_epochs=abc"], "schedule: sparsify_epochs must be an int, got str 'abc'"),
     (["schedule.lr_warmup_steps=-5"], r"lr_warmup_steps must be in \[0"),
     (["export=tflite"], "export must be null or one of"),
     # the run's own settings: a negative dense.epochs trained forever, seed=1.5 seeded with 1,
@@ -266,6 +267,17 @@ def test_console_entry_point_reports_bad_keys():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "nonsense_key" in proc.stderr
+
+
+def test_a_value_refused_before_training_is_one_line_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "schedule.sparsify_epochs=abc",
+                           f"hydra.run.dir={tmp_path}", f"dense.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-2:] == [
+        "lightning-ssr: refused before training: TypeError: schedule: sparsify_epochs must be an int, got str 'abc'",
+        f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"]
+    assert PruningResult.load(tmp_path / "result.json").status == "failed"
 
 
 # ------------------------------------------------------------- hardening
