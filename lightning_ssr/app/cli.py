@@ -42,6 +42,7 @@ from .stages import (
     print_final_table,
     train_dense,
 )
+from .sweep import LAST_SWEEP
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -231,6 +232,7 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
 def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     quiet_lightning()
+    LAST_SWEEP.clear()
     try:
         _hydra_main()
     except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
@@ -238,6 +240,10 @@ def main() -> None:
                                                          "the export): run the job again")
         print(f"lightning-ssr: {text}", file=sys.stderr)
         sys.exit(130)
+    if LAST_SWEEP.get("failed"):  # a sweep goes on past a failed run; its exit code says so (as the report's)
+        print(f"lightning-ssr: {LAST_SWEEP['failed']} of {LAST_SWEEP['runs']} runs of the sweep failed; "
+              f"{Path(LAST_SWEEP['dir']) / 'report.md'} lists them with their errors", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ def test_report_command_says_what_is_wrong(tmp_path, capsys):
     assert "--run '7'" in capsys.readouterr().err
 
 
+def test_one_run_is_counted_in_the_singular(tmp_path, capsys):
+    _result(tmp_path / "one", "0", "l1", 0.5, 0, 0.9)
+    assert main([str(tmp_path / "one"), "--no-plots"]) == 0
+    assert capsys.readouterr().out.startswith("1 run, 0 failed, 1 configuration; Pareto front: l1 (90.00% at 2.0x)")
+    assert "\n1 run finished, 0 failed." in (tmp_path / "one" / "report.md").read_text()
+
+
 def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
     _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
     (tmp_path / "1").mkdir()
@@ -109,7 +116,10 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
     if launcher == "joblib":
         cmd += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the sweep went on past the broken run, and its exit code says one failed (as lightning-ssr-report's)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"lightning-ssr: 1 of 4 runs of the sweep failed; "
+                                                    f"{sweep / 'report.md'} lists them with their errors")
     results = sorted(sweep.glob("*/result.json"))
     assert len(results) == 4
     data = {p.parent.name: json.loads(p.read_text()) for p in results}
