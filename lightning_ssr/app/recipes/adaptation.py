@@ -269,6 +269,9 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "target_train_images_unlabeled": len(target_dm.splits["train"]),
         "domain_weight": a.domain_weight, "dense_cache": dense_info["cache"],
         "domain_accuracy_test": domain_accuracy,
+        # trained beside the network, not part of it: counted in the table printed at the prune (the
+        # training module's), not in result.json's sizes (the network's)
+        "domain_classifier_params": sum(p.numel() for p in compressed.domain.parameters()),
         "target_labels_used_for": "the final test" + (" and the trained-on-target ceiling" if ceiling else ""),
         "target_trained_accuracy": ceiling["accuracy"] if ceiling else None,
         "target_trained_cache": ceiling["cache"] if ceiling else None,
@@ -285,7 +288,10 @@ def adaptation_summary(result) -> str:
             f"{100 * info['source_only_target_accuracy']:.2f}%; " + stages.pair_line(result, "DANN dense", "DANN compressed")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}% (50%: "
-               "the domains look alike)" if info.get("domain_accuracy_test") else ""))
+               "the domains look alike)" if info.get("domain_accuracy_test") else "")
+            + (f". Sizes are the network's; the table at the prune also counts the domain classifier's "
+               f"{info['domain_classifier_params']:,} parameters, which only training uses"
+               if info.get("domain_classifier_params") else ""))
 
 
 register_recipe("adaptation", run_adaptation, adaptation_summary)
