@@ -50,6 +50,27 @@ def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: i
     return [torch.sort(torch.cat(p)).values for p in parts]
 
 
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Exactly ``size`` indices, class by class in proportion: the first part of
+    ``stratified_split(labels, (f, 1 - f), seed)`` with ``f = size / len(labels)``, whose per-class
+    rounding can miss ``size`` by a few (1000 of MNIST's training split gave 999), made up where
+    the rounding was closest to going the other way."""
+    gen = torch.Generator().manual_seed(seed)
+    shuffled, shares = [], []
+    for cls in torch.unique(labels):  # the same order and draws as stratified_split
+        idx = torch.nonzero(labels == cls).flatten()
+        shuffled.append(idx[torch.randperm(len(idx), generator=gen)])
+        shares.append(size / len(labels) * len(idx))
+    counts = [round(share) for share in shares]
+    while sum(counts) != size:
+        step = 1 if sum(counts) < size else -1
+        # the class whose count moves least away from its share, and that can still move
+        movable = [i for i, c in enumerate(counts) if 0 <= c + step <= len(shuffled[i])]
+        i = min(movable, key=lambda i: abs(counts[i] + step - shares[i]))
+        counts[i] += step
+    return torch.sort(torch.cat([idx[:c] for idx, c in zip(shuffled, counts, strict=True)])).values
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A random order of ``range(n)`` that depends only on ``seed`` and the epoch.
 
@@ -124,8 +145,7 @@ class _InMemoryImages(pl.LightningDataModule):
             if self.train_size > len(ty):
                 raise ValueError(f"data.train_size={self.train_size} is more than the {len(ty)} training images of "
                                  f"{type(self).__name__}")
-            keep = stratified_split(ty, (self.train_size / len(ty), 1 - self.train_size / len(ty)),
-                                    self.split_seed)[0]
+            keep = stratified_subset(ty, self.train_size, self.split_seed)
             parts[0] = (tx[keep], ty[keep])
         if x.shape[-1] != self.image_size:
             parts = [(F.interpolate(px, size=(self.image_size, self.image_size), mode="bilinear",
