@@ -507,9 +507,10 @@ class PruningEngine:
         if missing:
             raise ValueError(f"ignored_layers: modules {missing} are not part of the model being pruned")
         self._ignored_resolved = self._ignored_names + [names[m] for m in self._ignored_modules]
-        saved, self._ignored_saved = self._ignored_saved, None
+        saved = self._ignored_saved
         if saved is not None and _differs(saved, sorted(set(self._ignored_resolved))):
             _refuse_resume([f"ignored_layers: {saved!r} -> {sorted(set(self._ignored_resolved))!r}"])
+        self._ignored_saved = None  # compared and the same: nothing to hold the loop to any more
         return self._ignored_resolved
 
     def check_settings(self, saved: Mapping[str, Any] | None, events_done: int | None = None) -> None:
@@ -543,7 +544,7 @@ class PruningEngine:
             raise ValueError(f"the checkpoint's pruning state is from method {state['method']!r}, this engine "
                              f"runs {self.method.name!r}; resume with the same method")
         saved = state.get("settings") or {}
-        self.check_settings(saved, int(state.get("events_done", 0)))
+        self.check_settings(saved, state.get("events_done"))
         if self._ignored_modules and self._ignored_resolved == self._ignored_names and "ignored_layers" in saved:
             self._ignored_saved = sorted(saved["ignored_layers"])
             self._ignored_resolved = list(self._ignored_saved)  # the run's, until the model names the modules

@@ -363,7 +363,7 @@ class Pruning(Callback):
             state = self._state_in(checkpoint)
             if state is not None:
                 self.engine.resolve_ignored(module)
-                self.engine.check_settings(state.get("settings"), int(state.get("events_done", 0)))
+                self.engine.check_settings(state.get("settings"), state.get("events_done"))
             apply_checkpoint_plan(module, checkpoint)
 
     @override

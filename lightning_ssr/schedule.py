@@ -159,7 +159,9 @@ def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
 
 
 def end_cosine_at(sched: CosineAnnealingLR, epoch: int, max_epochs: int) -> bool:
-    """Make the epoch-wise cosine ``sched``, at the start of ``epoch``, end at ``max_epochs``: its
+    """Make the epoch-wise cosine ``sched`` (stepped once an epoch: Lightning's ``interval="epoch"``,
+    ``frequency=1``; not a per-step one, whose ``T_max`` counts steps), at the start of ``epoch``,
+    end at ``max_epochs``: its
     length changes by as many epochs as its end moves, and the rates become the new cosine's at its
     position. ``False`` (nothing changed) where it ends there already, or where the new end is at
     or before its position. A checkpoint holds the cosine of the run that wrote it: without this,

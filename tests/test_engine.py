@@ -165,6 +165,11 @@ def test_settings_that_act_from_the_prune_on_may_change_only_before_it():
                 engine(**change).check_settings(saved, events_done=events_done)
     with pytest.raises(ValueError, match="schedule.update_every_n_steps: 25 -> 5"):  # acts before it: never
         engine(update_every_n_steps=5).check_settings(saved, events_done=0)
+    state = engine().state_dict()
+    engine(lr_warmup_steps=200).load_state_dict(state)  # events_done 0: allowed
+    del state["events_done"]  # a state that does not say: refused
+    with pytest.raises(ValueError, match="schedule.lr_warmup_steps: 0 -> 200"):
+        engine(lr_warmup_steps=200).load_state_dict(state)
 
 
 def test_a_state_loaded_before_the_model_compares_layers_ignored_as_modules_once_it_is_known():

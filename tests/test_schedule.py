@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_ssr.schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
+from lightning_ssr.schedule import (
+    PruningSchedule,
+    ScaledSteps,
+    check_restartable,
+    end_cosine_at,
+    restart_lr_schedules,
+)
 from tests.lit import RecordingSGD
 
 
@@ -117,3 +123,30 @@ def test_reaches_last_prune_does_not_judge_max_steps_without_the_epoch_length():
     schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=1)
     assert schedule.reaches_last_prune(None, 3, steps_per_epoch=None)
     assert not schedule.reaches_last_prune(2, 3, steps_per_epoch=None)  # max_epochs alone already falls short
+
+
+def _cosine(T_max, steps):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T_max)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return sched
+
+
+def _on_curve(base, position, length):
+    return base * (1 + math.cos(math.pi * position / length)) / 2
+
+
+@pytest.mark.parametrize("start", [0, 2], ids=["from_the_first_epoch", "restarted_at_a_prune_in_epoch_2"])
+def test_a_cosine_is_made_to_end_at_the_new_max_epochs_and_goes_on_along_it(start):
+    # a cosine of 3 epochs begun at `start`, at its end (rate 0), in a fit now asked to run 3 epochs more
+    sched = _cosine(3, 3)
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    assert not end_cosine_at(sched, start + 3, start + 3)  # the same end: untouched
+    assert end_cosine_at(sched, start + 3, start + 6)
+    assert sched.T_max == 6 and sched.get_last_lr()[0] == pytest.approx(_on_curve(0.1, 3, 6), rel=1e-12)
+    sched.optimizer.step()
+    sched.step()  # torch's own recursive step goes on along the new cosine
+    assert sched.get_last_lr()[0] == pytest.approx(_on_curve(0.1, 4, 6), rel=1e-9)
+    assert not end_cosine_at(_cosine(3, 3), 3, 3 - 1)  # a new end before its position: nothing to do

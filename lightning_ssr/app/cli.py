@@ -30,6 +30,7 @@ from ..report import PruningResult
 from .console import quiet_lightning
 from .recipes import recipe_for
 from .stages import (
+    REFUSED_BEFORE_TRAINING,
     RunInterrupted,
     base_result,
     check_config,
@@ -42,7 +43,7 @@ from .stages import (
     print_final_table,
     train_dense,
 )
-from .sweep import LAST_SWEEP
+from .sweep import LAST_SWEEP, count_runs
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -50,10 +51,6 @@ CONFIG_MODULE = "lightning_ssr.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 #: The primary config's name.
 CONFIG_NAME = "config"
-
-
-#: set (true) on an error a job's checks raised before any training: the command prints it in one line
-REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
 
 
 def _config_dir() -> str:
@@ -138,7 +135,6 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
-        setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
     recipe = recipe_for(cfg)
     if recipe is not None:
@@ -153,7 +149,6 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     except Exception as err:
         # a sweep's report lists this run as failed, with the reason
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
-        setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
     timings: dict[str, float] = {}
     net = lm = None
@@ -209,24 +204,36 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return result.pruned.get("val_accuracy") if result.status == "ok" else None
 
 
+def _override_value(value: str) -> str:
+    """``value`` as a Hydra override's value: quoted where Hydra's grammar would read it otherwise."""
+    if not any(c in value for c in "=,[]{}()'\" \\$:"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
     """Ctrl-C in a job of a sweep: which run it was, the command that goes on with it (or runs it
     again) alone in its folder, where the sweep's report finds it (``ckpt_path`` on the sweep's
-    command line would give every run that checkpoint), and the report of the runs before it.
-    The runs after it never started."""
+    command line would give every run that checkpoint), and the report of the runs that finished."""
     sweep_dir, run_dir = str(hydra_cfg.sweep.dir), str(hydra_cfg.runtime.output_dir)
     where = f"{getattr(err, 'where', 'interrupted')}, in run {hydra_cfg.job.num} of the sweep in {sweep_dir}"
     saved = getattr(err, "checkpoint", None)
-    command = " ".join(shlex.quote(a) for a in ["lightning-ssr", *hydra_cfg.overrides.task,
-                                                  *([f"ckpt_path={saved}"] if saved else []),
-                                                  f"hydra.run.dir={run_dir}"])
+    config = [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra_cfg.runtime.config_sources
+              if source.provider == "command-line" and source.schema == "file"]
+    if hydra_cfg.job.config_name != CONFIG_NAME:
+        config.append(f"--config-name={hydra_cfg.job.config_name}")
+    searchpath = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+    args = ["lightning-ssr", *config, *searchpath, *hydra_cfg.overrides.task,
+            *([f"ckpt_path={_override_value(saved)}"] if saved else []), f"hydra.run.dir={_override_value(run_dir)}"]
+    command = " ".join(shlex.quote(a) for a in args)
+    stopped = "the sweep stopped there (runs without a result.json did not finish)"
     if saved:
-        head = f"{where}; the runs after it did not start. Its last checkpoint is {saved}; to go on with that run"
+        head = f"{where}; {stopped}. Its last checkpoint is {saved}; to go on with that run"
     else:
-        head = f"{where}{getattr(err, 'lost', '')}; the runs after it did not start. To run it again"
+        head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
     return RunInterrupted(where, saved, message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
-        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs before it"))
+        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished"))
 
 
 def main() -> None:
@@ -241,7 +248,7 @@ def main() -> None:
         print(f"lightning-ssr: {text}", file=sys.stderr)
         sys.exit(130)
     if LAST_SWEEP.get("failed"):  # a sweep goes on past a failed run; its exit code says so (as the report's)
-        print(f"lightning-ssr: {LAST_SWEEP['failed']} of {LAST_SWEEP['runs']} runs of the sweep failed; "
+        print(f"lightning-ssr: {LAST_SWEEP['failed']} of the sweep's {count_runs(LAST_SWEEP['runs'])} failed; "
               f"{Path(LAST_SWEEP['dir']) / 'report.md'} lists them with their errors", file=sys.stderr)
         sys.exit(1)
 

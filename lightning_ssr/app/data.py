@@ -32,13 +32,20 @@ def default_data_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lightning_ssr" / "data"
 
 
-def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
-    """Split indices into parts with the given fractions (summing to 1), class by class."""
+def _class_orders(labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Each class's indices, class by class, in an order drawn with ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    orders = []
     for cls in torch.unique(labels):
         idx = torch.nonzero(labels == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
+        orders.append(idx[torch.randperm(len(idx), generator=gen)])
+    return orders
+
+
+def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Split indices into parts with the given fractions (summing to 1), class by class."""
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for idx in _class_orders(labels, seed):
         bounds = [0]
         acc = 0.0
         for f in fractions[:-1]:
@@ -55,12 +62,8 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     ``stratified_split(labels, (f, 1 - f), seed)`` with ``f = size / len(labels)``, whose per-class
     rounding can miss ``size`` by a few (1000 of MNIST's training split gave 999), made up where
     the rounding was closest to going the other way."""
-    gen = torch.Generator().manual_seed(seed)
-    shuffled, shares = [], []
-    for cls in torch.unique(labels):  # the same order and draws as stratified_split
-        idx = torch.nonzero(labels == cls).flatten()
-        shuffled.append(idx[torch.randperm(len(idx), generator=gen)])
-        shares.append(size / len(labels) * len(idx))
+    shuffled = _class_orders(labels, seed)  # the same orders as stratified_split's
+    shares = [size / len(labels) * len(idx) for idx in shuffled]
     counts = [round(share) for share in shares]
     while sum(counts) != size:
         step = 1 if sum(counts) < size else -1

@@ -101,10 +101,12 @@ ONNX_INLINE_LIMIT = 1 << 30
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
     """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension: one
-    self-contained file, its weights inside (a model over ONNX's 2 GB protobuf limit keeps them
-    in ``<path>.data`` beside it, which must travel with it)."""
+    self-contained file, its weights inside, up to :data:`ONNX_INLINE_LIMIT` (1 GiB) of them; a
+    larger model keeps them in ``<path>.data`` beside it, which must travel with it (protobuf
+    holds 2 GiB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{path}.data").unlink(missing_ok=True)  # an earlier export's weights, which this file does not use
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model), _quiet_onnx_registry():

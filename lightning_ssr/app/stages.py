@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shlex
 import time
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointReadError, read_checkpoint, save_pruned
 from ..cost import ModelCost, count_cost
+from ..engine import steps_per_epoch
 from ..latency import compare_latency
 from ..modes import eval_mode
 from ..pruning import Pruning
@@ -62,7 +64,7 @@ def build_schedule(cfg: DictConfig) -> PruningSchedule:
     try:
         return PruningSchedule(**_plain(cfg.schedule))
     except (TypeError, ValueError) as err:  # named as the config group the user gave it in
-        raise type(err)(f"schedule: {str(err).removeprefix('PruningSchedule: ')}") from None
+        raise type(err)(f"schedule: {str(err).removeprefix('PruningSchedule: ')}") from err
 
 
 def pruning_enabled(cfg: DictConfig) -> bool:
@@ -130,9 +132,22 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise TypeError(f"{owner}: {name} must be true or false, got {value!r}")
 
 
+#: set (true) on an error :func:`check_config` raised, before any training: the command prints it
+#: in one line, without a traceback
+REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
+
+
 def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
     """Build everything a run needs once, so that a bad value fails before any training.
     Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+    try:
+        return _check_config(cfg)
+    except Exception as err:
+        setattr(err, REFUSED_BEFORE_TRAINING, True)
+        raise
+
+
+def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
     check_run_settings(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
@@ -175,7 +190,7 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __init__(self, where: str, checkpoint: str | None = None, lost: str = "; nothing of it was kept",
                  message: str | None = None):
-        self.where, self.checkpoint, self.lost = where, checkpoint, lost
+        self.where, self.checkpoint, self.lost, self._message = where, checkpoint, lost, message
         if message is not None:
             super().__init__(message)
         elif checkpoint is None:
@@ -184,6 +199,9 @@ class RunInterrupted(KeyboardInterrupt):
             super().__init__(f"{where}. The last checkpoint is {checkpoint}: run the same command with "
                              f"ckpt_path={shlex.quote(checkpoint)} to go on from it")
 
+    def __reduce__(self):  # whole after a pickle (a sweep launcher's worker process sends it back)
+        return type(self), (self.where, self.checkpoint, self.lost, self._message)
+
 
 def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwargs) -> None:
     """``trainer.fit(*args, **kwargs)``; an interruption becomes :class:`RunInterrupted`, naming
@@ -191,10 +209,7 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
     try:
         trainer.fit(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit) as err:
-        # Lightning turns Ctrl-C into a graceful shutdown and sys.exit(1): a SystemExit raised
-        # while the KeyboardInterrupt was handled
-        if isinstance(err, RunInterrupted) or not (isinstance(err, KeyboardInterrupt)
-                                                   or isinstance(err.__context__, KeyboardInterrupt)):
+        if not _ctrl_c(err):
             raise
         where = f"interrupted during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
         if not resumable:
@@ -207,6 +222,14 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
             raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
                                  "epoch)") from err
         raise RunInterrupted(where, saved) from err
+
+
+def _ctrl_c(err: BaseException) -> bool:
+    """``err`` is Ctrl-C in a Lightning loop not yet told as :class:`RunInterrupted`. Lightning
+    turns Ctrl-C into a graceful shutdown and ``sys.exit(1)``: a ``SystemExit`` raised while the
+    ``KeyboardInterrupt`` was handled."""
+    return not isinstance(err, RunInterrupted) and (isinstance(err, KeyboardInterrupt)
+                                                    or isinstance(err.__context__, KeyboardInterrupt))
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -233,21 +256,24 @@ DENSE_UNBOUNDED = {"max_steps": -1, "max_time": None, "min_epochs": None, "min_s
 DENSE_UNUSED_MODULE_KEYS = ("distill", "temperature", "lr")
 
 
-def log_interval(cfg: DictConfig, dm: pl.LightningDataModule) -> dict:
-    """``{"log_every_n_steps": n}``: ``trainer.log_every_n_steps`` capped at the training batches
-    of an epoch (after ``limit_train_batches``), so that each epoch logs its training metrics and
-    Lightning has no cause to warn that it would not; ``{}`` when ``dm`` cannot count its batches
-    (it has no ``train_batches()``) or the interval is not set."""
-    every = cfg.trainer.get("log_every_n_steps")
+def cap_log_interval(trainer: pl.Trainer, dm: pl.LightningDataModule) -> int | None:
+    """Cap ``trainer.log_every_n_steps`` at the optimizer steps of an epoch on each process (its
+    share of ``dm``'s batches under DDP, after ``limit_train_batches`` and gradient accumulation),
+    so that each epoch logs its training metrics and Lightning has no cause to warn that it would
+    not. Returns the interval, or ``None`` (unchanged) when ``dm`` cannot count its batches (it has
+    no ``train_batches()``)."""
     count = getattr(dm, "train_batches", None)
-    if not isinstance(every, int) or every < 1 or count is None:
-        return {}
-    batches, limit = count(), cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
+    if count is None or not trainer.log_every_n_steps:
+        return None
+    batches, limit = math.ceil(count() / max(1, trainer.world_size)), trainer.limit_train_batches
+    if isinstance(limit, int):
         batches = min(batches, limit)
-    elif isinstance(limit, float):
+    elif limit is not None:
         batches = int(batches * limit)
-    return {"log_every_n_steps": min(every, batches)} if batches >= 1 else {}
+    steps = steps_per_epoch(batches, trainer.accumulate_grad_batches)
+    if steps and steps >= 1:
+        trainer.log_every_n_steps = min(trainer.log_every_n_steps, steps)
+    return trainer.log_every_n_steps
 
 
 def dense_cache_path(cfg: DictConfig) -> Path:
@@ -257,6 +283,8 @@ def dense_cache_path(cfg: DictConfig) -> Path:
     for k in DENSE_UNUSED_MODULE_KEYS:  # the dense model trains without them
         keyed["module"].pop(k, None)
     keyed["seed"] = cfg.seed
+    if keyed["data"].get("train_size") is not None:  # the subset is exact since 0.2.0 (it missed by a few before)
+        keyed["data_subset"] = "exact"
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
@@ -325,7 +353,8 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     # logger=True would look for TensorBoard and print a notice when it is not installed
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
-                          default_root_dir=str(output_dir), **extra, **log_interval(cfg, dm))
+                          default_root_dir=str(output_dir), **extra)
+    cap_log_interval(trainer, dm)
     with warnings.catch_warnings():
         # a resumed run writes its checkpoints in its own output directory, by design
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
@@ -342,8 +371,13 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
     lm = _as_module(cfg, model, dm)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
-    val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
+    try:
+        test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
+        val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
+    except (KeyboardInterrupt, SystemExit) as err:
+        if not _ctrl_c(err):
+            raise
+        raise RunInterrupted("interrupted during the evaluation") from err
     return {"accuracy": test, "val_accuracy": val}
 
 
@@ -408,6 +442,8 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     if cfg.export == "onnx":
         path = export_onnx(net, example, output_dir / "pruned.onnx")
         out["export"] = {"format": "onnx", "path": str(path)}
+        if Path(f"{path}.data").is_file():  # a model too large for one file: its weights travel beside it
+            out["export"]["external_data"] = f"{path}.data"
         try:
             fresh = torch.randn(4, *example.shape[1:])
             out["export"]["onnxruntime_max_abs_diff"] = onnx_max_abs_diff(net, path, fresh)

@@ -194,7 +194,7 @@ def _pm(mean, std, runs: int, digits=2):
 
 
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
-    lines = [f"# {title}", "", (f"{_runs(sum(r['runs'] for r in rows))} finished, "
+    lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{sum(1 for r in runs if r['status'] != 'ok')} failed. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
              "| configuration | runs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
@@ -380,7 +380,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     return {"rows": rows, "runs": runs, "files": files}
 
 
-def _runs(n: int) -> str:
+def count_runs(n: int) -> str:
+    """``1 run``, ``3 runs``."""
     return f"{n} run{'s' * (n != 1)}"
 
 
@@ -388,7 +389,7 @@ def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
     failed = sum(1 for r in runs if r["status"] != "ok")
     best = [r for r in rows if r["pareto"]]
-    lines = [f"{_runs(len(runs))}, {failed} failed, {len(rows)} configuration{'s' * (len(rows) != 1)}; Pareto front: "
+    lines = [f"{count_runs(len(runs))}, {failed} failed, {len(rows)} configuration{'s' * (len(rows) != 1)}; Pareto front: "
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
     lines += [f"wrote {p}" for p in report["files"].values()]
@@ -426,14 +427,12 @@ class SweepReport(_HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            report = write_report(sweep_dir)
-            print("\n" + format_summary(report))
+        try:  # counted first: the exit code says whether a run failed, with or without a report
+            runs = find_runs(sweep_dir)
+            LAST_SWEEP.update(dir=str(sweep_dir), runs=len(runs), failed=sum(r["status"] != "ok" for r in runs))
+            print("\n" + format_summary(write_report(sweep_dir)))
         except Exception as err:  # noqa: BLE001 - the sweep's runs stand; say why there is no report
             print(f"no sweep report for {str(sweep_dir)!r}: {type(err).__name__}: {err}", file=sys.stderr)
-            return
-        LAST_SWEEP.update(dir=str(sweep_dir), runs=len(report["runs"]),
-                          failed=sum(1 for r in report["runs"] if r["status"] != "ok"))
 
 
 #: the last sweep this process reported: ``dir``, ``runs``, ``failed`` (the command's exit code)

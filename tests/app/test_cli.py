@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from lightning_ssr.app.cli import CONFIG_DIR, compose_config, run
 from lightning_ssr.app.models import build_model
-from lightning_ssr.app.stages import build_pruning, log_interval
+from lightning_ssr.app.stages import build_pruning, cap_log_interval
 from lightning_ssr.checkpoint import load_pruned, read_checkpoint
 from lightning_ssr.methods import available_methods
 from lightning_ssr.report import PruningResult
@@ -269,8 +269,10 @@ def test_console_entry_point_reports_bad_keys():
     assert "nonsense_key" in proc.stderr
 
 
-def test_a_value_refused_before_training_is_one_line_without_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "schedule.sparsify_epochs=abc",
+@pytest.mark.parametrize("recipe", [[], ["+experiment=da_mnist_to_digits"]], ids=["run", "recipe"])
+def test_a_value_refused_before_training_is_one_line_without_a_traceback(tmp_path, recipe):
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", *recipe, "data=uci_digits",
+                           "schedule.sparsify_epochs=abc",
                            f"hydra.run.dir={tmp_path}", f"dense.cache_dir={tmp_path / 'cache'}"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -420,18 +422,24 @@ def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
     assert text.count(TABLE_HEADER) == 1 and "ssr_l20:" in text
 
 
-@pytest.mark.parametrize("trainer, expected", [
-    ([], 20),  # the default 25 is more than the epoch holds
-    (["trainer.limit_train_batches=8"], 8),
-    (["trainer.limit_train_batches=0.5"], 10),
-    (["trainer.log_every_n_steps=5"], 5),
+@pytest.mark.parametrize("trainer, world_size, expected", [
+    ([], 1, 20),  # the default 25 is more than the epoch holds
+    (["trainer.limit_train_batches=8"], 1, 8),
+    (["trainer.limit_train_batches=0.5"], 1, 10),
+    (["trainer.log_every_n_steps=5"], 1, 5),
+    (["trainer.accumulate_grad_batches=4"], 1, 5),  # the interval counts optimizer steps
+    ([], 2, 10),  # each process of a DDP run has half the batches
 ])
-def test_the_logging_interval_is_capped_at_an_epochs_batches(trainer, expected):
+def test_the_logging_interval_is_capped_at_the_steps_of_an_epoch(trainer, world_size, expected, monkeypatch):
+    import lightning.pytorch as pl
+
     cfg = _compose(["data=uci_digits"] + trainer)
     dm = instantiate(cfg.data)
     assert dm.train_batches() == 20  # 70% of 1,797 images, in batches of 64
-    assert log_interval(cfg, dm) == {"log_every_n_steps": expected}
-    assert log_interval(cfg, object()) == {}  # a data module that cannot count its batches: Lightning's default
+    fit = instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
+    monkeypatch.setattr(pl.Trainer, "world_size", property(lambda self: world_size))
+    assert cap_log_interval(fit, dm) == expected == fit.log_every_n_steps
+    assert cap_log_interval(fit, object()) is None  # a data module that cannot count its batches: left as it is
 
 
 def test_common_trainer_settings_are_plain_overrides():
@@ -544,7 +552,7 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
     assert proc.returncode == 130, proc.stderr[-2000:]
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("lightning-ssr: interrupted during the run that prunes at epoch 1 (optimizer step 12), "
-                              f"in run 1 of the sweep in {sweep}; the runs after it did not start"), message
+                              f"in run 1 of the sweep in {sweep}; the sweep stopped there"), message
     assert "Traceback" not in proc.stderr and not (sweep / "2").exists()
     command = re.search(r"to go on with that run alone \(in its folder, where the report finds it\): (.+?)\. "
                         r"lightning-ssr-report", message).group(1)
@@ -564,16 +572,61 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
     from lightning_ssr.app.cli import sweep_interrupted
     from lightning_ssr.app.stages import RunInterrupted
 
-    hydra_cfg = OmegaConf.create({"sweep": {"dir": "multirun/x"}, "runtime": {"output_dir": "multirun/x/3"},
-                                  "job": {"num": 3}, "overrides": {"task": ["seed=3", "target.macs=0.1"]}})
+    hydra_cfg = OmegaConf.create({"sweep": {"dir": "multirun/x"},
+                                  "runtime": {"output_dir": "multirun/x/3", "config_sources": []},
+                                  "job": {"num": 3, "config_name": "config"},
+                                  "overrides": {"task": ["seed=3", "target.macs=0.1"], "hydra": []}})
     err = sweep_interrupted(RunInterrupted("interrupted during the dense training at epoch 2 (optimizer step 40)"),
                             hydra_cfg)
     assert str(err) == ("interrupted during the dense training at epoch 2 (optimizer step 40), in run 3 of the sweep "
-                        "in multirun/x; nothing of it was kept; the runs after it did not start. To run it again alone "
-                        "(in its folder, where the report finds it): lightning-ssr seed=3 target.macs=0.1 "
-                        "hydra.run.dir=multirun/x/3. lightning-ssr-report multirun/x reports the runs before it")
+                        "in multirun/x; nothing of it was kept; the sweep stopped there (runs without a result.json did not "
+                        "finish). To run it again alone (in its folder, where the report finds it): lightning-ssr "
+                        "seed=3 target.macs=0.1 hydra.run.dir=multirun/x/3. lightning-ssr-report multirun/x reports "
+                        "the runs that finished")
     assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
-        "interrupted, in run 3 of the sweep in multirun/x; the runs after it did not start. To run it again alone")
+        "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
+
+
+def test_the_sweep_command_keeps_the_config_flags_and_quotes_what_hydra_would_misread():
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app.cli import sweep_interrupted
+    from lightning_ssr.app.stages import RunInterrupted
+
+    run_dir = "multirun/x/lr=0.1,seed=3"  # a folder named by hydra.job.override_dirname
+    hydra_cfg = OmegaConf.create({
+        "sweep": {"dir": "multirun/x"}, "runtime": {"output_dir": run_dir, "config_sources": [
+            {"path": "pkg://lightning_ssr.conf", "schema": "pkg", "provider": "main"},
+            {"path": "file:///home/me/conf", "schema": "file", "provider": "command-line"}]},
+        "job": {"num": 3, "config_name": "mine"},
+        "overrides": {"task": ["seed=3"], "hydra": ["hydra.mode=MULTIRUN", "hydra.searchpath=[file://plugins]"]}})
+    err = sweep_interrupted(RunInterrupted("interrupted during the run that prunes at epoch 4 (optimizer step 9)",
+                                           "ck/epoch=3.ckpt"), hydra_cfg)
+    command = re.search(r"alone \(in its folder, where the report finds it\): (.+?)\. lightning-ssr-report",
+                        str(err)).group(1)
+    assert shlex.split(command) == ["lightning-ssr", "--config-dir=/home/me/conf", "--config-name=mine",
+                                    "hydra.searchpath=[file://plugins]", "seed=3", "ckpt_path='ck/epoch=3.ckpt'",
+                                    f"hydra.run.dir='{run_dir}'"]
+    # whole after a pickle, as a launcher's worker process sends it back
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.checkpoint, again.where) == (str(err), err.checkpoint, err.where)
+
+
+@pytest.mark.usefixtures("sigint_kept")
+def test_ctrl_c_during_the_evaluation_is_recorded_and_said(tmp_path, monkeypatch):
+    from lightning_ssr.app.module import ImageClassifier
+    from lightning_ssr.app.stages import RunInterrupted
+
+    def test_step(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageClassifier, "test_step", test_step)
+    with pytest.raises(RunInterrupted, match="^interrupted during the evaluation; nothing of it was kept"):
+        run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and "interrupted during the evaluation" in record["error"]
 
 
 def test_ctrl_c_outside_training_exits_with_130_and_a_line(monkeypatch, capsys):

@@ -1,7 +1,6 @@
 """The CLI's ImageClassifier: distillation from the dense network while compressing."""
 
 import copy
-import math
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.models import build_model
-from lightning_ssr.app.module import ImageClassifier, end_cosine_at
+from lightning_ssr.app.module import ImageClassifier
 from lightning_ssr.app.stages import dense_cache_path
 from lightning_ssr.checkpoint import read_checkpoint
 
@@ -75,33 +74,6 @@ def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(
     dense = read_checkpoint(dense_cache_path(distilled))["state_dict"]
     assert len(teachers) == 1 and all(torch.equal(teachers[0][k], dense[k]) for k in dense)
     assert len(calls) == 2 * 4  # 2 epochs of 4 batches
-
-
-def _cosine(T_max, steps):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T_max)
-    for _ in range(steps):
-        opt.step()
-        sched.step()
-    return sched
-
-
-def _on_curve(base, position, length):
-    return base * (1 + math.cos(math.pi * position / length)) / 2
-
-
-@pytest.mark.parametrize("start", [0, 2], ids=["from_the_first_epoch", "restarted_at_a_prune_in_epoch_2"])
-def test_a_cosine_is_made_to_end_at_the_new_max_epochs_and_goes_on_along_it(start):
-    # a cosine of 3 epochs begun at `start`, at its end (rate 0), in a fit now asked to run 3 epochs more
-    sched = _cosine(3, 3)
-    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
-    assert not end_cosine_at(sched, start + 3, start + 3)  # the same end: untouched
-    assert end_cosine_at(sched, start + 3, start + 6)
-    assert sched.T_max == 6 and sched.get_last_lr()[0] == pytest.approx(_on_curve(0.1, 3, 6), rel=1e-12)
-    sched.optimizer.step()
-    sched.step()  # torch's own recursive step goes on along the new cosine
-    assert sched.get_last_lr()[0] == pytest.approx(_on_curve(0.1, 4, 6), rel=1e-9)
-    assert not end_cosine_at(_cosine(3, 3), 3, 3 - 1)  # a new end before its position: nothing to do
 
 
 def test_a_cli_resume_that_fine_tunes_longer_trains_its_added_epochs(tmp_path):

@@ -89,6 +89,24 @@ def test_one_run_is_counted_in_the_singular(tmp_path, capsys):
     assert "\n1 run finished, 0 failed." in (tmp_path / "one" / "report.md").read_text()
 
 
+def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app import sweep
+
+    _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
+    _result(tmp_path, "1", "l1", 0.5, 1, 0.9, status="failed", error="ValueError: too small")
+
+    def no_plots(*args, **kwargs):
+        raise ImportError("the plots need matplotlib (pip install 'lightning_ssr[plots]')")
+
+    monkeypatch.setattr(sweep, "write_report", no_plots)
+    monkeypatch.setattr(sweep, "LAST_SWEEP", {})
+    sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert sweep.LAST_SWEEP == {"dir": str(tmp_path), "runs": 2, "failed": 1}  # the exit code is 1
+    assert "no sweep report" in capsys.readouterr().err
+
+
 def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
     _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
     (tmp_path / "1").mkdir()
@@ -118,7 +136,7 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     # the sweep went on past the broken run, and its exit code says one failed (as lightning-ssr-report's)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (f"lightning-ssr: 1 of 4 runs of the sweep failed; "
+    assert proc.stderr.strip().splitlines()[-1] == (f"lightning-ssr: 1 of the sweep's 4 runs failed; "
                                                     f"{sweep / 'report.md'} lists them with their errors")
     results = sorted(sweep.glob("*/result.json"))
     assert len(results) == 4
