@@ -500,6 +500,11 @@ class PruningEngine:
                            "allocation": self.allocation, "schedule": schedule,
                            "ignored_layers": sorted(set(self._ignored_resolved))})
 
+    @property
+    def _ignored_unnamed(self) -> bool:
+        """Layers are ignored as module objects that no model has given names yet."""
+        return bool(self._ignored_modules) and self._ignored_resolved == self._ignored_names
+
     def resolve_ignored(self, model: nn.Module) -> list[str]:
         """The names of the ignored layers in ``model`` (modules given as objects, by their name)."""
         names = {m: n for n, m in model.named_modules()}
@@ -524,8 +529,7 @@ class PruningEngine:
             return  # a checkpoint of an earlier version: nothing to compare with
         current, changed = self.settings(), []
         free = {"schedule": AFTER_PRUNE_SETTINGS} if events_done == 0 else {}
-        unnamed = self._ignored_modules and self._ignored_resolved == self._ignored_names
-        if unnamed and "ignored_layers" in saved:  # modules without names until the model is known
+        if self._ignored_unnamed and "ignored_layers" in saved:  # modules without names until the model is known
             current["ignored_layers"] = saved["ignored_layers"]  # compared then (resolve_ignored)
         for key in sorted(set(saved) & set(current)):
             old, new = saved[key], current[key]
@@ -545,7 +549,7 @@ class PruningEngine:
                              f"runs {self.method.name!r}; resume with the same method")
         saved = state.get("settings") or {}
         self.check_settings(saved, state.get("events_done"))
-        if self._ignored_modules and self._ignored_resolved == self._ignored_names and "ignored_layers" in saved:
+        if self._ignored_unnamed and "ignored_layers" in saved:
             self._ignored_saved = sorted(saved["ignored_layers"])
             self._ignored_resolved = list(self._ignored_saved)  # the run's, until the model names the modules
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None

@@ -23,7 +23,6 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR
 from typing_extensions import override
 
 from . import lightning_internals as internals
@@ -34,7 +33,7 @@ from .methods.base import PruningMethod
 from .methods.ssr import SSR
 from .modes import eval_mode
 from .report import PruningResult
-from .schedule import PruningSchedule
+from .schedule import PruningSchedule, cosine_end, epoch_cosines
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan
 from .targets import Budget, Target
 
@@ -166,9 +165,9 @@ class Pruning(Callback):
     def __init__(self, method: str | PruningMethod = "ssr_l20", target: Target | Mapping | None = None,
                  schedule: PruningSchedule | Mapping | None = None, **engine_args: Any):
         super().__init__()
-        unknown = sorted(set(engine_args) - set(inspect.signature(PruningEngine).parameters))
+        allowed = list(inspect.signature(PruningEngine).parameters)
+        unknown = sorted(set(engine_args) - set(allowed))
         if unknown:
-            allowed = [n for n in inspect.signature(PruningEngine).parameters if n != "self"]
             close = {n: difflib.get_close_matches(n, allowed, n=1) for n in unknown}
             hints = "".join(f" ({n!r}: did you mean {c[0]!r}?)" for n, c in close.items() if c)
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}{hints}; its arguments "
@@ -381,11 +380,8 @@ class Pruning(Callback):
     def _warn_cosine_ending_early(self, trainer: Trainer) -> None:
         """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's max_epochs
         ends before a longer fine-tuning does, which then trains at about its ``eta_min``."""
-        for config in trainer.lr_scheduler_configs:
-            sched = config.scheduler
-            if not (isinstance(sched, CosineAnnealingLR) and config.interval == "epoch" and trainer.max_epochs):
-                continue
-            end = trainer.current_epoch - sched.last_epoch + sched.T_max
+        for sched in epoch_cosines(trainer.lr_scheduler_configs) if trainer.max_epochs else ():
+            end = cosine_end(sched, trainer.current_epoch)
             if end < trainer.max_epochs:
                 rank_zero_warn(
                     f"{type(self).__name__}: the checkpoint's CosineAnnealingLR ends at epoch {end} (T_max={sched.T_max}), "

@@ -158,18 +158,28 @@ def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
     return left
 
 
+def epoch_cosines(scheduler_configs: Sequence[Any]) -> list[CosineAnnealingLR]:
+    """The cosine schedules stepped once an epoch among Lightning's ``trainer.lr_scheduler_configs``."""
+    return [c.scheduler for c in scheduler_configs
+            if isinstance(c.scheduler, CosineAnnealingLR) and c.interval == "epoch"]
+
+
+def cosine_end(sched: CosineAnnealingLR, epoch: int) -> int:
+    """The epoch at which the epoch-wise cosine ``sched``, at the start of ``epoch``, ends."""
+    return epoch - sched.last_epoch + sched.T_max
+
+
 def end_cosine_at(sched: CosineAnnealingLR, epoch: int, max_epochs: int) -> bool:
     """Make the epoch-wise cosine ``sched`` (stepped once an epoch: Lightning's ``interval="epoch"``,
     ``frequency=1``; not a per-step one, whose ``T_max`` counts steps), at the start of ``epoch``,
-    end at ``max_epochs``: its
-    length changes by as many epochs as its end moves, and the rates become the new cosine's at its
-    position. ``False`` (nothing changed) where it ends there already, or where the new end is at
-    or before its position. A checkpoint holds the cosine of the run that wrote it: without this,
-    a resume that fine-tunes longer would train its added epochs past the cosine's end, at about
-    ``eta_min`` (0 here), and change nothing."""
+    end at ``max_epochs``: its length changes by as many epochs as its end moves, and the rates
+    become the new cosine's at its position. ``False`` (nothing changed) where it ends there
+    already, or where the new end is at or before its position. A checkpoint holds the cosine of
+    the run that wrote it: without this, a resume that fine-tunes longer would train its added
+    epochs past the cosine's end, at about ``eta_min`` (0 here), and change nothing."""
     start = epoch - sched.last_epoch  # the epoch where this cosine began (0, or the restart after a prune)
     length = max_epochs - start
-    if start + sched.T_max == max_epochs or length <= sched.last_epoch:
+    if cosine_end(sched, epoch) == max_epochs or length <= sched.last_epoch:
         return False
     sched.T_max = length
     for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):

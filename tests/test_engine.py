@@ -202,8 +202,10 @@ def test_a_state_loaded_before_the_model_compares_layers_ignored_as_modules_once
     first_batch(same, fresh, 1)
     other = engine(fresh[0])
     other.load_state_dict(state)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(ValueError, match=re.escape("ignored_layers: ['2'] -> ['0']")):
         first_batch(other, fresh, 1)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # refused before touching it
 
 
 def test_equivalent_settings_are_the_same_settings_and_plain_data():

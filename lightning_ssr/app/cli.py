@@ -243,9 +243,8 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
-        text = str(err) if isinstance(err, RunInterrupted) else ("interrupted outside training (at the set-up, the evaluation or "
-                                                         "the export): run the job again")
-        print(f"lightning-ssr: {text}", file=sys.stderr)
+        outside = "interrupted outside training (at the set-up, the evaluation or the export): run the job again"
+        print(f"lightning-ssr: {err if isinstance(err, RunInterrupted) else outside}", file=sys.stderr)
         sys.exit(130)
     if LAST_SWEEP.get("failed"):  # a sweep goes on past a failed run; its exit code says so (as the report's)
         print(f"lightning-ssr: {LAST_SWEEP['failed']} of the sweep's {count_runs(LAST_SWEEP['runs'])} failed; "

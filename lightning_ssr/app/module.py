@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..schedule import end_cosine_at
+from ..schedule import end_cosine_at, epoch_cosines
 from ..validation import check_number
 
 
@@ -63,10 +62,8 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # a resume with another max_epochs (schedule.finetune_epochs): the cosine ends at the new end
-        for config in self.trainer.lr_scheduler_configs:
-            sched = config.scheduler
-            if (isinstance(sched, CosineAnnealingLR) and config.interval == "epoch" and self.trainer.max_epochs
-                    and end_cosine_at(sched, self.trainer.current_epoch, self.trainer.max_epochs)):
+        for sched in epoch_cosines(self.trainer.lr_scheduler_configs) if self.trainer.max_epochs else ():
+            if end_cosine_at(sched, self.trainer.current_epoch, self.trainer.max_epochs):
                 rank_zero_info(f"{type(self).__name__}: the cosine learning-rate schedule of the checkpoint now ends "
                                f"at epoch {self.trainer.max_epochs} (max_epochs); the rate is {sched.get_last_lr()[0]:.3g} "
                                f"at epoch {self.trainer.current_epoch}")

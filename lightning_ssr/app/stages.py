@@ -271,7 +271,7 @@ def cap_log_interval(trainer: pl.Trainer, dm: pl.LightningDataModule) -> int | N
     elif limit is not None:
         batches = int(batches * limit)
     steps = steps_per_epoch(batches, trainer.accumulate_grad_batches)
-    if steps and steps >= 1:
+    if steps:
         trainer.log_every_n_steps = min(trainer.log_every_n_steps, steps)
     return trainer.log_every_n_steps
 
@@ -283,7 +283,7 @@ def dense_cache_path(cfg: DictConfig) -> Path:
     for k in DENSE_UNUSED_MODULE_KEYS:  # the dense model trains without them
         keyed["module"].pop(k, None)
     keyed["seed"] = cfg.seed
-    if keyed["data"].get("train_size") is not None:  # the subset is exact since 0.2.0 (it missed by a few before)
+    if keyed["data"].get("train_size") is not None:  # caches of the earlier subsets, a few images off, not reused
         keyed["data_subset"] = "exact"
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}

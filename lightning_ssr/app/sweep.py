@@ -380,16 +380,16 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     return {"rows": rows, "runs": runs, "files": files}
 
 
-def count_runs(n: int) -> str:
-    """``1 run``, ``3 runs``."""
-    return f"{n} run{'s' * (n != 1)}"
+def count_runs(n: int, noun: str = "run") -> str:
+    """``1 run``, ``3 runs`` (or of another ``noun``)."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
     failed = sum(1 for r in runs if r["status"] != "ok")
     best = [r for r in rows if r["pareto"]]
-    lines = [f"{count_runs(len(runs))}, {failed} failed, {len(rows)} configuration{'s' * (len(rows) != 1)}; Pareto front: "
+    lines = [f"{count_runs(len(runs))}, {failed} failed, {count_runs(len(rows), 'configuration')}; Pareto front: "
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
     lines += [f"wrote {p}" for p in report["files"].values()]
