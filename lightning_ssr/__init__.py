@@ -17,7 +17,7 @@ from .methods import (
 from .methods.prox import group_hard_threshold, group_soft_threshold, keep_top_k
 from .pruning import Pruning, SSRPruning
 from .report import PruningResult
-from .schedule import PruningSchedule, end_cosine_at
+from .schedule import PruningSchedule, end_cosine_at, end_cosines
 from .structure import (
                       PLAN_CHECKPOINT_KEY,
                       ChannelGroup,
@@ -55,6 +55,7 @@ __all__ = [
                       "build_method",
                       "count_cost",
                       "end_cosine_at",
+                      "end_cosines",
                       "find_channel_groups",
                       "group_hard_threshold",
                       "group_soft_threshold",

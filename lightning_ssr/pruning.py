@@ -33,7 +33,7 @@ from .methods.base import PruningMethod
 from .methods.ssr import SSR
 from .modes import eval_mode
 from .report import PruningResult
-from .schedule import PruningSchedule, cosine_end, epoch_cosines
+from .schedule import PruningSchedule, cosine_end, fit_cosines
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan
 from .targets import Budget, Target
 
@@ -378,17 +378,18 @@ class Pruning(Callback):
             self._warn_cosine_ending_early(trainer)
 
     def _warn_cosine_ending_early(self, trainer: Trainer) -> None:
-        """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's max_epochs
-        ends before a longer fine-tuning does, which then trains at about its ``eta_min``."""
-        for sched in epoch_cosines(trainer.lr_scheduler_configs) if trainer.max_epochs else ():
-            end = cosine_end(sched, trainer.current_epoch)
-            if end < trainer.max_epochs:
+        """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's length ends
+        before a longer fine-tuning does, which then trains at about its ``eta_min``."""
+        for sched, unit, position, end in fit_cosines(trainer):
+            ends = cosine_end(sched, position)
+            if ends < end:
+                fit_end = f"max_epochs={end}" if unit == "epoch" else f"the fit's last step ({end})"
                 rank_zero_warn(
-                    f"{type(self).__name__}: the checkpoint's CosineAnnealingLR ends at epoch {end} (T_max={sched.T_max}), "
-                    f"before max_epochs={trainer.max_epochs}: a resume keeps the checkpoint's schedule, so the epochs "
-                    "after its end train at about eta_min (then torch's cosine rises again). To fine-tune longer along "
-                    "a cosine, end it at max_epochs in the module's on_train_start: lightning_ssr.end_cosine_at("
-                    "scheduler, self.trainer.current_epoch, self.trainer.max_epochs).")
+                    f"{type(self).__name__}: the checkpoint's CosineAnnealingLR ends at {unit} {ends} "
+                    f"(T_max={sched.T_max}), before {fit_end}: a resume keeps the checkpoint's schedule, so the "
+                    f"{unit}s after its end train at about eta_min (then torch's cosine rises again). To fine-tune "
+                    "longer along a cosine, end it where the fit does in the module's on_train_start: "
+                    "lightning_ssr.end_cosines(self.trainer).")
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

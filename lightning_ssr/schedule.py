@@ -158,34 +158,57 @@ def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
     return left
 
 
-def epoch_cosines(scheduler_configs: Sequence[Any]) -> list[CosineAnnealingLR]:
-    """The cosine schedules stepped once an epoch among Lightning's ``trainer.lr_scheduler_configs``."""
-    return [c.scheduler for c in scheduler_configs
-            if isinstance(c.scheduler, CosineAnnealingLR) and c.interval == "epoch"]
+def fit_cosines(trainer: Any) -> list[tuple[CosineAnnealingLR, str, int, int]]:
+    """The cosine schedules of a Lightning ``trainer`` (its ``lr_scheduler_configs``) stepped once
+    an epoch or once an optimizer step (``frequency=1``), each as ``(scheduler, unit, position,
+    end)``: ``("epoch", current_epoch, max_epochs)`` or ``("step", global_step,
+    estimated_stepping_batches)``. Those of a fit without a finite end in their unit are left out."""
+    found = []
+    for config in trainer.lr_scheduler_configs:
+        if not isinstance(config.scheduler, CosineAnnealingLR) or config.frequency != 1:
+            continue
+        if config.interval == "epoch" and trainer.max_epochs is not None and trainer.max_epochs > 0:
+            found.append((config.scheduler, "epoch", trainer.current_epoch, trainer.max_epochs))
+        elif config.interval == "step":
+            steps = trainer.estimated_stepping_batches  # inf, or max_steps (-1: none), where it has no end
+            if math.isfinite(steps) and steps > 0:
+                found.append((config.scheduler, "step", trainer.global_step, int(steps)))
+    return found
 
 
-def cosine_end(sched: CosineAnnealingLR, epoch: int) -> int:
-    """The epoch at which the epoch-wise cosine ``sched``, at the start of ``epoch``, ends."""
-    return epoch - sched.last_epoch + sched.T_max
+def cosine_end(sched: CosineAnnealingLR, position: int) -> int:
+    """Where the cosine ``sched``, at ``position`` of the fit (in its own unit: epochs for an
+    epoch-wise one, optimizer steps for a per-step one), ends."""
+    return position - sched.last_epoch + sched.T_max
 
 
-def end_cosine_at(sched: CosineAnnealingLR, epoch: int, max_epochs: int) -> bool:
-    """Make the epoch-wise cosine ``sched`` (stepped once an epoch: Lightning's ``interval="epoch"``,
-    ``frequency=1``; not a per-step one, whose ``T_max`` counts steps), at the start of ``epoch``,
-    end at ``max_epochs``: its length changes by as many epochs as its end moves, and the rates
-    become the new cosine's at its position. ``False`` (nothing changed) where it ends there
-    already, or where the new end is at or before its position. A checkpoint holds the cosine of
-    the run that wrote it: without this, a resume that fine-tunes longer would train its added
-    epochs past the cosine's end, at about ``eta_min`` (0 here), and change nothing."""
-    start = epoch - sched.last_epoch  # the epoch where this cosine began (0, or the restart after a prune)
-    length = max_epochs - start
-    if cosine_end(sched, epoch) == max_epochs or length <= sched.last_epoch:
+def end_cosine_at(sched: CosineAnnealingLR, position: int, end: int) -> bool:
+    """Make the cosine ``sched``, at ``position`` of the fit, end at ``end``, both in its own unit
+    (epochs for one stepped once an epoch, optimizer steps for one stepped once a step): its length
+    changes by as many steps as its end moves, and the rates become the new cosine's at its
+    position. ``False`` (nothing changed) where it ends there already, or where the new end is at or
+    before its position. A checkpoint holds the cosine of the run that wrote it: without this, a
+    resume that fine-tunes longer would train its added epochs past the cosine's end, at about
+    ``eta_min`` (0 here), and change nothing. :func:`end_cosines` does it for each of a fit's."""
+    start = position - sched.last_epoch  # where this cosine began (0, or the restart after a prune)
+    length = end - start
+    if cosine_end(sched, position) == end or length <= sched.last_epoch:
         return False
     sched.T_max = length
     for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
         group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * sched.last_epoch / length)) / 2
     sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
     return True
+
+
+def end_cosines(trainer: Any) -> list[tuple[CosineAnnealingLR, str, int]]:
+    """Make each cosine schedule of a Lightning ``trainer`` (see :func:`fit_cosines`) end where the
+    fit does: at ``max_epochs`` for an epoch-wise one, at the fit's last optimizer step for a
+    per-step one. Call it in the module's ``on_train_start``, where a resumed fit has its
+    checkpoint's schedulers; a fit that did not change its length is left as it is. Returns
+    ``(scheduler, unit, end)`` for each one changed."""
+    return [(sched, unit, end) for sched, unit, position, end in fit_cosines(trainer)
+            if end_cosine_at(sched, position, end)]
 
 
 class ScaledSteps:

@@ -22,7 +22,7 @@ from lightning_ssr import (
     PruningSchedule,
     SSRPruning,
     apply_plan,
-    end_cosine_at,
+    end_cosines,
     load_pruned,
 )
 from lightning_ssr.methods import PruningMethod
@@ -782,16 +782,30 @@ def test_a_resumed_run_with_restart_lr_matches_an_uninterrupted_one(tmp_path, st
     assert_same_weights(model, full_model)
 
 
+class StepCosineClassifier(TinyClassifier):
+    """The user's module with a per-step cosine over the fit's optimizer steps."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class EndingCosineClassifier(CosineClassifier):
-    """The same, made to end at max_epochs when a resume changes it, as the README says to."""
+    """The same, made to end where the fit does when a resume changes it, as the README says to."""
 
     def on_train_start(self):
-        end_cosine_at(self.lr_schedulers(), self.trainer.current_epoch, self.trainer.max_epochs)
+        end_cosines(self.trainer)
 
 
-@pytest.mark.parametrize("module", [CosineClassifier, EndingCosineClassifier])
+class EndingStepCosineClassifier(StepCosineClassifier):
+    on_train_start = EndingCosineClassifier.on_train_start
+
+
+@pytest.mark.parametrize("module", [CosineClassifier, EndingCosineClassifier, StepCosineClassifier,
+                                    EndingStepCosineClassifier])
 def test_a_resume_that_fine_tunes_past_the_checkpoints_cosine_is_warned_of(tmp_path, module):
-    total = SCHEDULE.total_epochs
+    total, steps = SCHEDULE.total_epochs, 4  # optimizer steps an epoch
     pl.seed_everything(0)
     cb = Pruning(method="l1", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
     trainer(tmp_path, [cb, epoch_checkpoints(tmp_path / "ckpts")], total).fit(module(), loader())
@@ -804,12 +818,22 @@ def test_a_resume_that_fine_tunes_past_the_checkpoints_cosine_is_warned_of(tmp_p
         fit.fit(module(), loader(), ckpt_path=path)
     said = [str(w.message) for w in caught if "CosineAnnealingLR ends" in str(w.message)]
     if module is CosineClassifier:
+        fit_end = f"max_epochs={total + 2}"
         assert said == [f"Pruning: the checkpoint's CosineAnnealingLR ends at epoch {total} (T_max={total}), before "
-                        f"max_epochs={total + 2}" + said[0].split(f"max_epochs={total + 2}", 1)[1]]
+                        f"{fit_end}: a resume keeps the checkpoint's schedule, so the epochs after its end"
+                        + said[0].split("the epochs after its end", 1)[1]]
+    elif module is StepCosineClassifier:
+        fit_end = f"the fit's last step ({steps * (total + 2)})"
+        assert said == [f"Pruning: the checkpoint's CosineAnnealingLR ends at step {steps * total} (T_max="
+                        f"{steps * total}), before {fit_end}: a resume keeps the checkpoint's schedule, so the steps "
+                        "after its end" + said[0].split("the steps after its end", 1)[1]]
+    if module in (CosineClassifier, StepCosineClassifier):
+        assert "lightning_ssr.end_cosines(self.trainer)" in said[0]
         # what the warning is about: the cosine's end, where 1 + cos(pi) is 0 in float64
         assert rates.lrs[total] == pytest.approx(0.0, abs=1e-12)
     else:
         assert said == [] and rates.lrs[total] > 0.01 * CosineClassifier().lr  # the added epochs train
+        assert fit.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # ends at the end
 
 
 WARM = dataclasses.replace(SCHEDULE, lr_warmup_steps=6)  # 4 steps an epoch: the warm-up crosses an epoch end

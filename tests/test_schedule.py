@@ -1,6 +1,7 @@
 """The schedule in plain PyTorch: epochs of each phase, and the learning-rate restart and warm-up after the prune."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from lightning_ssr.schedule import (
     ScaledSteps,
     check_restartable,
     end_cosine_at,
+    fit_cosines,
     restart_lr_schedules,
 )
 from tests.lit import RecordingSGD
@@ -153,3 +155,25 @@ def test_a_cosine_is_made_to_end_at_the_new_max_epochs_and_goes_on_along_it(star
     sched.step()  # torch's own recursive step goes on along the new cosine
     assert sched.get_last_lr()[0] == pytest.approx(_on_curve(0.1, 4, 6), rel=1e-9)
     assert not end_cosine_at(_cosine(3, 3), 3, 3 - 1)  # a new end before its position: nothing to do
+
+
+def _config(scheduler, interval="epoch", frequency=1):
+    return SimpleNamespace(scheduler=scheduler, interval=interval, frequency=frequency)
+
+
+@pytest.mark.parametrize("max_epochs, steps, expected", [
+    (6, 24, [("epoch", 2, 6), ("step", 8, 24)]),
+    (-1, float("inf"), []),  # a fit without an end: nothing to end at
+    (-1, -1, []),  # an iterable dataset without max_steps: Lightning's estimate is max_steps, -1
+    (None, 10, [("step", 8, 10)]),  # max_steps alone
+])
+def test_fit_cosines_names_each_cosines_unit_position_and_the_fits_end_in_it(max_epochs, steps, expected):
+    epoch_wise, step_wise, every_other, other = _cosine(6, 2), _cosine(24, 8), _cosine(6, 2), _cosine(6, 2)
+    trainer = SimpleNamespace(current_epoch=2, global_step=8, max_epochs=max_epochs, estimated_stepping_batches=steps,
+                              lr_scheduler_configs=[
+                                  _config(epoch_wise), _config(step_wise, "step"),
+                                  _config(every_other, "step", frequency=2),  # its steps are not the fit's
+                                  _config(torch.optim.lr_scheduler.StepLR(other.optimizer, 2))])
+    found = [(unit, position, end) for sched, unit, position, end in fit_cosines(trainer)]
+    assert found == expected
+    assert all(sched is {"epoch": epoch_wise, "step": step_wise}[unit] for sched, unit, _, _ in fit_cosines(trainer))

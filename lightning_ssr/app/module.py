@@ -9,7 +9,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..schedule import end_cosine_at, epoch_cosines
+from ..schedule import end_cosines
 from ..validation import check_number
 
 
@@ -62,11 +62,9 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # a resume with another max_epochs (schedule.finetune_epochs): the cosine ends at the new end
-        for sched in epoch_cosines(self.trainer.lr_scheduler_configs) if self.trainer.max_epochs else ():
-            if end_cosine_at(sched, self.trainer.current_epoch, self.trainer.max_epochs):
-                rank_zero_info(f"{type(self).__name__}: the cosine learning-rate schedule of the checkpoint now ends "
-                               f"at epoch {self.trainer.max_epochs} (max_epochs); the rate is {sched.get_last_lr()[0]:.3g} "
-                               f"at epoch {self.trainer.current_epoch}")
+        for sched, unit, end in end_cosines(self.trainer):
+            rank_zero_info(f"{type(self).__name__}: the cosine learning-rate schedule of the checkpoint now ends "
+                           f"at {unit} {end} (the fit's end); the rate is {sched.get_last_lr()[0]:.3g}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
