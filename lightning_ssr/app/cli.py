@@ -211,6 +211,16 @@ def _override_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# Hydra settings of a sweep, not of one run in it (the run's folder is set anew)
+SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
+              "hydra.run.dir", "hydra.job.num", "hydra.job.id")
+
+
+def _sweep_only(override: str) -> bool:
+    key = override.lstrip("+~").split("=", 1)[0]
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY)
+
+
 def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
     """Ctrl-C in a job of a sweep: which run it was, the command that goes on with it (or runs it
     again) alone in its folder, where the sweep's report finds it (``ckpt_path`` on the sweep's
@@ -222,8 +232,8 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
               if source.provider == "command-line" and source.schema == "file"]
     if hydra_cfg.job.config_name != CONFIG_NAME:
         config.append(f"--config-name={hydra_cfg.job.config_name}")
-    searchpath = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
-    args = ["lightning-ssr", *config, *searchpath, *hydra_cfg.overrides.task,
+    hydra_flags = [o for o in hydra_cfg.overrides.hydra if not _sweep_only(o)]
+    args = ["lightning-ssr", *config, *hydra_flags, *hydra_cfg.overrides.task,
             *([f"ckpt_path={_override_value(saved)}"] if saved else []), f"hydra.run.dir={_override_value(run_dir)}"]
     command = " ".join(shlex.quote(a) for a in args)
     stopped = "the sweep stopped there (runs without a result.json did not finish)"

@@ -587,7 +587,7 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
         "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
 
 
-def test_the_sweep_command_keeps_the_config_flags_and_quotes_what_hydra_would_misread():
+def test_the_sweep_command_keeps_the_runs_hydra_flags_but_not_the_sweeps_and_quotes_what_hydra_would_misread():
     import pickle
 
     from omegaconf import OmegaConf
@@ -601,13 +601,17 @@ def test_the_sweep_command_keeps_the_config_flags_and_quotes_what_hydra_would_mi
             {"path": "pkg://lightning_ssr.conf", "schema": "pkg", "provider": "main"},
             {"path": "file:///home/me/conf", "schema": "file", "provider": "command-line"}]},
         "job": {"num": 3, "config_name": "mine"},
-        "overrides": {"task": ["seed=3"], "hydra": ["hydra.mode=MULTIRUN", "hydra.searchpath=[file://plugins]"]}})
+        "overrides": {"task": ["seed=3"], "hydra": [
+            "hydra.mode=MULTIRUN", "hydra.searchpath=[file://plugins]", "hydra/job_logging=disabled",
+            "hydra.job.chdir=false", "hydra.sweep.dir=multirun/x", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "++hydra.sweeper.max_batch_size=4"]}})
     err = sweep_interrupted(RunInterrupted("interrupted during the run that prunes at epoch 4 (optimizer step 9)",
                                            "ck/epoch=3.ckpt"), hydra_cfg)
     command = re.search(r"alone \(in its folder, where the report finds it\): (.+?)\. lightning-ssr-report",
                         str(err)).group(1)
     assert shlex.split(command) == ["lightning-ssr", "--config-dir=/home/me/conf", "--config-name=mine",
-                                    "hydra.searchpath=[file://plugins]", "seed=3", "ckpt_path='ck/epoch=3.ckpt'",
+                                    "hydra.searchpath=[file://plugins]", "hydra/job_logging=disabled",
+                                    "hydra.job.chdir=false", "seed=3", "ckpt_path='ck/epoch=3.ckpt'",
                                     f"hydra.run.dir='{run_dir}'"]
     # whole after a pickle, as a launcher's worker process sends it back
     again = pickle.loads(pickle.dumps(err))
