@@ -159,9 +159,14 @@ class FlatChannels:
         """Multiply every channel's slices in ``tensors`` by ``scale[channel]``, in place."""
         for name, (elem, chan) in self.scaled.items():
             t = tensors[name]
-            flat = t.view(-1)
-            idx = elem.to(t.device)
-            flat[idx] = flat[idx] * scale.to(t.device, t.dtype)[chan.to(t.device)]
+            factor = scale.to(t.device, t.dtype)[chan.to(t.device)]
+            if t.is_contiguous():
+                flat = t.view(-1)
+                idx = elem.to(t.device)
+                flat[idx] = flat[idx] * factor
+            else:  # another memory layout (channels_last): ``elem`` counts in the logical order
+                where = torch.unravel_index(elem.to(t.device), t.shape)
+                t[where] = t[where] * factor
 
 
 def _slice_norms(slices: Sequence[GroupSlice], size: int, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,8 @@ from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.methods import PruningMethod, available_methods, base, build_method, register_method, top_k_masks
 from tests.lit import TinyClassifier, loader, trainer
 
+NO_BN = ["backbone.mix", "backbone.fc1"]  # TinyClassifier's layers without BatchNorm
+
 
 @pytest.mark.parametrize("name", available_methods())
 def test_every_registered_name_builds_its_method(name):
@@ -44,6 +46,25 @@ def test_top_k_masks_prefer_the_higher_score_then_the_lower_index():
                         {"a": 2, "b": 1})
     assert masks["a"].tolist() == [False, True, False, True]
     assert masks["b"].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_prunes_a_channels_last_model_and_keeps_its_layout(tmp_path, name):
+    """A model moved to channels_last for speed: its 4-d weights are not contiguous, which the
+    methods' in-place updates (SSR's proximal steps, SSL's and slimming's penalties) must allow."""
+    pl.seed_everything(0)
+    model = TinyClassifier().to(memory_format=torch.channels_last)
+    method = build_method(name)
+    schedule = (PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+                if method.sparsifies else PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    cb = Pruning(method=name, target={"macs": 0.5}, schedule=schedule, verbose=False,
+                 method_kwargs={"compensate": False} if name == "fsm" else None,  # no validation data to check it on
+                 ignored_layers=NO_BN if method.requires_batchnorm else [])
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, loader())
+    assert len(cb.events) == 1 and cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+    spatial = [p for p in model.parameters() if p.dim() == 4 and p.shape[2:] != (1, 1)]
+    assert spatial and all(p.is_contiguous(memory_format=torch.channels_last) for p in spatial)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 class KeepFirst(PruningMethod):

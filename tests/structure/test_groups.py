@@ -198,6 +198,12 @@ def test_flat_channels_give_the_groups_norms_and_scaling_in_one_pass(factory):
     by_group = {n: t.clone() for n, t in params.items()}
     for g in groups:
         g.scale_(by_group, scales[g.name])
+    # a model moved to channels_last: its 4-d weights are not contiguous, and scaled in place all the same
+    channels_last = {n: t.clone().to(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()
+                     for n, t in params.items()}
+    assert any(not t.is_contiguous() for t in channels_last.values())
     flat.scale_(params, flat.join(scales, "cpu"))
+    flat.scale_(channels_last, flat.join(scales, "cpu"))
     for name, value in params.items():  # the same products of the same two numbers: equal bit for bit
         assert torch.equal(value, by_group[name]), name
+        assert torch.equal(channels_last[name], value), name
