@@ -47,7 +47,7 @@ from .latency import model_ms
 from .methods.base import MethodContext, PruningMethod, build_method, plain_data
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
-from .structure.groups import ChannelGroup, UnsupportedLayerError, align_blocks, find_channel_groups
+from .structure.groups import ChannelGroup, ForwardError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
     dry_run,
@@ -569,13 +569,12 @@ class PruningEngine:
         ignored = self.resolve_ignored(model)
         try:
             return find_channel_groups(model, example, ignored)
-        except (UnsupportedLayerError, ValueError):
-            raise
-        except Exception as err:  # whatever forward() raises on a plain tensor
+        except ForwardError as err:  # whatever forward() raises on a plain tensor
             raise ValueError(
                 f"the pruning engine traces the model's forward() on one input tensor of shape "
                 f"{tuple(example.shape)} (from example_input=, example_input_array or the first training batch) "
-                f"to find prunable filters, and that failed: {type(err).__name__}: {err}. Define forward(x) to run "
+                f"to find prunable filters, and that failed: {err.__cause__.__class__.__name__}: {err.__cause__}. "
+                "Define forward(x) to run "
                 "the network on one input tensor (a forward() taking a dict or several inputs is not supported: "
                 "unpack the batch in training_step and call forward on the tensor), or, where the tensor taken "
                 "from the batch is not the input, pass the input as example_input= (a tensor).") from err

@@ -252,6 +252,62 @@ def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+class PairInputNet(nn.Module):
+    """forward() takes an (image, mask) pair; given the image alone, its BatchNorm raises a ValueError."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 5)
+
+    def forward(self, pair):
+        image, mask = pair
+        return self.fc(self.bn(self.c1(image * mask)).mean((2, 3)))
+
+
+def test_a_forward_that_raises_a_value_error_on_the_batch_tensor_gets_the_engines_advice(tmp_path):
+    """A ValueError from the user's own forward() (here BatchNorm's "expected 4D input") came
+    through raw: the engine's errors are ValueErrors too, and were let through as such."""
+    model = Lit(PairInputNet())
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("l1", target={"macs": 0.5}, **ONESHOT)])
+    with pytest.raises(ValueError, match=r"traces the model's forward\(\) on one input tensor of shape \(2, 3, 8, 8\)"
+                       r".*ValueError: expected 4D input \(got 3D input\).*example_input="):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class ConvGRU(nn.Module):
+    """Conv features read by a GRU, column by column: the tracer cannot follow c2's channels into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 8, 3, padding=1)
+        self.gru, self.fc = nn.GRU(8, 6, batch_first=True), nn.Linear(6, 5)
+
+    def forward(self, x):
+        columns = F.relu(self.c2(F.relu(self.c1(x)))).mean(2).transpose(1, 2)  # (batch, width, channels)
+        return self.fc(self.gru(columns)[0][:, -1])
+
+
+def test_a_layer_feeding_a_recurrent_layer_is_named_and_ignoring_it_prunes_the_rest(tmp_path):
+    """Before, torch-pruning's IndexError came out as advice to define forward(x), and no
+    ignored_layers setting helped: the rebuild traced every group, the ignored one too."""
+    torch.manual_seed(0)
+    model = Lit(ConvGRU())
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("l1", target={"macs": 0.7}, **ONESHOT)])
+    with pytest.raises(UnsupportedLayerError, match="output channels of 'net.c2' reach an operation the dependency "
+                       "tracer .* cannot follow .*Pass 'net.c2' in ignored_layers"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    pruning = Pruning("l1", target={"macs": 0.7}, ignored_layers=["net.c2"], **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())  # the rebuild's numerical check passed, or it raises
+    assert model.net.c1.out_channels < 12 and model.net.c2.out_channels == 8
+    assert pruning.result.pruned["macs"] <= 0.7 * pruning.result.dense["macs"]
+
+
 # Lightning >= 2.6 only (setup.cfg allows 2.2): the tests that use it are skipped without it
 EMAWeightAveraging = getattr(lightning_callbacks, "EMAWeightAveraging", None)
 needs_ema = pytest.mark.skipif(EMAWeightAveraging is None, reason="needs Lightning's EMAWeightAveraging (2.6+)")

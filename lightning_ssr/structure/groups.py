@@ -35,6 +35,10 @@ class UnsupportedLayerError(ValueError):
     """Raised for a layer whose channels the engine cannot prune safely."""
 
 
+class ForwardError(ValueError):
+    """The model's own ``forward()`` failed on the example input the engine traces it with."""
+
+
 @dataclass
 class GroupSlice:
     """Rows ``index[c]`` along ``dim`` of parameter ``param`` belong to channel ``c``."""
@@ -211,9 +215,30 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
             p.requires_grad_(True)
         with torch.enable_grad(), eval_mode(model):  # torch-pruning sets eval mode and keeps it
             return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    except Exception as err:
+        _explain_trace_failure(model, example_inputs, err)
+        raise
     finally:
         for p in frozen:
             p.requires_grad_(False)
+
+
+def _explain_trace_failure(model: nn.Module, example_inputs, err: Exception) -> None:
+    """The trace failed: :class:`ForwardError` where the model's own forward fails on the input
+    too, :class:`UnsupportedLayerError` where it runs and the tracer could not follow it."""
+    what = (f"of shape {tuple(example_inputs.shape)}" if isinstance(example_inputs, torch.Tensor)
+            else f"(a {type(example_inputs).__name__})")
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example_inputs)
+    except Exception as forward_err:
+        raise ForwardError(f"the model's forward() failed on the example input {what}: "
+                           f"{type(forward_err).__name__}: {forward_err}") from forward_err
+    raise UnsupportedLayerError(
+        f"the model's forward() runs on the example input {what}, but tracing its channels failed: "
+        f"{type(err).__name__}: {err}. An operation in forward() is one the dependency tracer (torch-pruning) "
+        "cannot follow, so no layer of this model can be pruned as it is: run that operation outside the module "
+        "given to the pruning engine, or report it.") from err
 
 
 def _output_params(module: nn.Module) -> list[tuple[str, int]]:
@@ -393,6 +418,42 @@ def find_channel_groups(
         return _find_channel_groups(model, example_inputs, ignored_layers, graph, check)
 
 
+def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: Mapping[nn.Module, str],
+                   strict: bool):
+    """torch-pruning's group of coupled channels rooted at each prunable layer that is not in
+    ``ignored`` (as ``DependencyGraph.get_all_groups``, one root at a time, each layer in one
+    group). A root whose channels the tracer cannot follow to their consumers (it fails inside
+    torch-pruning: a recurrent layer, a reshape that mixes channels with another dimension) is an
+    :class:`UnsupportedLayerError` naming it, or, without ``strict``, left out (as if ignored)."""
+    skip = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
+    visited = set()
+    for module in list(dg.module2node):
+        if id(module) in skip or id(module) in visited or not isinstance(module, _ROOTS):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            group = dg.get_pruning_group(module, pruner.prune_out_channels,
+                                         list(range(pruner.get_out_channels(module))))
+        except Exception as err:  # inside torch-pruning's index mapping
+            if not strict:
+                continue
+            name = names.get(module, type(module).__name__)
+            raise UnsupportedLayerError(
+                f"the output channels of '{name}' reach an operation the dependency tracer (torch-pruning) cannot "
+                f"follow to their consumers ({type(err).__name__}: {err}), for example a recurrent layer (nn.GRU, "
+                f"nn.LSTM over conv features) or a reshape that mixes channels with another dimension. Pass '{name}' "
+                "in ignored_layers to leave these channels unpruned; the other layers are still pruned.") from err
+        prunable = True
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+                prunable = prunable and id(dep.target.module) not in skip
+        if prunable:
+            yield group
+
+
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
                          graph: tp.DependencyGraph | None, check: bool) -> list[ChannelGroup]:
     modules = dict(model.named_modules())
@@ -405,7 +466,7 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
     names = {m: n for n, m in model.named_modules()}
     groups = []
     ignored = [modules[n] for n in ignored_names]
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_ROOTS):
+    for group in _traced_groups(dg, ignored, names, strict=check):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
         slices, out_modules, consumers, inputs, consumer_modules, fixed = [], [], [], [], [], []

@@ -207,3 +207,22 @@ def test_flat_channels_give_the_groups_norms_and_scaling_in_one_pass(factory):
     for name, value in params.items():  # the same products of the same two numbers: equal bit for bit
         assert torch.equal(value, by_group[name]), name
         assert torch.equal(channels_last[name], value), name
+
+
+def test_a_trace_that_fails_says_whether_forward_or_the_tracer_failed(monkeypatch):
+    import torch_pruning as tp
+
+    from lightning_ssr.structure.groups import ForwardError
+
+    net = SmallResidualCNN()
+    with pytest.raises(ForwardError, match=r"forward\(\) failed on the example input of shape \(2, 5, 16, 16\): RuntimeError"):
+        find_channel_groups(net, torch.randn(2, 5, 16, 16))  # 5 channels where the stem takes 3
+
+    def fails(self, model, example_inputs, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fails)
+    with pytest.raises(UnsupportedLayerError, match=r"forward\(\) runs on the example input of shape \(2, 3, 16, 16\), but "
+                       r"tracing its channels failed: IndexError: list index out of range"):
+        find_channel_groups(net, torch.randn(2, 3, 16, 16))
+    assert all(m.training for m in net.modules())  # the modes given back after both failures
