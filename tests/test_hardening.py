@@ -308,6 +308,49 @@ def test_a_layer_feeding_a_recurrent_layer_is_named_and_ignoring_it_prunes_the_r
     assert pruning.result.pruned["macs"] <= 0.7 * pruning.result.dense["macs"]
 
 
+class ChannelScale(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.s = nn.Parameter(torch.full((1, channels, 1, 1), 2.0))
+
+    def forward(self, x):
+        return x * self.s
+
+
+class ScaledNet(nn.Module):
+    """A learnable per-channel scale on c1's output (LayerScale-like), bare or in a module."""
+
+    def __init__(self, wrapped):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 8, 3, padding=1), nn.Linear(8, 5)
+        self.scale = ChannelScale(12) if wrapped else nn.Parameter(torch.full((1, 12, 1, 1), 2.0))
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = self.scale(x) if isinstance(self.scale, nn.Module) else x * self.scale
+        return self.fc(F.relu(self.c2(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "in_a_module"])
+def test_a_per_channel_parameter_is_named_with_its_layer_and_ignoring_that_layer_prunes_the_rest(tmp_path, wrapped):
+    """Before, the refusal named neither, advised ignoring a module wrapping the parameter (which
+    changed nothing), and ignoring c1 failed too: the rebuild refused every group, the ignored one too."""
+    torch.manual_seed(0)
+    model = Lit(ScaledNet(wrapped))
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("l1", target={"macs": 0.7}, **ONESHOT)])
+    param = "net.scale.s" if wrapped else "net.scale"
+    with pytest.raises(UnsupportedLayerError, match=f"the parameter '{param}', a bare nn.Parameter used in forward"
+                       r"\(\), is coupled to the output channels of 'net.c1'.*Pass 'net.c1' in ignored_layers"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    pruning = Pruning("l1", target={"macs": 0.7}, ignored_layers=["net.c1"], **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())  # the rebuild's numerical check passed, or it raises
+    assert model.net.c1.out_channels == 12 and model.net.c2.out_channels < 8
+    assert pruning.result.pruned["macs"] <= 0.7 * pruning.result.dense["macs"]
+
+
 # Lightning >= 2.6 only (setup.cfg allows 2.2): the tests that use it are skipped without it
 EMAWeightAveraging = getattr(lightning_callbacks, "EMAWeightAveraging", None)
 needs_ema = pytest.mark.skipif(EMAWeightAveraging is None, reason="needs Lightning's EMAWeightAveraging (2.6+)")

@@ -287,14 +287,15 @@ def _is_depthwise(module) -> bool:
 def _check_supported(module, name: str, root: str) -> None:
     if isinstance(module, _CONV + (nn.Linear,) + _NORM):
         return
+    leave = f"Pass '{root}' in ignored_layers to leave these channels unpruned; the other layers are still pruned."
     if isinstance(module, nn.Parameter):
         raise UnsupportedLayerError(
-            "a bare nn.Parameter used in forward() is coupled to prunable channels; the engine "
-            "cannot reason about it. Wrap it in a module and list that module in ignored_layers.")
+            f"the parameter '{name}', a bare nn.Parameter used in forward(), is coupled to the output channels of "
+            f"'{root}', and the engine cannot cut it with them. {leave}")
     if any(True for _ in module.parameters(recurse=False)):
         raise UnsupportedLayerError(
-            f"layer '{name}' ({type(module).__name__}) has parameters on pruned channels and the "
-            "engine cannot reason about it. Pass it (or its producers) in ignored_layers.")
+            f"layer '{name}' ({type(module).__name__}) has parameters of its own on the output channels of '{root}', "
+            f"and the engine cannot cut it with them. {leave}")
 
 
 def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
@@ -402,6 +403,7 @@ def find_channel_groups(
     ignored_layers: Iterable[str] = (),
     graph: tp.DependencyGraph | None = None,
     check: bool = True,
+    unsupported: dict[str, UnsupportedLayerError] | None = None,
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
 
@@ -409,22 +411,25 @@ def find_channel_groups(
     those that modules declare in ``pruning_ignored_layers``); groups whose channels are the
     model's outputs (no conv/linear consumes them: the classifier)
     are never returned. With ``check``, the layers they reach must be ones the rebuild cuts
-    exactly (:func:`check_layers`).
+    exactly (:func:`check_layers`), and a group the engine cannot cut is an
+    :class:`UnsupportedLayerError`; without ``check`` such a group is left out (the rebuild cuts only
+    the groups of its plan), and its error goes into ``unsupported``, by root layer.
 
     The model is read in eval mode (given back after): reading a parametrized weight in training
     mode runs its parametrization, and spectral_norm's power iteration would update its buffers.
     """
     with eval_mode(model):
-        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check)
+        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check, unsupported)
 
 
 def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: Mapping[nn.Module, str],
-                   strict: bool):
+                   strict: bool, unsupported: dict[str, UnsupportedLayerError] | None):
     """torch-pruning's group of coupled channels rooted at each prunable layer that is not in
     ``ignored`` (as ``DependencyGraph.get_all_groups``, one root at a time, each layer in one
     group). A root whose channels the tracer cannot follow to their consumers (it fails inside
     torch-pruning: a recurrent layer, a reshape that mixes channels with another dimension) is an
-    :class:`UnsupportedLayerError` naming it, or, without ``strict``, left out (as if ignored)."""
+    :class:`UnsupportedLayerError` naming it, or, without ``strict``, left out (as if ignored), its
+    error put in ``unsupported``."""
     skip = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
     visited = set()
     for module in list(dg.module2node):
@@ -436,15 +441,20 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
         try:
             group = dg.get_pruning_group(module, pruner.prune_out_channels,
                                          list(range(pruner.get_out_channels(module))))
-        except Exception as err:  # inside torch-pruning's index mapping
-            if not strict:
-                continue
+        except (IndexError, KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError) as err:
+            # inside torch-pruning's index mapping, for an operation it does not map
             name = names.get(module, type(module).__name__)
-            raise UnsupportedLayerError(
+            error = UnsupportedLayerError(
                 f"the output channels of '{name}' reach an operation the dependency tracer (torch-pruning) cannot "
                 f"follow to their consumers ({type(err).__name__}: {err}), for example a recurrent layer (nn.GRU, "
                 f"nn.LSTM over conv features) or a reshape that mixes channels with another dimension. Pass '{name}' "
-                "in ignored_layers to leave these channels unpruned; the other layers are still pruned.") from err
+                "in ignored_layers to leave these channels unpruned; the other layers are still pruned.")
+            if strict:
+                raise error from err
+            error.__cause__ = err
+            if unsupported is not None:
+                unsupported[name] = error
+            continue
         prunable = True
         for dep, _ in group:
             if dg.is_out_channel_pruning_fn(dep.handler):
@@ -454,8 +464,64 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
             yield group
 
 
+def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Module], names: Mapping[nn.Module, str],
+                   params: Mapping[int, str]) -> ChannelGroup | None:
+    """One of torch-pruning's groups as a :class:`ChannelGroup` (``None`` for the model's outputs),
+    or an :class:`UnsupportedLayerError` naming what the engine cannot cut with it."""
+    root = group[0].dep.target.module
+    size = len(group[0].idxs)
+    slices, out_modules, consumers, inputs, consumer_modules, fixed = [], [], [], [], [], []
+    blocks = 1
+    for item in group:
+        module = item.dep.target.module
+        if module not in names and not isinstance(module, nn.Parameter):
+            continue  # an op node (add, cat, flatten): no parameters of its own
+        name = names.get(module, "<parameter>")
+        _check_supported(module, params.get(id(module), name), names[root])
+        if dg.is_out_channel_pruning_fn(item.dep.handler):
+            width = _out_width(module)
+            if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
+                raise UnsupportedLayerError(
+                    f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
+                    f"that changes the channel count in a way the engine cannot map (for example a "
+                    f"zero-padding shortcut). Pass '{names[root]}' in ignored_layers to leave these "
+                    f"channels unpruned.")
+            out_modules.append(name)
+            index = _index_matrix(item.idxs, item.root_idxs, size)
+            frozen_layer = bool(getattr(module, "pruning_cost_free", False))
+            for pname, dim in _output_params(module):
+                frozen = frozen_layer or not getattr(module, pname).requires_grad
+                (fixed if frozen else slices).append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
+        if isinstance(module, _CONV) and module.groups > 1 and not _is_depthwise(module):
+            blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
+        is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
+        if is_consumer and not _is_depthwise(module):  # depthwise: an out dep
+            consumers.append((name, len(item.idxs) // size))
+            consumer_modules.append(module)
+            dim = 0 if isinstance(module, _CONV) and module.transposed else 1
+            try:
+                inputs.append(GroupSlice(f"{name}.weight" if name else "weight", dim,
+                                         _index_matrix(item.idxs, item.root_idxs, size)))
+            except UnsupportedLayerError:
+                pass  # reads only part of the channels (a slice): the rebuild check reports it
+    if not consumers:
+        return None  # model outputs (the classifier): never pruned
+    norms = {modules[n]: n for n in out_modules if isinstance(modules.get(n), _NORM)}
+    feeds = {names[m]: sorted({norms[n] for n in _nearest_norms(dg, m, forward=False) if n in norms})
+             for m in consumer_modules}
+    after = {}
+    for m in consumer_modules:  # the one norm after each consumer (None: none, or several)
+        following = {names.get(n) for n in _nearest_norms(dg, m, forward=True)}
+        after[names[m]] = following.pop() if len(following) == 1 else None
+    if size % blocks:
+        raise UnsupportedLayerError(f"the {size} channels of '{names[root]}' do not split into the {blocks} blocks "
+                                    "of the grouped convolutions they reach; pass it in ignored_layers")
+    return ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks, fixed)
+
+
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
-                         graph: tp.DependencyGraph | None, check: bool) -> list[ChannelGroup]:
+                         graph: tp.DependencyGraph | None, check: bool,
+                         unsupported: dict[str, UnsupportedLayerError] | None) -> list[ChannelGroup]:
     modules = dict(model.named_modules())
     ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
@@ -466,57 +532,18 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
     names = {m: n for n, m in model.named_modules()}
     groups = []
     ignored = [modules[n] for n in ignored_names]
-    for group in _traced_groups(dg, ignored, names, strict=check):
-        root = group[0].dep.target.module
-        size = len(group[0].idxs)
-        slices, out_modules, consumers, inputs, consumer_modules, fixed = [], [], [], [], [], []
-        blocks = 1
-        for item in group:
-            module = item.dep.target.module
-            if module not in names and not isinstance(module, nn.Parameter):
-                continue  # an op node (add, cat, flatten): no parameters of its own
-            name = names.get(module, "<parameter>")
-            _check_supported(module, name, names[root])
-            if dg.is_out_channel_pruning_fn(item.dep.handler):
-                width = _out_width(module)
-                if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
-                    raise UnsupportedLayerError(
-                        f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
-                        f"that changes the channel count in a way the engine cannot map (for example a "
-                        f"zero-padding shortcut). Pass '{names[root]}' in ignored_layers to leave these "
-                        f"channels unpruned.")
-                out_modules.append(name)
-                index = _index_matrix(item.idxs, item.root_idxs, size)
-                frozen_layer = bool(getattr(module, "pruning_cost_free", False))
-                for pname, dim in _output_params(module):
-                    frozen = frozen_layer or not getattr(module, pname).requires_grad
-                    (fixed if frozen else slices).append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
-            if isinstance(module, _CONV) and module.groups > 1 and not _is_depthwise(module):
-                blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
-            is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
-            if is_consumer and not _is_depthwise(module):  # depthwise: an out dep
-                consumers.append((name, len(item.idxs) // size))
-                consumer_modules.append(module)
-                dim = 0 if isinstance(module, _CONV) and module.transposed else 1
-                try:
-                    inputs.append(GroupSlice(f"{name}.weight" if name else "weight", dim,
-                                             _index_matrix(item.idxs, item.root_idxs, size)))
-                except UnsupportedLayerError:
-                    pass  # reads only part of the channels (a slice): the rebuild check reports it
-        if not consumers:
-            continue  # model outputs (the classifier): never pruned
-        norms = {modules[n]: n for n in out_modules if isinstance(modules.get(n), _NORM)}
-        feeds = {names[m]: sorted({norms[n] for n in _nearest_norms(dg, m, forward=False) if n in norms})
-                 for m in consumer_modules}
-        after = {}
-        for m in consumer_modules:  # the one norm after each consumer (None: none, or several)
-            following = {names.get(n) for n in _nearest_norms(dg, m, forward=True)}
-            after[names[m]] = following.pop() if len(following) == 1 else None
-        if size % blocks:
-            raise UnsupportedLayerError(f"the {size} channels of '{names[root]}' do not split into the {blocks} blocks "
-                                        "of the grouped convolutions they reach; pass it in ignored_layers")
-        groups.append(ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks,
-                                   fixed))
+    params = {id(p): n for n, p in model.named_parameters()}
+    for group in _traced_groups(dg, ignored, names, strict=check, unsupported=unsupported):
+        try:
+            built = _channel_group(dg, group, modules, names, params)
+        except UnsupportedLayerError as err:
+            if check:
+                raise
+            if unsupported is not None:
+                unsupported[names[group[0].dep.target.module]] = err
+            continue
+        if built is not None:
+            groups.append(built)
     if check:
         check_layers(model, groups)
     return groups

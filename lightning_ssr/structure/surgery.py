@@ -269,7 +269,11 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
     """
     graph = build_dependency_graph(model, example_inputs)
-    groups = find_channel_groups(model, example_inputs, graph=graph, check=False)
+    unsupported = {}  # groups the engine cannot cut: an error where the plan cuts one
+    groups = find_channel_groups(model, example_inputs, graph=graph, check=False, unsupported=unsupported)
+    for name in kept:
+        if name in unsupported:
+            raise unsupported[name]
     matched = _match_groups(groups, kept, sizes)
     check_layers(model, matched.values())  # only the groups the plan cuts
     modules = dict(model.named_modules())
