@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def applied_plan(model: nn.Module) -> PruningPlan | None:
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint, ``pruned.pt`` or plan file that cannot be read."""
+
+
+def check_checkpoint_file(path) -> None:
+    """Before Lightning loads ``path`` (``fit(ckpt_path=...)``, ``load_from_checkpoint``): a local
+    file that is not a whole torch checkpoint is a :class:`CheckpointReadError` naming it, where
+    torch's own error (``OSError: [Errno 22] Invalid argument`` for a truncated file) names
+    nothing. Cheap: a checkpoint is a zip archive, whose directory is at its end; a file that is
+    not one is read as :func:`read_checkpoint` does, to say why. Other paths (remote ones, file
+    objects, a missing file, whose error Lightning's own names it) are left to Lightning."""
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        return
+    if not zipfile.is_zipfile(path):
+        read_checkpoint(path)  # a legacy (not zip) checkpoint loads; anything else says why
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -186,6 +200,12 @@ class PrunedCheckpointMixin:
     Without the mixin, use :func:`load_pruned` on a fresh module. Resuming ``fit`` needs
     neither: the :class:`~lightning_ssr.Pruning` callback rebuilds the model itself.
     """
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, with a damaged file named (:func:`check_checkpoint_file`) first."""
+        check_checkpoint_file(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         plan = applied_plan(self)

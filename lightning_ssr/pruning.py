@@ -26,7 +26,13 @@ from torch import nn
 from typing_extensions import override
 
 from . import lightning_internals as internals
-from .checkpoint import PrunedCheckpointMixin, applied_plan, apply_checkpoint_plan
+from .checkpoint import (
+    CheckpointReadError,
+    PrunedCheckpointMixin,
+    applied_plan,
+    apply_checkpoint_plan,
+    check_checkpoint_file,
+)
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
 from .methods.base import PruningMethod
@@ -364,6 +370,16 @@ class Pruning(Callback):
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
             apply_checkpoint_plan(module, checkpoint)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Lightning's loading of a damaged fit(ckpt_path=...) fails with torch's error, which names neither the
+        # file nor what is wrong with it (OSError: [Errno 22] Invalid argument for a truncated one)
+        if trainer.ckpt_path is not None and not isinstance(exception, CheckpointReadError):
+            try:
+                check_checkpoint_file(trainer.ckpt_path)
+            except CheckpointReadError as err:
+                exception.add_note(f"{type(self).__name__}: {err}")
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

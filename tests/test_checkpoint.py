@@ -1,5 +1,6 @@
 """One-call loading of pruned checkpoints, with torch.load(weights_only=True)."""
 
+import re
 import warnings
 
 import lightning.pytorch as pl
@@ -91,6 +92,26 @@ def test_load_pruned_into_a_fresh_module_or_the_bare_network(pruned_checkpoint):
     with pytest.raises(PlanMismatchError, match="keeps channels .* that one removed; construct a fresh model"):
         apply_checkpoint_plan(module, {"pruning_plan": other})
     assert getattr(module, APPLIED_PLAN_ATTR) == applied
+
+
+def test_a_truncated_checkpoint_is_named_by_load_from_checkpoint_and_by_a_resumed_fit(pruned_checkpoint, tmp_path):
+    """Lightning's own loading of a truncated file said only OSError: [Errno 22] Invalid argument;
+    the callback adds a note (shown under the traceback) that names the file and what is wrong."""
+    path, _, _ = pruned_checkpoint
+    truncated = tmp_path / "half.ckpt"
+    truncated.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    said = "half.ckpt' is unreadable: it is truncated, corrupted or not a torch checkpoint"
+    with pytest.raises(CheckpointReadError, match=said):
+        LitNet.load_from_checkpoint(truncated)
+    model = LitNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
+    fit = trainer(tmp_path, [Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(OSError) as raised:  # torch's own error, raised in Lightning, before any callback reads it
+        fit.fit(model, loader(), ckpt_path=truncated)
+    assert len(raised.value.__notes__) == 1 and re.search(said, raised.value.__notes__[0])  # in the traceback
+    assert fit.global_step == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_save_pruned_round_trips(tmp_path):
