@@ -161,8 +161,8 @@ def restart_lr_schedules(schedulers: Sequence[CosineAnnealingLR]) -> int | None:
 def fit_cosines(trainer: Any) -> list[tuple[CosineAnnealingLR, str, int, int]]:
     """The cosine schedules of a Lightning ``trainer`` (its ``lr_scheduler_configs``) stepped once
     an epoch or once an optimizer step (``frequency=1``), each as ``(scheduler, unit, position,
-    end)``: ``("epoch", current_epoch, max_epochs)`` or ``("step", global_step,
-    estimated_stepping_batches)``. Those of a fit without a finite end in their unit are left out."""
+    end)``: ``("epoch", current_epoch, max_epochs)`` or ``("step", global_step, the fit's last
+    step)`` (see :func:`fit_last_step`). Those of a fit without a finite end in their unit are left out."""
     found = []
     for config in trainer.lr_scheduler_configs:
         if not isinstance(config.scheduler, CosineAnnealingLR) or config.frequency != 1:
@@ -170,10 +170,31 @@ def fit_cosines(trainer: Any) -> list[tuple[CosineAnnealingLR, str, int, int]]:
         if config.interval == "epoch" and trainer.max_epochs is not None and trainer.max_epochs > 0:
             found.append((config.scheduler, "epoch", trainer.current_epoch, trainer.max_epochs))
         elif config.interval == "step":
-            steps = trainer.estimated_stepping_batches  # inf, or max_steps (-1: none), where it has no end
-            if math.isfinite(steps) and steps > 0:
-                found.append((config.scheduler, "step", trainer.global_step, int(steps)))
+            end = fit_last_step(trainer)
+            if end is not None:
+                found.append((config.scheduler, "step", trainer.global_step, end))
     return found
+
+
+def fit_last_step(trainer: Any) -> int | None:
+    """The optimizer step (``global_step``) at which a Lightning ``trainer``'s fit ends: the steps
+    taken plus those of the epochs left at the present epoch length, capped by ``max_steps``.
+    Counted from where the fit is, not as ``estimated_stepping_batches`` (every epoch at the present
+    length): a resume may change the epoch length (``accumulate_grad_batches``,
+    ``limit_train_batches``, the data). ``None`` for a fit without an end."""
+    max_steps = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else None
+    batches = trainer.num_training_batches
+    if trainer.max_epochs is None or trainer.max_epochs < 0 or not math.isfinite(batches):
+        return max_steps
+    accumulate = trainer.accumulate_grad_batches
+    # batches of this epoch taken before a mid-epoch checkpoint; at an epoch's start, Lightning still
+    # holds the last epoch's count (all its batches) until the epoch begins
+    progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
+    taken = progress.current.ready if progress is not None else 0
+    taken = taken if taken < batches else 0
+    end = (trainer.global_step + math.ceil(batches / accumulate) * (trainer.max_epochs - trainer.current_epoch)
+           - taken // accumulate)
+    return min(end, max_steps) if max_steps is not None else end
 
 
 def cosine_end(sched: CosineAnnealingLR, position: int) -> int:
@@ -205,7 +226,8 @@ def end_cosines(trainer: Any) -> list[tuple[CosineAnnealingLR, str, int]]:
     """Make each cosine schedule of a Lightning ``trainer`` (see :func:`fit_cosines`) end where the
     fit does: at ``max_epochs`` for an epoch-wise one, at the fit's last optimizer step for a
     per-step one. Call it in the module's ``on_train_start``, where a resumed fit has its
-    checkpoint's schedulers; a fit that did not change its length is left as it is. Returns
+    checkpoint's schedulers. Any cosine that ends elsewhere is changed, also in a fresh fit: a
+    cosine made shorter than the fit on purpose should not be given to it. Returns
     ``(scheduler, unit, end)`` for each one changed."""
     return [(sched, unit, end) for sched, unit, position, end in fit_cosines(trainer)
             if end_cosine_at(sched, position, end)]

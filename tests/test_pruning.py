@@ -802,6 +802,23 @@ class EndingStepCosineClassifier(StepCosineClassifier):
     on_train_start = EndingCosineClassifier.on_train_start
 
 
+@pytest.mark.parametrize("resumed_with", [{}, {"accumulate_grad_batches": 2}, {"limit_train_batches": 3},
+                                          {"max_steps": 13}], ids=["same_epochs", "accumulating", "fewer_batches",
+                                                                   "max_steps"])
+def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_with_other_epochs(tmp_path, resumed_with):
+    """Not at estimated_stepping_batches, which counts every epoch at the resumed fit's length."""
+    pl.seed_everything(0)
+    trainer(tmp_path, [epoch_checkpoints(tmp_path / "ckpts")], 2).fit(EndingStepCosineClassifier(), loader())
+    path = tmp_path / "ckpts" / "epoch=1.ckpt"  # 8 steps taken, 4 an epoch
+    fit = trainer(tmp_path, [epoch_checkpoints(None, resume_from=path)], 4, **resumed_with)
+    fit.fit(EndingStepCosineClassifier(), loader(), ckpt_path=path)
+    per_epoch = {"accumulate_grad_batches": 2, "limit_train_batches": 3}
+    last = min(8 + 2 * per_epoch.get(next(iter(resumed_with), ""), 4), resumed_with.get("max_steps", 99))
+    sched = fit.lr_scheduler_configs[0].scheduler
+    assert fit.global_step == last and sched.T_max == last
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the cosine's end: 1 + cos(pi) is 0
+
+
 @pytest.mark.parametrize("module", [CosineClassifier, EndingCosineClassifier, StepCosineClassifier,
                                     EndingStepCosineClassifier])
 def test_a_resume_that_fine_tunes_past_the_checkpoints_cosine_is_warned_of(tmp_path, module):

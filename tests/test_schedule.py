@@ -161,15 +161,19 @@ def _config(scheduler, interval="epoch", frequency=1):
     return SimpleNamespace(scheduler=scheduler, interval=interval, frequency=frequency)
 
 
-@pytest.mark.parametrize("max_epochs, steps, expected", [
-    (6, 24, [("epoch", 2, 6), ("step", 8, 24)]),
-    (-1, float("inf"), []),  # a fit without an end: nothing to end at
-    (-1, -1, []),  # an iterable dataset without max_steps: Lightning's estimate is max_steps, -1
-    (None, 10, [("step", 8, 10)]),  # max_steps alone
+@pytest.mark.parametrize("max_epochs, max_steps, batches, accumulate, expected", [
+    (6, -1, 4, 1, [("epoch", 2, 6), ("step", 8, 24)]),  # 8 steps taken, 4 epochs of 4 left
+    (6, -1, 4, 3, [("epoch", 2, 6), ("step", 8, 16)]),  # a resume that accumulates: 2 steps an epoch now
+    (6, 20, 4, 1, [("epoch", 2, 6), ("step", 8, 20)]),  # max_steps comes first
+    (6, -1, float("inf"), 1, [("epoch", 2, 6)]),  # an iterable dataset without max_steps: no last step
+    (-1, -1, 4, 1, []),  # a fit without an end: nothing to end at
+    (-1, 10, 4, 1, [("step", 8, 10)]),  # max_steps alone
 ])
-def test_fit_cosines_names_each_cosines_unit_position_and_the_fits_end_in_it(max_epochs, steps, expected):
+def test_fit_cosines_names_each_cosines_unit_position_and_the_fits_end_in_it(max_epochs, max_steps, batches,
+                                                                             accumulate, expected):
     epoch_wise, step_wise, every_other, other = _cosine(6, 2), _cosine(24, 8), _cosine(6, 2), _cosine(6, 2)
-    trainer = SimpleNamespace(current_epoch=2, global_step=8, max_epochs=max_epochs, estimated_stepping_batches=steps,
+    trainer = SimpleNamespace(current_epoch=2, global_step=8, max_epochs=max_epochs, max_steps=max_steps,
+                              num_training_batches=batches, accumulate_grad_batches=accumulate,
                               lr_scheduler_configs=[
                                   _config(epoch_wise), _config(step_wise, "step"),
                                   _config(every_other, "step", frequency=2),  # its steps are not the fit's
