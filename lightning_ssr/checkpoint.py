@@ -19,6 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+try:  # Lightning's classmethod that refuses an instance call (private; a plain classmethod where it is gone)
+    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+except ImportError:  # pragma: no cover
+    _restricted_classmethod = classmethod
+
 from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 
@@ -44,16 +49,26 @@ class CheckpointReadError(RuntimeError):
 
 
 def check_checkpoint_file(path) -> None:
-    """Before Lightning loads ``path`` (``fit(ckpt_path=...)``, ``load_from_checkpoint``): a local
-    file that is not a whole torch checkpoint is a :class:`CheckpointReadError` naming it, where
-    torch's own error (``OSError: [Errno 22] Invalid argument`` for a truncated file) names
-    nothing. Cheap: a checkpoint is a zip archive, whose directory is at its end; a file that is
-    not one is read as :func:`read_checkpoint` does, to say why. Other paths (remote ones, file
-    objects, a missing file, whose error Lightning's own names it) are left to Lightning."""
+    """Before Lightning loads ``path`` (``load_from_checkpoint``), or after its loading failed
+    (``fit(ckpt_path=...)``): a local file that is a damaged checkpoint is a
+    :class:`CheckpointReadError` naming it, where torch's own error (``OSError: [Errno 22] Invalid
+    argument`` or a ``RuntimeError``, by where the file was cut) names nothing. Nothing is loaded:
+    a checkpoint is a zip archive, whose directory is at its end, so a file that begins as one and
+    has none was cut short. An empty file and a JSON file are named too; anything else (a legacy
+    pickled checkpoint, a remote path, a file object, a missing file) is left to Lightning."""
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         return
-    if not zipfile.is_zipfile(path):
-        read_checkpoint(path)  # a legacy (not zip) checkpoint loads; anything else says why
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if not head:
+        why = "it is empty (a save that was interrupted?). Use another checkpoint"
+    elif head[:1] in (b"{", b"["):
+        why = "it is a JSON file (a result.json?), not a torch checkpoint"
+    elif head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        why = "it is truncated: a zip archive without its directory, at its end. Use another checkpoint or re-create it"
+    else:
+        return
+    raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -201,7 +216,7 @@ class PrunedCheckpointMixin:
     neither: the :class:`~lightning_ssr.Pruning` callback rebuilds the model itself.
     """
 
-    @classmethod
+    @_restricted_classmethod  # as Lightning's: model.load_from_checkpoint(path) on an instance is a TypeError
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's, with a damaged file named (:func:`check_checkpoint_file`) first."""
         check_checkpoint_file(checkpoint_path)
