@@ -234,7 +234,8 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
         config.append(f"--config-name={hydra_cfg.job.config_name}")
     hydra_flags = [o for o in hydra_cfg.overrides.hydra if not _sweep_only(o)]
     args = ["lightning-ssr", *config, *hydra_flags, *hydra_cfg.overrides.task,
-            *([f"ckpt_path={_override_value(saved)}"] if saved else []), f"hydra.run.dir={_override_value(run_dir)}"]
+            *([f"ckpt_path={_override_value(saved)}"] if saved else []), f"hydra.run.dir={_override_value(run_dir)}",
+            "hydra.mode=RUN"]  # also where a config file set the sweep's mode
     command = " ".join(shlex.quote(a) for a in args)
     stopped = "the sweep stopped there (runs without a result.json did not finish)"
     if saved:

@@ -169,8 +169,18 @@ class FlatChannels:
                 idx = elem.to(t.device)
                 flat[idx] = flat[idx] * factor
             else:  # another memory layout (channels_last): ``elem`` counts in the logical order
-                where = torch.unravel_index(elem.to(t.device), t.shape)
+                where = _coordinates(elem.to(t.device), t.shape)
                 t[where] = t[where] * factor
+
+
+def _coordinates(flat: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The index along each dimension of the elements at ``flat`` positions of a ``shape`` in
+    logical (row-major) order, whatever the tensor's memory layout."""
+    coords = []
+    for size in reversed(shape):
+        coords.append(flat % size)
+        flat = flat // size
+    return tuple(reversed(coords))
 
 
 def _slice_norms(slices: Sequence[GroupSlice], size: int, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -229,8 +239,13 @@ def _explain_trace_failure(model: nn.Module, example_inputs, err: Exception) -> 
     what = (f"of shape {tuple(example_inputs.shape)}" if isinstance(example_inputs, torch.Tensor)
             else f"(a {type(example_inputs).__name__})")
     try:
-        with torch.no_grad(), eval_mode(model):
-            model(example_inputs)
+        with torch.no_grad(), eval_mode(model):  # called as torch-pruning calls it
+            if isinstance(example_inputs, (tuple, list)):
+                model(*example_inputs)
+            elif isinstance(example_inputs, dict):
+                model(**example_inputs)
+            else:
+                model(example_inputs)
     except Exception as forward_err:
         raise ForwardError(f"the model's forward() failed on the example input {what}: "
                            f"{type(forward_err).__name__}: {forward_err}") from forward_err
@@ -426,12 +441,13 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
                    strict: bool, unsupported: dict[str, UnsupportedLayerError] | None):
     """torch-pruning's group of coupled channels rooted at each prunable layer that is not in
     ``ignored`` (as ``DependencyGraph.get_all_groups``, one root at a time, each layer in one
-    group). A root whose channels the tracer cannot follow to their consumers (it fails inside
-    torch-pruning: a recurrent layer, a reshape that mixes channels with another dimension) is an
-    :class:`UnsupportedLayerError` naming it, or, without ``strict``, left out (as if ignored), its
-    error put in ``unsupported``."""
+    group). Roots whose channels the tracer cannot follow to their consumers (it fails inside
+    torch-pruning: a recurrent layer, a reshape that mixes channels with another dimension) are,
+    after the other groups, one :class:`UnsupportedLayerError` that names them all; without
+    ``strict`` they are left out, each one's error put in ``unsupported``."""
     skip = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
     visited = set()
+    failed: dict[str, Exception] = {}
     for module in list(dg.module2node):
         if id(module) in skip or id(module) in visited or not isinstance(module, _ROOTS):
             continue
@@ -443,17 +459,7 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
                                          list(range(pruner.get_out_channels(module))))
         except (IndexError, KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError) as err:
             # inside torch-pruning's index mapping, for an operation it does not map
-            name = names.get(module, type(module).__name__)
-            error = UnsupportedLayerError(
-                f"the output channels of '{name}' reach an operation the dependency tracer (torch-pruning) cannot "
-                f"follow to their consumers ({type(err).__name__}: {err}), for example a recurrent layer (nn.GRU, "
-                f"nn.LSTM over conv features) or a reshape that mixes channels with another dimension. Pass '{name}' "
-                "in ignored_layers to leave these channels unpruned; the other layers are still pruned.")
-            if strict:
-                raise error from err
-            error.__cause__ = err
-            if unsupported is not None:
-                unsupported[name] = error
+            failed[names.get(module, type(module).__name__)] = err
             continue
         prunable = True
         for dep, _ in group:
@@ -462,6 +468,18 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
                 prunable = prunable and id(dep.target.module) not in skip
         if prunable:
             yield group
+    for name, err in failed.items():
+        error = UnsupportedLayerError(
+            f"the output channels of {', '.join(repr(n) for n in failed)} reach an operation the dependency tracer "
+            f"(torch-pruning) cannot follow to their consumers ({type(err).__name__}: {err}), for example a "
+            "recurrent layer (nn.GRU, nn.LSTM over conv features) or a reshape that mixes channels with another "
+            f"dimension. Pass {', '.join(repr(n) for n in failed)} in ignored_layers to leave these channels "
+            "unpruned; the other layers are still pruned.")
+        if strict:
+            raise error from err
+        error.__cause__ = err
+        if unsupported is not None:
+            unsupported[name] = error
 
 
 def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Module], names: Mapping[nn.Module, str],
@@ -471,21 +489,27 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
     root = group[0].dep.target.module
     size = len(group[0].idxs)
     slices, out_modules, consumers, inputs, consumer_modules, fixed = [], [], [], [], [], []
+    problems = []  # refused only where the group is prunable: channels no layer consumes are never cut
     blocks = 1
     for item in group:
         module = item.dep.target.module
         if module not in names and not isinstance(module, nn.Parameter):
             continue  # an op node (add, cat, flatten): no parameters of its own
         name = names.get(module, "<parameter>")
-        _check_supported(module, params.get(id(module), name), names[root])
+        try:
+            _check_supported(module, params.get(id(module), name), names[root])
+        except UnsupportedLayerError as err:
+            problems.append(err)
+            continue
         if dg.is_out_channel_pruning_fn(item.dep.handler):
             width = _out_width(module)
             if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
-                raise UnsupportedLayerError(
+                problems.append(UnsupportedLayerError(
                     f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
                     f"that changes the channel count in a way the engine cannot map (for example a "
                     f"zero-padding shortcut). Pass '{names[root]}' in ignored_layers to leave these "
-                    f"channels unpruned.")
+                    f"channels unpruned."))
+                continue
             out_modules.append(name)
             index = _index_matrix(item.idxs, item.root_idxs, size)
             frozen_layer = bool(getattr(module, "pruning_cost_free", False))
@@ -506,6 +530,8 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
                 pass  # reads only part of the channels (a slice): the rebuild check reports it
     if not consumers:
         return None  # model outputs (the classifier): never pruned
+    if problems:
+        raise problems[0]
     norms = {modules[n]: n for n in out_modules if isinstance(modules.get(n), _NORM)}
     feeds = {names[m]: sorted({norms[n] for n in _nearest_norms(dg, m, forward=False) if n in norms})
              for m in consumer_modules}

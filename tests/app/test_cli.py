@@ -581,7 +581,8 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
     assert str(err) == ("interrupted during the dense training at epoch 2 (optimizer step 40), in run 3 of the sweep "
                         "in multirun/x; nothing of it was kept; the sweep stopped there (runs without a result.json did not "
                         "finish). To run it again alone (in its folder, where the report finds it): lightning-ssr "
-                        "seed=3 target.macs=0.1 hydra.run.dir=multirun/x/3. lightning-ssr-report multirun/x reports "
+                        "seed=3 target.macs=0.1 hydra.run.dir=multirun/x/3 hydra.mode=RUN. lightning-ssr-report "
+                        "multirun/x reports "
                         "the runs that finished")
     assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
         "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
@@ -612,7 +613,7 @@ def test_the_sweep_command_keeps_the_runs_hydra_flags_but_not_the_sweeps_and_quo
     assert shlex.split(command) == ["lightning-ssr", "--config-dir=/home/me/conf", "--config-name=mine",
                                     "hydra.searchpath=[file://plugins]", "hydra/job_logging=disabled",
                                     "hydra.job.chdir=false", "seed=3", "ckpt_path='ck/epoch=3.ckpt'",
-                                    f"hydra.run.dir='{run_dir}'"]
+                                    f"hydra.run.dir='{run_dir}'", "hydra.mode=RUN"]
     # whole after a pickle, as a launcher's worker process sends it back
     again = pickle.loads(pickle.dumps(err))
     assert (str(again), again.checkpoint, again.where) == (str(err), err.checkpoint, err.where)

@@ -226,3 +226,61 @@ def test_a_trace_that_fails_says_whether_forward_or_the_tracer_failed(monkeypatc
                        r"tracing its channels failed: IndexError: list index out of range"):
         find_channel_groups(net, torch.randn(2, 3, 16, 16))
     assert all(m.training for m in net.modules())  # the modes given back after both failures
+
+
+class TwoIntoGRU(nn.Module):
+    """c1 and c2 (coupled by a residual add) feed a GRU, which the tracer cannot follow; c0 feeds c1 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+        self.gru, self.fc = nn.GRU(6, 4, batch_first=True), nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(torch.relu(self.c0(x))))
+        columns = (self.c2(a) + a).mean(2).transpose(1, 2)
+        return self.fc(self.gru(columns)[0][:, -1])
+
+
+def test_every_layer_the_tracer_cannot_follow_is_named_at_once_and_ignoring_them_leaves_the_rest():
+    net, x = TwoIntoGRU(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match=r"output channels of '(c1', 'c2|c2', 'c1)' reach an operation "
+                       r"the dependency tracer \(torch-pruning\) cannot follow .*IndexError"):
+        find_channel_groups(net, x)
+    assert [g.name for g in find_channel_groups(net, x, ["c1", "c2"])] == ["c0"]
+
+
+class ScaledLogits(nn.Module):
+    """A learnable per-class scale on the classifier's output: channels no layer consumes."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+        self.class_scale = nn.Parameter(torch.ones(5))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c1(x)).mean((2, 3))) * self.class_scale
+
+
+def test_a_parameter_on_the_models_outputs_does_not_refuse_the_model():
+    assert [g.name for g in find_channel_groups(ScaledLogits(), torch.randn(2, 3, 8, 8))] == ["c1"]
+
+
+class PairNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, image, mask):
+        return self.fc(torch.relu(self.c1(image * mask)).mean((2, 3)))
+
+
+def test_a_tracer_failure_on_a_model_of_several_inputs_is_not_blamed_on_its_forward(monkeypatch):
+    import torch_pruning as tp
+
+    def fails(self, model, example_inputs, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fails)
+    with pytest.raises(UnsupportedLayerError, match=r"forward\(\) runs on the example input \(a tuple\)"):
+        find_channel_groups(PairNet(), (torch.randn(2, 3, 8, 8), torch.ones(2, 1, 8, 8)))
