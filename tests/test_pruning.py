@@ -819,6 +819,21 @@ def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_with_ot
     assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the cosine's end: 1 + cos(pi) is 0
 
 
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_from_mid_epoch(tmp_path):
+    """A checkpoint saved after 2 of epoch 1's 4 steps: 6 taken, 2 + 2 epochs x 4 left."""
+    pl.seed_everything(0)
+    mid = ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=6, save_top_k=-1)
+    trainer(tmp_path, [mid], 2).fit(EndingStepCosineClassifier(), loader())
+    path = tmp_path / "mid" / "epoch=1-step=6.ckpt"
+    again = ModelCheckpoint(dirpath=tmp_path / "again", every_n_train_steps=6, save_top_k=-1)  # the same callback
+    fit = trainer(tmp_path, [again], 4)
+    fit.fit(EndingStepCosineClassifier(), loader(), ckpt_path=path)
+    sched = fit.lr_scheduler_configs[0].scheduler
+    assert fit.global_step == 16 and sched.T_max == 16
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the cosine's end: 1 + cos(pi) is 0
+
+
 @pytest.mark.parametrize("module", [CosineClassifier, EndingCosineClassifier, StepCosineClassifier,
                                     EndingStepCosineClassifier])
 def test_a_resume_that_fine_tunes_past_the_checkpoints_cosine_is_warned_of(tmp_path, module):
