@@ -826,7 +826,7 @@ def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_from_mi
     mid = ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=6, save_top_k=-1)
     trainer(tmp_path, [mid], 2).fit(EndingStepCosineClassifier(), loader())
     path = tmp_path / "mid" / "epoch=1-step=6.ckpt"
-    again = ModelCheckpoint(dirpath=tmp_path / "again", every_n_train_steps=6, save_top_k=-1)  # the same callback
+    again = ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=6, save_top_k=-1)  # the same callback
     fit = trainer(tmp_path, [again], 4)
     fit.fit(EndingStepCosineClassifier(), loader(), ckpt_path=path)
     sched = fit.lr_scheduler_configs[0].scheduler
