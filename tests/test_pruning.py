@@ -819,7 +819,9 @@ def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_with_ot
     assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the cosine's end: 1 + cos(pi) is 0
 
 
+# Lightning's notes on what the test does on purpose: resume mid-epoch, into the folder that holds the checkpoint
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_end_cosines_ends_a_per_step_cosine_at_the_last_step_of_a_resume_from_mid_epoch(tmp_path):
     """A checkpoint saved after 2 of epoch 1's 4 steps: 6 taken, 2 + 2 epochs x 4 left."""
     pl.seed_everything(0)
