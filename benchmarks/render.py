@@ -310,10 +310,11 @@ def render_structure(d):
 #: ``lenet_distill_restart``: lenet_distill_s10 with the LR schedule restarted after the prune;
 #: ``lenet_distill_restart_seeds5_9``: that again on five seeds it had not run;
 #: ``lenet_distill_warmup_seeds5_9``: that with an LR warm-up after the prune;
-#: ``lenet_distill_warmup``: the warm-up on the default seeds)
+#: ``lenet_distill_warmup``: the warm-up on the default seeds;
+#: ``lenet_distill_warmup_fashion_mnist``: that recipe on Fashion-MNIST)
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
                 "lenet_distill_restart", "lenet_distill_restart_seeds5_9", "lenet_distill_warmup",
-                "lenet_distill_warmup_seeds5_9")
+                "lenet_distill_warmup_seeds5_9", "lenet_distill_warmup_fashion_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
