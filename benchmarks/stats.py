@@ -4,13 +4,21 @@ with a 95% interval, and the formatting that shows one run as one number.
 A comparison of two methods is made per seed (both compress the same dense model of that seed, so
 the seed's luck cancels) and summarized by the mean difference and its 95% Student-t interval;
 where the interval contains 0 the two are "not distinguishable".
+
+Run as a script, it compares one method's accuracy drops in one results file with another's, by
+seed (two recipes of the same benchmark)::
+
+    python benchmarks/stats.py benchmarks/results/B.json l1@uniform benchmarks/results/A.json l1@uniform
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 #: two-sided 95% quantiles of Student's t distribution, by degrees of freedom (1-30)
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -70,3 +78,30 @@ def interval(p: Mapping, digits: int = 2) -> str:
     if p.get("low") is None:
         return f"{p['mean']:+.{digits}f} ({p['verdict']})"
     return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['verdict']}"
+
+
+def drops_by_seed(path: Path, method: str) -> dict[int, float]:
+    """The accuracy drop (points) of each finished run of ``method`` in a results file, by seed."""
+    runs = json.loads(Path(path).read_text())["runs"]
+    drops = {r["seed"]: r["accuracy_drop_points"] for r in runs if r.get("method") == method and r.get("status") == "ok"}
+    if not drops:
+        raise SystemExit(f"{path}: no finished run of {method!r}")
+    return drops
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="One method's accuracy drop in one results file minus another's, "
+                                                 "paired by seed, with its 95%% interval (points)")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("method")
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("reference_method")
+    args = parser.parse_args(argv)
+    p = paired_by_seed(drops_by_seed(args.results, args.method), drops_by_seed(args.reference, args.reference_method))
+    print(f"drop of {args.method} in {args.results.name} minus drop of {args.reference_method} in "
+          f"{args.reference.name} (points), seeds {p['seeds']}: {interval(p)}")
+    return p
+
+
+if __name__ == "__main__":
+    main()

@@ -106,3 +106,24 @@ def test_the_solvers_time_to_a_level_both_reach():
     assert time_to(ssl, 45) == {"step": 75, "epochs": 0.75, "seconds": 3.0, "censored": False}
     assert time_to(ssl, 50) == {"step": 50, "epochs": 0.5, "seconds": 2.0, "censored": False}
     assert time_to(run([50, 50, 29]), 30)["censored"] is True  # only the last update: censored
+
+
+def test_the_script_pairs_one_methods_drops_in_two_results_files_by_seed(tmp_path, capsys):
+    from benchmarks.stats import main
+
+    def write(name, drops, extra=()):
+        runs = [{"method": "l1@uniform", "seed": s, "status": "ok", "accuracy_drop_points": d} for s, d in drops.items()]
+        runs += list(extra)
+        (tmp_path / name).write_text(json.dumps({"runs": runs}))
+        return str(tmp_path / name)
+
+    new = write("new.json", {0: 0.5, 1: 0.7, 2: 0.9}, [{"method": "l1@uniform", "seed": 3, "status": "failed",
+                                                        "accuracy_drop_points": None}])
+    old = write("old.json", {0: 0.4, 1: 0.5, 2: 0.6, 3: 0.6})
+    p = main([new, "l1@uniform", old, "l1@uniform"])
+    assert p["seeds"] == [0, 1, 2] and p["mean"] == pytest.approx(0.2, rel=1e-12)  # float64, a few roundings of ~1e-16
+    assert p == {**paired([0.5 - 0.4, 0.7 - 0.5, 0.9 - 0.6]), "seeds": [0, 1, 2]}
+    assert capsys.readouterr().out.startswith("drop of l1@uniform in new.json minus drop of l1@uniform in old.json "
+                                              f"(points), seeds [0, 1, 2]: {interval(p)}")
+    with pytest.raises(SystemExit, match="no finished run of 'ssr_l20@method'"):
+        main([new, "ssr_l20@method", old, "l1@uniform"])
