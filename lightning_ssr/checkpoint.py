@@ -10,6 +10,7 @@ and so does the CLI's ``pruned.pt`` (written by :func:`save_pruned`). Both load 
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import zipfile
@@ -18,11 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-try:  # Lightning's classmethod that refuses an instance call (private; a plain classmethod where it is gone)
-    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
-except ImportError:  # pragma: no cover
-    _restricted_classmethod = classmethod
 
 from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
@@ -44,8 +40,39 @@ def applied_plan(model: nn.Module) -> PruningPlan | None:
     return None
 
 
+class _class_only:
+    """A classmethod that refuses a call on an instance, as Lightning's ``load_from_checkpoint``
+    does: ``model.load_from_checkpoint(path)`` returns a new module and leaves ``model`` as it was."""
+
+    def __init__(self, func):
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, instance, owner=None):
+        owner = owner if owner is not None else type(instance)
+
+        @functools.wraps(self.func)
+        def call(*args, **kwargs):
+            if instance is not None:
+                raise TypeError(f"The classmethod `{owner.__name__}.{self.func.__name__}` cannot be called on an "
+                                "instance: call it on the class, and use the module it returns")
+            return self.func(owner, *args, **kwargs)
+
+        return call
+
+
 class CheckpointReadError(RuntimeError):
     """A checkpoint, ``pruned.pt`` or plan file that cannot be read."""
+
+
+_JSON_WHY = ("it is a JSON file (a result.json?), not a torch checkpoint: the CLI writes the pruned model beside its "
+             "result.json, as pruned.pt")
+
+
+def _head(path) -> bytes:
+    """A file's first bytes, leading whitespace stripped: enough to tell JSON and zip archives apart."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip()
 
 
 def check_checkpoint_file(path) -> None:
@@ -58,12 +85,11 @@ def check_checkpoint_file(path) -> None:
     pickled checkpoint, a remote path, a file object, a missing file) is left to Lightning."""
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         return
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip()
+    head = _head(path)
     if not head:
         why = "it is empty (a save that was interrupted?). Use another checkpoint"
     elif head[:1] in (b"{", b"["):
-        why = "it is a JSON file (a result.json?), not a torch checkpoint"
+        why = _JSON_WHY
     elif head.startswith(b"PK") and not zipfile.is_zipfile(path):
         why = "it is truncated: a zip archive without its directory, at its end. Use another checkpoint or re-create it"
     else:
@@ -83,11 +109,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/pickle errors differ by how the file is damaged
-        with open(path, "rb") as f:
-            head = f.read(64).lstrip()
-        if head[:1] in (b"{", b"["):
-            why = ("it is a JSON file (a result.json?), not a torch checkpoint: the CLI writes the pruned model beside "
-                   "its result.json, as pruned.pt")
+        if _head(path)[:1] in (b"{", b"["):
+            why = _JSON_WHY
         elif "Weights only load failed" in str(err):
             why = ("it holds objects other than tensors and plain data (a whole module saved with torch.save(model)?), "
                    "which torch.load(weights_only=True) does not unpickle: save the module's state_dict, or "
@@ -216,7 +239,7 @@ class PrunedCheckpointMixin:
     neither: the :class:`~lightning_ssr.Pruning` callback rebuilds the model itself.
     """
 
-    @_restricted_classmethod  # as Lightning's: model.load_from_checkpoint(path) on an instance is a TypeError
+    @_class_only  # as Lightning's: model.load_from_checkpoint(path) on an instance is a TypeError
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's, with a damaged file named (:func:`check_checkpoint_file`) first."""
         check_checkpoint_file(checkpoint_path)

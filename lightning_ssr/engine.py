@@ -573,9 +573,9 @@ class PruningEngine:
             raise ValueError(
                 f"the pruning engine traces the model's forward() on one input tensor of shape "
                 f"{tuple(example.shape)} (from example_input=, example_input_array or the first training batch) "
-                f"to find prunable filters, and that failed: {err.__cause__.__class__.__name__}: {err.__cause__}. "
-                "Define forward(x) to run "
-                "the network on one input tensor (a forward() taking a dict or several inputs is not supported: "
+                f"to find prunable filters, and that failed: {type(err.__cause__).__name__}: {err.__cause__}. "
+                "Define forward(x) to run the network on one input tensor (a forward() taking a dict or several "
+                "inputs is not supported: "
                 "unpack the batch in training_step and call forward on the tensor), or, where the tensor taken "
                 "from the batch is not the input, pass the input as example_input= (a tensor).") from err
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch_pruning as tp
@@ -225,15 +226,14 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
             p.requires_grad_(True)
         with torch.enable_grad(), eval_mode(model):  # torch-pruning sets eval mode and keeps it
             return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 -- raised again, as what failed: the forward or the tracer
         _explain_trace_failure(model, example_inputs, err)
-        raise
     finally:
         for p in frozen:
             p.requires_grad_(False)
 
 
-def _explain_trace_failure(model: nn.Module, example_inputs, err: Exception) -> None:
+def _explain_trace_failure(model: nn.Module, example_inputs, err: Exception) -> NoReturn:
     """The trace failed: :class:`ForwardError` where the model's own forward fails on the input
     too, :class:`UnsupportedLayerError` where it runs and the tracer could not follow it."""
     what = (f"of shape {tuple(example_inputs.shape)}" if isinstance(example_inputs, torch.Tensor)
@@ -468,18 +468,20 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
                 prunable = prunable and id(dep.target.module) not in skip
         if prunable:
             yield group
-    for name, err in failed.items():
-        error = UnsupportedLayerError(
-            f"the output channels of {', '.join(repr(n) for n in failed)} reach an operation the dependency tracer "
-            f"(torch-pruning) cannot follow to their consumers ({type(err).__name__}: {err}), for example a "
-            "recurrent layer (nn.GRU, nn.LSTM over conv features) or a reshape that mixes channels with another "
-            f"dimension. Pass {', '.join(repr(n) for n in failed)} in ignored_layers to leave these channels "
-            "unpruned; the other layers are still pruned.")
-        if strict:
-            raise error from err
-        error.__cause__ = err
-        if unsupported is not None:
-            unsupported[name] = error
+    if not failed:
+        return
+    listed = ", ".join(repr(n) for n in failed)
+    first = next(iter(failed.values()))
+    error = UnsupportedLayerError(
+        f"the output channels of {listed} reach an operation the dependency tracer (torch-pruning) cannot follow to "
+        f"their consumers ({type(first).__name__}: {first}), for example a recurrent layer (nn.GRU, nn.LSTM over "
+        "conv features) or a reshape that mixes channels with another dimension. Pass "
+        f"{listed} in ignored_layers to leave these channels unpruned; the other layers are still pruned.")
+    if strict:
+        raise error from first
+    error.__cause__ = first
+    if unsupported is not None:
+        unsupported.update(dict.fromkeys(failed, error))
 
 
 def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Module], names: Mapping[nn.Module, str],
