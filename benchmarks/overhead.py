@@ -282,8 +282,8 @@ def one_offs(base: nn.Module, loader: DataLoader, device: str, precision: str, l
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(LitClassifier(copy.deepcopy(base)), train_dataloaders=loader)
     t = pruning.result.timings
-    out = {"setup_s": t["setup_s"], "dry_run_s": t["dry_run_s"], "allocation_s": t["allocation_s"],
-           "rebuild_s": t["rebuild_s"][0]}
+    out = {"setup_s": t["setup_s"], "dry_run_s": t["dry_run_s"], "rehearsal_s": t.get("rehearsal_s"),
+           "allocation_s": t["allocation_s"], "rebuild_s": t["rebuild_s"][0]}
     if latency:
         from lightning_ssr import Pruning
         from lightning_ssr.latency import latency_model, timing_batch

@@ -30,12 +30,16 @@ model after a rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import random
+import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,7 +48,15 @@ from torch import nn
 from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .latency import model_ms
-from .methods.base import MethodContext, PruningMethod, build_method, plain_data
+from .methods.base import (
+    MethodContext,
+    PruningMethod,
+    build_method,
+    checked_metrics,
+    checked_ready,
+    plain_data,
+    unloadable,
+)
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
 from .structure.groups import ChannelGroup, ForwardError, align_blocks, find_channel_groups
@@ -170,6 +182,79 @@ def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
     return names, modules
 
 
+def _changed_entries(model: nn.Module, copied: nn.Module) -> str | None:
+    """What differs between ``model``'s state_dict and that of ``copied``, a deep copy of it since
+    changed (names added or missing, tensors changed), or ``None``."""
+    ours, theirs = model.state_dict(), copied.state_dict()
+    added, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+    changed = [k for k in ours if k in theirs and not _same_tensor(ours[k], theirs[k])]
+    parts = [f"{what} {names[:5]}" for what, names in (("added", added), ("removed", missing), ("changed", changed))
+             if names]
+    return "; ".join(parts) or None
+
+
+def _method_copy(method: PruningMethod, memo: dict) -> PruningMethod:
+    """A deep copy of ``method`` (``memo``: the model copy's, so that it holds the copied model).
+    Functions it holds as attributes (an importance closure, a hook wrapped on the instance) are
+    not copied by ``deepcopy``: where they close over the method itself or one of its bound
+    methods, the copy's close over the copy instead."""
+    copied = copy.deepcopy(method, memo)
+    for key, value in vars(copied).items():
+        if isinstance(value, types.FunctionType) and value.__closure__:
+            cells = tuple(types.CellType(_rebound(cell.cell_contents, method, copied)) if _holds_cell(cell)
+                          else cell for cell in value.__closure__)
+            rebuilt = types.FunctionType(value.__code__, value.__globals__, value.__name__, value.__defaults__, cells)
+            rebuilt.__kwdefaults__, rebuilt.__dict__ = value.__kwdefaults__, dict(value.__dict__)
+            setattr(copied, key, rebuilt)
+    return copied
+
+
+def _holds_cell(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _rebound(value: Any, original: PruningMethod, copied: PruningMethod) -> Any:
+    if value is original:
+        return copied
+    if isinstance(value, types.MethodType) and value.__self__ is original:
+        return types.MethodType(value.__func__, copied)
+    return value
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    """Equal shape, dtype and values, bit for bit (NaN equal to NaN at the same place); a
+    module's extra state (not a tensor) by ``==`` where it compares."""
+    if not (torch.is_tensor(a) and torch.is_tensor(b)):
+        try:
+            return bool(a == b)
+        except (TypeError, ValueError, RuntimeError):  # not comparable: not judged
+            return True
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    b = b.to(a.device)
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+    return torch.equal(a, b)
+
+
+@contextlib.contextmanager
+def _other_rng_kept():
+    """Python's and NumPy's global random states as they were, whatever runs inside."""
+    python = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        if numpy_state is not None:
+            numpy.random.set_state(numpy_state)
+
+
 def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict:
     """What a rebuild changes in an optimizer: each group's parameter list and the state (copied)."""
     return {"params": [list(g["params"]) for g in optimizer.param_groups],
@@ -240,6 +325,9 @@ class PruningEngine:
         if isinstance(method, PruningMethod):
             if method_kwargs:
                 raise ValueError("method_kwargs only apply when method is given by name")
+            if not isinstance(method.name, str) or not method.name:
+                raise ValueError(f"pruning method {type(method).__qualname__} has no name: set the class attribute "
+                                 "name = '...' (results, logs and checkpoints name the method by it)")
             self.method = method
             self._new_method = None  # a method object given: reset() keeps it (its set-up starts it over)
         elif isinstance(method, str):
@@ -399,7 +487,7 @@ class PruningEngine:
     def on_before_optimizer_step(self) -> None:
         """After the gradients of a step are complete (unscaled, accumulated), before the step."""
         if self._started:
-            self.method.before_optimizer_step()
+            self._call("before_optimizer_step")
         self._term_added = True
 
     def on_batch_end(self, *, step: int) -> dict[str, float]:
@@ -425,9 +513,9 @@ class PruningEngine:
         if self._started:
             if self.schedule.update_every_n_steps is None:
                 out.update(self._update(step))
-            out.update(self.method.metrics())
+            out.update(checked_metrics(self.method.name, "metrics", self._call("metrics")))
             if self.schedule.stop_early and not self._prune_early and self.events_done == 0:
-                ready, reason = self.method.ready()
+                ready, reason = checked_ready(self.method.name, self._call("ready"))
                 if ready and epoch + 1 < self.schedule.prune_epoch(0):
                     self._prune_early = True
                     if world.rank == 0:
@@ -467,7 +555,7 @@ class PruningEngine:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed training needs to continue exactly (plain data and tensors)."""
         if self._context is not None and self._started:
-            method_state = self.method.state_dict()
+            method_state = self._call("state_dict")
         else:
             method_state = self._pending_method_state
         return {
@@ -589,6 +677,7 @@ class PruningEngine:
             raise ValueError("the pruning engine found no prunable filters in the model")
         cost = count_cost(model, example)
         budget = self.budget
+        rehearse = False
         if self.dense is None:  # first set-up, on the dense model
             round_to = budget.round_to_on(device)
             floor = budget.floors(groups, round_to)
@@ -610,6 +699,7 @@ class PruningEngine:
             allocated = time.perf_counter()
             self._dry_run(model, example, groups, floor)
             self._costs.update(allocation_s=allocated - started, dry_run_s=time.perf_counter() - allocated)
+            rehearse = True
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
                                     steps={g.name: group_step(g, round_to) for g in groups})
@@ -629,9 +719,17 @@ class PruningEngine:
                                       events=self.schedule.prune_events, final_keep=dense.final_keep,
                                       evaluate=evaluate, allocation=dense.allocation, budget=view,
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
-        self.method.setup(self._context)
+        if rehearse:
+            rehearsed = time.perf_counter()
+            try:
+                if self._rehearse(model, example):
+                    self._costs["rehearsal_s"] = time.perf_counter() - rehearsed
+            except BaseException:
+                self.dense = None  # set up again from the start on the next training
+                raise
+        self._call("setup", self._context)
         if self._pending_method_state is not None:
-            self.method.load_state_dict(self._pending_method_state)
+            self._call("load_state_dict", self._pending_method_state)
             self._pending_method_state = None
             self._started = True
         if self.events_done == 0 and "setup_s" not in self._costs:  # trace, target, dry run: once, on the dense model
@@ -651,6 +749,96 @@ class PruningEngine:
         finally:
             del trial
 
+    def _rehearse(self, model: nn.Module, example: torch.Tensor) -> bool:
+        """Run a copy of the method through its hooks once, in the fit's order, on a copy of the
+        model with zero gradients (after its first update, its state goes through a checkpoint's
+        round trip: ``state_dict()``, ``load_state_dict()``), then rebuild that copy to the
+        channels the method selects (checked numerically) and call its ``after_rebuild``: a method
+        that would fail at its first update or at the prune (an unsupported layout, a mask of the
+        wrong size or count, a state a checkpoint cannot hold) fails at set-up, before training.
+        Nothing of the run changes: not the model, the method, the random states (torch, Python,
+        NumPy); the method's warnings are not shown (the fit shows its own). The validation
+        callable is not run (``evaluate=None``), nor is anything synced."""
+        name = self.method.name
+        memo: dict = {}
+        trial = model_copy(model, shared=[self], memo=memo)
+        try:
+            method = _method_copy(self.method, memo)
+        except (TypeError, RuntimeError, AttributeError, ValueError, copy.Error) as err:  # a lock, an open file, ...
+            del trial
+            warnings.warn(f"pruning method {name!r} cannot be copied ({type(err).__name__}: {err}), so it was not "
+                          "rehearsed at set-up: a failure in its hooks shows in the fit", stacklevel=2)
+            return False
+        ctx = replace(self._context, model=trial, sync=None, evaluate=None)
+        cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
+        hook = "setup"
+        try:
+            with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
+                method.setup(ctx)  # its refusal of the model passes as it is: the real set-up gives the same
+                changed = _changed_entries(model, trial)
+                if changed:
+                    raise RuntimeError(
+                        f"pruning method {name!r}: setup() changed the model ({changed}); setup runs again on "
+                        "every resume and after each prune, so the model it changes is not the model a checkpoint "
+                        "holds. Keep the method's own tensors on the method (and in its state_dict()).")
+                if method.sparsifies:
+                    hook = "start"
+                    method.start()
+                    for p in trial.parameters():
+                        if p.requires_grad:
+                            p.grad = torch.zeros_like(p)
+                    hook = "before_optimizer_step"
+                    method.before_optimizer_step()
+                    hook = "update"
+                    checked_metrics(name, "update", method.update())
+                    hook = "metrics"
+                    checked_metrics(name, "metrics", method.metrics())
+                    hook = "ready"
+                    checked_ready(name, method.ready())
+                    hook = "state_dict"
+                    state = method.state_dict()
+                    why = unloadable(state)
+                    if why is not None:
+                        raise RuntimeError(
+                            f"its state_dict() cannot go through a checkpoint (saved with torch.save, read back with "
+                            f"torch.load(weights_only=True)): {why}. Keep tensors, numbers, strings, booleans, None, "
+                            "dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts most values)")
+                    hook = "load_state_dict"
+                    method.load_state_dict(state)
+                keep = ctx.keep
+                if keep is None and ctx.allocation == "method" and ctx.budget is not None:
+                    hook = "allocation_scores"
+                    values = method.allocation_scores()
+                    if values is None:
+                        raise RuntimeError("it learns the structure (allocation='method') and gave no channel values "
+                                           "after start() and one update()")
+                    keep = ctx.budget.allocate(values)
+                hook = "select"
+                if keep is None:  # no target: the method's own counts, not yet what they will be
+                    masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
+                                                                                           ctx.groups}), None)
+                else:
+                    masks = self._check_masks(method.select(keep), ctx, keep)
+                step_plan = plan_from_support(example.shape, masks, ctx.groups)
+                hook = "the rebuild to its selection"
+                prune_channels(trial, example, step_plan.kept, step_plan.sizes)
+                hook = "after_rebuild"
+                info = method.after_rebuild(trial, step_plan)
+                if info is not None and not isinstance(info, Mapping):
+                    raise TypeError(f"after_rebuild() must return a dict (or None), got {type(info).__name__}")
+        except Exception as err:
+            if hook == "setup":
+                raise  # the method's own refusal of the model (the real set-up gives the same), as it is
+            where = hook if hook.startswith("the ") else f"{hook}()"
+            raise RuntimeError(
+                f"pruning method {name!r} failed in {where}, rehearsed at set-up on a copy of the model "
+                f"with zero gradients, before training (the fit runs the same hook): {type(err).__name__}: {err}. "
+                "Nothing was trained.") from err
+        finally:
+            del trial, method
+        return True
+
     def _method_latency_table(self, model: nn.Module, example: torch.Tensor, groups, cost):
         """A latency target learned by the method: the per-layer table it steers by (timed once, on
         the dense model)."""
@@ -668,15 +856,24 @@ class PruningEngine:
         every = self.schedule.update_every_n_steps
         return max(1, steps // every) if every else max(1, self.schedule.sparsify_epochs)
 
+    def _call(self, hook: str, *args):
+        """The method's ``hook``; what it raises carries a note naming the method and the hook."""
+        try:
+            return getattr(self.method, hook)(*args)
+        except Exception as err:
+            if hasattr(err, "add_note"):  # Python 3.11+
+                err.add_note(f"(raised by pruning method {self.method.name!r} in its {hook}())")
+            raise
+
     def _start_sparsify(self) -> None:
         if self.method.sparsifies:
-            self.method.start()
+            self._call("start")
             self._started = True
 
     def _update(self, step: int) -> dict[str, float]:
-        metrics = self.method.update()
+        metrics = checked_metrics(self.method.name, "update", self._call("update"))
         self.last_update_step = step
-        learned = self.method.learned_counts() if self.events_done == 0 else None
+        learned = self._call("learned_counts") if self.events_done == 0 else None
         if learned:  # the structure the method holds, update by update, until the first prune
             self._trajectory.append({"step": int(step), "kept": {k: int(v) for k, v in learned.items()}})
         return metrics
@@ -685,7 +882,7 @@ class PruningEngine:
         """The counts of this event from the structure the method learned (``allocation="method"``):
         a threshold on the method's cross-layer channel values that meets the target (within the
         target's tolerance, from below), then this event's share of the way there."""
-        values = self.method.allocation_scores()
+        values = self._call("allocation_scores")
         if values is None:
             raise RuntimeError(f"pruning method {self.method.name!r} learns the structure (allocation='method') "
                                "but gave no channel values at the prune; did its sparsify phase run?")
@@ -708,10 +905,10 @@ class PruningEngine:
         ctx = self._context
         example = self.example.to(next(model.parameters()).device)
         keep = ctx.keep
-        learned = self.method.learned_counts()
+        learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
-        masks = self._check_masks(self.method.select(keep), ctx)
+        masks = self._check_masks(self._call("select", keep), ctx, keep)
         if world.size > 1:  # every rank prunes exactly what rank 0 decided
             masks = world.broadcast(masks)
         step_plan = plan_from_support(example.shape, masks, ctx.groups)
@@ -786,19 +983,40 @@ class PruningEngine:
                 "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
                 "latency_calibration_ms": lat.get("calibration_ms")}
 
-    def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext) -> dict[str, torch.Tensor]:
+    def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext,
+                     keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+        """The masks ``select(keep)`` returned, as CPU bool masks (grouped convolutions' blocks
+        aligned), refused unless each is a bool tensor of its group's size keeping at least the
+        group's minimum and, at the last prune event, exactly ``keep[group]`` channels, the counts
+        that meet the target (an earlier event's share of the way is the method's to divide: FSM's
+        layer-wise procedure prunes some layers whole and leaves the others)."""
+        name = self.method.name
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"pruning method {name!r}: select() must return a mapping group name -> bool mask, "
+                               f"got {type(masks).__name__}")
         out = {}
         for g in ctx.groups:
             m = masks.get(g.name)
-            if m is None or m.numel() != g.size:
-                raise RuntimeError(f"pruning method {self.method.name!r} returned no mask (or a mask of the wrong size) "
-                                   f"for group {g.name!r}")
-            m = m.detach().to("cpu", torch.bool).flatten()
+            if not torch.is_tensor(m) or m.numel() != g.size:
+                got = "nothing" if m is None else (f"a mask of {m.numel()} entries" if torch.is_tensor(m)
+                                                   else f"a {type(m).__name__}")
+                raise RuntimeError(f"pruning method {name!r}: select() returned {got} for group {g.name!r}, "
+                                   f"which needs a bool tensor of its {g.size} channels (True: keep)")
+            if m.dtype != torch.bool:
+                raise RuntimeError(f"pruning method {name!r}: select() returned a {m.dtype} mask for group {g.name!r}; "
+                                   "masks must be bool (True: keep); turn scores into a mask with "
+                                   "lightning_ssr.methods.top_k_masks(scores, keep)")
+            m = m.detach().to("cpu").flatten()
             if g.blocks > 1:  # grouped convolutions: the same positions in every block
                 with torch.no_grad():
                     m = align_blocks(g, m, g.norms(ctx.params))
-            if int(m.sum()) < ctx.min_keep.get(g.name, 1):
-                raise RuntimeError(f"pruning method {self.method.name!r} keeps {int(m.sum())} channels of {g.name!r}, "
+            kept = int(m.sum())
+            if keep is not None and ctx.event + 1 >= ctx.events and g.name in keep and kept != keep[g.name]:
+                raise RuntimeError(f"pruning method {name!r}: select(keep) kept {kept} channels of {g.name!r} where "
+                                   f"keep[{g.name!r}] is {keep[g.name]}: the counts meet the target, and a method "
+                                   "chooses which channels, not how many (top_k_masks(scores, keep) does both)")
+            if kept < ctx.min_keep.get(g.name, 1):
+                raise RuntimeError(f"pruning method {name!r} keeps {kept} channels of {g.name!r}, "
                                    f"fewer than its minimum {ctx.min_keep.get(g.name, 1)}")
             out[g.name] = m
         return out

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningEngine, PruningSchedule
@@ -234,3 +235,156 @@ def test_equivalent_settings_are_the_same_settings_and_plain_data():
     torch.save(plain_data(odd), buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == {"n": 0.5, "t": [1, 2], "s": [3], "f": plain_data(importance)}
+
+
+@pytest.mark.parametrize("method", ["ssr_l20", "ssr_l21", "taylor", "random", "l1"])
+def test_the_set_up_rehearses_the_method_on_copies_and_changes_nothing(monkeypatch, method):
+    """Before the first step the engine runs a copy of the method through its hooks (with zero
+    gradients) on a copy of the model, and rebuilds that copy to the method's selection: the
+    model, the method, the random state and the warnings stay as they were."""
+    import copy
+    import warnings
+
+    from lightning_ssr.structure import surgery
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    kwargs = {"rho": 0.5} if method.startswith("ssr") else {}
+    engine = PruningEngine(method, target={"macs": 0.5}, method_kwargs=kwargs, schedule=SCHEDULE, verbose=False)
+    hooks, rebuilt = [], []
+    for hook in ("setup", "start", "before_optimizer_step", "update", "select", "after_rebuild"):
+        original = getattr(type(engine.method), hook)
+
+        def recording(self, *args, _hook=hook, _original=original):
+            hooks.append((_hook, self is engine.method))
+            return _original(self, *args)
+
+        monkeypatch.setattr(type(engine.method), hook, recording)
+    real_prune = surgery.prune_channels
+    monkeypatch.setattr("lightning_ssr.engine.prune_channels",
+                        lambda m, *args, **kw: (rebuilt.append(m is model), real_prune(m, *args, **kw))[1])
+    x = torch.randn(16, 3, 16, 16)
+    before, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
+    sparsifies = method not in ("random", "l1")
+    rehearsed = ["setup", *(["start", "before_optimizer_step", "update"] if sparsifies else []), "select",
+                 "after_rebuild"]
+    assert hooks == [(h, False) for h in rehearsed] + [("setup", True)]  # then the real set-up
+    assert rebuilt == [False]  # the copy, rebuilt to the method's selection (checked numerically)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(v, before[k])
+                                                              for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_rehearsal_keeps_pythons_and_numpys_random_state_and_later_failures_name_the_method(monkeypatch):
+    """A method drawing from Python's or NumPy's generator in its update: the rehearsal gives their
+    states back. An update that returns None logs nothing; one that fails later in the fit (after
+    the rehearsal passed) carries a note naming the method and the hook."""
+    import random
+
+    import numpy as np
+
+    from lightning_ssr.methods.ssr import SSR
+
+    class Drawing(SSR):
+        def update(self):
+            random.random(), np.random.rand()
+            self.updates = getattr(self, "updates", 0) + 1
+            if self.updates == 3:
+                raise ValueError("boom in my update")
+            super().update()  # (returns None: no metrics)
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = PruningEngine(Drawing("l20", rho=0.5), target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    random.seed(1), np.random.seed(1)
+    python, numpy = random.getstate(), np.random.get_state()[1].copy()
+    engine.on_batch_start(model, torch.randn(16, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer],
+                          steps_per_epoch=4)
+    assert random.getstate() == python and np.array_equal(np.random.get_state()[1], numpy)
+    assert not hasattr(engine.method, "updates")  # the rehearsal ran a copy
+    engine._start_sparsify()
+    engine.method.updates = 1
+    assert engine._update(2) == {}
+    with pytest.raises(ValueError, match="boom in my update") as info:
+        engine._update(4)
+    assert "(raised by pruning method 'ssr_l20' in its update())" in getattr(info.value, "__notes__", [])
+
+
+def _set_up(method, model=None, **kwargs):
+    """The engine's set-up (at the first batch) of ``method`` on a SmallResidualCNN (or ``model``)."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5) if model is None else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = PruningEngine(method, target={"macs": 0.5}, schedule=SCHEDULE, verbose=False, **kwargs)
+    engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer],
+                          steps_per_epoch=4)
+    return engine
+
+
+def test_the_rehearsal_copies_closures_over_the_method_and_leaves_the_real_one_alone():
+    """Functions held on the method (an importance closure, a hook wrapped on the instance) are
+    not copied by deepcopy; the rehearsal's copy runs them over itself, not over the real method."""
+    from lightning_ssr.methods import build_method
+    from lightning_ssr.methods.oneshot import OneShot
+
+    class Counting(OneShot):
+        name = "counting"
+
+        def __init__(self):
+            self.calls = 0
+
+            def score(group, model):
+                self.calls += 1
+                return group.norms(dict(model.named_parameters()))
+            super().__init__(score)
+
+    counting = Counting()
+    _set_up(counting)
+    assert counting.calls == 0  # the copy's closure counted on the copy
+
+    wrapped = build_method("ssr_l20", rho=0.5)
+    update = wrapped.update
+    wrapped.update = lambda: update()  # a user's wrapper around the real hook
+    engine = _set_up(wrapped)
+    assert engine.method is wrapped and wrapped.aulm is not None and not wrapped.aulm.started
+
+
+def test_a_method_that_cannot_be_copied_runs_unrehearsed_with_a_warning():
+    import threading
+
+    from lightning_ssr.methods.oneshot import L1
+
+    class Locked(L1):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+
+    with pytest.warns(UserWarning, match=r"pruning method 'l1' cannot be copied \(TypeError: cannot pickle"):
+        engine = _set_up(Locked())
+    assert engine.dense is not None and "rehearsal_s" not in engine._costs
+
+
+def test_a_module_with_extra_state_is_not_taken_for_a_changed_model():
+    class Tagged(nn.Module):  # a module whose state_dict holds a dict beside its tensors
+        def __init__(self):
+            super().__init__()
+            self.net = SmallResidualCNN(in_channels=3, num_classes=5)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def get_extra_state(self):
+            return {"version": 2}
+
+        def set_extra_state(self, state):
+            pass
+
+    engine = _set_up("l1", model=Tagged())
+    assert engine.dense is not None and engine._costs["rehearsal_s"] > 0

@@ -2,6 +2,7 @@
 and the bad-input table (every refused case raises before the first optimizer step and leaves
 the model's state_dict bitwise unchanged)."""
 
+import collections
 import copy
 import json
 import re
@@ -17,6 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssr import Pruning, PruningSchedule, SSRPruning, UnsupportedLayerError
+from lightning_ssr.methods.oneshot import OneShot
+from lightning_ssr.methods.ssr import SSR as SSRMethod
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
 from tests.nets import SmallResidualCNN
@@ -150,6 +153,64 @@ class NormNet(nn.Module):
         return self.fc2(torch.relu(self.ln(self.fc1(x))))
 
 
+class UpdateFails(SSRMethod):
+    """A method whose proximal step fails on this model (as SSR's once did on channels_last weights)."""
+
+    def update(self):
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
+
+
+class MaskTooShort(OneShot):
+    """A method whose masks do not match the groups it was given."""
+
+    def select(self, keep):
+        return {name: mask[:-1] for name, mask in super().select(keep).items()}
+
+
+class KeepsAll(OneShot):
+    """select() that ignores the counts it is given."""
+
+    def select(self, keep):
+        return {name: torch.ones_like(mask) for name, mask in super().select(keep).items()}
+
+
+class FloatMasks(OneShot):
+    def select(self, keep):
+        return {name: mask.float() for name, mask in super().select(keep).items()}
+
+
+class UpdateReturnsList(SSRMethod):
+    def update(self):
+        return [super().update()]
+
+
+class ReadyReturnsBool(SSRMethod):
+    def ready(self):
+        return super().ready()[0]
+
+
+class StateWithADefaultdict(SSRMethod):
+    def state_dict(self):
+        return {**super().state_dict(), "seen": collections.defaultdict(int)}
+
+
+class SetupScalesTheModel(OneShot):
+    def setup(self, context):
+        super().setup(context)
+        with torch.no_grad():
+            context.model.net.stem.weight.mul_(2)
+
+
+class NoChannelValues(SSRMethod):
+    def allocation_scores(self):
+        return None
+
+
+class AfterRebuildFails(SSRMethod):
+    def after_rebuild(self, model, plan):
+        raise ValueError("the validation data went away")
+
+
 # (id, network factory, callback factory, expected error, text the message must contain)
 REFUSED_AT_SETUP = [
     ("channel_shuffle", ChannelShuffleNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
@@ -182,6 +243,38 @@ REFUSED_AT_SETUP = [
      UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
     ("returned_features", FeatureNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "An output of forward() carries the channels of ['net.c2']"),
+    ("method_update_fails", SmallResidualCNN,
+     lambda: Pruning(UpdateFails("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     ("pruning method 'ssr_l20' failed in update(), rehearsed at set-up on a copy of the model with zero gradients, "
+      "before training (the fit runs the same hook): RuntimeError: view size is not compatible")),
+    ("method_mask_wrong_size", SmallResidualCNN, lambda: Pruning(MaskTooShort(), target={"macs": 0.5}, **ONESHOT),
+     RuntimeError, "failed in select(), rehearsed at set-up"),
+    ("method_after_rebuild_fails", SmallResidualCNN,
+     lambda: Pruning(AfterRebuildFails("l21", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     ("failed in after_rebuild(), rehearsed at set-up on a copy of the model with zero gradients, before training "
+      "(the fit runs the same hook): ValueError: the validation data went away")),
+    ("method_keeps_other_counts", SmallResidualCNN, lambda: Pruning(KeepsAll(), target={"macs": 0.5}, **ONESHOT),
+     RuntimeError, "failed in select(), rehearsed at set-up"),
+    ("method_float_masks", SmallResidualCNN, lambda: Pruning(FloatMasks(), target={"macs": 0.5}, **ONESHOT),
+     RuntimeError, "select() returned a torch.float32 mask for group"),
+    ("method_update_returns_a_list", SmallResidualCNN,
+     lambda: Pruning(UpdateReturnsList("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     "failed in update(), rehearsed at set-up"),
+    ("method_ready_returns_a_bool", SmallResidualCNN,
+     lambda: Pruning(ReadyReturnsBool("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     "ready() must return a pair (bool, reason: str), got False"),
+    ("method_state_a_checkpoint_cannot_hold", SmallResidualCNN,
+     lambda: Pruning(StateWithADefaultdict("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     ("failed in state_dict(), rehearsed at set-up on a copy of the model with zero gradients, before training (the "
+      "fit runs the same hook): RuntimeError: its state_dict() cannot go through a checkpoint (saved with "
+      "torch.save, read back with torch.load(weights_only=True)): it holds a value of type "
+      "collections.defaultdict")),
+    ("method_setup_changes_the_model", SmallResidualCNN,
+     lambda: Pruning(SetupScalesTheModel(), target={"macs": 0.5}, **ONESHOT), RuntimeError,
+     "pruning method 'oneshot': setup() changed the model (changed ['net.stem.weight'])"),
+    ("method_learns_no_structure", SmallResidualCNN,
+     lambda: Pruning(NoChannelValues("l21", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     "failed in allocation_scores(), rehearsed at set-up"),
     ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
 ]
@@ -511,7 +604,9 @@ def test_a_failing_rebuild_mid_fit_restores_model_and_optimizer_exactly(tmp_path
     model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
     callback = Pruning("ssr_l20", target={"macs": 0.5}, method_kwargs={"rho": 0.5}, **SSR)
     trainer = _trainer(tmp_path, [callback])
-    monkeypatch.setattr(callback.engine, "_dry_run", lambda *args: None)  # the dry run would catch the forced mismatch
+    # the dry run and the method's rehearsal at set-up would catch the forced mismatch
+    monkeypatch.setattr(callback.engine, "_dry_run", lambda *args: None)
+    monkeypatch.setattr(callback.engine, "_rehearse", lambda *args: None)
     with pytest.raises(UnsupportedLayerError, match="restored unchanged"):
         trainer.fit(model, _data())
     assert trainer.global_step > 0  # it failed at the real prune, after training
@@ -563,7 +658,8 @@ def test_a_failure_after_the_rebuild_restores_model_and_optimizer_and_says_so(tm
 
     class Failing(SSR):
         def after_rebuild(self, model, plan):
-            raise ValueError("the validation data went away")
+            if self is callback.method:  # (the set-up's rehearsal, on copies, passes)
+                raise ValueError("the validation data went away")
 
     seen = {}
 

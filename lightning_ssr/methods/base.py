@@ -10,10 +10,11 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
 3. ``before_optimizer_step()`` every optimizer step of the sparsify phase: the training-time
    term, added to the (unscaled, accumulated) gradients;
 4. ``update()`` every ``schedule.update_every_n_steps`` optimizer steps of the sparsify
-   phase (or at epoch end), returning metrics to log;
+   phase (or at epoch end), returning metrics to log (a dict of numbers, or None);
 5. ``ready()`` -> ``(bool, reason)``: may the engine prune early;
 6. ``select(keep)`` -> per group, a bool mask of the channels to keep; ``keep`` holds the
-   counts the target asks for (``None`` when there is no target and the method decides).
+   counts the target asks for, which each mask keeps exactly (``None`` when there is no target
+   and the method decides).
    With ``allocation="method"`` (the default for methods that :attr:`learns_structure`) the
    engine first asks :meth:`allocation_scores` for the method's cross-layer channel values and
    makes the counts from them (the structure the method learned, moved only as far as the
@@ -21,7 +22,13 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
    with ``context.budget`` (a :class:`~lightning_ssr.targets.BudgetView`);
 7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation; may return a dict of plain
    values, recorded in the prune event;
-8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume.
+8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume
+   (with the state of any generator the method draws from, for an exact resume).
+
+``setup`` must leave the model as it is: it runs again on every resume and after each prune.
+Before training, the engine rehearses a copy of the method through these hooks on a copy of the
+model (zero gradients, no validation, nothing synced) and holds it to the above; the class
+attribute :attr:`PruningMethod.name` names it in results, logs and checkpoints.
 
 Methods are plain PyTorch (no Lightning imports) and are registered by name with
 :func:`register_method`, so that ``pruning=<name>`` in a config picks one.
@@ -29,7 +36,12 @@ Methods are plain PyTorch (no Lightning imports) and are registered by name with
 
 from __future__ import annotations
 
+import io
+import numbers
+import pickle
 import re
+import types
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +177,59 @@ def plain_data(value: Any) -> Any:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
+def checked_metrics(method: str, hook: str, value: Any) -> dict[str, Any]:
+    """What ``update()`` (or ``metrics()``) returned, the values the engine logs: a mapping of
+    names to numbers (a one-element tensor counts, left where it is); ``None`` counts as no
+    metrics."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"pruning method {method!r}: {hook}() must return a dict of metric name -> number "
+                           f"(or None), got {type(value).__name__}")
+    for key, v in value.items():
+        if not isinstance(key, str) or not (isinstance(v, numbers.Real) or torch.is_tensor(v) and v.numel() == 1):
+            raise TypeError(f"pruning method {method!r}: {hook}() returned {key!r}: {type(v).__name__}; metrics "
+                            "are name -> number (a number or a one-element tensor)")
+    return dict(value)
+
+
+def checked_ready(method: str, value: Any) -> tuple[bool, str]:
+    """What ``ready()`` returned: a pair ``(may the engine prune early, why)``."""
+    if (not isinstance(value, tuple) or len(value) != 2 or not isinstance(value[0], (bool, torch.Tensor))
+            or not isinstance(value[1], str)):
+        raise TypeError(f"pruning method {method!r}: ready() must return a pair (bool, reason: str), got "
+                           f"{value!r}")
+    return bool(value[0]), value[1]
+
+
+def unloadable(value: Any) -> str | None:
+    """Why a checkpoint holding ``value`` cannot give it back under
+    ``torch.load(weights_only=True)`` (how checkpoints are read here), or ``None`` when it can.
+    The answer is torch's own: ``value`` goes through ``torch.save`` and that load, with each
+    tensor replaced by an empty one of its dtype (what is checked is the structure, not the data)."""
+    def skeleton(v):
+        if torch.is_tensor(v):
+            return torch.empty(0, dtype=v.dtype)
+        if type(v) in (dict, OrderedDict):
+            return type(v)((k, skeleton(x)) for k, x in v.items())
+        if type(v) in (list, tuple):
+            return type(v)(skeleton(x) for x in v)
+        return v
+
+    buffer = io.BytesIO()
+    try:
+        torch.save(skeleton(value), buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except (pickle.PickleError, TypeError, AttributeError, RuntimeError, ValueError) as err:
+        text = re.sub(r"\x1b\[[0-9;]*m| at 0x[0-9a-fA-F]+", "", str(err))
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return f"it holds a value of type {found.group(1)}, which torch.load(weights_only=True) does not read"
+        return f"{type(err).__name__}: {text.strip().splitlines()[0][:300]}"
+    return None
+
+
 _REGISTRY: dict[str, Callable[..., PruningMethod]] = {}
 #: the entry point group through which installed distributions add methods
 ENTRY_POINT_GROUP = "lightning_ssr.methods"
@@ -182,21 +247,53 @@ def _load_entry_points() -> None:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name not in _REGISTRY:
             try:
-                register_method(entry.name, entry.load())
+                loaded = entry.load()  # a module that registers its method as it is imported, or the method
+                if entry.name not in _REGISTRY:
+                    if isinstance(loaded, types.ModuleType):
+                        raise ValueError(f"module {loaded.__name__!r} registers no method named {entry.name!r}: name "
+                                         "the method's class in the entry point ('package.module:MyMethod'), or "
+                                         "register it under the entry point's name")
+                    register_method(entry.name, loaded)
             except Exception as err:  # a broken plugin is named, with its entry point
                 raise ImportError(f"the pruning method {entry.name!r} declared by entry point {entry.value!r} "
                                   f"failed to load: {type(err).__name__}: {err}") from err
 
 
+def _same_definition(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are one definition run twice (a notebook cell run again, a module
+    reloaded): the same module and qualified name."""
+    qualname = getattr(a, "__qualname__", None)
+    return (qualname is not None and "<lambda>" not in qualname  # every lambda of a module has one name
+            and (getattr(a, "__module__", None), qualname) == (getattr(b, "__module__", None),
+                                                               getattr(b, "__qualname__", None)))
+
+
 def register_method(name: str, factory: Callable[..., PruningMethod] | None = None):
-    """Register ``factory`` (a class or function returning a :class:`PruningMethod`) as ``name``;
-    usable as a decorator."""
+    """Register ``factory`` (a :class:`PruningMethod` subclass, or a function returning a
+    method) as ``name``; usable as a decorator. A definition run again (a notebook cell, a
+    reloaded module) replaces its earlier self; another definition under a taken name is refused."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
+        raise ValueError(f"register_method: a method's name is a non-empty string of letters, digits, '_', '.' and "
+                         f"'-' (it is what pruning=<name> picks), got {name!r}")
+
     def add(f):
-        if name in _REGISTRY and _REGISTRY[name] is not f:
-            raise ValueError(f"a pruning method named {name!r} is already registered")
+        if isinstance(f, type) and not issubclass(f, PruningMethod):
+            raise TypeError(f"register_method({name!r}): {f.__qualname__} is not a PruningMethod subclass "
+                            "(lightning_ssr.methods.PruningMethod)")
+        if not callable(f):
+            raise TypeError(f"register_method({name!r}): give the method's class (or a function returning a "
+                            f"method), got {type(f).__name__}")
+        old = _REGISTRY.get(name)
+        if old is not None and old is not f and not _same_definition(old, f):
+            raise ValueError(f"a pruning method named {name!r} is already registered ({_qualified(old)}); "
+                             "choose another name")
         _REGISTRY[name] = f
         return f
     return add(factory) if factory is not None else add
+
+
+def _qualified(f: Any) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
 
 
 def available_methods() -> list[str]:
@@ -211,9 +308,15 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     if name not in _REGISTRY:
         raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}")
     try:
-        return _REGISTRY[name](**kwargs)
+        method = _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise TypeError(f"pruning method {name!r}: {err}") from err
+    if not isinstance(method, PruningMethod):
+        raise TypeError(f"pruning method {name!r}: its factory {_qualified(_REGISTRY[name])} returned a "
+                        f"{type(method).__name__}, not a PruningMethod")
+    if method.name != name:  # a subclass registered under its own name reports that name, not its parent's
+        method.name = name
+    return method
 
 
 def method_table() -> list[dict]:

@@ -411,11 +411,14 @@ def spread_indices(size: int, count: int) -> list[int]:
     return sorted({int(i) for i in picks})
 
 
-def model_copy(model: nn.Module, shared: Sequence[object] = ()) -> nn.Module:
+def model_copy(model: nn.Module, shared: Sequence[object] = (), memo: dict | None = None) -> nn.Module:
     """A deep copy of ``model`` to prune on the side. A LightningModule's trainer, and the objects
     in ``shared``, are referenced, not copied (the trainer holds the data loaders, the loggers and
-    the optimizers of the real model)."""
-    memo = {id(obj): obj for obj in shared}
+    the optimizers of the real model). ``memo``: the copy's memo, filled in, so that a later
+    ``copy.deepcopy(obj, memo)`` gives ``obj`` the copy's modules and parameters where it held the
+    model's."""
+    memo = {} if memo is None else memo
+    memo.update({id(obj): obj for obj in shared})
     trainer = getattr(model, "_trainer", None)
     if trainer is not None:
         memo[id(trainer)] = trainer

@@ -1,5 +1,7 @@
 """The method registry and protocol: any registered method runs through the engine."""
 
+import re
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -101,7 +103,115 @@ def test_a_registered_user_method_runs_through_the_engine(monkeypatch, tmp_path)
     assert all(kept == list(range(len(kept))) for kept in cb.plan.kept.values())
     assert cb.result.method == "keep_first"
 
-    # a method that keeps fewer channels than a layer's floor is refused
+    # a method that keeps other counts than the target's is refused at set-up, before training
     bad = Pruning(method=KeepFirst(offset=-100), target={"filters": 0.5}, schedule=schedule, verbose=False)
-    with pytest.raises(RuntimeError, match="keeps 0 channels"):
-        trainer(tmp_path, [bad], 1).fit(TinyClassifier(), loader())
+    fit = trainer(tmp_path, [bad], 1)
+    with pytest.raises(RuntimeError, match=r"failed in select\(\), rehearsed at set-up .* kept 0 channels of"):
+        fit.fit(TinyClassifier(), loader())
+    assert fit.global_step == 0
+
+
+def test_a_definition_run_again_replaces_itself_and_another_under_a_taken_name_is_refused(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    def define():  # a notebook cell run twice: two classes of one qualified name
+        class Cell(KeepFirst):
+            name = "cell"
+        return Cell
+
+    first, second = define(), define()
+    register_method("cell", first)
+    register_method("cell", second)
+    assert base._REGISTRY["cell"] is second
+    with pytest.raises(ValueError, match=r"'cell' is already registered \(.*Cell\); choose another name"):
+        register_method("cell", KeepFirst)
+
+
+@pytest.mark.parametrize(("name", "factory", "error", "text"), [
+    ("", KeepFirst, ValueError, "a method's name is a non-empty string"),
+    (3, KeepFirst, ValueError, "got 3"),
+    ("my method", KeepFirst, ValueError, "got 'my method'"),
+    ("as_dict", dict, TypeError, "dict is not a PruningMethod subclass"),
+    ("answer", 42, TypeError, "got int"),
+])
+def test_a_bad_registration_is_refused_and_the_registry_stays_usable(monkeypatch, name, factory, error, text):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    before = available_methods()
+    with pytest.raises(error, match=re.escape(text)):
+        register_method(name, factory)
+    assert available_methods() == before
+    assert [row["name"] for row in base.method_table()] == before
+
+
+def test_a_subclass_registered_under_its_own_name_reports_that_name(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    class KeepFirstTwice(KeepFirst):  # inherits name = "keep_first"
+        pass
+
+    register_method("keep_first_twice", KeepFirstTwice)
+    register_method("not_a_method", lambda: object())
+    assert build_method("keep_first_twice").name == "keep_first_twice"
+    with pytest.raises(TypeError, match="'not_a_method': its factory .* returned a object, not a PruningMethod"):
+        build_method("not_a_method")
+
+
+def test_a_method_object_without_a_name_is_refused_when_given():
+    class Nameless(KeepFirst):
+        name = ""
+
+    with pytest.raises(ValueError, match="pruning method .*Nameless has no name: set the class attribute name"):
+        Pruning(method=Nameless(), target={"filters": 0.5})
+
+
+class _EntryPoint:
+    def __init__(self, name, value, load):
+        self.name, self.value, self.load = name, value, load
+
+
+def test_an_entry_point_may_name_a_module_that_registers_its_method_or_the_method(monkeypatch):
+    import importlib.metadata
+    import types
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_entry_points_loaded", False)
+    registering = types.ModuleType("registering")
+
+    def load_registering():  # importing the module registers its method, under the entry point's name
+        register_method("from_module", KeepFirst)
+        return registering
+
+    entries = [_EntryPoint("from_module", "registering", load_registering),
+               _EntryPoint("from_class", "plugin:KeepFirst", lambda: KeepFirst)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entries)
+    assert {"from_module", "from_class"} <= set(available_methods())
+
+    monkeypatch.setattr(base, "_entry_points_loaded", False)
+    silent = types.ModuleType("silent")
+    entries[:] = [_EntryPoint("unregistered", "silent", lambda: silent)]
+    with pytest.raises(ImportError, match="module 'silent' registers no method named 'unregistered': name the "
+                                          "method's class in the entry point"):
+        available_methods()
+
+
+def test_two_lambdas_are_two_definitions():
+    saved = dict(base._REGISTRY)
+    try:
+        register_method("by_lambda", lambda: KeepFirst())
+        with pytest.raises(ValueError, match="'by_lambda' is already registered"):
+            register_method("by_lambda", lambda: KeepFirst(offset=1))
+    finally:
+        base._REGISTRY.clear()
+        base._REGISTRY.update(saved)
+
+
+@pytest.mark.parametrize("value", [{"rho": 0.5, "n": 3, "flag": True}, {"x": torch.tensor(2.0)}, None])
+def test_metrics_are_numbers_or_one_element_tensors(value):
+    import numpy as np
+
+    assert base.checked_metrics("m", "update", value) == (value or {})
+    assert base.checked_metrics("m", "update", {"f": np.float32(1.5)}) == {"f": np.float32(1.5)}
+    with pytest.raises(TypeError, match=r"pruning method 'm': update\(\) returned 'v': Tensor"):
+        base.checked_metrics("m", "update", {"v": torch.ones(3)})
+    with pytest.raises(TypeError, match=r"update\(\) must return a dict of metric name -> number \(or None\), got list"):
+        base.checked_metrics("m", "update", [1.0])
