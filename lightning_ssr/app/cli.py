@@ -23,6 +23,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from ..latency import steady_allocator
@@ -40,6 +41,7 @@ from .stages import (
     export_model,
     failed_result,
     finish,
+    last_checkpoint,
     print_final_table,
     train_dense,
 )
@@ -170,10 +172,27 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result.pruned.update(metrics["pruned"], **files)
     except (Exception, KeyboardInterrupt) as err:
         timings["total_s"] = time.perf_counter() - start
-        failed_result(cfg, err, timings, lm, callback, dm).save(output_dir / "result.json")
+        resumable = _after_the_run_that_prunes(err, lm, timings)
+        failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")
+        if resumable is not None:
+            raise resumable from err
         raise
     result.timings.update(timings)
     return finish(result, output_dir, start)
+
+
+def _after_the_run_that_prunes(err: BaseException, lm, timings: dict) -> RunInterrupted | None:
+    """Ctrl-C after the run that prunes finished (in the evaluation or the export): the interruption
+    that names its last checkpoint, from which the same command with ``ckpt_path=`` only evaluates
+    and exports again; ``None`` where that does not apply."""
+    if not isinstance(err, KeyboardInterrupt) or getattr(err, "checkpoint", None) or "compress_s" not in timings:
+        return None
+    trainer = getattr(lm, "_trainer", None)
+    saved = last_checkpoint(trainer) if trainer is not None else None
+    if saved is None:
+        return None
+    return RunInterrupted("interrupted after the run that prunes had finished, during the evaluation or the export",
+                          saved)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
@@ -201,6 +220,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # and the sweep's report lists it with its error
         print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
         return None
+    if result.status != "ok" and hydra_cfg.mode != RunMode.MULTIRUN:  # (a sweep counts it in its report)
+        if rank_zero_only.rank == 0:  # (the warning above says why)
+            print(f"lightning-ssr: the run {result.status} (recorded in "
+                  f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'})", file=sys.stderr)
+        sys.exit(1)
     return result.pruned.get("val_accuracy") if result.status == "ok" else None
 
 

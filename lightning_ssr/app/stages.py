@@ -15,6 +15,7 @@ notebook call alike::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -137,14 +138,22 @@ def check_run_settings(cfg: DictConfig) -> None:
 REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
 
 
-def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
-    """Build everything a run needs once, so that a bad value fails before any training.
-    Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+@contextlib.contextmanager
+def before_training():
+    """Checks made before anything trains: what they raise is marked :data:`REFUSED_BEFORE_TRAINING`
+    (the command prints it in one line)."""
     try:
-        return _check_config(cfg)
+        yield
     except Exception as err:
         setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
+
+
+def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
+    """Build everything a run needs once, so that a bad value fails before any training.
+    Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+    with before_training():
+        return _check_config(cfg)
 
 
 def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
@@ -154,6 +163,17 @@ def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModu
     if cfg.ckpt_path is not None:
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or not a checkpoint: an error naming the file
     callback = build_pruning(cfg)
+    max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
+    if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
+        schedule = callback.schedule
+        early = schedule.stop_early and callback.method.sparsifies and schedule.prune_events == 1
+        if not early:  # (a method that converges may still prune early, at the end of an epoch: not refused)
+            least = next(n for n in range(schedule.total_epochs + 1) if schedule.reaches_last_prune(n))
+            raise ValueError(f"trainer.max_epochs={max_epochs} ends the compression run before its last prune, due "
+                             f"at the start of epoch {schedule.last_prune_epoch} (0-based) of the schedule's "
+                             f"{schedule.total_epochs}: the model would not be pruned. Leave trainer.max_epochs unset "
+                             f"(the schedule's {schedule.total_epochs} epochs), give it at least {least}, or shorten "
+                             "the schedule (schedule.sparsify_epochs=...)")
     if callback is not None and callback.schedule.restart_lr and not cfg.module.get("cosine", False):
         raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
                          "set module.cosine=true, or schedule.restart_lr=false")

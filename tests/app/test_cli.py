@@ -628,10 +628,49 @@ def test_ctrl_c_during_the_evaluation_is_recorded_and_said(tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ImageClassifier, "test_step", test_step)
-    with pytest.raises(RunInterrupted, match="^interrupted during the evaluation; nothing of it was kept"):
-        run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
+    # after the run that prunes: its last checkpoint, from which the same command only evaluates again
+    with pytest.raises(RunInterrupted, match="^interrupted after the run that prunes had finished, during the "
+                                             "evaluation or the export. The last checkpoint is .*: run the same "
+                                             "command with ckpt_path=") as info:
+        run(_compose(overrides), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert record["status"] == "failed" and "interrupted during the evaluation" in record["error"]
+    assert record["status"] == "failed" and "interrupted after the run that prunes" in record["error"]
+    monkeypatch.undo()
+    again = run(_compose([*overrides, f"ckpt_path={info.value.checkpoint}"]), tmp_path / "again")
+    assert again.status == "ok" and again.pruned["macs"] < again.dense["macs"]
+    # before the run that prunes finished: no checkpoint of it is offered from here
+    monkeypatch.setattr("lightning_ssr.app.cli.compress", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(_compose(overrides), tmp_path / "early")
+    assert getattr(info.value, "checkpoint", None) is None
+
+
+def test_a_compression_run_the_schedule_would_not_reach_the_prune_in_is_refused_before_training(tmp_path):
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING, check_config
+
+    fast = FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "schedule.stop_early=false"]
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=1 ends the compression run before its last prune, "
+                                         r"due at the start of epoch 1 \(0-based\) of the schedule's 2: .* give it "
+                                         r"at least 2") as info:
+        run(_compose([*fast, "trainer.max_epochs=1"]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+    # no bound (-1, with max_steps), the schedule's (0), or an early prune still possible: not refused
+    for extra in (["trainer.max_epochs=-1", "+trainer.max_steps=1000"], ["trainer.max_epochs=0"],
+                  ["trainer.max_epochs=1", "schedule.stop_early=true"]):
+        assert check_config(_compose([*fast, *extra]))[0] is not None
+
+
+def test_a_run_whose_result_failed_exits_with_1_and_says_so(monkeypatch, capsys, tmp_path):
+    from lightning_ssr.app import cli
+
+    failed = PruningResult(method="l1", status="failed", error="the model was not pruned")
+    monkeypatch.setattr(cli, "run", lambda cfg, output_dir: failed)
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    assert "lightning-ssr: the run failed (recorded in" in capsys.readouterr().err
 
 
 def test_ctrl_c_outside_training_exits_with_130_and_a_line(monkeypatch, capsys):

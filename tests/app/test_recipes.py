@@ -62,16 +62,40 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     assert next(layer for layer in pruned.layers if layer["name"] == "model.conv1")["after"] < 20
 
 
-@pytest.mark.parametrize(("override", "match"), [
-    ("transfer.freeze=[convX]", "convX"),
-    ("transfer.source_epochs=0", "source_epochs"),
+@pytest.mark.parametrize(("experiment", "override", "match"), [
+    ("transfer_fmnist_to_mnist", "transfer.freeze=[convX]", r"transfer.freeze names \['convX'\]"),
+    ("transfer_fmnist_to_mnist", "transfer.freeze=[model.convX]", r"transfer.freeze names \['convX'\]"),
+    ("transfer_fmnist_to_mnist", "transfer.source_epochs=0", "source_epochs"),
+    ("da_mnist_to_digits", "adaptation.ceiling=no", "adaptation.ceiling must be true or false, got 'no'"),
+    ("da_mnist_to_digits", "adaptation.ceiling=1", "adaptation.ceiling must be true or false, got 1"),
+    ("transfer_fmnist_to_mnist", "transfer.prune_frozen=1", "transfer.prune_frozen must be true or false"),
+    ("transfer_fmnist_to_mnist", "transfer.freeze=convX", r"transfer.freeze names \['convX'\]"),
+    ("da_mnist_to_digits", "adaptation.domain_weight=-1", "domain_weight"),
+    ("da_mnist_to_digits", "ckpt_path=__CKPT__", "does not resume from a checkpoint"),
 ])
-def test_bad_transfer_settings_fail_before_training(tmp_path, override, match):
-    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", f"dense.cache_dir={tmp_path / 'dense'}",
-                          override, *TINY])
-    with pytest.raises(ValueError, match=match):
+def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experiment, override, match):
+    """Refused before the source model trains, marked so that the command prints one line, not a
+    traceback; a transfer.freeze name with the training module's prefix is the network's name."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    if "__CKPT__" in override:
+        path = tmp_path / "last.ckpt"
+        torch.save({"state_dict": {}}, path)
+        override = f"ckpt_path={path}"
+    cfg = compose_config([f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}", override, *TINY])
+    with pytest.raises((ValueError, TypeError), match=match) as info:
         run(cfg, tmp_path / "run")
-    assert not (tmp_path / "dense").exists()  # refused before the source model trains
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)
+    assert not (tmp_path / "dense").exists()
+
+
+def test_a_frozen_layer_named_with_the_modules_prefix_is_frozen_and_kept(tmp_path):
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1",
+                          "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.3",
+                          "transfer.freeze=[model.conv1]", *TINY])
+    result = run(cfg, tmp_path / "run")
+    conv1 = next(layer for layer in result.layers if layer["name"] == "model.conv1")
+    assert conv1["after"] == 20 and result.config["transfer"]["frozen"] == ["conv1"]
 
 
 def test_reverse_gradient_flips_and_scales_the_gradient():
@@ -145,6 +169,18 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert all(0.0 <= v <= 1.0 for v in info["domain_accuracy_test"].values())
     fc1 = next(layer for layer in result.layers if layer["name"] == "model.fc1")
     assert fc1["after"] == fc1["before"]  # the features the domain classifier reads keep their width
+    assert "domain classifier after DANN dense" in out and "after DANN compressed" in out
+
+
+def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
+    """With adaptation.domain_weight=0 the domain classifier never learns: its accuracy would say
+    nothing about the features, so none is reported, and the summary says why."""
+    cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}",
+                          "adaptation.domain_weight=0", "adaptation.ceiling=false", *TINY])
+    result = run(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert result.config["adaptation"]["domain_accuracy_test"] is None
+    assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
 
 
 # ------------------------------------------------------------ adaptation that adapts

@@ -222,18 +222,24 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
     output_dir = Path(output_dir)
     a = cfg.adaptation
-    if a.target is None or "_target_" not in a.target:
-        raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
-    callback, source_dm = stages.check_config(cfg)
-    target_dm = instantiate(a.target)
-    data = DomainAdaptationData(source_dm, target_dm)
-    module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
-                   "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
-                   "domain_hidden": a.domain_hidden, "nesterov": cfg.module.nesterov, "cosine": cfg.module.cosine,
-                   "domain_momentum": a.get("domain_momentum", 0.0)}
-    # distillation (module.distill) only in the compressed run: towards DANN dense, its teacher
-    distill_args = {"distill": cfg.module.get("distill", 0.0), "temperature": cfg.module.get("temperature", 4.0)}
-    DANN(stages.build_network(cfg, source_dm), **module_args, **distill_args)  # a bad setting fails here
+    with stages.before_training():
+        if a.target is None or "_target_" not in a.target:
+            raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
+        if not isinstance(a.get("ceiling", False), bool):
+            raise TypeError(f"adaptation.ceiling must be true or false, got {a.ceiling!r}")
+        if cfg.ckpt_path is not None:  # its trainings keep no checkpoints: a resume would silently start over
+            raise ValueError("the domain-adaptation recipe does not resume from a checkpoint (its trainings write "
+                             "none): run it again without ckpt_path")
+        callback, source_dm = stages.check_config(cfg)
+        target_dm = instantiate(a.target)
+        data = DomainAdaptationData(source_dm, target_dm)
+        module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
+                       "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
+                       "domain_hidden": a.domain_hidden, "nesterov": cfg.module.nesterov, "cosine": cfg.module.cosine,
+                       "domain_momentum": a.get("domain_momentum", 0.0)}
+        # distillation (module.distill) only in the compressed run: towards DANN dense, its teacher
+        distill_args = {"distill": cfg.module.get("distill", 0.0), "temperature": cfg.module.get("temperature", 4.0)}
+        DANN(stages.build_network(cfg, source_dm), **module_args, **distill_args)  # a bad setting fails here
 
     net, dense_info = stages.train_dense(cfg, source_dm, output_dir)  # source only
     source_only = stages.accuracy(cfg, net, target_dm)
@@ -262,8 +268,9 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
                                  "DANN dense, on the target's test split",
                                  "DANN compressed, on the target's test split")
+    # with domain_weight=0 the domain classifier never learns: its accuracy would say nothing
     domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
-                       "compressed": _domain_accuracy(compressed, source_dm, target_dm)}
+                       "compressed": _domain_accuracy(compressed, source_dm, target_dm)} if a.domain_weight > 0 else None
     result.config["adaptation"] = {
         "source": type(source_dm).__name__, "target": type(target_dm).__name__,
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
@@ -288,8 +295,11 @@ def adaptation_summary(result) -> str:
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
             f"{100 * info['source_only_target_accuracy']:.2f}%; " + stages.pair_line(result, "DANN dense", "DANN compressed")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
-            + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}% (50%: "
-               "the domains look alike)" if info.get("domain_accuracy_test") else "")
+            + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
+               f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (50%: the domains look "
+               "alike to it)" if info.get("domain_accuracy_test") else "")
+            + ("; no domain classifier trained (adaptation.domain_weight=0: source-only training on both domains' "
+               "batches)" if info.get("domain_weight") == 0 else "")
             + (f". Sizes are the network's; the table at the prune also counts the domain classifier's "
                f"{info['domain_classifier_params']:,} parameters, which only training uses"
                if info.get("domain_classifier_params") else ""))

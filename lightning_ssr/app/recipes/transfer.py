@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from ...validation import check_choice, check_number
+from ...validation import check_number
 from .. import stages
 from . import register_recipe
 
@@ -74,20 +74,26 @@ def check_transfer(cfg: DictConfig) -> None:
     if t.source is None or "_target_" not in t.source:
         raise ValueError("transfer.source must be a data config (e.g. the contents of conf/data/fashion_mnist.yaml)")
     check_number("transfer", "source_epochs", t.source_epochs, low=1, integer=True)
-    check_choice("transfer", "prune_frozen", t.prune_frozen, (True, False))
+    if not isinstance(t.prune_frozen, bool):
+        raise TypeError(f"transfer.prune_frozen must be true or false, got {t.prune_frozen!r}")
 
 
 def run_transfer(cfg: DictConfig, output_dir: str | Path):
     """The transfer job (see the module docstring). Returns the :class:`PruningResult`."""
     output_dir = Path(output_dir)
-    check_transfer(cfg)
-    frozen = list(cfg.transfer.freeze or [])
-    if frozen and not cfg.transfer.prune_frozen:  # the source's filters stay: their layers are not pruned
-        with open_dict(cfg):
-            cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
-                                                 *(f"model.{n}" for n in frozen)})
-    callback, dm = stages.check_config(cfg)
-    freeze(stages.build_network(cfg, dm), frozen)  # on a throwaway network: a bad name fails before any training
+    with stages.before_training():
+        check_transfer(cfg)
+        # the network's names; "model.conv1" (a name of the training module) means conv1 too
+        names = cfg.transfer.freeze or []
+        names = [names] if isinstance(names, str) else names  # transfer.freeze=conv1: one name
+        frozen = [str(n).removeprefix("model.") for n in names]
+        if frozen:  # on a throwaway network: a bad name fails before any training, named as transfer.freeze
+            freeze(stages.build_network(cfg, stages.build_data(cfg)), frozen)
+        if frozen and not cfg.transfer.prune_frozen:  # the source's filters stay: their layers are not pruned
+            with open_dict(cfg):
+                cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
+                                                     *(f"model.{n}" for n in frozen)})
+        callback, dm = stages.check_config(cfg)
     source_cfg = _source_config(cfg)
     source_dm = stages.build_data(source_cfg)
     source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source")
