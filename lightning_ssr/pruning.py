@@ -499,6 +499,14 @@ class Pruning(Callback):
                 "differently, load its weights (lightning_ssr.load_pruned) and start a new fit without ckpt_path.")
         return None
 
+    def check_resume(self, checkpoint: Mapping[str, Any]) -> None:
+        """Before a fit resumes from ``checkpoint`` (a Lightning checkpoint, loaded): refuse it as
+        the resume would at its start, for another method's pruning state or settings other than
+        those its run was set up with (the CLI calls this before anything trains)."""
+        state = self._state_in({**checkpoint, "callbacks": dict(checkpoint.get("callbacks") or {})})
+        if state is not None:
+            self.engine.check_settings(state.get("settings"), state.get("events_done"))
+
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._state_in(checkpoint)  # another method's state: refused (the weights' pre-hook did, in a fit)

@@ -160,9 +160,11 @@ def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModu
     check_run_settings(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
-    if cfg.ckpt_path is not None:
-        read_checkpoint(cfg.ckpt_path)  # missing, truncated or not a checkpoint: an error naming the file
+    # missing, truncated or not a checkpoint: an error naming the file
+    checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     callback = build_pruning(cfg)
+    if checkpoint is not None and callback is not None:
+        callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
@@ -177,6 +179,8 @@ def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModu
     if callback is not None and callback.schedule.restart_lr and not cfg.module.get("cosine", False):
         raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
                          "set module.cosine=true, or schedule.restart_lr=false")
+    # the Trainer's own settings (precision, devices, strategy, ...) fail here, not after the dense training
+    instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = build_data(cfg)
     net = build_network(cfg, dm)
     lm = build_module(cfg, net, dm)

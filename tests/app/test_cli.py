@@ -245,6 +245,9 @@ def test_unknown_model_fails_with_hydras_error():
     (["module.momentum=2"], r"module: momentum must be in \[0.0, 1.0\)"),
     (["module.weight_decay=-1"], r"module: weight_decay must be in \[0.0"),
     (["module.nesterov=true", "module.momentum=0"], "nesterov=true needs momentum > 0"),
+    # the Trainer's own settings: they failed after the dense training
+    (["trainer.precision=33"], "Precision 33 is invalid"),
+    (["trainer.devices=0"], "devices"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
     cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}"] + overrides)
@@ -393,6 +396,14 @@ def test_resume_from_a_lightning_checkpoint_name_with_equals_signs(tmp_path):
     # the changed dirpath is not for the user
     assert not [w for w in seen if "dirpath has changed" in str(w.message)]
     assert resumed.status == "ok" and resumed.plan is not None
+    # the same checkpoint with another target or method: refused before anything trains, in one line
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    for change, text in (("target.macs=0.1", r"target.macs: 0.2 -> 0.1"), ("pruning=l1", "from method 'ssr_l20'")):
+        with pytest.raises(ValueError, match=text) as info:
+            run(compose_config([*overrides, typed, change, f"dense.cache_dir={tmp_path / 'other'}"]),
+                tmp_path / "changed")
+        assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "other").exists()
 
 
 def test_an_unreadable_checkpoint_is_named_before_training(tmp_path):
