@@ -33,6 +33,7 @@ from .recipes import recipe_for
 from .stages import (
     REFUSED_BEFORE_TRAINING,
     RunInterrupted,
+    after_the_run_that_prunes,
     base_result,
     check_config,
     compress,
@@ -41,7 +42,6 @@ from .stages import (
     export_model,
     failed_result,
     finish,
-    last_checkpoint,
     print_final_table,
     train_dense,
 )
@@ -172,27 +172,13 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result.pruned.update(metrics["pruned"], **files)
     except (Exception, KeyboardInterrupt) as err:
         timings["total_s"] = time.perf_counter() - start
-        resumable = _after_the_run_that_prunes(err, lm, timings)
+        resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
         failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")
         if resumable is not None:
             raise resumable from err
         raise
     result.timings.update(timings)
     return finish(result, output_dir, start)
-
-
-def _after_the_run_that_prunes(err: BaseException, lm, timings: dict) -> RunInterrupted | None:
-    """Ctrl-C after the run that prunes finished (in the evaluation or the export): the interruption
-    that names its last checkpoint, from which the same command with ``ckpt_path=`` only evaluates
-    and exports again; ``None`` where that does not apply."""
-    if not isinstance(err, KeyboardInterrupt) or getattr(err, "checkpoint", None) or "compress_s" not in timings:
-        return None
-    trainer = getattr(lm, "_trainer", None)
-    saved = last_checkpoint(trainer) if trainer is not None else None
-    if saved is None:
-        return None
-    return RunInterrupted("interrupted after the run that prunes had finished, during the evaluation or the export",
-                          saved)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,

@@ -256,6 +256,21 @@ def _ctrl_c(err: BaseException) -> bool:
                                                     or isinstance(err.__context__, KeyboardInterrupt))
 
 
+def after_the_run_that_prunes(err: BaseException, lm: pl.LightningModule | None) -> RunInterrupted | None:
+    """Ctrl-C after the run that prunes finished (``lm`` is its module: in the evaluation or the
+    export): the interruption that names its last checkpoint, from which the same command with
+    ``ckpt_path=`` goes on (the default job then only evaluates and exports again); ``None`` where
+    that does not apply."""
+    if not isinstance(err, KeyboardInterrupt) or getattr(err, "checkpoint", None):
+        return None
+    trainer = getattr(lm, "_trainer", None)
+    saved = last_checkpoint(trainer) if trainer is not None else None
+    if saved is None:
+        return None
+    return RunInterrupted("interrupted after the run that prunes had finished, during the evaluation or the export",
+                          saved)
+
+
 def last_checkpoint(trainer: pl.Trainer) -> str | None:
     """The newest checkpoint file a ``ModelCheckpoint`` of ``trainer`` wrote, or ``None``."""
     paths = {Path(p) for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p}

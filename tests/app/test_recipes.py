@@ -2,6 +2,7 @@
 tiny end-to-end runs on the real datasets, the pieces on bare modules, and the bad inputs."""
 
 import copy
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -50,6 +51,22 @@ def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(
         assert 0.0 <= side["accuracy"] <= 1.0 and side["macs"] > 0 and side["params"] > 0
     assert result.pruned["macs"] == pytest.approx(0.1 * result.dense["macs"], rel=0.02)
     assert (tmp_path / "run" / "result.json").is_file()
+
+
+def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_path, monkeypatch):
+    from lightning_ssr.app import stages
+    from lightning_ssr.app.stages import RunInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "compared_result", interrupted)
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1",
+                          "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    with pytest.raises(RunInterrupted, match="^interrupted after the run that prunes had finished, during the "
+                                             "evaluation or the export. The last checkpoint is ") as info:
+        run(cfg, tmp_path / "run")
+    assert info.value.checkpoint.endswith(".ckpt") and Path(info.value.checkpoint).is_file()
 
 
 def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
