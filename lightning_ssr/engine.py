@@ -993,7 +993,7 @@ class PruningEngine:
         name = self.method.name
         if not isinstance(masks, Mapping):
             raise TypeError(f"pruning method {name!r}: select() must return a mapping group name -> bool mask, "
-                               f"got {type(masks).__name__}")
+                            f"got {type(masks).__name__}")
         out = {}
         for g in ctx.groups:
             m = masks.get(g.name)

@@ -30,6 +30,13 @@ def check_number(owner: str, name: str, value, *, low: float | None = None, high
     return int(value) if integer else float(value)
 
 
+def check_flag(name: str, value, owner: str | None = None) -> bool:
+    """``value`` if it is a bool; a string or a number (``"no"``, ``1``) would read as true."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner + ': ' if owner else ''}{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_choice(owner: str, name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{owner}: {name} must be one of {tuple(choices)}, got {value!r}")

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..schedule import end_cosines
-from ..validation import check_number
+from ..validation import check_flag, check_number
 
 
 class ImageClassifier(pl.LightningModule):
@@ -35,8 +35,7 @@ class ImageClassifier(pl.LightningModule):
         check_number("module", "momentum", momentum, low=0.0, high=1.0, high_open=True)
         check_number("module", "weight_decay", weight_decay, low=0.0)
         for name, flag in (("nesterov", nesterov), ("cosine", cosine)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"module: {name} must be true or false, got {flag!r}")
+            check_flag(name, flag, "module")
         if nesterov and momentum == 0:
             raise ValueError("module: nesterov=true needs momentum > 0 (SGD's Nesterov momentum)")
         self.save_hyperparameters(ignore=["model"])

@@ -45,7 +45,7 @@ from ..pruning import Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
-from ..validation import check_number
+from ..validation import check_flag, check_number
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 
 #: Keys of the ``target`` group that are limits, not the target itself.
@@ -129,8 +129,7 @@ def check_run_settings(cfg: DictConfig) -> None:
     for size in sizes:
         check_number(owner, "latency.batch_sizes", size, low=1, integer=True)
     for name, value in (("verbose", cfg.verbose), ("dense.use_cache", cfg.dense.use_cache)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{owner}: {name} must be true or false, got {value!r}")
+        check_flag(name, value, owner)
 
 
 #: set (true) on an error :func:`check_config` raised, before any training: the command prints it

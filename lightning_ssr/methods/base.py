@@ -185,7 +185,7 @@ def checked_metrics(method: str, hook: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise TypeError(f"pruning method {method!r}: {hook}() must return a dict of metric name -> number "
-                           f"(or None), got {type(value).__name__}")
+                        f"(or None), got {type(value).__name__}")
     for key, v in value.items():
         if not isinstance(key, str) or not (isinstance(v, numbers.Real) or torch.is_tensor(v) and v.numel() == 1):
             raise TypeError(f"pruning method {method!r}: {hook}() returned {key!r}: {type(v).__name__}; metrics "
@@ -198,7 +198,7 @@ def checked_ready(method: str, value: Any) -> tuple[bool, str]:
     if (not isinstance(value, tuple) or len(value) != 2 or not isinstance(value[0], (bool, torch.Tensor))
             or not isinstance(value[1], str)):
         raise TypeError(f"pruning method {method!r}: ready() must return a pair (bool, reason: str), got "
-                           f"{value!r}")
+                        f"{value!r}")
     return bool(value[0]), value[1]
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ...modes import eval_mode
-from ...validation import check_number
+from ...validation import check_flag, check_number
 from .. import stages
 from ..data import EpochShuffleSampler
 from ..module import ImageClassifier
@@ -225,8 +225,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     with stages.before_training():
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
-        if not isinstance(a.get("ceiling", False), bool):
-            raise TypeError(f"adaptation.ceiling must be true or false, got {a.ceiling!r}")
+        check_flag("adaptation.ceiling", a.get("ceiling", False))
         if cfg.ckpt_path is not None:  # its trainings keep no checkpoints: a resume would silently start over
             raise ValueError("the domain-adaptation recipe does not resume from a checkpoint (its trainings write "
                              "none): run it again without ckpt_path")

@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from ...validation import check_number
+from ...validation import check_flag, check_number
 from .. import stages
 from . import register_recipe
 
@@ -74,8 +74,7 @@ def check_transfer(cfg: DictConfig) -> None:
     if t.source is None or "_target_" not in t.source:
         raise ValueError("transfer.source must be a data config (e.g. the contents of conf/data/fashion_mnist.yaml)")
     check_number("transfer", "source_epochs", t.source_epochs, low=1, integer=True)
-    if not isinstance(t.prune_frozen, bool):
-        raise TypeError(f"transfer.prune_frozen must be true or false, got {t.prune_frozen!r}")
+    check_flag("transfer.prune_frozen", t.prune_frozen)
 
 
 def run_transfer(cfg: DictConfig, output_dir: str | Path):
