@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import atomic_write
 from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 
@@ -128,19 +128,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None, **extra) -> Path:
     """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module`` (the module the plan's
     layer names are relative to), atomically."""
-    path = Path(path)
     data = plan.to_dict() if isinstance(plan, PruningPlan) else (dict(plan) if plan is not None else None)
     payload = {"state_dict": module.state_dict(), PLAN_CHECKPOINT_KEY: data, **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], model: nn.Module):

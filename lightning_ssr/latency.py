@@ -26,7 +26,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, kept_widths
+from .files import atomic_write_text
 from .modes import eval_mode
 from .structure.surgery import dry_run, model_copy
 
@@ -315,11 +315,7 @@ def latency_model(model: nn.Module, example: torch.Tensor, groups, cost: ModelCo
     layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=False)
     if sum(float(t["ms"][-1][-1]) for t in layers.values()) > INCONSISTENT_TABLE * dense_ms:
         layers = _layer_tables(model, cost, inputs, groups, device, dtype, batch, repeats, cache, fresh=True)
-    cache_path.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_path, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(cache, f)
-    os.replace(tmp, cache_file)
+    atomic_write_text(cache_file, json.dumps(cache))
     full = {n: float(t["ms"][-1][-1]) for n, t in layers.items()}
     return LatencyModel(batch_size=batch, device=device_name(device), dense_ms=dense_ms,
                         rest_ms=max(0.0, dense_ms - sum(full.values())), layers=layers, outputs=outputs)

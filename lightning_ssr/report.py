@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .cost import ModelCost
+from .files import atomic_write_text
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -51,15 +52,9 @@ def portable_paths(obj, root: str | os.PathLike):
 def write_json(path: str | os.PathLike, obj, relative_to: str | os.PathLike | None = None) -> Path:
     """Write ``obj`` as indented JSON, atomically; with ``relative_to``, its paths made
     :func:`portable_paths`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if relative_to is not None:
         obj = portable_paths(obj, relative_to)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @dataclass

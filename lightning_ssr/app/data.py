@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..files import atomic_write
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing; the message names the command that installs them."""
@@ -283,12 +285,7 @@ def convert_mnist_pickle(source: str | os.PathLike, target: str | os.PathLike) -
         if digest != MNIST_SHA256[key]:
             raise ValueError(f"{source}: {key} does not match the published MNIST (sha256 {digest}); the "
                              "file is damaged or not the MNIST pickle")
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, target)
-    return target
+    return atomic_write(target, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 class MNIST(_InMemoryImages):
@@ -476,7 +473,6 @@ class MNISTM(_InMemoryImages):
 
 def build_mnist_m(root: str | os.PathLike | None = None) -> Path:
     """Make ``<root>/mnist_m/mnist_m.npz`` from the full MNIST and the photographs (atomically)."""
-    import tempfile
 
     import numpy as np
 
@@ -493,12 +489,8 @@ def build_mnist_m(root: str | os.PathLike | None = None) -> Path:
     blended = blend_mnist_m(np.concatenate([mnist["x_train"], mnist["x_test"]]), photos)
     n = len(mnist["x_train"])
     target = root / "mnist_m" / "mnist_m.npz"
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, x_train=blended[:n], y_train=mnist["y_train"], x_test=blended[n:], y_test=mnist["y_test"])
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-    return target
+    return atomic_write(target, lambda tmp: np.savez(tmp, x_train=blended[:n], y_train=mnist["y_train"],
+                                                     x_test=blended[n:], y_test=mnist["y_test"]), suffix=".npz")
 
 
 class UCIDigits(_InMemoryImages):

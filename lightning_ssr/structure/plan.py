@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_write_text
 from .groups import ChannelGroup
 
 PLAN_FORMAT_VERSION = 1
@@ -52,8 +53,8 @@ class PruningPlan:
         return plan
 
     def save(self, path) -> None:
-        """Write the plan as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the plan as JSON (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path) -> PruningPlan:
