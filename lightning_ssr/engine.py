@@ -70,6 +70,7 @@ from .structure.surgery import (
     snapshot_modules,
 )
 from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table, parse_rates
+from .validation import check_flag, check_keywords, keyword_names
 
 #: how far above a latency target the pruned model may run before the engine warns (the timings of
 #: one machine repeat within a few percent with the allocator steadied, not better)
@@ -343,6 +344,7 @@ class PruningEngine:
         if schedule is None:
             schedule = PruningSchedule()
         elif isinstance(schedule, Mapping):
+            check_keywords("schedule", schedule, keyword_names(PruningSchedule))
             schedule = PruningSchedule(**schedule)
         elif not isinstance(schedule, PruningSchedule):
             raise TypeError(f"schedule must be a PruningSchedule or a mapping, got {type(schedule).__name__}")
@@ -355,7 +357,7 @@ class PruningEngine:
         self._ignored_names, self._ignored_modules = _layer_names(ignored_layers)
         if example_input is not None and not torch.is_tensor(example_input):
             raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
-        self.verbose = bool(verbose)
+        self.verbose = check_flag("verbose", verbose)
         self._example_input = example_input
         self.reset()
 

@@ -11,8 +11,6 @@ through :mod:`lightning_ssr.lightning_internals`.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +40,7 @@ from .report import PruningResult
 from .schedule import PruningSchedule, cosine_end, fit_cosines
 from .structure.plan import PLAN_CHECKPOINT_KEY, PruningPlan
 from .targets import Budget, Target
+from .validation import check_keywords, keyword_names
 
 
 def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callable[[nn.Module], float | None]:
@@ -171,13 +170,7 @@ class Pruning(Callback):
     def __init__(self, method: str | PruningMethod = "ssr_l20", target: Target | Mapping | None = None,
                  schedule: PruningSchedule | Mapping | None = None, **engine_args: Any):
         super().__init__()
-        allowed = list(inspect.signature(PruningEngine).parameters)
-        unknown = sorted(set(engine_args) - set(allowed))
-        if unknown:
-            close = {n: difflib.get_close_matches(n, allowed, n=1) for n in unknown}
-            hints = "".join(f" ({n!r}: did you mean {c[0]!r}?)" for n, c in close.items() if c)
-            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}{hints}; its arguments "
-                            f"are {', '.join(allowed)}")
+        check_keywords(f"{type(self).__name__}()", engine_args, keyword_names(PruningEngine))
         self.engine = PruningEngine(method, target=target, schedule=schedule, **engine_args)
         self._trainer: Trainer | None = None
         self._world = World(info=rank_zero_info)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from .validation import check_number
+from .validation import check_flag, check_number
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ class PruningSchedule:
         check_number(owner, "update_every_n_steps", self.update_every_n_steps, low=1, integer=True, optional=True)
         check_number(owner, "lr_warmup_steps", self.lr_warmup_steps, low=0, integer=True)
         for name in ("stop_early", "restart_lr"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{owner}: {name} must be a bool, got {getattr(self, name)!r}")
+            check_flag(name, getattr(self, name), owner)
 
     def prune_epoch(self, event: int = 0) -> int:
         """The (0-based) epoch at whose start prune event ``event`` is due."""

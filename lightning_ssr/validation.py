@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
+from collections.abc import Callable, Iterable, Sequence
 
 
 def check_number(owner: str, name: str, value, *, low: float | None = None, high: float | None = None,
@@ -41,3 +44,24 @@ def check_choice(owner: str, name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{owner}: {name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def keyword_names(fn: Callable) -> list[str] | None:
+    """The keyword arguments ``fn`` (a function or a class) takes; ``None`` if it takes any (``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_keywords(owner: str, given: Iterable[str], allowed: Sequence[str] | None) -> None:
+    """Raise ``TypeError`` for names in ``given`` that ``allowed`` lacks, each with the closest
+    allowed name (a typo), and the list of allowed ones; ``allowed=None`` accepts any name."""
+    if allowed is None:
+        return
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        close = {n: difflib.get_close_matches(n, allowed, n=1) for n in unknown}
+        hints = "".join(f" ({n!r}: did you mean {c[0]!r}?)" for n, c in close.items() if c)
+        takes = f"its arguments are {', '.join(allowed)}" if allowed else "it takes none"
+        raise TypeError(f"{owner} got unexpected keyword arguments {unknown}{hints}; {takes}")

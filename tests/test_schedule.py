@@ -63,7 +63,7 @@ def test_only_cosine_schedules_can_be_restarted():
 
 def test_restart_lr_must_be_a_bool():
     assert PruningSchedule().restart_lr is False
-    with pytest.raises(TypeError, match="restart_lr must be a bool"):
+    with pytest.raises(TypeError, match="restart_lr must be true or false"):
         PruningSchedule(restart_lr="yes")
 
 

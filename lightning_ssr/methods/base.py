@@ -52,6 +52,7 @@ from torch import nn
 from ..cost import ModelCost
 from ..structure.groups import ChannelGroup
 from ..targets import BudgetView
+from ..validation import check_keywords, keyword_names
 
 Sync = Callable[[Any], Any]
 
@@ -307,6 +308,7 @@ def build_method(name: str, **kwargs) -> PruningMethod:
         _load_entry_points()
     if name not in _REGISTRY:
         raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}")
+    check_keywords(f"pruning method {name!r}", kwargs, keyword_names(_REGISTRY[name]))
     try:
         method = _REGISTRY[name](**kwargs)
     except TypeError as err:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..structure.groups import ChannelGroup
-from ..validation import check_choice
+from ..validation import check_choice, check_flag
 from .base import MethodContext, PruningMethod, register_method, top_k_masks
 
 PROCEDURES = ("oneshot", "layerwise")
@@ -170,9 +170,7 @@ class FSM(PruningMethod):
 
     def __init__(self, procedure: str = "oneshot", compensate: bool = True):
         self.procedure = check_choice("fsm", "procedure", procedure, PROCEDURES)
-        if not isinstance(compensate, bool):
-            raise TypeError(f"fsm: compensate must be a bool, got {compensate!r}")
-        self.compensate = compensate
+        self.compensate = check_flag("compensate", compensate, "fsm")
         self._shifts: dict[str, dict[str, torch.Tensor]] = {}
         self.decisions: list[dict] = []
 

@@ -15,6 +15,7 @@ support of ``V`` (which groups are non-zero) has not changed for ``patience`` up
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -567,3 +568,9 @@ def ssr_l21(**kwargs) -> SSR:
 def ssr_l20(**kwargs) -> SSR:
     """SSR with the L2,0 group norm (hard threshold; with a target, the budget form)."""
     return SSR(regularizer="l20", **kwargs)
+
+
+# the two names take SSR's arguments but the regularizer: said so, for the registry's check of
+# misspelled arguments (``rh=0.5``: did you mean ``rho``?) and for ``help()``
+ssr_l21.__signature__ = ssr_l20.__signature__ = inspect.signature(SSR).replace(
+    parameters=[p for p in inspect.signature(SSR).parameters.values() if p.name != "regularizer"])

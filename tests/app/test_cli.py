@@ -226,7 +226,7 @@ def test_unknown_model_fails_with_hydras_error():
     (["target.macs=0.001", "target.min_channels=5"], "too small"),
     (["module.lr=-1"], "lr must be > 0"),
     (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
-    (["schedule.restart_lr=1"], "restart_lr must be a bool"),
+    (["schedule.restart_lr=1"], "restart_lr must be true or false"),
     (["schedule.sparsify_epochs=abc"], "schedule: sparsify_epochs must be an int, got str 'abc'"),
     (["schedule.lr_warmup_steps=-5"], r"lr_warmup_steps must be in \[0"),
     (["export=tflite"], "export must be null or one of"),
