@@ -219,13 +219,13 @@ def test_bad_arguments_fail_with_clear_messages(kwargs, match):
       "arguments are method, target, schedule, method_kwargs")),
     # a misspelled method or schedule argument names the closest one, like Pruning's own
     ({"method": "ssr_l20", "target": {"macs": 0.5}, "method_kwargs": {"rh": 0.5}}, TypeError,
-     r"pruning method 'ssr_l20' got unexpected keyword arguments \['rh'\] \('rh': did you mean 'rho'\?\); its "
-     "arguments are lam, lam_scaling, rho,"),
+     (r"pruning method 'ssr_l20' got unexpected keyword arguments \['rh'\] \('rh': did you mean 'rho'\?\); its "
+     "arguments are lam, lam_scaling, rho,")),
     ({"method": "l1", "target": {"macs": 0.5}, "method_kwargs": {"lam": 1}}, TypeError,
      r"pruning method 'l1' got unexpected keyword arguments \['lam'\]; it takes none"),
     ({"method": "oneshot", "target": {"macs": 0.5}, "schedule": {"sparsify_epoch": 1}}, TypeError,
-     r"schedule got unexpected keyword arguments \['sparsify_epoch'\] \('sparsify_epoch': did you mean "
-     "'sparsify_epochs'"),
+     (r"schedule got unexpected keyword arguments \['sparsify_epoch'\] \('sparsify_epoch': did you mean "
+     "'sparsify_epochs'")),
     # "no" would read as true
     ({"method": "oneshot", "target": {"macs": 0.5}, "verbose": "no"}, TypeError, "verbose must be true or false"),
 ])
