@@ -231,22 +231,30 @@ def _sweep_only(override: str) -> bool:
     return any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY)
 
 
-def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
-    """Ctrl-C in a job of a sweep: which run it was, the command that goes on with it (or runs it
-    again) alone in its folder, where the sweep's report finds it (``ckpt_path`` on the sweep's
-    command line would give every run that checkpoint), and the report of the runs that finished."""
-    sweep_dir, run_dir = str(hydra_cfg.sweep.dir), str(hydra_cfg.runtime.output_dir)
-    where = f"{getattr(err, 'where', 'interrupted')}, in run {hydra_cfg.job.num} of the sweep in {sweep_dir}"
-    saved = getattr(err, "checkpoint", None)
+def run_alone_command(hydra_cfg, overrides: Sequence[str], run_dir: str, extra: Sequence[str] = ()) -> str:
+    """The command that runs one job of a sweep alone in ``run_dir`` (a folder of the sweep, where
+    its report finds the run): the sweep's config flags and the Hydra flags that are not the
+    sweep's, the job's ``overrides``, then ``extra`` (``ckpt_path=...``)."""
     config = [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra_cfg.runtime.config_sources
               if source.provider == "command-line" and source.schema == "file"]
     if hydra_cfg.job.config_name != CONFIG_NAME:
         config.append(f"--config-name={hydra_cfg.job.config_name}")
     hydra_flags = [o for o in hydra_cfg.overrides.hydra if not _sweep_only(o)]
-    args = ["lightning-ssr", *config, *hydra_flags, *hydra_cfg.overrides.task,
-            *([f"ckpt_path={_override_value(saved)}"] if saved else []), f"hydra.run.dir={_override_value(run_dir)}",
+    args = ["lightning-ssr", *config, *hydra_flags, *overrides, *extra, f"hydra.run.dir={_override_value(run_dir)}",
             "hydra.mode=RUN"]  # also where a config file set the sweep's mode
-    command = " ".join(shlex.quote(a) for a in args)
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
+    """Ctrl-C in a job of a sweep: which run it was, the command that goes on with it (or runs it
+    again) alone in its folder, where the sweep's report finds it (``ckpt_path`` on the sweep's
+    command line would give every run that checkpoint), and the report of the runs that finished
+    and of those that never started."""
+    sweep_dir, run_dir = str(hydra_cfg.sweep.dir), str(hydra_cfg.runtime.output_dir)
+    where = f"{getattr(err, 'where', 'interrupted')}, in run {hydra_cfg.job.num} of the sweep in {sweep_dir}"
+    saved = getattr(err, "checkpoint", None)
+    command = run_alone_command(hydra_cfg, hydra_cfg.overrides.task, run_dir,
+                                [f"ckpt_path={_override_value(saved)}"] if saved else [])
     stopped = "the sweep stopped there (runs without a result.json did not finish)"
     if saved:
         head = f"{where}; {stopped}. Its last checkpoint is {saved}; to go on with that run"
@@ -254,7 +262,8 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
         head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
     return RunInterrupted(where, saved, message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
-        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished"))
+        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and gives the command "
+        "of each run that never started"))
 
 
 def main() -> None:

@@ -18,13 +18,16 @@ A configuration is named by what was swept: the command-line choices that differ
 runs (``pruning=l1 target.macs=0.1``, from each Hydra job's ``overrides.yaml``).
 
 A run directory is one with a ``result.json`` or a Hydra ``.hydra`` folder; a Hydra job that
-left no ``result.json`` (killed, or failed before writing it) is reported as failed.
+left no ``result.json`` (killed, or failed before writing it) is reported as failed. The jobs a
+grid sweep planned (its ``multirun.yaml``) that have no folder at all, after a Ctrl-C, are
+listed as never started, each with the command that runs it alone in the sweep's folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -69,6 +72,54 @@ def find_runs(root: str | Path) -> list[dict]:
             continue
         runs.append({"dir": d, "status": result.get("status", "ok"), "error": result.get("error"), "result": result})
     return runs
+
+
+#: the sweeper whose jobs are a grid fixed at the start (an Optuna sweep's are not)
+GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def planned_jobs(sweep_dir: str | Path) -> tuple[object, list[list[str]]] | None:
+    """The Hydra settings of a grid sweep (``multirun.yaml``) and its jobs' overrides, in launch
+    order (job ``i`` is the ``i``-th): the product of the sweeper's ``params`` and the command
+    line's overrides, as Hydra's basic sweeper expands them. ``None`` for another sweeper, a
+    folder that is not a sweep, or a file that cannot be read."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        hydra_cfg = OmegaConf.load(path).hydra
+        if hydra_cfg.sweeper.get("_target_") != GRID_SWEEPER:
+            return None
+        given = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+        choices: dict[str, list[str]] = {}  # a key given twice: its last value, as Hydra's sweeper
+        for override in OverridesParser.create().parse_overrides([*given, *hydra_cfg.overrides.task]):
+            key = override.get_key_element()
+            choices[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()] if override.is_sweep_override()
+                            else [f"{key}={override.get_value_element_as_str()}"])
+        return hydra_cfg, [list(job) for job in itertools.product(*choices.values())]
+    except Exception:  # noqa: BLE001 - a sweep type or file this cannot expand: nothing is said to be missing
+        return None
+
+
+def never_started(sweep_dir: str | Path, runs: Sequence[dict]) -> list[dict]:
+    """The jobs of a grid sweep that left no folder (the sweep was stopped before them):
+    ``{"job", "overrides", "command"}``, the command running each alone in a folder of the sweep."""
+    planned = planned_jobs(sweep_dir)
+    if planned is None:
+        return []
+    hydra_cfg, jobs = planned
+    started = {frozenset(o.items()) for o in map(_overrides, runs) if o is not None}
+    missing = [(i, job) for i, job in enumerate(jobs)
+               if frozenset((k.lstrip("+~"), v) for k, _, v in (o.partition("=") for o in job)) not in started]
+    if not missing:
+        return []
+    from .cli import run_alone_command  # the command a Ctrl-C in a sweep gives, built the same way
+
+    return [{"job": i, "overrides": job,
+             "command": run_alone_command(hydra_cfg, job, str(Path(sweep_dir) / str(i)))} for i, job in missing]
 
 
 def _settings(run: dict) -> dict:
@@ -193,7 +244,8 @@ def _pm(mean, std, runs: int, digits=2):
     return f"{mean:.{digits}f}" if runs < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
+def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
+                   missing: Sequence[dict] = ()) -> Path:
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{sum(1 for r in runs if r['status'] != 'ok')} failed. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
@@ -211,6 +263,11 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
             lines.append(f"- `{r['dir']}`: {error}")
+    if missing:
+        lines += ["", "## Runs that never started", "",
+                  (f"The sweep stopped before {count_runs(len(missing))} of its grid; each runs alone, in a folder "
+                   "of the sweep where this report finds it, with:"), ""]
+        lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): `{m['command']}`" for m in missing]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -358,8 +415,10 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
         raise FileNotFoundError(f"no runs under {str(sweep_dir)!r}: no result.json and no Hydra job folder")
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
+    missing = never_started(sweep_dir, runs)
     title = f"Sweep {sweep_dir.name}"
-    files = {"markdown": write_markdown(rows, runs, out / "report.md", title), "csv": write_csv(rows, out / "report.csv")}
+    files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing),
+             "csv": write_csv(rows, out / "report.csv")}
     if plots:
         files["pareto"] = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
         structure = plot_structures(rows, runs, out / "structure.png", f"{title}: filters kept per layer")
@@ -377,7 +436,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
         if chosen is not None and chosen["result"].get("layers"):
             name = chosen["dir"].relative_to(sweep_dir) if chosen["dir"].is_relative_to(sweep_dir) else chosen["dir"]
             files["layers"] = plot_layers(chosen["result"], out / "layers.png", f"Surviving filters per layer: {chosen['result']['method']}, run {name}")
-    return {"rows": rows, "runs": runs, "files": files}
+    return {"rows": rows, "runs": runs, "missing": missing, "files": files}
 
 
 def count_runs(n: int, noun: str = "run") -> str:
@@ -392,6 +451,9 @@ def format_summary(report: Mapping) -> str:
     lines = [f"{count_runs(len(runs))}, {failed} failed, {count_runs(len(rows), 'configuration')}; Pareto front: "
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
+    if report.get("missing"):
+        lines.append(f"{count_runs(len(report['missing']))} of the sweep never started (it was stopped): "
+                     f"{report['files']['markdown']} gives the command of each")
     lines += [f"wrote {p}" for p in report["files"].values()]
     return "\n".join(lines)
 
@@ -412,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lightning-ssr-report: {err}", file=sys.stderr)
         return 2
     print(format_summary(report))
-    return 1 if any(r["status"] != "ok" for r in report["runs"]) else 0
+    return 1 if report["missing"] or any(r["status"] != "ok" for r in report["runs"]) else 0
 
 
 try:  # the multirun's callback; Hydra is a dependency, but this module also works without it

@@ -594,7 +594,7 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
                         "finish). To run it again alone (in its folder, where the report finds it): lightning-ssr "
                         "seed=3 target.macs=0.1 hydra.run.dir=multirun/x/3 hydra.mode=RUN. lightning-ssr-report "
                         "multirun/x reports "
-                        "the runs that finished")
+                        "the runs that finished and gives the command of each run that never started")
     assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
         "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
 

@@ -116,6 +116,61 @@ def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
     assert "unreadable" in report["runs"][1]["error"]
 
 
+def _grid_sweep(root: Path, task: list[str], params: dict | None = None) -> Path:
+    """A sweep folder as Hydra's basic sweeper leaves it at the start: its ``multirun.yaml``."""
+    from omegaconf import OmegaConf
+
+    root.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params},
+        "overrides": {"hydra": ["hydra.mode=MULTIRUN", "hydra.job.chdir=false"], "task": task},
+        "runtime": {"config_sources": []}, "job": {"config_name": "config"}}}), root / "multirun.yaml")
+    return root
+
+
+def _job(root: Path, num: int, overrides: list[str], method: str | None, kept: float = 0.5) -> None:
+    from omegaconf import OmegaConf
+
+    if method is not None:
+        _result(root, str(num), method, kept, 0, 0.9)
+    (root / str(num) / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(overrides), root / str(num) / ".hydra" / "overrides.yaml")
+
+
+def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(tmp_path, capsys):
+    # Ctrl-C in job 1 of a 2 x 2 grid: job 0 finished, job 1 left its folder, jobs 2 and 3 none
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random", "target.macs=0.5,0.25", "seed=3"])
+    _job(sweep, 0, ["pruning=l1", "target.macs=0.5", "seed=3"], "l1")
+    _job(sweep, 1, ["pruning=l1", "target.macs=0.25", "seed=3"], None)
+    assert main([str(sweep), "--no-plots"]) == 1  # the sweep is not complete: not a success
+    out = capsys.readouterr().out
+    assert "2 runs, 1 failed" in out and "2 runs of the sweep never started (it was stopped)" in out
+    md = (sweep / "report.md").read_text()
+    assert "## Runs that never started" in md
+    for num, overrides in [(2, "pruning=random target.macs=0.5 seed=3"), (3, "pruning=random target.macs=0.25 seed=3")]:
+        assert (f"- job {num} (`{overrides}`): `lightning-ssr hydra.job.chdir=false {overrides} "
+                f"hydra.run.dir={sweep / str(num)} hydra.mode=RUN`") in md
+    # run as told, the report finds them and the sweep is whole
+    _job(sweep, 2, ["pruning=random", "target.macs=0.5", "seed=3"], "random")
+    _job(sweep, 3, ["pruning=random", "target.macs=0.25", "seed=3"], "random", 0.25)
+    report = write_report(sweep, plots=False)
+    assert report["missing"] == [] and "never started" not in (sweep / "report.md").read_text()
+
+
+def test_the_grid_includes_the_sweepers_params_and_other_sweepers_are_not_guessed(tmp_path):
+    from lightning_ssr.app.sweep import planned_jobs
+
+    sweep = _grid_sweep(tmp_path / "a", ["target.macs=0.5,0.25"], params={"pruning": "l1,random"})
+    assert planned_jobs(sweep)[1] == [["pruning=l1", "target.macs=0.5"], ["pruning=l1", "target.macs=0.25"],
+                                      ["pruning=random", "target.macs=0.5"], ["pruning=random", "target.macs=0.25"]]
+    (tmp_path / "b").mkdir()
+    assert planned_jobs(tmp_path / "b") is None  # not a sweep: no multirun.yaml
+    optuna = (tmp_path / "a" / "multirun.yaml").read_text().replace(
+        "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "hydra_plugins.optuna_sweeper.OptunaSweeper")
+    (tmp_path / "b" / "multirun.yaml").write_text(optuna)
+    assert planned_jobs(tmp_path / "b") is None  # its trials are not a grid fixed at the start
+
+
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
         "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
         "latency.batch_sizes=[]", "verbose=false"]
