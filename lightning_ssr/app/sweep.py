@@ -11,8 +11,8 @@ writes, next to the runs:
   configuration's mean as a ring, the Pareto front as a line;
 - ``layers.png``: the per-layer surviving filters of one run (``--run``; by default the
   cheapest configuration on the Pareto front);
-- ``structure.png``: per layer, the fraction of filters each configuration keeps, at the target
-  most configurations share: the structures of the methods (and allocations) side by side.
+- ``structure.png``: per layer, the fraction of filters each configuration keeps, one panel per
+  target: the structures of the methods (and allocations) side by side.
 
 A configuration is named by what was swept: the command-line choices that differ between the
 runs (``pruning=l1 target.macs=0.1``, from each Hydra job's ``overrides.yaml``).
@@ -187,7 +187,7 @@ def _label(run: dict, keys: Sequence[str], by_overrides: bool) -> str:
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)  # one run: no spread
 
 
 def summarize(runs: Sequence[dict]) -> list[dict]:
@@ -355,9 +355,8 @@ def plot_layers(result: Mapping, path: Path, title: str) -> Path:
 
 def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path | None:
     """Per layer, the fraction of filters each configuration keeps (mean over its seeds), one
-    line per configuration, at the target most configurations share: how the methods (and
-    allocations) spread the same budget over the layers. ``None`` if fewer than two
-    configurations share a target."""
+    line per configuration, one panel per target: how the methods (and allocations) spread the
+    same budget over the layers. ``None`` if no target has two configurations to compare."""
     by_dir = {str(r["dir"]): r for r in runs}
     by_target: dict[str, list[tuple[dict, list[dict]]]] = {}
     for row in rows:
@@ -365,29 +364,30 @@ def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, titl
         members = [m for m in members if m.get("layers") and m.get("target")]
         if members:
             by_target.setdefault(json.dumps(members[0]["target"], sort_keys=True), []).append((row, members))
-    if not by_target:
-        return None
-    target, chosen = max(by_target.items(), key=lambda kv: len(kv[1]))
-    if len(chosen) < 2:
+    if not any(len(chosen) > 1 for chosen in by_target.values()):
         return None
     plt = _pyplot()
-    names = [layer["name"] for layer in chosen[0][1][0]["layers"]]
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.35 * len(names) + 3), 4.5))
+    names = [layer["name"] for layer in next(iter(by_target.values()))[0][1][0]["layers"]]
+    panels = sorted(by_target.items(), key=lambda kv: [-len(kv[1]), kv[0]])
+    width = max(6.5, 0.35 * len(names) + 3)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels) + 0.9), sharex=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
-    for i, (row, members) in enumerate(chosen):
-        fractions = []
-        for name in names:
-            kept = [layer["after"] / layer["before"] for m in members for layer in m["layers"]
-                    if layer["name"] == name and layer["before"]]
-            fractions.append(statistics.fmean(kept) if kept else float("nan"))
-        ax.plot(range(len(names)), fractions, marker="o", color=cmap(i % 10), label=row["config"], alpha=0.85)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("filters kept / dense (log scale)")
-    ax.set_title(f"{title} at target {json.loads(target)}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    for ax, (target, chosen) in zip(axes[:, 0], panels, strict=True):
+        for i, (row, members) in enumerate(chosen):
+            fractions = []
+            for name in names:
+                kept = [layer["after"] / layer["before"] for m in members for layer in m["layers"]
+                        if layer["name"] == name and layer["before"]]
+                fractions.append(statistics.fmean(kept) if kept else float("nan"))
+            ax.plot(range(len(names)), fractions, marker="o", color=cmap(i % 10), label=row["config"], alpha=0.85)
+        ax.set_yscale("log")
+        ax.set_ylabel("filters kept / dense")
+        ax.set_title(f"target {json.loads(target)}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xticks(range(len(names)))
+    axes[-1, 0].set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"{title} (log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -435,7 +435,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
             chosen = _default_layers_run(rows, runs)
         if chosen is not None and chosen["result"].get("layers"):
             name = chosen["dir"].relative_to(sweep_dir) if chosen["dir"].is_relative_to(sweep_dir) else chosen["dir"]
-            files["layers"] = plot_layers(chosen["result"], out / "layers.png", f"Surviving filters per layer: {chosen['result']['method']}, run {name}")
+            config = next((r["config"] for r in rows if str(chosen["dir"]) in r["dirs"]), chosen["result"]["method"])
+            files["layers"] = plot_layers(chosen["result"], out / "layers.png",
+                                          f"Surviving filters per layer: {config} (run {name})")
     return {"rows": rows, "runs": runs, "missing": missing, "files": files}
 
 

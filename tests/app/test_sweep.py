@@ -71,6 +71,31 @@ def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 
 
+def _png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk: width, then height
+
+
+def test_every_target_gets_its_panel_and_one_run_shows_no_spread(tmp_path, monkeypatch):
+    from lightning_ssr.app import sweep
+
+    for i, (method, kept, acc) in enumerate([("ssr_l20", 0.5, 0.98), ("l1", 0.5, 0.96), ("ssr_l20", 0.25, 0.97),
+                                             ("l1", 0.25, 0.95)]):
+        _result(tmp_path / "two", str(i), method, kept, 0, acc)
+    _result(tmp_path / "one", "0", "ssr_l20", 0.5, 0, 0.98)
+    _result(tmp_path / "one", "1", "l1", 0.5, 0, 0.96)
+    titles = []
+    monkeypatch.setattr(sweep, "plot_layers", lambda result, path, title: titles.append(title) or path)
+    write_report(tmp_path / "two")
+    write_report(tmp_path / "one")
+    # the second target was left out of structure.png: one panel per target now
+    one, two = _png_height(tmp_path / "one" / "structure.png"), _png_height(tmp_path / "two" / "structure.png")
+    assert two > 1.5 * one  # 3.6 in more per panel
+    # the per-layer plot is named by its configuration, as the table names it
+    assert titles[0] == "Surviving filters per layer: pruning=ssr_l20 target.macs=0.25 (run 2)"
+    with open(tmp_path / "two" / "report.csv") as f:
+        assert {r["accuracy_std"] for r in csv.DictReader(f)} == {""}  # one run per configuration: no spread
+
+
 def test_report_command_says_what_is_wrong(tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
