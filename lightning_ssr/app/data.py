@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -99,14 +100,47 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return self.n
 
 
+#: what ``data.augment`` may name: a random shift of up to ``SHIFT`` pixels each way (edges
+#: repeated), and a horizontal flip of half the images (for clothes, not for digits)
+AUGMENTATIONS = ("shift", "flip")
+SHIFT = 2
+
+
+def augment_images(x: torch.Tensor, augment: tuple[str, ...], shift: int = SHIFT) -> torch.Tensor:
+    """``x`` ([N, C, H, W]) with each image shifted and/or flipped at random (torch's global RNG,
+    on ``x``'s device): a new view of the same images at every epoch."""
+    n, c, h, w = x.shape
+    if "flip" in augment:
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if "shift" in augment:
+        padded = F.pad(x, (shift,) * 4, mode="replicate")
+        rows = torch.randint(0, 2 * shift + 1, (n, 1), device=x.device) + torch.arange(h, device=x.device)
+        cols = torch.randint(0, 2 * shift + 1, (n, 1), device=x.device) + torch.arange(w, device=x.device)
+        index = torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[:, None, None]
+        x = padded[index[0], index[1], rows[:, None, :, None], cols[:, None, None, :]]
+    return x
+
+
+def _check_augment(augment) -> tuple[str, ...]:
+    names = [augment] if isinstance(augment, str) or not isinstance(augment, Sequence) else list(augment)
+    if augment is None:
+        names = []
+    if any(a not in AUGMENTATIONS for a in names) or len(set(names)) != len(names):
+        raise ValueError(f"data.augment is a list of {list(AUGMENTATIONS)} (or null for none), each at most once; got "
+                         f"{augment!r}")
+    return tuple(names)
+
+
 class _InMemoryImages(pl.LightningDataModule):
     in_channels = 1
     num_classes = 10
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None,
-                 channels: int | None = None):
+                 channels: int | None = None, augment: Sequence[str] | str | None = None):
         super().__init__()
+        self.augment = _check_augment(augment)
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if channels is not None:  # grey images given to a network of colour inputs (the channel repeated)
@@ -194,6 +228,13 @@ class _InMemoryImages(pl.LightningDataModule):
 
     def train_dataloader(self):
         return self._loader("train", True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``augment``: training batches only (not validation, test, or the engine's own passes)."""
+        if self.augment and self.trainer is not None and self.trainer.training:
+            x, y = batch
+            return augment_images(x, self.augment), y
+        return batch
 
     def val_dataloader(self):
         return self._loader("val", False)

@@ -323,6 +323,8 @@ def dense_cache_path(cfg: DictConfig) -> Path:
     keyed["seed"] = cfg.seed
     if keyed["data"].get("train_size") is not None:  # caches of the earlier subsets, a few images off, not reused
         keyed["data_subset"] = "exact"
+    if not keyed["data"].get("augment"):  # none: the key of the caches made before the setting existed
+        keyed["data"].pop("augment", None)
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()

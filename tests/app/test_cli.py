@@ -331,6 +331,11 @@ def test_dense_cache_is_keyed_on_the_settings_that_change_the_dense_model():
     assert dense_cache_path(_compose(["module.weight_decay=1e-4"])) != base
     # the bounds of the compression run: the dense model trains dense.epochs whatever they are
     assert dense_cache_path(_compose(["+trainer.max_steps=60", "+trainer.max_time=00:00:10:00"])) == base
+    # augmentation trains the dense model too; none keeps the key the caches had before the setting existed
+    assert dense_cache_path(_compose(["data.augment=[shift]"])) != base
+    keyed = _compose([])
+    del keyed.data.augment
+    assert dense_cache_path(keyed) == base == dense_cache_path(_compose(["data.augment=[]"]))
 
 
 def test_trainer_bounds_shorten_the_run_to_prune_not_the_dense_training(tmp_path, monkeypatch):

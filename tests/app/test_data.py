@@ -9,6 +9,7 @@ from lightning_ssr.app.data import (
     FashionMNIST,
     MNISTDigits,
     UCIDigits,
+    augment_images,
     default_data_root,
     stratified_split,
     stratified_subset,
@@ -260,3 +261,40 @@ def test_grey_images_can_be_served_in_three_channels_and_a_bad_request_is_refuse
     assert dm.in_channels == 3 and x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2])
     with pytest.raises(ValueError, match="data.channels"):
         UCIDigits(channels=2)
+
+
+def test_a_shift_is_a_crop_of_the_edge_padded_image_and_a_flip_mirrors():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 6, 7)
+    shifted = augment_images(x, ("shift",), shift=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    offsets = set()
+    for i in range(len(x)):
+        crops = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(shifted[i], padded[i, :, dy:dy + 6, dx:dx + 7])]
+        assert crops, i  # every image is one of the 25 shifts, all its channels alike
+        offsets.add(crops[0])
+    assert len(offsets) > 10  # drawn per image
+    flipped = augment_images(x, ("flip",))
+    mirrored = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(len(x))]
+    assert all(m or torch.equal(flipped[i], x[i]) for i, m in enumerate(mirrored)) and 16 < sum(mirrored) < 48
+
+
+def test_augmentation_reaches_training_batches_only():
+    from types import SimpleNamespace
+
+    dm = UCIDigits(augment=["shift", "flip"])
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32)
+    for training in (False, None):  # validation, test, sanity check; and no trainer at all
+        dm.trainer = None if training is None else SimpleNamespace(training=training)
+        assert dm.on_after_batch_transfer((x, y), 0)[0] is x
+    dm.trainer = SimpleNamespace(training=True)
+    out, labels = dm.on_after_batch_transfer((x, y), 0)
+    assert labels is y and out.shape == x.shape and not torch.equal(out, x)
+    assert UCIDigits(augment="shift").augment == ("shift",) and UCIDigits().augment == ()
+
+
+@pytest.mark.parametrize("augment", [["rotate"], ["shift", "shift"], 3])
+def test_an_unknown_augmentation_is_refused_naming_the_choices(augment):
+    with pytest.raises(ValueError, match=r"data.augment is a list of \['shift', 'flip'\]"):
+        UCIDigits(augment=augment)
