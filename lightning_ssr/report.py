@@ -142,8 +142,10 @@ class PruningResult:
         else:
             lines = [f"{self.method}: not pruned"]
         if self.accuracy_drop_points is not None:
+            drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change
+            change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> pruned "
-                         f"{100 * self.pruned['accuracy']:.2f}% ({self.accuracy_drop_points:+.2f} points drop)")
+                         f"{100 * self.pruned['accuracy']:.2f}% ({change})")
         return "\n".join(lines)
 
 

@@ -71,7 +71,15 @@ def test_missing_figures_give_none_not_an_error():
     result = PruningResult(method="ssr_l21")
     assert result.macs_reduction is None and result.params_reduction is None and result.accuracy_drop_points is None
     assert result.summary() == "ssr_l21: not pruned"
-    assert "4.0x fewer MACs" in _result().summary() and "+1.00 points drop" in _result().summary()
+    assert "4.0x fewer MACs" in _result().summary() and "98.00% (1.00 points lower)" in _result().summary()
+
+
+@pytest.mark.parametrize("pruned, said", [(0.9945, "99.45% (4.45 points higher)"), (0.94999, "95.00% (the same)")])
+def test_a_gain_is_said_as_one(pruned, said):
+    # a gain was printed as "(-4.45 points drop)"
+    result = PruningResult(method="l1", dense={"macs": 2, "params": 2, "accuracy": 0.95},
+                           pruned={"macs": 1, "params": 1, "accuracy": pruned})
+    assert result.summary().endswith(f"dense 95.00% -> pruned {said}")
 
 
 def test_layer_rows_and_table_from_two_costs():

@@ -35,3 +35,23 @@ def quiet_lightning() -> None:
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
     # user can change, so this one message is hidden.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def progress_bars(trainer_cfg) -> list:
+    """The job's progress bar for a Trainer built from ``trainer_cfg`` (none when it disables the
+    bar): Lightning's own (Rich where installed, else tqdm) without ``v_num``, the logger's version,
+    which is 0 in every run's own folder (and was shown as ``v_num: 0.000``)."""
+    if not trainer_cfg.get("enable_progress_bar", True):
+        return []
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class ProgressBar(base):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return [ProgressBar()]

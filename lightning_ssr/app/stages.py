@@ -46,6 +46,7 @@ from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..validation import check_flag, check_number
+from .console import progress_bars
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 
 #: Keys of the ``target`` group that are limits, not the target itself.
@@ -359,6 +360,8 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
     if reused:
         print(f"Reusing the dense model cached at {cache}")
     else:
+        epochs = f"{cfg.dense.epochs} epoch{'s' * (cfg.dense.epochs != 1)}"
+        print(f"Training the dense model ({epochs})" + (f"; it is cached at {cache}" if cfg.dense.use_cache else ""))
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
                                 **{"distill": 0.0} if "distill" in cfg.module else {})
@@ -392,7 +395,8 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     # metrics (pruning/*, train_loss, val_acc) go to <output_dir>/logs as CSV, chosen explicitly:
     # logger=True would look for TensorBoard and print a notice when it is not installed
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
-    trainer = instantiate(cfg.trainer, max_epochs=max_epochs, callbacks=[callback] if callback else [],
+    trainer = instantiate(cfg.trainer, max_epochs=max_epochs,
+                          callbacks=([callback] if callback else []) + progress_bars(cfg.trainer),
                           default_root_dir=str(output_dir), **extra)
     cap_log_interval(trainer, dm)
     with warnings.catch_warnings():

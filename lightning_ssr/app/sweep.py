@@ -63,7 +63,8 @@ def find_runs(root: str | Path) -> list[dict]:
         path = d / "result.json"
         if not path.is_file():
             runs.append({"dir": d, "status": "failed", "result": None,
-                         "error": f"no result.json in {str(d)!r}: the run did not finish (see its cli.log)"})
+                         "error": f"no result.json in {str(d)!r}: the run did not finish (it was killed, or stopped "
+                                  "before it could record its end)"})
             continue
         try:
             result = PruningResult.load(path).to_dict()

@@ -82,6 +82,7 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     out = capfd.readouterr().out
     assert (out + caplog.text).count(TABLE_HEADER) == 1  # the callback's table, not a second one
     assert "ssr_l20:" in out and "CPU latency: batch 1:" in out and "result.json" in out
+    assert f"Training the dense model (1 epoch); it is cached at {tmp_path / 'cache'}" in out  # not a bare bar
     on_disk = json.loads((tmp_path / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(result.to_dict()))
     assert PruningResult.load(tmp_path / "result.json").method == "ssr_l20"

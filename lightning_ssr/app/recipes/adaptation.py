@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ...modes import eval_mode
 from ...validation import check_flag, check_number
 from .. import stages
+from ..console import progress_bars
 from ..data import EpochShuffleSampler
 from ..module import ImageClassifier
 from . import register_recipe
@@ -202,8 +203,8 @@ class DomainAdaptationData(pl.LightningDataModule):
 
 def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, root: Path, log: bool):
     extra = {"logger": CSVLogger(str(root), name="logs")} if log and "logger" not in cfg.trainer else {"logger": False}
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=False,
-                          default_root_dir=str(root), **extra)
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=[*callbacks, *progress_bars(cfg.trainer)],
+                          enable_checkpointing=False, default_root_dir=str(root), **extra)
     stages.cap_log_interval(trainer, dm)
     stages.fit(trainer, "a training of the domain-adaptation recipe", lm, dm)
     return lm
