@@ -146,6 +146,12 @@ class PruningResult:
             change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> pruned "
                          f"{100 * self.pruned['accuracy']:.2f}% ({change})")
+        timed = [e for e in self.events if e.get("latency_measured_ms") is not None]
+        if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not
+            e, asked = timed[-1], self.target["latency"]
+            verdict = "met" if e.get("latency_target_met") else f"missed ({e['latency_measured_ms'] / asked - 1:+.0%})"
+            lines.append(f"latency target {verdict}: {e['latency_measured_ms']:.3f} ms measured for {asked:.3f} ms "
+                         f"asked per batch of {self.target.get('batch_size', 1)} (dense {e['latency_dense_ms']:.3f} ms)")
         return "\n".join(lines)
 
 

@@ -119,3 +119,15 @@ def test_shared_json_files_hold_no_paths_of_this_machine(tmp_path):
         "out": "./benchmarks/results/x.json", "runs": [{"checkpoint": "<tmp>/run0/pruned.pt", "cache": "~/.cache/d.pt"}],
         "name": "resnet20", "n": 3}
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+@pytest.mark.parametrize("measured, met, said", [(0.30, True, "latency target met: 0.300 ms measured"),
+                                                 (0.40, False, "latency target missed (+14%): 0.400 ms measured")])
+def test_a_latency_target_is_said_in_the_summary(measured, met, said):
+    # a latency target's outcome was only inside the events
+    result = PruningResult(method="l1", target={"latency": 0.35, "batch_size": 1},
+                           dense={"macs": 2, "params": 2}, pruned={"macs": 1, "params": 1},
+                           events=[{"epoch": 0, "latency_measured_ms": measured, "latency_target_met": met,
+                                    "latency_dense_ms": 0.6}])
+    assert result.summary().splitlines()[-1] == f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms)"
+    assert "latency" not in PruningResult(method="l1", target={"macs": 0.5}, events=result.events).summary()

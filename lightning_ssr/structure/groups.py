@@ -508,8 +508,8 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
             if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
                 problems.append(UnsupportedLayerError(
                     f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
-                    f"that changes the channel count in a way the engine cannot map (for example a "
-                    f"zero-padding shortcut). Pass '{names[root]}' in ignored_layers to leave these "
+                    f"that changes the channel count in a way the engine cannot map (a slice or an index of the "
+                    f"channels, a zero-padding shortcut, a reshape). Pass '{names[root]}' in ignored_layers to leave these "
                     f"channels unpruned."))
                 continue
             out_modules.append(name)
