@@ -1,8 +1,10 @@
-"""Writing files whole or not at all: every file the package writes (``result.json``, checkpoints,
-the dense and latency caches, the datasets it converts) goes through :func:`atomic_write`."""
+"""Writing files whole or not at all: the files the package keeps (``result.json``, checkpoints,
+plans, the dense and latency caches, the datasets it converts, sweep reports) go through
+:func:`atomic_write`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,7 +12,14 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: set it back at once
+    try:  # Linux says it without changing it (os.umask would, process-wide, for a moment)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and set back at once
     os.umask(mask)
     return mask
 
@@ -27,7 +36,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        with contextlib.suppress(OSError):  # a file system without modes (vfat, some FUSE mounts) keeps its own
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

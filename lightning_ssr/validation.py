@@ -48,7 +48,10 @@ def check_choice(owner: str, name: str, value, choices) -> str:
 
 def keyword_names(fn: Callable) -> list[str] | None:
     """The keyword arguments ``fn`` (a function or a class) takes; ``None`` if it takes any (``**kwargs``)."""
-    params = inspect.signature(fn).parameters.values()
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): not checked here
+        return None
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

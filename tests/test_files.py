@@ -42,10 +42,19 @@ def test_permissions_follow_the_umask(tmp_path):
     old = os.umask(0o077)
     try:
         path = atomic_write_text(tmp_path / "private.json", "{}")
+        assert os.umask(0o077) == 0o077  # reading the umask left it as it was
     finally:
         os.umask(old)
     assert mode(path) == 0o600
-    assert os.umask(old) == old  # reading the umask gave it back
+
+
+def test_a_file_system_without_modes_still_gets_the_file(tmp_path, monkeypatch):
+    def refuses(path, mode):
+        raise PermissionError(1, "Operation not permitted", path)
+
+    monkeypatch.setattr(os, "chmod", refuses)  # vfat, some FUSE mounts: the result must not be lost
+    assert atomic_write_text(tmp_path / "result.json", "{}").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

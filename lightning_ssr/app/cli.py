@@ -262,8 +262,8 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
         head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
     return RunInterrupted(where, saved, message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
-        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and gives the command "
-        "of each run that never started"))
+        f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and, for a grid sweep, "
+        "gives the command of each run that never started"))
 
 
 def main() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import warnings
 
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
 
 class _QuietLightning(logging.Filter):
     """What the job shows is a progress bar, one layer table and the summary. This drops
@@ -37,21 +40,28 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+class _WithoutVersion:
+    """A progress bar without ``v_num``, the logger's version, which is 0 in every run's own folder
+    (and was shown as ``v_num: 0.000``)."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class RichBar(_WithoutVersion, RichProgressBar):
+    """Lightning's Rich progress bar without ``v_num``."""
+
+
+class TQDMBar(_WithoutVersion, TQDMProgressBar):
+    """Lightning's tqdm progress bar without ``v_num``."""
+
+
 def progress_bars(trainer_cfg) -> list:
     """The job's progress bar for a Trainer built from ``trainer_cfg`` (none when it disables the
-    bar): Lightning's own (Rich where installed, else tqdm) without ``v_num``, the logger's version,
-    which is 0 in every run's own folder (and was shown as ``v_num: 0.000``)."""
+    bar): Lightning's own choice (Rich where installed, else tqdm), without ``v_num``. Defined at
+    module level, so that a Trainer holding it pickles (``ddp_spawn``)."""
     if not trainer_cfg.get("enable_progress_bar", True):
         return []
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
-
-    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
-
-    class ProgressBar(base):
-        def get_metrics(self, trainer, pl_module):
-            items = super().get_metrics(trainer, pl_module)
-            items.pop("v_num", None)
-            return items
-
-    return [ProgressBar()]
+    return [RichBar() if _RICH_AVAILABLE else TQDMBar()]

@@ -122,7 +122,7 @@ def augment_images(x: torch.Tensor, augment: tuple[str, ...], shift: int = SHIFT
     return x
 
 
-def _check_augment(augment) -> tuple[str, ...]:
+def check_augment(augment) -> tuple[str, ...]:
     names = [augment] if isinstance(augment, str) or not isinstance(augment, Sequence) else list(augment)
     if augment is None:
         names = []
@@ -140,7 +140,7 @@ class _InMemoryImages(pl.LightningDataModule):
                  split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None,
                  channels: int | None = None, augment: Sequence[str] | str | None = None):
         super().__init__()
-        self.augment = _check_augment(augment)
+        self.augment = check_augment(augment)
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if channels is not None:  # grey images given to a network of colour inputs (the channel repeated)

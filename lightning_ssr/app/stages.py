@@ -47,6 +47,7 @@ from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..validation import check_flag, check_number
 from .console import progress_bars
+from .data import check_augment
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
 
 #: Keys of the ``target`` group that are limits, not the target itself.
@@ -324,8 +325,9 @@ def dense_cache_path(cfg: DictConfig) -> Path:
     keyed["seed"] = cfg.seed
     if keyed["data"].get("train_size") is not None:  # caches of the earlier subsets, a few images off, not reused
         keyed["data_subset"] = "exact"
-    if not keyed["data"].get("augment"):  # none: the key of the caches made before the setting existed
-        keyed["data"].pop("augment", None)
+    augment = sorted(set(check_augment(keyed["data"].pop("augment", None))))  # [shift, flip] as [flip, shift]
+    if augment:  # none: the key of the caches made before the setting existed
+        keyed["data"]["augment"] = augment
     keyed["dense"] = {k: v for k, v in OmegaConf.to_container(cfg.dense, resolve=True).items()
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
@@ -361,7 +363,7 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         print(f"Reusing the dense model cached at {cache}")
     else:
         epochs = f"{cfg.dense.epochs} epoch{'s' * (cfg.dense.epochs != 1)}"
-        print(f"Training the dense model ({epochs})" + (f"; it is cached at {cache}" if cfg.dense.use_cache else ""))
+        print(f"Training the dense model ({epochs}); it will be cached at {cache}")
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
                                 **{"distill": 0.0} if "distill" in cfg.module else {})

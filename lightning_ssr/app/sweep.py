@@ -20,13 +20,15 @@ runs (``pruning=l1 target.macs=0.1``, from each Hydra job's ``overrides.yaml``).
 A run directory is one with a ``result.json`` or a Hydra ``.hydra`` folder; a Hydra job that
 left no ``result.json`` (killed, or failed before writing it) is reported as failed. The jobs a
 grid sweep planned (its ``multirun.yaml``) that have no folder at all, after a Ctrl-C, are
-listed as never started, each with the command that runs it alone in the sweep's folder.
+listed as never started, each with the command that runs it alone in the sweep's folder
+(``<sweep_dir>/<job number>``, Hydra's default ``hydra.sweep.subdir``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import json
 import statistics
@@ -34,6 +36,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..files import atomic_write, atomic_write_text
 from ..report import PruningResult
 
 #: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
@@ -83,7 +86,8 @@ def planned_jobs(sweep_dir: str | Path) -> tuple[object, list[list[str]]] | None
     """The Hydra settings of a grid sweep (``multirun.yaml``) and its jobs' overrides, in launch
     order (job ``i`` is the ``i``-th): the product of the sweeper's ``params`` and the command
     line's overrides, as Hydra's basic sweeper expands them. ``None`` for another sweeper, a
-    folder that is not a sweep, or a file that cannot be read."""
+    shuffled sweep (its order is drawn anew), a folder that is not a sweep, or a file that cannot
+    be read."""
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return None
@@ -98,6 +102,8 @@ def planned_jobs(sweep_dir: str | Path) -> tuple[object, list[list[str]]] | None
         choices: dict[str, list[str]] = {}  # a key given twice: its last value, as Hydra's sweeper
         for override in OverridesParser.create().parse_overrides([*given, *hydra_cfg.overrides.task]):
             key = override.get_key_element()
+            if override.is_sweep_override() and getattr(override.value(), "shuffle", False):
+                return None
             choices[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()] if override.is_sweep_override()
                             else [f"{key}={override.get_value_element_as_str()}"])
         return hydra_cfg, [list(job) for job in itertools.product(*choices.values())]
@@ -105,22 +111,30 @@ def planned_jobs(sweep_dir: str | Path) -> tuple[object, list[list[str]]] | None
         return None
 
 
+def _pairs(overrides) -> set[tuple[str, str]]:
+    return {(k.lstrip("+~"), v) for k, _, v in (str(o).partition("=") for o in overrides)}
+
+
 def never_started(sweep_dir: str | Path, runs: Sequence[dict]) -> list[dict]:
-    """The jobs of a grid sweep that left no folder (the sweep was stopped before them):
-    ``{"job", "overrides", "command"}``, the command running each alone in a folder of the sweep."""
+    """The jobs of a grid sweep with no run (the sweep was stopped before them, or is still
+    running): ``{"job", "overrides", "command"}``, the command running each alone in the folder
+    Hydra gives job ``i`` by default, ``<sweep_dir>/<i>``. A job counts as run when a run's
+    command-line choices include its own (a run resumed with ``ckpt_path=`` has one more), or when
+    that folder exists: no command is given that would write over a run."""
     planned = planned_jobs(sweep_dir)
     if planned is None:
         return []
     hydra_cfg, jobs = planned
-    started = {frozenset(o.items()) for o in map(_overrides, runs) if o is not None}
+    root = Path(sweep_dir).resolve()
+    started = [set(o.items()) for o in map(_overrides, runs) if o is not None]
     missing = [(i, job) for i, job in enumerate(jobs)
-               if frozenset((k.lstrip("+~"), v) for k, _, v in (o.partition("=") for o in job)) not in started]
+               if not (root / str(i)).exists() and not any(_pairs(job) <= run for run in started)]
     if not missing:
         return []
     from .cli import run_alone_command  # the command a Ctrl-C in a sweep gives, built the same way
 
-    return [{"job": i, "overrides": job,
-             "command": run_alone_command(hydra_cfg, job, str(Path(sweep_dir) / str(i)))} for i, job in missing]
+    return [{"job": i, "overrides": job, "command": run_alone_command(hydra_cfg, job, str(root / str(i)))}
+            for i, job in missing]
 
 
 def _settings(run: dict) -> dict:
@@ -266,21 +280,20 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
             lines.append(f"- `{r['dir']}`: {error}")
     if missing:
         lines += ["", "## Runs that never started", "",
-                  (f"The sweep stopped before {count_runs(len(missing))} of its grid; each runs alone, in a folder "
-                   "of the sweep where this report finds it, with:"), ""]
+                  (f"{count_runs(len(missing))} of the sweep's grid have no folder (the sweep was stopped, or is still "
+                   "running); each runs alone, in a folder of the sweep where this report finds it, with:"), ""]
         lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): `{m['command']}`" for m in missing]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
     fields = ["config", "method", "runs", "failed", "accuracy_mean", "accuracy_std", "drop_mean", "drop_std",
               "macs_mean", "macs_reduction_mean", "params_reduction_mean", "pareto"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), newline=""))
 
 
 def _pyplot():
@@ -455,8 +468,8 @@ def format_summary(report: Mapping) -> str:
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
     if report.get("missing"):
-        lines.append(f"{count_runs(len(report['missing']))} of the sweep never started (it was stopped): "
-                     f"{report['files']['markdown']} gives the command of each")
+        lines.append(f"{count_runs(len(report['missing']))} of the sweep's grid never started (the sweep was stopped, "
+                     f"or is still running): {report['files']['markdown']} gives the command of each")
     lines += [f"wrote {p}" for p in report["files"].values()]
     return "\n".join(lines)
 

@@ -82,7 +82,7 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     out = capfd.readouterr().out
     assert (out + caplog.text).count(TABLE_HEADER) == 1  # the callback's table, not a second one
     assert "ssr_l20:" in out and "CPU latency: batch 1:" in out and "result.json" in out
-    assert f"Training the dense model (1 epoch); it is cached at {tmp_path / 'cache'}" in out  # not a bare bar
+    assert f"Training the dense model (1 epoch); it will be cached at {tmp_path / 'cache'}" in out  # not a bare bar
     on_disk = json.loads((tmp_path / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(result.to_dict()))
     assert PruningResult.load(tmp_path / "result.json").method == "ssr_l20"
@@ -334,6 +334,9 @@ def test_dense_cache_is_keyed_on_the_settings_that_change_the_dense_model():
     assert dense_cache_path(_compose(["+trainer.max_steps=60", "+trainer.max_time=00:00:10:00"])) == base
     # augmentation trains the dense model too; none keeps the key the caches had before the setting existed
     assert dense_cache_path(_compose(["data.augment=[shift]"])) != base
+    assert dense_cache_path(_compose(["data.augment=[flip,shift]"])) == dense_cache_path(
+        _compose(["data.augment=[shift,flip]"]))  # the same augmentation
+    assert dense_cache_path(_compose(["data.augment=shift"])) == dense_cache_path(_compose(["data.augment=[shift]"]))
     keyed = _compose([])
     del keyed.data.augment
     assert dense_cache_path(keyed) == base == dense_cache_path(_compose(["data.augment=[]"]))
@@ -600,7 +603,7 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
                         "finish). To run it again alone (in its folder, where the report finds it): lightning-ssr "
                         "seed=3 target.macs=0.1 hydra.run.dir=multirun/x/3 hydra.mode=RUN. lightning-ssr-report "
                         "multirun/x reports "
-                        "the runs that finished and gives the command of each run that never started")
+                        "the runs that finished and, for a grid sweep, gives the command of each run that never started")
     assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
         "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
 
@@ -736,3 +739,21 @@ def test_help_names_the_command_and_shows_how_to_use_it():
     assert out.startswith("lightning-ssr: train the dense model")  # not Hydra's "cli is powered by Hydra."
     assert "lightning-ssr -m pruning=ssr_l20,l1 target.macs=0.1,0.05" in out and "ckpt_path=<checkpoint>" in out
     assert "pruning: bn_scale, fsm, l1, none, oneshot, random, ssl, ssr_l20, ssr_l21, taylor" in out
+
+
+@pytest.mark.parametrize("choice", [None, "stdout", "disabled"])
+def test_the_job_log_file_is_made_only_when_written_and_other_logging_choices_stay_whole(choice):
+    # every run left an empty cli.log; the first fix merged delay into whatever job_logging was
+    # chosen, and hydra/job_logging=stdout then failed at start ("Unable to configure handler 'file'")
+    from hydra import compose, initialize_config_dir
+
+    from lightning_ssr.app.cli import CONFIG_DIR
+
+    overrides = [] if choice is None else [f"hydra/job_logging={choice}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        logging_cfg = compose("config", overrides=overrides, return_hydra_config=True).hydra.job_logging
+    handlers = logging_cfg.get("handlers") or {}
+    if choice is None:
+        assert handlers["file"]["delay"] is True and handlers["file"]["class"] == "logging.FileHandler"
+    else:
+        assert "file" not in handlers

@@ -298,3 +298,42 @@ def test_augmentation_reaches_training_batches_only():
 def test_an_unknown_augmentation_is_refused_naming_the_choices(augment):
     with pytest.raises(ValueError, match=r"data.augment is a list of \['shift', 'flip'\]"):
         UCIDigits(augment=augment)
+
+
+def test_lightning_gives_the_datamodules_augmentation_to_training_steps_only():
+    import lightning.pytorch as pl
+
+    from lightning_ssr.app.data import EpochShuffleSampler
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(28 * 28, 10)
+            self.seen = {"train": [], "val": []}
+
+        def training_step(self, batch, batch_idx):
+            self.seen["train"].append(batch[0].clone())
+            return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.seen["val"].append(batch[0].clone())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def first_batches(augment):
+        torch.manual_seed(0)
+        dm, model = UCIDigits(augment=augment, batch_size=64), Recorder()
+        pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   accelerator="cpu", devices=1).fit(model, datamodule=dm)
+        sampler = EpochShuffleSampler(len(dm.splits["train"]), dm._order_seed)
+        sampler.set_epoch(0)
+        given = dm.splits["train"].tensors[0][list(sampler)[:64]]
+        return model.seen["train"][0], given, model.seen["val"][0], dm.splits["val"].tensors[0][:len(model.seen["val"][0])]
+
+    train, given, val, val_given = first_batches(None)
+    assert torch.equal(train, given) and torch.equal(val, val_given)  # the check can tell
+    train, given, val, val_given = first_batches(["shift", "flip"])
+    assert train.shape == given.shape and not torch.equal(train, given)
+    assert torch.equal(val, val_given)

@@ -312,3 +312,19 @@ def test_two_seeds_give_two_different_adaptations_and_the_seed_reaches_each_stag
         weights.append(torch.load(tmp_path / f"run{s}" / "pruned.pt", weights_only=True)["state_dict"])
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if weights[0][k].shape ==
                weights[1][k].shape) or plans[0] != plans[1]
+
+
+def test_data_augment_reaches_both_domains_training_images_in_the_adaptation_trainings():
+    # the recipe's trainings read batches through this wrapper, which ignored data.augment
+    from types import SimpleNamespace
+
+    from lightning_ssr.app.data import UCIDigits
+
+    data = DomainAdaptationData(UCIDigits(augment=["shift"]), UCIDigits())
+    xs, ys, xt = torch.randn(8, 1, 28, 28), torch.arange(8), torch.randn(6, 1, 28, 28)
+    data.trainer = SimpleNamespace(training=True)
+    out = data.on_after_batch_transfer({"source": (xs, ys), "target": (xt,)}, 0)
+    assert out["source"][1] is ys and not torch.equal(out["source"][0], xs) and not torch.equal(out["target"][0], xt)
+    data.trainer = SimpleNamespace(training=False)
+    batch = {"source": (xs, ys), "target": (xt,)}
+    assert data.on_after_batch_transfer(batch, 0) is batch

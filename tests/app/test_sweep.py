@@ -27,7 +27,7 @@ def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accu
                            layers=[{"name": "conv1", "before": 20, "after": 10, "macs_before": 1, "macs_after": 1,
                                     "params_before": 1, "params_after": 1}],
                            status=status, error=error)
-    (tmp / name).mkdir(parents=True)
+    (tmp / name).mkdir(parents=True, exist_ok=True)
     return result.save(tmp / name / "result.json")
 
 
@@ -169,17 +169,30 @@ def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(t
     _job(sweep, 1, ["pruning=l1", "target.macs=0.25", "seed=3"], None)
     assert main([str(sweep), "--no-plots"]) == 1  # the sweep is not complete: not a success
     out = capsys.readouterr().out
-    assert "2 runs, 1 failed" in out and "2 runs of the sweep never started (it was stopped)" in out
+    assert "2 runs, 1 failed" in out and "2 runs of the sweep's grid never started (the sweep was stopped" in out
     md = (sweep / "report.md").read_text()
     assert "## Runs that never started" in md
     for num, overrides in [(2, "pruning=random target.macs=0.5 seed=3"), (3, "pruning=random target.macs=0.25 seed=3")]:
         assert (f"- job {num} (`{overrides}`): `lightning-ssr hydra.job.chdir=false {overrides} "
                 f"hydra.run.dir={sweep / str(num)} hydra.mode=RUN`") in md
-    # run as told, the report finds them and the sweep is whole
+    # run as told, the report finds them and the sweep is whole; a run resumed with the checkpoint
+    # the Ctrl-C message named has one more choice, and is the same job
+    _job(sweep, 1, ["pruning=l1", "target.macs=0.25", "seed=3", "ckpt_path=ck/last.ckpt"], "l1", 0.25)
     _job(sweep, 2, ["pruning=random", "target.macs=0.5", "seed=3"], "random")
     _job(sweep, 3, ["pruning=random", "target.macs=0.25", "seed=3"], "random", 0.25)
     report = write_report(sweep, plots=False)
     assert report["missing"] == [] and "never started" not in (sweep / "report.md").read_text()
+
+
+def test_no_command_is_given_into_a_folder_that_holds_a_run(tmp_path):
+    from lightning_ssr.app.sweep import never_started
+
+    # runs that keep no .hydra folder (hydra.output_subdir=null): their folders tell they ran
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random"])
+    _result(sweep, "0", "l1", 0.5, 0, 0.9)
+    assert [m["job"] for m in never_started(sweep, find_runs(sweep))] == [1]
+    _result(sweep, "1", "random", 0.5, 0, 0.9)
+    assert never_started(sweep, find_runs(sweep)) == []
 
 
 def test_the_grid_includes_the_sweepers_params_and_other_sweepers_are_not_guessed(tmp_path):
@@ -194,6 +207,8 @@ def test_the_grid_includes_the_sweepers_params_and_other_sweepers_are_not_guesse
         "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "hydra_plugins.optuna_sweeper.OptunaSweeper")
     (tmp_path / "b" / "multirun.yaml").write_text(optuna)
     assert planned_jobs(tmp_path / "b") is None  # its trials are not a grid fixed at the start
+    shuffled = _grid_sweep(tmp_path / "c", ["seed=shuffle(1,2,3)"])
+    assert planned_jobs(shuffled) is None  # its order is drawn anew: job numbers cannot be told
 
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",

@@ -43,7 +43,7 @@ from ...modes import eval_mode
 from ...validation import check_flag, check_number
 from .. import stages
 from ..console import progress_bars
-from ..data import EpochShuffleSampler
+from ..data import EpochShuffleSampler, augment_images
 from ..module import ImageClassifier
 from . import register_recipe
 
@@ -199,6 +199,14 @@ class DomainAdaptationData(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self.target.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.augment`` (the source's setting) on both domains' training images."""
+        augment = getattr(self.source, "augment", ())
+        if augment and self.trainer is not None and self.trainer.training:
+            (xs, ys), (xt,) = batch["source"], batch["target"]
+            return {"source": (augment_images(xs, augment), ys), "target": (augment_images(xt, augment),)}
+        return batch
 
 
 def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, root: Path, log: bool):
