@@ -220,7 +220,7 @@ def test_unknown_model_fails_with_hydras_error():
     (["pruning=oneshot", "target=none"], "needs a target"),
     (["schedule.sparsify_epochs=0"], "sparsify_epochs >= 1"),
     (["schedule.update_every_n_steps=0"], "update_every_n_steps"),
-    (["+pruning.lamda=0.1"], "unexpected keyword argument 'lamda'"),
+    (["+pruning.lamda=0.1"], r"unexpected keyword arguments \['lamda'\] \('lamda': did you mean 'lam'\?\)"),
     (["pruning.ignored_layers=[model.conv9]"], "no module named"),
     (["target=rates", "target.rates='[0.5]*9'"], "9 rates given for a model with 2 convolutions"),
     (["target=rates", "target.rates={model.conv9:0.5}"], r"target rates name \['model.conv9'\], which are not"),
