@@ -19,8 +19,8 @@ runs (``pruning=l1 target.macs=0.1``, from each Hydra job's ``overrides.yaml``).
 
 A run directory is one with a ``result.json`` or a Hydra ``.hydra`` folder; a Hydra job that
 left no ``result.json`` (killed, or failed before writing it) is reported as failed. The jobs a
-grid sweep planned (its ``multirun.yaml``) that have no folder at all, after a Ctrl-C, are
-listed as never started, each with the command that runs it alone in the sweep's folder
+grid sweep planned (its ``multirun.yaml``) that left no run, after a Ctrl-C, are listed as
+never started, each with the command that runs it alone in the sweep's folder
 (``<sweep_dir>/<job number>``, Hydra's default ``hydra.sweep.subdir``).
 """
 
@@ -280,8 +280,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
             lines.append(f"- `{r['dir']}`: {error}")
     if missing:
         lines += ["", "## Runs that never started", "",
-                  (f"{count_runs(len(missing))} of the sweep's grid have no folder (the sweep was stopped, or is still "
-                   "running); each runs alone, in a folder of the sweep where this report finds it, with:"), ""]
+                  (f"{count_runs(len(missing))} of the sweep's grid {'has' if len(missing) == 1 else 'have'} no folder "
+                   "(the sweep was stopped, or is still running); each runs alone, in a folder of the sweep where "
+                   "this report finds it, with:"), ""]
         lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): `{m['command']}`" for m in missing]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 

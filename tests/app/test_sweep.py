@@ -171,7 +171,7 @@ def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(t
     out = capsys.readouterr().out
     assert "2 runs, 1 failed" in out and "2 runs of the sweep's grid never started (the sweep was stopped" in out
     md = (sweep / "report.md").read_text()
-    assert "## Runs that never started" in md
+    assert "## Runs that never started\n\n2 runs of the sweep's grid have no folder (the sweep was stopped" in md
     for num, overrides in [(2, "pruning=random target.macs=0.5 seed=3"), (3, "pruning=random target.macs=0.25 seed=3")]:
         assert (f"- job {num} (`{overrides}`): `lightning-ssr hydra.job.chdir=false {overrides} "
                 f"hydra.run.dir={sweep / str(num)} hydra.mode=RUN`") in md
@@ -191,6 +191,8 @@ def test_no_command_is_given_into_a_folder_that_holds_a_run(tmp_path):
     sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random"])
     _result(sweep, "0", "l1", 0.5, 0, 0.9)
     assert [m["job"] for m in never_started(sweep, find_runs(sweep))] == [1]
+    write_report(sweep, plots=False)
+    assert "\n1 run of the sweep's grid has no folder" in (sweep / "report.md").read_text()
     _result(sweep, "1", "random", 0.5, 0, 0.9)
     assert never_started(sweep, find_runs(sweep)) == []
 
