@@ -292,7 +292,9 @@ class PruningEngine:
         target: what to reach: a :class:`~lightning_ssr.targets.Target` or a mapping such as
             ``{"macs": 0.05}``, ``{"params": 0.1}``, ``{"filters": 0.3}`` or
             ``{"rates": "[0.5]*3"}``; ``None`` lets the method decide (SSR with ``lam``).
-        schedule: a :class:`PruningSchedule` (or a mapping of its fields).
+        schedule: a :class:`PruningSchedule` (or a mapping of its fields); by default
+            ``PruningSchedule()``, and for a method without a training-time term (``oneshot``,
+            ``l1``, ...) a prune at the start and as many fine-tune epochs (as ``schedule=oneshot``).
         method_kwargs: arguments of the method when ``method`` is a name.
         ignored_layers: module names (relative to the model the engine is given) or module objects
             whose output channels must not be pruned. The classifier's outputs are never pruned.
@@ -341,8 +343,10 @@ class PruningEngine:
         self.allocation = self.budget.allocation_for(self.method)  # refuses "method" for a method that learns none
         if self.target is None and self.method.needs_target:
             raise ValueError(f"pruning method {self.method.name!r} needs a target, e.g. target={{'macs': 0.5}}")
-        if schedule is None:
-            schedule = PruningSchedule()
+        if schedule is None:  # a method without a training-time term prunes at once and fine-tunes for as long
+            default = PruningSchedule()
+            schedule = default if self.method.sparsifies else replace(
+                default, sparsify_epochs=0, finetune_epochs=default.total_epochs)
         elif isinstance(schedule, Mapping):
             check_keywords("schedule", schedule, keyword_names(PruningSchedule))
             schedule = PruningSchedule(**schedule)
@@ -556,7 +560,9 @@ class PruningEngine:
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed training needs to continue exactly (plain data and tensors)."""
-        if self._context is not None and self._started:
+        # a sparsifying method's state once its phase began; another's (an iterative one-shot method
+        # keeps what it learned between prunes, a generator of its own) whenever it is set up
+        if self._context is not None and (self._started or not self.method.sparsifies):
             method_state = self._call("state_dict")
         else:
             method_state = self._pending_method_state
@@ -733,7 +739,7 @@ class PruningEngine:
         if self._pending_method_state is not None:
             self._call("load_state_dict", self._pending_method_state)
             self._pending_method_state = None
-            self._started = True
+            self._started = self.method.sparsifies  # a sparsifying method's state is saved once started
         if self.events_done == 0 and "setup_s" not in self._costs:  # trace, target, dry run: once, on the dense model
             self._costs["setup_s"] = time.perf_counter() - started
         if self.verbose and self.events_done == 0 and not self._started and world.rank == 0:
@@ -798,16 +804,16 @@ class PruningEngine:
                     checked_metrics(name, "metrics", method.metrics())
                     hook = "ready"
                     checked_ready(name, method.ready())
-                    hook = "state_dict"
-                    state = method.state_dict()
-                    why = unloadable(state)
-                    if why is not None:
-                        raise RuntimeError(
-                            f"its state_dict() cannot go through a checkpoint (saved with torch.save, read back with "
-                            f"torch.load(weights_only=True)): {why}. Keep tensors, numbers, strings, booleans, None, "
-                            "dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts most values)")
-                    hook = "load_state_dict"
-                    method.load_state_dict(state)
+                hook = "state_dict"  # every method's: a checkpoint keeps it (a sparsifying one's once started)
+                state = method.state_dict()
+                why = unloadable(state)
+                if why is not None:
+                    raise RuntimeError(
+                        f"its state_dict() cannot go through a checkpoint (saved with torch.save, read back with "
+                        f"torch.load(weights_only=True)): {why}. Keep tensors, numbers, strings, booleans, None, "
+                        "dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts most values)")
+                hook = "load_state_dict"
+                method.load_state_dict(state)
                 keep = ctx.keep
                 if keep is None and ctx.allocation == "method" and ctx.budget is not None:
                     hook = "allocation_scores"
@@ -1002,8 +1008,10 @@ class PruningEngine:
             if not torch.is_tensor(m) or m.numel() != g.size:
                 got = "nothing" if m is None else (f"a mask of {m.numel()} entries" if torch.is_tensor(m)
                                                    else f"a {type(m).__name__}")
+                others = sorted(set(map(str, masks)) - {c.name for c in ctx.groups})
+                named = f"; it named {others[:5]}, which are no groups (masks are keyed by group.name)" if others else ""
                 raise RuntimeError(f"pruning method {name!r}: select() returned {got} for group {g.name!r}, "
-                                   f"which needs a bool tensor of its {g.size} channels (True: keep)")
+                                   f"which needs a bool tensor of its {g.size} channels (True: keep){named}")
             if m.dtype != torch.bool:
                 raise RuntimeError(f"pruning method {name!r}: select() returned a {m.dtype} mask for group {g.name!r}; "
                                    "masks must be bool (True: keep); turn scores into a mask with "

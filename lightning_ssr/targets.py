@@ -114,6 +114,9 @@ class Target:
             unknown = sorted(set(target) - set(TARGET_KINDS) - {"batch_size"})
             if unknown:
                 hint = " (FLOPs are counted as multiply-accumulates: use 'macs')" if "flops" in unknown else ""
+                limits = [k for k in unknown if k in ("allocation", "min_channels", "max_pruning_ratio", "round_to")]
+                if limits:  # the CLI's target section holds them; in Python they are arguments of Pruning
+                    hint += f" ({', '.join(limits)}: an argument of Pruning(...) or PruningEngine(...), not of the target)"
                 raise ValueError(f"unknown target key(s) {unknown}; a target is one of {TARGET_KINDS}{hint}")
             given = {k: v for k, v in target.items() if v is not None}
             if not any(k in TARGET_KINDS for k in given):

@@ -167,6 +167,13 @@ class MaskTooShort(OneShot):
         return {name: mask[:-1] for name, mask in super().select(keep).items()}
 
 
+class MasksByModuleName(OneShot):
+    """Masks keyed by something other than group.name (a newcomer's first try)."""
+
+    def select(self, keep):
+        return {f"layer:{name}": mask for name, mask in super().select(keep).items()}
+
+
 class KeepsAll(OneShot):
     """select() that ignores the counts it is given."""
 
@@ -192,6 +199,13 @@ class ReadyReturnsBool(SSRMethod):
 class StateWithADefaultdict(SSRMethod):
     def state_dict(self):
         return {**super().state_dict(), "seen": collections.defaultdict(int)}
+
+
+class OneShotStateWithADefaultdict(OneShot):
+    """A one-shot method's state: it was neither rehearsed nor saved (only sparsifying methods' was)."""
+
+    def state_dict(self):
+        return {"seen": collections.defaultdict(int)}
 
 
 class SetupScalesTheModel(OneShot):
@@ -247,6 +261,9 @@ REFUSED_AT_SETUP = [
      lambda: Pruning(UpdateFails("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
      ("pruning method 'ssr_l20' failed in update(), rehearsed at set-up on a copy of the model with zero gradients, "
       "before training (the fit runs the same hook): RuntimeError: view size is not compatible")),
+    ("method_masks_under_other_names", SmallResidualCNN,
+     lambda: Pruning(MasksByModuleName(), target={"macs": 0.5}, **ONESHOT), RuntimeError,
+     "'layer:net.mix'], which are no groups (masks are keyed by group.name)"),
     ("method_mask_wrong_size", SmallResidualCNN, lambda: Pruning(MaskTooShort(), target={"macs": 0.5}, **ONESHOT),
      RuntimeError, "failed in select(), rehearsed at set-up"),
     ("method_after_rebuild_fails", SmallResidualCNN,
@@ -269,6 +286,9 @@ REFUSED_AT_SETUP = [
       "fit runs the same hook): RuntimeError: its state_dict() cannot go through a checkpoint (saved with "
       "torch.save, read back with torch.load(weights_only=True)): it holds a value of type "
       "collections.defaultdict")),
+    ("one_shot_method_state_a_checkpoint_cannot_hold", SmallResidualCNN,
+     lambda: Pruning(OneShotStateWithADefaultdict(), target={"macs": 0.5}, **ONESHOT), RuntimeError,
+     "failed in state_dict(), rehearsed at set-up"),
     ("method_setup_changes_the_model", SmallResidualCNN,
      lambda: Pruning(SetupScalesTheModel(), target={"macs": 0.5}, **ONESHOT), RuntimeError,
      "pruning method 'oneshot': setup() changed the model (changed ['net.stem.weight'])"),

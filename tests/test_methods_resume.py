@@ -7,6 +7,7 @@ import torch
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule
 from lightning_ssr.methods import available_methods, build_method
+from lightning_ssr.methods.oneshot import OneShot as OneShotMethod
 from tests.lit import TinyClassifier, assert_same_weights, epoch_checkpoints, loader, stopped_fit, trainer
 
 # sparsifying methods: the checkpoint of epoch 0 falls inside the sparsify phase (prune at epoch 2)
@@ -122,3 +123,41 @@ def test_method_state_in_the_mid_sparsify_checkpoint(tmp_path):
     assert all(w.shape[0] == 3 and bool((w >= 0).all()) and bool((w > 0).any())
                for w in method_state["window"].values())
     assert state["last_update_step"] == 4
+
+
+class CountsPrunes(OneShotMethod):
+    """An iterative one-shot method that keeps what it learned between prunes (how often it chose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.chosen = torch.zeros((), dtype=torch.long)
+
+    def select(self, keep):
+        self.chosen += 1
+        return super().select(keep)
+
+    def state_dict(self):
+        return {"chosen": self.chosen.clone()}
+
+    def load_state_dict(self, state):
+        self.chosen = state["chosen"].clone()
+
+
+def test_a_one_shot_methods_state_between_prunes_is_saved_and_restored(tmp_path):
+    # only a sparsifying method's state was saved: this one's was None in every checkpoint, and a
+    # resumed fit chose its second prune as if it were its first
+    pl.seed_everything(0)
+    cb = Pruning(method=CountsPrunes(), target={"macs": 0.5}, schedule=ITERATIVE, verbose=False)
+    ckpt = epoch_checkpoints(tmp_path / "ckpts")
+    with stopped_fit(ITERATIVE, 1):
+        trainer(tmp_path, [cb, ckpt], 1).fit(TinyClassifier(), loader(shuffle=True))
+    checkpoint = torch.load(tmp_path / "ckpts" / "epoch=0.ckpt", weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Pruning"))
+    assert int(state["method_state"]["chosen"]) == 1  # the first event's choice, between the two
+    resumed = CountsPrunes()
+    pl.seed_everything(0)
+    trainer(tmp_path, [Pruning(method=resumed, target={"macs": 0.5}, schedule=ITERATIVE, verbose=False),
+                       epoch_checkpoints(tmp_path / "again", resume_from=tmp_path / "ckpts" / "epoch=0.ckpt")],
+            ITERATIVE.total_epochs).fit(TinyClassifier(), loader(shuffle=True),
+                                        ckpt_path=str(tmp_path / "ckpts" / "epoch=0.ckpt"))
+    assert int(resumed.chosen) == 2  # the restored count, then the second event

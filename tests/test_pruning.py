@@ -226,6 +226,9 @@ def test_bad_arguments_fail_with_clear_messages(kwargs, match):
     ({"method": "oneshot", "target": {"macs": 0.5}, "schedule": {"sparsify_epoch": 1}}, TypeError,
      (r"schedule got unexpected keyword arguments \['sparsify_epoch'\] \('sparsify_epoch': did you mean "
      "'sparsify_epochs'")),
+    # the limits are the target section's in the CLI, arguments of Pruning in Python
+    ({"method": "oneshot", "target": {"macs": 0.5, "allocation": "global"}}, ValueError,
+     r"unknown target key\(s\) \['allocation'\].*\(allocation: an argument of Pruning\(...\)"),
     # "no" would read as true
     ({"method": "oneshot", "target": {"macs": 0.5}, "verbose": "no"}, TypeError, "verbose must be true or false"),
 ])
@@ -975,3 +978,13 @@ def test_lightning_cli_refuses_a_bad_callback_config_before_training(tmp_path, m
     with pytest.raises((SystemExit, ValueError, TypeError)) as error:
         _cli(tmp_path, monkeypatch, pruning_args)
     assert match in str(error.value) + capsys.readouterr().err  # jsonargparse exits with the reasons on stderr
+
+
+def test_a_method_without_a_training_time_term_prunes_at_once_by_default():
+    # Pruning("oneshot", target=...) trained the dense model 10 epochs before pruning, silently
+    # (the CLI's pruning=oneshot selects schedule=oneshot)
+    oneshot = Pruning("oneshot", target={"macs": 0.5}).schedule
+    ssr = Pruning("ssr_l20", target={"macs": 0.5}).schedule
+    assert (oneshot.sparsify_epochs, oneshot.prune_epoch(0), oneshot.total_epochs) == (0, 0, ssr.total_epochs)
+    assert ssr == PruningSchedule()
+    assert Pruning("oneshot", target={"macs": 0.5}, schedule={"sparsify_epochs": 3}).schedule.prune_epoch(0) == 3

@@ -307,7 +307,9 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}")
+        raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}. A method of your own "
+                         "is registered when its module is imported (@register_method; in the CLI: "
+                         "plugins=[your_module or path/to/file.py])")
     check_keywords(f"pruning method {name!r}", kwargs, keyword_names(_REGISTRY[name]))
     try:
         method = _REGISTRY[name](**kwargs)

@@ -29,6 +29,7 @@ def test_an_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="unknown pruning method 'magnitude'") as err:
         build_method("magnitude")
     assert all(repr(name) in str(err.value) for name in available_methods())
+    assert "plugins=[your_module or path/to/file.py]" in str(err.value)  # how one of your own is found
 
 
 @pytest.mark.parametrize("name", available_methods())
