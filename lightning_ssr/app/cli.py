@@ -35,6 +35,7 @@ from .stages import (
     RunInterrupted,
     after_the_run_that_prunes,
     base_result,
+    before_training,
     check_config,
     compress,
     dense_accuracy,
@@ -105,7 +106,8 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
         if item.endswith(".py"):
             path = Path(item).expanduser().resolve()
             if not path.is_file():
-                raise FileNotFoundError(f"plugins: no file {item!r}")
+                with before_training():  # a one-line refusal (a plugin's own error keeps its traceback)
+                    raise FileNotFoundError(f"plugins: no file {item!r}")
             name = f"lightning_ssr_plugin_{path.stem}"
             if name not in sys.modules:
                 spec = importlib.util.spec_from_file_location(name, path)
@@ -120,8 +122,13 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
             try:
                 importlib.import_module(item)
             except ModuleNotFoundError as err:
-                raise ModuleNotFoundError(f"plugins: cannot import {item!r} ({err}); give an importable module "
-                                          "name or the path of a .py file") from err
+                if err.name is None or not (item == err.name or item.startswith(err.name + ".")):  # raised inside the plugin: its own traceback
+                    raise
+                here = " (a file in this folder: plugins=[" + item.replace(".", "/") + ".py])" if Path(
+                    item.replace(".", "/") + ".py").is_file() else ""
+                with before_training():
+                    raise ModuleNotFoundError(f"plugins: cannot import {item!r} ({err}); give an importable module "
+                                              f"name or the path of a .py file{here}") from err
             name = item
         names.append(name)
     return names

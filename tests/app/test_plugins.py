@@ -62,8 +62,29 @@ def test_a_plugin_that_cannot_be_loaded_is_named(tmp_path):
     import pytest
 
     from lightning_ssr.app.cli import load_plugins
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
-    with pytest.raises(FileNotFoundError, match="plugins: no file"):
+    with pytest.raises(FileNotFoundError, match="plugins: no file") as err:
         load_plugins([str(tmp_path / "missing.py")])
-    with pytest.raises(ModuleNotFoundError, match="plugins: cannot import 'no_such_module_xyz'"):
+    assert getattr(err.value, REFUSED_BEFORE_TRAINING)  # one line, not a traceback
+    with pytest.raises(ModuleNotFoundError, match="plugins: cannot import 'no_such_module_xyz'") as err:
         load_plugins(["no_such_module_xyz"])
+    assert getattr(err.value, REFUSED_BEFORE_TRAINING)
+
+
+def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_errors_keep_theirs(
+        tmp_path, monkeypatch):
+    import pytest
+
+    from lightning_ssr.app.cli import load_plugins
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    # run from the plugin's folder, plugins=[fpgm]: the current folder is not on sys.path
+    (tmp_path / "fpgm_probe_xyz.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleNotFoundError, match=r"\(a file in this folder: plugins=\[fpgm_probe_xyz.py\]\)"):
+        load_plugins(["fpgm_probe_xyz"])
+    # the plugin itself imports what is not installed: its own error, with its traceback
+    with pytest.raises(ModuleNotFoundError, match="No module named 'no_such_dependency_xyz'") as err:
+        load_plugins(["fpgm_probe_xyz.py"])
+    assert not getattr(err.value, REFUSED_BEFORE_TRAINING, False)
