@@ -1,5 +1,6 @@
 """Settings for the whole test session."""
 
+import pytest
 import torch
 
 # The tests run small models, for which a second intra-op thread buys little, while OpenMP's
@@ -11,3 +12,12 @@ torch.set_num_threads(1)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped (with that reason) when none is visible")
+
+
+@pytest.fixture
+def sigint_kept(monkeypatch):
+    """Lightning ignores SIGINT for good once it shut an interrupted fit down: not in this process."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(signal, "signal", lambda *args: handler)

@@ -393,6 +393,15 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     lm = build_module(cfg, copy.deepcopy(net), dm)
     if cfg.module.get("distill"):  # distillation from the dense network (ImageClassifier.set_teacher)
         lm.set_teacher(copy.deepcopy(net))
+    fit_to_prune(cfg, lm, dm, output_dir, callback)
+    return lm, callback
+
+
+def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataModule,
+                 output_dir: str | os.PathLike, callback: Pruning | None) -> None:
+    """The run that prunes: ``lm`` trained with ``callback`` for ``schedule.total_epochs`` (or
+    ``trainer.max_epochs``), its metrics and checkpoints in ``output_dir``, from ``cfg.ckpt_path``
+    where one is given. Ctrl-C names the last checkpoint (:class:`RunInterrupted`)."""
     max_epochs = cfg.trainer.max_epochs or build_schedule(cfg).total_epochs
     # metrics (pruning/*, train_loss, val_acc) go to <output_dir>/logs as CSV, chosen explicitly:
     # logger=True would look for TensorBoard and print a notice when it is not installed
@@ -405,7 +414,6 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
         # a resumed run writes its checkpoints in its own output directory, by design
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
-    return lm, callback
 
 
 def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:

@@ -470,15 +470,6 @@ def test_common_trainer_settings_are_plain_overrides():
     assert _compose(["+trainer.fast_dev_run=true"]).trainer.fast_dev_run is True  # any other key: with "+"
 
 
-@pytest.fixture
-def sigint_kept(monkeypatch):
-    """Lightning ignores SIGINT for good once it shut an interrupted fit down: not in this process."""
-    import signal
-
-    handler = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(signal, "signal", lambda *args: handler)
-
-
 @pytest.mark.usefixtures("sigint_kept")
 def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
     from lightning_ssr.app.module import ImageClassifier

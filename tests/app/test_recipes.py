@@ -88,22 +88,54 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     ("transfer_fmnist_to_mnist", "transfer.prune_frozen=1", "transfer.prune_frozen must be true or false"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=convX", r"transfer.freeze names \['convX'\]"),
     ("da_mnist_to_digits", "adaptation.domain_weight=-1", "domain_weight"),
-    ("da_mnist_to_digits", "ckpt_path=__CKPT__", "does not resume from a checkpoint"),
 ])
 def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experiment, override, match):
     """Refused before the source model trains, marked so that the command prints one line, not a
     traceback; a transfer.freeze name with the training module's prefix is the network's name."""
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
-    if "__CKPT__" in override:
-        path = tmp_path / "last.ckpt"
-        torch.save({"state_dict": {}}, path)
-        override = f"ckpt_path={path}"
     cfg = compose_config([f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}", override, *TINY])
     with pytest.raises((ValueError, TypeError), match=match) as info:
         run(cfg, tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)
     assert not (tmp_path / "dense").exists()
+
+
+@pytest.mark.usefixtures("sigint_kept")
+def test_an_interrupted_adaptation_goes_on_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Ctrl-C in DANN compressed names the last checkpoint; the same command with ckpt_path= gives
+    the uninterrupted job's pruned weights, bit for bit (DANN dense, its teacher, trains again to
+    the same weights; both domains' batch orders are the checkpoint's)."""
+    from lightning_ssr import Pruning
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING, RunInterrupted
+    from lightning_ssr.checkpoint import read_checkpoint
+
+    step = DANN.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.global_step == 6 and any(isinstance(c, Pruning) for c in self.trainer.callbacks):
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    overrides = ["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}", "adaptation.ceiling=false",
+                 *TINY]
+    monkeypatch.setattr(DANN, "training_step", interrupted)
+    with pytest.raises(RunInterrupted, match=r"during the run that prunes at epoch 1 \(optimizer step 6\)") as info:
+        run(compose_config(overrides), tmp_path / "run")
+    saved = info.value.checkpoint
+    assert Path(saved).name == "epoch=0-step=4.ckpt"
+    monkeypatch.setattr(DANN, "training_step", step)
+    # the checkpoint with another method: refused before anything trains, as in the default job
+    with pytest.raises(ValueError, match="from method 'ssr_l20'") as refused:
+        run(compose_config([*overrides, f"ckpt_path={saved}", "pruning=l1"]), tmp_path / "other")
+    assert getattr(refused.value, REFUSED_BEFORE_TRAINING)
+    resumed = run(compose_config([*overrides, f"ckpt_path={saved}"]), tmp_path / "resumed")
+    full = run(compose_config(overrides), tmp_path / "full")
+    assert resumed.status == full.status == "ok" and resumed.plan == full.plan
+    assert resumed.pruned["accuracy"] == full.pruned["accuracy"]
+    weights = [read_checkpoint(tmp_path / name / "pruned.pt")["state_dict"] for name in ("full", "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_frozen_layer_named_with_the_modules_prefix_is_frozen_and_kept(tmp_path):

@@ -14,7 +14,9 @@ feature extractor during the adaptation.
 
 Model selection never sees target labels: the validation split is the source's (the pruning
 methods that score on validation batches score there). The target's labels serve only the final
-test. ``result.json``: ``dense`` is DANN dense and ``pruned`` DANN compressed, both on the
+test. The run that compresses writes a checkpoint at the end of each epoch: ``ckpt_path=`` goes on
+from one (the trainings before it are cached or seeded, and run again to the same weights).
+``result.json``: ``dense`` is DANN dense and ``pruned`` DANN compressed, both on the
 target's test split; ``config["adaptation"]`` records the source-only accuracies.
 
 The domain classifier reads the input of the network's last ``nn.Linear`` (the features), so
@@ -33,7 +35,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -171,6 +172,8 @@ class DomainAdaptationData(pl.LightningDataModule):
         self.source, self.target = source, target
         self.num_classes, self.in_channels = source.num_classes, source.in_channels
         self.image_size = source.image_size
+        self._target_seed: int | None = None  # the seed of the last unlabeled target loader's order
+        self._resumed_target_seed: int | None = None  # a checkpoint's, for the next one
 
     def setup(self, stage: str | None = None) -> None:
         self.source.setup(stage)
@@ -190,9 +193,25 @@ class DomainAdaptationData(pl.LightningDataModule):
         in an order drawn from the global RNG (seeded by the caller)."""
         self.target.setup()
         images = self.target.splits["train"].tensors[0]
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        if self._resumed_target_seed is not None:  # a resumed fit: the uninterrupted fit's order
+            seed, self._resumed_target_seed = self._resumed_target_seed, None
+        else:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        self._target_seed = seed
         return DataLoader(TensorDataset(images), batch_size=self.target.batch_size,
                           sampler=EpochShuffleSampler(len(images), seed))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the source's state (its order's seed) and the target's order's seed."""
+        state = {"source": self.source.state_dict()}
+        if self._target_seed is not None:
+            state["target_order_seed"] = self._target_seed
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.source.load_state_dict(state_dict.get("source", {}))
+        seed = state_dict.get("target_order_seed")
+        self._resumed_target_seed = None if seed is None else int(seed)
 
     def val_dataloader(self):
         return self.source.val_dataloader()
@@ -209,12 +228,12 @@ class DomainAdaptationData(pl.LightningDataModule):
         return batch
 
 
-def _fit(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, callbacks, root: Path, log: bool):
-    extra = {"logger": CSVLogger(str(root), name="logs")} if log and "logger" not in cfg.trainer else {"logger": False}
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=[*callbacks, *progress_bars(cfg.trainer)],
-                          enable_checkpointing=False, default_root_dir=str(root), **extra)
+def _fit_dense(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, root: Path):
+    """DANN dense: no pruning, no logs, no checkpoints (a resumed job trains it again, seeded)."""
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=progress_bars(cfg.trainer),
+                          enable_checkpointing=False, default_root_dir=str(root), logger=False)
     stages.cap_log_interval(trainer, dm)
-    stages.fit(trainer, "a training of the domain-adaptation recipe", lm, dm)
+    stages.fit(trainer, "DANN dense, a training of the domain-adaptation recipe", lm, dm)
     return lm
 
 
@@ -235,9 +254,6 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
         check_flag("adaptation.ceiling", a.get("ceiling", False))
-        if cfg.ckpt_path is not None:  # its trainings keep no checkpoints: a resume would silently start over
-            raise ValueError("the domain-adaptation recipe does not resume from a checkpoint (its trainings write "
-                             "none): run it again without ckpt_path")
         callback, source_dm = stages.check_config(cfg)
         target_dm = instantiate(a.target)
         data = DomainAdaptationData(source_dm, target_dm)
@@ -263,19 +279,27 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
 
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    dense = _fit(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, [], output_dir / "dann_dense", False)
+    dense = _fit_dense(cfg, DANN(copy.deepcopy(net), **module_args), data, epochs, output_dir / "dann_dense")
     dense_s = time.perf_counter() - t
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    student = DANN(copy.deepcopy(net), **module_args, **distill_args)
+    compressed = DANN(copy.deepcopy(net), **module_args, **distill_args)
     if distill_args["distill"] > 0:
-        student.set_teacher(copy.deepcopy(dense.model))
-    compressed = _fit(cfg, student, data, epochs, [callback], output_dir, True)
+        compressed.set_teacher(copy.deepcopy(dense.model))
+    # checkpoints in output_dir: Ctrl-C names the last one, and ckpt_path= goes on from it (the
+    # trainings before it are cached or seeded, so they give again what they gave)
+    stages.fit_to_prune(cfg, compressed, data, output_dir, callback)
     compress_s = time.perf_counter() - t
 
-    result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
-                                 "DANN dense, on the target's test split",
-                                 "DANN compressed, on the target's test split")
+    try:
+        result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
+                                        "DANN dense, on the target's test split",
+                                        "DANN compressed, on the target's test split")
+    except KeyboardInterrupt as err:  # its last checkpoint, where there is one
+        resumable = stages.after_the_run_that_prunes(err, compressed)
+        if resumable is None:
+            raise
+        raise resumable from err
     # with domain_weight=0 the domain classifier never learns: its accuracy would say nothing
     domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
                        "compressed": _domain_accuracy(compressed, source_dm, target_dm)} if a.domain_weight > 0 else None
