@@ -73,9 +73,80 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME
     """The job's configuration with command-line style ``overrides``, outside of a Hydra app
     (notebooks, tests): ``compose_config(["pruning=oneshot", "target.macs=0.25"])``."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=quote_path_overrides(overrides))
+    overrides = quote_path_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    except ConfigCompositionException as err:
+        if config_name == CONFIG_NAME:
+            check_override_keys(overrides, err)  # a misspelled key: its closest names
+        raise
+
+
+#: Most combinations of a sweep's config-group choices :func:`check_override_keys` composes.
+MAX_CHECKED_COMBINATIONS = 16
+
+
+def check_override_keys(args: Sequence[str], cause: BaseException | None = None) -> None:
+    """Refuse a setting on the command line that the configuration does not have
+    (``pruning.rh=0.5``) with ``ValueError``: the closest settings that exist and those of its
+    section, where Hydra's own message proposes adding it (``+pruning.rh=0.5``). Each combination
+    of the config-group choices given (``pruning=ssr_l20,l1``: both) is composed and checked, up to
+    :data:`MAX_CHECKED_COMBINATIONS`. What this cannot judge (Hydra's flags, another search path,
+    a syntax error, a group it does not know) is left to Hydra."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    if any((a.startswith("-") and a not in ("-m", "--multirun")) or "searchpath" in a for a in args):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        choices, keys = [], []
+        for o in overrides:
+            key = o.key_or_group
+            if key == "hydra" or key.startswith("hydra.") or "/" in key or o.type == OverrideType.DEL:
+                continue
+            group = o.package is not None or ("." not in key and Path(CONFIG_DIR, key).is_dir())
+            if group:
+                values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+                choices.append([f"{o.get_key_element()}={_override_value(v)}" for v in values])
+            elif o.type == OverrideType.CHANGE:
+                keys.append(key)
+    except HydraException:  # Hydra's parser says what is wrong with it
+        return
+    if not keys:
+        return
+    for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS):
+        try:
+            cfg = compose_config(list(combination))
+        except HydraException:  # a bad choice: Hydra's message lists the options
+            return
+        for key in keys:
+            _check_key(cfg, key, " ".join(combination), cause)
+
+
+def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | None) -> None:
+    import difflib
+
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig):  # a list's index or a value's field: Hydra's to judge
+            return
+        names = [str(k) for k in node]  # (a mandatory value, "???", is one; "in" would not say so)
+        if part not in names:
+            section = ".".join(parts[:i])
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"did you mean {'.'.join([*parts[:i], close[0]])}? " if close else ""
+            where = f" with {choices}" if choices else ""
+            raise ValueError(f"{key} is not a setting of the configuration{where} ({hint}"
+                             f"{section or 'its top level'} has {', '.join(names)}); a key of your own is added "
+                             f"with a '+': +{key}=...") from cause
+        node = node._get_node(part)
 
 
 #: Keys whose values are file paths, which may contain "=" (Lightning names checkpoints
@@ -275,6 +346,11 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
 
 def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    try:  # a misspelled key, before Hydra: its closest names, not a proposal to add it
+        check_override_keys(sys.argv[1:])
+    except ValueError as err:
+        print(f"lightning-ssr: {err}", file=sys.stderr)
+        sys.exit(1)
     quiet_lightning()
     LAST_SWEEP.clear()
     try:

@@ -198,14 +198,41 @@ def test_a_job_that_times_models_steadies_the_allocator_first(tmp_path, monkeypa
     assert calls == ([1] if timed else [])
 
 
-def test_unknown_key_fails_with_hydras_error():
-    with pytest.raises(ConfigCompositionException, match="Could not override 'pruning.lamda'"):
+def test_a_misspelled_key_is_answered_with_the_closest_setting_not_a_proposal_to_add_it():
+    with pytest.raises(ValueError, match=r"^pruning.lamda is not a setting of the configuration \(did you mean "
+                                         r"pruning.lam\? pruning has name, lam, .*\+pruning.lamda=\.\.\.$") as info:
         _compose(["pruning.lamda=0.1"])
+    assert isinstance(info.value.__cause__, ConfigCompositionException)  # Hydra's own error, kept
+    with pytest.raises(ValueError, match=r"^sed is not .*did you mean seed\? its top level has model, data"):
+        _compose(["sed=3"])
+    with pytest.raises(ValueError, match=r"did you mean trainer.max_epochs\?"):
+        _compose(["trainer.max_epoch=3"])
 
 
-def test_an_argument_of_another_method_fails_with_hydras_error():
-    with pytest.raises(ConfigCompositionException, match="Could not override 'pruning.importance'"):
+def test_an_argument_of_another_method_names_the_methods_settings():
+    with pytest.raises(ValueError, match=r"pruning.importance is not a setting .*pruning has name, lam, "):
         _compose(["pruning.importance=l1"])  # oneshot's argument, not SSR's
+
+
+def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeypatch):
+    """A key that one of a sweep's choices lacks would fail that job after the others ran: the
+    command refuses the sweep before Hydra starts, naming the choice, with exit code 1."""
+    from lightning_ssr.app import cli
+
+    with pytest.raises(ValueError, match=r"^pruning.lam is not a setting of the configuration with pruning=l1 "):
+        cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "pruning.lam=0.1"])
+    # valid settings, additions, deletions, Hydra's own and a group's choice pass
+    cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "+trainer.max_steps=3",
+                             "~plugins", "hydra.job.chdir=false", "+experiment=da_mnist_to_digits",
+                             "adaptation.domain_weight=0.5", "data@adaptation.target=mnist_10k"])
+    started = []
+    monkeypatch.setattr(cli, "_hydra_main", lambda: started.append(1))
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", "pruning.rh=0.5"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1 and not started
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-ssr: pruning.rh is not a setting") and "did you mean pruning.rho?" in err
 
 
 def test_unknown_model_fails_with_hydras_error():
