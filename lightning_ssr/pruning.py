@@ -326,15 +326,7 @@ class Pruning(Callback):
         # past warm-up with nothing of a run: a checkpoint without this callback's state (a second fit
         # of the same Trainer goes on with the run it holds)
         if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.fresh:
-            name = type(self).__name__
-            phase = "sparsify phase" if self.method.sparsifies else "first prune"
-            raise MisconfigurationException(
-                f"{name}: this fit resumes at epoch {trainer.current_epoch} from a checkpoint that holds no {name} "
-                f"state (a fit without this callback wrote it), and the schedule's {phase} starts at epoch "
-                f"{schedule.warmup_epochs}: the epochs the checkpoint trained would count as the schedule's, and "
-                f"what it schedules before epoch {trainer.current_epoch} would be skipped. To compress a trained "
-                "model, load its weights into the module (load_state_dict, or YourModule.load_from_checkpoint) and "
-                f"start a new fit with {name}, without ckpt_path.")
+            raise MisconfigurationException(self._stateless_resume(trainer.current_epoch))
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
@@ -499,6 +491,24 @@ class Pruning(Callback):
         state = self._state_in({**checkpoint, "callbacks": dict(checkpoint.get("callbacks") or {})})
         if state is not None:
             self.engine.check_settings(state.get("settings"), state.get("events_done"))
+            return
+        # no pruning state: the fit resumes at the checkpoint's epoch or the next one (Lightning
+        # decides by where in the epoch it was saved); refused at the fit's start past warm-up
+        epoch = checkpoint.get("epoch")
+        if isinstance(epoch, int) and epoch > self.schedule.warmup_epochs:
+            raise ValueError(self._stateless_resume(epoch, "at least "))
+
+    def _stateless_resume(self, epoch: int, bound: str = "") -> str:
+        """Why a fit that resumes at ``epoch``, past warm-up, from a checkpoint without this
+        callback's state is refused, and what to do instead."""
+        name, schedule = type(self).__name__, self.schedule
+        phase = "sparsify phase" if self.method.sparsifies else "first prune"
+        return (f"{name}: this fit resumes at epoch {bound}{epoch} from a checkpoint that holds no {name} state (a "
+                f"fit without this callback wrote it), and the schedule's {phase} starts at epoch "
+                f"{schedule.warmup_epochs}: the epochs the checkpoint trained would count as the schedule's, and what "
+                f"it schedules before epoch {epoch} would be skipped. To compress a trained model, load its weights "
+                "into the module (load_state_dict, or YourModule.load_from_checkpoint) and start a new fit with "
+                f"{name}, without ckpt_path.")
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -556,6 +556,18 @@ def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the
     else:
         fit.fit(model, loader(), ckpt_path=dense)  # the dense epochs are the warm-up
         assert pruning.events_done == 1 and fit.current_epoch == schedule.total_epochs == 6
+    # check_resume (what the command runs before anything trains) refuses the same checkpoint,
+    # from its saved epoch (2, a lower bound of the epoch the fit resumes at: 3)
+    checkpoint = torch.load(dense, weights_only=True)
+    fresh = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    if refused:
+        with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning"):
+            fresh.check_resume(checkpoint)
+    else:
+        fresh.check_resume(checkpoint)
+    # a checkpoint saved at the warm-up's last epoch may resume in it (mid-epoch): left to the fit
+    Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False).check_resume(
+        {**checkpoint, "epoch": warmup})
 
 
 def test_per_layer_pruning_ratio_is_capped(tmp_path):

@@ -455,6 +455,19 @@ def test_an_unreadable_checkpoint_is_named_before_training(tmp_path):
     assert failed.status == "failed" and "epoch=3-step=120.ckpt" in failed.error and failed.pruned == {}
 
 
+def test_a_checkpoint_without_pruning_state_past_the_warm_up_is_refused_before_training(tmp_path):
+    """A dense fit's checkpoint (Lightning's, without the callback) given as ckpt_path: the fit
+    would refuse it at its start; the command refuses it before the dense model trains."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    ckpt = tmp_path / "epoch=2-step=30.ckpt"
+    torch.save({"epoch": 2, "global_step": 30, "state_dict": {}, "callbacks": {}}, ckpt)
+    with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning "
+                                         "state") as info:
+        run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+
+
 def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_ssr", *FAST, f"dense.cache_dir={tmp_path / 'cache'}",
