@@ -47,7 +47,7 @@ from torch import nn
 
 from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import model_ms
+from .latency import OtherProcessesLoad, model_ms
 from .methods.base import (
     MethodContext,
     PruningMethod,
@@ -976,20 +976,27 @@ class PruningEngine:
         """A latency target, after the last prune: the pruned model timed, beside what was asked and
         predicted. A miss by more than :data:`LATENCY_MISS` is warned about, not only recorded."""
         rows = example if self._timing_rows is None else self._timing_rows.to(example.device, example.dtype)
-        measured = model_ms(model, rows, self.target.batch_size)
+        with OtherProcessesLoad() as load:
+            measured = model_ms(model, rows, self.target.batch_size)
         lat = self._latency
         met = measured <= self.target.latency * (1 + LATENCY_MISS)
+        busy = [f"{what} ({d['other_processes_cores']:.1f} of {d['cores']} cores)"
+                for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", load.to_dict()))
+                if d.get("crowded")]
         if not met and world.rank == 0:
             warnings.warn(
                 f"latency target missed: the pruned model runs {measured:.3f} ms per batch of {self.target.batch_size}, "
                 f"{measured / self.target.latency - 1:+.0%} over the {self.target.latency:.3f} ms asked (predicted "
-                f"{lat['predicted_ms']:.3f} ms, dense {lat['dense_ms']:.3f} ms). A busy machine times slower than the "
-                "calibration did: time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or "
-                "ask for less.", stacklevel=2)
+                f"{lat['predicted_ms']:.3f} ms, dense {lat['dense_ms']:.3f} ms). "
+                + (f"Other processes kept the machine busy during {' and '.join(busy)}: " if busy else
+                   "A busy machine times slower than the calibration did: ")
+                + "time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or ask for less.",
+                stacklevel=2)
         return {"latency_dense_ms": lat["dense_ms"], "latency_predicted_ms": lat["predicted_ms"],
                 "latency_measured_ms": measured, "latency_target_met": met,
                 "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
-                "latency_calibration_ms": lat.get("calibration_ms")}
+                "latency_calibration_ms": lat.get("calibration_ms"),
+                "latency_calibration_load": lat.get("calibration_load"), "latency_load": load.to_dict()}
 
     def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext,
                      keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import torch
 from torch import nn
@@ -92,6 +93,54 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None 
             sync()
             times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def _machine_cpu_seconds() -> tuple[float, float, float] | None:
+    """(CPU seconds the whole machine has spent busy, those of this process, wall seconds), or
+    ``None`` where the machine's are not readable (Linux's ``/proc/stat`` is read)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]  # (guest time is in user's)
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / hz, own.user + own.system, time.perf_counter()
+
+
+class OtherProcessesLoad:
+    """How busy the rest of the machine was while the ``with`` block ran: ``cores``, the CPU time
+    every other process (and a virtual machine's host, as steal time) used, per second of the
+    block: the cores they kept busy on average. ``None`` where the machine's CPU time cannot be
+    read (not Linux). Timings taken while ``cores`` plus this process's threads exceed the
+    machine's cores were slowed by the others (:meth:`crowded`)."""
+
+    cores: float | None = None
+
+    def __enter__(self) -> Self:
+        self._start = _machine_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = _machine_cpu_seconds()
+        if self._start is not None and end is not None and end[2] > self._start[2]:
+            (busy0, own0, t0), (busy1, own1, t1) = self._start, end
+            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+    def crowded(self, threads: int | None = None) -> bool:
+        """The other processes and this one's ``threads`` (torch's, by default) asked for more
+        cores than the machine has (by a quarter of a core: the clock's ticks are coarse)."""
+        if self.cores is None:
+            return False
+        threads = torch.get_num_threads() if threads is None else threads
+        return self.cores + threads > (os.cpu_count() or 1) + 0.25
+
+    def to_dict(self) -> dict:
+        return {"other_processes_cores": self.cores, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                "crowded": self.crowded()}
 
 
 #: glibc's mallopt parameters, and the values :func:`steady_allocator` fixes them at
@@ -422,9 +471,10 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[i
     """Latency of both models in eval mode at each batch size: each model called back to back, as
     it runs when deployed (a model of microseconds slows by a quarter when another runs between two
     of its calls), the two alternating in 3 rounds so that the machine's drift hits both alike; the
-    median over the rounds."""
+    median over the rounds. ``load``: how busy the other processes kept the machine meanwhile
+    (:class:`OtherProcessesLoad`); with ``crowded`` the times are slower than on an idle machine."""
     out = {"dense": {}, "pruned": {}, "speedup": {}}
-    with eval_mode(dense, pruned):
+    with eval_mode(dense, pruned), OtherProcessesLoad() as load:
         for bs in batch_sizes:
             x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
             d, p = [], []
@@ -435,4 +485,5 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[i
             out["dense"][f"batch_{bs}"] = dm
             out["pruned"][f"batch_{bs}"] = pm
             out["speedup"][f"batch_{bs}"] = dm / pm
+    out["load"] = load.to_dict()
     return out

@@ -70,7 +70,9 @@ class PruningResult:
     counts came from, ``learned``: the counts the method's own criterion held at the prune);
     ``trajectory`` lists, for each periodic update before the first prune, the channels the
     method's criterion kept per group (``step``, ``kept``); ``timings`` holds wall times in
-    seconds; ``machine`` is :func:`machine_info`. ``status`` is ``"ok"`` or ``"failed"`` (then
+    seconds; ``machine`` is :func:`machine_info` (and ``latency_load``, how busy other processes
+    kept the machine while the command timed the models: :class:`~lightning_ssr.latency.OtherProcessesLoad`).
+    ``status`` is ``"ok"`` or ``"failed"`` (then
     ``error`` says why).
     """
 
@@ -150,8 +152,13 @@ class PruningResult:
         if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not
             e, asked = timed[-1], self.target["latency"]
             verdict = "met" if e.get("latency_target_met") else f"missed ({e['latency_measured_ms'] / asked - 1:+.0%})"
+            busy = [load for load in (e.get("latency_calibration_load"), e.get("latency_load")) if load and
+                    load.get("crowded")]
             lines.append(f"latency target {verdict}: {e['latency_measured_ms']:.3f} ms measured for {asked:.3f} ms "
-                         f"asked per batch of {self.target.get('batch_size', 1)} (dense {e['latency_dense_ms']:.3f} ms)")
+                         f"asked per batch of {self.target.get('batch_size', 1)} (dense {e['latency_dense_ms']:.3f} ms)"
+                         + (f"; other processes kept up to {max(b['other_processes_cores'] for b in busy):.1f} of the "
+                            f"{busy[0]['cores']} cores busy while it was timed: on an idle machine it runs faster"
+                            if busy else ""))
         return "\n".join(lines)
 
 

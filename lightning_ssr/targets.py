@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from .cost import ModelCost, channel_macs, estimate_macs, estimate_params, is_cost_free
-from .latency import calibrated_keep_counts, latency_model, measure_keep, steadied_allocator, timing_batch
+from .latency import (
+    OtherProcessesLoad,
+    calibrated_keep_counts,
+    latency_model,
+    measure_keep,
+    steadied_allocator,
+    timing_batch,
+)
 from .structure.groups import ChannelGroup
 from .validation import check_choice, check_number
 
@@ -504,7 +511,8 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     Timings on glibc drift by up to a third within a minute unless the process fixed the C
     allocator's thresholds first (:func:`~lightning_ssr.latency.steady_allocator`, opt-in: the
     command and the benchmarks do). Returns the counts and, for a latency target, ``{"dense_ms",
-    "uncalibrated_ms", "predicted_ms", "calibrated_ms", "calibration_ms", "allocator"}``
+    "uncalibrated_ms", "predicted_ms", "calibrated_ms", "calibration_ms", "allocator",
+    "calibration_load"}``
     (``allocator``: the thresholds fixed, ``None`` if the process did not)."""
     def allocate(table=None):
         return keep_counts(model, groups, cost, target, min_keep, allocation=allocation, scores=scores,
@@ -528,9 +536,10 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
         floor = floor_keep_counts(groups, min_keep, round_to)
         ms = measure_keep(model, batch, groups, floor, shared=shared, dense_ms=table.dense_ms)
         table.calibration.append([table.table_ms(groups, cost, floor), ms])
-    keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared,
-                                        target_ms=target.latency)
-    return keep, {"dense_ms": table.dense_ms, **info, "allocator": allocator}
+    with OtherProcessesLoad() as load:
+        keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared,
+                                            target_ms=target.latency)
+    return keep, {"dense_ms": table.dense_ms, **info, "allocator": allocator, "calibration_load": load.to_dict()}
 
 
 def _best_trade(groups, keep, floor, step, measure, limit):

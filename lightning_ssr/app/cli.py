@@ -248,6 +248,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         files = export_model(cfg, lm, callback, dm, output_dir)
         result.dense.update(metrics["dense"], cache=dense_info["cache"])
         result.pruned.update(metrics["pruned"], **files)
+        result.machine["latency_load"] = metrics["latency_load"]
     except (Exception, KeyboardInterrupt) as err:
         timings["total_s"] = time.perf_counter() - start
         resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None

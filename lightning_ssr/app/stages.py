@@ -462,7 +462,8 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     the pruned network (or their LightningModules); latency is measured alternately in one process.
     ``dense_metrics``: the dense network's accuracy when it is known (:func:`dense_accuracy`).
 
-    Returns ``{"dense": {...}, "pruned": {...}, "speedup": {"batch_<n>": x}}``.
+    Returns ``{"dense": {...}, "pruned": {...}, "speedup": {"batch_<n>": x}, "latency_load": {...}}``
+    (how busy other processes kept the machine while timing: :class:`OtherProcessesLoad`).
     """
     shape = _input_shape(dm)
     out = {}
@@ -474,6 +475,7 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     out["dense"]["latency_ms"] = latency["dense"]
     out["pruned"]["latency_ms"] = latency["pruned"]
     out["speedup"] = latency["speedup"]
+    out["latency_load"] = latency["load"]
     return out
 
 
@@ -558,7 +560,11 @@ def latency_line(result: PruningResult) -> str | None:
         return None
     parts = [f"batch {k.split('_', 1)[1]}: {dense[k]:.3f} -> {pruned[k]:.3f} ms ({dense[k] / pruned[k]:.2f}x)"
              for k in dense if k in pruned]
-    return "CPU latency: " + ", ".join(parts)
+    load = result.machine.get("latency_load") or {}
+    crowded = (f" (other processes kept {load['other_processes_cores']:.1f} of the {load['cores']} cores busy "
+               f"while timing, with this run's {load['threads']} threads: both times are slower than on an idle "
+               "machine, their ratio less so)") if load.get("crowded") else ""
+    return "CPU latency: " + ", ".join(parts) + crowded
 
 
 def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
@@ -593,6 +599,7 @@ def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning |
     files = export_model(cfg, lm, callback, dm, output_dir)
     result.dense.update(metrics["dense"], role=dense_role)
     result.pruned.update(metrics["pruned"], role=pruned_role, **files)
+    result.machine["latency_load"] = metrics["latency_load"]
     return result
 
 
