@@ -59,7 +59,7 @@ from .methods.base import (
 )
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
-from .structure.groups import ChannelGroup, ForwardError, align_blocks, find_channel_groups
+from .structure.groups import ChannelGroup, ForwardError, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
     dry_run,
@@ -750,12 +750,17 @@ class PruningEngine:
     def _dry_run(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
                  floor: Mapping[str, int]) -> None:
         """Prune a deep copy of the model to every group's minimum and check the rebuild, before
-        the first optimizer step: what would fail at the real prune fails now."""
-        trial = model_copy(model, shared=[self])
-        try:
-            dry_run(trial, example, groups, floor)
-        finally:
-            del trial
+        the first optimizer step: what would fail at the real prune fails now. Then a copy pruned
+        to half of each group (or its minimum, where that is more): one kept channel (the last, at a
+        floor of 1) maps the same under an op that shifts the channels (a pad at the front), where
+        several spread ones do not."""
+        half = {g.name: max(floor[g.name], g.size // 2) for g in groups}
+        for keep in (floor, half) if half != dict(floor) else (floor,):
+            trial = model_copy(model, shared=[self])
+            try:
+                dry_run(trial, example, groups, keep)
+            finally:
+                del trial
 
     def _rehearse(self, model: nn.Module, example: torch.Tensor) -> bool:
         """Run a copy of the method through its hooks once, in the fit's order, on a copy of the
@@ -838,11 +843,15 @@ class PruningEngine:
         except Exception as err:
             if hook == "setup":
                 raise  # the method's own refusal of the model (the real set-up gives the same), as it is
+            if hook == "the rebuild to its selection" and isinstance(err, UnsupportedLayerError):
+                # the model's structure, not the method: said as the dry run says it
+                raise UnsupportedLayerError(f"dry run at set-up, before training, to the channels {name!r} selects: "
+                                            f"{err}") from err
             where = hook if hook.startswith("the ") else f"{hook}()"
             raise RuntimeError(
                 f"pruning method {name!r} failed in {where}, rehearsed at set-up on a copy of the model "
-                f"with zero gradients, before training (the fit runs the same hook): {type(err).__name__}: {err}. "
-                "Nothing was trained.") from err
+                f"with zero gradients, before training (the fit runs the same hook): {type(err).__name__}: "
+                f"{str(err).rstrip('.')}. Nothing was trained.") from err
         finally:
             del trial, method
         return True

@@ -4,7 +4,7 @@ A :class:`Target` is exactly one of:
 
 - ``rates``: per-convolution pruning rates, a list or the papers' rate expressions such as
   ``"[0.]+[0.6,0.]*9+[0.6,0.]*9+[0.4,0.]*9"`` (parsed without ``eval``), in the order the
-  convolutions appear in ``model.named_modules()`` (FSM/HRank order), or a mapping
+  convolutions appear in ``model.named_modules()`` (FSM/HRank order; one per convolution), or a mapping
   ``{layer name: rate}`` that reaches any prunable layer, linear ones too (a structure given by
   hand, such as a paper's per-layer counts: a layer at rate r keeps ``ceil(C * (1 - r))``);
 - ``macs``: the fraction of the dense model's MACs to keep, in (0, 1];
@@ -202,9 +202,12 @@ def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> 
     else:
         values = parse_rates(rates)
         convs = conv_layer_names(model)
-        if len(values) > len(convs):
-            raise ValueError(f"{len(values)} rates given for a model with {len(convs)} convolutions")
-        by_layer = dict(zip(convs, values + [0.0] * (len(convs) - len(values))))
+        if len(values) != len(convs):  # a short list would leave the last ones whole without a word
+            shown = ", ".join(convs[:8]) + (", ..." if len(convs) > 8 else "")
+            raise ValueError(f"{len(values)} rates given for a model with {len(convs)} convolutions ({shown}, in "
+                             f"this order): give one per convolution (0. leaves one whole), or a mapping by layer "
+                             f"name ({{{convs[0]!r}: 0.5}}) for some of them")
+        by_layer = dict(zip(convs, values, strict=True))
     orphans = [n for n, r in by_layer.items() if r > 0 and n not in prunable]
     if orphans:
         raise ValueError(f"non-zero rates for layers that cannot be pruned (ignored, or the model's outputs): "

@@ -53,6 +53,22 @@ class SliceNet(nn.Module):
         return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
 
 
+class FrontPadNet(nn.Module):
+    """Two zero channels padded in front of c1's: the dependency graph maps c1's channel i to c2's
+    input i, not i + 2. Kept alone, c1's last channel happens to map right; any two do not."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(18, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = nn.functional.pad(torch.relu(self.bn1(self.c1(x))), (0, 0, 0, 0, 2, 0))
+        return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+
 class DictInputNet(nn.Module):
     """forward() takes a dict; the engine traces forward(tensor), which cannot work."""
 
@@ -231,6 +247,10 @@ REFUSED_AT_SETUP = [
      UnsupportedLayerError, "dry run at set-up"),
     ("slice", SliceNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "ignored_layers"),
+    # the structure SSR learns is not known at set-up: the dry run's copies (floors of one channel,
+    # then half of each layer) find the wrong mapping, not the prune after the sparsify phase
+    ("front_pad_learned_structure", FrontPadNet, lambda: Pruning("ssr_l20", target={"macs": 0.5}, **SSR),
+     UnsupportedLayerError, "dry run at set-up, before training: rebuilding the pruned model failed"),
     ("lam_unknown_layer", SmallResidualCNN,
      lambda: Pruning("ssr_l21", method_kwargs={"lam": {"net.nope": 0.1}}, **SSR), ValueError, "unknown ['net.nope']"),
     ("ignored_unknown_layer", SmallResidualCNN,
@@ -801,3 +821,20 @@ def test_a_failed_batchnorm_fold_is_recorded_not_only_warned():
     report = {}
     optimize_for_cpu_inference(SmallResidualCNN(in_channels=3, num_classes=5), report=report)
     assert report == {"bn_folded": True}
+
+
+def test_a_layout_the_rehearsal_finds_is_blamed_on_the_model_not_the_method(tmp_path, monkeypatch):
+    """Where the rebuild to the method's own selection (the rehearsal) is what finds a layout the
+    dependency graph maps wrongly, the refusal is the dry run's, naming the layers, not a failure of
+    the method's."""
+    import lightning_ssr.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "dry_run", lambda *args: None)  # only the rehearsal rebuilds
+    torch.manual_seed(0)
+    model = Lit(FrontPadNet())
+    trainer = _trainer(tmp_path, [Pruning("l1", target={"macs": 0.5}, **ONESHOT)])
+    with pytest.raises(UnsupportedLayerError, match=r"^dry run at set-up, before training, to the channels 'l1' "
+                                                    r"selects: rebuilding the pruned model failed .* a pad of the "
+                                                    r"channel dimension") as info:
+        trainer.fit(model, _data())
+    assert "failed in" not in str(info.value) and trainer.global_step == 0

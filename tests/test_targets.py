@@ -118,9 +118,20 @@ def test_coupled_layers_with_different_rates_are_refused():
     floor = {g.name: 1 for g in groups}
     # stem and conv_b write the same residual stream
     with pytest.raises(ValueError, match="share their output channels"):
-        keep_counts(model, groups, cost, Target(rates=[0.5, 0.0, 0.25]), floor)
-    keep = keep_counts(model, groups, cost, Target(rates=[0.5, 0.5, 0.5, 0.5]), floor)
+        keep_counts(model, groups, cost, Target(rates=[0.5, 0.0, 0.25, 0.0, 0.0]), floor)
+    keep = keep_counts(model, groups, cost, Target(rates=[0.5] * 5), floor)
     assert keep[next(g.name for g in groups if "stem" in g.out_modules)] == 4
+
+
+def test_a_rate_list_of_another_length_than_the_convolutions_is_refused_with_their_names():
+    """A short list would leave the last convolutions whole without a word (and quote a rate of
+    0.0 the user never wrote when it splits a coupled group): one rate per convolution, or names."""
+    model, _, cost, groups = _setup(*NETS[1][1:])
+    floor = {g.name: 1 for g in groups}
+    for rates in ([0.5, 0.5, 0.5], [0.5] * 6):
+        with pytest.raises(ValueError, match=rf"^{len(rates)} rates given for a model with 5 convolutions \(stem, "
+                                             r"conv_a, conv_b, dw, mix, in this order\): give one per convolution"):
+            keep_counts(model, groups, cost, Target(rates=rates), floor)
 
 
 def test_rates_by_layer_name_reach_linear_layers_and_name_what_is_wrong():

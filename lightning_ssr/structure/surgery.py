@@ -355,7 +355,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
             f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "
-            "shuffle, a slice, or a concat followed by flatten -> linear)." + suspects + " Pass these layers "
+            "shuffle, a slice, a pad of the channel dimension, or a concat followed by flatten -> linear)." + suspects + " Pass these layers "
             "in ignored_layers.") from err
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 

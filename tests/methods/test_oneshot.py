@@ -44,12 +44,14 @@ def test_a_rate_list_a_rate_string_and_a_rates_target_are_the_same_target():
 def test_rates_on_unprunable_layers_are_refused():
     model = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
     x = torch.zeros(2, 3, 32, 32)
+    stem_only = [0.5] + [0.0] * 18  # one rate per convolution (19)
     with pytest.raises(ValueError, match="cannot be pruned"):
-        prune_oneshot(model, x, [0.5], ignored_layers=["conv1"])  # ignored: the stem's stream stays
+        prune_oneshot(model, x, stem_only, ignored_layers=["conv1"])  # ignored: the stem's stream stays
     with pytest.raises(ValueError, match="share their output channels"):
-        prune_oneshot(model, x, [0.5])  # the stem writes the residual stream the blocks' conv2 write too
-    with pytest.raises(ValueError, match="rates given"):
-        prune_oneshot(model, x, [0.0] * 30)
+        prune_oneshot(model, x, stem_only)  # the stem writes the residual stream the blocks' conv2 write too
+    for rates in ([0.0] * 30, [0.5]):  # too many, too few (the rest would be left whole without a word)
+        with pytest.raises(ValueError, match=f"{len(rates)} rates given for a model with 19 convolutions"):
+            prune_oneshot(model, x, rates)
     assert model.conv1.out_channels == 16  # the model was left alone
 
 
@@ -59,7 +61,7 @@ def test_importance_chooses_which_channels_survive(importance):
     with torch.no_grad():
         model.features[0].weight[5:].mul_(0.01)  # channels 5.. of the first conv are tiny
         model.features[1].weight[5:].mul_(0.01)
-    plan = prune_oneshot(model, torch.zeros(2, 3, 32, 32), [0.9], importance=importance)
+    plan = prune_oneshot(model, torch.zeros(2, 3, 32, 32), {"rates": {"features.0": 0.9}}, importance=importance)
     kept = plan.kept["features.0"]
     assert len(kept) == 7  # ceil(64 * 0.1)
     assert model.features[0].out_channels == 7
