@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -233,6 +234,11 @@ class Pruning(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
+            # test/validate/predict(ckpt_path=...) of a pruned checkpoint on a module built with the
+            # dense shapes: the checkpoint's plan rebuilds it before the weights load, as in a resume
+            self._trainer = trainer
+            if self._hook is None:
+                self._hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
             return
         self._trainer = trainer
         internals.check(trainer, pl_module)
@@ -350,7 +356,7 @@ class Pruning(Callback):
                 state_dict.get(k) is v for k, v in loaded.items()):
             # a resume this callback would refuse is refused before the module takes the checkpoint's
             # shapes and weights: it stays as it was, for load_pruned or a new fit
-            state = self._state_in(checkpoint)
+            state = self._state_in(checkpoint) if self._fitting() else None
             if state is not None:
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
@@ -512,7 +518,13 @@ class Pruning(Callback):
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._state_in(checkpoint)  # another method's state: refused (the weights' pre-hook did, in a fit)
+        if self._fitting():
+            self._state_in(checkpoint)  # another method's state: refused (the weights' pre-hook did, in a fit)
+
+    def _fitting(self) -> bool:
+        """Not in a test, validate or predict of the Trainer the callback was set up with: those
+        load only a checkpoint's weights (and plan), not the run's state."""
+        return self._trainer is None or self._trainer.state.fn in (None, TrainerFn.FITTING)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -520,6 +532,8 @@ class Pruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._fitting():  # trainer.test(ckpt_path=...): the run goes on only in a fit
+            return
         self._restored = True
         self.engine.load_state_dict(state_dict)
         trainer = self._trainer

@@ -351,6 +351,7 @@ class ScoredClassifier(TinyClassifier):
         self.log("test_loss", F.cross_entropy(self(batch[0]), batch[1]))
 
 
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # the fresh Trainers lack ModelCheckpoint
 @pytest.mark.parametrize("save_top_k", [1, 2, -1])
 def test_model_checkpoint_ranks_the_pruned_models_checkpoints_so_that_best_loads(tmp_path, save_top_k):
     pl.seed_everything(0)
@@ -370,6 +371,18 @@ def test_model_checkpoint_ranks_the_pruned_models_checkpoints_so_that_best_loads
     assert math.isfinite(tested[0]["test_loss"])
     best = torch.load(ckpt.best_model_path, weights_only=True)["state_dict"]
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    # a freshly built module (the dense shapes), tested, validated or used for predictions from the
+    # pruned checkpoint by a Trainer with the callback: the checkpoint's plan rebuilds it first
+    for run in ("test", "validate", "predict"):
+        fresh = ScoredClassifier()
+        other = trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, verbose=False)], 1)
+        if run == "predict":
+            images = torch.utils.data.DataLoader(torch.randn(8, 3, 16, 16), batch_size=4)  # (forward's input)
+            assert other.predict(fresh, images, ckpt_path=ckpt.best_model_path)[0].shape == (4, 5)
+        else:
+            getattr(other, run)(fresh, loader(), ckpt_path=ckpt.best_model_path, verbose=False)
+        assert fresh.state_dict().keys() == best.keys()
+        assert all(torch.equal(v, best[k]) for k, v in fresh.state_dict().items())
 
 
 def test_early_stopping_compares_the_pruned_model_with_itself(tmp_path):
