@@ -194,10 +194,12 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> dict[str, float]:
     prunable = {m for g in groups for m in g.out_modules}
     if isinstance(rates, Mapping):  # by layer name: any layer whose output channels can go
-        unknown = sorted(set(rates) - {n for n, _ in model.named_modules()})
+        modules = dict(model.named_modules())
+        unknown = sorted(set(rates) - set(modules))
         if unknown:
+            layers = sorted(n for n in prunable if isinstance(modules.get(n), (*_CONV, nn.Linear)))
             raise ValueError(f"target rates name {unknown[:5]}, which are not modules of the model; the layers "
-                             f"that can be pruned: {sorted(prunable)[:20]}")
+                             f"that can be pruned: {layers[:20]}")
         by_layer = dict(rates)
     else:
         values = parse_rates(rates)

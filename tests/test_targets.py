@@ -145,6 +145,10 @@ def test_rates_by_layer_name_reach_linear_layers_and_name_what_is_wrong():
     assert keep_counts(model, groups, cost, Target(rates={"fc1": 0.5}), floor) == {"conv1": 20, "conv2": 50, "fc1": 250}
     with pytest.raises(ValueError, match=r"target rates name \['conv9'\], which are not modules.*'fc1'"):
         keep_counts(model, groups, cost, Target(rates={"conv9": 0.5}), floor)
+    residual, _, residual_cost, residual_groups = _setup(*NETS[1][1:])  # the layers listed: no BatchNorm
+    with pytest.raises(ValueError, match=r"can be pruned: \['conv_a', 'conv_b', 'dw', 'fc1', 'mix', 'stem'\]$"):
+        keep_counts(residual, residual_groups, residual_cost, Target(rates={"conv9": 0.5}),
+                    {g.name: 1 for g in residual_groups})
     with pytest.raises(ValueError, match="layers that cannot be pruned.*fc2"):  # the model's outputs
         keep_counts(model, groups, cost, Target(rates={"fc2": 0.5}), floor)
     with pytest.raises(ValueError, match=r"rates must be in \[0, 1\), got \[1.0\]"):

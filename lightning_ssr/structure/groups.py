@@ -422,7 +422,8 @@ def find_channel_groups(
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
 
-    ``ignored_layers`` are module names whose output channels must not be pruned (added to
+    ``ignored_layers`` are module names whose output channels must not be pruned (a block or any
+    container: every layer in it; added to
     those that modules declare in ``pruning_ignored_layers``); groups whose channels are the
     model's outputs (no conv/linear consumes them: the classifier)
     are never returned. With ``check``, the layers they reach must be ones the rebuild cuts
@@ -547,6 +548,18 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
     return ChannelGroup(names[root], size, slices, out_modules, consumers, inputs, feeds, after, blocks, fixed)
 
 
+def _closest_name(name: str, modules: Mapping[str, nn.Module]) -> str | None:
+    """The module name ``name`` most likely meant: the one it ends (``conv3`` for ``net.conv3``, the
+    training module's prefix left out), or the closest spelling."""
+    import difflib
+
+    ends = [n for n in modules if n.endswith("." + name)]
+    if len(ends) == 1:
+        return ends[0]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=1)
+    return close[0] if close else None
+
+
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
                          graph: tp.DependencyGraph | None, check: bool,
                          unsupported: dict[str, UnsupportedLayerError] | None) -> list[ChannelGroup]:
@@ -554,12 +567,14 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
     ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
     if unknown:
-        raise ValueError(f"ignored_layers: no module named {unknown} in the model; "
+        hints = "".join(f" ({n!r}: did you mean {close!r}?)" for n in unknown if (close := _closest_name(n, modules)))
+        raise ValueError(f"ignored_layers: no module named {unknown} in the model{hints}; "
                          f"module names look like {list(modules)[1:6]}")
     dg = graph if graph is not None else build_dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     groups = []
-    ignored = [modules[n] for n in ignored_names]
+    # a block or any container stands for every layer in it
+    ignored = [m for n in ignored_names for m in modules[n].modules()]
     params = {id(p): n for n, p in model.named_parameters()}
     for group in _traced_groups(dg, ignored, names, strict=check, unsupported=unsupported):
         try:

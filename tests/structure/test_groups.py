@@ -98,6 +98,28 @@ def test_ignored_layers_remove_their_groups():
         find_channel_groups(model, x, ["conv_z"])
 
 
+def test_an_ignored_container_leaves_every_layer_in_it_and_a_wrong_name_gets_the_closest():
+    """A block or container named in ignored_layers stands for every layer in it (it was accepted
+    and ignored nothing); a name without its parent's prefix, or misspelled, is answered with the
+    module meant."""
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = SmallResidualCNN()
+
+        def forward(self, x):
+            return self.net(x)
+
+    model, x = Wrapped(), torch.randn(2, 3, 16, 16)
+    assert find_channel_groups(model, x)
+    assert find_channel_groups(model, x, ["net"]) == []  # every layer is in it
+    with pytest.raises(ValueError, match=r"no module named \['conv_a'\] in the model \('conv_a': did you mean "
+                                         r"'net.conv_a'\?\)"):
+        find_channel_groups(model, x, ["conv_a"])
+    with pytest.raises(ValueError, match=r"\('net.stm': did you mean 'net.stem'\?\)"):
+        find_channel_groups(model, x, ["net.stm"])
+
+
 def test_modules_can_declare_their_own_ignored_layers():
     class Declared(SmallResidualCNN):
         pruning_ignored_layers = ("conv_a",)
