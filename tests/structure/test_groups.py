@@ -102,15 +102,9 @@ def test_an_ignored_container_leaves_every_layer_in_it_and_a_wrong_name_gets_the
     """A block or container named in ignored_layers stands for every layer in it (it was accepted
     and ignored nothing); a name without its parent's prefix, or misspelled, is answered with the
     module meant."""
-    class Wrapped(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = SmallResidualCNN()
+    from tests.lit import NetClassifier
 
-        def forward(self, x):
-            return self.net(x)
-
-    model, x = Wrapped(), torch.randn(2, 3, 16, 16)
+    model, x = NetClassifier(SmallResidualCNN()), torch.randn(2, 3, 16, 16)  # the network under "net"
     assert find_channel_groups(model, x)
     assert find_channel_groups(model, x, ["net"]) == []  # every layer is in it
     with pytest.raises(ValueError, match=r"no module named \['conv_a'\] in the model \('conv_a': did you mean "
