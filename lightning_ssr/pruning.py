@@ -122,9 +122,11 @@ def restart_monitors(trainer: Trainer) -> list[str]:
     - every ``EarlyStopping`` forgets its best score and its patience count, which the dense model
       set: else the fine-tuning stops ``patience`` epochs after the prune whenever the pruned model
       does not beat the dense one by then. A stop it asked for before the prune, which
-      ``Trainer(min_epochs=...)`` held off, is withdrawn (``trainer.should_stop``).
+      ``Trainer(min_epochs=...)`` held off, is withdrawn (``trainer.should_stop``);
+    - every ``ReduceLROnPlateau`` scheduler forgets its best value and its bad epochs: else it cuts
+      the rate right after the prune, when the pruned model scores below the dense one.
 
-    Returns the names of the callbacks that started over."""
+    Returns the names of the callbacks (and schedulers) that started over."""
     restarted: list[str] = []
     for cb in trainer.callbacks:
         if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None:
@@ -145,6 +147,11 @@ def restart_monitors(trainer: Trainer) -> list[str]:
         else:
             continue
         restarted.append(f"{type(cb).__name__}(monitor={cb.monitor!r})")
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.best, scheduler.num_bad_epochs, scheduler.cooldown_counter = scheduler.mode_worse, 0, 0
+            restarted.append(f"ReduceLROnPlateau(monitor={config.monitor!r})")
     return restarted
 
 

@@ -400,6 +400,27 @@ def test_early_stopping_compares_the_pruned_model_with_itself(tmp_path):
     assert pruning.result is not None
 
 
+def test_reduce_lr_on_plateau_compares_the_pruned_model_with_itself(tmp_path):
+    """The dense model scored 1.0; after the prune the scores improve, 0.5 -> 0.7, below it. Against
+    the dense best, ReduceLROnPlateau(patience=0) would halve the rate after every epoch of the
+    fine-tuning; it starts over at the prune, and the rate stays."""
+    class PlateauClassifier(ScoredClassifier):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=0, factor=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "score"}}
+
+    pl.seed_everything(0)
+    model = PlateauClassifier(scores=(1.0, 0.5, 0.6, 0.7))
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=3),
+                      verbose=False)
+    fit = trainer(tmp_path, [pruning], 4)
+    fit.fit(model, loader(), loader())
+    plateau = fit.lr_scheduler_configs[0].scheduler
+    assert pruning.events_done == 1 and fit.optimizers[0].param_groups[0]["lr"] == 0.05
+    assert plateau.best == pytest.approx(0.7) and plateau.num_bad_epochs == 0
+
+
 def test_a_stop_early_stopping_asked_for_before_the_prune_is_withdrawn_there(tmp_path):
     # the dense scores fall (1.0, 0.5): EarlyStopping(patience=1) asks to stop after epoch 1, which
     # min_epochs (the schedule's, 3) holds off; the prune at the start of epoch 2 withdraws the request,
