@@ -72,17 +72,22 @@ CONFIG_DIR = _config_dir()
 def compose_config(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
     """The job's configuration with command-line style ``overrides``, outside of a Hydra app
     (notebooks, tests): ``compose_config(["pruning=oneshot", "target.macs=0.25"])``."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
     overrides = quote_path_overrides(overrides)
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+        return _compose(overrides, config_name)
     except ConfigCompositionException as err:
         if config_name == CONFIG_NAME:
             check_override_keys(overrides, err)  # a misspelled key: its closest names
         raise
+
+
+def _compose(overrides: Sequence[str], config_name: str = CONFIG_NAME) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 #: Most combinations of a sweep's config-group choices :func:`check_override_keys` composes.
@@ -106,7 +111,7 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
         return
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
-        choices, keys = [], []
+        choices, keys, added = [], [], []
         for o in overrides:
             key = o.key_or_group
             if key == "hydra" or key.startswith("hydra.") or "/" in key or o.type == OverrideType.DEL:
@@ -117,17 +122,29 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
                 choices.append([f"{o.get_key_element()}={_override_value(v)}" for v in values])
             elif o.type == OverrideType.CHANGE:
                 keys.append(key)
+            else:  # +key / ++key: added here, so a later key=value of it (or under it) is Hydra's to apply
+                added.append(key)
     except HydraException:  # Hydra's parser says what is wrong with it
         return
+    keys = [k for k in keys if not any(k == a or k.startswith(a + ".") for a in added)]
     if not keys:
         return
     for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS):
         try:
-            cfg = compose_config(list(combination))
+            cfg = _compose(combination)
         except HydraException:  # a bad choice: Hydra's message lists the options
             return
         for key in keys:
-            _check_key(cfg, key, " ".join(combination), cause)
+            try:
+                _check_key(cfg, key, " ".join(combination), cause)
+            except ValueError:
+                try:  # only what Hydra refuses too: a key it would set is not refused here
+                    _compose([*combination, f"{key}=null"])
+                except HydraException:
+                    pass
+                else:
+                    continue
+                raise
 
 
 def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | None) -> None:

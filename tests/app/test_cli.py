@@ -224,7 +224,8 @@ def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeyp
     # valid settings, additions, deletions, Hydra's own and a group's choice pass
     cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "+trainer.max_steps=3",
                              "~plugins", "hydra.job.chdir=false", "+experiment=da_mnist_to_digits",
-                             "adaptation.domain_weight=0.5", "data@adaptation.target=mnist_10k"])
+                             "adaptation.domain_weight=0.5", "data@adaptation.target=mnist_10k",
+                             "+trainer.max_time=null", "trainer.max_time=00:00:10:00"])  # added, then changed
     started = []
     monkeypatch.setattr(cli, "_hydra_main", lambda: started.append(1))
     monkeypatch.setattr(sys, "argv", ["lightning-ssr", "pruning.rh=0.5"])
