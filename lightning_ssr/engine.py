@@ -989,8 +989,9 @@ class PruningEngine:
             measured = model_ms(model, rows, self.target.batch_size)
         lat = self._latency
         met = measured <= self.target.latency * (1 + LATENCY_MISS)
+        timed_load = load.to_dict() if rows.device.type == "cpu" else None  # (a GPU's time is not the CPUs')
         busy = [f"{what} ({d['other_processes_cores']:.1f} of {d['cores']} cores)"
-                for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", load.to_dict()))
+                for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", timed_load or {}))
                 if d.get("crowded")]
         if not met and world.rank == 0:
             warnings.warn(
@@ -1005,7 +1006,7 @@ class PruningEngine:
                 "latency_measured_ms": measured, "latency_target_met": met,
                 "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
                 "latency_calibration_ms": lat.get("calibration_ms"),
-                "latency_calibration_load": lat.get("calibration_load"), "latency_load": load.to_dict()}
+                "latency_calibration_load": lat.get("calibration_load"), "latency_load": timed_load}
 
     def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext,
                      keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:

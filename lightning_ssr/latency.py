@@ -31,7 +31,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import torch
 from torch import nn
@@ -95,38 +94,56 @@ def time_ms(fn, repeats: int = 20, warmup: int = 3, device: torch.device | None 
     return 1000 * statistics.median(times)
 
 
-def _machine_cpu_seconds() -> tuple[float, float, float] | None:
-    """(CPU seconds the whole machine has spent busy, those of this process, wall seconds), or
-    ``None`` where the machine's are not readable (Linux's ``/proc/stat`` is read)."""
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, a container's cpuset)."""
     try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _machine_cpu_seconds() -> tuple[float, float, float] | None:
+    """(CPU seconds the CPUs this process may run on have spent busy, those of this process, wall
+    seconds), or ``None`` where they are not readable (Linux's ``/proc/stat`` is read, one line per
+    CPU; a CPU quota without a cpuset is not seen)."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        busy = 0
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
+            for line in f:
+                name, *fields = line.split()
+                if name in cpus:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+                    busy += user + nice + system + irq + softirq + steal  # (guest time is in user's)
         hz = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, AttributeError):
         return None
-    if len(fields) < 8:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]  # (guest time is in user's)
     own = os.times()
-    return (user + nice + system + irq + softirq + steal) / hz, own.user + own.system, time.perf_counter()
+    return busy / hz, own.user + own.system, time.perf_counter()
+
+
+#: the shortest block :class:`OtherProcessesLoad` judges (the kernel's CPU time moves in 10 ms ticks)
+MIN_LOAD_WINDOW_S = 0.25
 
 
 class OtherProcessesLoad:
     """How busy the rest of the machine was while the ``with`` block ran: ``cores``, the CPU time
-    every other process (and a virtual machine's host, as steal time) used, per second of the
-    block: the cores they kept busy on average. ``None`` where the machine's CPU time cannot be
-    read (not Linux). Timings taken while ``cores`` plus this process's threads exceed the
-    machine's cores were slowed by the others (:meth:`crowded`)."""
+    every other process (and a virtual machine's host, as steal time) used on the CPUs this one
+    may run on, per second of the block: the cores they kept busy on average (under DDP, the
+    other ranks are among them). ``None`` where the CPU time cannot be read (not Linux) or the
+    block was shorter than :data:`MIN_LOAD_WINDOW_S`. Timings taken while ``cores`` plus this
+    process's threads exceed the usable cores were slowed by the others (:meth:`crowded`)."""
 
     cores: float | None = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> OtherProcessesLoad:  # noqa: PYI034 (typing.Self is Python 3.11; 3.10 is supported)
         self._start = _machine_cpu_seconds()
         return self
 
     def __exit__(self, *exc) -> None:
         end = _machine_cpu_seconds()
-        if self._start is not None and end is not None and end[2] > self._start[2]:
+        # the kernel counts CPU time in ticks (10 ms at 100 Hz): a shorter block says nothing
+        if self._start is not None and end is not None and end[2] - self._start[2] >= MIN_LOAD_WINDOW_S:
             (busy0, own0, t0), (busy1, own1, t1) = self._start, end
             self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
 
@@ -136,10 +153,10 @@ class OtherProcessesLoad:
         if self.cores is None:
             return False
         threads = torch.get_num_threads() if threads is None else threads
-        return self.cores + threads > (os.cpu_count() or 1) + 0.25
+        return self.cores + threads > usable_cores() + 0.25
 
     def to_dict(self) -> dict:
-        return {"other_processes_cores": self.cores, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        return {"other_processes_cores": self.cores, "cores": usable_cores(), "threads": torch.get_num_threads(),
                 "crowded": self.crowded()}
 
 

@@ -544,7 +544,8 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     with OtherProcessesLoad() as load:
         keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared,
                                             target_ms=target.latency)
-    return keep, {"dense_ms": table.dense_ms, **info, "allocator": allocator, "calibration_load": load.to_dict()}
+    return keep, {"dense_ms": table.dense_ms, **info, "allocator": allocator,
+                  "calibration_load": load.to_dict() if batch.device.type == "cpu" else None}
 
 
 def _best_trade(groups, keep, floor, step, measure, limit):

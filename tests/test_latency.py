@@ -498,12 +498,17 @@ def test_other_processes_load_counts_the_others_cpu_time_not_this_process(monkey
     process's own: the others kept 1.0 core busy. With 2 threads of its own on 2 cores, crowded."""
     readings = iter([(10.0, 5.0, 100.0), (13.0, 6.0, 102.0)])
     monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda: next(readings))
-    monkeypatch.setattr(latency_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(latency_mod, "usable_cores", lambda: 2)
     with latency_mod.OtherProcessesLoad() as load:
         pass
     assert load.cores == pytest.approx(1.0)
     assert load.crowded(threads=2) and not load.crowded(threads=1)
     assert load.to_dict()["other_processes_cores"] == pytest.approx(1.0) and load.to_dict()["cores"] == 2
+    readings = iter([(10.0, 5.0, 100.0), (10.5, 5.0, 100.1)])  # 0.1 s: ten ticks at most, too few to judge
+    monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda: next(readings))
+    with latency_mod.OtherProcessesLoad() as short:
+        pass
+    assert short.cores is None and not short.crowded(threads=64)
     monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda: None)  # not Linux: nothing claimed
     with latency_mod.OtherProcessesLoad() as unknown:
         pass

@@ -599,7 +599,8 @@ def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the
             fresh.check_resume(checkpoint)
     else:
         fresh.check_resume(checkpoint)
-    # a checkpoint saved at the warm-up's last epoch may resume in it (mid-epoch): left to the fit
+    # a checkpoint saved in epoch W (= warmup_epochs) may resume in it (mid-epoch) or at W + 1 (at
+    # its end): only the fit knows which, so it is left to the fit
     Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False).check_resume(
         {**checkpoint, "epoch": warmup})
 

@@ -11,7 +11,7 @@ from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.oneshot import prune_oneshot
 from tests.numerics import implementations_tolerance, max_relative_diff
 
-CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7])]
+CASES = [("lenet5", (1, 28), [0.5, 0.5]), ("resnet20", (3, 32), [0.0, 0.5, 0.0, 0.7] + [0.0] * 15)]  # 19 convs
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])

@@ -295,14 +295,15 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
                                         "DANN dense, on the target's test split",
                                         "DANN compressed, on the target's test split")
+        # with domain_weight=0 the domain classifier never learns: its accuracy would say nothing
+        domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
+                           "compressed": _domain_accuracy(compressed, source_dm, target_dm)
+                           } if a.domain_weight > 0 else None
     except KeyboardInterrupt as err:  # its last checkpoint, where there is one
         resumable = stages.after_the_run_that_prunes(err, compressed)
         if resumable is None:
             raise
         raise resumable from err
-    # with domain_weight=0 the domain classifier never learns: its accuracy would say nothing
-    domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
-                       "compressed": _domain_accuracy(compressed, source_dm, target_dm)} if a.domain_weight > 0 else None
     result.config["adaptation"] = {
         "source": type(source_dm).__name__, "target": type(target_dm).__name__,
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
