@@ -314,7 +314,9 @@ def render_structure(d):
 #: ``lenet_distill_warmup_fashion_mnist``: that recipe on Fashion-MNIST)
 LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_distill_s10", "lenet_distill_s16",
                 "lenet_distill_restart", "lenet_distill_restart_seeds5_9", "lenet_distill_warmup",
-                "lenet_distill_warmup_seeds5_9", "lenet_distill_warmup_fashion_mnist")
+                "lenet_distill_warmup_seeds5_9", "lenet_distill_warmup_fashion_mnist",
+                # the warm-up recipe fine-tuned 24 epochs instead of 14; seeds 0-2 (the run was stopped there)
+                "lenet_distill_long_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
              "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
