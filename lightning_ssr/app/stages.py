@@ -272,6 +272,19 @@ def after_the_run_that_prunes(err: BaseException, lm: pl.LightningModule | None)
                           saved)
 
 
+@contextlib.contextmanager
+def after_pruning(lm: pl.LightningModule):
+    """The steps after the run that prunes (evaluation, export) of a recipe: Ctrl-C in them names
+    that run's last checkpoint (:func:`after_the_run_that_prunes`), where there is one."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        resumable = after_the_run_that_prunes(err, lm)
+        if resumable is None:
+            raise
+        raise resumable from err
+
+
 def last_checkpoint(trainer: pl.Trainer) -> str | None:
     """The newest checkpoint file a ``ModelCheckpoint`` of ``trainer`` wrote, or ``None``."""
     paths = {Path(p) for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p}

@@ -291,7 +291,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     stages.fit_to_prune(cfg, compressed, data, output_dir, callback)
     compress_s = time.perf_counter() - t
 
-    try:
+    with stages.after_pruning(compressed):
         result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
                                         "DANN dense, on the target's test split",
                                         "DANN compressed, on the target's test split")
@@ -299,11 +299,6 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
                            "compressed": _domain_accuracy(compressed, source_dm, target_dm)
                            } if a.domain_weight > 0 else None
-    except KeyboardInterrupt as err:  # its last checkpoint, where there is one
-        resumable = stages.after_the_run_that_prunes(err, compressed)
-        if resumable is None:
-            raise
-        raise resumable from err
     result.config["adaptation"] = {
         "source": type(source_dm).__name__, "target": type(target_dm).__name__,
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,

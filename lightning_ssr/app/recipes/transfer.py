@@ -116,14 +116,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     t = time.perf_counter()
     lm, callback = stages.compress(cfg, net, dm, output_dir, callback)
     compress_s = time.perf_counter() - t
-    try:
+    with stages.after_pruning(lm):
         result = stages.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
-                                     "dense fine-tune on the target", "compressed fine-tune on the target")
-    except KeyboardInterrupt as err:  # its last checkpoint, where there is one
-        resumable = stages.after_the_run_that_prunes(err, lm)
-        if resumable is None:
-            raise
-        raise resumable from err
+                                        "dense fine-tune on the target", "compressed fine-tune on the target")
     result.config["transfer"] = {
         "source": OmegaConf.to_container(cfg.transfer.source, resolve=True)["_target_"].rsplit(".", 1)[-1],
         "source_test_accuracy": source_accuracy, "source_cache": source_info["cache"],
