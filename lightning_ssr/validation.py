@@ -57,6 +57,13 @@ def keyword_names(fn: Callable) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def closest_name(name: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``name`` most likely misspells (the did-you-mean of every refusal
+    of a name), or ``None``."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return close[0] if close else None
+
+
 def check_keywords(owner: str, given: Iterable[str], allowed: Sequence[str] | None) -> None:
     """Raise ``TypeError`` for names in ``given`` that ``allowed`` lacks, each with the closest
     allowed name (a typo), and the list of allowed ones; ``allowed=None`` accepts any name."""
@@ -64,7 +71,7 @@ def check_keywords(owner: str, given: Iterable[str], allowed: Sequence[str] | No
         return
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        close = {n: difflib.get_close_matches(n, allowed, n=1) for n in unknown}
-        hints = "".join(f" ({n!r}: did you mean {c[0]!r}?)" for n, c in close.items() if c)
+        close = {n: closest_name(n, allowed) for n in unknown}
+        hints = "".join(f" ({n!r}: did you mean {c!r}?)" for n, c in close.items() if c)
         takes = f"its arguments are {', '.join(allowed)}" if allowed else "it takes none"
         raise TypeError(f"{owner} got unexpected keyword arguments {unknown}{hints}; {takes}")

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from ..latency import steady_allocator
 from ..report import PruningResult
+from ..validation import closest_name
 from .console import quiet_lightning
 from .recipes import recipe_for
 from .stages import (
@@ -148,8 +149,6 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
 
 
 def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | None) -> None:
-    import difflib
-
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig):  # a list's index or a value's field: Hydra's to judge
@@ -157,8 +156,8 @@ def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | N
         names = [str(k) for k in node]  # (a mandatory value, "???", is one; "in" would not say so)
         if part not in names:
             section = ".".join(parts[:i])
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f"did you mean {'.'.join([*parts[:i], close[0]])}? " if close else ""
+            close = closest_name(part, names)
+            hint = f"did you mean {'.'.join([*parts[:i], close])}? " if close else ""
             where = f" with {choices}" if choices else ""
             raise ValueError(f"{key} is not a setting of the configuration{where} ({hint}"
                              f"{section or 'its top level'} has {', '.join(names)}); a key of your own is added "

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from ..modes import eval_mode
+from ..validation import closest_name
 
 _CONV = (nn.modules.conv._ConvNd,)  # convolutions, transposed ones included
 _ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -551,13 +552,8 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
 def _closest_name(name: str, modules: Mapping[str, nn.Module]) -> str | None:
     """The module name ``name`` most likely meant: the one it ends (``conv3`` for ``net.conv3``, the
     training module's prefix left out), or the closest spelling."""
-    import difflib
-
     ends = [n for n in modules if n.endswith("." + name)]
-    if len(ends) == 1:
-        return ends[0]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=1)
-    return close[0] if close else None
+    return ends[0] if len(ends) == 1 else closest_name(name, [n for n in modules if n])
 
 
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
