@@ -240,14 +240,12 @@ class Pruning(Callback):
     # ----------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
         if stage != "fit":
             # test/validate/predict(ckpt_path=...) of a pruned checkpoint on a module built with the
             # dense shapes: the checkpoint's plan rebuilds it before the weights load, as in a resume
-            self._trainer = trainer
-            if self._hook is None:
-                self._hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
+            self._watch_weights_load(pl_module)
             return
-        self._trainer = trainer
         internals.check(trainer, pl_module)
         name = type(self).__name__
         if not pl_module.automatic_optimization:
@@ -308,8 +306,7 @@ class Pruning(Callback):
         # Resuming fit(ckpt_path=...) after a rebuild: the model must have the pruned shapes before
         # Lightning loads the weights. A load_state_dict pre-hook (a public torch.nn.Module hook,
         # removed in teardown) applies the checkpoint's plan at that moment.
-        if self._hook is None:
-            self._hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
+        self._watch_weights_load(pl_module)
         self._world = World(info=rank_zero_info) if trainer.world_size <= 1 else World(
             size=trainer.world_size, rank=trainer.global_rank,
             broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
@@ -351,6 +348,11 @@ class Pruning(Callback):
                 f"max_steps={trainer.max_steps}",
                 f"max_steps={enough} (or max_steps=-1 and max_epochs={schedule.total_epochs})",
                 at=f" (optimizer step {step}, at {spe} steps per epoch)")
+
+    def _watch_weights_load(self, pl_module: LightningModule) -> None:
+        """:meth:`_before_weights_load` as ``pl_module``'s load_state_dict pre-hook (once; removed in teardown)."""
+        if self._hook is None:
+            self._hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
 
     def _before_weights_load(self, module, state_dict, prefix, *args) -> None:
         if prefix:
