@@ -256,6 +256,8 @@ REFUSED_AT_SETUP = [
     ("ignored_unknown_layer", SmallResidualCNN,
      lambda: Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.nope"], **ONESHOT),
      ValueError, "net.nope"),
+    ("rates_list_too_short", SmallResidualCNN, lambda: Pruning("oneshot", target={"rates": [0.5]}, **ONESHOT),
+     ValueError, "1 rates given for a model with 5 convolutions (net.stem, net.conv_a, net.conv_b, net.dw, net.mix"),
     ("rates_unknown_layer", SmallResidualCNN,
      lambda: Pruning("oneshot", target={"rates": {"net.nope": 0.5}}, **ONESHOT), ValueError, "['net.nope']"),
     ("target_unreachable", SmallResidualCNN,
