@@ -111,6 +111,13 @@ DENSE_COPY_CALLBACKS = {
 }
 
 
+def in_a_fit(trainer: Trainer | None) -> bool:
+    """Whether a checkpoint's run state belongs to what the trainer does now: a fit (or no trainer,
+    a load by hand). ``trainer.test/validate/predict(ckpt_path=...)`` load a checkpoint too, but
+    no training follows: what resumes a fit (the pruning state, a loader's order) is not theirs."""
+    return trainer is None or trainer.state.fn in (None, TrainerFn.FITTING)
+
+
 def restart_monitors(trainer: Trainer) -> list[str]:
     """After a prune event, the callbacks that compare a monitored metric with its best so far start
     over, since the pruned model competes with itself, not with the model before the prune:
@@ -533,7 +540,7 @@ class Pruning(Callback):
     def _fitting(self) -> bool:
         """Not in a test, validate or predict of the Trainer the callback was set up with: those
         load only a checkpoint's weights (and plan), not the run's state."""
-        return self._trainer is None or self._trainer.state.fn in (None, TrainerFn.FITTING)
+        return in_a_fit(self._trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:

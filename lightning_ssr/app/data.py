@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..files import atomic_write
+from ..pruning import in_a_fit
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -217,6 +218,8 @@ class _InMemoryImages(pl.LightningDataModule):
         return {} if self._order_seed is None else {"train_order_seed": self._order_seed}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if not in_a_fit(self.trainer):  # test/validate/predict(ckpt_path=...): no training loader follows,
+            return  # and a seed kept would set the order of the next, unrelated fit
         seed = state_dict.get("train_order_seed")
         self._resumed_seed = None if seed is None else int(seed)
 

@@ -337,3 +337,38 @@ def test_lightning_gives_the_datamodules_augmentation_to_training_steps_only():
     train, given, val, val_given = first_batches(["shift", "flip"])
     assert train.shape == given.shape and not torch.equal(train, given)
     assert torch.equal(val, val_given)
+
+
+def test_a_test_from_a_checkpoint_leaves_the_next_fit_its_own_order(tmp_path):
+    """trainer.test(ckpt_path=...) loads the data module's state too; the order seed it holds is a
+    fit's, and a later fit of the same data module draws its own, as it would without that test."""
+    import lightning.pytorch as pl
+    from torch import nn
+
+    from lightning_ssr.app.module import ImageClassifier
+
+    def trainer():
+        return pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+    torch.manual_seed(0)
+    dm = UCIDigits(image_size=8, batch_size=16)
+    model = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    fit = trainer()
+    fit.fit(model, datamodule=dm)
+    ckpt = tmp_path / "fit.ckpt"
+    fit.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)["UCIDigits"]["train_order_seed"]
+
+    tester = trainer()
+    tester.test(model, datamodule=dm, ckpt_path=ckpt)
+    torch.manual_seed(1)
+    drawn = int(torch.randint(0, 2**31 - 1, (1,)))
+    torch.manual_seed(1)
+    assert dm.train_dataloader().sampler.seed == drawn != saved  # drawn, not the checkpoint's
+
+    resumed = UCIDigits(image_size=8, batch_size=16)  # a fit from the checkpoint still takes it
+    again = trainer()
+    again.fit_loop.max_epochs = 2
+    again.fit(ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))), datamodule=resumed, ckpt_path=ckpt)
+    assert resumed.state_dict()["train_order_seed"] == saved

@@ -360,3 +360,22 @@ def test_data_augment_reaches_both_domains_training_images_in_the_adaptation_tra
     data.trainer = SimpleNamespace(training=False)
     batch = {"source": (xs, ys), "target": (xt,)}
     assert data.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_the_adaptation_data_takes_a_checkpoints_orders_in_a_fit_only():
+    """A fit from a checkpoint takes both loaders' order seeds; test/validate/predict(ckpt_path=...)
+    load the state too, but no training follows, so a later fit draws its own."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    first = DomainAdaptationData(_Moons(0, seed=1), _Moons(35, seed=2))
+    torch.manual_seed(0)
+    first.train_dataloader()
+    state = first.state_dict()
+    for fn, taken in ((TrainerFn.FITTING, True), (TrainerFn.TESTING, False), (TrainerFn.VALIDATING, False)):
+        data = DomainAdaptationData(_Moons(0, seed=1), _Moons(35, seed=2))
+        data.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        data.trainer.state.fn = fn
+        data.load_state_dict(state)
+        torch.manual_seed(1)
+        data.train_dataloader()
+        assert (data.state_dict() == state) is taken, fn

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ...modes import eval_mode
+from ...pruning import in_a_fit
 from ...validation import check_flag, check_number
 from .. import stages
 from ..console import progress_bars
@@ -209,6 +210,8 @@ class DomainAdaptationData(pl.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if not in_a_fit(self.trainer):  # test/validate/predict(ckpt_path=...): no training loader follows
+            return
         self.source.load_state_dict(state_dict.get("source", {}))
         seed = state_dict.get("target_order_seed")
         self._resumed_target_seed = None if seed is None else int(seed)
