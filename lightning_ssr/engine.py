@@ -47,7 +47,7 @@ from torch import nn
 
 from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import OtherProcessesLoad, model_ms
+from .latency import OtherProcessesLoad, model_ms, others_share
 from .methods.base import (
     MethodContext,
     PruningMethod,
@@ -990,7 +990,7 @@ class PruningEngine:
         lat = self._latency
         met = measured <= self.target.latency * (1 + LATENCY_MISS)
         timed_load = load.to_dict() if rows.device.type == "cpu" else None  # (a GPU's time is not the CPUs')
-        busy = [f"{what} ({d['other_processes_cores']:.1f} of {d['cores']} cores)"
+        busy = [f"{what} ({others_share(d)})"
                 for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", timed_load or {}))
                 if d.get("crowded")]
         if not met and world.rank == 0:

@@ -105,7 +105,7 @@ def usable_cores() -> int:
 def _machine_cpu_seconds() -> tuple[float, float, float] | None:
     """(CPU seconds the CPUs this process may run on have spent busy, those of this process, wall
     seconds), or ``None`` where they are not readable (Linux's ``/proc/stat`` is read, one line per
-    CPU; a CPU quota without a cpuset is not seen)."""
+    CPU; a CPU quota is :func:`cpu_quota`'s)."""
     try:
         cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
         busy = 0
@@ -122,6 +122,81 @@ def _machine_cpu_seconds() -> tuple[float, float, float] | None:
     return busy / hz, own.user + own.system, time.perf_counter()
 
 
+#: where Linux mounts the cgroup hierarchies, and the file naming this process's groups
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+@dataclass(frozen=True)
+class CpuQuota:
+    """A limit on the CPU time of this process's control group (``docker --cpus``, a Kubernetes
+    CPU limit, systemd's ``CPUQuota``): ``cores``' worth per second, shared by every process of
+    ``group`` (the tightest limit on the way from this process's group to the root)."""
+
+    cores: float
+    group: Path
+    usage_file: Path  # the group's CPU time: cgroup v2 cpu.stat (usage_usec), v1 cpuacct.usage (ns)
+
+    def used_seconds(self) -> float | None:
+        """CPU seconds every process of the group has used so far (``None``: not readable)."""
+        try:
+            text = self.usage_file.read_text()
+            if self.usage_file.name == "cpu.stat":
+                fields = dict(line.split() for line in text.splitlines() if line.strip())
+                return int(fields["usage_usec"]) / 1e6
+            return int(text) / 1e9
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def _cgroup_paths() -> dict[str, str]:
+    """This process's group per controller (``""``: the cgroup v2 hierarchy), from /proc/self/cgroup."""
+    paths = {}
+    try:
+        for line in PROC_SELF_CGROUP.read_text().splitlines():
+            _id, controllers, path = line.split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                paths[controller] = path
+    except (OSError, ValueError):
+        pass
+    return paths
+
+
+def _walk_up(mount: Path, path: str) -> list[Path]:
+    """The group's directory under ``mount`` and its parents up to the mount (a container sees its
+    own group as the root)."""
+    group = mount / path.strip("/")
+    return [group, *[p for p in group.parents if p == mount or mount in p.parents]]
+
+
+def cpu_quota() -> CpuQuota | None:
+    """The tightest CPU quota on this process's control groups (cgroup v2's ``cpu.max``, or v1's
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``), ``None`` without one or off Linux. A quota
+    without a cpuset leaves every CPU in the affinity while granting only a part of their time."""
+    paths, found = _cgroup_paths(), []
+    if "" in paths:  # cgroup v2 (unified; under "unified" on a hybrid v1 machine)
+        mount = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").is_file() else CGROUP_ROOT / "unified"
+        for group in _walk_up(mount, paths[""]):
+            try:
+                limit, period = (group / "cpu.max").read_text().split()
+                if limit != "max":
+                    found.append(CpuQuota(int(limit) / int(period), group, group / "cpu.stat"))
+            except (OSError, ValueError):
+                continue
+    if "cpu" in paths:  # cgroup v1: the quota under the cpu controller, the usage under cpuacct
+        mount = next((CGROUP_ROOT / name for name in ("cpu", "cpu,cpuacct") if (CGROUP_ROOT / name).is_dir()), None)
+        acct = next((CGROUP_ROOT / name for name in ("cpuacct", "cpu,cpuacct") if (CGROUP_ROOT / name).is_dir()), None)
+        for group in _walk_up(mount, paths["cpu"]) if mount is not None else []:
+            try:
+                quota = int((group / "cpu.cfs_quota_us").read_text())
+                period = int((group / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if quota > 0 and period > 0 and acct is not None:
+                found.append(CpuQuota(quota / period, group, acct / group.relative_to(mount) / "cpuacct.usage"))
+    return min(found, key=lambda q: q.cores, default=None)
+
+
 #: the shortest block :class:`OtherProcessesLoad` judges (the kernel's CPU time moves in 10 ms ticks)
 MIN_LOAD_WINDOW_S = 0.25
 
@@ -131,33 +206,64 @@ class OtherProcessesLoad:
     every other process (and a virtual machine's host, as steal time) used on the CPUs this one
     may run on, per second of the block: the cores they kept busy on average (under DDP, the
     other ranks are among them). ``None`` where the CPU time cannot be read (not Linux) or the
-    block was shorter than :data:`MIN_LOAD_WINDOW_S`. Timings taken while ``cores`` plus this
-    process's threads exceed the usable cores were slowed by the others (:meth:`crowded`)."""
+    block was shorter than :data:`MIN_LOAD_WINDOW_S`. Under a CPU quota (:func:`cpu_quota`),
+    ``quota_cores`` is its size and ``quota_other_cores`` the part of it the group's other
+    processes used. Timings taken while the others plus this process's threads asked for more
+    than the usable cores, or more than the quota, were slowed by them (:meth:`crowded`)."""
 
     cores: float | None = None
+    quota_cores: float | None = None
+    quota_other_cores: float | None = None
 
     def __enter__(self) -> OtherProcessesLoad:  # noqa: PYI034 (typing.Self is Python 3.11; 3.10 is supported)
+        self._quota = cpu_quota()
         self._start = _machine_cpu_seconds()
+        self._quota_start = self._quota.used_seconds() if self._quota is not None else None
         return self
 
     def __exit__(self, *exc) -> None:
         end = _machine_cpu_seconds()
+        quota_end = self._quota.used_seconds() if self._quota is not None else None
         # the kernel counts CPU time in ticks (10 ms at 100 Hz): a shorter block says nothing
-        if self._start is not None and end is not None and end[2] - self._start[2] >= MIN_LOAD_WINDOW_S:
-            (busy0, own0, t0), (busy1, own1, t1) = self._start, end
-            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        if self._start is None or end is None or end[2] - self._start[2] < MIN_LOAD_WINDOW_S:
+            return
+        (busy0, own0, t0), (busy1, own1, t1) = self._start, end
+        self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        if self._quota is not None:
+            self.quota_cores = self._quota.cores
+            if self._quota_start is not None and quota_end is not None:
+                self.quota_other_cores = max(0.0, (quota_end - self._quota_start) - (own1 - own0)) / (t1 - t0)
 
     def crowded(self, threads: int | None = None) -> bool:
         """The other processes and this one's ``threads`` (torch's, by default) asked for more
-        cores than the machine has (by a quarter of a core: the clock's ticks are coarse)."""
+        cores than the machine has, or for more than the group's CPU quota (by a quarter of a
+        core: the clock's ticks are coarse)."""
+        return self._crowded_by(threads) is not None
+
+    def _crowded_by(self, threads: int | None = None) -> str | None:
+        """``"cores"``, ``"quota"`` (what the others and this process asked for more of), or ``None``."""
         if self.cores is None:
-            return False
+            return None
         threads = torch.get_num_threads() if threads is None else threads
-        return self.cores + threads > usable_cores() + 0.25
+        if self.cores + threads > usable_cores() + 0.25:
+            return "cores"
+        if self.quota_cores is not None and (self.quota_other_cores or 0.0) + threads > self.quota_cores + 0.25:
+            return "quota"
+        return None
 
     def to_dict(self) -> dict:
         return {"other_processes_cores": self.cores, "cores": usable_cores(), "threads": torch.get_num_threads(),
-                "crowded": self.crowded()}
+                "cpu_quota_cores": self.quota_cores, "quota_other_processes_cores": self.quota_other_cores,
+                "crowded": self.crowded(), "crowded_by": self._crowded_by()}
+
+
+def others_share(load: Mapping) -> str:
+    """What the other processes took while a crowded timing ran, from a record of
+    :meth:`OtherProcessesLoad.to_dict`: ``"1.9 of the 2 cores"``, or under a CPU quota they
+    filled, ``"1.2 of the group's 2-core CPU quota"``."""
+    if load.get("crowded_by") == "quota":
+        return f"{load['quota_other_processes_cores']:.1f} of the group's {load['cpu_quota_cores']:g}-core CPU quota"
+    return f"{load['other_processes_cores']:.1f} of the {load['cores']} cores"
 
 
 #: glibc's mallopt parameters, and the values :func:`steady_allocator` fixes them at

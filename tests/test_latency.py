@@ -311,7 +311,8 @@ def test_a_missed_latency_target_is_warned_about_and_recorded(tmp_path, monkeypa
         trainer(tmp_path, [cb], 1).fit(model, loader())
     assert cb.events[0]["latency_target_met"] is False
     assert cb.result.events[0]["latency_measured_ms"] == pytest.approx(1.5 * asked)
-    assert set(cb.events[0]["latency_load"]) == {"other_processes_cores", "cores", "threads", "crowded"}
+    assert set(cb.events[0]["latency_load"]) == {"other_processes_cores", "cores", "threads", "cpu_quota_cores",
+                                                 "quota_other_processes_cores", "crowded", "crowded_by"}
 
     class Crowded(latency_mod.OtherProcessesLoad):  # the others kept 1.5 cores busy meanwhile
         def __exit__(self, *exc):
@@ -332,7 +333,7 @@ def test_a_missed_latency_target_is_warned_about_and_recorded(tmp_path, monkeypa
     cb = Pruning(method="oneshot", target={"latency": asked, "batch_size": 3},
                  schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1), verbose=False)
     with pytest.warns(UserWarning, match=r"\+50% over .*Other processes kept the machine busy during this timing "
-                                         r"\(1.5 of \d+ cores\): time again on a quiet one"):
+                                         r"\(1.5 of the \d+ cores\): time again on a quiet one"):
         trainer(tmp_path, [cb], 1).fit(TinyClassifier(), loader())
 
 
@@ -550,3 +551,68 @@ def test_a_crowded_timing_is_said_in_the_latency_line_and_the_target_summary():
                                      "idle machine it runs faster")
     event["latency_load"]["crowded"] = False
     assert target.summary().endswith("(dense 2.000 ms)")
+
+
+def _cgroup_tree(root, files):
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_cpu_quota_is_read_from_cgroup_v2_and_v1_the_tightest_on_the_way_up(tmp_path, monkeypatch):
+    """``docker --cpus 1.5`` on cgroup v2 (cpu.max), a parent's tighter limit on v1
+    (cfs_quota_us over cfs_period_us, usage from cpuacct), and no limit at all."""
+    v2 = tmp_path / "v2"
+    _cgroup_tree(v2, {"cgroup.controllers": "cpu memory", "cpu.max": "max 100000",
+                      "job/cpu.max": "150000 100000", "job/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n",
+                      "proc": "0::/job\n"})
+    monkeypatch.setattr(latency_mod, "CGROUP_ROOT", v2)
+    monkeypatch.setattr(latency_mod, "PROC_SELF_CGROUP", v2 / "proc")
+    quota = latency_mod.cpu_quota()
+    assert quota.cores == 1.5 and quota.group == v2 / "job" and quota.used_seconds() == 2.5
+
+    v1 = tmp_path / "v1"
+    _cgroup_tree(v1, {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000",
+                      "cpu/a/cpu.cfs_quota_us": "50000", "cpu/a/cpu.cfs_period_us": "100000",
+                      "cpu/a/b/cpu.cfs_quota_us": "300000", "cpu/a/b/cpu.cfs_period_us": "100000",
+                      "cpuacct/a/cpuacct.usage": "7000000000", "proc": "2:cpuacct:/a/b\n1:cpu:/a/b\n0::/\n"})
+    monkeypatch.setattr(latency_mod, "CGROUP_ROOT", v1)
+    monkeypatch.setattr(latency_mod, "PROC_SELF_CGROUP", v1 / "proc")
+    quota = latency_mod.cpu_quota()
+    assert quota.cores == 0.5 and quota.group == v1 / "cpu" / "a" and quota.used_seconds() == 7.0
+
+    (v1 / "cpu" / "a" / "cpu.cfs_quota_us").write_text("-1")
+    (v1 / "cpu" / "a" / "b" / "cpu.cfs_quota_us").write_text("-1")
+    assert latency_mod.cpu_quota() is None
+    monkeypatch.setattr(latency_mod, "PROC_SELF_CGROUP", tmp_path / "absent")  # not Linux
+    assert latency_mod.cpu_quota() is None
+
+
+def test_a_timing_crowded_inside_its_cpu_quota_is_said(monkeypatch):
+    """A 2-core quota on a 64-core machine: the machine's other processes (10 cores) leave room,
+    but the group's others used 1.5 of its quota in the 2 s, so this process's 1 thread had too
+    little of it. Said as the quota's, not the machine's cores."""
+    from lightning_ssr.app.stages import latency_line
+    from lightning_ssr.report import PruningResult
+
+    class Group:
+        cores = 2.0
+        used = iter([100.0, 104.0])  # 4.0 CPU s in 2 s, 1.0 of them this process's own
+
+        def used_seconds(self):
+            return next(self.used)
+
+    readings = iter([(10.0, 5.0, 100.0), (31.0, 6.0, 102.0)])  # the machine: 21 s busy, 1 of them own
+    monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(latency_mod, "usable_cores", lambda: 64)
+    monkeypatch.setattr(latency_mod, "cpu_quota", Group)
+    with latency_mod.OtherProcessesLoad() as load:
+        pass
+    assert load.cores == pytest.approx(10.0) and load.quota_other_cores == pytest.approx(1.5)
+    assert load.crowded(threads=1) and not load.crowded(threads=0)
+    record = {**load.to_dict(), "threads": 1, "crowded": True, "crowded_by": load._crowded_by(1)}
+    assert record["crowded_by"] == "quota" and record["cpu_quota_cores"] == 2.0
+    result = PruningResult(method="l1", dense={"latency_ms": {"batch_1": 2.0}}, pruned={"latency_ms": {"batch_1": 1.0}},
+                           machine={"latency_load": record})
+    assert "(other processes kept 1.5 of the group's 2-core CPU quota busy while timing" in latency_line(result)

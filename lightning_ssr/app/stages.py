@@ -39,7 +39,7 @@ from torch import nn
 from ..checkpoint import CheckpointReadError, read_checkpoint, save_pruned
 from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
-from ..latency import compare_latency
+from ..latency import compare_latency, others_share
 from ..modes import eval_mode
 from ..pruning import Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
@@ -574,7 +574,7 @@ def latency_line(result: PruningResult) -> str | None:
     parts = [f"batch {k.split('_', 1)[1]}: {dense[k]:.3f} -> {pruned[k]:.3f} ms ({dense[k] / pruned[k]:.2f}x)"
              for k in dense if k in pruned]
     load = result.machine.get("latency_load") or {}
-    crowded = (f" (other processes kept {load['other_processes_cores']:.1f} of the {load['cores']} cores busy "
+    crowded = (f" (other processes kept {others_share(load)} busy "
                f"while timing, with this run's {load['threads']} threads: both times are slower than on an idle "
                "machine, their ratio less so)") if load.get("crowded") else ""
     return "CPU latency: " + ", ".join(parts) + crowded
