@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import os
+import posixpath
 import statistics
 import time
 import warnings
@@ -164,8 +165,8 @@ def _cgroup_paths() -> dict[str, str]:
 
 def _walk_up(mount: Path, path: str) -> list[Path]:
     """The group's directory under ``mount`` and its parents up to the mount (a container sees its
-    own group as the root)."""
-    group = mount / path.strip("/")
+    own group as the root; a path that climbs out of it with ``..`` stays at the mount)."""
+    group = mount / posixpath.normpath("/" + path).lstrip("/")
     return [group, *[p for p in group.parents if p == mount or mount in p.parents]]
 
 
@@ -179,7 +180,7 @@ def cpu_quota() -> CpuQuota | None:
         for group in _walk_up(mount, paths[""]):
             try:
                 limit, period = (group / "cpu.max").read_text().split()
-                if limit != "max":
+                if limit != "max" and int(limit) > 0 and int(period) > 0:
                     found.append(CpuQuota(int(limit) / int(period), group, group / "cpu.stat"))
             except (OSError, ValueError):
                 continue
@@ -192,8 +193,9 @@ def cpu_quota() -> CpuQuota | None:
                 period = int((group / "cpu.cfs_period_us").read_text())
             except (OSError, ValueError):
                 continue
-            if quota > 0 and period > 0 and acct is not None:
-                found.append(CpuQuota(quota / period, group, acct / group.relative_to(mount) / "cpuacct.usage"))
+            if quota > 0 and period > 0:  # (without cpuacct the usage is unknown: the quota is still said)
+                usage = (acct or mount) / group.relative_to(mount) / "cpuacct.usage"
+                found.append(CpuQuota(quota / period, group, usage))
     return min(found, key=lambda q: q.cores, default=None)
 
 
@@ -241,20 +243,31 @@ class OtherProcessesLoad:
         return self._crowded_by(threads) is not None
 
     def _crowded_by(self, threads: int | None = None) -> str | None:
-        """``"cores"``, ``"quota"`` (what the others and this process asked for more of), or ``None``."""
+        """``"cores"`` or ``"quota"``: what the others and this process asked for more of; ``None``
+        when the others did not crowd it. (More threads than cores, or than the quota, slow a timing
+        on their own, with the machine quiet: :meth:`to_dict` records that as ``threads_over``.)"""
         if self.cores is None:
             return None
         threads = torch.get_num_threads() if threads is None else threads
-        if self.cores + threads > usable_cores() + 0.25:
+        if _others_crowd(self.cores, threads, usable_cores()):
             return "cores"
-        if self.quota_cores is not None and (self.quota_other_cores or 0.0) + threads > self.quota_cores + 0.25:
+        if self.quota_cores is not None and self.quota_other_cores is not None and _others_crowd(
+                self.quota_other_cores, threads, self.quota_cores):
             return "quota"
         return None
 
     def to_dict(self) -> dict:
-        return {"other_processes_cores": self.cores, "cores": usable_cores(), "threads": torch.get_num_threads(),
+        threads, room = torch.get_num_threads(), min(usable_cores(), self.quota_cores or math.inf)
+        return {"other_processes_cores": self.cores, "cores": usable_cores(), "threads": threads,
                 "cpu_quota_cores": self.quota_cores, "quota_other_processes_cores": self.quota_other_cores,
-                "crowded": self.crowded(), "crowded_by": self._crowded_by()}
+                "crowded": self.crowded(), "crowded_by": self._crowded_by(), "threads_over": threads > room + 0.25}
+
+
+def _others_crowd(others: float, threads: int, room: float) -> bool:
+    """Others kept part of ``room`` (cores, or a quota's) busy, and with this process's threads
+    (at most the room: more slow it alone) asked for more than there is, by a quarter of a core
+    (the clock's ticks are coarse)."""
+    return others > 0.25 and others + min(threads, room) > room + 0.25
 
 
 def others_share(load: Mapping) -> str:
@@ -262,7 +275,7 @@ def others_share(load: Mapping) -> str:
     :meth:`OtherProcessesLoad.to_dict`: ``"1.9 of the 2 cores"``, or under a CPU quota they
     filled, ``"1.2 of the group's 2-core CPU quota"``."""
     if load.get("crowded_by") == "quota":
-        return f"{load['quota_other_processes_cores']:.1f} of the group's {load['cpu_quota_cores']:g}-core CPU quota"
+        return f"{load['quota_other_processes_cores']:.1f} of the group's {load['cpu_quota_cores']:.3g}-core CPU quota"
     return f"{load['other_processes_cores']:.1f} of the {load['cores']} cores"
 
 

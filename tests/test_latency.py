@@ -312,7 +312,7 @@ def test_a_missed_latency_target_is_warned_about_and_recorded(tmp_path, monkeypa
     assert cb.events[0]["latency_target_met"] is False
     assert cb.result.events[0]["latency_measured_ms"] == pytest.approx(1.5 * asked)
     assert set(cb.events[0]["latency_load"]) == {"other_processes_cores", "cores", "threads", "cpu_quota_cores",
-                                                 "quota_other_processes_cores", "crowded", "crowded_by"}
+                                                 "quota_other_processes_cores", "crowded", "crowded_by", "threads_over"}
 
     class Crowded(latency_mod.OtherProcessesLoad):  # the others kept 1.5 cores busy meanwhile
         def __exit__(self, *exc):
@@ -500,6 +500,7 @@ def test_other_processes_load_counts_the_others_cpu_time_not_this_process(monkey
     readings = iter([(10.0, 5.0, 100.0), (13.0, 6.0, 102.0)])
     monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda: next(readings))
     monkeypatch.setattr(latency_mod, "usable_cores", lambda: 2)
+    monkeypatch.setattr(latency_mod, "cpu_quota", lambda: None)  # (not this machine's, if it has one)
     with latency_mod.OtherProcessesLoad() as load:
         pass
     assert load.cores == pytest.approx(1.0)
@@ -582,6 +583,12 @@ def test_cpu_quota_is_read_from_cgroup_v2_and_v1_the_tightest_on_the_way_up(tmp_
     quota = latency_mod.cpu_quota()
     assert quota.cores == 0.5 and quota.group == v1 / "cpu" / "a" and quota.used_seconds() == 7.0
 
+    monkeypatch.setattr(latency_mod, "PROC_SELF_CGROUP", v1 / "proc2")  # a namespace's path climbing out
+    (v1 / "proc2").write_text("1:cpu:/../../a\n")
+    assert latency_mod.cpu_quota().group == v1 / "cpu" / "a"  # read inside the mount, never above it
+    monkeypatch.setattr(latency_mod, "PROC_SELF_CGROUP", v1 / "proc")
+    (v1 / "cpuacct" / "a" / "cpuacct.usage").unlink()  # the usage unreadable: the quota is still known
+    assert latency_mod.cpu_quota().cores == 0.5 and latency_mod.cpu_quota().used_seconds() is None
     (v1 / "cpu" / "a" / "cpu.cfs_quota_us").write_text("-1")
     (v1 / "cpu" / "a" / "b" / "cpu.cfs_quota_us").write_text("-1")
     assert latency_mod.cpu_quota() is None
@@ -616,3 +623,29 @@ def test_a_timing_crowded_inside_its_cpu_quota_is_said(monkeypatch):
     result = PruningResult(method="l1", dense={"latency_ms": {"batch_1": 2.0}}, pruned={"latency_ms": {"batch_1": 1.0}},
                            machine={"latency_load": record})
     assert "(other processes kept 1.5 of the group's 2-core CPU quota busy while timing" in latency_line(result)
+
+
+def test_own_threads_over_the_quota_or_an_unreadable_usage_blame_no_other_process(monkeypatch):
+    """16 threads under a 2-core quota, the group otherwise idle: the timing is slow by its own
+    doing (recorded as threads_over), not crowded by others. A quota whose usage cannot be read
+    says nothing about the others."""
+    class Group:
+        cores = 2.0
+
+        def __init__(self, used):
+            self.used = iter(used)
+
+        def used_seconds(self):
+            return next(self.used)
+
+    for used, others in (([100.0, 102.0], 0.0), ([None, None], None)):  # 2 s of the group's: all this one's
+        readings = iter([(10.0, 5.0, 100.0), (12.0, 7.0, 102.0)])
+        monkeypatch.setattr(latency_mod, "_machine_cpu_seconds", lambda readings=readings: next(readings))
+        monkeypatch.setattr(latency_mod, "usable_cores", lambda: 64)
+        monkeypatch.setattr(latency_mod, "cpu_quota", lambda used=used: Group(used))
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+        with latency_mod.OtherProcessesLoad() as load:
+            pass
+        assert load.quota_cores == 2.0 and load.quota_other_cores == others
+        record = load.to_dict()
+        assert not record["crowded"] and record["crowded_by"] is None and record["threads_over"]

@@ -375,6 +375,9 @@ def test_the_adaptation_data_takes_a_checkpoints_orders_in_a_fit_only():
         data = DomainAdaptationData(_Moons(0, seed=1), _Moons(35, seed=2))
         data.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
         data.trainer.state.fn = fn
+        # the source alone was evaluated before (the recipe measures its accuracy): that trainer stays on it
+        data.source.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        data.source.trainer.state.fn = TrainerFn.VALIDATING
         data.load_state_dict(state)
         torch.manual_seed(1)
         data.train_dataloader()

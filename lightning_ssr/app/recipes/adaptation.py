@@ -212,6 +212,7 @@ class DomainAdaptationData(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         if not in_a_fit(self.trainer):  # test/validate/predict(ckpt_path=...): no training loader follows
             return
+        self.source.trainer = self.trainer  # the fit's: an evaluation of the source alone may have left its own
         self.source.load_state_dict(state_dict.get("source", {}))
         seed = state_dict.get("target_order_seed")
         self._resumed_target_seed = None if seed is None else int(seed)
