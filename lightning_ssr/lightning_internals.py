@@ -63,6 +63,23 @@ def loaded_checkpoint(trainer) -> dict:
     return getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}
 
 
+def resumed_epoch(checkpoint: dict) -> tuple[int | None, bool]:
+    """The epoch a fit resumed from ``checkpoint`` starts in, and whether that is exact: the fit
+    loop's saved progress says an epoch whose training had ended (a checkpoint written at the end
+    of a training epoch: the fit goes on with the next one). Otherwise (mid-epoch, or after the
+    epoch's validation) Lightning decides from its batch loops at the restore; the saved ``epoch``
+    is then a lower bound. ``(None, False)`` without either."""
+    try:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        processed, completed = int(progress["processed"]), int(progress["completed"])
+    except (KeyError, TypeError, ValueError):
+        processed = completed = None
+    if processed is not None and processed > completed:
+        return processed, True
+    epoch = checkpoint.get("epoch")
+    return (epoch, False) if isinstance(epoch, int) else (None, False)
+
+
 def set_up_validation_data(trainer, pl_module) -> None:
     """Have Lightning set the fit's validation dataloaders up now (they are otherwise set up at the
     first validation); the running hook's name is kept, so that logging goes on working."""

@@ -514,11 +514,11 @@ class Pruning(Callback):
         if state is not None:
             self.engine.check_settings(state.get("settings"), state.get("events_done"))
             return
-        # no pruning state: the fit resumes at the checkpoint's epoch or the next one (Lightning
-        # decides by where in the epoch it was saved); refused at the fit's start past warm-up
-        epoch = checkpoint.get("epoch")
-        if isinstance(epoch, int) and epoch > self.schedule.warmup_epochs:
-            raise ValueError(self._stateless_resume(epoch, "at least "))
+        # no pruning state: refused at the fit's start past warm-up (the epoch it resumes at is
+        # exact for a checkpoint written at the end of a training epoch, else a lower bound)
+        epoch, exact = internals.resumed_epoch(dict(checkpoint))
+        if epoch is not None and epoch > self.schedule.warmup_epochs:
+            raise ValueError(self._stateless_resume(epoch, "" if exact else "at least "))
 
     def _stateless_resume(self, epoch: int, bound: str = "") -> str:
         """Why a fit that resumes at ``epoch``, past warm-up, from a checkpoint without this

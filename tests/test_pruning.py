@@ -590,19 +590,25 @@ def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the
     else:
         fit.fit(model, loader(), ckpt_path=dense)  # the dense epochs are the warm-up
         assert pruning.events_done == 1 and fit.current_epoch == schedule.total_epochs == 6
-    # check_resume (what the command runs before anything trains) refuses the same checkpoint,
-    # from its saved epoch (2, a lower bound of the epoch the fit resumes at: 3)
+    # check_resume (what the command runs before anything trains) refuses the same checkpoint at
+    # the epoch the fit resumes at: written at the end of training epoch 2, the fit goes on at 3
     checkpoint = torch.load(dense, weights_only=True)
+    assert checkpoint["epoch"] == 2
     fresh = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
     if refused:
-        with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning"):
+        with pytest.raises(ValueError, match="resumes at epoch 3 from a checkpoint that holds no Pruning"):
             fresh.check_resume(checkpoint)
     else:
         fresh.check_resume(checkpoint)
-    # a checkpoint saved in epoch W (= warmup_epochs) may resume in it (mid-epoch) or at W + 1 (at
-    # its end): only the fit knows which, so it is left to the fit
-    Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False).check_resume(
-        {**checkpoint, "epoch": warmup})
+    # the same epoch's checkpoint written mid-epoch (its training not ended): the fit resumes in it
+    # or, after the epoch's last batch, at the next one; only the fit knows which. The saved epoch
+    # is a lower bound: past warm-up it is refused as such, in epoch W (= warmup_epochs) left to the fit
+    mid = {**checkpoint, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 2, "completed": 2}}}}}
+    if refused:
+        with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning"):
+            fresh.check_resume(mid)
+    for lower_bound in (warmup, None):  # (None: a checkpoint without Lightning's loops, nor an epoch)
+        fresh.check_resume({**mid, "epoch": lower_bound, "loops": {}})
 
 
 def test_per_layer_pruning_ratio_is_capped(tmp_path):
