@@ -355,7 +355,7 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
         head = f"{where}; {stopped}. Its last checkpoint is {saved}; to go on with that run"
     else:
         head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
-    return RunInterrupted(where, saved, message=(
+    return RunInterrupted(where, saved, exit_code=getattr(err, "exit_code", 130), message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
         f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and, for a grid sweep, "
         "gives the command of each run that never started"))
@@ -375,7 +375,7 @@ def main() -> None:
     except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
         outside = "interrupted outside training (at the set-up, the evaluation or the export): run the job again"
         print(f"lightning-ssr: {err if isinstance(err, RunInterrupted) else outside}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(getattr(err, "exit_code", 130))
     if LAST_SWEEP.get("failed"):  # a sweep goes on past a failed run; its exit code says so (as the report's)
         print(f"lightning-ssr: {LAST_SWEEP['failed']} of the sweep's {count_runs(LAST_SWEEP['runs'])} failed; "
               f"{Path(LAST_SWEEP['dir']) / 'report.md'} lists them with their errors", file=sys.stderr)

@@ -32,6 +32,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -211,11 +212,14 @@ class RunInterrupted(KeyboardInterrupt):
 
     ``where``: the stage, epoch and step; ``checkpoint``: the last checkpoint to resume from, or
     ``None`` with ``lost`` saying why there is none. The message is for a single run (a sweep's
-    says how to go on with the one run: :func:`lightning_ssr.app.cli.sweep_interrupted`)."""
+    says how to go on with the one run: :func:`lightning_ssr.app.cli.sweep_interrupted`).
+    ``exit_code``: the command's, 130 for Ctrl-C, 143 for SIGTERM (what a scheduler or ``timeout``
+    sends: Lightning stops the fit at the next batch, and would exit 0)."""
 
     def __init__(self, where: str, checkpoint: str | None = None, lost: str = "; nothing of it was kept",
-                 message: str | None = None):
+                 message: str | None = None, exit_code: int = 130):
         self.where, self.checkpoint, self.lost, self._message = where, checkpoint, lost, message
+        self.exit_code = exit_code
         if message is not None:
             super().__init__(message)
         elif checkpoint is None:
@@ -225,7 +229,7 @@ class RunInterrupted(KeyboardInterrupt):
                              f"ckpt_path={shlex.quote(checkpoint)} to go on from it")
 
     def __reduce__(self):  # whole after a pickle (a sweep launcher's worker process sends it back)
-        return type(self), (self.where, self.checkpoint, self.lost, self._message)
+        return type(self), (self.where, self.checkpoint, self.lost, self._message, self.exit_code)
 
 
 def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwargs) -> None:
@@ -234,27 +238,40 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
     try:
         trainer.fit(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit) as err:
-        if not _ctrl_c(err):
+        signal = _interruption(err)
+        if signal is None:
             raise
-        where = f"interrupted during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
+        how = "stopped by SIGTERM" if signal == "SIGTERM" else "interrupted"
+        where = f"{how} during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
+        code = _EXIT_CODES[signal]
         if not resumable:
-            raise RunInterrupted(where) from err
+            raise RunInterrupted(where, exit_code=code) from err
         saved = last_checkpoint(trainer)
         if saved is None and not trainer.checkpoint_callbacks:
             raise RunInterrupted(where, lost="; checkpointing is off (trainer.enable_checkpointing=false), so "
-                                 "nothing was kept") from err
+                                 "nothing was kept", exit_code=code) from err
         if saved is None:
             raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
-                                 "epoch)") from err
-        raise RunInterrupted(where, saved) from err
+                                 "epoch)", exit_code=code) from err
+        raise RunInterrupted(where, saved, exit_code=code) from err
 
 
-def _ctrl_c(err: BaseException) -> bool:
-    """``err`` is Ctrl-C in a Lightning loop not yet told as :class:`RunInterrupted`. Lightning
-    turns Ctrl-C into a graceful shutdown and ``sys.exit(1)``: a ``SystemExit`` raised while the
-    ``KeyboardInterrupt`` was handled."""
-    return not isinstance(err, RunInterrupted) and (isinstance(err, KeyboardInterrupt)
-                                                    or isinstance(err.__context__, KeyboardInterrupt))
+#: the command's exit code after each interruption (128 + the signal's number, as a shell reports it)
+_EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
+
+
+def _interruption(err: BaseException) -> str | None:
+    """``"Ctrl-C"`` or ``"SIGTERM"`` where ``err`` is that interruption of a Lightning loop, not yet
+    told as :class:`RunInterrupted`; else ``None``. Lightning turns Ctrl-C into a graceful shutdown
+    and ``sys.exit(1)`` (a ``SystemExit`` raised while the ``KeyboardInterrupt`` was handled), and
+    SIGTERM into ``SIGTERMException`` at the next batch (a ``SystemExit`` whose code is 0)."""
+    if isinstance(err, RunInterrupted):
+        return None
+    if isinstance(err, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
+        return "Ctrl-C"
+    return None
 
 
 def after_the_run_that_prunes(err: BaseException, lm: pl.LightningModule | None) -> RunInterrupted | None:
@@ -442,9 +459,11 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
         test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
         val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
     except (KeyboardInterrupt, SystemExit) as err:
-        if not _ctrl_c(err):
+        signal = _interruption(err)
+        if signal is None:
             raise
-        raise RunInterrupted("interrupted during the evaluation") from err
+        raise RunInterrupted(f"{'stopped by SIGTERM' if signal == 'SIGTERM' else 'interrupted'} during the evaluation",
+                             exit_code=_EXIT_CODES[signal]) from err
     return {"accuracy": test, "val_accuracy": val}
 
 

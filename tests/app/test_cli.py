@@ -571,6 +571,41 @@ def test_the_command_answers_ctrl_c_with_the_message_and_exit_code_130(monkeypat
                            "last checkpoint is e 0.ckpt: run the same command with ckpt_path='e 0.ckpt' to go on from it")
 
 
+def test_sigterm_stops_the_run_like_ctrl_c_with_exit_code_143(tmp_path, monkeypatch, capsys):
+    """A scheduler's or timeout's SIGTERM: Lightning stops the fit at the end of the batch with a
+    SystemExit whose code is 0, which would have ended the command silently with success and no
+    result. It is said, recorded and answered with 143 (128 + SIGTERM), as Ctrl-C is with 130."""
+    import os
+    import signal
+
+    from lightning_ssr.app import cli
+    from lightning_ssr.app.module import ImageClassifier
+    from lightning_ssr.app.stages import RunInterrupted
+
+    step = ImageClassifier.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler notes it; the batch finishes
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", training_step)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGTERM during the dense training at epoch 0 \(optimizer "
+                                             r"step 4\); nothing of it was kept") as info:
+        run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert info.value.exit_code == 143
+    assert "stopped by SIGTERM" in json.loads((tmp_path / "run" / "result.json").read_text())["error"]
+
+    def stopped():
+        raise info.value
+
+    monkeypatch.setattr(cli, "_hydra_main", stopped)
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 143 and "stopped by SIGTERM" in capsys.readouterr().err
+
+
 INTERRUPT_PLUGIN = """
 from pathlib import Path
 
