@@ -126,10 +126,18 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str 
     return path
 
 
-def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None):
-    """``torch.export`` the model (in eval mode); saved to ``path`` (``.pt2``) when given."""
+def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None,
+                   dynamic_batch: bool = True):
+    """``torch.export`` the model (in eval mode), with a dynamic batch dimension as the ONNX
+    export has (without it, the program takes only ``example_input``'s batch size); saved to
+    ``path`` (``.pt2``) when given."""
+    example, dynamic_shapes = example_input.detach(), None
+    if dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
+        if example.shape[0] == 1:  # traced at batch 1, the program would be specialized to it
+            example = example.expand(2, *example.shape[1:])
     with eval_mode(model):
-        program = torch.export.export(model, (example_input.detach(),))
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

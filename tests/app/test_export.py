@@ -49,6 +49,11 @@ def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
         export_program(model, x, tmp_path / "model.pt2")
         program = torch.export.load(str(tmp_path / "model.pt2"))
         assert max_relative_diff(expected, program.module()(x)) <= implementations_tolerance(model)
+        one = export_program(model, x[:1])  # (the command's example is one row)
+        for batch in (1, 5):  # any batch, as the ONNX export: not only the example's
+            other = torch.randn(batch, *x.shape[1:])
+            for exported in (program, one):
+                assert max_relative_diff(model(other), exported.module()(other)) <= implementations_tolerance(model)
 
 
 def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
