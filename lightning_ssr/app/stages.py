@@ -164,6 +164,12 @@ def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModu
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
+    if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
+        made = ("a pruned model (a run's pruned.pt), " if "pruning_plan" in checkpoint else "")
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}not a Lightning checkpoint of a fit: ckpt_path goes on "
+                         "with an interrupted run, from a checkpoint its training wrote (the run's "
+                         "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
+                         "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")
     callback = build_pruning(cfg)
     if checkpoint is not None and callback is not None:
         callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
+from torch import nn
 
 from lightning_ssr.app.cli import CONFIG_DIR, compose_config, run
 from lightning_ssr.app.models import build_model
@@ -462,11 +463,29 @@ def test_a_checkpoint_without_pruning_state_past_the_warm_up_is_refused_before_t
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
     ckpt = tmp_path / "epoch=2-step=30.ckpt"
-    torch.save({"epoch": 2, "global_step": 30, "state_dict": {}, "callbacks": {}}, ckpt)
+    torch.save({"epoch": 2, "global_step": 30, "state_dict": {}, "callbacks": {}, "pytorch-lightning_version": "2.6.0"},
+               ckpt)
     with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning "
                                          "state") as info:
         run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+
+
+def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_path):
+    """The run's pruned.pt is a model, not a fit's checkpoint: Lightning failed on it with a
+    KeyError ('pytorch-lightning_version') deep in its restore, after the dense model."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+    from lightning_ssr.checkpoint import save_pruned
+
+    pruned = save_pruned(nn.Linear(2, 2), tmp_path / "pruned.pt", {"layers": {}})
+    with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(a run's pruned.pt\), not a Lightning "
+                                         r"checkpoint of a fit.*lightning_ssr.load_pruned\(") as info:
+        run(compose_config(FAST + [f"ckpt_path={pruned}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+    other = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, other)  # some other file of tensors
+    with pytest.raises(ValueError, match=r"weights.pt is not a Lightning checkpoint of a fit"):
+        run(compose_config(FAST + [f"ckpt_path={other}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
 
 
 def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
