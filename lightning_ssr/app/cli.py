@@ -205,6 +205,9 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
                 except BaseException:
                     del sys.modules[name]
                     raise
+            # its file's name reaches it too (model._target_=my_models.build), where no module has it
+            if path.stem.isidentifier() and path.stem not in sys.modules and importlib.util.find_spec(path.stem) is None:
+                sys.modules[path.stem] = sys.modules[name]
         else:
             try:
                 importlib.import_module(item)

@@ -202,13 +202,16 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     """Trace the (untrained) module once and turn the target into keep counts, as the callback
     will at the prune: an unknown ``ignored_layers`` name, rates that do not fit the model or a
     target below what ``min_channels``/``max_pruning_ratio`` allow fail now."""
-    example = torch.zeros([2, *_input_shape(dm)[1:]])
+    # random rows (the dry run compares outputs: zeros would show only the biases), drawn without
+    # touching the global RNG the run is seeded with
+    example = torch.randn([2, *_input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
     groups = find_channel_groups(lm, example, list(cfg.pruning.get("ignored_layers") or []))
     if not groups:
-        raise ValueError(f"model {cfg.model.name!r} has no prunable filters (with ignored_layers "
+        raise ValueError(f"model {model_label(cfg)!r} has no prunable filters (with ignored_layers "
                          f"{list(cfg.pruning.get('ignored_layers') or [])})")
     budget = callback.budget  # latency: timed at set-up, on the device
     budget.check(lm, groups, count_cost(lm, example), budget.round_to_on(example.device))
+    callback.engine.check_structure(lm, example)  # the fit's dry run: a layout the rebuild cannot handle fails now
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -370,7 +373,14 @@ def dense_cache_path(cfg: DictConfig) -> Path:
                         if k not in _PRESENTATION_KEYS and k not in DENSE_UNBOUNDED}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
-    return Path(cfg.dense.cache_dir) / f"{cfg.model.name}-{data}-seed{cfg.seed}-{digest}.pt"
+    return Path(cfg.dense.cache_dir) / f"{model_label(cfg)}-{data}-seed{cfg.seed}-{digest}.pt"
+
+
+def model_label(cfg: DictConfig) -> str:
+    """The model's name in file names and messages: ``model.name`` (the zoo's models), else the
+    last part of ``model._target_`` (a network of your own, whose factory takes no ``name``)."""
+    name = cfg.model.get("name")
+    return str(name) if name else str(cfg.model._target_).rsplit(".", 1)[-1]
 
 
 def _load_cached(net: nn.Module, cache: Path) -> bool:

@@ -488,6 +488,50 @@ def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_p
         run(compose_config(FAST + [f"ckpt_path={other}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
 
 
+OWN_MODELS = """
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self, in_channels, num_classes, shuffle=False):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(in_channels, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc, self.shuffle = nn.Linear(8, num_classes), shuffle
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        if self.shuffle:  # a channel shuffle, which the rebuild cannot map
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def build(in_channels, num_classes, input_size):
+    return Small(in_channels, num_classes)
+
+
+def shuffled(in_channels, num_classes, input_size):
+    return Small(in_channels, num_classes, shuffle=True)
+"""
+
+
+def test_a_network_of_your_own_from_a_plugin_file_and_one_the_rebuild_cannot_handle(tmp_path):
+    """model._target_ names a factory in a plugin file, by the file's name, without the zoo's
+    ``name`` key. A channel shuffle is refused before the dense model trains (it failed after)."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    (tmp_path / "own_models_cli.py").write_text(OWN_MODELS)
+    own = FAST + [f"plugins=[{tmp_path / 'own_models_cli.py'}]", "~model.name", f"dense.cache_dir={tmp_path / 'cache'}"]
+    result = run(compose_config(own + ["model._target_=own_models_cli.build"]), tmp_path / "run")
+    assert result.status == "ok" and result.macs_reduction > 1
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt")] == ["build"]
+    with pytest.raises(Exception, match=r"dry run at set-up.*channel shuffle.*ignored_layers") as info:
+        run(compose_config(own + ["model._target_=own_models_cli.shuffled"]), tmp_path / "bad")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING)
+    assert not list((tmp_path / "cache").glob("shuffled-*"))  # no dense model was trained for it
+
+
 def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_ssr", *FAST, f"dense.cache_dir={tmp_path / 'cache'}",
