@@ -727,6 +727,8 @@ class PruningEngine:
                                       events=self.schedule.prune_events, final_keep=dense.final_keep,
                                       evaluate=evaluate, allocation=dense.allocation, budget=view,
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
+        if rehearse and self.method.sparsifies and steps_per_epoch and world.rank == 0:
+            self._warn_if_never_updated(steps_per_epoch)
         if rehearse:
             rehearsed = time.perf_counter()
             try:
@@ -873,6 +875,23 @@ class PruningEngine:
         if self._latency_table is None:
             self._latency_table, _ = latency_table(model, example, groups, cost, self.target, self._timing_rows)
         return self._latency_table
+
+    def _warn_if_never_updated(self, steps_per_epoch: int) -> None:
+        """A sparsify phase without one multiple of ``update_every_n_steps`` among its optimizer
+        steps: the method's periodic update (the V/U step of AULM, a learned count) never runs,
+        and what it prunes comes from weights it never shaped. Said at set-up, before training."""
+        n, schedule = self.schedule.update_every_n_steps, self.schedule
+        if n is None or schedule.sparsify_epochs == 0:
+            return
+        first = schedule.warmup_epochs * steps_per_epoch  # the phase's steps: first + 1 .. last
+        last = first + schedule.sparsify_epochs * steps_per_epoch
+        if last // n == first // n:
+            warnings.warn(
+                f"pruning method {self.method.name!r} updates every {n} optimizer steps "
+                f"(schedule.update_every_n_steps), but its sparsify phase is steps {first + 1}-{last} "
+                f"({schedule.sparsify_epochs} epoch(s) of {steps_per_epoch}), with no multiple of {n}: it would never "
+                f"update, and what it prunes would not be what it learned. Lower schedule.update_every_n_steps (to "
+                f"{last - first} or less) or lengthen the sparsify phase.", stacklevel=2)
 
     def _planned_updates(self, steps_per_epoch: int | None) -> int | None:
         """The method's periodic updates in the sparsify phase (None where the epoch length is unknown)."""

@@ -1041,3 +1041,22 @@ def test_a_method_without_a_training_time_term_prunes_at_once_by_default():
     assert (oneshot.sparsify_epochs, oneshot.prune_epoch(0), oneshot.total_epochs) == (0, 0, ssr.total_epochs)
     assert ssr == PruningSchedule()
     assert Pruning("oneshot", target={"macs": 0.5}, schedule={"sparsify_epochs": 3}).schedule.prune_epoch(0) == 3
+
+
+def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_at_set_up(tmp_path):
+    """4 steps an epoch, one sparsify epoch after one of warm-up (steps 5-8), updates every 25
+    steps: AULM would never run its V/U step, and the prune would not come from what it learned.
+    One update in the phase (every 4 steps: step 8) is enough to say nothing."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=25)
+    pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match=r"'ssr_l20' updates every 25 optimizer steps .* sparsify phase is steps "
+                                         r"5-8 \(1 epoch\(s\) of 4\), with no multiple of 25: it would never update"):
+        trainer(tmp_path, [pruning], 3).fit(TinyClassifier(), loader())
+    assert pruning.engine.last_update_step == -1  # (never)
+    enough = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=4)
+    pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=enough, verbose=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*would never update")
+        trainer(tmp_path, [pruning], 3).fit(TinyClassifier(), loader())
+    assert pruning.engine.last_update_step == 8
