@@ -73,8 +73,8 @@ class PruningResult:
     method's criterion kept per group (``step``, ``kept``); ``timings`` holds wall times in
     seconds; ``machine`` is :func:`machine_info` (and ``latency_load``, how busy other processes
     kept the machine while the command timed the models: :class:`~lightning_ssr.latency.OtherProcessesLoad`).
-    ``status`` is ``"ok"`` or ``"failed"`` (then
-    ``error`` says why).
+    ``status`` is ``"ok"``, ``"failed"`` or ``"interrupted"`` (Ctrl-C, SIGTERM; then ``error``
+    says why, an interruption with the checkpoint to go on from).
     """
 
     method: str

@@ -616,7 +616,8 @@ def latency_line(result: PruningResult) -> str | None:
 
 
 def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
-    """The ``result.json`` of a run that failed: what is known of it, ``status: failed`` and the error."""
+    """The ``result.json`` of a run that failed: what is known of it, ``status: failed`` (``interrupted``
+    for Ctrl-C or SIGTERM, which name the checkpoint to go on from) and the error."""
     result = None
     if lm is not None or callback is not None:
         try:
@@ -629,7 +630,7 @@ def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, c
         except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
             config = OmegaConf.to_container(cfg, resolve=False)
         result = PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
-    result.status = "failed"
+    result.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"  # (Ctrl-C, SIGTERM)
     result.error = "".join(traceback.format_exception_only(err)).strip()
     result.timings.update(timings)
     return result

@@ -262,7 +262,7 @@ def _pm(mean, std, runs: int, digits=2):
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
                    missing: Sequence[dict] = ()) -> Path:
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
-             f"{sum(1 for r in runs if r['status'] != 'ok')} failed. Mean ± std over seeds; accuracy on the test "
+             f"{unfinished(runs)}. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
              "| configuration | runs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|"]
@@ -277,7 +277,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
         lines += ["", "## Failed runs", ""]
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
-            lines.append(f"- `{r['dir']}`: {error}")
+            lines.append(f"- `{r['dir']}`{' (interrupted)' if r['status'] == 'interrupted' else ''}: {error}")
     if missing:
         lines += ["", "## Runs that never started", "",
                   (f"{count_runs(len(missing))} of the sweep's grid {'has' if len(missing) == 1 else 'have'} no folder "
@@ -461,11 +461,17 @@ def count_runs(n: int, noun: str = "run") -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
+def unfinished(runs: Sequence[Mapping]) -> str:
+    """``2 failed``, or ``1 failed, 1 interrupted`` (Ctrl-C or SIGTERM: its checkpoint goes on with it)."""
+    interrupted = sum(1 for r in runs if r["status"] == "interrupted")
+    failed = sum(1 for r in runs if r["status"] not in ("ok", "interrupted"))
+    return f"{failed} failed" + (f", {interrupted} interrupted" if interrupted else "")
+
+
 def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
-    failed = sum(1 for r in runs if r["status"] != "ok")
     best = [r for r in rows if r["pareto"]]
-    lines = [f"{count_runs(len(runs))}, {failed} failed, {count_runs(len(rows), 'configuration')}; Pareto front: "
+    lines = [f"{count_runs(len(runs))}, {unfinished(runs)}, {count_runs(len(rows), 'configuration')}; Pareto front: "
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
     if report.get("missing"):

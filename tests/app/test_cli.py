@@ -605,7 +605,7 @@ def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(
     saved = re.search(r"ckpt_path=(\S+) to go on", str(info.value)).group(1)
     assert Path(saved).name == "epoch=0-step=8.ckpt" and Path(saved).is_file()
     record = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert record["status"] == "failed" and saved in record["error"]
+    assert record["status"] == "interrupted" and saved in record["error"]
     monkeypatch.setattr(ImageClassifier, "training_step", step)
     resumed = run(_compose(overrides + [f"ckpt_path={saved}"]), tmp_path / "resumed")
     assert resumed.status == "ok" and resumed.macs_reduction > 1
@@ -657,7 +657,8 @@ def test_sigterm_stops_the_run_like_ctrl_c_with_exit_code_143(tmp_path, monkeypa
                                              r"step 4\); nothing of it was kept") as info:
         run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     assert info.value.exit_code == 143
-    assert "stopped by SIGTERM" in json.loads((tmp_path / "run" / "result.json").read_text())["error"]
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "interrupted" and "stopped by SIGTERM" in record["error"]
 
     def stopped():
         raise info.value
@@ -785,7 +786,7 @@ def test_ctrl_c_during_the_evaluation_is_recorded_and_said(tmp_path, monkeypatch
                                              "command with ckpt_path=") as info:
         run(_compose(overrides), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert record["status"] == "failed" and "interrupted after the run that prunes" in record["error"]
+    assert record["status"] == "interrupted" and "interrupted after the run that prunes" in record["error"]
     monkeypatch.undo()
     again = run(_compose([*overrides, f"ckpt_path={info.value.checkpoint}"]), tmp_path / "again")
     assert again.status == "ok" and again.pruned["macs"] < again.dense["macs"]

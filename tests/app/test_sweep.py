@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_ssr.app.sweep import find_runs, main, pareto_front, summarize, write_report
+from lightning_ssr.app.sweep import find_runs, format_summary, main, pareto_front, summarize, write_report
 from lightning_ssr.report import PruningResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -130,6 +130,21 @@ def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_p
     sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert sweep.LAST_SWEEP == {"dir": str(tmp_path), "runs": 2, "failed": 1}  # the exit code is 1
     assert "no sweep report" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_is_reported_as_interrupted_not_failed(tmp_path):
+    """Ctrl-C or SIGTERM in a run of a sweep: its result.json says interrupted (its error names the
+    checkpoint to go on from); the report counts it apart from the failures and still exits 1."""
+    _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
+    _result(tmp_path, "1", "l1", 0.5, 1, 0.0, status="interrupted",
+            error="RunInterrupted: stopped by SIGTERM during the run that prunes at epoch 1 (optimizer step 12)")
+    _result(tmp_path, "2", "l1", 0.5, 2, 0.0, status="failed", error="ValueError: too small")
+    report = write_report(tmp_path, plots=False)
+    text = Path(report["files"]["markdown"]).read_text()
+    assert "1 run finished, 1 failed, 1 interrupted." in text
+    assert "`1` (interrupted): RunInterrupted: stopped by SIGTERM" in text.replace(str(tmp_path / "1"), "1")
+    assert format_summary(report).startswith("3 runs, 1 failed, 1 interrupted, 1 configuration")
+    assert main([str(tmp_path), "--no-plots"]) == 1  # the report's exit code: not everything finished
 
 
 def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
