@@ -136,8 +136,8 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
         except HydraException:  # a bad choice: Hydra's message lists the options
             return
         for key in keys:
-            try:
-                _check_key(cfg, key, " ".join(combination), cause)
+            try:  # (the choices named: those of the key's own group, e.g. pruning=l1 for pruning.lam)
+                _check_key(cfg, key, " ".join(c for c in combination if _chooses_for(c, key)), cause)
             except ValueError:
                 try:  # only what Hydra refuses too: a key it would set is not refused here
                     _compose([*combination, f"{key}=null"])
@@ -146,6 +146,14 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
                 else:
                     continue
                 raise
+
+
+def _chooses_for(choice: str, key: str) -> bool:
+    """Whether the group choice ``choice`` (``pruning=l1``, ``data@adaptation.target=mnist``) puts
+    the config that holds ``key``: its package (after ``@``), else its group."""
+    group = choice.split("=", 1)[0]
+    where = group.split("@", 1)[1] if "@" in group else group
+    return key == where or key.startswith(where + ".")
 
 
 def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | None) -> None:

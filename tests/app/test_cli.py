@@ -221,7 +221,9 @@ def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeyp
     from lightning_ssr.app import cli
 
     with pytest.raises(ValueError, match=r"^pruning.lam is not a setting of the configuration with pruning=l1 "):
-        cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "pruning.lam=0.1"])
+        cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "data=uci_digits", "pruning.lam=0.1"])
+    with pytest.raises(ValueError, match=r"^trainer.max_epoch is not a setting of the configuration \(did you mean "):
+        cli.check_override_keys(["data=uci_digits", "trainer.max_epoch=3"])  # (not "with data=uci_digits")
     # valid settings, additions, deletions, Hydra's own and a group's choice pass
     cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "+trainer.max_steps=3",
                              "~plugins", "hydra.job.chdir=false", "+experiment=da_mnist_to_digits",
