@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
+#: Lightning's notice of a debugging limit ("`Trainer(limit_val_batches=1)` was configured so 1
+#: batch will be used."), which every Trainer of the job repeats
+_TRAINER_LIMIT = re.compile(r"`Trainer\(\w+=[^)]*\)` was configured so")
+
 
 class _QuietLightning(logging.Filter):
     """What the job shows is a progress bar, one layer table and the summary. This drops
     Lightning's install suggestions ("Tip: ... try installing litlogger"), the per-seed notice,
-    the "fit stopped: max_epochs reached" line, and repeats of the GPU/TPU availability lines
-    (every Trainer of the job, evaluation ones included, prints them)."""
+    the "fit stopped: max_epochs reached" line, and repeats of the GPU/TPU availability lines and
+    of the notices of ``limit_*_batches`` (every Trainer of the job, evaluation ones included,
+    prints them)."""
 
     def __init__(self):
         super().__init__()
@@ -23,7 +29,7 @@ class _QuietLightning(logging.Filter):
         message = record.getMessage()
         if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
             return False
-        if message.startswith(("GPU available", "TPU available", "HPU available")):
+        if message.startswith(("GPU available", "TPU available", "HPU available")) or _TRAINER_LIMIT.match(message):
             if message in self.seen:
                 return False
             self.seen.add(message)

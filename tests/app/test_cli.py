@@ -536,7 +536,7 @@ def test_a_network_of_your_own_from_a_plugin_file_and_one_the_rebuild_cannot_han
 
 def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_ssr", *FAST, f"dense.cache_dir={tmp_path / 'cache'}",
+        [sys.executable, "-m", "lightning_ssr", *FAST, "trainer.limit_val_batches=1", f"dense.cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=600, check=False)
     text = proc.stdout + proc.stderr
@@ -545,6 +545,7 @@ def test_the_command_prints_no_adverts_or_deprecation_noise(tmp_path):
                   "smaller than the logging interval"):
         assert noise not in text, noise
     assert text.count("GPU available") <= 1
+    assert text.count("`Trainer(limit_val_batches=1)` was configured") == 1  # (each Trainer of the job said it)
     assert text.count(TABLE_HEADER) == 1 and "ssr_l20:" in text
 
 
