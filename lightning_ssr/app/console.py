@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
@@ -44,6 +45,25 @@ def quiet_lightning() -> None:
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
     # user can change, so this one message is hidden.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if not getattr(warnings.formatwarning, "_lightning_ssr", False):
+        warnings.formatwarning = _own_warnings_plainly(warnings.formatwarning)
+
+
+#: this package's folder: its warnings are messages to the user, not a line of code to look at
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def _own_warnings_plainly(default):
+    """``warning: <message>`` for this package's warnings (their source file and line say nothing
+    to a user of the command: ``.../lightning_ssr/pruning.py:335: UserWarning: ...``); others as
+    ``default`` formats them."""
+    def formatwarning(message, category, filename, lineno, line=None):
+        if str(filename).startswith(_PACKAGE_DIR) and issubclass(category, UserWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatwarning._lightning_ssr = True
+    return formatwarning
 
 
 class _WithoutVersion:

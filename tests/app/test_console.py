@@ -17,3 +17,24 @@ def test_the_jobs_progress_bar_shows_the_metrics_but_not_the_logger_version():
     assert bar.get_metrics(trainer, None) == {"val_acc": 0.5}
     assert progress_bars(OmegaConf.create({"enable_progress_bar": False})) == []  # Lightning refuses a bar then
     assert isinstance(pickle.loads(pickle.dumps(bar)), type(bar))  # a Trainer holding it pickles (ddp_spawn)
+
+
+def test_the_packages_own_warnings_read_as_a_line_to_the_user_others_as_python_formats_them(monkeypatch):
+    """``.../lightning_ssr/pruning.py:335: UserWarning: ...`` names a line of the package's code,
+    which says nothing to a user of the command: ``warning: ...``. Others' warnings keep Python's format."""
+    import warnings
+    from pathlib import Path
+
+    import lightning_ssr.pruning
+    from lightning_ssr.app.console import quiet_lightning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # given back after the test
+    quiet_lightning()
+    wrapped = warnings.formatwarning
+    quiet_lightning()
+    assert warnings.formatwarning is wrapped  # (a second call does not wrap it again)
+    ours = str(Path(lightning_ssr.pruning.__file__))
+    assert warnings.formatwarning("ends before the prune", UserWarning, ours, 335) == "warning: ends before the prune\n"
+    theirs = warnings.formatwarning("old API", UserWarning, "/elsewhere/lib.py", 7)
+    assert theirs.startswith("/elsewhere/lib.py:7: UserWarning: old API")
+    assert warnings.formatwarning("x", DeprecationWarning, ours, 1).startswith(ours)  # (for developers)
