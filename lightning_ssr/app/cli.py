@@ -24,7 +24,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..latency import steady_allocator
 from ..report import PruningResult
@@ -287,12 +288,36 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     return finish(result, output_dir, start)
 
 
+def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
+    """The result a sweep's job folder already holds for this very configuration, finished
+    (``status: ok``): a sweep run again in the same ``hydra.sweep.dir`` (after Ctrl-C, or with
+    more choices) goes on with the runs it lacks instead of training every run again."""
+    path = output_dir / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = PruningResult.load(path)
+        done, now = dict(result.config.get("cli") or {}), OmegaConf.to_container(cfg, resolve=True)
+        done.pop("ckpt_path", None), now.pop("ckpt_path", None)  # (a run finished from its checkpoint counts)
+        same = done == now
+    except (ValueError, TypeError, OmegaConfBaseException):  # unreadable, or an interpolation that fails now
+        return None
+    return result if result.status == "ok" and same else None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
             config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
     Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        done = finished_before(cfg, Path(hydra_cfg.runtime.output_dir))
+        if done is not None:
+            print(f"run {hydra_cfg.job.num}: finished before with the same configuration "
+                  f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its folder, or give "
+                  "the sweep another hydra.sweep.dir, to run it again)")
+            return done.pruned.get("val_accuracy")
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))
     except KeyboardInterrupt as err:

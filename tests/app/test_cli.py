@@ -718,6 +718,15 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     result = json.loads((sweep / "1" / "result.json").read_text())
     assert result["status"] == "ok" and result["config"]["cli"]["schedule"]["finetune_epochs"] == 2
+    # the whole sweep again, in the same folder: the runs that finished are not trained again
+    again = subprocess.run([sys.executable, "-m", "lightning_ssr", "-m", *base, "schedule.finetune_epochs=1,2,3",
+                            f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for job in (0, 1):
+        assert f"run {job}: finished before with the same configuration" in again.stdout
+    assert "run 2: finished before" not in again.stdout
+    assert json.loads((sweep / "2" / "result.json").read_text())["status"] == "ok"
+    assert json.loads((sweep / "1" / "result.json").read_text()) == result  # (not written again)
 
 
 def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_again():
