@@ -253,7 +253,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             raise
         return finish(result, output_dir, start, recipe.summary(result))
     try:
-        callback, dm = check_config(cfg)  # a bad value fails here, before any training
+        callback, dm = check_config(cfg, resumes_the_module=True)  # a bad value fails here, before any training
     except Exception as err:
         # a sweep's report lists this run as failed, with the reason
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..checkpoint import CheckpointReadError, read_checkpoint, save_pruned
+from ..checkpoint import CheckpointReadError, apply_checkpoint_plan, read_checkpoint, save_pruned
 from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
 from ..latency import compare_latency, others_share
@@ -46,6 +46,8 @@ from ..pruning import Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
+from ..structure.groups import ForwardError
+from ..structure.plan import PlanMismatchError
 from ..validation import check_flag, check_number
 from .console import progress_bars
 from .data import check_augment
@@ -151,14 +153,17 @@ def before_training():
         raise
 
 
-def check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
+def check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pruning | None, pl.LightningDataModule]:
     """Build everything a run needs once, so that a bad value fails before any training.
-    Returns the pruning callback (``None`` with ``pruning=none``) and the data module."""
+    Returns the pruning callback (``None`` with ``pruning=none``) and the data module.
+    ``resumes_the_module``: ``ckpt_path`` resumes the module this builds (the default job's; a
+    recipe trains another), so the checkpoint's plan must rebuild it: one of another
+    architecture is refused now, not in Lightning's restore after the dense model."""
     with before_training():
-        return _check_config(cfg)
+        return _check_config(cfg, resumes_the_module)
 
 
-def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModule]:
+def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pruning | None, pl.LightningDataModule]:
     check_run_settings(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
@@ -195,6 +200,11 @@ def _check_config(cfg: DictConfig) -> tuple[Pruning | None, pl.LightningDataModu
     build_module(cfg, net, dm, lr=cfg.dense.lr)
     if callback is not None:
         check_target(cfg, callback, lm, dm)
+    if checkpoint is not None and resumes_the_module:
+        try:
+            apply_checkpoint_plan(copy.deepcopy(lm), checkpoint)  # (the plan's layer names and sizes)
+        except (PlanMismatchError, ForwardError) as err:  # (the plan's own input, traced on this model, too)
+            raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
     return callback, dm
 
 

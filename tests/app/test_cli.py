@@ -473,6 +473,38 @@ def test_a_checkpoint_without_pruning_state_past_the_warm_up_is_refused_before_t
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
 
 
+def test_a_checkpoint_of_another_architecture_is_refused_before_training(tmp_path):
+    """A resnet20 run's checkpoint given to a lenet5 job: its plan names layers lenet5 lacks.
+    Refused at the set-up, in one line (it was refused by Lightning's restore, after the dense
+    model, with a traceback)."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+    from lightning_ssr.methods.oneshot import prune_oneshot
+    from lightning_ssr.structure import PLAN_CHECKPOINT_KEY, PlanMismatchError
+
+    class Wrapped(nn.Module):  # the job's LightningModule holds its network as .model
+        def __init__(self):
+            super().__init__()
+            self.model = build_model("resnet20", in_channels=1, num_classes=10, input_size=28)
+
+        def forward(self, x):
+            return self.model(x)
+
+    wrapped = Wrapped()
+    plan = prune_oneshot(wrapped, torch.randn(2, 1, 28, 28), "[0.5]*19")
+    ckpt = tmp_path / "epoch=0-step=8.ckpt"
+    torch.save({"epoch": 0, "global_step": 8, "state_dict": wrapped.state_dict(), "callbacks": {},
+                "pytorch-lightning_version": "2.6.0", PLAN_CHECKPOINT_KEY: plan.to_dict()}, ckpt)
+    with pytest.raises(PlanMismatchError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt: ") as info:
+        run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+    small = Wrapped()  # a plan traced on 8x8 inputs, which lenet5's 5x5 convolutions cannot take
+    small.model = build_model("resnet20", in_channels=1, num_classes=10, input_size=8)
+    torch.save({**torch.load(ckpt, weights_only=True),
+                PLAN_CHECKPOINT_KEY: prune_oneshot(small, torch.randn(2, 1, 8, 8), "[0.5]*19").to_dict()}, ckpt)
+    with pytest.raises(PlanMismatchError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt: .*forward\(\) failed"):
+        run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+
+
 def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_path):
     """The run's pruned.pt is a model, not a fit's checkpoint: Lightning failed on it with a
     KeyError ('pytorch-lightning_version') deep in its restore, after the dense model."""

@@ -17,7 +17,8 @@ from lightning_ssr.app.models import build_model
 from lightning_ssr.app.recipes.adaptation import DANN, DomainAdaptationData, reverse_gradient
 from lightning_ssr.app.recipes.transfer import freeze, new_head
 
-TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=4",
+TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "schedule.update_every_n_steps=2",
+        "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", "verbose=false"]
 
 
