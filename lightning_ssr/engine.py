@@ -881,7 +881,7 @@ class PruningEngine:
         steps: the method's periodic update (the V/U step of AULM, a learned count) never runs,
         and what it prunes comes from weights it never shaped. Said at set-up, before training."""
         n, schedule = self.schedule.update_every_n_steps, self.schedule
-        if n is None or schedule.sparsify_epochs == 0:
+        if n is None or schedule.sparsify_epochs == 0 or schedule.prune_events > 1:  # (it updates between events)
             return
         first = schedule.warmup_epochs * steps_per_epoch  # the phase's steps: first + 1 .. last
         last = first + schedule.sparsify_epochs * steps_per_epoch

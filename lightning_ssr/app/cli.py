@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -214,9 +215,12 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
                 except BaseException:
                     del sys.modules[name]
                     raise
-            # its file's name reaches it too (model._target_=my_models.build), where no module has it
-            if path.stem.isidentifier() and path.stem not in sys.modules and importlib.util.find_spec(path.stem) is None:
-                sys.modules[path.stem] = sys.modules[name]
+            # its file's name reaches it too (model._target_=my_models.build), where no other module has
+            # it (the same file, found on sys.path, is not imported a second time)
+            if path.stem.isidentifier() and path.stem not in sys.modules:
+                found = importlib.util.find_spec(path.stem)
+                if found is None or (found.origin and Path(found.origin).resolve() == path):
+                    sys.modules[path.stem] = sys.modules[name]
         else:
             try:
                 importlib.import_module(item)
@@ -298,8 +302,11 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     try:
         result = PruningResult.load(path)
         done, now = dict(result.config.get("cli") or {}), OmegaConf.to_container(cfg, resolve=True)
-        done.pop("ckpt_path", None), now.pop("ckpt_path", None)  # (a run finished from its checkpoint counts)
-        same = done == now
+        done.pop("ckpt_path", None)  # (a run finished from its checkpoint counts)
+        now.pop("ckpt_path", None)
+        # as written to JSON, types included: Python's 1 == 1.0 == True would take limit_train_batches=1
+        # (one batch) for 1.0 (all of them)
+        same = json.dumps(done, sort_keys=True) == json.dumps(json.loads(json.dumps(now, default=str)), sort_keys=True)
     except (ValueError, TypeError, OmegaConfBaseException):  # unreadable, or an interpolation that fails now
         return None
     return result if result.status == "ok" and same else None

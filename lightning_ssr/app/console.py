@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -50,7 +51,7 @@ def quiet_lightning() -> None:
 
 
 #: this package's folder: its warnings are messages to the user, not a line of code to look at
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
 
 
 def _own_warnings_plainly(default):

@@ -135,7 +135,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
         if example.shape[0] == 1:  # traced at batch 1, the program would be specialized to it
-            example = example.expand(2, *example.shape[1:])
+            example = example.repeat(2, *[1] * (example.dim() - 1))
     with eval_mode(model):
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     if path is not None:

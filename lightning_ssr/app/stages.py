@@ -256,6 +256,7 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
     ``stage``, the epoch and step, and with ``resumable`` the last checkpoint to resume from."""
     try:
         trainer.fit(*args, **kwargs)
+        _raise_if_sigterm(trainer)
     except (KeyboardInterrupt, SystemExit) as err:
         signal = _interruption(err)
         if signal is None:
@@ -277,6 +278,13 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
 
 #: the command's exit code after each interruption (128 + the signal's number, as a shell reports it)
 _EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
+
+
+def _raise_if_sigterm(trainer: pl.Trainer) -> None:
+    """A SIGTERM that Lightning noted but did not act on (it raises only between batches, and a
+    validation's last batch lets it pass): as if it had raised it."""
+    if getattr(trainer, "received_sigterm", False):
+        raise SIGTERMException
 
 
 def _interruption(err: BaseException) -> str | None:
@@ -304,8 +312,10 @@ def after_the_run_that_prunes(err: BaseException, lm: pl.LightningModule | None)
     saved = last_checkpoint(trainer) if trainer is not None else None
     if saved is None:
         return None
-    return RunInterrupted("interrupted after the run that prunes had finished, during the evaluation or the export",
-                          saved)
+    code = getattr(err, "exit_code", _EXIT_CODES["Ctrl-C"])
+    how = "stopped by SIGTERM" if code == _EXIT_CODES["SIGTERM"] else "interrupted"
+    return RunInterrupted(f"{how} after the run that prunes had finished, during the evaluation or the export",
+                          saved, exit_code=code)
 
 
 @contextlib.contextmanager
@@ -381,9 +391,20 @@ def dense_cache_path(cfg: DictConfig) -> Path:
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
                         if k not in _PRESENTATION_KEYS and k not in DENSE_UNBOUNDED}
+    plugins = [str(p) for p in cfg.get("plugins") or [] if str(p).endswith(".py")]
+    if plugins:  # a network of your own may be defined there: its code is part of the key (none: the earlier key)
+        keyed["plugin_files"] = sorted(_file_digest(p) for p in plugins)
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
     return Path(cfg.dense.cache_dir) / f"{model_label(cfg)}-{data}-seed{cfg.seed}-{digest}.pt"
+
+
+def _file_digest(path: str) -> str:
+    """The SHA-256 of a file's bytes (an unreadable one: its path, which load_plugins refuses anyway)."""
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return path
 
 
 def model_label(cfg: DictConfig) -> str:
@@ -483,7 +504,9 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
                          enable_progress_bar=False, enable_model_summary=False)
     try:
         test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
+        _raise_if_sigterm(trainer)  # (each run of the Trainer forgets an earlier one's)
         val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
+        _raise_if_sigterm(trainer)
     except (KeyboardInterrupt, SystemExit) as err:
         signal = _interruption(err)
         if signal is None:

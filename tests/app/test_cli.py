@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_ssr.app.cli import CONFIG_DIR, compose_config, run
@@ -560,6 +561,13 @@ def test_a_network_of_your_own_from_a_plugin_file_and_one_the_rebuild_cannot_han
     result = run(compose_config(own + ["model._target_=own_models_cli.build"]), tmp_path / "run")
     assert result.status == "ok" and result.macs_reduction > 1
     assert [p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt")] == ["build"]
+    from lightning_ssr.app.stages import dense_cache_path
+
+    before = dense_cache_path(compose_config(own + ["model._target_=own_models_cli.build"]))
+    with open(tmp_path / "own_models_cli.py", "a") as f:
+        f.write("\n# an edit of the network's code\n")
+    after = dense_cache_path(compose_config(own + ["model._target_=own_models_cli.build"]))
+    assert before.exists() and after != before  # the edited network's dense model is not the cached one
     with pytest.raises(Exception, match=r"dry run at set-up.*channel shuffle.*ignored_layers") as info:
         run(compose_config(own + ["model._target_=own_models_cli.shuffled"]), tmp_path / "bad")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING)
@@ -695,6 +703,22 @@ def test_sigterm_stops_the_run_like_ctrl_c_with_exit_code_143(tmp_path, monkeypa
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "interrupted" and "stopped by SIGTERM" in record["error"]
 
+    # in the evaluation of the pruned model (one test batch: Lightning notes it and goes on): said
+    # after the test, with the run's last checkpoint, and exit code 143 all the same
+    monkeypatch.setattr(ImageClassifier, "training_step", step)
+    evaluate = ImageClassifier.test_step
+
+    def test_step(self, batch, batch_idx):
+        if self.model.conv1.out_channels < 20:  # the pruned model
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, batch, batch_idx)
+
+    monkeypatch.setattr(ImageClassifier, "test_step", test_step)
+    with pytest.raises(RunInterrupted, match=r"^stopped by SIGTERM after the run that prunes had finished, during "
+                                             r"the evaluation or the export. The last checkpoint is ") as late:
+        run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "late")
+    assert late.value.exit_code == 143 and Path(late.value.checkpoint).is_file()
+
     def stopped():
         raise info.value
 
@@ -759,6 +783,28 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
     assert "run 2: finished before" not in again.stdout
     assert json.loads((sweep / "2" / "result.json").read_text())["status"] == "ok"
     assert json.loads((sweep / "1" / "result.json").read_text()) == result  # (not written again)
+
+
+def test_a_sweep_job_is_skipped_only_for_its_own_finished_configuration(tmp_path):
+    """finished_before: the same resolved configuration, status ok. Another value (one batch,
+    limit 1, is not all of them, limit 1.0, though Python's 1 == 1.0), or an interrupted run, runs."""
+    from lightning_ssr.app.cli import finished_before
+    from lightning_ssr.report import PruningResult
+
+    cfg = compose_config(FAST + ["trainer.limit_val_batches=1"])
+    done = PruningResult(method="ssr_l20", pruned={"val_accuracy": 0.9},
+                         config={"cli": OmegaConf.to_container(cfg, resolve=True)})
+    done.save(tmp_path / "result.json")
+    assert finished_before(cfg, tmp_path).pruned == {"val_accuracy": 0.9}
+    assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1.0"]), tmp_path) is None
+    assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1", "seed=1"]), tmp_path) is None
+    assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1", f"ckpt_path={tmp_path}/e.ckpt"]),
+                           tmp_path) is not None  # (a run finished from its checkpoint)
+    done.status = "interrupted"
+    done.save(tmp_path / "result.json")
+    assert finished_before(cfg, tmp_path) is None
+    (tmp_path / "result.json").write_text("{")  # damaged: run again
+    assert finished_before(cfg, tmp_path) is None
 
 
 def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_again():
