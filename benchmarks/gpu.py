@@ -70,7 +70,7 @@ def run_job(device: str, smoke: bool, tmp: Path) -> dict:
                  f"dense.cache_dir={tmp / 'dense'}", f"hydra.run.dir={tmp / 'job'}"]
     if smoke:
         overrides += ["data=uci_digits", "dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
-                      "trainer.limit_train_batches=3", "latency.batch_sizes=[1]"]
+                      "trainer.limit_train_batches=3", "schedule.update_every_n_steps=1", "latency.batch_sizes=[1]"]
     cmd = [sys.executable, "-m", "lightning_ssr.app.cli", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=900, check=False)
     out = {"command": "lightning-ssr " + " ".join(overrides[:6]), "returncode": proc.returncode}

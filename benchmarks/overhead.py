@@ -276,7 +276,8 @@ def one_offs(base: nn.Module, loader: DataLoader, device: str, precision: str, l
     and, with ``latency``, the allocation of a latency target of half the dense time (the layer
     table and the calibration rounds that time pruned copies)."""
     pruning = SSRPruning(regularizer="l20", flops_budget=0.5, rho=0.5, verbose=False,
-                         schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=UPDATE_EVERY))
+                         # (an update in each of its 3 steps: with one every 25, SSR would prune what it never updated)
+                         schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0, update_every_n_steps=1))
     trainer = Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
                       max_epochs=1, limit_train_batches=3, callbacks=[pruning], logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

@@ -54,7 +54,8 @@ def test_distillation_without_a_teacher_is_refused_at_fit_start():
 
 def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(tmp_path, monkeypatch):
     common = ["data=uci_digits", f"dense.cache_dir={tmp_path / 'dense'}", "dense.epochs=1",
-              "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=4",
+              "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "schedule.update_every_n_steps=2",
+              "trainer.limit_train_batches=4",
               "target.macs=0.3", "latency.batch_sizes=[]", "trainer.enable_progress_bar=false", "verbose=false"]
     plain, distilled = compose_config(common), compose_config([*common, "module.distill=0.5"])
     assert dense_cache_path(plain) == dense_cache_path(distilled)  # one dense model for both
