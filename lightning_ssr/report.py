@@ -140,7 +140,9 @@ class PruningResult:
 
     def summary(self) -> str:
         """The final summary lines: reductions and, where measured, accuracy."""
-        if self.macs_reduction:
+        # (a run that ended before its prune holds the dense model as "pruned": 1.0x is not a result)
+        unpruned = self.status != "ok" and self.pruned.get("macs") == self.dense.get("macs")
+        if self.macs_reduction and not unpruned:
             lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer parameters"]
         else:
             lines = [f"{self.method}: not pruned"]

@@ -72,6 +72,12 @@ def test_missing_figures_give_none_not_an_error():
     assert result.macs_reduction is None and result.params_reduction is None and result.accuracy_drop_points is None
     assert result.summary() == "ssr_l21: not pruned"
     assert "4.0x fewer MACs" in _result().summary() and "98.00% (1.00 points lower)" in _result().summary()
+    # a run that ended before its prune (status failed, the dense model's figures on both sides)
+    ended = PruningResult(method="ssr_l20", status="failed", error="the model was not pruned: ...",
+                          dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
+    assert ended.summary() == "ssr_l20: not pruned"  # (it read "1.0x fewer MACs, 1.0x fewer parameters")
+    same = PruningResult(method="none", dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
+    assert same.summary().startswith("none: 1.0x fewer MACs")  # the equal-budget baseline, finished: as it is
 
 
 @pytest.mark.parametrize("pruned, said", [(0.9945, "99.45% (4.45 points higher)"), (0.94999, "95.00% (the same)")])
