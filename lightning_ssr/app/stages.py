@@ -220,8 +220,18 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
         raise ValueError(f"model {model_label(cfg)!r} has no prunable filters (with ignored_layers "
                          f"{list(cfg.pruning.get('ignored_layers') or [])})")
     budget = callback.budget  # latency: timed at set-up, on the device
-    budget.check(lm, groups, count_cost(lm, example), budget.round_to_on(example.device))
-    callback.engine.check_structure(lm, example)  # the fit's dry run: a layout the rebuild cannot handle fails now
+    round_to = budget.round_to_on(_fit_device(cfg))  # (round_to's default is 8 on CUDA)
+    budget.check(lm, groups, count_cost(lm, example), round_to)
+    callback.engine.check_structure(lm, example, round_to)  # the fit's dry run: what the rebuild cannot handle fails now
+
+
+def _fit_device(cfg: DictConfig) -> str:
+    """The device type the run will train on, from ``trainer.accelerator`` (``auto``: CUDA where
+    torch sees a GPU, as Lightning picks)."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -978,3 +978,24 @@ def test_the_job_log_file_is_made_only_when_written_and_other_logging_choices_st
         assert handlers["file"]["delay"] is True and handlers["file"]["class"] == "logging.FileHandler"
     else:
         assert "file" not in handlers
+
+
+def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monkeypatch):
+    """round_to's default is 8 on CUDA: the pre-training checks (the floors against the target, the
+    dry run) take the fit's device from trainer.accelerator, not the CPU they run on."""
+    import torch
+
+    from lightning_ssr.app import stages
+
+    assert stages._fit_device(_compose(["trainer.accelerator=gpu"])) == "cuda"
+    assert stages._fit_device(_compose(["trainer.accelerator=cpu"])) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert stages._fit_device(_compose(["trainer.accelerator=auto"])) == "cuda"
+    seen = []
+    monkeypatch.setattr(stages, "_fit_device", lambda cfg: "cuda")
+    cfg = _compose(FAST)
+    callback, dm = stages.build_pruning(cfg), stages.build_data(cfg)
+    lm = stages.build_module(cfg, stages.build_network(cfg, dm), dm)
+    monkeypatch.setattr(callback.engine, "check_structure", lambda model, example, round_to: seen.append(round_to))
+    stages.check_target(cfg, callback, lm, dm)
+    assert seen == [8]
