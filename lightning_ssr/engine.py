@@ -749,12 +749,14 @@ class PruningEngine:
             world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
                        f"first prune at the start of epoch {self.schedule.prune_epoch(0)}.")
 
-    def check_structure(self, model: nn.Module, example: torch.Tensor, round_to: int | None = None) -> None:
+    def check_structure(self, model: nn.Module, example: torch.Tensor, round_to: int | None = None,
+                        groups: Sequence[ChannelGroup] | None = None) -> None:
         """The set-up's dry run ahead of time, on ``model`` (its structure only: untrained weights
         do): a layout the rebuild cannot handle fails now, before anything trains (the command
         runs this before its dense training). ``round_to``: the fit's (by default, that of the
-        example's device). The model, the method and the run are not changed."""
-        groups = self._find_groups(model, example)
+        example's device); ``groups``: the model's, where the caller has traced them already.
+        The model, the method and the run are not changed."""
+        groups = self._find_groups(model, example) if groups is None else groups
         if not groups:
             raise ValueError("the pruning engine found no prunable filters in the model")
         round_to = self.budget.round_to_on(example.device) if round_to is None else round_to

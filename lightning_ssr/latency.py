@@ -201,6 +201,8 @@ def cpu_quota() -> CpuQuota | None:
 
 #: the shortest block :class:`OtherProcessesLoad` judges (the kernel's CPU time moves in 10 ms ticks)
 MIN_LOAD_WINDOW_S = 0.25
+#: cores of slack in its judgements: ten 10 ms ticks either way over that shortest block
+LOAD_SLACK_CORES = 0.25
 
 
 class OtherProcessesLoad:
@@ -257,17 +259,27 @@ class OtherProcessesLoad:
         return None
 
     def to_dict(self) -> dict:
-        threads, room = torch.get_num_threads(), min(usable_cores(), self.quota_cores or math.inf)
-        return {"other_processes_cores": self.cores, "cores": usable_cores(), "threads": threads,
+        threads, cores, crowded_by = torch.get_num_threads(), usable_cores(), self._crowded_by()
+        room = min(cores, self.quota_cores or math.inf)
+        return {"other_processes_cores": self.cores, "cores": cores, "threads": threads,
                 "cpu_quota_cores": self.quota_cores, "quota_other_processes_cores": self.quota_other_cores,
-                "crowded": self.crowded(), "crowded_by": self._crowded_by(), "threads_over": threads > room + 0.25}
+                "crowded": crowded_by is not None, "crowded_by": crowded_by,
+                "threads_over": threads > room + LOAD_SLACK_CORES}
 
 
 def _others_crowd(others: float, threads: int, room: float) -> bool:
     """Others kept part of ``room`` (cores, or a quota's) busy, and with this process's threads
     (at most the room: more slow it alone) asked for more than there is, by a quarter of a core
     (the clock's ticks are coarse)."""
-    return others > 0.25 and others + min(threads, room) > room + 0.25
+    return others > LOAD_SLACK_CORES and others + min(threads, room) > room + LOAD_SLACK_CORES
+
+
+def others_fraction(load: Mapping) -> float:
+    """How much of what it could use a crowded timing's others took (of the cores, or of the quota
+    they filled), from a record of :meth:`OtherProcessesLoad.to_dict`."""
+    if load.get("crowded_by") == "quota":
+        return load["quota_other_processes_cores"] / load["cpu_quota_cores"]
+    return load["other_processes_cores"] / load["cores"]
 
 
 def others_share(load: Mapping) -> str:

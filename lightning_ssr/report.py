@@ -14,7 +14,7 @@ import torch
 
 from .cost import ModelCost
 from .files import atomic_write_text
-from .latency import others_share
+from .latency import others_fraction, others_share
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -159,17 +159,10 @@ class PruningResult:
                     load.get("crowded")]
             lines.append(f"latency target {verdict}: {e['latency_measured_ms']:.3f} ms measured for {asked:.3f} ms "
                          f"asked per batch of {self.target.get('batch_size', 1)} (dense {e['latency_dense_ms']:.3f} ms)"
-                         + (f"; other processes kept up to {others_share(max(busy, key=_others_cores))} busy while "
+                         + (f"; other processes kept up to {others_share(max(busy, key=others_fraction))} busy while "
                             "it was timed: on an idle machine it runs faster"
                             if busy else ""))
         return "\n".join(lines)
-
-
-def _others_cores(load: Mapping) -> float:
-    """How much of what it could use a crowded timing's others took (cores, or the quota's)."""
-    if load.get("crowded_by") == "quota":
-        return load["quota_other_processes_cores"] / load["cpu_quota_cores"]
-    return load["other_processes_cores"] / load["cores"]
 
 
 def _ratio(a, b) -> float | None:

@@ -398,7 +398,7 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
         head = f"{where}; {stopped}. Its last checkpoint is {saved}; to go on with that run"
     else:
         head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
-    return RunInterrupted(where, saved, exit_code=getattr(err, "exit_code", 130), message=(
+    return RunInterrupted(where, saved, signal=getattr(err, "signal", "Ctrl-C"), message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
         f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and, for a grid sweep, "
         "gives the command of each run that never started"))

@@ -47,7 +47,7 @@ from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..structure.groups import ForwardError
-from ..structure.plan import PlanMismatchError
+from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
 from ..validation import check_flag, check_number
 from .console import progress_bars
 from .data import check_augment
@@ -170,7 +170,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
-        made = ("a pruned model (a run's pruned.pt), " if "pruning_plan" in checkpoint else "")
+        made = ("a pruned model (a run's pruned.pt), " if PLAN_CHECKPOINT_KEY in checkpoint else "")
         raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}not a Lightning checkpoint of a fit: ckpt_path goes on "
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
@@ -222,7 +222,7 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     budget = callback.budget  # latency: timed at set-up, on the device
     round_to = budget.round_to_on(_fit_device(cfg))  # (round_to's default is 8 on CUDA)
     budget.check(lm, groups, count_cost(lm, example), round_to)
-    callback.engine.check_structure(lm, example, round_to)  # the fit's dry run: what the rebuild cannot handle fails now
+    callback.engine.check_structure(lm, example, round_to, groups)  # the fit's dry run: what the rebuild cannot handle fails now
 
 
 def _fit_device(cfg: DictConfig) -> str:
@@ -242,13 +242,13 @@ class RunInterrupted(KeyboardInterrupt):
     ``where``: the stage, epoch and step; ``checkpoint``: the last checkpoint to resume from, or
     ``None`` with ``lost`` saying why there is none. The message is for a single run (a sweep's
     says how to go on with the one run: :func:`lightning_ssr.app.cli.sweep_interrupted`).
-    ``exit_code``: the command's, 130 for Ctrl-C, 143 for SIGTERM (what a scheduler or ``timeout``
-    sends: Lightning stops the fit at the next batch, and would exit 0)."""
+    ``signal``: ``"Ctrl-C"`` or ``"SIGTERM"`` (what a scheduler or ``timeout`` sends: Lightning
+    stops the fit at the next batch, and would exit 0); it gives the command's :attr:`exit_code`."""
 
     def __init__(self, where: str, checkpoint: str | None = None, lost: str = "; nothing of it was kept",
-                 message: str | None = None, exit_code: int = 130):
+                 message: str | None = None, signal: str = "Ctrl-C"):
         self.where, self.checkpoint, self.lost, self._message = where, checkpoint, lost, message
-        self.exit_code = exit_code
+        self.signal = signal
         if message is not None:
             super().__init__(message)
         elif checkpoint is None:
@@ -258,7 +258,12 @@ class RunInterrupted(KeyboardInterrupt):
                              f"ckpt_path={shlex.quote(checkpoint)} to go on from it")
 
     def __reduce__(self):  # whole after a pickle (a sweep launcher's worker process sends it back)
-        return type(self), (self.where, self.checkpoint, self.lost, self._message, self.exit_code)
+        return type(self), (self.where, self.checkpoint, self.lost, self._message, self.signal)
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code: 128 + the signal's number, as a shell reports it."""
+        return _INTERRUPTIONS[self.signal][1]
 
 
 def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwargs) -> None:
@@ -271,23 +276,23 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
         signal = _interruption(err)
         if signal is None:
             raise
-        how = "stopped by SIGTERM" if signal == "SIGTERM" else "interrupted"
-        where = f"{how} during {stage} at epoch {trainer.current_epoch} (optimizer step {trainer.global_step})"
-        code = _EXIT_CODES[signal]
+        where = (f"{_INTERRUPTIONS[signal][0]} during {stage} at epoch {trainer.current_epoch} (optimizer step "
+                 f"{trainer.global_step})")
         if not resumable:
-            raise RunInterrupted(where, exit_code=code) from err
+            raise RunInterrupted(where, signal=signal) from err
         saved = last_checkpoint(trainer)
         if saved is None and not trainer.checkpoint_callbacks:
             raise RunInterrupted(where, lost="; checkpointing is off (trainer.enable_checkpointing=false), so "
-                                 "nothing was kept", exit_code=code) from err
+                                 "nothing was kept", signal=signal) from err
         if saved is None:
             raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
-                                 "epoch)", exit_code=code) from err
-        raise RunInterrupted(where, saved, exit_code=code) from err
+                                 "epoch)", signal=signal) from err
+        raise RunInterrupted(where, saved, signal=signal) from err
 
 
-#: the command's exit code after each interruption (128 + the signal's number, as a shell reports it)
-_EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
+#: each interruption: how the job's message tells it, and the command's exit code (128 + the
+#: signal's number, as a shell reports it)
+_INTERRUPTIONS = {"Ctrl-C": ("interrupted", 130), "SIGTERM": ("stopped by SIGTERM", 143)}
 
 
 def _raise_if_sigterm(trainer: pl.Trainer) -> None:
@@ -322,10 +327,9 @@ def after_the_run_that_prunes(err: BaseException, lm: pl.LightningModule | None)
     saved = last_checkpoint(trainer) if trainer is not None else None
     if saved is None:
         return None
-    code = getattr(err, "exit_code", _EXIT_CODES["Ctrl-C"])
-    how = "stopped by SIGTERM" if code == _EXIT_CODES["SIGTERM"] else "interrupted"
-    return RunInterrupted(f"{how} after the run that prunes had finished, during the evaluation or the export",
-                          saved, exit_code=code)
+    signal = getattr(err, "signal", "Ctrl-C")
+    return RunInterrupted(f"{_INTERRUPTIONS[signal][0]} after the run that prunes had finished, during the evaluation "
+                          "or the export", saved, signal=signal)
 
 
 @contextlib.contextmanager
@@ -521,8 +525,7 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
         signal = _interruption(err)
         if signal is None:
             raise
-        raise RunInterrupted(f"{'stopped by SIGTERM' if signal == 'SIGTERM' else 'interrupted'} during the evaluation",
-                             exit_code=_EXIT_CODES[signal]) from err
+        raise RunInterrupted(f"{_INTERRUPTIONS[signal][0]} during the evaluation", signal=signal) from err
     return {"accuracy": test, "val_accuracy": val}
 
 

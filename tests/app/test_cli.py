@@ -996,6 +996,7 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     cfg = _compose(FAST)
     callback, dm = stages.build_pruning(cfg), stages.build_data(cfg)
     lm = stages.build_module(cfg, stages.build_network(cfg, dm), dm)
-    monkeypatch.setattr(callback.engine, "check_structure", lambda model, example, round_to: seen.append(round_to))
+    monkeypatch.setattr(callback.engine, "check_structure",
+                        lambda model, example, round_to, groups: seen.append(round_to))
     stages.check_target(cfg, callback, lm, dm)
     assert seen == [8]
