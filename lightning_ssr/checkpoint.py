@@ -202,9 +202,14 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping) -> None:
     earlier plan that the checkpoint's continues (a later pruning fit of it) takes the rest
     (:meth:`PruningPlan.after`); any other plan is refused."""
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
-    if data is None:
-        return
-    target = PruningPlan.from_dict(data)
+    if data is not None:
+        rebuild_to(module, PruningPlan.from_dict(data))
+
+
+def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
+    """Rebuild ``module`` into the shapes of ``target``: a module at its constructed shapes takes
+    the whole plan, one rebuilt with an earlier plan that ``target`` continues takes the rest
+    (:meth:`PruningPlan.after`), one already at ``target`` is left alone; any other is refused."""
     current = applied_plan(module)
     if current is None:
         apply_plan(module, target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import lightning
 import torch
+from lightning.pytorch import callbacks as lightning_callbacks
 
 #: the Lightning versions (major.minor) this module has been tested with
 TESTED = ("2.6",)
@@ -45,6 +46,9 @@ _WHY_VAL = "to set the validation data up before Lightning's first validation, f
 #: LightningModule.log checks which hook is running; requesting the loaders sets that name, which
 #: must be put back or the next self.log in training_step is refused
 _WHY_FX = "the name of the running hook, put back after the validation data are set up"
+#: a WeightAveraging callback (EMAWeightAveraging) averages into a copy of the module it made at
+#: set-up and exposes no way to rebuild it: the rebuild gives that copy the pruned shapes too
+_WHY_AVERAGE = "the copy of the model a WeightAveraging callback averages into, rebuilt with the model at a prune"
 _WHY_COMPILE = "whether the LightningModule was torch.compile'd, which a mid-fit rebuild cannot follow"
 
 
@@ -56,6 +60,20 @@ def check(trainer, pl_module) -> None:
     for attr, why in (("_current_fx_name", _WHY_FX), ("_compiler_ctx", _WHY_COMPILE)):
         if not hasattr(pl_module, attr):
             raise _missing(f"LightningModule.{attr}", why)
+    for cb in _weight_averaging(trainer):
+        if not hasattr(cb, "_average_model"):
+            raise _missing(f"{type(cb).__name__}._average_model", _WHY_AVERAGE)
+
+
+def _weight_averaging(trainer) -> list:
+    cls = getattr(lightning_callbacks, "WeightAveraging", None)  # Lightning 2.5+
+    return [cb for cb in trainer.callbacks if cls is not None and isinstance(cb, cls)]
+
+
+def averaged_models(trainer) -> list[torch.optim.swa_utils.AveragedModel]:
+    """The ``AveragedModel`` of each WeightAveraging callback of the fit (EMAWeightAveraging), once
+    its set-up has made one: its ``.module`` is a copy of the LightningModule."""
+    return [cb._average_model for cb in _weight_averaging(trainer) if cb._average_model is not None]
 
 
 def loaded_checkpoint(trainer) -> dict:

@@ -31,6 +31,7 @@ from .checkpoint import (
     applied_plan,
     apply_checkpoint_plan,
     check_checkpoint_file,
+    rebuild_to,
 )
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
@@ -102,11 +103,11 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
 
 #: Lightning's callbacks that copy the model at set-up, or hold its parameters from then on: the
 #: rebuild changes those shapes, so they cannot share a fit with Pruning (what each does with the
-#: model, and what it does instead in a second fit of the pruned module)
-_AVERAGING = ("averages the training weights into a copy of the model made at set-up", "average")
+#: model, and what it does instead in a second fit of the pruned module). WeightAveraging
+#: (EMAWeightAveraging) can: its copy is rebuilt with the model (:func:`restart_averages`).
 DENSE_COPY_CALLBACKS = {
-    **{cls: _AVERAGING for cls in (getattr(lightning_callbacks, "WeightAveraging", None),
-                                   lightning_callbacks.StochasticWeightAveraging) if cls is not None},
+    lightning_callbacks.StochasticWeightAveraging: (
+        "averages the training weights into a copy of the model made at set-up", "average"),
     lightning_callbacks.ModelPruning: ("masks the parameters it found at set-up and keeps copies of them", "mask"),
 }
 
@@ -116,6 +117,31 @@ def in_a_fit(trainer: Trainer | None) -> bool:
     a load by hand). ``trainer.test/validate/predict(ckpt_path=...)`` load a checkpoint too, but
     no training follows: what resumes a fit (the pruning state, a loader's order) is not theirs."""
     return trainer is None or trainer.state.fn in (None, TrainerFn.FITTING)
+
+
+def restart_averages(trainer: Trainer, pl_module: LightningModule, restart: bool = True) -> int:
+    """Rebuild the copy each WeightAveraging callback of the fit (EMAWeightAveraging) averages into
+    with the plan ``pl_module`` was rebuilt with, so that the two keep the same shapes. With
+    ``restart`` (after a prune event) the average starts again from ``pl_module``'s weights: what it
+    held of the channels that stay averaged the weights before the prune, which the rebuild may have
+    changed (a removed channel's constant output folded into its consumers' bias). Without (a resumed
+    fit, before the checkpoint's average loads into it) the values are left to the callback.
+    Returns the number of averages rebuilt."""
+    averages = internals.averaged_models(trainer)
+    plan = applied_plan(pl_module)
+    if plan is None:
+        return 0
+    for average in averages:
+        rebuild_to(average.module, plan)
+        if not restart:
+            continue
+        theirs = dict(average.module.state_dict(keep_vars=True))
+        with torch.no_grad():
+            for name, value in pl_module.state_dict(keep_vars=True).items():
+                if name in theirs:
+                    theirs[name].copy_(value)
+            average.n_averaged.zero_()  # its next update takes the weights as they are then
+    return len(averages)
 
 
 def restart_monitors(trainer: Trainer) -> list[str]:
@@ -324,6 +350,7 @@ class Pruning(Callback):
         """A prune event happened: the loss guard follows the losses from it, and monitors that
         compare the model with its dense self start again."""
         self._loss_guard.mark_prune(self.engine.events[-1]["step"], self.engine.schedule.lr_warmup_steps)
+        restart_averages(trainer, trainer.lightning_module)
         restarted = restart_monitors(trainer)
         if restarted and self.verbose:
             rank_zero_info(f"{type(self).__name__}: {', '.join(restarted)} compare the pruned model with itself "
@@ -377,6 +404,8 @@ class Pruning(Callback):
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
             apply_checkpoint_plan(module, checkpoint)
+            if module is self._trainer.lightning_module:  # the average loads the checkpoint's after this
+                restart_averages(self._trainer, module, restart=False)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

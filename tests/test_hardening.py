@@ -491,9 +491,11 @@ EMAWeightAveraging = getattr(lightning_callbacks, "EMAWeightAveraging", None)
 needs_ema = pytest.mark.skipif(EMAWeightAveraging is None, reason="needs Lightning's EMAWeightAveraging (2.6+)")
 
 # Lightning's callbacks that hold a copy of the model (or its parameters) from set-up on, which the
-# rebuild leaves at the dense shapes: (id, callback, placed before Pruning in the list)
+# rebuild leaves at the dense shapes: (id, callback, placed before Pruning in the list). WeightAveraging
+# (EMAWeightAveraging) shares the fit: tests/test_pruning_averaging.py
 DENSE_COPY = [
-    pytest.param(("ema_first", lambda: EMAWeightAveraging(), True), marks=needs_ema, id="ema_first"),
+    pytest.param(("swa_first", lambda: StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1), True),
+                 id="swa_first"),
     pytest.param(("swa_after", lambda: StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1), False),
                  id="swa_after"),
     pytest.param(("model_pruning", lambda: ModelPruning("l1_unstructured", amount=0.5), False), id="model_pruning"),

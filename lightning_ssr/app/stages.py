@@ -96,6 +96,21 @@ def build_pruning(cfg: DictConfig) -> Pruning | None:
                    verbose=bool(cfg.verbose))
 
 
+def weight_averaging(cfg: DictConfig) -> list[pl.Callback]:
+    """``[EMAWeightAveraging(decay=ema_decay)]`` for the run that prunes (its average starts again
+    from the pruned model at each prune, and the run ends with it), or ``[]`` with ``ema_decay=null``."""
+    decay = check_number("the config", "ema_decay (the weights' moving average's decay per optimizer step, "
+                         "e.g. 0.999; null: none)", cfg.get("ema_decay"), low=0.0, high=1.0, low_open=True,
+                         high_open=True, optional=True)
+    if decay is None:
+        return []
+    ema = getattr(pl.callbacks, "EMAWeightAveraging", None)
+    if ema is None:
+        raise ValueError(f"ema_decay={decay} needs Lightning's EMAWeightAveraging (Lightning 2.6+; installed: "
+                         f"{pl.__version__}): pip install 'lightning>=2.6', or set ema_decay=null")
+    return [ema(decay=decay)]
+
+
 def build_data(cfg: DictConfig) -> pl.LightningDataModule:
     """The data module of ``cfg.data``, set up (its splits loaded)."""
     dm = instantiate(cfg.data)
@@ -192,6 +207,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     if callback is not None and callback.schedule.restart_lr and not cfg.module.get("cosine", False):
         raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
                          "set module.cosine=true, or schedule.restart_lr=false")
+    weight_averaging(cfg)  # a bad ema_decay fails here
     # the Trainer's own settings (precision, devices, strategy, ...) fail here, not after the dense training
     instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = build_data(cfg)
@@ -498,7 +514,8 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
     # logger=True would look for TensorBoard and print a notice when it is not installed
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs,
-                          callbacks=([callback] if callback else []) + progress_bars(cfg.trainer),
+                          callbacks=([callback] if callback else []) + weight_averaging(cfg)
+                          + progress_bars(cfg.trainer),
                           default_root_dir=str(output_dir), **extra)
     cap_log_interval(trainer, dm)
     with warnings.catch_warnings():

@@ -263,6 +263,8 @@ def test_unknown_model_fails_with_hydras_error():
     (["schedule.sparsify_epochs=abc"], "schedule: sparsify_epochs must be an int, got str 'abc'"),
     (["schedule.lr_warmup_steps=-5"], r"lr_warmup_steps must be in \[0"),
     (["export=tflite"], "export must be null or one of"),
+    (["ema_decay=1.0"], r"ema_decay .* must be in \(0.0, 1.0\), got 1.0"),
+    (["ema_decay=fast"], "ema_decay .* must be a number, got str 'fast'"),
     # the run's own settings: a negative dense.epochs trained forever, seed=1.5 seeded with 1,
     # batch size 0 was timed, a string flag read as true, dense.lr's error named module.lr
     (["seed=abc"], "config: seed must be an int, got str 'abc'"),
@@ -1000,3 +1002,28 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
                         lambda model, example, round_to, groups: seen.append(round_to))
     stages.check_target(cfg, callback, lm, dm)
     assert seen == [8]
+
+
+def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from lightning_ssr.app import stages
+
+    averaging, real_fit = {}, stages.fit
+
+    def spy(trainer, stage, *args, **kwargs):
+        averaging[stage] = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
+        return real_fit(trainer, stage, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "fit", spy)
+    cfg = _compose(FAST + ["ema_decay=0.9", f"dense.cache_dir={tmp_path / 'cache'}"])
+    result = run(cfg, tmp_path)
+    assert result.status == "ok"
+    assert averaging["the dense training"] == []  # the dense model trains without (its cache is shared)
+    (ema,) = averaging["the run that prunes"]
+    average = ema._average_model
+    assert int(average.n_averaged) > 0  # restarted at the prune, then updated at every step after it
+    pruned = read_checkpoint(tmp_path / "pruned.pt")["state_dict"]
+    mine = average.module.state_dict()
+    assert pruned.keys() <= mine.keys() and any(k.startswith("model.") for k in pruned)
+    assert all(torch.equal(pruned[k], mine[k].to(pruned[k].device)) for k in pruned)  # the run ended with it

@@ -109,7 +109,7 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     reference = stages.build_module(cfg, copy.deepcopy(net), dm)
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                          default_root_dir=str(output_dir / "dense_finetune"))
+                          default_root_dir=str(output_dir / "dense_finetune"), callbacks=stages.weight_averaging(cfg))
     stages.fit(trainer, "the dense fine-tune of the transfer recipe", reference, dm)
     dense_s = time.perf_counter() - t
 
