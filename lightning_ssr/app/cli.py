@@ -36,6 +36,7 @@ from .recipes import recipe_for
 from .stages import (
     REFUSED_BEFORE_TRAINING,
     RunInterrupted,
+    Terminated,
     after_the_run_that_prunes,
     base_result,
     before_training,
@@ -47,6 +48,7 @@ from .stages import (
     failed_result,
     finish,
     print_final_table,
+    sigterm_raises,
     train_dense,
 )
 from .sweep import LAST_SWEEP, count_runs
@@ -258,7 +260,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         return finish(result, output_dir, start, recipe.summary(result))
     try:
         callback, dm = check_config(cfg, resumes_the_module=True)  # a bad value fails here, before any training
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         # a sweep's report lists this run as failed, with the reason
         failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
         raise
@@ -414,10 +416,12 @@ def main() -> None:
     quiet_lightning()
     LAST_SWEEP.clear()
     try:
-        _hydra_main()
+        with sigterm_raises():  # SIGTERM outside a Trainer's run: told as Ctrl-C is, not a silent end
+            _hydra_main()
     except KeyboardInterrupt as err:  # Ctrl-C: where it stopped and how to go on, not a traceback
         outside = "interrupted outside training (at the set-up, the evaluation or the export): run the job again"
-        print(f"lightning-ssr: {err if isinstance(err, RunInterrupted) else outside}", file=sys.stderr)
+        told = err if isinstance(err, (RunInterrupted, Terminated)) else outside
+        print(f"lightning-ssr: {told}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 130))
     if LAST_SWEEP.get("failed"):  # a sweep goes on past a failed run; its exit code says so (as the report's)
         print(f"lightning-ssr: {LAST_SWEEP['failed']} of the sweep's {count_runs(LAST_SWEEP['runs'])} failed; "

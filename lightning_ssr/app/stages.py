@@ -22,6 +22,8 @@ import json
 import math
 import os
 import shlex
+import signal
+import threading
 import time
 import traceback
 import warnings
@@ -311,6 +313,43 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
 _INTERRUPTIONS = {"Ctrl-C": ("interrupted", 130), "SIGTERM": ("stopped by SIGTERM", 143)}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no Trainer runs (the set-up, between stages, the export): raised at once, as
+    Python raises Ctrl-C's ``KeyboardInterrupt`` there, and told like it (exit code 143). Inside a
+    Trainer's run Lightning's handler takes SIGTERM instead, and stops at the end of the batch."""
+
+    signal = "SIGTERM"
+
+    def __init__(self, message: str = "stopped by SIGTERM outside training (at the set-up, between the stages, or "
+                                      "in the export): run the job again"):
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        return _INTERRUPTIONS[self.signal][1]
+
+
+def _raise_terminated(signum, frame) -> None:
+    # a Trainer's run chains the handler it found (this one) after its own: Lightning is in
+    # charge then, and stops the run at the end of the batch (fit() tells it as RunInterrupted)
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within it, SIGTERM outside a Trainer's run raises :class:`Terminated` (Python's default ends
+    the process at once, without a word or a ``result.json``); the handler before it comes back after."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _raise_if_sigterm(trainer: pl.Trainer) -> None:
     """A SIGTERM that Lightning noted but did not act on (it raises only between batches, and a
     validation's last batch lets it pass): as if it had raised it."""
@@ -327,8 +366,9 @@ def _interruption(err: BaseException) -> str | None:
         return None
     if isinstance(err, SIGTERMException):
         return "SIGTERM"
-    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
-        return "Ctrl-C"
+    for cause in (err, err.__context__):  # (Terminated: a SIGTERM before Lightning's handler was set)
+        if isinstance(cause, KeyboardInterrupt):
+            return getattr(cause, "signal", "Ctrl-C")
     return None
 
 

@@ -1027,3 +1027,79 @@ def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp
     mine = average.module.state_dict()
     assert pruned.keys() <= mine.keys() and any(k.startswith("model.") for k in pruned)
     assert all(torch.equal(pruned[k], mine[k].to(pruned[k].device)) for k in pruned)  # the run ended with it
+
+
+def test_sigterm_outside_a_trainers_run_is_told_and_recorded_and_inside_one_lightning_stops_the_batch(
+        tmp_path, monkeypatch, capsys):
+    """Python's default ended the command at once on a SIGTERM in the set-up or the export: no word,
+    no result.json. The command's handler raises there, as Ctrl-C does; in a Trainer's run it leaves
+    SIGTERM to Lightning, which stops at the end of the batch, as without it."""
+    import os
+    import signal
+
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    unhandled = []  # where the command's handler is missing: noted here instead of ending pytest
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
+    try:
+        _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled)
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
+    import signal
+
+    from lightning_ssr.app import cli, stages
+    from lightning_ssr.app.module import ImageClassifier
+    from lightning_ssr.app.stages import RunInterrupted, Terminated, sigterm_raises
+
+    before = signal.getsignal(signal.SIGTERM)
+    cache = f"dense.cache_dir={tmp_path / 'cache'}"
+    check = cli.check_config
+
+    def check_then_term(*args, **kwargs):
+        checked = check(*args, **kwargs)
+        term()
+        return checked
+
+    monkeypatch.setattr(cli, "check_config", check_then_term)
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", *FAST, cache, f"hydra.run.dir={tmp_path / 'setup'}"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 143
+    assert "lightning-ssr: stopped by SIGTERM outside training" in capsys.readouterr().err
+    record = json.loads((tmp_path / "setup" / "result.json").read_text())
+    assert record["status"] == "interrupted" and record["error"].startswith("lightning_ssr.app.stages.Terminated")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler before the command's is back
+    monkeypatch.setattr(cli, "check_config", check)
+
+    # in a Trainer's run: Lightning's stop at the end of the batch, as without the command's handler
+    step = ImageClassifier.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 3:
+            term()
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", training_step)
+    with sigterm_raises(), pytest.raises(RunInterrupted, match=r"stopped by SIGTERM during the dense training at "
+                                                                r"epoch 0 \(optimizer step 4\)"):
+        run(_compose(FAST + [cache]), tmp_path / "fit")
+    monkeypatch.setattr(ImageClassifier, "training_step", step)
+
+    # in the export, after the run that prunes: its last checkpoint, to go on from
+    export = stages.export_model
+
+    def export_then_term(*args, **kwargs):
+        term()
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "export_model", export_then_term)
+    with sigterm_raises(), pytest.raises(RunInterrupted, match=r"^stopped by SIGTERM after the run that prunes had "
+                                                                "finished, during the evaluation or the export") as late:
+        run(_compose(FAST + [cache]), tmp_path / "export")
+    assert late.value.exit_code == 143 and Path(late.value.checkpoint).is_file()
+    assert isinstance(late.value.__cause__, Terminated)
+    assert not unhandled
