@@ -41,6 +41,7 @@ from .stages import (
     base_result,
     before_training,
     check_config,
+    code_identity,
     compress,
     dense_accuracy,
     evaluate,
@@ -309,6 +310,8 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
         # as written to JSON, types included: Python's 1 == 1.0 == True would take limit_train_batches=1
         # (one batch) for 1.0 (all of them)
         same = json.dumps(done, sort_keys=True) == json.dumps(json.loads(json.dumps(now, default=str)), sort_keys=True)
+        # and the same code: a plugin file edited since (or another version of this package) runs it again
+        same = same and result.config.get("code") == code_identity(cfg)
     except (ValueError, TypeError, OmegaConfBaseException):  # unreadable, or an interpolation that fails now
         return None
     return result if result.status == "ok" and same else None

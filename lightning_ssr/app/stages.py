@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .. import __version__
 from ..checkpoint import CheckpointReadError, apply_checkpoint_plan, read_checkpoint, save_pruned
 from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
@@ -461,12 +462,23 @@ def dense_cache_path(cfg: DictConfig) -> Path:
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
                         if k not in _PRESENTATION_KEYS and k not in DENSE_UNBOUNDED}
-    plugins = [str(p) for p in cfg.get("plugins") or [] if str(p).endswith(".py")]
+    plugins = plugin_digests(cfg)
     if plugins:  # a network of your own may be defined there: its code is part of the key (none: the earlier key)
-        keyed["plugin_files"] = sorted(_file_digest(p) for p in plugins)
+        keyed["plugin_files"] = sorted(plugins.values())
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
     return Path(cfg.dense.cache_dir) / f"{model_label(cfg)}-{data}-seed{cfg.seed}-{digest}.pt"
+
+
+def plugin_digests(cfg: DictConfig) -> dict[str, str]:
+    """The SHA-256 of each plugin given as a ``.py`` file (``plugins``), by its path as given."""
+    return {str(p): _file_digest(str(p)) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+
+
+def code_identity(cfg: DictConfig) -> dict:
+    """What a run's outcome depends on besides its configuration: this package's version and the
+    plugin files' contents (a network or a method of your own). Recorded in ``result.json``."""
+    return {"lightning_ssr": __version__, "plugin_files": plugin_digests(cfg)}
 
 
 def _file_digest(path: str) -> str:
@@ -690,6 +702,7 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
             result.error = ("the model was not pruned: training ended before the prune event at the start of epoch "
                             f"{callback.schedule.prune_epoch(callback.events_done)}")
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
+    result.config["code"] = code_identity(cfg)
     return result
 
 

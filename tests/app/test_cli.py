@@ -791,17 +791,30 @@ def test_a_sweep_job_is_skipped_only_for_its_own_finished_configuration(tmp_path
     """finished_before: the same resolved configuration, status ok. Another value (one batch,
     limit 1, is not all of them, limit 1.0, though Python's 1 == 1.0), or an interrupted run, runs."""
     from lightning_ssr.app.cli import finished_before
+    from lightning_ssr.app.stages import code_identity
     from lightning_ssr.report import PruningResult
 
     cfg = compose_config(FAST + ["trainer.limit_val_batches=1"])
     done = PruningResult(method="ssr_l20", pruned={"val_accuracy": 0.9},
-                         config={"cli": OmegaConf.to_container(cfg, resolve=True)})
+                         config={"cli": OmegaConf.to_container(cfg, resolve=True), "code": code_identity(cfg)})
     done.save(tmp_path / "result.json")
     assert finished_before(cfg, tmp_path).pruned == {"val_accuracy": 0.9}
     assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1.0"]), tmp_path) is None
     assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1", "seed=1"]), tmp_path) is None
     assert finished_before(compose_config(FAST + ["trainer.limit_val_batches=1", f"ckpt_path={tmp_path}/e.ckpt"]),
                            tmp_path) is not None  # (a run finished from its checkpoint)
+    # the same configuration with other code: another version of this package, or a plugin file edited since
+    for code in ({**code_identity(cfg), "lightning_ssr": "0.0.1"}, None):
+        PruningResult(method="ssr_l20", config={"cli": done.config["cli"], "code": code}).save(tmp_path / "result.json")
+        assert finished_before(cfg, tmp_path) is None
+    plugin = tmp_path / "my_net.py"
+    plugin.write_text("WIDTH = 4\n")
+    mine = compose_config(FAST + [f"plugins=[{plugin}]"])
+    PruningResult(method="ssr_l20", config={"cli": OmegaConf.to_container(mine, resolve=True),
+                                            "code": code_identity(mine)}).save(tmp_path / "result.json")
+    assert finished_before(mine, tmp_path) is not None
+    plugin.write_text("WIDTH = 8\n")
+    assert finished_before(mine, tmp_path) is None
     done.status = "interrupted"
     done.save(tmp_path / "result.json")
     assert finished_before(cfg, tmp_path) is None
