@@ -11,6 +11,7 @@ through :mod:`lightning_ssr.lightning_internals`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -186,6 +187,24 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             scheduler.best, scheduler.num_bad_epochs, scheduler.cooldown_counter = scheduler.mode_worse, 0, 0
             restarted.append(f"ReduceLROnPlateau(monitor={config.monitor!r})")
     return restarted
+
+
+class _WeightsLoadHook:
+    """The callback's load_state_dict pre-hook on the LightningModule. A copy of the module made
+    during the fit (the average of EMAWeightAveraging, made at its set-up) holds this same object:
+    as a bound method, the hook would copy the callback with it, and through it the Trainer (its
+    callbacks, loggers, the DDP launcher's processes, which cannot be copied)."""
+
+    def __init__(self, callback: Pruning):
+        self._callback = weakref.ref(callback)
+
+    def __call__(self, module, state_dict, prefix, *args) -> None:
+        callback = self._callback()
+        if callback is not None:
+            callback._before_weights_load(module, state_dict, prefix, *args)
+
+    def __deepcopy__(self, memo) -> _WeightsLoadHook:
+        return self
 
 
 class Pruning(Callback):
@@ -386,10 +405,10 @@ class Pruning(Callback):
     def _watch_weights_load(self, pl_module: LightningModule) -> None:
         """:meth:`_before_weights_load` as ``pl_module``'s load_state_dict pre-hook (once; removed in teardown)."""
         if self._hook is None:
-            self._hook = pl_module.register_load_state_dict_pre_hook(self._before_weights_load)
+            self._hook = pl_module.register_load_state_dict_pre_hook(_WeightsLoadHook(self))
 
     def _before_weights_load(self, module, state_dict, prefix, *args) -> None:
-        if prefix:
+        if prefix or module is not self._trainer.lightning_module:  # (a copy of it holds the same hook)
             return
         checkpoint = internals.loaded_checkpoint(self._trainer)
         loaded = checkpoint.get("state_dict")

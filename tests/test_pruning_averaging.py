@@ -2,6 +2,8 @@
 rebuilt with the model at each prune and starts again from the pruned weights, and a resumed fit
 goes on exactly like an uninterrupted one."""
 
+import threading
+
 import pytest
 import torch
 from lightning.pytorch import callbacks as lightning_callbacks
@@ -66,14 +68,39 @@ def test_the_average_is_rebuilt_at_the_prune_and_averages_the_pruned_model_from_
     assert int(ema._average_model.n_averaged) == len(record.steps)
 
 
+class HoldsALock(Callback):
+    """A callback of the user's that cannot be copied (a lock; a logger's open file is alike)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+
+def test_the_average_copies_the_module_without_the_callback_or_the_trainer(tmp_path):
+    """Pruning first, as the CLI orders them: its weights-load hook was a bound method, so the
+    average's copy of the module copied the callback and the Trainer with it, and a callback or a
+    DDP launcher that cannot be copied failed the fit at set-up (TypeError: cannot pickle
+    '_thread.lock' object)."""
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    pruning = Pruning("l1", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    ema = EMAWeightAveraging(decay=DECAY)
+    fit = trainer(tmp_path, [pruning, ema, HoldsALock()], SCHEDULE.total_epochs)
+    fit.fit(model, loader())
+    assert pruning.events_done == 1
+    hooks = list(ema._average_model.module._load_state_dict_pre_hooks.values())
+    assert len(hooks) == 1 and hooks[0].hook._callback() is pruning  # the same hook, not a copy of it
+
+
+@pytest.mark.parametrize("ema_first", [True, False], ids=["ema_first", "pruning_first"])
 @pytest.mark.parametrize("stop_after", [2, 3], ids=["before_the_prune", "after_the_prune"])
-def test_a_resumed_fit_with_the_average_matches_an_uninterrupted_one(tmp_path, stop_after):
+def test_a_resumed_fit_with_the_average_matches_an_uninterrupted_one(tmp_path, stop_after, ema_first):
     def run(max_epochs, dirpath, ckpt_path=None):
         torch.manual_seed(0)
         model = TinyClassifier()
         pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
         ema = EMAWeightAveraging(decay=DECAY)
-        fit = trainer(tmp_path, [ema, pruning, epoch_checkpoints(dirpath, resume_from=ckpt_path)], max_epochs)
+        both = [ema, pruning] if ema_first else [pruning, ema]
+        fit = trainer(tmp_path, [*both, epoch_checkpoints(dirpath, resume_from=ckpt_path)], max_epochs)
         fit.fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
         return model, pruning, ema
 

@@ -193,6 +193,13 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
                          "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")
+    averaged = bool(weight_averaging(cfg))  # (a bad ema_decay fails here)
+    if checkpoint is not None and averaged != ("current_model_state" in checkpoint):
+        # its state_dict is the average, the weights trained on are current_model_state: without the
+        # average, Lightning would go on from the average; with it, from the weights as its average
+        written = "with ema_decay set" if not averaged else "without ema_decay (ema_decay=null)"
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run {written}: resume with the same "
+                         "ema_decay as that run")
     callback = build_pruning(cfg)
     if checkpoint is not None and callback is not None:
         callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
@@ -210,7 +217,6 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     if callback is not None and callback.schedule.restart_lr and not cfg.module.get("cosine", False):
         raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
                          "set module.cosine=true, or schedule.restart_lr=false")
-    weight_averaging(cfg)  # a bad ema_decay fails here
     # the Trainer's own settings (precision, devices, strategy, ...) fail here, not after the dense training
     instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = build_data(cfg)

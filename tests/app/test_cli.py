@@ -1116,3 +1116,24 @@ def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
     assert late.value.exit_code == 143 and Path(late.value.checkpoint).is_file()
     assert isinstance(late.value.__cause__, Terminated)
     assert not unhandled
+
+
+@pytest.mark.parametrize("written_with, resumed_with", [(True, False), (False, True)], ids=["dropped", "added"])
+def test_a_resume_with_another_ema_decay_setting_is_refused_before_training(tmp_path, written_with, resumed_with):
+    """A checkpoint of a run with ema_decay holds the average as its state_dict and the weights
+    trained on as current_model_state: resumed without it, Lightning went on from the average (with
+    the optimizer state of the other weights); the other way round, from the weights as the average."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    state = {"model.fc2.bias": torch.zeros(10)}
+    checkpoint = {"epoch": 0, "global_step": 8, "state_dict": state, "callbacks": {},
+                  "pytorch-lightning_version": "2.6.0"}
+    if written_with:
+        checkpoint["current_model_state"] = dict(state)
+    ckpt = tmp_path / "epoch=0-step=8.ckpt"
+    torch.save(checkpoint, ckpt)
+    overrides = FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(ValueError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt was written by a run "
+                                         r"with(out)? ema_decay.*: resume with the same ema_decay") as info:
+        run(compose_config(overrides + (["ema_decay=0.999"] if resumed_with else [])), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
