@@ -61,13 +61,24 @@ def check(trainer, pl_module) -> None:
         if not hasattr(pl_module, attr):
             raise _missing(f"LightningModule.{attr}", why)
     for cb in _weight_averaging(trainer):
-        if not hasattr(cb, "_average_model"):
-            raise _missing(f"{type(cb).__name__}._average_model", _WHY_AVERAGE)
+        for attr in ("_average_model", "_copy_average_to_current"):
+            if not hasattr(cb, attr):
+                raise _missing(f"{type(cb).__name__}.{attr}", _WHY_AVERAGE)
 
 
 def _weight_averaging(trainer) -> list:
     cls = getattr(lightning_callbacks, "WeightAveraging", None)  # Lightning 2.5+
     return [cb for cb in trainer.callbacks if cls is not None and isinstance(cb, cls)]
+
+
+def end_with_averages(trainer, pl_module) -> int:
+    """Give ``pl_module`` the average of each WeightAveraging callback of the fit, as its
+    ``on_train_end`` does; for a fit whose training loop had nothing left to run (resumed from
+    the checkpoint of its last step), where Lightning calls no ``on_train_end``. Returns how many."""
+    averaging = [cb for cb in _weight_averaging(trainer) if cb._average_model is not None]
+    for cb in averaging:
+        cb._copy_average_to_current(pl_module)
+    return len(averaging)
 
 
 def averaged_models(trainer) -> list[torch.optim.swa_utils.AveragedModel]:

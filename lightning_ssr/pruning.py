@@ -237,6 +237,7 @@ class Pruning(Callback):
         self._hook = None
         self._loss_guard = LossGuard()
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
+        self._train_ended = False  # Lightning ran the fit's on_train_end (not when nothing was left to train)
         self._restored = False  # this fit restored the callback's state from a checkpoint
         self._resume_checked = False  # what a restored fit is checked for, at its first epoch
 
@@ -340,7 +341,7 @@ class Pruning(Callback):
                 f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
                 "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
         # per fit; Lightning restores the callback's state after set-up
-        self._short_fit = self._restored = self._resume_checked = False
+        self._short_fit = self._restored = self._resume_checked = self._train_ended = False
         if trainer.global_step == 0 and not self.engine.fresh:
             # the callback of an earlier fit, given to a new training (a loop over seeds or models):
             # without this it held that fit's finished run and left this model unpruned, without a word.
@@ -503,7 +504,16 @@ class Pruning(Callback):
             self._log(pl_module, f"pruning/{key}", value, on_epoch=True, on_step=False)
 
     @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._train_ended = True
+
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._train_ended:
+            # a resume from the checkpoint of the fit's last step runs no training loop, so Lightning
+            # calls no on_train_end, where a WeightAveraging callback gives the module its average: the
+            # fit would end with the weights trained on, not with the average an uninterrupted one has
+            internals.end_with_averages(trainer, pl_module)
         self.engine.finish(pl_module, warn=False)  # warned of below, in Lightning's terms
         engine, schedule = self.engine, self.schedule
         if engine.done or trainer.fast_dev_run:

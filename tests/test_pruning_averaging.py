@@ -112,3 +112,26 @@ def test_a_resumed_fit_with_the_average_matches_an_uninterrupted_one(tmp_path, s
     assert pruning.events == full_pruning.events
     assert_same_weights(model, full_model)  # the average, which the fit ends with
     assert int(ema._average_model.n_averaged) == int(full_ema._average_model.n_averaged)
+
+
+def test_a_fit_resumed_from_its_last_step_ends_with_the_average_too(tmp_path):
+    """Resumed from the checkpoint of its last step (the job interrupted in its evaluation, then run
+    again with ckpt_path), the fit has no training left to run, so Lightning calls no on_train_end,
+    where the average goes into the module: it ended with the weights trained on."""
+    def run(dirpath, ckpt_path=None):
+        torch.manual_seed(0)
+        model = TinyClassifier()
+        pruning = Pruning("l1", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+        fit = trainer(tmp_path, [pruning, EMAWeightAveraging(decay=DECAY),
+                                 epoch_checkpoints(dirpath, resume_from=ckpt_path)], SCHEDULE.total_epochs)
+        fit.fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, fit
+
+    full, _ = run(tmp_path / "full")
+    last = tmp_path / "full" / f"epoch={SCHEDULE.total_epochs - 1}.ckpt"
+    trained_on = torch.load(last, weights_only=True)["current_model_state"]
+    resumed, fit = run(tmp_path / "full", ckpt_path=last)
+    assert fit.global_step == torch.load(last, weights_only=True)["global_step"]  # nothing left to train
+    assert_same_weights(resumed, full)
+    assert any(not torch.equal(v, trained_on[k]) for k, v in resumed.state_dict().items())
+

@@ -19,7 +19,8 @@ _TRAINER_LIMIT = re.compile(r"`Trainer\(\w+=[^)]*\)` was configured so")
 class _QuietLightning(logging.Filter):
     """What the job shows is a progress bar, one layer table and the summary. This drops
     Lightning's install suggestions ("Tip: ... try installing litlogger"), the per-seed notice,
-    the "fit stopped: max_epochs reached" line, and repeats of the GPU/TPU availability lines and
+    the "fit stopped: max_epochs reached" line, the notice of a SIGTERM (the command says it, with
+    what to do), that of a weights-averaging checkpoint's state, and repeats of the GPU/TPU availability lines and
     of the notices of ``limit_*_batches`` (every Trainer of the job, evaluation ones included,
     prints them)."""
 
@@ -31,6 +32,10 @@ class _QuietLightning(logging.Filter):
         message = record.getMessage()
         if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
             return False
+        # the command says a SIGTERM itself, with what to do; and a resumed run with ema_decay loads
+        # its weights from the checkpoint as it should, which needs no notice
+        if re.match(r"(\[rank: \d+\] )?Received SIGTERM", message) or message.startswith("Found current_model_state"):
+            return False
         if message.startswith(("GPU available", "TPU available", "HPU available")) or _TRAINER_LIMIT.match(message):
             if message in self.seen:
                 return False
@@ -41,7 +46,8 @@ class _QuietLightning(logging.Filter):
 def quiet_lightning() -> None:
     """Quiet the job's output (the command calls this; a notebook may too)."""
     chatter = _QuietLightning()
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.pytorch.trainer.connectors.signal_connector"):
         logging.getLogger(name).addFilter(chatter)
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
     # user can change, so this one message is hidden.

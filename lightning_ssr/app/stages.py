@@ -297,8 +297,8 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
     try:
         trainer.fit(*args, **kwargs)
         _raise_if_sigterm(trainer)
-    except (KeyboardInterrupt, SystemExit) as err:
-        signal = _interruption(err)
+    except BaseException as err:
+        signal = _interruption(err, trainer)
         if signal is None:
             raise
         where = (f"{_INTERRUPTIONS[signal][0]} during {stage} at epoch {trainer.current_epoch} (optimizer step "
@@ -326,6 +326,7 @@ class Terminated(KeyboardInterrupt):
     Trainer's run Lightning's handler takes SIGTERM instead, and stops at the end of the batch."""
 
     signal = "SIGTERM"
+    where = "stopped by SIGTERM outside training"  # (a sweep's message names the run after it)
 
     def __init__(self, message: str = "stopped by SIGTERM outside training (at the set-up, between the stages, or "
                                       "in the export): run the job again"):
@@ -364,14 +365,17 @@ def _raise_if_sigterm(trainer: pl.Trainer) -> None:
         raise SIGTERMException
 
 
-def _interruption(err: BaseException) -> str | None:
-    """``"Ctrl-C"`` or ``"SIGTERM"`` where ``err`` is that interruption of a Lightning loop, not yet
-    told as :class:`RunInterrupted`; else ``None``. Lightning turns Ctrl-C into a graceful shutdown
-    and ``sys.exit(1)`` (a ``SystemExit`` raised while the ``KeyboardInterrupt`` was handled), and
-    SIGTERM into ``SIGTERMException`` at the next batch (a ``SystemExit`` whose code is 0)."""
+def _interruption(err: BaseException, trainer: pl.Trainer | None = None) -> str | None:
+    """``"Ctrl-C"`` or ``"SIGTERM"`` where ``err`` is that interruption of a Lightning loop (of
+    ``trainer``), not yet told as :class:`RunInterrupted`; else ``None``. Lightning turns Ctrl-C
+    into a graceful shutdown and ``sys.exit(1)`` (a ``SystemExit`` raised while the
+    ``KeyboardInterrupt`` was handled), and SIGTERM into ``SIGTERMException`` at the next batch (a
+    ``SystemExit`` whose code is 0). An error raised after the trainer received SIGTERM is the
+    signal's too: sent to the process group (a scheduler's, ``docker stop``), it also ends the
+    DataLoader's worker processes, and the loader fails before the batch ends."""
     if isinstance(err, RunInterrupted):
         return None
-    if isinstance(err, SIGTERMException):
+    if isinstance(err, SIGTERMException) or getattr(trainer, "received_sigterm", False):
         return "SIGTERM"
     for cause in (err, err.__context__):  # (Terminated: a SIGTERM before Lightning's handler was set)
         if isinstance(cause, KeyboardInterrupt):
@@ -596,8 +600,8 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
         _raise_if_sigterm(trainer)  # (each run of the Trainer forgets an earlier one's)
         val = float(trainer.validate(lm, dm, verbose=False)[0]["val_acc"])
         _raise_if_sigterm(trainer)
-    except (KeyboardInterrupt, SystemExit) as err:
-        signal = _interruption(err)
+    except BaseException as err:
+        signal = _interruption(err, trainer)
         if signal is None:
             raise
         raise RunInterrupted(f"{_INTERRUPTIONS[signal][0]} during the evaluation", signal=signal) from err

@@ -842,6 +842,11 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
                         "the runs that finished and, for a grid sweep, gives the command of each run that never started")
     assert str(sweep_interrupted(KeyboardInterrupt(), hydra_cfg)).startswith(
         "interrupted, in run 3 of the sweep in multirun/x; the sweep stopped there")
+    from lightning_ssr.app.stages import Terminated
+
+    term = sweep_interrupted(Terminated(), hydra_cfg)  # a SIGTERM in the run's set-up: told as one ("interrupted")
+    assert str(term).startswith("stopped by SIGTERM outside training, in run 3 of the sweep in multirun/x; the sweep "
+                                "stopped there") and term.exit_code == 143
 
 
 def test_the_sweep_command_keeps_the_runs_hydra_flags_but_not_the_sweeps_and_quotes_what_hydra_would_misread():
@@ -1137,3 +1142,31 @@ def test_a_resume_with_another_ema_decay_setting_is_refused_before_training(tmp_
                                          r"with(out)? ema_decay.*: resume with the same ema_decay") as info:
         run(compose_config(overrides + (["ema_decay=0.999"] if resumed_with else [])), tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+
+
+def test_a_loader_failing_after_sigterm_is_told_as_the_sigterm(tmp_path, monkeypatch):
+    """SIGTERM sent to the process group (a scheduler's, docker stop) also ends the DataLoader's
+    worker processes, and the loader fails before Lightning stops at the end of the batch: the run
+    was recorded as failed, with the loader's traceback, exit code 1 and no checkpoint to go on from."""
+    import os
+    import signal
+
+    from lightning_ssr.app.module import ImageClassifier
+    from lightning_ssr.app.stages import RunInterrupted
+
+    step = ImageClassifier.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.model.conv1.out_channels < 20 and self.trainer.current_epoch == 1:  # the run that prunes, epoch 1
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 4242) exited unexpectedly")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", training_step)
+    with pytest.raises(RunInterrupted, match=r"^stopped by SIGTERM during the run that prunes at epoch 1 .* The last "
+                                             r"checkpoint is ") as info:
+        run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert info.value.exit_code == 143 and Path(info.value.checkpoint).is_file()
+    assert "exited unexpectedly" in str(info.value.__cause__)
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "interrupted" and "stopped by SIGTERM" in record["error"]
