@@ -71,14 +71,13 @@ def _weight_averaging(trainer) -> list:
     return [cb for cb in trainer.callbacks if cls is not None and isinstance(cb, cls)]
 
 
-def end_with_averages(trainer, pl_module) -> int:
+def end_with_averages(trainer, pl_module) -> None:
     """Give ``pl_module`` the average of each WeightAveraging callback of the fit, as its
     ``on_train_end`` does; for a fit whose training loop had nothing left to run (resumed from
-    the checkpoint of its last step), where Lightning calls no ``on_train_end``. Returns how many."""
-    averaging = [cb for cb in _weight_averaging(trainer) if cb._average_model is not None]
-    for cb in averaging:
-        cb._copy_average_to_current(pl_module)
-    return len(averaging)
+    the checkpoint of its last step), where Lightning calls no ``on_train_end``."""
+    for cb in _weight_averaging(trainer):
+        if cb._average_model is not None:
+            cb._copy_average_to_current(pl_module)
 
 
 def averaged_models(trainer) -> list[torch.optim.swa_utils.AveragedModel]:

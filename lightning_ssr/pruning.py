@@ -120,19 +120,17 @@ def in_a_fit(trainer: Trainer | None) -> bool:
     return trainer is None or trainer.state.fn in (None, TrainerFn.FITTING)
 
 
-def restart_averages(trainer: Trainer, pl_module: LightningModule, restart: bool = True) -> int:
+def restart_averages(trainer: Trainer, pl_module: LightningModule, restart: bool = True) -> None:
     """Rebuild the copy each WeightAveraging callback of the fit (EMAWeightAveraging) averages into
     with the plan ``pl_module`` was rebuilt with, so that the two keep the same shapes. With
     ``restart`` (after a prune event) the average starts again from ``pl_module``'s weights: what it
     held of the channels that stay averaged the weights before the prune, which the rebuild may have
     changed (a removed channel's constant output folded into its consumers' bias). Without (a resumed
-    fit, before the checkpoint's average loads into it) the values are left to the callback.
-    Returns the number of averages rebuilt."""
-    averages = internals.averaged_models(trainer)
+    fit, before the checkpoint's average loads into it) the values are left to the callback."""
     plan = applied_plan(pl_module)
     if plan is None:
-        return 0
-    for average in averages:
+        return
+    for average in internals.averaged_models(trainer):
         rebuild_to(average.module, plan)
         if not restart:
             continue
@@ -142,7 +140,6 @@ def restart_averages(trainer: Trainer, pl_module: LightningModule, restart: bool
                 if name in theirs:
                     theirs[name].copy_(value)
             average.n_averaged.zero_()  # its next update takes the weights as they are then
-    return len(averages)
 
 
 def restart_monitors(trainer: Trainer) -> list[str]:
@@ -424,8 +421,7 @@ class Pruning(Callback):
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
             apply_checkpoint_plan(module, checkpoint)
-            if module is self._trainer.lightning_module:  # the average loads the checkpoint's after this
-                restart_averages(self._trainer, module, restart=False)
+            restart_averages(self._trainer, module, restart=False)  # the average loads the checkpoint's after this
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
