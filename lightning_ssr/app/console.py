@@ -19,8 +19,8 @@ _TRAINER_LIMIT = re.compile(r"`Trainer\(\w+=[^)]*\)` was configured so")
 class _QuietLightning(logging.Filter):
     """What the job shows is a progress bar, one layer table and the summary. This drops
     Lightning's install suggestions ("Tip: ... try installing litlogger"), the per-seed notice,
-    the "fit stopped: max_epochs reached" line, the notice of a SIGTERM (the command says it, with
-    what to do), that of a weights-averaging checkpoint's state, and repeats of the GPU/TPU availability lines and
+    the "fit stopped: max_epochs reached" line, the notices of a SIGTERM or a Ctrl-C (the command
+    says them, with what to do), that of a weights-averaging checkpoint's state, and repeats of the GPU/TPU availability lines and
     of the notices of ``limit_*_batches`` (every Trainer of the job, evaluation ones included,
     prints them)."""
 
@@ -32,9 +32,11 @@ class _QuietLightning(logging.Filter):
         message = record.getMessage()
         if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
             return False
-        # the command says a SIGTERM itself, with what to do; and a resumed run with ema_decay loads
-        # its weights from the checkpoint as it should, which needs no notice
-        if re.match(r"(\[rank: \d+\] )?Received SIGTERM", message) or message.startswith("Found current_model_state"):
+        # the command says a SIGTERM or a Ctrl-C itself, with what to do (Lightning calls a SIGTERM
+        # in a Trainer's set-up a KeyboardInterrupt); and a resumed run with ema_decay loads its
+        # weights from the checkpoint as it should, which needs no notice
+        if (re.match(r"(\[rank: \d+\] )?Received SIGTERM", message) or message.startswith("Found current_model_state")
+                or message.strip().startswith("Detected KeyboardInterrupt")):
             return False
         if message.startswith(("GPU available", "TPU available", "HPU available")) or _TRAINER_LIMIT.match(message):
             if message in self.seen:

@@ -40,10 +40,11 @@ def test_the_packages_own_warnings_read_as_a_line_to_the_user_others_as_python_f
     assert warnings.formatwarning("x", DeprecationWarning, ours, 1).startswith(ours)  # (for developers)
 
 
-def test_lightnings_sigterm_and_averaging_checkpoint_notices_are_dropped_others_kept():
+def test_lightnings_interruption_and_averaging_checkpoint_notices_are_dropped_others_kept():
     """The command tells a SIGTERM itself (where it stopped, the checkpoint, exit code 143), and a
     resumed run with ema_decay loads the checkpoint's weights as it should: Lightning's lines for
-    both ("[rank: 0] Received SIGTERM: 15", "Found current_model_state in the checkpoint...") were noise."""
+    both ("[rank: 0] Received SIGTERM: 15", "Found current_model_state in the checkpoint...") were noise;
+    and Lightning called a SIGTERM in a Trainer's set-up a KeyboardInterrupt."""
     import logging
 
     from lightning_ssr.app.console import _QuietLightning
@@ -53,6 +54,7 @@ def test_lightnings_sigterm_and_averaging_checkpoint_notices_are_dropped_others_
 
     assert not shown("[rank: 0] Received SIGTERM: 15")
     assert not shown("Received SIGTERM: 15")
+    assert not shown("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
     assert not shown("Found current_model_state in the checkpoint. This will be used to initialize the model.")
     assert shown("Restoring states from the checkpoint path at e.ckpt")
     assert shown("Received SIGUSR1: 10")
