@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -111,7 +112,46 @@ def weight_averaging(cfg: DictConfig) -> list[pl.Callback]:
     if ema is None:
         raise ValueError(f"ema_decay={decay} needs Lightning's EMAWeightAveraging (Lightning 2.6+; installed: "
                          f"{pl.__version__}): pip install 'lightning>=2.6', or set ema_decay=null")
-    return [ema(decay=decay)]
+    return [_moving_average(ema)(decay=decay)]
+
+
+@functools.cache  # (one class)
+def _moving_average(ema: type[pl.Callback]) -> type[pl.Callback]:
+    """``EMAWeightAveraging`` that also keeps its decay in the checkpoint (under the same state key,
+    so that either class reads the other's), so that a resume with another decay is refused at
+    set-up: Lightning's keeps only its last update step."""
+
+    class MovingAverage(ema):
+        def __init__(self, decay: float):
+            super().__init__(decay=decay)
+            self.decay = decay
+
+        @property
+        def state_key(self) -> str:
+            return ema.__qualname__
+
+        def state_dict(self) -> dict:
+            return {**super().state_dict(), "decay": self.decay}
+
+    return MovingAverage
+
+
+def _check_resumed_average(cfg: DictConfig, checkpoint: dict, averaging: list[pl.Callback]) -> None:
+    """A checkpoint of a run with ema_decay holds the average as its state_dict and the weights
+    trained on as ``current_model_state``: resumed without the average, Lightning would go on from
+    the average; with it where the run had none, from the weights as their average. And another
+    decay would go on averaging at another rate than the run began."""
+    if bool(averaging) != ("current_model_state" in checkpoint):
+        written = "with ema_decay set" if not averaging else "without ema_decay (ema_decay=null)"
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run {written}: resume with the same "
+                         "ema_decay as that run")
+    if not averaging:
+        return
+    (average,) = averaging
+    state = (checkpoint.get("callbacks") or {}).get(average.state_key)
+    if isinstance(state, dict) and state.get("decay") not in (None, average.decay):
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run with ema_decay={state['decay']}, not "
+                         f"{average.decay}: resume with the same ema_decay as that run")
 
 
 def build_data(cfg: DictConfig) -> pl.LightningDataModule:
@@ -193,13 +233,9 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
                          "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")
-    averaged = bool(weight_averaging(cfg))  # (a bad ema_decay fails here)
-    if checkpoint is not None and averaged != ("current_model_state" in checkpoint):
-        # its state_dict is the average, the weights trained on are current_model_state: without the
-        # average, Lightning would go on from the average; with it, from the weights as its average
-        written = "with ema_decay set" if not averaged else "without ema_decay (ema_decay=null)"
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run {written}: resume with the same "
-                         "ema_decay as that run")
+    averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
+    if checkpoint is not None:
+        _check_resumed_average(cfg, checkpoint, averaging)
     callback = build_pruning(cfg)
     if checkpoint is not None and callback is not None:
         callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would

@@ -1144,6 +1144,29 @@ def test_a_resume_with_another_ema_decay_setting_is_refused_before_training(tmp_
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
 
 
+def test_the_checkpoint_keeps_ema_decay_and_a_resume_with_another_is_refused_before_training(tmp_path):
+    """Lightning's EMAWeightAveraging keeps only its last update step: a resume with another decay
+    went on averaging at another rate than the run began, without a word."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING, weight_averaging
+
+    (average,) = weight_averaging(_compose(["ema_decay=0.99"]))
+    assert average.state_key == "EMAWeightAveraging"  # (Lightning's own class reads its state, and back)
+    assert average.state_dict() == {"latest_update_step": 0, "decay": 0.99}
+    average.load_state_dict({"latest_update_step": 5})  # (one written by Lightning's own class)
+    assert average.state_dict()["latest_update_step"] == 5
+    state = {"model.fc2.bias": torch.zeros(10)}
+    checkpoint = {"epoch": 0, "global_step": 8, "state_dict": state, "current_model_state": dict(state),
+                  "callbacks": {"EMAWeightAveraging": {"latest_update_step": 8, "decay": 0.99}},
+                  "pytorch-lightning_version": "2.6.0"}
+    ckpt = tmp_path / "epoch=0-step=8.ckpt"
+    torch.save(checkpoint, ckpt)
+    overrides = FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}", "ema_decay=0.999"]
+    with pytest.raises(ValueError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt was written by a run with "
+                                         r"ema_decay=0.99, not 0.999: resume with the same ema_decay") as info:
+        run(compose_config(overrides), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+
+
 def test_a_loader_failing_after_sigterm_is_told_as_the_sigterm(tmp_path, monkeypatch):
     """SIGTERM sent to the process group (a scheduler's, docker stop) also ends the DataLoader's
     worker processes, and the loader fails before Lightning stops at the end of the batch: the run
