@@ -885,16 +885,19 @@ class PruningEngine:
         steps: the method's periodic update (the V/U step of AULM, a learned count) never runs,
         and what it prunes comes from weights it never shaped. Said at set-up, before training."""
         n, schedule = self.schedule.update_every_n_steps, self.schedule
-        if n is None or schedule.sparsify_epochs == 0 or schedule.prune_events > 1:  # (it updates between events)
+        if n is None or schedule.sparsify_epochs == 0:
             return
         first = schedule.warmup_epochs * steps_per_epoch  # the phase's steps: first + 1 .. last
         last = first + schedule.sparsify_epochs * steps_per_epoch
         if last // n == first // n:
+            # with several prune events it updates between them too: the first event is the one unshaped
+            never = ("it would never update, and what it prunes" if schedule.prune_events == 1 else
+                     "it would not update before its first prune event, and what that event prunes")
             warnings.warn(
                 f"pruning method {self.method.name!r} updates every {n} optimizer steps "
                 f"(schedule.update_every_n_steps), but its sparsify phase is steps {first + 1}-{last} "
-                f"({schedule.sparsify_epochs} epoch(s) of {steps_per_epoch}), with no multiple of {n}: it would never "
-                f"update, and what it prunes would not be what it learned. Lower schedule.update_every_n_steps (to "
+                f"({schedule.sparsify_epochs} epoch(s) of {steps_per_epoch}), with no multiple of {n}: {never} "
+                f"would not be what it learned. Lower schedule.update_every_n_steps (to "
                 f"{last - first} or less) or lengthen the sparsify phase.", stacklevel=2)
 
     def _planned_updates(self, steps_per_epoch: int | None) -> int | None:

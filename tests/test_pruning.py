@@ -1060,3 +1060,16 @@ def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_at_set_up(tmp_pa
         warnings.filterwarnings("error", message=".*would never update")
         trainer(tmp_path, [pruning], 3).fit(TinyClassifier(), loader())
     assert pruning.engine.last_update_step == 8
+
+
+def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_with_several_prune_events_too(tmp_path):
+    """With several prune events the method updates between them, so the warning was skipped; but
+    the first event then prunes from weights the method never shaped (steps 5-8, every 25)."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=25,
+                               prune_events=2)
+    pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match=r"sparsify phase is steps 5-8 \(1 epoch\(s\) of 4\), with no multiple of "
+                                         r"25: it would not update before its first prune event"):
+        trainer(tmp_path, [pruning], schedule.total_epochs).fit(TinyClassifier(), loader())
+    assert pruning.engine.last_update_step == -1 and pruning.engine.done
