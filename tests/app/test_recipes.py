@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_ssr.app.cli import compose_config, run
+from lightning_ssr.app.cli import compose_config, finished_before, run
 from lightning_ssr.app.data import _InMemoryImages
 from lightning_ssr.app.models import build_model
 from lightning_ssr.app.recipes.adaptation import DANN, DomainAdaptationData, reverse_gradient
@@ -73,9 +73,14 @@ def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_pat
 def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     common = ["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1", "transfer.source.batch_size=512",
               f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.3", "transfer.freeze=[conv1]", *TINY]
-    kept = run(compose_config(common), tmp_path / "frozen")
+    given = compose_config(common)
+    kept = run(given, tmp_path / "frozen")
     conv1 = next(layer for layer in kept.layers if layer["name"] == "model.conv1")
     assert conv1["after"] == conv1["before"] == 20 and kept.config["transfer"]["frozen"] == ["conv1"]
+    # the frozen layers joined ignored_layers in the run's own copy: the given configuration, and
+    # result.json's record of it, stay as given, so that a sweep run again skips this run
+    assert given == compose_config(common) and kept.config["cli"]["pruning"]["ignored_layers"] == []
+    assert finished_before(compose_config(common), tmp_path / "frozen") is not None
     pruned = run(compose_config([*common, "transfer.prune_frozen=true"]), tmp_path / "pruned")
     assert next(layer for layer in pruned.layers if layer["name"] == "model.conv1")["after"] < 20
 

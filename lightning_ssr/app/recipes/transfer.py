@@ -80,6 +80,7 @@ def check_transfer(cfg: DictConfig) -> None:
 def run_transfer(cfg: DictConfig, output_dir: str | Path):
     """The transfer job (see the module docstring). Returns the :class:`PruningResult`."""
     output_dir = Path(output_dir)
+    given, cfg = cfg, copy.deepcopy(cfg)  # (frozen layers join the copy's ignored_layers; result.json records the given)
     with stages.before_training():
         check_transfer(cfg)
         # the network's names; "model.conv1" (a name of the training module) means conv1 too
@@ -126,6 +127,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
     }
     result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s)
+    # as given, so that a sweep run again finds this run finished (the frozen layers are config["transfer"]'s)
+    result.config["cli"] = OmegaConf.to_container(given, resolve=True)
     return result
 
 
