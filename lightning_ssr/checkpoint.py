@@ -135,7 +135,8 @@ def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | 
 
 def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], model: nn.Module):
     """Map the plan's layer names and the state-dict keys onto ``model``: strip a common prefix
-    (e.g. ``"model."``) when the checkpoint was saved from the module that holds ``model``."""
+    (e.g. ``"model."``) when the checkpoint was saved from the module that holds ``model``, add
+    the one of the network inside ``model`` when it was saved from that network."""
     names = {n for n, _ in model.named_modules()}
     roots = list(plan.kept)
     if all(r in names for r in roots):
@@ -146,6 +147,10 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
             if all(r.startswith(prefix) and r[len(prefix):] in names for r in roots):
                 sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
                 return plan.renamed(lambda r, p=prefix: r.removeprefix(p)), sd
+    # saved from the network that ``model`` holds (save_pruned(net, ...) loaded into its LightningModule)
+    for prefix in sorted({n[: -len(roots[0])] for n in names if n.endswith("." + roots[0])}):
+        if all(prefix + r in names for r in roots):
+            return plan.renamed(lambda r, p=prefix: p + r), {prefix + k: v for k, v in state_dict.items()}
     raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
                             "not have (with or without a common prefix): it was saved from another architecture")
 
@@ -169,7 +174,8 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
 
     ``checkpoint`` is a path or an already loaded mapping in the format above (a Lightning
     checkpoint or the CLI's ``pruned.pt``). ``model`` may be the LightningModule or the
-    network inside it: a prefix such as ``"model."`` is stripped. If anything fails (another
+    network inside it: a prefix such as ``"model."`` is stripped or added. A model already
+    pruned with this plan (or with an earlier plan of the same fit) takes the rest of it. If anything fails (another
     architecture, missing keys, a damaged file), the error says so and ``model`` is left
     exactly as it was.
     """
@@ -185,8 +191,7 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
     try:
         if data is not None:
             plan, state_dict = _relative_to(PruningPlan.from_dict(data), state_dict, model)
-            apply_plan(model, plan)
-            setattr(model, APPLIED_PLAN_ATTR, plan.to_dict())
+            rebuild_to(model, plan)  # (a model this plan, or an earlier one of it, pruned already: the rest)
         else:
             state_dict = _strip_key_prefix(state_dict, model)
         model.load_state_dict(state_dict, strict=strict)

@@ -94,6 +94,27 @@ def test_load_pruned_into_a_fresh_module_or_the_bare_network(pruned_checkpoint):
     assert getattr(module, APPLIED_PLAN_ATTR) == applied
 
 
+def test_load_pruned_again_into_a_pruned_model_and_from_the_bare_network_into_its_module(pruned_checkpoint, tmp_path):
+    """Loading a checkpoint into a model it pruned already said "the pruning plan expects 32 channels
+    in 'conv1', the model has 9; ... another architecture or width?"; and one saved from the bare
+    network (save_pruned(net, ...)) did not load into the LightningModule that holds it."""
+    path, x, expected = pruned_checkpoint
+    module = load_pruned(LitNet(), path)
+    with torch.no_grad():
+        module.net.fc2.bias.add_(1.0)  # (loaded again: the checkpoint's weights come back)
+    assert load_pruned(module, path) is module
+    net = SmallResidualCNN()
+    save_pruned(net, tmp_path / "bare.pt", prune_oneshot(net, x, {"macs": 0.3}))
+    from_bare = load_pruned(LitNet(), tmp_path / "bare.pt")
+    with torch.no_grad():
+        assert torch.equal(module.eval()(x), expected) and torch.equal(from_bare.eval()(x), net.eval()(x))
+    # a model pruned by something else than this plan: the message says what to do
+    other = LitNet()
+    prune_oneshot(other.net, x, {"macs": 0.2})
+    with pytest.raises(PlanMismatchError, match="was the model pruned already"):
+        load_pruned(other, path)
+
+
 @pytest.mark.parametrize("kept", [0.0, 0.001, 0.5, 0.99])
 def test_a_truncated_checkpoint_is_named_by_load_from_checkpoint_and_by_a_resumed_fit(pruned_checkpoint, tmp_path,
                                                                                       kept):

@@ -39,8 +39,10 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
                 f"(prunable: {[g.name for g in groups]}); was the plan made for another architecture?")
         g = by_member[name]
         if sizes is not None and sizes.get(name, g.size) != g.size:
+            pruned = ("; or was the model pruned already (load into a freshly constructed one)"
+                      if g.size < sizes[name] else "")
             raise PlanMismatchError(f"the pruning plan expects {sizes[name]} channels in '{name}', the model "
-                                    f"has {g.size}; was the plan made for another architecture or width?")
+                                    f"has {g.size}; was the plan made for another architecture or width{pruned}?")
         ids = list(idx)
         if not ids:
             raise PlanMismatchError(f"the pruning plan keeps no channel of '{name}'; at least one must stay")
