@@ -319,7 +319,21 @@ REFUSED_AT_SETUP = [
      "failed in allocation_scores(), rehearsed at set-up"),
     ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
+    # it said "rebuilding the pruned model failed (output 0 differs ... by nan) ... Pass these layers in ignored_layers"
+    ("infinite_weight", lambda: _with(SmallResidualCNN(), "conv_a.weight", float("inf")),
+     lambda: Pruning("l1", target={"macs": 0.5}, **ONESHOT), ValueError,
+     "the model's net.conv_a.weight holds NaN or infinity: the training diverged"),
+    ("infinite_running_variance", lambda: _with(SmallResidualCNN(), "bn_a.running_var", float("inf")),
+     lambda: Pruning("ssr_l20", target={"macs": 0.5}, **SSR), ValueError,
+     "the model's net.bn_a.running_var holds NaN or infinity"),
 ]
+
+
+def _with(net: nn.Module, name: str, value: float) -> nn.Module:
+    """``net`` with one element of its tensor ``name`` set to ``value``."""
+    with torch.no_grad():
+        dict([*net.named_parameters(), *net.named_buffers()])[name].view(-1)[0] = value
+    return net
 
 
 @pytest.mark.parametrize("case", REFUSED_AT_SETUP, ids=[c[0] for c in REFUSED_AT_SETUP])

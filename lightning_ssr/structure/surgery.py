@@ -256,6 +256,21 @@ def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Seque
     return bad
 
 
+def check_finite(model: nn.Module) -> None:
+    """Refuse a model whose parameters or normalization statistics hold NaN or infinity (a training
+    that diverged, a bad initialization) with ``ValueError`` naming them: its outputs are not
+    finite, so no rebuild can be checked against them, and its channel scores say nothing."""
+    tensors = [(n, p) for n, p in model.named_parameters()]
+    tensors += [(n, b) for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    bad = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
+    if bad:
+        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"the model's {names} {'holds' if len(bad) == 1 else 'hold'} NaN or infinity: the "
+                         "training diverged or the weights were loaded wrong, and a model whose outputs are not "
+                         "finite cannot be pruned (nor its rebuild checked). Lower the learning rate, or start from "
+                         "a checkpoint whose weights are finite")
+
+
 def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
                    sizes: Mapping[str, int] | None = None, _diagnose: bool = True) -> dict[str, torch.Tensor]:
     """Physically remove every channel not in ``kept[group root]``; other groups stay whole.
@@ -270,6 +285,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     whose tensor was replaced, the flat indices (into the old tensor) of the elements it kept,
     shaped like the new tensor: ``new = old.flatten()[remap[name]]``.
     """
+    check_finite(model)
     graph = build_dependency_graph(model, example_inputs)
     unsupported = {}  # groups the engine cannot cut: an error where the plan cuts one
     groups = find_channel_groups(model, example_inputs, graph=graph, check=False, unsupported=unsupported)

@@ -96,3 +96,20 @@ def test_tf32_sized_errors_pass_the_float64_check_but_not_a_wrong_mapping():
         rebuilt.stem.weight[[0, 1]] = rebuilt.stem.weight[[1, 0]].clone()
     with pytest.raises(AssertionError, match="outputs differ"):
         assert_same_function(model, rebuilt, x)
+
+
+def test_a_model_with_nan_weights_is_refused_by_name_before_anything_changes():
+    """prune_oneshot (and the engine's dry run and prunes) said "rebuilding the pruned model failed
+    (... differs ... by nan) ... Pass these layers in ignored_layers", which led nowhere."""
+    from lightning_ssr import prune_oneshot
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^the model's fc1.weight holds NaN or infinity: the training diverged"):
+        prune_oneshot(model, torch.randn(2, 3, 16, 16), {"macs": 0.5})
+    after = model.state_dict()
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
+    assert model.conv_a.out_channels == 12
