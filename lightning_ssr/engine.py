@@ -377,6 +377,7 @@ class PruningEngine:
         self.result: PruningResult | None = None
         self.events_done = 0
         self.last_update_step = -1
+        self._updates_judged = False  # the set-up knew the epoch length, and warned of a phase without an update
         self.dense: DenseState | None = None
         self._events: list[dict] = []
         self._trajectory: list[dict] = []
@@ -729,6 +730,7 @@ class PruningEngine:
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
         if rehearse and self.method.sparsifies and steps_per_epoch and world.rank == 0:
             self._warn_if_never_updated(steps_per_epoch)
+        self._updates_judged = self._updates_judged or bool(steps_per_epoch)
         if rehearse:
             rehearsed = time.perf_counter()
             try:
@@ -957,6 +959,14 @@ class PruningEngine:
         ctx = self._context
         example = self.example.to(next(model.parameters()).device)
         keep = ctx.keep
+        if (self.events_done == 0 and self.method.sparsifies and self._started and self.last_update_step < 0
+                and self.schedule.update_every_n_steps is not None and not self._updates_judged and world.rank == 0):
+            warnings.warn(  # (a loop that gave on_batch_start no steps_per_epoch: the set-up could not tell)
+                f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
+                f"once (every {self.schedule.update_every_n_steps} optimizer steps, schedule.update_every_n_steps): "
+                "what it prunes is not what it learned. Lower schedule.update_every_n_steps or lengthen the sparsify "
+                "phase; pass steps_per_epoch=len(loader) to on_batch_start() to be told before training.",
+                stacklevel=2)
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)

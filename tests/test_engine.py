@@ -4,6 +4,7 @@ plan and the same weights as the Pruning callback inside Trainer.fit on the same
 import re
 import subprocess
 import sys
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -78,18 +79,20 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
 
 
-def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1):
+def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, steps_per_epoch=4):
     """The README's hand-written loop, leaving out the driver calls named in ``skip``; with
     ``accumulate`` > 1, one optimizer step every that many batches."""
     torch.manual_seed(0)
     model = SmallResidualCNN(in_channels=3, num_classes=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
+    if schedule is None:
+        schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
     engine = PruningEngine(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
     step = 0
     for epoch in range(schedule.total_epochs if epochs is None else epochs):
         for i, (x, y) in enumerate(DataLoader(_data(), batch_size=16)):
-            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer],
+                                  steps_per_epoch=steps_per_epoch)
             F.cross_entropy(model(x), y).backward()
             if (i + 1) % accumulate == 0:
                 if "term" not in skip:
@@ -118,6 +121,24 @@ def test_a_loop_that_leaves_out_a_driver_call_is_told_which_and_where():
 def test_a_loop_that_accumulates_gradients_calls_the_term_once_per_optimizer_step():
     engine, result = _loop(accumulate=2)
     assert result is not None and engine.done and engine.last_update_step > 0
+
+
+def test_a_sparsify_phase_without_an_update_is_warned_of_at_set_up_or_else_at_the_prune():
+    """The README's loop gave on_batch_start no steps_per_epoch, so the set-up could not judge the
+    phase: SSR pruned after 4 steps with updates every 25, never updated, and nothing was said."""
+    rare = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=25)
+    with pytest.warns(UserWarning, match=r"'ssr_l20' prunes at step 4 without having run its periodic update once "
+                                         r"\(every 25 optimizer steps"):
+        engine, result = _loop(schedule=rare, steps_per_epoch=None)
+    assert engine.last_update_step == -1 and result is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _loop(schedule=rare)  # (told at set-up, with the phase's steps, and not again at the prune)
+    said = [str(w.message) for w in caught]
+    assert sum("it would never update" in m for m in said) == 1 and not any("without having run" in m for m in said)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*without having run its periodic update")
+        _loop(steps_per_epoch=None)  # (updates every 2 steps: nothing to say)
 
 
 def test_finish_warns_of_a_training_that_ended_before_the_prune():
