@@ -111,7 +111,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as err:  # zip/pickle errors differ by how the file is damaged
         if _head(path)[:1] in (b"{", b"["):
             why = _JSON_WHY
-        elif "Weights only load failed" in str(err):
+        elif "Weights only load failed" in str(err) and (_head(path)[:2] == b"PK" or _head(path)[:1] == b"\x80"):
+            # (a zip, torch's format, or a pickle: a file torch wrote, with objects it will not unpickle)
             why = ("it holds objects other than tensors and plain data (a whole module saved with torch.save(model)?), "
                    "which torch.load(weights_only=True) does not unpickle: save the module's state_dict, or "
                    "lightning_ssr.save_pruned(module, path, plan)")
@@ -184,7 +185,11 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
         source = repr(str(checkpoint))
         checkpoint = read_checkpoint(checkpoint)
     if "state_dict" not in checkpoint:
-        raise CheckpointReadError(f"{source} has no 'state_dict' entry (keys: {sorted(checkpoint)[:6]})")
+        bare = bool(checkpoint) and all(torch.is_tensor(v) for v in checkpoint.values())
+        why = (": it is a bare state_dict (torch.save(model.state_dict())), which holds no pruning plan to rebuild "
+               "the pruned shapes from. Save a pruned model with lightning_ssr.save_pruned(model, path, plan) (the "
+               "plan: prune_oneshot's return value, or the callback's or engine's .plan)" if bare else "")
+        raise CheckpointReadError(f"{source} has no 'state_dict' entry (keys: {sorted(checkpoint)[:6]}){why}")
     state_dict = checkpoint["state_dict"]
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
     snapshot = snapshot_modules(model)

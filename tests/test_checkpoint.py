@@ -188,6 +188,15 @@ def test_unreadable_checkpoints_name_the_file(tmp_path):
         read_checkpoint(tmp_path / "list.pt")
     with pytest.raises(CheckpointReadError, match="no 'state_dict'"):
         load_pruned(build_model("lenet5"), {"pruning_plan": None})
+    # a file of random bytes was taken for "a whole module saved with torch.save(model)?"
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 2)
+    with pytest.raises(CheckpointReadError, match="noise.pt' is unreadable: it is truncated, corrupted or not a torch"):
+        read_checkpoint(tmp_path / "noise.pt")
+    # a bare state_dict of a pruned model: what it lacks, and how to save one that loads
+    torch.save(build_model("lenet5").state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(CheckpointReadError, match=r"plain.pt' has no 'state_dict' entry \(keys: .*\): it is a bare "
+                                                  r"state_dict .* no pruning plan .* lightning_ssr.save_pruned"):
+        load_pruned(build_model("lenet5"), tmp_path / "plain.pt")
 
 
 def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):

@@ -67,6 +67,9 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     by default, or ``"global"``) and ``round_to`` (by default 8 on CUDA, 1 elsewhere) are those of
     :class:`~lightning_ssr.targets.Budget`. For a latency target, ``report`` (a dict) receives the
     dense, uncalibrated, predicted and calibration timings in milliseconds."""
+    if not torch.is_tensor(example_inputs):
+        raise TypeError(f"prune_oneshot: example_inputs must be one input tensor (a batch the model's forward takes), "
+                        f"got {type(example_inputs).__name__}")
     if isinstance(target, (str, list, tuple)):
         target = Target(rates=target)
     budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio, allocation=allocation,

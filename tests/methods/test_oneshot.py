@@ -84,6 +84,9 @@ def test_prune_oneshot_meets_a_fraction_target_and_its_plan_replays():
     assert {n: p.shape for n, p in fresh.named_parameters()} == {n: p.shape for n, p in model.named_parameters()}
     with pytest.raises(ValueError, match="too small"):
         prune_oneshot(build_model("lenet5"), x, {"macs": 0.01}, max_pruning_ratio=0.5)
+    # a list of inputs was torch's "conv2d() received an invalid combination of arguments"
+    with pytest.raises(TypeError, match="prune_oneshot: example_inputs must be one input tensor .*, got list"):
+        prune_oneshot(build_model("lenet5"), [x], {"macs": 0.3})
 
 
 def test_oneshot_method_settings():
