@@ -149,9 +149,14 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
                 sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
                 return plan.renamed(lambda r, p=prefix: r.removeprefix(p)), sd
     # saved from the network that ``model`` holds (save_pruned(net, ...) loaded into its LightningModule)
-    for prefix in sorted({n[: -len(roots[0])] for n in names if n.endswith("." + roots[0])}):
-        if all(prefix + r in names for r in roots):
-            return plan.renamed(lambda r, p=prefix: p + r), {prefix + k: v for k, v in state_dict.items()}
+    holders = sorted(p for p in {n[: -len(roots[0])] for n in names if n.endswith("." + roots[0])}
+                     if all(p + r in names for r in roots))
+    if len(holders) == 1:
+        return plan.renamed(lambda r, p=holders[0]: p + r), {holders[0] + k: v for k, v in state_dict.items()}
+    if holders:
+        raise PlanMismatchError(f"the checkpoint was saved from a network that this model holds {len(holders)} times "
+                                f"({', '.join(h.rstrip('.') for h in holders)}): load it into the one it belongs to, "
+                                f"e.g. load_pruned(model.{holders[0].rstrip('.')}, path)")
     raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
                             "not have (with or without a common prefix): it was saved from another architecture")
 

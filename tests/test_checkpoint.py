@@ -108,6 +108,12 @@ def test_load_pruned_again_into_a_pruned_model_and_from_the_bare_network_into_it
     from_bare = load_pruned(LitNet(), tmp_path / "bare.pt")
     with torch.no_grad():
         assert torch.equal(module.eval()(x), expected) and torch.equal(from_bare.eval()(x), net.eval()(x))
+    # a module that holds the network twice: which one is not guessed
+    twice = LitNet()
+    twice.ema_net = SmallResidualCNN()
+    with pytest.raises(PlanMismatchError, match=r"holds 2 times \(ema_net, net\): load it into the one it belongs "
+                                                r"to, e.g. load_pruned\(model.ema_net, path\)"):
+        load_pruned(twice, tmp_path / "bare.pt")
     # a model pruned by something else than this plan: the message says what to do
     other = LitNet()
     prune_oneshot(other.net, x, {"macs": 0.2})
