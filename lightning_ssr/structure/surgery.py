@@ -262,13 +262,16 @@ def check_finite(model: nn.Module) -> None:
     finite, so no rebuild can be checked against them, and its channel scores say nothing."""
     tensors = [(n, p) for n, p in model.named_parameters()]
     tensors += [(n, b) for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
-    bad = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
-    if bad:
-        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"the model's {names} {'holds' if len(bad) == 1 else 'hold'} NaN or infinity: the "
-                         "training diverged or the weights were loaded wrong, and a model whose outputs are not "
-                         "finite cannot be pruned (nor its rebuild checked). Lower the learning rate, or start from "
-                         "a checkpoint whose weights are finite")
+    tensors = [(n, t.detach()) for n, t in tensors if t.is_floating_point() and t.numel()]
+    flags = [torch.isfinite(t).all() for _, t in tensors]
+    if not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+        return  # (one wait for an accelerator, not one per tensor)
+    bad = [n for (n, _), finite in zip(tensors, flags, strict=True) if not bool(finite)]
+    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise ValueError(f"the model's {names} {'holds' if len(bad) == 1 else 'hold'} NaN or infinity: the training "
+                     "diverged or the weights were loaded wrong, and a model whose outputs are not finite cannot be "
+                     "pruned (nor its rebuild checked). Lower the learning rate, or start from a checkpoint whose "
+                     "weights are finite")
 
 
 def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
