@@ -1045,6 +1045,9 @@ def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp
     mine = average.module.state_dict()
     assert pruned.keys() <= mine.keys() and any(k.startswith("model.") for k in pruned)
     assert all(torch.equal(pruned[k], mine[k].to(pruned[k].device)) for k in pruned)  # the run ended with it
+    # its checkpoints keep the decay (a resume with another is refused at set-up)
+    (ckpt,) = sorted(tmp_path.glob("**/checkpoints/*.ckpt"))[-1:]
+    assert read_checkpoint(ckpt)["callbacks"]["EMAWeightAveraging"]["decay"] == 0.9
 
 
 def test_sigterm_outside_a_trainers_run_is_told_and_recorded_and_inside_one_lightning_stops_the_batch(
