@@ -484,6 +484,8 @@ class PruningEngine:
                 self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
             self._setup_evaluate = evaluate or self.evaluate
             self._setup_method(model, world, steps_per_epoch, self._setup_evaluate)
+            if self.events_done == 0 and world.rank == 0:
+                _warn_of_parameters_no_optimizer_holds(model, optimizers, self._context.groups)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once
@@ -730,6 +732,7 @@ class PruningEngine:
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
         if rehearse and self.method.sparsifies and steps_per_epoch and world.rank == 0:
             self._warn_if_never_updated(steps_per_epoch)
+        # (a resumed fit does not rehearse, nor warn: its first fit judged the phase at its own set-up)
         self._updates_judged = self._updates_judged or bool(steps_per_epoch)
         if rehearse:
             rehearsed = time.perf_counter()
@@ -1117,6 +1120,26 @@ class PruningEngine:
             return {**self._costs, **self._prune_timing, "fit_s": now}
         self._prune_timing = {"last_prune_s": now}
         return {**self._costs, **self._prune_timing}
+
+
+def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                                          groups: Sequence[ChannelGroup]) -> None:
+    """Trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
+    them) that none of ``optimizers`` holds: the prune replaces their tensors and moves only the
+    given optimizers onto the new ones, so an optimizer not given (a hand-written loop's) would go
+    on stepping the old tensors and train nothing from then on, without a word. Parameters the
+    prune leaves alone (a teacher or a moving-average copy held as a submodule) are not its concern."""
+    cut = {s.param for g in groups for s in (*g.slices, *g.inputs)}
+    held = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
+    loose = [name for name, p in model.named_parameters() if name in cut and p.requires_grad and id(p) not in held]
+    if loose:
+        names = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        warnings.warn(
+            f"PruningEngine: the model's {names} {'requires' if len(loose) == 1 else 'require'} grad but "
+            f"{'is' if len(loose) == 1 else 'are'} in none of the {len(optimizers)} optimizer(s) given (under "
+            "Lightning: those configure_optimizers returns): a prune replaces the tensors of the layers it cuts and "
+            "moves only the given optimizers onto the new ones. If an optimizer not given trains them, pass it too "
+            "(optimizers=[...]); if nothing trains them, set requires_grad=False on them.", stacklevel=4)
 
 
 def steps_per_epoch(batches, accumulate: int = 1) -> int | None:

@@ -409,3 +409,38 @@ def test_a_module_with_extra_state_is_not_taken_for_a_changed_model():
 
     engine = _set_up("l1", model=Tagged())
     assert engine.dense is not None and engine._costs["rehearsal_s"] > 0
+
+
+def test_trainable_parameters_no_given_optimizer_holds_are_warned_of_at_set_up():
+    """An optimizer not given to the engine (the head's own) went on stepping the old tensors after
+    the prune replaced them: the head stopped training, without a word. (fc2.bias is not named: the
+    prune leaves it as it is.)"""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    body = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("fc")], lr=0.05)
+    engine = PruningEngine("l1", target={"macs": 0.5}, verbose=False)
+    x = torch.randn(4, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"^PruningEngine: the model's fc1.weight, fc1.bias, fc2.weight require "
+                                         r"grad but are in none of the 1 optimizer\(s\) given \(under Lightning: "
+                                         r"those configure_optimizers returns\): a prune replaces the tensors"):
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[body])
+    # every trainable parameter the prune replaces held, one nothing trains marked so, and a
+    # teacher held as a submodule (trainable, never optimized, never cut): nothing to say
+    other = StudentAndTeacher()
+    other.student.fc2.requires_grad_(False)
+    held = torch.optim.SGD([p for p in other.student.parameters() if p.requires_grad], lr=0.05)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="PruningEngine: the model's")
+        engine = PruningEngine("l1", target={"macs": 0.8}, verbose=False, ignored_layers=["teacher"])
+        engine.on_batch_start(other, x, epoch=0, step=0, optimizers=[held])
+    assert other.student.conv_a.out_channels < 12 == other.teacher.conv_a.out_channels  # (l1 prunes at once)
+
+
+class StudentAndTeacher(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.student = SmallResidualCNN(in_channels=3, num_classes=5)
+        self.teacher = SmallResidualCNN(in_channels=3, num_classes=5)
+
+    def forward(self, x):
+        return self.student(x) + 0 * self.teacher(x)
