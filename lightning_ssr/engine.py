@@ -62,6 +62,7 @@ from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_l
 from .structure.groups import ChannelGroup, ForwardError, UnsupportedLayerError, align_blocks, find_channel_groups
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
+    check_remappable,
     dry_run,
     model_copy,
     prune_channels,
@@ -477,6 +478,7 @@ class PruningEngine:
         if self._start_time is None:
             self.start()
         if self._context is None:
+            check_remappable(optimizers)
             if self.schedule.restart_lr:
                 check_restartable(schedulers)
             if self.target is not None and self.target.kind == "latency":  # real inputs to time on

@@ -329,6 +329,26 @@ REFUSED_AT_SETUP = [
 ]
 
 
+@pytest.mark.parametrize("make", [lambda p: torch.optim.Adafactor(p, lr=0.01), lambda p: torch.optim.LBFGS(p, lr=0.1)],
+                         ids=["adafactor", "lbfgs"])
+def test_an_optimizer_whose_state_a_prune_cannot_slice_is_refused_before_the_first_step(tmp_path, make):
+    """Adafactor's factored moments and LBFGS's flat history stayed at the dense sizes: the whole
+    sparsify phase ran, then the first step after the prune failed in torch with a size mismatch."""
+
+    class Other(Lit):
+        def configure_optimizers(self):
+            return make(self.parameters())
+
+    torch.manual_seed(0)
+    model = Other(SmallResidualCNN())
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [Pruning("ssr_l20", target={"macs": 0.5}, **SSR)])
+    with pytest.raises(TypeError, match=r"optimizer (Adafactor|LBFGS) keeps state that is not shaped like each "
+                                        r"parameter \(factored or flat\), which a prune cannot slice"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def _with(net: nn.Module, name: str, value: float) -> nn.Module:
     """``net`` with one element of its tensor ``name`` set to ``value``."""
     with torch.no_grad():

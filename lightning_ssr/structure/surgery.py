@@ -381,6 +381,22 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 
+#: torch's optimizers whose state is not shaped like each parameter (Adafactor's factored row and
+#: column moments, LBFGS's flat history of all parameters), which a prune cannot slice
+UNSLICEABLE_OPTIMIZERS = tuple(c for c in (getattr(torch.optim, n, None) for n in ("LBFGS", "Adafactor")) if c)
+
+
+def check_remappable(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Refuse, before training, an optimizer whose state a prune cannot slice onto the smaller
+    tensors (:data:`UNSLICEABLE_OPTIMIZERS`); one of another library is checked state by state
+    at the prune (:func:`remap_optimizer`)."""
+    for optimizer in optimizers:
+        if isinstance(optimizer, UNSLICEABLE_OPTIMIZERS):
+            raise TypeError(f"optimizer {type(optimizer).__name__} keeps state that is not shaped like each parameter "
+                            "(factored or flat), which a prune cannot slice onto the smaller tensors: use an optimizer "
+                            "whose state is per element (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, RAdam, ...)")
+
+
 def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, nn.Parameter],
                     new_params: Mapping[str, nn.Parameter], remap: Mapping[str, torch.Tensor]) -> int:
     """Point ``optimizer`` at the rebuilt parameters, slicing its state to the kept elements.
@@ -404,6 +420,12 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, n
                     if torch.is_tensor(value) and value.shape == p.shape and index is not None:
                         state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone(
                             memory_format=memory_format_of(value))
+                    elif torch.is_tensor(value) and value.dim() > 0 and index is not None:
+                        raise ValueError(
+                            f"optimizer {type(optimizer).__name__} keeps state {key!r} of {name} in shape "
+                            f"{tuple(value.shape)}, not the parameter's {tuple(p.shape)}: the prune cannot slice it "
+                            "onto the smaller tensor. Use an optimizer whose state is per element (SGD, Adam, AdamW, "
+                            "RMSprop, ...)")
                 optimizer.state[new] = state
             group["params"][i] = new
             swapped += 1

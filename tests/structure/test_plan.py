@@ -132,6 +132,25 @@ def test_a_plan_that_does_not_continue_another_is_refused(kept, sizes, match):
         PruningPlan([1, 1, 28, 28], kept, sizes).after(first)
 
 
+def test_optimizer_state_not_shaped_like_its_parameter_is_refused_by_name():
+    """An optimizer of another library whose state is factored (per row, per column) was kept at the
+    dense size: the first step after the prune failed in the optimizer with a size mismatch."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.randn(8, 3, 16, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(x), torch.randint(0, 5, (8,))).backward()
+    opt.step()
+    opt.state[model.conv_a.weight]["row_moment"] = torch.zeros(12, 1)  # (as a factored optimizer keeps)
+    groups = find_channel_groups(model, x)
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    old = dict(model.named_parameters())
+    remap = prune_channels(model, x, kept)
+    with pytest.raises(ValueError, match=r"optimizer SGD keeps state 'row_moment' of conv_a.weight in shape \(12, 1\), "
+                                         r"not the parameter's \(12, 8, 3, 3\): the prune cannot slice it"):
+        remap_optimizer(opt, old, dict(model.named_parameters()), remap)
+
+
 @pytest.mark.parametrize("make_opt", [
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
