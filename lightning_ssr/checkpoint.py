@@ -215,10 +215,21 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping) -> None:
     """Rebuild ``module`` into the shapes of the plan stored in ``checkpoint``, if any, before its
     weights load. A module already rebuilt with the same plan is left alone; one rebuilt with an
     earlier plan that the checkpoint's continues (a later pruning fit of it) takes the rest
-    (:meth:`PruningPlan.after`); any other plan is refused."""
+    (:meth:`PruningPlan.after`); any other plan is refused, and so is a checkpoint of other shapes
+    without a plan (the dense model's) for a module already pruned."""
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
     if data is not None:
         rebuild_to(module, PruningPlan.from_dict(data))
+    elif applied_plan(module) is not None:  # a pruned module, a checkpoint without a plan: from before the prune?
+        own = module.state_dict()
+        other = next(((k, v) for k, v in (checkpoint.get("state_dict") or {}).items()
+                      if k in own and torch.is_tensor(v) and v.shape != own[k].shape), None)
+        if other is not None:  # (torch would load the tensors whose shapes match, then fail)
+            raise PlanMismatchError(
+                f"the checkpoint holds no pruning plan and other shapes than this pruned module ({other[0]}: "
+                f"{tuple(other[1].shape)}, the module's {tuple(own[other[0]].shape)}): it was saved before the prune "
+                "(the dense model). Load it into a freshly constructed module, e.g. "
+                "trainer.validate(YourModule(), ckpt_path=...)")
 
 
 def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
