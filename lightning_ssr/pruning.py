@@ -337,6 +337,16 @@ class Pruning(Callback):
                 f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
                 f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
                 "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
+        monitors = [cb.monitor for cb in trainer.checkpoint_callbacks
+                    if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None]
+        if self.schedule.finetune_epochs == 0 and monitors:
+            # the last prune comes at the end of the fit, after its last validation and before
+            # ModelCheckpoint saves: the pruned model is saved, ranked by the dense model's score
+            rank_zero_warn(
+                f"the schedule ends with the prune (finetune_epochs=0): ModelCheckpoint(monitor={monitors[0]!r}) saves "
+                "the pruned model at the end of the fit with the score of the last validation, which ran on the dense "
+                "model. Validate the pruned model after the fit (trainer.validate(module, ...)), or fine-tune at "
+                "least one epoch (finetune_epochs >= 1), so that it is validated before it is ranked.")
         # per fit; Lightning restores the callback's state after set-up
         self._short_fit = self._restored = self._resume_checked = self._train_ended = False
         if trainer.global_step == 0 and not self.engine.fresh:

@@ -352,6 +352,26 @@ class ScoredClassifier(TinyClassifier):
         self.log("test_loss", F.cross_entropy(self(batch[0]), batch[1]))
 
 
+def test_a_schedule_ending_with_the_prune_warns_that_the_checkpoint_is_ranked_by_the_dense_score(tmp_path):
+    """With finetune_epochs=0 the prune comes after the fit's last validation and before
+    ModelCheckpoint saves: the pruned model was saved as "best" with the dense model's score."""
+    pl.seed_everything(0)
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=0),
+                      verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="score", mode="max")
+    with pytest.warns(UserWarning, match=r"ends with the prune \(finetune_epochs=0\): ModelCheckpoint\(monitor='score'\) "
+                                         r"saves the pruned model .* score of the last validation, which ran on the "
+                                         r"dense model"):
+        trainer(tmp_path, [pruning, ckpt], 1).fit(ScoredClassifier(), loader(), loader())
+    assert pruning.engine.done
+    later = Pruning("l1", target={"filters": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1),
+                    verbose=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ends with the prune")
+        trainer(tmp_path, [later, ModelCheckpoint(dirpath=tmp_path / "other", monitor="score", mode="max")], 2).fit(
+            ScoredClassifier(), loader(), loader())
+
+
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # the fresh Trainers lack ModelCheckpoint
 @pytest.mark.parametrize("save_top_k", [1, 2, -1])
 def test_model_checkpoint_ranks_the_pruned_models_checkpoints_so_that_best_loads(tmp_path, save_top_k):
