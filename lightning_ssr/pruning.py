@@ -301,7 +301,10 @@ class Pruning(Callback):
         if not pl_module.automatic_optimization:
             raise MisconfigurationException(
                 f"{name} adds its training-time term in on_before_optimizer_step and remaps the optimizer at the "
-                "rebuild; it supports automatic optimization only (automatic_optimization=True).")
+                "rebuild; it supports automatic optimization only (automatic_optimization=True). With manual "
+                "optimization, drive lightning_ssr.PruningEngine from training_step yourself (the README's loop: "
+                "on_batch_start before the step, on_before_optimizer_step before each optimizer.step(), on_batch_end "
+                "and on_epoch_end after).")
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and internals.ddp_start_method(strategy) != "popen":
             raise MisconfigurationException(
