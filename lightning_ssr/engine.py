@@ -71,7 +71,7 @@ from .structure.surgery import (
     snapshot_modules,
 )
 from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table, parse_rates
-from .validation import check_flag, check_keywords, keyword_names
+from .validation import check_flag, check_keywords, keyword_names, some_names
 
 #: how far above a latency target the pruned model may run before the engine warns (the timings of
 #: one machine repeat within a few percent with the allocator steadied, not better)
@@ -1135,9 +1135,8 @@ def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequenc
     held = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
     loose = [name for name, p in model.named_parameters() if name in cut and p.requires_grad and id(p) not in held]
     if loose:
-        names = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
         warnings.warn(
-            f"PruningEngine: the model's {names} {'requires' if len(loose) == 1 else 'require'} grad but "
+            f"PruningEngine: the model's {some_names(loose)} {'requires' if len(loose) == 1 else 'require'} grad but "
             f"{'is' if len(loose) == 1 else 'are'} in none of the {len(optimizers)} optimizer(s) given (under "
             "Lightning: those configure_optimizers returns): a prune replaces the tensors of the layers it cuts and "
             "moves only the given optimizers onto the new ones. If an optimizer not given trains them, pass it too "

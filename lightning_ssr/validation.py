@@ -57,6 +57,11 @@ def keyword_names(fn: Callable) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def some_names(names: Sequence[str], most: int = 5) -> str:
+    """``names`` for a message: the first ``most``, then how many more (``"a, b and 3 more"``)."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def closest_name(name: str, names: Iterable[str]) -> str | None:
     """The one of ``names`` that ``name`` most likely misspells (the did-you-mean of every refusal
     of a name), or ``None``."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..modes import eval_mode
+from ..validation import some_names
 from .groups import (
     _NORM,
     ChannelGroup,
@@ -267,8 +268,7 @@ def check_finite(model: nn.Module) -> None:
     if not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
         return  # (one wait for an accelerator, not one per tensor)
     bad = [n for (n, _), finite in zip(tensors, flags, strict=True) if not bool(finite)]
-    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    raise ValueError(f"the model's {names} {'holds' if len(bad) == 1 else 'hold'} NaN or infinity: the training "
+    raise ValueError(f"the model's {some_names(bad)} {'holds' if len(bad) == 1 else 'hold'} NaN or infinity: the training "
                      "diverged or the weights were loaded wrong, and a model whose outputs are not finite cannot be "
                      "pruned (nor its rebuild checked). Lower the learning rate, or start from a checkpoint whose "
                      "weights are finite")
