@@ -112,14 +112,14 @@ def _sensitive_data(n=512, seed=0):
     return TensorDataset(x, (x @ mix.T).argmax(1))
 
 
-def _fit_sensitive(tmp_path, method, allocation, epochs=(12, 10, 2)):
+def _fit_sensitive(tmp_path, method, allocation, epochs=(12, 10, 2), **method_kwargs):
     pl.seed_everything(0)
     data = DataLoader(_sensitive_data(), batch_size=64, shuffle=True)
     model = NetClassifier(Sensitive(), lr=0.05)
     trainer(tmp_path, [], epochs[0]).fit(model, data)  # the dense model
     schedule = PruningSchedule(sparsify_epochs=epochs[1], finetune_epochs=epochs[2], update_every_n_steps=4,
                                stop_early=False)
-    kwargs = {"ssr_l21": {"lam": 1e-3, "rho": 0.5}, "ssr_l20": {"rho": 0.5}}.get(method, {})
+    kwargs = {"ssr_l21": {"lam": 1e-3, "rho": 0.5}, "ssr_l20": {"rho": 0.5}}.get(method, {}) | method_kwargs
     cb = Pruning(method, target={"filters": 0.5}, allocation=allocation, method_kwargs=kwargs, schedule=schedule,
                  verbose=False, example_input=torch.randn(2, 8))
     trainer(tmp_path, [cb], schedule.total_epochs).fit(model, data)
@@ -136,6 +136,18 @@ def test_the_method_keeps_more_of_the_sensitive_layer_than_uniform(tmp_path, met
     event = cb.events[0]
     assert event["allocation"] == "method" and set(event["learned"]) == {"net.narrow", "net.wide"}
     assert cb.result.config["allocation"] == "method"
+
+
+def test_ssr_l20_with_a_ramp_lowers_its_budget_gradually_and_still_learns_the_structure(tmp_path):
+    # without a ramp, L2,0's budget is the target from the first V-step; with one, the kept
+    # filters fall towards it over the ramp's updates, then the target holds
+    _, direct = _fit_sensitive(tmp_path / "d", "ssr_l20", "method")
+    learned, ramped = _fit_sensitive(tmp_path / "r", "ssr_l20", "method", ramp=0.5)
+    kept = [sum(t["kept"].values()) for t in ramped.result.trajectory]
+    assert sum(direct.result.trajectory[0]["kept"].values()) <= 20
+    assert kept[0] > 25 and kept == sorted(kept, reverse=True) and kept[-1] <= 20
+    assert learned["net.narrow"] >= 7 and sum(learned.values()) >= 20 * (1 - 2 * TARGET_TOLERANCE)
+    assert ramped.result.config["method"]["ramp"] == 0.5 and direct.result.config["method"]["ramp"] is None
 
 
 METHODS = {"ssr_l21": {"rho": 0.5}, "ssr_l20": {"rho": 0.5}, "ssl": {"lam": 1e-3}, "bn_scale": {"penalty": 1e-3}}

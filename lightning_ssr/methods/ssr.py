@@ -357,6 +357,8 @@ class SSR(PruningMethod):
       in every LeNet-5 run of the MNIST 40x benchmarks the structure stopped changing within the
       first 750 optimizer steps (of 5150 to 13750; their ``trajectory``), the channels zeroed
       early having lost their value by then.
+      With ``ramp`` the budget of L2,0 falls to the target along L2,1's geometric path instead,
+      so the channels compete at every budget on the way (gradual pruning, not one cut).
 
     With ``allocation="uniform"`` or ``"global"`` the engine fixes the counts at set-up; L2,0's
     V-step then keeps the top-k of each layer (the budget form) and L2,1 keeps the top-k of V.
@@ -372,8 +374,9 @@ class SSR(PruningMethod):
         rho, rho_growth, rho_max: ADMM penalty, its growth factor per update and its cap.
         tol, patience: convergence (:meth:`ready`): relative primal residual below ``tol`` with an
             unchanged support for ``patience`` updates.
-        ramp: the fraction of the sparsify phase's updates over which L2,1's budget falls to the
-            target (``allocation="method"``).
+        ramp: the fraction of the sparsify phase's updates over which the budget falls to the
+            target (``allocation="method"``). ``None`` (the default): 0.5 for L2,1; for L2,0 no
+            ramp, the target from the first V-step.
     """
 
     sparsifies = True
@@ -382,7 +385,8 @@ class SSR(PruningMethod):
 
     def __init__(self, regularizer: str = "l21", lam: float | Mapping[str, float] = 1e-3,
                  lam_scaling: str = "flops", rho: float = 0.1, rho_growth: float = 1.0,
-                 rho_max: float | None = None, tol: float = 1e-3, patience: int = 3, ramp: float = 0.5):
+                 rho_max: float | None = None, tol: float = 1e-3, patience: int = 3,
+                 ramp: float | None = None):
         owner = f"ssr_{regularizer}" if regularizer in REGULARIZERS else "SSR"
         self.regularizer = check_choice(owner, "regularizer", regularizer, REGULARIZERS)
         self.name = f"ssr_{regularizer}"
@@ -396,7 +400,7 @@ class SSR(PruningMethod):
         self.rho_max = check_number(owner, "rho_max", rho_max, low=self.rho, optional=True)
         self.tol = check_number(owner, "tol", tol, low=0.0, low_open=True)
         self.patience = check_number(owner, "patience", patience, low=0, integer=True)
-        self.ramp = check_number(owner, "ramp", ramp, low=0.0, high=1.0, low_open=True)
+        self.ramp = check_number(owner, "ramp", ramp, low=0.0, high=1.0, low_open=True, optional=True)
         self.aulm: AULM | None = None
         self._counts: dict[str, int] | None = None  # the structure being learned (allocation="method")
         self._continuation: Continuation | None = None
@@ -417,8 +421,9 @@ class SSR(PruningMethod):
         if self.allocating:
             self._counts = {g.name: g.size for g in context.groups}
             keep = self._project
-            if self.regularizer == "l21":
-                self._continuation = Continuation.learning(context, self.ramp)
+            ramp = self.ramp if self.ramp is not None else (0.5 if self.regularizer == "l21" else None)
+            if ramp is not None:
+                self._continuation = Continuation.learning(context, ramp)
         self.aulm = AULM(context.params, context.groups, lam, self.regularizer, self.rho, self.rho_growth,
                          self.rho_max, keep, context.min_keep, self.tol, self.patience)
 
