@@ -65,7 +65,7 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
-def _input_shape(dm: pl.LightningDataModule) -> list[int]:
+def input_shape(dm: pl.LightningDataModule) -> list[int]:
     return [1, dm.in_channels, dm.image_size, dm.image_size]
 
 
@@ -275,7 +275,7 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     target below what ``min_channels``/``max_pruning_ratio`` allow fail now."""
     # random rows (the dry run compares outputs: zeros would show only the biases), drawn without
     # touching the global RNG the run is seeded with
-    example = torch.randn([2, *_input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
+    example = torch.randn([2, *input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
     groups = find_channel_groups(lm, example, list(cfg.pruning.get("ignored_layers") or []))
     if not groups:
         raise ValueError(f"model {model_label(cfg)!r} has no prunable filters (with ignored_layers "
@@ -674,7 +674,7 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     Returns ``{"dense": {...}, "pruned": {...}, "speedup": {"batch_<n>": x}, "latency_load": {...}}``
     (how busy other processes kept the machine while timing: :class:`OtherProcessesLoad`).
     """
-    shape = _input_shape(dm)
+    shape = input_shape(dm)
     out = {}
     for key, model in (("dense", dense), ("pruned", pruned)):
         cost = count_cost(model, torch.zeros(shape))
@@ -703,7 +703,7 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan)), "export": None}
     if cfg.export is None:
         return out
-    net, example = lm.model, torch.randn(_input_shape(dm))
+    net, example = lm.model, torch.randn(input_shape(dm))
     if cfg.export == "onnx":
         path = export_onnx(net, example, output_dir / "pruned.onnx")
         out["export"] = {"format": "onnx", "path": str(path)}
@@ -739,7 +739,7 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
         target = callback.target.to_dict() if callback is not None and callback.target is not None else None
         result = PruningResult(method=method, config=config, target=target)
         if lm is not None:
-            cost = count_cost(lm, torch.zeros(_input_shape(dm)))
+            cost = count_cost(lm, torch.zeros(input_shape(dm)))
             result.dense = {"macs": int(cost.macs), "params": int(cost.params)}
             result.pruned = dict(result.dense)
             result.layers = layer_rows(cost, cost)

@@ -94,6 +94,9 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     ("transfer_fmnist_to_mnist", "transfer.prune_frozen=1", "transfer.prune_frozen must be true or false"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=convX", r"transfer.freeze names \['convX'\]"),
     ("da_mnist_to_digits", "adaptation.domain_weight=-1", "domain_weight"),
+    ("da_mnist_to_digits", "adaptation.target.image_size=32", r"adaptation\.target\.image_size=28"),
+    ("transfer_fmnist_to_mnist", "transfer.freeze=[fc2]", r"holds the network's last nn.Linear 'fc2'.*new head"),
+    ("transfer_fmnist_to_mnist", "transfer.freeze=[conv1,conv2,fc1,model.fc2]", r"names \['fc2'\], which holds"),
 ])
 def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experiment, override, match):
     """Refused before the source model trains, marked so that the command prints one line, not a
@@ -196,17 +199,33 @@ def test_dann_distills_from_its_teacher_on_both_domains_images():
         DANN(build_model("lenet5"), distill=0.5).on_fit_start()
 
 
-def test_domain_data_refuses_mismatched_domains():
-    from lightning_ssr.app.data import FashionMNIST, UCIDigits
+def test_domain_data_refuses_mismatched_domains_naming_what_differs_and_the_fix():
+    from lightning_ssr.app.data import MNIST, MNISTM, FashionMNIST, UCIDigits
 
-    class Color(UCIDigits):
-        in_channels = 3
-    with pytest.raises(ValueError, match="differ"):
-        DomainAdaptationData(FashionMNIST(), Color())
+    class Five(UCIDigits):
+        num_classes = 5
+    with pytest.raises(ValueError, match=r"have 10 and 5 classes"):
+        DomainAdaptationData(FashionMNIST(), Five())
+    with pytest.raises(ValueError, match=r"1- and 3-channel images.*data\.channels=3"):
+        DomainAdaptationData(MNIST(), MNISTM())
+    with pytest.raises(ValueError, match=r"28x28 and 32x32.*adaptation\.target\.image_size=28"):
+        DomainAdaptationData(MNIST(), UCIDigits(image_size=32))
+    DomainAdaptationData(MNIST(channels=3), MNISTM())  # conf/data/mnist_rgb.yaml's
+
+
+def test_feature_producers_are_the_layers_whose_channels_the_head_reads():
+    from lightning_ssr.app.recipes.adaptation import feature_producers
+    assert feature_producers(compose_config(["+experiment=da_mnist_to_digits"])) == ["model.fc1"]
+    assert feature_producers(compose_config(["+experiment=da_mnist_to_digits", "model=resnet20"])) == [
+        "model.layer3.0.shortcut"]  # (the residual group of the last stage, which the pooled features carry)
 
 
 def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compressed(tmp_path, capsys):
-    cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    # ignored_layers=[]: the recipe itself keeps whole the layer whose outputs the domain classifier
+    # reads (a list given on the command line replaces the experiment's, an easy mistake that
+    # failed only after the sparsify phase)
+    cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}",
+                          "pruning.ignored_layers=[]", *TINY])
     result = run(cfg, tmp_path / "run")
     info = result.config["adaptation"]
     # the table at the prune counts the training module, domain classifier included; the sizes, the
@@ -224,6 +243,8 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert all(0.0 <= v <= 1.0 for v in info["domain_accuracy_test"].values())
     fc1 = next(layer for layer in result.layers if layer["name"] == "model.fc1")
     assert fc1["after"] == fc1["before"]  # the features the domain classifier reads keep their width
+    assert info["features_kept_whole"] == ["model.fc1"]
+    assert result.config["cli"]["pruning"]["ignored_layers"] == []  # as given: a sweep run again finds it done
     assert "domain classifier after DANN dense" in out and "after DANN compressed" in out
 
 

@@ -20,8 +20,9 @@ from one (the trainings before it are cached or seeded, and run again to the sam
 target's test split; ``config["adaptation"]`` records the source-only accuracies.
 
 The domain classifier reads the input of the network's last ``nn.Linear`` (the features), so
-that layer's input width must stay: the experiment's config leaves the layer producing it
-unpruned (``pruning.ignored_layers``), and :class:`DANN` says so if it does not.
+that layer's input width must stay: the recipe adds the layers producing it to
+``pruning.ignored_layers`` (:func:`feature_producers`; ``result.json`` records them as
+``config["adaptation"]["features_kept_whole"]``), and :class:`DANN` checks the width at every step.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import CombinedLoader
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ...modes import eval_mode
 from ...pruning import in_a_fit
+from ...structure import find_channel_groups
 from ...validation import check_flag, check_number
 from .. import stages
 from ..console import progress_bars
@@ -64,6 +66,19 @@ class _ReverseGradient(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     """Identity forward; the gradient is multiplied by ``-coeff`` on the way back."""
     return _ReverseGradient.apply(x, coeff)
+
+
+def feature_producers(cfg: DictConfig) -> list[str]:
+    """The layers whose output channels the domain classifier reads, named as in the training
+    module (``"model.fc1"``): the roots of the channel groups that the head (the network's last
+    ``nn.Linear``) reads. Pruning them would change the features' width under the domain
+    classifier, so the recipe keeps them whole (traced on a throwaway network of ``cfg``)."""
+    dm = stages.build_data(cfg)
+    net = stages.build_network(cfg, dm)
+    head, _ = _last_linear(net)
+    example = torch.randn([2, *stages.input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
+    groups = find_channel_groups(net, example)
+    return sorted(f"model.{g.name}" for g in groups if any(s.param == f"{head}.weight" for s in g.inputs))
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -167,9 +182,21 @@ class DomainAdaptationData(pl.LightningDataModule):
 
     def __init__(self, source: pl.LightningDataModule, target: pl.LightningDataModule):
         super().__init__()
-        if source.num_classes != target.num_classes or source.in_channels != target.in_channels:
-            raise ValueError(f"source {type(source).__name__} and target {type(target).__name__} differ in classes "
-                             f"({source.num_classes} vs {target.num_classes}) or channels")
+        pair = f"the source {type(source).__name__} (data) and the target {type(target).__name__} (adaptation.target)"
+        if source.num_classes != target.num_classes:
+            raise ValueError(f"{pair} have {source.num_classes} and {target.num_classes} classes: DANN adapts one "
+                             "classifier, so both domains need the same classes")
+        if source.in_channels != target.in_channels:
+            grey, colour = (("data", "adaptation.target") if source.in_channels < target.in_channels
+                            else ("adaptation.target", "data"))
+            raise ValueError(f"{pair} have {source.in_channels}- and {target.in_channels}-channel images: one network "
+                             f"reads both. Serve the grey ones in colour: {grey}.channels=3 (as conf/data/mnist_rgb.yaml "
+                             f"does), or choose a {colour} of the same channels")
+        if source.image_size != target.image_size:
+            raise ValueError(f"{pair} have images of {source.image_size}x{source.image_size} and "
+                             f"{target.image_size}x{target.image_size}: one network reads both. Give them one size "
+                             f"(adaptation.target.image_size={source.image_size}, or data.image_size="
+                             f"{target.image_size})")
         self.source, self.target = source, target
         self.num_classes, self.in_channels = source.num_classes, source.in_channels
         self.image_size = source.image_size
@@ -253,13 +280,19 @@ def _domain_accuracy(model: DANN, source_dm, target_dm) -> float:
 def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
     output_dir = Path(output_dir)
+    given, cfg = cfg, copy.deepcopy(cfg)  # (the features' producers join the copy's ignored_layers)
     a = cfg.adaptation
     with stages.before_training():
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
         check_flag("adaptation.ceiling", a.get("ceiling", False))
-        callback, source_dm = stages.check_config(cfg)
         target_dm = instantiate(a.target)
+        DomainAdaptationData(stages.build_data(cfg), target_dm)  # domains a network cannot read both of fail here
+        kept_whole = feature_producers(cfg) if stages.pruning_enabled(cfg) else []
+        if kept_whole:
+            with open_dict(cfg):
+                cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []), *kept_whole})
+        callback, source_dm = stages.check_config(cfg)
         data = DomainAdaptationData(source_dm, target_dm)
         module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
                        "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
@@ -316,7 +349,10 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "target_trained_accuracy": ceiling["accuracy"] if ceiling else None,
         "target_trained_cache": ceiling["cache"] if ceiling else None,
         "settings": OmegaConf.to_container(a, resolve=True),
+        "features_kept_whole": kept_whole,
     }
+    # as given, so that a sweep run again finds this run finished (the layers kept whole are recorded above)
+    result.config["cli"] = OmegaConf.to_container(given, resolve=True)
     result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s)
     return result
 

@@ -60,6 +60,18 @@ def freeze(net: nn.Module, names) -> list[str]:
     return list(names)
 
 
+def check_head_trains(net: nn.Module, frozen) -> None:
+    """Refuse a ``transfer.freeze`` that holds the head: ``new_head`` gives the target a freshly
+    initialized last ``nn.Linear``, so freezing it (or a container of it) would keep random weights,
+    not the source's, and with every layer frozen nothing would train at all."""
+    head = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1:]
+    holders = [n for n in frozen for h in head if n in ("", h) or h.startswith(f"{n}.")]
+    if holders:
+        raise ValueError(f"transfer.freeze names {holders}, which holds the network's last nn.Linear {head[0]!r}: the "
+                         "recipe replaces it by a new head, freshly initialized for the target's classes, which must "
+                         "train. Freeze the layers before it (e.g. transfer.freeze=[conv1])")
+
+
 def _source_config(cfg: DictConfig) -> DictConfig:
     source = copy.deepcopy(cfg)
     with open_dict(source):
@@ -88,7 +100,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         names = [names] if isinstance(names, str) else names  # transfer.freeze=conv1: one name
         frozen = [str(n).removeprefix("model.") for n in names]
         if frozen:  # on a throwaway network: a bad name fails before any training, named as transfer.freeze
-            freeze(stages.build_network(cfg, stages.build_data(cfg)), frozen)
+            throwaway = stages.build_network(cfg, stages.build_data(cfg))
+            freeze(throwaway, frozen)
+            check_head_trains(throwaway, frozen)
         if frozen and not cfg.transfer.prune_frozen:  # the source's filters stay: their layers are not pruned
             with open_dict(cfg):
                 cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
