@@ -52,7 +52,7 @@ from .stages import (
     sigterm_raises,
     train_dense,
 )
-from .sweep import LAST_SWEEP, count_runs
+from .sweep import LAST_SWEEP, REPLACED_DIR, count_runs
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -299,22 +299,50 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     """The result a sweep's job folder already holds for this very configuration, finished
     (``status: ok``): a sweep run again in the same ``hydra.sweep.dir`` (after Ctrl-C, or with
     more choices) goes on with the runs it lacks instead of training every run again."""
+    found = _recorded_run(cfg, output_dir)
+    if found is None:
+        return None
+    result, same = found
+    # and the same code: a plugin file edited since (or another version of this package) runs it again
+    return result if result.status == "ok" and same and result.config.get("code") == code_identity(cfg) else None
+
+
+def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, bool] | None:
+    """The run ``output_dir/result.json`` records, and whether it is of the configuration ``cfg``
+    (``ckpt_path`` aside: a run finished from its checkpoint counts); ``None`` where there is none
+    that can be read."""
     path = output_dir / "result.json"
     if not path.is_file():
         return None
     try:
         result = PruningResult.load(path)
         done, now = dict(result.config.get("cli") or {}), OmegaConf.to_container(cfg, resolve=True)
-        done.pop("ckpt_path", None)  # (a run finished from its checkpoint counts)
+        done.pop("ckpt_path", None)
         now.pop("ckpt_path", None)
         # as written to JSON, types included: Python's 1 == 1.0 == True would take limit_train_batches=1
         # (one batch) for 1.0 (all of them)
         same = json.dumps(done, sort_keys=True) == json.dumps(json.loads(json.dumps(now, default=str)), sort_keys=True)
-        # and the same code: a plugin file edited since (or another version of this package) runs it again
-        same = same and result.config.get("code") == code_identity(cfg)
     except (ValueError, TypeError, OmegaConfBaseException):  # unreadable, or an interpolation that fails now
         return None
-    return result if result.status == "ok" and same else None
+    return result, same
+
+
+def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job: int,
+                        keep: Sequence[str] = (".hydra",)) -> tuple[PruningResult, Path] | None:
+    """Move what ``output_dir`` holds of a run of another configuration (its ``result.json``, its
+    pruned model, its logs and checkpoints; not ``keep``, what Hydra has just written for this
+    job) to ``<sweep_dir>/.replaced/<job>-<time>``; returns that run and the folder. A sweep run again in
+    its folder with other values numbers its jobs anew: job ``i``'s folder may hold the run of
+    another configuration, which would otherwise be written over, or mixed with this one's logs."""
+    found = _recorded_run(cfg, output_dir)
+    if found is None or found[1]:
+        return None
+    aside = sweep_dir / REPLACED_DIR / f"{job}-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=False)
+    for item in output_dir.iterdir():
+        if item.name not in keep:
+            item.rename(aside / item.name)
+    return found[0], aside
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
@@ -324,7 +352,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        done = finished_before(cfg, Path(hydra_cfg.runtime.output_dir))
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        replaced = set_aside_other_run(cfg, output_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num,
+                                       keep=(".hydra", f"{hydra_cfg.job.name}.log"))  # (this job's, from Hydra)
+        if replaced is not None:
+            result, aside = replaced
+            print(f"run {hydra_cfg.job.num}: its folder held a run of another configuration ({result.method}, "
+                  f"target {result.target or 'none'}, {result.status}); moved to {aside}, so that nothing is written "
+                  "over. Give each sweep its own hydra.sweep.dir; values added to a sweep run again in its folder "
+                  "renumber its jobs", file=sys.stderr)
+        done = finished_before(cfg, output_dir)
         if done is not None:
             print(f"run {hydra_cfg.job.num}: finished before with the same configuration "
                   f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its folder, or give "

@@ -54,13 +54,19 @@ def _flatten(config: Mapping, prefix: str = "") -> dict:
     return out
 
 
+#: where a sweep run again in its folder keeps the runs its jobs' folders held of other
+#: configurations (:func:`lightning_ssr.app.cli.set_aside_other_run`); not part of the sweep
+REPLACED_DIR = ".replaced"
+
+
 def find_runs(root: str | Path) -> list[dict]:
     """Every run under ``root``: ``{"dir", "status", "error", "result"}`` (``result``: the
-    ``result.json`` as a dict, or ``None``)."""
+    ``result.json`` as a dict, or ``None``). Runs set aside under ``.replaced`` are not counted."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep directory {str(root)!r} does not exist")
     dirs = {p.parent for p in root.rglob("result.json")} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    dirs = {d for d in dirs if REPLACED_DIR not in d.relative_to(root).parts}
     runs = []
     for d in sorted(dirs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]):
         path = d / "result.json"
@@ -137,6 +143,44 @@ def never_started(sweep_dir: str | Path, runs: Sequence[dict]) -> list[dict]:
             for i, job in missing]
 
 
+def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """``runs`` split into those of the grid sweep that ``multirun.yaml`` describes and those left
+    in its folder by an earlier sweep with other values (a folder ``<i>`` whose choices are not job
+    ``i``'s: the sweep run again in its folder renumbered its jobs, or has fewer of them). Runs of
+    another sweeper, or without recorded choices, all count."""
+    planned = planned_jobs(sweep_dir)
+    if planned is None:
+        return list(runs), []
+    jobs = planned[1]
+    root = Path(sweep_dir).resolve()
+    ours, strays = [], []
+    for run in runs:
+        choices = _overrides(run)
+        where = Path(run["dir"]).resolve()
+        parts = where.relative_to(root).parts if where.is_relative_to(root) else ()
+        if choices is None:
+            match = True
+        elif len(parts) == 1 and parts[0].isdigit():  # Hydra's folder of job i
+            match = int(parts[0]) < len(jobs) and _pairs(jobs[int(parts[0])]) <= set(choices.items())
+        else:
+            match = any(_pairs(job) <= set(choices.items()) for job in jobs)
+        (ours if match else strays).append(run)
+    return ours, strays
+
+
+def swept_keys(sweep_dir: str | Path) -> list[str]:
+    """The keys a grid sweep gives more than one value (``pruning``, ``target.macs``): they name
+    its configurations even while the runs so far share one value."""
+    planned = planned_jobs(sweep_dir)
+    if planned is None:
+        return []
+    values: dict[str, set[str]] = {}
+    for job in planned[1]:
+        for key, value in _pairs(job):
+            values.setdefault(key, set()).add(value)
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
 def _settings(run: dict) -> dict:
     result = run["result"] or {}
     return _flatten((result.get("config") or {}).get("cli") or {})
@@ -166,16 +210,18 @@ def _pooled(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in POOLED_KEYS)
 
 
-def varying_keys(runs: Sequence[dict]) -> list[str]:
+def varying_keys(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[str]:
     """What tells the runs apart: the command-line choices that differ between them (from each
     Hydra job's ``overrides.yaml``: ``pruning=l1 target.macs=0.1``), or, for runs without one,
     the configuration keys whose values differ, a config group's keys folded into its choice
-    (``pruning=l1``, not every key of the ``pruning`` section). Seeds and paths are pooled."""
+    (``pruning=l1``, not every key of the ``pruning`` section). Seeds and paths are pooled.
+    ``swept``: choices a grid sweep varies (:func:`swept_keys`), named even where the runs so far
+    share their value."""
     found = [r for r in runs if r["result"] is not None]
     if _by_overrides(found):
         overrides = [_overrides(r) for r in found]
         keys = sorted(set().union(*overrides))
-        return [k for k in keys if not _pooled(k) and len({o.get(k) for o in overrides}) > 1]
+        return [k for k in keys if not _pooled(k) and (len({o.get(k) for o in overrides}) > 1 or k in swept)]
     settings = [_settings(r) for r in found]
     keys = sorted(set().union(*settings)) if settings else []
     differ = [k for k in keys if not _pooled(k) and len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
@@ -205,9 +251,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)  # one run: no spread
 
 
-def summarize(runs: Sequence[dict]) -> list[dict]:
-    """One row per configuration (seeds pooled), in the order the runs were found."""
-    keys = varying_keys(runs)
+def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
+    """One row per configuration (seeds pooled), in the order the runs were found; ``swept``: as
+    :func:`varying_keys`."""
+    keys = varying_keys(runs, swept)
     by_overrides = _by_overrides([r for r in runs if r["result"] is not None])
     groups: dict[str, list[dict]] = {}
     for run in runs:
@@ -223,6 +270,7 @@ def summarize(runs: Sequence[dict]) -> list[dict]:
         rows.append({
             "config": label, "method": (members[0]["result"] or {}).get("method"),
             "runs": len(ok), "failed": len(members) - len(ok),
+            "interrupted": sum(1 for m in members if m["status"] == "interrupted"),
             "accuracy_mean": acc_mean, "accuracy_std": acc_std, "drop_mean": drop_mean, "drop_std": drop_std,
             "macs_mean": _mean_std([r["pruned"]["macs"] for r in ok])[0],
             "macs_reduction_mean": _mean_std([r["macs_reduction"] for r in ok if r.get("macs_reduction")])[0],
@@ -260,21 +308,24 @@ def _pm(mean, std, runs: int, digits=2):
 
 
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
-                   missing: Sequence[dict] = ()) -> Path:
+                   missing: Sequence[dict] = (), strays: Sequence[dict] = ()) -> Path:
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{unfinished(runs)}. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
              "| configuration | runs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        runs_cell = f"{r['runs']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
+        stopped = r.get("interrupted", 0)
+        runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in ((r["failed"] - stopped, "failed"),
+                                                                              (stopped, "interrupted")) if n)
         macs = "" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.3f}M"
         lines.append(f"| {r['config']} | {runs_cell} | {_pm(r['accuracy_mean'], r['accuracy_std'], r['runs'])} | "
                      f"{_pm(r['drop_mean'], r['drop_std'], r['runs'])} | {macs} | {_fmt(r['macs_reduction_mean'], 2, 'x')} | "
                      f"{_fmt(r['params_reduction_mean'], 2, 'x')} | {'*' if r['pareto'] else ''} |")
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
-        lines += ["", "## Failed runs", ""]
+        lines += ["", "## Failed and interrupted runs" if any(r["status"] == "interrupted" for r in failed)
+                  else "## Failed runs", ""]
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
             lines.append(f"- `{r['dir']}`{' (interrupted)' if r['status'] == 'interrupted' else ''}: {error}")
@@ -284,6 +335,12 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
                    "(the sweep was stopped, or is still running); each runs alone, in a folder of the sweep where "
                    "this report finds it, with:"), ""]
         lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): `{m['command']}`" for m in missing]
+    if strays:
+        lines += ["", "## Runs of an earlier sweep in this folder (not counted)", "",
+                  ("Their choices are not those of the job their folder now stands for (the sweep was run again "
+                   "in its folder with other values, which renumbers its jobs):"), ""]
+        lines += [f"- `{r['dir']}`: `{' '.join(f'{k}={v}' for k, v in (_overrides(r) or {}).items())}`"
+                  for r in strays]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -425,14 +482,15 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     paths written."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir
-    runs = find_runs(sweep_dir)
-    if not runs:
+    found = find_runs(sweep_dir)
+    if not found:
         raise FileNotFoundError(f"no runs under {str(sweep_dir)!r}: no result.json and no Hydra job folder")
+    runs, strays = of_the_sweep(sweep_dir, found)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(runs)
+    rows = summarize(runs, swept_keys(sweep_dir))
     missing = never_started(sweep_dir, runs)
     title = f"Sweep {sweep_dir.name}"
-    files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing),
+    files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing, strays),
              "csv": write_csv(rows, out / "report.csv")}
     if plots:
         files["pareto"] = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
@@ -453,7 +511,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
             config = next((r["config"] for r in rows if str(chosen["dir"]) in r["dirs"]), chosen["result"]["method"])
             files["layers"] = plot_layers(chosen["result"], out / "layers.png",
                                           f"Surviving filters per layer: {config} (run {name})")
-    return {"rows": rows, "runs": runs, "missing": missing, "files": files}
+    return {"rows": rows, "runs": runs, "missing": missing, "strays": strays, "files": files}
 
 
 def count_runs(n: int, noun: str = "run") -> str:
@@ -474,6 +532,9 @@ def format_summary(report: Mapping) -> str:
     lines = [f"{count_runs(len(runs))}, {unfinished(runs)}, {count_runs(len(rows), 'configuration')}; Pareto front: "
              + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
+    if report.get("strays"):
+        lines.append(f"{count_runs(len(report['strays']))} in the folder {'is' if len(report['strays']) == 1 else 'are'} "
+                     f"of an earlier sweep with other values, not counted: {report['files']['markdown']} lists them")
     if report.get("missing"):
         lines.append(f"{count_runs(len(report['missing']))} of the sweep's grid never started (the sweep was stopped, "
                      f"or is still running): {report['files']['markdown']} gives the command of each")
@@ -513,7 +574,7 @@ class SweepReport(_HydraCallback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:  # counted first: the exit code says whether a run failed, with or without a report
-            runs = find_runs(sweep_dir)
+            runs = of_the_sweep(sweep_dir, find_runs(sweep_dir))[0]
             LAST_SWEEP.update(dir=str(sweep_dir), runs=len(runs), failed=sum(r["status"] != "ok" for r in runs))
             print("\n" + format_summary(write_report(sweep_dir)))
         except Exception as err:  # noqa: BLE001 - the sweep's runs stand; say why there is no report

@@ -228,6 +228,60 @@ def test_the_grid_includes_the_sweepers_params_and_other_sweepers_are_not_guesse
     assert planned_jobs(shuffled) is None  # its order is drawn anew: job numbers cannot be told
 
 
+def test_runs_an_earlier_sweep_left_in_the_folder_are_listed_apart_not_counted(tmp_path, capsys):
+    # the folder held a 2 x 2 sweep; run again with pruning=l1 target.macs=0.5 alone, its job 0 is
+    # folder 0, and folders 1-3 are the earlier sweep's: folder 2 is even of the same configuration,
+    # and must not be pooled with job 0 as a second seed
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1", "target.macs=0.5"])
+    _job(sweep, 0, ["pruning=l1", "target.macs=0.5"], "l1")
+    _job(sweep, 1, ["pruning=random", "target.macs=0.5"], "random")
+    _job(sweep, 2, ["pruning=l1", "target.macs=0.5"], "l1")
+    _job(sweep, 3, ["pruning=l1", "target.macs=0.25"], None)  # (unfinished: not a failure of this sweep)
+    assert main([str(sweep), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 run, 0 failed") and "3 runs in the folder are of an earlier sweep" in out
+    report = write_report(sweep, plots=False)
+    assert [r["runs"] for r in report["rows"]] == [1] and len(report["strays"]) == 3
+    md = (sweep / "report.md").read_text()
+    assert "## Runs of an earlier sweep in this folder (not counted)" in md
+    assert f"- `{sweep / '1'}`: `pruning=random target.macs=0.5`" in md
+
+
+def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptions_apart(tmp_path):
+    # only l1's runs exist so far: the rows still say pruning=l1, since the grid sweeps pruning
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random", "target.macs=0.5,0.25"])
+    _job(sweep, 0, ["pruning=l1", "target.macs=0.5"], "l1")
+    _job(sweep, 1, ["pruning=l1", "target.macs=0.25"], "l1", 0.25)
+    _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
+    report = write_report(sweep, plots=False)
+    assert [r["config"] for r in report["rows"]] == ["pruning=l1 target.macs=0.5", "pruning=l1 target.macs=0.25"]
+    md = (sweep / "report.md").read_text()
+    assert "| pruning=l1 target.macs=0.25 | 0 (+1 interrupted) |" in md and "## Failed and interrupted runs" in md
+
+
+def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tmp_path):
+    """Hydra numbers a sweep's jobs anew: run again in its folder with fewer values, job 0's folder
+    held the finished run of another configuration. It is moved to .replaced, not written over,
+    and the report counts this sweep's runs alone."""
+    sweep = tmp_path / "sweep"
+    common = [sys.executable, "-m", "lightning_ssr.app.cli", "-m", "target.macs=0.5",
+              f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
+    first = subprocess.run([*common, "pruning=l1,random"], check=False, capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run([*common, "pruning=random"], check=False, capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "run 0: its folder held a run of another configuration (l1, target {'macs': 0.5}, ok); moved to" in (
+        second.stderr)
+    (aside,) = (sweep / ".replaced").iterdir()
+    assert json.loads((aside / "result.json").read_text())["method"] == "l1" and (aside / "pruned.pt").is_file()
+    assert json.loads((sweep / "0" / "result.json").read_text())["method"] == "random"
+    report = write_report(sweep, plots=False)
+    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("random", 1)]
+    assert [r["dir"].name for r in report["strays"]] == ["1"]  # the first sweep's random run, in job 1's folder
+
+
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
         "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
         "latency.batch_sizes=[]", "verbose=false"]
