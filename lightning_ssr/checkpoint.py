@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from .files import atomic_write
+from .structure.groups import ForwardError
 from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
+from .validation import some_names
 
 APPLIED_PLAN_ATTR = "_pruning_applied_plan"
 
@@ -118,7 +120,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                    "lightning_ssr.save_pruned(module, path, plan)")
         else:
             why = ("it is truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it "
-                   f"({type(err).__name__}: {str(err)[:200]})")
+                   f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})")
         raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}") from err
     if not isinstance(data, Mapping):
         raise CheckpointReadError(f"checkpoint file {str(path)!r} holds a {type(data).__name__}, not a mapping "
@@ -157,8 +159,8 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
         raise PlanMismatchError(f"the checkpoint was saved from a network that this model holds {len(holders)} times "
                                 f"({', '.join(h.rstrip('.') for h in holders)}): load it into the one it belongs to, "
                                 f"e.g. load_pruned(model.{holders[0].rstrip('.')}, path)")
-    raise PlanMismatchError(f"the checkpoint's pruning plan names layers {roots[:3]}..., which this model does "
-                            "not have (with or without a common prefix): it was saved from another architecture")
+    raise PlanMismatchError(f"the checkpoint's pruning plan names layers {some_names(roots, 3)}, which this model "
+                            "does not have (with or without a common prefix): it was saved from another architecture")
 
 
 def _strip_key_prefix(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
@@ -198,6 +200,7 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
     state_dict = checkpoint["state_dict"]
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
     snapshot = snapshot_modules(model)
+    plan = None
     try:
         if data is not None:
             plan, state_dict = _relative_to(PruningPlan.from_dict(data), state_dict, model)
@@ -205,8 +208,19 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
         else:
             state_dict = _strip_key_prefix(state_dict, model)
         model.load_state_dict(state_dict, strict=strict)
-    except Exception:
+    except Exception as err:
         restore_modules(snapshot)
+        built_otherwise = ("construct the model as the saved one was (the same architecture and arguments: input "
+                           "channels, image size, number of classes, widths)")
+        if isinstance(err, ForwardError) and plan is not None:
+            raise PlanMismatchError(f"{source}: its pruning plan was traced on inputs of shape "
+                                    f"{tuple(plan.input_shape)}, which this model cannot take ({err}): "
+                                    f"{built_otherwise}") from err
+        if isinstance(err, RuntimeError) and "size mismatch" in str(err):
+            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            raise PlanMismatchError(f"{source} holds weights of other shapes than this model"
+                                    f"{' after the plan' if plan is not None else ''} ({'; '.join(mismatches[:2])}): "
+                                    f"{built_otherwise}") from err
         raise
     return model
 

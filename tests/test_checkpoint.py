@@ -215,6 +215,22 @@ def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
+def test_a_model_built_with_other_arguments_is_named_with_the_fix_and_left_untouched(tmp_path):
+    # a model for 3-channel images, loaded into one built for 1 channel; one of 10 classes into 5
+    saved = build_model("lenet5", in_channels=3)
+    save_pruned(saved, tmp_path / "pruned.pt", prune_oneshot(saved, torch.randn(2, 3, 28, 28), {"macs": 0.5}))
+    for model in (build_model("lenet5"), build_model("lenet5", in_channels=3, num_classes=5)):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(PlanMismatchError, match=r"pruned.pt'.*construct the model as the saved one was"):
+            load_pruned(model, tmp_path / "pruned.pt")
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    with pytest.raises(PlanMismatchError, match=r"traced on inputs of shape \(1, 3, 28, 28\)"):
+        load_pruned(build_model("lenet5"), tmp_path / "pruned.pt")
+    with pytest.raises(PlanMismatchError, match=r"other shapes than this model after the plan \(size mismatch for fc2"):
+        load_pruned(build_model("lenet5", in_channels=3, num_classes=5), tmp_path / "pruned.pt")
+    load_pruned(build_model("lenet5", in_channels=3), tmp_path / "pruned.pt")
+
+
 def test_a_failed_load_leaves_the_model_untouched(pruned_checkpoint):
     path, _, _ = pruned_checkpoint
     data = torch.load(path, weights_only=True)

@@ -75,7 +75,8 @@ def test_missing_figures_give_none_not_an_error():
     # a run that ended before its prune (status failed, the dense model's figures on both sides)
     ended = PruningResult(method="ssr_l20", status="failed", error="the model was not pruned: ...",
                           dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
-    assert ended.summary() == "ssr_l20: not pruned"  # (it read "1.0x fewer MACs, 1.0x fewer parameters")
+    # (it read "1.0x fewer MACs, 1.0x fewer parameters")
+    assert ended.summary() == "ssr_l20: not pruned (the run failed: the model was not pruned: ...)"
     same = PruningResult(method="none", dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
     assert same.summary().startswith("none: 1.0x fewer MACs")  # the equal-budget baseline, finished: as it is
 
@@ -137,3 +138,15 @@ def test_a_latency_target_is_said_in_the_summary(measured, met, said):
                                     "latency_dense_ms": 0.6}])
     assert result.summary().splitlines()[-1] == f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms)"
     assert "latency" not in PruningResult(method="l1", target={"macs": 0.5}, events=result.events).summary()
+
+
+def test_the_summary_of_a_run_that_failed_or_was_interrupted_says_so_and_why():
+    failed = PruningResult(method="ssr_l20", status="failed", error="ValueError: ssr_l20: rho must be > 0, got -1",
+                           dense={"macs": 2, "params": 2}, pruned={"macs": 2, "params": 2})
+    assert failed.summary() == "ssr_l20: not pruned (the run failed: ValueError: ssr_l20: rho must be > 0, got -1)"
+    stopped = PruningResult(method="l1", status="interrupted", error="RunInterrupted: stopped by SIGINT\nmore",
+                            dense={"macs": 4, "params": 4}, pruned={"macs": 1, "params": 1})
+    assert stopped.summary() == "l1: 4.0x fewer MACs, 4.0x fewer parameters (the run interrupted: RunInterrupted: " \
+                                "stopped by SIGINT)"
+    assert "(the run" not in PruningResult(method="l1", dense={"macs": 4, "params": 4},
+                                           pruned={"macs": 1, "params": 1}).summary()

@@ -831,7 +831,7 @@ def finish(result: PruningResult, output_dir: Path, start: float, extra: str | N
     for line in (extra, latency_line(result)):
         if line:
             print(line)
-    if result.status != "ok":
+    if result.status != "ok" and len((result.error or "").strip().splitlines()) > 1:  # (its first line: the summary's)
         print(f"warning: {result.error}")
     print(f"wrote {path} ({result.timings['total_s']:.0f} s)")
     return result

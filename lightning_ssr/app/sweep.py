@@ -350,7 +350,8 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    # (float32 accuracies read back as 28.9000004529953: six decimals say all they hold)
+    writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), newline=""))
 
 

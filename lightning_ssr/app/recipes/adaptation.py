@@ -135,7 +135,7 @@ class DANN(ImageClassifier):
         if features.shape[1] != expected:
             raise RuntimeError(
                 f"DANN: the features read by the domain classifier have {features.shape[1]} channels, the classifier "
-                f"expects {expected}; the layer producing {self.head_name!r}'s input was pruned. Leave it unpruned: "
+                f"expects {expected}; the layer producing the input of {self.head_name!r} was pruned. Leave it unpruned: "
                 f"add it to pruning.ignored_layers")
         return logits, features
 
