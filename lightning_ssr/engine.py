@@ -487,7 +487,9 @@ class PruningEngine:
             self._setup_evaluate = evaluate or self.evaluate
             self._setup_method(model, world, steps_per_epoch, self._setup_evaluate)
             if self.events_done == 0 and world.rank == 0:
-                _warn_of_parameters_no_optimizer_holds(model, optimizers, self._context.groups)
+                final = self._context.final_keep  # (known at set-up unless the method learns the structure)
+                cut = [g for g in self._context.groups if final is None or final.get(g.name, 0) < g.size]
+                _warn_of_parameters_no_optimizer_holds(model, optimizers, cut)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once
@@ -1127,7 +1129,7 @@ class PruningEngine:
 def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                                           groups: Sequence[ChannelGroup]) -> None:
     """Trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
-    them) that none of ``optimizers`` holds: the prune replaces their tensors and moves only the
+    them; the groups the target leaves whole are not passed) that none of ``optimizers`` holds: the prune replaces their tensors and moves only the
     given optimizers onto the new ones, so an optimizer not given (a hand-written loop's) would go
     on stepping the old tensors and train nothing from then on, without a word. Parameters the
     prune leaves alone (a teacher or a moving-average copy held as a submodule) are not its concern."""

@@ -418,7 +418,7 @@ def test_trainable_parameters_no_given_optimizer_holds_are_warned_of_at_set_up()
     torch.manual_seed(0)
     model = SmallResidualCNN(in_channels=3, num_classes=5)
     body = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("fc")], lr=0.05)
-    engine = PruningEngine("l1", target={"macs": 0.5}, verbose=False)
+    engine = PruningEngine("l1", target={"rates": {"fc1": 0.5, "conv_a": 0.5}}, verbose=False)
     x = torch.randn(4, 3, 16, 16)
     with pytest.warns(UserWarning, match=r"^PruningEngine: the model's fc1.weight, fc1.bias, fc2.weight require "
                                          r"grad but are in none of the 1 optimizer\(s\) given \(under Lightning: "
@@ -434,6 +434,15 @@ def test_trainable_parameters_no_given_optimizer_holds_are_warned_of_at_set_up()
         engine = PruningEngine("l1", target={"macs": 0.8}, verbose=False, ignored_layers=["teacher"])
         engine.on_batch_start(other, x, epoch=0, step=0, optimizers=[held])
     assert other.student.conv_a.out_channels < 12 == other.teacher.conv_a.out_channels  # (l1 prunes at once)
+    # a target that leaves fc1's group whole cuts neither fc1 nor fc2: the head's own optimizer is
+    # no concern of the prune's
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="PruningEngine: the model's")
+        model = SmallResidualCNN(in_channels=3, num_classes=5)
+        body = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("fc")], lr=0.05)
+        engine = PruningEngine("l1", target={"rates": {"conv_a": 0.5, "dw": 0.5}}, verbose=False)
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[body])
+    assert model.conv_a.out_channels == 6 and model.fc1.out_features == 16
 
 
 class StudentAndTeacher(nn.Module):
