@@ -214,7 +214,7 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
                            "channels, image size, number of classes, widths)")
         if isinstance(err, ForwardError) and plan is not None:
             raise PlanMismatchError(f"{source}: its pruning plan was traced on inputs of shape "
-                                    f"{tuple(plan.input_shape)}, which this model cannot take ({err}): "
+                                    f"{tuple(plan.input_shape)}, and this model's forward() failed on them ({err}): "
                                     f"{built_otherwise}") from err
         if isinstance(err, RuntimeError) and "size mismatch" in str(err):
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]

@@ -148,7 +148,8 @@ class PruningResult:
             lines = [f"{self.method}: not pruned"]
         if self.status != "ok":  # a failed or interrupted run says so, and why, before any figure
             error = (self.error or "no error recorded").strip().splitlines()
-            lines[0] += f" (the run {self.status}: {error[0] if error else 'no error recorded'})"
+            how = "was interrupted" if self.status == "interrupted" else self.status
+            lines[0] += f" (the run {how}: {error[0] if error else 'no error recorded'})"
         if self.accuracy_drop_points is not None:
             drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change
             change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"

@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +54,7 @@ from .stages import (
     sigterm_raises,
     train_dense,
 )
-from .sweep import LAST_SWEEP, REPLACED_DIR, count_runs
+from .sweep import LAST_SWEEP, REPLACED_DIR, count_runs, flatten_config
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -298,19 +300,21 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
 def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     """The result a sweep's job folder already holds for this very configuration, finished
     (``status: ok``): a sweep run again in the same ``hydra.sweep.dir`` (after Ctrl-C, or with
-    more choices) goes on with the runs it lacks instead of training every run again."""
+    values added to its first swept key, whose jobs come last) goes on with the runs it lacks
+    instead of training every run again. (Other added values renumber the jobs: their folders'
+    runs are set aside, :func:`set_aside_other_run`, and trained again.)"""
     found = _recorded_run(cfg, output_dir)
     if found is None:
         return None
-    result, same = found
+    result, differ = found
     # and the same code: a plugin file edited since (or another version of this package) runs it again
-    return result if result.status == "ok" and same and result.config.get("code") == code_identity(cfg) else None
+    return result if result.status == "ok" and not differ and result.config.get("code") == code_identity(cfg) else None
 
 
-def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, bool] | None:
-    """The run ``output_dir/result.json`` records, and whether it is of the configuration ``cfg``
-    (``ckpt_path`` aside: a run finished from its checkpoint counts); ``None`` where there is none
-    that can be read."""
+def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, list[str]] | None:
+    """The run ``output_dir/result.json`` records, and the configuration keys in which it differs
+    from ``cfg`` (``ckpt_path`` aside: a run finished from its checkpoint counts); ``None`` where
+    there is none that can be read."""
     path = output_dir / "result.json"
     if not path.is_file():
         return None
@@ -321,28 +325,49 @@ def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, boo
         now.pop("ckpt_path", None)
         # as written to JSON, types included: Python's 1 == 1.0 == True would take limit_train_batches=1
         # (one batch) for 1.0 (all of them)
-        same = json.dumps(done, sort_keys=True) == json.dumps(json.loads(json.dumps(now, default=str)), sort_keys=True)
+        done, now = flatten_config(done), flatten_config(json.loads(json.dumps(now, default=str)))
+        differ = [k for k in sorted(set(done) | set(now))
+                  if json.dumps(done.get(k), sort_keys=True) != json.dumps(now.get(k), sort_keys=True)]
     except (ValueError, TypeError, OmegaConfBaseException):  # unreadable, or an interpolation that fails now
         return None
-    return result, same
+    return result, differ
 
 
 def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job: int,
-                        keep: Sequence[str] = (".hydra",)) -> tuple[PruningResult, Path] | None:
-    """Move what ``output_dir`` holds of a run of another configuration (its ``result.json``, its
-    pruned model, its logs and checkpoints; not ``keep``, what Hydra has just written for this
-    job) to ``<sweep_dir>/.replaced/<job>-<time>``; returns that run and the folder. A sweep run again in
-    its folder with other values numbers its jobs anew: job ``i``'s folder may hold the run of
-    another configuration, which would otherwise be written over, or mixed with this one's logs."""
+                        keep: Sequence[str] = (".hydra",)) -> tuple[str, Path] | None:
+    """Move what ``output_dir`` holds of a run that this job would write over (its ``result.json``,
+    pruned model, logs and checkpoints; not ``keep``, what Hydra has written for this job) to a new
+    folder under ``<sweep_dir>/.replaced/``; returns why, and that folder. Such a run is one of
+    another configuration (a sweep run again in its folder with other values numbers its jobs
+    anew; or a setting or a version of this package that adds a key), or a finished one of this
+    configuration made by other code. A failed or interrupted run of this configuration stays (a
+    resume goes on from its checkpoint)."""
     found = _recorded_run(cfg, output_dir)
-    if found is None or found[1]:
+    if found is None or output_dir.resolve() == sweep_dir.resolve():  # (hydra.sweep.subdir=.: no folder of its own)
         return None
-    aside = sweep_dir / REPLACED_DIR / f"{job}-{time.strftime('%Y%m%dT%H%M%S')}"
-    aside.mkdir(parents=True, exist_ok=False)
+    result, differ = found
+    if differ:
+        shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        why = f"a run ({result.method}, {result.status}) of another configuration (it differs in {shown})"
+    elif result.status == "ok" and result.config.get("code") != code_identity(cfg):
+        why = f"a finished run ({result.method}) of this configuration made by other code (package or plugin files)"
+    else:
+        return None
+    (sweep_dir / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-", dir=sweep_dir / REPLACED_DIR))
     for item in output_dir.iterdir():
-        if item.name not in keep:
+        if item.name not in (*keep, REPLACED_DIR, "multirun.yaml") and not _open_log(item):
             item.rename(aside / item.name)
-    return found[0], aside
+    return why, aside
+
+
+def _open_log(path: Path) -> bool:
+    """Whether a logging handler of this process writes to ``path`` now (a delayed file handler
+    opens its file at the first record: before, the file is an earlier run's)."""
+    handlers = [h for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values())
+                for h in getattr(logger, "handlers", [])]
+    return any(isinstance(h, logging.FileHandler) and h.stream is not None
+               and Path(h.baseFilename).resolve() == path.resolve() for h in handlers)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
@@ -353,14 +378,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         output_dir = Path(hydra_cfg.runtime.output_dir)
-        replaced = set_aside_other_run(cfg, output_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num,
-                                       keep=(".hydra", f"{hydra_cfg.job.name}.log"))  # (this job's, from Hydra)
+        try:
+            replaced = set_aside_other_run(cfg, output_dir, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num)
+        except OSError as err:  # this run alone fails: nothing of the earlier one is written over
+            print(f"run {hydra_cfg.job.num} failed: its folder {output_dir} holds an earlier run that could not be "
+                  f"moved aside ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+            return None
         if replaced is not None:
-            result, aside = replaced
-            print(f"run {hydra_cfg.job.num}: its folder held a run of another configuration ({result.method}, "
-                  f"target {result.target or 'none'}, {result.status}); moved to {aside}, so that nothing is written "
-                  "over. Give each sweep its own hydra.sweep.dir; values added to a sweep run again in its folder "
-                  "renumber its jobs", file=sys.stderr)
+            why, aside = replaced
+            print(f"run {hydra_cfg.job.num}: its folder held {why}; moved to {aside}, not written over", file=sys.stderr)
         done = finished_before(cfg, output_dir)
         if done is not None:
             print(f"run {hydra_cfg.job.num}: finished before with the same configuration "

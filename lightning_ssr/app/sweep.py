@@ -22,6 +22,10 @@ left no ``result.json`` (killed, or failed before writing it) is reported as fai
 grid sweep planned (its ``multirun.yaml``) that left no run, after a Ctrl-C, are listed as
 never started, each with the command that runs it alone in the sweep's folder
 (``<sweep_dir>/<job number>``, Hydra's default ``hydra.sweep.subdir``).
+
+A sweep run again in its folder with other values numbers its jobs anew. The runs an earlier
+sweep left there are listed apart, not counted (:func:`of_the_sweep`), and a job whose folder
+holds one moves it to ``<sweep_dir>/.replaced/`` before it runs (which the report skips).
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ from ..report import PruningResult
 POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")
 
 
-def _flatten(config: Mapping, prefix: str = "") -> dict:
+def flatten_config(config: Mapping, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (lists and mappings under a key as JSON)."""
     out = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_config(value, name + "."))
         else:
             out[name] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
     return out
@@ -121,26 +126,34 @@ def _pairs(overrides) -> set[tuple[str, str]]:
     return {(k.lstrip("+~"), v) for k, _, v in (str(o).partition("=") for o in overrides)}
 
 
-def never_started(sweep_dir: str | Path, runs: Sequence[dict]) -> list[dict]:
+def never_started(sweep_dir: str | Path, runs: Sequence[dict], strays: Sequence[dict] = ()) -> list[dict]:
     """The jobs of a grid sweep with no run (the sweep was stopped before them, or is still
     running): ``{"job", "overrides", "command"}``, the command running each alone in the folder
     Hydra gives job ``i`` by default, ``<sweep_dir>/<i>``. A job counts as run when a run's
     command-line choices include its own (a run resumed with ``ckpt_path=`` has one more), or when
-    that folder exists: no command is given that would write over a run."""
+    that folder exists and holds no run of an earlier sweep (``strays``, :func:`of_the_sweep`): no
+    command is given that would write over a run (``command`` is ``None`` for a folder that holds
+    an earlier sweep's)."""
     planned = planned_jobs(sweep_dir)
     if planned is None:
         return []
     hydra_cfg, jobs = planned
     root = Path(sweep_dir).resolve()
     started = [set(o.items()) for o in map(_overrides, runs) if o is not None]
+    # folders that hold a run of an earlier sweep (not one of ``runs``): the job has not run there
+    earlier = {_job_of_folder(hydra_cfg, root, Path(r["dir"])) for r in strays}
+    numbered = _numbered(hydra_cfg)
     missing = [(i, job) for i, job in enumerate(jobs)
-               if not (root / str(i)).exists() and not any(_pairs(job) <= run for run in started)]
+               if not any(_pairs(job) <= run for run in started)
+               and (not numbered or not (root / str(i)).exists() or i in earlier)]
     if not missing:
         return []
     from .cli import run_alone_command  # the command a Ctrl-C in a sweep gives, built the same way
 
-    return [{"job": i, "overrides": job, "command": run_alone_command(hydra_cfg, job, str(root / str(i)))}
-            for i, job in missing]
+    # (into a folder that holds an earlier sweep's run, no command: run alone, the job would write
+    # over it; the sweep run again sets it aside first)
+    return [{"job": i, "overrides": job, "command": None if i in earlier else
+             run_alone_command(hydra_cfg, job, str(root / str(i)))} for i, job in missing]
 
 
 def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict], list[dict]]:
@@ -151,21 +164,35 @@ def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict
     planned = planned_jobs(sweep_dir)
     if planned is None:
         return list(runs), []
-    jobs = planned[1]
+    hydra_cfg, jobs = planned
     root = Path(sweep_dir).resolve()
     ours, strays = [], []
     for run in runs:
         choices = _overrides(run)
-        where = Path(run["dir"]).resolve()
-        parts = where.relative_to(root).parts if where.is_relative_to(root) else ()
+        job = _job_of_folder(hydra_cfg, root, Path(run["dir"]))
         if choices is None:
             match = True
-        elif len(parts) == 1 and parts[0].isdigit():  # Hydra's folder of job i
-            match = int(parts[0]) < len(jobs) and _pairs(jobs[int(parts[0])]) <= set(choices.items())
+        elif job is not None:
+            match = job < len(jobs) and _pairs(jobs[job]) <= set(choices.items())
         else:
             match = any(_pairs(job) <= set(choices.items()) for job in jobs)
         (ours if match else strays).append(run)
     return ours, strays
+
+
+def _numbered(hydra_cfg) -> bool:
+    """Whether the sweep's job folders are their job numbers (Hydra's default ``hydra.sweep.subdir``)."""
+    from omegaconf import OmegaConf
+
+    sweep = OmegaConf.to_container(hydra_cfg.sweep, resolve=False) if "sweep" in hydra_cfg else {}  # (as written)
+    return str((sweep or {}).get("subdir", "${hydra.job.num}")).replace(" ", "") == "${hydra.job.num}"
+
+
+def _job_of_folder(hydra_cfg, root: Path, folder: Path) -> int | None:
+    """The job whose folder ``folder`` is, where the sweep's folders are the job numbers."""
+    where = folder.resolve()
+    parts = where.relative_to(root).parts if where.is_relative_to(root) else ()
+    return int(parts[0]) if _numbered(hydra_cfg) and len(parts) == 1 and parts[0].isdigit() else None
 
 
 def swept_keys(sweep_dir: str | Path) -> list[str]:
@@ -183,7 +210,7 @@ def swept_keys(sweep_dir: str | Path) -> list[str]:
 
 def _settings(run: dict) -> dict:
     result = run["result"] or {}
-    return _flatten((result.get("config") or {}).get("cli") or {})
+    return flatten_config((result.get("config") or {}).get("cli") or {})
 
 
 def _overrides(run: dict) -> dict | None:
@@ -334,7 +361,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
                   (f"{count_runs(len(missing))} of the sweep's grid {'has' if len(missing) == 1 else 'have'} no folder "
                    "(the sweep was stopped, or is still running); each runs alone, in a folder of the sweep where "
                    "this report finds it, with:"), ""]
-        lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): `{m['command']}`" for m in missing]
+        lines += [f"- job {m['job']} (`{' '.join(m['overrides'])}`): " + (
+            f"`{m['command']}`" if m["command"] else "its folder holds a run of an earlier sweep (listed below), which "
+            "the sweep command run again moves to .replaced/ before it runs the job") for m in missing]
     if strays:
         lines += ["", "## Runs of an earlier sweep in this folder (not counted)", "",
                   ("Their choices are not those of the job their folder now stands for (the sweep was run again "
@@ -489,7 +518,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     runs, strays = of_the_sweep(sweep_dir, found)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, swept_keys(sweep_dir))
-    missing = never_started(sweep_dir, runs)
+    missing = never_started(sweep_dir, runs, strays)
     title = f"Sweep {sweep_dir.name}"
     files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing, strays),
              "csv": write_csv(rows, out / "report.csv")}

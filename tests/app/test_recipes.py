@@ -215,9 +215,15 @@ def test_domain_data_refuses_mismatched_domains_naming_what_differs_and_the_fix(
 
 def test_feature_producers_are_the_layers_whose_channels_the_head_reads():
     from lightning_ssr.app.recipes.adaptation import feature_producers
-    assert feature_producers(compose_config(["+experiment=da_mnist_to_digits"])) == ["model.fc1"]
-    assert feature_producers(compose_config(["+experiment=da_mnist_to_digits", "model=resnet20"])) == [
-        "model.layer3.0.shortcut"]  # (the residual group of the last stage, which the pooled features carry)
+    from lightning_ssr.app.stages import build_data
+
+    def producers(*overrides):
+        cfg = compose_config(["+experiment=da_mnist_to_digits", *overrides])
+        return feature_producers(cfg, build_data(cfg))
+    assert producers() == ["model.fc1"]
+    # (the residual group of the last stage, which the pooled features carry)
+    assert producers("model=resnet20") == ["model.layer3.0.shortcut"]
+    assert producers("pruning.ignored_layers=[model.fc1]") == []  # (what ignored_layers leaves out is not a group)
 
 
 def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compressed(tmp_path, capsys):

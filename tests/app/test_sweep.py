@@ -3,6 +3,7 @@ and the report aggregates every result.json."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,12 +158,13 @@ def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
     assert "unreadable" in report["runs"][1]["error"]
 
 
-def _grid_sweep(root: Path, task: list[str], params: dict | None = None) -> Path:
+def _grid_sweep(root: Path, task: list[str], params: dict | None = None, subdir: str = "${hydra.job.num}") -> Path:
     """A sweep folder as Hydra's basic sweeper leaves it at the start: its ``multirun.yaml``."""
     from omegaconf import OmegaConf
 
     root.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"hydra": {
+        "sweep": {"dir": str(root), "subdir": subdir},
         "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params},
         "overrides": {"hydra": ["hydra.mode=MULTIRUN", "hydra.job.chdir=false"], "task": task},
         "runtime": {"config_sources": []}, "job": {"config_name": "config"}}}), root / "multirun.yaml")
@@ -248,6 +250,30 @@ def test_runs_an_earlier_sweep_left_in_the_folder_are_listed_apart_not_counted(t
     assert f"- `{sweep / '1'}`: `pruning=random target.macs=0.5`" in md
 
 
+def test_a_job_whose_folder_holds_an_earlier_sweeps_run_is_listed_as_never_started_without_a_command(tmp_path,
+                                                                                                     capsys):
+    # the sweep stopped before job 1, whose folder still holds an earlier sweep's ssl run: the grid
+    # is not complete, and running job 1 alone there would write over that run
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random"])
+    _job(sweep, 0, ["pruning=l1"], "l1")
+    _job(sweep, 1, ["pruning=ssl"], "ssl")
+    assert main([str(sweep), "--no-plots"]) == 1
+    assert "1 run of the sweep's grid never started" in capsys.readouterr().out
+    md = (sweep / "report.md").read_text()
+    assert "- job 1 (`pruning=random`): its folder holds a run of an earlier sweep (listed below)" in md
+    assert "hydra.run.dir" not in md
+
+
+def test_folders_named_otherwise_than_by_job_number_are_matched_by_their_choices(tmp_path):
+    # hydra.sweep.subdir=${seed}: folders 1, 2, 3 are seeds, not job numbers
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1", "seed=1,2,3"], subdir="${seed}")
+    for seed in (1, 2, 3):
+        _job(sweep, seed, ["pruning=l1", f"seed={seed}"], "l1")
+    report = write_report(sweep, plots=False)
+    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("l1", 3)]
+    assert report["strays"] == [] and report["missing"] == []
+
+
 def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptions_apart(tmp_path):
     # only l1's runs exist so far: the rows still say pruning=l1, since the grid sweeps pruning
     sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random", "target.macs=0.5,0.25"])
@@ -273,8 +299,8 @@ def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tm
     second = subprocess.run([*common, "pruning=random"], check=False, capture_output=True, text=True, timeout=600,
                             cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "run 0: its folder held a run of another configuration (l1, target {'macs': 0.5}, ok); moved to" in (
-        second.stderr)
+    assert re.search(r"run 0: its folder held a run \(l1, ok\) of another configuration \(it differs in "
+                     r"[^)]*pruning\.name[^)]*\); moved to \S+\.replaced\S+, not written over", second.stderr)
     (aside,) = (sweep / ".replaced").iterdir()
     assert json.loads((aside / "result.json").read_text())["method"] == "l1" and (aside / "pruned.pt").is_file()
     assert json.loads((sweep / "0" / "result.json").read_text())["method"] == "random"

@@ -11,6 +11,8 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -28,6 +30,17 @@ def register_recipe(section: str, run: Callable, summary: Callable) -> Recipe:
         raise ValueError(f"a recipe for the configuration section {section!r} is already registered")
     _RECIPES[section] = Recipe(section, run, summary)
     return _RECIPES[section]
+
+
+def last_linear(model: nn.Module, owner: str) -> tuple[str, nn.Linear]:
+    """The network's last ``nn.Linear`` (the classification head the recipes replace or read the
+    features of): its name and the module; ``owner`` names the recipe in the refusal of a network
+    without one."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{owner} needs a network whose last nn.Linear is the classifier; {type(model).__name__} "
+                         "has no nn.Linear")
+    return linears[-1]
 
 
 def available_recipes() -> list[str]:

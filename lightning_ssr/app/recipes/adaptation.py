@@ -49,7 +49,7 @@ from .. import stages
 from ..console import progress_bars
 from ..data import EpochShuffleSampler, augment_images
 from ..module import ImageClassifier
-from . import register_recipe
+from . import last_linear, register_recipe
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -68,25 +68,18 @@ def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     return _ReverseGradient.apply(x, coeff)
 
 
-def feature_producers(cfg: DictConfig) -> list[str]:
+def feature_producers(cfg: DictConfig, dm: pl.LightningDataModule) -> list[str]:
     """The layers whose output channels the domain classifier reads, named as in the training
     module (``"model.fc1"``): the roots of the channel groups that the head (the network's last
     ``nn.Linear``) reads. Pruning them would change the features' width under the domain
-    classifier, so the recipe keeps them whole (traced on a throwaway network of ``cfg``)."""
-    dm = stages.build_data(cfg)
+    classifier, so the recipe keeps them whole (traced on a throwaway network of ``cfg`` for
+    ``dm``'s images, the layers ``pruning.ignored_layers`` names left out as the callback leaves them)."""
     net = stages.build_network(cfg, dm)
-    head, _ = _last_linear(net)
+    head, _ = last_linear(net, "DANN")
     example = torch.randn([2, *stages.input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
-    groups = find_channel_groups(net, example)
+    ignored = [str(n).removeprefix("model.") for n in cfg.pruning.get("ignored_layers") or []]
+    groups = find_channel_groups(net, example, ignored)
     return sorted(f"model.{g.name}" for g in groups if any(s.param == f"{head}.weight" for s in g.inputs))
-
-
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"DANN needs a network whose last nn.Linear is the classifier; {type(model).__name__} has "
-                         "no nn.Linear")
-    return linears[-1]
 
 
 class DANN(ImageClassifier):
@@ -117,7 +110,7 @@ class DANN(ImageClassifier):
         check_number("DANN", "domain_momentum", domain_momentum, low=0.0, high=1.0, high_open=True)
         super().__init__(model, num_classes, lr, momentum, weight_decay, nesterov, cosine, distill, temperature)
         self.save_hyperparameters(ignore=["model"])
-        self.head_name, head = _last_linear(model)
+        self.head_name, head = last_linear(model, "DANN")
         # trained with the network (configure_optimizers takes every parameter), never deployed
         self.domain = nn.Sequential(nn.Linear(head.in_features, domain_hidden), nn.ReLU(),
                                     nn.Linear(domain_hidden, 1))
@@ -286,9 +279,9 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
         check_flag("adaptation.ceiling", a.get("ceiling", False))
-        target_dm = instantiate(a.target)
-        DomainAdaptationData(stages.build_data(cfg), target_dm)  # domains a network cannot read both of fail here
-        kept_whole = feature_producers(cfg) if stages.pruning_enabled(cfg) else []
+        target_dm, source_dm = instantiate(a.target), stages.build_data(cfg)
+        DomainAdaptationData(source_dm, target_dm)  # domains a network cannot read both of fail here
+        kept_whole = feature_producers(cfg, source_dm) if stages.pruning_enabled(cfg) else []
         if kept_whole:
             with open_dict(cfg):
                 cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []), *kept_whole})

@@ -32,16 +32,13 @@ from torch import nn
 
 from ...validation import check_flag, check_number
 from .. import stages
-from . import register_recipe
+from . import last_linear, register_recipe
 
 
 def new_head(net: nn.Module, num_classes: int) -> str:
     """Replace the last ``nn.Linear`` of ``net`` by a freshly initialized one with
     ``num_classes`` outputs; returns its name."""
-    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(net).__name__} has no nn.Linear to serve as the classification head")
-    name, old = linears[-1]
+    name, old = last_linear(net, "the transfer recipe")
     parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
     setattr(parent, name.rpartition(".")[2], nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
     return name
@@ -64,10 +61,10 @@ def check_head_trains(net: nn.Module, frozen) -> None:
     """Refuse a ``transfer.freeze`` that holds the head: ``new_head`` gives the target a freshly
     initialized last ``nn.Linear``, so freezing it (or a container of it) would keep random weights,
     not the source's, and with every layer frozen nothing would train at all."""
-    head = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1:]
-    holders = [n for n in frozen for h in head if n in ("", h) or h.startswith(f"{n}.")]
+    head, _ = last_linear(net, "the transfer recipe")
+    holders = [n for n in frozen if n in ("", head) or head.startswith(f"{n}.")]
     if holders:
-        raise ValueError(f"transfer.freeze names {holders}, which holds the network's last nn.Linear {head[0]!r}: the "
+        raise ValueError(f"transfer.freeze names {holders}, which holds the network's last nn.Linear {head!r}: the "
                          "recipe replaces it by a new head, freshly initialized for the target's classes, which must "
                          "train. Freeze the layers before it (e.g. transfer.freeze=[conv1])")
 
