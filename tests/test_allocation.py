@@ -148,6 +148,7 @@ def test_ssr_l20_with_a_ramp_lowers_its_budget_gradually_and_still_learns_the_st
     assert kept[0] > 25 and kept == sorted(kept, reverse=True) and kept[-1] <= 20
     assert learned["net.narrow"] >= 7 and sum(learned.values()) >= 20 * (1 - 2 * TARGET_TOLERANCE)
     assert ramped.result.config["method"]["ramp"] == 0.5 and direct.result.config["method"]["ramp"] is None
+    assert build_method("ssr_l21").config()["ramp"] == 0.5  # (recorded as used)
 
 
 METHODS = {"ssr_l21": {"rho": 0.5}, "ssr_l20": {"rho": 0.5}, "ssl": {"lam": 1e-3}, "bn_scale": {"penalty": 1e-3}}
