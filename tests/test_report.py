@@ -146,7 +146,7 @@ def test_the_summary_of_a_run_that_failed_or_was_interrupted_says_so_and_why():
     assert failed.summary() == "ssr_l20: not pruned (the run failed: ValueError: ssr_l20: rho must be > 0, got -1)"
     stopped = PruningResult(method="l1", status="interrupted", error="RunInterrupted: stopped by SIGINT\nmore",
                             dense={"macs": 4, "params": 4}, pruned={"macs": 1, "params": 1})
-    assert stopped.summary() == "l1: 4.0x fewer MACs, 4.0x fewer parameters (the run interrupted: RunInterrupted: " \
+    assert stopped.summary() == "l1: 4.0x fewer MACs, 4.0x fewer parameters (the run was interrupted: RunInterrupted: " \
                                 "stopped by SIGINT)"
     assert "(the run" not in PruningResult(method="l1", dense={"macs": 4, "params": 4},
                                            pruned={"macs": 1, "params": 1}).summary()
