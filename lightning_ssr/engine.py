@@ -1129,10 +1129,11 @@ class PruningEngine:
 def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                                           groups: Sequence[ChannelGroup]) -> None:
     """Trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
-    them; the groups the target leaves whole are not passed) that none of ``optimizers`` holds: the prune replaces their tensors and moves only the
-    given optimizers onto the new ones, so an optimizer not given (a hand-written loop's) would go
-    on stepping the old tensors and train nothing from then on, without a word. Parameters the
-    prune leaves alone (a teacher or a moving-average copy held as a submodule) are not its concern."""
+    them; the groups the target leaves whole are not passed) that none of ``optimizers`` holds:
+    the prune replaces their tensors and moves only the given optimizers onto the new ones, so an
+    optimizer not given (a hand-written loop's) would go on stepping the old tensors and train
+    nothing from then on, without a word. Parameters the prune leaves alone (a teacher or a
+    moving-average copy held as a submodule) are not its concern."""
     cut = {s.param for g in groups for s in (*g.slices, *g.inputs)}
     held = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
     loose = [name for name, p in model.named_parameters() if name in cut and p.requires_grad and id(p) not in held]

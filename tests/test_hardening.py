@@ -340,13 +340,22 @@ def test_an_optimizer_whose_state_a_prune_cannot_slice_is_refused_before_the_fir
             return make(self.parameters())
 
     torch.manual_seed(0)
-    model = Other(SmallResidualCNN())
+    _refused_before_the_first_step(tmp_path, Other(SmallResidualCNN()), Pruning("ssr_l20", target={"macs": 0.5}, **SSR),
+                                   TypeError, r"optimizer (Adafactor|LBFGS) keeps state that is not shaped like each "
+                                              r"parameter \(factored or flat\), which a prune cannot slice")
+
+
+def _refused_before_the_first_step(tmp_path, model, callback, error, match=None, data=None):
+    """Fit ``model`` with ``callback``: ``error`` (matching ``match``) before the first optimizer
+    step, the model's state_dict unchanged. Returns the exception info."""
     before = copy.deepcopy(model.state_dict())
-    trainer = _trainer(tmp_path, [Pruning("ssr_l20", target={"macs": 0.5}, **SSR)])
-    with pytest.raises(TypeError, match=r"optimizer (Adafactor|LBFGS) keeps state that is not shaped like each "
-                                        r"parameter \(factored or flat\), which a prune cannot slice"):
-        trainer.fit(model, _data())
-    assert trainer.global_step == 0 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    trainer = _trainer(tmp_path, [callback])
+    with pytest.raises(error, match=match) as info:
+        trainer.fit(model, data if data is not None else _data())
+    assert trainer.global_step == 0
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    return info
 
 
 def _with(net: nn.Module, name: str, value: float) -> nn.Module:
@@ -360,15 +369,8 @@ def _with(net: nn.Module, name: str, value: float) -> nn.Module:
 def test_refused_before_the_first_step_with_the_model_unchanged(tmp_path, case):
     _, net, make_callback, error, text = case
     torch.manual_seed(0)
-    model = Lit(net())
-    before = copy.deepcopy(model.state_dict())
-    trainer = _trainer(tmp_path, [make_callback()])
-    with pytest.raises(error, match=None) as info:
-        trainer.fit(model, _data())
+    info = _refused_before_the_first_step(tmp_path, Lit(net()), make_callback(), error)
     assert text in str(info.value)
-    assert trainer.global_step == 0
-    after = model.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("norm", ["weight_norm", "weight_g_v"])
@@ -411,14 +413,10 @@ def test_group_norm_of_one_channel_per_group_prunes_and_one_of_wider_groups_can_
 
 
 def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
-    model = Lit(DictInputNet(), dict_input=True)
-    before = copy.deepcopy(model.state_dict())
-    trainer = _trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)])
-    with pytest.raises(Exception, match="forward\\(\\) taking a dict") as info:
-        trainer.fit(model, _data(dict_input=True))
+    info = _refused_before_the_first_step(tmp_path, Lit(DictInputNet(), dict_input=True),
+                                          Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), Exception,
+                                          "forward\\(\\) taking a dict", data=_data(dict_input=True))
     assert "unpack the batch in training_step" in str(info.value)  # not example_input=, a tensor, which cannot help
-    assert trainer.global_step == 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 class PairInputNet(nn.Module):
@@ -436,14 +434,9 @@ class PairInputNet(nn.Module):
 def test_a_forward_that_raises_a_value_error_on_the_batch_tensor_gets_the_engines_advice(tmp_path):
     """A ValueError from the user's own forward() (here BatchNorm's "expected 4D input") came
     through raw: the engine's errors are ValueErrors too, and were let through as such."""
-    model = Lit(PairInputNet())
-    before = copy.deepcopy(model.state_dict())
-    trainer = _trainer(tmp_path, [Pruning("l1", target={"macs": 0.5}, **ONESHOT)])
-    with pytest.raises(ValueError, match=r"traces the model's forward\(\) on one input tensor of shape \(2, 3, 8, 8\)"
-                       r".*ValueError: expected 4D input \(got 3D input\).*example_input="):
-        trainer.fit(model, _data())
-    assert trainer.global_step == 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    _refused_before_the_first_step(tmp_path, Lit(PairInputNet()), Pruning("l1", target={"macs": 0.5}, **ONESHOT),
+                                   ValueError, r"traces the model's forward\(\) on one input tensor of shape "
+                                   r"\(2, 3, 8, 8\).*ValueError: expected 4D input \(got 3D input\).*example_input=")
 
 
 class ConvGRU(nn.Module):

@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..latency import steady_allocator
 from ..report import PruningResult
-from ..validation import closest_name
+from ..validation import closest_name, some_names
 from .console import quiet_lightning
 from .recipes import recipe_for
 from .stages import (
@@ -347,8 +347,7 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
         return None
     result, differ = found
     if differ:
-        shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
-        why = f"a run ({result.method}, {result.status}) of another configuration (it differs in {shown})"
+        why = f"a run ({result.method}, {result.status}) of another configuration (it differs in {some_names(differ, 3)})"
     elif result.status == "ok" and result.config.get("code") != code_identity(cfg):
         why = f"a finished run ({result.method}) of this configuration made by other code (package or plugin files)"
     else:

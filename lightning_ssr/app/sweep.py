@@ -169,11 +169,11 @@ def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict
     ours, strays = [], []
     for run in runs:
         choices = _overrides(run)
-        job = _job_of_folder(hydra_cfg, root, Path(run["dir"]))
+        num = _job_of_folder(hydra_cfg, root, Path(run["dir"]))
         if choices is None:
             match = True
-        elif job is not None:
-            match = job < len(jobs) and _pairs(jobs[job]) <= set(choices.items())
+        elif num is not None:
+            match = num < len(jobs) and _pairs(jobs[num]) <= set(choices.items())
         else:
             match = any(_pairs(job) <= set(choices.items()) for job in jobs)
         (ours if match else strays).append(run)

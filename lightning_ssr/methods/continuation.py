@@ -1,9 +1,9 @@
 """Continuation: how a method that learns the structure reaches a target gradually during the
 sparsify phase, without the user tuning its strength (``lam``, ``penalty``).
 
-- :meth:`Continuation.budget_fraction` (SSR-L2,1; SSR-L2,0 with a ``ramp``): the budget of each update falls from the
-  dense model's cost to the target along a geometric path over the first ``ramp_updates``
-  updates, then stays at the target. The method allocates every update anew from the weights
+- :meth:`Continuation.budget_fraction` (SSR-L2,1; SSR-L2,0 with a ``ramp``): the budget of
+  each update falls from the dense model's cost to the target along a geometric path over the
+  first ``ramp_updates`` updates, then stays at the target. The method allocates every update anew from the weights
   it has then, so a channel that the loss keeps large comes back, and the support can neither
   creep back above the target (as a fixed ``lam`` let it on LeNet-5) nor fall below it.
 - :meth:`Continuation.feedback` (SSL, network slimming: subgradient methods, whose groups never
