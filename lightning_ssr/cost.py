@@ -114,16 +114,17 @@ def cost_free_parameters(model: nn.Module) -> set[str]:
 
 def _kept_fractions(groups: Sequence[ChannelGroup], keep: Mapping[str, int], cost: ModelCost):
     """(out fraction, in fraction) kept for every counted layer, given per-group keep counts."""
-    out_frac = {n: 1.0 for n in cost.layers}
+    out_kept = {n: float(layer.out_channels) for n, layer in cost.layers.items()}
     in_kept = {n: float(layer.in_channels) for n, layer in cost.layers.items()}
     for g in groups:
-        frac = keep[g.name] / g.size
-        for m in g.out_modules:
-            if m in out_frac:
-                out_frac[m] = frac
+        for s in g.slices + g.fixed:  # the rows each group removes: a gate over a concat is cut by each branch's
+            module, _, param = s.param.rpartition(".")
+            if param == "weight" and module in out_kept:
+                out_kept[module] -= (g.size - keep[g.name]) * s.index.shape[1]
         for m, width in g.consumers:
             if m in in_kept:  # not a cost-free layer
                 in_kept[m] -= (g.size - keep[g.name]) * width
+    out_frac = {n: out_kept[n] / cost.layers[n].out_channels for n in cost.layers}
     in_frac = {n: in_kept[n] / cost.layers[n].in_channels for n in cost.layers}
     return out_frac, in_frac
 

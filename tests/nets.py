@@ -110,3 +110,21 @@ class SmallResNeXt(nn.Module):
         y = torch.relu(self.bn2(self.grouped(y)))
         x = torch.relu(x + self.bn3(self.expand(y)))
         return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class SmallSEConcat(nn.Module):
+    """Two branches concatenated, then a squeeze-and-excitation gate over the concat: the gate's
+    output channels are cut with both branches, each branch's at its offset in the concat."""
+
+    def __init__(self, in_channels=3, num_classes=5):
+        super().__init__()
+        self.se_reduce, self.se_expand = nn.Linear(12, 4), nn.Linear(4, 12)  # (defined first: not the roots)
+        self.b1 = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(in_channels, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.cat([self.b1(x), self.b2(x)], 1)
+        gate = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(x.mean((2, 3))))))
+        return self.fc(torch.relu(self.conv(x * gate[:, :, None, None])).mean((2, 3)))

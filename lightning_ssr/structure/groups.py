@@ -393,6 +393,21 @@ def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
     return found_concat
 
 
+def _joined_to_concat(dg: tp.DependencyGraph, group, item) -> bool:
+    """Whether ``item``'s channels in ``group`` are exactly those of a concatenation's output in it
+    (an elementwise op joins the layer's output with the concat: a squeeze-and-excitation gate over
+    a concat), so torch-pruning's concat offsets map them, with no padding op in the group."""
+    idxs = sorted(map(int, item.idxs))
+    joined = False
+    for other in group:
+        node = other.dep.target
+        if "pad" in type(node.grad_fn).__name__.lower():
+            return False
+        joined = joined or (node.type == tp.ops.OPTYPE.CONCAT and dg.is_out_channel_pruning_fn(other.dep.handler)
+                            and sorted(map(int, other.idxs)) == idxs)
+    return joined
+
+
 def _nearest_norms(dg: tp.DependencyGraph, module: nn.Module, forward: bool) -> list[nn.Module]:
     """The norm layers reached from ``module`` (its outputs if ``forward``, else its inputs) through
     parameter-free ops only (ReLU, add, cat, pooling, flatten): the walk stops at any layer with
@@ -439,6 +454,44 @@ def find_channel_groups(
         return _find_channel_groups(model, example_inputs, ignored_layers, graph, check, unsupported)
 
 
+def _spans_other_producers(dg: tp.DependencyGraph, group, names: Mapping[nn.Module, str]) -> bool:
+    """Whether another layer whose output channels the group cuts holds only part of the root's
+    channels (the root's channels are a concat of that layer's and others')."""
+    size = len(group[0].idxs)
+    return any(dg.is_out_channel_pruning_fn(item.dep.handler) and item.dep.target.module in names
+               and len(item.idxs) < size for item in group)
+
+
+def _lost_consumer(dg: tp.DependencyGraph, group, names: Mapping[nn.Module, str]) -> Exception | None:
+    """Where no layer of ``group`` consumes its channels but a conv or linear layer still reads
+    what they become, further on in the traced graph: the tracer lost them at an operation it
+    does not map (a reshape that sums channel pairs, say), so the group is not the model's
+    output. The error names where the trace stopped and a layer behind it; ``None`` otherwise."""
+    if any(dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, _CONV + (nn.Linear,))
+           for item in group):
+        return None
+    in_group = {id(item.dep.target.module) for item in group}
+    stack = [(dg.module2node[item.dep.target.module], None) for item in group
+             if item.dep.target.module in dg.module2node]
+    seen = set()
+    while stack:
+        node, stop = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for out in node.outputs:
+            module = out.module
+            if id(module) in in_group:
+                stack.append((out, None))
+                continue
+            where = stop or (type(out.grad_fn).__name__.removesuffix("Backward0") if out.grad_fn is not None
+                             else type(module).__name__)
+            if isinstance(module, _CONV + (nn.Linear,)) and module in names:
+                return ValueError(f"the trace stops at {where!r}, before {names[module]!r} reads them")
+            stack.append((out, where))
+    return None
+
+
 def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: Mapping[nn.Module, str],
                    strict: bool, unsupported: dict[str, UnsupportedLayerError] | None):
     """torch-pruning's group of coupled channels rooted at each prunable layer that is not in
@@ -450,26 +503,36 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
     skip = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
     visited = set()
     failed: dict[str, Exception] = {}
-    for module in list(dg.module2node):
-        if id(module) in skip or id(module) in visited or not isinstance(module, _ROOTS):
-            continue
-        pruner = dg.get_pruner_of_module(module)
-        if pruner is None or pruner.get_out_channels(module) is None:
-            continue
-        try:
-            group = dg.get_pruning_group(module, pruner.prune_out_channels,
-                                         list(range(pruner.get_out_channels(module))))
-        except (IndexError, KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError) as err:
-            # inside torch-pruning's index mapping, for an operation it does not map
-            failed[names.get(module, type(module).__name__)] = err
-            continue
-        prunable = True
-        for dep, _ in group:
-            if dg.is_out_channel_pruning_fn(dep.handler):
-                visited.add(id(dep.target.module))
-                prunable = prunable and id(dep.target.module) not in skip
-        if prunable:
-            yield group
+    deferred = []
+    # two passes: a layer that spans a concat of other producers (an SE gate over a concat) is a root
+    # only where no producer's group took it first, as each producer's group holds its own part of it
+    for first_pass, candidates in ((True, list(dg.module2node)), (False, deferred)):
+        for module in candidates:
+            if id(module) in skip or id(module) in visited or not isinstance(module, _ROOTS):
+                continue
+            pruner = dg.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(module, pruner.prune_out_channels,
+                                             list(range(pruner.get_out_channels(module))))
+            except (IndexError, KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError) as err:
+                # inside torch-pruning's index mapping, for an operation it does not map
+                failed[names.get(module, type(module).__name__)] = err
+                continue
+            if first_pass and _spans_other_producers(dg, group, names):
+                deferred.append(module)
+                continue
+            if (lost := _lost_consumer(dg, group, names)) is not None:
+                failed[names.get(module, type(module).__name__)] = lost
+                continue
+            prunable = True
+            for dep, _ in group:
+                if dg.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(id(dep.target.module))
+                    prunable = prunable and id(dep.target.module) not in skip
+            if prunable:
+                yield group
     if not failed:
         return
     listed = ", ".join(repr(n) for n in failed)
@@ -507,15 +570,24 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
             continue
         if dg.is_out_channel_pruning_fn(item.dep.handler):
             width = _out_width(module)
-            if width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module):
+            if (width is not None and width != len(item.idxs) and not _mapped_by_concat(dg, module)
+                    and not _joined_to_concat(dg, group, item)):
                 problems.append(UnsupportedLayerError(
                     f"channels of '{names[root]}' are coupled to '{name}' ({width} channels) through an op "
                     f"that changes the channel count in a way the engine cannot map (a slice or an index of the "
                     f"channels, a zero-padding shortcut, a reshape). Pass '{names[root]}' in ignored_layers to leave these "
                     f"channels unpruned."))
                 continue
+            try:
+                index = _index_matrix(item.idxs, item.root_idxs, size)
+            except UnsupportedLayerError:
+                problems.append(UnsupportedLayerError(
+                    f"the {size} channels of '{names[root]}' are coupled to '{name}', whose output holds only "
+                    f"{len(item.idxs)} of them (a concat of several producers, joined again with '{names[root]}' by "
+                    f"an elementwise op), in a way the engine cannot map. Pass '{names[root]}' in ignored_layers to "
+                    "leave these channels unpruned."))
+                continue
             out_modules.append(name)
-            index = _index_matrix(item.idxs, item.root_idxs, size)
             frozen_layer = bool(getattr(module, "pruning_cost_free", False))
             for pname, dim in _output_params(module):
                 frozen = frozen_layer or not getattr(module, pname).requires_grad

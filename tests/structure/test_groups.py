@@ -266,6 +266,30 @@ def test_every_layer_the_tracer_cannot_follow_is_named_at_once_and_ignoring_them
     assert [g.name for g in find_channel_groups(net, x, ["c1", "c2"])] == ["c0"]
 
 
+class PairSum(nn.Module):
+    """conv1's channels summed in pairs (a reshape that mixes channels) before conv2 reads them:
+    the tracer loses them there, and conv1's group had no consumer, like the classifier's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3), nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        b, c, h, w = x.shape
+        x = x.reshape(b, c // 2, 2, h, w).sum(2).repeat_interleave(2, 1)
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_channels_the_tracer_loses_before_a_layer_reads_them_are_refused_by_name():
+    """conv1 was left out of the prunable layers without a word: taken for the model's output."""
+    net, x = PairSum(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match=r"output channels of 'conv1' reach an operation the dependency "
+                       r"tracer .* the trace stops at '\w+', before 'conv2' reads them.*Pass 'conv1' in ignored_layers"):
+        find_channel_groups(net, x)
+    assert [g.name for g in find_channel_groups(net, x, ["conv1"])] == ["conv2"]
+
+
 class ScaledLogits(nn.Module):
     """A learnable per-class scale on the classifier's output: channels no layer consumes."""
 

@@ -16,13 +16,14 @@ from lightning_ssr.structure.groups import UnsupportedLayerError
 from lightning_ssr.structure.surgery import mask_channels
 from lightning_ssr.targets import min_keep_counts
 from tests.lit import NetClassifier, trainer
-from tests.nets import SmallDenseNet, SmallResNeXt, SmallUNet, random_keep_masks, randomize_bn
+from tests.nets import SmallDenseNet, SmallResNeXt, SmallSEConcat, SmallUNet, random_keep_masks, randomize_bn
 from tests.numerics import assert_same_function
 
 X = torch.randn(2, 3, 16, 16)
 
 
-@pytest.mark.parametrize("factory", [SmallDenseNet, SmallUNet, SmallResNeXt], ids=["densenet", "unet", "resnext"])
+@pytest.mark.parametrize("factory", [SmallDenseNet, SmallUNet, SmallResNeXt, SmallSEConcat],
+                         ids=["densenet", "unet", "resnext", "se-over-concat"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_masked_and_rebuilt_agree(factory, seed):
     torch.manual_seed(seed)
@@ -47,6 +48,16 @@ def test_densenet_groups_include_the_norms_over_the_concat_at_their_offsets():
     layer1 = groups["layer1.2"]  # channels 8..11 of the stream after the first concat
     bn_rows = {s.param: s.index.flatten().tolist() for s in layer1.slices if "weight" in s.param}
     assert bn_rows["layer2.0.weight"] == [8, 9, 10, 11] and bn_rows["transition.0.weight"] == [8, 9, 10, 11]
+
+
+def test_a_gate_over_a_concat_is_cut_with_each_branch_at_its_offset():
+    """The gate's layer spans both branches: taken as the root, each branch held only part of its
+    channels, and the model was refused ("slices of unequal width") without naming a layer."""
+    groups = {g.name: g for g in find_channel_groups(SmallSEConcat(), X)}
+    assert set(groups) == {"b1.0", "b2.0", "se_reduce", "conv"}
+    for name, rows in (("b1.0", list(range(6))), ("b2.0", list(range(6, 12)))):
+        gate = {s.param: s.index.flatten().tolist() for s in groups[name].slices}
+        assert gate["se_expand.weight"] == gate["se_expand.bias"] == rows
 
 
 def test_transposed_conv_macs_are_counted():
