@@ -52,10 +52,11 @@ from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..structure.groups import ForwardError
 from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
-from ..validation import check_flag, check_number
+from ..validation import check_flag, check_number, some_names
 from .console import progress_bars
 from .data import check_augment
 from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from .sweep import flatten_config
 
 #: Keys of the ``target`` group that are limits, not the target itself.
 TARGET_LIMITS = ("min_channels", "max_pruning_ratio", "allocation", "round_to")
@@ -154,6 +155,60 @@ def _check_resumed_average(cfg: DictConfig, checkpoint: dict, averaging: list[pl
                          f"{average.decay}: resume with the same ema_decay as that run")
 
 
+#: where the run that prunes keeps its settings in each checkpoint it writes (:class:`RunSettingsRecord`)
+RUN_SETTINGS_KEY = "lightning_ssr_run_settings"
+
+#: configuration a resume may change: the compression settings the callback compares itself
+#: (``Pruning.check_resume``, which lets a fine-tune grow), ``ema_decay`` (compared above), the
+#: Trainer's, and what only places, shows or measures the run
+RESUMABLE_CHANGES = ("ckpt_path", "hydra", "pruning", "schedule", "target", "ema_decay", "trainer", "verbose",
+                     "latency", "export", "plugins", "dense.cache_dir", "dense.use_cache", "data.root",
+                     "data.num_workers", "data.eval_batch_size")
+
+
+def run_settings(cfg: DictConfig) -> dict:
+    """The settings a resumed run must share with the run that wrote its checkpoint (flat
+    ``key: value``): the seed, the network, the data, the module, the dense model and a recipe's own
+    settings; everything but :data:`RESUMABLE_CHANGES`."""
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+             for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
+    return {k: v for k, v in flatten_config(plain).items()
+            if not any(k == free or k.startswith(free + ".") for free in RESUMABLE_CHANGES)}
+
+
+class RunSettingsRecord(pl.Callback):
+    """Keeps :func:`run_settings` in every checkpoint of the run that prunes, so that a resume with
+    other settings is refused at set-up (:func:`_check_resumed_settings`): it would go on with the
+    checkpoint's weights and optimizer, and ``result.json`` would record settings the run never had."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RUN_SETTINGS_KEY] = dict(self.settings)
+
+
+def _check_resumed_settings(cfg: DictConfig, checkpoint: dict) -> None:
+    written = checkpoint.get(RUN_SETTINGS_KEY)
+    if not isinstance(written, dict):  # a checkpoint of a fit of your own, or of an earlier version
+        return
+    now = run_settings(cfg)
+    changed = [f"{k}: {_shown(written, k)} -> {_shown(now, k)}" for k in sorted(set(written) | set(now))
+               if written.get(k, _UNSET) != now.get(k, _UNSET)]
+    if changed:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run with other settings "
+                         f"({some_names(changed)}): a resume goes on with that run's weights and optimizer, so "
+                         "these would not apply, and result.json would record them. Resume with that run's "
+                         "settings, or start a new run without ckpt_path")
+
+
+_UNSET = object()
+
+
+def _shown(settings: dict, key: str) -> str:
+    return "(unset)" if key not in settings else repr(settings[key])
+
+
 def build_data(cfg: DictConfig) -> pl.LightningDataModule:
     """The data module of ``cfg.data``, set up (its splits loaded)."""
     dm = instantiate(cfg.data)
@@ -235,6 +290,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
                          "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")
     averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
     if checkpoint is not None:
+        _check_resumed_settings(cfg, checkpoint)
         _check_resumed_average(cfg, checkpoint, averaging)
     callback = build_pruning(cfg)
     if checkpoint is not None and callback is not None:
@@ -613,7 +669,7 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs,
                           callbacks=([callback] if callback else []) + weight_averaging(cfg)
-                          + progress_bars(cfg.trainer),
+                          + progress_bars(cfg.trainer) + [RunSettingsRecord(run_settings(cfg))],
                           default_root_dir=str(output_dir), **extra)
     cap_log_interval(trainer, dm)
     with warnings.catch_warnings():

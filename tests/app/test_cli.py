@@ -442,7 +442,13 @@ def test_resume_from_a_lightning_checkpoint_name_with_equals_signs(tmp_path):
     # the same checkpoint with another target or method: refused before anything trains, in one line
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
-    for change, text in (("target.macs=0.1", r"target.macs: 0.2 -> 0.1"), ("pruning=l1", "from method 'ssr_l20'")):
+    # and with other settings of the run (its module, seed, data): refused too; a resume went on with
+    # the checkpoint's weights and optimizer, and result.json recorded the new settings as the run's
+    settings = r"^ckpt_path=.* was written by a run with other settings \({}\): a resume goes on with"
+    for change, text in (("target.macs=0.1", r"target.macs: 0.2 -> 0.1"), ("pruning=l1", "from method 'ssr_l20'"),
+                         ("module.lr=0.1", settings.format(r"module.lr: 0.01 -> 0.1")),
+                         ("seed=1", settings.format(r"seed: 0 -> 1")),
+                         ("+module.extra=1", settings.format(r"module.extra: \(unset\) -> 1"))):
         with pytest.raises(ValueError, match=text) as info:
             run(compose_config([*overrides, typed, change, f"dense.cache_dir={tmp_path / 'other'}"]),
                 tmp_path / "changed")
@@ -1124,6 +1130,18 @@ def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
     assert late.value.exit_code == 143 and Path(late.value.checkpoint).is_file()
     assert isinstance(late.value.__cause__, Terminated)
     assert not unhandled
+
+
+def test_a_resume_may_change_what_only_places_shows_or_bounds_the_run():
+    from lightning_ssr.app.stages import RUN_SETTINGS_KEY, _check_resumed_settings, run_settings
+
+    written = {RUN_SETTINGS_KEY: run_settings(_compose(FAST))}
+    for change in ("data.num_workers=2", "data.eval_batch_size=10", "trainer.max_epochs=9", "latency.repeats=5",
+                   "dense.use_cache=false", "schedule.finetune_epochs=4", "export=onnx", "verbose=false"):
+        _check_resumed_settings(_compose(FAST + [change]), written)  # not refused
+    _check_resumed_settings(_compose(FAST + ["seed=3"]), {})  # a checkpoint without the record: nothing to compare
+    with pytest.raises(ValueError, match=r"data.batch_size: 64 -> 8"):
+        _check_resumed_settings(_compose(FAST + ["data.batch_size=8"]), written)
 
 
 @pytest.mark.parametrize("written_with, resumed_with", [(True, False), (False, True)], ids=["dropped", "added"])
