@@ -153,7 +153,8 @@ class PruningResult:
         if self.accuracy_drop_points is not None:
             drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change
             change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"
-            lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> pruned "
+            after = "not pruned" if unpruned else "pruned"  # (the model the run ended with)
+            lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> {after} "
                          f"{100 * self.pruned['accuracy']:.2f}% ({change})")
         timed = [e for e in self.events if e.get("latency_measured_ms") is not None]
         if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not

@@ -77,6 +77,9 @@ def test_missing_figures_give_none_not_an_error():
                           dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
     # (it read "1.0x fewer MACs, 1.0x fewer parameters")
     assert ended.summary() == "ssr_l20: not pruned (the run failed: the model was not pruned: ...)"
+    # with accuracy measured, the model it ended with is not called pruned either
+    ended.dense["accuracy"], ended.pruned["accuracy"] = 0.0995, 0.12
+    assert ended.summary().splitlines()[1] == "test accuracy: dense 9.95% -> not pruned 12.00% (2.05 points higher)"
     same = PruningResult(method="none", dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
     assert same.summary().startswith("none: 1.0x fewer MACs")  # the equal-budget baseline, finished: as it is
 
