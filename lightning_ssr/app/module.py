@@ -26,12 +26,9 @@ class ImageClassifier(pl.LightningModule):
                  weight_decay: float = 5e-4, nesterov: bool = False, cosine: bool = True, distill: float = 0.0,
                  temperature: float = 4.0):
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"module.lr must be > 0, got {lr}")
-        if not 0.0 <= distill <= 1.0:
-            raise ValueError(f"module.distill is the weight of the distillation loss, in [0, 1]; got {distill}")
-        if not temperature > 0:
-            raise ValueError(f"module.temperature must be > 0, got {temperature}")
+        check_number("module", "lr", lr, low=0.0, low_open=True)
+        check_number("module", "distill (the weight of the distillation loss)", distill, low=0.0, high=1.0)
+        check_number("module", "temperature", temperature, low=0.0, low_open=True)
         check_number("module", "momentum", momentum, low=0.0, high=1.0, high_open=True)
         check_number("module", "weight_decay", weight_decay, low=0.0)
         for name, flag in (("nesterov", nesterov), ("cosine", cosine)):

@@ -13,13 +13,17 @@ from lightning_ssr.app.stages import dense_cache_path
 from lightning_ssr.checkpoint import read_checkpoint
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"distill": 1.5}, "module.distill"), ({"distill": -0.1}, "module.distill"),
-    ({"distill": float("nan")}, "module.distill"), ({"temperature": 0.0}, "module.temperature"),
-    ({"lr": 0.0}, "module.lr"),
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"distill": 1.5}, ValueError, r"module: distill .* must be in \[0.0, 1.0\], got 1.5"),
+    ({"distill": -0.1}, ValueError, "module: distill"), ({"distill": float("nan")}, ValueError, "module: distill"),
+    ({"temperature": 0.0}, ValueError, r"module: temperature must be in \(0.0, inf\)"),
+    ({"lr": 0.0}, ValueError, "module: lr"),
+    # (module.lr=fast on the command line: a TypeError of a comparison, naming nothing)
+    ({"lr": "fast"}, TypeError, "module: lr must be a number, got str 'fast'"),
+    ({"temperature": "4"}, TypeError, "module: temperature must be a number"),
 ])
-def test_bad_settings_are_refused_naming_the_key(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_settings_are_refused_naming_the_key(kwargs, error, match):
+    with pytest.raises(error, match=match):
         ImageClassifier(build_model("lenet5"), **kwargs)
 
 
