@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import threading
@@ -363,19 +364,19 @@ class RunInterrupted(KeyboardInterrupt):
     stops the fit at the next batch, and would exit 0); it gives the command's :attr:`exit_code`."""
 
     def __init__(self, where: str, checkpoint: str | None = None, lost: str = "; nothing of it was kept",
-                 message: str | None = None, signal: str = "Ctrl-C"):
+                 message: str | None = None, signal: str = "Ctrl-C", redone: str = ""):
         self.where, self.checkpoint, self.lost, self._message = where, checkpoint, lost, message
-        self.signal = signal
+        self.signal, self.redone = signal, redone
         if message is not None:
             super().__init__(message)
         elif checkpoint is None:
             super().__init__(f"{where}{lost}: run the job again")
         else:
-            super().__init__(f"{where}. The last checkpoint is {checkpoint}: run the same command with "
+            super().__init__(f"{where}. The last checkpoint is {checkpoint}{redone}: run the same command with "
                              f"ckpt_path={shlex.quote(checkpoint)} to go on from it")
 
     def __reduce__(self):  # whole after a pickle (a sweep launcher's worker process sends it back)
-        return type(self), (self.where, self.checkpoint, self.lost, self._message, self.signal)
+        return type(self), (self.where, self.checkpoint, self.lost, self._message, self.signal, self.redone)
 
     @property
     def exit_code(self) -> int:
@@ -404,7 +405,18 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
         if saved is None:
             raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
                                  "epoch)", signal=signal) from err
-        raise RunInterrupted(where, saved, signal=signal) from err
+        raise RunInterrupted(where, saved, signal=signal, redone=_redone(saved, trainer.global_step)) from err
+
+
+def _redone(checkpoint: str, step: int) -> str:
+    """`` (of step N: steps N+1-M run again)`` where ``checkpoint``'s name gives its step (Lightning's
+    ``epoch=E-step=N.ckpt``) and it is older than ``step``; else nothing."""
+    found = re.search(r"step=(\d+)", Path(checkpoint).name)
+    if found is None or int(found.group(1)) >= step:
+        return ""
+    saved = int(found.group(1))
+    again = f"step {step}" if saved + 1 == step else f"steps {saved + 1}-{step}"
+    return f" (of optimizer step {saved}: {again} run again)"
 
 
 #: each interruption: how the job's message tells it, and the command's exit code (128 + the

@@ -655,6 +655,7 @@ def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(
         run(_compose(overrides), tmp_path / "run")
     saved = re.search(r"ckpt_path=(\S+) to go on", str(info.value)).group(1)
     assert Path(saved).name == "epoch=0-step=8.ckpt" and Path(saved).is_file()
+    assert "step=8.ckpt (of optimizer step 8: steps 9-12 run again): run the same command" in str(info.value)
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "interrupted" and saved in record["error"]
     monkeypatch.setattr(ImageClassifier, "training_step", step)
