@@ -389,6 +389,7 @@ class PruningEngine:
         self._start_time: float | None = None
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
+        self.warnings: list[str] = []  # what the run warned of (warn), for its result
         self._ignored_resolved = list(self._ignored_names)
         # a state loaded before the model was known, with layers ignored as module objects: the
         # names its run ignored, compared once the model gives the objects their names
@@ -489,7 +490,8 @@ class PruningEngine:
             if self.events_done == 0 and world.rank == 0:
                 final = self._context.final_keep  # (known at set-up unless the method learns the structure)
                 cut = [g for g in self._context.groups if final is None or final.get(g.name, 0) < g.size]
-                _warn_of_parameters_no_optimizer_holds(model, optimizers, cut)
+                if (loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
+                    self.warn(loose)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once
@@ -546,6 +548,16 @@ class PruningEngine:
             out.update(self._prune(model, epoch, step, optimizers, world))
         return out
 
+    def warn(self, message: str, emit: Callable[..., Any] | None = None) -> None:
+        """Warn of ``message`` (with ``emit``, e.g. Lightning's ``rank_zero_warn``; else
+        ``warnings.warn``) and keep it for the result's ``warnings`` (once, however often given)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        if emit is not None:
+            emit(message)
+        else:
+            warnings.warn(message, stacklevel=3)
+
     def finish(self, model: nn.Module, warn: bool = True) -> PruningResult | None:
         """The training ended: the result, with the model as it is now (also after a resume that
         trained no further: the result is not in a checkpoint). With ``warn``, a training that ended
@@ -555,9 +567,9 @@ class PruningEngine:
             due = self.schedule.prune_epoch(self.events_done)
             shapes = (f"the shapes of prune event {self.events_done} of {self.schedule.prune_events}"
                       if self.events_done else "its dense shapes (the result is None)")
-            warnings.warn(f"PruningEngine.finish: the training ended before the prune due at the start of epoch "
-                          f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
-                          f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.", stacklevel=2)
+            self.warn(f"PruningEngine.finish: the training ended before the prune due at the start of epoch "
+                      f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
+                      f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.")
         if self.plan is not None and self.dense is not None:
             example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
             device = next(model.parameters()).device
@@ -585,6 +597,7 @@ class PruningEngine:
             "dense": self.dense.to_dict() if self.dense is not None else None,
             "latency": self._latency,
             "settings": self.settings(),
+            "warnings": list(self.warnings),
         }
 
     def settings(self) -> dict[str, Any]:
@@ -663,6 +676,8 @@ class PruningEngine:
         self.last_update_step = int(state.get("last_update_step", -1))
         self.dense = DenseState.from_dict(state.get("dense"))
         self._latency = state.get("latency")
+        # the run's warnings before the checkpoint, then this fit's (its set-up warns again)
+        self.warnings = [*state.get("warnings", []), *(w for w in self.warnings if w not in state.get("warnings", []))]
         self._pending_method_state = state.get("method_state") or None
         self._context = None
         self._started = False
@@ -803,8 +818,8 @@ class PruningEngine:
             method = _method_copy(self.method, memo)
         except (TypeError, RuntimeError, AttributeError, ValueError, copy.Error) as err:  # a lock, an open file, ...
             del trial
-            warnings.warn(f"pruning method {name!r} cannot be copied ({type(err).__name__}: {err}), so it was not "
-                          "rehearsed at set-up: a failure in its hooks shows in the fit", stacklevel=2)
+            self.warn(f"pruning method {name!r} cannot be copied ({type(err).__name__}: {err}), so it was not "
+                      "rehearsed at set-up: a failure in its hooks shows in the fit")
             return False
         ctx = replace(self._context, model=trial, sync=None, evaluate=None)
         cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
@@ -902,12 +917,12 @@ class PruningEngine:
             # with several prune events it updates between them too: the first event is the one unshaped
             never = ("it would never update, and what it prunes" if schedule.prune_events == 1 else
                      "it would not update before its first prune event, and what that event prunes")
-            warnings.warn(
+            self.warn(
                 f"pruning method {self.method.name!r} updates every {n} optimizer steps "
                 f"(schedule.update_every_n_steps), but its sparsify phase is steps {first + 1}-{last} "
                 f"({schedule.sparsify_epochs} epoch(s) of {steps_per_epoch}), with no multiple of {n}: {never} "
                 f"would not be what it learned. Lower schedule.update_every_n_steps (to "
-                f"{last - first} or less) or lengthen the sparsify phase.", stacklevel=2)
+                f"{last - first} or less) or lengthen the sparsify phase.")
 
     def _planned_updates(self, steps_per_epoch: int | None) -> int | None:
         """The method's periodic updates in the sparsify phase (None where the epoch length is unknown)."""
@@ -968,12 +983,11 @@ class PruningEngine:
         keep = ctx.keep
         if (self.events_done == 0 and self.method.sparsifies and self._started and self.last_update_step < 0
                 and self.schedule.update_every_n_steps is not None and not self._updates_judged and world.rank == 0):
-            warnings.warn(  # (a loop that gave on_batch_start no steps_per_epoch: the set-up could not tell)
+            self.warn(  # (a loop that gave on_batch_start no steps_per_epoch: the set-up could not tell)
                 f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
                 f"once (every {self.schedule.update_every_n_steps} optimizer steps, schedule.update_every_n_steps): "
                 "what it prunes is not what it learned. Lower schedule.update_every_n_steps or lengthen the sparsify "
-                "phase; pass steps_per_epoch=len(loader) to on_batch_start() to be told before training.",
-                stacklevel=2)
+                "phase; pass steps_per_epoch=len(loader) to on_batch_start() to be told before training.")
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
@@ -1046,14 +1060,13 @@ class PruningEngine:
                 for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", timed_load or {}))
                 if d.get("crowded")]
         if not met and world.rank == 0:
-            warnings.warn(
+            self.warn(
                 f"latency target missed: the pruned model runs {measured:.3f} ms per batch of {self.target.batch_size}, "
                 f"{measured / self.target.latency - 1:+.0%} over the {self.target.latency:.3f} ms asked (predicted "
                 f"{lat['predicted_ms']:.3f} ms, dense {lat['dense_ms']:.3f} ms). "
                 + (f"Other processes kept the machine busy during {' and '.join(busy)}: " if busy else
                    "A busy machine times slower than the calibration did: ")
-                + "time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or ask for less.",
-                stacklevel=2)
+                + "time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or ask for less.")
         return {"latency_dense_ms": lat["dense_ms"], "latency_predicted_ms": lat["predicted_ms"],
                 "latency_measured_ms": measured, "latency_target_met": met,
                 "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
@@ -1113,7 +1126,7 @@ class PruningEngine:
             pruned={"macs": int(after.macs), "params": int(after.params)},
             layers=layer_rows(dense, after), plan=self.plan.to_dict() if self.plan is not None else None,
             events=list(self._events), trajectory=list(self._trajectory),
-            timings=self._timings(fit_end))
+            timings=self._timings(fit_end), warnings=list(self.warnings))
 
     def _timings(self, fit_end: bool) -> dict:
         """Seconds since this process's training started: to the last prune event, and to the end."""
@@ -1126,9 +1139,9 @@ class PruningEngine:
         return {**self._costs, **self._prune_timing}
 
 
-def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
-                                          groups: Sequence[ChannelGroup]) -> None:
-    """Trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
+def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                                   groups: Sequence[ChannelGroup]) -> str | None:
+    """The warning (``None``: nothing to warn of) of trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
     them; the groups the target leaves whole are not passed) that none of ``optimizers`` holds:
     the prune replaces their tensors and moves only the given optimizers onto the new ones, so an
     optimizer not given (a hand-written loop's) would go on stepping the old tensors and train
@@ -1137,13 +1150,13 @@ def _warn_of_parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequenc
     cut = {s.param for g in groups for s in (*g.slices, *g.inputs)}
     held = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
     loose = [name for name, p in model.named_parameters() if name in cut and p.requires_grad and id(p) not in held]
-    if loose:
-        warnings.warn(
-            f"PruningEngine: the model's {some_names(loose)} {'requires' if len(loose) == 1 else 'require'} grad but "
+    if not loose:
+        return None
+    return (f"PruningEngine: the model's {some_names(loose)} {'requires' if len(loose) == 1 else 'require'} grad but "
             f"{'is' if len(loose) == 1 else 'are'} in none of the {len(optimizers)} optimizer(s) given (under "
             "Lightning: those configure_optimizers returns): a prune replaces the tensors of the layers it cuts and "
             "moves only the given optimizers onto the new ones. If an optimizer not given trains them, pass it too "
-            "(optimizers=[...]); if nothing trains them, set requires_grad=False on them.", stacklevel=4)
+            "(optimizers=[...]); if nothing trains them, set requires_grad=False on them.")
 
 
 def steps_per_epoch(batches, accumulate: int = 1) -> int | None:

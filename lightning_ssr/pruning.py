@@ -332,25 +332,7 @@ class Pruning(Callback):
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
-        if not isinstance(pl_module, PrunedCheckpointMixin) and any(
-                isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.save_weights_only
-                for cb in trainer.checkpoint_callbacks):
-            rank_zero_warn(
-                f"ModelCheckpoint(save_weights_only=True) writes checkpoints without the pruning plan (Lightning "
-                f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
-                f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
-                "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.")
-        monitors = [cb.monitor for cb in trainer.checkpoint_callbacks
-                    if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None]
-        if self.schedule.finetune_epochs == 0 and monitors:
-            # the last prune comes at the end of the fit, after its last validation and before
-            # ModelCheckpoint saves: the pruned model is saved, ranked by the dense model's score
-            rank_zero_warn(
-                f"the schedule ends with the prune (finetune_epochs=0): ModelCheckpoint(monitor={monitors[0]!r}) saves "
-                "the pruned model at the end of the fit with the score of the last validation, which ran on the dense "
-                "model. Validate the pruned model after the fit (trainer.validate(module, ...)), or fine-tune at "
-                "least one epoch (finetune_epochs >= 1), so that it is validated before it is ranked.")
-        # per fit; Lightning restores the callback's state after set-up
+        # per fit (before its warnings, which the run keeps); Lightning restores the callback's state after set-up
         self._short_fit = self._restored = self._resume_checked = self._train_ended = False
         if trainer.global_step == 0 and not self.engine.fresh:
             # the callback of an earlier fit, given to a new training (a loop over seeds or models):
@@ -361,6 +343,26 @@ class Pruning(Callback):
             if self.verbose and trainer.ckpt_path is None:
                 rank_zero_info(f"{name}: a new training from step 0; the run of this callback's earlier fit is set "
                                "aside and pruning starts over.")
+        if not isinstance(pl_module, PrunedCheckpointMixin) and any(
+                isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.save_weights_only
+                for cb in trainer.checkpoint_callbacks):
+            self.engine.warn(
+                f"ModelCheckpoint(save_weights_only=True) writes checkpoints without the pruning plan (Lightning "
+                f"calls no callback's on_save_checkpoint for them): those saved after the prune hold pruned weights "
+                f"that a freshly constructed {type(pl_module).__name__} cannot load. Mix "
+                "lightning_ssr.PrunedCheckpointMixin into it (it writes the plan itself), or save full checkpoints.",
+                emit=rank_zero_warn)
+        monitors = [cb.monitor for cb in trainer.checkpoint_callbacks
+                    if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None]
+        if self.schedule.finetune_epochs == 0 and monitors:
+            # the last prune comes at the end of the fit, after its last validation and before
+            # ModelCheckpoint saves: the pruned model is saved, ranked by the dense model's score
+            self.engine.warn(
+                f"the schedule ends with the prune (finetune_epochs=0): ModelCheckpoint(monitor={monitors[0]!r}) saves "
+                "the pruned model at the end of the fit with the score of the last validation, which ran on the dense "
+                "model. Validate the pruned model after the fit (trainer.validate(module, ...)), or fine-tune at "
+                "least one epoch (finetune_epochs >= 1), so that it is validated before it is ranked.",
+                emit=rank_zero_warn)
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
@@ -389,10 +391,11 @@ class Pruning(Callback):
     def _warn_short_fit(self, bound: str, fix: str, at: str = "") -> None:
         schedule = self.schedule
         self._short_fit = True
-        rank_zero_warn(
+        self.engine.warn(
             f"Trainer({bound}) ends before the last scheduled prune at the start of epoch "
             f"{schedule.last_prune_epoch}{at}; the model would not be fully pruned. Use {fix} "
-            "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.")
+            "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.",
+            emit=rank_zero_warn)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -465,12 +468,12 @@ class Pruning(Callback):
             ends = cosine_end(sched, position)
             if ends < end:
                 fit_end = f"max_epochs={end}" if unit == "epoch" else f"the fit's last step ({end})"
-                rank_zero_warn(
+                self.engine.warn(
                     f"{type(self).__name__}: the checkpoint's CosineAnnealingLR ends at {unit} {ends} "
                     f"(T_max={sched.T_max}), before {fit_end}: a resume keeps the checkpoint's schedule, so the "
                     f"{unit}s after its end train at about eta_min (then torch's cosine rises again). To fine-tune "
                     "longer along a cosine, end it where the fit does in the module's on_train_start: "
-                    "lightning_ssr.end_cosines(self.trainer).")
+                    "lightning_ssr.end_cosines(self.trainer).", emit=rank_zero_warn)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -523,24 +526,23 @@ class Pruning(Callback):
             # calls no on_train_end, where a WeightAveraging callback gives the module its average: the
             # fit would end with the weights trained on, not with the average an uninterrupted one has
             internals.end_with_averages(trainer, pl_module)
-        self.engine.finish(pl_module, warn=False)  # warned of below, in Lightning's terms
         engine, schedule = self.engine, self.schedule
-        if engine.done or trainer.fast_dev_run:
-            return
-        due = schedule.prune_epoch(engine.events_done)
-        shapes = (f"the shapes of prune event {engine.events_done} of {schedule.prune_events}" if engine.events_done
-                  else "its dense shapes (Pruning.result is None)")
-        message = (f"{type(self).__name__}: the fit ended at optimizer step {trainer.global_step}, before the prune "
-                   f"due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, resume "
-                   f"from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...).fit(module, "
-                   "ckpt_path=...).")
-        if self._short_fit:  # the Trainer's bound was warned of at set-up
-            if self.verbose:
-                rank_zero_info(message)
-        else:
-            rank_zero_warn(message + f" If a callback stopped it (EarlyStopping), give the Trainer "
-                                     f"min_epochs={schedule.min_epochs}: Lightning does not stop before it, and "
-                                     "EarlyStopping starts over at the prune.")
+        if not engine.done and not trainer.fast_dev_run:  # warned of here, in Lightning's terms
+            due = schedule.prune_epoch(engine.events_done)
+            shapes = (f"the shapes of prune event {engine.events_done} of {schedule.prune_events}"
+                      if engine.events_done else "its dense shapes (Pruning.result is None)")
+            message = (f"{type(self).__name__}: the fit ended at optimizer step {trainer.global_step}, before the "
+                       f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
+                       f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
+                       ".fit(module, ckpt_path=...).")
+            if self._short_fit:  # the Trainer's bound was warned of at set-up
+                if self.verbose:
+                    rank_zero_info(message)
+            else:
+                engine.warn(message + f" If a callback stopped it (EarlyStopping), give the Trainer "
+                                      f"min_epochs={schedule.min_epochs}: Lightning does not stop before it, and "
+                                      "EarlyStopping starts over at the prune.", emit=rank_zero_warn)
+        engine.finish(pl_module, warn=False)  # (the result, with the warnings above)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:

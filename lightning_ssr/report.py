@@ -74,7 +74,9 @@ class PruningResult:
     seconds; ``machine`` is :func:`machine_info` (and ``latency_load``, how busy other processes
     kept the machine while the command timed the models: :class:`~lightning_ssr.latency.OtherProcessesLoad`).
     ``status`` is ``"ok"``, ``"failed"`` or ``"interrupted"`` (Ctrl-C, SIGTERM; then ``error``
-    says why, an interruption with the checkpoint to go on from).
+    says why, an interruption with the checkpoint to go on from). ``warnings`` holds what the
+    pruning run warned of, in order (a sparsify phase too short to update, a missed latency
+    target, a fit that ended before its prune, ...), so that a run read later says it too.
     """
 
     method: str
@@ -90,6 +92,7 @@ class PruningResult:
     machine: dict = field(default_factory=machine_info)
     status: str = "ok"
     error: str | None = None
+    warnings: list = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float | None:
@@ -156,6 +159,9 @@ class PruningResult:
             after = "not pruned" if unpruned else "pruned"  # (the model the run ended with)
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> {after} "
                          f"{100 * self.pruned['accuracy']:.2f}% ({change})")
+        if self.warnings:  # (printed when they were given; the summary says they were)
+            lines.append(f"{len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''} during the run "
+                         "(kept in result.json under 'warnings')")
         timed = [e for e in self.events if e.get("latency_measured_ms") is not None]
         if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not
             e, asked = timed[-1], self.target["latency"]

@@ -41,7 +41,7 @@ from tests.lit import (
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
 STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early",
-              "last_update_step", "dense", "latency", "settings", "rng"}
+              "last_update_step", "dense", "latency", "settings", "warnings", "rng"}
 
 
 def test_schedule_epochs():
@@ -687,7 +687,8 @@ def test_state_restored_but_not_yet_applied_round_trips():
              "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
                                                                     "final_keep": None, "cost": None, "round_to": 1,
                                                                     "allocation": "method", "steps": {"a": 1}},
-             "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings()}
+             "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings(),
+             "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ..."]}
     cb.load_state_dict(state)
     again = SSRPruning(schedule=SCHEDULE)
     again.load_state_dict(cb.state_dict())
@@ -1083,12 +1084,16 @@ def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_at_set_up(tmp_pa
                                          r"5-8 \(1 epoch\(s\) of 4\), with no multiple of 25: it would never update"):
         trainer(tmp_path, [pruning], 3).fit(TinyClassifier(), loader())
     assert pruning.engine.last_update_step == -1  # (never)
+    # the result keeps it: a run read later (result.json, a sweep's) says it was warned of
+    (kept,) = pruning.result.warnings
+    assert "with no multiple of 25: it would never update" in kept
+    assert "1 warning during the run (kept in result.json under 'warnings')" in pruning.result.summary()
     enough = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=4)
     pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=enough, verbose=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*would never update")
         trainer(tmp_path, [pruning], 3).fit(TinyClassifier(), loader())
-    assert pruning.engine.last_update_step == 8
+    assert pruning.engine.last_update_step == 8 and pruning.result.warnings == []
 
 
 def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_with_several_prune_events_too(tmp_path):

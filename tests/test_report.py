@@ -11,7 +11,7 @@ from lightning_ssr.report import RESULT_SCHEMA_VERSION, format_layer_table, laye
 
 # the keys of result.json: PruningResult's fields, the schema version and the derived figures
 RESULT_KEYS = {"schema_version", "method", "config", "target", "dense", "pruned", "layers", "plan", "events", "trajectory",
-               "timings", "machine", "status", "error", "macs_reduction", "params_reduction",
+               "timings", "machine", "status", "error", "warnings", "macs_reduction", "params_reduction",
                "accuracy_drop_points"}
 
 

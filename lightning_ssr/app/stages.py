@@ -815,6 +815,7 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
             result.status = "failed"
             result.error = ("the model was not pruned: training ended before the prune event at the start of epoch "
                             f"{callback.schedule.prune_epoch(callback.events_done)}")
+            result.warnings = list(callback.engine.warnings)
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     result.config["code"] = code_identity(cfg)
     return result
