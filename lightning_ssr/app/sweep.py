@@ -356,6 +356,12 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
             lines.append(f"- `{r['dir']}`{' (interrupted)' if r['status'] == 'interrupted' else ''}: {error}")
+    warned = [(r, (r.get("result") or {}).get("warnings") or []) for r in runs if r["status"] == "ok"]
+    warned = [(r, said) for r, said in warned if said]
+    if warned:  # counted above: finished, but with a warning that may explain its figures
+        lines += ["", "## Finished runs that warned", ""]
+        lines += [f"- `{r['dir']}`: {said[0]}" + (f" (and {len(said) - 1} more in its result.json)"
+                                                   if len(said) > 1 else "") for r, said in warned]
     if missing:
         lines += ["", "## Runs that never started", "",
                   (f"{count_runs(len(missing))} of the sweep's grid {'has' if len(missing) == 1 else 'have'} no folder "

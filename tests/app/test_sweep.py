@@ -17,7 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accuracy: float,
-            status: str = "ok", error: str | None = None) -> Path:
+            status: str = "ok", error: str | None = None, warned: tuple = ()) -> Path:
     dense_macs = 1_000_000
     cli = {"model": {"name": "lenet5"}, "pruning": {"name": method}, "target": {"macs": macs_kept}, "seed": seed,
            "dense": {"cache_dir": f"/somewhere/{seed}"}}
@@ -27,7 +27,7 @@ def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accu
                                    "accuracy": accuracy},
                            layers=[{"name": "conv1", "before": 20, "after": 10, "macs_before": 1, "macs_after": 1,
                                     "params_before": 1, "params_after": 1}],
-                           status=status, error=error)
+                           status=status, error=error, warnings=list(warned))
     (tmp / name).mkdir(parents=True, exist_ok=True)
     return result.save(tmp / name / "result.json")
 
@@ -147,6 +147,18 @@ def test_an_interrupted_run_is_reported_as_interrupted_not_failed(tmp_path):
     assert "`1` (interrupted): RunInterrupted: stopped by SIGTERM" in text.replace(str(tmp_path / "1"), "1")
     assert format_summary(report).startswith("3 runs, 1 failed, 1 interrupted, 1 configuration")
     assert main([str(tmp_path), "--no-plots"]) == 1  # the report's exit code: not everything finished
+
+
+def test_finished_runs_that_warned_are_listed_with_their_first_warning(tmp_path):
+    """A finished run whose method never updated (too short a sparsify phase) counted like the
+    others, and its warning was only in the log of its job."""
+    never = "pruning method 'ssr_l20' updates every 25 optimizer steps, but ... it would never update"
+    _result(tmp_path, "0", "ssr_l20", 0.5, 0, 0.9, warned=(never, "latency target missed: ..."))
+    _result(tmp_path, "1", "ssr_l20", 0.5, 1, 0.9)
+    text = Path(write_report(tmp_path, plots=False)["files"]["markdown"]).read_text().replace(str(tmp_path) + "/", "")
+    assert "2 runs finished" in text
+    assert f"## Finished runs that warned\n\n- `0`: {never} (and 1 more in its result.json)\n" in text
+    assert "`1`" not in text
 
 
 def test_a_damaged_result_file_is_a_failed_run_not_a_crash(tmp_path):
