@@ -394,18 +394,33 @@ def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
 
 
 def _joined_to_concat(dg: tp.DependencyGraph, group, item) -> bool:
-    """Whether ``item``'s channels in ``group`` are exactly those of a concatenation's output in it
-    (an elementwise op joins the layer's output with the concat: a squeeze-and-excitation gate over
-    a concat), so torch-pruning's concat offsets map them, with no padding op in the group."""
+    """Whether ``item``'s layer holds exactly the channels of a concatenation's output in ``group``
+    and its output meets that concat's at an elementwise op (a squeeze-and-excitation gate over a
+    concat), so that torch-pruning's concat offsets map them; no padding op in the group."""
     idxs = sorted(map(int, item.idxs))
-    joined = False
+    concats = []
     for other in group:
         node = other.dep.target
         if "pad" in type(node.grad_fn).__name__.lower():
             return False
-        joined = joined or (node.type == tp.ops.OPTYPE.CONCAT and dg.is_out_channel_pruning_fn(other.dep.handler)
-                            and sorted(map(int, other.idxs)) == idxs)
-    return joined
+        if (node.type == tp.ops.OPTYPE.CONCAT and dg.is_out_channel_pruning_fn(other.dep.handler)
+                and sorted(map(int, other.idxs)) == idxs):
+            concats.append(node)
+    reached = _reached_elementwise(dg.module2node[item.dep.target.module])
+    return any(reached & _reached_elementwise(node) for node in concats)
+
+
+def _reached_elementwise(node) -> set[int]:
+    """The elementwise op nodes (ReLU, sigmoid, unsqueeze, mul, add) ``node``'s output reaches
+    through elementwise ops only, as node ids: a slice, a reshape or a layer on the way ends a path."""
+    seen, stack = set(), list(node.outputs)
+    while stack:
+        out = stack.pop()
+        if id(out) in seen or out.type != tp.ops.OPTYPE.ELEMENTWISE:
+            continue
+        seen.add(id(out))
+        stack.extend(out.outputs)
+    return seen
 
 
 def _nearest_norms(dg: tp.DependencyGraph, module: nn.Module, forward: bool) -> list[nn.Module]:
@@ -523,16 +538,17 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
             if first_pass and _spans_other_producers(dg, group, names):
                 deferred.append(module)
                 continue
-            if (lost := _lost_consumer(dg, group, names)) is not None:
-                failed[names.get(module, type(module).__name__)] = lost
-                continue
             prunable = True
             for dep, _ in group:
                 if dg.is_out_channel_pruning_fn(dep.handler):
                     visited.add(id(dep.target.module))
                     prunable = prunable and id(dep.target.module) not in skip
-            if prunable:
-                yield group
+            if not prunable:
+                continue
+            if (lost := _lost_consumer(dg, group, names)) is not None:
+                failed[names.get(module, type(module).__name__)] = lost
+                continue
+            yield group
     if not failed:
         return
     listed = ", ".join(repr(n) for n in failed)
@@ -583,9 +599,8 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
             except UnsupportedLayerError:
                 problems.append(UnsupportedLayerError(
                     f"the {size} channels of '{names[root]}' are coupled to '{name}', whose output holds only "
-                    f"{len(item.idxs)} of them (a concat of several producers, joined again with '{names[root]}' by "
-                    f"an elementwise op), in a way the engine cannot map. Pass '{names[root]}' in ignored_layers to "
-                    "leave these channels unpruned."))
+                    f"{len(item.idxs)} of them, through ops that split and join channels in a way the engine cannot "
+                    f"map. Pass '{names[root]}' in ignored_layers to leave these channels unpruned."))
                 continue
             out_modules.append(name)
             frozen_layer = bool(getattr(module, "pruning_cost_free", False))

@@ -281,6 +281,27 @@ class PairSum(nn.Module):
         return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
 
 
+class CatPlusSlice(nn.Module):
+    """A concat of two branches added to the first channels of a wider conv: its rows equal the
+    concat's, but reach the add through a slice, which the rebuild cannot follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.big, self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 6, 1)
+        self.conv, self.rest, self.fc = nn.Conv2d(12, 8, 3, padding=1), nn.Conv2d(4, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        z = self.big(x)
+        y = torch.cat([self.a(x), self.b(x)], 1) + z[:, :12]
+        return self.fc((torch.relu(self.conv(torch.relu(y))) + self.rest(z[:, 12:])).mean((2, 3)))
+
+
+def test_a_layer_holding_a_concats_rows_through_a_slice_is_refused_by_name():
+    with pytest.raises(UnsupportedLayerError, match=r"channels of '[ab]' are coupled to 'big' \(16 channels\) "
+                                                    r"through an op .*Pass '[ab]' in ignored_layers"):
+        find_channel_groups(CatPlusSlice(), torch.randn(2, 3, 8, 8))
+
+
 def test_channels_the_tracer_loses_before_a_layer_reads_them_are_refused_by_name():
     """conv1 was left out of the prunable layers without a word: taken for the model's output."""
     net, x = PairSum(), torch.randn(2, 3, 8, 8)
@@ -288,6 +309,24 @@ def test_channels_the_tracer_loses_before_a_layer_reads_them_are_refused_by_name
                        r"tracer .* the trace stops at '\w+', before 'conv2' reads them.*Pass 'conv1' in ignored_layers"):
         find_channel_groups(net, x)
     assert [g.name for g in find_channel_groups(net, x, ["conv1"])] == ["conv2"]
+
+
+class TwoLost(PairSum):
+    """Two producers summed, then lost: ignoring one leaves the other's group unprunable too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x) + self.conv0(x))
+        b, c, h, w = x.shape
+        x = x.reshape(b, c // 2, 2, h, w).sum(2).repeat_interleave(2, 1)
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_a_lost_group_that_holds_an_ignored_layer_is_not_refused():
+    assert [g.name for g in find_channel_groups(TwoLost(), torch.randn(2, 3, 8, 8), ["conv0"])] == ["conv2"]
 
 
 class ScaledLogits(nn.Module):
