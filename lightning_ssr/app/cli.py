@@ -462,10 +462,11 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
                                 [f"ckpt_path={_override_value(saved)}"] if saved else [])
     stopped = "the sweep stopped there (runs without a result.json did not finish)"
     if saved:
-        head = f"{where}; {stopped}. Its last checkpoint is {saved}; to go on with that run"
+        head = f"{where}; {stopped}. Its last checkpoint is {saved}{getattr(err, 'redone', '')}; to go on with that run"
     else:
         head = f"{where}{getattr(err, 'lost', '')}; {stopped}. To run it again"
-    return RunInterrupted(where, saved, signal=getattr(err, "signal", "Ctrl-C"), message=(
+    return RunInterrupted(where, saved, signal=getattr(err, "signal", "Ctrl-C"), redone=getattr(err, "redone", ""),
+                          message=(
         f"{head} alone (in its folder, where the report finds it): {command}. "
         f"lightning-ssr-report {shlex.quote(sweep_dir)} reports the runs that finished and, for a grid sweep, "
         "gives the command of each run that never started"))

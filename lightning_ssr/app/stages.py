@@ -163,18 +163,35 @@ RUN_SETTINGS_KEY = "lightning_ssr_run_settings"
 #: (``Pruning.check_resume``, which lets a fine-tune grow), ``ema_decay`` (compared above), the
 #: Trainer's, and what only places, shows or measures the run
 RESUMABLE_CHANGES = ("ckpt_path", "hydra", "pruning", "schedule", "target", "ema_decay", "trainer", "verbose",
-                     "latency", "export", "plugins", "dense.cache_dir", "dense.use_cache", "data.root",
-                     "data.num_workers", "data.eval_batch_size")
+                     "latency", "export", "plugins")
+#: keys, at any depth (a recipe's second data set too), that only place files or feed the loaders
+RESUMABLE_LEAVES = ("root", "num_workers", "eval_batch_size", "cache_dir", "use_cache")
 
 
 def run_settings(cfg: DictConfig) -> dict:
     """The settings a resumed run must share with the run that wrote its checkpoint (flat
-    ``key: value``): the seed, the network, the data, the module, the dense model and a recipe's own
-    settings; everything but :data:`RESUMABLE_CHANGES`."""
-    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-             for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
-    return {k: v for k, v in flatten_config(plain).items()
-            if not any(k == free or k.startswith(free + ".") for free in RESUMABLE_CHANGES)}
+    ``key: value``, each value as JSON, so that 1 and 1.0 differ as the run's numbers do): the
+    seed, the network, the data, the module, the dense model and a recipe's own settings;
+    everything but :data:`RESUMABLE_CHANGES` and :data:`RESUMABLE_LEAVES`. A value that resolves
+    only inside a Hydra job (``${hydra:...}``) is compared as written."""
+    raw, plain = OmegaConf.to_container(cfg, resolve=False), {}
+    for key in raw:
+        if key in RESUMABLE_CHANGES:
+            continue
+        try:
+            value = cfg[key]
+            # (a mapping or a list as plain data: a ListConfig in a checkpoint would not load with weights_only)
+            plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception:  # noqa: BLE001 - an interpolation that resolves only in a Hydra job
+            plain[key] = raw[key]
+    return {k: v for k, v in flatten_config(_json_leaves(plain)).items() if k.rsplit(".", 1)[-1] not in RESUMABLE_LEAVES}
+
+
+def _json_leaves(value):
+    """``value`` with each mapping kept and every other value (a list too) as its JSON text."""
+    if isinstance(value, dict):
+        return {k: _json_leaves(v) for k, v in value.items()}
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class RunSettingsRecord(pl.Callback):
@@ -207,7 +224,7 @@ _UNSET = object()
 
 
 def _shown(settings: dict, key: str) -> str:
-    return "(unset)" if key not in settings else repr(settings[key])
+    return "(unset)" if key not in settings else str(settings[key])  # (JSON text: a string shows quoted)
 
 
 def build_data(cfg: DictConfig) -> pl.LightningDataModule:
@@ -411,7 +428,7 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
 def _redone(checkpoint: str, step: int) -> str:
     """`` (of step N: steps N+1-M run again)`` where ``checkpoint``'s name gives its step (Lightning's
     ``epoch=E-step=N.ckpt``) and it is older than ``step``; else nothing."""
-    found = re.search(r"step=(\d+)", Path(checkpoint).name)
+    found = re.search(r"(?:^|-)step=(\d+)", Path(checkpoint).name)  # (not a metric's "val_step=")
     if found is None or int(found.group(1)) >= step:
         return ""
     saved = int(found.group(1))

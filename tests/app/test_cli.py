@@ -1133,7 +1133,7 @@ def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
     assert not unhandled
 
 
-def test_a_resume_may_change_what_only_places_shows_or_bounds_the_run():
+def test_a_resume_may_change_what_only_places_shows_or_bounds_the_run(tmp_path):
     from lightning_ssr.app.stages import RUN_SETTINGS_KEY, _check_resumed_settings, run_settings
 
     written = {RUN_SETTINGS_KEY: run_settings(_compose(FAST))}
@@ -1143,6 +1143,16 @@ def test_a_resume_may_change_what_only_places_shows_or_bounds_the_run():
     _check_resumed_settings(_compose(FAST + ["seed=3"]), {})  # a checkpoint without the record: nothing to compare
     with pytest.raises(ValueError, match=r"data.batch_size: 64 -> 8"):
         _check_resumed_settings(_compose(FAST + ["data.batch_size=8"]), written)
+    with pytest.raises(ValueError, match=r"seed: 0 -> 0.0"):  # (as JSON: equal in Python, not the same setting)
+        _check_resumed_settings(_compose(FAST + ["seed=0.0"]), written)
+    # a recipe's second data set places its files and feeds its loaders freely too
+    recipe = ["+experiment=da_mnist_to_mnist_m"]
+    written = {RUN_SETTINGS_KEY: run_settings(_compose(recipe))}
+    _check_resumed_settings(_compose(recipe + ["adaptation.target.num_workers=2"]), written)
+    # a list at the top (+tags=[a,b]) is plain data in the checkpoint: it loaded only without weights_only
+    settings = run_settings(_compose(FAST + ["+tags=[a,b]"]))
+    torch.save({RUN_SETTINGS_KEY: settings}, tmp_path / "record.ckpt")
+    assert torch.load(tmp_path / "record.ckpt", weights_only=True)[RUN_SETTINGS_KEY]["tags"] == '["a", "b"]'
 
 
 @pytest.mark.parametrize("written_with, resumed_with", [(True, False), (False, True)], ids=["dropped", "added"])
