@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from ..modes import eval_mode
-from ..validation import closest_name
+from ..validation import closest_name, some_names
 
 _CONV = (nn.modules.conv._ConvNd,)  # convolutions, transposed ones included
 _ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -322,11 +322,39 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
     ``LayerNorm`` over the channels) would normalize the channels that stay by other statistics once
     some of its channels are gone."""
     modules = dict(model.named_modules())
+    shared = _shared_parameters(model)
     for g in groups:
         for name in [*g.out_modules, *(c for c, _ in g.consumers)]:
             if name in modules:
                 _check_plain_parameters(modules[name], name, g.name)
                 _check_channels_normalized_apart(modules[name], name, g.name)
+                _check_not_tied(name, g.name, shared)
+        for name in g.out_modules:
+            module = modules.get(name)
+            if isinstance(module, _CONV) and module.transposed and module.groups > 1:
+                raise UnsupportedLayerError(
+                    f"layer '{name}' ({type(module).__name__}, groups={module.groups}) is a grouped transposed "
+                    "convolution, whose output channels the rebuild cannot cut (its weight holds them per group). "
+                    f"Pass '{g.name}' in ignored_layers to leave these channels unpruned; the other layers are "
+                    "still pruned.")
+
+
+def _shared_parameters(model: nn.Module) -> dict[str, list[str]]:
+    """Each name of a parameter that several names hold (a tied weight), with all its names."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    return {n: names for names in owners.values() if len(names) > 1 for n in names}
+
+
+def _check_not_tied(name: str, root: str, shared: Mapping[str, list[str]]) -> None:
+    for param in ("weight", "bias"):
+        names = shared.get(f"{name}.{param}" if name else param)
+        if names:
+            raise UnsupportedLayerError(
+                f"layer '{name}' holds its {param} tied to {some_names(names)} (one parameter under several names): "
+                "the rebuild gives each layer its own cut tensors, which would untie them. Pass "
+                f"'{root}' in ignored_layers to leave these channels unpruned, or untie the parameter.")
 
 
 def _check_channels_normalized_apart(module: nn.Module, name: str, root: str) -> None:

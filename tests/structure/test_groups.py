@@ -329,6 +329,39 @@ def test_a_lost_group_that_holds_an_ignored_layer_is_not_refused():
     assert [g.name for g in find_channel_groups(TwoLost(), torch.randn(2, 3, 8, 8), ["conv0"])] == ["conv2"]
 
 
+class GroupedTransposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
+        self.c2, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.up(torch.relu(self.c1(x)))))).mean((2, 3)))
+
+
+class TiedBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.b.weight = self.a.weight  # one parameter under two names
+        self.c, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(torch.relu(self.a(x)) + torch.relu(self.b(x.flip(3))))).mean((2, 3)))
+
+
+def test_a_grouped_transposed_conv_and_a_tied_weight_are_refused_by_name():
+    """Both went on to a raw IndexError / KeyError in the rebuild or the cost estimate."""
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'up' \(ConvTranspose2d, groups=2\) is a grouped "
+                                                    r"transposed convolution.*Pass 'up' in ignored_layers"):
+        find_channel_groups(GroupedTransposed(), x)
+    with pytest.raises(UnsupportedLayerError, match=r"layer '[ab]' holds its weight tied to a.weight, b.weight .*"
+                                                    r"Pass 'b' in ignored_layers"):
+        find_channel_groups(TiedBranches(), x)
+    assert [g.name for g in find_channel_groups(TiedBranches(), x, ["b"])] == ["c"]
+
+
 class ScaledLogits(nn.Module):
     """A learnable per-class scale on the classifier's output: channels no layer consumes."""
 
