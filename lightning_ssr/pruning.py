@@ -222,6 +222,11 @@ class Pruning(Callback):
     After ``fit``: :attr:`result` (:class:`PruningResult`) and :attr:`plan` (the cumulative
     :class:`PruningPlan` of the model being trained). :attr:`engine` is the
     :class:`~lightning_ssr.engine.PruningEngine` it drives.
+
+    One per fit: each would rebuild the model by its own plan. Two with different methods are
+    refused when the fit starts; two with the same method share a ``state_key``, which Lightning
+    refuses already in ``Trainer(...)`` ("Found more than one stateful callback of type ..."). To
+    prune again, with another method or target, give the pruned module a second fit (plans compose).
     """
 
     def __init__(self, method: str | PruningMethod = "ssr_l20", target: Target | Mapping | None = None,

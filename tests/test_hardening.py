@@ -561,6 +561,14 @@ def test_a_second_pruning_callback_in_the_same_fit_is_refused_before_the_first_s
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_two_pruning_callbacks_of_one_method_are_refused_by_lightning_as_documented(tmp_path):
+    """They share a state_key: Lightning refuses them in Trainer(...), before any fit; the README's
+    troubleshooting row and Pruning's docstring quote its message."""
+    with pytest.raises(RuntimeError, match="Found more than one stateful callback of type `Pruning`"):
+        _trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
+                            Pruning("oneshot", target={"macs": 0.25}, **ONESHOT)])
+
+
 @pytest.mark.parametrize("make_other", [pytest.param(lambda: EMAWeightAveraging(), marks=needs_ema, id="ema"),
                                         pytest.param(lambda: ModelPruning("l1_unstructured", amount=0.5),
                                                      id="model_pruning")])
