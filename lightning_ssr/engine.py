@@ -677,7 +677,8 @@ class PruningEngine:
         self.dense = DenseState.from_dict(state.get("dense"))
         self._latency = state.get("latency")
         # the run's warnings before the checkpoint, then this fit's (its set-up warns again)
-        self.warnings = [*state.get("warnings", []), *(w for w in self.warnings if w not in state.get("warnings", []))]
+        saved = list(state.get("warnings", []))
+        self.warnings = saved + [w for w in self.warnings if w not in saved]
         self._pending_method_state = state.get("method_state") or None
         self._context = None
         self._started = False
@@ -1141,8 +1142,9 @@ class PruningEngine:
 
 def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                                    groups: Sequence[ChannelGroup]) -> str | None:
-    """The warning (``None``: nothing to warn of) of trainable parameters of the layers a prune cuts (``groups``' slices, the layers that read
-    them; the groups the target leaves whole are not passed) that none of ``optimizers`` holds:
+    """The warning (``None``: nothing to warn of) of trainable parameters of the layers a prune
+    cuts (``groups``' slices, the layers that read them; the groups the target leaves whole are not
+    passed) that none of ``optimizers`` holds:
     the prune replaces their tensors and moves only the given optimizers onto the new ones, so an
     optimizer not given (a hand-written loop's) would go on stepping the old tensors and train
     nothing from then on, without a word. Parameters the prune leaves alone (a teacher or a

@@ -212,15 +212,12 @@ def _check_resumed_settings(cfg: DictConfig, checkpoint: dict) -> None:
         return
     now = run_settings(cfg)
     changed = [f"{k}: {_shown(written, k)} -> {_shown(now, k)}" for k in sorted(set(written) | set(now))
-               if written.get(k, _UNSET) != now.get(k, _UNSET)]
+               if written.get(k) != now.get(k)]  # (values are JSON text, never None)
     if changed:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run with other settings "
                          f"({some_names(changed)}): a resume goes on with that run's weights and optimizer, so "
                          "these would not apply, and result.json would record them. Resume with that run's "
                          "settings, or start a new run without ckpt_path")
-
-
-_UNSET = object()
 
 
 def _shown(settings: dict, key: str) -> str:

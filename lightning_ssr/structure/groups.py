@@ -412,13 +412,18 @@ def _mapped_by_concat(dg: tp.DependencyGraph, module: nn.Module) -> bool:
         seen.add(id(node))
         if node.type == tp.ops.OPTYPE.CONCAT:
             found_concat = True
-        elif "pad" in type(node.grad_fn).__name__.lower():
+        elif _is_padding(node):
             return False
         m = node.module
         if isinstance(m, _CONV + (nn.Linear, nn.Parameter) + _NORM):
             continue
         stack.extend(node.inputs)
     return found_concat
+
+
+def _is_padding(node) -> bool:
+    """Whether a traced op node pads (``F.pad``): torch-pruning cannot know its channel offsets."""
+    return "pad" in type(node.grad_fn).__name__.lower()
 
 
 def _joined_to_concat(dg: tp.DependencyGraph, group, item) -> bool:
@@ -429,7 +434,7 @@ def _joined_to_concat(dg: tp.DependencyGraph, group, item) -> bool:
     concats = []
     for other in group:
         node = other.dep.target
-        if "pad" in type(node.grad_fn).__name__.lower():
+        if _is_padding(node):
             return False
         if (node.type == tp.ops.OPTYPE.CONCAT and dg.is_out_channel_pruning_fn(other.dep.handler)
                 and sorted(map(int, other.idxs)) == idxs):
