@@ -128,3 +128,39 @@ class SmallSEConcat(nn.Module):
         x = torch.cat([self.b1(x), self.b2(x)], 1)
         gate = torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(x.mean((2, 3))))))
         return self.fc(torch.relu(self.conv(x * gate[:, :, None, None])).mean((2, 3)))
+
+
+class PairSum(nn.Module):
+    """conv1's channels summed in pairs (a reshape that mixes channels) before conv2 reads them:
+    the tracer loses them there, and conv1's group had no consumer, like the classifier's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3), nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        b, c, h, w = x.shape
+        x = x.reshape(b, c // 2, 2, h, w).sum(2).repeat_interleave(2, 1)
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+class GroupedTransposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
+        self.c2, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.up(torch.relu(self.c1(x)))))).mean((2, 3)))
+
+
+class TiedBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.b.weight = self.a.weight  # one parameter under two names
+        self.c, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(torch.relu(self.a(x)) + torch.relu(self.b(x.flip(3))))).mean((2, 3)))

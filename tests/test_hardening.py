@@ -22,7 +22,7 @@ from lightning_ssr.methods.oneshot import OneShot
 from lightning_ssr.methods.ssr import SSR as SSRMethod
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
-from tests.nets import SmallResidualCNN
+from tests.nets import GroupedTransposed, PairSum, SmallResidualCNN, TiedBranches
 from tests.numerics import assert_same_function
 
 
@@ -273,6 +273,12 @@ REFUSED_AT_SETUP = [
      ("torch.nn.utils.prune (or Lightning's ModelPruning) masks it: weight = weight_orig * weight_mask, recomputed "
      "before each forward; the rebuild slices plain parameters and cannot follow it. Remove it for the pruning "
      "(torch.nn.utils.prune.remove(module, 'weight')")),
+    *[(name, net, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), UnsupportedLayerError, text)
+      for name, net, text in [
+          ("channels_the_tracer_loses", PairSum, "before 'net.conv2' reads them"),
+          ("grouped_transposed_conv", GroupedTransposed,
+           "layer 'net.up' (ConvTranspose2d, groups=2) is a grouped transposed convolution"),
+          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight")]],
     ("bn_scale_without_batchnorm", SmallResidualCNN, lambda: Pruning("bn_scale", target={"macs": 0.5}, **SSR),
      ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),

@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_ssr.app.models import build_model
 from lightning_ssr.structure import UnsupportedLayerError, find_channel_groups, prune_channels
-from tests.nets import SmallResidualCNN
+from tests.nets import GroupedTransposed, PairSum, SmallResidualCNN, TiedBranches
 
 STREAM = {"stem", "bn0", "conv_b", "bn_b", "dw"}  # SmallResidualCNN's residual stream (dw is depthwise on it)
 
@@ -266,21 +266,6 @@ def test_every_layer_the_tracer_cannot_follow_is_named_at_once_and_ignoring_them
     assert [g.name for g in find_channel_groups(net, x, ["c1", "c2"])] == ["c0"]
 
 
-class PairSum(nn.Module):
-    """conv1's channels summed in pairs (a reshape that mixes channels) before conv2 reads them:
-    the tracer loses them there, and conv1's group had no consumer, like the classifier's."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3), nn.Linear(6, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        b, c, h, w = x.shape
-        x = x.reshape(b, c // 2, 2, h, w).sum(2).repeat_interleave(2, 1)
-        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
-
-
 class CatPlusSlice(nn.Module):
     """A concat of two branches added to the first channels of a wider conv: its rows equal the
     concat's, but reach the add through a slice, which the rebuild cannot follow."""
@@ -327,27 +312,6 @@ class TwoLost(PairSum):
 
 def test_a_lost_group_that_holds_an_ignored_layer_is_not_refused():
     assert [g.name for g in find_channel_groups(TwoLost(), torch.randn(2, 3, 8, 8), ["conv0"])] == ["conv2"]
-
-
-class GroupedTransposed(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
-        self.c2, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.c2(torch.relu(self.up(torch.relu(self.c1(x)))))).mean((2, 3)))
-
-
-class TiedBranches(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
-        self.b.weight = self.a.weight  # one parameter under two names
-        self.c, self.fc = nn.Conv2d(8, 4, 3, padding=1), nn.Linear(4, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.c(torch.relu(self.a(x)) + torch.relu(self.b(x.flip(3))))).mean((2, 3)))
 
 
 def test_a_grouped_transposed_conv_and_a_tied_weight_are_refused_by_name():
