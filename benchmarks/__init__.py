@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from lightning_ssr.latency import cache_root
@@ -130,11 +132,30 @@ def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
     return record
 
 
+ORPHAN_POLL_S = 2.0
+
+
+def exit_when_orphaned(parent: int, poll_s: float = ORPHAN_POLL_S) -> threading.Thread:
+    """Watch, from a daemon thread, that the process ``parent`` is still this one's parent, and end
+    this process (exit code 1) once it is not: a pool's worker whose benchmark was killed (SIGKILL,
+    an out-of-memory kill) would otherwise wait on the pool's queue, and hold its memory, forever."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-when-orphaned", daemon=True)
+    thread.start()
+    return thread
+
+
 def init_worker(threads: int) -> None:
-    """A benchmark's worker process: ``threads`` torch threads and Lightning's chatter filtered."""
+    """A benchmark's worker process: ``threads`` torch threads, Lightning's chatter filtered, and
+    an exit of its own if the benchmark that started it dies."""
     import torch
 
     from lightning_ssr.app.console import quiet_lightning
 
+    exit_when_orphaned(os.getppid())
     torch.set_num_threads(threads)
     quiet_lightning()

@@ -1,9 +1,14 @@
 """Every benchmark script runs as README says, ``python benchmarks/<name>.py``, from any directory:
 the repository root is not on the path then, and each script puts it there itself."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(str(p) for p in BENCHMARKS.glob("*.py") if p.name != "__main__.py" and 'if __name__ == "__main__"' in p.read_text())
@@ -38,3 +43,52 @@ def test_every_script_starts_from_another_directory(tmp_path):
     proc = subprocess.run([sys.executable, "-c", RUN_EACH, *SCRIPTS], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+ORPHANED_POOL = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+sys.path.insert(0, sys.argv[1])
+from benchmarks import exit_when_orphaned
+
+def watch_parent():
+    exit_when_orphaned(os.getppid(), poll_s=0.05)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, initializer=watch_parent) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)
+        time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see whether a process still runs")
+def test_a_pool_worker_exits_once_its_benchmark_is_killed(tmp_path):
+    """A benchmark killed with SIGKILL cannot stop its workers; each worker sees that it lost its
+    parent and ends itself, instead of waiting on the pool's queue for ever."""
+    script = tmp_path / "bench.py"
+    script.write_text(ORPHANED_POOL)
+    proc = subprocess.Popen([sys.executable, str(script), str(BENCHMARKS.parent)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(proc.stdout.readline())
+        assert _running(worker)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(worker), "the orphaned worker is still running"
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        if worker is not None and _running(worker):
+            os.kill(worker, signal.SIGKILL)
