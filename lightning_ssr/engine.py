@@ -479,7 +479,7 @@ class PruningEngine:
         if self._start_time is None:
             self.start()
         if self._context is None:
-            check_remappable(optimizers)
+            check_remappable(optimizers)  # by type, before the set-up's work
             if self.schedule.restart_lr:
                 check_restartable(schedulers)
             if self.target is not None and self.target.kind == "latency":  # real inputs to time on
@@ -487,11 +487,17 @@ class PruningEngine:
                 self._timing_rows = None if found is None else found[: self.target.batch_size].detach().clone()
             self._setup_evaluate = evaluate or self.evaluate
             self._setup_method(model, world, steps_per_epoch, self._setup_evaluate)
-            if self.events_done == 0 and world.rank == 0:
-                final = self._context.final_keep  # (known at set-up unless the method learns the structure)
-                cut = [g for g in self._context.groups if final is None or final.get(g.name, 0) < g.size]
-                if (loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
-                    self.warn(loose)
+            final = self._context.final_keep  # (known at set-up unless the method learns the structure)
+            cut = [g for g in self._context.groups if final is None or final.get(g.name, 0) < g.size]
+            names = {s.param for g in cut for s in (*g.slices, *g.inputs)}
+            try:  # by the state one step gives a copy of each optimizer
+                check_remappable(optimizers, {n: p for n, p in model.named_parameters() if n in names})
+            except ValueError:
+                self._context = None  # set up again on the next training, with the optimizer it is given
+                raise
+            if self.events_done == 0 and world.rank == 0 and (
+                    loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
+                self.warn(loose)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once

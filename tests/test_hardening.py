@@ -351,6 +351,60 @@ def test_an_optimizer_whose_state_a_prune_cannot_slice_is_refused_before_the_fir
                                               r"parameter \(factored or flat\), which a prune cannot slice")
 
 
+class FactoredMomentum(torch.optim.Optimizer):
+    """An optimizer of another library (not torch.optim) that keeps, for each matrix or kernel, one
+    moment per output row, as a factored optimizer does: a prune cannot slice that state."""
+
+    def __init__(self, params, lr=0.01):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if p.dim() > 1:
+                    rows = p.grad.pow(2).flatten(1).mean(1, keepdim=True)
+                    state["row_moment"] = 0.9 * state.get("row_moment", rows) + 0.1 * rows
+                    scale = state["row_moment"].view(-1, *[1] * (p.dim() - 1)).add(1e-8).rsqrt()
+                    p.add_(p.grad * scale, alpha=-group["lr"])
+                else:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+
+class OtherSGD(torch.optim.SGD):
+    """An optimizer of another library whose state is per element, like SGD's."""
+
+
+def test_another_librarys_optimizer_with_factored_state_is_refused_before_the_first_step(tmp_path):
+    """Its state appears at its first step, so the check by type cannot see it: the whole sparsify
+    phase ran, then the prune refused the state of the first layer it cut. One step on a copy of
+    the optimizer, at set-up, shows the state's shapes."""
+
+    class Other(Lit):
+        def configure_optimizers(self):
+            return FactoredMomentum(self.parameters())
+
+    torch.manual_seed(0)
+    _refused_before_the_first_step(
+        tmp_path, Other(SmallResidualCNN()), Pruning("ssr_l20", target={"macs": 0.5}, **SSR), ValueError,
+        r"optimizer FactoredMomentum keeps state 'row_moment' of net\.\w+\.weight in shape \(\d+, 1\), not the "
+        r"parameter's \(\d+, \d+(, 3, 3)?\): the prune cannot slice it")
+
+
+def test_another_librarys_optimizer_with_per_element_state_prunes(tmp_path):
+    class Other(Lit):
+        def configure_optimizers(self):
+            return OtherSGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    torch.manual_seed(0)
+    model, callback = Other(SmallResidualCNN()), Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)
+    _trainer(tmp_path, [callback]).fit(model, _data())
+    assert callback.result.events and 2.0 <= callback.result.macs_reduction <= 2.0 / 0.98  # met from below, within 2%
+
+
 def _refused_before_the_first_step(tmp_path, model, callback, error, match=None, data=None):
     """Fit ``model`` with ``callback``: ``error`` (matching ``match``) before the first optimizer
     step, the model's state_dict unchanged. Returns the exception info."""

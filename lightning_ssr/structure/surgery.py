@@ -386,15 +386,49 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
 UNSLICEABLE_OPTIMIZERS = tuple(c for c in (getattr(torch.optim, n, None) for n in ("LBFGS", "Adafactor")) if c)
 
 
-def check_remappable(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+def check_remappable(optimizers: Sequence[torch.optim.Optimizer],
+                     cut: Mapping[str, nn.Parameter] | None = None) -> None:
     """Refuse, before training, an optimizer whose state a prune cannot slice onto the smaller
-    tensors (:data:`UNSLICEABLE_OPTIMIZERS`); one of another library is checked state by state
-    at the prune (:func:`remap_optimizer`)."""
+    tensors: one of :data:`UNSLICEABLE_OPTIMIZERS`, or one of another library whose state, after
+    one step taken on a copy of it with zero gradients, holds a tensor of one of the parameters in
+    ``cut`` (by name: those a prune may replace) that is not shaped like the parameter. Where that
+    copy cannot be made or stepped (a step that needs a closure), the check is left to the
+    prune (:func:`remap_optimizer`), as before."""
     for optimizer in optimizers:
         if isinstance(optimizer, UNSLICEABLE_OPTIMIZERS):
             raise TypeError(f"optimizer {type(optimizer).__name__} keeps state that is not shaped like each parameter "
                             "(factored or flat), which a prune cannot slice onto the smaller tensors: use an optimizer "
                             "whose state is per element (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, RAdam, ...)")
+        if cut and not type(optimizer).__module__.startswith("torch.optim"):
+            _check_state_after_a_step(optimizer, cut)
+
+
+def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str, nn.Parameter]) -> None:
+    name_of = {id(p): n for n, p in cut.items()}
+    originals = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(id(p) in name_of for p in originals):
+        return
+    try:
+        probe = copy.deepcopy(optimizer)  # its parameters and state are copied with it
+        copies = [p for group in probe.param_groups for p in group["params"]]
+        with torch.no_grad():
+            for p in copies:
+                p.grad = torch.zeros_like(p)
+        probe.step()
+    except Exception:  # noqa: BLE001 - not probeable here; the prune checks each state it slices
+        return
+    for original, p in zip(originals, copies):
+        name = name_of.get(id(original))
+        for key, value in (probe.state.get(p) or {}).items() if name is not None else ():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                raise ValueError(_unsliceable_state(optimizer, key, name, value, p))
+
+
+def _unsliceable_state(optimizer: torch.optim.Optimizer, key, name: str, value: torch.Tensor,
+                       param: torch.Tensor) -> str:
+    return (f"optimizer {type(optimizer).__name__} keeps state {key!r} of {name} in shape {tuple(value.shape)}, not "
+            f"the parameter's {tuple(param.shape)}: the prune cannot slice it onto the smaller tensor. Use an "
+            "optimizer whose state is per element (SGD, Adam, AdamW, RMSprop, ...)")
 
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, nn.Parameter],
@@ -421,11 +455,7 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, n
                         state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone(
                             memory_format=memory_format_of(value))
                     elif torch.is_tensor(value) and value.dim() > 0 and index is not None:
-                        raise ValueError(
-                            f"optimizer {type(optimizer).__name__} keeps state {key!r} of {name} in shape "
-                            f"{tuple(value.shape)}, not the parameter's {tuple(p.shape)}: the prune cannot slice it "
-                            "onto the smaller tensor. Use an optimizer whose state is per element (SGD, Adam, AdamW, "
-                            "RMSprop, ...)")
+                        raise ValueError(_unsliceable_state(optimizer, key, name, value, p))
                 optimizer.state[new] = state
             group["params"][i] = new
             swapped += 1
