@@ -29,6 +29,19 @@ class SmallResidualCNN(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
+class AuxHeadCNN(SmallResidualCNN):
+    """An auxiliary head (deep supervision) on ``conv_a``'s 12 channels that ``forward()`` never
+    calls: only a training step does, through :meth:`aux_logits`."""
+
+    def __init__(self, in_channels=3, num_classes=5):
+        super().__init__(in_channels, num_classes)
+        self.aux = nn.Conv2d(12, num_classes, 1)
+
+    def aux_logits(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        return self.aux(torch.relu(self.bn_a(self.conv_a(x)))).mean((2, 3))
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> None:
     """Give every BN non-trivial statistics and affine parameters."""
     gen = torch.Generator().manual_seed(seed)

@@ -22,7 +22,7 @@ from lightning_ssr.methods.oneshot import OneShot
 from lightning_ssr.methods.ssr import SSR as SSRMethod
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.structure.surgery import mask_channels
-from tests.nets import GroupedTransposed, PairSum, SmallResidualCNN, TiedBranches
+from tests.nets import AuxHeadCNN, GroupedTransposed, PairSum, SmallResidualCNN, TiedBranches
 from tests.numerics import assert_same_function
 
 
@@ -278,7 +278,9 @@ REFUSED_AT_SETUP = [
           ("channels_the_tracer_loses", PairSum, "before 'net.conv2' reads them"),
           ("grouped_transposed_conv", GroupedTransposed,
            "layer 'net.up' (ConvTranspose2d, groups=2) is a grouped transposed convolution"),
-          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight")]],
+          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight"),
+          ("head_forward_never_calls", AuxHeadCNN,
+           "layer 'net.aux' (Conv2d, 12 input channels) trains, but forward() never calls it")]],
     ("bn_scale_without_batchnorm", SmallResidualCNN, lambda: Pruning("bn_scale", target={"macs": 0.5}, **SSR),
      ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
@@ -349,6 +351,38 @@ def test_an_optimizer_whose_state_a_prune_cannot_slice_is_refused_before_the_fir
     _refused_before_the_first_step(tmp_path, Other(SmallResidualCNN()), Pruning("ssr_l20", target={"macs": 0.5}, **SSR),
                                    TypeError, r"optimizer (Adafactor|LBFGS) keeps state that is not shaped like each "
                                               r"parameter \(factored or flat\), which a prune cannot slice")
+
+
+class AuxLit(Lit):
+    """Deep supervision: the training step adds the loss of a head that forward() never calls."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y) + 0.3 * F.cross_entropy(self.net.aux_logits(x), y)
+
+
+def test_a_head_forward_never_calls_trains_through_the_prune_once_its_channels_are_kept_whole(tmp_path):
+    """The refusal's first remedy: ``conv_a``'s channels, which the head reads, are left whole;
+    the other layers are pruned and the training step's head goes on reading 12 channels."""
+    torch.manual_seed(0)
+    model = AuxLit(AuxHeadCNN())
+    callback = Pruning("oneshot", target={"macs": 0.7}, ignored_layers=["net.conv_a"], **ONESHOT)
+    trainer = _trainer(tmp_path, [callback])
+    trainer.fit(model, _data())
+    assert trainer.global_step == 3 * 4 and callback.result.events
+    assert model.net.conv_a.out_channels == 12 and model.net.stem.out_channels < 8
+
+
+def test_a_head_forward_never_calls_may_be_declared_to_read_no_pruned_channel(tmp_path):
+    """The refusal's last remedy, for a head that reads something else: naming it in
+    ``ignored_layers`` says so, and the model prunes (the head itself is untouched)."""
+    torch.manual_seed(0)
+    model = Lit(AuxHeadCNN())
+    aux = copy.deepcopy(model.net.aux.state_dict())
+    callback = Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.aux"], **ONESHOT)
+    _trainer(tmp_path, [callback]).fit(model, _data())
+    assert callback.result.events and model.net.conv_a.out_channels < 12
+    assert all(torch.equal(aux[k], v) for k, v in model.net.aux.state_dict().items())
 
 
 class FactoredMomentum(torch.optim.Optimizer):

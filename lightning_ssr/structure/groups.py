@@ -705,4 +705,29 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
             groups.append(built)
     if check:
         check_layers(model, groups)
+        _check_no_unseen_reader(model, dg, groups, set(ignored))
     return groups
+
+
+def _check_no_unseen_reader(model: nn.Module, dg: tp.DependencyGraph, groups: Sequence[ChannelGroup],
+                            ignored: set[nn.Module]) -> None:
+    """Refuse a trainable conv or linear layer that ``forward()`` never calls (an auxiliary head or
+    a discriminator that only ``training_step`` uses) whose input is as wide as a prunable group:
+    the trace cannot see what it reads, so if it reads those channels, its first use after the
+    prune fails on the narrower input, after the whole sparsify phase. A layer in ``ignored``
+    (named in ``ignored_layers``, or declared in ``pruning_ignored_layers``) is taken as said to read none."""
+    for name, module in model.named_modules():
+        if module in dg.module2node or module in ignored or not isinstance(module, (_CONV, nn.Linear)):
+            continue
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue  # (a frozen copy: a teacher, an average)
+        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        same = [g.name for g in groups if g.size == width]
+        if same:
+            readers = " or ".join(f"'{n}'" for n in same[:3])
+            raise UnsupportedLayerError(
+                f"layer '{name}' ({type(module).__name__}, {width} input channels) trains, but forward() never calls "
+                f"it, so the trace cannot see what it reads; the prune may cut the {width} channels of {readers}, and "
+                f"if training_step feeds those to '{name}', its first use after the prune fails. Call '{name}' in "
+                f"forward(), or keep the channels it reads whole (ignored_layers=[{', '.join(repr(n) for n in same[:3])}"
+                f"]); if it reads none of these channels, pass '{name}' in ignored_layers to say so.")

@@ -114,6 +114,9 @@ class DANN(ImageClassifier):
         # trained with the network (configure_optimizers takes every parameter), never deployed
         self.domain = nn.Sequential(nn.Linear(head.in_features, domain_hidden), nn.ReLU(),
                                     nn.Linear(domain_hidden, 1))
+        # forward() does not call it: it reads the head's input, whose producers the recipe keeps
+        # whole (feature_producers), so it reads no channel a prune cuts
+        self.pruning_ignored_layers = ("domain",)
 
     def _logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen = []
