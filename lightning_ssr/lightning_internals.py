@@ -119,9 +119,11 @@ def set_up_validation_data(trainer, pl_module) -> None:
 
 
 def is_compiled(pl_module) -> bool:
-    """Whether the module (or a submodule) was ``torch.compile``'d."""
+    """Whether the module (or a submodule) was compiled: wrapped, ``torch.compile(module)``, or in
+    place, ``module.compile()`` (which keeps the module and compiles its call)."""
     return bool(getattr(pl_module, "_compiler_ctx", None)) or any(
-        isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in pl_module.modules())
+        isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
+        or getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules())
 
 
 def ddp_start_method(strategy) -> str:

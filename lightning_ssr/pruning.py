@@ -321,8 +321,9 @@ class Pruning(Callback):
                 f"{name} supports single-device training and strategy='ddp'; got {type(strategy).__name__}.")
         if internals.is_compiled(pl_module):
             raise MisconfigurationException(
-                f"{name} rebuilds the model during fit, which a torch.compile'd module cannot follow; "
-                "train the uncompiled module and compile the pruned one afterwards (torch.compile(model)).")
+                f"{name} rebuilds the model during fit, which a compiled module (torch.compile(module) or "
+                "module.compile()) cannot follow; train the uncompiled module and compile the pruned one afterwards "
+                "(torch.compile(model)).")
         for cb in trainer.callbacks:
             if isinstance(cb, Pruning) and cb is not self:
                 raise MisconfigurationException(

@@ -1,6 +1,7 @@
 """The callback alongside Lightning's own callbacks and loggers, frozen sub-modules, a network
 under any attribute name, and the refusal of torch.compile'd modules."""
 
+import copy
 import csv
 
 import lightning.pytorch as pl
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, SSRPruning, load_pruned
 from tests.lit import loader
@@ -95,11 +97,27 @@ def test_frozen_submodules_stay_frozen_and_unchanged(tmp_path):
     assert torch.equal(conv_a.weight.detach(), frozen_before[kept_out][:, kept_in])
 
 
-def test_compiled_modules_are_refused(tmp_path):
+def _compiled_in_place(part: str) -> pl.LightningModule:
+    model = Validated()
+    (model if part == "module" else model.the_network_itself).compile()
+    return model
+
+
+@pytest.mark.parametrize("make", [lambda: torch.compile(Validated()), lambda: _compiled_in_place("module"),
+                                  lambda: _compiled_in_place("network")],
+                         ids=["wrapped", "module_in_place", "network_in_place"])
+def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make):
+    """In place, ``module.compile()`` keeps the module's class: a compiled network trained its whole
+    sparsify phase, then the rebuild failed in Dynamo with advice about channel shuffles."""
+    model = make()
+    before = copy.deepcopy(model.state_dict())
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
-    with pytest.raises(Exception, match="torch.compile"):
-        trainer.fit(torch.compile(Validated()), loader(), loader(seed=1))
+    with pytest.raises(MisconfigurationException, match=r"compiled module \(torch.compile\(module\) or "
+                                                        r"module.compile\(\)\) cannot follow"):
+        trainer.fit(model, loader(), loader(seed=1))
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_methods_update_metrics_reach_the_logger_at_its_interval(tmp_path):
