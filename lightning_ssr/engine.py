@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import sys
@@ -336,7 +337,8 @@ class PruningEngine:
             self._new_method = None  # a method object given: reset() keeps it (its set-up starts it over)
         elif isinstance(method, str):
             self.method = build_method(method, **dict(method_kwargs or {}))
-            self._new_method = lambda: build_method(method, **dict(method_kwargs or {}))
+            # (a partial, not a lambda: the engine pickles, with ddp_spawn's refusal still to come)
+            self._new_method = functools.partial(build_method, method, **dict(method_kwargs or {}))
         else:
             raise TypeError(f"method must be a registered method name or a PruningMethod, got {type(method).__name__}")
         self.budget = Budget(target, min_channels=min_channels, max_pruning_ratio=max_pruning_ratio,

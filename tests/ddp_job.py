@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lightning_ssr import PruningSchedule, SSRPruning
+from lightning_ssr import Pruning, PruningSchedule, SSRPruning
 from lightning_ssr.app.models import build_model
 from tests.lit import TinyClassifier
 
@@ -37,7 +37,7 @@ class _DataModule(pl.LightningDataModule):
         return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, shuffle=False)
 
 
-def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
+def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bool = False) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     gen = torch.Generator().manual_seed(0)
@@ -46,9 +46,10 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
     model = TinyClassifier()
     if kind == "lenet":
         model.backbone = build_model("lenet5", in_channels=1, num_classes=5, input_size=28)
-    ssr = SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5,
-                     schedule=PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2,
-                                              update_every_n_steps=2, stop_early=False))
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
+                               stop_early=False)
+    ssr = (Pruning("ssr_l20", method_kwargs={"rho": 0.5}, target={"macs": 0.4}, schedule=schedule) if by_name else
+           SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, schedule=schedule))
     strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
     trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                          precision="64-true" if kind == "lenet" else "32-true",
@@ -62,4 +63,4 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], "--spawn" in sys.argv)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], "--spawn" in sys.argv, "--by-name" in sys.argv)

@@ -60,8 +60,11 @@ def test_ddp_with_batchnorm_prunes_identically_on_every_rank(tmp_path):
         assert torch.equal(value, r1["state_dict"][key]), key
 
 
-def test_ddp_spawn_is_refused_with_a_reason(tmp_path):
-    proc = _run(tmp_path, 2, "lenet", "--spawn")
+@pytest.mark.parametrize("how", ["--by-object", "--by-name"])
+def test_ddp_spawn_is_refused_with_a_reason(tmp_path, how):
+    """A method given by name made the callback unpicklable (a lambda), so the spawn failed with
+    "Can't pickle local object" before the refusal could say why and what to use."""
+    proc = _run(tmp_path, 2, "lenet", "--spawn", how)
     assert proc.returncode != 0
     assert "start_method='spawn'" in proc.stderr and "strategy='ddp'" in proc.stderr
 
