@@ -524,7 +524,9 @@ class PruningEngine:
                 "loss.backward() and before optimizer.step(), on every step.")
         self._open_step = None
         n = self.schedule.update_every_n_steps
-        if not self._started or n is None or step == self.last_update_step or step % n:
+        # only after a batch that stepped: one that accumulates keeps the count of the step before it, which
+        # with accumulation made an update before any step of the sparsify phase (at step 0: on untrained weights)
+        if not self._started or n is None or not stepped or step == self.last_update_step or step % n:
             return {}
         return self._update(step)
 

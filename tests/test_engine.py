@@ -123,6 +123,24 @@ def test_a_loop_that_accumulates_gradients_calls_the_term_once_per_optimizer_ste
     assert result is not None and engine.done and engine.last_update_step > 0
 
 
+def test_with_accumulation_the_method_updates_only_after_steps_of_its_sparsify_phase(monkeypatch):
+    """Two batches per optimizer step: a batch that accumulates ends with the count of the step
+    before it. The sparsify phase's first batch ended at step 2, the warm-up's last, a multiple of
+    2, and the method updated before any step of its own (at step 0 without a warm-up)."""
+    updates = []
+    update = PruningEngine._update
+    monkeypatch.setattr(PruningEngine, "_update", lambda self, step: updates.append(step) or update(self, step))
+    schedule = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2,
+                               stop_early=False)
+    engine, result = _loop(accumulate=2, schedule=schedule, steps_per_epoch=2)  # steps 1-2, 3-6, 7-8
+    assert result is not None and engine.done
+    assert updates == [4, 6]
+    updates.clear()
+    _loop(accumulate=2, schedule=PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2,
+                                                 stop_early=False), steps_per_epoch=2)
+    assert updates == [2, 4]
+
+
 def test_a_sparsify_phase_without_an_update_is_warned_of_at_set_up_or_else_at_the_prune():
     """The README's loop gave on_batch_start no steps_per_epoch, so the set-up could not judge the
     phase: SSR pruned after 4 steps with updates every 25, never updated, and nothing was said."""
