@@ -159,6 +159,11 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
         raise PlanMismatchError(f"the checkpoint was saved from a network that this model holds {len(holders)} times "
                                 f"({', '.join(h.rstrip('.') for h in holders)}): load it into the one it belongs to, "
                                 f"e.g. load_pruned(model.{holders[0].rstrip('.')}, path)")
+    if not any(p.dim() > 1 for p in model.parameters()):  # no layer at all yet
+        raise PlanMismatchError(
+            f"the checkpoint's pruning plan names layers {some_names(roots, 3)}, and this {type(model).__name__} has "
+            "no layers yet: if it builds its network in configure_model(), call model.configure_model() before "
+            "loading (Lightning calls it only inside fit, validate, test and predict)")
     raise PlanMismatchError(f"the checkpoint's pruning plan names layers {some_names(roots, 3)}, which this model "
                             "does not have (with or without a common prefix): it was saved from another architecture")
 

@@ -143,6 +143,11 @@ def _adds_a_term(method: PruningMethod) -> bool:
     return type(method).before_optimizer_step is not PruningMethod.before_optimizer_step
 
 
+def _updates(method: PruningMethod) -> bool:
+    """Whether ``method`` has a periodic update of its own (every ``update_every_n_steps``)."""
+    return type(method).update is not PruningMethod.update
+
+
 #: schedule settings that act from a prune event on: a resume from a checkpoint saved before the
 #: first event may change them (:meth:`PruningEngine.check_settings`)
 AFTER_PRUNE_SETTINGS = ("restart_lr", "lr_warmup_steps")
@@ -715,7 +720,11 @@ class PruningEngine:
         example = self.example.to(device)
         groups = self._find_groups(model, example)
         if not groups:
-            raise ValueError("the pruning engine found no prunable filters in the model")
+            ignored = self.resolve_ignored(model)
+            raise ValueError("the pruning engine found no prunable filters in the model" + (
+                f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
+                "layer after it reads; leave some out of ignored_layers" if ignored else
+                " (no conv or linear layer whose output channels another conv or linear layer reads)"))
         cost = count_cost(model, example)
         budget = self.budget
         rehearse = False
@@ -760,7 +769,7 @@ class PruningEngine:
                                       events=self.schedule.prune_events, final_keep=dense.final_keep,
                                       evaluate=evaluate, allocation=dense.allocation, budget=view,
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
-        if rehearse and self.method.sparsifies and steps_per_epoch and world.rank == 0:
+        if rehearse and self.method.sparsifies and _updates(self.method) and steps_per_epoch and world.rank == 0:
             self._warn_if_never_updated(steps_per_epoch)
         # (a resumed fit does not rehearse, nor warn: its first fit judged the phase at its own set-up)
         self._updates_judged = self._updates_judged or bool(steps_per_epoch)
@@ -793,7 +802,11 @@ class PruningEngine:
         The model, the method and the run are not changed."""
         groups = self._find_groups(model, example) if groups is None else groups
         if not groups:
-            raise ValueError("the pruning engine found no prunable filters in the model")
+            ignored = self.resolve_ignored(model)
+            raise ValueError("the pruning engine found no prunable filters in the model" + (
+                f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
+                "layer after it reads; leave some out of ignored_layers" if ignored else
+                " (no conv or linear layer whose output channels another conv or linear layer reads)"))
         round_to = self.budget.round_to_on(example.device) if round_to is None else round_to
         self._dry_run(model, example, groups, self.budget.floors(groups, round_to))
 
@@ -992,13 +1005,16 @@ class PruningEngine:
         ctx = self._context
         example = self.example.to(next(model.parameters()).device)
         keep = ctx.keep
-        if (self.events_done == 0 and self.method.sparsifies and self._started and self.last_update_step < 0
+        if (self.events_done == 0 and self.method.sparsifies and _updates(self.method) and self._started
+                and self.last_update_step < 0
                 and self.schedule.update_every_n_steps is not None and not self._updates_judged and world.rank == 0):
             self.warn(  # (a loop that gave on_batch_start no steps_per_epoch: the set-up could not tell)
                 f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
                 f"once (every {self.schedule.update_every_n_steps} optimizer steps, schedule.update_every_n_steps): "
                 "what it prunes is not what it learned. Lower schedule.update_every_n_steps or lengthen the sparsify "
-                "phase; pass steps_per_epoch=len(loader) to on_batch_start() to be told before training.")
+                "phase. The length of an epoch was not known at set-up (an IterableDataset, or a hand-written "
+                "loop that gave on_batch_start() no steps_per_epoch=len(loader)), or this warning would have come "
+                "before training.")
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)

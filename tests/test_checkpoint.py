@@ -205,6 +205,28 @@ def test_unreadable_checkpoints_name_the_file(tmp_path):
         load_pruned(build_model("lenet5"), tmp_path / "plain.pt")
 
 
+class LazyLitNet(pl.LightningModule):
+    """Builds its network in configure_model(), which Lightning calls only inside fit and the like."""
+
+    def configure_model(self):
+        if not hasattr(self, "net"):
+            self.net = SmallResidualCNN(in_channels=3)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_module_that_builds_its_network_later_is_told_to_build_it_first(pruned_checkpoint):
+    path, x, expected = pruned_checkpoint
+    lazy = LazyLitNet()
+    with pytest.raises(PlanMismatchError, match=r"this LazyLitNet has no layers yet: if it builds its network in "
+                                                r"configure_model\(\), call model.configure_model\(\) before loading"):
+        load_pruned(lazy, path)
+    lazy.configure_model()
+    with torch.no_grad():
+        assert torch.equal(load_pruned(lazy, path).eval()(x), expected)
+
+
 def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):
     path, _, _ = pruned_checkpoint
     other = build_model("lenet5")

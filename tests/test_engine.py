@@ -159,6 +159,17 @@ def test_a_sparsify_phase_without_an_update_is_warned_of_at_set_up_or_else_at_th
         _loop(steps_per_epoch=None)  # (updates every 2 steps: nothing to say)
 
 
+def test_a_method_without_a_periodic_update_is_not_told_to_update_more_often():
+    """Taylor sparsifies (it reads gradients) but has no update(): it was warned that it "would
+    never update", and told to lower update_every_n_steps, which changes nothing for it."""
+    rare = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=25)
+    for steps in (4, None):  # judged at set-up, or else at the prune
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*(never update|without having run its periodic update)")
+            engine, result = _loop("taylor", schedule=rare, steps_per_epoch=steps)
+        assert result is not None and not engine.warnings
+
+
 def test_finish_warns_of_a_training_that_ended_before_the_prune():
     with pytest.warns(UserWarning, match=r"finish: the training ended before the prune due at the start of epoch 3: "
                                          r"the model keeps its dense shapes \(the result is None\)\. Train for "

@@ -52,7 +52,7 @@ from torch import nn
 from ..cost import ModelCost
 from ..structure.groups import ChannelGroup
 from ..targets import BudgetView
-from ..validation import check_keywords, keyword_names
+from ..validation import check_keywords, closest_name, keyword_names
 
 Sync = Callable[[Any], Any]
 
@@ -307,7 +307,10 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown pruning method {name!r}; available: {available_methods()}. A method of your own "
+        names = available_methods()
+        close = next((n for n in names if n.lower() == str(name).lower()), None) or closest_name(str(name), names)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        raise ValueError(f"unknown pruning method {name!r}{hint}; available: {names}. A method of your own "
                          "is registered when its module is imported (@register_method; in the CLI: "
                          "plugins=[your_module or path/to/file.py])")
     check_keywords(f"pruning method {name!r}", kwargs, keyword_names(_REGISTRY[name]))

@@ -35,9 +35,12 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
     matched = {}
     for name, idx in kept.items():
         if name not in by_member:
+            hint = ("; was the plan made for another architecture?" if groups else
+                    ": it has none yet. Does it build its network in configure_model()? Call configure_model() "
+                    "first; else, was the plan made for another architecture?")
             raise PlanMismatchError(
                 f"the pruning plan names layer '{name}', which is not a prunable layer of this model "
-                f"(prunable: {[g.name for g in groups]}); was the plan made for another architecture?")
+                f"(prunable: {[g.name for g in groups]}){hint}")
         g = by_member[name]
         if sizes is not None and sizes.get(name, g.size) != g.size:
             pruned = ("; or was the model pruned already (load into a freshly constructed one)"

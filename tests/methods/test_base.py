@@ -32,6 +32,12 @@ def test_an_unknown_name_lists_the_available_ones():
     assert "plugins=[your_module or path/to/file.py]" in str(err.value)  # how one of your own is found
 
 
+@pytest.mark.parametrize(("given", "meant"), [("SSR_L20", "ssr_l20"), ("ssr-l20", "ssr_l20"), ("tailor", "taylor")])
+def test_a_misspelled_method_name_gets_the_name_it_most_likely_meant(given, meant):
+    with pytest.raises(ValueError, match=f"unknown pruning method '{given}' \\(did you mean '{meant}'\\?\\)"):
+        build_method(given)
+
+
 @pytest.mark.parametrize("name", available_methods())
 def test_an_unknown_argument_is_a_type_error_naming_the_method(name):
     with pytest.raises(TypeError, match=f"pruning method '{name}'.*'nonsense'"):
