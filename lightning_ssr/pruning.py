@@ -344,7 +344,17 @@ class Pruning(Callback):
             # the callback of an earlier fit, given to a new training (a loop over seeds or models):
             # without this it held that fit's finished run and left this model unpruned, without a word.
             # A resumed fit starts here too (its state is restored after set-up).
+            earlier = self.engine.plan
+            again = trainer.ckpt_path is None and earlier is not None and applied_plan(pl_module) == earlier
             self.engine.reset()
+            if again:
+                goal = f"target {self.engine.target.to_dict()}" if self.engine.target else "what the method decides"
+                self.engine.warn(
+                    f"{name}: this {type(pl_module).__name__} is the model this callback pruned in its earlier fit, "
+                    f"and this fit prunes it again, to {goal} of its pruned size (the reductions multiply, and the "
+                    "result's 'dense' is the model this fit starts from). To fine-tune the pruned model further, fit "
+                    "it without the Pruning callback; to go on with the earlier run, resume it from its checkpoint "
+                    "(fit(ckpt_path=...)).", emit=rank_zero_warn)
             self._loss_guard = LossGuard()
             if self.verbose and trainer.ckpt_path is None:
                 rank_zero_info(f"{name}: a new training from step 0; the run of this callback's earlier fit is set "

@@ -585,7 +585,16 @@ def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path
     second = TinyClassifier() if again == "another_model" else first
     second.example_input_array = torch.zeros(1, 3, 16, 16)  # the first training traced a batch's two rows
     before = sum(p.numel() for p in second.parameters())
-    trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(second, loader())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], cb.schedule.total_epochs).fit(second, loader())
+    # the same pruned model given again, most likely to fine-tune it further, is told that it is pruned again
+    said = [str(w.message) for w in record if "pruned in its earlier fit" in str(w.message)]
+    assert len(said) == (again == "the_pruned_model")
+    if said:
+        assert ("this TinyClassifier is the model this callback pruned in its earlier fit, and this fit prunes it "
+                "again, to target {'macs': 0.5} of its pruned size") in said[0]
+        assert "fit it without the Pruning callback" in said[0] and said[0] in cb.result.warnings
     assert cb.events_done == 1 and cb.result is not first_result
     assert sum(p.numel() for p in second.parameters()) == cb.result.pruned["params"] < before
     assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
