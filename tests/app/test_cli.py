@@ -977,7 +977,7 @@ def test_an_interrupted_fit_says_what_was_kept(tmp_path, checkpointing):
         fit(trainer, "the run", Interrupted(), loader(), resumable=True)
     # an error of another kind passes through as it is
     with pytest.raises(SystemExit, match="3"):
-        fit(pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False), "the run",
+        fit(pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path), "the run",
             type("Exits", (TinyClassifier,), {"training_step": lambda self, b, i: sys.exit(3)})(), loader())
 
 
