@@ -719,12 +719,7 @@ class PruningEngine:
         device = next(model.parameters()).device
         example = self.example.to(device)
         groups = self._find_groups(model, example)
-        if not groups:
-            ignored = self.resolve_ignored(model)
-            raise ValueError("the pruning engine found no prunable filters in the model" + (
-                f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
-                "layer after it reads; leave some out of ignored_layers" if ignored else
-                " (no conv or linear layer whose output channels another conv or linear layer reads)"))
+        self._check_prunable(model, groups)
         cost = count_cost(model, example)
         budget = self.budget
         rehearse = False
@@ -793,6 +788,16 @@ class PruningEngine:
             world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
                        f"first prune at the start of epoch {self.schedule.prune_epoch(0)}.")
 
+    def _check_prunable(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
+        """The model has prunable groups, and the method can prune them (its :meth:`check`)."""
+        if not groups:
+            ignored = self.resolve_ignored(model)
+            raise ValueError("the pruning engine found no prunable filters in the model" + (
+                f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
+                "layer after it reads; leave some out of ignored_layers" if ignored else
+                " (no conv or linear layer whose output channels another conv or linear layer reads)"))
+        self.method.check(model, list(groups))
+
     def check_structure(self, model: nn.Module, example: torch.Tensor, round_to: int | None = None,
                         groups: Sequence[ChannelGroup] | None = None) -> None:
         """The set-up's dry run ahead of time, on ``model`` (its structure only: untrained weights
@@ -801,12 +806,7 @@ class PruningEngine:
         example's device); ``groups``: the model's, where the caller has traced them already.
         The model, the method and the run are not changed."""
         groups = self._find_groups(model, example) if groups is None else groups
-        if not groups:
-            ignored = self.resolve_ignored(model)
-            raise ValueError("the pruning engine found no prunable filters in the model" + (
-                f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
-                "layer after it reads; leave some out of ignored_layers" if ignored else
-                " (no conv or linear layer whose output channels another conv or linear layer reads)"))
+        self._check_prunable(model, groups)
         round_to = self.budget.round_to_on(example.device) if round_to is None else round_to
         self._dry_run(model, example, groups, self.budget.floors(groups, round_to))
 

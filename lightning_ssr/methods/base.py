@@ -104,6 +104,11 @@ class PruningMethod:
     #: its scale); layers without one go in ``ignored_layers``
     requires_batchnorm: bool = False
 
+    def check(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        """Refuse a model this method cannot prune, from its structure alone (raise, naming the
+        layers and what to do): called before the set-up's dry run, and by the command before its
+        dense model trains, on untrained weights. Nothing to refuse by default."""
+
     def setup(self, context: MethodContext) -> None:
         self.context = context
 

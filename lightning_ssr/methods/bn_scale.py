@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..structure.groups import ChannelGroup
 from ..validation import check_number
 from .base import MethodContext, PruningMethod, register_method, top_k_masks
 from .continuation import Continuation
@@ -48,17 +49,26 @@ class BNScale(PruningMethod):
         self._gammas: list[nn.Parameter] = []
         self._continuation: Continuation | None = None
 
+    def check(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        self._scales(model, groups)
+
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        modules = dict(context.model.named_modules())
+        self._gammas = [context.params[n] for n in self._scales(context.model, context.groups)]
+        self._continuation = Continuation.learning(context, self.ramp, growth_total=1000.0)
+
+    @staticmethod
+    def _scales(model: nn.Module, groups: list[ChannelGroup]) -> list[str]:
+        """The BatchNorm scales of the groups (sorted), or an error naming the groups without one."""
+        modules = dict(model.named_modules())
         names, without = set(), []
-        for g in context.groups:
+        for g in groups:
             found = [s.param for s in g.slices if s.param.endswith(".weight")
                      and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
             if not found:
                 without.append(g.name)
             names.update(found)
-        if without and len(without) == len(context.groups):
+        if without and len(without) == len(groups):
             raise ValueError(f"bn_scale prunes by BatchNorm scales, but no prunable group of this model has a "
                              f"BatchNorm ({len(without)} groups: {sorted(without)}); bn_scale does not apply to it. "
                              "Use a method that needs no BatchNorm: l1, oneshot, ssr_l20.")
@@ -67,8 +77,7 @@ class BNScale(PruningMethod):
             raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of {', '.join(map(repr, without))} "
                              f"have no BatchNorm. Pass {without} in ignored_layers, or use another method (l1, "
                              "oneshot, ssr_l20).")
-        self._gammas = [context.params[n] for n in sorted(names)]
-        self._continuation = Continuation.learning(context, self.ramp, growth_total=1000.0)
+        return sorted(names)
 
     @property
     def strength(self) -> float:

@@ -174,9 +174,12 @@ class FSM(PruningMethod):
         self._shifts: dict[str, dict[str, torch.Tensor]] = {}
         self.decisions: list[dict] = []
 
+    def check(self, model: nn.Module, groups: list[ChannelGroup]) -> None:
+        check_fsm_groups(groups, model)
+
     def setup(self, context: MethodContext) -> None:
         super().setup(context)
-        check_fsm_groups(context.groups, context.model)
+        self.check(context.model, context.groups)
         if self.compensate and context.evaluate is not None and context.event == 0:
             # the compensation is checked on validation data at each prune: a score that cannot be
             # taken must fail now, before training, not after a rebuild

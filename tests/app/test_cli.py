@@ -257,6 +257,9 @@ def test_unknown_model_fails_with_hydras_error():
     (["target=rates", "target.rates='[0.5]*9'"], "9 rates given for a model with 2 convolutions"),
     (["target=rates", "target.rates={model.conv9:0.5}"], r"target rates name \['model.conv9'\], which are not"),
     (["target.macs=0.001", "target.min_channels=5"], "too small"),
+    # a method that needs BatchNorm, on the default LeNet-5 (none): it was refused after the dense training
+    (["pruning=fsm"], "no prunable group of this model reaches its consumers through an affine BatchNorm"),
+    (["pruning=bn_scale"], "bn_scale prunes by BatchNorm scales, but no prunable group of this model has a BatchNorm"),
     (["module.lr=-1"], r"module: lr must be in \(0.0, inf\), got -1"),
     (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
     (["schedule.restart_lr=1"], "restart_lr must be true or false"),
