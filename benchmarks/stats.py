@@ -6,9 +6,13 @@ the seed's luck cancels) and summarized by the mean difference and its 95% Stude
 where the interval contains 0 the two are "not distinguishable".
 
 Run as a script, it compares one method's accuracy drops in one results file with another's, by
-seed (two recipes of the same benchmark)::
+seed (two recipes of the same benchmark); with ``--field``, another figure of the runs, and for
+``recipes.py``'s files an experiment's rows (its DANN against an equal-budget run without the
+domain classifier, for example)::
 
     python benchmarks/stats.py benchmarks/results/B.json l1@uniform benchmarks/results/A.json l1@uniform
+    python benchmarks/stats.py benchmarks/results/recipes.json da_mnist_to_mnist_m \
+        benchmarks/results/recipes_no_adaptation.json da_mnist_to_mnist_m --field dense_accuracy
 """
 
 from __future__ import annotations
@@ -80,12 +84,19 @@ def interval(p: Mapping, digits: int = 2) -> str:
     return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['verdict']}"
 
 
-def drops_by_seed(path: Path, method: str) -> dict[int, float]:
-    """The accuracy drop (points) of each finished run of ``method`` in a results file, by seed."""
-    runs = json.loads(Path(path).read_text())["runs"]
-    drops = {r["seed"]: r["accuracy_drop_points"] for r in runs if r.get("method") == method and r.get("status") == "ok"}
+DROP = "accuracy_drop_points"
+
+
+def drops_by_seed(path: Path, method: str, field: str = DROP) -> dict[int, float]:
+    """``field`` (the accuracy drop in points by default) of each finished run of ``method`` in a
+    results file, by seed: its ``runs`` by method, or, in a ``recipes.py`` file, its ``rows`` by
+    experiment."""
+    data = json.loads(Path(path).read_text())
+    runs, key = (data["runs"], "method") if "runs" in data else (data.get("rows", []), "experiment")
+    drops = {r["seed"]: r[field] for r in runs
+             if r.get(key) == method and r.get("status") == "ok" and r.get(field) is not None}
     if not drops:
-        raise SystemExit(f"{path}: no finished run of {method!r}")
+        raise SystemExit(f"{path}: no finished run of {method!r}" + (f" with {field!r}" if field != DROP else ""))
     return drops
 
 
@@ -96,9 +107,13 @@ def main(argv=None) -> dict:
     parser.add_argument("method")
     parser.add_argument("reference", type=Path)
     parser.add_argument("reference_method")
+    parser.add_argument("--field", default=DROP,
+                        help=f"the figure compared (default {DROP}; e.g. dense_accuracy in recipes.py's files)")
     args = parser.parse_args(argv)
-    p = paired_by_seed(drops_by_seed(args.results, args.method), drops_by_seed(args.reference, args.reference_method))
-    print(f"drop of {args.method} in {args.results.name} minus drop of {args.reference_method} in "
+    p = paired_by_seed(drops_by_seed(args.results, args.method, args.field),
+                       drops_by_seed(args.reference, args.reference_method, args.field))
+    what = "drop" if args.field == DROP else args.field
+    print(f"{what} of {args.method} in {args.results.name} minus {what} of {args.reference_method} in "
           f"{args.reference.name} (points), seeds {p['seeds']}: {interval(p)}")
     return p
 

@@ -127,3 +127,21 @@ def test_the_script_pairs_one_methods_drops_in_two_results_files_by_seed(tmp_pat
                                               f"(points), seeds [0, 1, 2]: {interval(p)}")
     with pytest.raises(SystemExit, match="no finished run of 'ssr_l20@method'"):
         main([new, "ssr_l20@method", old, "l1@uniform"])
+
+
+def test_the_script_pairs_a_field_of_recipes_rows_by_experiment_and_seed(tmp_path, capsys):
+    """recipes.py writes rows by experiment: DANN against an equal-budget run without adaptation."""
+    from benchmarks.stats import main
+
+    def write(name, accuracies):
+        rows = [{"experiment": "da", "seed": s, "status": "ok", "dense_accuracy": a} for s, a in accuracies.items()]
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    dann, control = write("dann.json", {0: 80.0, 1: 78.0, 2: 79.0}), write("control.json", {0: 50.0, 1: 52.0})
+    p = main([dann, "da", control, "da", "--field", "dense_accuracy"])
+    assert p == {**paired([80.0 - 50.0, 78.0 - 52.0]), "seeds": [0, 1]}
+    assert capsys.readouterr().out.startswith("dense_accuracy of da in dann.json minus dense_accuracy of da in "
+                                              "control.json (points), seeds [0, 1]")
+    with pytest.raises(SystemExit, match="no finished run of 'da' with 'pruned_accuracy'"):
+        main([dann, "da", control, "da", "--field", "pruned_accuracy"])
