@@ -360,8 +360,9 @@ def adaptation_summary(result) -> str:
             f"{100 * info['source_only_target_accuracy']:.2f}%; " + stages.pair_line(result, "DANN dense", "DANN compressed")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
-               f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (50%: the domains look "
-               "alike to it)" if info.get("domain_accuracy_test") else "")
+               f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "
+               "classifier that always answers one domain also scores; a fresh one may still tell the domains "
+               "apart)" if info.get("domain_accuracy_test") else "")
             + ("; no domain classifier trained (adaptation.domain_weight=0: source-only training on both domains' "
                "batches)" if info.get("domain_weight") == 0 else "")
             + (f". Sizes are the network's; the table at the prune also counts the domain classifier's "
