@@ -401,7 +401,11 @@ def _pyplot():
     return plt
 
 
-def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path:
+def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path | None:
+    """Test accuracy against MACs; ``None`` (no plot) when no run finished with both."""
+    finished = [(r["result"] or {}).get("pruned") or {} for r in runs if r["status"] == "ok"]
+    if not any(p.get("accuracy") is not None and p.get("macs") for p in finished):
+        return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("tab10")
@@ -529,7 +533,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing, strays),
              "csv": write_csv(rows, out / "report.csv")}
     if plots:
-        files["pareto"] = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
+        pareto = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")
+        if pareto is not None:
+            files["pareto"] = pareto
         structure = plot_structures(rows, runs, out / "structure.png", f"{title}: filters kept per layer")
         if structure is not None:
             files["structure"] = structure
@@ -547,7 +553,14 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
             config = next((r["config"] for r in rows if str(chosen["dir"]) in r["dirs"]), chosen["result"]["method"])
             files["layers"] = plot_layers(chosen["result"], out / "layers.png",
                                           f"Surviving filters per layer: {config} (run {name})")
+        for name in PLOTS:  # a plot this report has nothing for: one of an earlier sweep there would pass for its own
+            if out / name not in files.values():
+                (out / name).unlink(missing_ok=True)
     return {"rows": rows, "runs": runs, "missing": missing, "strays": strays, "files": files}
+
+
+#: the plots a report writes (and removes when it has nothing to plot)
+PLOTS = ("pareto.png", "structure.png", "layers.png")
 
 
 def count_runs(n: int, noun: str = "run") -> str:

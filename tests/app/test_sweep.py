@@ -134,6 +134,23 @@ def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_p
     assert "no sweep report" in capsys.readouterr().err
 
 
+def test_a_sweep_whose_runs_all_failed_gets_its_report_without_plots(tmp_path, capsys):
+    """Every run refused (an impossible target in each): the Pareto plot failed on its log axis
+    ("Data cannot be log-scaled"), so there was no report, and the command exited 2. The plots of
+    an earlier sweep in the folder would have passed for this one's."""
+    from lightning_ssr.app.sweep import main
+
+    _result(tmp_path, "0", "l1", 0.001, 0, 0.0, status="failed", error="ValueError: target macs=0.001 is too small")
+    _result(tmp_path, "1", "l1", 0.002, 0, 0.0, status="failed", error="ValueError: target macs=0.002 is too small")
+    for name in ("pareto.png", "structure.png", "layers.png"):
+        (tmp_path / name).write_bytes(PNG_MAGIC)  # an earlier sweep's
+    assert main([str(tmp_path)]) == 1  # runs failed: 1, as for any sweep with a failed run
+    out = capsys.readouterr()
+    assert "2 runs, 2 failed" in out.out and "wrote" in out.out and not out.err
+    assert "target macs=0.001 is too small" in (tmp_path / "report.md").read_text()
+    assert not any((tmp_path / name).exists() for name in ("pareto.png", "structure.png", "layers.png"))
+
+
 def test_an_interrupted_run_is_reported_as_interrupted_not_failed(tmp_path):
     """Ctrl-C or SIGTERM in a run of a sweep: its result.json says interrupted (its error names the
     checkpoint to go on from); the report counts it apart from the failures and still exits 1."""
