@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ..files import atomic_write, atomic_write_text
 from ..report import PruningResult
+from ..schedule import PruningSchedule
 
 #: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
 POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")
@@ -278,6 +279,24 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)  # one run: no spread
 
 
+def trained_epochs(result: Mapping) -> int | None:
+    """The epochs the run that prunes trained: the command's ``trainer.max_epochs`` where given,
+    else its schedule's total (``None`` where the result does not say)."""
+    config = result.get("config") or {}
+    given = ((config.get("cli") or {}).get("trainer") or {}).get("max_epochs")
+    if isinstance(given, int) and given > 0:
+        return given
+    try:
+        return PruningSchedule(**config["schedule"]).total_epochs
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _epochs_cell(values: Sequence[int | None]) -> str:
+    known = sorted({v for v in values if v is not None})
+    return "" if not known else str(known[0]) if len(known) == 1 else f"{known[0]}-{known[-1]}"
+
+
 def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
     """One row per configuration (seeds pooled), in the order the runs were found; ``swept``: as
     :func:`varying_keys`."""
@@ -302,6 +321,7 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
             "macs_mean": _mean_std([r["pruned"]["macs"] for r in ok])[0],
             "macs_reduction_mean": _mean_std([r["macs_reduction"] for r in ok if r.get("macs_reduction")])[0],
             "params_reduction_mean": _mean_std([r["params_reduction"] for r in ok if r.get("params_reduction")])[0],
+            "epochs": _epochs_cell([trained_epochs(r) for r in ok]),
             "dirs": [str(m["dir"]) for m in members],
         })
     front = pareto_front([(r["macs_mean"], r["accuracy_mean"]) for r in rows])
@@ -339,16 +359,23 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{unfinished(runs)}. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
-             "| configuration | runs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         stopped = r.get("interrupted", 0)
         runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in ((r["failed"] - stopped, "failed"),
                                                                               (stopped, "interrupted")) if n)
         macs = "" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.3f}M"
-        lines.append(f"| {r['config']} | {runs_cell} | {_pm(r['accuracy_mean'], r['accuracy_std'], r['runs'])} | "
+        lines.append(f"| {r['config']} | {runs_cell} | {r.get('epochs', '')} | "
+                     f"{_pm(r['accuracy_mean'], r['accuracy_std'], r['runs'])} | "
                      f"{_pm(r['drop_mean'], r['drop_std'], r['runs'])} | {macs} | {_fmt(r['macs_reduction_mean'], 2, 'x')} | "
                      f"{_fmt(r['params_reduction_mean'], 2, 'x')} | {'*' if r['pareto'] else ''} |")
+    budgets = sorted({r["epochs"] for r in rows if r.get("epochs")}, key=lambda cell: int(cell.split("-")[0]))
+    if len(budgets) > 1:
+        lines += ["", (f"The configurations trained for different numbers of epochs ({', '.join(budgets)}): their "
+                       "accuracies are not an equal-budget comparison. A method with a sparsify phase trains it on "
+                       "top of the fine-tuning, and a method without one (l1, oneshot, ...) runs the oneshot schedule; "
+                       "give each the same total (schedule.finetune_epochs) to compare them.")]
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failed and interrupted runs" if any(r["status"] == "interrupted" for r in failed)
@@ -380,7 +407,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    fields = ["config", "method", "runs", "failed", "accuracy_mean", "accuracy_std", "drop_mean", "drop_std",
+    fields = ["config", "method", "runs", "failed", "epochs", "accuracy_mean", "accuracy_std", "drop_mean", "drop_std",
               "macs_mean", "macs_reduction_mean", "params_reduction_mean", "pareto"]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")

@@ -17,11 +17,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accuracy: float,
-            status: str = "ok", error: str | None = None, warned: tuple = ()) -> Path:
+            status: str = "ok", error: str | None = None, warned: tuple = (), schedule: dict | None = None) -> Path:
     dense_macs = 1_000_000
     cli = {"model": {"name": "lenet5"}, "pruning": {"name": method}, "target": {"macs": macs_kept}, "seed": seed,
            "dense": {"cache_dir": f"/somewhere/{seed}"}}
-    result = PruningResult(method=method, config={"cli": cli}, target={"macs": macs_kept},
+    config = {"cli": cli} if schedule is None else {"cli": cli, "schedule": schedule}
+    result = PruningResult(method=method, config=config, target={"macs": macs_kept},
                            dense={"macs": dense_macs, "params": 1000, "accuracy": 0.99},
                            pruned={"macs": int(dense_macs * macs_kept), "params": int(1000 * macs_kept),
                                    "accuracy": accuracy},
@@ -63,7 +64,7 @@ def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 runs, 0 failed" in out
     md = (tmp_path / "sweep" / "report.md").read_text()
-    assert "| pruning=ssr_l20 target.macs=0.25 | 1 | 97.00 |" in md  # one run: no spread to show
+    assert "| pruning=ssr_l20 target.macs=0.25 | 1 |  | 97.00 |" in md  # one run: no spread to show (no schedule)
     with open(tmp_path / "sweep" / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {r["pareto"] for r in rows} == {"True", "False"}
@@ -132,6 +133,22 @@ def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_p
     sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert sweep.LAST_SWEEP == {"dir": str(tmp_path), "runs": 2, "failed": 1}  # the exit code is 1
     assert "no sweep report" in capsys.readouterr().err
+
+
+def test_the_report_gives_each_configurations_epochs_and_says_when_budgets_differ(tmp_path):
+    """-m pruning=ssr_l20,l1 schedule.finetune_epochs=1: ssr_l20 trained its 10 sparsify epochs and
+    1 more, l1 (the oneshot schedule) 1 in all, side by side in the table with nothing said."""
+    _result(tmp_path, "0", "ssr_l20", 0.5, 0, 0.98, schedule={"sparsify_epochs": 10, "finetune_epochs": 1})
+    _result(tmp_path, "1", "l1", 0.5, 0, 0.95, schedule={"sparsify_epochs": 0, "finetune_epochs": 1})
+    write_report(tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "| pruning=ssr_l20 | 1 | 11 | 98.00 |" in md and "| pruning=l1 | 1 | 1 | 95.00 |" in md
+    assert "trained for different numbers of epochs (1, 11): their accuracies are not an equal-budget comparison" in md
+    with open(tmp_path / "report.csv") as f:
+        assert [r["epochs"] for r in csv.DictReader(f)] == ["11", "1"]
+    _result(tmp_path, "1", "l1", 0.5, 0, 0.95, schedule={"sparsify_epochs": 0, "finetune_epochs": 11})
+    write_report(tmp_path, plots=False)
+    assert "different numbers of epochs" not in (tmp_path / "report.md").read_text()
 
 
 def test_a_sweep_whose_runs_all_failed_gets_its_report_without_plots(tmp_path, capsys):
