@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..files import atomic_write
 from ..pruning import in_a_fit
+from ..validation import check_number
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -142,8 +143,11 @@ class _InMemoryImages(pl.LightningDataModule):
                  channels: int | None = None, augment: Sequence[str] | str | None = None):
         super().__init__()
         self.augment = check_augment(augment)
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+        batch_size = check_number("data", "batch_size", batch_size, low=1, integer=True)
+        eval_batch_size = check_number("data", "eval_batch_size", eval_batch_size, low=1, integer=True)
+        split_seed = check_number("data", "split_seed", split_seed, low=0, integer=True)
+        image_size = check_number("data", "image_size", image_size, low=1, integer=True)
+        num_workers = check_number("data", "num_workers", num_workers, low=0, integer=True)
         if channels is not None:  # grey images given to a network of colour inputs (the channel repeated)
             if channels not in (self.in_channels, 3) or (channels == 3 and self.in_channels != 1):
                 raise ValueError(f"data.channels: {type(self).__name__} has {self.in_channels}-channel images, which "

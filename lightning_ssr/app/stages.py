@@ -325,6 +325,10 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         raise ValueError("schedule.restart_lr=true starts the cosine learning-rate schedule again after the prune; "
                          "set module.cosine=true, or schedule.restart_lr=false")
     # the Trainer's own settings (precision, devices, strategy, ...) fail here, not after the dense training
+    for key in TRAINER_NUMBERS:  # (Lightning's own error for a word there names no setting)
+        value = cfg.trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"trainer.{key} must be a number, got {type(value).__name__} {value!r}")
     instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = build_data(cfg)
     net = build_network(cfg, dm)
@@ -338,6 +342,12 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         except (PlanMismatchError, ForwardError) as err:  # (the plan's own input, traced on this model, too)
             raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
     return callback, dm
+
+
+#: the Trainer's settings that take a number (an int, or a float as a fraction)
+TRAINER_NUMBERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "limit_train_batches", "limit_val_batches",
+                   "limit_test_batches", "limit_predict_batches", "val_check_interval", "check_val_every_n_epoch",
+                   "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches", "gradient_clip_val")
 
 
 def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm: pl.LightningDataModule) -> None:

@@ -259,6 +259,12 @@ def test_unknown_model_fails_with_hydras_error():
     (["target.macs=0.001", "target.min_channels=5"], "too small"),
     # a method that needs BatchNorm, on the default LeNet-5 (none): it was refused after the dense training
     (["pruning=fsm"], "no prunable group of this model reaches its consumers through an affine BatchNorm"),
+    # Lightning's and torch's own errors named no setting ("'<=' not supported between instances of 'int' and 'str'")
+    (["trainer.limit_train_batches=foo"], "trainer.limit_train_batches must be a number, got str 'foo'"),
+    (["data.split_seed=abc"], "data: split_seed must be an int, got str 'abc'"),
+    (["data.image_size=0"], r"data: image_size must be in \[1, inf\), got 0"),
+    (["data.batch_size=0"], r"data: batch_size must be in \[1, inf\), got 0"),
+    (["data.num_workers=-1"], r"data: num_workers must be in \[0, inf\), got -1"),
     (["pruning=bn_scale"], "bn_scale prunes by BatchNorm scales, but no prunable group of this model has a BatchNorm"),
     (["module.lr=-1"], r"module: lr must be in \(0.0, inf\), got -1"),
     (["schedule.restart_lr=true", "module.cosine=false"], "restart_lr=true .* set module.cosine=true"),
