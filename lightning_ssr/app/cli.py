@@ -400,13 +400,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         raise
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            if getattr(err, REFUSED_BEFORE_TRAINING, False) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-                # a bad value: what is wrong and where it is recorded, not a traceback through the set-up
-                print(f"lightning-ssr: refused before training: {type(err).__name__}: {err}\n(recorded in "
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            # what is wrong and where it is recorded, not a traceback through the set-up or the training loop
+            # (a bad value refused before training; a diverged loss, a refusal at the first batch, ... after)
+            when = "refused before training" if getattr(err, REFUSED_BEFORE_TRAINING, False) else "the run failed"
+            if rank_zero_only.rank == 0:
+                print(f"lightning-ssr: {when}: {type(err).__name__}: {err}\n(recorded in "
                       f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)",
                       file=sys.stderr)
-                sys.exit(1)
-            raise
+            sys.exit(1)
         # one broken run must not stop the sweep: it is recorded (result.json, status failed)
         # and the sweep's report lists it with its error
         print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)

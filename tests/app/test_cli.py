@@ -990,6 +990,22 @@ def test_an_interrupted_fit_says_what_was_kept(tmp_path, checkpointing):
             type("Exits", (TinyClassifier,), {"training_step": lambda self, b, i: sys.exit(3)})(), loader())
 
 
+def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
+    """A latency target no structure reaches is found at the first batch, on the device it is timed
+    on: Hydra printed 19 frames of traceback above the message."""
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
+                           "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "target=latency",
+                           "target.latency=0.000001", "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
+                           f"hydra.run.dir={tmp_path}", f"dense.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.splitlines()[-2:]
+    assert last[0].startswith("lightning-ssr: the run failed: ValueError: target {'latency': 1e-06, 'batch_size': 1} "
+                              "is below what the layers' floors already cost")
+    assert last[1] == f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"
+    assert PruningResult.load(tmp_path / "result.json").status == "failed"
+
+
 def test_help_names_the_command_and_shows_how_to_use_it():
     out = subprocess.run([sys.executable, "-m", "lightning_ssr.app.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
