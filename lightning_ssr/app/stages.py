@@ -791,6 +791,8 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     output_dir = Path(output_dir)
     if rank_zero_only.rank != 0:  # under DDP every rank holds the same model: rank 0 writes it
         return {"checkpoint": None, "export": None}
+    if callback is not None and callback.result is None:  # the fit ended before the prune: nothing pruned to keep
+        return {"checkpoint": None, "export": None}
     plan = callback.plan if callback is not None else None
     out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan)), "export": None}
     if cfg.export is None:
@@ -836,9 +838,15 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
             result.pruned = dict(result.dense)
             result.layers = layer_rows(cost, cost)
         if callback is not None:
+            due = callback.schedule.prune_epoch(callback.events_done)
+            least = next(n for n in range(callback.schedule.total_epochs + 1)
+                         if callback.schedule.reaches_last_prune(n))
             result.status = "failed"
-            result.error = ("the model was not pruned: training ended before the prune event at the start of epoch "
-                            f"{callback.schedule.prune_epoch(callback.events_done)}")
+            result.error = (f"the model was not pruned: training ended before the prune event at the start of epoch "
+                            f"{due}. Leave trainer.max_epochs unset (the schedule's {callback.schedule.total_epochs} "
+                            f"epochs) or give it at least {least}; to go on from this run, add "
+                            f"ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)> "
+                            f"trainer.max_epochs={least} to the same command")
             result.warnings = list(callback.engine.warnings)
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     result.config["code"] = code_identity(cfg)

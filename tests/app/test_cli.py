@@ -990,6 +990,19 @@ def test_an_interrupted_fit_says_what_was_kept(tmp_path, checkpointing):
             type("Exits", (TinyClassifier,), {"training_step": lambda self, b, i: sys.exit(3)})(), loader())
 
 
+def test_a_run_that_ends_before_its_prune_says_how_to_go_on_in_the_commands_terms(tmp_path):
+    """trainer.max_epochs=1 ends the run before the prune (not refused ahead: the method may still
+    converge and prune early). The message gave the library's Trainer(max_epochs=...).fit(...),
+    and the run wrote a pruned.pt of the dense model."""
+    cfg = _compose(FAST + ["trainer.max_epochs=1", f"dense.cache_dir={tmp_path / 'cache'}", "verbose=false"])
+    with pytest.warns(UserWarning, match=r"Trainer\(max_epochs=1\) ends before the last scheduled prune"):
+        result = run(cfg, tmp_path)
+    assert result.status == "failed" and not (tmp_path / "pruned.pt").exists()
+    assert ("Leave trainer.max_epochs unset (the schedule's 2 epochs) or give it at least 2; to go on from this run, "
+            "add ckpt_path=<its last checkpoint") in result.error and "trainer.max_epochs=2 to the same command" in result.error
+    assert result.pruned.get("checkpoint") is None
+
+
 def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
     """A latency target no structure reaches is found at the first batch, on the device it is timed
     on: Hydra printed 19 frames of traceback above the message."""
