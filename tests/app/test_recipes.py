@@ -89,6 +89,9 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     ("transfer_fmnist_to_mnist", "transfer.freeze=[convX]", r"transfer.freeze names \['convX'\]"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=[model.convX]", r"transfer.freeze names \['convX'\]"),
     ("transfer_fmnist_to_mnist", "transfer.source_epochs=0", "source_epochs"),
+    # dense.epochs was ignored without a word (the source model trained transfer.source_epochs), and recorded
+    ("transfer_fmnist_to_mnist", "transfer.source_epochs=1 dense.epochs=5",
+     r"transfer.source_epochs=1 and dense.epochs=5: the dense network here is the one trained on the source"),
     ("da_mnist_to_digits", "adaptation.ceiling=no", "adaptation.ceiling must be true or false, got 'no'"),
     ("da_mnist_to_digits", "adaptation.ceiling=1", "adaptation.ceiling must be true or false, got 1"),
     ("transfer_fmnist_to_mnist", "transfer.prune_frozen=1", "transfer.prune_frozen must be true or false"),
@@ -103,7 +106,7 @@ def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experime
     traceback; a transfer.freeze name with the training module's prefix is the network's name."""
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
-    cfg = compose_config([f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}", override, *TINY])
+    cfg = compose_config([f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}", *TINY, *override.split()])
     with pytest.raises((ValueError, TypeError), match=match) as info:
         run(cfg, tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)

@@ -83,6 +83,10 @@ def check_transfer(cfg: DictConfig) -> None:
     if t.source is None or "_target_" not in t.source:
         raise ValueError("transfer.source must be a data config (e.g. the contents of conf/data/fashion_mnist.yaml)")
     check_number("transfer", "source_epochs", t.source_epochs, low=1, integer=True)
+    if t.source_epochs != cfg.dense.epochs:  # the dense network is the source's: one setting, given two ways
+        raise ValueError(f"transfer.source_epochs={t.source_epochs} and dense.epochs={cfg.dense.epochs}: the dense "
+                         "network here is the one trained on the source, so both are its epochs; give one of them "
+                         "(the other follows it)")
     check_flag("transfer.prune_frozen", t.prune_frozen)
 
 
