@@ -903,12 +903,18 @@ def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning |
                     eval_dm: pl.LightningDataModule, reference: nn.Module, output_dir: str | os.PathLike,
                     dense_role: str, pruned_role: str) -> PruningResult:
     """The result of a recipe that trains a reference and a compressed model from the same start:
-    the per-layer table, both evaluated on ``eval_dm``'s splits (``dense`` is the reference),
-    ``pruned.pt`` (and the export) written; ``dm`` gives the input shape."""
+    the per-layer table, both evaluated on ``eval_dm``'s test split (``dense`` is the reference),
+    ``pruned.pt`` (and the export) written; ``dm`` gives the input shape. Where ``eval_dm`` is
+    another domain's (adaptation: its labels are for the final test only), the validation
+    accuracy, the sweeps' objective, is ``dm``'s, and ``source_accuracy`` its test accuracy."""
     result = base_result(cfg, lm, callback, dm)
     print_final_table(result, callback)
     metrics = evaluate(cfg, eval_dm, reference, lm.model)
     files = export_model(cfg, lm, callback, dm, output_dir)
+    if eval_dm is not dm:
+        for key, model in (("dense", reference), ("pruned", lm.model)):
+            own = accuracy(cfg, model, dm)
+            metrics[key].update(val_accuracy=own["val_accuracy"], source_accuracy=own["accuracy"])
     result.dense.update(metrics["dense"], role=dense_role)
     result.pruned.update(metrics["pruned"], role=pruned_role, **files)
     result.machine["latency_load"] = metrics["latency_load"]

@@ -229,13 +229,22 @@ def test_feature_producers_are_the_layers_whose_channels_the_head_reads():
     assert producers("pruning.ignored_layers=[model.fc1]") == []  # (what ignored_layers leaves out is not a group)
 
 
-def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compressed(tmp_path, capsys):
+def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compressed(tmp_path, capsys, monkeypatch):
     # ignored_layers=[]: the recipe itself keeps whole the layer whose outputs the domain classifier
     # reads (a list given on the command line replaces the experiment's, an easy mistake that
     # failed only after the sparsify phase)
+    from lightning_ssr.app import stages
+
+    measured, accuracy = [], stages.accuracy
+    monkeypatch.setattr(stages, "accuracy", lambda cfg, model, dm: measured.append(
+        (type(dm).__name__, accuracy(cfg, model, dm))) or measured[-1][1])
     cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}",
                           "pruning.ignored_layers=[]", *TINY])
     result = run(cfg, tmp_path / "run")
+    # the validation accuracy (a sweep's objective) is the source's: the target's labels serve the final test only
+    on_source = [m for name, m in measured if name == "MNISTDigits"][-2:]  # the dense model's, then the compressed
+    assert [result.dense["val_accuracy"], result.pruned["val_accuracy"]] == [m["val_accuracy"] for m in on_source]
+    assert [result.dense["source_accuracy"], result.pruned["source_accuracy"]] == [m["accuracy"] for m in on_source]
     info = result.config["adaptation"]
     # the table at the prune counts the training module, domain classifier included; the sizes, the
     # network's: the summary says so, with the difference

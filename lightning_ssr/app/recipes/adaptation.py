@@ -341,6 +341,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         # trained beside the network, not part of it: counted in the table printed at the prune (the
         # training module's), not in result.json's sizes (the network's)
         "domain_classifier_params": sum(p.numel() for p in compressed.domain.parameters()),
+        # (the validation accuracies, the sweeps' objective, are the source's: model selection never sees them)
         "target_labels_used_for": "the final test" + (" and the trained-on-target ceiling" if ceiling else ""),
         "target_trained_accuracy": ceiling["accuracy"] if ceiling else None,
         "target_trained_cache": ceiling["cache"] if ceiling else None,
