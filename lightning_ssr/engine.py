@@ -739,6 +739,12 @@ class PruningEngine:
                     final = world.broadcast(final)
                     if self._latency is not None:
                         self._latency = world.broadcast(self._latency)
+                if self.target is not None and all(final[g.name] >= g.size for g in groups) and world.rank == 0:
+                    self.warn(f"target {self.target.to_dict()}: the dense model meets it already, so every layer "
+                              "keeps all its filters and nothing is pruned. Lower the target" + (
+                                  " (milliseconds per batch of batch_size, timed on this device: "
+                                  f"{self._latency['dense_ms']:.3f} ms dense)" if isinstance(self._latency, dict)
+                                  and self._latency.get("dense_ms") else "") + ".")
             elif self.allocation == "method" and self.target.kind != "latency":
                 budget.check(model, groups, cost, round_to)  # the floors fit the target
             allocated = time.perf_counter()
@@ -756,7 +762,7 @@ class PruningEngine:
                                                                                                   groups, cost))
             if not view.fits(view.floor):
                 raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
-                                 f"({view.fraction(view.floor):.4f} of the dense model); raise it or relax "
+                                 f"({view.measure.describe(view.floor)}); raise it or relax "
                                  "min_channels / max_pruning_ratio / round_to")
         self._context = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),
                                       keep=dense.keep_at(self.events_done, self.schedule.prune_events, groups),

@@ -170,6 +170,20 @@ def test_a_method_without_a_periodic_update_is_not_told_to_update_more_often():
         assert result is not None and not engine.warnings
 
 
+def test_a_target_the_dense_model_meets_already_is_warned_of_at_set_up():
+    """A latency target above the dense model's time (the command's default 2 ms, on a LeNet-5 of
+    0.33 ms) pruned nothing and reported "latency target met", without a word."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = PruningEngine("l1", target={"macs": 1.0}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+                           verbose=False)
+    with pytest.warns(UserWarning, match=r"target \{'macs': 1.0\}: the dense model meets it already, so every layer "
+                                         r"keeps all its filters and nothing is pruned. Lower the target."):
+        engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer])
+    assert len(engine.warnings) == 1
+
+
 def test_finish_warns_of_a_training_that_ended_before_the_prune():
     with pytest.warns(UserWarning, match=r"finish: the training ended before the prune due at the start of epoch 3: "
                                          r"the model keeps its dense shapes \(the result is None\)\. Train for "

@@ -1014,7 +1014,8 @@ def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.splitlines()[-2:]
     assert last[0].startswith("lightning-ssr: the run failed: ValueError: target {'latency': 1e-06, 'batch_size': 1} "
-                              "is below what the layers' floors already cost")
+                              "is below what the layers' floors already cost (")
+    assert re.search(r"already cost \(\d+\.\d{3} ms, 0\.\d{4} of the dense model's \d+\.\d{3} ms\)", last[0]), last[0]
     assert last[1] == f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"
     assert PruningResult.load(tmp_path / "result.json").status == "failed"
 
