@@ -234,6 +234,15 @@ def _overrides(run: dict) -> dict | None:
     return out
 
 
+def _shared_overrides(runs: Sequence[dict]) -> dict:
+    """The command-line choices every run of the sweep was given alike (``{}`` where a run has
+    none on record)."""
+    given = [_overrides(r) for r in runs]
+    if not given or any(g is None for g in given):
+        return {}
+    return {k: v for k, v in given[0].items() if all(g.get(k) == v for g in given[1:])}
+
+
 def _pooled(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in POOLED_KEYS)
 
@@ -361,6 +370,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
              "split; * marks the Pareto front of accuracy against MACs."), "",
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
+    shared = _shared_overrides(runs)
+    if shared:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
+        lines[4:4] = [f"Every run was given: `{' '.join(f'{k}={v}' for k, v in shared.items())}`.", ""]
     for r in rows:
         stopped = r.get("interrupted", 0)
         runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in ((r["failed"] - stopped, "failed"),

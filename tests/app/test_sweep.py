@@ -226,6 +226,18 @@ def _job(root: Path, num: int, overrides: list[str], method: str | None, kept: f
     OmegaConf.save(OmegaConf.create(overrides), root / str(num) / ".hydra" / "overrides.yaml")
 
 
+def test_the_report_says_what_every_run_was_given_alike(tmp_path):
+    """A tiny test sweep (trainer.limit_train_batches=10) read like a real one: the table named only
+    what varied."""
+    for num, (method, macs) in enumerate([("l1", "0.5"), ("random", "0.5"), ("l1", "0.25")]):
+        _job(tmp_path, num, [f"pruning={method}", f"target.macs={macs}", "trainer.limit_train_batches=10", "seed=3"],
+             method, float(macs))
+    write_report(tmp_path, plots=False)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[4] == "Every run was given: `trainer.limit_train_batches=10 seed=3`."
+    assert lines[5] == "" and lines[6].startswith("| configuration |")
+
+
 def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(tmp_path, capsys):
     # Ctrl-C in job 1 of a 2 x 2 grid: job 0 finished, job 1 left its folder, jobs 2 and 3 none
     sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random", "target.macs=0.5,0.25", "seed=3"])
