@@ -1075,6 +1075,11 @@ class PruningEngine:
         self._context = None
         self._started = False
         self.result = self._build_result(after)
+        if self.target is None and all(masks[g.name].all() for g in ctx.groups) and world.rank == 0:
+            self.warn(f"pruning method {self.method.name!r} kept every filter at the prune at the start of epoch "
+                      f"{epoch}: without a target, what it removes is what its own criterion dropped (for SSR and "
+                      "SSL, the groups its regularizer zeroed: raise lam). Give a target (macs, params, filters, "
+                      "latency) to prune to a size.")
         if self.verbose and world.rank == 0:
             world.info(f"Pruning: pruned at the start of epoch {epoch} (event {self.events_done} of "
                        f"{self.schedule.prune_events})\n" + format_layer_table(layer_rows(before, after), before, after))

@@ -79,7 +79,8 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
 
 
-def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, steps_per_epoch=4):
+def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, steps_per_epoch=4,
+          target=None, **kwargs):
     """The README's hand-written loop, leaving out the driver calls named in ``skip``; with
     ``accumulate`` > 1, one optimizer step every that many batches."""
     torch.manual_seed(0)
@@ -87,7 +88,8 @@ def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, s
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if schedule is None:
         schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
-    engine = PruningEngine(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
+    engine = PruningEngine(method, target={"macs": 0.5} if target is None else target or None, schedule=schedule,
+                           verbose=False, **kwargs)
     step = 0
     for epoch in range(schedule.total_epochs if epochs is None else epochs):
         for i, (x, y) in enumerate(DataLoader(_data(), batch_size=16)):
@@ -182,6 +184,17 @@ def test_a_target_the_dense_model_meets_already_is_warned_of_at_set_up():
                                          r"keeps all its filters and nothing is pruned. Lower the target."):
         engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer])
     assert len(engine.warnings) == 1
+
+
+def test_a_prune_without_a_target_that_removes_nothing_is_warned_of():
+    """target=none with a lam too small for this model: the prune kept every filter and the run
+    reported 1.0x, without a word."""
+    with pytest.warns(UserWarning, match="'ssr_l21' kept every filter at the prune at the start of epoch 3"):
+        engine, result = _loop("ssr_l21", target={}, method_kwargs={"lam": 0.0})
+    assert result is not None and result.macs_reduction == 1.0
+    assert sum("kept every filter at the prune" in w and "raise lam" in w for w in engine.warnings) == 1
+    engine, _ = _loop("ssr_l21", target={}, method_kwargs={"lam": 1.0})  # a strength that zeroes groups: nothing to say
+    assert not any("kept every filter" in w for w in engine.warnings)
 
 
 def test_finish_warns_of_a_training_that_ended_before_the_prune():
