@@ -60,7 +60,14 @@ from .methods.base import (
 )
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
-from .structure.groups import ChannelGroup, ForwardError, UnsupportedLayerError, align_blocks, find_channel_groups
+from .structure.groups import (
+    ChannelGroup,
+    ForwardError,
+    UnsupportedLayerError,
+    align_blocks,
+    find_channel_groups,
+    unseen_readers,
+)
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
     check_remappable,
@@ -502,9 +509,13 @@ class PruningEngine:
             except ValueError:
                 self._context = None  # set up again on the next training, with the optimizer it is given
                 raise
-            if self.events_done == 0 and world.rank == 0 and (
-                    loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
-                self.warn(loose)
+            if self.events_done == 0 and world.rank == 0:
+                if (loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
+                    self.warn(loose)
+                trained = {id(p) for o in optimizers for group in o.param_groups for p in group["params"]}
+                example = self.example.to(next(model.parameters()).device)
+                for said in unseen_readers(model, example, self._context.groups, self.resolve_ignored(model), trained):
+                    self.warn(said)
         due = epoch >= self.schedule.prune_epoch(self.events_done) or (self._prune_early and self.events_done == 0)
         if not due and not self._started and (self.events_done > 0 or epoch >= self.schedule.warmup_epochs):
             self._start_sparsify()  # before the first event after warm-up; between events at once

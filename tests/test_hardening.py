@@ -281,9 +281,7 @@ REFUSED_AT_SETUP = [
           ("channels_the_tracer_loses", PairSum, "before 'net.conv2' reads them"),
           ("grouped_transposed_conv", GroupedTransposed,
            "layer 'net.up' (ConvTranspose2d, groups=2) is a grouped transposed convolution"),
-          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight"),
-          ("head_forward_never_calls", AuxHeadCNN,
-           "layer 'net.aux' (Conv2d, 12 input channels) trains, but forward() never calls it")]],
+          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight")]],
     ("bn_scale_without_batchnorm", SmallResidualCNN, lambda: Pruning("bn_scale", target={"macs": 0.5}, **SSR),
      ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
@@ -364,8 +362,33 @@ class AuxLit(Lit):
         return F.cross_entropy(self(x), y) + 0.3 * F.cross_entropy(self.net.aux_logits(x), y)
 
 
+UNSEEN_HEAD = "layer 'net.aux' (Conv2d, 12 inputs) trains, but forward() did not use it when the engine traced it"
+
+
+def test_a_head_forward_never_calls_is_warned_of_before_the_first_step(tmp_path):
+    """An auxiliary head only training_step uses is invisible to the trace of forward(): the prune
+    cut the channels it read, and its first use after the prune failed with a shape error, after
+    the whole sparsify phase. Which channels it reads cannot be known before training (a refusal
+    caught attention layers and functional heads), so the set-up warns, naming the layers."""
+    torch.manual_seed(0)
+    callback = Pruning("oneshot", target={"macs": 0.5}, **ONESHOT)
+    trainer = _trainer(tmp_path, [callback])
+
+    class Stop(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            raise RuntimeError("stop")  # after the callback's set-up (it comes first), before the first step
+
+    trainer.callbacks.append(Stop())
+    with pytest.warns(UserWarning, match=re.escape(UNSEEN_HEAD)) as record, pytest.raises(RuntimeError, match="stop"):
+        trainer.fit(AuxLit(AuxHeadCNN()), _data())
+    assert trainer.global_step == 0
+    said = next(str(w.message) for w in record if UNSEEN_HEAD in str(w.message))
+    assert "If training_step feeds it the channels of 'net.conv_a'" in said
+    assert "ignored_layers=['net.conv_a']" in said and "pass 'net.aux' in ignored_layers to say so" in said
+
+
 def test_a_head_forward_never_calls_trains_through_the_prune_once_its_channels_are_kept_whole(tmp_path):
-    """The refusal's first remedy: ``conv_a``'s channels, which the head reads, are left whole;
+    """The warning's first remedy: ``conv_a``'s channels, which the head reads, are left whole;
     the other layers are pruned and the training step's head goes on reading 12 channels."""
     torch.manual_seed(0)
     model = AuxLit(AuxHeadCNN())
@@ -374,18 +397,64 @@ def test_a_head_forward_never_calls_trains_through_the_prune_once_its_channels_a
     trainer.fit(model, _data())
     assert trainer.global_step == 3 * 4 and callback.result.events
     assert model.net.conv_a.out_channels == 12 and model.net.stem.out_channels < 8
+    assert not any("did not use it" in w for w in callback.result.warnings)
 
 
-def test_a_head_forward_never_calls_may_be_declared_to_read_no_pruned_channel(tmp_path):
-    """The refusal's last remedy, for a head that reads something else: naming it in
-    ``ignored_layers`` says so, and the model prunes (the head itself is untouched)."""
+@pytest.mark.parametrize("how", ["ignored", "frozen", "not_trained"])
+def test_a_head_forward_never_calls_is_not_warned_of_where_it_cannot_be_concerned(tmp_path, how):
+    """Named in ignored_layers (it reads no pruned channel), frozen, or held by no optimizer (a
+    teacher, an average): no warning, and the model prunes with the head untouched."""
+
+    class Holds(Lit):
+        def configure_optimizers(self):
+            return torch.optim.SGD([p for n, p in self.named_parameters() if not n.startswith("net.aux.")], lr=0.05)
+
     torch.manual_seed(0)
-    model = Lit(AuxHeadCNN())
+    model = (Holds if how == "not_trained" else Lit)(AuxHeadCNN())
+    if how == "frozen":
+        model.net.aux.requires_grad_(False)
     aux = copy.deepcopy(model.net.aux.state_dict())
-    callback = Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.aux"], **ONESHOT)
+    callback = Pruning("oneshot", target={"macs": 0.5}, ignored_layers=["net.aux"] if how == "ignored" else [],
+                       **ONESHOT)
     _trainer(tmp_path, [callback]).fit(model, _data())
     assert callback.result.events and model.net.conv_a.out_channels < 12
+    assert not any("did not use it" in w for w in callback.result.warnings)
     assert all(torch.equal(aux[k], v) for k, v in model.net.aux.state_dict().items())
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention calls its out_proj through a function, not as a module; and a cosine
+    head reads its weight functionally. Both are used by forward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        tokens = x.flatten(2).transpose(1, 2)
+        y, _ = self.att(tokens, tokens, tokens)
+        return F.linear(F.normalize(y.mean(1), dim=1), F.normalize(self.head.weight, dim=1))
+
+
+def test_layers_forward_uses_through_a_function_are_not_taken_for_unseen_ones():
+    from lightning_ssr.structure.groups import unseen_readers
+
+    torch.manual_seed(0)
+    net, x = Attention(), torch.randn(2, 3, 8, 8)
+    groups = find_channel_groups(net, x, ["c2"])
+    assert [g.name for g in groups] == ["c1"] and groups[0].size == 16
+    assert unseen_readers(net, x, groups) == []
+    assert unseen_readers(AuxHeadCNN(), torch.randn(2, 3, 8, 8),
+                          find_channel_groups(AuxHeadCNN(), torch.randn(2, 3, 8, 8)))[0].startswith(
+        "layer 'aux' (Conv2d, 12 inputs) trains, but forward() did not use it")
+    flat = AuxHeadCNN()
+    flat.aux = nn.Linear(12 * 2 * 2, 5)  # a head on conv_a's channels pooled to 2x2 and flattened
+    said = unseen_readers(flat, torch.randn(2, 3, 8, 8), find_channel_groups(flat, torch.randn(2, 3, 8, 8)))
+    assert len(said) == 1 and said[0].startswith("layer 'aux' (Linear, 48 inputs)") and "'conv_a'" in said[0]
 
 
 class FactoredMomentum(torch.optim.Optimizer):

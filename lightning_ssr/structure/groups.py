@@ -705,29 +705,82 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
             groups.append(built)
     if check:
         check_layers(model, groups)
-        _check_no_unseen_reader(model, dg, groups, set(ignored))
     return groups
 
 
-def _check_no_unseen_reader(model: nn.Module, dg: tp.DependencyGraph, groups: Sequence[ChannelGroup],
-                            ignored: set[nn.Module]) -> None:
-    """Refuse a trainable conv or linear layer that ``forward()`` never calls (an auxiliary head or
-    a discriminator that only ``training_step`` uses) whose input is as wide as a prunable group:
-    the trace cannot see what it reads, so if it reads those channels, its first use after the
-    prune fails on the narrower input, after the whole sparsify phase. A layer in ``ignored``
-    (named in ``ignored_layers``, or declared in ``pruning_ignored_layers``) is taken as said to read none."""
-    for name, module in model.named_modules():
-        if module in dg.module2node or module in ignored or not isinstance(module, (_CONV, nn.Linear)):
+def unseen_readers(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup],
+                   ignored_layers: Iterable[str] = (), trained: set[int] | None = None) -> list[str]:
+    """Warnings (best effort) of trainable conv or linear layers that ``forward()`` does not use, traced in
+    eval mode on ``example_inputs`` (an auxiliary head or a discriminator that only ``training_step``
+    uses, a head forward() calls only in training mode), whose input is as wide as a prunable
+    group or a flattened multiple of one: the trace cannot see what they read, and if they read
+    those channels, their first use after the prune fails. A layer counts as used where its
+    weight reaches the output in the autograd graph (a functional call of ``layer.weight`` too).
+    Not concerned: layers in ``ignored_layers`` (or a ``pruning_ignored_layers`` declaration: said
+    to read no pruned channel), frozen ones, and, with ``trained`` (the ids of the parameters the
+    optimizers hold), ones no optimizer trains (a teacher, an average)."""
+    modules = dict(model.named_modules())
+    ignored = {m for n in [*ignored_layers, *declared_ignored_layers(model)] if n in modules
+               for m in modules[n].modules()}
+    candidates = []
+    for name, module in modules.items():
+        if module in ignored or not isinstance(module, (_CONV, nn.Linear)):
             continue
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
             continue  # (a frozen copy: a teacher, an average)
+        if trained is not None and id(weight) not in trained:
+            continue  # (trained by nothing this run steps)
         width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-        same = [g.name for g in groups if g.size == width]
+        same = [g.name for g in groups if g.size == width or (isinstance(module, nn.Linear) and width % g.size == 0
+                                                                and width // g.size > 1)]
         if same:
-            readers = " or ".join(f"'{n}'" for n in same[:3])
-            raise UnsupportedLayerError(
-                f"layer '{name}' ({type(module).__name__}, {width} input channels) trains, but forward() never calls "
-                f"it, so the trace cannot see what it reads; the prune may cut the {width} channels of {readers}, and "
-                f"if training_step feeds those to '{name}', its first use after the prune fails. Call '{name}' in "
-                f"forward(), or keep the channels it reads whole (ignored_layers=[{', '.join(repr(n) for n in same[:3])}"
-                f"]); if it reads none of these channels, pass '{name}' in ignored_layers to say so.")
+            candidates.append((name, module, width, same))
+    if not candidates:
+        return []
+    used = _parameters_reaching_the_output(model, example_inputs)
+    out = []
+    for name, module, width, same in candidates:
+        if id(module.weight) in used:
+            continue
+        same.sort(key=lambda n: next(g.size for g in groups if g.name == n) != width)  # same width first
+        readers = some_names([f"'{n}'" for n in same])
+        out.append(
+            f"layer '{name}' ({type(module).__name__}, {width} inputs) trains, but forward() did not use it when the "
+            f"engine traced it (in eval mode, on one input), so the trace cannot see what it reads. If training_step "
+            f"feeds it the channels of {'' if len(same) == 1 else 'one of '}{readers}, the prune cuts them and its "
+            f"first use after the prune fails: call it in forward(), or keep those channels whole (that layer in "
+            f"ignored_layers, e.g. ignored_layers=[{same[0]!r}]). If it reads none of them, pass '{name}' in "
+            "ignored_layers to say so.")
+    return out
+
+
+def _parameters_reaching_the_output(model: nn.Module, example_inputs) -> set[int]:
+    """The ids of the parameters whose values reach ``model``'s outputs (one forward, in eval mode,
+    with gradients recorded, the autograd graph walked back to its leaves)."""
+    with eval_mode(model), torch.enable_grad():
+        out = model(example_inputs)
+    roots = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+    seen, used = set(), set()
+    while roots:
+        fn = roots.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # AccumulateGrad: a leaf, a parameter
+        if variable is not None:
+            used.add(id(variable))
+        roots.extend(next_fn for next_fn, _ in fn.next_functions)
+    return used
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
