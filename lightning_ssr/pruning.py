@@ -242,6 +242,7 @@ class Pruning(Callback):
         self._train_ended = False  # Lightning ran the fit's on_train_end (not when nothing was left to train)
         self._restored = False  # this fit restored the callback's state from a checkpoint
         self._resume_checked = False  # what a restored fit is checked for, at its first epoch
+        self._pruned_again = False  # this fit starts over on the very module the earlier fit pruned
 
     # ------------------------------------------------- the engine's, read here
     @property
@@ -339,22 +340,15 @@ class Pruning(Callback):
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
         # per fit (before its warnings, which the run keeps); Lightning restores the callback's state after set-up
-        self._short_fit = self._restored = self._resume_checked = self._train_ended = False
+        self._short_fit = self._restored = self._resume_checked = self._train_ended = self._pruned_again = False
         if trainer.global_step == 0 and not self.engine.fresh:
             # the callback of an earlier fit, given to a new training (a loop over seeds or models):
             # without this it held that fit's finished run and left this model unpruned, without a word.
             # A resumed fit starts here too (its state is restored after set-up).
             earlier = self.engine.plan
-            again = trainer.ckpt_path is None and earlier is not None and applied_plan(pl_module) == earlier
+            # (said at the train start: a resumed fit restores its run after this hook, and prunes nothing again)
+            self._pruned_again = earlier is not None and applied_plan(pl_module) == earlier
             self.engine.reset()
-            if again:
-                goal = f"target {self.engine.target.to_dict()}" if self.engine.target else "what the method decides"
-                self.engine.warn(
-                    f"{name}: this {type(pl_module).__name__} is the model this callback pruned in its earlier fit, "
-                    f"and this fit prunes it again, to {goal} of its pruned size (the reductions multiply, and the "
-                    "result's 'dense' is the model this fit starts from). To fine-tune the pruned model further, fit "
-                    "it without the Pruning callback; to go on with the earlier run, resume it from its checkpoint "
-                    "(fit(ckpt_path=...)).", emit=rank_zero_warn)
             self._loss_guard = LossGuard()
             if self.verbose and trainer.ckpt_path is None:
                 rank_zero_info(f"{name}: a new training from step 0; the run of this callback's earlier fit is set "
@@ -416,6 +410,14 @@ class Pruning(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         schedule = self.schedule
+        if self._pruned_again and not self._restored:
+            goal = f"target {self.engine.target.to_dict()}" if self.engine.target else "what the method decides"
+            self.engine.warn(
+                f"{type(self).__name__}: this {type(pl_module).__name__} is the model this callback pruned in its "
+                f"earlier fit, and this fit prunes it again, to {goal} of its pruned size (the reductions multiply, "
+                "and the result's 'dense' is the model this fit starts from). To fine-tune the pruned model further, "
+                "fit it without the Pruning callback; to go on with the earlier run, resume it from its checkpoint "
+                "(fit(ckpt_path=...)).", emit=rank_zero_warn)
         # past warm-up with nothing of a run: a checkpoint without this callback's state (a second fit
         # of the same Trainer goes on with the run it holds)
         if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.fresh:

@@ -606,6 +606,24 @@ def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path
         assert [p.shape for p in fresh.parameters()] == [p.shape for p in second.parameters()]
 
 
+def test_resuming_the_pruned_module_from_its_checkpoint_is_not_taken_for_pruning_it_again(tmp_path):
+    """The same callback and module, fit(ckpt_path=last.ckpt): the run goes on (nothing is pruned
+    again), so the warning for a module given back to its callback must not come; it did, because
+    Lightning tells the callback of the checkpoint only after its set-up."""
+    cb = Pruning("oneshot", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=2),
+                 verbose=False)
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    trainer(tmp_path, [cb, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)], 1).fit(model, loader())
+    assert cb.events_done == 1
+    pruned = [p.shape for p in model.parameters()]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], 2).fit(model, loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert not [w for w in record if "pruned in its earlier fit" in str(w.message)]
+    assert cb.events_done == 1 and [p.shape for p in model.parameters()] == pruned
+
+
 @pytest.mark.parametrize(("warmup", "refused"), [(0, True), (3, False)], ids=["past_the_sparsify_start", "in_warmup"])
 def test_resuming_a_checkpoint_written_without_the_callback_is_refused_where_the_schedule_is_past(tmp_path, warmup,
                                                                                                 refused):
