@@ -592,9 +592,10 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
             config = next((r["config"] for r in rows if str(chosen["dir"]) in r["dirs"]), chosen["result"]["method"])
             files["layers"] = plot_layers(chosen["result"], out / "layers.png",
                                           f"Surviving filters per layer: {config} (run {name})")
-        for name in PLOTS:  # a plot this report has nothing for: one of an earlier sweep there would pass for its own
-            if out / name not in files.values():
-                (out / name).unlink(missing_ok=True)
+        if out.resolve() == sweep_dir.resolve():  # (in a folder of the user's own, --out, nothing is removed)
+            for name in PLOTS:  # a plot this report has nothing for: an earlier sweep's there would pass for its own
+                if out / name not in files.values():
+                    (out / name).unlink(missing_ok=True)
     return {"rows": rows, "runs": runs, "missing": missing, "strays": strays, "files": files}
 
 

@@ -166,6 +166,11 @@ def test_a_sweep_whose_runs_all_failed_gets_its_report_without_plots(tmp_path, c
     assert "2 runs, 2 failed" in out.out and "wrote" in out.out and not out.err
     assert "target macs=0.001 is too small" in (tmp_path / "report.md").read_text()
     assert not any((tmp_path / name).exists() for name in ("pareto.png", "structure.png", "layers.png"))
+    # in a folder of the user's own (--out), nothing of theirs is removed
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "pareto.png").write_bytes(PNG_MAGIC)
+    assert main([str(tmp_path), "--out", str(tmp_path / "figures")]) == 1
+    assert (tmp_path / "figures" / "pareto.png").read_bytes() == PNG_MAGIC
 
 
 def test_an_interrupted_run_is_reported_as_interrupted_not_failed(tmp_path):
