@@ -41,7 +41,7 @@ def test_freeze_stops_gradients_and_names_what_is_missing():
 
 
 def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(tmp_path):
-    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1",
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist",
                           "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
     result = run(cfg, tmp_path / "run")
     info = result.config["transfer"]
@@ -62,7 +62,7 @@ def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stages, "compared_result", interrupted)
-    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1",
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist",
                           "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
     with pytest.raises(RunInterrupted, match="^interrupted after the run that prunes had finished, during the "
                                              "evaluation or the export. The last checkpoint is ") as info:
@@ -71,7 +71,7 @@ def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_pat
 
 
 def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
-    common = ["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1", "transfer.source.batch_size=512",
+    common = ["+experiment=transfer_fmnist_to_mnist", "transfer.source.batch_size=512",
               f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.3", "transfer.freeze=[conv1]", *TINY]
     given = compose_config(common)
     kept = run(given, tmp_path / "frozen")
@@ -88,10 +88,7 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
 @pytest.mark.parametrize(("experiment", "override", "match"), [
     ("transfer_fmnist_to_mnist", "transfer.freeze=[convX]", r"transfer.freeze names \['convX'\]"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=[model.convX]", r"transfer.freeze names \['convX'\]"),
-    ("transfer_fmnist_to_mnist", "transfer.source_epochs=0", "source_epochs"),
-    # dense.epochs was ignored without a word (the source model trained transfer.source_epochs), and recorded
-    ("transfer_fmnist_to_mnist", "transfer.source_epochs=1 dense.epochs=5",
-     r"transfer.source_epochs=1 and dense.epochs=5: the dense network here is the one trained on the source"),
+    ("transfer_fmnist_to_mnist", "dense.epochs=0", r"transfer \(the network trained on transfer.source\): dense.epochs must be in \[1"),
     ("da_mnist_to_digits", "adaptation.ceiling=no", "adaptation.ceiling must be true or false, got 'no'"),
     ("da_mnist_to_digits", "adaptation.ceiling=1", "adaptation.ceiling must be true or false, got 1"),
     ("transfer_fmnist_to_mnist", "transfer.prune_frozen=1", "transfer.prune_frozen must be true or false"),
@@ -151,7 +148,7 @@ def test_an_interrupted_adaptation_goes_on_from_its_checkpoint_to_the_uninterrup
 
 
 def test_a_frozen_layer_named_with_the_modules_prefix_is_frozen_and_kept(tmp_path):
-    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "transfer.source_epochs=1",
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist",
                           "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.3",
                           "transfer.freeze=[model.conv1]", *TINY])
     result = run(cfg, tmp_path / "run")

@@ -72,8 +72,7 @@ def check_head_trains(net: nn.Module, frozen) -> None:
 def _source_config(cfg: DictConfig) -> DictConfig:
     source = copy.deepcopy(cfg)
     with open_dict(source):
-        source.data = cfg.transfer.source
-        source.dense.epochs = cfg.transfer.source_epochs
+        source.data = cfg.transfer.source  # (dense.epochs: the dense network is the one trained on the source)
     return source
 
 
@@ -82,11 +81,9 @@ def check_transfer(cfg: DictConfig) -> None:
     t = cfg.transfer
     if t.source is None or "_target_" not in t.source:
         raise ValueError("transfer.source must be a data config (e.g. the contents of conf/data/fashion_mnist.yaml)")
-    check_number("transfer", "source_epochs", t.source_epochs, low=1, integer=True)
-    if t.source_epochs != cfg.dense.epochs:  # the dense network is the source's: one setting, given two ways
-        raise ValueError(f"transfer.source_epochs={t.source_epochs} and dense.epochs={cfg.dense.epochs}: the dense "
-                         "network here is the one trained on the source, so both are its epochs; give one of them "
-                         "(the other follows it)")
+    # the dense network is the one trained on the source: it must train, for dense.epochs
+    check_number("transfer (the network trained on transfer.source)", "dense.epochs", cfg.dense.epochs, low=1,
+                 integer=True)
     check_flag("transfer.prune_frozen", t.prune_frozen)
 
 
