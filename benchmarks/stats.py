@@ -113,8 +113,9 @@ def main(argv=None) -> dict:
     p = paired_by_seed(drops_by_seed(args.results, args.method, args.field),
                        drops_by_seed(args.reference, args.reference_method, args.field))
     what = "drop" if args.field == DROP else args.field
+    unit = " (points)" if args.field == DROP or "accuracy" in args.field else ""
     print(f"{what} of {args.method} in {args.results.name} minus {what} of {args.reference_method} in "
-          f"{args.reference.name} (points), seeds {p['seeds']}: {interval(p)}")
+          f"{args.reference.name}{unit}, seeds {p['seeds']}: {interval(p)}")
     return p
 
 

@@ -49,13 +49,10 @@ ORPHANED_POOL = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, sys.argv[1])
-from benchmarks import exit_when_orphaned
+from benchmarks import init_worker
 
-def watch_parent():
-    exit_when_orphaned(os.getppid(), poll_s=0.05)
-
-if __name__ == "__main__":
-    with ProcessPoolExecutor(1, initializer=watch_parent) as pool:
+if __name__ == "__main__":  # as the benchmarks start their workers
+    with ProcessPoolExecutor(1, initializer=init_worker, initargs=(1,)) as pool:
         print(pool.submit(os.getpid).result(), flush=True)
         pool.submit(time.sleep, 600)
         time.sleep(600)

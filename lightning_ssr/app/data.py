@@ -145,7 +145,7 @@ class _InMemoryImages(pl.LightningDataModule):
         self.augment = check_augment(augment)
         batch_size = check_number("data", "batch_size", batch_size, low=1, integer=True)
         eval_batch_size = check_number("data", "eval_batch_size", eval_batch_size, low=1, integer=True)
-        split_seed = check_number("data", "split_seed", split_seed, low=0, integer=True)
+        split_seed = check_number("data", "split_seed", split_seed, integer=True)
         image_size = check_number("data", "image_size", image_size, low=1, integer=True)
         num_workers = check_number("data", "num_workers", num_workers, low=0, integer=True)
         if channels is not None:  # grey images given to a network of colour inputs (the channel repeated)

@@ -344,9 +344,10 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     return callback, dm
 
 
-#: the Trainer's settings that take a number (an int, or a float as a fraction)
+#: the Trainer's settings that take only a number (an int, or a float as a fraction); not
+#: val_check_interval, which also takes a time ("00:00:10:00")
 TRAINER_NUMBERS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "limit_train_batches", "limit_val_batches",
-                   "limit_test_batches", "limit_predict_batches", "val_check_interval", "check_val_every_n_epoch",
+                   "limit_test_batches", "limit_predict_batches", "check_val_every_n_epoch",
                    "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches", "gradient_clip_val")
 
 

@@ -303,6 +303,17 @@ def test_bad_values_fail_before_training(tmp_path, overrides, match):
     assert failed.status == "failed" and re.search(match, failed.error) and failed.pruned == {}
 
 
+def test_values_lightning_and_torch_accept_pass_the_checks_before_training(tmp_path):
+    """The checks added to name a bad data or trainer value must not refuse good ones: a time for
+    val_check_interval (Lightning takes "DD:HH:MM:SS"), a negative split seed (torch takes it)."""
+    from lightning_ssr.app.stages import check_config
+
+    cfg = _compose(FAST + ["+trainer.val_check_interval=00:00:10:00", "data.split_seed=-1", "trainer.max_epochs=-1",
+                           "trainer.limit_train_batches=1.0", f"dense.cache_dir={tmp_path / 'cache'}"])
+    callback, dm = check_config(cfg)
+    assert callback is not None and dm.split_seed == -1
+
+
 def test_unknown_model_name_fails_before_training(tmp_path):
     cfg = _compose(["model.name=alexnet9000", "data=uci_digits"])
     with pytest.raises(InstantiationException, match="unknown model 'alexnet9000'; available"):
