@@ -839,15 +839,18 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
             result.pruned = dict(result.dense)
             result.layers = layer_rows(cost, cost)
         if callback is not None:
-            due = callback.schedule.prune_epoch(callback.events_done)
-            least = next(n for n in range(callback.schedule.total_epochs + 1)
-                         if callback.schedule.reaches_last_prune(n))
+            schedule = callback.schedule
+            bounds = [f"trainer.{k}={cfg.trainer[k]}" for k in ("max_epochs", "max_steps", "max_time")
+                      if cfg.trainer.get(k) not in (None, -1)
+                      and not (k == "max_epochs" and schedule.reaches_last_prune(cfg.trainer[k]))]
+            ended = (f"{' or '.join(bounds)} ended it" if bounds else
+                     "something ended it (a callback that stops the fit, or a bound of the Trainer)")
             result.status = "failed"
             result.error = (f"the model was not pruned: training ended before the prune event at the start of epoch "
-                            f"{due}. Leave trainer.max_epochs unset (the schedule's {callback.schedule.total_epochs} "
-                            f"epochs) or give it at least {least}; to go on from this run, add "
-                            f"ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)> "
-                            f"trainer.max_epochs={least} to the same command")
+                            f"{schedule.prune_epoch(callback.events_done)}; {ended}. To go on from this run, run the "
+                            f"same command {'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with "
+                            "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>: it "
+                            f"trains the schedule's {schedule.total_epochs} epochs in all")
             result.warnings = list(callback.engine.warnings)
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     result.config["code"] = code_identity(cfg)

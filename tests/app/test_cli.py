@@ -1009,8 +1009,9 @@ def test_a_run_that_ends_before_its_prune_says_how_to_go_on_in_the_commands_term
     with pytest.warns(UserWarning, match=r"Trainer\(max_epochs=1\) ends before the last scheduled prune"):
         result = run(cfg, tmp_path)
     assert result.status == "failed" and not (tmp_path / "pruned.pt").exists()
-    assert ("Leave trainer.max_epochs unset (the schedule's 2 epochs) or give it at least 2; to go on from this run, "
-            "add ckpt_path=<its last checkpoint") in result.error and "trainer.max_epochs=2 to the same command" in result.error
+    assert ("at the start of epoch 1; trainer.max_epochs=1 ended it. To go on from this run, run the same command "
+            "without trainer.max_epochs=1 and with ckpt_path=<its last checkpoint") in result.error
+    assert result.error.endswith("it trains the schedule's 2 epochs in all")
     assert result.pruned.get("checkpoint") is None
 
 
