@@ -8,6 +8,7 @@ which is what carries optimizer state, and any other parameter-shaped state, acr
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
@@ -408,23 +409,37 @@ def check_remappable(optimizers: Sequence[torch.optim.Optimizer],
 
 def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str, nn.Parameter]) -> None:
     name_of = {id(p): n for n, p in cut.items()}
-    originals = [p for group in optimizer.param_groups for p in group["params"]]
-    if not any(id(p) in name_of for p in originals):
+    originals = [p for group in optimizer.param_groups for p in group["params"] if id(p) in name_of]
+    if not originals:
         return
-    try:
-        probe = copy.deepcopy(optimizer)  # its parameters and state are copied with it
-        copies = [p for group in probe.param_groups for p in group["params"]]
-        with torch.no_grad():
-            for p in copies:
-                p.grad = torch.zeros_like(p)
-        probe.step()
+    # only the parameters a prune may cut (and their state) are copied: the others map to None
+    memo: dict = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in name_of:
+                memo[id(p)] = None
+                memo.update((id(v), None) for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v))
+    devices = sorted({p.device.index for p in originals if p.device.type == "cuda" and p.device.index is not None})
+    python = random.getstate()
+    try:  # (an optimizer that draws noise in step() leaves the run's random streams as they were)
+        with torch.random.fork_rng(devices=devices):
+            probe = copy.deepcopy(optimizer, memo)
+            for group in probe.param_groups:
+                group["params"] = [p for p in group["params"] if p is not None]
+            probe.state.pop(None, None)
+            copies = [p for group in probe.param_groups for p in group["params"]]
+            with torch.no_grad():
+                for p in copies:
+                    p.grad = torch.zeros_like(p)
+            probe.step()
     except Exception:  # noqa: BLE001 - not probeable here; the prune checks each state it slices
         return
+    finally:
+        random.setstate(python)
     for original, p in zip(originals, copies):
-        name = name_of.get(id(original))
-        for key, value in (probe.state.get(p) or {}).items() if name is not None else ():
+        for key, value in (probe.state.get(p) or {}).items():
             if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                raise ValueError(_unsliceable_state(optimizer, key, name, value, p))
+                raise ValueError(_unsliceable_state(optimizer, key, name_of[id(original)], value, p))
 
 
 def _unsliceable_state(optimizer: torch.optim.Optimizer, key, name: str, value: torch.Tensor,

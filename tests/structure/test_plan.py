@@ -151,6 +151,45 @@ def test_optimizer_state_not_shaped_like_its_parameter_is_refused_by_name():
         remap_optimizer(opt, old, dict(model.named_parameters()), remap)
 
 
+class NoisyFactored(torch.optim.Optimizer):
+    """Another library's optimizer that draws noise in step() and keeps a factored moment for
+    matrices and kernels (one value per output row)."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.01})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        import random
+
+        random.random()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.dim() > 1:
+                        self.state[p]["row"] = p.grad.flatten(1).pow(2).mean(1, keepdim=True)
+                    p.add_(p.grad + 1e-3 * torch.randn_like(p), alpha=-group["lr"])
+
+
+def test_the_set_up_probe_of_another_librarys_optimizer_copies_only_what_a_prune_cuts_and_keeps_the_rng():
+    import random
+
+    from lightning_ssr.structure.surgery import check_remappable
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    opt = NoisyFactored(model.parameters())
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    # fc2.weight alone may be cut: its row moment is refused; its bias, a vector, gets none
+    with pytest.raises(ValueError, match=r"keeps state 'row' of fc2.weight in shape \(5, 1\)"):
+        check_remappable([opt], {"fc2.weight": model.fc2.weight})
+    check_remappable([opt], {"fc2.bias": model.fc2.bias})  # a bias: state shaped like it, or none
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters()) and not opt.state
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("make_opt", [
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
