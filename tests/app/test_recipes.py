@@ -272,6 +272,9 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert result.config["adaptation"]["domain_accuracy_test"] is None
     assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
+    # the two trainings are named for what they are, not "DANN" (the equal-budget control)
+    assert "no adaptation (same epochs) dense" in out and "DANN" not in out.split("(target test accuracy)")[-1]
+    assert result.dense["role"] == "no adaptation (same epochs) dense, on the target's test split"
 
 
 # ------------------------------------------------------------ adaptation that adapts

@@ -326,8 +326,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
 
     with stages.after_pruning(compressed):
         result = stages.compared_result(cfg, compressed, callback, source_dm, target_dm, dense.model, output_dir,
-                                        "DANN dense, on the target's test split",
-                                        "DANN compressed, on the target's test split")
+                                        f"{_label(a.domain_weight)} dense, on the target's test split",
+                                        f"{_label(a.domain_weight)} compressed, on the target's test split")
         # with domain_weight=0 the domain classifier never learns: its accuracy would say nothing
         domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
                            "compressed": _domain_accuracy(compressed, source_dm, target_dm)
@@ -354,11 +354,19 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     return result
 
 
+def _label(domain_weight) -> str:
+    """What the recipe's two trainings are: DANN, or without its domain term (``domain_weight=0``)
+    source-only training for the same epochs on both domains' batches (the equal-budget control)."""
+    return "no adaptation (same epochs)" if domain_weight == 0 else "DANN"
+
+
 def adaptation_summary(result) -> str:
     info = result.config["adaptation"]
     ceiling = info.get("target_trained_accuracy")
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
-            f"{100 * info['source_only_target_accuracy']:.2f}%; " + stages.pair_line(result, "DANN dense", "DANN compressed")
+            f"{100 * info['source_only_target_accuracy']:.2f}%; "
+            + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
+                               f"{_label(info.get('domain_weight'))} compressed")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
                f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "
