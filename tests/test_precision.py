@@ -55,6 +55,8 @@ PRECISIONS = {
 }
 
 
+# (a sparsify epoch of steps that a small lam never zeroes a group in: the prune keeps every filter, as warned)
+@pytest.mark.filterwarnings("ignore:pruning method 'ssr_l21' kept every filter")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("accumulate", [1, 4])
 def test_admm_term_is_added_once_to_unscaled_gradients(tmp_path, precision, accumulate):

@@ -91,6 +91,7 @@ def test_callback_shrinks_the_model_within_one_fit_and_keeps_training(tmp_path):
     assert torch.load(buffer, weights_only=True)["plan"] == cb.plan.to_dict()
 
 
+@pytest.mark.filterwarnings("ignore:pruning method 'ssr_l21' kept every filter")  # (the lam=0 run, as warned)
 def test_l21_regularization_shrinks_group_norms(tmp_path):
     """Against the same run with lam = 0 (AULM's term then pulls W towards its own prox, which is
     W + U: no shrinkage), the group norms at the end of the sparsify phase are smaller, and more
