@@ -29,7 +29,7 @@ METHODS_START, METHODS_END = "<!-- methods:start -->", "<!-- methods:end -->"
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(HERE.parent))
 from benchmarks.specs import LENET_SEEDS, given_structure
-from benchmarks.stats import interval, pm
+from benchmarks.stats import interval, paired_by_seed, pm
 
 
 def machine_line(data) -> str:
@@ -416,7 +416,31 @@ def _methods_headline(d) -> list[list[str]]:
     return rows
 
 
-def _recipes_headline(d) -> list[list[str]]:
+#: the equal-budget control of the adaptation experiments: the same runs without the domain term
+#: (``recipes.py --override adaptation.domain_weight=0``), whose "dense" is source-only training
+#: for DANN's epochs on both domains' batches
+RECIPES_CONTROL = "recipes_no_adaptation"
+
+
+def _control_line(d, control, experiment: str) -> str:
+    """``; same epochs without adaptation X%, DANN - it: +Z [lo, hi], higher`` from the control
+    file, paired by seed ("" without one)."""
+    if not isinstance(control, dict):
+        return ""
+
+    def by_seed(data):
+        return {r["seed"]: r["dense_accuracy"] for r in data.get("rows", [])
+                if r.get("experiment") == experiment and r.get("status") == "ok" and r.get("dense_accuracy") is not None}
+    mine = by_seed(control)
+    if not mine:
+        return ""
+    values = list(mine.values())
+    spread = pm(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+    return (f"; same epochs without adaptation {spread}% ({len(values)} seeds), DANN dense - it: "
+            f"{interval(paired_by_seed(by_seed(d), mine))}")
+
+
+def _recipes_headline(d, control=None) -> list[list[str]]:
     rows = []
     for e in d.get("summary") or []:
         def stat(key, e=e):
@@ -429,7 +453,8 @@ def _recipes_headline(d) -> list[list[str]]:
             text = (f"source only {stat('source_only_accuracy')}%; DANN dense {stat('dense_accuracy')}%"
                     + (f" (closes {100 * gap['mean']:.0f}% of the gap)" if gap else "")
                     + f"; compressed{red}: {stat('pruned_accuracy')}%"
-                    + (f"; trained on target {stat('ceiling_accuracy')}%" if e.get("ceiling_accuracy") else ""))
+                    + (f"; trained on target {stat('ceiling_accuracy')}%" if e.get("ceiling_accuracy") else "")
+                    + _control_line(d, control, e["experiment"]))
         else:
             text = (f"dense fine-tune {stat('dense_accuracy')}%; compressed{red}: {stat('pruned_accuracy')}% "
                     f"(same epochs); compressed - dense {interval(e['compressed_minus_dense'])}")
@@ -466,7 +491,8 @@ def headline(results: Path = RESULTS) -> str:
     """The short table of headline results for README, each row from one results file."""
     rows = []
     makers = [(name, functools.partial(_lenet_headline, name=name)) for name in LENET_TABLES]
-    makers += [("methods", _methods_headline), ("recipes", _recipes_headline)]
+    makers += [("methods", _methods_headline),
+               ("recipes", functools.partial(_recipes_headline, control=_load(results, RECIPES_CONTROL)))]
     for name, make in makers:
         data = _load(results, name)
         if isinstance(data, dict):

@@ -83,6 +83,22 @@ def test_headline_reads_each_file_and_says_what_it_cannot_summarize(tmp_path):
     assert "| recipes | (cannot summarize this file: KeyError 'compressed_minus_dense')" in text
 
 
+def test_the_adaptation_headline_sets_dann_against_its_equal_budget_control(tmp_path):
+    """Source only trains dense.epochs, DANN those and the schedule's: the control, the same runs
+    without the domain term, trains as long, and DANN is compared with it by seed."""
+    def rows(accuracies):
+        return [{"experiment": "da", "seed": s, "status": "ok", "dense_accuracy": a} for s, a in accuracies.items()]
+    summary = {"experiment": "da", "n_runs": 3, "source_only_accuracy": {"mean": 47.0, "std": 1.5},
+               "dense_accuracy": {"mean": 79.0, "std": 1.9}, "gap_closed": {"mean": 0.62}}
+    (tmp_path / "recipes.json").write_text(json.dumps({"summary": [summary],
+                                                       "rows": rows({0: 77.0, 1: 80.0, 2: 80.0})}))
+    assert "without adaptation" not in headline(tmp_path)  # no control file: nothing claimed
+    (tmp_path / "recipes_no_adaptation.json").write_text(json.dumps({"rows": rows({0: 47.0, 1: 49.0, 2: 48.0})}))
+    text = headline(tmp_path)
+    assert "same epochs without adaptation 48.00 ± 1.00% (3 seeds), DANN dense - it: +31.00 [" in text
+    assert "], higher" in text
+
+
 def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):
     (tmp_path / "overhead.json").write_text(json.dumps({"rows": []}))
     (tmp_path / "run.json").write_text(json.dumps({"machine": {"cpu": "C"}, "command": "python -m benchmarks",
