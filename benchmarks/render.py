@@ -196,13 +196,18 @@ def render_recipes(d):
     lines = table(["experiment", "seeds", "source only %", "dense %", "dense - source only", "gap closed",
                    "compressed %", "compressed - dense", "ceiling %", "domain acc. %", "MACs red.", "identical seeds",
                    "failed"], rows)
+    control = any(str(o).replace(" ", "") == "adaptation.domain_weight=0"
+                  for o in (d.get("settings") or {}).get("override") or [])
+    dense = ("source-only training for DANN's epochs on both domains' batches (the domain term off: "
+             "`adaptation.domain_weight=0`), the equal-budget control of DANN, and *compressed* the same compressed"
+             if control else "DANN dense and *compressed* DANN compressed")
     lines += ["", ("Accuracies on the target domain's test split, mean ± std over seeds; its labels are used for "
-              "nothing else (the ceiling trains on them, separately). For adaptation, *dense* is DANN dense and "
-              "*compressed* DANN compressed; for transfer, *dense* is the dense fine-tune with the same epochs as the "
-              "compressed one and *source only* is blank. *gap closed*: (DANN dense - source only) / (ceiling - "
-              "source only). *domain acc.*: after DANN dense, how often its domain classifier tells the source's test "
-              "images from as many of the target's (50%: the features no longer show the domain). Differences are "
-              "paired by seed with their 95% interval."), ""]
+              f"nothing else (the ceiling trains on them, separately). For adaptation, *dense* is {dense}; for "
+              "transfer, *dense* is the dense fine-tune with the same epochs as the "
+              "compressed one and *source only* is blank. *gap closed*: (dense - source only) / (ceiling - "
+              "source only). *domain acc.*: after DANN dense, how often its domain classifier is right on the "
+              "source's test images and as many of the target's (chance is 50%, which a classifier that always "
+              "answers one domain also scores). Differences are paired by seed with their 95% interval."), ""]
     runs = [[r["experiment"], r["seed"], _f(r.get("source_only_accuracy"), 2), _f(r["dense_accuracy"], 2),
              _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r.get("domain_accuracy"), 1),
              _f(r.get("pruned_domain_accuracy"), 1), _f(r["macs_reduction"], 2, "x"),
