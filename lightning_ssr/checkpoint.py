@@ -21,7 +21,7 @@ from torch import nn
 
 from .files import atomic_write
 from .structure.groups import ForwardError
-from .structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
+from .structure.plan import NOT_BUILT_YET, PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 from .validation import some_names
 
@@ -162,8 +162,7 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
     if not any(p.dim() > 1 for p in model.parameters()):  # no layer at all yet
         raise PlanMismatchError(
             f"the checkpoint's pruning plan names layers {some_names(roots, 3)}, and this {type(model).__name__} has "
-            "no layers yet: if it builds its network in configure_model(), call model.configure_model() before "
-            "loading (Lightning calls it only inside fit, validate, test and predict)")
+            f"no layers yet: {NOT_BUILT_YET}")
     raise PlanMismatchError(f"the checkpoint's pruning plan names layers {some_names(roots, 3)}, which this model "
                             "does not have (with or without a common prefix): it was saved from another architecture")
 

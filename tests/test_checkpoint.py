@@ -222,6 +222,9 @@ def test_a_module_that_builds_its_network_later_is_told_to_build_it_first(pruned
     with pytest.raises(PlanMismatchError, match=r"this LazyLitNet has no layers yet: if it builds its network in "
                                                 r"configure_model\(\), call model.configure_model\(\) before loading"):
         load_pruned(lazy, path)
+    plan = read_checkpoint(path)[PLAN_CHECKPOINT_KEY]  # applied alone, the plan says the same
+    with pytest.raises(PlanMismatchError, match=r"this LazyLitNet has no layers yet: if it builds its network in "):
+        apply_plan(LazyLitNet(), plan)  # (it failed with StopIteration)
     lazy.configure_model()
     with torch.no_grad():
         assert torch.equal(load_pruned(lazy, path).eval()(x), expected)

@@ -26,6 +26,11 @@ class PlanMismatchError(ValueError):
     """The plan does not fit the model it is applied to."""
 
 
+#: what to do with a model that has no layers yet (the plan's refusal, wherever a plan is applied)
+NOT_BUILT_YET = ("if it builds its network in configure_model(), call model.configure_model() before loading "
+                 "(Lightning calls it only inside fit, validate, test and predict)")
+
+
 @dataclass
 class PruningPlan:
     input_shape: list[int]

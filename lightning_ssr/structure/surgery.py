@@ -26,7 +26,7 @@ from .groups import (
     check_layers,
     find_channel_groups,
 )
-from .plan import PlanMismatchError, PruningPlan
+from .plan import NOT_BUILT_YET, PlanMismatchError, PruningPlan
 
 
 def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[int]],
@@ -36,12 +36,9 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
     matched = {}
     for name, idx in kept.items():
         if name not in by_member:
-            hint = ("; was the plan made for another architecture?" if groups else
-                    ": it has none yet. Does it build its network in configure_model()? Call configure_model() "
-                    "first; else, was the plan made for another architecture?")
             raise PlanMismatchError(
                 f"the pruning plan names layer '{name}', which is not a prunable layer of this model "
-                f"(prunable: {[g.name for g in groups]}){hint}")
+                f"(prunable: {[g.name for g in groups]}); was the plan made for another architecture?")
         g = by_member[name]
         if sizes is not None and sizes.get(name, g.size) != g.size:
             pruned = ("; or was the model pruned already (load into a freshly constructed one)"
@@ -487,7 +484,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
     """
     if not isinstance(plan, PruningPlan):
         plan = PruningPlan.from_dict(plan)
-    ref = next(model.parameters())
+    ref = next(model.parameters(), None)
+    if ref is None:
+        raise PlanMismatchError(f"the pruning plan names layers {list(plan.kept)[:3]}, and this "
+                                f"{type(model).__name__} has no layers yet: {NOT_BUILT_YET}")
     example = torch.zeros(plan.input_shape, dtype=ref.dtype, device=ref.device)
     prune_channels(model, example, plan.kept, plan.sizes)
     return model
