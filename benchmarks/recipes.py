@@ -2,6 +2,7 @@
 real datasets, as the CLI runs them, over seeds.
 
     python benchmarks/recipes.py                       # all three, 3 seeds, their configs' defaults
+    python benchmarks/recipes.py --no-control          # without the adaptation runs' equal-budget controls
     python benchmarks/recipes.py --experiments da_mnist_to_mnist_m --seeds 0 --out /tmp/r.json
 
 - ``transfer_fmnist_to_mnist``: LeNet-5 trained on Fashion-MNIST, fine-tuned with a new head on
@@ -14,11 +15,15 @@ real datasets, as the CLI runs them, over seeds.
 Each adaptation run reports, on the target's test split: source only, DANN dense, DANN compressed
 and the same network trained on the target's labels (the ceiling), and the share of the gap
 between source only and the ceiling that DANN closes. Model selection never sees the target's
-labels.
+labels. DANN trains ``dense.epochs`` more than source only, so each adaptation seed also runs its
+equal-budget control (``--no-control`` leaves it out): the same run with the domain term off
+(``adaptation.domain_weight=0``), whose "dense" network is source-only training for DANN's epochs
+on both domains' batches; DANN dense minus it, paired by seed, is what the adaptation adds.
 
 Writes ``benchmarks/results/recipes.json``: the command, the machine, one row per (experiment,
-seed), a summary per experiment (means ± std over seeds and paired intervals by seed: compressed
-minus dense, and for adaptation DANN dense minus source only), and every run's ``result.json``.
+seed; the controls' rows are marked ``"variant": "no_adaptation"``), a summary per experiment
+(means ± std over seeds and paired intervals by seed: compressed minus dense, and for adaptation
+DANN dense minus source only and minus the control), and every run's ``result.json``.
 Runs train ``--jobs`` at a time, one thread each. Each run's outputs stay under ``--work-dir``
 (``~/.cache/lightning_ssr/benchmarks/recipes``): after an interruption, the same command goes on
 from the runs that finished there with the same settings.
@@ -43,16 +48,20 @@ from lightning_ssr.report import machine_info, write_json
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ["transfer_fmnist_to_mnist", "da_mnist_to_digits", "da_mnist_to_mnist_m"]
+#: the equal-budget control of an adaptation run: the same run with the domain term off
+CONTROL, CONTROL_OVERRIDE = "no_adaptation", "adaptation.domain_weight=0"
 
 
 def _pct(value):
     return None if value is None else 100 * value
 
 
-def row_of(experiment: str, seed: int, result: dict) -> dict:
-    """One run's figures (accuracies in %), from its ``result.json`` as a dict."""
+def row_of(experiment: str, seed: int, result: dict, variant: str | None = None) -> dict:
+    """One run's figures (accuracies in %), from its ``result.json`` as a dict; ``variant``:
+    ``"no_adaptation"`` for the equal-budget control of an adaptation run."""
     dense, pruned = result.get("dense") or {}, result.get("pruned") or {}
-    row = {"experiment": experiment, "seed": seed, "status": result.get("status"), "error": result.get("error"),
+    row = {"experiment": experiment, "seed": seed, **({"variant": variant} if variant else {}),
+           "status": result.get("status"), "error": result.get("error"),
            "dense_accuracy": _pct(dense.get("accuracy")), "pruned_accuracy": _pct(pruned.get("accuracy")),
            "dense_macs": dense.get("macs"), "pruned_macs": pruned.get("macs"),
            "dense_params": dense.get("params"), "pruned_params": pruned.get("params"),
@@ -88,14 +97,18 @@ FIELDS = ["source_only_accuracy", "dense_accuracy", "pruned_accuracy", "ceiling_
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per experiment: mean and std over its seeds of every figure, the paired intervals by seed
-    (compressed - dense; for adaptation, DANN dense - source only), and the seeds whose accuracies
-    repeat another seed's exactly (a seed that does not reach a stage shows up here)."""
+    (compressed - dense; for adaptation, DANN dense - source only, and DANN dense - the control
+    where its rows are there), and the seeds whose accuracies repeat another seed's exactly (a seed
+    that does not reach a stage shows up here)."""
     out = []
     for experiment in dict.fromkeys(r["experiment"] for r in rows):
-        mine = [r for r in rows if r["experiment"] == experiment and r["status"] == "ok"]
+        mine = [r for r in rows if r["experiment"] == experiment and r["status"] == "ok" and not r.get("variant")]
+        control = {r["seed"]: r["dense_accuracy"] for r in rows if r["experiment"] == experiment
+                   and r.get("variant") == CONTROL and r["status"] == "ok" and r.get("dense_accuracy") is not None}
         entry = {"experiment": experiment, "n_runs": len(mine), "seeds": [r["seed"] for r in mine],
-                 "failed": [{"seed": r["seed"], "error": r["error"]} for r in rows
-                            if r["experiment"] == experiment and r["status"] != "ok"]}
+                 "failed": [{"seed": r["seed"], "error": r["error"], **({"variant": r["variant"]} if r.get("variant")
+                                                                       else {})}
+                            for r in rows if r["experiment"] == experiment and r["status"] != "ok"]}
         for key in FIELDS:
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
@@ -106,6 +119,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry["compressed_minus_dense"] = paired_by_seed(by_seed("pruned_accuracy"), by_seed("dense_accuracy"))
         if any(r.get("kind") == "adaptation" for r in mine):
             entry["dann_minus_source_only"] = paired_by_seed(by_seed("dense_accuracy"), by_seed("source_only_accuracy"))
+        if control:
+            entry["no_adaptation_accuracy"] = dict(zip(("mean", "std"), mean_std(list(control.values())), strict=True))
+            entry["no_adaptation_seeds"] = sorted(control)
+            entry["dann_minus_no_adaptation"] = paired_by_seed(by_seed("dense_accuracy"), control)
         scores = {r["seed"]: (r.get("source_only_accuracy"), r["dense_accuracy"],
                               r["pruned_accuracy"]) for r in mine}
         entry["identical_seeds"] = sorted([a, b] for a in scores for b in scores if a < b and scores[a] == scores[b])
@@ -113,13 +130,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str) -> dict:
-    """One run of ``experiment`` at ``seed``; one that finished in ``out_dir`` with the same
-    overrides and composed config is taken as it is (``"reused": True``)."""
+def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str, variant: str | None = None) -> dict:
+    """One run of ``experiment`` at ``seed`` (``variant="no_adaptation"``: its equal-budget
+    control); one that finished in ``out_dir`` with the same overrides and composed config is taken
+    as it is (``"reused": True``)."""
     run_overrides = [f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false",
-                     "verbose=false", "latency.batch_sizes=[]", *overrides]
+                     "verbose=false", "latency.batch_sizes=[]", *overrides,
+                     *([CONTROL_OVERRIDE] if variant == CONTROL else [])]
     start = time.perf_counter()
-    record = {"experiment": experiment, "seed": seed, "overrides": run_overrides}
+    record = {"experiment": experiment, "seed": seed, **({"variant": variant} if variant else {}),
+              "overrides": run_overrides}
     reused, result = run_or_reuse(run_overrides, out_dir, record, compose_config, run)
     if reused:
         return result
@@ -155,10 +175,18 @@ def main(argv=None) -> dict:
                              "options goes on from the runs that finished there")
     parser.add_argument("--out", type=Path, default=RESULTS / "recipes.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                        help="with each adaptation run, its equal-budget control: the same run with the domain "
+                             f"term off ({CONTROL_OVERRIDE}; not with an --override of adaptation.domain_weight)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    jobs = [(e, s) for e in args.experiments for s in args.seeds]
+    if args.control and any(o.replace(" ", "").startswith("adaptation.domain_weight=") for o in args.override):
+        print("no equal-budget controls: --override sets adaptation.domain_weight itself")
+        args.control = False
+    jobs = [(e, s, None) for e in args.experiments for s in args.seeds]
+    if args.control:
+        jobs += [(e, s, CONTROL) for e, s, _ in jobs if e.startswith("da_")]
     refuse_smaller(args.out, len(jobs), args.force)
     quiet_lightning()
     start = time.perf_counter()
@@ -167,24 +195,26 @@ def main(argv=None) -> dict:
     order = sorted(jobs, key=lambda j: EXPERIMENTS.index(j[0]), reverse=True)
     print(f"runs in {args.work_dir} (a finished run found there with the same settings is not trained again)")
     with ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
-        futures = {pool.submit(run_job, e, s, list(args.override), str(args.work_dir / f"{e}-{s}")): (e, s)
-                   for e, s in order}
+        futures = {pool.submit(run_job, e, s, list(args.override),
+                               str(args.work_dir / "-".join([e, str(s), *([v] if v else [])])), v): (e, s, v)
+                   for e, s, v in order}
         done = {}
-        for future in futures:
+        for future, (e, s, v) in futures.items():
             job = future.result()
-            done[(job["experiment"], job["seed"])] = job
-            row = row_of(job["experiment"], job["seed"], job["result"])
-            print(f"[{time.perf_counter() - start:6.0f} s] {row['experiment']} seed {row['seed']}: "
+            done[(e, s, v)] = job
+            row = row_of(e, s, job["result"], v)
+            print(f"[{time.perf_counter() - start:6.0f} s] {e} seed {s}{' (no adaptation)' if v else ''}: "
                   + ("(finished earlier) " if job.get("reused") else "") + (
                 f"dense {row['dense_accuracy']:.2f}%, compressed {row['pruned_accuracy']:.2f}% at "
                 f"{row['macs_reduction']:.1f}x MACs" if row["status"] == "ok" else f"FAILED {row['error']}"),
                 flush=True)
-    for e, s in jobs:  # rows in the order asked for
-        rows.append(row_of(e, s, done[(e, s)]["result"]))
-        results.append(done[(e, s)]["result"])
+    for e, s, v in jobs:  # rows in the order asked for
+        rows.append(row_of(e, s, done[(e, s, v)]["result"], v))
+        results.append(done[(e, s, v)]["result"])
     summary = summarize(rows)
     out = {"benchmark": "recipes", "command": command_line("recipes", argv), "machine": machine_info(),
-           "settings": {"seeds": args.seeds, "jobs": args.jobs, "override": args.override},
+           "settings": {"seeds": args.seeds, "jobs": args.jobs, "override": args.override,
+                        "control": args.control},
            "n_runs": len(rows), "summary": summary, "rows": rows, "results": results,
            "seconds": time.perf_counter() - start}
     write_json(args.out, relative_to=REPO, obj=out)

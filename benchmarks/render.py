@@ -186,14 +186,16 @@ def render_recipes(d):
         return pm(s["mean"], s["std"], digits) if s else "-"
     rows = []
     for e in d["summary"]:
-        versus = e.get("dann_minus_source_only")
+        versus, control = e.get("dann_minus_source_only"), e.get("dann_minus_no_adaptation")
         rows.append([e["experiment"], e["n_runs"], stat(e, "source_only_accuracy"), stat(e, "dense_accuracy"),
-                     interval(versus) if versus else "-", stat(e, "gap_closed"), stat(e, "pruned_accuracy"),
+                     interval(versus) if versus else "-", stat(e, "no_adaptation_accuracy"),
+                     interval(control) if control else "-", stat(e, "gap_closed"), stat(e, "pruned_accuracy"),
                      interval(e["compressed_minus_dense"]), stat(e, "ceiling_accuracy"), stat(e, "domain_accuracy", 1),
                      stat(e, "macs_reduction", 1),
                      ", ".join(f"{a}={b}" for a, b in e["identical_seeds"]) or "none",
                      len(e["failed"])])
-    lines = table(["experiment", "seeds", "source only %", "dense %", "dense - source only", "gap closed",
+    lines = table(["experiment", "seeds", "source only %", "dense %", "dense - source only", "no adaptation %",
+                   "dense - no adaptation", "gap closed",
                    "compressed %", "compressed - dense", "ceiling %", "domain acc. %", "MACs red.", "identical seeds",
                    "failed"], rows)
     control = any(str(o).replace(" ", "") == "adaptation.domain_weight=0"
@@ -205,10 +207,13 @@ def render_recipes(d):
               f"nothing else (the ceiling trains on them, separately). For adaptation, *dense* is {dense}; for "
               "transfer, *dense* is the dense fine-tune with the same epochs as the "
               "compressed one and *source only* is blank. *gap closed*: (dense - source only) / (ceiling - "
-              "source only). *domain acc.*: after DANN dense, how often its domain classifier is right on the "
+              "source only). *no adaptation*: the equal-budget control of DANN dense, the same run with the domain "
+              "term off (`adaptation.domain_weight=0`): source-only training for DANN's epochs on both domains' "
+              "batches. *domain acc.*: after DANN dense, how often its domain classifier is right on the "
               "source's test images and as many of the target's (chance is 50%, which a classifier that always "
               "answers one domain also scores). Differences are paired by seed with their 95% interval."), ""]
-    runs = [[r["experiment"], r["seed"], _f(r.get("source_only_accuracy"), 2), _f(r["dense_accuracy"], 2),
+    runs = [[r["experiment"] + (" (no adaptation)" if r.get("variant") else ""), r["seed"],
+             _f(r.get("source_only_accuracy"), 2), _f(r["dense_accuracy"], 2),
              _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r.get("domain_accuracy"), 1),
              _f(r.get("pruned_domain_accuracy"), 1), _f(r["macs_reduction"], 2, "x"),
              _f(r["seconds"] / 60 if r.get("seconds") else None, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
@@ -428,8 +433,14 @@ RECIPES_CONTROL = "recipes_no_adaptation"
 
 
 def _control_line(d, control, experiment: str) -> str:
-    """``; same epochs without adaptation X%, DANN - it: +Z [lo, hi], higher`` from the control
-    file, paired by seed ("" without one)."""
+    """``; same epochs without adaptation X%, DANN - it: +Z [lo, hi], higher``, paired by seed:
+    from the control runs ``d`` holds itself (``recipes.py`` with its default ``--control``), or else
+    from the separate ``control`` file ("" without either)."""
+    own = next((e for e in d.get("summary") or [] if e.get("experiment") == experiment
+                and e.get("dann_minus_no_adaptation")), None)
+    if own is not None:
+        return (f"; same epochs without adaptation {pm(**own['no_adaptation_accuracy'])}% "
+                f"({len(own['no_adaptation_seeds'])} seeds), DANN dense - it: {interval(own['dann_minus_no_adaptation'])}")
     if not isinstance(control, dict):
         return ""
 

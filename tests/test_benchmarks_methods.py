@@ -6,6 +6,7 @@ import argparse
 import pytest
 
 from benchmarks import RUN_FILE, methods
+from tests.pools import InlinePool
 
 
 def _args(**kw):
@@ -38,27 +39,11 @@ def test_none_then_the_largest_reduction_first(tmp_path, monkeypatch):
     fraction, so that an interrupted benchmark leaves whole targets to reuse."""
     submitted = []
 
-    class Pool:
-        def __init__(self, *a, **kw):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def submit(self, fn, *a):
-            class Done:
-                def result(self_inner):
-                    return fn(*a)
-            return Done()
-
     def fake_compress(method, seed, macs, args, out_dir):
         submitted.append((method, seed, macs))
         return {"status": "failed", "error": "not run", "method": method, "seed": seed, "macs_target": macs}
 
-    monkeypatch.setattr(methods, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(methods, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(methods, "dense_job", lambda s, a, o: {"seed": s, "path": "d.pt", "reused": True,
                                                                  "seconds": 0.0})
     monkeypatch.setattr(methods, "compress_job", fake_compress)

@@ -8,6 +8,7 @@ import pytest
 from benchmarks import RUN_FILE, recipes
 from benchmarks.render import render_recipes
 from lightning_ssr.report import portable_paths
+from tests.pools import InlinePool
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1"]
@@ -48,6 +49,24 @@ def test_refuses_to_overwrite_a_file_with_more_runs_before_training(tmp_path):
         recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(out)])
 
 
+def test_an_override_of_the_domain_weight_is_its_own_control_and_runs_none(tmp_path, monkeypatch, capsys):
+    """The command that made recipes_no_adaptation.json (``--override adaptation.domain_weight=0``)
+    still runs as recorded: those runs are the controls, and none is added beside them."""
+    ran = []
+    monkeypatch.setattr(recipes, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(recipes, "run_job", lambda e, s, overrides, out_dir, v=None: ran.append((e, s, v, overrides))
+                        or {"result": {"status": "failed", "error": "not trained here"}})
+    recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(tmp_path / "r.json"),
+                  "--override", "adaptation.domain_weight=0"])
+    assert ran == [("da_mnist_to_digits", 0, None, ["adaptation.domain_weight=0"])]
+    assert "no equal-budget controls: --override sets adaptation.domain_weight itself" in capsys.readouterr().out
+    ran.clear()
+    recipes.main(["--experiments", "da_mnist_to_digits", "transfer_fmnist_to_mnist", "--seeds", "0",
+                  "--out", str(tmp_path / "r.json")])
+    assert sorted((e, v or "") for e, _, v, _ in ran) == [  # transfer has no control
+        ("da_mnist_to_digits", ""), ("da_mnist_to_digits", "no_adaptation"), ("transfer_fmnist_to_mnist", "")]
+
+
 def test_a_tiny_run_writes_rows_summary_and_command_and_goes_on_after_an_interruption(tmp_path, capsys):
     out = tmp_path / "recipes.json"
     argv = ["--experiments", "da_mnist_to_digits", "--seeds", "0", "1", "--jobs", "1", "--out", str(out),
@@ -56,22 +75,33 @@ def test_a_tiny_run_writes_rows_summary_and_command_and_goes_on_after_an_interru
     data = json.loads(out.read_text())
     assert "finished earlier" not in capsys.readouterr().out
 
-    # interrupted after seed 0 (seed 1's record cut short): the same command trains seed 1 only
-    (tmp_path / "work" / "da_mnist_to_digits-1" / RUN_FILE).write_text('{"status": "o')
+    # interrupted before seed 1's control finished (its record cut short): the same command trains it only
+    (tmp_path / "work" / "da_mnist_to_digits-1-no_adaptation" / RUN_FILE).write_text('{"status": "o')
     again = recipes.main(argv)
     printed = capsys.readouterr().out
-    assert "seed 0: (finished earlier)" in printed and "seed 1: (finished earlier)" not in printed
-    assert again["rows"][0] == data["rows"][0]
+    assert "seed 1 (no adaptation): (finished earlier)" not in printed
+    assert "seed 0: (finished earlier)" in printed and "seed 1: (finished earlier)" in printed
+    assert "seed 0 (no adaptation): (finished earlier)" in printed
+    assert again["rows"][:3] == data["rows"][:3]
+    assert {**again["rows"][3], "seconds": None} == {**data["rows"][3], "seconds": None}  # trained again alike
     recorded = " ".join(portable_paths(a, ".") for a in argv)  # the temporary directory as <tmp>
-    assert data["command"] == "python benchmarks/recipes.py " + recorded and data["n_runs"] == 2
+    assert data["command"] == "python benchmarks/recipes.py " + recorded and data["n_runs"] == 4
     assert str(tmp_path) not in data["command"].split()
-    assert [(r["seed"], r["status"]) for r in data["rows"]] == [(0, "ok"), (1, "ok")]
-    for r in data["rows"]:
+    # each adaptation seed with its equal-budget control: the same run with the domain term off
+    assert [(r["seed"], r.get("variant"), r["status"]) for r in data["rows"]] == [
+        (0, None, "ok"), (1, None, "ok"), (0, "no_adaptation", "ok"), (1, "no_adaptation", "ok")]
+    assert [res["config"]["adaptation"]["domain_weight"] > 0 for res in data["results"]] == [True, True, False, False]
+    (e,) = data["summary"]
+    control = {r["seed"]: r["dense_accuracy"] for r in data["rows"][2:]}
+    dense = {r["seed"]: r["dense_accuracy"] for r in data["rows"][:2]}
+    assert e["no_adaptation_seeds"] == [0, 1]
+    assert e["dann_minus_no_adaptation"]["mean"] == pytest.approx(sum(dense[s] - control[s] for s in (0, 1)) / 2)
+    assert e["n_runs"] == 2  # the controls are not counted as runs of the experiment
+    for r in data["rows"][:2]:
         assert r["source"] == "MNISTDigits" and r["target"] == "UCIDigits" and r["macs_reduction"] > 4
         assert 0 <= r["ceiling_accuracy"] <= 100 and 0 <= r["domain_accuracy"] <= 100
         assert r["gap_closed"] == recipes.gap_closed(r["source_only_accuracy"], r["dense_accuracy"],
                                                      r["ceiling_accuracy"])
-    (e,) = data["summary"]
-    assert e["n_runs"] == 2 and e["compressed_minus_dense"]["n"] == 2
+    assert e["compressed_minus_dense"]["n"] == 2
     # two seeds, two different runs: the seed reaches the source, the DANN and the compressed stages
     assert e["identical_seeds"] == []

@@ -15,6 +15,7 @@ from benchmarks.render import (
     method_table_markdown,
     render,
     render_lenet,
+    render_recipes,
     update_readme,
 )
 from lightning_ssr.methods import available_methods
@@ -97,6 +98,31 @@ def test_the_adaptation_headline_sets_dann_against_its_equal_budget_control(tmp_
     text = headline(tmp_path)
     assert "same epochs without adaptation 48.00 ± 1.00% (3 seeds), DANN dense - it: +31.00 [" in text
     assert "], higher" in text
+
+
+def test_a_recipes_file_with_its_own_controls_is_compared_with_them_and_tables_them(tmp_path):
+    """recipes.py runs each adaptation seed's control itself (the default ``--control``): its rows,
+    summarized, give the headline's comparison, before any separate control file."""
+    from benchmarks.recipes import summarize
+
+    def row(seed, dense, variant=None):
+        return {"experiment": "da", "seed": seed, "status": "ok", "error": None, "kind": "adaptation",
+                "dense_accuracy": dense, "pruned_accuracy": dense - 1, "source_only_accuracy": 45.0,
+                "macs_reduction": 4.0, **({"variant": variant} if variant else {})}
+    rows = [row(0, 77.0), row(1, 80.0), row(2, 80.0),
+            row(0, 47.0, "no_adaptation"), row(1, 49.0, "no_adaptation"), row(2, 48.0, "no_adaptation")]
+    data = {"summary": summarize(rows), "rows": rows}
+    (entry,) = data["summary"]
+    assert entry["n_runs"] == 3 and entry["dense_accuracy"]["mean"] == pytest.approx(79.0)  # controls apart
+    assert entry["no_adaptation_accuracy"]["mean"] == pytest.approx(48.0)
+    assert entry["dann_minus_no_adaptation"]["mean"] == pytest.approx(31.0)
+    (tmp_path / "recipes.json").write_text(json.dumps(data))
+    (tmp_path / "recipes_no_adaptation.json").write_text(json.dumps({"rows": [  # older, other figures: unused
+        {"experiment": "da", "seed": s, "status": "ok", "dense_accuracy": 10.0 + s} for s in range(3)]}))
+    text = headline(tmp_path)
+    assert "same epochs without adaptation 48.00 ± 1.00% (3 seeds), DANN dense - it: +31.00 [" in text
+    table = "\n".join(render_recipes(data))
+    assert "| 48.00 ± 1.00 | +31.00 [" in table and "| da (no adaptation) | 1 |" in table
 
 
 def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):
