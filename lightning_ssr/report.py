@@ -74,7 +74,8 @@ class PruningResult:
     seconds; ``machine`` is :func:`machine_info` (and ``latency_load``, how busy other processes
     kept the machine while the command timed the models: :class:`~lightning_ssr.latency.OtherProcessesLoad`).
     ``status`` is ``"ok"``, ``"failed"`` or ``"interrupted"`` (Ctrl-C, SIGTERM; then ``error``
-    says why, an interruption with the checkpoint to go on from). ``warnings`` holds what the
+    says why, an interruption with the checkpoint to go on from); the command writes
+    ``"running"`` as a run starts, which a run killed before it could record its end leaves. ``warnings`` holds what the
     pruning run warned of, in order (a sparsify phase too short to update, a missed latency
     target, a fit that ended before its prune, ...), so that a run read later says it too.
     """
@@ -151,7 +152,7 @@ class PruningResult:
             lines = [f"{self.method}: not pruned"]
         if self.status != "ok":  # a failed or interrupted run says so, and why, before any figure
             error = (self.error or "no error recorded").strip().splitlines()
-            how = "was interrupted" if self.status == "interrupted" else self.status
+            how = {"interrupted": "was interrupted", "running": "has not ended"}.get(self.status, self.status)
             lines[0] += f" (the run {how}: {error[0] if error else 'no error recorded'})"
         if self.accuracy_drop_points is not None:
             drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change

@@ -52,6 +52,7 @@ from .stages import (
     finish,
     print_final_table,
     sigterm_raises,
+    started_result,
     train_dense,
 )
 from .sweep import LAST_SWEEP, REPLACED_DIR, count_runs, flatten_config
@@ -244,10 +245,13 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
-    ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error)."""
+    ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error); until
+    the run ends, it says ``status: running`` (:func:`started_result`)."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # what a killed run leaves: its configuration, unfinished
+        started_result(cfg).save(output_dir / "result.json")
     try:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:

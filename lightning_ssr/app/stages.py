@@ -882,6 +882,29 @@ def latency_line(result: PruningResult) -> str | None:
     return "CPU latency: " + ", ".join(parts) + crowded
 
 
+def _configuration_only(cfg: DictConfig) -> PruningResult:
+    """A result that knows only the run's configuration (resolved where it can be)."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
+        config = OmegaConf.to_container(cfg, resolve=False)
+    return PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
+
+
+def started_result(cfg: DictConfig) -> PruningResult:
+    """The ``result.json`` a run writes as it starts (``status: running``), replaced by the one it
+    ends with. A run killed before it could record its end (SIGKILL, out of memory, a power cut)
+    leaves this one, so that its folder still says which configuration ran there and that the run
+    did not end: a sweep run again sets it aside if its job is now another configuration, and
+    its report lists it as unfinished."""
+    result = _configuration_only(cfg)
+    result.status = "running"
+    result.error = (f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S')} and has not recorded its end: it is "
+                    "still running, or it was killed (SIGKILL, out of memory, a power cut); its checkpoints "
+                    "(logs/version_N/checkpoints/ in its folder) go on with ckpt_path=")
+    return result
+
+
 def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, callback=None, dm=None) -> PruningResult:
     """The ``result.json`` of a run that failed: what is known of it, ``status: failed`` (``interrupted``
     for Ctrl-C or SIGTERM, which name the checkpoint to go on from) and the error."""
@@ -892,11 +915,7 @@ def failed_result(cfg: DictConfig, err: BaseException, timings: dict, lm=None, c
         except Exception:  # noqa: BLE001 - the original error is the one to report
             result = None
     if result is None:  # failed at the checks: only the configuration is known
-        try:
-            config = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
-            config = OmegaConf.to_container(cfg, resolve=False)
-        result = PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
+        result = _configuration_only(cfg)
     result.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"  # (Ctrl-C, SIGTERM)
     result.error = "".join(traceback.format_exception_only(err)).strip()
     result.timings.update(timings)

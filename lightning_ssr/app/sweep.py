@@ -326,6 +326,7 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
             "config": label, "method": (members[0]["result"] or {}).get("method"),
             "runs": len(ok), "failed": len(members) - len(ok),
             "interrupted": sum(1 for m in members if m["status"] == "interrupted"),
+            "running": sum(1 for m in members if m["status"] == "running"),
             "accuracy_mean": acc_mean, "accuracy_std": acc_std, "drop_mean": drop_mean, "drop_std": drop_std,
             "macs_mean": _mean_std([r["pruned"]["macs"] for r in ok])[0],
             "macs_reduction_mean": _mean_std([r["macs_reduction"] for r in ok if r.get("macs_reduction")])[0],
@@ -374,9 +375,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
     if shared:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
         lines[4:4] = [f"Every run was given: `{' '.join(f'{k}={v}' for k, v in shared.items())}`.", ""]
     for r in rows:
-        stopped = r.get("interrupted", 0)
-        runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in ((r["failed"] - stopped, "failed"),
-                                                                              (stopped, "interrupted")) if n)
+        stopped, running = r.get("interrupted", 0), r.get("running", 0)
+        runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in (
+            (r["failed"] - stopped - running, "failed"), (stopped, "interrupted"), (running, "running or killed")) if n)
         macs = "" if r["macs_mean"] is None else f"{r['macs_mean'] / 1e6:.3f}M"
         lines.append(f"| {r['config']} | {runs_cell} | {r.get('epochs', '')} | "
                      f"{_pm(r['accuracy_mean'], r['accuracy_std'], r['runs'])} | "
@@ -390,11 +391,12 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
                        "give each the same total (schedule.finetune_epochs) to compare them.")]
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
-        lines += ["", "## Failed and interrupted runs" if any(r["status"] == "interrupted" for r in failed)
+        lines += ["", "## Failed and interrupted runs" if any(r["status"] in ("interrupted", "running") for r in failed)
                   else "## Failed runs", ""]
+        how = {"interrupted": " (interrupted)", "running": " (running, or killed)"}
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
-            lines.append(f"- `{r['dir']}`{' (interrupted)' if r['status'] == 'interrupted' else ''}: {error}")
+            lines.append(f"- `{r['dir']}`{how.get(r['status'], '')}: {error}")
     warned = [(r, (r.get("result") or {}).get("warnings") or []) for r in runs if r["status"] == "ok"]
     warned = [(r, said) for r, said in warned if said]
     if warned:  # counted above: finished, but with a warning that may explain its figures
@@ -609,10 +611,13 @@ def count_runs(n: int, noun: str = "run") -> str:
 
 
 def unfinished(runs: Sequence[Mapping]) -> str:
-    """``2 failed``, or ``1 failed, 1 interrupted`` (Ctrl-C or SIGTERM: its checkpoint goes on with it)."""
+    """``2 failed``, or ``1 failed, 1 interrupted`` (Ctrl-C or SIGTERM: its checkpoint goes on with
+    it), ``, 1 running or killed`` (a ``result.json`` that never recorded its run's end)."""
     interrupted = sum(1 for r in runs if r["status"] == "interrupted")
-    failed = sum(1 for r in runs if r["status"] not in ("ok", "interrupted"))
-    return f"{failed} failed" + (f", {interrupted} interrupted" if interrupted else "")
+    running = sum(1 for r in runs if r["status"] == "running")
+    failed = sum(1 for r in runs if r["status"] not in ("ok", "interrupted", "running"))
+    return (f"{failed} failed" + (f", {interrupted} interrupted" if interrupted else "")
+            + (f", {running} running or killed" if running else ""))
 
 
 def format_summary(report: Mapping) -> str:

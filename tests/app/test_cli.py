@@ -849,6 +849,39 @@ def test_a_sweep_job_is_skipped_only_for_its_own_finished_configuration(tmp_path
     assert finished_before(cfg, tmp_path) is None
 
 
+def test_a_run_killed_before_it_recorded_its_end_leaves_its_configuration_and_is_set_aside_by_another(
+        tmp_path, monkeypatch):
+    """SIGKILL, out of memory: nothing runs after it. The result.json written as the run starts
+    (status running) stays: it names the configuration, so a sweep run again moves it aside when its
+    job is now another configuration, and keeps it (and the checkpoints to go on from) for its own."""
+    from lightning_ssr.app import cli
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: no handler of the run sees it."""
+
+    def killed(cfg, dm, output_dir):
+        (Path(output_dir) / "logs").mkdir()
+        (Path(output_dir) / "logs" / "last.ckpt").write_text("a checkpoint")
+        raise Killed
+
+    monkeypatch.setattr(cli, "train_dense", killed)
+    cfg = compose_config(FAST + ["trainer.limit_val_batches=1"])
+    job = tmp_path / "sweep" / "0"
+    with pytest.raises(Killed):
+        run(cfg, job)
+    left = PruningResult.load(job / "result.json")
+    assert left.status == "running" and "killed" in left.error and "ckpt_path=" in left.error
+    assert left.config["cli"] == OmegaConf.to_container(cfg, resolve=True)
+    assert cli.finished_before(cfg, job) is None  # not finished: trained again
+    assert cli.set_aside_other_run(cfg, job, tmp_path / "sweep", 0) is None  # its own: it stays, to go on from
+    assert (job / "logs" / "last.ckpt").is_file()
+    other = compose_config(FAST + ["trainer.limit_val_batches=1", "seed=7"])
+    why, aside = cli.set_aside_other_run(other, job, tmp_path / "sweep", 0)
+    assert why.startswith("a run (ssr_l20, running) of another configuration (it differs in seed")
+    assert (aside / "logs" / "last.ckpt").is_file() and not (job / "logs").exists()
+    assert "has not ended" in left.summary()
+
+
 def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_again():
     from omegaconf import OmegaConf
 

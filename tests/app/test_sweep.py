@@ -349,6 +349,17 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     assert "| pruning=l1 target.macs=0.25 | 0 (+1 interrupted) |" in md and "## Failed and interrupted runs" in md
 
 
+def test_a_run_that_never_recorded_its_end_is_counted_as_running_or_killed(tmp_path, capsys):
+    _result(tmp_path, "0", "l1", 0.5, 0, 0.9)
+    _result(tmp_path, "1", "l1", 0.5, 1, 0.0, status="running", error="the run started at ... and has not recorded "
+            "its end: it is still running, or it was killed")
+    assert main([str(tmp_path), "--no-plots"]) == 1
+    assert capsys.readouterr().out.startswith("2 runs, 0 failed, 1 running or killed")
+    md = (tmp_path / "report.md").read_text()
+    assert "| l1 | 1 (+1 running or killed) |" in md and "## Failed and interrupted runs" in md
+    assert f"- `{tmp_path / '1'}` (running, or killed): the run started at" in md
+
+
 def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tmp_path):
     """Hydra numbers a sweep's jobs anew: run again in its folder with fewer values, job 0's folder
     held the finished run of another configuration. It is moved to .replaced, not written over,
