@@ -8,6 +8,7 @@ mode it was in), check the ONNX file against PyTorch, and return what they wrote
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import warnings
 from pathlib import Path
@@ -18,6 +19,39 @@ from torch import nn
 from ..modes import eval_mode
 
 EXPORT_FORMATS = ("onnx", "torchscript", "torch_export")
+#: what each export format needs beyond torch (``pip install 'lightning_ssr[export]'``); the
+#: check of an ONNX file against PyTorch needs onnxruntime too, and is skipped, said, without it
+EXPORT_MODULES = {"onnx": ("onnx", "onnxscript")}
+
+
+def check_export_available(export: str, setting: str = "export") -> None:
+    """Raise an ImportError naming the missing modules and the extra that installs them where
+    the ``export`` format cannot run here: the command checks it before training."""
+    missing = []
+    for module in EXPORT_MODULES.get(export, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(f"{setting}={export} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                          "not installed: pip install 'lightning_ssr[export]'")
+
+
+def _checked(example_input, path: str | Path | None, what: str) -> tuple[torch.Tensor, Path | None]:
+    """The example as a tensor and the file to write, or an error that says what to give."""
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"{what}: example_input must be a torch.Tensor, a batch of inputs such as the model takes; "
+                        f"got {type(example_input).__module__}.{type(example_input).__name__}"
+                        + (" (torch.from_numpy(x) turns a NumPy array into one)"
+                           if type(example_input).__module__ == "numpy" else ""))
+    if path is None:
+        return example_input.detach(), None
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what}: {str(path)!r} is a folder; give the path of the file to write "
+                                f"(e.g. {str(path / 'model')!r} with the format's suffix)")
+    return example_input.detach(), path
 
 
 def optimize_for_cpu_inference(model: nn.Module, report: dict | None = None) -> nn.Module:
@@ -104,13 +138,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     self-contained file, its weights inside, up to :data:`ONNX_INLINE_LIMIT` (1 GiB) of them; a
     larger model keeps them in ``<path>.data`` beside it, which must travel with it (protobuf
     holds 2 GiB)."""
-    path = Path(path)
+    example_input, path = _checked(example_input, path, "export_onnx")
+    check_export_available("onnx", "export_onnx: the format")
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.data").unlink(missing_ok=True)  # an earlier export's weights, which this file does not use
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model), _quiet_onnx_registry():
-        torch.onnx.export(model, (example_input.detach(),), str(path), input_names=["input"],
+        torch.onnx.export(model, (example_input,), str(path), input_names=["input"],
                           output_names=["output"], opset_version=opset, dynamo=True,
                           dynamic_shapes=dynamic_shapes, verbose=False, external_data=weights >= ONNX_INLINE_LIMIT)
     return path
@@ -118,10 +153,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
     """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
-    path = Path(path)
+    example_input, path = _checked(example_input, path, "export_torchscript")
     path.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), torch.no_grad():
-        traced = torch.jit.trace(model, example_input.detach())
+        traced = torch.jit.trace(model, example_input)
     traced.save(str(path))
     return path
 
@@ -131,7 +166,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     """``torch.export`` the model (in eval mode), with a dynamic batch dimension as the ONNX
     export has (without it, the program takes only ``example_input``'s batch size); saved to
     ``path`` (``.pt2``) when given."""
-    example, dynamic_shapes = example_input.detach(), None
+    (example, path), dynamic_shapes = _checked(example_input, path, "export_program"), None
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
         if example.shape[0] == 1:  # traced at batch 1, the program would be specialized to it
@@ -139,7 +174,6 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     with eval_mode(model):
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     if path is not None:
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(path))
     return program

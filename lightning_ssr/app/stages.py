@@ -56,7 +56,14 @@ from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
 from ..validation import check_flag, check_number, some_names
 from .console import progress_bars
 from .data import check_augment
-from .export import EXPORT_FORMATS, export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from .export import (
+    EXPORT_FORMATS,
+    check_export_available,
+    export_onnx,
+    export_program,
+    export_torchscript,
+    onnx_max_abs_diff,
+)
 from .sweep import flatten_config
 
 #: Keys of the ``target`` group that are limits, not the target itself.
@@ -295,6 +302,8 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     check_run_settings(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
+    if cfg.export is not None:
+        check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:

@@ -303,6 +303,18 @@ def test_bad_values_fail_before_training(tmp_path, overrides, match):
     assert failed.status == "failed" and re.search(match, failed.error) and failed.pruned == {}
 
 
+def test_an_export_whose_packages_are_missing_is_refused_before_training(tmp_path, monkeypatch):
+    """export=onnx without onnxscript trained the dense model, compressed it, and failed at the
+    export with a bare ModuleNotFoundError; it is refused now, naming the extra."""
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: its import fails
+    cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}", "export=onnx"])
+    with pytest.raises(ImportError, match=r"export=onnx needs onnxscript, which is not installed: "
+                                          r"pip install 'lightning_ssr\[export\]'"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "cache").exists()
+    assert PruningResult.load(tmp_path / "result.json").status == "failed"
+
+
 def test_values_lightning_and_torch_accept_pass_the_checks_before_training(tmp_path):
     """The checks added to name a bad data or trainer value must not refuse good ones: a time for
     val_check_interval (Lightning takes "DD:HH:MM:SS"), a negative split seed (torch takes it)."""

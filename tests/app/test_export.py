@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -85,3 +86,19 @@ def test_compiled_inference_copy_keeps_the_outputs():
     fast = compile_for_cpu_inference(model)
     with torch.no_grad():
         assert max_relative_diff(model(x), fast(x)) <= implementations_tolerance(model)
+
+
+def test_export_refuses_what_it_cannot_write_naming_what_to_give(tmp_path, monkeypatch):
+    """A NumPy example failed with "'numpy.ndarray' object has no attribute 'detach'", a folder as
+    the path deep inside onnx, a missing onnxscript with a bare ModuleNotFoundError."""
+    model = build_model("lenet5", in_channels=1, num_classes=10, input_size=28)
+    x = torch.randn(2, 1, 28, 28)
+    for export, name in ((export_onnx, "m.onnx"), (export_torchscript, "m.ts"), (export_program, "m.pt2")):
+        with pytest.raises(TypeError, match=r"example_input must be a torch.Tensor.*numpy.ndarray.*torch.from_numpy"):
+            export(model, x.numpy(), tmp_path / name)
+        with pytest.raises(IsADirectoryError, match="is a folder; give the path of the file to write"):
+            export(model, x, tmp_path)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(ImportError, match=r"needs onnxscript, which is not installed: pip install 'lightning_ssr\[export\]'"):
+        export_onnx(model, x, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists() and model.training  # (nothing written, the mode as it was)
