@@ -63,7 +63,9 @@ class PruningResult:
     """Everything one pruning run produced, as plain data (``result.json``).
 
     ``dense`` and ``pruned`` hold ``macs``, ``params`` and, where measured, ``accuracy``
-    (fraction, test split), ``val_accuracy`` and ``latency_ms`` (``{"batch_<n>": ms}``).
+    (fraction, test split), ``val_accuracy`` and ``latency_ms`` (``{"batch_<n>": ms}``);
+    ``evaluation_limits``, where the accuracies come from part of a split (the command's
+    ``trainer.limit_test_batches`` / ``limit_val_batches``).
     ``layers`` is the per-layer table (``name``, ``before``/``after`` output channels,
     ``macs_before``/``macs_after``, ``params_before``/``params_after``); ``plan`` is
     :meth:`PruningPlan.to_dict`; ``events`` lists each prune event (``epoch``, ``step``,
@@ -158,8 +160,11 @@ class PruningResult:
             drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change
             change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"
             after = "not pruned" if unpruned else "pruned"  # (the model the run ended with)
+            part = (self.pruned.get("evaluation_limits") or {}).get("limit_test_batches")
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> {after} "
-                         f"{100 * self.pruned['accuracy']:.2f}% ({change})")
+                         f"{100 * self.pruned['accuracy']:.2f}% ({change})"
+                         + (f", on part of the test split (trainer.limit_test_batches={part})" if part is not None
+                            else ""))
         if self.warnings:  # (printed when they were given; the summary says they were)
             lines.append(f"{len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''} during the run "
                          "(kept in result.json under 'warnings')")

@@ -728,11 +728,27 @@ def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) ->
     return model if isinstance(model, pl.LightningModule) else build_module(cfg, model, dm)
 
 
+def evaluation_limits(cfg: DictConfig) -> dict:
+    """``trainer.limit_test_batches`` and ``limit_val_batches`` where they leave out part of a
+    split (an int: that many batches; a fraction below 1.0), as the evaluation honours them;
+    ``{}`` where it sees whole splits."""
+    trainer = cfg.get("trainer") or {}
+    limits = {}
+    for key in ("limit_test_batches", "limit_val_batches"):
+        value = trainer.get(key)
+        if value is not None and not (isinstance(value, float) and value >= 1.0):
+            limits[key] = value
+    return limits
+
+
 def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> dict:
-    """Test and validation accuracy (fractions) of a network or LightningModule."""
+    """Test and validation accuracy (fractions) of a network or LightningModule, on the batches
+    ``trainer.limit_test_batches`` and ``limit_val_batches`` allow (recorded as
+    ``evaluation_limits`` where that is not the whole of a split)."""
     lm = _as_module(cfg, model, dm)
+    limits = evaluation_limits(cfg)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, **limits)
     try:
         test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
         _raise_if_sigterm(trainer)  # (each run of the Trainer forgets an earlier one's)
@@ -743,7 +759,7 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
         if signal is None:
             raise
         raise RunInterrupted(f"{_INTERRUPTIONS[signal][0]} during the evaluation", signal=signal) from err
-    return {"accuracy": test, "val_accuracy": val}
+    return {"accuracy": test, "val_accuracy": val, **({"evaluation_limits": limits} if limits else {})}
 
 
 def dense_accuracy(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, cache: str | os.PathLike) -> dict:
@@ -751,7 +767,10 @@ def dense_accuracy(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, 
     (:func:`train_dense`), kept beside it in ``<cache>.accuracy.json``: the runs that share a dense
     model (a sweep, a benchmark) evaluate it once. The cache's name already holds the data and
     model settings; the record also holds the sha256 of the weights file, so a file trained again
-    is evaluated again, and an unreadable record is replaced."""
+    is evaluated again, and an unreadable record is replaced. An evaluation on part of a split
+    (:func:`evaluation_limits`) is neither read from the record nor kept in it."""
+    if evaluation_limits(cfg):
+        return accuracy(cfg, net, dm)
     cache = Path(cache)
     record_path = cache.with_name(cache.name + ".accuracy.json")
     digest = hashlib.sha256(cache.read_bytes()).hexdigest() if cache.is_file() else None

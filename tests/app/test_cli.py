@@ -117,6 +117,26 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     assert Path(again.dense["cache"]["path"] + ".accuracy.json").is_file()  # evaluated once, read back
 
 
+def test_the_final_evaluation_honours_the_trainers_limits_and_says_so(tmp_path):
+    """trainer.limit_test_batches=1: Lightning said "1 batch will be used" while the evaluation
+    read the whole test split (117 of a 184 s trial run). It reads one batch now, and says so."""
+    cfg = _compose(ONESHOT_FAST + ["trainer.limit_test_batches=1", "trainer.limit_val_batches=2",
+                                   "data.eval_batch_size=16", f"dense.cache_dir={tmp_path / 'cache'}"])
+    result = run(cfg, tmp_path / "run")
+    for key in ("dense", "pruned"):
+        assert result.__dict__[key]["evaluation_limits"] == {"limit_test_batches": 1, "limit_val_batches": 2}
+        assert (16 * result.__dict__[key]["accuracy"]) == pytest.approx(round(16 * result.__dict__[key]["accuracy"]))
+        assert (32 * result.__dict__[key]["val_accuracy"]) == pytest.approx(
+            round(32 * result.__dict__[key]["val_accuracy"]))
+    assert "on part of the test split (trainer.limit_test_batches=1)" in result.summary()
+    # a figure from part of a split is not kept as the dense model's accuracy for the runs that share it
+    assert not Path(result.dense["cache"]["path"] + ".accuracy.json").exists()
+    whole = run(_compose(ONESHOT_FAST + ["data.eval_batch_size=16", "trainer.limit_test_batches=1.0",
+                                         f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "whole")
+    assert "evaluation_limits" not in whole.pruned and "part of the test split" not in whole.summary()
+    assert Path(whole.dense["cache"]["path"] + ".accuracy.json").is_file()
+
+
 def test_oneshot_and_ssr_l20_write_results_with_the_same_keys(tmp_path):
     cache = f"dense.cache_dir={tmp_path / 'cache'}"
     ssr = run(_compose(FAST + [cache]), tmp_path / "ssr")
