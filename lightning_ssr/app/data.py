@@ -102,6 +102,35 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return self.n
 
 
+class EpochOrderLoader(DataLoader):
+    """A DataLoader whose iterator draws its order at the first batch asked of it, not when it is
+    made. Lightning makes a fit's first iterator before it sets the sampler's epoch (on a resume,
+    the epoch the fit goes on with), and worker processes take their first indices from the
+    sampler as the iterator is made: a resumed fit with ``num_workers > 0`` trained that epoch on
+    epoch 0's order."""
+
+    def __iter__(self):
+        return _MadeAtFirstBatch(super().__iter__, len(self))
+
+
+class _MadeAtFirstBatch:
+    """An iterator that calls ``make()`` for the real one at its first ``next()``."""
+
+    def __init__(self, make, length: int):
+        self._make, self._length, self._iterator = make, length, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._make()
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return self._length
+
+
 #: what ``data.augment`` may name: a random shift of up to ``SHIFT`` pixels each way (edges
 #: repeated), and a horizontal flip of half the images (for clothes, not for digits)
 AUGMENTATIONS = ("shift", "flip")
@@ -214,8 +243,8 @@ class _InMemoryImages(pl.LightningDataModule):
         else:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
         self._order_seed = seed
-        return DataLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), seed),
-                          num_workers=self.num_workers)
+        return EpochOrderLoader(data, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(data), seed),
+                                num_workers=self.num_workers)
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the seed of the training loader's order."""

@@ -1,5 +1,6 @@
 import gzip
 import json
+import shutil
 
 import pytest
 import torch
@@ -372,3 +373,45 @@ def test_a_test_from_a_checkpoint_leaves_the_next_fit_its_own_order(tmp_path):
     again.fit_loop.max_epochs = 2
     again.fit(ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))), datamodule=resumed, ckpt_path=ckpt)
     assert resumed.state_dict()["train_order_seed"] == saved
+
+
+def test_a_fit_resumed_with_loader_workers_sees_the_uninterrupted_orders(tmp_path):
+    """Lightning makes a fit's first iterator before it sets the sampler's epoch, and loader
+    workers draw the order as the iterator is made: a fit resumed at epoch 1 trained on epoch
+    0's order (data.num_workers=2; bitwise with 0). The order is drawn at the first batch now."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(28 * 28, 10)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[1].clone())
+            return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def fit(ckpt_path=None):
+        torch.manual_seed(0)
+        model = Recorder()
+        checkpoints = ModelCheckpoint(tmp_path / "checkpoints", save_top_k=-1, every_n_epochs=1)
+        pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                   callbacks=[checkpoints], enable_progress_bar=False, enable_model_summary=False,
+                   accelerator="cpu", devices=1).fit(model, datamodule=UCIDigits(batch_size=16, num_workers=2),
+                                                     ckpt_path=ckpt_path)
+        return model.seen
+
+    whole = fit()
+    assert len(whole) == 6 and not torch.equal(whole[0], whole[2])  # each epoch its own order: the check can tell
+    (first,) = (tmp_path / "checkpoints").glob("epoch=0-*.ckpt")
+    first = shutil.move(first, tmp_path / "epoch0.ckpt")
+    shutil.rmtree(tmp_path / "checkpoints")  # (the resumed fit writes its own there)
+    resumed = fit(first)
+    assert len(resumed) == 4 and all(torch.equal(a, b) for a, b in zip(resumed, whole[2:], strict=True))
