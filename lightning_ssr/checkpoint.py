@@ -77,14 +77,49 @@ def _head(path) -> bytes:
         return f.read(64).lstrip()
 
 
+def checkpoint_damage(path) -> str | None:
+    """Why a zip checkpoint's bytes are not the ones written (an entry whose CRC fails: a disk,
+    copy or transfer error that torch.load does not notice, loading the changed weights), or
+    ``None``. Reads the whole file once; a file that is not a zip archive is left to torch."""
+    if not _head(path).startswith(b"PK"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        return f"its archive is damaged ({type(err).__name__}: {err})"
+    if bad is None:
+        return None
+    return (f"it is corrupted: its entry {bad!r} fails the archive's CRC check (its bytes changed after it was "
+            "written: a disk, copy or transfer error). Use another checkpoint or re-create it")
+
+
+@functools.lru_cache(maxsize=8)
+def _damage_of(path: str, size: int, mtime_ns: int) -> str | None:
+    return checkpoint_damage(path)
+
+
+def refuse_damaged_checkpoint(path) -> None:
+    """A :class:`CheckpointReadError` naming ``path`` where the local file is a checkpoint whose
+    bytes changed after it was written (:func:`checkpoint_damage`); each version of a file is
+    read once however often it is asked (a resume asks before the module and the callback load)."""
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        return
+    stat = os.stat(path)
+    damage = _damage_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if damage is not None:
+        raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {damage}")
+
+
 def check_checkpoint_file(path) -> None:
     """Before Lightning loads ``path`` (``load_from_checkpoint``), or after its loading failed
     (``fit(ckpt_path=...)``): a local file that is a damaged checkpoint is a
     :class:`CheckpointReadError` naming it, where torch's own error (``OSError: [Errno 22] Invalid
     argument`` or a ``RuntimeError``, by where the file was cut) names nothing. Nothing is loaded:
     a checkpoint is a zip archive, whose directory is at its end, so a file that begins as one and
-    has none was cut short. An empty file and a JSON file are named too; anything else (a legacy
-    pickled checkpoint, a remote path, a file object, a missing file) is left to Lightning."""
+    has none was cut short, and one whose entries fail their CRC was changed after it was written.
+    An empty file and a JSON file are named too; anything else (a legacy pickled checkpoint, a
+    remote path, a file object, a missing file) is left to Lightning."""
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         return
     head = _head(path)
@@ -95,13 +130,14 @@ def check_checkpoint_file(path) -> None:
     elif head.startswith(b"PK") and not zipfile.is_zipfile(path):
         why = "it is truncated: a zip archive without its directory, at its end. Use another checkpoint or re-create it"
     else:
+        refuse_damaged_checkpoint(path)
         return
     raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load(path, weights_only=True)`` with an error that names the file when it is
-    missing, truncated or not a checkpoint."""
+    missing, truncated, corrupted (an entry whose CRC fails) or not a checkpoint."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointReadError(f"checkpoint file {str(path)!r} is a directory: give the checkpoint file in it "
@@ -122,6 +158,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             why = ("it is truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it "
                    f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})")
         raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}") from err
+    refuse_damaged_checkpoint(path)
     if not isinstance(data, Mapping):
         raise CheckpointReadError(f"checkpoint file {str(path)!r} holds a {type(data).__name__}, not a mapping "
                                   "with 'state_dict'")
@@ -291,5 +328,8 @@ class PrunedCheckpointMixin:
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trainer = getattr(self, "_trainer", None)  # a fit(ckpt_path=...): its file read whole before the rebuild
+        if trainer is not None:
+            refuse_damaged_checkpoint(trainer.ckpt_path)
         apply_checkpoint_plan(self, checkpoint)
         super().on_load_checkpoint(checkpoint)

@@ -33,6 +33,7 @@ from .checkpoint import (
     apply_checkpoint_plan,
     check_checkpoint_file,
     rebuild_to,
+    refuse_damaged_checkpoint,
 )
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
@@ -450,6 +451,7 @@ class Pruning(Callback):
                 state_dict.get(k) is v for k, v in loaded.items()):
             # a resume this callback would refuse is refused before the module takes the checkpoint's
             # shapes and weights: it stays as it was, for load_pruned or a new fit
+            refuse_damaged_checkpoint(self._trainer.ckpt_path)  # (torch.load read it without an error)
             state = self._state_in(checkpoint) if self._fitting() else None
             if state is not None:
                 self.engine.resolve_ignored(module)

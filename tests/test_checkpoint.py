@@ -2,6 +2,7 @@
 
 import re
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -143,6 +144,46 @@ def test_a_truncated_checkpoint_is_named_by_load_from_checkpoint_and_by_a_resume
     assert len(raised.value.__notes__) == 1 and re.search(said, raised.value.__notes__[0])  # in the traceback
     assert fit.global_step == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _corrupt(path, out):
+    """``path`` copied to ``out`` with 16 bytes of a tensor's data changed (as by a disk or copy
+    error): the archive's directory is whole, so torch.load reads it, changed weights and all."""
+    import struct
+    import zipfile
+
+    data = bytearray(Path(path).read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len
+    data[start:start + 16] = bytes(b ^ 0xFF for b in data[start:start + 16])
+    Path(out).write_bytes(bytes(data))
+    return out
+
+
+def test_a_corrupted_checkpoint_is_refused_where_torch_would_load_its_changed_weights(pruned_checkpoint, tmp_path):
+    """16 changed bytes inside a tensor: torch.load(weights_only=True) returned the changed weights,
+    load_pruned loaded them, and a resumed fit trained on them. The archive's CRC tells."""
+    path, _, _ = pruned_checkpoint
+    bad = _corrupt(path, tmp_path / "bad.ckpt")
+    torch.load(bad, weights_only=True)  # (torch itself does not notice)
+    said = r"bad.ckpt' is unreadable: it is corrupted: its entry '[^']+/data/\d+' fails the archive's CRC check"
+    with pytest.raises(CheckpointReadError, match=said):
+        read_checkpoint(bad)
+    model = LitNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointReadError, match=said):
+        load_pruned(model, bad)
+    with pytest.raises(CheckpointReadError, match=said):
+        LitNet.load_from_checkpoint(bad)
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
+    fit = trainer(tmp_path, [Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(CheckpointReadError, match=said):
+        fit.fit(model, loader(), ckpt_path=bad)
+    assert fit.global_step == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the module as it was
+    assert read_checkpoint(path)["state_dict"]  # (the whole file reads as before)
 
 
 def test_the_mixin_keeps_lightnings_refusal_of_an_instance_call_and_loads_a_legacy_checkpoint(pruned_checkpoint,

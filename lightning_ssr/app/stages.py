@@ -650,7 +650,7 @@ def _load_cached(net: nn.Module, cache: Path) -> bool:
         net.load_state_dict(read_checkpoint(cache)["state_dict"])
         return True
     except (CheckpointReadError, KeyError, RuntimeError) as err:
-        warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({str(err)[:160]}); training the "
+        warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({err}); training the "
                       "dense model again and overwriting it", stacklevel=2)
         return False
 

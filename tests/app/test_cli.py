@@ -453,11 +453,19 @@ def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
     overrides = FAST + [f"dense.cache_dir={tmp_path / 'cache'}"]
     first = run(_compose(overrides), tmp_path / "first")
     cache = dense_cache_path(_compose(overrides))
-    cache.write_bytes(cache.read_bytes()[:100])  # truncated, as by a crash or a full disk
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[:100])  # truncated, as by a crash or a full disk
     with pytest.warns(UserWarning, match="unreadable.*training the dense model again"):
         again = run(_compose(overrides), tmp_path / "again")
     assert not again.dense["cache"]["reused"] and again.dense["accuracy"] == first.dense["accuracy"]
     assert torch.load(cache, weights_only=True)["state_dict"]  # overwritten with a whole file
+    # bytes changed inside a tensor (a disk or copy error), which torch.load reads without a word
+    from lightning_ssr.app.stages import _load_cached
+    from tests.test_checkpoint import _corrupt
+
+    _corrupt(cache, cache)
+    with pytest.warns(UserWarning, match="unreadable .*fails the archive's CRC check.*training the dense model again"):
+        assert not _load_cached(build_model("lenet5", in_channels=1, num_classes=10, input_size=28), cache)
 
 
 def test_concurrent_cache_writes_never_leave_a_partial_file(tmp_path):
