@@ -50,6 +50,7 @@ from .stages import (
     export_model,
     failed_result,
     finish,
+    interruptions_held,
     print_final_table,
     sigterm_raises,
     started_result,
@@ -255,21 +256,24 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     try:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
-        failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        with interruptions_held():
+            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
         raise
     recipe = recipe_for(cfg)
     if recipe is not None:
         try:
             result = recipe.run(cfg, output_dir)
         except (Exception, KeyboardInterrupt) as err:  # an interrupted run is recorded too
-            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+            with interruptions_held():
+                failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
             raise
         return finish(result, output_dir, start, recipe.summary(result))
     try:
         callback, dm = check_config(cfg, resumes_the_module=True)  # a bad value fails here, before any training
     except (Exception, KeyboardInterrupt) as err:
         # a sweep's report lists this run as failed, with the reason
-        failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+        with interruptions_held():
+            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
         raise
     timings: dict[str, float] = {}
     net = lm = None
@@ -291,9 +295,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result.pruned.update(metrics["pruned"], **files)
         result.machine["latency_load"] = metrics["latency_load"]
     except (Exception, KeyboardInterrupt) as err:
-        timings["total_s"] = time.perf_counter() - start
-        resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
-        failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")
+        with interruptions_held():  # (a second Ctrl-C must not cut the record of the first short)
+            timings["total_s"] = time.perf_counter() - start
+            resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
+            failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")
         if resumable is not None:
             raise resumable from err
         raise

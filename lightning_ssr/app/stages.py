@@ -425,21 +425,22 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
         trainer.fit(*args, **kwargs)
         _raise_if_sigterm(trainer)
     except BaseException as err:
-        signal = _interruption(err, trainer)
-        if signal is None:
+        how = _interruption(err, trainer)
+        if how is None:
             raise
-        where = (f"{_INTERRUPTIONS[signal][0]} during {stage} at epoch {trainer.current_epoch} (optimizer step "
-                 f"{trainer.global_step})")
-        if not resumable:
-            raise RunInterrupted(where, signal=signal) from err
-        saved = last_checkpoint(trainer)
-        if saved is None and not trainer.checkpoint_callbacks:
-            raise RunInterrupted(where, lost="; checkpointing is off (trainer.enable_checkpointing=false), so "
-                                 "nothing was kept", signal=signal) from err
-        if saved is None:
-            raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
-                                 "epoch)", signal=signal) from err
-        raise RunInterrupted(where, saved, signal=signal, redone=_redone(saved, trainer.global_step)) from err
+        with interruptions_held():  # (a second Ctrl-C must not cut the account of the first short)
+            where = (f"{_INTERRUPTIONS[how][0]} during {stage} at epoch {trainer.current_epoch} (optimizer step "
+                     f"{trainer.global_step})")
+            if not resumable:
+                raise RunInterrupted(where, signal=how) from err
+            saved = last_checkpoint(trainer)
+            if saved is None and not trainer.checkpoint_callbacks:
+                raise RunInterrupted(where, lost="; checkpointing is off (trainer.enable_checkpointing=false), so "
+                                     "nothing was kept", signal=how) from err
+            if saved is None:
+                raise RunInterrupted(where, lost=", before its first checkpoint (one is written at the end of each "
+                                     "epoch)", signal=how) from err
+            raise RunInterrupted(where, saved, signal=how, redone=_redone(saved, trainer.global_step)) from err
 
 
 def _redone(checkpoint: str, step: int) -> str:
@@ -494,6 +495,23 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def interruptions_held():
+    """Within it, a second Ctrl-C (or a SIGTERM) is ignored: while an interruption or a failure is
+    told and recorded (its checkpoint found, ``result.json`` written), which a second one would cut
+    short, leaving a ``result.json`` that says ``running`` and a message that the job stopped
+    outside training. It lasts a fraction of a second; the handlers before it come back after."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
+        yield
+        return
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _raise_if_sigterm(trainer: pl.Trainer) -> None:

@@ -922,6 +922,47 @@ def test_a_run_killed_before_it_recorded_its_end_leaves_its_configuration_and_is
     assert "has not ended" in left.summary()
 
 
+def test_a_second_ctrl_c_while_the_first_is_recorded_does_not_cut_the_record_short(tmp_path, monkeypatch):
+    """Two Ctrl-C 0.02 s apart: the second one, raised while the first was being recorded, left
+    result.json saying 'running' and a message that the job stopped outside training."""
+    import os
+    import signal
+    import traceback
+
+    from lightning_ssr.app import cli, stages
+
+    def interrupted(cfg, dm, output_dir):
+        raise KeyboardInterrupt
+
+    def second_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once, in the middle of the recording
+        return recording(*args, **kwargs)
+
+    recording = cli.failed_result
+    monkeypatch.setattr(cli, "train_dense", interrupted)
+    monkeypatch.setattr(cli, "failed_result", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run(compose_config(FAST), tmp_path)
+    assert "interrupted" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]  # the first
+    assert PruningResult.load(tmp_path / "result.json").status == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+    class Trainer:  # a fit interrupted by Ctrl-C, and a second one while its checkpoint is looked for
+        current_epoch, global_step, checkpoint_callbacks, received_sigterm = 1, 12, [object()], False
+
+        def fit(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    def found(trainer):
+        os.kill(os.getpid(), signal.SIGINT)
+        return str(tmp_path / "epoch=0-step=10.ckpt")
+
+    monkeypatch.setattr(stages, "last_checkpoint", found)
+    with pytest.raises(stages.RunInterrupted, match=r"interrupted during the run at epoch 1 \(optimizer step 12\)") as told:
+        stages.fit(Trainer(), "the run", resumable=True)
+    assert told.value.checkpoint == str(tmp_path / "epoch=0-step=10.ckpt")
+
+
 def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_again():
     from omegaconf import OmegaConf
 
