@@ -624,6 +624,9 @@ class PruningEngine:
             "latency": self._latency,
             "settings": self.settings(),
             "warnings": list(self.warnings),
+            # the one-off seconds (set-up, each rebuild) and the time to the last prune, which a
+            # resumed fit's process did not live through: its result still gives them
+            "timings": {**self._costs, **self._prune_timing},
         }
 
     def settings(self) -> dict[str, Any]:
@@ -706,6 +709,9 @@ class PruningEngine:
         saved = list(state.get("warnings", []))
         self.warnings = saved + [w for w in self.warnings if w not in saved]
         self._pending_method_state = state.get("method_state") or None
+        timings = dict(state.get("timings") or {})  # (a checkpoint from before timings were kept: none)
+        self._prune_timing = {k: timings.pop(k) for k in ("last_prune_s",) if k in timings}
+        self._costs = {k: list(v) if isinstance(v, list) else v for k, v in timings.items()}
         self._context = None
         self._started = False
 

@@ -71,6 +71,9 @@ def test_every_method_resumes_mid_phase_like_an_uninterrupted_run(tmp_path, name
     assert cb.plan.to_dict() == full_cb.plan.to_dict()
     assert_same_weights(model, full_model)
     assert cb.result.pruned == full_cb.result.pruned
+    # the one-off timings of the run's first process (set-up, each event's rebuild) are still given
+    assert set(cb.result.timings) == set(full_cb.result.timings)
+    assert len(cb.result.timings.get("rebuild_s", [])) == len(full_cb.result.timings.get("rebuild_s", []))
     # the resumed fit trained only the epochs after the checkpoint
     assert len(model.losses) == 4 * (schedule.total_epochs - 1)
     assert model.losses == full_model.losses[4:]

@@ -41,7 +41,7 @@ from tests.lit import (
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
 STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early",
-              "last_update_step", "dense", "latency", "settings", "warnings", "rng"}
+              "last_update_step", "dense", "latency", "settings", "warnings", "timings", "rng"}
 
 
 def test_schedule_epochs():
@@ -716,7 +716,8 @@ def test_state_restored_but_not_yet_applied_round_trips():
                                                                     "final_keep": None, "cost": None, "round_to": 1,
                                                                     "allocation": "method", "steps": {"a": 1}},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings(),
-             "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ..."]}
+             "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ..."],
+             "timings": {"setup_s": 0.5, "rebuild_s": [0.25], "last_prune_s": 9.0}}
     cb.load_state_dict(state)
     again = SSRPruning(schedule=SCHEDULE)
     again.load_state_dict(cb.state_dict())
