@@ -25,6 +25,9 @@ def test_quickstart_runs_every_cell(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "reloaded model gives identical outputs: True" in text
+    shown = text + "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"
+                           for o in c.outputs)  # (what Rich's live display writes lands in display data)
+    assert "ipywidgets" not in shown and "Warning" not in shown  # quiet: no install tip, no warning
     assert "ONNX Runtime vs PyTorch" in text and "fewer MACs" in text
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, "the per-layer filter plot was not displayed"

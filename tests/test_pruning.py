@@ -1083,6 +1083,7 @@ def test_lightning_cli_configures_the_callback_from_plain_data(tmp_path, monkeyp
     ({"method": "l1", "target": {"filters": 0.5}, "allocation": "unifrom"},
      "allocation must be one of ('uniform', 'global', 'method'), got 'unifrom'"),  # the callback's own check
     ({"method": "l1", "target": {"filter": 0.5}}, "unknown target key(s) ['filter']"),
+    ({"method": "ssr_l20", "target": {"macs": 0.5}, "method_kwargs": {"rhoo": 1.0}}, "did you mean 'rho'"),
 ])
 def test_lightning_cli_refuses_a_bad_callback_config_before_training(tmp_path, monkeypatch, capsys, pruning_args,
                                                                       match):
