@@ -183,7 +183,36 @@ def test_a_corrupted_checkpoint_is_refused_where_torch_would_load_its_changed_we
         fit.fit(model, loader(), ckpt_path=bad)
     assert fit.global_step == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the module as it was
+
+    class Plain(pl.LightningModule):  # without the mixin: the callback refuses it, before the weights load
+        def __init__(self):
+            super().__init__()
+            self.net = SmallResidualCNN(in_channels=3)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    plain = Plain()
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method="ssr_l20", target={"macs": 0.4}, verbose=False,
+                                     schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1))], 2)
+    with pytest.raises(CheckpointReadError, match=said):
+        fit.fit(plain, loader(), ckpt_path=bad)
+    assert fit.global_step == 0 and all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
     assert read_checkpoint(path)["state_dict"]  # (the whole file reads as before)
+    # a whole file saved without CRCs (torch.serialization.set_crc32_options(False)): nothing to check, read
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(torch.load(path, weights_only=True), tmp_path / "no_crc.ckpt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert read_checkpoint(tmp_path / "no_crc.ckpt")["state_dict"]
 
 
 def test_the_mixin_keeps_lightnings_refusal_of_an_instance_call_and_loads_a_legacy_checkpoint(pruned_checkpoint,
