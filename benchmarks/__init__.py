@@ -15,8 +15,9 @@ from lightning_ssr.latency import cache_root
 from lightning_ssr.report import portable_paths
 
 # (part, arguments): structural and timing parts first, training ones after. Here every training
-# part runs on a smaller budget than its script's default, so that the whole run takes about an
-# hour on 2 CPU cores once the dense models are cached, and writes its own *_quick.json: a quick
+# part runs on a smaller budget than its script's default, so that the whole run took about an
+# hour on 2 CPU cores once the dense models were cached (before recipes.py ran the adaptation
+# run's control beside it, one run more), and writes its own *_quick.json: a quick
 # budget never overwrites the file of a script's full budget (methods.json, lenet.json,
 # solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
 PARTS = [

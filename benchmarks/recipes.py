@@ -181,7 +181,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.control and any(o.replace(" ", "").startswith("adaptation.domain_weight=") for o in args.override):
+    if args.control and any(o.replace(" ", "").lstrip("+").startswith("adaptation.domain_weight=")
+                            for o in args.override):
         print("no equal-budget controls: --override sets adaptation.domain_weight itself")
         args.control = False
     jobs = [(e, s, None) for e in args.experiments for s in args.seeds]

@@ -13,6 +13,11 @@ domain classifier, for example)::
     python benchmarks/stats.py benchmarks/results/B.json l1@uniform benchmarks/results/A.json l1@uniform
     python benchmarks/stats.py benchmarks/results/recipes.json da_mnist_to_mnist_m \
         benchmarks/results/recipes_no_adaptation.json da_mnist_to_mnist_m --field dense_accuracy
+
+In a ``recipes.py`` file that holds the adaptation runs' controls, ``<experiment>:no_adaptation``
+names the control's rows (a bare experiment, the runs themselves)::
+
+    python benchmarks/stats.py R.json da_mnist_to_mnist_m R.json da_mnist_to_mnist_m:no_adaptation --field dense_accuracy
 """
 
 from __future__ import annotations
@@ -90,11 +95,14 @@ DROP = "accuracy_drop_points"
 def drops_by_seed(path: Path, method: str, field: str = DROP) -> dict[int, float]:
     """``field`` (the accuracy drop in points by default) of each finished run of ``method`` in a
     results file, by seed: its ``runs`` by method, or, in a ``recipes.py`` file, its ``rows`` by
-    experiment."""
+    experiment (``<experiment>:<variant>``: the rows of that variant, e.g. ``no_adaptation``, the
+    equal-budget control; a bare experiment: the rows of none)."""
     data = json.loads(Path(path).read_text())
     runs, key = (data["runs"], "method") if "runs" in data else (data.get("rows", []), "experiment")
+    name, variant = method.split(":", 1) if key == "experiment" and ":" in method else (method, None)
     drops = {r["seed"]: r[field] for r in runs
-             if r.get(key) == method and r.get("status") == "ok" and r.get(field) is not None}
+             if r.get(key) == name and r.get("variant") == variant and r.get("status") == "ok"
+             and r.get(field) is not None}
     if not drops:
         raise SystemExit(f"{path}: no finished run of {method!r}" + (f" with {field!r}" if field != DROP else ""))
     return drops

@@ -56,11 +56,12 @@ def test_an_override_of_the_domain_weight_is_its_own_control_and_runs_none(tmp_p
     monkeypatch.setattr(recipes, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(recipes, "run_job", lambda e, s, overrides, out_dir, v=None: ran.append((e, s, v, overrides))
                         or {"result": {"status": "failed", "error": "not trained here"}})
-    recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(tmp_path / "r.json"),
-                  "--override", "adaptation.domain_weight=0"])
-    assert ran == [("da_mnist_to_digits", 0, None, ["adaptation.domain_weight=0"])]
-    assert "no equal-budget controls: --override sets adaptation.domain_weight itself" in capsys.readouterr().out
-    ran.clear()
+    for override in ("adaptation.domain_weight=0", "++adaptation.domain_weight=0"):
+        recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(tmp_path / "r.json"),
+                      "--override", override])
+        assert ran == [("da_mnist_to_digits", 0, None, [override])]
+        assert "no equal-budget controls: --override sets adaptation.domain_weight itself" in capsys.readouterr().out
+        ran.clear()
     recipes.main(["--experiments", "da_mnist_to_digits", "transfer_fmnist_to_mnist", "--seeds", "0",
                   "--out", str(tmp_path / "r.json")])
     assert sorted((e, v or "") for e, _, v, _ in ran) == [  # transfer has no control

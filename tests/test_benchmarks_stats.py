@@ -145,3 +145,12 @@ def test_the_script_pairs_a_field_of_recipes_rows_by_experiment_and_seed(tmp_pat
                                               "control.json (points), seeds [0, 1]")
     with pytest.raises(SystemExit, match="no finished run of 'da' with 'pruned_accuracy'"):
         main([dann, "da", control, "da", "--field", "pruned_accuracy"])
+    # one file with each seed's control beside it (recipes.py --control): the control's rows come
+    # after, under the same experiment and seed, and are named by their variant, not mixed in
+    rows = [{"experiment": "da", "seed": s, "status": "ok", "dense_accuracy": 80.0 - s} for s in range(3)]
+    rows += [{"experiment": "da", "variant": "no_adaptation", "seed": s, "status": "ok", "dense_accuracy": 48.0 + s}
+             for s in range(3)]
+    (tmp_path / "both.json").write_text(json.dumps({"rows": rows}))
+    both = str(tmp_path / "both.json")
+    p = main([both, "da", both, "da:no_adaptation", "--field", "dense_accuracy"])
+    assert p == {**paired([32.0, 30.0, 28.0]), "seeds": [0, 1, 2]}
