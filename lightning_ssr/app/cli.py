@@ -256,7 +256,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     try:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
-        with interruptions_held():
+        with interruptions_held(interrupted=False):
             failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
         raise
     recipe = recipe_for(cfg)
@@ -264,7 +264,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         try:
             result = recipe.run(cfg, output_dir)
         except (Exception, KeyboardInterrupt) as err:  # an interrupted run is recorded too
-            with interruptions_held():
+            with interruptions_held(isinstance(err, KeyboardInterrupt)):
                 failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
             raise
         return finish(result, output_dir, start, recipe.summary(result))
@@ -272,7 +272,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         callback, dm = check_config(cfg, resumes_the_module=True)  # a bad value fails here, before any training
     except (Exception, KeyboardInterrupt) as err:
         # a sweep's report lists this run as failed, with the reason
-        with interruptions_held():
+        with interruptions_held(isinstance(err, KeyboardInterrupt)):
             failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
         raise
     timings: dict[str, float] = {}
@@ -295,7 +295,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         result.pruned.update(metrics["pruned"], **files)
         result.machine["latency_load"] = metrics["latency_load"]
     except (Exception, KeyboardInterrupt) as err:
-        with interruptions_held():  # (a second Ctrl-C must not cut the record of the first short)
+        with interruptions_held(isinstance(err, KeyboardInterrupt)):  # (nor a Ctrl-C cut the record short)
             timings["total_s"] = time.perf_counter() - start
             resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
             failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")

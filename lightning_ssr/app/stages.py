@@ -498,20 +498,29 @@ def sigterm_raises():
 
 
 @contextlib.contextmanager
-def interruptions_held():
-    """Within it, a second Ctrl-C (or a SIGTERM) is ignored: while an interruption or a failure is
-    told and recorded (its checkpoint found, ``result.json`` written), which a second one would cut
-    short, leaving a ``result.json`` that says ``running`` and a message that the job stopped
-    outside training. It lasts a fraction of a second; the handlers before it come back after."""
+def interruptions_held(interrupted: bool = True):
+    """Within it, Ctrl-C and SIGTERM wait: while an interruption or a failure is told and recorded
+    (its checkpoint found, ``result.json`` written), which a second one would cut short, leaving a
+    ``result.json`` that says ``running`` and a message that the job stopped outside training. It
+    lasts a fraction of a second; the handlers before it come back after. What it is recording is
+    an interruption (``interrupted``): one more is dropped. A failure: the first interruption that
+    came meanwhile is raised at its end (a sweep's Ctrl-C is not lost to the next job)."""
     if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
         yield
         return
-    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    came: list[int] = []
+
+    def hold(signum, frame):
+        came.append(signum)
+
+    before = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+    if came and not interrupted:
+        raise KeyboardInterrupt if came[0] == signal.SIGINT else Terminated()
 
 
 def _raise_if_sigterm(trainer: pl.Trainer) -> None:
@@ -668,7 +677,8 @@ def _load_cached(net: nn.Module, cache: Path) -> bool:
         net.load_state_dict(read_checkpoint(cache)["state_dict"])
         return True
     except (CheckpointReadError, KeyError, RuntimeError) as err:
-        warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({err}); training the "
+        reason = str(err) if len(str(err)) <= 400 else str(err)[:400] + " ..."
+        warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({reason}); training the "
                       "dense model again and overwriting it", stacklevel=2)
         return False
 
@@ -749,12 +759,13 @@ def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) ->
 def evaluation_limits(cfg: DictConfig) -> dict:
     """``trainer.limit_test_batches`` and ``limit_val_batches`` where they leave out part of a
     split (an int: that many batches; a fraction below 1.0), as the evaluation honours them;
-    ``{}`` where it sees whole splits."""
+    ``{}`` where it sees whole splits. 0 (validation off while training) does not turn the final
+    evaluation off: it reads the whole split."""
     trainer = cfg.get("trainer") or {}
     limits = {}
     for key in ("limit_test_batches", "limit_val_batches"):
         value = trainer.get(key)
-        if value is not None and not (isinstance(value, float) and value >= 1.0):
+        if value is not None and value != 0 and not (isinstance(value, float) and value >= 1.0):
             limits[key] = value
     return limits
 

@@ -131,8 +131,11 @@ def test_the_final_evaluation_honours_the_trainers_limits_and_says_so(tmp_path):
     assert "on part of the test split (trainer.limit_test_batches=1)" in result.summary()
     # a figure from part of a split is not kept as the dense model's accuracy for the runs that share it
     assert not Path(result.dense["cache"]["path"] + ".accuracy.json").exists()
+    # 1.0 is all of it, and 0 (validation off while training) does not turn the final evaluation off
     whole = run(_compose(ONESHOT_FAST + ["data.eval_batch_size=16", "trainer.limit_test_batches=1.0",
-                                         f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "whole")
+                                         "trainer.limit_val_batches=0", f"dense.cache_dir={tmp_path / 'cache'}"]),
+                tmp_path / "whole")
+    assert whole.status == "ok" and whole.pruned["val_accuracy"] is not None
     assert "evaluation_limits" not in whole.pruned and "part of the test split" not in whole.summary()
     assert Path(whole.dense["cache"]["path"] + ".accuracy.json").is_file()
 
@@ -946,6 +949,19 @@ def test_a_second_ctrl_c_while_the_first_is_recorded_does_not_cut_the_record_sho
     assert "interrupted" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]  # the first
     assert PruningResult.load(tmp_path / "result.json").status == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+    # a failure being recorded when the first Ctrl-C comes: recorded whole, then the Ctrl-C is
+    # raised (a sweep stops there, rather than losing it to its next job)
+    def failed(cfg, dm, output_dir):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "train_dense", failed)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run(compose_config(FAST), tmp_path / "failed")
+    assert isinstance(raised.value.__context__, RuntimeError)
+    recorded = PruningResult.load(tmp_path / "failed" / "result.json")
+    assert recorded.status == "failed" and "boom" in recorded.error
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     class Trainer:  # a fit interrupted by Ctrl-C, and a second one while its checkpoint is looked for
         current_epoch, global_step, checkpoint_callbacks, received_sigterm = 1, 12, [object()], False
