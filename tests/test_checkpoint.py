@@ -30,7 +30,9 @@ from tests.lit import NetClassifier, TinyClassifier, epoch_checkpoints, loader, 
 from tests.nets import SmallResidualCNN
 
 
-class LitNet(PrunedCheckpointMixin, pl.LightningModule):
+class PlainLitNet(pl.LightningModule):
+    """LitNet without the mixin: a user's module that only the callback looks after."""
+
     def __init__(self, width: int = 3):
         super().__init__()
         self.save_hyperparameters()
@@ -44,6 +46,10 @@ class LitNet(PrunedCheckpointMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class LitNet(PrunedCheckpointMixin, PlainLitNet):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -184,21 +190,7 @@ def test_a_corrupted_checkpoint_is_refused_where_torch_would_load_its_changed_we
     assert fit.global_step == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the module as it was
 
-    class Plain(pl.LightningModule):  # without the mixin: the callback refuses it, before the weights load
-        def __init__(self):
-            super().__init__()
-            self.net = SmallResidualCNN(in_channels=3)
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            return F.cross_entropy(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-    plain = Plain()
+    plain = PlainLitNet()  # without the mixin: the callback refuses the file, before the weights load
     before = {k: v.clone() for k, v in plain.state_dict().items()}
     fit = trainer(tmp_path, [Pruning(method="ssr_l20", target={"macs": 0.4}, verbose=False,
                                      schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1))], 2)
