@@ -19,6 +19,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -646,8 +647,39 @@ def dense_cache_path(cfg: DictConfig) -> Path:
 
 
 def plugin_digests(cfg: DictConfig) -> dict[str, str]:
-    """The SHA-256 of each plugin given as a ``.py`` file (``plugins``), by its path as given."""
-    return {str(p): _file_digest(str(p)) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    """The SHA-256 of each plugin given as a ``.py`` file (``plugins``), by its path as given; of
+    each given as a module name, and of the module ``model._target_`` names outside this package
+    (a network of your own, importable), by ``module:<name>``: its source file, or a package's
+    ``.py`` files. Editing such a network (the same shapes, another ``forward``) must not reuse
+    the dense model its earlier code trained."""
+    digests = {str(p): _file_digest(str(p)) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    modules = [str(p) for p in cfg.get("plugins") or [] if not str(p).endswith(".py")]
+    target = str((cfg.get("model") or {}).get("_target_") or "")
+    if "." in target and not target.startswith("lightning_ssr."):
+        modules.append(target.rsplit(".", 1)[0])
+    files = {Path(str(p)).stem for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    for name in dict.fromkeys(modules):
+        if name.split(".")[0] in files:  # a plugin file reached by its name: its digest is there already
+            continue
+        digest = _module_digest(name)
+        if digest is not None:
+            digests[f"module:{name}"] = digest
+    return digests
+
+
+def _module_digest(name: str) -> str | None:
+    """The SHA-256 of module ``name``'s source (a package: of its ``.py`` files), found without
+    importing it; ``None`` where it has no source file here (a plugin file's alias, a built-in)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    origin = Path(spec.origin)
+    files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
+    joined = "".join(f"{f.relative_to(origin.parent)}:{_file_digest(str(f))}\n" for f in files)
+    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 def code_identity(cfg: DictConfig) -> dict:

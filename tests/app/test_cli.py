@@ -450,6 +450,28 @@ def test_trainer_bounds_shorten_the_run_to_prune_not_the_dense_training(tmp_path
     assert fits == [(2, 16)]  # its 2 epochs of 8 batches, not the 3 steps (or 3 epochs) of the run to prune
 
 
+def test_a_network_of_your_own_in_a_module_keys_the_dense_cache_and_the_runs_code(tmp_path, monkeypatch):
+    """A network reached by model._target_ (or a plugin given as a module name), not a .py file:
+    editing its forward (same shapes) reused the dense model the earlier code trained, without a
+    word, and a sweep took a run of the old code for one of the new."""
+    from lightning_ssr.app.stages import code_identity, dense_cache_path
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "my_nets_for_the_cache.py"
+    source.write_text("def build(**kw):\n    return None\n")
+    overrides = [*FAST, "model._target_=my_nets_for_the_cache.build", "~model.name"]
+    cfg = _compose(overrides)
+    first, code = dense_cache_path(cfg), code_identity(cfg)
+    assert set(code["plugin_files"]) == {"module:my_nets_for_the_cache"}
+    assert dense_cache_path(_compose(overrides)) == first  # (the same code: the same key)
+    source.write_text("def build(**kw):\n    return None  # forward() changed\n")
+    assert dense_cache_path(_compose(overrides)) != first and code_identity(_compose(overrides)) != code
+    # given as a plugin module: keyed too; the package's own networks are not
+    assert "module:my_nets_for_the_cache" in code_identity(_compose([*FAST, "plugins=[my_nets_for_the_cache]"]))[
+        "plugin_files"]
+    assert code_identity(_compose(FAST))["plugin_files"] == {}
+
+
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
     from lightning_ssr.app.stages import dense_cache_path
 
