@@ -345,9 +345,18 @@ def method_table() -> list[dict]:
 
 
 def top_k_masks(scores: Mapping[str, torch.Tensor], keep: Mapping[str, int]) -> dict[str, torch.Tensor]:
-    """Per group, a bool mask of the ``keep[g]`` channels of highest score (ties: lower index)."""
+    """Per group, a bool mask of the ``keep[g]`` channels of highest score (ties: lower index).
+    Scores that are not finite are refused: NaN sorts as the highest, so its channels would be
+    kept by accident."""
     out = {}
     for name, s in scores.items():
+        bad = ~torch.isfinite(s.detach())
+        if bool(bad.any()):
+            where = bad.nonzero().flatten().tolist()
+            raise ValueError(f"the scores of group {name!r} are not finite at channel(s) {where[:8]}"
+                             f"{' ...' if len(where) > 8 else ''} (of {s.numel()}): a criterion that divides by "
+                             "zero, or a model whose weights diverged; NaN would rank first and keep those "
+                             "channels by accident")
         order = torch.sort(s, descending=True, stable=True).indices[: keep[name]]
         mask = torch.zeros(s.numel(), dtype=torch.bool)
         mask[order.cpu()] = True

@@ -55,6 +55,10 @@ def test_top_k_masks_prefer_the_higher_score_then_the_lower_index():
                         {"a": 2, "b": 1})
     assert masks["a"].tolist() == [False, True, False, True]
     assert masks["b"].tolist() == [True, False, False]
+    # NaN sorted first: [1, nan, 3, 2] kept channels 1 and 2, the NaN one by accident; refused now
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"the scores of group 'g' are not finite at channel\(s\) \[1\] \(of 4\)"):
+            top_k_masks({"g": torch.tensor([1.0, bad, 3.0, 2.0])}, {"g": 2})
 
 
 @pytest.mark.parametrize("name", available_methods())
