@@ -206,42 +206,53 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
     :func:`lightning_ssr.app.recipes.register_recipe`). Returns the modules' names."""
     names = []
     for item in paths or []:
-        item = str(item)
-        if item.endswith(".py"):
-            path = Path(item).expanduser().resolve()
-            if not path.is_file():
-                with before_training():  # a one-line refusal (a plugin's own error keeps its traceback)
-                    raise FileNotFoundError(f"plugins: no file {item!r}")
-            name = f"lightning_ssr_plugin_{path.stem}"
-            if name not in sys.modules:
-                spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-            # its file's name reaches it too (model._target_=my_models.build), where no other module has
-            # it (the same file, found on sys.path, is not imported a second time)
-            if path.stem.isidentifier() and path.stem not in sys.modules:
-                found = importlib.util.find_spec(path.stem)
-                if found is None or (found.origin and Path(found.origin).resolve() == path):
-                    sys.modules[path.stem] = sys.modules[name]
-        else:
-            try:
-                importlib.import_module(item)
-            except ModuleNotFoundError as err:
-                if err.name is None or not (item == err.name or item.startswith(err.name + ".")):  # raised inside the plugin: its own traceback
-                    raise
-                here = " (a file in this folder: plugins=[" + item.replace(".", "/") + ".py])" if Path(
-                    item.replace(".", "/") + ".py").is_file() else ""
-                with before_training():
-                    raise ModuleNotFoundError(f"plugins: cannot import {item!r} ({err}); give an importable module "
-                                              f"name or the path of a .py file{here}") from err
-            name = item
-        names.append(name)
+        try:
+            names.append(_load_plugin(str(item)))
+        except Exception as err:  # the plugin's own error (a syntax error, a name already registered): its file named
+            if not getattr(err, REFUSED_BEFORE_TRAINING, False):
+                err.add_note(f"(raised while loading the plugin {str(item)!r}: mend it there, or leave it out of "
+                             "plugins)")
+                setattr(err, REFUSED_BEFORE_TRAINING, True)
+            raise
     return names
+
+
+def _load_plugin(item: str) -> str:
+    """:func:`load_plugins` of one plugin; returns its module's name."""
+    if item.endswith(".py"):
+        path = Path(item).expanduser().resolve()
+        if not path.is_file():
+            with before_training():  # a one-line refusal
+                raise FileNotFoundError(f"plugins: no file {item!r}")
+        name = f"lightning_ssr_plugin_{path.stem}"
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        # its file's name reaches it too (model._target_=my_models.build), where no other module has
+        # it (the same file, found on sys.path, is not imported a second time)
+        if path.stem.isidentifier() and path.stem not in sys.modules:
+            found = importlib.util.find_spec(path.stem)
+            if found is None or (found.origin and Path(found.origin).resolve() == path):
+                sys.modules[path.stem] = sys.modules[name]
+    else:
+        try:
+            importlib.import_module(item)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (item == err.name or item.startswith(err.name + ".")):  # raised inside the plugin: its own traceback
+                raise
+            here = " (a file in this folder: plugins=[" + item.replace(".", "/") + ".py])" if Path(
+                item.replace(".", "/") + ".py").is_file() else ""
+            with before_training():
+                raise ModuleNotFoundError(f"plugins: cannot import {item!r} ({err}); give an importable module "
+                                          f"name or the path of a .py file{here}") from err
+        name = item
+    return name
 
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
@@ -415,7 +426,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             # (a bad value refused before training; a diverged loss, a refusal at the first batch, ... after)
             when = "refused before training" if getattr(err, REFUSED_BEFORE_TRAINING, False) else "the run failed"
             if rank_zero_only.rank == 0:
-                print(f"lightning-ssr: {when}: {type(err).__name__}: {err}\n(recorded in "
+                notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))
+                print(f"lightning-ssr: {when}: {type(err).__name__}: {err}{notes}\n(recorded in "
                       f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)",
                       file=sys.stderr)
             sys.exit(1)

@@ -84,7 +84,16 @@ def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModuleNotFoundError, match=r"\(a file in this folder: plugins=\[fpgm_probe_xyz.py\]\)"):
         load_plugins(["fpgm_probe_xyz"])
-    # the plugin itself imports what is not installed: its own error, with its traceback
+    # the plugin itself imports what is not installed: its own error, and a note that names the plugin
     with pytest.raises(ModuleNotFoundError, match="No module named 'no_such_dependency_xyz'") as err:
         load_plugins(["fpgm_probe_xyz.py"])
-    assert not getattr(err.value, REFUSED_BEFORE_TRAINING, False)
+    assert getattr(err.value, REFUSED_BEFORE_TRAINING)  # (nothing ran: refused, not "the run failed")
+    said = "(raised while loading the plugin 'fpgm_probe_xyz.py': mend it there, or leave it out of plugins)"
+    assert err.value.__notes__ == [said]
+    # a method registered under a built-in's name: the message named the method, not the file
+    (tmp_path / "clash_probe_xyz.py").write_text(
+        "from lightning_ssr.methods import PruningMethod, register_method\n\n"
+        "@register_method('taylor')\nclass Mine(PruningMethod):\n    name = 'taylor'\n")
+    with pytest.raises(ValueError, match="'taylor'") as err:
+        load_plugins(["clash_probe_xyz.py"])
+    assert "'clash_probe_xyz.py'" in err.value.__notes__[0]
