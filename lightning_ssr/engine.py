@@ -937,7 +937,7 @@ class PruningEngine:
             raise RuntimeError(
                 f"pruning method {name!r} failed in {where}, rehearsed at set-up on a copy of the model "
                 f"with zero gradients, before training (the fit runs the same hook): {type(err).__name__}: "
-                f"{str(err).rstrip('.')}. Nothing was trained.") from err
+                f"{str(err).rstrip('.')}. This fit trained nothing.") from err
         finally:
             del trial, method
         return True
