@@ -747,8 +747,15 @@ class PruningEngine:
             if self.allocation in ("uniform", "global", "rates"):
                 scores = None
                 if self.allocation == "global":
-                    scores = self.method.importance(model, groups) or {
-                        g.name: g.norms({n: p.detach() for n, p in model.named_parameters()}) for g in groups}
+                    scores = self._call("importance", model, groups)
+                    missing = [g.name for g in groups if scores is not None and g.name not in scores]
+                    if missing:  # ({} fell back to the L2 norm, without a word)
+                        raise ValueError(f"pruning method {self.method.name!r}: importance() gave no scores for "
+                                         f"groups {some_names(missing, 4)} (allocation='global' ranks every group's "
+                                         "channels): give one tensor per group, or None for the L2 group norm")
+                    if scores is None:
+                        scores = {g.name: g.norms({n: p.detach() for n, p in model.named_parameters()})
+                                  for g in groups}
                 final, self._latency = budget.keep_counts(model, example, groups, cost, round_to=round_to,
                                                           allocation=self.allocation, scores=scores, shared=[self],
                                                           timing_input=self._timing_rows)

@@ -509,3 +509,35 @@ class StudentAndTeacher(nn.Module):
 
     def forward(self, x):
         return self.student(x) + 0 * self.teacher(x)
+
+
+def test_a_methods_importance_is_taken_as_it_answers_and_its_failures_name_it():
+    """allocation='global': a method's importance() that gave {} ran as the L2 norm's global
+    allocation, without a word; one that read self.context (not set yet: importance() comes before
+    setup()) failed with an AttributeError that named no method."""
+    from lightning_ssr.methods import L1
+
+    class Empty(L1):
+        def importance(self, model, groups):
+            return {}
+
+    class TooEarly(L1):
+        def importance(self, model, groups):
+            return {g.name: g.norms({}) for g in self.context.groups}
+
+    def set_up(method):
+        torch.manual_seed(0)
+        model = SmallResidualCNN(in_channels=3, num_classes=5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        engine = PruningEngine(method, target={"macs": 0.5}, allocation="global", verbose=False,
+                               schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+        engine.on_batch_start(model, torch.randn(16, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer],
+                              steps_per_epoch=4)
+
+    with pytest.raises(ValueError, match=r"pruning method 'l1': importance\(\) gave no scores for groups .* give "
+                                         r"one tensor per group, or None for the L2 group norm"):
+        set_up(Empty())
+    with pytest.raises(AttributeError) as raised:
+        set_up(TooEarly())
+    assert any("in its importance()" in note for note in raised.value.__notes__)
+    set_up(L1())  # (None: the L2 norm, as before)

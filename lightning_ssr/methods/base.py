@@ -143,7 +143,9 @@ class PruningMethod:
 
     def importance(self, model: nn.Module, groups: list[ChannelGroup]) -> dict[str, torch.Tensor] | None:
         """Channel scores of the dense model for the engine's global allocation (higher: more
-        important); ``None`` lets the engine use the L2 group norm."""
+        important), one tensor per group; ``None`` lets the engine use the L2 group norm. Called at
+        the first set-up, before :meth:`setup` (``self.context`` is not set yet): the counts are
+        decided on the dense model, from its weights."""
         return None
 
     def metrics(self) -> dict[str, float]:
