@@ -97,3 +97,31 @@ def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_
     with pytest.raises(ValueError, match="'taylor'") as err:
         load_plugins(["clash_probe_xyz.py"])
     assert "'clash_probe_xyz.py'" in err.value.__notes__[0]
+
+
+def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_dense_model_trains(tmp_path):
+    """Its select() gives masks of the wrong size: refused only at the fit's set-up, after the
+    dense model had trained (20 epochs by default), under a message that said nothing was trained."""
+    import pytest
+
+    from lightning_ssr.app.cli import compose_config, run
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    plugin = tmp_path / "wrong_masks_probe.py"
+    plugin.write_text(textwrap.dedent("""
+        import torch
+        from lightning_ssr.methods import PruningMethod, register_method
+
+        @register_method("wrong_masks_probe")
+        class WrongMasks(PruningMethod):
+            name = "wrong_masks_probe"
+
+            def select(self, keep):
+                return {g.name: torch.ones(g.size - 1, dtype=torch.bool) for g in self.context.groups}
+        """))
+    cfg = compose_config(["data=uci_digits", "pruning=l1", "pruning.name=wrong_masks_probe", f"plugins=[{plugin}]",
+                          f"dense.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(RuntimeError, match=r"'wrong_masks_probe' failed in select\(\), rehearsed at set-up .* "
+                                           r"returned a mask of \d+ entries .* This fit trained nothing") as err:
+        run(cfg, tmp_path / "run")
+    assert getattr(err.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
