@@ -70,6 +70,7 @@ from .structure.groups import (
 )
 from .structure.plan import PruningPlan, plan_from_support
 from .structure.surgery import (
+    check_finite,
     check_remappable,
     dry_run,
     model_copy,
@@ -1066,6 +1067,7 @@ class PruningEngine:
                 "phase. The length of an epoch was not known at set-up (an IterableDataset, or a hand-written "
                 "loop that gave on_batch_start() no steps_per_epoch=len(loader)), or this warning would have come "
                 "before training.")
+        check_finite(model)  # (a diverged model named as such, not by the scores a method reads from it)
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)

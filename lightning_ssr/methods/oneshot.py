@@ -16,7 +16,7 @@ from torch import nn
 from ..cost import count_cost
 from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
-from ..structure.surgery import prune_channels
+from ..structure.surgery import check_finite, prune_channels
 from ..targets import Budget, Target
 from ..validation import check_number
 from .base import PruningMethod, plain_data, register_method, top_k_masks
@@ -76,6 +76,7 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
                     round_to=round_to)
     allocation = budget.allocation_for(None)  # "method" is refused: nothing learned a structure here
     groups = find_channel_groups(model, example_inputs, ignored_layers)
+    check_finite(model)  # (a diverged model named as such, before its scores are read)
     cost = count_cost(model, example_inputs)
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}
