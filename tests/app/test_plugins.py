@@ -99,14 +99,18 @@ def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_
     assert "'clash_probe_xyz.py'" in err.value.__notes__[0]
 
 
-def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_dense_model_trains(tmp_path):
+def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_dense_model_trains(tmp_path,
+                                                                                               monkeypatch):
     """Its select() gives masks of the wrong size: refused only at the fit's set-up, after the
     dense model had trained (20 epochs by default), under a message that said nothing was trained."""
     import pytest
 
     from lightning_ssr.app.cli import compose_config, run
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+    from lightning_ssr.methods import base
 
+    # the plugin registers its method in this process: the registry comes back as it was after the test
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     plugin = tmp_path / "wrong_masks_probe.py"
     plugin.write_text(textwrap.dedent("""
         import torch
