@@ -375,8 +375,9 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     budget = callback.budget  # latency: timed at set-up, on the device
     round_to = budget.round_to_on(_fit_device(cfg))  # (round_to's default is 8 on CUDA)
     budget.check(lm, groups, count_cost(lm, example), round_to)
-    callback.engine.check_structure(lm, example, round_to, groups)  # the fit's dry run: what the rebuild cannot handle fails now
-    callback.engine.check_method(lm, example)  # the fit's set-up on copies: a method's hooks fail now, not after the dense model
+    # the fit's set-up on copies: its dry run (what the rebuild cannot handle) and the rehearsal of the
+    # method's hooks fail now, not after the dense model
+    callback.engine.check_method(lm, example, round_to, groups)
 
 
 def _fit_device(cfg: DictConfig) -> str:

@@ -1226,8 +1226,11 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     cfg = _compose(FAST)
     callback, dm = stages.build_pruning(cfg), stages.build_data(cfg)
     lm = stages.build_module(cfg, stages.build_network(cfg, dm), dm)
-    monkeypatch.setattr(callback.engine, "check_structure",
-                        lambda model, example, round_to, groups: seen.append(round_to))
+    from lightning_ssr.engine import PruningEngine
+
+    # the dry run (on a copy of the engine, set up on this CPU) rounds as the fit's device does
+    monkeypatch.setattr(PruningEngine, "_dry_run", lambda engine, model, example, groups, floor: seen.append(
+        engine.budget.round_to_on(next(model.parameters()).device)))
     stages.check_target(cfg, callback, lm, dm)
     assert seen == [8]
 
