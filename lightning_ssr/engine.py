@@ -73,6 +73,7 @@ from .structure.surgery import (
     check_finite,
     check_remappable,
     dry_run,
+    forward_hooks,
     model_copy,
     prune_channels,
     remap_optimizer,
@@ -398,6 +399,7 @@ class PruningEngine:
         self._events: list[dict] = []
         self._trajectory: list[dict] = []
         self._context: MethodContext | None = None
+        self._hooks_before: dict = {}  # the model's forward hooks before the method's last setup()
         self._started = False  # the method's sparsify phase began (start() or a restored state)
         self._pending_method_state: dict | None = None
         self._prune_early = False
@@ -807,6 +809,7 @@ class PruningEngine:
             except BaseException:
                 self.dense = None  # set up again from the start on the next training
                 raise
+        self._hooks_before = forward_hooks(model)
         self._call("setup", self._context)
         if self._pending_method_state is not None:
             self._call("load_state_dict", self._pending_method_state)
@@ -904,6 +907,7 @@ class PruningEngine:
         ctx = replace(self._context, model=trial, sync=None, evaluate=None)
         cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
         hook = "setup"
+        hooks_before = forward_hooks(trial)
         try:
             with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
@@ -962,6 +966,10 @@ class PruningEngine:
         except Exception as err:
             if hook == "setup":
                 raise  # the method's own refusal of the model (the real set-up gives the same), as it is
+            left = _hooks_added(trial, hooks_before)
+            if hook == "the rebuild to its selection" and isinstance(err, UnsupportedLayerError) and left:
+                raise _hooks_left(name, left, err, "Rehearsed at set-up on a copy of the model, before training: "
+                                                   "this fit trained nothing.") from err
             if hook == "the rebuild to its selection" and isinstance(err, UnsupportedLayerError):
                 # the model's structure, not the method: said as the dry run says it
                 raise UnsupportedLayerError(f"dry run at set-up, before training, to the channels {name!r} selects: "
@@ -1084,7 +1092,14 @@ class PruningEngine:
         snapshot = snapshot_modules(model)  # prune_channels restores the model itself if it fails;
         saved = [_optimizer_snapshot(o) for o in optimizers]  # what follows it is undone here
         rebuild_start = time.perf_counter()
-        remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)
+        try:
+            remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)  # restores the model if it fails
+        except UnsupportedLayerError as err:
+            left = _hooks_added(model, self._hooks_before)
+            if not left:
+                raise
+            raise _hooks_left(self.method.name, left, err, f"The prune at the start of epoch {epoch} was not made: "
+                              "the model and the optimizer are as they were, and nothing was recorded.") from err
         try:
             new_params = dict(model.named_parameters())
             for optimizer in optimizers:
@@ -1226,6 +1241,21 @@ class PruningEngine:
             return {**self._costs, **self._prune_timing, "fit_s": now}
         self._prune_timing = {"last_prune_s": now}
         return {**self._costs, **self._prune_timing}
+
+
+def _hooks_added(model: nn.Module, before: Mapping) -> list[str]:
+    """The forward hooks on ``model`` that were not in ``before`` (:func:`forward_hooks`)."""
+    return sorted({label for key, label in forward_hooks(model).items() if key not in before})
+
+
+def _hooks_left(method: str, hooks: Sequence[str], err: Exception, outcome: str) -> RuntimeError:
+    """A rebuild that failed with forward hooks the method registered still on the model."""
+    return RuntimeError(
+        f"pruning method {method!r} left forward hooks on {some_names(list(hooks), 4)} at the prune, and the "
+        "rebuild's numerical check, which runs the model through them, failed: a hook that holds a per-channel "
+        "tensor cannot follow the cut. Remove the method's hooks by the end of select() (the rebuild comes right "
+        f"after it); after_rebuild() may register them again on the smaller model. {outcome} The rebuild "
+        f"said: {err}")
 
 
 def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],

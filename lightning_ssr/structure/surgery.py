@@ -245,6 +245,18 @@ def _buffers_as_wide_as(model: nn.Module, widths: set[int]) -> list[str]:
     return found
 
 
+def forward_hooks(model: nn.Module) -> dict[tuple[str, str, int], str]:
+    """The forward hooks and forward pre-hooks on ``model``'s modules, by (module, kind, handle id)
+    (ids are unique in a process: a hook removed and registered again is another one), each named
+    as ``'<module>' (forward hook)``. A rebuild's numerical check runs the model through them."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for kind, hooks in (("forward pre-hook", module._forward_pre_hooks), ("forward hook", module._forward_hooks)):
+            for handle in hooks:
+                found[(prefix, kind, handle)] = f"'{prefix or type(module).__name__}' ({kind})"
+    return found
+
+
 def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
                       sizes: Mapping[str, int] | None, limit: int = 32) -> list[str]:
     """Which groups fail the rebuild on their own (tried one at a time on copies)."""
@@ -374,6 +386,10 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         suspects = (f" Buffers as wide as these channels, which the rebuild does not slice: {', '.join(buffers)}; a "
                     "per-channel constant used in forward() cannot follow the cut, so leave its channels whole."
                     if buffers else "")
+        hooks = sorted(set(forward_hooks(model).values()))
+        if hooks:  # one that holds a per-channel tensor (a gate, a running mean) fails the check as the cut would
+            suspects += (f" The check ran the model through its forward hooks on {some_names(hooks, 4)}: a hook that "
+                         "holds a per-channel tensor cannot follow the cut, so remove it before the prune.")
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
             f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "

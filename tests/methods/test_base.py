@@ -1,6 +1,7 @@
 """The method registry and protocol: any registered method runs through the engine."""
 
 import re
+import threading
 
 import lightning.pytorch as pl
 import pytest
@@ -120,6 +121,68 @@ def test_a_registered_user_method_runs_through_the_engine(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match=r"failed in select\(\), rehearsed at set-up .* kept 0 channels of"):
         fit.fit(TinyClassifier(), loader())
     assert fit.global_step == 0
+
+
+class Gate(PruningMethod):
+    """A user's method that gates every conv's output through forward hooks (all ones here)."""
+
+    name = "gate"
+    sparsifies = True
+
+    def __init__(self, tidy=False):
+        self.tidy = tidy  # removes its hooks in select(), as the protocol asks
+        self.handles = []
+
+    def setup(self, context):
+        super().setup(context)
+        for m in context.model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                gate = torch.ones(m.out_channels)
+                self.handles.append(m.register_forward_hook(lambda mod, i, out, g=gate: out * g.view(1, -1, 1, 1)))
+
+    def select(self, keep):
+        if self.tidy:
+            for handle in self.handles:
+                handle.remove()
+            self.handles = []
+        return {g.name: torch.arange(g.size) < keep[g.name] for g in self.context.groups}
+
+
+class UncopiableGate(Gate):
+    """Gate holding a lock: it cannot be copied, so it is not rehearsed, and fails at the real prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+
+
+def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method=Gate(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(RuntimeError, match=r"pruning method 'gate' left forward hooks on 'backbone\.conv_a' "
+                                           r"\(forward hook\).* Rehearsed at set-up .*this fit trained nothing"):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    # not rehearsed (it cannot be copied): the real prune says the same, and undoes nothing it did not do
+    model = TinyClassifier()
+    cb = Pruning(method=UncopiableGate(), target={"filters": 0.5}, schedule=schedule, verbose=False)
+    fit = trainer(tmp_path, [cb], 2)
+    with pytest.warns(UserWarning, match="cannot be copied"), \
+            pytest.raises(RuntimeError, match=r"'gate' left forward hooks .* The prune at the start of epoch 1 was "
+                                              r"not made: the model and the optimizer are as they were"):
+        fit.fit(model, loader())
+    assert cb.plan is None and [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        m.out_channels for m in TinyClassifier().modules() if isinstance(m, torch.nn.Conv2d)]
+
+    # the same method removing its hooks in select() prunes
+    cb = Pruning(method=Gate(tidy=True), target={"filters": 0.5}, schedule=schedule, verbose=False)
+    model = TinyClassifier()
+    trainer(tmp_path, [cb], 2).fit(model, loader())
+    assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
 
 
 def test_a_definition_run_again_replaces_itself_and_another_under_a_taken_name_is_refused(monkeypatch):

@@ -185,6 +185,19 @@ def test_a_per_channel_buffer_that_fails_the_rebuild_is_named_with_its_shape():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
+def test_a_forward_hook_that_fails_the_rebuild_is_named():
+    """A user's hook holding a per-channel gate: the rebuild's check runs the model through it, and
+    the error names the hook's module beside the groups."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3))
+    gate = torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1)
+    net[0].register_forward_hook(lambda module, args, out: out * gate)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(UnsupportedLayerError, match=re.escape("forward hooks on '0' (forward hook): a hook that "
+                                                              "holds a per-channel tensor")):
+        prune_channels(net, torch.randn(2, 3, 10, 10), {"0": [0, 2, 5]})
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
 @pytest.mark.parametrize("factory", ["residual", "resnext", "densenet"])
 def test_flat_channels_give_the_groups_norms_and_scaling_in_one_pass(factory):
     """The V-step's vectorized path computes what the per-group one does (in float64 the two
