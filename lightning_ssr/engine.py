@@ -439,6 +439,12 @@ class PruningEngine:
         return list(self._events)
 
     @property
+    def term_method(self) -> str | None:
+        """The method's name while it adds a training-time term to the gradients (its sparsify
+        phase), else None."""
+        return self.method.name if self._started and _adds_a_term(self.method) else None
+
+    @property
     def needs_setup(self) -> bool:
         """The next batch sets the method up (on the dense model, or after a prune event)."""
         return self._context is None and not self.done
@@ -926,8 +932,10 @@ class PruningEngine:
                             p.grad = torch.zeros_like(p)
                     hook = "before_optimizer_step"
                     method.before_optimizer_step()
+                    _refuse_non_finite(trial, "gradients", "it put NaN or infinity into the gradients of")
                     hook = "update"
                     checked_metrics(name, "update", method.update())
+                    _refuse_non_finite(trial, "weights", "it left NaN or infinity in")
                     hook = "metrics"
                     checked_metrics(name, "metrics", method.metrics())
                     hook = "ready"
@@ -1241,6 +1249,14 @@ class PruningEngine:
             return {**self._costs, **self._prune_timing, "fit_s": now}
         self._prune_timing = {"last_prune_s": now}
         return {**self._costs, **self._prune_timing}
+
+
+def _refuse_non_finite(model: nn.Module, what: str, says: str) -> None:
+    """The rehearsal's check that a hook left the copy's gradients or weights finite."""
+    tensors = ((n, p.grad if what == "gradients" else p) for n, p in model.named_parameters())
+    bad = [n for n, t in tensors if t is not None and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{says} {some_names(bad, 4)} (the dense weights, zero gradients before it)")
 
 
 def _hooks_added(model: nn.Module, before: Mapping) -> list[str]:

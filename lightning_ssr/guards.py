@@ -23,15 +23,19 @@ class LossGuard:
         self._first = None  # (step, loss) of the first finite loss since the start or the last prune
         self._last = None  # (step, loss) of the latest finite loss
         self._prune = None  # (step, lr_warmup_steps) of the last prune
+        self._term = None  # the method adding its term to the gradients at the latest check
 
     def mark_prune(self, step: int, lr_warmup_steps: int = 0) -> None:
         """A prune happened before optimizer step ``step``: the losses are followed from there."""
         self._prune = (int(step), int(lr_warmup_steps))
         self._first = self._last = None
 
-    def check(self, loss, step: int, epoch: int) -> None:
+    def check(self, loss, step: int, epoch: int, term: str | None = None) -> None:
+        """``term``: the pruning method adding its training-time term to the gradients before each
+        step now (named in the error), or None."""
         if not torch.is_tensor(loss):
             return
+        self._term = term
         loss = loss.detach()
         if loss.device.type == "cpu":
             if not bool(torch.isfinite(loss).all()):
@@ -58,7 +62,11 @@ class LossGuard:
         self._last = (step, loss)
 
     def _raise(self, value: float, step: int, epoch: int) -> None:
-        raise_non_finite(value, step, epoch, self._history())
+        history = self._history()
+        if self._term is not None:
+            history += (f" Pruning method {self._term!r} adds its training-time term to the gradients before each "
+                        "step of this phase (before_optimizer_step()): a term that is not finite ends the same way.")
+        raise_non_finite(value, step, epoch, history)
 
     def _history(self) -> str:
         """How the loss got to the failing step, and what to change."""

@@ -520,7 +520,7 @@ class Pruning(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        self._loss_guard.check(loss, trainer.global_step, trainer.current_epoch)
+        self._loss_guard.check(loss, trainer.global_step, trainer.current_epoch, term=self.engine.term_method)
         for key, value in self.engine.on_batch_end(step=trainer.global_step).items():
             self._log(pl_module, f"pruning/{key}", value)
 

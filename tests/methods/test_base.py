@@ -185,6 +185,58 @@ def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
     assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
 
 
+class PoisonedTerm(PruningMethod):
+    """A user's method whose training-time term turns NaN after ``after`` steps (0: at once), or
+    whose update leaves NaN in the weights."""
+
+    name = "poisoned_term"
+    sparsifies = True
+
+    def __init__(self, after=0, in_update=False):
+        self.after, self.in_update, self.steps = after, in_update, 0
+
+    def before_optimizer_step(self):
+        self.steps += 1
+        if not self.in_update and self.steps > self.after:
+            for p in self.context.model.parameters():
+                p.grad.add_(float("nan"))
+                break
+
+    def update(self):
+        if self.in_update:
+            with torch.no_grad():
+                next(self.context.model.parameters()).fill_(float("inf"))
+        return {}
+
+    def select(self, keep):
+        return {g.name: torch.arange(g.size) < keep[g.name] for g in self.context.groups}
+
+
+@pytest.mark.parametrize(("method", "says"), [
+    (PoisonedTerm(), (r"failed in before_optimizer_step\(\), rehearsed .*it put NaN or infinity into the "
+                     r"gradients of backbone\.stem\.weight")),
+    (PoisonedTerm(in_update=True), (r"failed in update\(\), rehearsed .*it left NaN or infinity in "
+                                   r"backbone\.stem\.weight"))])
+def test_a_term_or_update_that_is_not_finite_is_refused_at_set_up(tmp_path, method, says):
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(RuntimeError, match=says):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_loss_that_turns_nan_while_a_method_adds_its_term_names_the_method(tmp_path):
+    schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2)
+    fit = trainer(tmp_path, [Pruning(method=PoisonedTerm(after=3), target={"filters": 0.5}, schedule=schedule,
+                                     verbose=False)], 3)
+    with pytest.raises(FloatingPointError, match=r"at optimizer step 5 .*Pruning method 'poisoned_term' adds its "
+                                                 r"training-time term to the gradients"):
+        fit.fit(TinyClassifier(), loader())
+
+
 def test_a_definition_run_again_replaces_itself_and_another_under_a_taken_name_is_refused(monkeypatch):
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
