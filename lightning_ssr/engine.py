@@ -750,6 +750,7 @@ class PruningEngine:
         budget = self.budget
         rehearse = False
         if self.dense is None:  # first set-up, on the dense model
+            check_finite(model)  # (a diverged model named as such, not by the scores importance() reads from it)
             round_to = budget.round_to_on(device)
             floor = budget.floors(groups, round_to)
             final = None

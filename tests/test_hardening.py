@@ -332,6 +332,10 @@ REFUSED_AT_SETUP = [
     ("infinite_weight", lambda: _with(SmallResidualCNN(), "conv_a.weight", float("inf")),
      lambda: Pruning("l1", target={"macs": 0.5}, **ONESHOT), ValueError,
      "the model's net.conv_a.weight holds NaN or infinity: the training diverged"),
+    # it said "allocation='global': the importance scores of group 'net.dw' are not finite"
+    ("infinite_weight_global", lambda: _with(SmallResidualCNN(), "stem.weight", float("inf")),
+     lambda: Pruning("l1", target={"macs": 0.5}, allocation="global", **ONESHOT), ValueError,
+     "the model's net.stem.weight holds NaN or infinity: the training diverged"),
     ("infinite_running_variance", lambda: _with(SmallResidualCNN(), "bn_a.running_var", float("inf")),
      lambda: Pruning("ssr_l20", target={"macs": 0.5}, **SSR), ValueError,
      "the model's net.bn_a.running_var holds NaN or infinity"),
