@@ -15,6 +15,7 @@ notebook call alike::
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import functools
@@ -26,6 +27,7 @@ import os
 import re
 import shlex
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -640,48 +642,162 @@ def dense_cache_path(cfg: DictConfig) -> Path:
                       if k not in ("cache_dir", "use_cache")}
     keyed["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
                         if k not in _PRESENTATION_KEYS and k not in DENSE_UNBOUNDED}
-    plugins = plugin_digests(cfg)
-    if plugins:  # a network of your own may be defined there: its code is part of the key (none: the earlier key)
-        keyed["plugin_files"] = sorted(plugins.values())
+    network = network_digests(cfg)
+    if network:  # a network or data of your own: its code is part of the key (none: the earlier key)
+        keyed["plugin_files"] = sorted(network.values())
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     data = cfg.data._target_.rsplit(".", 1)[-1]
     return Path(cfg.dense.cache_dir) / f"{model_label(cfg)}-{data}-seed{cfg.seed}-{digest}.pt"
 
 
-def plugin_digests(cfg: DictConfig) -> dict[str, str]:
-    """The SHA-256 of each plugin given as a ``.py`` file (``plugins``), by its path as given; of
-    each given as a module name, and of the module ``model._target_`` names outside this package
-    (a network of your own, importable), by ``module:<name>``: its source file, or a package's
-    ``.py`` files. Editing such a network (the same shapes, another ``forward``) must not reuse
-    the dense model its earlier code trained."""
-    digests = {str(p): _file_digest(str(p)) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
-    modules = [str(p) for p in cfg.get("plugins") or [] if not str(p).endswith(".py")]
-    target = str((cfg.get("model") or {}).get("_target_") or "")
-    if "." in target and not target.startswith("lightning_ssr."):
-        modules.append(target.rsplit(".", 1)[0])
-    files = {Path(str(p)).stem for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
-    for name in dict.fromkeys(modules):
-        if name.split(".")[0] in files:  # a plugin file reached by its name: its digest is there already
+def network_digests(cfg: DictConfig) -> dict[str, str]:
+    """What the dense model's code is, outside this package: the SHA-256 of each module a
+    ``model._target_`` or ``data._target_`` names (a network or a dataset of your own, by
+    ``module:<name>``: its source file, or a package's ``.py`` files), and of the modules of
+    your own it imports, found by reading its imports; a plugin file such a target reaches by its
+    name, by its path as given. Editing such a network (the same shapes, another ``forward``) must
+    not reuse the dense model its earlier code trained; editing a plugin that only holds pruning
+    methods does not train the dense model again."""
+    files = {Path(str(p)).stem: str(p) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    digests: dict[str, str] = {}
+    for section in ("model", "data"):
+        target = str((cfg.get(section) or {}).get("_target_") or "")
+        if "." not in target or target.startswith("lightning_ssr."):
             continue
-        digest = _module_digest(name)
-        if digest is not None:
-            digests[f"module:{name}"] = digest
+        top = target.split(".")[0]
+        if top in files:  # a plugin file reached by its name
+            digests[files[top]] = _file_digest(files[top])
+            continue
+        _local_digests(_target_module(target), digests)
     return digests
 
 
-def _module_digest(name: str) -> str | None:
-    """The SHA-256 of module ``name``'s source (a package: of its ``.py`` files), found without
-    importing it; ``None`` where it has no source file here (a plugin file's alias, a built-in)."""
+def plugin_digests(cfg: DictConfig) -> dict[str, str]:
+    """:func:`network_digests`, and the SHA-256 of each plugin given as a ``.py`` file (by its path
+    as given) or as a module name (``module:<name>``): all the code of your own a run used."""
+    digests = {str(p): _file_digest(str(p)) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    files = {Path(str(p)).stem for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
+    for name in dict.fromkeys(str(p) for p in cfg.get("plugins") or [] if not str(p).endswith(".py")):
+        if name.split(".")[0] not in files:  # (a plugin file reached by its name: its digest is there already)
+            _local_digests(name, digests)
+    digests.update(network_digests(cfg))
+    return digests
+
+
+def _target_module(target: str) -> str:
+    """The module a ``_target_`` lives in: its longest dotted prefix that is a module
+    (``pkg.nets.Net.build``, a class method: ``pkg.nets``)."""
+    parts = target.split(".")
+    found = (".".join(parts[:end]) for end in range(len(parts) - 1, 0, -1))
+    return next((name for name in found if _found(name)), parts[0])
+
+
+def _found(name: str) -> bool:
+    """Whether ``name`` is a module (a class method's class, or a package that fails to import: no)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _local_digests(name: str, digests: dict[str, str], seen: set[str] | None = None) -> None:
+    """Add module ``name``'s digest (``module:<name>``) and, read from its source, those of the
+    modules of your own it imports (not of this package, the standard library or installed
+    packages), to ``digests``."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return
+    seen.add(name)
+    digest, sources = _module_digest(name)
+    if digest is None:
+        return
+    digests[f"module:{name}"] = digest
+    for source in sources:
+        for imported in _imports(source, name):
+            if _of_your_own(imported.split(".")[0]):
+                _local_digests(imported, digests, seen)
+
+
+def _of_your_own(top: str) -> bool:
+    """Whether top-level module ``top`` is code of your own (not this package, the standard
+    library or an installed package), found without importing it."""
+    if top == "lightning_ssr" or top in sys.stdlib_module_names:
+        return False
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    where = spec and (spec.origin if spec.origin and spec.origin.endswith(".py") else
+                      next(iter(spec.submodule_search_locations or []), None))
+    return bool(where) and not _installed(Path(where))
+
+
+def _module_digest(name: str) -> tuple[str | None, list[Path]]:
+    """The SHA-256 of module ``name``'s source (a package, a namespace package too: of its ``.py``
+    files) and those files, found by ``importlib.util.find_spec`` (which imports its parent
+    packages); no digest where it has no source file of your own here (a plugin file's alias, a
+    built-in, an installed package's). A package that fails to import gives a digest of that
+    failure (the run then refuses it where it imports it)."""
     try:
         spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    origin = Path(spec.origin)
-    files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
-    joined = "".join(f"{f.relative_to(origin.parent)}:{_file_digest(str(f))}\n" for f in files)
-    return hashlib.sha256(joined.encode()).hexdigest()
+    except Exception as err:  # noqa: BLE001  (its __init__ raised: a sweep must not stop here)
+        return hashlib.sha256(f"unreadable {name}: {type(err).__name__}".encode()).hexdigest(), []
+    if spec is None:
+        return None, []
+    if spec.origin and spec.origin.endswith(".py"):
+        roots = [Path(spec.origin).parent] if spec.submodule_search_locations else []
+        files = [Path(spec.origin)] if not roots else []
+    elif spec.submodule_search_locations:  # a namespace package
+        roots = [Path(p) for p in spec.submodule_search_locations]
+        files = []
+    else:
+        return None, []
+    files += [f for root in roots for f in sorted(root.rglob("*.py"))]
+    if not files or any(_installed(f) for f in files[:1]):
+        return None, []
+    base = roots[0] if roots else files[0].parent
+    joined = "".join(f"{_relative(f, base)}:{_file_digest(str(f))}\n" for f in files)
+    return hashlib.sha256(joined.encode()).hexdigest(), files
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return path.name
+
+
+def _installed(path: Path) -> bool:
+    """A file of the Python installation or of an installed package (or of this package), not of
+    your own."""
+    resolved = str(path.resolve())
+    prefixes = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = str(Path(__file__).resolve().parent.parent)
+    return ("site-packages" in path.parts or "dist-packages" in path.parts or resolved.startswith(own)
+            or any(resolved.startswith(p + os.sep) for p in prefixes))
+
+
+def _imports(source: Path, module: str) -> list[str]:
+    """The modules ``source`` (of module ``module``) imports, read without running it."""
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    package = module if source.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                base = ".".join(parts[:len(parts) - node.level + 1]) if len(parts) >= node.level - 1 else ""
+                name = ".".join(p for p in (base, node.module) if p)
+            else:
+                name = node.module or ""
+            if name:
+                found.append(name)
+    return found
 
 
 def code_identity(cfg: DictConfig) -> dict:

@@ -466,10 +466,52 @@ def test_a_network_of_your_own_in_a_module_keys_the_dense_cache_and_the_runs_cod
     assert dense_cache_path(_compose(overrides)) == first  # (the same code: the same key)
     source.write_text("def build(**kw):\n    return None  # forward() changed\n")
     assert dense_cache_path(_compose(overrides)) != first and code_identity(_compose(overrides)) != code
-    # given as a plugin module: keyed too; the package's own networks are not
+    # given as a plugin module: the run's code too; the package's own networks are not
     assert "module:my_nets_for_the_cache" in code_identity(_compose([*FAST, "plugins=[my_nets_for_the_cache]"]))[
         "plugin_files"]
     assert code_identity(_compose(FAST))["plugin_files"] == {}
+
+
+def test_the_dense_cache_key_follows_the_networks_code_wherever_it_lives(tmp_path, monkeypatch):
+    """A class method's module, a helper module the network imports, a namespace package; a
+    package that fails to import does not stop the key (a sweep went down with it); a plugin of
+    pruning methods only is the run's code, not the dense model's."""
+    from lightning_ssr.app.stages import code_identity, dense_cache_path
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "keypkg_nets").mkdir()
+    (tmp_path / "keypkg_nets" / "__init__.py").write_text("")
+    (tmp_path / "keypkg_nets" / "nets.py").write_text("import keyhelper_layers\nclass Net:\n    @classmethod\n"
+                                                       "    def build(cls, **kw):\n        return None\n")
+    (tmp_path / "keyhelper_layers.py").write_text("WIDTH = 4\n")
+    (tmp_path / "keyns_nets").mkdir()  # a namespace package: no __init__.py
+    (tmp_path / "keyns_nets" / "nets.py").write_text("def build(**kw):\n    return None\n")
+    (tmp_path / "keybroken_pkg").mkdir()
+    (tmp_path / "keybroken_pkg" / "__init__.py").write_text("raise RuntimeError('broken on import')\n")
+    (tmp_path / "keymethods_only.py").write_text("X = 1\n")
+
+    def keys(target, *more):
+        cfg = _compose([*FAST, f"model._target_={target}", "~model.name", *more])
+        return dense_cache_path(cfg), code_identity(cfg)["plugin_files"]
+
+    first, code = keys("keypkg_nets.nets.Net.build")
+    assert {"module:keypkg_nets.nets", "module:keyhelper_layers"} <= set(code)
+    (tmp_path / "keyhelper_layers.py").write_text("WIDTH = 8\n")  # the helper the network imports
+    assert keys("keypkg_nets.nets.Net.build")[0] != first
+
+    first, code = keys("keyns_nets.nets.build")
+    assert "module:keyns_nets.nets" in code
+    (tmp_path / "keyns_nets" / "nets.py").write_text("def build(**kw):\n    return 1\n")
+    assert keys("keyns_nets.nets.build")[0] != first
+
+    broken, code = keys("keybroken_pkg.nets.build")  # refused where the run imports it, not here
+    assert keys("keybroken_pkg.nets.build")[0] == broken and code
+
+    first, code = keys("keyns_nets.nets.build", "plugins=[keymethods_only]")
+    assert "module:keymethods_only" in code
+    (tmp_path / "keymethods_only.py").write_text("X = 2\n")
+    second, changed = keys("keyns_nets.nets.build", "plugins=[keymethods_only]")
+    assert second == first and changed != code  # the run's code changed; the dense model's did not
 
 
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
