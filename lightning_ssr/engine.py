@@ -740,11 +740,13 @@ class PruningEngine:
                 "from the batch is not the input, pass the input as example_input= (a tensor).") from err
 
     def _setup_method(self, model: nn.Module, world: World, steps_per_epoch: int | None,
-                      evaluate: Callable[[nn.Module], float] | None) -> None:
+                      evaluate: Callable[[nn.Module], float] | None,
+                      groups: Sequence[ChannelGroup] | None = None) -> None:
+        """``groups``: the model's, where they were traced already (:meth:`check_method`)."""
         started = time.perf_counter()
         device = next(model.parameters()).device
         example = self.example.to(device)
-        groups = self._find_groups(model, example)
+        groups = self._find_groups(model, example) if groups is None else list(groups)
         self._check_prunable(model, groups)
         cost = count_cost(model, example)
         budget = self.budget
@@ -874,7 +876,8 @@ class PruningEngine:
             trial.budget = replace(trial.budget, round_to=round_to)
         with torch.random.fork_rng(devices=[]), _other_rng_kept(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trial._setup_method(model_copy(model, shared=[trial]), World(info=lambda message: None), None, None)
+            trial._setup_method(model_copy(model, shared=[trial]), World(info=lambda message: None), None, None,
+                                groups)
 
     def _dry_run(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
                  floor: Mapping[str, int]) -> None:

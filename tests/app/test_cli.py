@@ -1270,11 +1270,16 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     lm = stages.build_module(cfg, stages.build_network(cfg, dm), dm)
     from lightning_ssr.engine import PruningEngine
 
-    # the dry run (on a copy of the engine, set up on this CPU) rounds as the fit's device does
+    # the dry run (on a copy of the engine, set up on this CPU) rounds as the fit's device does, on the
+    # groups check_target traced (not traced again)
+    traced, find = [], PruningEngine._find_groups
+    monkeypatch.setattr(PruningEngine, "_find_groups", lambda *a: traced.append(1) or find(*a))
     monkeypatch.setattr(PruningEngine, "_dry_run", lambda engine, model, example, groups, floor: seen.append(
-        engine.budget.round_to_on(next(model.parameters()).device)))
+        (dict(floor), groups)))
     stages.check_target(cfg, callback, lm, dm)
-    assert seen == [8]
+    (floor, groups), = seen
+    assert floor == callback.budget.floors(groups, 8) != callback.budget.floors(groups, 1)
+    assert traced == []
 
 
 def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
