@@ -20,6 +20,7 @@ import shlex
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from .stages import (
     export_model,
     failed_result,
     finish,
+    installed_code,
     interruptions_held,
     print_final_table,
     sigterm_raises,
@@ -210,11 +212,26 @@ def load_plugins(paths: Sequence[str]) -> list[str]:
             names.append(_load_plugin(str(item)))
         except Exception as err:  # the plugin's own error (a syntax error, a name already registered): its file named
             if not getattr(err, REFUSED_BEFORE_TRAINING, False):
-                err.add_note(f"(raised while loading the plugin {str(item)!r}: mend it there, or leave it out of "
-                             "plugins)")
+                where = _raised_at(err)
+                err.add_note(f"(raised while loading the plugin {str(item)!r}{where}: mend it there, or leave it out "
+                             "of plugins)")
                 setattr(err, REFUSED_BEFORE_TRAINING, True)
             raise
     return names
+
+
+def _raised_at(err: BaseException) -> str:
+    """Where a plugin's error was raised, for its one-line refusal: ``, at <file>, line <n>`` of the
+    innermost frame in code of your own (not the import machinery, this package, the standard
+    library or an installed package); '' for a SyntaxError, whose message says it."""
+    if isinstance(err, SyntaxError):
+        return ""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith("<") and not installed_code(Path(f.filename))]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f", at {frame.filename}, line {frame.lineno}" + (f": {frame.line}" if frame.line else "")
 
 
 def _load_plugin(item: str) -> str:
@@ -419,6 +436,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise sweep_interrupted(err, hydra_cfg) from err
         raise
     except Exception as err:
+        notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))  # (a plugin's: where it raised)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -426,14 +444,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             # (a bad value refused before training; a diverged loss, a refusal at the first batch, ... after)
             when = "refused before training" if getattr(err, REFUSED_BEFORE_TRAINING, False) else "the run failed"
             if rank_zero_only.rank == 0:
-                notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))
                 print(f"lightning-ssr: {when}: {type(err).__name__}: {err}{notes}\n(recorded in "
                       f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)",
                       file=sys.stderr)
             sys.exit(1)
         # one broken run must not stop the sweep: it is recorded (result.json, status failed)
         # and the sweep's report lists it with its error
-        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}{notes}); the sweep goes on",
+              file=sys.stderr)
         return None
     if result.status != "ok" and hydra_cfg.mode != RunMode.MULTIRUN:  # (a sweep counts it in its report)
         if rank_zero_only.rank == 0:  # (the warning above says why)

@@ -729,7 +729,7 @@ def _of_your_own(top: str) -> bool:
         return False
     where = spec and (spec.origin if spec.origin and spec.origin.endswith(".py") else
                       next(iter(spec.submodule_search_locations or []), None))
-    return bool(where) and not _installed(Path(where))
+    return bool(where) and not installed_code(Path(where))
 
 
 def _module_digest(name: str) -> tuple[str | None, list[Path]]:
@@ -753,7 +753,7 @@ def _module_digest(name: str) -> tuple[str | None, list[Path]]:
     else:
         return None, []
     files += [f for root in roots for f in sorted(root.rglob("*.py"))]
-    if not files or any(_installed(f) for f in files[:1]):
+    if not files or any(installed_code(f) for f in files[:1]):
         return None, []
     base = roots[0] if roots else files[0].parent
     joined = "".join(f"{_relative(f, base)}:{_file_digest(str(f))}\n" for f in files)
@@ -767,7 +767,7 @@ def _relative(path: Path, base: Path) -> str:
         return path.name
 
 
-def _installed(path: Path) -> bool:
+def installed_code(path: Path) -> bool:
     """A file of the Python installation or of an installed package (or of this package), not of
     your own."""
     resolved = str(path.resolve())

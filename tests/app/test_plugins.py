@@ -88,8 +88,14 @@ def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_
     with pytest.raises(ModuleNotFoundError, match="No module named 'no_such_dependency_xyz'") as err:
         load_plugins(["fpgm_probe_xyz.py"])
     assert getattr(err.value, REFUSED_BEFORE_TRAINING)  # (nothing ran: refused, not "the run failed")
-    said = "(raised while loading the plugin 'fpgm_probe_xyz.py': mend it there, or leave it out of plugins)"
+    said = (f"(raised while loading the plugin 'fpgm_probe_xyz.py', at {tmp_path / 'fpgm_probe_xyz.py'}, line 1: "
+            "import no_such_dependency_xyz: mend it there, or leave it out of plugins)")
     assert err.value.__notes__ == [said]
+    # an error raised in a function the plugin calls: the plugin's line that called it, not torch's
+    (tmp_path / "calls_probe_xyz.py").write_text("import torch\n\nW = torch.zeros(2, 3) @ torch.zeros(2, 3)\n")
+    with pytest.raises(RuntimeError, match="cannot be multiplied") as err:
+        load_plugins(["calls_probe_xyz.py"])
+    assert f"at {tmp_path / 'calls_probe_xyz.py'}, line 3: W = torch.zeros" in err.value.__notes__[0]
     # a method registered under a built-in's name: the message named the method, not the file
     (tmp_path / "clash_probe_xyz.py").write_text(
         "from lightning_ssr.methods import PruningMethod, register_method\n\n"
@@ -100,7 +106,7 @@ def test_a_plugin_named_like_a_file_of_this_folder_is_pointed_at_it_and_its_own_
 
 
 def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_dense_model_trains(tmp_path,
-                                                                                               monkeypatch):
+                                                                                               monkeypatch, request):
     """Its select() gives masks of the wrong size: refused only at the fit's set-up, after the
     dense model had trained (20 epochs by default), under a message that said nothing was trained."""
     import pytest
@@ -109,8 +115,10 @@ def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_den
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
     from lightning_ssr.methods import base
 
-    # the plugin registers its method in this process: the registry comes back as it was after the test
+    # the plugin registers its method in this process: the registry and the modules come back as they were
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    for name in ("lightning_ssr_plugin_wrong_masks_probe", "wrong_masks_probe"):
+        request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     plugin = tmp_path / "wrong_masks_probe.py"
     plugin.write_text(textwrap.dedent("""
         import torch
@@ -129,3 +137,4 @@ def test_a_method_of_your_own_that_fails_its_rehearsal_is_refused_before_the_den
                                            r"returned a mask of \d+ entries .* This fit trained nothing") as err:
         run(cfg, tmp_path / "run")
     assert getattr(err.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+    assert "wrong_masks_probe" in sys.modules  # (what the finalizer takes away)

@@ -388,6 +388,20 @@ TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epoch
         "latency.batch_sizes=[]", "verbose=false"]
 
 
+def test_a_sweep_run_whose_plugin_fails_says_where_the_plugin_raised(tmp_path):
+    """The sweep's line for a failed run dropped the error's notes: a plugin's error named neither
+    the plugin nor its line."""
+    (tmp_path / "raises_probe_xyz.py").write_text("X = 1\nY = undefined_name_xyz\n")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr.app.cli", "-m", "seed=0", "plugins=[raises_probe_xyz.py]",
+                           f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY],
+                          check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (f"run 0 failed (NameError: name 'undefined_name_xyz' is not defined (raised while loading the plugin "
+            f"'raises_probe_xyz.py', at {tmp_path / 'raises_probe_xyz.py'}, line 2: Y = undefined_name_xyz: mend "
+            "it there, or leave it out of plugins)); the sweep goes on") in proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launcher):
     """2x2 sweep; target.macs=0.02 with min_channels=8 cannot be met (the floors alone keep 9.5%
