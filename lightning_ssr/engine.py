@@ -854,15 +854,17 @@ class PruningEngine:
         self._dry_run(model, example, groups, self.budget.floors(groups, round_to))
 
     def check_method(self, model: nn.Module, example: torch.Tensor, round_to: int | None = None,
-                     groups: Sequence[ChannelGroup] | None = None) -> None:
+                     groups: Sequence[ChannelGroup] | None = None, device: torch.device | str | None = None) -> None:
         """The fit's whole set-up ahead of time, on copies of this engine, its method and ``model``
         (untrained weights do): the dry run (:meth:`check_structure`'s), the allocation, and the
         rehearsal of the method's hooks with the rebuild to what it selects. A method of your own
         that would fail at its first update or at the prune fails now, before anything trains (the
         command runs this before its dense training). Nothing of the run changes; what the set-up
         warns of, the fit warns of. ``round_to``: the fit's (by default, that of the example's
-        device); ``groups``: the model's, where the caller has traced them already. A latency
-        target's set-up times the model, and is left to the fit: only its structure is checked."""
+        device); ``groups``: the model's, where the caller has traced them already; ``device``:
+        where the fit trains (the copies go there: a method that makes its tensors on the GPU is
+        rehearsed on it), by default the example's. A latency target's set-up times the model, and
+        is left to the fit: only its structure is checked."""
         if self.target is not None and self.target.kind == "latency":
             self.check_structure(model, example, round_to, groups)
             return
@@ -871,13 +873,15 @@ class PruningEngine:
         except (TypeError, RuntimeError, AttributeError, ValueError, copy.Error):  # a method holding a lock, ...
             self.check_structure(model, example, round_to, groups)  # (the fit's set-up says it cannot rehearse it)
             return
-        trial.example, trial.verbose = example, False
+        device = torch.device(device) if device is not None else example.device
+        trial.example, trial.verbose = example.to(device), False
         if round_to is not None:  # (the copy is set up on the example's device: the fit's may round otherwise)
             trial.budget = replace(trial.budget, round_to=round_to)
-        with torch.random.fork_rng(devices=[]), _other_rng_kept(), warnings.catch_warnings():
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trial._setup_method(model_copy(model, shared=[trial]), World(info=lambda message: None), None, None,
-                                groups)
+            trial._setup_method(model_copy(model, shared=[trial]).to(device), World(info=lambda message: None), None,
+                                None, groups)
 
     def _dry_run(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
                  floor: Mapping[str, int]) -> None:

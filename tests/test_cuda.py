@@ -84,3 +84,31 @@ def test_masked_equals_rebuilt_on_cuda(name, channels, size, dtype):
     # a wrong mapping moves outputs by O(scale); rounding of the same kind stays within a few times
     # the masked model's own error (floor: 16 unit round-offs of the autocast dtype)
     assert rebuilt_error <= 4 * masked_error + 16 * unit_roundoff(dtype) * scale
+
+
+def test_a_method_that_makes_its_tensors_on_the_gpu_is_rehearsed_there_before_training():
+    """The command's checks run before its dense model trains, on a CPU copy: a method of one's own
+    that makes its tensors on the GPU the fit trains on was refused there, though the fit would run."""
+    from lightning_ssr.methods import PruningMethod, top_k_masks
+
+    class OnTheGpu(PruningMethod):
+        name = "on_the_gpu"
+
+        def setup(self, context):
+            super().setup(context)
+            self.scale = torch.ones(1, device="cuda")
+
+        def select(self, keep):
+            params = dict(self.context.model.named_parameters())
+            scores = {g.name: (params[g.name + ".weight"].detach().flatten(1).norm(dim=1) * self.scale).cpu()
+                      for g in self.context.groups}
+            return top_k_masks(scores, keep)
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", in_channels=1, num_classes=10, input_size=28)
+    example = torch.randn(2, 1, 28, 28)
+    engine = Pruning(OnTheGpu(), target={"macs": 0.5}).engine
+    with pytest.raises(RuntimeError, match="failed in select"):
+        engine.check_method(model, example, device="cpu")
+    engine.check_method(model, example, device="cuda")
+    assert next(model.parameters()).device.type == "cpu"  # (the copies went, not the model)

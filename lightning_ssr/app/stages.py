@@ -377,9 +377,10 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     budget = callback.budget  # latency: timed at set-up, on the device
     round_to = budget.round_to_on(_fit_device(cfg))  # (round_to's default is 8 on CUDA)
     budget.check(lm, groups, count_cost(lm, example), round_to)
-    # the fit's set-up on copies: its dry run (what the rebuild cannot handle) and the rehearsal of the
-    # method's hooks fail now, not after the dense model
-    callback.engine.check_method(lm, example, round_to, groups)
+    # the fit's set-up on copies, on the fit's device where this process sees it: its dry run (what the
+    # rebuild cannot handle) and the rehearsal of the method's hooks fail now, not after the dense model
+    device = "cuda" if _fit_device(cfg) == "cuda" and torch.cuda.is_available() else "cpu"
+    callback.engine.check_method(lm, example, round_to, groups, device)
 
 
 def _fit_device(cfg: DictConfig) -> str:

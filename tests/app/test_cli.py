@@ -1274,12 +1274,19 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     # groups check_target traced (not traced again)
     traced, find = [], PruningEngine._find_groups
     monkeypatch.setattr(PruningEngine, "_find_groups", lambda *a: traced.append(1) or find(*a))
+    # the copies go to the fit's GPU where this process sees one (here it sees none: they stay on the CPU)
+    devices, check = [], PruningEngine.check_method
+    monkeypatch.setattr(PruningEngine, "check_method", lambda engine, *a: devices.append(a[-1]) or check(
+        engine, *a[:-1], "cpu"))
     monkeypatch.setattr(PruningEngine, "_dry_run", lambda engine, model, example, groups, floor: seen.append(
         (dict(floor), groups)))
     stages.check_target(cfg, callback, lm, dm)
     (floor, groups), = seen
     assert floor == callback.budget.floors(groups, 8) != callback.budget.floors(groups, 1)
-    assert traced == []
+    assert traced == [] and devices == ["cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stages.check_target(cfg, callback, lm, dm)
+    assert devices == ["cuda", "cpu"]
 
 
 def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
