@@ -267,10 +267,14 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     """With adaptation.domain_weight=0 the domain classifier never learns: its accuracy would say
     nothing about the features, so none is reported, and the summary says why."""
     cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}",
-                          "adaptation.domain_weight=0", "adaptation.ceiling=false", *TINY])
+                          "adaptation.domain_weight=0", "adaptation.ceiling=false", *TINY,
+                          "trainer.limit_test_batches=2"])
     result = run(cfg, tmp_path / "run")
     out = capsys.readouterr().out
     assert result.config["adaptation"]["domain_accuracy_test"] is None
+    # on part of the test splits: the source-only figure says so too
+    assert result.config["adaptation"]["evaluation_limits"] == {"limit_test_batches": 2, "limit_val_batches": 1}
+    assert "(each on part of its test split: trainer.limit_test_batches=2)" in out
     assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
     # the two trainings are named for what they are, not "DANN" (the equal-budget control)
     assert "no adaptation (same epochs) dense" in out and "DANN" not in out.split("(target test accuracy)")[-1]

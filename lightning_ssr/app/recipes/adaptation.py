@@ -347,6 +347,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "target_trained_cache": ceiling["cache"] if ceiling else None,
         "settings": OmegaConf.to_container(a, resolve=True),
         "features_kept_whole": kept_whole,
+        # the source-only and ceiling figures come from part of their test splits too (none: the whole)
+        **({"evaluation_limits": source_only["evaluation_limits"]} if source_only.get("evaluation_limits") else {}),
     }
     # as given, so that a sweep run again finds this run finished (the layers kept whole are recorded above)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
@@ -368,6 +370,9 @@ def adaptation_summary(result) -> str:
             + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
                                f"{_label(info.get('domain_weight'))} compressed")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
+            + (f" (each on part of its test split: trainer.limit_test_batches="
+               f"{info['evaluation_limits'].get('limit_test_batches')})"
+               if (info.get("evaluation_limits") or {}).get("limit_test_batches") is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
                f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "
                "classifier that always answers one domain also scores; a fresh one may still tell the domains "
