@@ -23,7 +23,7 @@ from lightning_ssr.report import portable_paths
 PARTS = [
     ("structure", []),
     ("targets", ["--latency-allocations", "global"]),
-    ("speedup", ["--repeats", "12"]),
+    ("speedup", ["--repeats", "12", "--out", "benchmarks/results/speedup_quick.json"]),
     ("overhead", ["--steps", "25", "--rounds", "3"]),
     ("solver_speed", ["--epochs", "6", "--finetune", "1", "--seeds", "0",
                       "--out", "benchmarks/results/solver_speed_quick.json"]),
@@ -74,6 +74,26 @@ def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
         command = old.get("command", "its command is not recorded") if isinstance(old, dict) else "?"
         raise SystemExit(f"{path} holds {recorded_runs(old)} runs ({command}); this budget plans {planned}. "
                          "Write elsewhere with --out, or pass --force to replace it.")
+
+
+def refuse_smaller_budget(path: Path, planned: dict, recorded_default: dict, force: bool = False) -> None:
+    """:func:`refuse_smaller` for a timing benchmark: stop before any timing if ``path`` records in
+    its ``settings`` a larger value of any of ``planned``'s budget keys (timed repeats, steps,
+    rounds, ...); ``recorded_default`` holds what a file that records none was made with."""
+    path = Path(path)
+    if force or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        recorded = old.get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable file holds nothing to keep
+    larger = [f"{key} {recorded.get(key, recorded_default.get(key))} > {value}" for key, value in planned.items()
+              if (recorded.get(key, recorded_default.get(key)) or 0) > value]
+    if larger:
+        command = old.get("command") or "its command is not recorded"
+        raise SystemExit(f"{path} was made with a larger budget ({', '.join(larger)}: {command}). Write elsewhere "
+                         "with --out, or pass --force to replace it.")
 
 
 #: where the training benchmarks keep each run's outputs (``--work-dir``), so that an interrupted

@@ -7,6 +7,11 @@
 
 Each part is also a script of its own (``python benchmarks/<part>.py --help``). A part that
 fails is reported and the others still run; the exit status is 1 if any failed.
+
+These are quick budgets (about an hour on 2 CPU cores, most of it the training parts): the parts
+whose full budget is larger write ``benchmarks/results/<part>_quick.json`` and never replace the
+file of a full run; then RESULTS.md and the README's tables are rendered again from every file.
+``--list`` shows each part's command.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from lightning_ssr.report import machine_info, write_json
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n")[-1].strip())
     names = [p for p, _ in PARTS]
-    parser.add_argument("--only", nargs="+", choices=names, default=None)
-    parser.add_argument("--skip", nargs="+", choices=names, default=[])
-    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=names, default=None, metavar="PART",
+                        help=f"run these parts only ({', '.join(names)})")
+    parser.add_argument("--skip", nargs="+", choices=names, default=[], metavar="PART", help="run all but these")
+    parser.add_argument("--list", action="store_true", help="print each part's command and exit")
     args = parser.parse_args(argv)
     if args.list:
         for part, extra in PARTS:

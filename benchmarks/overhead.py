@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line
+from benchmarks import command_line, refuse_smaller_budget
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.app.models import build_model
 from lightning_ssr.report import machine_info, write_json
@@ -407,11 +407,16 @@ def main(argv=None) -> None:
                    help="with --quiet-below: how often a fit disturbed by other processes is run again")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 8, 3 warm-up + 26 steps, 1 round")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--force", action="store_true", help="replace --out even if it was made with a larger budget")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.warmup, args.steps, args.rounds = 8, 3, 26, 1
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1 or args.batch_size < 1:
         p.error("--steps, --warmup, --rounds and --batch-size must be >= 1")
+    # a file made with more steps or rounds (or a larger batch) is not replaced by a smaller budget
+    budget = ("steps", "rounds", "batch_size")  # (a file that records none was made with the defaults)
+    refuse_smaller_budget(args.out, {k: getattr(args, k) for k in budget}, {k: p.get_default(k) for k in budget},
+                          args.force)
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
@@ -437,7 +442,7 @@ def main(argv=None) -> None:
         for name in args.models:
             rows.append(measure(name, device, precision, args, meter))
             print(format_row(rows[-1]), flush=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
     settings.update(update_every_n_steps=UPDATE_EVERY, regularizer="l20", flops_budget=0.5, rho=0.5,
                     total_time_s=round(time.time() - start, 1))
     write_json(args.out, relative_to=REPO, obj={"benchmark": "overhead", "command": command_line("overhead", argv),

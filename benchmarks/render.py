@@ -329,7 +329,7 @@ LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_
                 "lenet_distill_long_mnist")
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),
              "methods": render_methods, "methods_quick": render_methods, "solver_speed_quick": render_solver_speed,
-             "targets": render_targets, "speedup": render_speedup, "recipes": render_recipes,
+             "targets": render_targets, "speedup": render_speedup, "speedup_quick": render_speedup, "recipes": render_recipes,
              "solver_speed": render_solver_speed, "overhead": render_overhead,
              "update_interval": render_update_interval, "structure": render_structure, "gpu": render_gpu,
              "gpu_smoke": render_gpu, "trajectory": render_trajectory}

@@ -1,6 +1,6 @@
 """CPU latency of dense vs physically pruned models, and the cost of replaying a plan.
 
-    python benchmarks/speedup.py [--repeats 20]
+    python benchmarks/speedup.py [--repeats 24] [--out benchmarks/results/speedup.json]
 
 Measures, in one process and alternating dense/pruned so machine noise hits both alike:
 ResNet-56 at the FSM rates and VGG-16-BN at the FSM rates, 32x32 RGB, batch 1 and 64, in
@@ -15,7 +15,9 @@ model is pruned to a MACs target with kept counts rounded to multiples of 8 and 
 measured after the prune, in turn with the dense model, on that thread. oneDNN's CPU convolutions
 handle the odd channel counts of pruned layers (7, 13, 39, ...) much better in
 channels_last; "best" is the mode where the pruned model is fastest. Also times apply_plan (fresh
-ResNet-50 + plan -> pruned shapes) at 224x224. Writes benchmarks/results/speedup.json.
+ResNet-50 + plan -> pruned shapes) at 224x224. Writes ``--out`` (benchmarks/results/speedup.json),
+with the command and ``settings.repeats``; a file timed with more repeats is not replaced (one that
+records none was made with the default), unless ``--force``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line, refuse_smaller_budget
 from lightning_ssr.app.export import compile_for_cpu_inference, optimize_for_cpu_inference
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
@@ -35,6 +41,9 @@ from lightning_ssr.latency import compare_latency, interleaved_ms, steady_alloca
 from lightning_ssr.methods.oneshot import prune_oneshot
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import apply_plan
+
+#: timed calls per model, batch and mode (what a file that records no ``settings.repeats`` was made with)
+REPEATS = 24
 
 # (model, target: rates, a {kind: value} target, or {"latency_fraction": f} of the dense
 # model's measured time at batch 64, round_to)
@@ -133,14 +142,18 @@ def rebuild_time(repeats: int = 3) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed calls per model, batch and mode")
     parser.add_argument("--latency-targets-only", action="store_true",
                         help="run only the latency-target cases and replace those rows of the results file")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speedup.json")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it was timed with more repeats")
     args = parser.parse_args(argv)
-    out = Path(__file__).parent / "results" / "speedup.json"
+    out = args.out
+    refuse_smaller_budget(out, {"repeats": args.repeats}, {"repeats": REPEATS}, args.force)
     cases = [c for c in CASES if not args.latency_targets_only or "latency_fraction" in c[1]]
     allocator = steady_allocator()
-    result = {"machine": machine_info(), "allocator": allocator,
+    result = {"benchmark": "speedup", "command": command_line("speedup", argv), "machine": machine_info(),
+              "settings": {"repeats": args.repeats}, "allocator": allocator,
               "latency": [latency_case(n, t, k, args.repeats) for n, t, k in cases]}
     if args.latency_targets_only and out.is_file():
         previous = json.loads(out.read_text())

@@ -71,6 +71,36 @@ def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
     refuse_smaller(tmp_path / "missing.json", planned=1)
 
 
+@pytest.mark.parametrize("script", ["speedup", "overhead"])
+def test_a_timing_benchmark_never_replaces_a_file_timed_with_a_larger_budget(tmp_path, script):
+    """python -m benchmarks timed speedup with 12 repeats into the file of the full 24; overhead's
+    --quick replaced a file of 3 rounds. Refused before any timing (the call returns at once)."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{script}").main
+    path = tmp_path / f"{script}.json"
+    path.write_text(json.dumps({"command": f"python benchmarks/{script}.py", "settings": {}}))
+    smaller = ["--repeats", "3"] if script == "speedup" else ["--quick"]
+    with pytest.raises(SystemExit, match=f"larger budget .*python benchmarks/{script}.py.*--force"):
+        main([*smaller, "--out", str(path)])
+    if script == "speedup":  # a file that records no repeats was timed with the default
+        path.write_text(json.dumps({"settings": {"repeats": 30}}))
+        with pytest.raises(SystemExit, match="repeats 30 > 24"):
+            main(["--out", str(path)])
+
+
+def test_a_budget_is_compared_key_by_key(tmp_path):
+    from benchmarks import refuse_smaller_budget
+
+    path = tmp_path / "overhead.json"
+    path.write_text(json.dumps({"settings": {"steps": 50, "rounds": 1}}))
+    with pytest.raises(SystemExit, match=r"larger budget \(steps 50 > 25: its command is not recorded\)"):
+        refuse_smaller_budget(path, {"steps": 25, "rounds": 3}, {})
+    refuse_smaller_budget(path, {"steps": 50, "rounds": 3}, {})  # as large in every key: may replace it
+    refuse_smaller_budget(path, {"steps": 25}, {}, force=True)
+    refuse_smaller_budget(tmp_path / "missing.json", {"steps": 1}, {})
+
+
 def test_the_overhead_ratios_are_step_times_over_step_times():
     from benchmarks.overhead import overhead_ratios
 
