@@ -110,7 +110,7 @@ def drops_by_seed(path: Path, method: str, field: str = DROP) -> dict[int, float
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="One method's accuracy drop in one results file minus another's, "
-                                                 "paired by seed, with its 95%% interval (points)")
+                                                 "paired by seed, with its 95% interval (points)")
     parser.add_argument("results", type=Path)
     parser.add_argument("method")
     parser.add_argument("reference", type=Path)

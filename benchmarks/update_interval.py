@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     p.add_argument("--acc-tol", type=float, default=0.5, help="accuracy drops within this many points are 'similar'")
     p.add_argument("--skip-l20", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show the output of every run")
-    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--out", "--output", type=Path, default=RESULTS, help="where to write (--output: its earlier name)")
     args = p.parse_args(argv)
     if not args.verbose:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
@@ -183,11 +183,11 @@ def main(argv=None) -> None:
     print(f"\nConclusion: {conclusion}\nTotal time: {time.time() - start:.0f} s")
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "verbose")}
     settings["intervals"] = [label(i) for i in args.intervals]
-    write_json(args.output, relative_to=REPO, obj={
+    write_json(args.out, relative_to=REPO, obj={
         "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
         "summary": summary, "conclusion": conclusion, "total_time_s": time.time() - start,
     })
-    print(f"wrote {args.output}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
