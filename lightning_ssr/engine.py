@@ -776,11 +776,7 @@ class PruningEngine:
                     if self._latency is not None:
                         self._latency = world.broadcast(self._latency)
                 if self.target is not None and all(final[g.name] >= g.size for g in groups) and world.rank == 0:
-                    self.warn(f"target {self.target.to_dict()}: the dense model meets it already, so every layer "
-                              "keeps all its filters and nothing is pruned. Lower the target" + (
-                                  " (milliseconds per batch of batch_size, timed on this device: "
-                                  f"{self._latency['dense_ms']:.3f} ms dense)" if isinstance(self._latency, dict)
-                                  and self._latency.get("dense_ms") else "") + ".")
+                    self._warn_met_already(self._latency.get("dense_ms") if isinstance(self._latency, dict) else None)
             elif self.allocation == "method" and self.target.kind != "latency":
                 budget.check(model, groups, cost, round_to)  # the floors fit the target
             allocated = time.perf_counter()
@@ -800,6 +796,8 @@ class PruningEngine:
                 raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
                                  f"({view.measure.describe(view.floor)}); raise it or relax "
                                  "min_channels / max_pruning_ratio / round_to")
+            if rehearse and world.rank == 0 and view.fits({g.name: g.size for g in groups}):
+                self._warn_met_already()
         self._context = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),
                                       keep=dense.keep_at(self.events_done, self.schedule.prune_events, groups),
                                       min_keep=min_keep, sync=world.sync, example=example, event=self.events_done,
@@ -830,6 +828,15 @@ class PruningEngine:
             goal = f"target {self.target.to_dict()}" if self.target is not None else "no target (the method decides)"
             world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
                        f"first prune at the start of epoch {self.schedule.prune_epoch(0)}.")
+
+    def _warn_met_already(self, dense_ms: float | None = None) -> None:
+        """The target asks for nothing: the dense model meets it already."""
+        if dense_ms is None and self.target.kind == "latency" and self._latency_table is not None:
+            dense_ms = getattr(self._latency_table, "dense_ms", None)
+        self.warn(f"target {self.target.to_dict()}: the dense model meets it already, so every layer keeps all its "
+                  "filters and nothing is pruned. Lower the target" + (
+                      f" (milliseconds per batch of batch_size, timed on this device: {dense_ms:.3f} ms dense)"
+                      if dense_ms else "") + ".")
 
     def _check_prunable(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
         """The model has prunable groups, and the method can prune them (its :meth:`check`)."""

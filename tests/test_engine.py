@@ -172,18 +172,25 @@ def test_a_method_without_a_periodic_update_is_not_told_to_update_more_often():
         assert result is not None and not engine.warnings
 
 
-def test_a_target_the_dense_model_meets_already_is_warned_of_at_set_up():
+@pytest.mark.parametrize(("method", "target", "says"), [
+    ("l1", {"macs": 1.0}, r"target \{'macs': 1.0\}"),
+    # allocation="method" (ssr_l20's default) said nothing: the probe's default 2 ms latency target
+    ("ssr_l20", {"macs": 1.0}, r"target \{'macs': 1.0\}"),
+    ("ssr_l20", {"latency": 1000.0}, r"target \{'latency': 1000.0, 'batch_size': 1\}")])
+def test_a_target_the_dense_model_meets_already_is_warned_of_at_set_up(method, target, says):
     """A latency target above the dense model's time (the command's default 2 ms, on a LeNet-5 of
     0.33 ms) pruned nothing and reported "latency target met", without a word."""
     torch.manual_seed(0)
     model = SmallResidualCNN(in_channels=3, num_classes=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    engine = PruningEngine("l1", target={"macs": 1.0}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+    engine = PruningEngine(method, target=target, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1),
                            verbose=False)
-    with pytest.warns(UserWarning, match=r"target \{'macs': 1.0\}: the dense model meets it already, so every layer "
-                                         r"keeps all its filters and nothing is pruned. Lower the target."):
-        engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer])
+    with pytest.warns(UserWarning, match=says + r": the dense model meets it already, so every layer keeps all its "
+                                         r"filters and nothing is pruned. Lower the target"):
+        engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0, optimizers=[optimizer],
+                              steps_per_epoch=100)
     assert len(engine.warnings) == 1
+    assert ("ms dense)" in engine.warnings[0]) == ("latency" in target)
 
 
 def test_a_prune_without_a_target_that_removes_nothing_is_warned_of():
