@@ -1108,8 +1108,9 @@ def started_result(cfg: DictConfig) -> PruningResult:
     result = _configuration_only(cfg)
     result.status = "running"
     result.error = (f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S')} and has not recorded its end: it is "
-                    "still running, or it was killed (SIGKILL, out of memory, a power cut); its checkpoints "
-                    "(logs/version_N/checkpoints/ in its folder) go on with ckpt_path=")
+                    "still running, or it was killed (SIGKILL, out of memory, a power cut). The same command "
+                    "with ckpt_path=<checkpoint> goes on from a checkpoint it left (logs/version_N/checkpoints/ "
+                    "in its folder); without one, it runs again from the start")
     return result
 
 

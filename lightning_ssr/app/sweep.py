@@ -157,6 +157,28 @@ def never_started(sweep_dir: str | Path, runs: Sequence[dict], strays: Sequence[
              run_alone_command(hydra_cfg, job, str(root / str(i)))} for i, job in missing]
 
 
+def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
+    """The command that goes on with an unfinished run of the sweep alone, in its folder (where the
+    report finds it): from the newest checkpoint it left (``ckpt_path=``), else from the start;
+    ``None`` where the sweep's plan (``multirun.yaml``) or the run's choices cannot be read."""
+    planned = planned_jobs(sweep_dir)
+    path = Path(run["dir"]) / ".hydra" / "overrides.yaml"
+    if planned is None or not path.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(path)) or []
+                     if not str(o).startswith("ckpt_path=")]
+    except Exception:  # noqa: BLE001 - an unreadable file: no command
+        return None
+    saved = sorted(Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    from .cli import _override_value, run_alone_command
+
+    extra = [f"ckpt_path={_override_value(str(saved[-1].resolve()))}"] if saved else []
+    return run_alone_command(planned[0], overrides, str(Path(run["dir"]).resolve()), extra)
+
+
 def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     """``runs`` split into those of the grid sweep that ``multirun.yaml`` describes and those left
     in its folder by an earlier sweep with other values (a folder ``<i>`` whose choices are not job
@@ -365,7 +387,8 @@ def _pm(mean, std, runs: int, digits=2):
 
 
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
-                   missing: Sequence[dict] = (), strays: Sequence[dict] = ()) -> Path:
+                   missing: Sequence[dict] = (), strays: Sequence[dict] = (),
+                   sweep_dir: str | Path | None = None) -> Path:
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{unfinished(runs)}. Mean ± std over seeds; accuracy on the test "
              "split; * marks the Pareto front of accuracy against MACs."), "",
@@ -397,6 +420,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
         for r in failed:
             error = (r["error"] or "no error recorded").replace("\n", " ")
             lines.append(f"- `{r['dir']}`{how.get(r['status'], '')}: {error}")
+            command = go_on_command(sweep_dir, r) if sweep_dir is not None and r["status"] in how else None
+            if command is not None:  # (the same sweep command again goes on with it too)
+                lines.append(f"  - goes on alone, in its folder, with: `{command}`")
     warned = [(r, (r.get("result") or {}).get("warnings") or []) for r in runs if r["status"] == "ok"]
     warned = [(r, said) for r, said in warned if said]
     if warned:  # counted above: finished, but with a warning that may explain its figures
@@ -571,7 +597,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     rows = summarize(runs, swept_keys(sweep_dir))
     missing = never_started(sweep_dir, runs, strays)
     title = f"Sweep {sweep_dir.name}"
-    files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing, strays),
+    files = {"markdown": write_markdown(rows, runs, out / "report.md", title, missing, strays, sweep_dir),
              "csv": write_csv(rows, out / "report.csv")}
     if plots:
         pareto = plot_pareto(rows, runs, out / "pareto.png", f"{title}: accuracy against MACs")

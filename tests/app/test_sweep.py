@@ -4,6 +4,7 @@ and the report aggregates every result.json."""
 import csv
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -343,10 +344,17 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     _job(sweep, 0, ["pruning=l1", "target.macs=0.5"], "l1")
     _job(sweep, 1, ["pruning=l1", "target.macs=0.25"], "l1", 0.25)
     _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
+    saved = sweep / "1" / "logs" / "version_0" / "checkpoints"
+    saved.mkdir(parents=True)
+    (saved / "epoch=0-step=4.ckpt").write_bytes(b"")
     report = write_report(sweep, plots=False)
     assert [r["config"] for r in report["rows"]] == ["pruning=l1 target.macs=0.5", "pruning=l1 target.macs=0.25"]
     md = (sweep / "report.md").read_text()
     assert "| pruning=l1 target.macs=0.25 | 0 (+1 interrupted) |" in md and "## Failed and interrupted runs" in md
+    # how to go on with it alone, in its folder, from the checkpoint it left (a killed run had no command)
+    ckpt = shlex.quote(f"ckpt_path='{saved.resolve() / 'epoch=0-step=4.ckpt'}'")  # (quoted for Hydra, then the shell)
+    assert (f"  - goes on alone, in its folder, with: `lightning-ssr hydra.job.chdir=false pruning=l1 target.macs=0.25 "
+            f"{ckpt} hydra.run.dir={sweep.resolve() / '1'} hydra.mode=RUN`") in md
 
 
 def test_a_run_that_never_recorded_its_end_is_counted_as_running_or_killed(tmp_path, capsys):
