@@ -362,17 +362,20 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
     return rows
 
 
-def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> set[int]:
+def pareto_front(points: Sequence[tuple[float | None, float | None]], tolerance: float = 0.02) -> set[int]:
     """Indices of the points no other point beats: fewer or equal MACs and higher or equal
-    accuracy, one of them strictly. Points with a missing coordinate are never on the front."""
+    accuracy, one of them strictly. MACs within ``tolerance`` of each other (relative) count as
+    equal: two runs of one target differ by what rounding the counts left (114,536 and 114,600),
+    and the less accurate one is not on the front for that. Points with a missing coordinate
+    are never on the front."""
     valid = [i for i, (m, a) in enumerate(points) if m is not None and a is not None]
-    front = set()
-    for i in valid:
-        mi, ai = points[i]
-        if not any(points[j][0] <= mi and points[j][1] >= ai and (points[j][0] < mi or points[j][1] > ai)
-                   for j in valid if j != i):
-            front.add(i)
-    return front
+
+    def beats(j: int, i: int) -> bool:
+        (mj, aj), (mi, ai) = points[j], points[i]
+        same = abs(mj - mi) <= tolerance * max(abs(mi), abs(mj))
+        return (mj <= mi or same) and aj >= ai and (aj > ai or (mj < mi and not same))
+
+    return {i for i in valid if not any(beats(j, i) for j in valid if j != i)}
 
 
 def _fmt(value, digits=2, suffix=""):
@@ -649,9 +652,10 @@ def unfinished(runs: Sequence[Mapping]) -> str:
 def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
     best = [r for r in rows if r["pareto"]]
-    lines = [f"{count_runs(len(runs))}, {unfinished(runs)}, {count_runs(len(rows), 'configuration')}; Pareto front: "
-             + ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
-                         for r in sorted(best, key=lambda r: r["macs_mean"])[:6])]
+    front = ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
+                      for r in sorted(best, key=lambda r: r["macs_mean"])[:6])
+    lines = [f"{count_runs(len(runs))}, {unfinished(runs)}, {count_runs(len(rows), 'configuration')}; "
+             + (f"Pareto front: {front}" if front else "no finished run to compare")]
     if report.get("strays"):
         lines.append(f"{count_runs(len(report['strays']))} in the folder {'is' if len(report['strays']) == 1 else 'are'} "
                      f"of an earlier sweep with other values, not counted: {report['files']['markdown']} lists them")

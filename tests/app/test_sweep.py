@@ -37,6 +37,9 @@ def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accu
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = [(1.0, 90.0), (2.0, 95.0), (2.0, 93.0), (3.0, 94.0), (None, 99.0), (0.5, None)]
     assert pareto_front(points) == {0, 1}
+    # one target, two methods: 0.06% apart in MACs from rounding, 5 points apart in accuracy
+    assert pareto_front([(114_536, 11.2), (114_600, 16.2)]) == {1}
+    assert pareto_front([(114_536, 11.2), (114_600, 16.2)], tolerance=0.0) == {0, 1}
 
 
 def test_summary_pools_seeds_per_configuration_and_lists_failures(tmp_path):
@@ -503,3 +506,10 @@ def test_configurations_are_named_by_what_was_swept(tmp_path):
     rows = {r["config"] for r in summarize(find_runs(tmp_path))}
     assert rows == {f"pruning=ssr_l20 target.macs={k}" for k in (0.1, 0.05)} | {
         f"pruning=l1 target.macs={k}" for k in (0.1, 0.05)}
+
+
+def test_a_sweep_without_a_finished_run_says_so_instead_of_an_empty_front(tmp_path, capsys):
+    _result(tmp_path, "0", "l1", 0.5, 0, 0.0, status="failed", error="ValueError: boom")
+    assert main([str(tmp_path), "--no-plots"]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("; no finished run to compare") and "Pareto front" not in first
