@@ -256,13 +256,14 @@ def _overrides(run: dict) -> dict | None:
     return out
 
 
-def _shared_overrides(runs: Sequence[dict]) -> dict:
+def _shared_overrides(runs: Sequence[dict], swept: Sequence[str] = ()) -> dict:
     """The command-line choices every run of the sweep was given alike (``{}`` where a run has
-    none on record)."""
+    none on record), but those the sweep's grid varies (``swept``: the runs so far may share a
+    value the jobs not yet run do not)."""
     given = [_overrides(r) for r in runs]
     if not given or any(g is None for g in given):
         return {}
-    return {k: v for k, v in given[0].items() if all(g.get(k) == v for g in given[1:])}
+    return {k: v for k, v in given[0].items() if k not in swept and all(g.get(k) == v for g in given[1:])}
 
 
 def _pooled(key: str) -> bool:
@@ -397,7 +398,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
              "split; * marks the Pareto front of accuracy against MACs."), "",
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
-    shared = _shared_overrides(runs)
+    shared = _shared_overrides(runs, swept_keys(sweep_dir) if sweep_dir is not None else ())
     if shared:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
         lines[4:4] = [f"Every run was given: `{' '.join(f'{k}={v}' for k, v in shared.items())}`.", ""]
     for r in rows:
@@ -593,7 +594,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir
     found = find_runs(sweep_dir)
-    if not found:
+    if not found and planned_jobs(sweep_dir) is None:  # (a grid whose jobs all wait: each listed with its command)
         raise FileNotFoundError(f"no runs under {str(sweep_dir)!r}: no result.json and no Hydra job folder")
     runs, strays = of_the_sweep(sweep_dir, found)
     out.mkdir(parents=True, exist_ok=True)

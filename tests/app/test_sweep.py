@@ -354,6 +354,7 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     assert [r["config"] for r in report["rows"]] == ["pruning=l1 target.macs=0.5", "pruning=l1 target.macs=0.25"]
     md = (sweep / "report.md").read_text()
     assert "| pruning=l1 target.macs=0.25 | 0 (+1 interrupted) |" in md and "## Failed and interrupted runs" in md
+    assert "Every run was given" not in md  # (the runs so far share pruning=l1; the grid's jobs do not)
     # how to go on with it alone, in its folder, from the checkpoint it left (a killed run had no command)
     ckpt = shlex.quote(f"ckpt_path='{saved.resolve() / 'epoch=0-step=4.ckpt'}'")  # (quoted for Hydra, then the shell)
     assert (f"  - goes on alone, in its folder, with: `lightning-ssr hydra.job.chdir=false pruning=l1 target.macs=0.25 "
@@ -513,3 +514,12 @@ def test_a_sweep_without_a_finished_run_says_so_instead_of_an_empty_front(tmp_pa
     assert main([str(tmp_path), "--no-plots"]) == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert first.endswith("; no finished run to compare") and "Pareto front" not in first
+
+
+def test_a_sweep_stopped_before_its_first_job_lists_every_job_with_its_command(tmp_path, capsys):
+    """Only multirun.yaml in the folder: 'no runs under ...' (exit 2) instead of the grid's jobs."""
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random"])
+    assert main([str(sweep), "--no-plots"]) == 1
+    assert "2 runs of the sweep's grid never started" in capsys.readouterr().out
+    md = (sweep / "report.md").read_text()
+    assert "- job 0 (`pruning=l1`): `lightning-ssr" in md and "- job 1 (`pruning=random`): `lightning-ssr" in md
