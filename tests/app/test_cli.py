@@ -4,6 +4,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -1209,9 +1210,10 @@ def test_a_run_that_ends_before_its_prune_says_how_to_go_on_in_the_commands_term
     assert result.pruned.get("checkpoint") is None
 
 
-def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
-    """A latency target no structure reaches is found at the first batch, on the device it is timed
-    on: Hydra printed 19 frames of traceback above the message."""
+def test_a_latency_target_below_the_floors_is_refused_before_the_dense_model_trains(tmp_path):
+    """A latency target no structure reaches was found at the first batch of the compression run,
+    after the dense training, under 'the run failed'; the checks time the untrained model on the
+    device the run trains on."""
     proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
                            "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "target=latency",
                            "target.latency=0.000001", "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
@@ -1219,9 +1221,44 @@ def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_p
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.splitlines()[-2:]
-    assert last[0].startswith("lightning-ssr: the run failed: ValueError: target {'latency': 1e-06, 'batch_size': 1} "
-                              "is below what the layers' floors already cost (")
+    assert last[0].startswith("lightning-ssr: refused before training: ValueError: target {'latency': 1e-06, "
+                              "'batch_size': 1} is below what the layers' floors already cost (")
     assert re.search(r"already cost \(\d+\.\d{3} ms, 0\.\d{4} of the dense model's \d+\.\d{3} ms\)", last[0]), last[0]
+    assert last[1] == f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"
+    assert PruningResult.load(tmp_path / "result.json").status == "failed"
+    assert not (tmp_path / "cache").exists()  # no dense model trained
+
+
+def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
+    """A method of one's own that fails at its second step (its rehearsal passes): Hydra printed
+    19 frames of traceback above the message."""
+    (tmp_path / "second_step_probe.py").write_text(textwrap.dedent("""
+        from lightning_ssr.methods import register_method
+        from lightning_ssr.methods.ssr import SSR
+
+        class SecondStep(SSR):
+            name = "second_step_probe"
+
+            def before_optimizer_step(self):  # (each copy the rehearsals make counts its own calls)
+                self.calls = getattr(self, "calls", 0) + 1
+                if self.calls > 1:
+                    raise RuntimeError("boom at the second step")
+                super().before_optimizer_step()
+
+        @register_method("second_step_probe")
+        def second_step_probe(**kwargs):
+            return SecondStep(regularizer="l20", **kwargs)
+        """))
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
+                           "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "pruning=ssr_l20",
+                           "pruning.name=second_step_probe", f"plugins=[{tmp_path / 'second_step_probe.py'}]",
+                           "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
+                           f"hydra.run.dir={tmp_path}", f"dense.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.splitlines()[-2:]
+    assert last[0] == ("lightning-ssr: the run failed: RuntimeError: boom at the second step (raised by pruning method "
+                       "'second_step_probe' in its before_optimizer_step())"), last[0]
     assert last[1] == f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"
     assert PruningResult.load(tmp_path / "result.json").status == "failed"
 
