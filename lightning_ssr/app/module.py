@@ -9,11 +9,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checkpoint import PrunedCheckpointMixin
 from ..schedule import end_cosines
 from ..validation import check_flag, check_number
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(PrunedCheckpointMixin, pl.LightningModule):
     """Cross-entropy training of ``model`` with SGD (momentum) and an optional cosine LR schedule.
 
     With ``distill > 0`` the loss is ``(1 - distill) * cross-entropy + distill * T^2 *

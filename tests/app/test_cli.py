@@ -108,6 +108,14 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     assert net.conv1.out_channels == kept["conv1"] and net.fc1.out_features == kept["fc1"]
     state = torch.load(tmp_path / "pruned.pt", weights_only=True)["state_dict"]
     assert torch.equal(net.conv1.weight, state["model.conv1.weight"])
+    # and the command's Lightning checkpoints with its LightningModule's own load_from_checkpoint (it has the mixin)
+    from lightning_ssr.app.module import ImageClassifier
+
+    last = max((tmp_path / "logs").glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    loaded = ImageClassifier.load_from_checkpoint(last, model=build_model("lenet5"), weights_only=True)
+    assert loaded.model.conv1.out_channels == kept["conv1"] and loaded.model.fc1.out_features == kept["fc1"]
+    ckpt = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, ckpt[k]) for k, v in loaded.state_dict().items())
 
     caplog.clear()
     again = run(_compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "verbose=false"]), tmp_path / "again")
