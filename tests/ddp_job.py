@@ -60,6 +60,8 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bo
                 "losses": model.losses,
                 "world_size": trainer.world_size},
                Path(out_dir) / f"rank{trainer.global_rank}.pt")
+    if torch.distributed.is_initialized():  # gloo's threads left running aborted the exit now and then, under load
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
