@@ -793,8 +793,11 @@ class PruningEngine:
             view = budget.view(model, groups, cost, dense.round_to, self._method_latency_table(model, example,
                                                                                                   groups, cost))
             if not view.fits(view.floor):
+                timed = (f" (timed on {device.type} with {torch.get_num_threads()} torch threads: a machine other "
+                         "processes keep busy times slower; time on a quiet one, or on one thread with "
+                         "OMP_NUM_THREADS=1)") if view.kind == "latency" and device.type == "cpu" else ""
                 raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
-                                 f"({view.measure.describe(view.floor)}); raise it or relax "
+                                 f"({view.measure.describe(view.floor)}){timed}; raise it or relax "
                                  "min_channels / max_pruning_ratio / round_to")
             if rehearse and world.rank == 0 and view.fits({g.name: g.size for g in groups}):
                 self._warn_met_already()

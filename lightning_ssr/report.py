@@ -174,11 +174,17 @@ class PruningResult:
             verdict = "met" if e.get("latency_target_met") else f"missed ({e['latency_measured_ms'] / asked - 1:+.0%})"
             busy = [load for load in (e.get("latency_calibration_load"), e.get("latency_load")) if load and
                     load.get("crowded")]
+            batch = self.target.get("batch_size", 1)
+            # the end's timing of the finished model (the command's latency.batch_sizes), beside the prune's
+            end = (self.pruned.get("latency_ms") or {}).get(f"batch_{batch}")
             lines.append(f"latency target {verdict}: {e['latency_measured_ms']:.3f} ms measured for {asked:.3f} ms "
-                         f"asked per batch of {self.target.get('batch_size', 1)} (dense {e['latency_dense_ms']:.3f} ms)"
+                         f"asked per batch of {batch} (dense {e['latency_dense_ms']:.3f} ms)"
                          + (f"; other processes kept up to {others_share(max(busy, key=others_fraction))} busy while "
                             "it was timed: on an idle machine it runs faster"
-                            if busy else ""))
+                            if busy else "")
+                         + (f"; timed at the prune, in the fit. The finished model, timed again at the end beside "
+                            f"the dense one: {end:.3f} ms ({end / asked - 1:+.0%} of the target)"
+                            if isinstance(end, (int, float)) else ""))
         return "\n".join(lines)
 
 

@@ -141,6 +141,11 @@ def test_a_latency_target_is_said_in_the_summary(measured, met, said):
                                     "latency_dense_ms": 0.6}])
     assert result.summary().splitlines()[-1] == f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms)"
     assert "latency" not in PruningResult(method="l1", target={"macs": 0.5}, events=result.events).summary()
+    # timed again at the end (the command's latency.batch_sizes): both figures, each said for what it is
+    result.pruned["latency_ms"] = {"batch_1": 0.33}
+    assert result.summary().splitlines()[-1] == (
+        f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms); timed at the prune, in the fit. The finished "
+        "model, timed again at the end beside the dense one: 0.330 ms (-6% of the target)")
 
 
 def test_the_summary_of_a_run_that_failed_or_was_interrupted_says_so_and_why():
