@@ -472,6 +472,12 @@ def _pyplot():
     return plt
 
 
+def _method_colours(plt, rows: Sequence[dict]) -> dict:
+    """One colour per method, the same in every plot of the report."""
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted({r["method"] for r in rows if r["method"]}))}
+
+
 def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path | None:
     """Test accuracy against MACs; ``None`` (no plot) when no run finished with both."""
     finished = [(r["result"] or {}).get("pruned") or {} for r in runs if r["status"] == "ok"]
@@ -479,9 +485,8 @@ def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: s
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("tab10")
-    methods = sorted({r["method"] for r in rows if r["method"]})
-    colour = {m: cmap(i % 10) for i, m in enumerate(methods)}
+    colour = _method_colours(plt, rows)
+    methods = list(colour)
     by_dir = {str(r["dir"]): r for r in runs}
     for row in rows:
         members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
@@ -554,18 +559,22 @@ def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, titl
     panels = sorted(by_target.items(), key=lambda kv: [-len(kv[1]), kv[0]])
     width = max(6.5, 0.35 * len(names) + 3)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels) + 0.9), sharex=True, squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    colour = _method_colours(plt, rows)  # a method's colour is the one pareto.png gives it
+    styles = ("-", "--", ":", "-.")
     for ax, (target, chosen) in zip(axes[:, 0], panels, strict=True):
-        for i, (row, members) in enumerate(chosen):
+        seen: dict[str, int] = {}
+        for row, members in chosen:
             fractions = []
             for name in names:
                 kept = [layer["after"] / layer["before"] for m in members for layer in m["layers"]
                         if layer["name"] == name and layer["before"]]
                 fractions.append(statistics.fmean(kept) if kept else float("nan"))
-            ax.plot(range(len(names)), fractions, marker="o", color=cmap(i % 10), label=row["config"], alpha=0.85)
+            n = seen[row["method"]] = seen.get(row["method"], -1) + 1  # one method's allocations: a line style each
+            ax.plot(range(len(names)), fractions, marker="o", color=colour.get(row["method"]), alpha=0.85,
+                    linestyle=styles[n % len(styles)], label=row["config"])
         ax.set_yscale("log")
         ax.set_ylabel("filters kept / dense")
-        ax.set_title(f"target {json.loads(target)}", fontsize=9)
+        ax.set_title("target " + " ".join(f"{k}={v}" for k, v in json.loads(target).items()), fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[-1, 0].set_xticks(range(len(names)))

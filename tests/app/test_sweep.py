@@ -523,3 +523,34 @@ def test_a_sweep_stopped_before_its_first_job_lists_every_job_with_its_command(t
     assert "2 runs of the sweep's grid never started" in capsys.readouterr().out
     md = (sweep / "report.md").read_text()
     assert "- job 0 (`pruning=l1`): `lightning-ssr" in md and "- job 1 (`pruning=random`): `lightning-ssr" in md
+
+
+def test_a_method_has_one_colour_in_every_plot_and_panels_name_their_target_plainly(tmp_path, monkeypatch):
+    """l1 was blue in pareto.png and ssr_l20 blue in structure.png; panels were titled with a
+    Python dict."""
+    import matplotlib.axes
+
+    for i, (method, kept, acc) in enumerate([("ssr_l20", 0.5, 0.98), ("l1", 0.5, 0.96)]):
+        _result(tmp_path, str(i), method, kept, 0, acc)
+    seen, titles = {}, []
+    scatter, plot, set_title = matplotlib.axes.Axes.scatter, matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_title
+
+    def spy_scatter(ax, *args, **kwargs):
+        if kwargs.get("label") in ("ssr_l20", "l1"):  # a method's mean, ringed in its colour
+            seen[("pareto", kwargs["label"])] = tuple(kwargs["edgecolors"][0])
+        return scatter(ax, *args, **kwargs)
+
+    def spy_plot(ax, *args, **kwargs):
+        if "label" in kwargs and "color" in kwargs:  # structure.png: one line per configuration
+            seen[("structure", kwargs["label"].removeprefix("pruning="))] = tuple(kwargs["color"])
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy_scatter)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy_plot)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: titles.append(text) or
+                        set_title(ax, text, *a, **k))
+    write_report(tmp_path)
+    for method in ("ssr_l20", "l1"):
+        assert seen[("pareto", method)] == seen[("structure", method)], seen
+    assert seen[("pareto", "l1")] != seen[("pareto", "ssr_l20")]
+    assert "target macs=0.5" in titles
