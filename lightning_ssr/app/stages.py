@@ -20,7 +20,6 @@ import contextlib
 import copy
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -654,22 +653,27 @@ def dense_cache_path(cfg: DictConfig) -> Path:
 def network_digests(cfg: DictConfig) -> dict[str, str]:
     """What the dense model's code is, outside this package: the SHA-256 of each module a
     ``model._target_`` or ``data._target_`` names (a network or a dataset of your own, by
-    ``module:<name>``: its source file, or a package's ``.py`` files), and of the modules of
-    your own it imports, found by reading its imports; a plugin file such a target reaches by its
-    name, by its path as given. Editing such a network (the same shapes, another ``forward``) must
-    not reuse the dense model its earlier code trained; editing a plugin that only holds pruning
-    methods does not train the dense model again."""
+    ``module:<name>``: its source file, or a package's ``.py`` files; a plugin file such a target
+    reaches by its name, by its path as given), and of the modules of your own it imports, found
+    by reading its imports. Nothing is imported to find them. Editing such a network (the same
+    shapes, another ``forward``) must not reuse the dense model its earlier code trained; editing a
+    plugin that only holds pruning methods does not train the dense model again."""
     files = {Path(str(p)).stem: str(p) for p in cfg.get("plugins") or [] if str(p).endswith(".py")}
     digests: dict[str, str] = {}
+    seen: set[str] = set()
     for section in ("model", "data"):
         target = str((cfg.get(section) or {}).get("_target_") or "")
         if "." not in target or target.startswith("lightning_ssr."):
             continue
         top = target.split(".")[0]
-        if top in files:  # a plugin file reached by its name
+        if top in files:  # a plugin file reached by its name, and what it imports of your own
+            path = Path(files[top]).expanduser()
             digests[files[top]] = _file_digest(files[top])
+            for imported in _imports(path, top):
+                if _of_your_own(imported.split(".")[0]):
+                    _local_digests(imported, digests, seen)
             continue
-        _local_digests(_target_module(target), digests)
+        _local_digests(_target_module(target), digests, seen)
     return digests
 
 
@@ -685,20 +689,32 @@ def plugin_digests(cfg: DictConfig) -> dict[str, str]:
     return digests
 
 
+def _find_spec(name: str):
+    """The spec of module ``name`` found on ``sys.path`` part by part, importing nothing (not even
+    its parent packages, as ``importlib.util.find_spec`` does); ``None`` where it is not found
+    there (a class, an attribute, a module made at run time)."""
+    from importlib.machinery import PathFinder
+
+    spec, locations = None, None
+    for end in range(1, name.count(".") + 2):
+        if spec is not None and not spec.submodule_search_locations:
+            return None  # a module's attribute, not a submodule
+        try:
+            spec = PathFinder.find_spec(".".join(name.split(".")[:end]), locations)
+        except (ImportError, ValueError, OSError):
+            return None
+        if spec is None:
+            return None
+        locations = spec.submodule_search_locations
+    return spec
+
+
 def _target_module(target: str) -> str:
     """The module a ``_target_`` lives in: its longest dotted prefix that is a module
     (``pkg.nets.Net.build``, a class method: ``pkg.nets``)."""
     parts = target.split(".")
     found = (".".join(parts[:end]) for end in range(len(parts) - 1, 0, -1))
-    return next((name for name in found if _found(name)), parts[0])
-
-
-def _found(name: str) -> bool:
-    """Whether ``name`` is a module (a class method's class, or a package that fails to import: no)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except Exception:  # noqa: BLE001
-        return False
+    return next((name for name in found if _find_spec(name) is not None), parts[0])
 
 
 def _local_digests(name: str, digests: dict[str, str], seen: set[str] | None = None) -> None:
@@ -724,10 +740,7 @@ def _of_your_own(top: str) -> bool:
     library or an installed package), found without importing it."""
     if top == "lightning_ssr" or top in sys.stdlib_module_names:
         return False
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return False
+    spec = _find_spec(top)
     where = spec and (spec.origin if spec.origin and spec.origin.endswith(".py") else
                       next(iter(spec.submodule_search_locations or []), None))
     return bool(where) and not installed_code(Path(where))
@@ -735,14 +748,10 @@ def _of_your_own(top: str) -> bool:
 
 def _module_digest(name: str) -> tuple[str | None, list[Path]]:
     """The SHA-256 of module ``name``'s source (a package, a namespace package too: of its ``.py``
-    files) and those files, found by ``importlib.util.find_spec`` (which imports its parent
-    packages); no digest where it has no source file of your own here (a plugin file's alias, a
-    built-in, an installed package's). A package that fails to import gives a digest of that
-    failure (the run then refuses it where it imports it)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except Exception as err:  # noqa: BLE001  (its __init__ raised: a sweep must not stop here)
-        return hashlib.sha256(f"unreadable {name}: {type(err).__name__}".encode()).hexdigest(), []
+    files) and those files, found without importing anything (:func:`_find_spec`); no digest
+    where it has no source file of your own here (a plugin file's alias, a built-in, an installed
+    package's)."""
+    spec = _find_spec(name)
     if spec is None:
         return None, []
     if spec.origin and spec.origin.endswith(".py"):
@@ -754,7 +763,7 @@ def _module_digest(name: str) -> tuple[str | None, list[Path]]:
     else:
         return None, []
     files += [f for root in roots for f in sorted(root.rglob("*.py"))]
-    if not files or any(installed_code(f) for f in files[:1]):
+    if not files or installed_code(files[0]):
         return None, []
     base = roots[0] if roots else files[0].parent
     joined = "".join(f"{_relative(f, base)}:{_file_digest(str(f))}\n" for f in files)
@@ -769,13 +778,16 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def installed_code(path: Path) -> bool:
-    """A file of the Python installation or of an installed package (or of this package), not of
-    your own."""
-    resolved = str(path.resolve())
-    prefixes = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    own = str(Path(__file__).resolve().parent.parent)
-    return ("site-packages" in path.parts or "dist-packages" in path.parts or resolved.startswith(own)
-            or any(resolved.startswith(p + os.sep) for p in prefixes))
+    """A file of the Python installation (its standard library), of an installed package, or of
+    this package: not of your own."""
+    import sysconfig
+
+    resolved = str(Path(path).resolve())
+    roots = {str(Path(p).resolve()) for key, p in sysconfig.get_paths().items()
+             if key in ("stdlib", "platstdlib", "purelib", "platlib") and p}
+    roots.add(str(Path(__file__).resolve().parent.parent))  # lightning_ssr/
+    return ("site-packages" in Path(path).parts or "dist-packages" in Path(path).parts
+            or any(resolved == r or resolved.startswith(r + os.sep) for r in roots))
 
 
 def _imports(source: Path, module: str) -> list[str]:

@@ -505,6 +505,7 @@ def test_the_dense_cache_key_follows_the_networks_code_wherever_it_lives(tmp_pat
 
     first, code = keys("keypkg_nets.nets.Net.build")
     assert {"module:keypkg_nets.nets", "module:keyhelper_layers"} <= set(code)
+    assert "keypkg_nets" not in sys.modules  # found without importing the user's code
     (tmp_path / "keyhelper_layers.py").write_text("WIDTH = 8\n")  # the helper the network imports
     assert keys("keypkg_nets.nets.Net.build")[0] != first
 
@@ -516,11 +517,33 @@ def test_the_dense_cache_key_follows_the_networks_code_wherever_it_lives(tmp_pat
     broken, code = keys("keybroken_pkg.nets.build")  # refused where the run imports it, not here
     assert keys("keybroken_pkg.nets.build")[0] == broken and code
 
+    # a network in a plugin file (README's example): the modules of your own it imports key it too
+    (tmp_path / "keyplugin_models.py").write_text("import keyplugin_blocks\ndef build(**kw):\n    return None\n")
+    (tmp_path / "keyplugin_blocks.py").write_text("DEPTH = 1\n")
+    first, code = keys("keyplugin_models.build", f"plugins=[{tmp_path / 'keyplugin_models.py'}]")
+    assert "module:keyplugin_blocks" in code
+    (tmp_path / "keyplugin_blocks.py").write_text("DEPTH = 2\n")
+    assert keys("keyplugin_models.build", f"plugins=[{tmp_path / 'keyplugin_models.py'}]")[0] != first
+
     first, code = keys("keyns_nets.nets.build", "plugins=[keymethods_only]")
     assert "module:keymethods_only" in code
     (tmp_path / "keymethods_only.py").write_text("X = 2\n")
     second, changed = keys("keyns_nets.nets.build", "plugins=[keymethods_only]")
     assert second == first and changed != code  # the run's code changed; the dense model's did not
+
+
+def test_code_of_your_own_is_told_from_the_installation_by_its_paths():
+    """A base prefix of /usr took /usr/src/app/nets.py for installed code (no digest: a stale dense
+    model reused); a folder beside the package's, lightning_ssr_ext/, passed for the package."""
+    import os
+
+    import lightning_ssr
+    from lightning_ssr.app.stages import installed_code
+
+    assert installed_code(Path(torch.__file__)) and installed_code(Path(os.__file__))
+    assert installed_code(Path(lightning_ssr.__file__))
+    assert not installed_code(Path(lightning_ssr.__file__).parent.parent / "lightning_ssr_ext" / "nets.py")
+    assert not installed_code(Path("/usr/src/app/nets.py"))
 
 
 def test_a_damaged_dense_cache_is_retrained_and_overwritten(tmp_path):
