@@ -378,8 +378,30 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     budget.check(lm, groups, count_cost(lm, example), round_to)
     # the fit's set-up on copies, on the fit's device where this process sees it: its dry run (what the
     # rebuild cannot handle) and the rehearsal of the method's hooks fail now, not after the dense model
-    device = "cuda" if _fit_device(cfg) == "cuda" and torch.cuda.is_available() else "cpu"
-    callback.engine.check_method(lm, example, round_to, groups, device)
+    device, timed = _preflight_device(cfg)
+    callback.engine.check_method(lm, example, round_to, groups, device if timed or budget.target is None or
+                                 budget.target.kind != "latency" else None)
+
+
+def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
+    """Where the checks before training rehearse the fit's set-up, and whether a latency target may
+    be timed there: the fit's GPU for a fit on one CUDA device this process sees (``cuda:<k>``
+    for ``trainer.devices=[k]``), else the CPU; timed only where that is the device the fit trains
+    and times on, in one process (several ranks would each time it, competing), and not for a
+    resumed fit (``ckpt_path``: its set-up was timed by the run it goes on from)."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
+    devices = cfg.trainer.get("devices", "auto")
+    devices = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else devices
+    one = devices in (None, "auto", 1, "1") or (isinstance(devices, list) and len(devices) == 1)
+    strategy = str(cfg.trainer.get("strategy") or "auto").lower()
+    single = one and "ddp" not in strategy and "fsdp" not in strategy and int(cfg.trainer.get("num_nodes") or 1) == 1
+    fit = _fit_device(cfg)
+    device = "cpu"
+    if fit == "cuda" and torch.cuda.is_available() and single:
+        device = f"cuda:{int(devices[0])}" if isinstance(devices, list) else "cuda"
+    mps = accelerator == "mps" or (accelerator == "auto" and fit == "cpu" and torch.backends.mps.is_available())
+    known = accelerator in ("cpu", "gpu", "cuda", "auto") and not mps  # (mps, xla, ...: timed at the fit only)
+    return device, known and single and device.split(":")[0] == fit and cfg.get("ckpt_path") is None
 
 
 def _fit_device(cfg: DictConfig) -> str:

@@ -1358,6 +1358,25 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     assert devices == ["cuda", "cpu"]
 
 
+def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_would(monkeypatch):
+    """The latency set-up timed ahead on the CPU for an MPS fit, on GPU 0 for trainer.devices=[1],
+    once per DDP rank, and again for a fit resumed past its prune."""
+    import torch
+
+    from lightning_ssr.app import stages
+
+    def preflight(*overrides):
+        return stages._preflight_device(_compose(["trainer.accelerator=cpu", *overrides]))
+
+    assert preflight() == ("cpu", True)
+    assert preflight("trainer.devices=2", "trainer.strategy=ddp") == ("cpu", False)
+    assert preflight("ckpt_path=/somewhere/last.ckpt") == ("cpu", False)
+    assert preflight("trainer.accelerator=mps") == ("cpu", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=[1]") == ("cuda:1", True)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2") == ("cpu", False)
+
+
 def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import WeightAveraging
 
