@@ -440,8 +440,8 @@ class PruningEngine:
 
     @property
     def term_method(self) -> str | None:
-        """The method's name while it adds a training-time term to the gradients (its sparsify
-        phase), else None."""
+        """The method's name while its ``before_optimizer_step()`` works on the gradients (its
+        sparsify phase: a training-time term, or Taylor's reading of them), else None."""
         return self.method.name if self._started and _adds_a_term(self.method) else None
 
     @property
@@ -933,6 +933,7 @@ class PruningEngine:
         cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
         hook = "setup"
         hooks_before = forward_hooks(trial)
+        nan_gradients: list[str] = []
         try:
             with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
@@ -951,10 +952,14 @@ class PruningEngine:
                             p.grad = torch.zeros_like(p)
                     hook = "before_optimizer_step"
                     method.before_optimizer_step()
-                    _refuse_non_finite(trial, "gradients", "it put NaN or infinity into the gradients of")
+                    # (a term that divides by the gradients' norm is not finite on zero gradients alone: said, not refused)
+                    nan_gradients = _non_finite(trial, "gradients")
                     hook = "update"
                     checked_metrics(name, "update", method.update())
-                    _refuse_non_finite(trial, "weights", "it left NaN or infinity in")
+                    bad = _non_finite(trial, "weights")
+                    if bad:
+                        raise FloatingPointError(f"it left NaN or infinity in {some_names(bad, 4)} (the model's "
+                                                 "weights, zero gradients before it)")
                     hook = "metrics"
                     checked_metrics(name, "metrics", method.metrics())
                     hook = "ready"
@@ -990,6 +995,11 @@ class PruningEngine:
                 info = method.after_rebuild(trial, step_plan)
                 if info is not None and not isinstance(info, Mapping):
                     raise TypeError(f"after_rebuild() must return a dict (or None), got {type(info).__name__}")
+            if nan_gradients:  # (outside the block that hides the method's warnings: this one is the engine's)
+                self.warn(f"pruning method {name!r}: before_optimizer_step() put NaN or infinity into the gradients "
+                          f"of {some_names(nan_gradients, 4)} when they were all zero (rehearsed at set-up on a copy "
+                          "of the model). If it does so with the fit's gradients, the fit stops at its first step "
+                          "with the method's term, naming it.")
         except Exception as err:
             if hook == "setup":
                 raise  # the method's own refusal of the model (the real set-up gives the same), as it is
@@ -1270,12 +1280,10 @@ class PruningEngine:
         return {**self._costs, **self._prune_timing}
 
 
-def _refuse_non_finite(model: nn.Module, what: str, says: str) -> None:
-    """The rehearsal's check that a hook left the copy's gradients or weights finite."""
+def _non_finite(model: nn.Module, what: str) -> list[str]:
+    """The parameters whose gradients (``what="gradients"``) or values hold NaN or infinity."""
     tensors = ((n, p.grad if what == "gradients" else p) for n, p in model.named_parameters())
-    bad = [n for n, t in tensors if t is not None and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise FloatingPointError(f"{says} {some_names(bad, 4)} (the dense weights, zero gradients before it)")
+    return [n for n, t in tensors if t is not None and not bool(torch.isfinite(t).all())]
 
 
 def _hooks_added(model: nn.Module, before: Mapping) -> list[str]:

@@ -35,18 +35,19 @@ class LossGuard:
         step now (named in the error), or None."""
         if not torch.is_tensor(loss):
             return
-        self._term = term
         loss = loss.detach()
         if loss.device.type == "cpu":
+            self._term = term
             if not bool(torch.isfinite(loss).all()):
                 self._raise(float(loss.float().sum()), step, epoch)
             self._remember(step, loss)
             return
         pending = self._pending
         if pending is not None and pending[1].query():
-            flag, _, at_step, at_epoch, at_loss = pending
+            flag, _, at_step, at_epoch, at_loss, at_term = pending
             self._pending = None
             if not bool(flag):
+                self._term = at_term  # (the method of the step it was read for, not of this one)
                 self._raise(float("nan"), at_step, at_epoch)
             self._remember(at_step, at_loss)
         if self._pending is None and loss.device.type == "cuda":
@@ -54,7 +55,7 @@ class LossGuard:
             flag.copy_(torch.isfinite(loss).all(), non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending = (flag, event, step, epoch, loss)
+            self._pending = (flag, event, step, epoch, loss, term)
 
     def _remember(self, step: int, loss: torch.Tensor) -> None:
         if self._first is None:
@@ -64,8 +65,8 @@ class LossGuard:
     def _raise(self, value: float, step: int, epoch: int) -> None:
         history = self._history()
         if self._term is not None:
-            history += (f" Pruning method {self._term!r} adds its training-time term to the gradients before each "
-                        "step of this phase (before_optimizer_step()): a term that is not finite ends the same way.")
+            history += (f" Pruning method {self._term!r} works on the gradients before each step of this phase "
+                        "(before_optimizer_step()): a value it puts there that is not finite ends the same way.")
         raise_non_finite(value, step, epoch, history)
 
     def _history(self) -> str:

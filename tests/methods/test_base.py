@@ -212,28 +212,41 @@ class PoisonedTerm(PruningMethod):
         return {g.name: torch.arange(g.size) < keep[g.name] for g in self.context.groups}
 
 
-@pytest.mark.parametrize(("method", "says"), [
-    (PoisonedTerm(), (r"failed in before_optimizer_step\(\), rehearsed .*it put NaN or infinity into the "
-                     r"gradients of backbone\.stem\.weight")),
-    (PoisonedTerm(in_update=True), (r"failed in update\(\), rehearsed .*it left NaN or infinity in "
-                                   r"backbone\.stem\.weight"))])
-def test_a_term_or_update_that_is_not_finite_is_refused_at_set_up(tmp_path, method, says):
+def test_an_update_that_is_not_finite_is_refused_at_set_up(tmp_path):
     schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2)
     model = TinyClassifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
-    with pytest.raises(RuntimeError, match=says):
+    fit = trainer(tmp_path, [Pruning(method=PoisonedTerm(in_update=True), target={"filters": 0.5}, schedule=schedule,
+                                     verbose=False)], 2)
+    with pytest.raises(RuntimeError, match=r"failed in update\(\), rehearsed .*it left NaN or infinity in "
+                                           r"backbone\.stem\.weight \(the model's weights"):
         fit.fit(model, loader())
     assert fit.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_loss_that_turns_nan_while_a_method_adds_its_term_names_the_method(tmp_path):
+class NormalizedTerm(PoisonedTerm):
+    """A term that scales each gradient to unit norm: NaN on the rehearsal's zero gradients only."""
+
+    name = "normalized_term"
+
+    def before_optimizer_step(self):
+        for p in self.context.model.parameters():
+            p.grad.div_(p.grad.norm())
+
+
+def test_a_term_not_finite_on_zero_gradients_is_said_at_set_up_and_named_when_the_loss_turns(tmp_path):
+    """Refusing it refused a method that normalizes the gradients, finite on any real ones; said at
+    set-up, it is named again by the loss guard if the fit's gradients turn it NaN too."""
     schedule = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2)
+    said = r"'(normalized|poisoned)_term': before_optimizer_step\(\) put NaN or infinity into the gradients of "
+    with pytest.warns(UserWarning, match=said + r"backbone\.stem\.weight.* when they were all zero"):
+        trainer(tmp_path, [Pruning(method=NormalizedTerm(), target={"filters": 0.5}, schedule=schedule,
+                                   verbose=False)], 3).fit(TinyClassifier(), loader())  # trains to its end
     fit = trainer(tmp_path, [Pruning(method=PoisonedTerm(after=3), target={"filters": 0.5}, schedule=schedule,
                                      verbose=False)], 3)
-    with pytest.raises(FloatingPointError, match=r"at optimizer step 5 .*Pruning method 'poisoned_term' adds its "
-                                                 r"training-time term to the gradients"):
+    with pytest.raises(FloatingPointError, match=r"at optimizer step 5 .*Pruning method 'poisoned_term' works on "
+                                                 r"the gradients before each step of this phase"):  # (finite at set-up)
         fit.fit(TinyClassifier(), loader())
 
 
