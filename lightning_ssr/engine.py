@@ -1212,7 +1212,8 @@ class PruningEngine:
                 "latency_measured_ms": measured, "latency_target_met": met,
                 "latency_uncalibrated_ms": lat.get("uncalibrated_ms"), "latency_calibrated_ms": lat.get("calibrated_ms"),
                 "latency_calibration_ms": lat.get("calibration_ms"),
-                "latency_calibration_load": lat.get("calibration_load"), "latency_load": timed_load}
+                "latency_calibration_load": lat.get("calibration_load"), "latency_load": timed_load,
+                "latency_device": rows.device.type}
 
     def _check_masks(self, masks: Mapping[str, torch.Tensor], ctx: MethodContext,
                      keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:

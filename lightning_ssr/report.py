@@ -176,7 +176,8 @@ class PruningResult:
                     load.get("crowded")]
             batch = self.target.get("batch_size", 1)
             # the end's timing of the finished model (the command's latency.batch_sizes), beside the prune's
-            end = (self.pruned.get("latency_ms") or {}).get(f"batch_{batch}")
+            end = (self.pruned.get("latency_ms") or {}).get(f"batch_{batch}")  # (timed on the CPU)
+            end = end if e.get("latency_device") == "cpu" else None  # a GPU-timed target: not comparable
             lines.append(f"latency target {verdict}: {e['latency_measured_ms']:.3f} ms measured for {asked:.3f} ms "
                          f"asked per batch of {batch} (dense {e['latency_dense_ms']:.3f} ms)"
                          + (f"; other processes kept up to {others_share(max(busy, key=others_fraction))} busy while "

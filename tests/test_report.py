@@ -141,8 +141,12 @@ def test_a_latency_target_is_said_in_the_summary(measured, met, said):
                                     "latency_dense_ms": 0.6}])
     assert result.summary().splitlines()[-1] == f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms)"
     assert "latency" not in PruningResult(method="l1", target={"macs": 0.5}, events=result.events).summary()
-    # timed again at the end (the command's latency.batch_sizes): both figures, each said for what it is
+    # timed again at the end (the command's latency.batch_sizes, on the CPU): both figures, each said for
+    # what it is; a target timed on a GPU is not compared with the CPU's figure
     result.pruned["latency_ms"] = {"batch_1": 0.33}
+    result.events[0]["latency_device"] = "cuda"
+    assert result.summary().splitlines()[-1] == f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms)"
+    result.events[0]["latency_device"] = "cpu"
     assert result.summary().splitlines()[-1] == (
         f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms); timed at the prune, in the fit. The finished "
         "model, timed again at the end beside the dense one: 0.330 ms (-6% of the target)")
