@@ -49,6 +49,10 @@ def main(argv=None) -> int:
         print(f"\n=== {part} (python benchmarks/{part}.py {' '.join(extra)})", flush=True)
         try:
             importlib.import_module(f"benchmarks.{part}").main(extra)
+        except SystemExit as err:  # a part's refusal (a file of a larger budget kept): said, and the others run
+            if err.code not in (None, 0):
+                print(f"{part}: {err.code}", file=sys.stderr)
+                failed.append(part)
         except Exception:  # noqa: BLE001 - one failed part must not stop the others
             traceback.print_exc()
             failed.append(part)

@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(format_row(r))
     print(f"\nConclusion: {conclusion}\nTotal time: {time.time() - start:.0f} s")
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "verbose")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "verbose")}
     settings["intervals"] = [label(i) for i in args.intervals]
     write_json(args.out, relative_to=REPO, obj={
         "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,

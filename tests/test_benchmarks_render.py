@@ -238,3 +238,30 @@ def test_a_lenet_table_leaves_out_the_papers_rows_of_a_dataset_it_did_not_run():
     assert "5-15-149" in text and "(paper)" not in text
     text = "\n".join(render_lenet({"rows": [measured, {**measured, "dataset": "mnist"}, paper]}))
     assert "SSR-L2,1 (paper)" in text
+
+
+def test_a_part_that_refuses_its_budget_is_reported_and_the_others_still_run(monkeypatch, capsys):
+    """A timing part's refusal (SystemExit: a file of a larger budget kept) stopped python -m
+    benchmarks: the parts after it, the record and the rendering were skipped."""
+    import types
+
+    import benchmarks.__main__ as runner
+    import benchmarks.render
+
+    ran = []
+
+    def part(name):
+        def main(argv):
+            ran.append(name)
+            if name == "speedup":
+                raise SystemExit("benchmarks/results/speedup.json was made with a larger budget")
+        return types.SimpleNamespace(main=main)
+
+    monkeypatch.setattr(runner, "importlib", types.SimpleNamespace(import_module=lambda m: part(m.split(".")[-1])))
+    monkeypatch.setattr(benchmarks.render, "main", lambda argv: ran.append("render"))
+    monkeypatch.chdir(Path.cwd())  # (main changes to the repository's folder)
+    assert runner.main(["--only", "speedup", "overhead"]) == 1
+    assert ran == ["speedup", "overhead", "render"]
+    captured = capsys.readouterr()
+    assert "speedup: benchmarks/results/speedup.json was made with a larger budget" in captured.err
+    assert "1 of 2 parts ran" in captured.out and "failed: speedup" in captured.out
