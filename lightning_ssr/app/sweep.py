@@ -172,10 +172,19 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
                      if not str(o).startswith("ckpt_path=")]
     except Exception:  # noqa: BLE001 - an unreadable file: no command
         return None
-    saved = sorted(Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    from ..checkpoint import CheckpointReadError, check_checkpoint_file
     from .cli import _override_value, run_alone_command
 
-    extra = [f"ckpt_path={_override_value(str(saved[-1].resolve()))}"] if saved else []
+    saved = sorted(Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    intact = None
+    for path in reversed(saved):  # the newest that reads whole (a kill during a save leaves a cut file)
+        try:
+            check_checkpoint_file(path)
+        except CheckpointReadError:
+            continue
+        intact = path
+        break
+    extra = [f"ckpt_path={_override_value(str(intact.resolve()))}"] if intact is not None else []
     return run_alone_command(planned[0], overrides, str(Path(run["dir"]).resolve()), extra)
 
 
@@ -426,7 +435,8 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
             lines.append(f"- `{r['dir']}`{how.get(r['status'], '')}: {error}")
             command = go_on_command(sweep_dir, r) if sweep_dir is not None and r["status"] in how else None
             if command is not None:  # (the same sweep command again goes on with it too)
-                lines.append(f"  - goes on alone, in its folder, with: `{command}`")
+                lines.append(("  - if it is no longer running, it goes on alone" if r["status"] == "running" else
+                              "  - goes on alone") + f", in its folder, with: `{command}`")
     warned = [(r, (r.get("result") or {}).get("warnings") or []) for r in runs if r["status"] == "ok"]
     warned = [(r, said) for r, said in warned if said]
     if warned:  # counted above: finished, but with a warning that may explain its figures

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_ssr.app.sweep import find_runs, format_summary, main, pareto_front, summarize, write_report
 from lightning_ssr.report import PruningResult
@@ -349,7 +350,8 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
     saved = sweep / "1" / "logs" / "version_0" / "checkpoints"
     saved.mkdir(parents=True)
-    (saved / "epoch=0-step=4.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, saved / "epoch=0-step=4.ckpt")
+    (saved / "epoch=0-step=6.ckpt").write_bytes(b"PK\x03\x04 cut short by the kill")  # newer, but not whole
     report = write_report(sweep, plots=False)
     assert [r["config"] for r in report["rows"]] == ["pruning=l1 target.macs=0.5", "pruning=l1 target.macs=0.25"]
     md = (sweep / "report.md").read_text()
