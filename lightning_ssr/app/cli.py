@@ -406,6 +406,16 @@ def _open_log(path: Path) -> bool:
                and Path(h.baseFilename).resolve() == path.resolve() for h in handlers)
 
 
+def _end_process_group() -> None:
+    """A run under DDP leaves its process group at the end (each rank its own): gloo's threads,
+    left running, can abort the process as it exits ('terminate called without an active
+    exception')."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
             config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
@@ -453,6 +463,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}{notes}); the sweep goes on",
               file=sys.stderr)
         return None
+    finally:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            _end_process_group()
     if result.status != "ok" and hydra_cfg.mode != RunMode.MULTIRUN:  # (a sweep counts it in its report)
         if rank_zero_only.rank == 0:  # (the warning above says why)
             print(f"lightning-ssr: the run {result.status} (recorded in "
