@@ -80,7 +80,15 @@ from .structure.surgery import (
     restore_modules,
     snapshot_modules,
 )
-from .targets import Budget, Target, group_step, intermediate_keep_counts, latency_table, parse_rates
+from .targets import (
+    Budget,
+    Target,
+    group_step,
+    intermediate_keep_counts,
+    latency_table,
+    parse_rates,
+    target_too_small,
+)
 from .validation import check_flag, check_keywords, keyword_names, some_names
 
 #: how far above a latency target the pruned model may run before the engine warns (the timings of
@@ -796,9 +804,7 @@ class PruningEngine:
                 timed = (f" (timed on {device.type} with {torch.get_num_threads()} torch threads: a machine other "
                          "processes keep busy times slower; time on a quiet one, or on one thread with "
                          "OMP_NUM_THREADS=1)") if view.kind == "latency" and device.type == "cpu" else ""
-                raise ValueError(f"target {self.target.to_dict()} is below what the layers' floors already cost "
-                                 f"({view.measure.describe(view.floor)}){timed}; raise it or relax "
-                                 "min_channels / max_pruning_ratio / round_to")
+                raise target_too_small(self.target, view.measure.describe(view.floor), timed)
             if rehearse and world.rank == 0 and view.fits({g.name: g.size for g in groups}):
                 self._warn_met_already()
         self._context = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),

@@ -460,11 +460,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     step = {g.name: group_step(g, round_to) for g in groups}
     floor = floor_keep_counts(groups, min_keep, round_to)
     if not measure.fits(floor):
-        unit = " ms" if target.kind == "latency" else ""
-        raise ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must "
-                         f"keep (min_channels, max_pruning_ratio, round_to), with the layers that are not pruned "
-                         f"(ignored or frozen), already give {measure.describe(floor)}; raise "
-                         "the target or relax those limits")
+        raise target_too_small(target, measure.describe(floor))
     full = {g.name: g.size for g in groups}
     if measure.fits(full):
         return full
@@ -508,6 +504,15 @@ def latency_table(model: nn.Module, example: torch.Tensor, groups: Sequence[Chan
     rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
     batch = timing_batch(rows, target.batch_size)
     return latency_model(model, batch, groups, cost), batch
+
+
+def target_too_small(target: Target, floors_give: str, timed: str = "") -> ValueError:
+    """The refusal of a target below what the floors already cost (``floors_give``: that cost,
+    described), the same wherever it is found; ``timed``: how a latency target was timed."""
+    unit = " ms" if target.kind == "latency" else ""
+    return ValueError(f"target {target.kind}={target.value}{unit} is too small: the channels every layer must keep "
+                      "(min_channels, max_pruning_ratio, round_to), with the layers that are not pruned (ignored or "
+                      f"frozen), already give {floors_give}{timed}; raise the target or relax those limits")
 
 
 def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup], cost: ModelCost,

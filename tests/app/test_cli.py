@@ -1252,9 +1252,9 @@ def test_a_latency_target_below_the_floors_is_refused_before_the_dense_model_tra
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.splitlines()[-2:]
-    assert last[0].startswith("lightning-ssr: refused before training: ValueError: target {'latency': 1e-06, "
-                              "'batch_size': 1} is below what the layers' floors already cost (")
-    assert re.search(r"already cost \(\d+\.\d{3} ms, 0\.\d{4} of the dense model's \d+\.\d{3} ms\) \(timed on cpu "
+    assert last[0].startswith("lightning-ssr: refused before training: ValueError: target latency=1e-06 ms is too "
+                              "small: the channels every layer must keep")
+    assert re.search(r"already give \d+\.\d{3} ms, 0\.\d{4} of the dense model's \d+\.\d{3} ms \(timed on cpu "
                      r"with \d+ torch threads: a machine other processes keep busy times slower", last[0]), last[0]
     assert last[1] == f"(recorded in {tmp_path / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)"
     assert PruningResult.load(tmp_path / "result.json").status == "failed"
