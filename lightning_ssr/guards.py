@@ -23,7 +23,7 @@ class LossGuard:
         self._first = None  # (step, loss) of the first finite loss since the start or the last prune
         self._last = None  # (step, loss) of the latest finite loss
         self._prune = None  # (step, lr_warmup_steps) of the last prune
-        self._term = None  # the method adding its term to the gradients at the latest check
+        self._term = None  # the method working on the gradients at the step checked (named in the error)
 
     def mark_prune(self, step: int, lr_warmup_steps: int = 0) -> None:
         """A prune happened before optimizer step ``step``: the losses are followed from there."""
@@ -31,8 +31,8 @@ class LossGuard:
         self._first = self._last = None
 
     def check(self, loss, step: int, epoch: int, term: str | None = None) -> None:
-        """``term``: the pruning method adding its training-time term to the gradients before each
-        step now (named in the error), or None."""
+        """``term``: the pruning method whose ``before_optimizer_step()`` works on the gradients at
+        this step (named in the error), or None."""
         if not torch.is_tensor(loss):
             return
         loss = loss.detach()

@@ -161,17 +161,10 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     """The command that goes on with an unfinished run of the sweep alone, in its folder (where the
     report finds it): from the newest checkpoint it left (``ckpt_path=``), else from the start;
     ``None`` where the sweep's plan (``multirun.yaml``) or the run's choices cannot be read."""
-    planned = planned_jobs(sweep_dir)
-    path = Path(run["dir"]) / ".hydra" / "overrides.yaml"
-    if planned is None or not path.is_file():
+    planned, given = planned_jobs(sweep_dir), _override_items(run)
+    if planned is None or given is None:
         return None
-    try:
-        from omegaconf import OmegaConf
-
-        overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(path)) or []
-                     if not str(o).startswith("ckpt_path=")]
-    except Exception:  # noqa: BLE001 - an unreadable file: no command
-        return None
+    overrides = [o for o in given if not o.startswith("ckpt_path=")]
     from ..checkpoint import CheckpointReadError, check_checkpoint_file
     from .cli import _override_value, run_alone_command
 
@@ -245,21 +238,29 @@ def _settings(run: dict) -> dict:
     return flatten_config((result.get("config") or {}).get("cli") or {})
 
 
-def _overrides(run: dict) -> dict | None:
-    """The command-line choices of a Hydra job (``.hydra/overrides.yaml``: ``pruning=l1``,
-    ``target.macs=0.1``, ...) as ``{key: value}``; ``None`` where the run has no such file."""
+def _override_items(run: dict) -> list[str] | None:
+    """The command line of a Hydra job as it was given (``.hydra/overrides.yaml``: ``pruning=l1``,
+    ``+trainer.max_steps=3``, ...); ``None`` where the run has no such file, or it is unreadable."""
     path = Path(run["dir"]) / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
     try:
         from omegaconf import OmegaConf
 
-        items = OmegaConf.to_container(OmegaConf.load(path))
+        return [str(item) for item in OmegaConf.to_container(OmegaConf.load(path)) or []]
     except Exception:  # noqa: BLE001 - an unreadable file: fall back to the recorded configuration
         return None
+
+
+def _overrides(run: dict) -> dict | None:
+    """The command-line choices of a Hydra job as ``{key: value}`` (:func:`_override_items`, the
+    ``+``/``~`` prefixes dropped); ``None`` where the run has none on record."""
+    items = _override_items(run)
+    if items is None:
+        return None
     out = {}
-    for item in items or []:
-        key, sep, value = str(item).partition("=")
+    for item in items:
+        key, sep, value = item.partition("=")
         if sep:
             out[key.lstrip("+~")] = value
     return out
