@@ -960,6 +960,9 @@ class PruningEngine:
                     method.before_optimizer_step()
                     # (a term that divides by the gradients' norm is not finite on zero gradients alone: said, not refused)
                     nan_gradients = _non_finite(trial, "gradients")
+                    for param in trial.parameters():  # (made finite again: update() and select() read them too)
+                        if param.grad is not None:
+                            param.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
                     hook = "update"
                     checked_metrics(name, "update", method.update())
                     bad = _non_finite(trial, "weights")
@@ -1004,8 +1007,8 @@ class PruningEngine:
             if nan_gradients:  # (outside the block that hides the method's warnings: this one is the engine's)
                 self.warn(f"pruning method {name!r}: before_optimizer_step() put NaN or infinity into the gradients "
                           f"of {some_names(nan_gradients, 4)} when they were all zero (rehearsed at set-up on a copy "
-                          "of the model). If it does so with the fit's gradients, the fit stops at its first step "
-                          "with the method's term, naming it.")
+                          "of the model). If it does so with the fit's gradients, the fit stops a step or two later, "
+                          "when the loss turns, naming it.")
         except Exception as err:
             if hook == "setup":
                 raise  # the method's own refusal of the model (the real set-up gives the same), as it is

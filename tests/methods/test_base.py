@@ -226,13 +226,33 @@ def test_an_update_that_is_not_finite_is_refused_at_set_up(tmp_path):
 
 
 class NormalizedTerm(PoisonedTerm):
-    """A term that scales each gradient to unit norm: NaN on the rehearsal's zero gradients only."""
+    """A term that scales each gradient to unit norm: NaN on the rehearsal's zero gradients only.
+    It scores channels by the gradients it saw, in update(), and selects by those scores."""
 
     name = "normalized_term"
+
+    def setup(self, context):
+        super().setup(context)
+        self.seen = {g.name: torch.zeros(g.size) for g in context.groups}
 
     def before_optimizer_step(self):
         for p in self.context.model.parameters():
             p.grad.div_(p.grad.norm())
+
+    def update(self):
+        gradient = float(next(self.context.model.parameters()).grad.abs().sum())
+        for name in self.seen:
+            self.seen[name] += gradient
+        return {}
+
+    def select(self, keep):
+        return top_k_masks({name: seen + torch.arange(seen.numel()) for name, seen in self.seen.items()}, keep)
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = dict(state["seen"])
 
 
 def test_a_term_not_finite_on_zero_gradients_is_said_at_set_up_and_named_when_the_loss_turns(tmp_path):
