@@ -159,6 +159,74 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
                 raise
 
 
+#: Most runs of a grid sweep :func:`check_sweep_runs` checks before the first starts.
+MAX_CHECKED_RUNS = 256
+#: Hydra's grid sweeper, the one whose job numbers :func:`check_sweep_runs` names.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_sweep_runs(args: Sequence[str]) -> None:
+    """Every run of a grid sweep (``-m``) checked before the first starts: a value its own checks
+    would refuse as it starts (``target.macs=0.1,0``, a method's argument out of range, a schedule
+    that ``trainer.max_epochs`` cuts short) refuses the sweep now with ``ValueError``, naming the
+    run as Hydra numbers it and its values, instead of failing after the runs before it trained.
+    Only :func:`~.stages.check_settings` runs here; what needs the data, the network or a
+    checkpoint (a target below what the floors cost) is checked as each run starts. Left to Hydra
+    or to the runs: another sweeper or sweeps set in a config file, runs that load plugins, a
+    syntax or composition error, and the runs past :data:`MAX_CHECKED_RUNS`."""
+    import itertools
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from .stages import check_settings
+
+    if not any(a in ("-m", "--multirun") for a in args) or any(
+            (a.startswith("-") and a not in ("-m", "--multirun")) or "searchpath" in a for a in args):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:  # Hydra's parser says what is wrong with it
+        return
+    grid: dict[str, list[str]] = {}  # as Hydra's grid sweeper orders its jobs: by key, first given first
+    swept = set()
+    for o in overrides:
+        key = o.get_key_element()
+        if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/")):
+            if o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")):
+                return  # another sweeper numbers (or picks) its runs otherwise
+            continue
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            return  # interval(...): not a grid
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        grid[key] = [f"{key}={v}" for v in values]
+        if o.is_sweep_override():
+            swept.add(key)
+        else:
+            swept.discard(key)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
+            try:
+                cfg = compose(config_name=CONFIG_NAME, overrides=list(combination), return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException):  # Hydra's to say, as it composes the run
+                return
+            sweeper = cfg.hydra.get("sweeper") or {}
+            if sweeper.get("_target_") != BASIC_SWEEPER or sweeper.get("params"):
+                return  # (an experiment's config chose the sweeper, or sweeps of its own)
+            if cfg.get("plugins"):
+                continue  # (checked as it starts, once its plugins are loaded)
+            try:
+                with warnings.catch_warnings():  # (the run says them itself)
+                    warnings.simplefilter("ignore")
+                    check_settings(cfg)
+            except Exception as err:
+                values = " ".join(c for c, k in zip(combination, grid) if k in swept)
+                raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
+                                 f"{type(err).__name__}: {err}. Nothing has run: change or drop that value") from err
+
+
 def _chooses_for(choice: str, key: str) -> bool:
     """Whether the group choice ``choice`` (``pruning=l1``, ``data@adaptation.target=mnist``) puts
     the config that holds ``key``: its package (after ``@``), else its group."""
@@ -531,6 +599,7 @@ def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     try:  # a misspelled key, before Hydra: its closest names, not a proposal to add it
         check_override_keys(sys.argv[1:])
+        check_sweep_runs(sys.argv[1:])  # a sweep's every run, before the first trains
     except ValueError as err:
         print(f"lightning-ssr: {err}", file=sys.stderr)
         sys.exit(1)

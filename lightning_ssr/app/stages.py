@@ -301,11 +301,7 @@ def check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pru
 
 
 def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pruning | None, pl.LightningDataModule]:
-    check_run_settings(cfg)
-    if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
-        raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
-    if cfg.export is not None:
-        check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
+    callback, averaging = check_settings(cfg)
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
@@ -314,13 +310,39 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
                          "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")
-    averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
     if checkpoint is not None:
         _check_resumed_settings(cfg, checkpoint)
         _check_resumed_average(cfg, checkpoint, averaging)
-    callback = build_pruning(cfg)
     if checkpoint is not None and callback is not None:
         callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
+    instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
+    dm = build_data(cfg)
+    net = build_network(cfg, dm)
+    lm = build_module(cfg, net, dm)
+    build_module(cfg, net, dm, lr=cfg.dense.lr)
+    if callback is not None:
+        check_target(cfg, callback, lm, dm)
+    if checkpoint is not None and resumes_the_module:
+        try:
+            apply_checkpoint_plan(copy.deepcopy(lm), checkpoint)  # (the plan's layer names and sizes)
+        except (PlanMismatchError, ForwardError) as err:  # (the plan's own input, traced on this model, too)
+            raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
+    return callback, dm
+
+
+def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
+    """The checks of :func:`check_config` that need neither the data, the network nor a
+    checkpoint: the run's own settings, the export format, weight averaging, the pruning callback
+    (method arguments, target, schedule) against ``trainer.max_epochs``, and the Trainer's numbers.
+    Cheap enough to run on every run of a sweep before the first starts. Returns the callback
+    (``None`` with ``pruning=none``) and the weight-averaging callbacks."""
+    check_run_settings(cfg)
+    if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
+        raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
+    if cfg.export is not None:
+        check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
+    averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
+    callback = build_pruning(cfg)
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
@@ -340,19 +362,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         value = cfg.trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise TypeError(f"trainer.{key} must be a number, got {type(value).__name__} {value!r}")
-    instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
-    dm = build_data(cfg)
-    net = build_network(cfg, dm)
-    lm = build_module(cfg, net, dm)
-    build_module(cfg, net, dm, lr=cfg.dense.lr)
-    if callback is not None:
-        check_target(cfg, callback, lm, dm)
-    if checkpoint is not None and resumes_the_module:
-        try:
-            apply_checkpoint_plan(copy.deepcopy(lm), checkpoint)  # (the plan's layer names and sizes)
-        except (PlanMismatchError, ForwardError) as err:  # (the plan's own input, traced on this model, too)
-            raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
-    return callback, dm
+    return callback, averaging
 
 
 #: the Trainer's settings that take only a number (an int, or a float as a fraction); not

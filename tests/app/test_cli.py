@@ -272,6 +272,40 @@ def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeyp
     assert err.startswith("lightning-ssr: pruning.rh is not a setting") and "did you mean pruning.rho?" in err
 
 
+def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, monkeypatch):
+    """A value one run would refuse as it starts (a target of 0, a method's negative argument)
+    refused the sweep only when that run came up, after the runs before it trained: the command
+    refuses it before Hydra starts, naming the run as Hydra numbers it and its swept values."""
+    from lightning_ssr.app import cli
+
+    with pytest.raises(ValueError, match=r"^run 1 of the sweep \(pruning=ssr_l20 target.macs=0\) would be refused "
+                                         r"as it starts: ValueError: target macs .* must be in \(0, 1\].*"
+                                         r"Nothing has run: change or drop that value$"):
+        cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0", "data=uci_digits"])
+    with pytest.raises(ValueError, match=r"^run 2 of the sweep \(pruning.lam=-1 seed=0\) .*ssr_l20: lam must be in"):
+        cli.check_sweep_runs(["-m", "pruning.lam=1,-1", "seed=0,1"])  # Hydra's order: lam=-1 seed=0 is job 2
+    with pytest.raises(ValueError, match=r"^run 1 of the sweep \(trainer.max_epochs=1\) .*trainer.max_epochs=1 ends "
+                                         r"the compression run before its last prune"):
+        cli.check_sweep_runs(["--multirun", "pruning=l1", "schedule.sparsify_epochs=3", "trainer.max_epochs=8,1"])
+    with pytest.raises(ValueError, match=r"^run 0 of the sweep \(target.macs=0.0\) .*must be in \(0, 1\]"):
+        cli.check_sweep_runs(["-m", "target.macs=range(0,0.2,0.1)"])  # (a range is a grid too)
+    with pytest.raises(ValueError, match=r"^run 1 of the sweep \(pruning.lam=nan\) .*lam must be"):
+        cli.check_sweep_runs(["-m", "pruning.lam=0.1,nan"])
+    # valid grids, a single run, another sweeper, Hydra's own errors and plugin runs pass (checked as they start)
+    cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "seed=0,1", "hydra.job.chdir=false"])
+    cli.check_sweep_runs(["target.macs=0"])  # (one run: its own check says it, with the run's record)
+    cli.check_sweep_runs(["-m", "+experiment=optuna_ssr", "target.macs=0"])  # (not a grid)
+    cli.check_sweep_runs(["-m", "pruning=nosuch,l1"])  # (Hydra lists the options)
+    cli.check_sweep_runs(["-m", "target.macs=0", "plugins=[my_plugin]"])
+    started = []
+    monkeypatch.setattr(cli, "_hydra_main", lambda: started.append(1))
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", "-m", "seed=0,1.5"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1 and not started
+    assert capsys.readouterr().err.startswith("lightning-ssr: run 1 of the sweep (seed=1.5) would be refused")
+
+
 def test_unknown_model_fails_with_hydras_error():
     with pytest.raises(ConfigCompositionException, match="model/resnet9000"):
         _compose(["model=resnet9000"])
