@@ -395,20 +395,27 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
 
 def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
     """Where the checks before training rehearse the fit's set-up, and whether a latency target may
-    be timed there: the fit's GPU for a fit on one CUDA device this process sees (``cuda:<k>``
-    for ``trainer.devices=[k]``), else the CPU; timed only where that is the device the fit trains
-    and times on, in one process (several ranks would each time it, competing), and not for a
-    resumed fit (``ckpt_path``: its set-up was timed by the run it goes on from)."""
+    be timed there: for a CUDA fit, the GPU of this process's rank (``cuda:<k>`` for
+    ``trainer.devices=[k]``; ``LOCAL_RANK`` picks among several), else the CPU; timed only where
+    that is the device the fit trains and times on, in one process (several ranks would each time
+    it, competing), and not for a resumed fit (``ckpt_path``: its set-up was timed by the run it
+    goes on from). ``trainer.devices=auto`` on CUDA is every GPU this process sees, as in Lightning."""
     accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
     devices = cfg.trainer.get("devices", "auto")
     devices = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else devices
-    one = devices in (None, "auto", 1, "1") or (isinstance(devices, list) and len(devices) == 1)
+    if isinstance(devices, str) and "," in devices:  # ("0,1" and "1,": GPU indices, as Lightning reads them)
+        devices = [int(d) for d in devices.split(",") if d.strip()]
+    fit = _fit_device(cfg)
+    auto = devices in (None, "auto", -1, "-1")  # (every GPU there is)
+    one = (devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1)
+           or (auto and (fit == "cpu" or torch.cuda.device_count() <= 1)))
     strategy = str(cfg.trainer.get("strategy") or "auto").lower()
     single = one and "ddp" not in strategy and "fsdp" not in strategy and int(cfg.trainer.get("num_nodes") or 1) == 1
-    fit = _fit_device(cfg)
     device = "cpu"
-    if fit == "cuda" and torch.cuda.is_available() and single:
-        device = f"cuda:{int(devices[0])}" if isinstance(devices, list) else "cuda"
+    if fit == "cuda" and torch.cuda.is_available():  # (the rehearsal on the GPU, timed or not)
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        index = devices[rank] if isinstance(devices, list) and rank < len(devices) else rank
+        device = f"cuda:{int(index)}"
     mps = accelerator == "mps" or (accelerator == "auto" and fit == "cpu" and torch.backends.mps.is_available())
     known = accelerator in ("cpu", "gpu", "cuda", "auto") and not mps  # (mps, xla, ...: timed at the fit only)
     return device, known and single and device.split(":")[0] == fit and cfg.get("ckpt_path") is None

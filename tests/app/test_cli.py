@@ -1394,7 +1394,8 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
 
 def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_would(monkeypatch):
     """The latency set-up timed ahead on the CPU for an MPS fit, on GPU 0 for trainer.devices=[1],
-    once per DDP rank, and again for a fit resumed past its prune."""
+    once per DDP rank (also for devices=auto on several GPUs), and again for a fit resumed past its
+    prune; a fit on several GPUs was rehearsed on the CPU."""
     import torch
 
     from lightning_ssr.app import stages
@@ -1407,8 +1408,18 @@ def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_wou
     assert preflight("ckpt_path=/somewhere/last.ckpt") == ("cpu", False)
     assert preflight("trainer.accelerator=mps") == ("cpu", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert preflight("trainer.accelerator=gpu", "trainer.devices=[1]") == ("cuda:1", True)
-    assert preflight("trainer.accelerator=gpu", "trainer.devices=2") == ("cpu", False)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=auto") == ("cuda:0", True)  # (the one GPU)
+    # several GPUs: rehearsed on this rank's GPU (a method that makes its tensors there), timed nowhere
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2") == ("cuda:0", False)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices='2,3'") == ("cuda:2", False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=[2,3]") == ("cuda:3", False)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # auto (and -1) is every GPU: DDP, several ranks
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=auto") == ("cuda:0", False)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=-1") == ("cuda:0", False)
 
 
 def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
