@@ -729,19 +729,25 @@ def plugin_digests(cfg: DictConfig) -> dict[str, str]:
 
 
 def _find_spec(name: str):
-    """The spec of module ``name`` found on ``sys.path`` part by part, importing nothing (not even
-    its parent packages, as ``importlib.util.find_spec`` does); ``None`` where it is not found
-    there (a class, an attribute, a module made at run time)."""
-    from importlib.machinery import PathFinder
+    """The spec of module ``name`` found part by part by the import system's finders
+    (``sys.meta_path``: ``sys.path``, and those an editable install adds), importing nothing (not
+    even its parent packages, as ``importlib.util.find_spec`` does); ``None`` where no finder
+    knows it (a class, an attribute, a module made at run time, a built-in one)."""
+    from importlib.machinery import BuiltinImporter, FrozenImporter
 
+    finders = [f for f in sys.meta_path if f not in (BuiltinImporter, FrozenImporter) and hasattr(f, "find_spec")]
     spec, locations = None, None
     for end in range(1, name.count(".") + 2):
         if spec is not None and not spec.submodule_search_locations:
             return None  # a module's attribute, not a submodule
-        try:
-            spec = PathFinder.find_spec(".".join(name.split(".")[:end]), locations)
-        except (ImportError, ValueError, OSError):
-            return None
+        part, spec = ".".join(name.split(".")[:end]), None
+        for finder in finders:
+            try:
+                spec = finder.find_spec(part, locations)
+            except (ImportError, ValueError, OSError, TypeError):
+                continue
+            if spec is not None:
+                break
         if spec is None:
             return None
         locations = spec.submodule_search_locations

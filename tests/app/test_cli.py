@@ -565,6 +565,32 @@ def test_the_dense_cache_key_follows_the_networks_code_wherever_it_lives(tmp_pat
     second, changed = keys("keyns_nets.nets.build", "plugins=[keymethods_only]")
     assert second == first and changed != code  # the run's code changed; the dense model's did not
 
+    # a package installed with pip install -e: found by the finder the install puts on sys.meta_path,
+    # from a folder that is not on sys.path (it had no key: a stale dense model was reused)
+    from importlib.machinery import PathFinder
+    from importlib.util import spec_from_file_location
+
+    elsewhere = tmp_path / "project" / "keyedit_nets"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "__init__.py").write_text("")
+    (elsewhere / "nets.py").write_text("def build(**kw):\n    return None\n")
+
+    class EditableFinder:  # what setuptools' editable install adds, in short
+        @classmethod
+        def find_spec(cls, fullname, path=None, target=None):
+            if fullname == "keyedit_nets":
+                return spec_from_file_location(fullname, elsewhere / "__init__.py",
+                                               submodule_search_locations=[str(elsewhere)])
+            if fullname.startswith("keyedit_nets."):
+                return PathFinder.find_spec(fullname, [str(elsewhere)])
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, EditableFinder])
+    first, code = keys("keyedit_nets.nets.build")
+    assert "module:keyedit_nets.nets" in code and "keyedit_nets" not in sys.modules
+    (elsewhere / "nets.py").write_text("def build(**kw):\n    return 2\n")
+    assert keys("keyedit_nets.nets.build")[0] != first
+
 
 def test_code_of_your_own_is_told_from_the_installation_by_its_paths():
     """A base prefix of /usr took /usr/src/app/nets.py for installed code (no digest: a stale dense
