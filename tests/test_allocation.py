@@ -13,7 +13,7 @@ from lightning_ssr.cost import count_cost
 from lightning_ssr.methods import build_method
 from lightning_ssr.methods.continuation import Continuation
 from lightning_ssr.structure import find_channel_groups
-from lightning_ssr.targets import TARGET_TOLERANCE, Budget, Target
+from lightning_ssr.targets import MET_TOLERANCE, Budget, Target
 from tests.lit import (
     NetClassifier,
     TinyClassifier,
@@ -70,7 +70,7 @@ def test_the_view_allocates_by_the_methods_values_and_meets_the_target_from_belo
     # the engine's final allocation from the same values closes the gap to the tolerance
     final, _ = Budget({kind: value}).keep_counts(model, x, groups, cost, round_to=1, allocation="method",
                                                  scores=values)
-    assert (1 - 2 * TARGET_TOLERANCE) * value <= view.fraction(final) <= value
+    assert (1 - MET_TOLERANCE) * value <= view.fraction(final) <= value
     # a group whose values are all higher keeps at least as many channels
     boosted = dict(values, **{groups[0].name: values[groups[0].name] + 10.0})
     assert view.allocate(boosted)[groups[0].name] >= keep[groups[0].name]
@@ -132,7 +132,7 @@ def test_the_method_keeps_more_of_the_sensitive_layer_than_uniform(tmp_path, met
     learned, cb = _fit_sensitive(tmp_path / "m", method, "method")
     assert uniform == {"net.narrow": 4, "net.wide": 16}
     assert learned["net.narrow"] >= 7 and learned["net.wide"] <= 13
-    assert sum(learned.values()) <= 20 and sum(learned.values()) >= 20 * (1 - 2 * TARGET_TOLERANCE)
+    assert sum(learned.values()) <= 20 and sum(learned.values()) >= 20 * (1 - MET_TOLERANCE)
     event = cb.events[0]
     assert event["allocation"] == "method" and set(event["learned"]) == {"net.narrow", "net.wide"}
     assert cb.result.config["allocation"] == "method"
@@ -146,7 +146,7 @@ def test_ssr_l20_with_a_ramp_lowers_its_budget_gradually_and_still_learns_the_st
     kept = [sum(t["kept"].values()) for t in ramped.result.trajectory]
     assert sum(direct.result.trajectory[0]["kept"].values()) <= 20
     assert kept[0] > 25 and kept == sorted(kept, reverse=True) and kept[-1] <= 20
-    assert learned["net.narrow"] >= 7 and sum(learned.values()) >= 20 * (1 - 2 * TARGET_TOLERANCE)
+    assert learned["net.narrow"] >= 7 and sum(learned.values()) >= 20 * (1 - MET_TOLERANCE)
     assert ramped.result.config["method"]["ramp"] == 0.5 and direct.result.config["method"]["ramp"] is None
     assert build_method("ssr_l21").config()["ramp"] == 0.5  # (recorded as used)
 
@@ -183,7 +183,7 @@ def test_targets_are_met_within_the_tolerance_with_method_allocation(tmp_path, m
         achieved = sum(cb.events[0]["keep"].values()) / sum(g["size"] for g in cb.result.plan["groups"])
     else:
         achieved = cb.result.pruned[kind] / cb.result.dense[kind]
-    assert (1 - 2 * TARGET_TOLERANCE) * value <= achieved <= value
+    assert (1 - MET_TOLERANCE) * value <= achieved <= value
     assert cb.events[0]["allocation"] == "method"
 
 

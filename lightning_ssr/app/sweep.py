@@ -43,7 +43,7 @@ from pathlib import Path
 from ..files import atomic_write, atomic_write_text
 from ..report import PruningResult
 from ..schedule import PruningSchedule
-from ..targets import TARGET_TOLERANCE
+from ..targets import MET_TOLERANCE
 
 #: config keys that never tell configurations apart (seeds are pooled; paths are where, not what)
 POOLED_KEYS = ("seed", "ckpt_path", "dense.cache_dir", "data.root", "verbose", "export")
@@ -375,10 +375,10 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]],
-                 tolerance: float = TARGET_TOLERANCE) -> set[int]:
+                 tolerance: float = MET_TOLERANCE) -> set[int]:
     """Indices of the points no other point beats: fewer or equal MACs and higher or equal
     accuracy, one of them strictly. MACs within ``tolerance`` of each other (relative) count as
-    equal: runs of one target land within the allocation's :data:`TARGET_TOLERANCE` below it, so
+    equal: runs of one target land within :data:`~lightning_ssr.targets.MET_TOLERANCE` below it, so
     they differ by what rounding the counts left (114,536 and 114,600), and the less accurate one
     is not on the front for that. Points with a missing coordinate
     are never on the front."""

@@ -41,6 +41,8 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     # one target, two methods: 0.06% apart in MACs from rounding, 5 points apart in accuracy
     assert pareto_front([(114_536, 11.2), (114_600, 16.2)]) == {1}
     assert pareto_front([(114_536, 11.2), (114_600, 16.2)], tolerance=0.0) == {0, 1}
+    # allocation='method' does not trade channels: at round_to=8 a run lands up to 1.45% below the target
+    assert pareto_front([(20e6, 0.90), (20e6 * (1 - 0.0145), 0.89)]) == {0}
 
 
 def test_summary_pools_seeds_per_configuration_and_lists_failures(tmp_path):
