@@ -169,15 +169,21 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     from ..checkpoint import CheckpointReadError, check_checkpoint_file
     from .cli import _override_value, run_alone_command
 
-    saved = sorted(Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    saved = []
+    for path in Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"):
+        try:  # (a run still going rotates its checkpoints: one listed may be gone by now)
+            saved.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
     intact = None
-    for path in reversed(saved):  # the newest that reads whole (a kill during a save leaves a cut file)
+    for _, path in sorted(saved, reverse=True):  # the newest that reads whole (a kill during a save cuts one)
         try:
             check_checkpoint_file(path)
         except CheckpointReadError:
             continue
-        intact = path
-        break
+        if path.is_file():
+            intact = path
+            break
     extra = [f"ckpt_path={_override_value(str(intact.resolve()))}"] if intact is not None else []
     return run_alone_command(planned[0], overrides, str(Path(run["dir"]).resolve()), extra)
 

@@ -3,6 +3,7 @@ and the report aggregates every result.json."""
 
 import csv
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -352,8 +353,11 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
     saved = sweep / "1" / "logs" / "version_0" / "checkpoints"
     saved.mkdir(parents=True)
+    torch.save({"state_dict": {}}, saved / "epoch=0-step=2.ckpt")
     torch.save({"state_dict": {}}, saved / "epoch=0-step=4.ckpt")
     (saved / "epoch=0-step=6.ckpt").write_bytes(b"PK\x03\x04 cut short by the kill")  # newer, but not whole
+    for age, name in enumerate(("epoch=0-step=6.ckpt", "epoch=0-step=4.ckpt", "epoch=0-step=2.ckpt")):
+        os.utime(saved / name, (1e9 - age * 60, 1e9 - age * 60))  # in the order they were written
     report = write_report(sweep, plots=False)
     assert [r["config"] for r in report["rows"]] == ["pruning=l1 target.macs=0.5", "pruning=l1 target.macs=0.25"]
     md = (sweep / "report.md").read_text()
@@ -374,6 +378,26 @@ def test_a_run_that_never_recorded_its_end_is_counted_as_running_or_killed(tmp_p
     md = (tmp_path / "report.md").read_text()
     assert "| l1 | 1 (+1 running or killed) |" in md and "## Failed and interrupted runs" in md
     assert f"- `{tmp_path / '1'}` (running, or killed): the run started at" in md
+
+
+def test_a_running_runs_go_on_command_is_for_when_it_has_stopped_and_skips_a_checkpoint_gone_since(tmp_path):
+    """A run still going rotates its checkpoints: one the report listed may be gone when it reads
+    it (the report failed with FileNotFoundError); its command is worded for when it has stopped."""
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1", "target.macs=0.5,0.25"])
+    _job(sweep, 0, ["pruning=l1", "target.macs=0.5"], "l1")
+    _job(sweep, 1, ["pruning=l1", "target.macs=0.25"], "l1", 0.25)
+    _result(sweep, "1", "l1", 0.25, 0, 0.0, status="running", error="the run started at ... and has not recorded "
+            "its end: it is still running, or it was killed")
+    saved = sweep / "1" / "logs" / "version_0" / "checkpoints"
+    saved.mkdir(parents=True)
+    torch.save({"state_dict": {}}, saved / "epoch=0-step=4.ckpt")
+    (saved / "epoch=1-step=8.ckpt").symlink_to(saved / "rotated-away.ckpt")  # listed, then gone
+    write_report(sweep, plots=False)
+    md = (sweep / "report.md").read_text()
+    ckpt = shlex.quote(f"ckpt_path='{saved.resolve() / 'epoch=0-step=4.ckpt'}'")
+    assert (f"  - if it is no longer running, it goes on alone, in its folder, with: `lightning-ssr "
+            f"hydra.job.chdir=false pruning=l1 target.macs=0.25 {ckpt} hydra.run.dir={sweep.resolve() / '1'} "
+            "hydra.mode=RUN`") in md
 
 
 def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tmp_path):
