@@ -58,7 +58,7 @@ from .stages import (
     started_result,
     train_dense,
 )
-from .sweep import LAST_SWEEP, REPLACED_DIR, count_runs, flatten_config
+from .sweep import GRID_SWEEPER, LAST_SWEEP, REPLACED_DIR, count_runs, flatten_config
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -161,8 +161,6 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
 
 #: Most runs of a grid sweep :func:`check_sweep_runs` checks before the first starts.
 MAX_CHECKED_RUNS = 256
-#: Hydra's grid sweeper, the one whose job numbers :func:`check_sweep_runs` names.
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def check_sweep_runs(args: Sequence[str]) -> None:
@@ -213,7 +211,7 @@ def check_sweep_runs(args: Sequence[str]) -> None:
             except (HydraException, OmegaConfBaseException):  # Hydra's to say, as it composes the run
                 return
             sweeper = cfg.hydra.get("sweeper") or {}
-            if sweeper.get("_target_") != BASIC_SWEEPER or sweeper.get("params"):
+            if sweeper.get("_target_") != GRID_SWEEPER or sweeper.get("params"):
                 return  # (an experiment's config chose the sweeper, or sweeps of its own)
             if cfg.get("plugins"):
                 continue  # (checked as it starts, once its plugins are loaded)
@@ -407,13 +405,55 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     (``status: ok``): a sweep run again in the same ``hydra.sweep.dir`` (after Ctrl-C, or with
     values added to its first swept key, whose jobs come last) goes on with the runs it lacks
     instead of training every run again. (Other added values renumber the jobs: their folders'
-    runs are set aside, :func:`set_aside_other_run`, and trained again.)"""
+    runs are set aside, :func:`set_aside_other_run`, and each job takes back a finished run of
+    its configuration from where it was left, :func:`recover_finished_run`.)"""
     found = _recorded_run(cfg, output_dir)
     if found is None:
         return None
     result, differ = found
     # and the same code: a plugin file edited since (or another version of this package) runs it again
     return result if result.status == "ok" and not differ and result.config.get("code") == code_identity(cfg) else None
+
+
+def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path) -> tuple[PruningResult, Path] | None:
+    """A finished run of this very configuration and code that a sweep run again with other values
+    left elsewhere in its folder (set aside under ``.replaced/``, or in the folder of a job number
+    it holds no longer), moved into this job's ``output_dir`` so that it is not trained again;
+    returns its result and where it was. ``None`` where there is none, or where ``output_dir``
+    holds a run of its own (a failed or interrupted one goes on from its checkpoint)."""
+    if (output_dir / "result.json").exists() or output_dir.resolve() == sweep_dir.resolve():
+        return None
+    here = output_dir.resolve()
+    places = sorted(sweep_dir.glob(f"{REPLACED_DIR}/*/result.json")) + sorted(
+        p for p in sweep_dir.glob("*/result.json") if p.parent.resolve() != here and p.parent.name != REPLACED_DIR)
+    for path in places:
+        result = finished_before(cfg, path.parent)
+        if result is None:
+            continue
+        old = path.parent.resolve()
+        for item in sorted(path.parent.iterdir()):  # (not its .hydra: this job's own is there)
+            if item.name != ".hydra" and not (output_dir / item.name).exists():
+                item.rename(output_dir / item.name)
+        if REPLACED_DIR not in path.parent.relative_to(sweep_dir).parts:  # a job's folder: its rest set aside
+            (sweep_dir / REPLACED_DIR).mkdir(exist_ok=True)
+            rest = Path(tempfile.mkdtemp(prefix=f"{path.parent.name}-{time.strftime('%Y%m%dT%H%M%S')}-",
+                                         dir=sweep_dir / REPLACED_DIR))
+            for item in path.parent.iterdir():
+                item.rename(rest / item.name)
+            path.parent.rmdir()
+        result.pruned = _moved_paths(result.pruned, old, here)  # (the pruned model's and the export's paths)
+        result.save(output_dir / "result.json")
+        return result, path.parent
+    return None
+
+
+def _moved_paths(value, old: Path, new: Path):
+    """``value`` (a result's section) with each path under ``old`` put under ``new``."""
+    if isinstance(value, dict):
+        return {k: _moved_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith(f"{old}{os.sep}"):
+        return str(new / Path(value).relative_to(old))
+    return value
 
 
 def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, list[str]] | None:
@@ -506,6 +546,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             print(f"run {hydra_cfg.job.num}: finished before with the same configuration "
                   f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its folder, or give "
                   "the sweep another hydra.sweep.dir, to run it again)")
+            return done.pruned.get("val_accuracy")
+        try:
+            recovered = recover_finished_run(cfg, output_dir, Path(hydra_cfg.sweep.dir))
+        except OSError as err:  # (what could not be moved stays where it was; this run trains)
+            print(f"run {hydra_cfg.job.num}: a finished run of its configuration could not be moved into its folder "
+                  f"({type(err).__name__}: {err}); it runs again", file=sys.stderr)
+            recovered = None
+        if recovered is not None:
+            done, where = recovered
+            print(f"run {hydra_cfg.job.num}: finished before with the same configuration in {where} (the sweep was "
+                  f"run again with other values); moved to {output_dir}, not run again")
             return done.pruned.get("val_accuracy")
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))

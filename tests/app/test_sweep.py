@@ -403,7 +403,9 @@ def test_a_running_runs_go_on_command_is_for_when_it_has_stopped_and_skips_a_che
 def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tmp_path):
     """Hydra numbers a sweep's jobs anew: run again in its folder with fewer values, job 0's folder
     held the finished run of another configuration. It is moved to .replaced, not written over,
-    and the report counts this sweep's runs alone."""
+    and the report counts this sweep's runs alone. Job 0's own configuration had finished in job
+    1's folder: it is moved into job 0's, not trained again (it was); then a third sweep takes the
+    l1 run back from .replaced."""
     sweep = tmp_path / "sweep"
     common = [sys.executable, "-m", "lightning_ssr.app.cli", "-m", "target.macs=0.5",
               f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
@@ -415,12 +417,25 @@ def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tm
     assert second.returncode == 0, second.stderr[-3000:]
     assert re.search(r"run 0: its folder held a run \(l1, ok\) of another configuration \(it differs in "
                      r"[^)]*pruning\.name[^)]*\); moved to \S+\.replaced\S+, not written over", second.stderr)
-    (aside,) = (sweep / ".replaced").iterdir()
+    (aside,) = (p.parent for p in (sweep / ".replaced").glob("*/result.json"))
     assert json.loads((aside / "result.json").read_text())["method"] == "l1" and (aside / "pruned.pt").is_file()
-    assert json.loads((sweep / "0" / "result.json").read_text())["method"] == "random"
+    random_run = json.loads((sweep / "0" / "result.json").read_text())
+    assert random_run["method"] == "random"
+    assert f"run 0: finished before with the same configuration in {sweep / '1'} (the sweep was run again with " \
+           f"other values); moved to {sweep / '0'}, not run again" in second.stdout
+    assert random_run["pruned"]["checkpoint"] == str((sweep / "0" / "pruned.pt").resolve())
+    assert (sweep / "0" / "pruned.pt").is_file() and not (sweep / "1" / "result.json").exists()
+    assert "Epoch" not in second.stdout + second.stderr  # nothing trained
     report = write_report(sweep, plots=False)
-    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("random", 1)]
-    assert [r["dir"].name for r in report["strays"]] == ["1"]  # the first sweep's random run, in job 1's folder
+    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("random", 1)] and report["strays"] == []
+    third = subprocess.run([*common, "pruning=random,l1"], check=False, capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "run 0: finished before with the same configuration (" in third.stdout
+    assert f"run 1: finished before with the same configuration in {aside}" in third.stdout
+    assert json.loads((sweep / "1" / "result.json").read_text())["method"] == "l1"
+    report = write_report(sweep, plots=False)
+    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("pruning=random", 1), ("pruning=l1", 1)]
 
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
