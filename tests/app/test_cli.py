@@ -1412,10 +1412,10 @@ def test_the_set_up_checks_use_the_round_to_of_the_device_the_run_trains_on(monk
     stages.check_target(cfg, callback, lm, dm)
     (floor, groups), = seen
     assert floor == callback.budget.floors(groups, 8) != callback.budget.floors(groups, 1)
-    assert traced == [] and devices == ["cuda"]
+    assert traced == [] and devices == ["cuda:0"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     stages.check_target(cfg, callback, lm, dm)
-    assert devices == ["cuda", "cpu"]
+    assert devices == ["cuda:0", "cpu"]
 
 
 def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_would(monkeypatch):
