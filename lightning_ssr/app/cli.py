@@ -338,6 +338,35 @@ def _load_plugin(item: str) -> str:
     return name
 
 
+#: set on an error of a run that stopped before training in a folder that held an earlier run's
+#: ``result.json``: that record was written back (the path), not replaced by this run's failure
+KEPT_RECORD = "lightning_ssr_kept_record"
+
+
+def _earlier_record(output_dir: Path) -> bytes | None:
+    """The ``result.json`` ``output_dir`` holds before a run starts there (an interrupted run a
+    resume means to go on with, a finished one), as it is on disk; ``None`` where there is none."""
+    try:
+        return (output_dir / "result.json").read_bytes()
+    except OSError:
+        return None
+
+
+def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: Path, earlier: bytes | None,
+                 before: bool) -> None:
+    """``result.json`` for a run that failed or was interrupted: its failure, except for a run that
+    stopped ``before`` training in a folder that held an earlier run's record (a resume refused, or
+    given the wrong folder, erased the interrupted run it meant to go on with, and a sweep then set
+    that run aside): that record is written back, unchanged, and ``err`` says so (:data:`KEPT_RECORD`)."""
+    path = output_dir / "result.json"
+    if before and earlier is not None:
+        if rank_zero_only.rank == 0:
+            path.write_bytes(earlier)
+        setattr(err, KEPT_RECORD, str(path))
+        return
+    failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(path)
+
+
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
     ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error); until
@@ -345,13 +374,14 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_record(output_dir)
     if rank_zero_only.rank == 0:  # what a killed run leaves: its configuration, unfinished
         started_result(cfg).save(output_dir / "result.json")
     try:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
         with interruptions_held(interrupted=False):
-            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+            _record_stop(cfg, err, start, output_dir, earlier, before=True)
         raise
     recipe = recipe_for(cfg)
     if recipe is not None:
@@ -359,7 +389,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             result = recipe.run(cfg, output_dir)
         except (Exception, KeyboardInterrupt) as err:  # an interrupted run is recorded too
             with interruptions_held(isinstance(err, KeyboardInterrupt)):
-                failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+                _record_stop(cfg, err, start, output_dir, earlier, before=getattr(err, REFUSED_BEFORE_TRAINING, False))
             raise
         return finish(result, output_dir, start, recipe.summary(result))
     try:
@@ -367,7 +397,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     except (Exception, KeyboardInterrupt) as err:
         # a sweep's report lists this run as failed, with the reason
         with interruptions_held(isinstance(err, KeyboardInterrupt)):
-            failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(output_dir / "result.json")
+            _record_stop(cfg, err, start, output_dir, earlier, before=True)
         raise
     timings: dict[str, float] = {}
     net = lm = None
@@ -573,13 +603,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             # (a bad value refused before training; a diverged loss, a refusal at the first batch, ... after)
             when = "refused before training" if getattr(err, REFUSED_BEFORE_TRAINING, False) else "the run failed"
             if rank_zero_only.rank == 0:
-                print(f"lightning-ssr: {when}: {type(err).__name__}: {err}{notes}\n(recorded in "
-                      f"{Path(hydra_cfg.runtime.output_dir) / 'result.json'}; HYDRA_FULL_ERROR=1 shows the traceback)",
-                      file=sys.stderr)
+                kept = getattr(err, KEPT_RECORD, None)
+                where = (f"not recorded: {kept} still records the run that was there before" if kept else
+                         f"recorded in {Path(hydra_cfg.runtime.output_dir) / 'result.json'}")
+                print(f"lightning-ssr: {when}: {type(err).__name__}: {err}{notes}\n({where}; HYDRA_FULL_ERROR=1 "
+                      "shows the traceback)", file=sys.stderr)
             sys.exit(1)
         # one broken run must not stop the sweep: it is recorded (result.json, status failed)
         # and the sweep's report lists it with its error
-        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}{notes}); the sweep goes on",
+        kept = " (its folder's result.json still records the run that was there before)" if getattr(
+            err, KEPT_RECORD, None) else ""
+        print(f"run {hydra_cfg.job.num} failed ({type(err).__name__}: {err}{notes}){kept}; the sweep goes on",
               file=sys.stderr)
         return None
     finally:

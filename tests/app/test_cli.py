@@ -369,6 +369,35 @@ def test_bad_values_fail_before_training(tmp_path, overrides, match):
     assert failed.status == "failed" and re.search(match, failed.error) and failed.pruned == {}
 
 
+def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_held(tmp_path):
+    """A resume refused (a changed target), or a run given the folder of another, wrote its failure
+    over the interrupted run's result.json: the report then took the run for one of another
+    configuration and a sweep run again set it aside and trained it from the start."""
+    from lightning_ssr.app.cli import KEPT_RECORD
+    from lightning_ssr.app.stages import started_result
+
+    interrupted = started_result(_compose(["data=uci_digits", "target.macs=0.1"]))
+    interrupted.status, interrupted.error = "interrupted", "RunInterrupted: stopped by SIGINT"
+    interrupted.save(tmp_path / "result.json")
+    before = (tmp_path / "result.json").read_bytes()
+    cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}", "target.macs=0"])
+    with pytest.raises(ValueError, match=r"target macs") as info:
+        run(cfg, tmp_path)
+    assert (tmp_path / "result.json").read_bytes() == before
+    assert getattr(info.value, KEPT_RECORD) == str(tmp_path / "result.json")
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "target.macs=0",
+                           f"dense.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1 and (tmp_path / "result.json").read_bytes() == before
+    assert (f"(not recorded: {tmp_path / 'result.json'} still records the run that was there before; "
+            "HYDRA_FULL_ERROR=1 shows the traceback)") in proc.stderr, proc.stderr[-2000:]
+    # a folder without a record gets the failure, as before (test_bad_values_fail_before_training)
+    (tmp_path / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"target macs"):
+        run(cfg, tmp_path)
+    assert PruningResult.load(tmp_path / "result.json").status == "failed"
+
+
 def test_an_export_whose_packages_are_missing_is_refused_before_training(tmp_path, monkeypatch):
     """export=onnx without onnxscript trained the dense model, compressed it, and failed at the
     export with a bare ModuleNotFoundError; it is refused now, naming the extra."""
