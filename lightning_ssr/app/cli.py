@@ -54,6 +54,7 @@ from .stages import (
     installed_code,
     interruptions_held,
     print_final_table,
+    resumed_dense_model,
     sigterm_raises,
     started_result,
     train_dense,
@@ -404,10 +405,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     if cfg.latency.batch_sizes or cfg.target.get("latency") is not None:
         steady_allocator()  # this job times models: keep the allocator from moving their times
     try:
-        net, dense_info = train_dense(cfg, dm, output_dir)
+        net, dense_info = train_dense(cfg, dm, output_dir, resumed_dense_model(cfg))
         timings["dense_s"] = dense_info["seconds"]
         t = time.perf_counter()
-        lm, callback = compress(cfg, net, dm, output_dir, callback)
+        lm, callback = compress(cfg, net, dm, output_dir, callback, dense_info["cache"]["path"])
         timings["compress_s"] = time.perf_counter() - t
         result = base_result(cfg, lm, callback, dm)
         print_final_table(result, callback)

@@ -167,6 +167,8 @@ def _check_resumed_average(cfg: DictConfig, checkpoint: dict, averaging: list[pl
 
 #: where the run that prunes keeps its settings in each checkpoint it writes (:class:`RunSettingsRecord`)
 RUN_SETTINGS_KEY = "lightning_ssr_run_settings"
+#: where it keeps the path of the dense model it was compressed from (its baseline and teacher)
+DENSE_MODEL_KEY = "lightning_ssr_dense_model"
 
 #: configuration a resume may change: the compression settings the callback compares itself
 #: (``Pruning.check_resume``, which lets a fine-tune grow), ``ema_decay`` (compared above), the
@@ -208,11 +210,34 @@ class RunSettingsRecord(pl.Callback):
     other settings is refused at set-up (:func:`_check_resumed_settings`): it would go on with the
     checkpoint's weights and optimizer, and ``result.json`` would record settings the run never had."""
 
-    def __init__(self, settings: dict):
-        self.settings = settings
+    def __init__(self, settings: dict, dense: str | None = None):
+        self.settings, self.dense = settings, dense
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[RUN_SETTINGS_KEY] = dict(self.settings)
+        if self.dense is not None:  # (a resume compares with, and distills from, this one: resumed_dense_model)
+            checkpoint[DENSE_MODEL_KEY] = str(Path(self.dense).resolve())
+
+
+def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None) -> Path | None:
+    """For a resume (``ckpt_path``): the dense model the checkpoint's run was compressed from, where
+    this configuration keys another (a trainer setting changed, which a resume allows: the dense
+    cache is keyed by them), so that the resumed run compares with and distills from the same dense
+    model; ``None`` where they are the same, or the checkpoint does not say (one of a fit of your
+    own, or of an earlier version). Refused (``ValueError``) where that model is gone."""
+    if cfg.get("ckpt_path") is None:
+        return None
+    checkpoint = read_checkpoint(cfg.ckpt_path) if checkpoint is None else checkpoint
+    recorded = checkpoint.get(DENSE_MODEL_KEY)
+    if not isinstance(recorded, str) or Path(recorded).resolve() == dense_cache_path(cfg).resolve():
+        return None
+    if not Path(recorded).is_file():
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run compressed from the dense model "
+                         f"{recorded}, which is gone, and these settings key another ({dense_cache_path(cfg).name}; "
+                         "a trainer setting changed): the resumed run would compare with, and distill from, another "
+                         "dense model. Resume with the trainer settings of that run, or start a new run without "
+                         "ckpt_path")
+    return Path(recorded)
 
 
 def _check_resumed_settings(cfg: DictConfig, checkpoint: dict) -> None:
@@ -313,6 +338,8 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     if checkpoint is not None:
         _check_resumed_settings(cfg, checkpoint)
         _check_resumed_average(cfg, checkpoint, averaging)
+        if resumes_the_module:  # (the default job's dense model: a recipe trains its own)
+            resumed_dense_model(cfg, checkpoint)  # (gone, where the settings key another: refused now)
     if checkpoint is not None and callback is not None:
         callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
     instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
@@ -891,8 +918,10 @@ def _load_cached(net: nn.Module, cache: Path) -> bool:
         return False
 
 
-def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache.
+def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
+                cache: Path | None = None) -> tuple[nn.Module, dict]:
+    """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache;
+    ``cache``: that dense model instead of the one ``cfg`` keys (:func:`resumed_dense_model`).
 
     The cache is written through a unique temporary file and an atomic rename, so parallel runs
     (a joblib multirun) never see a partial file; a damaged cache file is retrained and replaced.
@@ -900,6 +929,16 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
     """
     start = time.perf_counter()
     net = build_network(cfg, dm)
+    if cache is not None:
+        try:
+            net.load_state_dict(read_checkpoint(cache)["state_dict"])
+        except (CheckpointReadError, KeyError, RuntimeError) as err:
+            raise ValueError(f"the dense model {cache}, which the checkpoint's run was compressed from, does not "
+                             f"load into this network ({type(err).__name__}: {str(err)[:300]}): resume with that "
+                             "run's settings, or start a new run without ckpt_path") from err
+        print(f"Reusing the dense model the resumed run was compressed from, cached at {cache} (these settings key "
+              f"another, {dense_cache_path(cfg).name}: a trainer setting changed)")
+        return net, {"cache": {"path": str(cache), "reused": True}, "seconds": time.perf_counter() - start}
     cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)
     if reused:
@@ -923,12 +962,13 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
 
 
 def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
-             callback: Pruning | None = None) -> tuple[pl.LightningModule, Pruning | None]:
+             callback: Pruning | None = None, dense: str | None = None) -> tuple[pl.LightningModule, Pruning | None]:
     """Prune a copy of ``net`` with ``callback`` (by default :func:`build_pruning`) during
     ``schedule.total_epochs`` of training (or ``trainer.max_epochs``); ``net`` stays as it is.
 
     With ``pruning=none`` the copy is fine-tuned for the same epochs without pruning. Returns
-    the LightningModule (its ``.model`` is the pruned network) and the callback.
+    the LightningModule (its ``.model`` is the pruned network) and the callback. ``dense``: the
+    path of ``net``'s cache, kept in the checkpoints (:func:`resumed_dense_model`).
     """
     if callback is None:
         callback = build_pruning(cfg)
@@ -936,12 +976,12 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     lm = build_module(cfg, copy.deepcopy(net), dm)
     if cfg.module.get("distill"):  # distillation from the dense network (ImageClassifier.set_teacher)
         lm.set_teacher(copy.deepcopy(net))
-    fit_to_prune(cfg, lm, dm, output_dir, callback)
+    fit_to_prune(cfg, lm, dm, output_dir, callback, dense)
     return lm, callback
 
 
 def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataModule,
-                 output_dir: str | os.PathLike, callback: Pruning | None) -> None:
+                 output_dir: str | os.PathLike, callback: Pruning | None, dense: str | None = None) -> None:
     """The run that prunes: ``lm`` trained with ``callback`` for ``schedule.total_epochs`` (or
     ``trainer.max_epochs``), its metrics and checkpoints in ``output_dir``, from ``cfg.ckpt_path``
     where one is given. Ctrl-C names the last checkpoint (:class:`RunInterrupted`)."""
@@ -951,7 +991,7 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
     extra = {} if "logger" in cfg.trainer else {"logger": CSVLogger(str(output_dir), name="logs")}
     trainer = instantiate(cfg.trainer, max_epochs=max_epochs,
                           callbacks=([callback] if callback else []) + weight_averaging(cfg)
-                          + progress_bars(cfg.trainer) + [RunSettingsRecord(run_settings(cfg))],
+                          + progress_bars(cfg.trainer) + [RunSettingsRecord(run_settings(cfg), dense)],
                           default_root_dir=str(output_dir), **extra)
     cap_log_interval(trainer, dm)
     with warnings.catch_warnings():

@@ -1581,6 +1581,33 @@ def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
     assert not unhandled
 
 
+def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_runs_dense_model(tmp_path, capsys):
+    """A resume may change the trainer; the dense cache is keyed by it, so a resume with another
+    trainer.limit_train_batches trained another dense model and compared with (and distilled from)
+    it, silently. The checkpoint names its dense model; the resume takes it, or is refused before
+    training where it is gone."""
+    from lightning_ssr.app.stages import DENSE_MODEL_KEY
+
+    cache = f"dense.cache_dir={tmp_path / 'cache'}"
+    first = run(_compose(FAST + [cache]), tmp_path / "first")
+    (dense,) = (tmp_path / "cache").glob("*.pt")
+    assert first.dense["cache"]["path"] == str(dense)
+    ckpt = min((tmp_path / "first").glob("logs/version_0/checkpoints/*.ckpt"))
+    assert read_checkpoint(ckpt)[DENSE_MODEL_KEY] == str(dense.resolve())
+    capsys.readouterr()
+    resumed = run(_compose(FAST + [cache, "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"]), tmp_path / "second")
+    out = capsys.readouterr().out
+    assert f"Reusing the dense model the resumed run was compressed from, cached at {dense.resolve()}" in out
+    assert "Training the dense model" not in out and list((tmp_path / "cache").glob("*.pt")) == [dense]
+    assert resumed.status == "ok" and resumed.dense["cache"]["path"] == str(dense.resolve())
+    assert resumed.dense["accuracy"] == first.dense["accuracy"]
+    dense.unlink()  # gone: refused before training, not a dense model trained on other settings
+    with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone, and "
+                                         r"these settings key another .*Resume with the trainer settings of that run"):
+        run(_compose(FAST + [cache, "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"]), tmp_path / "third")
+    assert not list((tmp_path / "cache").glob("*.pt"))
+
+
 def test_a_resume_may_change_what_only_places_shows_or_bounds_the_run(tmp_path):
     from lightning_ssr.app.stages import RUN_SETTINGS_KEY, _check_resumed_settings, run_settings
 
