@@ -267,6 +267,14 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
             raise PlanMismatchError(f"{source}: its pruning plan was traced on inputs of shape "
                                     f"{tuple(plan.input_shape)}, and this model's forward() failed on them ({err}): "
                                     f"{built_otherwise}") from err
+        if isinstance(err, RuntimeError) and ("Missing key(s)" in str(err) or "Unexpected key(s)" in str(err)):
+            theirs, own = set(state_dict), set(model.state_dict())
+            lacking, extra = sorted(own - theirs), sorted(theirs - own)
+            said = "; ".join(part for part in (
+                f"it lacks {some_names(lacking, 3)}" if lacking else "",
+                f"it holds {some_names(extra, 3)}, which this model has not" if extra else "") if part)
+            raise PlanMismatchError(f"{source} holds the weights of another network ({said}): it was not saved from "
+                                    f"this model; {built_otherwise}") from err
         if isinstance(err, RuntimeError) and "size mismatch" in str(err):
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
             raise PlanMismatchError(f"{source} holds weights of other shapes than this model"

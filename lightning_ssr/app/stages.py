@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import CheckpointReadError, apply_checkpoint_plan, read_checkpoint, save_pruned
+from ..checkpoint import CheckpointReadError, load_pruned, read_checkpoint, save_pruned
 from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
 from ..latency import compare_latency, others_share
@@ -340,20 +340,23 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         _check_resumed_average(cfg, checkpoint, averaging)
         if resumes_the_module:  # (the default job's dense model: a recipe trains its own)
             resumed_dense_model(cfg, checkpoint)  # (gone, where the settings key another: refused now)
-    if checkpoint is not None and callback is not None:
-        callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
     instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = build_data(cfg)
     net = build_network(cfg, dm)
     lm = build_module(cfg, net, dm)
     build_module(cfg, net, dm, lr=cfg.dense.lr)
+    if checkpoint is not None and resumes_the_module:
+        # its weights into a copy, through its plan: a checkpoint of another network is told as such, before
+        # the settings its callback state holds are compared with these (Lightning's own error came after
+        # the dense training, as a failed run)
+        try:
+            load_pruned(copy.deepcopy(lm), checkpoint)
+        except (PlanMismatchError, ForwardError) as err:
+            raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
+    if checkpoint is not None and callback is not None:
+        callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
     if callback is not None:
         check_target(cfg, callback, lm, dm)
-    if checkpoint is not None and resumes_the_module:
-        try:
-            apply_checkpoint_plan(copy.deepcopy(lm), checkpoint)  # (the plan's layer names and sizes)
-        except (PlanMismatchError, ForwardError) as err:  # (the plan's own input, traced on this model, too)
-            raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
     return callback, dm
 
 

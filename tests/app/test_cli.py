@@ -719,11 +719,15 @@ def test_an_unreadable_checkpoint_is_named_before_training(tmp_path):
 def test_a_checkpoint_without_pruning_state_past_the_warm_up_is_refused_before_training(tmp_path):
     """A dense fit's checkpoint (Lightning's, without the callback) given as ckpt_path: the fit
     would refuse it at its start; the command refuses it before the dense model trains."""
+    from lightning_ssr.app import stages
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
 
+    cfg = compose_config(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"])
+    dm = stages.build_data(cfg)
+    weights = stages.build_module(cfg, stages.build_network(cfg, dm), dm).state_dict()  # (this job's module's)
     ckpt = tmp_path / "epoch=2-step=30.ckpt"
-    torch.save({"epoch": 2, "global_step": 30, "state_dict": {}, "callbacks": {}, "pytorch-lightning_version": "2.6.0"},
-               ckpt)
+    torch.save({"epoch": 2, "global_step": 30, "state_dict": weights, "callbacks": {},
+                "pytorch-lightning_version": "2.6.0"}, ckpt)
     with pytest.raises(ValueError, match="resumes at epoch at least 2 from a checkpoint that holds no Pruning "
                                          "state") as info:
         run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
@@ -754,12 +758,23 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_training(tmp_pat
     with pytest.raises(PlanMismatchError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt: ") as info:
         run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
-    small = Wrapped()  # a plan traced on 8x8 inputs, which lenet5's 5x5 convolutions cannot take
-    small.model = build_model("resnet20", in_channels=1, num_classes=10, input_size=8)
+    large = Wrapped()  # lenet5's own layers, but a plan traced on 32x32 inputs, which this job's lenet5 cannot take
+    large.model = build_model("lenet5", in_channels=1, num_classes=10, input_size=32)
     torch.save({**torch.load(ckpt, weights_only=True),
-                PLAN_CHECKPOINT_KEY: prune_oneshot(small, torch.randn(2, 1, 8, 8), "[0.5]*19").to_dict()}, ckpt)
+                PLAN_CHECKPOINT_KEY: prune_oneshot(large, torch.randn(2, 1, 32, 32), "[0.5]*2").to_dict()}, ckpt)
     with pytest.raises(PlanMismatchError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt: .*forward\(\) failed"):
         run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    # a fit of your own, before its prune (no plan), of another network and with other pruning settings:
+    # Lightning's restore failed after the dense training ("Missing key(s) ..."), or the settings its
+    # callback state holds were named first, as if the run were this job's with other settings
+    own = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    torch.save({"epoch": 0, "global_step": 8, "state_dict": {f"net.{k}": v for k, v in own.state_dict().items()},
+                "callbacks": {}, "pytorch-lightning_version": "2.6.0"}, ckpt)
+    with pytest.raises(PlanMismatchError, match=r"^ckpt_path=.*epoch=0-step=8.ckpt: the checkpoint holds the weights "
+                                                r"of another network \(it lacks model\.conv1\.bias, model\.conv1\.weight"
+                                                r".*it holds net\.0\.bias.*: it was not saved from this model") as info:
+        run(compose_config(FAST + [f"ckpt_path={ckpt}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
 
 
 def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_path):
