@@ -376,9 +376,17 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
-        early = schedule.stop_early and callback.method.sparsifies and schedule.prune_events == 1
-        if not early:  # (a method that converges may still prune early, at the end of an epoch: not refused)
-            least = next(n for n in range(schedule.total_epochs + 1) if schedule.reaches_last_prune(n))
+        # (a method that converges may still prune early, at the end of a sparsify epoch: warned, not refused)
+        early = (schedule.stop_early and callback.method.sparsifies and schedule.prune_events == 1
+                 and (max_epochs < 0 or max_epochs > schedule.warmup_epochs))
+        least = next(n for n in range(schedule.total_epochs + 1) if schedule.reaches_last_prune(n))
+        if early:
+            warnings.warn(f"trainer.max_epochs={max_epochs} ends the compression run before its scheduled prune, at "
+                          f"the start of epoch {schedule.last_prune_epoch} (0-based) of the schedule's "
+                          f"{schedule.total_epochs}: the model is pruned only if {callback.method.name} converges "
+                          "before (schedule.stop_early), else the run ends unpruned (status failed). Leave "
+                          f"trainer.max_epochs unset, or give it at least {least}, to be sure", stacklevel=2)
+        else:
             raise ValueError(f"trainer.max_epochs={max_epochs} ends the compression run before its last prune, due "
                              f"at the start of epoch {schedule.last_prune_epoch} (0-based) of the schedule's "
                              f"{schedule.total_epochs}: the model would not be pruned. Leave trainer.max_epochs unset "
@@ -1000,6 +1008,8 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
     with warnings.catch_warnings():
         # a resumed run writes its checkpoints in its own output directory, by design
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+        # (said at set-up, before the dense training, in the command's terms: check_settings)
+        warnings.filterwarnings("ignore", message=r"Trainer\(max_epochs=\d+\) ends before the last scheduled prune")
         fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
 
 
@@ -1153,12 +1163,15 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
                       and not (k == "max_epochs" and schedule.reaches_last_prune(cfg.trainer[k]))]
             ended = (f"{' or '.join(bounds)} ended it" if bounds else
                      "something ended it (a callback that stops the fit, or a bound of the Trainer)")
+            trainer = getattr(lm, "_trainer", None) if lm is not None else None
+            saved = last_checkpoint(trainer) if trainer is not None else None
+            go_on = (shlex.quote(f"ckpt_path={saved}") if saved else
+                     "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>")
             result.status = "failed"
             result.error = (f"the model was not pruned: training ended before the prune event at the start of epoch "
                             f"{schedule.prune_epoch(callback.events_done)}; {ended}. To go on from this run, run the "
                             f"same command {'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with "
-                            "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>: it "
-                            f"trains the schedule's {schedule.total_epochs} epochs in all")
+                            f"{go_on}: it trains the schedule's {schedule.total_epochs} epochs in all")
             result.warnings = list(callback.engine.warnings)
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     result.config["code"] = code_identity(cfg)

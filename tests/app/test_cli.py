@@ -1274,9 +1274,15 @@ def test_a_compression_run_the_schedule_would_not_reach_the_prune_in_is_refused_
         run(_compose([*fast, "trainer.max_epochs=1"]), tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
     # no bound (-1, with max_steps), the schedule's (0), or an early prune still possible: not refused
-    for extra in (["trainer.max_epochs=-1", "+trainer.max_steps=1000"], ["trainer.max_epochs=0"],
-                  ["trainer.max_epochs=1", "schedule.stop_early=true"]):
+    for extra in (["trainer.max_epochs=-1", "+trainer.max_steps=1000"], ["trainer.max_epochs=0"]):
         assert check_config(_compose([*fast, *extra]))[0] is not None
+    with pytest.warns(UserWarning, match=r"trainer.max_epochs=1 ends the compression run before its scheduled prune, "
+                                         r"at the start of epoch 1 \(0-based\) of the schedule's 2: the model is pruned "
+                                         r"only if ssr_l20 converges before"):
+        assert check_config(_compose([*fast, "trainer.max_epochs=1", "schedule.stop_early=true"]))[0] is not None
+    # not even one sparsify epoch ends before the bound: it cannot prune early either
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=1 ends the compression run before its last prune"):
+        check_config(_compose([*fast, "trainer.max_epochs=1", "schedule.stop_early=true", "schedule.warmup_epochs=1"]))
 
 
 def test_a_run_whose_result_failed_exits_with_1_and_says_so(monkeypatch, capsys, tmp_path):
@@ -1336,11 +1342,14 @@ def test_a_run_that_ends_before_its_prune_says_how_to_go_on_in_the_commands_term
     converge and prune early). The message gave the library's Trainer(max_epochs=...).fit(...),
     and the run wrote a pruned.pt of the dense model."""
     cfg = _compose(FAST + ["trainer.max_epochs=1", f"dense.cache_dir={tmp_path / 'cache'}", "verbose=false"])
-    with pytest.warns(UserWarning, match=r"Trainer\(max_epochs=1\) ends before the last scheduled prune"):
+    with pytest.warns(UserWarning) as said:  # at set-up, before the dense training; not again by the callback
         result = run(cfg, tmp_path)
+    told = [str(w.message) for w in said if "max_epochs=1" in str(w.message)]
+    assert len(told) == 1 and told[0].startswith("trainer.max_epochs=1 ends the compression run before its "), told
     assert result.status == "failed" and not (tmp_path / "pruned.pt").exists()
+    (saved,) = tmp_path.glob("logs/version_0/checkpoints/*.ckpt")
     assert ("at the start of epoch 1; trainer.max_epochs=1 ended it. To go on from this run, run the same command "
-            "without trainer.max_epochs=1 and with ckpt_path=<its last checkpoint") in result.error
+            f"without trainer.max_epochs=1 and with {shlex.quote(f'ckpt_path={saved}')}") in result.error
     assert result.error.endswith("it trains the schedule's 2 epochs in all")
     assert result.pruned.get("checkpoint") is None
 
