@@ -330,7 +330,8 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
-        made = ("a pruned model (a run's pruned.pt), " if PLAN_CHECKPOINT_KEY in checkpoint else "")
+        made = ("" if PLAN_CHECKPOINT_KEY not in checkpoint else "a pruned model (a run's pruned.pt), "
+                if checkpoint[PLAN_CHECKPOINT_KEY] is not None else "a dense model the command cached (dense.cache_dir), ")
         raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}not a Lightning checkpoint of a fit: ckpt_path goes on "
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
@@ -354,7 +355,12 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         except (PlanMismatchError, ForwardError) as err:
             raise PlanMismatchError(f"ckpt_path={cfg.ckpt_path}: {err}") from err
     if checkpoint is not None and callback is not None:
-        callback.check_resume(checkpoint)  # another method, or other settings: refused as the resume would
+        try:  # another method, or other settings: refused as the resume would
+            callback.check_resume(checkpoint)
+        except ValueError as err:  # (its advice is the library's: said in the command's terms too)
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: {err} With this command: resume with the settings of the "
+                             "run that wrote it, or run without ckpt_path, which compresses the dense model anew") \
+                from err
     if callback is not None:
         check_target(cfg, callback, lm, dm)
     return callback, dm

@@ -792,6 +792,10 @@ def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_p
     torch.save({"state_dict": {}}, other)  # some other file of tensors
     with pytest.raises(ValueError, match=r"weights.pt is not a Lightning checkpoint of a fit"):
         run(compose_config(FAST + [f"ckpt_path={other}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    dense = save_pruned(nn.Linear(2, 2), tmp_path / "lenet5-UCIDigits-seed0-0123.pt", None, config={})  # (the cache's)
+    with pytest.raises(ValueError, match=r"0123.pt is a dense model the command cached \(dense.cache_dir\), not a "
+                                         r"Lightning checkpoint of a fit"):  # (it was named a pruned model)
+        run(compose_config(FAST + [f"ckpt_path={dense}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
 
 
 OWN_MODELS = """
@@ -1625,6 +1629,10 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
     assert "Training the dense model" not in out and list((tmp_path / "cache").glob("*.pt")) == [dense]
     assert resumed.status == "ok" and resumed.dense["cache"]["path"] == str(dense.resolve())
     assert resumed.dense["accuracy"] == first.dense["accuracy"]
+    with pytest.raises(ValueError, match=r"^ckpt_path=.*: the checkpoint's pruning run was set up differently .*"
+                                         r"With this command: resume with the settings of the run that wrote it, or "
+                                         r"run without ckpt_path, which compresses the dense model anew$"):
+        run(_compose(FAST + [cache, "target.macs=0.3", f"ckpt_path={ckpt}"]), tmp_path / "other")
     dense.unlink()  # gone: refused before training, not a dense model trained on other settings
     with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone, and "
                                          r"these settings key another .*Resume with the trainer settings of that run"):
