@@ -936,9 +936,10 @@ def _load_cached(net: nn.Module, cache: Path) -> bool:
 
 
 def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
-                cache: Path | None = None) -> tuple[nn.Module, dict]:
+                cache: Path | None = None, what: str = "the dense model") -> tuple[nn.Module, dict]:
     """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache;
-    ``cache``: that dense model instead of the one ``cfg`` keys (:func:`resumed_dense_model`).
+    ``cache``: that dense model instead of the one ``cfg`` keys (:func:`resumed_dense_model`);
+    ``what``: what the console calls it (a recipe trains several).
 
     The cache is written through a unique temporary file and an atomic rename, so parallel runs
     (a joblib multirun) never see a partial file; a damaged cache file is retrained and replaced.
@@ -953,16 +954,16 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
             raise ValueError(f"the dense model {cache}, which the checkpoint's run was compressed from, does not "
                              f"load into this network ({type(err).__name__}: {str(err)[:300]}): resume with that "
                              "run's settings, or start a new run without ckpt_path") from err
-        print(f"Reusing the dense model the resumed run was compressed from, cached at {cache} (these settings key "
+        print(f"Reusing {what} the resumed run was compressed from, cached at {cache} (these settings key "
               f"another, {dense_cache_path(cfg).name}: a trainer setting changed)")
         return net, {"cache": {"path": str(cache), "reused": True}, "seconds": time.perf_counter() - start}
     cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)
     if reused:
-        print(f"Reusing the dense model cached at {cache}")
+        print(f"Reusing {what} cached at {cache}")
     else:
         epochs = f"{cfg.dense.epochs} epoch{'s' * (cfg.dense.epochs != 1)}"
-        print(f"Training the dense model ({epochs}); it will be cached at {cache}")
+        print(f"Training {what} ({epochs}); it will be cached at {cache}")
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
                                 **{"distill": 0.0} if "distill" in cfg.module else {})

@@ -2,6 +2,7 @@
 tiny end-to-end runs on the real datasets, the pieces on bare modules, and the bad inputs."""
 
 import copy
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -40,10 +41,16 @@ def test_freeze_stops_gradients_and_names_what_is_missing():
         freeze(build_model("lenet5"), ["convX"])
 
 
-def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(tmp_path):
+def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(tmp_path, capsys):
     cfg = compose_config(["+experiment=transfer_fmnist_to_mnist",
                           "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
     result = run(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "Training the source model (on FashionMNIST) (1 epoch)" in out
+    assert "Fine-tuning the dense model on MNISTDigits (" in out
+    # the source model's figure is on the source's test split, the others on the target's: said apart
+    assert re.search(r"transfer FashionMNIST -> MNISTDigits \(\d+ labeled images\): the source model on "
+                     r"FashionMNIST's test split \d+\.\d\d%; on MNISTDigits's test split: dense fine-tune ", out), out
     info = result.config["transfer"]
     assert result.status == "ok" and info["source"] == "FashionMNIST" and info["target"] == "MNISTDigits"
     assert 990 <= info["target_train_images"] <= 1000 and info["new_head"] == "fc2"
@@ -261,6 +268,10 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert info["features_kept_whole"] == ["model.fc1"]
     assert result.config["cli"]["pruning"]["ignored_layers"] == []  # as given: a sweep run again finds it done
     assert "domain classifier after DANN dense" in out and "after DANN compressed" in out
+    # each training says what it is (two of them said "Training the dense model", one said nothing)
+    assert "Training the source-only model (on MNISTDigits's labels) (1 epoch)" in out
+    assert "Training the reference trained on the target's labels (UCIDigits) (1 epoch)" in out
+    assert "Training DANN dense from the source-only model (" in out and "Training the dense model" not in out
 
 
 def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):

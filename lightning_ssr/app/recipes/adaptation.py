@@ -260,6 +260,8 @@ def _fit_dense(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, root: P
     trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=progress_bars(cfg.trainer),
                           enable_checkpointing=False, default_root_dir=str(root), logger=False)
     stages.cap_log_interval(trainer, dm)
+    print(f"Training {_label(lm.hparams.domain_weight)} dense from the source-only model ({epochs} "
+          f"epoch{'s' * (epochs != 1)}), the reference the compressed run is compared with")
     stages.fit(trainer, "DANN dense, a training of the domain-adaptation recipe", lm, dm)
     return lm
 
@@ -298,14 +300,17 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         distill_args = {"distill": cfg.module.get("distill", 0.0), "temperature": cfg.module.get("temperature", 4.0)}
         DANN(stages.build_network(cfg, source_dm), **module_args, **distill_args)  # a bad setting fails here
 
-    net, dense_info = stages.train_dense(cfg, source_dm, output_dir)  # source only
+    net, dense_info = stages.train_dense(cfg, source_dm, output_dir, what="the source-only model "
+                                         f"(on {type(source_dm).__name__}'s labels)")
     source_only = stages.accuracy(cfg, net, target_dm)
     source_test = stages.accuracy(cfg, net, source_dm)["accuracy"]
     ceiling = None
     if a.get("ceiling"):  # the reference above: the same network trained on the target's labels
         target_cfg = cfg.copy()
         target_cfg.data = a.target
-        trained, ceiling_info = stages.train_dense(target_cfg, target_dm, output_dir / "target_trained")
+        trained, ceiling_info = stages.train_dense(target_cfg, target_dm, output_dir / "target_trained",
+                                                   what="the reference trained on the target's labels "
+                                                        f"({type(target_dm).__name__})")
         ceiling = {"accuracy": stages.accuracy(target_cfg, trained, target_dm)["accuracy"],
                    "cache": ceiling_info["cache"]}
     epochs = cfg.trainer.max_epochs or stages.build_schedule(cfg).total_epochs

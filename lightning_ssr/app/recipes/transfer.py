@@ -108,7 +108,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         callback, dm = stages.check_config(cfg)
     source_cfg = _source_config(cfg)
     source_dm = stages.build_data(source_cfg)
-    source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source")
+    source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source",
+                                                 what=f"the source model (on {type(source_dm).__name__})")
     source_accuracy = stages.accuracy(source_cfg, source_net, source_dm)["accuracy"]
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -123,6 +124,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
                           default_root_dir=str(output_dir / "dense_finetune"), callbacks=stages.weight_averaging(cfg))
+    print(f"Fine-tuning the dense model on {type(dm).__name__} ({epochs} epoch{'s' * (epochs != 1)}), the "
+          "reference the compressed fine-tune is compared with")
     stages.fit(trainer, "the dense fine-tune of the transfer recipe", reference, dm)
     dense_s = time.perf_counter() - t
 
@@ -146,8 +149,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
 
 def transfer_summary(result) -> str:
     info = result.config["transfer"]
-    return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): source test "
-            f"{100 * info['source_test_accuracy']:.2f}%; " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune"))
+    return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): the source "
+            f"model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
+            f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune"))
 
 
 register_recipe("transfer", run_transfer, transfer_summary)
