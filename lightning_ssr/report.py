@@ -148,7 +148,10 @@ class PruningResult:
         """The final summary lines: reductions and, where measured, accuracy."""
         # (a run that ended before its prune holds the dense model as "pruned": 1.0x is not a result)
         unpruned = self.status != "ok" and self.pruned.get("macs") == self.dense.get("macs")
-        if self.macs_reduction and not unpruned:
+        baseline = self.method == "none"  # (pruning=none: the equal-budget dense baseline)
+        if baseline:
+            lines = ["none: not pruned (the equal-budget baseline: the dense model trained on for the same epochs)"]
+        elif self.macs_reduction and not unpruned:
             lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer parameters"]
         else:
             lines = [f"{self.method}: not pruned"]
@@ -159,7 +162,7 @@ class PruningResult:
         if self.accuracy_drop_points is not None:
             drop = round(self.accuracy_drop_points, 2)  # as printed: -0.001 is no change
             change = f"{drop:.2f} points lower" if drop > 0 else f"{-drop:.2f} points higher" if drop < 0 else "the same"
-            after = "not pruned" if unpruned else "pruned"  # (the model the run ended with)
+            after = "trained on" if baseline else "not pruned" if unpruned else "pruned"  # (the model it ended with)
             part = (self.pruned.get("evaluation_limits") or {}).get("limit_test_batches")
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> {after} "
                          f"{100 * self.pruned['accuracy']:.2f}% ({change})"

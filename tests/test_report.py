@@ -81,7 +81,7 @@ def test_missing_figures_give_none_not_an_error():
     ended.dense["accuracy"], ended.pruned["accuracy"] = 0.0995, 0.12
     assert ended.summary().splitlines()[1] == "test accuracy: dense 9.95% -> not pruned 12.00% (2.05 points higher)"
     same = PruningResult(method="none", dense={"macs": 100, "params": 10}, pruned={"macs": 100, "params": 10})
-    assert same.summary().startswith("none: 1.0x fewer MACs")  # the equal-budget baseline, finished: as it is
+    assert same.summary().startswith("none: not pruned (the equal-budget baseline")  # (not "1.0x fewer MACs")
 
 
 @pytest.mark.parametrize("pruned, said", [(0.9945, "99.45% (4.45 points higher)"), (0.94999, "95.00% (the same)")])
@@ -162,3 +162,12 @@ def test_the_summary_of_a_run_that_failed_or_was_interrupted_says_so_and_why():
                                 "stopped by SIGINT)"
     assert "(the run" not in PruningResult(method="l1", dense={"macs": 4, "params": 4},
                                            pruned={"macs": 1, "params": 1}).summary()
+
+
+def test_the_equal_budget_baseline_is_not_called_pruned():
+    """pruning=none printed '1.0x fewer MACs' and 'dense 53.30% -> pruned 84.25%'."""
+    baseline = PruningResult(method="none", dense={"macs": 4, "params": 4, "accuracy": 0.5},
+                             pruned={"macs": 4, "params": 4, "accuracy": 0.8})
+    assert baseline.summary().splitlines() == [
+        "none: not pruned (the equal-budget baseline: the dense model trained on for the same epochs)",
+        "test accuracy: dense 50.00% -> trained on 80.00% (30.00 points higher)"]
