@@ -1106,7 +1106,7 @@ def test_a_run_killed_before_it_recorded_its_end_leaves_its_configuration_and_is
     class Killed(BaseException):
         """Stands for SIGKILL: no handler of the run sees it."""
 
-    def killed(cfg, dm, output_dir):
+    def killed(cfg, dm, output_dir, *more):
         (Path(output_dir) / "logs").mkdir()
         (Path(output_dir) / "logs" / "last.ckpt").write_text("a checkpoint")
         raise Killed
@@ -1138,7 +1138,7 @@ def test_a_second_ctrl_c_while_the_first_is_recorded_does_not_cut_the_record_sho
 
     from lightning_ssr.app import cli, stages
 
-    def interrupted(cfg, dm, output_dir):
+    def interrupted(cfg, dm, output_dir, *more):
         raise KeyboardInterrupt
 
     def second_ctrl_c(*args, **kwargs):
@@ -1156,7 +1156,7 @@ def test_a_second_ctrl_c_while_the_first_is_recorded_does_not_cut_the_record_sho
 
     # a failure being recorded when the first Ctrl-C comes: recorded whole, then the Ctrl-C is
     # raised (a sweep stops there, rather than losing it to its next job)
-    def failed(cfg, dm, output_dir):
+    def failed(cfg, dm, output_dir, *more):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli, "train_dense", failed)
