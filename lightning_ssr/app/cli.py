@@ -59,7 +59,7 @@ from .stages import (
     started_result,
     train_dense,
 )
-from .sweep import GRID_SWEEPER, LAST_SWEEP, REPLACED_DIR, count_runs, flatten_config
+from .sweep import GRID_SWEEPER, LAST_SWEEP, REPLACED_DIR, _override_items, count_runs, flatten_config, planned_jobs
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -220,6 +220,8 @@ def check_sweep_runs(args: Sequence[str]) -> None:
                 with warnings.catch_warnings():  # (the run says them itself)
                     warnings.simplefilter("ignore")
                     check_settings(cfg)
+            except OmegaConfBaseException:
+                continue  # a value that resolves only inside its job (${hydra:job.num}, ${oc.env:...} on a node)
             except Exception as err:
                 values = " ".join(c for c, k in zip(combination, grid) if k in swept)
                 raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
@@ -353,14 +355,23 @@ def _earlier_record(output_dir: Path) -> bytes | None:
         return None
 
 
+def _status_of(record: bytes) -> str | None:
+    """The ``status`` a ``result.json``'s text records (``None`` where it cannot be read)."""
+    try:
+        return json.loads(record).get("status")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: Path, earlier: bytes | None,
                  before: bool) -> None:
     """``result.json`` for a run that failed or was interrupted: its failure, except for a run that
     stopped ``before`` training in a folder that held an earlier run's record (a resume refused, or
     given the wrong folder, erased the interrupted run it meant to go on with, and a sweep then set
-    that run aside): that record is written back, unchanged, and ``err`` says so (:data:`KEPT_RECORD`)."""
+    that run aside): that record is written back, unchanged, and ``err`` says so (:data:`KEPT_RECORD`).
+    An earlier failure is replaced (its error would be given as this run's)."""
     path = output_dir / "result.json"
-    if before and earlier is not None:
+    if before and earlier is not None and _status_of(earlier) != "failed":  # (a failure: this one replaces it)
         if rank_zero_only.rank == 0:
             path.write_bytes(earlier)
         setattr(err, KEPT_RECORD, str(path))
@@ -446,36 +457,62 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     return result if result.status == "ok" and not differ and result.config.get("code") == code_identity(cfg) else None
 
 
-def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path) -> tuple[PruningResult, Path] | None:
+def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,
+                         siblings: bool = True) -> tuple[PruningResult, Path] | None:
     """A finished run of this very configuration and code that a sweep run again with other values
-    left elsewhere in its folder (set aside under ``.replaced/``, or in the folder of a job number
-    it holds no longer), moved into this job's ``output_dir`` so that it is not trained again;
-    returns its result and where it was. ``None`` where there is none, or where ``output_dir``
-    holds a run of its own (a failed or interrupted one goes on from its checkpoint)."""
+    left elsewhere in its folder, moved into this job's ``output_dir`` so that it is not trained
+    again; returns its result and where it was. It is looked for under ``.replaced/`` (where a job
+    set it aside) and, with ``siblings`` (a launcher that runs one job at a time), in the folder of
+    another job number that this sweep's job of that number has not written (its recorded
+    overrides are not the job's planned ones): the duplicate of a value, or a job running beside
+    this one, is never taken. ``None`` where there is none, or where ``output_dir`` holds a run of
+    its own (a failed or interrupted one goes on from its checkpoint)."""
     if (output_dir / "result.json").exists() or output_dir.resolve() == sweep_dir.resolve():
         return None
-    here = output_dir.resolve()
-    places = sorted(sweep_dir.glob(f"{REPLACED_DIR}/*/result.json")) + sorted(
-        p for p in sweep_dir.glob("*/result.json") if p.parent.resolve() != here and p.parent.name != REPLACED_DIR)
+    places = sorted(p for p in sweep_dir.glob(f"{REPLACED_DIR}/*/result.json") if not p.parent.name.startswith("."))
+    planned = planned_jobs(sweep_dir) if siblings else None
+    if planned is not None:
+        jobs = planned[1]
+        for path in sorted(sweep_dir.glob("*/result.json")):
+            folder = path.parent
+            if folder.resolve() == output_dir.resolve() or not folder.name.isdigit():
+                continue
+            number = int(folder.name)
+            if number < len(jobs) and _override_items({"dir": folder}) == jobs[number]:
+                continue  # (this sweep's own job of that number wrote it)
+            places.append(path)
     for path in places:
         result = finished_before(cfg, path.parent)
         if result is None:
             continue
-        old = path.parent.resolve()
-        for item in sorted(path.parent.iterdir()):  # (not its .hydra: this job's own is there)
+        source = path.parent
+        for item in sorted(source.iterdir()):  # (not its .hydra: this job's own is there)
             if item.name != ".hydra" and not (output_dir / item.name).exists():
                 item.rename(output_dir / item.name)
-        if REPLACED_DIR not in path.parent.relative_to(sweep_dir).parts:  # a job's folder: its rest set aside
+        if REPLACED_DIR not in source.relative_to(sweep_dir).parts:  # a job's folder: its rest set aside
             (sweep_dir / REPLACED_DIR).mkdir(exist_ok=True)
-            rest = Path(tempfile.mkdtemp(prefix=f"{path.parent.name}-{time.strftime('%Y%m%dT%H%M%S')}-",
+            rest = Path(tempfile.mkdtemp(prefix=f"{source.name}-{time.strftime('%Y%m%dT%H%M%S')}-",
                                          dir=sweep_dir / REPLACED_DIR))
-            for item in path.parent.iterdir():
+            for item in source.iterdir():
                 item.rename(rest / item.name)
-            path.parent.rmdir()
-        result.pruned = _moved_paths(result.pruned, old, here)  # (the pruned model's and the export's paths)
-        result.save(output_dir / "result.json")
-        return result, path.parent
+            source.rmdir()
+        return _rehome(output_dir, source), source
     return None
+
+
+def _rehome(folder: Path, written_in: Path) -> PruningResult:
+    """The ``result.json`` moved into ``folder`` from ``written_in`` with its paths (the pruned
+    model's, the export's) under ``folder``: those under ``written_in`` (as given or resolved) and
+    those of a record moved before without this (under the folder its pruned model was saved in)."""
+    result = PruningResult.load(folder / "result.json")
+    olds = {written_in, written_in.resolve()}
+    saved = result.pruned.get("checkpoint")
+    if isinstance(saved, str) and (folder / Path(saved).name).is_file():
+        olds.add(Path(saved).parent)
+    for old in olds:
+        result.pruned = _moved_paths(result.pruned, old, folder)
+    result.save(folder / "result.json")
+    return result
 
 
 def _moved_paths(value, old: Path, new: Path):
@@ -529,10 +566,18 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
     else:
         return None
     (sweep_dir / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
-    aside = Path(tempfile.mkdtemp(prefix=f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-", dir=sweep_dir / REPLACED_DIR))
+    name = f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-"
+    moving = Path(tempfile.mkdtemp(prefix=f".{name}", dir=sweep_dir / REPLACED_DIR))  # (hidden until whole)
     for item in output_dir.iterdir():
         if item.name not in (*keep, REPLACED_DIR, "multirun.yaml") and not _open_log(item):
-            item.rename(aside / item.name)
+            item.rename(moving / item.name)
+    aside = moving.with_name(moving.name[1:])
+    moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
+    if (aside / "result.json").is_file():
+        try:  # (its paths follow it: the folder it left holds another run's model next)
+            _rehome(aside, output_dir)
+        except (OSError, ValueError):
+            pass
     return why, aside
 
 
@@ -578,8 +623,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                   f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its folder, or give "
                   "the sweep another hydra.sweep.dir, to run it again)")
             return done.pruned.get("val_accuracy")
-        try:
-            recovered = recover_finished_run(cfg, output_dir, Path(hydra_cfg.sweep.dir))
+        try:  # (another job's folder only where the launcher runs one job at a time)
+            recovered = recover_finished_run(cfg, output_dir, Path(hydra_cfg.sweep.dir), siblings=str(
+                hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher"))
         except OSError as err:  # (what could not be moved stays where it was; this run trains)
             print(f"run {hydra_cfg.job.num}: a finished run of its configuration could not be moved into its folder "
                   f"({type(err).__name__}: {err}); it runs again", file=sys.stderr)

@@ -229,15 +229,17 @@ def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None) -> Path
         return None
     checkpoint = read_checkpoint(cfg.ckpt_path) if checkpoint is None else checkpoint
     recorded = checkpoint.get(DENSE_MODEL_KEY)
-    if not isinstance(recorded, str) or Path(recorded).resolve() == dense_cache_path(cfg).resolve():
-        return None
-    if not Path(recorded).is_file():
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run compressed from the dense model "
-                         f"{recorded}, which is gone, and these settings key another ({dense_cache_path(cfg).name}; "
-                         "a trainer setting changed): the resumed run would compare with, and distill from, another "
-                         "dense model. Resume with the trainer settings of that run, or start a new run without "
-                         "ckpt_path")
-    return Path(recorded)
+    current = dense_cache_path(cfg)
+    if not isinstance(recorded, str) or Path(recorded).name == current.name:
+        return None  # (the same key: dense.cache_dir may change, e.g. on another machine)
+    for found in (Path(recorded), current.with_name(Path(recorded).name)):  # (there, or in this cache_dir)
+        if found.is_file():
+            return found
+    raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run compressed from the dense model {recorded}, "
+                     f"which is gone (not in dense.cache_dir={cfg.dense.cache_dir} either), and these settings key "
+                     f"another ({current.name}: a trainer setting, or the network's code, changed): the resumed run "
+                     "would compare with, and distill from, another dense model. Resume with the trainer settings of "
+                     "that run, or start a new run without ckpt_path")
 
 
 def _check_resumed_settings(cfg: DictConfig, checkpoint: dict) -> None:
@@ -330,8 +332,9 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
-        made = ("" if PLAN_CHECKPOINT_KEY not in checkpoint else "a pruned model (a run's pruned.pt), "
-                if checkpoint[PLAN_CHECKPOINT_KEY] is not None else "a dense model the command cached (dense.cache_dir), ")
+        made = ("" if PLAN_CHECKPOINT_KEY not in checkpoint else "a dense model the command cached (dense.cache_dir), "
+                if checkpoint[PLAN_CHECKPOINT_KEY] is None and "config" in checkpoint else
+                "a pruned model (a run's pruned.pt), ")
         raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}not a Lightning checkpoint of a fit: ckpt_path goes on "
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
@@ -457,7 +460,7 @@ def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
     single = one and "ddp" not in strategy and "fsdp" not in strategy and int(cfg.trainer.get("num_nodes") or 1) == 1
     device = "cpu"
     if fit == "cuda" and torch.cuda.is_available():  # (the rehearsal on the GPU, timed or not)
-        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))  # (srun sets the latter)
         index = devices[rank] if isinstance(devices, list) and rank < len(devices) else rank
         device = f"cuda:{int(index)}"
     mps = accelerator == "mps" or (accelerator == "auto" and fit == "cpu" and torch.backends.mps.is_available())
@@ -923,12 +926,16 @@ def model_label(cfg: DictConfig) -> str:
     return str(name) if name else str(cfg.model._target_).rsplit(".", 1)[-1]
 
 
+#: what loading a cached dense model raises for a damaged file or one of another network
+CACHE_LOAD_ERRORS = (CheckpointReadError, KeyError, RuntimeError)
+
+
 def _load_cached(net: nn.Module, cache: Path) -> bool:
     """Load the cached dense weights into ``net``; ``False`` (with a warning) if the file is damaged."""
     try:
         net.load_state_dict(read_checkpoint(cache)["state_dict"])
         return True
-    except (CheckpointReadError, KeyError, RuntimeError) as err:
+    except CACHE_LOAD_ERRORS as err:
         reason = str(err) if len(str(err)) <= 400 else str(err)[:400] + " ..."
         warnings.warn(f"the cached dense model {str(cache)!r} is unreadable ({reason}); training the "
                       "dense model again and overwriting it", stacklevel=2)
@@ -950,12 +957,12 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
     if cache is not None:
         try:
             net.load_state_dict(read_checkpoint(cache)["state_dict"])
-        except (CheckpointReadError, KeyError, RuntimeError) as err:
+        except CACHE_LOAD_ERRORS as err:
             raise ValueError(f"the dense model {cache}, which the checkpoint's run was compressed from, does not "
                              f"load into this network ({type(err).__name__}: {str(err)[:300]}): resume with that "
                              "run's settings, or start a new run without ckpt_path") from err
         print(f"Reusing {what} the resumed run was compressed from, cached at {cache} (these settings key "
-              f"another, {dense_cache_path(cfg).name}: a trainer setting changed)")
+              f"another, {dense_cache_path(cfg).name}: a trainer setting, or the network's code, changed)")
         return net, {"cache": {"path": str(cache), "reused": True}, "seconds": time.perf_counter() - start}
     cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)

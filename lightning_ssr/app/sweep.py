@@ -179,7 +179,7 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     for _, path in sorted(saved, reverse=True):  # the newest that reads whole (a kill during a save cuts one)
         try:
             check_checkpoint_file(path)
-        except CheckpointReadError:
+        except (CheckpointReadError, OSError):  # (cut short, or rotated away since it was listed)
             continue
         if path.is_file():
             intact = path

@@ -297,6 +297,7 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
     cli.check_sweep_runs(["-m", "+experiment=optuna_ssr", "target.macs=0"])  # (not a grid)
     cli.check_sweep_runs(["-m", "pruning=nosuch,l1"])  # (Hydra lists the options)
     cli.check_sweep_runs(["-m", "target.macs=0", "plugins=[my_plugin]"])
+    cli.check_sweep_runs(["-m", "seed=${hydra:job.num}", "target.macs=0.1,0.2"])  # (resolves in its job only)
     started = []
     monkeypatch.setattr(cli, "_hydra_main", lambda: started.append(1))
     monkeypatch.setattr(sys, "argv", ["lightning-ssr", "-m", "seed=0,1.5"])
@@ -391,6 +392,12 @@ def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_h
     assert proc.returncode == 1 and (tmp_path / "result.json").read_bytes() == before
     assert (f"(not recorded: {tmp_path / 'result.json'} still records the run that was there before; "
             "HYDRA_FULL_ERROR=1 shows the traceback)") in proc.stderr, proc.stderr[-2000:]
+    # an earlier failure is replaced: its error would be given as this run's
+    interrupted.status, interrupted.error = "failed", "FloatingPointError: the loss is NaN"
+    interrupted.save(tmp_path / "result.json")
+    with pytest.raises(ValueError, match=r"target macs"):
+        run(cfg, tmp_path)
+    assert "target macs" in PruningResult.load(tmp_path / "result.json").error
     # a folder without a record gets the failure, as before (test_bad_values_fail_before_training)
     (tmp_path / "result.json").unlink()
     with pytest.raises(ValueError, match=r"target macs"):
@@ -792,6 +799,10 @@ def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_p
     torch.save({"state_dict": {}}, other)  # some other file of tensors
     with pytest.raises(ValueError, match=r"weights.pt is not a Lightning checkpoint of a fit"):
         run(compose_config(FAST + [f"ckpt_path={other}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
+    (tmp_path / "none").mkdir()
+    unpruned = save_pruned(nn.Linear(2, 2), tmp_path / "none" / "pruned.pt", None)  # (pruning=none's pruned.pt)
+    with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(a run's pruned.pt\)"):
+        run(compose_config(FAST + [f"ckpt_path={unpruned}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     dense = save_pruned(nn.Linear(2, 2), tmp_path / "lenet5-UCIDigits-seed0-0123.pt", None, config={})  # (the cache's)
     with pytest.raises(ValueError, match=r"0123.pt is a dense model the command cached \(dense.cache_dir\), not a "
                                          r"Lightning checkpoint of a fit"):  # (it was named a pruned model)
@@ -1500,6 +1511,9 @@ def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_wou
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert preflight("trainer.accelerator=gpu", "trainer.devices=[2,3]") == ("cuda:3", False)
     monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "1")  # (srun's ranks: no LOCAL_RANK)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2", "trainer.strategy=ddp") == ("cuda:1", False)
+    monkeypatch.delenv("SLURM_LOCALID")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # auto (and -1) is every GPU: DDP, several ranks
     assert preflight("trainer.accelerator=gpu", "trainer.devices=auto") == ("cuda:0", False)
     assert preflight("trainer.accelerator=gpu", "trainer.devices=-1") == ("cuda:0", False)
@@ -1633,9 +1647,21 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
                                          r"With this command: resume with the settings of the run that wrote it, or "
                                          r"run without ckpt_path, which compresses the dense model anew$"):
         run(_compose(FAST + [cache, "target.macs=0.3", f"ckpt_path={ckpt}"]), tmp_path / "other")
+    # dense.cache_dir may change (another machine): the same name there, or the checkpoint's own, is found
+    from lightning_ssr.app.stages import dense_cache_path, resumed_dense_model
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / dense.name).write_bytes(dense.read_bytes())
+    elsewhere = _compose(FAST + [f"dense.cache_dir={moved}", f"ckpt_path={ckpt}"])
+    assert resumed_dense_model(elsewhere) is None and dense_cache_path(elsewhere) == moved / dense.name
+    changed = {DENSE_MODEL_KEY: str(tmp_path / "gone" / dense.name)}
+    other = _compose(FAST + [f"dense.cache_dir={moved}", "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"])
+    assert resumed_dense_model(other, changed) == moved / dense.name
     dense.unlink()  # gone: refused before training, not a dense model trained on other settings
-    with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone, and "
-                                         r"these settings key another .*Resume with the trainer settings of that run"):
+    with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone "
+                                         r"\(not in dense.cache_dir=.*\), and these settings key another .*Resume "
+                                         r"with the trainer settings of that run"):
         run(_compose(FAST + [cache, "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"]), tmp_path / "third")
     assert not list((tmp_path / "cache").glob("*.pt"))
 

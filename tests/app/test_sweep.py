@@ -423,19 +423,24 @@ def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tm
     assert random_run["method"] == "random"
     assert f"run 0: finished before with the same configuration in {sweep / '1'} (the sweep was run again with " \
            f"other values); moved to {sweep / '0'}, not run again" in second.stdout
-    assert random_run["pruned"]["checkpoint"] == str((sweep / "0" / "pruned.pt").resolve())
+    assert random_run["pruned"]["checkpoint"] == str(sweep / "0" / "pruned.pt")
     assert (sweep / "0" / "pruned.pt").is_file() and not (sweep / "1" / "result.json").exists()
     assert "Epoch" not in second.stdout + second.stderr  # nothing trained
     report = write_report(sweep, plots=False)
     assert [(r["config"], r["runs"]) for r in report["rows"]] == [("random", 1)] and report["strays"] == []
-    third = subprocess.run([*common, "pruning=random,l1"], check=False, capture_output=True, text=True, timeout=600,
-                           cwd=tmp_path)
+    assert json.loads((aside / "result.json").read_text())["pruned"]["checkpoint"] == str(aside / "pruned.pt")
+    # (the set-aside record's paths follow it: folder 0 holds the random model next)
+    third = subprocess.run([*common, "pruning=random,l1,random"], check=False, capture_output=True, text=True,
+                           timeout=600, cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "run 0: finished before with the same configuration (" in third.stdout
     assert f"run 1: finished before with the same configuration in {aside}" in third.stdout
-    assert json.loads((sweep / "1" / "result.json").read_text())["method"] == "l1"
+    l1_run = json.loads((sweep / "1" / "result.json").read_text())
+    assert l1_run["method"] == "l1" and l1_run["pruned"]["checkpoint"] == str(sweep / "1" / "pruned.pt")
+    # a value given twice: job 2 does not take job 0's run of this sweep (its folder stays whole)
+    assert "run 2: finished before" not in third.stdout and (sweep / "0" / "result.json").is_file()
     report = write_report(sweep, plots=False)
-    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("pruning=random", 1), ("pruning=l1", 1)]
+    assert [(r["config"], r["runs"]) for r in report["rows"]] == [("pruning=random", 2), ("pruning=l1", 1)]
 
 
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
