@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -205,6 +206,9 @@ def check_sweep_runs(args: Sequence[str]) -> None:
             swept.add(key)
         else:
             swept.discard(key)
+    runs = min(math.prod(len(v) for v in grid.values()), MAX_CHECKED_RUNS)
+    if runs > 32:  # (about 0.1 s a run: said where it takes seconds)
+        print(f"lightning-ssr: checking the settings of the sweep's {runs} runs before the first starts", flush=True)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
             try:
