@@ -463,3 +463,24 @@ def test_weights_only_checkpoints_of_a_module_without_the_mixin_are_warned_of_be
         fit.fit(model, loader())
     (saved,) = tmp_path.glob("*.ckpt")
     assert PLAN_CHECKPOINT_KEY not in read_checkpoint(saved)  # what the warning is about
+
+
+def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_named_with_the_fix(tmp_path):
+    """A pruned model fine-tuned further in a fit without the callback (README's advice) left a
+    checkpoint without its plan: 'construct the model as the saved one was'; the plan of a second
+    prune saved alone: 'another architecture or width'. Each says what to do instead."""
+    model = build_model("lenet5")
+    example = torch.randn(2, 1, 28, 28)
+    first = prune_oneshot(model, example, {"macs": 0.5})
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "plain.ckpt")  # (a plain ModelCheckpoint's)
+    with pytest.raises(PlanMismatchError, match=r"plain.ckpt' holds no pruning plan, and weights of other shapes "
+                                                r"than this model .*Save a pruned model with lightning_ssr.save_pruned"
+                                                r"\(model, path, plan\), or mix PrunedCheckpointMixin into"):
+        load_pruned(build_model("lenet5"), tmp_path / "plain.ckpt")
+    second = prune_oneshot(model, example, {"macs": 0.5})
+    save_pruned(model, tmp_path / "second.pt", second)
+    with pytest.raises(PlanMismatchError, match=r"or is it the plan of a later prune, made on a model pruned before "
+                                                r"\(save the plans in order as one: first.then\(second\)\)"):
+        load_pruned(build_model("lenet5"), tmp_path / "second.pt")
+    save_pruned(model, tmp_path / "both.pt", first.then(second))
+    load_pruned(build_model("lenet5"), tmp_path / "both.pt")  # (as the message says)

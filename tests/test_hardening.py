@@ -1047,3 +1047,22 @@ def test_a_layout_the_rehearsal_finds_is_blamed_on_the_model_not_the_method(tmp_
                                                     r"channel dimension") as info:
         trainer.fit(model, _data())
     assert "failed in" not in str(info.value) and trainer.global_step == 0
+
+
+def test_an_op_after_which_a_removed_channel_is_not_zero_is_named_among_the_causes():
+    """A sigmoid after a pruned convolution: a removed channel reads 0.5, not 0, so the rebuild
+    differs from the masked model; the refusal named only shuffles, slices, pads and concats."""
+    from lightning_ssr import prune_oneshot
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.mix, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.mix(torch.sigmoid(self.conv(x))).mean((2, 3)))
+
+    with pytest.raises(UnsupportedLayerError, match=r"or through an op after which a removed channel is not zero "
+                                                    r"\(a sigmoid, an exp, a constant added, BatchNorm without "
+                                                    r"affine\)"):
+        prune_oneshot(Gated(), torch.randn(2, 3, 8, 8), {"macs": 0.5})

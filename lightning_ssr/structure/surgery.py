@@ -42,7 +42,8 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
         g = by_member[name]
         if sizes is not None and sizes.get(name, g.size) != g.size:
             pruned = ("; or was the model pruned already (load into a freshly constructed one)"
-                      if g.size < sizes[name] else "")
+                      if g.size < sizes[name] else "; or is it the plan of a later prune, made on a model pruned "
+                      "before (save the plans in order as one: first.then(second))")
             raise PlanMismatchError(f"the pruning plan expects {sizes[name]} channels in '{name}', the model "
                                     f"has {g.size}; was the plan made for another architecture or width{pruned}?")
         ids = list(idx)
@@ -393,8 +394,10 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
             f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "
-            "shuffle, a slice, a pad of the channel dimension, or a concat followed by flatten -> linear)." + suspects + " Pass these layers "
-            "in ignored_layers.") from err
+            "shuffle, a slice, a pad of the channel dimension, a concat followed by flatten -> linear or by a "
+            "grouped convolution), or through an op after which a removed channel is not zero (a sigmoid, an exp, "
+            "a constant added, BatchNorm without affine), so the masked model still reads it." + suspects +
+            " Pass these layers in ignored_layers.") from err
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 
