@@ -275,16 +275,15 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
                 f"it holds {some_names(extra, 3)}, which this model has not" if extra else "") if part)
             raise PlanMismatchError(f"{source} holds the weights of another network ({said}): it was not saved from "
                                     f"this model; {built_otherwise}") from err
-        if isinstance(err, RuntimeError) and "size mismatch" in str(err) and data is None:
-            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
-            raise PlanMismatchError(
-                f"{source} holds no pruning plan, and weights of other shapes than this model "
-                f"({'; '.join(mismatches[:2])}): it was saved from a pruned model without its plan (a checkpoint of "
-                "a fit without the Pruning callback). Save a pruned model with lightning_ssr.save_pruned(model, path, "
-                "plan), or mix PrunedCheckpointMixin into the LightningModule, so that its checkpoints keep the plan; "
-                f"or, if it is not pruned, {built_otherwise}") from err
         if isinstance(err, RuntimeError) and "size mismatch" in str(err):
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            if data is None:
+                raise PlanMismatchError(
+                    f"{source} holds no pruning plan, and weights of other shapes than this model "
+                    f"({'; '.join(mismatches[:2])}): it was saved from a pruned model without its plan (a checkpoint "
+                    "of a fit without the Pruning callback). Save a pruned model with lightning_ssr.save_pruned(model, "
+                    "path, plan), or mix PrunedCheckpointMixin into the LightningModule, so that its checkpoints keep "
+                    f"the plan; or, if it is not pruned, {built_otherwise}") from err
             raise PlanMismatchError(f"{source} holds weights of other shapes than this model"
                                     f"{' after the plan' if plan is not None else ''} ({'; '.join(mismatches[:2])}): "
                                     f"{built_otherwise}") from err

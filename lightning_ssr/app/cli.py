@@ -60,7 +60,16 @@ from .stages import (
     started_result,
     train_dense,
 )
-from .sweep import GRID_SWEEPER, LAST_SWEEP, REPLACED_DIR, _override_items, count_runs, flatten_config, planned_jobs
+from .sweep import (
+    GRID_SWEEPER,
+    LAST_SWEEP,
+    REPLACED_DIR,
+    _override_items,
+    count_runs,
+    flatten_config,
+    grid_choices,
+    planned_jobs,
+)
 
 #: The package that holds the configuration (``conf/`` in the repository).
 CONFIG_MODULE = "lightning_ssr.conf"
@@ -190,22 +199,13 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except HydraException:  # Hydra's parser says what is wrong with it
         return
-    grid: dict[str, list[str]] = {}  # as Hydra's grid sweeper orders its jobs: by key, first given first
-    swept = set()
-    for o in overrides:
-        key = o.get_key_element()
-        if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/")):
-            if o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")):
-                return  # another sweeper numbers (or picks) its runs otherwise
-            continue
-        if o.is_sweep_override() and not o.is_discrete_sweep():
-            return  # interval(...): not a grid
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        grid[key] = [f"{key}={v}" for v in values]
-        if o.is_sweep_override():
-            swept.add(key)
-        else:
-            swept.discard(key)
+    if any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
+        return  # another sweeper numbers (or picks) its runs otherwise
+    found = grid_choices([o for o in overrides if not (o.key_or_group == "hydra" or
+                                                       o.key_or_group.startswith(("hydra.", "hydra/")))])
+    if found is None:
+        return  # (shuffled, or an interval: not a fixed grid)
+    grid, swept = found
     runs = min(math.prod(len(v) for v in grid.values()), MAX_CHECKED_RUNS)
     if runs > 32:  # (about 0.1 s a run: said where it takes seconds)
         print(f"lightning-ssr: checking the settings of the sweep's {runs} runs before the first starts", flush=True)

@@ -930,10 +930,15 @@ def model_label(cfg: DictConfig) -> str:
 CACHE_LOAD_ERRORS = (CheckpointReadError, KeyError, RuntimeError)
 
 
+def _read_cached(net: nn.Module, cache: Path) -> None:
+    """Load the cached dense weights into ``net`` (:data:`CACHE_LOAD_ERRORS` where it cannot)."""
+    net.load_state_dict(read_checkpoint(cache)["state_dict"])
+
+
 def _load_cached(net: nn.Module, cache: Path) -> bool:
     """Load the cached dense weights into ``net``; ``False`` (with a warning) if the file is damaged."""
     try:
-        net.load_state_dict(read_checkpoint(cache)["state_dict"])
+        _read_cached(net, cache)
         return True
     except CACHE_LOAD_ERRORS as err:
         reason = str(err) if len(str(err)) <= 400 else str(err)[:400] + " ..."
@@ -956,7 +961,7 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
     net = build_network(cfg, dm)
     if cache is not None:
         try:
-            net.load_state_dict(read_checkpoint(cache)["state_dict"])
+            _read_cached(net, cache)
         except CACHE_LOAD_ERRORS as err:
             raise ValueError(f"the dense model {cache}, which the checkpoint's run was compressed from, does not "
                              f"load into this network ({type(err).__name__}: {str(err)[:300]}): resume with that "

@@ -112,16 +112,32 @@ def planned_jobs(sweep_dir: str | Path) -> tuple[object, list[list[str]]] | None
         if hydra_cfg.sweeper.get("_target_") != GRID_SWEEPER:
             return None
         given = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-        choices: dict[str, list[str]] = {}  # a key given twice: its last value, as Hydra's sweeper
-        for override in OverridesParser.create().parse_overrides([*given, *hydra_cfg.overrides.task]):
-            key = override.get_key_element()
-            if override.is_sweep_override() and getattr(override.value(), "shuffle", False):
-                return None
-            choices[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()] if override.is_sweep_override()
-                            else [f"{key}={override.get_value_element_as_str()}"])
-        return hydra_cfg, [list(job) for job in itertools.product(*choices.values())]
+        grid = grid_choices(OverridesParser.create().parse_overrides([*given, *hydra_cfg.overrides.task]))
+        if grid is None:
+            return None
+        return hydra_cfg, [list(job) for job in itertools.product(*grid[0].values())]
     except Exception:  # noqa: BLE001 - a sweep type or file this cannot expand: nothing is said to be missing
         return None
+
+
+def grid_choices(overrides) -> tuple[dict[str, list[str]], set[str]] | None:
+    """A job's parsed task overrides as Hydra's grid sweeper expands them: ``{key: ["key=value",
+    ...]}``, whose product in this order numbers its jobs (a key given twice: its last values, at
+    its first place), and the keys swept. ``None`` for a sweep that is not a fixed grid (shuffled:
+    its order is drawn anew; an interval)."""
+    choices: dict[str, list[str]] = {}
+    swept: set[str] = set()
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep() or getattr(override.value(), "shuffle", False):
+                return None
+            choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            swept.add(key)
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            swept.discard(key)
+    return choices, swept
 
 
 def _pairs(overrides) -> set[tuple[str, str]]:
