@@ -219,17 +219,20 @@ class RunSettingsRecord(pl.Callback):
             checkpoint[DENSE_MODEL_KEY] = str(Path(self.dense).resolve())
 
 
-def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None) -> Path | None:
+def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None, keyed: DictConfig | None = None
+                        ) -> Path | None:
     """For a resume (``ckpt_path``): the dense model the checkpoint's run was compressed from, where
     this configuration keys another (a trainer setting changed, which a resume allows: the dense
     cache is keyed by them), so that the resumed run compares with and distills from the same dense
     model; ``None`` where they are the same, or the checkpoint does not say (one of a fit of your
-    own, or of an earlier version). Refused (``ValueError``) where that model is gone."""
+    own, or of an earlier version). Refused (``ValueError``) where that model is gone. ``keyed``:
+    the configuration the dense model is trained with, where it is not ``cfg`` (a recipe's source
+    model is trained on another data set)."""
     if cfg.get("ckpt_path") is None:
         return None
     checkpoint = read_checkpoint(cfg.ckpt_path) if checkpoint is None else checkpoint
     recorded = checkpoint.get(DENSE_MODEL_KEY)
-    current = dense_cache_path(cfg)
+    current = dense_cache_path(cfg if keyed is None else keyed)
     if not isinstance(recorded, str) or Path(recorded).name == current.name:
         return None  # (the same key: dense.cache_dir may change, e.g. on another machine)
     for found in (Path(recorded), current.with_name(Path(recorded).name)):  # (there, or in this cache_dir)

@@ -154,6 +154,39 @@ def test_an_interrupted_adaptation_goes_on_from_its_checkpoint_to_the_uninterrup
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.parametrize(("experiment", "what"), [
+    ("transfer_fmnist_to_mnist", "the source model (on FashionMNIST)"),
+    ("da_mnist_to_digits", "the source-only model (on MNISTDigits's labels)"),
+])
+def test_a_recipe_resumed_with_another_trainer_setting_keeps_the_source_model_it_started_from(
+        tmp_path, capsys, experiment, what):
+    """The source model is cached under a key the trainer settings are part of, and a resume may
+    change them: the resumed run trained another source model and compared with (and distilled
+    from) a reference fine-tuned from it, silently. The checkpoints name the source model; the
+    resume takes it, and is refused before training where it is gone."""
+    from lightning_ssr.app.stages import DENSE_MODEL_KEY, REFUSED_BEFORE_TRAINING
+    from lightning_ssr.checkpoint import read_checkpoint
+
+    common = [f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}", *TINY]
+    if experiment.startswith("da_"):
+        common.append("adaptation.ceiling=false")
+    first = run(compose_config(common), tmp_path / "first")
+    (source,) = (tmp_path / "dense").glob("*.pt")
+    ckpt = min((tmp_path / "first").glob("logs/version_0/checkpoints/*.ckpt"))
+    assert read_checkpoint(ckpt)[DENSE_MODEL_KEY] == str(source.resolve())
+    capsys.readouterr()
+    resumed = run(compose_config([*common, "trainer.limit_train_batches=3", f"ckpt_path={ckpt}"]), tmp_path / "second")
+    out = capsys.readouterr().out
+    assert f"Reusing {what} the resumed run was compressed from, cached at {source.resolve()}" in out
+    assert "Training the source" not in out and list((tmp_path / "dense").glob("*.pt")) == [source]
+    assert resumed.status == "ok" and first.status == "ok"
+    source.unlink()  # gone: refused before anything trains, not another source model trained
+    with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone") as info:
+        run(compose_config([*common, "trainer.limit_train_batches=3", f"ckpt_path={ckpt}"]), tmp_path / "third")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)
+    assert not list((tmp_path / "dense").glob("*.pt"))
+
+
 def test_a_frozen_layer_named_with_the_modules_prefix_is_frozen_and_kept(tmp_path):
     cfg = compose_config(["+experiment=transfer_fmnist_to_mnist",
                           "transfer.source.batch_size=512", f"dense.cache_dir={tmp_path / 'dense'}", "target.macs=0.3",

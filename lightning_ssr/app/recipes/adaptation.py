@@ -299,8 +299,10 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         # distillation (module.distill) only in the compressed run: towards DANN dense, its teacher
         distill_args = {"distill": cfg.module.get("distill", 0.0), "temperature": cfg.module.get("temperature", 4.0)}
         DANN(stages.build_network(cfg, source_dm), **module_args, **distill_args)  # a bad setting fails here
+        # a resume goes on from the source-only model its run started from (gone: refused now)
+        resumed_source = stages.resumed_dense_model(cfg)
 
-    net, dense_info = stages.train_dense(cfg, source_dm, output_dir, what="the source-only model "
+    net, dense_info = stages.train_dense(cfg, source_dm, output_dir, resumed_source, what="the source-only model "
                                          f"(on {type(source_dm).__name__}'s labels)")
     source_only = stages.accuracy(cfg, net, target_dm)
     source_test = stages.accuracy(cfg, net, source_dm)["accuracy"]
@@ -326,7 +328,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         compressed.set_teacher(copy.deepcopy(dense.model))
     # checkpoints in output_dir: Ctrl-C names the last one, and ckpt_path= goes on from it (the
     # trainings before it are cached or seeded, so they give again what they gave)
-    stages.fit_to_prune(cfg, compressed, data, output_dir, callback)
+    stages.fit_to_prune(cfg, compressed, data, output_dir, callback, dense_info["cache"]["path"])
     compress_s = time.perf_counter() - t
 
     with stages.after_pruning(compressed):

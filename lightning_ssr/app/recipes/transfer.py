@@ -106,9 +106,11 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
                 cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
                                                      *(f"model.{n}" for n in frozen)})
         callback, dm = stages.check_config(cfg)
-    source_cfg = _source_config(cfg)
+        source_cfg = _source_config(cfg)
+        # a resume goes on from the source model its run started from (gone: refused now)
+        resumed_source = stages.resumed_dense_model(cfg, keyed=source_cfg)
     source_dm = stages.build_data(source_cfg)
-    source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source",
+    source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source", resumed_source,
                                                  what=f"the source model (on {type(source_dm).__name__})")
     source_accuracy = stages.accuracy(source_cfg, source_net, source_dm)["accuracy"]
 
@@ -130,7 +132,7 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     dense_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    lm, callback = stages.compress(cfg, net, dm, output_dir, callback)
+    lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"])
     compress_s = time.perf_counter() - t
     with stages.after_pruning(lm):
         result = stages.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
