@@ -582,6 +582,42 @@ def test_group_norm_of_one_channel_per_group_prunes_and_one_of_wider_groups_can_
     assert norm == 4 or model.net.c1.out_channels < 16
 
 
+class ConcatIntoGrouped(nn.Module):
+    """Two branches joined by a concat that a grouped convolution reads: each branch holds whole
+    groups of its input, so the groups stay equally wide only if both branches keep equal counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.mixed = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        joined = torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1)
+        return self.fc(F.relu(self.mixed(joined)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ssr_l20", "l1"])
+def test_a_concat_read_by_a_grouped_convolution_is_refused_before_the_first_step_naming_every_branch(tmp_path, method):
+    """The graph maps some selections from such branches wrongly; the dry run did not catch every
+    one, so a method that learns the structure could be refused only at its prune, after its
+    sparsify epochs. Refused at set-up now, every branch named at once; with them in ignored_layers,
+    as the message says, the grouped convolution's own filters are pruned (the rebuild checked)."""
+    settings = SSR if method == "ssr_l20" else ONESHOT
+    torch.manual_seed(0)
+    info = _refused_before_the_first_step(tmp_path, Lit(ConcatIntoGrouped()),
+                                          Pruning(method, target={"macs": 0.5}, **settings), UnsupportedLayerError)
+    assert ("the grouped convolution 'net.mixed' (4 groups) reads a concat that holds the channels of 'net.a', "
+            "'net.b'") in str(info.value)
+    assert "Pass ['net.a', 'net.b'] in ignored_layers" in str(info.value)
+    model = Lit(ConcatIntoGrouped())
+    pruning = Pruning(method, target={"filters": 0.75}, ignored_layers=["net.a", "net.b"], **settings)
+    _trainer(tmp_path, [pruning]).fit(model, _data())
+    assert model.net.a.out_channels == model.net.b.out_channels == 8
+    assert model.net.mixed.out_channels < 16 and model.net.mixed.out_channels % 4 == 0
+
+
 def test_dict_input_model_is_refused_before_the_first_step(tmp_path):
     info = _refused_before_the_first_step(tmp_path, Lit(DictInputNet(), dict_input=True),
                                           Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), Exception,

@@ -37,6 +37,24 @@ class UnsupportedLayerError(ValueError):
     """Raised for a layer whose channels the engine cannot prune safely."""
 
 
+class PartialGroupedReadError(UnsupportedLayerError):
+    """The channels of ``root`` are part of what the grouped convolution ``conv`` reads (a concat
+    of several producers' channels feeds it): its groups must keep equal counts across producers,
+    which the engine does not do yet (:func:`find_channel_groups` names every such producer at once)."""
+
+    def __init__(self, root: str, conv: str, groups: int):
+        self.root, self.conv, self.groups = root, conv, groups
+        super().__init__(_partial_grouped_message([root], conv, groups))
+
+
+def _partial_grouped_message(roots: Sequence[str], conv: str, groups: int) -> str:
+    listed = ", ".join(repr(r) for r in roots)
+    return (f"the grouped convolution '{conv}' ({groups} groups) reads a concat that holds the channels of {listed}: "
+            "pruning them would have to keep every group of its input equally wide across the concat's parts, which "
+            f"is not supported yet. Pass [{listed}] in ignored_layers (every layer whose channels that concat joins) "
+            "to keep them whole; the other layers are still pruned.")
+
+
 class ForwardError(ValueError):
     """The model's own ``forward()`` failed on the example input the engine traces it with."""
 
@@ -644,6 +662,8 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
             blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
         is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
         if is_consumer and not _is_depthwise(module):  # depthwise: an out dep
+            if isinstance(module, _CONV) and module.groups > 1 and len(item.idxs) < module.in_channels:
+                problems.append(PartialGroupedReadError(names[root], name, module.groups))  # (one part of a concat)
             consumers.append((name, len(item.idxs) // size))
             consumer_modules.append(module)
             dim = 0 if isinstance(module, _CONV) and module.transposed else 1
@@ -692,9 +712,15 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
     # a block or any container stands for every layer in it
     ignored = [m for n in ignored_names for m in modules[n].modules()]
     params = {id(p): n for n, p in model.named_parameters()}
+    partial: dict[str, list[PartialGroupedReadError]] = {}  # by grouped conv: every part of its concat, named at once
     for group in _traced_groups(dg, ignored, names, strict=check, unsupported=unsupported):
         try:
             built = _channel_group(dg, group, modules, names, params)
+        except PartialGroupedReadError as err:
+            partial.setdefault(err.conv, []).append(err)
+            if unsupported is not None:
+                unsupported[err.root] = err
+            continue
         except UnsupportedLayerError as err:
             if check:
                 raise
@@ -703,6 +729,11 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
             continue
         if built is not None:
             groups.append(built)
+    if check and partial:
+        conv, parts = next(iter(partial.items()))
+        order = list(modules)
+        roots = sorted({e.root for e in parts}, key=order.index)
+        raise UnsupportedLayerError(_partial_grouped_message(roots, conv, parts[0].groups))
     if check:
         check_layers(model, groups)
     return groups

@@ -394,8 +394,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
             f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "
-            "shuffle, a slice, a pad of the channel dimension, a concat followed by flatten -> linear or by a "
-            "grouped convolution), or through an op after which a removed channel is not zero (a sigmoid, an exp, "
+            "shuffle, a slice, a pad of the channel dimension, a concat followed by flatten -> linear), or through an op after which a removed channel is not zero (a sigmoid, an exp, "
             "a constant added, BatchNorm without affine), so the masked model still reads it." + suspects +
             " Pass these layers in ignored_layers.") from err
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
