@@ -206,9 +206,11 @@ def check_sweep_runs(args: Sequence[str]) -> None:
     if found is None:
         return  # (shuffled, or an interval: not a fixed grid)
     grid, swept = found
-    runs = min(math.prod(len(v) for v in grid.values()), MAX_CHECKED_RUNS)
+    runs = math.prod(len(v) for v in grid.values())
     if runs > 32:  # (about 0.1 s a run: said where it takes seconds)
-        print(f"lightning-ssr: checking the settings of the sweep's {runs} runs before the first starts", flush=True)
+        which = (f"the sweep's {runs} runs" if runs <= MAX_CHECKED_RUNS else
+                 f"the first {MAX_CHECKED_RUNS} of the sweep's {runs} runs (the others as each starts)")
+        print(f"lightning-ssr: checking the settings of {which} before the first starts", flush=True)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
             try:

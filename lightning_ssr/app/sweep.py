@@ -124,7 +124,10 @@ def grid_choices(overrides) -> tuple[dict[str, list[str]], set[str]] | None:
     """A job's parsed task overrides as Hydra's grid sweeper expands them: ``{key: ["key=value",
     ...]}``, whose product in this order numbers its jobs (a key given twice: its last values, at
     its first place), and the keys swept. ``None`` for a sweep that is not a fixed grid (shuffled:
-    its order is drawn anew; an interval)."""
+    its order is drawn anew; an interval) and for one with a ``glob()`` of group choices, which only
+    Hydra's config loader expands."""
+    from hydra.errors import HydraException
+
     choices: dict[str, list[str]] = {}
     swept: set[str] = set()
     for override in overrides:
@@ -132,7 +135,10 @@ def grid_choices(overrides) -> tuple[dict[str, list[str]], set[str]] | None:
         if override.is_sweep_override():
             if not override.is_discrete_sweep() or getattr(override.value(), "shuffle", False):
                 return None
-            choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            try:
+                choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            except HydraException:  # (a glob: "ConfigLoader is not set")
+                return None
             swept.add(key)
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]

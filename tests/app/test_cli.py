@@ -298,9 +298,16 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
     cli.check_sweep_runs(["-m", "pruning=nosuch,l1"])  # (Hydra lists the options)
     cli.check_sweep_runs(["-m", "target.macs=0", "plugins=[my_plugin]"])
     cli.check_sweep_runs(["-m", "seed=${hydra:job.num}", "target.macs=0.1,0.2"])  # (resolves in its job only)
+    # a glob of group choices: only Hydra's config loader expands it (it raised HydraException here)
+    cli.check_sweep_runs(["-m", "pruning=glob(l1)", "target.macs=0"])
     capsys.readouterr()
     cli.check_sweep_runs(["-m", "seed=0,1,2,3,4,5", "target.macs=0.1,0.2,0.3,0.4,0.5,0.6"])  # (seconds: said)
     assert capsys.readouterr().out == "lightning-ssr: checking the settings of the sweep's 36 runs before the first starts\n"
+    monkeypatch.setattr(cli, "MAX_CHECKED_RUNS", 33)  # (the count said is the sweep's, not the cap)
+    cli.check_sweep_runs(["-m", "seed=0,1,2,3,4,5", "target.macs=0.1,0.2,0.3,0.4,0.5,0.6"])
+    assert capsys.readouterr().out == ("lightning-ssr: checking the settings of the first 33 of the sweep's 36 runs "
+                                       "(the others as each starts) before the first starts\n")
+    monkeypatch.undo()
     started = []
     monkeypatch.setattr(cli, "_hydra_main", lambda: started.append(1))
     monkeypatch.setattr(sys, "argv", ["lightning-ssr", "-m", "seed=0,1.5"])
