@@ -64,7 +64,8 @@ from .sweep import (
     GRID_SWEEPER,
     LAST_SWEEP,
     REPLACED_DIR,
-    _override_items,
+    _overrides,
+    _pairs,
     count_runs,
     flatten_config,
     grid_choices,
@@ -484,8 +485,9 @@ def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,
             if folder.resolve() == output_dir.resolve() or not folder.name.isdigit():
                 continue
             number = int(folder.name)
-            if number < len(jobs) and _override_items({"dir": folder}) == jobs[number]:
-                continue  # (this sweep's own job of that number wrote it)
+            written = _overrides({"dir": folder})
+            if number < len(jobs) and written is not None and _pairs(jobs[number]) <= set(written.items()):
+                continue  # (this sweep's own job of that number wrote it; resumed alone, with ckpt_path= too)
             places.append(path)
     for path in places:
         result = finished_before(cfg, path.parent)

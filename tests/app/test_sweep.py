@@ -443,6 +443,37 @@ def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tm
     assert [(r["config"], r["runs"]) for r in report["rows"]] == [("pruning=random", 2), ("pruning=l1", 1)]
 
 
+def test_a_job_does_not_take_its_sweeps_own_run_resumed_alone_with_the_go_on_command(tmp_path):
+    """A value given twice (job 2 repeats job 0's): job 0's run of this very sweep, finished alone
+    with the report's go-on command, has ckpt_path= among its overrides. Compared with job 0's
+    planned overrides by equality, its folder passed for another sweep's, and job 2 took the run
+    and left job 0 looking never run. The job's own choices are found in the folder's now, as
+    the report finds them."""
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app.cli import compose_config, recover_finished_run
+    from lightning_ssr.app.stages import code_identity, started_result
+
+    sweep = _grid_sweep(tmp_path / "sweep", ["pruning=random,l1,random"])
+    cfg = compose_config(["pruning=random"])
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(["pruning=random", "ckpt_path='/runs/epoch=1-step=8.ckpt'"]),
+                   sweep / "0" / ".hydra" / "overrides.yaml")
+    finished = started_result(cfg)
+    finished.status, finished.config["code"] = "ok", code_identity(cfg)
+    finished.save(sweep / "0" / "result.json")
+    (sweep / "2" / ".hydra").mkdir(parents=True)
+    assert recover_finished_run(cfg, sweep / "2", sweep) is None
+    assert (sweep / "0" / "result.json").is_file() and not (sweep / "2" / "result.json").exists()
+    # the same run in the folder of a job that planned other values (a sweep run again): taken back
+    (sweep / "1" / ".hydra").mkdir(parents=True)
+    for name in ("result.json", ".hydra/overrides.yaml"):
+        (sweep / "1" / name).write_bytes((sweep / "0" / name).read_bytes())
+    (sweep / "0" / "result.json").unlink()
+    taken = recover_finished_run(cfg, sweep / "2", sweep)
+    assert taken is not None and taken[1] == sweep / "1" and (sweep / "2" / "result.json").is_file()
+
+
 TINY = ["dense.epochs=1", "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1",
         "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
         "latency.batch_sizes=[]", "verbose=false"]
