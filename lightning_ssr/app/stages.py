@@ -232,11 +232,18 @@ def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None, keyed: 
         return None
     checkpoint = read_checkpoint(cfg.ckpt_path) if checkpoint is None else checkpoint
     recorded = checkpoint.get(DENSE_MODEL_KEY)
-    current = dense_cache_path(cfg if keyed is None else keyed)
-    if not isinstance(recorded, str) or Path(recorded).name == current.name:
-        return None  # (the same key: dense.cache_dir may change, e.g. on another machine)
+    keyed = cfg if keyed is None else keyed
+    current = dense_cache_path(keyed)
+    if not isinstance(recorded, str):
+        return None
+    if Path(recorded).name == current.name and (current.is_file() or not Path(recorded).is_file()):
+        return None  # (the same key, found in this dense.cache_dir, e.g. on another machine; or trained again)
     for found in (Path(recorded), current.with_name(Path(recorded).name)):  # (there, or in this cache_dir)
         if found.is_file():
+            try:  # (into a throwaway network, at set-up: refused before anything trains)
+                _read_cached(build_network(keyed, build_data(keyed)), found)
+            except CACHE_LOAD_ERRORS as err:
+                raise ValueError(_unloadable_dense(found, err)) from err
             return found
     raise ValueError(f"ckpt_path={cfg.ckpt_path} was written by a run compressed from the dense model {recorded}, "
                      f"which is gone (not in dense.cache_dir={cfg.dense.cache_dir} either), and these settings key "
@@ -950,6 +957,12 @@ def _load_cached(net: nn.Module, cache: Path) -> bool:
         return False
 
 
+def _unloadable_dense(cache: Path, err: Exception) -> str:
+    return (f"the dense model {cache}, which the checkpoint's run was compressed from, does not load into this "
+            f"network ({type(err).__name__}: {str(err)[:300]}): resume with that run's settings, or start a new run "
+            "without ckpt_path")
+
+
 def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
                 cache: Path | None = None, what: str = "the dense model") -> tuple[nn.Module, dict]:
     """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache;
@@ -965,12 +978,12 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
     if cache is not None:
         try:
             _read_cached(net, cache)
-        except CACHE_LOAD_ERRORS as err:
-            raise ValueError(f"the dense model {cache}, which the checkpoint's run was compressed from, does not "
-                             f"load into this network ({type(err).__name__}: {str(err)[:300]}): resume with that "
-                             "run's settings, or start a new run without ckpt_path") from err
-        print(f"Reusing {what} the resumed run was compressed from, cached at {cache} (these settings key "
-              f"another, {dense_cache_path(cfg).name}: a trainer setting, or the network's code, changed)")
+        except CACHE_LOAD_ERRORS as err:  # (checked at set-up: changed since)
+            raise ValueError(_unloadable_dense(cache, err)) from err
+        keyed = dense_cache_path(cfg)
+        why = (f"dense.cache_dir={cfg.dense.cache_dir} does not hold it" if keyed.name == cache.name else
+               f"these settings key another, {keyed.name}: a trainer setting, or the network's code, changed")
+        print(f"Reusing {what} the resumed run was compressed from, cached at {cache} ({why})")
         return net, {"cache": {"path": str(cache), "reused": True}, "seconds": time.perf_counter() - start}
     cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)

@@ -1658,7 +1658,13 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
                                          r"run without ckpt_path, which compresses the dense model anew$"):
         run(_compose(FAST + [cache, "target.macs=0.3", f"ckpt_path={ckpt}"]), tmp_path / "other")
     # dense.cache_dir may change (another machine): the same name there, or the checkpoint's own, is found
-    from lightning_ssr.app.stages import dense_cache_path, resumed_dense_model
+    from lightning_ssr.app.stages import (
+        REFUSED_BEFORE_TRAINING,
+        build_data,
+        dense_cache_path,
+        resumed_dense_model,
+        train_dense,
+    )
 
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -1668,6 +1674,21 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
     changed = {DENSE_MODEL_KEY: str(tmp_path / "gone" / dense.name)}
     other = _compose(FAST + [f"dense.cache_dir={moved}", "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"])
     assert resumed_dense_model(other, changed) == moved / dense.name
+    # only dense.cache_dir changed, to a folder that lacks it: the recorded one, not a dense model trained again
+    empty = _compose(FAST + [f"dense.cache_dir={tmp_path / 'empty'}", f"ckpt_path={ckpt}"])
+    assert resumed_dense_model(empty) == dense.resolve()
+    capsys.readouterr()
+    train_dense(empty, build_data(empty), tmp_path / "unused", dense.resolve())
+    assert f"cached at {dense.resolve()} (dense.cache_dir={tmp_path / 'empty'} does not hold it)" in capsys.readouterr().out
+    # one that no longer loads into the network: refused at set-up (the folder's record kept), not after it
+    (moved / dense.name).write_bytes(dense.read_bytes())
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, dense)
+    with pytest.raises(ValueError, match=r"the dense model .*, which the checkpoint's run was compressed from, does "
+                                         r"not load into this network") as info:
+        run(_compose(FAST + [cache, "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"]), tmp_path / "second")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)
+    assert json.loads((tmp_path / "second" / "result.json").read_text())["status"] == "ok"  # (kept)
+    (moved / dense.name).rename(dense)
     dense.unlink()  # gone: refused before training, not a dense model trained on other settings
     with pytest.raises(ValueError, match=r"was written by a run compressed from the dense model .*which is gone "
                                          r"\(not in dense.cache_dir=.*\), and these settings key another .*Resume "
