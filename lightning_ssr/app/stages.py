@@ -456,7 +456,8 @@ def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
     ``trainer.devices=[k]``; ``LOCAL_RANK`` picks among several), else the CPU; timed only where
     that is the device the fit trains and times on, in one process (several ranks would each time
     it, competing), and not for a resumed fit (``ckpt_path``: its set-up was timed by the run it
-    goes on from). ``trainer.devices=auto`` on CUDA is every GPU this process sees, as in Lightning."""
+    goes on from). ``trainer.devices=auto`` on CUDA is every GPU this process sees, as in Lightning.
+    A fit whose launcher forks its ranks is rehearsed on the CPU: CUDA used before the fork fails it."""
     accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
     devices = cfg.trainer.get("devices", "auto")
     devices = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else devices
@@ -469,7 +470,11 @@ def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
     strategy = str(cfg.trainer.get("strategy") or "auto").lower()
     single = one and "ddp" not in strategy and "fsdp" not in strategy and int(cfg.trainer.get("num_nodes") or 1) == 1
     device = "cpu"
-    if fit == "cuda" and torch.cuda.is_available():  # (the rehearsal on the GPU, timed or not)
+    # a launcher that forks (ddp_fork, ddp_notebook; auto on several GPUs in an interactive session,
+    # as Lightning picks): CUDA in this process before the fit would fail it in every fork
+    interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)  # (as Lightning tells it)
+    forks = "fork" in strategy or "notebook" in strategy or (strategy == "auto" and not one and interactive)
+    if fit == "cuda" and torch.cuda.is_available() and not forks:  # (the rehearsal on the GPU, timed or not)
         rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))  # (srun sets the latter)
         index = devices[rank] if isinstance(devices, list) and rank < len(devices) else rank
         device = f"cuda:{int(index)}"

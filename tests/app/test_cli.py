@@ -1527,6 +1527,12 @@ def test_the_checks_before_training_time_a_latency_target_only_where_the_fit_wou
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # auto (and -1) is every GPU: DDP, several ranks
     assert preflight("trainer.accelerator=gpu", "trainer.devices=auto") == ("cuda:0", False)
     assert preflight("trainer.accelerator=gpu", "trainer.devices=-1") == ("cuda:0", False)
+    # a launcher that forks its ranks: CUDA in this process before the fork would fail the fit in every rank
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2", "trainer.strategy=ddp_fork") == ("cpu", False)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2", "trainer.strategy=ddp_notebook") == ("cpu", False)
+    monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)  # (an interactive session: auto forks there)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=2") == ("cpu", False)
+    assert preflight("trainer.accelerator=gpu", "trainer.devices=1") == ("cuda:0", True)  # (one GPU: no fork)
 
 
 def test_ema_decay_averages_the_run_that_prunes_and_it_ends_with_the_average(tmp_path, monkeypatch):
