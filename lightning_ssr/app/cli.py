@@ -370,15 +370,28 @@ def _status_of(record: bytes) -> str | None:
         return None
 
 
+def _worth_keeping(record: bytes) -> bool:
+    """Whether an earlier ``result.json`` records a run that trained (any status but a failure
+    before training: a failure's timings name the stages it ran)."""
+    if _status_of(record) != "failed":
+        return True
+    try:
+        timings = json.loads(record).get("timings") or {}
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
+
+
 def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: Path, earlier: bytes | None,
                  before: bool) -> None:
     """``result.json`` for a run that failed or was interrupted: its failure, except for a run that
     stopped ``before`` training in a folder that held an earlier run's record (a resume refused, or
     given the wrong folder, erased the interrupted run it meant to go on with, and a sweep then set
     that run aside): that record is written back, unchanged, and ``err`` says so (:data:`KEPT_RECORD`).
-    An earlier failure is replaced (its error would be given as this run's)."""
+    An earlier failure before any training is replaced (its error would be given as this run's); one
+    after training (a run that ended unpruned, or failed in its evaluation: a run to go on with) is kept."""
     path = output_dir / "result.json"
-    if before and earlier is not None and _status_of(earlier) != "failed":  # (a failure: this one replaces it)
+    if before and earlier is not None and _worth_keeping(earlier):
         if rank_zero_only.rank == 0:
             path.write_bytes(earlier)
         setattr(err, KEPT_RECORD, str(path))

@@ -402,12 +402,20 @@ def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_h
     assert proc.returncode == 1 and (tmp_path / "result.json").read_bytes() == before
     assert (f"(not recorded: {tmp_path / 'result.json'} still records the run that was there before; "
             "HYDRA_FULL_ERROR=1 shows the traceback)") in proc.stderr, proc.stderr[-2000:]
-    # an earlier failure is replaced: its error would be given as this run's
+    # an earlier failure before training is replaced: its error would be given as this run's
     interrupted.status, interrupted.error = "failed", "FloatingPointError: the loss is NaN"
     interrupted.save(tmp_path / "result.json")
     with pytest.raises(ValueError, match=r"target macs"):
         run(cfg, tmp_path)
     assert "target macs" in PruningResult.load(tmp_path / "result.json").error
+    # one after training is kept: a run that ended unpruned names its checkpoint to go on from
+    interrupted.error = "the model was not pruned ... resume with ckpt_path=..."
+    interrupted.timings = {"dense_s": 3.0, "compress_s": 9.0, "total_s": 12.0}
+    interrupted.save(tmp_path / "result.json")
+    before = (tmp_path / "result.json").read_bytes()
+    with pytest.raises(ValueError, match=r"target macs"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "result.json").read_bytes() == before
     # a folder without a record gets the failure, as before (test_bad_values_fail_before_training)
     (tmp_path / "result.json").unlink()
     with pytest.raises(ValueError, match=r"target macs"):
