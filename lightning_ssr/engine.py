@@ -529,6 +529,8 @@ class PruningEngine:
             if self.events_done == 0 and world.rank == 0:
                 if (loose := _parameters_no_optimizer_holds(model, optimizers, cut)) is not None:
                     self.warn(loose)
+                if (frozen := _frozen_layers_cut(model, cut)) is not None:
+                    self.warn(frozen)
                 trained = {id(p) for o in optimizers for group in o.param_groups for p in group["params"]}
                 example = self.example.to(next(model.parameters()).device)
                 for said in unseen_readers(model, example, self._context.groups, self.resolve_ignored(model), trained):
@@ -1330,6 +1332,32 @@ def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.
             "Lightning: those configure_optimizers returns): a prune replaces the tensors of the layers it cuts and "
             "moves only the given optimizers onto the new ones. If an optimizer not given trains them, pass it too "
             "(optimizers=[...]); if nothing trains them, set requires_grad=False on them.")
+
+
+#: the warning of frozen layers a prune may cut (:func:`_frozen_layers_cut`), for a caller that asked for it
+FROZEN_LAYERS_CUT = r"PruningEngine: .* (is|are) frozen \(requires_grad=False\) and may lose filters"
+
+
+def _frozen_layers_cut(model: nn.Module, groups: Sequence[ChannelGroup]) -> str | None:
+    """The warning (``None``: nothing to warn of) of frozen layers (``requires_grad=False``) whose
+    filters the prune may remove (``groups``: those it cuts): they lose filters, and what they keep
+    cannot adapt to the loss. A fixed placement (``pruning_cost_free``) is not one."""
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    frozen = []
+    for group in groups:
+        for part in group.fixed:
+            layer = part.param.rpartition(".")[0]
+            param = params.get(part.param)
+            module = modules.get(layer)
+            if (param is not None and not param.requires_grad and layer not in frozen
+                    and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+                    and not getattr(module, "pruning_cost_free", False)):
+                frozen.append(layer)
+    if not frozen:
+        return None
+    return (f"PruningEngine: {some_names(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False) "
+            f"and may lose filters: what {'it keeps' if len(frozen) == 1 else 'they keep'} stays as it is and cannot "
+            "adapt to the loss. To keep frozen layers whole, pass them in ignored_layers.")
 
 
 def steps_per_epoch(batches, accumulate: int = 1) -> int | None:

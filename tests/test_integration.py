@@ -85,9 +85,13 @@ def test_frozen_submodules_stay_frozen_and_unchanged(tmp_path):
     model = Validated(freeze_stem=True)
     frozen_before = model.the_network_itself.conv_a.weight.detach().clone()
     ssr = SSRPruning(regularizer="l20", filter_budget=0.5, schedule=SCHEDULE)
-    pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
-               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[ssr]).fit(model, loader(), loader(seed=1))
+    with pytest.warns(UserWarning, match=r"the_network_itself.conv_a is frozen \(requires_grad=False\) and may "
+                                         r"lose filters: what it keeps stays as it is and cannot adapt to the loss. "
+                                         r"To keep frozen layers whole, pass them in ignored_layers"):
+        pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=[ssr]).fit(model, loader(), loader(seed=1))
+    assert sum("is frozen" in w for w in ssr.result.warnings) == 1
     conv_a = model.the_network_itself.conv_a
     assert not conv_a.weight.requires_grad
     # conv_a lost filters (its own group) and input channels (the stream), but what is left is untouched

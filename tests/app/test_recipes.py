@@ -3,6 +3,7 @@ tiny end-to-end runs on the real datasets, the pieces on bare modules, and the b
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -88,8 +89,11 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     # result.json's record of it, stay as given, so that a sweep run again skips this run
     assert given == compose_config(common) and kept.config["cli"]["pruning"]["ignored_layers"] == []
     assert finished_before(compose_config(common), tmp_path / "frozen") is not None
-    pruned = run(compose_config([*common, "transfer.prune_frozen=true"]), tmp_path / "pruned")
+    with warnings.catch_warnings(record=True) as caught:  # (asked for: the library's warning of it is not given)
+        warnings.simplefilter("always")
+        pruned = run(compose_config([*common, "transfer.prune_frozen=true"]), tmp_path / "pruned")
     assert next(layer for layer in pruned.layers if layer["name"] == "model.conv1")["after"] < 20
+    assert not [w for w in caught if "frozen" in str(w.message)] and not pruned.warnings
 
 
 @pytest.mark.parametrize(("experiment", "override", "match"), [

@@ -22,7 +22,9 @@ the frozen layers.
 from __future__ import annotations
 
 import copy
+import re
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -30,6 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from ...engine import FROZEN_LAYERS_CUT
 from ...validation import check_flag, check_number
 from .. import stages
 from . import last_linear, register_recipe
@@ -132,7 +135,13 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     dense_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"])
+    with warnings.catch_warnings():
+        if frozen and cfg.transfer.prune_frozen:  # (asked for: not warned of)
+            warnings.filterwarnings("ignore", message=FROZEN_LAYERS_CUT)
+        lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"])
+    if frozen and cfg.transfer.prune_frozen and callback is not None:
+        for said in (callback.engine.warnings, *([callback.result.warnings] if callback.result is not None else [])):
+            said[:] = [w for w in said if not re.match(FROZEN_LAYERS_CUT, w)]
     compress_s = time.perf_counter() - t
     with stages.after_pruning(lm):
         result = stages.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
