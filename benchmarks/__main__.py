@@ -36,13 +36,20 @@ def main(argv=None) -> int:
                         help=f"run these parts only ({', '.join(names)})")
     parser.add_argument("--skip", nargs="+", choices=names, default=[], metavar="PART", help="run all but these")
     parser.add_argument("--list", action="store_true", help="print each part's command and exit")
+    parser.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
+                        help="write every part's JSON and RESULTS.md into DIR (created) instead of "
+                             "benchmarks/results/, and leave README.md as it is")
     args = parser.parse_args(argv)
+    parts = PARTS if args.results_dir is None else [(p, elsewhere(p, a, args.results_dir.resolve())) for p, a in PARTS]
     if args.list:
-        for part, extra in PARTS:
+        for part, extra in parts:
             print(f"{part:<16} python benchmarks/{part}.py {' '.join(extra)}")
         return 0
+    if args.results_dir is not None:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        args.results_dir = args.results_dir.resolve()  # (before the change of folder below)
     os.chdir(Path(__file__).resolve().parent.parent)  # the paths above are the repository's
-    chosen = [(p, a) for p, a in PARTS if (args.only is None or p in args.only) and p not in args.skip]
+    chosen = [(p, a) for p, a in parts if (args.only is None or p in args.only) and p not in args.skip]
     failed, seconds, start = [], {}, time.perf_counter()
     for part, extra in chosen:
         t = time.perf_counter()
@@ -59,16 +66,29 @@ def main(argv=None) -> int:
         seconds[part] = time.perf_counter() - t
         print(f"=== {part}: {seconds[part]:.0f} s", flush=True)
     total = time.perf_counter() - start
+    results = Path("benchmarks/results") if args.results_dir is None else args.results_dir
     if args.only is None and not args.skip:  # the record of a whole run
-        write_json("benchmarks/results/run.json", {"benchmark": "run", "machine": machine_info(),
-                                                   "command": "python -m benchmarks", "parts": seconds,
-                                                   "failed": failed, "total_s": total}, relative_to=".")
+        command = "python -m benchmarks" + ("" if args.results_dir is None else f" --results-dir {args.results_dir}")
+        write_json(results / "run.json", {"benchmark": "run", "machine": machine_info(), "command": command,
+                                          "parts": seconds, "failed": failed, "total_s": total}, relative_to=".")
     from benchmarks.render import main as render
 
-    render([])
+    render([] if args.results_dir is None else
+           ["--results", str(results), "--out", str(results / "RESULTS.md"), "--no-readme"])
     print(f"\n{len(chosen) - len(failed)} of {len(chosen)} parts ran in {total:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def elsewhere(part: str, extra: list[str], folder: Path) -> list[str]:
+    """A part's arguments with its ``--out`` in ``folder`` (the same file name; a part that names
+    none writes ``<part>.json`` there, as it would under ``benchmarks/results/``)."""
+    extra = list(extra)
+    if "--out" in extra:
+        at = extra.index("--out") + 1
+        extra[at] = str(folder / Path(extra[at]).name)
+        return extra
+    return [*extra, "--out", str(folder / f"{part}.json")]
 
 
 if __name__ == "__main__":

@@ -554,15 +554,27 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--readme", type=Path, default=README, help="the README whose generated parts are replaced")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="the README whose generated parts are replaced (default: the repository's, where "
+                             "--results is the repository's results folder; else none)")
     parser.add_argument("--no-readme", action="store_true", help="write RESULTS.md only")
     args = parser.parse_args(argv)
+    readme = args.readme
+    if readme is None and not args.no_readme and args.results.resolve() == RESULTS.resolve():
+        readme = README  # (results from another folder never replace the repository's published ones)
+    if readme is not None and not args.no_readme and not readme.is_file():
+        parser.error(f"--readme {readme}: no such file")
+    if not args.results.is_dir():
+        parser.error(f"--results {args.results}: no such folder")
     text = render(args.results)
     args.out.write_text(text)
     print(f"wrote {args.out}")
-    if not args.no_readme:
-        update_readme(args.readme, headline(args.results), method_table_markdown())
-        print(f"updated the headline results and the method table of {args.readme}")
+    if readme is not None and not args.no_readme:
+        update_readme(readme, headline(args.results), method_table_markdown())
+        print(f"updated the headline results and the method table of {readme}")
+    elif not args.no_readme:
+        print(f"left README.md as it is (results from {args.results}, not the repository's; --readme names one "
+              "to update)")
     return args.out
 
 

@@ -12,10 +12,14 @@ prints a table and writes benchmarks/results/structure.json: a list of
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.methods.oneshot import prune_oneshot
@@ -65,7 +69,8 @@ def main(argv=None) -> list[dict]:
               f"{100 * row['flops_error']:>+5.1f}% {params / 1e6:>6.3f}M {pub_params / 1e6:>8.3f}M "
               f"{100 * row['params_error']:>+5.1f}%")
     write_json(out, relative_to=Path(__file__).resolve().parent.parent,
-               obj={"benchmark": "structure", "machine": machine_info(), "rows": rows})
+               obj={"benchmark": "structure", "command": command_line("structure", argv), "machine": machine_info(),
+                    "rows": rows})
     print(f"wrote {out}")
     return rows
 

@@ -31,11 +31,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocator
@@ -152,7 +156,8 @@ def main(argv=None) -> list[dict]:
     if args.append and args.out.is_file():
         rows = [r for r in json.loads(args.out.read_text())["rows"] if r["kind"] not in args.kinds] + rows
     worst, within = summarize_errors(rows)
-    out = {"benchmark": "targets", "machine": machine_info(), "threads": args.threads, "allocator": allocator,
+    out = {"benchmark": "targets", "command": command_line("targets", argv), "machine": machine_info(),
+           "threads": args.threads, "allocator": allocator,
            "round_to": args.round_to,
            "latency_batch": LATENCY_BATCH, "rows": rows, "worst_abs_error": worst,
            "within_tolerance": within,

@@ -30,11 +30,15 @@ import contextlib
 import io
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import command_line
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
@@ -184,7 +188,7 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "verbose")}
     settings["intervals"] = [label(i) for i in args.intervals]
     write_json(args.out, relative_to=REPO, obj={
-        "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
+        "benchmark": "update_interval", "command": command_line("update_interval", argv), "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
         "summary": summary, "conclusion": conclusion, "total_time_s": time.time() - start,
     })
     print(f"wrote {args.out}")

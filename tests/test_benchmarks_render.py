@@ -265,3 +265,53 @@ def test_a_part_that_refuses_its_budget_is_reported_and_the_others_still_run(mon
     captured = capsys.readouterr()
     assert "speedup: benchmarks/results/speedup.json was made with a larger budget" in captured.err
     assert "1 of 2 parts ran" in captured.out and "failed: speedup" in captured.out
+
+
+def test_rendering_results_from_another_folder_leaves_the_repositorys_readme(tmp_path, capsys, monkeypatch):
+    """``render.py --results <elsewhere> --out <elsewhere>`` replaced the repository README's
+    published figures with those of the other folder (a quick trial's), linking to a RESULTS.md
+    it had not written. Only the repository's results folder updates it by default."""
+    from benchmarks import render
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{START}\nold figures\n{END}\n{METHODS_START}\nold table\n{METHODS_END}\n")
+    monkeypatch.setattr(render, "README", readme)
+    (tmp_path / "res").mkdir()
+    render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "RESULTS.md")])
+    assert "old figures" in readme.read_text() and (tmp_path / "RESULTS.md").is_file()
+    assert "left README.md as it is" in capsys.readouterr().out
+    render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "RESULTS.md"), "--readme", str(readme)])
+    assert "old figures" not in readme.read_text()  # (named: updated)
+    with pytest.raises(SystemExit):
+        render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "R.md"), "--readme",
+                     str(tmp_path / "nowhere.md")])
+    err = capsys.readouterr().err
+    assert f"--readme {tmp_path / 'nowhere.md'}: no such file" in err
+
+
+def test_the_benchmarks_can_write_into_another_folder(tmp_path, monkeypatch, capsys):
+    """``python -m benchmarks`` had no place of its own to write: even one part replaced the
+    repository's results, RESULTS.md and README. ``--results-dir`` moves each part's file, the
+    record and RESULTS.md there, and leaves README alone."""
+    import types
+
+    import benchmarks.__main__ as runner
+    import benchmarks.render
+
+    argvs, rendered = {}, []
+
+    def part(name):
+        return types.SimpleNamespace(main=lambda argv: argvs.setdefault(name, argv))
+
+    monkeypatch.setattr(runner, "importlib", types.SimpleNamespace(import_module=lambda m: part(m.split(".")[-1])))
+    monkeypatch.setattr(benchmarks.render, "main", rendered.append)
+    monkeypatch.chdir(Path.cwd())
+    out = tmp_path / "trial"
+    assert runner.main(["--only", "structure", "speedup", "--results-dir", str(out)]) == 0
+    assert argvs["structure"] == ["--out", str(out / "structure.json")]
+    assert argvs["speedup"] == ["--repeats", "12", "--out", str(out / "speedup_quick.json")]
+    assert rendered == [["--results", str(out), "--out", str(out / "RESULTS.md"), "--no-readme"]]
+    capsys.readouterr()
+    runner.main(["--list", "--results-dir", str(out)])
+    listed = capsys.readouterr().out
+    assert f"--out {out / 'lenet_quick.json'}" in listed and f"--out {out / 'targets.json'}" in listed
