@@ -194,6 +194,7 @@ class _InMemoryImages(pl.LightningDataModule):
         self.image_size = image_size
         self.num_workers = num_workers
         self.splits: dict[str, TensorDataset] = {}
+        self.normalization: dict[str, float] | None = None  # the training split's mean and std, once set up
         self._order_seed: int | None = None  # the seed of the last training loader's order
         self._resumed_seed: int | None = None  # a checkpoint's, for the next training loader
 
@@ -226,6 +227,8 @@ class _InMemoryImages(pl.LightningDataModule):
         if parts[0][0].shape[1] != self.in_channels:  # grey images served in colour: the channel repeated
             parts = [(px.expand(-1, self.in_channels, -1, -1), py) for px, py in parts]
         mean, std = parts[0][0].mean(), parts[0][0].std()
+        # what a network trained on these images reads (recorded beside the pruned model: :func:`input_description`)
+        self.normalization = {"mean": float(mean), "std": float(std)}
         for name, (px, py) in zip(("train", "val", "test"), parts):
             self.splits[name] = TensorDataset(((px - mean) / std).float().contiguous(), py.long())
 

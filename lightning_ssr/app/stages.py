@@ -80,6 +80,18 @@ def input_shape(dm: pl.LightningDataModule) -> list[int]:
     return [1, dm.in_channels, dm.image_size, dm.image_size]
 
 
+def input_description(dm: pl.LightningDataModule) -> dict | None:
+    """What the network trained on ``dm`` reads, for whoever feeds the pruned model images of their
+    own (kept in ``pruned.pt`` and ``result.json``): the shape of one image and the normalization
+    the data module applied, ``(x - mean) / std`` to pixels in [0, 1] (grey images repeated where
+    the network reads colour); ``None`` for a data module of your own (it says nothing of it)."""
+    norm = getattr(dm, "normalization", None)
+    if not isinstance(norm, dict):
+        return None
+    return {"data": type(dm).__name__, "shape": input_shape(dm)[1:], "pixels": "in [0, 1], then (x - mean) / std",
+            **norm}
+
+
 # ----------------------------------------------------------------- building
 def build_schedule(cfg: DictConfig) -> PruningSchedule:
     try:
@@ -1140,12 +1152,13 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
 
 
 def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | None, dm: pl.LightningDataModule,
-                 output_dir: str | os.PathLike) -> dict:
+                 output_dir: str | os.PathLike, used_on: pl.LightningDataModule | None = None) -> dict:
     """Write ``pruned.pt`` (:func:`~lightning_ssr.checkpoint.save_pruned` of the LightningModule
-    and the callback's plan: ``load_pruned(build_model(...), path)`` loads it) and, with
+    and the callback's plan: ``load_pruned(build_model(...), path)`` loads it; with the input it
+    reads, :func:`input_description` of ``used_on``, by default ``dm``) and, with
     ``export=onnx|torchscript|torch_export``, the exported network.
 
-    Returns ``{"checkpoint": path, "export": {...} or None}``.
+    Returns ``{"checkpoint": path, "export": {...} or None, "input": {...} or None}``.
     """
     output_dir = Path(output_dir)
     if rank_zero_only.rank != 0:  # under DDP every rank holds the same model: rank 0 writes it
@@ -1153,7 +1166,9 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     if callback is not None and callback.result is None:  # the fit ended before the prune: nothing pruned to keep
         return {"checkpoint": None, "export": None}
     plan = callback.plan if callback is not None else None
-    out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan)), "export": None}
+    reads = input_description(dm if used_on is None else used_on)
+    extra = {} if reads is None else {"input": reads}
+    out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan, **extra)), "export": None, "input": reads}
     if cfg.export is None:
         return out
     net, example = lm.model, torch.randn(input_shape(dm))
@@ -1295,7 +1310,7 @@ def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning |
     result = base_result(cfg, lm, callback, dm)
     print_final_table(result, callback)
     metrics = evaluate(cfg, eval_dm, reference, lm.model)
-    files = export_model(cfg, lm, callback, dm, output_dir)
+    files = export_model(cfg, lm, callback, dm, output_dir, used_on=eval_dm)  # (adaptation: the target's images)
     if eval_dm is not dm:
         for key, model in (("dense", reference), ("pruned", lm.model)):
             own = accuracy(cfg, model, dm)

@@ -106,8 +106,22 @@ def test_end_to_end_run_writes_result_json_pruned_pt_and_reuses_the_dense_cache(
     net = load_pruned(build_model("lenet5"), tmp_path / "pruned.pt")
     kept = {r["name"].removeprefix("model."): r["after"] for r in on_disk["layers"]}
     assert net.conv1.out_channels == kept["conv1"] and net.fc1.out_features == kept["fc1"]
-    state = torch.load(tmp_path / "pruned.pt", weights_only=True)["state_dict"]
+    saved = torch.load(tmp_path / "pruned.pt", weights_only=True)
+    state = saved["state_dict"]
     assert torch.equal(net.conv1.weight, state["model.conv1.weight"])
+    # with what it reads: images of your own, normalized as the data module did, give its test accuracy
+    from lightning_ssr.app.data import UCIDigits
+
+    reads = saved["input"]
+    assert reads == on_disk["pruned"]["input"] and reads["data"] == "UCIDigits" and reads["shape"] == [1, 28, 28]
+    dm = instantiate(cfg.data)
+    dm.setup()
+    images, labels = dm.splits["test"].tensors
+    raw = images * dm.normalization["std"] + dm.normalization["mean"]  # (the pixels in [0, 1] a user holds)
+    assert 0.0 <= float(raw.min()) + 1e-6 and float(raw.max()) <= 1.0 + 1e-6 and isinstance(dm, UCIDigits)
+    with torch.no_grad():
+        mine = (net.eval()((raw - reads["mean"]) / reads["std"]).argmax(1) == labels).float().mean()
+    assert float(mine) == pytest.approx(on_disk["pruned"]["accuracy"], abs=2.5 / len(labels))  # (a prediction or two at a tie may flip in float32)
     # and the command's Lightning checkpoints with its LightningModule's own load_from_checkpoint (it has the mixin)
     from lightning_ssr.app.module import ImageClassifier
 
