@@ -34,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..latency import steady_allocator
 from ..report import PruningResult
+from ..targets import TARGET_KINDS
 from ..validation import closest_name, some_names
 from .console import quiet_lightning
 from .recipes import recipe_for
@@ -250,6 +251,11 @@ def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | N
             return
         names = [str(k) for k in node]  # (a mandatory value, "???", is one; "in" would not say so)
         if part not in names:
+            if i == 1 and parts[0] == "target" and part in TARGET_KINDS:  # (target=macs has no latency key)
+                raise ValueError(f"{key} is not a setting of this target: a {part} target is chosen with its "
+                                 f"group, target={part} {key}=... (the target now sets "
+                                 f"{', '.join(f'target.{k}' for k in TARGET_KINDS if node.get(k) is not None)})"
+                                 ) from cause
             section = ".".join(parts[:i])
             close = closest_name(part, names)
             hint = f"did you mean {'.'.join([*parts[:i], close])}? " if close else ""

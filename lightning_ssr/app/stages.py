@@ -55,6 +55,7 @@ from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..structure.groups import ForwardError
 from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
+from ..targets import TARGET_KINDS
 from ..validation import check_flag, check_number, some_names
 from .console import progress_bars
 from .data import check_augment
@@ -116,6 +117,12 @@ def build_pruning(cfg: DictConfig) -> Pruning | None:
     name = kwargs.pop("name")
     ignored = kwargs.pop("ignored_layers", None) or []
     target = {k: v for k, v in _plain(cfg.target).items() if k not in TARGET_LIMITS}
+    given = [k for k in TARGET_KINDS if target.get(k) is not None]
+    if len(given) > 1:  # (a value given for another kind than the chosen group's)
+        raise ValueError(f"the target sets {' and '.join(f'target.{k}={target[k]}' for k in given)}: a target is one "
+                         f"of {', '.join(TARGET_KINDS)}. Choose it with its group (target={given[-1]} "
+                         f"target.{given[-1]}={target[given[-1]]}), or set the others to null "
+                         f"({' '.join(f'target.{k}=null' for k in given[:-1])})")
     return Pruning(method=name, method_kwargs=kwargs, target=target, schedule=schedule, ignored_layers=ignored,
                    min_channels=cfg.target.get("min_channels", 1),
                    max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0),

@@ -257,6 +257,23 @@ def test_a_misspelled_key_is_answered_with_the_closest_setting_not_a_proposal_to
         _compose(["trainer.max_epoch=3"])
 
 
+def test_a_value_for_another_kind_of_target_says_to_choose_its_group():
+    """target=macs (the default) has no latency key: Hydra's message proposed +target.latency=...,
+    which then failed for two targets; a second kind set beside the group's named the kinds only."""
+    from lightning_ssr.app.stages import build_pruning
+
+    with pytest.raises(ValueError, match=r"^target.latency is not a setting of this target: a latency target is "
+                                         r"chosen with its group, target=latency target.latency=\.\.\. \(the target "
+                                         r"now sets target.macs\)$"):
+        _compose(["target.latency=2"])
+    _compose(["target=latency", "target.latency=2"])  # (as said)
+    with pytest.raises(ValueError, match=r"^the target sets target.macs=0.05 and target.params=0.1: a target is one "
+                                         r"of .*Choose it with its group \(target=params target.params=0.1\), or set "
+                                         r"the others to null \(target.macs=null\)$"):
+        build_pruning(_compose(["target.params=0.1"]))
+    assert build_pruning(_compose(["target=params", "target.params=0.1"])).target.params == 0.1
+
+
 def test_an_argument_of_another_method_names_the_methods_settings():
     with pytest.raises(ValueError, match=r"pruning.importance is not a setting .*pruning has name, lam, "):
         _compose(["pruning.importance=l1"])  # oneshot's argument, not SSR's
