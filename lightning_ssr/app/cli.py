@@ -190,7 +190,7 @@ def check_sweep_runs(args: Sequence[str]) -> None:
 
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
 
     from .stages import check_settings
 
@@ -215,8 +215,15 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         print(f"lightning-ssr: checking the settings of {which} before the first starts", flush=True)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
+            values = " ".join(c for c, k in zip(combination, grid) if k in swept)
             try:
                 cfg = compose(config_name=CONFIG_NAME, overrides=list(combination), return_hydra_config=True)
+            except MissingConfigException as err:  # (a group's choice misspelled: Hydra's message, said now)
+                # Hydra would fail there too, after writing the sweep's folder, which a report then reads as a
+                # sweep whose runs never started
+                said = " ".join(str(err).split("\nConfig search path:")[0].split())
+                raise ValueError(f"run {job} of the sweep ({values or ' '.join(combination)}) does not compose: "
+                                 f"{said}. Nothing has run: change or drop that value") from err
             except (HydraException, OmegaConfBaseException):  # Hydra's to say, as it composes the run
                 return
             sweeper = cfg.hydra.get("sweeper") or {}
@@ -231,7 +238,6 @@ def check_sweep_runs(args: Sequence[str]) -> None:
             except OmegaConfBaseException:
                 continue  # a value that resolves only inside its job (${hydra:job.num}, ${oc.env:...} on a node)
             except Exception as err:
-                values = " ".join(c for c, k in zip(combination, grid) if k in swept)
                 raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
                                  f"{type(err).__name__}: {err}. Nothing has run: change or drop that value") from err
 

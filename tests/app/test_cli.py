@@ -326,7 +326,11 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
     cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "seed=0,1", "hydra.job.chdir=false"])
     cli.check_sweep_runs(["target.macs=0"])  # (one run: its own check says it, with the run's record)
     cli.check_sweep_runs(["-m", "+experiment=optuna_ssr", "target.macs=0"])  # (not a grid)
-    cli.check_sweep_runs(["-m", "pruning=nosuch,l1"])  # (Hydra lists the options)
+    # a misspelled choice: Hydra's message now (it left a sweep folder a report took for runs never started)
+    with pytest.raises(ValueError, match=r"^run 0 of the sweep \(pruning=nosuch\) does not compose: In 'config': "
+                                         r"Could not find 'pruning/nosuch' Available options in 'pruning': bn_scale "
+                                         r"fsm l1 .*Nothing has run: change or drop that value$"):
+        cli.check_sweep_runs(["-m", "pruning=nosuch,l1"])
     cli.check_sweep_runs(["-m", "target.macs=0", "plugins=[my_plugin]"])
     cli.check_sweep_runs(["-m", "seed=${hydra:job.num}", "target.macs=0.1,0.2"])  # (resolves in its job only)
     # a glob of group choices: only Hydra's config loader expands it (it raised HydraException here)
