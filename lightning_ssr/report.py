@@ -187,7 +187,8 @@ class PruningResult:
                             "it was timed: on an idle machine it runs faster"
                             if busy else "")
                          + (f"; timed at the prune, in the fit. The finished model, timed again at the end beside "
-                            f"the dense one: {end:.3f} ms ({end / asked - 1:+.0%} of the target)"
+                            f"the dense one: {end:.3f} ms ({abs(end / asked - 1):.0%} {'below' if end <= asked else 'above'} the "
+                            "target)"
                             if isinstance(end, (int, float)) else ""))
         return "\n".join(lines)
 

@@ -149,7 +149,9 @@ def test_a_latency_target_is_said_in_the_summary(measured, met, said):
     result.events[0]["latency_device"] = "cpu"
     assert result.summary().splitlines()[-1] == (
         f"{said} for 0.350 ms asked per batch of 1 (dense 0.600 ms); timed at the prune, in the fit. The finished "
-        "model, timed again at the end beside the dense one: 0.330 ms (-6% of the target)")
+        "model, timed again at the end beside the dense one: 0.330 ms (6% below the target)")
+    result.pruned["latency_ms"] = {"batch_1": 0.42}
+    assert result.summary().endswith("0.420 ms (20% above the target)")
 
 
 def test_the_summary_of_a_run_that_failed_or_was_interrupted_says_so_and_why():
