@@ -103,6 +103,9 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
     return evaluate
 
 
+#: the epochs Lightning trains where neither max_epochs nor max_steps is given
+LIGHTNING_DEFAULT_EPOCHS = 1000
+
 #: Lightning's callbacks that copy the model at set-up, or hold its parameters from then on: the
 #: rebuild changes those shapes, so they cannot share a fit with Pruning (what each does with the
 #: model, and what it does instead in a second fit of the pruned module). WeightAveraging
@@ -377,6 +380,14 @@ class Pruning(Callback):
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
+        total = self.schedule.total_epochs
+        if (trainer.max_epochs == LIGHTNING_DEFAULT_EPOCHS and trainer.max_steps == -1 and not trainer.fast_dev_run
+                and total < LIGHTNING_DEFAULT_EPOCHS and not self.engine.done):
+            # Lightning's own warning says 1000; this says what it means for the schedule
+            rank_zero_warn(f"{type(self).__name__}: Trainer(max_epochs={LIGHTNING_DEFAULT_EPOCHS}), Lightning's "
+                           f"default where max_epochs is not set, trains {LIGHTNING_DEFAULT_EPOCHS - total} epochs more "
+                           f"than this pruning schedule's {total} (the fine-tune goes on after it). Set "
+                           f"Trainer(max_epochs={total}) to end with the schedule.")
         if self.engine.example is None and getattr(pl_module, "example_input_array", None) is not None:
             self.engine.example = first_tensor(pl_module.example_input_array)
         # Resuming fit(ckpt_path=...) after a rebuild: the model must have the pruned shapes before

@@ -1137,3 +1137,32 @@ def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_with_several_pru
                                          r"25: it would not update before its first prune event"):
         trainer(tmp_path, [pruning], schedule.total_epochs).fit(TinyClassifier(), loader())
     assert pruning.engine.last_update_step == -1 and pruning.engine.done
+
+
+@pytest.mark.filterwarnings("ignore:`max_epochs` was not set")  # (Lightning's own, which the test provokes)
+def test_a_fit_without_max_epochs_is_told_it_trains_past_the_schedule(tmp_path):
+    """Without max_epochs (a LightningCLI config that leaves it out), Lightning trains 1000 epochs:
+    the prune came at epoch 1, then 998 epochs of fine-tune nobody asked for. Said at the start,
+    in the schedule's terms; a fit bounded by max_epochs or max_steps is not told."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
+
+    class StopAfterTwoEpochs(Callback):  # (the test's own end: the fit would run its 1000 epochs)
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.current_epoch >= 1
+
+    def fit(**bounds):
+        pruning = Pruning("l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
+        pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path, callbacks=[pruning, StopAfterTwoEpochs()],
+                   **bounds).fit(TinyClassifier(), loader())
+        return pruning
+
+    with pytest.warns(UserWarning, match=r"^Pruning: Trainer\(max_epochs=1000\), Lightning's default where max_epochs "
+                                         r"is not set, trains 999 epochs more than this pruning schedule's 1 \(the "
+                                         r"fine-tune goes on after it\)\. Set Trainer\(max_epochs=1\)"):
+        fit()
+    for bounds in ({"max_epochs": 1}, {"max_steps": 2}):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=r"Pruning: Trainer\(max_epochs=1000\)")
+            fit(**bounds)
