@@ -249,8 +249,7 @@ def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None, keyed: 
     model is trained on another data set)."""
     if cfg.get("ckpt_path") is None:
         return None
-    checkpoint = read_checkpoint(cfg.ckpt_path) if checkpoint is None else checkpoint
-    recorded = checkpoint.get(DENSE_MODEL_KEY)
+    recorded = _recorded_dense(cfg.ckpt_path, checkpoint)
     keyed = cfg if keyed is None else keyed
     current = dense_cache_path(keyed)
     if not isinstance(recorded, str):
@@ -269,6 +268,28 @@ def resumed_dense_model(cfg: DictConfig, checkpoint: dict | None = None, keyed: 
                      f"another ({current.name}: a trainer setting, or the network's code, changed): the resumed run "
                      "would compare with, and distill from, another dense model. Resume with the trainer settings of "
                      "that run, or start a new run without ckpt_path")
+
+
+#: the last checkpoint's recorded dense model, by (path, modification time, size): the set-up reads
+#: the checkpoint once, and the run asks again without reading it a second time
+_RECORDED_DENSE: dict[tuple, object] = {}
+
+
+def _recorded_dense(path, checkpoint: dict | None) -> object:
+    """``checkpoint[DENSE_MODEL_KEY]`` of the checkpoint at ``path`` (read where ``checkpoint`` is
+    not given and this file, unchanged, was not seen before)."""
+    try:
+        stat = Path(path).stat()
+        key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:  # (missing: read_checkpoint names it)
+        key = None
+    if checkpoint is None and key is not None and key in _RECORDED_DENSE:
+        return _RECORDED_DENSE[key]
+    recorded = (read_checkpoint(path) if checkpoint is None else checkpoint).get(DENSE_MODEL_KEY)
+    _RECORDED_DENSE.clear()
+    if key is not None:
+        _RECORDED_DENSE[key] = recorded
+    return recorded
 
 
 def _check_resumed_settings(cfg: DictConfig, checkpoint: dict) -> None:

@@ -1682,7 +1682,8 @@ def _sigterm_cases(tmp_path, monkeypatch, capsys, term, unhandled):
     assert not unhandled
 
 
-def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_runs_dense_model(tmp_path, capsys):
+def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_runs_dense_model(tmp_path, capsys,
+                                                                                              monkeypatch):
     """A resume may change the trainer; the dense cache is keyed by it, so a resume with another
     trainer.limit_train_batches trained another dense model and compared with (and distilled from)
     it, silently. The checkpoint names its dense model; the resume takes it, or is refused before
@@ -1696,7 +1697,13 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
     ckpt = min((tmp_path / "first").glob("logs/version_0/checkpoints/*.ckpt"))
     assert read_checkpoint(ckpt)[DENSE_MODEL_KEY] == str(dense.resolve())
     capsys.readouterr()
+    from lightning_ssr.app import stages
+
+    reads, read = [], stages.read_checkpoint
+    monkeypatch.setattr(stages, "read_checkpoint", lambda path: reads.append(str(path)) or read(path))
     resumed = run(_compose(FAST + [cache, "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"]), tmp_path / "second")
+    assert reads.count(str(ckpt)) == 1  # (the set-up reads it; the run asks for its dense model without reading again)
+    monkeypatch.undo()
     out = capsys.readouterr().out
     assert f"Reusing the dense model the resumed run was compressed from, cached at {dense.resolve()}" in out
     assert "Training the dense model" not in out and list((tmp_path / "cache").glob("*.pt")) == [dense]
@@ -1720,9 +1727,11 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
     (moved / dense.name).write_bytes(dense.read_bytes())
     elsewhere = _compose(FAST + [f"dense.cache_dir={moved}", f"ckpt_path={ckpt}"])
     assert resumed_dense_model(elsewhere) is None and dense_cache_path(elsewhere) == moved / dense.name
-    changed = {DENSE_MODEL_KEY: str(tmp_path / "gone" / dense.name)}
-    other = _compose(FAST + [f"dense.cache_dir={moved}", "trainer.limit_train_batches=6", f"ckpt_path={ckpt}"])
-    assert resumed_dense_model(other, changed) == moved / dense.name
+    elsewhere_ckpt = tmp_path / "recorded_elsewhere.ckpt"  # (its dense model recorded in a folder now gone)
+    torch.save({**read_checkpoint(ckpt), DENSE_MODEL_KEY: str(tmp_path / "gone" / dense.name)}, elsewhere_ckpt)
+    other = _compose(FAST + [f"dense.cache_dir={moved}", "trainer.limit_train_batches=6",
+                             f"ckpt_path={elsewhere_ckpt}"])
+    assert resumed_dense_model(other) == moved / dense.name
     # only dense.cache_dir changed, to a folder that lacks it: the recorded one, not a dense model trained again
     empty = _compose(FAST + [f"dense.cache_dir={tmp_path / 'empty'}", f"ckpt_path={ckpt}"])
     assert resumed_dense_model(empty) == dense.resolve()
