@@ -103,6 +103,9 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
     return evaluate
 
 
+#: the start of the warning of a fit whose max_epochs ends it before the last scheduled prune
+SHORT_FIT = r"Trainer\(max_epochs=\d+\) ends before the last scheduled prune"
+
 #: the epochs Lightning trains where neither max_epochs nor max_steps is given
 LIGHTNING_DEFAULT_EPOCHS = 1000
 

@@ -49,7 +49,7 @@ from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
 from ..latency import compare_latency, others_share
 from ..modes import eval_mode
-from ..pruning import Pruning
+from ..pruning import SHORT_FIT, Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
@@ -419,6 +419,18 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     return callback, dm
 
 
+def _short_fit_warning(max_epochs: int, callback: Pruning) -> str:
+    """What the command warns of where ``trainer.max_epochs`` ends the run before its scheduled
+    prune but the method may still prune early (:func:`check_settings`); ``result.json`` keeps it
+    in these words, not the callback's (:func:`fit_to_prune`)."""
+    schedule = callback.schedule
+    least = next(n for n in range(schedule.total_epochs + 1) if schedule.reaches_last_prune(n))
+    return (f"trainer.max_epochs={max_epochs} ends the compression run before its scheduled prune, at the start of "
+            f"epoch {schedule.last_prune_epoch} (0-based) of the schedule's {schedule.total_epochs}: the model is "
+            f"pruned only if {callback.method.name} converges before (schedule.stop_early), else the run ends "
+            f"unpruned (status failed). Leave trainer.max_epochs unset, or give it at least {least}, to be sure")
+
+
 def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
     """The checks of :func:`check_config` that need neither the data, the network nor a
     checkpoint: the run's own settings, the export format, weight averaging, the pruning callback
@@ -440,11 +452,7 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
                  and (max_epochs < 0 or max_epochs > schedule.warmup_epochs))
         least = next(n for n in range(schedule.total_epochs + 1) if schedule.reaches_last_prune(n))
         if early:
-            warnings.warn(f"trainer.max_epochs={max_epochs} ends the compression run before its scheduled prune, at "
-                          f"the start of epoch {schedule.last_prune_epoch} (0-based) of the schedule's "
-                          f"{schedule.total_epochs}: the model is pruned only if {callback.method.name} converges "
-                          "before (schedule.stop_early), else the run ends unpruned (status failed). Leave "
-                          f"trainer.max_epochs unset, or give it at least {least}, to be sure", stacklevel=2)
+            warnings.warn(_short_fit_warning(max_epochs, callback), stacklevel=2)
         else:
             raise ValueError(f"trainer.max_epochs={max_epochs} ends the compression run before its last prune, due "
                              f"at the start of epoch {schedule.last_prune_epoch} (0-based) of the schedule's "
@@ -1089,8 +1097,14 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
         # a resumed run writes its checkpoints in its own output directory, by design
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         # (said at set-up, before the dense training, in the command's terms: check_settings)
-        warnings.filterwarnings("ignore", message=r"Trainer\(max_epochs=\d+\) ends before the last scheduled prune")
-        fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
+        warnings.filterwarnings("ignore", message=SHORT_FIT)
+        try:
+            fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
+        finally:  # (result.json keeps it in the command's words, as it was said: also for a run that failed)
+            if callback is not None and cfg.trainer.get("max_epochs"):
+                said = _short_fit_warning(cfg.trainer.max_epochs, callback)
+                for kept in (callback.engine.warnings, *([callback.result.warnings] if callback.result else [])):
+                    kept[:] = [said if re.match(SHORT_FIT, w) else w for w in kept]
 
 
 def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:

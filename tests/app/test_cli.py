@@ -1353,6 +1353,22 @@ def test_a_compression_run_the_schedule_would_not_reach_the_prune_in_is_refused_
         check_config(_compose([*fast, "trainer.max_epochs=1", "schedule.stop_early=true", "schedule.warmup_epochs=1"]))
 
 
+def test_a_run_max_epochs_cuts_short_keeps_the_warning_in_the_commands_words(tmp_path):
+    """Warned of at set-up in the command's terms (trainer.max_epochs), the run's result.json kept
+    the callback's (Trainer(max_epochs=1), fit(ckpt_path=...)), which the command never showed."""
+    import re
+
+    from lightning_ssr.pruning import SHORT_FIT
+
+    fast = FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", "schedule.stop_early=true"]
+    with pytest.warns(UserWarning, match=r"^trainer.max_epochs=1 ends the compression run"):
+        result = run(_compose(fast), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert [w for w in on_disk["warnings"] if w.startswith("trainer.max_epochs=1 ends the compression run before its "
+                                                           "scheduled prune")], on_disk["warnings"]
+    assert not [w for w in on_disk["warnings"] if re.match(SHORT_FIT, w)] and result.warnings == on_disk["warnings"]
+
+
 def test_a_run_whose_result_failed_exits_with_1_and_says_so(monkeypatch, capsys, tmp_path):
     from lightning_ssr.app import cli
 
