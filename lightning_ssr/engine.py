@@ -955,6 +955,12 @@ class PruningEngine:
                 if method.sparsifies:
                     hook = "start"
                     method.start()
+                if self.schedule.prune_epoch(0) > 0:  # (the fit trains batches before its first prune)
+                    # one batch through the copy, as training sends them, with a backward of zero: what the
+                    # method's own forward (and tensor) hooks record, they have recorded once when it selects
+                    hook = "the forward and backward pass of the example batch"
+                    _zero_backward(trial, example)
+                if method.sparsifies:
                     for p in trial.parameters():
                         if p.requires_grad:
                             p.grad = torch.zeros_like(p)
@@ -1336,6 +1342,23 @@ def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.
 
 #: the warning of frozen layers a prune may cut (:func:`_frozen_layers_cut`), for a caller that asked for it
 FROZEN_LAYERS_CUT = r"PruningEngine: .* (is|are) frozen \(requires_grad=False\) and may lose filters"
+
+
+def _zero_backward(model: nn.Module, example: torch.Tensor) -> None:
+    """``model(example)`` in its mode (a single sample doubled: a batch norm in training mode needs two),
+    then a backward of zero times the sum of its floating-point outputs (a tensor, or one in a tuple,
+    list or dict), where they need gradients; the gradients it leaves are zero."""
+    if example.shape[0] == 1:
+        example = torch.cat([example, example])
+    out = model(example)
+    found = [out] if isinstance(out, torch.Tensor) else (
+        list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
+    outputs = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    if outputs:
+        (sum(t.float().sum() for t in outputs) * 0.0).backward()
+    for param in model.parameters():  # (an infinite output times zero is NaN)
+        if param.grad is not None:
+            param.grad.zero_()
 
 
 def _frozen_layers_cut(model: nn.Module, groups: Sequence[ChannelGroup]) -> str | None:

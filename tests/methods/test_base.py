@@ -185,6 +185,52 @@ def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
     assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
 
 
+class MeanActivation(PruningMethod):
+    """A user's method that scores each conv's filters by their mean |activation| over the
+    training batches, recorded by forward hooks, and has no fallback for an empty record."""
+
+    name = "mean_activation"
+
+    def setup(self, context):
+        super().setup(context)
+        self.seen, self.handles = {}, []
+        for name, m in context.model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                self.handles.append(m.register_forward_hook(
+                    lambda mod, i, out, n=name: self.seen.setdefault(n, []).append(out.detach().abs().mean((0, 2, 3)))))
+
+    def select(self, keep):
+        for handle in self.handles:
+            handle.remove()
+        if not self.seen:
+            raise RuntimeError("no activations recorded")
+        masks = {}
+        for group in self.context.groups:
+            recorded = self.seen.get(group.name)  # (a group rooted at a linear layer: no record, kept in order)
+            score = torch.stack(recorded).mean(0) if recorded else -torch.arange(group.size, dtype=torch.float)
+            order = torch.argsort(score, descending=True)[: keep[group.name]]
+            masks[group.name] = torch.zeros(group.size, dtype=torch.bool).index_fill_(0, order, True)
+        return masks
+
+
+def test_a_method_that_records_activations_with_forward_hooks_is_rehearsed_with_a_batch(tmp_path):
+    """The set-up's rehearsal ran no forward pass: a method scoring filters by the activations its
+    forward hooks record was refused there, though the fit sends it batches before its prune. The
+    rehearsal sends the example batch through the copy where the fit trains before its first prune;
+    where the prune comes before any batch, its refusal there is the fit's own."""
+    model = TinyClassifier()
+    after_a_warm_up = PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1)
+    cb = Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up, verbose=False)
+    trainer(tmp_path, [cb], 2).fit(model, loader())
+    assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
+    at_once = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
+    fit = trainer(tmp_path, [Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=at_once,
+                                     verbose=False)], 1)
+    with pytest.raises(RuntimeError, match=r"failed in select\(\), rehearsed at set-up .*no activations recorded"):
+        fit.fit(TinyClassifier(), loader())
+    assert fit.global_step == 0
+
+
 class PoisonedTerm(PruningMethod):
     """A user's method whose training-time term turns NaN after ``after`` steps (0: at once), or
     whose update leaves NaN in the weights."""
