@@ -258,10 +258,10 @@ def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | N
         names = [str(k) for k in node]  # (a mandatory value, "???", is one; "in" would not say so)
         if part not in names:
             if i == 1 and parts[0] == "target" and part in TARGET_KINDS:  # (target=macs has no latency key)
+                now = [f"target.{k}" for k in TARGET_KINDS if node.get(k) is not None]
                 raise ValueError(f"{key} is not a setting of this target: a {part} target is chosen with its "
-                                 f"group, target={part} {key}=... (the target now sets "
-                                 f"{', '.join(f'target.{k}' for k in TARGET_KINDS if node.get(k) is not None)})"
-                                 ) from cause
+                                 f"group, target={part} {key}=..." + (f" (the target now sets {', '.join(now)})"
+                                                                       if now else "")) from cause
             section = ".".join(parts[:i])
             close = closest_name(part, names)
             hint = f"did you mean {'.'.join([*parts[:i], close])}? " if close else ""

@@ -119,10 +119,10 @@ def build_pruning(cfg: DictConfig) -> Pruning | None:
     target = {k: v for k, v in _plain(cfg.target).items() if k not in TARGET_LIMITS}
     given = [k for k in TARGET_KINDS if target.get(k) is not None]
     if len(given) > 1:  # (a value given for another kind than the chosen group's)
+        choices = " or ".join(f"target={k} target.{k}={target[k]}" for k in given)
         raise ValueError(f"the target sets {' and '.join(f'target.{k}={target[k]}' for k in given)}: a target is one "
-                         f"of {', '.join(TARGET_KINDS)}. Choose it with its group (target={given[-1]} "
-                         f"target.{given[-1]}={target[given[-1]]}), or set the others to null "
-                         f"({' '.join(f'target.{k}=null' for k in given[:-1])})")
+                         f"of {', '.join(TARGET_KINDS)}. Choose the one you mean with its group ({choices}: each "
+                         "group's file leaves the other kinds null)")
     return Pruning(method=name, method_kwargs=kwargs, target=target, schedule=schedule, ignored_layers=ignored,
                    min_channels=cfg.target.get("min_channels", 1),
                    max_pruning_ratio=cfg.target.get("max_pruning_ratio", 1.0),

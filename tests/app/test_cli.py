@@ -268,9 +268,16 @@ def test_a_value_for_another_kind_of_target_says_to_choose_its_group():
         _compose(["target.latency=2"])
     _compose(["target=latency", "target.latency=2"])  # (as said)
     with pytest.raises(ValueError, match=r"^the target sets target.macs=0.05 and target.params=0.1: a target is one "
-                                         r"of .*Choose it with its group \(target=params target.params=0.1\), or set "
-                                         r"the others to null \(target.macs=null\)$"):
+                                         r"of .*Choose the one you mean with its group \(target=macs target.macs=0.05 "
+                                         r"or target=params target.params=0.1: each group's file leaves the other kinds "
+                                         r"null\)$"):
         build_pruning(_compose(["target.params=0.1"]))
+    # (the kind given beside the group's comes first in the order of kinds: both are offered, the given one too)
+    with pytest.raises(ValueError, match=r"\(target=rates target.rates=\[0.3\]\*2 or target=macs target.macs=0.05"):
+        build_pruning(_compose(["target.rates='[0.3]*2'"]))
+    with pytest.raises(ValueError, match=r"^target.latency is not a setting of this target: a latency target is "
+                                         r"chosen with its group, target=latency target.latency=\.\.\.$"):
+        _compose(["target=none", "target.latency=2"])  # (no kind set now: nothing said of it)
     assert build_pruning(_compose(["target=params", "target.params=0.1"])).target.params == 0.1
 
 
