@@ -382,15 +382,24 @@ def _status_of(record: bytes) -> str | None:
         return None
 
 
+#: in ``config`` of the record of a run refused before it trained (:func:`_record_stop`)
+REFUSED_MARK = "refused_before_training"
+
+
 def _worth_keeping(record: bytes) -> bool:
-    """Whether an earlier ``result.json`` records a run that trained (any status but a failure
-    before training: a failure's timings name the stages it ran)."""
+    """Whether an earlier ``result.json`` records a run that trained: any status but a failure
+    before training (marked ``config[REFUSED_MARK]``; a failure of an earlier version, unmarked,
+    by the stages it timed)."""
     if _status_of(record) != "failed":
         return True
     try:
-        timings = json.loads(record).get("timings") or {}
-    except (ValueError, AttributeError):
+        data = json.loads(record)
+    except ValueError:
         return False
+    config = data.get("config") if isinstance(data, dict) else None
+    if isinstance(config, dict) and isinstance(config.get(REFUSED_MARK), bool):
+        return not config[REFUSED_MARK]
+    timings = data.get("timings") if isinstance(data, dict) else None
     return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
 
 
@@ -408,7 +417,9 @@ def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: 
             path.write_bytes(earlier)
         setattr(err, KEPT_RECORD, str(path))
         return
-    failed_result(cfg, err, {"total_s": time.perf_counter() - start}).save(path)
+    failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start})
+    failed.config[REFUSED_MARK] = before  # (a later run refused before training keeps this record unless it is one)
+    failed.save(path)
 
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:

@@ -458,6 +458,21 @@ def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_h
     with pytest.raises(ValueError, match=r"target macs"):
         run(cfg, tmp_path)
     assert (tmp_path / "result.json").read_bytes() == before
+    # a recipe's failure after training records no stage's time: it is marked as not refused before training
+    from lightning_ssr.app.cli import REFUSED_MARK, _record_stop
+
+    _record_stop(cfg, RuntimeError("the export failed"), 0.0, tmp_path, None, before=False)
+    after_training = (tmp_path / "result.json").read_bytes()
+    assert json.loads(after_training)["config"][REFUSED_MARK] is False
+    with pytest.raises(ValueError, match=r"target macs"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "result.json").read_bytes() == after_training
+    refused = json.loads(after_training)  # (and one marked refused before training is replaced)
+    refused["config"][REFUSED_MARK] = True
+    (tmp_path / "result.json").write_text(json.dumps(refused))
+    with pytest.raises(ValueError, match=r"target macs"):
+        run(cfg, tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["error"].startswith("ValueError: target macs")
     # a folder without a record gets the failure, as before (test_bad_values_fail_before_training)
     (tmp_path / "result.json").unlink()
     with pytest.raises(ValueError, match=r"target macs"):
