@@ -387,8 +387,9 @@ class Pruning(Callback):
         if (trainer.max_epochs == LIGHTNING_DEFAULT_EPOCHS and trainer.max_steps == -1 and not trainer.fast_dev_run
                 and total < LIGHTNING_DEFAULT_EPOCHS and not self.engine.done):
             # Lightning's own warning says 1000; this says what it means for the schedule
-            rank_zero_warn(f"{type(self).__name__}: Trainer(max_epochs={LIGHTNING_DEFAULT_EPOCHS}), Lightning's "
-                           f"default where max_epochs is not set, trains {LIGHTNING_DEFAULT_EPOCHS - total} epochs more "
+            rank_zero_warn(f"{type(self).__name__}: Trainer(max_epochs={LIGHTNING_DEFAULT_EPOCHS}) (Lightning's "
+                           "default where neither max_epochs nor max_steps is given) trains "
+                           f"{LIGHTNING_DEFAULT_EPOCHS - total} epochs more "
                            f"than this pruning schedule's {total} (the fine-tune goes on after it). Set "
                            f"Trainer(max_epochs={total}) to end with the schedule.")
         if self.engine.example is None and getattr(pl_module, "example_input_array", None) is not None:

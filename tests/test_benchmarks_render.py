@@ -277,8 +277,11 @@ def test_rendering_results_from_another_folder_leaves_the_repositorys_readme(tmp
     readme.write_text(f"# x\n{START}\nold figures\n{END}\n{METHODS_START}\nold table\n{METHODS_END}\n")
     monkeypatch.setattr(render, "README", readme)
     (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "structure.json").write_text(json.dumps({"benchmark": "structure", "rows": []}))
     render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "RESULTS.md")])
     assert "old figures" in readme.read_text() and (tmp_path / "RESULTS.md").is_file()
+    text = (tmp_path / "RESULTS.md").read_text()  # (the folder it was rendered from, not the repository's)
+    assert "benchmarks/results" not in text and "res/structure.json`" in text
     assert "left README.md as it is" in capsys.readouterr().out
     render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "RESULTS.md"), "--readme", str(readme)])
     assert "old figures" not in readme.read_text()  # (named: updated)

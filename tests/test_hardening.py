@@ -611,6 +611,11 @@ def test_a_concat_read_by_a_grouped_convolution_is_refused_before_the_first_step
     assert ("the grouped convolution 'net.mixed' (4 groups) reads a concat that holds the channels of 'net.a', "
             "'net.b'") in str(info.value)
     assert "Pass ['net.a', 'net.b'] in ignored_layers" in str(info.value)
+    # a plan given to the rebuild names every branch too
+    from lightning_ssr.structure import prune_channels
+
+    with pytest.raises(UnsupportedLayerError, match=r"holds the channels of 'a', 'b'.*Pass \['a', 'b'\]"):
+        prune_channels(ConcatIntoGrouped(), torch.randn(2, 3, 8, 8), {"a": list(range(4))})
     model = Lit(ConcatIntoGrouped())
     pruning = Pruning(method, target={"filters": 0.75}, ignored_layers=["net.a", "net.b"], **settings)
     _trainer(tmp_path, [pruning]).fit(model, _data())

@@ -1158,9 +1158,9 @@ def test_a_fit_without_max_epochs_is_told_it_trains_past_the_schedule(tmp_path):
                    **bounds).fit(TinyClassifier(), loader())
         return pruning
 
-    with pytest.warns(UserWarning, match=r"^Pruning: Trainer\(max_epochs=1000\), Lightning's default where max_epochs "
-                                         r"is not set, trains 999 epochs more than this pruning schedule's 1 \(the "
-                                         r"fine-tune goes on after it\)\. Set Trainer\(max_epochs=1\)"):
+    with pytest.warns(UserWarning, match=r"^Pruning: Trainer\(max_epochs=1000\) \(Lightning's default where neither "
+                                         r"max_epochs nor max_steps is given\) trains 999 epochs more than this pruning "
+                                         r"schedule's 1 \(the fine-tune goes on after it\)\. Set Trainer\(max_epochs=1\)"):
         fit()
     for bounds in ({"max_epochs": 1}, {"max_steps": 2}):
         with warnings.catch_warnings():

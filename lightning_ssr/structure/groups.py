@@ -718,8 +718,6 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
             built = _channel_group(dg, group, modules, names, params)
         except PartialGroupedReadError as err:
             partial.setdefault(err.conv, []).append(err)
-            if unsupported is not None:
-                unsupported[err.root] = err
             continue
         except UnsupportedLayerError as err:
             if check:
@@ -729,11 +727,14 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
             continue
         if built is not None:
             groups.append(built)
-    if check and partial:
-        conv, parts = next(iter(partial.items()))
-        order = list(modules)
+    order = list(modules)
+    for conv, parts in partial.items():  # every part of the concat named, wherever the error is given
         roots = sorted({e.root for e in parts}, key=order.index)
-        raise UnsupportedLayerError(_partial_grouped_message(roots, conv, parts[0].groups))
+        error = UnsupportedLayerError(_partial_grouped_message(roots, conv, parts[0].groups))
+        if check:
+            raise error
+        if unsupported is not None:
+            unsupported.update(dict.fromkeys(roots, error))
     if check:
         check_layers(model, groups)
     return groups
