@@ -58,6 +58,7 @@ from .methods.base import (
     plain_data,
     unloadable,
 )
+from .modes import eval_mode
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
 from .structure.groups import (
@@ -1345,12 +1346,12 @@ FROZEN_LAYERS_CUT = r"PruningEngine: .* (is|are) frozen \(requires_grad=False\) 
 
 
 def _zero_backward(model: nn.Module, example: torch.Tensor) -> None:
-    """``model(example)`` in its mode (a single sample doubled: a batch norm in training mode needs two),
-    then a backward of zero times the sum of its floating-point outputs (a tensor, or one in a tuple,
-    list or dict), where they need gradients; the gradients it leaves are zero."""
-    if example.shape[0] == 1:
-        example = torch.cat([example, example])
-    out = model(example)
+    """``model(example)`` in eval mode, as the engine's other passes over the model (a hook of the
+    user's that accumulates statistics skips it: ``if module.training``), then a backward of zero
+    times the sum of its floating-point outputs (a tensor, or one in a tuple, list or dict), where
+    they need gradients; the gradients it leaves are zero."""
+    with eval_mode(model):
+        out = model(example)
     found = [out] if isinstance(out, torch.Tensor) else (
         list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
     outputs = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]

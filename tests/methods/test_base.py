@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_ssr import Pruning, PruningSchedule
+from lightning_ssr import Pruning, PruningEngine, PruningSchedule
 from lightning_ssr.methods import PruningMethod, available_methods, base, build_method, register_method, top_k_masks
 from tests.lit import TinyClassifier, loader, trainer
 
@@ -223,6 +223,12 @@ def test_a_method_that_records_activations_with_forward_hooks_is_rehearsed_with_
     cb = Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up, verbose=False)
     trainer(tmp_path, [cb], 2).fit(model, loader())
     assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
+    # in eval mode, as the engine's other passes: a user's hook that counts training batches only is not fed
+    fresh, counted = TinyClassifier(), []
+    fresh.backbone.conv_a.register_forward_hook(lambda mod, i, out: counted.append(1) if mod.training else None)
+    PruningEngine(MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up).check_method(
+        fresh, next(iter(loader()))[0])
+    assert counted == []
     at_once = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
     fit = trainer(tmp_path, [Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=at_once,
                                      verbose=False)], 1)
