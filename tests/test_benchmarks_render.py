@@ -1,6 +1,7 @@
 """benchmarks/render.py: RESULTS.md from the results files, and README's generated parts (headline, method table)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_render_names_the_recorded_command_and_machine_and_lists_files_it_cannot
     (tmp_path / "speedup.json").write_text(json.dumps({"latency": []}))  # no command recorded: none inferred
     (tmp_path / "mystery.json").write_text(json.dumps({"a": 1}))
     text = render(tmp_path)
-    assert "the command is not recorded in this file → `benchmarks/results/speedup.json`" in text
+    assert re.search(r"the command is not recorded in this file → `\S+/speedup.json`", text)
     assert "`python benchmarks/overhead.py --steps 25 --rounds 3`" in text
     assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 32-true | 64 | 1.012 |" in text
     assert "## mystery" in text and "no renderer" in text
