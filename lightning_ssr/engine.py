@@ -508,8 +508,9 @@ class PruningEngine:
             self.example = found[:2].detach().clone()
         if self.done:
             return {}
-        if self._start_time is None:
-            self.start()
+        if self._start_time is None:  # (a loop that never called start(), or a fresh engine resumed: this batch
+            self.start()               # is open, and its on_batch_end makes the update due at its step)
+            self._open_step = step
         if self._context is None:
             check_remappable(optimizers)  # by type, before the set-up's work
             if self.schedule.restart_lr:

@@ -1,6 +1,7 @@
 """The Lightning-free engine: a hand-written training loop on a bare nn.Module, with the same
 plan and the same weights as the Pruning callback inside Trainer.fit on the same data and seed."""
 
+import copy
 import re
 import subprocess
 import sys
@@ -52,8 +53,7 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
     model = SmallResidualCNN(in_channels=3, num_classes=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     engine = PruningEngine(method, target=target, method_kwargs=kwargs, schedule=schedule, verbose=False)
-    step = 0
-    engine.start()
+    step = 0  # (as README's loop: no engine.start(), which the first on_batch_start makes; it lost that batch's update)
     for epoch in range(schedule.total_epochs):
         model.train()
         for x, y in DataLoader(_data(), batch_size=16):
@@ -548,3 +548,53 @@ def test_a_methods_importance_is_taken_as_it_answers_and_its_failures_name_it():
         set_up(TooEarly())
     assert any("in its importance()" in note for note in raised.value.__notes__)
     set_up(L1())  # (None: the L2 norm, as before)
+
+
+def test_a_loop_without_start_and_a_resumed_engine_update_at_their_first_batch_too(monkeypatch):
+    """README's loop never calls engine.start(): the first on_batch_start made it, which forgot the
+    batch it had just opened, so that batch's on_batch_end made no update (steps 2, 3, ... with
+    updates every step; the callback's: 1, 2, ...). A fresh engine given a saved state does the
+    same at its first batch: a resumed loop lost an update and ended on another plan."""
+    updates = []
+    update = PruningEngine._update
+    monkeypatch.setattr(PruningEngine, "_update", lambda self, step: updates.append(step) or update(self, step))
+    every_step = PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=1, stop_early=False)
+    _loop(schedule=every_step)
+    assert updates == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    def fit(epochs, engine=None, model=None, optimizer=None, first=0):
+        torch.manual_seed(0)
+        if engine is None:
+            model = SmallResidualCNN(in_channels=3, num_classes=5)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=every_step, verbose=False)
+        step = first * 4
+        for epoch in range(first, epochs):
+            for x, y in DataLoader(_data(), batch_size=16):
+                engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                engine.on_before_optimizer_step()
+                optimizer.step()
+                step += 1
+                engine.on_batch_end(step=step)
+            engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
+                                max_epochs=every_step.total_epochs)
+        return engine, model, optimizer
+
+    updates.clear()
+    whole, whole_model, _ = fit(every_step.total_epochs)
+    uninterrupted = list(updates)
+    updates.clear()
+    half, model, optimizer = fit(1)  # (the first sparsify epoch: stopped in the phase)
+    saved = copy.deepcopy((half.state_dict(), model.state_dict(), optimizer.state_dict()))
+    resumed = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=every_step, verbose=False)
+    resumed.load_state_dict(saved[0])
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    model.load_state_dict(saved[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer.load_state_dict(saved[2])
+    resumed, model, _ = fit(every_step.total_epochs, resumed, model, optimizer, first=1)
+    assert updates == uninterrupted == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert resumed.plan.to_dict() == whole.plan.to_dict()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()))
