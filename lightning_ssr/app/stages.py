@@ -444,6 +444,16 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
         check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
     averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
     callback = build_pruning(cfg)
+    strategy = cfg.trainer.get("strategy")
+    if callback is not None and isinstance(strategy, str):  # (the callback refuses these at its set-up: after the dense model)
+        named = strategy.lower()
+        if "ddp" in named and any(k in named for k in ("spawn", "fork", "notebook")):
+            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support a launcher that "
+                             "returns the trained weights to the main process (spawn, fork, notebook), whose model "
+                             "still has the full size. Use trainer.strategy=ddp")
+        if any(k in named for k in ("fsdp", "deepspeed", "xla")):
+            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback supports single-device training and "
+                             "trainer.strategy=ddp")
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
