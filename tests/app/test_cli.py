@@ -369,8 +369,8 @@ def test_unknown_model_fails_with_hydras_error():
     (["target.macs=1.5"], r"target macs .* \(0, 1\]"),
     (["target.params=0.5"], r"a target is one of .*target=params target.params=0.5"),
     # the callback refuses these strategies at its set-up, which came after the dense training
-    (["trainer.strategy=ddp_spawn"], r"trainer.strategy=ddp_spawn: the Pruning callback does not support a launcher "
-                                     r"that returns the trained weights .*Use trainer.strategy=ddp$"),
+    (["trainer.strategy=ddp_spawn"], (r"trainer.strategy=ddp_spawn: the Pruning callback does not support a launcher "
+                                      r"that returns the trained weights .*Use trainer.strategy=ddp$")),
     (["trainer.strategy=fsdp"], r"trainer.strategy=fsdp: the Pruning callback supports single-device training"),
     (["pruning=oneshot", "target=none"], "needs a target"),
     (["schedule.sparsify_epochs=0"], "sparsify_epochs >= 1"),
