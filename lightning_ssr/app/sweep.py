@@ -35,6 +35,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -743,12 +744,27 @@ except ImportError:  # pragma: no cover - hydra-core is installed with the packa
     _HydraCallback = object
 
 
+def launched_rank() -> int:
+    """The rank of this process among those a launcher started for one fit: Lightning's DDP
+    launcher runs the command again for each other rank (``LOCAL_RANK``, ``NODE_RANK`` set), as
+    does ``srun`` (``SLURM_PROCID``); 0 for the process a user started."""
+    ranks = []
+    for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        try:
+            ranks.append(int(os.environ.get(name, "0")))
+        except ValueError:
+            ranks.append(0)
+    return max(ranks)
+
+
 class SweepReport(_HydraCallback):
     """Hydra callback: write the sweep report when a multirun ends (``conf/config.yaml`` registers
     it under ``hydra.callbacks``). A report failure is printed, never raised: the runs are done."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if launched_rank() > 0:  # (a DDP rank Lightning launched runs the command, "-m" included: rank 0 reports)
+            return
         try:  # counted first: the exit code says whether a run failed, with or without a report
             runs = of_the_sweep(sweep_dir, find_runs(sweep_dir))[0]
             LAST_SWEEP.update(dir=str(sweep_dir), runs=len(runs), failed=sum(r["status"] != "ok" for r in runs))

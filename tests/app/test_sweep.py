@@ -141,6 +141,12 @@ def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_p
     sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert sweep.LAST_SWEEP == {"dir": str(tmp_path), "runs": 2, "failed": 1}  # the exit code is 1
     assert "no sweep report" in capsys.readouterr().err
+    # a DDP rank Lightning launched runs the command again, "-m" included: only the user's process reports
+    # (the rank-1 process counted a run still being evaluated as failed, and wrote the report a second time)
+    monkeypatch.setattr(sweep, "LAST_SWEEP", {})
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert sweep.LAST_SWEEP == {} and capsys.readouterr().err == ""
 
 
 def test_the_report_gives_each_configurations_epochs_and_says_when_budgets_differ(tmp_path):
