@@ -70,6 +70,7 @@ from .sweep import (
     count_runs,
     flatten_config,
     grid_choices,
+    newest_checkpoint,
     planned_jobs,
 )
 
@@ -500,6 +501,21 @@ def finished_before(cfg: DictConfig, output_dir: Path) -> PruningResult | None:
     return result if result.status == "ok" and not differ and result.config.get("code") == code_identity(cfg) else None
 
 
+def interrupted_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """For a sweep's job run again: the newest intact checkpoint of the interrupted (or killed:
+    ``running``) run of this very configuration and code that ``output_dir`` holds, to go on from;
+    ``None`` where there is none, or the job is given a ``ckpt_path`` of its own."""
+    if cfg.get("ckpt_path") is not None:
+        return None
+    found = _recorded_run(cfg, output_dir)
+    if found is None:
+        return None
+    result, differ = found
+    if result.status not in ("interrupted", "running") or differ or result.config.get("code") != code_identity(cfg):
+        return None
+    return newest_checkpoint(output_dir)
+
+
 def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,
                          siblings: bool = True) -> tuple[PruningResult, Path] | None:
     """A finished run of this very configuration and code that a sweep run again with other values
@@ -679,6 +695,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             print(f"run {hydra_cfg.job.num}: finished before with the same configuration in {where} (the sweep was "
                   f"run again with other values); moved to {output_dir}, not run again")
             return done.pruned.get("val_accuracy")
+        saved = interrupted_checkpoint(cfg, output_dir)
+        if saved is not None:  # (as its go-on command does: the sweep run again goes on with it)
+            cfg.ckpt_path = str(saved)
+            print(f"run {hydra_cfg.job.num}: interrupted before with the same configuration; goes on from its last "
+                  f"checkpoint {saved}")
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))
     except KeyboardInterrupt as err:

@@ -181,6 +181,27 @@ def never_started(sweep_dir: str | Path, runs: Sequence[dict], strays: Sequence[
              run_alone_command(hydra_cfg, job, str(root / str(i)))} for i, job in missing]
 
 
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint a run left in ``folder`` (``logs/version_*/checkpoints/``) that reads
+    whole (a kill during a save cuts one short); ``None`` where there is none."""
+    from ..checkpoint import CheckpointReadError, check_checkpoint_file
+
+    saved = []
+    for path in Path(folder).glob("logs/version_*/checkpoints/*.ckpt"):
+        try:  # (a run still going rotates its checkpoints: one listed may be gone by now)
+            saved.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    for _, path in sorted(saved, reverse=True):
+        try:
+            check_checkpoint_file(path)
+        except (CheckpointReadError, OSError):  # (cut short, or rotated away since it was listed)
+            continue
+        if path.is_file():
+            return path
+    return None
+
+
 def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     """The command that goes on with an unfinished run of the sweep alone, in its folder (where the
     report finds it): from the newest checkpoint it left (``ckpt_path=``), else from the start;
@@ -189,24 +210,9 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     if planned is None or given is None:
         return None
     overrides = [o for o in given if not o.startswith("ckpt_path=")]
-    from ..checkpoint import CheckpointReadError, check_checkpoint_file
     from .cli import _override_value, run_alone_command
 
-    saved = []
-    for path in Path(run["dir"]).glob("logs/version_*/checkpoints/*.ckpt"):
-        try:  # (a run still going rotates its checkpoints: one listed may be gone by now)
-            saved.append((path.stat().st_mtime, path))
-        except OSError:
-            continue
-    intact = None
-    for _, path in sorted(saved, reverse=True):  # the newest that reads whole (a kill during a save cuts one)
-        try:
-            check_checkpoint_file(path)
-        except (CheckpointReadError, OSError):  # (cut short, or rotated away since it was listed)
-            continue
-        if path.is_file():
-            intact = path
-            break
+    intact = newest_checkpoint(run["dir"])
     extra = [f"ckpt_path={_override_value(str(intact.resolve()))}"] if intact is not None else []
     return run_alone_command(planned[0], overrides, str(Path(run["dir"]).resolve()), extra)
 

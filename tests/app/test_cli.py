@@ -2,6 +2,7 @@ import json
 import logging
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -1133,6 +1134,18 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
     command = re.search(r"to go on with that run alone \(in its folder, where the report finds it\): (.+?)\. "
                         r"lightning-ssr-report", message).group(1)
     assert "schedule.finetune_epochs=2" in command and f"hydra.run.dir={sweep / '1'}" in command
+    # the whole sweep again, on a copy of its folder: the interrupted run goes on from its checkpoint, as its
+    # command does (it trained again from the start, leaving the checkpoint unused and unmentioned)
+    shutil.copytree(sweep, tmp_path / "copy")
+    saved = max((tmp_path / "copy" / "1").glob("logs/version_0/checkpoints/*.ckpt"))
+    rerun = subprocess.run([sys.executable, "-m", "lightning_ssr", "-m", *base, "schedule.finetune_epochs=1,2,3",
+                            f"hydra.sweep.dir={tmp_path / 'copy'}"], capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (f"run 1: interrupted before with the same configuration; goes on from its last checkpoint {saved}"
+            in rerun.stdout), rerun.stdout[-2000:]
+    went_on = json.loads((tmp_path / "copy" / "1" / "result.json").read_text())
+    assert went_on["status"] == "ok" and went_on["config"]["cli"]["ckpt_path"] == str(saved)
     args = shlex.split(command)
     assert args[0] == "lightning-ssr"
     resumed = subprocess.run([sys.executable, "-m", "lightning_ssr", *args[1:]], capture_output=True, text=True,
