@@ -571,6 +571,11 @@ class PruningEngine:
                      max_epochs: int | None, world: World = SINGLE) -> dict[str, float]:
         """After epoch ``epoch``: the per-epoch update, the method's metrics, the early-stop check,
         and the prune due next when the training ends with it. Returns metrics to log per epoch."""
+        if self.fresh and step > 0:
+            raise RuntimeError(
+                f"PruningEngine.on_epoch_end: epoch {epoch} ended after {step} optimizer steps, and no batch began with "
+                "engine.on_batch_start(...): it sets the method up, starts its sparsify phase and prunes when due. "
+                "Call it before each batch, as the README's loop does.")
         out: dict[str, float] = {}
         if self._started:
             if self.schedule.update_every_n_steps is None:
@@ -618,6 +623,12 @@ class PruningEngine:
                       f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
                       f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.")
         if self.plan is not None and self.dense is not None:
+            # (a loop of your own has no guard of the loss: a divergence after the prune went unsaid)
+            bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            if bad:
+                self.warn(f"PruningEngine.finish: the model's {some_names(bad)} {'holds' if len(bad) == 1 else 'hold'} "
+                          "NaN or infinity: the training diverged, and this result describes a model whose outputs "
+                          "are not finite. Lower the learning rate, or go on from a checkpoint of finite weights.")
             example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
             device = next(model.parameters()).device
             self.result = self._build_result(count_cost(model, example.to(device)), fit_end=True)

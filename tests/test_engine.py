@@ -80,7 +80,7 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
 
 
 def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, steps_per_epoch=4,
-          target=None, **kwargs):
+          target=None, poison_after_prune=False, **kwargs):
     """The README's hand-written loop, leaving out the driver calls named in ``skip``; with
     ``accumulate`` > 1, one optimizer step every that many batches."""
     torch.manual_seed(0)
@@ -93,8 +93,12 @@ def _loop(method="ssr_l20", skip=(), epochs=None, accumulate=1, schedule=None, s
     step = 0
     for epoch in range(schedule.total_epochs if epochs is None else epochs):
         for i, (x, y) in enumerate(DataLoader(_data(), batch_size=16)):
-            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer],
-                                  steps_per_epoch=steps_per_epoch)
+            if "batch_start" not in skip:
+                engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer],
+                                      steps_per_epoch=steps_per_epoch)
+            if poison_after_prune and engine.done:  # (a divergence in the fine-tuning)
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
             F.cross_entropy(model(x), y).backward()
             if (i + 1) % accumulate == 0:
                 if "term" not in skip:
@@ -598,3 +602,15 @@ def test_a_loop_without_start_and_a_resumed_engine_update_at_their_first_batch_t
     assert updates == uninterrupted == [1, 2, 3, 4, 5, 6, 7, 8]
     assert resumed.plan.to_dict() == whole.plan.to_dict()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole_model.state_dict().values()))
+
+
+def test_a_loop_without_on_batch_start_is_told_and_one_that_diverged_after_the_prune_is_warned_of():
+    """A loop that never called on_batch_start trained to the end with nothing pruned and no word;
+    one whose weights turned NaN in the fine-tuning got a result like any other."""
+    with pytest.raises(RuntimeError, match=r"^PruningEngine.on_epoch_end: epoch 0 ended after 4 optimizer steps, and "
+                                           r"no batch began with engine.on_batch_start"):
+        _loop("l1", skip=("batch_start",))
+    with pytest.warns(UserWarning, match=r"^PruningEngine.finish: the model's stem.weight, .* hold NaN or infinity: the "
+                                         r"training diverged"):
+        _, result = _loop("l1", poison_after_prune=True)
+    assert result is not None and any("NaN or infinity: the training diverged" in w for w in result.warnings)
