@@ -416,6 +416,7 @@ class PruningEngine:
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self.warnings: list[str] = []  # what the run warned of (warn), for its result
+        self._short_phase_warned = False  # the set-up said the sparsify phase holds no step to update at
         self._ignored_resolved = list(self._ignored_names)
         # a state loaded before the model was known, with layers ignored as module objects: the
         # names its run ignored, compared once the model gives the objects their names
@@ -1069,6 +1070,7 @@ class PruningEngine:
         first = schedule.warmup_epochs * steps_per_epoch  # the phase's steps: first + 1 .. last
         last = first + schedule.sparsify_epochs * steps_per_epoch
         if last // n == first // n:
+            self._short_phase_warned = True
             # with several prune events it updates between them too: the first event is the one unshaped
             never = ("it would never update, and what it prunes" if schedule.prune_events == 1 else
                      "it would not update before its first prune event, and what that event prunes")
@@ -1136,9 +1138,17 @@ class PruningEngine:
         ctx = self._context
         example = self.example.to(next(model.parameters()).device)
         keep = ctx.keep
-        if (self.events_done == 0 and self.method.sparsifies and _updates(self.method) and self._started
-                and self.last_update_step < 0
-                and self.schedule.update_every_n_steps is not None and not self._updates_judged and world.rank == 0):
+        never_updated = (self.events_done == 0 and self.method.sparsifies and _updates(self.method) and self._started
+                         and self.last_update_step < 0 and self.schedule.update_every_n_steps is not None
+                         and world.rank == 0)
+        if never_updated and self._updates_judged and not self._short_phase_warned:
+            self.warn(  # (the phase held steps to update at: on_batch_end never saw one of them taken)
+                f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
+                f"once, though its sparsify phase held multiples of {self.schedule.update_every_n_steps} "
+                "(schedule.update_every_n_steps): what it prunes is not what it learned. In a loop of your own, "
+                "on_batch_end(step=...) takes the count of optimizer steps taken, after optimizer.step(): the count "
+                "before it reads as a batch that accumulates gradients without stepping.")
+        if never_updated and not self._updates_judged:
             self.warn(  # (a loop that gave on_batch_start no steps_per_epoch: the set-up could not tell)
                 f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
                 f"once (every {self.schedule.update_every_n_steps} optimizer steps, schedule.update_every_n_steps): "

@@ -614,3 +614,32 @@ def test_a_loop_without_on_batch_start_is_told_and_one_that_diverged_after_the_p
                                          r"training diverged"):
         _, result = _loop("l1", poison_after_prune=True)
     assert result is not None and any("NaN or infinity: the training diverged" in w for w in result.warnings)
+
+
+def test_a_loop_that_gives_on_batch_end_the_count_before_the_step_is_told_at_the_prune():
+    """on_batch_end(step=...) before step += 1 reads every batch as one that accumulates without
+    stepping: SSR made no periodic update in its whole sparsify phase, and pruned what it never
+    learned, without a word."""
+    def train():
+        torch.manual_seed(0)
+        model = SmallResidualCNN(in_channels=3, num_classes=5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+        step = 0
+        for epoch in range(SCHEDULE.total_epochs):
+            for x, y in DataLoader(_data(), batch_size=16):
+                engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                engine.on_before_optimizer_step()
+                optimizer.step()
+                engine.on_batch_end(step=step)  # (the mistake: before step += 1)
+                step += 1
+            engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=SCHEDULE.total_epochs)
+        return engine
+
+    with pytest.warns(UserWarning, match=r"'ssr_l20' prunes at step 12 without having run its periodic update once, "
+                                         r"though its sparsify phase held multiples of 2 .*on_batch_end\(step=\.\.\.\) "
+                                         r"takes the count of optimizer steps taken, after optimizer.step\(\)"):
+        engine = train()
+    assert engine.last_update_step == -1 and engine.done
