@@ -1026,6 +1026,12 @@ def _unloadable_dense(cache: Path, err: Exception) -> str:
             "without ckpt_path")
 
 
+def rank_zero_print(line: str) -> None:
+    """``print(line)`` in the process of rank 0 only (under DDP, every rank runs the command)."""
+    if rank_zero_only.rank == 0:
+        print(line)
+
+
 def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
                 cache: Path | None = None, what: str = "the dense model") -> tuple[nn.Module, dict]:
     """The dense network: trained for ``dense.epochs`` (then cached), or loaded from the cache;
@@ -1046,15 +1052,15 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
         keyed = dense_cache_path(cfg)
         why = (f"dense.cache_dir={cfg.dense.cache_dir} does not hold it" if keyed.name == cache.name else
                f"these settings key another, {keyed.name}: a trainer setting, or the network's code, changed")
-        print(f"Reusing {what} the resumed run was compressed from, cached at {cache} ({why})")
+        rank_zero_print(f"Reusing {what} the resumed run was compressed from, cached at {cache} ({why})")
         return net, {"cache": {"path": str(cache), "reused": True}, "seconds": time.perf_counter() - start}
     cache = dense_cache_path(cfg)
     reused = bool(cfg.dense.use_cache) and cache.is_file() and _load_cached(net, cache)
     if reused:
-        print(f"Reusing {what} cached at {cache}")
+        rank_zero_print(f"Reusing {what} cached at {cache}")
     else:
         epochs = f"{cfg.dense.epochs} epoch{'s' * (cfg.dense.epochs != 1)}"
-        print(f"Training {what} ({epochs}); it will be cached at {cache}")
+        rank_zero_print(f"Training {what} ({epochs}); it will be cached at {cache}")
         net = build_network(cfg, dm)  # a fresh initialization, also after a failed cache load
         dense_lm = build_module(cfg, net, dm, lr=cfg.dense.lr,
                                 **{"distill": 0.0} if "distill" in cfg.module else {})

@@ -260,8 +260,8 @@ def _fit_dense(cfg: DictConfig, lm: pl.LightningModule, dm, epochs: int, root: P
     trainer = instantiate(cfg.trainer, max_epochs=epochs, callbacks=progress_bars(cfg.trainer),
                           enable_checkpointing=False, default_root_dir=str(root), logger=False)
     stages.cap_log_interval(trainer, dm)
-    print(f"Training {_label(lm.hparams.domain_weight)} dense from the source-only model ({epochs} "
-          f"epoch{'s' * (epochs != 1)}), the reference the compressed run is compared with")
+    stages.rank_zero_print(f"Training {_label(lm.hparams.domain_weight)} dense from the source-only model ({epochs} "
+                           f"epoch{'s' * (epochs != 1)}), the reference the compressed run is compared with")
     stages.fit(trainer, "DANN dense, a training of the domain-adaptation recipe", lm, dm)
     return lm
 

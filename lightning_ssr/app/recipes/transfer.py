@@ -129,8 +129,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
                           default_root_dir=str(output_dir / "dense_finetune"), callbacks=stages.weight_averaging(cfg))
-    print(f"Fine-tuning the dense model on {type(dm).__name__} ({epochs} epoch{'s' * (epochs != 1)}), the "
-          "reference the compressed fine-tune is compared with")
+    stages.rank_zero_print(f"Fine-tuning the dense model on {type(dm).__name__} ({epochs} epoch{'s' * (epochs != 1)}), "
+                           "the reference the compressed fine-tune is compared with")
     stages.fit(trainer, "the dense fine-tune of the transfer recipe", reference, dm)
     dense_s = time.perf_counter() - t
 
