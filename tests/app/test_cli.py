@@ -1902,3 +1902,21 @@ def test_a_loader_failing_after_sigterm_is_told_as_the_sigterm(tmp_path, monkeyp
     assert "exited unexpectedly" in str(info.value.__cause__)
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "interrupted" and "stopped by SIGTERM" in record["error"]
+
+
+def test_under_ddp_only_rank_zero_says_what_the_dense_model_is(tmp_path, capsys, monkeypatch):
+    """Every rank runs the command: 'Training the dense model ...' came once per rank."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from lightning_ssr.app.stages import build_data, train_dense
+
+    cfg = _compose(FAST + [f"dense.cache_dir={tmp_path / 'cache'}"])
+    dm = build_data(cfg)
+    train_dense(cfg, dm, tmp_path)
+    assert "Training the dense model" in capsys.readouterr().out
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    train_dense(cfg, dm, tmp_path)
+    assert "Reusing the dense model" not in capsys.readouterr().out
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    train_dense(cfg, dm, tmp_path)
+    assert "Reusing the dense model" in capsys.readouterr().out
