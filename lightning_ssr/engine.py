@@ -58,7 +58,6 @@ from .methods.base import (
     plain_data,
     unloadable,
 )
-from .modes import eval_mode
 from .report import PruningResult, format_layer_table, layer_rows
 from .schedule import PruningSchedule, ScaledSteps, check_restartable, restart_lr_schedules
 from .structure.groups import (
@@ -416,7 +415,7 @@ class PruningEngine:
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self.warnings: list[str] = []  # what the run warned of (warn), for its result
-        self._short_phase_warned = False  # the set-up said the sparsify phase holds no step to update at
+        self._phase_too_short = False  # the set-up found no step to update at in the sparsify phase
         self._ignored_resolved = list(self._ignored_names)
         # a state loaded before the model was known, with layers ignored as module objects: the
         # names its run ignored, compared once the model gives the objects their names
@@ -829,8 +828,8 @@ class PruningEngine:
                                       events=self.schedule.prune_events, final_keep=dense.final_keep,
                                       evaluate=evaluate, allocation=dense.allocation, budget=view,
                                       sparsify_updates=self._planned_updates(steps_per_epoch))
-        if rehearse and self.method.sparsifies and _updates(self.method) and steps_per_epoch and world.rank == 0:
-            self._warn_if_never_updated(steps_per_epoch)
+        if self.method.sparsifies and _updates(self.method) and steps_per_epoch:
+            self._warn_if_never_updated(steps_per_epoch, warn=rehearse and world.rank == 0)
         # (a resumed fit does not rehearse, nor warn: its first fit judged the phase at its own set-up)
         self._updates_judged = self._updates_judged or bool(steps_per_epoch)
         if rehearse:
@@ -973,7 +972,7 @@ class PruningEngine:
                     # one batch through the copy, as training sends them, with a backward of zero: what the
                     # method's own forward (and tensor) hooks record, they have recorded once when it selects
                     hook = "the forward and backward pass of the example batch"
-                    _zero_backward(trial, example)
+                    _zero_backward(trial, example, hooks_before)
                 if method.sparsifies:
                     for p in trial.parameters():
                         if p.requires_grad:
@@ -1060,17 +1059,18 @@ class PruningEngine:
             self._latency_table, _ = latency_table(model, example, groups, cost, self.target, self._timing_rows)
         return self._latency_table
 
-    def _warn_if_never_updated(self, steps_per_epoch: int) -> None:
+    def _warn_if_never_updated(self, steps_per_epoch: int, warn: bool = True) -> None:
         """A sparsify phase without one multiple of ``update_every_n_steps`` among its optimizer
         steps: the method's periodic update (the V/U step of AULM, a learned count) never runs,
-        and what it prunes comes from weights it never shaped. Said at set-up, before training."""
+        and what it prunes comes from weights it never shaped. Said at set-up, before training
+        (with ``warn``: a resumed fit's set-up only notes it, for the prune)."""
         n, schedule = self.schedule.update_every_n_steps, self.schedule
         if n is None or schedule.sparsify_epochs == 0:
             return
         first = schedule.warmup_epochs * steps_per_epoch  # the phase's steps: first + 1 .. last
         last = first + schedule.sparsify_epochs * steps_per_epoch
-        if last // n == first // n:
-            self._short_phase_warned = True
+        self._phase_too_short = last // n == first // n
+        if self._phase_too_short and warn:
             # with several prune events it updates between them too: the first event is the one unshaped
             never = ("it would never update, and what it prunes" if schedule.prune_events == 1 else
                      "it would not update before its first prune event, and what that event prunes")
@@ -1141,7 +1141,7 @@ class PruningEngine:
         never_updated = (self.events_done == 0 and self.method.sparsifies and _updates(self.method) and self._started
                          and self.last_update_step < 0 and self.schedule.update_every_n_steps is not None
                          and world.rank == 0)
-        if never_updated and self._updates_judged and not self._short_phase_warned:
+        if never_updated and self._updates_judged and not self._phase_too_short:
             self.warn(  # (the phase held steps to update at: on_batch_end never saw one of them taken)
                 f"pruning method {self.method.name!r} prunes at step {step} without having run its periodic update "
                 f"once, though its sparsify phase held multiples of {self.schedule.update_every_n_steps} "
@@ -1367,13 +1367,28 @@ def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.
 FROZEN_LAYERS_CUT = r"PruningEngine: .* (is|are) frozen \(requires_grad=False\) and may lose filters"
 
 
-def _zero_backward(model: nn.Module, example: torch.Tensor) -> None:
-    """``model(example)`` in eval mode, as the engine's other passes over the model (a hook of the
-    user's that accumulates statistics skips it: ``if module.training``), then a backward of zero
-    times the sum of its floating-point outputs (a tensor, or one in a tuple, list or dict), where
-    they need gradients; the gradients it leaves are zero."""
-    with eval_mode(model):
+def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> None:
+    """``model(example)`` in its mode, as training sends batches (a method's hook may record training
+    batches only: ``if module.training``), without the forward hooks ``others`` names
+    (:func:`forward_hooks` of the model before the method's set-up: the user's, which on this copy
+    still call the user's code, and which the engine's passes otherwise reach in eval mode only),
+    then a backward of zero times the sum of its floating-point outputs (a tensor, or one in a
+    tuple, list or dict), where they need gradients; the gradients it leaves are zero. A single
+    sample is doubled: a batch norm in training mode needs two."""
+    if example.shape[0] == 1:
+        example = torch.cat([example, example])
+    saved = []
+    for prefix, module in model.named_modules():
+        for attr, kind in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook")):
+            hooks = getattr(module, attr)
+            if any((prefix, kind, key) in others for key in hooks):
+                saved.append((module, attr, hooks))  # (the dict itself: the method's handles point to it)
+                setattr(module, attr, type(hooks)((k, v) for k, v in hooks.items() if (prefix, kind, k) not in others))
+    try:
         out = model(example)
+    finally:
+        for module, attr, hooks in saved:
+            setattr(module, attr, hooks)
     found = [out] if isinstance(out, torch.Tensor) else (
         list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
     outputs = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]

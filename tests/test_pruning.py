@@ -1166,3 +1166,24 @@ def test_a_fit_without_max_epochs_is_told_it_trains_past_the_schedule(tmp_path):
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=r"Pruning: Trainer\(max_epochs=1000\)")
             fit(**bounds)
+
+
+def test_a_fit_resumed_before_its_prune_is_not_told_of_updates_a_short_phase_never_held(tmp_path):
+    """A sparsify phase too short for one update is warned of at the first fit's set-up; the fit
+    resumed before its prune does not rehearse, and was told at the prune that its phase 'held
+    multiples of 16', blaming on_batch_end's step count, which no loop of the user's gave."""
+    short = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=16)
+
+    def pruning():
+        return Pruning(method="ssr_l21", target={"filters": 0.5}, schedule=short, verbose=False)
+
+    with pytest.warns(UserWarning, match=r"with no multiple of 16: it would never update"), \
+            pytest.warns(UserWarning, match=r"Trainer\(max_epochs=2\) ends before the last scheduled prune"):
+        trainer(tmp_path, [pruning(), epoch_checkpoints(tmp_path / "ck")], 2).fit(TinyClassifier(), loader())
+    saved = tmp_path / "ck" / "epoch=1.ckpt"
+    resumed = pruning()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*held multiples of")
+        trainer(tmp_path, [resumed, epoch_checkpoints(None, saved)], 3).fit(TinyClassifier(), loader(),
+                                                                              ckpt_path=saved)
+    assert resumed.plan is not None

@@ -513,7 +513,12 @@ def interrupted_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
     result, differ = found
     if result.status not in ("interrupted", "running") or differ or result.config.get("code") != code_identity(cfg):
         return None
-    return newest_checkpoint(output_dir)
+    # only what that attempt wrote, or went on from: an earlier attempt's checkpoints in the folder (one that failed,
+    # trained again from the start since) are not its
+    written = (output_dir / "result.json").stat().st_mtime  # (a running record is written as the attempt starts)
+    started = written - float(result.timings.get("total_s") or 0.0) - 1.0  # (a second's slack: the clock's grain)
+    given = (result.config.get("cli") or {}).get("ckpt_path")
+    return newest_checkpoint(output_dir, since=started, also=[Path(given)] if given else [])
 
 
 def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,

@@ -446,14 +446,22 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
     callback = build_pruning(cfg)
     strategy = cfg.trainer.get("strategy")
     if callback is not None and isinstance(strategy, str):  # (the callback refuses these at its set-up: after the dense model)
+        # (fsdp and deepspeed shard the model, on one device too; a launcher that forks or spawns any number)
         named = strategy.lower()
         if "ddp" in named and any(k in named for k in ("spawn", "fork", "notebook")):
             raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support a launcher that "
                              "returns the trained weights to the main process (spawn, fork, notebook), whose model "
                              "still has the full size. Use trainer.strategy=ddp")
-        if any(k in named for k in ("fsdp", "deepspeed", "xla")):
-            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback supports single-device training and "
-                             "trainer.strategy=ddp")
+        devices = cfg.trainer.get("devices", "auto")
+        several = int(cfg.trainer.get("num_nodes") or 1) > 1 or not (
+            devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1))
+        if any(k in named for k in ("fsdp", "deepspeed")):
+            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support a strategy that "
+                             "shards the model (its parameters are held in flat shards the rebuild cannot cut). Use "
+                             "trainer.strategy=auto on one device, or trainer.strategy=ddp on several")
+        if named.startswith("xla") and several:
+            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback supports training on one device, or "
+                             "on several with trainer.strategy=ddp")
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
@@ -1332,6 +1340,9 @@ def started_result(cfg: DictConfig) -> PruningResult:
     did not end: a sweep run again sets it aside if its job is now another configuration, and
     its report lists it as unfinished."""
     result = _configuration_only(cfg)
+    # (which code ran: a sweep run again goes on from a killed run's checkpoint only with the same)
+    with contextlib.suppress(Exception):  # (a plugin that cannot be read: said as the run loads it)
+        result.config["code"] = code_identity(cfg)
     result.status = "running"
     result.error = (f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S')} and has not recorded its end: it is "
                     "still running, or it was killed (SIGKILL, out of memory, a power cut). The same command "

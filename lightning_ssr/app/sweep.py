@@ -181,17 +181,21 @@ def never_started(sweep_dir: str | Path, runs: Sequence[dict], strays: Sequence[
              run_alone_command(hydra_cfg, job, str(root / str(i)))} for i, job in missing]
 
 
-def newest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest checkpoint a run left in ``folder`` (``logs/version_*/checkpoints/``) that reads
-    whole (a kill during a save cuts one short); ``None`` where there is none."""
+def newest_checkpoint(folder: str | Path, since: float | None = None, also: Sequence[Path] = ()) -> Path | None:
+    """The newest checkpoint a run left in ``folder`` (``logs/version_*/checkpoints/``, and the
+    paths ``also``) that reads whole (a kill during a save cuts one short); ``since``: only those
+    written from that time on (a file's modification time; those of ``also`` regardless). ``None``
+    where there is none."""
     from ..checkpoint import CheckpointReadError, check_checkpoint_file
 
     saved = []
-    for path in Path(folder).glob("logs/version_*/checkpoints/*.ckpt"):
+    for path in [*Path(folder).glob("logs/version_*/checkpoints/*.ckpt"), *map(Path, also)]:
         try:  # (a run still going rotates its checkpoints: one listed may be gone by now)
-            saved.append((path.stat().st_mtime, path))
+            mtime = path.stat().st_mtime
         except OSError:
             continue
+        if since is None or mtime >= since or path in also:
+            saved.append((mtime, path))
     for _, path in sorted(saved, reverse=True):
         try:
             check_checkpoint_file(path)
@@ -753,9 +757,10 @@ except ImportError:  # pragma: no cover - hydra-core is installed with the packa
 def launched_rank() -> int:
     """The rank of this process among those a launcher started for one fit: Lightning's DDP
     launcher runs the command again for each other rank (``LOCAL_RANK``, ``NODE_RANK`` set), as
-    does ``srun`` (``SLURM_PROCID``); 0 for the process a user started."""
+    do ``srun`` (``SLURM_PROCID``) and ``torchrun`` (``RANK``, ``GROUP_RANK``); 0 for the process a
+    user started."""
     ranks = []
-    for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+    for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "RANK", "GROUP_RANK"):
         try:
             ranks.append(int(os.environ.get(name, "0")))
         except ValueError:

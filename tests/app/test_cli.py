@@ -372,7 +372,10 @@ def test_unknown_model_fails_with_hydras_error():
     # the callback refuses these strategies at its set-up, which came after the dense training
     (["trainer.strategy=ddp_spawn"], (r"trainer.strategy=ddp_spawn: the Pruning callback does not support a launcher "
                                       r"that returns the trained weights .*Use trainer.strategy=ddp$")),
-    (["trainer.strategy=fsdp"], r"trainer.strategy=fsdp: the Pruning callback supports single-device training"),
+    (["trainer.strategy=fsdp"], (r"trainer.strategy=fsdp: the Pruning callback does not support a strategy that "
+                                r"shards the model")),
+    (["trainer.strategy=xla", "trainer.devices=2"], (r"trainer.strategy=xla: the Pruning callback supports training "
+                                                    r"on one device, or on several with trainer.strategy=ddp")),
     (["pruning=oneshot", "target=none"], "needs a target"),
     (["schedule.sparsify_epochs=0"], "sparsify_epochs >= 1"),
     (["schedule.update_every_n_steps=0"], "update_every_n_steps"),
@@ -1162,6 +1165,36 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_with_that_run_alone(tmp_path):
     assert "run 2: finished before" not in again.stdout
     assert json.loads((sweep / "2" / "result.json").read_text())["status"] == "ok"
     assert json.loads((sweep / "1" / "result.json").read_text()) == result  # (not written again)
+
+
+def test_a_sweep_run_again_goes_on_only_from_a_checkpoint_of_the_interrupted_attempt(tmp_path):
+    """The folder may hold the checkpoints of an earlier attempt of the same configuration (one that
+    failed, trained again from the start since): the interrupted attempt goes on from what it wrote,
+    or from the checkpoint it went on from itself, not from those."""
+    import os
+
+    from lightning_ssr.app.cli import interrupted_checkpoint
+    from lightning_ssr.app.stages import started_result
+
+    cfg = compose_config(FAST)
+    saved = tmp_path / "logs" / "version_0" / "checkpoints"
+    saved.mkdir(parents=True)
+    torch.save({"state_dict": {}}, saved / "epoch=3-step=40.ckpt")
+    os.utime(saved / "epoch=3-step=40.ckpt", (1e9, 1e9))  # (written long before the attempt started)
+    attempt = started_result(cfg)
+    attempt.status, attempt.timings = "interrupted", {"total_s": 5.0}
+    attempt.save(tmp_path / "result.json")
+    assert interrupted_checkpoint(cfg, tmp_path) is None
+    mine = tmp_path / "logs" / "version_1" / "checkpoints"
+    mine.mkdir(parents=True)
+    torch.save({"state_dict": {}}, mine / "epoch=0-step=8.ckpt")
+    attempt.save(tmp_path / "result.json")
+    assert interrupted_checkpoint(cfg, tmp_path) == mine / "epoch=0-step=8.ckpt"
+    (mine / "epoch=0-step=8.ckpt").unlink()  # an attempt that went on from the old one, and wrote none itself
+    attempt.config["cli"]["ckpt_path"] = str(saved / "epoch=3-step=40.ckpt")
+    attempt.save(tmp_path / "result.json")
+    assert interrupted_checkpoint(cfg, tmp_path) == saved / "epoch=3-step=40.ckpt"
+    assert interrupted_checkpoint(compose_config(FAST + ["seed=1"]), tmp_path) is None  # (another configuration)
 
 
 def test_a_sweep_job_is_skipped_only_for_its_own_finished_configuration(tmp_path):

@@ -143,10 +143,12 @@ def test_a_sweep_that_cannot_write_its_report_still_counts_its_failed_runs(tmp_p
     assert "no sweep report" in capsys.readouterr().err
     # a DDP rank Lightning launched runs the command again, "-m" included: only the user's process reports
     # (the rank-1 process counted a run still being evaluated as failed, and wrote the report a second time)
-    monkeypatch.setattr(sweep, "LAST_SWEEP", {})
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
-    assert sweep.LAST_SWEEP == {} and capsys.readouterr().err == ""
+    for name in ("LOCAL_RANK", "RANK"):  # (Lightning's launcher; torchrun's first process on another node)
+        monkeypatch.setattr(sweep, "LAST_SWEEP", {})
+        monkeypatch.setenv(name, "1")
+        sweep.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+        assert sweep.LAST_SWEEP == {} and capsys.readouterr().err == ""
+        monkeypatch.delenv(name)
 
 
 def test_the_report_gives_each_configurations_epochs_and_says_when_budgets_differ(tmp_path):

@@ -191,13 +191,17 @@ class MeanActivation(PruningMethod):
 
     name = "mean_activation"
 
+    def __init__(self, training_only=False):
+        self.training_only = training_only  # records training batches only (if module.training), as README advises
+
     def setup(self, context):
         super().setup(context)
         self.seen, self.handles = {}, []
         for name, m in context.model.named_modules():
             if isinstance(m, torch.nn.Conv2d):
-                self.handles.append(m.register_forward_hook(
-                    lambda mod, i, out, n=name: self.seen.setdefault(n, []).append(out.detach().abs().mean((0, 2, 3)))))
+                self.handles.append(m.register_forward_hook(lambda mod, i, out, n=name: None if (
+                    self.training_only and not mod.training) else self.seen.setdefault(n, []).append(
+                    out.detach().abs().mean((0, 2, 3)))))
 
     def select(self, keep):
         for handle in self.handles:
@@ -218,12 +222,14 @@ def test_a_method_that_records_activations_with_forward_hooks_is_rehearsed_with_
     forward hooks record was refused there, though the fit sends it batches before its prune. The
     rehearsal sends the example batch through the copy where the fit trains before its first prune;
     where the prune comes before any batch, its refusal there is the fit's own."""
-    model = TinyClassifier()
     after_a_warm_up = PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1)
-    cb = Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up, verbose=False)
-    trainer(tmp_path, [cb], 2).fit(model, loader())
-    assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
-    # in eval mode, as the engine's other passes: a user's hook that counts training batches only is not fed
+    for training_only in (False, True):  # (in the model's mode: a method may record training batches only)
+        model = TinyClassifier()
+        cb = Pruning(method=MeanActivation(training_only), target={"filters": 0.5}, schedule=after_a_warm_up,
+                     verbose=False)
+        trainer(tmp_path, [cb], 2).fit(model, loader())
+        assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
+    # without the hooks the model had before the method's: a user's hook that counts training batches is not fed
     fresh, counted = TinyClassifier(), []
     fresh.backbone.conv_a.register_forward_hook(lambda mod, i, out: counted.append(1) if mod.training else None)
     PruningEngine(MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up).check_method(
