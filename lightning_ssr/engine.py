@@ -624,7 +624,7 @@ class PruningEngine:
                       f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.")
         if self.plan is not None and self.dense is not None:
             # (a loop of your own has no guard of the loss: a divergence after the prune went unsaid)
-            bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            bad = _non_finite(model, "weights")
             if bad:
                 self.warn(f"PruningEngine.finish: the model's {some_names(bad)} {'holds' if len(bad) == 1 else 'hold'} "
                           "NaN or infinity: the training diverged, and this result describes a model whose outputs "

@@ -375,14 +375,6 @@ def _earlier_record(output_dir: Path) -> bytes | None:
         return None
 
 
-def _status_of(record: bytes) -> str | None:
-    """The ``status`` a ``result.json``'s text records (``None`` where it cannot be read)."""
-    try:
-        return json.loads(record).get("status")
-    except (ValueError, AttributeError):
-        return None
-
-
 #: in ``config`` of the record of a run refused before it trained (:func:`_record_stop`)
 REFUSED_MARK = "refused_before_training"
 
@@ -391,16 +383,17 @@ def _worth_keeping(record: bytes) -> bool:
     """Whether an earlier ``result.json`` records a run that trained: any status but a failure
     before training (marked ``config[REFUSED_MARK]``; a failure of an earlier version, unmarked,
     by the stages it timed)."""
-    if _status_of(record) != "failed":
-        return True
     try:
         data = json.loads(record)
     except ValueError:
-        return False
-    config = data.get("config") if isinstance(data, dict) else None
+        data = None
+    if not isinstance(data, dict):  # (unreadable: no status, so not a failure to replace)
+        return True
+    if data.get("status") != "failed":
+        return True
+    config, timings = data.get("config"), data.get("timings")
     if isinstance(config, dict) and isinstance(config.get(REFUSED_MARK), bool):
         return not config[REFUSED_MARK]
-    timings = data.get("timings") if isinstance(data, dict) else None
     return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
 
 
