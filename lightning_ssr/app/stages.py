@@ -1126,9 +1126,16 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
             fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
         finally:  # (result.json keeps it in the command's words, as it was said: also for a run that failed)
             if callback is not None and cfg.trainer.get("max_epochs"):
-                said = _short_fit_warning(cfg.trainer.max_epochs, callback)
-                for kept in (callback.engine.warnings, *([callback.result.warnings] if callback.result else [])):
-                    kept[:] = [said if re.match(SHORT_FIT, w) else w for w in kept]
+                reword_warnings(callback, SHORT_FIT, _short_fit_warning(cfg.trainer.max_epochs, callback))
+
+
+def reword_warnings(callback: Pruning, pattern: str, said: str | None) -> None:
+    """The warnings the callback's run keeps for its result (the engine's, and its result's once
+    made) with each one matching ``pattern`` replaced by ``said`` (``None``: left out), where the
+    command says the same in its own terms, or asked for what the library warns of."""
+    for kept in (callback.engine.warnings, *([callback.result.warnings] if callback.result is not None else [])):
+        reworded = (said if re.match(pattern, w) else w for w in kept)
+        kept[:] = [w for w in reworded if w is not None]
 
 
 def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:

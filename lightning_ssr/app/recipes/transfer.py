@@ -22,7 +22,6 @@ the frozen layers.
 from __future__ import annotations
 
 import copy
-import re
 import time
 import warnings
 from pathlib import Path
@@ -140,8 +139,7 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
             warnings.filterwarnings("ignore", message=FROZEN_LAYERS_CUT)
         lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"])
     if frozen and cfg.transfer.prune_frozen and callback is not None:
-        for said in (callback.engine.warnings, *([callback.result.warnings] if callback.result is not None else [])):
-            said[:] = [w for w in said if not re.match(FROZEN_LAYERS_CUT, w)]
+        stages.reword_warnings(callback, FROZEN_LAYERS_CUT, None)
     compress_s = time.perf_counter() - t
     with stages.after_pruning(lm):
         result = stages.compared_result(cfg, lm, callback, dm, dm, reference.model, output_dir,
