@@ -567,17 +567,17 @@ def main(argv=None) -> Path:
                              "--results is the repository's results folder; else none)")
     parser.add_argument("--no-readme", action="store_true", help="write RESULTS.md only")
     args = parser.parse_args(argv)
-    readme = args.readme
-    if readme is None and not args.no_readme and args.results.resolve() == RESULTS.resolve():
-        readme = README  # (results from another folder never replace the repository's published ones)
-    if readme is not None and not args.no_readme and not readme.is_file():
+    # (results from another folder never replace the repository's published ones unless --readme names it)
+    ours = args.results.resolve() == RESULTS.resolve()
+    readme = None if args.no_readme else args.readme or (README if ours else None)
+    if readme is not None and not readme.is_file():
         parser.error(f"--readme {readme}: no such file")
     if not args.results.is_dir():
         parser.error(f"--results {args.results}: no such folder")
     text = render(args.results)
     args.out.write_text(text)
     print(f"wrote {args.out}")
-    if readme is not None and not args.no_readme:
+    if readme is not None:
         update_readme(readme, headline(args.results), method_table_markdown())
         print(f"updated the headline results and the method table of {readme}")
     elif not args.no_readme:
