@@ -37,6 +37,28 @@ def _unprefixed(obj):
     return obj[4:] if isinstance(obj, str) and obj.startswith("net.") else obj
 
 
+def _readme_loop(engine, model, optimizer, epochs, first=0, end_before_step=False):
+    """README's hand-written loop over epochs ``first`` to ``epochs`` (4 optimizer steps each), with
+    no engine.start(), as README's; ``end_before_step``: on_batch_end given the count before
+    ``step += 1`` (a mistake a user makes)."""
+    step = first * 4
+    for epoch in range(first, epochs):
+        model.train()
+        for x, y in DataLoader(_data(), batch_size=16):
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            engine.on_before_optimizer_step()
+            optimizer.step()
+            if end_before_step:
+                engine.on_batch_end(step=step)
+            step += 1
+            if not end_before_step:
+                engine.on_batch_end(step=step)
+        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
+                            max_epochs=engine.schedule.total_epochs)
+
+
 @pytest.mark.parametrize("method,kwargs", [("ssr_l20", {"rho": 0.5}), ("ssr_l21", {"rho": 0.5}), ("l1", {})])
 def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, method, kwargs):
     schedule = SCHEDULE if method != "l1" else PruningSchedule(sparsify_epochs=0, finetune_epochs=5, lr_warmup_steps=3)
@@ -53,18 +75,8 @@ def test_a_plain_training_loop_gives_the_callbacks_plan_and_weights(tmp_path, me
     model = SmallResidualCNN(in_channels=3, num_classes=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     engine = PruningEngine(method, target=target, method_kwargs=kwargs, schedule=schedule, verbose=False)
-    step = 0  # (as README's loop: no engine.start(), which the first on_batch_start makes; it lost that batch's update)
-    for epoch in range(schedule.total_epochs):
-        model.train()
-        for x, y in DataLoader(_data(), batch_size=16):
-            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            engine.on_before_optimizer_step()
-            optimizer.step()
-            step += 1
-            engine.on_batch_end(step=step)
-        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=schedule.total_epochs)
+    # (as README's loop: no engine.start(), which the first on_batch_start makes; it lost that batch's update)
+    _readme_loop(engine, model, optimizer, schedule.total_epochs)
     result = engine.finish(model)
 
     assert "lightning" not in type(model).__module__
@@ -572,18 +584,7 @@ def test_a_loop_without_start_and_a_resumed_engine_update_at_their_first_batch_t
             model = SmallResidualCNN(in_channels=3, num_classes=5)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
             engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=every_step, verbose=False)
-        step = first * 4
-        for epoch in range(first, epochs):
-            for x, y in DataLoader(_data(), batch_size=16):
-                engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
-                optimizer.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                engine.on_before_optimizer_step()
-                optimizer.step()
-                step += 1
-                engine.on_batch_end(step=step)
-            engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
-                                max_epochs=every_step.total_epochs)
+        _readme_loop(engine, model, optimizer, epochs, first)
         return engine, model, optimizer
 
     updates.clear()
@@ -625,17 +626,7 @@ def test_a_loop_that_gives_on_batch_end_the_count_before_the_step_is_told_at_the
         model = SmallResidualCNN(in_channels=3, num_classes=5)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
-        step = 0
-        for epoch in range(SCHEDULE.total_epochs):
-            for x, y in DataLoader(_data(), batch_size=16):
-                engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
-                optimizer.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                engine.on_before_optimizer_step()
-                optimizer.step()
-                engine.on_batch_end(step=step)  # (the mistake: before step += 1)
-                step += 1
-            engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=SCHEDULE.total_epochs)
+        _readme_loop(engine, model, optimizer, SCHEDULE.total_epochs, end_before_step=True)  # (the mistake)
         return engine
 
     with pytest.warns(UserWarning, match=r"'ssr_l20' prunes at step 12 without having run its periodic update once, "
