@@ -1373,22 +1373,16 @@ def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> 
     (:func:`forward_hooks` of the model before the method's set-up: the user's, which on this copy
     still call the user's code, and which the engine's passes otherwise reach in eval mode only),
     then a backward of zero times the sum of its floating-point outputs (a tensor, or one in a
-    tuple, list or dict), where they need gradients; the gradients it leaves are zero. A single
-    sample is doubled: a batch norm in training mode needs two."""
+    tuple, list or dict), where they need gradients; the gradients it leaves are zero. Where the
+    forward fails without those hooks (a hook that returns a changed input or output is part of
+    the model's computation), it runs again with them, and that run's error is the one raised. A
+    single sample is doubled: a batch norm in training mode needs two."""
     if example.shape[0] == 1:
         example = torch.cat([example, example])
-    saved = []
-    for prefix, module in model.named_modules():
-        for attr, kind in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook")):
-            hooks = getattr(module, attr)
-            if any((prefix, kind, key) in others for key in hooks):
-                saved.append((module, attr, hooks))  # (the dict itself: the method's handles point to it)
-                setattr(module, attr, type(hooks)((k, v) for k, v in hooks.items() if (prefix, kind, k) not in others))
     try:
+        out = _without_hooks(model, example, others)
+    except Exception:  # noqa: BLE001 (the same forward again, with the model's own hooks, decides)
         out = model(example)
-    finally:
-        for module, attr, hooks in saved:
-            setattr(module, attr, hooks)
     found = [out] if isinstance(out, torch.Tensor) else (
         list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
     outputs = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
@@ -1397,6 +1391,22 @@ def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> 
     for param in model.parameters():  # (an infinite output times zero is NaN)
         if param.grad is not None:
             param.grad.zero_()
+
+
+def _without_hooks(model: nn.Module, example: torch.Tensor, others: Mapping):
+    """``model(example)`` with the forward hooks and pre-hooks ``others`` names left out, put back after."""
+    saved = []
+    for prefix, module in model.named_modules():
+        for attr, kind in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook")):
+            hooks = getattr(module, attr)
+            if any((prefix, kind, key) in others for key in hooks):
+                saved.append((module, attr, hooks))  # (the dict itself: the method's handles point to it)
+                setattr(module, attr, type(hooks)((k, v) for k, v in hooks.items() if (prefix, kind, k) not in others))
+    try:
+        return model(example)
+    finally:
+        for module, attr, hooks in saved:
+            setattr(module, attr, hooks)
 
 
 def _frozen_layers_cut(model: nn.Module, groups: Sequence[ChannelGroup]) -> str | None:

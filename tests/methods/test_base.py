@@ -235,6 +235,11 @@ def test_a_method_that_records_activations_with_forward_hooks_is_rehearsed_with_
     PruningEngine(MeanActivation(), target={"filters": 0.5}, schedule=after_a_warm_up).check_method(
         fresh, next(iter(loader()))[0])
     assert counted == []
+    # a hook that is part of the computation (it returns the pooled features flattened) runs where it is needed
+    shaped = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(8, 3))
+    shaped[3].register_forward_hook(lambda mod, i, out: out.flatten(1))
+    PruningEngine("l1", target={"filters": 0.5}, schedule=after_a_warm_up).check_method(shaped, torch.randn(4, 1, 8, 8))
     at_once = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
     fit = trainer(tmp_path, [Pruning(method=MeanActivation(), target={"filters": 0.5}, schedule=at_once,
                                      verbose=False)], 1)
