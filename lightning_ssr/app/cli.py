@@ -67,10 +67,10 @@ from .sweep import (
     REPLACED_DIR,
     _overrides,
     _pairs,
+    attempt_checkpoint,
     count_runs,
     flatten_config,
     grid_choices,
-    newest_checkpoint,
     planned_jobs,
 )
 
@@ -412,6 +412,7 @@ def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: 
         setattr(err, KEPT_RECORD, str(path))
         return
     failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start})
+    failed.config["started_at"] = time.time() - failed.timings["total_s"]
     failed.config[REFUSED_MARK] = before  # (a later run refused before training keeps this record unless it is one)
     failed.save(path)
 
@@ -471,7 +472,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         with interruptions_held(isinstance(err, KeyboardInterrupt)):  # (nor a Ctrl-C cut the record short)
             timings["total_s"] = time.perf_counter() - start
             resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
-            failed_result(cfg, resumable or err, timings, lm, callback, dm).save(output_dir / "result.json")
+            failed = failed_result(cfg, resumable or err, timings, lm, callback, dm)
+            failed.config["started_at"] = time.time() - timings["total_s"]
+            failed.save(output_dir / "result.json")
         if resumable is not None:
             raise resumable from err
         raise
@@ -506,12 +509,7 @@ def interrupted_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
     result, differ = found
     if result.status not in ("interrupted", "running") or differ or result.config.get("code") != code_identity(cfg):
         return None
-    # only what that attempt wrote, or went on from: an earlier attempt's checkpoints in the folder (one that failed,
-    # trained again from the start since) are not its
-    written = (output_dir / "result.json").stat().st_mtime  # (a running record is written as the attempt starts)
-    started = written - float(result.timings.get("total_s") or 0.0) - 1.0  # (a second's slack: the clock's grain)
-    given = (result.config.get("cli") or {}).get("ckpt_path")
-    return newest_checkpoint(output_dir, since=started, also=[Path(given)] if given else [])
+    return attempt_checkpoint(output_dir, result.to_dict())
 
 
 def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,

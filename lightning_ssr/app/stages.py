@@ -1351,6 +1351,8 @@ def started_result(cfg: DictConfig) -> PruningResult:
     with contextlib.suppress(Exception):  # (a plugin that cannot be read: said as the run loads it)
         result.config["code"] = code_identity(cfg)
     result.status = "running"
+    # (when this attempt started: a sweep run again goes on only from the checkpoints it wrote)
+    result.config["started_at"] = time.time()
     result.error = (f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S')} and has not recorded its end: it is "
                     "still running, or it was killed (SIGKILL, out of memory, a power cut). The same command "
                     "with ckpt_path=<checkpoint> goes on from a checkpoint it left (logs/version_N/checkpoints/ "

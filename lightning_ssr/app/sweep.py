@@ -206,6 +206,27 @@ def newest_checkpoint(folder: str | Path, since: float | None = None, also: Sequ
     return None
 
 
+def attempt_checkpoint(folder: str | Path, record: Mapping) -> Path | None:
+    """The newest intact checkpoint in ``folder`` (:func:`newest_checkpoint`) that the attempt
+    ``record`` describes (a run's ``result.json``, read) wrote, or went on from (its ``ckpt_path``):
+    an earlier attempt's checkpoints in the folder (one that failed, and was trained again from the
+    start since) are not its. The attempt's start is ``config.started_at``; a record without it (of
+    an earlier version) is taken to start its ``timings.total_s`` before ``result.json`` was written."""
+    config = record.get("config") or {}
+    started = config.get("started_at")
+    if not isinstance(started, (int, float)) or isinstance(started, bool):
+        try:
+            written = (Path(folder) / "result.json").stat().st_mtime
+        except OSError:
+            written = None
+        total = (record.get("timings") or {}).get("total_s")
+        started = None if written is None else written - float(total if isinstance(total, (int, float)) else 0.0)
+    given = (config.get("cli") or {}).get("ckpt_path")
+    # (a second's slack: the clock's grain)
+    return newest_checkpoint(folder, since=None if started is None else started - 1.0,
+                             also=[Path(given)] if isinstance(given, str) and given else [])
+
+
 def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     """The command that goes on with an unfinished run of the sweep alone, in its folder (where the
     report finds it): from the newest checkpoint it left (``ckpt_path=``), else from the start;
@@ -216,7 +237,7 @@ def go_on_command(sweep_dir: str | Path, run: dict) -> str | None:
     overrides = [o for o in given if not o.startswith("ckpt_path=")]
     from .cli import _override_value, run_alone_command
 
-    intact = newest_checkpoint(run["dir"])
+    intact = attempt_checkpoint(run["dir"], run.get("result") or {})
     extra = [f"ckpt_path={_override_value(str(intact.resolve()))}"] if intact is not None else []
     return run_alone_command(planned[0], overrides, str(Path(run["dir"]).resolve()), extra)
 

@@ -1195,6 +1195,15 @@ def test_a_sweep_run_again_goes_on_only_from_a_checkpoint_of_the_interrupted_att
     attempt.save(tmp_path / "result.json")
     assert interrupted_checkpoint(cfg, tmp_path) == saved / "epoch=3-step=40.ckpt"
     assert interrupted_checkpoint(compose_config(FAST + ["seed=1"]), tmp_path) is None  # (another configuration)
+    # the attempt's start is recorded: a later attempt refused before training writes its record back unchanged
+    # (the file's time is then now, long after the attempt's checkpoints), and it still goes on from them
+    del attempt.config["cli"]["ckpt_path"]
+    attempt.config["started_at"] = 1e9 - 100.0
+    attempt.save(tmp_path / "result.json")
+    assert interrupted_checkpoint(cfg, tmp_path) == saved / "epoch=3-step=40.ckpt"
+    del attempt.config["started_at"]  # (a record of an earlier version: its time less the attempt's duration)
+    attempt.save(tmp_path / "result.json")
+    assert interrupted_checkpoint(cfg, tmp_path) is None
 
 
 def test_a_sweep_job_is_skipped_only_for_its_own_finished_configuration(tmp_path):

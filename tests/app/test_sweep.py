@@ -406,6 +406,12 @@ def test_a_running_runs_go_on_command_is_for_when_it_has_stopped_and_skips_a_che
     assert (f"  - if it is no longer running, it goes on alone, in its folder, with: `lightning-ssr "
             f"hydra.job.chdir=false pruning=l1 target.macs=0.25 {ckpt} hydra.run.dir={sweep.resolve() / '1'} "
             "hydra.mode=RUN`") in md
+    # a checkpoint written before the attempt started is an earlier attempt's: the sweep run again would not take
+    # it, nor does the command
+    os.utime(saved / "epoch=0-step=4.ckpt", (1e9, 1e9))
+    write_report(sweep, plots=False)
+    assert (f"with: `lightning-ssr hydra.job.chdir=false pruning=l1 target.macs=0.25 hydra.run.dir="
+            f"{sweep.resolve() / '1'} hydra.mode=RUN`") in (sweep / "report.md").read_text()
 
 
 def test_a_sweep_run_again_with_other_values_sets_aside_what_its_folders_held(tmp_path):
