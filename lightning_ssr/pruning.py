@@ -321,9 +321,11 @@ class Pruning(Callback):
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and internals.ddp_start_method(strategy) != "popen":
             raise MisconfigurationException(
-                f"{name} does not support DDPStrategy(start_method={internals.ddp_start_method(strategy)!r}): those "
-                "launchers return the trained weights to the main process, whose model still has the full "
-                "size, so loading them fails after the rebuild. Use strategy='ddp' (subprocess launcher).")
+                f"{name} does not support {type(strategy).__name__}(start_method="
+                f"{internals.ddp_start_method(strategy)!r}): those launchers return the trained weights to the main "
+                "process, whose model still has the full size, so loading them fails after the rebuild. Use "
+                "strategy='ddp' (subprocess launcher)" + (", or strategy='single_xla' on one device."
+                                                          if "XLA" in type(strategy).__name__ else "."))
         if trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
             raise MisconfigurationException(
                 f"{name} supports single-device training and strategy='ddp'; got {type(strategy).__name__}.")

@@ -452,16 +452,15 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
             raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support a launcher that "
                              "returns the trained weights to the main process (spawn, fork, notebook), whose model "
                              "still has the full size. Use trainer.strategy=ddp")
-        devices = cfg.trainer.get("devices", "auto")
-        several = int(cfg.trainer.get("num_nodes") or 1) > 1 or not (
-            devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1))
         if any(k in named for k in ("fsdp", "deepspeed")):
             raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support a strategy that "
                              "shards the model (its parameters are held in flat shards the rebuild cannot cut). Use "
                              "trainer.strategy=auto on one device, or trainer.strategy=ddp on several")
-        if named.startswith("xla") and several:
-            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback supports training on one device, or "
-                             "on several with trainer.strategy=ddp")
+        if named.startswith("xla"):  # (Lightning's XLAStrategy forks its processes, on one device too)
+            raise ValueError(f"trainer.strategy={strategy}: the Pruning callback does not support Lightning's XLA "
+                             "strategy, whose launcher forks its processes and returns the trained weights to the main "
+                             "process, whose model still has the full size. Use trainer.strategy=single_xla on one "
+                             "device")
     max_epochs = cfg.trainer.get("max_epochs")  # (unset or 0: the schedule's; negative: no bound, as in Lightning)
     if callback is not None and max_epochs and not callback.schedule.reaches_last_prune(max_epochs):
         schedule = callback.schedule
