@@ -118,12 +118,14 @@ def set_up_validation_data(trainer, pl_module) -> None:
         pl_module._current_fx_name = hook
 
 
-def is_compiled(pl_module) -> bool:
-    """Whether the module (or a submodule) was compiled: wrapped, ``torch.compile(module)``, or in
-    place, ``module.compile()`` (which keeps the module and compiles its call)."""
-    return bool(getattr(pl_module, "_compiler_ctx", None)) or any(
-        isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
-        or getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules())
+def compiled_modules(pl_module) -> list[str]:
+    """The names of the module's compiled parts (``""``: the module itself): compiled wrapped,
+    ``torch.compile(module)``, or in place, ``module.compile()`` (which keeps the module and
+    compiles its call); empty where none is."""
+    found = [""] if getattr(pl_module, "_compiler_ctx", None) else []
+    found += [name for name, m in pl_module.named_modules() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
+              or getattr(m, "_compiled_call_impl", None) is not None]
+    return list(dict.fromkeys(found))
 
 
 def ddp_start_method(strategy) -> str:

@@ -329,11 +329,13 @@ class Pruning(Callback):
         if trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
             raise MisconfigurationException(
                 f"{name} supports single-device training and strategy='ddp'; got {type(strategy).__name__}.")
-        if internals.is_compiled(pl_module):
+        compiled = internals.compiled_modules(pl_module)
+        if compiled:
+            where = ", ".join(n or f"the {type(pl_module).__name__} itself" for n in compiled)
             raise MisconfigurationException(
                 f"{name} rebuilds the model during fit, which a compiled module (torch.compile(module) or "
-                "module.compile()) cannot follow; train the uncompiled module and compile the pruned one afterwards "
-                "(torch.compile(model)).")
+                f"module.compile()) cannot follow; compiled here: {where}. Train the uncompiled module and compile "
+                "the pruned one afterwards (torch.compile(model)).")
         for cb in trainer.callbacks:
             if isinstance(cb, Pruning) and cb is not self:
                 raise MisconfigurationException(

@@ -107,10 +107,18 @@ def _compiled_in_place(part: str) -> pl.LightningModule:
     return model
 
 
-@pytest.mark.parametrize("make", [lambda: torch.compile(Validated()), lambda: _compiled_in_place("module"),
-                                  lambda: _compiled_in_place("network")],
-                         ids=["wrapped", "module_in_place", "network_in_place"])
-def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make):
+def _compiled_wrapped_part() -> pl.LightningModule:
+    model = Validated()
+    model.the_network_itself = torch.compile(model.the_network_itself)
+    return model
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (lambda: torch.compile(Validated()), "the Validated itself"), (lambda: _compiled_in_place("module"),
+                                                                   "the Validated itself"),
+    (lambda: _compiled_in_place("network"), "the_network_itself"), (_compiled_wrapped_part, "the_network_itself")],
+    ids=["wrapped", "module_in_place", "network_in_place", "network_wrapped"])
+def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make, named):
     """In place, ``module.compile()`` keeps the module's class: a compiled network trained its whole
     sparsify phase, then the rebuild failed in Dynamo with advice about channel shuffles."""
     model = make()
@@ -118,7 +126,7 @@ def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make):
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
     with pytest.raises(MisconfigurationException, match=r"compiled module \(torch.compile\(module\) or "
-                                                        r"module.compile\(\)\) cannot follow"):
+                                                        rf"module.compile\(\)\) cannot follow; compiled here: {named}\. "):
         trainer.fit(model, loader(), loader(seed=1))
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
