@@ -610,10 +610,12 @@ class PruningEngine:
         else:
             warnings.warn(message, stacklevel=3)
 
-    def finish(self, model: nn.Module, warn: bool = True) -> PruningResult | None:
+    def finish(self, model: nn.Module, warn: bool = True, emit: Callable[..., Any] | None = None
+               ) -> PruningResult | None:
         """The training ended: the result, with the model as it is now (also after a resume that
         trained no further: the result is not in a checkpoint). With ``warn``, a training that ended
-        before the schedule's last prune is warned of (the callback says it in Lightning's terms)."""
+        before the schedule's last prune is warned of (the callback says it in Lightning's terms).
+        ``emit``: how its warnings are given (:meth:`warn`; under DDP, once: ``rank_zero_warn``)."""
         self._scaled_steps.remove()
         if warn and not self.done and not self.fresh:
             due = self.schedule.prune_epoch(self.events_done)
@@ -621,14 +623,15 @@ class PruningEngine:
                       if self.events_done else "its dense shapes (the result is None)")
             self.warn(f"PruningEngine.finish: the training ended before the prune due at the start of epoch "
                       f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
-                      f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.")
+                      f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.", emit)
         if self.plan is not None and self.dense is not None:
             # (a loop of your own has no guard of the loss: a divergence after the prune went unsaid)
             bad = _non_finite(model, "weights")
             if bad:
                 self.warn(f"PruningEngine.finish: the model's {some_names(bad)} {'holds' if len(bad) == 1 else 'hold'} "
                           "NaN or infinity: the training diverged, and this result describes a model whose outputs "
-                          "are not finite. Lower the learning rate, or go on from a checkpoint of finite weights.")
+                          "are not finite. Lower the learning rate, or go on from a checkpoint of finite weights.",
+                          emit)
             example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
             device = next(model.parameters()).device
             self.result = self._build_result(count_cost(model, example.to(device)), fit_end=True)

@@ -574,14 +574,23 @@ class Pruning(Callback):
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
                        f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
                        ".fit(module, ckpt_path=...).")
+            stopped = trainer.should_stop and any(
+                isinstance(cb, lightning_callbacks.EarlyStopping) for cb in trainer.callbacks)
             if self._short_fit:  # the Trainer's bound was warned of at set-up
                 if self.verbose:
                     rank_zero_info(message)
+            elif stopped:  # (a resume restores EarlyStopping's count too: it would stop again at once)
+                engine.warn(f"{type(self).__name__}: EarlyStopping stopped the fit at optimizer step "
+                            f"{trainer.global_step}, before the prune due at the start of epoch {due}: the model keeps "
+                            f"{shapes}. Give the Trainer min_epochs={schedule.min_epochs} (Lightning does not stop "
+                            "before it, and EarlyStopping starts over at the prune): in a new fit, or in a resume "
+                            f"from a checkpoint of this fit, Trainer(min_epochs={schedule.min_epochs}, max_epochs="
+                            f"{schedule.total_epochs}, ...).fit(module, ckpt_path=...); without it a resume restores "
+                            "EarlyStopping's count, which stops the fit again.", emit=rank_zero_warn)
             else:
-                engine.warn(message + f" If a callback stopped it (EarlyStopping), give the Trainer "
-                                      f"min_epochs={schedule.min_epochs}: Lightning does not stop before it, and "
-                                      "EarlyStopping starts over at the prune.", emit=rank_zero_warn)
-        engine.finish(pl_module, warn=False)  # (the result, with the warnings above)
+                engine.warn(message + f" If a callback stopped it, give the Trainer min_epochs={schedule.min_epochs}: "
+                                      "Lightning does not stop before it.", emit=rank_zero_warn)
+        engine.finish(pl_module, warn=False, emit=rank_zero_warn)  # (the result, with the warnings above)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:

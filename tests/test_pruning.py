@@ -5,6 +5,7 @@ import io
 import logging
 import math
 import re
+import shutil
 import sys
 import warnings
 
@@ -337,6 +338,33 @@ def test_a_fit_a_callback_stops_before_the_prune_says_so_at_its_end_and_min_epoc
     # the advice works: Lightning does not stop before min_epochs, and the schedule completes
     pruning, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()], max_epochs=3, min_epochs=3)
     assert warned == [] and pruning.result is not None and pruning.events_done == 1
+
+
+def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_epochs(tmp_path):
+    """A resume from the checkpoint restores EarlyStopping's count, which stops it again at once: the
+    end of the fit says so, and the min_epochs it names, in a resume too, reaches the prune."""
+    schedule, scores = PruningSchedule(sparsify_epochs=3, finetune_epochs=1), (1.0, 0.5, 0.4, 0.3)
+    warned = (r"EarlyStopping stopped the fit at optimizer step {}, before the prune due at the start of epoch 3: "
+              r".*Trainer\(min_epochs=4, max_epochs=4, ...\).fit\(module, ckpt_path=...\); without it a resume "
+              r"restores EarlyStopping's count")
+
+    def fit(min_epochs=None, ckpt_path=None):
+        pl.seed_everything(0)
+        pruning = Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False)
+        shutil.rmtree(tmp_path / "saved", ignore_errors=True)  # (Lightning warns of a folder that holds some)
+        callbacks = [pruning, EarlyStopping(monitor="score", mode="max", patience=0),
+                     ModelCheckpoint(dirpath=tmp_path / "saved", save_last=True)]
+        trainer(tmp_path, callbacks, schedule.total_epochs, min_epochs=min_epochs).fit(
+            ScoredClassifier(scores), loader(), loader(), ckpt_path=ckpt_path)
+        return pruning
+
+    assert schedule.min_epochs == 4
+    with pytest.warns(UserWarning, match=warned.format(8)):
+        assert fit().plan is None
+    stopped = shutil.copy(tmp_path / "saved" / "last.ckpt", tmp_path / "stopped.ckpt")
+    with pytest.warns(UserWarning, match=warned.format(12)):  # the resume the other advice gave: stopped again
+        assert fit(ckpt_path=stopped).plan is None
+    assert fit(min_epochs=4, ckpt_path=stopped).events_done == 1
 
 
 class ScoredClassifier(TinyClassifier):
