@@ -438,6 +438,12 @@ class Pruning(Callback):
                 "and the result's 'dense' is the model this fit starts from). To fine-tune the pruned model further, "
                 "fit it without the Pruning callback; to go on with the earlier run, resume it from its checkpoint "
                 "(fit(ckpt_path=...)).", emit=rank_zero_warn)
+        elif (self.verbose and not self._restored and trainer.global_step == 0 and self.engine.fresh
+              and applied_plan(pl_module) is not None):
+            # (a pruned model loaded, or pruned by another callback's fit: pruned again, on purpose or not)
+            rank_zero_info(f"{type(self).__name__}: this {type(pl_module).__name__} was pruned before (it carries "
+                           "a pruning plan), and this fit prunes it again: the target is of its pruned size (the "
+                           "reductions multiply), and the result's 'dense' is the model this fit starts from.")
         # past warm-up with nothing of a run: a checkpoint without this callback's state (a second fit
         # of the same Trainer goes on with the run it holds)
         if trainer.current_epoch > schedule.warmup_epochs and not self._restored and self.engine.fresh:

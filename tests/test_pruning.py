@@ -635,6 +635,25 @@ def test_a_callback_given_to_a_second_training_prunes_that_training_too(tmp_path
         assert [p.shape for p in fresh.parameters()] == [p.shape for p in second.parameters()]
 
 
+def test_a_new_callback_on_a_pruned_module_says_that_it_prunes_it_again(tmp_path, caplog):
+    """A new callback given the module an earlier fit pruned (or a pruned model loaded) prunes it
+    again, relative to its pruned size: it said nothing, where the callback of that fit warns."""
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, schedule=schedule, verbose=False)], 1).fit(
+        model, loader())
+    with caplog.at_level(logging.INFO):
+        trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, schedule=schedule)], 1).fit(model, loader())
+    assert ("Pruning: this TinyClassifier was pruned before (it carries a pruning plan), and this fit prunes it "
+            "again: the target is of its pruned size (the reductions multiply)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # (a module at its constructed shapes: nothing said)
+        trainer(tmp_path, [Pruning("oneshot", target={"macs": 0.5}, schedule=schedule)], 1).fit(
+            TinyClassifier(), loader())
+    assert "was pruned before" not in caplog.text
+
+
 def test_resuming_the_pruned_module_from_its_checkpoint_is_not_taken_for_pruning_it_again(tmp_path):
     """The same callback and module, fit(ckpt_path=last.ckpt): the run goes on (nothing is pruned
     again), so the warning for a module given back to its callback must not come; it did, because
