@@ -170,7 +170,7 @@ class PruningResult:
                             else ""))
         if self.warnings:  # (printed when they were given; the summary says they were)
             lines.append(f"{len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''} during the run "
-                         "(kept in result.json under 'warnings')")
+                         "(kept in the result's 'warnings')")
         timed = [e for e in self.events if e.get("latency_measured_ms") is not None]
         if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not
             e, asked = timed[-1], self.target["latency"]

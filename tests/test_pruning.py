@@ -1164,7 +1164,7 @@ def test_a_sparsify_phase_too_short_for_one_update_is_warned_of_at_set_up(tmp_pa
     # the result keeps it: a run read later (result.json, a sweep's) says it was warned of
     (kept,) = pruning.result.warnings
     assert "with no multiple of 25: it would never update" in kept
-    assert "1 warning during the run (kept in result.json under 'warnings')" in pruning.result.summary()
+    assert "1 warning during the run (kept in the result's 'warnings')" in pruning.result.summary()
     enough = PruningSchedule(warmup_epochs=1, sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=4)
     pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=enough, verbose=False)
     with warnings.catch_warnings():
