@@ -56,6 +56,7 @@ from .stages import (
     installed_code,
     interruptions_held,
     print_final_table,
+    rank_zero_print,
     resumed_dense_model,
     sigterm_raises,
     started_result,
@@ -675,9 +676,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             print(f"run {hydra_cfg.job.num}: its folder held {why}; moved to {aside}, not written over", file=sys.stderr)
         done = finished_before(cfg, output_dir)
         if done is not None:
-            print(f"run {hydra_cfg.job.num}: finished before with the same configuration "
-                  f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its folder, or give "
-                  "the sweep another hydra.sweep.dir, to run it again)")
+            rank_zero_print(f"run {hydra_cfg.job.num}: finished before with the same configuration "
+                            f"({Path(hydra_cfg.runtime.output_dir) / 'result.json'}); not run again (remove its "
+                            "folder, or give the sweep another hydra.sweep.dir, to run it again)")
             return done.pruned.get("val_accuracy")
         try:  # (another job's folder only where the launcher runs one job at a time)
             recovered = recover_finished_run(cfg, output_dir, Path(hydra_cfg.sweep.dir), siblings=str(
@@ -688,14 +689,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             recovered = None
         if recovered is not None:
             done, where = recovered
-            print(f"run {hydra_cfg.job.num}: finished before with the same configuration in {where} (the sweep was "
-                  f"run again with other values); moved to {output_dir}, not run again")
+            rank_zero_print(f"run {hydra_cfg.job.num}: finished before with the same configuration in {where} (the "
+                            f"sweep was run again with other values); moved to {output_dir}, not run again")
             return done.pruned.get("val_accuracy")
         saved = interrupted_checkpoint(cfg, output_dir)
         if saved is not None:  # (as its go-on command does: the sweep run again goes on with it)
             cfg.ckpt_path = str(saved)
-            print(f"run {hydra_cfg.job.num}: interrupted before with the same configuration; goes on from its last "
-                  f"checkpoint {saved}")
+            rank_zero_print(f"run {hydra_cfg.job.num}: interrupted before with the same configuration; goes on from "
+                            f"its last checkpoint {saved}")
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))
     except KeyboardInterrupt as err:
