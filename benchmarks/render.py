@@ -30,7 +30,6 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(HERE.parent))
 from benchmarks.specs import LENET_SEEDS, given_structure
 from benchmarks.stats import interval, paired_by_seed, pm
-from lightning_ssr.report import portable_paths
 
 
 def machine_line(data) -> str:
@@ -330,8 +329,14 @@ LENET_TABLES = ("lenet", "lenet_distill", "lenet_distill_fashion_mnist", "lenet_
                 "lenet_distill_long_mnist")
 def _shown_folder(results: Path) -> str:
     """``results`` as RESULTS.md names it: relative to the repository where it lies inside it
-    (``benchmarks/results``), else with the home directory as ``~``."""
-    return portable_paths(str(Path(results).resolve()), HERE.parent).removeprefix("./").rstrip("/")
+    (``benchmarks/results``), else where it is (the home directory as ``~``): a path that reads
+    the files again (not the ``<tmp>`` of the paths the results record)."""
+    resolved, home = Path(results).resolve(), Path("~").expanduser().resolve()
+    for base, name in ((HERE.parent.resolve(), None), (home, "~")):
+        if resolved.is_relative_to(base):
+            inside = resolved.relative_to(base).as_posix()
+            return inside if name is None else name if inside == "." else f"{name}/{inside}"
+    return resolved.as_posix()
 
 
 RENDERERS = {"run": render_run, "lenet_quick": render_lenet, **dict.fromkeys(LENET_TABLES, render_lenet),

@@ -283,6 +283,7 @@ def test_rendering_results_from_another_folder_leaves_the_repositorys_readme(tmp
     assert "old figures" in readme.read_text() and (tmp_path / "RESULTS.md").is_file()
     text = (tmp_path / "RESULTS.md").read_text()  # (the folder it was rendered from, not the repository's)
     assert "benchmarks/results" not in text and "res/structure.json`" in text
+    assert f"`{(tmp_path / 'res').resolve().as_posix()}/*.json`" in text  # (a path that reads them again)
     assert "left README.md as it is" in capsys.readouterr().out
     render.main(["--results", str(tmp_path / "res"), "--out", str(tmp_path / "RESULTS.md"), "--readme", str(readme)])
     assert "old figures" not in readme.read_text()  # (named: updated)
