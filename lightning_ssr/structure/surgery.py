@@ -259,13 +259,15 @@ def forward_hooks(model: nn.Module) -> dict[tuple[str, str, int], str]:
 
 
 def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
-                      sizes: Mapping[str, int] | None, limit: int = 32) -> list[str]:
-    """Which groups fail the rebuild on their own (tried one at a time on copies)."""
+                      sizes: Mapping[str, int] | None, groups: Sequence[ChannelGroup], limit: int = 32) -> list[str]:
+    """Which groups fail the rebuild on their own (tried one at a time on copies; ``groups``: the
+    model's, found once: they name parameters, not the copies' modules, and tracing them again for
+    each trial took seconds a group where torch-pruning maps a reshape's indices)."""
     bad = []
     for name in list(kept)[:limit]:
         trial = copy.deepcopy(model)
         try:
-            prune_channels(trial, example_inputs, {name: kept[name]}, sizes, _diagnose=False)
+            prune_channels(trial, example_inputs, {name: kept[name]}, sizes, _diagnose=False, _groups=groups)
         except Exception:  # noqa: BLE001 - any failure of this group alone marks it as involved
             bad.append(name)
     return bad
@@ -289,7 +291,8 @@ def check_finite(model: nn.Module) -> None:
 
 
 def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
-                   sizes: Mapping[str, int] | None = None, _diagnose: bool = True) -> dict[str, torch.Tensor]:
+                   sizes: Mapping[str, int] | None = None, _diagnose: bool = True,
+                   _groups: Sequence[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
     """Physically remove every channel not in ``kept[group root]``; other groups stay whole.
 
     The plan is validated before the model is touched. The channels to remove are first
@@ -305,7 +308,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     check_finite(model)
     graph = build_dependency_graph(model, example_inputs)
     unsupported = {}  # groups the engine cannot cut: an error where the plan cuts one
-    groups = find_channel_groups(model, example_inputs, graph=graph, check=False, unsupported=unsupported)
+    groups = _groups if _groups is not None else find_channel_groups(model, example_inputs, graph=graph, check=False,
+                                                                     unsupported=unsupported)
     for name in kept:
         if name in unsupported:
             raise unsupported[name]
@@ -375,7 +379,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                             "unchanged. Free memory (a smaller batch, or the rebuild on the CPU) and try again.") from err
         if stage not in ("cut", "check", "outputs") or not isinstance(err, Exception):  # not the structure's fault
             raise
-        involved = _offending_groups(model, example_inputs, kept, sizes) if _diagnose else []
+        involved = _offending_groups(model, example_inputs, kept, sizes, groups) if _diagnose else []
         involved = involved or sorted(kept)
         if stage == "outputs":
             raise UnsupportedLayerError(
