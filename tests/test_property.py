@@ -192,12 +192,12 @@ class RiskyCNN(nn.Module):
                 c = width
             elif kind == "residual":
                 layers.append(Residual(c, width))
-        layers.append(nn.MaxPool2d(4))  # 16 -> 4
+        layers.append(nn.MaxPool2d(4))  # 8 -> 2
         if concat_head:
             layers.append(Concat(c, width, width))
             c = 2 * width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, 4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 4, 4))
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -210,7 +210,8 @@ def _risky_case(spec, width, concat_head, seed) -> str:
 
     torch.manual_seed(seed)
     model = RiskyCNN(spec, width, concat_head).eval()
-    x = torch.randn(2, 3, 16, 16)
+    # (8 x 8: torch-pruning maps a reshape's indices one by one, seconds a group at 16 x 16)
+    x = torch.randn(2, 3, 8, 8)
     try:
         groups = find_channel_groups(model, x)
         dry_run(copy.deepcopy(model), x, groups, {g.name: 1 for g in groups})
@@ -223,12 +224,12 @@ def _risky_case(spec, width, concat_head, seed) -> str:
         assert "restored unchanged" in str(err)
         assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), masked.state_dict().values()))
         return "refused at the rebuild"
-    fresh = torch.randn(3, 3, 16, 16)  # not the input the engine checked with
+    fresh = torch.randn(3, 3, 8, 8)  # not the input the engine checked with
     assert_same_function(masked, rebuilt, fresh)
     return "rebuilt"
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=st.lists(st.sampled_from(RISKY), min_size=1, max_size=4), width=st.integers(2, 6),
        concat_head=st.booleans(), seed=st.integers(0, 2**16))
 def test_risky_ops_are_rebuilt_exactly_or_refused_at_setup_never_silently_wrong(spec, width, concat_head, seed):
