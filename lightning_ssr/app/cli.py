@@ -72,6 +72,7 @@ from .sweep import (
     count_runs,
     flatten_config,
     grid_choices,
+    launched_rank,
     planned_jobs,
 )
 
@@ -791,12 +792,17 @@ def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:
 
 def main() -> None:
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
-    try:  # a misspelled key, before Hydra: its closest names, not a proposal to add it
-        check_override_keys(sys.argv[1:])
-        check_sweep_runs(sys.argv[1:])  # a sweep's every run, before the first trains
-    except ValueError as err:
-        print(f"lightning-ssr: {err}", file=sys.stderr)
-        sys.exit(1)
+    if launched_rank() > 0:
+        # a DDP rank Lightning launched runs the command again (a sweep's "-m" included): rank 0 checked it,
+        # and says what Hydra says (each sweep's "Launching N jobs" and job lines came once per rank)
+        sys.argv.append("hydra/hydra_logging=disabled")
+    else:
+        try:  # a misspelled key, before Hydra: its closest names, not a proposal to add it
+            check_override_keys(sys.argv[1:])
+            check_sweep_runs(sys.argv[1:])  # a sweep's every run, before the first trains
+        except ValueError as err:
+            print(f"lightning-ssr: {err}", file=sys.stderr)
+            sys.exit(1)
     quiet_lightning()
     LAST_SWEEP.clear()
     try:

@@ -1964,3 +1964,23 @@ def test_under_ddp_only_rank_zero_says_what_the_dense_model_is(tmp_path, capsys,
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     train_dense(cfg, dm, tmp_path)
     assert "Reusing the dense model" in capsys.readouterr().out
+
+
+def test_a_rank_lightning_launched_leaves_the_checks_and_hydras_own_lines_to_rank_zero(monkeypatch):
+    """Lightning's DDP launcher runs the command again for each other rank, a sweep's "-m"
+    included: Hydra's "Launching N jobs" and job lines came once per rank, and each rank checked
+    the sweep again. Rank 0 has done both."""
+    from lightning_ssr.app import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_hydra_main", lambda: seen.append(list(sys.argv[1:])))
+    monkeypatch.setattr(cli, "check_sweep_runs", lambda args: seen.append("checked"))
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", "-m", "seed=0,1"])
+    cli.main()
+    assert seen == ["checked", ["-m", "seed=0,1"]]
+    seen.clear()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(sys, "argv", ["lightning-ssr", "-m", "seed=0,1"])
+    cli.main()
+    assert seen == [["-m", "seed=0,1", "hydra/hydra_logging=disabled"]]
+    assert _compose(["hydra/hydra_logging=disabled"]) is not None  # (a choice Hydra has)
