@@ -358,7 +358,10 @@ def test_a_stopped_sweep_names_its_rows_by_what_it_sweeps_and_counts_interruptio
     sweep = _grid_sweep(tmp_path / "sweep", ["pruning=l1,random", "target.macs=0.5,0.25"])
     _job(sweep, 0, ["pruning=l1", "target.macs=0.5"], "l1")
     _job(sweep, 1, ["pruning=l1", "target.macs=0.25"], "l1", 0.25)
-    _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
+    record = _result(sweep, "1", "l1", 0.25, 0, 0.0, status="interrupted", error="RunInterrupted: stopped by SIGINT")
+    data = json.loads(record.read_text())
+    data["config"]["started_at"] = 1e9 - 3600  # (the attempt that wrote the checkpoints below)
+    record.write_text(json.dumps(data))
     saved = sweep / "1" / "logs" / "version_0" / "checkpoints"
     saved.mkdir(parents=True)
     torch.save({"state_dict": {}}, saved / "epoch=0-step=2.ckpt")
