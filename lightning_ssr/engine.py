@@ -1163,6 +1163,14 @@ class PruningEngine:
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
+            if (self.events_done == 0 and learned and world.rank == 0
+                    and all(learned.get(g.name, g.size) >= g.size for g in ctx.groups)):
+                self.warn(  # (its channel values, ranked across layers as they are, need not say what each can lose)
+                    f"pruning method {self.method.name!r} prunes at step {step} with allocation='method', but its "
+                    "sparsify phase zeroed no filter: the structure it learned is the dense one, and the per-layer "
+                    f"counts ({', '.join(f'{k} {v}' for k, v in keep.items())}) come from ranking its channel values "
+                    "across layers as they stand. Lengthen the sparsify phase (schedule.sparsify_epochs), update "
+                    "more often (schedule.update_every_n_steps), or use allocation='uniform' or 'global'.")
         masks = self._check_masks(self._call("select", keep), ctx, keep)
         if world.size > 1:  # every rank prunes exactly what rank 0 decided
             masks = world.broadcast(masks)
