@@ -411,7 +411,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
         try:  # another method, or other settings: refused as the resume would
             callback.check_resume(checkpoint)
         except ValueError as err:  # (its advice is the library's: said in the command's terms too)
-            raise ValueError(f"ckpt_path={cfg.ckpt_path}: {err} With this command: resume with the settings of the "
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: {str(err).rstrip('.')}. With this command: resume with the settings of the "
                              "run that wrote it, or run without ckpt_path, which compresses the dense model anew") \
                 from err
     if callback is not None:

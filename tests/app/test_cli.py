@@ -1808,7 +1808,7 @@ def test_a_resume_with_a_trainer_setting_that_keys_the_dense_model_keeps_the_run
     assert "Training the dense model" not in out and list((tmp_path / "cache").glob("*.pt")) == [dense]
     assert resumed.status == "ok" and resumed.dense["cache"]["path"] == str(dense.resolve())
     assert resumed.dense["accuracy"] == first.dense["accuracy"]
-    with pytest.raises(ValueError, match=r"^ckpt_path=.*: the checkpoint's pruning run was set up differently .*"
+    with pytest.raises(ValueError, match=r"^ckpt_path=.*: the checkpoint's pruning run was set up differently .*without ckpt_path\. "
                                          r"With this command: resume with the settings of the run that wrote it, or "
                                          r"run without ckpt_path, which compresses the dense model anew$"):
         run(_compose(FAST + [cache, "target.macs=0.3", f"ckpt_path={ckpt}"]), tmp_path / "other")
