@@ -738,7 +738,9 @@ def format_summary(report: Mapping) -> str:
     best = [r for r in rows if r["pareto"]]
     front = ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                       for r in sorted(best, key=lambda r: r["macs_mean"])[:6])
-    lines = [f"{count_runs(len(runs))}, {unfinished(runs)}, {count_runs(len(rows), 'configuration')}; "
+    # (counted as report.md counts them: those that finished, then those that did not)
+    lines = [f"{count_runs(sum(r['runs'] for r in rows))} finished, {unfinished(runs)}, "
+             f"{count_runs(len(rows), 'configuration')}; "
              + (f"Pareto front: {front}" if front else "no finished run to compare")]
     if report.get("strays"):
         lines.append(f"{count_runs(len(report['strays']))} in the folder {'is' if len(report['strays']) == 1 else 'are'} "

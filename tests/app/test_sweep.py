@@ -70,7 +70,7 @@ def test_report_command_writes_table_csv_and_plots(tmp_path, capsys):
         _result(tmp_path / "sweep", str(i), method, kept, 0, acc)
     assert main([str(tmp_path / "sweep"), "--run", "1"]) == 0
     out = capsys.readouterr().out
-    assert "3 runs, 0 failed" in out
+    assert "3 runs finished, 0 failed" in out
     md = (tmp_path / "sweep" / "report.md").read_text()
     assert "| pruning=ssr_l20 target.macs=0.25 | 1 |  | 97.00 |" in md  # one run: no spread to show (no schedule)
     with open(tmp_path / "sweep" / "report.csv") as f:
@@ -121,7 +121,7 @@ def test_report_command_says_what_is_wrong(tmp_path, capsys):
 def test_one_run_is_counted_in_the_singular(tmp_path, capsys):
     _result(tmp_path / "one", "0", "l1", 0.5, 0, 0.9)
     assert main([str(tmp_path / "one"), "--no-plots"]) == 0
-    assert capsys.readouterr().out.startswith("1 run, 0 failed, 1 configuration; Pareto front: l1 (90.00% at 2.0x)")
+    assert capsys.readouterr().out.startswith("1 run finished, 0 failed, 1 configuration; Pareto front: l1 (90.00% at 2.0x)")
     assert "\n1 run finished, 0 failed." in (tmp_path / "one" / "report.md").read_text()
 
 
@@ -179,7 +179,7 @@ def test_a_sweep_whose_runs_all_failed_gets_its_report_without_plots(tmp_path, c
         (tmp_path / name).write_bytes(PNG_MAGIC)  # an earlier sweep's
     assert main([str(tmp_path)]) == 1  # runs failed: 1, as for any sweep with a failed run
     out = capsys.readouterr()
-    assert "2 runs, 2 failed" in out.out and "wrote" in out.out and not out.err
+    assert "0 runs finished, 2 failed" in out.out and "wrote" in out.out and not out.err
     assert "target macs=0.001 is too small" in (tmp_path / "report.md").read_text()
     assert not any((tmp_path / name).exists() for name in ("pareto.png", "structure.png", "layers.png"))
     # in a folder of the user's own (--out), nothing of theirs is removed
@@ -200,7 +200,7 @@ def test_an_interrupted_run_is_reported_as_interrupted_not_failed(tmp_path):
     text = Path(report["files"]["markdown"]).read_text()
     assert "1 run finished, 1 failed, 1 interrupted." in text
     assert "`1` (interrupted): RunInterrupted: stopped by SIGTERM" in text.replace(str(tmp_path / "1"), "1")
-    assert format_summary(report).startswith("3 runs, 1 failed, 1 interrupted, 1 configuration")
+    assert format_summary(report).startswith("1 run finished, 1 failed, 1 interrupted, 1 configuration")
     assert main([str(tmp_path), "--no-plots"]) == 1  # the report's exit code: not everything finished
 
 
@@ -266,7 +266,7 @@ def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(t
     _job(sweep, 1, ["pruning=l1", "target.macs=0.25", "seed=3"], None)
     assert main([str(sweep), "--no-plots"]) == 1  # the sweep is not complete: not a success
     out = capsys.readouterr().out
-    assert "2 runs, 1 failed" in out and "2 runs of the sweep's grid never started (the sweep was stopped" in out
+    assert "1 run finished, 1 failed" in out and "2 runs of the sweep's grid never started (the sweep was stopped" in out
     md = (sweep / "report.md").read_text()
     assert "## Runs that never started\n\n2 runs of the sweep's grid have no folder (the sweep was stopped" in md
     for num, overrides in [(2, "pruning=random target.macs=0.5 seed=3"), (3, "pruning=random target.macs=0.25 seed=3")]:
@@ -321,7 +321,7 @@ def test_runs_an_earlier_sweep_left_in_the_folder_are_listed_apart_not_counted(t
     _job(sweep, 3, ["pruning=l1", "target.macs=0.25"], None)  # (unfinished: not a failure of this sweep)
     assert main([str(sweep), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("1 run, 0 failed") and "3 runs in the folder are of an earlier sweep" in out
+    assert out.startswith("1 run finished, 0 failed") and "3 runs in the folder are of an earlier sweep" in out
     report = write_report(sweep, plots=False)
     assert [r["runs"] for r in report["rows"]] == [1] and len(report["strays"]) == 3
     md = (sweep / "report.md").read_text()
@@ -385,7 +385,7 @@ def test_a_run_that_never_recorded_its_end_is_counted_as_running_or_killed(tmp_p
     _result(tmp_path, "1", "l1", 0.5, 1, 0.0, status="running", error="the run started at ... and has not recorded "
             "its end: it is still running, or it was killed")
     assert main([str(tmp_path), "--no-plots"]) == 1
-    assert capsys.readouterr().out.startswith("2 runs, 0 failed, 1 running or killed")
+    assert capsys.readouterr().out.startswith("1 run finished, 0 failed, 1 running or killed")
     md = (tmp_path / "report.md").read_text()
     assert "| l1 | 1 (+1 running or killed) |" in md and "## Failed and interrupted runs" in md
     assert f"- `{tmp_path / '1'}` (running, or killed): the run started at" in md
