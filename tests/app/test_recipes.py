@@ -292,7 +292,7 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     out = capsys.readouterr().out
     domain = info["domain_classifier_params"]
     assert domain == sum(p.numel() for p in DANN(build_model("lenet5")).domain.parameters()) and domain > 0
-    assert f"also counts the domain classifier's {domain:,} parameters" in out
+    assert f"also counts the {domain:,} parameters of the module's domain classifier, which only training uses" in out
     assert result.status == "ok" and (info["source"], info["target"]) == ("MNISTDigits", "UCIDigits")
     assert 0.0 <= info["source_only_target_accuracy"] <= 1.0 and info["target_train_images_unlabeled"] > 1000
     assert 0.0 <= result.dense["accuracy"] <= 1.0 and 0.0 <= result.pruned["accuracy"] <= 1.0
@@ -311,6 +311,27 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert "Training DANN dense from the source-only model (" in out and "Training the dense model" not in out
 
 
+def test_a_target_that_is_the_source_data_set_is_warned_of_before_training(tmp_path, monkeypatch):
+    """data@adaptation.target=mnist_10k beside the source's mnist_10k ran 'adaptation MNISTDigits ->
+    MNISTDigits' without a word: there is no shift to adapt to."""
+    from lightning_ssr.app import stages
+
+    def trained(*args, **kwargs):
+        raise RuntimeError("no training in this test")
+
+    monkeypatch.setattr(stages, "train_dense", trained)
+    cfg = compose_config(["+experiment=da_mnist_to_digits", "data@adaptation.target=mnist_10k",
+                          f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    with pytest.warns(UserWarning, match=r"adaptation.target is the source's data set \(MNISTDigits\): the two "
+                      r"domains are the same images"), pytest.raises(RuntimeError, match="no training in this test"):
+        run(cfg, tmp_path / "run")
+    other = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    with warnings.catch_warnings(record=True) as said, pytest.raises(RuntimeError, match="no training in this test"):
+        warnings.simplefilter("always")
+        run(other, tmp_path / "other")
+    assert not [w for w in said if "the source's data set" in str(w.message)]
+
+
 def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     """With adaptation.domain_weight=0 the domain classifier never learns: its accuracy would say
     nothing about the features, so none is reported, and the summary says why."""
@@ -324,6 +345,7 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     assert result.config["adaptation"]["evaluation_limits"] == {"limit_test_batches": 2, "limit_val_batches": 1}
     assert "(each on part of its test split: trainer.limit_test_batches=2)" in out
     assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
+    assert "parameters of the module's domain classifier, which this run did not use" in out
     # the two trainings are named for what they are, not "DANN" (the equal-budget control)
     assert "no adaptation (same epochs) dense" in out and "DANN" not in out.split("(target test accuracy)")[-1]
     assert result.dense["role"] == "no adaptation (same epochs) dense, on the target's test split"

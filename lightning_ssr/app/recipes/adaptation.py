@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -286,6 +287,11 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         check_flag("adaptation.ceiling", a.get("ceiling", False))
         target_dm, source_dm = instantiate(a.target), stages.build_data(cfg)
         DomainAdaptationData(source_dm, target_dm)  # domains a network cannot read both of fail here
+        if all(a.target.get(k) == cfg.data.get(k) for k in ("_target_", "root", "channels")):
+            warnings.warn(f"adaptation.target is the source's data set ({type(source_dm).__name__}): the two domains "
+                          "are the same images, so there is no shift to adapt to, and the recipe compares its "
+                          "trainings on one domain. Choose another target (e.g. data@adaptation.target=mnist_m)",
+                          stacklevel=2)
         kept_whole = feature_producers(cfg, source_dm) if stages.pruning_enabled(cfg) else []
         if kept_whole:
             with open_dict(cfg):
@@ -386,8 +392,9 @@ def adaptation_summary(result) -> str:
                "apart)" if info.get("domain_accuracy_test") else "")
             + ("; no domain classifier trained (adaptation.domain_weight=0: source-only training on both domains' "
                "batches)" if info.get("domain_weight") == 0 else "")
-            + (f". Sizes are the network's; the table at the prune also counts the domain classifier's "
-               f"{info['domain_classifier_params']:,} parameters, which only training uses"
+            + (f". Sizes are the network's; the table at the prune also counts the "
+               f"{info['domain_classifier_params']:,} parameters of the module's domain classifier"
+               + (", which only training uses" if info.get("domain_weight") != 0 else ", which this run did not use")
                if info.get("domain_classifier_params") else ""))
 
 
