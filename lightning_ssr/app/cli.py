@@ -11,6 +11,7 @@ and ``pruned.pt`` in the output directory.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -604,17 +605,18 @@ def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, lis
     return result, differ
 
 
-def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job: int,
-                        keep: Sequence[str] = (".hydra",)) -> tuple[str, Path] | None:
+def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job: int | str,
+                        keep: Sequence[str] = (".hydra",), alone: bool = False) -> tuple[str, Path] | None:
     """Move what ``output_dir`` holds of a run that this job would write over (its ``result.json``,
     pruned model, logs and checkpoints; not ``keep``, what Hydra has written for this job) to a new
     folder under ``<sweep_dir>/.replaced/``; returns why, and that folder. Such a run is one of
     another configuration (a sweep run again in its folder with other values numbers its jobs
     anew; or a setting or a version of this package that adds a key), or a finished one of this
     configuration made by other code. A failed or interrupted run of this configuration stays (a
-    resume goes on from its checkpoint)."""
+    resume goes on from its checkpoint). ``alone``: a single run, its ``.replaced/`` in its own
+    folder (``sweep_dir`` is ``output_dir``)."""
     found = _recorded_run(cfg, output_dir)
-    if found is None or output_dir.resolve() == sweep_dir.resolve():  # (hydra.sweep.subdir=.: no folder of its own)
+    if found is None or (output_dir.resolve() == sweep_dir.resolve() and not alone):  # (hydra.sweep.subdir=.)
         return None
     result, differ = found
     if differ:
@@ -637,6 +639,22 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
         except (OSError, ValueError):
             pass
     return why, aside
+
+
+def _put_back(aside: Path, output_dir: Path, record: bytes | None) -> None:
+    """Undo :func:`set_aside_other_run` for a run refused before training: what ``aside`` holds
+    goes back into ``output_dir``, and its ``result.json`` is ``record`` again, as it was (``None``:
+    the refused run's record stays)."""
+    for item in aside.iterdir():
+        if item.name == "result.json" and record is None:
+            item.unlink()
+        else:
+            item.replace(output_dir / item.name)
+    aside.rmdir()
+    with contextlib.suppress(OSError):  # (the folder it was made in, unless it holds others)
+        aside.parent.rmdir()
+    if record is not None:
+        (output_dir / "result.json").write_bytes(record)
 
 
 def _open_log(path: Path) -> bool:
@@ -664,6 +682,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
     Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
     hydra_cfg = HydraConfig.get()
+    alone = None  # a single run's folder that held another run, set aside: (why, where)
+    if hydra_cfg.mode != RunMode.MULTIRUN and cfg.get("ckpt_path") is None and launched_rank() == 0:
+        # a single run given the folder of another (hydra.run.dir=...): its files are set aside, as a sweep's
+        # are, and put back where this run is refused before training (which changes nothing)
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        record = _earlier_record(output_dir)
+        try:
+            alone = set_aside_other_run(cfg, output_dir, output_dir, "run", alone=True)
+        except OSError as err:
+            print(f"lightning-ssr: {output_dir} holds an earlier run that could not be moved aside "
+                  f"({type(err).__name__}: {err}); nothing has run: give the run another hydra.run.dir",
+                  file=sys.stderr)
+            sys.exit(1)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         output_dir = Path(hydra_cfg.runtime.output_dir)
         try:
@@ -705,6 +736,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise sweep_interrupted(err, hydra_cfg) from err
         raise
     except Exception as err:
+        if alone is not None and getattr(err, REFUSED_BEFORE_TRAINING, False):
+            # (as run() keeps a record: an earlier failure before training is replaced by this one)
+            kept = record if record is not None and _worth_keeping(record) else None
+            _put_back(alone[1], Path(hydra_cfg.runtime.output_dir), kept)
+            if kept is not None:
+                setattr(err, KEPT_RECORD, str(Path(hydra_cfg.runtime.output_dir) / "result.json"))
+            alone = None
         notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))  # (a plugin's: where it raised)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -729,6 +767,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     finally:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             _end_process_group()
+        if alone is not None:
+            print(f"lightning-ssr: {hydra_cfg.runtime.output_dir} held {alone[0]}; it was moved to {alone[1]}, not "
+                  "written over", file=sys.stderr)
     if result.status != "ok" and hydra_cfg.mode != RunMode.MULTIRUN:  # (a sweep counts it in its report)
         if rank_zero_only.rank == 0:  # (the warning above says why)
             print(f"lightning-ssr: the run {result.status} (recorded in "

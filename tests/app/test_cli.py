@@ -454,6 +454,7 @@ def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_h
     assert proc.returncode == 1 and (tmp_path / "result.json").read_bytes() == before
     assert (f"(not recorded: {tmp_path / 'result.json'} still records the run that was there before; "
             "HYDRA_FULL_ERROR=1 shows the traceback)") in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / ".replaced").exists() and "moved to" not in proc.stderr  # (set aside, then put back)
     # an earlier failure before training is replaced: its error would be given as this run's
     interrupted.status, interrupted.error = "failed", "FloatingPointError: the loss is NaN"
     interrupted.save(tmp_path / "result.json")
@@ -1984,3 +1985,21 @@ def test_a_rank_lightning_launched_leaves_the_checks_and_hydras_own_lines_to_ran
     cli.main()
     assert seen == [["-m", "seed=0,1", "hydra/hydra_logging=disabled"]]
     assert _compose(["hydra/hydra_logging=disabled"]) is not None  # (a choice Hydra has)
+
+
+def test_a_single_run_given_the_folder_of_another_sets_that_run_aside(tmp_path):
+    """hydra.run.dir=<a finished run's folder> with another setting wrote over its result.json and
+    pruned model without a word (a sweep's jobs set such a run aside): it is moved to .replaced."""
+    common = [sys.executable, "-m", "lightning_ssr", *FAST, f"dense.cache_dir={tmp_path / 'cache'}",
+              f"hydra.run.dir={tmp_path / 'run'}"]
+    first = subprocess.run(common, capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*common, "target.macs=0.3"], capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr[-2000:]
+    (aside,) = (tmp_path / "run" / ".replaced").iterdir()
+    assert (f"lightning-ssr: {tmp_path / 'run'} held a run (ssr_l20, ok) of another configuration (it differs in "
+            f"target.macs); it was moved to {aside}, not written over") in second.stderr
+    moved = PruningResult.load(aside / "result.json")
+    assert moved.target == {"macs": 0.2} and moved.pruned["checkpoint"] == str(aside / "pruned.pt")
+    assert (aside / "pruned.pt").is_file() and (aside / "logs").is_dir()
+    assert PruningResult.load(tmp_path / "run" / "result.json").target == {"macs": 0.3}
