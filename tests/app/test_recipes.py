@@ -293,6 +293,11 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     domain = info["domain_classifier_params"]
     assert domain == sum(p.numel() for p in DANN(build_model("lenet5")).domain.parameters()) and domain > 0
     assert f"also counts the {domain:,} parameters of the module's domain classifier, which only training uses" in out
+    # DANN trains on from the source-only model: how long, and the control of the same epochs, are said
+    epochs = info["epochs_from_source_only"]
+    assert epochs == cfg.schedule.sparsify_epochs + cfg.schedule.finetune_epochs + cfg.schedule.warmup_epochs
+    assert f"; then {epochs} epochs from it: DANN dense" in out
+    assert "the same epochs without the domain term (adaptation.domain_weight=0) are DANN's equal-budget control" in out
     assert result.status == "ok" and (info["source"], info["target"]) == ("MNISTDigits", "UCIDigits")
     assert 0.0 <= info["source_only_target_accuracy"] <= 1.0 and info["target_train_images_unlabeled"] > 1000
     assert 0.0 <= result.dense["accuracy"] <= 1.0 and 0.0 <= result.pruned["accuracy"] <= 1.0
@@ -346,6 +351,7 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     assert "(each on part of its test split: trainer.limit_test_batches=2)" in out
     assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
     assert "parameters of the module's domain classifier, which this run did not use" in out
+    assert "equal-budget control" not in out  # (this run is that control)
     # the two trainings are named for what they are, not "DANN" (the equal-budget control)
     assert "no adaptation (same epochs) dense" in out and "DANN" not in out.split("(target test accuracy)")[-1]
     assert result.dense["role"] == "no adaptation (same epochs) dense, on the target's test split"

@@ -350,6 +350,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
         "target_train_images_unlabeled": len(target_dm.splits["train"]),
         "domain_weight": a.domain_weight, "dense_cache": dense_info["cache"],
+        "epochs_from_source_only": epochs,  # (each of the two trainings, from the source-only model)
         "domain_accuracy_test": domain_accuracy,
         # trained beside the network, not part of it: counted in the table printed at the prune (the
         # training module's), not in result.json's sizes (the network's)
@@ -378,10 +379,14 @@ def _label(domain_weight) -> str:
 def adaptation_summary(result) -> str:
     info = result.config["adaptation"]
     ceiling = info.get("target_trained_accuracy")
+    epochs = info.get("epochs_from_source_only")
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
             f"{100 * info['source_only_target_accuracy']:.2f}%; "
+            + (f"then {epochs} epochs from it: " if epochs else "")
             + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
                                f"{_label(info.get('domain_weight'))} compressed")
+            + ("; the same epochs without the domain term (adaptation.domain_weight=0) are DANN's equal-budget "
+               "control" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
             + (f" (each on part of its test split: trainer.limit_test_batches="
                f"{info['evaluation_limits'].get('limit_test_batches')})"
