@@ -605,6 +605,12 @@ def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, lis
     return result, differ
 
 
+#: what a run writes in its folder, beside Hydra's files and its log: all a single run given the folder
+#: of another sets aside (:func:`set_aside_other_run`)
+RUN_FILES = ("result.json", "pruned.pt", "pruned.onnx", "pruned.onnx.data", "pruned.pt2", "pruned.ts", "logs",
+             "lightning_logs", "dense", "dann_dense", "dense_finetune", "source", "target_trained")
+
+
 def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job: int | str,
                         keep: Sequence[str] = (".hydra",), alone: bool = False) -> tuple[str, Path] | None:
     """Move what ``output_dir`` holds of a run that this job would write over (its ``result.json``,
@@ -614,7 +620,10 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
     anew; or a setting or a version of this package that adds a key), or a finished one of this
     configuration made by other code. A failed or interrupted run of this configuration stays (a
     resume goes on from its checkpoint). ``alone``: a single run, its ``.replaced/`` in its own
-    folder (``sweep_dir`` is ``output_dir``)."""
+    folder (``sweep_dir`` is ``output_dir``), which moves only what a run writes there
+    (:data:`RUN_FILES`, logs), and nothing (``(why, None)``) where the folder holds other files too
+    (a run in a project's own folder, ``hydra.run.dir=.``), nor a record of a run refused before
+    training, which the run replaces. Where a move fails, what was moved goes back."""
     found = _recorded_run(cfg, output_dir)
     if found is None or (output_dir.resolve() == sweep_dir.resolve() and not alone):  # (hydra.sweep.subdir=.)
         return None
@@ -625,12 +634,28 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
         why = f"a finished run ({result.method}) of this configuration made by other code (package or plugin files)"
     else:
         return None
+    items = [item for item in output_dir.iterdir()
+             if item.name not in (*keep, REPLACED_DIR, "multirun.yaml") and not _open_log(item)]
+    if alone:
+        if not _worth_keeping((output_dir / "result.json").read_bytes()):
+            return None
+        if any(item.name not in RUN_FILES and item.suffix != ".log" for item in items):
+            return why, None
     (sweep_dir / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
     name = f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-"
     moving = Path(tempfile.mkdtemp(prefix=f".{name}", dir=sweep_dir / REPLACED_DIR))  # (hidden until whole)
-    for item in output_dir.iterdir():
-        if item.name not in (*keep, REPLACED_DIR, "multirun.yaml") and not _open_log(item):
+    moved = []
+    try:
+        for item in items:
             item.rename(moving / item.name)
+            moved.append(item)
+    except OSError:
+        for item in moved:  # (nothing half moved: the folder is as it was)
+            with contextlib.suppress(OSError):
+                (moving / item.name).rename(item)
+        with contextlib.suppress(OSError):
+            moving.rmdir()
+        raise
     aside = moving.with_name(moving.name[1:])
     moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
     if (aside / "result.json").is_file():
@@ -689,7 +714,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         output_dir = Path(hydra_cfg.runtime.output_dir)
         record = _earlier_record(output_dir)
         try:
-            alone = set_aside_other_run(cfg, output_dir, output_dir, "run", alone=True)
+            alone = set_aside_other_run(cfg, output_dir, output_dir, "run",
+                                        keep=(".hydra", str(hydra_cfg.output_subdir or ".hydra")), alone=True)
         except OSError as err:
             print(f"lightning-ssr: {output_dir} holds an earlier run that could not be moved aside "
                   f"({type(err).__name__}: {err}); nothing has run: give the run another hydra.run.dir",
@@ -731,18 +757,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                             f"its last checkpoint {saved}")
     try:
         result = run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except KeyboardInterrupt as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise sweep_interrupted(err, hydra_cfg) from err
-        raise
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         if alone is not None and getattr(err, REFUSED_BEFORE_TRAINING, False):
-            # (as run() keeps a record: an earlier failure before training is replaced by this one)
-            kept = record if record is not None and _worth_keeping(record) else None
-            _put_back(alone[1], Path(hydra_cfg.runtime.output_dir), kept)
-            if kept is not None:
+            # refused (or stopped) before training: the folder as it was, its record included
+            if alone[1] is not None:
+                _put_back(alone[1], Path(hydra_cfg.runtime.output_dir), record)
                 setattr(err, KEPT_RECORD, str(Path(hydra_cfg.runtime.output_dir) / "result.json"))
             alone = None
+        if isinstance(err, KeyboardInterrupt):
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                raise sweep_interrupted(err, hydra_cfg) from err
+            raise
         notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))  # (a plugin's: where it raised)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -767,9 +792,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     finally:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             _end_process_group()
-        if alone is not None:
+        if alone is not None and alone[1] is not None:
             print(f"lightning-ssr: {hydra_cfg.runtime.output_dir} held {alone[0]}; it was moved to {alone[1]}, not "
                   "written over", file=sys.stderr)
+        elif alone is not None:  # (the folder holds other files too: nothing of it was moved)
+            print(f"lightning-ssr: {hydra_cfg.runtime.output_dir} held {alone[0]}, whose files this run wrote over "
+                  "(the folder holds other files too, so nothing was moved aside): give each run a folder of its own "
+                  "(hydra.run.dir)", file=sys.stderr)
     if result.status != "ok" and hydra_cfg.mode != RunMode.MULTIRUN:  # (a sweep counts it in its report)
         if rank_zero_only.rank == 0:  # (the warning above says why)
             print(f"lightning-ssr: the run {result.status} (recorded in "

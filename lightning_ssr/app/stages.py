@@ -358,11 +358,11 @@ REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
 
 @contextlib.contextmanager
 def before_training():
-    """Checks made before anything trains: what they raise is marked :data:`REFUSED_BEFORE_TRAINING`
-    (the command prints it in one line)."""
+    """Checks made before anything trains: what they raise (a Ctrl-C too) is marked
+    :data:`REFUSED_BEFORE_TRAINING` (the command prints a refusal in one line)."""
     try:
         yield
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         setattr(err, REFUSED_BEFORE_TRAINING, True)
         raise
 

@@ -2003,3 +2003,53 @@ def test_a_single_run_given_the_folder_of_another_sets_that_run_aside(tmp_path):
     assert moved.target == {"macs": 0.2} and moved.pruned["checkpoint"] == str(aside / "pruned.pt")
     assert (aside / "pruned.pt").is_file() and (aside / "logs").is_dir()
     assert PruningResult.load(tmp_path / "run" / "result.json").target == {"macs": 0.3}
+
+
+def test_a_single_runs_set_aside_moves_only_what_a_run_wrote_and_all_or_nothing(tmp_path, monkeypatch):
+    """A run in a project's own folder (hydra.run.dir=.) moved the whole project (.git, plugin
+    files, data) into .replaced; a move that failed half way left half the run hidden."""
+    from lightning_ssr.app.cli import REFUSED_MARK, set_aside_other_run
+    from lightning_ssr.app.stages import started_result
+
+    other = started_result(_compose(["data=uci_digits", "target.macs=0.1"]))
+    other.status = "ok"
+    cfg = _compose(["data=uci_digits", "target.macs=0.3"])
+
+    def folder(name, *extra):
+        run_dir = tmp_path / name
+        (run_dir / "logs" / "version_0").mkdir(parents=True)
+        (run_dir / ".hydra").mkdir()
+        other.save(run_dir / "result.json")
+        (run_dir / "pruned.pt").write_bytes(b"model")
+        for item in extra:
+            (run_dir / item).mkdir()
+        return run_dir
+
+    run_dir = folder("run")
+    why, aside = set_aside_other_run(cfg, run_dir, run_dir, "run", alone=True)
+    assert "of another configuration (it differs in target.macs)" in why
+    assert sorted(p.name for p in aside.iterdir()) == ["logs", "pruned.pt", "result.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".replaced"]
+    project = folder("project", ".git", "data")  # other files beside the run's: nothing is moved
+    assert set_aside_other_run(cfg, project, project, "run", alone=True)[1] is None
+    assert sorted(p.name for p in project.iterdir()) == [".git", ".hydra", "data", "logs", "pruned.pt", "result.json"]
+    refused = folder("refused")  # a run refused before training: the new run replaces its record
+    other.status, other.config[REFUSED_MARK] = "failed", True
+    other.save(refused / "result.json")
+    assert set_aside_other_run(cfg, refused, refused, "run", alone=True) is None
+    other.status = "ok"
+    del other.config[REFUSED_MARK]
+    half = folder("half")
+    rename = Path.rename
+
+    def failing(self, target):
+        if self.name == "result.json":
+            raise PermissionError("not this one")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(PermissionError):
+        set_aside_other_run(cfg, half, half, "run", alone=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in half.iterdir()) == [".hydra", ".replaced", "logs", "pruned.pt", "result.json"]
+    assert list((half / ".replaced").iterdir()) == []
