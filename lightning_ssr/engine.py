@@ -1062,6 +1062,13 @@ class PruningEngine:
             self._latency_table, _ = latency_table(model, example, groups, cost, self.target, self._timing_rows)
         return self._latency_table
 
+    def check_update_interval(self, steps_per_epoch: int) -> None:
+        """Warn now of a sparsify phase, at ``steps_per_epoch`` optimizer steps an epoch, that holds
+        no step of the method's periodic update (the fit's set-up says it too, unless said here):
+        for a caller that knows the epoch's length before anything trains (the command)."""
+        if self.method.sparsifies and _updates(self.method):
+            self._warn_if_never_updated(steps_per_epoch)
+
     def _warn_if_never_updated(self, steps_per_epoch: int, warn: bool = True) -> None:
         """A sparsify phase without one multiple of ``update_every_n_steps`` among its optimizer
         steps: the method's periodic update (the V/U step of AULM, a learned count) never runs,
@@ -1077,12 +1084,14 @@ class PruningEngine:
             # with several prune events it updates between them too: the first event is the one unshaped
             never = ("it would never update, and what it prunes" if schedule.prune_events == 1 else
                      "it would not update before its first prune event, and what that event prunes")
-            self.warn(
+            message = (
                 f"pruning method {self.method.name!r} updates every {n} optimizer steps "
                 f"(schedule.update_every_n_steps), but its sparsify phase is steps {first + 1}-{last} "
                 f"({schedule.sparsify_epochs} epoch(s) of {steps_per_epoch}), with no multiple of {n}: {never} "
                 f"would not be what it learned. Lower schedule.update_every_n_steps (to "
                 f"{last - first} or less) or lengthen the sparsify phase.")
+            if message not in self.warnings:  # (said before training, where the caller knew the epoch's length)
+                self.warn(message)
 
     def _planned_updates(self, steps_per_epoch: int | None) -> int | None:
         """The method's periodic updates in the sparsify phase (None where the epoch length is unknown)."""

@@ -416,6 +416,8 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
                 from err
     if callback is not None:
         check_target(cfg, callback, lm, dm)
+        if resumes_the_module and checkpoint is None:  # (the default job: the fit trains on dm's batches)
+            check_update_interval(cfg, callback, dm)
     return callback, dm
 
 
@@ -513,6 +515,23 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
     device, timed = _preflight_device(cfg)
     callback.engine.check_method(lm, example, round_to, groups, device if timed or budget.target is None or
                                  budget.target.kind != "latency" else None)
+
+
+def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDataModule) -> None:
+    """A sparsify phase that holds no step of the method's periodic update, warned of now, before
+    the dense model trains (the fit's set-up would say it after): where the fit runs in one process
+    on a data module that counts its batches (``train_batches()``)."""
+    counted = getattr(dm, "train_batches", None)
+    if not callable(counted) or not _preflight_device(cfg)[1]:  # (several ranks share the batches)
+        return
+    batches, limit = counted(), cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):  # (Lightning's: an int counts batches)
+        batches = min(batches, limit)
+    elif isinstance(limit, float):  # (a float, the share of them)
+        batches = int(batches * limit)
+    spe = steps_per_epoch(batches, int(cfg.trainer.get("accumulate_grad_batches") or 1))
+    if spe:
+        callback.engine.check_update_interval(spe)
 
 
 def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:

@@ -2005,6 +2005,29 @@ def test_a_single_run_given_the_folder_of_another_sets_that_run_aside(tmp_path):
     assert PruningResult.load(tmp_path / "run" / "result.json").target == {"macs": 0.3}
 
 
+def test_a_sparsify_phase_without_an_update_is_warned_of_before_the_dense_model_trains(tmp_path, monkeypatch):
+    """8 batches an epoch, an update every 25 steps, one sparsify epoch: the method never updates.
+    The fit's set-up said so, after the dense model had trained; now the checks say it, once."""
+    from lightning_ssr.app import cli
+
+    cfg = _compose([o for o in FAST if not o.startswith("schedule.update_every")]
+                   + ["schedule.update_every_n_steps=25", f"dense.cache_dir={tmp_path / 'cache'}"])
+    said_by_then, train_dense = [], cli.train_dense
+
+    def counted(*args, **kwargs):
+        said_by_then.append(len([w for w in said if "with no multiple of 25" in str(w.message)]))
+        return train_dense(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "train_dense", counted)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = run(cfg, tmp_path / "run")
+    assert said_by_then == [1]
+    texts = [str(w.message) for w in said if "with no multiple of 25" in str(w.message)]
+    assert len(texts) == 1 and "its sparsify phase is steps 1-8 (1 epoch(s) of 8)" in texts[0]
+    assert texts[0] in result.warnings
+
+
 def test_a_single_runs_set_aside_moves_only_what_a_run_wrote_and_all_or_nothing(tmp_path, monkeypatch):
     """A run in a project's own folder (hydra.run.dir=.) moved the whole project (.git, plugin
     files, data) into .replaced; a move that failed half way left half the run hidden."""
