@@ -400,8 +400,8 @@ def _worth_keeping(record: bytes) -> bool:
     return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
 
 
-def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: Path, earlier: bytes | None,
-                 before: bool) -> None:
+def _record_stop(cfg: DictConfig, err: BaseException, start: tuple[float, float], output_dir: Path,
+                 earlier: bytes | None, before: bool) -> None:
     """``result.json`` for a run that failed or was interrupted: its failure, except for a run that
     stopped ``before`` training in a folder that held an earlier run's record (a resume refused, or
     given the wrong folder, erased the interrupted run it meant to go on with, and a sweep then set
@@ -414,8 +414,8 @@ def _record_stop(cfg: DictConfig, err: BaseException, start: float, output_dir: 
             path.write_bytes(earlier)
         setattr(err, KEPT_RECORD, str(path))
         return
-    failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start})
-    failed.config["started_at"] = time.time() - failed.timings["total_s"]
+    failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start[0]})
+    failed.config["started_at"] = start[1]  # (the wall-clock time it started: the running record's)
     failed.config[REFUSED_MARK] = before  # (a later run refused before training keeps this record unless it is one)
     failed.save(path)
 
@@ -424,17 +424,17 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     """The whole job: check the config, dense model, pruning + fine-tuning, evaluation, files,
     ``result.json``. A failure still writes ``result.json`` (``status: failed``, the error); until
     the run ends, it says ``status: running`` (:func:`started_result`)."""
-    start = time.perf_counter()
+    start, began = time.perf_counter(), time.time()  # (the duration's clock; the record's time of the start)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     earlier = _earlier_record(output_dir)
     if rank_zero_only.rank == 0:  # what a killed run leaves: its configuration, unfinished
-        started_result(cfg).save(output_dir / "result.json")
+        started_result(cfg, began).save(output_dir / "result.json")
     try:
         load_plugins(cfg.get("plugins") or [])
     except Exception as err:
         with interruptions_held(interrupted=False):
-            _record_stop(cfg, err, start, output_dir, earlier, before=True)
+            _record_stop(cfg, err, (start, began), output_dir, earlier, before=True)
         raise
     recipe = recipe_for(cfg)
     if recipe is not None:
@@ -442,7 +442,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             result = recipe.run(cfg, output_dir)
         except (Exception, KeyboardInterrupt) as err:  # an interrupted run is recorded too
             with interruptions_held(isinstance(err, KeyboardInterrupt)):
-                _record_stop(cfg, err, start, output_dir, earlier, before=getattr(err, REFUSED_BEFORE_TRAINING, False))
+                _record_stop(cfg, err, (start, began), output_dir, earlier, before=getattr(err, REFUSED_BEFORE_TRAINING, False))
             raise
         return finish(result, output_dir, start, recipe.summary(result))
     try:
@@ -450,7 +450,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
     except (Exception, KeyboardInterrupt) as err:
         # a sweep's report lists this run as failed, with the reason
         with interruptions_held(isinstance(err, KeyboardInterrupt)):
-            _record_stop(cfg, err, start, output_dir, earlier, before=True)
+            _record_stop(cfg, err, (start, began), output_dir, earlier, before=True)
         raise
     timings: dict[str, float] = {}
     net = lm = None
@@ -476,7 +476,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             timings["total_s"] = time.perf_counter() - start
             resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
             failed = failed_result(cfg, resumable or err, timings, lm, callback, dm)
-            failed.config["started_at"] = time.time() - timings["total_s"]
+            failed.config["started_at"] = began
             failed.save(output_dir / "result.json")
         if resumable is not None:
             raise resumable from err

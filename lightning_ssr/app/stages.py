@@ -1358,7 +1358,7 @@ def _configuration_only(cfg: DictConfig) -> PruningResult:
     return PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
 
 
-def started_result(cfg: DictConfig) -> PruningResult:
+def started_result(cfg: DictConfig, began: float | None = None) -> PruningResult:
     """The ``result.json`` a run writes as it starts (``status: running``), replaced by the one it
     ends with. A run killed before it could record its end (SIGKILL, out of memory, a power cut)
     leaves this one, so that its folder still says which configuration ran there and that the run
@@ -1370,7 +1370,7 @@ def started_result(cfg: DictConfig) -> PruningResult:
         result.config["code"] = code_identity(cfg)
     result.status = "running"
     # (when this attempt started: a sweep run again goes on only from the checkpoints it wrote)
-    result.config["started_at"] = time.time()
+    result.config["started_at"] = time.time() if began is None else began  # (``began``: the run's ``time.time()``)
     result.error = (f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S')} and has not recorded its end: it is "
                     "still running, or it was killed (SIGKILL, out of memory, a power cut). The same command "
                     "with ckpt_path=<checkpoint> goes on from a checkpoint it left (logs/version_N/checkpoints/ "

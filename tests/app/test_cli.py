@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -472,7 +473,7 @@ def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_h
     # a recipe's failure after training records no stage's time: it is marked as not refused before training
     from lightning_ssr.app.cli import REFUSED_MARK, _record_stop
 
-    _record_stop(cfg, RuntimeError("the export failed"), 0.0, tmp_path, None, before=False)
+    _record_stop(cfg, RuntimeError("the export failed"), (0.0, 0.0), tmp_path, None, before=False)
     after_training = (tmp_path / "result.json").read_bytes()
     assert json.loads(after_training)["config"][REFUSED_MARK] is False
     with pytest.raises(ValueError, match=r"target macs"):
@@ -1015,6 +1016,7 @@ def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(
     assert train_dense_only.status == "ok"  # the dense model is cached now
     # in epoch 1 of the run that prunes (8 steps an epoch): the checkpoint of epoch 0 is named
     monkeypatch.setattr(ImageClassifier, "training_step", interrupted_at(12))
+    called = time.time()
     with pytest.raises(RunInterrupted, match=r"during the run that prunes at epoch 1 \(optimizer step 12\)") as info:
         run(_compose(overrides), tmp_path / "run")
     saved = re.search(r"ckpt_path=(\S+) to go on", str(info.value)).group(1)
@@ -1022,6 +1024,8 @@ def test_ctrl_c_records_where_the_run_stopped_and_the_checkpoint_to_resume_from(
     assert "step=8.ckpt (of optimizer step 8: steps 9-12 run again): run the same command" in str(info.value)
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "interrupted" and saved in record["error"]
+    # when the attempt started (a sweep run again goes on only from its checkpoints): the clock's time then
+    assert called <= record["config"]["started_at"] <= Path(saved).stat().st_mtime
     monkeypatch.setattr(ImageClassifier, "training_step", step)
     resumed = run(_compose(overrides + [f"ckpt_path={saved}"]), tmp_path / "resumed")
     assert resumed.status == "ok" and resumed.macs_reduction > 1
