@@ -580,8 +580,9 @@ class Pruning(Callback):
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
                        f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
                        ".fit(module, ckpt_path=...).")
-            stopped = trainer.should_stop and any(
-                isinstance(cb, lightning_callbacks.EarlyStopping) for cb in trainer.callbacks)
+            stopped = trainer.should_stop and any(  # (its own count, not another callback's or a Timer's stop)
+                isinstance(cb, lightning_callbacks.EarlyStopping) and (cb.stopped_epoch > 0 or cb.wait_count >= cb.patience)
+                for cb in trainer.callbacks)
             if self._short_fit:  # the Trainer's bound was warned of at set-up
                 if self.verbose:
                     rank_zero_info(message)

@@ -335,6 +335,10 @@ def test_a_fit_a_callback_stops_before_the_prune_says_so_at_its_end_and_min_epoc
     assert "the fit ended at optimizer step 4, before the prune due at the start of epoch 2" in warned[0]
     assert "min_epochs=3" in warned[0] and pruning.plan is None
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    # an EarlyStopping that did not stop it is not named as the one that did (review)
+    idle = EarlyStopping(monitor="never_logged", strict=False, patience=100)
+    _, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch(), idle], max_epochs=3)
+    assert "If a callback stopped it, give the Trainer min_epochs=3" in warned[0] and "EarlyStopping" not in warned[0]
     # the advice works: Lightning does not stop before min_epochs, and the schedule completes
     pruning, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()], max_epochs=3, min_epochs=3)
     assert warned == [] and pruning.result is not None and pruning.events_done == 1
