@@ -816,7 +816,10 @@ def _override_value(value: str) -> str:
 
 # Hydra settings of a sweep, not of one run in it (the run's folder is set anew)
 SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
-              "hydra.run.dir", "hydra.job.num", "hydra.job.id")
+              "hydra.run.dir", "hydra.job.num", "hydra.job.id",
+              # what Lightning's DDP launcher, and main() for its ranks, add to the command each other rank runs:
+              # a rank's sweep writes its multirun.yaml again, with them
+              "hydra.job.name", "hydra.output_subdir", "hydra/hydra_logging")
 
 
 def _sweep_only(override: str) -> bool:

@@ -650,3 +650,19 @@ def test_a_method_has_one_colour_in_every_plot_and_panels_name_their_target_plai
         assert seen[("pareto", method)] == seen[("structure", method)], seen
     assert seen[("pareto", "l1")] != seen[("pareto", "ssr_l20")]
     assert "target macs=0.5" in titles
+
+
+def test_the_go_on_command_leaves_out_what_a_ddp_rank_added_to_the_sweeps_command(tmp_path):
+    """A DDP rank Lightning launched runs the sweep's command again, with hydra.job.name,
+    hydra.output_subdir and hydra.run.dir added (and hydra/hydra_logging=disabled, by main()), and
+    its sweep writes multirun.yaml again: the report's commands carried them."""
+    from omegaconf import OmegaConf
+
+    from lightning_ssr.app.cli import run_alone_command
+
+    hydra_cfg = OmegaConf.create({"runtime": {"config_sources": []}, "job": {"config_name": "config"},
+                                  "overrides": {"hydra": ["hydra.sweep.dir=/s", "hydra.job.chdir=false",
+                                                          'hydra.run.dir="/s/0"', "hydra.job.name=train_ddp_process_1",
+                                                          "hydra.output_subdir=null", "hydra/hydra_logging=disabled"]}})
+    command = run_alone_command(hydra_cfg, ["pruning=l1"], "/s/0")
+    assert command == "lightning-ssr hydra.job.chdir=false pruning=l1 hydra.run.dir=/s/0 hydra.mode=RUN"
