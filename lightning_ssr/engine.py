@@ -1395,8 +1395,9 @@ def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> 
     then a backward of zero times the sum of its floating-point outputs (a tensor, or one in a
     tuple, list or dict), where they need gradients; the gradients it leaves are zero. Where the
     forward fails without those hooks (a hook that returns a changed input or output is part of
-    the model's computation), it runs again with them, and that run's error is the one raised. A
-    single sample is doubled: a batch norm in training mode needs two."""
+    the model's computation), it runs again with them, and that run's error is the one raised:
+    then the user's hooks, a counting one too, see this batch. A single sample is doubled: a
+    batch norm in training mode needs two."""
     if example.shape[0] == 1:
         example = torch.cat([example, example])
     try:

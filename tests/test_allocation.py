@@ -173,7 +173,7 @@ class BNNet(nn.Module):
 
 # (fits this short leave SSL and network slimming without a learned structure, which is warned of: the target
 # is met all the same, from their channel values)
-@pytest.mark.filterwarnings("ignore:pruning method .* sparsify phase zeroed no filter")
+@pytest.mark.filterwarnings("ignore:pruning method '(ssl|bn_scale)' .* sparsify phase zeroed no filter")
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: next(iter(t)))
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_targets_are_met_within_the_tolerance_with_method_allocation(tmp_path, method, target):

@@ -63,7 +63,7 @@ def test_top_k_masks_prefer_the_higher_score_then_the_lower_index():
 
 
 # (a few steps: SSL and network slimming zero no filter in them, which the prune warns of)
-@pytest.mark.filterwarnings("ignore:pruning method .* sparsify phase zeroed no filter")
+@pytest.mark.filterwarnings("ignore:pruning method '(ssl|bn_scale)' .* sparsify phase zeroed no filter")
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_prunes_a_channels_last_model_and_keeps_its_layout(tmp_path, name):
     """A model moved to channels_last for speed: its 4-d weights are not contiguous, which the
