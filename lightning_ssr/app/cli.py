@@ -392,10 +392,13 @@ def _worth_keeping(record: bytes) -> bool:
         data = None
     if not isinstance(data, dict):  # (unreadable: no status, so not a failure to replace)
         return True
+    config, timings = data.get("config"), data.get("timings")
+    marked = isinstance(config, dict) and isinstance(config.get(REFUSED_MARK), bool)
+    if data.get("status") == "interrupted":  # (a Ctrl-C during the checks is marked as stopped before training)
+        return not (marked and config[REFUSED_MARK])
     if data.get("status") != "failed":
         return True
-    config, timings = data.get("config"), data.get("timings")
-    if isinstance(config, dict) and isinstance(config.get(REFUSED_MARK), bool):
+    if marked:
         return not config[REFUSED_MARK]
     return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
 
@@ -432,8 +435,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         started_result(cfg, began).save(output_dir / "result.json")
     try:
         load_plugins(cfg.get("plugins") or [])
-    except Exception as err:
-        with interruptions_held(interrupted=False):
+    except (Exception, KeyboardInterrupt) as err:  # (a Ctrl-C while a plugin imports: stopped before training)
+        setattr(err, REFUSED_BEFORE_TRAINING, True)
+        with interruptions_held(interrupted=isinstance(err, KeyboardInterrupt)):
             _record_stop(cfg, err, (start, began), output_dir, earlier, before=True)
         raise
     recipe = recipe_for(cfg)
@@ -645,19 +649,19 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
     name = f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-"
     moving = Path(tempfile.mkdtemp(prefix=f".{name}", dir=sweep_dir / REPLACED_DIR))  # (hidden until whole)
     moved = []
+    aside = moving.with_name(moving.name[1:])
     try:
         for item in items:
             item.rename(moving / item.name)
             moved.append(item)
-    except OSError:
-        for item in moved:  # (nothing half moved: the folder is as it was)
+        moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
+    except BaseException:  # (an error, or a Ctrl-C: nothing half moved, the folder is as it was)
+        for item in moved:
             with contextlib.suppress(OSError):
                 (moving / item.name).rename(item)
         with contextlib.suppress(OSError):
             moving.rmdir()
         raise
-    aside = moving.with_name(moving.name[1:])
-    moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
     if (aside / "result.json").is_file():
         try:  # (its paths follow it: the folder it left holds another run's model next)
             _rehome(aside, output_dir)

@@ -2080,3 +2080,29 @@ def test_a_single_runs_set_aside_moves_only_what_a_run_wrote_and_all_or_nothing(
     monkeypatch.undo()
     assert sorted(p.name for p in half.iterdir()) == [".hydra", ".replaced", "logs", "pruned.pt", "result.json"]
     assert list((half / ".replaced").iterdir()) == []
+
+
+def test_a_ctrl_c_before_training_is_a_record_a_later_refusal_replaces(tmp_path, monkeypatch):
+    """A Ctrl-C during the checks (a plugin importing, here) is stopped before training: its record
+    is marked so, and a later run refused before training records its own error over it (it was
+    kept, and the refusal said 'still records the run that was there before')."""
+    from lightning_ssr.app import cli
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    def interrupted(paths):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_plugins", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(_compose(["data=uci_digits"]), tmp_path)
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING, False)
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "interrupted" and record["config"][cli.REFUSED_MARK] is True
+    assert not cli._worth_keeping((tmp_path / "result.json").read_bytes())
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="target macs") as info:
+        run(_compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}", "target.macs=0"]), tmp_path)
+    assert getattr(info.value, cli.KEPT_RECORD, None) is None
+    assert "target macs" in json.loads((tmp_path / "result.json").read_text())["error"]
+    record["config"][cli.REFUSED_MARK] = False  # (interrupted in training: kept)
+    assert cli._worth_keeping(json.dumps(record).encode())
