@@ -128,6 +128,16 @@ def compiled_modules(pl_module) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def early_stopping_stopped(callback) -> bool:
+    """Whether this EarlyStopping stopped the fit: its ``stopping_reason`` (Lightning 2.6: a
+    threshold or a non-finite metric stops it in epoch 0, its count at 0), else its stopped epoch
+    or its count at its patience."""
+    reason = getattr(callback, "stopping_reason", None)
+    if reason is not None:
+        return getattr(reason, "name", "NOT_STOPPED") != "NOT_STOPPED"
+    return callback.stopped_epoch > 0 or callback.wait_count >= callback.patience
+
+
 def ddp_start_method(strategy) -> str:
     """How a DDPStrategy starts its processes (``"popen"``: subprocesses running the script)."""
     return getattr(strategy, "_start_method", "popen")

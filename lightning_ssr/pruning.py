@@ -580,8 +580,8 @@ class Pruning(Callback):
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
                        f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
                        ".fit(module, ckpt_path=...).")
-            stopped = trainer.should_stop and any(  # (its own count, not another callback's or a Timer's stop)
-                isinstance(cb, lightning_callbacks.EarlyStopping) and (cb.stopped_epoch > 0 or cb.wait_count >= cb.patience)
+            stopped = trainer.should_stop and any(  # (its own stop, not another callback's or a Timer's)
+                isinstance(cb, lightning_callbacks.EarlyStopping) and internals.early_stopping_stopped(cb)
                 for cb in trainer.callbacks)
             if self._short_fit:  # the Trainer's bound was warned of at set-up
                 if self.verbose:

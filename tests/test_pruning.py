@@ -369,6 +369,13 @@ def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_
     with pytest.warns(UserWarning, match=warned.format(12)):  # the resume the other advice gave: stopped again
         assert fit(ckpt_path=stopped).plan is None
     assert fit(min_epochs=4, ckpt_path=stopped).events_done == 1
+    # a stop in epoch 0 (a threshold: its count at 0, its stopped epoch 0) is EarlyStopping's too (review)
+    pl.seed_everything(0)
+    early = EarlyStopping(monitor="score", mode="max", stopping_threshold=0.9)
+    with pytest.warns(UserWarning, match=r"EarlyStopping stopped the fit at optimizer step 4"):
+        trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False), early],
+                schedule.total_epochs).fit(ScoredClassifier(scores), loader(), loader())
+    assert early.stopped_epoch == 0 and early.wait_count == 0
 
 
 class ScoredClassifier(TinyClassifier):
