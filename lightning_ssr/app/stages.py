@@ -522,8 +522,8 @@ def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDa
     the dense model trains (the fit's set-up would say it after): where the fit runs in one process
     on a data module that counts its batches (``train_batches()``)."""
     counted = getattr(dm, "train_batches", None)
-    if not callable(counted) or not _preflight_device(cfg)[1]:  # (several ranks share the batches)
-        return
+    if not callable(counted) or not _preflight_device(cfg)[1] or cfg.trainer.get("overfit_batches"):
+        return  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
     batches, limit = counted(), cfg.trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool):  # (Lightning's: an int counts batches)
         batches = min(batches, limit)
