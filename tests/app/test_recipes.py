@@ -292,6 +292,7 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     out = capsys.readouterr().out
     domain = info["domain_classifier_params"]
     assert domain == sum(p.numel() for p in DANN(build_model("lenet5")).domain.parameters()) and domain > 0
+    assert result.events[-1]["params"] == result.pruned["params"]  # (the network's, as the sizes: probe)
     assert f"also counts the {domain:,} parameters of the module's domain classifier, which only training uses" in out
     # DANN trains on from the source-only model: how long, and the control of the same epochs, are said
     epochs = info["epochs_from_source_only"]

@@ -345,6 +345,10 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         domain_accuracy = {"dense": _domain_accuracy(dense, source_dm, target_dm),
                            "compressed": _domain_accuracy(compressed, source_dm, target_dm)
                            } if a.domain_weight > 0 else None
+    domain_params = sum(p.numel() for p in compressed.domain.parameters())
+    for event in result.events:  # (counted on the training module at the prune: the network's here, as pruned's)
+        if isinstance(event.get("params"), int):
+            event["params"] -= domain_params
     result.config["adaptation"] = {
         "source": type(source_dm).__name__, "target": type(target_dm).__name__,
         "source_only_target_accuracy": source_only["accuracy"], "source_only_source_accuracy": source_test,
@@ -353,8 +357,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "epochs_from_source_only": epochs,  # (each of the two trainings, from the source-only model)
         "domain_accuracy_test": domain_accuracy,
         # trained beside the network, not part of it: counted in the table printed at the prune (the
-        # training module's), not in result.json's sizes (the network's)
-        "domain_classifier_params": sum(p.numel() for p in compressed.domain.parameters()),
+        # training module's), not in result.json's sizes (the network's, its events' too)
+        "domain_classifier_params": domain_params,
         # (the validation accuracies, the sweeps' objective, are the source's: model selection never sees them)
         "target_labels_used_for": "the final test" + (" and the trained-on-target ceiling" if ceiling else ""),
         "target_trained_accuracy": ceiling["accuracy"] if ceiling else None,
