@@ -1173,7 +1173,8 @@ class PruningEngine:
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
             if (self.events_done == 0 and learned and world.rank == 0
-                    and all(learned.get(g.name, g.size) >= g.size for g in ctx.groups)):
+                    and all(learned.get(g.name, g.size) >= g.size for g in ctx.groups)
+                    and any(keep[g.name] < g.size for g in ctx.groups)):  # (a target the dense model meets: none)
                 self.warn(  # (its channel values, ranked across layers as they are, need not say what each can lose)
                     f"pruning method {self.method.name!r} prunes at step {step} with allocation='method', but its "
                     "sparsify phase zeroed no filter: the structure it learned is the dense one, and the per-layer "

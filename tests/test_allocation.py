@@ -202,6 +202,11 @@ def test_a_method_that_learned_no_structure_is_warned_of_at_the_prune(tmp_path):
                       r"sparsify phase zeroed no filter: .* or use allocation='uniform' or 'global'"):
         trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
     assert cb.events[0]["learned"] == {"net.c1": 24, "net.c2": 48}
+    # a target the dense model meets prunes nothing: that warning alone, not this one (probe)
+    met = Pruning("ssl", target={"macs": 1.0}, method_kwargs={"lam": 1e-3}, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match="meets it already") as said:
+        trainer(tmp_path, [met], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
+    assert not [w for w in said if "zeroed no filter" in str(w.message)]
 
 
 @pytest.mark.parametrize("every", [2, 3], ids=["checkpoint-at-an-update", "checkpoint-between-updates"])
