@@ -521,15 +521,9 @@ def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDa
     """A sparsify phase that holds no step of the method's periodic update, warned of now, before
     the dense model trains (the fit's set-up would say it after): where the fit runs in one process
     on a data module that counts its batches (``train_batches()``)."""
-    counted = getattr(dm, "train_batches", None)
-    if not callable(counted) or not _preflight_device(cfg)[1] or cfg.trainer.get("overfit_batches"):
+    if not _preflight_device(cfg)[1] or cfg.trainer.get("overfit_batches"):
         return  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
-    batches, limit = counted(), cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):  # (Lightning's: an int counts batches)
-        batches = min(batches, limit)
-    elif isinstance(limit, float):  # (a float, the share of them)
-        batches = int(batches * limit)
-    spe = steps_per_epoch(batches, int(cfg.trainer.get("accumulate_grad_batches") or 1))
+    spe = epoch_steps(dm, cfg.trainer.get("limit_train_batches"), int(cfg.trainer.get("accumulate_grad_batches") or 1))
     if spe:
         callback.engine.check_update_interval(spe)
 
@@ -797,18 +791,28 @@ def cap_log_interval(trainer: pl.Trainer, dm: pl.LightningDataModule) -> int | N
     so that each epoch logs its training metrics and Lightning has no cause to warn that it would
     not. Returns the interval, or ``None`` (unchanged) when ``dm`` cannot count its batches (it has
     no ``train_batches()``)."""
-    count = getattr(dm, "train_batches", None)
-    if count is None or not trainer.log_every_n_steps:
+    if getattr(dm, "train_batches", None) is None or not trainer.log_every_n_steps:
         return None
-    batches, limit = math.ceil(count() / max(1, trainer.world_size)), trainer.limit_train_batches
-    if isinstance(limit, int):
-        batches = min(batches, limit)
-    elif limit is not None:
-        batches = int(batches * limit)
-    steps = steps_per_epoch(batches, trainer.accumulate_grad_batches)
+    steps = epoch_steps(dm, trainer.limit_train_batches, trainer.accumulate_grad_batches, trainer.world_size)
     if steps:
         trainer.log_every_n_steps = min(trainer.log_every_n_steps, steps)
     return trainer.log_every_n_steps
+
+
+def epoch_steps(dm: pl.LightningDataModule, limit, accumulate: int, world_size: int = 1) -> int | None:
+    """Optimizer steps an epoch on each of ``world_size`` processes, as Lightning counts them: its
+    share of ``dm``'s batches (``train_batches()``), bounded by ``limit_train_batches`` (an int
+    counts batches, a float is their share), over gradient accumulation; ``None`` where ``dm``
+    cannot count its batches."""
+    count = getattr(dm, "train_batches", None)
+    if not callable(count):
+        return None
+    batches = math.ceil(count() / max(1, world_size))
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    return steps_per_epoch(batches, accumulate)
 
 
 def dense_cache_path(cfg: DictConfig) -> Path:
