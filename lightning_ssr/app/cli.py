@@ -670,20 +670,15 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
     return why, aside
 
 
-def _put_back(aside: Path, output_dir: Path, record: bytes | None) -> None:
+def _put_back(aside: Path, output_dir: Path, record: bytes) -> None:
     """Undo :func:`set_aside_other_run` for a run refused before training: what ``aside`` holds
-    goes back into ``output_dir``, and its ``result.json`` is ``record`` again, as it was (``None``:
-    the refused run's record stays)."""
+    goes back into ``output_dir``, and its ``result.json`` is ``record`` again, as it was."""
     for item in aside.iterdir():
-        if item.name == "result.json" and record is None:
-            item.unlink()
-        else:
-            item.replace(output_dir / item.name)
+        item.replace(output_dir / item.name)
     aside.rmdir()
     with contextlib.suppress(OSError):  # (the folder it was made in, unless it holds others)
         aside.parent.rmdir()
-    if record is not None:
-        (output_dir / "result.json").write_bytes(record)
+    (output_dir / "result.json").write_bytes(record)
 
 
 def _open_log(path: Path) -> bool:
