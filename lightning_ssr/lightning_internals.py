@@ -130,12 +130,15 @@ def compiled_modules(pl_module) -> list[str]:
 
 def early_stopping_stopped(callback) -> bool:
     """Whether this EarlyStopping stopped the fit: its ``stopping_reason`` (Lightning 2.6: a
-    threshold or a non-finite metric stops it in epoch 0, its count at 0), else its stopped epoch
-    or its count at its patience."""
+    threshold or a non-finite metric stops it in epoch 0, its stopped epoch and count at 0), or its
+    stopped epoch (under DDP, set on every rank, where the reason is set only on the rank that
+    decided), else (before 2.6) its count at its patience."""
     reason = getattr(callback, "stopping_reason", None)
+    if callback.stopped_epoch > 0:
+        return True
     if reason is not None:
         return getattr(reason, "name", "NOT_STOPPED") != "NOT_STOPPED"
-    return callback.stopped_epoch > 0 or callback.wait_count >= callback.patience
+    return callback.wait_count >= callback.patience
 
 
 def ddp_start_method(strategy) -> str:

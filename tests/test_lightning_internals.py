@@ -36,3 +36,15 @@ def test_a_missing_private_attribute_stops_the_fit_at_setup_naming_it_and_the_ve
     assert lightning.__version__ in str(err.value) and "2.6" in str(err.value)
     assert fit.global_step == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_stopped_reads_the_reason_and_the_stopped_epoch():
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    early = EarlyStopping(monitor="score", patience=3)
+    assert not internals.early_stopping_stopped(early)
+    early.stopped_epoch = 5  # under DDP, a rank that did not decide: its reason is unset, its stopped epoch set
+    assert early.stopping_reason.name == "NOT_STOPPED" and internals.early_stopping_stopped(early)
+    early.stopped_epoch = 0
+    early.stopping_reason = type(early.stopping_reason)["STOPPING_THRESHOLD"]  # a stop in epoch 0
+    assert internals.early_stopping_stopped(early)
