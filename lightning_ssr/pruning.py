@@ -174,9 +174,10 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             cb.best_model_score = None
             cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
         elif isinstance(cb, lightning_callbacks.EarlyStopping):
+            stopped = internals.early_stopping_stopped(cb)  # (a stop in epoch 0 leaves its stopped epoch at 0)
             cb.wait_count = 0
             cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
-            if cb.stopped_epoch:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
+            if stopped:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
                 cb.stopped_epoch = 0
                 if hasattr(cb, "stopping_reason"):  # Lightning >= 2.6
                     cb.stopping_reason = type(cb.stopping_reason)["NOT_STOPPED"]

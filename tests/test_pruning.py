@@ -376,6 +376,16 @@ def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_
         trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False), early],
                 schedule.total_epochs).fit(ScoredClassifier(scores), loader(), loader())
     assert early.stopped_epoch == 0 and early.wait_count == 0
+    # held off by min_epochs, that stop is withdrawn at the prune, as a later one is: fine-tuning runs
+    # all its epochs (it ended at min_epochs, one fine-tuning epoch of three: review)
+    schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=3)
+    for scores in [(1.0, 0.5, 0.4, 0.3, 0.2, 0.1), (0.5, 1.0, 0.4, 0.3, 0.2, 0.1)]:
+        pl.seed_everything(0)
+        early = EarlyStopping(monitor="score", mode="max", stopping_threshold=0.9)
+        fitted = trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False), early],
+                         schedule.total_epochs, min_epochs=schedule.min_epochs)
+        fitted.fit(ScoredClassifier(scores), loader(), loader())
+        assert fitted.current_epoch == 6 and early.stopping_reason.name == "NOT_STOPPED", scores
 
 
 class ScoredClassifier(TinyClassifier):
