@@ -1172,13 +1172,14 @@ class PruningEngine:
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
+            final = ctx.final_keep  # (this event's counts are a share of the way there: the first may cut none)
             if (self.events_done == 0 and learned and world.rank == 0
                     and all(learned.get(g.name, g.size) >= g.size for g in ctx.groups)
-                    and any(keep[g.name] < g.size for g in ctx.groups)):  # (a target the dense model meets: none)
+                    and any(final[g.name] < g.size for g in ctx.groups)):  # (a target the dense model meets: none)
                 self.warn(  # (its channel values, ranked across layers as they are, need not say what each can lose)
                     f"pruning method {self.method.name!r} prunes at step {step} with allocation='method', but its "
                     "sparsify phase zeroed no filter: the structure it learned is the dense one, and the per-layer "
-                    f"counts ({', '.join(f'{k} {v}' for k, v in keep.items())}) come from ranking its channel values "
+                    f"counts ({', '.join(f'{k} {v}' for k, v in final.items())}) come from ranking its channel values "
                     "across layers as they stand. Lengthen the sparsify phase (schedule.sparsify_epochs), update "
                     "more often (schedule.update_every_n_steps), or use allocation='uniform' or 'global'.")
         masks = self._check_masks(self._call("select", keep), ctx, keep)

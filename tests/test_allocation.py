@@ -1,6 +1,8 @@
 """allocation="method": the per-layer structure comes from what the method learned, and the engine
 only makes it meet the target (the Budget, the continuation, the L2,0 projection over all layers)."""
 
+import dataclasses
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -207,6 +209,13 @@ def test_a_method_that_learned_no_structure_is_warned_of_at_the_prune(tmp_path):
     with pytest.warns(UserWarning, match="meets it already") as said:
         trainer(tmp_path, [met], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
     assert not [w for w in said if "zeroed no filter" in str(w.message)]
+    # in three events, the first may keep every channel (its share of the way, rounded up) where the
+    # last cuts: warned of at the first all the same, with the final counts (review)
+    schedule = dataclasses.replace(schedule, prune_events=3, epochs_between_prunes=1)
+    gradual = Pruning("ssl", target={"macs": 0.9}, method_kwargs={"lam": 1e-3}, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match=r"sparsify phase zeroed no filter: .* counts \(net.c2 47, net.c1 22\)"):
+        trainer(tmp_path, [gradual], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
+    assert gradual.events[0]["keep"] == {"net.c1": 24, "net.c2": 48} and gradual.events[-1]["keep"]["net.c1"] < 24
 
 
 @pytest.mark.parametrize("every", [2, 3], ids=["checkpoint-at-an-update", "checkpoint-between-updates"])
