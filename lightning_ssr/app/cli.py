@@ -645,28 +645,36 @@ def set_aside_other_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path, job:
             return None
         if any(item.name not in RUN_FILES and item.suffix != ".log" for item in items):
             return why, None
+    record = (output_dir / "result.json").read_bytes()
     (sweep_dir / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
     name = f"{job}-{time.strftime('%Y%m%dT%H%M%S')}-"
     moving = Path(tempfile.mkdtemp(prefix=f".{name}", dir=sweep_dir / REPLACED_DIR))  # (hidden until whole)
     moved = []
     aside = moving.with_name(moving.name[1:])
     try:
-        for item in items:
-            item.rename(moving / item.name)
-            moved.append(item)
-        moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
-    except BaseException:  # (an error, or a Ctrl-C: nothing half moved, the folder is as it was)
-        for item in moved:
-            with contextlib.suppress(OSError):
-                (moving / item.name).rename(item)
-        with contextlib.suppress(OSError):
-            moving.rmdir()
+        with interruptions_held(interrupted=False):  # (a Ctrl-C waits for the move and is raised after it)
+            try:
+                for item in items:
+                    item.rename(moving / item.name)
+                    moved.append(item)
+                moving.rename(aside)  # (one rename: a job beside this one never takes a run half moved)
+            except BaseException:  # (an error: nothing half moved, the folder is as it was)
+                for item in moved:
+                    with contextlib.suppress(OSError):
+                        (moving / item.name).rename(item)
+                with contextlib.suppress(OSError):
+                    moving.rmdir()
+                raise
+            if (aside / "result.json").is_file():
+                try:  # (its paths follow it: the folder it left holds another run's model next)
+                    _rehome(aside, output_dir)
+                except (OSError, ValueError):
+                    pass
+    except (KeyboardInterrupt, Terminated):  # (came during the move: the run stops, its folder as it was)
+        if aside.is_dir():
+            with interruptions_held(), contextlib.suppress(OSError):
+                _put_back(aside, output_dir, record)
         raise
-    if (aside / "result.json").is_file():
-        try:  # (its paths follow it: the folder it left holds another run's model next)
-            _rehome(aside, output_dir)
-        except (OSError, ValueError):
-            pass
     return why, aside
 
 

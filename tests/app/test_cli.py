@@ -1,8 +1,10 @@
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -2035,6 +2037,7 @@ def test_a_sparsify_phase_without_an_update_is_warned_of_before_the_dense_model_
 def test_a_single_runs_set_aside_moves_only_what_a_run_wrote_and_all_or_nothing(tmp_path, monkeypatch):
     """A run in a project's own folder (hydra.run.dir=.) moved the whole project (.git, plugin
     files, data) into .replaced; a move that failed half way left half the run hidden."""
+    from lightning_ssr.app import cli
     from lightning_ssr.app.cli import REFUSED_MARK, set_aside_other_run
     from lightning_ssr.app.stages import started_result
 
@@ -2080,6 +2083,25 @@ def test_a_single_runs_set_aside_moves_only_what_a_run_wrote_and_all_or_nothing(
     monkeypatch.undo()
     assert sorted(p.name for p in half.iterdir()) == [".hydra", ".replaced", "logs", "pruned.pt", "result.json"]
     assert list((half / ".replaced").iterdir()) == []
+    # a Ctrl-C once the move is made (as the hidden folder takes its name, or as the record is rewritten
+    # for it): the move is put back, not left half told, the record as it was (review)
+    for when in ("rename", "rehome"):
+        late = folder(f"late_{when}")
+        record = (late / "result.json").read_bytes()
+
+        def interrupted(*args, _when=when, _original=rename if when == "rename" else cli._rehome):
+            out = _original(*args)
+            if _when == "rehome" or args[0].parent.name == ".replaced":
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        monkeypatch.setattr(Path, "rename", interrupted) if when == "rename" else monkeypatch.setattr(
+            cli, "_rehome", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            set_aside_other_run(cfg, late, late, "run", alone=True)
+        monkeypatch.undo()
+        assert sorted(p.name for p in late.iterdir()) == [".hydra", "logs", "pruned.pt", "result.json"], when
+        assert (late / "result.json").read_bytes() == record
 
 
 def test_a_ctrl_c_before_training_is_a_record_a_later_refusal_replaces(tmp_path, monkeypatch):
