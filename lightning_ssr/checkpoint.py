@@ -176,9 +176,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None, **extra) -> Path:
-    """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module`` (the module the plan's
-    layer names are relative to), atomically."""
-    data = plan.to_dict() if isinstance(plan, PruningPlan) else (dict(plan) if plan is not None else None)
+    """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module``, atomically. The plan's
+    layer names are made relative to ``module``: the callback's plan (of the LightningModule, e.g.
+    ``net.c1``) saved with the network inside it (``c1``) loses the network's prefix, and the other
+    way round; a plan that names layers ``module`` does not have is refused, before anything is
+    written."""
+    if plan is not None:
+        plan = plan if isinstance(plan, PruningPlan) else PruningPlan.from_dict(plan)
+        try:
+            plan = _relative_to(plan, {}, module)[0]
+        except PlanMismatchError:
+            raise PlanMismatchError(
+                f"save_pruned: the plan names layers {some_names(list(plan.kept), 3)}, which this "
+                f"{type(module).__name__} does not have, with or without a common prefix: give it the module "
+                "the plan was made on (the LightningModule the callback pruned), or the network inside it") from None
+    data = plan.to_dict() if plan is not None else None
     payload = {"state_dict": module.state_dict(), PLAN_CHECKPOINT_KEY: data, **extra}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -195,7 +207,10 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
         for cut in range(root.count(".") + 1):
             prefix = ".".join(root.split(".")[: cut + 1]) + "."
             if all(r.startswith(prefix) and r[len(prefix):] in names for r in roots):
-                sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+                # (the weights of the network itself beside the plan of the module that held it: a file
+                # save_pruned wrote before it made the plan relative to the module it saved)
+                sd = ({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+                      if any(k.startswith(prefix) for k in state_dict) else dict(state_dict))
                 return plan.renamed(lambda r, p=prefix: r.removeprefix(p)), sd
     # saved from the network that ``model`` holds (save_pruned(net, ...) loaded into its LightningModule)
     holders = sorted(p for p in {n[: -len(roots[0])] for n in names if n.endswith("." + roots[0])}

@@ -26,6 +26,7 @@ from lightning_ssr import (
 )
 from lightning_ssr.app.models import build_model
 from lightning_ssr.checkpoint import APPLIED_PLAN_ATTR, apply_checkpoint_plan
+from lightning_ssr.structure import PruningPlan
 from tests.lit import NetClassifier, TinyClassifier, epoch_checkpoints, loader, trainer
 from tests.nets import SmallResidualCNN
 
@@ -126,6 +127,29 @@ def test_load_pruned_again_into_a_pruned_model_and_from_the_bare_network_into_it
     prune_oneshot(other.net, x, {"macs": 0.2})
     with pytest.raises(PlanMismatchError, match="was the model pruned already"):
         load_pruned(other, path)
+
+
+def test_the_network_saved_with_its_modules_plan_loads_into_either(pruned_checkpoint, tmp_path):
+    """save_pruned(model.net, path, callback.plan), the callback's plan naming "net.c1": the file
+    held "c1.weight" beside a plan of "net.c1" and loaded into neither (probe). The plan is made
+    relative to the module saved; one that names layers it has not is refused before any write."""
+    path, x, expected = pruned_checkpoint
+    module = load_pruned(LitNet(), path)
+    plan = PruningPlan.from_dict(torch.load(path, weights_only=True)["pruning_plan"])
+    assert all(name.startswith("net.") for name in plan.kept)
+    save_pruned(module.net, tmp_path / "net.pt", plan)
+    saved = PruningPlan.from_dict(torch.load(tmp_path / "net.pt", weights_only=True)["pruning_plan"])
+    assert saved.kept == {name.removeprefix("net."): kept for name, kept in plan.kept.items()}
+    with torch.no_grad():
+        for fresh in (SmallResidualCNN(), LitNet()):
+            assert torch.equal(load_pruned(fresh, tmp_path / "net.pt").eval()(x), expected)
+        # the other way round: the network's plan saved with the module that holds it
+        save_pruned(module, tmp_path / "module.pt", plan.renamed(lambda r: r.removeprefix("net.")))
+        assert torch.equal(load_pruned(SmallResidualCNN(), tmp_path / "module.pt").eval()(x), expected)
+    with pytest.raises(PlanMismatchError, match=r"save_pruned: the plan names layers .* which this Linear does not "
+                                                r"have, with or without a common prefix: give it the module"):
+        save_pruned(torch.nn.Linear(2, 2), tmp_path / "wrong.pt", plan)
+    assert not (tmp_path / "wrong.pt").exists()
 
 
 @pytest.mark.parametrize("kept", [0.0, 0.001, 0.5, 0.99])
@@ -354,8 +378,6 @@ def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
 
 
 def test_a_truncated_plan_file_names_the_file(tmp_path):
-    from lightning_ssr.structure import PruningPlan
-
     plan = PruningPlan([1, 1, 28, 28], {"conv1": [0, 2]}, {"conv1": 20})
     plan.save(tmp_path / "plan.json")
     assert PruningPlan.load(tmp_path / "plan.json") == plan
