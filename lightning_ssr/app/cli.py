@@ -40,6 +40,7 @@ from ..validation import closest_name, some_names
 from .console import quiet_lightning
 from .recipes import recipe_for
 from .stages import (
+    EXPORT_FILES,
     REFUSED_BEFORE_TRAINING,
     RunInterrupted,
     Terminated,
@@ -611,7 +612,7 @@ def _recorded_run(cfg: DictConfig, output_dir: Path) -> tuple[PruningResult, lis
 
 #: what a run writes in its folder, beside Hydra's files and its log: all a single run given the folder
 #: of another sets aside (:func:`set_aside_other_run`)
-RUN_FILES = ("result.json", "pruned.pt", "pruned.onnx", "pruned.onnx.data", "pruned.pt2", "pruned.ts", "logs",
+RUN_FILES = ("result.json", "pruned.pt", *EXPORT_FILES, "logs",
              "lightning_logs", "dense", "dann_dense", "dense_finetune", "source", "target_trained")
 
 

@@ -1246,12 +1246,16 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     return out
 
 
+EXPORT_FILES = ("pruned.onnx", "pruned.onnx.data", "pruned.pt2", "pruned.ts")  # what export=... writes beside pruned.pt
+
+
 def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | None, dm: pl.LightningDataModule,
                  output_dir: str | os.PathLike, used_on: pl.LightningDataModule | None = None) -> dict:
     """Write ``pruned.pt`` (:func:`~lightning_ssr.checkpoint.save_pruned` of the LightningModule
     and the callback's plan: ``load_pruned(build_model(...), path)`` loads it; with the input it
     reads, :func:`input_description` of ``used_on``, by default ``dm``) and, with
-    ``export=onnx|torchscript|torch_export``, the exported network.
+    ``export=onnx|torchscript|torch_export``, the exported network; an export an earlier attempt
+    left in the folder (a run resumed with another ``export``, or none) is removed.
 
     Returns ``{"checkpoint": path, "export": {...} or None, "input": {...} or None}``.
     """
@@ -1264,6 +1268,8 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
     reads = input_description(dm if used_on is None else used_on)
     extra = {} if reads is None else {"input": reads}
     out = {"checkpoint": str(save_pruned(lm, output_dir / "pruned.pt", plan, **extra)), "export": None, "input": reads}
+    for name in EXPORT_FILES:  # (an earlier attempt's export in this folder is of another model: a resume's)
+        (output_dir / name).unlink(missing_ok=True)
     if cfg.export is None:
         return out
     net, example = lm.model, torch.randn(input_shape(dm))
