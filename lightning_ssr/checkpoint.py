@@ -165,6 +165,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                    "which torch.load(weights_only=True) does not unpickle: save the module's state_dict, or "
                    "lightning_ssr.save_pruned(module, path, plan)")
         else:
+            check_checkpoint_file(path)  # (empty, or cut short: said as such)
             why = ("it is truncated, corrupted or not a torch checkpoint. Use another checkpoint or re-create it "
                    f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})")
         raise CheckpointReadError(f"checkpoint file {str(path)!r} is unreadable: {why}") from err
@@ -173,6 +174,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointReadError(f"checkpoint file {str(path)!r} holds a {type(data).__name__}, not a mapping "
                                   "with 'state_dict'")
     return data
+
+
+def failed_load_reason(path, fit: bool = False) -> str | None:
+    """Why loading the local file ``path`` failed, where torch's or Lightning's error names
+    neither the file nor what to do (a zip whose directory was changed: ``RuntimeError:
+    PytorchStreamReader failed``; a pruned model given to ``fit(ckpt_path=...)``: ``KeyError:
+    'pytorch-lightning_version'``); ``None`` where the file reads as a checkpoint of a fit (the
+    failure was elsewhere) or is not a local file. Reads the whole file: for a load that failed."""
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        return None
+    try:
+        check_checkpoint_file(path)
+        data = read_checkpoint(path)
+    except CheckpointReadError as err:
+        return str(err)
+    if fit and "pytorch-lightning_version" not in data:
+        made = "a pruned model (save_pruned, the command's pruned.pt)" if PLAN_CHECKPOINT_KEY in data else "a state dict"
+        return (f"checkpoint file {str(path)!r} is {made}, not a Lightning checkpoint of a fit: fit(ckpt_path=...) "
+                "goes on from a checkpoint a fit wrote (ModelCheckpoint's). Load a pruned model's weights with "
+                "lightning_ssr.load_pruned(fresh_module, path) and start a new fit without ckpt_path")
+    return None
 
 
 def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None, **extra) -> Path:
@@ -357,9 +379,16 @@ class PrunedCheckpointMixin:
 
     @_class_only  # as Lightning's: model.load_from_checkpoint(path) on an instance is a TypeError
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's, with a damaged file named (:func:`check_checkpoint_file`) first."""
+        """Lightning's, with a damaged file named (:func:`check_checkpoint_file`) first, and after
+        a failed load where torch's error does not name it (:func:`failed_load_reason`)."""
         check_checkpoint_file(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except (RuntimeError, OSError, EOFError, KeyError) as err:
+            reason = None if isinstance(err, CheckpointReadError) else failed_load_reason(checkpoint_path)
+            if reason is None:
+                raise
+            raise CheckpointReadError(reason) from err
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         plan = applied_plan(self)

@@ -32,6 +32,7 @@ from .checkpoint import (
     applied_plan,
     apply_checkpoint_plan,
     check_checkpoint_file,
+    failed_load_reason,
     rebuild_to,
     refuse_damaged_checkpoint,
 )
@@ -489,11 +490,16 @@ class Pruning(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         # Lightning's loading of a damaged fit(ckpt_path=...) fails with torch's error, which names neither the
         # file nor what is wrong with it (OSError: [Errno 22] Invalid argument for a truncated one)
+        # (nor that a pruned model's file is not a checkpoint of a fit: KeyError: 'pytorch-lightning_version')
         if trainer.ckpt_path is not None and not isinstance(exception, CheckpointReadError):
+            restored = trainer.global_step > 0 or trainer.current_epoch > 0  # (then the file loaded: not read again)
             try:
                 check_checkpoint_file(trainer.ckpt_path)
+                reason = None if restored else failed_load_reason(trainer.ckpt_path, fit=True)
             except CheckpointReadError as err:
-                exception.add_note(f"{type(self).__name__}: {err}")
+                reason = str(err)
+            if reason is not None:
+                exception.add_note(f"{type(self).__name__}: {reason}")
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
