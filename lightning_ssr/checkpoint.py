@@ -314,6 +314,15 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
                                     f"this model; {built_otherwise}") from err
         if isinstance(err, RuntimeError) and "size mismatch" in str(err):
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            own = model.state_dict()
+            differ = [(v.shape, own[k].shape) for k, v in state_dict.items()
+                      if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+            if data is None and (applied_plan(model) is not None or (differ and all(
+                    len(a) == len(b) and all(x >= y for x, y in zip(a, b)) for a, b in differ))):
+                raise PlanMismatchError(  # (its shapes are all larger: the model is the pruned one)
+                    f"{source} holds no pruning plan, and weights larger than this model's "
+                    f"({'; '.join(mismatches[:2])}): this model was pruned already, and the checkpoint was saved "
+                    "before a prune (a dense model). Load it into a freshly constructed model") from err
             if data is None:
                 raise PlanMismatchError(
                     f"{source} holds no pruning plan, and weights of other shapes than this model "

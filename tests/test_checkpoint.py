@@ -528,6 +528,13 @@ def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_n
                                                 r"than this model .*Save a pruned model with lightning_ssr.save_pruned"
                                                 r"\(model, path, plan\), or mix PrunedCheckpointMixin into"):
         load_pruned(build_model("lenet5"), tmp_path / "plain.ckpt")
+    # the other way round: a dense model's checkpoint loaded into the pruned model (it said the checkpoint
+    # was of a pruned model without its plan: probe)
+    torch.save({"state_dict": build_model("lenet5").state_dict()}, tmp_path / "dense.ckpt")
+    with pytest.raises(PlanMismatchError, match=r"dense.ckpt' holds no pruning plan, and weights larger than this "
+                                                r"model's .*: this model was pruned already, and the checkpoint was "
+                                                r"saved before a prune \(a dense model\). Load it into a freshly"):
+        load_pruned(model, tmp_path / "dense.ckpt")
     second = prune_oneshot(model, example, {"macs": 0.5})
     save_pruned(model, tmp_path / "second.pt", second)
     with pytest.raises(PlanMismatchError, match=r"or is it the plan of a later prune, made on a model pruned before "
