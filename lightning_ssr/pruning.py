@@ -195,6 +195,17 @@ def restart_monitors(trainer: Trainer) -> list[str]:
     return restarted
 
 
+def _own_generator_loaders(loaders) -> bool:
+    """Whether a DataLoader among ``loaders`` (one, or a list, tuple or dict of them, as
+    ``trainer.train_dataloader`` gives) samples with a ``torch.Generator`` of its own."""
+    if isinstance(loaders, Mapping):
+        return any(_own_generator_loaders(v) for v in loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return any(_own_generator_loaders(v) for v in loaders)
+    samplers = [getattr(loaders, "sampler", None), getattr(getattr(loaders, "batch_sampler", None), "sampler", None)]
+    return any(isinstance(getattr(s, "generator", None), torch.Generator) for s in samplers)
+
+
 class _WeightsLoadHook:
     """The callback's load_state_dict pre-hook on the LightningModule. A copy of the module made
     during the fit (the average of EMAWeightAveraging, made at its set-up) holds this same object:
@@ -512,6 +523,13 @@ class Pruning(Callback):
         if self._restored and not self._resume_checked:  # after the module's own on_train_start
             self._resume_checked = True
             self._warn_cosine_ending_early(trainer)
+            if trainer.world_size == 1 and _own_generator_loaders(trainer.train_dataloader):
+                self.engine.warn(
+                    f"{type(self).__name__}: the training DataLoader shuffles with a generator of its own "
+                    "(DataLoader(generator=...) or a sampler's), whose state neither Lightning's checkpoint nor the "
+                    "callback keeps: this resumed fit draws other batches than an uninterrupted one would, and ends "
+                    "near it, not bitwise equal. Shuffle with the global RNG (no generator), which the callback "
+                    "restores, for a resume that repeats the run exactly.", emit=rank_zero_warn)
 
     def _warn_cosine_ending_early(self, trainer: Trainer) -> None:
         """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's length ends

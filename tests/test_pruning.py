@@ -178,6 +178,30 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
     assert not model._load_state_dict_pre_hooks
 
 
+def test_a_resume_whose_loader_shuffles_with_its_own_generator_is_told_it_is_not_exact(tmp_path):
+    """DataLoader(shuffle=True, generator=g): the generator's state is in no checkpoint, so the
+    resumed fit shuffled as the first epoch did and ended away from an uninterrupted run, silently
+    (probe). The global RNG, which the callback restores, is not warned of (the test above)."""
+    def fit(max_epochs, ckpt_path=None, generator=True):
+        pl.seed_everything(0)
+        data = loader(shuffle=True)
+        if generator:
+            data = torch.utils.data.DataLoader(data.dataset, batch_size=16, shuffle=True,
+                                               generator=torch.Generator().manual_seed(0))
+        cb = Pruning("l1", target={"filters": 0.5}, schedule=SHORT, verbose=False)
+        with warnings.catch_warnings(record=True) as said, stopped_fit(SHORT, max_epochs):
+            warnings.simplefilter("always")
+            trainer(tmp_path, [cb, epoch_checkpoints(tmp_path / "ckpts" if ckpt_path is None else None,
+                                                     resume_from=ckpt_path)], max_epochs).fit(
+                TinyClassifier(), data, ckpt_path=ckpt_path)
+        return [str(w.message) for w in said if "generator of its own" in str(w.message)]
+
+    assert fit(1) == []  # (no resume: nothing to say)
+    (told,) = fit(SHORT.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt")
+    assert "this resumed fit draws other batches than an uninterrupted one would" in told
+    assert fit(SHORT.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt", generator=False) == []
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"lam": -0.1}, r"lam must be in \[0.0, inf\)"),
     ({"lam": float("nan")}, "lam must be finite"),
