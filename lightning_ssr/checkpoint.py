@@ -300,6 +300,8 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
         restore_modules(snapshot)
         built_otherwise = ("construct the model as the saved one was (the same architecture and arguments: input "
                            "channels, image size, number of classes, widths)")
+        if isinstance(err, PlanMismatchError) and source != "the checkpoint" and source not in str(err):
+            raise PlanMismatchError(f"{source}: {err}") from err  # (the file named: which one did not fit)
         if isinstance(err, ForwardError) and plan is not None:
             raise PlanMismatchError(f"{source}: its pruning plan was traced on inputs of shape "
                                     f"{tuple(plan.input_shape)}, and this model's forward() failed on them ({err}): "

@@ -137,6 +137,9 @@ class PruningResult:
     def load(cls, path: str | os.PathLike) -> PruningResult:
         try:
             data = json.loads(Path(path).read_text())
+        except UnicodeDecodeError as err:  # (a binary file: a checkpoint given for the run's result.json)
+            raise ValueError(f"result file {str(path)!r} is unreadable: it is not text (a checkpoint?); give the "
+                             "run's result.json") from err
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"result file {str(path)!r} is unreadable: {err}") from err
         try:

@@ -65,6 +65,10 @@ def test_unreadable_or_foreign_results_are_refused(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"list.json': not a pruning result: a JSON list"):
         PruningResult.load(tmp_path / "list.json")
+    torch.save({"state_dict": {"w": torch.ones(3)}}, tmp_path / "pruned.pt")  # (a UnicodeDecodeError: probe)
+    with pytest.raises(ValueError, match=r"pruned.pt' is unreadable: it is not text \(a checkpoint\?\); give the "
+                                         r"run's result.json"):
+        PruningResult.load(tmp_path / "pruned.pt")
 
 
 def test_missing_figures_give_none_not_an_error():

@@ -47,10 +47,17 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:
+        if not isinstance(data, Mapping):
+            raise PlanMismatchError(f"a pruning plan is a mapping with 'format_version', 'input_shape' and 'groups' "
+                                    f"(PruningPlan.to_dict()); got a {type(data).__name__}")
         version = data.get("format_version")
         if version != PLAN_FORMAT_VERSION:
-            raise PlanMismatchError(f"pruning plan format_version {version!r} is not supported "
-                                    f"(this version of lightning_ssr reads {PLAN_FORMAT_VERSION})")
+            newer = (isinstance(version, int) and not isinstance(version, bool) and version > PLAN_FORMAT_VERSION)
+            raise PlanMismatchError(
+                f"pruning plan format_version {version!r} is not supported (this version of lightning_ssr reads "
+                f"{PLAN_FORMAT_VERSION}): " + ("it was written by a newer version of lightning_ssr; upgrade the "
+                                               "package to read it" if newer else
+                                               "it was not written by PruningPlan.to_dict() or save()"))
         plan = cls(input_shape=[int(s) for s in data["input_shape"]])
         for entry in data["groups"]:
             plan.kept[str(entry["root"])] = [int(i) for i in entry["kept"]]
@@ -70,6 +77,8 @@ class PruningPlan:
             if isinstance(data, Mapping) and "plan" in data and "groups" not in data:
                 data = data["plan"]
             return cls.from_dict(data)
+        except PlanMismatchError as err:  # (a plan this version cannot read: said as such, not "truncated")
+            raise PlanMismatchError(f"pruning plan file {str(path)!r}: {err}") from err
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise PlanMismatchError(f"pruning plan file {str(path)!r} is unreadable ({type(err).__name__}: {err}); "
                                     "it is missing, truncated or not a plan written by PruningPlan.save") from err

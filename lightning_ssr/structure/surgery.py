@@ -50,8 +50,10 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
         if not ids:
             raise PlanMismatchError(f"the pruning plan keeps no channel of '{name}'; at least one must stay")
         if sorted(set(ids)) != ids or ids[0] < 0 or ids[-1] >= g.size:
+            wrong = next((f"{i} out of range" for i in ids if not 0 <= i < g.size), None) or next(
+                f"{b} after {a}" for a, b in zip(ids, ids[1:]) if b <= a)  # (the first offending index, named)
             raise PlanMismatchError(f"the pruning plan's kept indices for '{name}' must be sorted, unique and "
-                                    f"in [0, {g.size}); got {ids[:8]}{'...' if len(ids) > 8 else ''}")
+                                    f"in [0, {g.size}); got {ids[:8]}{'...' if len(ids) > 8 else ''} ({wrong})")
         if g.blocks > 1:  # grouped convolutions: every block keeps the same positions
             mask = torch.zeros(g.size, dtype=torch.bool)
             mask[ids] = True

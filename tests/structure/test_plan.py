@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_ssr.app.models import build_model
+from lightning_ssr.checkpoint import load_pruned
 from lightning_ssr.structure import (
     PlanMismatchError,
     PruningPlan,
@@ -108,6 +109,31 @@ def test_out_of_range_or_malformed_indices_are_refused(bad):
 def test_wrong_format_version_is_refused():
     with pytest.raises(PlanMismatchError, match="format_version"):
         PruningPlan.from_dict({"format_version": 99, "input_shape": [1, 1, 28, 28], "groups": []})
+
+
+def test_unreadable_plans_say_what_they_are_and_name_the_file(tmp_path):
+    """A newer format said only 'not supported', and PruningPlan.load added 'missing, truncated
+    or not a plan'; a plan that is a string raised AttributeError; an index out of range at the end
+    of a long list was cut from the message (probe)."""
+    newer = {"format_version": 2, "input_shape": [1, 1, 28, 28], "groups": []}
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(PlanMismatchError, match=r"newer.json': pruning plan format_version 2 is not supported "
+                                                r"\(this version of lightning_ssr reads 1\): it was written by a "
+                                                r"newer version of lightning_ssr; upgrade the package") as raised:
+        PruningPlan.load(tmp_path / "newer.json")
+    assert "truncated" not in str(raised.value)
+    with pytest.raises(PlanMismatchError, match="format_version None .* not written by PruningPlan.to_dict"):
+        PruningPlan.from_dict({"input_shape": [1, 1, 28, 28], "groups": []})
+    with pytest.raises(PlanMismatchError, match=r"a pruning plan is a mapping .*; got a str"):
+        PruningPlan.from_dict("conv1: [0, 1]")
+    torch.save({"state_dict": {}, "pruning_plan": newer}, tmp_path / "newer.pt")
+    with pytest.raises(PlanMismatchError, match=r"newer.pt': pruning plan format_version 2"):
+        load_pruned(build_model("lenet5"), tmp_path / "newer.pt")
+    model = build_model("lenet5")
+    with pytest.raises(PlanMismatchError, match=r"got \[0, 1, 2, 3, 4, 5, 6, 7\]\.\.\. \(999 out of range\)"):
+        apply_plan(model, PruningPlan([1, 1, 28, 28], {"conv1": [*range(10), 999]}, {"conv1": 20}))
+    with pytest.raises(PlanMismatchError, match=r"\(3 after 4\)"):
+        apply_plan(model, PruningPlan([1, 1, 28, 28], {"conv1": [0, 4, 3]}, {"conv1": 20}))
 
 
 def test_plans_compose():
