@@ -8,6 +8,7 @@ which is what carries optimizer state, and any other parameter-shaped state, acr
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -51,7 +52,7 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
             raise PlanMismatchError(f"the pruning plan keeps no channel of '{name}'; at least one must stay")
         if sorted(set(ids)) != ids or ids[0] < 0 or ids[-1] >= g.size:
             wrong = next((f"{i} out of range" for i in ids if not 0 <= i < g.size), None) or next(
-                f"{b} after {a}" for a, b in zip(ids, ids[1:]) if b <= a)  # (the first offending index, named)
+                f"{b} after {a}" for a, b in itertools.pairwise(ids) if b <= a)  # (the first offending index, named)
             raise PlanMismatchError(f"the pruning plan's kept indices for '{name}' must be sorted, unique and "
                                     f"in [0, {g.size}); got {ids[:8]}{'...' if len(ids) > 8 else ''} ({wrong})")
         if g.blocks > 1:  # grouped convolutions: every block keeps the same positions
