@@ -179,6 +179,18 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     return program
 
 
+def exported_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> float:
+    """Largest absolute difference between the model exported to ``path`` (a TorchScript ``.ts`` or
+    a ``torch.export`` ``.pt2``), loaded back as a user would, and PyTorch."""
+    path = Path(path)
+    with torch.no_grad():
+        loaded = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.jit.load(str(path))
+        ours = loaded(example_input)
+        with eval_mode(model):
+            reference = model(example_input)
+    return float((ours - reference).abs().max())
+
+
 def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> float:
     """Largest absolute difference between onnxruntime on ``path`` and PyTorch."""
     import onnxruntime as ort  # optional dependency: pip install onnxruntime

@@ -65,6 +65,7 @@ from .export import (
     export_onnx,
     export_program,
     export_torchscript,
+    exported_max_abs_diff,
     onnx_max_abs_diff,
 )
 from .sweep import flatten_config
@@ -1288,11 +1289,17 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
             out["export"]["check"] = "not run: onnxruntime is not installed (pip install onnxruntime)"
             warnings.warn("the ONNX export was not checked against PyTorch: onnxruntime is not installed "
                           "(pip install onnxruntime)", stacklevel=2)
-    elif cfg.export == "torchscript":
-        out["export"] = {"format": "torchscript", "path": str(export_torchscript(net, example, output_dir / "pruned.ts"))}
     else:
-        export_program(net, example, output_dir / "pruned.pt2")
-        out["export"] = {"format": "torch_export", "path": str(output_dir / "pruned.pt2")}
+        if cfg.export == "torchscript":
+            out["export"] = {"format": "torchscript",
+                             "path": str(export_torchscript(net, example, output_dir / "pruned.ts"))}
+        else:
+            export_program(net, example, output_dir / "pruned.pt2")
+            out["export"] = {"format": "torch_export", "path": str(output_dir / "pruned.pt2")}
+        fresh = torch.randn(4, *example.shape[1:])  # (the file loaded back, on another batch than the example)
+        out["export"]["max_abs_diff"] = exported_max_abs_diff(net, out["export"]["path"], fresh)
+        with torch.no_grad(), eval_mode(net):
+            out["export"]["output_max_abs"] = float(net(fresh).abs().max())
     return out
 
 

@@ -7,7 +7,12 @@ import sys
 import pytest
 import torch
 
-from lightning_ssr.app.export import export_onnx, export_program, export_torchscript, onnx_max_abs_diff
+from lightning_ssr.app.export import (
+    export_onnx,
+    export_program,
+    export_torchscript,
+    onnx_max_abs_diff,
+)
 from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.oneshot import prune_oneshot
 from tests.numerics import implementations_tolerance, max_relative_diff
