@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -824,15 +825,15 @@ def _override_value(value: str) -> str:
 
 # Hydra settings of a sweep, not of one run in it (the run's folder is set anew)
 SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
-              "hydra.run.dir", "hydra.job.num", "hydra.job.id",
-              # what Lightning's DDP launcher, and main() for its ranks, add to the command each other rank runs:
-              # a rank's sweep writes its multirun.yaml again, with them
-              "hydra.job.name", "hydra.output_subdir", "hydra/hydra_logging")
+              "hydra.run.dir", "hydra.job.num", "hydra.job.id")
+# what Lightning's DDP launcher, and main() for its ranks, add to the command each other rank runs (a rank's
+# sweep writes its multirun.yaml again, with them): these exact settings, not the same keys a user set
+RANK_ADDED = re.compile(r"hydra\.job\.name=train_ddp_process_\d+|hydra\.output_subdir=null|hydra/hydra_logging=disabled")
 
 
 def _sweep_only(override: str) -> bool:
     key = override.lstrip("+~").split("=", 1)[0]
-    return any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY)
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY) or bool(RANK_ADDED.fullmatch(override))
 
 
 def run_alone_command(hydra_cfg, overrides: Sequence[str], run_dir: str, extra: Sequence[str] = ()) -> str:
