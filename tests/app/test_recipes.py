@@ -331,6 +331,12 @@ def test_a_target_that_is_the_source_data_set_is_warned_of_before_training(tmp_p
     with pytest.warns(UserWarning, match=r"adaptation.target is the source's data set \(MNISTDigits\): the two "
                       r"domains are the same images"), pytest.raises(RuntimeError, match="no training in this test"):
         run(cfg, tmp_path / "run")
+    # the full MNIST beside its 10k digits: another config, the same domain (it passed: probe)
+    subset = compose_config(["+experiment=da_mnist_to_digits", "data@adaptation.target=mnist",
+                             f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    with pytest.warns(UserWarning, match=r"adaptation.target is the source's data set \(MNISTDigits and MNIST, both "
+                      r"MNIST digits\)"), pytest.raises(RuntimeError, match="no training in this test"):
+        run(subset, tmp_path / "subset")
     other = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
     with warnings.catch_warnings(record=True) as said, pytest.raises(RuntimeError, match="no training in this test"):
         warnings.simplefilter("always")

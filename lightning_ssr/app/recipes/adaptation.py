@@ -287,8 +287,12 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         check_flag("adaptation.ceiling", a.get("ceiling", False))
         target_dm, source_dm = instantiate(a.target), stages.build_data(cfg)
         DomainAdaptationData(source_dm, target_dm)  # domains a network cannot read both of fail here
-        if all(a.target.get(k) == cfg.data.get(k) for k in ("_target_", "root", "channels")):
-            warnings.warn(f"adaptation.target is the source's data set ({type(source_dm).__name__}): the two domains "
+        domain = getattr(source_dm, "domain", None)  # (MNIST and its 10k subset, or its 3-channel copy: one domain)
+        if (domain is not None and domain == getattr(target_dm, "domain", None)) or all(
+                a.target.get(k) == cfg.data.get(k) for k in ("_target_", "root", "channels")):
+            names = type(source_dm).__name__ + ("" if type(target_dm) is type(source_dm) else
+                                                f" and {type(target_dm).__name__}, both {domain}")
+            warnings.warn(f"adaptation.target is the source's data set ({names}): the two domains "
                           "are the same images, so there is no shift to adapt to, and the recipe compares its "
                           "trainings on one domain. Choose another target (e.g. data@adaptation.target=mnist_m)",
                           stacklevel=2)
