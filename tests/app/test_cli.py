@@ -201,12 +201,16 @@ def test_export_onnx_at_the_end_of_a_run(tmp_path):
     # two float32 implementations: within the layers' summed fan-in times float32's round-off
     bound = implementations_tolerance(load_pruned(build_model("lenet5"), read_checkpoint(tmp_path / "pruned.pt")))
     assert export["onnxruntime_max_abs_diff"] <= bound * max(1.0, export["output_max_abs"])
-    # run again in its folder (as a resume is) without the export: the earlier model's export does not
+    # run again in its folder (as a resume is) with another export: the earlier model's export does not
     # stay beside the new pruned.pt (probe: result.json said no export, pruned.onnx was the old model)
     (tmp_path / "pruned.onnx.data").write_bytes(b"an earlier export's weights")
-    again = run(_compose(FAST + ["target.macs=0.3", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path)
-    assert again.pruned["export"] is None
+    again = run(_compose(FAST + ["target.macs=0.3", "export=torch_export", f"dense.cache_dir={tmp_path / 'cache'}"]),
+                tmp_path)
     assert not (tmp_path / "pruned.onnx").exists() and not (tmp_path / "pruned.onnx.data").exists()
+    # and the program is loaded back and checked, as the ONNX file is (within one implementation's reductions)
+    export = again.pruned["export"]
+    assert export["format"] == "torch_export" and (tmp_path / "pruned.pt2").is_file()
+    assert export["max_abs_diff"] <= bound * max(1.0, export["output_max_abs"])
 
 
 def test_an_export_that_cannot_be_checked_says_so(tmp_path, monkeypatch):

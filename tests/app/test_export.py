@@ -11,6 +11,7 @@ from lightning_ssr.app.export import (
     export_onnx,
     export_program,
     export_torchscript,
+    exported_max_abs_diff,
     onnx_max_abs_diff,
 )
 from lightning_ssr.app.models import build_model
@@ -55,6 +56,10 @@ def test_torchscript_and_torch_export_match_pytorch(pruned, tmp_path):
         export_program(model, x, tmp_path / "model.pt2")
         program = torch.export.load(str(tmp_path / "model.pt2"))
         assert max_relative_diff(expected, program.module()(x)) <= implementations_tolerance(model)
+        # the command's check of the files: the same figures
+        scale = max(1.0, float(expected.abs().max()))
+        for name in ("model.ts", "model.pt2"):
+            assert exported_max_abs_diff(model, tmp_path / name, x) <= implementations_tolerance(model) * scale
         one = export_program(model, x[:1])  # (the command's example is one row)
         for batch in (1, 5):  # any batch, as the ONNX export: not only the example's
             other = torch.randn(batch, *x.shape[1:])
