@@ -176,6 +176,8 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
         elif isinstance(cb, lightning_callbacks.EarlyStopping):
             stopped = internals.early_stopping_stopped(cb)  # (a stop in epoch 0 leaves its stopped epoch at 0)
+            if getattr(trainer, "world_size", 1) > 1:  # (its reason is set on the rank that decided: all or none)
+                stopped = bool(trainer.strategy.reduce_boolean_decision(stopped, all=False))
             cb.wait_count = 0
             cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
             if stopped:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn

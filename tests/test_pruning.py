@@ -412,6 +412,33 @@ def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_
         assert fitted.current_epoch == 6 and early.stopping_reason.name == "NOT_STOPPED", scores
 
 
+def test_a_stop_one_rank_decided_in_epoch_0_is_withdrawn_on_every_rank_at_the_prune():
+    """Under DDP Lightning sets EarlyStopping's reason on the rank whose metric decided, and its
+    stopped epoch (0 in epoch 0) on every rank: the deciding rank withdrew the stop at the prune
+    and the others kept it, so the ranks' fits would end at different epochs (review)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lightning_ssr.pruning import restart_monitors
+
+    class Ranks:  # every rank's vote, as DDP's reduce_boolean_decision(all=False) gathers them
+        def __init__(self, others):
+            self.others = others
+
+        def reduce_boolean_decision(self, decision, all=True):
+            return decision or any(self.others)
+
+    for decided in (True, False):  # this rank decided; another rank did
+        early = EarlyStopping(monitor="score", stopping_threshold=0.5)
+        if decided:
+            early.stopping_reason = type(early.stopping_reason)["STOPPING_THRESHOLD"]
+        trainer = SimpleNamespace(callbacks=[early], should_stop=True, lr_scheduler_configs=[], world_size=2,
+                                  strategy=Ranks([not decided]))
+        restart_monitors(trainer)
+        assert trainer.should_stop is False and early.stopping_reason.name == "NOT_STOPPED", decided
+
+
 class ScoredClassifier(TinyClassifier):
     """Validation logs ``scores[epoch]`` as "score" (by default best in epoch 0, before the prune);
     test logs the loss."""
