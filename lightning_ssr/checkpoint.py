@@ -319,12 +319,16 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
             own = model.state_dict()
             differ = [(v.shape, own[k].shape) for k, v in state_dict.items()
                       if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-            if data is None and (applied_plan(model) is not None or (differ and all(
-                    len(a) == len(b) and all(x >= y for x, y in zip(a, b)) for a, b in differ))):
-                raise PlanMismatchError(  # (its shapes are all larger: the model is the pruned one)
+            larger = bool(differ) and all(len(a) == len(b) and all(x >= y for x, y in zip(a, b)) for a, b in differ)
+            if data is None and larger:  # (the model may be the pruned one; or one built smaller)
+                pruned = applied_plan(model) is not None  # (it carries a plan: pruned, for certain)
+                raise PlanMismatchError(
                     f"{source} holds no pruning plan, and weights larger than this model's "
-                    f"({'; '.join(mismatches[:2])}): this model was pruned already, and the checkpoint was saved "
-                    "before a prune (a dense model). Load it into a freshly constructed model") from err
+                    f"({'; '.join(mismatches[:2])}): " + (
+                        "this model was pruned already, and the checkpoint was saved before a prune (a dense "
+                        "model). Load it into a freshly constructed model" if pruned else
+                        "was this model pruned already (the checkpoint saved before a prune)? Then load it into a "
+                        f"freshly constructed model; else {built_otherwise}")) from err
             if data is None:
                 raise PlanMismatchError(
                     f"{source} holds no pruning plan, and weights of other shapes than this model "

@@ -532,13 +532,23 @@ def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_n
     # was of a pruned model without its plan: probe)
     torch.save({"state_dict": build_model("lenet5").state_dict()}, tmp_path / "dense.ckpt")
     with pytest.raises(PlanMismatchError, match=r"dense.ckpt' holds no pruning plan, and weights larger than this "
-                                                r"model's .*: this model was pruned already, and the checkpoint was "
-                                                r"saved before a prune \(a dense model\). Load it into a freshly"):
+                                                r"model's .*: was this model pruned already \(the checkpoint saved "
+                                                r"before a prune\)\? Then load it into a freshly constructed model"):
         load_pruned(model, tmp_path / "dense.ckpt")
+    # a fresh model built smaller (10 classes, the checkpoint's 100) is not told it was pruned (review)
+    torch.save({"state_dict": build_model("lenet5", num_classes=100).state_dict()}, tmp_path / "classes.ckpt")
+    with pytest.raises(PlanMismatchError, match=r"classes.ckpt' holds no pruning plan, and weights larger than this "
+                                                r"model's .*: was this model pruned already .*\? Then load it into a "
+                                                r"freshly constructed model; else construct the model as the saved"):
+        load_pruned(build_model("lenet5"), tmp_path / "classes.ckpt")
     second = prune_oneshot(model, example, {"macs": 0.5})
     save_pruned(model, tmp_path / "second.pt", second)
     with pytest.raises(PlanMismatchError, match=r"or is it the plan of a later prune, made on a model pruned before "
                                                 r"\(save the plans in order as one: first.then\(second\)\)"):
         load_pruned(build_model("lenet5"), tmp_path / "second.pt")
     save_pruned(model, tmp_path / "both.pt", first.then(second))
-    load_pruned(build_model("lenet5"), tmp_path / "both.pt")  # (as the message says)
+    loaded = load_pruned(build_model("lenet5"), tmp_path / "both.pt")  # (as the message says)
+    # a model that carries the plan it was pruned with is pruned for certain: said so
+    with pytest.raises(PlanMismatchError, match=r"dense.ckpt' .*weights larger than this model's .*: this model was "
+                                                r"pruned already, and the checkpoint was saved before a prune"):
+        load_pruned(loaded, tmp_path / "dense.ckpt")
