@@ -827,13 +827,16 @@ def _override_value(value: str) -> str:
 SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
               "hydra.run.dir", "hydra.job.num", "hydra.job.id")
 # what Lightning's DDP launcher, and main() for its ranks, add to the command each other rank runs (a rank's
-# sweep writes its multirun.yaml again, with them): these exact settings, not the same keys a user set
-RANK_ADDED = re.compile(r"hydra\.job\.name=train_ddp_process_\d+|hydra\.output_subdir=null|hydra/hydra_logging=disabled")
+# sweep writes its multirun.yaml again, with them): these exact settings, in a rank's command (which names the
+# rank's process), not the same keys a user set
+RANK_JOB = re.compile(r"hydra\.job\.name=train_ddp_process_\d+")
+RANK_ADDED = ("hydra.output_subdir=null", "hydra/hydra_logging=disabled")
 
 
-def _sweep_only(override: str) -> bool:
+def _sweep_only(override: str, rank: bool = False) -> bool:
     key = override.lstrip("+~").split("=", 1)[0]
-    return any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY) or bool(RANK_ADDED.fullmatch(override))
+    return (any(key == k or key.startswith((k + ".", k + "/")) for k in SWEEP_ONLY) or bool(RANK_JOB.fullmatch(override))
+            or (rank and override in RANK_ADDED))
 
 
 def run_alone_command(hydra_cfg, overrides: Sequence[str], run_dir: str, extra: Sequence[str] = ()) -> str:
@@ -844,7 +847,8 @@ def run_alone_command(hydra_cfg, overrides: Sequence[str], run_dir: str, extra: 
               if source.provider == "command-line" and source.schema == "file"]
     if hydra_cfg.job.config_name != CONFIG_NAME:
         config.append(f"--config-name={hydra_cfg.job.config_name}")
-    hydra_flags = [o for o in hydra_cfg.overrides.hydra if not _sweep_only(o)]
+    rank = any(RANK_JOB.fullmatch(o) for o in hydra_cfg.overrides.hydra)  # (a command a DDP rank ran)
+    hydra_flags = [o for o in hydra_cfg.overrides.hydra if not _sweep_only(o, rank)]
     args = ["lightning-ssr", *config, *hydra_flags, *overrides, *extra, f"hydra.run.dir={_override_value(run_dir)}",
             "hydra.mode=RUN"]  # also where a config file set the sweep's mode
     return " ".join(shlex.quote(a) for a in args)

@@ -666,8 +666,10 @@ def test_the_go_on_command_leaves_out_what_a_ddp_rank_added_to_the_sweeps_comman
                                                           "hydra.output_subdir=null", "hydra/hydra_logging=disabled"]}})
     command = run_alone_command(hydra_cfg, ["pruning=l1"], "/s/0")
     assert command == "lightning-ssr hydra.job.chdir=false pruning=l1 hydra.run.dir=/s/0 hydra.mode=RUN"
-    # the same keys with a user's own values stay on the command (they were left out too)
-    hydra_cfg.overrides.hydra = ["hydra.job.name=mine", "hydra.output_subdir=cfg", "hydra/hydra_logging=none"]
-    assert run_alone_command(hydra_cfg, ["pruning=l1"], "/s/0") == (
-        "lightning-ssr hydra.job.name=mine hydra.output_subdir=cfg hydra/hydra_logging=none pruning=l1 "
-        "hydra.run.dir=/s/0 hydra.mode=RUN")
+    # the same keys a user set stay on the command (they were left out too), the values a rank adds included,
+    # in a command no rank ran (review)
+    for user in (["hydra.job.name=mine", "hydra.output_subdir=cfg", "hydra/hydra_logging=none"],
+                 ["hydra.output_subdir=null", "hydra/hydra_logging=disabled"]):
+        hydra_cfg.overrides.hydra = user
+        assert run_alone_command(hydra_cfg, ["pruning=l1"], "/s/0") == (
+            f"lightning-ssr {' '.join(user)} pruning=l1 hydra.run.dir=/s/0 hydra.mode=RUN")
