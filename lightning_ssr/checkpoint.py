@@ -176,12 +176,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return data
 
 
-def failed_load_reason(path, fit: bool = False) -> str | None:
+def failed_load_reason(path, stage: str | None = None) -> str | None:
     """Why loading the local file ``path`` failed, where torch's or Lightning's error names
     neither the file nor what to do (a zip whose directory was changed: ``RuntimeError:
     PytorchStreamReader failed``; a pruned model given to ``fit(ckpt_path=...)``: ``KeyError:
     'pytorch-lightning_version'``); ``None`` where the file reads as a checkpoint of a fit (the
-    failure was elsewhere) or is not a local file. Reads the whole file: for a load that failed."""
+    failure was elsewhere) or is not a local file. ``stage``: the Trainer's (``"fit"``, ``"test"``,
+    ...) that was given the file as ``ckpt_path``. Reads the whole file: for a load that failed."""
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         return None
     try:
@@ -189,11 +190,12 @@ def failed_load_reason(path, fit: bool = False) -> str | None:
         data = read_checkpoint(path)
     except CheckpointReadError as err:
         return str(err)
-    if fit and "pytorch-lightning_version" not in data:
+    if stage is not None and "pytorch-lightning_version" not in data:
         made = "a pruned model (save_pruned, the command's pruned.pt)" if PLAN_CHECKPOINT_KEY in data else "a state dict"
-        return (f"checkpoint file {str(path)!r} is {made}, not a Lightning checkpoint of a fit: fit(ckpt_path=...) "
-                "goes on from a checkpoint a fit wrote (ModelCheckpoint's). Load a pruned model's weights with "
-                "lightning_ssr.load_pruned(fresh_module, path) and start a new fit without ckpt_path")
+        then = "start a new fit without ckpt_path" if stage == "fit" else f"call {stage}(module) without ckpt_path"
+        return (f"checkpoint file {str(path)!r} is {made}, not a Lightning checkpoint of a fit: {stage}(ckpt_path=...) "
+                "reads a checkpoint a fit wrote (ModelCheckpoint's). Load a pruned model's weights with "
+                f"lightning_ssr.load_pruned(fresh_module, path) and {then}")
     return None
 
 

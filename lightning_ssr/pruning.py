@@ -508,7 +508,8 @@ class Pruning(Callback):
             restored = trainer.global_step > 0 or trainer.current_epoch > 0  # (then the file loaded: not read again)
             try:
                 check_checkpoint_file(trainer.ckpt_path)
-                reason = None if restored else failed_load_reason(trainer.ckpt_path, fit=True)
+                stage = trainer.state.fn.value if trainer.state.fn is not None else "fit"  # (fit, test, validate, ...)
+                reason = None if restored else failed_load_reason(trainer.ckpt_path, stage)
             except CheckpointReadError as err:
                 reason = str(err)
             if reason is not None:

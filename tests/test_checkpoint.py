@@ -202,6 +202,12 @@ def test_a_changed_archive_directory_and_a_pruned_model_given_to_fit_are_named(p
             fit.fit(model, loader(), ckpt_path=given)
         assert len(raised.value.__notes__) == 1 and re.search(said, raised.value.__notes__[0]), given
         assert fit.global_step == 0 and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # given to predict (test, validate), the note says so, not "start a new fit" (review)
+    predicting = trainer(tmp_path, [Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(Exception) as raised:
+        predicting.predict(LitNet(), torch.utils.data.DataLoader(torch.randn(4, 3, 16, 16)), ckpt_path=pruned)
+    assert re.search(r"predict\(ckpt_path=...\) reads a checkpoint a fit wrote .* and call predict\(module\) without "
+                     r"ckpt_path$", raised.value.__notes__[0])
 
 
 def _corrupt(path, out):
