@@ -564,48 +564,57 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
                   "calibration_load": load.to_dict() if batch.device.type == "cpu" else None}
 
 
-def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0):
+def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget=20_000):
     """Steps up in one group and, in another, the fewest steps down that bring the cost back under
     ``limit``: ``None`` if no such pair costs more than ``keep`` does.
 
     One step up first, the pair whose cost is largest (closest under the limit). Where no one-step
     trade improves (a small network, whose every step is a large share of the target), more steps up
     in one group: the fewest that reach within ``tolerance`` of the limit, else the pair of largest
-    cost found. Two groups are searched exhaustively that way; more are searched pair by pair."""
+    cost found. Two groups are searched exhaustively that way; more are searched pair by pair, within
+    ``budget`` evaluations of ``measure`` (a large network's one-step trades suffice)."""
     def allowed(h, count):  # a count the rounding allows: a multiple of the group's step, or the floor
         return max(floor[h.name], count // step[h.name] * step[h.name])
 
-    def best_at(ups: int, best, best_cost):
+    calls = 0
+
+    def cost_of(counts):
+        nonlocal calls
+        calls += 1
+        return measure(counts)
+
+    def best_at(ups: dict, best, best_cost):
         for g in groups:
-            up = dict(keep)
-            for _ in range(ups):
-                up[g.name] = _step_up(up[g.name], g.size, step[g.name])
-            if up[g.name] == keep[g.name] or (ups > 1 and _step_up(keep[g.name], g.size, step[g.name]) == up[g.name]):
-                continue  # no step up left (or fewer steps than ``ups``: tried already)
+            if g.name not in ups:
+                continue
+            up = {**keep, g.name: ups[g.name]}
             for h in groups:
                 if h.name == g.name or keep[h.name] <= floor[h.name]:
                     continue
                 lo, hi = floor[h.name], keep[h.name] - 1  # the largest count of h that fits, by bisection
-                if measure({**up, h.name: allowed(h, lo)}) > limit * (1 + 1e-9):
+                if cost_of({**up, h.name: allowed(h, lo)}) > limit * (1 + 1e-9):
                     continue
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if measure({**up, h.name: allowed(h, mid)}) <= limit * (1 + 1e-9):
+                    if cost_of({**up, h.name: allowed(h, mid)}) <= limit * (1 + 1e-9):
                         lo = mid
                     else:
                         hi = mid - 1
                 trial = {**up, h.name: allowed(h, lo)}
-                cost = measure(trial)
+                cost = cost_of(trial)
                 if cost > best_cost:
                     best, best_cost = trial, cost
         return best, best_cost
 
-    current = measure(keep)
-    best, best_cost = best_at(1, None, current)
+    size = {g.name: g.size for g in groups}
+    ups = {n: _step_up(keep[n], size[n], step[n]) for n in size if keep[n] < size[n]}
+    best, best_cost = best_at(ups, None, measure(keep))
     if best is not None:
         return best
-    most = max((g.size + step[g.name] - 1) // step[g.name] for g in groups)
-    for ups in range(2, most + 1):
+    while calls < budget:
+        ups = {n: _step_up(count, size[n], step[n]) for n, count in ups.items() if count < size[n]}
+        if not ups:  # (every group full: no more steps up)
+            break
         best, best_cost = best_at(ups, best, best_cost)
         if best is not None and best_cost >= (1 - tolerance) * limit:
             break
