@@ -244,10 +244,13 @@ _REGISTRY: dict[str, Callable[..., PruningMethod]] = {}
 #: the entry point group through which installed distributions add methods
 ENTRY_POINT_GROUP = "lightning_ssr.methods"
 _entry_points_loaded = False
+#: entry points that failed to load: name -> the error (raised where that method is asked for, each time)
+_BROKEN_ENTRY_POINTS: dict[str, ImportError] = {}
 
 
 def _load_entry_points() -> None:
-    """Import the methods that installed distributions declare (once)."""
+    """Import the methods that installed distributions declare (once). One that fails to load is
+    kept with its error, raised where that method is asked for: the others load and work."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
@@ -264,9 +267,11 @@ def _load_entry_points() -> None:
                                          "the method's class in the entry point ('package.module:MyMethod'), or "
                                          "register it under the entry point's name")
                     register_method(entry.name, loaded)
-            except Exception as err:  # a broken plugin is named, with its entry point
-                raise ImportError(f"the pruning method {entry.name!r} declared by entry point {entry.value!r} "
-                                  f"failed to load: {type(err).__name__}: {err}") from err
+            except Exception as err:  # noqa: BLE001 (a broken plugin is named, with its entry point, where asked for)
+                broken = ImportError(f"the pruning method {entry.name!r} declared by entry point {entry.value!r} "
+                                     f"failed to load: {type(err).__name__}: {err}")
+                broken.__cause__ = err
+                _BROKEN_ENTRY_POINTS[entry.name] = broken
 
 
 def _same_definition(a: Any, b: Any) -> bool:
@@ -315,6 +320,9 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     """The method registered as ``name``, built with ``kwargs`` (validated by the method)."""
     if name not in _REGISTRY:
         _load_entry_points()
+    if name not in _REGISTRY and name in _BROKEN_ENTRY_POINTS:
+        broken = _BROKEN_ENTRY_POINTS[name]
+        raise ImportError(str(broken)) from broken.__cause__
     if name not in _REGISTRY:
         names = available_methods()
         close = next((n for n in names if n.lower() == str(name).lower()), None) or closest_name(str(name), names)

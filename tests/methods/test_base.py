@@ -411,11 +411,25 @@ def test_an_entry_point_may_name_a_module_that_registers_its_method_or_the_metho
     assert {"from_module", "from_class"} <= set(available_methods())
 
     monkeypatch.setattr(base, "_entry_points_loaded", False)
+    monkeypatch.setattr(base, "_BROKEN_ENTRY_POINTS", {})
     silent = types.ModuleType("silent")
-    entries[:] = [_EntryPoint("unregistered", "silent", lambda: silent)]
-    with pytest.raises(ImportError, match="module 'silent' registers no method named 'unregistered': name the "
-                                          "method's class in the entry point"):
-        available_methods()
+
+    def missing():
+        raise AttributeError("module 'plugin' has no attribute 'Nope'")
+
+    # a broken entry point fails where it is asked for, each time, with its cause; the others load and
+    # work (one broken entry point refused every method, then was forgotten: probe)
+    entries[:] = [_EntryPoint("unregistered", "silent", lambda: silent), _EntryPoint("nope", "plugin:Nope", missing),
+                  _EntryPoint("working", "plugin:KeepFirst", lambda: KeepFirst)]
+    assert "working" in available_methods() and "nope" not in available_methods()
+    assert isinstance(build_method("working"), KeepFirst)
+    for _ in range(2):
+        with pytest.raises(ImportError, match="module 'silent' registers no method named 'unregistered': name the "
+                                              "method's class in the entry point"):
+            build_method("unregistered")
+        with pytest.raises(ImportError, match=r"'nope' declared by entry point 'plugin:Nope' failed to load: "
+                                              r"AttributeError: module 'plugin' has no attribute 'Nope'"):
+            build_method("nope")
 
 
 def test_two_lambdas_are_two_definitions():
