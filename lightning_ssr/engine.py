@@ -1016,11 +1016,26 @@ class PruningEngine:
                                            "after start() and one update()")
                     keep = ctx.budget.allocate(values)
                 hook = "select"
+                before_select = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                                 for k, v in trial.state_dict().items()}  # (extra state: any object)
                 if keep is None:  # no target: the method's own counts, not yet what they will be
                     masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
                                                                                            ctx.groups}), None)
                 else:
                     masks = self._check_masks(method.select(keep), ctx, keep)
+                changed = [k for k, v in trial.state_dict().items()
+                           if k in before_select and not _same_tensor(before_select[k], v)]
+                if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
+                    raise RuntimeError(
+                        f"it changed the model ({some_names(changed, 4)}): select() only chooses the channels, and "
+                        "what it changes goes into the pruned model unchecked. Change weights in update() or "
+                        "before_optimizer_step(), or in after_rebuild()")
+                left = _hooks_added(trial, hooks_before)
+                if left:
+                    raise RuntimeError(
+                        f"it left forward hooks on {some_names(left, 4)}: remove the method's hooks by the end of "
+                        "select() (the rebuild's check runs the model right after it, and the smaller model goes on "
+                        "training with them); after_rebuild() may register them again on the smaller model")
                 step_plan = plan_from_support(example.shape, masks, ctx.groups)
                 hook = "the rebuild to its selection"
                 prune_channels(trial, example, step_plan.kept, step_plan.sizes)

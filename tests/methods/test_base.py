@@ -163,8 +163,9 @@ def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
     model = TinyClassifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit = trainer(tmp_path, [Pruning(method=Gate(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
-    with pytest.raises(RuntimeError, match=r"pruning method 'gate' left forward hooks on 'backbone\.conv_a' "
-                                           r"\(forward hook\).* Rehearsed at set-up .*this fit trained nothing"):
+    with pytest.raises(RuntimeError, match=r"pruning method 'gate' failed in select\(\), rehearsed at set-up .*it "
+                                           r"left forward hooks on 'backbone\.conv_a' \(forward hook\).* This fit "
+                                           r"trained nothing"):  # (at select(), not only where the rebuild fails)
         fit.fit(model, loader())
     assert fit.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -185,6 +186,32 @@ def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
     model = TinyClassifier()
     trainer(tmp_path, [cb], 2).fit(model, loader())
     assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
+
+
+class Halving(KeepFirst):
+    """A user's method whose select() halves the first convolution's weights before it chooses."""
+
+    name = "halving"
+
+    def select(self, keep):
+        with torch.no_grad():
+            next(m for m in self.context.model.modules() if isinstance(m, torch.nn.Conv2d)).weight.mul_(0.5)
+        return super().select(keep)
+
+
+def test_a_select_that_changes_the_model_is_refused_before_training(tmp_path):
+    """The masked model is made after select(): a change it made went into the pruned model
+    unchecked, accepted silently (probe)."""
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method=Halving(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
+    with pytest.raises(RuntimeError, match=r"pruning method 'halving' failed in select\(\), rehearsed at set-up .*it "
+                                           r"changed the model \(backbone\.stem\.weight\): select\(\) only chooses "
+                                           r"the channels"):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 class MeanActivation(PruningMethod):
