@@ -415,6 +415,7 @@ class PruningEngine:
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self.warnings: list[str] = []  # what the run warned of (warn), for its result
+        self._unloadable_state_warned = False  # a method state a checkpoint cannot hold, warned of once
         self._phase_too_short = False  # the set-up found no step to update at in the sparsify phase
         self._ignored_resolved = list(self._ignored_names)
         # a state loaded before the model was known, with layers ignored as module objects: the
@@ -644,6 +645,14 @@ class PruningEngine:
         # keeps what it learned between prunes, a generator of its own) whenever it is set up
         if self._context is not None and (self._started or not self.method.sparsifies):
             method_state = self._call("state_dict")
+            why = None if self._unloadable_state_warned else unloadable(method_state)  # (checked at set-up; warned of once)
+            if why is not None:
+                self._unloadable_state_warned = True
+                self.warn(f"pruning method {self.method.name!r}: its state_dict() cannot go through a checkpoint "
+                          f"any more (it could at set-up): {why}. The checkpoints this fit writes from here on cannot "
+                          "be resumed (torch.load(weights_only=True) refuses them). Keep tensors, numbers, strings, "
+                          "booleans, None, dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts "
+                          "most values)")
         else:
             method_state = self._pending_method_state
         return {

@@ -4,12 +4,13 @@ import re
 import threading
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
 from lightning_ssr import Pruning, PruningEngine, PruningSchedule
 from lightning_ssr.methods import PruningMethod, available_methods, base, build_method, register_method, top_k_masks
-from tests.lit import TinyClassifier, loader, trainer
+from tests.lit import TinyClassifier, epoch_checkpoints, loader, trainer
 
 NO_BN = ["backbone.mix", "backbone.fc1"]  # TinyClassifier's layers without BatchNorm
 
@@ -212,6 +213,33 @@ def test_a_select_that_changes_the_model_is_refused_before_training(tmp_path):
         fit.fit(model, loader())
     assert fit.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class LateNumpy(KeepFirst):
+    """A user's method whose state holds a numpy scalar from its second save on."""
+
+    name = "late_numpy"
+
+    def __init__(self):
+        super().__init__()
+        self.saves = 0
+
+    def state_dict(self):
+        self.saves += 1
+        return {"avg": np.float64(0.5)} if self.saves > 1 else {}
+
+
+def test_a_method_state_that_a_checkpoint_cannot_hold_later_in_the_fit_is_warned_of(tmp_path):
+    """The rehearsal checks the method's state_dict() once, at set-up: one that took a numpy value
+    later made every checkpoint after it unresumable, said nowhere (probe)."""
+    schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1)  # (its state is saved until the prune)
+    cb = Pruning(method=LateNumpy(), target={"filters": 0.5}, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match=r"pruning method 'late_numpy': its state_dict\(\) cannot go through a "
+                                         r"checkpoint any more \(it could at set-up\): it holds a value of type "
+                                         r"numpy.* The checkpoints this fit writes from here on cannot be resumed"):
+        trainer(tmp_path, [cb, epoch_checkpoints(tmp_path / "ckpts")], schedule.total_epochs).fit(
+            TinyClassifier(), loader())
+    assert sum("cannot go through a checkpoint any more" in w for w in cb.result.warnings) == 1
 
 
 class MeanActivation(PruningMethod):
