@@ -5,6 +5,7 @@ JSON file under ``benchmarks/results/``; ``python -m benchmarks`` runs them all 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -22,7 +23,7 @@ from lightning_ssr.report import portable_paths
 # solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
 PARTS = [
     ("structure", []),
-    ("targets", ["--latency-allocations", "global"]),
+    ("targets", ["--latency-allocations", "global", "--out", "benchmarks/results/targets_quick.json"]),
     ("speedup", ["--repeats", "12", "--out", "benchmarks/results/speedup_quick.json"]),
     ("overhead", ["--steps", "25", "--rounds", "3"]),
     ("solver_speed", ["--epochs", "6", "--finetune", "1", "--seeds", "0",
@@ -48,7 +49,8 @@ def command_line(script: str, argv) -> str:
 
 
 def recorded_runs(data) -> int:
-    """How many runs a results file holds (its ``runs``, or the runs its rows summarize)."""
+    """How many runs a results file holds (its ``runs``, or the runs its rows summarize, or its
+    rows where each is a run's record)."""
     if not isinstance(data, dict):
         return len(data)
     if isinstance(data.get("n_runs"), int):
@@ -56,13 +58,18 @@ def recorded_runs(data) -> int:
     runs = data.get("runs")
     if isinstance(runs, (list, dict)):
         return len(runs)
-    return sum(int(r.get("n_runs") or 0) for r in data.get("rows", []) if isinstance(r, dict))
+    rows = [r for r in data.get("rows", []) if isinstance(r, dict)]
+    return sum(int(r["n_runs"]) if isinstance(r.get("n_runs"), int) else int("seed" in r) for r in rows)
 
 
-def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
+def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict | None = None,
+                   unbounded: tuple[str, ...] = (), same: tuple[str, ...] = ()) -> None:
     """Before any training: stop (saying how to go on) if ``path`` already holds more runs than the
-    ``planned`` ones, i.e. was made with a larger budget. A quick run never replaces stronger
-    evidence; ``python -m benchmarks`` writes its quick budgets to *_quick.json."""
+    ``planned`` ones, or was made with a larger budget per run: a value of ``budget`` (this command's
+    epochs, data size, batches, ...) below the one its ``settings`` record (for the keys in
+    ``unbounded``, ``None`` or 0 is everything, more than any number), or, for the keys in ``same``
+    (overrides, the model, the data), another value: runs of another experiment. A quick run never
+    replaces stronger evidence; ``python -m benchmarks`` writes its quick budgets to *_quick.json."""
     path = Path(path)
     if force or not path.is_file():
         return
@@ -70,9 +77,23 @@ def refuse_smaller(path: Path, planned: int, force: bool = False) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # an unreadable file holds nothing to keep
-    if recorded_runs(old) > planned:
+    recorded = (old.get("settings") or {}) if isinstance(old, dict) else {}
+
+    def level(key, value):
+        return math.inf if key in unbounded and value in (None, 0) else value
+
+    why = [f"{recorded_runs(old)} runs, this budget plans {planned}"] if recorded_runs(old) > planned else []
+    for key, value in (budget or {}).items():
+        before = recorded.get(key)
+        if key in same:
+            if key in recorded and before != value:
+                why.append(f"{key} {before!r} where this command has {value!r}")
+        elif isinstance(level(key, before), (int, float)) and isinstance(level(key, value), (int, float)) \
+                and level(key, before) > level(key, value):
+            why.append(f"{key} {before!r} > {value!r}")
+    if why:
         command = old.get("command", "its command is not recorded") if isinstance(old, dict) else "?"
-        raise SystemExit(f"{path} holds {recorded_runs(old)} runs ({command}); this budget plans {planned}. "
+        raise SystemExit(f"{path} holds runs of a larger budget or another experiment ({'; '.join(why)}: {command}). "
                          "Write elsewhere with --out, or pass --force to replace it.")
 
 

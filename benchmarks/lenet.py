@@ -348,22 +348,6 @@ def paper_rows(datasets=("mnist",)) -> list[dict]:
             for p in PAPER if "mnist" in datasets]
 
 
-def _command(parser: argparse.ArgumentParser, settings: dict) -> str:
-    """The command line that gives ``settings`` (an older file's, which did not record its command):
-    the options that differ from their defaults, ``--out`` aside."""
-    words = ["python benchmarks/lenet.py"]
-    for action in parser._actions:
-        if action.dest not in settings or not action.option_strings or action.dest in ("out", "remeasure",
-                                                                                       "work_dir"):
-            continue
-        value = settings[action.dest]
-        if value == action.default:
-            continue
-        words.append(action.option_strings[0])
-        words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    return " ".join(words)
-
-
 def train_all(args, log) -> list[dict]:
     """Train every (dataset, seed) dense model and every compression run, then time each run."""
     work = Path(args.work_dir)
@@ -440,8 +424,13 @@ def main(argv=None) -> dict:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:
         parser.error(str(err))
-    if args.remeasure is None:
-        refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force)
+    if args.remeasure is None:  # (nor runs of fewer epochs, nor timed fewer times)
+        refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force,
+                       {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "repeats", "override")},
+                       same=("override",))
+    else:  # the remeasured runs, timed as often, replace no more runs nor runs timed more often
+        remeasured = json.loads(args.remeasure.read_text())
+        refuse_smaller(args.out, len(remeasured.get("runs") or []), args.force, {"repeats": args.repeats})
     quiet_lightning()
     start = time.perf_counter()
 
@@ -449,8 +438,8 @@ def main(argv=None) -> dict:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
     allocator = steady_allocator()  # before any model is built: the timings repeat
     if args.remeasure is not None:
-        previous = json.loads(args.remeasure.read_text())
-        runs, command = previous["runs"], previous.get("command") or _command(parser, previous["settings"])
+        previous = remeasured
+        runs, command = previous["runs"], previous.get("command")  # (not recorded: said so, never inferred)
         log(f"measuring speed again for the {len(runs)} runs of {args.remeasure} (their plans, fresh weights)")
         torch.set_num_threads(os.cpu_count() or 1)
         with tempfile.TemporaryDirectory() as tmp:

@@ -232,7 +232,10 @@ def main(argv=None) -> dict:
     jobs = [(m, s, None) for s in args.seeds for m in args.methods if parse_spec(m)[0] == "none"] + [
         (m, s, macs) for macs in sorted(args.macs) for s in args.seeds for m in args.methods
         if parse_spec(m)[0] != "none"]
-    refuse_smaller(args.out, len(jobs), args.force)
+    refuse_smaller(args.out, len(jobs), args.force,  # (nor runs of fewer epochs, images or batches)
+                   {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "train_size", "batches",
+                                                  "model", "data", "override")},
+                   unbounded=("train_size", "batches"), same=("model", "data", "override"))
     rows = []
     work = Path(args.work_dir).expanduser()
     work.mkdir(parents=True, exist_ok=True)

@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
     jobs = [(e, s, None) for e in args.experiments for s in args.seeds]
     if args.control:
         jobs += [(e, s, CONTROL) for e, s, _ in jobs if e.startswith("da_")]
-    refuse_smaller(args.out, len(jobs), args.force)
+    refuse_smaller(args.out, len(jobs), args.force, {"override": args.override}, same=("override",))
     quiet_lightning()
     start = time.perf_counter()
     rows, results = [], []

@@ -130,11 +130,26 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--kinds", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for every timing (default 1: see the module docstring)")
-    parser.add_argument("--append", action="store_true", help="keep the rows of --out for the kinds not run")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of --out for the models and kinds not run")
+    parser.add_argument("--force", action="store_true", help="replace --out even where this run drops rows it holds")
     parser.add_argument("--out", type=Path, default=RESULTS / "targets.json")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    planned = {(name, kind, allocation, level) for name in args.models for kind in args.kinds for level in LEVELS[kind]
+               for allocation in ((args.latency_allocations or args.allocations) if kind == "latency"
+                                  else args.allocations)}
+    covered = {(name, kind) for name in args.models for kind in args.kinds}
+    earlier = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    kept = [r for r in earlier if args.append and (r["model"], r["kind"]) not in covered]
+    dropped = [r for r in earlier if (r not in kept and (r["model"], r["kind"], r["allocation"], r["requested"])
+                                      not in planned) or r.get("round_to", 1) != args.round_to]  # (one round_to a file)
+    if dropped and not args.force:  # (a run of fewer models, kinds or allocations never replaces a larger one)
+        raise SystemExit(f"{args.out} holds {len(dropped)} rows this run would drop (e.g. {dropped[0]['model']} "
+                         f"{dropped[0]['kind']} {dropped[0]['allocation']} at {dropped[0]['requested']}, round_to "
+                         f"{dropped[0].get('round_to', 1)}). Write elsewhere with --out, keep them with --append, or "
+                         "pass --force to replace it.")
     torch.set_num_threads(args.threads)
     allocator = steady_allocator()
     rows = []
@@ -153,8 +168,7 @@ def main(argv=None) -> list[dict]:
                              f"({100 * row['prediction_error']:+.1f}%)" if kind == "latency" else "")
                     print(f"{name:<12} {allocation:<8} {kind:<8} {level:>9.3f} {row['achieved']:>9.4f} "
                           f"{100 * row['error']:>+6.2f}% {row['allocation_s']:>8.2f}{extra}", flush=True)
-    if args.append and args.out.is_file():
-        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["kind"] not in args.kinds] + rows
+    rows = kept + rows
     worst, within = summarize_errors(rows)
     out = {"benchmark": "targets", "command": command_line("targets", argv), "machine": machine_info(),
            "threads": args.threads, "allocator": allocator,

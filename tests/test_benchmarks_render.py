@@ -319,4 +319,4 @@ def test_the_benchmarks_can_write_into_another_folder(tmp_path, monkeypatch, cap
     capsys.readouterr()
     runner.main(["--list", "--results-dir", str(out)])
     listed = capsys.readouterr().out
-    assert f"--out {out / 'lenet_quick.json'}" in listed and f"--out {out / 'targets.json'}" in listed
+    assert f"--out {out / 'lenet_quick.json'}" in listed and f"--out {out / 'targets_quick.json'}" in listed

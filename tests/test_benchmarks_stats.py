@@ -3,6 +3,7 @@ guard that keeps a quick budget from replacing a results file made with a larger
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -64,11 +65,41 @@ def test_the_methods_summary_pairs_each_method_with_the_reference_and_lists_fail
 def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
     path = tmp_path / "lenet.json"
     path.write_text(json.dumps({"command": "python benchmarks/lenet.py", "runs": [{}] * 70}))
-    with pytest.raises(SystemExit, match="holds 70 runs.*--force"):
+    with pytest.raises(SystemExit, match=r"\(70 runs, this budget plans 4.*--force"):
         refuse_smaller(path, planned=4)
     refuse_smaller(path, planned=70)  # the same budget may replace it
     refuse_smaller(path, planned=4, force=True)
     refuse_smaller(tmp_path / "missing.json", planned=1)
+    # as many runs, each of a smaller budget, or of another experiment: refused too (a tiny methods.py run
+    # replaced the file of 135 runs, whose rows are the runs' records: counted as none; probe)
+    path.write_text(json.dumps({"command": "python benchmarks/methods.py", "rows": [{"seed": 0}] * 135,
+                                "settings": {"dense_epochs": 30, "train_size": None, "batches": 0,
+                                             "override": ["trainer.limit_val_batches=1"]}}))
+    budget = {"dense_epochs": 30, "train_size": None, "batches": 0, "override": ["trainer.limit_val_batches=1"]}
+    kinds = {"unbounded": ("train_size", "batches"), "same": ("override",)}
+    refuse_smaller(path, 135, budget=budget, **kinds)
+    for smaller, said in [({"dense_epochs": 1}, "dense_epochs 30 > 1"), ({"train_size": 64}, "train_size None > 64"),
+                          ({"batches": 4}, "batches 0 > 4"), ({"override": []}, "override .* where this command has")]:
+        with pytest.raises(SystemExit, match=f"holds runs of a larger budget or another experiment \\({said}"):
+            refuse_smaller(path, 135, budget={**budget, **smaller}, **kinds)
+    with pytest.raises(SystemExit, match=r"\(135 runs, this budget plans 2"):
+        refuse_smaller(path, 2, budget=budget, **kinds)
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("methods", ["--dense-epochs", "1"]), ("solver_speed", ["--epochs", "1"]), ("lenet", ["--finetune", "1"]),
+    ("lenet", ["--remeasure", "{quick}", "--repeats", "1"]), ("targets", ["--models", "lenet5", "--kinds", "macs"])])
+def test_a_smaller_run_of_each_script_is_refused_before_it_trains(tmp_path, script, argv):
+    """Each refusal comes before any training or timing: the call returns at once (probe: a remeasure,
+    a run of fewer epochs, of fewer models replaced the files; a run of as many runs trained 8 minutes)."""
+    import importlib
+    import shutil
+
+    for name in (f"{script}.json", "lenet_quick.json"):
+        shutil.copy(Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name, tmp_path / name)
+    argv = [a.replace("{quick}", str(tmp_path / "lenet_quick.json")) for a in argv]
+    with pytest.raises(SystemExit, match="--force"):
+        importlib.import_module(f"benchmarks.{script}").main([*argv, "--out", str(tmp_path / f"{script}.json")])
 
 
 @pytest.mark.parametrize("script", ["speedup", "overhead"])
