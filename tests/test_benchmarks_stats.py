@@ -29,8 +29,29 @@ def test_the_paired_interval_is_the_student_t_interval_of_the_differences():
     assert paired([-x for x in d])["verdict"] == "lower"
     assert paired([0.3, -0.2, 0.1])["verdict"] == "not distinguishable"  # the interval holds 0
     assert paired([0.3])["verdict"].startswith("not distinguishable") and paired([])["n"] == 0
-    assert t95(1) == 12.706 and t95(4) == 2.776 and t95(100) == 1.96
+    assert t95(1) == 12.706 and t95(4) == 2.776 and t95(30) == 2.042
+    # beyond the table, Student's quantile, not the normal's 1.96 (4% too narrow at 31 seeds: probe)
+    for df, exact in [(31, 2.0395), (40, 2.0211), (60, 2.0003), (100, 1.9840), (1000, 1.9623)]:
+        assert t95(df) == pytest.approx(exact, abs=1e-3)
     assert "[" in interval(p) and "higher" in interval(p)
+
+
+def test_a_file_of_several_data_sets_is_compared_on_the_one_chosen(tmp_path, capsys):
+    """By seed alone, the last data set's runs replaced the first's, and the output named none
+    (probe: lenet.json's MNIST comparison printed its Fashion-MNIST figure)."""
+    from benchmarks.stats import main
+
+    runs = [{"method": m, "dataset": ds, "seed": seed, "status": "ok", "accuracy_drop_points": drop + seed / 10}
+            for ds, base in (("mnist", 0.2), ("fashion_mnist", 1.0)) for seed in (0, 1, 2)
+            for m, drop in (("a", base), ("b", base + 0.5))]
+    path = tmp_path / "lenet.json"
+    path.write_text(json.dumps({"runs": runs}))
+    with pytest.raises(SystemExit, match="'a' ran on fashion_mnist, mnist; choose one with --dataset"):
+        main([str(path), "a", str(path), "b"])
+    assert main([str(path), "a", str(path), "b", "--dataset", "mnist"])["mean"] == pytest.approx(-0.5)
+    assert "on mnist (points)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="missing.json: unreadable results file"):
+        main([str(tmp_path / "missing.json"), "a", str(path), "b"])
 
 
 def test_pairs_are_made_on_the_seeds_both_have():
