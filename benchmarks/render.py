@@ -68,6 +68,7 @@ def failures(rows, label) -> list[str]:
 
 def render_lenet(d):
     rows = []
+    reference = (d.get("settings") or {}).get("reference")  # (a file without comparisons has no reference row)
     measured = [r for r in d["rows"] if r.get("source") != "paper"]
     datasets = {r["dataset"] for r in measured}
     for r in d["rows"]:
@@ -80,7 +81,7 @@ def render_lenet(d):
             versus = r.get("vs_reference")
             rows.append([r["dataset"], r["method"], r["filters"], r.get("learned") or "-",
                          _f(r["macs_reduction"], 1, "x"), pm(r["drop_mean"], r["drop_std"], sign=True), r["n_runs"],
-                         interval(versus) if versus else "(reference)",
+                         interval(versus) if versus else "(reference)" if r["method"] == reference else "-",
                          _f(r.get("speedup_b1_runtime"), 1, "x"), _f(r.get("speedup_b256"), 1, "x")])
     # one figure per dataset, over the most seeds: a row with a failed run averages fewer dense models
     dense = sorted({r["dataset"]: 100 * r["dense_accuracy_mean"]

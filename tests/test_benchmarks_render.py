@@ -216,6 +216,10 @@ def test_a_lenet_table_with_a_failed_run_states_one_dense_accuracy_and_the_headl
              "dense_accuracy_mean": 0.99225, "errors": [{"seed": 6, "error": "FloatingPointError: nan"}]}
     text = "\n".join(render_lenet({"rows": [ok, short]}))
     assert "Dense accuracy (mean over seeds): mnist 99.23%." in text  # the five seeds', not also the four's
+    # without comparisons, no row is called the reference but the reference's (every row was: probe)
+    assert "(reference)" not in text and text.count("| - | ") >= 2
+    compared = "\n".join(render_lenet({"rows": [ok, short], "settings": {"reference": "l1@uniform"}}))
+    assert compared.count("(reference)") == 1 and "| l1@uniform | 2-6-87 |" in compared
     assert "- mnist l1@uniform, seed 6: FloatingPointError: nan" in text
     (tmp_path / "lenet_distill_restart.json").write_text(json.dumps({"rows": [ok, short]}))
     assert "drop +0.23 ± 0.06 pt over 4 seeds (1 failed, listed in the table) (dense" in headline(tmp_path)
