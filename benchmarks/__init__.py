@@ -4,12 +4,14 @@ JSON file under ``benchmarks/results/``; ``python -m benchmarks`` runs them all 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from lightning_ssr.latency import cache_root
@@ -201,3 +203,26 @@ def init_worker(threads: int) -> None:
     exit_when_orphaned(os.getppid())
     torch.set_num_threads(threads)
     quiet_lightning()
+
+
+@contextlib.contextmanager
+def job_pool(jobs: int, threads: int):
+    """A pool of ``jobs`` worker processes (:func:`init_worker` with ``threads``) that a Ctrl-C
+    stops: the queued runs are cancelled and the workers ended, where the pool's own exit waited
+    for every queued run to train (a second Ctrl-C printed a traceback, a third ended it). The runs
+    that finished stay in the work directory: the same command goes on from them."""
+    pool = ProcessPoolExecutor(jobs, initializer=init_worker, initargs=(threads,))
+    try:
+        yield pool
+    except BaseException as err:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.join(timeout=10)
+        if isinstance(err, KeyboardInterrupt):
+            print("interrupted: the queued runs were cancelled; the runs that finished are kept in the work "
+                  "directory, and the same command goes on from them", file=sys.stderr, flush=True)
+        raise
+    pool.shutdown()

@@ -48,14 +48,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     LENET_SEEDS,
     check_pruning_overrides,
@@ -354,8 +353,7 @@ def train_all(args, log) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     log(f"runs in {work} (a finished run found there with the same settings is not trained again)")
     with tempfile.TemporaryDirectory() as tmp, \
-            ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=(1 if args.jobs > 1 else
-                                                                                torch.get_num_threads(),)) as pool:
+            job_pool(args.jobs, 1 if args.jobs > 1 else torch.get_num_threads()) as pool:
         tmp = Path(tmp)
         dense = [pool.submit(dense_job, d, s, args, str(tmp / f"dense-{d}-{s}")) for d in args.datasets
                  for s in args.seeds]

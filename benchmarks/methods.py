@@ -38,12 +38,11 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     check_pruning_overrides,
     check_spec,
@@ -240,8 +239,7 @@ def main(argv=None) -> dict:
     work = Path(args.work_dir).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     log(f"runs in {work} (a finished run found there with the same settings is not trained again)")
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, initializer=init_worker,
-                                                                   initargs=(1 if args.jobs > 1 else 2,)) as pool:
+    with tempfile.TemporaryDirectory() as tmp, job_pool(args.jobs, 1 if args.jobs > 1 else 2) as pool:
         dense = [pool.submit(dense_job, s, args, str(Path(tmp) / f"dense-{s}")) for s in args.seeds]
         dense_models = [f.result() for f in dense]
         for d in dense_models:

@@ -34,12 +34,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, init_worker, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -195,7 +194,7 @@ def main(argv=None) -> dict:
     # the slowest experiment first, so that the others fill the second worker around it
     order = sorted(jobs, key=lambda j: EXPERIMENTS.index(j[0]), reverse=True)
     print(f"runs in {args.work_dir} (a finished run found there with the same settings is not trained again)")
-    with ProcessPoolExecutor(args.jobs, initializer=init_worker, initargs=(1 if args.jobs > 1 else 2,)) as pool:
+    with job_pool(args.jobs, 1 if args.jobs > 1 else 2) as pool:
         futures = {pool.submit(run_job, e, s, list(args.override),
                                str(args.work_dir / "-".join([e, str(s), *([v] if v else [])])), v): (e, s, v)
                    for e, s, v in order}

@@ -1,4 +1,4 @@
-"""A stand-in for ``concurrent.futures.ProcessPoolExecutor`` in the benchmarks' tests."""
+"""A stand-in for the benchmarks' pool of worker processes (``benchmarks.job_pool``) in their tests."""
 
 from concurrent.futures import Future
 

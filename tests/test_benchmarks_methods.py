@@ -43,7 +43,7 @@ def test_none_then_the_largest_reduction_first(tmp_path, monkeypatch):
         submitted.append((method, seed, macs))
         return {"status": "failed", "error": "not run", "method": method, "seed": seed, "macs_target": macs}
 
-    monkeypatch.setattr(methods, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(methods, "job_pool", lambda *args: InlinePool())
     monkeypatch.setattr(methods, "dense_job", lambda s, a, o: {"seed": s, "path": "d.pt", "reused": True,
                                                                  "seconds": 0.0})
     monkeypatch.setattr(methods, "compress_job", fake_compress)

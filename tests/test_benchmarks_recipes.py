@@ -45,7 +45,7 @@ def test_summary_means_paired_intervals_repeated_seeds_and_failures():
 def test_refuses_to_overwrite_a_file_with_more_runs_before_training(tmp_path):
     out = tmp_path / "recipes.json"
     out.write_text(json.dumps({"n_runs": 9, "command": "python benchmarks/recipes.py"}))
-    with pytest.raises(SystemExit, match="holds 9 runs"):
+    with pytest.raises(SystemExit, match=r"\(9 runs, this budget plans"):
         recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(out)])
 
 
@@ -53,17 +53,17 @@ def test_an_override_of_the_domain_weight_is_its_own_control_and_runs_none(tmp_p
     """The command that made recipes_no_adaptation.json (``--override adaptation.domain_weight=0``)
     still runs as recorded: those runs are the controls, and none is added beside them."""
     ran = []
-    monkeypatch.setattr(recipes, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(recipes, "job_pool", lambda *args: InlinePool())
     monkeypatch.setattr(recipes, "run_job", lambda e, s, overrides, out_dir, v=None: ran.append((e, s, v, overrides))
                         or {"result": {"status": "failed", "error": "not trained here"}})
     for override in ("adaptation.domain_weight=0", "++adaptation.domain_weight=0"):
         recipes.main(["--experiments", "da_mnist_to_digits", "--seeds", "0", "--out", str(tmp_path / "r.json"),
-                      "--override", override])
+                      "--override", override, "--force"])  # (each writes over the file of another override)
         assert ran == [("da_mnist_to_digits", 0, None, [override])]
         assert "no equal-budget controls: --override sets adaptation.domain_weight itself" in capsys.readouterr().out
         ran.clear()
     recipes.main(["--experiments", "da_mnist_to_digits", "transfer_fmnist_to_mnist", "--seeds", "0",
-                  "--out", str(tmp_path / "r.json")])
+                  "--out", str(tmp_path / "r.json"), "--force"])
     assert sorted((e, v or "") for e, _, v, _ in ran) == [  # transfer has no control
         ("da_mnist_to_digits", ""), ("da_mnist_to_digits", "no_adaptation"), ("transfer_fmnist_to_mnist", "")]
 

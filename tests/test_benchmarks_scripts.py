@@ -89,3 +89,44 @@ def test_a_pool_worker_exits_once_its_benchmark_is_killed(tmp_path):
         proc.stdout.close()
         if worker is not None and _running(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+INTERRUPTED_POOL = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from benchmarks import job_pool
+
+if __name__ == "__main__":
+    try:
+        with job_pool(1, 1) as pool:
+            print(pool.submit(os.getpid).result(), flush=True)
+            queued = [pool.submit(time.sleep, 60) for _ in range(3)]
+            queued[0].result()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see whether a process still runs")
+def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
+    """A Ctrl-C recorded the runs in progress as interrupted, then the pool's exit waited while its
+    worker trained every queued run; a second Ctrl-C printed a traceback, a third ended it (probe)."""
+    script = tmp_path / "bench.py"
+    script.write_text(INTERRUPTED_POOL)
+    proc = subprocess.Popen([sys.executable, str(script), str(BENCHMARKS.parent)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(proc.stdout.readline())
+        time.sleep(0.5)  # (the first queued run sleeps in the worker)
+        proc.send_signal(signal.SIGINT)  # (to the benchmark alone: its worker goes on unless it is stopped)
+        out, err = proc.communicate(timeout=30)
+        assert "stopped" in out and "the queued runs were cancelled" in err
+        deadline = time.monotonic() + 10
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(worker), "the worker still runs the queued runs"
+    finally:
+        proc.kill()
+        if worker is not None and _running(worker):
+            os.kill(worker, signal.SIGKILL)
