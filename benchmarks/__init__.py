@@ -4,6 +4,7 @@ JSON file under ``benchmarks/results/``; ``python -m benchmarks`` runs them all 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -226,3 +227,28 @@ def job_pool(jobs: int, threads: int):
                   "directory, and the same command goes on from them", file=sys.stderr, flush=True)
         raise
     pool.shutdown()
+
+
+def counted(low: int):
+    """An argparse ``type``: an integer of at least ``low`` (a bad value is refused before any run)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def kept_fraction(text: str) -> float:
+    """An argparse ``type``: a fraction of the dense model kept, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]: the fraction of the dense model's MACs kept")
+    return value

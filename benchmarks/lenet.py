@@ -54,7 +54,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     LENET_SEEDS,
     check_pruning_overrides,
@@ -389,11 +389,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference", default=REFERENCE, type=check_lenet_spec,
                         help="the method every other is compared with, seed by seed (one of the methods run)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(LENET_SEEDS))
-    parser.add_argument("--dense-epochs", type=int, default=20)
-    parser.add_argument("--sparsify", type=int, default=6, help="epochs with the method's term")
-    parser.add_argument("--finetune", type=int, default=14, help="epochs after the prune")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--repeats", type=int, default=60, help="timed forward passes per measurement")
+    parser.add_argument("--dense-epochs", type=counted(1), default=20)
+    parser.add_argument("--sparsify", type=counted(0), default=6, help="epochs with the method's term")
+    parser.add_argument("--finetune", type=counted(0), default=14, help="epochs after the prune")
+    parser.add_argument("--jobs", type=counted(1), default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--repeats", type=counted(1), default=60, help="timed forward passes per measurement")
     parser.add_argument("--override", nargs="*", default=[],
                         help="more config overrides for every run (pruning.<key>: for the methods whose "
                              "config has the key)")

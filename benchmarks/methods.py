@@ -42,7 +42,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, kept_fraction, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     check_pruning_overrides,
     check_spec,
@@ -197,13 +197,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--data", default="fashion_mnist")
-    parser.add_argument("--train-size", type=int, default=4000, help="labeled training images (0: all)")
-    parser.add_argument("--macs", nargs="+", type=float, default=[0.5, 0.25], help="MACs fractions kept")
-    parser.add_argument("--dense-epochs", type=int, default=30)
-    parser.add_argument("--sparsify", type=int, default=3, help="epochs with the method's term")
-    parser.add_argument("--finetune", type=int, default=5, help="epochs after the prune")
-    parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--train-size", type=counted(0), default=4000, help="labeled training images (0: all)")
+    parser.add_argument("--macs", nargs="+", type=kept_fraction, default=[0.5, 0.25], help="MACs fractions kept")
+    parser.add_argument("--dense-epochs", type=counted(1), default=30)
+    parser.add_argument("--sparsify", type=counted(0), default=3, help="epochs with the method's term")
+    parser.add_argument("--finetune", type=counted(0), default=5, help="epochs after the prune")
+    parser.add_argument("--batches", type=counted(0), default=0, help="training batches per epoch (0: all)")
+    parser.add_argument("--jobs", type=counted(1), default=2, help="runs at a time (one thread each)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--override", nargs="*", default=[],
                         help="more config overrides for every run (pruning.<key>: for the methods whose "

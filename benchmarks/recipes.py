@@ -38,7 +38,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", nargs="+", default=EXPERIMENTS, choices=EXPERIMENTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--jobs", type=counted(1), default=2, help="runs at a time (one thread each)")
     parser.add_argument("--override", nargs="*", default=[], help="more config overrides for every run")
     parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "recipes",
                         help="where each run's outputs stay; an interrupted benchmark run again with the same "
@@ -178,8 +178,6 @@ def main(argv=None) -> dict:
                         help="with each adaptation run, its equal-budget control: the same run with the domain "
                              f"term off ({CONTROL_OVERRIDE}; not with an --override of adaptation.domain_weight)")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.control and any(o.replace(" ", "").lstrip("+").startswith("adaptation.domain_weight=")
                             for o in args.override):
         print("no equal-budget controls: --override sets adaptation.domain_weight itself")

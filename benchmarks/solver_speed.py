@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller
+from benchmarks import command_line, counted, refuse_smaller
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.app.cli import compose_config
@@ -186,12 +186,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="mnist")
     parser.add_argument("--lam", type=float, default=0.002)
-    parser.add_argument("--epochs", type=int, default=8, help="sparsify epochs (both solvers)")
-    parser.add_argument("--finetune", type=int, default=2, help="identical fine-tune epochs after the prune")
-    parser.add_argument("--interval", type=int, default=25, help="steps between updates (V/U; SSL's support)")
+    parser.add_argument("--epochs", type=counted(1), default=8, help="sparsify epochs (both solvers)")
+    parser.add_argument("--finetune", type=counted(0), default=2, help="identical fine-tune epochs after the prune")
+    parser.add_argument("--interval", type=counted(1), default=25, help="steps between updates (V/U; SSL's support)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threshold", type=float, default=1e-2, help="ssl: relative norm threshold")
-    parser.add_argument("--batches", type=int, default=0, help="training batches per epoch (0: all)")
+    parser.add_argument("--batches", type=counted(0), default=0, help="training batches per epoch (0: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "solver_speed.json")

@@ -33,7 +33,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller_budget
+from benchmarks import command_line, counted, refuse_smaller_budget
 from lightning_ssr.app.export import compile_for_cpu_inference, optimize_for_cpu_inference
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
@@ -142,7 +142,7 @@ def rebuild_time(repeats: int = 3) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed calls per model, batch and mode")
+    parser.add_argument("--repeats", type=counted(1), default=REPEATS, help="timed calls per model, batch and mode")
     parser.add_argument("--latency-targets-only", action="store_true",
                         help="run only the latency-target cases and replace those rows of the results file")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speedup.json")

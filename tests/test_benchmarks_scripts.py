@@ -130,3 +130,19 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
         proc.kill()
         if worker is not None and _running(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("script,argv,said", [
+    ("methods", ["--macs", "1.5"], "argument --macs: 1.5 is not in (0, 1]"),
+    ("methods", ["--dense-epochs", "0"], "argument --dense-epochs: 0 is below 1"),
+    ("speedup", ["--repeats", "0"], "argument --repeats: 0 is below 1"),
+    ("lenet", ["--jobs", "x"], "argument --jobs: 'x' is not an integer"),
+    ("solver_speed", ["--interval", "0"], "argument --interval: 0 is below 1"),
+    ("recipes", ["--jobs", "0"], "argument --jobs: 0 is below 1")])
+def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv, said, capsys):
+    """methods.py --macs 1.5 began training, speedup.py --repeats 0 began timing (probe)."""
+    import importlib
+
+    with pytest.raises(SystemExit) as raised:
+        importlib.import_module(f"benchmarks.{script}").main(argv)
+    assert raised.value.code == 2 and said in capsys.readouterr().err
