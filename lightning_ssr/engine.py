@@ -800,6 +800,15 @@ class PruningEngine:
                         raise ValueError(f"pruning method {self.method.name!r}: importance() gave no scores for "
                                          f"groups {some_names(missing, 4)} (allocation='global' ranks every group's "
                                          "channels): give one tensor per group, or None for the L2 group norm")
+                    for g in groups if scores is not None else ():  # (what the allocation reads: said as the method's)
+                        s = scores[g.name]
+                        why = ("is not a tensor" if not torch.is_tensor(s) else
+                               f"holds {s.numel()} values for its {g.size} channels" if s.numel() != g.size else
+                               "is not finite" if not bool(torch.isfinite(s.detach().float()).all()) else None)
+                        if why is not None:
+                            raise ValueError(f"pruning method {self.method.name!r}: importance()'s score of group "
+                                             f"{g.name!r} {why} (a {type(s).__name__}): give one finite value per "
+                                             "channel, as a tensor")
                     if scores is None:
                         scores = {g.name: g.norms({n: p.detach() for n, p in model.named_parameters()})
                                   for g in groups}

@@ -508,3 +508,45 @@ def test_metrics_are_numbers_or_one_element_tensors(value):
         base.checked_metrics("m", "update", {"v": torch.ones(3)})
     with pytest.raises(TypeError, match=r"update\(\) must return a dict of metric name -> number \(or None\), got list"):
         base.checked_metrics("m", "update", [1.0])
+
+
+class NoSelect(PruningMethod):
+    name = "no_select"
+
+
+class NoSuperSetup(KeepFirst):
+    name = "no_super_setup"
+
+    def setup(self, context):
+        self.calls.append("setup")  # (super().setup(context) forgotten)
+
+
+class ListImportance(KeepFirst):
+    name = "list_importance"
+
+    def __init__(self, scores="list"):
+        super().__init__()
+        self.scores = scores
+
+    def importance(self, model, groups):
+        return {g.name: ([1.0] * g.size if self.scores == "list" else torch.full((g.size,), float("nan")))
+                for g in groups}
+
+
+@pytest.mark.parametrize("method,allocation,said", [
+    (NoSelect(), "uniform", r"NoSelect does not implement select\(keep\): every method gives, per group, a bool mask"),
+    (NoSuperSetup(), "uniform", r"has no context: its setup\(\) must call super\(\).setup\(context\)"),
+    (ListImportance(), "global", (r"pruning method 'list_importance': importance\(\)'s score of group '.*' is not a "
+                                 r"tensor \(a list\)")),
+    (ListImportance("nan"), "global", r"importance\(\)'s score of group '.*' is not finite")])
+def test_a_plugin_authors_mistakes_are_named_with_what_to_do(tmp_path, method, allocation, said):
+    """NotImplementedError with no text, AttributeError 'context', a raw AttributeError from the
+    allocation and a message naming neither the method nor importance() (probe)."""
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, allocation=allocation, schedule=schedule,
+                                     verbose=False)], 2)
+    with pytest.raises(Exception, match=said):
+        fit.fit(model, loader())
+    assert fit.global_step == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
