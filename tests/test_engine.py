@@ -634,3 +634,55 @@ def test_a_loop_that_gives_on_batch_end_the_count_before_the_step_is_told_at_the
                                          r"takes the count of optimizer steps taken, after optimizer.step\(\)"):
         engine = train()
     assert engine.last_update_step == -1 and engine.done
+
+
+def _resumable_loop(tmp_path, stop_after=None, resume=False):
+    """README's loop with its save at the end of each epoch and its resume, as README writes them."""
+    from lightning_ssr import load_pruned
+
+    def make_engine():
+        return PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine, start, step = make_engine(), 0, 0
+    if resume:  # a fresh model, rebuilt to the plan where a prune happened, then the rest
+        saved = torch.load(tmp_path / "loop.pt", weights_only=True)
+        model = load_pruned(SmallResidualCNN(in_channels=3, num_classes=5),
+                            {"state_dict": saved["model"], "pruning_plan": saved["engine"]["plan"]})
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        optimizer.load_state_dict(saved["optimizer"])
+        engine.load_state_dict(saved["engine"])
+        torch.set_rng_state(saved["rng"])
+        start, step = saved["epoch"] + 1, saved["step"]
+    for epoch in range(start, SCHEDULE.total_epochs):
+        for x, y in DataLoader(_data(), batch_size=16, shuffle=True):
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            engine.on_before_optimizer_step()
+            optimizer.step()
+            step += 1
+            engine.on_batch_end(step=step)
+        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer], max_epochs=SCHEDULE.total_epochs)
+        torch.save({"engine": engine.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(), "epoch": epoch, "step": step}, tmp_path / "loop.pt")
+        if epoch == stop_after:
+            return None
+    engine.finish(model)
+    return model
+
+
+@pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_sparsify", "after_the_prune"])
+def test_a_hand_written_loop_resumes_as_readme_says_bit_for_bit(tmp_path, stop_after):
+    """README showed the loop, not how to save and resume it (probe): its recipe, followed to the
+    letter, goes on exactly as the uninterrupted loop, before and after the prune."""
+    whole = _resumable_loop(tmp_path / "whole" if (tmp_path / "whole").mkdir() is None else None)
+    (tmp_path / "cut").mkdir()
+    assert _resumable_loop(tmp_path / "cut", stop_after=stop_after) is None
+    resumed = _resumable_loop(tmp_path / "cut", resume=True)
+    assert {k: v.shape for k, v in resumed.state_dict().items()} == {k: v.shape for k, v in whole.state_dict().items()}
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
+    dense = sum(p.numel() for p in SmallResidualCNN(in_channels=3, num_classes=5).parameters())
+    assert sum(p.numel() for p in resumed.parameters()) < dense  # (pruned: the saved plan rebuilt it)
