@@ -218,8 +218,11 @@ def render_recipes(d):
              _f(r["pruned_accuracy"], 2), _f(r.get("ceiling_accuracy"), 2), _f(r.get("domain_accuracy"), 1),
              _f(r.get("pruned_domain_accuracy"), 1), _f(r["macs_reduction"], 2, "x"),
              _f(r["seconds"] / 60 if r.get("seconds") else None, 1, " min")] for r in d["rows"] if r["status"] == "ok"]
+    failed = [f"- {r['experiment']}{' (no adaptation)' if r.get('variant') else ''}, seed {r['seed']}: "
+              f"{(r.get('error') or 'no error recorded').splitlines()[0]}" for r in d["rows"] if r["status"] != "ok"]
     return lines + table(["experiment", "seed", "source only %", "dense %", "compressed %", "ceiling %",
-                          "domain acc. dense %", "domain acc. compressed %", "MACs red.", "wall time"], runs)
+                          "domain acc. dense %", "domain acc. compressed %", "MACs red.", "wall time"], runs) + (
+        ["", "Failed runs:", "", *failed] if failed else [])
 
 
 def render_solver_speed(d):

@@ -124,6 +124,12 @@ def test_a_recipes_file_with_its_own_controls_is_compared_with_them_and_tables_t
     assert "same epochs without adaptation 48.00 ± 1.00% (3 seeds), DANN dense - it: +31.00 [" in text
     table = "\n".join(render_recipes(data))
     assert "| 48.00 ± 1.00 | +31.00 [" in table and "| da (no adaptation) | 1 |" in table
+    assert "Failed runs" not in table
+    # a failed run is listed with its error, not only counted (probe)
+    data["rows"].append({"experiment": "da", "seed": 3, "status": "failed", "kind": "adaptation",
+                         "error": "FloatingPointError: the training loss is nan\nmore"})
+    table = "\n".join(render_recipes(data))
+    assert "- da, seed 3: FloatingPointError: the training loss is nan" in table and "more" not in table
 
 
 def test_the_record_of_a_whole_run_comes_first_with_its_total(tmp_path):
