@@ -649,7 +649,7 @@ class PruningEngine:
             if why is not None:
                 self._unloadable_state_warned = True
                 self.warn(f"pruning method {self.method.name!r}: its state_dict() cannot go through a checkpoint "
-                          f"any more (it could at set-up): {why}. The checkpoints this fit writes from here on cannot "
+                          f"any more: {why}. The checkpoints this fit writes from here on cannot "
                           "be resumed (torch.load(weights_only=True) refuses them). Keep tensors, numbers, strings, "
                           "booleans, None, dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts "
                           "most values)")
@@ -1034,19 +1034,19 @@ class PruningEngine:
                                            "after start() and one update()")
                     keep = ctx.budget.allocate(values)
                 hook = "select"
-                before_select = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                                 for k, v in trial.state_dict().items()}  # (extra state: any object)
+                before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
                 if keep is None:  # no target: the method's own counts, not yet what they will be
                     masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
                                                                                            ctx.groups}), None)
                 else:
                     masks = self._check_masks(method.select(keep), ctx, keep)
-                changed = [k for k, v in trial.state_dict().items()
+                changed = [k for k, v in trial.named_parameters()
                            if k in before_select and not _same_tensor(before_select[k], v)]
                 if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
                     raise RuntimeError(
-                        f"it changed the model ({some_names(changed, 4)}): select() only chooses the channels, and "
-                        "what it changes goes into the pruned model unchecked. Change weights in update() or "
+                        f"it changed the model's weights ({some_names(changed, 4)}): select() only chooses the "
+                        "channels, and what it changes goes into the pruned model unchecked (nor need it zero the "
+                        "channels it drops: the rebuild removes them). Change weights in update() or "
                         "before_optimizer_step(), or in after_rebuild()")
                 left = _hooks_added(trial, hooks_before)
                 if left:
@@ -1078,10 +1078,13 @@ class PruningEngine:
                 raise UnsupportedLayerError(f"dry run at set-up, before training, to the channels {name!r} selects: "
                                             f"{err}") from err
             where = hook if hook.startswith("the ") else f"{hook}()"
+            hint = (" (its setup() must call super().setup(context), which keeps the groups, the model and the "
+                    "parameters as self.context)" if isinstance(err, AttributeError) and "'context'" in str(err)
+                    and "context" not in vars(method) else "")
             raise RuntimeError(
                 f"pruning method {name!r} failed in {where}, rehearsed at set-up on a copy of the model "
                 f"with zero gradients, before training (the fit runs the same hook): {type(err).__name__}: "
-                f"{str(err).rstrip('.')}. This fit trained nothing.") from err
+                f"{str(err).rstrip('.')}{hint}. This fit trained nothing.") from err
         finally:
             del trial, method
         return True

@@ -114,13 +114,6 @@ class PruningMethod:
     def setup(self, context: MethodContext) -> None:
         self.context = context
 
-    def __getattr__(self, name: str):
-        # (only where normal lookup fails) a context never set: an override of setup() that did not call super's
-        if name == "context":
-            raise AttributeError(f"pruning method {type(self).__qualname__} has no context: its setup() must call "
-                                 "super().setup(context), which keeps the groups, the model and the parameters")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def start(self) -> None:
         pass
 

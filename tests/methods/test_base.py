@@ -208,11 +208,27 @@ def test_a_select_that_changes_the_model_is_refused_before_training(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit = trainer(tmp_path, [Pruning(method=Halving(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
     with pytest.raises(RuntimeError, match=r"pruning method 'halving' failed in select\(\), rehearsed at set-up .*it "
-                                           r"changed the model \(backbone\.stem\.weight\): select\(\) only chooses "
+                                           r"changed the model's weights \(backbone\.stem\.weight\): select\(\) only chooses "
                                            r"the channels"):
         fit.fit(model, loader())
     assert fit.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a forward in select() (scoring by activations) moves BatchNorm's running statistics, not the weights:
+    # accepted (it was refused: review)
+    cb = Pruning(method=ForwardInSelect(), target={"filters": 0.5}, schedule=schedule, verbose=False)
+    trainer(tmp_path, [cb], 2).fit(TinyClassifier(), loader())
+    assert cb.plan is not None
+
+
+class ForwardInSelect(KeepFirst):
+    """A user's method whose select() runs the example batch through the model, in training mode."""
+
+    name = "forward_in_select"
+
+    def select(self, keep):
+        with torch.no_grad():
+            self.context.model(self.context.example)
+        return super().select(keep)
 
 
 class LateNumpy(KeepFirst):
@@ -235,7 +251,7 @@ def test_a_method_state_that_a_checkpoint_cannot_hold_later_in_the_fit_is_warned
     schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1)  # (its state is saved until the prune)
     cb = Pruning(method=LateNumpy(), target={"filters": 0.5}, schedule=schedule, verbose=False)
     with pytest.warns(UserWarning, match=r"pruning method 'late_numpy': its state_dict\(\) cannot go through a "
-                                         r"checkpoint any more \(it could at set-up\): it holds a value of type "
+                                         r"checkpoint any more: it holds a value of type "
                                          r"numpy.* The checkpoints this fit writes from here on cannot be resumed"):
         trainer(tmp_path, [cb, epoch_checkpoints(tmp_path / "ckpts")], schedule.total_epochs).fit(
             TinyClassifier(), loader())
@@ -535,7 +551,7 @@ class ListImportance(KeepFirst):
 
 @pytest.mark.parametrize("method,allocation,said", [
     (NoSelect(), "uniform", r"NoSelect does not implement select\(keep\): every method gives, per group, a bool mask"),
-    (NoSuperSetup(), "uniform", r"has no context: its setup\(\) must call super\(\).setup\(context\)"),
+    (NoSuperSetup(), "uniform", r"has no attribute 'context' \(its setup\(\) must call super\(\).setup\(context\)"),
     (ListImportance(), "global", (r"pruning method 'list_importance': importance\(\)'s score of group '.*' is not a "
                                  r"tensor \(a list\)")),
     (ListImportance("nan"), "global", r"importance\(\)'s score of group '.*' is not finite")])
