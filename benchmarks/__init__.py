@@ -37,7 +37,7 @@ PARTS = [
                  "--out", "benchmarks/results/methods_quick.json"]),
     ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30", "--datasets", "mnist",
                "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
-               "--out", "benchmarks/results/lenet_quick.json"]),
+               "--out", "benchmarks/results/lenet_quick.json", "--force"]),  # (its own quick file, of other methods)
     ("recipes", ["--seeds", "0", "--experiments", "transfer_fmnist_to_mnist", "da_mnist_to_digits",
                  "--out", "benchmarks/results/recipes_quick.json"]),
 ]
@@ -66,13 +66,17 @@ def recorded_runs(data) -> int:
 
 
 def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict | None = None,
-                   unbounded: tuple[str, ...] = (), same: tuple[str, ...] = ()) -> None:
+                   unbounded: tuple[str, ...] = (), same: tuple[str, ...] = (), covers: tuple[str, ...] = (),
+                   from_rows: dict[str, str] | None = None) -> None:
     """Before any training: stop (saying how to go on) if ``path`` already holds more runs than the
     ``planned`` ones, or was made with a larger budget per run: a value of ``budget`` (this command's
     epochs, data size, batches, ...) below the one its ``settings`` record (for the keys in
-    ``unbounded``, ``None`` or 0 is everything, more than any number), or, for the keys in ``same``
-    (overrides, the model, the data), another value: runs of another experiment. A quick run never
-    replaces stronger evidence; ``python -m benchmarks`` writes its quick budgets to *_quick.json."""
+    ``unbounded``, ``None`` or 0 is everything, more than any number); or runs of another experiment:
+    for the keys in ``same`` (overrides, the model, the data) another value (a list in any order),
+    for those in ``covers`` (data sets, methods, targets) a list that leaves out some of the file's
+    (``from_rows``: for a key its settings do not record, the row field whose values give it).
+    A quick run never replaces stronger evidence; ``python -m benchmarks`` writes its quick budgets to
+    *_quick.json."""
     path = Path(path)
     if force or not path.is_file():
         return
@@ -80,22 +84,35 @@ def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict |
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # an unreadable file holds nothing to keep
-    recorded = (old.get("settings") or {}) if isinstance(old, dict) else {}
+    recorded = dict((old.get("settings") or {}) if isinstance(old, dict) else {})
+    for key, field in (from_rows or {}).items():
+        rows = old.get("rows") if isinstance(old, dict) else None
+        if key not in recorded and isinstance(rows, list):
+            recorded[key] = sorted({r[field] for r in rows if isinstance(r, dict) and field in r})
 
     def level(key, value):
         return math.inf if key in unbounded and value in (None, 0) else value
 
+    def items(value):
+        return {json.dumps(v, sort_keys=True) for v in value} if isinstance(value, (list, tuple)) else {json.dumps(value)}
+
     why = [f"{recorded_runs(old)} runs, this budget plans {planned}"] if recorded_runs(old) > planned else []
     for key, value in (budget or {}).items():
-        before = recorded.get(key)
+        if key not in recorded:  # (an older file that did not record it: not judged)
+            continue
+        before = recorded[key]
         if key in same:
-            if key in recorded and before != value:
+            if items(before) != items(value):
                 why.append(f"{key} {before!r} where this command has {value!r}")
+        elif key in covers:
+            left_out = sorted(items(before) - items(value))
+            if left_out:
+                why.append(f"{key}: this command leaves out {', '.join(str(json.loads(v)) for v in left_out)}")
         elif isinstance(level(key, before), (int, float)) and isinstance(level(key, value), (int, float)) \
                 and level(key, before) > level(key, value):
             why.append(f"{key} {before!r} > {value!r}")
     if why:
-        command = old.get("command", "its command is not recorded") if isinstance(old, dict) else "?"
+        command = (old.get("command") if isinstance(old, dict) else None) or "its command is not recorded"
         raise SystemExit(f"{path} holds runs of a larger budget or another experiment ({'; '.join(why)}: {command}). "
                          "Write elsewhere with --out, or pass --force to replace it.")
 

@@ -424,11 +424,17 @@ def main(argv=None) -> dict:
         parser.error(str(err))
     if args.remeasure is None:  # (nor runs of fewer epochs, nor timed fewer times)
         refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force,
-                       {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "repeats", "override")},
-                       same=("override",))
+                       {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "repeats", "override",
+                                                      "datasets", "methods")},
+                       same=("override",), covers=("datasets", "methods"))
     else:  # the remeasured runs, timed as often, replace no more runs nor runs timed more often
         remeasured = json.loads(args.remeasure.read_text())
-        refuse_smaller(args.out, len(remeasured.get("runs") or []), args.force, {"repeats": args.repeats})
+        earlier = remeasured.get("settings") or {}  # (the runs are the remeasured file's: held to the out file's)
+        refuse_smaller(args.out, len(remeasured.get("runs") or []), args.force,
+                       {"repeats": args.repeats, **{k: earlier[k] for k in ("dense_epochs", "sparsify", "finetune",
+                                                                           "override", "datasets", "methods")
+                                                    if k in earlier}},
+                       same=("override",), covers=("datasets", "methods"))
     quiet_lightning()
     start = time.perf_counter()
 

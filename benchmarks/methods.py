@@ -233,8 +233,8 @@ def main(argv=None) -> dict:
         if parse_spec(m)[0] != "none"]
     refuse_smaller(args.out, len(jobs), args.force,  # (nor runs of fewer epochs, images or batches)
                    {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "train_size", "batches",
-                                                  "model", "data", "override")},
-                   unbounded=("train_size", "batches"), same=("model", "data", "override"))
+                                                  "model", "data", "override", "methods", "macs")},
+                   unbounded=("train_size", "batches"), same=("model", "data", "override"), covers=("methods", "macs"))
     rows = []
     work = Path(args.work_dir).expanduser()
     work.mkdir(parents=True, exist_ok=True)

@@ -185,7 +185,8 @@ def main(argv=None) -> dict:
     jobs = [(e, s, None) for e in args.experiments for s in args.seeds]
     if args.control:
         jobs += [(e, s, CONTROL) for e, s, _ in jobs if e.startswith("da_")]
-    refuse_smaller(args.out, len(jobs), args.force, {"override": args.override}, same=("override",))
+    refuse_smaller(args.out, len(jobs), args.force, {"override": args.override, "experiments": args.experiments},
+                   same=("override",), covers=("experiments",), from_rows={"experiments": "experiment"})
     quiet_lightning()
     start = time.perf_counter()
     rows, results = [], []
@@ -212,7 +213,7 @@ def main(argv=None) -> dict:
     summary = summarize(rows)
     out = {"benchmark": "recipes", "command": command_line("recipes", argv), "machine": machine_info(),
            "settings": {"seeds": args.seeds, "jobs": args.jobs, "override": args.override,
-                        "control": args.control},
+                        "control": args.control, "experiments": args.experiments},
            "n_runs": len(rows), "summary": summary, "rows": rows, "results": results,
            "seconds": time.perf_counter() - start}
     write_json(args.out, relative_to=REPO, obj=out)

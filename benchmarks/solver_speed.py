@@ -205,8 +205,9 @@ def main(argv=None) -> dict:
         write_json(args.out, relative_to=REPO, obj=out)
         return out
     refuse_smaller(args.out, len(args.seeds) * (1 + len(args.variants)), args.force,  # (nor fewer epochs, batches)
-                   {k: getattr(args, k) for k in ("epochs", "finetune", "batches", "data", "lam", "interval")},
-                   unbounded=("batches",), same=("data", "lam", "interval"))
+                   {k: getattr(args, k) for k in ("epochs", "finetune", "batches", "data", "lam", "interval",
+                                                  "threshold", "variants")},
+                   unbounded=("batches",), same=("data", "lam", "interval", "threshold"), covers=("variants",))
     quiet_lightning()
     all_runs, comparisons, dense = {}, {}, {}
     for seed in args.seeds:

@@ -142,14 +142,20 @@ def main(argv=None) -> list[dict]:
                                   else args.allocations)}
     covered = {(name, kind) for name in args.models for kind in args.kinds}
     earlier = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
-    kept = [r for r in earlier if args.append and (r["model"], r["kind"]) not in covered]
-    dropped = [r for r in earlier if (r not in kept and (r["model"], r["kind"], r["allocation"], r["requested"])
-                                      not in planned) or r.get("round_to", 1) != args.round_to]  # (one round_to a file)
+    # (one round_to a file: rows of another are never kept beside this run's)
+    other_round_to = sorted({r.get("round_to", 1) for r in earlier} - {args.round_to})
+    kept = [r for r in earlier if args.append and (r["model"], r["kind"]) not in covered
+            and r.get("round_to", 1) == args.round_to]
+    dropped = [r for r in earlier if r not in kept and (r["model"], r["kind"], r["allocation"], r["requested"])
+               not in planned]
+    if other_round_to and not args.force:
+        raise SystemExit(f"{args.out} holds rows made with round_to {other_round_to[0]}, this run uses "
+                         f"{args.round_to}: write elsewhere with --out, or pass --force to replace them")
     if dropped and not args.force:  # (a run of fewer models, kinds or allocations never replaces a larger one)
         raise SystemExit(f"{args.out} holds {len(dropped)} rows this run would drop (e.g. {dropped[0]['model']} "
-                         f"{dropped[0]['kind']} {dropped[0]['allocation']} at {dropped[0]['requested']}, round_to "
-                         f"{dropped[0].get('round_to', 1)}). Write elsewhere with --out, keep them with --append, or "
-                         "pass --force to replace it.")
+                         f"{dropped[0]['kind']} {dropped[0]['allocation']} at {dropped[0]['requested']}). Write "
+                         "elsewhere with --out, " + ("" if args.append else "keep them with --append, ")
+                         + "or pass --force to replace it.")
     torch.set_num_threads(args.threads)
     allocator = steady_allocator()
     rows = []

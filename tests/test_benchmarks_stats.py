@@ -105,11 +105,23 @@ def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
             refuse_smaller(path, 135, budget={**budget, **smaller}, **kinds)
     with pytest.raises(SystemExit, match=r"\(135 runs, this budget plans 2"):
         refuse_smaller(path, 2, budget=budget, **kinds)
+    # the same overrides in another order are the same experiment; a list that covers the file's may replace
+    # it, one that leaves some out may not (another data set of as many runs replaced a file: review)
+    path.write_text(json.dumps({"command": None, "rows": [{"seed": 0, "experiment": "da"}] * 4,
+                                "settings": {"override": ["a=1", "b=2"], "datasets": ["mnist"]}}))
+    refuse_smaller(path, 4, budget={"override": ["b=2", "a=1"], "datasets": ["mnist", "fashion_mnist"]},
+                   same=("override",), covers=("datasets",))
+    with pytest.raises(SystemExit, match=r"datasets: this command leaves out mnist: its command is not recorded\)"):
+        refuse_smaller(path, 4, budget={"datasets": ["fashion_mnist"]}, covers=("datasets",))
+    with pytest.raises(SystemExit, match=r"experiments: this command leaves out da"):  # (older files: their rows)
+        refuse_smaller(path, 4, budget={"experiments": ["transfer"]}, covers=("experiments",),
+                       from_rows={"experiments": "experiment"})
 
 
 @pytest.mark.parametrize("script,argv", [
     ("methods", ["--dense-epochs", "1"]), ("solver_speed", ["--epochs", "1"]), ("lenet", ["--finetune", "1"]),
-    ("lenet", ["--remeasure", "{quick}", "--repeats", "1"]), ("targets", ["--models", "lenet5", "--kinds", "macs"])])
+    ("lenet", ["--remeasure", "{quick}", "--repeats", "1"]), ("targets", ["--models", "lenet5", "--kinds", "macs"]),
+    ("targets", ["--models", "lenet5", "--kinds", "macs", "--append", "--round-to", "8"])])
 def test_a_smaller_run_of_each_script_is_refused_before_it_trains(tmp_path, script, argv):
     """Each refusal comes before any training or timing: the call returns at once (probe: a remeasure,
     a run of fewer epochs, of fewer models replaced the files; a run of as many runs trained 8 minutes)."""
