@@ -888,8 +888,9 @@ def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_p
     KeyError ('pytorch-lightning_version') deep in its restore, after the dense model."""
     from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
     from lightning_ssr.checkpoint import save_pruned
+    from lightning_ssr.structure import PruningPlan
 
-    pruned = save_pruned(nn.Linear(2, 2), tmp_path / "pruned.pt", {"layers": {}})
+    pruned = save_pruned(nn.Linear(2, 2), tmp_path / "pruned.pt", PruningPlan([1, 2]))  # (a plan that cut nothing)
     with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(a run's pruned.pt\), not a Lightning "
                                          r"checkpoint of a fit.*lightning_ssr.load_pruned\(") as info:
         run(compose_config(FAST + [f"ckpt_path={pruned}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
