@@ -159,17 +159,25 @@ class UncopiableGate(Gate):
         self.lock = threading.Lock()
 
 
-def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
+def _refused_at_setup(tmp_path, method, match, error=RuntimeError, **kwargs):
+    """Fit TinyClassifier with ``method`` (1 + 1 epochs, half the filters): refused with ``match``
+    before the first optimizer step, the model as it was."""
     schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
     model = TinyClassifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit = trainer(tmp_path, [Pruning(method=Gate(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
-    with pytest.raises(RuntimeError, match=r"pruning method 'gate' failed in select\(\), rehearsed at set-up .*it "
-                                           r"left forward hooks on 'backbone\.conv_a' \(forward hook\).* This fit "
-                                           r"trained nothing"):  # (at select(), not only where the rebuild fails)
+    fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, schedule=schedule, verbose=False,
+                                     **kwargs)], 2)
+    with pytest.raises(error, match=match):
         fit.fit(model, loader())
     assert fit.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
+    _refused_at_setup(tmp_path, Gate(), r"pruning method 'gate' failed in select\(\), rehearsed at set-up .*it left "
+                                        r"forward hooks on 'backbone\.conv_a' \(forward hook\).* This fit trained "
+                                        r"nothing")  # (at select(), not only where the rebuild fails)
 
     # not rehearsed (it cannot be copied): the real prune says the same, and undoes nothing it did not do
     model = TinyClassifier()
@@ -203,16 +211,10 @@ class Halving(KeepFirst):
 def test_a_select_that_changes_the_model_is_refused_before_training(tmp_path):
     """The masked model is made after select(): a change it made went into the pruned model
     unchecked, accepted silently (probe)."""
+    _refused_at_setup(tmp_path, Halving(), r"pruning method 'halving' failed in select\(\), rehearsed at set-up .*it "
+                                           r"changed the model's weights \(backbone\.stem\.weight\): select\(\) only "
+                                           r"chooses the channels")
     schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
-    model = TinyClassifier()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit = trainer(tmp_path, [Pruning(method=Halving(), target={"filters": 0.5}, schedule=schedule, verbose=False)], 2)
-    with pytest.raises(RuntimeError, match=r"pruning method 'halving' failed in select\(\), rehearsed at set-up .*it "
-                                           r"changed the model's weights \(backbone\.stem\.weight\): select\(\) only chooses "
-                                           r"the channels"):
-        fit.fit(model, loader())
-    assert fit.global_step == 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # a forward in select() (scoring by activations) moves BatchNorm's running statistics, not the weights:
     # accepted (it was refused: review)
     cb = Pruning(method=ForwardInSelect(), target={"filters": 0.5}, schedule=schedule, verbose=False)
@@ -558,11 +560,4 @@ class ListImportance(KeepFirst):
 def test_a_plugin_authors_mistakes_are_named_with_what_to_do(tmp_path, method, allocation, said):
     """NotImplementedError with no text, AttributeError 'context', a raw AttributeError from the
     allocation and a message naming neither the method nor importance() (probe)."""
-    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
-    model = TinyClassifier()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, allocation=allocation, schedule=schedule,
-                                     verbose=False)], 2)
-    with pytest.raises(Exception, match=said):
-        fit.fit(model, loader())
-    assert fit.global_step == 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    _refused_at_setup(tmp_path, method, said, error=Exception, allocation=allocation)
