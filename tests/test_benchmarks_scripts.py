@@ -67,6 +67,14 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether the process ``pid`` ends within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see whether a process still runs")
 def test_a_pool_worker_exits_once_its_benchmark_is_killed(tmp_path):
     """A benchmark killed with SIGKILL cannot stop its workers; each worker sees that it lost its
@@ -80,10 +88,7 @@ def test_a_pool_worker_exits_once_its_benchmark_is_killed(tmp_path):
         assert _running(worker)
         proc.kill()
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 20
-        while _running(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _running(worker), "the orphaned worker is still running"
+        assert _ends_within(worker, 20), "the orphaned worker is still running"
     finally:
         proc.kill()
         proc.stdout.close()
@@ -122,10 +127,7 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
         proc.send_signal(signal.SIGINT)  # (to the benchmark alone: its worker goes on unless it is stopped)
         out, err = proc.communicate(timeout=30)
         assert "stopped" in out and "the queued runs were cancelled" in err
-        deadline = time.monotonic() + 10
-        while _running(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _running(worker), "the worker still runs the queued runs"
+        assert _ends_within(worker, 10), "the worker still runs the queued runs"
     finally:
         proc.kill()
         if worker is not None and _running(worker):
