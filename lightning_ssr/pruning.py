@@ -505,13 +505,14 @@ class Pruning(Callback):
         # file nor what is wrong with it (OSError: [Errno 22] Invalid argument for a truncated one)
         # (nor that a pruned model's file is not a checkpoint of a fit: KeyError: 'pytorch-lightning_version')
         if trainer.ckpt_path is not None and not isinstance(exception, CheckpointReadError):
-            restored = trainer.global_step > 0 or trainer.current_epoch > 0  # (then the file loaded: not read again)
-            try:
-                check_checkpoint_file(trainer.ckpt_path)
-                stage = trainer.state.fn.value if trainer.state.fn is not None else "fit"  # (fit, test, validate, ...)
-                reason = None if restored else failed_load_reason(trainer.ckpt_path, stage)
-            except CheckpointReadError as err:
-                reason = str(err)
+            if trainer.global_step > 0 or trainer.current_epoch > 0:  # the file loaded: its bytes checked, not read
+                try:
+                    check_checkpoint_file(trainer.ckpt_path)
+                    reason = None
+                except CheckpointReadError as err:
+                    reason = str(err)
+            else:  # (fit, test, validate or predict: the call it was given to)
+                reason = failed_load_reason(trainer.ckpt_path, trainer.state.fn.value if trainer.state.fn else "fit")
             if reason is not None:
                 exception.add_note(f"{type(self).__name__}: {reason}")
 
