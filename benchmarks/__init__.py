@@ -65,13 +65,15 @@ def recorded_runs(data) -> int:
     return sum(int(r["n_runs"]) if isinstance(r.get("n_runs"), int) else int("seed" in r) for r in rows)
 
 
-def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict | None = None,
+def refuse_smaller(path: Path, planned: int | None, force: bool = False, budget: dict | None = None,
                    unbounded: tuple[str, ...] = (), same: tuple[str, ...] = (), covers: tuple[str, ...] = (),
-                   from_rows: dict[str, str] | None = None) -> None:
-    """Before any training: stop (saying how to go on) if ``path`` already holds more runs than the
-    ``planned`` ones, or was made with a larger budget per run: a value of ``budget`` (this command's
-    epochs, data size, batches, ...) below the one its ``settings`` record (for the keys in
-    ``unbounded``, ``None`` or 0 is everything, more than any number); or runs of another experiment:
+                   from_rows: dict[str, str] | None = None, recorded_default: dict | None = None) -> None:
+    """Before any training or timing: stop (saying how to go on) if ``path`` already holds more runs
+    than the ``planned`` ones (``None``: a timing benchmark, not judged by runs), or was made with a
+    larger budget per run: a value of ``budget`` (this command's epochs, data size, batches, timed
+    repeats, ...) below the one its ``settings`` record (for the keys in ``unbounded``, ``None`` or 0
+    is everything, more than any number; ``recorded_default``: what a file that records a key was
+    made with when it does not record it); or runs of another experiment:
     for the keys in ``same`` (overrides, the model, the data) another value (a list in any order),
     for those in ``covers`` (data sets, methods, targets) a list that leaves out some of the file's
     (``from_rows``: for a key its settings do not record, the row field whose values give it).
@@ -84,7 +86,7 @@ def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict |
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # an unreadable file holds nothing to keep
-    recorded = dict((old.get("settings") or {}) if isinstance(old, dict) else {})
+    recorded = {**(recorded_default or {}), **((old.get("settings") or {}) if isinstance(old, dict) else {})}
     for key, field in (from_rows or {}).items():
         rows = old.get("rows") if isinstance(old, dict) else None
         if key not in recorded and isinstance(rows, list):
@@ -96,7 +98,8 @@ def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict |
     def items(value):
         return {json.dumps(v, sort_keys=True) for v in value} if isinstance(value, (list, tuple)) else {json.dumps(value)}
 
-    why = [f"{recorded_runs(old)} runs, this budget plans {planned}"] if recorded_runs(old) > planned else []
+    why = [f"{recorded_runs(old)} runs, this budget plans {planned}"] \
+        if planned is not None and recorded_runs(old) > planned else []
     for key, value in (budget or {}).items():
         if key not in recorded:  # (an older file that did not record it: not judged)
             continue
@@ -115,26 +118,6 @@ def refuse_smaller(path: Path, planned: int, force: bool = False, budget: dict |
         command = (old.get("command") if isinstance(old, dict) else None) or "its command is not recorded"
         raise SystemExit(f"{path} holds runs of a larger budget or another experiment ({'; '.join(why)}: {command}). "
                          "Write elsewhere with --out, or pass --force to replace it.")
-
-
-def refuse_smaller_budget(path: Path, planned: dict, recorded_default: dict, force: bool = False) -> None:
-    """:func:`refuse_smaller` for a timing benchmark: stop before any timing if ``path`` records in
-    its ``settings`` a larger value of any of ``planned``'s budget keys (timed repeats, steps,
-    rounds, ...); ``recorded_default`` holds what a file that records none was made with."""
-    path = Path(path)
-    if force or not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-        recorded = old.get("settings") or {}
-    except (OSError, ValueError, AttributeError):
-        return  # an unreadable file holds nothing to keep
-    larger = [f"{key} {recorded.get(key, recorded_default.get(key))} > {value}" for key, value in planned.items()
-              if (recorded.get(key, recorded_default.get(key)) or 0) > value]
-    if larger:
-        command = old.get("command") or "its command is not recorded"
-        raise SystemExit(f"{path} was made with a larger budget ({', '.join(larger)}: {command}). Write elsewhere "
-                         "with --out, or pass --force to replace it.")
 
 
 #: where the training benchmarks keep each run's outputs (``--work-dir``), so that an interrupted

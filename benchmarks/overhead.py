@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller_budget
+from benchmarks import command_line, refuse_smaller
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.app.models import build_model
 from lightning_ssr.report import machine_info, write_json
@@ -415,8 +415,8 @@ def main(argv=None) -> None:
         p.error("--steps, --warmup, --rounds and --batch-size must be >= 1")
     # a file made with more steps or rounds (or a larger batch) is not replaced by a smaller budget
     budget = ("steps", "rounds", "batch_size")  # (a file that records none was made with the defaults)
-    refuse_smaller_budget(args.out, {k: getattr(args, k) for k in budget}, {k: p.get_default(k) for k in budget},
-                          args.force)
+    refuse_smaller(args.out, None, args.force, {k: getattr(args, k) for k in budget},
+                   recorded_default={k: p.get_default(k) for k in budget})
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)

@@ -33,7 +33,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, counted, refuse_smaller_budget
+from benchmarks import command_line, counted, refuse_smaller
 from lightning_ssr.app.export import compile_for_cpu_inference, optimize_for_cpu_inference
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--force", action="store_true", help="replace --out even if it was timed with more repeats")
     args = parser.parse_args(argv)
     out = args.out
-    refuse_smaller_budget(out, {"repeats": args.repeats}, {"repeats": REPEATS}, args.force)
+    refuse_smaller(out, None, args.force, {"repeats": args.repeats}, recorded_default={"repeats": REPEATS})
     cases = [c for c in CASES if not args.latency_targets_only or "latency_fraction" in c[1]]
     allocator = steady_allocator()
     result = {"benchmark": "speedup", "command": command_line("speedup", argv), "machine": machine_info(),

@@ -154,15 +154,18 @@ def test_a_timing_benchmark_never_replaces_a_file_timed_with_a_larger_budget(tmp
 
 
 def test_a_budget_is_compared_key_by_key(tmp_path):
-    from benchmarks import refuse_smaller_budget
-
+    """A timing benchmark plans no runs (``planned=None``): only its budget is compared, key by key,
+    a key its file does not record read as ``recorded_default``."""
     path = tmp_path / "overhead.json"
     path.write_text(json.dumps({"settings": {"steps": 50, "rounds": 1}}))
-    with pytest.raises(SystemExit, match=r"larger budget \(steps 50 > 25: its command is not recorded\)"):
-        refuse_smaller_budget(path, {"steps": 25, "rounds": 3}, {})
-    refuse_smaller_budget(path, {"steps": 50, "rounds": 3}, {})  # as large in every key: may replace it
-    refuse_smaller_budget(path, {"steps": 25}, {}, force=True)
-    refuse_smaller_budget(tmp_path / "missing.json", {"steps": 1}, {})
+    with pytest.raises(SystemExit, match=r"larger budget or another experiment \(steps 50 > 25: its command is not"):
+        refuse_smaller(path, None, budget={"steps": 25, "rounds": 3})
+    refuse_smaller(path, None, budget={"steps": 50, "rounds": 3})  # as large in every key: may replace it
+    refuse_smaller(path, None, force=True, budget={"steps": 25})
+    refuse_smaller(tmp_path / "missing.json", None, budget={"steps": 1})
+    with pytest.raises(SystemExit, match=r"batch_size 64 > 8"):  # not recorded: made with the default
+        refuse_smaller(path, None, budget={"steps": 50, "batch_size": 8}, recorded_default={"batch_size": 64})
+    refuse_smaller(path, None, budget={"steps": 50, "batch_size": 64}, recorded_default={"batch_size": 64})
 
 
 def test_the_overhead_ratios_are_step_times_over_step_times():
