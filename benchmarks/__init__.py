@@ -203,7 +203,7 @@ def init_worker(threads: int) -> None:
 
     exit_when_orphaned(os.getppid())
     torch.set_num_threads(threads)
-    quiet_lightning()
+    quiet_lightning(hardware=False)  # (each worker repeated "GPU available: False" beside the table)
 
 
 @contextlib.contextmanager

@@ -148,3 +148,21 @@ def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv,
     with pytest.raises(SystemExit) as raised:
         importlib.import_module(f"benchmarks.{script}").main(argv)
     assert raised.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_benchmark_worker_does_not_repeat_lightnings_availability_lines():
+    """Each worker printed "GPU available: False, used: False" (and the TPU, HPU lines) beside the
+    benchmark's table; a worker's own notices still show."""
+    import logging
+    from concurrent.futures import ProcessPoolExecutor
+
+    from benchmarks import init_worker
+
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def record(message):
+        return logging.LogRecord(chatter.name, logging.INFO, __file__, 1, message, None, None)
+
+    with ProcessPoolExecutor(1, initializer=init_worker, initargs=(1,)) as pool:
+        assert not pool.submit(chatter.filter, record("GPU available: False, used: False")).result(timeout=120)
+        assert pool.submit(chatter.filter, record("Pruning: pruned at epoch 2")).result(timeout=120)

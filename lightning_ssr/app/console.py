@@ -24,8 +24,9 @@ class _QuietLightning(logging.Filter):
     of the notices of ``limit_*_batches`` (every Trainer of the job, evaluation ones included,
     prints them)."""
 
-    def __init__(self):
+    def __init__(self, hardware: bool = True):
         super().__init__()
+        self.hardware = hardware  # False: the availability and limit lines too (a benchmark's workers)
         self.seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -39,15 +40,17 @@ class _QuietLightning(logging.Filter):
                 or message.strip().startswith("Detected KeyboardInterrupt")):
             return False
         if message.startswith(("GPU available", "TPU available", "HPU available")) or _TRAINER_LIMIT.match(message):
-            if message in self.seen:
+            if not self.hardware or message in self.seen:
                 return False
             self.seen.add(message)
         return True
 
 
-def quiet_lightning() -> None:
-    """Quiet the job's output (the command calls this; a notebook may too)."""
-    chatter = _QuietLightning()
+def quiet_lightning(hardware: bool = True) -> None:
+    """Quiet the job's output (the command calls this; a notebook may too). ``hardware=False`` also
+    drops the GPU/TPU availability and ``limit_*_batches`` lines, once shown: a benchmark's worker
+    processes, each of which would repeat them beside the benchmark's own table."""
+    chatter = _QuietLightning(hardware)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
                  "lightning.pytorch.trainer.connectors.signal_connector"):
         logging.getLogger(name).addFilter(chatter)

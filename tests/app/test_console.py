@@ -58,3 +58,19 @@ def test_lightnings_interruption_and_averaging_checkpoint_notices_are_dropped_ot
     assert not shown("Found current_model_state in the checkpoint. This will be used to initialize the model.")
     assert shown("Restoring states from the checkpoint path at e.ckpt")
     assert shown("Received SIGUSR1: 10")
+
+
+def test_a_benchmark_worker_drops_the_availability_and_limit_lines_the_command_shows_once():
+    """Each worker of a benchmark's pool printed "GPU available: False, used: False" beside its table."""
+    import logging
+
+    from lightning_ssr.app.console import _QuietLightning
+
+    def record(message):
+        return logging.LogRecord("lightning", logging.INFO, __file__, 1, message, None, None)
+
+    lines = ["GPU available: False, used: False", "`Trainer(limit_val_batches=1)` was configured so 1 batch will be used."]
+    command, worker = _QuietLightning(), _QuietLightning(hardware=False)
+    assert [command.filter(record(m)) for m in lines * 2] == [True, True, False, False]
+    assert not any(worker.filter(record(m)) for m in lines)
+    assert worker.filter(record("Restoring states from the checkpoint path at e.ckpt"))
