@@ -197,15 +197,22 @@ def restart_monitors(trainer: Trainer) -> list[str]:
     return restarted
 
 
-def _own_generator_loaders(loaders) -> bool:
-    """Whether a DataLoader among ``loaders`` (one, or a list, tuple or dict of them, as
-    ``trainer.train_dataloader`` gives) samples with a ``torch.Generator`` of its own."""
+def _own_generator_use(loaders) -> str | None:
+    """What a DataLoader among ``loaders`` (one, or a list, tuple or dict of them, as
+    ``trainer.train_dataloader`` gives) draws from a ``torch.Generator`` of its own: ``"shuffles"``
+    (its sampler's generator), ``"seeds its workers"`` (``DataLoader(generator=...)`` with
+    ``num_workers > 0``: each epoch's worker seeds, hence their random augmentations, come from it),
+    or ``None``."""
     if isinstance(loaders, Mapping):
-        return any(_own_generator_loaders(v) for v in loaders.values())
+        loaders = list(loaders.values())
     if isinstance(loaders, (list, tuple)):
-        return any(_own_generator_loaders(v) for v in loaders)
+        return next((use for use in map(_own_generator_use, loaders) if use), None)
     samplers = [getattr(loaders, "sampler", None), getattr(getattr(loaders, "batch_sampler", None), "sampler", None)]
-    return any(isinstance(getattr(s, "generator", None), torch.Generator) for s in samplers)
+    if any(isinstance(getattr(s, "generator", None), torch.Generator) for s in samplers):
+        return "shuffles"
+    if isinstance(getattr(loaders, "generator", None), torch.Generator) and getattr(loaders, "num_workers", 0) > 0:
+        return "seeds its workers"
+    return None
 
 
 class _WeightsLoadHook:
@@ -527,13 +534,16 @@ class Pruning(Callback):
         if self._restored and not self._resume_checked:  # after the module's own on_train_start
             self._resume_checked = True
             self._warn_cosine_ending_early(trainer)
-            if trainer.world_size == 1 and _own_generator_loaders(trainer.train_dataloader):
+            use = _own_generator_use(trainer.train_dataloader) if trainer.world_size == 1 else None
+            if use:
                 self.engine.warn(
-                    f"{type(self).__name__}: the training DataLoader shuffles with a generator of its own "
+                    f"{type(self).__name__}: the training DataLoader {use} with a generator of its own "
                     "(DataLoader(generator=...) or a sampler's), whose state neither Lightning's checkpoint nor the "
-                    "callback keeps: this resumed fit draws other batches than an uninterrupted one would, and ends "
-                    "near it, not bitwise equal. Shuffle with the global RNG (no generator), which the callback "
-                    "restores, for a resume that repeats the run exactly.", emit=rank_zero_warn)
+                    "callback keeps: this resumed fit draws other "
+                    f"{'batches' if use == 'shuffles' else 'worker seeds (random augmentations)'} than an "
+                    "uninterrupted one would, and ends near it, not bitwise equal. Leave the generator out: the "
+                    "global RNG, which the callback restores, then does it, for a resume that repeats the run "
+                    "exactly.", emit=rank_zero_warn)
 
     def _warn_cosine_ending_early(self, trainer: Trainer) -> None:
         """A resume keeps the checkpoint's schedulers: a cosine tied to the first fit's length ends

@@ -202,6 +202,25 @@ def test_a_resume_whose_loader_shuffles_with_its_own_generator_is_told_it_is_not
     assert fit(SHORT.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt", generator=False) == []
 
 
+def test_a_loaders_own_generator_is_found_where_it_shuffles_or_seeds_the_workers():
+    """A generator given only to seed the workers (shuffle=False, num_workers > 0) was not warned
+    of, though each epoch's worker seeds (their random augmentations) come from it."""
+    from lightning_ssr.pruning import _own_generator_use
+
+    data = loader().dataset
+    DataLoader = torch.utils.data.DataLoader
+
+    def g():
+        return torch.Generator().manual_seed(0)
+
+    assert _own_generator_use(DataLoader(data, shuffle=True, generator=g())) == "shuffles"
+    assert _own_generator_use(DataLoader(data, num_workers=2, generator=g())) == "seeds its workers"
+    assert _own_generator_use({"a": DataLoader(data), "b": [DataLoader(data, num_workers=1, generator=g())]}) \
+        == "seeds its workers"
+    assert _own_generator_use(DataLoader(data, generator=g())) is None  # (no workers: it draws nothing used)
+    assert _own_generator_use([DataLoader(data, shuffle=True, num_workers=2)]) is None
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"lam": -0.1}, r"lam must be in \[0.0, inf\)"),
     ({"lam": float("nan")}, "lam must be finite"),
