@@ -1042,12 +1042,6 @@ class PruningEngine:
                     masks = self._check_masks(method.select(keep), ctx, keep)
                 changed = [k for k, v in trial.named_parameters()
                            if k in before_select and not _same_tensor(before_select[k], v)]
-                if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
-                    raise RuntimeError(
-                        f"it changed the model's weights ({some_names(changed, 4)}): select() only chooses the "
-                        "channels, and what it changes goes into the pruned model unchecked (nor need it zero the "
-                        "channels it drops: the rebuild removes them). Change weights in update() or "
-                        "before_optimizer_step(), or in after_rebuild()")
                 left = _hooks_added(trial, hooks_before)
                 if left:
                     raise RuntimeError(
@@ -1056,7 +1050,25 @@ class PruningEngine:
                         "training with them); after_rebuild() may register them again on the smaller model")
                 step_plan = plan_from_support(example.shape, masks, ctx.groups)
                 hook = "the rebuild to its selection"
+                untouched = None
+                if changed:  # the same rebuild of the weights select() was given: what it changed must go with it
+                    untouched = copy.deepcopy(trial)
+                    with torch.no_grad():
+                        for k, v in untouched.named_parameters():
+                            if k in changed:
+                                v.copy_(before_select[k])
+                    prune_channels(untouched, example, step_plan.kept, step_plan.sizes)
                 prune_channels(trial, example, step_plan.kept, step_plan.sizes)
+                if untouched is not None:
+                    kept = dict(untouched.named_parameters())
+                    changed = [k for k, v in trial.named_parameters() if k in changed and not _same_tensor(kept[k], v)]
+                    if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
+                        hook = "select"
+                        raise RuntimeError(
+                            f"it changed the model's weights ({some_names(changed, 4)}), and not only in the "
+                            "channels it drops: select() only chooses the channels, and what it changes goes into the "
+                            "pruned model unchecked (nor need it zero the channels it drops: the rebuild removes "
+                            "them). Change weights in update() or before_optimizer_step(), or in after_rebuild()")
                 hook = "after_rebuild"
                 info = method.after_rebuild(trial, step_plan)
                 if info is not None and not isinstance(info, Mapping):

@@ -212,14 +212,46 @@ def test_a_select_that_changes_the_model_is_refused_before_training(tmp_path):
     """The masked model is made after select(): a change it made went into the pruned model
     unchecked, accepted silently (probe)."""
     _refused_at_setup(tmp_path, Halving(), r"pruning method 'halving' failed in select\(\), rehearsed at set-up .*it "
-                                           r"changed the model's weights \(backbone\.stem\.weight\): select\(\) only "
-                                           r"chooses the channels")
+                                           r"changed the model's weights \(backbone\.stem\.weight\), and not only in "
+                                           r"the channels it drops: select\(\) only chooses the channels")
     schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
     # a forward in select() (scoring by activations) moves BatchNorm's running statistics, not the weights:
     # accepted (it was refused: review)
     cb = Pruning(method=ForwardInSelect(), target={"filters": 0.5}, schedule=schedule, verbose=False)
     trainer(tmp_path, [cb], 2).fit(TinyClassifier(), loader())
     assert cb.plan is not None
+    # zeroing the channels it drops changes nothing the rebuild keeps: accepted (it was refused); zeroing
+    # channels it keeps is refused
+    for zeroes_kept in (False, True):
+        method = ZeroingSelect(zeroes_kept)
+        if zeroes_kept:
+            _refused_at_setup(tmp_path, method, r"'zeroing_select' failed in select\(\), rehearsed at set-up .*it "
+                                                r"changed the model's weights \(backbone\.stem\.weight")
+            continue
+        cb = Pruning(method=method, target={"filters": 0.5}, schedule=schedule, verbose=False)
+        model = TinyClassifier()
+        trainer(tmp_path, [cb], 2).fit(model, loader())
+        assert cb.plan is not None and model.backbone.stem.out_channels < TinyClassifier().backbone.stem.out_channels
+
+
+class ZeroingSelect(KeepFirst):
+    """A user's method whose select() zeroes the weights of the channels it drops (or keeps)."""
+
+    name = "zeroing_select"
+
+    def __init__(self, zeroes_kept=False):
+        super().__init__()
+        self.zeroes_kept = zeroes_kept
+
+    def select(self, keep):
+        masks = super().select(keep)
+        params = dict(self.context.model.named_parameters())
+        with torch.no_grad():
+            for g in self.context.groups:
+                zeroed = masks[g.name] if self.zeroes_kept else ~masks[g.name]
+                for part in g.slices:
+                    params[part.param].index_fill_(part.dim, part.index[zeroed].flatten(), 0.0)
+        return masks
 
 
 class ForwardInSelect(KeepFirst):
