@@ -175,9 +175,7 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             cb.best_model_score = None
             cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
         elif isinstance(cb, lightning_callbacks.EarlyStopping):
-            stopped = internals.early_stopping_stopped(cb)  # (a stop in epoch 0 leaves its stopped epoch at 0)
-            if getattr(trainer, "world_size", 1) > 1:  # (its reason is set on the rank that decided: all or none)
-                stopped = bool(trainer.strategy.reduce_boolean_decision(stopped, all=False))
+            stopped = _early_stopping_stopped(trainer, cb)
             cb.wait_count = 0
             cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
             if stopped:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
@@ -195,6 +193,26 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             scheduler.best, scheduler.num_bad_epochs, scheduler.cooldown_counter = scheduler.mode_worse, 0, 0
             restarted.append(f"ReduceLROnPlateau(monitor={config.monitor!r})")
     return restarted
+
+
+def _early_stopping_stopped(trainer: Trainer, callback: lightning_callbacks.EarlyStopping) -> bool:
+    """Whether this EarlyStopping stopped the fit, on any rank: a stop in epoch 0 leaves its
+    stopped epoch at 0, and under DDP its reason is set only on the rank that decided. Every rank
+    calls it (a collective under DDP)."""
+    stopped = internals.early_stopping_stopped(callback)
+    if getattr(trainer, "world_size", 1) > 1:
+        stopped = bool(trainer.strategy.reduce_boolean_decision(stopped, all=False))
+    return stopped
+
+
+def _fit_stopped_by_early_stopping(trainer: Trainer) -> bool:
+    """Whether an EarlyStopping stopped the fit (its own stop, not another callback's or a
+    Timer's), as every rank sees it; each EarlyStopping is asked on every rank, in order."""
+    if not trainer.should_stop:  # (the same on every rank: Lightning reduces it)
+        return False
+    votes = [_early_stopping_stopped(trainer, cb) for cb in trainer.callbacks  # (all asked: no rank skips one)
+             if isinstance(cb, lightning_callbacks.EarlyStopping)]
+    return any(votes)
 
 
 def _own_generator_use(loaders) -> str | None:
@@ -619,9 +637,7 @@ class Pruning(Callback):
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
                        f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
                        ".fit(module, ckpt_path=...).")
-            stopped = trainer.should_stop and any(  # (its own stop, not another callback's or a Timer's)
-                isinstance(cb, lightning_callbacks.EarlyStopping) and internals.early_stopping_stopped(cb)
-                for cb in trainer.callbacks)
+            stopped = _fit_stopped_by_early_stopping(trainer)
             if self._short_fit:  # the Trainer's bound was warned of at set-up
                 if self.verbose:
                     rank_zero_info(message)

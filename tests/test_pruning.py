@@ -458,6 +458,35 @@ def test_a_stop_one_rank_decided_in_epoch_0_is_withdrawn_on_every_rank_at_the_pr
         assert trainer.should_stop is False and early.stopping_reason.name == "NOT_STOPPED", decided
 
 
+def test_a_stop_another_rank_decided_in_epoch_0_is_named_at_the_fits_end_on_every_rank():
+    """The end-of-fit warning (an EarlyStopping stop before the prune: give min_epochs) read this
+    rank's EarlyStopping only: a stop in epoch 0 that another rank decided got the generic message."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+    from lightning_ssr.pruning import _fit_stopped_by_early_stopping
+
+    class Ranks:  # as DDP's reduce_boolean_decision(all=False) gathers every rank's vote
+        def __init__(self, others):
+            self.others, self.calls = others, 0
+
+        def reduce_boolean_decision(self, decision, all=True):
+            self.calls += 1
+            return decision or self.others
+
+    for decided, others, should_stop in [(True, False, True), (False, True, True), (False, False, True),
+                                         (False, True, False)]:
+        first, second = (EarlyStopping(monitor=m, stopping_threshold=0.5) for m in ("a", "b"))
+        if decided:
+            first.stopping_reason = type(first.stopping_reason)["STOPPING_THRESHOLD"]
+        ranks = Ranks(others)
+        trainer = SimpleNamespace(callbacks=[first, Timer(), second], should_stop=should_stop, world_size=2,
+                                  strategy=ranks)
+        assert _fit_stopped_by_early_stopping(trainer) is (should_stop and (decided or others))
+        assert ranks.calls == (2 if should_stop else 0)  # every EarlyStopping asked on every rank: no rank skips one
+
+
 class ScoredClassifier(TinyClassifier):
     """Validation logs ``scores[epoch]`` as "score" (by default best in epoch 0, before the prune);
     test logs the loss."""
