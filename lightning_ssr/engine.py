@@ -104,13 +104,16 @@ def _identity(obj):
 class World:
     """The processes training one model: their number, this one's rank, how rank 0's value
     reaches every rank (``broadcast``), what must happen after a rebuild (``rewrap``: a data
-    parallel wrapper holds the old parameters) and how to tell the user something once (``info``)."""
+    parallel wrapper holds the old parameters), how to tell the user something once (``info``),
+    and the context the training forward runs in (``forward_context``: autocast under mixed
+    precision, where the set-up's rehearsal runs its example batch, as the fit will)."""
 
     size: int = 1
     rank: int = 0
     broadcast: Callable[[Any], Any] = _identity
     rewrap: Callable[[], None] | None = None
     info: Callable[[str], None] = print
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @property
     def sync(self) -> Callable[[Any], Any] | None:
@@ -856,7 +859,7 @@ class PruningEngine:
         if rehearse:
             rehearsed = time.perf_counter()
             try:
-                if self._rehearse(model, example):
+                if self._rehearse(model, example, world.forward_context):
                     self._costs["rehearsal_s"] = time.perf_counter() - rehearsed
             except BaseException:
                 self.dense = None  # set up again from the start on the next training
@@ -951,7 +954,8 @@ class PruningEngine:
             finally:
                 del trial
 
-    def _rehearse(self, model: nn.Module, example: torch.Tensor) -> bool:
+    def _rehearse(self, model: nn.Module, example: torch.Tensor,
+                  forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> bool:
         """Run a copy of the method through its hooks once, in the fit's order, on a copy of the
         model with zero gradients (after its first update, its state goes through a checkpoint's
         round trip: ``state_dict()``, ``load_state_dict()``), then rebuild that copy to the
@@ -960,7 +964,9 @@ class PruningEngine:
         wrong size or count, a state a checkpoint cannot hold) fails at set-up, before training.
         Nothing of the run changes: not the model, the method, the random states (torch, Python,
         NumPy); the method's warnings are not shown (the fit shows its own). The validation
-        callable is not run (``evaluate=None``), nor is anything synced."""
+        callable is not run (``evaluate=None``), nor is anything synced. The example batch runs
+        in ``forward_context`` (the fit's autocast), where the method's hooks see what the fit's
+        forward gives them."""
         name = self.method.name
         memo: dict = {}
         trial = model_copy(model, shared=[self], memo=memo)
@@ -993,7 +999,8 @@ class PruningEngine:
                     # one batch through the copy, as training sends them, with a backward of zero: what the
                     # method's own forward (and tensor) hooks record, they have recorded once when it selects
                     hook = "the forward and backward pass of the example batch"
-                    _zero_backward(trial, example, hooks_before)
+                    with forward_context():
+                        _zero_backward(trial, example, hooks_before)
                 if method.sparsifies:
                     for p in trial.parameters():
                         if p.requires_grad:

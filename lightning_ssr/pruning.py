@@ -442,10 +442,12 @@ class Pruning(Callback):
         # Lightning loads the weights. A load_state_dict pre-hook (a public torch.nn.Module hook,
         # removed in teardown) applies the checkpoint's plan at that moment.
         self._watch_weights_load(pl_module)
-        self._world = World(info=rank_zero_info) if trainer.world_size <= 1 else World(
-            size=trainer.world_size, rank=trainer.global_rank,
-            broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
-            rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info)
+        forward_context = trainer.precision_plugin.forward_context  # (autocast under mixed precision)
+        self._world = World(info=rank_zero_info, forward_context=forward_context) if trainer.world_size <= 1 else \
+            World(size=trainer.world_size, rank=trainer.global_rank,
+                  broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+                  rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info,
+                  forward_context=forward_context)
         self.engine.start()
 
     def _after_prune(self, trainer: Trainer) -> None:

@@ -159,14 +159,14 @@ class UncopiableGate(Gate):
         self.lock = threading.Lock()
 
 
-def _refused_at_setup(tmp_path, method, match, error=RuntimeError, **kwargs):
+def _refused_at_setup(tmp_path, method, match, error=RuntimeError, trainer_kwargs=None, **kwargs):
     """Fit TinyClassifier with ``method`` (1 + 1 epochs, half the filters): refused with ``match``
     before the first optimizer step, the model as it was."""
     schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1)
     model = TinyClassifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit = trainer(tmp_path, [Pruning(method=method, target={"filters": 0.5}, schedule=schedule, verbose=False,
-                                     **kwargs)], 2)
+                                     **kwargs)], 2, **(trainer_kwargs or {}))
     with pytest.raises(error, match=match):
         fit.fit(model, loader())
     assert fit.global_step == 0
@@ -195,6 +195,36 @@ def test_a_method_that_leaves_its_forward_hooks_at_the_prune_is_named(tmp_path):
     model = TinyClassifier()
     trainer(tmp_path, [cb], 2).fit(model, loader())
     assert cb.plan is not None and not any(m._forward_hooks for m in model.modules())
+
+
+class ChannelMeans(Gate):
+    """A user's method whose forward hook adds a training batch's channel means into a float32
+    sum with ``index_add_``, which wants one dtype: under bf16 autocast its first batch fails."""
+
+    name = "channel_means"
+
+    def setup(self, context):
+        PruningMethod.setup(self, context)
+        stem = context.model.backbone.stem
+        self.sums = torch.zeros(stem.out_channels)
+        self.handles = [stem.register_forward_hook(self.record)]
+
+    def record(self, module, inputs, output):
+        if module.training:
+            self.sums.index_add_(0, torch.arange(len(self.sums)), output.detach().mean((0, 2, 3)))
+
+
+def test_the_rehearsal_runs_the_example_batch_in_the_fits_autocast(tmp_path):
+    """The rehearsal ran the example batch in float32 under a bf16-mixed fit: a method whose hook
+    fails on bfloat16 features passed set-up and failed at the fit's first batch (an item the
+    notes carried)."""
+    _refused_at_setup(tmp_path, ChannelMeans(), r"pruning method 'channel_means' failed in the forward and backward "
+                                                r"pass of the example batch, rehearsed at set-up .*Float\) and source "
+                                                r"\(BFloat16\)", trainer_kwargs={"precision": "bf16-mixed"})
+    cb = Pruning(method=ChannelMeans(tidy=True), target={"filters": 0.5},
+                 schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1), verbose=False)
+    trainer(tmp_path, [cb], 2).fit(TinyClassifier(), loader())  # in float32 it works
+    assert cb.plan is not None
 
 
 class Halving(KeepFirst):
