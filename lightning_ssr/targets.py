@@ -48,7 +48,7 @@ from .latency import (
     timing_batch,
 )
 from .structure.groups import ChannelGroup
-from .validation import check_choice, check_number
+from .validation import check_choice, check_number, closest_name
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TARGET_KINDS = ("rates", "macs", "params", "filters", "latency")
@@ -90,6 +90,12 @@ class Target:
                 rates[name] = parse_rates([rate])[0]
             object.__setattr__(self, "rates", rates)
         elif self.rates is not None:
+            if not isinstance(self.rates, (str, Sequence)):  # (a number: 'float' object is not iterable)
+                raise TypeError(
+                    f"target rates is one pruning rate per prunable layer, in order: a list such as [0.5, 0.3], an "
+                    f"expression such as '[0.5]*13', or {{layer name: rate}}; got {type(self.rates).__name__} "
+                    f"{self.rates!r}. For the same rate r in every layer, give the target "
+                    "{'filters': 1 - r} with allocation='uniform'")
             rates = self.rates if isinstance(self.rates, str) else tuple(float(r) for r in self.rates)
             parse_rates(rates)  # fail now, not when the prune is due
             object.__setattr__(self, "rates", rates)
@@ -124,6 +130,8 @@ class Target:
                 limits = [k for k in unknown if k in ("allocation", "min_channels", "max_pruning_ratio", "round_to")]
                 if limits:  # the CLI's target section holds them; in Python they are arguments of Pruning
                     hint += f" ({', '.join(limits)}: an argument of Pruning(...) or PruningEngine(...), not of the target)"
+                close = {k: closest_name(k, (*TARGET_KINDS, "batch_size")) for k in unknown if k != "flops"}
+                hint += "".join(f" ({k!r}: did you mean {c!r}?)" for k, c in close.items() if c)
                 raise ValueError(f"unknown target key(s) {unknown}; a target is one of {TARGET_KINDS}{hint}")
             given = {k: v for k, v in target.items() if v is not None}
             if not any(k in TARGET_KINDS for k in given):

@@ -62,8 +62,17 @@ def test_targets_coerce_from_mappings():
     assert Target(rates="[0.5]*2").to_dict() == {"rates": "[0.5]*2"}
     with pytest.raises(ValueError, match=r"unknown target key\(s\) \['flops'\].*use 'macs'"):
         Target.coerce({"flops": 0.5})
-    with pytest.raises(ValueError, match=r"\['filter'\]; a target is one of .*'latency'\)$"):  # no hint
+    with pytest.raises(ValueError, match=r"\['filter'\]; a target is one of .*'latency'\) \('filter': did you mean "
+                                         r"'filters'\?\)$"):  # (a typo: the closest key, as a method's are)
         Target.coerce({"filter": 0.5})
+    with pytest.raises(ValueError, match=r"\['macz'\].*\('macz': did you mean 'macs'\?\)$"):
+        Target.coerce({"macz": 0.5})
+    with pytest.raises(ValueError, match=r"\['speed'\]; a target is one of .*'latency'\)$"):  # nothing close: no hint
+        Target.coerce({"speed": 0.5})
+    # one number as rates ("'float' object is not iterable") says what rates takes
+    with pytest.raises(TypeError, match=r"target rates is one pruning rate per prunable layer.*got float 0\.5\. For "
+                                        r"the same rate r in every layer, give the target \{'filters': 1 - r\}"):
+        Target.coerce({"rates": 0.5})
     with pytest.raises(TypeError, match="target must be"):
         Target.coerce(0.5)
 
