@@ -892,7 +892,9 @@ class PruningEngine:
             ignored = self.resolve_ignored(model)
             raise ValueError("the pruning engine found no prunable filters in the model" + (
                 f": ignored_layers ({some_names([str(n) for n in ignored])}) leaves no layer whose output channels a "
-                "layer after it reads; leave some out of ignored_layers" if ignored else
+                "layer after it reads (the layers coupled with an ignored one, whose outputs a residual add or a "
+                "concat joins into the same channels, stay whole with it); leave some out of ignored_layers"
+                if ignored else
                 " (no conv or linear layer whose output channels another conv or linear layer reads)"))
         self.method.check(model, list(groups))
 

@@ -5,6 +5,7 @@ consistent shapes, and compute what the masked model computes."""
 import collections
 import copy
 import random
+import re
 
 import pytest
 import torch
@@ -133,8 +134,13 @@ def test_concat_into_flatten_is_refused_and_the_model_is_restored():
         before_out = model(x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = find_channel_groups(model, x)
-    with pytest.raises(UnsupportedLayerError, match="restored unchanged"):
+    with pytest.raises(UnsupportedLayerError, match="restored unchanged") as refused:
         prune_channels(model, x, {g.name: [0] for g in groups})
+    # both branches are named: one named alone, ignoring it left the other unprunable, a second refusal (probe)
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith("features.1.")}
+    (first, second), = re.findall(r"The channels of '([\w.]+)' \(one group with '([\w.]+)': ignoring one keeps all "
+                                  r"whole\)", str(refused.value))
+    assert {first, second} == convs, (first, second, convs)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     with torch.no_grad():

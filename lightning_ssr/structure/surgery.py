@@ -390,6 +390,10 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                 f"An output of forward() carries the channels of {involved} (a feature map returned beside the "
                 "logits): removing them would change the model's interface. Pass these layers in ignored_layers, "
                 "or return from forward() only tensors whose width no prunable layer sets.") from err
+        coupled = {n: [m for m in matched[n].out_modules if m != n and isinstance(modules.get(m), (nn.Linear,
+                       nn.modules.conv._ConvNd))] for n in involved if n in matched}
+        named = [f"{n!r} (one group with {some_names([repr(m) for m in coupled[n]], 4)}: ignoring one keeps all whole)"
+                 if coupled.get(n) else repr(n) for n in involved]
         buffers = _buffers_as_wide_as(model, {matched[n].size for n in involved if n in matched})
         suspects = (f" Buffers as wide as these channels, which the rebuild does not slice: {', '.join(buffers)}; a "
                     "per-channel constant used in forward() cannot follow the cut, so leave its channels whole."
@@ -400,7 +404,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                          "holds a per-channel tensor cannot follow the cut, so remove it before the prune.")
         raise UnsupportedLayerError(
             f"rebuilding the pruned model failed ({err}); the model was restored unchanged. The channels of "
-            f"{involved} pass through a structure the dependency graph maps wrongly (for example a channel "
+            f"{', '.join(named)} pass through a structure the dependency graph maps wrongly (for example a channel "
             "shuffle, a slice, a pad of the channel dimension, a concat followed by flatten -> linear), or through an op after which a removed channel is not zero (a sigmoid, an exp, "
             "a constant added, BatchNorm without affine), so the masked model still reads it." + suspects +
             " Pass these layers in ignored_layers.") from err
