@@ -317,6 +317,13 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def methods_without_batchnorm() -> str:
+    """The registered methods that need no BatchNorm, for a refusal of a model without one (``random``,
+    a baseline, is no advice)."""
+    return ", ".join(n for n in available_methods()
+                     if n != "random" and not getattr(_REGISTRY[n], "requires_batchnorm", False))
+
+
 def build_method(name: str, **kwargs) -> PruningMethod:
     """The method registered as ``name``, built with ``kwargs`` (validated by the method)."""
     if name not in _REGISTRY:

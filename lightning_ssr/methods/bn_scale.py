@@ -21,7 +21,7 @@ from torch import nn
 
 from ..structure.groups import ChannelGroup
 from ..validation import check_number
-from .base import MethodContext, PruningMethod, register_method, top_k_masks
+from .base import MethodContext, PruningMethod, methods_without_batchnorm, register_method, top_k_masks
 from .continuation import Continuation
 from .importance import bn_scale
 
@@ -61,22 +61,31 @@ class BNScale(PruningMethod):
     def _scales(model: nn.Module, groups: list[ChannelGroup]) -> list[str]:
         """The BatchNorm scales of the groups (sorted), or an error naming the groups without one."""
         modules = dict(model.named_modules())
-        names, without = set(), []
+
+        def scales(slices):
+            return [s.param for s in slices if s.param.endswith(".weight")
+                    and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
+
+        names, without, frozen = set(), [], []
         for g in groups:
-            found = [s.param for s in g.slices if s.param.endswith(".weight")
-                     and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
+            found = scales(g.slices)
             if not found:
-                without.append(g.name)
+                (frozen if scales(g.fixed) else without).append(g.name)
             names.update(found)
+        others = methods_without_batchnorm()
+        if frozen:  # its scale is there, but requires_grad=False: the penalty cannot move it
+            frozen.sort()
+            raise ValueError(f"bn_scale trains the BatchNorm scales towards zero, but the BatchNorm of "
+                             f"{', '.join(map(repr, frozen))} is frozen (requires_grad=False). Unfreeze it, pass "
+                             f"{frozen} in ignored_layers, or use another method ({others}).")
         if without and len(without) == len(groups):
             raise ValueError(f"bn_scale prunes by BatchNorm scales, but no prunable group of this model has a "
                              f"BatchNorm ({len(without)} groups: {sorted(without)}); bn_scale does not apply to it. "
-                             "Use a method that needs no BatchNorm: l1, oneshot, ssr_l20.")
+                             f"Use a method that needs no BatchNorm: {others}.")
         if without:  # all of them at once: the user fixes the list in one go
             without.sort()
             raise ValueError(f"bn_scale prunes by BatchNorm scales, but the channels of {', '.join(map(repr, without))} "
-                             f"have no BatchNorm. Pass {without} in ignored_layers, or use another method (l1, "
-                             "oneshot, ssr_l20).")
+                             f"have no BatchNorm. Pass {without} in ignored_layers, or use another method ({others}).")
         return sorted(names)
 
     @property

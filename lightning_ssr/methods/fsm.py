@@ -44,7 +44,7 @@ from torch import nn
 
 from ..structure.groups import ChannelGroup
 from ..validation import check_choice, check_flag
-from .base import MethodContext, PruningMethod, register_method, top_k_masks
+from .base import MethodContext, PruningMethod, methods_without_batchnorm, register_method, top_k_masks
 
 PROCEDURES = ("oneshot", "layerwise")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -95,7 +95,7 @@ def check_fsm_groups(groups: Sequence[ChannelGroup], model: nn.Module) -> None:
     bad = {g.name: c for g in groups if (c := _without_bn(g, model)) is not None}
     if not bad:
         return
-    others = "l1, oneshot, ssr_l20, ssr_l21, taylor"
+    others = methods_without_batchnorm()
     if len(bad) == len(groups):
         raise ValueError(
             f"fsm scores each channel from the BatchNorm before its consumers (data-free), but no prunable group of "

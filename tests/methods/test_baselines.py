@@ -208,7 +208,17 @@ def test_bn_scale_names_every_group_without_batchnorm_at_once():
     # none with a BatchNorm: the method does not apply, rather than "ignore every layer"
     model.bn2 = nn.Identity()
     with pytest.raises(ValueError, match=r"no prunable group of this model has a BatchNorm \(3 groups: \['conv1', "
-                                         r"'conv2', 'fc'\]\); bn_scale does not apply to it"):
+                                         r"'conv2', 'fc'\]\); bn_scale does not apply to it\. Use a method that "
+                                         r"needs no BatchNorm: l1, oneshot, ssl, ssr_l20, ssr_l21, taylor\.$"):
+        BNScale().setup(_context(model))
+
+
+def test_bn_scale_names_a_frozen_batchnorm_as_frozen():
+    """A frozen BatchNorm was called "no BatchNorm" (probe): its scale is there, the penalty cannot move it."""
+    model = Chain()
+    model.bn2.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"the BatchNorm of 'conv2' is frozen \(requires_grad=False\)\. Unfreeze it, "
+                                         r"pass \['conv2'\] in ignored_layers, or use another method \(l1, oneshot, "):
         BNScale().setup(_context(model))
 
 

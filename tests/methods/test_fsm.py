@@ -180,7 +180,8 @@ def test_a_network_without_any_batchnorm_is_refused_at_once_with_the_methods_tha
     model.model = build_model("lenet5", in_channels=3, num_classes=5, input_size=16)
     cb = Pruning(method="fsm", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0), verbose=False)
     t = trainer(tmp_path, [cb], 1)
-    with pytest.raises(ValueError, match=r"no prunable group of this model .*3 groups.*l1, oneshot, ssr_l20") as err:
+    with pytest.raises(ValueError, match=r"no prunable group of this model .*3 groups.*Use a method that needs "
+                                         r"no BatchNorm: l1, oneshot, ssl, ssr_l20, ssr_l21, taylor\.$") as err:
         t.fit(model, loader())
     assert all(name in str(err.value) for name in ("model.conv1", "model.conv2", "model.fc1"))
     assert t.global_step == 0
