@@ -48,7 +48,7 @@ from torch import nn
 
 from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
 from .cost import ModelCost, channel_macs, count_cost
-from .latency import OtherProcessesLoad, model_ms, others_share
+from .latency import LATENCY_MISS, OtherProcessesLoad, model_ms, others_share
 from .methods.base import (
     MethodContext,
     PruningMethod,
@@ -90,10 +90,6 @@ from .targets import (
     target_too_small,
 )
 from .validation import check_flag, check_keywords, keyword_names, some_names
-
-#: how far above a latency target the pruned model may run before the engine warns (the timings of
-#: one machine repeat within a few percent with the allocator steadied, not better)
-LATENCY_MISS = 0.10
 
 
 def _identity(obj):

@@ -14,7 +14,7 @@ import torch
 
 from .cost import ModelCost
 from .files import atomic_write_text
-from .latency import others_fraction, others_share
+from .latency import LATENCY_MISS, others_fraction, others_share
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -177,7 +177,9 @@ class PruningResult:
         timed = [e for e in self.events if e.get("latency_measured_ms") is not None]
         if timed and (self.target or {}).get("latency"):  # a latency target: asked, measured, met or not
             e, asked = timed[-1], self.target["latency"]
-            verdict = "met" if e.get("latency_target_met") else f"missed ({e['latency_measured_ms'] / asked - 1:+.0%})"
+            over = e["latency_measured_ms"] / asked - 1
+            verdict = (f"missed ({over:+.0%})" if not e.get("latency_target_met") else
+                       f"met ({over:+.0%}, within the {LATENCY_MISS:.0%} a timing may run over)" if over > 0 else "met")
             busy = [load for load in (e.get("latency_calibration_load"), e.get("latency_load")) if load and
                     load.get("crowded")]
             batch = self.target.get("batch_size", 1)
