@@ -50,17 +50,23 @@ def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
 def first_order_taylor(group: ChannelGroup, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Each channel's ``(sum_i g_i w_i)^2`` over its output side (the group's ``slices``), from the
     gradients present now (Molchanov et al. 2019): the squared first-order change of the loss
-    when the channel is removed, in loss units. Float64, on the parameters' device; zero for a
-    channel whose parameters have no gradient."""
+    when the channel is removed, in loss units. Where no output-side parameter has a gradient (a
+    frozen layer), the same sum over the consumers' weights that read the channel (its
+    ``inputs``): to first order both are the loss's change when the channel's output is removed
+    (``sum a * dL/da`` over its activations), so the values compare across groups. Float64, on the
+    parameters' device; zero for a channel no gradient reaches."""
     total = None
     with torch.no_grad():
-        for s in group.slices:
-            p = params[s.param]
-            if p.grad is None:
-                continue
-            prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
-            per = prod.reshape(group.size, -1).double().sum(1)
-            total = per if total is None else total + per
+        for sides in (group.slices, group.inputs):
+            for s in sides:
+                p = params.get(s.param)
+                if p is None or p.grad is None or int(s.index.max()) >= p.shape[s.dim]:  # (a grouped consumer's
+                    continue                                                          # block holds other columns)
+                prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
+                per = prod.reshape(group.size, -1).double().sum(1)
+                total = per if total is None else total + per
+            if total is not None:
+                break
     if total is None:
         device = next(iter(params.values())).device if params else None
         return torch.zeros(group.size, dtype=torch.float64, device=device)

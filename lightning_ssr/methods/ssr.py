@@ -26,6 +26,7 @@ from ..structure.groups import ChannelGroup, FlatChannels
 from ..validation import check_choice, check_number
 from .base import MethodContext, PruningMethod, Sync, register_method, top_k_masks
 from .continuation import Continuation
+from .importance import first_order_taylor
 from .prox import group_hard_threshold, group_soft_threshold, keep_top_k, protect_largest
 
 REGULARIZERS = ("l21", "l20")
@@ -326,7 +327,8 @@ class SSR(PruningMethod):
 
     With a target, SSR learns the per-layer structure itself (``allocation="method"``, the
     default). At every V-step the channels compete across all layers by one value: what removing
-    the channel would cost the loss, to first order (``(sum g * w)^2`` over its output side, the
+    the channel would cost the loss, to first order (``(sum g * w)^2`` over its output side, or for a
+    frozen layer over the consumers' weights that read it, the
     loss's gradients summed over the optimizer steps since the last V-step, before the penalty's
     are added, as :func:`~lightning_ssr.methods.importance.first_order_taylor`), over the cost of one
     channel of its layer at the structure being learned (in the target's unit; ``lam_scaling="none"``:
@@ -424,6 +426,9 @@ class SSR(PruningMethod):
         lam = resolve_lam(context.groups, self.lam, self.lam_scaling, context.channel_macs)
         keep = context.keep if self.regularizer == "l20" else None
         self._counts, self._continuation, self._taylor, self._scores = None, None, {}, {}
+        #: groups whose output side is frozen (requires_grad=False, pruned on request): their loss values
+        #: come from the consumers' weights, which train (else zero, and the allocation cut them first)
+        self._frozen_outputs = [g for g in context.groups if not g.slices]
         if self.allocating:
             self._counts = {g.name: g.size for g in context.groups}
             keep = self._project
@@ -490,6 +495,8 @@ class SSR(PruningMethod):
                 # every channel in one pass: this runs at every optimizer step)
                 products = {n: p.detach() * p.grad for n, p in self.aulm.params.items() if p.grad is not None}
                 step = self.aulm.flat.split(self.aulm.flat.sums(products).pow(2))
+                for g in self._frozen_outputs:  # no gradient on its side: the consumers' weights that read it
+                    step[g.name] = first_order_taylor(g, self.context.params).to(step[g.name])
                 self._taylor = {k: v + self._taylor[k] for k, v in step.items()} if self._taylor else step
             self.aulm.add_penalty_gradient()
 

@@ -109,6 +109,32 @@ def test_get_importance_by_name_or_callable():
         get_importance("magic")
 
 
+def test_first_order_taylor_of_a_frozen_layer_is_read_from_its_consumers_in_the_same_units():
+    """A frozen layer's output side has no gradient: its channels scored zero, and an allocation by
+    these values (SSR's, Taylor's) cut it to its floor first. The consumers' weights that read a
+    channel give the same first-order value, ``sum a * dL/da`` over its activations: here the
+    output side (conv, BN affine) and the 1x1 conv's columns, on one batch."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 5, 5)
+    scores = {}
+    for frozen in (False, True):
+        torch.manual_seed(1)  # (the same weights both times)
+        model = Hand().train()
+        # BatchNorm's eps makes the conv before it scale-dependent by eps / (var + eps) (5e-4 for channel 2's
+        # small weights), a real difference between the routes: without it they are one quantity
+        model.bn.eps = 1e-12  # (it must be > 0 in training)
+        model.conv.requires_grad_(not frozen)
+        model.bn.requires_grad_(not frozen)
+        group = next(g for g in find_channel_groups(model, x) if g.size == 3)
+        assert bool(group.slices) is not frozen  # (frozen: its rows are the group's fixed ones)
+        model(x).square().sum().backward()
+        scores[frozen] = first_order_taylor(group, dict(model.named_parameters()))
+    assert bool((scores[True] > 0).all())
+    # float32 along two routes, each summing up to 64 products (4 images x 16 positions, through
+    # BatchNorm's statistics on the output side): within 1e-4 relative, as the test below argues
+    assert scores[True].tolist() == pytest.approx(scores[False].tolist(), rel=1e-4, abs=1e-12)
+
+
 def test_first_order_taylor_is_the_squared_derivative_of_the_loss_along_each_channel():
     """Scaling channel c's output side (filter, BN affine) by ``a`` changes the loss at ``a = 1`` by
     ``sum g * w`` over those parameters: the score is its square, channel by channel."""

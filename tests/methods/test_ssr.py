@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -259,3 +260,43 @@ def test_registered_names_build_ssr_with_their_regularizer():
         assert isinstance(method, SSR) and method.name == name and method.regularizer == reg
         assert method.sparsifies and not method.needs_target
         assert method.config()["rho"] == 0.3 and method.config()["regularizer"] == reg
+
+
+class ThreeConvs(nn.Module):
+    """c1 -> c2 -> c3 (16 filters each, ReLU between) -> mean -> fc; c1 may be frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(i, 16, 3, padding=1) for i in (3, 16, 16))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["ssr_l20", "ssr_l21"])
+def test_a_frozen_layer_is_allocated_by_its_loss_value_not_cut_first(tmp_path, method):
+    """Its weights have no gradient, so its channels' loss values were zero and the learned
+    allocation cut the frozen c1 to 2 of 16 where, trained, it keeps 12 or 13 (probe): the values
+    now come from the consumers' weights that read it (c2's columns), which train."""
+    import lightning.pytorch as pl
+
+    from lightning_ssr import Pruning, PruningSchedule
+    from tests.lit import NetClassifier, trainer
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, 16, 16, generator=gen)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    kept = {}
+    for frozen in (False, True):
+        pl.seed_everything(0)
+        net = ThreeConvs()
+        net.c1.requires_grad_(not frozen)
+        schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1)
+        with pytest.warns(UserWarning, match="frozen") if frozen else contextlib.nullcontext():
+            trainer(tmp_path, [Pruning(method, target={"macs": 0.5}, schedule=schedule, verbose=False)],
+                    schedule.total_epochs).fit(NetClassifier(net), data)
+        kept[frozen] = net.c1.out_channels
+    assert kept[False] >= 8 and abs(kept[True] - kept[False]) <= 4, kept
