@@ -1435,10 +1435,14 @@ def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning |
 
 
 def pair_line(result: PruningResult, dense_label: str, pruned_label: str) -> str:
-    """``<dense_label> X% at N MACs; <pruned_label> Y% at M MACs (Rx fewer)``."""
-    return (f"{dense_label} {100 * result.dense['accuracy']:.2f}% at {result.dense['macs'] / 1e6:.2f}M MACs; "
-            f"{pruned_label} {100 * result.pruned['accuracy']:.2f}% at {result.pruned['macs'] / 1e6:.3f}M MACs "
-            f"({result.macs_reduction:.1f}x fewer)")
+    """``<dense_label> X% at N MACs; <pruned_label> Y% at M MACs (Rx fewer)``; with ``pruning=none``
+    the second is the dense model trained on, the equal-budget baseline, and says so."""
+    first = f"{dense_label} {100 * result.dense['accuracy']:.2f}% at {result.dense['macs'] / 1e6:.2f}M MACs; "
+    if result.method == "none":  # (nothing was compressed: "compressed ... (1.0x fewer)" said otherwise)
+        return first + (f"{dense_label} trained on for the same epochs (pruning=none, the equal-budget baseline) "
+                        f"{100 * result.pruned['accuracy']:.2f}%")
+    return first + (f"{pruned_label} {100 * result.pruned['accuracy']:.2f}% at {result.pruned['macs'] / 1e6:.3f}M MACs "
+                    f"({result.macs_reduction:.1f}x fewer)")
 
 
 def finish(result: PruningResult, output_dir: Path, start: float, extra: str | None = None) -> PruningResult:

@@ -268,6 +268,10 @@ def test_feature_producers_are_the_layers_whose_channels_the_head_reads():
     # (the residual group of the last stage, which the pooled features carry)
     assert producers("model=resnet20") == ["model.layer3.0.shortcut"]
     assert producers("pruning.ignored_layers=[model.fc1]") == []  # (what ignored_layers leaves out is not a group)
+    # a wrong name is refused in the training module's names, which ignored_layers takes: it was told
+    # "'fc9': did you mean 'fc2'?", and 'fc2' was then refused (probe)
+    with pytest.raises(ValueError, match=r"no module named \['model\.fc9'\].*'model\.fc9': did you mean 'model\.fc2'"):
+        producers("pruning.ignored_layers=[model.fc9]")
 
 
 def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compressed(tmp_path, capsys, monkeypatch):
@@ -514,3 +518,20 @@ def test_the_adaptation_data_takes_a_checkpoints_orders_in_a_fit_only():
         torch.manual_seed(1)
         data.train_dataloader()
         assert (data.state_dict() == state) is taken, fn
+
+
+def test_a_recipes_summary_calls_the_equal_budget_baseline_what_it_is():
+    """With pruning=none the adaptation summary said "DANN compressed 23.68% at 2.293M MACs (1.0x
+    fewer)" (probe): nothing was compressed."""
+    from lightning_ssr.app.stages import pair_line
+    from lightning_ssr.report import PruningResult
+
+    def result(method, macs):
+        return PruningResult(method=method, dense={"macs": 2.0e6, "params": 10, "accuracy": 0.5},
+                             pruned={"macs": macs, "params": 5, "accuracy": 0.4})
+
+    assert pair_line(result("l1", 1.0e6), "DANN dense", "DANN compressed") == (
+        "DANN dense 50.00% at 2.00M MACs; DANN compressed 40.00% at 1.000M MACs (2.0x fewer)")
+    assert pair_line(result("none", 2.0e6), "DANN dense", "DANN compressed") == (
+        "DANN dense 50.00% at 2.00M MACs; DANN dense trained on for the same epochs (pruning=none, the equal-budget "
+        "baseline) 40.00%")

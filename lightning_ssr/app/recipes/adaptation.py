@@ -78,9 +78,21 @@ def feature_producers(cfg: DictConfig, dm: pl.LightningDataModule) -> list[str]:
     net = stages.build_network(cfg, dm)
     head, _ = last_linear(net, "DANN")
     example = torch.randn([2, *stages.input_shape(dm)[1:]], generator=torch.Generator().manual_seed(0))
-    ignored = [str(n).removeprefix("model.") for n in cfg.pruning.get("ignored_layers") or []]
-    groups = find_channel_groups(net, example, ignored)
-    return sorted(f"model.{g.name}" for g in groups if any(s.param == f"{head}.weight" for s in g.inputs))
+    # traced as the training module holds it (under "model"): the names of ignored_layers, and those a
+    # refusal of one suggests, are the callback's ("model.fc1"), not the bare network's
+    groups = find_channel_groups(_AsTrained(net), example, list(cfg.pruning.get("ignored_layers") or []))
+    return sorted(g.name for g in groups if any(s.param == f"model.{head}.weight" for s in g.inputs))
+
+
+class _AsTrained(nn.Module):
+    """The network under the attribute the training module keeps it in (``model``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 class DANN(ImageClassifier):
