@@ -76,7 +76,8 @@ def find_runs(root: str | Path) -> list[dict]:
     dirs = {p.parent for p in root.rglob("result.json")} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     dirs = {d for d in dirs if REPLACED_DIR not in d.relative_to(root).parts}
     runs = []
-    for d in sorted(dirs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]):
+    # by job number where a folder is one (2 before 10), a folder of another name after them
+    for d in sorted(dirs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]):
         path = d / "result.json"
         if not path.is_file():
             runs.append({"dir": d, "status": "failed", "result": None,
@@ -327,6 +328,21 @@ def _overrides(run: dict) -> dict | None:
     return out
 
 
+def _given_alike(runs: Sequence[dict], shared: Mapping[str, str]) -> list[str]:
+    """The command-line items, as typed (``+experiment=...``, ``~key``: a command can take them
+    again), that every run was given alike: those of ``shared`` (:func:`_shared_overrides`) and the
+    deletions every run has."""
+    if not runs:
+        return []
+    others = [set(_override_items(r) or []) for r in runs[1:]]
+    out = []
+    for item in _override_items(runs[0]) or []:
+        key, sep, _ = item.partition("=")
+        if (key.lstrip("+~") in shared) if sep else all(item in o for o in others):
+            out.append(item)
+    return out
+
+
 def _shared_overrides(runs: Sequence[dict], swept: Sequence[str] = ()) -> dict:
     """The command-line choices every run of the sweep was given alike (``{}`` where a run has
     none on record), but those the sweep's grid varies (``swept``: the runs so far may share a
@@ -472,8 +488,9 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
     shared = _shared_overrides(runs, swept_keys(sweep_dir) if sweep_dir is not None else ())
-    if shared:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
-        lines[4:4] = [f"Every run was given: `{' '.join(f'{k}={v}' for k, v in shared.items())}`.", ""]
+    given = _given_alike(runs, shared)
+    if given:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
+        lines[4:4] = [f"Every run was given: `{' '.join(given)}`.", ""]
     for r in rows:
         stopped, running = r.get("interrupted", 0), r.get("running", 0)
         runs_cell = f"{r['runs']}" + "".join(f" (+{n} {what})" for n, what in (

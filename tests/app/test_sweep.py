@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +258,14 @@ def test_the_report_says_what_every_run_was_given_alike(tmp_path):
     lines = (tmp_path / "report.md").read_text().splitlines()
     assert lines[4] == "Every run was given: `trainer.limit_train_batches=10 seed=3`."
     assert lines[5] == "" and lines[6].startswith("| configuration |")
+    # as typed: '+experiment=...' was shown as 'experiment=...', which Hydra refuses, and '~key' was left off (probe)
+    for num in range(2):
+        _job(tmp_path, num, [f"pruning={('l1', 'random')[num]}", "+experiment=transfer_fmnist_to_mnist",
+                             "~pruning.ignored_layers", "seed=3"], ("l1", "random")[num])
+    shutil.rmtree(tmp_path / "2")  # (two runs now)
+    write_report(tmp_path, plots=False)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[4] == "Every run was given: `+experiment=transfer_fmnist_to_mnist ~pruning.ignored_layers seed=3`."
 
 
 def test_the_runs_a_stopped_sweep_never_started_are_listed_with_their_commands(tmp_path, capsys):
@@ -673,3 +682,11 @@ def test_the_go_on_command_leaves_out_what_a_ddp_rank_added_to_the_sweeps_comman
         hydra_cfg.overrides.hydra = user
         assert run_alone_command(hydra_cfg, ["pruning=l1"], "/s/0") == (
             f"lightning-ssr {' '.join(user)} pruning=l1 hydra.run.dir=/s/0 hydra.mode=RUN")
+
+
+def test_runs_in_folders_of_numbers_and_of_other_names_are_all_found(tmp_path):
+    """A folder of another name beside the job numbers ('old', a copy a user made) failed the
+    report: "'<' not supported between instances of 'int' and 'str'"."""
+    for name in ("10", "old", "2"):
+        _job(tmp_path, name, ["pruning=l1", "seed=3"], "l1")
+    assert [Path(r["dir"]).name for r in find_runs(tmp_path)] == ["2", "10", "old"]
