@@ -62,8 +62,10 @@ def _fraction(name: str, value) -> float | None:
         raise TypeError(f"target {name} must be a number in (0, 1], got {type(value).__name__} {value!r}")
     value = float(value)
     if not (0.0 < value <= 1.0):
+        hint = (f"for {value:g}x fewer use {1 / value:.4g}" if value > 1 and math.isfinite(value)
+                else "for 20x fewer use 0.05")  # (1.5 read as a reduction factor: its inverse)
         raise ValueError(f"target {name} is the fraction of the dense model to keep and must be in (0, 1]; "
-                         f"got {value} (for 20x fewer use 0.05)")
+                         f"got {value} ({hint})")
     return value
 
 

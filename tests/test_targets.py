@@ -69,6 +69,11 @@ def test_targets_coerce_from_mappings():
         Target.coerce({"macz": 0.5})
     with pytest.raises(ValueError, match=r"\['speed'\]; a target is one of .*'latency'\)$"):  # nothing close: no hint
         Target.coerce({"speed": 0.5})
+    # a reduction factor for a fraction: its inverse suggested (every refusal said "for 20x fewer use 0.05": probe)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]; got 1\.5 \(for 1\.5x fewer use 0\.6667\)"):
+        Target.coerce({"macs": 1.5})
+    with pytest.raises(ValueError, match=r"got 0\.0 \(for 20x fewer use 0\.05\)"):
+        Target.coerce({"params": 0})
     # one number as rates ("'float' object is not iterable") says what rates takes
     with pytest.raises(TypeError, match=r"target rates is one pruning rate per prunable layer.*got float 0\.5\. For "
                                         r"the same rate r in every layer, give the target \{'filters': 1 - r\}"):
