@@ -482,9 +482,14 @@ def _pm(mean, std, runs: int, digits=2):
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
                    missing: Sequence[dict] = (), strays: Sequence[dict] = (),
                    sweep_dir: str | Path | None = None) -> Path:
+    limits = {json.dumps(((r.get("result") or {}).get("pruned") or {}).get("evaluation_limits", {})
+                         .get("limit_test_batches")) for r in runs if r.get("result")}
+    split = ("the test split" if limits <= {"null"} else
+             f"part of the test split (trainer.limit_test_batches={json.loads(limits.pop())})" if len(limits) == 1 else
+             "the test split, or part of it (trainer.limit_test_batches differs between runs)")
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
-             f"{unfinished(runs)}. Mean ± std over seeds; accuracy on the test "
-             "split; * marks the Pareto front of accuracy against MACs."), "",
+             f"{unfinished(runs)}. Mean ± std over seeds; accuracy on {split}; * marks the Pareto front of "
+             "accuracy against MACs."), "",
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
     shared = _shared_overrides(runs, swept_keys(sweep_dir) if sweep_dir is not None else ())

@@ -50,7 +50,9 @@ def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(
     assert "Training the source model (on FashionMNIST) (1 epoch)" in out
     assert "Fine-tuning the dense model on MNISTDigits (" in out
     # the source model's figure is on the source's test split, the others on the target's: said apart
-    assert re.search(r"transfer FashionMNIST -> MNISTDigits \(\d+ labeled images\): the source model on "
+    # (trained on part of them: said, as a partial evaluation is: probe)
+    assert re.search(r"transfer FashionMNIST -> MNISTDigits \(\d+ labeled images; trained on "
+                     r"trainer\.limit_train_batches=4 per epoch\): the source model on "
                      r"FashionMNIST's test split \d+\.\d\d%; on MNISTDigits's test split: dense fine-tune ", out), out
     info = result.config["transfer"]
     assert result.status == "ok" and info["source"] == "FashionMNIST" and info["target"] == "MNISTDigits"
@@ -58,6 +60,10 @@ def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(
     assert 0.0 < info["source_test_accuracy"] <= 1.0
     for side in (result.dense, result.pruned):
         assert 0.0 <= side["accuracy"] <= 1.0 and side["macs"] > 0 and side["params"] > 0
+    from lightning_ssr.app.recipes.transfer import transfer_summary
+
+    result.pruned["evaluation_limits"] = {"limit_test_batches": 2}  # (a partial evaluation is said)
+    assert transfer_summary(result).endswith(" (each on part of its test split: trainer.limit_test_batches=2)")
     assert result.pruned["macs"] == pytest.approx(0.1 * result.dense["macs"], rel=0.02)
     assert (tmp_path / "run" / "result.json").is_file()
 

@@ -690,3 +690,24 @@ def test_runs_in_folders_of_numbers_and_of_other_names_are_all_found(tmp_path):
     for name in ("10", "old", "2"):
         _job(tmp_path, name, ["pruning=l1", "seed=3"], "l1")
     assert [Path(r["dir"]).name for r in find_runs(tmp_path)] == ["2", "10", "old"]
+
+
+def test_the_report_says_where_its_runs_were_evaluated_on_part_of_the_test_split(tmp_path):
+    """It said "accuracy on the test split" of runs that each read trainer.limit_test_batches=2 of
+    it (a single run's summary says "on part of the test split": probe)."""
+    def header():
+        write_report(tmp_path, plots=False)
+        return (tmp_path / "report.md").read_text().splitlines()[2]
+
+    for num, method in enumerate(["l1", "random"]):
+        _result(tmp_path, str(num), method, 0.5, 0, 0.9)
+    assert "accuracy on the test split;" in header()
+    for num in range(2):
+        path = tmp_path / str(num) / "result.json"
+        data = json.loads(path.read_text())
+        data["pruned"]["evaluation_limits"] = {"limit_test_batches": 2}
+        path.write_text(json.dumps(data))
+    assert "accuracy on part of the test split (trainer.limit_test_batches=2);" in header()
+    data["pruned"]["evaluation_limits"] = {"limit_test_batches": 5}
+    path.write_text(json.dumps(data))
+    assert "accuracy on the test split, or part of it (trainer.limit_test_batches differs between runs);" in header()

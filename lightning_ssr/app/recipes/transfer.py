@@ -150,6 +150,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         "target": type(dm).__name__, "target_train_images": len(dm.splits["train"]), "new_head": head, "frozen": frozen,
         "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
     }
+    limit = cfg.trainer.get("limit_train_batches")
+    if limit is not None and not (isinstance(limit, float) and limit >= 1.0):  # (trained on part of them)
+        result.config["transfer"]["limit_train_batches"] = limit
     result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s)
     # as given, so that a sweep run again finds this run finished (the frozen layers are config["transfer"]'s)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
@@ -158,9 +161,13 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
 
 def transfer_summary(result) -> str:
     info = result.config["transfer"]
-    return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images): the source "
-            f"model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
-            f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune"))
+    trained = (f"; trained on trainer.limit_train_batches={info['limit_train_batches']} per epoch"
+               if info.get("limit_train_batches") is not None else "")
+    part = (result.pruned.get("evaluation_limits") or {}).get("limit_test_batches")
+    return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images{trained}): "
+            f"the source model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
+            f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune")
+            + (f" (each on part of its test split: trainer.limit_test_batches={part})" if part is not None else ""))
 
 
 register_recipe("transfer", run_transfer, transfer_summary)
