@@ -2139,3 +2139,17 @@ def test_a_ctrl_c_before_training_is_a_record_a_later_refusal_replaces(tmp_path,
     assert "target macs" in json.loads((tmp_path / "result.json").read_text())["error"]
     record["config"][cli.REFUSED_MARK] = False  # (interrupted in training: kept)
     assert cli._worth_keeping(json.dumps(record).encode())
+
+
+def test_the_readmes_configuration_table_names_every_key_of_each_pruning_config():
+    """README's `pruning` row left out `ramp` of ssr_l20 and ssr_l21, which the CLI's own refusal of
+    an unknown key lists (probe)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    (row,) = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `pruning` |")]
+    for path in sorted((root / "conf" / "pruning").glob("*.yaml")):
+        keys = set(yaml.safe_load(path.read_text()) or {}) - {"name", "defaults", "ignored_layers"}
+        assert f"`{path.stem}`" in row, path.stem
+        missing = sorted(k for k in keys if f"`{k}`" not in row)
+        assert not missing, (path.stem, missing)
