@@ -269,6 +269,11 @@ def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | N
                                  f"group, target={part} {key}=..." + (f" (the target now sets {', '.join(now)})"
                                                                        if now else "")) from cause
             section = ".".join(parts[:i])
+            owners = _experiments_with(part) if i == 0 else []
+            if owners:  # (a recipe's section, asked for without its experiment: "did you mean trainer?")
+                raise ValueError(f"{key}: {part} is a section of the experiment"
+                                 f"{'s' if len(owners) > 1 else ''} {', '.join(owners)}; choose one first, "
+                                 f"+experiment={owners[0]} {key}=...") from cause
             close = closest_name(part, names)
             hint = f"did you mean {'.'.join([*parts[:i], close])}? " if close else ""
             where = f" with {choices}" if choices else ""
@@ -276,6 +281,22 @@ def _check_key(cfg: DictConfig, key: str, choices: str, cause: BaseException | N
                              f"{section or 'its top level'} has {', '.join(names)}); a key of your own is added "
                              f"with a '+': +{key}=...") from cause
         node = node._get_node(part)
+
+
+def _experiments_with(section: str) -> list[str]:
+    """The experiments (``conf/experiment/*.yaml``) whose configuration adds the top-level
+    ``section`` (``transfer``, ``adaptation``)."""
+    import yaml
+
+    owners = []
+    for path in sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml")):
+        try:
+            keys = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(keys, dict) and section in keys:
+            owners.append(path.stem)
+    return owners
 
 
 #: Keys whose values are file paths, which may contain "=" (Lightning names checkpoints

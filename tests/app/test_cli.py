@@ -309,6 +309,14 @@ def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeyp
         cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "data=uci_digits", "pruning.lam=0.1"])
     with pytest.raises(ValueError, match=r"^trainer.max_epoch is not a setting of the configuration \(did you mean "):
         cli.check_override_keys(["data=uci_digits", "trainer.max_epoch=3"])  # (not "with data=uci_digits")
+    # a recipe's section without its experiment: named, not "did you mean trainer?" (probe)
+    with pytest.raises(ValueError, match=r"^transfer.freeze: transfer is a section of the experiment "
+                                         r"transfer_fmnist_to_mnist; choose one first, "
+                                         r"\+experiment=transfer_fmnist_to_mnist transfer.freeze=\.\.\.$"):
+        cli.check_override_keys(["transfer.freeze=[conv1]"])
+    with pytest.raises(ValueError, match=r"^adaptation.domain_weight: adaptation is a section of the experiments "
+                                         r"da_mnist_to_digits, da_mnist_to_mnist_m;"):
+        cli.check_override_keys(["adaptation.domain_weight=0.5"])
     # valid settings, additions, deletions, Hydra's own and a group's choice pass
     cli.check_override_keys(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "+trainer.max_steps=3",
                              "~plugins", "hydra.job.chdir=false", "+experiment=da_mnist_to_digits",
