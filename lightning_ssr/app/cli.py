@@ -588,7 +588,8 @@ def recover_finished_run(cfg: DictConfig, output_dir: Path, sweep_dir: Path,
 
 def _rehome(folder: Path, written_in: Path) -> PruningResult:
     """The ``result.json`` moved into ``folder`` from ``written_in`` with its paths (the pruned
-    model's, the export's) under ``folder``: those under ``written_in`` (as given or resolved) and
+    model's, the export's, the checkpoint it was resumed from) under ``folder``: those under
+    ``written_in`` (as given or resolved) and
     those of a record moved before without this (under the folder its pruned model was saved in)."""
     result = PruningResult.load(folder / "result.json")
     olds = {written_in, written_in.resolve()}
@@ -597,6 +598,8 @@ def _rehome(folder: Path, written_in: Path) -> PruningResult:
         olds.add(Path(saved).parent)
     for old in olds:
         result.pruned = _moved_paths(result.pruned, old, folder)
+        if isinstance(result.config.get("cli"), dict):  # (a run resumed from a checkpoint in its folder)
+            result.config["cli"] = _moved_paths(result.config["cli"], old, folder)
     result.save(folder / "result.json")
     return result
 

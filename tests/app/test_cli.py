@@ -2161,3 +2161,20 @@ def test_the_readmes_configuration_table_names_every_key_of_each_pruning_config(
         assert f"`{path.stem}`" in row, path.stem
         missing = sorted(k for k in keys if f"`{k}`" not in row)
         assert not missing, (path.stem, missing)
+
+
+def test_a_moved_records_paths_follow_it_the_checkpoint_it_resumed_from_too(tmp_path):
+    """A finished sweep run moved from job 1's folder to job 0's had its pruned model's path
+    updated, but its config.cli.ckpt_path still named the old folder, which no longer exists (probe)."""
+    from lightning_ssr.app import cli
+
+    old, folder = tmp_path / "sw" / "1", tmp_path / "sw" / "0"
+    folder.mkdir(parents=True)
+    PruningResult(method="l1", config={"cli": {"ckpt_path": str(old / "checkpoints" / "last.ckpt"), "seed": 0,
+                                               "dense": {"cache_dir": str(tmp_path / "cache")}}},
+                  pruned={"checkpoint": str(old / "pruned.pt")}).save(folder / "result.json")
+    moved = cli._rehome(folder, old)
+    assert moved.pruned["checkpoint"] == str(folder / "pruned.pt")
+    assert moved.config["cli"] == {"ckpt_path": str(folder / "checkpoints" / "last.ckpt"), "seed": 0,
+                                   "dense": {"cache_dir": str(tmp_path / "cache")}}  # (what lay elsewhere stays)
+    assert PruningResult.load(folder / "result.json").config["cli"] == moved.config["cli"]
