@@ -521,7 +521,8 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
 def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDataModule) -> None:
     """A sparsify phase that holds no step of the method's periodic update, warned of now, before
     the dense model trains (the fit's set-up would say it after): where the fit runs in one process
-    on a data module that counts its batches (``train_batches()``)."""
+    on a data module that counts its batches (``train_batches()``). ``dm``: the one the compression
+    fit trains on (a recipe's own: the target's, or both domains')."""
     if not _preflight_device(cfg)[1] or cfg.trainer.get("overfit_batches"):
         return  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
     spe = epoch_steps(dm, cfg.trainer.get("limit_train_batches"), int(cfg.trainer.get("accumulate_grad_batches") or 1))

@@ -541,3 +541,27 @@ def test_a_recipes_summary_calls_the_equal_budget_baseline_what_it_is():
     assert pair_line(result("none", 2.0e6), "DANN dense", "DANN compressed") == (
         "DANN dense 50.00% at 2.00M MACs; DANN dense trained on for the same epochs (pruning=none, the equal-budget "
         "baseline) 40.00%")
+
+
+@pytest.mark.parametrize("experiment", ["transfer_fmnist_to_mnist", "da_mnist_to_digits"])
+def test_a_recipes_sparsify_phase_without_an_update_is_warned_of_before_anything_trains(tmp_path, monkeypatch,
+                                                                                       experiment):
+    """The default job warned of it before its dense model trained; a recipe said it only at the
+    compression fit's set-up, after the source model and the dense fine-tune (or DANN dense)
+    had trained."""
+    from lightning_ssr.app import stages
+
+    said_by_then = []
+
+    def counted(*args, **kwargs):
+        said_by_then.append(len([w for w in said if "with no multiple of 25" in str(w.message)]))
+        raise KeyboardInterrupt  # (what comes after is not this test's)
+
+    monkeypatch.setattr(stages, "train_dense", counted)
+    cfg = compose_config([f"+experiment={experiment}", f"dense.cache_dir={tmp_path / 'dense'}",
+                          *[o for o in TINY if not o.startswith("schedule.update_every")],
+                          "schedule.update_every_n_steps=25"])
+    with warnings.catch_warnings(record=True) as said, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        run(cfg, tmp_path / "run")
+    assert said_by_then == [1]

@@ -314,6 +314,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
                 cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []), *kept_whole})
         callback, source_dm = stages.check_config(cfg)
         data = DomainAdaptationData(source_dm, target_dm)
+        if callback is not None and cfg.ckpt_path is None:  # (DANN compressed trains on both domains' batches)
+            stages.check_update_interval(cfg, callback, data)
         module_args = {"num_classes": source_dm.num_classes, "lr": cfg.module.lr, "momentum": cfg.module.momentum,
                        "weight_decay": cfg.module.weight_decay, "domain_weight": a.domain_weight,
                        "domain_hidden": a.domain_hidden, "nesterov": cfg.module.nesterov, "cosine": cfg.module.cosine,

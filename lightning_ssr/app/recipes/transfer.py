@@ -108,6 +108,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
                 cfg.pruning.ignored_layers = sorted({*(cfg.pruning.get("ignored_layers") or []),
                                                      *(f"model.{n}" for n in frozen)})
         callback, dm = stages.check_config(cfg)
+        if callback is not None and cfg.ckpt_path is None:  # (the compressed fine-tune trains on dm's batches)
+            stages.check_update_interval(cfg, callback, dm)
         source_cfg = _source_config(cfg)
         # a resume goes on from the source model its run started from (gone: refused now)
         resumed_source = stages.resumed_dense_model(cfg, keyed=source_cfg)
