@@ -997,8 +997,7 @@ class PruningEngine:
                     # one batch through the copy, as training sends them, with a backward of zero: what the
                     # method's own forward (and tensor) hooks record, they have recorded once when it selects
                     hook = "the forward and backward pass of the example batch"
-                    with forward_context():
-                        _zero_backward(trial, example, hooks_before)
+                    _zero_backward(trial, example, hooks_before, forward_context)
                 if method.sparsifies:
                     for p in trial.parameters():
                         if p.requires_grad:
@@ -1055,18 +1054,12 @@ class PruningEngine:
                         "training with them); after_rebuild() may register them again on the smaller model")
                 step_plan = plan_from_support(example.shape, masks, ctx.groups)
                 hook = "the rebuild to its selection"
-                untouched = None
-                if changed:  # the same rebuild of the weights select() was given: what it changed must go with it
-                    untouched = copy.deepcopy(trial)
-                    with torch.no_grad():
-                        for k, v in untouched.named_parameters():
-                            if k in changed:
-                                v.copy_(before_select[k])
-                    prune_channels(untouched, example, step_plan.kept, step_plan.sizes)
-                prune_channels(trial, example, step_plan.kept, step_plan.sizes)
-                if untouched is not None:
-                    kept = dict(untouched.named_parameters())
-                    changed = [k for k, v in trial.named_parameters() if k in changed and not _same_tensor(kept[k], v)]
+                remap = prune_channels(trial, example, step_plan.kept, step_plan.sizes)
+                if changed:  # what select() changed must go with the rebuild: the weights it was given, cut the same way
+                    rebuilt = dict(trial.named_parameters())
+                    changed = [k for k in changed if k in rebuilt and not _same_tensor(
+                        before_select[k].flatten()[remap[k].flatten().to(before_select[k].device)].view(
+                            remap[k].shape) if k in remap else before_select[k], rebuilt[k].detach())]
                     if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
                         hook = "select"
                         raise RuntimeError(
@@ -1442,7 +1435,8 @@ def _parameters_no_optimizer_holds(model: nn.Module, optimizers: Sequence[torch.
 FROZEN_LAYERS_CUT = r"PruningEngine: .* (is|are) frozen \(requires_grad=False\) and may lose filters"
 
 
-def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> None:
+def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping,
+                   forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
     """``model(example)`` in its mode, as training sends batches (a method's hook may record training
     batches only: ``if module.training``), without the forward hooks ``others`` names
     (:func:`forward_hooks` of the model before the method's set-up: the user's, which on this copy
@@ -1452,13 +1446,16 @@ def _zero_backward(model: nn.Module, example: torch.Tensor, others: Mapping) -> 
     forward fails without those hooks (a hook that returns a changed input or output is part of
     the model's computation), it runs again with them, and that run's error is the one raised:
     then the user's hooks, a counting one too, see this batch. A single sample is doubled: a
-    batch norm in training mode needs two."""
+    batch norm in training mode needs two. The forward runs in ``forward_context`` (the fit's
+    autocast), the backward outside it, as Lightning runs them."""
     if example.shape[0] == 1:
         example = torch.cat([example, example])
     try:
-        out = _without_hooks(model, example, others)
+        with forward_context():
+            out = _without_hooks(model, example, others)
     except Exception:  # noqa: BLE001 (the same forward again, with the model's own hooks, decides)
-        out = model(example)
+        with forward_context():
+            out = model(example)
     found = [out] if isinstance(out, torch.Tensor) else (
         list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
     outputs = [t for t in found if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
