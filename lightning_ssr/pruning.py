@@ -207,12 +207,13 @@ def _early_stopping_stopped(trainer: Trainer, callback: lightning_callbacks.Earl
 
 def _fit_stopped_by_early_stopping(trainer: Trainer) -> bool:
     """Whether an EarlyStopping stopped the fit (its own stop, not another callback's or a
-    Timer's), as every rank sees it; each EarlyStopping is asked on every rank, in order."""
-    if not trainer.should_stop:  # (the same on every rank: Lightning reduces it)
-        return False
-    votes = [_early_stopping_stopped(trainer, cb) for cb in trainer.callbacks  # (all asked: no rank skips one)
-             if isinstance(cb, lightning_callbacks.EarlyStopping)]
-    return any(votes)
+    Timer's), as every rank sees it: under DDP one reduce, on every rank whatever its own view
+    (``trainer.should_stop`` is not synced by Lightning: code of a user's may set it on one rank)."""
+    local = bool(trainer.should_stop) and any(internals.early_stopping_stopped(cb) for cb in trainer.callbacks
+                                               if isinstance(cb, lightning_callbacks.EarlyStopping))
+    if getattr(trainer, "world_size", 1) > 1:
+        return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
+    return local
 
 
 def _own_generator_use(loaders) -> str | None:
@@ -560,7 +561,7 @@ class Pruning(Callback):
                     f"{type(self).__name__}: the training DataLoader {use} with a generator of its own "
                     "(DataLoader(generator=...) or a sampler's), whose state neither Lightning's checkpoint nor the "
                     "callback keeps: this resumed fit draws other "
-                    f"{'batches' if use == 'shuffles' else 'worker seeds (random augmentations)'} than an "
+                    f"{'batches' if use == 'shuffles' else 'worker seeds (so other random augmentations, where the workers draw any)'} than an "
                     "uninterrupted one would, and ends near it, not bitwise equal. Leave the generator out: the "
                     "global RNG, which the callback restores, then does it, for a resume that repeats the run "
                     "exactly.", emit=rank_zero_warn)
