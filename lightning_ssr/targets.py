@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,7 +93,8 @@ class Target:
                 rates[name] = parse_rates([rate])[0]
             object.__setattr__(self, "rates", rates)
         elif self.rates is not None:
-            if not isinstance(self.rates, (str, Sequence)):  # (a number: 'float' object is not iterable)
+            if isinstance(self.rates, numbers.Number) or (torch.is_tensor(self.rates) and self.rates.dim() == 0):
+                # (one number: "'float' object is not iterable"; a list, an array or a tensor of rates pass)
                 raise TypeError(
                     f"target rates is one pruning rate per prunable layer, in order: a list such as [0.5, 0.3], an "
                     f"expression such as '[0.5]*13', or {{layer name: rate}}; got {type(self.rates).__name__} "

@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,10 @@ def test_targets_coerce_from_mappings():
     with pytest.raises(TypeError, match=r"target rates is one pruning rate per prunable layer.*got float 0\.5\. For "
                                         r"the same rate r in every layer, give the target \{'filters': 1 - r\}"):
         Target.coerce({"rates": 0.5})
+    # an array or a tensor of rates is a sequence of them, as before (review)
+    assert Target(rates=np.array([0.5, 0.25])).rates == (0.5, 0.25) == Target(rates=torch.tensor([0.5, 0.25])).rates
+    with pytest.raises(TypeError, match="target rates is one pruning rate per prunable layer"):
+        Target(rates=torch.tensor(0.5))
     with pytest.raises(TypeError, match="target must be"):
         Target.coerce(0.5)
 
