@@ -53,15 +53,17 @@ def first_order_taylor(group: ChannelGroup, params: Mapping[str, torch.Tensor]) 
     when the channel is removed, in loss units. Where no output-side parameter has a gradient (a
     frozen layer), the same sum over the consumers' weights that read the channel (its
     ``inputs``): to first order both are the loss's change when the channel's output is removed
-    (``sum a * dL/da`` over its activations), so the values compare across groups. Float64, on the
-    parameters' device; zero for a channel no gradient reaches."""
+    (``sum a * dL/da`` over its activations), so the values compare across groups; a consumer
+    without a gradient (frozen too) or a grouped one (whose weight holds only its block's
+    columns) adds nothing, so the value is a part of it there. Float64, on the parameters'
+    device; zero for a channel no gradient reaches."""
     total = None
     with torch.no_grad():
-        for sides in (group.slices, group.inputs):
+        for sides in (group.slices, group.readable_inputs(params)):
             for s in sides:
                 p = params.get(s.param)
-                if p is None or p.grad is None or int(s.index.max()) >= p.shape[s.dim]:  # (a grouped consumer's
-                    continue                                                          # block holds other columns)
+                if p is None or p.grad is None:
+                    continue
                 prod = (p.detach() * p.grad).movedim(s.dim, 0)[s.index.reshape(-1).to(p.device)]
                 per = prod.reshape(group.size, -1).double().sum(1)
                 total = per if total is None else total + per

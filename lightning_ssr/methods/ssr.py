@@ -426,9 +426,6 @@ class SSR(PruningMethod):
         lam = resolve_lam(context.groups, self.lam, self.lam_scaling, context.channel_macs)
         keep = context.keep if self.regularizer == "l20" else None
         self._counts, self._continuation, self._taylor, self._scores = None, None, {}, {}
-        #: groups whose output side is frozen (requires_grad=False, pruned on request): their loss values
-        #: come from the consumers' weights, which train (else zero, and the allocation cut them first)
-        self._frozen_outputs = [g for g in context.groups if not g.slices]
         if self.allocating:
             self._counts = {g.name: g.size for g in context.groups}
             keep = self._project
@@ -495,8 +492,10 @@ class SSR(PruningMethod):
                 # every channel in one pass: this runs at every optimizer step)
                 products = {n: p.detach() * p.grad for n, p in self.aulm.params.items() if p.grad is not None}
                 step = self.aulm.flat.split(self.aulm.flat.sums(products).pow(2))
-                for g in self._frozen_outputs:  # no gradient on its side: the consumers' weights that read it
-                    step[g.name] = first_order_taylor(g, self.context.params).to(step[g.name])
+                params = self.context.params
+                for g in self.context.groups:  # frozen (at set-up, or since: no gradient on its side now): the
+                    if not any(params[s.param].grad is not None for s in g.slices):  # weights that read it
+                        step[g.name] = first_order_taylor(g, params).to(step[g.name])
                 self._taylor = {k: v + self._taylor[k] for k, v in step.items()} if self._taylor else step
             self.aulm.add_penalty_gradient()
 

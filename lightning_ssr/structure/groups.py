@@ -106,9 +106,13 @@ class ChannelGroup:
         """L2 norm of each channel's input-side slices (the consumers' weights that read it) in
         ``tensors``; ``None`` where no consumer's columns are mapped (:attr:`inputs` is empty). A
         grouped convolution's weight holds only its block's columns: it is left out."""
-        present = [s for s in self.inputs if s.param in tensors
-                   and int(s.index.max()) < tensors[s.param].shape[s.dim]]
+        present = self.readable_inputs(tensors)
         return _slice_norms(present, self.size, tensors) if present else None
+
+    def readable_inputs(self, tensors: Mapping[str, torch.Tensor]) -> list[GroupSlice]:
+        """The input-side slices whose columns ``tensors`` hold: a grouped convolution's weight
+        holds only its block's columns, and is left out."""
+        return [s for s in self.inputs if s.param in tensors and int(s.index.max()) < tensors[s.param].shape[s.dim]]
 
     def scale_(self, tensors: Mapping[str, torch.Tensor], scale: torch.Tensor, fixed: bool = False) -> None:
         """Multiply each channel's slices in ``tensors`` by ``scale[c]``, in place (with ``fixed``,

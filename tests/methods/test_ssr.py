@@ -289,14 +289,20 @@ def test_a_frozen_layer_is_allocated_by_its_loss_value_not_cut_first(tmp_path, m
     x = torch.randn(256, 3, 16, 16, generator=gen)
     y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    class FreezeC1(pl.Callback):  # frozen after the set-up, as BackboneFinetuning's schedule does (review)
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                pl_module.net.c1.requires_grad_(False)
+
     kept = {}
-    for frozen in (False, True):
+    for frozen in (False, True, "later"):
         pl.seed_everything(0)
         net = ThreeConvs()
-        net.c1.requires_grad_(not frozen)
+        net.c1.requires_grad_(frozen is not True)
         schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=1)
-        with pytest.warns(UserWarning, match="frozen") if frozen else contextlib.nullcontext():
-            trainer(tmp_path, [Pruning(method, target={"macs": 0.5}, schedule=schedule, verbose=False)],
-                    schedule.total_epochs).fit(NetClassifier(net), data)
+        callbacks = [Pruning(method, target={"macs": 0.5}, schedule=schedule, verbose=False)]
+        with pytest.warns(UserWarning, match="frozen") if frozen is True else contextlib.nullcontext():
+            trainer(tmp_path, callbacks + [FreezeC1()] * (frozen == "later"), schedule.total_epochs).fit(
+                NetClassifier(net), data)
         kept[frozen] = net.c1.out_channels
-    assert kept[False] >= 8 and abs(kept[True] - kept[False]) <= 4, kept
+    assert kept[False] >= 8 and abs(kept[True] - kept[False]) <= 4 and abs(kept["later"] - kept[False]) <= 4, kept
