@@ -47,9 +47,9 @@ class _QuietLightning(logging.Filter):
 
 
 def quiet_lightning(hardware: bool = True) -> None:
-    """Quiet the job's output (the command calls this; a notebook may too). ``hardware=False`` also
-    drops the GPU/TPU availability and ``limit_*_batches`` lines, once shown: a benchmark's worker
-    processes, each of which would repeat them beside the benchmark's own table."""
+    """Quiet the job's output (the command calls this; a notebook may too): the GPU/TPU
+    availability and ``limit_*_batches`` lines shown once. ``hardware=False`` drops them too: a
+    benchmark's worker processes, each of which would repeat them beside the benchmark's own table."""
     chatter = _QuietLightning(hardware)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
                  "lightning.pytorch.trainer.connectors.signal_connector"):

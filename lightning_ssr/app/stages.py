@@ -1373,7 +1373,8 @@ def _configuration_only(cfg: DictConfig) -> PruningResult:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
         config = OmegaConf.to_container(cfg, resolve=False)
-    return PruningResult(method=str(cfg.pruning.get("name", "none")), config={"cli": config})
+    # (pruning.name: null is no pruning, as pruning_enabled reads it: "none", not "None")
+    return PruningResult(method=str(cfg.pruning.get("name") or "none"), config={"cli": config})
 
 
 def started_result(cfg: DictConfig, began: float | None = None) -> PruningResult:

@@ -77,7 +77,7 @@ def find_runs(root: str | Path) -> list[dict]:
     dirs = {d for d in dirs if REPLACED_DIR not in d.relative_to(root).parts}
     runs = []
     # by job number where a folder is one (2 before 10), a folder of another name after them
-    for d in sorted(dirs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]):
+    for d in sorted(dirs, key=lambda p: [(0, int(s), "") if s.isdecimal() else (1, 0, s) for s in p.relative_to(root).parts]):
         path = d / "result.json"
         if not path.is_file():
             runs.append({"dir": d, "status": "failed", "result": None,
