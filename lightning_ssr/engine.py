@@ -508,6 +508,15 @@ class PruningEngine:
             self.example = found[:2].detach().clone()
         if self.done:
             return {}
+        self._check_model(model, "on_batch_start")
+        if self.fresh and epoch > self.schedule.warmup_epochs:  # (before anything is set up on this model)
+            raise ValueError(
+                f"PruningEngine: the loop is at epoch {epoch}, past the schedule's warm-up "
+                f"({self.schedule.warmup_epochs} epoch(s)), and this engine holds no run: a fresh engine would count "
+                "the loop's earlier epochs as the schedule's and skip what it schedules before this one (prune an "
+                "already pruned model again, say). A resumed loop restores the engine before its first batch, "
+                "engine.load_state_dict(saved['engine']) (README's hand-written loop); a new compression starts "
+                "its epochs at 0 (a loop that counts epochs from 1 passes epoch - 1).")
         if self._start_time is None:  # (a loop that never called start(), or a fresh engine resumed: this batch
             self.start()               # is open, and its on_batch_end makes the update due at its step)
             self._open_step = step
@@ -576,6 +585,8 @@ class PruningEngine:
                 f"PruningEngine.on_epoch_end: epoch {epoch} ended after {step} optimizer steps, and no batch began with "
                 "engine.on_batch_start(...): it sets the method up, starts its sparsify phase and prunes when due. "
                 "Call it before each batch, as the README's loop does.")
+        if not self.done:
+            self._check_model(model, "on_epoch_end")
         out: dict[str, float] = {}
         if self._started:
             if self.schedule.update_every_n_steps is None:
@@ -759,6 +770,18 @@ class PruningEngine:
         self._started = False
 
     # ------------------------------------------------------------- internals
+    def _check_model(self, model: nn.Module, where: str) -> None:
+        """``model`` is the one the method was set up on: the method's term goes into that model's
+        gradients and its selection into that model's channels (another, a copy made mid-run, was
+        pruned from the first one's state, without a word)."""
+        if self._context is not None and model is not self._context.model:
+            raise ValueError(
+                f"PruningEngine.{where}: given another model ({type(model).__name__} at {id(model):#x}) than the "
+                f"one it was set up on ({type(self._context.model).__name__} at {id(self._context.model):#x}): "
+                f"{self.method.name!r} adds its term to the first one's gradients and prunes from its state. Pass "
+                "the same model object at every call; to compress another model, use a new PruningEngine (or "
+                "engine.reset()).")
+
     def _find_groups(self, model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
         ignored = self.resolve_ignored(model)
         try:

@@ -636,8 +636,9 @@ def test_a_loop_that_gives_on_batch_end_the_count_before_the_step_is_told_at_the
     assert engine.last_update_step == -1 and engine.done
 
 
-def _resumable_loop(tmp_path, stop_after=None, resume=False):
-    """README's loop with its save at the end of each epoch and its resume, as README writes them."""
+def _resumable_loop(tmp_path, stop_after=None, resume=False, restore_engine=True):
+    """README's loop with its save at the end of each epoch and its resume, as README writes them
+    (``restore_engine=False``: the resume forgets ``engine.load_state_dict``)."""
     from lightning_ssr import load_pruned
 
     def make_engine():
@@ -653,7 +654,8 @@ def _resumable_loop(tmp_path, stop_after=None, resume=False):
                             {"state_dict": saved["model"], "pruning_plan": saved["engine"]["plan"]})
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         optimizer.load_state_dict(saved["optimizer"])
-        engine.load_state_dict(saved["engine"])
+        if restore_engine:
+            engine.load_state_dict(saved["engine"])
         torch.set_rng_state(saved["rng"])
         start, step = saved["epoch"] + 1, saved["step"]
     for epoch in range(start, SCHEDULE.total_epochs):
@@ -672,6 +674,34 @@ def _resumable_loop(tmp_path, stop_after=None, resume=False):
             return None
     engine.finish(model)
     return model
+
+
+@pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_sparsify", "after_the_prune"])
+def test_a_resume_that_forgets_the_engines_state_is_refused_at_its_first_batch(tmp_path, stop_after):
+    """A fresh engine in a resumed loop pruned the pruned model again (2x became 4x), or restarted
+    SSR's state mid-sparsify, without a word (probe); the callback refuses its equivalent."""
+    assert _resumable_loop(tmp_path, stop_after=stop_after) is None
+    with pytest.raises(ValueError, match=rf"PruningEngine: the loop is at epoch {stop_after + 1}, past the schedule's "
+                                         r"warm-up \(1 epoch\(s\)\), and this engine holds no run.*"
+                                         r"engine\.load_state_dict\(saved\['engine'\]\)"):
+        _resumable_loop(tmp_path, resume=True, restore_engine=False)
+
+
+def test_a_model_other_than_the_one_set_up_is_refused():
+    """A copy given mid-sparsify got SSR's selection from the first model's state, and the term
+    went into the first model's gradients, without a word (probe)."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    x = _data().tensors[0][:16]
+    engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
+    other = copy.deepcopy(model)
+    for call in (lambda: engine.on_batch_start(other, x, epoch=0, step=0, optimizers=[optimizer]),
+                 lambda: engine.on_epoch_end(other, epoch=0, step=1, optimizers=[optimizer], max_epochs=4)):
+        with pytest.raises(ValueError, match=r"given another model \(SmallResidualCNN at 0x[0-9a-f]+\) than the one "
+                                             r"it was set up on .*Pass the same model object at every call"):
+            call()
 
 
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_sparsify", "after_the_prune"])
