@@ -1358,12 +1358,19 @@ class PruningEngine:
             raise TypeError(f"pruning method {name!r}: select() must return a mapping group name -> bool mask, "
                             f"got {type(masks).__name__}")
         out = {}
+        others = sorted(set(map(str, masks)) - {c.name for c in ctx.groups})
+        if others and all(g.name in masks for g in ctx.groups):  # (with a group missing: said below, with it)
+            raise RuntimeError(f"pruning method {name!r}: select() returned masks for {others[:5]}, which are no "
+                               "groups of the model (an ignored layer's, or another model's?): masks are keyed by "
+                               "the names of context.groups only")
         for g in ctx.groups:
             m = masks.get(g.name)
+            if torch.is_tensor(m) and m.dim() != 1:  # (a 2-D mask of the right count was flattened, unasked)
+                raise RuntimeError(f"pruning method {name!r}: select() returned a mask of shape {tuple(m.shape)} for "
+                                   f"group {g.name!r}, which needs a 1-D bool tensor of its {g.size} channels")
             if not torch.is_tensor(m) or m.numel() != g.size:
                 got = "nothing" if m is None else (f"a mask of {m.numel()} entries" if torch.is_tensor(m)
                                                    else f"a {type(m).__name__}")
-                others = sorted(set(map(str, masks)) - {c.name for c in ctx.groups})
                 named = f"; it named {others[:5]}, which are no groups (masks are keyed by group.name)" if others else ""
                 raise RuntimeError(f"pruning method {name!r}: select() returned {got} for group {g.name!r}, "
                                    f"which needs a bool tensor of its {g.size} channels (True: keep){named}")

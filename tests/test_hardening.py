@@ -202,6 +202,20 @@ class FloatMasks(OneShot):
         return {name: mask.float() for name, mask in super().select(keep).items()}
 
 
+class RowMasks(OneShot):
+    """Masks of the right count in a (1, n) shape (flattened, unasked, before: probe)."""
+
+    def select(self, keep):
+        return {name: mask.view(1, -1) for name, mask in super().select(keep).items()}
+
+
+class MasksWithAnExtra(OneShot):
+    """Every group's mask, and one more for a name that is no group (ignored silently: probe)."""
+
+    def select(self, keep):
+        return {**super().select(keep), "net.head": torch.ones(5, dtype=torch.bool)}
+
+
 class UpdateReturnsList(SSRMethod):
     def update(self):
         return [super().update()]
@@ -305,6 +319,11 @@ REFUSED_AT_SETUP = [
      RuntimeError, "failed in select(), rehearsed at set-up"),
     ("method_float_masks", SmallResidualCNN, lambda: Pruning(FloatMasks(), target={"macs": 0.5}, **ONESHOT),
      RuntimeError, "select() returned a torch.float32 mask for group"),
+    ("method_masks_of_two_dimensions", SmallResidualCNN, lambda: Pruning(RowMasks(), target={"macs": 0.5}, **ONESHOT),
+     RuntimeError, "select() returned a mask of shape (1, 16) for group 'net.fc1', which needs a 1-D bool tensor"),
+    ("method_masks_with_an_extra_name", SmallResidualCNN,
+     lambda: Pruning(MasksWithAnExtra(), target={"macs": 0.5}, **ONESHOT), RuntimeError,
+     "select() returned masks for ['net.head'], which are no groups of the model"),
     ("method_update_returns_a_list", SmallResidualCNN,
      lambda: Pruning(UpdateReturnsList("l20", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
      "failed in update(), rehearsed at set-up"),
