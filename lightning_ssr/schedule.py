@@ -133,7 +133,8 @@ def check_restartable(schedulers: Sequence[Any]) -> None:
     if not schedulers:
         raise ValueError("PruningSchedule(restart_lr=True) starts the learning-rate schedule again after the last "
                          "prune, but the optimizer has no scheduler: return a CosineAnnealingLR from "
-                         "configure_optimizers, or set restart_lr=False")
+                         "configure_optimizers (a hand-written loop passes it to the engine: "
+                         "engine.on_batch_start(..., schedulers=[scheduler])), or set restart_lr=False")
     other = sorted({type(s).__name__ for s in schedulers if not isinstance(s, CosineAnnealingLR)})
     if other:
         raise ValueError(f"PruningSchedule(restart_lr=True) can start CosineAnnealingLR schedules again, not "
