@@ -58,6 +58,12 @@ def write_json(path: str | os.PathLike, obj, relative_to: str | os.PathLike | No
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def part_of_test_split(limit, each: bool = False) -> str:
+    """How a summary says that its accuracies read ``trainer.limit_test_batches`` of the test split
+    (``each``: of each of several splits)."""
+    return f"part of {'its' if each else 'the'} test split (trainer.limit_test_batches={limit})"
+
+
 @dataclass
 class PruningResult:
     """Everything one pruning run produced, as plain data (``result.json``).
@@ -169,7 +175,7 @@ class PruningResult:
             part = (self.pruned.get("evaluation_limits") or {}).get("limit_test_batches")
             lines.append(f"test accuracy: dense {100 * self.dense['accuracy']:.2f}% -> {after} "
                          f"{100 * self.pruned['accuracy']:.2f}% ({change})"
-                         + (f", on part of the test split (trainer.limit_test_batches={part})" if part is not None
+                         + (f", on {part_of_test_split(part)}" if part is not None
                             else ""))
         if self.warnings:  # (printed when they were given; the summary says they were)
             lines.append(f"{len(self.warnings)} warning{'s' if len(self.warnings) > 1 else ''} during the run "

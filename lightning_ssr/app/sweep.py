@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..files import atomic_write, atomic_write_text
-from ..report import PruningResult
+from ..report import PruningResult, part_of_test_split
 from ..schedule import PruningSchedule
 from ..targets import MET_TOLERANCE
 
@@ -485,7 +485,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
     limits = {json.dumps(((r.get("result") or {}).get("pruned") or {}).get("evaluation_limits", {})
                          .get("limit_test_batches")) for r in runs if r.get("result")}
     split = ("the test split" if limits <= {"null"} else
-             f"part of the test split (trainer.limit_test_batches={json.loads(limits.pop())})" if len(limits) == 1 else
+             part_of_test_split(json.loads(limits.pop())) if len(limits) == 1 else
              "the test split, or part of it (trainer.limit_test_batches differs between runs)")
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{unfinished(runs)}. Mean ± std over seeds; accuracy on {split}; * marks the Pareto front of "

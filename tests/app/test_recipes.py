@@ -63,7 +63,7 @@ def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(
     from lightning_ssr.app.recipes.transfer import transfer_summary
 
     result.pruned["evaluation_limits"] = {"limit_test_batches": 2}  # (a partial evaluation is said)
-    assert transfer_summary(result).endswith(" (each on part of its test split: trainer.limit_test_batches=2)")
+    assert transfer_summary(result).endswith("; each on part of its test split (trainer.limit_test_batches=2)")
     assert result.pruned["macs"] == pytest.approx(0.1 * result.dense["macs"], rel=0.02)
     assert (tmp_path / "run" / "result.json").is_file()
 
@@ -365,7 +365,7 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     assert result.config["adaptation"]["domain_accuracy_test"] is None
     # on part of the test splits: the source-only figure says so too
     assert result.config["adaptation"]["evaluation_limits"] == {"limit_test_batches": 2, "limit_val_batches": 1}
-    assert "(each on part of its test split: trainer.limit_test_batches=2)" in out
+    assert "; each on part of its test split (trainer.limit_test_batches=2)" in out
     assert "domain classifier after" not in out and "no domain classifier trained (adaptation.domain_weight=0" in out
     assert "parameters of the module's domain classifier, which this run did not use" in out
     assert "equal-budget control" not in out  # (this run is that control)

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ...modes import eval_mode
 from ...pruning import in_a_fit
+from ...report import part_of_test_split
 from ...structure import find_channel_groups
 from ...validation import check_flag, check_number
 from .. import stages
@@ -410,8 +411,7 @@ def adaptation_summary(result) -> str:
             + ("; the same epochs without the domain term (adaptation.domain_weight=0) are DANN's equal-budget "
                "control" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
-            + (f" (each on part of its test split: trainer.limit_test_batches="
-               f"{info['evaluation_limits'].get('limit_test_batches')})"
+            + (f"; each on {part_of_test_split(info['evaluation_limits']['limit_test_batches'], each=True)}"
                if (info.get("evaluation_limits") or {}).get("limit_test_batches") is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
                f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "

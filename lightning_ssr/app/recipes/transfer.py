@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ...engine import FROZEN_LAYERS_CUT
+from ...report import part_of_test_split
 from ...validation import check_flag, check_number
 from .. import stages
 from . import last_linear, register_recipe
@@ -169,7 +170,7 @@ def transfer_summary(result) -> str:
     return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images{trained}): "
             f"the source model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
             f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune")
-            + (f" (each on part of its test split: trainer.limit_test_batches={part})" if part is not None else ""))
+            + (f"; each on {part_of_test_split(part, each=True)}" if part is not None else ""))
 
 
 register_recipe("transfer", run_transfer, transfer_summary)
