@@ -167,6 +167,8 @@ def restart_monitors(trainer: Trainer) -> list[str]:
 
     Returns the names of the callbacks (and schedulers) that started over."""
     restarted: list[str] = []
+    stopped = any(isinstance(cb, lightning_callbacks.EarlyStopping) for cb in trainer.callbacks) and \
+        _early_stopping_stopped(trainer)  # (the same callbacks on every rank: all reduce, or none)
     for cb in trainer.callbacks:
         if isinstance(cb, lightning_callbacks.ModelCheckpoint) and cb.monitor is not None:
             cb.best_k_models = {}
@@ -175,10 +177,9 @@ def restart_monitors(trainer: Trainer) -> list[str]:
             cb.best_model_score = None
             cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
         elif isinstance(cb, lightning_callbacks.EarlyStopping):
-            stopped = _early_stopping_stopped(trainer, cb)
             cb.wait_count = 0
             cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
-            if stopped:  # it asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
+            if stopped:  # one asked the Trainer to stop, which Trainer(min_epochs=...) held off: withdrawn
                 cb.stopped_epoch = 0
                 if hasattr(cb, "stopping_reason"):  # Lightning >= 2.6
                     cb.stopping_reason = type(cb.stopping_reason)["NOT_STOPPED"]
@@ -195,25 +196,22 @@ def restart_monitors(trainer: Trainer) -> list[str]:
     return restarted
 
 
-def _early_stopping_stopped(trainer: Trainer, callback: lightning_callbacks.EarlyStopping) -> bool:
-    """Whether this EarlyStopping stopped the fit, on any rank: a stop in epoch 0 leaves its
-    stopped epoch at 0, and under DDP its reason is set only on the rank that decided. Every rank
-    calls it (a collective under DDP)."""
-    stopped = internals.early_stopping_stopped(callback)
+def _early_stopping_stopped(trainer: Trainer, here: bool = True) -> bool:
+    """Whether an EarlyStopping of the Trainer stopped the fit, on this rank (where ``here`` holds)
+    or on another: a stop in epoch 0 leaves its stopped epoch at 0, and under DDP its reason is set
+    only on the rank that decided. One reduce under DDP, made on every rank whatever its own view."""
+    local = here and any(internals.early_stopping_stopped(cb) for cb in trainer.callbacks
+                         if isinstance(cb, lightning_callbacks.EarlyStopping))
     if getattr(trainer, "world_size", 1) > 1:
-        stopped = bool(trainer.strategy.reduce_boolean_decision(stopped, all=False))
-    return stopped
+        return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
+    return local
 
 
 def _fit_stopped_by_early_stopping(trainer: Trainer) -> bool:
     """Whether an EarlyStopping stopped the fit (its own stop, not another callback's or a
-    Timer's), as every rank sees it: under DDP one reduce, on every rank whatever its own view
-    (``trainer.should_stop`` is not synced by Lightning: code of a user's may set it on one rank)."""
-    local = bool(trainer.should_stop) and any(internals.early_stopping_stopped(cb) for cb in trainer.callbacks
-                                               if isinstance(cb, lightning_callbacks.EarlyStopping))
-    if getattr(trainer, "world_size", 1) > 1:
-        return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
-    return local
+    Timer's), as every rank sees it (``trainer.should_stop`` is not synced by Lightning: code of a
+    user's may set it on one rank)."""
+    return _early_stopping_stopped(trainer, here=bool(trainer.should_stop))
 
 
 def _own_generator_use(loaders) -> str | None:
