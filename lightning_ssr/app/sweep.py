@@ -482,10 +482,9 @@ def _pm(mean, std, runs: int, digits=2):
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
                    missing: Sequence[dict] = (), strays: Sequence[dict] = (),
                    sweep_dir: str | Path | None = None) -> Path:
-    limits = {json.dumps(((r.get("result") or {}).get("pruned") or {}).get("evaluation_limits", {})
-                         .get("limit_test_batches")) for r in runs if r.get("result")}
-    split = ("the test split" if limits <= {"null"} else
-             part_of_test_split(json.loads(limits.pop())) if len(limits) == 1 else
+    limits = {((r["result"].get("pruned") or {}).get("evaluation_limits") or {}).get("limit_test_batches")
+              for r in runs if r.get("result")}
+    split = ("the test split" if limits <= {None} else part_of_test_split(limits.pop()) if len(limits) == 1 else
              "the test split, or part of it (trainer.limit_test_batches differs between runs)")
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "
              f"{unfinished(runs)}. Mean ± std over seeds; accuracy on {split}; * marks the Pareto front of "
