@@ -52,6 +52,7 @@ from .latency import LATENCY_MISS, OtherProcessesLoad, model_ms, others_share
 from .methods.base import (
     MethodContext,
     PruningMethod,
+    Sync,
     build_method,
     checked_metrics,
     checked_ready,
@@ -206,10 +207,10 @@ def _layer_names(ignored_layers) -> tuple[list[str], list[nn.Module]]:
     return names, modules
 
 
-def _changed_entries(model: nn.Module, copied: nn.Module) -> str | None:
-    """What differs between ``model``'s state_dict and that of ``copied``, a deep copy of it since
-    changed (names added or missing, tensors changed), or ``None``."""
-    ours, theirs = model.state_dict(), copied.state_dict()
+def _changed_entries(ours: Mapping[str, Any], copied: nn.Module) -> str | None:
+    """What differs between the state_dict ``ours`` and that of ``copied``, a model it was taken
+    from since changed (names added or missing, tensors changed), or ``None``."""
+    theirs = copied.state_dict()
     added, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
     changed = [k for k in ours if k in theirs and not _same_tensor(ours[k], theirs[k])]
     parts = [f"{what} {names[:5]}" for what, names in (("added", added), ("removed", missing), ("changed", changed))
@@ -852,25 +853,11 @@ class PruningEngine:
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
                                     steps={g.name: group_step(g, round_to) for g in groups})
-        dense = self.dense
-        min_keep = {g.name: min(dense.min_keep[g.name], g.size) for g in groups}
-        view = None
-        if dense.allocation == "method" and dense.final_keep is None:
-            view = budget.view(model, groups, cost, dense.round_to, self._method_latency_table(model, example,
-                                                                                                  groups, cost))
-            if not view.fits(view.floor):
-                timed = (f" (timed on {device.type} with {torch.get_num_threads()} torch threads: a machine other "
-                         "processes keep busy times slower; time on a quiet one, or on one thread with "
-                         "OMP_NUM_THREADS=1)") if view.kind == "latency" and device.type == "cpu" else ""
-                raise target_too_small(self.target, view.measure.describe(view.floor), timed)
-            if rehearse and world.rank == 0 and view.fits({g.name: g.size for g in groups}):
-                self._warn_met_already()
-        self._context = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost),
-                                      keep=dense.keep_at(self.events_done, self.schedule.prune_events, groups),
-                                      min_keep=min_keep, sync=world.sync, example=example, event=self.events_done,
-                                      events=self.schedule.prune_events, final_keep=dense.final_keep,
-                                      evaluate=evaluate, allocation=dense.allocation, budget=view,
-                                      sparsify_updates=self._planned_updates(steps_per_epoch))
+        self._context = self._method_context(model, example, groups, cost, self.events_done, world.sync, evaluate,
+                                             steps_per_epoch)
+        view = self._context.budget
+        if rehearse and view is not None and world.rank == 0 and view.fits({g.name: g.size for g in groups}):
+            self._warn_met_already()
         if self.method.sparsifies and _updates(self.method) and steps_per_epoch:
             self._warn_if_never_updated(steps_per_epoch, warn=rehearse and world.rank == 0)
         # (a resumed fit does not rehearse, nor warn: its first fit judged the phase at its own set-up)
@@ -895,6 +882,31 @@ class PruningEngine:
             goal = f"target {self.target.to_dict()}" if self.target is not None else "no target (the method decides)"
             world.info(f"Pruning: {self.method.name}, {len(groups)} prunable groups, {goal}; "
                        f"first prune at the start of epoch {self.schedule.prune_epoch(0)}.")
+
+    def _method_context(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
+                        cost: ModelCost, event: int, sync: Sync | None,
+                        evaluate: Callable[[nn.Module], float] | None,
+                        steps_per_epoch: int | None) -> MethodContext:
+        """What the method is set up with before prune event ``event`` (0-based), on ``model`` as
+        it is then (the dense model, or the model an earlier event pruned). With the structure
+        learned by the method, the target bound to this model, refused where its floors miss it."""
+        dense = self.dense
+        view = None
+        if dense.allocation == "method" and dense.final_keep is None:
+            view = self.budget.view(model, groups, cost, dense.round_to,
+                                    self._method_latency_table(model, example, groups, cost))
+            if not view.fits(view.floor):
+                device = example.device.type
+                timed = (f" (timed on {device} with {torch.get_num_threads()} torch threads: a machine other "
+                         "processes keep busy times slower; time on a quiet one, or on one thread with "
+                         "OMP_NUM_THREADS=1)") if view.kind == "latency" and device == "cpu" else ""
+                raise target_too_small(self.target, view.measure.describe(view.floor), timed)
+        return MethodContext(model=model, groups=list(groups), cost=cost, channel_macs=channel_macs(groups, cost),
+                             keep=dense.keep_at(event, self.schedule.prune_events, groups),
+                             min_keep={g.name: min(dense.min_keep[g.name], g.size) for g in groups}, sync=sync,
+                             example=example, event=event, events=self.schedule.prune_events,
+                             final_keep=dense.final_keep, evaluate=evaluate, allocation=dense.allocation,
+                             budget=view, sparsify_updates=self._planned_updates(steps_per_epoch))
 
     def _warn_met_already(self, dense_ms: float | None = None) -> None:
         """The target asks for nothing: the dense model meets it already."""
@@ -987,7 +999,8 @@ class PruningEngine:
         NumPy); the method's warnings are not shown (the fit shows its own). The validation
         callable is not run (``evaluate=None``), nor is anything synced. The example batch runs
         in ``forward_context`` (the fit's autocast), where the method's hooks see what the fit's
-        forward gives them."""
+        forward gives them. With several prune events, the rebuilt copy goes through the same
+        hooks once more, from ``setup()`` on, as the fit's next event does on the smaller model."""
         name = self.method.name
         memo: dict = {}
         trial = model_copy(model, shared=[self], memo=memo)
@@ -1001,106 +1014,120 @@ class PruningEngine:
         ctx = replace(self._context, model=trial, sync=None, evaluate=None)
         cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
         hook = "setup"
-        hooks_before = forward_hooks(trial)
+        users_hooks = hooks_before = forward_hooks(trial)  # (the user's: not run on the copy's example batch)
         nan_gradients: list[str] = []
+        # with several prune events, a second round on the rebuilt copy, as the fit sets the method up again
+        # on the smaller model: a per-channel state of the method's that stays the dense model's fails there
+        event = 0
         try:
             with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
-                method.setup(ctx)  # its refusal of the model passes as it is: the real set-up gives the same
-                changed = _changed_entries(model, trial)
-                if changed:
-                    raise RuntimeError(
-                        f"pruning method {name!r}: setup() changed the model ({changed}); setup runs again on "
-                        "every resume and after each prune, so the model it changes is not the model a checkpoint "
-                        "holds. Keep the method's own tensors on the method (and in its state_dict()).")
-                if method.sparsifies:
-                    hook = "start"
-                    method.start()
-                if self.schedule.prune_epoch(0) > 0:  # (the fit trains batches before its first prune)
-                    # one batch through the copy, as training sends them, with a backward of zero: what the
-                    # method's own forward (and tensor) hooks record, they have recorded once when it selects
-                    hook = "the forward and backward pass of the example batch"
-                    _zero_backward(trial, example, hooks_before, forward_context)
-                if method.sparsifies:
-                    for p in trial.parameters():
-                        if p.requires_grad:
-                            p.grad = torch.zeros_like(p)
-                    hook = "before_optimizer_step"
-                    method.before_optimizer_step()
-                    # (a term that divides by the gradients' norm is not finite on zero gradients alone: said, not refused)
-                    nan_gradients = _non_finite(trial, "gradients")
-                    for param in trial.parameters():  # (made finite again: update() and select() read them too)
-                        if param.grad is not None:
-                            param.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-                    hook = "update"
-                    checked_metrics(name, "update", method.update())
-                    bad = _non_finite(trial, "weights")
-                    if bad:
-                        raise FloatingPointError(f"it left NaN or infinity in {some_names(bad, 4)} (the model's "
-                                                 "weights, zero gradients before it)")
-                    hook = "metrics"
-                    checked_metrics(name, "metrics", method.metrics())
-                    hook = "ready"
-                    checked_ready(name, method.ready())
-                hook = "state_dict"  # every method's: a checkpoint keeps it (a sparsifying one's once started)
-                state = method.state_dict()
-                why = unloadable(state)
-                if why is not None:
-                    raise RuntimeError(
-                        f"its state_dict() cannot go through a checkpoint (saved with torch.save, read back with "
-                        f"torch.load(weights_only=True)): {why}. Keep tensors, numbers, strings, booleans, None, "
-                        "dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts most values)")
-                hook = "load_state_dict"
-                method.load_state_dict(state)
-                keep = ctx.keep
-                if keep is None and ctx.allocation == "method" and ctx.budget is not None:
-                    hook = "allocation_scores"
-                    values = method.allocation_scores()
-                    if values is None:
-                        raise RuntimeError("it learns the structure (allocation='method') and gave no channel values "
-                                           "after start() and one update()")
-                    keep = ctx.budget.allocate(values)
-                hook = "select"
-                before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
-                if keep is None:  # no target: the method's own counts, not yet what they will be
-                    masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
-                                                                                           ctx.groups}), None)
-                else:
-                    masks = self._check_masks(method.select(keep), ctx, keep)
-                changed = [k for k, v in trial.named_parameters()
-                           if k in before_select and not _same_tensor(before_select[k], v)]
-                left = _hooks_added(trial, hooks_before)
-                if left:
-                    raise RuntimeError(
-                        f"it left forward hooks on {some_names(left, 4)}: remove the method's hooks by the end of "
-                        "select() (the rebuild's check runs the model right after it, and the smaller model goes on "
-                        "training with them); after_rebuild() may register them again on the smaller model")
-                step_plan = plan_from_support(example.shape, masks, ctx.groups)
-                hook = "the rebuild to its selection"
-                remap = prune_channels(trial, example, step_plan.kept, step_plan.sizes)
-                if changed:  # what select() changed must go with the rebuild: the weights it was given, cut the same way
-                    rebuilt = dict(trial.named_parameters())
-                    changed = [k for k in changed if k in rebuilt and not _same_tensor(
-                        before_select[k].flatten()[remap[k].flatten().to(before_select[k].device)].view(
-                            remap[k].shape) if k in remap else before_select[k], rebuilt[k].detach())]
-                    if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
-                        hook = "select"
+                for event in range(min(self.schedule.prune_events, 2)):
+                    entries = model.state_dict()  # (what setup() must leave as it is)
+                    if event:
+                        hook = "setup"
+                        hooks_before = forward_hooks(trial)
+                        entries = {k: v.clone() for k, v in trial.state_dict().items()}
+                        ctx = replace(self._method_context(trial, example, self._find_groups(trial, example),
+                                                           count_cost(trial, example), event, None, None, None),
+                                      sparsify_updates=ctx.sparsify_updates)
+                    method.setup(ctx)  # its refusal of the model passes as it is: the real set-up gives the same
+                    changed = _changed_entries(entries, trial)
+                    if changed:
                         raise RuntimeError(
-                            f"it changed the model's weights ({some_names(changed, 4)}), and not only in the "
-                            "channels it drops: select() only chooses the channels, and what it changes goes into the "
-                            "pruned model unchecked (nor need it zero the channels it drops: the rebuild removes "
-                            "them). Change weights in update() or before_optimizer_step(), or in after_rebuild()")
-                hook = "after_rebuild"
-                info = method.after_rebuild(trial, step_plan)
-                if info is not None and not isinstance(info, Mapping):
-                    raise TypeError(f"after_rebuild() must return a dict (or None), got {type(info).__name__}")
+                            f"pruning method {name!r}: setup() changed the model ({changed}); setup runs again on "
+                            "every resume and after each prune, so the model it changes is not the model a checkpoint "
+                            "holds. Keep the method's own tensors on the method (and in its state_dict()).")
+                    if method.sparsifies:
+                        hook = "start"
+                        method.start()
+                    if self.schedule.prune_epoch(event) > 0:  # (the fit trains batches before its first prune)
+                        # one batch through the copy, as training sends them, with a backward of zero: what the
+                        # method's own forward (and tensor) hooks record, they have recorded once when it selects
+                        hook = "the forward and backward pass of the example batch"
+                        _zero_backward(trial, example, users_hooks, forward_context)
+                    if method.sparsifies:
+                        for p in trial.parameters():
+                            if p.requires_grad:
+                                p.grad = torch.zeros_like(p)
+                        hook = "before_optimizer_step"
+                        method.before_optimizer_step()
+                        # (a term that divides by the gradients' norm is not finite on zero gradients alone:
+                        # said, not refused)
+                        nan_gradients = _non_finite(trial, "gradients")
+                        for param in trial.parameters():  # (made finite again: update() and select() read them too)
+                            if param.grad is not None:
+                                param.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                        hook = "update"
+                        checked_metrics(name, "update", method.update())
+                        bad = _non_finite(trial, "weights")
+                        if bad:
+                            raise FloatingPointError(f"it left NaN or infinity in {some_names(bad, 4)} (the model's "
+                                                     "weights, zero gradients before it)")
+                        hook = "metrics"
+                        checked_metrics(name, "metrics", method.metrics())
+                        hook = "ready"
+                        checked_ready(name, method.ready())
+                    hook = "state_dict"  # every method's: a checkpoint keeps it (a sparsifying one's once started)
+                    state = method.state_dict()
+                    why = unloadable(state)
+                    if why is not None:
+                        raise RuntimeError(
+                            f"its state_dict() cannot go through a checkpoint (saved with torch.save, read back with "
+                            f"torch.load(weights_only=True)): {why}. Keep tensors, numbers, strings, booleans, None, "
+                            "dicts, lists and tuples in it (lightning_ssr.methods.plain_data converts most values)")
+                    hook = "load_state_dict"
+                    method.load_state_dict(state)
+                    keep = ctx.keep
+                    if keep is None and ctx.allocation == "method" and ctx.budget is not None:
+                        hook = "allocation_scores"
+                        values = method.allocation_scores()
+                        if values is None:
+                            raise RuntimeError("it learns the structure (allocation='method') and gave no channel "
+                                               "values after start() and one update()")
+                        keep = ctx.budget.allocate(values)
+                    hook = "select"
+                    before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
+                    if keep is None:  # no target: the method's own counts, not yet what they will be
+                        masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
+                                                                                               ctx.groups}), None)
+                    else:
+                        masks = self._check_masks(method.select(keep), ctx, keep)
+                    changed = [k for k, v in trial.named_parameters()
+                               if k in before_select and not _same_tensor(before_select[k], v)]
+                    left = _hooks_added(trial, hooks_before)
+                    if left:
+                        raise RuntimeError(
+                            f"it left forward hooks on {some_names(left, 4)}: remove the method's hooks by the end of "
+                            "select() (the rebuild's check runs the model right after it, and the smaller model goes "
+                            "on training with them); after_rebuild() may register them again on the smaller model")
+                    step_plan = plan_from_support(example.shape, masks, ctx.groups)
+                    hook = "the rebuild to its selection"
+                    remap = prune_channels(trial, example, step_plan.kept, step_plan.sizes)
+                    # what select() changed must go with the rebuild: the weights it was given, cut the same way
+                    if changed:
+                        rebuilt = dict(trial.named_parameters())
+                        changed = [k for k in changed if k in rebuilt and not _same_tensor(
+                            before_select[k].flatten()[remap[k].flatten().to(before_select[k].device)].view(
+                                remap[k].shape) if k in remap else before_select[k], rebuilt[k].detach())]
+                        if changed:  # (the masked model is made after select(): the rebuild's check cannot see it)
+                            hook = "select"
+                            raise RuntimeError(
+                                f"it changed the model's weights ({some_names(changed, 4)}), and not only in the "
+                                "channels it drops: select() only chooses the channels, and what it changes goes into "
+                                "the pruned model unchecked (nor need it zero the channels it drops: the rebuild removes "
+                                "them). Change weights in update() or before_optimizer_step(), or in after_rebuild()")
+                    hook = "after_rebuild"
+                    info = method.after_rebuild(trial, step_plan)
+                    if info is not None and not isinstance(info, Mapping):
+                        raise TypeError(f"after_rebuild() must return a dict (or None), got {type(info).__name__}")
             if nan_gradients:  # (outside the block that hides the method's warnings: this one is the engine's)
                 self.warn(f"pruning method {name!r}: before_optimizer_step() put NaN or infinity into the gradients "
                           f"of {some_names(nan_gradients, 4)} when they were all zero (rehearsed at set-up on a copy "
                           "of the model). If it does so with the fit's gradients, the fit stops a step or two later, "
                           "when the loss turns, naming it.")
         except Exception as err:
-            if hook == "setup":
+            if hook == "setup" and not event:
                 raise  # the method's own refusal of the model (the real set-up gives the same), as it is
             left = _hooks_added(trial, hooks_before)
             if hook == "the rebuild to its selection" and isinstance(err, UnsupportedLayerError) and left:
@@ -1111,6 +1138,10 @@ class PruningEngine:
                 raise UnsupportedLayerError(f"dry run at set-up, before training, to the channels {name!r} selects: "
                                             f"{err}") from err
             where = hook if hook.startswith("the ") else f"{hook}()"
+            if event:
+                where += (" after the rehearsal's first prune (set up again on the smaller model, as the fit does "
+                          "before its next prune event: the method's per-channel state must follow the cut, in "
+                          "setup() or after_rebuild())")
             hint = (" (its setup() must call super().setup(context), which keeps the groups, the model and the "
                     "parameters as self.context)" if isinstance(err, AttributeError) and "'context'" in str(err)
                     and "context" not in vars(method) else "")

@@ -471,6 +471,104 @@ def test_a_method_that_cannot_be_copied_runs_unrehearsed_with_a_warning():
     assert engine.dense is not None and "rehearsal_s" not in engine._costs
 
 
+class StaleScale:
+    """A user's method that scales each channel's gradients by a tensor made at its first set-up,
+    on the dense model, and never again (``fresh``: made again at every set-up, on the model as
+    it is then, as the protocol asks)."""
+
+    def __new__(cls, fresh=False):
+        from lightning_ssr.methods.base import PruningMethod
+
+        class _StaleScale(PruningMethod):
+            name = "stale_scale"
+            sparsifies = True
+
+            def setup(self, context):
+                super().setup(context)
+                if fresh or not hasattr(self, "scale"):
+                    self.scale = {g.name: torch.ones(g.size) for g in context.groups}
+
+            def before_optimizer_step(self):
+                grads = {n: p.grad for n, p in self.context.params.items() if p.grad is not None}
+                for g in self.context.groups:
+                    g.scale_(grads, self.scale[g.name])
+
+            def select(self, keep):
+                return {g.name: torch.arange(g.size) < keep[g.name] for g in self.context.groups}
+
+        return _StaleScale()
+
+
+TWO_EVENTS = PruningSchedule(sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2, stop_early=False,
+                             prune_events=2, epochs_between_prunes=1)
+
+
+def test_a_per_channel_state_that_does_not_follow_the_first_prune_is_refused_at_set_up(tmp_path):
+    """With two prune events, the rehearsal sets the method up again on the copy it rebuilt, as
+    the fit does before its second event: a per-channel tensor kept from the dense model fails
+    there, before training (it failed at the second event's first step, mid-fit), with the
+    model as it was. Made again at each set-up, it passes; with one event there is nothing to see."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    engine = PruningEngine(StaleScale(), target={"macs": 0.5}, schedule=TWO_EVENTS, verbose=False)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "pruning method 'stale_scale' failed in before_optimizer_step() after the rehearsal's first prune (set up "
+            "again on the smaller model, as the fit does before its next prune event: the method's per-channel state "
+            "must follow the cut, in setup() or after_rebuild()), rehearsed at set-up on a copy of the model with zero "
+            "gradients, before training")) as info:
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
+    assert "This fit trained nothing." in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and engine.dense is None
+    for method, schedule in ((StaleScale(fresh=True), TWO_EVENTS), (StaleScale(), SCHEDULE)):
+        engine = PruningEngine(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
+        assert engine._costs["rehearsal_s"] > 0
+    # the same under Trainer.fit: refused before the first step
+    lit = NetClassifier(SmallResidualCNN(in_channels=3, num_classes=5))
+    before = copy.deepcopy(lit.state_dict())
+    fit = trainer(tmp_path, [Pruning(StaleScale(), target={"macs": 0.5}, schedule=TWO_EVENTS, verbose=False)],
+                  TWO_EVENTS.total_epochs)
+    with pytest.raises(RuntimeError, match=r"after the rehearsal's first prune"):
+        fit.fit(lit, DataLoader(_data(), batch_size=16))
+    assert fit.global_step == 0 and all(torch.equal(v, before[k]) for k, v in lit.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["ssr_l20", "ssr_l21", "ssl", "bn_scale", "fsm", "taylor", "oneshot", "l1",
+                                    "random"])
+def test_every_method_passes_the_rehearsal_of_a_second_prune_event(monkeypatch, method):
+    """Each registered method, with two prune events: the rehearsal runs its hooks twice (the
+    second time on the rebuilt copy, from setup()), then the real set-up; nothing of the run changes."""
+    from lightning_ssr.methods import available_methods
+
+    assert set(available_methods()) <= {"ssr_l20", "ssr_l21", "ssl", "bn_scale", "fsm", "taylor", "oneshot", "l1",
+                                         "random", "none"}  # (a new method is added to this list)
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    ignored = ["fc1", "mix"] if method in ("bn_scale", "fsm") else []  # (no BatchNorm reads them)
+    engine = PruningEngine(method, target={"macs": 0.5}, schedule=TWO_EVENTS, verbose=False, ignored_layers=ignored)
+    hooks = []
+    for hook in ("setup", "after_rebuild"):
+        original = getattr(type(engine.method), hook)
+
+        def recording(self, *args, _hook=hook, _original=original):
+            hooks.append((_hook, self is engine.method))
+            return _original(self, *args)
+
+        monkeypatch.setattr(type(engine.method), hook, recording)
+    x = torch.randn(8, 3, 16, 16)
+    before, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
+    assert hooks == [("setup", False), ("after_rebuild", False)] * 2 + [("setup", True)]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_a_module_with_extra_state_is_not_taken_for_a_changed_model():
     class Tagged(nn.Module):  # a module whose state_dict holds a dict beside its tensors
         def __init__(self):
