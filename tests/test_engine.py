@@ -734,9 +734,10 @@ def test_a_loop_that_gives_on_batch_end_the_count_before_the_step_is_told_at_the
     assert engine.last_update_step == -1 and engine.done
 
 
-def _resumable_loop(tmp_path, stop_after=None, resume=False, restore_engine=True):
+def _resumable_loop(tmp_path, stop_after=None, resume=False, restore_engine=True, seen=None):
     """README's loop with its save at the end of each epoch and its resume, as README writes them
-    (``restore_engine=False``: the resume forgets ``engine.load_state_dict``)."""
+    (``restore_engine=False``: the resume forgets ``engine.load_state_dict``); ``seen``: a list
+    the model and the optimizer go into, before the loop."""
     from lightning_ssr import load_pruned
 
     def make_engine():
@@ -756,6 +757,8 @@ def _resumable_loop(tmp_path, stop_after=None, resume=False, restore_engine=True
             engine.load_state_dict(saved["engine"])
         torch.set_rng_state(saved["rng"])
         start, step = saved["epoch"] + 1, saved["step"]
+    if seen is not None:
+        seen.extend([model, optimizer])
     for epoch in range(start, SCHEDULE.total_epochs):
         for x, y in DataLoader(_data(), batch_size=16, shuffle=True):
             engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
@@ -779,10 +782,16 @@ def test_a_resume_that_forgets_the_engines_state_is_refused_at_its_first_batch(t
     """A fresh engine in a resumed loop pruned the pruned model again (2x became 4x), or restarted
     SSR's state mid-sparsify, without a word (probe); the callback refuses its equivalent."""
     assert _resumable_loop(tmp_path, stop_after=stop_after) is None
+    seen = []
     with pytest.raises(ValueError, match=rf"PruningEngine: the loop is at epoch {stop_after + 1}, past the schedule's "
                                          r"warm-up \(1 epoch\(s\)\), and this engine holds no run.*"
                                          r"engine\.load_state_dict\(saved\['engine'\]\)"):
-        _resumable_loop(tmp_path, resume=True, restore_engine=False)
+        _resumable_loop(tmp_path, resume=True, restore_engine=False, seen=seen)
+    saved = torch.load(tmp_path / "loop.pt", weights_only=True)  # the model and optimizer as loaded: untouched
+    model, optimizer = seen
+    assert optimizer.state_dict()["state"] and all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v["momentum_buffer"], saved["optimizer"]["state"][k]["momentum_buffer"])
+               for k, v in optimizer.state_dict()["state"].items())
 
 
 def test_a_model_other_than_the_one_set_up_is_refused():
@@ -795,11 +804,14 @@ def test_a_model_other_than_the_one_set_up_is_refused():
     x = _data().tensors[0][:16]
     engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], steps_per_epoch=4)
     other = copy.deepcopy(model)
+    before = {m: copy.deepcopy(m.state_dict()) for m in (model, other)}
     for call in (lambda: engine.on_batch_start(other, x, epoch=0, step=0, optimizers=[optimizer]),
                  lambda: engine.on_epoch_end(other, epoch=0, step=1, optimizers=[optimizer], max_epochs=4)):
         with pytest.raises(ValueError, match=r"given another model \(SmallResidualCNN at 0x[0-9a-f]+\) than the one "
                                              r"it was set up on .*Pass the same model object at every call"):
             call()
+    for m, state in before.items():  # neither model changed
+        assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
 
 
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_sparsify", "after_the_prune"])
