@@ -783,8 +783,11 @@ class PruningEngine:
                 "the same model object at every call; to compress another model, use a new PruningEngine (or "
                 "engine.reset()).")
 
-    def _find_groups(self, model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
-        ignored = self.resolve_ignored(model)
+    def _find_groups(self, model: nn.Module, example: torch.Tensor,
+                     ignored: Sequence[str] | None = None) -> list[ChannelGroup]:
+        """``ignored``: the names resolved already (a copy of the model does not hold the modules
+        ``ignored_layers`` gave); by default resolved on ``model``."""
+        ignored = self.resolve_ignored(model) if ignored is None else ignored
         try:
             return find_channel_groups(model, example, ignored)
         except ForwardError as err:  # whatever forward() raises on a plain tensor
@@ -886,11 +889,12 @@ class PruningEngine:
     def _method_context(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
                         cost: ModelCost, event: int, sync: Sync | None,
                         evaluate: Callable[[nn.Module], float] | None,
-                        steps_per_epoch: int | None) -> MethodContext:
+                        steps_per_epoch: int | None, dense: DenseState | None = None) -> MethodContext:
         """What the method is set up with before prune event ``event`` (0-based), on ``model`` as
         it is then (the dense model, or the model an earlier event pruned). With the structure
-        learned by the method, the target bound to this model, refused where its floors miss it."""
-        dense = self.dense
+        learned by the method and not yet known, the target bound to this model, refused where its
+        floors miss it. ``dense``: the dense model's record, by default the engine's."""
+        dense = self.dense if dense is None else dense
         view = None
         if dense.allocation == "method" and dense.final_keep is None:
             view = self.budget.view(model, groups, cost, dense.round_to,
@@ -1018,19 +1022,21 @@ class PruningEngine:
         nan_gradients: list[str] = []
         # with several prune events, a second round on the rebuilt copy, as the fit sets the method up again
         # on the smaller model: a per-channel state of the method's that stays the dense model's fails there
-        event = 0
+        event, dense = 0, self.dense
         try:
             with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
                 for event in range(min(self.schedule.prune_events, 2)):
                     entries = model.state_dict()  # (what setup() must leave as it is)
-                    if event:
-                        hook = "setup"
+                    if event:  # what the fit gives the method before its next event: the final counts known
+                        hook = "the set-up of the next prune event"
                         hooks_before = forward_hooks(trial)
                         entries = {k: v.clone() for k, v in trial.state_dict().items()}
-                        ctx = replace(self._method_context(trial, example, self._find_groups(trial, example),
-                                                           count_cost(trial, example), event, None, None, None),
-                                      sparsify_updates=ctx.sparsify_updates)
+                        ctx = replace(self._method_context(
+                            trial, example, self._find_groups(trial, example, self._ignored_resolved),
+                            count_cost(trial, example), event, None, None, None, dense=dense),
+                            sparsify_updates=ctx.sparsify_updates)
+                        hook = "setup"
                     method.setup(ctx)  # its refusal of the model passes as it is: the real set-up gives the same
                     changed = _changed_entries(entries, trial)
                     if changed:
@@ -1085,7 +1091,9 @@ class PruningEngine:
                         if values is None:
                             raise RuntimeError("it learns the structure (allocation='method') and gave no channel "
                                                "values after start() and one update()")
-                        keep = ctx.budget.allocate(values)
+                        # (as the fit: the final counts from its values, this event's share of the way there)
+                        dense = replace(self.dense, final_keep=ctx.budget.allocate(values))
+                        keep = dense.keep_at(event, self.schedule.prune_events, ctx.groups)
                     hook = "select"
                     before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
                     if keep is None:  # no target: the method's own counts, not yet what they will be
@@ -1137,6 +1145,12 @@ class PruningEngine:
                 # the model's structure, not the method: said as the dry run says it
                 raise UnsupportedLayerError(f"dry run at set-up, before training, to the channels {name!r} selects: "
                                             f"{err}") from err
+            if hook == "the set-up of the next prune event":  # the engine's own work, not the method's
+                raise RuntimeError(
+                    f"the set-up's rehearsal of pruning method {name!r} failed where it sets up the next prune event "
+                    "on a rebuilt copy of the model, before the method's hooks ran: "
+                    f"{type(err).__name__}: {str(err).rstrip('.')}. This fit trained nothing. With "
+                    "schedule.prune_events=1 the rehearsal stops at the first prune; please report this.") from err
             where = hook if hook.startswith("the ") else f"{hook}()"
             if event:
                 where += (" after the rehearsal's first prune (set up again on the smaller model, as the fit does "

@@ -569,6 +569,57 @@ def test_every_method_passes_the_rehearsal_of_a_second_prune_event(monkeypatch, 
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("method,target,kwargs", [
+    ("ssr_l21", {"macs": 0.2}, {}),  # the learned structure, near the floors
+    ("ssl", {"macs": 0.3}, {"min_channels": 4}),
+    ("bn_scale", {"filters": 0.3}, {"ignored_layers": ["fc1", "mix"]}),
+    ("l1", {"macs": 0.5}, {"ignored_layers": "module"}),  # a module object, which the copy does not hold
+])
+def test_the_second_rounds_context_is_the_one_the_fit_gives_its_second_event(monkeypatch, method, target, kwargs):
+    """The rehearsal's second round measured a fraction target against the pruned copy (with the
+    structure learned by the method: about the target squared, refused), and looked the ignored
+    modules up in the copy, which does not hold them (review). It gets what the fit's second
+    event gets: the final counts, this event's share of them, no budget to steer by."""
+    from lightning_ssr.methods.base import PruningMethod
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    if kwargs.get("ignored_layers") == "module":
+        kwargs = {"ignored_layers": [model.fc1]}
+    contexts = []
+    real_setup = PruningMethod.setup
+    monkeypatch.setattr(PruningMethod, "setup", lambda self, ctx: (contexts.append(ctx), real_setup(self, ctx))[1])
+    engine = PruningEngine(method, target=target, schedule=TWO_EVENTS, verbose=False, **kwargs)
+    engine.on_batch_start(model, torch.randn(8, 3, 16, 16), epoch=0, step=0,
+                          optimizers=[torch.optim.SGD(model.parameters(), lr=0.05)], steps_per_epoch=4)
+    first, second, real = contexts
+    assert (first.event, second.event, real.event) == (0, 1, 0)
+    assert second.budget is None and second.final_keep is not None
+    assert second.keep == {g.name: min(second.final_keep[g.name], g.size) for g in second.groups}  # (2 of 2)
+    assert all(g.size <= engine.dense.sizes[g.name] for g in second.groups)
+    assert {g.name for g in second.groups} == {g.name for g in first.groups}
+
+
+def test_a_failure_of_the_engines_own_second_set_up_is_not_blamed_on_the_method(monkeypatch):
+    real = PruningEngine._method_context
+
+    def failing(self, model, example, groups, cost, event, *args, **kwargs):
+        if event:
+            raise ValueError("no groups traced")
+        return real(self, model, example, groups, cost, event, *args, **kwargs)
+
+    monkeypatch.setattr(PruningEngine, "_method_context", failing)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    before = copy.deepcopy(model.state_dict())
+    engine = PruningEngine("l1", target={"macs": 0.5}, schedule=TWO_EVENTS, verbose=False)
+    with pytest.raises(RuntimeError, match=r"^the set-up's rehearsal of pruning method 'l1' failed where it sets up "
+                                           r"the next prune event on a rebuilt copy of the model, before the method's "
+                                           r"hooks ran: ValueError: no groups traced\. This fit trained nothing"):
+        engine.on_batch_start(model, torch.randn(8, 3, 16, 16), epoch=0, step=0,
+                              optimizers=[torch.optim.SGD(model.parameters(), lr=0.05)], steps_per_epoch=4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and engine.dense is None
+
+
 def test_a_module_with_extra_state_is_not_taken_for_a_changed_model():
     class Tagged(nn.Module):  # a module whose state_dict holds a dict beside its tensors
         def __init__(self):
