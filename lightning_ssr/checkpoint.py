@@ -267,6 +267,49 @@ def _strip_key_prefix(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
     return dict(state_dict)
 
 
+BUILT_OTHERWISE = ("construct the model as the saved one was (the same architecture and arguments: input "
+                   "channels, image size, number of classes, widths)")
+
+
+def weights_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "the checkpoint",
+                     planned: bool = False, strict: bool = True) -> PlanMismatchError | None:
+    """Why ``state_dict`` does not load into ``model`` as it is (after the checkpoint's plan, where
+    ``planned``), or ``None`` where it does: keys it lacks or holds beyond the model's (with
+    ``strict``), or tensors of other shapes. Said before loading, since torch's ``load_state_dict``
+    copies the tensors that fit before it fails on the others. ``source``: the file, as named."""
+    own = model.state_dict()
+    lacking, extra = (sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))) if strict else ([], [])
+    if lacking or extra:
+        said = "; ".join(part for part in (
+            f"it lacks {some_names(lacking, 3)}" if lacking else "",
+            f"it holds {some_names(extra, 3)}, which this model has not" if extra else "") if part)
+        return PlanMismatchError(f"{source} holds the weights of another network ({said}): it was not saved from "
+                                 f"this model; {BUILT_OTHERWISE}")
+    differ = [(k, v.shape, own[k].shape) for k, v in state_dict.items()
+              if k in own and torch.is_tensor(v) and torch.is_tensor(own[k]) and v.shape != own[k].shape]
+    if not differ:
+        return None
+    mismatches = "; ".join(f"size mismatch for {k}: {tuple(theirs)} in the checkpoint, {tuple(ours)} in this model"
+                           for k, theirs, ours in differ[:2])
+    if planned:
+        return PlanMismatchError(f"{source} holds weights of other shapes than this model after the plan "
+                                 f"({mismatches}): {BUILT_OTHERWISE}")
+    if all(len(a) == len(b) and all(x >= y for x, y in zip(a, b)) for _, a, b in differ):
+        # (the model may be the pruned one; or one built smaller)
+        pruned = applied_plan(model) is not None  # (it carries a plan: pruned, for certain)
+        return PlanMismatchError(
+            f"{source} holds no pruning plan, and weights larger than this model's ({mismatches}): " + (
+                "this model was pruned already, and the checkpoint was saved before a prune (a dense model). Load it "
+                "into a freshly constructed model" if pruned else
+                "was this model pruned already (the checkpoint saved before a prune)? Then load it into a freshly "
+                f"constructed model; else {BUILT_OTHERWISE}"))
+    return PlanMismatchError(
+        f"{source} holds no pruning plan, and weights of other shapes than this model ({mismatches}): it was saved "
+        "from a pruned model without its plan (a checkpoint of a fit without the Pruning callback). Save a pruned "
+        "model with lightning_ssr.save_pruned(model, path, plan), or mix PrunedCheckpointMixin into the "
+        f"LightningModule, so that its checkpoints keep the plan; or, if it is not pruned, {BUILT_OTHERWISE}")
+
+
 def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
     """Load a pruned checkpoint into a freshly constructed (unpruned) ``model``, in one call.
 
@@ -297,73 +340,55 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
             rebuild_to(model, plan)  # (a model this plan, or an earlier one of it, pruned already: the rest)
         else:
             state_dict = _strip_key_prefix(state_dict, model)
+        mismatch = weights_mismatch(model, state_dict, source, planned=plan is not None, strict=strict)
+        if mismatch is not None:  # (torch would load the tensors that fit, then fail)
+            raise mismatch
         model.load_state_dict(state_dict, strict=strict)
     except Exception as err:
         restore_modules(snapshot)
-        built_otherwise = ("construct the model as the saved one was (the same architecture and arguments: input "
-                           "channels, image size, number of classes, widths)")
         if isinstance(err, PlanMismatchError) and source != "the checkpoint" and source not in str(err):
             raise PlanMismatchError(f"{source}: {err}") from err  # (the file named: which one did not fit)
         if isinstance(err, ForwardError) and plan is not None:
             raise PlanMismatchError(f"{source}: its pruning plan was traced on inputs of shape "
                                     f"{tuple(plan.input_shape)}, and this model's forward() failed on them ({err}): "
-                                    f"{built_otherwise}") from err
-        if isinstance(err, RuntimeError) and ("Missing key(s)" in str(err) or "Unexpected key(s)" in str(err)):
-            theirs, own = set(state_dict), set(model.state_dict())
-            lacking, extra = sorted(own - theirs), sorted(theirs - own)
-            said = "; ".join(part for part in (
-                f"it lacks {some_names(lacking, 3)}" if lacking else "",
-                f"it holds {some_names(extra, 3)}, which this model has not" if extra else "") if part)
-            raise PlanMismatchError(f"{source} holds the weights of another network ({said}): it was not saved from "
-                                    f"this model; {built_otherwise}") from err
-        if isinstance(err, RuntimeError) and "size mismatch" in str(err):
-            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
-            own = model.state_dict()
-            differ = [(v.shape, own[k].shape) for k, v in state_dict.items()
-                      if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-            larger = bool(differ) and all(len(a) == len(b) and all(x >= y for x, y in zip(a, b)) for a, b in differ)
-            if data is None and larger:  # (the model may be the pruned one; or one built smaller)
-                pruned = applied_plan(model) is not None  # (it carries a plan: pruned, for certain)
-                raise PlanMismatchError(
-                    f"{source} holds no pruning plan, and weights larger than this model's "
-                    f"({'; '.join(mismatches[:2])}): " + (
-                        "this model was pruned already, and the checkpoint was saved before a prune (a dense "
-                        "model). Load it into a freshly constructed model" if pruned else
-                        "was this model pruned already (the checkpoint saved before a prune)? Then load it into a "
-                        f"freshly constructed model; else {built_otherwise}")) from err
-            if data is None:
-                raise PlanMismatchError(
-                    f"{source} holds no pruning plan, and weights of other shapes than this model "
-                    f"({'; '.join(mismatches[:2])}): it was saved from a pruned model without its plan (a checkpoint "
-                    "of a fit without the Pruning callback). Save a pruned model with lightning_ssr.save_pruned(model, "
-                    "path, plan), or mix PrunedCheckpointMixin into the LightningModule, so that its checkpoints keep "
-                    f"the plan; or, if it is not pruned, {built_otherwise}") from err
-            raise PlanMismatchError(f"{source} holds weights of other shapes than this model"
-                                    f"{' after the plan' if plan is not None else ''} ({'; '.join(mismatches[:2])}): "
-                                    f"{built_otherwise}") from err
+                                    f"{BUILT_OTHERWISE}") from err
         raise
     return model
 
 
-def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping) -> None:
+def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = "the checkpoint") -> None:
     """Rebuild ``module`` into the shapes of the plan stored in ``checkpoint``, if any, before its
     weights load. A module already rebuilt with the same plan is left alone; one rebuilt with an
     earlier plan that the checkpoint's continues (a later pruning fit of it) takes the rest
     (:meth:`PruningPlan.after`); any other plan is refused, and so is a checkpoint of other shapes
-    without a plan (the dense model's) for a module already pruned."""
+    without a plan (the dense model's) for a module already pruned, or weights that do not fit the
+    module (:func:`weights_mismatch`, with the module's ``strict_loading``): then ``module`` is
+    left as it was. ``source``: the file, as the error names it."""
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
+    state_dict = checkpoint.get("state_dict")
     if data is not None:
+        snapshot = snapshot_modules(module)
         rebuild_to(module, PruningPlan.from_dict(data))
-    elif applied_plan(module) is not None:  # a pruned module, a checkpoint without a plan: from before the prune?
+        mismatch = weights_mismatch(module, state_dict, source, planned=True,
+                                    strict=getattr(module, "strict_loading", True)) if state_dict else None
+        if mismatch is not None:
+            restore_modules(snapshot)
+            raise mismatch
+        return
+    if applied_plan(module) is not None:  # a pruned module, a checkpoint without a plan: from before the prune?
         own = module.state_dict()
         other = next(((k, v) for k, v in (checkpoint.get("state_dict") or {}).items()
                       if k in own and torch.is_tensor(v) and v.shape != own[k].shape), None)
         if other is not None:  # (torch would load the tensors whose shapes match, then fail)
             raise PlanMismatchError(
-                f"the checkpoint holds no pruning plan and other shapes than this pruned module ({other[0]}: "
+                f"{source} holds no pruning plan and other shapes than this pruned module ({other[0]}: "
                 f"{tuple(other[1].shape)}, the module's {tuple(own[other[0]].shape)}): it was saved before the prune "
                 "(the dense model). Load it into a freshly constructed module, e.g. "
                 "trainer.validate(YourModule(), ckpt_path=...)")
+    mismatch = weights_mismatch(module, state_dict, source, strict=getattr(module, "strict_loading", True)
+                                ) if state_dict else None
+    if mismatch is not None:  # (torch would load the tensors whose shapes match, then fail)
+        raise mismatch
 
 
 def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
@@ -415,7 +440,11 @@ class PrunedCheckpointMixin:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trainer = getattr(self, "_trainer", None)  # a fit(ckpt_path=...): its file read whole before the rebuild
+        source = "the checkpoint"
         if trainer is not None:
             refuse_damaged_checkpoint(trainer.ckpt_path)
-        apply_checkpoint_plan(self, checkpoint)
+            if trainer.ckpt_path is not None:
+                call = trainer.state.fn.value if trainer.state.fn else "fit"
+                source = f"{call}(ckpt_path={str(trainer.ckpt_path)!r})"
+        apply_checkpoint_plan(self, checkpoint, source)
         super().on_load_checkpoint(checkpoint)

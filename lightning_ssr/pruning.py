@@ -522,7 +522,8 @@ class Pruning(Callback):
             if state is not None:
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
-            apply_checkpoint_plan(module, checkpoint)
+            call = self._trainer.state.fn.value if self._trainer.state.fn else "fit"
+            apply_checkpoint_plan(module, checkpoint, source=f"{call}(ckpt_path={str(self._trainer.ckpt_path)!r})")
             restart_averages(self._trainer, module, restart=False)  # the average loads the checkpoint's after this
 
     @override

@@ -506,6 +506,47 @@ class ScoredClassifier(TinyClassifier):
         self.log("test_loss", F.cross_entropy(self(batch[0]), batch[1]))
 
 
+class WiderClassifier(TinyClassifier):
+    """Another architecture under the same names: the head's input is wider."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone.fc1 = torch.nn.Linear(self.backbone.fc1.in_features, 24)
+        self.backbone.fc2 = torch.nn.Linear(24, 5)
+
+
+@pytest.mark.parametrize("other", ["wider", "renamed"])
+def test_a_fit_resumed_from_another_architectures_checkpoint_is_refused_with_the_module_untouched(tmp_path, other):
+    """A checkpoint of another network saved before any prune (no plan), given to fit(ckpt_path=...)
+    with the callback: torch loaded the tensors whose shapes matched (BatchNorm statistics, a
+    bias) into the module, then failed with its own size-mismatch error, which named no file
+    (probe). It is refused before any tensor loads, naming the file and what differs; the
+    PrunedCheckpointMixin refuses the same without the callback."""
+    from lightning_ssr import PrunedCheckpointMixin
+
+    pl.seed_everything(0)
+    source = WiderClassifier() if other == "wider" else TinyClassifier()
+    state = source.state_dict()
+    if other == "renamed":
+        state = {k.replace("backbone.", "body."): v for k, v in state.items()}
+    path = tmp_path / "other.ckpt"
+    torch.save({"epoch": 0, "global_step": 4, "state_dict": state, "pytorch-lightning_version": pl.__version__,
+                "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
+    said = (r"size mismatch for backbone\.fc1\.bias: \(24,\) in the checkpoint, \(16,\) in this model"
+            if other == "wider" else r"holds the weights of another network \(it lacks backbone\.")
+
+    class Mixed(PrunedCheckpointMixin, TinyClassifier):
+        pass
+
+    for module, callbacks in ((TinyClassifier(), [Pruning("l1", target={"macs": 0.5}, schedule=SCHEDULE,
+                                                           verbose=False)]), (Mixed(), [])):
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        fit = trainer(tmp_path, callbacks, SCHEDULE.total_epochs)
+        with pytest.raises(PlanMismatchError, match=rf"^fit\(ckpt_path='.*other\.ckpt'\) .*{said}"):
+            fit.fit(module, loader(), ckpt_path=str(path))
+        assert fit.global_step == 0 and all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
 def test_a_schedule_ending_with_the_prune_warns_that_the_checkpoint_is_ranked_by_the_dense_score(tmp_path):
     """With finetune_epochs=0 the prune comes after the fit's last validation and before
     ModelCheckpoint saves: the pruned model was saved as "best" with the dense model's score."""
