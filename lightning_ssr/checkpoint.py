@@ -42,6 +42,16 @@ def applied_plan(model: nn.Module) -> PruningPlan | None:
     return None
 
 
+def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
+    """Record on ``model`` that it is rebuilt with ``plan`` (names relative to ``model``, from its
+    constructed shapes), where :func:`applied_plan` and a checkpoint of it find it; a plan
+    recorded on a submodule before (a pruned network wrapped since) is superseded by it."""
+    for _, module in model.named_modules():
+        if APPLIED_PLAN_ATTR in vars(module):
+            delattr(module, APPLIED_PLAN_ATTR)
+    setattr(model, APPLIED_PLAN_ATTR, plan.to_dict())
+
+
 class _class_only:
     """A classmethod that refuses a call on an instance, as Lightning's ``load_from_checkpoint``
     does: ``model.load_from_checkpoint(path)`` returns a new module and leaves ``model`` as it was."""
@@ -400,7 +410,7 @@ def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
         apply_plan(module, target)
     elif (current.kept, current.sizes) != (target.kept, target.sizes):
         apply_plan(module, target.after(current))
-    setattr(module, APPLIED_PLAN_ATTR, target.to_dict())
+    mark_applied_plan(module, target)
 
 
 class PrunedCheckpointMixin:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import APPLIED_PLAN_ATTR, applied_plan
+from .checkpoint import applied_plan, mark_applied_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .latency import LATENCY_MISS, OtherProcessesLoad, model_ms, others_share
 from .methods.base import (
@@ -1341,7 +1341,7 @@ class PruningEngine:
                 "model and the optimizer were restored exactly as they were before the prune, and nothing was "
                 f"recorded. The method {self.method.name!r} raised it, or the step after the rebuild did.") from err
         self.plan = plan
-        setattr(model, APPLIED_PLAN_ATTR, self.plan.to_dict())
+        mark_applied_plan(model, self.plan)
         self.events_done += 1
         restarted = restart_lr_schedules(schedulers) if self.schedule.restart_lr and self.done else None
         if restarted is not None:

@@ -122,10 +122,11 @@ def test_load_pruned_again_into_a_pruned_model_and_from_the_bare_network_into_it
     with pytest.raises(PlanMismatchError, match=r"holds 2 times \(ema_net, net\): load it into the one it belongs "
                                                 r"to, e.g. load_pruned\(model.ema_net, path\)"):
         load_pruned(twice, tmp_path / "bare.pt")
-    # a model pruned by something else than this plan: the message says what to do
+    # a model pruned by something else than this plan (prune_oneshot records its plan): said, with what to do
     other = LitNet()
     prune_oneshot(other.net, x, {"macs": 0.2})
-    with pytest.raises(PlanMismatchError, match="was the model pruned already"):
+    with pytest.raises(PlanMismatchError, match=r"the pruning plan does not continue the one this model was rebuilt "
+                                                r"with: .*construct a fresh model to load it"):
         load_pruned(other, path)
 
 
@@ -535,11 +536,11 @@ def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_n
                                                 r"\(model, path, plan\), or mix PrunedCheckpointMixin into"):
         load_pruned(build_model("lenet5"), tmp_path / "plain.ckpt")
     # the other way round: a dense model's checkpoint loaded into the pruned model (it said the checkpoint
-    # was of a pruned model without its plan: probe)
+    # was of a pruned model without its plan: probe); prune_oneshot recorded its plan: pruned for certain
     torch.save({"state_dict": build_model("lenet5").state_dict()}, tmp_path / "dense.ckpt")
     with pytest.raises(PlanMismatchError, match=r"dense.ckpt' holds no pruning plan, and weights larger than this "
-                                                r"model's .*: was this model pruned already \(the checkpoint saved "
-                                                r"before a prune\)\? Then load it into a freshly constructed model"):
+                                                r"model's .*: this model was pruned already, and the checkpoint was "
+                                                r"saved before a prune \(a dense model\)\. Load it into a freshly"):
         load_pruned(model, tmp_path / "dense.ckpt")
     # a fresh model built smaller (10 classes, the checkpoint's 100) is not told it was pruned (review)
     torch.save({"state_dict": build_model("lenet5", num_classes=100).state_dict()}, tmp_path / "classes.ckpt")
@@ -558,3 +559,30 @@ def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_n
     with pytest.raises(PlanMismatchError, match=r"dense.ckpt' .*weights larger than this model's .*: this model was "
                                                 r"pruned already, and the checkpoint was saved before a prune"):
         load_pruned(loaded, tmp_path / "dense.ckpt")
+
+
+def test_a_module_whose_network_prune_oneshot_pruned_keeps_the_plan_in_its_checkpoints(tmp_path):
+    """prune_oneshot on the network inside a PrunedCheckpointMixin module, then a plain fit: the
+    Trainer's checkpoints held no plan, and loading them failed on the shapes, with a message that
+    advised the mixin the module had (probe). prune_oneshot records the plan where the mixin and
+    load_pruned find it; pruned twice, the record covers both prunes."""
+    pl.seed_everything(0)
+    module = LitNet()
+    x = torch.randn(4, 3, 16, 16)
+    first = prune_oneshot(module.net, x, {"macs": 0.7})
+    second = prune_oneshot(module.net, x, {"macs": 0.7})
+    recorded = PruningPlan.from_dict(getattr(module.net, APPLIED_PLAN_ATTR))
+    assert recorded.kept == first.then(second).kept
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(tmp_path, [ckpt], 1).fit(module, loader())
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert PruningPlan.from_dict(saved[PLAN_CHECKPOINT_KEY]).kept == {f"net.{k}": v for k, v in recorded.kept.items()}
+    module.eval()
+    with torch.no_grad():
+        expected = module(x)
+    for loaded in (LitNet.load_from_checkpoint(tmp_path / "last.ckpt"),
+                   load_pruned(PlainLitNet(), tmp_path / "last.ckpt"),
+                   load_pruned(SmallResidualCNN(in_channels=3), tmp_path / "last.ckpt")):
+        loaded.eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(x), expected)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..checkpoint import applied_plan, mark_applied_plan
 from ..cost import count_cost
 from ..structure.groups import align_blocks, find_channel_groups
 from ..structure.plan import PruningPlan, plan_from_support
@@ -89,7 +90,9 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
+    prior = applied_plan(model)  # (a model pruned before: the record covers both prunes)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
+    mark_applied_plan(model, plan if prior is None else prior.then(plan))  # (a checkpoint of it keeps the plan)
     return plan
 
 
