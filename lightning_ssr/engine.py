@@ -415,6 +415,7 @@ class PruningEngine:
         self._prune_timing: dict = {}
         self._costs: dict = {}  # one-off seconds: set-up (trace, target, dry run), allocation, each rebuild
         self.warnings: list[str] = []  # what the run warned of (warn), for its result
+        self._until_done: list[str] = []  # those of them true only until the last prune (a fit too short)
         self._unloadable_state_warned = False  # a method state a checkpoint cannot hold, warned of once
         self._phase_too_short = False  # the set-up found no step to update at in the sparsify phase
         self._ignored_resolved = list(self._ignored_names)
@@ -612,11 +613,15 @@ class PruningEngine:
             out.update(self._prune(model, epoch, step, optimizers, world))
         return out
 
-    def warn(self, message: str, emit: Callable[..., Any] | None = None) -> None:
+    def warn(self, message: str, emit: Callable[..., Any] | None = None, until_done: bool = False) -> None:
         """Warn of ``message`` (with ``emit``, e.g. Lightning's ``rank_zero_warn``; else
-        ``warnings.warn``) and keep it for the result's ``warnings`` (once, however often given)."""
+        ``warnings.warn``) and keep it for the result's ``warnings`` (once, however often given).
+        ``until_done``: a warning that the schedule's last prune would not be made (a fit that
+        ends too early), dropped from the result when a resumed fit makes it."""
         if message not in self.warnings:
             self.warnings.append(message)
+        if until_done and message not in self._until_done:
+            self._until_done.append(message)
         if emit is not None:
             emit(message)
         else:
@@ -635,7 +640,8 @@ class PruningEngine:
                       if self.events_done else "its dense shapes (the result is None)")
             self.warn(f"PruningEngine.finish: the training ended before the prune due at the start of epoch "
                       f"{due}: the model keeps {shapes}. Train for the schedule's total_epochs "
-                      f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.", emit)
+                      f"({self.schedule.total_epochs}), calling on_epoch_end after each epoch.", emit,
+                      until_done=True)
         if self.plan is not None and self.dense is not None:
             # (a loop of your own has no guard of the loss: a divergence after the prune went unsaid)
             bad = _non_finite(model, "weights")
@@ -679,6 +685,7 @@ class PruningEngine:
             "latency": self._latency,
             "settings": self.settings(),
             "warnings": list(self.warnings),
+            "warnings_until_done": list(self._until_done),
             # the one-off seconds (set-up, each rebuild) and the time to the last prune, which a
             # resumed fit's process did not live through: its result still gives them
             "timings": {**self._costs, **self._prune_timing},
@@ -763,6 +770,7 @@ class PruningEngine:
         # the run's warnings before the checkpoint, then this fit's (its set-up warns again)
         saved = list(state.get("warnings", []))
         self.warnings = saved + [w for w in self.warnings if w not in saved]
+        self._until_done = list(dict.fromkeys([*state.get("warnings_until_done", []), *self._until_done]))
         self._pending_method_state = state.get("method_state") or None
         timings = dict(state.get("timings") or {})  # (a checkpoint from before timings were kept: none)
         self._prune_timing = {k: timings.pop(k) for k in ("last_prune_s",) if k in timings}
@@ -1343,6 +1351,9 @@ class PruningEngine:
         self.plan = plan
         mark_applied_plan(model, self.plan)
         self.events_done += 1
+        if self.done:  # (a fit that ended too early was resumed, and made the last prune: no longer true)
+            self.warnings = [w for w in self.warnings if w not in self._until_done]
+            self._until_done = []
         restarted = restart_lr_schedules(schedulers) if self.schedule.restart_lr and self.done else None
         if restarted is not None:
             info["lr_restart"] = restarted  # the scheduler steps the fine-tuning anneals over

@@ -466,7 +466,7 @@ class Pruning(Callback):
             f"Trainer({bound}) ends before the last scheduled prune at the start of epoch "
             f"{schedule.last_prune_epoch}{at}; the model would not be fully pruned. Use {fix} "
             "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.",
-            emit=rank_zero_warn)
+            emit=rank_zero_warn, until_done=True)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -42,7 +42,8 @@ from tests.lit import (
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
 STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early",
-              "last_update_step", "dense", "latency", "settings", "warnings", "timings", "rng"}
+              "last_update_step", "dense", "latency", "settings", "warnings", "warnings_until_done", "timings",
+              "rng"}
 
 
 def test_schedule_epochs():
@@ -172,6 +173,10 @@ def test_resumed_run_restores_state_and_matches_an_uninterrupted_run(tmp_path, s
             assert torch.equal(restored["V"][name], v)
             assert torch.equal(restored["U"][name], aulm_state["U"][name])
     assert_same_weights(model, full_model)
+    # the first fit's "ends before the last scheduled prune" is not the resumed run's: its result
+    # kept it, and the summary ended "1 warning during the run" (probe)
+    assert any("ends before the last scheduled prune" in w for w in state["warnings"]) == (stop_after < 3)
+    assert cb.result.warnings == full_cb.result.warnings
     assert cb.events == full_cb.events and cb.plan.to_dict() == full_cb.plan.to_dict()
     # no monkey-patching of the module, and the load_state_dict pre-hook is gone after fit
     assert "on_load_checkpoint" not in vars(model)
@@ -928,7 +933,8 @@ def test_state_restored_but_not_yet_applied_round_trips():
                                                                     "final_keep": None, "cost": None, "round_to": 1,
                                                                     "allocation": "method", "steps": {"a": 1}},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings(),
-             "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ..."],
+             "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ...", "Trainer(max_epochs=2) ..."],
+             "warnings_until_done": ["Trainer(max_epochs=2) ..."],
              "timings": {"setup_s": 0.5, "rebuild_s": [0.25], "last_prune_s": 9.0}}
     cb.load_state_dict(state)
     again = SSRPruning(schedule=SCHEDULE)
