@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .files import atomic_write
 from .structure.groups import ForwardError
@@ -25,31 +26,40 @@ from .structure.plan import NOT_BUILT_YET, PLAN_CHECKPOINT_KEY, PlanMismatchErro
 from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 from .validation import some_names
 
-APPLIED_PLAN_ATTR = "_pruning_applied_plan"
+#: on each layer a pruning plan cut (a group's root): its channels before any prune, those kept,
+#: the input shape the plan was traced on, and its place in the plan. Kept on the layers, not on
+#: the model, so that any module that holds them (a network pruned bare, then wrapped; one pruned
+#: again inside a module pruned before) reads the plan of its own layers, from its own name down.
+PRUNED_LAYER_ATTR = "_pruning_kept"
 
 
 def applied_plan(model: nn.Module) -> PruningPlan | None:
-    """The plan ``model`` was already rebuilt with (by an earlier pruning fit, or loaded with
-    :func:`load_pruned`), with layer names relative to ``model``; ``None`` for a model at its
-    constructed shapes. A plan recorded on a submodule (a pruned network loaded bare, then
-    wrapped in a LightningModule) is named from ``model`` down."""
-    for prefix, module in model.named_modules():
-        data = getattr(module, APPLIED_PLAN_ATTR, None)
-        if data is None:
-            continue
-        plan = PruningPlan.from_dict(data)
-        return plan.renamed(lambda k, p=prefix: f"{p}.{k}") if prefix else plan
-    return None
+    """The plan ``model`` was already rebuilt with (by an earlier pruning fit, ``prune_oneshot``,
+    or loaded with :func:`load_pruned`), from its constructed shapes, with layer names relative to
+    ``model``; ``None`` for a model at its constructed shapes."""
+    found = sorted(((vars(module)[PRUNED_LAYER_ATTR], name) for name, module in model.named_modules()
+                    if name and PRUNED_LAYER_ATTR in vars(module)), key=lambda item: item[0]["order"])
+    if not found:
+        return None
+    plan = PruningPlan(input_shape=list(found[0][0]["input_shape"]))
+    for record, name in found:
+        plan.kept[name] = list(record["kept"])
+        plan.sizes[name] = int(record["size"])
+    return plan
 
 
 def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
-    """Record on ``model`` that it is rebuilt with ``plan`` (names relative to ``model``, from its
-    constructed shapes), where :func:`applied_plan` and a checkpoint of it find it; a plan
-    recorded on a submodule before (a pruned network wrapped since) is superseded by it."""
-    for _, module in model.named_modules():
-        if APPLIED_PLAN_ATTR in vars(module):
-            delattr(module, APPLIED_PLAN_ATTR)
-    setattr(model, APPLIED_PLAN_ATTR, plan.to_dict())
+    """Record that ``model`` is rebuilt with ``plan`` (names relative to ``model``, from its
+    constructed shapes: an earlier plan of it composed in), on the layers it cuts, where
+    :func:`applied_plan` and a checkpoint find it; a record of a layer under ``model`` that the
+    plan does not name is dropped."""
+    for name, module in model.named_modules():
+        if PRUNED_LAYER_ATTR in vars(module) and name not in plan.kept:
+            delattr(module, PRUNED_LAYER_ATTR)
+    shape = [int(s) for s in plan.input_shape]
+    for order, (root, kept) in enumerate(plan.kept.items()):
+        setattr(model.get_submodule(root), PRUNED_LAYER_ATTR,
+                {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept], "order": order})
 
 
 class _class_only:
@@ -295,8 +305,9 @@ def weights_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             f"it holds {some_names(extra, 3)}, which this model has not" if extra else "") if part)
         return PlanMismatchError(f"{source} holds the weights of another network ({said}): it was not saved from "
                                  f"this model; {BUILT_OTHERWISE}")
-    differ = [(k, v.shape, own[k].shape) for k, v in state_dict.items()
-              if k in own and torch.is_tensor(v) and torch.is_tensor(own[k]) and v.shape != own[k].shape]
+    differ = [(k, v.shape, own[k].shape) for k, v in state_dict.items()  # (a lazy one takes the checkpoint's)
+              if k in own and torch.is_tensor(v) and torch.is_tensor(own[k]) and not is_lazy(own[k])
+              and v.shape != own[k].shape]
     if not differ:
         return None
     mismatches = "; ".join(f"size mismatch for {k}: {tuple(theirs)} in the checkpoint, {tuple(ours)} in this model"
@@ -366,23 +377,30 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
     return model
 
 
-def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = "the checkpoint") -> None:
+def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = "the checkpoint",
+                          strict: bool | None = None) -> None:
     """Rebuild ``module`` into the shapes of the plan stored in ``checkpoint``, if any, before its
     weights load. A module already rebuilt with the same plan is left alone; one rebuilt with an
     earlier plan that the checkpoint's continues (a later pruning fit of it) takes the rest
     (:meth:`PruningPlan.after`); any other plan is refused, and so is a checkpoint of other shapes
     without a plan (the dense model's) for a module already pruned, or weights that do not fit the
-    module (:func:`weights_mismatch`, with the module's ``strict_loading``): then ``module`` is
-    left as it was. ``source``: the file, as the error names it."""
+    module (:func:`weights_mismatch`): then ``module`` is left as it was. ``source``: the file, as
+    the error names it; ``strict``: whether the load will refuse missing or unexpected keys (by
+    default the module's ``strict_loading``, as Lightning's restore of a fit; ``False``: the
+    shapes only)."""
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
     state_dict = checkpoint.get("state_dict")
+    strict = getattr(module, "strict_loading", True) if strict is None else strict
     if data is not None:
-        snapshot = snapshot_modules(module)
-        rebuild_to(module, PruningPlan.from_dict(data))
-        mismatch = weights_mismatch(module, state_dict, source, planned=True,
-                                    strict=getattr(module, "strict_loading", True)) if state_dict else None
+        plan = PruningPlan.from_dict(data)
+        current = applied_plan(module)
+        snapshot = None if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes) else \
+            snapshot_modules(module)  # (a module at this plan already is left alone: nothing to undo)
+        rebuild_to(module, plan)
+        mismatch = weights_mismatch(module, state_dict, source, planned=True, strict=strict) if state_dict else None
         if mismatch is not None:
-            restore_modules(snapshot)
+            if snapshot is not None:
+                restore_modules(snapshot)
             raise mismatch
         return
     if applied_plan(module) is not None:  # a pruned module, a checkpoint without a plan: from before the prune?
@@ -395,8 +413,7 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = 
                 f"{tuple(other[1].shape)}, the module's {tuple(own[other[0]].shape)}): it was saved before the prune "
                 "(the dense model). Load it into a freshly constructed module, e.g. "
                 "trainer.validate(YourModule(), ckpt_path=...)")
-    mismatch = weights_mismatch(module, state_dict, source, strict=getattr(module, "strict_loading", True)
-                                ) if state_dict else None
+    mismatch = weights_mismatch(module, state_dict, source, strict=strict) if state_dict else None
     if mismatch is not None:  # (torch would load the tensors whose shapes match, then fail)
         raise mismatch
 
@@ -450,11 +467,11 @@ class PrunedCheckpointMixin:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trainer = getattr(self, "_trainer", None)  # a fit(ckpt_path=...): its file read whole before the rebuild
-        source = "the checkpoint"
+        source, strict = "the checkpoint", False  # (load_from_checkpoint(strict=...) is not told to this hook)
         if trainer is not None:
             refuse_damaged_checkpoint(trainer.ckpt_path)
-            if trainer.ckpt_path is not None:
+            if trainer.ckpt_path is not None:  # (a Trainer's restore loads with the module's strict_loading)
                 call = trainer.state.fn.value if trainer.state.fn else "fit"
-                source = f"{call}(ckpt_path={str(trainer.ckpt_path)!r})"
-        apply_checkpoint_plan(self, checkpoint, source)
+                source, strict = f"{call}(ckpt_path={str(trainer.ckpt_path)!r})", None
+        apply_checkpoint_plan(self, checkpoint, source, strict)
         super().on_load_checkpoint(checkpoint)
