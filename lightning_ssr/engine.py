@@ -770,7 +770,11 @@ class PruningEngine:
         # the run's warnings before the checkpoint, then this fit's (its set-up warns again)
         saved = list(state.get("warnings", []))
         self.warnings = saved + [w for w in self.warnings if w not in saved]
-        self._until_done = list(dict.fromkeys([*state.get("warnings_until_done", []), *self._until_done]))
+        until_done = state.get("warnings_until_done")
+        if until_done is None:  # (a checkpoint from before they were kept apart: told by their words)
+            until_done = [w for w in saved if "ends before the last scheduled prune" in w
+                          or "before the prune due at the start of epoch" in w]
+        self._until_done = list(dict.fromkeys([*until_done, *self._until_done]))
         self._pending_method_state = state.get("method_state") or None
         timings = dict(state.get("timings") or {})  # (a checkpoint from before timings were kept: none)
         self._prune_timing = {k: timings.pop(k) for k in ("last_prune_s",) if k in timings}

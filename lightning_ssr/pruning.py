@@ -650,10 +650,10 @@ class Pruning(Callback):
                             "before it, and EarlyStopping starts over at the prune): in a new fit, or in a resume "
                             f"from a checkpoint of this fit, Trainer(min_epochs={schedule.min_epochs}, max_epochs="
                             f"{schedule.total_epochs}, ...).fit(module, ckpt_path=...); without it a resume restores "
-                            "EarlyStopping's count, which stops the fit again.", emit=rank_zero_warn)
+                            "EarlyStopping's count, which stops the fit again.", emit=rank_zero_warn, until_done=True)
             else:
                 engine.warn(message + f" If a callback stopped it, give the Trainer min_epochs={schedule.min_epochs}: "
-                                      "Lightning does not stop before it.", emit=rank_zero_warn)
+                                      "Lightning does not stop before it.", emit=rank_zero_warn, until_done=True)
         engine.finish(pl_module, warn=False, emit=rank_zero_warn)  # (the result, with the warnings above)
 
     @override

@@ -316,6 +316,15 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
+class Keep(Callback):
+    """Keeps the Trainer of the fit it runs in (to save a checkpoint after the fit ended)."""
+
+    kept = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.kept = trainer
+
+
 class WarningsAtFirstBatch(Callback):
     """Records which warnings had been issued when the first batch started."""
 
@@ -377,12 +386,18 @@ def test_trainer_bounds_that_reach_the_prune_warn_of_nothing(tmp_path, bounds):
 
 
 def test_a_fit_a_callback_stops_before_the_prune_says_so_at_its_end_and_min_epochs_prevents_it(tmp_path):
-    pruning, model, before, warned, by_first_batch = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch()],
+    stopped = Keep()  # (the fit's Trainer, saved from after the fit ended)
+    pruning, model, before, warned, by_first_batch = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch(), stopped],
                                                                       max_epochs=3)
     assert by_first_batch == [] and len(warned) == 1  # nothing to foresee; the end tells what happened
     assert "the fit ended at optimizer step 4, before the prune due at the start of epoch 2" in warned[0]
     assert "min_epochs=3" in warned[0] and pruning.plan is None
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    # resumed as it says, the prune made: the result no longer says it was not (review)
+    stopped.kept.save_checkpoint(tmp_path / "stopped.ckpt")
+    resumed = Pruning("l1", target={"filters": 0.5}, schedule=SHORT, verbose=False)
+    trainer(tmp_path, [resumed], 3).fit(TinyClassifier(), loader(), ckpt_path=tmp_path / "stopped.ckpt")
+    assert resumed.result is not None and not any("before the prune due" in w for w in resumed.result.warnings)
     # an EarlyStopping that did not stop it is not named as the one that did (review)
     idle = EarlyStopping(monitor="never_logged", strict=False, patience=100)
     _, _, _, warned, _ = _fit_with_bounds(tmp_path, [StopAfterFirstEpoch(), idle], max_epochs=3)
