@@ -11,6 +11,7 @@ and so does the CLI's ``pruned.pt`` (written by :func:`save_pruned`). Both load 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import zipfile
 from collections.abc import Mapping
@@ -27,21 +28,30 @@ from .structure.surgery import apply_plan, restore_modules, snapshot_modules
 from .validation import some_names
 
 #: on each layer a pruning plan cut (a group's root): its channels before any prune, those kept,
-#: the input shape the plan was traced on, and its place in the plan. Kept on the layers, not on
-#: the model, so that any module that holds them (a network pruned bare, then wrapped; one pruned
-#: again inside a module pruned before) reads the plan of its own layers, from its own name down.
+#: and its place in the plan (the mark it came from, then its position). Kept on the layers, not
+#: on the model, so that a module that holds them (a network pruned bare, then wrapped; one pruned
+#: again inside a module pruned before) reads the plan of its layers, from its own name down.
 PRUNED_LAYER_ATTR = "_pruning_kept"
+#: on the module a plan was recorded for: the input shape that plan was traced on
+PLAN_INPUT_ATTR = "_pruning_input_shape"
+_marks = itertools.count()  # (a later record of a layer sorts after the earlier ones of others)
 
 
 def applied_plan(model: nn.Module) -> PruningPlan | None:
     """The plan ``model`` was already rebuilt with (by an earlier pruning fit, ``prune_oneshot``,
     or loaded with :func:`load_pruned`), from its constructed shapes, with layer names relative to
-    ``model``; ``None`` for a model at its constructed shapes."""
+    ``model``; ``None`` for a model at its constructed shapes. Its input shape is that of the
+    outermost module under ``model`` (``model`` itself, where it was) that a plan was recorded
+    for. A submodule's plan holds the layers under it that were cut as roots: a cut made from a
+    root outside it (its first layer's input channels, cut with the layer before it) is not in it."""
     found = sorted(((vars(module)[PRUNED_LAYER_ATTR], name) for name, module in model.named_modules()
-                    if name and PRUNED_LAYER_ATTR in vars(module)), key=lambda item: item[0]["order"])
+                    if name and PRUNED_LAYER_ATTR in vars(module)), key=lambda item: tuple(item[0]["order"]))
     if not found:
         return None
-    plan = PruningPlan(input_shape=list(found[0][0]["input_shape"]))
+    shapes = [(name.count(".") if name else -1, vars(module)[PLAN_INPUT_ATTR]) for name, module in
+              model.named_modules() if PLAN_INPUT_ATTR in vars(module)]
+    shape = min(shapes, key=lambda item: item[0])[1] if shapes else found[0][0]["input_shape"]
+    plan = PruningPlan(input_shape=list(shape))
     for record, name in found:
         plan.kept[name] = list(record["kept"])
         plan.sizes[name] = int(record["size"])
@@ -50,16 +60,19 @@ def applied_plan(model: nn.Module) -> PruningPlan | None:
 
 def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
     """Record that ``model`` is rebuilt with ``plan`` (names relative to ``model``, from its
-    constructed shapes: an earlier plan of it composed in), on the layers it cuts, where
-    :func:`applied_plan` and a checkpoint find it; a record of a layer under ``model`` that the
-    plan does not name is dropped."""
+    constructed shapes: an earlier plan of it composed in, traced on ``model``'s input), on the
+    layers it cuts, where :func:`applied_plan` and a checkpoint find it; a record of a layer
+    under ``model`` that the plan does not name is dropped."""
     for name, module in model.named_modules():
         if PRUNED_LAYER_ATTR in vars(module) and name not in plan.kept:
             delattr(module, PRUNED_LAYER_ATTR)
     shape = [int(s) for s in plan.input_shape]
+    setattr(model, PLAN_INPUT_ATTR, shape)
+    mark = next(_marks)
     for order, (root, kept) in enumerate(plan.kept.items()):
         setattr(model.get_submodule(root), PRUNED_LAYER_ATTR,
-                {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept], "order": order})
+                {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept],
+                 "order": [mark, order]})
 
 
 class _class_only:

@@ -1,5 +1,6 @@
 """One-call loading of pruned checkpoints, with torch.load(weights_only=True)."""
 
+import copy
 import re
 import warnings
 from pathlib import Path
@@ -635,3 +636,55 @@ def test_a_network_pruned_again_inside_a_module_pruned_before_records_both_prune
     fresh = load_pruned(LitNet(), tmp_path / "both.pt")
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), module.eval()(x))
+
+
+def _body():
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+
+class _Stemmed(torch.nn.Module):
+    """A network (declared first) behind a stem: its input is not the module's."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _body()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.net(self.stem(x))
+
+
+class _Unsqueezing(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):  # x: (B, 12, 12)
+        return self.net(x.unsqueeze(1))
+
+
+def test_the_applied_plan_of_a_module_is_traced_on_its_own_input_whatever_was_pruned_inside_it(tmp_path):
+    """The records of a network pruned inside (or before being wrapped in) a module held the
+    network's input shape, and the module's plan took it: its checkpoint did not load (review)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    module = _Stemmed()
+    prune_oneshot(module, x, {"rates": {"stem.0": 0.5}}, ignored_layers=["net.0", "net.2"])
+    prune_oneshot(module.net, module.stem(x), {"rates": "[0.5]*2"})  # (the network, on its own input)
+    assert applied_plan(module).input_shape == [1, 3, 16, 16] and applied_plan(module.net).input_shape == [1, 4, 14, 14]
+    save_pruned(module, tmp_path / "stemmed.pt", applied_plan(module))
+    with torch.no_grad():
+        assert torch.equal(load_pruned(_Stemmed(), tmp_path / "stemmed.pt")(x), module(x))
+    # pruned bare, then wrapped in a module with another input, and pruned again through it
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    fresh = copy.deepcopy(net)
+    prune_oneshot(net, torch.randn(2, 1, 12, 12), {"rates": "[0.5]*2"})
+    wrapped = _Unsqueezing(net)
+    prune_oneshot(wrapped, torch.randn(2, 12, 12), {"rates": "[0.25]*2"})
+    assert applied_plan(wrapped).input_shape == [1, 12, 12]
+    save_pruned(wrapped, tmp_path / "wrapped.pt", applied_plan(wrapped))
+    y = torch.randn(2, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(_Unsqueezing(fresh), tmp_path / "wrapped.pt")(y), wrapped(y))

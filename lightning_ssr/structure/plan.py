@@ -85,8 +85,9 @@ class PruningPlan:
 
     def then(self, later: PruningPlan) -> PruningPlan:
         """The plan equal to applying ``self`` and then ``later`` (whose indices count the
-        channels ``self`` kept)."""
-        out = PruningPlan(list(self.input_shape), dict(self.kept), dict(self.sizes))
+        channels ``self`` kept), with ``later``'s input shape (the model it was traced on: ``self``
+        may be the plan of a network inside it, read as the model's)."""
+        out = PruningPlan(list(later.input_shape), dict(self.kept), dict(self.sizes))
         for name, kept in later.kept.items():
             if name in self.kept:
                 out.kept[name] = [self.kept[name][i] for i in kept]
