@@ -65,6 +65,8 @@ def _fraction(name: str, value) -> float | None:
     if not (0.0 < value <= 1.0):
         hint = (f"for {value:g}x fewer use {1 / value:.4g}" if value > 1 and math.isfinite(value)
                 else "for 20x fewer use 0.05")  # (1.5 read as a reduction factor: its inverse)
+        if 5 <= value <= 100:  # (30 may be a percentage as well)
+            hint += f"; to keep {value:g}% use {value / 100:g}"
         raise ValueError(f"target {name} is the fraction of the dense model to keep and must be in (0, 1]; "
                          f"got {value} ({hint})")
     return value

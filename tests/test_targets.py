@@ -73,6 +73,8 @@ def test_targets_coerce_from_mappings():
     # a reduction factor for a fraction: its inverse suggested (every refusal said "for 20x fewer use 0.05": probe)
     with pytest.raises(ValueError, match=r"must be in \(0, 1\]; got 1\.5 \(for 1\.5x fewer use 0\.6667\)"):
         Target.coerce({"macs": 1.5})
+    with pytest.raises(ValueError, match=r"got 30\.0 \(for 30x fewer use 0\.03333; to keep 30% use 0\.3\)"):
+        Target.coerce({"macs": 30})  # (a percentage, as likely as a factor: both read)
     with pytest.raises(ValueError, match=r"got 0\.0 \(for 20x fewer use 0\.05\)"):
         Target.coerce({"params": 0})
     # one number as rates ("'float' object is not iterable") says what rates takes
