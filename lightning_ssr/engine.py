@@ -1336,7 +1336,7 @@ class PruningEngine:
             # cumulative from the shapes the model was constructed with, also across fits: a model an
             # earlier fit pruned (or load_pruned rebuilt) carries that plan, and this one comes after it
             prior = self.plan if self.plan is not None else applied_plan(model)
-            plan = step_plan if prior is None else prior.then(step_plan)
+            plan = step_plan if prior is None else prior.then(step_plan, step_plan.input_shape)
             info = dict(self.method.after_rebuild(model, step_plan) or {})
             if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
                 info.update(self._latency_check(model, example, world))

@@ -670,12 +670,16 @@ def test_the_applied_plan_of_a_module_is_traced_on_its_own_input_whatever_was_pr
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
     module = _Stemmed()
-    prune_oneshot(module, x, {"rates": {"stem.0": 0.5}}, ignored_layers=["net.0", "net.2"])
-    prune_oneshot(module.net, module.stem(x), {"rates": "[0.5]*2"})  # (the network, on its own input)
+    first = prune_oneshot(module, x, {"rates": {"stem.0": 0.5}}, ignored_layers=["net.0", "net.2"])
+    second = prune_oneshot(module.net, module.stem(x), {"rates": "[0.5]*2"})  # (the network, on its own input)
     assert applied_plan(module).input_shape == [1, 3, 16, 16] and applied_plan(module.net).input_shape == [1, 4, 14, 14]
-    save_pruned(module, tmp_path / "stemmed.pt", applied_plan(module))
-    with torch.no_grad():
-        assert torch.equal(load_pruned(_Stemmed(), tmp_path / "stemmed.pt")(x), module(x))
+    # composed by hand, the first plan's shape (review): the same plan as recorded
+    by_hand = first.then(second.renamed(lambda k: f"net.{k}"))
+    assert by_hand.input_shape == [1, 3, 16, 16] and by_hand.kept == applied_plan(module).kept
+    for plan in (applied_plan(module), by_hand):
+        save_pruned(module, tmp_path / "stemmed.pt", plan)
+        with torch.no_grad():
+            assert torch.equal(load_pruned(_Stemmed(), tmp_path / "stemmed.pt")(x), module(x))
     # pruned bare, then wrapped in a module with another input, and pruned again through it
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))

@@ -83,11 +83,12 @@ class PruningPlan:
             raise PlanMismatchError(f"pruning plan file {str(path)!r} is unreadable ({type(err).__name__}: {err}); "
                                     "it is missing, truncated or not a plan written by PruningPlan.save") from err
 
-    def then(self, later: PruningPlan) -> PruningPlan:
+    def then(self, later: PruningPlan, input_shape: Sequence[int] | None = None) -> PruningPlan:
         """The plan equal to applying ``self`` and then ``later`` (whose indices count the
-        channels ``self`` kept), with ``later``'s input shape (the model it was traced on: ``self``
-        may be the plan of a network inside it, read as the model's)."""
-        out = PruningPlan(list(later.input_shape), dict(self.kept), dict(self.sizes))
+        channels ``self`` kept), traced on ``input_shape`` (by default ``self``'s; a model pruned
+        now gives the shape it was traced on, where ``self`` may have come from a network inside it)."""
+        out = PruningPlan(list(self.input_shape if input_shape is None else input_shape), dict(self.kept),
+                          dict(self.sizes))
         for name, kept in later.kept.items():
             if name in self.kept:
                 out.kept[name] = [self.kept[name][i] for i in kept]
