@@ -431,6 +431,12 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = 
         raise mismatch
 
 
+def restored_from(trainer) -> str:
+    """The call that restores a checkpoint, as an error names it: ``fit(ckpt_path='...')``."""
+    call = trainer.state.fn.value if trainer.state.fn else "fit"
+    return f"{call}(ckpt_path={str(trainer.ckpt_path)!r})"
+
+
 def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
     """Rebuild ``module`` into the shapes of ``target``: a module at its constructed shapes takes
     the whole plan, one rebuilt with an earlier plan that ``target`` continues takes the rest
@@ -484,7 +490,6 @@ class PrunedCheckpointMixin:
         if trainer is not None:
             refuse_damaged_checkpoint(trainer.ckpt_path)
             if trainer.ckpt_path is not None:  # (a Trainer's restore loads with the module's strict_loading)
-                call = trainer.state.fn.value if trainer.state.fn else "fit"
-                source, strict = f"{call}(ckpt_path={str(trainer.ckpt_path)!r})", None
+                source, strict = restored_from(trainer), None
         apply_checkpoint_plan(self, checkpoint, source, strict)
         super().on_load_checkpoint(checkpoint)

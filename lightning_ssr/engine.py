@@ -1034,12 +1034,11 @@ class PruningEngine:
         nan_gradients: list[str] = []
         # with several prune events, a second round on the rebuilt copy, as the fit sets the method up again
         # on the smaller model: a per-channel state of the method's that stays the dense model's fails there
-        event, dense = 0, self.dense
+        event, dense, entries = 0, self.dense, model.state_dict()  # (entries: what setup() must leave as it is)
         try:
             with torch.random.fork_rng(devices=cuda), _other_rng_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what the method warns of, it warns of in the fit
                 for event in range(min(self.schedule.prune_events, 2)):
-                    entries = model.state_dict()  # (what setup() must leave as it is)
                     if event:  # what the fit gives the method before its next event: the final counts known
                         hook = "the set-up of the next prune event"
                         hooks_before = forward_hooks(trial)

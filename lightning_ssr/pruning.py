@@ -35,6 +35,7 @@ from .checkpoint import (
     failed_load_reason,
     rebuild_to,
     refuse_damaged_checkpoint,
+    restored_from,
 )
 from .engine import PruningEngine, World, first_tensor, steps_per_epoch
 from .guards import LossGuard, rng_states, set_rng_states
@@ -522,8 +523,7 @@ class Pruning(Callback):
             if state is not None:
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
-            call = self._trainer.state.fn.value if self._trainer.state.fn else "fit"
-            apply_checkpoint_plan(module, checkpoint, source=f"{call}(ckpt_path={str(self._trainer.ckpt_path)!r})")
+            apply_checkpoint_plan(module, checkpoint, source=restored_from(self._trainer))
             restart_averages(self._trainer, module, restart=False)  # the average loads the checkpoint's after this
 
     @override
