@@ -295,7 +295,7 @@ REFUSED_AT_SETUP = [
           ("channels_the_tracer_loses", PairSum, "before 'net.conv2' reads them"),
           ("grouped_transposed_conv", GroupedTransposed,
            "layer 'net.up' (ConvTranspose2d, groups=2) is a grouped transposed convolution"),
-          ("tied_weight", TiedBranches, "holds its weight tied to net.a.weight, net.b.weight")]],
+          ("tied_weight", TiedBranches, "tied parameters (one tensor held by several layers: net.a.weight, net.b.weight)")]],
     ("bn_scale_without_batchnorm", SmallResidualCNN, lambda: Pruning("bn_scale", target={"macs": 0.5}, **SSR),
      ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),

@@ -93,6 +93,28 @@ def test_callback_shrinks_the_model_within_one_fit_and_keeps_training(tmp_path):
     assert torch.load(buffer, weights_only=True)["plan"] == cb.plan.to_dict()
 
 
+class AliasedClassifier(TinyClassifier):
+    """A backbone layer also held under a second name (``self.features = ...``, as a module for
+    ``BackboneFinetuning`` or a wrapper makes): refused as a tied weight, with advice that led
+    nowhere, before."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = self.backbone.conv_a
+
+
+def test_a_layer_held_under_two_names_is_pruned_once_with_its_optimizer_state(tmp_path):
+    pl.seed_everything(0)
+    model = AliasedClassifier()
+    cb = Pruning("l1", target={"macs": 0.5}, schedule=SCHEDULE, verbose=False)
+    fit = trainer(tmp_path, [cb], SCHEDULE.total_epochs)
+    fit.fit(model, loader())
+    assert model.first is model.backbone.conv_a and model.first.weight.shape[0] < 12
+    opt = fit.optimizers[0]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert opt.state[model.first.weight]["momentum_buffer"].shape == model.first.weight.shape
+
+
 @pytest.mark.filterwarnings("ignore:pruning method 'ssr_l21' kept every filter")  # (the lam=0 run, as warned)
 def test_l21_regularization_shrinks_group_norms(tmp_path):
     """Against the same run with lam = 0 (AULM's term then pulls W towards its own prox, which is

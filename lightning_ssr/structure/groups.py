@@ -244,16 +244,36 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
     layer would be missing. Every parameter is therefore traced as trainable, and its flag given
     back afterwards."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    # trainable layers that run with autograd off inside forward() (a reentrant activation
+    # checkpoint runs its function so) are missing from that record: found, and refused by name
+    off, names = [], {m: n for n, m in model.named_modules()}
+
+    def note_autograd_off(module, args):
+        if not torch.is_grad_enabled() and module in names:
+            off.append(names[module])
+
+    trainable = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    handles = [m.register_forward_pre_hook(note_autograd_off) for m in trainable]
     try:
         for p in frozen:
             p.requires_grad_(True)
         with torch.enable_grad(), eval_mode(model):  # torch-pruning sets eval mode and keeps it
-            return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
     except Exception as err:  # noqa: BLE001 -- raised again, as what failed: the forward or the tracer
         _explain_trace_failure(model, example_inputs, err)
     finally:
         for p in frozen:
             p.requires_grad_(False)
+        for handle in handles:
+            handle.remove()
+    if off:
+        raise UnsupportedLayerError(
+            f"layers {some_names(list(dict.fromkeys(off)))} run with autograd off inside forward() (as "
+            "torch.utils.checkpoint.checkpoint(..., use_reentrant=True) runs its function, or torch.no_grad()): the "
+            "trace reads autograd's record of the forward, where they are missing, so their channels' dependencies "
+            "are unknown. Use use_reentrant=False (torch's recommended setting), or checkpoint only while training "
+            "(if self.training: ...; the trace runs in eval mode), and train those layers with autograd on.")
+    return graph
 
 
 def _explain_trace_failure(model: nn.Module, example_inputs, err: Exception) -> NoReturn:
@@ -344,13 +364,13 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
     ``LayerNorm`` over the channels) would normalize the channels that stay by other statistics once
     some of its channels are gone."""
     modules = dict(model.named_modules())
-    shared = _shared_parameters(model)
+    groups = list(groups)
+    _check_not_tied(groups, _shared_parameters(model))
     for g in groups:
         for name in [*g.out_modules, *(c for c, _ in g.consumers)]:
             if name in modules:
                 _check_plain_parameters(modules[name], name, g.name)
                 _check_channels_normalized_apart(modules[name], name, g.name)
-                _check_not_tied(name, g.name, shared)
         for name in g.out_modules:
             module = modules.get(name)
             if isinstance(module, _CONV) and module.transposed and module.groups > 1:
@@ -362,21 +382,37 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
 
 
 def _shared_parameters(model: nn.Module) -> dict[str, list[str]]:
-    """Each name of a parameter that several names hold (a tied weight), with all its names."""
+    """Each name of a parameter that several layers hold (a tied weight), with all its names. One
+    layer reached under several names (``self.backbone = self.model.features``, an alias that
+    ``BackboneFinetuning`` or a wrapper makes) is no tie: the rebuild cuts the layer once."""
     owners: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), []).append(name)
-    return {n: names for names in owners.values() if len(names) > 1 for n in names}
+    holders: dict[int, set[int]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{prefix}.{name}" if prefix else name)
+            holders.setdefault(id(p), set()).add(id(module))
+    return {n: names for key, names in owners.items() if len(holders[key]) > 1 for n in names}
 
 
-def _check_not_tied(name: str, root: str, shared: Mapping[str, list[str]]) -> None:
-    for param in ("weight", "bias"):
-        names = shared.get(f"{name}.{param}" if name else param)
-        if names:
-            raise UnsupportedLayerError(
-                f"layer '{name}' holds its {param} tied to {some_names(names)} (one parameter under several names): "
-                "the rebuild gives each layer its own cut tensors, which would untie them. Pass "
-                f"'{root}' in ignored_layers to leave these channels unpruned, or untie the parameter.")
+def _check_not_tied(groups: Iterable[ChannelGroup], shared: Mapping[str, list[str]]) -> None:
+    """One refusal that names every group whose channels reach a tied layer, so that a user who
+    ignores them all once is done (one group named at a time sent them round the tie)."""
+    ties: dict[str, list[str]] = {}  # root -> the tied parameters its channels reach
+    for g in groups:
+        for name in dict.fromkeys([*g.out_modules, *(c for c, _ in g.consumers)]):
+            for param in ("weight", "bias"):
+                full = f"{name}.{param}" if name else param
+                if full in shared:
+                    ties.setdefault(g.name, []).append(full)
+    if not ties:
+        return
+    what = "; ".join(f"group '{root}' reaches {some_names(params)}" for root, params in ties.items())
+    tied = sorted({n for params in ties.values() for p in params for n in shared[p]})
+    raise UnsupportedLayerError(
+        f"tied parameters (one tensor held by several layers: {some_names(tied, 8)}) would be untied by the "
+        f"rebuild, which gives each layer its own cut tensors ({what}). Pass "
+        f"{', '.join(repr(r) for r in sorted(ties))} in ignored_layers to leave these channels unpruned, or untie the "
+        "parameters.")
 
 
 def _check_channels_normalized_apart(module: nn.Module, name: str, root: str) -> None:

@@ -333,8 +333,9 @@ def test_a_grouped_transposed_conv_and_a_tied_weight_are_refused_by_name():
     with pytest.raises(UnsupportedLayerError, match=r"layer 'up' \(ConvTranspose2d, groups=2\) is a grouped "
                                                     r"transposed convolution.*Pass 'up' in ignored_layers"):
         find_channel_groups(GroupedTransposed(), x)
-    with pytest.raises(UnsupportedLayerError, match=r"layer '[ab]' holds its weight tied to a.weight, b.weight .*"
-                                                    r"Pass 'b' in ignored_layers"):
+    with pytest.raises(UnsupportedLayerError, match=r"tied parameters \(one tensor held by several layers: a.weight, "
+                                                    r"b.weight\).*group 'b' reaches b.weight, a.weight\). Pass 'b' in "
+                                                    r"ignored_layers"):
         find_channel_groups(TiedBranches(), x)
     assert [g.name for g in find_channel_groups(TiedBranches(), x, ["b"])] == ["c"]
 
@@ -373,3 +374,89 @@ def test_a_tracer_failure_on_a_model_of_several_inputs_is_not_blamed_on_its_forw
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fails)
     with pytest.raises(UnsupportedLayerError, match=r"forward\(\) runs on the example input \(a tuple\)"):
         find_channel_groups(PairNet(), (torch.randn(2, 3, 8, 8), torch.ones(2, 1, 8, 8)))
+
+
+class Aliased(nn.Module):
+    """One layer reached under two names, as ``self.backbone = self.model.features`` (which
+    ``BackboneFinetuning`` asks for) or a wrapper makes: refused as a tied weight before."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = SmallResidualCNN()
+        self.first = self.model.conv_a  # the same module, not a copy
+        self.head = nn.Sequential(self.model.fc2)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_a_layer_reached_under_two_names_is_no_tie_and_prunes():
+    from lightning_ssr import prune_oneshot
+
+    torch.manual_seed(0)
+    net = Aliased()
+    x = torch.randn(2, 3, 16, 16)
+    assert [g.name for g in find_channel_groups(net, x)] == [f"model.{g.name}" for g in
+                                                             find_channel_groups(net.model, x)]
+    prune_oneshot(net, x, {"macs": 0.5})  # (its rebuild checked numerically)
+    assert net.first is net.model.conv_a and net.first.weight.shape[0] < 12 and net.head[0] is net.model.fc2
+
+
+class TiedAcrossGroups(nn.Module):
+    """A weight tied between two layers whose output channels are groups of their own, and whose
+    inputs are a third layer's: three groups reach the tie."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.keep = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.fc = nn.Linear(16 + 6, 5)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        k = torch.relu(self.keep(x)).mean((2, 3))
+        return self.fc(torch.cat([torch.relu(self.a(s)).mean((2, 3)), torch.relu(self.b(s)).mean((2, 3)), k], 1))
+
+
+def test_a_tie_is_refused_once_naming_every_group_that_reaches_it():
+    """Each refusal named one group, and ignoring it led to the next one: round the tie."""
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedLayerError) as info:
+        find_channel_groups(TiedAcrossGroups(), x)
+    message = str(info.value)
+    assert "a.weight, b.weight" in message and "Pass 'a', 'b', 'stem' in ignored_layers" in message
+    assert [g.name for g in find_channel_groups(TiedAcrossGroups(), x, ["stem", "a", "b"])] == ["keep"]
+
+
+class Checkpointed(nn.Module):
+    """A block run through torch.utils.checkpoint, in eval mode too or only while training."""
+
+    def __init__(self, use_reentrant=True, train_only=False):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+        self.mid = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.use_reentrant, self.train_only = use_reentrant, train_only
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        x = torch.relu(self.c1(x))
+        x = self.mid(x) if self.train_only and not self.training else checkpoint(
+            self.mid, x, use_reentrant=self.use_reentrant)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_reentrant_activation_checkpoint_is_refused_naming_its_layers_and_the_fix():
+    """Its layers run with autograd off, so the trace missed them: the target was refused as too
+    small, or the dry run blamed conv1 and sent the user round ignored_layers."""
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match=r"layers mid.0, mid.2 run with autograd off inside forward\(\) "
+                                                    r"\(as torch.utils.checkpoint.checkpoint\(..., use_reentrant=True\)"
+                                                    r".*Use use_reentrant=False"):
+        find_channel_groups(Checkpointed(), x)
+    assert sorted(g.name for g in find_channel_groups(Checkpointed(use_reentrant=False), x)) == ["c1", "mid.0", "mid.2"]
+    assert sorted(g.name for g in find_channel_groups(Checkpointed(train_only=True), x)) == ["c1", "mid.0", "mid.2"]
+    frozen = Checkpointed()  # frozen layers under no autograd are the user's choice: traced as before
+    frozen.mid.requires_grad_(False)
+    find_channel_groups(frozen, x)
