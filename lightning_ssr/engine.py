@@ -76,6 +76,7 @@ from .structure.surgery import (
     dry_run,
     forward_hooks,
     model_copy,
+    optimizers_within,
     prune_channels,
     remap_optimizer,
     restore_modules,
@@ -280,17 +281,23 @@ def _other_rng_kept():
             numpy.random.set_state(numpy_state)
 
 
-def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict:
-    """What a rebuild changes in an optimizer: each group's parameter list and the state (copied)."""
-    return {"params": [list(g["params"]) for g in optimizer.param_groups],
-            "state": {p: copy.deepcopy(s) for p, s in optimizer.state.items()}}
+def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """What a rebuild changes in an optimizer and in any it wraps: each group's parameter list and
+    the state (copied)."""
+    copied: dict[int, dict] = {}  # (a wrapper may share its inner optimizer's state: copied once)
+    for o in optimizers_within(optimizer):
+        if id(o.state) not in copied:
+            copied[id(o.state)] = {p: copy.deepcopy(s) for p, s in o.state.items()}
+    return [{"params": [list(g["params"]) for g in o.param_groups], "state": copied[id(o.state)]}
+            for o in optimizers_within(optimizer)]
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping) -> None:
-    for group, params in zip(optimizer.param_groups, saved["params"]):
-        group["params"] = list(params)
-    optimizer.state.clear()
-    optimizer.state.update(saved["state"])
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Sequence[Mapping]) -> None:
+    for holder, held in zip(optimizers_within(optimizer), saved):
+        for group, params in zip(holder.param_groups, held["params"]):
+            group["params"] = list(params)
+        holder.state.clear()
+        holder.state.update(held["state"])
 
 
 def first_tensor(batch) -> torch.Tensor | None:
@@ -1324,20 +1331,26 @@ class PruningEngine:
                 raise
             raise _hooks_left(self.method.name, left, err, f"The prune at the start of epoch {epoch} was not made: "
                               "the model and the optimizer are as they were, and nothing was recorded.") from err
+        stage = "slicing the optimizer's state onto the rebuilt parameters (remap_optimizer)"
         try:
             new_params = dict(model.named_parameters())
             for optimizer in optimizers:
                 remap_optimizer(optimizer, old_params, new_params, remap)
             rebuild_s = time.perf_counter() - rebuild_start  # the cut, its numerical check, the optimizer
+            stage = "rewrapping the data-parallel model around the rebuilt one"
             if world.rewrap is not None:
                 world.rewrap()  # a data-parallel wrapper held the old parameters
+            stage = "counting the pruned model's cost"
             after = count_cost(model, example)
             # cumulative from the shapes the model was constructed with, also across fits: a model an
             # earlier fit pruned (or load_pruned rebuilt) carries that plan, and this one comes after it
+            stage = "composing this prune's plan with the model's earlier one"
             prior = self.plan if self.plan is not None else applied_plan(model)
             plan = step_plan if prior is None else prior.then(step_plan, step_plan.input_shape)
+            stage = f"the method {self.method.name!r} in after_rebuild()"
             info = dict(self.method.after_rebuild(model, step_plan) or {})
             if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
+                stage = "timing the pruned model for the latency target"
                 info.update(self._latency_check(model, example, world))
         except BaseException as err:
             restore_modules(snapshot)
@@ -1350,7 +1363,7 @@ class PruningEngine:
             raise RuntimeError(
                 f"the prune at the start of epoch {epoch} failed after the rebuild ({type(err).__name__}: {err}); the "
                 "model and the optimizer were restored exactly as they were before the prune, and nothing was "
-                f"recorded. The method {self.method.name!r} raised it, or the step after the rebuild did.") from err
+                f"recorded. It came from {stage}.") from err
         self.plan = plan
         mark_applied_plan(model, self.plan)
         self.events_done += 1

@@ -982,7 +982,8 @@ def test_a_failure_after_the_rebuild_restores_model_and_optimizer_and_says_so(tm
     model = Lit(SmallResidualCNN(in_channels=3, num_classes=5))
     callback = Pruning(Failing("l20", rho=0.5), target={"macs": 0.5}, schedule=SSR_SCHEDULE, verbose=False)
     trainer = _trainer(tmp_path, [Record(), callback])
-    with pytest.raises(RuntimeError, match="failed after the rebuild .*the validation data went away.*restored exactly"):
+    with pytest.raises(RuntimeError, match="failed after the rebuild .*the validation data went away.*restored exactly"
+                                           ".*It came from the method 'ssr_l20' in after_rebuild"):
         trainer.fit(model, _data())
     assert _same(seen["model"], model.state_dict())
     opt = trainer.optimizers[0]

@@ -7,6 +7,7 @@ which is what carries optimizer state, and any other parameter-shaped state, acr
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import random
@@ -419,18 +420,51 @@ UNSLICEABLE_OPTIMIZERS = tuple(c for c in (getattr(torch.optim, n, None) for n i
 def check_remappable(optimizers: Sequence[torch.optim.Optimizer],
                      cut: Mapping[str, nn.Parameter] | None = None) -> None:
     """Refuse, before training, an optimizer whose state a prune cannot slice onto the smaller
-    tensors: one of :data:`UNSLICEABLE_OPTIMIZERS`, or one of another library whose state, after
-    one step taken on a copy of it with zero gradients, holds a tensor of one of the parameters in
-    ``cut`` (by name: those a prune may replace) that is not shaped like the parameter. Where that
+    tensors: one of :data:`UNSLICEABLE_OPTIMIZERS`, or one of another library whose state (or that
+    of an optimizer it wraps), after one step taken on a copy of it with small random gradients,
+    holds for one of the parameters in ``cut`` (by name: those a prune may replace) a tensor not
+    shaped like the parameter, or a list of tensors. Where that
     copy cannot be made or stepped (a step that needs a closure), the check is left to the
     prune (:func:`remap_optimizer`), as before."""
-    for optimizer in optimizers:
+    for optimizer in (o for outer in optimizers for o in optimizers_within(outer)):
         if isinstance(optimizer, UNSLICEABLE_OPTIMIZERS):
             raise TypeError(f"optimizer {type(optimizer).__name__} keeps state that is not shaped like each parameter "
                             "(factored or flat), which a prune cannot slice onto the smaller tensors: use an optimizer "
                             "whose state is per element (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, RAdam, ...)")
-        if cut and not type(optimizer).__module__.startswith("torch.optim"):
+    for optimizer in optimizers:
+        if cut and any(not type(o).__module__.startswith("torch.optim") for o in optimizers_within(optimizer)):
             _check_state_after_a_step(optimizer, cut)
+
+
+def optimizers_within(optimizer: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """``optimizer`` and the optimizers it wraps (a Lookahead-style wrapper holds its inner
+    optimizer as an attribute, shares its parameter groups, and its inner one keeps the moments):
+    a prune slices the state of each."""
+    found, todo = [], [optimizer]
+    while todo:
+        current = todo.pop()
+        if any(current is o for o in found):
+            continue
+        found.append(current)
+        for value in vars(current).values():  # (an attribute, or a list, tuple or dict of them)
+            held = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            todo.extend(v for v in held if isinstance(v, torch.optim.Optimizer))
+    return found
+
+
+def _is_hooks(attribute: str) -> bool:
+    """Whether an optimizer's attribute holds hooks (``_optimizer_step_pre_hooks``, ...)."""
+    return attribute.startswith("_optimizer_") and attribute.endswith("_hooks")
+
+
+def _tensors_in(value) -> bool:
+    """Whether ``value``, not itself a tensor, holds tensors with dimensions (a list, deque or dict
+    of gradients kept as optimizer state), which a prune cannot slice."""
+    if isinstance(value, Mapping):
+        return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
+        return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value)
+    return False
 
 
 def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str, nn.Parameter]) -> None:
@@ -440,69 +474,82 @@ def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str
         return
     # only the parameters a prune may cut (and their state) are copied: the others map to None
     memo: dict = {}
+    holders = optimizers_within(optimizer)
     for group in optimizer.param_groups:
         for p in group["params"]:
             if id(p) not in name_of:
                 memo[id(p)] = None
-                memo.update((id(v), None) for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v))
+                memo.update((id(v), None) for h in holders for v in h.state.get(p, {}).values() if torch.is_tensor(v))
     devices = sorted({p.device.index for p in originals if p.device.type == "cuda" and p.device.index is not None})
     python = random.getstate()
     try:  # (an optimizer that draws noise in step() leaves the run's random streams as they were)
         with torch.random.fork_rng(devices=devices):
-            probe = copy.deepcopy(optimizer, memo)
-            for group in probe.param_groups:
-                group["params"] = [p for p in group["params"] if p is not None]
-            probe.state.pop(None, None)
+            # (its attributes too: torch's own copy of an optimizer keeps only its groups and state,
+            # and a wrapper's inner optimizer, or a setting of another library's, would be lost)
+            # (its data only: its hooks and the functions set on it, such as the step Lightning wraps
+            # around the optimizer's own, would run the run's hooks or step the real optimizer)
+            probe = object.__new__(type(optimizer))
+            probe.__dict__.update(copy.deepcopy({k: v for k, v in vars(optimizer).items()
+                                                 if not _is_hooks(k) and not callable(v)}, memo))
+            probe.__dict__.update({k: collections.OrderedDict() for k in vars(optimizer) if _is_hooks(k)})
+            for holder in optimizers_within(probe):
+                for group in holder.param_groups:
+                    group["params"] = [p for p in group["params"] if p is not None]
+                holder.state.pop(None, None)
             copies = [p for group in probe.param_groups for p in group["params"]]
-            with torch.no_grad():
+            with torch.no_grad():  # (small, not zero: some optimizers keep state only for nonzero gradients)
                 for p in copies:
-                    p.grad = torch.zeros_like(p)
+                    p.grad = torch.randn_like(p).mul_(1e-3)
             probe.step()
     except Exception:  # noqa: BLE001 - not probeable here; the prune checks each state it slices
         return
     finally:
         random.setstate(python)
-    for original, p in zip(originals, copies):
-        for key, value in (probe.state.get(p) or {}).items():
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                raise ValueError(_unsliceable_state(optimizer, key, name_of[id(original)], value, p))
+    for holder in optimizers_within(probe):
+        for original, p in zip(originals, copies):
+            for key, value in (holder.state.get(p) or {}).items():
+                if (torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape) or _tensors_in(value):
+                    raise ValueError(_unsliceable_state(holder, key, name_of[id(original)], value, p))
 
 
-def _unsliceable_state(optimizer: torch.optim.Optimizer, key, name: str, value: torch.Tensor,
-                       param: torch.Tensor) -> str:
-    return (f"optimizer {type(optimizer).__name__} keeps state {key!r} of {name} in shape {tuple(value.shape)}, not "
-            f"the parameter's {tuple(param.shape)}: the prune cannot slice it onto the smaller tensor. Use an "
-            "optimizer whose state is per element (SGD, Adam, AdamW, RMSprop, ...)")
+def _unsliceable_state(optimizer: torch.optim.Optimizer, key, name: str, value, param: torch.Tensor) -> str:
+    held = (f"in shape {tuple(value.shape)}, not the parameter's {tuple(param.shape)}" if torch.is_tensor(value) else
+            f"as a {type(value).__name__} of tensors, not one tensor shaped like the parameter "
+            f"{tuple(param.shape)}")
+    return (f"optimizer {type(optimizer).__name__} keeps state {key!r} of {name} {held}: the prune cannot slice it "
+            "onto the smaller tensor. Use an optimizer whose state is per element (SGD, Adam, AdamW, RMSprop, ...)")
 
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, nn.Parameter],
                     new_params: Mapping[str, nn.Parameter], remap: Mapping[str, torch.Tensor]) -> int:
-    """Point ``optimizer`` at the rebuilt parameters, slicing its state to the kept elements.
+    """Point ``optimizer`` (and any optimizer it wraps) at the rebuilt parameters, slicing its
+    state to the kept elements.
 
     State tensors shaped like the old parameter (momentum, Adam moments) are sliced; others
-    (step counters) are kept. Learning rates and param-group options are untouched, so LR
-    schedulers continue. Returns the number of parameters swapped.
+    (step counters) are kept; state the prune cannot slice (another shape, a list of tensors) is
+    refused with a :class:`ValueError` naming it. Learning rates and param-group options are
+    untouched, so LR schedulers continue. Returns the number of parameters swapped.
     """
-    name_of = {id(p): n for n, p in old_params.items()}
-    swapped = 0
-    for group in optimizer.param_groups:
-        for i, p in enumerate(group["params"]):
-            name = name_of.get(id(p))
-            if name is None or new_params.get(name) is None or new_params[name] is p:
-                continue
-            new = new_params[name]
-            state = optimizer.state.pop(p, None)
-            if state:
-                index = remap.get(name)
-                for key, value in state.items():
-                    if torch.is_tensor(value) and value.shape == p.shape and index is not None:
-                        state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone(
-                            memory_format=memory_format_of(value))
-                    elif torch.is_tensor(value) and value.dim() > 0 and index is not None:
-                        raise ValueError(_unsliceable_state(optimizer, key, name, value, p))
-                optimizer.state[new] = state
-            group["params"][i] = new
-            swapped += 1
+    swaps = {id(p): (name, new_params[name]) for name, p in old_params.items()
+             if new_params.get(name) is not None and new_params[name] is not p}
+    holders = optimizers_within(optimizer)
+    for holder in holders:
+        for p in [p for p in holder.state if id(p) in swaps]:
+            name, new = swaps[id(p)]
+            state, index = holder.state.pop(p), remap.get(name)
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and index is not None:
+                    state[key] = value.flatten()[index.flatten().to(value.device)].view(new.shape).clone(
+                        memory_format=memory_format_of(value))
+                elif index is not None and ((torch.is_tensor(value) and value.dim() > 0) or _tensors_in(value)):
+                    raise ValueError(_unsliceable_state(holder, key, name, value, p))
+            holder.state[new] = state
+    swapped = sum(id(p) in swaps for group in optimizer.param_groups for p in group["params"])
+    seen = set()
+    for group in (g for holder in holders for g in holder.param_groups):
+        if id(group) not in seen:  # (a wrapper shares its inner optimizer's groups)
+            seen.add(id(group))
+            group["params"] = [swaps[id(p)][1] if id(p) in swaps else p for p in group["params"]]
     return swapped
 
 

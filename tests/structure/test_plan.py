@@ -1,3 +1,4 @@
+import collections
 import copy
 import io
 import json
@@ -205,6 +206,8 @@ def test_the_set_up_probe_of_another_librarys_optimizer_copies_only_what_a_prune
     torch.manual_seed(0)
     model = SmallResidualCNN()
     opt = NoisyFactored(model.parameters())
+    calls, step = [], opt.step
+    opt.step = lambda closure=None: calls.append(1) or step(closure)  # (Lightning sets a step around the optimizer's)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     torch_state, python_state = torch.get_rng_state(), random.getstate()
     # fc2.weight alone may be cut: its row moment is refused; its bias, a vector, gets none
@@ -213,7 +216,7 @@ def test_the_set_up_probe_of_another_librarys_optimizer_copies_only_what_a_prune
     check_remappable([opt], {"fc2.bias": model.fc2.bias})  # a bias: state shaped like it, or none
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters()) and not opt.state
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters()) and calls == []
 
 
 @pytest.mark.parametrize("make_opt", [
@@ -349,3 +352,136 @@ def test_a_channels_last_model_and_its_optimizer_state_stay_channels_last():
     assert spatial and model.conv_a.out_channels == 6  # pruned: the layout survived a real cut
     assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in spatial)
     assert all(opt.state[p]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last) for p in spatial)
+
+
+class Lookahead(torch.optim.Optimizer):
+    """A Lookahead-style wrapper (as timm's): it shares its inner optimizer's parameter groups, the
+    inner one keeps the moments, and it keeps slow weights of its own."""
+
+    def __init__(self, base, k=2, alpha=0.5):
+        self.base, self.k, self.alpha = base, k, alpha
+        self.param_groups, self.defaults = base.param_groups, base.defaults
+        self.state = collections.defaultdict(dict)
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        (self.base if "base" in vars(self) else self.inner[0]).step()
+        self.steps += 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                slow = self.state[p].setdefault("slow", p.detach().clone())
+                if self.steps % self.k == 0:
+                    slow.add_(p - slow, alpha=self.alpha)
+                    p.copy_(slow)
+
+
+@pytest.mark.parametrize("held", ["attribute", "list"])
+def test_a_wrapping_optimizers_inner_state_is_sliced_too(held):
+    """The inner optimizer's Adam moments were dropped at the prune (its step count started over)
+    and its dense-shaped entries stayed, without a word: only the wrapper's own state was sliced.
+    The wrapper holds it as an attribute, or in a list."""
+    from lightning_ssr.structure.surgery import check_remappable
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = Lookahead(base)
+    if held == "list":
+        opt.inner = [vars(opt).pop("base")]
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    moments = {n: base.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}
+    check_remappable([opt], dict(model.named_parameters()))  # its set-up probe steps a copy, and passes
+    assert opt.steps == 3 and all(torch.equal(base.state[p]["exp_avg"], moments[n])
+                                  for n, p in model.named_parameters())
+    groups = find_channel_groups(model, x)
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    old = dict(model.named_parameters())
+    remap = prune_channels(model, x, kept)
+    assert remap_optimizer(opt, old, dict(model.named_parameters()), remap) == len(remap)
+    params = dict(model.named_parameters())
+    assert set(base.state) == set(opt.state) == set(params.values())
+    for n, p in params.items():
+        index = remap[n].flatten() if n in remap else torch.arange(p.numel())
+        assert torch.equal(base.state[p]["exp_avg"], moments[n].flatten()[index].view(p.shape))
+        assert base.state[p]["step"] == 3 and opt.state[p]["slow"].shape == p.shape
+    opt.step()  # and it steps the small model
+
+
+def test_a_failed_prune_gives_a_wrapping_optimizer_and_its_inner_one_back_as_they_were():
+    from lightning_ssr.engine import _optimizer_snapshot, _restore_optimizer
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    opt = Lookahead(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    before = copy.deepcopy(opt.base.state_dict()), {p: s["slow"].clone() for p, s in opt.state.items()}
+    params = list(model.parameters())
+    saved = _optimizer_snapshot(opt)
+    old = dict(model.named_parameters())
+    remap = prune_channels(model, x, {g.name: [0, 1] for g in find_channel_groups(model, x)})
+    remap_optimizer(opt, old, dict(model.named_parameters()), remap)
+    _restore_optimizer(opt, saved)
+    assert opt.param_groups[0]["params"] == params and list(opt.base.state) == params
+    assert all(torch.equal(opt.state[p]["slow"], slow) for p, slow in before[1].items())
+    restored = opt.base.state_dict()
+    assert all(torch.equal(restored["state"][i][k], before[0]["state"][i][k]) for i in before[0]["state"]
+               for k in before[0]["state"][i])
+
+
+class History(torch.optim.Optimizer):
+    """Another library's optimizer that keeps its last gradients in a deque per parameter, and a
+    row norm only for parameters whose gradient is not zero."""
+
+    def __init__(self, params, keep_rows=False):
+        super().__init__(params, {"lr": 0.01})
+        self.keep_rows = keep_rows
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if self.keep_rows:
+                    if p.dim() > 1 and p.grad.any():
+                        self.state[p]["rownorm"] = p.grad.flatten(1).norm(dim=1)
+                else:
+                    self.state[p].setdefault("history", collections.deque(maxlen=2)).append(p.grad.clone())
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize(("keep_rows", "match"), [
+    (False, r"keeps state 'history' of fc2.weight as a deque of tensors, not one tensor shaped like the parameter"),
+    (True, r"keeps state 'rownorm' of fc2.weight in shape \(5,\), not the parameter's \(5, 16\)"),
+], ids=["deque", "state-only-for-nonzero-gradients"])
+def test_optimizer_state_a_prune_cannot_slice_is_refused_at_set_up(keep_rows, match):
+    """A deque of gradients passed the set-up check and failed in the user's optimizer at the first
+    step after the prune; a state made only for nonzero gradients was not made by the set-up's
+    zero-gradient probe and was refused only at the prune."""
+    from lightning_ssr.structure.surgery import check_remappable
+
+    model = SmallResidualCNN()
+    with pytest.raises(ValueError, match=match):
+        check_remappable([History(model.parameters(), keep_rows)], {"fc2.weight": model.fc2.weight})
+
+
+def test_a_deque_of_state_tensors_is_refused_at_the_prune_too():
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.randn(8, 3, 16, 16)
+    opt = History(model.parameters())
+    nn.functional.cross_entropy(model(x), torch.randint(0, 5, (8,))).backward()
+    opt.step()
+    groups = find_channel_groups(model, x)
+    old = dict(model.named_parameters())
+    remap = prune_channels(model, x, {g.name: list(range(0, g.size, 2)) for g in groups})
+    with pytest.raises(ValueError, match=r"keeps state 'history' of \S+ as a deque of tensors"):
+        remap_optimizer(opt, old, dict(model.named_parameters()), remap)
