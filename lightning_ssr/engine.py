@@ -438,6 +438,9 @@ class PruningEngine:
         # ended, and whether on_before_optimizer_step came in it
         self._open_step: int | None = None
         self._term_added = False
+        # the epoch the last on_batch_start was in, and whether on_epoch_end came after it
+        self._epoch_begun: int | None = None
+        self._epoch_ended = False
 
     # ------------------------------------------------------------ properties
     @property
@@ -481,6 +484,7 @@ class PruningEngine:
         in an earlier training is not held against this one)."""
         self._start_time = time.perf_counter()
         self._open_step = None
+        self._epoch_begun = None  # (a new training's epochs: its first is judged by its own calls)
 
     def on_batch_start(self, model: nn.Module, batch, *, epoch: int, step: int,
                        optimizers: Sequence[torch.optim.Optimizer], world: World = SINGLE,
@@ -500,9 +504,18 @@ class PruningEngine:
                 "engine.on_batch_end(step=...): call it after each optimizer.step(), with the count of steps taken. "
                 f"It makes the periodic update of {self.method.name!r} (every {self.schedule.update_every_n_steps} "
                 "steps while it sparsifies), which is otherwise never made.")
+        if (self._epoch_begun is not None and epoch > self._epoch_begun and not self._epoch_ended and self._started
+                and self.schedule.update_every_n_steps is None and _updates(self.method) and not self.done):
+            raise RuntimeError(
+                f"PruningEngine.on_batch_start: epoch {epoch} began, and epoch {self._epoch_begun} of the sparsify "
+                "phase ended without engine.on_epoch_end(model, epoch=..., step=..., optimizers=..., max_epochs=...): "
+                f"with schedule.update_every_n_steps=None, {self.method.name!r} makes its periodic update there, and "
+                "what it prunes would not be what it learned. Call it after each epoch, as the README's loop does.")
         self._open_step, self._term_added = step, False
         metrics = self._before_batch(model, batch, epoch, step, optimizers, world, steps_per_epoch, evaluate,
                                      schedulers)
+        if epoch != self._epoch_begun:  # (after the batch's set-up: a fresh training starts its own count)
+            self._epoch_begun, self._epoch_ended = epoch, False
         last = self._events[-1]["step"] if self._events else None
         self._scaled_steps.set(optimizers, self.schedule.lr_scale(None if last is None else step - last))
         return metrics
@@ -518,6 +531,8 @@ class PruningEngine:
         if self.done:
             return {}
         self._check_model(model, "on_batch_start")
+        if self._context is None and self.plan is not None:
+            self._check_rebuilt(model)
         if self.fresh and epoch > self.schedule.warmup_epochs:  # (before anything is set up on this model)
             raise ValueError(
                 f"PruningEngine: the loop is at epoch {epoch}, past the schedule's warm-up "
@@ -596,6 +611,7 @@ class PruningEngine:
                 "Call it before each batch, as the README's loop does.")
         if not self.done:
             self._check_model(model, "on_epoch_end")
+        self._epoch_ended = True
         out: dict[str, float] = {}
         if self._started:
             if self.schedule.update_every_n_steps is None:
@@ -617,7 +633,7 @@ class PruningEngine:
                 self._setup_method(model, world, None, self._setup_evaluate)
                 if not self._started:  # (a restored method state is already started)
                     self._start_sparsify()
-            out.update(self._prune(model, epoch, step, optimizers, world))
+            out.update(self._prune(model, epoch + 1, step, optimizers, world))  # (the epoch it was due at the start of)
         return out
 
     def warn(self, message: str, emit: Callable[..., Any] | None = None, until_done: bool = False) -> None:
@@ -657,9 +673,10 @@ class PruningEngine:
                           "NaN or infinity: the training diverged, and this result describes a model whose outputs "
                           "are not finite. Lower the learning rate, or go on from a checkpoint of finite weights.",
                           emit)
-            example = self.example if self.example is not None else torch.zeros(self.plan.input_shape)
-            device = next(model.parameters()).device
-            self.result = self._build_result(count_cost(model, example.to(device)), fit_end=True)
+            # (after a resume without a step, no example was seen: one of the plan's shape, in the model's dtype)
+            ref = next(model.parameters())
+            example = self.example if self.example is not None else torch.zeros(self.plan.input_shape, dtype=ref.dtype)
+            self.result = self._build_result(count_cost(model, example.to(ref.device)), fit_end=True)
         return self.result
 
     # ------------------------------------------------------------- state
@@ -818,6 +835,26 @@ class PruningEngine:
                 "inputs is not supported: "
                 "unpack the batch in training_step and call forward on the tensor), or, where the tensor taken "
                 "from the batch is not the input, pass the input as example_input= (a tensor).") from err
+
+    def _check_rebuilt(self, model: nn.Module) -> None:
+        """A resumed engine whose plan the model was not rebuilt with (a fresh model at its dense
+        shapes, say) is refused before anything changes: its next prune would cut the dense model
+        and record a plan that indexes the saved one's channels."""
+        modules = dict(model.named_modules())
+        wrong = []
+        for root, kept in self.plan.kept.items():
+            module = modules.get(root)
+            width = None if module is None else getattr(module, "out_channels", getattr(module, "out_features", None))
+            if module is None or (isinstance(width, int) and width != len(kept)):
+                wrong.append(f"'{root}' " + ("is not in the model" if module is None else
+                                             f"has {width} output channels, the plan {len(kept)}"))
+        if wrong:
+            raise ValueError(
+                f"PruningEngine.on_batch_start: this engine's state is of a model pruned by {self.events_done} prune "
+                f"event(s), and the model given was not rebuilt with that plan: {some_names(wrong, 3)}. Rebuild a "
+                "freshly constructed model with the saved plan before the loop goes on: "
+                "model = load_pruned(Net(), {'state_dict': saved['model'], 'pruning_plan': saved['engine']['plan']}) "
+                "(README's hand-written loop), or apply_plan(model, engine.plan) from lightning_ssr.")
 
     def _setup_method(self, model: nn.Module, world: World, steps_per_epoch: int | None,
                       evaluate: Callable[[nn.Module], float] | None,

@@ -37,15 +37,18 @@ def _unprefixed(obj):
     return obj[4:] if isinstance(obj, str) and obj.startswith("net.") else obj
 
 
-def _readme_loop(engine, model, optimizer, epochs, first=0, end_before_step=False):
-    """README's hand-written loop over epochs ``first`` to ``epochs`` (4 optimizer steps each), with
-    no engine.start(), as README's; ``end_before_step``: on_batch_end given the count before
-    ``step += 1`` (a mistake a user makes)."""
-    step = first * 4
+def _readme_loop(engine, model, optimizer, epochs, first=0, end_before_step=False, epoch_end=True, batch_size=16):
+    """README's hand-written loop over epochs ``first`` to ``epochs`` (64 // ``batch_size``
+    optimizer steps each), with no engine.start(), as README's; ``end_before_step``: on_batch_end
+    given the count before ``step += 1`` (a mistake a user makes); ``epoch_end=False``: a loop
+    that leaves on_epoch_end out."""
+    steps_per_epoch = 64 // batch_size
+    step = first * steps_per_epoch
     for epoch in range(first, epochs):
         model.train()
-        for x, y in DataLoader(_data(), batch_size=16):
-            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer], steps_per_epoch=4)
+        for x, y in DataLoader(_data(), batch_size=batch_size):
+            engine.on_batch_start(model, x, epoch=epoch, step=step, optimizers=[optimizer],
+                                  steps_per_epoch=steps_per_epoch)
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             engine.on_before_optimizer_step()
@@ -55,8 +58,9 @@ def _readme_loop(engine, model, optimizer, epochs, first=0, end_before_step=Fals
             step += 1
             if not end_before_step:
                 engine.on_batch_end(step=step)
-        engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
-                            max_epochs=engine.schedule.total_epochs)
+        if epoch_end:
+            engine.on_epoch_end(model, epoch=epoch, step=step, optimizers=[optimizer],
+                                max_epochs=engine.schedule.total_epochs)
 
 
 @pytest.mark.parametrize("method,kwargs", [("ssr_l20", {"rho": 0.5}), ("ssr_l21", {"rho": 0.5}), ("l1", {})])
@@ -877,3 +881,105 @@ def test_a_hand_written_loop_resumes_as_readme_says_bit_for_bit(tmp_path, stop_a
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
     dense = sum(p.numel() for p in SmallResidualCNN(in_channels=3, num_classes=5).parameters())
     assert sum(p.numel() for p in resumed.parameters()) < dense  # (pruned: the saved plan rebuilt it)
+
+
+def test_finish_right_after_a_resume_counts_a_float64_model_in_its_dtype():
+    """A resumed engine given finish() with no step between (README's "the training had ended")
+    counted the model on a float32 example: a float64 model failed in its first conv."""
+    from lightning_ssr import load_pruned
+
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=1)
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = PruningEngine("l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    x, y = torch.randn(16, 3, 16, 16, dtype=torch.float64), torch.randint(0, 5, (16,))
+    for step in range(2):
+        engine.on_batch_start(model, x, epoch=0, step=step, optimizers=[optimizer], steps_per_epoch=2)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        engine.on_before_optimizer_step()
+        optimizer.step()
+        engine.on_batch_end(step=step + 1)
+    engine.on_epoch_end(model, epoch=0, step=2, optimizers=[optimizer], max_epochs=1)
+    expected = engine.finish(model)
+    resumed = PruningEngine("l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    resumed.load_state_dict(copy.deepcopy(engine.state_dict()))
+    fresh = SmallResidualCNN(in_channels=3, num_classes=5).double()
+    load_pruned(fresh, {"state_dict": model.state_dict(), "pruning_plan": engine.plan.to_dict()})
+    result = resumed.finish(fresh)
+    assert result.pruned["macs"] == expected.pruned["macs"] and result.plan == expected.plan
+
+
+def test_a_resumed_engine_refuses_a_model_not_rebuilt_with_its_plan():
+    """Resumed into a fresh model at its dense shapes (load_pruned left out), the engine's second
+    prune cut the dense model and recorded a plan indexing the first one's channels, without a
+    word (or failed in the plan's composition, blaming the method)."""
+    from lightning_ssr import load_pruned
+
+    schedule = PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=1)
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = PruningEngine("l1", target={"macs": 0.4}, schedule=schedule, verbose=False)
+    _readme_loop(engine, model, optimizer, 1)
+    assert engine.events_done == 1
+    saved = copy.deepcopy({"engine": engine.state_dict(), "model": model.state_dict()})
+
+    dense = SmallResidualCNN(in_channels=3, num_classes=5)
+    before = copy.deepcopy(dense.state_dict())
+    resumed = PruningEngine("l1", target={"macs": 0.4}, schedule=schedule, verbose=False)
+    resumed.load_state_dict(copy.deepcopy(saved["engine"]))
+    with pytest.raises(ValueError, match=r"this engine's state is of a model pruned by 1 prune event\(s\), and the "
+                                         r"model given was not rebuilt with that plan: '\w+' has \d+ output channels, "
+                                         r"the plan \d+.*load_pruned\(Net\(\)"):
+        _readme_loop(resumed, dense, torch.optim.SGD(dense.parameters(), lr=0.05), 2, first=1)
+    assert all(torch.equal(a, b) for a, b in zip(dense.state_dict().values(), before.values()))
+    assert resumed.events_done == 1 and resumed.plan.to_dict() == saved["engine"]["plan"]
+    # rebuilt with the plan, it goes on and makes the second prune
+    rebuilt = load_pruned(SmallResidualCNN(in_channels=3, num_classes=5),
+                          {"state_dict": saved["model"], "pruning_plan": saved["engine"]["plan"]})
+    _readme_loop(resumed, rebuilt, torch.optim.SGD(rebuilt.parameters(), lr=0.05), 2, first=1)
+    assert resumed.events_done == 2
+
+
+@pytest.mark.parametrize("batch_size", [16, 64], ids=["4-steps", "1-step"])
+def test_a_loop_that_never_calls_on_epoch_end_is_told_at_the_next_epoch(batch_size):
+    """With update_every_n_steps=None, SSR's update comes in on_epoch_end: a loop without it pruned
+    from weights the method never shaped, without a word (with one batch an epoch too, where the
+    first batch's own set-up started the count again)."""
+    schedule = PruningSchedule(warmup_epochs=0, sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=None)
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = PruningEngine("ssr_l20", target={"macs": 0.5}, schedule=schedule, verbose=False)
+    with pytest.raises(RuntimeError, match=r"on_batch_start: epoch 1 began, and epoch 0 of the sparsify phase ended "
+                                           r"without engine.on_epoch_end\(.*update_every_n_steps=None, 'ssr_l20' "
+                                           r"makes its periodic update there"):
+        _readme_loop(engine, model, optimizer, 2, epoch_end=False, batch_size=batch_size)
+    assert engine.events_done == 0 and engine.last_update_step < 0
+
+
+def test_a_loop_without_on_epoch_end_where_it_has_nothing_to_do_is_not_refused():
+    """One-shot pruning and a periodic update by steps make nothing at an epoch's end (but the
+    prune due when the training ends): a loop that leaves it out trains on."""
+    for method, every in (("l1", None), ("ssr_l20", 2)):
+        schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=every,
+                                   stop_early=False)
+        torch.manual_seed(0)
+        model = SmallResidualCNN(in_channels=3, num_classes=5)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        engine = PruningEngine(method, target={"macs": 0.5}, schedule=schedule, verbose=False)
+        _readme_loop(engine, model, optimizer, 2, epoch_end=False)
+        assert engine.events_done == 1, method
+
+
+def test_a_prune_made_as_the_training_ends_is_recorded_at_the_epoch_it_was_due_at_the_start_of():
+    """With no fine-tuning epoch after it, the last prune comes in on_epoch_end and was recorded at
+    the epoch that ended: two events at epoch 0, where the schedule puts them at 0 and 1."""
+    schedule = PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=0)
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    engine = PruningEngine("l1", target={"macs": 0.4}, schedule=schedule, verbose=False)
+    _readme_loop(engine, model, torch.optim.SGD(model.parameters(), lr=0.05), schedule.total_epochs)
+    assert [e["epoch"] for e in engine.events] == [schedule.prune_epoch(k) for k in range(2)] == [0, 1]
