@@ -424,6 +424,10 @@ class Pruning(Callback):
                 "model. Validate the pruned model after the fit (trainer.validate(module, ...)), or fine-tune at "
                 "least one epoch (finetune_epochs >= 1), so that it is validated before it is ranked.",
                 emit=rank_zero_warn)
+        if trainer.fast_dev_run and not self.engine.done and self.verbose:
+            rank_zero_info(f"{type(self).__name__}: fast_dev_run trains one batch: the set-up's dry run prunes and "
+                           "rebuilds a copy of the model (checked numerically), and the prune due at the start of epoch "
+                           f"{self.schedule.prune_epoch(self.engine.events_done)} is not made.")
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
@@ -587,8 +591,9 @@ class Pruning(Callback):
         metrics = engine.on_batch_start(
             pl_module, batch, epoch=trainer.current_epoch, step=trainer.global_step, optimizers=trainer.optimizers,
             world=self._world,
+            # (fast_dev_run's one batch is no epoch: a sparsify phase is not judged by it)
             steps_per_epoch=steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
-            if setting_up else None,
+            if setting_up and not trainer.fast_dev_run else None,
             evaluate=(engine.evaluate or validation_accuracy(trainer, pl_module)) if setting_up else None,
             schedulers=[config.scheduler for config in trainer.lr_scheduler_configs])
         if self.engine.events_done > events:
@@ -635,9 +640,11 @@ class Pruning(Callback):
             due = schedule.prune_epoch(engine.events_done)
             shapes = (f"the shapes of prune event {engine.events_done} of {schedule.prune_events}"
                       if engine.events_done else "its dense shapes (Pruning.result is None)")
+            # (the Trainer's own max_epochs where it is longer than the schedule: the advice does not shorten it)
+            epochs = max(schedule.total_epochs, trainer.max_epochs or 0)
             message = (f"{type(self).__name__}: the fit ended at optimizer step {trainer.global_step}, before the "
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
-                       f"resume from a checkpoint of this fit: Trainer(max_epochs={schedule.total_epochs}, ...)"
+                       f"resume from a checkpoint of this fit: Trainer(max_epochs={epochs}, ...)"
                        ".fit(module, ckpt_path=...).")
             stopped = _fit_stopped_by_early_stopping(trainer)
             if self._short_fit:  # the Trainer's bound was warned of at set-up
@@ -649,8 +656,12 @@ class Pruning(Callback):
                             f"{shapes}. Give the Trainer min_epochs={schedule.min_epochs} (Lightning does not stop "
                             "before it, and EarlyStopping starts over at the prune): in a new fit, or in a resume "
                             f"from a checkpoint of this fit, Trainer(min_epochs={schedule.min_epochs}, max_epochs="
-                            f"{schedule.total_epochs}, ...).fit(module, ckpt_path=...); without it a resume restores "
+                            f"{epochs}, ...).fit(module, ckpt_path=...); without it a resume restores "
                             "EarlyStopping's count, which stops the fit again.", emit=rank_zero_warn, until_done=True)
+            elif trainer.global_step == 0 and (trainer.limit_train_batches == 0 or trainer.num_training_batches == 0):
+                engine.warn(f"{type(self).__name__}: the fit ran no training batch (limit_train_batches=0, or an empty "
+                            f"training loader), so the prune due at the start of epoch {due} was not made: the model "
+                            f"keeps {shapes}.", emit=rank_zero_warn, until_done=True)
             else:
                 engine.warn(message + f" If a callback stopped it, give the Trainer min_epochs={schedule.min_epochs}: "
                                       "Lightning does not stop before it.", emit=rank_zero_warn, until_done=True)

@@ -374,6 +374,28 @@ def _fit_with_bounds(tmp_path, extra=(), verbose=False, schedule=SHORT, **bounds
     return pruning, model, before, mine, [m for m in first.seen if "prune" in m]
 
 
+def test_a_fit_with_no_training_batch_or_a_fast_dev_run_is_told_what_happened(tmp_path, caplog):
+    """limit_train_batches=0 was told to resume "if a callback stopped it"; fast_dev_run skipped the
+    prune without a word, and warned that SSR's one-batch "sparsify phase" would never update."""
+    pl.seed_everything(0)
+    pruning = Pruning("l1", target={"filters": 0.5}, schedule=SHORT, verbose=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [pruning], 5, limit_train_batches=0).fit(TinyClassifier(), loader())
+    warned = [str(w.message) for w in record if "prune" in str(w.message)]
+    assert len(warned) == 1 and "the fit ran no training batch (limit_train_batches=0" in warned[0]
+    assert "callback" not in warned[0] and pruning.plan is None
+    pl.seed_everything(0)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pruning = Pruning("ssr_l20", target={"macs": 0.5}, schedule=SCHEDULE, verbose=True)
+        pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[pruning], enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path).fit(TinyClassifier(), loader())
+    assert not [str(w.message) for w in record if "prune" in str(w.message) or "update" in str(w.message)]
+    assert "fast_dev_run trains one batch: the set-up's dry run prunes and rebuilds a copy" in caplog.text
+    assert pruning.plan is None
+
+
 @pytest.mark.parametrize("bounds", [{"max_epochs": 2}, {"max_steps": 8}, {"max_epochs": 5, "max_steps": 3}],
                          ids=["max_epochs_ends_with_the_epoch_before", "max_steps_one_short", "max_steps"])
 def test_a_trainer_bound_that_ends_before_the_prune_is_warned_of_before_the_first_step(tmp_path, caplog, bounds):
@@ -454,6 +476,12 @@ def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_
     with pytest.warns(UserWarning, match=warned.format(12)):  # the resume the other advice gave: stopped again
         assert fit(ckpt_path=stopped).plan is None
     assert fit(min_epochs=4, ckpt_path=stopped).events_done == 1
+    # a Trainer that trains longer than the schedule is told its own max_epochs, not a shorter one (probe)
+    pl.seed_everything(0)
+    with pytest.warns(UserWarning, match=r"Trainer\(min_epochs=4, max_epochs=6, ...\)"):
+        trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False),
+                           EarlyStopping(monitor="score", mode="max", patience=0)], 6).fit(
+            ScoredClassifier(scores), loader(), loader())
     # a stop in epoch 0 (a threshold: its count at 0, its stopped epoch 0) is EarlyStopping's too (review)
     pl.seed_everything(0)
     early = EarlyStopping(monitor="score", mode="max", stopping_threshold=0.9)
