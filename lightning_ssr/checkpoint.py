@@ -11,8 +11,8 @@ and so does the CLI's ``pruned.pt`` (written by :func:`save_pruned`). Both load 
 from __future__ import annotations
 
 import functools
-import itertools
 import os
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +34,16 @@ from .validation import some_names
 PRUNED_LAYER_ATTR = "_pruning_kept"
 #: on the module a plan was recorded for: the input shape that plan was traced on
 PLAN_INPUT_ATTR = "_pruning_input_shape"
-_marks = itertools.count()  # (a later record of a layer sorts after the earlier ones of others)
+_last_mark = 0
+
+
+def _next_mark() -> int:
+    """A later record of a layer sorts after the earlier ones of others, also when they were made in
+    another process (a model pickled to a worker, pruned there in part): the wall clock in
+    nanoseconds, made strictly increasing within this process."""
+    global _last_mark
+    _last_mark = max(time.time_ns(), _last_mark + 1)
+    return _last_mark
 
 
 def applied_plan(model: nn.Module) -> PruningPlan | None:
@@ -68,7 +77,7 @@ def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
             delattr(module, PRUNED_LAYER_ATTR)
     shape = [int(s) for s in plan.input_shape]
     setattr(model, PLAN_INPUT_ATTR, shape)
-    mark = next(_marks)
+    mark = _next_mark()
     for order, (root, kept) in enumerate(plan.kept.items()):
         setattr(model.get_submodule(root), PRUNED_LAYER_ATTR,
                 {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept],

@@ -692,3 +692,25 @@ def test_the_applied_plan_of_a_module_is_traced_on_its_own_input_whatever_was_pr
     y = torch.randn(2, 12, 12)
     with torch.no_grad():
         assert torch.equal(load_pruned(_Unsqueezing(fresh), tmp_path / "wrapped.pt")(y), wrapped(y))
+
+
+def test_a_plan_lists_the_networks_pruned_apart_in_the_order_they_were_pruned_also_across_processes(monkeypatch):
+    """The records carried a serial count of this process: a network pruned in another (a worker,
+    its model pickled back) sorted by that count beside one pruned here, not by when each was."""
+    from lightning_ssr import checkpoint
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = SmallResidualCNN(), SmallResidualCNN()
+
+    torch.manual_seed(0)
+    x, model = torch.randn(2, 3, 16, 16), Two()
+    for _ in range(3):  # the first process pruned other models before
+        prune_oneshot(SmallResidualCNN(), x, {"macs": 0.5})
+    prune_oneshot(model.a, x, {"macs": 0.5})
+    model = copy.deepcopy(model)  # (as pickled to another process)
+    monkeypatch.setattr(checkpoint, "_last_mark", 0)  # a new process: its own marks start again
+    prune_oneshot(model.b, x, {"macs": 0.5})
+    names = list(applied_plan(model).kept)
+    assert names == [f"a.{n}" for n in applied_plan(model.a).kept] + [f"b.{n}" for n in applied_plan(model.b).kept]
