@@ -424,10 +424,12 @@ class Pruning(Callback):
                 "model. Validate the pruned model after the fit (trainer.validate(module, ...)), or fine-tune at "
                 "least one epoch (finetune_epochs >= 1), so that it is validated before it is ranked.",
                 emit=rank_zero_warn)
-        if trainer.fast_dev_run and not self.engine.done and self.verbose:
-            rank_zero_info(f"{type(self).__name__}: fast_dev_run trains one batch: the set-up's dry run prunes and "
-                           "rebuilds a copy of the model (checked numerically), and the prune due at the start of epoch "
-                           f"{self.schedule.prune_epoch(self.engine.events_done)} is not made.")
+        due = self.schedule.prune_epoch(self.engine.events_done)
+        if trainer.fast_dev_run and not self.engine.done and self.verbose and due > 0:
+            batches = 1 if trainer.fast_dev_run is True else int(trainer.fast_dev_run)
+            rank_zero_info(f"{type(self).__name__}: fast_dev_run trains {batches} batch{'es' if batches > 1 else ''} "
+                           "in one epoch: the set-up's dry run prunes and rebuilds a copy of the model (checked "
+                           f"numerically), and the prune due at the start of epoch {due} is not made.")
         if (not trainer.fast_dev_run and not self.engine.done
                 and not self.schedule.reaches_last_prune(max_epochs=trainer.max_epochs)):
             self._warn_short_fit(f"max_epochs={trainer.max_epochs}", f"max_epochs={self.schedule.total_epochs}")
@@ -640,8 +642,10 @@ class Pruning(Callback):
             due = schedule.prune_epoch(engine.events_done)
             shapes = (f"the shapes of prune event {engine.events_done} of {schedule.prune_events}"
                       if engine.events_done else "its dense shapes (Pruning.result is None)")
-            # (the Trainer's own max_epochs where it is longer than the schedule: the advice does not shorten it)
-            epochs = max(schedule.total_epochs, trainer.max_epochs or 0)
+            # (the Trainer's own max_epochs where it is longer than the schedule, or unbounded (-1, the
+            # fit bounded by max_steps or max_time): the advice does not shorten it)
+            epochs = (-1 if trainer.max_epochs is None or trainer.max_epochs < 0
+                      else max(schedule.total_epochs, trainer.max_epochs))
             message = (f"{type(self).__name__}: the fit ended at optimizer step {trainer.global_step}, before the "
                        f"prune due at the start of epoch {due}: the model keeps {shapes}. To prune and fine-tune it, "
                        f"resume from a checkpoint of this fit: Trainer(max_epochs={epochs}, ...)"

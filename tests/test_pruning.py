@@ -392,8 +392,14 @@ def test_a_fit_with_no_training_batch_or_a_fast_dev_run_is_told_what_happened(tm
         pl.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[pruning], enable_progress_bar=False,
                    enable_model_summary=False, default_root_dir=tmp_path).fit(TinyClassifier(), loader())
     assert not [str(w.message) for w in record if "prune" in str(w.message) or "update" in str(w.message)]
-    assert "fast_dev_run trains one batch: the set-up's dry run prunes and rebuilds a copy" in caplog.text
+    assert "fast_dev_run trains 1 batch in one epoch: the set-up's dry run prunes and rebuilds a copy" in caplog.text
     assert pruning.plan is None
+    caplog.clear()  # a prune due at the start of epoch 0 is made in it, and not said to be skipped (review)
+    with caplog.at_level(logging.INFO):
+        pruning = Pruning("l1", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0), verbose=True)
+        pl.Trainer(fast_dev_run=3, accelerator="cpu", callbacks=[pruning], enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path).fit(TinyClassifier(), loader())
+    assert "Pruning: fast_dev_run" not in caplog.text and pruning.events_done == 1
 
 
 @pytest.mark.parametrize("bounds", [{"max_epochs": 2}, {"max_steps": 8}, {"max_epochs": 5, "max_steps": 3}],
@@ -481,6 +487,12 @@ def test_a_fit_early_stopping_stops_before_the_prune_is_told_to_resume_with_min_
     with pytest.warns(UserWarning, match=r"Trainer\(min_epochs=4, max_epochs=6, ...\)"):
         trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False),
                            EarlyStopping(monitor="score", mode="max", patience=0)], 6).fit(
+            ScoredClassifier(scores), loader(), loader())
+    # nor, where the fit is bounded by steps (max_epochs=-1), a bound in epochs (review)
+    pl.seed_everything(0)
+    with pytest.warns(UserWarning, match=r"Trainer\(min_epochs=4, max_epochs=-1, ...\)"):
+        trainer(tmp_path, [Pruning("l1", target={"filters": 0.5}, schedule=schedule, verbose=False),
+                           EarlyStopping(monitor="score", mode="max", patience=0)], -1, max_steps=100).fit(
             ScoredClassifier(scores), loader(), loader())
     # a stop in epoch 0 (a threshold: its count at 0, its stopped epoch 0) is EarlyStopping's too (review)
     pl.seed_everything(0)

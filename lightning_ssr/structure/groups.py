@@ -244,13 +244,14 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
     layer would be missing. Every parameter is therefore traced as trainable, and its flag given
     back afterwards."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    # trainable layers that run with autograd off inside forward() (a reentrant activation
+    # trainable layers that run only with autograd off inside forward() (a reentrant activation
     # checkpoint runs its function so) are missing from that record: found, and refused by name
+    # (a layer also run so for a side computation, a logged norm say, is in the record: traced)
     off, names = [], {m: n for n, m in model.named_modules()}
 
     def note_autograd_off(module, args):
         if not torch.is_grad_enabled() and module in names:
-            off.append(names[module])
+            off.append(module)
 
     trainable = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     handles = [m.register_forward_pre_hook(note_autograd_off) for m in trainable]
@@ -266,9 +267,10 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
             p.requires_grad_(False)
         for handle in handles:
             handle.remove()
-    if off:
+    missing = [names[m] for m in dict.fromkeys(off) if m not in graph.module2node]
+    if missing:
         raise UnsupportedLayerError(
-            f"layers {some_names(list(dict.fromkeys(off)))} run with autograd off inside forward() (as "
+            f"layers {some_names(missing)} run with autograd off inside forward() (as "
             "torch.utils.checkpoint.checkpoint(..., use_reentrant=True) runs its function, or torch.no_grad()): the "
             "trace reads autograd's record of the forward, where they are missing, so their channels' dependencies "
             "are unknown. Use use_reentrant=False (torch's recommended setting), or checkpoint only while training "
@@ -382,15 +384,15 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
 
 
 def _shared_parameters(model: nn.Module) -> dict[str, list[str]]:
-    """Each name of a parameter that several layers hold (a tied weight), with all its names. One
-    layer reached under several names (``self.backbone = self.model.features``, an alias that
+    """Each name of a parameter that several layers hold, or one layer under two of its own names (a
+    tied weight), with all its names. One layer reached under several names (``self.backbone = self.model.features``, an alias that
     ``BackboneFinetuning`` or a wrapper makes) is no tie: the rebuild cuts the layer once."""
     owners: dict[int, list[str]] = {}
-    holders: dict[int, set[int]] = {}
+    holders: dict[int, set[tuple[int, str]]] = {}  # (the layer, its name for it): an alias counts once
     for prefix, module in model.named_modules(remove_duplicate=False):
-        for name, p in module.named_parameters(recurse=False):
+        for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
             owners.setdefault(id(p), []).append(f"{prefix}.{name}" if prefix else name)
-            holders.setdefault(id(p), set()).add(id(module))
+            holders.setdefault(id(p), set()).add((id(module), name))
     return {n: names for key, names in owners.items() if len(holders[key]) > 1 for n in names}
 
 

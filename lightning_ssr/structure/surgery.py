@@ -452,6 +452,23 @@ def optimizers_within(optimizer: torch.optim.Optimizer) -> list[torch.optim.Opti
     return found
 
 
+def _copy_optimizers(holders: Sequence[torch.optim.Optimizer], memo: dict) -> list[torch.optim.Optimizer]:
+    """Copies of ``holders`` (an optimizer and those it wraps) that share what the originals share.
+    Each takes its original's data (torch's own copy of an optimizer keeps only its groups and state:
+    a wrapper's inner optimizer, or a setting of another library's, would be lost), not its hooks
+    or the functions set on it (the step Lightning or an LR scheduler wraps around the optimizer's
+    own would run the run's hooks or step the real optimizer)."""
+    copies = []
+    for holder in holders:  # (shells first: a wrapper's reference to its inner one finds its copy)
+        memo[id(holder)] = object.__new__(type(holder))
+        copies.append(memo[id(holder)])
+    for holder, made in zip(holders, copies):
+        made.__dict__.update(copy.deepcopy({k: v for k, v in vars(holder).items()
+                                            if not _is_hooks(k) and not callable(v)}, memo))
+        made.__dict__.update({k: collections.OrderedDict() for k in vars(holder) if _is_hooks(k)})
+    return copies
+
+
 def _is_hooks(attribute: str) -> bool:
     """Whether an optimizer's attribute holds hooks (``_optimizer_step_pre_hooks``, ...)."""
     return attribute.startswith("_optimizer_") and attribute.endswith("_hooks")
@@ -486,12 +503,7 @@ def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str
         with torch.random.fork_rng(devices=devices):
             # (its attributes too: torch's own copy of an optimizer keeps only its groups and state,
             # and a wrapper's inner optimizer, or a setting of another library's, would be lost)
-            # (its data only: its hooks and the functions set on it, such as the step Lightning wraps
-            # around the optimizer's own, would run the run's hooks or step the real optimizer)
-            probe = object.__new__(type(optimizer))
-            probe.__dict__.update(copy.deepcopy({k: v for k, v in vars(optimizer).items()
-                                                 if not _is_hooks(k) and not callable(v)}, memo))
-            probe.__dict__.update({k: collections.OrderedDict() for k in vars(optimizer) if _is_hooks(k)})
+            probe = _copy_optimizers(holders, memo)[0]
             for holder in optimizers_within(probe):
                 for group in holder.param_groups:
                     group["params"] = [p for p in group["params"] if p is not None]

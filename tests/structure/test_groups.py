@@ -460,3 +460,16 @@ def test_a_reentrant_activation_checkpoint_is_refused_naming_its_layers_and_the_
     frozen = Checkpointed()  # frozen layers under no autograd are the user's choice: traced as before
     frozen.mid.requires_grad_(False)
     find_channel_groups(frozen, x)
+    # a layer run again with autograd off for a side computation (a logged norm) is traced (review)
+    logged = Checkpointed(use_reentrant=False)
+    logged.forward = lambda x: (torch.no_grad()(lambda: logged.c1(x).norm())(), Checkpointed.forward(logged, x))[1]
+    assert sorted(g.name for g in find_channel_groups(logged, x)) == ["c1", "mid.0", "mid.2"]
+
+
+def test_a_parameter_a_layer_holds_under_two_of_its_names_is_a_tie():
+    """Told apart from one layer under two module names (review): refused by the tie check, not by
+    the rebuild's, which blamed a channel shuffle."""
+    net = TiedBranches()
+    net.c.register_parameter("w_alias", net.c.weight)
+    with pytest.raises(UnsupportedLayerError, match=r"tied parameters .*c.w_alias"):
+        find_channel_groups(net, torch.randn(2, 3, 8, 8), ["b"])
