@@ -1109,20 +1109,23 @@ def train_dense(cfg: DictConfig, dm: pl.LightningDataModule, output_dir: str | o
 
 
 def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output_dir: str | os.PathLike,
-             callback: Pruning | None = None, dense: str | None = None) -> tuple[pl.LightningModule, Pruning | None]:
+             callback: Pruning | None = None, dense: str | None = None, teacher: nn.Module | None = None
+             ) -> tuple[pl.LightningModule, Pruning | None]:
     """Prune a copy of ``net`` with ``callback`` (by default :func:`build_pruning`) during
     ``schedule.total_epochs`` of training (or ``trainer.max_epochs``); ``net`` stays as it is.
 
     With ``pruning=none`` the copy is fine-tuned for the same epochs without pruning. Returns
     the LightningModule (its ``.model`` is the pruned network) and the callback. ``dense``: the
-    path of ``net``'s cache, kept in the checkpoints (:func:`resumed_dense_model`).
+    path of ``net``'s cache, kept in the checkpoints (:func:`resumed_dense_model`). ``teacher``: the
+    network ``module.distill`` distills from, where it is not ``net`` (the transfer recipe's dense
+    fine-tune, where ``net`` holds the source's layers and a new head).
     """
     if callback is None:
         callback = build_pruning(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     lm = build_module(cfg, copy.deepcopy(net), dm)
     if cfg.module.get("distill"):  # distillation from the dense network (ImageClassifier.set_teacher)
-        lm.set_teacher(copy.deepcopy(net))
+        lm.set_teacher(copy.deepcopy(net if teacher is None else teacher))
     fit_to_prune(cfg, lm, dm, output_dir, callback, dense)
     return lm, callback
 

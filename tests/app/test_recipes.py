@@ -38,6 +38,15 @@ def test_freeze_stops_gradients_and_names_what_is_missing():
     freeze(net, ["conv1"])
     assert not any(p.requires_grad for p in net.conv1.parameters())
     assert all(p.requires_grad for p in net.conv2.parameters())
+    # a frozen batch norm normalizes with the source's statistics and keeps them, in training too (probe)
+    net = build_model("resnet20", num_classes=10, in_channels=1)
+    freeze(net, ["layer1"])
+    frozen = {k: v.clone() for k, v in net.layer1.state_dict().items()}
+    trained = {k: v.clone() for k, v in net.layer2.state_dict().items() if "running" in k}
+    net.train()
+    net(torch.randn(8, 1, 28, 28))
+    assert all(torch.equal(v, frozen[k]) for k, v in net.layer1.state_dict().items())
+    assert not all(torch.equal(v, trained[k]) for k, v in net.layer2.state_dict().items() if "running" in k)
     with pytest.raises(ValueError, match=r"'convX'.*its layers"):
         freeze(build_model("lenet5"), ["convX"])
 
@@ -66,6 +75,27 @@ def test_transfer_experiment_end_to_end_reports_dense_and_compressed_fine_tunes(
     assert transfer_summary(result).endswith("; each on part of its test split (trainer.limit_test_batches=2)")
     assert result.pruned["macs"] == pytest.approx(0.1 * result.dense["macs"], rel=0.02)
     assert (tmp_path / "run" / "result.json").is_file()
+
+
+def test_transfer_with_distillation_distills_from_the_dense_fine_tune(tmp_path, monkeypatch):
+    """module.distill failed in the dense fine-tune ("call set_teacher"), after the source model
+    trained; and the compressed run's teacher would have been the source network with its new,
+    untrained head. Its teacher is the dense fine-tune on the target (probe)."""
+    from lightning_ssr.app import stages
+
+    seen = {}
+    compress = stages.compress
+
+    def recording(cfg, net, dm, *args, **kwargs):
+        seen["net"], seen["teacher"] = copy.deepcopy(net), copy.deepcopy(kwargs.get("teacher"))
+        return compress(cfg, net, dm, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "compress", recording)
+    cfg = compose_config(["+experiment=transfer_fmnist_to_mnist", "module.distill=0.5",
+                          f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    result = run(cfg, tmp_path / "run")
+    assert result.status == "ok" and seen["teacher"] is not None
+    assert not torch.equal(seen["teacher"].fc2.weight, seen["net"].fc2.weight)  # the head trained on the target
 
 
 def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_path, monkeypatch):
@@ -114,6 +144,13 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
     ("da_mnist_to_digits", "adaptation.target.image_size=32", r"adaptation\.target\.image_size=28"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=[fc2]", r"holds the network's last nn.Linear 'fc2'.*new head"),
     ("transfer_fmnist_to_mnist", "transfer.freeze=[conv1,conv2,fc1,model.fc2]", r"names \['fc2'\], which holds"),
+    # a source one network cannot read beside the target failed after the source model trained (probe)
+    ("transfer_fmnist_to_mnist", "data@transfer.source=mnist_m", (r"the source MNISTM \(transfer.source\) and the "
+                                                                 r"target MNIST\w* \(data\) have 3- and 1-channel")),
+    ("transfer_fmnist_to_mnist", "transfer.source.image_size=32", (r"images of 32x32 and 28x28.*"
+                                                                  r"transfer.source.image_size=28")),
+    ("transfer_fmnist_to_mnist", "transfer.source.batch_size=0", (r"(?s)^transfer.source: .*batch_size.*full_key: "
+                                                                 r"transfer.source")),
 ])
 def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experiment, override, match):
     """Refused before the source model trains, marked so that the command prints one line, not a
@@ -261,6 +298,9 @@ def test_domain_data_refuses_mismatched_domains_naming_what_differs_and_the_fix(
     with pytest.raises(ValueError, match=r"28x28 and 32x32.*adaptation\.target\.image_size=28"):
         DomainAdaptationData(MNIST(), UCIDigits(image_size=32))
     DomainAdaptationData(MNIST(channels=3), MNISTM())  # conf/data/mnist_rgb.yaml's
+    with pytest.raises(ValueError, match=r"batches of 256 and 128 images: DANN trains on equal source and target "
+                                         r"halves.*adaptation\.target\.batch_size=256"):  # (data.batch_size alone: probe)
+        DomainAdaptationData(MNIST(batch_size=256), UCIDigits())
 
 
 def test_feature_producers_are_the_layers_whose_channels_the_head_reads():
@@ -381,16 +421,16 @@ class _Moons(_InMemoryImages):
 
     num_classes = 2
 
-    def __init__(self, angle=0.0, seed=0, trap_labels=False):
+    def __init__(self, angle=0.0, seed=0, trap_labels=False, points=1500):
         super().__init__(batch_size=32, eval_batch_size=512, image_size=2)
-        self.angle, self.seed, self.trap_labels = angle, seed, trap_labels
+        self.angle, self.seed, self.trap_labels, self.points = angle, seed, trap_labels, points
 
     def _load(self):
         import math
 
         from sklearn.datasets import make_moons
 
-        x, y = make_moons(1500, noise=0.1, random_state=self.seed)
+        x, y = make_moons(self.points, noise=0.1, random_state=self.seed)
         x = torch.tensor(x - x.mean(0), dtype=torch.float32)
         a = math.radians(self.angle)
         x = x @ torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
@@ -453,8 +493,7 @@ def test_dann_adapts_on_the_papers_toy_and_its_domain_classifier_falls_towards_c
 
 
 def test_the_adaptation_data_counts_the_batches_of_its_longer_loader_without_drawing():
-    source, target = _Moons(0, seed=1), _Moons(35, seed=2)
-    target.batch_size = 16  # 1,050 training points each: 33 source batches of 32, 66 target batches of 16
+    source, target = _Moons(0, seed=1), _Moons(35, seed=2, points=3000)  # 33 source batches of 32, 66 target ones
     data = DomainAdaptationData(source, target)
     rng = torch.get_rng_state()
     assert data.train_batches() == 66

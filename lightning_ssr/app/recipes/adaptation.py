@@ -208,6 +208,10 @@ class DomainAdaptationData(pl.LightningDataModule):
                              f"(adaptation.target.image_size={source.image_size}, or data.image_size="
                              f"{target.image_size})")
         self.source, self.target = source, target
+        if source.batch_size != target.batch_size:  # (data.batch_size given alone, say)
+            raise ValueError(f"{pair} have batches of {source.batch_size} and {target.batch_size} images: DANN trains "
+                             "on equal source and target halves of each batch. Give them one size "
+                             f"(adaptation.target.batch_size={source.batch_size})")
         self.num_classes, self.in_channels = source.num_classes, source.in_channels
         self.image_size = source.image_size
         self._target_seed: int | None = None  # the seed of the last unlabeled target loader's order

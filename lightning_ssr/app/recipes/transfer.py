@@ -47,8 +47,15 @@ def new_head(net: nn.Module, num_classes: int) -> str:
     return name
 
 
+def _keep_eval(module: nn.Module, args) -> None:
+    """A frozen norm layer's forward pre-hook: it normalizes with the source's statistics and does
+    not update them, whatever mode the training puts it in."""
+    module.training = False
+
+
 def freeze(net: nn.Module, names) -> list[str]:
-    """Stop the gradients of the named modules (names as in ``net.named_modules()``)."""
+    """Stop the gradients of the named modules (names as in ``net.named_modules()``), and keep
+    their batch norms' running statistics those of the source (used, not updated)."""
     modules = dict(net.named_modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
@@ -57,6 +64,9 @@ def freeze(net: nn.Module, names) -> list[str]:
     for n in names:
         for p in modules[n].parameters():
             p.requires_grad_(False)
+        for m in modules[n].modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_keep_eval)
     return list(names)
 
 
@@ -76,6 +86,27 @@ def _source_config(cfg: DictConfig) -> DictConfig:
     source = copy.deepcopy(cfg)
     with open_dict(source):
         source.data = cfg.transfer.source  # (dense.epochs: the dense network is the one trained on the source)
+    return source
+
+
+def _source_data(source_cfg: DictConfig, target: pl.LightningDataModule) -> pl.LightningDataModule:
+    """The source's data module, refused before anything trains where its settings are wrong (named
+    as transfer.source's) or where one network cannot read both the source's images and the
+    target's: it would fail in the target's fine-tune, after the source model trained."""
+    try:
+        source = stages.build_data(source_cfg)
+    except Exception as err:  # (said again as the setting it is)
+        raise ValueError(f"transfer.source: {err}".replace("full_key: data", "full_key: transfer.source")) from err
+    pair = f"the source {type(source).__name__} (transfer.source) and the target {type(target).__name__} (data)"
+    if source.in_channels != target.in_channels:
+        raise ValueError(f"{pair} have {source.in_channels}- and {target.in_channels}-channel images: the network "
+                         "trained on the source is fine-tuned on the target. Serve the grey ones in colour (channels=3, "
+                         "as conf/data/mnist_rgb.yaml does), or choose a pair of the same channels")
+    if source.image_size != target.image_size:
+        raise ValueError(f"{pair} have images of {source.image_size}x{source.image_size} and "
+                         f"{target.image_size}x{target.image_size}: the network trained on the source is fine-tuned on "
+                         f"the target. Give them one size (transfer.source.image_size={target.image_size}, or "
+                         f"data.image_size={source.image_size})")
     return source
 
 
@@ -112,9 +143,9 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         if callback is not None and cfg.ckpt_path is None:  # (the compressed fine-tune trains on dm's batches)
             stages.check_update_interval(cfg, callback, dm)
         source_cfg = _source_config(cfg)
+        source_dm = _source_data(source_cfg, dm)
         # a resume goes on from the source model its run started from (gone: refused now)
         resumed_source = stages.resumed_dense_model(cfg, keyed=source_cfg)
-    source_dm = stages.build_data(source_cfg)
     source_net, source_info = stages.train_dense(source_cfg, source_dm, output_dir / "source", resumed_source,
                                                  what=f"the source model (on {type(source_dm).__name__})")
     source_accuracy = stages.accuracy(source_cfg, source_net, source_dm)["accuracy"]
@@ -127,7 +158,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     # the dense fine-tune: the same start and epochs, no pruning
     t = time.perf_counter()
     epochs = cfg.trainer.max_epochs or stages.build_schedule(cfg).total_epochs
-    reference = stages.build_module(cfg, copy.deepcopy(net), dm)
+    # (without distillation: the dense fine-tune is the teacher of the compressed one, where one is asked for)
+    reference = stages.build_module(cfg, copy.deepcopy(net), dm, **{"distill": 0.0} if "distill" in cfg.module else {})
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=False, enable_checkpointing=False,
                           default_root_dir=str(output_dir / "dense_finetune"), callbacks=stages.weight_averaging(cfg))
@@ -140,7 +172,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
     with warnings.catch_warnings():
         if frozen and cfg.transfer.prune_frozen:  # (asked for: not warned of)
             warnings.filterwarnings("ignore", message=FROZEN_LAYERS_CUT)
-        lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"])
+        lm, callback = stages.compress(cfg, net, dm, output_dir, callback, source_info["cache"]["path"],
+                                       teacher=reference.model)
     if frozen and cfg.transfer.prune_frozen and callback is not None:
         stages.reword_warnings(callback, FROZEN_LAYERS_CUT, None)
     compress_s = time.perf_counter() - t
