@@ -298,6 +298,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     output_dir = Path(output_dir)
     given, cfg = cfg, copy.deepcopy(cfg)  # (the features' producers join the copy's ignored_layers)
     a = cfg.adaptation
+    said = []  # warnings of the set-up, kept in result.json's warnings too
     with stages.before_training():
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
@@ -309,10 +310,10 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
                 a.target.get(k) == cfg.data.get(k) for k in ("_target_", "root", "channels")):
             names = type(source_dm).__name__ + ("" if type(target_dm) is type(source_dm) else
                                                 f" and {type(target_dm).__name__}, both {domain}")
-            warnings.warn(f"adaptation.target is the source's data set ({names}): the two domains "
-                          "are the same images, so there is no shift to adapt to, and the recipe compares its "
-                          "trainings on one domain. Choose another target (e.g. data@adaptation.target=mnist_m)",
-                          stacklevel=2)
+            said.append(f"adaptation.target is the source's data set ({names}): the two domains "
+                        "are the same images, so there is no shift to adapt to, and the recipe compares its "
+                        "trainings on one domain. Choose another target (e.g. data@adaptation.target=mnist_m)")
+            warnings.warn(said[-1], stacklevel=2)
         kept_whole = feature_producers(cfg, source_dm) if stages.pruning_enabled(cfg) else []
         if kept_whole:
             with open_dict(cfg):
@@ -394,6 +395,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     # as given, so that a sweep run again finds this run finished (the layers kept whole are recorded above)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
     result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s)
+    result.warnings = [*said, *(w for w in result.warnings if w not in said)]
     return result
 
 
