@@ -149,8 +149,8 @@ def test_frozen_layers_are_not_pruned_unless_asked(tmp_path):
                                                                  r"target MNIST\w* \(data\) have 3- and 1-channel")),
     ("transfer_fmnist_to_mnist", "transfer.source.image_size=32", (r"images of 32x32 and 28x28.*"
                                                                   r"transfer.source.image_size=28")),
-    ("transfer_fmnist_to_mnist", "transfer.source.batch_size=0", (r"(?s)^transfer.source: .*batch_size.*full_key: "
-                                                                 r"transfer.source")),
+    ("transfer_fmnist_to_mnist", "transfer.source.batch_size=0", (r"(?s)^transfer.source: .*transfer.source: "
+                                                                  r"batch_size.*full_key: transfer.source$")),
 ])
 def test_bad_recipe_settings_fail_before_training_in_one_line(tmp_path, experiment, override, match):
     """Refused before the source model trains, marked so that the command prints one line, not a
@@ -383,6 +383,15 @@ def test_a_target_that_is_the_source_data_set_is_warned_of_before_training(tmp_p
     # and kept where the run's record is read later: result.json's warnings (only the console had it: probe)
     assert [w for w in result.warnings if w.startswith("adaptation.target is the source's data set")]
     monkeypatch.setattr(stages, "train_dense", trained)
+    # data.batch_size given alone: the target's batches follow it, said (DANN's halves are equal: review)
+    seen = {}
+    monkeypatch.setattr(stages, "resumed_dense_model", lambda cfg, **kw: seen.setdefault("cfg", cfg) and None)
+    bigger = compose_config(["+experiment=da_mnist_to_digits", "data.batch_size=32",
+                             f"dense.cache_dir={tmp_path / 'dense'}", *TINY])
+    with pytest.warns(UserWarning, match=r"adaptation.target.batch_size=64 follows data.batch_size=32: DANN trains "
+                      r"on equal"), pytest.raises(RuntimeError, match="no training in this test"):
+        run(bigger, tmp_path / "bigger")
+    assert seen["cfg"].adaptation.target.batch_size == 32
     # the full MNIST beside its 10k digits: another config, the same domain (it passed: probe)
     subset = compose_config(["+experiment=da_mnist_to_digits", "data@adaptation.target=mnist",
                              f"dense.cache_dir={tmp_path / 'dense'}", *TINY])

@@ -303,6 +303,12 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         if a.target is None or "_target_" not in a.target:
             raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
         check_flag("adaptation.ceiling", a.get("ceiling", False))
+        if a.target.get("batch_size") != cfg.data.get("batch_size"):  # (data.batch_size given alone, say)
+            said.append(f"adaptation.target.batch_size={a.target.get('batch_size')} follows data.batch_size="
+                        f"{cfg.data.get('batch_size')}: DANN trains on equal source and target halves of each batch")
+            warnings.warn(said[-1], stacklevel=2)
+            with open_dict(a.target):
+                a.target.batch_size = cfg.data.get("batch_size")
         target_dm, source_dm = instantiate(a.target), stages.build_data(cfg)
         DomainAdaptationData(source_dm, target_dm)  # domains a network cannot read both of fail here
         domain = getattr(source_dm, "domain", None)  # (MNIST and its 10k subset, or its 3-channel copy: one domain)

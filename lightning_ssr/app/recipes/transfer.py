@@ -22,11 +22,13 @@ the frozen layers.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
@@ -95,8 +97,9 @@ def _source_data(source_cfg: DictConfig, target: pl.LightningDataModule) -> pl.L
     target's: it would fail in the target's fine-tune, after the source model trained."""
     try:
         source = stages.build_data(source_cfg)
-    except Exception as err:  # (said again as the setting it is)
-        raise ValueError(f"transfer.source: {err}".replace("full_key: data", "full_key: transfer.source")) from err
+    except InstantiationException as err:  # (a bad setting: said again as the setting it is)
+        said = re.sub(r"\bdata\b(?=[.:]|$)", "transfer.source", str(err), flags=re.MULTILINE)
+        raise ValueError(f"transfer.source: {said}") from err
     pair = f"the source {type(source).__name__} (transfer.source) and the target {type(target).__name__} (data)"
     if source.in_channels != target.in_channels:
         raise ValueError(f"{pair} have {source.in_channels}- and {target.in_channels}-channel images: the network "
