@@ -446,10 +446,25 @@ def optimizers_within(optimizer: torch.optim.Optimizer) -> list[torch.optim.Opti
         if any(current is o for o in found):
             continue
         found.append(current)
-        for value in vars(current).values():  # (an attribute, or a list, tuple or dict of them)
-            held = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-            todo.extend(v for v in held if isinstance(v, torch.optim.Optimizer))
+        todo.extend(_optimizers_in(list(vars(current).values()), set()))
     return found
+
+
+def _optimizers_in(values: list, seen: set[int]) -> list[torch.optim.Optimizer]:
+    """The optimizers among ``values`` and in the lists, tuples and dicts they hold, at any depth
+    (an optimizer's own state and groups, which hold none, are not walked)."""
+    out = []
+    for value in values:
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.optim.Optimizer):
+            out.append(value)
+        elif isinstance(value, dict) and not isinstance(value, collections.defaultdict):
+            out.extend(_optimizers_in(list(value.values()), seen))
+        elif isinstance(value, (list, tuple)):
+            out.extend(_optimizers_in(list(value), seen))
+    return out
 
 
 def _copy_optimizers(holders: Sequence[torch.optim.Optimizer], memo: dict) -> list[torch.optim.Optimizer]:

@@ -367,7 +367,8 @@ class Lookahead(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        (self.base if "base" in vars(self) else self.inner[0]).step()
+        held = vars(self)
+        (held["base"] if "base" in held else held["inner"][0] if "inner" in held else held["held"]["fast"][0]).step()
         self.steps += 1
         for group in self.param_groups:
             for p in group["params"]:
@@ -377,11 +378,11 @@ class Lookahead(torch.optim.Optimizer):
                     p.copy_(slow)
 
 
-@pytest.mark.parametrize("held", ["attribute", "list"])
+@pytest.mark.parametrize("held", ["attribute", "list", "nested"])
 def test_a_wrapping_optimizers_inner_state_is_sliced_too(held):
     """The inner optimizer's Adam moments were dropped at the prune (its step count started over)
     and its dense-shaped entries stayed, without a word: only the wrapper's own state was sliced.
-    The wrapper holds it as an attribute, or in a list."""
+    The wrapper holds it as an attribute, in a list, or deeper (a dict of lists)."""
     from lightning_ssr.structure.surgery import check_remappable
 
     torch.manual_seed(0)
@@ -391,6 +392,8 @@ def test_a_wrapping_optimizers_inner_state_is_sliced_too(held):
     opt = Lookahead(base)
     if held == "list":
         opt.inner = [vars(opt).pop("base")]
+    if held == "nested":  # (a dict of lists: review)
+        opt.held = {"fast": [vars(opt).pop("base")]}
     for _ in range(3):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
