@@ -1426,7 +1426,9 @@ class PruningEngine:
         if self.verbose and world.rank == 0:
             world.info(f"Pruning: pruned at the start of epoch {epoch} (event {self.events_done} of "
                        f"{self.schedule.prune_events})\n" + format_layer_table(layer_rows(before, after), before, after))
-        return {"macs": float(after.macs), "params": float(after.params)}
+        # (and each group's width: SSR's filters/<layer> held the sparsify phase's last support, read as the final)
+        return {"macs": float(after.macs), "params": float(after.params),
+                **{f"filters/{g.name}": float(masks[g.name].sum()) for g in ctx.groups}}
 
     def _latency_check(self, model: nn.Module, example: torch.Tensor, world: World) -> dict:
         """A latency target, after the last prune: the pruned model timed, beside what was asked and

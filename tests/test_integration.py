@@ -70,6 +70,10 @@ def test_works_with_lightnings_callbacks_and_loggers(tmp_path):
     # the logged size after the rebuild is the pruned model's
     macs = [float(row["pruning/macs"]) for row in rows if row.get("pruning/macs")]
     assert macs and macs[-1] == ssr.result.pruned["macs"]
+    # and so is each layer's last logged width (it held the sparsify phase's support: probe)
+    widths = [float(row["pruning/filters/the_network_itself.conv_a"]) for row in rows
+              if row.get("pruning/filters/the_network_itself.conv_a")]
+    assert widths[-1] == model.the_network_itself.conv_a.out_channels
     # the last checkpoint carries the plan and reloads into a fresh module
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert last[PLAN_CHECKPOINT_KEY] == ssr.plan.to_dict()
