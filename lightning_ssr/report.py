@@ -132,6 +132,7 @@ class PruningResult:
         if version != RESULT_SCHEMA_VERSION:
             raise ValueError(f"result schema_version {version!r} is not supported (this version reads "
                              f"{RESULT_SCHEMA_VERSION})")
+        _check_fields(data)
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -202,6 +203,28 @@ class PruningResult:
                             "target)"
                             if isinstance(end, (int, float)) else ""))
         return "\n".join(lines)
+
+
+RESULT_STATUSES = ("ok", "failed", "interrupted", "running")
+
+
+def _check_fields(data: Mapping) -> None:
+    """What a result's figures are read as, checked where it is read (a result.json edited by hand
+    made the sweep's report fail with a TypeError naming no file, or said "not pruned" of a run
+    whose dense figures were gone)."""
+    missing = [k for k in ("method", "dense", "pruned") if k not in data]
+    if missing:
+        raise ValueError(f"it holds no {', '.join(missing)} (a result.json holds method, dense, pruned, ...)")
+    if data.get("status", "ok") not in RESULT_STATUSES:
+        raise ValueError(f"status {data.get('status')!r} is not one of {', '.join(RESULT_STATUSES)}")
+    for side in ("dense", "pruned"):
+        figures = data[side]
+        if not isinstance(figures, Mapping):
+            raise ValueError(f"{side} is a {type(figures).__name__}, not a mapping of figures")  # noqa: TRY004 - (an unreadable file: callers catch ValueError)
+        for key in ("macs", "params", "accuracy", "val_accuracy"):
+            value = figures.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{side}.{key} is {value!r}, not a number")
 
 
 def _ratio(a, b) -> float | None:

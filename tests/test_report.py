@@ -65,6 +65,16 @@ def test_unreadable_or_foreign_results_are_refused(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"list.json': not a pruning result: a JSON list"):
         PruningResult.load(tmp_path / "list.json")
+    # edited by hand: figures that are no numbers, no dense figures, an unknown status (probe)
+    for edit, match in ((lambda d: d["pruned"].update(accuracy="high"), r"pruned.accuracy is 'high', not a number"),
+                        (lambda d: d.pop("dense"), r"it holds no dense"),
+                        (lambda d: d.update(status="weird"), r"status 'weird' is not one of ok, failed"),
+                        (lambda d: d.update(dense=[1]), r"dense is a list, not a mapping")):
+        data = _result().to_dict()
+        edit(data)
+        (tmp_path / "edited.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=r"edited.json': " + match):
+            PruningResult.load(tmp_path / "edited.json")
     torch.save({"state_dict": {"w": torch.ones(3)}}, tmp_path / "pruned.pt")  # (a UnicodeDecodeError: probe)
     with pytest.raises(ValueError, match=r"pruned.pt' is unreadable: it is not text \(a checkpoint\?\); give the "
                                          r"run's result.json"):

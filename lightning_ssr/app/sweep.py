@@ -482,8 +482,9 @@ def _pm(mean, std, runs: int, digits=2):
 def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str,
                    missing: Sequence[dict] = (), strays: Sequence[dict] = (),
                    sweep_dir: str | Path | None = None) -> Path:
+    # (of the runs whose accuracy was measured: a failed run's None is no limit of its own: probe)
     limits = {((r["result"].get("pruned") or {}).get("evaluation_limits") or {}).get("limit_test_batches")
-              for r in runs if r.get("result")}
+              for r in runs if r.get("result") and (r["result"].get("pruned") or {}).get("accuracy") is not None}
     split = ("the test split" if limits <= {None} else part_of_test_split(limits.pop()) if len(limits) == 1 else
              "the test split, or part of it (trainer.limit_test_batches differs between runs)")
     lines = [f"# {title}", "", (f"{count_runs(sum(r['runs'] for r in rows))} finished, "

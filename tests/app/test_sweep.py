@@ -708,6 +708,9 @@ def test_the_report_says_where_its_runs_were_evaluated_on_part_of_the_test_split
         data["pruned"]["evaluation_limits"] = {"limit_test_batches": 2}
         path.write_text(json.dumps(data))
     assert "accuracy on part of the test split (trainer.limit_test_batches=2);" in header()
+    # a failed run, measured nowhere, is no other limit (it said "differs between runs": probe)
+    _result(tmp_path, "2", "l1", 0.5, 1, None, status="failed", error="RuntimeError: boom")
+    assert "accuracy on part of the test split (trainer.limit_test_batches=2);" in header()
     data["pruned"]["evaluation_limits"] = {"limit_test_batches": 5}
     path.write_text(json.dumps(data))
     assert "accuracy on the test split, or part of it (trainer.limit_test_batches differs between runs);" in header()
