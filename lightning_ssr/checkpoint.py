@@ -414,11 +414,16 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = 
     state_dict = checkpoint.get("state_dict")
     strict = getattr(module, "strict_loading", True) if strict is None else strict
     if data is not None:
-        plan = PruningPlan.from_dict(data)
-        current = applied_plan(module)
-        snapshot = None if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes) else \
-            snapshot_modules(module)  # (a module at this plan already is left alone: nothing to undo)
-        rebuild_to(module, plan)
+        try:  # (the file named: a plan of another network said which layer, not where it came from)
+            plan = PruningPlan.from_dict(data)
+            current = applied_plan(module)
+            snapshot = None if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes) \
+                else snapshot_modules(module)  # (a module at this plan already is left alone: nothing to undo)
+            rebuild_to(module, plan)
+        except PlanMismatchError as err:
+            if source in str(err):
+                raise
+            raise PlanMismatchError(f"{source}: {err}") from err
         mismatch = weights_mismatch(module, state_dict, source, planned=True, strict=strict) if state_dict else None
         if mismatch is not None:
             if snapshot is not None:

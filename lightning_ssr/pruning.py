@@ -529,6 +529,8 @@ class Pruning(Callback):
             if state is not None:
                 self.engine.resolve_ignored(module)
                 self.engine.check_settings(state.get("settings"), state.get("events_done"))
+            elif self._fitting():  # none of this callback's state, past warm-up: refused before the weights load
+                self.check_resume(checkpoint)
             apply_checkpoint_plan(module, checkpoint, source=restored_from(self._trainer))
             restart_averages(self._trainer, module, restart=False)  # the average loads the checkpoint's after this
 

@@ -403,6 +403,13 @@ def test_resuming_fit_from_a_checkpoint_of_another_architecture_is_refused(prune
     cb = SSRPruning(schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1))
     with pytest.raises(PlanMismatchError, match="another architecture"):
         trainer(tmp_path, [cb], 3).fit(OtherNet(), loader(), ckpt_path=path)
+    # the plan's refusal names the file on every path (the mixin's and test(ckpt_path=...) did not: probe)
+    other = OtherNet()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(PlanMismatchError, match=rf"{re.escape(str(path))}: the pruning plan .*another "
+                                                r"architecture"):
+        apply_checkpoint_plan(other, torch.load(path, weights_only=True), source=f"ckpt_path={path}")
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
 def test_two_optimizers_are_refused_with_a_clear_error(tmp_path):
