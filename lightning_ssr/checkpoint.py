@@ -487,6 +487,11 @@ class PrunedCheckpointMixin:
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except (RuntimeError, OSError, EOFError, KeyError) as err:
+            if isinstance(err, KeyError) and err.args == ("pytorch-lightning_version",):  # (save_pruned's file)
+                raise CheckpointReadError(
+                    f"{str(checkpoint_path)!r} is not a Lightning checkpoint (it holds no 'pytorch-lightning_version': "
+                    f"save_pruned or torch.save wrote it): load it with lightning_ssr.load_pruned({cls.__name__}(...), "
+                    f"{str(checkpoint_path)!r}), which reads both") from err
             reason = None if isinstance(err, CheckpointReadError) else failed_load_reason(checkpoint_path)
             if reason is None:
                 raise

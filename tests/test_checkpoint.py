@@ -277,6 +277,14 @@ def test_the_mixin_keeps_lightnings_refusal_of_an_instance_call_and_loads_a_lega
     model = LitNet.load_from_checkpoint(legacy, weights_only=False).eval()
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+    # save_pruned's file is no Lightning checkpoint: said so, with the call that reads it (a bare
+    # KeyError 'pytorch-lightning_version' before: probe); and that call does
+    save_pruned(model, tmp_path / "pruned.pt", applied_plan(model))
+    with pytest.raises(CheckpointReadError, match=r"pruned.pt' is not a Lightning checkpoint .*save_pruned or "
+                                                  r"torch.save wrote it\): load it with lightning_ssr.load_pruned\(LitNet"):
+        LitNet.load_from_checkpoint(tmp_path / "pruned.pt")
+    with torch.no_grad():
+        assert torch.equal(load_pruned(LitNet(), tmp_path / "pruned.pt").eval()(x), expected)
 
 
 def test_save_pruned_round_trips(tmp_path):
