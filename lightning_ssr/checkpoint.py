@@ -421,8 +421,6 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = 
                 else snapshot_modules(module)  # (a module at this plan already is left alone: nothing to undo)
             rebuild_to(module, plan)
         except PlanMismatchError as err:
-            if source in str(err):
-                raise
             raise PlanMismatchError(f"{source}: {err}") from err
         mismatch = weights_mismatch(module, state_dict, source, planned=True, strict=strict) if state_dict else None
         if mismatch is not None:

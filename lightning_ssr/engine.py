@@ -284,12 +284,12 @@ def _other_rng_kept():
 def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> list[dict]:
     """What a rebuild changes in an optimizer and in any it wraps: each group's parameter list and
     the state (copied)."""
+    holders = optimizers_within(optimizer)
     copied: dict[int, dict] = {}  # (a wrapper may share its inner optimizer's state: copied once)
-    for o in optimizers_within(optimizer):
+    for o in holders:
         if id(o.state) not in copied:
             copied[id(o.state)] = {p: copy.deepcopy(s) for p, s in o.state.items()}
-    return [{"params": [list(g["params"]) for g in o.param_groups], "state": copied[id(o.state)]}
-            for o in optimizers_within(optimizer)]
+    return [{"params": [list(g["params"]) for g in o.param_groups], "state": copied[id(o.state)]} for o in holders]
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Sequence[Mapping]) -> None:
@@ -633,7 +633,8 @@ class PruningEngine:
                 self._setup_method(model, world, None, self._setup_evaluate)
                 if not self._started:  # (a restored method state is already started)
                     self._start_sparsify()
-            out.update(self._prune(model, epoch + 1, step, optimizers, world))  # (the epoch it was due at the start of)
+            # (recorded at the epoch it was due at the start of, not the one that ended)
+            out.update(self._prune(model, epoch + 1, step, optimizers, world))
         return out
 
     def warn(self, message: str, emit: Callable[..., Any] | None = None, until_done: bool = False) -> None:

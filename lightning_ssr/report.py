@@ -220,7 +220,8 @@ def _check_fields(data: Mapping) -> None:
     for side in ("dense", "pruned"):
         figures = data[side]
         if not isinstance(figures, Mapping):
-            raise ValueError(f"{side} is a {type(figures).__name__}, not a mapping of figures")  # noqa: TRY004 - (an unreadable file: callers catch ValueError)
+            # (a ValueError, as every unreadable result: callers catch that)
+            raise ValueError(f"{side} is a {type(figures).__name__}, not a mapping of figures")  # noqa: TRY004
         for key in ("macs", "params", "accuracy", "val_accuracy"):
             value = figures.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):

@@ -92,7 +92,8 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     plan = plan_from_support(example_inputs.shape, masks, groups)
     prior = applied_plan(model)  # (a model pruned before: the record covers both prunes)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
-    mark_applied_plan(model, plan if prior is None else prior.then(plan, plan.input_shape))  # (a checkpoint of it keeps the plan)
+    # (a checkpoint of it keeps the plan)
+    mark_applied_plan(model, plan if prior is None else prior.then(plan, plan.input_shape))
     return plan
 
 

@@ -385,8 +385,9 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
 
 def _shared_parameters(model: nn.Module) -> dict[str, list[str]]:
     """Each name of a parameter that several layers hold, or one layer under two of its own names (a
-    tied weight), with all its names. One layer reached under several names (``self.backbone = self.model.features``, an alias that
-    ``BackboneFinetuning`` or a wrapper makes) is no tie: the rebuild cuts the layer once."""
+    tied weight), with all its names. One layer reached under several names (``self.backbone =
+    self.model.features``, an alias that ``BackboneFinetuning`` or a wrapper makes) is no tie: the
+    rebuild cuts the layer once."""
     owners: dict[int, list[str]] = {}
     holders: dict[int, set[tuple[int, str]]] = {}  # (the layer, its name for it): an alias counts once
     for prefix, module in model.named_modules(remove_duplicate=False):

@@ -494,7 +494,7 @@ def _tensors_in(value) -> bool:
     of gradients kept as optimizer state), which a prune cannot slice."""
     if isinstance(value, Mapping):
         return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)) or type(value).__name__ == "deque":
+    if isinstance(value, (list, tuple, set, frozenset, collections.deque)):
         return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value)
     return False
 
@@ -518,8 +518,9 @@ def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str
         with torch.random.fork_rng(devices=devices):
             # (its attributes too: torch's own copy of an optimizer keeps only its groups and state,
             # and a wrapper's inner optimizer, or a setting of another library's, would be lost)
-            probe = _copy_optimizers(holders, memo)[0]
-            for holder in optimizers_within(probe):
+            copied = _copy_optimizers(holders, memo)
+            probe = copied[0]
+            for holder in copied:
                 for group in holder.param_groups:
                     group["params"] = [p for p in group["params"] if p is not None]
                 holder.state.pop(None, None)
@@ -532,7 +533,7 @@ def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str
         return
     finally:
         random.setstate(python)
-    for holder in optimizers_within(probe):
+    for holder in copied:
         for original, p in zip(originals, copies):
             for key, value in (holder.state.get(p) or {}).items():
                 if (torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape) or _tensors_in(value):
