@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -9,9 +11,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checkpoint import PrunedCheckpointMixin
+from ..checkpoint import CheckpointReadError, PrunedCheckpointMixin
 from ..schedule import end_cosines
 from ..validation import check_flag, check_number
+
+#: the checkpoint key of the teacher's weights (a distilled run): a resume distills from the teacher
+#: its run started with, also where the network given to :meth:`ImageClassifier.set_teacher` differs
+TEACHER_CHECKPOINT_KEY = "lightning_ssr_teacher"
 
 
 class ImageClassifier(PrunedCheckpointMixin, pl.LightningModule):
@@ -40,14 +46,49 @@ class ImageClassifier(PrunedCheckpointMixin, pl.LightningModule):
         self.model = model
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        #: set by a resume whose checkpoint's teacher differs from the one given: what it did
+        self.teacher_restored: str | None = None
 
     def set_teacher(self, teacher: nn.Module) -> None:
         """The network whose outputs ``distill`` pulls towards: frozen, in eval mode, and kept out
-        of this module's parameters and state dict (checkpoints hold the student only)."""
+        of this module's parameters and state dict. A distilled run's checkpoints hold its weights
+        apart (``TEACHER_CHECKPOINT_KEY``), and a resume distills from those: where the teacher given
+        here differs (a recipe's dense fine-tune trained again for another length), the resumed run
+        says so in :attr:`teacher_restored` and goes on from the teacher it started with."""
         teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no state_dict entry
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        teacher = self.__dict__.get("_teacher")
+        if self.hparams.distill > 0 and teacher is not None:
+            checkpoint[TEACHER_CHECKPOINT_KEY] = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved, teacher = checkpoint.get(TEACHER_CHECKPOINT_KEY), self.__dict__.get("_teacher")
+        if saved is None or teacher is None or self.hparams.distill <= 0:
+            return  # (no teacher now: on_fit_start says what to do; distill=0: none is used)
+        mine = teacher.state_dict()
+        if mine.keys() == saved.keys() and all(
+                torch.equal(mine[k].cpu(), saved[k].cpu()) for k in mine):  # the same teacher: nothing to do
+            return
+        restored = copy.deepcopy(teacher)  # (the network given stays as it is)
+        try:
+            restored.load_state_dict(saved)
+        except RuntimeError as err:
+            trainer = getattr(self, "_trainer", None)
+            source = f"ckpt_path={trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+            raise CheckpointReadError(
+                f"{source} holds the teacher of a distilled run whose layers differ from the teacher given to "
+                f"set_teacher ({type(teacher).__name__}): resume with the teacher network of that run, or start a "
+                f"new run without the checkpoint. {str(err).splitlines()[0]}") from err
+        self.set_teacher(restored)
+        self.teacher_restored = ("the resumed run distills from the teacher its checkpoint holds (the one its run "
+                                 "started with); the teacher given now differs (trained again with other settings?)")
+        rank_zero_info(f"{type(self).__name__}: {self.teacher_restored}")
 
     def on_fit_start(self) -> None:
         teacher = self.__dict__.get("_teacher")

@@ -1340,6 +1340,9 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
                             f"same command {'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with "
                             f"{go_on}: it trains the schedule's {schedule.total_epochs} epochs in all")
             result.warnings = list(callback.engine.warnings)
+    restored = getattr(lm, "teacher_restored", None)  # (a resume that went on from its checkpoint's teacher)
+    if restored and restored not in result.warnings:
+        result.warnings.append(restored)
     result.config["cli"] = OmegaConf.to_container(cfg, resolve=True)
     result.config["code"] = code_identity(cfg)
     return result

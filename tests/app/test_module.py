@@ -1,6 +1,7 @@
 """The CLI's ImageClassifier: distillation from the dense network while compressing."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.models import build_model
-from lightning_ssr.app.module import ImageClassifier
+from lightning_ssr.app.module import TEACHER_CHECKPOINT_KEY, ImageClassifier
 from lightning_ssr.app.stages import dense_cache_path
 from lightning_ssr.checkpoint import read_checkpoint
 
@@ -96,3 +97,76 @@ def test_a_cli_resume_that_fine_tunes_longer_trains_its_added_epochs(tmp_path):
     assert longer.status == "ok" and longer.plan == first.plan
     weights = [read_checkpoint(tmp_path / name / "pruned.pt")["state_dict"] for name in ("first", "longer")]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _distilled_fit(tmp_path, teacher, max_epochs, ckpt_path=None):
+    """A distilled ImageClassifier fitted on 8 random digits (2 batches an epoch), checkpointed in
+    ``tmp_path``; the teacher's outputs each step are recorded on the module (``seen``)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    lm = ImageClassifier(build_model("lenet5"), distill=0.5, cosine=False)
+    lm.set_teacher(teacher)
+    lm.seen = []
+    distillation = lm.distillation
+
+    def recording(x, logits):
+        lm.seen.append(lm.__dict__["_teacher"](x).detach())
+        return distillation(x, logits)
+
+    lm.distillation = recording
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
+    trainer = pl.Trainer(max_epochs=max_epochs, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
+                         enable_checkpointing=False)
+    trainer.fit(lm, loader, loader, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    return lm, trainer
+
+
+def test_a_resume_distills_from_the_teacher_its_checkpoint_holds(tmp_path):
+    """A recipe's teacher (its dense fine-tune) is trained again by a resume, for the resumed
+    schedule's length: a resume with a longer fine-tune distilled from another teacher than the
+    one its run started with, silently. The checkpoint holds the teacher; a resume goes on from it,
+    and says so where the one given differs (kept in result.json's warnings)."""
+    torch.manual_seed(1)
+    first_teacher, other_teacher = build_model("lenet5"), build_model("lenet5")
+    other_before = copy.deepcopy(other_teacher.state_dict())
+    first, _ = _distilled_fit(tmp_path / "first", first_teacher, 1)
+    saved = str(tmp_path / "first" / "last.ckpt")
+    kept = read_checkpoint(saved)[TEACHER_CHECKPOINT_KEY]  # (read with weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in first_teacher.state_dict().items())
+    assert first.teacher_restored is None
+
+    resumed, _ = _distilled_fit(tmp_path / "resumed", other_teacher, 2, ckpt_path=saved)
+    assert all(torch.equal(resumed.__dict__["_teacher"].state_dict()[k], v) for k, v in kept.items())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(resumed.__dict__["_teacher"](x), first_teacher.eval()(x))
+    assert all(torch.equal(other_teacher.state_dict()[k], v) for k, v in other_before.items())  # (left as given)
+    assert len(resumed.seen) == 2 and resumed.teacher_restored.startswith("the resumed run distills from the teacher")
+
+    same, _ = _distilled_fit(tmp_path / "same", copy.deepcopy(first_teacher), 2, ckpt_path=saved)
+    assert same.teacher_restored is None and len(same.seen) == 2
+
+
+def test_a_resume_given_a_teacher_of_other_layers_is_refused_naming_the_checkpoint(tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_ssr.checkpoint import CheckpointReadError
+
+    _distilled_fit(tmp_path / "first", build_model("lenet5"), 1)
+    saved = str(tmp_path / "first" / "last.ckpt")
+    other = build_model("lenet5")
+    other.fc1, other.fc2 = torch.nn.Linear(800, 300), torch.nn.Linear(300, 10)
+    lm = ImageClassifier(build_model("lenet5"), distill=0.5, cosine=False)
+    lm.set_teacher(other)
+    before = copy.deepcopy(lm.state_dict())
+    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path / "other", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
+    with pytest.raises(CheckpointReadError, match=rf"ckpt_path={re.escape(saved)} holds the teacher of a distilled "
+                                                  r"run whose layers differ .*set_teacher \(LeNet5\)"):
+        trainer.fit(lm, loader, loader, ckpt_path=saved)
+    assert trainer.global_step == 0 and all(torch.equal(lm.state_dict()[k], v) for k, v in before.items())

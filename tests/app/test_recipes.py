@@ -98,6 +98,23 @@ def test_transfer_with_distillation_distills_from_the_dense_fine_tune(tmp_path, 
     assert not torch.equal(seen["teacher"].fc2.weight, seen["net"].fc2.weight)  # the head trained on the target
 
 
+def test_a_transfer_resumed_with_a_longer_fine_tune_distills_from_the_teacher_it_started_with(tmp_path):
+    """The dense fine-tune, the compressed run's teacher, is trained again by a resume, for the
+    resumed length: the resumed run distilled from another teacher than the one it started with,
+    silently (a known weak point). It goes on from its checkpoint's, and result.json
+    says so."""
+    common = ["+experiment=transfer_fmnist_to_mnist", "module.distill=0.5", f"dense.cache_dir={tmp_path / 'dense'}",
+              *TINY]
+    first = run(compose_config(common), tmp_path / "first")
+    saved = min((tmp_path / "first").glob("logs/version_0/checkpoints/*.ckpt"))
+    longer = [o for o in common if "finetune" not in o] + ["schedule.finetune_epochs=2", f"ckpt_path={saved}"]
+    resumed = run(compose_config(longer), tmp_path / "resumed")
+    assert first.status == resumed.status == "ok" and not any("teacher" in w for w in first.warnings)
+    said = ("the resumed run distills from the teacher its checkpoint holds (the one its run started with); the teacher "
+            "given now differs (trained again with other settings?)")
+    assert [w for w in resumed.warnings if "teacher" in w] == [said]
+
+
 def test_ctrl_c_after_the_transfer_compression_names_its_last_checkpoint(tmp_path, monkeypatch):
     from lightning_ssr.app import stages
     from lightning_ssr.app.stages import RunInterrupted
