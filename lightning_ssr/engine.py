@@ -76,6 +76,7 @@ from .structure.surgery import (
     dry_run,
     forward_hooks,
     model_copy,
+    moved_by_training,
     optimizers_within,
     prune_channels,
     remap_optimizer,
@@ -1039,12 +1040,16 @@ class PruningEngine:
         the first optimizer step: what would fail at the real prune fails now. Then a copy pruned
         to half of each group (or its minimum, where that is more): one kept channel (the last, at a
         floor of 1) maps the same under an op that shifts the channels (a pad at the front), where
-        several spread ones do not."""
+        several spread ones do not. Each copy first has what training moves moved, one way and then
+        the other (:func:`moved_by_training`): a channel zero only at the initial values fails now."""
         half = {g.name: max(floor[g.name], g.size // 2) for g in groups}
-        for keep in (floor, half) if half != dict(floor) else (floor,):
+        runs = [(floor, 1), (half, -1)] if half != dict(floor) else [(floor, 1)]
+        if len(runs) == 1 and any(not n.endswith(("running_mean", "running_var")) for n in moved_by_training(model)):
+            runs.append((floor, -1))  # (a learned scalar moved both ways)
+        for keep, move in runs:
             trial = model_copy(model, shared=[self])
             try:
-                dry_run(trial, example, groups, keep)
+                dry_run(trial, example, groups, keep, move)
             finally:
                 del trial
 

@@ -169,6 +169,26 @@ class NormNet(nn.Module):
         return self.fc2(torch.relu(self.ln(self.fc1(x))))
 
 
+class AfterConvNet(nn.Module):
+    """conv -> ``kind`` -> ReLU -> conv -> linear: what the first conv's channels pass through before
+    the next layer reads them (a norm, an activation, a learned threshold subtracted)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.after = {"prelu": nn.PReLU(), "instance_norm_running": nn.InstanceNorm2d(16, affine=True,
+                                                                                       track_running_stats=True),
+                      "batch_norm_plain": nn.BatchNorm2d(16, affine=False)}.get(kind, nn.Identity())
+        self.shift = nn.Parameter(torch.zeros(1)) if kind == "shift" else None  # (0: a removed channel stays 0)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.after(self.c1(x))
+        x = torch.relu(x - self.shift if self.shift is not None else x)
+        return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+
 class UpdateFails(SSRMethod):
     """A method whose proximal step fails on this model (as SSR's once did on channels_last weights)."""
 
@@ -300,6 +320,20 @@ REFUSED_AT_SETUP = [
      ValueError, "have no BatchNorm. Pass ['net.fc1', 'net.mix'] in ignored_layers"),
     ("group_norm", lambda: NormNet(4), lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.norm' (GroupNorm, 4 groups of 4 channels) normalizes several channels together"),
+    ("instance_norm_running_statistics", lambda: AfterConvNet("instance_norm_running"),
+     lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT), UnsupportedLayerError,
+     ("layer 'net.after' (InstanceNorm2d, track_running_stats=True) normalizes the output channels of 'net.c1' with "
+      "running statistics")),
+    # zero at the initial values only: refused at the prune after the sparsify phase, before (probe)
+    ("learned_threshold", lambda: AfterConvNet("shift"), lambda: Pruning("l1", target={"macs": 0.5}, **SSR),
+     UnsupportedLayerError, ("the rebuild holds with the model's initial values, but not once training moves "
+                             "'net.shift' (tried with them moved)")),
+    ("batch_norm_without_affine", lambda: AfterConvNet("batch_norm_plain"),
+     lambda: Pruning("ssr_l20", target={"macs": 0.5}, **SSR), UnsupportedLayerError,
+     ("but not once training moves 'net.after.running_mean', 'net.after.running_var' (tried with them moved): a "
+      "removed channel is zero now only because of their initial values, and the prune after training would fail. "
+      "A norm layer without affine parameters maps a removed (zero) channel to -running_mean / std: build it with "
+      "affine=True")),
     ("returned_features", FeatureNet, lambda: Pruning("oneshot", target={"macs": 0.5}, **ONESHOT),
      UnsupportedLayerError, "An output of forward() carries the channels of ['net.c2']"),
     ("method_update_fails", SmallResidualCNN,
@@ -599,6 +633,19 @@ def test_group_norm_of_one_channel_per_group_prunes_and_one_of_wider_groups_can_
     assert pruning.result is not None and model.net.c2.out_channels < 8
     assert (gn.num_groups, gn.num_channels) == ((model.net.c1.out_channels,) * 2 if norm == 16 else (4, 16))
     assert norm == 4 or model.net.c1.out_channels < 16
+
+
+def test_a_prelu_of_one_shared_slope_prunes_and_keeps_its_slope(tmp_path):
+    """nn.PReLU()'s one slope was cut as if it were per channel: a raw IndexError at set-up (probe).
+    PReLU(0) = 0, so a removed channel stays zero: the layer before prunes, the slope stays whole."""
+    torch.manual_seed(0)
+    model = Lit(AfterConvNet("prelu"))
+    with torch.no_grad():
+        model.net.after.weight.fill_(-0.3)
+    pruning = Pruning("l1", target={"macs": 0.5}, **ONESHOT)
+    _trainer(tmp_path, [pruning]).fit(model, _data())
+    assert pruning.result is not None and model.net.c1.out_channels < 16
+    assert model.net.after.weight.shape == (1,) and model.net(torch.randn(2, 3, 8, 8)).shape == (2, 5)
 
 
 class ConcatIntoGrouped(nn.Module):

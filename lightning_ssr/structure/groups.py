@@ -306,6 +306,8 @@ def _output_params(module: nn.Module) -> list[tuple[str, int]]:
     out = []
     if isinstance(module, _CONV):
         out.append(("weight", 1 if module.transposed else 0))
+    elif isinstance(module, nn.PReLU):  # (one slope for all channels, PReLU's default: it stays as it is)
+        out.extend([("weight", 0)] if module.num_parameters > 1 else [])
     elif isinstance(module, nn.Linear) or isinstance(module, _NORM) and getattr(module, "weight", None) is not None:
         out.append(("weight", 0))
     if getattr(module, "bias", None) is not None and not isinstance(module, nn.PReLU):
@@ -375,6 +377,12 @@ def check_layers(model: nn.Module, groups: Iterable[ChannelGroup]) -> None:
                 _check_channels_normalized_apart(modules[name], name, g.name)
         for name in g.out_modules:
             module = modules.get(name)
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
+                raise UnsupportedLayerError(
+                    f"layer '{name}' ({type(module).__name__}, track_running_stats=True) normalizes the output "
+                    f"channels of '{g.name}' with running statistics, which the rebuild cannot cut with them. Build it "
+                    f"with track_running_stats=False (InstanceNorm's default), or pass '{g.name}' in ignored_layers to "
+                    "leave these channels unpruned; the other layers are still pruned.")
             if isinstance(module, _CONV) and module.transposed and module.groups > 1:
                 raise UnsupportedLayerError(
                     f"layer '{name}' ({type(module).__name__}, groups={module.groups}) is a grouped transposed "

@@ -20,6 +20,7 @@ from torch import nn
 from ..modes import eval_mode
 from ..validation import some_names
 from .groups import (
+    _CONV,
     _NORM,
     ChannelGroup,
     UnsupportedLayerError,
@@ -189,6 +190,26 @@ def check_outputs(model: nn.Module, example_inputs, precision: str | None = None
         return _outputs(model, example_inputs), "native"
 
 
+def informative_example(example_inputs):
+    """The inputs the masked-vs-rebuilt check runs on: ``example_inputs``, except that a floating
+    tensor in it whose elements are all equal (``torch.zeros(...)``, which a network without biases
+    maps to zeros at every layer: the check would compare zeros with zeros) is replaced by uniform
+    random values in [0, 1) of its shape, dtype and device (seeded; the global random state is not
+    used). A tensor, or a tuple, list or dict of them."""
+    generator = torch.Generator().manual_seed(0)
+
+    def varied(x):
+        if torch.is_tensor(x) and x.is_floating_point() and x.numel() > 1 and bool((x == x.flatten()[0]).all()):
+            return torch.rand(x.shape, generator=generator).to(dtype=x.dtype, device=x.device)
+        return x
+
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(varied(x) for x in example_inputs)
+    if isinstance(example_inputs, dict):
+        return {k: varied(x) for k, x in example_inputs.items()}
+    return varied(example_inputs)
+
+
 def rebuild_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance (to the largest output, at least 1) of the masked-vs-rebuilt check.
 
@@ -301,7 +322,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
 
     The plan is validated before the model is touched. The channels to remove are first
     masked (their filters, biases and norm affine zeroed: the *masked model*); the rebuilt
-    model must then give the masked model's outputs on ``example_inputs`` in eval mode, both
+    model must then give the masked model's outputs on ``example_inputs`` (an all-equal one
+    replaced: :func:`informative_example`) in eval mode, both
     computed in float64 where the model runs in it (:func:`check_outputs`: TF32 and the model's
     own dtype play no part), within :func:`rebuild_tolerance`. If the rebuild fails or
     the outputs differ, the model is restored bit for bit as it was before the call and
@@ -332,7 +354,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     stage = "mask"  # where a failure happened: torch-pruning's cut and the numerical check say "unsupported"
     try:
         mask_channels(old_params, list(matched.values()), masks)
-        reference, precision = check_outputs(model, example_inputs)
+        checked = informative_example(example_inputs)
+        reference, precision = check_outputs(model, checked)
         values = {n: p.data for n, p in old_params.items()}
         flags = {n: p.requires_grad for n, p in old_params.items()}
         # Replace every parameter's values by its element indices (exact in float64), let
@@ -370,7 +393,7 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
                 for n, p in old_params.items():
                     p.data = values[n]
         stage = "check"
-        outputs = check_outputs(model, example_inputs, precision)[0]
+        outputs = check_outputs(model, checked, precision)[0]
         problem = _mismatch(reference, outputs)
         if problem is not None and [r.shape for r in reference] != [o.shape for o in outputs]:
             stage = "outputs"  # what the model returns carries pruned channels
@@ -620,16 +643,106 @@ def model_copy(model: nn.Module, shared: Sequence[object] = (), memo: dict | Non
     return copy.deepcopy(model, memo)
 
 
-def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> None:
+def moved_by_training(model: nn.Module) -> list[str]:
+    """The tensors whose values training moves, outside the layers a rebuild cuts, on which a
+    removed channel's staying zero can depend: the running statistics of norm layers (a BatchNorm
+    without affine maps a zero channel to ``-mean / std``) and the trainable parameters of other
+    modules (a learned threshold subtracted from every channel). At their initial values (means 0,
+    a threshold 0) such a channel is zero, and only the trained model shows it is not."""
+    found = []
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(module, _NORM):
+            found += [dot + n for n, b in module.named_buffers(recurse=False)
+                      if n in ("running_mean", "running_var") and b is not None and b.is_floating_point()]
+        elif not isinstance(module, _CONV + (nn.Linear,)):
+            found += [dot + n for n, p in module.named_parameters(recurse=False)
+                      if p.requires_grad and p.is_floating_point()]
+    return found
+
+
+def _move_as_training_would(model: nn.Module, names: Sequence[str], sign: int) -> None:
+    """Move the tensors :func:`moved_by_training` named, in place: running means by a random
+    amount, running variances by a random factor, parameters by ``sign`` times a random positive
+    amount (a scalar has one sign: the two dry runs move it both ways). Seeded: the global random
+    state is not used."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        for name in names:
+            t = tensors[name]
+            noise = torch.rand(t.shape, generator=generator, dtype=torch.float64)
+            if name.endswith("running_var"):
+                t.mul_((noise - 0.5).exp().to(t))
+            elif name.endswith("running_mean"):
+                t.add_((sign * (noise - 0.5)).to(t))
+            else:
+                t.add_((sign * (0.5 + noise) * 0.1 * (1 + t.detach().abs().mean().double())).to(t))
+
+
+_MOVED_ADVICE = {
+    "stats": "A norm layer without affine parameters maps a removed (zero) channel to -running_mean / std: build "
+             "it with affine=True, or leave its channels whole (ignored_layers).",
+    "parameter": "A parameter of your own applied to every channel (a learned threshold or offset) makes a removed "
+                 "channel nonzero: apply it where no pruned channel passes, or leave those channels whole "
+                 "(ignored_layers).",
+}
+
+
+def _moved_culprits(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
+                    groups: Sequence[ChannelGroup], initial: Mapping[str, torch.Tensor]) -> list[str] | None:
+    """After a dry run failed on ``model`` with what training moves moved (``initial``: their
+    values before): ``None`` where the rebuild fails at the initial values too (the structure's own
+    fault); else the moved tensors it fails with, narrowed to one kind where one alone fails it
+    (parameters, the statistics of norms without affine, other statistics). Tried on copies."""
+    sizes = {g.name: g.size for g in groups}
+
+    def holds(moved: Sequence[str]) -> bool:  # the rebuild, with only ``moved`` moved
+        trial = copy.deepcopy(model)
+        tensors = {**dict(trial.named_parameters()), **dict(trial.named_buffers())}
+        with torch.no_grad():
+            for n, value in initial.items():
+                if n not in moved:
+                    tensors[n].copy_(value)
+        try:
+            prune_channels(trial, example_inputs, kept, sizes, _diagnose=False, _groups=groups)
+        except UnsupportedLayerError:
+            return False
+        return True
+
+    if not holds([]):
+        return None
+    modules = dict(model.named_modules())
+    stats = [n for n in initial if n.endswith(("running_mean", "running_var"))]
+    plain = [n for n in stats if getattr(modules.get(n.rpartition(".")[0]), "weight", None) is None]
+    kinds = [[n for n in initial if n not in stats], plain, [n for n in stats if n not in plain]]
+    return next((kind for kind in kinds if kind and not holds(kind)), list(initial))
+
+
+def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], keep: Mapping[str, int],
+            move: int = 0) -> None:
     """Prune ``model`` (pass a copy: it is rebuilt in place) to ``keep[g]`` channels in every
     group and check the rebuild numerically, so that anything that would fail at the real prune
-    fails now. Raises :class:`UnsupportedLayerError` naming the groups involved."""
+    fails now. Raises :class:`UnsupportedLayerError` naming the groups involved. ``move`` (+1 or
+    -1): first move what training moves (:func:`moved_by_training`) that way, so that a removed
+    channel that is zero only at the initial values fails now, not at the prune after training."""
     kept = {}
     for g in groups:
         mask = torch.zeros(g.size, dtype=torch.bool)
         mask[spread_indices(g.size, keep[g.name])] = True
         kept[g.name] = torch.nonzero(align_blocks(g, mask)).flatten().tolist()
+    moved = moved_by_training(model) if move else []
+    initial = {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()] if n in moved}
+    _move_as_training_would(model, moved, move)
     try:
         prune_channels(model, example_inputs, kept, {g.name: g.size for g in groups})
     except UnsupportedLayerError as err:
+        culprits = _moved_culprits(model, example_inputs, kept, groups, initial) if moved else None
+        if culprits:
+            raise UnsupportedLayerError(
+                f"dry run at set-up, before training: the rebuild holds with the model's initial values, but not once "
+                f"training moves {some_names([repr(n) for n in culprits], 4)} (tried with them moved): a removed channel "
+                "is zero now only because of their initial values, and the prune after training would fail. "
+                f"{_MOVED_ADVICE['stats' if culprits[0].endswith(('running_mean', 'running_var')) else 'parameter']} "
+                f"{err}") from err
         raise UnsupportedLayerError(f"dry run at set-up, before training: {err}") from err

@@ -113,3 +113,44 @@ def test_a_model_with_nan_weights_is_refused_by_name_before_anything_changes():
     after = model.state_dict()
     assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
     assert model.conv_a.out_channels == 12
+
+
+class BiasFreeShuffle(nn.Module):
+    """Bias-free convolutions and fresh BatchNorms around a channel shuffle (which the graph maps
+    wrongly): every activation of an all-zero input is zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # a channel shuffle
+        return self.head(torch.relu(self.b2(self.c2(x)))).mean((2, 3))
+
+
+def test_an_all_zero_example_does_not_make_the_check_compare_zeros():
+    """README's own example input was torch.zeros: on a network without biases every activation is
+    zero, masked and rebuilt agreed on zeros, and a wrong mapping passed (off by 0.064 on other
+    inputs: probe). The check runs such an example as random values of its shape."""
+    from lightning_ssr import prune_oneshot
+    from lightning_ssr.structure.groups import UnsupportedLayerError
+    from lightning_ssr.structure.surgery import informative_example
+
+    torch.manual_seed(0)
+    model = BiasFreeShuffle().eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedLayerError, match="differs from the masked model's"):
+        prune_oneshot(model, torch.zeros(1, 3, 16, 16), {"macs": 0.5})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    zeros, batch = torch.zeros(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4)
+    state = torch.get_rng_state()
+    varied = informative_example((zeros, batch, torch.arange(4)))
+    assert varied[0].dtype == torch.float64 and varied[0].shape == zeros.shape and varied[0].unique().numel() > 1
+    assert varied[1] is batch and torch.equal(varied[2], torch.arange(4))  # (data, and what is no float, as given)
+    assert torch.equal(informative_example({"x": zeros})["x"], varied[0])  # (seeded: the same each time)
+    assert torch.equal(torch.get_rng_state(), state)
