@@ -49,6 +49,8 @@ _WHY_FX = "the name of the running hook, put back after the validation data are 
 #: a WeightAveraging callback (EMAWeightAveraging) averages into a copy of the module it made at
 #: set-up and exposes no way to rebuild it: the rebuild gives that copy the pruned shapes too
 _WHY_AVERAGE = "the copy of the model a WeightAveraging callback averages into, rebuilt with the model at a prune"
+#: the default validation score (FSM's compensation check) sees each batch as validation_step does
+_WHY_BATCH = "the batch hooks (on_before_batch_transfer) a validation batch goes through before validation_step"
 _WHY_COMPILE = "whether the LightningModule was torch.compile'd, which a mid-fit rebuild cannot follow"
 
 
@@ -57,7 +59,8 @@ def check(trainer, pl_module) -> None:
     for owner, attr, what, why in _trainer_attrs(trainer):
         if owner is None or not hasattr(owner, attr):
             raise _missing(what, why)
-    for attr, why in (("_current_fx_name", _WHY_FX), ("_compiler_ctx", _WHY_COMPILE)):
+    for attr, why in (("_current_fx_name", _WHY_FX), ("_compiler_ctx", _WHY_COMPILE),
+                      ("_on_before_batch_transfer", _WHY_BATCH)):
         if not hasattr(pl_module, attr):
             raise _missing(f"LightningModule.{attr}", why)
     for cb in _weight_averaging(trainer):
@@ -118,13 +121,26 @@ def set_up_validation_data(trainer, pl_module) -> None:
         pl_module._current_fx_name = hook
 
 
+def validation_batch(trainer, pl_module, batch, dataloader_idx: int):
+    """``batch`` as Lightning's validation loop hands it to ``validation_step``: the precision
+    plugin's conversion (``64-true`` makes float inputs float64), ``on_before_batch_transfer``, the
+    move to the device and ``on_after_batch_transfer`` (the module's, or the datamodule's where it
+    overrides them)."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=dataloader_idx)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+
+
 def compiled_modules(pl_module) -> list[str]:
     """The names of the module's compiled parts (``""``: the module itself): compiled wrapped,
-    ``torch.compile(module)``, or in place, ``module.compile()`` (which keeps the module and
-    compiles its call); empty where none is."""
+    ``torch.compile(module)``, in place, ``module.compile()`` (which keeps the module and compiles
+    its call), or by its ``forward`` (``torch.compile`` of the method); empty where none is."""
     found = [""] if getattr(pl_module, "_compiler_ctx", None) else []
     found += [name for name, m in pl_module.named_modules() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
-              or getattr(m, "_compiled_call_impl", None) is not None]
+              or getattr(m, "_compiled_call_impl", None) is not None
+              # a compiled forward: set on the module (m.forward = torch.compile(m.forward)), or its class's
+              # (@torch.compile over def forward)
+              or hasattr(m.__dict__.get("forward", type(m).forward), "_torchdynamo_orig_callable")]
     return list(dict.fromkeys(found))
 
 

@@ -51,7 +51,9 @@ from .validation import check_keywords, keyword_names
 
 def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callable[[nn.Module], float | None]:
     """``(model) -> top-1 accuracy`` over the fit's validation batches ``(x, y)`` (all ranks
-    together; ``limit_val_batches`` respected), ``None`` when the fit has no validation data.
+    together; ``limit_val_batches`` respected), each as ``validation_step`` would get it (the
+    precision's conversion, the batch hooks, the device) and run in the precision's context;
+    ``None`` when the fit has no validation data.
     The validation dataloaders are requested on the first call only."""
 
     def loaders() -> list:
@@ -74,13 +76,15 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
         device = pl_module.device
         correct = torch.zeros((), dtype=torch.long, device=device)
         total = torch.zeros((), dtype=torch.long, device=device)
-        with eval_mode(model), torch.no_grad():
-            for loader in sources:
+        with eval_mode(model), torch.no_grad(), trainer.precision_plugin.val_step_context():
+            for index, loader in enumerate(sources):
                 n = limit if isinstance(limit, int) else (
                     int(limit * len(loader)) if limit < 1.0 and hasattr(loader, "__len__") else None)
                 for i, batch in enumerate(loader):
                     if n is not None and i >= n:
                         break
+                    # (as validation_step gets it: the precision's dtype, the module's batch hooks, the device)
+                    batch = internals.validation_batch(trainer, pl_module, batch, index)
                     if not (isinstance(batch, (list, tuple)) and len(batch) >= 2 and torch.is_tensor(batch[0])
                             and torch.is_tensor(batch[1]) and not batch[1].is_floating_point()):
                         raise TypeError(
@@ -369,13 +373,7 @@ class Pruning(Callback):
         if trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
             raise MisconfigurationException(
                 f"{name} supports single-device training and strategy='ddp'; got {type(strategy).__name__}.")
-        compiled = internals.compiled_modules(pl_module)
-        if compiled:
-            where = ", ".join(n or f"the {type(pl_module).__name__} itself" for n in compiled)
-            raise MisconfigurationException(
-                f"{name} rebuilds the model during fit, which a compiled module (torch.compile(module) or "
-                f"module.compile()) cannot follow; compiled here: {where}. Train the uncompiled module and compile "
-                "the pruned one afterwards (torch.compile(model)).")
+        self._refuse_compiled(pl_module)
         for cb in trainer.callbacks:
             if isinstance(cb, Pruning) and cb is not self:
                 raise MisconfigurationException(
@@ -474,6 +472,20 @@ class Pruning(Callback):
             f"{schedule.last_prune_epoch}{at}; the model would not be fully pruned. Use {fix} "
             "for this schedule, or resume this fit later with fit(ckpt_path=...) and a Trainer that goes on.",
             emit=rank_zero_warn, until_done=True)
+
+    def _refuse_compiled(self, pl_module: LightningModule) -> None:
+        compiled = internals.compiled_modules(pl_module)
+        if compiled:
+            where = ", ".join(n or f"the {type(pl_module).__name__} itself" for n in compiled)
+            raise MisconfigurationException(
+                f"{type(self).__name__} rebuilds the model during fit, which a compiled module (torch.compile(module), "
+                f"module.compile(), or a compiled forward) cannot follow; compiled here: {where}. Train the uncompiled "
+                "module and compile the pruned one afterwards (torch.compile(model)).")
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # (again: the module's own setup() and configure_model() run after this callback's setup)
+        self._refuse_compiled(pl_module)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -716,6 +716,22 @@ def test_a_forward_that_raises_a_value_error_on_the_batch_tensor_gets_the_engine
                                    r"\(2, 3, 8, 8\).*ValueError: expected 4D input \(got 3D input\).*example_input=")
 
 
+def test_an_example_input_in_another_dtype_than_the_model_is_told_so(tmp_path):
+    """Under precision="64-true" a float32 example_input failed the trace, and the advice was about
+    forward() taking several inputs (probe): the dtypes are named now."""
+    model = Lit(SmallResidualCNN())
+    before = copy.deepcopy(model.state_dict())
+    pruning = Pruning("l1", target={"macs": 0.5}, example_input=torch.randn(2, 3, 8, 8), **ONESHOT)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, precision="64-true",
+                         callbacks=[pruning])
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 8, 8\) and dtype torch.float32 .* The model's parameters are "
+                                         r"torch.float64: give the example in the model's dtype"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+    assert all(torch.equal(before[k], v.float()) for k, v in model.state_dict().items() if v.is_floating_point())
+
+
 class ConvGRU(nn.Module):
     """Conv features read by a GRU, column by column: the tracer cannot follow c2's channels into it."""
 

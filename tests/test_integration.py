@@ -117,23 +117,52 @@ def _compiled_wrapped_part() -> pl.LightningModule:
     return model
 
 
+class CompiledInConfigureModel(Validated):
+    """Compiled where Lightning lets a module build itself, after the callbacks' setup."""
+
+    def configure_model(self):
+        self.the_network_itself = torch.compile(self.the_network_itself)
+
+
+class CompiledInSetup(Validated):
+    def setup(self, stage):
+        self.the_network_itself.compile()
+
+
+def _compiled_forward() -> pl.LightningModule:
+    model = Validated()
+    model.the_network_itself.forward = torch.compile(model.the_network_itself.forward)
+    return model
+
+
 @pytest.mark.parametrize(("make", "named"), [
     (lambda: torch.compile(Validated()), "the Validated itself"), (lambda: _compiled_in_place("module"),
                                                                    "the Validated itself"),
-    (lambda: _compiled_in_place("network"), "the_network_itself"), (_compiled_wrapped_part, "the_network_itself")],
-    ids=["wrapped", "module_in_place", "network_in_place", "network_wrapped"])
+    (lambda: _compiled_in_place("network"), "the_network_itself"), (_compiled_wrapped_part, "the_network_itself"),
+    (CompiledInConfigureModel, "the_network_itself"), (CompiledInSetup, "the_network_itself"),
+    (_compiled_forward, "the_network_itself")],
+    ids=["wrapped", "module_in_place", "network_in_place", "network_wrapped", "in_configure_model", "in_setup",
+         "forward"])
 def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make, named):
     """In place, ``module.compile()`` keeps the module's class: a compiled network trained its whole
-    sparsify phase, then the rebuild failed in Dynamo with advice about channel shuffles."""
+    sparsify phase, then the rebuild failed in Dynamo with advice about channel shuffles. Compiled in
+    ``configure_model()`` or ``setup()`` (after this callback's setup), it failed at the first batch
+    in Dynamo, naming neither; a compiled ``forward`` was refused as "a plan for another
+    architecture" (probe)."""
     model = make()
     before = copy.deepcopy(model.state_dict())
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, enable_progress_bar=False,
                          callbacks=[SSRPruning(schedule=SCHEDULE)])
-    with pytest.raises(MisconfigurationException, match=r"compiled module \(torch.compile\(module\) or "
-                                                        rf"module.compile\(\)\) cannot follow; compiled here: {named}\. "):
+    with pytest.raises(MisconfigurationException, match=r"compiled module \(torch.compile\(module\), "
+                                                        r"module.compile\(\), or a compiled forward\) cannot follow; "
+                                                        rf"compiled here: {named}\. "):
         trainer.fit(model, loader(), loader(seed=1))
     assert trainer.global_step == 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}  # (compiled in configure_model)
+    assert after.keys() == {k.replace("_orig_mod.", "") for k in before}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    assert all(torch.equal(v, after[k.replace("_orig_mod.", "")]) for k, v in before.items())
 
 
 def test_the_methods_update_metrics_reach_the_logger_at_its_interval(tmp_path):

@@ -334,6 +334,46 @@ def test_default_score_is_validation_accuracy_and_never_runs_without_validation_
     assert cb.events[0]["compensation"].startswith("not applied: no validation data")
 
 
+class ByteImages(Classifier):
+    """Images kept as bytes (0..255), made floats on the device in on_after_batch_transfer, as
+    Lightning's docs do; every forward's input recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return (x.to(self.dtype) / 255 - 0.5) / 0.25, y
+
+    def forward(self, x):
+        self.seen.append((x.dtype, float(x.abs().max())))
+        return self.model(x)
+
+
+def _bytes(seed):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (32, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.randint(0, 5, (32,), generator=gen)),
+                                       batch_size=16)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true"])
+def test_the_default_score_sees_each_batch_as_validation_step_does(tmp_path, precision):
+    """The score read the validation loaders itself: byte images reached the model unconverted (refused as
+    "the validation score failed on the dense model"), and under 64-true float32 inputs met float64
+    weights (the same refusal); images normalized in on_after_batch_transfer were scored raw, silently
+    (probe). It now takes Lightning's path: the precision's conversion, the batch hooks, the device."""
+    pl.seed_everything(0)
+    module = ByteImages()
+    cb = Pruning(method="fsm", target={"macs": 0.6}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+                 ignored_layers=IGNORED, verbose=False)
+    trainer(tmp_path, [cb], 1, num_sanity_val_steps=0, precision=precision).fit(module, _bytes(0), _bytes(1))
+    assert cb.events[0]["compensation"] in ("kept", "reverted") and 0.0 <= cb.events[0]["val_before"] <= 1.0
+    dtype = torch.float64 if precision == "64-true" else torch.float32  # (and the rebuild's check: float64)
+    assert len(module.seen) > 4 and all(d in (dtype, torch.float64) and peak <= 2.0 for d, peak in module.seen)
+
+
 # ------------------------------------------------------------- procedures
 def test_layerwise_procedure_prunes_one_share_of_the_layers_per_event(tmp_path):
     pl.seed_everything(0)
