@@ -246,9 +246,9 @@ def _rate_per_group(model: nn.Module, groups: Sequence[ChannelGroup], rates) -> 
 ALLOCATIONS = ("uniform", "global", "method")
 #: the relative gap below a fraction target that the allocation closes by trading channels between layers
 TARGET_TOLERANCE = 0.01
-#: the relative gap below a fraction target within which every allocation meets it: ``method``
-#: does not trade channels (the structure is the method's), so rounding (``round_to``) can leave
-#: more than :data:`TARGET_TOLERANCE` there (ResNet-20 at ``round_to=8`` lands more than 1% below)
+#: the relative gap below a fraction target within which every allocation meets it: where no trade
+#: between layers lands within :data:`TARGET_TOLERANCE` (a network whose every step of ``round_to`` is
+#: a large share of the target), the counts stay further below
 MET_TOLERANCE = 2 * TARGET_TOLERANCE
 
 
@@ -420,11 +420,16 @@ def _bisect(fits: Callable[[float], bool]) -> float:
 
 def fill_to_target(groups: Sequence[ChannelGroup], keep: dict[str, int], measure: TargetMeasure,
                    floor: Mapping[str, int], step: Mapping[str, int],
-                   next_value: Callable[[ChannelGroup, Mapping[str, int]], float], trade: bool = True) -> dict[str, int]:
+                   next_value: Callable[[ChannelGroup, Mapping[str, int]], float], trade: bool = True,
+                   values: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
     """Close the gap that rounding leaves below the target: add one step at a time to the group
     whose next step is worth most (``next_value``) while the counts fit; then, if the gap is still
     over :data:`TARGET_TOLERANCE` (a few costly channels left between the counts and the target) and
-    ``trade``, move a step from one group to another, the pair that lands closest under the target."""
+    ``trade``, move a step from one group to another, the pair that lands closest under the target
+    (with ``values``, each group's channel values in descending order: of the pairs within the
+    tolerance, the one that keeps most value)."""
+    worth = None if values is None else (
+        lambda counts: sum(float(values[g.name][:counts[g.name]].sum()) for g in groups))
     for _ in range(sum(g.size for g in groups)):  # each pass adds or trades at least one step
         candidates = [g for g in groups if keep[g.name] < g.size]
         for g in sorted(candidates, key=lambda g: (-next_value(g, keep), g.name)):
@@ -435,7 +440,8 @@ def fill_to_target(groups: Sequence[ChannelGroup], keep: dict[str, int], measure
         else:
             if not trade or measure.measure(keep) >= (1 - TARGET_TOLERANCE) * measure.limit:
                 return keep
-            traded = _best_trade(groups, keep, floor, step, measure.measure, measure.limit, TARGET_TOLERANCE)
+            traded = _best_trade(groups, keep, floor, step, measure.measure, measure.limit, TARGET_TOLERANCE,
+                                 worth=worth)
             if traded is None:
                 return keep
             keep = traded
@@ -494,7 +500,8 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
 
         def next_value(g, keep):  # the mean value of the channels the next step adds
             return float(values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, step[g.name])].mean())
-    return fill_to_target(groups, keep, measure, floor, step, next_value, trade)
+    return fill_to_target(groups, keep, measure, floor, step, next_value, trade,
+                          values=None if allocation == "uniform" else values)
 
 
 def _method_values(groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -578,24 +585,33 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
                   "calibration_load": load.to_dict() if batch.device.type == "cpu" else None}
 
 
-def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget=20_000):
+def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget=20_000, worth=None):
     """Steps up in one group and, in another, the fewest steps down that bring the cost back under
     ``limit``: ``None`` if no such pair costs more than ``keep`` does.
 
-    One step up first, the pair whose cost is largest (closest under the limit). Where no one-step
-    trade improves (a small network, whose every step is a large share of the target), more steps up
-    in one group: the fewest that reach within ``tolerance`` of the limit, else the pair of largest
-    cost found. Two groups are searched exhaustively that way; more are searched pair by pair, within
-    ``budget`` evaluations of ``measure`` (a large network's one-step trades suffice)."""
+    One step up first, the pair whose cost is largest (closest under the limit); with ``worth``
+    (counts -> the value of the channels they keep: a method's or the importance's), of the pairs
+    within ``tolerance`` of the limit the one that keeps most value, so that a trade does not undo
+    what the values chose (by cost alone, a layer a method valued most gave up half its channels to
+    land closer). Where no one-step trade improves (a small network, whose every step is a large
+    share of the target), more steps up in one group: the fewest that reach within ``tolerance`` of
+    the limit, else the pair of largest cost found. Two groups are searched exhaustively that way;
+    more are searched pair by pair, within ``budget`` evaluations of ``measure`` (a large network's
+    one-step trades suffice)."""
     def allowed(h, count):  # a count the rounding allows: a multiple of the group's step, or the floor
         return max(floor[h.name], count // step[h.name] * step[h.name])
 
     calls = 0
+    goal = (1 - tolerance) * limit
 
     def cost_of(counts):
         nonlocal calls
         calls += 1
         return measure(counts)
+
+    def rank(trial, cost):  # within the tolerance first, then the most value kept (or the cost)
+        within = cost >= goal
+        return (within, worth(trial) if within and worth is not None else cost)
 
     def best_at(ups: dict, best, best_cost):
         for g in groups:
@@ -616,13 +632,14 @@ def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget
                         hi = mid - 1
                 trial = {**up, h.name: allowed(h, lo)}
                 cost = cost_of(trial)
-                if cost > best_cost:
+                if cost > base and (best is None or rank(trial, cost) > rank(best, best_cost)):
                     best, best_cost = trial, cost
         return best, best_cost
 
     size = {g.name: g.size for g in groups}
+    base = measure(keep)  # (a trade must cost more than the counts it leaves)
     ups = {n: _step_up(keep[n], size[n], step[n]) for n in size if keep[n] < size[n]}
-    best, best_cost = best_at(ups, None, measure(keep))
+    best, best_cost = best_at(ups, None, base)
     if best is not None:
         return best
     while calls < budget:
@@ -630,7 +647,7 @@ def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget
         if not ups:  # (every group full: no more steps up)
             break
         best, best_cost = best_at(ups, best, best_cost)
-        if best is not None and best_cost >= (1 - tolerance) * limit:
+        if best is not None and best_cost >= goal:
             break
     return best
 
@@ -680,8 +697,11 @@ def intermediate_keep_counts(sizes: Mapping[str, int], final: Mapping[str, int],
 class BudgetView:
     """A :class:`Budget` bound to one model's groups and cost: what a method that learns the
     structure (``allocation="method"``) consults while it trains. ``allocate(values)`` turns the
-    method's cross-layer channel values into counts that meet the target (no trading between
-    groups: it runs every update; the engine closes the last gap at the prune)."""
+    method's cross-layer channel values into counts that meet the target, the last gap closed by
+    trading channels between groups as the prune does (:func:`fill_to_target`): the structure the
+    method shapes while it trains is the one the prune keeps. (Without the trade, a small network
+    learned 8-63 and was pruned to 9-55: channels the method had zeroed for the whole phase were
+    kept, and ones it had trained removed.)"""
 
     def __init__(self, groups: Sequence[ChannelGroup], measure: TargetMeasure, min_keep: Mapping[str, int],
                  round_to: int):
@@ -721,7 +741,7 @@ class BudgetView:
 
         def next_value(g, keep):
             return float(sorted_values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, self.step[g.name])].mean())
-        return fill_to_target(self.groups, keep, measure, self.floor, self.step, next_value, trade=False)
+        return fill_to_target(self.groups, keep, measure, self.floor, self.step, next_value, values=sorted_values)
 
 
 @dataclass(frozen=True)

@@ -69,13 +69,46 @@ def test_the_view_allocates_by_the_methods_values_and_meets_the_target_from_belo
     assert view.fits(keep) and view.fraction(keep) <= value
     # no single further channel of any group fits: the gap below the target is what one step costs
     assert all(keep[g.name] == g.size or not view.fits({**keep, g.name: keep[g.name] + 1}) for g in groups)
-    # the engine's final allocation from the same values closes the gap to the tolerance
+    # the engine's final allocation from the same values is the view's: the structure the method
+    # shapes while it trains is the one the prune keeps; both close the gap to the tolerance
     final, _ = Budget({kind: value}).keep_counts(model, x, groups, cost, round_to=1, allocation="method",
                                                  scores=values)
-    assert (1 - MET_TOLERANCE) * value <= view.fraction(final) <= value
+    assert final == keep and (1 - MET_TOLERANCE) * value <= view.fraction(final) <= value
     # a group whose values are all higher keeps at least as many channels
     boosted = dict(values, **{groups[0].name: values[groups[0].name] + 10.0})
     assert view.allocate(boosted)[groups[0].name] >= keep[groups[0].name]
+
+
+class TwoConvNet(nn.Module):
+    """conv(3->32) -> BN -> pool -> conv(32->64) -> BN -> mean -> fc: a channel of the first costs
+    eight of the second, so the counts that meet a target land far from it without a trade."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+def test_the_structure_ssr_shapes_while_it_trains_is_the_one_the_prune_keeps(tmp_path):
+    """The updates' counts did not trade between layers, the prune's did: SSR-L2,0 learned 8-63
+    and the prune kept 9-55 (probe), a channel of conv1 it had zeroed for the whole phase kept and
+    eight of conv2 it had trained removed. The updates trade as the prune does."""
+    pl.seed_everything(0)
+    model = NetClassifier(TwoConvNet())
+    schedule = PruningSchedule(sparsify_epochs=3, finetune_epochs=1, update_every_n_steps=2)
+    cb = Pruning("ssr_l20", target={"macs": 0.25}, schedule=schedule, verbose=False)
+    gen = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(64, 3, 8, 8, generator=gen), torch.randint(0, 4, (64,), generator=gen)),
+                      batch_size=8)
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(model, data)
+    event = cb.events[0]
+    assert event["learned"] == event["keep"] == cb.result.trajectory[-1]["kept"]
+    assert (1 - 0.01) * 0.25 <= cb.result.pruned["macs"] / cb.result.dense["macs"] <= 0.25  # (within the trade's 1%)
 
 
 def test_the_continuation_lowers_the_budget_geometrically_then_holds_it():
@@ -256,7 +289,9 @@ def test_resuming_in_the_middle_of_the_continuation_is_bitwise_equal(tmp_path, e
 def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
     """The V-step over all layers: at the start (no gradient yet) by the weights, then by the loss
     values; a layer whose channels carry the larger values per cost keeps more of them than the
-    same target's uniform share, and the counts meet the target."""
+    same target's uniform share, and the counts meet the target. (At 0.4 the only counts within the
+    target's tolerance are uniform's, which the V-step takes as the prune would: it trades as the
+    prune does.)"""
     torch.manual_seed(0)
     model = SmallResidualCNN()
     x = torch.randn(2, 3, 16, 16)
@@ -266,15 +301,15 @@ def test_the_l20_projection_moves_channels_between_layers_while_aulm_runs():
     from lightning_ssr.cost import channel_macs
     from lightning_ssr.methods.base import MethodContext
 
-    view = Budget({"macs": 0.4}).view(model, groups, cost, round_to=1)
+    view = Budget({"macs": 0.45}).view(model, groups, cost, round_to=1)
     ctx = MethodContext(model=model, groups=groups, cost=cost, channel_macs=channel_macs(groups, cost), keep=None,
                         min_keep={g.name: 1 for g in groups}, allocation="method", budget=view, sparsify_updates=10)
-    uniform, _ = Budget({"macs": 0.4}).keep_counts(model, x, groups, cost, round_to=1)
+    uniform, _ = Budget({"macs": 0.45}).keep_counts(model, x, groups, cost, round_to=1)
     with torch.no_grad():  # one layer's weights far larger than all others
         model.mix.weight.mul_(1e5)
     method.setup(ctx)
     method.start()
-    assert view.fits(method.learned_counts()) and method.learned_counts()["mix"] == 6 > uniform["mix"]
+    assert view.fits(method.learned_counts()) and method.learned_counts()["mix"] > uniform["mix"]
     with torch.no_grad():  # that layer's weights as small as the others again: the loss values decide now
         model.mix.weight.mul_(1e-5)
     for p in model.parameters():

@@ -396,6 +396,32 @@ def test_the_search_of_several_steps_up_is_bounded_on_a_large_network():
     assert 300 <= len(calls) <= 300 + one_pass
 
 
+def test_a_trade_keeps_the_most_value_of_those_within_the_tolerance():
+    """Trades were chosen by cost alone (closest under the limit): where the values are a method's,
+    a layer it valued most gave up channels to land closer, and the structure came out uniform's.
+    Of the trades within the tolerance, the one that keeps most value; without values, by cost."""
+    from types import SimpleNamespace
+
+    from lightning_ssr.targets import _best_trade
+
+    groups = [SimpleNamespace(name=n, size=10) for n in "abc"]
+    unit = {"a": 7.0, "b": 5.0, "c": 3.0}  # what a channel costs
+
+    def measure(counts):
+        return sum(unit[n] * v for n, v in counts.items())
+
+    values = {"a": torch.linspace(10, 9, 10), "b": torch.linspace(1, 0.9, 10), "c": torch.linspace(5, 4, 10)}
+
+    def worth(counts):
+        return sum(float(values[n][:counts[n]].sum()) for n in counts)
+
+    keep, floor, step = {n: 4 for n in unit}, {n: 1 for n in unit}, {n: 1 for n in unit}  # 60 of a limit of 64
+    by_cost = _best_trade(groups, keep, floor, step, measure, 64.0, 0.05)
+    assert by_cost == {"a": 5, "b": 4, "c": 3} and measure(by_cost) == 64.0  # (c's channels, worth 5 each, go)
+    by_worth = _best_trade(groups, keep, floor, step, measure, 64.0, 0.05, worth=worth)
+    assert by_worth == {"a": 5, "b": 3, "c": 4} and measure(by_worth) == 62.0 >= 0.95 * 64  # (b's, worth 1)
+
+
 def test_global_allocation_cuts_redundant_layers_harder_than_uniformly_important_ones():
     model, _x, cost, groups = _resnet()
     floor = min_keep_counts(groups, 1, 1.0)
