@@ -31,7 +31,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ..latency import steady_allocator
@@ -185,20 +185,16 @@ MAX_CHECKED_RUNS = 256
 def check_sweep_runs(args: Sequence[str]) -> None:
     """Every run of a grid sweep (``-m``) checked before the first starts: a value its own checks
     would refuse as it starts (``target.macs=0.1,0``, a method's argument out of range, a schedule
-    that ``trainer.max_epochs`` cuts short) refuses the sweep now with ``ValueError``, naming the
-    run as Hydra numbers it and its values, instead of failing after the runs before it trained.
-    Only :func:`~.stages.check_settings` runs here; what needs the data, the network or a
-    checkpoint (a target below what the floors cost) is checked as each run starts. Left to Hydra
+    that ``trainer.max_epochs`` cuts short, ``module.lr=-1``, ``data.batch_size=0``, a Trainer
+    argument) refuses the sweep now with ``ValueError``, naming the run as Hydra numbers it and its
+    values, instead of failing after the runs before it trained. Only
+    :func:`~.stages.check_settings` and :func:`~.stages.check_builds` (once for each distinct
+    trainer, data and module settings) run here; what needs the data, the network or a checkpoint
+    (a target below what the floors cost) is checked as each run starts. Left to Hydra
     or to the runs: another sweeper or sweeps set in a config file, runs that load plugins, a
     syntax or composition error, and the runs past :data:`MAX_CHECKED_RUNS`."""
-    import itertools
-    import warnings
-
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException, MissingConfigException
-
-    from .stages import check_settings
+    from hydra.errors import HydraException
 
     if not any(a in ("-m", "--multirun") for a in args) or any(
             (a.startswith("-") and a not in ("-m", "--multirun")) or "searchpath" in a for a in args):
@@ -219,6 +215,26 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         which = (f"the sweep's {runs} runs" if runs <= MAX_CHECKED_RUNS else
                  f"the first {MAX_CHECKED_RUNS} of the sweep's {runs} runs (the others as each starts)")
         print(f"lightning-ssr: checking the settings of {which} before the first starts", flush=True)
+    hardware = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # (a Trainer made says its hardware:
+    level = hardware.level  # the run will say it)
+    hardware.setLevel(logging.WARNING)
+    try:
+        _check_grid(grid, swept)
+    finally:
+        hardware.setLevel(level)
+
+
+def _check_grid(grid: dict[str, list[str]], swept: set[str]) -> None:
+    """:func:`check_sweep_runs`' check of each run of the grid, composed as Hydra will."""
+    import itertools
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    from .stages import check_builds, check_settings, plainly
+
+    built = set()  # (the trainer, data and module settings checked already)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
             values = " ".join(c for c, k in zip(combination, grid) if k in swept)
@@ -241,11 +257,17 @@ def check_sweep_runs(args: Sequence[str]) -> None:
                 with warnings.catch_warnings():  # (the run says them itself)
                     warnings.simplefilter("ignore")
                     check_settings(cfg)
+                    builds = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["trainer", "data", "module"]), resolve=True)
+                    if builds not in built:
+                        check_builds(cfg)
+                        built.add(builds)
             except OmegaConfBaseException:
                 continue  # a value that resolves only inside its job (${hydra:job.num}, ${oc.env:...} on a node)
             except Exception as err:
+                said = plainly(err)
                 raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
-                                 f"{type(err).__name__}: {err}. Nothing has run: change or drop that value") from err
+                                 f"{type(said).__name__}: {str(said).rstrip('.')}. Nothing has run: change or drop "
+                                 "that value") from err
 
 
 def _chooses_for(choice: str, key: str) -> bool:
@@ -734,12 +756,44 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
+#: the settings that name a file or folder (besides ``plugins``' files)
+PATH_SETTINGS = ("ckpt_path", "data.root", "dense.cache_dir", "transfer.source.root", "adaptation.target.root")
+
+
+def paths_from(cfg: DictConfig, folder: str | os.PathLike) -> None:
+    """The relative paths of ``cfg`` (:data:`PATH_SETTINGS`, and the ``.py`` files or paths among
+    ``plugins``) made absolute from ``folder``, in place: with ``hydra.job.chdir=True`` a job runs
+    in its output folder, where ``ckpt_path=e3.ckpt`` was "no such file", ``data.root=fm`` a data
+    set to install and ``plugins=[myplug.py]`` "no file", though each was in the folder the command
+    was started in (probe)."""
+    def absolute(value):
+        if isinstance(value, str) and value and not os.path.isabs(value) and not value.startswith(("~", "${")):
+            return os.path.join(os.fspath(folder), value)
+        return value
+
+    with open_dict(cfg):
+        for key in PATH_SETTINGS:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+            if isinstance(value, str) and absolute(value) != value:
+                OmegaConf.update(cfg, key, absolute(value), merge=False)
+        if cfg.get("plugins"):
+            cfg.plugins = [absolute(p) if isinstance(p, str) and (p.endswith(".py") or "/" in p) else p
+                           for p in cfg.plugins]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH if importlib.util.find_spec(CONFIG_MODULE) else CONFIG_DIR,
             config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
     Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.job.get("chdir"):  # (the job runs in its output folder: paths given are the launch folder's)
+        paths_from(cfg, hydra_cfg.runtime.cwd)
+    sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", ""))
+    if hydra_cfg.mode != RunMode.MULTIRUN and sweeper and sweeper != GRID_SWEEPER and launched_rank() == 0:
+        # (an experiment that chose a search, run without -m: one run of its defaults, silently otherwise)
+        print(f"lightning-ssr: this configuration's sweeper ({sweeper.rsplit('.', 1)[-1]}) searches only with -m; "
+              "this is one run of its defaults", file=sys.stderr)
     alone = None  # a single run's folder that held another run, set aside: (why, where)
     if hydra_cfg.mode != RunMode.MULTIRUN and cfg.get("ckpt_path") is None and launched_rank() == 0:
         # a single run given the folder of another (hydra.run.dir=...): its files are set aside, as a sweep's

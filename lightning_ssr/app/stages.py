@@ -357,15 +357,40 @@ def check_run_settings(cfg: DictConfig) -> None:
 REFUSED_BEFORE_TRAINING = "lightning_ssr_refused_before_training"
 
 
+def plainly(err: BaseException) -> BaseException:
+    """An error of an object Hydra built (``InstantiationException``: "Error in call to target
+    '...'", the cause's repr, "full_key: module", on three lines) as its cause alone, in one line,
+    prefixed with the config key where the cause does not name it; any other error as it is."""
+    from hydra.errors import InstantiationException
+
+    cause = err.__cause__
+    if not isinstance(err, InstantiationException) or not isinstance(cause, Exception):
+        return err
+    key = re.search(r"full_key: (\S+)", str(err))
+    said = " ".join(str(cause).split())
+    if key and not said.startswith(key.group(1)):
+        said = f"{key.group(1)}: {said}"
+    try:
+        plain = type(cause)(said)
+    except Exception:  # noqa: BLE001 - an exception class of other arguments: said as a ValueError
+        plain = ValueError(said)
+    plain.__cause__ = cause
+    return plain
+
+
 @contextlib.contextmanager
 def before_training():
     """Checks made before anything trains: what they raise (a Ctrl-C too) is marked
-    :data:`REFUSED_BEFORE_TRAINING` (the command prints a refusal in one line)."""
+    :data:`REFUSED_BEFORE_TRAINING` (the command prints a refusal in one line; a value an object
+    Hydra builds refuses, as that object's own error: :func:`plainly`)."""
     try:
         yield
     except (Exception, KeyboardInterrupt) as err:
-        setattr(err, REFUSED_BEFORE_TRAINING, True)
-        raise
+        plain = plainly(err)
+        setattr(plain, REFUSED_BEFORE_TRAINING, True)
+        if plain is err:
+            raise
+        raise plain from err.__cause__
 
 
 def check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pruning | None, pl.LightningDataModule]:
@@ -432,6 +457,16 @@ def _short_fit_warning(max_epochs: int, callback: Pruning) -> str:
             f"epoch {schedule.last_prune_epoch} (0-based) of the schedule's {schedule.total_epochs}: the model is "
             f"pruned only if {callback.method.name} converges before (schedule.stop_early), else the run ends "
             f"unpruned (status failed). Leave trainer.max_epochs unset, or give it at least {least}, to be sure")
+
+
+def check_builds(cfg: DictConfig) -> None:
+    """The arguments of what a run builds from its config without reading data or building a
+    network: the Trainer's, the data module's (made, not set up) and the training module's, each
+    checked as it is made. Cheap enough to run on every run of a sweep before the first starts
+    (:func:`check_config` builds them all again, with the data and the network)."""
+    instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
+    dm = instantiate(cfg.data)
+    instantiate(cfg.module, model=nn.Identity(), num_classes=getattr(dm, "num_classes", None) or 10)
 
 
 def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
@@ -1380,7 +1415,11 @@ def _configuration_only(cfg: DictConfig) -> PruningResult:
     except Exception:  # noqa: BLE001 - e.g. the bad value is an interpolation
         config = OmegaConf.to_container(cfg, resolve=False)
     # (pruning.name: null is no pruning, as pruning_enabled reads it: "none", not "None")
-    return PruningResult(method=str(cfg.pruning.get("name") or "none"), config={"cli": config})
+    result = PruningResult(method=str(cfg.pruning.get("name") or "none"), config={"cli": config})
+    given = config.get("target") if result.method != "none" else None  # (as given: a script filters runs by it)
+    if isinstance(given, dict):
+        result.target = {k: v for k, v in given.items() if k not in TARGET_LIMITS and v is not None} or None
+    return result
 
 
 def started_result(cfg: DictConfig, began: float | None = None) -> PruningResult:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -351,6 +352,14 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
         cli.check_sweep_runs(["-m", "target.macs=range(0,0.2,0.1)"])  # (a range is a grid too)
     with pytest.raises(ValueError, match=r"^run 1 of the sweep \(pruning.lam=nan\) .*lam must be"):
         cli.check_sweep_runs(["-m", "pruning.lam=0.1,nan"])
+    # what the objects Hydra builds check as they are made: each run trained before the next one's was refused (probe)
+    limit = (r"\(trainer.limit_train_batches=-1\) .*MisconfigurationException: trainer: You have passed invalid "
+             r"value -1 for limit_train_batches")
+    for values, said in [("module.lr=0.01,-1", r"\(module.lr=-1\) .*ValueError: module: lr must be in \(0.0, inf\)"),
+                         ("data.batch_size=64,0", r"\(data.batch_size=0\) .*ValueError: data: batch_size must be in"),
+                         ("trainer.limit_train_batches=5,-1", limit)]:
+        with pytest.raises(ValueError, match=rf"^run 1 of the sweep {said}.* Nothing has run: change or drop that value$"):
+            cli.check_sweep_runs(["-m", values, "data=uci_digits"])
     # valid grids, a single run, another sweeper, Hydra's own errors and plugin runs pass (checked as they start)
     cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "seed=0,1", "hydra.job.chdir=false"])
     cli.check_sweep_runs(["target.macs=0"])  # (one run: its own check says it, with the run's record)
@@ -444,13 +453,20 @@ def test_unknown_model_fails_with_hydras_error():
     (["trainer.devices=0"], "devices"),
 ])
 def test_bad_values_fail_before_training(tmp_path, overrides, match):
+    """Each in one line (a value of an object Hydra builds came as Hydra's three-line wrapper,
+    "Error in call to target ...", "full_key: module": probe): the object's own error."""
     cfg = _compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}"] + overrides)
-    with pytest.raises((InstantiationException, ValueError, TypeError), match=match):
+    with pytest.raises((ValueError, TypeError, MisconfigurationException), match=match) as info:
         run(cfg, tmp_path)
+    assert "\n" not in str(info.value) and not isinstance(info.value, InstantiationException)
     assert not (tmp_path / "dense").exists() and not (tmp_path / "cache").exists()
     # nothing trained, but the run is on record (a sweep's report lists it with the reason)
     failed = PruningResult.load(tmp_path / "result.json")
     assert failed.status == "failed" and re.search(match, failed.error) and failed.pruned == {}
+    # its target as given (it was null: a script filtering runs by target misread them: probe)
+    given = {k: v for k, v in OmegaConf.to_container(cfg.target).items() if k in ("macs", "params", "filters",
+                                                                                  "rates", "latency", "batch_size")}
+    assert failed.target == ({k: v for k, v in given.items() if v is not None} or None)
 
 
 def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_held(tmp_path):
@@ -537,7 +553,7 @@ def test_values_lightning_and_torch_accept_pass_the_checks_before_training(tmp_p
 
 def test_unknown_model_name_fails_before_training(tmp_path):
     cfg = _compose(["model.name=alexnet9000", "data=uci_digits"])
-    with pytest.raises(InstantiationException, match="unknown model 'alexnet9000'; available"):
+    with pytest.raises(ValueError, match="^model: unknown model 'alexnet9000'; available"):
         run(cfg, tmp_path)
 
 
@@ -546,6 +562,56 @@ def test_console_entry_point_reports_bad_keys():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "nonsense_key" in proc.stderr
+
+
+def test_with_hydra_job_chdir_relative_paths_are_the_launch_folders(tmp_path):
+    """With hydra.job.chdir=True the job runs in its output folder: ckpt_path=e3.ckpt was "does not
+    exist", plugins=[myplug.py] "no file", data.root=fm a data set to install, each though it was in
+    the folder the command was started in (probe). They are read from there."""
+    from lightning_ssr.app.cli import paths_from
+
+    cfg = _compose(["ckpt_path=e3.ckpt", "plugins=[myplug.py,some_module]", "data=fashion_mnist", "data.root=fm",
+                    "dense.cache_dir=/abs/cache"])
+    paths_from(cfg, tmp_path)
+    assert (cfg.ckpt_path, cfg.data.root, cfg.dense.cache_dir) == (str(tmp_path / "e3.ckpt"), str(tmp_path / "fm"),
+                                                                   "/abs/cache")
+    assert list(cfg.plugins) == [str(tmp_path / "myplug.py"), "some_module"]  # (a module name stays one)
+    (tmp_path / "e3.ckpt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "hydra.job.chdir=True", "ckpt_path=e3.ckpt"],
+                          cwd=tmp_path, env={**os.environ, "LIGHTNING_SSR_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert f"checkpoint file '{tmp_path / 'e3.ckpt'}' is unreadable" in proc.stderr
+
+
+SAME_SECOND = """
+import datetime, sys
+import hydra.core.utils
+
+class SameSecond(datetime.datetime):  # every process's clock at 12:00:00 of one day, its microseconds its own
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.datetime.now().replace(year=2026, month=1, day=1, hour=12, minute=0, second=0)
+
+hydra.core.utils.datetime = SameSecond
+from lightning_ssr.app.cli import main
+sys.argv[0] = "lightning-ssr"
+main()
+"""
+
+
+def test_two_commands_started_in_the_same_second_each_get_their_own_folder(tmp_path):
+    """Hydra's default folder is named to the second: two commands started together wrote into one,
+    the second moved the first's running record aside, the first then wrote over the second's
+    result (probe). Named to the microsecond now. (Refused runs: each still writes its folder.)"""
+    (tmp_path / "same_second.py").write_text(SAME_SECOND)
+    env = {**os.environ, "LIGHTNING_SSR_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "same_second.py", "target.macs=0", f"seed={seed}"], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for seed in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [1, 1]
+    records = sorted(tmp_path.glob("outputs/2026-01-01/12-00-00*/result.json"))
+    assert len(records) == 2
+    assert sorted(PruningResult.load(r).config["cli"]["seed"] for r in records) == [0, 1]
 
 
 @pytest.mark.parametrize("recipe", [[], ["+experiment=da_mnist_to_digits"]], ids=["run", "recipe"])

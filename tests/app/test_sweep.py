@@ -551,6 +551,18 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
         assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_search_run_without_multirun_says_it_is_one_run(tmp_path):
+    """+experiment=optuna_ssr without -m ran one job of its defaults, with no word of the search."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
+                        "(pip install 'lightning_ssr[optuna]')")
+    cmd = [sys.executable, "-m", "lightning_ssr", "+experiment=optuna_ssr", "target.macs=0"]  # (refused: no training)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "LIGHTNING_SSR_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 1
+    assert ("lightning-ssr: this configuration's sweeper (OptunaSweeper) searches only with -m; this is one run of "
+            "its defaults") in proc.stderr
+
+
 def test_the_optuna_experiment_searches_and_reports(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
                         "(pip install 'lightning_ssr[optuna]')")

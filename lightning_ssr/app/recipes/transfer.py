@@ -98,8 +98,8 @@ def _source_data(source_cfg: DictConfig, target: pl.LightningDataModule) -> pl.L
     try:
         source = stages.build_data(source_cfg)
     except InstantiationException as err:  # (a bad setting: said again as the setting it is)
-        said = re.sub(r"\bdata\b(?=[.:]|$)", "transfer.source", str(err), flags=re.MULTILINE)
-        raise ValueError(f"transfer.source: {said}") from err
+        said = re.sub(r"^data\b", "transfer.source", str(stages.plainly(err)))
+        raise ValueError(said if said.startswith("transfer.source") else f"transfer.source: {said}") from err
     pair = f"the source {type(source).__name__} (transfer.source) and the target {type(target).__name__} (data)"
     if source.in_channels != target.in_channels:
         raise ValueError(f"{pair} have {source.in_channels}- and {target.in_channels}-channel images: the network "
