@@ -416,6 +416,24 @@ def _epochs_cell(values: Sequence[int | None]) -> str:
     return "" if not known else str(known[0]) if len(known) == 1 else f"{known[0]}-{known[-1]}"
 
 
+def comparison(result: Mapping | None) -> str:
+    """What a run's accuracy and MACs compare with: its network and the images it is tested on
+    (``"lenet5 on MNISTDigits 28x28"``; an adaptation's, the target's). Runs of another network or
+    data set are compared apart: their accuracies come from other test sets, their MACs from other
+    networks (one Pareto front over both crowned one data set's runs, and one dense point stood
+    between two networks: probe)."""
+    cli = ((result or {}).get("config") or {}).get("cli") or {}
+    model = cli.get("model") if isinstance(cli.get("model"), Mapping) else {}
+    name = model.get("name") or str(model.get("_target_", "?")).rsplit(".", 1)[-1]
+    adaptation = cli.get("adaptation") if isinstance(cli.get("adaptation"), Mapping) else {}
+    data = adaptation.get("target") or cli.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    said = f"{name} on {str(data.get('_target_', '?')).rsplit('.', 1)[-1]}"
+    if data.get("image_size"):
+        said += f" {data['image_size']}x{data['image_size']}"
+    return said + (f", {data['channels']} channels" if data.get("channels") else "")
+
+
 def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
     """One row per configuration (seeds pooled), in the order the runs were found; ``swept``: as
     :func:`varying_keys`."""
@@ -434,6 +452,7 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
         drop_mean, drop_std = _mean_std(drop)
         rows.append({
             "config": label, "method": (members[0]["result"] or {}).get("method"),
+            "comparison": comparison(members[0]["result"]),
             "runs": len(ok), "failed": len(members) - len(ok),
             "interrupted": sum(1 for m in members if m["status"] == "interrupted"),
             "running": sum(1 for m in members if m["status"] == "running"),
@@ -444,9 +463,11 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
             "epochs": _epochs_cell([trained_epochs(r) for r in ok]),
             "dirs": [str(m["dir"]) for m in members],
         })
-    front = pareto_front([(r["macs_mean"], r["accuracy_mean"]) for r in rows])
-    for i, row in enumerate(rows):
-        row["pareto"] = i in front
+    for compared in {r["comparison"] for r in rows}:  # (a front within each network and data set)
+        mine = [r for r in rows if r["comparison"] == compared]
+        front = pareto_front([(r["macs_mean"], r["accuracy_mean"]) for r in mine])
+        for i, row in enumerate(mine):
+            row["pareto"] = i in front
     return rows
 
 
@@ -492,6 +513,10 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
              "accuracy against MACs."), "",
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
+    compared = list(dict.fromkeys(r["comparison"] for r in rows if "comparison" in r))
+    if len(compared) > 1:  # (accuracies of other test sets, MACs of other networks: not one front)
+        lines[2] += (f" The runs test {len(compared)} networks or data sets ({'; '.join(compared)}): each has its "
+                     "own Pareto front, and the plots a panel each.")
     shared = _shared_overrides(runs, swept_keys(sweep_dir) if sweep_dir is not None else ())
     given = _given_alike(runs, shared)
     if given:  # (a tiny test sweep, trainer.limit_train_batches=10, would read like a real one)
@@ -575,39 +600,44 @@ def _method_colours(plt, rows: Sequence[dict]) -> dict:
 
 
 def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: str) -> Path | None:
-    """Test accuracy against MACs; ``None`` (no plot) when no run finished with both."""
+    """Test accuracy against MACs, a panel for each network and data set (:func:`comparison`);
+    ``None`` (no plot) when no run finished with both."""
     finished = [(r["result"] or {}).get("pruned") or {} for r in runs if r["status"] == "ok"]
     if not any(p.get("accuracy") is not None and p.get("macs") for p in finished):
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    compared = list(dict.fromkeys(r.get("comparison", "") for r in rows))
+    fig, axes = plt.subplots(len(compared), 1, figsize=(7, 4.5 * len(compared)), squeeze=False)
     colour = _method_colours(plt, rows)
-    methods = list(colour)
     by_dir = {str(r["dir"]): r for r in runs}
-    for row in rows:
-        members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
-        members = [m for m in members if m["pruned"].get("accuracy") is not None and m["pruned"].get("macs")]
-        ax.scatter([m["pruned"]["macs"] / 1e6 for m in members], [100 * m["pruned"]["accuracy"] for m in members],
-                   color=colour.get(row["method"]), alpha=0.45, s=18)
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method and r["accuracy_mean"] is not None]
-        ax.scatter([r["macs_mean"] / 1e6 for r in mine], [r["accuracy_mean"] for r in mine], facecolors="none",
-                   edgecolors=[colour[method]], s=70, linewidths=1.5, label=method)
-    dense = [r["result"]["dense"] for r in runs if r["result"] and r["result"].get("dense", {}).get("accuracy")]
-    if dense:
-        ax.scatter([statistics.fmean(d["macs"] for d in dense) / 1e6],
-                   [100 * statistics.fmean(d["accuracy"] for d in dense)], marker="*", s=120, color="black",
-                   label="dense (mean)")
-    front = sorted((r["macs_mean"] / 1e6, r["accuracy_mean"]) for r in rows if r["pareto"])
-    if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, linestyle="--",
-                label="Pareto front")
-    ax.set_xscale("log")  # pruned models span orders of magnitude below the dense one
-    ax.set_xlabel("MACs (millions, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    for ax, panel in zip(axes[:, 0], compared, strict=True):
+        mine = [r for r in rows if r.get("comparison", "") == panel]
+        for row in mine:
+            members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
+            members = [m for m in members if m["pruned"].get("accuracy") is not None and m["pruned"].get("macs")]
+            ax.scatter([m["pruned"]["macs"] / 1e6 for m in members], [100 * m["pruned"]["accuracy"] for m in members],
+                       color=colour.get(row["method"]), alpha=0.45, s=18)
+        for method in colour:
+            means = [r for r in mine if r["method"] == method and r["accuracy_mean"] is not None]
+            if means:
+                ax.scatter([r["macs_mean"] / 1e6 for r in means], [r["accuracy_mean"] for r in means],
+                           facecolors="none", edgecolors=[colour[method]], s=70, linewidths=1.5, label=method)
+        dense = [by_dir[d]["result"]["dense"] for r in mine for d in r["dirs"] if by_dir[d]["result"]
+                 and by_dir[d]["result"].get("dense", {}).get("accuracy")]
+        if dense:
+            ax.scatter([statistics.fmean(d["macs"] for d in dense) / 1e6],
+                       [100 * statistics.fmean(d["accuracy"] for d in dense)], marker="*", s=120, color="black",
+                       label="dense (mean)")
+        front = sorted((r["macs_mean"] / 1e6, r["accuracy_mean"]) for r in mine if r["pareto"])
+        if front:
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, linestyle="--",
+                    label="Pareto front")
+        ax.set_xscale("log")  # pruned models span orders of magnitude below the dense one
+        ax.set_xlabel("MACs (millions, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title if len(compared) == 1 else f"{title}: {panel}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -646,18 +676,21 @@ def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, titl
     for row in rows:
         members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
         members = [m for m in members if m.get("layers") and m.get("target")]
-        if members:
-            by_target.setdefault(json.dumps(members[0]["target"], sort_keys=True), []).append((row, members))
+        if members:  # (a panel for each target of each network and data set: their layers are their own)
+            key = json.dumps([row.get("comparison", ""), members[0]["target"]], sort_keys=True)
+            by_target.setdefault(key, []).append((row, members))
     if not any(len(chosen) > 1 for chosen in by_target.values()):
         return None
     plt = _pyplot()
-    names = [layer["name"] for layer in next(iter(by_target.values()))[0][1][0]["layers"]]
     panels = sorted(by_target.items(), key=lambda kv: [-len(kv[1]), kv[0]])
-    width = max(6.5, 0.35 * len(names) + 3)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels) + 0.9), sharex=True, squeeze=False)
+    several = len({json.loads(key)[0] for key in by_target}) > 1
+    width = max(6.5, 0.35 * max(len(chosen[0][1][0]["layers"]) for _, chosen in panels) + 3)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.9 * len(panels) + 0.9), squeeze=False)
     colour = _method_colours(plt, rows)  # a method's colour is the one pareto.png gives it
     styles = ("-", "--", ":", "-.")
-    for ax, (target, chosen) in zip(axes[:, 0], panels, strict=True):
+    for ax, (key, chosen) in zip(axes[:, 0], panels, strict=True):
+        compared, target = json.loads(key)
+        names = [layer["name"] for layer in chosen[0][1][0]["layers"]]
         seen: dict[str, int] = {}
         for row, members in chosen:
             fractions = []
@@ -670,11 +703,12 @@ def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, titl
                     linestyle=styles[n % len(styles)], label=row["config"])
         ax.set_yscale("log")
         ax.set_ylabel("filters kept / dense")
-        ax.set_title("target " + " ".join(f"{k}={v}" for k, v in json.loads(target).items()), fontsize=9)
+        ax.set_title(("target " + " ".join(f"{k}={v}" for k, v in target.items())
+                      + (f", {compared}" if several else "")), fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    axes[-1, 0].set_xticks(range(len(names)))
-    axes[-1, 0].set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     fig.suptitle(f"{title} (log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -702,6 +736,19 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
     if not found and planned_jobs(sweep_dir) is None:  # (a grid whose jobs all wait: each listed with its command)
         raise FileNotFoundError(f"no runs under {str(sweep_dir)!r}: no result.json and no Hydra job folder")
     runs, strays = of_the_sweep(sweep_dir, found)
+    chosen = None
+    if plots and run is not None:  # (before anything is written: a run that cannot be plotted changes nothing)
+        wanted = Path(run) if Path(run).is_absolute() else sweep_dir / run
+        chosen = next((r for r in runs if r["dir"].resolve() == wanted.resolve()), None)
+        plotted = [r for r in runs if r["status"] == "ok" and (r["result"] or {}).get("layers")]
+        if chosen is None or chosen not in plotted:
+            what = ("no run there" if chosen is None or chosen["result"] is None else
+                    f"that run {chosen['status']}, so it has no per-layer table" if chosen["status"] != "ok" else
+                    "that run pruned nothing, so it has no per-layer table")
+            names = [str(r["dir"].relative_to(sweep_dir)) if r["dir"].is_relative_to(sweep_dir) else str(r["dir"])
+                     for r in plotted]
+            raise FileNotFoundError(f"--run {str(run)!r}: {what}; finished runs: {names[:8]}"
+                                    + (f" and {len(names) - 8} more" if len(names) > 8 else ""))
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, swept_keys(sweep_dir))
     missing = never_started(sweep_dir, runs, strays)
@@ -715,14 +762,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, run: 
         structure = plot_structures(rows, runs, out / "structure.png", f"{title}: filters kept per layer")
         if structure is not None:
             files["structure"] = structure
-        chosen = None
-        if run is not None:
-            wanted = Path(run) if Path(run).is_absolute() else sweep_dir / run
-            chosen = next((r for r in runs if r["dir"].resolve() == wanted.resolve()), None)
-            if chosen is None or chosen["result"] is None:
-                raise FileNotFoundError(f"--run {str(run)!r}: no finished run there (runs: "
-                                        f"{[str(r['dir'].relative_to(sweep_dir)) for r in runs][:8]})")
-        else:
+        if run is None:
             chosen = _default_layers_run(rows, runs)
         if chosen is not None and chosen["result"].get("layers"):
             name = chosen["dir"].relative_to(sweep_dir) if chosen["dir"].is_relative_to(sweep_dir) else chosen["dir"]

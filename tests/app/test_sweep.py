@@ -21,13 +21,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _result(tmp: Path, name: str, method: str, macs_kept: float, seed: int, accuracy: float,
-            status: str = "ok", error: str | None = None, warned: tuple = (), schedule: dict | None = None) -> Path:
+            status: str = "ok", error: str | None = None, warned: tuple = (), schedule: dict | None = None,
+            data: str | None = None, model: str = "lenet5", dense_accuracy: float = 0.99) -> Path:
     dense_macs = 1_000_000
-    cli = {"model": {"name": "lenet5"}, "pruning": {"name": method}, "target": {"macs": macs_kept}, "seed": seed,
+    cli = {"model": {"name": model}, "pruning": {"name": method}, "target": {"macs": macs_kept}, "seed": seed,
            "dense": {"cache_dir": f"/somewhere/{seed}"}}
+    if data is not None:
+        cli["data"] = {"_target_": f"lightning_ssr.app.data.{data}", "image_size": 28}
     config = {"cli": cli} if schedule is None else {"cli": cli, "schedule": schedule}
     result = PruningResult(method=method, config=config, target={"macs": macs_kept},
-                           dense={"macs": dense_macs, "params": 1000, "accuracy": 0.99},
+                           dense={"macs": dense_macs, "params": 1000, "accuracy": dense_accuracy},
                            pruned={"macs": int(dense_macs * macs_kept), "params": int(1000 * macs_kept),
                                    "accuracy": accuracy},
                            layers=[{"name": "conv1", "before": 20, "after": 10, "macs_before": 1, "macs_after": 1,
@@ -87,6 +90,28 @@ def _png_height(path: Path) -> int:
     return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk: width, then height
 
 
+def test_runs_on_other_data_sets_or_networks_are_compared_apart(tmp_path):
+    """A sweep over data=mnist_10k,fashion_mnist had one Pareto front over both: Fashion-MNIST's runs
+    took it from MNIST's by accuracies of another test set, and one dense point stood at the mean
+    of the two (probe). Each network and data set has its own front, and a panel of its own."""
+    for i, (data, method, acc) in enumerate([("MNISTDigits", "l1", 0.96), ("MNISTDigits", "ssr_l20", 0.95),
+                                             ("FashionMNIST", "l1", 0.85), ("FashionMNIST", "ssr_l20", 0.86)]):
+        _result(tmp_path / "two", str(i), method, 0.1, 0, acc, data=data,
+                dense_accuracy=0.99 if data == "MNISTDigits" else 0.90)
+    for i, (method, acc) in enumerate([("l1", 0.96), ("ssr_l20", 0.95)]):
+        _result(tmp_path / "one", str(i), method, 0.1, 0, acc, data="MNISTDigits")
+    rows = summarize(find_runs(tmp_path / "two"))
+    assert {r["comparison"] for r in rows} == {"lenet5 on MNISTDigits 28x28", "lenet5 on FashionMNIST 28x28"}
+    front = {(r["comparison"].split()[2], r["method"]) for r in rows if r["pareto"]}
+    assert front == {("MNISTDigits", "l1"), ("FashionMNIST", "ssr_l20")}  # (one front over both: Fashion-MNIST's)
+    write_report(tmp_path / "two")
+    write_report(tmp_path / "one")
+    assert _png_height(tmp_path / "two" / "pareto.png") > 1.8 * _png_height(tmp_path / "one" / "pareto.png")
+    assert ("The runs test 2 networks or data sets (lenet5 on MNISTDigits 28x28; lenet5 on FashionMNIST 28x28): "
+            "each has its own Pareto front") in (tmp_path / "two" / "report.md").read_text()
+    assert "networks or data sets" not in (tmp_path / "one" / "report.md").read_text()
+
+
 def test_every_target_gets_its_panel_and_one_run_shows_no_spread(tmp_path, monkeypatch):
     from lightning_ssr.app import sweep
 
@@ -116,7 +141,15 @@ def test_report_command_says_what_is_wrong(tmp_path, capsys):
     assert "no runs" in capsys.readouterr().err
     _result(tmp_path / "one", "0", "l1", 0.5, 0, 0.9)
     assert main([str(tmp_path / "one"), "--run", "7"]) == 2
-    assert "--run '7'" in capsys.readouterr().err
+    assert "--run '7': no run there; finished runs: ['0']" in capsys.readouterr().err
+    # a failed run: its layers.png of an earlier report was removed, and nothing said (probe)
+    _result(tmp_path / "one", "1", "l1", 0.5, 1, 0.0, status="failed", error="ValueError: lam must be >= 0")
+    assert main([str(tmp_path / "one")]) == 1 and (tmp_path / "one" / "layers.png").is_file()  # (1: a run failed)
+    capsys.readouterr()
+    assert main([str(tmp_path / "one"), "--run", "1"]) == 2
+    assert ("--run '1': that run failed, so it has no per-layer table; finished runs: ['0']"
+            in capsys.readouterr().err)
+    assert (tmp_path / "one" / "layers.png").is_file()
 
 
 def test_one_run_is_counted_in_the_singular(tmp_path, capsys):
