@@ -9,9 +9,12 @@ Lightning versions in :data:`TESTED` (the suite checks the installed one).
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning
 import torch
 from lightning.pytorch import callbacks as lightning_callbacks
+from lightning.pytorch.trainer.states import RunningStage
 
 #: the Lightning versions (major.minor) this module has been tested with
 TESTED = ("2.6",)
@@ -125,10 +128,24 @@ def validation_batch(trainer, pl_module, batch, dataloader_idx: int):
     """``batch`` as Lightning's validation loop hands it to ``validation_step``: the precision
     plugin's conversion (``64-true`` makes float inputs float64), ``on_before_batch_transfer``, the
     move to the device and ``on_after_batch_transfer`` (the module's, or the datamodule's where it
-    overrides them)."""
-    batch = trainer.precision_plugin.convert_input(batch)
-    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=dataloader_idx)
-    return trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+    overrides them), run as in validation (:func:`validating`)."""
+    with validating(trainer):
+        batch = trainer.precision_plugin.convert_input(batch)
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=dataloader_idx)
+        return trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+
+
+@contextlib.contextmanager
+def validating(trainer):
+    """The trainer's stage set to validating, then put back: a batch hook that augments only
+    ``if self.trainer.training`` (Lightning's own pattern) leaves a validation batch as it is, also
+    when the pruning engine scores one during training."""
+    stage = trainer.state.stage
+    trainer.state.stage = RunningStage.VALIDATING
+    try:
+        yield
+    finally:
+        trainer.state.stage = stage
 
 
 def compiled_modules(pl_module) -> list[str]:
@@ -137,11 +154,24 @@ def compiled_modules(pl_module) -> list[str]:
     its call), or by its ``forward`` (``torch.compile`` of the method); empty where none is."""
     found = [""] if getattr(pl_module, "_compiler_ctx", None) else []
     found += [name for name, m in pl_module.named_modules() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
-              or getattr(m, "_compiled_call_impl", None) is not None
-              # a compiled forward: set on the module (m.forward = torch.compile(m.forward)), or its class's
-              # (@torch.compile over def forward)
-              or hasattr(m.__dict__.get("forward", type(m).forward), "_torchdynamo_orig_callable")]
+              or getattr(m, "_compiled_call_impl", None) is not None or _compiled_forward(m)]
     return list(dict.fromkeys(found))
+
+
+def _compiled_forward(module) -> bool:
+    """Whether ``module``'s forward is compiled: set on the module (``m.forward =
+    torch.compile(m.forward)``) or on its class (``@torch.compile`` over ``def forward``). Not a
+    forward ``torch.compiler.disable`` keeps out of compilation (Dynamo marks both alike), nor a
+    TorchScript module's."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return False
+    forward = module.__dict__.get("forward")
+    if forward is None:
+        try:
+            forward = getattr(type(module), "forward", None)
+        except (AttributeError, RuntimeError):  # (a descriptor that refuses the class)
+            return False
+    return hasattr(forward, "_torchdynamo_orig_callable") and not getattr(forward, "_torchdynamo_disable", False)
 
 
 def early_stopping_stopped(callback) -> bool:

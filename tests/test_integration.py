@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
 
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, SSRPruning, load_pruned
 from tests.lit import loader
@@ -163,6 +164,37 @@ def test_compiled_modules_are_refused_before_the_first_step(tmp_path, make, name
     assert after.keys() == {k.replace("_orig_mod.", "") for k in before}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
     assert all(torch.equal(v, after[k.replace("_orig_mod.", "")]) for k, v in before.items())
+
+
+class KeptFromCompiling(nn.Module):
+    """A part that torch.compiler.disable keeps out of compilation (Dynamo marks it as it marks a
+    compiled function), beside a TorchScript loss."""
+
+    @torch.compiler.disable
+    def forward(self, x):
+        return x
+
+
+class NotCompiled(Validated):
+    def __init__(self):
+        super().__init__()
+        self.aux = KeptFromCompiling()
+        self.loss = torch.jit.script(nn.CrossEntropyLoss())
+
+    def forward(self, x):
+        return self.the_network_itself(self.aux(x))
+
+
+def test_a_forward_kept_from_compiling_and_a_scripted_module_are_not_taken_for_compiled(tmp_path):
+    """The compiled-forward check refused the first as compiled and failed with an AttributeError on
+    the second (review): both prune."""
+    pl.seed_everything(0)
+    model = NotCompiled()
+    pruning = SSRPruning(regularizer="l20", flops_budget=0.5, schedule=SCHEDULE, verbose=False)
+    pl.Trainer(max_epochs=SCHEDULE.total_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+               default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[pruning]).fit(model, loader(), loader(seed=1))
+    assert pruning.result is not None and pruning.result.status == "ok"
 
 
 def test_the_methods_update_metrics_reach_the_logger_at_its_interval(tmp_path):

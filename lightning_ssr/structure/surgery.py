@@ -203,6 +203,8 @@ def informative_example(example_inputs):
             return torch.rand(x.shape, generator=generator).to(dtype=x.dtype, device=x.device)
         return x
 
+    if isinstance(example_inputs, tuple) and hasattr(example_inputs, "_fields"):  # (a namedtuple)
+        return type(example_inputs)(*(varied(x) for x in example_inputs))
     if isinstance(example_inputs, (tuple, list)):
         return type(example_inputs)(varied(x) for x in example_inputs)
     if isinstance(example_inputs, dict):
@@ -649,16 +651,27 @@ def moved_by_training(model: nn.Module) -> list[str]:
     without affine maps a zero channel to ``-mean / std``) and the trainable parameters of other
     modules (a learned threshold subtracted from every channel). At their initial values (means 0,
     a threshold 0) such a channel is zero, and only the trained model shows it is not."""
-    found = []
+    found, seen = [], set()  # (a tensor two modules share: once, under its first name)
     for prefix, module in model.named_modules():
         dot = f"{prefix}." if prefix else ""
         if isinstance(module, _NORM):
-            found += [dot + n for n, b in module.named_buffers(recurse=False)
-                      if n in ("running_mean", "running_var") and b is not None and b.is_floating_point()]
+            tensors = [(n, b) for n, b in module.named_buffers(recurse=False)
+                       if n in ("running_mean", "running_var") and b is not None and b.is_floating_point()]
         elif not isinstance(module, _CONV + (nn.Linear,)):
-            found += [dot + n for n, p in module.named_parameters(recurse=False)
-                      if p.requires_grad and p.is_floating_point()]
+            tensors = [(n, p) for n, p in module.named_parameters(recurse=False)
+                       if p.requires_grad and p.is_floating_point()]
+        else:
+            continue
+        for n, t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                found.append(dot + n)
     return found
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` under each of its names (a shared one under all)."""
+    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
 
 
 def _move_as_training_would(model: nn.Module, names: Sequence[str], sign: int) -> None:
@@ -667,7 +680,7 @@ def _move_as_training_would(model: nn.Module, names: Sequence[str], sign: int) -
     amount (a scalar has one sign: the two dry runs move it both ways). Seeded: the global random
     state is not used."""
     generator = torch.Generator().manual_seed(0)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tensors = _named_tensors(model)
     with torch.no_grad():
         for name in names:
             t = tensors[name]
@@ -694,12 +707,13 @@ def _moved_culprits(model: nn.Module, example_inputs, kept: Mapping[str, Sequenc
     """After a dry run failed on ``model`` with what training moves moved (``initial``: their
     values before): ``None`` where the rebuild fails at the initial values too (the structure's own
     fault); else the moved tensors it fails with, narrowed to one kind where one alone fails it
-    (parameters, the statistics of norms without affine, other statistics). Tried on copies."""
+    (parameters, the statistics of norms without affine, other statistics), then to the modules
+    (of the first 8) whose own fail it. Tried on copies."""
     sizes = {g.name: g.size for g in groups}
 
     def holds(moved: Sequence[str]) -> bool:  # the rebuild, with only ``moved`` moved
         trial = copy.deepcopy(model)
-        tensors = {**dict(trial.named_parameters()), **dict(trial.named_buffers())}
+        tensors = _named_tensors(trial)
         with torch.no_grad():
             for n, value in initial.items():
                 if n not in moved:
@@ -716,7 +730,12 @@ def _moved_culprits(model: nn.Module, example_inputs, kept: Mapping[str, Sequenc
     stats = [n for n in initial if n.endswith(("running_mean", "running_var"))]
     plain = [n for n in stats if getattr(modules.get(n.rpartition(".")[0]), "weight", None) is None]
     kinds = [[n for n in initial if n not in stats], plain, [n for n in stats if n not in plain]]
-    return next((kind for kind in kinds if kind and not holds(kind)), list(initial))
+    kind = next((kind for kind in kinds if kind and not holds(kind)), list(initial))
+    owners: dict[str, list[str]] = {}  # (then by the module that holds them: a GRU's weights beside a threshold)
+    for n in kind:
+        owners.setdefault(n.rpartition(".")[0], []).append(n)
+    failing = [n for names in list(owners.values())[:8] if not holds(names) for n in names] if len(owners) > 1 else []
+    return failing or kind
 
 
 def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], keep: Mapping[str, int],
@@ -732,7 +751,7 @@ def dry_run(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup], ke
         mask[spread_indices(g.size, keep[g.name])] = True
         kept[g.name] = torch.nonzero(align_blocks(g, mask)).flatten().tolist()
     moved = moved_by_training(model) if move else []
-    initial = {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()] if n in moved}
+    initial = {n: t.detach().clone() for n, t in _named_tensors(model).items() if n in moved}
     _move_as_training_would(model, moved, move)
     try:
         prune_channels(model, example_inputs, kept, {g.name: g.size for g in groups})

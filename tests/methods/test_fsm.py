@@ -374,6 +374,31 @@ def test_the_default_score_sees_each_batch_as_validation_step_does(tmp_path, pre
     assert len(module.seen) > 4 and all(d in (dtype, torch.float64) and peak <= 2.0 for d, peak in module.seen)
 
 
+class AugmentsWhileTraining(Classifier):
+    """Lightning's augmentation on the device: only ``if self.trainer.training``; each one counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.augmented = 0
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer.training:
+            self.augmented += 1
+            return batch[0].flip(-1), batch[1]
+        return batch
+
+
+def test_the_default_score_does_not_augment_validation_batches(tmp_path):
+    """The score ran the batch hooks while the trainer trained: validation batches were augmented,
+    and the keep-or-revert decision made on them (review). They run as in validation now."""
+    pl.seed_everything(0)
+    module = AugmentsWhileTraining()
+    cb = Pruning(method="fsm", target={"macs": 0.6}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+                 ignored_layers=IGNORED, verbose=False)
+    trainer(tmp_path, [cb], 1, num_sanity_val_steps=0).fit(module, loader(n=32), loader(n=32, seed=1))
+    assert cb.events[0]["compensation"] in ("kept", "reverted") and module.augmented == 2  # (the 2 training batches)
+
+
 # ------------------------------------------------------------- procedures
 def test_layerwise_procedure_prunes_one_share_of_the_layers_per_event(tmp_path):
     pl.seed_everything(0)

@@ -1,6 +1,7 @@
 """The masked-vs-rebuilt check runs where neither the model's dtype nor TF32 decides its
 outcome: in float64, or with TF32 off where a model cannot run in float64."""
 
+import collections
 import copy
 
 import pytest
@@ -153,4 +154,6 @@ def test_an_all_zero_example_does_not_make_the_check_compare_zeros():
     assert varied[0].dtype == torch.float64 and varied[0].shape == zeros.shape and varied[0].unique().numel() > 1
     assert varied[1] is batch and torch.equal(varied[2], torch.arange(4))  # (data, and what is no float, as given)
     assert torch.equal(informative_example({"x": zeros})["x"], varied[0])  # (seeded: the same each time)
+    pair = collections.namedtuple("Pair", "image mask")(zeros, batch)  # (a namedtuple's fields, review)
+    assert type(informative_example(pair)).__name__ == "Pair" and informative_example(pair).mask is batch
     assert torch.equal(torch.get_rng_state(), state)
