@@ -178,6 +178,9 @@ def check_override_keys(args: Sequence[str], cause: BaseException | None = None)
                 raise
 
 
+#: the launchers that run a sweep's jobs on this machine (their Trainers are checked before the first)
+LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")
+
 #: Most runs of a grid sweep :func:`check_sweep_runs` checks before the first starts.
 MAX_CHECKED_RUNS = 256
 
@@ -205,8 +208,8 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         return
     if any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
         return  # another sweeper numbers (or picks) its runs otherwise
-    found = grid_choices([o for o in overrides if not (o.key_or_group == "hydra" or
-                                                       o.key_or_group.startswith(("hydra.", "hydra/")))])
+    hydras = [o for o in overrides if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/"))]
+    found = grid_choices([o for o in overrides if o not in hydras])
     if found is None:
         return  # (shuffled, or an interval: not a fixed grid)
     grid, swept = found
@@ -219,12 +222,13 @@ def check_sweep_runs(args: Sequence[str]) -> None:
     level = hardware.level  # the run will say it)
     hardware.setLevel(logging.WARNING)
     try:
-        _check_grid(grid, swept)
+        # (Hydra's own settings compose with each run: the launcher decides where its Trainer is made)
+        _check_grid(grid, swept, [o.input_line for o in hydras if not o.is_sweep_override()])
     finally:
         hardware.setLevel(level)
 
 
-def _check_grid(grid: dict[str, list[str]], swept: set[str]) -> None:
+def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[str] = ()) -> None:
     """:func:`check_sweep_runs`' check of each run of the grid, composed as Hydra will."""
     import itertools
     import warnings
@@ -239,7 +243,7 @@ def _check_grid(grid: dict[str, list[str]], swept: set[str]) -> None:
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
             values = " ".join(c for c, k in zip(combination, grid) if k in swept)
             try:
-                cfg = compose(config_name=CONFIG_NAME, overrides=list(combination), return_hydra_config=True)
+                cfg = compose(config_name=CONFIG_NAME, overrides=[*combination, *hydras], return_hydra_config=True)
             except MissingConfigException as err:  # (a group's choice misspelled: Hydra's message, said now)
                 # Hydra would fail there too, after writing the sweep's folder, which a report then reads as a
                 # sweep whose runs never started
@@ -259,15 +263,17 @@ def _check_grid(grid: dict[str, list[str]], swept: set[str]) -> None:
                     check_settings(cfg)
                     builds = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["trainer", "data", "module"]), resolve=True)
                     if builds not in built:
-                        check_builds(cfg)
+                        # (a launcher that runs the jobs elsewhere, SLURM's: their Trainer is theirs to make, on
+                        # nodes whose devices this one may not have)
+                        check_builds(cfg, trainer=str(cfg.hydra.launcher.get("_target_", "")).endswith(LOCAL_LAUNCHERS))
                         built.add(builds)
             except OmegaConfBaseException:
                 continue  # a value that resolves only inside its job (${hydra:job.num}, ${oc.env:...} on a node)
             except Exception as err:
                 said = plainly(err)
+                text = str(said) if str(said).endswith((".", "!", "?")) else f"{said}."
                 raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
-                                 f"{type(said).__name__}: {str(said).rstrip('.')}. Nothing has run: change or drop "
-                                 "that value") from err
+                                 f"{type(said).__name__}: {text} Nothing has run: change or drop that value") from err
 
 
 def _chooses_for(choice: str, key: str) -> bool:

@@ -7,13 +7,14 @@ import copy
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..checkpoint import CheckpointReadError, PrunedCheckpointMixin
 from ..schedule import end_cosines
-from ..validation import check_flag, check_number
+from ..validation import check_flag, check_number, some_names
 
 #: the checkpoint key of the teacher's weights (a distilled run): a resume distills from the teacher
 #: its run started with, also where the network given to :meth:`ImageClassifier.set_teacher` differs
@@ -49,46 +50,66 @@ class ImageClassifier(PrunedCheckpointMixin, pl.LightningModule):
         #: set by a resume whose checkpoint's teacher differs from the one given: what it did
         self.teacher_restored: str | None = None
 
-    def set_teacher(self, teacher: nn.Module) -> None:
+    def set_teacher(self, teacher: nn.Module, checkpointed: bool = True) -> None:
         """The network whose outputs ``distill`` pulls towards: frozen, in eval mode, and kept out
-        of this module's parameters and state dict. A distilled run's checkpoints hold its weights
-        apart (``TEACHER_CHECKPOINT_KEY``), and a resume distills from those: where the teacher given
-        here differs (a recipe's dense fine-tune trained again for another length), the resumed run
-        says so in :attr:`teacher_restored` and goes on from the teacher it started with."""
+        of this module's parameters and state dict. With ``checkpointed`` a distilled run's
+        checkpoints hold its weights apart (``TEACHER_CHECKPOINT_KEY``), and a resume distills from
+        those: where the teacher given here differs (a recipe's dense fine-tune trained again for
+        another length), the resumed run says so in :attr:`teacher_restored` and goes on from the
+        teacher it started with. ``checkpointed=False``: a teacher the run keeps elsewhere (the
+        command's cached dense model, which its checkpoints name), not written into each one."""
         teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no state_dict entry
+        self.__dict__["_teacher_checkpointed"] = checkpointed
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         teacher = self.__dict__.get("_teacher")
-        if self.hparams.distill > 0 and teacher is not None:
+        if self.hparams.distill > 0 and teacher is not None and self.__dict__.get("_teacher_checkpointed", True):
             checkpoint[TEACHER_CHECKPOINT_KEY] = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # (before the plan rebuilds this module: a refusal leaves it as it was)
+        restored = self._checkpoint_teacher(checkpoint)
         super().on_load_checkpoint(checkpoint)
+        if restored is not None:
+            self.set_teacher(restored)
+            self.teacher_restored = ("the resumed run distills from the teacher its checkpoint holds (the one its "
+                                     "run started with); the teacher given now differs (trained again with other "
+                                     "settings?)")
+            rank_zero_info(f"{type(self).__name__}: {self.teacher_restored}")
+
+    def _checkpoint_teacher(self, checkpoint: dict) -> nn.Module | None:
+        """For a fit resumed from ``checkpoint``: a copy of the teacher given holding the teacher the
+        checkpoint's run distilled from, where the two differ; ``None`` where they do not, where
+        there is none, or outside a fit (test, validate and predict use no teacher)."""
         saved, teacher = checkpoint.get(TEACHER_CHECKPOINT_KEY), self.__dict__.get("_teacher")
-        if saved is None or teacher is None or self.hparams.distill <= 0:
-            return  # (no teacher now: on_fit_start says what to do; distill=0: none is used)
+        trainer = getattr(self, "_trainer", None)
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        if saved is None or teacher is None or self.hparams.distill <= 0 or not fitting:
+            return None  # (no teacher now: on_fit_start says what to do; distill=0: none is used)
         mine = teacher.state_dict()
-        if mine.keys() == saved.keys() and all(
-                torch.equal(mine[k].cpu(), saved[k].cpu()) for k in mine):  # the same teacher: nothing to do
-            return
+        if mine.keys() == saved.keys() and all(torch.equal(mine[k].cpu(), saved[k].cpu()) for k in mine):
+            return None  # the same teacher: nothing to do
         restored = copy.deepcopy(teacher)  # (the network given stays as it is)
         try:
             restored.load_state_dict(saved)
         except RuntimeError as err:
-            trainer = getattr(self, "_trainer", None)
-            source = f"ckpt_path={trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "the checkpoint"
+            other = sorted(k for k in set(mine) & set(saved) if mine[k].shape != saved[k].shape)
+            said = [f"{what} {some_names(keys, 4)}" for what, keys in (
+                ("only the one given has", sorted(set(mine) - set(saved))),
+                ("only the checkpoint's has", sorted(set(saved) - set(mine))),
+                ("of other shapes (checkpoint's vs given):",
+                 [f"{k} {tuple(saved[k].shape)} vs {tuple(mine[k].shape)}" for k in other]))
+                if keys]
+            source = f"ckpt_path={trainer.ckpt_path}" if trainer.ckpt_path else "the checkpoint"
             raise CheckpointReadError(
                 f"{source} holds the teacher of a distilled run whose layers differ from the teacher given to "
-                f"set_teacher ({type(teacher).__name__}): resume with the teacher network of that run, or start a "
-                f"new run without the checkpoint. {str(err).splitlines()[0]}") from err
-        self.set_teacher(restored)
-        self.teacher_restored = ("the resumed run distills from the teacher its checkpoint holds (the one its run "
-                                 "started with); the teacher given now differs (trained again with other settings?)")
-        rank_zero_info(f"{type(self).__name__}: {self.teacher_restored}")
+                f"set_teacher ({type(teacher).__name__}; {'; '.join(said)}): resume with the teacher network of that "
+                "run, or start a new run without the checkpoint") from err
+        return restored
 
     def on_fit_start(self) -> None:
         teacher = self.__dict__.get("_teacher")

@@ -367,12 +367,15 @@ def plainly(err: BaseException) -> BaseException:
     if not isinstance(err, InstantiationException) or not isinstance(cause, Exception):
         return err
     key = re.search(r"full_key: (\S+)", str(err))
-    said = " ".join(str(cause).split())
-    if key and not said.startswith(key.group(1)):
+    text = cause.args[0] if isinstance(cause, KeyError) and len(cause.args) == 1 else cause  # (no repr quotes)
+    said = " ".join(str(text).split())
+    if key and not re.match(rf"{re.escape(key.group(1))}\b", said):
         said = f"{key.group(1)}: {said}"
     try:
         plain = type(cause)(said)
     except Exception:  # noqa: BLE001 - an exception class of other arguments: said as a ValueError
+        plain = None
+    if plain is None or str(plain) != said:  # (a KeyError quotes its message: said as a ValueError too)
         plain = ValueError(said)
     plain.__cause__ = cause
     return plain
@@ -459,12 +462,14 @@ def _short_fit_warning(max_epochs: int, callback: Pruning) -> str:
             f"unpruned (status failed). Leave trainer.max_epochs unset, or give it at least {least}, to be sure")
 
 
-def check_builds(cfg: DictConfig) -> None:
+def check_builds(cfg: DictConfig, trainer: bool = True) -> None:
     """The arguments of what a run builds from its config without reading data or building a
-    network: the Trainer's, the data module's (made, not set up) and the training module's, each
-    checked as it is made. Cheap enough to run on every run of a sweep before the first starts
-    (:func:`check_config` builds them all again, with the data and the network)."""
-    instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
+    network: the Trainer's (with ``trainer``: a run on this machine), the data module's (made, not
+    set up) and the training module's, each checked as it is made. Cheap enough to run on every run
+    of a sweep before the first starts (:func:`check_config` builds them all again, with the data
+    and the network)."""
+    if trainer:
+        instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False)
     dm = instantiate(cfg.data)
     instantiate(cfg.module, model=nn.Identity(), num_classes=getattr(dm, "num_classes", None) or 10)
 
@@ -1160,7 +1165,8 @@ def compress(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, output
     pl.seed_everything(cfg.seed, workers=True)
     lm = build_module(cfg, copy.deepcopy(net), dm)
     if cfg.module.get("distill"):  # distillation from the dense network (ImageClassifier.set_teacher)
-        lm.set_teacher(copy.deepcopy(net if teacher is None else teacher))
+        # (the dense network is cached, and the checkpoints name it: a recipe's own teacher goes into them)
+        lm.set_teacher(copy.deepcopy(net if teacher is None else teacher), checkpointed=teacher is not None)
     fit_to_prune(cfg, lm, dm, output_dir, callback, dense)
     return lm, callback
 

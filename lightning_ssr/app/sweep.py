@@ -573,7 +573,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
     fields = ["config", "method", "runs", "failed", "epochs", "accuracy_mean", "accuracy_std", "drop_mean", "drop_std",
-              "macs_mean", "macs_reduction_mean", "params_reduction_mean", "pareto"]
+              "macs_mean", "macs_reduction_mean", "params_reduction_mean", "pareto", "comparison"]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -606,7 +606,8 @@ def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: s
     if not any(p.get("accuracy") is not None and p.get("macs") for p in finished):
         return None
     plt = _pyplot()
-    compared = list(dict.fromkeys(r.get("comparison", "") for r in rows))
+    # (a network or data set none of whose runs finished has nothing to plot: no panel)
+    compared = list(dict.fromkeys(r.get("comparison", "") for r in rows if r["accuracy_mean"] is not None))
     fig, axes = plt.subplots(len(compared), 1, figsize=(7, 4.5 * len(compared)), squeeze=False)
     colour = _method_colours(plt, rows)
     by_dir = {str(r["dir"]): r for r in runs}
@@ -798,8 +799,14 @@ def unfinished(runs: Sequence[Mapping]) -> str:
 def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
     best = [r for r in rows if r["pareto"]]
-    front = ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
-                      for r in sorted(best, key=lambda r: r["macs_mean"])[:6])
+    compared = list(dict.fromkeys(r.get("comparison", "") for r in best))
+    fronts = []
+    for panel in compared:  # (a front for each network and data set: comparison)
+        mine = sorted((r for r in best if r.get("comparison", "") == panel), key=lambda r: r["macs_mean"])[:6]
+        said = ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
+                         for r in mine)
+        fronts.append(f"{panel}: {said}" if len(compared) > 1 else said)
+    front = "; ".join(fronts)
     # (counted as report.md counts them: those that finished, then those that did not)
     lines = [f"{count_runs(sum(r['runs'] for r in rows))} finished, {unfinished(runs)}, "
              f"{count_runs(len(rows), 'configuration')}; "

@@ -360,6 +360,13 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
                          ("trainer.limit_train_batches=5,-1", limit)]:
         with pytest.raises(ValueError, match=rf"^run 1 of the sweep {said}.* Nothing has run: change or drop that value$"):
             cli.check_sweep_runs(["-m", values, "data=uci_digits"])
+    # a launcher that runs the jobs elsewhere makes their Trainers there: a GPU sweep sent to SLURM from a
+    # node without one was refused (review); run here, the same sweep is
+    cli.check_sweep_runs(["-m", "hydra/launcher=slurm", "trainer.accelerator=gpu", "module.lr=0.01,0.02"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"trainer: No supported gpu backend found! Nothing has run"):
+            cli.check_sweep_runs(["-m", "trainer.accelerator=gpu", "module.lr=0.01,0.02"])
+
     # valid grids, a single run, another sweeper, Hydra's own errors and plugin runs pass (checked as they start)
     cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "seed=0,1", "hydra.job.chdir=false"])
     cli.check_sweep_runs(["target.macs=0"])  # (one run: its own check says it, with the run's record)
@@ -388,6 +395,25 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
         cli.main()
     assert info.value.code == 1 and not started
     assert capsys.readouterr().err.startswith("lightning-ssr: run 1 of the sweep (seed=1.5) would be refused")
+
+
+def test_plainly_says_the_objects_own_error_in_one_line_under_its_key():
+    from hydra.errors import InstantiationException
+
+    from lightning_ssr.app.stages import plainly
+
+    def wrapped(cause, key):
+        try:
+            raise InstantiationException(f"Error in call to target 'x.Y':\n{cause!r}\nfull_key: {key}") from cause
+        except InstantiationException as err:
+            return err
+
+    assert str(plainly(wrapped(KeyError("missing thing"), "data"))) == "data: missing thing"  # (no repr quotes)
+    said = plainly(wrapped(ValueError("models: two lines\nof it"), "model"))
+    assert type(said) is ValueError and str(said) == "model: models: two lines of it"  # (another word: prefixed)
+    assert str(plainly(wrapped(ValueError("module: lr must be > 0"), "module"))) == "module: lr must be > 0"
+    plain = ValueError("as it is")
+    assert plainly(plain) is plain
 
 
 def test_unknown_model_fails_with_hydras_error():

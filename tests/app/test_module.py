@@ -67,10 +67,10 @@ def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(
     teachers, calls = [], []
     real = ImageClassifier.set_teacher
 
-    def recording(self, teacher):
+    def recording(self, teacher, **kwargs):
         teachers.append({k: v.clone() for k, v in teacher.state_dict().items()})
         teacher.register_forward_hook(lambda *args: calls.append(1))  # each use of the teacher
-        real(self, teacher)
+        real(self, teacher, **kwargs)
 
     monkeypatch.setattr(ImageClassifier, "set_teacher", recording)
     result = run(distilled, tmp_path / "run")
@@ -80,6 +80,9 @@ def test_the_cli_distils_from_the_dense_model_which_it_shares_with_runs_without(
     dense = read_checkpoint(dense_cache_path(distilled))["state_dict"]
     assert len(teachers) == 1 and all(torch.equal(teachers[0][k], dense[k]) for k in dense)
     assert len(calls) == 2 * 4  # 2 epochs of 4 batches
+    # the dense teacher is cached and named by the checkpoints: not written into each of them (review)
+    saved = min((tmp_path / "run").glob("logs/version_0/checkpoints/*.ckpt"))
+    assert TEACHER_CHECKPOINT_KEY not in read_checkpoint(saved)
 
 
 def test_a_cli_resume_that_fine_tunes_longer_trains_its_added_epochs(tmp_path):
@@ -167,6 +170,46 @@ def test_a_resume_given_a_teacher_of_other_layers_is_refused_naming_the_checkpoi
                          enable_model_summary=False, enable_checkpointing=False)
     loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
     with pytest.raises(CheckpointReadError, match=rf"ckpt_path={re.escape(saved)} holds the teacher of a distilled "
-                                                  r"run whose layers differ .*set_teacher \(LeNet5\)"):
+                                                  r"run whose layers differ .*set_teacher \(LeNet5; of other shapes "
+                                                  r"\(checkpoint's vs given\): fc1.bias \(500,\) vs \(300,\), "
+                                                  r"fc1.weight \(500, 800\) vs \(300, 800\)"):
         trainer.fit(lm, loader, loader, ckpt_path=saved)
     assert trainer.global_step == 0 and all(torch.equal(lm.state_dict()[k], v) for k, v in before.items())
+    # test and validate use no teacher: neither refused nor swapped (review)
+    lm = ImageClassifier(build_model("lenet5"), distill=0.5, cosine=False)
+    lm.set_teacher(other)
+    evaluating = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    evaluating.validate(lm, loader, ckpt_path=saved, verbose=False)
+    evaluating.test(lm, loader, ckpt_path=saved, verbose=False)
+    assert lm.__dict__["_teacher"] is other and lm.teacher_restored is None
+
+
+def test_a_refused_teacher_leaves_a_pruned_checkpoints_module_unbuilt(tmp_path):
+    """The plan rebuilt the module before the teacher was checked: refused, it was left pruned (review)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_ssr import Pruning, PruningSchedule
+    from lightning_ssr.checkpoint import CheckpointReadError
+
+    torch.manual_seed(0)
+    lm = ImageClassifier(build_model("lenet5"), distill=0.5, cosine=False)
+    lm.set_teacher(build_model("lenet5"))
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
+    pruning = Pruning("l1", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1),
+                      verbose=False)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[pruning])
+    trainer.fit(lm, loader, loader)
+    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    other = build_model("lenet5")
+    other.fc1, other.fc2 = torch.nn.Linear(800, 300), torch.nn.Linear(300, 10)
+    fresh = ImageClassifier(build_model("lenet5"), distill=0.5, cosine=False)
+    fresh.set_teacher(other)
+    resumed = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0,
+                         callbacks=[Pruning("l1", target={"macs": 0.5}, verbose=False,
+                                            schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))])
+    with pytest.raises(CheckpointReadError, match="holds the teacher of a distilled run"):
+        resumed.fit(fresh, loader, loader, ckpt_path=tmp_path / "pruned.ckpt")
+    assert fresh.model.conv1.weight.shape == (20, 1, 5, 5)  # (as built: the plan did not rebuild it)

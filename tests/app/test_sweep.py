@@ -110,6 +110,10 @@ def test_runs_on_other_data_sets_or_networks_are_compared_apart(tmp_path):
     assert ("The runs test 2 networks or data sets (lenet5 on MNISTDigits 28x28; lenet5 on FashionMNIST 28x28): "
             "each has its own Pareto front") in (tmp_path / "two" / "report.md").read_text()
     assert "networks or data sets" not in (tmp_path / "one" / "report.md").read_text()
+    with open(tmp_path / "two" / "report.csv") as f:  # (which front a row's pareto flag is of: review)
+        assert {(r["comparison"], r["pareto"]) for r in csv.DictReader(f)} >= {("lenet5 on MNISTDigits 28x28", "True")}
+    summary = format_summary(write_report(tmp_path / "two"))
+    assert "Pareto front: lenet5 on MNISTDigits 28x28: " in summary and "; lenet5 on FashionMNIST 28x28: " in summary
 
 
 def test_every_target_gets_its_panel_and_one_run_shows_no_spread(tmp_path, monkeypatch):
