@@ -55,7 +55,7 @@ from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..structure.groups import ForwardError
 from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
-from ..targets import TARGET_KINDS
+from ..targets import TARGET_KINDS, parse_rates
 from ..validation import check_flag, check_number, some_names
 from .console import progress_bars
 from .data import check_augment
@@ -1425,6 +1425,9 @@ def _configuration_only(cfg: DictConfig) -> PruningResult:
     given = config.get("target") if result.method != "none" else None  # (as given: a script filters runs by it)
     if isinstance(given, dict):
         result.target = {k: v for k, v in given.items() if k not in TARGET_LIMITS and v is not None} or None
+        if result.target and isinstance(result.target.get("rates"), str):  # ("[0.5]*2": the list a run records)
+            with contextlib.suppress(ValueError, TypeError):
+                result.target["rates"] = parse_rates(result.target["rates"])
     return result
 
 

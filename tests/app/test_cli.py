@@ -26,6 +26,7 @@ from lightning_ssr.app.stages import build_pruning, cap_log_interval
 from lightning_ssr.checkpoint import load_pruned, read_checkpoint
 from lightning_ssr.methods import available_methods
 from lightning_ssr.report import PruningResult
+from lightning_ssr.targets import parse_rates
 from tests.numerics import implementations_tolerance
 
 FAST = [
@@ -492,7 +493,18 @@ def test_bad_values_fail_before_training(tmp_path, overrides, match):
     # its target as given (it was null: a script filtering runs by target misread them: probe)
     given = {k: v for k, v in OmegaConf.to_container(cfg.target).items() if k in ("macs", "params", "filters",
                                                                                   "rates", "latency", "batch_size")}
+    if isinstance(given.get("rates"), str):  # (recorded as the list a run records)
+        given["rates"] = parse_rates(given["rates"])
     assert failed.target == ({k: v for k, v in given.items() if v is not None} or None)
+
+
+def test_a_refused_run_records_a_rates_target_as_a_run_does(tmp_path):
+    """As given, a rates expression was recorded as its string ('[0.5]*2'), where a run records
+    the list (review)."""
+    cfg = _compose(["data=uci_digits", "target=rates", "target.rates='[0.5]*2'", "seed=-5"])
+    with pytest.raises(ValueError, match="seed"):
+        run(cfg, tmp_path)
+    assert PruningResult.load(tmp_path / "result.json").target == {"rates": [0.5, 0.5]}
 
 
 def test_a_run_refused_before_training_leaves_the_record_of_the_run_its_folder_held(tmp_path):
