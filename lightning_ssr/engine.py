@@ -830,18 +830,18 @@ class PruningEngine:
             return find_channel_groups(model, example, ignored)
         except ForwardError as err:  # whatever forward() raises on a plain tensor
             dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-            if example.is_floating_point() and dtypes and example.dtype not in dtypes:  # (precision="64-true", say)
+            other = example.is_floating_point() and dtypes and example.dtype not in dtypes  # (precision="64-true")
+            traced = (f"the pruning engine traces the model's forward() on one input tensor of shape "
+                      f"{tuple(example.shape)}{f' and dtype {example.dtype}' if other else ''} (from example_input=, "
+                      "example_input_array or the first training batch)")
+            failed = f"that failed: {type(err.__cause__).__name__}: {err.__cause__}."
+            if other:
                 raise ValueError(
-                    f"the pruning engine traces the model's forward() on one input tensor of shape "
-                    f"{tuple(example.shape)} and dtype {example.dtype} (from example_input=, example_input_array or "
-                    f"the first training batch), and that failed: {type(err.__cause__).__name__}: {err.__cause__}. "
-                    f"The model's parameters are {', '.join(sorted(str(d) for d in dtypes))}: give the example in "
-                    "the model's dtype (the Trainer's precision converts the training batches, not example_input "
-                    "or example_input_array).") from err
+                    f"{traced}, and {failed} The model's parameters are {', '.join(sorted(str(d) for d in dtypes))}: "
+                    "give the example in the model's dtype (the Trainer's precision converts the training batches, "
+                    "not example_input or example_input_array).") from err
             raise ValueError(
-                f"the pruning engine traces the model's forward() on one input tensor of shape "
-                f"{tuple(example.shape)} (from example_input=, example_input_array or the first training batch) "
-                f"to find prunable filters, and that failed: {type(err.__cause__).__name__}: {err.__cause__}. "
+                f"{traced} to find prunable filters, and {failed} "
                 "Define forward(x) to run the network on one input tensor (a forward() taking a dict or several "
                 "inputs is not supported: "
                 "unpack the batch in training_step and call forward on the tensor), or, where the tensor taken "

@@ -248,13 +248,11 @@ ALLOCATIONS = ("uniform", "global", "method")
 TARGET_TOLERANCE = 0.01
 #: the relative gap below a fraction target within which every allocation meets it: where no trade
 #: between layers lands within :data:`TARGET_TOLERANCE` (a network whose every step of ``round_to`` is
-#: a large share of the target), the counts stay further below
+#: a large share of the target), the counts stay further below. ``allocation="method"`` trades only
+#: to this gap, at the updates and at the prune alike: the method's structure is moved only as far
+#: as the target's promise needs. (A trade search over ResNet-56's pairs of layers takes seconds:
+#: run at every update to close a gap of 1.2%, it cost more than the training step.)
 MET_TOLERANCE = 2 * TARGET_TOLERANCE
-#: the gap below a fraction target that ``allocation="method"`` closes by trading channels, at the
-#: updates and at the prune alike: the method's structure is moved only as far as the target's
-#: promise (:data:`MET_TOLERANCE`) needs. (A trade search over ResNet-56's pairs of layers takes
-#: seconds: run at every update to close a gap of 1.2%, it cost more than the training step.)
-METHOD_TOLERANCE = MET_TOLERANCE
 
 
 def round_keep(size: int, fraction: float, floor: int = 1, round_to: int = 1) -> int:
@@ -508,7 +506,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     # (the method's structure is traded only as far as the target's promise needs: MET_TOLERANCE)
     return fill_to_target(groups, keep, measure, floor, step, next_value, trade,
                           values=None if allocation == "uniform" else values,
-                          tolerance=METHOD_TOLERANCE if allocation == "method" else TARGET_TOLERANCE)
+                          tolerance=MET_TOLERANCE if allocation == "method" else TARGET_TOLERANCE)
 
 
 def _method_values(groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -705,11 +703,10 @@ class BudgetView:
     """A :class:`Budget` bound to one model's groups and cost: what a method that learns the
     structure (``allocation="method"``) consults while it trains. ``allocate(values)`` turns the
     method's cross-layer channel values into counts that meet the target, a gap over
-    :data:`METHOD_TOLERANCE` closed by trading channels between groups as the prune does
+    :data:`MET_TOLERANCE` closed by trading channels between groups as the prune does
     (:func:`fill_to_target`): the structure the method shapes while it trains is the one the prune
-    keeps. (Without the trade, a small network
-    learned 8-63 and was pruned to 9-55: channels the method had zeroed for the whole phase were
-    kept, and ones it had trained removed.)"""
+    keeps. (Without the trade, a small network learned 8-63 and was pruned to 9-55: channels the
+    method had zeroed for the whole phase were kept, and ones it had trained removed.)"""
 
     def __init__(self, groups: Sequence[ChannelGroup], measure: TargetMeasure, min_keep: Mapping[str, int],
                  round_to: int):
@@ -750,7 +747,7 @@ class BudgetView:
         def next_value(g, keep):
             return float(sorted_values[g.name][keep[g.name]:_step_up(keep[g.name], g.size, self.step[g.name])].mean())
         return fill_to_target(self.groups, keep, measure, self.floor, self.step, next_value, values=sorted_values,
-                              tolerance=METHOD_TOLERANCE)
+                              tolerance=MET_TOLERANCE)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost, estimate_macs, estimate_params
 from lightning_ssr.structure import find_channel_groups, prune_channels
 from lightning_ssr.targets import (
-    METHOD_TOLERANCE,
+    MET_TOLERANCE,
     TARGET_TOLERANCE,
     Target,
     intermediate_keep_counts,
@@ -353,9 +353,9 @@ def test_a_small_network_with_coarse_steps_meets_a_target_its_counts_can_reach(a
     # two convolutions, every step of round_to a large share of the MACs: one-step trades between
     # the groups stopped short (32 and 48 channels, round_to=2, macs=0.3: 12 and 36 kept, 0.2868),
     # where counts within 1% exist (18 and 24: 0.2978). Every reachable target is met within
-    # TARGET_TOLERANCE, by the fewest steps moved; the method's structure within METHOD_TOLERANCE (2%:
+    # TARGET_TOLERANCE, by the fewest steps moved; the method's structure within MET_TOLERANCE (2%:
     # it is traded only as far as the target's promise needs).
-    tolerance = METHOD_TOLERANCE if allocation == "method" else TARGET_TOLERANCE
+    tolerance = MET_TOLERANCE if allocation == "method" else TARGET_TOLERANCE
     reachable = 0
     for first, second, round_to, fraction in itertools.product((16, 32, 48), (48, 64), (2, 4), (0.1, 0.2, 0.3)):
         model, cost, groups = _two_convolutions(first, second)

@@ -513,7 +513,7 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
              "accuracy against MACs."), "",
              "| configuration | runs | epochs | accuracy (%) | drop (pt) | MACs | MACs reduction | params reduction | Pareto |",
              "|---|---|---|---|---|---|---|---|---|"]
-    compared = list(dict.fromkeys(r["comparison"] for r in rows if "comparison" in r))
+    compared = list(dict.fromkeys(r["comparison"] for r in rows))
     if len(compared) > 1:  # (accuracies of other test sets, MACs of other networks: not one front)
         lines[2] += (f" The runs test {len(compared)} networks or data sets ({'; '.join(compared)}): each has its "
                      "own Pareto front, and the plots a panel each.")
@@ -607,12 +607,12 @@ def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: s
         return None
     plt = _pyplot()
     # (a network or data set none of whose runs finished has nothing to plot: no panel)
-    compared = list(dict.fromkeys(r.get("comparison", "") for r in rows if r["accuracy_mean"] is not None))
+    compared = list(dict.fromkeys(r["comparison"] for r in rows if r["accuracy_mean"] is not None))
     fig, axes = plt.subplots(len(compared), 1, figsize=(7, 4.5 * len(compared)), squeeze=False)
     colour = _method_colours(plt, rows)
     by_dir = {str(r["dir"]): r for r in runs}
     for ax, panel in zip(axes[:, 0], compared, strict=True):
-        mine = [r for r in rows if r.get("comparison", "") == panel]
+        mine = [r for r in rows if r["comparison"] == panel]
         for row in mine:
             members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
             members = [m for m in members if m["pruned"].get("accuracy") is not None and m["pruned"].get("macs")]
@@ -678,7 +678,7 @@ def plot_structures(rows: Sequence[dict], runs: Sequence[dict], path: Path, titl
         members = [by_dir[d]["result"] for d in row["dirs"] if by_dir[d]["status"] == "ok"]
         members = [m for m in members if m.get("layers") and m.get("target")]
         if members:  # (a panel for each target of each network and data set: their layers are their own)
-            key = json.dumps([row.get("comparison", ""), members[0]["target"]], sort_keys=True)
+            key = json.dumps([row["comparison"], members[0]["target"]], sort_keys=True)
             by_target.setdefault(key, []).append((row, members))
     if not any(len(chosen) > 1 for chosen in by_target.values()):
         return None
@@ -799,10 +799,10 @@ def unfinished(runs: Sequence[Mapping]) -> str:
 def format_summary(report: Mapping) -> str:
     rows, runs = report["rows"], report["runs"]
     best = [r for r in rows if r["pareto"]]
-    compared = list(dict.fromkeys(r.get("comparison", "") for r in best))
+    compared = list(dict.fromkeys(r["comparison"] for r in best))
     fronts = []
     for panel in compared:  # (a front for each network and data set: comparison)
-        mine = sorted((r for r in best if r.get("comparison", "") == panel), key=lambda r: r["macs_mean"])[:6]
+        mine = sorted((r for r in best if r["comparison"] == panel), key=lambda r: r["macs_mean"])[:6]
         said = ", ".join(f"{r['config']} ({_fmt(r['accuracy_mean'])}% at {_fmt(r['macs_reduction_mean'], 1, 'x')})"
                          for r in mine)
         fronts.append(f"{panel}: {said}" if len(compared) > 1 else said)

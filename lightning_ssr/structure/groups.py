@@ -307,7 +307,8 @@ def _output_params(module: nn.Module) -> list[tuple[str, int]]:
     if isinstance(module, _CONV):
         out.append(("weight", 1 if module.transposed else 0))
     elif isinstance(module, nn.PReLU):  # (one slope for all channels, PReLU's default: it stays as it is)
-        out.extend([("weight", 0)] if module.num_parameters > 1 else [])
+        if module.num_parameters > 1:
+            out.append(("weight", 0))
     elif isinstance(module, nn.Linear) or isinstance(module, _NORM) and getattr(module, "weight", None) is not None:
         out.append(("weight", 0))
     if getattr(module, "bias", None) is not None and not isinstance(module, nn.PReLU):

@@ -517,11 +517,9 @@ def _is_hooks(attribute: str) -> bool:
 def _tensors_in(value) -> bool:
     """Whether ``value``, not itself a tensor, holds tensors with dimensions (a list, deque or dict
     of gradients kept as optimizer state), which a prune cannot slice."""
-    if isinstance(value, Mapping):
-        return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset, collections.deque)):
-        return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in value)
-    return False
+    items = (value.values() if isinstance(value, Mapping) else
+             value if isinstance(value, (list, tuple, set, frozenset, collections.deque)) else ())
+    return any(_tensors_in(v) or (torch.is_tensor(v) and v.dim() > 0) for v in items)
 
 
 def _check_state_after_a_step(optimizer: torch.optim.Optimizer, cut: Mapping[str, nn.Parameter]) -> None:
