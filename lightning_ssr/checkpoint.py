@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,65 +22,15 @@ from torch.nn.parameter import is_lazy
 
 from .files import atomic_write
 from .structure.groups import ForwardError
-from .structure.plan import NOT_BUILT_YET, PLAN_CHECKPOINT_KEY, PlanMismatchError, PruningPlan
-from .structure.surgery import apply_plan, restore_modules, snapshot_modules
+from .structure.plan import (
+    NOT_BUILT_YET,
+    PLAN_CHECKPOINT_KEY,
+    PlanMismatchError,
+    PruningPlan,
+    applied_plan,
+)
+from .structure.surgery import apply_plan, fill_placeholder_values, has_usable_values, restore_modules, snapshot_modules
 from .validation import some_names
-
-#: on each layer a pruning plan cut (a group's root): its channels before any prune, those kept,
-#: and its place in the plan (the mark it came from, then its position). Kept on the layers, not
-#: on the model, so that a module that holds them (a network pruned bare, then wrapped; one pruned
-#: again inside a module pruned before) reads the plan of its layers, from its own name down.
-PRUNED_LAYER_ATTR = "_pruning_kept"
-#: on the module a plan was recorded for: the input shape that plan was traced on
-PLAN_INPUT_ATTR = "_pruning_input_shape"
-_last_mark = 0
-
-
-def _next_mark() -> int:
-    """A later record of a layer sorts after the earlier ones of others, also when they were made in
-    another process (a model pickled to a worker, pruned there in part): the wall clock in
-    nanoseconds, made strictly increasing within this process."""
-    global _last_mark
-    _last_mark = max(time.time_ns(), _last_mark + 1)
-    return _last_mark
-
-
-def applied_plan(model: nn.Module) -> PruningPlan | None:
-    """The plan ``model`` was already rebuilt with (by an earlier pruning fit, ``prune_oneshot``,
-    or loaded with :func:`load_pruned`), from its constructed shapes, with layer names relative to
-    ``model``; ``None`` for a model at its constructed shapes. Its input shape is that of the
-    outermost module under ``model`` (``model`` itself, where it was) that a plan was recorded
-    for. A submodule's plan holds the layers under it that were cut as roots: a cut made from a
-    root outside it (its first layer's input channels, cut with the layer before it) is not in it."""
-    found = sorted(((vars(module)[PRUNED_LAYER_ATTR], name) for name, module in model.named_modules()
-                    if name and PRUNED_LAYER_ATTR in vars(module)), key=lambda item: tuple(item[0]["order"]))
-    if not found:
-        return None
-    shapes = [(name.count(".") if name else -1, vars(module)[PLAN_INPUT_ATTR]) for name, module in
-              model.named_modules() if PLAN_INPUT_ATTR in vars(module)]
-    shape = min(shapes, key=lambda item: item[0])[1] if shapes else found[0][0]["input_shape"]
-    plan = PruningPlan(input_shape=list(shape))
-    for record, name in found:
-        plan.kept[name] = list(record["kept"])
-        plan.sizes[name] = int(record["size"])
-    return plan
-
-
-def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
-    """Record that ``model`` is rebuilt with ``plan`` (names relative to ``model``, from its
-    constructed shapes: an earlier plan of it composed in, traced on ``model``'s input), on the
-    layers it cuts, where :func:`applied_plan` and a checkpoint find it; a record of a layer
-    under ``model`` that the plan does not name is dropped."""
-    for name, module in model.named_modules():
-        if PRUNED_LAYER_ATTR in vars(module) and name not in plan.kept:
-            delattr(module, PRUNED_LAYER_ATTR)
-    shape = [int(s) for s in plan.input_shape]
-    setattr(model, PLAN_INPUT_ATTR, shape)
-    mark = _next_mark()
-    for order, (root, kept) in enumerate(plan.kept.items()):
-        setattr(model.get_submodule(root), PRUNED_LAYER_ATTR,
-                {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept],
-                 "order": [mark, order]})
 
 
 class _class_only:
@@ -241,14 +190,21 @@ def failed_load_reason(path, stage: str | None = None) -> str | None:
     return None
 
 
-def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None, **extra) -> Path:
-    """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module``, atomically. The plan's
-    layer names are made relative to ``module``: the callback's plan (of the LightningModule, e.g.
-    ``net.c1``) saved with the network inside it (``c1``) loses the network's prefix, and the other
-    way round; a plan that names layers ``module`` does not have is refused, before anything is
-    written."""
+def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | Mapping | None = None,
+                **extra) -> Path:
+    """Write ``{"state_dict", "pruning_plan", **extra}`` for ``module``, atomically. ``plan``: by
+    default the one ``module`` was rebuilt with (by the callback, ``prune_oneshot``,
+    ``apply_plan`` or a load). The plan's layer names are made relative to ``module``: the
+    callback's plan (of the LightningModule, e.g. ``net.c1``) saved with the network inside it
+    (``c1``) loses the network's prefix, and the other way round. A plan that names layers
+    ``module`` does not have, or is not the one ``module`` was rebuilt with, is refused before
+    anything is written (the file would not load)."""
+    recorded = applied_plan(module)
+    if plan is None:
+        plan = recorded
+    elif not isinstance(plan, PruningPlan):
+        plan = PruningPlan.from_dict(plan)
     if plan is not None:
-        plan = plan if isinstance(plan, PruningPlan) else PruningPlan.from_dict(plan)
         try:
             plan = _relative_to(plan, {}, module)[0]
         except PlanMismatchError:
@@ -256,6 +212,14 @@ def save_pruned(module: nn.Module, path: str | os.PathLike, plan: PruningPlan | 
                 f"save_pruned: the plan names layers {some_names(list(plan.kept), 3)}, which this "
                 f"{type(module).__name__} does not have, with or without a common prefix: give it the module "
                 "the plan was made on (the LightningModule the callback pruned), or the network inside it") from None
+        if recorded is not None and (recorded.kept, recorded.sizes) != (plan.kept, plan.sizes):
+            differ = sorted(n for n in set(plan.kept) | set(recorded.kept)
+                            if (plan.kept.get(n), plan.sizes.get(n)) != (recorded.kept.get(n), recorded.sizes.get(n)))
+            raise PlanMismatchError(
+                f"save_pruned: the plan given is not the one this {type(module).__name__} was rebuilt with (they differ "
+                f"in {some_names(differ, 3)}): the file would not load. Leave out the plan (save_pruned(module, path)) "
+                "to save the one the module carries; a plan of an earlier prune, or one counted from the widths a "
+                "prune left, is not it")
     data = plan.to_dict() if plan is not None else None
     payload = {"state_dict": module.state_dict(), PLAN_CHECKPOINT_KEY: data, **extra}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -348,7 +312,8 @@ def weights_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
                 f"constructed model; else {BUILT_OTHERWISE}"))
     return PlanMismatchError(
         f"{source} holds no pruning plan, and weights of other shapes than this model ({mismatches}): it was saved "
-        "from a pruned model without its plan (a checkpoint of a fit without the Pruning callback). Save a pruned "
+        "from a pruned model without its plan (a checkpoint of a fit without the Pruning callback, or one of "
+        "ModelCheckpoint(save_weights_only=True), which no callback can write the plan into). Save a pruned "
         "model with lightning_ssr.save_pruned(model, path, plan), or mix PrunedCheckpointMixin into the "
         f"LightningModule, so that its checkpoints keep the plan; or, if it is not pruned, {BUILT_OTHERWISE}")
 
@@ -374,12 +339,16 @@ def load_pruned(model: nn.Module, checkpoint, strict: bool = True) -> nn.Module:
                "plan: prune_oneshot's return value, or the callback's or engine's .plan)" if bare else "")
         raise CheckpointReadError(f"{source} has no 'state_dict' entry (keys: {sorted(checkpoint)[:6]}){why}")
     state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointReadError(f"{source}'s 'state_dict' is a {type(state_dict).__name__}, not the mapping of "
+                                  "tensor names to tensors that module.state_dict() returns")
     data = checkpoint.get(PLAN_CHECKPOINT_KEY)
     snapshot = snapshot_modules(model)
     plan = None
     try:
         if data is not None:
-            plan, state_dict = _relative_to(PruningPlan.from_dict(data), state_dict, model)
+            plan = data if isinstance(data, PruningPlan) else PruningPlan.from_dict(data)
+            plan, state_dict = _relative_to(plan, state_dict, model)
             rebuild_to(model, plan)  # (a model this plan, or an earlier one of it, pruned already: the rest)
         else:
             state_dict = _strip_key_prefix(state_dict, model)
@@ -450,15 +419,20 @@ def restored_from(trainer) -> str:
 
 
 def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
-    """Rebuild ``module`` into the shapes of ``target``: a module at its constructed shapes takes
-    the whole plan, one rebuilt with an earlier plan that ``target`` continues takes the rest
-    (:meth:`PruningPlan.after`), one already at ``target`` is left alone; any other is refused."""
+    """Rebuild ``module`` into the shapes of ``target`` before values are loaded into it
+    (:func:`apply_plan`: a module at its constructed shapes takes the whole plan, one rebuilt with
+    an earlier plan that ``target`` continues takes the rest, one already at ``target`` is left
+    alone; any other is refused). A module of uninitialized values (built under Lightning's
+    ``init_module(empty_init=True)``) is given placeholder values first
+    (:func:`fill_placeholder_values`), which the load replaces: the rebuild is checked on them."""
+    ref = next(module.parameters(), None)
     current = applied_plan(module)
-    if current is None:
-        apply_plan(module, target)
-    elif (current.kept, current.sizes) != (target.kept, target.sizes):
-        apply_plan(module, target.after(current))
-    mark_applied_plan(module, target)
+    if ref is not None and not ref.is_meta and (current is None or (current.kept, current.sizes) != (
+            target.kept, target.sizes)):
+        example = torch.zeros(target.input_shape, dtype=ref.dtype, device=ref.device)
+        if not has_usable_values(module, example):
+            fill_placeholder_values(module)
+    apply_plan(module, target)
 
 
 class PrunedCheckpointMixin:
@@ -484,6 +458,11 @@ class PrunedCheckpointMixin:
         check_checkpoint_file(checkpoint_path)
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except PlanMismatchError as err:  # (the hook that raised it knows no file: named here)
+            named = repr(str(checkpoint_path))
+            if named in str(err) or not isinstance(checkpoint_path, (str, os.PathLike)):
+                raise
+            raise PlanMismatchError(f"{named}: {err}") from err
         except (RuntimeError, OSError, EOFError, KeyError) as err:
             if isinstance(err, KeyError) and err.args == ("pytorch-lightning_version",):  # (save_pruned's file)
                 raise CheckpointReadError(

@@ -46,7 +46,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import applied_plan, mark_applied_plan
 from .cost import ModelCost, channel_macs, count_cost
 from .latency import LATENCY_MISS, OtherProcessesLoad, model_ms, others_share
 from .methods.base import (
@@ -69,7 +68,7 @@ from .structure.groups import (
     find_channel_groups,
     unseen_readers,
 )
-from .structure.plan import PruningPlan, plan_from_support
+from .structure.plan import PruningPlan, applied_plan, mark_applied_plan, plan_from_support
 from .structure.surgery import (
     check_finite,
     check_remappable,

@@ -30,6 +30,7 @@ from lightning_ssr.checkpoint import applied_plan, apply_checkpoint_plan
 from lightning_ssr.structure import PruningPlan
 from tests.lit import NetClassifier, TinyClassifier, epoch_checkpoints, loader, trainer
 from tests.nets import SmallResidualCNN
+from tests.numerics import assert_same_function
 
 
 class PlainLitNet(pl.LightningModule):
@@ -83,6 +84,65 @@ def test_load_from_checkpoint_rebuilds_the_pruned_shapes(pruned_checkpoint):
     model = LitNet.load_from_checkpoint(path, weights_only=True).eval()
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+
+
+def test_a_module_of_uninitialized_weights_loads_the_pruned_checkpoint(pruned_checkpoint):
+    """Lightning's fast load (load_from_checkpoint under trainer.init_module(empty_init=True)) and
+    load_pruned into a module after to_empty() or of NaN weights failed with "the training diverged":
+    the rebuild was checked on the weights the load was about to replace (probe). They take placeholder
+    values for the check; the loaded module gives the pruned one's outputs. A meta module is told
+    to materialize first."""
+    path, x, expected = pruned_checkpoint
+    with pl.Trainer(accelerator="cpu", logger=False).init_module(empty_init=True):
+        fast = LitNet.load_from_checkpoint(path)
+    nan = LitNet()
+    with torch.no_grad():
+        for p in nan.parameters():
+            p.fill_(float("nan"))
+    emptied = LitNet().to_empty(device="cpu")
+    for module in (fast, load_pruned(nan, path), load_pruned(emptied, path)):
+        with torch.no_grad():
+            assert torch.equal(module.eval()(x), expected)
+    with torch.device("meta"):
+        meta = LitNet()
+    with pytest.raises(PlanMismatchError, match=r"last.ckpt': this LitNet is on the meta device: .*Materialize it first "
+                                                r"\(model.to_empty\(device='cpu'\)\)"):
+        load_pruned(meta, path)
+
+
+def test_a_pruned_checkpoint_without_its_plan_is_named_and_may_be_a_weights_only_one(pruned_checkpoint, tmp_path):
+    """A ModelCheckpoint(save_weights_only=True) file of a module without the mixin, loaded with
+    the mixin, was said to come from a fit without the Pruning callback, and the file was not named
+    (probe)."""
+    path, _, _ = pruned_checkpoint
+    saved = torch.load(path, weights_only=True)
+    del saved[PLAN_CHECKPOINT_KEY]
+    torch.save(saved, tmp_path / "weights.ckpt")
+    with pytest.raises(PlanMismatchError, match=r"weights.ckpt': the checkpoint holds no pruning plan, and weights of "
+                                                r"other shapes .*or one of ModelCheckpoint\(save_weights_only=True\)"):
+        LitNet.load_from_checkpoint(tmp_path / "weights.ckpt")
+
+
+def test_apply_plan_records_the_plan_so_that_later_checkpoints_keep_it(tmp_path):
+    """apply_plan (prune_oneshot's "replays it on a fresh model") did not record the plan: a fit of
+    the rebuilt module wrote checkpoints without it, which did not load (probe). save_pruned saves
+    the plan the module carries by default, and refuses another."""
+    pl.seed_everything(0)
+    x = torch.randn(4, 3, 16, 16)
+    net = SmallResidualCNN()
+    plan = prune_oneshot(net, x, {"macs": 0.5})
+    module = LitNet()
+    apply_plan(module.net, plan)
+    module.net.load_state_dict(net.state_dict())
+    assert applied_plan(module.net).kept == plan.kept
+    assert apply_plan(module.net, plan) is module.net  # (a module at this plan already: left alone)
+    trainer(tmp_path, [ModelCheckpoint(dirpath=tmp_path, save_last=True)], 1).fit(module, loader())
+    loaded = LitNet.load_from_checkpoint(tmp_path / "last.ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), module.eval()(x))
+    save_pruned(module, tmp_path / "carried.pt")  # (no plan given: the one it carries)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(SmallResidualCNN(), tmp_path / "carried.pt").eval()(x), module.net(x))
 
 
 def test_load_pruned_into_a_fresh_module_or_the_bare_network(pruned_checkpoint):
@@ -564,13 +624,22 @@ def test_a_pruned_model_saved_without_its_plan_or_a_later_prunes_plan_alone_is_n
                                                 r"model's .*: was this model pruned already .*\? Then load it into a "
                                                 r"freshly constructed model; else construct the model as the saved"):
         load_pruned(build_model("lenet5"), tmp_path / "classes.ckpt")
+    # a second prune returns the plan from the constructed shapes, both prunes in one (it was the one counted
+    # from the widths the first left, which neither loaded nor replayed on a fresh model: probe)
     second = prune_oneshot(model, example, {"macs": 0.5})
+    assert second.sizes == first.sizes and all(set(second.kept[n]) <= set(first.kept[n]) for n in first.kept)
     save_pruned(model, tmp_path / "second.pt", second)
+    loaded = load_pruned(build_model("lenet5"), tmp_path / "second.pt")
+    assert_same_function(model, loaded, example)
+    # the plan counted from those widths is refused when saved (the file would not load), and named when replayed
+    step = second.after(first)
+    with pytest.raises(PlanMismatchError, match=r"save_pruned: the plan given is not the one this \w+ was rebuilt "
+                                                r"with \(they differ in .*\): the file would not load. Leave out the plan"):
+        save_pruned(model, tmp_path / "step.pt", step)
+    assert not (tmp_path / "step.pt").exists()
     with pytest.raises(PlanMismatchError, match=r"or is it the plan of a later prune, made on a model pruned before "
                                                 r"\(save the plans in order as one: first.then\(second\)\)"):
-        load_pruned(build_model("lenet5"), tmp_path / "second.pt")
-    save_pruned(model, tmp_path / "both.pt", first.then(second))
-    loaded = load_pruned(build_model("lenet5"), tmp_path / "both.pt")  # (as the message says)
+        apply_plan(build_model("lenet5"), step)
     # a model that carries the plan it was pruned with is pruned for certain: said so
     with pytest.raises(PlanMismatchError, match=r"dense.ckpt' .*weights larger than this model's .*: this model was "
                                                 r"pruned already, and the checkpoint was saved before a prune"):
@@ -586,9 +655,9 @@ def test_a_module_whose_network_prune_oneshot_pruned_keeps_the_plan_in_its_check
     module = LitNet()
     x = torch.randn(4, 3, 16, 16)
     first = prune_oneshot(module.net, x, {"macs": 0.7})
-    second = prune_oneshot(module.net, x, {"macs": 0.7})
+    second = prune_oneshot(module.net, x, {"macs": 0.7})  # (both prunes in one, from the constructed shapes)
     recorded = applied_plan(module.net)
-    assert recorded.kept == first.then(second).kept
+    assert recorded.kept == second.kept and recorded.kept == first.then(second.after(first)).kept
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer(tmp_path, [ckpt], 1).fit(module, loader())
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
@@ -643,8 +712,9 @@ def test_a_network_pruned_again_inside_a_module_pruned_before_records_both_prune
     module = LitNet()
     x = torch.randn(4, 3, 16, 16)
     first = prune_oneshot(module, x, {"macs": 0.7})
-    second = prune_oneshot(module.net, x, {"macs": 0.7})
-    both = first.then(second.renamed(lambda k: f"net.{k}"))
+    second = prune_oneshot(module.net, x, {"macs": 0.7})  # (both prunes in one, from the constructed shapes)
+    both = second.renamed(lambda k: f"net.{k}")
+    assert all(set(both.kept[n]) <= set(first.kept[n]) for n in first.kept)  # (the first prune's cut stays)
     assert applied_plan(module).kept == both.kept
     assert applied_plan(module.net).kept == {k[len("net."):]: v for k, v in both.kept.items()}
     save_pruned(module, tmp_path / "both.pt", applied_plan(module))
@@ -712,7 +782,7 @@ def test_the_applied_plan_of_a_module_is_traced_on_its_own_input_whatever_was_pr
 def test_a_plan_lists_the_networks_pruned_apart_in_the_order_they_were_pruned_also_across_processes(monkeypatch):
     """The records carried a serial count of this process: a network pruned in another (a worker,
     its model pickled back) sorted by that count beside one pruned here, not by when each was."""
-    from lightning_ssr import checkpoint
+    from lightning_ssr.structure import plan as plans
 
     class Two(torch.nn.Module):
         def __init__(self):
@@ -725,7 +795,7 @@ def test_a_plan_lists_the_networks_pruned_apart_in_the_order_they_were_pruned_al
         prune_oneshot(SmallResidualCNN(), x, {"macs": 0.5})
     prune_oneshot(model.a, x, {"macs": 0.5})
     model = copy.deepcopy(model)  # (as pickled to another process)
-    monkeypatch.setattr(checkpoint, "_last_mark", 0)  # a new process: its own marks start again
+    monkeypatch.setattr(plans, "_last_mark", 0)  # a new process: its own marks start again
     prune_oneshot(model.b, x, {"macs": 0.5})
     names = list(applied_plan(model).kept)
     assert names == [f"a.{n}" for n in applied_plan(model.a).kept] + [f"b.{n}" for n in applied_plan(model.b).kept]

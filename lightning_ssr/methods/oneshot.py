@@ -13,10 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import applied_plan, mark_applied_plan
 from ..cost import count_cost
 from ..structure.groups import align_blocks, find_channel_groups
-from ..structure.plan import PruningPlan, plan_from_support
+from ..structure.plan import PruningPlan, applied_plan, mark_applied_plan, plan_from_support
 from ..structure.surgery import check_finite, prune_channels
 from ..targets import Budget, Target
 from ..validation import check_number
@@ -63,8 +62,9 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
                   report: dict | None = None) -> PruningPlan:
     """Prune a bare ``model`` in place to ``target`` (a :class:`~lightning_ssr.targets.Target`, a
     mapping such as ``{"rates": "[0.5]*3"}``, or a rate list/expression), keeping the channels
-    ``importance`` scores highest. Returns the plan, which :func:`lightning_ssr.structure.apply_plan`
-    replays on a fresh model. ``min_channels``, ``max_pruning_ratio``, ``allocation`` (``"uniform"``
+    ``importance`` scores highest. Returns the plan from the model's constructed shapes (a model
+    pruned before: both prunes in one), which :func:`lightning_ssr.structure.apply_plan` replays on
+    a fresh model. ``min_channels``, ``max_pruning_ratio``, ``allocation`` (``"uniform"``
     by default, or ``"global"``) and ``round_to`` (by default 8 on CUDA, 1 elsewhere) are those of
     :class:`~lightning_ssr.targets.Budget`. For a latency target, ``report`` (a dict) receives the
     dense, uncalibrated, predicted and calibration timings in milliseconds."""
@@ -90,10 +90,10 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
-    prior = applied_plan(model)  # (a model pruned before: the record covers both prunes)
+    prior = applied_plan(model)  # (a model pruned before: the plan covers both prunes)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
-    # (a checkpoint of it keeps the plan)
-    mark_applied_plan(model, plan if prior is None else prior.then(plan, plan.input_shape))
+    plan = plan if prior is None else prior.then(plan, plan.input_shape)
+    mark_applied_plan(model, plan)  # (a checkpoint of it keeps the plan)
     return plan
 
 

@@ -9,11 +9,14 @@ plus the plan reproduces the pruned shapes (:func:`lightning_ssr.structure.apply
 from __future__ import annotations
 
 import json
+import numbers
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..files import atomic_write_text
 from .groups import ChannelGroup
@@ -29,6 +32,11 @@ class PlanMismatchError(ValueError):
 #: what to do with a model that has no layers yet (the plan's refusal, wherever a plan is applied)
 NOT_BUILT_YET = ("if it builds its network in configure_model(), call model.configure_model() before loading "
                  "(Lightning calls it only inside fit, validate, test and predict)")
+
+
+def _is_int(value) -> bool:
+    """An integer as a plan holds it (``True`` and ``1.0`` are not one: a plan edited by hand)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -58,10 +66,28 @@ class PruningPlan:
                 f"{PLAN_FORMAT_VERSION}): " + ("it was written by a newer version of lightning_ssr; upgrade the "
                                                "package to read it" if newer else
                                                "it was not written by PruningPlan.to_dict() or save()"))
-        plan = cls(input_shape=[int(s) for s in data["input_shape"]])
+        def integers(value, what: str) -> list[int]:
+            if not isinstance(value, (list, tuple)) or not all(_is_int(i) for i in value):
+                raise PlanMismatchError(f"the pruning plan's {what} must be a list of integers; got {value!r:.80}")
+            return [int(i) for i in value]
+
+        if "input_shape" not in data or not isinstance(data.get("groups"), (list, tuple)):
+            has = (f"its 'groups' is a {type(data['groups']).__name__}" if "groups" in data and "input_shape" in data
+                   else f"this one has keys {sorted(map(str, data))}")
+            raise PlanMismatchError(f"a pruning plan has 'input_shape' and a list of 'groups' (PruningPlan.to_dict()); "
+                                    f"{has}")
+        plan = cls(input_shape=integers(data["input_shape"], "input_shape"))
         for entry in data["groups"]:
-            plan.kept[str(entry["root"])] = [int(i) for i in entry["kept"]]
-            plan.sizes[str(entry["root"])] = int(entry["size"])
+            if not isinstance(entry, Mapping) or {"root", "size", "kept"} - set(entry):
+                raise PlanMismatchError(f"each group of a pruning plan is a mapping with 'root', 'size' and 'kept'; "
+                                        f"got {entry!r:.80}")
+            root = str(entry["root"])
+            if root in plan.kept:
+                raise PlanMismatchError(f"the pruning plan names layer '{root}' twice: one entry per group")
+            if not _is_int(entry["size"]):
+                raise PlanMismatchError(f"the pruning plan's size of '{root}' must be an integer; got {entry['size']!r}")
+            plan.kept[root] = integers(entry["kept"], f"kept channels of '{root}'")
+            plan.sizes[root] = int(entry["size"])
         return plan
 
     def save(self, path) -> None:
@@ -74,7 +100,10 @@ class PruningPlan:
         names the file if it is missing, truncated or not a plan."""
         try:
             data = json.loads(Path(path).read_text())
-            if isinstance(data, Mapping) and "plan" in data and "groups" not in data:
+            if isinstance(data, Mapping) and "groups" not in data and ("plan" in data or "status" in data):
+                if not data.get("plan"):  # (a result.json of a run that pruned nothing)
+                    raise PlanMismatchError(f"it is a run's result.json that holds no plan (the run's status: "
+                                            f"{data.get('status', 'ok')!r}): the run pruned nothing to replay")
                 data = data["plan"]
             return cls.from_dict(data)
         except PlanMismatchError as err:  # (a plan this version cannot read: said as such, not "truncated")
@@ -127,6 +156,63 @@ class PruningPlan:
             step.kept[name], step.sizes[name] = [position[c] for c in kept], len(earlier.kept[name])
         return step
 
+
+
+#: on each layer a pruning plan cut (a group's root): its channels before any prune, those kept,
+#: and its place in the plan (the mark it came from, then its position). Kept on the layers, not
+#: on the model, so that a module that holds them (a network pruned bare, then wrapped; one pruned
+#: again inside a module pruned before) reads the plan of its layers, from its own name down.
+PRUNED_LAYER_ATTR = "_pruning_kept"
+#: on the module a plan was recorded for: the input shape that plan was traced on
+PLAN_INPUT_ATTR = "_pruning_input_shape"
+_last_mark = 0
+
+
+def _next_mark() -> int:
+    """A later record of a layer sorts after the earlier ones of others, also when they were made in
+    another process (a model pickled to a worker, pruned there in part): the wall clock in
+    nanoseconds, made strictly increasing within this process."""
+    global _last_mark
+    _last_mark = max(time.time_ns(), _last_mark + 1)
+    return _last_mark
+
+
+def applied_plan(model: nn.Module) -> PruningPlan | None:
+    """The plan ``model`` was already rebuilt with (by an earlier pruning fit, ``prune_oneshot``,
+    or loaded with :func:`load_pruned`), from its constructed shapes, with layer names relative to
+    ``model``; ``None`` for a model at its constructed shapes. Its input shape is that of the
+    outermost module under ``model`` (``model`` itself, where it was) that a plan was recorded
+    for. A submodule's plan holds the layers under it that were cut as roots: a cut made from a
+    root outside it (its first layer's input channels, cut with the layer before it) is not in it."""
+    found = sorted(((vars(module)[PRUNED_LAYER_ATTR], name) for name, module in model.named_modules()
+                    if name and PRUNED_LAYER_ATTR in vars(module)), key=lambda item: tuple(item[0]["order"]))
+    if not found:
+        return None
+    shapes = [(name.count(".") if name else -1, vars(module)[PLAN_INPUT_ATTR]) for name, module in
+              model.named_modules() if PLAN_INPUT_ATTR in vars(module)]
+    shape = min(shapes, key=lambda item: item[0])[1] if shapes else found[0][0]["input_shape"]
+    plan = PruningPlan(input_shape=list(shape))
+    for record, name in found:
+        plan.kept[name] = list(record["kept"])
+        plan.sizes[name] = int(record["size"])
+    return plan
+
+
+def mark_applied_plan(model: nn.Module, plan: PruningPlan) -> None:
+    """Record that ``model`` is rebuilt with ``plan`` (names relative to ``model``, from its
+    constructed shapes: an earlier plan of it composed in, traced on ``model``'s input), on the
+    layers it cuts, where :func:`applied_plan` and a checkpoint find it; a record of a layer
+    under ``model`` that the plan does not name is dropped."""
+    for name, module in model.named_modules():
+        if PRUNED_LAYER_ATTR in vars(module) and name not in plan.kept:
+            delattr(module, PRUNED_LAYER_ATTR)
+    shape = [int(s) for s in plan.input_shape]
+    setattr(model, PLAN_INPUT_ATTR, shape)
+    mark = _next_mark()
+    for order, (root, kept) in enumerate(plan.kept.items()):
+        setattr(model.get_submodule(root), PRUNED_LAYER_ATTR,
+                {"input_shape": shape, "size": int(plan.sizes[root]), "kept": [int(i) for i in kept],
+                 "order": [mark, order]})
 
 
 def plan_from_support(input_shape: Sequence[int], support: Mapping[str, torch.Tensor],

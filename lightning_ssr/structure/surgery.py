@@ -29,7 +29,7 @@ from .groups import (
     check_layers,
     find_channel_groups,
 )
-from .plan import NOT_BUILT_YET, PlanMismatchError, PruningPlan
+from .plan import NOT_BUILT_YET, PlanMismatchError, PruningPlan, applied_plan, mark_applied_plan
 
 
 def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[int]],
@@ -43,6 +43,11 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
                 f"the pruning plan names layer '{name}', which is not a prunable layer of this model "
                 f"(prunable: {[g.name for g in groups]}); was the plan made for another architecture?")
         g = by_member[name]
+        twice = next((other for other, h in matched.items() if h is g), None)
+        if twice is not None:
+            raise PlanMismatchError(f"the pruning plan names one group of coupled channels twice, as '{twice}' and "
+                                    f"'{name}' (their channels are cut together): one entry per group, by its first "
+                                    f"layer '{g.name}'")
         if sizes is not None and sizes.get(name, g.size) != g.size:
             pruned = ("; or was the model pruned already (load into a freshly constructed one)"
                       if g.size < sizes[name] else "; or is it the plan of a later prune, made on a model pruned "
@@ -315,6 +320,42 @@ def check_finite(model: nn.Module) -> None:
                      "diverged or the weights were loaded wrong, and a model whose outputs are not finite cannot be "
                      "pruned (nor its rebuild checked). Lower the learning rate, or start from a checkpoint whose "
                      "weights are finite")
+
+
+def has_usable_values(model: nn.Module, example_inputs) -> bool:
+    """Whether ``model``'s parameters and norm statistics are finite and give finite outputs on
+    ``example_inputs`` (:func:`informative_example`): not so for a model of uninitialized memory
+    (Lightning's ``init_module(empty_init=True)``, ``to_empty()``), on which no rebuild can be checked."""
+    try:
+        check_finite(model)
+    except ValueError:
+        return False
+    try:
+        outputs = _outputs(model, informative_example(example_inputs))
+    except Exception:  # noqa: BLE001 - a forward that fails on these inputs: the rebuild says why, naming them
+        return True
+    return all(bool(torch.isfinite(o).all()) for o in outputs if o.is_floating_point() or o.is_complex())
+
+
+def fill_placeholder_values(model: nn.Module) -> None:
+    """Give every floating parameter of ``model`` seeded random values of a fan-in scale (a
+    matrix or filter ``N(0, 1 / fan_in)``, any other ``U(-0.5, 0.5)``) and norm layers the
+    statistics of a fresh one (means 0, variances 1), in place: for a model whose values a load
+    is about to replace, so that its rebuild is checked on values that say something. The global
+    random state is not used."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.is_floating_point():
+                continue
+            if p.dim() > 1:
+                values = torch.randn(p.shape, generator=generator) / max(1, p[0].numel()) ** 0.5
+            else:
+                values = torch.rand(p.shape, generator=generator) - 0.5
+            p.copy_(values)
+        for name, b in model.named_buffers():
+            if b.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+                b.fill_(0.0 if name.endswith("running_mean") else 1.0)
 
 
 def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
@@ -605,7 +646,10 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, n
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
-    """Rebuild a freshly constructed (unpruned) model into the pruned shapes of ``plan``.
+    """Rebuild a freshly constructed (unpruned) model into the pruned shapes of ``plan``, and
+    record the plan on it (:func:`~lightning_ssr.structure.plan.applied_plan`: its checkpoints keep
+    it). A model rebuilt with this plan already is left alone; one rebuilt with an earlier plan that
+    ``plan`` continues (a later prune of it) takes the rest (:meth:`PruningPlan.after`).
 
     Raises :class:`PlanMismatchError`, leaving the model untouched, when the plan does not fit.
     """
@@ -615,8 +659,17 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
     if ref is None:
         raise PlanMismatchError(f"the pruning plan names layers {list(plan.kept)[:3]}, and this "
                                 f"{type(model).__name__} has no layers yet: {NOT_BUILT_YET}")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise PlanMismatchError(
+            f"this {type(model).__name__} is on the meta device: a rebuild is checked on the model's outputs, which a "
+            "meta tensor has not. Materialize it first (model.to_empty(device='cpu')), then load or rebuild it")
+    current = applied_plan(model)
+    if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes):
+        return model
+    step = plan if current is None else plan.after(current)
     example = torch.zeros(plan.input_shape, dtype=ref.dtype, device=ref.device)
-    prune_channels(model, example, plan.kept, plan.sizes)
+    prune_channels(model, example, step.kept, step.sizes)
+    mark_applied_plan(model, plan)
     return model
 
 

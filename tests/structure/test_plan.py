@@ -137,6 +137,42 @@ def test_unreadable_plans_say_what_they_are_and_name_the_file(tmp_path):
         apply_plan(model, PruningPlan([1, 1, 28, 28], {"conv1": [0, 4, 3]}, {"conv1": 20}))
 
 
+def test_a_plan_edited_by_hand_is_refused_where_it_is_not_plain_integers_or_names_a_group_twice(tmp_path):
+    """A hand-edited plan: indices 1.7, "1" and True were taken as 1; a layer named twice kept the
+    last entry; two layers of one channel group with other kept channels failed in the rebuild as
+    a structure the graph maps wrongly; missing keys or a 'groups' mapping raised a bare KeyError or
+    TypeError; a result.json without a plan said 'format_version None' (probe)."""
+    good = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [{"root": "conv1", "size": 20, "kept": [0, 1]}]}
+    for kept in ([0, 1.7], [0, "1"], [True, 2], 5):
+        bad = {**good, "groups": [{"root": "conv1", "size": 20, "kept": kept}]}
+        with pytest.raises(PlanMismatchError, match=r"kept channels of 'conv1' must be a list of integers"):
+            PruningPlan.from_dict(bad)
+    with pytest.raises(PlanMismatchError, match=r"names layer 'conv1' twice: one entry per group"):
+        PruningPlan.from_dict({**good, "groups": good["groups"] * 2})
+    with pytest.raises(PlanMismatchError, match=r"each group of a pruning plan is a mapping with 'root', 'size' and "
+                                                r"'kept'; got \{'root': 'conv1', 'size': 20\}"):
+        PruningPlan.from_dict({**good, "groups": [{"root": "conv1", "size": 20}]})
+    with pytest.raises(PlanMismatchError, match=r"a list of 'groups' .*; its 'groups' is a dict"):
+        PruningPlan.from_dict({**good, "groups": {"conv1": [0, 1]}})
+    with pytest.raises(PlanMismatchError, match=r"this one has keys \['format_version', 'groups'\]"):
+        PruningPlan.from_dict({"format_version": 1, "groups": []})
+    (tmp_path / "result.json").write_text(json.dumps({"method": "l1", "status": "failed", "plan": None}))
+    with pytest.raises(PlanMismatchError, match=r"result.json': it is a run's result.json that holds no plan \(the "
+                                                r"run's status: 'failed'\)"):
+        PruningPlan.load(tmp_path / "result.json")
+    assert PruningPlan.from_dict(good).kept == {"conv1": [0, 1]}
+    # two layers of one group of coupled channels (a residual sum), named as two entries
+    model = SmallResidualCNN()
+    groups = find_channel_groups(model, torch.randn(2, 3, 16, 16))
+    shared = next(g for g in groups if len([m for m in g.out_modules if isinstance(model.get_submodule(m), nn.Conv2d)])
+                  > 1)
+    first, other = [m for m in shared.out_modules if isinstance(model.get_submodule(m), nn.Conv2d)][:2]
+    plan = PruningPlan([1, 3, 16, 16], {first: [0, 1], other: [2, 3]}, {first: shared.size, other: shared.size})
+    with pytest.raises(PlanMismatchError, match=rf"names one group of coupled channels twice, as '{first}' and "
+                                                rf"'{other}' .*one entry per group, by its first layer '{shared.name}'"):
+        apply_plan(model, plan)
+
+
 def test_plans_compose():
     first = PruningPlan([1, 1, 28, 28], {"conv1": [1, 3, 5, 7]}, {"conv1": 20})
     second = PruningPlan([1, 1, 28, 28], {"conv1": [0, 2], "fc1": [4]}, {"conv1": 4, "fc1": 500})
