@@ -620,8 +620,9 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
 @torch.no_grad()
 def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[int],
                     batch_sizes: Sequence[int] = (1, 256), repeats: int = 30,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
-    """Latency of both models in eval mode at each batch size: each model called back to back, as
+                    memory_format: torch.memory_format = torch.contiguous_format,
+                    dtype: torch.dtype = torch.float32) -> dict:
+    """Latency of both models (of weights in ``dtype``) in eval mode at each batch size: each model called back to back, as
     it runs when deployed (a model of microseconds slows by a quarter when another runs between two
     of its calls), the two alternating in 3 rounds so that the machine's drift hits both alike; the
     median over the rounds. ``load``: how busy the other processes kept the machine meanwhile
@@ -629,7 +630,7 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: Sequence[i
     out = {"dense": {}, "pruned": {}, "speedup": {}}
     with eval_mode(dense, pruned), OtherProcessesLoad() as load:
         for bs in batch_sizes:
-            x = torch.randn(bs, *input_shape[1:]).contiguous(memory_format=memory_format)
+            x = torch.randn(bs, *input_shape[1:], dtype=dtype).contiguous(memory_format=memory_format)
             d, p = [], []
             for _ in range(3):
                 d.append(time_ms(lambda x=x: dense(x), max(repeats // 3, 3), warmup=5))

@@ -132,6 +132,18 @@ def _quiet_onnx_registry():
 ONNX_INLINE_LIMIT = 1 << 30
 
 
+def _unspecialized(example: torch.Tensor, dynamic_batch: bool) -> torch.Tensor:
+    """The example an export with a dynamic batch traces: one of batch 1 repeated to 2 (traced at
+    batch 1, the program is specialized to it, and a channels_last model's strides make the export
+    fail), in its memory format."""
+    if not dynamic_batch or example.shape[0] != 1:
+        return example
+    twice = example.repeat(2, *[1] * (example.dim() - 1))
+    return twice.contiguous(memory_format=torch.channels_last) if (
+        example.dim() == 4 and not example.is_contiguous() and example.is_contiguous(
+            memory_format=torch.channels_last)) else twice
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 18,
                 dynamic_batch: bool = True) -> Path:
     """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension: one
@@ -143,6 +155,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.data").unlink(missing_ok=True)  # an earlier export's weights, which this file does not use
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    example_input = _unspecialized(example_input, dynamic_batch)
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model), _quiet_onnx_registry():
         torch.onnx.export(model, (example_input,), str(path), input_names=["input"],
@@ -169,8 +182,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     (example, path), dynamic_shapes = _checked(example_input, path, "export_program"), None
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
-        if example.shape[0] == 1:  # traced at batch 1, the program would be specialized to it
-            example = example.repeat(2, *[1] * (example.dim() - 1))
+        example = _unspecialized(example, dynamic_batch)
     with eval_mode(model):
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     if path is not None:
@@ -183,8 +195,17 @@ def exported_max_abs_diff(model: nn.Module, path: str | Path, example_input: tor
     """Largest absolute difference between the model exported to ``path`` (a TorchScript ``.ts`` or
     a ``torch.export`` ``.pt2``), loaded back as a user would, and PyTorch."""
     path = Path(path)
+    loaders = [lambda: torch.export.load(str(path)).module(), lambda: torch.jit.load(str(path))]
+    if path.suffix != ".pt2":
+        loaders.reverse()
     with torch.no_grad():
-        loaded = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.jit.load(str(path))
+        try:
+            loaded = loaders[0]()
+        except Exception as err:  # noqa: BLE001 - a file of the other kind, named otherwise: the other loader
+            try:
+                loaded = loaders[1]()
+            except Exception:  # noqa: BLE001 - neither: the error of the one its name asks for
+                raise err from None
         ours = loaded(example_input)
         with eval_mode(model):
             reference = model(example_input)

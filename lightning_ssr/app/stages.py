@@ -485,6 +485,10 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     if cfg.export is not None:
         check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
+    if cfg.export == "onnx" and str(cfg.trainer.get("precision")) in ("64", "64-true", "double"):
+        raise ValueError(f"export=onnx with trainer.precision={cfg.trainer.precision}: the network trains in float64, "
+                         "and onnxruntime runs no float64 convolution, so the export could neither be checked nor run. "
+                         "Use export=torch_export or export=torchscript, or train with trainer.precision=32-true")
     averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
     callback = build_pruning(cfg)
     strategy = cfg.trainer.get("strategy")
@@ -1224,14 +1228,26 @@ def evaluation_limits(cfg: DictConfig) -> dict:
     return limits
 
 
+#: the Trainer precision that runs a model whose weights are in this dtype (a fit under
+#: ``trainer.precision=64-true`` leaves them in float64): the evaluation's batches are converted as the fit's were
+TRUE_PRECISIONS = {torch.float64: "64-true", torch.bfloat16: "bf16-true", torch.float16: "16-true"}
+
+
+def dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype of ``model``'s floating weights (float32 for a model of none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> dict:
     """Test and validation accuracy (fractions) of a network or LightningModule, on the batches
     ``trainer.limit_test_batches`` and ``limit_val_batches`` allow (recorded as
-    ``evaluation_limits`` where that is not the whole of a split)."""
+    ``evaluation_limits`` where that is not the whole of a split), in the dtype of its weights."""
     lm = _as_module(cfg, model, dm)
     limits = evaluation_limits(cfg)
+    precision = TRUE_PRECISIONS.get(dtype_of(lm))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, **limits)
+                         enable_progress_bar=False, enable_model_summary=False, **limits,
+                         **({"precision": precision} if precision else {}))
     try:
         test = float(trainer.test(lm, dm, verbose=False)[0]["test_acc"])
         _raise_if_sigterm(trainer)  # (each run of the Trainer forgets an earlier one's)
@@ -1281,10 +1297,12 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
     shape = input_shape(dm)
     out = {}
     for key, model in (("dense", dense), ("pruned", pruned)):
-        cost = count_cost(model, torch.zeros(shape))
+        cost = count_cost(model, torch.zeros(shape, dtype=dtype_of(model)))
         known = dense_metrics if key == "dense" and dense_metrics is not None else accuracy(cfg, model, dm)
         out[key] = {**known, "macs": int(cost.macs), "params": int(cost.params)}
-    latency = compare_latency(dense, pruned, shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats)
+    dtype = dtype_of(pruned)  # (both timed in the dtype the pruned one trained in: trainer.precision=64-true)
+    timed = dense if dtype_of(dense) == dtype else copy.deepcopy(dense).to(dtype)
+    latency = compare_latency(timed, pruned, shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats, dtype=dtype)
     out["dense"]["latency_ms"] = latency["dense"]
     out["pruned"]["latency_ms"] = latency["pruned"]
     out["speedup"] = latency["speedup"]
@@ -1318,14 +1336,16 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
         (output_dir / name).unlink(missing_ok=True)
     if cfg.export is None:
         return out
-    net, example = lm.model, torch.randn(input_shape(dm))
+    net = lm.model
+    dtype = dtype_of(net)  # (trainer.precision=64-true: the network and its example in float64)
+    example = torch.randn(input_shape(dm), dtype=dtype)
     if cfg.export == "onnx":
         path = export_onnx(net, example, output_dir / "pruned.onnx")
         out["export"] = {"format": "onnx", "path": str(path)}
         if Path(f"{path}.data").is_file():  # a model too large for one file: its weights travel beside it
             out["export"]["external_data"] = f"{path}.data"
         try:
-            fresh = torch.randn(4, *example.shape[1:])
+            fresh = torch.randn(4, *example.shape[1:], dtype=dtype)
             out["export"]["onnxruntime_max_abs_diff"] = onnx_max_abs_diff(net, path, fresh)
             with torch.no_grad(), eval_mode(net):
                 out["export"]["output_max_abs"] = float(net(fresh).abs().max())
@@ -1341,7 +1361,7 @@ def export_model(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning | No
         else:
             export_program(net, example, output_dir / "pruned.pt2")
             out["export"] = {"format": "torch_export", "path": str(output_dir / "pruned.pt2")}
-        fresh = torch.randn(4, *example.shape[1:])  # (the file loaded back, on another batch than the example)
+        fresh = torch.randn(4, *example.shape[1:], dtype=dtype)  # (the file loaded back, on another batch than the example)
         out["export"]["max_abs_diff"] = exported_max_abs_diff(net, out["export"]["path"], fresh)
         with torch.no_grad(), eval_mode(net):
             out["export"]["output_max_abs"] = float(net(fresh).abs().max())
@@ -1360,7 +1380,7 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
         target = callback.target.to_dict() if callback is not None and callback.target is not None else None
         result = PruningResult(method=method, config=config, target=target)
         if lm is not None:
-            cost = count_cost(lm, torch.zeros(input_shape(dm)))
+            cost = count_cost(lm, torch.zeros(input_shape(dm), dtype=dtype_of(lm)))
             result.dense = {"macs": int(cost.macs), "params": int(cost.params)}
             result.pruned = dict(result.dense)
             result.layers = layer_rows(cost, cost)

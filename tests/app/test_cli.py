@@ -215,6 +215,25 @@ def test_export_onnx_at_the_end_of_a_run(tmp_path):
     assert export["max_abs_diff"] <= bound * max(1.0, export["output_max_abs"])
 
 
+def test_a_run_in_float64_is_evaluated_and_exported_in_float64(tmp_path):
+    """trainer.precision=64-true trained and pruned, then failed at the evaluation (a float32 input
+    for the float64 network), and no pruned.pt was written (probe). The evaluation, the latency and
+    the export take the network's dtype; an ONNX export, which onnxruntime cannot run in float64, is
+    refused before training."""
+    cache = f"dense.cache_dir={tmp_path / 'cache'}"
+    result = run(_compose(ONESHOT_FAST + ["trainer.precision=64-true", "export=torch_export", cache]), tmp_path / "a")
+    assert result.status == "ok" and 0 < result.pruned["accuracy"] <= 1 and result.pruned["latency_ms"]["batch_1"] > 0
+    saved = read_checkpoint(tmp_path / "a" / "pruned.pt")
+    assert {v.dtype for v in saved["state_dict"].values() if v.is_floating_point()} == {torch.float64}
+    # the program against eager PyTorch, both in float64: the layers' summed fan-in times float64's round-off
+    bound = implementations_tolerance(load_pruned(build_model("lenet5"), saved), torch.float64)
+    assert result.pruned["export"]["max_abs_diff"] <= bound * max(1.0, result.pruned["export"]["output_max_abs"])
+    with pytest.raises(ValueError, match=r"export=onnx with trainer.precision=64-true: .*onnxruntime runs no float64 "
+                                         r"convolution.*Use export=torch_export"):
+        run(_compose(ONESHOT_FAST + ["trainer.precision=64-true", "export=onnx", cache]), tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["status"] == "failed"
+
+
 def test_an_export_that_cannot_be_checked_says_so(tmp_path, monkeypatch):
     import lightning_ssr.app.stages as stages_mod
 

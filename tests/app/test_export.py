@@ -13,6 +13,7 @@ from lightning_ssr.app.export import (
     export_torchscript,
     exported_max_abs_diff,
     onnx_max_abs_diff,
+    optimize_for_cpu_inference,
 )
 from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.oneshot import prune_oneshot
@@ -75,6 +76,19 @@ def test_optimize_for_cpu_inference_keeps_the_outputs(pruned):
     with torch.no_grad():  # folded BatchNorm: a few round-offs per weight, within the layers' n * u
         got = fast(x.contiguous(memory_format=torch.channels_last))
         assert max_relative_diff(model(x), got) <= implementations_tolerance(model)
+
+
+def test_onnx_of_a_channels_last_model_from_a_batch_one_example(pruned, tmp_path):
+    """optimize_for_cpu_inference's channels_last model, exported from a batch-1 example, failed
+    in the exporter ("Invalid ranges [2:1]") where a batch-2 example worked (probe)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
+    model, x = pruned
+    fast = optimize_for_cpu_inference(model)
+    path = export_onnx(fast, x[:1], tmp_path / "fast.onnx")
+    fresh = torch.randn(3, *x.shape[1:])
+    with torch.no_grad():
+        scale = max(1.0, float(model(fresh).abs().max()))
+    assert onnx_max_abs_diff(fast, path, fresh) <= implementations_tolerance(model) * scale
 
 
 def test_export_gives_the_model_back_in_its_training_mode(pruned, tmp_path):
