@@ -417,6 +417,9 @@ class PruningEngine:
         self._hooks_before: dict = {}  # the model's forward hooks before the method's last setup()
         self._started = False  # the method's sparsify phase began (start() or a restored state)
         self._pending_method_state: dict | None = None
+        # the parameters frozen (requires_grad=False) when the run set up: its groups are measured so
+        # from then on, also where a callback unfreezes them later (BackboneFinetuning), and on resume
+        self._frozen: list[str] | None = None
         self._prune_early = False
         self._start_time: float | None = None
         self._prune_timing: dict = {}
@@ -705,6 +708,7 @@ class PruningEngine:
             "events": list(self._events),
             "trajectory": list(self._trajectory),
             "prune_early": self._prune_early,
+            "frozen": self._frozen,
             "last_update_step": self.last_update_step,
             "dense": self.dense.to_dict() if self.dense is not None else None,
             "latency": self._latency,
@@ -789,6 +793,8 @@ class PruningEngine:
         self._events = list(state.get("events", []))
         self._trajectory = list(state.get("trajectory", []))
         self._prune_early = bool(state.get("prune_early", False))
+        frozen = state.get("frozen")  # (a checkpoint from before it was kept: as the model is now)
+        self._frozen = None if frozen is None else [str(n) for n in frozen]
         self.last_update_step = int(state.get("last_update_step", -1))
         self.dense = DenseState.from_dict(state.get("dense"))
         self._latency = state.get("latency")
@@ -826,7 +832,7 @@ class PruningEngine:
         ``ignored_layers`` gave); by default resolved on ``model``."""
         ignored = self.resolve_ignored(model) if ignored is None else ignored
         try:
-            return find_channel_groups(model, example, ignored)
+            return find_channel_groups(model, example, ignored, frozen=self._frozen)
         except ForwardError as err:  # whatever forward() raises on a plain tensor
             dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
             other = example.is_floating_point() and dtypes and example.dtype not in dtypes  # (precision="64-true")
@@ -873,6 +879,8 @@ class PruningEngine:
         started = time.perf_counter()
         device = next(model.parameters()).device
         example = self.example.to(device)
+        if self._frozen is None:  # (the run's first set-up: its groups were traced as the model is now)
+            self._frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
         groups = self._find_groups(model, example) if groups is None else list(groups)
         self._check_prunable(model, groups)
         cost = count_cost(model, example)
@@ -1352,6 +1360,8 @@ class PruningEngine:
                 "loop that gave on_batch_start() no steps_per_epoch=len(loader)), or this warning would have come "
                 "before training.")
         check_finite(model)  # (a diverged model named as such, not by the scores a method reads from it)
+        if world.rank == 0 and (thawed := _frozen_since_set_up(model, ctx.groups, self._frozen)) is not None:
+            self.warn(thawed)
         learned = self._call("learned_counts")
         if keep is None and self.dense.allocation == "method":
             keep = self._method_counts(model, example, ctx, world)
@@ -1657,6 +1667,23 @@ def _frozen_layers_cut(model: nn.Module, groups: Sequence[ChannelGroup]) -> str 
     return (f"PruningEngine: {some_names(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False) "
             f"and may lose filters: what {'it keeps' if len(frozen) == 1 else 'they keep'} stays as it is and cannot "
             "adapt to the loss. To keep frozen layers whole, pass them in ignored_layers.")
+
+
+def _frozen_since_set_up(model: nn.Module, groups: Sequence[ChannelGroup], frozen: Sequence[str] | None) -> str | None:
+    """The warning (``None``: nothing to warn of) of layers whose channels the groups measure
+    without their weights, frozen when the run set up, that train now (a callback unfroze them:
+    BackboneFinetuning), or the other way round."""
+    if frozen is None:
+        return None
+    params, frozen = dict(model.named_parameters()), set(frozen)
+    changed = sorted({s.param.rpartition(".")[0] for g in groups for s in (*g.slices, *g.fixed)
+                      if s.param in params and (s.param in frozen) != (not params[s.param].requires_grad)})
+    if not changed:
+        return None
+    return (f"PruningEngine: {some_names(changed)} {'was' if len(changed) == 1 else 'were'} frozen or trainable when the "
+            "pruning set up and now the other (a callback froze or unfroze them since): the method measures, "
+            "regularizes and ranks their channels as at set-up, so that a resumed fit does the same. Freeze or "
+            "unfreeze them before the fit starts to have them count as they are now.")
 
 
 def steps_per_epoch(batches, accumulate: int = 1) -> int | None:

@@ -166,3 +166,47 @@ def test_a_one_shot_methods_state_between_prunes_is_saved_and_restored(tmp_path)
             ITERATIVE.total_epochs).fit(TinyClassifier(), loader(shuffle=True),
                                         ckpt_path=str(tmp_path / "ckpts" / "epoch=0.ckpt"))
     assert int(resumed.chosen) == 2  # the restored count, then the second event
+
+
+class _UnfreezeAt(pl.Callback):
+    """BackboneFinetuning's pattern: a layer frozen when the fit starts trains from an epoch on."""
+
+    def __init__(self, layer: str, epoch: int):
+        self.layer, self.epoch = layer, epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch:
+            pl_module.get_submodule(self.layer).requires_grad_(True)
+
+
+@pytest.mark.filterwarnings(r"ignore:.*backbone.conv_a is frozen \(requires_grad=False\)")
+def test_a_layer_unfrozen_during_the_fit_is_measured_as_at_set_up_also_on_resume(tmp_path):
+    """Which parameters are frozen was read when the groups were traced: a fit resumed after a
+    callback unfroze a layer traced it trainable, and the SSR term and the prune of the resumed fit
+    differed from the uninterrupted one's (probe, with BackboneFinetuning). The run keeps the set-up's
+    split in its state and warns at the prune that the layer trains now."""
+    schedule = SPARSIFY
+
+    def run(max_epochs, ckpt_path=None, dirpath=None):
+        pl.seed_everything(0)
+        model = TinyClassifier()
+        model.backbone.conv_a.requires_grad_(False)
+        cb = Pruning(method="ssr_l20", method_kwargs=METHOD_KWARGS["ssr_l20"], target={"macs": 0.5},
+                     schedule=schedule, verbose=False)
+        ckpt = epoch_checkpoints(dirpath or tmp_path / "unused", resume_from=ckpt_path)
+        with stopped_fit(schedule, max_epochs):
+            trainer(tmp_path, [cb, _UnfreezeAt("backbone.conv_a", 1), ckpt], max_epochs).fit(
+                model, loader(shuffle=True), ckpt_path=ckpt_path)
+        return model, cb
+
+    with pytest.warns(UserWarning, match=r"backbone.conv_a was frozen or trainable when the pruning set up and now "
+                                         r"the other .*measures, regularizes and ranks their channels as at set-up"):
+        full_model, full_cb = run(schedule.total_epochs)
+    run(1, dirpath=tmp_path / "ckpts")
+    state = next(v for k, v in torch.load(tmp_path / "ckpts" / "epoch=0.ckpt", weights_only=True)["callbacks"].items()
+                 if k.startswith("Pruning"))
+    assert state["frozen"] == ["backbone.conv_a.weight"]
+    with pytest.warns(UserWarning, match=r"backbone.conv_a was frozen or trainable when the pruning set up"):
+        model, cb = run(schedule.total_epochs, ckpt_path=tmp_path / "ckpts" / "epoch=0.ckpt")
+    assert cb.plan.to_dict() == full_cb.plan.to_dict()
+    assert_same_weights(model, full_model)

@@ -41,7 +41,7 @@ from tests.lit import (
 
 SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2, update_every_n_steps=2,
                            stop_early=False)
-STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early",
+STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early", "frozen",
               "last_update_step", "dense", "latency", "settings", "warnings", "warnings_until_done", "timings",
               "rng"}
 
@@ -1007,7 +1007,7 @@ def test_state_restored_but_not_yet_applied_round_trips():
     cb = SSRPruning(schedule=SCHEDULE)
     aulm = {"V": {}, "U": {}, "rho": 0.3, "num_updates": 2, "stable_updates": 0, "support": {}}
     state = {"method": "ssr_l21", "method_state": {"aulm": aulm}, "plan": None, "events_done": 0, "events": [],
-             "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
+             "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "frozen": ["a.weight"], "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
                                                                     "final_keep": None, "cost": None, "round_to": 1,
                                                                     "allocation": "method", "steps": {"a": 1}},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings(),

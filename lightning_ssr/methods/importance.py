@@ -14,16 +14,23 @@ from .fsm import fsm_importance
 
 
 def l1_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
-    """L1 norm of the producer conv/linear filters of each channel (Li et al. 2017)."""
+    """L1 norm of the producer conv/linear filters of each channel (Li et al. 2017): the trainable
+    ones or, where every producer is frozen (its BatchNorm trains), the frozen ones (they scored
+    zero, and a frozen layer kept its first filters: probe)."""
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     score = torch.zeros(group.size, dtype=torch.float64)
-    for s in group.slices:
-        module = modules[s.param.rsplit(".", 1)[0]] if "." in s.param else model
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not s.param.endswith("weight"):
-            continue
-        rows = params[s.param].detach().movedim(s.dim, 0)[s.index.reshape(-1)].reshape(group.size, -1)
-        score += rows.double().abs().sum(1).cpu()
+    for parts in (group.slices, group.fixed):
+        found = False
+        for s in parts:
+            module = modules[s.param.rsplit(".", 1)[0]] if "." in s.param else model
+            if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not s.param.endswith("weight"):
+                continue
+            rows = params[s.param].detach().movedim(s.dim, 0)[s.index.reshape(-1).to(params[s.param].device)]
+            score += rows.reshape(group.size, -1).double().abs().sum(1).cpu()
+            found = True
+        if found:
+            break
     return score
 
 

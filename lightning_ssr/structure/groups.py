@@ -15,7 +15,7 @@ can then be removed without changing what the network computes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -553,8 +553,12 @@ def find_channel_groups(
     graph: tp.DependencyGraph | None = None,
     check: bool = True,
     unsupported: dict[str, UnsupportedLayerError] | None = None,
+    frozen: Collection[str] | None = None,
 ) -> list[ChannelGroup]:
     """Every prunable group of coupled channels in ``model``.
+
+    ``frozen``: the names of the parameters taken as frozen (:attr:`ChannelGroup.fixed`); by
+    default those with ``requires_grad=False`` now.
 
     ``ignored_layers`` are module names whose output channels must not be pruned (a block or any
     container: every layer in it; added to
@@ -569,7 +573,7 @@ def find_channel_groups(
     mode runs its parametrization, and spectral_norm's power iteration would update its buffers.
     """
     with eval_mode(model):
-        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check, unsupported)
+        return _find_channel_groups(model, example_inputs, ignored_layers, graph, check, unsupported, frozen)
 
 
 def _spans_other_producers(dg: tp.DependencyGraph, group, names: Mapping[nn.Module, str]) -> bool:
@@ -669,7 +673,7 @@ def _traced_groups(dg: tp.DependencyGraph, ignored: Sequence[nn.Module], names: 
 
 
 def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Module], names: Mapping[nn.Module, str],
-                   params: Mapping[int, str]) -> ChannelGroup | None:
+                   params: Mapping[int, str], frozen: Collection[str] | None = None) -> ChannelGroup | None:
     """One of torch-pruning's groups as a :class:`ChannelGroup` (``None`` for the model's outputs),
     or an :class:`UnsupportedLayerError` naming what the engine cannot cut with it."""
     root = group[0].dep.target.module
@@ -708,8 +712,9 @@ def _channel_group(dg: tp.DependencyGraph, group, modules: Mapping[str, nn.Modul
             out_modules.append(name)
             frozen_layer = bool(getattr(module, "pruning_cost_free", False))
             for pname, dim in _output_params(module):
-                frozen = frozen_layer or not getattr(module, pname).requires_grad
-                (fixed if frozen else slices).append(GroupSlice(f"{name}.{pname}" if name else pname, dim, index))
+                full = f"{name}.{pname}" if name else pname
+                still = full in frozen if frozen is not None else not getattr(module, pname).requires_grad
+                (fixed if frozen_layer or still else slices).append(GroupSlice(full, dim, index))
         if isinstance(module, _CONV) and module.groups > 1 and not _is_depthwise(module):
             blocks = math.lcm(blocks, module.groups)  # grouped conv: equal blocks, in or out
         is_consumer = dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(module, _CONV + (nn.Linear,))
@@ -750,7 +755,8 @@ def _closest_name(name: str, modules: Mapping[str, nn.Module]) -> str | None:
 
 def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[str],
                          graph: tp.DependencyGraph | None, check: bool,
-                         unsupported: dict[str, UnsupportedLayerError] | None) -> list[ChannelGroup]:
+                         unsupported: dict[str, UnsupportedLayerError] | None,
+                         frozen: Collection[str] | None = None) -> list[ChannelGroup]:
     modules = dict(model.named_modules())
     ignored_names = list(ignored_layers) + declared_ignored_layers(model)
     unknown = [n for n in ignored_names if n not in modules]
@@ -767,7 +773,7 @@ def _find_channel_groups(model: nn.Module, example_inputs, ignored_layers: Itera
     partial: dict[str, list[PartialGroupedReadError]] = {}  # by grouped conv: every part of its concat, named at once
     for group in _traced_groups(dg, ignored, names, strict=check, unsupported=unsupported):
         try:
-            built = _channel_group(dg, group, modules, names, params)
+            built = _channel_group(dg, group, modules, names, params, frozen)
         except PartialGroupedReadError as err:
             partial.setdefault(err.conv, []).append(err)
             continue

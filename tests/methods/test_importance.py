@@ -59,6 +59,16 @@ def test_l1_sums_the_producer_filters(hand):
     assert _ranking(scores) == [0, 1, 2]
 
 
+def test_l1_of_a_frozen_producer_whose_norm_trains_sums_its_filters():
+    """A frozen conv before a trainable BatchNorm scored zero for every filter (its weight is not
+    among the group's trainable slices), so the prune kept its first filters (probe)."""
+    model = Hand()
+    model.conv.requires_grad_(False)
+    group = _group(model, torch.randn(1, 1, 4, 4), "conv")
+    assert [s.param for s in group.fixed] == ["conv.weight"]
+    assert torch.allclose(l1_norm(group, model), torch.tensor([4.0, 3.0, 0.4], dtype=torch.float64))
+
+
 def test_l2_is_the_group_norm_of_the_whole_output_side(hand):
     model, group = hand
     scores = l2_norm(group, model)
