@@ -294,6 +294,7 @@ class Pruning(Callback):
         self._restored = False  # this fit restored the callback's state from a checkpoint
         self._resume_checked = False  # what a restored fit is checked for, at its first epoch
         self._pruned_again = False  # this fit starts over on the very module the earlier fit pruned
+        self._fit_module = None  # (a weak reference to) the module of the last fit, to tell another one given later
 
     # ------------------------------------------------- the engine's, read here
     @property
@@ -388,6 +389,17 @@ class Pruning(Callback):
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
+        earlier_module = self._fit_module() if self._fit_module is not None else None
+        if (trainer.global_step > 0 and trainer.ckpt_path is None and not self.engine.fresh
+                and earlier_module is not pl_module):
+            # (the Trainer goes on from its step and epoch, and the callback took the fit for a continued one: the
+            # other module stayed dense, without a word: probe)
+            raise MisconfigurationException(
+                f"{name}: fit() of another {type(pl_module).__name__} on a Trainer that trained one already (at optimizer "
+                f"step {trainer.global_step}, epoch {trainer.current_epoch}): the Trainer goes on from that epoch, and "
+                "the pruning schedule of a new model counts its epochs from 0. Give the new model a new Trainer "
+                "(and a new Pruning callback, or this one: it starts over).")
+        self._fit_module = weakref.ref(pl_module)
         # per fit (before its warnings, which the run keeps); Lightning restores the callback's state after set-up
         self._short_fit = self._restored = self._resume_checked = self._train_ended = self._pruned_again = False
         if trainer.global_step == 0 and not self.engine.fresh:

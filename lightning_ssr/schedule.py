@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class PruningSchedule:
       applies inside each ``optimizer.step()`` only: schedulers, checkpoints and learning-rate
       monitors see the scheduled rate. ``0`` (the default) steps at the scheduled rate at once.
 
-    ``admm_epochs`` is accepted as the former name of ``sparsify_epochs``.
+    ``admm_epochs`` is accepted as the former name of ``sparsify_epochs`` (with a ``FutureWarning``).
     """
 
     warmup_epochs: int = 0
@@ -59,9 +60,14 @@ class PruningSchedule:
     admm_epochs: InitVar[int | None] = None
 
     def __post_init__(self, admm_epochs):
-        if admm_epochs is not None:
-            object.__setattr__(self, "sparsify_epochs", admm_epochs)
         owner = "PruningSchedule"
+        if admm_epochs is not None:
+            if self.sparsify_epochs not in (admm_epochs, 10):  # (10: the default, given or not)
+                raise ValueError(f"{owner}: sparsify_epochs={self.sparsify_epochs!r} and admm_epochs={admm_epochs!r} "
+                                 "(its former name) disagree: give sparsify_epochs only")
+            warnings.warn(f"{owner}: admm_epochs is the former name of sparsify_epochs, and will go: write "
+                          f"sparsify_epochs={admm_epochs!r}", FutureWarning, stacklevel=3)
+            object.__setattr__(self, "sparsify_epochs", admm_epochs)
         for name in ("warmup_epochs", "sparsify_epochs", "finetune_epochs"):
             check_number(owner, name, getattr(self, name), low=0, integer=True)
         check_number(owner, "prune_events", self.prune_events, low=1, integer=True)

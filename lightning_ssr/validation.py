@@ -64,9 +64,21 @@ def some_names(names: Sequence[str], most: int = 5) -> str:
 
 def closest_name(name: str, names: Iterable[str]) -> str | None:
     """The one of ``names`` that ``name`` most likely misspells (the did-you-mean of every refusal
-    of a name), or ``None``."""
-    close = difflib.get_close_matches(name, list(names), n=1)
+    of a name), or ``None``. A name that differs by look-alike characters only (``ssr_l2O`` for
+    ``ssr_l20``) is that one, before difflib's likeliest."""
+    names = list(names)
+    alike = [n for n in names if _folded(n) == _folded(name)]
+    if len(alike) == 1:
+        return alike[0]
+    close = difflib.get_close_matches(name, names, n=1)
     return close[0] if close else None
+
+
+_LOOK_ALIKE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
+
+
+def _folded(name: str) -> str:
+    return name.lower().translate(_LOOK_ALIKE)
 
 
 def check_keywords(owner: str, given: Iterable[str], allowed: Sequence[str] | None) -> None:

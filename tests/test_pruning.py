@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_ssr import (
     PLAN_CHECKPOINT_KEY,
@@ -49,7 +50,11 @@ STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajec
 def test_schedule_epochs():
     # the prune happens at the START of the epoch after warm-up and sparsification
     assert SCHEDULE.prune_epoch() == 3 and SCHEDULE.total_epochs == 5
-    assert PruningSchedule(admm_epochs=4).sparsify_epochs == 4  # the former name is still accepted
+    with pytest.warns(FutureWarning, match=r"admm_epochs is the former name of sparsify_epochs.*sparsify_epochs=4"):
+        assert PruningSchedule(admm_epochs=4).sparsify_epochs == 4  # the former name is still accepted
+    # both names, disagreeing: the former one silently won (probe)
+    with pytest.raises(ValueError, match=r"sparsify_epochs=1 and admm_epochs=2 \(its former name\) disagree"):
+        PruningSchedule(sparsify_epochs=1, admm_epochs=2)
     iterative = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, prune_events=3, epochs_between_prunes=2,
                                 finetune_epochs=4)
     assert [iterative.prune_epoch(k) for k in range(3)] == [3, 5, 7]
@@ -265,7 +270,6 @@ def test_a_loaders_own_generator_is_found_where_it_shuffles_or_seeds_the_workers
     ({"max_pruning_ratio": 0.0}, "max_pruning_ratio"),
     ({"max_pruning_ratio": 1.5}, "max_pruning_ratio"),
     ({"lam_scaling": "params"}, "lam_scaling"),
-    ({"schedule": {"admm_epochs": 0}}, "sparsify_epochs >= 1"),
     ({"schedule": {"sparsify_epochs": 0}}, "sparsify_epochs >= 1"),
     ({"schedule": {"update_every_n_steps": 0}}, "update_every_n_steps"),
     ({"schedule": {"prune_events": 2}}, "needs a target"),
@@ -277,6 +281,10 @@ def test_bad_arguments_fail_with_clear_messages(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"method": "nope"}, ValueError, "unknown pruning method 'nope'"),
+    # a letter O for a zero: the look-alike, not difflib's first pick of two as close (probe)
+    ({"method": "ssr_l2O", "target": {"macs": 0.5}}, ValueError, r"'ssr_l2O' \(did you mean 'ssr_l20'\?\)"),
+    # the method's own check names it: once (it was "pruning method 'ssr_l20': ssr_l20: rho ...": probe)
+    ({"method": "ssr_l20", "method_kwargs": {"rho": "big"}}, TypeError, r"^ssr_l20: rho must be a number, got str"),
     ({"method": 3}, TypeError, "registered method name"),
     ({"method": "oneshot"}, ValueError, "needs a target"),
     ({"method": "oneshot", "target": {"flops": 0.5}}, ValueError, "unknown target key"),
@@ -826,6 +834,24 @@ def test_a_second_fit_of_the_same_trainer_goes_on_with_the_run(tmp_path):
     fit.fit(model, loader())
     assert cb.events_done == 1 and fit.current_epoch == SCHEDULE.total_epochs
     assert cb.result.pruned["macs"] <= 0.5 * cb.result.dense["macs"]
+
+
+def test_another_module_fitted_on_a_trainer_that_trained_one_is_refused(tmp_path):
+    """trainer.fit(new_module) on the Trainer of a finished pruning fit: the callback took it for
+    the first run going on, and the new module stayed dense, without a word (probe)."""
+    pl.seed_everything(0)
+    cb = Pruning("l1", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=1, finetune_epochs=1),
+                 verbose=False)
+    fit = trainer(tmp_path, [cb], 2)
+    fit.fit(TinyClassifier(), loader())
+    other = TinyClassifier()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    fit.fit_loop.max_epochs = 4
+    with pytest.raises(MisconfigurationException, match=r"Pruning: fit\(\) of another TinyClassifier on a Trainer that "
+                                                        r"trained one already \(at optimizer step 8, epoch 2\).*Give the "
+                                                        r"new model a new Trainer"):
+        fit.fit(other, loader())
+    assert fit.global_step == 8 and all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
 def test_a_fit_an_error_cut_short_mid_batch_does_not_hold_it_against_the_next(tmp_path):

@@ -342,6 +342,8 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     try:
         method = _REGISTRY[name](**kwargs)
     except TypeError as err:
+        if str(err).startswith(f"{name}:"):  # (the method's own check names it already)
+            raise
         raise TypeError(f"pruning method {name!r}: {err}") from err
     if not isinstance(method, PruningMethod):
         raise TypeError(f"pruning method {name!r}: its factory {_qualified(_REGISTRY[name])} returned a "
