@@ -34,6 +34,7 @@ import contextlib
 import copy
 import functools
 import math
+import pickle
 import random
 import sys
 import time
@@ -101,7 +102,7 @@ def _identity(obj):
 @dataclass
 class World:
     """The processes training one model: their number, this one's rank, how rank 0's value
-    reaches every rank (``broadcast``), what must happen after a rebuild (``rewrap``: a data
+    reaches every rank (``broadcast``), whether any rank says yes (``any_rank``), what must happen after a rebuild (``rewrap``: a data
     parallel wrapper holds the old parameters), how to tell the user something once (``info``),
     and the context the training forward runs in (``forward_context``: autocast under mixed
     precision, where the set-up's rehearsal runs its example batch, as the fit will)."""
@@ -109,6 +110,9 @@ class World:
     size: int = 1
     rank: int = 0
     broadcast: Callable[[Any], Any] = _identity
+    #: whether this rank's flag, or any other rank's, is true (every rank calls it at the same point:
+    #: an error on one rank stops all of them there, instead of leaving them waiting in a collective)
+    any_rank: Callable[[bool], bool] = bool
     rewrap: Callable[[], None] | None = None
     info: Callable[[str], None] = print
     forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
@@ -912,13 +916,10 @@ class PruningEngine:
                     if scores is None:
                         scores = {g.name: g.norms({n: p.detach() for n, p in model.named_parameters()})
                                   for g in groups}
-                final, self._latency = budget.keep_counts(model, example, groups, cost, round_to=round_to,
-                                                          allocation=self.allocation, scores=scores, shared=[self],
-                                                          timing_input=self._timing_rows)
-                if world.size > 1:  # timings (and ties) may differ between ranks: rank 0 decides
-                    final = world.broadcast(final)
-                    if self._latency is not None:
-                        self._latency = world.broadcast(self._latency)
+                # timings (and ties) may differ between ranks: rank 0 decides, or refuses, for all of them
+                final, self._latency = _on_rank_zero(world, lambda: budget.keep_counts(
+                    model, example, groups, cost, round_to=round_to, allocation=self.allocation, scores=scores,
+                    shared=[self], timing_input=self._timing_rows))
                 if self.target is not None and all(final[g.name] >= g.size for g in groups) and world.rank == 0:
                     self._warn_met_already(self._latency.get("dense_ms") if isinstance(self._latency, dict) else None)
             elif self.allocation == "method" and self.target.kind != "latency":
@@ -1323,11 +1324,9 @@ class PruningEngine:
             raise RuntimeError(f"pruning method {self.method.name!r} learns the structure (allocation='method') "
                                "but gave no channel values at the prune; did its sparsify phase run?")
         values = world.broadcast(values) if world.size > 1 else values
-        final, latency = self.budget.keep_counts(model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to,
-                                                 allocation="method", scores=values, shared=[self],
-                                                 timing_input=self._timing_rows, table=self._latency_table)
-        if world.size > 1:
-            final, latency = world.broadcast(final), world.broadcast(latency)
+        final, latency = _on_rank_zero(world, lambda: self.budget.keep_counts(
+            model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to, allocation="method", scores=values,
+            shared=[self], timing_input=self._timing_rows, table=self._latency_table))
         self.dense.final_keep = final
         if latency is not None:
             self._latency = latency
@@ -1386,21 +1385,33 @@ class PruningEngine:
         rebuild_start = time.perf_counter()
         try:
             remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)  # restores the model if it fails
-        except UnsupportedLayerError as err:
-            left = _hooks_added(model, self._hooks_before)
+        except BaseException as err:
+            if world.size > 1:
+                world.any_rank(True)  # (the other ranks stop at their first settle() below, and undo theirs)
+            left = _hooks_added(model, self._hooks_before) if isinstance(err, UnsupportedLayerError) else None
             if not left:
                 raise
             raise _hooks_left(self.method.name, left, err, f"The prune at the start of epoch {epoch} was not made: "
                               "the model and the optimizer are as they were, and nothing was recorded.") from err
         stage = "slicing the optimizer's state onto the rebuilt parameters (remap_optimizer)"
+        rewrapped = False  # (the same on every rank at each settle(): they pass the rewrap together)
+
+        def settle() -> None:
+            """Every rank at the same point: where another rank's part failed, this one stops too
+            (it would wait for that rank in the next collective: the wrapper's, an evaluation's)."""
+            if world.size > 1 and world.any_rank(False):
+                raise _OtherRankFailed()
+
         try:
             new_params = dict(model.named_parameters())
             for optimizer in optimizers:
                 remap_optimizer(optimizer, old_params, new_params, remap)
             rebuild_s = time.perf_counter() - rebuild_start  # the cut, its numerical check, the optimizer
+            settle()
             stage = "rewrapping the data-parallel model around the rebuilt one"
             if world.rewrap is not None:
                 world.rewrap()  # a data-parallel wrapper held the old parameters
+                rewrapped = True
             stage = "counting the pruned model's cost"
             after = count_cost(model, example)
             # cumulative from the shapes the model was constructed with, also across fits: a model an
@@ -1408,23 +1419,31 @@ class PruningEngine:
             stage = "composing this prune's plan with the model's earlier one"
             prior = self.plan if self.plan is not None else applied_plan(model)
             plan = step_plan if prior is None else prior.then(step_plan, step_plan.input_shape)
+            settle()
             stage = f"the method {self.method.name!r} in after_rebuild()"
             info = dict(self.method.after_rebuild(model, step_plan) or {})
+            settle()
             if self._latency is not None and self.events_done + 1 == self.schedule.prune_events:
                 stage = "timing the pruned model for the latency target"
                 info.update(self._latency_check(model, example, world))
+            settle()
         except BaseException as err:
+            other = isinstance(err, _OtherRankFailed)
+            if world.size > 1 and not other:
+                world.any_rank(True)  # (the others wait at their next settle(): told, they stop there too)
             restore_modules(snapshot)
             for optimizer, state in zip(optimizers, saved):
                 _restore_optimizer(optimizer, state)
-            if world.rewrap is not None:
-                world.rewrap()
+            if rewrapped:  # (every rank, at the same point: a collective; before it the wrapper still holds
+                world.rewrap()  # the parameters restore_modules put back)
             if not isinstance(err, Exception):
                 raise
+            what = (f"another rank failed ({stage}: its error is in its own output)" if other else
+                    f"{type(err).__name__}: {err}")
             raise RuntimeError(
-                f"the prune at the start of epoch {epoch} failed after the rebuild ({type(err).__name__}: {err}); the "
-                "model and the optimizer were restored exactly as they were before the prune, and nothing was "
-                f"recorded. It came from {stage}.") from err
+                f"the prune at the start of epoch {epoch} failed after the rebuild ({what}); the model and the "
+                f"optimizer were restored exactly as they were before the prune, and nothing was recorded."
+                + ("" if other else f" It came from {stage}.")) from err
         self.plan = plan
         mark_applied_plan(model, self.plan)
         self.events_done += 1
@@ -1458,11 +1477,17 @@ class PruningEngine:
         """A latency target, after the last prune: the pruned model timed, beside what was asked and
         predicted. A miss by more than :data:`LATENCY_MISS` is warned about, not only recorded."""
         rows = example if self._timing_rows is None else self._timing_rows.to(example.device, example.dtype)
-        with OtherProcessesLoad() as load:
-            measured = model_ms(model, rows, self.target.batch_size)
+
+        def timed() -> tuple[float, dict]:
+            with OtherProcessesLoad() as load:
+                ms = model_ms(model, rows, self.target.batch_size)
+            return ms, load.to_dict()
+
+        # (rank 0 times while the others wait: one result on every rank, and no sibling rank's load in it)
+        measured, load = _on_rank_zero(world, timed)
         lat = self._latency
         met = measured <= self.target.latency * (1 + LATENCY_MISS)
-        timed_load = load.to_dict() if rows.device.type == "cpu" else None  # (a GPU's time is not the CPUs')
+        timed_load = load if rows.device.type == "cpu" else None  # (a GPU's time is not the CPUs')
         busy = [f"{what} ({others_share(d)})"
                 for what, d in (("the calibration", lat.get("calibration_load") or {}), ("this timing", timed_load or {}))
                 if d.get("crowded")]
@@ -1667,6 +1692,33 @@ def _frozen_layers_cut(model: nn.Module, groups: Sequence[ChannelGroup]) -> str 
     return (f"PruningEngine: {some_names(frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False) "
             f"and may lose filters: what {'it keeps' if len(frozen) == 1 else 'they keep'} stays as it is and cannot "
             "adapt to the loss. To keep frozen layers whole, pass them in ignored_layers.")
+
+
+def _on_rank_zero(world: World, compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0 alone, its value, or its error, given to every rank: a decision
+    made from timings (which differ between ranks) is rank 0's, also a refusal, and the other
+    ranks wait meanwhile (a timing without its sibling ranks' load)."""
+    if world.size <= 1:
+        return compute()
+    outcome = None
+    if world.rank == 0:
+        try:
+            outcome = ("value", compute())
+        except Exception as err:  # (every rank raises it, after the broadcast)
+            try:  # (an error class of other arguments does not come back from a pickle: said as a RuntimeError)
+                copy_ = pickle.loads(pickle.dumps(err))
+            except Exception:  # noqa: BLE001
+                copy_ = RuntimeError(f"{type(err).__name__}: {err}")
+            world.broadcast(("error", copy_))
+            raise
+    outcome = world.broadcast(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
+class _OtherRankFailed(Exception):
+    """Another rank's part of a prune failed (it raises its own error); this rank undoes its own."""
 
 
 def _frozen_since_set_up(model: nn.Module, groups: Sequence[ChannelGroup], frozen: Sequence[str] | None) -> str | None:

@@ -72,10 +72,26 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
         sources = loaders()
         if not sources:
             return None
-        limit = trainer.limit_val_batches
         device = pl_module.device
         correct = torch.zeros((), dtype=torch.long, device=device)
         total = torch.zeros((), dtype=torch.long, device=device)
+        try:
+            _score_batches(model, sources, correct, total)
+        except Exception:
+            if trainer.world_size > 1:  # (the other ranks wait in the reduce below: told, they stop too)
+                trainer.strategy.reduce(torch.ones((), dtype=torch.long, device=device), reduce_op="sum")
+            raise
+        if trainer.world_size > 1:
+            failed = trainer.strategy.reduce(torch.zeros((), dtype=torch.long, device=device), reduce_op="sum")
+            if int(failed) > 0:
+                raise RuntimeError("the validation score failed on another rank (its error is in its own output)")
+            correct = trainer.strategy.reduce(correct, reduce_op="sum")
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+        return float(correct) / float(total) if int(total) > 0 else None
+
+    def _score_batches(model: nn.Module, sources: list, correct: torch.Tensor, total: torch.Tensor) -> None:
+        limit = trainer.limit_val_batches
+        device = pl_module.device
         with eval_mode(model), torch.no_grad(), trainer.precision_plugin.val_step_context():
             for index, loader in enumerate(sources):
                 n = limit if isinstance(limit, int) else (
@@ -101,10 +117,6 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
                             f"{tuple(labels.shape)}; pass Pruning(evaluate=...) a callable (model) -> score.")
                     correct += (out.argmax(1) == labels).sum()
                     total += labels.numel()
-        if trainer.world_size > 1:
-            correct = trainer.strategy.reduce(correct, reduce_op="sum")
-            total = trainer.strategy.reduce(total, reduce_op="sum")
-        return float(correct) / float(total) if int(total) > 0 else None
 
     return evaluate
 
@@ -462,6 +474,7 @@ class Pruning(Callback):
         self._world = World(info=rank_zero_info, forward_context=forward_context) if trainer.world_size <= 1 else \
             World(size=trainer.world_size, rank=trainer.global_rank,
                   broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+                  any_rank=lambda flag: trainer.strategy.reduce_boolean_decision(bool(flag), all=False),
                   rewrap=lambda: internals.rewrap_ddp(trainer, pl_module), info=rank_zero_info,
                   forward_context=forward_context)
         self.engine.start()

@@ -1,13 +1,14 @@
 """A small SSRPruning fit, run as a script so that Lightning's DDP launcher can start it.
 
-    python tests/ddp_job.py OUT_DIR DEVICES {residual,lenet} [--spawn]
+    python tests/ddp_job.py OUT_DIR DEVICES {residual,lenet,latency,fails_on_rank_1} [--spawn]
 
 Each rank writes OUT_DIR/rank<r>.pt with its final state dict, plan and loss history.
 Used by tests/test_ddp.py; 64 samples, global batch 16 whatever DEVICES is. "residual" has
 BatchNorm, whose batch statistics are per rank (SyncBatchNorm needs GPUs), so only "lenet"
 (no BN) can match a single-process run step for step. "lenet" trains in float64
 (precision="64-true"): the two runs then differ only by float64 rounding in the order of the
-gradient sums, far below any real difference (see tests/test_ddp.py).
+gradient sums, far below any real difference (see tests/test_ddp.py). "latency" prunes with L1 to
+a latency target; "fails_on_rank_1" with a method whose after_rebuild fails on rank 1 only.
 """
 
 import sys
@@ -37,11 +38,27 @@ class _DataModule(pl.LightningDataModule):
         return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, shuffle=False)
 
 
+def _fails_on_rank_1():
+    """L1, whose after_rebuild fails on rank 1 only (after the set-up's rehearsal on a copy)."""
+    from lightning_ssr.methods.oneshot import L1
+
+    class FailsOnRank1(L1):
+        calls = 0
+
+        def after_rebuild(self, model, plan):
+            FailsOnRank1.calls += 1
+            if FailsOnRank1.calls > 1 and torch.distributed.get_rank() == 1:
+                raise RuntimeError("a failure on rank 1 only")
+            return super().after_rebuild(model, plan)
+
+    return FailsOnRank1()
+
+
 def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bool = False) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
     gen = torch.Generator().manual_seed(0)
-    shape = (3, 16, 16) if kind == "residual" else (1, 28, 28)
+    shape = (1, 28, 28) if kind == "lenet" else (3, 16, 16)
     data = TensorDataset(torch.randn(64, *shape, generator=gen), torch.randint(0, 5, (64,), generator=gen))
     model = TinyClassifier()
     if kind == "lenet":
@@ -50,8 +67,12 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bo
                                stop_early=False)
     ssr = (Pruning("ssr_l20", method_kwargs={"rho": 0.5}, target={"macs": 0.4}, schedule=schedule) if by_name else
            SSRPruning(regularizer="l20", flops_budget=0.4, rho=0.5, schedule=schedule))
+    if kind in ("latency", "fails_on_rank_1"):  # (a target the dense model meets: the prune times it all the same)
+        one_shot = PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1)
+        ssr = (Pruning("l1", target={"latency": 1000.0, "batch_size": 8}, schedule=one_shot) if kind == "latency"
+               else Pruning(_fails_on_rank_1(), target={"macs": 0.5}, schedule=one_shot))
     strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
-    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+    trainer = pl.Trainer(max_epochs=ssr.schedule.total_epochs, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                          precision="64-true" if kind == "lenet" else "32-true",
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          deterministic=True, use_distributed_sampler=False, callbacks=[ssr])

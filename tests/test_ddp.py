@@ -60,6 +60,28 @@ def test_ddp_with_batchnorm_prunes_identically_on_every_rank(tmp_path):
         assert torch.equal(value, r1["state_dict"][key]), key
 
 
+def test_a_latency_target_is_timed_on_rank_zero_for_every_rank(tmp_path):
+    """Each rank timed the pruned model itself, at the same moment as its sibling: their events
+    held other measurements, and each blamed the other rank's load ("crowded") on the machine
+    (probe). Rank 0 times while the others wait, and every rank records its figures."""
+    proc = _run(tmp_path, 2, "latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _load(tmp_path, 0), _load(tmp_path, 1)
+    assert r0["events"] == r1["events"] and "latency_measured_ms" in r0["events"][0]
+
+
+def test_a_failure_after_the_rebuild_on_one_rank_stops_every_rank(tmp_path):
+    """after_rebuild failed on rank 1 only: its recovery re-wrapped DDP (a collective) alone while
+    rank 0 trained on, and the job hung without a word (probe). Every rank learns of it at the next
+    settle point, restores its model and raises: rank 1 its own error, rank 0 that another rank failed."""
+    proc = _run(tmp_path, 2, "fails_on_rank_1")
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert "failed after the rebuild (RuntimeError: a failure on rank 1 only)" in said, said[-3000:]
+    assert "failed after the rebuild (another rank failed (the method" in said, said[-3000:]
+    assert not list(tmp_path.glob("rank*.pt"))
+
+
 @pytest.mark.parametrize("how", ["--by-object", "--by-name"])
 def test_ddp_spawn_is_refused_with_a_reason(tmp_path, how):
     """A method given by name made the callback unpicklable (a lambda), so the spawn failed with
