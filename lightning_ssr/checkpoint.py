@@ -427,12 +427,21 @@ def rebuild_to(module: nn.Module, target: PruningPlan) -> None:
     (:func:`fill_placeholder_values`), which the load replaces: the rebuild is checked on them."""
     ref = next(module.parameters(), None)
     current = applied_plan(module)
+    snapshot = None
     if ref is not None and not ref.is_meta and (current is None or (current.kept, current.sizes) != (
             target.kept, target.sizes)):
         example = torch.zeros(target.input_shape, dtype=ref.dtype, device=ref.device)
         if not has_usable_values(module, example):
-            fill_placeholder_values(module)
-    apply_plan(module, target)
+            snapshot = snapshot_modules(module)  # (a failed rebuild gives the module back as it was)
+            fill_placeholder_values(module, only_non_finite=True)  # (what a strict=False load leaves: the module's)
+            if not has_usable_values(module, example):  # (finite values that overflow: uninitialized memory)
+                fill_placeholder_values(module)
+    try:
+        apply_plan(module, target, strict=True)
+    except BaseException:
+        if snapshot is not None:
+            restore_modules(snapshot)
+        raise
 
 
 class PrunedCheckpointMixin:

@@ -1380,6 +1380,7 @@ class PruningEngine:
         step_plan = plan_from_support(example.shape, masks, ctx.groups)
         before = ctx.cost
         old_params = dict(model.named_parameters())
+        recorded = applied_plan(model)  # (read before the cut: prune_channels records it on the model)
         snapshot = snapshot_modules(model)  # prune_channels restores the model itself if it fails;
         saved = [_optimizer_snapshot(o) for o in optimizers]  # what follows it is undone here
         rebuild_start = time.perf_counter()
@@ -1417,7 +1418,7 @@ class PruningEngine:
             # cumulative from the shapes the model was constructed with, also across fits: a model an
             # earlier fit pruned (or load_pruned rebuilt) carries that plan, and this one comes after it
             stage = "composing this prune's plan with the model's earlier one"
-            prior = self.plan if self.plan is not None else applied_plan(model)
+            prior = self.plan if self.plan is not None else recorded
             plan = step_plan if prior is None else prior.then(step_plan, step_plan.input_shape)
             settle()
             stage = f"the method {self.method.name!r} in after_rebuild()"

@@ -300,6 +300,7 @@ class Pruning(Callback):
         self._trainer: Trainer | None = None
         self._world = World(info=rank_zero_info)
         self._hook = None
+        self._hook_module = None  # (a weak reference to) the module the hook is registered on
         self._loss_guard = LossGuard()
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
         self._train_ended = False  # Lightning ran the fit's on_train_end (not when nothing was left to train)
@@ -401,17 +402,6 @@ class Pruning(Callback):
                     f"{name} cannot share a fit with {cls}: {cls} {known[0]}, whose shapes the rebuild changes (the "
                     f"fit would fail at its first use after the prune). Prune in this fit, then {known[1]} in a second "
                     f"fit of the pruned LightningModule: Trainer(callbacks=[{cls}(...)]).fit(module, ...).")
-        earlier_module = self._fit_module() if self._fit_module is not None else None
-        if (trainer.global_step > 0 and trainer.ckpt_path is None and not self.engine.fresh
-                and earlier_module is not pl_module):
-            # (the Trainer goes on from its step and epoch, and the callback took the fit for a continued one: the
-            # other module stayed dense, without a word: probe)
-            raise MisconfigurationException(
-                f"{name}: fit() of another {type(pl_module).__name__} on a Trainer that trained one already (at optimizer "
-                f"step {trainer.global_step}, epoch {trainer.current_epoch}): the Trainer goes on from that epoch, and "
-                "the pruning schedule of a new model counts its epochs from 0. Give the new model a new Trainer "
-                "(and a new Pruning callback, or this one: it starts over).")
-        self._fit_module = weakref.ref(pl_module)
         # per fit (before its warnings, which the run keeps); Lightning restores the callback's state after set-up
         self._short_fit = self._restored = self._resume_checked = self._train_ended = self._pruned_again = False
         if trainer.global_step == 0 and not self.engine.fresh:
@@ -511,6 +501,18 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # (again: the module's own setup() and configure_model() run after this callback's setup)
         self._refuse_compiled(pl_module)
+        # (here, not in setup: Lightning sets trainer.ckpt_path and restores this callback's state after setup)
+        earlier_module = self._fit_module() if self._fit_module is not None else None
+        if (trainer.global_step > 0 and not self._restored and trainer.ckpt_path is None and not self.engine.fresh
+                and earlier_module is not pl_module):
+            # (the Trainer goes on from its step and epoch, and the callback took the fit for a continued one: the
+            # other module stayed dense, without a word: probe)
+            raise MisconfigurationException(
+                f"{type(self).__name__}: fit() of another {type(pl_module).__name__} on a Trainer that trained one "
+                f"already (at optimizer step {trainer.global_step}, epoch {trainer.current_epoch}): the Trainer goes "
+                "on from that epoch, and the pruning schedule of a new model counts its epochs from 0. Give the new "
+                "model a new Trainer (and a new Pruning callback, or this one: it starts over).")
+        self._fit_module = weakref.ref(pl_module)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -547,8 +549,12 @@ class Pruning(Callback):
 
     def _watch_weights_load(self, pl_module: LightningModule) -> None:
         """:meth:`_before_weights_load` as ``pl_module``'s load_state_dict pre-hook (once; removed in teardown)."""
+        if self._hook is not None and self._hook_module() is not pl_module:  # (a fit that failed kept it: no teardown)
+            self._hook.remove()
+            self._hook = None
         if self._hook is None:
             self._hook = pl_module.register_load_state_dict_pre_hook(_WeightsLoadHook(self))
+            self._hook_module = weakref.ref(pl_module)
 
     def _before_weights_load(self, module, state_dict, prefix, *args) -> None:
         if prefix or module is not self._trainer.lightning_module:  # (a copy of it holds the same hook)

@@ -123,6 +123,66 @@ def test_a_pruned_checkpoint_without_its_plan_is_named_and_may_be_a_weights_only
         LitNet.load_from_checkpoint(tmp_path / "weights.ckpt")
 
 
+def test_plans_replay_step_by_step_or_by_part_and_the_record_follows_every_cut(tmp_path):
+    """Review of the change that made apply_plan record its plan: a plan counted from the widths an
+    earlier plan left (a later prune's own) and a plan of one part of the model, named from the
+    whole, were refused where they had replayed; a cut with prune_channels left the record stale, so
+    save_pruned refused the right plan and saved, by default, one that did not load; first.then()
+    of an already composed plan raised a bare IndexError."""
+    from lightning_ssr.structure import prune_channels
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    model = build_model("lenet5")
+    first = prune_oneshot(model, x, {"macs": 0.5})
+    step = prune_oneshot(copy.deepcopy(model), x, {"macs": 0.5}).after(first)  # (counted from the widths left)
+    prune_channels(model, x, step.kept, step.sizes)
+    assert applied_plan(model).kept == first.then(step).kept
+    save_pruned(model, tmp_path / "default.pt")
+    save_pruned(model, tmp_path / "given.pt", first.then(step))
+    for name in ("default.pt", "given.pt"):
+        assert_same_function(model, load_pruned(build_model("lenet5"), tmp_path / name), x)
+    fresh = build_model("lenet5")
+    apply_plan(fresh, first)
+    apply_plan(fresh, step)  # (step by step)
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in model.parameters()]
+    assert applied_plan(fresh).kept == first.then(step).kept
+    with pytest.raises(PlanMismatchError, match=r"the later plan counts \d+ channels in '\w+', where this one kept "
+                                                r"\d+: .*holds the earlier prunes already: use it as it is"):
+        first.then(first.then(step))
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = build_model("lenet5"), build_model("lenet5")
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    pa = prune_oneshot(build_model("lenet5"), x, {"macs": 0.5})
+    pb = prune_oneshot(build_model("lenet5"), x, {"macs": 0.3})
+    two = Two()
+    apply_plan(two.a, pa)
+    apply_plan(two, pb.renamed(lambda k: f"b.{k}"))  # (one part's plan, named from the whole)
+    assert applied_plan(two.a).kept == pa.kept and applied_plan(two.b).kept == pb.kept
+
+
+def test_a_load_with_strict_false_keeps_the_weights_the_checkpoint_does_not_hold(pruned_checkpoint):
+    """Placeholder values for the rebuild's check went into every tensor, and a strict=False load
+    left the module's own weights of the layers the checkpoint lacks replaced by them (review):
+    only the tensors that are not finite take placeholders."""
+    path, _, _ = pruned_checkpoint
+    saved = torch.load(path, weights_only=True)
+    head = [k for k in saved["state_dict"] if k.startswith("net.fc2.")]
+    partial = {**saved, "state_dict": {k: v for k, v in saved["state_dict"].items() if k not in head}}
+    module = LitNet()
+    with torch.no_grad():
+        module.net.stem.weight[0, 0, 0, 0] = float("nan")
+    own = {k: v.clone() for k, v in module.state_dict().items() if k in head}
+    load_pruned(module, partial, strict=False)
+    assert own and all(torch.equal(module.state_dict()[k], v) for k, v in own.items())
+
+
 def test_apply_plan_records_the_plan_so_that_later_checkpoints_keep_it(tmp_path):
     """apply_plan (prune_oneshot's "replays it on a fresh model") did not record the plan: a fit of
     the rebuilt module wrote checkpoints without it, which did not load (probe). save_pruned saves

@@ -485,9 +485,11 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     if cfg.export is not None:
         check_export_available(cfg.export)  # (onnx without its packages: said now, not after the training)
-    if cfg.export == "onnx" and str(cfg.trainer.get("precision")) in ("64", "64-true", "double"):
-        raise ValueError(f"export=onnx with trainer.precision={cfg.trainer.precision}: the network trains in float64, "
-                         "and onnxruntime runs no float64 convolution, so the export could neither be checked nor run. "
+    dtype = {"64": "float64", "64-true": "float64", "double": "float64", "bf16-true": "bfloat16"}.get(
+        str(cfg.trainer.get("precision")))
+    if cfg.export == "onnx" and dtype is not None:  # (float16 convolutions it runs)
+        raise ValueError(f"export=onnx with trainer.precision={cfg.trainer.precision}: the network trains in {dtype}, "
+                         f"and onnxruntime runs no {dtype} convolution, so the export could neither be checked nor run. "
                          "Use export=torch_export or export=torchscript, or train with trainer.precision=32-true")
     averaging = weight_averaging(cfg)  # (a bad ema_decay fails here)
     callback = build_pruning(cfg)

@@ -120,6 +120,12 @@ class PruningPlan:
                           dict(self.sizes))
         for name, kept in later.kept.items():
             if name in self.kept:
+                if later.sizes[name] != len(self.kept[name]) or any(not 0 <= i < len(self.kept[name]) for i in kept):
+                    raise PlanMismatchError(
+                        f"the later plan counts {later.sizes[name]} channels in '{name}', where this one kept "
+                        f"{len(self.kept[name])}: it is not counted from the widths this plan leaves. A plan counted "
+                        "from the constructed shapes (prune_oneshot's, the callback's, the engine's) holds the earlier "
+                        "prunes already: use it as it is")
                 out.kept[name] = [self.kept[name][i] for i in kept]
             else:
                 out.kept[name] = list(kept)
@@ -147,11 +153,11 @@ class PruningPlan:
                 continue
             position = {c: i for i, c in enumerate(earlier.kept[name])}
             removed = [c for c in kept if c not in position]
-            if earlier.sizes[name] != self.sizes[name] or removed:
+            if earlier.sizes[name] != self.sizes[name] or removed:  # (other counts first: the likelier cause)
                 raise PlanMismatchError(
                     f"the pruning plan does not continue the one this model was rebuilt with: in '{name}' it "
-                    + (f"keeps channels {removed[:5]} that one removed" if removed else
-                       f"counts {self.sizes[name]} channels where that one counted {earlier.sizes[name]}")
+                    + (f"counts {self.sizes[name]} channels where that one counted {earlier.sizes[name]}"
+                       if earlier.sizes[name] != self.sizes[name] else f"keeps channels {removed[:5]} that one removed")
                     + "; construct a fresh model to load it")
             step.kept[name], step.sizes[name] = [position[c] for c in kept], len(earlier.kept[name])
         return step

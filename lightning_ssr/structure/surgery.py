@@ -337,16 +337,17 @@ def has_usable_values(model: nn.Module, example_inputs) -> bool:
     return all(bool(torch.isfinite(o).all()) for o in outputs if o.is_floating_point() or o.is_complex())
 
 
-def fill_placeholder_values(model: nn.Module) -> None:
+def fill_placeholder_values(model: nn.Module, only_non_finite: bool = False) -> None:
     """Give every floating parameter of ``model`` seeded random values of a fan-in scale (a
     matrix or filter ``N(0, 1 / fan_in)``, any other ``U(-0.5, 0.5)``) and norm layers the
     statistics of a fresh one (means 0, variances 1), in place: for a model whose values a load
-    is about to replace, so that its rebuild is checked on values that say something. The global
-    random state is not used."""
+    is about to replace, so that its rebuild is checked on values that say something. With
+    ``only_non_finite``, only the tensors that hold NaN or infinity. The global random state is
+    not used."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            if not p.is_floating_point():
+            if not p.is_floating_point() or (only_non_finite and bool(torch.isfinite(p).all())):
                 continue
             if p.dim() > 1:
                 values = torch.randn(p.shape, generator=generator) / max(1, p[0].numel()) ** 0.5
@@ -354,7 +355,8 @@ def fill_placeholder_values(model: nn.Module) -> None:
                 values = torch.rand(p.shape, generator=generator) - 0.5
             p.copy_(values)
         for name, b in model.named_buffers():
-            if b.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+            if (b.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+                    and not (only_non_finite and bool(torch.isfinite(b).all()))):
                 b.fill_(0.0 if name.endswith("running_mean") else 1.0)
 
 
@@ -475,6 +477,11 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
             "shuffle, a slice, a pad of the channel dimension, a concat followed by flatten -> linear), or through an op after which a removed channel is not zero (a sigmoid, an exp, "
             "a constant added, BatchNorm without affine), so the masked model still reads it." + suspects +
             " Pass these layers in ignored_layers.") from err
+    prior = applied_plan(model)
+    if prior is not None:  # a model that records its plan records this cut too (save_pruned reads the record)
+        step = PruningPlan(list(prior.input_shape), {n: [int(i) for i in ids] for n, ids in kept.items()},
+                           {n: matched[n].size for n in kept})
+        mark_applied_plan(model, prior.then(step))
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 
@@ -645,11 +652,14 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old_params: Mapping[str, n
     return swapped
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
+def apply_plan(model: nn.Module, plan: PruningPlan | Mapping, strict: bool = False) -> nn.Module:
     """Rebuild a freshly constructed (unpruned) model into the pruned shapes of ``plan``, and
     record the plan on it (:func:`~lightning_ssr.structure.plan.applied_plan`: its checkpoints keep
-    it). A model rebuilt with this plan already is left alone; one rebuilt with an earlier plan that
-    ``plan`` continues (a later prune of it) takes the rest (:meth:`PruningPlan.after`).
+    it). A model rebuilt with this plan already is left alone; one rebuilt with an earlier plan
+    takes the rest: ``plan`` counted from the constructed shapes and continuing that plan (a later
+    prune of it, :meth:`PruningPlan.after`), or, per layer, counted from the width the earlier plan
+    left (a later prune's own plan, replayed step by step); layers ``plan`` does not name stay as
+    they are. ``strict`` (a checkpoint's plan, loaded): only a plan that continues the earlier one.
 
     Raises :class:`PlanMismatchError`, leaving the model untouched, when the plan does not fit.
     """
@@ -666,11 +676,36 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping) -> nn.Module:
     current = applied_plan(model)
     if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes):
         return model
-    step = plan if current is None else plan.after(current)
+    step, composed = (plan, plan) if current is None else _step_after(current, plan, strict)
     example = torch.zeros(plan.input_shape, dtype=ref.dtype, device=ref.device)
     prune_channels(model, example, step.kept, step.sizes)
-    mark_applied_plan(model, plan)
+    mark_applied_plan(model, composed)
     return model
+
+
+def _step_after(current: PruningPlan, plan: PruningPlan, strict: bool) -> tuple[PruningPlan, PruningPlan]:
+    """The cut that takes a model rebuilt with ``current`` to ``plan``, and the plan it is rebuilt
+    with then. ``strict``: ``plan`` continues ``current`` (:meth:`PruningPlan.after`: a checkpoint's).
+    Otherwise each layer of ``plan`` may also be one no plan cut yet, or be counted from the width
+    ``current`` left (a later prune's plan, replayed step by step), and the layers it leaves out
+    stay as they are (a plan of another part of the model)."""
+    if strict:
+        return plan.after(current), plan
+    step = PruningPlan(list(plan.input_shape))
+    composed = PruningPlan(list(current.input_shape), dict(current.kept), dict(current.sizes))
+    for name, kept in plan.kept.items():
+        if name in current.kept and plan.sizes[name] == len(current.kept[name]) != current.sizes[name]:
+            step.kept[name], step.sizes[name] = list(kept), plan.sizes[name]  # (counted from the width left)
+            composed.kept[name] = [current.kept[name][i] for i in kept if 0 <= i < len(current.kept[name])]
+            continue
+        if name in current.kept:
+            one = PruningPlan(list(plan.input_shape), {name: list(kept)}, {name: plan.sizes[name]})
+            earlier = PruningPlan(list(current.input_shape), {name: current.kept[name]}, {name: current.sizes[name]})
+            step.kept[name], step.sizes[name] = one.after(earlier).kept[name], len(current.kept[name])
+        else:
+            step.kept[name], step.sizes[name] = list(kept), plan.sizes[name]
+        composed.kept[name], composed.sizes[name] = list(kept), plan.sizes[name]
+    return step, composed
 
 
 def spread_indices(size: int, count: int) -> list[int]:
