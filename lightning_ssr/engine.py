@@ -1498,6 +1498,9 @@ class PruningEngine:
                 f"{measured / self.target.latency - 1:+.0%} over the {self.target.latency:.3f} ms asked (predicted "
                 f"{lat['predicted_ms']:.3f} ms, dense {lat['dense_ms']:.3f} ms). "
                 + (f"Other processes kept the machine busy during {' and '.join(busy)}: " if busy else
+                   f"None of the counts the calibration timed met it either (the fastest ran {lat['calibrated_ms']:.3f}"
+                   " ms): the floors (min_channels, max_pruning_ratio, round_to) or the machine's noise keep it "
+                   "there: " if (lat.get("calibrated_ms") or 0) > self.target.latency * (1 + LATENCY_MISS) else
                    "A busy machine times slower than the calibration did: ")
                 + "time again on a quiet one (lightning_ssr.latency.steady_allocator() first), or ask for less.")
         return {"latency_dense_ms": lat["dense_ms"], "latency_predicted_ms": lat["predicted_ms"],

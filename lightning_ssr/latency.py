@@ -587,9 +587,11 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
     Each round times the allocation's model; if it runs within ``tolerance`` of ``target_ms``, those
     counts are kept. Otherwise the (table time, measured time) point joins the table's calibration
     and the table allocates again, for at most ``rounds`` timings, or until it proposes counts timed
-    already. The counts returned are always ones that were timed: those nearest ``target_ms``
-    (an allocation the calibrated table predicts but nobody timed can miss by a third, where
-    the table's time and the clock disagree between calibration points).
+    already. The counts returned are always ones that were timed (an allocation the calibrated
+    table predicts but nobody timed can miss by a third, where the table's time and the clock
+    disagree between calibration points): of those that met the target (at most ``tolerance``
+    over it), the nearest; where none did, the fastest (counts timed 13% over were kept beside
+    counts timed under the target: probe).
 
     Returns the counts and ``{"uncalibrated_ms", "predicted_ms", "calibrated_ms",
     "calibration_ms"}``: the uncalibrated table's prediction for the first counts, the calibrated
@@ -612,7 +614,9 @@ def calibrated_keep_counts(allocate: Callable[[LatencyModel], dict[str, int]], m
         if any(again == k for k, _ in timed):
             break
         keep = again
-    keep, ms = min(timed, key=lambda pair: abs(pair[1] / target_ms - 1))
+    met = [pair for pair in timed if pair[1] <= target_ms * (1 + tolerance)]
+    keep, ms = (min(met, key=lambda pair: abs(pair[1] / target_ms - 1)) if met else
+                min(timed, key=lambda pair: pair[1]))
     return keep, {"uncalibrated_ms": first, "predicted_ms": table.predict(groups, cost, keep), "calibrated_ms": ms,
                   "calibration_ms": [t for _, t in timed]}
 
