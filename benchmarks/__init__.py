@@ -65,6 +65,19 @@ def recorded_runs(data) -> int:
     return sum(int(r["n_runs"]) if isinstance(r.get("n_runs"), int) else int("seed" in r) for r in rows)
 
 
+def check_seeds(parser, seeds, overrides=()) -> None:
+    """Refuse, through ``parser``, seeds given twice (counted as independent runs, they shared one
+    run folder and dense model: probe), negative ones, and a seed set by ``--override`` (the runs
+    were labelled by ``--seeds`` and all trained the overridden one)."""
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        parser.error(f"--seeds: {twice} given more than once; each seed is one independent run")
+    if any(s < 0 for s in seeds):
+        parser.error(f"--seeds must be >= 0, got {sorted(s for s in seeds if s < 0)}")
+    if any(str(o).split("=", 1)[0].lstrip("+~") == "seed" for o in overrides or ()):
+        parser.error("--override seed=...: the runs' seeds are --seeds")
+
+
 def refuse_smaller(path: Path, planned: int | None, force: bool = False, budget: dict | None = None,
                    unbounded: tuple[str, ...] = (), same: tuple[str, ...] = (), covers: tuple[str, ...] = (),
                    from_rows: dict[str, str] | None = None, recorded_default: dict | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 import traceback
@@ -51,20 +52,39 @@ def main(argv=None) -> int:
     os.chdir(Path(__file__).resolve().parent.parent)  # the paths above are the repository's
     chosen = [(p, a) for p, a in parts if (args.only is None or p in args.only) and p not in args.skip]
     failed, seconds, start = [], {}, time.perf_counter()
-    for part, extra in chosen:
-        t = time.perf_counter()
-        print(f"\n=== {part} (python benchmarks/{part}.py {' '.join(extra)})", flush=True)
-        try:
-            importlib.import_module(f"benchmarks.{part}").main(extra)
-        except SystemExit as err:  # a part's refusal (a file of a larger budget kept): said, and the others run
-            if err.code not in (None, 0):
-                print(f"{part}: {err.code}", file=sys.stderr)
-                failed.append(part)
-        except Exception:  # noqa: BLE001 - one failed part must not stop the others
-            traceback.print_exc()
-            failed.append(part)
-        seconds[part] = time.perf_counter() - t
-        print(f"=== {part}: {seconds[part]:.0f} s", flush=True)
+    interrupted = []  # (Lightning turns a Ctrl-C into SystemExit(1), and the command into RunInterrupted: a part
+    previous = signal.getsignal(signal.SIGINT)  # that "failed" by it, and the others ran on: probe)
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        (previous if callable(previous) else signal.default_int_handler)(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        for part, extra in chosen:
+            t = time.perf_counter()
+            print(f"\n=== {part} (python benchmarks/{part}.py {' '.join(extra)})", flush=True)
+            try:
+                importlib.import_module(f"benchmarks.{part}").main(extra)
+            except KeyboardInterrupt:
+                interrupted.append(signal.SIGINT)
+            except SystemExit as err:  # a part's refusal (a file of a larger budget kept): said, and the others run
+                if err.code not in (None, 0) and not interrupted:
+                    print(f"{part}: {err.code}", file=sys.stderr)
+                    failed.append(part)
+            except Exception:  # noqa: BLE001 - one failed part must not stop the others
+                if not interrupted:
+                    traceback.print_exc()
+                    failed.append(part)
+            seconds[part] = time.perf_counter() - t
+            if interrupted:
+                left = [p for p, _ in chosen][len(seconds) - 1:]
+                print(f"\ninterrupted (Ctrl-C) during {part}, after {seconds[part]:.0f} s: not run: {', '.join(left)}. "
+                      "The training parts go on from their finished runs when run again.", file=sys.stderr)
+                return 130
+            print(f"=== {part}: {seconds[part]:.0f} s", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     total = time.perf_counter() - start
     results = Path("benchmarks/results") if args.results_dir is None else args.results_dir
     if args.only is None and not args.skip:  # the record of a whole run

@@ -54,7 +54,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, check_seeds, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.specs import (
     LENET_SEEDS,
     check_pruning_overrides,
@@ -418,6 +418,7 @@ def main(argv=None) -> dict:
     if args.remeasure is None and without:
         parser.error(f"--reference {args.reference}: not among the methods run on {', '.join(without)}, so nothing "
                      "there would be compared with it; add it to those methods, or give --reference one they run")
+    check_seeds(parser, args.seeds, args.override)
     try:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:
@@ -425,8 +426,8 @@ def main(argv=None) -> dict:
     if args.remeasure is None:  # (nor runs of fewer epochs, nor timed fewer times)
         refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force,
                        {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "repeats", "override",
-                                                      "datasets", "methods")},
-                       same=("override",), covers=("datasets", "methods"))
+                                                      "datasets", "methods", "seeds")},
+                       same=("override",), covers=("datasets", "methods", "seeds"))
     else:  # the remeasured runs, timed as often, replace no more runs nor runs timed more often
         remeasured = json.loads(args.remeasure.read_text())
         earlier = remeasured.get("settings") or {}  # (the runs are the remeasured file's: held to the out file's)

@@ -42,7 +42,17 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, kept_fraction, refuse_smaller, run_or_reuse
+from benchmarks import (
+    WORK_ROOT,
+    check_seeds,
+    command_line,
+    counted,
+    job_pool,
+    keep_run,
+    kept_fraction,
+    refuse_smaller,
+    run_or_reuse,
+)
 from benchmarks.specs import (
     check_pruning_overrides,
     check_spec,
@@ -213,6 +223,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "methods.json")
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     args = parser.parse_args(argv)
+    check_seeds(parser, args.seeds, args.override)
     args.methods = args.methods or registry_specs()
     if args.reference not in args.methods:
         parser.error(f"--reference {args.reference}: not among the methods run, so nothing would be compared with "
@@ -233,8 +244,9 @@ def main(argv=None) -> dict:
         if parse_spec(m)[0] != "none"]
     refuse_smaller(args.out, len(jobs), args.force,  # (nor runs of fewer epochs, images or batches)
                    {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "train_size", "batches",
-                                                  "model", "data", "override", "methods", "macs")},
-                   unbounded=("train_size", "batches"), same=("model", "data", "override"), covers=("methods", "macs"))
+                                                  "model", "data", "override", "methods", "macs", "seeds")},
+                   unbounded=("train_size", "batches"), same=("model", "data", "override"),
+                   covers=("methods", "macs", "seeds"))
     rows = []
     work = Path(args.work_dir).expanduser()
     work.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import WORK_ROOT, check_seeds, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -178,6 +178,7 @@ def main(argv=None) -> dict:
                         help="with each adaptation run, its equal-budget control: the same run with the domain "
                              f"term off ({CONTROL_OVERRIDE}; not with an --override of adaptation.domain_weight)")
     args = parser.parse_args(argv)
+    check_seeds(parser, args.seeds, args.override)
     if args.control and any(o.replace(" ", "").lstrip("+").startswith("adaptation.domain_weight=")
                             for o in args.override):
         print("no equal-budget controls: --override sets adaptation.domain_weight itself")
@@ -185,8 +186,9 @@ def main(argv=None) -> dict:
     jobs = [(e, s, None) for e in args.experiments for s in args.seeds]
     if args.control:
         jobs += [(e, s, CONTROL) for e, s, _ in jobs if e.startswith("da_")]
-    refuse_smaller(args.out, len(jobs), args.force, {"override": args.override, "experiments": args.experiments},
-                   same=("override",), covers=("experiments",), from_rows={"experiments": "experiment"})
+    refuse_smaller(args.out, len(jobs), args.force, {"override": args.override, "experiments": args.experiments,
+                                                     "seeds": args.seeds},
+                   same=("override",), covers=("experiments", "seeds"), from_rows={"experiments": "experiment"})
     quiet_lightning()
     start = time.perf_counter()
     rows, results = [], []

@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, counted, refuse_smaller
+from benchmarks import check_seeds, command_line, counted, refuse_smaller
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.app.cli import compose_config
@@ -198,6 +198,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--recompute", action="store_true",
                         help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
+    check_seeds(parser, args.seeds)
     if args.recompute:
         out = json.loads(args.out.read_text())
         out["comparisons"] = {seed: compare(runs) for seed, runs in out["runs"].items()}
@@ -206,8 +207,8 @@ def main(argv=None) -> dict:
         return out
     refuse_smaller(args.out, len(args.seeds) * (1 + len(args.variants)), args.force,  # (nor fewer epochs, batches)
                    {k: getattr(args, k) for k in ("epochs", "finetune", "batches", "data", "lam", "interval",
-                                                  "threshold", "variants")},
-                   unbounded=("batches",), same=("data", "lam", "interval", "threshold"), covers=("variants",))
+                                                  "threshold", "variants", "seeds")},
+                   unbounded=("batches",), same=("data", "lam", "interval", "threshold"), covers=("variants", "seeds"))
     quiet_lightning()
     all_runs, comparisons, dense = {}, {}, {}
     for seed in args.seeds:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line
+from benchmarks import check_seeds, command_line, refuse_smaller
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
@@ -150,8 +150,17 @@ def main(argv=None) -> None:
     p.add_argument("--acc-tol", type=float, default=0.5, help="accuracy drops within this many points are 'similar'")
     p.add_argument("--skip-l20", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show the output of every run")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds runs of a larger budget")
     p.add_argument("--out", "--output", type=Path, default=RESULTS, help="where to write (--output: its earlier name)")
     args = p.parse_args(argv)
+    check_seeds(p, args.seeds)
+    if args.flops_budget <= 0 or args.flops_budget > 1 or args.admm_epochs < 1 or args.finetune_epochs < 0:
+        p.error("--flops-budget must be in (0, 1], --admm-epochs >= 1 and --finetune-epochs >= 0")
+    # (it replaced a file of 17 runs with one of 1, without a word: probe)
+    refuse_smaller(args.out, len(args.seeds) * len(args.intervals) * (1 if args.skip_l20 else 2), args.force,
+                   {"admm_epochs": args.admm_epochs, "finetune_epochs": args.finetune_epochs, "seeds": args.seeds,
+                    "intervals": [label(i) for i in args.intervals]},
+                   covers=("seeds", "intervals"))
     if not args.verbose:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.ERROR)

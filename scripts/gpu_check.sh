@@ -8,11 +8,20 @@
 # installed without its dependencies (torch stays as it is). Missing pure-Python dependencies are
 # installed from a wheel folder made beforehand where there is a network
 # (bash scripts/gpu_wheels.sh -> .gpu_wheels/), if there is one. Exits with status 3, having
-# changed nothing, where no GPU is visible.
+# changed nothing, where no GPU is visible (2 where $PYTHON has no torch); --smoke runs its parts
+# at tiny sizes on the CPU, installing nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "gpu check: $PYTHON cannot import torch: give the interpreter that has the CUDA build of torch" \
+    "(PYTHON=/path/to/python bash scripts/gpu_check.sh); nothing was run." >&2
+  exit 2
+fi
+for arg in "$@"; do  # the script's own check on the CPU, at tiny sizes: nothing installed
+  if [ "$arg" = "--smoke" ]; then exec "$PYTHON" -m benchmarks.gpu "$@"; fi
+done
 if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   "$PYTHON" -c "import sys; sys.path.insert(0, '.'); from benchmarks.gpu import no_gpu_message; print(no_gpu_message())" \
     >&2 2>/dev/null || echo "gpu check: no CUDA GPU is visible to torch ($PYTHON); nothing was run." >&2

@@ -1,6 +1,7 @@
 """Every benchmark script runs as README says, ``python benchmarks/<name>.py``, from any directory:
 the repository root is not on the path then, and each script puts it there itself."""
 
+import json
 import os
 import signal
 import subprocess
@@ -140,7 +141,12 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
     ("speedup", ["--repeats", "0"], "argument --repeats: 0 is below 1"),
     ("lenet", ["--jobs", "x"], "argument --jobs: 'x' is not an integer"),
     ("solver_speed", ["--interval", "0"], "argument --interval: 0 is below 1"),
-    ("recipes", ["--jobs", "0"], "argument --jobs: 0 is below 1")])
+    ("recipes", ["--jobs", "0"], "argument --jobs: 0 is below 1"),
+    # (seeds given twice were counted as independent runs; a seed overridden trained one seed for every label: probe)
+    ("lenet", ["--seeds", "0", "0"], "--seeds: [0] given more than once"),
+    ("methods", ["--seeds", "1", "-1"], "--seeds must be >= 0, got [-1]"),
+    ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
+    ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]")])
 def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv, said, capsys):
     """methods.py --macs 1.5 began training, speedup.py --repeats 0 began timing (probe)."""
     import importlib
@@ -148,6 +154,19 @@ def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv,
     with pytest.raises(SystemExit) as raised:
         importlib.import_module(f"benchmarks.{script}").main(argv)
     assert raised.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_update_interval_keeps_a_results_file_of_more_runs_or_seeds(tmp_path, capsys):
+    """It replaced a file of 17 runs with one of 1 without a word (probe): it is held to the
+    larger-budget rule of the other scripts, seeds included."""
+    from benchmarks import update_interval
+
+    out = tmp_path / "update_interval.json"
+    out.write_text(json.dumps({"command": "python benchmarks/update_interval.py", "settings": {
+        "seeds": [0, 1], "intervals": ["10", "25"], "admm_epochs": 10, "finetune_epochs": 3}, "rows": []}))
+    with pytest.raises(SystemExit, match=r"holds runs of a larger budget or another experiment \(admm_epochs 10 > 1; "
+                                         r"seeds: this command leaves out 1; intervals: .*pass --force"):
+        update_interval.main(["--seeds", "0", "--intervals", "25", "--skip-l20", "--admm-epochs", "1", "--out", str(out)])
 
 
 def test_a_benchmark_worker_does_not_repeat_lightnings_availability_lines():

@@ -23,6 +23,18 @@ def test_the_script_says_there_is_no_gpu_and_changes_nothing(tmp_path):
     assert "no CUDA GPU is visible to torch" in proc.stderr and "nothing was run" in proc.stderr
 
 
+def test_the_script_names_an_interpreter_without_torch_and_passes_smoke_on(tmp_path):
+    """With the default python3, which has no torch here, it said no GPU was visible; its own
+    advice, --smoke, still stopped at the GPU check (probe)."""
+    script = str(REPO / "scripts" / "gpu_check.sh")
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120, check=False,
+                          env={"PYTHON": "/bin/false", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2 and "/bin/false cannot import torch" in proc.stderr
+    proc = subprocess.run(["bash", script, "--smoke", "--parts", "nothing"], capture_output=True, text=True,
+                          timeout=120, check=False, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert "invalid choice: 'nothing'" in proc.stderr  # (benchmarks.gpu read its arguments: the GPU check let it)
+
+
 @needs_no_gpu
 def test_the_module_refuses_without_a_gpu_and_writes_nothing(tmp_path, capsys):
     assert gpu.main(["--out", str(tmp_path / "gpu.json")]) == gpu.NO_GPU
