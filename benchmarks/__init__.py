@@ -74,7 +74,7 @@ def check_seeds(parser, seeds, overrides=()) -> None:
         parser.error(f"--seeds: {twice} given more than once; each seed is one independent run")
     if any(s < 0 for s in seeds):
         parser.error(f"--seeds must be >= 0, got {sorted(s for s in seeds if s < 0)}")
-    if any(str(o).split("=", 1)[0].lstrip("+~") == "seed" for o in overrides or ()):
+    if any(str(o).split("=", 1)[0].strip().lstrip("+~") == "seed" for o in overrides or ()):
         parser.error("--override seed=...: the runs' seeds are --seeds")
 
 
@@ -93,6 +93,11 @@ def refuse_smaller(path: Path, planned: int | None, force: bool = False, budget:
     A quick run never replaces stronger evidence; ``python -m benchmarks`` writes its quick budgets to
     *_quick.json."""
     path = Path(path)
+    # (an --out that cannot be written failed only when the results were written, after the work: probe)
+    blocked = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None) if path.parent else None
+    if path.is_dir() or (blocked is not None and blocked != path):
+        raise SystemExit(f"--out {path}: " + ("it is a folder; give the path of a .json file" if path.is_dir() else
+                                              f"{blocked} is a file, not a folder, so nothing can be written there"))
     if force or not path.is_file():
         return
     try:

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         interrupted.append(signum)
         (previous if callable(previous) else signal.default_int_handler)(signum, frame)
 
-    signal.signal(signal.SIGINT, on_interrupt)
+    if previous is not signal.SIG_IGN:  # (a run in the background that ignores Ctrl-C still does: review)
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
         for part, extra in chosen:
             t = time.perf_counter()

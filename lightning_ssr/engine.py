@@ -117,6 +117,12 @@ class World:
     info: Callable[[str], None] = print
     forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
+    def __post_init__(self) -> None:
+        if self.size > 1 and self.any_rank is bool:  # (a failure on one rank would leave the others waiting: review)
+            raise ValueError(f"World(size={self.size}): several processes need any_rank, which tells every rank "
+                             "whether any rank's flag is true (an all-reduce of it: torch.distributed.all_reduce of "
+                             "int(flag) with ReduceOp.MAX, > 0)")
+
     @property
     def sync(self) -> Callable[[Any], Any] | None:
         """The broadcast, under data parallelism; ``None`` in one process."""
@@ -1439,8 +1445,7 @@ class PruningEngine:
                 world.rewrap()  # the parameters restore_modules put back)
             if not isinstance(err, Exception):
                 raise
-            what = (f"another rank failed ({stage}: its error is in its own output)" if other else
-                    f"{type(err).__name__}: {err}")
+            what = "another rank failed: its error is in its own output" if other else f"{type(err).__name__}: {err}"
             raise RuntimeError(
                 f"the prune at the start of epoch {epoch} failed after the rebuild ({what}); the model and the "
                 f"optimizer were restored exactly as they were before the prune, and nothing was recorded."
@@ -1708,7 +1713,7 @@ def _on_rank_zero(world: World, compute: Callable[[], Any]) -> Any:
     if world.rank == 0:
         try:
             outcome = ("value", compute())
-        except Exception as err:  # (every rank raises it, after the broadcast)
+        except BaseException as err:  # (every rank raises it, after the broadcast; a Ctrl-C too: review)
             try:  # (an error class of other arguments does not come back from a pickle: said as a RuntimeError)
                 copy_ = pickle.loads(pickle.dumps(err))
             except Exception:  # noqa: BLE001

@@ -14,11 +14,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .validation import check_flag, check_number
 
 
-class _Default(int):
-    """A default value, told apart from the same number given (``admm_epochs`` beside
-    ``sparsify_epochs=10``); replaced by a plain ``int`` as the schedule is made."""
-
-
 @dataclass(frozen=True)
 class PruningSchedule:
     """``warmup`` -> ``sparsify`` -> ``prune`` (one or more events) -> ``finetune``.
@@ -54,7 +49,7 @@ class PruningSchedule:
     """
 
     warmup_epochs: int = 0
-    sparsify_epochs: int = _Default(10)
+    sparsify_epochs: int = 10
     finetune_epochs: int = 10
     update_every_n_steps: int | None = 25
     stop_early: bool = True
@@ -66,11 +61,10 @@ class PruningSchedule:
 
     def __post_init__(self, admm_epochs):
         owner = "PruningSchedule"
-        given = not isinstance(self.sparsify_epochs, _Default)
-        if not given:
-            object.__setattr__(self, "sparsify_epochs", int(self.sparsify_epochs))  # (a plain int from here on)
         if admm_epochs is not None:
-            if given and self.sparsify_epochs != admm_epochs:
+            # (10, the default, is taken as not given: a sentinel default broke LightningCLI's and OmegaConf's
+            # reading of the signature: review)
+            if self.sparsify_epochs not in (admm_epochs, 10):
                 raise ValueError(f"{owner}: sparsify_epochs={self.sparsify_epochs!r} and admm_epochs={admm_epochs!r} "
                                  "(its former name) disagree: give sparsify_epochs only")
             warnings.warn(f"{owner}: admm_epochs is the former name of sparsify_epochs, and will go: write "

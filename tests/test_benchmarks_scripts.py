@@ -185,3 +185,16 @@ def test_a_benchmark_worker_does_not_repeat_lightnings_availability_lines():
     with ProcessPoolExecutor(1, initializer=init_worker, initargs=(1,)) as pool:
         assert not pool.submit(chatter.filter, record("GPU available: False, used: False")).result(timeout=120)
         assert pool.submit(chatter.filter, record("Pruning: pruned at epoch 2")).result(timeout=120)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path):
+    """--out naming a folder, or a path under a file, failed only when the results were written,
+    after the training or timing (probe)."""
+    from benchmarks import refuse_smaller
+
+    with pytest.raises(SystemExit, match=r"--out .*: it is a folder; give the path of a .json file"):
+        refuse_smaller(tmp_path, None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=r"--out .*file/x.json: .*file is a file, not a folder"):
+        refuse_smaller(tmp_path / "file" / "x.json", None)
+    refuse_smaller(tmp_path / "new" / "x.json", None)  # (a folder still to make: fine)

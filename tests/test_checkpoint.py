@@ -167,6 +167,23 @@ def test_plans_replay_step_by_step_or_by_part_and_the_record_follows_every_cut(t
     assert applied_plan(two.a).kept == pa.kept and applied_plan(two.b).kept == pb.kept
 
 
+def test_a_cut_of_the_whole_after_a_prune_of_a_part_records_the_wholes_input(tmp_path):
+    """The record composed by prune_channels kept the input shape of the sub-network pruned
+    first, and save_pruned wrote a file whose load traced the whole on it and failed (review)."""
+    from lightning_ssr.structure import prune_channels
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), SmallResidualCNN(in_channels=8))
+
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(2, 3, 16, 16)
+    prune_oneshot(model[1], torch.randn(2, 8, 16, 16), {"macs": 0.5})
+    prune_channels(model, x, {"0": [0, 1, 2, 3]}, {"0": 8})
+    assert applied_plan(model).input_shape == [1, 3, 16, 16]
+    save_pruned(model, tmp_path / "whole.pt")
+    assert_same_function(model, load_pruned(build(), tmp_path / "whole.pt"), x)
+
+
 def test_a_load_with_strict_false_keeps_the_weights_the_checkpoint_does_not_hold(pruned_checkpoint):
     """Placeholder values for the rebuild's check went into every tensor, and a strict=False load
     left the module's own weights of the layers the checkpoint lacks replaced by them (review):

@@ -983,3 +983,25 @@ def test_a_prune_made_as_the_training_ends_is_recorded_at_the_epoch_it_was_due_a
     engine = PruningEngine("l1", target={"macs": 0.4}, schedule=schedule, verbose=False)
     _readme_loop(engine, model, torch.optim.SGD(model.parameters(), lr=0.05), schedule.total_epochs)
     assert [e["epoch"] for e in engine.events] == [schedule.prune_epoch(k) for k in range(2)] == [0, 1]
+
+
+def test_rank_zeros_decision_reaches_the_other_ranks_also_when_it_is_interrupted():
+    """A Ctrl-C on rank 0 while it timed for a latency target skipped the broadcast the other ranks
+    waited in (review): its outcome, an error too, is broadcast before it is raised; and a World of
+    several processes without any_rank, which would leave them waiting on a failure, is refused."""
+    from lightning_ssr.engine import World, _on_rank_zero
+
+    sent = []
+    world = World(size=2, rank=0, broadcast=lambda obj: sent.append(obj) or obj, any_rank=lambda flag: flag)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _on_rank_zero(world, interrupted)
+    assert sent and sent[0][0] == "error"
+    other = World(size=2, rank=1, broadcast=lambda obj: sent[0], any_rank=lambda flag: flag)
+    with pytest.raises(KeyboardInterrupt):
+        _on_rank_zero(other, lambda: 1 / 0)  # (rank 1 does not compute: it raises rank 0's error)
+    with pytest.raises(ValueError, match=r"World\(size=2\): several processes need any_rank"):
+        World(size=2, rank=0, broadcast=lambda obj: obj)

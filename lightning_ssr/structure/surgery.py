@@ -481,7 +481,8 @@ def prune_channels(model: nn.Module, example_inputs, kept: Mapping[str, Sequence
     if prior is not None:  # a model that records its plan records this cut too (save_pruned reads the record)
         step = PruningPlan(list(prior.input_shape), {n: [int(i) for i in ids] for n, ids in kept.items()},
                            {n: matched[n].size for n in kept})
-        mark_applied_plan(model, prior.then(step))
+        shape = [1, *example_inputs.shape[1:]] if torch.is_tensor(example_inputs) else prior.input_shape
+        mark_applied_plan(model, prior.then(step, shape))  # (traced on this model's input: review)
     return {n: i for n, i in remap.items() if i.shape != values[n].shape}
 
 
@@ -692,7 +693,7 @@ def _step_after(current: PruningPlan, plan: PruningPlan, strict: bool) -> tuple[
     if strict:
         return plan.after(current), plan
     step = PruningPlan(list(plan.input_shape))
-    composed = PruningPlan(list(current.input_shape), dict(current.kept), dict(current.sizes))
+    composed = PruningPlan(list(plan.input_shape), dict(current.kept), dict(current.sizes))  # (this model's input)
     for name, kept in plan.kept.items():
         if name in current.kept and plan.sizes[name] == len(current.kept[name]) != current.sizes[name]:
             step.kept[name], step.sizes[name] = list(kept), plan.sizes[name]  # (counted from the width left)
