@@ -1394,7 +1394,8 @@ class PruningEngine:
             remap = prune_channels(model, example, step_plan.kept, step_plan.sizes)  # restores the model if it fails
         except BaseException as err:
             if world.size > 1:
-                world.any_rank(True)  # (the other ranks stop at their first settle() below, and undo theirs)
+                with contextlib.suppress(Exception):  # (a broken process group: this rank's own error is said)
+                    world.any_rank(True)  # (the other ranks stop at their first settle() below, and undo theirs)
             left = _hooks_added(model, self._hooks_before) if isinstance(err, UnsupportedLayerError) else None
             if not left:
                 raise
@@ -1436,11 +1437,14 @@ class PruningEngine:
             settle()
         except BaseException as err:
             other = isinstance(err, _OtherRankFailed)
-            if world.size > 1 and not other:
-                world.any_rank(True)  # (the others wait at their next settle(): told, they stop there too)
-            restore_modules(snapshot)
+            restore_modules(snapshot)  # (first: whatever the other ranks do, this one is as it was)
             for optimizer, state in zip(optimizers, saved):
                 _restore_optimizer(optimizer, state)
+            if world.size > 1 and not other:
+                try:
+                    world.any_rank(True)  # (the others wait at their next settle(): told, they stop there too)
+                except Exception:  # noqa: BLE001 - the process group broke (a rank died): this rank's own error is said
+                    rewrapped = False
             if rewrapped:  # (every rank, at the same point: a collective; before it the wrapper still holds
                 world.rewrap()  # the parameters restore_modules put back)
             if not isinstance(err, Exception):

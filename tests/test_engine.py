@@ -1005,3 +1005,26 @@ def test_rank_zeros_decision_reaches_the_other_ranks_also_when_it_is_interrupted
         _on_rank_zero(other, lambda: 1 / 0)  # (rank 1 does not compute: it raises rank 0's error)
     with pytest.raises(ValueError, match=r"World\(size=2\): several processes need any_rank"):
         World(size=2, rank=0, broadcast=lambda obj: obj)
+
+
+def test_a_prune_whose_process_group_broke_restores_the_model_and_says_the_error():
+    """The agreement of the ranks after a rebuild is itself a collective: where it fails (another
+    rank died), the model and the optimizer are still restored, and the error raised is this
+    rank's, not one from the restore."""
+    from lightning_ssr.engine import World
+
+    def broken(flag):
+        raise RuntimeError("Connection closed by peer")
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = PruningEngine("l1", target={"macs": 0.5}, schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1))
+    world = World(size=2, rank=0, broadcast=lambda obj: obj, any_rank=broken, info=lambda message: None)
+    x = next(iter(DataLoader(_data(), batch_size=16)))[0]
+    with pytest.raises(RuntimeError, match=r"failed after the rebuild \(RuntimeError: Connection closed by peer\); the "
+                                           r"model and the optimizer were restored exactly"):
+        engine.on_batch_start(model, x, epoch=0, step=0, optimizers=[optimizer], world=world, steps_per_epoch=4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
