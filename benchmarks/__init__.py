@@ -18,12 +18,19 @@ from pathlib import Path
 from lightning_ssr.latency import cache_root
 from lightning_ssr.report import portable_paths
 
+
 # (part, arguments): structural and timing parts first, training ones after. Here every training
 # part runs on a smaller budget than its script's default, so that the whole run took about an
 # hour on 2 CPU cores once the dense models were cached (before recipes.py ran the adaptation
 # run's control beside it, one run more), and writes its own *_quick.json: a quick
 # budget never overwrites the file of a script's full budget (methods.json, lenet.json,
 # solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
+def _quick_work(part: str) -> list[str]:
+    """A quick budget's own work directory: its runs, named by data set, method and seed only, would
+    overwrite a full run's in the script's default one, and end the resume of an interrupted full run."""
+    return ["--work-dir", str(cache_root() / "benchmarks" / f"{part}_quick")]
+
+
 PARTS = [
     ("structure", []),
     ("targets", ["--latency-allocations", "global", "--out", "benchmarks/results/targets_quick.json"]),
@@ -34,12 +41,13 @@ PARTS = [
     ("update_interval", []),
     ("methods", ["--seeds", "0", "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
                  "--macs", "0.5", "--dense-epochs", "8", "--train-size", "2000",
-                 "--out", "benchmarks/results/methods_quick.json"]),
+                 "--out", "benchmarks/results/methods_quick.json", *_quick_work("methods")]),
     ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30", "--datasets", "mnist",
                "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
-               "--out", "benchmarks/results/lenet_quick.json", "--force"]),  # (its own quick file, of other methods)
+               "--out", "benchmarks/results/lenet_quick.json", "--force",  # (its own quick file, of other methods)
+               *_quick_work("lenet")]),
     ("recipes", ["--seeds", "0", "--experiments", "transfer_fmnist_to_mnist", "da_mnist_to_digits",
-                 "--out", "benchmarks/results/recipes_quick.json"]),
+                 "--out", "benchmarks/results/recipes_quick.json", *_quick_work("recipes")]),
 ]
 
 

@@ -26,6 +26,8 @@ def test_python_m_benchmarks_writes_its_quick_budgets_beside_the_full_ones():
     for part, args in PARTS:
         if part in ("methods", "lenet", "solver_speed", "recipes", "speedup"):  # smaller budgets than the files
             assert "--out" in args and args[args.index("--out") + 1].endswith("_quick.json"), part
+        if part in ("methods", "lenet", "recipes"):  # and keep their runs apart from a full run's (probe)
+            assert "--work-dir" in args and args[args.index("--work-dir") + 1].endswith(f"{part}_quick"), part
 
 
 def test_render_names_the_recorded_command_and_machine_and_lists_files_it_cannot_render(tmp_path):
