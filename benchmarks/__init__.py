@@ -86,6 +86,24 @@ def check_seeds(parser, seeds, overrides=()) -> None:
         parser.error("--override seed=...: the runs' seeds are --seeds")
 
 
+def check_runs(parser, runs) -> None:
+    """Compose each run's configuration (``runs``: lists of the command's overrides) and check it
+    as the command checks its own before training, through ``parser``: a bad model, data set,
+    override or Trainer value is refused here, before any work, not in a worker's traceback after
+    the dense training began (probe)."""
+    from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.stages import check_builds, check_settings, plainly
+
+    for overrides in dict.fromkeys(tuple(r) for r in runs):
+        try:
+            cfg = compose_config(list(overrides))
+            check_settings(cfg)
+            check_builds(cfg, trainer=True)
+        except Exception as err:  # noqa: BLE001 - whatever the command would refuse, said as the parser's error
+            said = " ".join(str(plainly(err)).split())
+            parser.error(f"a run of this command is refused ({said}); its overrides: {' '.join(overrides)}")
+
+
 def refuse_smaller(path: Path, planned: int | None, force: bool = False, budget: dict | None = None,
                    unbounded: tuple[str, ...] = (), same: tuple[str, ...] = (), covers: tuple[str, ...] = (),
                    from_rows: dict[str, str] | None = None, recorded_default: dict | None = None) -> None:

@@ -54,7 +54,17 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, check_seeds, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import (
+    WORK_ROOT,
+    check_runs,
+    check_seeds,
+    command_line,
+    counted,
+    job_pool,
+    keep_run,
+    refuse_smaller,
+    run_or_reuse,
+)
 from benchmarks.specs import (
     LENET_SEEDS,
     check_pruning_overrides,
@@ -423,6 +433,8 @@ def main(argv=None) -> dict:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:
         parser.error(str(err))
+    if args.remeasure is None:  # (each data set and method once, on the first seed: the others differ by it only)
+        check_runs(parser, [overrides(d, m, args.seeds[0], args) for d, ms in args.methods_by_dataset.items() for m in ms])
     if args.remeasure is None:  # (nor runs of fewer epochs, nor timed fewer times)
         refuse_smaller(args.out, len(args.seeds) * sum(len(m) for m in args.methods_by_dataset.values()), args.force,
                        {k: getattr(args, k) for k in ("dense_epochs", "sparsify", "finetune", "repeats", "override",

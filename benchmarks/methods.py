@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import (
     WORK_ROOT,
+    check_runs,
     check_seeds,
     command_line,
     counted,
@@ -232,6 +233,8 @@ def main(argv=None) -> dict:
         check_pruning_overrides(args.override, args.methods)
     except ValueError as err:
         parser.error(str(err))
+    check_runs(parser, [overrides_for(m, args.seeds[0], None if parse_spec(m)[0] == "none" else args.macs[0], args)
+                        for m in args.methods])
     quiet_lightning()
     start = time.perf_counter()
 

@@ -146,7 +146,11 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
     ("lenet", ["--seeds", "0", "0"], "--seeds: [0] given more than once"),
     ("methods", ["--seeds", "1", "-1"], "--seeds must be >= 0, got [-1]"),
     ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
-    ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]")])
+    ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]"),
+    # (a bad model, data set or override ended in a worker's traceback, some after the dense training began: probe)
+    ("methods", ["--model", "resnet999"], "a run of this command is refused (In 'config': Could not find "
+                                          "'model/resnet999'"),
+    ("lenet", ["--override", "foo.bar=1"], "a run of this command is refused (foo.bar is not a setting")])
 def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv, said, capsys):
     """methods.py --macs 1.5 began training, speedup.py --repeats 0 began timing (probe)."""
     import importlib
