@@ -90,9 +90,10 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     top = top_k_masks(scores, keep)
     masks = {g.name: align_blocks(g, top[g.name], scores[g.name]) for g in groups}
     plan = plan_from_support(example_inputs.shape, masks, groups)
-    prior = applied_plan(model)  # (a model pruned before: the plan covers both prunes)
+    prior = applied_plan(model)
     prune_channels(model, example_inputs, plan.kept, plan.sizes)
-    plan = plan if prior is None else prior.then(plan, plan.input_shape)
+    if prior is not None:  # (a model pruned before: prune_channels composed this cut into its record)
+        return applied_plan(model)
     mark_applied_plan(model, plan)  # (a checkpoint of it keeps the plan)
     return plan
 

@@ -677,36 +677,33 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping, strict: bool = Fal
     current = applied_plan(model)
     if current is not None and (current.kept, current.sizes) == (plan.kept, plan.sizes):
         return model
-    step, composed = (plan, plan) if current is None else _step_after(current, plan, strict)
+    step = plan if current is None else _step_after(current, plan, strict)
     example = torch.zeros(plan.input_shape, dtype=ref.dtype, device=ref.device)
     prune_channels(model, example, step.kept, step.sizes)
-    mark_applied_plan(model, composed)
+    if current is None:  # (a model that records a plan has the cut composed into it by prune_channels)
+        mark_applied_plan(model, plan)
     return model
 
 
-def _step_after(current: PruningPlan, plan: PruningPlan, strict: bool) -> tuple[PruningPlan, PruningPlan]:
-    """The cut that takes a model rebuilt with ``current`` to ``plan``, and the plan it is rebuilt
-    with then. ``strict``: ``plan`` continues ``current`` (:meth:`PruningPlan.after`: a checkpoint's).
-    Otherwise each layer of ``plan`` may also be one no plan cut yet, or be counted from the width
-    ``current`` left (a later prune's plan, replayed step by step), and the layers it leaves out
-    stay as they are (a plan of another part of the model)."""
+def _step_after(current: PruningPlan, plan: PruningPlan, strict: bool) -> PruningPlan:
+    """The cut that takes a model rebuilt with ``current`` to ``plan``. ``strict``: ``plan``
+    continues ``current`` (:meth:`PruningPlan.after`: a checkpoint's). Otherwise each layer of
+    ``plan`` may also be one no plan cut yet, or be counted from the width ``current`` left (a
+    later prune's plan, replayed step by step), and the layers it leaves out stay as they are (a
+    plan of another part of the model)."""
     if strict:
-        return plan.after(current), plan
+        return plan.after(current)
     step = PruningPlan(list(plan.input_shape))
-    composed = PruningPlan(list(plan.input_shape), dict(current.kept), dict(current.sizes))  # (this model's input)
     for name, kept in plan.kept.items():
         if name in current.kept and plan.sizes[name] == len(current.kept[name]) != current.sizes[name]:
             step.kept[name], step.sizes[name] = list(kept), plan.sizes[name]  # (counted from the width left)
-            composed.kept[name] = [current.kept[name][i] for i in kept if 0 <= i < len(current.kept[name])]
-            continue
-        if name in current.kept:
+        elif name in current.kept:
             one = PruningPlan(list(plan.input_shape), {name: list(kept)}, {name: plan.sizes[name]})
             earlier = PruningPlan(list(current.input_shape), {name: current.kept[name]}, {name: current.sizes[name]})
             step.kept[name], step.sizes[name] = one.after(earlier).kept[name], len(current.kept[name])
         else:
             step.kept[name], step.sizes[name] = list(kept), plan.sizes[name]
-        composed.kept[name], composed.sizes[name] = list(kept), plan.sizes[name]
-    return step, composed
+    return step
 
 
 def spread_indices(size: int, count: int) -> list[int]:
