@@ -92,8 +92,10 @@ def check_runs(parser, runs) -> None:
     override or Trainer value is refused here, before any work, not in a worker's traceback after
     the dense training began (probe)."""
     from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.console import quiet_lightning
     from lightning_ssr.app.stages import check_builds, check_settings, plainly
 
+    quiet_lightning(hardware=False)  # (each Trainer checked here printed its GPU/TPU lines and Lightning's tip)
     for overrides in dict.fromkeys(tuple(r) for r in runs):
         try:
             cfg = compose_config(list(overrides))

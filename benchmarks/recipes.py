@@ -38,7 +38,17 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import WORK_ROOT, check_seeds, command_line, counted, job_pool, keep_run, refuse_smaller, run_or_reuse
+from benchmarks import (
+    WORK_ROOT,
+    check_runs,
+    check_seeds,
+    command_line,
+    counted,
+    job_pool,
+    keep_run,
+    refuse_smaller,
+    run_or_reuse,
+)
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.app.console import quiet_lightning
@@ -129,13 +139,17 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def overrides_for(experiment: str, seed: int, overrides: list[str], variant: str | None = None) -> list[str]:
+    """The command's overrides of one run (``variant="no_adaptation"``: its equal-budget control)."""
+    return [f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false", "verbose=false",
+            "latency.batch_sizes=[]", *overrides, *([CONTROL_OVERRIDE] if variant == CONTROL else [])]
+
+
 def run_job(experiment: str, seed: int, overrides: list[str], out_dir: str, variant: str | None = None) -> dict:
     """One run of ``experiment`` at ``seed`` (``variant="no_adaptation"``: its equal-budget
     control); one that finished in ``out_dir`` with the same overrides and composed config is taken
     as it is (``"reused": True``)."""
-    run_overrides = [f"+experiment={experiment}", f"seed={seed}", "trainer.enable_progress_bar=false",
-                     "verbose=false", "latency.batch_sizes=[]", *overrides,
-                     *([CONTROL_OVERRIDE] if variant == CONTROL else [])]
+    run_overrides = overrides_for(experiment, seed, overrides, variant)
     start = time.perf_counter()
     record = {"experiment": experiment, "seed": seed, **({"variant": variant} if variant else {}),
               "overrides": run_overrides}
@@ -186,6 +200,8 @@ def main(argv=None) -> dict:
     jobs = [(e, s, None) for e in args.experiments for s in args.seeds]
     if args.control:
         jobs += [(e, s, CONTROL) for e, s, _ in jobs if e.startswith("da_")]
+    # (each experiment and variant once, on the first seed: the others differ by it only)
+    check_runs(parser, [overrides_for(e, args.seeds[0], args.override, v) for e, s, v in jobs if s == args.seeds[0]])
     refuse_smaller(args.out, len(jobs), args.force, {"override": args.override, "experiments": args.experiments,
                                                      "seeds": args.seeds},
                    same=("override",), covers=("experiments", "seeds"), from_rows={"experiments": "experiment"})

@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_seeds, command_line, counted, refuse_smaller
+from benchmarks import check_runs, check_seeds, command_line, counted, refuse_smaller
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.app.cli import compose_config
@@ -182,6 +182,11 @@ def summarize(per_seed: dict) -> dict:
     return out
 
 
+def dense_overrides(data: str, seed: int) -> list[str]:
+    """The overrides of the default job on ``data`` whose dense model the solvers start from."""
+    return ["model=lenet5", f"data={data}", f"seed={seed}", "verbose=false"]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="mnist")
@@ -209,11 +214,12 @@ def main(argv=None) -> dict:
                    {k: getattr(args, k) for k in ("epochs", "finetune", "batches", "data", "lam", "interval",
                                                   "threshold", "variants", "seeds")},
                    unbounded=("batches",), same=("data", "lam", "interval", "threshold"), covers=("variants", "seeds"))
+    check_runs(parser, [dense_overrides(args.data, args.seeds[0])])  # (a bad --data ended in Hydra's traceback)
     quiet_lightning()
     all_runs, comparisons, dense = {}, {}, {}
     for seed in args.seeds:
         # the dense model of the default job on this data (cached): --batches limits the solvers only
-        cfg = compose_config(["model=lenet5", f"data={args.data}", f"seed={seed}", "verbose=false"])
+        cfg = compose_config(dense_overrides(args.data, seed))
         dm = build_data(cfg)
         with tempfile.TemporaryDirectory() as tmp:
             net, dense_info = train_dense(cfg, dm, tmp)

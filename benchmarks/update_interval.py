@@ -38,7 +38,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_seeds, command_line, refuse_smaller
+from benchmarks import check_runs, check_seeds, command_line, refuse_smaller
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
@@ -55,8 +55,8 @@ def label(interval: int | None) -> str:
     return "epoch" if interval is None else str(interval)
 
 
-def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float | None = None) -> dict:
-    """Compress once (in a temporary output dir) and return the row of the table."""
+def overrides_for(args, regularizer: str, interval: int | None, seed: int, lam: float | None = None) -> list[str]:
+    """The command's overrides of one run."""
     overrides = [
         f"pruning=ssr_{regularizer}", f"seed={seed}",
         f"schedule.update_every_n_steps={'null' if interval is None else interval}",
@@ -65,8 +65,12 @@ def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float 
         "latency.repeats=3", "latency.batch_sizes=[1]", f"verbose={str(args.verbose).lower()}",
     ]
     # pruning=ssr_l21 runs without a target (lam decides); ssr_l20 with target=macs, the budget form
-    overrides.append(f"pruning.lam={lam}" if regularizer == "l21" else f"target.macs={args.flops_budget}")
-    cfg = compose_config(overrides)
+    return [*overrides, f"pruning.lam={lam}" if regularizer == "l21" else f"target.macs={args.flops_budget}"]
+
+
+def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float | None = None) -> dict:
+    """Compress once (in a temporary output dir) and return the row of the table."""
+    cfg = compose_config(overrides_for(args, regularizer, interval, seed, lam))
     quiet = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
     with tempfile.TemporaryDirectory() as out, quiet:
         r = run(cfg, Path(out))
@@ -161,6 +165,9 @@ def main(argv=None) -> None:
                    {"admm_epochs": args.admm_epochs, "finetune_epochs": args.finetune_epochs, "seeds": args.seeds,
                     "intervals": [label(i) for i in args.intervals]},
                    covers=("seeds", "intervals"))
+    # (each kind of run once, on the first seed: a bad --lams value failed at the first run's set-up)
+    check_runs(p, [*(overrides_for(args, "l21", i, args.seeds[0], lam) for lam in args.lams for i in args.intervals),
+                   *(() if args.skip_l20 else (overrides_for(args, "l20", i, args.seeds[0]) for i in args.intervals))])
     if not args.verbose:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
             logging.getLogger(name).setLevel(logging.ERROR)

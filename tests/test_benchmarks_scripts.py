@@ -148,8 +148,8 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
     ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
     ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]"),
     # (a bad model, data set or override ended in a worker's traceback, some after the dense training began: probe)
-    ("methods", ["--model", "resnet999"], "a run of this command is refused (In 'config': Could not find "
-                                          "'model/resnet999'"),
+    ("methods", ["--model", "resnet999"], ("a run of this command is refused (In 'config': Could not find "
+                                          "'model/resnet999'")),
     ("lenet", ["--override", "foo.bar=1"], "a run of this command is refused (foo.bar is not a setting")])
 def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv, said, capsys):
     """methods.py --macs 1.5 began training, speedup.py --repeats 0 began timing (probe)."""
@@ -158,6 +158,22 @@ def test_a_benchmarks_value_out_of_range_is_refused_before_it_runs(script, argv,
     with pytest.raises(SystemExit) as raised:
         importlib.import_module(f"benchmarks.{script}").main(argv)
     assert raised.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,argv,said", [
+    ("recipes", ["--override", "foo.bar=1"], "a run of this command is refused (foo.bar is not a setting"),
+    ("solver_speed", ["--data", "foo"], "a run of this command is refused (In 'config': Could not find 'data/foo'"),
+    ("update_interval", ["--lams", "-1"], ("a run of this command is refused (ssr_l21: lam must be in [0.0, inf), "
+                                          "got -1.0)"))])
+def test_each_scripts_runs_are_checked_before_the_work(script, argv, said, tmp_path, capsys):
+    """A bad --data ended in Hydra's traceback, a bad --lams value failed at the first run's set-up,
+    after its printed header (a review)."""
+    import importlib
+
+    with pytest.raises(SystemExit) as raised:
+        importlib.import_module(f"benchmarks.{script}").main([*argv, "--out", str(tmp_path / "out.json")])
+    assert raised.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_update_interval_keeps_a_results_file_of_more_runs_or_seeds(tmp_path, capsys):
@@ -189,6 +205,24 @@ def test_a_benchmark_worker_does_not_repeat_lightnings_availability_lines():
     with ProcessPoolExecutor(1, initializer=init_worker, initargs=(1,)) as pool:
         assert not pool.submit(chatter.filter, record("GPU available: False, used: False")).result(timeout=120)
         assert pool.submit(chatter.filter, record("Pruning: pruned at epoch 2")).result(timeout=120)
+
+
+CHECK_RUNS = """
+import argparse, sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks import check_runs
+check_runs(argparse.ArgumentParser(), [["model=lenet5", "data=mnist_10k", "pruning=l1", "target.macs=0.5"]])
+print("checked")
+"""
+
+
+def test_checking_a_benchmarks_runs_prints_none_of_lightnings_lines(tmp_path):
+    """Each Trainer the check of the runs built printed "GPU available: ...", the TPU line and
+    Lightning's install tip, before the benchmark's first line (a run)."""
+    proc = subprocess.run([sys.executable, "-c", CHECK_RUNS, str(BENCHMARKS.parent)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "checked", proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not proc.stderr.strip(), proc.stderr
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path):
