@@ -39,13 +39,13 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line
+from benchmarks import command_line, counted
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocator
 from lightning_ssr.report import machine_info, write_json
 from lightning_ssr.structure import find_channel_groups, prune_channels
-from lightning_ssr.targets import Budget, Target
+from lightning_ssr.targets import ALLOCATIONS, Budget, Target
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -123,20 +123,19 @@ def summarize_errors(rows: list[dict]) -> tuple[dict, bool]:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--allocations", nargs="+", default=["uniform", "global"])
-    parser.add_argument("--latency-allocations", nargs="+", default=None,
+    # (an unknown allocation, or round_to 0, wrote a results file of "refused" rows)
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "global"], choices=ALLOCATIONS)
+    parser.add_argument("--latency-allocations", nargs="+", default=None, choices=ALLOCATIONS,
                         help="allocations of the (timed, slower) latency rows; default: --allocations")
-    parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--round-to", type=counted(1), default=1)
     parser.add_argument("--kinds", nargs="+", default=list(LEVELS), choices=list(LEVELS))
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=counted(1), default=1,
                         help="CPU threads for every timing (default 1: see the module docstring)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of --out for the models and kinds not run")
     parser.add_argument("--force", action="store_true", help="replace --out even where this run drops rows it holds")
     parser.add_argument("--out", type=Path, default=RESULTS / "targets.json")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
     planned = {(name, kind, allocation, level) for name in args.models for kind in args.kinds for level in LEVELS[kind]
                for allocation in ((args.latency_allocations or args.allocations) if kind == "latency"
                                   else args.allocations)}

@@ -147,6 +147,9 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
     ("methods", ["--seeds", "1", "-1"], "--seeds must be >= 0, got [-1]"),
     ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
     ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]"),
+    # (an unknown allocation or round_to 0 wrote a results file of "refused" rows)
+    ("targets", ["--allocations", "globl"], "argument --allocations: invalid choice: 'globl'"),
+    ("targets", ["--round-to", "0"], "argument --round-to: 0 is below 1"),
     # (a bad model, data set or override ended in a worker's traceback, some after the dense training began: probe)
     ("methods", ["--model", "resnet999"], ("a run of this command is refused (In 'config': Could not find "
                                           "'model/resnet999'")),
