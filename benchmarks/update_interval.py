@@ -163,8 +163,9 @@ def main(argv=None) -> None:
     # (it replaced a file of 17 runs with one of 1, without a word: probe)
     refuse_smaller(args.out, len(args.seeds) * len(args.intervals) * (1 if args.skip_l20 else 2), args.force,
                    {"admm_epochs": args.admm_epochs, "finetune_epochs": args.finetune_epochs, "seeds": args.seeds,
-                    "intervals": [label(i) for i in args.intervals]},
-                   covers=("seeds", "intervals"))
+                    "intervals": [label(i) for i in args.intervals], "flops_budget": args.flops_budget,
+                    "lams": args.lams, "min_reduction": args.min_reduction, "search_interval": args.search_interval},
+                   same=("flops_budget", "lams", "min_reduction", "search_interval"), covers=("seeds", "intervals"))
     # (each kind of run once, on the first seed: a bad --lams value failed at the first run's set-up)
     check_runs(p, [*(overrides_for(args, "l21", i, args.seeds[0], lam) for lam in args.lams for i in args.intervals),
                    *(() if args.skip_l20 else (overrides_for(args, "l20", i, args.seeds[0]) for i in args.intervals))])

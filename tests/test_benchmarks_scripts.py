@@ -192,6 +192,20 @@ def test_update_interval_keeps_a_results_file_of_more_runs_or_seeds(tmp_path, ca
         update_interval.main(["--seeds", "0", "--intervals", "25", "--skip-l20", "--admm-epochs", "1", "--out", str(out)])
 
 
+def test_update_interval_keeps_a_results_file_of_another_budget_or_lam_search(tmp_path):
+    """Runs at another L2,0 budget or of another lam search replaced the file's runs."""
+    from benchmarks import update_interval
+
+    out = tmp_path / "update_interval.json"
+    out.write_text(json.dumps({"command": "python benchmarks/update_interval.py", "settings": {
+        "seeds": [0], "intervals": ["25"], "admm_epochs": 10, "finetune_epochs": 3, "flops_budget": 0.05,
+        "lams": [0.002, 0.01], "min_reduction": 2.0, "search_interval": 25}, "rows": []}))
+    with pytest.raises(SystemExit, match=r"another experiment \(flops_budget 0\.05 where this command has 0\.1"):
+        update_interval.main(["--seeds", "0", "--intervals", "25", "--flops-budget", "0.1", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"another experiment \(lams \[0\.002, 0\.01\] where this command has \[0\.5\]"):
+        update_interval.main(["--seeds", "0", "--intervals", "25", "--lams", "0.5", "--out", str(out)])
+
+
 def test_a_benchmark_worker_does_not_repeat_lightnings_availability_lines():
     """Each worker printed "GPU available: False, used: False" (and the TPU, HPU lines) beside the
     benchmark's table; a worker's own notices still show."""
