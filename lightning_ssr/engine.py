@@ -1180,11 +1180,11 @@ class PruningEngine:
                         keep = dense.keep_at(event, self.schedule.prune_events, ctx.groups)
                     hook = "select"
                     before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
-                    if keep is None:  # no target: the method's own counts, not yet what they will be
-                        masks = self._check_masks(method.select(None), replace(ctx, min_keep={g.name: 0 for g in
-                                                                                               ctx.groups}), None)
+                    if keep is None:  # no target: the method's own counts, not yet what they will be, held
+                        # to the floors (one that did not keep them was refused at the prune, after its sparsify phase)
+                        masks = self._check_masks(method.select(None), ctx, None)
                     else:
-                        masks = self._check_masks(method.select(keep), ctx, keep)
+                        masks = self._check_masks(method.select(dict(keep)), ctx, keep)  # (its own copy: below)
                     changed = [k for k, v in trial.named_parameters()
                                if k in before_select and not _same_tensor(before_select[k], v)]
                     left = _hooks_added(trial, hooks_before)
@@ -1380,7 +1380,9 @@ class PruningEngine:
                     f"counts ({', '.join(f'{k} {v}' for k, v in final.items())}) come from ranking its channel values "
                     "across layers as they stand. Lengthen the sparsify phase (schedule.sparsify_epochs), update "
                     "more often (schedule.update_every_n_steps), or use allocation='uniform' or 'global'.")
-        masks = self._check_masks(self._call("select", keep), ctx, keep)
+        # (the method's own copy: one that changed the counts it was given, in place, changed what its
+        # masks were checked against, and the rehearsal's change carried into the fit: probe)
+        masks = self._check_masks(self._call("select", None if keep is None else dict(keep)), ctx, keep)
         if world.size > 1:  # every rank prunes exactly what rank 0 decided
             masks = world.broadcast(masks)
         step_plan = plan_from_support(example.shape, masks, ctx.groups)
@@ -1561,8 +1563,12 @@ class PruningEngine:
                                    f"keep[{g.name!r}] is {keep[g.name]}: the counts meet the target, and a method "
                                    "chooses which channels, not how many (top_k_masks(scores, keep) does both)")
             if kept < ctx.min_keep.get(g.name, 1):
-                raise RuntimeError(f"pruning method {name!r} keeps {kept} channels of {g.name!r}, "
-                                   f"fewer than its minimum {ctx.min_keep.get(g.name, 1)}")
+                raise RuntimeError(
+                    f"pruning method {name!r}: select() kept {kept} channels of {g.name!r}, fewer than its minimum "
+                    f"{ctx.min_keep.get(g.name, 1)} (min_channels={self.budget.min_channels}, max_pruning_ratio="
+                    f"{self.budget.max_pruning_ratio}): a method keeps at least context.min_keep[group] channels "
+                    "of each group" + (" (with a target, top_k_masks(scores, keep) does)" if keep is not None else
+                                       " when it decides the counts itself, without a target"))
             out[g.name] = m
         return out
 

@@ -460,6 +460,71 @@ def test_the_rehearsal_copies_closures_over_the_method_and_leaves_the_real_one_a
     assert engine.method is wrapped and wrapped.aulm is not None and not wrapped.aulm.started
 
 
+def test_a_method_that_changes_the_counts_it_is_given_changes_only_its_own_copy():
+    """select() was handed the engine's own counts: a method that halved them in place pruned to
+    0.023 of the MACs for a 0.5 target without a word (the rehearsal's halving carried into the
+    fit, which halved again), and one that counted them down while keeping the right channels was
+    refused for keeping more than the (changed) counts (probe)."""
+    from lightning_ssr.methods.oneshot import OneShot
+    from lightning_ssr.methods.prox import keep_top_k
+
+    class Halving(OneShot):
+        name = "halving"
+
+        def select(self, keep):
+            for k in keep:
+                keep[k] = max(1, keep[k] // 2)
+            return super().select(keep)
+
+    with pytest.raises(RuntimeError, match=r"pruning method 'halving': select\(keep\) kept \d+ channels of"):
+        _set_up(Halving("l1"))
+
+    class CountingDown(OneShot):
+        name = "counting_down"
+
+        def select(self, keep):
+            scores, masks = self.scores(self.context.model, self.context.groups), {}
+            for name in list(keep):
+                masks[name] = keep_top_k(scores[name], keep[name]) > 0
+                keep[name] = 0  # (consumed)
+            return masks
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = PruningEngine(CountingDown("l1"), target={"macs": 0.5}, verbose=False,
+                           schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=2, prune_events=2,
+                                                    epochs_between_prunes=1))
+    _readme_loop(engine, model, optimizer, 2)
+    result = engine.finish(model)
+    assert len(result.events) == 2 and 0.98 * 0.5 <= result.pruned["macs"] / result.dense["macs"] <= 0.5
+
+
+def test_a_method_that_decides_its_counts_below_the_floors_is_refused_at_set_up():
+    """Without a target, select(None) keeping 2 channels where min_channels is 4 was rehearsed
+    against no floor and refused only at the prune, after the whole sparsify phase, in a message
+    that named neither select() nor min_channels (probe)."""
+    from lightning_ssr.methods.oneshot import OneShot
+
+    class KeepsTwo(OneShot):
+        name = "keeps_two"
+        needs_target = False
+
+        def select(self, keep):
+            return {g.name: torch.arange(g.size) < 2 for g in self.context.groups}
+
+    torch.manual_seed(0)
+    model = SmallResidualCNN(in_channels=3, num_classes=5)
+    before = copy.deepcopy(model.state_dict())
+    engine = PruningEngine(KeepsTwo("l1"), target=None, min_channels=4, schedule=SCHEDULE, verbose=False)
+    with pytest.raises(RuntimeError, match=r"'keeps_two' failed in select\(\), rehearsed at set-up .*select\(\) "
+                                           r"kept 2 channels of '\w+', fewer than its minimum 4 \(min_channels=4, "
+                                           r"max_pruning_ratio=1\.0\)"):
+        engine.on_batch_start(model, torch.randn(4, 3, 16, 16), epoch=0, step=0,
+                              optimizers=[torch.optim.SGD(model.parameters(), lr=0.05)], steps_per_epoch=4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_a_method_that_cannot_be_copied_runs_unrehearsed_with_a_warning():
     import threading
 
