@@ -1387,22 +1387,29 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
             result.pruned = dict(result.dense)
             result.layers = layer_rows(cost, cost)
         if callback is not None:
-            schedule = callback.schedule
-            bounds = [f"trainer.{k}={cfg.trainer[k]}" for k in ("max_epochs", "max_steps", "max_time")
-                      if cfg.trainer.get(k) not in (None, -1)
-                      and not (k == "max_epochs" and schedule.reaches_last_prune(cfg.trainer[k]))]
-            ended = (f"{' or '.join(bounds)} ended it" if bounds else
-                     "something ended it (a callback that stops the fit, or a bound of the Trainer)")
-            trainer = getattr(lm, "_trainer", None) if lm is not None else None
-            saved = last_checkpoint(trainer) if trainer is not None else None
-            go_on = (shlex.quote(f"ckpt_path={saved}") if saved else
-                     "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>")
-            result.status = "failed"
-            result.error = (f"the model was not pruned: training ended before the prune event at the start of epoch "
-                            f"{schedule.prune_epoch(callback.events_done)}; {ended}. To go on from this run, run the "
-                            f"same command {'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with "
-                            f"{go_on}: it trains the schedule's {schedule.total_epochs} epochs in all")
             result.warnings = list(callback.engine.warnings)
+    if callback is not None and callback.events_done < callback.schedule.prune_events:
+        # (a fit bounded before its last prune event: the model is not at the target; one of
+        # several events done was reported "ok" with the miss among the warnings: probe)
+        schedule = callback.schedule
+        bounds = [f"trainer.{k}={cfg.trainer[k]}" for k in ("max_epochs", "max_steps", "max_time")
+                  if cfg.trainer.get(k) not in (None, -1)
+                  and not (k == "max_epochs" and schedule.reaches_last_prune(cfg.trainer[k]))]
+        ended = (f"{' or '.join(bounds)} ended it" if bounds else
+                 "something ended it (a callback that stops the fit, or a bound of the Trainer)")
+        trainer = getattr(lm, "_trainer", None) if lm is not None else None
+        saved = last_checkpoint(trainer) if trainer is not None else None
+        go_on = (shlex.quote(f"ckpt_path={saved}") if saved else
+                 "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>")
+        done = callback.events_done
+        result.status = "failed"
+        result.error = (("the model was not pruned: " if not done else
+                         f"the model was pruned in {done} of its {schedule.prune_events} prune events, short of the "
+                         f"target (pruned.pt holds it as it stands): ")
+                        + f"training ended before the prune event at the start of epoch {schedule.prune_epoch(done)}; "
+                        f"{ended}. To go on from this run, run the same command "
+                        f"{'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with {go_on}: it trains the "
+                        f"schedule's {schedule.total_epochs} epochs in all")
     restored = getattr(lm, "teacher_restored", None)  # (a resume that went on from its checkpoint's teacher)
     if restored and restored not in result.warnings:
         result.warnings.append(restored)

@@ -1602,6 +1602,25 @@ def test_a_run_max_epochs_cuts_short_keeps_the_warning_in_the_commands_words(tmp
     assert not [w for w in on_disk["warnings"] if re.match(SHORT_FIT, w)] and result.warnings == on_disk["warnings"]
 
 
+def test_a_run_a_bound_stops_between_its_prune_events_is_failed_and_says_how_to_go_on(tmp_path):
+    """trainer.max_steps ending a run of 2 prune events after the first: status "ok", "1.4x fewer
+    MACs" against a 2.5x target, the miss among the warnings only, in the callback's Python words
+    (Trainer(max_epochs=...), fit(ckpt_path=...)) and naming no checkpoint (probe)."""
+    fast = FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "schedule.stop_early=false", "schedule.prune_events=2",
+                   "schedule.epochs_between_prunes=1", "trainer.max_epochs=-1", "+trainer.max_steps=4",
+                   "pruning=l1", "schedule.sparsify_epochs=0"]
+    with pytest.warns(UserWarning, match=r"Trainer\(max_steps=4\) ends before the last scheduled prune"):
+        result = run(_compose(fast), tmp_path / "run")
+    assert result.status == "failed" and len(result.events) == 1 and result.pruned["macs"] < result.dense["macs"]
+    assert re.search(r"^the model was pruned in 1 of its 2 prune events, short of the target \(pruned.pt holds it "
+                     r"as it stands\): training ended before the prune event at the start of epoch 1; "
+                     r"trainer.max_steps=4 ended it. To go on from this run, run the same command without "
+                     r"trainer.max_steps=4 and with ckpt_path=\S+\.ckpt: it trains the schedule's 2 epochs",
+                     result.error), result.error
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+    assert (tmp_path / "run" / "pruned.pt").is_file()
+
+
 def test_a_run_whose_result_failed_exits_with_1_and_says_so(monkeypatch, capsys, tmp_path):
     from lightning_ssr.app import cli
 
