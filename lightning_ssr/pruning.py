@@ -537,6 +537,17 @@ class Pruning(Callback):
             raise MisconfigurationException(self._stateless_resume(trainer.current_epoch))
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
+        if self._restored and spe and trainer.global_step < trainer.current_epoch * spe:
+            # (a checkpoint saved as max_steps stopped a fit, mid-epoch, goes on at the next epoch's start
+            # without a word from Lightning: the rest of that epoch is never trained: probe)
+            skipped = trainer.current_epoch * spe - trainer.global_step
+            self.engine.warn(
+                f"{type(self).__name__}: this fit goes on at the start of epoch {trainer.current_epoch} from a "
+                f"checkpoint saved at optimizer step {trainer.global_step}, in the middle of epoch "
+                f"{trainer.current_epoch - 1} (at {spe} steps per epoch): Lightning does not train its last {skipped} "
+                f"steps, so every later epoch, prune and the fit's end come {skipped} steps earlier than in an "
+                "uninterrupted fit. To go on exactly, resume from a checkpoint of an epoch that ran to its end (not one "
+                "saved as max_steps or max_time stopped a fit).", emit=rank_zero_warn)
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
                 and not schedule.reaches_last_prune(trainer.max_epochs, trainer.max_steps, spe)):
             step = schedule.last_prune_epoch * spe

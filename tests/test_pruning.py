@@ -1524,3 +1524,34 @@ def test_a_fit_resumed_before_its_prune_is_not_told_of_updates_a_short_phase_nev
         trainer(tmp_path, [resumed, epoch_checkpoints(None, saved)], 3).fit(TinyClassifier(), loader(),
                                                                               ckpt_path=saved)
     assert resumed.plan is not None
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # (each fit keeps its checkpoints apart)
+def test_a_fit_resumed_from_a_checkpoint_saved_mid_epoch_is_told_the_steps_lightning_skips(tmp_path):
+    """A fit that max_steps stopped mid-epoch saves its epoch's checkpoint, and Lightning goes on
+    from it at the next epoch's start without a word: the rest of that epoch was never trained, and
+    every later prune came that many steps earlier than in the uninterrupted fit (probe)."""
+    schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=2, prune_events=2, epochs_between_prunes=1)
+
+    def fit(max_steps, ckpt_path=None, folder="ckpt"):
+        pl.seed_everything(0)
+        callback = Pruning("l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
+        fitter = trainer(tmp_path, [callback, ModelCheckpoint(dirpath=tmp_path / folder, save_top_k=-1)],
+                         schedule.total_epochs, max_steps=max_steps)
+        fitter.fit(TinyClassifier(), loader(80), ckpt_path=ckpt_path)
+        return fitter, callback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the callback's warning that this fit ends before the schedule does)
+        fit(7)  # 5 steps per epoch: stopped at step 7, in epoch 1
+    saved = tmp_path / "ckpt" / "epoch=1-step=7.ckpt"
+    with pytest.warns(UserWarning, match=r"this fit goes on at the start of epoch 2 from a checkpoint saved at "
+                                         r"optimizer step 7, in the middle of epoch 1 \(at 5 steps per epoch\): "
+                                         r"Lightning does not train its last 3 steps"):
+        resumed, callback = fit(-1, saved, "resumed")
+    assert resumed.global_step == 12 and any("in the middle of epoch 1" in w for w in callback.result.warnings)
+    # from a checkpoint of an epoch that ran to its end: nothing to say
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        fit(-1, tmp_path / "ckpt" / "epoch=0-step=5.ckpt", "resumed_at_an_epochs_end")
+    assert not [w for w in said if "in the middle of epoch" in str(w.message)]
