@@ -914,6 +914,7 @@ class PruningEngine:
                         s = scores[g.name]
                         why = ("is not a tensor" if not torch.is_tensor(s) else
                                f"holds {s.numel()} values for its {g.size} channels" if s.numel() != g.size else
+                               "is a meta tensor, without values" if s.device.type == "meta" else
                                "is not finite" if not bool(torch.isfinite(s.detach().float()).all()) else None)
                         if why is not None:
                             raise ValueError(f"pruning method {self.method.name!r}: importance()'s score of group "
@@ -1012,7 +1013,7 @@ class PruningEngine:
                 "concat joins into the same channels, stay whole with it); leave some out of ignored_layers"
                 if ignored else
                 " (no conv or linear layer whose output channels another conv or linear layer reads)"))
-        self.method.check(model, list(groups))
+        self._call("check", model, list(groups))
 
     def check_structure(self, model: nn.Module, example: torch.Tensor, round_to: int | None = None,
                         groups: Sequence[ChannelGroup] | None = None) -> None:
@@ -1121,7 +1122,11 @@ class PruningEngine:
                             count_cost(trial, example), event, None, None, None, dense=dense),
                             sparsify_updates=ctx.sparsify_updates)
                         hook = "setup"
-                    method.setup(ctx)  # its refusal of the model passes as it is: the real set-up gives the same
+                    try:  # its refusal of the model passes as it is (the real set-up gives the same), named
+                        method.setup(ctx)
+                    except Exception as err:
+                        err.add_note(f"(raised by pruning method {name!r} in its setup())")
+                        raise
                     changed = _changed_entries(entries, trial)
                     if changed:
                         raise RuntimeError(

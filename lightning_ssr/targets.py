@@ -516,9 +516,11 @@ def _method_values(groups: Sequence[ChannelGroup], scores: Mapping[str, torch.Te
     out = {}
     for g in groups:
         s = scores.get(g.name)
-        if s is None or s.numel() != g.size:
-            raise ValueError(f"allocation='method': the method gave no values (or the wrong number) for group "
-                             f"{g.name!r}")
+        if s is None or not torch.is_tensor(s) or s.numel() != g.size:
+            got = ("no values" if s is None else f"{s.numel()} values" if torch.is_tensor(s) else
+                   f"a {type(s).__name__}")
+            raise ValueError(f"allocation='method': the method's allocation_scores() gave {got} for group {g.name!r}, "
+                             f"which needs one value per channel, a tensor of {g.size}")
         s = s.detach().double().cpu().flatten()
         if not bool(torch.isfinite(s).all()):
             raise ValueError(f"allocation='method': the method's values for group {g.name!r} are not finite")

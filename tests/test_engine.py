@@ -783,6 +783,49 @@ def test_a_methods_importance_is_taken_as_it_answers_and_its_failures_name_it():
     assert any("in its importance()" in note for note in raised.value.__notes__)
     set_up(L1())  # (None: the L2 norm, as before)
 
+    # (scores on the meta device failed in torch's .item() naming no method; a method's check() or
+    # setup() that raised passed its error without naming the method or the hook: probe)
+    class Meta(L1):
+        def importance(self, model, groups):
+            return {g.name: torch.empty(g.size, device="meta") for g in groups}
+
+    class Refuses(L1):
+        def check(self, model, groups):
+            raise ValueError("this method needs a BatchNorm after every conv")
+
+    class FailsToSetUp(L1):
+        def setup(self, context):
+            raise KeyError("my_state")
+
+    with pytest.raises(ValueError, match=r"pruning method 'l1': importance\(\)'s score of group '\w+' is a meta "
+                                         r"tensor, without values"):
+        set_up(Meta())
+    for method, error, hook in ((Refuses(), ValueError, "check"), (FailsToSetUp(), KeyError, "setup")):
+        with pytest.raises(error) as raised:
+            set_up(method)
+        assert f"(raised by pruning method 'l1' in its {hook}())" in raised.value.__notes__
+
+
+def test_a_methods_argument_it_cannot_use_is_said_as_the_methods():
+    """method_kwargs={"noise": "abc"} failed with "could not convert string to float: 'abc'",
+    naming neither the method nor the argument's owner (probe)."""
+    from lightning_ssr.methods import L1, register_method
+    from lightning_ssr.methods.base import _REGISTRY
+
+    class Noisy(L1):
+        def __init__(self, noise: float = 0.0):
+            super().__init__()
+            self.noise = float(noise)
+
+    register_method("noisy_probe")(Noisy)
+    try:
+        with pytest.raises(ValueError, match=r"^pruning method 'noisy_probe': could not convert string to float"):
+            PruningEngine("noisy_probe", target={"macs": 0.5}, method_kwargs={"noise": "abc"})
+        with pytest.raises(ValueError, match=r"^ssr_l21: lam must be in \[0\.0, inf\)"):  # (named already)
+            PruningEngine("ssr_l21", method_kwargs={"lam": -1.0})
+    finally:
+        _REGISTRY.pop("noisy_probe", None)
+
 
 def test_a_loop_without_start_and_a_resumed_engine_update_at_their_first_batch_too(monkeypatch):
     """README's loop never calls engine.start(): the first on_batch_start made it, which forgot the

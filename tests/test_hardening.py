@@ -273,6 +273,11 @@ class NoChannelValues(SSRMethod):
         return None
 
 
+class ChannelValuesCutShort(SSRMethod):
+    def allocation_scores(self):
+        return {name: values[:-1] for name, values in super().allocation_scores().items()}
+
+
 class AfterRebuildFails(SSRMethod):
     def after_rebuild(self, model, plan):
         raise ValueError("the validation data went away")
@@ -383,6 +388,11 @@ REFUSED_AT_SETUP = [
     ("method_learns_no_structure", SmallResidualCNN,
      lambda: Pruning(NoChannelValues("l21", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
      "failed in allocation_scores(), rehearsed at set-up"),
+    # (it said "no values (or the wrong number)": how many, and how many it needs: probe)
+    ("method_channel_values_cut_short", SmallResidualCNN,
+     lambda: Pruning(ChannelValuesCutShort("l21", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
+     ("allocation='method': the method's allocation_scores() gave 15 values for group 'net.fc1', which needs one "
+     "value per channel, a tensor of 16")),
     ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
     # it said "rebuilding the pruned model failed (output 0 differs ... by nan) ... Pass these layers in ignored_layers"

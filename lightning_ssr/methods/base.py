@@ -341,10 +341,10 @@ def build_method(name: str, **kwargs) -> PruningMethod:
     check_keywords(f"pruning method {name!r}", kwargs, keyword_names(_REGISTRY[name]))
     try:
         method = _REGISTRY[name](**kwargs)
-    except TypeError as err:
-        if str(err).startswith(f"{name}:"):  # (the method's own check names it already)
+    except (TypeError, ValueError) as err:  # (a value it could not use: "could not convert string to float")
+        if str(err).startswith((f"{name}:", f"pruning method {name!r}")):  # (the method's own check names it)
             raise
-        raise TypeError(f"pruning method {name!r}: {err}") from err
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"pruning method {name!r}: {err}") from err
     if not isinstance(method, PruningMethod):
         raise TypeError(f"pruning method {name!r}: its factory {_qualified(_REGISTRY[name])} returned a "
                         f"{type(method).__name__}, not a PruningMethod")
