@@ -338,6 +338,11 @@ def check_run_settings(cfg: DictConfig) -> None:
     negative ``dense.epochs`` trained forever (Lightning's ``max_epochs=-1``), ``seed=1.5`` seeded
     with 1, ``latency.batch_sizes=[0]`` timed empty batches, a string flag read as true."""
     owner = "config"
+    for key, what in (("in_channels", "its images' channels (data=mnist_rgb: the digits in 3)"),
+                      ("num_classes", "its classes"), ("input_size", "its images' size (data.image_size)")):
+        if key in cfg.model:  # (+model.in_channels=3 built the data's 1 channel and result.json said 3: probe)
+            raise ValueError(f"{owner}: model.{key} comes from the data set, {what}, not from the model's "
+                             f"config: leave +model.{key}={cfg.model[key]} out")
     check_number(owner, "seed", cfg.seed, low=0, high=MAX_SEED, integer=True)
     check_number(owner, "dense.epochs", cfg.dense.epochs, low=0, integer=True)
     check_number(owner, "dense.lr", cfg.dense.lr, low=0.0, low_open=True)

@@ -615,6 +615,20 @@ def test_unknown_model_name_fails_before_training(tmp_path):
         run(cfg, tmp_path)
 
 
+@pytest.mark.parametrize("override,says", [
+    ("+model.in_channels=3", ("model.in_channels comes from the data set, its images' channels (data=mnist_rgb: the "
+                             "digits in 3), not from the model's config: leave +model.in_channels=3 out")),
+    ("+model.num_classes=100", "model.num_classes comes from the data set, its classes"),
+    ("+model.input_size=32", "model.input_size comes from the data set, its images' size (data.image_size)")])
+def test_what_the_data_decides_of_the_model_is_refused_in_the_models_config(tmp_path, override, says):
+    """+model.in_channels=3 trained the data's 1-channel network, and result.json recorded 3 (probe)."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    with pytest.raises(ValueError, match=re.escape(f"config: {says}")) as info:
+        run(_compose(["data=uci_digits", f"dense.cache_dir={tmp_path / 'cache'}", override]), tmp_path / "run")
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
+
+
 def test_console_entry_point_reports_bad_keys():
     proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "nonsense_key=1"],
                           capture_output=True, text=True, timeout=120, check=False)
