@@ -381,6 +381,10 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     # each training says what it is (two of them said "Training the dense model", one said nothing)
     assert "Training the source-only model (on MNISTDigits's labels) (1 epoch)" in out
     assert "Training the reference trained on the target's labels (UCIDigits) (1 epoch)" in out
+    # the ceiling's budget is said: it trained as long as source only, not DANN's epochs more (probe)
+    assert info["target_trained_epochs"] == cfg.dense.epochs
+    assert (f" ({cfg.dense.epochs} epochs from scratch, as source only; DANN's models train {epochs} more from "
+            "source only)") in out
     assert "Training DANN dense from the source-only model (" in out and "Training the dense model" not in out
 
 

@@ -392,6 +392,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         # (the validation accuracies, the sweeps' objective, are the source's: model selection never sees them)
         "target_labels_used_for": "the final test" + (" and the trained-on-target ceiling" if ceiling else ""),
         "target_trained_accuracy": ceiling["accuracy"] if ceiling else None,
+        # (from scratch, dense.epochs: the source-only model's budget, not DANN's dense.epochs + epochs: probe)
+        "target_trained_epochs": cfg.dense.epochs if ceiling else None,
         "target_trained_cache": ceiling["cache"] if ceiling else None,
         "settings": OmegaConf.to_container(a, resolve=True),
         "features_kept_whole": kept_whole,
@@ -423,6 +425,9 @@ def adaptation_summary(result) -> str:
             + ("; the same epochs without the domain term (adaptation.domain_weight=0) are DANN's equal-budget "
                "control" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
+            + (f" ({info['target_trained_epochs']} epochs from scratch, as source only; DANN's models train "
+               f"{epochs} more from source only)" if ceiling is not None and info.get("target_trained_epochs")
+               and epochs else "")
             + (f"; each on {part_of_test_split(info['evaluation_limits']['limit_test_batches'], each=True)}"
                if (info.get("evaluation_limits") or {}).get("limit_test_batches") is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
