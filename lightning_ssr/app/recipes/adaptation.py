@@ -422,8 +422,8 @@ def adaptation_summary(result) -> str:
             + (f"then {epochs} epochs from it: " if epochs else "")
             + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
                                f"{_label(info.get('domain_weight'))} compressed")
-            + ("; the same epochs without the domain term (adaptation.domain_weight=0) are DANN's equal-budget "
-               "control" if epochs and info.get("domain_weight") != 0 else "")
+            + ("; DANN's equal-budget control, the same epochs without the domain term, is this run with "
+               "adaptation.domain_weight=0 (not run here)" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
             + (f" ({info['target_trained_epochs']} epochs from scratch, as source only; DANN's models train "
                f"{epochs} more from source only)" if ceiling is not None and info.get("target_trained_epochs")
