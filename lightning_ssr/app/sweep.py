@@ -431,7 +431,17 @@ def comparison(result: Mapping | None) -> str:
     said = f"{name} on {str(data.get('_target_', '?')).rsplit('.', 1)[-1]}"
     if data.get("image_size"):
         said += f" {data['image_size']}x{data['image_size']}"
-    return said + (f", {data['channels']} channels" if data.get("channels") else "")
+    said += f", {data['channels']} channels" if data.get("channels") else ""
+    # a recipe's dense model is another (trained on a source data set first): its runs are compared apart
+    # (a transfer run shared the plain runs' front and their dense mean: probe)
+    for recipe, how in (("adaptation", "adapted"), ("transfer", "transferred")):
+        part = cli.get(recipe) if isinstance(cli.get(recipe), Mapping) else {}
+        source = part.get("source") if isinstance(part.get("source"), Mapping) else None
+        if recipe == "adaptation" and adaptation:
+            source = cli.get("data") if isinstance(cli.get("data"), Mapping) else {}
+        if source is not None:
+            said += f", {how} from {str(source.get('_target_', '?')).rsplit('.', 1)[-1]}"
+    return said
 
 
 def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:

@@ -116,6 +116,23 @@ def test_runs_on_other_data_sets_or_networks_are_compared_apart(tmp_path):
     assert "Pareto front: lenet5 on MNISTDigits 28x28: " in summary and "; lenet5 on FashionMNIST 28x28: " in summary
 
 
+def test_a_recipes_runs_are_compared_apart_from_plain_runs_of_the_same_network_and_data():
+    """A transfer run (its dense model fine-tuned from Fashion-MNIST) shared the plain MNIST runs'
+    Pareto front, which it topped, and their dense mean (probe)."""
+    from lightning_ssr.app.sweep import comparison
+
+    def cli(**extra):
+        return {"config": {"cli": {"model": {"name": "lenet5"}, "transfer": None,
+                                   "data": {"_target_": "lightning_ssr.app.data.MNISTDigits", "image_size": 28},
+                                   **extra}}}
+    fashion = {"_target_": "lightning_ssr.app.data.FashionMNIST", "image_size": 28}
+    assert comparison(cli()) == "lenet5 on MNISTDigits 28x28"
+    assert comparison(cli(transfer={"source": fashion, "freeze": []})) == (
+        "lenet5 on MNISTDigits 28x28, transferred from FashionMNIST")
+    adapted = cli(adaptation={"target": {"_target_": "lightning_ssr.app.data.MNISTM", "image_size": 28}})
+    assert comparison(adapted) == "lenet5 on MNISTM 28x28, adapted from MNISTDigits"
+
+
 def test_every_target_gets_its_panel_and_one_run_shows_no_spread(tmp_path, monkeypatch):
     from lightning_ssr.app import sweep
 
