@@ -261,8 +261,12 @@ def of_the_sweep(sweep_dir: str | Path, runs: Sequence[dict]) -> tuple[list[dict
             match = True
         elif num is not None:
             match = num < len(jobs) and _pairs(jobs[num]) <= set(choices.items())
+        elif _numbered(hydra_cfg):  # (a folder not named by a job number is none of the sweep's jobs)
+            match = False
         else:
             match = any(_pairs(job) <= set(choices.items()) for job in jobs)
+        if not match:  # (a run of its own put in the folder was said to be an earlier sweep's: probe)
+            run = {**run, "stray": "earlier_sweep" if num is not None else "not_a_job"}
         (ours if match else strays).append(run)
     return ours, strays
 
@@ -573,11 +577,12 @@ def write_markdown(rows: Sequence[dict], runs: Sequence[dict], path: Path, title
             f"`{m['command']}`" if m["command"] else "its folder holds a run of an earlier sweep (listed below), which "
             "the sweep command run again moves to .replaced/ before it runs the job") for m in missing]
     if strays:
-        lines += ["", "## Runs of an earlier sweep in this folder (not counted)", "",
-                  ("Their choices are not those of the job their folder now stands for (the sweep was run again "
-                   "in its folder with other values, which renumbers its jobs):"), ""]
-        lines += [f"- `{r['dir']}`: `{' '.join(f'{k}={v}' for k, v in (_overrides(r) or {}).items())}`"
-                  for r in strays]
+        lines += ["", "## Runs in this folder that are not the sweep's (not counted)", ""]
+        why = {"earlier_sweep": "an earlier sweep's: its choices are not those of the job its folder now stands for "
+                                "(the sweep was run again in its folder with other values, which renumbers its jobs)",
+               "not_a_job": "a run of its own: its folder is no job's of the sweep, and its choices are no job's"}
+        lines += [f"- `{r['dir']}` ({why[r.get('stray', 'earlier_sweep')]}): "
+                  f"`{' '.join(f'{k}={v}' for k, v in (_overrides(r) or {}).items())}`" for r in strays]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -822,8 +827,12 @@ def format_summary(report: Mapping) -> str:
              f"{count_runs(len(rows), 'configuration')}; "
              + (f"Pareto front: {front}" if front else "no finished run to compare")]
     if report.get("strays"):
-        lines.append(f"{count_runs(len(report['strays']))} in the folder {'is' if len(report['strays']) == 1 else 'are'} "
-                     f"of an earlier sweep with other values, not counted: {report['files']['markdown']} lists them")
+        strays = report["strays"]
+        whose = ("of an earlier sweep with other values" if all(r.get("stray") != "not_a_job" for r in strays) else
+                 "not the sweep's (no job's folder and choices)" if all(r.get("stray") == "not_a_job" for r in strays)
+                 else "not the sweep's (an earlier sweep's, or in no job's folder)")
+        lines.append(f"{count_runs(len(strays))} in the folder {'is' if len(strays) == 1 else 'are'} {whose}, not "
+                     f"counted: {report['files']['markdown']} lists them")
     if report.get("missing"):
         lines.append(f"{count_runs(len(report['missing']))} of the sweep's grid never started (the sweep was stopped, "
                      f"or is still running): {report['files']['markdown']} gives the command of each")

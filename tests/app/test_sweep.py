@@ -388,8 +388,17 @@ def test_runs_an_earlier_sweep_left_in_the_folder_are_listed_apart_not_counted(t
     report = write_report(sweep, plots=False)
     assert [r["runs"] for r in report["rows"]] == [1] and len(report["strays"]) == 3
     md = (sweep / "report.md").read_text()
-    assert "## Runs of an earlier sweep in this folder (not counted)" in md
-    assert f"- `{sweep / '1'}`: `pruning=random target.macs=0.5`" in md
+    assert "## Runs in this folder that are not the sweep's (not counted)" in md
+    assert (f"- `{sweep / '1'}` (an earlier sweep's: its choices are not those of the job its folder now stands for "
+            "(the sweep was run again in its folder with other values, which renumbers its jobs)): "
+            "`pruning=random target.macs=0.5`") in md
+    # a run of its own put in the sweep's folder is not said to be an earlier sweep's (probe)
+    _job(sweep, "mine", ["model=resnet20", "pruning=l1", "target.macs=0.5"], "l1")
+    assert main([str(sweep), "--no-plots"]) == 0
+    assert ("4 runs in the folder are not the sweep's (an earlier sweep's, or in no job's folder), not counted"
+            in capsys.readouterr().out)
+    assert (f"- `{sweep / 'mine'}` (a run of its own: its folder is no job's of the sweep, and its choices are no "
+            "job's): `model=resnet20 pruning=l1 target.macs=0.5`") in (sweep / "report.md").read_text()
 
 
 def test_a_job_whose_folder_holds_an_earlier_sweeps_run_is_listed_as_never_started_without_a_command(tmp_path,
