@@ -389,11 +389,20 @@ def _label(run: dict, keys: Sequence[str], by_overrides: bool) -> str:
     result = run["result"] or {}
     if not keys:
         return str(result.get("method") or "run")
-    if by_overrides:
-        overrides = _overrides(run)
-        return " ".join(f"{k}={overrides.get(k, 'default')}" for k in keys)
     settings = _settings(run)
+    if by_overrides:  # a choice the run was not given: what it ran with (an experiment's), not "default" (probe)
+        overrides = _overrides(run)
+        return " ".join(f"{k}={overrides[k] if k in overrides else _recorded(settings, k)}" for k in keys)
     return " ".join(f"{k[:-5]}={settings.get(k)}" if k.endswith(".name") else f"{k}={settings.get(k)}" for k in keys)
+
+
+def _recorded(settings: Mapping, key: str) -> str:
+    """The value ``key`` (a setting, or a config group such as ``pruning``: its ``name``) has in a
+    run's recorded configuration; ``default`` where it records none."""
+    for name in (key, f"{key}.name"):
+        if settings.get(name) is not None:
+            return str(settings[name])
+    return "default"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -133,6 +133,17 @@ def test_a_recipes_runs_are_compared_apart_from_plain_runs_of_the_same_network_a
     assert comparison(adapted) == "lenet5 on MNISTM 28x28, adapted from MNISTDigits"
 
 
+def test_a_choice_a_run_was_not_given_is_labelled_by_what_it_ran_with(tmp_path):
+    """A run of +experiment=... (which chose ssr_l20 at 0.1 itself) beside runs given pruning= and
+    target.macs= was labelled "pruning=default target.macs=default" (probe)."""
+    root = tmp_path / "mixed"
+    _job(root, 0, ["pruning=l1", "target.macs=0.5"], "l1")
+    _job(root, 1, ["+experiment=mine"], "ssr_l20", kept=0.1)
+    labels = {r["method"]: r["config"] for r in summarize(find_runs(root))}
+    assert labels == {"l1": "experiment=default pruning=l1 target.macs=0.5",
+                      "ssr_l20": "experiment=mine pruning=ssr_l20 target.macs=0.1"}
+
+
 def test_every_target_gets_its_panel_and_one_run_shows_no_spread(tmp_path, monkeypatch):
     from lightning_ssr.app import sweep
 
