@@ -664,6 +664,10 @@ def fit(trainer: pl.Trainer, stage: str, *args, resumable: bool = False, **kwarg
     except BaseException as err:
         how = _interruption(err, trainer)
         if how is None:
+            saved = last_checkpoint(trainer) if resumable and isinstance(err, Exception) else None
+            if saved is not None:  # (a failure mid-fit named no checkpoint to go on from once fixed: probe)
+                err.add_note(f"(the fit's last checkpoint: {saved}; once the cause is fixed, the same command with "
+                             f"{shlex.quote(f'ckpt_path={saved}')} goes on from it)")
             raise
         with interruptions_held():  # (a second Ctrl-C must not cut the account of the first short)
             where = (f"{_INTERRUPTIONS[how][0]} during {stage} at epoch {trainer.current_epoch} (optimizer step "

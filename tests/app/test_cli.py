@@ -1724,6 +1724,40 @@ def test_a_latency_target_below_the_floors_is_refused_before_the_dense_model_tra
     assert not (tmp_path / "cache").exists()  # no dense model trained
 
 
+def test_a_run_that_fails_after_a_checkpoint_names_it_to_go_on_from(tmp_path):
+    """A method of one's own that fails in the second epoch: the message named no checkpoint to
+    go on from once the bug is fixed (probe)."""
+    (tmp_path / "sixth_step_probe.py").write_text(textwrap.dedent("""
+        from lightning_ssr.methods import register_method
+        from lightning_ssr.methods.ssr import SSR
+
+        class SixthStep(SSR):
+            name = "sixth_step_probe"
+
+            def before_optimizer_step(self):  # (each copy the rehearsals make counts its own calls)
+                self.calls = getattr(self, "calls", 0) + 1
+                if self.calls > 5:
+                    raise RuntimeError("boom at the sixth step")
+                super().before_optimizer_step()
+
+        @register_method("sixth_step_probe")
+        def sixth_step_probe(**kwargs):
+            return SixthStep(regularizer="l20", **kwargs)
+        """))
+    proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
+                           "schedule.sparsify_epochs=2", "schedule.finetune_epochs=1", "pruning=ssr_l20",
+                           "schedule.update_every_n_steps=2", "trainer.limit_train_batches=4",
+                           "pruning.name=sixth_step_probe", f"plugins=[{tmp_path / 'sixth_step_probe.py'}]",
+                           "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
+                           f"hydra.run.dir={tmp_path / 'run'}", f"dense.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    saved = tmp_path / "run" / "logs" / "version_0" / "checkpoints" / "epoch=0-step=4.ckpt"
+    assert proc.returncode == 1 and saved.is_file(), proc.stderr[-2000:]
+    assert (f"boom at the sixth step (raised by pruning method 'sixth_step_probe' in its before_optimizer_step()) "
+            f"(the fit's last checkpoint: {saved}; once the cause is fixed, the same command with "
+            f"ckpt_path={saved} goes on from it)") in proc.stderr, proc.stderr[-2000:]
+
+
 def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
     """A method of one's own that fails at its second step (its rehearsal passes): Hydra printed
     19 frames of traceback above the message."""
