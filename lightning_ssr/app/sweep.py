@@ -655,8 +655,9 @@ def plot_pareto(rows: Sequence[dict], runs: Sequence[dict], path: Path, title: s
                        label="dense (mean)")
         front = sorted((r["macs_mean"] / 1e6, r["accuracy_mean"]) for r in mine if r["pareto"])
         if front:
+            # (a front of one point drew no line, though the legend listed it: a marker shows it: probe)
             ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, linestyle="--",
-                    label="Pareto front")
+                    marker="x" if len(front) == 1 else None, label="Pareto front")
         ax.set_xscale("log")  # pruned models span orders of magnitude below the dense one
         ax.set_xlabel("MACs (millions, log scale)")
         ax.set_ylabel("test accuracy (%)")
