@@ -114,6 +114,20 @@ def resumed_epoch(checkpoint: dict) -> tuple[int | None, bool]:
     return (epoch, False) if isinstance(epoch, int) else (None, False)
 
 
+def epoch_progress(trainer) -> dict | None:
+    """Where a fit's training epoch stands as a checkpoint is saved: ``{"epoch", "batches" (its
+    training batches done), "of" (its batches)}``; ``None`` outside a fit, or with batches that
+    are not counted. A checkpoint saved mid-epoch (as ``max_steps`` stops a fit) is resumed by
+    Lightning at the next epoch's start, its epoch's last batches untrained."""
+    if trainer is None or not getattr(trainer, "training", False):
+        return None
+    of = trainer.num_training_batches
+    done = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "batch_progress", None), "current", None)
+    if done is None or not isinstance(of, int):
+        return None
+    return {"epoch": int(trainer.current_epoch), "batches": int(done.completed), "of": int(of)}
+
+
 def set_up_validation_data(trainer, pl_module) -> None:
     """Have Lightning set the fit's validation dataloaders up now (they are otherwise set up at the
     first validation); the running hook's name is kept, so that logging goes on working."""

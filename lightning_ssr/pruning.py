@@ -305,6 +305,9 @@ class Pruning(Callback):
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
         self._train_ended = False  # Lightning ran the fit's on_train_end (not when nothing was left to train)
         self._restored = False  # this fit restored the callback's state from a checkpoint
+        self._saved_progress: dict | None = None  # the checkpoint's epoch, and its batches trained of how many
+        #: the same of the checkpoint this fit saved last (``None`` before one)
+        self.saved_progress: dict | None = None
         self._resume_checked = False  # what a restored fit is checked for, at its first epoch
         self._pruned_again = False  # this fit starts over on the very module the earlier fit pruned
         self._fit_module = None  # (a weak reference to) the module of the last fit, to tell another one given later
@@ -537,15 +540,17 @@ class Pruning(Callback):
             raise MisconfigurationException(self._stateless_resume(trainer.current_epoch))
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
-        if self._restored and spe and trainer.global_step < trainer.current_epoch * spe:
+        saved = self._saved_progress
+        if (self._restored and saved and saved["batches"] < saved["of"]
+                and trainer.current_epoch > saved["epoch"]):
             # (a checkpoint saved as max_steps stopped a fit, mid-epoch, goes on at the next epoch's start
             # without a word from Lightning: the rest of that epoch is never trained: probe)
-            skipped = trainer.current_epoch * spe - trainer.global_step
+            skipped = saved["of"] - saved["batches"]
             self.engine.warn(
                 f"{type(self).__name__}: this fit goes on at the start of epoch {trainer.current_epoch} from a "
-                f"checkpoint saved at optimizer step {trainer.global_step}, in the middle of epoch "
-                f"{trainer.current_epoch - 1} (at {spe} steps per epoch): Lightning does not train its last {skipped} "
-                f"steps, so every later epoch, prune and the fit's end come {skipped} steps earlier than in an "
+                f"checkpoint saved after {saved['batches']} of the {saved['of']} training batches of epoch "
+                f"{saved['epoch']} (optimizer step {trainer.global_step}): Lightning does not train its last "
+                f"{skipped}, so every later epoch, prune and the fit's end come that much earlier than in an "
                 "uninterrupted fit. To go on exactly, resume from a checkpoint of an epoch that ran to its end (not one "
                 "saved as max_steps or max_time stopped a fit).", emit=rank_zero_warn)
         if (not self._short_fit and not trainer.fast_dev_run and not self.engine.done
@@ -796,7 +801,9 @@ class Pruning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**self.engine.state_dict(), "rng": rng_states()}
+        # (what the checkpoint saved last holds of its epoch: the command says a mid-epoch one so)
+        self.saved_progress = internals.epoch_progress(self._trainer)
+        return {**self.engine.state_dict(), "rng": rng_states(), "epoch_progress": self.saved_progress}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -804,6 +811,7 @@ class Pruning(Callback):
             return
         self._restored = True
         self.engine.load_state_dict(state_dict)
+        self._saved_progress = state_dict.get("epoch_progress")  # (how far its epoch had got: on_train_start)
         trainer = self._trainer
         if state_dict.get("rng") is not None and (trainer is None or trainer.world_size == 1):
             # Lightning's checkpoints hold no RNG state, so a shuffled DataLoader (or dropout) would

@@ -44,7 +44,7 @@ SCHEDULE = PruningSchedule(warmup_epochs=1, sparsify_epochs=2, finetune_epochs=2
                            stop_early=False)
 STATE_KEYS = {"method", "method_state", "plan", "events_done", "events", "trajectory", "prune_early", "frozen",
               "last_update_step", "dense", "latency", "settings", "warnings", "warnings_until_done", "timings",
-              "rng"}
+              "rng", "epoch_progress"}
 
 
 def test_schedule_epochs():
@@ -1057,13 +1057,13 @@ def test_state_restored_but_not_yet_applied_round_trips():
     cb.load_state_dict(state)
     again = SSRPruning(schedule=SCHEDULE)
     again.load_state_dict(cb.state_dict())
-    assert {k: v for k, v in again.state_dict().items() if k != "rng"} == state
+    assert {k: v for k, v in again.state_dict().items() if k not in ("rng", "epoch_progress")} == state
 
     plan = {"format_version": 1, "input_shape": [1, 3, 16, 16], "groups": [{"root": "a", "size": 4, "kept": [0, 2]}]}
     pruned = dict(state, method_state=None, plan=plan, events_done=1,
                   events=[{"epoch": 3, "step": 12, "macs": 10, "params": 5}])
     cb.load_state_dict(pruned)
-    assert {k: v for k, v in cb.state_dict().items() if k != "rng"} == pruned
+    assert {k: v for k, v in cb.state_dict().items() if k not in ("rng", "epoch_progress")} == pruned
     assert cb.plan.kept == {"a": [0, 2]} and cb.events == pruned["events"]
 
 
@@ -1533,11 +1533,11 @@ def test_a_fit_resumed_from_a_checkpoint_saved_mid_epoch_is_told_the_steps_light
     every later prune came that many steps earlier than in the uninterrupted fit (probe)."""
     schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=2, prune_events=2, epochs_between_prunes=1)
 
-    def fit(max_steps, ckpt_path=None, folder="ckpt"):
+    def fit(max_steps, ckpt_path=None, folder="ckpt", epochs=schedule.total_epochs):
         pl.seed_everything(0)
         callback = Pruning("l1", target={"macs": 0.5}, schedule=schedule, verbose=False)
         fitter = trainer(tmp_path, [callback, ModelCheckpoint(dirpath=tmp_path / folder, save_top_k=-1)],
-                         schedule.total_epochs, max_steps=max_steps)
+                         epochs, max_steps=max_steps)
         fitter.fit(TinyClassifier(), loader(80), ckpt_path=ckpt_path)
         return fitter, callback
 
@@ -1545,13 +1545,17 @@ def test_a_fit_resumed_from_a_checkpoint_saved_mid_epoch_is_told_the_steps_light
         warnings.simplefilter("ignore")  # (the callback's warning that this fit ends before the schedule does)
         fit(7)  # 5 steps per epoch: stopped at step 7, in epoch 1
     saved = tmp_path / "ckpt" / "epoch=1-step=7.ckpt"
-    with pytest.warns(UserWarning, match=r"this fit goes on at the start of epoch 2 from a checkpoint saved at "
-                                         r"optimizer step 7, in the middle of epoch 1 \(at 5 steps per epoch\): "
-                                         r"Lightning does not train its last 3 steps"):
+    with pytest.warns(UserWarning, match=r"this fit goes on at the start of epoch 2 from a checkpoint saved after "
+                                         r"2 of the 5 training batches of epoch 1 \(optimizer step 7\): Lightning "
+                                         r"does not train its last 3"):
         resumed, callback = fit(-1, saved, "resumed")
-    assert resumed.global_step == 12 and any("in the middle of epoch 1" in w for w in callback.result.warnings)
-    # from a checkpoint of an epoch that ran to its end: nothing to say
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        fit(-1, tmp_path / "ckpt" / "epoch=0-step=5.ckpt", "resumed_at_an_epochs_end")
-    assert not [w for w in said if "in the middle of epoch" in str(w.message)]
+    assert resumed.global_step == 12 and any("2 of the 5 training batches" in w for w in callback.result.warnings)
+    # from a checkpoint of an epoch that ran to its end: nothing to say, also where the steps lag
+    # behind an uninterrupted fit's since an earlier mid-epoch resume (it said so again: review)
+    for checkpoint, folder in ((tmp_path / "ckpt" / "epoch=0-step=5.ckpt", "resumed_at_an_epochs_end"),
+                               (tmp_path / "resumed" / "epoch=2-step=12.ckpt", "resumed_again")):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            fitted, _ = fit(-1, checkpoint, folder, epochs=schedule.total_epochs + 1)  # (an epoch more to train)
+        assert fitted.global_step > int(checkpoint.stem.split("step=")[1])
+        assert not [w for w in said if "training batches of epoch" in str(w.message)], checkpoint

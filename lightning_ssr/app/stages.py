@@ -1410,6 +1410,12 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
         saved = last_checkpoint(trainer) if trainer is not None else None
         go_on = (shlex.quote(f"ckpt_path={saved}") if saved else
                  "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>")
+        # (without max_steps, a max_epochs=-1 left in the command trained on without end: review)
+        drop = [*bounds, *(["trainer.max_epochs=-1"] if cfg.trainer.get("max_epochs") == -1 else [])]
+        progress = callback.saved_progress if saved else None
+        mid = (f" (saved after {progress['batches']} of the {progress['of']} training batches of epoch "
+               f"{progress['epoch']}: Lightning goes on at the next epoch's start, without the others)"
+               if progress and 0 < progress["batches"] < progress["of"] else "")
         done = callback.events_done
         result.status = "failed"
         result.error = (("the model was not pruned: " if not done else
@@ -1417,8 +1423,8 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
                          f"target (pruned.pt holds it as it stands): ")
                         + f"training ended before the prune event at the start of epoch {schedule.prune_epoch(done)}; "
                         f"{ended}. To go on from this run, run the same command "
-                        f"{'without ' + ' and '.join(bounds) + ' and ' if bounds else ''}with {go_on}: it trains the "
-                        f"schedule's {schedule.total_epochs} epochs in all")
+                        f"{'without ' + ' and '.join(drop) + ' and ' if drop else ''}with {go_on}{mid}: it goes on "
+                        f"to the end of the schedule's {schedule.total_epochs} epochs")
     restored = getattr(lm, "teacher_restored", None)  # (a resume that went on from its checkpoint's teacher)
     if restored and restored not in result.warnings:
         result.warnings.append(restored)
