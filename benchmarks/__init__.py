@@ -92,15 +92,15 @@ def check_runs(parser, runs) -> None:
     override or Trainer value is refused here, before any work, not in a worker's traceback after
     the dense training began (probe)."""
     from lightning_ssr.app.cli import compose_config
-    from lightning_ssr.app.console import quiet_lightning
+    from lightning_ssr.app.console import lightning_silenced
     from lightning_ssr.app.stages import check_builds, check_settings, plainly
 
-    quiet_lightning(hardware=False)  # (each Trainer checked here printed its GPU/TPU lines and Lightning's tip)
     for overrides in dict.fromkeys(tuple(r) for r in runs):
         try:
-            cfg = compose_config(list(overrides))
-            check_settings(cfg)
-            check_builds(cfg, trainer=True)
+            with lightning_silenced():  # (each Trainer checked here printed its GPU/TPU lines and Lightning's tip)
+                cfg = compose_config(list(overrides))
+                check_settings(cfg)
+                check_builds(cfg, trainer=True)
         except Exception as err:  # noqa: BLE001 - whatever the command would refuse, said as the parser's error
             said = " ".join(str(plainly(err)).split())
             parser.error(f"a run of this command is refused ({said}); its overrides: {' '.join(overrides)}")

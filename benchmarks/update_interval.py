@@ -163,11 +163,16 @@ def main(argv=None) -> None:
     # (it replaced a file of 17 runs with one of 1, without a word: probe)
     refuse_smaller(args.out, len(args.seeds) * len(args.intervals) * (1 if args.skip_l20 else 2), args.force,
                    {"admm_epochs": args.admm_epochs, "finetune_epochs": args.finetune_epochs, "seeds": args.seeds,
-                    "intervals": [label(i) for i in args.intervals], "flops_budget": args.flops_budget,
-                    "lams": args.lams, "min_reduction": args.min_reduction, "search_interval": args.search_interval},
-                   same=("flops_budget", "lams", "min_reduction", "search_interval"), covers=("seeds", "intervals"))
+                    "intervals": [label(i) for i in args.intervals], "lams": args.lams, "min_reduction":
+                    args.min_reduction, "search_interval": args.search_interval,
+                    "regularizers": ["l21", *([] if args.skip_l20 else ["l20"])],
+                    # (the L2,0 budget only where L2,0 runs; a --skip-l20 run dropped the file's L2,0 rows: review)
+                    **({} if args.skip_l20 else {"flops_budget": args.flops_budget})},
+                   same=("flops_budget", "lams", "min_reduction", "search_interval"),
+                   covers=("seeds", "intervals", "regularizers"), from_rows={"regularizers": "regularizer"})
     # (each kind of run once, on the first seed: a bad --lams value failed at the first run's set-up)
-    check_runs(p, [*(overrides_for(args, "l21", i, args.seeds[0], lam) for lam in args.lams for i in args.intervals),
+    check_runs(p, [*(overrides_for(args, "l21", i, args.seeds[0], lam) for lam in args.lams
+                     for i in [args.search_interval, *args.intervals]),
                    *(() if args.skip_l20 else (overrides_for(args, "l20", i, args.seeds[0]) for i in args.intervals))])
     if not args.verbose:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -46,13 +47,31 @@ class _QuietLightning(logging.Filter):
         return True
 
 
+#: the loggers whose chatter :class:`_QuietLightning` filters
+_CHATTY = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+           "lightning.pytorch.trainer.connectors.signal_connector")
+
+
+@contextlib.contextmanager
+def lightning_silenced():
+    """Inside it, none of the lines :class:`_QuietLightning` filters (availability lines included),
+    and as before after it: for Trainers built only to check a configuration."""
+    chatter = _QuietLightning(hardware=False)
+    for name in _CHATTY:
+        logging.getLogger(name).addFilter(chatter)
+    try:
+        yield
+    finally:
+        for name in _CHATTY:
+            logging.getLogger(name).removeFilter(chatter)
+
+
 def quiet_lightning(hardware: bool = True) -> None:
     """Quiet the job's output (the command calls this; a notebook may too): the GPU/TPU
     availability and ``limit_*_batches`` lines shown once. ``hardware=False`` drops them too: a
     benchmark's worker processes, each of which would repeat them beside the benchmark's own table."""
     chatter = _QuietLightning(hardware)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
-                 "lightning.pytorch.trainer.connectors.signal_connector"):
+    for name in _CHATTY:
         logging.getLogger(name).addFilter(chatter)
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
     # user can change, so this one message is hidden.
