@@ -1309,8 +1309,7 @@ class PruningEngine:
         try:
             return getattr(self.method, hook)(*args)
         except Exception as err:
-            if hasattr(err, "add_note"):  # Python 3.11+
-                err.add_note(f"(raised by pruning method {self.method.name!r} in its {hook}())")
+            err.add_note(f"(raised by pruning method {self.method.name!r} in its {hook}())")
             raise
 
     def _start_sparsify(self) -> None:
