@@ -486,6 +486,11 @@ def check_settings(cfg: DictConfig) -> tuple[Pruning | None, list[pl.Callback]]:
     Cheap enough to run on every run of a sweep before the first starts. Returns the callback
     (``None`` with ``pruning=none``) and the weight-averaging callbacks."""
     check_run_settings(cfg)
+    from .recipes import recipe_for  # (the recipes are built from this module)
+
+    recipe = recipe_for(cfg)
+    if recipe is not None and recipe.check is not None:  # (a sweep's bad adaptation.* value: before any run: review)
+        recipe.check(cfg)
     if cfg.export is not None and cfg.export not in EXPORT_FORMATS:
         raise ValueError(f"export must be null or one of {EXPORT_FORMATS}, got {cfg.export!r}")
     if cfg.export is not None:

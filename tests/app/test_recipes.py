@@ -637,3 +637,16 @@ def test_a_recipes_sparsify_phase_without_an_update_is_warned_of_before_anything
         warnings.simplefilter("always")
         run(cfg, tmp_path / "run")
     assert said_by_then == [1]
+
+
+@pytest.mark.parametrize("experiment,override,said", [
+    ("da_mnist_to_digits", "adaptation.ceiling=maybe", "adaptation.ceiling must be true or false, got 'maybe'"),
+    ("transfer_fmnist_to_mnist", "transfer.prune_frozen=maybe", "transfer.prune_frozen must be true or false"),
+    ("transfer_fmnist_to_mnist", "dense.epochs=0", "dense.epochs must be in [1, inf)")])
+def test_a_recipes_own_settings_are_checked_with_the_others_before_any_run(experiment, override, said):
+    """The checks a sweep (and a benchmark) runs on every run before the first starts passed a
+    recipe's own bad value, which failed each run as it started (review)."""
+    from lightning_ssr.app.stages import check_settings
+
+    with pytest.raises((TypeError, ValueError), match=re.escape(said)):
+        check_settings(compose_config([f"+experiment={experiment}", override]))

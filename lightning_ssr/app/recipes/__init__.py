@@ -19,16 +19,19 @@ class Recipe:
     section: str
     run: Callable
     summary: Callable
+    #: its settings checked without data or a network (``(cfg) -> None``, raising): the command's
+    #: checks of every run of a sweep, and the benchmarks', run it before anything trains
+    check: Callable | None = None
 
 
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register_recipe(section: str, run: Callable, summary: Callable) -> Recipe:
+def register_recipe(section: str, run: Callable, summary: Callable, check: Callable | None = None) -> Recipe:
     """Register the job of configurations that hold a ``section`` (not ``None``)."""
     if section in _RECIPES and _RECIPES[section].run is not run:
         raise ValueError(f"a recipe for the configuration section {section!r} is already registered")
-    _RECIPES[section] = Recipe(section, run, summary)
+    _RECIPES[section] = Recipe(section, run, summary, check)
     return _RECIPES[section]
 
 

@@ -293,6 +293,14 @@ def _domain_accuracy(model: DANN, source_dm, target_dm) -> float:
     return model.domain_accuracy(source[:n].to(device), target[:n].to(device))
 
 
+def check_adaptation(cfg: DictConfig) -> None:
+    """The adaptation settings that need no data nor network, checked before anything trains."""
+    a = cfg.adaptation
+    if a.target is None or "_target_" not in a.target:
+        raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
+    check_flag("adaptation.ceiling", a.get("ceiling", False))
+
+
 def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     """The domain-adaptation job (see the module docstring). Returns the :class:`PruningResult`."""
     output_dir = Path(output_dir)
@@ -300,9 +308,7 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
     a = cfg.adaptation
     said = []  # warnings of the set-up, kept in result.json's warnings too
     with stages.before_training():
-        if a.target is None or "_target_" not in a.target:
-            raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
-        check_flag("adaptation.ceiling", a.get("ceiling", False))
+        check_adaptation(cfg)
         if a.target.get("batch_size") != cfg.data.get("batch_size"):  # (data.batch_size given alone, say)
             said.append(f"adaptation.target.batch_size={a.target.get('batch_size')} follows data.batch_size="
                         f"{cfg.data.get('batch_size')}: DANN trains on equal source and target halves of each batch")
@@ -442,4 +448,4 @@ def adaptation_summary(result) -> str:
                if info.get("domain_classifier_params") else ""))
 
 
-register_recipe("adaptation", run_adaptation, adaptation_summary)
+register_recipe("adaptation", run_adaptation, adaptation_summary, check_adaptation)

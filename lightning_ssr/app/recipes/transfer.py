@@ -209,4 +209,4 @@ def transfer_summary(result) -> str:
             + (f"; each on {part_of_test_split(part, each=True)}" if part is not None else ""))
 
 
-register_recipe("transfer", run_transfer, transfer_summary)
+register_recipe("transfer", run_transfer, transfer_summary, check_transfer)
