@@ -1122,11 +1122,8 @@ class PruningEngine:
                             count_cost(trial, example), event, None, None, None, dense=dense),
                             sparsify_updates=ctx.sparsify_updates)
                         hook = "setup"
-                    try:  # its refusal of the model passes as it is (the real set-up gives the same), named
-                        method.setup(ctx)
-                    except Exception as err:
-                        err.add_note(f"(raised by pruning method {name!r} in its setup())")
-                        raise
+                    # (its refusal of the model passes as it is, named: the real set-up gives the same)
+                    self._call("setup", ctx, method=method)
                     changed = _changed_entries(entries, trial)
                     if changed:
                         raise RuntimeError(
@@ -1304,12 +1301,14 @@ class PruningEngine:
         every = self.schedule.update_every_n_steps
         return max(1, steps // every) if every else max(1, self.schedule.sparsify_epochs)
 
-    def _call(self, hook: str, *args):
-        """The method's ``hook``; what it raises carries a note naming the method and the hook."""
+    def _call(self, hook: str, *args, method: PruningMethod | None = None):
+        """The method's ``hook`` (``method``: a copy of it, the rehearsal's); what it raises carries
+        a note naming the method and the hook."""
+        method = self.method if method is None else method
         try:
-            return getattr(self.method, hook)(*args)
+            return getattr(method, hook)(*args)
         except Exception as err:
-            err.add_note(f"(raised by pruning method {self.method.name!r} in its {hook}())")
+            err.add_note(f"(raised by pruning method {method.name!r} in its {hook}())")
             raise
 
     def _start_sparsify(self) -> None:
