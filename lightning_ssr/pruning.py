@@ -305,9 +305,9 @@ class Pruning(Callback):
         self._short_fit = False  # a Trainer bound that ends the fit before the last prune was warned of
         self._train_ended = False  # Lightning ran the fit's on_train_end (not when nothing was left to train)
         self._restored = False  # this fit restored the callback's state from a checkpoint
-        self._saved_progress: dict | None = None  # the checkpoint's epoch, and its batches trained of how many
-        #: the same of the checkpoint this fit saved last (``None`` before one)
-        self.saved_progress: dict | None = None
+        #: how far its epoch had got when the checkpoint this fit loaded, or saved last, was written
+        #: (:func:`~lightning_ssr.lightning_internals.epoch_progress`; ``None`` before one)
+        self.checkpoint_progress: dict | None = None
         self._resume_checked = False  # what a restored fit is checked for, at its first epoch
         self._pruned_again = False  # this fit starts over on the very module the earlier fit pruned
         self._fit_module = None  # (a weak reference to) the module of the last fit, to tell another one given later
@@ -540,7 +540,7 @@ class Pruning(Callback):
             raise MisconfigurationException(self._stateless_resume(trainer.current_epoch))
         # the optimizer steps per epoch are known from here on (Lightning has set up the data)
         spe = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
-        saved = self._saved_progress
+        saved = self.checkpoint_progress  # (the loaded one's: no checkpoint is saved before this hook)
         if (self._restored and saved and saved["batches"] < saved["of"]
                 and trainer.current_epoch > saved["epoch"]):
             # (a checkpoint saved as max_steps stopped a fit, mid-epoch, goes on at the next epoch's start
@@ -802,8 +802,8 @@ class Pruning(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # (what the checkpoint saved last holds of its epoch: the command says a mid-epoch one so)
-        self.saved_progress = internals.epoch_progress(self._trainer)
-        return {**self.engine.state_dict(), "rng": rng_states(), "epoch_progress": self.saved_progress}
+        self.checkpoint_progress = internals.epoch_progress(self._trainer)
+        return {**self.engine.state_dict(), "rng": rng_states(), "epoch_progress": self.checkpoint_progress}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -811,7 +811,7 @@ class Pruning(Callback):
             return
         self._restored = True
         self.engine.load_state_dict(state_dict)
-        self._saved_progress = state_dict.get("epoch_progress")  # (how far its epoch had got: on_train_start)
+        self.checkpoint_progress = state_dict.get("epoch_progress")  # (how far its epoch had got: on_train_start)
         trainer = self._trainer
         if state_dict.get("rng") is not None and (trainer is None or trainer.world_size == 1):
             # Lightning's checkpoints hold no RNG state, so a shuffled DataLoader (or dropout) would

@@ -1417,7 +1417,7 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
                  "ckpt_path=<its last checkpoint (logs/version_N/checkpoints/ in the run's folder)>")
         # (without max_steps, a max_epochs=-1 left in the command trained on without end: review)
         drop = [*bounds, *(["trainer.max_epochs=-1"] if cfg.trainer.get("max_epochs") == -1 else [])]
-        progress = callback.saved_progress if saved else None
+        progress = callback.checkpoint_progress if saved else None
         mid = (f" (saved after {progress['batches']} of the {progress['of']} training batches of epoch "
                f"{progress['epoch']}: Lightning goes on at the next epoch's start, without the others)"
                if progress and 0 < progress["batches"] < progress["of"] else "")
