@@ -19,18 +19,18 @@ from lightning_ssr.latency import cache_root
 from lightning_ssr.report import portable_paths
 
 
-# (part, arguments): structural and timing parts first, training ones after. Here every training
-# part runs on a smaller budget than its script's default, so that the whole run took about an
-# hour on 2 CPU cores once the dense models were cached (before recipes.py ran the adaptation
-# run's control beside it, one run more), and writes its own *_quick.json: a quick
-# budget never overwrites the file of a script's full budget (methods.json, lenet.json,
-# solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
 def _quick_work(part: str) -> list[str]:
     """A quick budget's own work directory: its runs, named by data set, method and seed only, would
     overwrite a full run's in the script's default one, and end the resume of an interrupted full run."""
     return ["--work-dir", str(cache_root() / "benchmarks" / f"{part}_quick")]
 
 
+# (part, arguments): structural and timing parts first, training ones after. Here every training
+# part runs on a smaller budget than its script's default, so that the whole run took about an
+# hour on 2 CPU cores once the dense models were cached (before recipes.py ran the adaptation
+# run's control beside it, one run more), and writes its own *_quick.json: a quick
+# budget never overwrites the file of a script's full budget (methods.json, lenet.json,
+# solver_speed.json, recipes.json come from the scripts' own commands, recorded in each file).
 PARTS = [
     ("structure", []),
     ("targets", ["--latency-allocations", "global", "--out", "benchmarks/results/targets_quick.json"]),

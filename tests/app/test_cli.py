@@ -1726,30 +1726,38 @@ def test_a_latency_target_below_the_floors_is_refused_before_the_dense_model_tra
     assert not (tmp_path / "cache").exists()  # no dense model trained
 
 
-def test_a_run_that_fails_after_a_checkpoint_names_it_to_go_on_from(tmp_path):
-    """A method of one's own that fails in the second epoch: the message named no checkpoint to
-    go on from once the bug is fixed (probe)."""
-    (tmp_path / "sixth_step_probe.py").write_text(textwrap.dedent("""
+def _plugin_failing_after(folder: Path, name: str, calls: int, message: str) -> Path:
+    """A plugin file registering ``name``: SSR-L2,0 whose before_optimizer_step raises
+    ``RuntimeError(message)`` after ``calls`` calls (its rehearsal passes)."""
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(f"""
         from lightning_ssr.methods import register_method
         from lightning_ssr.methods.ssr import SSR
 
-        class SixthStep(SSR):
-            name = "sixth_step_probe"
+        class Failing(SSR):
+            name = {name!r}
 
             def before_optimizer_step(self):  # (each copy the rehearsals make counts its own calls)
                 self.calls = getattr(self, "calls", 0) + 1
-                if self.calls > 5:
-                    raise RuntimeError("boom at the sixth step")
+                if self.calls > {calls}:
+                    raise RuntimeError({message!r})
                 super().before_optimizer_step()
 
-        @register_method("sixth_step_probe")
-        def sixth_step_probe(**kwargs):
-            return SixthStep(regularizer="l20", **kwargs)
+        @register_method({name!r})
+        def failing(**kwargs):
+            return Failing(regularizer="l20", **kwargs)
         """))
+    return path
+
+
+def test_a_run_that_fails_after_a_checkpoint_names_it_to_go_on_from(tmp_path):
+    """A method of one's own that fails in the second epoch: the message named no checkpoint to
+    go on from once the bug is fixed (probe)."""
+    plugin = _plugin_failing_after(tmp_path, "sixth_step_probe", 5, "boom at the sixth step")
     proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
                            "schedule.sparsify_epochs=2", "schedule.finetune_epochs=1", "pruning=ssr_l20",
                            "schedule.update_every_n_steps=2", "trainer.limit_train_batches=4",
-                           "pruning.name=sixth_step_probe", f"plugins=[{tmp_path / 'sixth_step_probe.py'}]",
+                           "pruning.name=sixth_step_probe", f"plugins=[{plugin}]",
                            "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
                            f"hydra.run.dir={tmp_path / 'run'}", f"dense.cache_dir={tmp_path / 'cache'}"],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -1763,26 +1771,10 @@ def test_a_run_that_fails_after_a_checkpoint_names_it_to_go_on_from(tmp_path):
 def test_a_run_that_fails_after_its_checks_is_one_line_without_a_traceback(tmp_path):
     """A method of one's own that fails at its second step (its rehearsal passes): Hydra printed
     19 frames of traceback above the message."""
-    (tmp_path / "second_step_probe.py").write_text(textwrap.dedent("""
-        from lightning_ssr.methods import register_method
-        from lightning_ssr.methods.ssr import SSR
-
-        class SecondStep(SSR):
-            name = "second_step_probe"
-
-            def before_optimizer_step(self):  # (each copy the rehearsals make counts its own calls)
-                self.calls = getattr(self, "calls", 0) + 1
-                if self.calls > 1:
-                    raise RuntimeError("boom at the second step")
-                super().before_optimizer_step()
-
-        @register_method("second_step_probe")
-        def second_step_probe(**kwargs):
-            return SecondStep(regularizer="l20", **kwargs)
-        """))
+    plugin = _plugin_failing_after(tmp_path, "second_step_probe", 1, "boom at the second step")
     proc = subprocess.run([sys.executable, "-m", "lightning_ssr", "data=uci_digits", "dense.epochs=1",
                            "schedule.sparsify_epochs=1", "schedule.finetune_epochs=1", "pruning=ssr_l20",
-                           "pruning.name=second_step_probe", f"plugins=[{tmp_path / 'second_step_probe.py'}]",
+                           "pruning.name=second_step_probe", f"plugins=[{plugin}]",
                            "latency.batch_sizes=[]", "trainer.enable_progress_bar=false",
                            f"hydra.run.dir={tmp_path}", f"dense.cache_dir={tmp_path / 'cache'}"],
                           capture_output=True, text=True, timeout=300, check=False)
