@@ -38,7 +38,7 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..files import atomic_write, atomic_write_text
@@ -385,15 +385,39 @@ def _by_overrides(runs: Sequence[dict]) -> bool:
     return bool(runs) and all(_overrides(r) is not None for r in runs)
 
 
-def _label(run: dict, keys: Sequence[str], by_overrides: bool) -> str:
-    result = run["result"] or {}
-    if not keys:
-        return str(result.get("method") or "run")
+def _values(run: dict, keys: Sequence[str], by_overrides: bool) -> tuple[str, ...]:
+    """What ``run`` ran with for each of ``keys``, as its command line gave it."""
     settings = _settings(run)
     if by_overrides:  # a choice the run was not given: what it ran with (an experiment's), not "default" (probe)
         overrides = _overrides(run)
-        return " ".join(f"{k}={overrides[k] if k in overrides else _recorded(settings, k)}" for k in keys)
-    return " ".join(f"{k[:-5]}={settings.get(k)}" if k.endswith(".name") else f"{k}={settings.get(k)}" for k in keys)
+        return tuple(overrides[k] if k in overrides else _recorded(settings, k) for k in keys)
+    return tuple(str(settings.get(k)) for k in keys)
+
+
+def _label(run: dict, keys: Sequence[str], values: Sequence[str]) -> str:
+    """``k=v`` for each key and its value (a config group's ``name`` key as the group: ``pruning=l1``)."""
+    if not keys:
+        return str((run["result"] or {}).get("method") or "run")
+    return " ".join(f"{k.removesuffix('.name')}={v}" for k, v in zip(keys, values))
+
+
+def _short_numbers(values: Iterable[str], least: int = 4) -> dict[str, str]:
+    """Each number among ``values`` written with as few significant digits (``least`` at fewest)
+    as keep the numbers apart: Optuna's ``module.lr=0.0012345678901234567`` reads ``0.001235``
+    (the report printed 19 digits: probe), where no other value of that key rounds alike."""
+    numbers = {}
+    for value in values:
+        if not any(c in str(value) for c in ".eE"):  # (an integer stays as given: max_steps=2000000)
+            continue
+        try:
+            numbers[value] = float(value)
+        except (TypeError, ValueError):
+            continue
+    for digits in range(least, 18):
+        shown = {v: f"{x:.{digits}g}" for v, x in numbers.items()}
+        if len(set(shown.values())) == len({x for x in numbers.values()}):
+            return {v: s for v, s in shown.items() if len(s) < len(v)}
+    return {}
 
 
 def _recorded(settings: Mapping, key: str) -> str:
@@ -462,12 +486,14 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
     :func:`varying_keys`."""
     keys = varying_keys(runs, swept)
     by_overrides = _by_overrides([r for r in runs if r["result"] is not None])
-    groups: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, ...], list[dict]] = {}
     for run in runs:
         if run["result"] is not None:
-            groups.setdefault(_label(run, keys, by_overrides), []).append(run)
+            groups.setdefault(_values(run, keys, by_overrides), []).append(run)
+    shown = [_short_numbers(values[i] for values in groups) for i in range(len(keys))]
     rows = []
-    for label, members in groups.items():
+    for values, members in groups.items():
+        label = _label(members[0], keys, [shown[i].get(v, v) for i, v in enumerate(values)])
         ok = [m["result"] for m in members if m["status"] == "ok" and m["result"].get("pruned", {}).get("macs")]
         acc = [100 * r["pruned"]["accuracy"] for r in ok if r["pruned"].get("accuracy") is not None]
         drop = [r["accuracy_drop_points"] for r in ok if r.get("accuracy_drop_points") is not None]

@@ -800,3 +800,17 @@ def test_the_report_says_where_its_runs_were_evaluated_on_part_of_the_test_split
     data["pruned"]["evaluation_limits"] = {"limit_test_batches": 5}
     path.write_text(json.dumps(data))
     assert "accuracy on the test split, or part of it (trainer.limit_test_batches differs between runs);" in header()
+
+
+def test_labels_write_an_optimizers_floats_short_but_apart(tmp_path):
+    """An Optuna sweep's labels printed its samples whole (``module.lr=0.0012345678901234567``):
+    each number is written with the fewest significant digits, four at least, that keep the
+    configurations apart; integers and names stay as given."""
+    root = tmp_path / "optuna"
+    for num, (lr, steps) in enumerate([("0.0012345678901234567", "2000000"), ("0.0012345999", "2000000"),
+                                       ("0.03", "3000000"), ("0.0012345678901234567", "3000000")]):
+        _job(root, num, [f"module.lr={lr}", f"trainer.max_steps={steps}", "pruning=l1"], "l1")
+    rows = summarize(find_runs(root))
+    assert [r["config"] for r in rows] == [  # (six digits tell the first two apart; 0.0012346 is 0.00123460)
+        "module.lr=0.00123457 trainer.max_steps=2000000", "module.lr=0.0012346 trainer.max_steps=2000000",
+        "module.lr=0.03 trainer.max_steps=3000000", "module.lr=0.00123457 trainer.max_steps=3000000"]
