@@ -123,6 +123,8 @@ def validation_accuracy(trainer: Trainer, pl_module: LightningModule) -> Callabl
 
 #: the start of the warning of a fit whose max_epochs ends it before the last scheduled prune
 SHORT_FIT = r"Trainer\(max_epochs=\d+\) ends before the last scheduled prune"
+#: the same of a ``max_steps`` bound (known once the fit counts its steps per epoch)
+SHORT_FIT_STEPS = r"Trainer\(max_steps=\d+\) ends before the last scheduled prune"
 
 #: the epochs Lightning trains where neither max_epochs nor max_steps is given
 LIGHTNING_DEFAULT_EPOCHS = 1000

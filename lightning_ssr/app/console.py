@@ -66,6 +66,28 @@ def lightning_silenced():
             logging.getLogger(name).removeFilter(chatter)
 
 
+class _Dropped(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def lines_dropped(*prefixes: str):
+    """Inside it, none of the rank-zero log lines that start with one of ``prefixes``: what the
+    command says itself, in its own terms (the callback's advice in Python's, ``Trainer(...)``)."""
+    dropped = _Dropped(prefixes)
+    logger = logging.getLogger(_CHATTY[0])
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
+
+
 def quiet_lightning(hardware: bool = True) -> None:
     """Quiet the job's output (the command calls this; a notebook may too): the GPU/TPU
     availability and ``limit_*_batches`` lines shown once. ``hardware=False`` drops them too: a

@@ -49,7 +49,7 @@ from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
 from ..latency import compare_latency, others_share
 from ..modes import eval_mode
-from ..pruning import SHORT_FIT, Pruning
+from ..pruning import SHORT_FIT, SHORT_FIT_STEPS, Pruning
 from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
@@ -57,7 +57,7 @@ from ..structure.groups import ForwardError
 from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
 from ..targets import TARGET_KINDS, parse_rates
 from ..validation import check_flag, check_number, some_names
-from .console import progress_bars
+from .console import lines_dropped, progress_bars
 from .data import check_augment
 from .export import (
     EXPORT_FORMATS,
@@ -575,15 +575,43 @@ def check_target(cfg: DictConfig, callback: Pruning, lm: pl.LightningModule, dm:
 
 
 def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDataModule) -> None:
-    """A sparsify phase that holds no step of the method's periodic update, warned of now, before
-    the dense model trains (the fit's set-up would say it after): where the fit runs in one process
-    on a data module that counts its batches (``train_batches()``). ``dm``: the one the compression
-    fit trains on (a recipe's own: the target's, or both domains')."""
-    if not _preflight_device(cfg)[1] or cfg.trainer.get("overfit_batches"):
-        return  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
-    spe = epoch_steps(dm, cfg.trainer.get("limit_train_batches"), int(cfg.trainer.get("accumulate_grad_batches") or 1))
+    """A sparsify phase that holds no step of the method's periodic update, and a
+    ``trainer.max_steps`` that ends the run before its last prune, warned of now, before the dense
+    model trains (the fit's set-up would say it after): where the fit's steps per epoch are known
+    (:func:`_fit_epoch_steps`). ``dm``: the one the compression fit trains on (a recipe's own: the
+    target's, or both domains')."""
+    spe = _fit_epoch_steps(cfg, dm)
     if spe:
         callback.engine.check_update_interval(spe)
+        said = _short_steps_warning(cfg, callback, spe)
+        if said:
+            warnings.warn(said, stacklevel=2)
+
+
+def _fit_epoch_steps(cfg: DictConfig, dm: pl.LightningDataModule) -> int | None:
+    """The optimizer steps per epoch of the compression fit, where it runs in one process on a data
+    module that counts its batches (``train_batches()``); ``None`` where that is not known before it."""
+    # (where a latency target may be timed ahead: one process; a resume's too, which is not timed ahead)
+    if not _preflight_device(OmegaConf.merge(cfg, {"ckpt_path": None}))[1] or cfg.trainer.get("overfit_batches"):
+        return None  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
+    return epoch_steps(dm, cfg.trainer.get("limit_train_batches"), int(cfg.trainer.get("accumulate_grad_batches") or 1))
+
+
+def _short_steps_warning(cfg: DictConfig, callback: Pruning, spe: int) -> str | None:
+    """What the command warns of where ``trainer.max_steps`` ends the run before its last scheduled
+    prune, at ``spe`` optimizer steps per epoch, in its own terms (the callback says it as
+    ``Trainer(max_steps=...)`` and ``fit(ckpt_path=...)``, which the command never showed); ``None``
+    where it does not."""
+    max_steps, schedule = cfg.trainer.get("max_steps"), callback.schedule
+    if max_steps is None or max_steps < 0 or schedule.reaches_last_prune(None, max_steps, spe):
+        return None
+    step = schedule.last_prune_epoch * spe
+    enough = schedule.total_epochs * spe if schedule.finetune_epochs else step + 1
+    return (f"trainer.max_steps={max_steps} ends the compression run before its last prune, due at the start of "
+            f"epoch {schedule.last_prune_epoch} (0-based; optimizer step {step} at {spe} steps per epoch): the run "
+            f"ends failed, its model short of the target, and says how to go on from its last checkpoint "
+            f"(ckpt_path=...). Leave trainer.max_steps unset, or give it {enough} for the schedule's "
+            f"{schedule.total_epochs} epochs")
 
 
 def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
@@ -1210,11 +1238,21 @@ def fit_to_prune(cfg: DictConfig, lm: pl.LightningModule, dm: pl.LightningDataMo
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         # (said at set-up, before the dense training, in the command's terms: check_settings)
         warnings.filterwarnings("ignore", message=SHORT_FIT)
-        try:
-            fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
+        # max_steps too, where the steps per epoch are known before the fit: at set-up, or here for a resume
+        spe = _fit_epoch_steps(cfg, dm) if callback is not None else None
+        said = _short_steps_warning(cfg, callback, spe) if spe else None
+        if said:
+            warnings.filterwarnings("ignore", message=SHORT_FIT_STEPS)
+            if cfg.ckpt_path is not None:  # (a resume's set-up does not count its steps: check_config)
+                warnings.warn(said, stacklevel=2)
+        try:  # (a fit a bound ends before its last prune: the run's error says how to go on, in the command's terms)
+            with lines_dropped(f"{type(callback).__name__}: the fit ended at optimizer step"):
+                fit(trainer, "the run that prunes", lm, dm, ckpt_path=cfg.ckpt_path, resumable=True)
         finally:  # (result.json keeps it in the command's words, as it was said: also for a run that failed)
             if callback is not None and cfg.trainer.get("max_epochs"):
                 reword_warnings(callback, SHORT_FIT, _short_fit_warning(cfg.trainer.max_epochs, callback))
+            if said:
+                reword_warnings(callback, SHORT_FIT_STEPS, said)
 
 
 def reword_warnings(callback: Pruning, pattern: str, said: str | None) -> None:

@@ -25,6 +25,7 @@ from lightning_ssr.app.models import build_model
 from lightning_ssr.app.stages import build_pruning, cap_log_interval
 from lightning_ssr.checkpoint import load_pruned, read_checkpoint
 from lightning_ssr.methods import available_methods
+from lightning_ssr.pruning import SHORT_FIT_STEPS
 from lightning_ssr.report import PruningResult
 from lightning_ssr.targets import parse_rates
 from tests.numerics import implementations_tolerance
@@ -1616,15 +1617,28 @@ def test_a_run_max_epochs_cuts_short_keeps_the_warning_in_the_commands_words(tmp
     assert not [w for w in on_disk["warnings"] if re.match(SHORT_FIT, w)] and result.warnings == on_disk["warnings"]
 
 
-def test_a_run_a_bound_stops_between_its_prune_events_is_failed_and_says_how_to_go_on(tmp_path):
+def test_a_run_a_bound_stops_between_its_prune_events_is_failed_and_says_how_to_go_on(tmp_path, caplog):
     """trainer.max_steps ending a run of 2 prune events after the first: status "ok", "1.4x fewer
     MACs" against a 2.5x target, the miss among the warnings only, in the callback's Python words
     (Trainer(max_epochs=...), fit(ckpt_path=...)) and naming no checkpoint (probe)."""
     fast = FAST + [f"dense.cache_dir={tmp_path / 'cache'}", "schedule.stop_early=false", "schedule.prune_events=2",
                    "schedule.epochs_between_prunes=1", "trainer.max_epochs=-1", "+trainer.max_steps=4",
                    "pruning=l1", "schedule.sparsify_epochs=0"]
-    with pytest.warns(UserWarning, match=r"Trainer\(max_steps=4\) ends before the last scheduled prune"):
+    # warned at set-up, in the command's terms (the callback's Trainer(max_steps=4) and fit(ckpt_path=...) were
+    # printed as the fit started, and kept in result.json)
+    said = (r"^trainer.max_steps=4 ends the compression run before its last prune, due at the start of epoch 1 "
+            r"\(0-based; optimizer step 8 at 8 steps per epoch\): the run ends failed, .* Leave trainer.max_steps "
+            r"unset, or give it 16 for the schedule's 2 epochs$")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = run(_compose(fast), tmp_path / "run")
+    shown = [str(w.message) for w in caught]
+    assert [m for m in shown if re.match(said, m)] and not [m for m in shown if re.match(SHORT_FIT_STEPS, m)], shown
+    # nor the callback's advice as the fit ends (Trainer(max_epochs=-1, ...).fit(module, ckpt_path=...)): the error says it
+    assert not [r for r in caplog.records if "Trainer(" in r.getMessage()], caplog.text
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert [w for w in on_disk["warnings"] if re.match(said, w)], on_disk["warnings"]
+    assert not [w for w in on_disk["warnings"] if re.match(SHORT_FIT_STEPS, w)], on_disk["warnings"]
     assert result.status == "failed" and len(result.events) == 1 and result.pruned["macs"] < result.dense["macs"]
     assert re.search(r"^the model was pruned in 1 of its 2 prune events, short of the target \(pruned.pt holds it "
                      r"as it stands\): training ended before the prune event at the start of epoch 1; "
@@ -1633,8 +1647,19 @@ def test_a_run_a_bound_stops_between_its_prune_events_is_failed_and_says_how_to_
                      r"4 of the 8 training batches of epoch 0: Lightning goes on at the next epoch's start, without "
                      r"the others\): it goes on to the end of the schedule's 2 epochs$",
                      result.error), result.error  # (-1 left in the command trained on without end: review)
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+    assert on_disk["status"] == "failed"
     assert (tmp_path / "run" / "pruned.pt").is_file()
+    # a resume bounded again before the last prune is told so in the same words, as its fit starts
+    saved = re.search(r"ckpt_path=(\S+\.ckpt)", result.error).group(1)
+    again = [*fast[:-4], "trainer.max_epochs=-1", "+trainer.max_steps=6", "pruning=l1", "schedule.sparsify_epochs=0",
+             f"ckpt_path={saved}"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run(_compose(again), tmp_path / "resumed")
+    shown = [str(w.message) for w in caught]
+    assert [m for m in shown if m.startswith("trainer.max_steps=6 ends the compression run before its last prune")]
+    assert not [m for m in shown if re.match(SHORT_FIT_STEPS, m)], shown
+    assert resumed.status == "failed" and "trainer.max_steps=6 ended it" in resumed.error
 
 
 def test_a_run_whose_result_failed_exits_with_1_and_says_so(monkeypatch, capsys, tmp_path):
