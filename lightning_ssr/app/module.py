@@ -164,6 +164,11 @@ class ImageClassifier(PrunedCheckpointMixin, pl.LightningModule):
         self.test_acc(self(x), y)
         self.log("test_acc", self.test_acc)
 
+    def predict_step(self, batch, batch_idx):
+        """The logits of a batch's images: an ``(images, labels)`` batch, as the data modules give
+        (Lightning's default passed the pair to ``forward``: probe), or images alone."""
+        return self(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
     def param_groups(self) -> list[dict]:
         """The optimizer's parameter groups (one: every parameter; a subclass may split them)."""
         return [{"params": list(self.parameters())}]

@@ -213,3 +213,20 @@ def test_a_refused_teacher_leaves_a_pruned_checkpoints_module_unbuilt(tmp_path):
     with pytest.raises(CheckpointReadError, match="holds the teacher of a distilled run"):
         resumed.fit(fresh, loader, loader, ckpt_path=tmp_path / "pruned.ckpt")
     assert fresh.model.conv1.weight.shape == (20, 1, 5, 5)  # (as built: the plan did not rebuild it)
+
+
+def test_trainer_predict_gives_the_logits_of_the_data_modules_batches():
+    """Lightning's default predict_step passed the whole (images, labels) batch to forward: a
+    TypeError of conv2d (probe)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    lm = ImageClassifier(build_model("lenet5")).eval()
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    predicted = trainer.predict(lm, DataLoader(TensorDataset(x, y), batch_size=4))
+    with torch.no_grad():  # (batch by batch, as predicted: another batch size may round otherwise)
+        assert [p.shape for p in predicted] == [(4, 10), (2, 10)]
+        assert torch.equal(predicted[0], lm(x[:4])) and torch.equal(predicted[1], lm(x[4:]))
+        assert torch.equal(lm.predict_step(x, 0), lm(x))  # (images alone)
