@@ -242,11 +242,23 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
                 sd = ({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
                       if any(k.startswith(prefix) for k in state_dict) else dict(state_dict))
                 return plan.renamed(lambda r, p=prefix: r.removeprefix(p)), sd
+    def holders_of(inner: list[str]) -> list[str]:
+        return sorted(p for p in {n[: -len(inner[0])] for n in names if n.endswith("." + inner[0])}
+                      if all(p + r in names for r in inner))
+
     # saved from the network that ``model`` holds (save_pruned(net, ...) loaded into its LightningModule)
-    holders = sorted(p for p in {n[: -len(roots[0])] for n in names if n.endswith("." + roots[0])}
-                     if all(p + r in names for r in roots))
+    holders = holders_of(roots)
     if len(holders) == 1:
         return plan.renamed(lambda r, p=holders[0]: p + r), {holders[0] + k: v for k, v in state_dict.items()}
+    # saved from a module that holds the network under another name (the command's ``model.`` into a
+    # LightningModule's ``net.``: "saved from another architecture", said of the same network: probe)
+    for cut in range(roots[0].count(".")):
+        prefix = ".".join(roots[0].split(".")[: cut + 1]) + "."
+        if not holders and all(r.startswith(prefix) for r in roots):
+            inner = holders_of([r[len(prefix):] for r in roots])
+            if len(inner) == 1:
+                return (plan.renamed(lambda r, p=prefix, q=inner[0]: q + r.removeprefix(p)),
+                        {inner[0] + k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)})
     if holders:
         raise PlanMismatchError(f"the checkpoint was saved from a network that this model holds {len(holders)} times "
                                 f"({', '.join(h.rstrip('.') for h in holders)}): load it into the one it belongs to, "

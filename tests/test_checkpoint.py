@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 from lightning_ssr import (
     PLAN_CHECKPOINT_KEY,
@@ -506,6 +507,26 @@ def test_a_checkpoint_from_another_architecture_is_refused(pruned_checkpoint):
         load_pruned(other, path)
     assert other.conv1.out_channels == 20
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def test_a_checkpoint_loads_into_a_module_that_holds_the_network_under_another_name(pruned_checkpoint):
+    """The command's pruned.pt (keys "model.conv1...") loaded into a user's LightningModule whose
+    network is ``self.net`` was refused as "saved from another architecture" (probe)."""
+    path, x, expected = pruned_checkpoint
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = LitNet().net  # (the checkpoint's layers are net.<...>)
+
+        def forward(self, x):
+            return self.body(x)
+
+    holder = Holder()
+    with torch.no_grad():
+        assert torch.equal(load_pruned(holder, path).body.eval()(x), expected)
+    saved = PruningPlan.from_dict(read_checkpoint(path)[PLAN_CHECKPOINT_KEY])
+    assert sorted(applied_plan(holder).kept) == sorted("body." + n.removeprefix("net.") for n in saved.kept)
 
 
 def test_a_model_built_with_other_arguments_is_named_with_the_fix_and_left_untouched(tmp_path):
