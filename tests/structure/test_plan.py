@@ -2,11 +2,13 @@ import collections
 import copy
 import io
 import json
+import re
 
 import pytest
 import torch
 from torch import nn
 
+from lightning_ssr import prune_oneshot
 from lightning_ssr.app.models import build_model
 from lightning_ssr.checkpoint import load_pruned
 from lightning_ssr.structure import (
@@ -526,3 +528,28 @@ def test_a_deque_of_state_tensors_is_refused_at_the_prune_too():
     remap = prune_channels(model, x, {g.name: list(range(0, g.size, 2)) for g in groups})
     with pytest.raises(ValueError, match=r"keeps state 'history' of \S+ as a deque of tensors"):
         remap_optimizer(opt, old, dict(model.named_parameters()), remap)
+
+
+def test_a_plan_of_the_same_network_under_another_name_says_how_to_rename_it():
+    """The command's plan (``model.conv1``) applied to the network alone was asked "made for another
+    architecture?" (probe): the error gives the renaming that applies it."""
+    net = build_model("lenet5")
+    plan = prune_oneshot(copy.deepcopy(net), torch.randn(2, 1, 28, 28), {"macs": 0.5}).renamed(lambda n: "model." + n)
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("lenet5")
+
+        def forward(self, x):
+            return self.net(x)
+
+    for model, said, rename in ((net, "n.removeprefix('model.')", lambda n: n.removeprefix("model.")),
+                                (Holder(), "'net.' + n.removeprefix('model.')",
+                                 lambda n: "net." + n.removeprefix("model."))):
+        with pytest.raises(PlanMismatchError, match=r"names layer 'model\.\w+', which is not a prunable layer of this "
+                                                    r"model .* apply " + re.escape(f"plan.renamed(lambda n: {said})") + "$"):
+            apply_plan(model, plan)
+        apply_plan(model, plan.renamed(rename))  # (the advice works)
+    with pytest.raises(PlanMismatchError, match=r"another architecture\?$"):  # (no layer of that name)
+        apply_plan(build_model("lenet5"), plan.renamed(lambda n: "model." + n + "x"))
