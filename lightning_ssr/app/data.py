@@ -271,6 +271,11 @@ class _InMemoryImages(pl.LightningDataModule):
         self.setup()
         return math.ceil(len(self.splits["train"]) / self.batch_size)
 
+    def eval_batches(self, split: str) -> int:
+        """Batches of the ``"val"`` or ``"test"`` split (the last one may be partial)."""
+        self.setup()
+        return math.ceil(len(self.splits[split]) / self.eval_batch_size)
+
     def train_dataloader(self):
         return self._loader("train", True)
 

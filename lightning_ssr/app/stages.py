@@ -1268,17 +1268,23 @@ def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) ->
     return model if isinstance(model, pl.LightningModule) else build_module(cfg, model, dm)
 
 
-def evaluation_limits(cfg: DictConfig) -> dict:
+def evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule | None = None) -> dict:
     """``trainer.limit_test_batches`` and ``limit_val_batches`` where they leave out part of a
     split (an int: that many batches; a fraction below 1.0), as the evaluation honours them;
     ``{}`` where it sees whole splits. 0 (validation off while training) does not turn the final
-    evaluation off: it reads the whole split."""
+    evaluation off: it reads the whole split. A number of batches that ``dm`` counts as its whole
+    split (``eval_batches()``) leaves nothing out (2 of a test split of 2 batches was reported as
+    "part of the test split": probe)."""
     trainer = cfg.get("trainer") or {}
+    counts = getattr(dm, "eval_batches", None)
     limits = {}
-    for key in ("limit_test_batches", "limit_val_batches"):
+    for key, split in (("limit_test_batches", "test"), ("limit_val_batches", "val")):
         value = trainer.get(key)
-        if value is not None and value != 0 and not (isinstance(value, float) and value >= 1.0):
-            limits[key] = value
+        if value is None or value == 0 or (isinstance(value, float) and value >= 1.0):
+            continue
+        if isinstance(value, int) and callable(counts) and value >= counts(split):
+            continue
+        limits[key] = value
     return limits
 
 
@@ -1297,7 +1303,7 @@ def accuracy(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> d
     ``trainer.limit_test_batches`` and ``limit_val_batches`` allow (recorded as
     ``evaluation_limits`` where that is not the whole of a split), in the dtype of its weights."""
     lm = _as_module(cfg, model, dm)
-    limits = evaluation_limits(cfg)
+    limits = evaluation_limits(cfg, dm)
     precision = TRUE_PRECISIONS.get(dtype_of(lm))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, **limits,
@@ -1322,7 +1328,7 @@ def dense_accuracy(cfg: DictConfig, net: nn.Module, dm: pl.LightningDataModule, 
     model settings; the record also holds the sha256 of the weights file, so a file trained again
     is evaluated again, and an unreadable record is replaced. An evaluation on part of a split
     (:func:`evaluation_limits`) is neither read from the record nor kept in it."""
-    if evaluation_limits(cfg):
+    if evaluation_limits(cfg, dm):
         return accuracy(cfg, net, dm)
     cache = Path(cache)
     record_path = cache.with_name(cache.name + ".accuracy.json")

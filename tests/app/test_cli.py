@@ -168,6 +168,20 @@ def test_the_final_evaluation_honours_the_trainers_limits_and_says_so(tmp_path):
     assert whole.status == "ok" and whole.pruned["val_accuracy"] is not None
     assert "evaluation_limits" not in whole.pruned and "part of the test split" not in whole.summary()
     assert Path(whole.dense["cache"]["path"] + ".accuracy.json").is_file()
+    # as many batches as the split has, or more, are all of it too ("on part of the test split": probe)
+    from lightning_ssr.app.stages import build_data, evaluation_limits
+
+    dm = build_data(_compose(ONESHOT_FAST + ["data.eval_batch_size=16"]))
+    test, val = dm.eval_batches("test"), dm.eval_batches("val")
+    assert test > 1 and val > 1 and test == -(-len(dm.splits["test"]) // 16)
+
+    def limits(test_batches, val_batches):
+        return evaluation_limits(_compose(ONESHOT_FAST + ["data.eval_batch_size=16",
+                                                         f"trainer.limit_test_batches={test_batches}",
+                                                         f"trainer.limit_val_batches={val_batches}"]), dm)
+
+    assert limits(test, val + 5) == {} and limits(test - 1, val) == {"limit_test_batches": test - 1}
+    assert limits(test + 1, val - 1) == {"limit_val_batches": val - 1}
 
 
 def test_oneshot_and_ssr_l20_write_results_with_the_same_keys(tmp_path):
