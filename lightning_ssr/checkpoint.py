@@ -182,7 +182,10 @@ def failed_load_reason(path, stage: str | None = None) -> str | None:
     except CheckpointReadError as err:
         return str(err)
     if stage is not None and "pytorch-lightning_version" not in data:
-        made = "a pruned model (save_pruned, the command's pruned.pt)" if PLAN_CHECKPOINT_KEY in data else "a state dict"
+        # (a file of save_pruned without a plan, as the command's dense cache, holds an unpruned model: probe)
+        made = ("a state dict" if PLAN_CHECKPOINT_KEY not in data else
+                "a pruned model (save_pruned, the command's pruned.pt)" if data[PLAN_CHECKPOINT_KEY] is not None else
+                "a model saved unpruned (save_pruned without a plan, as the command's cache of dense models)")
         then = "start a new fit without ckpt_path" if stage == "fit" else f"call {stage}(module) without ckpt_path"
         return (f"checkpoint file {str(path)!r} is {made}, not a Lightning checkpoint of a fit: {stage}(ckpt_path=...) "
                 "reads a checkpoint a fit wrote (ModelCheckpoint's). Load a pruned model's weights with "
@@ -418,10 +421,17 @@ def apply_checkpoint_plan(module: nn.Module, checkpoint: Mapping, source: str = 
                 f"{source} holds no pruning plan and other shapes than this pruned module ({other[0]}: "
                 f"{tuple(other[1].shape)}, the module's {tuple(own[other[0]].shape)}): it was saved before the prune "
                 "(the dense model). Load it into a freshly constructed module, e.g. "
-                "trainer.validate(YourModule(), ckpt_path=...)")
+                f"trainer.{_call_of(source)}(YourModule(), ckpt_path=...)")
     mismatch = weights_mismatch(module, state_dict, source, strict=strict) if state_dict else None
     if mismatch is not None:  # (torch would load the tensors whose shapes match, then fail)
         raise mismatch
+
+
+def _call_of(source: str) -> str:
+    """The Trainer call a :func:`restored_from` source names (``"test"`` of ``test(ckpt_path=...)``);
+    ``validate`` where it names none."""
+    call = source.partition("(ckpt_path=")[0]
+    return call if call in ("fit", "validate", "test", "predict") else "validate"
 
 
 def restored_from(trainer) -> str:
@@ -483,7 +493,8 @@ class PrunedCheckpointMixin:
             named = repr(str(checkpoint_path))
             if named in str(err) or not isinstance(checkpoint_path, (str, os.PathLike)):
                 raise
-            raise PlanMismatchError(f"{named}: {err}") from err
+            # ("the checkpoint: the pruning plan ...", the hook's words, becomes "'<file>': the pruning plan ...")
+            raise PlanMismatchError(f"{named}: {str(err).removeprefix('the checkpoint: ')}") from err
         except (RuntimeError, OSError, EOFError, KeyError) as err:
             if isinstance(err, KeyError) and err.args == ("pytorch-lightning_version",):  # (save_pruned's file)
                 raise CheckpointReadError(

@@ -683,11 +683,12 @@ def test_model_checkpoint_ranks_the_pruned_models_checkpoints_so_that_best_loads
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
     # the dense checkpoint, in the same Trainer: torch's size mismatch came after it had loaded the
     # tensors whose shapes matched (the head's bias, BatchNorm's counters) into the pruned module
-    with pytest.raises(PlanMismatchError, match=r"holds no pruning plan and other shapes than this pruned module .* "
-                                                r"saved before the prune \(the dense model\)\. Load it into a "
-                                                r"freshly constructed module"):
-        fit.validate(model, loader(), ckpt_path=str(tmp_path / "ckpts" / "epoch=0-step=4.ckpt"), verbose=False)
-    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    for call in ("validate", "test"):  # (the advice named validate for a test too: probe)
+        with pytest.raises(PlanMismatchError, match=r"holds no pruning plan and other shapes than this pruned module .* "
+                                                    r"saved before the prune \(the dense model\)\. Load it into a "
+                                                    rf"freshly constructed module, e.g. trainer.{call}\(YourModule\(\)"):
+            getattr(fit, call)(model, loader(), ckpt_path=str(tmp_path / "ckpts" / "epoch=0-step=4.ckpt"), verbose=False)
+        assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
     # a freshly built module (the dense shapes), tested, validated or used for predictions from the
     # pruned checkpoint by a Trainer with the callback: the checkpoint's plan rebuilds it first
     for run in ("test", "validate", "predict"):
