@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..modes import eval_mode
+from ..structure.plan import applied_plan
 
 EXPORT_FORMATS = ("onnx", "torchscript", "torch_export")
 #: what each export format needs beyond torch (``pip install 'lightning_ssr[export]'``); the
@@ -38,20 +39,33 @@ def check_export_available(export: str, setting: str = "export") -> None:
                           "not installed: pip install 'lightning_ssr[export]'")
 
 
-def _checked(example_input, path: str | Path | None, what: str) -> tuple[torch.Tensor, Path | None]:
-    """The example as a tensor and the file to write, or an error that says what to give."""
+def _checked(model: nn.Module, example_input, path: str | Path | None, what: str) -> tuple[torch.Tensor, Path | None]:
+    """The example as a tensor and the file to write, or an error that says what to give. The
+    model runs once on the example first: an example of another shape failed inside the exporter,
+    after some forty lines of its log and with no word of the shape the model takes (probe)."""
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"{what}: example_input must be a torch.Tensor, a batch of inputs such as the model takes; "
                         f"got {type(example_input).__module__}.{type(example_input).__name__}"
                         + (" (torch.from_numpy(x) turns a NumPy array into one)"
                            if type(example_input).__module__ == "numpy" else ""))
-    if path is None:
-        return example_input.detach(), None
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{what}: {str(path)!r} is a folder; give the path of the file to write "
-                                f"(e.g. {str(path / 'model')!r} with the format's suffix)")
-    return example_input.detach(), path
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{what}: {str(path)!r} is a folder; give the path of the file to write "
+                                    f"(e.g. {str(path / 'model')!r} with the format's suffix)")
+    example = example_input.detach()
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    except Exception as err:
+        plan = applied_plan(model)
+        traced = (f"; it was pruned on inputs of shape {tuple(plan.input_shape)}: give a batch of that shape, e.g. "
+                  f"torch.randn(1, {', '.join(str(d) for d in plan.input_shape[1:])})"
+                  if plan is not None and plan.input_shape else "")
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what}: the model's forward() fails on example_input of shape {tuple(example.shape)} "
+                         f"({type(err).__name__}: {first}){traced}") from err
+    return example, path
 
 
 def optimize_for_cpu_inference(model: nn.Module, report: dict | None = None) -> nn.Module:
@@ -150,7 +164,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     self-contained file, its weights inside, up to :data:`ONNX_INLINE_LIMIT` (1 GiB) of them; a
     larger model keeps them in ``<path>.data`` beside it, which must travel with it (protobuf
     holds 2 GiB)."""
-    example_input, path = _checked(example_input, path, "export_onnx")
+    example_input, path = _checked(model, example_input, path, "export_onnx")
     check_export_available("onnx", "export_onnx: the format")
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.data").unlink(missing_ok=True)  # an earlier export's weights, which this file does not use
@@ -166,7 +180,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
     """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
-    example_input, path = _checked(example_input, path, "export_torchscript")
+    example_input, path = _checked(model, example_input, path, "export_torchscript")
     path.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), torch.no_grad():
         traced = torch.jit.trace(model, example_input)
@@ -179,7 +193,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
     """``torch.export`` the model (in eval mode), with a dynamic batch dimension as the ONNX
     export has (without it, the program takes only ``example_input``'s batch size); saved to
     ``path`` (``.pt2``) when given."""
-    (example, path), dynamic_shapes = _checked(example_input, path, "export_program"), None
+    (example, path), dynamic_shapes = _checked(model, example_input, path, "export_program"), None
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
         example = _unspecialized(example, dynamic_batch)

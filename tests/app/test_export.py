@@ -126,3 +126,17 @@ def test_export_refuses_what_it_cannot_write_naming_what_to_give(tmp_path, monke
     with pytest.raises(ImportError, match=r"needs onnxscript, which is not installed: pip install 'lightning_ssr\[export\]'"):
         export_onnx(model, x, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists() and model.training  # (nothing written, the mode as it was)
+
+
+def test_an_example_the_model_does_not_take_is_refused_with_the_shape_it_was_pruned_on(pruned, tmp_path):
+    """A 32x32 example for the 28x28 LeNet-5 failed inside the exporter, after some forty lines of
+    its log, naming no shape (probe); so does one of other channels for either network."""
+    model, x = pruned
+    wrong = torch.randn(1, x.shape[1] + 1, x.shape[2], x.shape[3])  # (another number of channels)
+    said = (r"the model's forward\(\) fails on example_input of shape \(1, \d+, \d+, \d+\) \(RuntimeError: .*\); it was "
+            rf"pruned on inputs of shape \(\d+, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}\): give a batch of that shape, "
+            rf"e.g. torch.randn\(1, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}\)")
+    for export, name in ((export_onnx, "m.onnx"), (export_torchscript, "m.ts"), (export_program, "m.pt2")):
+        with pytest.raises(ValueError, match=rf"^{export.__name__}: " + said):
+            export(model, wrong, tmp_path / name)
+        assert not (tmp_path / name).exists() and not model.training
