@@ -299,6 +299,10 @@ def check_adaptation(cfg: DictConfig) -> None:
     if a.target is None or "_target_" not in a.target:
         raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
     check_flag("adaptation.ceiling", a.get("ceiling", False))
+    # (as DANN checks them: refused here before a sweep's first run, not as each run starts)
+    check_number("adaptation", "domain_weight", a.get("domain_weight", 1.0), low=0.0)
+    check_number("adaptation", "domain_momentum", a.get("domain_momentum", 0.0), low=0.0, high=1.0, high_open=True)
+    check_number("adaptation", "domain_hidden", a.get("domain_hidden", 100), low=1, integer=True)
 
 
 def run_adaptation(cfg: DictConfig, output_dir: str | Path):
