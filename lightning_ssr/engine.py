@@ -144,6 +144,9 @@ class DenseState:
     round_to: int
     allocation: str  # where the counts come from (Budget.allocation_for)
     steps: dict[str, int] = field(default_factory=dict)  # per group: the granularity of its count
+    #: what ranked the channels of a global allocation: ``"method"`` (its importance()) or
+    #: ``"l2_group_norm"`` (the dense weights', where the method gives none); ``None`` otherwise
+    importance: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +158,8 @@ class DenseState:
         return cls(sizes=dict(data["sizes"]), min_keep=dict(data["min_keep"]),
                    final_keep=None if data.get("final_keep") is None else dict(data["final_keep"]),
                    cost=data["cost"], round_to=int(data.get("round_to", 1)),
-                   allocation=data.get("allocation", "uniform"), steps=dict(data.get("steps") or {}))
+                   allocation=data.get("allocation", "uniform"), steps=dict(data.get("steps") or {}),
+                   importance=data.get("importance"))
 
     def keep_at(self, event: int, events: int, groups: Sequence[ChannelGroup]) -> dict[str, int] | None:
         """The counts of prune event ``event`` (0-based) of ``events``, for the model's current groups."""
@@ -900,11 +904,12 @@ class PruningEngine:
             check_finite(model)  # (a diverged model named as such, not by the scores importance() reads from it)
             round_to = budget.round_to_on(device)
             floor = budget.floors(groups, round_to)
-            final = None
+            final = ranked = None
             if self.allocation in ("uniform", "global", "rates"):
                 scores = None
                 if self.allocation == "global":
                     scores = self._call("importance", model, groups)
+                    ranked = "method" if scores is not None else "l2_group_norm"
                     missing = [g.name for g in groups if scores is not None and g.name not in scores]
                     if missing:  # ({} fell back to the L2 norm, without a word)
                         raise ValueError(f"pruning method {self.method.name!r}: importance() gave no scores for "
@@ -923,6 +928,10 @@ class PruningEngine:
                     if scores is None:
                         scores = {g.name: g.norms({n: p.detach() for n, p in model.named_parameters()})
                                   for g in groups}
+                        if self.method.sparsifies and world.rank == 0:
+                            # (taylor@global, ssr_l20@global: recorded as "global", the counts were the L2
+                            # ranking's, the same for every such method, whatever it learned: probe)
+                            self.warn(self._l2_global_said())
                 # timings (and ties) may differ between ranks: rank 0 decides, or refuses, for all of them
                 final, self._latency = _on_rank_zero(world, lambda: budget.keep_counts(
                     model, example, groups, cost, round_to=round_to, allocation=self.allocation, scores=scores,
@@ -937,7 +946,7 @@ class PruningEngine:
             rehearse = True
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
-                                    steps={g.name: group_step(g, round_to) for g in groups})
+                                    steps={g.name: group_step(g, round_to) for g in groups}, importance=ranked)
         self._context = self._method_context(model, example, groups, cost, self.events_done, world.sync, evaluate,
                                              steps_per_epoch)
         view = self._context.budget
@@ -993,6 +1002,19 @@ class PruningEngine:
                              example=example, event=event, events=self.schedule.prune_events,
                              final_keep=dense.final_keep, evaluate=evaluate, allocation=dense.allocation,
                              budget=view, sparsify_updates=self._planned_updates(steps_per_epoch))
+
+    def _l2_global_said(self) -> str:
+        """Of a method that trains towards its prune (``sparsifies``) and gives no ``importance()``
+        of the dense model, under ``allocation="global"``: where its counts come from."""
+        name = self.method.name
+        instead = (f"allocation='method' (its default) takes them from what {name} learns" if
+                   self.method.learns_structure else
+                   f"{name}'s own scores need the training before the prune, and decide which channels go within "
+                   "each layer")
+        return (f"pruning method {name!r} with allocation='global': the per-layer counts are decided at set-up, on "
+                f"the dense model, by the L2 group norms of its weights ({name} gives no importance() of the dense "
+                f"model), as for any method without one; {instead}. Each prune event records importance="
+                "'l2_group_norm'.")
 
     def _warn_met_already(self, dense_ms: float | None = None) -> None:
         """The target asks for nothing: the dense model meets it already."""
@@ -1472,6 +1494,7 @@ class PruningEngine:
         self._events.append({"epoch": epoch, "step": step, "macs": int(after.macs), "params": int(after.params),
                              "keep": {g.name: int(masks[g.name].sum()) for g in ctx.groups},
                              "allocation": self.dense.allocation,
+                             **({"importance": self.dense.importance} if self.dense.importance else {}),
                              **({"learned": {k: int(v) for k, v in learned.items()}} if learned else {}), **info})
         self._context = None
         self._started = False

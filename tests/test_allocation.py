@@ -2,6 +2,7 @@
 only makes it meet the target (the Budget, the continuation, the L2,0 projection over all layers)."""
 
 import dataclasses
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -360,3 +361,28 @@ def test_ssrs_per_step_channel_values_are_first_order_taylor():
     for g in groups:
         assert bool(((taylor[g.name] - expected[g.name]).abs() <= bounds[g.name]).all()), g.name
         assert bool((expected[g.name] > 0).any()), g.name
+
+
+@pytest.mark.parametrize("method,ranked,warned", [("taylor", "l2_group_norm", True), ("ssr_l20", "l2_group_norm", True),
+                                                  ("bn_scale", "method", False), ("l1", "method", False)])
+def test_a_global_allocation_records_what_ranked_the_channels(tmp_path, method, ranked, warned):
+    """taylor, ssr_l20, ssr_l21, ssl and oneshot at allocation='global' landed on the same counts
+    (the L2 ranking of the dense weights, for a method that gives no importance() of them), each
+    event recorded as "global" alone (probe)."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+    cb = Pruning(method, target={"macs": 0.5}, allocation="global", schedule=schedule, verbose=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
+    event = cb.events[0]
+    assert event["allocation"] == "global" and event["importance"] == ranked
+    l2 = [str(w.message) for w in said if "by the L2 group norms of its weights" in str(w.message)]
+    assert len(set(l2)) == (1 if warned else 0), l2
+    if warned:
+        assert l2[0].startswith(f"pruning method {method!r} with allocation='global': the per-layer counts are decided "
+                                "at set-up") and l2[0] in cb.result.warnings
+        assert ("allocation='method' (its default)" in l2[0]) == (method == "ssr_l20")
+    uniform = Pruning(method, target={"macs": 0.5}, allocation="uniform", schedule=schedule, verbose=False)
+    trainer(tmp_path / "u", [uniform], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
+    assert "importance" not in uniform.events[0]
