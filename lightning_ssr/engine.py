@@ -938,6 +938,9 @@ class PruningEngine:
                     shared=[self], timing_input=self._timing_rows))
                 if self.target is not None and all(final[g.name] >= g.size for g in groups) and world.rank == 0:
                     self._warn_met_already(self._latency.get("dense_ms") if isinstance(self._latency, dict) else None)
+                short = budget.shortfall(model, groups, cost, final) if world.rank == 0 else None
+                if short:
+                    self.warn(short)
             elif self.allocation == "method" and self.target.kind != "latency":
                 budget.check(model, groups, cost, round_to)  # the floors fit the target
             allocated = time.perf_counter()
@@ -1361,6 +1364,9 @@ class PruningEngine:
         self.dense.final_keep = final
         if latency is not None:
             self._latency = latency
+        short = self.budget.shortfall(model, ctx.groups, ctx.cost, final) if world.rank == 0 else None
+        if short:
+            self.warn(short)
         ctx.final_keep = final
         return self.dense.keep_at(self.events_done, self.schedule.prune_events, ctx.groups)
 

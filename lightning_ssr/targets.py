@@ -844,6 +844,25 @@ class Budget:
                                   allocation=allocation, scores=scores, round_to=round_to, shared=shared,
                                   timing_input=timing_input, table=table)
 
+    def shortfall(self, model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost,
+                  keep: Mapping[str, int]) -> str | None:
+        """What to say where whole channels leave ``keep`` more than :data:`MET_TOLERANCE` below a
+        fraction target (a network of few, wide steps: one 16-channel group gave 0.448 of the MACs
+        for 0.5, without a word: probe); ``None`` where they land within it, or the target has no
+        fraction (rates, latency: said otherwise)."""
+        target = self.target
+        if target is None or target.kind not in ("macs", "params", "filters"):
+            return None
+        measure = target_measure(model, groups, cost, target)
+        got, asked = measure.fraction(keep), measure.limit / measure.total if measure.total else 1.0
+        if got >= asked * (1 - MET_TOLERANCE) or all(keep[g.name] >= g.size for g in groups):
+            return None
+        return (f"target {target.to_dict()}: the closest the channel counts come below it is {got:.4f} of the dense "
+                f"model's {target.kind} ({1 - got / asked:.1%} under, more than the {MET_TOLERANCE:.0%} a target is "
+                "met within): whole channels allow no closer here (the widths, round_to, the blocks of grouped "
+                "convolutions, the floors min_channels and max_pruning_ratio, coupled layers). Ask for the fraction "
+                "reached, or a larger one, to know what the model will be")
+
     def to_dict(self) -> dict:
         return {"target": self.target.to_dict() if self.target is not None else None,
                 "min_channels": self.min_channels, "max_pruning_ratio": self.max_pruning_ratio,

@@ -386,3 +386,36 @@ def test_a_global_allocation_records_what_ranked_the_channels(tmp_path, method, 
     uniform = Pruning(method, target={"macs": 0.5}, allocation="uniform", schedule=schedule, verbose=False)
     trainer(tmp_path / "u", [uniform], schedule.total_epochs).fit(NetClassifier(BNNet()), loader())
     assert "importance" not in uniform.events[0]
+
+
+class ThreeFilters(nn.Module):
+    """One prunable convolution of three filters: a third of its channels is one step."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c1(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method,allocation", [("l1", "uniform"), ("l1", "global"), ("ssr_l20", "method")])
+def test_a_target_whole_channels_cannot_come_within_two_percent_of_is_warned_of(tmp_path, method, allocation):
+    """A network of few, wide steps landed well below its target (one 16-channel group at 0.448 of
+    the MACs for 0.5) with no warning, where README promises 2% (probe)."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+    cb = Pruning(method, target={"filters": 0.5}, allocation=allocation, schedule=schedule, verbose=False)
+    with pytest.warns(UserWarning, match=r"^target \{'filters': 0.5\}: the closest the channel counts come below it "
+                                         r"is 0.3333 of the dense model's filters \(33.3% under, more than the 2% a "
+                                         r"target is met within\)"):
+        trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(ThreeFilters()), loader())
+    assert cb.events[0]["keep"] == {"net.c1": 1} and any(w.startswith("target {'filters': 0.5}: the closest")
+                                                          for w in cb.result.warnings)
+    # within 2%: nothing said
+    met = Pruning(method, target={"filters": 2 / 3}, allocation=allocation, schedule=schedule, verbose=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        trainer(tmp_path / "met", [met], schedule.total_epochs).fit(NetClassifier(ThreeFilters()), loader())
+    assert not [w for w in said if "the closest the channel counts come" in str(w.message)]

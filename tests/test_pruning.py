@@ -1050,7 +1050,8 @@ def test_state_restored_but_not_yet_applied_round_trips():
     state = {"method": "ssr_l21", "method_state": {"aulm": aulm}, "plan": None, "events_done": 0, "events": [],
              "trajectory": [{"step": 4, "kept": {"a": 3}}], "prune_early": True, "frozen": ["a.weight"], "last_update_step": 8, "dense": {"sizes": {"a": 4}, "min_keep": {"a": 1},
                                                                     "final_keep": None, "cost": None, "round_to": 1,
-                                                                    "allocation": "method", "steps": {"a": 1}},
+                                                                    "allocation": "method", "steps": {"a": 1},
+                                                                    "importance": None},
              "latency": {"dense_ms": 2.0, "predicted_ms": 1.0}, "settings": cb.engine.settings(),
              "warnings": ["pruning method 'ssr_l21' updates every 25 optimizer steps ...", "Trainer(max_epochs=2) ..."],
              "warnings_until_done": ["Trainer(max_epochs=2) ..."],
@@ -1168,11 +1169,14 @@ def test_allocation_and_round_to_reach_the_rebuilt_model(tmp_path, allocation):
     cb = Pruning(method="oneshot", method_kwargs={"importance": "l1"}, target={"macs": 0.6},
                  schedule=PruningSchedule(sparsify_epochs=0, finetune_epochs=1), allocation=allocation, round_to=4,
                  verbose=False)
-    trainer(tmp_path, [cb], 1).fit(model, loader())
+    # (a net this small has coarse steps: round_to=4 lands it well below the target, which is said)
+    with pytest.warns(UserWarning, match=r"target \{'macs': 0.6\}: the closest the channel counts come below it is "
+                                         r"0.50\d\d of the dense model's macs"):
+        trainer(tmp_path, [cb], 1).fit(model, loader())
     sizes = {n: len(k) for n, k in cb.plan.kept.items()}
     dense = cb.plan.sizes
     assert all(k % 4 == 0 or k == dense[n] for n, k in sizes.items()) and sizes != dense
-    assert cb.result.pruned["macs"] <= 0.6 * cb.result.dense["macs"]  # (a net this small has coarse steps)
+    assert cb.result.pruned["macs"] <= 0.6 * cb.result.dense["macs"]
     assert cb.result.config["allocation"] == allocation and cb.result.config["round_to"] == 4
 
 
@@ -1402,6 +1406,8 @@ def _cli(tmp_path, monkeypatch, pruning_args):
     return LightningCLI(TinyClassifier, _CLIData, args={"fit": config}, save_config_kwargs={"overwrite": True})
 
 
+# (the target is coarse on this tiny network, and said to be: not what this test is about)
+@pytest.mark.filterwarnings("ignore:target .* the closest the channel counts come below it")
 def test_lightning_cli_configures_the_callback_from_plain_data(tmp_path, monkeypatch):
     pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (pip install 'lightning_ssr[cli]')")
     cli = _cli(tmp_path, monkeypatch, {"method": "l1", "target": {"filters": 0.5}, "allocation": "uniform", "round_to": 2,
