@@ -603,10 +603,15 @@ def _short_steps_warning(cfg: DictConfig, callback: Pruning, spe: int) -> str | 
     ``Trainer(max_steps=...)`` and ``fit(ckpt_path=...)``, which the command never showed); ``None``
     where it does not."""
     max_steps, schedule = cfg.trainer.get("max_steps"), callback.schedule
-    if max_steps is None or max_steps < 0 or schedule.reaches_last_prune(None, max_steps, spe):
+    max_epochs = cfg.trainer.get("max_epochs") or schedule.total_epochs  # (the fit's: fit_to_prune)
+    # (with the fit's max_epochs, as the callback judges it: a schedule that ends with its prune is
+    # reached at the last step of the epoch before it, which the epochs' bound alone lets through: review)
+    if (max_steps is None or max_steps < 0 or schedule.reaches_last_prune(max_epochs, max_steps, spe)
+            or not schedule.reaches_last_prune(max_epochs)):  # (an epochs' bound short of it: said by check_config)
         return None
     step = schedule.last_prune_epoch * spe
-    enough = schedule.total_epochs * spe if schedule.finetune_epochs else step + 1
+    enough = (schedule.total_epochs * spe if schedule.finetune_epochs else
+              next(n for n in (step, step + 1) if schedule.reaches_last_prune(max_epochs, n, spe)))
     return (f"trainer.max_steps={max_steps} ends the compression run before its last prune, due at the start of "
             f"epoch {schedule.last_prune_epoch} (0-based; optimizer step {step} at {spe} steps per epoch): the run "
             f"ends failed, its model short of the target, and says how to go on from its last checkpoint "
@@ -1261,7 +1266,8 @@ def reword_warnings(callback: Pruning, pattern: str, said: str | None) -> None:
     command says the same in its own terms, or asked for what the library warns of."""
     for kept in (callback.engine.warnings, *([callback.result.warnings] if callback.result is not None else [])):
         reworded = (said if re.match(pattern, w) else w for w in kept)
-        kept[:] = [w for w in reworded if w is not None]
+        # (once: a resumed run brings its checkpoint's warning back beside its own: review)
+        kept[:] = list(dict.fromkeys(w for w in reworded if w is not None))
 
 
 def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:
