@@ -32,20 +32,24 @@ from .groups import (
 from .plan import NOT_BUILT_YET, PlanMismatchError, PruningPlan, applied_plan, mark_applied_plan
 
 
-def _renaming(name: str, layers: Iterable[str]) -> str | None:
+def _renaming(names: Sequence[str], layers: Iterable[str]) -> str | None:
     """The advice for a plan of the same network held under another name (``model.conv1`` for a
     network whose layer is ``conv1``, or ``net.conv1``: the command's plan applied to the network
-    alone, said to be "made for another architecture": probe); ``None`` where no layer matches."""
-    parts = name.split(".")
+    alone, said to be "made for another architecture": probe): one prefix stripped and one added
+    that map every name of the plan onto a layer of the model; ``None`` where none does (a
+    matching last component alone is no renaming: review)."""
+    layers = set(layers)
+    parts = names[0].split(".")
     for cut in range(len(parts)):
         strip, tail = ".".join(parts[:cut]) + "." * bool(cut), ".".join(parts[cut:])
         found = [m[: -len(tail)] for m in layers if m == tail or m.endswith("." + tail)]
-        add = found[0] if len(found) == 1 else None  # (one layer of that name: two would be a guess)
-        if add is not None and (strip or add):
-            renamed = "n" if not strip else f"n.removeprefix({strip!r})"
-            renamed = renamed if not add else f"{add!r} + {renamed}"
-            return (f"its layer names are this model's with {'the prefix ' + repr(strip) if strip else 'no prefix'} "
-                    f"where this model has {repr(add) if add else 'none'}: apply plan.renamed(lambda n: {renamed})")
+        for add in found:
+            if (strip or add) and all(n.startswith(strip) and add + n.removeprefix(strip) in layers for n in names):
+                renamed = "n" if not strip else f"n.removeprefix({strip!r})"
+                renamed = renamed if not add else f"{add!r} + {renamed}"
+                return (f"its layer names are this model's with "
+                        f"{'the prefix ' + repr(strip) if strip else 'no prefix'} where this model has "
+                        f"{repr(add) if add else 'none'}: apply plan.renamed(lambda n: {renamed})")
     return None
 
 
@@ -58,7 +62,7 @@ def _match_groups(groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[in
         if name not in by_member:
             raise PlanMismatchError(
                 f"the pruning plan names layer '{name}', which is not a prunable layer of this model "
-                f"(prunable: {[g.name for g in groups]}); " + (_renaming(name, by_member) or
+                f"(prunable: {[g.name for g in groups]}); " + (_renaming([name, *kept], by_member) or
                                                               "was the plan made for another architecture?"))
         g = by_member[name]
         twice = next((other for other, h in matched.items() if h is g), None)

@@ -553,3 +553,10 @@ def test_a_plan_of_the_same_network_under_another_name_says_how_to_rename_it():
         apply_plan(model, plan.renamed(rename))  # (the advice works)
     with pytest.raises(PlanMismatchError, match=r"another architecture\?$"):  # (no layer of that name)
         apply_plan(build_model("lenet5"), plan.renamed(lambda n: "model." + n + "x"))
+    # another network whose first layer's last name matches one of this model's is no renaming (review)
+    resnet = build_model("resnet20", in_channels=1, input_size=28)
+    other = prune_oneshot(resnet, torch.randn(2, 1, 28, 28), {"macs": 0.5})
+    with pytest.raises(PlanMismatchError, match=r"another architecture\?$"):
+        apply_plan(build_model("lenet5"), PruningPlan(kept={"layer1.0.conv1": [0], **other.kept},
+                                                      sizes={"layer1.0.conv1": 20, **other.sizes},
+                                                      input_shape=other.input_shape))
