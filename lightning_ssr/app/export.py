@@ -57,14 +57,14 @@ def _checked(model: nn.Module, example_input, path: str | Path | None, what: str
     try:
         with eval_mode(model), torch.no_grad():
             model(example)
-    except Exception as err:
+    except Exception as err:  # (the model's own error, told where it happened: its type as it was: review)
         plan = applied_plan(model)
-        traced = (f"; it was pruned on inputs of shape {tuple(plan.input_shape)}: give a batch of that shape, e.g. "
-                  f"torch.randn(1, {', '.join(str(d) for d in plan.input_shape[1:])})"
-                  if plan is not None and plan.input_shape else "")
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise ValueError(f"{what}: the model's forward() fails on example_input of shape {tuple(example.shape)} "
-                         f"({type(err).__name__}: {first}){traced}") from err
+        shape = tuple(plan.input_shape) if plan is not None and plan.input_shape else None
+        other = shape is not None and tuple(example.shape[1:]) != shape[1:]  # (the advice where it is the cause)
+        err.add_note(f"{what}: the model's forward() fails on example_input of shape {tuple(example.shape)}, before "
+                     "the export" + (f"; it was pruned on inputs of shape {shape}: give a batch of that shape, e.g. "
+                                     f"torch.randn(1, {', '.join(str(d) for d in shape[1:])})" if other else ""))
+        raise
     return example, path
 
 
