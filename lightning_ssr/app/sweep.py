@@ -38,7 +38,7 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..files import atomic_write, atomic_write_text
@@ -401,7 +401,7 @@ def _label(run: dict, keys: Sequence[str], values: Sequence[str]) -> str:
     return " ".join(f"{k.removesuffix('.name')}={v}" for k, v in zip(keys, values))
 
 
-def _short_numbers(values: Iterable[str], least: int = 4) -> dict[str, str]:
+def _short_numbers(values: Sequence[str], least: int = 4) -> dict[str, str]:
     """Each number among ``values`` written with as few significant digits (``least`` at fewest)
     as keep the numbers apart: Optuna's ``module.lr=0.0012345678901234567`` reads ``0.001235``
     (the report printed 19 digits: probe), where no other value of that key rounds alike."""
@@ -413,10 +413,13 @@ def _short_numbers(values: Iterable[str], least: int = 4) -> dict[str, str]:
             numbers[value] = float(value)
         except (TypeError, ValueError):
             continue
+    given = set(values)
     for digits in range(least, 18):
         shown = {v: f"{x:.{digits}g}" for v, x in numbers.items()}
-        if len(set(shown.values())) == len({x for x in numbers.values()}):
-            return {v: s for v, s in shown.items() if len(s) < len(v)}
+        shown = {v: s for v, s in shown.items() if len(s) < len(v)}
+        # apart from every value of the key, as written: "2.0" shortened is "2", another run's value (review)
+        if len({shown.get(v, v) for v in given}) == len(given):
+            return shown
     return {}
 
 
@@ -490,17 +493,18 @@ def summarize(runs: Sequence[dict], swept: Sequence[str] = ()) -> list[dict]:
     for run in runs:
         if run["result"] is not None:
             groups.setdefault(_values(run, keys, by_overrides), []).append(run)
-    shown = [_short_numbers(values[i] for values in groups) for i in range(len(keys))]
+    shown = [_short_numbers([values[i] for values in groups]) for i in range(len(keys))]
     rows = []
     for values, members in groups.items():
         label = _label(members[0], keys, [shown[i].get(v, v) for i, v in enumerate(values)])
+        exact = _label(members[0], keys, values)  # (report.csv: the values as given, for a program to read back)
         ok = [m["result"] for m in members if m["status"] == "ok" and m["result"].get("pruned", {}).get("macs")]
         acc = [100 * r["pruned"]["accuracy"] for r in ok if r["pruned"].get("accuracy") is not None]
         drop = [r["accuracy_drop_points"] for r in ok if r.get("accuracy_drop_points") is not None]
         acc_mean, acc_std = _mean_std(acc)
         drop_mean, drop_std = _mean_std(drop)
         rows.append({
-            "config": label, "method": (members[0]["result"] or {}).get("method"),
+            "config": label, "config_given": exact, "method": (members[0]["result"] or {}).get("method"),
             "comparison": comparison(members[0]["result"]),
             "runs": len(ok), "failed": len(members) - len(ok),
             "interrupted": sum(1 for m in members if m["status"] == "interrupted"),
@@ -628,7 +632,8 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     # (float32 accuracies read back as 28.9000004529953: six decimals say all they hold)
-    writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    writer.writerows({**{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()},
+                      "config": row.get("config_given", row["config"])} for row in rows)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), newline=""))
 
 

@@ -814,3 +814,14 @@ def test_labels_write_an_optimizers_floats_short_but_apart(tmp_path):
     assert [r["config"] for r in rows] == [  # (six digits tell the first two apart; 0.0012346 is 0.00123460)
         "module.lr=0.00123457 trainer.max_steps=2000000", "module.lr=0.0012346 trainer.max_steps=2000000",
         "module.lr=0.03 trainer.max_steps=3000000", "module.lr=0.00123457 trainer.max_steps=3000000"]
+    # report.csv keeps the values as given, for a program to read back (review)
+    write_report(root, plots=False)
+    with open(root / "report.csv", newline="") as f:
+        assert next(r["config"] for r in csv.DictReader(f)) == (
+            "module.lr=0.0012345678901234567 trainer.max_steps=2000000")
+    # values apart as given stay apart as shown: "2.0" is not written "2" beside a run of "2" (review)
+    apart = tmp_path / "apart"
+    for num, t in enumerate(["2", "2.0", "2.00001"]):
+        _job(apart, num, [f"module.temperature={t}", "pruning=l1"], "l1")
+    assert [r["config"] for r in summarize(find_runs(apart))] == [
+        "module.temperature=2", "module.temperature=2.0", "module.temperature=2.00001"]
