@@ -643,9 +643,11 @@ def test_a_recipes_sparsify_phase_without_an_update_is_warned_of_before_anything
     ("da_mnist_to_digits", "adaptation.ceiling=maybe", "adaptation.ceiling must be true or false, got 'maybe'"),
     ("transfer_fmnist_to_mnist", "transfer.prune_frozen=maybe", "transfer.prune_frozen must be true or false"),
     ("transfer_fmnist_to_mnist", "dense.epochs=0", "dense.epochs must be in [1, inf)"),
-    ("da_mnist_to_digits", "adaptation.domain_weight=-1", "adaptation: domain_weight must be in [0.0, inf), got -1"),
-    ("da_mnist_to_digits", "adaptation.domain_momentum=1.0", "adaptation: domain_momentum must be in [0.0, 1.0)"),
-    ("da_mnist_to_digits", "adaptation.domain_hidden=0", "adaptation: domain_hidden must be in [1, inf), got 0")])
+    ("da_mnist_to_digits", "adaptation.domain_weight=-1", "config: adaptation.domain_weight must be in [0.0, inf), got -1"),
+    ("da_mnist_to_digits", "adaptation.domain_momentum=1.0", "config: adaptation.domain_momentum must be in [0.0, 1.0)"),
+    ("da_mnist_to_digits", "adaptation.domain_hidden=0", "config: adaptation.domain_hidden must be in [1, inf), got 0"),
+    # (deleted: it passed the check with its default, then failed as the run read it: review)
+    ("da_mnist_to_digits", "~adaptation.domain_weight", "config: adaptation.domain_weight must be a number, got NoneType")])
 def test_a_recipes_own_settings_are_checked_with_the_others_before_any_run(experiment, override, said):
     """The checks a sweep (and a benchmark) runs on every run before the first starts passed a
     recipe's own bad value, which failed each run as it started (review)."""

@@ -300,9 +300,11 @@ def check_adaptation(cfg: DictConfig) -> None:
         raise ValueError("adaptation.target must be a data config (e.g. the contents of conf/data/uci_digits.yaml)")
     check_flag("adaptation.ceiling", a.get("ceiling", False))
     # (as DANN checks them: refused here before a sweep's first run, not as each run starts)
-    check_number("adaptation", "domain_weight", a.get("domain_weight", 1.0), low=0.0)
-    check_number("adaptation", "domain_momentum", a.get("domain_momentum", 0.0), low=0.0, high=1.0, high_open=True)
-    check_number("adaptation", "domain_hidden", a.get("domain_hidden", 100), low=1, integer=True)
+    # (named as typed, as the other settings are; the two the run reads as they are, without a default)
+    check_number("config", "adaptation.domain_weight", a.get("domain_weight"), low=0.0)
+    check_number("config", "adaptation.domain_momentum", a.get("domain_momentum", 0.0), low=0.0, high=1.0,
+                 high_open=True)
+    check_number("config", "adaptation.domain_hidden", a.get("domain_hidden"), low=1, integer=True)
 
 
 def run_adaptation(cfg: DictConfig, output_dir: str | Path):
