@@ -1613,7 +1613,9 @@ class PruningEngine:
         return PruningResult(
             method=self.method.name, config=config,
             target=self.target.to_dict() if self.target is not None else None,
-            dense={"macs": int(dense.macs), "params": int(dense.params)},
+            # (prunable_channels: what a filters target counts, of the model this run started from)
+            dense={"macs": int(dense.macs), "params": int(dense.params),
+                   "prunable_channels": int(sum(self.dense.sizes.values()))},
             pruned={"macs": int(after.macs), "params": int(after.params)},
             layers=layer_rows(dense, after), plan=self.plan.to_dict() if self.plan is not None else None,
             events=list(self._events), trajectory=list(self._trajectory),

@@ -165,7 +165,8 @@ class PruningResult:
             lines = [f"{self.method}: {self.macs_reduction:.1f}x fewer MACs, {self.params_reduction:.1f}x fewer parameters"]
         else:
             lines = [f"{self.method}: not pruned"]
-        total = sum(g.get("size", 0) for g in (self.plan or {}).get("groups", []))
+        # (of the model this run started from: a plan of a model pruned again holds the first one's sizes: review)
+        total = self.dense.get("prunable_channels")
         if (self.target or {}).get("filters") and self.events and total and not unpruned:
             # (the target's measure: the per-layer table counts a residual stream once per layer that
             # writes it, which put resnet50 at 0.675 of its filters for a 0.5 target: probe)

@@ -196,7 +196,7 @@ def test_a_filters_target_says_the_share_of_channels_it_measures():
     """The per-layer table counts a residual stream once per layer that writes to it: its filter sum
     put resnet50 at 0.675 of its filters for filters=0.5, and the summary said no fraction (probe)."""
     result = PruningResult(method="l1", target={"filters": 0.5}, status="ok",
-                           dense={"macs": 100, "params": 10}, pruned={"macs": 40, "params": 5},
+                           dense={"macs": 100, "params": 10, "prunable_channels": 22}, pruned={"macs": 40, "params": 5},
                            events=[{"keep": {"a": 3, "b": 8}}],
                            plan={"groups": [{"root": "a", "size": 6, "kept": [0, 1, 2]},
                                             {"root": "b", "size": 16, "kept": list(range(8))}]})
