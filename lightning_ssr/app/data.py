@@ -279,6 +279,11 @@ class _InMemoryImages(pl.LightningDataModule):
     def train_dataloader(self):
         return self._loader("train", True)
 
+    def predict_dataloader(self):
+        """The test split's images and labels (``Trainer.predict(module, datamodule=dm)``: the
+        classifier's predict_step gives their logits)."""
+        return self._loader("test", False)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment``: training batches only (not validation, test, or the engine's own passes)."""
         if self.augment and self.trainer is not None and self.trainer.training:

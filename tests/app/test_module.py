@@ -230,3 +230,12 @@ def test_trainer_predict_gives_the_logits_of_the_data_modules_batches():
         assert [p.shape for p in predicted] == [(4, 10), (2, 10)]
         assert torch.equal(predicted[0], lm(x[:4])) and torch.equal(predicted[1], lm(x[4:]))
         assert torch.equal(lm.predict_step(x, 0), lm(x))  # (images alone)
+    # from a data module of the app: its test split's logits (it had no predict_dataloader: review)
+    from torch import nn
+
+    from lightning_ssr.app.data import UCIDigits
+
+    dm = UCIDigits()
+    digits = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))).eval()  # (its 28x28 images)
+    predicted = trainer.predict(digits, datamodule=dm)
+    assert sum(len(p) for p in predicted) == len(dm.splits["test"]) and predicted[0].shape[1] == 10
