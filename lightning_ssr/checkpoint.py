@@ -167,6 +167,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return data
 
 
+def saved_model_kind(data: Mapping) -> str | None:
+    """What a file :func:`save_pruned` wrote holds, as a message names it; ``None`` for any other
+    file (no ``pruning_plan`` entry). A file without a plan holds an unpruned model: the command's
+    cache of dense models (which keeps its ``config``) or a run's ``pruned.pt`` of ``pruning=none``
+    (it was called a pruned model: probe)."""
+    if PLAN_CHECKPOINT_KEY not in data:
+        return None
+    if data[PLAN_CHECKPOINT_KEY] is not None:
+        return "a pruned model (save_pruned's file, as a run's pruned.pt)"
+    if "config" in data:
+        return "a dense model the command cached (dense.cache_dir)"
+    return "a model saved unpruned (save_pruned without a plan, as the pruned.pt of a run with pruning=none)"
+
+
 def failed_load_reason(path, stage: str | None = None) -> str | None:
     """Why loading the local file ``path`` failed, where torch's or Lightning's error names
     neither the file nor what to do (a zip whose directory was changed: ``RuntimeError:
@@ -182,10 +196,7 @@ def failed_load_reason(path, stage: str | None = None) -> str | None:
     except CheckpointReadError as err:
         return str(err)
     if stage is not None and "pytorch-lightning_version" not in data:
-        # (a file of save_pruned without a plan, as the command's dense cache, holds an unpruned model: probe)
-        made = ("a state dict" if PLAN_CHECKPOINT_KEY not in data else
-                "a pruned model (save_pruned, the command's pruned.pt)" if data[PLAN_CHECKPOINT_KEY] is not None else
-                "a model saved unpruned (save_pruned without a plan, as the command's cache of dense models)")
+        made = saved_model_kind(data) or "a state dict"
         then = "start a new fit without ckpt_path" if stage == "fit" else f"call {stage}(module) without ckpt_path"
         return (f"checkpoint file {str(path)!r} is {made}, not a Lightning checkpoint of a fit: {stage}(ckpt_path=...) "
                 "reads a checkpoint a fit wrote (ModelCheckpoint's). Load a pruned model's weights with "

@@ -328,17 +328,17 @@ def test_a_changed_archive_directory_and_a_pruned_model_given_to_fit_are_named(p
     flipped.write_bytes(bytes(data))
     pruned = tmp_path / "pruned.pt"
     save_pruned(load_pruned(LitNet(), path), pruned, torch.load(path, weights_only=True)["pruning_plan"])
-    dense = save_pruned(LitNet(), tmp_path / "dense.pt")  # (as the command's cache of dense models: no plan)
+    dense = save_pruned(LitNet(), tmp_path / "dense.pt", config={})  # (as the command's cache of dense models)
     with pytest.raises(CheckpointReadError, match="flipped.ckpt' is unreadable: it is truncated, corrupted or not a "
                                                   "torch checkpoint"):
         LitNet.load_from_checkpoint(flipped)
     schedule = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
     for given, said in [(flipped, "flipped.ckpt' is unreadable"),
-                        (pruned, (r"pruned.pt' is a pruned model \(save_pruned, the command's pruned.pt\), not a "
+                        (pruned, (r"pruned.pt' is a pruned model \(save_pruned's file, as a run's pruned.pt\), not a "
                                  r"Lightning checkpoint of a fit: .* lightning_ssr.load_pruned\(fresh_module, path\)")),
                         # (it was called "a pruned model": probe)
-                        (dense, (r"dense.pt' is a model saved unpruned \(save_pruned without a plan, as the command's "
-                                r"cache of dense models\), not a Lightning checkpoint of a fit"))]:
+                        (dense, (r"dense.pt' is a dense model the command cached \(dense.cache_dir\), not a Lightning "
+                                r"checkpoint of a fit"))]:
         model = LitNet()
         before = {k: v.clone() for k, v in model.state_dict().items()}
         fit = trainer(tmp_path, [Pruning(method="l1", target={"macs": 0.5}, schedule=schedule, verbose=False)], 2)

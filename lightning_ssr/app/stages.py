@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import CheckpointReadError, load_pruned, read_checkpoint, save_pruned
+from ..checkpoint import CheckpointReadError, load_pruned, read_checkpoint, save_pruned, saved_model_kind
 from ..cost import ModelCost, count_cost
 from ..engine import steps_per_epoch
 from ..latency import compare_latency, others_share
@@ -54,7 +54,7 @@ from ..report import PruningResult, format_layer_table, layer_rows, write_json
 from ..schedule import PruningSchedule
 from ..structure import find_channel_groups
 from ..structure.groups import ForwardError
-from ..structure.plan import PLAN_CHECKPOINT_KEY, PlanMismatchError
+from ..structure.plan import PlanMismatchError
 from ..targets import TARGET_KINDS, parse_rates
 from ..validation import check_flag, check_number, some_names
 from .console import lines_dropped, progress_bars
@@ -416,10 +416,8 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     # missing, truncated or not a checkpoint: an error naming the file
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
     if checkpoint is not None and "pytorch-lightning_version" not in checkpoint:
-        made = ("" if PLAN_CHECKPOINT_KEY not in checkpoint else "a dense model the command cached (dense.cache_dir), "
-                if checkpoint[PLAN_CHECKPOINT_KEY] is None and "config" in checkpoint else
-                "a pruned model (a run's pruned.pt), ")
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}not a Lightning checkpoint of a fit: ckpt_path goes on "
+        made = saved_model_kind(checkpoint) or "a state dict"
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} is {made}, not a Lightning checkpoint of a fit: ckpt_path goes on "
                          "with an interrupted run, from a checkpoint its training wrote (the run's "
                          "logs/version_0/checkpoints/epoch=N-step=M.ckpt). A pruned model is loaded with "
                          "lightning_ssr.load_pruned(fresh_network, 'pruned.pt')")

@@ -1052,17 +1052,18 @@ def test_a_pruned_model_given_as_ckpt_path_is_refused_naming_what_loads_it(tmp_p
     from lightning_ssr.structure import PruningPlan
 
     pruned = save_pruned(nn.Linear(2, 2), tmp_path / "pruned.pt", PruningPlan([1, 2]))  # (a plan that cut nothing)
-    with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(a run's pruned.pt\), not a Lightning "
+    with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(save_pruned's file, as a run's pruned.pt\), not a Lightning "
                                          r"checkpoint of a fit.*lightning_ssr.load_pruned\(") as info:
         run(compose_config(FAST + [f"ckpt_path={pruned}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     assert getattr(info.value, REFUSED_BEFORE_TRAINING) and not (tmp_path / "cache").exists()
     other = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, other)  # some other file of tensors
-    with pytest.raises(ValueError, match=r"weights.pt is not a Lightning checkpoint of a fit"):
+    with pytest.raises(ValueError, match=r"weights.pt is a state dict, not a Lightning checkpoint of a fit"):
         run(compose_config(FAST + [f"ckpt_path={other}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     (tmp_path / "none").mkdir()
     unpruned = save_pruned(nn.Linear(2, 2), tmp_path / "none" / "pruned.pt", None)  # (pruning=none's pruned.pt)
-    with pytest.raises(ValueError, match=r"pruned.pt is a pruned model \(a run's pruned.pt\)"):
+    with pytest.raises(ValueError, match=r"pruned.pt is a model saved unpruned \(save_pruned without a plan, as the "
+                                         r"pruned.pt of a run with pruning=none\), not a Lightning"):
         run(compose_config(FAST + [f"ckpt_path={unpruned}", f"dense.cache_dir={tmp_path / 'cache'}"]), tmp_path / "run")
     dense = save_pruned(nn.Linear(2, 2), tmp_path / "lenet5-UCIDigits-seed0-0123.pt", None, config={})  # (the cache's)
     with pytest.raises(ValueError, match=r"0123.pt is a dense model the command cached \(dense.cache_dir\), not a "
