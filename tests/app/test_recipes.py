@@ -432,7 +432,8 @@ def test_without_a_domain_term_no_domain_accuracy_is_claimed(tmp_path, capsys):
     nothing about the features, so none is reported, and the summary says why."""
     cfg = compose_config(["+experiment=da_mnist_to_digits", f"dense.cache_dir={tmp_path / 'dense'}",
                           "adaptation.domain_weight=0", "adaptation.ceiling=false", *TINY,
-                          "trainer.limit_test_batches=2"])
+                          # (batches of 64: 2 of them are part of the target's test split, 1 of its validation)
+                          "trainer.limit_test_batches=2", "adaptation.target.eval_batch_size=64"])
     result = run(cfg, tmp_path / "run")
     out = capsys.readouterr().out
     assert result.config["adaptation"]["domain_accuracy_test"] is None
