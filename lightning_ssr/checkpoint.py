@@ -266,9 +266,9 @@ def _relative_to(plan: PruningPlan, state_dict: Mapping[str, torch.Tensor], mode
         return plan.renamed(lambda r, p=holders[0]: p + r), {holders[0] + k: v for k, v in state_dict.items()}
     # saved from a module that holds the network under another name (the command's ``model.`` into a
     # LightningModule's ``net.``: "saved from another architecture", said of the same network: probe)
-    for cut in range(roots[0].count(".")):
+    for cut in range(roots[0].count(".") if not holders else 0):
         prefix = ".".join(roots[0].split(".")[: cut + 1]) + "."
-        if not holders and all(r.startswith(prefix) for r in roots):
+        if all(r.startswith(prefix) for r in roots):
             inner = holders_of([r[len(prefix):] for r in roots])
             if len(inner) == 1:
                 return (plan.renamed(lambda r, p=prefix, q=inner[0]: q + r.removeprefix(p)),

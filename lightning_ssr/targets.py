@@ -853,8 +853,7 @@ class Budget:
         target = self.target
         if target is None or target.kind not in ("macs", "params", "filters"):
             return None
-        measure = target_measure(model, groups, cost, target)
-        got, asked = measure.fraction(keep), measure.limit / measure.total if measure.total else 1.0
+        got, asked = target_measure(model, groups, cost, target).fraction(keep), getattr(target, target.kind)
         if got >= asked * (1 - MET_TOLERANCE) or all(keep[g.name] >= g.size for g in groups):
             return None
         return (f"target {target.to_dict()}: the closest the channel counts come below it is {got:.4f} of the dense "

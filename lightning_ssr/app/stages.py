@@ -589,8 +589,7 @@ def check_update_interval(cfg: DictConfig, callback: Pruning, dm: pl.LightningDa
 def _fit_epoch_steps(cfg: DictConfig, dm: pl.LightningDataModule) -> int | None:
     """The optimizer steps per epoch of the compression fit, where it runs in one process on a data
     module that counts its batches (``train_batches()``); ``None`` where that is not known before it."""
-    # (where a latency target may be timed ahead: one process; a resume's too, which is not timed ahead)
-    if not _preflight_device(OmegaConf.merge(cfg, {"ckpt_path": None}))[1] or cfg.trainer.get("overfit_batches"):
+    if not _fit_process(cfg)[1] or cfg.trainer.get("overfit_batches"):
         return None  # (several ranks share the batches; overfit_batches counts them otherwise: the fit says it)
     return epoch_steps(dm, cfg.trainer.get("limit_train_batches"), int(cfg.trainer.get("accumulate_grad_batches") or 1))
 
@@ -618,13 +617,21 @@ def _short_steps_warning(cfg: DictConfig, callback: Pruning, spe: int) -> str | 
 
 
 def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
-    """Where the checks before training rehearse the fit's set-up, and whether a latency target may
-    be timed there: for a CUDA fit, the GPU of this process's rank (``cuda:<k>`` for
-    ``trainer.devices=[k]``; ``LOCAL_RANK`` picks among several), else the CPU; timed only where
-    that is the device the fit trains and times on, in one process (several ranks would each time
-    it, competing), and not for a resumed fit (``ckpt_path``: its set-up was timed by the run it
-    goes on from). ``trainer.devices=auto`` on CUDA is every GPU this process sees, as in Lightning.
-    A fit whose launcher forks its ranks is rehearsed on the CPU: CUDA used before the fork fails it."""
+    """:func:`_fit_process`'s device, and whether a latency target may be timed there: where the fit
+    runs in this one process on it, and not for a resumed fit (``ckpt_path``: its set-up was timed
+    by the run it goes on from)."""
+    device, alone = _fit_process(cfg)
+    return device, alone and cfg.get("ckpt_path") is None
+
+
+def _fit_process(cfg: DictConfig) -> tuple[str, bool]:
+    """Where the checks before training rehearse the fit's set-up, and whether the fit runs there,
+    in this one process: for a CUDA fit, the GPU of this process's rank (``cuda:<k>`` for
+    ``trainer.devices=[k]``; ``LOCAL_RANK`` picks among several), else the CPU; ``True`` only where
+    that is the device the fit trains on, in one process (several ranks share the batches, and
+    would each time a latency target, competing). ``trainer.devices=auto`` on CUDA is every GPU
+    this process sees, as in Lightning. A fit whose launcher forks its ranks is rehearsed on the
+    CPU: CUDA used before the fork fails it."""
     accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
     devices = cfg.trainer.get("devices", "auto")
     devices = list(devices) if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else devices
@@ -647,7 +654,7 @@ def _preflight_device(cfg: DictConfig) -> tuple[str, bool]:
         device = f"cuda:{int(index)}"
     mps = accelerator == "mps" or (accelerator == "auto" and fit == "cpu" and torch.backends.mps.is_available())
     known = accelerator in ("cpu", "gpu", "cuda", "auto") and not mps  # (mps, xla, ...: timed at the fit only)
-    return device, known and single and device.split(":")[0] == fit and cfg.get("ckpt_path") is None
+    return device, known and single and device.split(":")[0] == fit
 
 
 def _fit_device(cfg: DictConfig) -> str:
