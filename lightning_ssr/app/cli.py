@@ -69,6 +69,7 @@ from .sweep import (
     GRID_SWEEPER,
     LAST_SWEEP,
     REPLACED_DIR,
+    SweepReport,
     _overrides,
     _pairs,
     attempt_checkpoint,
@@ -193,9 +194,10 @@ def check_sweep_runs(args: Sequence[str]) -> None:
     values, instead of failing after the runs before it trained. Only
     :func:`~.stages.check_settings` and :func:`~.stages.check_builds` (once for each distinct
     trainer, data and module settings) run here; what needs the data, the network or a checkpoint
-    (a target below what the floors cost) is checked as each run starts. Left to Hydra
-    or to the runs: another sweeper or sweeps set in a config file, runs that load plugins, a
-    syntax or composition error, and the runs past :data:`MAX_CHECKED_RUNS`."""
+    (a target below what the floors cost) is checked as each run starts. An Optuna search is
+    checked at the ends of its space (:func:`_check_search`). Left to Hydra or to the runs:
+    another sweeper or sweeps set in a config file, runs that load plugins, a syntax or
+    composition error, and the runs past :data:`MAX_CHECKED_RUNS`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -206,9 +208,13 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except HydraException:  # Hydra's parser says what is wrong with it
         return
+    hydras = [o for o in overrides if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/"))]
+    search = _search_sweeper(overrides, hydras)
+    if search is not None:  # an Optuna search: the ends of its space, before the first trial
+        _check_search(search, [o for o in overrides if o not in hydras], hydras)
+        return
     if any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
         return  # another sweeper numbers (or picks) its runs otherwise
-    hydras = [o for o in overrides if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/"))]
     found = grid_choices([o for o in overrides if o not in hydras])
     if found is None:
         return  # (shuffled, or an interval: not a fixed grid)
@@ -218,18 +224,106 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         which = (f"the sweep's {runs} runs" if runs <= MAX_CHECKED_RUNS else
                  f"the first {MAX_CHECKED_RUNS} of the sweep's {runs} runs (the others as each starts)")
         print(f"lightning-ssr: checking the settings of {which} before the first starts", flush=True)
+    # (Hydra's own settings compose with each run: the launcher decides where its Trainer is made)
+    _check_grid(grid, swept, [o.input_line for o in hydras if not o.is_sweep_override()])
+
+
+#: the sweeper of Optuna's Hydra plugin (``hydra/sweeper=optuna``, ``+experiment=optuna_ssr``)
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def _search_sweeper(overrides, hydras) -> DictConfig | None:
+    """The sweeper settings (``hydra.sweeper``) of a command whose configuration chooses Optuna's
+    search, composed once with each swept value at its first (an interval left out); ``None`` for
+    another sweeper, or a command that does not compose (Hydra or the grid check says why)."""
+    from hydra import compose, initialize_config_dir
+
+    fixed = []
+    for override in overrides:
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+        elif override.is_discrete_sweep():
+            try:
+                fixed.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+            except Exception:  # noqa: BLE001 - (a glob: only Hydra's config loader expands it)
+                return None
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
+        sweeper = cfg.hydra.get("sweeper") or {}
+        return sweeper if sweeper.get("_target_") == OPTUNA_SWEEPER else None
+    except Exception:  # noqa: BLE001 - Hydra's to say as it composes (the grid check names the run)
+        return None
+
+
+def _check_search(sweeper: DictConfig, overrides, hydras) -> None:
+    """:func:`check_sweep_runs` for an Optuna search: its settings this command's objective needs
+    (one value, the pruned model's validation accuracy, maximized; at least one trial), and each
+    end of each interval and range and each choice of its space (``hydra.sweeper.params`` and the
+    command line's), composed as a trial is: a space whose end every trial near it would have
+    failed (``pruning.lam=interval(-2, -1)``) is refused before the first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
+    from hydra.errors import HydraException
+
+    where = "hydra.sweeper"
+    direction = sweeper.get("direction")
+    direction = getattr(direction, "name", direction)  # (the plugin's default is its enum, Direction.minimize)
+    if direction != "maximize":
+        raise ValueError(f"{where}.direction={direction}: each trial returns one value, its pruned model's validation "
+                         "accuracy, which the search maximizes: give hydra.sweeper.direction=maximize. Nothing has run")
+    trials = sweeper.get("n_trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"{where}.n_trials={trials}: a search runs at least one trial (an integer >= 1). "
+                         "Nothing has run")
+    parser = OverridesParser.create()
+    space = {}
+    for key, expression in (sweeper.get("params") or {}).items():
+        try:
+            space[str(key)] = parser.parse_override(f"{key}={expression}")
+        except HydraException as err:
+            raise ValueError(f"{where}.params.{key}={expression} is not a search space Hydra reads ({err}). "
+                             "Nothing has run") from err
+    fixed = []
+    for override in overrides:
+        if override.is_sweep_override():
+            space[override.get_key_element()] = override
+        else:
+            fixed.append(override.input_line)
+            space.pop(override.get_key_element(), None)  # (the command line fixes it for every trial)
+    grid: dict[str, list[str]] = {}
+    for key, override in space.items():
+        value = override.value()
+        if isinstance(value, IntervalSweep):
+            if "log" in value.tags and value.start <= 0:
+                raise ValueError(f"{key}: a log interval starts above 0, got interval({value.start}, {value.end}). "
+                                 "Nothing has run")
+            ends = [value.start, value.end]
+        elif isinstance(value, RangeSweep):
+            values = list(override.sweep_string_iterator())
+            ends = values[:1] + values[-1:] if len(values) > 1 else values
+        elif override.is_sweep_override():
+            ends = list(override.sweep_string_iterator())
+        else:
+            ends = [override.get_value_element_as_str()]
+        grid[key] = [f"{key}={v}" for v in dict.fromkeys(str(v) for v in ends)]
+    _check_grid({**{o: [o] for o in fixed}, **grid}, set(grid), [o.input_line for o in hydras
+                                                                 if not o.is_sweep_override()], search=True)
+
+
+def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[str] = (), search: bool = False) -> None:
+    """:func:`check_sweep_runs`' check of each run of the grid, composed as Hydra will (``search``:
+    the ends of an Optuna search's space, :func:`_check_search`)."""
     hardware = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # (a Trainer made says its hardware:
     level = hardware.level  # the run will say it)
     hardware.setLevel(logging.WARNING)
     try:
-        # (Hydra's own settings compose with each run: the launcher decides where its Trainer is made)
-        _check_grid(grid, swept, [o.input_line for o in hydras if not o.is_sweep_override()])
+        _check_each(grid, swept, hydras, search)
     finally:
         hardware.setLevel(level)
 
 
-def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[str] = ()) -> None:
-    """:func:`check_sweep_runs`' check of each run of the grid, composed as Hydra will."""
+def _check_each(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[str], search: bool) -> None:
     import itertools
     import warnings
 
@@ -239,6 +333,14 @@ def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[st
     from .stages import check_builds, check_settings, plainly
 
     built = set()  # (the trainer, data and module settings checked already)
+    if search:  # (a search's trials are drawn: what is checked is its space's every end and choice)
+        def which(values: str) -> str:
+            return f"a trial of the search at the ends of its space ({values})"
+        change = "change that value or narrow the search space (hydra.sweeper.params, or the command line's)"
+    else:
+        def which(values: str) -> str:
+            return f"run {job} of the sweep ({values})"
+        change = "change or drop that value"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for job, combination in enumerate(itertools.islice(itertools.product(*grid.values()), MAX_CHECKED_RUNS)):
             values = " ".join(c for c, k in zip(combination, grid) if k in swept)
@@ -248,12 +350,12 @@ def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[st
                 # Hydra would fail there too, after writing the sweep's folder, which a report then reads as a
                 # sweep whose runs never started
                 said = " ".join(str(err).split("\nConfig search path:")[0].split())
-                raise ValueError(f"run {job} of the sweep ({values or ' '.join(combination)}) does not compose: "
-                                 f"{said}. Nothing has run: change or drop that value") from err
+                raise ValueError(f"{which(values or ' '.join(combination))} does not compose: "
+                                 f"{said}. Nothing has run: {change}") from err
             except (HydraException, OmegaConfBaseException):  # Hydra's to say, as it composes the run
                 return
             sweeper = cfg.hydra.get("sweeper") or {}
-            if sweeper.get("_target_") != GRID_SWEEPER or sweeper.get("params"):
+            if not search and (sweeper.get("_target_") != GRID_SWEEPER or sweeper.get("params")):
                 return  # (an experiment's config chose the sweeper, or sweeps of its own)
             if cfg.get("plugins"):
                 continue  # (checked as it starts, once its plugins are loaded)
@@ -272,8 +374,8 @@ def _check_grid(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[st
             except Exception as err:
                 said = plainly(err)
                 text = str(said) if str(said).endswith((".", "!", "?")) else f"{said}."
-                raise ValueError(f"run {job} of the sweep ({values}) would be refused as it starts: "
-                                 f"{type(said).__name__}: {text} Nothing has run: change or drop that value") from err
+                raise ValueError(f"{which(values)} would be refused as it starts: "
+                                 f"{type(said).__name__}: {text} Nothing has run: {change}") from err
 
 
 def _chooses_for(choice: str, key: str) -> bool:
@@ -792,6 +894,36 @@ def paths_from(cfg: DictConfig, folder: str | os.PathLike) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the pruned model's validation accuracy: the objective a sweeper such as
     Optuna maximizes (``None`` for a failed run in a multirun, which a sweeper counts as failed)."""
+    return _to_the_search(HydraConfig.get(), _job(cfg))
+
+
+#: what this process's jobs returned to an Optuna search, in order (``None``: the run failed)
+SEARCH_RETURNS: list[float | None] = []
+
+
+def _to_the_search(hydra_cfg: DictConfig, value: float | None) -> float | None:
+    """``value``, the job's objective, for the sweeper. An Optuna search whose every trial failed
+    ends after its last in the plugin's traceback ("No trials are completed yet"): the command ends
+    there instead, with the sweep's report (its runs and their errors) and exit code 1. Only where
+    that is known here: a study of this command alone (no ``storage``, which may hold trials of an
+    earlier search) whose trials run one by one in this process (Hydra's basic launcher)."""
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != OPTUNA_SWEEPER or launched_rank() > 0:
+        return value
+    SEARCH_RETURNS.append(value)
+    trials = sweeper.get("n_trials")
+    if (value is None and sweeper.get("storage") is None and isinstance(trials, int) and len(SEARCH_RETURNS) >= trials
+            and all(v is None for v in SEARCH_RETURNS)
+            and str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")):
+        SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(hydra_cfg.sweep.dir)}}}))
+        report = Path(hydra_cfg.sweep.dir) / "report.md"
+        listed = f"{report} lists them with their errors" if report.exists() else f"their folders are in {report.parent}"
+        raise SystemExit(f"lightning-ssr: every one of the search's {len(SEARCH_RETURNS)} trials failed, so it has "
+                         f"no best parameters (no optimization_results.yaml); {listed}")
+    return value
+
+
+def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.job.get("chdir"):  # (the job runs in its output folder: paths given are the launch folder's)
         paths_from(cfg, hydra_cfg.runtime.cwd)
@@ -975,6 +1107,7 @@ def main() -> None:
             sys.exit(1)
     quiet_lightning()
     LAST_SWEEP.clear()
+    SEARCH_RETURNS.clear()
     try:
         with sigterm_raises():  # SIGTERM outside a Trainer's run: told as Ctrl-C is, not a silent end
             _hydra_main()

@@ -88,6 +88,21 @@ def lines_dropped(*prefixes: str):
         logger.removeFilter(dropped)
 
 
+class _FailedTrialEcho(logging.Filter):
+    """Optuna's sweeper on a trial whose run failed (the job returned ``None``): "Failed experiment:
+    Return value must be float-castable. Got 'None'." and "Failed [...] times out of 1 with
+    max_failure_rate=0.0.", under the command's own line that says why the run failed and that the
+    search goes on (which it does: these say otherwise)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "float-castable. Got 'None'" not in record.getMessage()
+
+
+#: the loggers of Optuna's Hydra sweeper and of its database layer (which announces each of its
+#: plugins as the search starts, "setup plugin alembic.autogenerate.schemas", seven lines)
+_SEARCH_LOGGERS = ("hydra_plugins.hydra_optuna_sweeper._impl", "alembic")
+
+
 def quiet_lightning(hardware: bool = True) -> None:
     """Quiet the job's output (the command calls this; a notebook may too): the GPU/TPU
     availability and ``limit_*_batches`` lines shown once. ``hardware=False`` drops them too: a
@@ -95,6 +110,10 @@ def quiet_lightning(hardware: bool = True) -> None:
     chatter = _QuietLightning(hardware)
     for name in _CHATTY:
         logging.getLogger(name).addFilter(chatter)
+    sweeper, database = map(logging.getLogger, _SEARCH_LOGGERS)
+    if not any(isinstance(f, _FailedTrialEcho) for f in sweeper.filters):
+        sweeper.addFilter(_FailedTrialEcho())
+    database.setLevel(max(database.getEffectiveLevel(), logging.WARNING))
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates; nothing a
     # user can change, so this one message is hidden.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

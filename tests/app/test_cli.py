@@ -369,6 +369,42 @@ def test_a_sweep_is_checked_for_each_choice_before_anything_runs(capsys, monkeyp
     assert err.startswith("lightning-ssr: pruning.rh is not a setting") and "did you mean pruning.rho?" in err
 
 
+def test_an_optuna_search_space_is_checked_at_its_ends_before_the_first_trial():
+    """An Optuna search was not checked before it started (only grids were): an interval whose
+    every value a run refuses (pruning.lam=interval(-2,-1)) failed each trial in turn, then ended
+    in the plugin's traceback; n_trials=0 and direction=minimize (the plugin's default, which
+    searches for the worst model) too. Each end of each interval and range and each choice is
+    composed as a trial is, before the first."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
+                        "(pip install 'lightning_ssr[optuna]')")
+    from lightning_ssr.app import cli
+
+    search = ["-m", "+experiment=optuna_ssr"]
+    ends = r"^a trial of the search at the ends of its space \(pruning.lam={} pruning.rho=0.01 " \
+           r"schedule.update_every_n_steps={}\) would be refused as it starts: ValueError: {}"
+    with pytest.raises(ValueError, match=ends.format("-2.0", 10, r"ssr_l21: lam must be in \[0.0, inf\), got -2.0") +
+                       r".* Nothing has run: change that value or narrow the search space"):
+        cli.check_sweep_runs([*search, "pruning.lam=interval(-2,-1)"])
+    with pytest.raises(ValueError, match=ends.format("0.0001", 0, "schedule: update_every_n_steps must be in")):
+        cli.check_sweep_runs([*search, "schedule.update_every_n_steps=choice(10,0)"])
+    with pytest.raises(ValueError, match=ends.format("0.0001", 10, "target macs .* must be in")):
+        cli.check_sweep_runs([*search, "target.macs=0"])  # (a value every trial has)
+    with pytest.raises(ValueError, match=r"pruning.lam=0.0001 .*target.macs=0.0\) .*target macs .* must be in"):
+        cli.check_sweep_runs([*search, "target.macs=range(0,0.3,0.1)"])  # (a range: its first and last)
+    with pytest.raises(ValueError, match=r"^pruning.rho: a log interval starts above 0, got interval\(0.0, 1.0\)"):
+        cli.check_sweep_runs([*search, "pruning.rho=tag(log, interval(0, 1))"])
+    with pytest.raises(ValueError, match=r"^hydra.sweeper.n_trials=0: a search runs at least one trial"):
+        cli.check_sweep_runs([*search, "hydra.sweeper.n_trials=0"])
+    with pytest.raises(ValueError, match=r"^hydra.sweeper.direction=minimize: each trial returns one value, its "
+                                         r"pruned model's validation accuracy, .* give hydra.sweeper.direction=maximize"):
+        cli.check_sweep_runs(["-m", "hydra/sweeper=optuna", "pruning.lam=interval(0.001, 0.01)"])  # (its default)
+    # the experiment as given, a grid of targets searched with it, and a space of plain Optuna pass
+    cli.check_sweep_runs(search)
+    cli.check_sweep_runs([*search, "target.macs=0.1,0.2", "hydra.sweeper.n_trials=3"])
+    cli.check_sweep_runs(["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "pruning=l1",
+                          "target.macs=interval(0.05, 0.5)"])
+
+
 def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, monkeypatch):
     """A value one run would refuse as it starts (a target of 0, a method's negative argument)
     refused the sweep only when that run came up, after the runs before it trained: the command
@@ -406,7 +442,6 @@ def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, mon
     # valid grids, a single run, another sweeper, Hydra's own errors and plugin runs pass (checked as they start)
     cli.check_sweep_runs(["-m", "pruning=ssr_l20,l1", "target.macs=0.1,0.05", "seed=0,1", "hydra.job.chdir=false"])
     cli.check_sweep_runs(["target.macs=0"])  # (one run: its own check says it, with the run's record)
-    cli.check_sweep_runs(["-m", "+experiment=optuna_ssr", "target.macs=0"])  # (not a grid)
     # a misspelled choice: Hydra's message now (it left a sweep folder a report took for runs never started)
     with pytest.raises(ValueError, match=r"^run 0 of the sweep \(pruning=nosuch\) does not compose: In 'config': "
                                          r"Could not find 'pruning/nosuch' Available options in 'pruning': bn_scale "

@@ -658,6 +658,31 @@ def test_the_optuna_experiment_searches_and_reports(tmp_path):
     assert (sweep / "report.md").is_file()
 
 
+def test_a_search_whose_every_trial_failed_ends_with_its_report_not_a_traceback(tmp_path):
+    """Every trial of an Optuna search failed (here a plugin that cannot load, which only a trial
+    finds): the plugin's sweeper ended in a traceback ("No trials are completed yet") with no
+    report, and each trial's line came with two of the sweeper's saying the search had exceeded
+    its failure rate, beside seven lines of its database layer's plugins."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
+                        "(pip install 'lightning_ssr[optuna]')")
+    broken = tmp_path / "broken_plugin.py"
+    broken.write_text('raise RuntimeError("broken on purpose")\n')
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "lightning_ssr.app.cli", "-m", "+experiment=optuna_ssr", "hydra.sweeper.n_trials=2",
+           f"plugins=[{broken}]", f"dense.cache_dir={tmp_path / 'dense'}", f"hydra.sweep.dir={sweep}", *TINY]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1, said[-3000:]
+    assert "Traceback" not in said and "No trials are completed yet" not in said
+    assert "float-castable" not in said and "setup plugin" not in said
+    assert said.count("RuntimeError: broken on purpose") == 2
+    assert proc.stderr.rstrip().endswith(f"lightning-ssr: every one of the search's 2 trials failed, so it has no best "
+                                         f"parameters (no optimization_results.yaml); {sweep / 'report.md'} lists "
+                                         "them with their errors")
+    assert "broken on purpose" in (sweep / "report.md").read_text()
+    assert not (sweep / "optimization_results.yaml").exists()
+
+
 def test_the_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher "
                         "(pip install 'lightning_ssr[slurm]')")
