@@ -44,7 +44,7 @@ PARTS = [
                  "--out", "benchmarks/results/methods_quick.json", *_quick_work("methods")]),
     ("lenet", ["--seeds", "0", "1", "--sparsify", "4", "--finetune", "5", "--repeats", "30", "--datasets", "mnist",
                "--methods", "ssr_l21@method", "ssr_l20@method", "l1@uniform", "none",
-               "--out", "benchmarks/results/lenet_quick.json", "--force",  # (its own quick file, of other methods)
+               "--out", "benchmarks/results/lenet_quick.json",
                *_quick_work("lenet")]),
     ("recipes", ["--seeds", "0", "--experiments", "transfer_fmnist_to_mnist", "da_mnist_to_digits",
                  "--out", "benchmarks/results/recipes_quick.json", *_quick_work("recipes")]),
@@ -73,13 +73,20 @@ def recorded_runs(data) -> int:
     return sum(int(r["n_runs"]) if isinstance(r.get("n_runs"), int) else int("seed" in r) for r in rows)
 
 
+def check_once(parser, flag: str, values) -> None:
+    """Refuse, through ``parser``, a value of ``flag`` given twice: each is one run (or one set of
+    runs) of the comparison, and two of them trained into one run folder, and were counted as two
+    independent runs of one seed (``--methods l1@uniform l1@uniform``: "± 0.00, runs 2": probe)."""
+    twice = [v for v in dict.fromkeys(values) if list(values).count(v) > 1]
+    if twice:
+        parser.error(f"{flag}: {', '.join(map(str, twice))} given more than once; each is one independent run")
+
+
 def check_seeds(parser, seeds, overrides=()) -> None:
     """Refuse, through ``parser``, seeds given twice (counted as independent runs, they shared one
     run folder and dense model: probe), negative ones, and a seed set by ``--override`` (the runs
     were labelled by ``--seeds`` and all trained the overridden one)."""
-    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if twice:
-        parser.error(f"--seeds: {twice} given more than once; each seed is one independent run")
+    check_once(parser, "--seeds", seeds)
     if any(s < 0 for s in seeds):
         parser.error(f"--seeds must be >= 0, got {sorted(s for s in seeds if s < 0)}")
     if any(str(o).split("=", 1)[0].strip().lstrip("+~") == "seed" for o in overrides or ()):
@@ -197,16 +204,53 @@ def finished_run(out_dir: str | os.PathLike, overrides: list[str], digest: str) 
     return record
 
 
+def set_aside_path(out_dir: str | os.PathLike, digest: str) -> Path:
+    """Where a finished run of ``out_dir``'s data set, method and seed, made with other settings
+    (config ``digest``), is kept while another budget's run of them uses ``out_dir``."""
+    return Path(f"{Path(out_dir)}@{digest[:12]}")
+
+
+def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> dict | None:
+    """Before a run of config ``digest`` in ``out_dir``: a finished run of other settings there
+    (another budget's, in the same work directory) is moved aside (:func:`set_aside_path`), not
+    trained over; and this config's own finished run, set aside so by an earlier command, is moved
+    back and its record returned (``None``: the run trains)."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    try:
+        record = json.loads((out_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("status") == "ok" and record.get("config_sha256") not in (None, digest):
+        aside = set_aside_path(out_dir, record["config_sha256"])
+        if aside.exists():  # (that config's run is kept there already: this one is its copy)
+            shutil.rmtree(out_dir)
+        else:
+            os.replace(out_dir, aside)
+    mine = set_aside_path(out_dir, digest)
+    if finished_run(mine, overrides, digest) is None:
+        return None
+    if out_dir.exists():  # (a run of this config cut short there: the finished one replaces it)
+        shutil.rmtree(out_dir)
+    os.replace(mine, out_dir)
+    return finished_run(out_dir, overrides, digest)
+
+
 def run_or_reuse(overrides: list[str], out_dir: str | os.PathLike, record: dict, compose, train) -> tuple[bool, dict]:
     """One training run of a benchmark, unless it already finished: ``compose(overrides)`` gives
     the config, whose digest goes into ``record["config_sha256"]``; a run that finished in
     ``out_dir`` with the same overrides and config is read back (``(True, its record with
-    "reused": True)``), else ``train(cfg, out_dir).to_dict()`` runs (``(False, that dict)``).
+    "reused": True)``), else ``train(cfg, out_dir).to_dict()`` runs (``(False, that dict)``). A
+    finished run of other settings in ``out_dir`` is kept, moved aside (:func:`make_room`), and
+    read back from there by a later command with its settings.
     An exception gives ``(False, {"status": "failed", "error": ...})``: the other runs go on."""
     try:
         cfg = compose(overrides)
         record["config_sha256"] = config_digest(cfg)
         done = finished_run(out_dir, overrides, record["config_sha256"])
+        if done is None:
+            done = make_room(out_dir, overrides, record["config_sha256"])
         if done is not None:
             return True, {**done, "reused": True}
         return False, train(cfg, out_dir).to_dict()
@@ -221,6 +265,23 @@ def keep_run(out_dir: str | os.PathLike, record: dict) -> dict:
 
     write_json(Path(out_dir) / RUN_FILE, obj=record)
     return record
+
+
+def script_main(main, keeps_runs: bool):
+    """A benchmark script's entry point (``python benchmarks/<name>.py``): ``main()``, where a Ctrl-C
+    ends the script with status 130 and one line that says what was kept (``keeps_runs``: its
+    finished runs, in its work directory), not a traceback, nor the advice of the interrupted
+    run's own resume (a ``ckpt_path=`` in a temporary folder the script had already deleted:
+    probe). Returns what ``main()`` returns."""
+    try:
+        return main()
+    except KeyboardInterrupt as err:
+        if not getattr(err, "told", False):
+            said = ("the runs that finished are kept in the work directory, and the same command goes on from them"
+                    if keeps_runs else "this benchmark keeps no finished runs between commands (it has no work "
+                    "directory): the same command starts over")
+            print(f"\ninterrupted (Ctrl-C): {said}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 ORPHAN_POLL_S = 2.0
@@ -271,6 +332,7 @@ def job_pool(jobs: int, threads: int):
         if isinstance(err, KeyboardInterrupt):
             print("interrupted: the queued runs were cancelled; the runs that finished are kept in the work "
                   "directory, and the same command goes on from them", file=sys.stderr, flush=True)
+            err.told = True  # (said: the script's entry point ends it without another word, :func:`script_main`)
         raise
     pool.shutdown()
 

@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import (
     WORK_ROOT,
+    check_once,
     check_runs,
     check_seeds,
     command_line,
@@ -64,6 +65,7 @@ from benchmarks import (
     keep_run,
     refuse_smaller,
     run_or_reuse,
+    script_main,
 )
 from benchmarks.specs import (
     LENET_SEEDS,
@@ -429,6 +431,10 @@ def main(argv=None) -> dict:
         parser.error(f"--reference {args.reference}: not among the methods run on {', '.join(without)}, so nothing "
                      "there would be compared with it; add it to those methods, or give --reference one they run")
     check_seeds(parser, args.seeds, args.override)
+    check_once(parser, "--datasets", args.datasets)
+    check_once(parser, "--methods-for", [e[0] for e in args.methods_for])
+    for dataset, methods in args.methods_by_dataset.items():
+        check_once(parser, f"--methods of {dataset}", methods)
     try:
         check_pruning_overrides(args.override, [m for ms in args.methods_by_dataset.values() for m in ms])
     except ValueError as err:
@@ -463,7 +469,10 @@ def main(argv=None) -> dict:
             for r in runs:
                 if has_plan(r):
                     r["speed"] = measure_speed(r, args.repeats, Path(tmp))
-        args.__dict__.update({k: v for k, v in previous["settings"].items() if k not in ("out", "repeats")})
+        # (the file's own settings, but what this command does: a trained file records remeasure: null, which
+        # wrote over this one's, and the file lost its speed_command and its training's seconds: probe)
+        args.__dict__.update({k: v for k, v in previous["settings"].items()
+                              if k not in ("out", "repeats", "remeasure", "force")})
     else:
         runs, command = train_all(args, log), command_line("lenet", argv)
     rows = summarize(runs, args.reference)
@@ -483,4 +492,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=True)

@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import (
     WORK_ROOT,
+    check_once,
     check_runs,
     check_seeds,
     command_line,
@@ -53,6 +54,7 @@ from benchmarks import (
     kept_fraction,
     refuse_smaller,
     run_or_reuse,
+    script_main,
 )
 from benchmarks.specs import (
     check_pruning_overrides,
@@ -226,6 +228,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     check_seeds(parser, args.seeds, args.override)
     args.methods = args.methods or registry_specs()
+    check_once(parser, "--methods", args.methods)
+    check_once(parser, "--macs", args.macs)
     if args.reference not in args.methods:
         parser.error(f"--reference {args.reference}: not among the methods run, so nothing would be compared with "
                      "it; add it to --methods, or give --reference one of them")
@@ -284,4 +288,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=True)

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, refuse_smaller
+from benchmarks import command_line, refuse_smaller, script_main
 from lightning_ssr import PruningSchedule, SSRPruning
 from lightning_ssr.app.models import build_model
 from lightning_ssr.report import machine_info, write_json
@@ -451,4 +451,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=False)

@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import (
     WORK_ROOT,
+    check_once,
     check_runs,
     check_seeds,
     command_line,
@@ -48,6 +49,7 @@ from benchmarks import (
     keep_run,
     refuse_smaller,
     run_or_reuse,
+    script_main,
 )
 from benchmarks.stats import mean_std, paired_by_seed
 from lightning_ssr.app.cli import compose_config, run
@@ -193,6 +195,7 @@ def main(argv=None) -> dict:
                              f"term off ({CONTROL_OVERRIDE}; not with an --override of adaptation.domain_weight)")
     args = parser.parse_args(argv)
     check_seeds(parser, args.seeds, args.override)
+    check_once(parser, "--experiments", args.experiments)
     if args.control and any(o.replace(" ", "").lstrip("+").startswith("adaptation.domain_weight=")
                             for o in args.override):
         print("no equal-budget controls: --override sets adaptation.domain_weight itself")
@@ -241,4 +244,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if script_main(main, keeps_runs=True) else 1)

@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_runs, check_seeds, command_line, counted, refuse_smaller
+from benchmarks import check_runs, check_seeds, command_line, counted, refuse_smaller, script_main
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.app.cli import compose_config
@@ -252,4 +252,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=False)

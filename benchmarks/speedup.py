@@ -33,7 +33,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, counted, refuse_smaller
+from benchmarks import command_line, counted, refuse_smaller, script_main
 from lightning_ssr.app.export import compile_for_cpu_inference, optimize_for_cpu_inference
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
@@ -181,4 +181,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=False)

@@ -39,7 +39,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import command_line, counted
+from benchmarks import command_line, counted, script_main
 from lightning_ssr.app.models import build_model
 from lightning_ssr.cost import count_cost
 from lightning_ssr.latency import interleaved_ms, latency_model, steady_allocator
@@ -189,4 +189,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=False)

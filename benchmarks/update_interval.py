@@ -38,7 +38,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_runs, check_seeds, command_line, refuse_smaller
+from benchmarks import check_runs, check_seeds, command_line, refuse_smaller, script_main
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
@@ -217,4 +217,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, keeps_runs=False)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import RUN_FILE, config_digest, finished_run, lenet
+from benchmarks import RUN_FILE, config_digest, finished_run, lenet, set_aside_path
 from lightning_ssr.app.cli import compose_config
 
 PLAN = {"format_version": 1, "input_shape": [1, 1, 28, 28], "groups": [
@@ -31,7 +31,7 @@ def test_the_pruned_network_is_rebuilt_from_the_runs_plan():
 def test_remeasure_times_the_earlier_runs_again_and_keeps_their_accuracy(tmp_path, monkeypatch):
     previous = {"command": "python benchmarks/lenet.py --seeds 0 1", "seconds": 123.0, "runs": [_run(0, 0.3), _run(1, 0.5)],
                 "settings": {"datasets": ["mnist"], "methods": ["ssr_l21"], "seeds": [0, 1], "repeats": 60,
-                             "out": "elsewhere.json"}}
+                             "out": "elsewhere.json", "remeasure": None, "force": False}}  # (a trained file's)
     src, out = tmp_path / "before.json", tmp_path / "after.json"
     src.write_text(json.dumps(previous))
     timed = []
@@ -46,6 +46,7 @@ def test_remeasure_times_the_earlier_runs_again_and_keeps_their_accuracy(tmp_pat
     assert timed == [(0, 7), (1, 7)]
     assert data["command"] == previous["command"] and "--remeasure" in data["speed_command"]
     assert data["seconds"] == 123.0
+    assert data["settings"]["remeasure"].endswith("before.json") and data["settings"]["repeats"] == 7
     (row,) = [r for r in data["rows"] if r.get("source") == "measured"]
     assert row["drop_mean"] == pytest.approx(0.4) and row["speedup_b1_runtime"] == pytest.approx(6.5)
     assert row["n_runs"] == 2
@@ -100,9 +101,18 @@ def test_an_interrupted_benchmark_goes_on_from_the_runs_that_finished(tmp_path, 
     again = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))  # finished: not trained again
     assert len(calls) == 1 and again.pop("reused") is True and again == first
 
-    args.finetune = 2  # other settings: the earlier run does not count
-    lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    args.finetune = 2  # other settings: the earlier run does not count, and is kept aside, not trained over
+    longer = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
     assert len(calls) == 2
+    aside = set_aside_path(out, first["config_sha256"])
+    assert json.loads((aside / RUN_FILE).read_text()) == first
+    # (a quick budget in the work directory of an interrupted full one destroyed its finished runs: probe)
+    args.finetune = 1  # the first budget again: its run is found where it was kept, and moved back
+    again = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    assert len(calls) == 2 and again.pop("reused") is True and again == first and not aside.exists()
+    args.finetune = 2
+    again = lenet.compress_job("mnist", "l1@uniform", 0, args, str(out))
+    assert len(calls) == 2 and again.pop("reused") is True and again == longer
 
     # the same overrides over a changed config file: the earlier run does not count either
     monkeypatch.setattr(lenet, "compose_config", lambda overrides: {"overrides": overrides, "file": "edited"})

@@ -135,6 +135,39 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
             os.kill(worker, signal.SIGKILL)
 
 
+def _interrupted(told: bool = False):
+    err = KeyboardInterrupt("the run stopped; to go on, run the same command with ckpt_path=/tmp/gone/last.ckpt")
+    if told:
+        err.told = True
+    raise err
+
+
+@pytest.mark.parametrize("keeps,told,said", [
+    (False, False, ("interrupted (Ctrl-C): this benchmark keeps no finished runs between commands (it has no work "
+                   "directory): the same command starts over\n")),
+    (True, False, ("interrupted (Ctrl-C): the runs that finished are kept in the work directory, and the same command "
+                  "goes on from them\n")),
+    (True, True, "")])  # (its pool said it already)
+def test_a_ctrl_c_ends_a_benchmark_script_with_what_it_kept(keeps, told, said, capsys):
+    """update_interval.py and solver_speed.py, interrupted, printed the interrupted run's traceback
+    and its advice to resume with ckpt_path= in a temporary folder they had deleted, though they
+    keep no run between commands; lenet.py printed a traceback after its pool's line (probe)."""
+    from benchmarks import script_main
+
+    with pytest.raises(SystemExit) as info:
+        script_main(lambda: _interrupted(told), keeps_runs=keeps)
+    assert info.value.code == 130
+    assert capsys.readouterr().err.lstrip("\n") == said
+    assert script_main(lambda: 3, keeps_runs=keeps) == 3
+
+
+def test_every_benchmark_script_ends_a_ctrl_c_through_script_main():
+    """Each script that trains or times (what a Ctrl-C interrupts) is entered through script_main."""
+    for name in ("lenet", "methods", "recipes", "update_interval", "solver_speed", "overhead", "speedup", "targets"):
+        tail = (BENCHMARKS / f"{name}.py").read_text().rstrip().splitlines()[-1]
+        assert "script_main(main, keeps_runs=" in tail, name
+
+
 @pytest.mark.parametrize("script,argv,said", [
     ("methods", ["--macs", "1.5"], "argument --macs: 1.5 is not in (0, 1]"),
     ("methods", ["--dense-epochs", "0"], "argument --dense-epochs: 0 is below 1"),
@@ -143,7 +176,16 @@ def test_a_ctrl_c_stops_a_benchmarks_pool_and_its_queued_runs(tmp_path):
     ("solver_speed", ["--interval", "0"], "argument --interval: 0 is below 1"),
     ("recipes", ["--jobs", "0"], "argument --jobs: 0 is below 1"),
     # (seeds given twice were counted as independent runs; a seed overridden trained one seed for every label: probe)
-    ("lenet", ["--seeds", "0", "0"], "--seeds: [0] given more than once"),
+    ("lenet", ["--seeds", "0", "0"], "--seeds: 0 given more than once"),
+    # (a method, data set, target or experiment given twice: two runs of one seed, "± 0.00, runs 2": probe)
+    ("lenet", ["--methods", "l1@uniform", "l1@uniform", "none", "--reference", "none"],
+     "--methods of mnist: l1@uniform given more than once"),
+    ("lenet", ["--datasets", "mnist", "mnist"], "--datasets: mnist given more than once"),
+    ("methods", ["--macs", "0.5", "0.5"], "--macs: 0.5 given more than once"),
+    ("recipes", ["--experiments", "transfer_fmnist_to_mnist", "transfer_fmnist_to_mnist"],
+     "--experiments: transfer_fmnist_to_mnist given more than once"),
+    # (none@bogus ran as none, and the report's headline named it the best compression: probe)
+    ("lenet", ["--methods", "l1@uniform", "none@bogus"], "'none@bogus': none prunes nothing and takes no allocation"),
     ("methods", ["--seeds", "1", "-1"], "--seeds must be >= 0, got [-1]"),
     ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
     ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]"),
