@@ -579,15 +579,15 @@ def target_keep_counts(model: nn.Module, example: torch.Tensor, groups: Sequence
     else:
         rows = example if timing_input is None else timing_input.to(example.device, example.dtype)
         batch = timing_batch(rows, target.batch_size)
+    floor = floor_keep_counts(groups, min_keep, round_to)
     try:
         allocate(table)
     except ValueError:  # the table may overrate what the floor costs: time the floor before refusing
-        floor = floor_keep_counts(groups, min_keep, round_to)
         ms = measure_keep(model, batch, groups, floor, shared=shared, dense_ms=table.dense_ms)
         table.calibration.append([table.table_ms(groups, cost, floor), ms])
     with OtherProcessesLoad() as load:
         keep, info = calibrated_keep_counts(allocate, model, batch, groups, cost, table, shared=shared,
-                                            target_ms=target.latency)
+                                            target_ms=target.latency, floor=floor)
     return keep, {"dense_ms": table.dense_ms, **info, "allocator": allocator,
                   "calibration_load": load.to_dict() if batch.device.type == "cpu" else None}
 
