@@ -950,6 +950,12 @@ class PruningEngine:
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
                                     steps={g.name: group_step(g, round_to) for g in groups}, importance=ranked)
+        if (self.dense.allocation == "method" and self.dense.final_keep is None and self.target is not None
+                and self.target.kind == "latency" and self._latency_table is None):
+            # the table the method steers by: rank 0's for every rank (each rank timed its own, while the
+            # others timed theirs, and each rank's dense time differed by a fifth: probe)
+            self._latency_table = _on_rank_zero(world, lambda: latency_table(
+                model, example, groups, cost, self.target, self._timing_rows)[0])
         self._context = self._method_context(model, example, groups, cost, self.events_done, world.sync, evaluate,
                                              steps_per_epoch)
         view = self._context.budget

@@ -1,6 +1,6 @@
 """A small SSRPruning fit, run as a script so that Lightning's DDP launcher can start it.
 
-    python tests/ddp_job.py OUT_DIR DEVICES {residual,lenet,latency,fails_on_rank_1} [--spawn]
+    python tests/ddp_job.py OUT_DIR DEVICES {residual,lenet,latency,method_latency,fails_on_rank_1} [--spawn]
 
 Each rank writes OUT_DIR/rank<r>.pt with its final state dict, plan and loss history.
 Used by tests/test_ddp.py; 64 samples, global batch 16 whatever DEVICES is. "residual" has
@@ -71,6 +71,9 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bo
         one_shot = PruningSchedule(warmup_epochs=1, sparsify_epochs=0, finetune_epochs=1)
         ssr = (Pruning("l1", target={"latency": 1000.0, "batch_size": 8}, schedule=one_shot) if kind == "latency"
                else Pruning(_fails_on_rank_1(), target={"macs": 0.5}, schedule=one_shot))
+    if kind == "method_latency":  # (the structure the method learns, steered by a latency table)
+        ssr = Pruning("ssr_l20", method_kwargs={"rho": 0.5}, target={"latency": 1000.0, "batch_size": 8},
+                      schedule=schedule)
     strategy = "auto" if devices == 1 else DDPStrategy(start_method="spawn" if spawn else "popen")
     trainer = pl.Trainer(max_epochs=ssr.schedule.total_epochs, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
                          precision="64-true" if kind == "lenet" else "32-true",
@@ -78,7 +81,7 @@ def main(out_dir: str, devices: int, kind: str, spawn: bool = False, by_name: bo
                          deterministic=True, use_distributed_sampler=False, callbacks=[ssr])
     trainer.fit(model, datamodule=_DataModule(data, 16 // devices))
     torch.save({"state_dict": model.state_dict(), "plan": ssr.plan.to_dict(), "events": ssr.events,
-                "losses": model.losses,
+                "losses": model.losses, "table_dense_ms": getattr(ssr.engine._latency_table, "dense_ms", None),
                 "world_size": trainer.world_size},
                Path(out_dir) / f"rank{trainer.global_rank}.pt")
     if torch.distributed.is_initialized():  # gloo's threads left running aborted the exit now and then, under load

@@ -70,6 +70,17 @@ def test_a_latency_target_is_timed_on_rank_zero_for_every_rank(tmp_path):
     assert r0["events"] == r1["events"] and "latency_measured_ms" in r0["events"][0]
 
 
+def test_the_latency_table_a_method_steers_by_is_rank_zeros_for_every_rank(tmp_path):
+    """With the structure learned by the method, each rank timed its own per-layer table while the
+    other timed its own: their dense times differed by a fifth, each steered by another table, and
+    a refusal came on one rank alone (probe). Rank 0 times it; every rank steers by it."""
+    proc = _run(tmp_path, 2, "method_latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _load(tmp_path, 0), _load(tmp_path, 1)
+    assert r0["table_dense_ms"] is not None and r0["table_dense_ms"] == r1["table_dense_ms"]
+    assert r0["plan"] == r1["plan"] and r0["events"] == r1["events"]
+
+
 def test_a_failure_after_the_rebuild_on_one_rank_stops_every_rank(tmp_path):
     """after_rebuild failed on rank 1 only: its recovery re-wrapped DDP (a collective) alone while
     rank 0 trained on, and the job hung without a word (probe). Every rank learns of it at the next
@@ -92,20 +103,62 @@ def test_ddp_spawn_is_refused_with_a_reason(tmp_path, how):
 
 
 def test_the_cli_job_runs_under_ddp_and_rank_zero_reports(tmp_path):
-    """lightning-ssr trainer.strategy=ddp trainer.devices=2 on CPU: one result.json, one summary."""
+    """lightning-ssr trainer.strategy=ddp trainer.devices=2 on CPU: one result.json, one summary, one
+    table of all prune events and each warning once (each rank printed them: probe)."""
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_ssr.app.cli", "trainer.strategy=ddp", "trainer.devices=2", "data=uci_digits",
          "dense.epochs=1", f"dense.cache_dir={tmp_path / 'dense'}", "schedule.sparsify_epochs=1",
-         "schedule.finetune_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
-         "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"],
+         "schedule.finetune_epochs=1", "schedule.prune_events=2", "trainer.limit_train_batches=4",
+         "trainer.enable_progress_bar=false", "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("fewer MACs, ") >= 1
+    assert proc.stdout.count("dense -> pruned, all prune events") == 1
+    # (4 steps an epoch: the method's update every 25 steps never runs, which it warns of)
+    assert proc.stderr.count("warning: pruning method 'ssr_l20' updates every 25 optimizer steps") == 1
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "ok" and result["pruned"]["macs"] < result["dense"]["macs"]
     assert result["config"]["cli"]["trainer"]["strategy"] == "ddp"
     assert (run_dir / "pruned.pt").is_file()
+
+
+FAILS_ON_RANK_1 = """
+import torch.distributed as dist
+from lightning_ssr.methods.oneshot import L1
+
+_select = L1.select
+
+
+def select(self, keep):
+    if dist.is_initialized() and dist.get_rank() == 1:
+        raise RuntimeError("a failure on rank 1 only")
+    return _select(self, keep)
+
+
+L1.select = select
+"""
+
+
+def test_the_cli_says_the_error_of_the_rank_that_failed(tmp_path):
+    """Rank 1 failed alone: the command printed rank 0's error only (another rank failed, or
+    gloo's "Connection closed by peer"), rank 1's own error appeared nowhere, and every rank wrote
+    its failure over the others' in result.json (probe)."""
+    plugin = tmp_path / "fails_on_rank_1.py"
+    plugin.write_text(FAILS_ON_RANK_1)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ssr.app.cli", "trainer.strategy=ddp", "trainer.devices=2", "data=uci_digits",
+         "pruning=l1", f"plugins=[{plugin}]", "dense.epochs=1", f"dense.cache_dir={tmp_path / 'dense'}",
+         "schedule.finetune_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
+         "latency.batch_sizes=[]", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "lightning-ssr: rank 1: " in proc.stderr and "RuntimeError: a failure on rank 1 only" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
+    if "Connection closed by peer" in proc.stderr:  # (rank 0's error, where it was gloo's: it points at rank 1's)
+        assert "another rank failed first: its own error is the line 'lightning-ssr: rank N: ...'" in proc.stderr
 
 
 def test_the_command_leaves_its_process_group_at_the_end(tmp_path):

@@ -573,7 +573,8 @@ def _record_stop(cfg: DictConfig, err: BaseException, start: tuple[float, float]
     failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start[0]})
     failed.config["started_at"] = start[1]  # (the wall-clock time it started: the running record's)
     failed.config[REFUSED_MARK] = before  # (a later run refused before training keeps this record unless it is one)
-    failed.save(path)
+    if rank_zero_only.rank == 0:  # (each rank wrote its own failure over the others': rank 1 prints its own)
+        failed.save(path)
 
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
@@ -634,7 +635,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
             failed = failed_result(cfg, resumable or err, timings, lm, callback, dm)
             failed.config["started_at"] = began
-            failed.save(output_dir / "result.json")
+            if rank_zero_only.rank == 0:  # (under DDP: rank 0's record; another rank prints its own error)
+                failed.save(output_dir / "result.json")
         if resumable is not None:
             raise resumable from err
         raise
@@ -897,6 +899,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return _to_the_search(HydraConfig.get(), _job(cfg))
 
 
+#: a collective's error where another rank of the fit ended (gloo's, NCCL's)
+PEER_LOST = re.compile(r"Connection closed by peer|Connection reset by peer|remote worker|NCCL communicator was aborted")
+
+
 #: what this process's jobs returned to an Optuna search, in order (``None``: the run failed)
 SEARCH_RETURNS: list[float | None] = []
 
@@ -1000,10 +1006,15 @@ def _job(cfg: DictConfig) -> float | None:
             # what is wrong and where it is recorded, not a traceback through the set-up or the training loop
             # (a bad value refused before training; a diverged loss, a refusal at the first batch, ... after)
             when = "refused before training" if getattr(err, REFUSED_BEFORE_TRAINING, False) else "the run failed"
-            if rank_zero_only.rank == 0:
+            if rank_zero_only.rank != 0:  # (its own error: rank 0 may give only the broken connection it left)
+                print(f"lightning-ssr: rank {rank_zero_only.rank}: {when}: {type(err).__name__}: {err}{notes}",
+                      file=sys.stderr)
+            else:
                 kept = getattr(err, KEPT_RECORD, None)
                 where = (f"not recorded: {kept} still records the run that was there before" if kept else
                          f"recorded in {Path(hydra_cfg.runtime.output_dir) / 'result.json'}")
+                if PEER_LOST.search(str(err)):  # (the rank that failed first says why, in its own line)
+                    where = f"another rank failed first: its own error is the line 'lightning-ssr: rank N: ...'; {where}"
                 print(f"lightning-ssr: {when}: {type(err).__name__}: {err}{notes}\n({where}; HYDRA_FULL_ERROR=1 "
                       "shows the traceback)", file=sys.stderr)
             sys.exit(1)

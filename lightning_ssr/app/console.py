@@ -131,7 +131,10 @@ def _own_warnings_plainly(default):
     ``default`` formats them."""
     def formatwarning(message, category, filename, lineno, line=None):
         if str(filename).startswith(_PACKAGE_DIR) and issubclass(category, UserWarning):
-            return f"warning: {message}\n"
+            from .sweep import launched_rank
+
+            # (under DDP every rank warned of the same set-up: rank 0 says it, and records it in the result)
+            return "" if launched_rank() > 0 else f"warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
     formatwarning._lightning_ssr = True

@@ -1373,7 +1373,10 @@ def evaluate(cfg: DictConfig, dm: pl.LightningDataModule, dense: nn.Module, prun
         out[key] = {**known, "macs": int(cost.macs), "params": int(cost.params)}
     dtype = dtype_of(pruned)  # (both timed in the dtype the pruned one trained in: trainer.precision=64-true)
     timed = dense if dtype_of(dense) == dtype else copy.deepcopy(dense).to(dtype)
-    latency = compare_latency(timed, pruned, shape, tuple(cfg.latency.batch_sizes), cfg.latency.repeats, dtype=dtype)
+    # under DDP rank 0 times alone, and writes the result (both ranks timed at once, each slowing the other's
+    # figures by a third: probe); the other ranks' figures are not kept
+    sizes = tuple(cfg.latency.batch_sizes) if rank_zero_only.rank == 0 else ()
+    latency = compare_latency(timed, pruned, shape, sizes, cfg.latency.repeats, dtype=dtype)
     out["dense"]["latency_ms"] = latency["dense"]
     out["pruned"]["latency_ms"] = latency["pruned"]
     out["speedup"] = latency["speedup"]
@@ -1494,8 +1497,9 @@ def base_result(cfg: DictConfig, lm: pl.LightningModule | None, callback: Prunin
 
 
 def print_final_table(result: PruningResult, callback: Pruning | None) -> None:
-    """The per-layer table, unless the callback printed it already (one prune event, verbose)."""
-    if callback is not None and callback.verbose and len(callback.events) == 1:
+    """The per-layer table, unless the callback printed it already (one prune event, verbose); on
+    rank 0 alone under DDP (each rank printed it)."""
+    if (callback is not None and callback.verbose and len(callback.events) == 1) or rank_zero_only.rank != 0:
         return
     if not result.layers:
         return

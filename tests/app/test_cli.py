@@ -2467,3 +2467,25 @@ def test_a_moved_records_paths_follow_it_the_checkpoint_it_resumed_from_too(tmp_
     assert moved.config["cli"] == {"ckpt_path": str(folder / "checkpoints" / "last.ckpt"), "seed": 0,
                                    "dense": {"cache_dir": str(tmp_path / "cache")}}  # (what lay elsewhere stays)
     assert PruningResult.load(folder / "result.json").config["cli"] == moved.config["cli"]
+
+
+def test_under_ddp_rank_zero_alone_times_the_final_models(monkeypatch, tmp_path):
+    """Every rank timed the dense and the pruned model at the end, at the same moment: rank 0's
+    figures, the ones written, ran a third slower than a single process's (probe). The other
+    ranks time nothing."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.stages import build_data, build_network, evaluate
+
+    cfg = compose_config(["data=uci_digits", "latency.batch_sizes=[1]", "latency.repeats=3",
+                          "trainer.enable_progress_bar=false", f"dense.cache_dir={tmp_path}"])
+    dm = build_data(cfg)
+    net = build_network(cfg, dm)
+    known = {"accuracy": 0.5, "val_accuracy": 0.5}
+    monkeypatch.setattr("lightning_ssr.app.stages.accuracy", lambda cfg, model, dm: known)
+    out = evaluate(cfg, dm, net, net, known)
+    assert set(out["dense"]["latency_ms"]) == set(out["pruned"]["latency_ms"]) == {"batch_1"}
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    out = evaluate(cfg, dm, net, net, known)
+    assert out["dense"]["latency_ms"] == out["pruned"]["latency_ms"] == out["speedup"] == {}
