@@ -431,6 +431,7 @@ def _check_config(cfg: DictConfig, resumes_the_module: bool = False) -> tuple[Pr
     net = build_network(cfg, dm)
     lm = build_module(cfg, net, dm)
     build_module(cfg, net, dm, lr=cfg.dense.lr)
+    check_evaluation_limits(cfg, dm)
     if checkpoint is not None and resumes_the_module:
         # its weights into a copy, through its plan: a checkpoint of another network is told as such, before
         # the settings its callback state holds are compared with these (Lightning's own error came after
@@ -1277,6 +1278,29 @@ def reword_warnings(callback: Pruning, pattern: str, said: str | None) -> None:
 
 def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) -> pl.LightningModule:
     return model if isinstance(model, pl.LightningModule) else build_module(cfg, model, dm)
+
+
+def check_evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule) -> None:
+    """A fraction of ``trainer.limit_val_batches`` or ``limit_test_batches`` that leaves less than
+    one batch of ``dm``'s split (``eval_batches()``): Lightning refuses it as the loop starts, the
+    validation's in the dense training, the test's after every epoch trained (0.5 of the single
+    test batch of data=uci_digits failed a finished run: probe). Refused before training."""
+    counts = getattr(dm, "eval_batches", None)
+    trainer = cfg.get("trainer") or {}
+    if not callable(counts):
+        return
+    for key, split, what in (("limit_val_batches", "val", "validation"), ("limit_test_batches", "test", "test")):
+        value = trainer.get(key)
+        if not isinstance(value, float) or not 0.0 < value < 1.0:
+            continue
+        batches = counts(split)
+        if int(batches * value) < 1:
+            size = (cfg.get("data") or {}).get("eval_batch_size")
+            raise ValueError(
+                f"trainer.{key}={value} leaves no batch of the {what} split, which is {batches} batch"
+                f"{'es' * (batches != 1)}{f' of data.eval_batch_size={size}' if size else ''}: give "
+                + ("1.0 (the whole split)" if batches == 1 else f"at least {1 / batches:.3g} of it")
+                + f", a number of batches (trainer.{key}=1), or a smaller data.eval_batch_size")
 
 
 def evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule | None = None) -> dict:

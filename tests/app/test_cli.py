@@ -2489,3 +2489,23 @@ def test_under_ddp_rank_zero_alone_times_the_final_models(monkeypatch, tmp_path)
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     out = evaluate(cfg, dm, net, net, known)
     assert out["dense"]["latency_ms"] == out["pruned"]["latency_ms"] == out["speedup"] == {}
+
+
+def test_an_evaluation_fraction_of_less_than_one_batch_is_refused_before_training(tmp_path):
+    """trainer.limit_test_batches=0.5 of data=uci_digits' single test batch: Lightning refused it
+    when the test began, after every epoch trained, and the run was lost (probe); 0.5 of the
+    validation split, in the dense training's first validation."""
+    from lightning_ssr.app.cli import compose_config
+    from lightning_ssr.app.stages import check_config
+
+    def check(*overrides):
+        check_config(compose_config(["data=uci_digits", f"dense.cache_dir={tmp_path}", *overrides]))
+
+    with pytest.raises(ValueError, match=r"^trainer.limit_test_batches=0.5 leaves no batch of the test split, which "
+                                         r"is 1 batch of data.eval_batch_size=1000: give 1.0 \(the whole split\), a "
+                                         r"number of batches \(trainer.limit_test_batches=1\)"):
+        check("trainer.limit_test_batches=0.5")
+    with pytest.raises(ValueError, match=r"^trainer.limit_val_batches=0.3 leaves no batch of the validation split, "
+                                         r"which is 2 batches of data.eval_batch_size=100: give at least 0.5 of it"):
+        check("trainer.limit_val_batches=0.3", "data.eval_batch_size=100")
+    check("trainer.limit_val_batches=0.5", "data.eval_batch_size=100", "trainer.limit_test_batches=1.0")
