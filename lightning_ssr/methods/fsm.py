@@ -89,24 +89,24 @@ def check_fsm_group(group: ChannelGroup, model: nn.Module) -> None:
     check_fsm_groups([group], model)
 
 
-def check_fsm_groups(groups: Sequence[ChannelGroup], model: nn.Module) -> None:
+def check_fsm_groups(groups: Sequence[ChannelGroup], model: nn.Module, who: str = "fsm",
+                     instead: str | None = None) -> None:
     """FSM can score every group: one error naming all those it cannot (or saying that no group
-    has a BatchNorm, and which methods apply), not one group at a time."""
+    has a BatchNorm, and which methods apply: ``instead``, by default the methods that need none),
+    not one group at a time. ``who``: what scores them (``"oneshot's importance='fsm'"``)."""
     bad = {g.name: c for g in groups if (c := _without_bn(g, model)) is not None}
     if not bad:
         return
-    others = methods_without_batchnorm()
+    instead = instead or f"a method that needs no BatchNorm: {methods_without_batchnorm()}"
     if len(bad) == len(groups):
         raise ValueError(
-            f"fsm scores each channel from the BatchNorm before its consumers (data-free), but no prunable group of "
+            f"{who} scores each channel from the BatchNorm before its consumers (data-free), but no prunable group of "
             f"this model reaches its consumers through an affine BatchNorm ({len(groups)} groups: "
-            f"{sorted(bad)[:6]}{'...' if len(bad) > 6 else ''}); fsm does not apply to it. Use a method that needs "
-            f"no BatchNorm: {others}.")
+            f"{sorted(bad)[:6]}{'...' if len(bad) > 6 else ''}); {who} does not apply to it. Use {instead}.")
     detail = ", ".join(f"'{g}' (read by '{c}')" for g, c in sorted(bad.items()))
     raise ValueError(
-        f"fsm scores a channel from the BatchNorm that precedes its consumer, but the channels of {detail} reach "
-        f"them without an affine BatchNorm on the way. Pass {sorted(bad)} in ignored_layers, or use another "
-        f"method ({others}).")
+        f"{who} scores a channel from the BatchNorm that precedes its consumer, but the channels of {detail} reach "
+        f"them without an affine BatchNorm on the way. Pass {sorted(bad)} in ignored_layers, or use {instead}.")
 
 
 def channel_shift(group: ChannelGroup, model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

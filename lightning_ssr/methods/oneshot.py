@@ -40,6 +40,27 @@ class OneShot(PruningMethod):
                              f"got {importance!r}")
         self.importance_fn = importance
 
+    def check(self, model: nn.Module, groups) -> None:
+        """The importances that read each channel's BatchNorm, on a model where a group has none:
+        ``"bn_scale"`` scored those channels by their L1 norm instead, without a word, and recorded
+        bn_scale (where ``pruning=bn_scale`` refuses the model); ``"fsm"`` named one group of
+        several and advised the method in use (probe)."""
+        instead = "importance='l1' or 'l2', which need no BatchNorm"
+        if self.importance_fn == "fsm":
+            from .fsm import check_fsm_groups
+
+            check_fsm_groups(groups, model, who="oneshot's importance='fsm'", instead=instead)
+        elif self.importance_fn == "bn_scale":
+            from .bn_scale import BNScale
+
+            without = BNScale.without_batchnorm(model, groups)
+            if without:
+                where = ("no prunable group of this model has one: use" if len(without) == len(groups) else
+                         f"the channels of {', '.join(map(repr, without))} have none: pass {without} in "
+                         "ignored_layers, or use")
+                raise ValueError(f"oneshot's importance='bn_scale' ranks channels by their BatchNorm scales, but "
+                                 f"{where} {instead}.")
+
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         ctx = self.context
         return top_k_masks(self.scores(ctx.model, ctx.groups), keep)

@@ -98,6 +98,31 @@ def test_oneshot_method_settings():
         OneShot(importance="magic")
 
 
+def test_an_importance_that_reads_batchnorm_is_refused_where_a_group_has_none():
+    """pruning=oneshot pruning.importance=bn_scale on LeNet-5 (no BatchNorm) scored every channel
+    by its L1 norm instead and recorded bn_scale, where pruning=bn_scale refuses the model; with
+    importance=fsm the refusal named one group of three and advised the method in use (probe)."""
+    from lightning_ssr.structure import find_channel_groups
+    from tests.nets import SmallResidualCNN
+
+    x = torch.randn(2, 1, 28, 28)
+    lenet = build_model("lenet5")
+    groups = find_channel_groups(lenet, x)
+    with pytest.raises(ValueError, match=r"^oneshot's importance='bn_scale' ranks channels by their BatchNorm "
+                                         r"scales, but no prunable group of this model has one: use importance='l1'"):
+        OneShot(importance="bn_scale").check(lenet, groups)
+    with pytest.raises(ValueError, match=r"^oneshot's importance='fsm' .*\(3 groups: \['conv1', 'conv2', 'fc1'\]\); "
+                                         r"oneshot's importance='fsm' does not apply to it. Use importance='l1' or 'l2'"):
+        OneShot(importance="fsm").check(lenet, groups)
+    OneShot(importance="l1").check(lenet, groups)  # (what needs no BatchNorm)
+    net = SmallResidualCNN()  # (BatchNorm on some groups: the others named, to leave out)
+    with pytest.raises(ValueError, match=r"but the channels of 'fc1', 'mix' have none: pass \['fc1', 'mix'\] in "
+                                         r"ignored_layers, or use importance='l1' or 'l2'"):
+        OneShot(importance="bn_scale").check(net, find_channel_groups(net, torch.randn(2, 3, 16, 16)))
+    net = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)  # (BatchNorm on every group)
+    OneShot(importance="bn_scale").check(net, find_channel_groups(net, torch.randn(2, 3, 32, 32)))
+
+
 ONESHOT = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
 
 
