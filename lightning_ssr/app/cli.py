@@ -931,6 +931,7 @@ def _to_the_search(hydra_cfg: DictConfig, value: float | None) -> float | None:
 
 def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    quiet_lightning()  # (again: a launcher's worker process, joblib's, runs the job outside main())
     if hydra_cfg.job.get("chdir"):  # (the job runs in its output folder: paths given are the launch folder's)
         paths_from(cfg, hydra_cfg.runtime.cwd)
     sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", ""))

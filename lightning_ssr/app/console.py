@@ -32,7 +32,8 @@ class _QuietLightning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith(("\N{ELECTRIC LIGHT BULB} Tip", "Seed set to")) or "`Trainer.fit` stopped" in message:
+        if (message.startswith("\N{ELECTRIC LIGHT BULB} Tip") or re.match(r"(\[rank: \d+\] )?Seed set to", message)
+                or "`Trainer.fit` stopped" in message):  # (a DDP rank's "[rank: 1] Seed set to 0", three times a run)
             return False
         # the command says a SIGTERM or a Ctrl-C itself, with what to do (Lightning calls a SIGTERM
         # in a Trainer's set-up a KeyboardInterrupt); and a resumed run with ema_decay loads its
@@ -108,8 +109,10 @@ def quiet_lightning(hardware: bool = True) -> None:
     availability and ``limit_*_batches`` lines shown once. ``hardware=False`` drops them too: a
     benchmark's worker processes, each of which would repeat them beside the benchmark's own table."""
     chatter = _QuietLightning(hardware)
-    for name in _CHATTY:
-        logging.getLogger(name).addFilter(chatter)
+    for name in _CHATTY:  # (once: each job of a sweep calls this again, in a launcher's worker process too)
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietLightning) for f in logger.filters):
+            logger.addFilter(chatter)
     sweeper, database = map(logging.getLogger, _SEARCH_LOGGERS)
     if not any(isinstance(f, _FailedTrialEcho) for f in sweeper.filters):
         sweeper.addFilter(_FailedTrialEcho())

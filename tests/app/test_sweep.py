@@ -621,6 +621,10 @@ def test_a_multirun_records_a_broken_run_and_reports_the_sweep(tmp_path, launche
     md = (sweep / "report.md").read_text()
     assert "3 runs finished, 1 failed" in md and "too small" in md
     assert (sweep / "report.csv").is_file()
+    # as quiet in a launcher's worker processes as in the command's own (joblib's printed Lightning's tips,
+    # its seed lines and a FutureWarning of its own: probe)
+    said = proc.stdout + proc.stderr
+    assert not any(line in said for line in ("Tip: ", "Seed set to", "LeafSpec", "`Trainer.fit` stopped"))
     for name in ("pareto.png", "layers.png", "structure.png"):
         assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
 

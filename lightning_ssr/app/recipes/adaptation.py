@@ -437,7 +437,8 @@ def adaptation_summary(result) -> str:
             + ("; DANN's equal-budget control, the same epochs without the domain term, is this run with "
                "adaptation.domain_weight=0 (not run here)" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
-            + (f" ({info['target_trained_epochs']} epochs from scratch, as source only; DANN's models train "
+            + (f" ({info['target_trained_epochs']} epoch{'s' * (info['target_trained_epochs'] != 1)} from scratch, "
+               "as source only; DANN's models train "
                f"{epochs} more from source only)" if ceiling is not None and info.get("target_trained_epochs")
                and epochs else "")
             + (f"; each on {part_of_test_split(info['evaluation_limits']['limit_test_batches'], each=True)}"
