@@ -35,7 +35,7 @@ PARTS = [
     ("structure", []),
     ("targets", ["--latency-allocations", "global", "--out", "benchmarks/results/targets_quick.json"]),
     ("speedup", ["--repeats", "12", "--out", "benchmarks/results/speedup_quick.json"]),
-    ("overhead", ["--steps", "25", "--rounds", "3"]),
+    ("overhead", ["--steps", "25", "--rounds", "3", "--out", "benchmarks/results/overhead_quick.json"]),
     ("solver_speed", ["--epochs", "6", "--finetune", "1", "--seeds", "0",
                       "--out", "benchmarks/results/solver_speed_quick.json"]),
     ("update_interval", []),
@@ -348,6 +348,21 @@ def counted(low: int):
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
         return value
     parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number_at_least(low: float):
+    """An argparse ``type``: a finite number of at least ``low`` (``--lam -1`` ended in the method's
+    traceback after the dense model loaded: probe)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not a finite number >= {low:g}")
+        return value
+    parse.__name__ = f"number >= {low:g}"
     return parse
 
 

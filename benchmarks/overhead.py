@@ -415,8 +415,9 @@ def main(argv=None) -> None:
         p.error("--steps, --warmup, --rounds and --batch-size must be >= 1")
     # a file made with more steps or rounds (or a larger batch) is not replaced by a smaller budget
     budget = ("steps", "rounds", "batch_size")  # (a file that records none was made with the defaults)
-    refuse_smaller(args.out, None, args.force, {k: getattr(args, k) for k in budget},
-                   recorded_default={k: p.get_default(k) for k in budget})
+    # (and one of fewer models: --models resnet20 timed into the file of both dropped resnet56's rows: probe)
+    refuse_smaller(args.out, None, args.force, {**{k: getattr(args, k) for k in budget}, "models": args.models},
+                   recorded_default={k: p.get_default(k) for k in budget}, covers=("models",))
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)

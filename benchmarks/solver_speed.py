@@ -42,7 +42,15 @@ from lightning.pytorch.callbacks import Callback
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_runs, check_seeds, command_line, counted, refuse_smaller, script_main
+from benchmarks import (
+    check_runs,
+    check_seeds,
+    command_line,
+    counted,
+    number_at_least,
+    refuse_smaller,
+    script_main,
+)
 from benchmarks.stats import mean_std, paired, pm
 from lightning_ssr import Pruning, PruningSchedule
 from lightning_ssr.app.cli import compose_config
@@ -190,12 +198,12 @@ def dense_overrides(data: str, seed: int) -> list[str]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="mnist")
-    parser.add_argument("--lam", type=float, default=0.002)
+    parser.add_argument("--lam", type=number_at_least(0.0), default=0.002)
     parser.add_argument("--epochs", type=counted(1), default=8, help="sparsify epochs (both solvers)")
     parser.add_argument("--finetune", type=counted(0), default=2, help="identical fine-tune epochs after the prune")
     parser.add_argument("--interval", type=counted(1), default=25, help="steps between updates (V/U; SSL's support)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--threshold", type=float, default=1e-2, help="ssl: relative norm threshold")
+    parser.add_argument("--threshold", type=number_at_least(0.0), default=1e-2, help="ssl: relative norm threshold")
     parser.add_argument("--batches", type=counted(0), default=0, help="training batches per epoch (0: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
@@ -204,6 +212,8 @@ def main(argv=None) -> dict:
                         help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
     check_seeds(parser, args.seeds)
+    if args.recompute and not args.out.is_file():
+        parser.error(f"--recompute: no such file {args.out} (--out names the file whose trajectories it recomputes)")
     if args.recompute:
         out = json.loads(args.out.read_text())
         out["comparisons"] = {seed: compare(runs) for seed, runs in out["runs"].items()}

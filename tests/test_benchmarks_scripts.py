@@ -189,6 +189,10 @@ def test_every_benchmark_script_ends_a_ctrl_c_through_script_main():
     ("methods", ["--seeds", "1", "-1"], "--seeds must be >= 0, got [-1]"),
     ("recipes", ["--override", "seed=3"], "--override seed=...: the runs' seeds are --seeds"),
     ("update_interval", ["--flops-budget", "2"], "--flops-budget must be in (0, 1]"),
+    # (a negative lam or threshold ended in the method's traceback after the dense model loaded: probe)
+    ("solver_speed", ["--lam", "-1"], "argument --lam: -1.0 is not a finite number >= 0"),
+    ("solver_speed", ["--threshold", "nan"], "argument --threshold: nan is not a finite number >= 0"),
+    ("solver_speed", ["--recompute", "--out", "/nonexistent/s.json"], "--recompute: no such file /nonexistent/s.json"),
     # (an unknown allocation or round_to 0 wrote a results file of "refused" rows)
     ("targets", ["--allocations", "globl"], "argument --allocations: invalid choice: 'globl'"),
     ("targets", ["--round-to", "0"], "argument --round-to: 0 is below 1"),

@@ -121,7 +121,9 @@ def test_a_quick_budget_never_replaces_a_larger_results_file(tmp_path):
 @pytest.mark.parametrize("script,argv", [
     ("methods", ["--dense-epochs", "1"]), ("solver_speed", ["--epochs", "1"]), ("lenet", ["--finetune", "1"]),
     ("lenet", ["--remeasure", "{quick}", "--repeats", "1"]), ("targets", ["--models", "lenet5", "--kinds", "macs"]),
-    ("targets", ["--models", "lenet5", "--kinds", "macs", "--append", "--round-to", "8"])])
+    ("targets", ["--models", "lenet5", "--kinds", "macs", "--append", "--round-to", "8"]),
+    # (a run of fewer models replaced the file of both, dropping the other's rows: probe)
+    ("overhead", ["--models", "resnet20", "--steps", "25", "--rounds", "3"])])
 def test_a_smaller_run_of_each_script_is_refused_before_it_trains(tmp_path, script, argv):
     """Each refusal comes before any training or timing: the call returns at once (probe: a remeasure,
     a run of fewer epochs, of fewer models replaced the files; a run of as many runs trained 8 minutes)."""
