@@ -81,7 +81,7 @@ def render_lenet(d):
             versus = r.get("vs_reference")
             rows.append([r["dataset"], r["method"], r["filters"], r.get("learned") or "-",
                          _f(r["macs_reduction"], 1, "x"), pm(r["drop_mean"], r["drop_std"], sign=True), r["n_runs"],
-                         interval(versus) if versus else "(reference)" if r["method"] == reference else "-",
+                         _versus(versus, r["n_runs"]) if versus else "(reference)" if r["method"] == reference else "-",
                          _f(r.get("speedup_b1_runtime"), 1, "x"), _f(r.get("speedup_b256"), 1, "x")])
     # one figure per dataset, over the most seeds: a row with a failed run averages fewer dense models
     dense = sorted({r["dataset"]: 100 * r["dense_accuracy_mean"]
@@ -97,6 +97,14 @@ def render_lenet(d):
          "thread count.")] + failures(measured, lambda r: f"{r['dataset']} {r['method']}")
 
 
+def _versus(p, runs) -> str:
+    """A paired comparison (:func:`interval`) of a row of ``runs`` runs, with how many seeds it pairs
+    where that is fewer (a failed run of the reference: "runs 5" beside an interval of 4 seeds)."""
+    paired = len(p.get("seeds") or ()) if isinstance(p.get("seeds"), (list, tuple)) else None
+    said = interval(p)
+    return f"{said} ({paired} paired seeds)" if paired is not None and isinstance(runs, int) and paired < runs else said
+
+
 def render_methods(d):
     summary = d["summary"]
     if isinstance(summary, dict):  # a file written before the paired comparisons
@@ -108,7 +116,7 @@ def render_methods(d):
         versus, none = s.get("vs_reference"), s.get("vs_none")
         rows.append([_f(s.get("macs_target"), 2) if s.get("macs_target") else "-", s["method"], s["runs"],
                      pm(s.get("accuracy_mean"), s.get("accuracy_std")),
-                     interval(none) if none else "-", interval(versus) if versus else "-",
+                     _versus(none, s["runs"]) if none else "-", _versus(versus, s["runs"]) if versus else "-",
                      _f(s.get("macs_reduction_mean"), 2, "x"), s.get("filters", "-")])
     settings = d.get("settings", {})
     dense = [x for x in (s.get("dense_accuracy_mean") for s in summary) if x is not None]
@@ -357,7 +365,12 @@ def render(results: Path = RESULTS) -> str:
              "by hand. Each section names the command that wrote its file and the machine it ran on."), ""]
     for path in sorted(results.glob("*.json"), key=lambda p: (p.stem != "run", p.stem)):  # the whole run first
         name = path.stem
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:  # (one cut-short file stopped the whole render in a traceback: probe)
+            lines += [f"## {name}", "", (f"`{folder}/{path.name}` is unreadable ({type(err).__name__}: {err}); "
+                      "run its benchmark again, or remove it."), ""]
+            continue
         command = data.get("command") if isinstance(data, dict) else None
         made = f"`{command}`" if command else "the command is not recorded in this file"
         lines += [f"## {name}", "", f"{made} → `{folder}/{path.name}`; " + machine_line(data), ""]

@@ -42,6 +42,12 @@ def test_render_names_the_recorded_command_and_machine_and_lists_files_it_cannot
     assert "`python benchmarks/overhead.py --steps 25 --rounds 3`" in text
     assert "machine: Some CPU, 2 cores, 2 torch threads, torch 2.x" in text and "| resnet20 | cpu | 32-true | 64 | 1.012 |" in text
     assert "## mystery" in text and "no renderer" in text
+    # a file cut short is said, and the others rendered (it stopped the whole render in a traceback: probe)
+    (tmp_path / "broken.json").write_text('{"rows": [')
+    text = render(tmp_path)
+    assert re.search(r"## broken\n\n`\S+/broken.json` is unreadable \(JSONDecodeError: .*\); run its benchmark "
+                     r"again, or remove it\.", text)
+    assert "| resnet20 | cpu | 32-true | 64 | 1.012 |" in text
 
 
 def test_readme_generated_parts_are_replaced_between_their_markers_only(tmp_path):
@@ -228,6 +234,11 @@ def test_a_lenet_table_with_a_failed_run_states_one_dense_accuracy_and_the_headl
     assert "(reference)" not in text and text.count("| - | ") >= 2
     compared = "\n".join(render_lenet({"rows": [ok, short], "settings": {"reference": "l1@uniform"}}))
     assert compared.count("(reference)") == 1 and "| l1@uniform | 2-6-87 |" in compared
+    # a paired interval over fewer seeds than the row's runs says so (the reference's seed 6 failed: probe)
+    versus = {"mean": -0.05, "low": -0.14, "high": 0.05, "verdict": "not distinguishable", "seeds": [5, 7, 8, 9]}
+    paired = "\n".join(render_lenet({"rows": [{**ok, "vs_reference": versus}, short],
+                                      "settings": {"reference": "l1@uniform"}}))
+    assert "| 5 | -0.05 [-0.14, +0.05], not distinguishable (4 paired seeds) |" in paired
     assert "- mnist l1@uniform, seed 6: FloatingPointError: nan" in text
     (tmp_path / "lenet_distill_restart.json").write_text(json.dumps({"rows": [ok, short]}))
     assert "drop +0.23 ± 0.06 pt over 4 seeds (1 failed, listed in the table) (dense" in headline(tmp_path)
