@@ -998,7 +998,9 @@ def _job(cfg: DictConfig) -> float | None:
             alone = None
         if isinstance(err, KeyboardInterrupt):
             if hydra_cfg.mode == RunMode.MULTIRUN:
-                raise sweep_interrupted(err, hydra_cfg) from err
+                told = sweep_interrupted(err, hydra_cfg)
+                said_in_record(Path(hydra_cfg.runtime.output_dir) / "result.json", told)
+                raise told from err
             raise
         notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))  # (a plugin's: where it raised)
         if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -1080,6 +1082,21 @@ def run_alone_command(hydra_cfg, overrides: Sequence[str], run_dir: str, extra: 
     args = ["lightning-ssr", *config, *hydra_flags, *overrides, *extra, f"hydra.run.dir={_override_value(run_dir)}",
             "hydra.mode=RUN"]  # also where a config file set the sweep's mode
     return " ".join(shlex.quote(a) for a in args)
+
+
+def said_in_record(path: Path, told: BaseException) -> None:
+    """The error of an interrupted run's record (``path``, status ``interrupted``) as ``told``: a
+    sweep's run recorded the single run's advice (run the same command with ``ckpt_path=``, which
+    gives every run of the sweep that checkpoint), and the sweep's report showed it (probe)."""
+    if rank_zero_only.rank != 0:
+        return
+    try:
+        record = PruningResult.load(path)
+    except ValueError:  # (none written, or unreadable: nothing to correct)
+        return
+    if record.status == "interrupted":
+        record.error = "".join(traceback.format_exception_only(told)).strip()
+        record.save(path)
 
 
 def sweep_interrupted(err: KeyboardInterrupt, hydra_cfg) -> RunInterrupted:

@@ -1574,6 +1574,29 @@ def test_ctrl_c_in_a_sweep_before_a_checkpoint_gives_the_command_that_runs_it_ag
                                 "stopped there") and term.exit_code == 143
 
 
+def test_an_interrupted_sweep_runs_record_gives_the_sweeps_advice(tmp_path):
+    """The record of a sweep's run stopped by Ctrl-C kept the single run's advice ("run the same
+    command with ckpt_path=...", which would give every run of the sweep that checkpoint), and the
+    sweep's report showed it beside the right command (probe)."""
+    from lightning_ssr.app.cli import said_in_record
+    from lightning_ssr.app.stages import RunInterrupted
+    from lightning_ssr.report import PruningResult
+
+    path = tmp_path / "result.json"
+    said_in_record(path, RunInterrupted("x"))  # (no record: nothing to correct)
+    assert not path.exists()
+    record = PruningResult(method="l1", status="interrupted",
+                           error="RunInterrupted: ...; run the same command with ckpt_path=a.ckpt")
+    record.save(path)
+    said_in_record(path, RunInterrupted("", message="interrupted ..., in run 3 of the sweep; to go on with that run "
+                                                    "alone: cmd"))
+    assert PruningResult.load(path).error == ("lightning_ssr.app.stages.RunInterrupted: interrupted ..., in run 3 of "
+                                              "the sweep; to go on with that run alone: cmd")
+    PruningResult(method="l1", status="ok").save(path)
+    said_in_record(path, RunInterrupted("y"))  # (a finished record is not touched)
+    assert PruningResult.load(path).error is None
+
+
 def test_the_sweep_command_keeps_the_runs_hydra_flags_but_not_the_sweeps_and_quotes_what_hydra_would_misread():
     import pickle
 
