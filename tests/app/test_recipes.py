@@ -384,7 +384,8 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     assert "Training the reference trained on the target's labels (UCIDigits) (1 epoch)" in out
     # the ceiling's budget is said: it trained as long as source only, not DANN's epochs more (probe)
     assert info["target_trained_epochs"] == cfg.dense.epochs
-    assert (f" ({cfg.dense.epochs} epochs from scratch, as source only; DANN's models train {epochs} more from "
+    assert cfg.dense.epochs == 1  # ("1 epochs": said in the singular)
+    assert (f" (1 epoch from scratch, as source only; DANN's models train {epochs} more from "
             "source only)") in out
     assert "Training DANN dense from the source-only model (" in out and "Training the dense model" not in out
 
