@@ -23,7 +23,7 @@ from ..structure.groups import ChannelGroup
 from ..validation import check_number
 from .base import MethodContext, PruningMethod, methods_without_batchnorm, register_method, top_k_masks
 from .continuation import Continuation
-from .importance import bn_scale
+from .importance import batchnorm_scales, bn_scale
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -58,21 +58,12 @@ class BNScale(PruningMethod):
         self._continuation = Continuation.learning(context, self.ramp, growth_total=1000.0)
 
     @staticmethod
-    def without_batchnorm(model: nn.Module, groups: list[ChannelGroup]) -> list[str]:
-        """The groups (sorted names) whose channels have no BatchNorm scale, trainable or frozen."""
-        modules = dict(model.named_modules())
-        return sorted(g.name for g in groups if not any(
-            s.param.endswith(".weight") and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)
-            for s in (*g.slices, *g.fixed)))
-
-    @staticmethod
     def _scales(model: nn.Module, groups: list[ChannelGroup]) -> list[str]:
         """The BatchNorm scales of the groups (sorted), or an error naming the groups without one."""
         modules = dict(model.named_modules())
 
         def scales(slices):
-            return [s.param for s in slices if s.param.endswith(".weight")
-                    and isinstance(modules.get(s.param.rsplit(".", 1)[0]), _BN)]
+            return [s.param for s in batchnorm_scales(modules, slices)]
 
         names, without, frozen = set(), [], []
         for g in groups:

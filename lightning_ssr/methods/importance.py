@@ -39,19 +39,32 @@ def l2_norm(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
     return group.norms({n: p.detach() for n, p in model.named_parameters()})
 
 
-def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
-    """Sum of |gamma| of the BN layers on each channel (network slimming); L1 norm without BN."""
+def batchnorm_scales(modules: Mapping[str, nn.Module], slices) -> list:
+    """The slices (of a group's ``slices`` or ``fixed``) that are a BatchNorm's scale (its weight);
+    ``modules``: the model's ``named_modules()``."""
+    return [s for s in slices if s.param.endswith(".weight")
+            and isinstance(modules.get(s.param.rsplit(".", 1)[0]), nn.modules.batchnorm._BatchNorm)]
+
+
+def without_batchnorm(model: nn.Module, groups) -> list[str]:
+    """The groups (sorted names) whose channels have no BatchNorm scale, trainable or frozen."""
     modules = dict(model.named_modules())
+    return sorted(g.name for g in groups if not batchnorm_scales(modules, (*g.slices, *g.fixed)))
+
+
+def bn_scale(group: ChannelGroup, model: nn.Module) -> torch.Tensor:
+    """Sum of |gamma| of the BN layers on each channel (network slimming), trainable or frozen; the
+    L1 norm for a group without BN (which :func:`~lightning_ssr.methods.oneshot.check_importance`
+    refuses for the ``oneshot`` method and :func:`~lightning_ssr.methods.oneshot.prune_oneshot`)."""
     params = dict(model.named_parameters())
+    found = batchnorm_scales(dict(model.named_modules()), (*group.slices, *group.fixed))
+    if not found:
+        return l1_norm(group, model)
     score = torch.zeros(group.size, dtype=torch.float64)
-    found = False
-    for s in group.slices:
-        module = modules.get(s.param.rsplit(".", 1)[0])
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and s.param.endswith("weight"):
-            t = params[s.param].detach()
-            score += t[s.index.reshape(-1).to(t.device)].reshape(group.size, -1).double().abs().sum(1).cpu()
-            found = True
-    return score if found else l1_norm(group, model)
+    for s in found:
+        t = params[s.param].detach()
+        score += t[s.index.reshape(-1).to(t.device)].reshape(group.size, -1).double().abs().sum(1).cpu()
+    return score
 
 
 def first_order_taylor(group: ChannelGroup, params: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,8 @@ from ..structure.surgery import check_finite, prune_channels
 from ..targets import Budget, Target
 from ..validation import check_number
 from .base import PruningMethod, plain_data, register_method, top_k_masks
-from .importance import IMPORTANCES, get_importance, random_scores
+from .fsm import check_fsm_groups
+from .importance import IMPORTANCES, get_importance, random_scores, without_batchnorm
 
 
 @register_method("oneshot")
@@ -41,25 +42,7 @@ class OneShot(PruningMethod):
         self.importance_fn = importance
 
     def check(self, model: nn.Module, groups) -> None:
-        """The importances that read each channel's BatchNorm, on a model where a group has none:
-        ``"bn_scale"`` scored those channels by their L1 norm instead, without a word, and recorded
-        bn_scale (where ``pruning=bn_scale`` refuses the model); ``"fsm"`` named one group of
-        several and advised the method in use (probe)."""
-        instead = "importance='l1' or 'l2', which need no BatchNorm"
-        if self.importance_fn == "fsm":
-            from .fsm import check_fsm_groups
-
-            check_fsm_groups(groups, model, who="oneshot's importance='fsm'", instead=instead)
-        elif self.importance_fn == "bn_scale":
-            from .bn_scale import BNScale
-
-            without = BNScale.without_batchnorm(model, groups)
-            if without:
-                where = ("no prunable group of this model has one: use" if len(without) == len(groups) else
-                         f"the channels of {', '.join(map(repr, without))} have none: pass {without} in "
-                         "ignored_layers, or use")
-                raise ValueError(f"oneshot's importance='bn_scale' ranks channels by their BatchNorm scales, but "
-                                 f"{where} {instead}.")
+        check_importance(self.importance_fn, model, groups, who="oneshot's")
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         ctx = self.context
@@ -75,6 +58,26 @@ class OneShot(PruningMethod):
     def config(self) -> dict:
         fn = self.importance_fn
         return {"importance": plain_data(fn)}  # a function by its qualified name, the same in every process
+
+
+def check_importance(importance, model: nn.Module, groups, who: str = "") -> None:
+    """Refuse an importance that reads each channel's BatchNorm (``"bn_scale"``, ``"fsm"``, by name
+    or as the function) on a model where a group has none, naming every such group: bn_scale
+    scored those channels by their L1 norm instead, without a word, and was recorded as bn_scale
+    (where ``pruning=bn_scale`` refuses the model); fsm named one group of several and advised the
+    method in use (probe). ``who``: whose importance it is, in the message."""
+    name = next((n for n in ("bn_scale", "fsm") if importance in (n, IMPORTANCES[n])), None)
+    if name is None:
+        return
+    who, instead = f"{who} importance={name!r}".strip(), "importance='l1' or 'l2', which need no BatchNorm"
+    if name == "fsm":
+        check_fsm_groups(groups, model, who=who, instead=instead)
+        return
+    without = without_batchnorm(model, groups)
+    if without:
+        where = ("no prunable group of this model has one: use" if len(without) == len(groups) else
+                 f"the channels of {', '.join(map(repr, without))} have none: pass {without} in ignored_layers, or use")
+        raise ValueError(f"{who} ranks channels by their BatchNorm scales, but {where} {instead}.")
 
 
 def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, importance="l1",
@@ -99,6 +102,7 @@ def prune_oneshot(model: nn.Module, example_inputs: torch.Tensor, target, import
     allocation = budget.allocation_for(None)  # "method" is refused: nothing learned a structure here
     groups = find_channel_groups(model, example_inputs, ignored_layers)
     check_finite(model)  # (a diverged model named as such, before its scores are read)
+    check_importance(importance, model, groups, who="prune_oneshot:")
     cost = count_cost(model, example_inputs)
     score = get_importance(importance)
     scores = {g.name: score(g, model) for g in groups}

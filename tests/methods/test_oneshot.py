@@ -8,6 +8,7 @@ import torch
 from lightning_ssr import PLAN_CHECKPOINT_KEY, Pruning, PruningSchedule, apply_plan, count_cost, prune_oneshot
 from lightning_ssr.app.models import build_model
 from lightning_ssr.methods import OneShot, build_method
+from lightning_ssr.methods.importance import IMPORTANCES
 from tests.lit import Snapshot, TinyClassifier, assert_same_weights, epoch_checkpoints, loader, trainer
 
 # Published FLOPs (MACs) and parameters, FSM README; tolerance 1.5%.
@@ -121,6 +122,20 @@ def test_an_importance_that_reads_batchnorm_is_refused_where_a_group_has_none():
         OneShot(importance="bn_scale").check(net, find_channel_groups(net, torch.randn(2, 3, 16, 16)))
     net = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)  # (BatchNorm on every group)
     OneShot(importance="bn_scale").check(net, find_channel_groups(net, torch.randn(2, 3, 32, 32)))
+    # the function itself, and the bare-model API, are held to the same (they fell back silently: review)
+    with pytest.raises(ValueError, match=r"^oneshot's importance='bn_scale' ranks channels by their BatchNorm"):
+        OneShot(importance=IMPORTANCES["bn_scale"]).check(lenet, groups)
+    with pytest.raises(ValueError, match=r"^prune_oneshot: importance='bn_scale' ranks channels by their BatchNorm"):
+        prune_oneshot(build_model("lenet5"), x, {"macs": 0.3}, importance="bn_scale")
+    # a frozen BatchNorm is a scale to rank by, as the check says (the importance read the L1 norm: review)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.requires_grad_(False)
+            m.weight.data.uniform_(0.1, 1.0)
+    groups = find_channel_groups(net, torch.randn(2, 3, 32, 32))
+    OneShot(importance="bn_scale").check(net, groups)
+    g = groups[0]
+    assert not torch.equal(IMPORTANCES["bn_scale"](g, net), IMPORTANCES["l1"](g, net))
 
 
 ONESHOT = PruningSchedule(sparsify_epochs=0, finetune_epochs=2)
