@@ -228,6 +228,7 @@ def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> 
             shutil.rmtree(out_dir)
         else:
             os.replace(out_dir, aside)
+            print(f"{out_dir.name}: the run of other settings there is kept in {aside.name}", flush=True)
     mine = set_aside_path(out_dir, digest)
     if finished_run(mine, overrides, digest) is None:
         return None

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from ..files import atomic_write_text
 from ..latency import steady_allocator
 from ..report import PruningResult
 from ..targets import TARGET_KINDS
@@ -228,6 +229,9 @@ def check_sweep_runs(args: Sequence[str]) -> None:
     _check_grid(grid, swept, [o.input_line for o in hydras if not o.is_sweep_override()])
 
 
+#: where :func:`_check_search` checks an interval: this share of its width inside each end
+INSIDE = 1e-3
+
 #: the sweeper of Optuna's Hydra plugin (``hydra/sweeper=optuna``, ``+experiment=optuna_ssr``)
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
@@ -268,6 +272,8 @@ def _check_search(sweeper: DictConfig, overrides, hydras) -> None:
 
     where = "hydra.sweeper"
     direction = sweeper.get("direction")
+    if OmegaConf.is_list(direction) and len(direction) == 1:  # (one objective, as a list: the plugin reads it so)
+        direction = direction[0]
     direction = getattr(direction, "name", direction)  # (the plugin's default is its enum, Direction.minimize)
     if direction != "maximize":
         raise ValueError(f"{where}.direction={direction}: each trial returns one value, its pruned model's validation "
@@ -295,10 +301,14 @@ def _check_search(sweeper: DictConfig, overrides, hydras) -> None:
     for key, override in space.items():
         value = override.value()
         if isinstance(value, IntervalSweep):
-            if "log" in value.tags and value.start <= 0:
-                raise ValueError(f"{key}: a log interval starts above 0, got interval({value.start}, {value.end}). "
-                                 "Nothing has run")
-            ends = [value.start, value.end]
+            low, high = value.start, value.end
+            if "log" in value.tags and low <= 0:
+                raise ValueError(f"{key}: a log interval starts above 0, got interval({low}, {high}). Nothing has run")
+            # just inside each end, where trials may land (on the end itself, almost never: interval(0, 0.5) of a
+            # target that refuses 0 is a search of valid targets: review)
+            ends = ([low * (high / low) ** INSIDE, high * (low / high) ** INSIDE] if "log" in value.tags else
+                    [low + (high - low) * INSIDE, high - (high - low) * INSIDE])
+            ends = [f"{v:.6g}" for v in ends]
         elif isinstance(value, RangeSweep):
             values = list(override.sweep_string_iterator())
             ends = values[:1] + values[-1:] if len(values) > 1 else values
@@ -307,6 +317,12 @@ def _check_search(sweeper: DictConfig, overrides, hydras) -> None:
         else:
             ends = [override.get_value_element_as_str()]
         grid[key] = [f"{key}={v}" for v in dict.fromkeys(str(v) for v in ends)]
+    corners = math.prod(len(v) for v in grid.values())
+    if corners > 32:  # (as a grid's: said where it takes seconds, and where the cap leaves some for the trials)
+        which = (f"the search's {corners} corners of its space" if corners <= MAX_CHECKED_RUNS else
+                 f"the first {MAX_CHECKED_RUNS} of the search's {corners} corners of its space (the others as each "
+                 "trial starts)")
+        print(f"lightning-ssr: checking the settings of {which} before the first trial", flush=True)
     _check_grid({**{o: [o] for o in fixed}, **grid}, set(grid), [o.input_line for o in hydras
                                                                  if not o.is_sweep_override()], search=True)
 
@@ -335,7 +351,7 @@ def _check_each(grid: dict[str, list[str]], swept: set[str], hydras: Sequence[st
     built = set()  # (the trainer, data and module settings checked already)
     if search:  # (a search's trials are drawn: what is checked is its space's every end and choice)
         def which(values: str) -> str:
-            return f"a trial of the search at the ends of its space ({values})"
+            return f"a trial of the search near the ends of its space ({values})"
         change = "change that value or narrow the search space (hydra.sweeper.params, or the command line's)"
     else:
         def which(values: str) -> str:
@@ -556,6 +572,38 @@ def _worth_keeping(record: bytes) -> bool:
     return isinstance(timings, dict) and any(k in timings for k in ("dense_s", "compress_s"))
 
 
+#: how long rank 0, whose error is a broken connection, waits for the failed rank's own error
+PEER_ERROR_WAIT_S = 5.0
+
+
+def save_failure(failed: PruningResult, err: BaseException, path: Path) -> None:
+    """The record of a failed run (``result.json``), once, by rank 0 (every rank wrote its own over
+    the others'). Under DDP another rank leaves its error beside it (``.rank<N>.error``), and rank 0,
+    whose own error is then often only the connection the failed rank broke (gloo's "Connection
+    closed by peer"), records that rank's error first (review: the record held the broken connection
+    alone, the cause only in the failed rank's output)."""
+    rank = rank_zero_only.rank
+    if rank != 0:
+        with contextlib.suppress(OSError):
+            atomic_write_text(path.parent / f".rank{rank}.error", failed.error or f"{type(err).__name__}: {err}")
+        return
+    if PEER_LOST.search(str(err)):
+        deadline = time.monotonic() + PEER_ERROR_WAIT_S
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = sorted(path.parent.glob(".rank*.error"))
+            if not found:
+                time.sleep(0.1)
+        said = []
+        for file in found:
+            with contextlib.suppress(OSError):
+                said.append(f"{file.name[1:-len('.error')].replace('rank', 'rank ')}: {file.read_text().strip()}")
+                file.unlink()
+        if said:
+            failed.error = "; ".join(said) + f" (then rank 0: {failed.error})"
+    failed.save(path)
+
+
 def _record_stop(cfg: DictConfig, err: BaseException, start: tuple[float, float], output_dir: Path,
                  earlier: bytes | None, before: bool) -> None:
     """``result.json`` for a run that failed or was interrupted: its failure, except for a run that
@@ -573,8 +621,7 @@ def _record_stop(cfg: DictConfig, err: BaseException, start: tuple[float, float]
     failed = failed_result(cfg, err, {"total_s": time.perf_counter() - start[0]})
     failed.config["started_at"] = start[1]  # (the wall-clock time it started: the running record's)
     failed.config[REFUSED_MARK] = before  # (a later run refused before training keeps this record unless it is one)
-    if rank_zero_only.rank == 0:  # (each rank wrote its own failure over the others': rank 1 prints its own)
-        failed.save(path)
+    save_failure(failed, err, path)
 
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
@@ -635,8 +682,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
             resumable = after_the_run_that_prunes(err, lm) if "compress_s" in timings else None
             failed = failed_result(cfg, resumable or err, timings, lm, callback, dm)
             failed.config["started_at"] = began
-            if rank_zero_only.rank == 0:  # (under DDP: rank 0's record; another rank prints its own error)
-                failed.save(output_dir / "result.json")
+            save_failure(failed, err, output_dir / "result.json")
         if resumable is not None:
             raise resumable from err
         raise
@@ -921,8 +967,9 @@ def _to_the_search(hydra_cfg: DictConfig, value: float | None) -> float | None:
     if (value is None and sweeper.get("storage") is None and isinstance(trials, int) and len(SEARCH_RETURNS) >= trials
             and all(v is None for v in SEARCH_RETURNS)
             and str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")):
-        SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(hydra_cfg.sweep.dir)}}}))
-        report = Path(hydra_cfg.sweep.dir) / "report.md"
+        sweep_dir = Path(hydra_cfg.runtime.cwd) / hydra_cfg.sweep.dir  # (hydra.job.chdir=true: the job is in its own)
+        SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+        report = sweep_dir / "report.md"
         listed = f"{report} lists them with their errors" if report.exists() else f"their folders are in {report.parent}"
         raise SystemExit(f"lightning-ssr: every one of the search's {len(SEARCH_RETURNS)} trials failed, so it has "
                          f"no best parameters (no optimization_results.yaml); {listed}")

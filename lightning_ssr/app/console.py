@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 #: Lightning's notice of a debugging limit ("`Trainer(limit_val_batches=1)` was configured so 1
 #: batch will be used."), which every Trainer of the job repeats
@@ -111,7 +112,10 @@ def quiet_lightning(hardware: bool = True) -> None:
     chatter = _QuietLightning(hardware)
     for name in _CHATTY:  # (once: each job of a sweep calls this again, in a launcher's worker process too)
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietLightning) for f in logger.filters):
+        there = [f for f in logger.filters if isinstance(f, _QuietLightning)]
+        for f in there:  # (hardware=False still drops the availability lines: a forked benchmark worker's, review)
+            f.hardware = f.hardware and hardware
+        if not there:
             logger.addFilter(chatter)
     sweeper, database = map(logging.getLogger, _SEARCH_LOGGERS)
     if not any(isinstance(f, _FailedTrialEcho) for f in sweeper.filters):
@@ -134,10 +138,9 @@ def _own_warnings_plainly(default):
     ``default`` formats them."""
     def formatwarning(message, category, filename, lineno, line=None):
         if str(filename).startswith(_PACKAGE_DIR) and issubclass(category, UserWarning):
-            from .sweep import launched_rank
-
-            # (under DDP every rank warned of the same set-up: rank 0 says it, and records it in the result)
-            return "" if launched_rank() > 0 else f"warning: {message}\n"
+            # (under DDP every rank warned of the same set-up: rank 0 says it, and records it in the result;
+            # Lightning's rank, as the record's, not another variable a cluster may set: review)
+            return "" if rank_zero_only.rank != 0 else f"warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
     formatwarning._lightning_ssr = True

@@ -1280,11 +1280,12 @@ def _as_module(cfg: DictConfig, model: nn.Module, dm: pl.LightningDataModule) ->
     return model if isinstance(model, pl.LightningModule) else build_module(cfg, model, dm)
 
 
-def check_evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule) -> None:
+def check_evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule, data: str = "data") -> None:
     """A fraction of ``trainer.limit_val_batches`` or ``limit_test_batches`` that leaves less than
     one batch of ``dm``'s split (``eval_batches()``): Lightning refuses it as the loop starts, the
     validation's in the dense training, the test's after every epoch trained (0.5 of the single
-    test batch of data=uci_digits failed a finished run: probe). Refused before training."""
+    test batch of data=uci_digits failed a finished run: probe). Refused before training. ``data``:
+    where ``dm``'s settings are (``adaptation.target`` for a recipe's second data set)."""
     counts = getattr(dm, "eval_batches", None)
     trainer = cfg.get("trainer") or {}
     if not callable(counts):
@@ -1295,12 +1296,12 @@ def check_evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule) -> None
             continue
         batches = counts(split)
         if int(batches * value) < 1:
-            size = (cfg.get("data") or {}).get("eval_batch_size")
+            size = getattr(dm, "eval_batch_size", None)
             raise ValueError(
-                f"trainer.{key}={value} leaves no batch of the {what} split, which is {batches} batch"
-                f"{'es' * (batches != 1)}{f' of data.eval_batch_size={size}' if size else ''}: give "
-                + ("1.0 (the whole split)" if batches == 1 else f"at least {1 / batches:.3g} of it")
-                + f", a number of batches (trainer.{key}=1), or a smaller data.eval_batch_size")
+                f"trainer.{key}={value} leaves no batch of the {what} split{'' if data == 'data' else f' of {data}'}, "
+                f"which is {batches} batch{'es' * (batches != 1)}{f' of {data}.eval_batch_size={size}' if size else ''}: give "
+                + ("1.0 (the whole split)" if batches == 1 else f"at least {math.ceil(1000 / batches) / 1000:g} of it")
+                + f", a number of batches (trainer.{key}=1), or a smaller {data}.eval_batch_size")
 
 
 def evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule | None = None) -> dict:

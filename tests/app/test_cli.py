@@ -373,23 +373,24 @@ def test_an_optuna_search_space_is_checked_at_its_ends_before_the_first_trial():
     """An Optuna search was not checked before it started (only grids were): an interval whose
     every value a run refuses (pruning.lam=interval(-2,-1)) failed each trial in turn, then ended
     in the plugin's traceback; n_trials=0 and direction=minimize (the plugin's default, which
-    searches for the worst model) too. Each end of each interval and range and each choice is
-    composed as a trial is, before the first."""
+    searches for the worst model) too. Just inside each end of each interval (where trials land:
+    on an end, almost never), each end of a range and each choice are composed as a trial is,
+    before the first."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs hydra-optuna-sweeper "
                         "(pip install 'lightning_ssr[optuna]')")
     from lightning_ssr.app import cli
 
     search = ["-m", "+experiment=optuna_ssr"]
-    ends = r"^a trial of the search at the ends of its space \(pruning.lam={} pruning.rho=0.01 " \
+    near = r"^a trial of the search near the ends of its space \(pruning.lam={} pruning.rho=\S+ " \
            r"schedule.update_every_n_steps={}\) would be refused as it starts: ValueError: {}"
-    with pytest.raises(ValueError, match=ends.format("-2.0", 10, r"ssr_l21: lam must be in \[0.0, inf\), got -2.0") +
+    with pytest.raises(ValueError, match=near.format("-1.999", 10, r"ssr_l21: lam must be in \[0.0, inf\), got -1.999") +
                        r".* Nothing has run: change that value or narrow the search space"):
         cli.check_sweep_runs([*search, "pruning.lam=interval(-2,-1)"])
-    with pytest.raises(ValueError, match=ends.format("0.0001", 0, "schedule: update_every_n_steps must be in")):
+    with pytest.raises(ValueError, match=near.format(r"\S+", 0, "schedule: update_every_n_steps must be in")):
         cli.check_sweep_runs([*search, "schedule.update_every_n_steps=choice(10,0)"])
-    with pytest.raises(ValueError, match=ends.format("0.0001", 10, "target macs .* must be in")):
+    with pytest.raises(ValueError, match=near.format(r"\S+", 10, "target macs .* must be in")):
         cli.check_sweep_runs([*search, "target.macs=0"])  # (a value every trial has)
-    with pytest.raises(ValueError, match=r"pruning.lam=0.0001 .*target.macs=0.0\) .*target macs .* must be in"):
+    with pytest.raises(ValueError, match=r"target.macs=0.0\) .*target macs .* must be in"):
         cli.check_sweep_runs([*search, "target.macs=range(0,0.3,0.1)"])  # (a range: its first and last)
     with pytest.raises(ValueError, match=r"^pruning.rho: a log interval starts above 0, got interval\(0.0, 1.0\)"):
         cli.check_sweep_runs([*search, "pruning.rho=tag(log, interval(0, 1))"])
@@ -398,11 +399,13 @@ def test_an_optuna_search_space_is_checked_at_its_ends_before_the_first_trial():
     with pytest.raises(ValueError, match=r"^hydra.sweeper.direction=minimize: each trial returns one value, its "
                                          r"pruned model's validation accuracy, .* give hydra.sweeper.direction=maximize"):
         cli.check_sweep_runs(["-m", "hydra/sweeper=optuna", "pruning.lam=interval(0.001, 0.01)"])  # (its default)
-    # the experiment as given, a grid of targets searched with it, and a space of plain Optuna pass
+    # the experiment as given, a grid of targets searched with it, one objective given as a list, an interval
+    # whose end a run refuses but whose inside it takes (trials never land on 0: review), pass
     cli.check_sweep_runs(search)
     cli.check_sweep_runs([*search, "target.macs=0.1,0.2", "hydra.sweeper.n_trials=3"])
+    cli.check_sweep_runs([*search, "hydra.sweeper.direction=[maximize]"])
     cli.check_sweep_runs(["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "pruning=l1",
-                          "target.macs=interval(0.05, 0.5)"])
+                          "target.macs=interval(0, 0.5)"])
 
 
 def test_each_run_of_a_grid_sweep_is_checked_before_the_first_trains(capsys, monkeypatch):
@@ -2532,3 +2535,15 @@ def test_an_evaluation_fraction_of_less_than_one_batch_is_refused_before_trainin
                                          r"which is 2 batches of data.eval_batch_size=100: give at least 0.5 of it"):
         check("trainer.limit_val_batches=0.3", "data.eval_batch_size=100")
     check("trainer.limit_val_batches=0.5", "data.eval_batch_size=100", "trainer.limit_test_batches=1.0")
+    with pytest.raises(ValueError, match=r"give at least 0.334 of it"):  # (rounded up: 0.333 of 3 batches is none)
+        check("trainer.limit_val_batches=0.2", "data.eval_batch_size=60")
+    check("trainer.limit_val_batches=0.334", "data.eval_batch_size=60")
+    # a recipe's second data set too: the target's single test batch, after the source-only model trained (review)
+    from lightning_ssr.app.recipes.adaptation import run_adaptation
+
+    cfg = compose_config(["+experiment=da_mnist_to_digits", "trainer.limit_test_batches=0.5",
+                          f"dense.cache_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"^trainer.limit_test_batches=0.5 leaves no batch of the test split of "
+                                         r"adaptation.target, which is 1 batch of adaptation.target.eval_batch_size"):
+        run_adaptation(cfg, tmp_path / "run")
+    assert not list(tmp_path.glob("*.pt"))  # (nothing trained)

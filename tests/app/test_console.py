@@ -74,3 +74,25 @@ def test_a_benchmark_worker_drops_the_availability_and_limit_lines_the_command_s
     assert [command.filter(record(m)) for m in lines * 2] == [True, True, False, False]
     assert not any(worker.filter(record(m)) for m in lines)
     assert worker.filter(record("Restoring states from the checkpoint path at e.ckpt"))
+
+
+def test_quieting_again_without_the_hardware_lines_drops_them():
+    """A benchmark quiets Lightning (its hardware lines kept), then its forked workers quiet it
+    without them: the second call found a filter there already and left the lines on (review)."""
+    import logging
+
+    from lightning_ssr.app.console import _CHATTY, _QuietLightning, quiet_lightning
+
+    logger = logging.getLogger(_CHATTY[0])
+    before = list(logger.filters)
+    try:
+        for f in [f for f in logger.filters if isinstance(f, _QuietLightning)]:
+            logger.removeFilter(f)
+        quiet_lightning()
+        quiet_lightning()  # (once: a sweep's every job calls it)
+        there = [f for f in logger.filters if isinstance(f, _QuietLightning)]
+        assert len(there) == 1 and there[0].hardware
+        quiet_lightning(hardware=False)
+        assert [f.hardware for f in logger.filters if isinstance(f, _QuietLightning)] == [False]
+    finally:
+        logger.filters[:] = before
