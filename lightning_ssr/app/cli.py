@@ -196,7 +196,7 @@ def check_sweep_runs(args: Sequence[str]) -> None:
     :func:`~.stages.check_settings` and :func:`~.stages.check_builds` (once for each distinct
     trainer, data and module settings) run here; what needs the data, the network or a checkpoint
     (a target below what the floors cost) is checked as each run starts. An Optuna search is
-    checked at the ends of its space (:func:`_check_search`). Left to Hydra or to the runs:
+    checked near the ends of its space (:func:`_check_search`). Left to Hydra or to the runs:
     another sweeper or sweeps set in a config file, runs that load plugins, a syntax or
     composition error, and the runs past :data:`MAX_CHECKED_RUNS`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -211,7 +211,7 @@ def check_sweep_runs(args: Sequence[str]) -> None:
         return
     hydras = [o for o in overrides if o.key_or_group == "hydra" or o.key_or_group.startswith(("hydra.", "hydra/"))]
     search = _search_sweeper(overrides, hydras)
-    if search is not None:  # an Optuna search: the ends of its space, before the first trial
+    if search is not None:  # an Optuna search: near the ends of its space, before the first trial
         _check_search(search, [o for o in overrides if o not in hydras], hydras)
         return
     if any(o.key_or_group.startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
@@ -262,10 +262,10 @@ def _search_sweeper(overrides, hydras) -> DictConfig | None:
 
 def _check_search(sweeper: DictConfig, overrides, hydras) -> None:
     """:func:`check_sweep_runs` for an Optuna search: its settings this command's objective needs
-    (one value, the pruned model's validation accuracy, maximized; at least one trial), and each
-    end of each interval and range and each choice of its space (``hydra.sweeper.params`` and the
-    command line's), composed as a trial is: a space whose end every trial near it would have
-    failed (``pruning.lam=interval(-2, -1)``) is refused before the first."""
+    (one value, the pruned model's validation accuracy, maximized; at least one trial), and its
+    space (``hydra.sweeper.params`` and the command line's) just inside each end of each interval,
+    at each end of a range and at each choice, composed as a trial is: a space whose trials near an
+    end would have failed (``pruning.lam=interval(-2, -1)``) is refused before the first."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep, RangeSweep
     from hydra.errors import HydraException
@@ -587,13 +587,12 @@ def save_failure(failed: PruningResult, err: BaseException, path: Path) -> None:
         with contextlib.suppress(OSError):
             atomic_write_text(path.parent / f".rank{rank}.error", failed.error or f"{type(err).__name__}: {err}")
         return
-    if PEER_LOST.search(str(err)):
-        deadline = time.monotonic() + PEER_ERROR_WAIT_S
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = sorted(path.parent.glob(".rank*.error"))
-            if not found:
-                time.sleep(0.1)
+    found = sorted(path.parent.glob(".rank*.error"))  # (any other rank's that failed: said, and not left behind)
+    deadline = time.monotonic() + PEER_ERROR_WAIT_S
+    while not found and PEER_LOST.search(str(err)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = sorted(path.parent.glob(".rank*.error"))
+    if found:
         said = []
         for file in found:
             with contextlib.suppress(OSError):
