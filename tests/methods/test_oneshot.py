@@ -179,3 +179,19 @@ def test_oneshot_resume_after_the_prune_matches_an_uninterrupted_run(tmp_path):
     model, cb = run(ONESHOT.total_epochs, None, ckpt_path=path)
     assert cb.events == full_cb.events
     assert_same_weights(model, full_model)
+
+
+def test_oneshot_with_a_batchnorm_importance_is_refused_before_the_first_step(tmp_path):
+    """Through the callback, the refusal comes at the fit's set-up: no optimizer step, the model as it was."""
+    pl.seed_everything(0)
+    model = TinyClassifier()  # (its fc1 and mix channels have no BatchNorm)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = Pruning(method="oneshot", method_kwargs={"importance": "bn_scale"}, target={"macs": 0.5}, schedule=ONESHOT,
+                 verbose=False)
+    fit = trainer(tmp_path, [cb], ONESHOT.total_epochs)
+    with pytest.raises(ValueError, match=r"oneshot's importance='bn_scale' ranks channels by their BatchNorm scales, "
+                                         r"but the channels of .* have none"):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
