@@ -86,6 +86,7 @@ from .structure.surgery import (
 from .targets import (
     Budget,
     Target,
+    global_channel_values,
     group_step,
     intermediate_keep_counts,
     latency_table,
@@ -144,8 +145,10 @@ class DenseState:
     round_to: int
     allocation: str  # where the counts come from (Budget.allocation_for)
     steps: dict[str, int] = field(default_factory=dict)  # per group: the granularity of its count
-    #: what ranked the channels of a global allocation: ``"method"`` (its importance()) or
-    #: ``"l2_group_norm"`` (the dense weights', where the method gives none); ``None`` otherwise
+    #: what ranked the channels of a global allocation: ``"method"`` (its importance() of the dense
+    #: model), ``"method_at_prune"`` (its importance_at_prune(), from its training: the counts are
+    #: decided at the prune) or ``"l2_group_norm"`` (the dense weights', where the method gives
+    #: neither); ``None`` otherwise
     importance: str | None = None
 
     def to_dict(self) -> dict:
@@ -161,6 +164,12 @@ class DenseState:
                    allocation=data.get("allocation", "uniform"), steps=dict(data.get("steps") or {}),
                    importance=data.get("importance"))
 
+    @property
+    def counts_at_prune(self) -> bool:
+        """Whether the counts are decided at the first prune (from what the method learned, or
+        ranked by what it gathered while it trained), not yet known."""
+        return self.final_keep is None and (self.allocation == "method" or self.importance == "method_at_prune")
+
     def keep_at(self, event: int, events: int, groups: Sequence[ChannelGroup]) -> dict[str, int] | None:
         """The counts of prune event ``event`` (0-based) of ``events``, for the model's current groups."""
         if self.final_keep is None:
@@ -173,6 +182,11 @@ class DenseState:
 def _adds_a_term(method: PruningMethod) -> bool:
     """Whether ``method`` changes the gradients before each optimizer step (its training-time term)."""
     return type(method).before_optimizer_step is not PruningMethod.before_optimizer_step
+
+
+def _ranks_at_prune(method: PruningMethod) -> bool:
+    """Whether ``method`` gives its global importance at the prune (:meth:`importance_at_prune`)."""
+    return type(method).importance_at_prune is not PruningMethod.importance_at_prune
 
 
 def _updates(method: PruningMethod) -> bool:
@@ -905,7 +919,10 @@ class PruningEngine:
             round_to = budget.round_to_on(device)
             floor = budget.floors(groups, round_to)
             final = ranked = None
-            if self.allocation in ("uniform", "global", "rates"):
+            at_prune = self.allocation == "global" and _ranks_at_prune(self.method)
+            if at_prune:  # ranked by what the method gathers while it trains: at the prune
+                ranked = "method_at_prune"
+            if self.allocation in ("uniform", "global", "rates") and not at_prune:
                 scores = None
                 if self.allocation == "global":
                     scores = self._call("importance", model, groups)
@@ -941,7 +958,7 @@ class PruningEngine:
                 short = budget.shortfall(model, groups, cost, final) if world.rank == 0 else None
                 if short:
                     self.warn(short)
-            elif self.allocation == "method" and self.target.kind != "latency":
+            elif (self.allocation == "method" or at_prune) and self.target.kind != "latency":
                 budget.check(model, groups, cost, round_to)  # the floors fit the target
             allocated = time.perf_counter()
             self._dry_run(model, example, groups, floor)
@@ -950,8 +967,8 @@ class PruningEngine:
             self.dense = DenseState(sizes={g.name: g.size for g in groups}, min_keep=floor, final_keep=final,
                                     cost=cost.to_dict(), round_to=round_to, allocation=self.allocation,
                                     steps={g.name: group_step(g, round_to) for g in groups}, importance=ranked)
-        if (self.dense.allocation == "method" and self.dense.final_keep is None and self.target is not None
-                and self.target.kind == "latency" and self._latency_table is None):
+        if (self.dense.counts_at_prune and self.target is not None and self.target.kind == "latency"
+                and self._latency_table is None):
             # the table the method steers by: rank 0's for every rank (each rank timed its own, while the
             # others timed theirs, and each rank's dense time differed by a fifth: probe)
             self._latency_table = _on_rank_zero(world, lambda: latency_table(
@@ -991,12 +1008,12 @@ class PruningEngine:
                         evaluate: Callable[[nn.Module], float] | None,
                         steps_per_epoch: int | None, dense: DenseState | None = None) -> MethodContext:
         """What the method is set up with before prune event ``event`` (0-based), on ``model`` as
-        it is then (the dense model, or the model an earlier event pruned). With the structure
-        learned by the method and not yet known, the target bound to this model, refused where its
+        it is then (the dense model, or the model an earlier event pruned). With the counts decided
+        at the prune (:attr:`DenseState.counts_at_prune`), the target bound to this model, refused where its
         floors miss it. ``dense``: the dense model's record, by default the engine's."""
         dense = self.dense if dense is None else dense
         view = None
-        if dense.allocation == "method" and dense.final_keep is None:
+        if dense.counts_at_prune:
             view = self.budget.view(model, groups, cost, dense.round_to,
                                     self._method_latency_table(model, example, groups, cost))
             if not view.fits(view.floor):
@@ -1202,12 +1219,14 @@ class PruningEngine:
                     hook = "load_state_dict"
                     method.load_state_dict(state)
                     keep = ctx.keep
-                    if keep is None and ctx.allocation == "method" and ctx.budget is not None:
-                        hook = "allocation_scores"
-                        values = method.allocation_scores()
+                    if keep is None and ctx.budget is not None:  # (counts decided at the prune)
+                        hook = "allocation_scores" if ctx.allocation == "method" else "importance_at_prune"
+                        values = getattr(method, hook)()
                         if values is None:
-                            raise RuntimeError("it learns the structure (allocation='method') and gave no channel "
-                                               "values after start() and one update()")
+                            raise RuntimeError(f"its counts come at the prune (allocation={ctx.allocation!r}) and it "
+                                               "gave no channel values after start() and one update()")
+                        if ctx.allocation == "global":  # (ranked as the fit ranks them)
+                            values = global_channel_values(trial, ctx.groups, ctx.cost, ctx.budget.kind, values)
                         # (as the fit: the final counts from its values, this event's share of the way there)
                         dense = replace(self.dense, final_keep=ctx.budget.allocate(values))
                         keep = dense.keep_at(event, self.schedule.prune_events, ctx.groups)
@@ -1355,17 +1374,21 @@ class PruningEngine:
             self._trajectory.append({"step": int(step), "kept": {k: int(v) for k, v in learned.items()}})
         return metrics
 
-    def _method_counts(self, model: nn.Module, example: torch.Tensor, ctx: MethodContext, world: World) -> dict:
-        """The counts of this event from the structure the method learned (``allocation="method"``):
-        a threshold on the method's cross-layer channel values that meets the target (within the
-        target's tolerance, from below), then this event's share of the way there."""
-        values = self._call("allocation_scores")
+    def _counts_at_prune(self, model: nn.Module, example: torch.Tensor, ctx: MethodContext, world: World) -> dict:
+        """The counts of this event, decided now: from the structure the method learned
+        (``allocation="method"``: a threshold on its cross-layer channel values that meets the
+        target within its tolerance, from below), or from a global ranking of the scores it gathered
+        while it trained (``allocation="global"``, :meth:`PruningMethod.importance_at_prune`); then
+        this event's share of the way there."""
+        allocation = self.dense.allocation
+        hook = "allocation_scores" if allocation == "method" else "importance_at_prune"
+        values = self._call(hook)
         if values is None:
-            raise RuntimeError(f"pruning method {self.method.name!r} learns the structure (allocation='method') "
-                               "but gave no channel values at the prune; did its sparsify phase run?")
+            raise RuntimeError(f"pruning method {self.method.name!r}: its counts come at the prune (allocation="
+                               f"{allocation!r}) but its {hook}() gave no channel values; did its sparsify phase run?")
         values = world.broadcast(values) if world.size > 1 else values
         final, latency = _on_rank_zero(world, lambda: self.budget.keep_counts(
-            model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to, allocation="method", scores=values,
+            model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to, allocation=allocation, scores=values,
             shared=[self], timing_input=self._timing_rows, table=self._latency_table))
         self.dense.final_keep = final
         if latency is not None:
@@ -1405,10 +1428,10 @@ class PruningEngine:
         if world.rank == 0 and (thawed := _frozen_since_set_up(model, ctx.groups, self._frozen)) is not None:
             self.warn(thawed)
         learned = self._call("learned_counts")
-        if keep is None and self.dense.allocation == "method":
-            keep = self._method_counts(model, example, ctx, world)
+        if keep is None and self.dense.counts_at_prune:
+            keep = self._counts_at_prune(model, example, ctx, world)
             final = ctx.final_keep  # (this event's counts are a share of the way there: the first may cut none)
-            if (self.events_done == 0 and learned and world.rank == 0
+            if (self.events_done == 0 and learned and world.rank == 0 and self.dense.allocation == "method"
                     and all(learned.get(g.name, g.size) >= g.size for g in ctx.groups)
                     and any(final[g.name] < g.size for g in ctx.groups)):  # (a target the dense model meets: none)
                 self.warn(  # (its channel values, ranked across layers as they are, need not say what each can lose)

@@ -497,7 +497,7 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
         def next_value(g, keep):  # fill the group of lowest kept fraction first
             return -keep[g.name] / g.size
     else:
-        values = (_channel_values(model, groups, cost, target.kind, scores) if allocation == "global"
+        values = (global_channel_values(model, groups, cost, target.kind, scores) if allocation == "global"
                   else _method_values(groups, scores))
         keep = threshold_counts(groups, measure, values, min_keep, step)
 
@@ -659,7 +659,7 @@ def _best_trade(groups, keep, floor, step, measure, limit, tolerance=0.0, budget
     return best
 
 
-def _channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, kind: str,
+def global_channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCost, kind: str,
                     scores: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """Per group, its channels' values for global allocation, sorted in descending order."""
     if scores is None:

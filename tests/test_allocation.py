@@ -363,7 +363,7 @@ def test_ssrs_per_step_channel_values_are_first_order_taylor():
         assert bool((expected[g.name] > 0).any()), g.name
 
 
-@pytest.mark.parametrize("method,ranked,warned", [("taylor", "l2_group_norm", True), ("ssr_l20", "l2_group_norm", True),
+@pytest.mark.parametrize("method,ranked,warned", [("taylor", "method_at_prune", False), ("ssr_l20", "l2_group_norm", True),
                                                   ("bn_scale", "method", False), ("l1", "method", False)])
 def test_a_global_allocation_records_what_ranked_the_channels(tmp_path, method, ranked, warned):
     """taylor, ssr_l20, ssr_l21, ssl and oneshot at allocation='global' landed on the same counts
@@ -419,3 +419,44 @@ def test_a_target_whole_channels_cannot_come_within_two_percent_of_is_warned_of(
         warnings.simplefilter("always")
         trainer(tmp_path / "met", [met], schedule.total_epochs).fit(NetClassifier(ThreeFilters()), loader())
     assert not [w for w in said if "the closest the channel counts come" in str(w.message)]
+
+
+class DeadFilters(nn.Module):
+    """Two convolutions of 8 filters; six of ``c2``'s are dead (a bias far below anything their
+    inputs reach, so ReLU passes neither values nor gradients) while holding the largest weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            self.c2.weight[2:] = 1.0
+            self.c2.bias[2:] = -1e4
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_taylor_at_global_ranks_across_layers_by_its_gradients_at_the_prune(tmp_path):
+    """taylor@global took its counts from the L2 norms of the dense weights at set-up, the same for
+    every method without an importance() of them, whatever its gradients said (Molchanov et al.
+    rank by the Taylor criterion across layers): the dead filters, of the largest norms and zero
+    gradients, were the ones kept."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+    cb = Pruning("taylor", target={"filters": 0.5}, allocation="global", schedule=schedule, verbose=False)
+    net = DeadFilters()
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(net), loader())
+    event = cb.events[0]
+    assert event["allocation"] == "global" and event["importance"] == "method_at_prune"
+    # the six dead filters go first (score 0), then the two least valued of the live ones: 8 of 16
+    assert event["keep"]["net.c1"] >= 6 and sum(event["keep"].values()) == 8, event["keep"]
+    assert set(cb.plan.kept["net.c2"]) <= {0, 1}  # only live ones
+    # the L2 ranking of the dense weights would have kept the dead ones: what a method without
+    # scores of its own still gets, and is warned of
+    l2 = Pruning("ssr_l20", target={"filters": 0.5}, allocation="global", schedule=schedule, verbose=False)
+    pl.seed_everything(0)
+    with pytest.warns(UserWarning, match="by the L2 group norms of its weights"):
+        trainer(tmp_path / "l2", [l2], schedule.total_epochs).fit(NetClassifier(DeadFilters()), loader())
+    assert l2.events[0]["keep"]["net.c2"] > 2 and l2.events[0]["importance"] == "l2_group_norm"

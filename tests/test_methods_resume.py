@@ -81,11 +81,11 @@ def test_every_method_resumes_mid_phase_like_an_uninterrupted_run(tmp_path, name
     assert model.losses == full_model.losses[4:]
 
 
-def _stop_and_resume(tmp_path, name, schedule, stop):
+def _stop_and_resume(tmp_path, name, schedule, stop, allocation=None):
     def run(max_epochs, dirpath, ckpt_path=None):
         pl.seed_everything(0)
         model = TinyClassifier()
-        cb = Pruning(method=name, target={"macs": 0.5}, schedule=schedule, verbose=False)
+        cb = Pruning(method=name, target={"macs": 0.5}, schedule=schedule, allocation=allocation, verbose=False)
         ckpt = epoch_checkpoints(dirpath, resume_from=ckpt_path)
         with stopped_fit(schedule, max_epochs):
             trainer(tmp_path, [cb, ckpt], max_epochs).fit(model, loader(shuffle=True), ckpt_path=ckpt_path)
@@ -98,16 +98,23 @@ def _stop_and_resume(tmp_path, name, schedule, stop):
 
 
 BEFORE_AN_EVENT = [
-    ("oneshot", PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=1), 1),
-    ("taylor", PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False), 2),
+    ("oneshot", PruningSchedule(sparsify_epochs=0, prune_events=2, epochs_between_prunes=1, finetune_epochs=1), 1,
+     None),
+    ("taylor", PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False), 2,
+     None),
+    # (its counts come at the prune, from the scores of the steps on both sides of the checkpoint)
+    ("taylor", PruningSchedule(sparsify_epochs=2, finetune_epochs=1, update_every_n_steps=2, stop_early=False), 2,
+     "global"),
 ]
 
 
-@pytest.mark.parametrize("name,schedule,stop", BEFORE_AN_EVENT, ids=[b[0] for b in BEFORE_AN_EVENT])
-def test_a_fit_stopped_one_epoch_before_an_event_resumes_to_the_same_run(tmp_path, name, schedule, stop):
+@pytest.mark.parametrize("name,schedule,stop,allocation", BEFORE_AN_EVENT,
+                         ids=[f"{b[0]}@{b[3] or 'default'}" for b in BEFORE_AN_EVENT])
+def test_a_fit_stopped_one_epoch_before_an_event_resumes_to_the_same_run(tmp_path, name, schedule, stop, allocation):
     """A fit whose max_epochs ends just before a prune event leaves that event to the resumed fit:
     events (with their epochs), plan, weights and costs are those of an uninterrupted fit."""
-    (full_model, full_cb), (model, cb) = _stop_and_resume(tmp_path, name, schedule, stop)
+    (full_model, full_cb), (model, cb) = _stop_and_resume(tmp_path, name, schedule, stop, allocation)
+    assert cb.events[0]["allocation"] == (allocation or "uniform")
     assert cb.plan.to_dict() == full_cb.plan.to_dict()
     assert_same_weights(model, full_model)
     assert cb.events == full_cb.events

@@ -19,7 +19,10 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
    engine first asks :meth:`allocation_scores` for the method's cross-layer channel values and
    makes the counts from them (the structure the method learned, moved only as far as the
    target needs); during the sparsify phase such a method steers itself towards the target
-   with ``context.budget`` (a :class:`~lightning_ssr.targets.BudgetView`);
+   with ``context.budget`` (a :class:`~lightning_ssr.targets.BudgetView`). With
+   ``allocation="global"``, a method that implements :meth:`importance_at_prune` has its
+   channels ranked across layers at the prune, by the scores it gathered while it trained;
+   others by :meth:`importance` of the dense model, at set-up;
 7. ``after_rebuild(model, plan)``: optional, e.g. BN compensation; may return a dict of plain
    values, recorded in the prune event;
 8. ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers, restored on resume
@@ -79,7 +82,9 @@ class MethodContext:
     evaluate: Callable[[nn.Module], float] | None = None
     #: where the counts come from: "uniform", "global", "method", "rates" or "none" (no target)
     allocation: str = "none"
-    #: with allocation="method": the target bound to this model, which the method steers towards
+    #: where the counts are decided at the prune (allocation="method", or "global" by
+    #: importance_at_prune()): the target bound to this model, which a method that learns the
+    #: structure steers towards
     budget: BudgetView | None = None
     #: the periodic updates planned for the sparsify phase (None: not known, e.g. an iterable dataset)
     sparsify_updates: int | None = None
@@ -149,6 +154,15 @@ class PruningMethod:
         important), one tensor per group; ``None`` lets the engine use the L2 group norm. Called at
         the first set-up, before :meth:`setup` (``self.context`` is not set yet): the counts are
         decided on the dense model, from its weights."""
+        return None
+
+    def importance_at_prune(self) -> dict[str, torch.Tensor] | None:
+        """Channel scores from what the method saw while it trained (higher: more important), one
+        tensor per group, for the engine's global allocation: a method whose criterion needs the
+        training before the prune (Taylor's gradients) implements it, and ``allocation="global"``
+        then ranks its channels at the prune, by these, instead of at set-up by :meth:`importance`.
+        The engine normalizes each group's scores by its largest and weighs them by the cost of
+        one channel, as it does :meth:`importance`'s."""
         return None
 
     def metrics(self) -> dict[str, float]:

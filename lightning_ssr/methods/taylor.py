@@ -5,7 +5,9 @@ the group's ``slices``); to first order that changes the loss by ``sum_i g_i w_i
 those parameters, so the channel's importance is ``(sum_i g_i w_i)^2``. The method trains
 normally through the sparsify phase (no term) and, at every optimizer step, records each
 channel's score from the step's gradients; at the prune the scores of the last ``batches``
-steps are summed and the channels of lowest total go.
+steps are summed and the channels of lowest total go. With ``allocation="global"`` those sums
+also decide how many each layer keeps: channels compete across layers at the prune, each layer's
+scores normalized by its largest (:meth:`Taylor.importance_at_prune`), as the paper ranks them.
 """
 
 from __future__ import annotations
@@ -52,13 +54,19 @@ class Taylor(PruningMethod):
             self._window[name][row] = score.to(self._window[name].device)
         self._seen += 1
 
-    def accumulated(self) -> dict[str, torch.Tensor]:
-        return {name: w.sum(0).cpu() for name, w in self._window.items()}
+    def importance_at_prune(self) -> dict[str, torch.Tensor]:
+        """The accumulated scores: with ``allocation="global"`` channels compete across layers by
+        them, each layer's normalized by its largest (Molchanov et al. 2017 rank globally after a
+        per-layer normalization), at the prune rather than by the dense weights at set-up."""
+        return self.accumulated()
 
-    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
+    def accumulated(self) -> dict[str, torch.Tensor]:
         if self._seen == 0:
             raise RuntimeError("taylor ranks channels by the gradients of the steps before the prune, and none "
                                "were seen: give it schedule.sparsify_epochs >= 1")
+        return {name: w.sum(0).cpu() for name, w in self._window.items()}
+
+    def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         return top_k_masks(self.accumulated(), keep)
 
     def state_dict(self) -> dict:
