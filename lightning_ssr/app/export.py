@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -54,6 +55,9 @@ def _checked(model: nn.Module, example_input, path: str | Path | None, what: str
             raise IsADirectoryError(f"{what}: {str(path)!r} is a folder; give the path of the file to write "
                                     f"(e.g. {str(path / 'model')!r} with the format's suffix)")
     example = example_input.detach()
+    if example.dim() == 0 or example.shape[0] == 0:
+        raise ValueError(f"{what}: example_input of shape {tuple(example.shape)} holds no sample; give a batch of at "
+                         "least one, such as the model takes (the export traces the model on it)")
     try:
         with eval_mode(model), torch.no_grad():
             model(example)
@@ -61,9 +65,13 @@ def _checked(model: nn.Module, example_input, path: str | Path | None, what: str
         plan = applied_plan(model)
         shape = tuple(plan.input_shape) if plan is not None and plan.input_shape else None
         other = shape is not None and tuple(example.shape[1:]) != shape[1:]  # (the advice where it is the cause)
-        err.add_note(f"{what}: the model's forward() fails on example_input of shape {tuple(example.shape)}, before "
-                     "the export" + (f"; it was pruned on inputs of shape {shape}: give a batch of that shape, e.g. "
-                                     f"torch.randn(1, {', '.join(str(d) for d in shape[1:])})" if other else ""))
+        weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        dtype = example.is_floating_point() and weights is not None and example.dtype != weights
+        err.add_note(f"{what}: the model's forward() fails on example_input of shape {tuple(example.shape)}"
+                     + (f" and dtype {example.dtype}" if dtype else "") + ", before the export"
+                     + (f"; it was pruned on inputs of shape {shape}: give a batch of that shape, e.g. "
+                        f"torch.randn(1, {', '.join(str(d) for d in shape[1:])})" if other else "")
+                     + (f"; the model's weights are {weights}: give example_input.to({weights})" if dtype else ""))
         raise
     return example, path
 
@@ -142,6 +150,39 @@ def _quiet_onnx_registry():
 
 
 #: weights up to this size (bytes) are written inside the ONNX file; beyond it, next to it
+def output_tensors(output) -> list[torch.Tensor]:
+    """The tensors a model's output holds, in the order the exporters flatten it: a tensor, or
+    tuples, lists and dicts (in their order) of them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in output_tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in output_tensors(v)]
+    raise TypeError(f"the model's output holds a {type(output).__name__}; exported models give tensors (alone, or in "
+                    "tuples, lists and dicts)")
+
+
+def _output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the ONNX outputs: ``output`` for one tensor, a dict's keys, else ``output_<i>``."""
+    with eval_mode(model), torch.no_grad():
+        out = model(example)
+    if isinstance(out, torch.Tensor):
+        return ["output"]
+    if isinstance(out, Mapping) and all(isinstance(v, torch.Tensor) for v in out.values()):
+        return [str(k) for k in out]
+    return [f"output_{i}" for i in range(len(output_tensors(out)))]
+
+
+def _largest_difference(ours, reference) -> float:
+    """The largest absolute difference between two outputs of the same structure (checked)."""
+    ours, reference = output_tensors(ours), output_tensors(reference)
+    if len(ours) != len(reference):
+        raise ValueError(f"the exported model gives {len(ours)} output tensor(s), the model {len(reference)}: the "
+                         "file is not an export of this model")
+    return max(float((torch.as_tensor(a).cpu() - b.detach().cpu()).abs().max()) for a, b in zip(ours, reference))
+
+
 #: (protobuf's 2 GiB limit, with room for the graph)
 ONNX_INLINE_LIMIT = 1 << 30
 
@@ -163,8 +204,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     """Write ``model`` (in eval mode) as ONNX to ``path``, with a dynamic batch dimension: one
     self-contained file, its weights inside, up to :data:`ONNX_INLINE_LIMIT` (1 GiB) of them; a
     larger model keeps them in ``<path>.data`` beside it, which must travel with it (protobuf
-    holds 2 GiB)."""
+    holds 2 GiB). Its input is named ``input``, its output ``output`` (outputs of a model that
+    gives several: a dict's keys, else ``output_0``, ``output_1``, ... in order)."""
     example_input, path = _checked(model, example_input, path, "export_onnx")
+    names = _output_names(model, example_input)
     check_export_available("onnx", "export_onnx: the format")
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{path}.data").unlink(missing_ok=True)  # an earlier export's weights, which this file does not use
@@ -173,19 +216,28 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model), _quiet_onnx_registry():
         torch.onnx.export(model, (example_input,), str(path), input_names=["input"],
-                          output_names=["output"], opset_version=opset, dynamo=True,
+                          output_names=names, opset_version=opset, dynamo=True,
                           dynamic_shapes=dynamic_shapes, verbose=False, external_data=weights >= ONNX_INLINE_LIMIT)
     return path
 
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
-    """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``."""
+    """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``. A model whose
+    output holds lists or dicts is traced with ``strict=False``: their structure is taken as fixed."""
     example_input, path = _checked(model, example_input, path, "export_torchscript")
     path.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), torch.no_grad():
-        traced = torch.jit.trace(model, example_input)
+        mutable = _holds_containers(model(example_input))
+        traced = torch.jit.trace(model, example_input, strict=not mutable)
     traced.save(str(path))
     return path
+
+
+def _holds_containers(output) -> bool:
+    """Whether ``output`` holds a list or a dict (TorchScript's tracer refuses them when strict)."""
+    if isinstance(output, (list, Mapping)):
+        return True
+    return isinstance(output, tuple) and any(_holds_containers(v) for v in output)
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None,
@@ -223,7 +275,7 @@ def exported_max_abs_diff(model: nn.Module, path: str | Path, example_input: tor
         ours = loaded(example_input)
         with eval_mode(model):
             reference = model(example_input)
-    return float((ours - reference).abs().max())
+    return _largest_difference(ours, reference)
 
 
 def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> float:
@@ -231,7 +283,7 @@ def onnx_max_abs_diff(model: nn.Module, path: str | Path, example_input: torch.T
     import onnxruntime as ort  # optional dependency: pip install onnxruntime
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (ours,) = session.run(None, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
+    ours = session.run(None, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
     with eval_mode(model), torch.no_grad():
-        reference = model(example_input).cpu()
-    return float((torch.from_numpy(ours) - reference).abs().max())
+        reference = model(example_input)
+    return _largest_difference([torch.from_numpy(o) for o in ours], reference)

@@ -99,6 +99,12 @@ class PruningPlan:
         """Read a plan written by :meth:`save` (or the ``plan`` of a ``result.json``); an error that
         names the file if it is missing, truncated or not a plan."""
         try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+            if head in (b"PK", b"\x80\x02"):  # a torch.save file (zip, or the legacy pickle)
+                raise PlanMismatchError("it is a checkpoint written by torch.save, not a plan: load_pruned(model, path) "
+                                        "rebuilds a model from it, and torch.load(path, weights_only=True)"
+                                        "['pruning_plan'] is the plan it holds")
             data = json.loads(Path(path).read_text())
             if isinstance(data, Mapping) and "groups" not in data and ("plan" in data or "status" in data):
                 if not data.get("plan"):  # (a result.json of a run that pruned nothing)

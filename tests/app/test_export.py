@@ -143,7 +143,62 @@ def test_an_example_the_model_does_not_take_is_refused_with_the_shape_it_was_pru
             export(model, wrong, tmp_path / name)
         assert re.match(rf"^{export.__name__}: " + said, raised.value.__notes__[-1]), raised.value.__notes__
         assert not (tmp_path / name).exists() and not model.training
-    # an error of another cause is not put down to the shape (a float64 model, a float32 batch: review)
+    # an error of another cause is not put down to the shape (a float64 model, a float32 batch: review);
+    # the dtype is named, with what to give (the note named the shape alone: probe)
     with pytest.raises(RuntimeError) as raised:
         export_torchscript(copy.deepcopy(model).double(), x, tmp_path / "m.ts")
-    assert raised.value.__notes__[-1].endswith(", before the export"), raised.value.__notes__
+    assert raised.value.__notes__[-1].endswith(
+        f"example_input of shape {tuple(x.shape)} and dtype torch.float32, before the export; the model's weights "
+        "are torch.float64: give example_input.to(torch.float64)"), raised.value.__notes__
+
+
+def test_an_example_of_no_sample_is_refused_before_the_exporter():
+    """A batch of 0 ran through the model's check and failed deep in torch.export ("Constraints
+    violated (batch)!"), or exported a TorchScript file without a word (probe)."""
+    model = build_model("lenet5", in_channels=1, num_classes=10, input_size=28)
+    for export in (export_onnx, export_torchscript, export_program):
+        with pytest.raises(ValueError, match=rf"^{export.__name__}: example_input of shape \(0, 1, 28, 28\) holds no "
+                                             "sample; give a batch of at least one"):
+            export(model, torch.randn(0, 1, 28, 28), "m.out")
+
+
+class TwoHeads(torch.nn.Module):
+    """Logits and a per-pixel map, as a tuple or as a dict."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.as_dict = as_dict
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.mask = torch.nn.Conv2d(8, 1, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        logits, mask = self.fc(h.mean((2, 3))), self.mask(h)
+        return {"logits": logits, "mask": mask} if self.as_dict else (logits, mask)
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
+def test_a_model_of_several_outputs_exports_and_checks_every_one(tmp_path, as_dict):
+    """The exporters wrote such a model, but the checks against PyTorch failed on it (too many
+    values to unpack; 'tuple' - 'tuple'), its ONNX outputs were 'output' and a node's name, and
+    TorchScript refused the dict, advising a strict=False the function did not take (probe)."""
+    torch.manual_seed(0)
+    model = TwoHeads(as_dict)
+    x = torch.randn(2, 3, 8, 8)
+    prune_oneshot(model, x, {"macs": 0.5})
+    fresh = torch.randn(3, 3, 8, 8)
+    for export, name in ((export_torchscript, "m.ts"), (export_program, "m.pt2")):
+        export(model, x, tmp_path / name)
+        assert exported_max_abs_diff(model, tmp_path / name, fresh) <= 1e-5  # float32 of a few sums: ulps
+    # a wrong structure is said, not compared in part
+    with pytest.raises(ValueError, match="gives 2 output tensor"):
+        exported_max_abs_diff(torch.nn.Sequential(torch.nn.Flatten()), tmp_path / "m.pt2", fresh)
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
+    pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip install 'lightning_ssr[export]')")
+    export_onnx(model, x, tmp_path / "m.onnx")
+    import onnxruntime as ort
+
+    names = [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()]
+    assert names == (["logits", "mask"] if as_dict else ["output_0", "output_1"])
+    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_ssr import prune_oneshot
 from lightning_ssr.app.models import build_model
-from lightning_ssr.checkpoint import load_pruned
+from lightning_ssr.checkpoint import load_pruned, save_pruned
 from lightning_ssr.structure import (
     PlanMismatchError,
     PruningPlan,
@@ -560,3 +560,17 @@ def test_a_plan_of_the_same_network_under_another_name_says_how_to_rename_it():
         apply_plan(build_model("lenet5"), PruningPlan(kept={"layer1.0.conv1": [0], **other.kept},
                                                       sizes={"layer1.0.conv1": 20, **other.sizes},
                                                       input_shape=other.input_shape))
+
+
+def test_a_checkpoint_given_as_a_plan_file_says_how_to_read_its_plan(tmp_path):
+    """PruningPlan.load of a save_pruned file said 'UnicodeDecodeError ... missing, truncated or not a
+    plan written by PruningPlan.save' (probe): it names the two ways to read what it holds."""
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    plan = prune_oneshot(model, torch.randn(2, 1, 28, 28), {"macs": 0.5})
+    save_pruned(model, tmp_path / "pruned.pt", plan)
+    with pytest.raises(PlanMismatchError, match=r"pruned.pt': it is a checkpoint written by torch.save, not a plan: "
+                                                r"load_pruned\(model, path\) rebuilds a model from it, and "
+                                                r"torch.load\(path, weights_only=True\)\['pruning_plan'\] is the plan"):
+        PruningPlan.load(tmp_path / "pruned.pt")
+    assert PruningPlan.from_dict(torch.load(tmp_path / "pruned.pt", weights_only=True)["pruning_plan"]).kept == plan.kept
