@@ -357,8 +357,13 @@ class PruningEngine:
         method_kwargs: arguments of the method when ``method`` is a name.
         ignored_layers: module names (relative to the model the engine is given) or module objects
             whose output channels must not be pruned. The classifier's outputs are never pruned.
-        min_channels, max_pruning_ratio, allocation, round_to: the limits every keep count obeys
-            and how a target is divided among the layers (:class:`~lightning_ssr.targets.Budget`).
+        min_channels: channels every layer keeps at least (>= 1).
+        max_pruning_ratio: the largest fraction of any layer's channels pruned (in (0, 1]).
+        allocation: how a target is divided among the layers: ``"method"`` (the structure the
+            method learns; the default for methods that learn one), ``"uniform"`` (the default for
+            the others) or ``"global"`` (channels ranked across layers).
+        round_to: kept counts are multiples of it; ``None``: 8 on CUDA, 1 elsewhere
+            (:class:`~lightning_ssr.targets.Budget` holds these four).
         example_input: an input batch used to trace the model; by default the first tensor of the
             first batch.
         verbose: print the per-layer table after each rebuild (rank zero only).

@@ -272,6 +272,18 @@ class _WeightsLoadHook:
 class Pruning(Callback):
     r"""Filter pruning inside ``fit`` with any registered method; the model shrinks for real.
 
+    Args:
+        method: a registered method's name (``ssr_l20``, ``ssr_l21``, ``fsm``, ``l1``, ``bn_scale``,
+            ``ssl``, ``oneshot``, ``taylor``, ``random``), or a PruningMethod; its own arguments go
+            in ``method_kwargs``.
+        target: the size to prune to: ``{"macs": f}``, ``{"params": f}``, ``{"filters": f}`` (the
+            fraction of the dense model kept), ``{"rates": [...]}`` (per layer),
+            ``{"latency": ms, "batch_size": n}``; ``None``: the method decides.
+        schedule: a PruningSchedule or its fields (``sparsify_epochs``, ``finetune_epochs``,
+            ``prune_events``, ``update_every_n_steps``, ...): when the method trains its term and when
+            it prunes.
+        engine_args: the other arguments of PruningEngine (below).
+
     Takes the arguments of :class:`~lightning_ssr.engine.PruningEngine`, which it drives:
     ``method`` (a registered name such as ``"ssr_l20"``, or a :class:`PruningMethod`), ``target``
     (``{"macs": 0.05}``, ``{"params": ...}``, ``{"filters": ...}``, ``{"rates": ...}``,
