@@ -25,6 +25,10 @@ Writes ``benchmarks/results/solver_speed.json``: the machine, the command, the s
 and solver the trajectory, final structure and accuracy; per seed the times to each level and the
 ratios ``ssl / aulm`` of epochs and seconds (> 1: AULM is faster), both ways; and the summary over
 seeds. ``--recompute`` recomputes the comparisons from the trajectories stored in ``--out``.
+
+Each solver's finished run is kept in ``--work-dir``
+(``~/.cache/lightning_ssr/benchmarks/solver_speed``), keyed by its settings and dense model: an
+interrupted command goes on from the runs that finished.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from lightning.pytorch.callbacks import Callback
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import (
+    WORK_ROOT,
     check_runs,
     check_seeds,
     command_line,
@@ -112,6 +117,26 @@ def run_solver(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
     return {"method": name, "kwargs": kwargs, "trajectory": trajectory.points, "final_filters": final,
             "final_total": sum(final.values()), "test_accuracy": acc, "fit_s": fit_s,
             "macs": cb.result.pruned["macs"] if cb.result else None, "steps_per_epoch": steps_per_epoch}
+
+
+def solver_run(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int, dense_cache: str) -> dict:
+    """:func:`run_solver`, or the run that finished in ``args.work_dir`` with the same settings
+    and dense model (read back, ``"reused": True``); a finished run is kept there."""
+    import hashlib
+
+    key = {"method": name, "kwargs": kwargs, "seed": cfg.seed, "dense": dense_cache, "steps_per_epoch": steps_per_epoch,
+           **{k: getattr(args, k) for k in ("data", "epochs", "finetune", "interval", "batches")}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = Path(args.work_dir) / f"seed{cfg.seed}-{name}-{digest}.json"
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("key") == json.loads(json.dumps(key, default=str)):
+            return {**kept["run"], "reused": True}
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # not run yet (or cut short while written): it runs
+    run = run_solver(name, kwargs, cfg, net, dm, args, steps_per_epoch)
+    write_json(path, obj={"key": key, "run": run})
+    return run
 
 
 def totals(run: dict) -> list[int]:
@@ -208,6 +233,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--force", action="store_true", help="replace --out even if it holds more runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "solver_speed.json")
+    parser.add_argument("--work-dir", type=Path, default=WORK_ROOT / "solver_speed",
+                        help="each solver's finished run; one found there with the same settings is reused")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
@@ -235,13 +262,14 @@ def main(argv=None) -> dict:
             net, dense_info = train_dense(cfg, dm, tmp)
         dense[str(seed)] = {"cache": dense_info["cache"]}
         steps = args.batches or len(dm.train_dataloader())
-        runs = {"ssl": run_solver("ssl", {"lam": args.lam, "threshold": args.threshold}, cfg, net, dm, args, steps)}
-        print(f"seed {seed} ssl: {runs['ssl']['final_filters']} acc {runs['ssl']['test_accuracy']:.4f} "
-              f"({runs['ssl']['fit_s']:.0f} s)", flush=True)
-        for variant in args.variants:
-            r = run_solver("ssr_l21", {"lam": args.lam, **VARIANTS[variant]}, cfg, net, dm, args, steps)
-            runs[f"aulm_{variant}"] = r
-            print(f"seed {seed} aulm_{variant}: {r['final_filters']} acc {r['test_accuracy']:.4f} ({r['fit_s']:.0f} s)",
+        cache = str(dense_info["cache"]["path"])
+        solvers = [("ssl", "ssl", {"lam": args.lam, "threshold": args.threshold}),
+                   *((f"aulm_{v}", "ssr_l21", {"lam": args.lam, **VARIANTS[v]}) for v in args.variants)]
+        runs = {}
+        for label, method, kwargs in solvers:
+            r = runs[label] = solver_run(method, kwargs, cfg, net, dm, args, steps, cache)
+            again = ", finished before: read back" if r.get("reused") else ""
+            print(f"seed {seed} {label}: {r['final_filters']} acc {r['test_accuracy']:.4f} ({r['fit_s']:.0f} s{again})",
                   flush=True)
         all_runs[str(seed)] = runs
         comparisons[str(seed)] = compare(runs)
@@ -253,7 +281,7 @@ def main(argv=None) -> dict:
                   f"{pm(entry['ratio_first']['mean'], entry['ratio_first']['std'])}x")
     out = {"benchmark": "solver_speed", "command": command_line("solver_speed", argv),
            "machine": machine_info(), "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                   for k, v in vars(args).items()},
+                                                   for k, v in vars(args).items() if k != "work_dir"},
            "dense": dense, "n_runs": sum(len(r) for r in all_runs.values()), "runs": all_runs,
            "comparisons": comparisons, "summary": summary}
     write_json(args.out, relative_to=REPO, obj=out)
@@ -262,4 +290,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    script_main(main, keeps_runs=False)
+    script_main(main, keeps_runs=True)

@@ -16,6 +16,10 @@ depend on when AULM happens to converge). Results, plus a conclusion computed fr
 (which interval gives the most FLOPs reduction at an accuracy drop within ``--acc-tol``
 points of the best), go to ``benchmarks/results/update_interval.json``.
 
+Each run's outputs go to a folder of its own under ``--work-dir``
+(``~/.cache/lightning_ssr/benchmarks/update_interval``): a run that finished there with the same
+settings is read back, not trained again, so an interrupted command goes on where it stopped.
+
 Run (17 runs of 20-30 s each, about 8 minutes on 2 idle CPU cores including the dense
 model of seed 1; 18 minutes were measured while other jobs shared the cores)::
 
@@ -31,14 +35,22 @@ import io
 import logging
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import check_runs, check_seeds, command_line, refuse_smaller, script_main
+from benchmarks import (
+    WORK_ROOT,
+    check_runs,
+    check_seeds,
+    command_line,
+    keep_run,
+    refuse_smaller,
+    run_or_reuse,
+    script_main,
+)
 from lightning_ssr.app.cli import compose_config, run
 from lightning_ssr.report import machine_info, write_json
 
@@ -68,23 +80,39 @@ def overrides_for(args, regularizer: str, interval: int | None, seed: int, lam: 
     return [*overrides, f"pruning.lam={lam}" if regularizer == "l21" else f"target.macs={args.flops_budget}"]
 
 
+def run_dir(args, regularizer: str, interval: int | None, seed: int, lam: float | None = None) -> Path:
+    """The run's own folder in the work directory (its settings: :func:`run_or_reuse` tells
+    another budget's run there apart by its config)."""
+    setting = f"lam{lam:g}" if regularizer == "l21" else f"budget{args.flops_budget:g}"
+    return Path(args.work_dir) / f"{regularizer}-{setting}-every{label(interval)}-seed{seed}"
+
+
 def run_one(args, regularizer: str, interval: int | None, seed: int, lam: float | None = None) -> dict:
-    """Compress once (in a temporary output dir) and return the row of the table."""
-    cfg = compose_config(overrides_for(args, regularizer, interval, seed, lam))
+    """Compress once (or read back the run that finished in its folder) and return the row of the
+    table; a failed run stops the command (the finished ones are kept)."""
+    overrides = overrides_for(args, regularizer, interval, seed, lam)
+    out_dir = run_dir(args, regularizer, interval, seed, lam)
+    record = {"regularizer": regularizer, "interval": label(interval), "seed": seed, "overrides": overrides}
     quiet = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
-    with tempfile.TemporaryDirectory() as out, quiet:
-        r = run(cfg, Path(out))
+    with quiet:
+        reused, r = run_or_reuse(overrides, out_dir, record, compose_config, run)
+    if r.get("status") not in ("ok", None) or "macs_reduction" not in r:
+        raise RuntimeError(f"the run {' '.join(overrides)} failed ({r.get('error') or r.get('status')}); its outputs "
+                           f"are in {out_dir}. The runs that finished are kept in {args.work_dir}")
+    if not reused:
+        keep_run(out_dir, {**r, **record})
     row = {
         "regularizer": regularizer, "lam": lam,
         "flops_budget": args.flops_budget if regularizer == "l20" else None,
         "interval": label(interval), "seed": seed,
-        "flops_reduction": r.macs_reduction,
-        "filters_after": {layer["name"].removeprefix("model."): layer["after"] for layer in r.layers},
-        "dense_accuracy": r.dense["accuracy"], "pruned_accuracy": r.pruned["accuracy"],
-        "accuracy_drop_points": r.accuracy_drop_points,
-        "pruned_at_epoch": r.events[0]["epoch"] if r.events else None, "wall_time_s": r.timings["total_s"],
+        "flops_reduction": r["macs_reduction"],
+        "filters_after": {layer["name"].removeprefix("model."): layer["after"] for layer in r["layers"]},
+        "dense_accuracy": r["dense"]["accuracy"], "pruned_accuracy": r["pruned"]["accuracy"],
+        "accuracy_drop_points": r["accuracy_drop_points"],
+        "pruned_at_epoch": r["events"][0]["epoch"] if r["events"] else None, "wall_time_s": r["timings"]["total_s"],
+        **({"reused": True} if reused else {}),
     }
-    print(f"  {format_row(row)}", flush=True)
+    print(f"  {format_row(row)}" + ("  (finished before: read back)" if reused else ""), flush=True)
     return row
 
 
@@ -154,6 +182,8 @@ def main(argv=None) -> None:
     p.add_argument("--acc-tol", type=float, default=0.5, help="accuracy drops within this many points are 'similar'")
     p.add_argument("--skip-l20", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show the output of every run")
+    p.add_argument("--work-dir", type=Path, default=WORK_ROOT / "update_interval",
+                   help="each run's outputs; a finished run found there with the same settings is reused")
     p.add_argument("--force", action="store_true", help="replace --out even if it holds runs of a larger budget")
     p.add_argument("--out", "--output", type=Path, default=RESULTS, help="where to write (--output: its earlier name)")
     args = p.parse_args(argv)
@@ -207,7 +237,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(format_row(r))
     print(f"\nConclusion: {conclusion}\nTotal time: {time.time() - start:.0f} s")
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "verbose")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "verbose", "work_dir")}
     settings["intervals"] = [label(i) for i in args.intervals]
     write_json(args.out, relative_to=REPO, obj={
         "benchmark": "update_interval", "command": command_line("update_interval", argv), "machine": machine_info(), "settings": settings, "chosen_lam": lam, "lam_search": search, "rows": rows,
@@ -217,4 +247,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    script_main(main, keeps_runs=False)
+    script_main(main, keeps_runs=True)

@@ -320,3 +320,84 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path):
     with pytest.raises(SystemExit, match=r"--out .*file/x.json: .*file is a file, not a folder"):
         refuse_smaller(tmp_path / "file" / "x.json", None)
     refuse_smaller(tmp_path / "new" / "x.json", None)  # (a folder still to make: fine)
+
+
+class _FakeResult:
+    """What run() gives, as far as update_interval reads it."""
+
+    def __init__(self, overrides):
+        self.overrides = overrides
+
+    def to_dict(self):
+        return {"status": "ok", "macs_reduction": 3.0, "layers": [{"name": "model.conv1", "after": 4}],
+                "dense": {"accuracy": 0.99}, "pruned": {"accuracy": 0.98}, "accuracy_drop_points": 1.0,
+                "events": [{"epoch": 1}], "timings": {"total_s": 2.0}}
+
+
+def test_update_interval_goes_on_from_the_runs_an_interrupted_command_finished(tmp_path, monkeypatch, capsys):
+    """It kept no run between commands: a Ctrl-C after an hour started the next command over (its
+    runs went to temporary folders)."""
+    from benchmarks import update_interval
+
+    trained = []
+
+    def fake_run(cfg, out_dir):
+        if len(trained) == 1 and interrupt:
+            raise KeyboardInterrupt
+        trained.append(str(out_dir))
+        return _FakeResult(cfg)
+
+    monkeypatch.setattr(update_interval, "run", fake_run)
+    argv = ["--seeds", "0", "--intervals", "25", "50", "--lams", "0.01", "--admm-epochs", "1", "--finetune-epochs", "0",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out.json")]
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        update_interval.main(argv)
+    assert len(trained) == 1 and not (tmp_path / "out.json").exists()
+    interrupt = False
+    update_interval.main(argv)  # the lam search's run is read back; the other three train
+    assert len(trained) == 4 and len(set(trained)) == 4
+    assert "(finished before: read back)" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert len(rows) == 4 and sum(bool(r.get("reused")) for r in rows) == 1
+    update_interval.main([*argv, "--force"])  # all four finished: nothing trains
+    assert len(trained) == 4
+    # another budget's runs in the same work directory are not read back as this one's
+    update_interval.main([*argv[:-2], "--out", str(tmp_path / "other.json"), "--admm-epochs", "2"])
+    assert len(trained) == 8
+
+
+def test_solver_speed_goes_on_from_the_solver_runs_an_interrupted_command_finished(tmp_path, monkeypatch):
+    """It kept no run between commands: an interrupted command trained every solver again."""
+    from benchmarks import solver_speed
+
+    class Data:
+        def train_dataloader(self):
+            return [0] * 10
+
+    trained = []
+
+    def fake_solver(name, kwargs, cfg, net, dm, args, steps):
+        if len(trained) == 2 and interrupt:
+            raise KeyboardInterrupt
+        trained.append((name, dict(kwargs), cfg.seed))
+        points = [{"step": 5 * (i + 1), "seconds": float(i), "filters": {"c": 10 - i}} for i in range(4)]
+        return {"method": name, "kwargs": kwargs, "trajectory": points, "final_filters": {"c": 7}, "final_total": 7,
+                "test_accuracy": 0.9, "fit_s": 1.0, "macs": 1, "steps_per_epoch": steps}
+
+    monkeypatch.setattr(solver_speed, "run_solver", fake_solver)
+    monkeypatch.setattr(solver_speed, "build_data", lambda cfg: Data())
+    monkeypatch.setattr(solver_speed, "train_dense", lambda cfg, dm, tmp: (None, {"cache": {"path": "dense.pt"}}))
+    argv = ["--seeds", "0", "--variants", "base", "grow", "--work-dir", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out.json")]
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        solver_speed.main(argv)
+    assert [t[0] for t in trained] == ["ssl", "ssr_l21"]
+    interrupt = False
+    out = solver_speed.main(argv)  # ssl and the base variant are read back: grow alone trains
+    assert len(trained) == 3 and trained[-1][1]["rho_growth"] == 1.1
+    assert [bool(r.get("reused")) for r in out["runs"]["0"].values()] == [True, True, False]
+    # other settings (more epochs) are not read back as these
+    solver_speed.main([*argv[:-2], "--out", str(tmp_path / "other.json"), "--epochs", "9"])
+    assert len(trained) == 6
