@@ -76,6 +76,7 @@ from .structure.surgery import (
     dry_run,
     forward_hooks,
     model_copy,
+    module_hooks,
     moved_by_training,
     optimizers_within,
     prune_channels,
@@ -418,8 +419,8 @@ class PruningEngine:
         elif not isinstance(schedule, PruningSchedule):
             raise TypeError(f"schedule must be a PruningSchedule or a mapping, got {type(schedule).__name__}")
         if self.method.sparsifies and schedule.sparsify_epochs < 1:
-            raise ValueError(f"pruning method {self.method.name!r} trains with a sparsity term: give it "
-                             "schedule.sparsify_epochs >= 1")
+            raise ValueError(f"pruning method {self.method.name!r} trains before its prune (a sparsity term, or "
+                             "scores it gathers from the training steps): give it schedule.sparsify_epochs >= 1")
         if schedule.prune_events > 1 and self.target is None:
             raise ValueError("iterative pruning (prune_events > 1) needs a target to divide into steps")
         self.schedule = schedule
@@ -932,21 +933,8 @@ class PruningEngine:
                 if self.allocation == "global":
                     scores = self._call("importance", model, groups)
                     ranked = "method" if scores is not None else "l2_group_norm"
-                    missing = [g.name for g in groups if scores is not None and g.name not in scores]
-                    if missing:  # ({} fell back to the L2 norm, without a word)
-                        raise ValueError(f"pruning method {self.method.name!r}: importance() gave no scores for "
-                                         f"groups {some_names(missing, 4)} (allocation='global' ranks every group's "
-                                         "channels): give one tensor per group, or None for the L2 group norm")
-                    for g in groups if scores is not None else ():  # (what the allocation reads: said as the method's)
-                        s = scores[g.name]
-                        why = ("is not a tensor" if not torch.is_tensor(s) else
-                               f"holds {s.numel()} values for its {g.size} channels" if s.numel() != g.size else
-                               "is a meta tensor, without values" if s.device.type == "meta" else
-                               "is not finite" if not bool(torch.isfinite(s.detach().float()).all()) else None)
-                        if why is not None:
-                            raise ValueError(f"pruning method {self.method.name!r}: importance()'s score of group "
-                                             f"{g.name!r} {why} (a {type(s).__name__}): give one finite value per "
-                                             "channel, as a tensor")
+                    if scores is not None:  # ({} fell back to the L2 norm, without a word)
+                        _check_scores(self.method.name, "importance", scores, groups, "or None for the L2 group norm")
                     if scores is None:
                         scores = {g.name: g.norms({n: p.detach() for n, p in model.named_parameters()})
                                   for g in groups}
@@ -995,7 +983,7 @@ class PruningEngine:
             except BaseException:
                 self.dense = None  # set up again from the start on the next training
                 raise
-        self._hooks_before = forward_hooks(model)
+        self._hooks_before = module_hooks(model)
         self._call("setup", self._context)
         if self._pending_method_state is not None:
             self._call("load_state_dict", self._pending_method_state)
@@ -1041,7 +1029,8 @@ class PruningEngine:
         instead = (f"allocation='method' (its default) takes them from what {name} learns" if
                    self.method.learns_structure else
                    f"{name}'s own scores need the training before the prune, and decide which channels go within "
-                   "each layer")
+                   "each layer (a method that gives importance_at_prune() has them ranked across layers at the "
+                   "prune)")
         return (f"pruning method {name!r} with allocation='global': the per-layer counts are decided at set-up, on "
                 f"the dense model, by the L2 group norms of its weights ({name} gives no importance() of the dense "
                 f"model), as for any method without one; {instead}. Each prune event records importance="
@@ -1157,7 +1146,8 @@ class PruningEngine:
         ctx = replace(self._context, model=trial, sync=None, evaluate=None)
         cuda = sorted({p.device.index or 0 for p in trial.parameters() if p.device.type == "cuda"})
         hook = "setup"
-        users_hooks = hooks_before = forward_hooks(trial)  # (the user's: not run on the copy's example batch)
+        users_hooks = forward_hooks(trial)  # (the user's: not run on the copy's example batch)
+        hooks_before = module_hooks(trial)
         nan_gradients: list[str] = []
         # with several prune events, a second round on the rebuilt copy, as the fit sets the method up again
         # on the smaller model: a per-channel state of the method's that stays the dense model's fails there
@@ -1168,7 +1158,7 @@ class PruningEngine:
                 for event in range(min(self.schedule.prune_events, 2)):
                     if event:  # what the fit gives the method before its next event: the final counts known
                         hook = "the set-up of the next prune event"
-                        hooks_before = forward_hooks(trial)
+                        hooks_before = module_hooks(trial)
                         entries = {k: v.clone() for k, v in trial.state_dict().items()}
                         ctx = replace(self._method_context(
                             trial, example, self._find_groups(trial, example, self._ignored_resolved),
@@ -1247,7 +1237,7 @@ class PruningEngine:
                     left = _hooks_added(trial, hooks_before)
                     if left:
                         raise RuntimeError(
-                            f"it left forward hooks on {some_names(left, 4)}: remove the method's hooks by the end of "
+                            f"it left hooks on {some_names(left, 4)}: remove the method's hooks by the end of "
                             "select() (the rebuild's check runs the model right after it, and the smaller model goes "
                             "on training with them); after_rebuild() may register them again on the smaller model")
                     step_plan = plan_from_support(example.shape, masks, ctx.groups)
@@ -1391,6 +1381,7 @@ class PruningEngine:
         if values is None:
             raise RuntimeError(f"pruning method {self.method.name!r}: its counts come at the prune (allocation="
                                f"{allocation!r}) but its {hook}() gave no channel values; did its sparsify phase run?")
+        _check_scores(self.method.name, hook, values, ctx.groups)  # (what the allocation reads: said as the method's)
         values = world.broadcast(values) if world.size > 1 else values
         final, latency = _on_rank_zero(world, lambda: self.budget.keep_counts(
             model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to, allocation=allocation, scores=values,
@@ -1672,15 +1663,38 @@ def _non_finite(model: nn.Module, what: str) -> list[str]:
     return [n for n, t in tensors if t is not None and not bool(torch.isfinite(t).all())]
 
 
+def _check_scores(method: str, hook: str, scores, groups: Sequence[ChannelGroup], instead: str = "") -> None:
+    """Refuse channel scores a method's ``hook`` gave for the allocation where they are not one
+    finite value per channel of every group (a tensor each), naming the method, the hook and the
+    group (the allocation's own error named neither: probe)."""
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"pruning method {method!r}: {hook}() gave a {type(scores).__name__}: give a dict of one "
+                        f"tensor per group{', ' + instead if instead else ''}")
+    missing = [g.name for g in groups if g.name not in scores]
+    if missing:
+        raise ValueError(f"pruning method {method!r}: {hook}() gave no scores for groups {some_names(missing, 4)} "
+                         f"(the allocation ranks every group's channels): give one tensor per group"
+                         f"{', ' + instead if instead else ''}")
+    for g in groups:
+        s = scores[g.name]
+        why = ("is not a tensor" if not torch.is_tensor(s) else
+               f"holds {s.numel()} values for its {g.size} channels" if s.numel() != g.size else
+               "is a meta tensor, without values" if s.device.type == "meta" else
+               "is not finite" if not bool(torch.isfinite(s.detach().float()).all()) else None)
+        if why is not None:
+            raise ValueError(f"pruning method {method!r}: {hook}()'s score of group {g.name!r} {why} (a "
+                             f"{type(s).__name__}): give one finite value per channel, as a tensor")
+
+
 def _hooks_added(model: nn.Module, before: Mapping) -> list[str]:
-    """The forward hooks on ``model`` that were not in ``before`` (:func:`forward_hooks`)."""
-    return sorted({label for key, label in forward_hooks(model).items() if key not in before})
+    """The hooks on ``model`` that were not in ``before`` (:func:`module_hooks`)."""
+    return sorted({label for key, label in module_hooks(model).items() if key not in before})
 
 
 def _hooks_left(method: str, hooks: Sequence[str], err: Exception, outcome: str) -> RuntimeError:
     """A rebuild that failed with forward hooks the method registered still on the model."""
     return RuntimeError(
-        f"pruning method {method!r} left forward hooks on {some_names(list(hooks), 4)} at the prune, and the "
+        f"pruning method {method!r} left hooks on {some_names(list(hooks), 4)} at the prune, and the "
         "rebuild's numerical check, which runs the model through them, failed: a hook that holds a per-channel "
         "tensor cannot follow the cut. Remove the method's hooks by the end of select() (the rebuild comes right "
         f"after it); after_rebuild() may register them again on the smaller model. {outcome} The rebuild "

@@ -29,7 +29,10 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
    (with the state of any generator the method draws from, for an exact resume).
 
 ``setup`` must leave the model as it is: it runs again on every resume and after each prune.
-Forward hooks a method registers on the model must be gone by the end of ``select``: the rebuild's
+A resumed fit calls ``setup`` and ``load_state_dict`` again, not ``start``: hooks the method needs
+through its sparsify phase go on in ``setup`` (gated by a flag ``start`` sets and its state keeps).
+Hooks a method registers on the model's modules (forward and backward) must be gone by the end
+of ``select``: the rebuild's
 numerical check runs the model right after it (``after_rebuild`` may register them again).
 Before training, the engine rehearses a copy of the method through these hooks on a copy of the
 model (zero gradients, no validation, nothing synced) and holds it to the above; the class

@@ -312,6 +312,19 @@ def forward_hooks(model: nn.Module) -> dict[tuple[str, str, int], str]:
     return found
 
 
+def module_hooks(model: nn.Module) -> dict[tuple[str, str, int], str]:
+    """:func:`forward_hooks` and the backward hooks and backward pre-hooks on ``model``'s modules,
+    named alike (``'<module>' (backward hook)``): what a method must not leave on the model it
+    prunes (a backward hook that holds a per-channel tensor fails on the smaller model's first
+    backward)."""
+    found = forward_hooks(model)
+    for prefix, module in model.named_modules():
+        for kind, hooks in (("backward pre-hook", module._backward_pre_hooks), ("backward hook", module._backward_hooks)):
+            for handle in hooks:
+                found[(prefix, kind, handle)] = f"'{prefix or type(module).__name__}' ({kind})"
+    return found
+
+
 def _offending_groups(model: nn.Module, example_inputs, kept: Mapping[str, Sequence[int]],
                       sizes: Mapping[str, int] | None, groups: Sequence[ChannelGroup], limit: int = 32) -> list[str]:
     """Which groups fail the rebuild on their own (tried one at a time on copies; ``groups``: the
