@@ -635,12 +635,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> PruningResult:
         started_result(cfg, began).save(output_dir / "result.json")
     try:
         load_plugins(cfg.get("plugins") or [])
+        recipe = recipe_for(cfg)  # (two recipes' sections: refused, recorded as such, not left "running": probe)
     except (Exception, KeyboardInterrupt) as err:  # (a Ctrl-C while a plugin imports: stopped before training)
         setattr(err, REFUSED_BEFORE_TRAINING, True)
         with interruptions_held(interrupted=isinstance(err, KeyboardInterrupt)):
             _record_stop(cfg, err, (start, began), output_dir, earlier, before=True)
         raise
-    recipe = recipe_for(cfg)
     if recipe is not None:
         try:
             result = recipe.run(cfg, output_dir)

@@ -2547,3 +2547,18 @@ def test_an_evaluation_fraction_of_less_than_one_batch_is_refused_before_trainin
                                          r"adaptation.target, which is 1 batch of adaptation.target.eval_batch_size"):
         run_adaptation(cfg, tmp_path / "run")
     assert not list(tmp_path.glob("*.pt"))  # (nothing trained)
+
+
+def test_a_config_of_two_recipes_is_refused_and_recorded_as_refused(tmp_path):
+    """Two experiments at once failed outside the record: result.json kept 'running', with the advice
+    to resume from a checkpoint, and the console said the run failed (probe)."""
+    from lightning_ssr.app.stages import REFUSED_BEFORE_TRAINING
+
+    cfg = _compose(["+experiment=[transfer_fmnist_to_mnist,da_mnist_to_digits]", f"dense.cache_dir={tmp_path / 'c'}"])
+    with pytest.raises(ValueError, match=r"several recipes \['adaptation', 'transfer'\]; a job runs one: give one "
+                                         r"experiment \(\+experiment=<name>\), or drop the others' sections "
+                                         r"\(~transfer\)") as info:
+        run(cfg, tmp_path)
+    assert getattr(info.value, REFUSED_BEFORE_TRAINING)
+    record = PruningResult.load(tmp_path / "result.json")
+    assert record.status == "failed" and "several recipes" in record.error and not (tmp_path / "c").exists()

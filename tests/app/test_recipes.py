@@ -364,7 +364,9 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     # DANN trains on from the source-only model: how long, and the control of the same epochs, are said
     epochs = info["epochs_from_source_only"]
     assert epochs == cfg.schedule.sparsify_epochs + cfg.schedule.finetune_epochs + cfg.schedule.warmup_epochs
-    assert f"; then {epochs} epochs from it: DANN dense" in out
+    # of part of the batches (trainer.limit_train_batches): said, as the transfer summary says it (probe)
+    assert f"; then {epochs} epochs of trainer.limit_train_batches=4 from it: DANN dense" in out
+    assert info["limit_train_batches"] == 4 and info["distill"] == cfg.module.distill
     assert ("DANN's equal-budget control, the same epochs without the domain term, is this run with "
             "adaptation.domain_weight=0 (not run here)") in out  # (it read as a result reported: probe)
     assert result.status == "ok" and (info["source"], info["target"]) == ("MNISTDigits", "UCIDigits")
@@ -385,8 +387,8 @@ def test_adaptation_experiment_end_to_end_reports_source_only_dense_and_compress
     # the ceiling's budget is said: it trained as long as source only, not DANN's epochs more (probe)
     assert info["target_trained_epochs"] == cfg.dense.epochs
     assert cfg.dense.epochs == 1  # ("1 epochs": said in the singular)
-    assert (f" (1 epoch from scratch, as source only; DANN's models train {epochs} more from "
-            "source only)") in out
+    assert (f" (1 epoch of trainer.limit_train_batches=4 from scratch, as source only; DANN's models train "
+            f"{epochs} more from source only)") in out
     assert "Training DANN dense from the source-only model (" in out and "Training the dense model" not in out
 
 
@@ -612,9 +614,16 @@ def test_a_recipes_summary_calls_the_equal_budget_baseline_what_it_is():
 
     assert pair_line(result("l1", 1.0e6), "DANN dense", "DANN compressed") == (
         "DANN dense 50.00% at 2.00M MACs; DANN compressed 40.00% at 1.000M MACs (2.0x fewer)")
-    assert pair_line(result("none", 2.0e6), "DANN dense", "DANN compressed") == (
-        "DANN dense 50.00% at 2.00M MACs; DANN dense trained on for the same epochs (pruning=none, the equal-budget "
+    assert pair_line(result("none", 2.0e6), "dense", "compressed") == (
+        "dense 50.00% at 2.00M MACs; dense trained on for the same epochs (pruning=none, the equal-budget "
         "baseline) 40.00%")
+    # a recipe's compressed stage starts where its dense stage started: pruning=none trains it again, and
+    # with the recipes' distillation, from the first; it was called "DANN dense trained on" (probe)
+    assert pair_line(result("none", 2.0e6), "DANN dense", "DANN compressed", 0.5) == (
+        "DANN dense 50.00% at 2.00M MACs; DANN dense trained again, from the same start for the same epochs, with "
+        "pruning=none and distilled from the first (module.distill=0.5) 40.00%")
+    assert pair_line(result("none", 2.0e6), "dense fine-tune", "compressed fine-tune", 0.0).endswith(
+        "dense fine-tune trained again, from the same start for the same epochs, with pruning=none 40.00%")
 
 
 @pytest.mark.parametrize("experiment", ["transfer_fmnist_to_mnist", "da_mnist_to_digits"])

@@ -411,10 +411,14 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         "target_trained_epochs": cfg.dense.epochs if ceiling else None,
         "target_trained_cache": ceiling["cache"] if ceiling else None,
         "settings": OmegaConf.to_container(a, resolve=True),
+        "distill": float(distill_args["distill"]),  # (from DANN dense, in the compressed run)
         "features_kept_whole": kept_whole,
         # the source-only and ceiling figures come from part of their test splits too (none: the whole)
         **({"evaluation_limits": source_only["evaluation_limits"]} if source_only.get("evaluation_limits") else {}),
     }
+    limit = cfg.trainer.get("limit_train_batches")
+    if limit is not None and not (isinstance(limit, float) and limit >= 1.0):  # (epochs of part of the batches)
+        result.config["adaptation"]["limit_train_batches"] = limit
     # as given, so that a sweep run again finds this run finished (the layers kept whole are recorded above)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
     result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s)
@@ -432,22 +436,26 @@ def adaptation_summary(result) -> str:
     info = result.config["adaptation"]
     ceiling = info.get("target_trained_accuracy")
     epochs = info.get("epochs_from_source_only")
+    second = "DANN trained again (pruning=none)" if result.method == "none" else "DANN compressed"
+    limit = info.get("limit_train_batches")
+    per_epoch = f" of trainer.limit_train_batches={limit}" if limit is not None else ""
     return (f"adaptation {info['source']} -> {info['target']} (target test accuracy): source only "
             f"{100 * info['source_only_target_accuracy']:.2f}%; "
-            + (f"then {epochs} epochs from it: " if epochs else "")
+            + (f"then {epochs} epoch{'s' * (epochs != 1)}{per_epoch} from it: " if epochs else "")
             + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
-                               f"{_label(info.get('domain_weight'))} compressed")
+                               f"{_label(info.get('domain_weight'))} compressed", info.get("distill", 0.0))
             + ("; DANN's equal-budget control, the same epochs without the domain term, is this run with "
                "adaptation.domain_weight=0 (not run here)" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")
-            + (f" ({info['target_trained_epochs']} epoch{'s' * (info['target_trained_epochs'] != 1)} from scratch, "
+            + (f" ({info['target_trained_epochs']} epoch{'s' * (info['target_trained_epochs'] != 1)}{per_epoch} from "
+               "scratch, "
                "as source only; DANN's models train "
                f"{epochs} more from source only)" if ceiling is not None and info.get("target_trained_epochs")
                and epochs else "")
             + (f"; each on {part_of_test_split(info['evaluation_limits']['limit_test_batches'], each=True)}"
                if (info.get("evaluation_limits") or {}).get("limit_test_batches") is not None else "")
             + (f"; domain classifier after DANN dense {100 * info['domain_accuracy_test']['dense']:.1f}%, after "
-               f"DANN compressed {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "
+               f"{second} {100 * info['domain_accuracy_test']['compressed']:.1f}% (chance is 50%, which a "
                "classifier that always answers one domain also scores; a fresh one may still tell the domains "
                "apart)" if info.get("domain_accuracy_test") else "")
             + ("; no domain classifier trained (adaptation.domain_weight=0: source-only training on both domains' "

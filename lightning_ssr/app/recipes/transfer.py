@@ -188,6 +188,7 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         "source_test_accuracy": source_accuracy, "source_cache": source_info["cache"],
         "target": type(dm).__name__, "target_train_images": len(dm.splits["train"]), "new_head": head, "frozen": frozen,
         "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
+        "distill": float(cfg.module.get("distill", 0.0)),  # (from the dense fine-tune, in the compressed one)
     }
     limit = cfg.trainer.get("limit_train_batches")
     if limit is not None and not (isinstance(limit, float) and limit >= 1.0):  # (trained on part of them)
@@ -205,7 +206,8 @@ def transfer_summary(result) -> str:
     part = (result.pruned.get("evaluation_limits") or {}).get("limit_test_batches")
     return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images{trained}): "
             f"the source model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
-            f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune")
+            f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune",
+                                                                 info.get("distill", 0.0))
             + (f"; each on {part_of_test_split(part, each=True)}" if part is not None else ""))
 
 
