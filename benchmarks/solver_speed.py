@@ -28,7 +28,9 @@ seeds. ``--recompute`` recomputes the comparisons from the trajectories stored i
 
 Each solver's finished run is kept in ``--work-dir``
 (``~/.cache/lightning_ssr/benchmarks/solver_speed``), keyed by its settings and dense model: an
-interrupted command goes on from the runs that finished.
+interrupted command goes on from the runs that finished. Seconds are compared only between runs
+timed by the same command (``session``): a run read back was timed under another load, and its
+ratio of seconds to a new one is left out (``null``); the ratio of epochs stays.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import tempfile
 import time
@@ -64,6 +67,8 @@ from lightning_ssr.app.stages import build_data, build_module, train_dense
 from lightning_ssr.report import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
+#: the command that timed a run: seconds compare only within one
+SESSION = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "base": {"rho": 0.1},
@@ -134,7 +139,7 @@ def solver_run(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
             return {**kept["run"], "reused": True}
     except (OSError, ValueError, AttributeError, KeyError):
         pass  # not run yet (or cut short while written): it runs
-    run = run_solver(name, kwargs, cfg, net, dm, args, steps_per_epoch)
+    run = {**run_solver(name, kwargs, cfg, net, dm, args, steps_per_epoch), "session": SESSION}
     write_json(path, obj={"key": key, "run": run})
     return run
 
@@ -182,7 +187,9 @@ def compare(runs: dict) -> dict:
                 a, s = time_to(r, level, stay), time_to(runs["ssl"], level, stay)
                 row[f"aulm_{tag}"], row[f"ssl_{tag}"] = a, s
                 row[f"epochs_ratio_ssl_over_aulm_{tag}"] = ratio(s["epochs"], a["epochs"])
-                row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"])
+                # (timed by other commands, under other loads: not compared)
+                row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"]) if (
+                    r.get("session") == runs["ssl"].get("session")) else None
             rows.append(row)
         out[name] = {"accuracy_aulm": r["test_accuracy"], "accuracy_ssl": runs["ssl"]["test_accuracy"],
                      "levels": rows}

@@ -1220,10 +1220,18 @@ class PruningEngine:
                         if values is None:
                             raise RuntimeError(f"its counts come at the prune (allocation={ctx.allocation!r}) and it "
                                                "gave no channel values after start() and one update()")
-                        if ctx.allocation == "global":  # (ranked as the fit ranks them)
-                            values = global_channel_values(trial, ctx.groups, ctx.cost, ctx.budget.kind, values)
+                        _check_scores(name, hook, values, ctx.groups)
+                        if ctx.allocation == "method":  # (the view's allocation is the fit's: test_allocation)
+                            final = ctx.budget.allocate(values)
+                        elif ctx.budget.kind != "latency":  # ranked as the fit ranks them
+                            final = self.budget.keep_counts(trial, example, ctx.groups, ctx.cost,
+                                                            round_to=self.dense.round_to, allocation="global",
+                                                            scores=values)[0]
+                        else:  # (the fit times the model at the prune: here the table's estimate)
+                            final = ctx.budget.allocate(
+                                global_channel_values(trial, ctx.groups, ctx.cost, ctx.budget.kind, values))
                         # (as the fit: the final counts from its values, this event's share of the way there)
-                        dense = replace(self.dense, final_keep=ctx.budget.allocate(values))
+                        dense = replace(self.dense, final_keep=final)
                         keep = dense.keep_at(event, self.schedule.prune_events, ctx.groups)
                     hook = "select"
                     before_select = {k: v.detach().clone() for k, v in trial.named_parameters()}  # (its weights)
@@ -1381,8 +1389,8 @@ class PruningEngine:
         if values is None:
             raise RuntimeError(f"pruning method {self.method.name!r}: its counts come at the prune (allocation="
                                f"{allocation!r}) but its {hook}() gave no channel values; did its sparsify phase run?")
-        _check_scores(self.method.name, hook, values, ctx.groups)  # (what the allocation reads: said as the method's)
         values = world.broadcast(values) if world.size > 1 else values
+        _check_scores(self.method.name, hook, values, ctx.groups)  # (rank 0's, on every rank: refused by all alike)
         final, latency = _on_rank_zero(world, lambda: self.budget.keep_counts(
             model, example, ctx.groups, ctx.cost, round_to=self.dense.round_to, allocation=allocation, scores=values,
             shared=[self], timing_input=self._timing_rows, table=self._latency_table))

@@ -681,7 +681,9 @@ def global_channel_values(model: nn.Module, groups: Sequence[ChannelGroup], cost
             raise ValueError(f"allocation='global': the importance scores of group {g.name!r} are not finite")
         s = s.clamp_min(0.0)
         peak = float(s.max())
-        normalized = s / peak if peak > 0 else torch.ones_like(s)
+        # (a group of all-zero scores is the least important, not the most: taylor's scores are zero where no
+        # gradient reaches, a group of dead filters, which was kept whole: review)
+        normalized = s / peak if peak > 0 else torch.zeros_like(s)
         weight = mean_unit / unit[g.name] if unit[g.name] > 0 else float("inf")
         values[g.name] = torch.sort(normalized * weight, descending=True).values
     return values

@@ -460,3 +460,31 @@ def test_taylor_at_global_ranks_across_layers_by_its_gradients_at_the_prune(tmp_
     with pytest.warns(UserWarning, match="by the L2 group norms of its weights"):
         trainer(tmp_path / "l2", [l2], schedule.total_epochs).fit(NetClassifier(DeadFilters()), loader())
     assert l2.events[0]["keep"]["net.c2"] > 2 and l2.events[0]["importance"] == "l2_group_norm"
+
+
+class DeadLayer(nn.Module):
+    """``c2``'s filters are all dead: no gradient reaches them, nor ``c1`` before them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+        with torch.no_grad():
+            self.c2.bias.fill_(-1e4)
+
+    def forward(self, x):
+        dead = torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3))
+        return self.fc(torch.cat([dead, torch.relu(self.c3(x)).mean((2, 3))], 1))
+
+
+def test_a_layer_of_all_zero_scores_goes_first_under_global_allocation(tmp_path):
+    """A group whose scores were all zero was scored as if every channel were its layer's best:
+    taylor@global kept the dead layer whole and cut the live one (review)."""
+    pl.seed_everything(0)
+    schedule = PruningSchedule(sparsify_epochs=1, finetune_epochs=1, update_every_n_steps=2, stop_early=False)
+    cb = Pruning("taylor", target={"filters": 0.5}, allocation="global", schedule=schedule, verbose=False)
+    trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(DeadLayer()), loader())
+    keep = cb.events[0]["keep"]
+    assert keep["net.c3"] == 8 and keep["net.c2"] < 8, keep

@@ -334,7 +334,23 @@ class _FakeResult:
                 "events": [{"epoch": 1}], "timings": {"total_s": 2.0}}
 
 
-def test_update_interval_goes_on_from_the_runs_an_interrupted_command_finished(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def script_logging():
+    """A benchmark's main() run in this process quiets Lightning's loggers and warnings for the rest
+    of it, as the script does: put back after the test (a later test's captured table was gone)."""
+    import logging
+    import warnings
+
+    names = ("lightning.pytorch", "lightning.fabric", "lightning_fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    with warnings.catch_warnings():
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_update_interval_goes_on_from_the_runs_an_interrupted_command_finished(tmp_path, monkeypatch, capsys,
+                                                                               script_logging):
     """It kept no run between commands: a Ctrl-C after an hour started the next command over (its
     runs went to temporary folders)."""
     from benchmarks import update_interval
@@ -367,7 +383,8 @@ def test_update_interval_goes_on_from_the_runs_an_interrupted_command_finished(t
     assert len(trained) == 8
 
 
-def test_solver_speed_goes_on_from_the_solver_runs_an_interrupted_command_finished(tmp_path, monkeypatch):
+def test_solver_speed_goes_on_from_the_solver_runs_an_interrupted_command_finished(tmp_path, monkeypatch,
+                                                                                  script_logging):
     """It kept no run between commands: an interrupted command trained every solver again."""
     from benchmarks import solver_speed
 
@@ -395,9 +412,15 @@ def test_solver_speed_goes_on_from_the_solver_runs_an_interrupted_command_finish
         solver_speed.main(argv)
     assert [t[0] for t in trained] == ["ssl", "ssr_l21"]
     interrupt = False
+    monkeypatch.setattr(solver_speed, "SESSION", "a later command")
     out = solver_speed.main(argv)  # ssl and the base variant are read back: grow alone trains
     assert len(trained) == 3 and trained[-1][1]["rho_growth"] == 1.1
     assert [bool(r.get("reused")) for r in out["runs"]["0"].values()] == [True, True, False]
+    # seconds are compared within one command's timings only (a reused run was timed under another load)
+    levels = {v: out["comparisons"]["0"][v]["levels"] for v in ("aulm_base", "aulm_grow")}
+    assert all(row["seconds_ratio_ssl_over_aulm_first"] is not None for row in levels["aulm_base"])
+    assert all(row["seconds_ratio_ssl_over_aulm_first"] is None and row["epochs_ratio_ssl_over_aulm_first"]
+               is not None for row in levels["aulm_grow"])
     # other settings (more epochs) are not read back as these
     solver_speed.main([*argv[:-2], "--out", str(tmp_path / "other.json"), "--epochs", "9"])
     assert len(trained) == 6

@@ -395,8 +395,8 @@ REFUSED_AT_SETUP = [
     # (it said "no values (or the wrong number)": how many, and how many it needs: probe)
     ("method_channel_values_cut_short", SmallResidualCNN,
      lambda: Pruning(ChannelValuesCutShort("l21", rho=0.5), target={"macs": 0.5}, **SSR), RuntimeError,
-     ("allocation='method': the method's allocation_scores() gave 15 values for group 'net.fc1', which needs one "
-     "value per channel, a tensor of 16")),
+     ("allocation_scores()'s score of group 'net.fc1' holds 15 values for its 16 channels (a Tensor): give one "
+      "finite value per channel, as a tensor")),
     ("layer_norm", lambda: NormNet("layer"), lambda: Pruning("l1", target={"filters": 0.5}, **ONESHOT),
      UnsupportedLayerError, "layer 'net.ln' (LayerNorm, normalized_shape (16,)) normalizes several channels together"),
     # it said "rebuilding the pruned model failed (output 0 differs ... by nan) ... Pass these layers in ignored_layers"

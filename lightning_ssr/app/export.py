@@ -149,40 +149,50 @@ def _quiet_onnx_registry():
             logger.setLevel(level)
 
 
-#: weights up to this size (bytes) are written inside the ONNX file; beyond it, next to it
 def output_tensors(output) -> list[torch.Tensor]:
     """The tensors a model's output holds, in the order the exporters flatten it: a tensor, or
-    tuples, lists and dicts (in their order) of them."""
+    tuples, lists and dicts (in their order) of them; ``None`` holds none (the exporters leave it
+    out). Anything else is refused: the checks compare tensors."""
+    if output is None:
+        return []
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, Mapping):
         return [t for v in output.values() for t in output_tensors(v)]
     if isinstance(output, (tuple, list)):
         return [t for v in output for t in output_tensors(v)]
-    raise TypeError(f"the model's output holds a {type(output).__name__}; exported models give tensors (alone, or in "
-                    "tuples, lists and dicts)")
+    raise TypeError(f"the model's output holds a {type(output).__name__}: the check against PyTorch compares the "
+                    "output tensors (alone, or in tuples, lists and dicts, None left out)")
 
 
-def _output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the ONNX outputs: ``output`` for one tensor, a dict's keys, else ``output_<i>``."""
+def _output_names(model: nn.Module, example: torch.Tensor) -> list[str] | None:
+    """Names of the ONNX outputs: ``output`` for one tensor, a dict's keys, else ``output_<i>``;
+    ``None`` (the exporter's own names) for an output that holds other values than tensors."""
     with eval_mode(model), torch.no_grad():
         out = model(example)
     if isinstance(out, torch.Tensor):
         return ["output"]
-    if isinstance(out, Mapping) and all(isinstance(v, torch.Tensor) for v in out.values()):
-        return [str(k) for k in out]
-    return [f"output_{i}" for i in range(len(output_tensors(out)))]
+    try:
+        count = len(output_tensors(out))
+    except TypeError:
+        return None
+    names = [str(k) for k in out] if isinstance(out, Mapping) and all(
+        isinstance(v, torch.Tensor) for v in out.values()) else []
+    return names if len(set(names)) == count else [f"output_{i}" for i in range(count)]
 
 
 def _largest_difference(ours, reference) -> float:
-    """The largest absolute difference between two outputs of the same structure (checked)."""
+    """The largest absolute difference between two outputs of the same structure (checked); a
+    boolean or integer output's differences count in its values (1 where a mask differs)."""
     ours, reference = output_tensors(ours), output_tensors(reference)
     if len(ours) != len(reference):
         raise ValueError(f"the exported model gives {len(ours)} output tensor(s), the model {len(reference)}: the "
                          "file is not an export of this model")
-    return max(float((torch.as_tensor(a).cpu() - b.detach().cpu()).abs().max()) for a, b in zip(ours, reference))
+    return max(float((torch.as_tensor(a).cpu().double() - b.detach().cpu().double()).abs().max())
+               for a, b in zip(ours, reference))
 
 
+#: weights up to this size (bytes) are written inside the ONNX file; beyond it, next to it
 #: (protobuf's 2 GiB limit, with room for the graph)
 ONNX_INLINE_LIMIT = 1 << 30
 
@@ -223,7 +233,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
     """Trace ``model`` (in eval mode) with TorchScript and save it to ``path``. A model whose
-    output holds lists or dicts is traced with ``strict=False``: their structure is taken as fixed."""
+    output is a list or dict of tensors is traced with ``strict=False``: its structure is taken as
+    fixed (TorchScript's tracer infers no type for containers nested in them:
+    :func:`export_program` exports those)."""
     example_input, path = _checked(model, example_input, path, "export_torchscript")
     path.parent.mkdir(parents=True, exist_ok=True)
     with eval_mode(model), torch.no_grad():

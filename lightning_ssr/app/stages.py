@@ -1623,17 +1623,20 @@ def compared_result(cfg: DictConfig, lm: pl.LightningModule, callback: Pruning |
     return result
 
 
-def pair_line(result: PruningResult, dense_label: str, pruned_label: str, again: float | None = None) -> str:
+def pair_line(result: PruningResult, dense_label: str, pruned_label: str, recipe: bool = False,
+              distill: float | None = None) -> str:
     """``<dense_label> X% at N MACs; <pruned_label> Y% at M MACs (Rx fewer)``; with ``pruning=none``
-    the second is the dense model trained on, the equal-budget baseline, and says so. ``again``: a
+    the second is the dense model trained on, the equal-budget baseline, and says so. ``recipe``: a
     recipe's, whose compressed stage starts where its dense stage started and trains as many epochs
     (the dense stage is its equal-budget baseline): with ``pruning=none`` that training repeated,
-    distilled from the first where ``again`` (``module.distill``) is above 0, and said so."""
+    distilled from the first where ``distill`` (``module.distill``) is above 0, and said so
+    (``None``: a record that holds no ``distill``)."""
     first = f"{dense_label} {100 * result.dense['accuracy']:.2f}% at {result.dense['macs'] / 1e6:.2f}M MACs; "
-    if result.method == "none" and again is not None:  # (it was called "trained on": it trained again: probe)
+    if result.method == "none" and recipe:  # (it was called "trained on": it trained again: probe)
+        how = ("" if distill == 0 else " (its distillation from the first not recorded)" if distill is None else
+               f" and distilled from the first (module.distill={distill:g})")
         return first + (f"{dense_label} trained again, from the same start for the same epochs, with pruning=none"
-                        + (f" and distilled from the first (module.distill={again:g})" if again else "")
-                        + f" {100 * result.pruned['accuracy']:.2f}%")
+                        f"{how} {100 * result.pruned['accuracy']:.2f}%")
     if result.method == "none":  # (nothing was compressed: "compressed ... (1.0x fewer)" said otherwise)
         return first + (f"{dense_label} trained on for the same epochs (pruning=none, the equal-budget baseline) "
                         f"{100 * result.pruned['accuracy']:.2f}%")

@@ -29,8 +29,9 @@ optimizer remapping, checkpoints, DDP and the result. The lifecycle, in engine o
    (with the state of any generator the method draws from, for an exact resume).
 
 ``setup`` must leave the model as it is: it runs again on every resume and after each prune.
-A resumed fit calls ``setup`` and ``load_state_dict`` again, not ``start``: hooks the method needs
-through its sparsify phase go on in ``setup`` (gated by a flag ``start`` sets and its state keeps).
+A resumed fit calls ``setup`` and then ``load_state_dict`` again, not ``start``: hooks the method
+needs through its sparsify phase go on in ``setup``, every time, and record only while a flag is set
+that ``start`` sets and its state keeps (``load_state_dict`` restores it).
 Hooks a method registers on the model's modules (forward and backward) must be gone by the end
 of ``select``: the rebuild's
 numerical check runs the model right after it (``after_rebuild`` may register them again).

@@ -6,8 +6,10 @@ those parameters, so the channel's importance is ``(sum_i g_i w_i)^2``. The meth
 normally through the sparsify phase (no term) and, at every optimizer step, records each
 channel's score from the step's gradients; at the prune the scores of the last ``batches``
 steps are summed and the channels of lowest total go. With ``allocation="global"`` those sums
-also decide how many each layer keeps: channels compete across layers at the prune, each layer's
-scores normalized by its largest (:meth:`Taylor.importance_at_prune`), as the paper ranks them.
+also decide how many each layer keeps: channels compete across layers at the prune
+(:meth:`Taylor.importance_at_prune`), by the engine's global rule (each layer's scores divided by
+its largest, over the cost of one of its channels; Molchanov et al. 2017 rank across layers after
+dividing each layer's by their L2 norm, and 2019 without a normalization).
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ class Taylor(PruningMethod):
 
     def importance_at_prune(self) -> dict[str, torch.Tensor]:
         """The accumulated scores: with ``allocation="global"`` channels compete across layers by
-        them, each layer's normalized by its largest (Molchanov et al. 2017 rank globally after a
-        per-layer normalization), at the prune rather than by the dense weights at set-up."""
+        them at the prune (the engine's global rule), rather than by the dense weights at set-up."""
         return self.accumulated()
 
     def accumulated(self) -> dict[str, torch.Tensor]:

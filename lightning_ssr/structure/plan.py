@@ -103,8 +103,8 @@ class PruningPlan:
                 head = f.read(2)
             if head in (b"PK", b"\x80\x02"):  # a torch.save file (zip, or the legacy pickle)
                 raise PlanMismatchError("it is a checkpoint written by torch.save, not a plan: load_pruned(model, path) "
-                                        "rebuilds a model from it, and torch.load(path, weights_only=True)"
-                                        "['pruning_plan'] is the plan it holds")
+                                        "rebuilds a model from it, and PruningPlan.from_dict(torch.load(path, "
+                                        "weights_only=True)['pruning_plan']) reads the plan it holds")
             data = json.loads(Path(path).read_text())
             if isinstance(data, Mapping) and "groups" not in data and ("plan" in data or "status" in data):
                 if not data.get("plan"):  # (a result.json of a run that pruned nothing)

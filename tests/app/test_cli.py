@@ -2556,8 +2556,7 @@ def test_a_config_of_two_recipes_is_refused_and_recorded_as_refused(tmp_path):
 
     cfg = _compose(["+experiment=[transfer_fmnist_to_mnist,da_mnist_to_digits]", f"dense.cache_dir={tmp_path / 'c'}"])
     with pytest.raises(ValueError, match=r"several recipes \['adaptation', 'transfer'\]; a job runs one: give one "
-                                         r"experiment \(\+experiment=<name>\), or drop the others' sections "
-                                         r"\(~transfer\)") as info:
+                                         r"experiment alone \(\+experiment=<name>\)") as info:
         run(cfg, tmp_path)
     assert getattr(info.value, REFUSED_BEFORE_TRAINING)
     record = PruningResult.load(tmp_path / "result.json")

@@ -202,3 +202,35 @@ def test_a_model_of_several_outputs_exports_and_checks_every_one(tmp_path, as_di
     names = [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()]
     assert names == (["logits", "mask"] if as_dict else ["output_0", "output_1"])
     assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5
+
+
+class MaskAndNone(TwoHeads):
+    """Logits, a None and a boolean mask."""
+
+    def __init__(self):
+        super().__init__(as_dict=False)
+        self.pruning = True  # (the channel tracer follows tensors only: pruned as TwoHeads)
+
+    def forward(self, x):
+        logits, mask = super().forward(x)
+        return (logits, mask) if self.pruning else (logits, None, mask > 0)
+
+
+def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_path):
+    """A None in the output (which the exporters leave out) made export_onnx fail where it had
+    worked, and a boolean mask failed the checks' subtraction (review)."""
+    torch.manual_seed(0)
+    model = MaskAndNone()
+    x = torch.randn(2, 3, 8, 8)
+    prune_oneshot(model, x, {"macs": 0.5})
+    model.pruning = False
+    export_program(model, x, tmp_path / "m.pt2")
+    assert exported_max_abs_diff(model, tmp_path / "m.pt2", torch.randn(3, 3, 8, 8)) <= 1e-5
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
+    pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip install 'lightning_ssr[export]')")
+    export_onnx(model, x, tmp_path / "m.onnx")
+    import onnxruntime as ort
+
+    assert [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()] == ["output_0", "output_1"]
+    fresh = torch.randn(3, 3, 8, 8)
+    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5

@@ -658,8 +658,8 @@ def test_a_plugin_authors_mistakes_are_named_with_what_to_do(tmp_path, method, a
 
 
 class LateNaN(PruningMethod):
-    """Scores of its own for the global allocation, which turn NaN once it has seen a batch
-    (finite in the set-up's rehearsal, which sees none)."""
+    """Scores of its own for the global allocation, which turn NaN once it has seen more than one
+    step (finite in the set-up's rehearsal, which runs one)."""
 
     name = "late_nan"
     sparsifies = True

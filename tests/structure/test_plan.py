@@ -571,6 +571,6 @@ def test_a_checkpoint_given_as_a_plan_file_says_how_to_read_its_plan(tmp_path):
     save_pruned(model, tmp_path / "pruned.pt", plan)
     with pytest.raises(PlanMismatchError, match=r"pruned.pt': it is a checkpoint written by torch.save, not a plan: "
                                                 r"load_pruned\(model, path\) rebuilds a model from it, and "
-                                                r"torch.load\(path, weights_only=True\)\['pruning_plan'\] is the plan"):
+                                                r"PruningPlan.from_dict\(torch.load\(path, weights_only=True\)\['pruning_plan'\]\) reads the plan"):
         PruningPlan.load(tmp_path / "pruned.pt")
     assert PruningPlan.from_dict(torch.load(tmp_path / "pruned.pt", weights_only=True)["pruning_plan"]).kept == plan.kept

@@ -55,9 +55,8 @@ def recipe_for(cfg) -> Recipe | None:
     are refused."""
     found = [r for name, r in sorted(_RECIPES.items()) if cfg.get(name) is not None]
     if len(found) > 1:
-        sections = [r.section for r in found]
-        raise ValueError(f"the configuration holds the sections of several recipes {sections}; a job runs one: give "
-                         f"one experiment (+experiment=<name>), or drop the others' sections (~{sections[-1]})")
+        raise ValueError(f"the configuration holds the sections of several recipes {[r.section for r in found]}; a "
+                         "job runs one: give one experiment alone (+experiment=<name>)")
     return found[0] if found else None
 
 

@@ -443,7 +443,8 @@ def adaptation_summary(result) -> str:
             f"{100 * info['source_only_target_accuracy']:.2f}%; "
             + (f"then {epochs} epoch{'s' * (epochs != 1)}{per_epoch} from it: " if epochs else "")
             + stages.pair_line(result, f"{_label(info.get('domain_weight'))} dense",
-                               f"{_label(info.get('domain_weight'))} compressed", info.get("distill", 0.0))
+                               f"{_label(info.get('domain_weight'))} compressed", recipe=True,
+                               distill=info.get("distill"))
             + ("; DANN's equal-budget control, the same epochs without the domain term, is this run with "
                "adaptation.domain_weight=0 (not run here)" if epochs and info.get("domain_weight") != 0 else "")
             + (f"; trained on the target {100 * ceiling:.2f}%" if ceiling is not None else "")

@@ -207,7 +207,7 @@ def transfer_summary(result) -> str:
     return (f"transfer {info['source']} -> {info['target']} ({info['target_train_images']} labeled images{trained}): "
             f"the source model on {info['source']}'s test split {100 * info['source_test_accuracy']:.2f}%; on "
             f"{info['target']}'s test split: " + stages.pair_line(result, "dense fine-tune", "compressed fine-tune",
-                                                                 info.get("distill", 0.0))
+                                                                 recipe=True, distill=info.get("distill"))
             + (f"; each on {part_of_test_split(part, each=True)}" if part is not None else ""))
 
 
