@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import hashlib
 import json
 import math
 import os
@@ -179,27 +181,42 @@ WORK_ROOT = cache_root() / "benchmarks"
 RUN_FILE = "benchmark_run.json"  # a finished run's record, in its own directory under the work dir
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the package's source (every ``lightning_ssr/**/*.py``, by path and content): a
+    finished run made by other code of the package is trained again, not read back into a results
+    file beside runs of this code (taylor's global allocation changed, and a work directory's
+    earlier taylor@global runs would have been reused)."""
+    import lightning_ssr
+
+    root = Path(lightning_ssr.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def config_digest(cfg) -> str:
     """sha256 of a run's composed config, resolved (a changed config file changes it, not only a
     changed override)."""
-    import hashlib
-
     from omegaconf import OmegaConf
 
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def finished_run(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> dict | None:
+def finished_run(out_dir: str | os.PathLike, overrides: list[str], digest: str, code: str | None = None
+                 ) -> dict | None:
     """The record :func:`keep_run` left in ``out_dir`` for a run that finished with the same
-    ``overrides`` and the same composed config (``digest``: :func:`config_digest`), or ``None``:
-    not run yet, failed, run with other settings or another config, or cut short."""
+    ``overrides`` and the same composed config (``digest``: :func:`config_digest`), and, where
+    ``code`` is given, by the same code of the package (:func:`code_digest`), or ``None``: not run
+    yet, failed, run with other settings, another config or other code, or cut short."""
     try:
         record = json.loads((Path(out_dir) / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("status") != "ok" or record.get("overrides") != overrides \
-            or record.get("config_sha256") != digest:
+            or record.get("config_sha256") != digest or (code is not None and record.get("code_sha256") != code):
         return None
     return record
 
@@ -210,11 +227,12 @@ def set_aside_path(out_dir: str | os.PathLike, digest: str) -> Path:
     return Path(f"{Path(out_dir)}@{digest[:12]}")
 
 
-def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> dict | None:
+def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str, code: str | None = None
+              ) -> dict | None:
     """Before a run of config ``digest`` in ``out_dir``: a finished run of other settings there
     (another budget's, in the same work directory) is moved aside (:func:`set_aside_path`), not
     trained over; and this config's own finished run, set aside so by an earlier command, is moved
-    back and its record returned (``None``: the run trains)."""
+    back and its record returned (``None``: the run trains), where ``code`` made it too."""
     import shutil
 
     out_dir = Path(out_dir)
@@ -230,12 +248,12 @@ def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str) -> 
             os.replace(out_dir, aside)
             print(f"{out_dir.name}: the run of other settings there is kept in {aside.name}", flush=True)
     mine = set_aside_path(out_dir, digest)
-    if finished_run(mine, overrides, digest) is None:
+    if finished_run(mine, overrides, digest, code) is None:
         return None
     if out_dir.exists():  # (a run of this config cut short there: the finished one replaces it)
         shutil.rmtree(out_dir)
     os.replace(mine, out_dir)
-    return finished_run(out_dir, overrides, digest)
+    return finished_run(out_dir, overrides, digest, code)
 
 
 def run_or_reuse(overrides: list[str], out_dir: str | os.PathLike, record: dict, compose, train) -> tuple[bool, dict]:
@@ -244,14 +262,18 @@ def run_or_reuse(overrides: list[str], out_dir: str | os.PathLike, record: dict,
     ``out_dir`` with the same overrides and config is read back (``(True, its record with
     "reused": True)``), else ``train(cfg, out_dir).to_dict()`` runs (``(False, that dict)``). A
     finished run of other settings in ``out_dir`` is kept, moved aside (:func:`make_room`), and
-    read back from there by a later command with its settings.
+    read back from there by a later command with its settings. A finished run of other code of the
+    package (``record["code_sha256"]``: :func:`code_digest`) is trained again, and said.
     An exception gives ``(False, {"status": "failed", "error": ...})``: the other runs go on."""
     try:
         cfg = compose(overrides)
-        record["config_sha256"] = config_digest(cfg)
-        done = finished_run(out_dir, overrides, record["config_sha256"])
+        record["config_sha256"], record["code_sha256"] = config_digest(cfg), code_digest()
+        done = finished_run(out_dir, overrides, record["config_sha256"], record["code_sha256"])
         if done is None:
-            done = make_room(out_dir, overrides, record["config_sha256"])
+            done = make_room(out_dir, overrides, record["config_sha256"], record["code_sha256"])
+        if done is None and finished_run(out_dir, overrides, record["config_sha256"]) is not None:
+            print(f"{Path(out_dir).name}: its finished run was made by other code of lightning_ssr: trained again",
+                  flush=True)
         if done is not None:
             return True, {**done, "reused": True}
         return False, train(cfg, out_dir).to_dict()

@@ -27,8 +27,8 @@ ratios ``ssl / aulm`` of epochs and seconds (> 1: AULM is faster), both ways; an
 seeds. ``--recompute`` recomputes the comparisons from the trajectories stored in ``--out``.
 
 Each solver's finished run is kept in ``--work-dir``
-(``~/.cache/lightning_ssr/benchmarks/solver_speed``), keyed by its settings and dense model: an
-interrupted command goes on from the runs that finished. Seconds are compared only between runs
+(``~/.cache/lightning_ssr/benchmarks/solver_speed``), keyed by its settings, its dense model and
+the package's code: an interrupted command goes on from the runs that finished. Seconds are compared only between runs
 timed by the same command (``session``): a run read back was timed under another load, and its
 ratio of seconds to a new one is left out (``null``); the ratio of epochs stays.
 """
@@ -53,6 +53,7 @@ from benchmarks import (
     WORK_ROOT,
     check_runs,
     check_seeds,
+    code_digest,
     command_line,
     counted,
     number_at_least,
@@ -130,7 +131,7 @@ def solver_run(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
     import hashlib
 
     key = {"method": name, "kwargs": kwargs, "seed": cfg.seed, "dense": dense_cache, "steps_per_epoch": steps_per_epoch,
-           **{k: getattr(args, k) for k in ("data", "epochs", "finetune", "interval", "batches")}}
+           "code": code_digest(), **{k: getattr(args, k) for k in ("data", "epochs", "finetune", "interval", "batches")}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = Path(args.work_dir) / f"seed{cfg.seed}-{name}-{digest}.json"
     try:

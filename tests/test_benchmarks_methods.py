@@ -34,6 +34,27 @@ def test_a_finished_run_is_read_back_and_a_changed_setting_trains_again(tmp_path
     assert len(trained) == 2
 
 
+def test_a_finished_run_of_other_code_of_the_package_trains_again(tmp_path, monkeypatch, capsys):
+    """A work directory's finished runs were read back whatever code had made them: taylor's global
+    allocation changed, and an earlier taylor@global run would have gone into the new results."""
+    import benchmarks
+
+    trained = []
+    monkeypatch.setattr(methods, "run", lambda cfg, out_dir: trained.append(cfg) or argparse.Namespace(
+        to_dict=lambda: {"status": "ok", "accuracy_drop_points": 0.3}))
+    monkeypatch.setattr(methods, "compose_config", lambda overrides: overrides)
+    out = tmp_path / "taylor@global-0-0.25"
+    first = methods.compress_job("taylor@global", 0, 0.25, _args(), str(out))
+    assert first["code_sha256"] == benchmarks.code_digest() and len(first["code_sha256"]) == 64
+    monkeypatch.setattr(benchmarks, "code_digest", lambda: "0" * 64)  # the package's code changed
+    methods.compress_job("taylor@global", 0, 0.25, _args(), str(out))
+    assert len(trained) == 2
+    assert "taylor@global-0-0.25: its finished run was made by other code of lightning_ssr: trained again" in (
+        capsys.readouterr().out)
+    again = methods.compress_job("taylor@global", 0, 0.25, _args(), str(out))  # (by this code now: read back)
+    assert len(trained) == 2 and again["reused"] is True
+
+
 def test_none_then_the_largest_reduction_first(tmp_path, monkeypatch):
     """The order the runs are submitted in: ``none`` first, then every seed of the smallest MACs
     fraction, so that an interrupted benchmark leaves whole targets to reuse."""
