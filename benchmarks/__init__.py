@@ -183,16 +183,25 @@ RUN_FILE = "benchmark_run.json"  # a finished run's record, in its own directory
 
 @functools.cache
 def code_digest() -> str:
-    """sha256 of the package's source (every ``lightning_ssr/**/*.py``, by path and content): a
-    finished run made by other code of the package is trained again, not read back into a results
-    file beside runs of this code (taylor's global allocation changed, and a work directory's
-    earlier taylor@global runs would have been reused)."""
+    """sha256 of the package's source (every ``lightning_ssr/**/*.py`` but hidden files, by path
+    and content; one that cannot be read, by its path alone): a finished run made by other code of
+    the package is trained again, not read back into a results file beside runs of this code
+    (taylor's global allocation changed, and a work directory's earlier taylor@global runs would
+    have been reused). Taken once per command, before its runs (:func:`job_pool`: the workers
+    inherit it), so that all its runs carry the code the command started with."""
     import lightning_ssr
 
     root = Path(lightning_ssr.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # (an editor's lock file, .#engine.py, is a dangling link)
+        try:
+            content = path.read_bytes()
+        except OSError:
+            content = b""
+        digest.update(relative.as_posix().encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
 
 
@@ -242,9 +251,11 @@ def make_room(out_dir: str | os.PathLike, overrides: list[str], digest: str, cod
         record = None
     if isinstance(record, dict) and record.get("status") == "ok" and record.get("config_sha256") not in (None, digest):
         aside = set_aside_path(out_dir, record["config_sha256"])
-        if aside.exists():  # (that config's run is kept there already: this one is its copy)
-            shutil.rmtree(out_dir)
-        else:
+        if finished_run(aside, record.get("overrides"), record["config_sha256"], record.get("code_sha256")):
+            shutil.rmtree(out_dir)  # (that config's run, of the same code, is kept there already: this is its copy)
+        else:  # (a set-aside run of other code, or cut short, is replaced by this one: review)
+            if aside.exists():
+                shutil.rmtree(aside)
             os.replace(out_dir, aside)
             print(f"{out_dir.name}: the run of other settings there is kept in {aside.name}", flush=True)
     mine = set_aside_path(out_dir, digest)
@@ -271,7 +282,8 @@ def run_or_reuse(overrides: list[str], out_dir: str | os.PathLike, record: dict,
         done = finished_run(out_dir, overrides, record["config_sha256"], record["code_sha256"])
         if done is None:
             done = make_room(out_dir, overrides, record["config_sha256"], record["code_sha256"])
-        if done is None and finished_run(out_dir, overrides, record["config_sha256"]) is not None:
+        if done is None and any(finished_run(where, overrides, record["config_sha256"]) is not None for where in (
+                out_dir, set_aside_path(out_dir, record["config_sha256"]))):  # (kept there, or set aside: review)
             print(f"{Path(out_dir).name}: its finished run was made by other code of lightning_ssr: trained again",
                   flush=True)
         if done is not None:
@@ -342,6 +354,7 @@ def job_pool(jobs: int, threads: int):
     stops: the queued runs are cancelled and the workers ended, where the pool's own exit waited
     for every queued run to train (a second Ctrl-C printed a traceback, a third ended it). The runs
     that finished stay in the work directory: the same command goes on from them."""
+    code_digest()  # (taken now, before any run: forked workers inherit it)
     pool = ProcessPoolExecutor(jobs, initializer=init_worker, initargs=(threads,))
     try:
         yield pool

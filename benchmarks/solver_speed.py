@@ -189,6 +189,7 @@ def compare(runs: dict) -> dict:
                 row[f"aulm_{tag}"], row[f"ssl_{tag}"] = a, s
                 row[f"epochs_ratio_ssl_over_aulm_{tag}"] = ratio(s["epochs"], a["epochs"])
                 # (timed by other commands, under other loads: not compared)
+                # (a file written before sessions were recorded holds none: one command timed all its runs)
                 row[f"seconds_ratio_ssl_over_aulm_{tag}"] = ratio(s["seconds"], a["seconds"]) if (
                     r.get("session") == runs["ssl"].get("session")) else None
             rows.append(row)
@@ -247,6 +248,7 @@ def main(argv=None) -> dict:
                         help="recompute the comparisons of the trajectories stored in --out (no training)")
     args = parser.parse_args(argv)
     check_seeds(parser, args.seeds)
+    code_digest()  # (the code this command's runs are keyed by: taken before any of them)
     if args.recompute and not args.out.is_file():
         parser.error(f"--recompute: no such file {args.out} (--out names the file whose trajectories it recomputes)")
     if args.recompute:

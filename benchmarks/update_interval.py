@@ -45,6 +45,7 @@ from benchmarks import (
     WORK_ROOT,
     check_runs,
     check_seeds,
+    code_digest,
     command_line,
     keep_run,
     refuse_smaller,
@@ -188,6 +189,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", "--output", type=Path, default=RESULTS, help="where to write (--output: its earlier name)")
     args = p.parse_args(argv)
     check_seeds(p, args.seeds)
+    code_digest()  # (the code this command's runs are recorded with: taken before any of them)
     if args.flops_budget <= 0 or args.flops_budget > 1 or args.admm_epochs < 1 or args.finetune_epochs < 0:
         p.error("--flops-budget must be in (0, 1], --admm-epochs >= 1 and --finetune-epochs >= 0")
     # (it replaced a file of 17 runs with one of 1, without a word: probe)

@@ -176,8 +176,8 @@ def _output_names(model: nn.Module, example: torch.Tensor) -> list[str] | None:
         count = len(output_tensors(out))
     except TypeError:
         return None
-    names = [str(k) for k in out] if isinstance(out, Mapping) and all(
-        isinstance(v, torch.Tensor) for v in out.values()) else []
+    names = [str(k) for k, v in out.items() if v is not None] if isinstance(out, Mapping) and all(
+        v is None or isinstance(v, torch.Tensor) for v in out.values()) else []  # (a None: left out, as exported)
     return names if len(set(names)) == count else [f"output_{i}" for i in range(count)]
 
 
@@ -185,6 +185,8 @@ def _largest_difference(ours, reference) -> float:
     """The largest absolute difference between two outputs of the same structure (checked); a
     boolean or integer output's differences count in its values (1 where a mask differs)."""
     ours, reference = output_tensors(ours), output_tensors(reference)
+    if not reference:
+        raise ValueError("the model's output holds no tensor: nothing to compare")
     if len(ours) != len(reference):
         raise ValueError(f"the exported model gives {len(ours)} output tensor(s), the model {len(reference)}: the "
                          "file is not an export of this model")
@@ -215,7 +217,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     self-contained file, its weights inside, up to :data:`ONNX_INLINE_LIMIT` (1 GiB) of them; a
     larger model keeps them in ``<path>.data`` beside it, which must travel with it (protobuf
     holds 2 GiB). Its input is named ``input``, its output ``output`` (outputs of a model that
-    gives several: a dict's keys, else ``output_0``, ``output_1``, ... in order)."""
+    gives several: a dict's keys, those of its tensors, where they are distinct as text, else
+    ``output_0``, ``output_1``, ... in order; a ``None`` is left out; an output holding other
+    values keeps the exporter's own names)."""
     example_input, path = _checked(model, example_input, path, "export_onnx")
     names = _output_names(model, example_input)
     check_export_available("onnx", "export_onnx: the format")

@@ -207,20 +207,25 @@ def test_a_model_of_several_outputs_exports_and_checks_every_one(tmp_path, as_di
 class MaskAndNone(TwoHeads):
     """Logits, a None and a boolean mask."""
 
-    def __init__(self):
+    def __init__(self, as_dict: bool = False):
         super().__init__(as_dict=False)
+        self.keyed = as_dict
         self.pruning = True  # (the channel tracer follows tensors only: pruned as TwoHeads)
 
     def forward(self, x):
         logits, mask = super().forward(x)
-        return (logits, mask) if self.pruning else (logits, None, mask > 0)
+        if self.pruning:
+            return logits, mask
+        return {"logits": logits, "aux": None, "mask": mask > 0} if self.keyed else (logits, None, mask > 0)
 
 
-def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_path):
+@pytest.mark.parametrize("as_dict", [False, True], ids=["tuple", "dict"])
+def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_path, as_dict):
     """A None in the output (which the exporters leave out) made export_onnx fail where it had
-    worked, and a boolean mask failed the checks' subtraction (review)."""
+    worked, and a boolean mask failed the checks' subtraction; a dict with a None lost its keys as
+    the ONNX outputs' names (review)."""
     torch.manual_seed(0)
-    model = MaskAndNone()
+    model = MaskAndNone(as_dict)
     x = torch.randn(2, 3, 8, 8)
     prune_oneshot(model, x, {"macs": 0.5})
     model.pruning = False
@@ -231,6 +236,7 @@ def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_pat
     export_onnx(model, x, tmp_path / "m.onnx")
     import onnxruntime as ort
 
-    assert [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()] == ["output_0", "output_1"]
+    assert [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()] == (
+        ["logits", "mask"] if as_dict else ["output_0", "output_1"])
     fresh = torch.randn(3, 3, 8, 8)
     assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5
