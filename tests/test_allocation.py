@@ -450,6 +450,8 @@ def test_taylor_at_global_ranks_across_layers_by_its_gradients_at_the_prune(tmp_
     trainer(tmp_path, [cb], schedule.total_epochs).fit(NetClassifier(net), loader())
     event = cb.events[0]
     assert event["allocation"] == "global" and event["importance"] == "method_at_prune"
+    # its window of 64 steps held the phase's 4: said in the event (nothing said it: probe)
+    assert event["taylor_steps_summed"] == 4
     # the six dead filters go first (score 0), then the two least valued of the live ones: 8 of 16
     assert event["keep"]["net.c1"] >= 6 and sum(event["keep"].values()) == 8, event["keep"]
     assert set(cb.plan.kept["net.c2"]) <= {0, 1}  # only live ones

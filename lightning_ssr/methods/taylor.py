@@ -28,7 +28,9 @@ class Taylor(PruningMethod):
     """First-order Taylor importance, accumulated over the last ``batches`` optimizer steps.
 
     Args:
-        batches: how many of the last optimizer steps (>= 1) the importance sums over.
+        batches: how many of the last optimizer steps (>= 1) the importance sums over (all of
+            them where the sparsify phase holds fewer: each prune event records how many,
+            ``taylor_steps_summed``).
     """
 
     name = "taylor"
@@ -69,6 +71,11 @@ class Taylor(PruningMethod):
 
     def select(self, keep: Mapping[str, int] | None) -> dict[str, torch.Tensor]:
         return top_k_masks(self.accumulated(), keep)
+
+    def after_rebuild(self, model, plan) -> dict:
+        """The steps the scores summed, recorded in the prune event: fewer than ``batches`` where the
+        sparsify phase held fewer optimizer steps (nothing said of it otherwise: probe)."""
+        return {"taylor_steps_summed": min(self._seen, self.batches)}
 
     def state_dict(self) -> dict:
         return {"window": {k: v.cpu().clone() for k, v in self._window.items()}, "seen": self._seen}
