@@ -55,6 +55,7 @@ from benchmarks import (
     check_seeds,
     code_digest,
     command_line,
+    config_digest,
     counted,
     number_at_least,
     refuse_smaller,
@@ -128,11 +129,9 @@ def run_solver(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int
 def solver_run(name: str, kwargs: dict, cfg, net, dm, args, steps_per_epoch: int, dense_cache: str) -> dict:
     """:func:`run_solver`, or the run that finished in ``args.work_dir`` with the same settings
     and dense model (read back, ``"reused": True``); a finished run is kept there."""
-    import hashlib
-
     key = {"method": name, "kwargs": kwargs, "seed": cfg.seed, "dense": dense_cache, "steps_per_epoch": steps_per_epoch,
            "code": code_digest(), **{k: getattr(args, k) for k in ("data", "epochs", "finetune", "interval", "batches")}}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    digest = config_digest(key)[:12]
     path = Path(args.work_dir) / f"seed{cfg.seed}-{name}-{digest}.json"
     try:
         kept = json.loads(path.read_text())

@@ -465,7 +465,8 @@ def keep_counts(model: nn.Module, groups: Sequence[ChannelGroup], cost: ModelCos
     - ``allocation="uniform"``: every group keeps the same fraction, the largest that fits.
     - ``allocation="global"``: channels compete across groups. Each channel's value is its
       importance (``scores[group]``, higher is more important) divided by the largest in its
-      group (a group of all-zero scores: zero), over the cost one channel of its group carries (MACs, parameters or 1, as the target
+      group (a group of all-zero scores: zero), over the cost one channel of its group carries
+      (MACs, parameters or 1, as the target
       counts, relative to the mean); a threshold on that value, found by bisection, sets every
       group's count.
     - ``allocation="method"``: channels compete across groups by ``scores`` as given: values the

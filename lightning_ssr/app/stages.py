@@ -1304,6 +1304,13 @@ def check_evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule, data: s
                 + f", a number of batches (trainer.{key}=1), or a smaller {data}.eval_batch_size")
 
 
+def train_batch_limit(cfg: DictConfig) -> int | float | None:
+    """``trainer.limit_train_batches`` where the epochs train on part of the batches (a number of
+    them, or a fraction below 1.0), as a recipe's record says it; ``None`` where they see all."""
+    limit = cfg.trainer.get("limit_train_batches")
+    return None if limit is None or (isinstance(limit, float) and limit >= 1.0) else limit
+
+
 def evaluation_limits(cfg: DictConfig, dm: pl.LightningDataModule | None = None) -> dict:
     """``trainer.limit_test_batches`` and ``limit_val_batches`` where they leave out part of a
     split (an int: that many batches; a fraction below 1.0), as the evaluation honours them;

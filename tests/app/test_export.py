@@ -16,6 +16,7 @@ from lightning_ssr.app.export import (
     exported_max_abs_diff,
     onnx_max_abs_diff,
     optimize_for_cpu_inference,
+    output_tensors,
 )
 from lightning_ssr.app.models import build_model
 from lightning_ssr.methods.oneshot import prune_oneshot
@@ -162,6 +163,14 @@ def test_an_example_of_no_sample_is_refused_before_the_exporter():
             export(model, torch.randn(0, 1, 28, 28), "m.out")
 
 
+def _bound(model, x) -> float:
+    """Two implementations' largest difference on ``x``: their float32 bound (relative, to the largest
+    float output, at least 1); a boolean output must be equal (its differences count 1)."""
+    with torch.no_grad():
+        floats = [t for t in output_tensors(model(x)) if t.is_floating_point()]
+    return implementations_tolerance(model) * max([1.0] + [float(t.abs().max()) for t in floats])
+
+
 class TwoHeads(torch.nn.Module):
     """Logits and a per-pixel map, as a tuple or as a dict."""
 
@@ -190,7 +199,7 @@ def test_a_model_of_several_outputs_exports_and_checks_every_one(tmp_path, as_di
     fresh = torch.randn(3, 3, 8, 8)
     for export, name in ((export_torchscript, "m.ts"), (export_program, "m.pt2")):
         export(model, x, tmp_path / name)
-        assert exported_max_abs_diff(model, tmp_path / name, fresh) <= 1e-5  # float32 of a few sums: ulps
+        assert exported_max_abs_diff(model, tmp_path / name, fresh) <= _bound(model, fresh)
     # a wrong structure is said, not compared in part
     with pytest.raises(ValueError, match="gives 2 output tensor"):
         exported_max_abs_diff(torch.nn.Sequential(torch.nn.Flatten()), tmp_path / "m.pt2", fresh)
@@ -201,7 +210,7 @@ def test_a_model_of_several_outputs_exports_and_checks_every_one(tmp_path, as_di
 
     names = [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()]
     assert names == (["logits", "mask"] if as_dict else ["output_0", "output_1"])
-    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5
+    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= _bound(model, fresh)
 
 
 class MaskAndNone(TwoHeads):
@@ -230,7 +239,8 @@ def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_pat
     prune_oneshot(model, x, {"macs": 0.5})
     model.pruning = False
     export_program(model, x, tmp_path / "m.pt2")
-    assert exported_max_abs_diff(model, tmp_path / "m.pt2", torch.randn(3, 3, 8, 8)) <= 1e-5
+    fresh = torch.randn(3, 3, 8, 8)
+    assert exported_max_abs_diff(model, tmp_path / "m.pt2", fresh) <= _bound(model, fresh)
     pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (pip install '.[dev]')")
     pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip install 'lightning_ssr[export]')")
     export_onnx(model, x, tmp_path / "m.onnx")
@@ -238,5 +248,4 @@ def test_an_output_holding_none_or_a_boolean_mask_exports_and_is_checked(tmp_pat
 
     assert [o.name for o in ort.InferenceSession(str(tmp_path / "m.onnx")).get_outputs()] == (
         ["logits", "mask"] if as_dict else ["output_0", "output_1"])
-    fresh = torch.randn(3, 3, 8, 8)
-    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= 1e-5
+    assert onnx_max_abs_diff(model, tmp_path / "m.onnx", fresh) <= _bound(model, fresh)

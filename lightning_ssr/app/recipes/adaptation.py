@@ -416,9 +416,8 @@ def run_adaptation(cfg: DictConfig, output_dir: str | Path):
         # the source-only and ceiling figures come from part of their test splits too (none: the whole)
         **({"evaluation_limits": source_only["evaluation_limits"]} if source_only.get("evaluation_limits") else {}),
     }
-    limit = cfg.trainer.get("limit_train_batches")
-    if limit is not None and not (isinstance(limit, float) and limit >= 1.0):  # (epochs of part of the batches)
-        result.config["adaptation"]["limit_train_batches"] = limit
+    if stages.train_batch_limit(cfg) is not None:  # (epochs of part of the batches)
+        result.config["adaptation"]["limit_train_batches"] = stages.train_batch_limit(cfg)
     # as given, so that a sweep run again finds this run finished (the layers kept whole are recorded above)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
     result.timings.update(dense_s=dense_info["seconds"], dann_dense_s=dense_s, compress_s=compress_s)

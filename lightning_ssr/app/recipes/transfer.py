@@ -190,9 +190,8 @@ def run_transfer(cfg: DictConfig, output_dir: str | Path):
         "frozen_pruned": bool(cfg.transfer.prune_frozen) if frozen else None,
         "distill": float(cfg.module.get("distill", 0.0)),  # (from the dense fine-tune, in the compressed one)
     }
-    limit = cfg.trainer.get("limit_train_batches")
-    if limit is not None and not (isinstance(limit, float) and limit >= 1.0):  # (trained on part of them)
-        result.config["transfer"]["limit_train_batches"] = limit
+    if stages.train_batch_limit(cfg) is not None:  # (trained on part of them)
+        result.config["transfer"]["limit_train_batches"] = stages.train_batch_limit(cfg)
     result.timings.update(source_s=source_info["seconds"], dense_finetune_s=dense_s, compress_s=compress_s)
     # as given, so that a sweep run again finds this run finished (the frozen layers are config["transfer"]'s)
     result.config["cli"] = OmegaConf.to_container(given, resolve=True)
